@@ -1,0 +1,277 @@
+//! OIDC JWT verification against an issuer's JWKS (RS256, ES256).
+//!
+//! Sans-IO: the JWKS is parsed when the snapshot is built, and the current
+//! time is passed in, so verification is a pure function of its inputs.
+//! A token is accepted only when its signature verifies with a key of the
+//! issuer, `iss` matches, one of the `aud` values is configured, `exp` is in
+//! the future and `nbf` (when present) is not, within the configured leeway,
+//! and the identity claim names the identity the client asked to be.
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+/// Why a token was refused. Each maps to an auth-failure metric reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("JWT is malformed: {0}")]
+    Invalid(String),
+    #[error("JWT algorithm {0} is not accepted (RS256 or ES256)")]
+    Algorithm(String),
+    #[error("JWT signature does not verify with any key of issuer `{0}`")]
+    Signature(String),
+    #[error("JWT expired")]
+    Expired,
+    #[error("JWT is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("JWT issuer does not match")]
+    Issuer,
+    #[error("JWT audience does not match")]
+    Audience,
+    #[error("JWT claim `{0}` does not name this identity")]
+    Subject(String),
+}
+
+impl JwtError {
+    /// Metric label for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JwtError::Invalid(_) | JwtError::Algorithm(_) | JwtError::NotYetValid => "jwt_invalid",
+            JwtError::Signature(_) => "jwt_signature",
+            JwtError::Expired => "jwt_expired",
+            JwtError::Issuer => "jwt_issuer",
+            JwtError::Audience => "jwt_audience",
+            JwtError::Subject(_) => "jwt_subject",
+        }
+    }
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// A configured issuer with its parsed keys.
+pub struct JwtIssuer {
+    pub name: String,
+    issuer: String,
+    audience: Vec<String>,
+    identity_claim: String,
+    leeway: u64,
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for JwtIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtIssuer")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl JwtIssuer {
+    /// Build from a JWKS document. Keys of other types or algorithms are
+    /// skipped; an issuer with no usable key is an error.
+    pub fn new(
+        name: &str,
+        issuer: &str,
+        audience: &[String],
+        identity_claim: &str,
+        leeway: u64,
+        jwks_json: &str,
+    ) -> Result<JwtIssuer, String> {
+        let set: JwkSet =
+            serde_json::from_str(jwks_json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) => {
+                    if ec.curve != jsonwebtoken::jwk::EllipticCurve::P256 {
+                        continue;
+                    }
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            if let Some(ka) = jwk.common.key_algorithm {
+                let matches = matches!(
+                    (ka, alg),
+                    (jsonwebtoken::jwk::KeyAlgorithm::RS256, Algorithm::RS256)
+                        | (jsonwebtoken::jwk::KeyAlgorithm::ES256, Algorithm::ES256)
+                );
+                if !matches {
+                    continue;
+                }
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key in JWKS: {e}"))?;
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err("JWKS has no RS256 or ES256 (P-256) key".to_string());
+        }
+        Ok(JwtIssuer {
+            name: name.to_string(),
+            issuer: issuer.to_string(),
+            audience: audience.to_vec(),
+            identity_claim: identity_claim.to_string(),
+            leeway,
+            keys,
+        })
+    }
+
+    /// Verify `token` for `identity` at unix time `now`.
+    pub fn verify(&self, token: &str, identity: &str, now: u64) -> Result<(), JwtError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| JwtError::Invalid(e.to_string()))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(JwtError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let mut validation = Validation::new(header.alg);
+        // Time and audience are checked below with the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let mut verified = None;
+        for k in self.keys.iter().filter(|k| k.alg == header.alg) {
+            if header.kid.is_some() && k.kid.is_some() && header.kid != k.kid {
+                continue;
+            }
+            match jsonwebtoken::decode::<Value>(token, &k.key, &validation) {
+                Ok(data) => {
+                    verified = Some(data.claims);
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature
+                    | jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey
+                    | jsonwebtoken::errors::ErrorKind::InvalidRsaKey(_)
+                    | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => continue,
+                    _ => return Err(JwtError::Invalid(e.to_string())),
+                },
+            }
+        }
+        let claims = verified.ok_or_else(|| JwtError::Signature(self.name.clone()))?;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(JwtError::Issuer);
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => self.audience.iter().any(|x| x == a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| self.audience.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(JwtError::Audience);
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| JwtError::Invalid("missing exp claim".into()))?;
+        if exp < 0.0 || (exp as u64).saturating_add(self.leeway) <= now {
+            return Err(JwtError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf
+                .as_f64()
+                .ok_or_else(|| JwtError::Invalid("nbf is not a number".into()))?;
+            if nbf > (now + self.leeway) as f64 {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        if claims.get(&self.identity_claim).and_then(Value::as_str) != Some(identity) {
+            return Err(JwtError::Subject(self.identity_claim.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Cheap shape check used to tell a JWT from an API key in a cleartext
+/// password: three base64url segments, the first decoding to a JSON header.
+pub fn looks_like_jwt(s: &str) -> bool {
+    s.len() > 20 && s.starts_with("eyJ") && s.bytes().filter(|&b| b == b'.').count() == 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn ec_issuer() -> (JwtIssuer, EncodingKey) {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pk = kp.public_key_raw(); // 0x04 || X || Y
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64.encode(&pk[1..33]), "y": b64.encode(&pk[33..65]),
+        }]});
+        let iss = JwtIssuer::new(
+            "corp",
+            "https://idp",
+            &["sluice".into()],
+            "sub",
+            0,
+            &jwks.to_string(),
+        )
+        .unwrap();
+        let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        (iss, enc)
+    }
+
+    fn token(enc: &EncodingKey, claims: Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k1".into());
+        encode(&h, &claims, enc).unwrap()
+    }
+
+    #[test]
+    fn es256_valid_and_each_failure() {
+        let (iss, enc) = ec_issuer();
+        let now = 1_000_000;
+        let good = serde_json::json!({"iss": "https://idp", "aud": "sluice", "sub": "agent", "exp": now + 60});
+        assert!(looks_like_jwt(&token(&enc, good.clone())));
+        assert_eq!(iss.verify(&token(&enc, good.clone()), "agent", now), Ok(()));
+        assert_eq!(
+            iss.verify(&token(&enc, good.clone()), "other", now),
+            Err(JwtError::Subject("sub".into()))
+        );
+        let mut c = good.clone();
+        c["exp"] = (now - 1).into();
+        assert_eq!(
+            iss.verify(&token(&enc, c), "agent", now),
+            Err(JwtError::Expired)
+        );
+        let mut c = good.clone();
+        c["aud"] = "other".into();
+        assert_eq!(
+            iss.verify(&token(&enc, c), "agent", now),
+            Err(JwtError::Audience)
+        );
+        let mut c = good.clone();
+        c["iss"] = "https://evil".into();
+        assert_eq!(
+            iss.verify(&token(&enc, c), "agent", now),
+            Err(JwtError::Issuer)
+        );
+        let (_, other_key) = ec_issuer();
+        assert!(matches!(
+            iss.verify(&token(&other_key, good), "agent", now),
+            Err(JwtError::Signature(_))
+        ));
+        assert!(matches!(
+            iss.verify("a.b.c", "agent", now),
+            Err(JwtError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,4 @@
+//! Client authentication: API keys (SCRAM-SHA-256 verifiers) and OIDC JWTs.
+
+pub mod jwt;
+pub mod scram;

@@ -1,0 +1,632 @@
+//! Static configuration (`sluice-dp --config FILE.yaml`).
+//!
+//! The file is parsed into typed structs (unknown fields are refused), then
+//! [`Config::validate`] checks cross-references and values. Every error names
+//! the field that is wrong, as a path such as `connections[0].target.port`.
+//! Relative file paths are resolved against the directory of the config file.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error, always naming the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing PostgreSQL listeners (`host:port`).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Admin HTTP listener serving /metrics, /healthz, /readyz.
+    #[serde(default = "default_admin")]
+    pub admin_listen: String,
+    /// Number of data-plane worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// io_uring (default when the kernel allows it), or epoll.
+    #[serde(default)]
+    pub driver: DriverChoice,
+    /// 0–255; embedded in minted cancel keys so a cancel can be routed.
+    #[serde(default)]
+    pub node_id: u8,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+    #[serde(default)]
+    pub identities: Vec<Identity>,
+    #[serde(default)]
+    pub jwt_issuers: Vec<JwtIssuer>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:6432".to_string()]
+}
+fn default_admin() -> String {
+    "127.0.0.1:9187".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain presented to clients.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Refuse clients that do not negotiate TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest startup packet accepted (PostgreSQL's own limit is 10000).
+    pub max_startup_packet_bytes: u32,
+    /// Largest protocol message accepted in either direction.
+    pub max_frame_bytes: u32,
+    /// Time allowed from accept to a ready session (authentication included).
+    pub handshake_timeout_ms: u64,
+    /// Time allowed to connect and authenticate to a target.
+    pub connect_timeout_ms: u64,
+    /// Initial per-direction relay buffer; grows up to `max_buffer_bytes`
+    /// while reads keep filling it.
+    pub buffer_bytes: usize,
+    pub max_buffer_bytes: usize,
+    /// How long a SIGTERM drain waits for sessions before exiting.
+    pub drain_timeout_ms: u64,
+    /// Failed cancel attempts allowed per second per worker; more are dropped.
+    pub bad_cancels_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_startup_packet_bytes: 10_000,
+            max_frame_bytes: 1 << 30,
+            handshake_timeout_ms: 15_000,
+            connect_timeout_ms: 5_000,
+            buffer_bytes: 8 * 1024,
+            max_buffer_bytes: 128 * 1024,
+            drain_timeout_ms: 30_000,
+            bad_cancels_per_second: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    /// The name clients put in the `database` field of their startup.
+    pub name: String,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// The gateway-held password (never sent to clients, never logged).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Read the password from this file instead (trailing newline trimmed).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Which authentication the gateway accepts to give the target.
+    #[serde(default)]
+    pub auth: TargetAuth,
+    #[serde(default)]
+    pub tls: TargetTls,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetAuth {
+    /// Whatever the server asks for among the methods below.
+    #[default]
+    Auto,
+    ScramSha256,
+    Md5,
+    Password,
+    Trust,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetTls {
+    #[serde(default)]
+    pub mode: TargetTlsMode,
+    /// PEM CA bundle for verify-ca / verify-full; system roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the certificate; defaults to `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetTlsMode {
+    #[default]
+    Disable,
+    /// Encrypt, do not verify the certificate.
+    Require,
+    /// Encrypt and verify the chain, not the name.
+    VerifyCa,
+    /// Encrypt and verify chain and name.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The name clients put in the `user` field of their startup.
+    pub name: String,
+    /// SCRAM-SHA-256 verifier of the identity's API key
+    /// (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`, as made by
+    /// `sluice-dp apikey`). The key itself is never stored.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Name of a `jwt_issuers` entry whose tokens may authenticate this identity.
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    pub name: String,
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values (at least one).
+    pub audience: Vec<String>,
+    /// JWKS document (RFC 7517) with the issuer's RS256/ES256 public keys.
+    pub jwks_file: PathBuf,
+    /// Claim that must equal the identity name (default `sub`).
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_identity_claim() -> String {
+    "sub".to_string()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Connection names, or `"*"` for all.
+    pub connections: Vec<String>,
+    /// Identity names, or `"*"` for every authenticated identity.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Config {
+    /// Read, parse and validate a YAML config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Config::from_yaml(&text)?;
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse YAML without validating; errors carry the field path.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                "<root>".to_string()
+            } else {
+                path
+            };
+            ConfigError::field(field, e.into_inner().to_string())
+        })
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert_file);
+            fix(&mut tls.key_file);
+        }
+        for c in &mut self.connections {
+            if let Some(p) = &mut c.target.password_file {
+                fix(p);
+            }
+            if let Some(p) = &mut c.target.tls.ca_file {
+                fix(p);
+            }
+        }
+        for j in &mut self.jwt_issuers {
+            fix(&mut j.jwks_file);
+        }
+    }
+
+    /// Check values and cross-references. Files are read later, when the
+    /// snapshot is built, and their errors name the field too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::field(
+                "listen",
+                "at least one address is required",
+            ));
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            l.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::field(
+                    format!("listen[{i}]"),
+                    format!("`{l}` is not host:port ({e})"),
+                )
+            })?;
+        }
+        self.admin_listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::field(
+                "admin_listen",
+                format!("`{}` is not host:port ({e})", self.admin_listen),
+            )
+        })?;
+        if self.workers > 1024 {
+            return Err(ConfigError::field("workers", "at most 1024"));
+        }
+        let l = &self.limits;
+        if !(64..=1 << 20).contains(&l.max_startup_packet_bytes) {
+            return Err(ConfigError::field(
+                "limits.max_startup_packet_bytes",
+                "must be between 64 and 1048576",
+            ));
+        }
+        if l.max_frame_bytes < 1024 || l.max_frame_bytes > (1 << 30) + 1024 {
+            return Err(ConfigError::field(
+                "limits.max_frame_bytes",
+                "must be between 1024 and 1073742848",
+            ));
+        }
+        if l.buffer_bytes < 1024 || l.buffer_bytes > l.max_buffer_bytes {
+            return Err(ConfigError::field(
+                "limits.buffer_bytes",
+                "must be at least 1024 and at most limits.max_buffer_bytes",
+            ));
+        }
+        if l.max_buffer_bytes > 16 << 20 {
+            return Err(ConfigError::field(
+                "limits.max_buffer_bytes",
+                "at most 16 MiB",
+            ));
+        }
+        if l.handshake_timeout_ms == 0 {
+            return Err(ConfigError::field(
+                "limits.handshake_timeout_ms",
+                "must be > 0",
+            ));
+        }
+        if l.connect_timeout_ms == 0 {
+            return Err(ConfigError::field(
+                "limits.connect_timeout_ms",
+                "must be > 0",
+            ));
+        }
+
+        let mut conn_names = HashSet::new();
+        for (i, c) in self.connections.iter().enumerate() {
+            let at = |f: &str| format!("connections[{i}].{f}");
+            check_name(&c.name, &at("name"))?;
+            if !conn_names.insert(c.name.as_str()) {
+                return Err(ConfigError::field(
+                    at("name"),
+                    format!("duplicate connection `{}`", c.name),
+                ));
+            }
+            let t = &c.target;
+            if t.host.is_empty() {
+                return Err(ConfigError::field(at("target.host"), "must not be empty"));
+            }
+            if t.port == 0 {
+                return Err(ConfigError::field(at("target.port"), "must not be 0"));
+            }
+            if t.database.is_empty() {
+                return Err(ConfigError::field(
+                    at("target.database"),
+                    "must not be empty",
+                ));
+            }
+            if t.user.is_empty() {
+                return Err(ConfigError::field(at("target.user"), "must not be empty"));
+            }
+            if t.password.is_some() && t.password_file.is_some() {
+                return Err(ConfigError::field(
+                    at("target.password_file"),
+                    "give either password or password_file, not both",
+                ));
+            }
+            let needs_password = !matches!(t.auth, TargetAuth::Trust);
+            if needs_password
+                && t.auth != TargetAuth::Auto
+                && t.password.is_none()
+                && t.password_file.is_none()
+            {
+                return Err(ConfigError::field(
+                    at("target.password"),
+                    format!("auth {:?} needs a password or password_file", t.auth),
+                ));
+            }
+        }
+
+        let mut issuer_names = HashSet::new();
+        for (i, j) in self.jwt_issuers.iter().enumerate() {
+            let at = |f: &str| format!("jwt_issuers[{i}].{f}");
+            check_name(&j.name, &at("name"))?;
+            if !issuer_names.insert(j.name.as_str()) {
+                return Err(ConfigError::field(
+                    at("name"),
+                    format!("duplicate issuer `{}`", j.name),
+                ));
+            }
+            if j.issuer.is_empty() {
+                return Err(ConfigError::field(at("issuer"), "must not be empty"));
+            }
+            if j.audience.is_empty() || j.audience.iter().any(|a| a.is_empty()) {
+                return Err(ConfigError::field(
+                    at("audience"),
+                    "at least one non-empty audience",
+                ));
+            }
+            if j.identity_claim.is_empty() {
+                return Err(ConfigError::field(
+                    at("identity_claim"),
+                    "must not be empty",
+                ));
+            }
+        }
+
+        let mut ident_names = HashSet::new();
+        let mut groups = HashSet::new();
+        for (i, id) in self.identities.iter().enumerate() {
+            let at = |f: &str| format!("identities[{i}].{f}");
+            check_name(&id.name, &at("name"))?;
+            if !ident_names.insert(id.name.as_str()) {
+                return Err(ConfigError::field(
+                    at("name"),
+                    format!("duplicate identity `{}`", id.name),
+                ));
+            }
+            if id.api_key.is_none() && id.jwt_issuer.is_none() {
+                return Err(ConfigError::field(
+                    at("api_key"),
+                    "an identity needs an api_key verifier or a jwt_issuer",
+                ));
+            }
+            if let Some(v) = &id.api_key {
+                crate::auth::scram::Verifier::parse(v)
+                    .map_err(|e| ConfigError::field(at("api_key"), e.to_string()))?;
+            }
+            if let Some(iss) = &id.jwt_issuer {
+                if !issuer_names.contains(iss.as_str()) {
+                    return Err(ConfigError::field(
+                        at("jwt_issuer"),
+                        format!("no jwt_issuers entry named `{iss}`"),
+                    ));
+                }
+            }
+            for (g, name) in id.groups.iter().enumerate() {
+                check_name(name, &at(&format!("groups[{g}]")))?;
+                groups.insert(name.as_str());
+            }
+        }
+
+        for (i, g) in self.grants.iter().enumerate() {
+            let at = |f: &str| format!("grants[{i}].{f}");
+            if g.connections.is_empty() {
+                return Err(ConfigError::field(
+                    at("connections"),
+                    "at least one connection",
+                ));
+            }
+            for (k, c) in g.connections.iter().enumerate() {
+                if c != "*" && !conn_names.contains(c.as_str()) {
+                    return Err(ConfigError::field(
+                        at(&format!("connections[{k}]")),
+                        format!("no connection named `{c}`"),
+                    ));
+                }
+            }
+            if g.identities.is_empty() && g.groups.is_empty() {
+                return Err(ConfigError::field(
+                    at("identities"),
+                    "name identities or groups",
+                ));
+            }
+            for (k, n) in g.identities.iter().enumerate() {
+                if n != "*" && !ident_names.contains(n.as_str()) {
+                    return Err(ConfigError::field(
+                        at(&format!("identities[{k}]")),
+                        format!("no identity named `{n}`"),
+                    ));
+                }
+            }
+            for (k, n) in g.groups.iter().enumerate() {
+                if !groups.contains(n.as_str()) {
+                    return Err(ConfigError::field(
+                        at(&format!("groups[{k}]")),
+                        format!("no identity is in group `{n}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Listener addresses, parsed (valid after `validate`).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen.iter().filter_map(|l| l.parse().ok()).collect()
+    }
+
+    /// Index of connections by name.
+    pub fn connection_index(&self) -> HashMap<&str, &Connection> {
+        self.connections
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect()
+    }
+}
+
+fn check_name(name: &str, field: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::field(
+            field,
+            format!("`{name}` must be 1-63 characters of letters, digits, '-', '_', '.', '@'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERIFIER: &str = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$\
+        WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:\
+        WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=";
+
+    fn base() -> String {
+        format!(
+            r#"
+listen: ["127.0.0.1:0"]
+connections:
+  - name: app
+    target: {{ host: 127.0.0.1, port: 5432, database: app, user: app, password: pw }}
+identities:
+  - name: agent
+    api_key: "{VERIFIER}"
+    groups: [bots]
+grants:
+  - connections: [app]
+    groups: [bots]
+"#
+        )
+    }
+
+    #[test]
+    fn valid_config_loads() {
+        let cfg = Config::from_yaml(&base()).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connections[0].target.auth, TargetAuth::Auto);
+        assert_eq!(cfg.limits.max_startup_packet_bytes, 10_000);
+    }
+
+    #[test]
+    fn type_error_names_field() {
+        let y = base().replace("port: 5432", "port: lots");
+        let err = Config::from_yaml(&y).unwrap_err().to_string();
+        assert!(err.contains("connections[0].target.port"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let y = base().replace("user: app,", "user: app, pasword: x,");
+        let err = Config::from_yaml(&y).unwrap_err().to_string();
+        assert!(err.contains("connections[0].target"), "{err}");
+        assert!(err.contains("pasword"), "{err}");
+    }
+
+    #[test]
+    fn bad_reference_names_field() {
+        let y = base().replace("connections: [app]", "connections: [nope]");
+        let err = Config::from_yaml(&y)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grants[0].connections[0]"), "{err}");
+    }
+
+    #[test]
+    fn bad_verifier_names_field() {
+        let y = base().replace(VERIFIER, "SCRAM-SHA-256$x");
+        let err = Config::from_yaml(&y)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("identities[0].api_key"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_names_field() {
+        let y = base().replace("127.0.0.1:0", "localhost");
+        let err = Config::from_yaml(&y)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen[0]"), "{err}");
+    }
+}

@@ -1,0 +1,261 @@
+//! Metrics, kept per core and merged at scrape time.
+//!
+//! Each worker owns one [`CoreMetrics`]. Counters are atomics written only by
+//! their core (relaxed, on a cache line no other core writes), so the data
+//! path never contends; the admin thread reads them all when Prometheus
+//! scrapes. The gateway-added-latency HDR histogram sits behind a mutex that
+//! only its core and the scraper ever take.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+
+/// How a client connection ended its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Established,
+    AuthFailed,
+    Rejected,
+    TargetUnavailable,
+    ProtocolError,
+    CancelRequest,
+    TlsError,
+    Timeout,
+    ClientClosed,
+    Shutdown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Established,
+        Outcome::AuthFailed,
+        Outcome::Rejected,
+        Outcome::TargetUnavailable,
+        Outcome::ProtocolError,
+        Outcome::CancelRequest,
+        Outcome::TlsError,
+        Outcome::Timeout,
+        Outcome::ClientClosed,
+        Outcome::Shutdown,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Established => "established",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::Rejected => "rejected",
+            Outcome::TargetUnavailable => "target_unavailable",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::CancelRequest => "cancel_request",
+            Outcome::TlsError => "tls_error",
+            Outcome::Timeout => "timeout",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why authentication or authorization failed.
+pub const AUTH_REASONS: [&str; 12] = [
+    "bad_password",
+    "unknown_identity",
+    "unknown_connection",
+    "not_granted",
+    "jwt_expired",
+    "jwt_audience",
+    "jwt_issuer",
+    "jwt_signature",
+    "jwt_subject",
+    "jwt_invalid",
+    "tls_required",
+    "bad_method",
+];
+
+/// Results of cancel requests received.
+pub const CANCEL_RESULTS: [&str; 4] = ["forwarded", "unknown_key", "rate_limited", "target_error"];
+
+/// One core's counters.
+pub struct CoreMetrics {
+    pub worker: usize,
+    pub driver: &'static str,
+    pub connections_open: AtomicI64,
+    pub sessions_open: AtomicI64,
+    outcomes: [AtomicU64; Outcome::ALL.len()],
+    auth_failures: [AtomicU64; AUTH_REASONS.len()],
+    cancels: [AtomicU64; CANCEL_RESULTS.len()],
+    pub statements: AtomicU64,
+    pub bytes_client_to_target: AtomicU64,
+    pub bytes_target_to_client: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    added: Mutex<Histogram<u64>>,
+}
+
+/// Add on a counter only its own core writes: a plain load and store, no
+/// locked read-modify-write.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl CoreMetrics {
+    pub fn new(worker: usize, driver: &'static str) -> Self {
+        CoreMetrics {
+            worker,
+            driver,
+            connections_open: AtomicI64::new(0),
+            sessions_open: AtomicI64::new(0),
+            outcomes: Default::default(),
+            auth_failures: Default::default(),
+            cancels: Default::default(),
+            statements: AtomicU64::new(0),
+            bytes_client_to_target: AtomicU64::new(0),
+            bytes_target_to_client: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            // 1 ns .. 60 s, 3 significant digits.
+            added: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
+
+    pub fn outcome(&self, o: Outcome) {
+        let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0);
+        bump(&self.outcomes[i], 1);
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        if let Some(i) = AUTH_REASONS.iter().position(|r| *r == reason) {
+            bump(&self.auth_failures[i], 1);
+        }
+    }
+
+    pub fn cancel(&self, result: &str) {
+        if let Some(i) = CANCEL_RESULTS.iter().position(|r| *r == result) {
+            bump(&self.cancels[i], 1);
+        }
+    }
+
+    /// Record the time the gateway added to one statement, in nanoseconds.
+    #[inline]
+    pub fn record_added(&self, nanos: u64) {
+        if let Ok(mut h) = self.added.lock() {
+            h.saturating_record(nanos.max(1));
+        }
+    }
+}
+
+/// All cores' metrics plus process-wide state, rendered on scrape.
+pub struct Registry {
+    pub cores: Vec<Arc<CoreMetrics>>,
+}
+
+fn sum<F: Fn(&CoreMetrics) -> u64>(cores: &[Arc<CoreMetrics>], f: F) -> u64 {
+    cores.iter().map(|c| f(c)).sum()
+}
+
+impl Registry {
+    /// Prometheus text exposition format (0.0.4).
+    pub fn render(&self, ready: bool, snapshot_version: u64) -> String {
+        let c = &self.cores;
+        let mut s = String::with_capacity(4096);
+        let _ = writeln!(
+            s,
+            "# HELP sluice_up 1 while the process runs.\n# TYPE sluice_up gauge\nsluice_up 1"
+        );
+        let _ = writeln!(
+            s,
+            "# HELP sluice_ready 1 when the node accepts sessions.\n# TYPE sluice_ready gauge\nsluice_ready {}",
+            ready as u8
+        );
+        let _ = writeln!(
+            s,
+            "# HELP sluice_snapshot_version Version of the policy snapshot applied.\n# TYPE sluice_snapshot_version gauge\nsluice_snapshot_version {snapshot_version}"
+        );
+        let _ = writeln!(s, "# HELP sluice_worker_info Data-plane workers and their I/O driver.\n# TYPE sluice_worker_info gauge");
+        for m in c {
+            let _ = writeln!(
+                s,
+                "sluice_worker_info{{worker=\"{}\",driver=\"{}\"}} 1",
+                m.worker, m.driver
+            );
+        }
+        let _ = writeln!(s, "# HELP sluice_connections_open Client connections open now.\n# TYPE sluice_connections_open gauge");
+        let open: i64 = c.iter().map(|m| m.connections_open.load(Relaxed)).sum();
+        let _ = writeln!(s, "sluice_connections_open {open}");
+        let _ = writeln!(s, "# HELP sluice_sessions_open Sessions relaying to a target now.\n# TYPE sluice_sessions_open gauge");
+        let sess: i64 = c.iter().map(|m| m.sessions_open.load(Relaxed)).sum();
+        let _ = writeln!(s, "sluice_sessions_open {sess}");
+        let _ = writeln!(s, "# HELP sluice_connections_total Client connections by handshake outcome.\n# TYPE sluice_connections_total counter");
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            let v = sum(c, |m| m.outcomes[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "sluice_connections_total{{outcome=\"{}\"}} {v}",
+                o.label()
+            );
+        }
+        let _ = writeln!(s, "# HELP sluice_auth_failures_total Refused authentications and authorizations by reason.\n# TYPE sluice_auth_failures_total counter");
+        for (i, r) in AUTH_REASONS.iter().enumerate() {
+            let v = sum(c, |m| m.auth_failures[i].load(Relaxed));
+            let _ = writeln!(s, "sluice_auth_failures_total{{reason=\"{r}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP sluice_cancel_requests_total Cancel requests received, by result.\n# TYPE sluice_cancel_requests_total counter");
+        for (i, r) in CANCEL_RESULTS.iter().enumerate() {
+            let v = sum(c, |m| m.cancels[i].load(Relaxed));
+            let _ = writeln!(s, "sluice_cancel_requests_total{{result=\"{r}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP sluice_statements_total Statements relayed (Query and Execute messages).\n# TYPE sluice_statements_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_statements_total {}",
+            sum(c, |m| m.statements.load(Relaxed))
+        );
+        let _ = writeln!(s, "# HELP sluice_protocol_errors_total Sessions ended by a malformed or oversize frame.\n# TYPE sluice_protocol_errors_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_protocol_errors_total {}",
+            sum(c, |m| m.protocol_errors.load(Relaxed))
+        );
+        let _ = writeln!(s, "# HELP sluice_bytes_total Bytes relayed, by direction.\n# TYPE sluice_bytes_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_bytes_total{{direction=\"client_to_target\"}} {}",
+            sum(c, |m| m.bytes_client_to_target.load(Relaxed))
+        );
+        let _ = writeln!(
+            s,
+            "sluice_bytes_total{{direction=\"target_to_client\"}} {}",
+            sum(c, |m| m.bytes_target_to_client.load(Relaxed))
+        );
+
+        // Merge the per-core histograms; each lock is held only for the copy.
+        let mut merged =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+        for m in c {
+            if let Ok(h) = m.added.lock() {
+                let _ = merged.add(&*h);
+            }
+        }
+        let _ = writeln!(s, "# HELP sluice_gateway_added_seconds Time the gateway added to each statement (request and response forwarding), merged across cores.\n# TYPE sluice_gateway_added_seconds summary");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let v = if merged.is_empty() {
+                0
+            } else {
+                merged.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                s,
+                "sluice_gateway_added_seconds{{quantile=\"{q}\"}} {:.9}",
+                v as f64 / 1e9
+            );
+        }
+        let total_ns: f64 = merged
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+            .sum();
+        let _ = writeln!(s, "sluice_gateway_added_seconds_sum {:.9}", total_ns / 1e9);
+        let _ = writeln!(s, "sluice_gateway_added_seconds_count {}", merged.len());
+        s
+    }
+}

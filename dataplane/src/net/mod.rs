@@ -1,0 +1,148 @@
+//! The monoio drivers: worker threads, listeners, connections.
+//!
+//! One worker per core, each a monoio runtime (io_uring, or epoll where
+//! io_uring is refused) with its own `SO_REUSEPORT` listener per address, so
+//! the kernel spreads connections across cores. A worker owns its
+//! connections and metrics; it shares only the snapshot pointer and the
+//! cancel-key table with the others.
+
+pub mod conn;
+pub mod io;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::net::TcpListener;
+
+use crate::cancel::BadCancelLimiter;
+use crate::config::DriverChoice;
+use crate::metrics::CoreMetrics;
+pub use conn::Shared;
+
+/// What one worker thread owns.
+pub struct Worker {
+    pub id: usize,
+    pub metrics: Arc<CoreMetrics>,
+    pub shared: Arc<Shared>,
+    pub bad_cancels: BadCancelLimiter,
+}
+
+/// Bind one listening socket per (worker, address) with SO_REUSEPORT.
+/// Port 0 is resolved by the first bind and reused by the rest.
+pub fn bind_listeners(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        let mut actual = *addr;
+        for slot in per_worker.iter_mut() {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(actual),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            sock.set_reuse_address(true)?;
+            sock.set_reuse_port(true)?;
+            sock.set_nonblocking(true)?;
+            sock.set_nodelay(true)?;
+            sock.bind(&actual.into())?;
+            sock.listen(4096)?;
+            let l: std::net::TcpListener = sock.into();
+            actual = l.local_addr()?;
+            slot.push(l);
+        }
+    }
+    Ok(per_worker)
+}
+
+/// Start worker `id` on the current thread; never returns while the process
+/// runs. `ready` receives the worker's metrics (with its driver) once its
+/// listeners are registered, or an error.
+pub fn run_worker(
+    id: usize,
+    driver: DriverChoice,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<Result<Arc<CoreMetrics>, String>>,
+) {
+    let want_uring = match driver {
+        DriverChoice::Epoll => false,
+        DriverChoice::IoUring => true,
+        DriverChoice::Auto => monoio::utils::detect_uring(),
+    };
+    let mut uring = None;
+    if want_uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+        {
+            Ok(rt) => uring = Some(rt),
+            Err(e) if driver == DriverChoice::IoUring => {
+                let _ = ready.send(Err(format!("worker {id}: io_uring runtime refused: {e}")));
+                return;
+            }
+            Err(e) => tracing::warn!(worker = id, "io_uring refused ({e}); falling back to epoll"),
+        }
+    }
+    let label = if uring.is_some() { "io_uring" } else { "epoll" };
+    let metrics = Arc::new(CoreMetrics::new(id, label));
+    let worker = Rc::new(Worker {
+        id,
+        metrics: metrics.clone(),
+        shared: shared.clone(),
+        bad_cancels: BadCancelLimiter::new(shared.limits.bad_cancels_per_second),
+    });
+    let main = async move {
+        let mut ls = Vec::new();
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => ls.push(l),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("worker {id}: cannot register listener: {e}")));
+                    return;
+                }
+            }
+        }
+        tracing::info!(worker = id, driver = label, "worker started");
+        let _ = ready.send(Ok(metrics));
+        let mut tasks = Vec::new();
+        for l in ls {
+            let w = worker.clone();
+            tasks.push(monoio::spawn(accept_loop(w, l)));
+        }
+        for t in tasks {
+            t.await;
+        }
+    };
+    match uring {
+        Some(mut rt) => rt.block_on(main),
+        None => run_epoll(main),
+    }
+}
+
+fn run_epoll<F: std::future::Future<Output = ()>>(main: F) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("epoll runtime");
+    rt.block_on(main)
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                monoio::spawn(conn::serve(worker.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(worker = worker.id, "accept failed: {e}");
+                monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Process assembly: snapshot, listeners, worker threads, control thread.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::admin::{self, AdminState};
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::metrics::Registry;
+use crate::net::{self, Shared};
+use crate::snapshot::Snapshot;
+
+/// Raise the soft open-files limit to the hard limit: every session holds
+/// two sockets.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            if rl.rlim_cur < rl.rlim_max {
+                rl.rlim_cur = rl.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+            }
+            return rl.rlim_cur;
+        }
+    }
+    0
+}
+
+/// Run the gateway until SIGTERM/SIGINT (drain) or a fatal error.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let nofile = raise_nofile_limit();
+    let snapshot = Snapshot::build(&cfg, 1)?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(crate::tls::server_config(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cfg.workers
+    };
+    let addrs = cfg.listen_addrs();
+    let listeners = net::bind_listeners(&addrs, workers)
+        .with_context(|| format!("cannot listen on {:?}", cfg.listen))?;
+    let bound: Vec<_> = listeners[0]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+
+    let shared = Arc::new(Shared {
+        snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+        cancels: Arc::new(CancelRegistry::new(cfg.node_id)),
+        tls_required: cfg.tls.as_ref().is_some_and(|t| t.required),
+        tls: tls.map(monoio_rustls::TlsAcceptor::from),
+        limits: cfg.limits.clone(),
+        node_id: cfg.node_id,
+        draining: AtomicBool::new(false),
+        rng: ring::rand::SystemRandom::new(),
+    });
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (id, ls) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let tx = tx.clone();
+        let driver = cfg.driver;
+        std::thread::Builder::new()
+            .name(format!("sluice-w{id}"))
+            .spawn(move || net::run_worker(id, driver, ls, shared, tx))
+            .context("cannot start worker thread")?;
+    }
+    drop(tx);
+    let mut cores = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match rx.recv() {
+            Ok(Ok(m)) => cores.push(m),
+            Ok(Err(e)) => anyhow::bail!(e),
+            Err(_) => anyhow::bail!("a worker thread died while starting"),
+        }
+    }
+    cores.sort_by_key(|c| c.worker);
+
+    let admin_addr: std::net::SocketAddr = cfg.admin_listen.parse().context("admin_listen")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sluice-control")
+        .build()
+        .context("cannot start the control thread runtime")?;
+    rt.block_on(async move {
+        let listener = admin::bind(admin_addr)
+            .await
+            .with_context(|| format!("admin_listen: cannot listen on {admin_addr}"))?;
+        let admin_bound = listener.local_addr()?;
+        let state = Arc::new(AdminState {
+            registry: Registry { cores },
+            shared: shared.clone(),
+            started: AtomicBool::new(true),
+        });
+        for b in &bound {
+            tracing::info!(workers, nofile, "listening for PostgreSQL clients on {b}");
+        }
+        tracing::info!("admin (metrics, healthz, readyz) on http://{admin_bound}");
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, st).await {
+                tracing::error!("admin server failed: {e}");
+            }
+        });
+        wait_for_signal().await;
+        shared.draining.store(true, Relaxed);
+        let deadline = Instant::now() + Duration::from_millis(shared.limits.drain_timeout_ms);
+        tracing::info!("draining: not ready, refusing new sessions, waiting for open ones");
+        loop {
+            let open: i64 = state
+                .registry
+                .cores
+                .iter()
+                .map(|c| c.sessions_open.load(Relaxed))
+                .sum();
+            if open <= 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(open, "drain deadline reached; closing remaining sessions");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = wait_for_signal() => {
+                    tracing::warn!("second signal: exiting now");
+                    break;
+                }
+            }
+        }
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

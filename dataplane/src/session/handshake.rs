@@ -1,0 +1,525 @@
+//! Client-side handshake: from the first byte to an authenticated, authorized
+//! session request. Sans-IO: the driver reads a packet (untagged until the
+//! StartupMessage, tagged after), hands it to [`ClientHandshake`], and
+//! carries out the [`Step`] it returns.
+
+use std::sync::Arc;
+
+use base64::Engine;
+
+use crate::auth::jwt::looks_like_jwt;
+use crate::auth::scram::{ScramError, ScramServer, MECHANISM};
+use crate::metrics::Outcome;
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{be_u32, cstr, sqlstate, tag};
+use crate::snapshot::{ConnectionEntry, Snapshot};
+
+/// Startup parameters never forwarded to the target.
+const GATEWAY_PARAMS: [&str; 3] = ["user", "database", "replication"];
+
+/// Everything the driver needs to open the session once the client is in.
+#[derive(Debug)]
+pub struct SessionRequest {
+    pub identity: String,
+    pub connection: Arc<ConnectionEntry>,
+    /// How the client proved who it is (`api_key`, `jwt`).
+    pub auth_method: &'static str,
+    /// Startup parameters to pass on (application_name, client_encoding…).
+    pub params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these bytes (possibly none) and read the next packet.
+    Reply(Vec<u8>),
+    /// Answer `S` to an SSLRequest and run the TLS handshake, then continue.
+    StartTls,
+    /// A CancelRequest: route it, then close without a reply.
+    Cancel { pid: i32, secret: i32 },
+    /// Send the error and close.
+    Reject {
+        reply: Vec<u8>,
+        outcome: Outcome,
+        auth_reason: Option<&'static str>,
+        log: String,
+    },
+    /// Authenticated and authorized: send `reply` (SASL final, if any) and
+    /// open the session.
+    Ready {
+        reply: Vec<u8>,
+        session: SessionRequest,
+    },
+}
+
+enum State {
+    Startup,
+    SaslInitial,
+    SaslFinal(ScramServer),
+    Password,
+    Done,
+}
+
+/// Per-connection handshake state.
+pub struct ClientHandshake {
+    snapshot: Arc<Snapshot>,
+    tls_available: bool,
+    tls_required: bool,
+    tls_active: bool,
+    state: State,
+    identity: String,
+    connection: String,
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn reject(code: &str, message: String, outcome: Outcome, reason: Option<&'static str>) -> Step {
+    let mut reply = Vec::new();
+    backend::error_response(&mut reply, Severity::Fatal, code, &message, None);
+    Step::Reject {
+        reply,
+        outcome,
+        auth_reason: reason,
+        log: message,
+    }
+}
+
+fn protocol_error(message: impl Into<String>) -> Step {
+    reject(
+        sqlstate::PROTOCOL_VIOLATION,
+        message.into(),
+        Outcome::ProtocolError,
+        None,
+    )
+}
+
+impl ClientHandshake {
+    pub fn new(snapshot: Arc<Snapshot>, tls_available: bool, tls_required: bool) -> Self {
+        ClientHandshake {
+            snapshot,
+            tls_available,
+            tls_required,
+            tls_active: false,
+            state: State::Startup,
+            identity: String::new(),
+            connection: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Until the StartupMessage, packets are untagged (`len`, payload).
+    pub fn expects_untagged(&self) -> bool {
+        matches!(self.state, State::Startup)
+    }
+
+    /// The driver finished the TLS handshake.
+    pub fn tls_established(&mut self) {
+        self.tls_active = true;
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Feed one untagged packet (length prefix included).
+    pub fn on_untagged(&mut self, packet: &[u8]) -> Step {
+        if !matches!(self.state, State::Startup) {
+            return protocol_error("unexpected startup packet");
+        }
+        let parsed = match startup::parse(packet) {
+            Ok(p) => p,
+            Err(e @ startup::StartupError::UnsupportedProtocol(..)) => {
+                return reject(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    e.to_string(),
+                    Outcome::ProtocolError,
+                    None,
+                )
+            }
+            Err(e) => return protocol_error(e.to_string()),
+        };
+        match parsed {
+            StartupPacket::SslRequest => {
+                if self.tls_available && !self.tls_active {
+                    Step::StartTls
+                } else {
+                    Step::Reply(b"N".to_vec())
+                }
+            }
+            StartupPacket::GssEncRequest => Step::Reply(b"N".to_vec()),
+            StartupPacket::Cancel { pid, secret } => Step::Cancel { pid, secret },
+            StartupPacket::Startup(s) => self.on_startup(s),
+        }
+    }
+
+    fn on_startup(&mut self, s: startup::Startup<'_>) -> Step {
+        let mut reply = Vec::new();
+        let unknown_opts: Vec<&[u8]> = s
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with(b"_pq_."))
+            .map(|(k, _)| *k)
+            .collect();
+        if s.minor > 0 || !unknown_opts.is_empty() {
+            backend::negotiate_protocol_version(&mut reply, 0, &unknown_opts);
+        }
+        if s.get("replication")
+            .is_some_and(|v| v != b"false" && v != b"0" && v != b"off")
+        {
+            return reject(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "replication connections are not supported through Sluice".into(),
+                Outcome::Rejected,
+                None,
+            );
+        }
+        let Some(user) = s.get("user").filter(|u| !u.is_empty()) else {
+            return reject(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no identity given: set the user name to your Sluice identity".into(),
+                Outcome::AuthFailed,
+                Some("unknown_identity"),
+            );
+        };
+        self.identity = String::from_utf8_lossy(user).into_owned();
+        self.connection =
+            String::from_utf8_lossy(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user))
+                .into_owned();
+        self.params = s
+            .params
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with(b"_pq_.") && !GATEWAY_PARAMS.iter().any(|g| g.as_bytes() == *k)
+            })
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+
+        if self.tls_required && !self.tls_active {
+            return reject(
+                sqlstate::INVALID_AUTHORIZATION,
+                "TLS is required by this gateway: connect with sslmode=require".into(),
+                Outcome::AuthFailed,
+                Some("tls_required"),
+            );
+        }
+        let Some(ident) = self.snapshot.identities.get(&self.identity) else {
+            return reject(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "identity \"{}\" is not known to this gateway",
+                    self.identity
+                ),
+                Outcome::AuthFailed,
+                Some("unknown_identity"),
+            );
+        };
+        if self.tls_active && ident.jwt_issuer.is_some() {
+            backend::auth_cleartext(&mut reply);
+            self.state = State::Password;
+        } else if ident.verifier.is_some() {
+            backend::auth_sasl(&mut reply, &[MECHANISM]);
+            self.state = State::SaslInitial;
+        } else {
+            return reject(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "identity \"{}\" authenticates with a JWT, which is accepted over TLS only: connect with sslmode=require",
+                    self.identity
+                ),
+                Outcome::AuthFailed,
+                Some("tls_required"),
+            );
+        }
+        Step::Reply(reply)
+    }
+
+    /// Feed one tagged message received during authentication.
+    /// `server_nonce` is fresh randomness (used for SCRAM), `now` is unix time.
+    pub fn on_message(
+        &mut self,
+        msg_tag: u8,
+        body: &[u8],
+        server_nonce: &[u8; 18],
+        now: u64,
+    ) -> Step {
+        if msg_tag != tag::PASSWORD {
+            return protocol_error(format!(
+                "expected an authentication response, got message type {:?}",
+                msg_tag as char
+            ));
+        }
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::SaslInitial => {
+                let Some((mech, rest)) = cstr(body) else {
+                    return protocol_error("malformed SASLInitialResponse");
+                };
+                if mech != MECHANISM.as_bytes() {
+                    return reject(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!(
+                            "SASL mechanism {} is not supported",
+                            String::from_utf8_lossy(mech)
+                        ),
+                        Outcome::AuthFailed,
+                        Some("bad_method"),
+                    );
+                }
+                if rest.len() < 4 {
+                    return protocol_error("malformed SASLInitialResponse");
+                }
+                let n = be_u32(rest) as i32;
+                let data = &rest[4..];
+                if n < 0 || n as usize != data.len() {
+                    return protocol_error("malformed SASLInitialResponse");
+                }
+                let ident = &self.snapshot.identities[&self.identity];
+                let mut scram =
+                    ScramServer::new(ident.verifier.clone().expect("checked at startup"));
+                let nonce = base64::engine::general_purpose::STANDARD.encode(server_nonce);
+                match scram.client_first(data, &nonce) {
+                    Ok(first) => {
+                        let mut reply = Vec::new();
+                        backend::auth_sasl_data(&mut reply, 11, &first);
+                        self.state = State::SaslFinal(scram);
+                        Step::Reply(reply)
+                    }
+                    Err(e) => self.scram_failed(e),
+                }
+            }
+            State::SaslFinal(mut scram) => match scram.client_final(body) {
+                Ok(fin) => {
+                    let mut reply = Vec::new();
+                    backend::auth_sasl_data(&mut reply, 12, &fin);
+                    self.authorize(reply, "api_key")
+                }
+                Err(e) => self.scram_failed(e),
+            },
+            State::Password => {
+                let Some((pw, _)) = cstr(body) else {
+                    return protocol_error("malformed PasswordMessage");
+                };
+                let pw = String::from_utf8_lossy(pw);
+                let ident = &self.snapshot.identities[&self.identity];
+                if looks_like_jwt(&pw) {
+                    if let Some(issuer) = &ident.jwt_issuer {
+                        return match issuer.verify(&pw, &self.identity, now) {
+                            Ok(()) => self.authorize(Vec::new(), "jwt"),
+                            Err(e) => reject(
+                                sqlstate::INVALID_PASSWORD,
+                                format!(
+                                    "authentication failed for identity \"{}\": {e}",
+                                    self.identity
+                                ),
+                                Outcome::AuthFailed,
+                                Some(e.reason()),
+                            ),
+                        };
+                    }
+                }
+                match &ident.verifier {
+                    Some(v) if v.matches_password(pw.as_bytes()) => {
+                        self.authorize(Vec::new(), "api_key")
+                    }
+                    _ => self.bad_password(),
+                }
+            }
+            State::Startup | State::Done => protocol_error("unexpected authentication message"),
+        }
+    }
+
+    fn bad_password(&self) -> Step {
+        reject(
+            sqlstate::INVALID_PASSWORD,
+            format!(
+                "password authentication failed for identity \"{}\"",
+                self.identity
+            ),
+            Outcome::AuthFailed,
+            Some("bad_password"),
+        )
+    }
+
+    fn scram_failed(&self, e: ScramError) -> Step {
+        match e {
+            ScramError::BadProof | ScramError::Nonce => self.bad_password(),
+            ScramError::ChannelBinding => reject(
+                sqlstate::INVALID_AUTHORIZATION,
+                "SCRAM channel binding is not supported by this gateway".into(),
+                Outcome::AuthFailed,
+                Some("bad_method"),
+            ),
+            other => protocol_error(other.to_string()),
+        }
+    }
+
+    /// After authentication: the connection must exist and be granted.
+    fn authorize(&mut self, reply: Vec<u8>, method: &'static str) -> Step {
+        let ident = &self.snapshot.identities[&self.identity];
+        let Some(conn) = self.snapshot.connections.get(&self.connection) else {
+            return reject(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("connection \"{}\" does not exist", self.connection),
+                Outcome::Rejected,
+                Some("unknown_connection"),
+            );
+        };
+        if !self.snapshot.is_granted(ident, &self.connection) {
+            return reject(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "identity \"{}\" is not granted connection \"{}\"",
+                    self.identity, self.connection
+                ),
+                Outcome::Rejected,
+                Some("not_granted"),
+            );
+        }
+        Step::Ready {
+            reply,
+            session: SessionRequest {
+                identity: self.identity.clone(),
+                connection: conn.clone(),
+                auth_method: method,
+                params: std::mem::take(&mut self.params),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scram::Verifier;
+    use crate::config::Config;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    fn snapshot(verifier: &Verifier) -> Arc<Snapshot> {
+        let y = format!(
+            r#"
+connections:
+  - name: app
+    target: {{ host: 127.0.0.1, port: 5432, database: app, user: app, password: pw }}
+  - name: other
+    target: {{ host: 127.0.0.1, port: 5432, database: o, user: o, password: pw }}
+identities:
+  - name: agent
+    api_key: "{verifier}"
+grants:
+  - connections: [app]
+    identities: [agent]
+"#
+        );
+        let cfg = Config::from_yaml(&y).unwrap();
+        cfg.validate().unwrap();
+        Arc::new(Snapshot::build(&cfg, 1).unwrap())
+    }
+
+    fn startup(user: &str, db: &str) -> Vec<u8> {
+        let mut p = Vec::new();
+        backend::startup_message(
+            &mut p,
+            &[
+                (b"user", user.as_bytes()),
+                (b"database", db.as_bytes()),
+                (b"application_name", b"t"),
+            ],
+        );
+        p
+    }
+
+    /// Drive a full SCRAM exchange with the real client implementation.
+    fn login(hs: &mut ClientHandshake, key: &[u8]) -> Step {
+        let mut client = ScramSha256::new(key, ChannelBinding::unsupported());
+        let mut body = Vec::new();
+        body.extend_from_slice(b"SCRAM-SHA-256\0");
+        body.extend_from_slice(&(client.message().len() as u32).to_be_bytes());
+        body.extend_from_slice(client.message());
+        let Step::Reply(r) = hs.on_message(b'p', &body, &[7; 18], 0) else {
+            panic!("expected SASL continue")
+        };
+        assert_eq!(r[0], b'R');
+        client.update(&r[9..]).unwrap();
+        hs.on_message(b'p', client.message(), &[7; 18], 0)
+    }
+
+    fn code_of(step: &Step) -> String {
+        match step {
+            Step::Reject { reply, .. } => backend::parse_error_fields(&reply[5..]).code,
+            other => panic!("expected reject, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn api_key_login_succeeds_and_forwards_params() {
+        let v = Verifier::generate(b"key", 16);
+        let mut hs = ClientHandshake::new(snapshot(&v), false, false);
+        let Step::Reply(r) = hs.on_untagged(&startup("agent", "app")) else {
+            panic!()
+        };
+        assert_eq!(&r[5..9], &10u32.to_be_bytes()); // AuthenticationSASL
+        match login(&mut hs, b"key") {
+            Step::Ready { session, .. } => {
+                assert_eq!(session.identity, "agent");
+                assert_eq!(session.connection.name, "app");
+                assert_eq!(
+                    session.params,
+                    vec![(b"application_name".to_vec(), b"t".to_vec())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejections_carry_sqlstates() {
+        let v = Verifier::generate(b"key", 16);
+        let snap = snapshot(&v);
+        let mut hs = ClientHandshake::new(snap.clone(), false, false);
+        hs.on_untagged(&startup("agent", "app"));
+        assert_eq!(code_of(&login(&mut hs, b"wrong")), "28P01");
+
+        let mut hs = ClientHandshake::new(snap.clone(), false, false);
+        assert_eq!(code_of(&hs.on_untagged(&startup("nobody", "app"))), "28000");
+
+        let mut hs = ClientHandshake::new(snap.clone(), false, false);
+        hs.on_untagged(&startup("agent", "missing"));
+        assert_eq!(code_of(&login(&mut hs, b"key")), "3D000");
+
+        let mut hs = ClientHandshake::new(snap.clone(), false, false);
+        hs.on_untagged(&startup("agent", "other"));
+        assert_eq!(code_of(&login(&mut hs, b"key")), "42501");
+
+        let mut hs = ClientHandshake::new(snap, true, true);
+        assert_eq!(code_of(&hs.on_untagged(&startup("agent", "app"))), "28000");
+    }
+
+    #[test]
+    fn ssl_request_and_garbage() {
+        let v = Verifier::generate(b"key", 16);
+        let mut hs = ClientHandshake::new(snapshot(&v), true, false);
+        assert!(matches!(
+            hs.on_untagged(&backend::ssl_request()),
+            Step::StartTls
+        ));
+        hs.tls_established();
+        assert!(matches!(hs.on_untagged(&backend::ssl_request()), Step::Reply(r) if r == b"N"));
+        let mut hs = ClientHandshake::new(snapshot(&v), false, false);
+        assert!(matches!(hs.on_untagged(&backend::ssl_request()), Step::Reply(r) if r == b"N"));
+        // An unknown protocol version is refused as PostgreSQL does (0A000);
+        // a 3.0 packet without its terminator is a protocol violation.
+        assert_eq!(
+            code_of(&hs.on_untagged(&[0, 0, 0, 9, 1, 2, 3, 4, 5])),
+            "0A000"
+        );
+        assert_eq!(
+            code_of(&hs.on_untagged(&[0, 0, 0, 10, 0, 3, 0, 0, b'u', b'x'])),
+            "08P01"
+        );
+        let mut hs = ClientHandshake::new(snapshot(&v), false, false);
+        hs.on_untagged(&startup("agent", "app"));
+        assert_eq!(
+            code_of(&hs.on_message(b'Q', b"select 1\0", &[0; 18], 0)),
+            "08P01"
+        );
+    }
+}

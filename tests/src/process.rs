@@ -1,0 +1,171 @@
+//! Running external programs (psql, pgbench, pg_ctl, sluice-dp subcommands)
+//! with a deadline, and sending signals to processes by PID.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a finished program printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panic with everything the program said unless it exited 0.
+    #[track_caller]
+    pub fn assert_success(&self, what: &str) -> &Self {
+        assert!(
+            self.status.success(),
+            "{what} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Run `cmd` to completion, writing `stdin` (if any) to it, and kill it if it
+/// is still running after `timeout`. Panics on timeout: a program that does
+/// not finish is a hang, which is a failure.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let out_reader = reader_thread(child.stdout.take().unwrap());
+    let err_reader = reader_thread(child.stderr.take().unwrap());
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "{desc} did not finish within {timeout:?} (killed)\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+            );
+        }
+    };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+fn reader_thread<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Wait for `child` up to `timeout`; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for child: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send `sig` to `pid`; false if there is no such process.
+pub fn signal(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn pid_alive(pid: i32) -> bool {
+    if !signal(pid, 0) {
+        return false;
+    }
+    // A zombie still answers kill(pid, 0); look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            state != Some('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether this process runs as root (PostgreSQL tools then run as
+/// `postgres` through `runuser`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `sluice-dp` binary under test: `$SLUICE_BIN_DIR/sluice-dp` if set,
+/// else `<target>/debug/sluice-dp`, built with cargo once if it is missing.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("SLUICE_BIN_DIR") {
+            let p = PathBuf::from(dir).join("sluice-dp");
+            assert!(p.exists(), "SLUICE_BIN_DIR is set but {p:?} does not exist");
+            return p;
+        }
+        let ws = crate::workspace_dir();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_relative() { ws.join(t) } else { t })
+            .unwrap_or_else(|| ws.join("target"));
+        let p = target.join("debug").join("sluice-dp");
+        if !p.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            eprintln!("[harness] {p:?} missing; running cargo build -p dataplane --bin sluice-dp");
+            let st = Command::new(cargo)
+                .args(["build", "-p", "dataplane", "--bin", "sluice-dp"])
+                .current_dir(&ws)
+                .status()
+                .expect("run cargo build");
+            assert!(
+                st.success(),
+                "cargo build -p dataplane --bin sluice-dp failed"
+            );
+            assert!(p.exists(), "cargo build did not produce {p:?}");
+        }
+        p
+    })
+    .clone()
+}
