@@ -90,6 +90,7 @@ est=$((n_wl * n_c * ROUNDS * ${#ORDER[@]} * (SECS + PAUSE)))
 log "output dir: $OUT"
 log "plan: workloads [$WORKLOADS] x clients [$CLIENTS] x $ROUNDS rounds x [${ORDER[*]}], ${SECS}s each: about $((est / 60)) min $((est % 60)) s of runs"
 
+if [[ " ${ORDER[*]} " == *" sluice "* ]]; then ensure_sluice_bin; fi
 start_pg $((max_clients + 100 > 200 ? max_clients + 100 : 200))
 pgbench_init "$SCALE"
 for k in "${ORDER[@]}"; do
@@ -102,8 +103,8 @@ done
 # Die with the contender's log if a gateway process is gone.
 check_alive() {
     case $1 in
-    sluice) kill -0 "$SLUICE_PID" 2>/dev/null || { show_tail "$WORK/sluice-dp.log" 40; die "sluice-dp (pid $SLUICE_PID) died during the run"; } ;;
-    pgbouncer) kill -0 "$BOUNCER_PID" 2>/dev/null || { show_tail "$WORK/pgbouncer.log" 40; die "pgbouncer (pid $BOUNCER_PID) died during the run"; } ;;
+    sluice) pid_alive "$SLUICE_PID" || { show_tail "$WORK/sluice-dp.log" 40; die "sluice-dp (pid $SLUICE_PID) died during the run"; } ;;
+    pgbouncer) pid_alive "$BOUNCER_PID" || { show_tail "$WORK/pgbouncer.log" 40; die "pgbouncer (pid $BOUNCER_PID) died during the run"; } ;;
     esac
     return 0
 }
@@ -119,10 +120,9 @@ for wl in $WORKLOADS; do
                 contender_conn "$k"
                 cmd=(pgbench -n "${wargs[@]}" -c "$c" -j "$j" -T "$SECS" -h 127.0.0.1 -p "$CONN_PORT" -U "$CONN_USER" "$BENCH_DB")
                 printf '==== %s c%s round %s %s: %s\n' "$wl" "$c" "$r" "$k" "${cmd[*]}" >>"$PGBENCH_LOG"
-                set +e
-                output=$(PGPASSWORD=$CONN_PW "${cmd[@]}" 2>&1)
-                rc=$?
-                set -e
+                rc=0
+                run_logged "$WORK/pgbench.out" env PGPASSWORD="$CONN_PW" "${cmd[@]}" || rc=$?
+                output=$(<"$WORK/pgbench.out")
                 printf '%s\n(exit %s)\n' "$output" "$rc" >>"$PGBENCH_LOG"
                 tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' <<<"$output" | head -n 1)
                 if [[ -n $tps && $rc -eq 0 ]]; then

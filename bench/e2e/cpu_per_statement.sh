@@ -66,6 +66,7 @@ write_meta "$OUT/meta.txt"
 log "output dir: $OUT"
 log "plan: $ROUNDS rounds x [${ORDER[*]}] x ${SECS}s at $RATE tps, $CLIENTS clients, -M $MODE"
 
+if [[ " ${ORDER[*]} " == *" sluice "* ]]; then ensure_sluice_bin; fi
 start_pg 200
 pgbench_init "$SCALE"
 for k in "${ORDER[@]}"; do
@@ -101,10 +102,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
         cmd=(pgbench -n -S -M "$MODE" -R "$RATE" -c "$CLIENTS" -j "$j" -T "$SECS" -h 127.0.0.1 -p "$CONN_PORT" -U "$CONN_USER" "$BENCH_DB")
         printf '==== round %s %s: %s\n' "$r" "$k" "${cmd[*]}" >>"$PGBENCH_LOG"
         t0=$(proc_cpu_ticks "$pid")
-        set +e
-        output=$(PGPASSWORD=$CONN_PW "${cmd[@]}" 2>&1)
-        rc=$?
-        set -e
+        rc=0
+        run_logged "$WORK/pgbench.out" env PGPASSWORD="$CONN_PW" "${cmd[@]}" || rc=$?
+        output=$(<"$WORK/pgbench.out")
         t1=$(proc_cpu_ticks "$pid")
         printf '%s\n(exit %s)\n' "$output" "$rc" >>"$PGBENCH_LOG"
         txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$output" | head -n 1)
@@ -118,7 +118,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         us=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
         echo "$r,$k,$txns,$ticks,$CLK_TCK,$us,$tps,$lat" >>"$CSV"
         log "round $r/$ROUNDS $k: $txns txns, $ticks ticks -> $us us/txn (tps $tps, latency avg ${lat:-?} ms)"
-        kill -0 "$pid" 2>/dev/null || die "$k (pid $pid) died during the run"
+        pid_alive "$pid" || die "$k (pid $pid) died during the run"
         sleep 1
     done
 done

@@ -68,6 +68,7 @@ if [[ $IDLE_BUILD == 1 ]]; then
 fi
 [[ -x $IDLE_BIN ]] || die "idle-conns helper not found at $IDLE_BIN (IDLE_BUILD=1 builds it)"
 
+if [[ $GATEWAY == sluice ]]; then ensure_sluice_bin; fi
 start_pg $((N + 100 > 1100 ? N + 100 : 1100))
 if [[ $GATEWAY == sluice ]]; then
     start_sluice tls
@@ -115,7 +116,7 @@ for m in $MODES; do
     exec 3>"$HOLD_FIFO" # the helper holds its connections until this closes
     deadline=$((SECONDS + 60 + N / 5))
     until grep -q '^ready ' "$WORK/idle-conns-$m.out" 2>/dev/null; do
-        if ! kill -0 "$IDLE_PID" 2>/dev/null; then
+        if ! pid_alive "$IDLE_PID"; then
             show_tail "$WORK/idle-conns-$m.log"
             show_tail "$GW_LOG"
             die "idle-conns ($m) exited before all $N connections were ready"
@@ -125,7 +126,7 @@ for m in $MODES; do
     done
     t_ready=$(date +%s.%N)
     sleep "$SETTLE"
-    kill -0 "$GW_PID" 2>/dev/null || { show_tail "$GW_LOG" 40; die "$GATEWAY died holding $N connections"; }
+    pid_alive "$GW_PID" || { show_tail "$GW_LOG" 40; die "$GATEWAY died holding $N connections"; }
     rss1=$(proc_rss_kib "$GW_PID")
     fds1=$(fd_count "$GW_PID")
     backends=$(pg_bench_backends)

@@ -38,6 +38,7 @@ CONN_PORT=""   # set by contender_conn
 CONN_USER=""
 CONN_PW=""
 declare -a E2E_EXTRA_PIDS=()   # "name:pid" of other processes to stop
+E2E_CHILD=""                    # the pgbench (or other) run now in progress
 declare -a E2E_PORTS_TAKEN=()
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -110,14 +111,22 @@ free_port() {
     die "no free port found"
 }
 
+# Is a process running? A zombie (exited, not yet reaped) counts as gone.
+pid_alive() {
+    local stat
+    [[ -n $1 ]] || return 1
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
 # Stop one process by PID: SIGTERM, wait up to $3 seconds, then SIGKILL.
 stop_pid() {
     local name=$1 pid=$2 wait_s=${3:-10} i
-    [[ -n $pid ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
+    pid_alive "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < wait_s * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        pid_alive "$pid" || return 0
         sleep 0.1
     done
     log "$name (pid $pid) did not stop within ${wait_s}s; sending SIGKILL"
@@ -128,20 +137,24 @@ stop_pid() {
 e2e_cleanup() {
     local rc=$? entry i
     trap - EXIT INT TERM
+    if [[ -n $E2E_CHILD ]]; then stop_pid "run in progress" "$E2E_CHILD" 2; fi
     for ((i = ${#E2E_EXTRA_PIDS[@]} - 1; i >= 0; i--)); do
         entry=${E2E_EXTRA_PIDS[i]}
         stop_pid "${entry%%:*}" "${entry##*:}" 5
     done
     stop_pid sluice-dp "$SLUICE_PID" 10
     stop_pid pgbouncer "$BOUNCER_PID" 10
-    if [[ -n $PG_PID ]] && kill -0 "$PG_PID" 2>/dev/null; then
+    if pid_alive "$PG_PID"; then
         # SIGINT = PostgreSQL's fast shutdown.
         kill -INT "$PG_PID" 2>/dev/null || true
         for ((i = 0; i < 300; i++)); do
-            kill -0 "$PG_PID" 2>/dev/null || break
+            pid_alive "$PG_PID" || break
             sleep 0.1
         done
-        kill -0 "$PG_PID" 2>/dev/null && kill -KILL "$PG_PID" 2>/dev/null
+        if pid_alive "$PG_PID"; then
+            log "PostgreSQL (pid $PG_PID) did not stop within 30s; sending SIGKILL"
+            kill -KILL "$PG_PID" 2>/dev/null || true
+        fi
     fi
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
@@ -191,6 +204,19 @@ ensure_pgbouncer() {
     apt-get update -qq >"$WORK/apt.log" 2>&1 || { show_tail "$WORK/apt.log"; die "apt-get update failed"; }
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >>"$WORK/apt.log" 2>&1 ||
         { show_tail "$WORK/apt.log"; die "apt-get install pgbouncer failed"; }
+}
+
+# run_logged FILE CMD...: run CMD with its output to FILE and return its exit
+# status. It runs in the background and is waited for, so a signal to this
+# script is acted on at once and the exit trap stops CMD too.
+run_logged() {
+    local outf=$1 rc=0
+    shift
+    "$@" >"$outf" 2>&1 &
+    E2E_CHILD=$!
+    wait "$E2E_CHILD" || rc=$?
+    E2E_CHILD=""
+    return "$rc"
 }
 
 # psql as a given user against a given port, quiet, stopping on error.
@@ -291,7 +317,7 @@ EOF
         die "pid $BOUNCER_PID is not pgbouncer (did it fail to start?)"
     fi
     for ((i = 0; i < 100; i++)); do
-        kill -0 "$BOUNCER_PID" 2>/dev/null || { show_tail "$WORK/pgbouncer.log"; die "pgbouncer exited at start"; }
+        pid_alive "$BOUNCER_PID" || { show_tail "$WORK/pgbouncer.log"; die "pgbouncer exited at start"; }
         if psql_at "$BOUNCER_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -tAc "SELECT 1" >/dev/null 2>&1; then
             log "PgBouncer $(pgbouncer --version | awk 'NR==1 {print $2}') up: 127.0.0.1:$BOUNCER_PORT pid $BOUNCER_PID (transaction, pool ${BOUNCER_POOL_SIZE:-20}), $want_tls"
             return 0
@@ -302,8 +328,12 @@ EOF
     die "pgbouncer did not accept a query within 10s on port $BOUNCER_PORT"
 }
 
-# Build (if SLUICE_BUILD=1) and locate sluice-dp; sets SLUICE_BIN.
+# Build (if SLUICE_BUILD=1) and locate sluice-dp; sets SLUICE_BIN. Scripts
+# call it before starting anything, so a build never overlaps a measurement;
+# later calls do nothing.
+SLUICE_BIN_READY=0
 ensure_sluice_bin() {
+    ((SLUICE_BIN_READY)) && return 0
     local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
     [[ $target == /* ]] || target=$REPO_ROOT/$target
     SLUICE_BIN=${SLUICE_BIN:-$target/release/sluice-dp}
@@ -313,6 +343,7 @@ ensure_sluice_bin() {
             { show_tail "$WORK/cargo-build.log" 40; die "building sluice-dp failed (SLUICE_BUILD=0 uses an existing binary)"; }
     fi
     [[ -x $SLUICE_BIN ]] || die "sluice-dp binary not found at $SLUICE_BIN"
+    SLUICE_BIN_READY=1
 }
 
 # start_sluice plain|tls: writes the config, mints an API key, waits for /readyz
@@ -353,10 +384,12 @@ grants:
   - { connections: [$BENCH_DB], identities: [agent] }
 EOF
     } >"$cfg"
+    "$SLUICE_BIN" check-config --config "$cfg" >"$WORK/sluice-check-config.log" 2>&1 ||
+        { cat "$WORK/sluice-check-config.log" >&2; die "sluice-dp refused the generated config $cfg"; }
     "$SLUICE_BIN" --config "$cfg" >>"$WORK/sluice-dp.log" 2>&1 &
     SLUICE_PID=$!
     for ((i = 0; i < 300; i++)); do
-        kill -0 "$SLUICE_PID" 2>/dev/null || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp exited at start (config: $cfg)"; }
+        pid_alive "$SLUICE_PID" || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp exited at start (config: $cfg)"; }
         if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$SLUICE_ADMIN_PORT/readyz" 2>/dev/null; then
             break
         fi

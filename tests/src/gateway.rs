@@ -352,8 +352,8 @@ impl Gateway {
         std::fs::write(&config_path, &text).unwrap();
         let log_path = dir.path().join("sluice-dp.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(sluice_bin())
-            .arg("--config")
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("--config")
             .arg(&config_path)
             .env(
                 "RUST_LOG",
@@ -361,8 +361,9 @@ impl Gateway {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // Killed with the test process even if Drop never runs.
+        let child = process::spawn_tied(cmd, libc::SIGKILL)
             .map_err(|e| format!("cannot spawn {:?}: {e}", sluice_bin()))?;
         let gw = Gateway {
             pid: child.id() as i32,

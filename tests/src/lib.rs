@@ -81,18 +81,18 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    rl.rlim_cur as u64
+    rl.rlim_cur
 }
 
 /// Paths removed, and PostgreSQL instances stopped, when the process exits.
 pub(crate) struct ExitCleanup {
     pub dirs: Vec<PathBuf>,
-    pub pg_data_dirs: Vec<(PathBuf, PathBuf)>, // (pg bin dir, data dir)
+    pub postmasters: Vec<(i32, PathBuf)>, // (pid, data dir)
 }
 
 pub(crate) static EXIT_CLEANUP: Mutex<ExitCleanup> = Mutex::new(ExitCleanup {
     dirs: Vec::new(),
-    pg_data_dirs: Vec::new(),
+    postmasters: Vec::new(),
 });
 
 /// Register `path` (a directory) to be removed when the test process exits,
@@ -102,9 +102,17 @@ pub(crate) fn remove_dir_at_exit(path: PathBuf) {
     EXIT_CLEANUP.lock().unwrap().dirs.push(path);
 }
 
-pub(crate) fn register_pg_for_exit(bin: PathBuf, data: PathBuf) {
+pub(crate) fn register_pg_for_exit(pid: i32, data: PathBuf) {
     install_atexit();
-    EXIT_CLEANUP.lock().unwrap().pg_data_dirs.push((bin, data));
+    EXIT_CLEANUP.lock().unwrap().postmasters.push((pid, data));
+}
+
+pub(crate) fn unregister_pg(pid: i32) {
+    EXIT_CLEANUP
+        .lock()
+        .unwrap()
+        .postmasters
+        .retain(|(p, _)| *p != pid);
 }
 
 fn install_atexit() {
@@ -122,18 +130,18 @@ extern "C" fn run_exit_cleanup() {
         let (dirs, pgs) = match EXIT_CLEANUP.lock() {
             Ok(mut c) => (
                 std::mem::take(&mut c.dirs),
-                std::mem::take(&mut c.pg_data_dirs),
+                std::mem::take(&mut c.postmasters),
             ),
             Err(p) => {
                 let mut c = p.into_inner();
                 (
                     std::mem::take(&mut c.dirs),
-                    std::mem::take(&mut c.pg_data_dirs),
+                    std::mem::take(&mut c.postmasters),
                 )
             }
         };
-        for (bin, data) in pgs {
-            pg::stop_cluster(&bin, &data);
+        for (pid, _data) in pgs {
+            pg::stop_postmaster(pid);
         }
         for d in dirs {
             let _ = std::fs::remove_dir_all(&d);

@@ -1,9 +1,11 @@
-//! A throwaway PostgreSQL cluster: `initdb` into a temp dir, `pg_ctl start`
-//! on a free loopback port, a login role `app_owner` owning database `appdb`.
+//! A throwaway PostgreSQL cluster: `initdb` into a temp dir, the postmaster
+//! started as a child of the test process on a free loopback port, a login
+//! role `app_owner` owning database `appdb`. As root, the PostgreSQL
+//! programs run as the `postgres` user (they refuse root).
 //!
 //! [`Pg::shared`] gives one cluster per test binary, started on first use and
-//! stopped (`pg_ctl stop -m fast`, then SIGKILL by PID) by an `atexit`
-//! handler; its directory is removed afterwards.
+//! stopped by PID (SIGINT = fast shutdown, SIGKILL after 20 s, then reaped)
+//! by an `atexit` handler; its directory is removed afterwards.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +21,8 @@ pub const MAX_CONNECTIONS: u32 = 1200;
 pub struct Pg {
     /// Port on 127.0.0.1.
     pub port: u16,
+    /// The postmaster's PID (a child of this process).
+    pub pid: i32,
     /// Temp dir holding the data dir, the socket, the log.
     pub dir: PathBuf,
     pub data: PathBuf,
@@ -59,15 +63,33 @@ pub fn pg_bin_dir() -> PathBuf {
         .expect("no PostgreSQL server binaries found (set PG_BIN_DIR)")
 }
 
-/// A command for PostgreSQL tool `tool`, run as `postgres` when we are root
-/// (initdb and the server refuse to run as root).
+/// A command for PostgreSQL tool `tool`, run as the `postgres` user when we
+/// are root (initdb and the server refuse to run as root).
 fn pg_tool(bin: &Path, tool: &str) -> Command {
+    let mut c = Command::new(bin.join(tool));
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
-        c
-    } else {
-        Command::new(bin.join(tool))
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = postgres_ids();
+        c.uid(uid).gid(gid);
+        c.env("HOME", "/tmp")
+            .env("USER", "postgres")
+            .env("LOGNAME", "postgres");
+    }
+    c
+}
+
+/// uid and gid of the `postgres` system user.
+fn postgres_ids() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns a pointer to static storage or null; we copy
+    // the two integers out at once and do not keep the pointer.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "running as root but there is no `postgres` user"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
     }
 }
 
@@ -111,31 +133,35 @@ impl Pg {
         );
         init.assert_success("initdb");
 
-        // A port can be taken between free_port() and the server's bind; try
-        // a few.
+        // The postmaster runs as our direct child (not daemonized by pg_ctl),
+        // so it is stopped by PID and reaped by us. A port can be taken
+        // between free_port() and the server's bind; try a few.
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = crate::free_port();
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off \
-                 -c max_connections={MAX_CONNECTIONS} -c shared_buffers=128MB",
-                dir.display()
-            );
-            let out = process::run(
-                pg_tool(&bin, "pg_ctl")
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(dir.join("pg.log"))
-                    .args(["-w", "-t", "60", "-o", &opts, "start"]),
-                None,
-                Duration::from_secs(90),
-            );
-            if out.success() {
-                crate::register_pg_for_exit(bin.clone(), data.clone());
+            let log = std::fs::File::create(dir.join("pg.log")).unwrap();
+            let mut cmd = pg_tool(&bin, "postgres");
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(&dir)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                .args(["-c", &format!("max_connections={MAX_CONNECTIONS}")])
+                .args(["-c", "shared_buffers=128MB", "-c", "logging_collector=off"])
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            // SIGQUIT = immediate shutdown, should this process be killed.
+            let mut child = process::spawn_tied(cmd, libc::SIGQUIT).expect("spawn postgres");
+            let pid = child.id() as i32;
+            crate::register_pg_for_exit(pid, data.clone());
+            if wait_ready(&mut child, &data) {
                 let pg = Pg {
                     port,
+                    pid,
                     dir: dir.clone(),
                     data: data.clone(),
                     bin: bin.clone(),
@@ -148,11 +174,11 @@ impl Pg {
                 pg.setup_roles();
                 return pg;
             }
-            let log = std::fs::read_to_string(dir.join("pg.log")).unwrap_or_default();
-            last_err = format!("{}\n{}\n--- pg.log ---\n{log}", out.stdout, out.stderr);
-            stop_cluster(&bin, &data);
+            stop_postmaster(pid);
+            crate::unregister_pg(pid);
+            last_err = std::fs::read_to_string(dir.join("pg.log")).unwrap_or_default();
         }
-        panic!("PostgreSQL did not start:\n{last_err}");
+        panic!("PostgreSQL did not start:\n--- pg.log ---\n{last_err}");
     }
 
     fn setup_roles(&self) {
@@ -232,46 +258,48 @@ impl Pg {
     }
 }
 
-/// Stop a cluster: `pg_ctl stop -m fast`, and SIGKILL the postmaster by PID if
-/// that does not work.
-pub(crate) fn stop_cluster(bin: &Path, data: &Path) {
-    let pid = postmaster_pid(data);
-    let stopped = std::process::Command::new(if is_root() {
-        "runuser".into()
-    } else {
-        bin.join("pg_ctl")
-    })
-    .args(if is_root() {
-        vec![
-            "-u".to_string(),
-            "postgres".into(),
-            "--".into(),
-            bin.join("pg_ctl").display().to_string(),
-        ]
-    } else {
-        vec![]
-    })
-    .arg("-D")
-    .arg(data)
-    .args(["-m", "fast", "-w", "-t", "20", "stop"])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .status()
-    .map(|s| s.success())
-    .unwrap_or(false);
-    if !stopped {
-        if let Some(pid) = pid {
-            process::signal(pid, libc::SIGKILL);
+/// Wait until the postmaster says it is ready (postmaster.pid status line);
+/// false if it exits or takes over 60 s.
+fn wait_ready(child: &mut std::process::Child, data: &Path) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
         }
+        let ready = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().nth(7).map(|l| l.trim() == "ready"))
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn postmaster_pid(data: &Path) -> Option<i32> {
-    std::fs::read_to_string(data.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// Stop a postmaster that is our child: SIGINT (fast shutdown), reap it;
+/// SIGKILL if it is still there after 20 s.
+pub(crate) fn stop_postmaster(pid: i32) {
+    let reaped = |block: bool| -> bool {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
+        r == pid || r == -1
+    };
+    if reaped(false) {
+        return;
+    }
+    process::signal(pid, libc::SIGINT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if reaped(false) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    process::signal(pid, libc::SIGKILL);
+    reaped(true);
 }

@@ -169,3 +169,44 @@ pub fn sluice_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// Spawn `cmd` so that the child gets `sig` if this test process dies
+/// without cleaning up (SIGKILL, a crash): PR_SET_PDEATHSIG on the child.
+/// That signal fires when the spawning *thread* exits, so the spawn happens
+/// on one helper thread that lives as long as the process.
+pub fn spawn_tied(mut cmd: Command, sig: i32) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static OWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes an async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Runs after the uid/gid switch, which would clear the setting.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let owner = OWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("sluice-test-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn helper thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    owner
+        .lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("spawner thread alive");
+    reply_rx.recv().expect("spawner thread replied")
+}

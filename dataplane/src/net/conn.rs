@@ -270,13 +270,15 @@ async fn handle_cancel(worker: &Rc<Worker>, pid: i32, minted: i32) {
         return;
     }
     match worker.shared.cancels.lookup(pid, minted) {
-        Some(t) => match send_cancel(&t).await {
-            Ok(()) => m.cancel("forwarded"),
-            Err(e) => {
+        Some(t) => {
+            // Counted when routed; `target_error` counts the ones that then
+            // could not be delivered.
+            m.cancel("forwarded");
+            if let Err(e) = send_cancel(&t).await {
                 tracing::warn!(pid, "cancel could not reach the target: {e}");
                 m.cancel("target_error");
             }
-        },
+        }
         None => {
             worker.bad_cancels.failed();
             if CancelRegistry::node_of(minted) != worker.shared.node_id {
@@ -525,6 +527,10 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         }) {
             return End::ClientFrame(e);
         }
+        // Counted before forwarding, so a client that sees the answer also
+        // sees counters that include its request.
+        bump(&m.statements, statements as u64);
+        bump(&m.bytes_client_to_target, n as u64);
         let (res, b) = wr.write_all(buf).await;
         buf = b;
         if res.is_err() {
@@ -534,8 +540,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             state.in_flight.set(state.in_flight.get() + requests);
             state.request_added.set(t0.elapsed());
         }
-        bump(&m.statements, statements as u64);
-        bump(&m.bytes_client_to_target, n as u64);
         if terminate {
             return End::Terminated;
         }
@@ -573,6 +577,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         }) {
             return End::TargetFrame(e);
         }
+        bump(&m.bytes_target_to_client, n as u64);
         let (res, b) = wr.write_all(buf).await;
         buf = b;
         if res.is_err() {
@@ -585,7 +590,6 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             let added = state.request_added.get() + t0.elapsed();
             m.record_added(added.as_nanos() as u64);
         }
-        bump(&m.bytes_target_to_client, n as u64);
         if n == buf.capacity() && n < limits.max_buffer_bytes {
             buf.reserve(n);
         }

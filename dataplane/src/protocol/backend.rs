@@ -9,7 +9,7 @@ fn begin(out: &mut Vec<u8>, tag: u8) -> usize {
     at
 }
 
-fn finish(out: &mut Vec<u8>, at: usize) {
+fn finish(out: &mut [u8], at: usize) {
     let len = (out.len() - at) as u32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }

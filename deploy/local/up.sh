@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Start Sluice locally: a throwaway PostgreSQL (or --target DSN), an API key,
+# dev TLS certificates and sluice-dp, then print how to connect.
+#
+#   deploy/local/up.sh                    # throwaway PostgreSQL in a temp dir
+#   deploy/local/up.sh --target postgresql://user:pass@host:5432/db
+#   deploy/local/down.sh                  # stop everything up.sh started
+#
+# Env: SLUICE_PORT (default 6432), SLUICE_ADMIN_PORT (9187), SLUICE_STATE
+# (state dir, default <repo>/.sluice-local), SLUICE_WORKERS (0 = per core).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE="${SLUICE_STATE:-$ROOT/.sluice-local}"
+TARGET_DSN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --target) TARGET_DSN="${2:?--target needs a DSN}"; shift 2 ;;
+    --target=*) TARGET_DSN="${1#--target=}"; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "up.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'up.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- prerequisites ----------------------------------------------------------
+need_apt=()
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ -z "$TARGET_DSN" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages: ${need_apt[*]} (run as root to install them)"
+  log "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo is required (https://rustup.rs)"
+
+if [ -f "$STATE/sluice.pid" ] && kill -0 "$(cat "$STATE/sluice.pid")" 2>/dev/null; then
+  die "already running (state in $STATE); run deploy/local/down.sh first"
+fi
+
+log "building sluice-dp (release)"
+(cd "$ROOT" && cargo build --release -q -p dataplane --bin sluice-dp)
+BIN="$ROOT/target/release/sluice-dp"
+
+rm -rf "$STATE"
+mkdir -p "$STATE"
+chmod 700 "$STATE"
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+  local p=$1
+  while ! port_free "$p"; do p=$((p + 1)); done
+  echo "$p"
+}
+
+# --- target PostgreSQL ------------------------------------------------------
+if [ -z "$TARGET_DSN" ]; then
+  PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  PGPORT="$(pick_port 54320)"
+  PGDIR="$STATE/pg"
+  mkdir -p "$PGDIR"
+  DB_PASSWORD="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+  echo "$DB_PASSWORD" >"$PGDIR/pw"
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres: "$PGDIR"
+    chmod 711 "$STATE"
+    as_pg=(runuser -u postgres --)
+  fi
+  log "starting a throwaway PostgreSQL on 127.0.0.1:$PGPORT"
+  "${as_pg[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -A scram-sha-256 --pwfile="$PGDIR/pw" \
+    -U postgres --no-sync >"$PGDIR/initdb.log" 2>&1 || die "initdb failed: see $PGDIR/initdb.log"
+  "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/pg.log" -w \
+    -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null \
+    || die "PostgreSQL did not start: see $PGDIR/pg.log"
+  echo "$PGBIN" >"$STATE/pgbin"
+  TARGET_HOST=127.0.0.1 TARGET_PORT=$PGPORT TARGET_USER=postgres TARGET_PASSWORD=$DB_PASSWORD TARGET_DB=postgres
+  TARGET_DSN_SHOWN="postgresql://postgres:$DB_PASSWORD@127.0.0.1:$PGPORT/postgres"
+else
+  re='^postgres(ql)?://([^:@/]+)(:([^@]*))?@([^:/?]+)(:([0-9]+))?/([^?]+)'
+  [[ "$TARGET_DSN" =~ $re ]] || die "--target must look like postgresql://user:password@host:port/database"
+  TARGET_USER="${BASH_REMATCH[2]}" TARGET_PASSWORD="${BASH_REMATCH[4]}"
+  TARGET_HOST="${BASH_REMATCH[5]}" TARGET_PORT="${BASH_REMATCH[7]:-5432}" TARGET_DB="${BASH_REMATCH[8]}"
+  TARGET_DSN_SHOWN="$TARGET_DSN"
+fi
+
+# --- identity, certificates, config -----------------------------------------
+IDENTITY=agent
+CONNECTION=demo
+KEYS="$("$BIN" apikey)"
+API_KEY="$(sed -n 's/^key: //p' <<<"$KEYS")"
+VERIFIER="$(sed -n 's/^verifier: //p' <<<"$KEYS")"
+"$BIN" dev-certs --dir "$STATE/certs" >/dev/null
+printf '%s' "$TARGET_PASSWORD" >"$STATE/target.pw"
+chmod 600 "$STATE/target.pw"
+
+PORT="$(pick_port "${SLUICE_PORT:-6432}")"
+ADMIN_PORT="$(pick_port "${SLUICE_ADMIN_PORT:-9187}")"
+cat >"$STATE/sluice.yaml" <<YAML
+# Written by deploy/local/up.sh. See dataplane/src/config.rs for every field.
+listen: ["127.0.0.1:$PORT"]
+admin_listen: "127.0.0.1:$ADMIN_PORT"
+workers: ${SLUICE_WORKERS:-0}
+tls:
+  cert_file: certs/server.pem
+  key_file: certs/server.key
+connections:
+  - name: $CONNECTION
+    target:
+      host: $TARGET_HOST
+      port: $TARGET_PORT
+      database: $TARGET_DB
+      user: $TARGET_USER
+      password_file: target.pw
+identities:
+  - name: $IDENTITY
+    api_key: "$VERIFIER"
+grants:
+  - connections: [$CONNECTION]
+    identities: [$IDENTITY]
+YAML
+
+log "starting sluice-dp on 127.0.0.1:$PORT (admin on $ADMIN_PORT)"
+nohup "$BIN" --config "$STATE/sluice.yaml" >"$STATE/sluice.log" 2>&1 &
+echo $! >"$STATE/sluice.pid"
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then break; fi
+  kill -0 "$(cat "$STATE/sluice.pid")" 2>/dev/null || { cat "$STATE/sluice.log" >&2; die "sluice-dp exited"; }
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || die "sluice-dp not ready: see $STATE/sluice.log"
+
+URL="postgresql://$IDENTITY:$API_KEY@127.0.0.1:$PORT/$CONNECTION?sslmode=require"
+echo "$URL" >"$STATE/url"
+cat <<MSG
+
+Sluice is running (state, logs and config in $STATE).
+
+Connect through the gateway:
+  psql "$URL"
+
+Verify the gateway's certificate too:
+  psql "postgresql://$IDENTITY:$API_KEY@127.0.0.1:$PORT/$CONNECTION?sslmode=verify-full&sslrootcert=$STATE/certs/ca.pem"
+
+Direct target (the credentials only the gateway should hold):
+  $TARGET_DSN_SHOWN
+
+Metrics: curl http://127.0.0.1:$ADMIN_PORT/metrics
+Stop:    deploy/local/down.sh
+MSG

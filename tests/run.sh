@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Everything CI runs, and what a developer runs before pushing:
+# format check, clippy with -D warnings, unit tests, end-to-end tests against
+# real PostgreSQL with the real sluice-dp binary.
+#
+# Installs missing Debian packages when run as root. Env:
+#   SKIP_LINT=1     skip fmt and clippy
+#   TEST_ARGS=...   extra arguments for `cargo test` (e.g. a test name filter)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    step "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "tests/run.sh: missing packages ${need[*]}; install them or run as root" >&2
+    exit 1
+  fi
+fi
+
+if [ "${SKIP_LINT:-0}" != 1 ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+step "building sluice-dp"
+cargo build -p dataplane --bin sluice-dp
+
+step "unit and end-to-end tests"
+# shellcheck disable=SC2086
+cargo test --workspace ${TEST_ARGS:-}

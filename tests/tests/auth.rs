@@ -1,0 +1,435 @@
+//! Client authentication and authorization at the gateway: API keys (SCRAM)
+//! with and without TLS, JWTs (RS256, ES256) over TLS, and every rejection
+//! with its SQLSTATE and its `sluice_auth_failures_total` reason.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+use sluice_tests::client::{err_text, ClientOptions};
+use sluice_tests::jwt::{self, JwtKeys};
+use sluice_tests::{
+    connect, connect_tls, db_code, ApiKey, DevCerts, Gateway, GatewayConfig, Metrics, Pg,
+};
+use tokio_postgres::config::{ChannelBinding, SslMode};
+use tokio_postgres::Config;
+
+struct Fixture {
+    keys: JwtKeys,
+    jwks: PathBuf,
+    agent2: ApiKey,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = sluice_tests::process_tempdir("sluice-jwks-");
+        let keys = JwtKeys::new();
+        let jwks = dir.join("jwks.json");
+        keys.write_jwks(&jwks);
+        Fixture {
+            keys,
+            jwks,
+            agent2: ApiKey::generate(),
+        }
+    })
+}
+
+/// Connections `app` and `other`; `agent1` (group bots) may use `app`,
+/// `agent2` only `other`; JWT identity `alice` (group bots) from issuer
+/// `corp`; TLS offered, not required.
+fn auth_config() -> GatewayConfig {
+    let pg = Pg::shared();
+    let f = fixture();
+    GatewayConfig::new()
+        .tls(DevCerts::shared(), false)
+        .pg_connection("app", pg)
+        .pg_connection("other", pg)
+        .jwt_issuer("corp", jwt::ISSUER, &[jwt::AUDIENCE], &f.jwks)
+        .identity_key("agent1", &ApiKey::shared().verifier, &["bots"])
+        .identity_key("agent2", &f.agent2.verifier, &[])
+        .identity_jwt("alice", "corp", &["bots"])
+        .grant(&["app"], &[], &["bots"])
+        .grant(&["other"], &["agent2"], &[])
+}
+
+fn gateway() -> Gateway {
+    Gateway::start_with(&auth_config())
+}
+
+fn tls_config(gw: &Gateway, user: &str, password: &str, db: &str) -> Config {
+    let mut c = gw.config(user, password, db);
+    c.ssl_mode(SslMode::Require);
+    c
+}
+
+fn verify_full() -> tokio_postgres_rustls::MakeRustlsConnect {
+    ClientOptions::tls_verify_full(&DevCerts::shared().ca_pem_bytes())
+}
+
+async fn assert_works(client: &tokio_postgres::Client) {
+    let r = client
+        .query_one("select current_user::text, 7::int4", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "app_owner");
+    assert_eq!(r.get::<_, i32>(1), 7);
+}
+
+/// Assert that `res` is a server error with SQLSTATE `code` and return its
+/// message.
+#[track_caller]
+fn expect_rejected(
+    res: Result<tokio_postgres::Client, tokio_postgres::Error>,
+    code: &str,
+    what: &str,
+) -> String {
+    match res {
+        Ok(_) => panic!("{what}: connection was accepted, expected SQLSTATE {code}"),
+        Err(e) => {
+            assert_eq!(
+                db_code(&e).as_deref(),
+                Some(code),
+                "{what}: expected SQLSTATE {code}, got {}",
+                err_text(&e)
+            );
+            println!("{what}: {}", err_text(&e));
+            e.as_db_error().unwrap().message().to_string()
+        }
+    }
+}
+
+/// Wait (briefly) until `sluice_auth_failures_total{reason}` exceeds its
+/// value in `before`.
+async fn assert_auth_failure_counted(gw: &Gateway, before: &Metrics, reason: &str) {
+    let name = "sluice_auth_failures_total";
+    let b = before.get(name, &[("reason", reason)]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = gw.metrics();
+        let a = m.get(name, &[("reason", reason)]);
+        if a >= b + 1.0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{name}{{reason=\"{reason}\"}} did not increase ({b} -> {a}); all lines:\n{}",
+                m.lines_for(name)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_accepted_with_sslmode_disable_prefer_require() {
+    let gw = gateway();
+    let key = &ApiKey::shared().key;
+    // disable
+    let c = connect(&gw.config("agent1", key, "app")).await.unwrap();
+    assert_works(&c).await;
+    // prefer (TLS offered by the gateway, so TLS is used)
+    let mut cfg = gw.config("agent1", key, "app");
+    cfg.ssl_mode(SslMode::Prefer);
+    let c = connect_tls(&cfg, ClientOptions::tls_no_verify())
+        .await
+        .unwrap();
+    assert_works(&c).await;
+    // require, with and without SCRAM channel binding
+    let c = connect_tls(&tls_config(&gw, "agent1", key, "app"), verify_full())
+        .await
+        .unwrap();
+    assert_works(&c).await;
+    let mut cfg = tls_config(&gw, "agent1", key, "app");
+    cfg.channel_binding(ChannelBinding::Disable);
+    let c = connect_tls(&cfg, verify_full()).await.unwrap();
+    assert_works(&c).await;
+    // agent2 reaches the connection it is granted.
+    let c = connect(&gw.config("agent2", &fixture().agent2.key, "other"))
+        .await
+        .unwrap();
+    assert_works(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_api_key_is_28p01_bad_password() {
+    let gw = gateway();
+    let before = gw.metrics();
+    // Another identity's valid key is still the wrong key.
+    let res = connect(&gw.config("agent1", &fixture().agent2.key, "app")).await;
+    expect_rejected(res, "28P01", "wrong API key");
+    assert_auth_failure_counted(&gw, &before, "bad_password").await;
+    let before = gw.metrics();
+    let res = connect_tls(&tls_config(&gw, "agent1", "nope", "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "wrong API key over TLS");
+    assert_auth_failure_counted(&gw, &before, "bad_password").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_identity_is_28000() {
+    let gw = gateway();
+    let before = gw.metrics();
+    let res = connect(&gw.config("ghost", &ApiKey::shared().key, "app")).await;
+    expect_rejected(res, "28000", "unknown identity");
+    assert_auth_failure_counted(&gw, &before, "unknown_identity").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_connection_is_3d000() {
+    let gw = gateway();
+    let before = gw.metrics();
+    let res = connect(&gw.config("agent1", &ApiKey::shared().key, "nope")).await;
+    expect_rejected(res, "3D000", "unknown connection");
+    assert_auth_failure_counted(&gw, &before, "unknown_connection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_not_granted_is_42501() {
+    let gw = gateway();
+    let before = gw.metrics();
+    let res = connect(&gw.config("agent2", &fixture().agent2.key, "app")).await;
+    expect_rejected(res, "42501", "identity not granted the connection");
+    assert_auth_failure_counted(&gw, &before, "not_granted").await;
+    // And agent1 is not granted `other`.
+    let before = gw.metrics();
+    let res = connect(&gw.config("agent1", &ApiKey::shared().key, "other")).await;
+    expect_rejected(res, "42501", "agent1 on other");
+    assert_auth_failure_counted(&gw, &before, "not_granted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_rs256_and_es256_accepted_over_tls() {
+    let gw = gateway();
+    let f = fixture();
+    for (alg, token) in [
+        ("RS256", f.keys.rs256(&jwt::claims("alice"))),
+        ("ES256", f.keys.es256(&jwt::claims("alice"))),
+    ] {
+        let c = connect_tls(&tls_config(&gw, "alice", &token, "app"), verify_full())
+            .await
+            .unwrap_or_else(|e| panic!("valid {alg} JWT rejected: {}", err_text(&e)));
+        assert_works(&c).await;
+    }
+    // An audience list containing ours is fine too.
+    let mut claims = jwt::claims("alice");
+    claims["aud"] = json!(["something-else", jwt::AUDIENCE]);
+    let c = connect_tls(
+        &tls_config(&gw, "alice", &f.keys.rs256(&claims), "app"),
+        verify_full(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("JWT with aud list rejected: {}", err_text(&e)));
+    assert_works(&c).await;
+}
+
+async fn jwt_rejected(gw: &Gateway, token: &str, reason: &str, words: &str, what: &str) {
+    let before = gw.metrics();
+    let res = connect_tls(&tls_config(gw, "alice", token, "app"), verify_full()).await;
+    let msg = expect_rejected(res, "28P01", what);
+    assert!(
+        msg.to_lowercase().contains(words),
+        "{what}: message should say why (contain {words:?}): {msg:?}"
+    );
+    assert_auth_failure_counted(gw, &before, reason).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_expired_is_28p01() {
+    let gw = gateway();
+    let mut claims = jwt::claims("alice");
+    let t = jwt::now();
+    claims["iat"] = json!(t - 7200);
+    claims["nbf"] = json!(t - 7200);
+    claims["exp"] = json!(t - 3600);
+    let f = fixture();
+    jwt_rejected(
+        &gw,
+        &f.keys.rs256(&claims),
+        "jwt_expired",
+        "expired",
+        "expired RS256",
+    )
+    .await;
+    jwt_rejected(
+        &gw,
+        &f.keys.es256(&claims),
+        "jwt_expired",
+        "expired",
+        "expired ES256",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_wrong_audience_is_28p01() {
+    let gw = gateway();
+    let mut claims = jwt::claims("alice");
+    claims["aud"] = json!("someone-else");
+    jwt_rejected(
+        &gw,
+        &fixture().keys.rs256(&claims),
+        "jwt_audience",
+        "audience",
+        "wrong audience",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bad_signature_is_28p01() {
+    let gw = gateway();
+    let f = fixture();
+    let claims = jwt::claims("alice");
+    jwt_rejected(
+        &gw,
+        &f.keys.rs256_forged(&claims),
+        "jwt_signature",
+        "signature",
+        "forged RS256",
+    )
+    .await;
+    jwt_rejected(
+        &gw,
+        &f.keys.es256_forged(&claims),
+        "jwt_signature",
+        "signature",
+        "forged ES256",
+    )
+    .await;
+    // A valid token with one payload byte changed.
+    let good = f.keys.rs256(&claims);
+    let parts: Vec<&str> = good.split('.').collect();
+    let mut payload = parts[1].to_string();
+    let last = payload.pop().unwrap();
+    payload.push(if last == 'A' { 'B' } else { 'A' });
+    let tampered = format!("{}.{}.{}", parts[0], payload, parts[2]);
+    let before = gw.metrics();
+    let res = connect_tls(&tls_config(&gw, "alice", &tampered, "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "tampered payload");
+    let after = gw.metrics();
+    let n = |m: &Metrics| {
+        m.get("sluice_auth_failures_total", &[("reason", "jwt_signature")])
+            + m.get("sluice_auth_failures_total", &[("reason", "jwt_invalid")])
+    };
+    assert!(
+        n(&after) > n(&before),
+        "{}",
+        after.lines_for("sluice_auth_failures_total")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_wrong_issuer_is_28p01() {
+    let gw = gateway();
+    let mut claims = jwt::claims("alice");
+    claims["iss"] = json!("https://evil.test");
+    jwt_rejected(
+        &gw,
+        &fixture().keys.es256(&claims),
+        "jwt_issuer",
+        "issuer",
+        "wrong issuer",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_malformed_or_for_someone_else_is_28p01() {
+    let gw = gateway();
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let payload = b64(&jwt::claims("alice").to_string());
+    // A header that is cut-off JSON.
+    let before = gw.metrics();
+    let token = format!("{}.{payload}.c2ln", b64(r#"{"alg":"RS256","kid":"#));
+    let res = connect_tls(&tls_config(&gw, "alice", &token, "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "JWT with a malformed header");
+    assert_auth_failure_counted(&gw, &before, "jwt_invalid").await;
+    // The `alg: none` trick.
+    let before = gw.metrics();
+    let token = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+    let res = connect_tls(&tls_config(&gw, "alice", &token, "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "unsigned JWT (alg none)");
+    assert_auth_failure_counted(&gw, &before, "jwt_invalid").await;
+    // Algorithm confusion: HS256 keyed with public material.
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some(jwt::RSA_KID.to_string());
+    let secret = fixture().keys.jwks["keys"][0]["n"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = jsonwebtoken::encode(
+        &h,
+        &jwt::claims("alice"),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let res = connect_tls(&tls_config(&gw, "alice", &token, "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "HS256 JWT keyed with the RSA modulus");
+    // Not JWT-shaped at all: rejected; the reason label is the gateway's
+    // choice (it may treat it as a wrong password).
+    let res = connect_tls(&tls_config(&gw, "alice", "not-a-jwt", "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "password that is not a JWT");
+    // A valid token whose `sub` names another identity.
+    let before = gw.metrics();
+    let token = fixture().keys.rs256(&jwt::claims("mallory"));
+    let res = connect_tls(&tls_config(&gw, "alice", &token, "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "JWT for another subject");
+    assert_auth_failure_counted(&gw, &before, "jwt_subject").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_without_tls_is_28000() {
+    let gw = gateway();
+    let before = gw.metrics();
+    let token = fixture().keys.rs256(&jwt::claims("alice"));
+    let res = connect(&gw.config("alice", &token, "app")).await;
+    expect_rejected(res, "28000", "JWT over plaintext");
+    let after = gw.metrics();
+    let name = "sluice_auth_failures_total";
+    assert!(
+        after.get(name, &[]) > before.get(name, &[]),
+        "a refused plaintext JWT login must be counted:\n{}",
+        after.lines_for(name)
+    );
+    println!("counters after plaintext JWT:\n{}", after.lines_for(name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_refuses_plaintext_clients() {
+    let gw = Gateway::start_with(&auth_config().tls(DevCerts::shared(), true));
+    let before = gw.metrics();
+    let res = connect(&gw.config("agent1", &ApiKey::shared().key, "app")).await;
+    match res {
+        Ok(_) => panic!("plaintext client accepted although tls.required is set"),
+        Err(e) => println!("plaintext with tls.required: {}", err_text(&e)),
+    }
+    assert_auth_failure_counted(&gw, &before, "tls_required").await;
+    let c = connect_tls(
+        &tls_config(&gw, "agent1", &ApiKey::shared().key, "app"),
+        verify_full(),
+    )
+    .await
+    .unwrap();
+    assert_works(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_do_not_disturb_good_ones() {
+    let gw = gateway();
+    let good = connect(&gw.config("agent1", &ApiKey::shared().key, "app"))
+        .await
+        .unwrap();
+    let futs = (0..20).map(|i| {
+        let cfg = gw.config("agent1", &format!("bad-{i}"), "app");
+        async move { connect(&cfg).await.map(|_| ()) }
+    });
+    let results = futures_util::future::join_all(futs).await;
+    for r in results {
+        let e = r.expect_err("bad key accepted");
+        assert_eq!(db_code(&e).as_deref(), Some("28P01"), "{}", err_text(&e));
+    }
+    assert_works(&good).await;
+    gw.assert_alive();
+}
