@@ -12,6 +12,7 @@
 #                  (a no-op when up to date); 0: use SLUICE_BIN as it is
 #   SLUICE_WORKERS workers for sluice-dp (default: unset, one per core)
 #   KEEP_WORK      1: keep the temp work dir (PG data, configs) after exit
+#   BOUNCER_POOL_SIZE  PgBouncer default_pool_size (default 20)
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
@@ -343,6 +344,10 @@ ensure_sluice_bin() {
             { show_tail "$WORK/cargo-build.log" 40; die "building sluice-dp failed (SLUICE_BUILD=0 uses an existing binary)"; }
     fi
     [[ -x $SLUICE_BIN ]] || die "sluice-dp binary not found at $SLUICE_BIN"
+    # Run a private copy, so a rebuild during the run cannot change what is measured.
+    cp "$SLUICE_BIN" "$WORK/sluice-dp"
+    log "using sluice-dp built $(date -r "$SLUICE_BIN" '+%F %T') ($SLUICE_BIN), copied to the work dir"
+    SLUICE_BIN=$WORK/sluice-dp
     SLUICE_BIN_READY=1
 }
 
@@ -369,6 +374,7 @@ start_sluice() {
         if [[ -n ${SLUICE_WORKERS:-} ]]; then printf 'workers: %s\n' "$SLUICE_WORKERS"; fi
         if [[ $want_tls == tls ]]; then
             SLUICE_CERT_DIR=$dir/certs
+            rm -rf "$SLUICE_CERT_DIR"
             "$SLUICE_BIN" dev-certs --dir "$SLUICE_CERT_DIR" >"$WORK/sluice-dev-certs.log" 2>&1 ||
                 { show_tail "$WORK/sluice-dev-certs.log"; die "sluice-dp dev-certs failed"; }
             printf 'tls: { cert_file: "%s", key_file: "%s" }\n' "$SLUICE_CERT_DIR/server.pem" "$SLUICE_CERT_DIR/server.key"

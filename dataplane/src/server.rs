@@ -114,6 +114,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!("admin server failed: {e}");
             }
         });
+        let st = state.clone();
+        tokio::spawn(async move { return_freed_memory(st).await });
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
         let deadline = Instant::now() + Duration::from_millis(shared.limits.drain_timeout_ms);
@@ -144,6 +146,31 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// After a burst of connections closes, hand the freed buffers back to the
+/// OS: glibc keeps freed heap memory in its per-thread arenas otherwise, and
+/// RSS would stay at the burst's peak. Runs on the control thread, only when
+/// the number of open connections has fallen.
+async fn return_freed_memory(state: Arc<AdminState>) {
+    let mut peak: i64 = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let open: i64 = state
+            .registry
+            .cores
+            .iter()
+            .map(|c| c.connections_open.load(Relaxed))
+            .sum();
+        peak = peak.max(open);
+        if peak - open >= 64 {
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            peak = open;
+        }
+    }
 }
 
 async fn wait_for_signal() {

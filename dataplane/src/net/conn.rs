@@ -274,7 +274,11 @@ async fn handle_cancel(worker: &Rc<Worker>, pid: i32, minted: i32) {
             // Counted when routed; `target_error` counts the ones that then
             // could not be delivered.
             m.cancel("forwarded");
-            if let Err(e) = send_cancel(&t).await {
+            let limit = Duration::from_millis(worker.shared.limits.connect_timeout_ms);
+            let sent = monoio::time::timeout(limit, send_cancel(&t))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
+            if let Err(e) = sent {
                 tracing::warn!(pid, "cancel could not reach the target: {e}");
                 m.cancel("target_error");
             }
@@ -458,8 +462,9 @@ async fn relay(
             if state.in_flight.get() > 0 {
                 // The client vanished mid-query: stop the work on the server.
                 let t = cancel.clone();
+                let limit = Duration::from_millis(worker.shared.limits.connect_timeout_ms);
                 monoio::spawn(async move {
-                    if let Err(e) = send_cancel(&t).await {
+                    if let Ok(Err(e)) = monoio::time::timeout(limit, send_cancel(&t)).await {
                         tracing::debug!("cancel after client loss failed: {e}");
                     }
                 });

@@ -20,7 +20,7 @@
 //! error, and counted in the final `closed-by-server K` line.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -232,10 +232,12 @@ async fn main() -> ExitCode {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(args.concurrency));
     let closed = Arc::new(AtomicUsize::new(0));
+    // Set before we drop our clients, so our own closes are not counted.
+    let releasing = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(args.n);
     for i in 0..args.n {
-        let (config, tls, gate, closed) =
-            (config.clone(), tls.clone(), gate.clone(), closed.clone());
+        let (config, tls, gate) = (config.clone(), tls.clone(), gate.clone());
+        let (closed, releasing) = (closed.clone(), releasing.clone());
         let ping = args.ping;
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("semaphore closed");
@@ -245,6 +247,9 @@ async fn main() -> ExitCode {
                 .map_err(|e| format!("connection {i}: connect: {}", describe(&e)))?;
             tokio::spawn(async move {
                 let result = connection.await;
+                if releasing.load(Ordering::SeqCst) {
+                    return;
+                }
                 if closed.fetch_add(1, Ordering::Relaxed) < 5 {
                     match result {
                         Ok(()) => eprintln!("idle-conns: connection {i} closed by server"),
@@ -292,6 +297,7 @@ async fn main() -> ExitCode {
     println!("ready {}", clients.len());
 
     wait_for_release().await;
+    releasing.store(true, Ordering::SeqCst);
     let lost = closed.load(Ordering::Relaxed);
     println!("closed-by-server {lost}");
     drop(clients);
