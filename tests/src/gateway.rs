@@ -334,6 +334,15 @@ impl Gateway {
     /// Like [`Gateway::start`] but returns the log if the process exits or
     /// does not become ready.
     pub fn try_start(yaml: &str) -> Result<Gateway, String> {
+        Self::try_start_customized(yaml, |_| {})
+    }
+
+    /// Like [`Gateway::try_start`], letting the caller adjust the command
+    /// (environment, `pre_exec` hooks) before it is spawned.
+    pub fn try_start_customized(
+        yaml: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Gateway, String> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-gw-")
             .tempdir()
@@ -362,6 +371,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        customize(&mut cmd);
         // Killed with the test process even if Drop never runs.
         let child = process::spawn_tied(cmd, libc::SIGKILL)
             .map_err(|e| format!("cannot spawn {:?}: {e}", sluice_bin()))?;

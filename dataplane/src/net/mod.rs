@@ -71,7 +71,16 @@ pub fn run_worker(
     let want_uring = match driver {
         DriverChoice::Epoll => false,
         DriverChoice::IoUring => true,
-        DriverChoice::Auto => monoio::utils::detect_uring(),
+        DriverChoice::Auto => {
+            let ok = monoio::utils::detect_uring();
+            if !ok {
+                tracing::warn!(
+                    worker = id,
+                    "io_uring is not available (refused by the kernel or a sandbox); using epoll"
+                );
+            }
+            ok
+        }
     };
     let mut uring = None;
     if want_uring {
