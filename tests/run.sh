@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything CI runs, and what a developer runs before pushing:
 # format check, clippy with -D warnings, unit tests, end-to-end tests against
-# real PostgreSQL with the real sluice-dp binary.
+# real PostgreSQL with the real sluice-dp binary, store tests against real etcd.
 #
 # Installs missing Debian packages when run as root. Env:
 #   SKIP_LINT=1     skip fmt and clippy
@@ -18,6 +18,9 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# etcd for the control-plane store tests; protoc for etcd-client's build script
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     step "installing ${need[*]}"

@@ -1,0 +1,9 @@
+//! # Sluice control plane
+//!
+//! State lives in a [`store::Store`]: etcd in production, an embedded
+//! directory store with the same semantics (revisions, prefix watch, leases)
+//! for one machine. The snapshot server, node membership and `sluicectl`
+//! are built on top of it.
+
+pub mod resources;
+pub mod store;
