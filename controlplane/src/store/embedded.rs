@@ -33,8 +33,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::wal::{self, Op, Record};
 use super::{
-    check_key, check_start_revision, ttl_secs, BoxFuture, KeyValue, LeaseId, Result, Revision,
-    Store, StoreError, WatchEvent, WatchEventKind, WatchStream,
+    check_cas, check_key, check_start_revision, ttl_secs, BoxFuture, KeyValue, LeaseId, Result,
+    Revision, Store, StoreError, WatchEvent, WatchEventKind, WatchStream,
 };
 
 /// Name of the log file inside the store directory.
@@ -531,12 +531,7 @@ impl Store for EmbeddedStore {
         expected_mod_revision: Revision,
     ) -> BoxFuture<'a, Result<Option<Revision>>> {
         Box::pin(async move {
-            check_key(key)?;
-            if expected_mod_revision < 0 {
-                return Err(StoreError::InvalidArgument(format!(
-                    "expected mod revision {expected_mod_revision} is negative"
-                )));
-            }
+            check_cas(key, expected_mod_revision)?;
             let key = key.to_owned();
             self.write(move |st| st.put_if_mod_revision(key, value, expected_mod_revision))
                 .await

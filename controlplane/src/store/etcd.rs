@@ -14,8 +14,8 @@ use etcd_client as ec;
 use futures_util::stream;
 
 use super::{
-    check_key, check_start_revision, ttl_secs, BoxFuture, KeyValue, LeaseId, Result, Revision,
-    Store, StoreError, WatchEvent, WatchEventKind, WatchStream,
+    check_cas, check_key, check_start_revision, ttl_secs, BoxFuture, KeyValue, LeaseId, Result,
+    Revision, Store, StoreError, WatchEvent, WatchEventKind, WatchStream,
 };
 
 /// Default bound on one etcd request.
@@ -317,12 +317,7 @@ impl Store for EtcdStore {
         expected_mod_revision: Revision,
     ) -> BoxFuture<'a, Result<Option<Revision>>> {
         Box::pin(async move {
-            check_key(key)?;
-            if expected_mod_revision < 0 {
-                return Err(StoreError::InvalidArgument(format!(
-                    "expected mod revision {expected_mod_revision} is negative"
-                )));
-            }
+            check_cas(key, expected_mod_revision)?;
             let full = self.full(key);
             let txn = ec::Txn::new()
                 .when([ec::Compare::mod_revision(

@@ -225,6 +225,18 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Arguments of a compare-and-swap: a non-empty key and a revision that is
+/// not negative (0 means "must not exist").
+pub(crate) fn check_cas(key: &str, expected_mod_revision: Revision) -> Result<()> {
+    check_key(key)?;
+    if expected_mod_revision < 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "expected mod revision {expected_mod_revision} is negative"
+        )));
+    }
+    Ok(())
+}
+
 /// `None`/`Some(0)` mean "from now"; negative revisions are refused.
 pub(crate) fn check_start_revision(start: Option<Revision>) -> Result<Option<Revision>> {
     match start {
