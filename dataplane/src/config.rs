@@ -5,7 +5,7 @@
 //! the field that is wrong, as a path such as `connections[0].target.port`.
 //! Relative file paths are resolved against the directory of the config file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -521,14 +521,6 @@ impl Config {
     /// Listener addresses, parsed (valid after `validate`).
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listen.iter().filter_map(|l| l.parse().ok()).collect()
-    }
-
-    /// Index of connections by name.
-    pub fn connection_index(&self) -> HashMap<&str, &Connection> {
-        self.connections
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect()
     }
 }
 

@@ -223,6 +223,17 @@ impl GatewayConfig {
         self
     }
 
+    /// An identity that may log in with either its API key or a JWT.
+    pub fn identity_key_and_jwt(mut self, name: &str, verifier: &str, issuer: &str) -> Self {
+        self.identities.push(format!(
+            "{{ name: {}, api_key: {}, jwt_issuer: {} }}",
+            y(name),
+            y(verifier),
+            y(issuer)
+        ));
+        self
+    }
+
     pub fn jwt_issuer(
         mut self,
         name: &str,
@@ -478,6 +489,23 @@ impl Gateway {
     }
 
     /// Scrape and parse `/metrics`.
+    /// Wait until `sluice_connections_open` is back to 0 (the gateway has
+    /// seen every client close); panics after `limit`.
+    pub async fn wait_connections_closed(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let open = self.metrics().get("sluice_connections_open", &[]);
+            if open == 0.0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice_connections_open stuck at {open}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn metrics(&self) -> Metrics {
         match self.http_get("/metrics") {
             Ok((200, body)) => Metrics::parse(&body),

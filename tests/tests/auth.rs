@@ -51,7 +51,8 @@ fn auth_config() -> GatewayConfig {
         .identity_key("agent1", &ApiKey::shared().verifier, &["bots"])
         .identity_key("agent2", &f.agent2.verifier, &[])
         .identity_jwt("alice", "corp", &["bots"])
-        .grant(&["app"], &[], &["bots"])
+        .identity_key_and_jwt("bob", &f.agent2.verifier, "corp")
+        .grant(&["app"], &["bob"], &["bots"])
         .grant(&["other"], &["agent2"], &[])
 }
 
@@ -222,6 +223,28 @@ async fn jwt_rs256_and_es256_accepted_over_tls() {
     .await
     .unwrap_or_else(|e| panic!("JWT with aud list rejected: {}", err_text(&e)));
     assert_works(&c).await;
+}
+
+/// An identity with both an API key and a JWT issuer is asked for a
+/// cleartext password over TLS; its API key works there (checked on the
+/// gateway's blocking pool), a JWT works, a wrong key does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_or_jwt_for_the_same_identity_over_tls() {
+    let gw = gateway();
+    let f = fixture();
+    let c = connect_tls(&tls_config(&gw, "bob", &f.agent2.key, "app"), verify_full())
+        .await
+        .unwrap_or_else(|e| panic!("API key over TLS rejected: {}", err_text(&e)));
+    assert_works(&c).await;
+    let token = f.keys.es256(&jwt::claims("bob"));
+    let c = connect_tls(&tls_config(&gw, "bob", &token, "app"), verify_full())
+        .await
+        .unwrap_or_else(|e| panic!("JWT for bob rejected: {}", err_text(&e)));
+    assert_works(&c).await;
+    let before = gw.metrics();
+    let res = connect_tls(&tls_config(&gw, "bob", "sk_wrong", "app"), verify_full()).await;
+    expect_rejected(res, "28P01", "wrong API key over TLS");
+    assert_auth_failure_counted(&gw, &before, "bad_password").await;
 }
 
 async fn jwt_rejected(gw: &Gateway, token: &str, reason: &str, words: &str, what: &str) {

@@ -733,16 +733,5 @@ async fn metrics_count_connections_statements_and_bytes() {
     assert_eq!(code, 200);
     drop(via);
     // The gauge comes back down once the client is gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let open = gw.metrics().get("sluice_connections_open", &[]);
-        if open == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice_connections_open stuck at {open}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
 }

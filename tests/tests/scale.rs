@@ -113,16 +113,5 @@ async fn thousand_concurrent_sessions() {
     gw.assert_alive();
     drop(clients);
     // The gateway notices the closes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let open = gw.metrics().get("sluice_connections_open", &[]);
-        if open == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice_connections_open stuck at {open}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.wait_connections_closed(Duration::from_secs(30)).await;
 }

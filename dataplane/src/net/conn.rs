@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -183,7 +182,20 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream) -> Handshake {
                 }
             }
         };
+        // A cleartext API key costs 4096 PBKDF2 rounds: run it on the
+        // blocking pool so the other sessions of this core keep moving.
+        let step = match step {
+            Step::CheckApiKey { verifier, password } => {
+                let check = monoio::spawn_blocking(move || verifier.matches_password(&password.0));
+                hs.api_key_checked(check.await.unwrap_or(false))
+            }
+            other => other,
+        };
         match step {
+            Step::CheckApiKey { .. } => {
+                // api_key_checked never asks again.
+                return Handshake::Done(Outcome::ProtocolError);
+            }
             Step::Reply(bytes) => {
                 if write_all(&mut io, bytes).await.is_err() {
                     return Handshake::Done(Outcome::ClientClosed);
@@ -599,16 +611,4 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             buf.reserve(n);
         }
     }
-}
-
-/// Shared, process-wide state every worker reads.
-pub struct Shared {
-    pub snapshot: arc_swap::ArcSwap<crate::snapshot::Snapshot>,
-    pub cancels: Arc<CancelRegistry>,
-    pub tls: Option<monoio_rustls::TlsAcceptor>,
-    pub tls_required: bool,
-    pub limits: crate::config::Limits,
-    pub node_id: u8,
-    pub draining: std::sync::atomic::AtomicBool,
-    pub rng: ring::rand::SystemRandom,
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, SliceMut};
-use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRent, Split};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 
@@ -24,12 +24,6 @@ pub type TargetIo = MaybeTls<monoio_rustls::ClientTlsStream<TcpStream>>;
 // are whenever their inner IO is): reads and writes may proceed on separate
 // halves on the one thread that owns the stream.
 unsafe impl<T: Split> Split for MaybeTls<T> {}
-
-impl<T> MaybeTls<T> {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
-    }
-}
 
 impl<T: AsyncReadRent> AsyncReadRent for MaybeTls<T> {
     async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
@@ -214,12 +208,4 @@ pub async fn write_all<W: AsyncWriteRent>(io: &mut W, data: Vec<u8>) -> io::Resu
     let (res, data) = monoio::io::AsyncWriteRentExt::write_all(io, data).await;
     res?;
     Ok(data)
-}
-
-/// Read exactly `n` bytes (used by tests of the reader).
-pub async fn read_exact<R: AsyncReadRent>(io: &mut R, n: usize) -> io::Result<Vec<u8>> {
-    let buf = Vec::with_capacity(n);
-    let (res, buf) = io.read_exact(buf).await;
-    res?;
-    Ok(buf)
 }

@@ -15,10 +15,21 @@ use std::sync::Arc;
 
 use monoio::net::TcpListener;
 
-use crate::cancel::BadCancelLimiter;
+use crate::cancel::{BadCancelLimiter, CancelRegistry};
 use crate::config::DriverChoice;
 use crate::metrics::CoreMetrics;
-pub use conn::Shared;
+
+/// Shared, process-wide state every worker reads.
+pub struct Shared {
+    pub snapshot: arc_swap::ArcSwap<crate::snapshot::Snapshot>,
+    pub cancels: Arc<CancelRegistry>,
+    pub tls: Option<monoio_rustls::TlsAcceptor>,
+    pub tls_required: bool,
+    pub limits: crate::config::Limits,
+    pub node_id: u8,
+    pub draining: std::sync::atomic::AtomicBool,
+    pub rng: ring::rand::SystemRandom,
+}
 
 /// What one worker thread owns.
 pub struct Worker {
@@ -87,6 +98,7 @@ pub fn run_worker(
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
             .uring_builder(uring_flags())
+            .attach_thread_pool(Box::new(blocking_pool()))
             .enable_timer()
             .build()
         {
@@ -134,6 +146,15 @@ pub fn run_worker(
     }
 }
 
+/// One small pool, shared by all workers, for CPU-heavy work that must not
+/// run on a data core (checking a cleartext API key's PBKDF2).
+fn blocking_pool() -> monoio::blocking::DefaultThreadPool {
+    static POOL: std::sync::OnceLock<monoio::blocking::DefaultThreadPool> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| monoio::blocking::DefaultThreadPool::new(2))
+        .clone()
+}
+
 /// Ring setup flags: only this thread submits (SINGLE_ISSUER), and
 /// completions are handed over when the thread next enters the kernel
 /// instead of by interrupting it (COOP_TASKRUN), which saves an IPI per
@@ -150,6 +171,7 @@ fn uring_flags() -> io_uring::Builder {
 
 fn run_epoll<F: std::future::Future<Output = ()>>(main: F) {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .attach_thread_pool(Box::new(blocking_pool()))
         .enable_timer()
         .build()
         .expect("epoll runtime");

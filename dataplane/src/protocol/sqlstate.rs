@@ -9,7 +9,5 @@ pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const INTERNAL_ERROR: &str = "XX000";

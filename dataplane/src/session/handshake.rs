@@ -29,6 +29,15 @@ pub struct SessionRequest {
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// A password received in clear (over TLS); never printed.
+pub struct Cleartext(pub Vec<u8>);
+
+impl std::fmt::Debug for Cleartext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cleartext(<redacted>)")
+    }
+}
+
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Step {
@@ -45,6 +54,14 @@ pub enum Step {
         auth_reason: Option<&'static str>,
         log: String,
     },
+    /// A cleartext API key (sent over TLS) must be checked against its
+    /// verifier: 4096 PBKDF2 rounds, about 0.7 ms, too long for a data core.
+    /// The driver runs `verifier.matches_password(password)` elsewhere and
+    /// reports with [`ClientHandshake::api_key_checked`].
+    CheckApiKey {
+        verifier: crate::auth::scram::Verifier,
+        password: Cleartext,
+    },
     /// Authenticated and authorized: send `reply` (SASL final, if any) and
     /// open the session.
     Ready {
@@ -58,6 +75,8 @@ enum State {
     SaslInitial,
     SaslFinal(ScramServer),
     Password,
+    /// Waiting for the driver to check a cleartext API key off the core.
+    KeyCheck,
     Done,
 }
 
@@ -317,13 +336,34 @@ impl ClientHandshake {
                     }
                 }
                 match &ident.verifier {
-                    Some(v) if v.matches_password(pw.as_bytes()) => {
-                        self.authorize(Vec::new(), "api_key")
+                    Some(v) => {
+                        self.state = State::KeyCheck;
+                        Step::CheckApiKey {
+                            verifier: v.clone(),
+                            password: Cleartext(pw.into_owned().into_bytes()),
+                        }
                     }
-                    _ => self.bad_password(),
+                    None => self.bad_password(),
                 }
             }
-            State::Startup | State::Done => protocol_error("unexpected authentication message"),
+            State::Startup | State::KeyCheck | State::Done => {
+                protocol_error("unexpected authentication message")
+            }
+        }
+    }
+
+    /// The outcome of a [`Step::CheckApiKey`] the driver ran.
+    pub fn api_key_checked(&mut self, matches: bool) -> Step {
+        if !matches!(
+            std::mem::replace(&mut self.state, State::Done),
+            State::KeyCheck
+        ) {
+            return protocol_error("unexpected API key check");
+        }
+        if matches {
+            self.authorize(Vec::new(), "api_key")
+        } else {
+            self.bad_password()
         }
     }
 
@@ -391,6 +431,7 @@ mod tests {
     use super::*;
     use crate::auth::scram::Verifier;
     use crate::config::Config;
+    use base64::Engine;
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     fn snapshot(verifier: &Verifier) -> Arc<Snapshot> {
@@ -491,6 +532,66 @@ grants:
 
         let mut hs = ClientHandshake::new(snap, true, true);
         assert_eq!(code_of(&hs.on_untagged(&startup("agent", "app"))), "28000");
+    }
+
+    /// An identity with both an API key and a JWT issuer, over TLS, gets a
+    /// cleartext password request; an API key sent there is checked by the
+    /// driver (off the core) through `CheckApiKey`.
+    #[test]
+    fn cleartext_api_key_over_tls_is_checked_by_the_driver() {
+        let v = Verifier::generate(b"key", 16);
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pk = kp.public_key_raw();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+            "x": b64.encode(&pk[1..33]), "y": b64.encode(&pk[33..65])}]});
+        let dir = tempfile::tempdir().unwrap();
+        let jwks_path = dir.path().join("jwks.json");
+        std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+        let y = format!(
+            r#"
+connections:
+  - name: app
+    target: {{ host: 127.0.0.1, port: 5432, database: app, user: app, password: pw }}
+jwt_issuers:
+  - {{ name: idp, issuer: "https://idp", audience: [sluice], jwks_file: "{}" }}
+identities:
+  - {{ name: both, api_key: "{v}", jwt_issuer: idp }}
+grants:
+  - {{ connections: [app], identities: [both] }}
+"#,
+            jwks_path.display()
+        );
+        let cfg = Config::from_yaml(&y).unwrap();
+        cfg.validate().unwrap();
+        let snap = Arc::new(Snapshot::build(&cfg, 1).unwrap());
+        for (key, ok) in [(&b"key"[..], true), (&b"wrong"[..], false)] {
+            let mut hs = ClientHandshake::new(snap.clone(), true, false);
+            hs.tls_established();
+            let Step::Reply(r) = hs.on_untagged(&startup("both", "app")) else {
+                panic!()
+            };
+            assert_eq!(&r[5..9], &3u32.to_be_bytes()); // AuthenticationCleartextPassword
+            let mut body = key.to_vec();
+            body.push(0);
+            let Step::CheckApiKey { verifier, password } = hs.on_message(b'p', &body, &[0; 18], 0)
+            else {
+                panic!("expected CheckApiKey")
+            };
+            assert!(
+                !format!("{password:?}").contains("key"),
+                "password must not be printable"
+            );
+            let step = hs.api_key_checked(verifier.matches_password(&password.0));
+            if ok {
+                assert!(
+                    matches!(step, Step::Ready { ref session, .. } if session.auth_method == "api_key"),
+                    "{step:?}"
+                );
+            } else {
+                assert_eq!(code_of(&step), "28P01");
+            }
+        }
     }
 
     #[test]
