@@ -19,11 +19,15 @@ pub struct AdminState {
     pub registry: Registry,
     pub shared: Arc<Shared>,
     pub started: AtomicBool,
+    /// Control-plane subscription counters (zero in static mode).
+    pub control: Arc<crate::control::ControlStats>,
 }
 
 impl AdminState {
     pub fn ready(&self) -> bool {
-        self.started.load(Relaxed) && !self.shared.draining.load(Relaxed)
+        self.started.load(Relaxed)
+            && self.shared.snapshot_ready.load(Relaxed)
+            && !self.shared.draining.load(Relaxed)
     }
 }
 
@@ -34,8 +38,20 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.registry.render(st.ready(), version),
+        {
+            let mut out = st.registry.render(st.ready(), version);
+            render_control(&mut out, &st.control);
+            out
+        },
     )
+}
+
+fn render_control(s: &mut String, c: &crate::control::ControlStats) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "# HELP sluice_control_plane_connected 1 while a snapshot stream to the control plane is open.\n# TYPE sluice_control_plane_connected gauge\nsluice_control_plane_connected {}", c.connected.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_snapshots_applied_total Snapshots from the control plane applied (ACKed).\n# TYPE sluice_snapshots_applied_total counter\nsluice_snapshots_applied_total {}", c.applied.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_snapshots_rejected_total Snapshots from the control plane that could not be applied (NACKed).\n# TYPE sluice_snapshots_rejected_total counter\nsluice_snapshots_rejected_total {}", c.rejected.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_control_plane_reconnects_total Snapshot streams that ended or failed to open.\n# TYPE sluice_control_plane_reconnects_total counter\nsluice_control_plane_reconnects_total {}", c.reconnects.load(Relaxed));
 }
 
 async fn healthz() -> &'static str {
@@ -47,6 +63,11 @@ async fn readyz(State(st): State<Arc<AdminState>>) -> (StatusCode, &'static str)
         (StatusCode::OK, "ready\n")
     } else if st.shared.draining.load(Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !st.shared.snapshot_ready.load(Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first snapshot from the control plane\n",
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }

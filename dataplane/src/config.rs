@@ -62,6 +62,112 @@ pub struct Config {
     pub jwt_issuers: Vec<JwtIssuer>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Take connections, identities and grants from a control plane instead
+    /// of this file.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// Where the node subscribes for snapshots, and how it proves who it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// `https://host:port` (mTLS), or `http://` on a loopback address only.
+    /// Tried in order; the node moves to the next when one fails.
+    pub urls: Vec<String>,
+    /// CA that signed the control plane's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This node's client certificate and key (mTLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Node id in membership (default: `<hostname>:<first listen port>`).
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Address clients reach this node at (default: the first listener).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Seconds between heartbeats to the control plane.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    5
+}
+
+impl ControlPlane {
+    /// Check the URLs and TLS files; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(ConfigError::field(
+                "control_plane.urls",
+                "at least one control-plane URL",
+            ));
+        }
+        for (i, u) in self.urls.iter().enumerate() {
+            let field = format!("control_plane.urls[{i}]");
+            let (scheme, rest) = u
+                .split_once("://")
+                .ok_or_else(|| ConfigError::field(&field, format!("`{u}` is not a URL")))?;
+            let host = host_of(rest);
+            match scheme {
+                "https" => {
+                    for (f, v) in [
+                        ("ca_file", &self.ca_file),
+                        ("cert_file", &self.cert_file),
+                        ("key_file", &self.key_file),
+                    ] {
+                        if v.is_none() {
+                            return Err(ConfigError::field(
+                                format!("control_plane.{f}"),
+                                "required for an https:// control plane (mutual TLS)",
+                            ));
+                        }
+                    }
+                }
+                "http" if is_loopback(host) => {}
+                "http" => {
+                    return Err(ConfigError::field(
+                        &field,
+                        format!("plaintext http:// is allowed only on loopback, not `{host}`: use https:// with ca_file, cert_file and key_file"),
+                    ))
+                }
+                other => {
+                    return Err(ConfigError::field(
+                        &field,
+                        format!("scheme `{other}`: use https:// (or http:// on loopback)"),
+                    ))
+                }
+            }
+        }
+        if self.heartbeat_seconds == 0 {
+            return Err(ConfigError::field(
+                "control_plane.heartbeat_seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Host part of `host:port/path` (brackets of IPv6 removed).
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split('/').next().unwrap_or("");
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// Whether `host` names the loopback interface.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn default_listen() -> Vec<String> {
@@ -303,11 +409,35 @@ impl Config {
         for j in &mut self.jwt_issuers {
             fix(&mut j.jwks_file);
         }
+        if let Some(cp) = &mut self.control_plane {
+            for p in [&mut cp.ca_file, &mut cp.cert_file, &mut cp.key_file]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
     }
 
     /// Check values and cross-references. Files are read later, when the
     /// snapshot is built, and their errors name the field too.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
+            for (field, n) in [
+                ("connections", self.connections.len()),
+                ("identities", self.identities.len()),
+                ("jwt_issuers", self.jwt_issuers.len()),
+                ("grants", self.grants.len()),
+            ] {
+                if n > 0 {
+                    return Err(ConfigError::field(
+                        field,
+                        "not allowed with control_plane: the control plane provides it",
+                    ));
+                }
+            }
+        }
         if self.listen.is_empty() {
             return Err(ConfigError::field(
                 "listen",

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod control;
 pub mod devcerts;
 pub mod metrics;
 pub mod net;

@@ -21,6 +21,29 @@ struct Cli {
     /// Worker threads (overrides the config; 0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Subscribe to a control plane for connections, identities and grants
+    /// (comma-separated URLs, tried in order; https:// uses mTLS, http:// is
+    /// allowed on loopback only). Adds to or overrides `control_plane.urls`.
+    #[arg(long, env = "SLUICE_CONTROL_PLANE", value_delimiter = ',')]
+    control_plane: Vec<String>,
+    /// CA that signed the control plane's certificate.
+    #[arg(long, env = "SLUICE_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// This node's client certificate for the control plane (mTLS).
+    #[arg(long, env = "SLUICE_CONTROL_PLANE_CERT")]
+    control_plane_cert: Option<PathBuf>,
+    /// Key of --control-plane-cert.
+    #[arg(long, env = "SLUICE_CONTROL_PLANE_KEY")]
+    control_plane_key: Option<PathBuf>,
+    /// Node id in control-plane membership (default <hostname>:<port>).
+    #[arg(long, env = "SLUICE_NODE_NAME")]
+    node_name: Option<String>,
+    /// Client listeners, host:port (overrides `listen`; repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Admin HTTP listener (overrides `admin_listen`).
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -67,24 +90,12 @@ fn init_logging(format: &str) {
     }
 }
 
-fn generate_key() -> String {
-    use ring::rand::SecureRandom;
-    let mut raw = [0u8; 24];
-    ring::rand::SystemRandom::new()
-        .fill(&mut raw)
-        .expect("system random source");
-    use base64::Engine;
-    format!(
-        "sk_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    )
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Apikey { iterations, json }) => {
-            let key = generate_key();
+            let key = dataplane::auth::scram::generate_api_key();
             let v = Verifier::generate(key.as_bytes(), iterations.max(1)).to_string();
             if json {
                 println!("{}", serde_json::json!({"key": key, "verifier": v}));
@@ -120,20 +131,60 @@ fn main() -> ExitCode {
             }
         },
         None => {
-            let Some(path) = cli.config else {
-                eprintln!("sluice-dp: --config FILE is required (see --help)");
-                return ExitCode::from(2);
-            };
-            init_logging(&cli.log_format);
-            let mut cfg = match Config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("sluice-dp: {}: {e}", path.display());
-                    return ExitCode::FAILURE;
+            let mut cfg = match &cli.config {
+                Some(path) => match Config::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("sluice-dp: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None if !cli.control_plane.is_empty() => {
+                    Config::from_yaml("{}").expect("embedded defaults are valid")
+                }
+                None => {
+                    eprintln!(
+                        "sluice-dp: give --config FILE or --control-plane URL (see --help)"
+                    );
+                    return ExitCode::from(2);
                 }
             };
+            init_logging(&cli.log_format);
             if let Some(w) = cli.workers {
                 cfg.workers = w;
+            }
+            if !cli.listen.is_empty() {
+                cfg.listen = cli.listen;
+            }
+            if let Some(a) = cli.admin_listen {
+                cfg.admin_listen = a;
+            }
+            if !cli.control_plane.is_empty()
+                || cli.node_name.is_some()
+                || cli.control_plane_ca.is_some()
+            {
+                let cp = cfg
+                    .control_plane
+                    .get_or_insert_with(|| dataplane::config::ControlPlane {
+                        urls: Vec::new(),
+                        ca_file: None,
+                        cert_file: None,
+                        key_file: None,
+                        node_name: None,
+                        advertise: None,
+                        heartbeat_seconds: 5,
+                    });
+                if !cli.control_plane.is_empty() {
+                    cp.urls = cli.control_plane;
+                }
+                cp.ca_file = cli.control_plane_ca.or(cp.ca_file.take());
+                cp.cert_file = cli.control_plane_cert.or(cp.cert_file.take());
+                cp.key_file = cli.control_plane_key.or(cp.key_file.take());
+                cp.node_name = cli.node_name.or(cp.node_name.take());
+            }
+            if let Err(e) = cfg.validate() {
+                eprintln!("sluice-dp: {e}");
+                return ExitCode::FAILURE;
             }
             match dataplane::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,

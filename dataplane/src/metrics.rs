@@ -25,10 +25,11 @@ pub enum Outcome {
     Timeout,
     ClientClosed,
     Shutdown,
+    NotReady,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Established,
         Outcome::AuthFailed,
         Outcome::Rejected,
@@ -39,6 +40,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::ClientClosed,
         Outcome::Shutdown,
+        Outcome::NotReady,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -52,6 +54,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::ClientClosed => "client_closed",
             Outcome::Shutdown => "shutdown",
+            Outcome::NotReady => "not_ready",
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct CoreMetrics {
     pub bytes_client_to_target: AtomicU64,
     pub bytes_target_to_client: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Sessions ended because a new snapshot revoked their grant.
+    pub sessions_revoked: AtomicU64,
     added: Mutex<Histogram<u64>>,
 }
 
@@ -112,6 +117,7 @@ impl CoreMetrics {
             bytes_client_to_target: AtomicU64::new(0),
             bytes_target_to_client: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            sessions_revoked: AtomicU64::new(0),
             // 1 ns .. 60 s, 3 significant digits.
             added: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
@@ -216,6 +222,12 @@ impl Registry {
             s,
             "sluice_protocol_errors_total {}",
             sum(c, |m| m.protocol_errors.load(Relaxed))
+        );
+        let _ = writeln!(s, "# HELP sluice_sessions_revoked_total Open sessions ended at their next statement because a new snapshot revoked their grant or key.\n# TYPE sluice_sessions_revoked_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_sessions_revoked_total {}",
+            sum(c, |m| m.sessions_revoked.load(Relaxed))
         );
         let _ = writeln!(s, "# HELP sluice_bytes_total Bytes relayed, by direction.\n# TYPE sluice_bytes_total counter");
         let _ = writeln!(

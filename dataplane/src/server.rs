@@ -36,7 +36,12 @@ pub fn raise_nofile_limit() -> u64 {
 /// Run the gateway until SIGTERM/SIGINT (drain) or a fatal error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let nofile = raise_nofile_limit();
-    let snapshot = Snapshot::build(&cfg, 1)?;
+    // With a control plane the node starts empty and not ready; otherwise
+    // the file is the configuration.
+    let snapshot = match &cfg.control_plane {
+        Some(_) => Snapshot::default(),
+        None => Snapshot::build(&cfg, 1)?,
+    };
     let tls = match &cfg.tls {
         Some(t) => Some(crate::tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,
@@ -64,6 +69,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         node_id: cfg.node_id,
         draining: AtomicBool::new(false),
+        snapshot_ready: AtomicBool::new(cfg.control_plane.is_none()),
         rng: ring::rand::SystemRandom::new(),
     });
 
@@ -103,6 +109,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             registry: Registry { cores },
             shared: shared.clone(),
             started: AtomicBool::new(true),
+            control: Default::default(),
         });
         for b in &bound {
             tracing::info!(workers, nofile, "listening for PostgreSQL clients on {b}");
@@ -116,6 +123,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         });
         let st = state.clone();
         tokio::spawn(async move { return_freed_memory(st).await });
+        if let Some(cp) = cfg.control_plane.clone() {
+            let first = bound.first().map(|a| a.to_string()).unwrap_or_default();
+            let node = crate::control::NodeInfo {
+                id: cp.node_name.clone().unwrap_or_else(|| {
+                    format!("{}:{}", hostname(), bound.first().map_or(0, |a| a.port()))
+                }),
+                address: cp.advertise.clone().unwrap_or(first),
+                cores: workers as u32,
+            };
+            tracing::info!(node = %node.id, urls = ?cp.urls, "waiting for the first snapshot from the control plane");
+            let shared = shared.clone();
+            let stats = state.control.clone();
+            tokio::spawn(crate::control::run(cp, node, shared, stats));
+        }
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
         let deadline = Instant::now() + Duration::from_millis(shared.limits.drain_timeout_ms);
@@ -171,6 +192,17 @@ async fn return_freed_memory(state: Arc<AdminState>) {
             peak = open;
         }
     }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 async fn wait_for_signal() {

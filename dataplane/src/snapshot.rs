@@ -63,13 +63,28 @@ impl std::fmt::Debug for TargetTlsEntry {
 pub struct IdentityEntry {
     pub name: String,
     pub verifier: Option<Verifier>,
-    pub jwt_issuer: Option<Arc<JwtIssuer>>,
+    /// Issuers whose tokens may authenticate this identity (tried in order).
+    pub jwt_issuers: Vec<Arc<JwtIssuer>>,
     pub groups: Vec<String>,
+}
+
+/// Why an open session may no longer run statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked(pub String);
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The control plane's version (1 for a static configuration).
     pub version: u64,
+    /// Unique per built snapshot in this process: open sessions re-check
+    /// their grant when it changes.
+    pub generation: u64,
     pub identities: HashMap<String, IdentityEntry>,
     pub connections: HashMap<String, Arc<ConnectionEntry>>,
     /// (connection or "*") → identities and groups allowed.
@@ -116,13 +131,18 @@ impl Snapshot {
                 })?),
                 None => None,
             };
-            let jwt_issuer = id.jwt_issuer.as_ref().and_then(|n| issuers.get(n).cloned());
+            let jwt_issuers = id
+                .jwt_issuer
+                .as_ref()
+                .and_then(|n| issuers.get(n).cloned())
+                .into_iter()
+                .collect();
             identities.insert(
                 id.name.clone(),
                 IdentityEntry {
                     name: id.name.clone(),
                     verifier,
-                    jwt_issuer,
+                    jwt_issuers,
                     groups: id.groups.clone(),
                 },
             );
@@ -147,34 +167,34 @@ impl Snapshot {
             };
             let tls = match t.tls.mode {
                 TargetTlsMode::Disable => None,
-                mode => Some(
-                    build_target_tls(
-                        mode,
-                        t.tls.ca_file.as_deref(),
-                        t.tls.server_name.as_deref().unwrap_or(&t.host),
+                mode => {
+                    let ca = match &t.tls.ca_file {
+                        Some(path) => Some(std::fs::read(path).map_err(|e| {
+                            ConfigError::field(
+                                at("tls.ca_file"),
+                                format!("cannot read {}: {e}", path.display()),
+                            )
+                        })?),
+                        None => None,
+                    };
+                    Some(
+                        build_target_tls(
+                            mode,
+                            ca.as_deref(),
+                            t.tls.server_name.as_deref().unwrap_or(&t.host),
+                        )
+                        .map_err(|e| ConfigError::field(at("tls"), e))?,
                     )
-                    .map_err(|e| ConfigError::field(at("tls"), e))?,
-                ),
+                }
             };
-            let addrs: Vec<std::net::SocketAddr> =
-                std::net::ToSocketAddrs::to_socket_addrs(&(t.host.as_str(), t.port))
-                    .map_err(|e| {
-                        ConfigError::field(at("host"), format!("cannot resolve `{}`: {e}", t.host))
-                    })?
-                    .collect();
-            if addrs.is_empty() {
-                return Err(ConfigError::field(
-                    at("host"),
-                    format!("`{}` resolves to no address", t.host),
-                ));
-            }
+            let addrs = resolve(&t.host, t.port).map_err(|e| ConfigError::field(at("host"), e))?;
             connections.insert(
                 c.name.clone(),
                 Arc::new(ConnectionEntry {
                     name: c.name.clone(),
                     host: t.host.clone(),
                     port: t.port,
-                    addrs: addrs.into(),
+                    addrs,
                     database: t.database.clone(),
                     user: t.user.clone(),
                     password,
@@ -196,10 +216,191 @@ impl Snapshot {
 
         Ok(Snapshot {
             version,
+            generation: next_generation(),
             identities,
             connections,
             grants,
         })
+    }
+
+    /// Compile a snapshot pushed by the control plane. Errors name the
+    /// resource and field (`Connection orders: spec.host: …`); the caller
+    /// NACKs with that text and keeps its current snapshot.
+    ///
+    /// Identities are every name an `ApiKey`, a `Group` or a `Policy`
+    /// mentions; each may log in with a JWT from any `IdentityProvider`
+    /// (the token's identity claim must equal the name) and, if it has one,
+    /// its API key. Groups come from `Group` members and the key's groups.
+    pub fn from_proto(snap: &proto::Snapshot) -> Result<Snapshot, String> {
+        use proto::resource::Spec;
+        let version = u64::try_from(snap.version)
+            .map_err(|_| format!("snapshot version {} is negative", snap.version))?;
+        let mut issuers = Vec::new();
+        let mut identities: HashMap<String, IdentityEntry> = HashMap::new();
+        let mut connections = HashMap::new();
+        let mut grants = Vec::new();
+        fn ident<'a>(
+            map: &'a mut HashMap<String, IdentityEntry>,
+            name: &str,
+        ) -> &'a mut IdentityEntry {
+            map.entry(name.to_string())
+                .or_insert_with(|| IdentityEntry {
+                    name: name.to_string(),
+                    verifier: None,
+                    jwt_issuers: Vec::new(),
+                    groups: Vec::new(),
+                })
+        }
+        for r in &snap.resources {
+            let at = |field: &str, e: String| format!("{} {}: {field}: {e}", r.kind, r.name);
+            match &r.spec {
+                None => return Err(at("spec", "missing".into())),
+                Some(Spec::Connection(c)) => {
+                    let port = u16::try_from(c.port)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| at("spec.port", format!("{} is not a TCP port", c.port)))?;
+                    let auth = match c.auth.as_str() {
+                        "" | "auto" => TargetAuth::Auto,
+                        "scram-sha-256" => TargetAuth::ScramSha256,
+                        "md5" => TargetAuth::Md5,
+                        "password" => TargetAuth::Password,
+                        "trust" => TargetAuth::Trust,
+                        other => return Err(at("spec.auth", format!("unknown method `{other}`"))),
+                    };
+                    let tls = match c.tls.as_ref().map(|t| t.mode.as_str()).unwrap_or("") {
+                        "" | "disable" => None,
+                        mode => {
+                            let mode = match mode {
+                                "require" => TargetTlsMode::Require,
+                                "verify-ca" => TargetTlsMode::VerifyCa,
+                                "verify-full" => TargetTlsMode::VerifyFull,
+                                other => {
+                                    return Err(at("spec.tls.mode", format!("unknown mode `{other}`")))
+                                }
+                            };
+                            let t = c.tls.as_ref().expect("mode set");
+                            let ca = (!t.ca_pem.is_empty()).then(|| t.ca_pem.as_bytes());
+                            let name = if t.server_name.is_empty() { &c.host } else { &t.server_name };
+                            Some(build_target_tls(mode, ca, name).map_err(|e| at("spec.tls", e))?)
+                        }
+                    };
+                    let addrs = resolve(&c.host, port).map_err(|e| at("spec.host", e))?;
+                    connections.insert(
+                        r.name.clone(),
+                        Arc::new(ConnectionEntry {
+                            name: r.name.clone(),
+                            host: c.host.clone(),
+                            port,
+                            addrs,
+                            database: c.database.clone(),
+                            user: c.user.clone(),
+                            password: (!c.password.is_empty()).then(|| Secret(c.password.clone())),
+                            auth,
+                            tls,
+                        }),
+                    );
+                }
+                Some(Spec::IdentityProvider(p)) => {
+                    if p.jwks_json.is_empty() {
+                        return Err(at(
+                            "spec.jwks",
+                            "no JWKS (the control plane has not fetched jwksUrl yet)".into(),
+                        ));
+                    }
+                    let claim = if p.identity_claim.is_empty() { "sub" } else { &p.identity_claim };
+                    let iss = JwtIssuer::new(
+                        &r.name,
+                        &p.issuer,
+                        &p.audience,
+                        claim,
+                        p.leeway_seconds,
+                        &p.jwks_json,
+                    )
+                    .map_err(|e| at("spec.jwks", e))?;
+                    issuers.push(Arc::new(iss));
+                }
+                Some(Spec::ApiKey(k)) => {
+                    let v = Verifier::parse(&k.verifier)
+                        .map_err(|e| at("spec.verifier", e.to_string()))?;
+                    let id = ident(&mut identities, &k.identity);
+                    if id.verifier.is_some() {
+                        return Err(at(
+                            "spec.identity",
+                            format!("identity `{}` already has an API key", k.identity),
+                        ));
+                    }
+                    id.verifier = Some(v);
+                    id.groups.extend(k.groups.iter().cloned());
+                }
+                Some(Spec::Group(g)) => {
+                    for m in &g.members {
+                        ident(&mut identities, m).groups.push(r.name.clone());
+                    }
+                }
+                Some(Spec::Policy(p)) => {
+                    for i in p.identities.iter().filter(|i| *i != "*") {
+                        ident(&mut identities, i);
+                    }
+                    grants.push(GrantEntry {
+                        connections: p.connections.iter().cloned().collect(),
+                        identities: p.identities.iter().cloned().collect(),
+                        groups: p.groups.iter().cloned().collect(),
+                    });
+                }
+            }
+        }
+        for id in identities.values_mut() {
+            id.jwt_issuers.clone_from(&issuers);
+            id.groups.sort();
+            id.groups.dedup();
+        }
+        Ok(Snapshot {
+            version,
+            generation: next_generation(),
+            identities,
+            connections,
+            grants,
+        })
+    }
+
+    /// Whether a session that authenticated as `identity` (with `method`,
+    /// and for API keys with `verifier`) may still use `conn` under this
+    /// snapshot. Called on the next statement after the snapshot changed.
+    pub fn recheck(
+        &self,
+        identity: &str,
+        conn: &str,
+        method: &str,
+        verifier: Option<&Verifier>,
+    ) -> Result<(), Revoked> {
+        let Some(ident) = self.identities.get(identity) else {
+            return Err(Revoked(format!(
+                "identity \"{identity}\" was removed from the configuration"
+            )));
+        };
+        match method {
+            "api_key" if ident.verifier.as_ref() != verifier => {
+                return Err(Revoked(format!(
+                    "the API key of identity \"{identity}\" was deleted or replaced"
+                )))
+            }
+            "jwt" if ident.jwt_issuers.is_empty() => {
+                return Err(Revoked(format!(
+                    "identity \"{identity}\" no longer accepts JWTs"
+                )))
+            }
+            _ => {}
+        }
+        if !self.connections.contains_key(conn) {
+            return Err(Revoked(format!("connection \"{conn}\" was removed")));
+        }
+        if !self.is_granted(ident, conn) {
+            return Err(Revoked(format!(
+                "identity \"{identity}\" is no longer granted connection \"{conn}\""
+            )));
+        }
+        Ok(())
     }
 
     /// Whether `identity` may use connection `conn`.
@@ -305,9 +506,21 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
     }
 }
 
+/// Resolve `host:port` (on the control thread: never on a data core).
+fn resolve(host: &str, port: u16) -> Result<Arc<[std::net::SocketAddr]>, String> {
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+            .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{host}` resolves to no address"));
+    }
+    Ok(addrs.into())
+}
+
 fn build_target_tls(
     mode: TargetTlsMode,
-    ca_file: Option<&std::path::Path>,
+    ca_pem: Option<&[u8]>,
     server_name: &str,
 ) -> Result<TargetTlsEntry, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -321,12 +534,10 @@ fn build_target_tls(
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-                for c in certs {
-                    let c = c.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        match ca_pem {
+            Some(pem) => {
+                for c in CertificateDer::pem_slice_iter(pem) {
+                    let c = c.map_err(|e| format!("bad CA certificate: {e}"))?;
                     roots.add(c).map_err(|e| e.to_string())?;
                 }
             }

@@ -291,6 +291,21 @@ impl ScramServer {
     }
 }
 
+/// A fresh API key: `sk_` and 24 random bytes, base64url. Only its SCRAM
+/// verifier is ever stored.
+pub fn generate_api_key() -> String {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 24];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .expect("system random source");
+    format!(
+        "sk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

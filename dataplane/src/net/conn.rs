@@ -73,6 +73,18 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         .await;
         return Some(Outcome::Shutdown);
     }
+    if !shared.snapshot_ready.load(Relaxed) {
+        let mut io = tcp;
+        let _ = write_all(
+            &mut io,
+            fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                "the gateway is starting: no configuration snapshot from the control plane yet",
+            ),
+        )
+        .await;
+        return Some(Outcome::NotReady);
+    }
     let limits = &shared.limits;
     let hs_deadline = Duration::from_millis(limits.handshake_timeout_ms);
     let handshake = monoio::time::timeout(hs_deadline, client_handshake(worker, tcp)).await;
@@ -134,6 +146,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         target_fd,
         leftover,
         &cancel_target,
+        &session,
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -421,11 +434,14 @@ async fn open_target(
 }
 
 /// State both relay directions share (same thread, no locks).
-struct RelayState {
+struct RelayState<'a> {
     /// Requests (Query, Sync) sent and not yet answered by ReadyForQuery.
     in_flight: Cell<u32>,
     /// Forwarding time of the last client request, waiting for its answer.
     request_added: Cell<Duration>,
+    /// Snapshot generation the session's grant was last checked against.
+    generation: Cell<u64>,
+    session: &'a SessionRequest,
 }
 
 enum End {
@@ -438,6 +454,8 @@ enum End {
     /// A malformed or oversize frame from the target.
     TargetFrame(FrameError),
     TargetClosed,
+    /// A new snapshot no longer allows this session.
+    Revoked(crate::snapshot::Revoked),
 }
 
 async fn relay(
@@ -448,6 +466,7 @@ async fn relay(
     target_fd: RawFd,
     leftover: Vec<u8>,
     cancel: &CancelTarget,
+    session: &SessionRequest,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -455,6 +474,8 @@ async fn relay(
     let state = RelayState {
         in_flight: Cell::new(0),
         request_added: Cell::new(Duration::ZERO),
+        generation: Cell::new(session.generation),
+        session,
     };
     let mut c_scan = FrameScanner::new(limits.max_frame_bytes);
     let mut t_scan = FrameScanner::new(limits.max_frame_bytes);
@@ -481,6 +502,16 @@ async fn relay(
                     }
                 });
             }
+        }
+        End::Revoked(why) => {
+            bump(&worker.metrics.sessions_revoked, 1);
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, "session revoked at its next statement: {}", why.0);
+            let _ = cw
+                .write_all(fatal(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    &format!("permission revoked: {}", why.0),
+                ))
+                .await;
         }
         End::ClientFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
@@ -510,7 +541,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
     rd: &mut R,
     wr: &mut W,
     scan: &mut FrameScanner,
-    state: &RelayState,
+    state: &RelayState<'_>,
     mut buf: Vec<u8>,
 ) -> End {
     let m = &worker.metrics;
@@ -532,17 +563,36 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut statements = 0u32;
         let mut requests = 0u32;
         let mut terminate = false;
+        let mut parses = 0u32;
         if let Err(e) = scan.scan(&buf, |t, _, _| match t {
             tag::QUERY => {
                 statements += 1;
                 requests += 1;
             }
+            tag::PARSE => parses += 1,
             tag::EXECUTE => statements += 1,
             tag::SYNC => requests += 1,
             tag::TERMINATE => terminate = true,
             _ => {}
         }) {
             return End::ClientFrame(e);
+        }
+        if statements + parses > 0 {
+            // A new snapshot since this session last looked: is it still
+            // allowed? One atomic load per batch of statements otherwise.
+            let snap = worker.shared.snapshot.load();
+            if snap.generation != state.generation.get() {
+                let s = state.session;
+                if let Err(why) = snap.recheck(
+                    &s.identity,
+                    &s.connection.name,
+                    s.auth_method,
+                    s.verifier.as_ref(),
+                ) {
+                    return End::Revoked(why);
+                }
+                state.generation.set(snap.generation);
+            }
         }
         // Counted before forwarding, so a client that sees the answer also
         // sees counters that include its request.
@@ -572,7 +622,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
     rd: &mut R,
     wr: &mut W,
     scan: &mut FrameScanner,
-    state: &RelayState,
+    state: &RelayState<'_>,
 ) -> End {
     let m = &worker.metrics;
     let limits = &worker.shared.limits;

@@ -28,6 +28,8 @@ pub struct Shared {
     pub limits: crate::config::Limits,
     pub node_id: u8,
     pub draining: std::sync::atomic::AtomicBool,
+    /// False until the first snapshot is applied (control-plane mode).
+    pub snapshot_ready: std::sync::atomic::AtomicBool,
     pub rng: ring::rand::SystemRandom,
 }
 

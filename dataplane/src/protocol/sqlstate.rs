@@ -10,4 +10,5 @@ pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INTERNAL_ERROR: &str = "XX000";

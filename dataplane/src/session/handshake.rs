@@ -25,6 +25,11 @@ pub struct SessionRequest {
     pub connection: Arc<ConnectionEntry>,
     /// How the client proved who it is (`api_key`, `jwt`).
     pub auth_method: &'static str,
+    /// The API key verifier the client proved, so an open session can tell
+    /// when its key was deleted or replaced.
+    pub verifier: Option<crate::auth::scram::Verifier>,
+    /// Snapshot generation the session was authorised under.
+    pub generation: u64,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -232,7 +237,7 @@ impl ClientHandshake {
                 Some("unknown_identity"),
             );
         };
-        if self.tls_active && ident.jwt_issuer.is_some() {
+        if self.tls_active && !ident.jwt_issuers.is_empty() {
             backend::auth_cleartext(&mut reply);
             self.state = State::Password;
         } else if ident.verifier.is_some() {
@@ -319,21 +324,28 @@ impl ClientHandshake {
                 };
                 let pw = String::from_utf8_lossy(pw);
                 let ident = &self.snapshot.identities[&self.identity];
-                if looks_like_jwt(&pw) {
-                    if let Some(issuer) = &ident.jwt_issuer {
-                        return match issuer.verify(&pw, &self.identity, now) {
-                            Ok(()) => self.authorize(Vec::new(), "jwt"),
-                            Err(e) => reject(
-                                sqlstate::INVALID_PASSWORD,
-                                format!(
-                                    "authentication failed for identity \"{}\": {e}",
-                                    self.identity
-                                ),
-                                Outcome::AuthFailed,
-                                Some(e.reason()),
-                            ),
-                        };
+                if looks_like_jwt(&pw) && !ident.jwt_issuers.is_empty() {
+                    // Several issuers: the first that accepts the token wins;
+                    // the error reported is the first issuer's.
+                    let mut first_err = None;
+                    for issuer in &ident.jwt_issuers {
+                        match issuer.verify(&pw, &self.identity, now) {
+                            Ok(()) => return self.authorize(Vec::new(), "jwt"),
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
+                        }
                     }
+                    let e = first_err.expect("at least one issuer");
+                    return reject(
+                        sqlstate::INVALID_PASSWORD,
+                        format!(
+                            "authentication failed for identity \"{}\": {e}",
+                            self.identity
+                        ),
+                        Outcome::AuthFailed,
+                        Some(e.reason()),
+                    );
                 }
                 match &ident.verifier {
                     Some(v) => {
@@ -420,6 +432,12 @@ impl ClientHandshake {
                 identity: self.identity.clone(),
                 connection: conn.clone(),
                 auth_method: method,
+                verifier: if method == "api_key" {
+                    ident.verifier.clone()
+                } else {
+                    None
+                },
+                generation: self.snapshot.generation,
                 params: std::mem::take(&mut self.params),
             },
         }
