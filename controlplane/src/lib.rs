@@ -6,4 +6,5 @@
 //! are built on top of it.
 
 pub mod resources;
+pub mod server;
 pub mod store;

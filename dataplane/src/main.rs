@@ -90,7 +90,6 @@ fn init_logging(format: &str) {
     }
 }
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -143,9 +142,7 @@ fn main() -> ExitCode {
                     Config::from_yaml("{}").expect("embedded defaults are valid")
                 }
                 None => {
-                    eprintln!(
-                        "sluice-dp: give --config FILE or --control-plane URL (see --help)"
-                    );
+                    eprintln!("sluice-dp: give --config FILE or --control-plane URL (see --help)");
                     return ExitCode::from(2);
                 }
             };

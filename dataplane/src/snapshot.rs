@@ -276,12 +276,19 @@ impl Snapshot {
                                 "verify-ca" => TargetTlsMode::VerifyCa,
                                 "verify-full" => TargetTlsMode::VerifyFull,
                                 other => {
-                                    return Err(at("spec.tls.mode", format!("unknown mode `{other}`")))
+                                    return Err(at(
+                                        "spec.tls.mode",
+                                        format!("unknown mode `{other}`"),
+                                    ))
                                 }
                             };
                             let t = c.tls.as_ref().expect("mode set");
                             let ca = (!t.ca_pem.is_empty()).then(|| t.ca_pem.as_bytes());
-                            let name = if t.server_name.is_empty() { &c.host } else { &t.server_name };
+                            let name = if t.server_name.is_empty() {
+                                &c.host
+                            } else {
+                                &t.server_name
+                            };
                             Some(build_target_tls(mode, ca, name).map_err(|e| at("spec.tls", e))?)
                         }
                     };
@@ -308,7 +315,11 @@ impl Snapshot {
                             "no JWKS (the control plane has not fetched jwksUrl yet)".into(),
                         ));
                     }
-                    let claim = if p.identity_claim.is_empty() { "sub" } else { &p.identity_claim };
+                    let claim = if p.identity_claim.is_empty() {
+                        "sub"
+                    } else {
+                        &p.identity_claim
+                    };
                     let iss = JwtIssuer::new(
                         &r.name,
                         &p.issuer,
@@ -508,10 +519,9 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 
 /// Resolve `host:port` (on the control thread: never on a data core).
 fn resolve(host: &str, port: u16) -> Result<Arc<[std::net::SocketAddr]>, String> {
-    let addrs: Vec<std::net::SocketAddr> =
-        std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-            .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
-            .collect();
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
     if addrs.is_empty() {
         return Err(format!("`{host}` resolves to no address"));
     }

@@ -354,6 +354,20 @@ impl Gateway {
         yaml: &str,
         customize: impl FnOnce(&mut Command),
     ) -> Result<Gateway, String> {
+        Self::spawn(yaml, customize, true)
+    }
+
+    /// Start without waiting for readiness (a control-plane node before its
+    /// first snapshot); returns once the admin port answers.
+    pub fn try_start_unready(yaml: &str) -> Result<Gateway, String> {
+        Self::spawn(yaml, |_| {}, false)
+    }
+
+    fn spawn(
+        yaml: &str,
+        customize: impl FnOnce(&mut Command),
+        wait_ready: bool,
+    ) -> Result<Gateway, String> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-gw-")
             .tempdir()
@@ -403,8 +417,10 @@ impl Gateway {
                     gw.log()
                 ));
             }
-            if let Ok((200, _)) = gw.http_get("/readyz") {
-                return Ok(gw);
+            match gw.http_get("/readyz") {
+                Ok((200, _)) => return Ok(gw),
+                Ok(_) if !wait_ready => return Ok(gw),
+                _ => {}
             }
             if Instant::now() > deadline {
                 return Err(format!(

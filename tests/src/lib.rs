@@ -16,6 +16,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod client;
+pub mod cp;
 pub mod gateway;
 pub mod jwt;
 pub mod metrics;

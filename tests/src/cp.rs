@@ -1,0 +1,432 @@
+//! The control plane under test: a real etcd ([`Etcd`]), real `sluice-cp`
+//! processes ([`ControlPlane`]) and data-plane nodes subscribed to them
+//! ([`Node`]). Configuration is applied through the real gRPC admin API
+//! ([`Admin`]) or the real `sluicectl` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::gateway::Gateway;
+use crate::process;
+
+/// Path of a workspace binary (`sluice-cp`, `sluicectl`), next to
+/// `sluice-dp`; built with cargo if missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = process::sluice_bin()
+        .parent()
+        .expect("binary dir")
+        .join(name);
+    if !p.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "controlplane", "--bins"])
+            .current_dir(crate::workspace_dir())
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p controlplane --bins failed");
+    }
+    p
+}
+
+/// A running etcd on free loopback ports in its own temp dir; killed on drop.
+pub struct Etcd {
+    child: Mutex<Option<Child>>,
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let e = Etcd {
+            child: Mutex::new(None),
+            dir: tempfile::Builder::new()
+                .prefix("sluice-etcd-")
+                .tempdir()
+                .unwrap(),
+            client_port: crate::free_port(),
+            peer_port: crate::free_port(),
+        };
+        e.spawn();
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// (Re)start the process on the same ports and data, wait until healthy.
+    pub fn spawn(&self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let mut cmd =
+            Command::new(std::env::var_os("ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()));
+        cmd.args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = process::spawn_tied(cmd, libc::SIGKILL)
+            .unwrap_or_else(|e| panic!("cannot start etcd ({e}); install Debian's etcd-server"));
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, body)) = crate::gateway::http_get(self.client_port, "/health") {
+                if body.contains("true") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd not healthy within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which store a control plane uses.
+#[derive(Clone)]
+pub enum StoreKind {
+    /// The embedded store in this directory.
+    Embedded(PathBuf),
+    /// etcd at this endpoint, under this prefix.
+    Etcd(String, String),
+}
+
+/// A running `sluice-cp` (plaintext on loopback unless given TLS args).
+pub struct ControlPlane {
+    child: Mutex<Option<Child>>,
+    pub port: u16,
+    pub store: StoreKind,
+    pub extra: Vec<String>,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+}
+
+impl ControlPlane {
+    /// Start on the embedded store in a fresh directory.
+    pub fn embedded() -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cp-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        Self::start_in(dir, StoreKind::Embedded(data), Vec::new())
+    }
+
+    /// Start on etcd under `prefix`.
+    pub fn etcd(etcd: &Etcd, prefix: &str) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cp-")
+            .tempdir()
+            .unwrap();
+        Self::start_in(
+            dir,
+            StoreKind::Etcd(etcd.endpoint(), prefix.to_string()),
+            Vec::new(),
+        )
+    }
+
+    /// Start with `store` and extra arguments (TLS flags, TTLs).
+    pub fn start_with(store: StoreKind, extra: Vec<String>) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cp-")
+            .tempdir()
+            .unwrap();
+        Self::start_in(dir, store, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, store: StoreKind, extra: Vec<String>) -> ControlPlane {
+        let log_path = dir.path().join("sluice-cp.log");
+        let cp = ControlPlane {
+            child: Mutex::new(None),
+            port: crate::free_port(),
+            store,
+            extra,
+            dir,
+            log_path,
+        };
+        cp.spawn();
+        cp
+    }
+
+    pub fn url(&self) -> String {
+        let tls = self.extra.iter().any(|a| a == "--tls-cert");
+        format!(
+            "{}://127.0.0.1:{}",
+            if tls { "https" } else { "http" },
+            self.port
+        )
+    }
+
+    /// (Re)start the process with the same port, store and arguments; wait
+    /// until it accepts connections.
+    pub fn spawn(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(bin("sluice-cp"));
+        cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        match &self.store {
+            StoreKind::Embedded(d) => {
+                cmd.arg("--data-dir").arg(d);
+            }
+            StoreKind::Etcd(ep, prefix) => {
+                cmd.arg("--etcd").arg(ep).arg("--prefix").arg(prefix);
+            }
+        }
+        if !self.extra.iter().any(|a| a == "--tls-cert") {
+            cmd.arg("--plaintext");
+        }
+        cmd.args(&self.extra)
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut child = process::spawn_tied(cmd, libc::SIGKILL).expect("spawn sluice-cp");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("sluice-cp exited ({st}) at start\n{}", self.log());
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice-cp not listening within 20 s\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Run `sluicectl` against this control plane.
+    pub fn ctl(&self, args: &[&str], stdin: Option<&[u8]>) -> process::Output {
+        let mut cmd = Command::new(bin("sluicectl"));
+        cmd.arg("--control-plane").arg(self.url()).args(args);
+        process::run(&mut cmd, stdin, Duration::from_secs(60))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!(
+                "--- sluice-cp log tail (port {}) ---\n{tail}\n--- end ---",
+                self.port
+            );
+        }
+    }
+}
+
+/// gRPC admin client (the API `sluicectl` uses).
+pub struct Admin {
+    client: proto::admin_client::AdminClient<tonic::transport::Channel>,
+}
+
+impl Admin {
+    pub async fn connect(url: &str) -> Admin {
+        let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to control plane {url}: {e}"));
+        Admin {
+            client: proto::admin_client::AdminClient::new(ch),
+        }
+    }
+
+    /// Apply YAML documents; returns the response or the server's refusal.
+    pub async fn try_apply(&mut self, yaml: &str) -> Result<proto::ApplyResponse, tonic::Status> {
+        let resources = controlplane::resources::parse_documents(yaml, "test")
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        self.client
+            .apply(proto::ApplyRequest {
+                resources,
+                dry_run: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    #[track_caller]
+    pub async fn apply(&mut self, yaml: &str) -> proto::ApplyResponse {
+        match self.try_apply(yaml).await {
+            Ok(r) => r,
+            Err(e) => panic!("apply refused: {} {}", e.code(), e.message()),
+        }
+    }
+
+    pub async fn delete(&mut self, kind: &str, name: &str) -> Result<i64, tonic::Status> {
+        self.client
+            .delete(proto::DeleteRequest {
+                kind: kind.into(),
+                name: name.into(),
+            })
+            .await
+            .map(|r| r.into_inner().version)
+    }
+
+    pub async fn nodes(&mut self) -> proto::ListNodesResponse {
+        self.client
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .expect("list nodes")
+            .into_inner()
+    }
+
+    pub async fn get(
+        &mut self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Vec<proto::Resource>, tonic::Status> {
+        self.client
+            .get(proto::GetRequest {
+                kind: kind.into(),
+                name: name.into(),
+            })
+            .await
+            .map(|r| r.into_inner().resources)
+    }
+
+    /// Wait until `n` nodes are registered and each has applied `version`
+    /// or later; panics after `limit` with the node list.
+    pub async fn wait_applied(&mut self, n: usize, version: i64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let l = self.nodes().await;
+            if l.nodes.len() == n && l.nodes.iter().all(|s| s.applied_version >= version) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not all apply version {version} within {limit:?}: {:#?}",
+                l.nodes
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// YAML for a Connection to the test PostgreSQL.
+pub fn connection_yaml(name: &str, pg: &crate::Pg) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: Connection\nmetadata: {{name: {name}}}\nspec:\n  host: 127.0.0.1\n  port: {}\n  database: {}\n  user: {}\n  password: {}\n",
+        pg.port, pg.app_db, pg.app_user, pg.app_password
+    )
+}
+
+/// YAML for an ApiKey with a given verifier.
+pub fn api_key_yaml(name: &str, identity: &str, verifier: &str, groups: &[&str]) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: ApiKey\nmetadata: {{name: {name}}}\nspec:\n  identity: {identity}\n  verifier: \"{verifier}\"\n  groups: [{}]\n",
+        groups.join(", ")
+    )
+}
+
+/// YAML for a Policy.
+pub fn policy_yaml(
+    name: &str,
+    connections: &[&str],
+    identities: &[&str],
+    groups: &[&str],
+) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  connections: [{}]\n  identities: [{}]\n  groups: [{}]\n",
+        connections.join(", "),
+        identities
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        groups.join(", ")
+    )
+}
+
+/// Start a data-plane node subscribed to `urls`, named `name`. With
+/// `wait_ready` it returns once the node has applied a snapshot.
+pub fn node(
+    urls: &[String],
+    name: &str,
+    extra_yaml: &str,
+    wait_ready: bool,
+) -> Result<Gateway, String> {
+    let yaml = format!(
+        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\n{extra_yaml}",
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if wait_ready {
+        Gateway::try_start(&yaml)
+    } else {
+        Gateway::try_start_unready(&yaml)
+    }
+}
+
+/// Paths of certificates written by `sluicectl certs`.
+pub struct CpCerts {
+    pub dir: PathBuf,
+}
+
+impl CpCerts {
+    pub fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+    pub fn in_dir(dir: &Path) -> CpCerts {
+        CpCerts {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
