@@ -54,6 +54,22 @@ fn render_control(s: &mut String, c: &crate::control::ControlStats) {
     let _ = writeln!(s, "# HELP sluice_control_plane_reconnects_total Snapshot streams that ended or failed to open.\n# TYPE sluice_control_plane_reconnects_total counter\nsluice_control_plane_reconnects_total {}", c.reconnects.load(Relaxed));
 }
 
+/// Which snapshot this node runs: `{"version", "ready", "applied_unix_us",
+/// "connections", "identities"}` (names only, never secrets).
+async fn snapshot(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
+    let snap = st.shared.snapshot.load();
+    let mut connections: Vec<&String> = snap.connections.keys().collect();
+    connections.sort();
+    let body = serde_json::json!({
+        "version": snap.version,
+        "ready": st.ready(),
+        "applied_unix_us": st.control.last_applied_unix_us.load(Relaxed),
+        "connections": connections,
+        "identities": snap.identities.len(),
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -87,6 +103,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/snapshot", get(snapshot))
         .with_state(state);
     axum::serve(listener, app).await
 }

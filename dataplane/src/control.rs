@@ -37,8 +37,8 @@ pub struct ControlStats {
     pub applied: AtomicU64,
     pub rejected: AtomicU64,
     pub reconnects: AtomicU64,
-    /// Unix ms of the last snapshot applied.
-    pub last_applied_unix_ms: AtomicU64,
+    /// Unix time (µs) of the last snapshot applied.
+    pub last_applied_unix_us: AtomicU64,
 }
 
 /// Who this node is, as the control plane lists it.
@@ -121,10 +121,10 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// One stream's life. Returns whether it delivered a snapshot.
@@ -203,7 +203,7 @@ async fn subscribe(
                         shared.snapshot.store(Arc::new(s));
                         shared.snapshot_ready.store(true, Relaxed);
                         stats.applied.fetch_add(1, Relaxed);
-                        stats.last_applied_unix_ms.store(unix_ms(), Relaxed);
+                        stats.last_applied_unix_us.store(unix_us(), Relaxed);
                         last_error = None;
                         tracing::info!(version = resp.version, took_us = started.elapsed().as_micros() as u64, "snapshot applied");
                         let _ = tx.send(request(resp.version, &resp.nonce, None)).await;
