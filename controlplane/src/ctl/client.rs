@@ -118,13 +118,18 @@ impl ControlPlane {
     }
 
     /// Run one request against the first URL that answers. A URL that
-    /// cannot be connected to, or answers `UNAVAILABLE` (the request was not
-    /// processed), is skipped for the next; when all fail the error is
-    /// [`CtlError::Unreachable`]. A request that times out is not retried
-    /// elsewhere (it may have been carried out). Any other status is the
-    /// control plane's answer: [`CtlError::Refused`].
+    /// cannot be connected to, or answers `UNAVAILABLE` (by gRPC's contract
+    /// the request was not processed), is skipped for the next; when all
+    /// fail the error is [`CtlError::Unreachable`]. A connection that breaks
+    /// during the request (a status tonic made from a transport error, not
+    /// one the server sent) skips to the next URL for a
+    /// [`Request::ReadOnly`], and ends a [`Request::Change`] with
+    /// [`CtlError::Interrupted`], since it may have been carried out. A
+    /// request that times out is not retried elsewhere either. Any other
+    /// status is the control plane's answer: [`CtlError::Refused`].
     pub async fn call<T>(
         &self,
+        kind: Request,
         rpc: impl AsyncFn(AdminClient<Channel>) -> Result<Response<T>, Status>,
     ) -> Result<T, CtlError> {
         let mut failures = Vec::new();
@@ -145,25 +150,52 @@ impl ControlPlane {
                     continue;
                 }
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, rpc(AdminClient::new(channel))).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                Ok(Err(s)) if s.code() == Code::Unavailable => {
-                    failures.push(format!("{url}: {}", status_text(&s)));
-                }
-                Ok(Err(s)) if s.code() == Code::DeadlineExceeded => {
-                    return Err(CtlError::TimedOut(format!("{url}: {}", status_text(&s))));
-                }
-                Ok(Err(s)) => return Err(CtlError::Refused(s)),
-                Err(_) => {
-                    return Err(CtlError::TimedOut(format!(
-                        "{url}: no answer within {}s",
-                        REQUEST_TIMEOUT.as_secs()
-                    )))
-                }
+            let s =
+                match tokio::time::timeout(REQUEST_TIMEOUT, rpc(AdminClient::new(channel))).await {
+                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Err(s)) => s,
+                    Err(_) => {
+                        return Err(CtlError::TimedOut(format!(
+                            "{url}: no answer within {}s",
+                            REQUEST_TIMEOUT.as_secs()
+                        )))
+                    }
+                };
+            let broken = is_transport_failure(&s);
+            if broken && kind == Request::Change {
+                return Err(CtlError::Interrupted(format!(
+                    "{url}: {}; the change may or may not have been made",
+                    status_text(&s)
+                )));
             }
+            if broken || s.code() == Code::Unavailable {
+                failures.push(format!("{url}: {}", status_text(&s)));
+                continue;
+            }
+            if s.code() == Code::DeadlineExceeded {
+                return Err(CtlError::TimedOut(format!("{url}: {}", status_text(&s))));
+            }
+            return Err(CtlError::Refused(s));
         }
         Err(CtlError::Unreachable(failures.join("; ")))
     }
+}
+
+/// Whether a request may be sent again to the next URL after its
+/// connection broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Get, ListNodes, Version.
+    ReadOnly,
+    /// Apply, Delete.
+    Change,
+}
+
+/// A status tonic made on this side from a broken connection carries the
+/// transport error as its source; one decoded from the server's
+/// `grpc-status` never does.
+fn is_transport_failure(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
 }
 
 /// An error and its sources, `a: b: c` (tonic's transport error says only
@@ -267,6 +299,18 @@ mod tests {
         };
         let e = ControlPlane::new("https://x:7600", &half).unwrap_err();
         assert!(e.to_string().contains("--key"), "{e}");
+    }
+
+    #[test]
+    fn transport_failures_are_told_from_server_answers() {
+        assert!(!is_transport_failure(&Status::unavailable("draining")));
+        assert!(!is_transport_failure(&Status::invalid_argument(
+            "spec.port"
+        )));
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(is_transport_failure(&broken));
     }
 
     #[test]

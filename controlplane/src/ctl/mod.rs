@@ -21,7 +21,7 @@
 //! | 0 | success |
 //! | 1 | the control plane refused the request (any gRPC status other than `UNAVAILABLE` and `DEADLINE_EXCEEDED`: invalid document, not found, failed precondition, …); its message is printed |
 //! | 2 | usage or local input error: bad flag, unreadable file, document that does not parse or validate |
-//! | 3 | control plane unreachable (every URL failed to connect or answered `UNAVAILABLE`) or timed out |
+//! | 3 | control plane unreachable (every URL failed to connect, broke the connection, or answered `UNAVAILABLE`), timed out, or lost during a change |
 //!
 //! Errors go to stderr as `sluicectl: error: …`. Output meant for scripts
 //! (results, generated API keys, `-o json|yaml`) goes to stdout.
@@ -42,7 +42,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use proto::{resource::Spec, Resource};
 use tonic::Code;
 
-use client::{ControlPlane, TlsFiles};
+use client::{ControlPlane, Request, TlsFiles};
 use document::{object_name, parse_kind};
 
 /// The exit codes, as `--help` shows them.
@@ -205,6 +205,9 @@ pub enum CtlError {
     /// A request got no answer in time.
     #[error("control plane timed out: {0}")]
     TimedOut(String),
+    /// The connection broke while a change was in flight.
+    #[error("connection to the control plane lost: {0}")]
+    Interrupted(String),
 }
 
 impl CtlError {
@@ -212,7 +215,7 @@ impl CtlError {
         match self {
             CtlError::Usage(_) | CtlError::Input(_) => 2,
             CtlError::Refused(s) => exit_code_for(s.code()),
-            CtlError::Unreachable(_) | CtlError::TimedOut(_) => 3,
+            CtlError::Unreachable(_) | CtlError::TimedOut(_) | CtlError::Interrupted(_) => 3,
         }
     }
 }
@@ -290,7 +293,8 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
             let resources = load(&files, &mut std::io::stdin().lock())?;
             let cp = connect()?;
             let req = proto::ApplyRequest { resources, dry_run };
-            let resp = block_on(cp.call(async |mut c| c.apply(req.clone()).await))?;
+            let resp =
+                block_on(cp.call(Request::Change, async |mut c| c.apply(req.clone()).await))?;
             render_apply(&resp, dry_run, output, out);
             Ok(())
         }
@@ -310,7 +314,9 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
                     kind: kind.to_string(),
                     name: name.clone(),
                 };
-                let mut rs = block_on(cp.call(async |mut c| c.get(req.clone()).await))?.resources;
+                let mut rs =
+                    block_on(cp.call(Request::ReadOnly, async |mut c| c.get(req.clone()).await))?
+                        .resources;
                 if !name.is_empty() && rs.is_empty() {
                     return Err(CtlError::Refused(tonic::Status::not_found(format!(
                         "{} not found",
@@ -329,7 +335,8 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
                 kind: kind.to_string(),
                 name: name.clone(),
             };
-            let resp = block_on(cp.call(async |mut c| c.delete(req.clone()).await))?;
+            let resp =
+                block_on(cp.call(Request::Change, async |mut c| c.delete(req.clone()).await))?;
             let obj = object_name(kind, &name);
             if !resp.deleted {
                 return Err(CtlError::Refused(tonic::Status::not_found(format!(
@@ -341,8 +348,9 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
         }
         Command::Nodes { output } => {
             let cp = connect()?;
-            let resp =
-                block_on(cp.call(async |mut c| c.list_nodes(proto::ListNodesRequest {}).await))?;
+            let resp = block_on(cp.call(Request::ReadOnly, async |mut c| {
+                c.list_nodes(proto::ListNodesRequest {}).await
+            }))?;
             match output {
                 NodesFormat::Table => out.stdout.push_str(&table::nodes(&resp, unix_ms())),
                 NodesFormat::Json => out.line(nodes_json(&resp)),
@@ -352,7 +360,9 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
         Command::Version => {
             out.line(format!("client: sluicectl {}", env!("CARGO_PKG_VERSION")));
             let cp = connect()?;
-            let v = block_on(cp.call(async |mut c| c.version(proto::VersionRequest {}).await))?;
+            let v = block_on(cp.call(Request::ReadOnly, async |mut c| {
+                c.version(proto::VersionRequest {}).await
+            }))?;
             out.line(format!(
                 "server: sluice-cp {}, store {}, snapshot version {}",
                 v.build, v.store, v.snapshot_version
@@ -586,6 +596,7 @@ mod tests {
         assert_eq!(CtlError::Input("x".into()).exit_code(), 2);
         assert_eq!(CtlError::Unreachable("x".into()).exit_code(), 3);
         assert_eq!(CtlError::TimedOut("x".into()).exit_code(), 3);
+        assert_eq!(CtlError::Interrupted("x".into()).exit_code(), 3);
         let e = CtlError::Refused(tonic::Status::failed_precondition(
             "Policy p: spec.connections[0]: no Connection named `billing`",
         ));

@@ -49,57 +49,44 @@ fn or_dash(s: &str) -> String {
 
 /// The table for resources of one kind.
 pub fn resources(kind: &str, rs: &[Resource]) -> String {
-    let (header, row): (&[&str], fn(&Resource) -> Vec<String>) = match kind {
-        "Connection" => (
-            &["NAME", "HOST", "PORT", "DATABASE", "USER", "AUTH", "TLS"],
-            |r| match &r.spec {
-                Some(Spec::Connection(c)) => vec![
-                    r.name.clone(),
-                    c.host.clone(),
-                    c.port.to_string(),
-                    c.database.clone(),
-                    c.user.clone(),
-                    or_dash(&c.auth),
-                    c.tls.as_ref().map_or("-".into(), |t| t.mode.clone()),
-                ],
-                _ => vec![r.name.clone()],
-            },
-        ),
-        "IdentityProvider" => (&["NAME", "ISSUER", "AUDIENCE", "JWKS"], |r| match &r.spec {
-            Some(Spec::IdentityProvider(p)) => vec![
-                r.name.clone(),
-                p.issuer.clone(),
-                list(&p.audience),
-                if p.jwks_url.is_empty() {
-                    "inline".into()
-                } else {
-                    p.jwks_url.clone()
-                },
-            ],
-            _ => vec![r.name.clone()],
-        }),
-        "ApiKey" => (&["NAME", "IDENTITY", "GROUPS"], |r| match &r.spec {
-            Some(Spec::ApiKey(k)) => vec![r.name.clone(), k.identity.clone(), list(&k.groups)],
-            _ => vec![r.name.clone()],
-        }),
-        "Group" => (&["NAME", "MEMBERS"], |r| match &r.spec {
-            Some(Spec::Group(g)) => vec![r.name.clone(), list(&g.members)],
-            _ => vec![r.name.clone()],
-        }),
-        _ => (
-            &["NAME", "CONNECTIONS", "IDENTITIES", "GROUPS"],
-            |r| match &r.spec {
-                Some(Spec::Policy(p)) => vec![
-                    r.name.clone(),
-                    list(&p.connections),
-                    list(&p.identities),
-                    list(&p.groups),
-                ],
-                _ => vec![r.name.clone()],
-            },
-        ),
+    let header: &[&str] = match kind {
+        "Connection" => &["NAME", "HOST", "PORT", "DATABASE", "USER", "AUTH", "TLS"],
+        "IdentityProvider" => &["NAME", "ISSUER", "AUDIENCE", "JWKS"],
+        "ApiKey" => &["NAME", "IDENTITY", "GROUPS"],
+        "Group" => &["NAME", "MEMBERS"],
+        _ => &["NAME", "CONNECTIONS", "IDENTITIES", "GROUPS"],
     };
     render(header, &rs.iter().map(row).collect::<Vec<_>>())
+}
+
+fn row(r: &Resource) -> Vec<String> {
+    let mut cells = vec![r.name.clone()];
+    match &r.spec {
+        Some(Spec::Connection(c)) => cells.extend([
+            c.host.clone(),
+            c.port.to_string(),
+            c.database.clone(),
+            c.user.clone(),
+            or_dash(&c.auth),
+            c.tls.as_ref().map_or("-".into(), |t| t.mode.clone()),
+        ]),
+        Some(Spec::IdentityProvider(p)) => cells.extend([
+            p.issuer.clone(),
+            list(&p.audience),
+            if p.jwks_url.is_empty() {
+                "inline".into()
+            } else {
+                p.jwks_url.clone()
+            },
+        ]),
+        Some(Spec::ApiKey(k)) => cells.extend([k.identity.clone(), list(&k.groups)]),
+        Some(Spec::Group(g)) => cells.push(list(&g.members)),
+        Some(Spec::Policy(p)) => {
+            cells.extend([list(&p.connections), list(&p.identities), list(&p.groups)])
+        }
+        None => {}
+    }
+    cells
 }
 
 /// `850ms`, `1.2s`, `42s`, `3m04s`, `2h05m`, `3d04h`; `-` for never.
