@@ -37,6 +37,8 @@ impl TlsFiles {
 #[derive(Debug)]
 pub struct ControlPlane {
     endpoints: Vec<Endpoint>,
+    has_ca: bool,
+    has_identity: bool,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, CtlError> {
@@ -114,7 +116,11 @@ impl ControlPlane {
             };
             endpoints.push(ep);
         }
-        Ok(ControlPlane { endpoints })
+        Ok(ControlPlane {
+            endpoints,
+            has_ca: tls.ca.is_some(),
+            has_identity: tls.cert.is_some(),
+        })
     }
 
     /// Run one request against the first URL that answers. A URL that
@@ -139,7 +145,7 @@ impl ControlPlane {
             let channel = match tokio::time::timeout(CONNECT_TIMEOUT, ep.connect()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    failures.push(format!("{url}: {}", chain(&e)));
+                    failures.push(self.explain(url, chain(&e)));
                     continue;
                 }
                 Err(_) => {
@@ -164,12 +170,12 @@ impl ControlPlane {
             let broken = is_transport_failure(&s);
             if broken && kind == Request::Change {
                 return Err(CtlError::Interrupted(format!(
-                    "{url}: {}; the change may or may not have been made",
-                    status_text(&s)
+                    "{}; the change may or may not have been made",
+                    self.explain(url, status_text(&s))
                 )));
             }
             if broken || s.code() == Code::Unavailable {
-                failures.push(format!("{url}: {}", status_text(&s)));
+                failures.push(self.explain(url, status_text(&s)));
                 continue;
             }
             if s.code() == Code::DeadlineExceeded {
@@ -178,6 +184,24 @@ impl ControlPlane {
             return Err(CtlError::Refused(s));
         }
         Err(CtlError::Unreachable(failures.join("; ")))
+    }
+}
+
+impl ControlPlane {
+    /// `url: error`, with a hint for the TLS mistakes one makes most.
+    fn explain(&self, url: &str, error: String) -> String {
+        let https = url.starts_with("https://");
+        let hint = if https && !self.has_ca && error.contains("UnknownIssuer") {
+            " (give the CA that signed the control plane's certificate with --ca)"
+        } else if https
+            && !self.has_identity
+            && (error.contains("CertificateRequired") || error.contains("connection closed"))
+        {
+            " (if the control plane requires client certificates, give --cert and --key)"
+        } else {
+            ""
+        };
+        format!("{url}: {error}{hint}")
     }
 }
 
