@@ -3,8 +3,9 @@
 //! State lives in a [`store::Store`]: etcd in production, an embedded
 //! directory store with the same semantics (revisions, prefix watch, leases)
 //! for one machine. The snapshot server, node membership and `sluicectl`
-//! are built on top of it.
+//! ([`ctl`], the operator CLI) are built on top of it.
 
+pub mod ctl;
 pub mod resources;
 pub mod server;
 pub mod store;
