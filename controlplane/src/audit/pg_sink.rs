@@ -83,7 +83,10 @@ pub struct PgSink {
 fn pg_err(context: &str, e: tokio_postgres::Error) -> SinkError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => match std::error::Error::source(&e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
     };
     SinkError::Unavailable(format!("{context}: {detail}"))
 }
@@ -419,13 +422,13 @@ impl PgSink {
         }
         if f.from_unix_nanos != 0 {
             add(
-                "ts >= to_timestamp(0) + ? * interval '1 microsecond'",
+                "ts >= to_timestamp(0) + ?::bigint * interval '1 microsecond'",
                 Box::new(f.from_unix_nanos.div_euclid(1000)),
             );
         }
         if f.to_unix_nanos != 0 {
             add(
-                "ts < to_timestamp(0) + ? * interval '1 microsecond'",
+                "ts < to_timestamp(0) + ?::bigint * interval '1 microsecond'",
                 Box::new(f.to_unix_nanos.div_euclid(1000)),
             );
         }
