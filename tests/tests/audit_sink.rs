@@ -49,7 +49,12 @@ fn rec(node: &str, seq: u64) -> AuditRecord {
             ..Default::default()
         }),
         identity: Some(AuditIdentity {
-            name: if seq % 2 == 0 { "alice" } else { "bob" }.into(),
+            name: if seq.is_multiple_of(2) {
+                "alice"
+            } else {
+                "bob"
+            }
+            .into(),
             ..Default::default()
         }),
         session: Some(AuditSession {

@@ -147,7 +147,7 @@ impl Segment {
     }
 
     fn note_record(&mut self, seq: u64, offset: u64) {
-        if (seq - self.first_seq) % INDEX_EVERY == 0 {
+        if (seq - self.first_seq).is_multiple_of(INDEX_EVERY) {
             self.index.push((seq, offset));
         }
         self.last_seq = seq;
