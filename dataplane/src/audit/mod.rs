@@ -7,13 +7,18 @@
 //!   checksummed segment files, which numbers records per node, syncs them,
 //!   hands out what the control plane has not acknowledged, and deletes what
 //!   it has.
+//! * [`pump`]: one control-thread step tying them together: drain, append,
+//!   open or close the gate; a refused batch stays pending (nothing is
+//!   dropped) and the rings fill behind it.
 //!
 //! Who runs what: data cores hold an [`AuditProducer`] each; the control
-//! thread owns [`AuditRings`] and the [`Spool`].
+//! thread owns the [`AuditPump`] (the [`AuditRings`] and the [`Spool`]).
 
+pub mod pump;
 pub mod ring;
 pub mod spool;
 
+pub use pump::AuditPump;
 pub use ring::{
     AuditGate, AuditProducer, AuditRings, RingStats, WhenFull, AUDIT_UNAVAILABLE_SQLSTATE,
 };
