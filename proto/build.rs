@@ -10,6 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&["proto/sluice/v1/sluice.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/sluice/v1/sluice.proto",
+                "proto/sluice/v1/audit.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

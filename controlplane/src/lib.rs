@@ -4,7 +4,12 @@
 //! directory store with the same semantics (revisions, prefix watch, leases)
 //! for one machine. The snapshot server, node membership and `sluicectl`
 //! ([`ctl`], the operator CLI) are built on top of it.
+//!
+//! Audit records from the data planes are chained and stored by an
+//! [`audit::AuditSink`]: append-only files by default, PostgreSQL in
+//! production.
 
+pub mod audit;
 pub mod ctl;
 pub mod resources;
 pub mod server;

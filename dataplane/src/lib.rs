@@ -14,11 +14,13 @@
 //! - [`snapshot`]: the immutable policy snapshot cores read.
 //! - [`admin`], [`metrics`]: the control thread's HTTP server and the
 //!   per-core counters it merges at scrape time.
+//! - [`audit`]: per-core audit rings and the control thread's spool.
 //!
 //! What this crate must never do: block a data core, allocate per message on
 //! the relay path, lock across cores on the hot path, or log a secret.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod config;

@@ -1,7 +1,8 @@
 //! Sluice's gRPC API, package `sluice.v1`: configuration resources, the
 //! snapshot stream between control plane and data planes, node status and
-//! the admin service `sluicectl` calls. Generated from
-//! `proto/sluice/v1/sluice.proto` by `build.rs`.
+//! the admin service `sluicectl` calls, and the audit records with their
+//! ingest and query services. Generated from `proto/sluice/v1/sluice.proto`
+//! and `proto/sluice/v1/audit.proto` by `build.rs`.
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -54,5 +55,35 @@ mod tests {
         };
         let bytes = resp.encode_to_vec();
         assert_eq!(SnapshotResponse::decode(bytes.as_slice()).unwrap(), resp);
+    }
+
+    #[test]
+    fn audit_record_round_trips() {
+        let rec = AuditRecord {
+            metadata: Some(AuditMetadata {
+                id: "n1-7".into(),
+                kind: AuditKind::Execute as i32,
+                time_unix_nanos: 1_700_000_000_000_000_000,
+                node_id: "n1".into(),
+                core: 3,
+                sequence: 7,
+                snapshot_version: 12,
+            }),
+            outcome: Some(AuditOutcome {
+                decision: Decision::Deny as i32,
+                masked: vec![MaskedCount {
+                    rule: "email".into(),
+                    column: "users.email".into(),
+                    count: 2,
+                }],
+                ..Default::default()
+            }),
+            prev_hash: vec![0; 32],
+            ..Default::default()
+        };
+        let bytes = rec.encode_to_vec();
+        let back = AuditRecord::decode(bytes.as_slice()).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.metadata.unwrap().kind(), AuditKind::Execute);
     }
 }

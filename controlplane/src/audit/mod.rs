@@ -1,0 +1,14 @@
+//! The control plane's half of the audit pipeline: the per-node hash chain
+//! ([`chain`]), the [`AuditSink`] interface ([`sink`]) with its embedded
+//! file implementation ([`FileSink`]) and its PostgreSQL implementation
+//! ([`PgSink`]), and chain verification ([`verify`]) both sinks use.
+
+pub mod chain;
+pub mod file_sink;
+pub mod pg_sink;
+pub mod sink;
+pub mod verify;
+
+pub use file_sink::FileSink;
+pub use pg_sink::PgSink;
+pub use sink::{AuditSink, SinkError};

@@ -1,0 +1,1022 @@
+//! The node's audit spool: records drained from the core rings are appended
+//! here, numbered, and kept until the control plane says it has made them
+//! durable. Synchronous `std::fs` code for the control thread (never a data
+//! core).
+//!
+//! ```text
+//! dir/
+//!   00000000000000000001.seg   segment; the name is its first sequence
+//!   00000000000000004097.seg
+//!   ACK                        highest sequence acknowledged, decimal text,
+//!                              replaced atomically (write ACK.tmp, fsync, rename)
+//!
+//! segment = MAGIC record*
+//! record  = len:u32le crc32(payload):u32le payload[len]
+//! payload = AuditRecord (prost), metadata.sequence set
+//! ```
+//!
+//! * Sequences start at 1 and have no gaps; the spool assigns them at
+//!   append, so they are gap-free per node whatever the cores did.
+//! * An append writes the whole batch, then (with [`FsyncPolicy::Batch`],
+//!   the default) `fdatasync`s before returning: a returned sequence is on
+//!   disk. A batch goes into one segment; a new segment starts once the
+//!   current one has reached `segment_bytes`.
+//! * [`Spool::ack`] records the acknowledged position durably first, then
+//!   deletes every segment whose records are all acknowledged.
+//! * [`Spool::open`] recovers: a torn last record of the last segment (short,
+//!   or failing its checksum with nothing but zeros after it) is cut off with
+//!   a warning; damage anywhere else is refused. Numbering continues after
+//!   the last good record, and everything after `ACK` is unacknowledged and
+//!   is what [`Spool::unacked`] hands out for (re)sending.
+//! * Disk quota: an append that would take the spool past `quota_bytes` is
+//!   refused whole with [`SpoolError::QuotaExceeded`] and writes nothing; the
+//!   caller closes the [`super::AuditGate`] (fail closed) or counts the loss
+//!   (fail open).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use proto::{AuditMetadata, AuditRecord};
+
+/// First bytes of every segment file (format version 1).
+pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL\x01";
+/// Name of the file holding the acknowledged position.
+pub const ACK_FILE: &str = "ACK";
+const ACK_TMP: &str = "ACK.tmp";
+const SEGMENT_EXT: &str = ".seg";
+/// Every this many records a segment remembers an offset, so `unacked` can
+/// start reading near the sequence it wants.
+const INDEX_EVERY: u64 = 64;
+const HEADER: usize = 8;
+
+/// When the spool calls `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// After every appended batch (default): an appended record survives a
+    /// power loss.
+    #[default]
+    Batch,
+    /// Never for records (the kernel writes them back); the ACK file is
+    /// still synced, since losing it could renumber records.
+    Never,
+}
+
+/// Where and how the spool keeps its files.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Written into every record's metadata.
+    pub node_id: String,
+    /// A segment is closed once it holds at least this many bytes.
+    pub segment_bytes: u64,
+    /// Most bytes the spool's segment files may take together.
+    pub quota_bytes: u64,
+    /// Largest encoded record accepted.
+    pub max_record_bytes: usize,
+    pub fsync: FsyncPolicy,
+}
+
+impl SpoolConfig {
+    /// Defaults: 8 MiB segments, a 1 GiB quota, 1 MiB records, fsync per
+    /// batch.
+    pub fn new(dir: impl Into<PathBuf>, node_id: impl Into<String>) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.into(),
+            node_id: node_id.into(),
+            segment_bytes: 8 << 20,
+            quota_bytes: 1 << 30,
+            max_record_bytes: 1 << 20,
+            fsync: FsyncPolicy::Batch,
+        }
+    }
+}
+
+/// What went wrong in a spool operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The batch would take the spool past its disk quota; nothing was
+    /// written. Statements must be refused (fail closed) until acks free
+    /// space.
+    #[error(
+        "audit spool is at its disk quota: {stored} bytes stored, {batch} more would pass the quota of {quota} bytes"
+    )]
+    QuotaExceeded { stored: u64, batch: u64, quota: u64 },
+    /// One record is larger than `max_record_bytes`; nothing was written.
+    #[error("audit record of {size} bytes is larger than the spool's limit of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+    /// The spool's files could not be read or written.
+    #[error("audit spool I/O error: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The files are damaged beyond a torn last record.
+    #[error("audit spool is damaged: {0}")]
+    Corrupt(String),
+    /// An ack past the last appended sequence.
+    #[error("acknowledgement of sequence {acked} but the spool has only appended up to {last}")]
+    AckBeyondEnd { acked: u64, last: u64 },
+    /// An earlier write failed and could not be undone; reopen the spool.
+    #[error("audit spool is unusable after a failed write; reopen it")]
+    Poisoned,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SpoolError {
+    let context = context.into();
+    move |source| SpoolError::Io { context, source }
+}
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    /// `first_seq - 1` while empty.
+    last_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// (sequence, byte offset of its record) every `INDEX_EVERY` records.
+    index: Vec<(u64, u64)>,
+}
+
+impl Segment {
+    fn is_empty(&self) -> bool {
+        self.last_seq < self.first_seq
+    }
+
+    fn note_record(&mut self, seq: u64, offset: u64) {
+        if (seq - self.first_seq).is_multiple_of(INDEX_EVERY) {
+            self.index.push((seq, offset));
+        }
+        self.last_seq = seq;
+    }
+
+    /// Offset to start reading at to find `seq`.
+    fn offset_for(&self, seq: u64) -> u64 {
+        let i = self.index.partition_point(|&(s, _)| s <= seq);
+        if i == 0 {
+            HEADER as u64
+        } else {
+            self.index[i - 1].1
+        }
+    }
+}
+
+/// What [`Spool::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes cut off the end of the last segment (a torn record).
+    pub truncated_bytes: u64,
+    /// Segments deleted because they were fully acknowledged.
+    pub removed_segments: usize,
+}
+
+/// The spool. See the module docs.
+#[derive(Debug)]
+pub struct Spool {
+    cfg: SpoolConfig,
+    segments: Vec<Segment>,
+    /// Open for appending: the last segment, while it is not full.
+    active: Option<File>,
+    next_seq: u64,
+    acked: u64,
+    bytes: u64,
+    recovery: Recovery,
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `cfg.dir` and recovers it.
+    pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
+        fs::create_dir_all(&cfg.dir).map_err(io_err(format!("create {}", cfg.dir.display())))?;
+        let acked = read_ack(&cfg.dir)?;
+        let _ = fs::remove_file(cfg.dir.join(ACK_TMP));
+
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in
+            fs::read_dir(&cfg.dir).map_err(io_err(format!("list {}", cfg.dir.display())))?
+        {
+            let entry = entry.map_err(io_err(format!("list {}", cfg.dir.display())))?;
+            let name = entry.file_name();
+            let Some(first) = name.to_str().and_then(parse_segment_name) else {
+                continue;
+            };
+            names.push((first, entry.path()));
+        }
+        names.sort();
+
+        let mut recovery = Recovery::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let count = names.len();
+        for (i, (first_seq, path)) in names.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let seg = load_segment(first_seq, path, is_last, &mut recovery)?;
+            if let Some(prev) = segments.last() {
+                if !seg.is_empty() && seg.first_seq != prev.last_seq + 1 {
+                    return Err(SpoolError::Corrupt(format!(
+                        "{} starts at sequence {} but the previous segment ends at {}",
+                        seg.path.display(),
+                        seg.first_seq,
+                        prev.last_seq
+                    )));
+                }
+            }
+            if seg.is_empty() && !is_last {
+                fs::remove_file(&seg.path)
+                    .map_err(io_err(format!("remove {}", seg.path.display())))?;
+                continue;
+            }
+            segments.push(seg);
+        }
+
+        let last_record = segments
+            .iter()
+            .rev()
+            .find(|s| !s.is_empty())
+            .map(|s| s.last_seq)
+            .unwrap_or(0);
+        let next_seq = last_record.max(acked) + 1;
+
+        // Segments fully acknowledged (a crash between writing ACK and
+        // deleting them), and an empty last segment whose name does not
+        // fit the numbering, go now.
+        let mut kept = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let stale_empty = seg.is_empty() && seg.first_seq != next_seq;
+            if (!seg.is_empty() && seg.last_seq <= acked) || stale_empty {
+                fs::remove_file(&seg.path)
+                    .map_err(io_err(format!("remove {}", seg.path.display())))?;
+                recovery.removed_segments += usize::from(!stale_empty);
+            } else {
+                kept.push(seg);
+            }
+        }
+        let segments = kept;
+        let bytes = segments.iter().map(|s| s.bytes).sum();
+        let active = match segments.last() {
+            Some(seg) if seg.bytes < cfg.segment_bytes => Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io_err(format!("open {}", seg.path.display())))?,
+            ),
+            _ => None,
+        };
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                dir = %cfg.dir.display(),
+                bytes = recovery.truncated_bytes,
+                "audit spool: cut off a torn record at the end of the last segment"
+            );
+        }
+        Ok(Spool {
+            cfg,
+            segments,
+            active,
+            next_seq,
+            acked,
+            bytes,
+            recovery,
+            buf: Vec::new(),
+            poisoned: false,
+        })
+    }
+
+    /// Numbers `records` (metadata.sequence, node_id, and id when empty),
+    /// writes them, and syncs per the fsync policy. Returns the last
+    /// sequence assigned. All or nothing: on an error nothing is stored and
+    /// the numbers written into `records` are void.
+    pub fn append_batch(&mut self, records: &mut [AuditRecord]) -> Result<u64, SpoolError> {
+        if self.poisoned {
+            return Err(SpoolError::Poisoned);
+        }
+        if records.is_empty() {
+            return Ok(self.last_seq());
+        }
+        self.buf.clear();
+        let mut offsets = Vec::with_capacity(records.len());
+        for (i, rec) in records.iter_mut().enumerate() {
+            let seq = self.next_seq + i as u64;
+            let md = rec.metadata.get_or_insert_with(AuditMetadata::default);
+            md.sequence = seq;
+            md.node_id.clone_from(&self.cfg.node_id);
+            if md.id.is_empty() {
+                md.id = format!("{}-{seq}", self.cfg.node_id);
+            }
+            let len = rec.encoded_len();
+            if len > self.cfg.max_record_bytes {
+                return Err(SpoolError::RecordTooLarge {
+                    size: len,
+                    max: self.cfg.max_record_bytes,
+                });
+            }
+            offsets.push(self.buf.len() as u64);
+            let start = self.buf.len();
+            self.buf.extend_from_slice(&[0; HEADER]);
+            rec.encode(&mut self.buf).expect("Vec grows");
+            let crc = crc32fast::hash(&self.buf[start + HEADER..]);
+            self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+
+        let roll = self.active.is_none();
+        let batch = self.buf.len() as u64 + if roll { HEADER as u64 } else { 0 };
+        if self.bytes + batch > self.cfg.quota_bytes {
+            return Err(SpoolError::QuotaExceeded {
+                stored: self.bytes,
+                batch,
+                quota: self.cfg.quota_bytes,
+            });
+        }
+        if roll {
+            self.start_segment()?;
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a segment after start_segment");
+        let file = self.active.as_mut().expect("an active segment");
+        let base = seg.bytes;
+        if let Err(e) = file.write_all(&self.buf) {
+            // Undo a partial write so the file stays a run of whole records.
+            if file.set_len(base).is_err() {
+                self.poisoned = true;
+            }
+            return Err(io_err(format!("append to {}", seg.path.display()))(e));
+        }
+        if self.cfg.fsync == FsyncPolicy::Batch {
+            if let Err(e) = file.sync_data() {
+                // The page cache state is unknown after a failed fsync.
+                self.poisoned = true;
+                return Err(io_err(format!("fdatasync {}", seg.path.display()))(e));
+            }
+        }
+        for (i, off) in offsets.into_iter().enumerate() {
+            seg.note_record(self.next_seq + i as u64, base + off);
+        }
+        seg.bytes += self.buf.len() as u64;
+        self.bytes += self.buf.len() as u64;
+        self.next_seq += records.len() as u64;
+        if seg.bytes >= self.cfg.segment_bytes {
+            self.active = None;
+        }
+        Ok(self.last_seq())
+    }
+
+    fn start_segment(&mut self) -> Result<(), SpoolError> {
+        let path = self.cfg.dir.join(segment_name(self.next_seq));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("create {}", path.display())))?;
+        f.write_all(SEGMENT_MAGIC)
+            .map_err(io_err(format!("write {}", path.display())))?;
+        if self.cfg.fsync == FsyncPolicy::Batch {
+            f.sync_data()
+                .map_err(io_err(format!("fdatasync {}", path.display())))?;
+            sync_dir(&self.cfg.dir)?;
+        }
+        self.segments.push(Segment {
+            first_seq: self.next_seq,
+            last_seq: self.next_seq - 1,
+            path,
+            bytes: HEADER as u64,
+            index: Vec::new(),
+        });
+        self.bytes += HEADER as u64;
+        self.active = Some(f);
+        Ok(())
+    }
+
+    /// The control plane has made every sequence up to `durable_through`
+    /// durable: record that, then delete the segments it covers. An ack at
+    /// or below the current one is ignored.
+    pub fn ack(&mut self, durable_through: u64) -> Result<(), SpoolError> {
+        if durable_through <= self.acked {
+            return Ok(());
+        }
+        if durable_through > self.last_seq() {
+            return Err(SpoolError::AckBeyondEnd {
+                acked: durable_through,
+                last: self.last_seq(),
+            });
+        }
+        write_ack(&self.cfg.dir, durable_through)?;
+        self.acked = durable_through;
+        while let Some(seg) = self.segments.first() {
+            if seg.is_empty() || seg.last_seq > durable_through {
+                break;
+            }
+            if self.segments.len() == 1 {
+                self.active = None;
+            }
+            fs::remove_file(&seg.path).map_err(io_err(format!("remove {}", seg.path.display())))?;
+            self.bytes -= seg.bytes;
+            self.segments.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Up to `max` stored records from sequence `from_seq` on (never below
+    /// the acknowledged position), in order, read back from disk.
+    pub fn unacked(&self, from_seq: u64, max: usize) -> Result<Vec<AuditRecord>, SpoolError> {
+        let from = from_seq.max(self.acked + 1);
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            if out.len() >= max {
+                break;
+            }
+            if seg.is_empty() || seg.last_seq < from {
+                continue;
+            }
+            let mut f =
+                File::open(&seg.path).map_err(io_err(format!("open {}", seg.path.display())))?;
+            let start = seg.offset_for(from);
+            f.seek(SeekFrom::Start(start))
+                .map_err(io_err(format!("seek {}", seg.path.display())))?;
+            let mut r = BufReader::new(f).take(seg.bytes - start);
+            let mut header = [0u8; HEADER];
+            let mut payload = Vec::new();
+            let mut seq = 0;
+            while out.len() < max && seq < seg.last_seq {
+                r.read_exact(&mut header)
+                    .map_err(io_err(format!("read {}", seg.path.display())))?;
+                let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+                payload.resize(len, 0);
+                r.read_exact(&mut payload)
+                    .map_err(io_err(format!("read {}", seg.path.display())))?;
+                let rec = decode_checked(&header, &payload).ok_or_else(|| {
+                    SpoolError::Corrupt(format!("{} changed under the spool", seg.path.display()))
+                })?;
+                seq = rec.metadata.as_ref().map_or(0, |m| m.sequence);
+                if seq >= from {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Last sequence appended (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Highest sequence acknowledged by the control plane.
+    pub fn acked_through(&self) -> u64 {
+        self.acked
+    }
+
+    /// Records appended but not yet acknowledged.
+    pub fn pending(&self) -> u64 {
+        self.last_seq() - self.acked
+    }
+
+    /// Bytes the segment files take now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether `additional` more bytes would take the spool past its quota.
+    pub fn would_exceed(&self, additional: u64) -> bool {
+        self.bytes + additional > self.cfg.quota_bytes
+    }
+
+    /// What the last [`Spool::open`] repaired.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.cfg
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_EXT}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_EXT)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n| n > 0)
+}
+
+fn read_ack(dir: &Path) -> Result<u64, SpoolError> {
+    let path = dir.join(ACK_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            SpoolError::Corrupt(format!(
+                "{} does not hold a sequence number",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+    }
+}
+
+fn write_ack(dir: &Path, seq: u64) -> Result<(), SpoolError> {
+    let tmp = dir.join(ACK_TMP);
+    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(format!("{seq}\n").as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, dir.join(ACK_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("fsync {}", dir.display())))
+}
+
+fn decode_checked(header: &[u8; HEADER], payload: &[u8]) -> Option<AuditRecord> {
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    // Every record has metadata, so an empty payload is zeros, not a record.
+    if payload.is_empty() || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    AuditRecord::decode(payload).ok()
+}
+
+/// Reads one segment, checking every record; cuts off a torn tail when it
+/// is the last segment.
+fn load_segment(
+    first_seq: u64,
+    path: PathBuf,
+    is_last: bool,
+    recovery: &mut Recovery,
+) -> Result<Segment, SpoolError> {
+    let buf = fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
+    let corrupt = |what: String| SpoolError::Corrupt(format!("{}: {what}", path.display()));
+    let mut seg = Segment {
+        first_seq,
+        last_seq: first_seq - 1,
+        path: path.clone(),
+        bytes: 0,
+        index: Vec::new(),
+    };
+    if buf.len() < HEADER || &buf[..HEADER] != SEGMENT_MAGIC {
+        // A segment created but torn before its magic was written.
+        if is_last && SEGMENT_MAGIC.starts_with(&buf) {
+            rewrite_header(&path)?;
+            recovery.truncated_bytes += buf.len() as u64;
+            seg.bytes = HEADER as u64;
+            return Ok(seg);
+        }
+        return Err(corrupt("not a spool segment (bad header)".into()));
+    }
+    let mut pos = HEADER;
+    let mut torn_at = None;
+    while pos < buf.len() {
+        let rest = &buf[pos..];
+        let whole = rest.len() >= HEADER && {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            rest.len() - HEADER >= len
+        };
+        let decoded = if whole {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let header: &[u8; HEADER] = rest[..HEADER].try_into().expect("8 bytes");
+            decode_checked(header, &rest[HEADER..HEADER + len]).map(|r| (r, HEADER + len))
+        } else {
+            None
+        };
+        match decoded {
+            Some((rec, size)) => {
+                let seq = rec.metadata.as_ref().map_or(0, |m| m.sequence);
+                let expected = seg.last_seq + 1;
+                if seq != expected {
+                    return Err(corrupt(format!(
+                        "record at byte {pos} has sequence {seq}, expected {expected}"
+                    )));
+                }
+                seg.note_record(seq, pos as u64);
+                pos += size;
+            }
+            None => {
+                // Torn: the last record is short, or fails its checksum with
+                // only zeros after it (blocks allocated but never written).
+                let end = if whole {
+                    let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                    pos + HEADER + len
+                } else {
+                    buf.len()
+                };
+                if is_last && buf[end..].iter().all(|&b| b == 0) {
+                    torn_at = Some(pos);
+                    break;
+                }
+                return Err(corrupt(format!(
+                    "damaged record at byte {pos} followed by {} more bytes",
+                    buf.len() - end
+                )));
+            }
+        }
+    }
+    if let Some(pos) = torn_at {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        f.set_len(pos as u64)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(format!("truncate {}", path.display())))?;
+        recovery.truncated_bytes += (buf.len() - pos) as u64;
+    }
+    seg.bytes = pos as u64;
+    Ok(seg)
+}
+
+fn rewrite_header(path: &Path) -> Result<(), SpoolError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    f.write_all(SEGMENT_MAGIC)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{AuditKind, AuditStatement};
+
+    fn rec(sql: &str) -> AuditRecord {
+        AuditRecord {
+            metadata: Some(AuditMetadata {
+                kind: AuditKind::Query as i32,
+                time_unix_nanos: 1,
+                ..Default::default()
+            }),
+            statement: Some(AuditStatement {
+                sql: sql.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn batch(tag: &str, n: usize) -> Vec<AuditRecord> {
+        (0..n).map(|i| rec(&format!("select {tag} {i}"))).collect()
+    }
+
+    fn cfg(dir: &Path) -> SpoolConfig {
+        let mut c = SpoolConfig::new(dir, "node-a");
+        c.segment_bytes = 1024;
+        c
+    }
+
+    fn seqs(recs: &[AuditRecord]) -> Vec<u64> {
+        recs.iter()
+            .map(|r| r.metadata.as_ref().unwrap().sequence)
+            .collect()
+    }
+
+    fn sql(r: &AuditRecord) -> &str {
+        &r.statement.as_ref().unwrap().sql
+    }
+
+    fn dir_bytes(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_str().unwrap().ends_with(SEGMENT_EXT))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    fn last_segment(dir: &Path) -> PathBuf {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_str().unwrap().ends_with(SEGMENT_EXT))
+            .collect();
+        v.sort();
+        v.pop().unwrap()
+    }
+
+    #[test]
+    fn append_numbers_records_and_reopen_resends_what_is_not_acked() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        let mut b = batch("a", 10);
+        assert_eq!(s.append_batch(&mut b).unwrap(), 10);
+        assert_eq!(seqs(&b), (1..=10).collect::<Vec<_>>());
+        let md = b[3].metadata.as_ref().unwrap();
+        assert_eq!(
+            (md.node_id.as_str(), md.id.as_str()),
+            ("node-a", "node-a-4")
+        );
+        let mut b2 = batch("b", 50);
+        for chunk in b2.chunks_mut(10) {
+            s.append_batch(chunk).unwrap();
+        }
+        assert_eq!(s.last_seq(), 60);
+        assert!(s.segment_count() > 1, "segments roll at 1 KiB");
+        s.ack(25).unwrap();
+        assert_eq!(s.pending(), 35);
+        assert_eq!(s.bytes(), dir_bytes(d.path()));
+        drop(s);
+
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!((s.last_seq(), s.acked_through()), (60, 25));
+        let resend = s.unacked(0, 1000).unwrap();
+        assert_eq!(seqs(&resend), (26..=60).collect::<Vec<_>>());
+        assert_eq!(sql(&resend[0]), "select b 15");
+        assert_eq!(resend[0], b2[15]);
+        // From the middle, bounded.
+        assert_eq!(seqs(&s.unacked(40, 5).unwrap()), [40, 41, 42, 43, 44]);
+        let mut b3 = batch("c", 1);
+        assert_eq!(s.append_batch(&mut b3).unwrap(), 61);
+        s.ack(61).unwrap();
+        assert_eq!(
+            (s.segment_count(), s.bytes(), dir_bytes(d.path())),
+            (0, 0, 0)
+        );
+        assert!(s.unacked(0, 10).unwrap().is_empty());
+        drop(s);
+
+        // Everything acked and deleted: numbering still continues.
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.last_seq(), 61);
+        let mut b4 = batch("d", 2);
+        assert_eq!(s.append_batch(&mut b4).unwrap(), 63);
+        assert_eq!(seqs(&s.unacked(0, 10).unwrap()), [62, 63]);
+    }
+
+    #[test]
+    fn ack_is_checked_and_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 3)).unwrap();
+        assert!(matches!(
+            s.ack(4),
+            Err(SpoolError::AckBeyondEnd { acked: 4, last: 3 })
+        ));
+        s.ack(2).unwrap();
+        s.ack(1).unwrap();
+        assert_eq!(s.acked_through(), 2);
+        assert_eq!(seqs(&s.unacked(1, 10).unwrap()), [3]);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_every_length_and_numbering_continues() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.segment_bytes = 1 << 20;
+        let mut s = Spool::open(c.clone()).unwrap();
+        s.append_batch(&mut batch("a", 3)).unwrap();
+        let good = s.bytes();
+        s.append_batch(&mut batch("b", 2)).unwrap();
+        let full = fs::read(last_segment(d.path())).unwrap();
+        drop(s);
+        // A crash between write and fsync can leave any prefix of the
+        // second batch; every cut inside its first record loses that record
+        // and the one after it, a cut inside the second only the second.
+        let first_end = {
+            let len =
+                u32::from_le_bytes(full[good as usize..good as usize + 4].try_into().unwrap());
+            good as usize + HEADER + len as usize
+        };
+        for cut in good as usize + 1..full.len() {
+            fs::write(last_segment(d.path()), &full[..cut]).unwrap();
+            let mut s = Spool::open(c.clone()).unwrap();
+            let expect_last = if cut < first_end { 3 } else { 4 };
+            assert_eq!(s.last_seq(), expect_last, "cut at {cut}");
+            assert_eq!(s.recovery().truncated_bytes > 0, cut != first_end);
+            assert_eq!(s.bytes(), dir_bytes(d.path()));
+            let mut more = batch("c", 1);
+            assert_eq!(s.append_batch(&mut more).unwrap(), expect_last + 1);
+            let all = s.unacked(0, 100).unwrap();
+            assert_eq!(seqs(&all), (1..=expect_last + 1).collect::<Vec<_>>());
+            assert_eq!(sql(all.last().unwrap()), "select c 0");
+        }
+        // A flipped bit in the last record is torn too (nothing after it).
+        let mut bad = full.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        fs::write(last_segment(d.path()), &bad).unwrap();
+        assert_eq!(Spool::open(c.clone()).unwrap().last_seq(), 4);
+        // Zeros after the last good record (preallocated, never written).
+        let mut zeros = full[..first_end].to_vec();
+        zeros.extend([0u8; 64]);
+        fs::write(last_segment(d.path()), &zeros).unwrap();
+        assert_eq!(Spool::open(c.clone()).unwrap().last_seq(), 4);
+    }
+
+    #[test]
+    fn damage_before_the_tail_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 3)).unwrap();
+        drop(s);
+        let p = last_segment(d.path());
+        let mut buf = fs::read(&p).unwrap();
+        buf[HEADER + 12] ^= 0xff;
+        fs::write(&p, &buf).unwrap();
+        let err = Spool::open(cfg(d.path())).unwrap_err();
+        assert!(matches!(err, SpoolError::Corrupt(_)), "{err}");
+        assert!(
+            err.to_string().contains("damaged record at byte 8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn torn_segment_header_is_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 2)).unwrap();
+        drop(s);
+        fs::write(d.path().join(segment_name(3)), &SEGMENT_MAGIC[..3]).unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.last_seq(), 2);
+        s.append_batch(&mut batch("b", 1)).unwrap();
+        assert_eq!(seqs(&s.unacked(0, 10).unwrap()), [1, 2, 3]);
+    }
+
+    #[test]
+    fn quota_refuses_whole_batches_and_acks_make_room() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.quota_bytes = 2048;
+        let mut s = Spool::open(c).unwrap();
+        let mut appended = 0;
+        let err = loop {
+            match s.append_batch(&mut batch("q", 4)) {
+                Ok(last) => appended = last,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(err, SpoolError::QuotaExceeded { quota: 2048, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("disk quota"), "{err}");
+        assert!(s.bytes() <= 2048);
+        assert!(s.would_exceed(2048));
+        assert_eq!(s.last_seq(), appended, "a refused batch takes no numbers");
+        // Nothing was dropped: every appended record is still there.
+        assert_eq!(s.unacked(0, 1000).unwrap().len() as u64, appended);
+        s.ack(appended).unwrap();
+        assert_eq!(s.bytes(), 0);
+        assert_eq!(s.append_batch(&mut batch("r", 4)).unwrap(), appended + 4);
+    }
+
+    #[test]
+    fn oversize_record_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.max_record_bytes = 100;
+        let mut s = Spool::open(c).unwrap();
+        let mut b = vec![rec(&"x".repeat(200))];
+        assert!(matches!(
+            s.append_batch(&mut b),
+            Err(SpoolError::RecordTooLarge { max: 100, .. })
+        ));
+        assert_eq!((s.last_seq(), s.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn crash_between_ack_and_delete_removes_acked_segments_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 30)).unwrap();
+        s.append_batch(&mut batch("b", 30)).unwrap();
+        drop(s);
+        write_ack(d.path(), 30).unwrap();
+        let s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.recovery().removed_segments, 1);
+        assert_eq!(
+            seqs(&s.unacked(0, 100).unwrap()),
+            (31..=60).collect::<Vec<_>>()
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append(usize),
+            /// Ack this fraction (per mille) of what is pending.
+            Ack(u16),
+            Reopen,
+            /// Cut this many bytes off the last segment, then reopen (a
+            /// crash before the last fsync; only unacked data may go).
+            Crash(u16),
+            Unacked(u16, u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0usize..20).prop_map(Op::Append),
+                2 => (0u16..=1000).prop_map(Op::Ack),
+                1 => Just(Op::Reopen),
+                1 => (1u16..200).prop_map(Op::Crash),
+                2 => (0u16..=1000, 1u8..50).prop_map(|(a, b)| Op::Unacked(a, b)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+            #[test]
+            fn spool_matches_a_model(ops in proptest::collection::vec(op(), 1..40)) {
+                let d = tempfile::tempdir().unwrap();
+                let c = {
+                    let mut c = cfg(d.path());
+                    c.segment_bytes = 512;
+                    c
+                };
+                let mut s = Spool::open(c.clone()).unwrap();
+                // Model: sql text of every record ever appended (index = seq - 1).
+                let mut model: Vec<String> = Vec::new();
+                let mut acked = 0u64;
+                let mut tag = 0;
+                for op in ops {
+                    match op {
+                        Op::Append(n) => {
+                            tag += 1;
+                            let mut b = batch(&tag.to_string(), n);
+                            let last = s.append_batch(&mut b).unwrap();
+                            model.extend(b.iter().map(|r| sql(r).to_string()));
+                            prop_assert_eq!(last, model.len() as u64);
+                        }
+                        Op::Ack(f) => {
+                            let pending = model.len() as u64 - acked;
+                            let to = acked + pending * u64::from(f) / 1000;
+                            s.ack(to).unwrap();
+                            acked = acked.max(to);
+                        }
+                        Op::Reopen => {
+                            drop(s);
+                            s = Spool::open(c.clone()).unwrap();
+                        }
+                        Op::Crash(cut) => {
+                            drop(s);
+                            // Only cut into unacked records of the last segment.
+                            let unacked = Spool::open(c.clone()).unwrap().unacked(0, usize::MAX).unwrap();
+                            if let (Some(first), false) = (unacked.first(), unacked.is_empty()) {
+                                let p = last_segment(d.path());
+                                let first_in_last: u64 = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+                                let from = first.metadata.as_ref().unwrap().sequence.max(first_in_last);
+                                let len = fs::metadata(&p).unwrap().len();
+                                // Byte offset of record `from` in the last segment.
+                                let mut off = HEADER as u64;
+                                for r in unacked.iter().filter(|r| {
+                                    let q = r.metadata.as_ref().unwrap().sequence;
+                                    q >= first_in_last && q < from
+                                }) {
+                                    off += (HEADER + r.encoded_len()) as u64;
+                                }
+                                let new_len = len.saturating_sub(u64::from(cut)).max(off);
+                                if new_len < len {
+                                    let f = OpenOptions::new().write(true).open(&p).unwrap();
+                                    f.set_len(new_len).unwrap();
+                                }
+                            }
+                            s = Spool::open(c.clone()).unwrap();
+                            prop_assert!(s.last_seq() >= acked);
+                            model.truncate(s.last_seq() as usize);
+                        }
+                        Op::Unacked(f, max) => {
+                            let span = model.len() as u64 + 2;
+                            let from = span * u64::from(f) / 1000;
+                            let got = s.unacked(from, usize::from(max)).unwrap();
+                            let start = from.max(acked + 1);
+                            let want: Vec<&str> = model
+                                .iter()
+                                .skip(start as usize - 1)
+                                .take(usize::from(max))
+                                .map(String::as_str)
+                                .collect();
+                            prop_assert_eq!(got.iter().map(sql).collect::<Vec<_>>(), want);
+                            prop_assert_eq!(seqs(&got), (start..start + got.len() as u64).collect::<Vec<_>>());
+                        }
+                    }
+                    prop_assert_eq!(s.last_seq(), model.len() as u64);
+                    prop_assert_eq!(s.acked_through(), acked);
+                    prop_assert_eq!(s.bytes(), dir_bytes(d.path()));
+                }
+            }
+        }
+    }
+}
