@@ -40,7 +40,7 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
 fi
 
 step "building sluice-dp"
-cargo build -p dataplane --bin sluice-dp
+cargo build -p dataplane --bin sluice-dp -p controlplane --bin sluice-cp --bin sluicectl
 
 step "unit and end-to-end tests"
 # shellcheck disable=SC2086
