@@ -67,7 +67,10 @@ async fn snapshot(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
         "connections": connections,
         "identities": snap.identities.len(),
     });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }
 
 async fn healthz() -> &'static str {

@@ -283,7 +283,7 @@ impl Snapshot {
                                 }
                             };
                             let t = c.tls.as_ref().expect("mode set");
-                            let ca = (!t.ca_pem.is_empty()).then(|| t.ca_pem.as_bytes());
+                            let ca = (!t.ca_pem.is_empty()).then_some(t.ca_pem.as_bytes());
                             let name = if t.server_name.is_empty() {
                                 &c.host
                             } else {

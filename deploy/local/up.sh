@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Start Sluice locally: a throwaway PostgreSQL (or --target DSN), an API key,
-# dev TLS certificates and sluice-dp, then print how to connect.
+# Start Sluice locally: a throwaway PostgreSQL (or --target DSN), sluice-cp
+# on its embedded store with the example configuration (deploy/local/
+# config.yaml: a connection, a generated API key, a group, a policy),
+# dev TLS certificates and sluice-dp subscribed to the control plane; then
+# print how to connect.
 #
 #   deploy/local/up.sh                    # throwaway PostgreSQL in a temp dir
 #   deploy/local/up.sh --target postgresql://user:pass@host:5432/db
 #   deploy/local/down.sh                  # stop everything up.sh started
 #
-# Env: SLUICE_PORT (default 6432), SLUICE_ADMIN_PORT (9187), SLUICE_STATE
+# Env: SLUICE_PORT (default 6432), SLUICE_ADMIN_PORT (9187), SLUICE_CP_PORT
+# (7600; sluicectl's default control plane is http://127.0.0.1:7600), SLUICE_STATE
 # (state dir, default <repo>/.sluice-local), SLUICE_WORKERS (0 = per core).
 set -euo pipefail
 
@@ -17,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --target) TARGET_DSN="${2:?--target needs a DSN}"; shift 2 ;;
     --target=*) TARGET_DSN="${1#--target=}"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "up.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,13 +44,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo is required (https://rustup.rs)"
 
+if [ -f "$STATE/cp.pid" ] && kill -0 "$(cat "$STATE/cp.pid")" 2>/dev/null; then
+  die "already running (state in $STATE); run deploy/local/down.sh first"
+fi
 if [ -f "$STATE/sluice.pid" ] && kill -0 "$(cat "$STATE/sluice.pid")" 2>/dev/null; then
   die "already running (state in $STATE); run deploy/local/down.sh first"
 fi
 
-log "building sluice-dp (release)"
-(cd "$ROOT" && cargo build --release -q -p dataplane --bin sluice-dp)
+log "building sluice-dp, sluice-cp, sluicectl (release)"
+(cd "$ROOT" && cargo build --release -q -p dataplane --bin sluice-dp -p controlplane --bin sluice-cp --bin sluicectl)
 BIN="$ROOT/target/release/sluice-dp"
+CP_BIN="$ROOT/target/release/sluice-cp"
+CTL="$ROOT/target/release/sluicectl"
 
 rm -rf "$STATE"
 mkdir -p "$STATE"
@@ -90,40 +99,50 @@ else
   TARGET_DSN_SHOWN="$TARGET_DSN"
 fi
 
-# --- identity, certificates, config -----------------------------------------
+# --- control plane and configuration ------------------------------------------
+CP_PORT="$(pick_port "${SLUICE_CP_PORT:-7600}")"
+CP_URL="http://127.0.0.1:$CP_PORT"
+log "starting sluice-cp on $CP_URL (embedded store in $STATE/cp)"
+nohup "$CP_BIN" --listen "127.0.0.1:$CP_PORT" --plaintext --data-dir "$STATE/cp" \
+  >"$STATE/sluice-cp.log" 2>&1 &
+echo $! >"$STATE/cp.pid"
+for _ in $(seq 1 100); do
+  "$CTL" --control-plane "$CP_URL" version >/dev/null 2>&1 && break
+  kill -0 "$(cat "$STATE/cp.pid")" 2>/dev/null || { cat "$STATE/sluice-cp.log" >&2; die "sluice-cp exited"; }
+  sleep 0.1
+done
+"$CTL" --control-plane "$CP_URL" version >/dev/null || die "sluice-cp not answering: see $STATE/sluice-cp.log"
+
+# Fill in the example configuration (the password only in the state dir).
+esc() { printf '%s' "$1" | sed -e 's/[\\/&|]/\\&/g'; }
+sed -e "s|\${TARGET_HOST}|$(esc "$TARGET_HOST")|" -e "s|\${TARGET_PORT}|$TARGET_PORT|" \
+    -e "s|\${TARGET_DB}|$(esc "$TARGET_DB")|" -e "s|\${TARGET_USER}|$(esc "$TARGET_USER")|" \
+    -e "s|\${TARGET_PASSWORD}|$(esc "$TARGET_PASSWORD")|" \
+    "$ROOT/deploy/local/config.yaml" >"$STATE/config.yaml"
+chmod 600 "$STATE/config.yaml"
+log "applying deploy/local/config.yaml"
+APPLY="$("$CTL" --control-plane "$CP_URL" apply -f "$STATE/config.yaml")" || die "apply failed"
+printf '%s\n' "$APPLY" | grep -v 'key:' >&2 || true
+API_KEY="$(sed -n 's/^ *key: \(sk_[A-Za-z0-9_-]*\).*/\1/p' <<<"$APPLY")"
+[ -n "$API_KEY" ] || die "no API key in the apply output"
 IDENTITY=agent
 CONNECTION=demo
-KEYS="$("$BIN" apikey)"
-API_KEY="$(sed -n 's/^key: //p' <<<"$KEYS")"
-VERIFIER="$(sed -n 's/^verifier: //p' <<<"$KEYS")"
-"$BIN" dev-certs --dir "$STATE/certs" >/dev/null
-printf '%s' "$TARGET_PASSWORD" >"$STATE/target.pw"
-chmod 600 "$STATE/target.pw"
 
+"$BIN" dev-certs --dir "$STATE/certs" >/dev/null
 PORT="$(pick_port "${SLUICE_PORT:-6432}")"
 ADMIN_PORT="$(pick_port "${SLUICE_ADMIN_PORT:-9187}")"
 cat >"$STATE/sluice.yaml" <<YAML
 # Written by deploy/local/up.sh. See dataplane/src/config.rs for every field.
+# Connections, identities and grants come from the control plane.
 listen: ["127.0.0.1:$PORT"]
 admin_listen: "127.0.0.1:$ADMIN_PORT"
 workers: ${SLUICE_WORKERS:-0}
 tls:
   cert_file: certs/server.pem
   key_file: certs/server.key
-connections:
-  - name: $CONNECTION
-    target:
-      host: $TARGET_HOST
-      port: $TARGET_PORT
-      database: $TARGET_DB
-      user: $TARGET_USER
-      password_file: target.pw
-identities:
-  - name: $IDENTITY
-    api_key: "$VERIFIER"
-grants:
-  - connections: [$CONNECTION]
-    identities: [$IDENTITY]
+control_plane:
+  urls: ["$CP_URL"]
+  node_name: local-1
 YAML
 
 log "starting sluice-dp on 127.0.0.1:$PORT (admin on $ADMIN_PORT)"
@@ -150,6 +169,12 @@ Verify the gateway's certificate too:
 
 Direct target (the credentials only the gateway should hold):
   $TARGET_DSN_SHOWN
+
+Control plane ($CP_URL, embedded store):
+  export SLUICE_CONTROL_PLANE=$CP_URL
+  $CTL get policies
+  $CTL nodes
+  $CTL apply -f FILE.yaml      # documents like deploy/local/config.yaml
 
 Metrics: curl http://127.0.0.1:$ADMIN_PORT/metrics
 Stop:    deploy/local/down.sh

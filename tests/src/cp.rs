@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::gateway::Gateway;
@@ -51,6 +52,19 @@ impl Etcd {
         };
         e.spawn();
         e
+    }
+
+    /// One etcd per test binary, for tests that do not stop it; each test
+    /// uses its own key prefix ([`unique_prefix`]). Killed and its directory
+    /// removed when the test process exits.
+    pub fn shared() -> &'static Etcd {
+        SHARED_ETCD.get_or_init(|| {
+            let e = Etcd::start();
+            // SAFETY: registering a plain `extern "C" fn()` is always sound.
+            let rc = unsafe { libc::atexit(stop_shared_etcd) };
+            assert_eq!(rc, 0, "atexit registration failed");
+            e
+        })
     }
 
     pub fn endpoint(&self) -> String {
@@ -102,6 +116,28 @@ impl Etcd {
     }
 }
 
+static SHARED_ETCD: OnceLock<Etcd> = OnceLock::new();
+
+extern "C" fn stop_shared_etcd() {
+    // Never unwind across the C boundary.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(e) = SHARED_ETCD.get() {
+            e.kill();
+            let _ = std::fs::remove_dir_all(e.dir.path());
+        }
+    });
+}
+
+/// An etcd key prefix no other test in this process uses.
+pub fn unique_prefix(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/sluice-test-{}-{tag}-{}/",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
@@ -115,6 +151,16 @@ pub enum StoreKind {
     Embedded(PathBuf),
     /// etcd at this endpoint, under this prefix.
     Etcd(String, String),
+}
+
+/// The store a test runs its control plane on, before a directory or
+/// prefix is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store in the control plane's own temp dir.
+    Embedded,
+    /// The shared etcd ([`Etcd::shared`]) under a fresh prefix.
+    Etcd,
 }
 
 /// A running `sluice-cp` (plaintext on loopback unless given TLS args).
@@ -160,16 +206,41 @@ impl ControlPlane {
         Self::start_in(dir, store, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, store: StoreKind, extra: Vec<String>) -> ControlPlane {
+    /// A control plane on `backend` with extra arguments, started.
+    pub fn on(backend: Backend, extra: Vec<String>) -> ControlPlane {
+        let cp = Self::unstarted(backend, extra);
+        cp.spawn();
+        cp
+    }
+
+    /// Like [`ControlPlane::on`] but not started: its port is chosen, and
+    /// nothing listens there until [`ControlPlane::spawn`].
+    pub fn unstarted(backend: Backend, extra: Vec<String>) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cp-")
+            .tempdir()
+            .unwrap();
+        let store = match backend {
+            Backend::Embedded => StoreKind::Embedded(dir.path().join("data")),
+            Backend::Etcd => StoreKind::Etcd(Etcd::shared().endpoint(), unique_prefix("cp")),
+        };
+        Self::prepare(dir, store, extra)
+    }
+
+    fn prepare(dir: tempfile::TempDir, store: StoreKind, extra: Vec<String>) -> ControlPlane {
         let log_path = dir.path().join("sluice-cp.log");
-        let cp = ControlPlane {
+        ControlPlane {
             child: Mutex::new(None),
             port: crate::free_port(),
             store,
             extra,
             dir,
             log_path,
-        };
+        }
+    }
+
+    fn start_in(dir: tempfile::TempDir, store: StoreKind, extra: Vec<String>) -> ControlPlane {
+        let cp = Self::prepare(dir, store, extra);
         cp.spawn();
         cp
     }
@@ -286,6 +357,57 @@ impl Admin {
         }
     }
 
+    /// Connect over TLS, trusting `ca_pem`, presenting `identity` (cert and
+    /// key PEM) if given. Errors are returned, not panicked on (a refused
+    /// client certificate may only show at the first call).
+    pub async fn try_connect_tls(
+        url: &str,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Admin, String> {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .tls_config(tls)
+            .map_err(|e| format!("TLS config: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {url}: {e} ({e:?})"))?;
+        Ok(Admin {
+            client: proto::admin_client::AdminClient::new(ch),
+        })
+    }
+
+    /// Apply resources as given (no client-side parsing or checks): what
+    /// the server itself accepts or refuses.
+    pub async fn apply_resources(
+        &mut self,
+        resources: Vec<proto::Resource>,
+    ) -> Result<proto::ApplyResponse, tonic::Status> {
+        self.client
+            .apply(proto::ApplyRequest {
+                resources,
+                dry_run: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The control plane's build, store and current snapshot version.
+    pub async fn version(&mut self) -> proto::VersionResponse {
+        self.client
+            .version(proto::VersionRequest {})
+            .await
+            .expect("version")
+            .into_inner()
+    }
+
     /// Apply YAML documents; returns the response or the server's refusal.
     pub async fn try_apply(&mut self, yaml: &str) -> Result<proto::ApplyResponse, tonic::Status> {
         let resources = controlplane::resources::parse_documents(yaml, "test")
@@ -299,7 +421,6 @@ impl Admin {
             .map(|r| r.into_inner())
     }
 
-    #[track_caller]
     pub async fn apply(&mut self, yaml: &str) -> proto::ApplyResponse {
         match self.try_apply(yaml).await {
             Ok(r) => r,
@@ -323,6 +444,35 @@ impl Admin {
             .await
             .expect("list nodes")
             .into_inner()
+    }
+
+    pub async fn try_nodes(&mut self) -> Result<proto::ListNodesResponse, tonic::Status> {
+        self.client
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Poll the node list until `ok` holds; panics after `limit` with
+    /// `what` and the last list.
+    pub async fn wait_nodes(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&proto::ListNodesResponse) -> bool,
+    ) -> proto::ListNodesResponse {
+        let deadline = Instant::now() + limit;
+        loop {
+            let l = self.nodes().await;
+            if ok(&l) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node list: {what}: not within {limit:?}: {l:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn get(
@@ -428,5 +578,101 @@ impl CpCerts {
         CpCerts {
             dir: dir.to_path_buf(),
         }
+    }
+
+    pub fn read(&self, f: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"))
+    }
+
+    /// A CA and `ca`, `control-plane` (server: localhost, 127.0.0.1, ::1),
+    /// `node` and `admin` (client) `.pem`/`.key` files in `dir`: written by
+    /// `sluicectl certs --dir DIR` when that binary is built, else made here
+    /// with rcgen in the same layout.
+    pub fn generate(dir: &Path) -> CpCerts {
+        let ctl = process::sluice_bin()
+            .parent()
+            .expect("binary dir")
+            .join("sluicectl");
+        if ctl.exists() {
+            let mut cmd = Command::new(ctl);
+            cmd.arg("certs").arg("--dir").arg(dir);
+            process::run(&mut cmd, None, Duration::from_secs(60)).assert_success("sluicectl certs");
+        } else {
+            write_test_pki(dir);
+        }
+        let c = CpCerts::in_dir(dir);
+        for f in [
+            "ca.pem",
+            "control-plane.pem",
+            "control-plane.key",
+            "node.pem",
+            "node.key",
+            "admin.pem",
+            "admin.key",
+        ] {
+            assert!(dir.join(f).exists(), "certificate file {f} not written");
+        }
+        c
+    }
+
+    /// The node's `control_plane:` TLS fields (YAML, indented for it).
+    pub fn node_yaml(&self) -> String {
+        format!(
+            "  ca_file: {}\n  cert_file: {}\n  key_file: {}\n",
+            crate::gateway::y(&self.path("ca.pem")),
+            crate::gateway::y(&self.path("node.pem")),
+            crate::gateway::y(&self.path("node.key"))
+        )
+    }
+
+    /// `sluice-cp` arguments for mutual TLS with these files.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.path("control-plane.pem"),
+            "--tls-key".into(),
+            self.path("control-plane.key"),
+            "--client-ca".into(),
+            self.path("ca.pem"),
+        ]
+    }
+}
+
+/// The rcgen fallback of [`CpCerts::generate`].
+fn write_test_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sluice test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    write("ca.pem", ca_cert.pem());
+    write("ca.key", ca_key.serialize_pem());
+    let leaves: [(&str, ExtendedKeyUsagePurpose, Vec<String>); 3] = [
+        (
+            "control-plane",
+            ExtendedKeyUsagePurpose::ServerAuth,
+            vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        ),
+        ("node", ExtendedKeyUsagePurpose::ClientAuth, vec![]),
+        ("admin", ExtendedKeyUsagePurpose::ClientAuth, vec![]),
+    ];
+    for (name, usage, sans) in leaves {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("sluice-{name}"));
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        write(&format!("{name}.pem"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
     }
 }

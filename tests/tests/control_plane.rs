@@ -1,10 +1,58 @@
 //! Control plane end to end: real `sluice-cp` (embedded store and real
 //! etcd), real `sluice-dp` nodes subscribed to it, real clients.
+//!
+//! Scenarios that make sense for both stores are written once, taking a
+//! [`Backend`], and run twice (`<scenario>::embedded`, `<scenario>::etcd`);
+//! the etcd ones share one etcd per test binary, each under its own key
+//! prefix. Tests that stop etcd start their own.
+//!
+//! Every wait is a poll with a deadline; nothing asserts speed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sluice_tests::cp::{self, Admin, ControlPlane};
-use sluice_tests::{ApiKey, Pg};
+use proto::resource::Spec;
+use sluice_tests::cp::{self, Admin, Backend, ControlPlane, CpCerts, Etcd, StoreKind};
+use sluice_tests::{connect, db_code, process, ApiKey, Gateway, Pg};
+
+/// Generous bound for a change to reach nodes on a loaded 2-core machine.
+const LIMIT: Duration = Duration::from_secs(20);
+/// Bound for a node to find a control plane again after an outage (its
+/// reconnect backoff has grown meanwhile).
+const RECONNECT_LIMIT: Duration = Duration::from_secs(40);
+
+/// Node settings appended to `control_plane:`: one data core, and a short
+/// drain so stopping a node with open sessions is quick.
+const NODE: &str = "workers: 1\nlimits:\n  drain_timeout_ms: 500\n";
+
+/// Run a scenario `async fn name(Backend)` once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::$name(Backend::Etcd).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    apply_reaches_every_node,
+    invalid_documents_are_refused_and_change_nothing,
+    unappliable_snapshot_is_nacked_and_node_keeps_serving,
+    nodes_survive_a_control_plane_restart,
+    revoked_grants_end_open_sessions,
+    membership_lists_nodes_and_drops_dead_ones,
+    node_is_not_ready_until_its_first_snapshot,
+    mutual_tls_between_nodes_and_control_plane,
+);
+
+// ---------------------------------------------------------------- helpers
 
 fn base_config(pg: &Pg, key: &ApiKey) -> String {
     [
@@ -15,19 +63,853 @@ fn base_config(pg: &Pg, key: &ApiKey) -> String {
     .join("---\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_reaches_nodes_and_clients_connect() {
+/// A second connection `app2` (same database) granted to `bots`.
+fn app2_config(pg: &Pg) -> String {
+    [
+        cp::connection_yaml("app2", pg),
+        cp::policy_yaml("bots-app2", &["app2"], &[], &["bots"]),
+    ]
+    .join("---\n")
+}
+
+/// A Connection like [`cp::connection_yaml`] but to `host`.
+fn connection_to(name: &str, host: &str, pg: &Pg) -> String {
+    let doc = cp::connection_yaml(name, pg);
+    assert!(doc.contains("host: 127.0.0.1"));
+    doc.replace("host: 127.0.0.1", &format!("host: {host}"))
+}
+
+/// A node subscribed to `urls`, ready (it has applied a snapshot).
+fn start_node(urls: &[String], name: &str) -> Gateway {
+    cp::node(urls, name, NODE, true).unwrap_or_else(|e| panic!("node {name}: {e}"))
+}
+
+fn metric(g: &Gateway, name: &str) -> f64 {
+    g.metrics().get(name, &[])
+}
+
+/// Poll a node's metric until `ok` holds; panics after `limit`.
+async fn wait_metric(g: &Gateway, name: &str, limit: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = g.metrics();
+        let v = m.get(name, &[]);
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} on node {} stuck at {v} for {limit:?}\n{}",
+            g.port,
+            m.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll until the node's log holds `needle` at least `n` times.
+async fn wait_log(g: &Gateway, needle: &str, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if g.log().matches(needle).count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node log has not shown {needle:?} {n} times within {limit:?}\n{}",
+            g.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_ready(g: &Gateway, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok((200, _)) = g.http_get("/readyz") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node not ready within {limit:?}: {:?}\n{}",
+            g.http_get("/readyz"),
+            g.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node_ids(l: &proto::ListNodesResponse) -> Vec<String> {
+    l.nodes
+        .iter()
+        .map(|n| n.node.as_ref().map(|n| n.id.clone()).unwrap_or_default())
+        .collect()
+}
+
+async fn select_one(c: &tokio_postgres::Client) {
+    let row = tokio::time::timeout(LIMIT, c.query_one("select 1::int", &[]))
+        .await
+        .expect("query hung")
+        .unwrap_or_else(|e| panic!("select 1: {}", err_text(&e)));
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+fn err_text(e: &tokio_postgres::Error) -> String {
+    sluice_tests::client::err_text(e)
+}
+
+/// Connect as `user` with `key` to connection `db` through `g` and run a
+/// statement.
+async fn works(g: &Gateway, user: &str, key: &str, db: &str) -> tokio_postgres::Client {
+    let c = connect(&g.config(user, key, db)).await.unwrap_or_else(|e| {
+        panic!(
+            "connect {user}@{db} through node {}: {}\n{}",
+            g.port,
+            err_text(&e),
+            g.log()
+        )
+    });
+    select_one(&c).await;
+    c
+}
+
+/// Connecting with `cfg` must fail; the error.
+async fn refused(cfg: &tokio_postgres::Config, what: &str) -> tokio_postgres::Error {
+    match connect(cfg).await {
+        Ok(_) => panic!("{what}: connection accepted"),
+        Err(e) => e,
+    }
+}
+
+/// The control plane's answer to `try_apply` after `etcd` came back,
+/// retried while the store is still unavailable.
+async fn apply_retrying(admin: &mut Admin, yaml: &str, limit: Duration) -> i64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        match admin.try_apply(yaml).await {
+            Ok(r) => return r.version,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "apply still refused after {limit:?}: {} {}",
+                    e.code(),
+                    e.message()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The next statement on `c` is refused with 42501 "permission revoked"
+/// and the connection is closed by the gateway.
+async fn assert_revoked(c: &tokio_postgres::Client, what: &str) {
+    let e = tokio::time::timeout(LIMIT, c.query_one("select 1::int", &[]))
+        .await
+        .expect("query hung")
+        .err()
+        .unwrap_or_else(|| panic!("{what}: statement still allowed after the revocation"));
+    assert_eq!(
+        db_code(&e).as_deref(),
+        Some("42501"),
+        "{what}: {}",
+        err_text(&e)
+    );
+    let msg = e.as_db_error().unwrap().message().to_string();
+    assert!(msg.contains("permission revoked"), "{what}: {msg}");
+    let deadline = Instant::now() + LIMIT;
+    while !c.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: connection still open after the FATAL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = c.simple_query("select 1").await;
+    assert!(again.is_err(), "{what}: closed connection answered");
+}
+
+// -------------------------------------------------------------- scenarios
+
+/// Issue 3: apply → every node runs the new version; a client can use a
+/// connection the apply added.
+async fn apply_reaches_every_node(b: Backend) {
     let pg = Pg::shared();
     let key = ApiKey::shared();
-    let cp = ControlPlane::embedded();
+    let cp = ControlPlane::on(b, vec![]);
     let mut admin = Admin::connect(&cp.url()).await;
-    let v = admin.apply(&base_config(pg, key)).await.version;
-    let n1 = cp::node(&[cp.url()], "n1", "", true).unwrap();
-    let n2 = cp::node(&[cp.url()], "n2", "", true).unwrap();
-    admin.wait_applied(2, v, Duration::from_secs(10)).await;
-    for n in [&n1, &n2] {
-        let c = n.agent().await;
-        let row = c.query_one("select 1::int", &[]).await.unwrap();
-        assert_eq!(row.get::<_, i32>(0), 1);
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    assert!(v1 > 0);
+    let nodes: Vec<Gateway> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| start_node(&[cp.url()], n))
+        .collect();
+    admin.wait_applied(3, v1, LIMIT).await;
+    for n in &nodes {
+        works(n, "agent1", &key.key, "app").await;
+        // `app2` does not exist yet.
+        let e = refused(
+            &n.config("agent1", &key.key, "app2"),
+            "app2 before it was applied",
+        )
+        .await;
+        assert_eq!(db_code(&e).as_deref(), Some("3D000"), "{}", err_text(&e));
     }
+
+    let v2 = admin.apply(&app2_config(pg)).await.version;
+    assert!(v2 > v1, "apply did not raise the version: {v1} → {v2}");
+    admin.wait_applied(3, v2, LIMIT).await;
+    let l = admin.nodes().await;
+    assert_eq!(l.latest_version, v2);
+    assert_eq!(admin.version().await.snapshot_version, v2);
+    for s in &l.nodes {
+        assert_eq!(s.applied_version, v2, "{s:?}");
+        assert_eq!(s.latest_version, v2, "{s:?}");
+        assert!(s.last_error.is_empty(), "{s:?}");
+    }
+    for n in &nodes {
+        assert_eq!(metric(n, "sluice_snapshot_version"), v2 as f64);
+        assert!(metric(n, "sluice_snapshots_applied_total") >= 2.0);
+        assert_eq!(metric(n, "sluice_snapshots_rejected_total"), 0.0);
+        works(n, "agent1", &key.key, "app2").await;
+    }
+}
+
+/// Issue 3: an invalid document is refused at apply, naming its field;
+/// nothing changes.
+async fn invalid_documents_are_refused_and_change_nothing(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::on(b, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v1, LIMIT).await;
+
+    // Refused by the server itself (no client-side parsing in between).
+    let bad_port = proto::Resource {
+        api_version: proto::API_VERSION.into(),
+        kind: "Connection".into(),
+        name: "badport".into(),
+        spec: Some(Spec::Connection(proto::ConnectionSpec {
+            host: "127.0.0.1".into(),
+            port: 70000,
+            database: pg.app_db.clone(),
+            user: pg.app_user.clone(),
+            password: pg.app_password.clone(),
+            ..Default::default()
+        })),
+        revision: 0,
+    };
+    let e = admin
+        .apply_resources(vec![bad_port])
+        .await
+        .expect_err("port 70000 accepted");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("spec.port"), "{}", e.message());
+    assert!(e.message().contains("badport"), "{}", e.message());
+
+    // The YAML path (what sluicectl sends) names it too.
+    let doc =
+        cp::connection_yaml("badport", pg).replace(&format!("port: {}", pg.port), "port: 70000");
+    let e = admin
+        .try_apply(&doc)
+        .await
+        .expect_err("port 70000 accepted");
+    assert!(e.message().contains("spec.port"), "{}", e.message());
+
+    // A Policy naming a Connection that does not exist: refused by the
+    // server's whole-configuration check.
+    let e = admin
+        .try_apply(&cp::policy_yaml("orphan", &["nope"], &[], &["bots"]))
+        .await
+        .expect_err("policy naming a missing connection accepted");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("spec.connections[0]"),
+        "{}",
+        e.message()
+    );
+
+    // One bad document in a set: none of the set lands.
+    let set = [
+        cp::connection_yaml("app3", pg),
+        cp::policy_yaml("orphan", &["app3", "nope"], &[], &["bots"]),
+    ]
+    .join("---\n");
+    let e = admin.try_apply(&set).await.expect_err("bad set accepted");
+    assert!(
+        e.message().contains("spec.connections[1]"),
+        "{}",
+        e.message()
+    );
+
+    // Nothing changed.
+    for (kind, name) in [
+        ("Connection", "badport"),
+        ("Policy", "orphan"),
+        ("Connection", "app3"),
+    ] {
+        let r = admin.get(kind, name).await;
+        assert_eq!(
+            r.as_ref().map_err(|e| e.code()).err(),
+            Some(tonic::Code::NotFound),
+            "{kind} {name} stored after a refused apply: {r:?}"
+        );
+    }
+    assert_eq!(admin.version().await.snapshot_version, v1);
+    let l = admin.nodes().await;
+    assert_eq!(l.latest_version, v1);
+    assert!(l.nodes.iter().all(|n| n.applied_version == v1), "{l:#?}");
+    assert_eq!(metric(&n1, "sluice_snapshot_version"), v1 as f64);
+    assert_eq!(metric(&n1, "sluice_snapshots_rejected_total"), 0.0);
+    works(&n1, "agent1", &key.key, "app").await;
+}
+
+/// Issue 3: a snapshot a node cannot apply is NACKed; the node keeps its
+/// previous snapshot and says why; fixing the document clears it.
+async fn unappliable_snapshot_is_nacked_and_node_keeps_serving(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::on(b, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    let nodes = [start_node(&[cp.url()], "n1"), start_node(&[cp.url()], "n2")];
+    admin.wait_applied(2, v1, LIMIT).await;
+    let open = works(&nodes[0], "agent1", &key.key, "app").await;
+
+    // Valid as a document, so the control plane takes it; no node can
+    // resolve the host.
+    let ghost = [
+        connection_to("ghost", "no-such-host.invalid", pg),
+        cp::policy_yaml("bots-ghost", &["ghost"], &[], &["bots"]),
+    ]
+    .join("---\n");
+    let v2 = admin.apply(&ghost).await.version;
+    assert!(v2 > v1);
+    let l = admin
+        .wait_nodes("both nodes NACK", LIMIT, |l| {
+            l.nodes.len() == 2 && l.nodes.iter().all(|n| !n.last_error.is_empty())
+        })
+        .await;
+    for s in &l.nodes {
+        assert_eq!(s.applied_version, v1, "NACKing node moved on: {s:?}");
+        assert_eq!(s.latest_version, v2, "{s:?}");
+        assert!(
+            s.last_error.contains("ghost") && s.last_error.contains("spec.host"),
+            "last_error does not name the connection and field: {s:?}"
+        );
+    }
+    for n in &nodes {
+        assert!(metric(n, "sluice_snapshots_rejected_total") >= 1.0);
+        assert_eq!(metric(n, "sluice_snapshot_version"), v1 as f64);
+        assert_eq!(n.http_get("/readyz").unwrap().0, 200);
+        // Still serving on the previous snapshot, new sessions too.
+        works(n, "agent1", &key.key, "app").await;
+        let e = refused(
+            &n.config("agent1", &key.key, "ghost"),
+            "connection from a NACKed snapshot usable",
+        )
+        .await;
+        assert_eq!(db_code(&e).as_deref(), Some("3D000"), "{}", err_text(&e));
+    }
+    select_one(&open).await;
+
+    // Fixed: every node applies again, the error is gone.
+    let v3 = admin
+        .apply(&connection_to("ghost", "127.0.0.1", pg))
+        .await
+        .version;
+    assert!(v3 > v2);
+    admin.wait_applied(2, v3, LIMIT).await;
+    let l = admin
+        .wait_nodes("errors cleared", LIMIT, |l| {
+            l.nodes.iter().all(|n| n.last_error.is_empty())
+        })
+        .await;
+    assert!(l.nodes.iter().all(|n| n.applied_version == v3), "{l:#?}");
+    for n in &nodes {
+        assert_eq!(metric(n, "sluice_snapshot_version"), v3 as f64);
+        works(n, "agent1", &key.key, "ghost").await;
+    }
+    select_one(&open).await;
+}
+
+/// Issue 3: the control plane SIGKILLed: nodes keep authenticating and
+/// serving on their last snapshot; restarted, nodes resubscribe on their
+/// own and get new applies.
+async fn nodes_survive_a_control_plane_restart(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::on(b, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let open = works(&n1, "agent1", &key.key, "app").await;
+    wait_metric(&n1, "sluice_control_plane_connected", LIMIT, |v| v == 1.0).await;
+    let reconnects = metric(&n1, "sluice_control_plane_reconnects_total");
+
+    cp.kill();
+    wait_metric(&n1, "sluice_control_plane_connected", LIMIT, |v| v == 0.0).await;
+    select_one(&open).await;
+    works(&n1, "agent1", &key.key, "app").await; // a new login too
+    assert_eq!(n1.http_get("/readyz").unwrap().0, 200);
+    assert_eq!(metric(&n1, "sluice_snapshot_version"), v1 as f64);
+    let e = refused(
+        &n1.config("agent1", "sk_wrong", "app"),
+        "bad key accepted while the control plane is down",
+    )
+    .await;
+    assert_eq!(db_code(&e).as_deref(), Some("28P01"), "{}", err_text(&e));
+
+    cp.spawn();
+    wait_metric(
+        &n1,
+        "sluice_control_plane_connected",
+        RECONNECT_LIMIT,
+        |v| v == 1.0,
+    )
+    .await;
+    assert!(metric(&n1, "sluice_control_plane_reconnects_total") > reconnects);
+    let mut admin = Admin::connect(&cp.url()).await;
+    assert_eq!(admin.version().await.snapshot_version, v1);
+    let v2 = admin.apply(&app2_config(pg)).await.version;
+    assert!(v2 > v1);
+    admin.wait_applied(1, v2, LIMIT).await;
+    works(&n1, "agent1", &key.key, "app2").await;
+    select_one(&open).await;
+}
+
+/// Issue 3: a removed grant or key ends the identity's open sessions at
+/// their next statement (42501, closed); other identities keep working.
+async fn revoked_grants_end_open_sessions(b: Backend) {
+    let pg = Pg::shared();
+    let key1 = ApiKey::shared();
+    let key2 = ApiKey::generate();
+    let cp = ControlPlane::on(b, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let cfg = [
+        base_config(pg, key1),
+        cp::api_key_yaml("agent2-key", "agent2", &key2.verifier, &[]),
+        cp::policy_yaml("agent2-app", &["app"], &["agent2"], &[]),
+    ]
+    .join("---\n");
+    let v = admin.apply(&cfg).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v, LIMIT).await;
+    let other = works(&n1, "agent2", &key2.key, "app").await;
+
+    // 1. The Policy that granted agent1 (through its group) is deleted.
+    let c1 = works(&n1, "agent1", &key1.key, "app").await;
+    let v = admin
+        .delete("Policy", "bots-app")
+        .await
+        .expect("delete policy");
+    admin.wait_applied(1, v, LIMIT).await;
+    assert_revoked(&c1, "policy deleted").await;
+    select_one(&other).await;
+    let e = refused(
+        &n1.config("agent1", &key1.key, "app"),
+        "agent1 logged in without a grant",
+    )
+    .await;
+    assert_eq!(db_code(&e).as_deref(), Some("42501"), "{}", err_text(&e));
+    assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 1.0);
+
+    // 2. A Policy applied again without the identity.
+    let v = admin
+        .apply(&cp::policy_yaml("bots-app", &["app"], &["agent1"], &[]))
+        .await
+        .version;
+    admin.wait_applied(1, v, LIMIT).await;
+    let c1 = works(&n1, "agent1", &key1.key, "app").await;
+    let v = admin
+        .apply(&cp::policy_yaml("bots-app", &["app"], &["agent3"], &[]))
+        .await
+        .version;
+    admin.wait_applied(1, v, LIMIT).await;
+    assert_revoked(&c1, "identity dropped from the policy").await;
+    select_one(&other).await;
+    assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 2.0);
+
+    // 3. The identity's ApiKey is deleted (it stays granted by name).
+    let v = admin
+        .apply(&cp::policy_yaml("bots-app", &["app"], &["agent1"], &[]))
+        .await
+        .version;
+    admin.wait_applied(1, v, LIMIT).await;
+    let c1 = works(&n1, "agent1", &key1.key, "app").await;
+    let v = admin
+        .delete("ApiKey", "agent1-key")
+        .await
+        .expect("delete key");
+    admin.wait_applied(1, v, LIMIT).await;
+    assert_revoked(&c1, "api key deleted").await;
+    let e = refused(
+        &n1.config("agent1", &key1.key, "app"),
+        "deleted key still logs in",
+    )
+    .await;
+    assert!(
+        matches!(db_code(&e).as_deref(), Some("28000" | "28P01")),
+        "{}",
+        err_text(&e)
+    );
+    assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 3.0);
+
+    // A change that does not concern agent2 never touched its session.
+    select_one(&other).await;
+    works(&n1, "agent2", &key2.key, "app").await;
+    assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 3.0);
+}
+
+/// Issue 3: membership lists id, address, cores, applied version and
+/// heartbeat; a node that dies disappears.
+async fn membership_lists_nodes_and_drops_dead_ones(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::on(b, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    let m1 = start_node(&[cp.url()], "m1");
+    let m2 = cp::node(
+        &[cp.url()],
+        "m2",
+        "workers: 2\nlimits:\n  drain_timeout_ms: 500\n",
+        true,
+    )
+    .unwrap_or_else(|e| panic!("node m2: {e}"));
+    let m3 = start_node(&[cp.url()], "m3");
+    admin.wait_applied(3, v1, LIMIT).await;
+    let l = admin.nodes().await;
+    assert_eq!(node_ids(&l), ["m1", "m2", "m3"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (s, (g, cores)) in l.nodes.iter().zip([(&m1, 1), (&m2, 2), (&m3, 1)]) {
+        let n = s.node.as_ref().unwrap();
+        assert_eq!(n.address, format!("127.0.0.1:{}", g.port), "{s:?}");
+        assert_eq!(n.cores, cores, "{s:?}");
+        assert!(!n.build.is_empty(), "{s:?}");
+        assert_eq!(s.applied_version, v1, "{s:?}");
+        assert!(s.last_error.is_empty(), "{s:?}");
+        assert!(
+            (now - 60_000..=now + 5_000).contains(&s.last_heartbeat_unix_ms),
+            "heartbeat {} not near now {now}: {s:?}",
+            s.last_heartbeat_unix_ms
+        );
+    }
+    // Heartbeats (every second here) keep the record fresh.
+    let first = l.nodes[0].last_heartbeat_unix_ms;
+    admin
+        .wait_nodes("m1 heartbeat advances", LIMIT, |l| {
+            l.nodes
+                .iter()
+                .find(|n| n.node.as_ref().is_some_and(|n| n.id == "m1"))
+                .is_some_and(|n| n.last_heartbeat_unix_ms > first)
+        })
+        .await;
+
+    // SIGKILL: no goodbye; its stream breaks and it is dropped.
+    assert!(process::signal(m2.pid(), libc::SIGKILL));
+    admin
+        .wait_nodes("killed m2 removed", LIMIT, |l| node_ids(l) == ["m1", "m3"])
+        .await;
+    // SIGTERM: a clean stop.
+    m3.stop();
+    admin
+        .wait_nodes("stopped m3 removed", LIMIT, |l| node_ids(l) == ["m1"])
+        .await;
+    works(&m1, "agent1", &key.key, "app").await;
+}
+
+/// Issue 3: a node started while the control plane is down is not ready
+/// (readyz 503, clients 57P03) until it gets its first snapshot.
+async fn node_is_not_ready_until_its_first_snapshot(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::unstarted(b, vec![]);
+    let n1 = cp::node(&[cp.url()], "n1", NODE, false).unwrap_or_else(|e| panic!("{e}"));
+    // It has tried at least once.
+    wait_metric(&n1, "sluice_control_plane_reconnects_total", LIMIT, |v| {
+        v >= 1.0
+    })
+    .await;
+    let (code, body) = n1.http_get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let e = refused(
+        &n1.agent_config(),
+        "client served before the first snapshot",
+    )
+    .await;
+    assert_eq!(db_code(&e).as_deref(), Some("57P03"), "{}", err_text(&e));
+    assert_eq!(n1.http_get("/readyz").unwrap().0, 503);
+
+    cp.spawn();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    wait_ready(&n1, RECONNECT_LIMIT).await;
+    admin.wait_applied(1, v1, LIMIT).await;
+    works(&n1, "agent1", &key.key, "app").await;
+}
+
+/// Issue 3: mutual TLS between nodes and the control plane; nodes without
+/// a certificate from the right CA are refused.
+async fn mutual_tls_between_nodes_and_control_plane(b: Backend) {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = CpCerts::generate(&tmp.path().join("pki"));
+    let foreign = CpCerts::generate(&tmp.path().join("foreign"));
+    let cp = ControlPlane::on(b, certs.server_args());
+    assert!(cp.url().starts_with("https://127.0.0.1:"), "{}", cp.url());
+    let ca = certs.read("ca.pem");
+    let mut admin = Admin::try_connect_tls(
+        &cp.url(),
+        &ca,
+        Some((&certs.read("admin.pem"), &certs.read("admin.key"))),
+    )
+    .await
+    .unwrap();
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+
+    let good = cp::node(
+        &[cp.url()],
+        "tls-node",
+        &format!("{}{NODE}", certs.node_yaml()),
+        true,
+    )
+    .unwrap_or_else(|e| panic!("mTLS node: {e}"));
+    admin.wait_applied(1, v1, LIMIT).await;
+    works(&good, "agent1", &key.key, "app").await;
+
+    // A client certificate from another CA: the node never gets a snapshot.
+    let foreign_yaml = format!(
+        "  ca_file: {}\n  cert_file: {}\n  key_file: {}\n{NODE}",
+        sluice_tests::gateway::y(&certs.path("ca.pem")),
+        sluice_tests::gateway::y(&foreign.path("node.pem")),
+        sluice_tests::gateway::y(&foreign.path("node.key")),
+    );
+    let bad = cp::node(&[cp.url()], "foreign-node", &foreign_yaml, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_log(&bad, "control plane unavailable", 2, LIMIT).await;
+    assert_eq!(bad.http_get("/readyz").unwrap().0, 503, "{}", bad.log());
+    assert_eq!(metric(&bad, "sluice_snapshots_applied_total"), 0.0);
+    let e = refused(
+        &bad.agent_config(),
+        "node with a foreign certificate served",
+    )
+    .await;
+    assert_eq!(db_code(&e).as_deref(), Some("57P03"), "{}", err_text(&e));
+    assert_eq!(node_ids(&admin.nodes().await), ["tls-node"]);
+
+    // No client certificate at all: an https node cannot be configured so.
+    let e = match cp::node(
+        &[cp.url()],
+        "nocert-node",
+        &format!(
+            "  ca_file: {}\n{NODE}",
+            sluice_tests::gateway::y(&certs.path("ca.pem"))
+        ),
+        false,
+    ) {
+        Ok(g) => panic!("node without a client certificate started\n{}", g.log()),
+        Err(e) => e,
+    };
+    assert!(e.contains("control_plane.cert_file"), "{e}");
+    // …and the control plane refuses a client that presents none.
+    match Admin::try_connect_tls(&cp.url(), &ca, None).await {
+        Err(_) => {}
+        Ok(mut a) => {
+            let r = a.try_nodes().await;
+            assert!(
+                r.is_err(),
+                "control plane served a client without a certificate: {r:?}"
+            );
+        }
+    }
+    // …or one from another CA.
+    match Admin::try_connect_tls(
+        &cp.url(),
+        &ca,
+        Some((&foreign.read("admin.pem"), &foreign.read("admin.key"))),
+    )
+    .await
+    {
+        Err(_) => {}
+        Ok(mut a) => {
+            let r = a.try_nodes().await;
+            assert!(
+                r.is_err(),
+                "control plane served a foreign client certificate: {r:?}"
+            );
+        }
+    }
+
+    // The good node still runs and still gets changes.
+    let v2 = admin.apply(&app2_config(pg)).await.version;
+    admin.wait_applied(1, v2, LIMIT).await;
+    works(&good, "agent1", &key.key, "app2").await;
+    assert_eq!(bad.http_get("/readyz").unwrap().0, 503);
+}
+
+// ------------------------------------------------------- etcd-only scenarios
+
+/// Issue 3: two replicas on one etcd; nodes fail over when the one they use
+/// dies; both report the same version; a node whose only control plane died
+/// leaves the list when its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_state_and_nodes_fail_over() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let store = StoreKind::Etcd(Etcd::shared().endpoint(), cp::unique_prefix("replicas"));
+    let ttl = vec!["--node-ttl".to_string(), "2".to_string()];
+    let a = ControlPlane::start_with(store.clone(), ttl.clone());
+    let b = ControlPlane::start_with(store, ttl);
+    let mut admin_a = Admin::connect(&a.url()).await;
+    let mut admin_b = Admin::connect(&b.url()).await;
+
+    let v1 = admin_a.apply(&base_config(pg, key)).await.version;
+    // Both replicas compute the same version for the same configuration.
+    let deadline = Instant::now() + LIMIT;
+    while admin_b.version().await.snapshot_version != v1 {
+        assert!(Instant::now() < deadline, "replica B never reached {v1}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin_a.version().await.snapshot_version, v1);
+
+    // x knows both replicas; y only A. Both start on A.
+    let x = start_node(&[a.url(), b.url()], "x");
+    let y = start_node(&[a.url()], "y");
+    admin_b.wait_applied(2, v1, LIMIT).await;
+    // Membership is shared too.
+    let seen = |l: &proto::ListNodesResponse| {
+        let v: Vec<(String, i64)> = node_ids(l)
+            .into_iter()
+            .zip(l.nodes.iter().map(|n| n.applied_version))
+            .collect();
+        (v, l.latest_version)
+    };
+    assert_eq!(seen(&admin_a.nodes().await), seen(&admin_b.nodes().await));
+    let reconnects = metric(&x, "sluice_control_plane_reconnects_total");
+
+    a.kill();
+    // x fails over to B and re-registers there; y cannot, and its record
+    // goes when A's lease (2 s) runs out.
+    wait_metric(&x, "sluice_control_plane_reconnects_total", LIMIT, |v| {
+        v > reconnects
+    })
+    .await;
+    wait_metric(&x, "sluice_control_plane_connected", LIMIT, |v| v == 1.0).await;
+    admin_b
+        .wait_nodes("y expired, x listed through B", LIMIT, |l| {
+            node_ids(l) == ["x"]
+        })
+        .await;
+    // Past A's lease x is still listed (its record moved to B's lease).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(node_ids(&admin_b.nodes().await), ["x"]);
+
+    let v2 = admin_b.apply(&app2_config(pg)).await.version;
+    assert!(v2 > v1);
+    admin_b.wait_applied(1, v2, LIMIT).await;
+    works(&x, "agent1", &key.key, "app2").await;
+    // y serves on what it has.
+    works(&y, "agent1", &key.key, "app").await;
+    assert_eq!(metric(&y, "sluice_snapshot_version"), v1 as f64);
+
+    // A comes back: it reports B's version, and y finds it by itself.
+    a.spawn();
+    let mut admin_a = Admin::connect(&a.url()).await;
+    let deadline = Instant::now() + LIMIT;
+    while admin_a.version().await.snapshot_version != v2 {
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica A never reached {v2}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin_a.nodes().await.latest_version, v2);
+    admin_a.wait_applied(2, v2, RECONNECT_LIMIT).await;
+    works(&y, "agent1", &key.key, "app2").await;
+}
+
+/// Issue 3: etcd restarted: the control plane recovers by itself and the
+/// next apply reaches nodes; nodes serve throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_recovers_from_an_etcd_restart() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let etcd = Etcd::start();
+    let cp = ControlPlane::etcd(&etcd, "/sluice/");
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&base_config(pg, key)).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let open = works(&n1, "agent1", &key.key, "app").await;
+
+    etcd.kill();
+    // While etcd is away an apply is refused (not hung, not lost).
+    let r = tokio::time::timeout(Duration::from_secs(30), admin.try_apply(&app2_config(pg)))
+        .await
+        .expect("apply hung while etcd is down");
+    let e = r.expect_err("apply accepted while etcd is down");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    // Nodes do not depend on etcd.
+    works(&n1, "agent1", &key.key, "app").await;
+    select_one(&open).await;
+
+    etcd.spawn();
+    let v2 = apply_retrying(&mut admin, &app2_config(pg), Duration::from_secs(30)).await;
+    assert!(v2 > v1);
+    admin.wait_applied(1, v2, RECONNECT_LIMIT).await;
+    works(&n1, "agent1", &key.key, "app2").await;
+    select_one(&open).await;
+    assert!(cp.log().contains("sluice-cp listening"));
+}
+
+// ------------------------------------------------ transport refusals
+
+/// Issue 3: sluice-cp refuses plaintext on a non-loopback listener.
+#[test]
+fn control_plane_refuses_plaintext_off_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = sluice_tests::free_port();
+    let out = process::run(
+        std::process::Command::new(cp::bin("sluice-cp"))
+            .arg("--listen")
+            .arg(format!("0.0.0.0:{port}"))
+            .arg("--plaintext")
+            .arg("--data-dir")
+            .arg(tmp.path().join("data")),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(!out.success(), "sluice-cp started: {out:?}");
+    assert!(
+        out.stderr.contains("--plaintext") && out.stderr.contains("loopback"),
+        "unclear refusal: {}",
+        out.stderr
+    );
+}
+
+/// Issue 3: sluice-dp refuses an http:// control plane that is not on
+/// loopback, naming the field.
+#[test]
+fn node_refuses_plaintext_control_plane_off_loopback() {
+    let e = match cp::node(&["http://10.1.2.3:7600".to_string()], "n1", NODE, false) {
+        Ok(g) => panic!(
+            "sluice-dp started with a plaintext remote control plane\n{}",
+            g.log()
+        ),
+        Err(e) => e,
+    };
+    assert!(e.contains("control_plane.urls[0]"), "{e}");
+    // Loopback by name is fine (it starts, not ready: nothing listens).
+    let port = sluice_tests::free_port();
+    let g = cp::node(&[format!("http://localhost:{port}")], "n2", NODE, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.http_get("/readyz").unwrap().0, 503);
 }

@@ -42,7 +42,10 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_else(|| die(&format!("{k} needs a value")));
+        let mut v = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{k} needs a value")))
+        };
         match k.as_str() {
             "--nodes" => a.nodes = v().parse().unwrap_or_else(|_| die("--nodes: a number")),
             "--changes" => a.changes = v().parse().unwrap_or_else(|_| die("--changes: a number")),
@@ -157,10 +160,10 @@ async fn main() {
         .arg("--plaintext");
     let store = match &a.etcd {
         Some(ep) => {
-            cp.arg("--etcd").arg(ep).arg("--prefix").arg(format!(
-                "/sluice-bench-{}/",
-                unix_us()
-            ));
+            cp.arg("--etcd")
+                .arg(ep)
+                .arg("--prefix")
+                .arg(format!("/sluice-bench-{}/", unix_us()));
             "etcd"
         }
         None => {
@@ -289,9 +292,9 @@ async fn main() {
                         last = last.max(at);
                         break;
                     }
-                    _ if Instant::now() > deadline => {
-                        die(&format!("change {i} (version {version}) not applied everywhere within 10 s"))
-                    }
+                    _ if Instant::now() > deadline => die(&format!(
+                        "change {i} (version {version}) not applied everywhere within 10 s"
+                    )),
                     _ => tokio::time::sleep(Duration::from_millis(1)).await,
                 }
             }

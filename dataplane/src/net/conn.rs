@@ -45,7 +45,7 @@ fn fatal(code: &str, message: &str) -> Vec<u8> {
 
 /// How the handshake phase ended.
 enum Handshake {
-    Ready(ClientIo, SessionRequest, Vec<u8>),
+    Ready(ClientIo, Box<SessionRequest>, Vec<u8>),
     Done(Outcome),
 }
 
@@ -140,10 +140,8 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     worker.metrics.sessions_open.fetch_add(1, Relaxed);
     relay(
         worker,
-        client,
-        client_fd,
-        target,
-        target_fd,
+        (client, client_fd),
+        (target, target_fd),
         leftover,
         &cancel_target,
         &session,
@@ -269,7 +267,7 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream) -> Handshake {
                     return Handshake::Done(Outcome::ClientClosed);
                 }
                 let leftover = reader.leftover().to_vec();
-                return Handshake::Ready(io, session, leftover);
+                return Handshake::Ready(io, Box::new(session), leftover);
             }
         }
     }
@@ -460,10 +458,8 @@ enum End {
 
 async fn relay(
     worker: &Rc<Worker>,
-    client: ClientIo,
-    client_fd: RawFd,
-    target: TargetIo,
-    target_fd: RawFd,
+    (client, client_fd): (ClientIo, RawFd),
+    (target, target_fd): (TargetIo, RawFd),
     leftover: Vec<u8>,
     cancel: &CancelTarget,
     session: &SessionRequest,
