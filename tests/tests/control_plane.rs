@@ -913,3 +913,98 @@ fn node_refuses_plaintext_control_plane_off_loopback() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.http_get("/readyz").unwrap().0, 503);
 }
+
+/// Serve `body` as JSON to every HTTP request on a loopback port, counting
+/// requests. The thread lives as long as the test process.
+fn serve_json(body: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, hits)
+}
+
+/// An IdentityProvider given by `jwksUrl`: the control plane fetches the
+/// keys at apply and ships them in the snapshot; a node then accepts that
+/// issuer's JWTs over TLS. An unreachable URL is refused at apply, naming
+/// `spec.jwksUrl`; `get` does not echo the fetched document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_provider_keys_fetched_from_jwks_url() {
+    use sluice_tests::{connect_tls, jwt, ClientOptions, DevCerts};
+    let pg = Pg::shared();
+    let keys = jwt::JwtKeys::new();
+    let (jwks_port, hits) = serve_json(keys.jwks.to_string());
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let idp = |url: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1\nkind: IdentityProvider\nmetadata: {{name: corp}}\nspec:\n  issuer: \"{}\"\n  audience: [\"{}\"]\n  jwksUrl: \"{url}\"\n",
+            jwt::ISSUER,
+            jwt::AUDIENCE
+        )
+    };
+    let config = [
+        cp::connection_yaml("app", pg),
+        idp(&format!("http://127.0.0.1:{jwks_port}/jwks.json")),
+        cp::policy_yaml("alice-app", &["app"], &["alice"], &[]),
+    ]
+    .join("---\n");
+    let v = admin.apply(&config).await.version;
+    assert!(
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "JWKS never fetched"
+    );
+    let certs = DevCerts::shared();
+    let node = cp::node(
+        &[cp.url()],
+        "jwt-node",
+        &format!(
+            "{NODE}tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
+            certs.server_pem.display(),
+            certs.server_key.display()
+        ),
+        true,
+    )
+    .unwrap();
+    admin.wait_applied(1, v, LIMIT).await;
+    let mut cfg = node.config("alice", &keys.rs256(&jwt::claims("alice")), "app");
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let c = connect_tls(&cfg, ClientOptions::tls_no_verify())
+        .await
+        .unwrap_or_else(|e| panic!("JWT from the fetched JWKS refused: {}", err_text(&e)));
+    select_one(&c).await;
+
+    // The fetched document is not echoed back.
+    let got = admin.get("IdentityProvider", "corp").await.unwrap();
+    let Some(Spec::IdentityProvider(p)) = &got[0].spec else {
+        panic!("not an IdentityProvider: {got:?}")
+    };
+    assert!(p.jwks_json.is_empty(), "get echoed the fetched JWKS");
+
+    // A URL nobody answers is refused at apply, naming the field.
+    let dead = sluice_tests::free_port();
+    let e = admin
+        .try_apply(&idp(&format!("http://127.0.0.1:{dead}/jwks.json")))
+        .await
+        .expect_err("an unreachable jwksUrl was accepted");
+    assert!(
+        e.message().contains("spec.jwksUrl"),
+        "refusal does not name the field: {}",
+        e.message()
+    );
+}
