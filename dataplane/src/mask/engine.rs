@@ -1,0 +1,667 @@
+//! The compiled masking engine: one scan per cell, rewriting in place.
+//!
+//! [`Engine::compile`] turns a [`MaskingProfile`] into an immutable engine
+//! (`Send + Sync`, shared by `Arc` across cores). [`Engine::mask_in_place`]
+//! scans one value:
+//!
+//! 1. [`classify`](super::classify) turns each 64-byte block into digit, glue
+//!    and anchor bitmasks with SIMD;
+//! 2. every anchor bit (`@`, the `J` of `eyJ`, …) goes to its validator;
+//! 3. every run of digits and glue is measured with bit operations: a run
+//!    right after two capital letters is tried as an IBAN, a run with at
+//!    least 9 digits (4 with IPv4 on) goes to the card, SSN, phone and IPv4
+//!    validators, anything shorter costs a few bit operations;
+//! 4. custom literal lists (aho-corasick) and regexes, if any, run over the
+//!    value afterwards.
+//!
+//! Every rewrite keeps the length. Nothing allocates.
+
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use super::classify::{BlockMasks, Classifier, Kernel, BLOCK, CHUNK_BLOCKS};
+use super::detect::{self, DigitDetectors, Fmt};
+use super::profile::{
+    compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
+};
+
+/// The built-in detectors; their discriminants are their rule ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Builtin {
+    PaymentCard = 0,
+    Email,
+    Ssn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+    AwsAccessKey,
+    Jwt,
+    PrivateKey,
+    GithubToken,
+    SlackToken,
+    StripeKey,
+    GoogleApiKey,
+    BearerToken,
+}
+
+/// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
+pub const BUILTIN_RULES: usize = 15;
+
+const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
+    "payment_card",
+    "email",
+    "ssn",
+    "phone",
+    "iban",
+    "ipv4",
+    "ipv6",
+    "aws_access_key",
+    "jwt",
+    "private_key",
+    "github_token",
+    "slack_token",
+    "stripe_key",
+    "google_api_key",
+    "bearer_token",
+];
+
+/// A rule: a built-in detector, a custom literal list, a custom regex or a
+/// column rule, numbered in that order (see [`Engine::rule_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub u8);
+
+impl From<Builtin> for RuleId {
+    fn from(b: Builtin) -> Self {
+        RuleId(b as u8)
+    }
+}
+
+/// Hit counters, one per rule id. Keep one per core or per session and add
+/// them to metrics when convenient; updating is a plain array increment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hits {
+    counts: [u64; MAX_RULES],
+}
+
+impl Default for Hits {
+    fn default() -> Self {
+        Hits {
+            counts: [0; MAX_RULES],
+        }
+    }
+}
+
+impl Hits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    #[inline]
+    pub fn add(&mut self, rule: impl Into<RuleId>, n: u64) {
+        self.counts[rule.into().0 as usize] += n;
+    }
+    pub fn get(&self, rule: impl Into<RuleId>) -> u64 {
+        self.counts[rule.into().0 as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+    /// Rules with a non-zero count.
+    pub fn iter(&self) -> impl Iterator<Item = (RuleId, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (RuleId(i as u8), c))
+    }
+    pub fn clear(&mut self) {
+        self.counts = [0; MAX_RULES];
+    }
+    pub fn merge(&mut self, other: &Hits) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// An engine could not be built from a profile.
+pub type CompileError = ProfileError;
+
+struct LiteralSet {
+    ac: AhoCorasick,
+    /// Rule id of each pattern.
+    rule_of: Vec<RuleId>,
+}
+
+struct ColumnMatcher {
+    name: Option<regex::bytes::Regex>,
+    oid: Option<u32>,
+    action: ColumnAction,
+    rule: RuleId,
+}
+
+/// A compiled masking profile. Immutable; share it with `Arc`.
+pub struct Engine {
+    enabled: bool,
+    fmt: Fmt,
+    classifier: Classifier,
+    /// Which anchored detectors are on, by anchor byte.
+    on: [bool; BUILTIN_RULES],
+    digits: DigitDetectors,
+    /// Fewest digits in a run worth tokenizing.
+    min_digits: u32,
+    any_builtin: bool,
+    literals: Vec<LiteralSet>,
+    regexes: Vec<(regex::bytes::Regex, RuleId)>,
+    columns: Vec<ColumnMatcher>,
+    hash_key: ring::hmac::Key,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("enabled", &self.enabled)
+            .field("kernel", &self.classifier.kernel())
+            .field("rules", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Random hash key drawn once per process (see `MaskingProfile::hash_key`).
+fn process_hash_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut k = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut k)
+            .expect("system random source");
+        k
+    })
+}
+
+/// Turn a glob (`*`, `?`) into an anchored, ASCII case-insensitive regex.
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("(?i)^");
+    for c in glob.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    re.push('$');
+    re
+}
+
+impl Engine {
+    /// Validate and compile a profile, with the fastest kernel for this CPU.
+    pub fn compile(p: &MaskingProfile) -> Result<Engine, CompileError> {
+        Self::compile_with_kernel(p, Kernel::best())
+    }
+
+    /// As [`Engine::compile`] with a chosen classification kernel (tests and
+    /// benchmarks compare them). Panics if the CPU lacks the kernel.
+    pub fn compile_with_kernel(p: &MaskingProfile, kernel: Kernel) -> Result<Engine, CompileError> {
+        p.validate()?;
+        let d = &p.detectors;
+        let enabled = p.enabled;
+        let mut on = [false; BUILTIN_RULES];
+        let flags = [
+            d.payment_card,
+            d.email,
+            d.ssn,
+            d.phone,
+            d.iban,
+            d.ipv4,
+            d.ipv6,
+            d.aws_access_key,
+            d.jwt,
+            d.private_key,
+            d.github_token,
+            d.slack_token,
+            d.stripe_key,
+            d.google_api_key,
+            d.bearer_token,
+        ];
+        for (o, f) in on.iter_mut().zip(flags) {
+            *o = enabled && f;
+        }
+        let is = |b: Builtin| on[b as usize];
+        let mut anchors = Vec::new();
+        let mut add = |cond: bool, bytes: &[u8]| {
+            if cond {
+                anchors.extend_from_slice(bytes);
+            }
+        };
+        add(is(Builtin::Email), b"@");
+        add(is(Builtin::Jwt), b"J");
+        add(is(Builtin::AwsAccessKey), b"KS");
+        add(is(Builtin::GoogleApiKey), b"z");
+        add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
+        add(is(Builtin::SlackToken), b"x");
+        add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
+        add(is(Builtin::BearerToken), b"b");
+        add(is(Builtin::Ipv6), b":");
+        let digits = DigitDetectors {
+            card: is(Builtin::PaymentCard),
+            ssn: is(Builtin::Ssn),
+            phone: is(Builtin::Phone),
+            ipv4: is(Builtin::Ipv4),
+        };
+        let any_builtin = on.iter().any(|&o| o);
+        let min_digits = if digits.ipv4 { 4 } else { 9 };
+
+        let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
+        let mut next_rule = BUILTIN_RULES;
+        let mut literals = Vec::new();
+        if enabled {
+            for ci in [false, true] {
+                let mut pats: Vec<&str> = Vec::new();
+                let mut rule_of = Vec::new();
+                for (i, l) in p.custom_literals.iter().enumerate() {
+                    if l.case_insensitive == ci {
+                        for v in &l.values {
+                            pats.push(v);
+                            rule_of.push(RuleId((BUILTIN_RULES + i) as u8));
+                        }
+                    }
+                }
+                if pats.is_empty() {
+                    continue;
+                }
+                let ac = AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(ci)
+                    .build(&pats)
+                    .map_err(|e| ProfileError::field("custom_literals", e.to_string()))?;
+                literals.push(LiteralSet { ac, rule_of });
+            }
+        }
+        for l in &p.custom_literals {
+            names.push(l.name.clone());
+            next_rule += 1;
+        }
+        let mut regexes = Vec::new();
+        for (i, r) in p.custom_regexes.iter().enumerate() {
+            let re = compile_regex(&r.pattern)
+                .map_err(|m| ProfileError::field(format!("custom_regexes[{i}].pattern"), m))?;
+            if enabled {
+                regexes.push((re, RuleId(next_rule as u8)));
+            }
+            names.push(r.name.clone());
+            next_rule += 1;
+        }
+        let mut columns = Vec::new();
+        for (i, c) in p.columns.iter().enumerate() {
+            let at = |s: &str| format!("columns[{i}].{s}");
+            let name = match (&c.column, &c.column_regex) {
+                (Some(g), _) => Some(glob_regex(g)),
+                (_, Some(r)) => Some(r.clone()),
+                _ => None,
+            };
+            let name = name
+                .map(|r| regex::bytes::Regex::new(&r))
+                .transpose()
+                .map_err(|e| ProfileError::field(at("column"), e.to_string()))?;
+            let oid = match &c.type_ {
+                None => None,
+                Some(TypeRef::Oid(o)) => Some(*o),
+                Some(TypeRef::Name(n)) => Some(
+                    super::rows::type_oid(n)
+                        .ok_or_else(|| ProfileError::field(at("type"), "unknown type name"))?,
+                ),
+            };
+            let label = c
+                .column
+                .clone()
+                .or_else(|| c.column_regex.clone())
+                .unwrap_or_else(|| format!("type {}", oid.unwrap_or(0)));
+            names.push(format!("column:{label}"));
+            columns.push(ColumnMatcher {
+                name,
+                oid,
+                action: c.action,
+                rule: RuleId(next_rule as u8),
+            });
+            next_rule += 1;
+        }
+        let key: Vec<u8> = match &p.hash_key {
+            Some(k) => k.0.as_bytes().to_vec(),
+            None => process_hash_key().to_vec(),
+        };
+        let f = &p.format;
+        Ok(Engine {
+            enabled,
+            fmt: Fmt {
+                ch: f.mask_char as u8,
+                keep_punct: f.keep_punctuation,
+                card_keep: f.card_keep_last as usize,
+                ssn_keep: f.ssn_keep_last as usize,
+                iban_keep: f.iban_keep_last as usize,
+                phone_keep: f.phone_keep_last as usize,
+                email_keep_tld: f.email_keep_tld,
+                keep_prefix: f.token_keep_prefix,
+            },
+            classifier: Classifier::new(&anchors, kernel),
+            on,
+            digits,
+            min_digits,
+            any_builtin,
+            literals,
+            regexes,
+            columns: if enabled { columns } else { Vec::new() },
+            hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            names,
+        })
+    }
+
+    /// Compile into an `Arc` for sharing across cores.
+    pub fn compile_shared(p: &MaskingProfile) -> Result<Arc<Engine>, CompileError> {
+        Self::compile(p).map(Arc::new)
+    }
+
+    /// Whether the profile masks anything at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether any detector (built-in or custom) scans values.
+    pub fn detects(&self) -> bool {
+        self.any_builtin || !self.literals.is_empty() || !self.regexes.is_empty()
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.classifier.kernel()
+    }
+
+    pub(crate) fn fmt(&self) -> Fmt {
+        self.fmt
+    }
+
+    /// The mask character.
+    pub fn mask_char(&self) -> u8 {
+        self.fmt.ch
+    }
+
+    /// Name of a rule: the detector name (`payment_card`, `email`, …), the
+    /// custom rule's `name`, or `column:<pattern>` for column rules.
+    pub fn rule_name(&self, rule: RuleId) -> &str {
+        self.names
+            .get(rule.0 as usize)
+            .map_or("unknown", |s| s.as_str())
+    }
+
+    /// Number of rule ids in use.
+    pub fn rule_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The first column rule matching a column's name and type oid.
+    pub fn column_rule(&self, name: &[u8], type_oid: u32) -> Option<(RuleId, ColumnAction)> {
+        self.columns
+            .iter()
+            .find(|c| {
+                c.oid.is_none_or(|o| o == type_oid)
+                    && c.name.as_ref().is_none_or(|r| r.is_match(name))
+            })
+            .map(|c| (c.rule, c.action))
+    }
+
+    /// Whether a column rule matches a column name regardless of type (for
+    /// names quoted in error messages).
+    pub fn column_rule_by_name(&self, name: &[u8]) -> Option<(RuleId, ColumnAction)> {
+        self.columns
+            .iter()
+            .find(|c| c.name.as_ref().is_some_and(|r| r.is_match(name)))
+            .map(|c| (c.rule, c.action))
+    }
+
+    /// Append the keyed hash of `value` (32 lowercase hex digits) to `out`.
+    pub fn hash_into(&self, value: &[u8], out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let tag = ring::hmac::sign(&self.hash_key, value);
+        for &b in &tag.as_ref()[..16] {
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 15) as usize]);
+        }
+    }
+
+    /// Length of [`Engine::hash_into`]'s output.
+    pub const HASH_LEN: usize = 32;
+
+    /// Scan `value` and mask every detected sensitive span in place (same
+    /// length). Counts hits in `hits`; returns whether anything changed.
+    #[inline]
+    pub fn mask_in_place(&self, value: &mut [u8], hits: &mut Hits) -> bool {
+        self.mask_counted(value, hits) > 0
+    }
+
+    /// As [`Engine::mask_in_place`], returning the number of hits.
+    pub fn mask_counted(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        if value.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        if self.any_builtin {
+            n += self.scan_builtin(value, hits);
+        }
+        for set in &self.literals {
+            n += self.mask_literals(set, value, hits);
+        }
+        for (re, rule) in &self.regexes {
+            let mut at = 0;
+            while at <= value.len() {
+                let Some(m) = re.find_at(value, at) else {
+                    break;
+                };
+                let (s, e) = (m.start(), m.end());
+                detect::mask_range(value, s, e, 0, &self.fmt);
+                hits.add(*rule, 1);
+                n += 1;
+                at = if e > s { e } else { e + 1 };
+            }
+        }
+        n
+    }
+
+    fn mask_literals(&self, set: &LiteralSet, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
+        let mut at = 0;
+        while at < value.len() {
+            let input = aho_corasick::Input::new(&*value).span(at..value.len());
+            let Some(m) = set.ac.find(input) else { break };
+            let all = Fmt {
+                keep_punct: false,
+                ..self.fmt
+            };
+            detect::mask_range(value, m.start(), m.end(), 0, &all);
+            hits.add(set.rule_of[m.pattern().as_usize()], 1);
+            n += 1;
+            at = m.end().max(m.start() + 1);
+        }
+        n
+    }
+
+    fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut st = ScanState::default();
+        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
+        let n = buf.len();
+        let mut base = 0;
+        while base < n {
+            let nb = self.classifier.classify_chunk(&buf[base..], &mut masks);
+            for (k, m) in masks[..nb].iter().enumerate() {
+                self.block(buf, base + k * BLOCK, m, &mut st, hits);
+            }
+            base += nb * BLOCK;
+        }
+        if let Some((first, digits)) = st.run.take() {
+            self.digit_run(buf, first, n, digits, &mut st, hits);
+        }
+        st.hits
+    }
+
+    #[inline]
+    fn block(
+        &self,
+        buf: &mut [u8],
+        base: usize,
+        m: &BlockMasks,
+        st: &mut ScanState,
+        hits: &mut Hits,
+    ) {
+        let mut a = m.anchor;
+        while a != 0 {
+            let p = base + a.trailing_zeros() as usize;
+            a &= a - 1;
+            if p >= st.skip_until {
+                self.anchor(buf, p, st, hits);
+            }
+        }
+        let x = m.digit | m.glue;
+        let mut d = m.digit;
+        if let Some((first, digits)) = st.run {
+            // A run carried over from the previous block.
+            let e = (!x).trailing_zeros();
+            if e == 64 {
+                st.run = Some((first, digits + d.count_ones()));
+                return;
+            }
+            let low = (1u64 << e) - 1;
+            st.run = None;
+            self.digit_run(
+                buf,
+                first,
+                base + e as usize,
+                digits + (d & low).count_ones(),
+                st,
+                hits,
+            );
+            d &= !low;
+        }
+        while d != 0 {
+            let i = d.trailing_zeros();
+            let len = (!(x >> i)).trailing_zeros();
+            let end = i + len;
+            let above = d >> i;
+            if end >= 64 {
+                st.run = Some((base + i as usize, above.count_ones()));
+                return;
+            }
+            let digits = (above & ((1u64 << len) - 1)).count_ones();
+            self.digit_run(
+                buf,
+                base + i as usize,
+                base + end as usize,
+                digits,
+                st,
+                hits,
+            );
+            d &= !((1u64 << end) - 1);
+        }
+    }
+
+    /// A run of digits and glue: `first` is its first digit, `end` where the
+    /// run stops, `digits` how many digits it holds.
+    #[inline]
+    fn digit_run(
+        &self,
+        buf: &mut [u8],
+        first: usize,
+        end: usize,
+        digits: u32,
+        st: &mut ScanState,
+        hits: &mut Hits,
+    ) {
+        if self.on[Builtin::Iban as usize]
+            && first >= 2
+            && buf[first - 1].is_ascii_uppercase()
+            && buf[first - 2].is_ascii_uppercase()
+        {
+            if let Some(e) = detect::iban(buf, first - 2, &self.fmt) {
+                hits.add(Builtin::Iban, 1);
+                st.hits += 1;
+                st.skip_until = st.skip_until.max(e);
+                return;
+            }
+        }
+        if digits < self.min_digits {
+            return;
+        }
+        let h = detect::digit_run(buf, first, end, self.digits, &self.fmt);
+        for (rule, c) in [
+            (Builtin::PaymentCard, h.card),
+            (Builtin::Ssn, h.ssn),
+            (Builtin::Phone, h.phone),
+            (Builtin::Ipv4, h.ipv4),
+        ] {
+            if c > 0 {
+                hits.add(rule, c as u64);
+                st.hits += c;
+            }
+        }
+    }
+
+    #[inline]
+    fn anchor(&self, buf: &mut [u8], p: usize, st: &mut ScanState, hits: &mut Hits) {
+        let f = &self.fmt;
+        let on = |b: Builtin| self.on[b as usize];
+        let found: Option<(usize, Builtin)> = match buf[p] {
+            b'@' => detect::email(buf, p, f).map(|e| (e, Builtin::Email)),
+            b'J' => detect::jwt(buf, p, f).map(|e| (e, Builtin::Jwt)),
+            b'K' | b'S' => detect::aws(buf, p, f).map(|e| (e, Builtin::AwsAccessKey)),
+            b'z' => detect::google(buf, p, f).map(|e| (e, Builtin::GoogleApiKey)),
+            b'_' => detect::underscore(buf, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
+                .map(|(e, gh)| {
+                    (
+                        e,
+                        if gh {
+                            Builtin::GithubToken
+                        } else {
+                            Builtin::StripeKey
+                        },
+                    )
+                }),
+            b'x' => detect::slack(buf, p, f).map(|e| (e, Builtin::SlackToken)),
+            b'B' => {
+                let pem = if on(Builtin::PrivateKey) {
+                    detect::pem(buf, p, f)
+                } else {
+                    None
+                };
+                match pem {
+                    Some(e) => Some((e, Builtin::PrivateKey)),
+                    None if on(Builtin::BearerToken) => {
+                        detect::bearer(buf, p, f).map(|e| (e, Builtin::BearerToken))
+                    }
+                    None => None,
+                }
+            }
+            b'b' => detect::bearer(buf, p, f).map(|e| (e, Builtin::BearerToken)),
+            b':' => {
+                let (e, ok) = detect::ipv6(buf, p, f);
+                st.skip_until = st.skip_until.max(e);
+                ok.then_some((e, Builtin::Ipv6))
+            }
+            _ => None,
+        };
+        if let Some((end, rule)) = found {
+            hits.add(rule, 1);
+            st.hits += 1;
+            st.skip_until = st.skip_until.max(end);
+        }
+    }
+}
+
+#[derive(Default)]
+struct ScanState {
+    /// Anchors before this position are inside something already handled.
+    skip_until: usize,
+    /// A digit run reaching the end of the previous block: first digit and
+    /// digits so far.
+    run: Option<(usize, u32)>,
+    hits: u32,
+}
