@@ -30,6 +30,12 @@ pub(crate) const CHUNK_BLOCKS: usize = 16;
 
 const CLASS_DIGIT: u8 = 1;
 const CLASS_GLUE: u8 = 2;
+const CLASS_SPACE: u8 = 4;
+const CLASS_DASH: u8 = 8;
+const CLASS_DOT: u8 = 16;
+/// `A`–`O` (0x41–0x4f) and `P`–`Z` (0x50–0x5a): two rectangles.
+const CLASS_UPPER_4: u8 = 32;
+const CLASS_UPPER_5: u8 = 64;
 
 /// Per low nibble: which classes a byte with this low nibble may be in.
 const CLS_LO: [u8; 16] = {
@@ -40,20 +46,32 @@ const CLS_LO: [u8; 16] = {
         i += 1;
     }
     // ' ' 0x20, '(' 0x28, ')' 0x29, '+' 0x2b, '-' 0x2d, '.' 0x2e
-    t[0x0] |= CLASS_GLUE;
+    t[0x0] |= CLASS_GLUE | CLASS_SPACE;
     t[0x8] |= CLASS_GLUE;
     t[0x9] |= CLASS_GLUE;
     t[0xb] |= CLASS_GLUE;
-    t[0xd] |= CLASS_GLUE;
-    t[0xe] |= CLASS_GLUE;
+    t[0xd] |= CLASS_GLUE | CLASS_DASH;
+    t[0xe] |= CLASS_GLUE | CLASS_DOT;
+    let mut i = 0;
+    while i < 16 {
+        if i >= 1 {
+            t[i] |= CLASS_UPPER_4;
+        }
+        if i <= 10 {
+            t[i] |= CLASS_UPPER_5;
+        }
+        i += 1;
+    }
     t
 };
 
 /// Per high nibble: which classes live in that row of the ASCII table.
 const CLS_HI: [u8; 16] = {
     let mut t = [0u8; 16];
-    t[0x2] = CLASS_GLUE;
+    t[0x2] = CLASS_GLUE | CLASS_SPACE | CLASS_DASH | CLASS_DOT;
     t[0x3] = CLASS_DIGIT;
+    t[0x4] = CLASS_UPPER_4;
+    t[0x5] = CLASS_UPPER_5;
     t
 };
 
@@ -66,11 +84,15 @@ pub(crate) fn is_glue(b: u8) -> bool {
     matches!(b, b' ' | b'(' | b')' | b'+' | b'-' | b'.')
 }
 
-/// The three masks of one block.
+/// The masks of one block.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct BlockMasks {
     pub digit: u64,
     pub glue: u64,
+    pub space: u64,
+    pub dash: u64,
+    pub dot: u64,
+    pub upper: u64,
     pub anchor: u64,
 }
 
@@ -117,7 +139,7 @@ pub(crate) struct Classifier {
     kernel: Kernel,
     /// Per low nibble, a bit per high nibble (0–7) whose byte is an anchor.
     anchor_lo: [u8; 16],
-    /// Scalar: bit 0 digit, bit 1 glue, bit 2 anchor.
+    /// Scalar: the class bits, and bit 7 for anchors.
     table: [u8; 256],
 }
 
@@ -130,7 +152,7 @@ impl Classifier {
         for &a in anchors {
             assert!(a < 0x80, "anchor bytes must be ASCII");
             anchor_lo[(a & 15) as usize] |= 1 << (a >> 4);
-            table[a as usize] |= 4;
+            table[a as usize] |= 128;
         }
         for b in 0..=255u8 {
             let cls = CLS_LO[(b & 15) as usize] & CLS_HI[(b >> 4) as usize];
@@ -168,6 +190,16 @@ impl Classifier {
         whole + 1
     }
 
+    /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
+    #[inline]
+    pub(crate) fn classify_one(&self, data: &[u8]) -> BlockMasks {
+        let mut pad = [[0u8; BLOCK]];
+        pad[0][..data.len()].copy_from_slice(data);
+        let mut out = [BlockMasks::default()];
+        self.blocks(&pad, &mut out);
+        out[0]
+    }
+
     #[inline]
     fn blocks(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
         match self.kernel {
@@ -191,7 +223,11 @@ impl Classifier {
             let c = self.table[b as usize] as u64;
             m.digit |= (c & 1) << i;
             m.glue |= ((c >> 1) & 1) << i;
-            m.anchor |= ((c >> 2) & 1) << i;
+            m.space |= ((c >> 2) & 1) << i;
+            m.dash |= ((c >> 3) & 1) << i;
+            m.dot |= ((c >> 4) & 1) << i;
+            m.upper |= (((c >> 5) | (c >> 6)) & 1) << i;
+            m.anchor |= ((c >> 7) & 1) << i;
         }
         m
     }
@@ -199,7 +235,10 @@ impl Classifier {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockMasks, BLOCK, CLASS_DIGIT, CLASS_GLUE, CLS_HI, CLS_LO, HI_BIT};
+    use super::{
+        BlockMasks, BLOCK, CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE,
+        CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI, CLS_LO, HI_BIT,
+    };
     use std::arch::x86_64::*;
 
     /// AVX2 classification of whole blocks.
@@ -221,9 +260,12 @@ mod x86 {
         let hi_bit = _mm256_broadcastsi128_si256(ld16(&HI_BIT));
         let anc_lo = _mm256_broadcastsi128_si256(ld16(anchor_lo));
         let nib = _mm256_set1_epi8(0x0f);
-        let digit_bit = _mm256_set1_epi8(CLASS_DIGIT as i8);
-        let glue_bit = _mm256_set1_epi8(CLASS_GLUE as i8);
         let zero = _mm256_setzero_si256();
+        let bit = |c: u8| _mm256_set1_epi8(c as i8);
+        let (digit_bit, glue_bit, space_bit) =
+            (bit(CLASS_DIGIT), bit(CLASS_GLUE), bit(CLASS_SPACE));
+        let (dash_bit, dot_bit) = (bit(CLASS_DASH), bit(CLASS_DOT));
+        let upper_bits = bit(CLASS_UPPER_4 | CLASS_UPPER_5);
         for (block, o) in blocks.iter().zip(out) {
             let mut m = BlockMasks::default();
             for half in 0..2 {
@@ -236,16 +278,23 @@ mod x86 {
                     _mm256_shuffle_epi8(cls_lo, lo),
                     _mm256_shuffle_epi8(cls_hi, hi),
                 );
-                let d = _mm256_cmpeq_epi8(_mm256_and_si256(cls, digit_bit), digit_bit);
-                let g = _mm256_cmpeq_epi8(_mm256_and_si256(cls, glue_bit), glue_bit);
+                let has = |b: __m256i| {
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(cls, b), b)) as u32
+                        as u64
+                };
                 let a = _mm256_and_si256(
                     _mm256_shuffle_epi8(anc_lo, lo),
                     _mm256_shuffle_epi8(hi_bit, hi),
                 );
                 let not_a = _mm256_cmpeq_epi8(a, zero);
                 let shift = 32 * half;
-                m.digit |= (_mm256_movemask_epi8(d) as u32 as u64) << shift;
-                m.glue |= (_mm256_movemask_epi8(g) as u32 as u64) << shift;
+                m.digit |= has(digit_bit) << shift;
+                m.glue |= has(glue_bit) << shift;
+                m.space |= has(space_bit) << shift;
+                m.dash |= has(dash_bit) << shift;
+                m.dot |= has(dot_bit) << shift;
+                let up = _mm256_cmpeq_epi8(_mm256_and_si256(cls, upper_bits), zero);
+                m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
             *o = m;
@@ -270,9 +319,12 @@ mod x86 {
         let hi_bit = ld16(&HI_BIT);
         let anc_lo = ld16(anchor_lo);
         let nib = _mm_set1_epi8(0x0f);
-        let digit_bit = _mm_set1_epi8(CLASS_DIGIT as i8);
-        let glue_bit = _mm_set1_epi8(CLASS_GLUE as i8);
         let zero = _mm_setzero_si128();
+        let bit = |c: u8| _mm_set1_epi8(c as i8);
+        let (digit_bit, glue_bit, space_bit) =
+            (bit(CLASS_DIGIT), bit(CLASS_GLUE), bit(CLASS_SPACE));
+        let (dash_bit, dot_bit) = (bit(CLASS_DASH), bit(CLASS_DOT));
+        let upper_bits = bit(CLASS_UPPER_4 | CLASS_UPPER_5);
         for (block, o) in blocks.iter().zip(out) {
             let mut m = BlockMasks::default();
             for q in 0..4 {
@@ -281,13 +333,20 @@ mod x86 {
                 let lo = _mm_and_si128(v, nib);
                 let hi = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
                 let cls = _mm_and_si128(_mm_shuffle_epi8(cls_lo, lo), _mm_shuffle_epi8(cls_hi, hi));
-                let d = _mm_cmpeq_epi8(_mm_and_si128(cls, digit_bit), digit_bit);
-                let g = _mm_cmpeq_epi8(_mm_and_si128(cls, glue_bit), glue_bit);
+                let has = |b: __m128i| {
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(cls, b), b)) as u32 as u64
+                        & 0xffff
+                };
                 let a = _mm_and_si128(_mm_shuffle_epi8(anc_lo, lo), _mm_shuffle_epi8(hi_bit, hi));
                 let not_a = _mm_cmpeq_epi8(a, zero);
                 let shift = 16 * q;
-                m.digit |= (_mm_movemask_epi8(d) as u32 as u64 & 0xffff) << shift;
-                m.glue |= (_mm_movemask_epi8(g) as u32 as u64 & 0xffff) << shift;
+                m.digit |= has(digit_bit) << shift;
+                m.glue |= has(glue_bit) << shift;
+                m.space |= has(space_bit) << shift;
+                m.dash |= has(dash_bit) << shift;
+                m.dot |= has(dot_bit) << shift;
+                let up = _mm_cmpeq_epi8(_mm_and_si128(cls, upper_bits), zero);
+                m.upper |= (!(_mm_movemask_epi8(up) as u32) as u64 & 0xffff) << shift;
                 m.anchor |= (!(_mm_movemask_epi8(not_a) as u32) as u64 & 0xffff) << shift;
             }
             *o = m;
@@ -321,6 +380,10 @@ mod tests {
             assert_eq!(m.digit >> i & 1 == 1, b.is_ascii_digit(), "byte {b}");
             assert_eq!(m.glue >> i & 1 == 1, is_glue(b), "byte {b}");
             assert_eq!(m.anchor >> i & 1 == 1, ANCHORS.contains(&b), "byte {b}");
+            assert_eq!(m.space >> i & 1 == 1, b == b' ', "byte {b}");
+            assert_eq!(m.dash >> i & 1 == 1, b == b'-', "byte {b}");
+            assert_eq!(m.dot >> i & 1 == 1, b == b'.', "byte {b}");
+            assert_eq!(m.upper >> i & 1 == 1, b.is_ascii_uppercase(), "byte {b}");
         }
     }
 

@@ -87,7 +87,7 @@ fn run(buf: &[u8], p: usize, max: usize, pred: impl Fn(u8) -> bool) -> usize {
 
 /// Most digit groups looked at together; longer runs are walked in
 /// overlapping windows.
-pub(crate) const MAX_GROUPS: usize = 32;
+pub(crate) const MAX_GROUPS: usize = 24;
 const WINDOW_OVERLAP: usize = 8;
 
 /// The separator before a digit group: its length (3 = longer) and first
@@ -124,8 +124,8 @@ impl Sep {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Group {
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
     /// Separator before this group (none for the first).
     sep: Sep,
 }
@@ -133,7 +133,15 @@ pub(crate) struct Group {
 impl Group {
     #[inline]
     fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
+    }
+    #[inline]
+    fn start(&self) -> usize {
+        self.start as usize
+    }
+    #[inline]
+    fn end(&self) -> usize {
+        self.end as usize
     }
 }
 
@@ -144,6 +152,12 @@ pub(crate) struct DigitDetectors {
     pub ssn: bool,
     pub phone: bool,
     pub ipv4: bool,
+}
+
+impl DigitDetectors {
+    pub fn any(&self) -> bool {
+        self.card || self.ssn || self.phone || self.ipv4
+    }
 }
 
 /// Hits found in one digit run, by detector.
@@ -170,8 +184,8 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -
                 i += 1;
             }
             g[ng] = Group {
-                start: s,
-                end: i,
+                start: s as u32,
+                end: i as u32,
                 sep,
             };
             ng += 1;
@@ -209,7 +223,7 @@ pub(crate) fn digit_run(
         if ng < MAX_GROUPS {
             break;
         }
-        pos = g[ng - WINDOW_OVERLAP].start;
+        pos = g[ng - WINDOW_OVERLAP].start();
     }
     hits
 }
@@ -225,14 +239,14 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
     // groups next to it must not be joined by its own separator.
     let left_ok = |buf: &[u8], k: usize, inner: Option<Sep>| {
         if k == 0 {
-            boundary_before(buf, g[0].start)
+            boundary_before(buf, g[0].start())
         } else {
             inner != Some(g[k].sep)
         }
     };
     let right_ok = |buf: &[u8], j: usize, inner: Option<Sep>| {
         if j + 1 == ng {
-            boundary_after(buf, g[j].end)
+            boundary_after(buf, g[j].end())
         } else {
             inner != Some(g[j + 1].sep)
         }
@@ -250,9 +264,9 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
             }
             if isolated_left(buf, g, k)
                 && isolated_right(buf, g, k + 2)
-                && ssn_valid(buf, a.start, b.start, c.start)
+                && ssn_valid(buf, a.start(), b.start(), c.start())
             {
-                mask_range(buf, a.start, c.end, f.ssn_keep, f);
+                mask_range(buf, a.start(), c.end(), f.ssn_keep, f);
                 take(&mut used, k, k + 2);
                 hits.ssn += 1;
             }
@@ -290,7 +304,7 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
                 }
             }
             if let Some(j) = found {
-                mask_range(buf, g[k].start, g[j].end, f.card_keep, f);
+                mask_range(buf, g[k].start(), g[j].end(), f.card_keep, f);
                 take(&mut used, k, j);
                 hits.card += 1;
                 k = j + 1;
@@ -305,7 +319,7 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
         while k < ng {
             match phone_at(buf, g, k, used) {
                 Some((start, j)) => {
-                    mask_range(buf, start, g[j].end, f.phone_keep, f);
+                    mask_range(buf, start, g[j].end(), f.phone_keep, f);
                     take(&mut used, k, j);
                     hits.phone += 1;
                     k = j + 1;
@@ -322,16 +336,16 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
             }
             let dots = (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
             let octets = (k..k + 4).all(|i| {
-                let d = &buf[g[i].start..g[i].end];
+                let d = &buf[g[i].start()..g[i].end()];
                 d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
             });
             let left = isolated_left(buf, g, k)
-                && !(k == 0 && g[k].start > 0 && buf[g[k].start - 1] == b'.');
+                && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.');
             let right = isolated_right(buf, g, k + 3)
-                && !(buf.get(g[k + 3].end) == Some(&b'.')
-                    && buf.get(g[k + 3].end + 1).is_some_and(u8::is_ascii_digit));
+                && !(buf.get(g[k + 3].end()) == Some(&b'.')
+                    && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit));
             if dots && octets && left && right {
-                mask_range(buf, g[k].start, g[k + 3].end, 0, f);
+                mask_range(buf, g[k].start(), g[k + 3].end(), 0, f);
                 take(&mut used, k, k + 3);
                 hits.ipv4 += 1;
             }
@@ -345,7 +359,7 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
 #[inline]
 fn isolated_left(buf: &[u8], g: &[Group], k: usize) -> bool {
     if k == 0 {
-        boundary_before(buf, g[0].start)
+        boundary_before(buf, g[0].start())
     } else {
         g[k].sep.len >= 2
     }
@@ -356,7 +370,7 @@ fn isolated_left(buf: &[u8], g: &[Group], k: usize) -> bool {
 #[inline]
 fn isolated_right(buf: &[u8], g: &[Group], j: usize) -> bool {
     if j + 1 == g.len() {
-        boundary_after(buf, g[j].end)
+        boundary_after(buf, g[j].end())
     } else {
         g[j + 1].sep.len >= 2
     }
@@ -385,7 +399,7 @@ fn card_valid(buf: &[u8], groups: &[Group], total: usize) -> bool {
     let mut lead = 0u32;
     let mut nlead = 0;
     'outer: for gr in groups {
-        for &c in &buf[gr.start..gr.end] {
+        for &c in &buf[gr.start()..gr.end()] {
             lead = lead * 10 + (c - b'0') as u32;
             nlead += 1;
             if nlead == 4 {
@@ -399,7 +413,7 @@ fn card_valid(buf: &[u8], groups: &[Group], total: usize) -> bool {
     let mut sum = 0u32;
     let mut double = false;
     for gr in groups.iter().rev() {
-        for &c in buf[gr.start..gr.end].iter().rev() {
+        for &c in buf[gr.start()..gr.end()].iter().rev() {
             let mut d = (c - b'0') as u32;
             if double {
                 d *= 2;
@@ -460,7 +474,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
     if !free(k) {
         return None;
     }
-    let s = g[k].start;
+    let s = g[k].start();
     let before = if s > 0 { buf[s - 1] } else { 0 };
 
     // E.164: `+`, then 9–15 digits in groups joined by phone separators.
@@ -493,8 +507,8 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         && (!lead1 || g[ka].sep.phone())
         && g[ka + 1].sep.phone()
         && g[ka + 2].sep.phone()
-        && (b'2'..=b'9').contains(&buf[g[ka].start])
-        && (b'2'..=b'9').contains(&buf[g[ka + 1].start])
+        && (b'2'..=b'9').contains(&buf[g[ka].start()])
+        && (b'2'..=b'9').contains(&buf[g[ka + 1].start()])
         && isolated_right(buf, g, ka + 2)
     {
         if before == b'(' && boundary_before(buf, s - 1) {

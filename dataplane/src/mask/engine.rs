@@ -246,6 +246,7 @@ impl Engine {
         add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
         add(is(Builtin::BearerToken), b"b");
         add(is(Builtin::Ipv6), b":");
+        add(is(Builtin::Phone), b"+(");
         let digits = DigitDetectors {
             card: is(Builtin::PaymentCard),
             ssn: is(Builtin::Ssn),
@@ -488,59 +489,175 @@ impl Engine {
 
     fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let mut st = ScanState::default();
-        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
         let n = buf.len();
+        if n <= BLOCK {
+            // Most cells: one block, nothing before or after it.
+            let m = self.classifier.classify_one(buf);
+            let zero = BlockMasks::default();
+            self.block(buf, 0, &zero, &m, &zero, &mut st, hits);
+            if let Some(run) = st.run.take() {
+                if run.cand {
+                    self.digit_run(buf, run.first, n, run.digits, &mut st, hits);
+                }
+            }
+            return st.hits;
+        }
+        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
+        let mut prev = BlockMasks::default();
         let mut base = 0;
         while base < n {
             let nb = self.classifier.classify_chunk(&buf[base..], &mut masks);
-            for (k, m) in masks[..nb].iter().enumerate() {
-                self.block(buf, base + k * BLOCK, m, &mut st, hits);
+            // Each block looks 13 bytes ahead into the next one, so the last
+            // block of a chunk is processed with the next chunk (unless this
+            // chunk reaches the end).
+            let last = base + nb * BLOCK >= n;
+            let process = if last { nb } else { nb - 1 };
+            for k in 0..process {
+                let next = if k + 1 < nb {
+                    masks[k + 1]
+                } else {
+                    BlockMasks::default()
+                };
+                self.block(
+                    buf,
+                    base + k * BLOCK,
+                    &prev,
+                    &masks[k],
+                    &next,
+                    &mut st,
+                    hits,
+                );
+                prev = masks[k];
             }
-            base += nb * BLOCK;
+            base += process * BLOCK;
         }
-        if let Some((first, digits)) = st.run.take() {
-            self.digit_run(buf, first, n, digits, &mut st, hits);
+        if let Some(run) = st.run.take() {
+            if run.cand {
+                self.digit_run(buf, run.first, n, run.digits, &mut st, hits);
+            }
         }
         st.hits
     }
 
+    /// Positions in `cur` where a digit run worth validating may start:
+    /// runs of at least 13 digits (bare, or joined by single spaces, dashes
+    /// or dots), the shapes `ddd-dd-dddd` / `ddd dd dddd` (SSN) and
+    /// `ddd?ddd?dddd` (North American phone), and `d.d.d.d` (IPv4, when on).
+    /// Shorter runs (dates, prices, times, ids) cost nothing more.
+    #[inline]
+    fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+        let w = |cur: u64, next: u64| cur as u128 | (next as u128) << 64;
+        let dw = w(c.digit, n.digit);
+        // Digits with a digit right before / right after.
+        let dl_c = (c.digit << 1) | (p.digit >> 63);
+        let dr_c = (c.digit >> 1) | (n.digit << 63);
+        let dl_n = (n.digit << 1) | (c.digit >> 63);
+        let dr_n = n.digit >> 1;
+        // Digits plus single separators of one kind between two digits.
+        let tight =
+            |sc: u64, sn: u64| w(c.digit | (sc & dl_c & dr_c), n.digit | (sn & dl_n & dr_n));
+        let long13 = |r: u128| {
+            let r2 = r & r >> 1;
+            let r4 = r2 & r2 >> 2;
+            let r8 = r4 & r4 >> 4;
+            (r8 & r4 >> 8 & r >> 12) as u64
+        };
+        let sp = tight(c.space, n.space);
+        let da = tight(c.dash, n.dash);
+        let dt = tight(c.dot, n.dot);
+        let mut cand = long13(dw) | long13(sp) | long13(da) | long13(dt);
+        let at = |x: u128, k: u32| (x >> k) as u64;
+        // d d d . d d . d d d d  /  d d d . d d d . d d d d
+        let d3 = at(dw, 0) & at(dw, 1) & at(dw, 2);
+        let ssn_tail = at(dw, 4) & at(dw, 5) & at(dw, 7) & at(dw, 8) & at(dw, 9) & at(dw, 10);
+        let dash = w(c.dash, n.dash);
+        let space = w(c.space, n.space);
+        cand |= d3 & ssn_tail & ((at(dash, 3) & at(dash, 6)) | (at(space, 3) & at(space, 6)));
+        let sep = w(c.space | c.dash | c.dot, n.space | n.dash | n.dot);
+        cand |= d3
+            & at(sep, 3)
+            & at(dw, 4)
+            & at(dw, 5)
+            & at(dw, 6)
+            & at(sep, 7)
+            & at(dw, 8)
+            & at(dw, 9)
+            & at(dw, 10)
+            & at(dw, 11);
+        if self.digits.ipv4 {
+            let r2 = dt & dt >> 1;
+            let r4 = r2 & r2 >> 2;
+            cand |= (r4 & r2 >> 4 & dt >> 6) as u64;
+        }
+        cand
+    }
+
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn block(
         &self,
         buf: &mut [u8],
         base: usize,
+        p: &BlockMasks,
         m: &BlockMasks,
+        n: &BlockMasks,
         st: &mut ScanState,
         hits: &mut Hits,
     ) {
         let mut a = m.anchor;
         while a != 0 {
-            let p = base + a.trailing_zeros() as usize;
+            let pos = base + a.trailing_zeros() as usize;
             a &= a - 1;
-            if p >= st.skip_until {
-                self.anchor(buf, p, st, hits);
+            if pos >= st.skip_until {
+                self.anchor(buf, pos, st, hits);
             }
         }
+        if self.on[Builtin::Iban as usize] && m.upper != 0 {
+            // Two capitals, two digits, not glued to a word before.
+            let uw = m.upper as u128 | (n.upper as u128) << 64;
+            let dw = m.digit as u128 | (n.digit as u128) << 64;
+            let mut s = m.upper & (uw >> 1) as u64 & (dw >> 2) as u64 & (dw >> 3) as u64;
+            while s != 0 {
+                let pos = base + s.trailing_zeros() as usize;
+                s &= s - 1;
+                if let Some(e) = detect::iban(buf, pos, &self.fmt) {
+                    hits.add(Builtin::Iban, 1);
+                    st.hits += 1;
+                    st.skip_until = st.skip_until.max(e);
+                }
+            }
+        }
+        if m.digit == 0 && st.run.is_none() {
+            return;
+        }
+        let cand = if self.digits.any() {
+            self.candidates(p, m, n)
+        } else {
+            0
+        };
         let x = m.digit | m.glue;
         let mut d = m.digit;
-        if let Some((first, digits)) = st.run {
+        if let Some(run) = st.run {
             // A run carried over from the previous block.
             let e = (!x).trailing_zeros();
             if e == 64 {
-                st.run = Some((first, digits + d.count_ones()));
+                st.run = Some(Run {
+                    digits: run.digits + d.count_ones(),
+                    cand: run.cand || cand != 0,
+                    ..run
+                });
                 return;
             }
             let low = (1u64 << e) - 1;
             st.run = None;
-            self.digit_run(
-                buf,
-                first,
-                base + e as usize,
-                digits + (d & low).count_ones(),
-                st,
-                hits,
-            );
+            if run.cand || cand & low != 0 {
+                let digits = run.digits + (d & low).count_ones();
+                self.digit_run(buf, run.first, base + e as usize, digits, st, hits);
+            }
             d &= !low;
+        }
+        if cand == 0 && x & (1 << 63) == 0 {
+            return;
         }
         while d != 0 {
             let i = d.trailing_zeros();
@@ -548,18 +665,25 @@ impl Engine {
             let end = i + len;
             let above = d >> i;
             if end >= 64 {
-                st.run = Some((base + i as usize, above.count_ones()));
+                st.run = Some(Run {
+                    first: base + i as usize,
+                    digits: above.count_ones(),
+                    cand: cand >> i != 0,
+                });
                 return;
             }
-            let digits = (above & ((1u64 << len) - 1)).count_ones();
-            self.digit_run(
-                buf,
-                base + i as usize,
-                base + end as usize,
-                digits,
-                st,
-                hits,
-            );
+            let span = (1u64 << len) - 1;
+            if (cand >> i) & span != 0 {
+                let digits = (above & span).count_ones();
+                self.digit_run(
+                    buf,
+                    base + i as usize,
+                    base + end as usize,
+                    digits,
+                    st,
+                    hits,
+                );
+            }
             d &= !((1u64 << end) - 1);
         }
     }
@@ -576,18 +700,6 @@ impl Engine {
         st: &mut ScanState,
         hits: &mut Hits,
     ) {
-        if self.on[Builtin::Iban as usize]
-            && first >= 2
-            && buf[first - 1].is_ascii_uppercase()
-            && buf[first - 2].is_ascii_uppercase()
-        {
-            if let Some(e) = detect::iban(buf, first - 2, &self.fmt) {
-                hits.add(Builtin::Iban, 1);
-                st.hits += 1;
-                st.skip_until = st.skip_until.max(e);
-                return;
-            }
-        }
         if digits < self.min_digits {
             return;
         }
@@ -602,6 +714,29 @@ impl Engine {
                 hits.add(rule, c as u64);
                 st.hits += c;
             }
+        }
+    }
+
+    /// A `+` or `(` that may open a phone number: validate the digit run
+    /// right after it (E.164 and `(415) 555-2671` forms, whose separators
+    /// the candidate shapes do not cover).
+    fn phone_opener(&self, buf: &mut [u8], pos: usize, st: &mut ScanState, hits: &mut Hits) {
+        let first = pos + 1;
+        if !buf.get(first).is_some_and(u8::is_ascii_digit) {
+            return;
+        }
+        let len = buf[first..]
+            .iter()
+            .take(40)
+            .position(|&b| !(b.is_ascii_digit() || super::classify::is_glue(b)))
+            .unwrap_or(buf.len().min(first + 40) - first);
+        let end = first + len;
+        let digits = buf[first..end]
+            .iter()
+            .filter(|b| b.is_ascii_digit())
+            .count() as u32;
+        if digits >= 9 {
+            self.digit_run(buf, first, end, digits, st, hits);
         }
     }
 
@@ -641,6 +776,10 @@ impl Engine {
                 }
             }
             b'b' => detect::bearer(buf, p, f).map(|e| (e, Builtin::BearerToken)),
+            b'+' | b'(' => {
+                self.phone_opener(buf, p, st, hits);
+                None
+            }
             b':' => {
                 let (e, ok) = detect::ipv6(buf, p, f);
                 st.skip_until = st.skip_until.max(e);
@@ -660,8 +799,17 @@ impl Engine {
 struct ScanState {
     /// Anchors before this position are inside something already handled.
     skip_until: usize,
-    /// A digit run reaching the end of the previous block: first digit and
-    /// digits so far.
-    run: Option<(usize, u32)>,
+    /// A digit run reaching the end of the previous block.
+    run: Option<Run>,
     hits: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    /// Its first digit.
+    first: usize,
+    /// Digits so far.
+    digits: u32,
+    /// Whether a candidate position lies in it so far.
+    cand: bool,
 }
