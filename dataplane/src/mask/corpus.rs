@@ -697,7 +697,16 @@ pub fn uuid(r: &mut Rng) -> String {
 pub fn free_text(r: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..r.range(6, 30) {
-        match r.below(12) {
+        // Mostly words; numbers of every common shape. ISBNs (13 dashed
+        // digits, a card-shaped trap) are rare, as in real notes.
+        match r.below(14) {
+            12 if r.chance(0.1) => s.push_str(&format!(
+                "978-{}-{}-{}-{}",
+                r.digit(),
+                r.digits(2),
+                r.digits(6),
+                r.digit()
+            )),
             0 => s.push_str(&timestamp(r)),
             1 => s.push_str(&price(r)),
             2 => s.push_str(&order_ref(r)),
@@ -710,13 +719,6 @@ pub fn free_text(r: &mut Rng) -> String {
                 r.below(100)
             )),
             6 => s.push_str(&format!("{}%", r.range(1, 99))),
-            7 => s.push_str(&format!(
-                "978-{}-{}-{}-{}",
-                r.digit(),
-                r.digits(2),
-                r.digits(6),
-                r.digit()
-            )),
             _ => s.push_str(r.pick(WORDS)),
         }
         s.push_str(r.pick(&[" ", " ", " ", ", ", ". "]));

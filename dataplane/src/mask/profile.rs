@@ -627,13 +627,15 @@ hash_key: '0123456789abcdef'
 
     #[test]
     fn too_many_rules_are_refused() {
-        let mut p = MaskingProfile::default();
-        p.custom_regexes = (0..MAX_RULES)
-            .map(|i| CustomRegex {
-                name: format!("r{i}"),
-                pattern: "x".into(),
-            })
-            .collect();
+        let p = MaskingProfile {
+            custom_regexes: (0..MAX_RULES)
+                .map(|i| CustomRegex {
+                    name: format!("r{i}"),
+                    pattern: "x".into(),
+                })
+                .collect(),
+            ..MaskingProfile::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "columns");
     }
 }
