@@ -96,6 +96,20 @@ pub(crate) struct BlockMasks {
     pub anchor: u64,
 }
 
+impl BlockMasks {
+    /// Keep only the bits in `keep`.
+    #[inline]
+    pub(crate) fn and(&mut self, keep: u64) {
+        self.digit &= keep;
+        self.glue &= keep;
+        self.space &= keep;
+        self.dash &= keep;
+        self.dot &= keep;
+        self.upper &= keep;
+        self.anchor &= keep;
+    }
+}
+
 /// Which implementation classifies the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {

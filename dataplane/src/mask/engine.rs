@@ -453,6 +453,40 @@ impl Engine {
         for set in &self.literals {
             n += self.mask_literals(set, value, hits);
         }
+        n += self.mask_regexes(value, hits);
+        n
+    }
+
+    /// Mask several values of one buffer (the Detect cells of a DataRow)
+    /// in one scan; hits per region are added to `counts`.
+    pub(crate) fn mask_regions(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let mut n = 0;
+        if self.any_builtin {
+            n += self.scan_regions(buf, regions, counts, hits);
+        }
+        if !self.literals.is_empty() || !self.regexes.is_empty() {
+            for (r, c) in regions.iter().zip(counts.iter_mut()) {
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                let mut k = 0;
+                for set in &self.literals {
+                    k += self.mask_literals(set, cell, hits);
+                }
+                k += self.mask_regexes(cell, hits);
+                *c += k;
+                n += k;
+            }
+        }
+        n
+    }
+
+    fn mask_regexes(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
         for (re, rule) in &self.regexes {
             let mut at = 0;
             while at <= value.len() {
@@ -487,53 +521,90 @@ impl Engine {
         n
     }
 
-    fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+    /// Scan the values at `regions` of `buf` (increasing, disjoint) in one
+    /// pass: the blocks are classified once for all of them, and the bytes
+    /// between regions (DataRow length words, skipped columns) are cleared
+    /// from the masks, so nothing is found there and no value runs into the
+    /// next. Validators only ever see their own region. Hits per region go to
+    /// `counts` (same length as `regions`).
+    pub(crate) fn scan_regions(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
+            return 0;
+        };
+        let (lo, hi) = (first.start as usize, last.end as usize);
         let mut st = ScanState::default();
-        let n = buf.len();
-        if n <= BLOCK {
-            // Most cells: one block, nothing before or after it.
-            let m = self.classifier.classify_one(buf);
-            let zero = BlockMasks::default();
-            self.block(buf, 0, &zero, &m, &zero, &mut st, hits);
-            if let Some(run) = st.run.take() {
-                if run.cand {
-                    self.digit_run(buf, run.first, n, run.digits, &mut st, hits);
-                }
-            }
-            return st.hits;
-        }
+        let mut cur = Cursors::default();
         let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
         let mut prev = BlockMasks::default();
-        let mut base = 0;
-        while base < n {
-            let nb = self.classifier.classify_chunk(&buf[base..], &mut masks);
+        let mut member = 0usize;
+        let mut base = lo;
+        while base < hi {
+            let nb = self.classifier.classify_chunk(&buf[base..hi], &mut masks);
+            if regions.len() > 1 {
+                for (k, m) in masks[..nb].iter_mut().enumerate() {
+                    let bm = membership(regions, &mut member, base + k * BLOCK);
+                    m.and(bm);
+                }
+            }
             // Each block looks 13 bytes ahead into the next one, so the last
             // block of a chunk is processed with the next chunk (unless this
             // chunk reaches the end).
-            let last = base + nb * BLOCK >= n;
-            let process = if last { nb } else { nb - 1 };
+            let at_end = base + nb * BLOCK >= hi;
+            let process = if at_end { nb } else { nb - 1 };
             for k in 0..process {
                 let next = if k + 1 < nb {
                     masks[k + 1]
                 } else {
                     BlockMasks::default()
                 };
-                self.block(
-                    buf,
-                    base + k * BLOCK,
-                    &prev,
-                    &masks[k],
-                    &next,
-                    &mut st,
-                    hits,
-                );
+                let ctx = Ctx {
+                    regions,
+                    base: base + k * BLOCK,
+                };
+                self.block(buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits);
                 prev = masks[k];
             }
             base += process * BLOCK;
         }
         if let Some(run) = st.run.take() {
             if run.cand {
-                self.digit_run(buf, run.first, n, run.digits, &mut st, hits);
+                let ri = cur.run.seek(regions, run.first);
+                let r = regions[ri];
+                self.digit_run(buf, r, ri, run.first, r.end as usize, run.digits, &mut st, counts, hits);
+            }
+        }
+        st.hits
+    }
+
+    fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
+        let region = [Region {
+            start: 0,
+            end: n as u32,
+        }];
+        let mut counts = [0u32];
+        if n > BLOCK {
+            return self.scan_regions(buf, &region, &mut counts, hits);
+        }
+        // Most cells: one block, nothing before or after it.
+        let mut st = ScanState::default();
+        let mut cur = Cursors::default();
+        let m = self.classifier.classify_one(buf);
+        let zero = BlockMasks::default();
+        let ctx = Ctx {
+            regions: &region,
+            base: 0,
+        };
+        self.block(buf, &ctx, &zero, &m, &zero, &mut st, &mut cur, &mut counts, hits);
+        if let Some(run) = st.run.take() {
+            if run.cand {
+                self.digit_run(buf, region[0], 0, run.first, n, run.digits, &mut st, &mut counts, hits);
             }
         }
         st.hits
@@ -597,33 +668,42 @@ impl Engine {
     fn block(
         &self,
         buf: &mut [u8],
-        base: usize,
+        ctx: &Ctx,
         p: &BlockMasks,
         m: &BlockMasks,
         n: &BlockMasks,
         st: &mut ScanState,
+        cur: &mut Cursors,
+        counts: &mut [u32],
         hits: &mut Hits,
     ) {
+        let base = ctx.base;
+        let regions = ctx.regions;
         let mut a = m.anchor;
         while a != 0 {
             let pos = base + a.trailing_zeros() as usize;
             a &= a - 1;
             if pos >= st.skip_until {
-                self.anchor(buf, pos, st, hits);
+                let ri = cur.anchor.seek(regions, pos);
+                self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
             }
         }
         if self.on[Builtin::Iban as usize] && m.upper != 0 {
-            // Two capitals, two digits, not glued to a word before.
+            // Two capitals, two digits.
             let uw = m.upper as u128 | (n.upper as u128) << 64;
             let dw = m.digit as u128 | (n.digit as u128) << 64;
             let mut s = m.upper & (uw >> 1) as u64 & (dw >> 2) as u64 & (dw >> 3) as u64;
             while s != 0 {
                 let pos = base + s.trailing_zeros() as usize;
                 s &= s - 1;
-                if let Some(e) = detect::iban(buf, pos, &self.fmt) {
+                let ri = cur.iban.seek(regions, pos);
+                let r = regions[ri];
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
                     hits.add(Builtin::Iban, 1);
+                    counts[ri] += 1;
                     st.hits += 1;
-                    st.skip_until = st.skip_until.max(e);
+                    st.skip_until = st.skip_until.max(r.start as usize + e);
                 }
             }
         }
@@ -652,7 +732,8 @@ impl Engine {
             st.run = None;
             if run.cand || cand & low != 0 {
                 let digits = run.digits + (d & low).count_ones();
-                self.digit_run(buf, run.first, base + e as usize, digits, st, hits);
+                let ri = cur.run.seek(regions, run.first);
+                self.digit_run(buf, regions[ri], ri, run.first, base + e as usize, digits, st, counts, hits);
             }
             d &= !low;
         }
@@ -675,35 +756,36 @@ impl Engine {
             let span = (1u64 << len) - 1;
             if (cand >> i) & span != 0 {
                 let digits = (above & span).count_ones();
-                self.digit_run(
-                    buf,
-                    base + i as usize,
-                    base + end as usize,
-                    digits,
-                    st,
-                    hits,
-                );
+                let first = base + i as usize;
+                let ri = cur.run.seek(regions, first);
+                self.digit_run(buf, regions[ri], ri, first, base + end as usize, digits, st, counts, hits);
             }
             d &= !((1u64 << end) - 1);
         }
     }
 
-    /// A run of digits and glue: `first` is its first digit, `end` where the
-    /// run stops, `digits` how many digits it holds.
+    /// A run of digits and glue inside region `r`: `first` is its first
+    /// digit, `end` where the run stops, `digits` how many digits it holds.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn digit_run(
         &self,
         buf: &mut [u8],
+        r: Region,
+        ri: usize,
         first: usize,
         end: usize,
         digits: u32,
         st: &mut ScanState,
+        counts: &mut [u32],
         hits: &mut Hits,
     ) {
         if digits < self.min_digits {
             return;
         }
-        let h = detect::digit_run(buf, first, end, self.digits, &self.fmt);
+        let s = r.start as usize;
+        let cell = &mut buf[s..r.end as usize];
+        let h = detect::digit_run(cell, first - s, end - s, self.digits, &self.fmt);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -712,6 +794,7 @@ impl Engine {
         ] {
             if c > 0 {
                 hits.add(rule, c as u64);
+                counts[ri] += c;
                 st.hits += c;
             }
         }
@@ -720,77 +803,96 @@ impl Engine {
     /// A `+` or `(` that may open a phone number: validate the digit run
     /// right after it (E.164 and `(415) 555-2671` forms, whose separators
     /// the candidate shapes do not cover).
-    fn phone_opener(&self, buf: &mut [u8], pos: usize, st: &mut ScanState, hits: &mut Hits) {
+    #[allow(clippy::too_many_arguments)]
+    fn phone_opener(
+        &self,
+        buf: &mut [u8],
+        r: Region,
+        ri: usize,
+        pos: usize,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
         let first = pos + 1;
-        if !buf.get(first).is_some_and(u8::is_ascii_digit) {
+        let limit = (r.end as usize).min(first + 40);
+        if first >= limit || !buf[first].is_ascii_digit() {
             return;
         }
-        let len = buf[first..]
+        let len = buf[first..limit]
             .iter()
-            .take(40)
             .position(|&b| !(b.is_ascii_digit() || super::classify::is_glue(b)))
-            .unwrap_or(buf.len().min(first + 40) - first);
+            .unwrap_or(limit - first);
         let end = first + len;
-        let digits = buf[first..end]
-            .iter()
-            .filter(|b| b.is_ascii_digit())
-            .count() as u32;
+        let digits = buf[first..end].iter().filter(|b| b.is_ascii_digit()).count() as u32;
         if digits >= 9 {
-            self.digit_run(buf, first, end, digits, st, hits);
+            self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn anchor(&self, buf: &mut [u8], p: usize, st: &mut ScanState, hits: &mut Hits) {
+    fn anchor(
+        &self,
+        buf: &mut [u8],
+        r: Region,
+        ri: usize,
+        pos: usize,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
         let f = &self.fmt;
         let on = |b: Builtin| self.on[b as usize];
-        let found: Option<(usize, Builtin)> = match buf[p] {
-            b'@' => detect::email(buf, p, f).map(|e| (e, Builtin::Email)),
-            b'J' => detect::jwt(buf, p, f).map(|e| (e, Builtin::Jwt)),
-            b'K' | b'S' => detect::aws(buf, p, f).map(|e| (e, Builtin::AwsAccessKey)),
-            b'z' => detect::google(buf, p, f).map(|e| (e, Builtin::GoogleApiKey)),
-            b'_' => detect::underscore(buf, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
+        let s = r.start as usize;
+        if matches!(buf[pos], b'+' | b'(') {
+            self.phone_opener(buf, r, ri, pos, st, counts, hits);
+            return;
+        }
+        let cell = &mut buf[s..r.end as usize];
+        let p = pos - s;
+        let found: Option<(usize, Builtin)> = match cell[p] {
+            b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
+            b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
+            b'K' | b'S' => detect::aws(cell, p, f).map(|e| (e, Builtin::AwsAccessKey)),
+            b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
+            b'_' => detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
                 .map(|(e, gh)| {
-                    (
-                        e,
-                        if gh {
-                            Builtin::GithubToken
-                        } else {
-                            Builtin::StripeKey
-                        },
-                    )
+                    let rule = if gh {
+                        Builtin::GithubToken
+                    } else {
+                        Builtin::StripeKey
+                    };
+                    (e, rule)
                 }),
-            b'x' => detect::slack(buf, p, f).map(|e| (e, Builtin::SlackToken)),
+            b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             b'B' => {
                 let pem = if on(Builtin::PrivateKey) {
-                    detect::pem(buf, p, f)
+                    detect::pem(cell, p, f)
                 } else {
                     None
                 };
                 match pem {
                     Some(e) => Some((e, Builtin::PrivateKey)),
                     None if on(Builtin::BearerToken) => {
-                        detect::bearer(buf, p, f).map(|e| (e, Builtin::BearerToken))
+                        detect::bearer(cell, p, f).map(|e| (e, Builtin::BearerToken))
                     }
                     None => None,
                 }
             }
-            b'b' => detect::bearer(buf, p, f).map(|e| (e, Builtin::BearerToken)),
-            b'+' | b'(' => {
-                self.phone_opener(buf, p, st, hits);
-                None
-            }
+            b'b' => detect::bearer(cell, p, f).map(|e| (e, Builtin::BearerToken)),
             b':' => {
-                let (e, ok) = detect::ipv6(buf, p, f);
-                st.skip_until = st.skip_until.max(e);
+                let (e, ok) = detect::ipv6(cell, p, f);
+                st.skip_until = st.skip_until.max(s + e);
                 ok.then_some((e, Builtin::Ipv6))
             }
             _ => None,
         };
         if let Some((end, rule)) = found {
             hits.add(rule, 1);
+            counts[ri] += 1;
             st.hits += 1;
-            st.skip_until = st.skip_until.max(end);
+            st.skip_until = st.skip_until.max(s + end);
         }
     }
 }
@@ -812,4 +914,62 @@ struct Run {
     digits: u32,
     /// Whether a candidate position lies in it so far.
     cand: bool,
+}
+
+/// A value inside a larger buffer (a DataRow cell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub start: u32,
+    pub end: u32,
+}
+
+struct Ctx<'a> {
+    regions: &'a [Region],
+    base: usize,
+}
+
+/// Monotonic positions in the region list, one per kind of candidate (each
+/// kind is visited in increasing position order).
+#[derive(Default)]
+struct Cursors {
+    anchor: Cursor,
+    iban: Cursor,
+    run: Cursor,
+}
+
+#[derive(Default)]
+struct Cursor(usize);
+
+impl Cursor {
+    /// Index of the region holding `pos` (which the masks guarantee is in
+    /// one); moves forward only.
+    #[inline]
+    fn seek(&mut self, regions: &[Region], pos: usize) -> usize {
+        while regions[self.0].end as usize <= pos {
+            self.0 += 1;
+        }
+        self.0
+    }
+}
+
+/// Bits of the block at `base` that lie inside some region.
+#[inline]
+fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
+    let end = base + BLOCK;
+    while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
+        *cursor += 1;
+    }
+    let mut bits = 0u64;
+    let mut i = *cursor;
+    while i < regions.len() && (regions[i].start as usize) < end {
+        let s = (regions[i].start as usize).max(base) - base;
+        let e = (regions[i].end as usize).min(end) - base;
+        if e > s {
+            let len = e - s;
+            let ones = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            bits |= ones << s;
+        }
+        i += 1;
+    }
+    bits
 }

@@ -22,7 +22,7 @@
 //! arrays, whose syntax a mask would break) replace the value with NULL.
 
 use super::detect;
-use super::engine::{Engine, Hits, RuleId};
+use super::engine::{Engine, Hits, Region, RuleId};
 use super::profile::ColumnAction;
 use crate::protocol::tag;
 
@@ -175,6 +175,10 @@ pub struct RowPlan {
     cols: Vec<Column>,
     names: Vec<u8>,
     column_hits: Vec<u64>,
+    /// Scratch for one row: the cells to scan, their columns, their hits.
+    regions: Vec<Region>,
+    region_cols: Vec<u32>,
+    region_hits: Vec<u32>,
     work: bool,
     rewrites: bool,
 }
@@ -376,6 +380,8 @@ pub fn mask_data_row(
     let mut changed = false;
     let mut rewrite = false;
     let ch = engine.mask_char();
+    plan.regions.clear();
+    plan.region_cols.clear();
     for i in 0..n {
         let len = be_i32(body.get(at..at + 4).ok_or(E)?);
         at += 4;
@@ -391,8 +397,16 @@ pub fn mask_data_row(
         let hit = match plan.cols[i].plan {
             ColumnPlan::Skip => 0,
             ColumnPlan::Detect { from } => {
+                // Scanned below, all cells of the row in one pass.
                 let from = (from as usize).min(v.len());
-                engine.mask_counted(&mut v[from..], hits) as u64
+                if from < v.len() {
+                    plan.regions.push(Region {
+                        start: (end - v.len() + from) as u32,
+                        end: end as u32,
+                    });
+                    plan.region_cols.push(i as u32);
+                }
+                0
             }
             ColumnPlan::MaskAll(r) => {
                 mask_chars(v, 0, ch);
@@ -417,6 +431,16 @@ pub fn mask_data_row(
     }
     if at != body.len() {
         return Err(E);
+    }
+    if !plan.regions.is_empty() {
+        plan.region_hits.clear();
+        plan.region_hits.resize(plan.regions.len(), 0);
+        if engine.mask_regions(body, &plan.regions, &mut plan.region_hits, hits) > 0 {
+            changed = true;
+            for (&c, &k) in plan.region_cols.iter().zip(&plan.region_hits) {
+                plan.column_hits[c as usize] += k as u64;
+            }
+        }
     }
     if !rewrite {
         return Ok(if changed {
