@@ -11,6 +11,8 @@
 //!   no clock; unit-tested and fuzzable.
 //! - [`net`]: the monoio drivers (workers, listeners, the per-connection
 //!   relay).
+//! - [`mask`]: sans-IO masking of sensitive values in DataRow, CopyData and
+//!   error messages (SIMD candidate scan, validators, column rules).
 //! - [`snapshot`]: the immutable policy snapshot cores read.
 //! - [`admin`], [`metrics`]: the control thread's HTTP server and the
 //!   per-core counters it merges at scrape time.
@@ -26,6 +28,7 @@ pub mod cancel;
 pub mod config;
 pub mod control;
 pub mod devcerts;
+pub mod mask;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

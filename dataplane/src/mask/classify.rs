@@ -1,0 +1,434 @@
+//! Byte classification: the SIMD part of the masking scan.
+//!
+//! A cell is cut into 64-byte blocks and every block becomes three bitmasks
+//! (bit `i` = byte `i` of the block):
+//!
+//! - `digit`: `0`–`9`;
+//! - `glue`: the characters that join the digit groups of a card, SSN or
+//!   phone number (`space - . ( ) +`);
+//! - `anchor`: the bytes that start (or sit inside) the literal prefixes of
+//!   the anchored detectors (`@` for e-mail, `J` of `eyJ`, `K`/`S` of
+//!   `AKIA`/`ASIA`, `_` of `ghp_` and `sk_live_`, …); the set is chosen at
+//!   compile time from the enabled detectors.
+//!
+//! `digit` and `glue` are "rectangles" in nibble space (one high nibble, a
+//! set of low nibbles), so one pair of `pshufb` table lookups gives both. The
+//! anchor set is arbitrary ASCII, so it uses the exact membership test:
+//! `lo_table[b & 15]` holds a bit per high nibble 0–7 whose byte is in the
+//! set, and `1 << (b >> 4)` (zero for bytes ≥ 0x80) picks the bit.
+//!
+//! Three kernels compute the same masks: AVX2 (2 × 32 bytes), SSSE3
+//! (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
+//! runtime feature detection; the tests check that all available kernels
+//! agree on random input. The masks are only hints for where to look: every
+//! validator re-reads the bytes.
+
+/// Bytes per block (one bit per byte in a `u64`).
+pub(crate) const BLOCK: usize = 64;
+/// Blocks classified per call (1 KiB), so tables stay in registers.
+pub(crate) const CHUNK_BLOCKS: usize = 16;
+
+const CLASS_DIGIT: u8 = 1;
+const CLASS_GLUE: u8 = 2;
+const CLASS_SPACE: u8 = 4;
+const CLASS_DASH: u8 = 8;
+const CLASS_DOT: u8 = 16;
+/// `A`–`O` (0x41–0x4f) and `P`–`Z` (0x50–0x5a): two rectangles.
+const CLASS_UPPER_4: u8 = 32;
+const CLASS_UPPER_5: u8 = 64;
+
+/// Per low nibble: which classes a byte with this low nibble may be in.
+const CLS_LO: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 10 {
+        t[i] |= CLASS_DIGIT;
+        i += 1;
+    }
+    // ' ' 0x20, '(' 0x28, ')' 0x29, '+' 0x2b, '-' 0x2d, '.' 0x2e
+    t[0x0] |= CLASS_GLUE | CLASS_SPACE;
+    t[0x8] |= CLASS_GLUE;
+    t[0x9] |= CLASS_GLUE;
+    t[0xb] |= CLASS_GLUE;
+    t[0xd] |= CLASS_GLUE | CLASS_DASH;
+    t[0xe] |= CLASS_GLUE | CLASS_DOT;
+    let mut i = 0;
+    while i < 16 {
+        if i >= 1 {
+            t[i] |= CLASS_UPPER_4;
+        }
+        if i <= 10 {
+            t[i] |= CLASS_UPPER_5;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Per high nibble: which classes live in that row of the ASCII table.
+const CLS_HI: [u8; 16] = {
+    let mut t = [0u8; 16];
+    t[0x2] = CLASS_GLUE | CLASS_SPACE | CLASS_DASH | CLASS_DOT;
+    t[0x3] = CLASS_DIGIT;
+    t[0x4] = CLASS_UPPER_4;
+    t[0x5] = CLASS_UPPER_5;
+    t
+};
+
+/// `1 << hi` for ASCII high nibbles, 0 for bytes ≥ 0x80.
+const HI_BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// True for the glue characters (kept in one place for the scalar code).
+#[inline]
+pub(crate) fn is_glue(b: u8) -> bool {
+    matches!(b, b' ' | b'(' | b')' | b'+' | b'-' | b'.')
+}
+
+/// The masks of one block.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct BlockMasks {
+    pub digit: u64,
+    pub glue: u64,
+    pub space: u64,
+    pub dash: u64,
+    pub dot: u64,
+    pub upper: u64,
+    pub anchor: u64,
+}
+
+impl BlockMasks {
+    /// Keep only the bits in `keep`.
+    #[inline]
+    pub(crate) fn and(&mut self, keep: u64) {
+        self.digit &= keep;
+        self.glue &= keep;
+        self.space &= keep;
+        self.dash &= keep;
+        self.dot &= keep;
+        self.upper &= keep;
+        self.anchor &= keep;
+    }
+}
+
+/// Which implementation classifies the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Ssse3,
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+            if std::arch::is_x86_feature_detected!("ssse3") {
+                return Kernel::Ssse3;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Ssse3 => std::arch::is_x86_feature_detected!("ssse3"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// Classification tables for one anchor set, plus the kernel to use.
+#[derive(Clone, Debug)]
+pub(crate) struct Classifier {
+    kernel: Kernel,
+    /// Per low nibble, a bit per high nibble (0–7) whose byte is an anchor.
+    anchor_lo: [u8; 16],
+    /// Scalar: the class bits, and bit 7 for anchors.
+    table: [u8; 256],
+}
+
+impl Classifier {
+    /// `anchors` must be ASCII. `kernel` must be available on this CPU.
+    pub(crate) fn new(anchors: &[u8], kernel: Kernel) -> Classifier {
+        assert!(kernel.available(), "kernel {kernel:?} not supported here");
+        let mut anchor_lo = [0u8; 16];
+        let mut table = [0u8; 256];
+        for &a in anchors {
+            assert!(a < 0x80, "anchor bytes must be ASCII");
+            anchor_lo[(a & 15) as usize] |= 1 << (a >> 4);
+            table[a as usize] |= 128;
+        }
+        for b in 0..=255u8 {
+            let cls = CLS_LO[(b & 15) as usize] & CLS_HI[(b >> 4) as usize];
+            table[b as usize] |= cls;
+        }
+        Classifier {
+            kernel,
+            anchor_lo,
+            table,
+        }
+    }
+
+    pub(crate) fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Classify up to `CHUNK_BLOCKS` blocks from the front of `data` into
+    /// `out`; returns how many blocks were filled. A final partial block is
+    /// classified as if padded with zero bytes (which are in no class).
+    pub(crate) fn classify_chunk(
+        &self,
+        data: &[u8],
+        out: &mut [BlockMasks; CHUNK_BLOCKS],
+    ) -> usize {
+        let whole = (data.len() / BLOCK).min(CHUNK_BLOCKS);
+        let (blocks, _) = data[..whole * BLOCK].as_chunks::<BLOCK>();
+        self.blocks(blocks, &mut out[..whole]);
+        if whole == CHUNK_BLOCKS || whole * BLOCK == data.len() {
+            return whole;
+        }
+        let rest = &data[whole * BLOCK..];
+        let mut pad = [[0u8; BLOCK]];
+        pad[0][..rest.len()].copy_from_slice(rest);
+        self.blocks(&pad, &mut out[whole..whole + 1]);
+        whole + 1
+    }
+
+    /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
+    #[inline]
+    pub(crate) fn classify_one(&self, data: &[u8]) -> BlockMasks {
+        let mut pad = [[0u8; BLOCK]];
+        pad[0][..data.len()].copy_from_slice(data);
+        let mut out = [BlockMasks::default()];
+        self.blocks(&pad, &mut out);
+        out[0]
+    }
+
+    #[inline]
+    fn blocks(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
+            Kernel::Avx2 => unsafe { x86::blocks_avx2(blocks, &self.anchor_lo, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
+            Kernel::Ssse3 => unsafe { x86::blocks_ssse3(blocks, &self.anchor_lo, out) },
+            _ => {
+                for (b, o) in blocks.iter().zip(out) {
+                    *o = self.block_scalar(b);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn block_scalar(&self, block: &[u8; BLOCK]) -> BlockMasks {
+        let mut m = BlockMasks::default();
+        for (i, &b) in block.iter().enumerate() {
+            let c = self.table[b as usize] as u64;
+            m.digit |= (c & 1) << i;
+            m.glue |= ((c >> 1) & 1) << i;
+            m.space |= ((c >> 2) & 1) << i;
+            m.dash |= ((c >> 3) & 1) << i;
+            m.dot |= ((c >> 4) & 1) << i;
+            m.upper |= (((c >> 5) | (c >> 6)) & 1) << i;
+            m.anchor |= ((c >> 7) & 1) << i;
+        }
+        m
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{
+        BlockMasks, BLOCK, CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE,
+        CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI, CLS_LO, HI_BIT,
+    };
+    use std::arch::x86_64::*;
+
+    /// AVX2 classification of whole blocks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn blocks_avx2(
+        blocks: &[[u8; BLOCK]],
+        anchor_lo: &[u8; 16],
+        out: &mut [BlockMasks],
+    ) {
+        // SAFETY (every load below): the pointer comes from a reference to an
+        // array of at least as many bytes as the load reads (16 or 32), and
+        // `loadu` has no alignment requirement.
+        let ld16 = |p: &[u8; 16]| unsafe { _mm_loadu_si128(p.as_ptr() as *const __m128i) };
+        let cls_lo = _mm256_broadcastsi128_si256(ld16(&CLS_LO));
+        let cls_hi = _mm256_broadcastsi128_si256(ld16(&CLS_HI));
+        let hi_bit = _mm256_broadcastsi128_si256(ld16(&HI_BIT));
+        let anc_lo = _mm256_broadcastsi128_si256(ld16(anchor_lo));
+        let nib = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let bit = |c: u8| _mm256_set1_epi8(c as i8);
+        let (digit_bit, glue_bit, space_bit) =
+            (bit(CLASS_DIGIT), bit(CLASS_GLUE), bit(CLASS_SPACE));
+        let (dash_bit, dot_bit) = (bit(CLASS_DASH), bit(CLASS_DOT));
+        let upper_bits = bit(CLASS_UPPER_4 | CLASS_UPPER_5);
+        for (block, o) in blocks.iter().zip(out) {
+            let mut m = BlockMasks::default();
+            for half in 0..2 {
+                // SAFETY: `block` has 64 bytes; `half * 32 + 32 <= 64`.
+                let v =
+                    unsafe { _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i) };
+                let lo = _mm256_and_si256(v, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                let cls = _mm256_and_si256(
+                    _mm256_shuffle_epi8(cls_lo, lo),
+                    _mm256_shuffle_epi8(cls_hi, hi),
+                );
+                let has = |b: __m256i| {
+                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(cls, b), b)) as u32
+                        as u64
+                };
+                let a = _mm256_and_si256(
+                    _mm256_shuffle_epi8(anc_lo, lo),
+                    _mm256_shuffle_epi8(hi_bit, hi),
+                );
+                let not_a = _mm256_cmpeq_epi8(a, zero);
+                let shift = 32 * half;
+                m.digit |= has(digit_bit) << shift;
+                m.glue |= has(glue_bit) << shift;
+                m.space |= has(space_bit) << shift;
+                m.dash |= has(dash_bit) << shift;
+                m.dot |= has(dot_bit) << shift;
+                let up = _mm256_cmpeq_epi8(_mm256_and_si256(cls, upper_bits), zero);
+                m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
+                m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
+            }
+            *o = m;
+        }
+    }
+
+    /// SSSE3 classification of whole blocks.
+    ///
+    /// # Safety
+    /// The CPU must support SSSE3.
+    #[target_feature(enable = "ssse3")]
+    pub(super) unsafe fn blocks_ssse3(
+        blocks: &[[u8; BLOCK]],
+        anchor_lo: &[u8; 16],
+        out: &mut [BlockMasks],
+    ) {
+        // SAFETY (every load below): the pointer comes from a reference to an
+        // array of at least 16 bytes, and `loadu` has no alignment requirement.
+        let ld16 = |p: &[u8; 16]| unsafe { _mm_loadu_si128(p.as_ptr() as *const __m128i) };
+        let cls_lo = ld16(&CLS_LO);
+        let cls_hi = ld16(&CLS_HI);
+        let hi_bit = ld16(&HI_BIT);
+        let anc_lo = ld16(anchor_lo);
+        let nib = _mm_set1_epi8(0x0f);
+        let zero = _mm_setzero_si128();
+        let bit = |c: u8| _mm_set1_epi8(c as i8);
+        let (digit_bit, glue_bit, space_bit) =
+            (bit(CLASS_DIGIT), bit(CLASS_GLUE), bit(CLASS_SPACE));
+        let (dash_bit, dot_bit) = (bit(CLASS_DASH), bit(CLASS_DOT));
+        let upper_bits = bit(CLASS_UPPER_4 | CLASS_UPPER_5);
+        for (block, o) in blocks.iter().zip(out) {
+            let mut m = BlockMasks::default();
+            for q in 0..4 {
+                // SAFETY: `block` has 64 bytes; `q * 16 + 16 <= 64`.
+                let v = unsafe { _mm_loadu_si128(block.as_ptr().add(q * 16) as *const __m128i) };
+                let lo = _mm_and_si128(v, nib);
+                let hi = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
+                let cls = _mm_and_si128(_mm_shuffle_epi8(cls_lo, lo), _mm_shuffle_epi8(cls_hi, hi));
+                let has = |b: __m128i| {
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(cls, b), b)) as u32 as u64
+                        & 0xffff
+                };
+                let a = _mm_and_si128(_mm_shuffle_epi8(anc_lo, lo), _mm_shuffle_epi8(hi_bit, hi));
+                let not_a = _mm_cmpeq_epi8(a, zero);
+                let shift = 16 * q;
+                m.digit |= has(digit_bit) << shift;
+                m.glue |= has(glue_bit) << shift;
+                m.space |= has(space_bit) << shift;
+                m.dash |= has(dash_bit) << shift;
+                m.dot |= has(dot_bit) << shift;
+                let up = _mm_cmpeq_epi8(_mm_and_si128(cls, upper_bits), zero);
+                m.upper |= (!(_mm_movemask_epi8(up) as u32) as u64 & 0xffff) << shift;
+                m.anchor |= (!(_mm_movemask_epi8(not_a) as u32) as u64 & 0xffff) << shift;
+            }
+            *o = m;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ANCHORS: &[u8] = b"@JKSz_xBb:";
+
+    fn all_kernels() -> Vec<Kernel> {
+        [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+
+    #[test]
+    fn scalar_masks_are_what_the_classes_say() {
+        let c = Classifier::new(ANCHORS, Kernel::Scalar);
+        let mut block = [0u8; BLOCK];
+        for (i, b) in block.iter_mut().enumerate() {
+            *b = b" 0a9-.(x)+@J_Z\xff\x80"[i % 16];
+        }
+        let m = c.block_scalar(&block);
+        for (i, &b) in block.iter().enumerate() {
+            assert_eq!(m.digit >> i & 1 == 1, b.is_ascii_digit(), "byte {b}");
+            assert_eq!(m.glue >> i & 1 == 1, is_glue(b), "byte {b}");
+            assert_eq!(m.anchor >> i & 1 == 1, ANCHORS.contains(&b), "byte {b}");
+            assert_eq!(m.space >> i & 1 == 1, b == b' ', "byte {b}");
+            assert_eq!(m.dash >> i & 1 == 1, b == b'-', "byte {b}");
+            assert_eq!(m.dot >> i & 1 == 1, b == b'.', "byte {b}");
+            assert_eq!(m.upper >> i & 1 == 1, b.is_ascii_uppercase(), "byte {b}");
+        }
+    }
+
+    #[test]
+    fn every_byte_value_agrees_across_kernels() {
+        for k in all_kernels() {
+            let c = Classifier::new(ANCHORS, k);
+            let s = Classifier::new(ANCHORS, Kernel::Scalar);
+            for start in (0..256).step_by(BLOCK) {
+                let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
+                let mut got = [BlockMasks::default()];
+                c.blocks(&[block], &mut got);
+                assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn kernels_agree_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..700),
+                                         anchors in proptest::collection::vec(0u8..0x80, 0..12)) {
+            let reference = Classifier::new(&anchors, Kernel::Scalar);
+            let mut want = [BlockMasks::default(); CHUNK_BLOCKS];
+            let nw = reference.classify_chunk(&data, &mut want);
+            for k in all_kernels() {
+                let c = Classifier::new(&anchors, k);
+                let mut got = [BlockMasks::default(); CHUNK_BLOCKS];
+                let ng = c.classify_chunk(&data, &mut got);
+                prop_assert_eq!(ng, nw);
+                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
+            }
+        }
+    }
+}

@@ -1,0 +1,947 @@
+//! Validators: given a candidate position found by the SIMD scan, decide
+//! whether a sensitive value is there and mask it in place (same length).
+//!
+//! Every function here reads the bytes themselves; the block masks only say
+//! where to look. All functions are bounds-checked scalar code without
+//! allocation.
+
+use super::classify::is_glue;
+
+/// Compiled mask format (see [`super::MaskFormat`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fmt {
+    pub ch: u8,
+    pub keep_punct: bool,
+    pub card_keep: usize,
+    pub ssn_keep: usize,
+    pub iban_keep: usize,
+    pub phone_keep: usize,
+    pub email_keep_tld: bool,
+    pub keep_prefix: bool,
+}
+
+#[inline]
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+#[inline]
+fn b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// The value starting at `p` is not glued to a preceding word. A letter
+/// right after a backslash counts as a boundary: COPY text format writes a
+/// newline in a value as `\n`.
+#[inline]
+pub(crate) fn boundary_before(buf: &[u8], p: usize) -> bool {
+    p == 0 || !alnum(buf[p - 1]) || (p >= 2 && buf[p - 2] == b'\\')
+}
+
+/// The value ending before `p` is not glued to a following word.
+#[inline]
+pub(crate) fn boundary_after(buf: &[u8], p: usize) -> bool {
+    p >= buf.len() || !alnum(buf[p])
+}
+
+/// Mask `[start, end)`: letters and digits (and, unless punctuation is kept,
+/// everything else, non-ASCII bytes included) become the mask character,
+/// except the last `keep` letters or digits.
+pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
+    let mut keep = keep;
+    for b in buf[start..end].iter_mut().rev() {
+        if alnum(*b) {
+            if keep > 0 {
+                keep -= 1;
+            } else {
+                *b = f.ch;
+            }
+        } else if *b >= 0x80 || (!f.keep_punct && !structural(*b)) {
+            *b = f.ch;
+        }
+    }
+}
+
+/// Bytes never masked, so an in-place rewrite cannot break the quoting or
+/// field structure of CSV, COPY text or JSON around the value.
+#[inline]
+fn structural(b: u8) -> bool {
+    matches!(
+        b,
+        b'"' | b'\'' | b'\\' | b'\t' | b'\n' | b'\r' | b',' | b'|' | 0
+    )
+}
+
+/// Length of the run of bytes from `p` satisfying `pred`, at most `max`.
+#[inline]
+fn run(buf: &[u8], p: usize, max: usize, pred: impl Fn(u8) -> bool) -> usize {
+    let end = buf.len().min(p.saturating_add(max));
+    buf[p.min(end)..end]
+        .iter()
+        .position(|&b| !pred(b))
+        .unwrap_or(end - p.min(end))
+}
+
+// ---------------------------------------------------------------------------
+// Digit groups: cards, SSNs, phone numbers, IPv4.
+
+/// Most digit groups looked at together; longer runs are walked in
+/// overlapping windows.
+pub(crate) const MAX_GROUPS: usize = 24;
+const WINDOW_OVERLAP: usize = 8;
+
+/// The separator before a digit group: its length (3 = longer) and first
+/// two bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Sep {
+    len: u8,
+    a: u8,
+    b: u8,
+}
+
+impl Sep {
+    #[inline]
+    fn single(self, c: u8) -> bool {
+        self.len == 1 && self.a == c
+    }
+    /// Cards: one space or one dash.
+    #[inline]
+    fn card(self) -> bool {
+        self.single(b' ') || self.single(b'-')
+    }
+    /// Phones: one or two of `space - . ( )`.
+    #[inline]
+    fn phone(self) -> bool {
+        let ok = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')');
+        (self.len == 1 && ok(self.a)) || (self.len == 2 && ok(self.a) && ok(self.b))
+    }
+    /// National numbers: one space, dash or dot.
+    #[inline]
+    fn plain(self) -> bool {
+        self.single(b' ') || self.single(b'-') || self.single(b'.')
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Group {
+    start: u32,
+    end: u32,
+    /// Separator before this group (none for the first).
+    sep: Sep,
+}
+
+impl Group {
+    #[inline]
+    fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    #[inline]
+    fn start(&self) -> usize {
+        self.start as usize
+    }
+    #[inline]
+    fn end(&self) -> usize {
+        self.end as usize
+    }
+}
+
+/// Which digit detectors are on.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DigitDetectors {
+    pub card: bool,
+    pub ssn: bool,
+    pub phone: bool,
+    pub ipv4: bool,
+}
+
+impl DigitDetectors {
+    pub fn any(&self) -> bool {
+        self.card || self.ssn || self.phone || self.ipv4
+    }
+}
+
+/// Hits found in one digit run, by detector.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DigitHits {
+    pub card: u32,
+    pub ssn: u32,
+    pub phone: u32,
+    pub ipv4: u32,
+}
+
+/// Split the digit run starting at `pos` (a digit) into groups, stopping at
+/// `end`, at the first byte that is neither a digit nor glue, or after
+/// `MAX_GROUPS` groups. Returns the number of groups.
+fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -> usize {
+    let end = end.min(buf.len());
+    let mut ng = 0;
+    let mut sep = Sep::default();
+    while i < end && ng < MAX_GROUPS {
+        let b = buf[i];
+        if b.is_ascii_digit() {
+            let s = i;
+            while i < end && buf[i].is_ascii_digit() {
+                i += 1;
+            }
+            g[ng] = Group {
+                start: s as u32,
+                end: i as u32,
+                sep,
+            };
+            ng += 1;
+            sep = Sep::default();
+        } else if is_glue(b) {
+            match sep.len {
+                0 => sep.a = b,
+                1 => sep.b = b,
+                _ => {}
+            }
+            sep.len = (sep.len + 1).min(3);
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    ng
+}
+
+/// Look for cards, SSNs, phones and IPv4 addresses in the digit run that
+/// starts at `first` (a digit) and ends at most at `end`; mask them.
+pub(crate) fn digit_run(
+    buf: &mut [u8],
+    first: usize,
+    end: usize,
+    on: DigitDetectors,
+    f: &Fmt,
+) -> DigitHits {
+    let mut hits = DigitHits::default();
+    let mut g = [Group::default(); MAX_GROUPS];
+    let mut pos = first;
+    loop {
+        let ng = tokenize(buf, pos, end, &mut g);
+        window(buf, &g[..ng], on, f, &mut hits);
+        if ng < MAX_GROUPS {
+            break;
+        }
+        pos = g[ng - WINDOW_OVERLAP].start();
+    }
+    hits
+}
+
+fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut DigitHits) {
+    let ng = g.len();
+    let mut used: u64 = 0;
+    let free = |used: u64, a: usize, b: usize| (used >> a) & ((1u64 << (b - a + 1)) - 1) == 0;
+    let take = |used: &mut u64, a: usize, b: usize| *used |= ((1u64 << (b - a + 1)) - 1) << a;
+    // A value starting at group k has a clean left edge: the first group
+    // needs a word boundary; later ones are preceded by glue.
+    // A card is not a slice of a longer number written the same way: the
+    // groups next to it must not be joined by its own separator.
+    let left_ok = |buf: &[u8], k: usize, inner: Option<Sep>| {
+        if k == 0 {
+            boundary_before(buf, g[0].start())
+        } else {
+            inner != Some(g[k].sep)
+        }
+    };
+    let right_ok = |buf: &[u8], j: usize, inner: Option<Sep>| {
+        if j + 1 == ng {
+            boundary_after(buf, g[j].end())
+        } else {
+            inner != Some(g[j + 1].sep)
+        }
+    };
+
+    if on.ssn {
+        for k in 0..ng.saturating_sub(2) {
+            let (a, b, c) = (&g[k], &g[k + 1], &g[k + 2]);
+            if a.len() != 3 || b.len() != 2 || c.len() != 4 || !free(used, k, k + 2) {
+                continue;
+            }
+            let s = b.sep;
+            if c.sep != s || !(s.single(b'-') || s.single(b' ')) {
+                continue;
+            }
+            if isolated_left(buf, g, k)
+                && isolated_right(buf, g, k + 2)
+                && ssn_valid(buf, a.start(), b.start(), c.start())
+            {
+                mask_range(buf, a.start(), c.end(), f.ssn_keep, f);
+                take(&mut used, k, k + 2);
+                hits.ssn += 1;
+            }
+        }
+    }
+
+    if on.card {
+        let mut k = 0;
+        while k < ng {
+            let mut found = None;
+            if free(used, k, k) {
+                let sep = if k + 1 < ng {
+                    g[k + 1].sep
+                } else {
+                    Sep::default()
+                };
+                let mut total = 0;
+                for j in k..ng {
+                    if !free(used, j, j) || (j > k && (!g[j].sep.card() || g[j].sep != sep)) {
+                        break;
+                    }
+                    total += g[j].len();
+                    if total > 19 {
+                        break;
+                    }
+                    let inner = (j > k).then_some(sep);
+                    if total >= 13
+                        && left_ok(buf, k, inner)
+                        && right_ok(buf, j, inner)
+                        && card_valid(buf, &g[k..=j], total)
+                    {
+                        found = Some(j);
+                        break;
+                    }
+                }
+            }
+            if let Some(j) = found {
+                mask_range(buf, g[k].start(), g[j].end(), f.card_keep, f);
+                take(&mut used, k, j);
+                hits.card += 1;
+                k = j + 1;
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    if on.phone {
+        let mut k = 0;
+        while k < ng {
+            match phone_at(buf, g, k, used) {
+                Some((start, j)) => {
+                    mask_range(buf, start, g[j].end(), f.phone_keep, f);
+                    take(&mut used, k, j);
+                    hits.phone += 1;
+                    k = j + 1;
+                }
+                None => k += 1,
+            }
+        }
+    }
+
+    if on.ipv4 {
+        for k in 0..ng.saturating_sub(3) {
+            if !free(used, k, k + 3) {
+                continue;
+            }
+            let dots = (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
+            let octets = (k..k + 4).all(|i| {
+                let d = &buf[g[i].start()..g[i].end()];
+                d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
+            });
+            let left = isolated_left(buf, g, k)
+                && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.');
+            let right = isolated_right(buf, g, k + 3)
+                && !(buf.get(g[k + 3].end()) == Some(&b'.')
+                    && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit));
+            if dots && octets && left && right {
+                mask_range(buf, g[k].start(), g[k + 3].end(), 0, f);
+                take(&mut used, k, k + 3);
+                hits.ipv4 += 1;
+            }
+        }
+    }
+}
+
+/// Group `k` starts a value: it begins the run at a word boundary, or the
+/// separator before it is more than one character (`, ` is not glue, so a
+/// one-character separator means the digits before may belong to it).
+#[inline]
+fn isolated_left(buf: &[u8], g: &[Group], k: usize) -> bool {
+    if k == 0 {
+        boundary_before(buf, g[0].start())
+    } else {
+        g[k].sep.len >= 2
+    }
+}
+
+/// Group `j` ends a value: the run ends there at a word boundary, or the
+/// separator after it is more than one character.
+#[inline]
+fn isolated_right(buf: &[u8], g: &[Group], j: usize) -> bool {
+    if j + 1 == g.len() {
+        boundary_after(buf, g[j].end())
+    } else {
+        g[j + 1].sep.len >= 2
+    }
+}
+
+/// Area 001–899 except 666, group 01–99, serial 0001–9999, and not one of
+/// the numbers famously printed in advertising.
+fn ssn_valid(buf: &[u8], a: usize, g: usize, s: usize) -> bool {
+    let num = |p: usize, n: usize| {
+        buf[p..p + n]
+            .iter()
+            .fold(0u32, |v, &c| v * 10 + (c - b'0') as u32)
+    };
+    let (area, group, serial) = (num(a, 3), num(g, 2), num(s, 4));
+    area != 0
+        && area != 666
+        && area < 900
+        && group != 0
+        && serial != 0
+        && !matches!((area, group, serial), (78, 5, 1120) | (219, 9, 9999))
+}
+
+/// Issuer prefix and length plausible, Luhn check digit valid.
+fn card_valid(buf: &[u8], groups: &[Group], total: usize) -> bool {
+    // First four digits as a number (fewer if the first groups are short).
+    let mut lead = 0u32;
+    let mut nlead = 0;
+    'outer: for gr in groups {
+        for &c in &buf[gr.start()..gr.end()] {
+            lead = lead * 10 + (c - b'0') as u32;
+            nlead += 1;
+            if nlead == 4 {
+                break 'outer;
+            }
+        }
+    }
+    if !issuer_ok(lead, total) {
+        return false;
+    }
+    let mut sum = 0u32;
+    let mut double = false;
+    for gr in groups.iter().rev() {
+        for &c in buf[gr.start()..gr.end()].iter().rev() {
+            let mut d = (c - b'0') as u32;
+            if double {
+                d *= 2;
+                if d > 9 {
+                    d -= 9;
+                }
+            }
+            sum += d;
+            double = !double;
+        }
+    }
+    sum.is_multiple_of(10)
+}
+
+/// Known issuer identification ranges (first four digits) and their lengths.
+fn issuer_ok(lead4: u32, len: usize) -> bool {
+    let l2 = lead4 / 100;
+    let l3 = lead4 / 10;
+    let l1 = lead4 / 1000;
+    match l1 {
+        // Visa
+        4 => matches!(len, 13 | 16 | 19),
+        // Mastercard 51–55; Mastercard 2-series 2221–2720; Mir 2200–2204
+        5 => match l2 {
+            51..=55 => len == 16,
+            // Maestro 50, 56–58
+            50 | 56..=58 => (13..=19).contains(&len),
+            _ => false,
+        },
+        2 => {
+            ((2221..=2720).contains(&lead4) && len == 16)
+                || ((2200..=2204).contains(&lead4) && (16..=19).contains(&len))
+        }
+        // Amex 34/37, JCB 3528–3589, Diners 300–305, 3095, 36, 38–39
+        3 => {
+            ((l2 == 34 || l2 == 37) && len == 15)
+                || ((3528..=3589).contains(&lead4) && (16..=19).contains(&len))
+                || (((300..=305).contains(&l3)
+                    || lead4 == 3095
+                    || l2 == 36
+                    || l2 == 38
+                    || l2 == 39)
+                    && (14..=19).contains(&len))
+        }
+        // Discover 6011, 644–649, 65; UnionPay 62; Maestro/RuPay 60, 63, 67
+        6 => (16..=19).contains(&len) || (matches!(l2, 63 | 67) && (13..=19).contains(&len)),
+        // UnionPay 81
+        8 => l2 == 81 && (16..=19).contains(&len),
+        _ => false,
+    }
+}
+
+/// A phone number starting at group `k`: returns where its text starts (a
+/// `+` or `(` before the digits included) and its last group.
+fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usize)> {
+    let ng = g.len();
+    let free = |i: usize| (used >> i) & 1 == 0;
+    if !free(k) {
+        return None;
+    }
+    let s = g[k].start();
+    let before = if s > 0 { buf[s - 1] } else { 0 };
+
+    // E.164: `+`, then 9–15 digits in groups joined by phone separators.
+    if before == b'+' && boundary_before(buf, s - 1) {
+        let mut total = 0;
+        let mut best = None;
+        for j in k..ng {
+            if !free(j) || (j > k && !g[j].sep.phone()) {
+                break;
+            }
+            total += g[j].len();
+            if total > 15 {
+                break;
+            }
+            if total >= 9 && isolated_right(buf, g, j) {
+                best = Some(j);
+            }
+        }
+        return best.map(|j| (s - 1, j));
+    }
+
+    // North American: [1] (NPA) NXX XXXX.
+    let lead1 = g[k].len() == 1 && buf[s] == b'1';
+    let ka = if lead1 { k + 1 } else { k };
+    if ka + 2 < ng
+        && (ka..ka + 3).all(free)
+        && g[ka].len() == 3
+        && g[ka + 1].len() == 3
+        && g[ka + 2].len() == 4
+        && (!lead1 || g[ka].sep.phone())
+        && g[ka + 1].sep.phone()
+        && g[ka + 2].sep.phone()
+        && (b'2'..=b'9').contains(&buf[g[ka].start()])
+        && (b'2'..=b'9').contains(&buf[g[ka + 1].start()])
+        && isolated_right(buf, g, ka + 2)
+    {
+        if before == b'(' && boundary_before(buf, s - 1) {
+            return Some((s - 1, ka + 2));
+        }
+        if isolated_left(buf, g, k) {
+            return Some((s, ka + 2));
+        }
+    }
+
+    // Trunk-0 national: 0…, groups of 2–5 digits joined by one consistent
+    // space, dash or dot, 10–11 digits in all.
+    if buf[s] == b'0' && (2..=5).contains(&g[k].len()) && k + 1 < ng && isolated_left(buf, g, k) {
+        let sep = g[k + 1].sep;
+        if sep.plain() {
+            let mut total = g[k].len();
+            let mut last = k;
+            for (j, gj) in g.iter().enumerate().skip(k + 1) {
+                if !free(j)
+                    || gj.sep != sep
+                    || !(2..=5).contains(&gj.len())
+                    || total + gj.len() > 11
+                {
+                    break;
+                }
+                total += gj.len();
+                last = j;
+            }
+            if (10..=11).contains(&total) && isolated_right(buf, g, last) {
+                return Some((s, last));
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// IBAN (found from a digit run preceded by two capital letters).
+
+/// IBAN length by country code.
+fn iban_len(c0: u8, c1: u8) -> Option<usize> {
+    const TABLE: &[(&[u8; 2], u8)] = &[
+        (b"AD", 24),
+        (b"AE", 23),
+        (b"AL", 28),
+        (b"AT", 20),
+        (b"AZ", 28),
+        (b"BA", 20),
+        (b"BE", 16),
+        (b"BG", 22),
+        (b"BH", 22),
+        (b"BR", 29),
+        (b"BY", 28),
+        (b"CH", 21),
+        (b"CR", 22),
+        (b"CY", 28),
+        (b"CZ", 24),
+        (b"DE", 22),
+        (b"DK", 18),
+        (b"DO", 28),
+        (b"EE", 20),
+        (b"EG", 29),
+        (b"ES", 24),
+        (b"FI", 18),
+        (b"FO", 18),
+        (b"FR", 27),
+        (b"GB", 22),
+        (b"GE", 22),
+        (b"GI", 23),
+        (b"GL", 18),
+        (b"GR", 27),
+        (b"GT", 28),
+        (b"HR", 21),
+        (b"HU", 28),
+        (b"IE", 22),
+        (b"IL", 23),
+        (b"IQ", 23),
+        (b"IS", 26),
+        (b"IT", 27),
+        (b"JO", 30),
+        (b"KW", 30),
+        (b"KZ", 20),
+        (b"LB", 28),
+        (b"LC", 32),
+        (b"LI", 21),
+        (b"LT", 20),
+        (b"LU", 20),
+        (b"LV", 21),
+        (b"MC", 27),
+        (b"MD", 24),
+        (b"ME", 22),
+        (b"MK", 19),
+        (b"MR", 27),
+        (b"MT", 31),
+        (b"MU", 30),
+        (b"NL", 18),
+        (b"NO", 15),
+        (b"PK", 24),
+        (b"PL", 28),
+        (b"PS", 29),
+        (b"PT", 25),
+        (b"QA", 29),
+        (b"RO", 24),
+        (b"RS", 22),
+        (b"SA", 24),
+        (b"SC", 31),
+        (b"SE", 24),
+        (b"SI", 19),
+        (b"SK", 24),
+        (b"SM", 27),
+        (b"ST", 25),
+        (b"SV", 28),
+        (b"TL", 23),
+        (b"TN", 24),
+        (b"TR", 26),
+        (b"UA", 29),
+        (b"VA", 22),
+        (b"VG", 24),
+        (b"XK", 20),
+    ];
+    TABLE
+        .iter()
+        .find(|(cc, _)| cc[0] == c0 && cc[1] == c1)
+        .map(|&(_, l)| l as usize)
+}
+
+/// Countries the IBAN detector knows (for tests and corpus generation).
+pub fn iban_countries() -> impl Iterator<Item = ([u8; 2], usize)> {
+    (b'A'..=b'Z')
+        .flat_map(|a| (b'A'..=b'Z').map(move |b| [a, b]))
+        .filter_map(|c| iban_len(c[0], c[1]).map(|l| (c, l)))
+}
+
+/// An IBAN starting at `s` (its country code); masks it and returns its end.
+pub(crate) fn iban(buf: &mut [u8], s: usize, f: &Fmt) -> Option<usize> {
+    if s + 4 > buf.len() || !boundary_before(buf, s) {
+        return None;
+    }
+    let len = iban_len(buf[s], buf[s + 1])?;
+    let mut chars = [0u8; 34];
+    let mut n = 0;
+    let mut i = s;
+    while n < len {
+        let c = *buf.get(i)?;
+        if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            chars[n] = c;
+            n += 1;
+            i += 1;
+        } else if c == b' ' && n % 4 == 0 && buf.get(i + 1).is_some_and(|b| alnum(*b)) {
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    if !boundary_after(buf, i) || !chars[2].is_ascii_digit() || !chars[3].is_ascii_digit() {
+        return None;
+    }
+    let mut rem = 0u32;
+    for &c in chars[4..len].iter().chain(&chars[..4]) {
+        rem = if c.is_ascii_digit() {
+            (rem * 10 + (c - b'0') as u32) % 97
+        } else {
+            (rem * 100 + (c - b'A' + 10) as u32) % 97
+        };
+    }
+    if rem != 1 {
+        return None;
+    }
+    mask_range(buf, s + 2, i, f.iban_keep, f);
+    Some(i)
+}
+
+// ---------------------------------------------------------------------------
+// Anchored detectors. Each gets the anchor byte's position `p`, returns the
+// end of what it masked.
+
+/// E-mail address around the `@` at `at`.
+pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
+    let local = |b: u8| alnum(b) || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'*');
+    let mut ls = at;
+    while ls > 0 && at - ls < 64 && local(buf[ls - 1]) {
+        ls -= 1;
+    }
+    while ls < at && buf[ls] == b'.' {
+        ls += 1;
+    }
+    if ls == at {
+        return None;
+    }
+    let n = buf.len();
+    let mut i = at + 1;
+    let mut labels = 0;
+    let mut tld = i;
+    loop {
+        let l = run(buf, i, 63, |b| alnum(b) || b == b'-');
+        if l == 0 {
+            break;
+        }
+        tld = i;
+        i += l;
+        labels += 1;
+        if i + 1 < n && buf[i] == b'.' && alnum(buf[i + 1]) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if labels < 2 || i - tld < 2 || !buf[tld..i].iter().all(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    let dom_end = if f.email_keep_tld { tld } else { i };
+    if f.keep_punct {
+        mask_range(buf, ls, at, 0, f);
+        mask_range(buf, at + 1, dom_end, 0, f);
+    } else {
+        mask_range(buf, ls, dom_end, 0, f);
+    }
+    Some(i)
+}
+
+/// JWT: `ey…`.`…`.`…` with the `J` of `eyJ` at `p`.
+pub(crate) fn jwt(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if p < 2 || &buf[p - 2..p] != b"ey" {
+        return None;
+    }
+    let s = p - 2;
+    if s > 0 && (b64url(buf[s - 1]) || buf[s - 1] == b'.') {
+        return None;
+    }
+    let l1 = run(buf, s, 8192, b64url);
+    let dot1 = s + l1;
+    if l1 < 10 || buf.get(dot1) != Some(&b'.') {
+        return None;
+    }
+    let l2 = run(buf, dot1 + 1, 1 << 16, b64url);
+    let dot2 = dot1 + 1 + l2;
+    if l2 < 2 || buf.get(dot2) != Some(&b'.') {
+        return None;
+    }
+    let l3 = run(buf, dot2 + 1, 8192, b64url);
+    let end = dot2 + 1 + l3;
+    for b in &mut buf[s..end] {
+        if *b != b'.' {
+            *b = f.ch;
+        }
+    }
+    Some(end)
+}
+
+/// Mask `[body, end)` of a token whose fixed prefix starts at `s`.
+fn mask_token(buf: &mut [u8], s: usize, body: usize, end: usize, f: &Fmt) {
+    let from = if f.keep_prefix { body } else { s };
+    let all = Fmt {
+        keep_punct: false,
+        ..*f
+    };
+    mask_range(buf, from, end, 0, &all);
+}
+
+/// AWS access key id `AKIA`/`ASIA` + 16, with the `K`/`S` at `p`.
+pub(crate) fn aws(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if p < 1 || buf[p - 1] != b'A' || buf.get(p + 1..p + 3) != Some(b"IA") {
+        return None;
+    }
+    let s = p - 1;
+    let body = s + 4;
+    let l = run(buf, body, 17, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit()
+    });
+    if l != 16 || !boundary_before(buf, s) || !boundary_after(buf, body + 16) {
+        return None;
+    }
+    mask_token(buf, s, body, body + 16, f);
+    Some(body + 16)
+}
+
+/// Google API key `AIza` + 35, with the `z` at `p`.
+pub(crate) fn google(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if p < 2 || &buf[p - 2..p] != b"AI" || buf.get(p + 1) != Some(&b'a') {
+        return None;
+    }
+    let s = p - 2;
+    let body = s + 4;
+    let l = run(buf, body, 36, b64url);
+    if l != 35 || !boundary_before(buf, s) {
+        return None;
+    }
+    mask_token(buf, s, body, body + 35, f);
+    Some(body + 35)
+}
+
+/// Tokens whose prefix ends in `_`: GitHub (`ghp_`… and `github_pat_`) and
+/// Stripe (`sk_live_`…), with the `_` at `p`.
+pub(crate) fn underscore(
+    buf: &mut [u8],
+    p: usize,
+    github: bool,
+    stripe: bool,
+    f: &Fmt,
+) -> Option<(usize, bool)> {
+    if github && p >= 3 && &buf[p - 3..p - 1] == b"gh" && b"pousr".contains(&buf[p - 1]) {
+        let s = p - 3;
+        let l = run(buf, p + 1, 256, alnum);
+        if l >= 30 && boundary_before(buf, s) && buf.get(p + 1 + l) != Some(&b'_') {
+            mask_token(buf, s, p + 1, p + 1 + l, f);
+            return Some((p + 1 + l, true));
+        }
+    }
+    if github && p >= 6 && &buf[p - 6..p] == b"github" && buf.get(p + 1..p + 5) == Some(b"pat_") {
+        let s = p - 6;
+        let body = p + 5;
+        let l = run(buf, body, 256, |b| alnum(b) || b == b'_');
+        if l >= 40 && boundary_before(buf, s) {
+            mask_token(buf, s, body, body + l, f);
+            return Some((body + l, true));
+        }
+    }
+    if stripe
+        && p >= 2
+        && (&buf[p - 2..p] == b"sk" || &buf[p - 2..p] == b"rk")
+        && matches!(buf.get(p + 1..p + 6), Some(b"live_") | Some(b"test_"))
+    {
+        let s = p - 2;
+        let body = p + 6;
+        let l = run(buf, body, 256, alnum);
+        if l >= 16 && boundary_before(buf, s) && buf.get(body + l) != Some(&b'_') {
+            mask_token(buf, s, body, body + l, f);
+            return Some((body + l, false));
+        }
+    }
+    None
+}
+
+/// Slack `xox?-` / `xapp-` with the `x` at `p`.
+pub(crate) fn slack(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    let pre = buf.get(p..p + 5)?;
+    let ok =
+        (&pre[..3] == b"xox" && b"baprse".contains(&pre[3]) && pre[4] == b'-') || pre == b"xapp-";
+    if !ok || !boundary_before(buf, p) {
+        return None;
+    }
+    let body = p + 5;
+    let l = run(buf, body, 512, |b| alnum(b) || b == b'-');
+    if l < 10 {
+        return None;
+    }
+    mask_token(buf, p, body, body + l, f);
+    Some(body + l)
+}
+
+/// PEM private key: `-----BEGIN … PRIVATE KEY-----` with the `B` at `p`;
+/// masks the base64 body up to `-----END` (or the end of the buffer).
+pub(crate) fn pem(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if p < 5 || &buf[p - 5..p] != b"-----" || buf.get(p..p + 6) != Some(b"BEGIN ") {
+        return None;
+    }
+    let label_start = p + 6;
+    let window = &buf[label_start..buf.len().min(label_start + 64)];
+    let close = memchr::memmem::find(window, b"-----")?;
+    if !window[..close].ends_with(b"PRIVATE KEY") {
+        return None;
+    }
+    let body = label_start + close + 5;
+    let end = memchr::memmem::find(&buf[body..], b"-----END")
+        .map(|e| body + e)
+        .unwrap_or(buf.len());
+    let mut escaped = false;
+    for b in &mut buf[body..end] {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if *b == b'\\' {
+            escaped = true;
+        } else if alnum(*b) || matches!(*b, b'+' | b'/' | b'=') {
+            *b = f.ch;
+        }
+    }
+    Some(end)
+}
+
+/// `Bearer <credential>` (any case) with the `B`/`b` at `p`.
+pub(crate) fn bearer(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if !buf.get(p..p + 7)?.eq_ignore_ascii_case(b"bearer ") || !boundary_before(buf, p) {
+        return None;
+    }
+    let body = p + 7 + run(buf, p + 7, 8, |b| b == b' ');
+    let tok = |b: u8| alnum(b) || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    let mut l = run(buf, body, 1 << 16, tok);
+    if l < 16 {
+        return None;
+    }
+    l += run(buf, body + l, 3, |b| b == b'=');
+    let all = Fmt {
+        keep_punct: false,
+        ..*f
+    };
+    mask_range(buf, body, body + l, 0, &all);
+    Some(body + l)
+}
+
+/// IPv6 address around the `:` at `p`. Returns `(end, masked)`: the end of
+/// the hex/colon run examined, so the caller skips its other colons.
+pub(crate) fn ipv6(buf: &mut [u8], p: usize, f: &Fmt) -> (usize, bool) {
+    let chr = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+    let mut s = p;
+    while s > 0 && p - s < 45 && chr(buf[s - 1]) {
+        s -= 1;
+    }
+    let mut e = p + run(buf, p, 46, chr);
+    let run_end = e;
+    // A trailing `.` or single `:` is punctuation, not part of the address.
+    while e > s
+        && (buf[e - 1] == b'.' || (buf[e - 1] == b':' && !(e >= s + 2 && buf[e - 2] == b':')))
+    {
+        e -= 1;
+    }
+    while s < e && (buf[s] == b'.' || (buf[s] == b':' && buf.get(s + 1) != Some(&b':'))) {
+        s += 1;
+    }
+    let text = &buf[s..e];
+    let colons = text.iter().filter(|&&b| b == b':').count();
+    let ok = e - s <= 45
+        && colons >= 2
+        && text.iter().any(u8::is_ascii_hexdigit)
+        && boundary_before(buf, s)
+        && boundary_after(buf, e)
+        && std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok())
+            .is_some();
+    if ok {
+        mask_range(buf, s, e, 0, f);
+    }
+    (run_end, ok)
+}

@@ -1,0 +1,975 @@
+//! The compiled masking engine: one scan per cell, rewriting in place.
+//!
+//! [`Engine::compile`] turns a [`MaskingProfile`] into an immutable engine
+//! (`Send + Sync`, shared by `Arc` across cores). [`Engine::mask_in_place`]
+//! scans one value:
+//!
+//! 1. [`classify`](super::classify) turns each 64-byte block into digit, glue
+//!    and anchor bitmasks with SIMD;
+//! 2. every anchor bit (`@`, the `J` of `eyJ`, …) goes to its validator;
+//! 3. every run of digits and glue is measured with bit operations: a run
+//!    right after two capital letters is tried as an IBAN, a run with at
+//!    least 9 digits (4 with IPv4 on) goes to the card, SSN, phone and IPv4
+//!    validators, anything shorter costs a few bit operations;
+//! 4. custom literal lists (aho-corasick) and regexes, if any, run over the
+//!    value afterwards.
+//!
+//! Every rewrite keeps the length. Nothing allocates.
+
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use super::classify::{BlockMasks, Classifier, Kernel, BLOCK, CHUNK_BLOCKS};
+use super::detect::{self, DigitDetectors, Fmt};
+use super::profile::{
+    compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
+};
+
+/// The built-in detectors; their discriminants are their rule ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Builtin {
+    PaymentCard = 0,
+    Email,
+    Ssn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+    AwsAccessKey,
+    Jwt,
+    PrivateKey,
+    GithubToken,
+    SlackToken,
+    StripeKey,
+    GoogleApiKey,
+    BearerToken,
+}
+
+/// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
+pub const BUILTIN_RULES: usize = 15;
+
+const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
+    "payment_card",
+    "email",
+    "ssn",
+    "phone",
+    "iban",
+    "ipv4",
+    "ipv6",
+    "aws_access_key",
+    "jwt",
+    "private_key",
+    "github_token",
+    "slack_token",
+    "stripe_key",
+    "google_api_key",
+    "bearer_token",
+];
+
+/// A rule: a built-in detector, a custom literal list, a custom regex or a
+/// column rule, numbered in that order (see [`Engine::rule_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub u8);
+
+impl From<Builtin> for RuleId {
+    fn from(b: Builtin) -> Self {
+        RuleId(b as u8)
+    }
+}
+
+/// Hit counters, one per rule id. Keep one per core or per session and add
+/// them to metrics when convenient; updating is a plain array increment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hits {
+    counts: [u64; MAX_RULES],
+}
+
+impl Default for Hits {
+    fn default() -> Self {
+        Hits {
+            counts: [0; MAX_RULES],
+        }
+    }
+}
+
+impl Hits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    #[inline]
+    pub fn add(&mut self, rule: impl Into<RuleId>, n: u64) {
+        self.counts[rule.into().0 as usize] += n;
+    }
+    pub fn get(&self, rule: impl Into<RuleId>) -> u64 {
+        self.counts[rule.into().0 as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+    /// Rules with a non-zero count.
+    pub fn iter(&self) -> impl Iterator<Item = (RuleId, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (RuleId(i as u8), c))
+    }
+    pub fn clear(&mut self) {
+        self.counts = [0; MAX_RULES];
+    }
+    pub fn merge(&mut self, other: &Hits) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// An engine could not be built from a profile.
+pub type CompileError = ProfileError;
+
+struct LiteralSet {
+    ac: AhoCorasick,
+    /// Rule id of each pattern.
+    rule_of: Vec<RuleId>,
+}
+
+struct ColumnMatcher {
+    name: Option<regex::bytes::Regex>,
+    oid: Option<u32>,
+    action: ColumnAction,
+    rule: RuleId,
+}
+
+/// A compiled masking profile. Immutable; share it with `Arc`.
+pub struct Engine {
+    enabled: bool,
+    fmt: Fmt,
+    classifier: Classifier,
+    /// Which anchored detectors are on, by anchor byte.
+    on: [bool; BUILTIN_RULES],
+    digits: DigitDetectors,
+    /// Fewest digits in a run worth tokenizing.
+    min_digits: u32,
+    any_builtin: bool,
+    literals: Vec<LiteralSet>,
+    regexes: Vec<(regex::bytes::Regex, RuleId)>,
+    columns: Vec<ColumnMatcher>,
+    hash_key: ring::hmac::Key,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("enabled", &self.enabled)
+            .field("kernel", &self.classifier.kernel())
+            .field("rules", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Random hash key drawn once per process (see `MaskingProfile::hash_key`).
+fn process_hash_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut k = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut k)
+            .expect("system random source");
+        k
+    })
+}
+
+/// Turn a glob (`*`, `?`) into an anchored, ASCII case-insensitive regex.
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("(?i)^");
+    for c in glob.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    re.push('$');
+    re
+}
+
+impl Engine {
+    /// Validate and compile a profile, with the fastest kernel for this CPU.
+    pub fn compile(p: &MaskingProfile) -> Result<Engine, CompileError> {
+        Self::compile_with_kernel(p, Kernel::best())
+    }
+
+    /// As [`Engine::compile`] with a chosen classification kernel (tests and
+    /// benchmarks compare them). Panics if the CPU lacks the kernel.
+    pub fn compile_with_kernel(p: &MaskingProfile, kernel: Kernel) -> Result<Engine, CompileError> {
+        p.validate()?;
+        let d = &p.detectors;
+        let enabled = p.enabled;
+        let mut on = [false; BUILTIN_RULES];
+        let flags = [
+            d.payment_card,
+            d.email,
+            d.ssn,
+            d.phone,
+            d.iban,
+            d.ipv4,
+            d.ipv6,
+            d.aws_access_key,
+            d.jwt,
+            d.private_key,
+            d.github_token,
+            d.slack_token,
+            d.stripe_key,
+            d.google_api_key,
+            d.bearer_token,
+        ];
+        for (o, f) in on.iter_mut().zip(flags) {
+            *o = enabled && f;
+        }
+        let is = |b: Builtin| on[b as usize];
+        let mut anchors = Vec::new();
+        let mut add = |cond: bool, bytes: &[u8]| {
+            if cond {
+                anchors.extend_from_slice(bytes);
+            }
+        };
+        add(is(Builtin::Email), b"@");
+        add(is(Builtin::Jwt), b"J");
+        add(is(Builtin::AwsAccessKey), b"KS");
+        add(is(Builtin::GoogleApiKey), b"z");
+        add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
+        add(is(Builtin::SlackToken), b"x");
+        add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
+        add(is(Builtin::BearerToken), b"b");
+        add(is(Builtin::Ipv6), b":");
+        add(is(Builtin::Phone), b"+(");
+        let digits = DigitDetectors {
+            card: is(Builtin::PaymentCard),
+            ssn: is(Builtin::Ssn),
+            phone: is(Builtin::Phone),
+            ipv4: is(Builtin::Ipv4),
+        };
+        let any_builtin = on.iter().any(|&o| o);
+        let min_digits = if digits.ipv4 { 4 } else { 9 };
+
+        let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
+        let mut next_rule = BUILTIN_RULES;
+        let mut literals = Vec::new();
+        if enabled {
+            for ci in [false, true] {
+                let mut pats: Vec<&str> = Vec::new();
+                let mut rule_of = Vec::new();
+                for (i, l) in p.custom_literals.iter().enumerate() {
+                    if l.case_insensitive == ci {
+                        for v in &l.values {
+                            pats.push(v);
+                            rule_of.push(RuleId((BUILTIN_RULES + i) as u8));
+                        }
+                    }
+                }
+                if pats.is_empty() {
+                    continue;
+                }
+                let ac = AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(ci)
+                    .build(&pats)
+                    .map_err(|e| ProfileError::field("custom_literals", e.to_string()))?;
+                literals.push(LiteralSet { ac, rule_of });
+            }
+        }
+        for l in &p.custom_literals {
+            names.push(l.name.clone());
+            next_rule += 1;
+        }
+        let mut regexes = Vec::new();
+        for (i, r) in p.custom_regexes.iter().enumerate() {
+            let re = compile_regex(&r.pattern)
+                .map_err(|m| ProfileError::field(format!("custom_regexes[{i}].pattern"), m))?;
+            if enabled {
+                regexes.push((re, RuleId(next_rule as u8)));
+            }
+            names.push(r.name.clone());
+            next_rule += 1;
+        }
+        let mut columns = Vec::new();
+        for (i, c) in p.columns.iter().enumerate() {
+            let at = |s: &str| format!("columns[{i}].{s}");
+            let name = match (&c.column, &c.column_regex) {
+                (Some(g), _) => Some(glob_regex(g)),
+                (_, Some(r)) => Some(r.clone()),
+                _ => None,
+            };
+            let name = name
+                .map(|r| regex::bytes::Regex::new(&r))
+                .transpose()
+                .map_err(|e| ProfileError::field(at("column"), e.to_string()))?;
+            let oid = match &c.type_ {
+                None => None,
+                Some(TypeRef::Oid(o)) => Some(*o),
+                Some(TypeRef::Name(n)) => Some(
+                    super::rows::type_oid(n)
+                        .ok_or_else(|| ProfileError::field(at("type"), "unknown type name"))?,
+                ),
+            };
+            let label = c
+                .column
+                .clone()
+                .or_else(|| c.column_regex.clone())
+                .unwrap_or_else(|| format!("type {}", oid.unwrap_or(0)));
+            names.push(format!("column:{label}"));
+            columns.push(ColumnMatcher {
+                name,
+                oid,
+                action: c.action,
+                rule: RuleId(next_rule as u8),
+            });
+            next_rule += 1;
+        }
+        let key: Vec<u8> = match &p.hash_key {
+            Some(k) => k.0.as_bytes().to_vec(),
+            None => process_hash_key().to_vec(),
+        };
+        let f = &p.format;
+        Ok(Engine {
+            enabled,
+            fmt: Fmt {
+                ch: f.mask_char as u8,
+                keep_punct: f.keep_punctuation,
+                card_keep: f.card_keep_last as usize,
+                ssn_keep: f.ssn_keep_last as usize,
+                iban_keep: f.iban_keep_last as usize,
+                phone_keep: f.phone_keep_last as usize,
+                email_keep_tld: f.email_keep_tld,
+                keep_prefix: f.token_keep_prefix,
+            },
+            classifier: Classifier::new(&anchors, kernel),
+            on,
+            digits,
+            min_digits,
+            any_builtin,
+            literals,
+            regexes,
+            columns: if enabled { columns } else { Vec::new() },
+            hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            names,
+        })
+    }
+
+    /// Compile into an `Arc` for sharing across cores.
+    pub fn compile_shared(p: &MaskingProfile) -> Result<Arc<Engine>, CompileError> {
+        Self::compile(p).map(Arc::new)
+    }
+
+    /// Whether the profile masks anything at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether any detector (built-in or custom) scans values.
+    pub fn detects(&self) -> bool {
+        self.any_builtin || !self.literals.is_empty() || !self.regexes.is_empty()
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.classifier.kernel()
+    }
+
+    pub(crate) fn fmt(&self) -> Fmt {
+        self.fmt
+    }
+
+    /// The mask character.
+    pub fn mask_char(&self) -> u8 {
+        self.fmt.ch
+    }
+
+    /// Name of a rule: the detector name (`payment_card`, `email`, …), the
+    /// custom rule's `name`, or `column:<pattern>` for column rules.
+    pub fn rule_name(&self, rule: RuleId) -> &str {
+        self.names
+            .get(rule.0 as usize)
+            .map_or("unknown", |s| s.as_str())
+    }
+
+    /// Number of rule ids in use.
+    pub fn rule_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The first column rule matching a column's name and type oid.
+    pub fn column_rule(&self, name: &[u8], type_oid: u32) -> Option<(RuleId, ColumnAction)> {
+        self.columns
+            .iter()
+            .find(|c| {
+                c.oid.is_none_or(|o| o == type_oid)
+                    && c.name.as_ref().is_none_or(|r| r.is_match(name))
+            })
+            .map(|c| (c.rule, c.action))
+    }
+
+    /// Whether a column rule matches a column name regardless of type (for
+    /// names quoted in error messages).
+    pub fn column_rule_by_name(&self, name: &[u8]) -> Option<(RuleId, ColumnAction)> {
+        self.columns
+            .iter()
+            .find(|c| c.name.as_ref().is_some_and(|r| r.is_match(name)))
+            .map(|c| (c.rule, c.action))
+    }
+
+    /// Append the keyed hash of `value` (32 lowercase hex digits) to `out`.
+    pub fn hash_into(&self, value: &[u8], out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let tag = ring::hmac::sign(&self.hash_key, value);
+        for &b in &tag.as_ref()[..16] {
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 15) as usize]);
+        }
+    }
+
+    /// Length of [`Engine::hash_into`]'s output.
+    pub const HASH_LEN: usize = 32;
+
+    /// Scan `value` and mask every detected sensitive span in place (same
+    /// length). Counts hits in `hits`; returns whether anything changed.
+    #[inline]
+    pub fn mask_in_place(&self, value: &mut [u8], hits: &mut Hits) -> bool {
+        self.mask_counted(value, hits) > 0
+    }
+
+    /// As [`Engine::mask_in_place`], returning the number of hits.
+    pub fn mask_counted(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        if value.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        if self.any_builtin {
+            n += self.scan_builtin(value, hits);
+        }
+        for set in &self.literals {
+            n += self.mask_literals(set, value, hits);
+        }
+        n += self.mask_regexes(value, hits);
+        n
+    }
+
+    /// Mask several values of one buffer (the Detect cells of a DataRow)
+    /// in one scan; hits per region are added to `counts`.
+    pub(crate) fn mask_regions(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let mut n = 0;
+        if self.any_builtin {
+            n += self.scan_regions(buf, regions, counts, hits);
+        }
+        if !self.literals.is_empty() || !self.regexes.is_empty() {
+            for (r, c) in regions.iter().zip(counts.iter_mut()) {
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                let mut k = 0;
+                for set in &self.literals {
+                    k += self.mask_literals(set, cell, hits);
+                }
+                k += self.mask_regexes(cell, hits);
+                *c += k;
+                n += k;
+            }
+        }
+        n
+    }
+
+    fn mask_regexes(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
+        for (re, rule) in &self.regexes {
+            let mut at = 0;
+            while at <= value.len() {
+                let Some(m) = re.find_at(value, at) else {
+                    break;
+                };
+                let (s, e) = (m.start(), m.end());
+                detect::mask_range(value, s, e, 0, &self.fmt);
+                hits.add(*rule, 1);
+                n += 1;
+                at = if e > s { e } else { e + 1 };
+            }
+        }
+        n
+    }
+
+    fn mask_literals(&self, set: &LiteralSet, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
+        let mut at = 0;
+        while at < value.len() {
+            let input = aho_corasick::Input::new(&*value).span(at..value.len());
+            let Some(m) = set.ac.find(input) else { break };
+            let all = Fmt {
+                keep_punct: false,
+                ..self.fmt
+            };
+            detect::mask_range(value, m.start(), m.end(), 0, &all);
+            hits.add(set.rule_of[m.pattern().as_usize()], 1);
+            n += 1;
+            at = m.end().max(m.start() + 1);
+        }
+        n
+    }
+
+    /// Scan the values at `regions` of `buf` (increasing, disjoint) in one
+    /// pass: the blocks are classified once for all of them, and the bytes
+    /// between regions (DataRow length words, skipped columns) are cleared
+    /// from the masks, so nothing is found there and no value runs into the
+    /// next. Validators only ever see their own region. Hits per region go to
+    /// `counts` (same length as `regions`).
+    pub(crate) fn scan_regions(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
+            return 0;
+        };
+        let (lo, hi) = (first.start as usize, last.end as usize);
+        let mut st = ScanState::default();
+        let mut cur = Cursors::default();
+        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
+        let mut prev = BlockMasks::default();
+        let mut member = 0usize;
+        let mut base = lo;
+        while base < hi {
+            let nb = self.classifier.classify_chunk(&buf[base..hi], &mut masks);
+            if regions.len() > 1 {
+                for (k, m) in masks[..nb].iter_mut().enumerate() {
+                    let bm = membership(regions, &mut member, base + k * BLOCK);
+                    m.and(bm);
+                }
+            }
+            // Each block looks 13 bytes ahead into the next one, so the last
+            // block of a chunk is processed with the next chunk (unless this
+            // chunk reaches the end).
+            let at_end = base + nb * BLOCK >= hi;
+            let process = if at_end { nb } else { nb - 1 };
+            for k in 0..process {
+                let next = if k + 1 < nb {
+                    masks[k + 1]
+                } else {
+                    BlockMasks::default()
+                };
+                let ctx = Ctx {
+                    regions,
+                    base: base + k * BLOCK,
+                };
+                self.block(buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits);
+                prev = masks[k];
+            }
+            base += process * BLOCK;
+        }
+        if let Some(run) = st.run.take() {
+            if run.cand {
+                let ri = cur.run.seek(regions, run.first);
+                let r = regions[ri];
+                self.digit_run(buf, r, ri, run.first, r.end as usize, run.digits, &mut st, counts, hits);
+            }
+        }
+        st.hits
+    }
+
+    fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
+        let region = [Region {
+            start: 0,
+            end: n as u32,
+        }];
+        let mut counts = [0u32];
+        if n > BLOCK {
+            return self.scan_regions(buf, &region, &mut counts, hits);
+        }
+        // Most cells: one block, nothing before or after it.
+        let mut st = ScanState::default();
+        let mut cur = Cursors::default();
+        let m = self.classifier.classify_one(buf);
+        let zero = BlockMasks::default();
+        let ctx = Ctx {
+            regions: &region,
+            base: 0,
+        };
+        self.block(buf, &ctx, &zero, &m, &zero, &mut st, &mut cur, &mut counts, hits);
+        if let Some(run) = st.run.take() {
+            if run.cand {
+                self.digit_run(buf, region[0], 0, run.first, n, run.digits, &mut st, &mut counts, hits);
+            }
+        }
+        st.hits
+    }
+
+    /// Positions in `cur` where a digit run worth validating may start:
+    /// runs of at least 13 digits (bare, or joined by single spaces, dashes
+    /// or dots), the shapes `ddd-dd-dddd` / `ddd dd dddd` (SSN) and
+    /// `ddd?ddd?dddd` (North American phone), and `d.d.d.d` (IPv4, when on).
+    /// Shorter runs (dates, prices, times, ids) cost nothing more.
+    #[inline]
+    fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+        let w = |cur: u64, next: u64| cur as u128 | (next as u128) << 64;
+        let dw = w(c.digit, n.digit);
+        // Digits with a digit right before / right after.
+        let dl_c = (c.digit << 1) | (p.digit >> 63);
+        let dr_c = (c.digit >> 1) | (n.digit << 63);
+        let dl_n = (n.digit << 1) | (c.digit >> 63);
+        let dr_n = n.digit >> 1;
+        // Digits plus single separators of one kind between two digits.
+        let tight =
+            |sc: u64, sn: u64| w(c.digit | (sc & dl_c & dr_c), n.digit | (sn & dl_n & dr_n));
+        let long13 = |r: u128| {
+            let r2 = r & r >> 1;
+            let r4 = r2 & r2 >> 2;
+            let r8 = r4 & r4 >> 4;
+            (r8 & r4 >> 8 & r >> 12) as u64
+        };
+        let sp = tight(c.space, n.space);
+        let da = tight(c.dash, n.dash);
+        let dt = tight(c.dot, n.dot);
+        let mut cand = long13(dw) | long13(sp) | long13(da) | long13(dt);
+        let at = |x: u128, k: u32| (x >> k) as u64;
+        // d d d . d d . d d d d  /  d d d . d d d . d d d d
+        let d3 = at(dw, 0) & at(dw, 1) & at(dw, 2);
+        let ssn_tail = at(dw, 4) & at(dw, 5) & at(dw, 7) & at(dw, 8) & at(dw, 9) & at(dw, 10);
+        let dash = w(c.dash, n.dash);
+        let space = w(c.space, n.space);
+        cand |= d3 & ssn_tail & ((at(dash, 3) & at(dash, 6)) | (at(space, 3) & at(space, 6)));
+        let sep = w(c.space | c.dash | c.dot, n.space | n.dash | n.dot);
+        cand |= d3
+            & at(sep, 3)
+            & at(dw, 4)
+            & at(dw, 5)
+            & at(dw, 6)
+            & at(sep, 7)
+            & at(dw, 8)
+            & at(dw, 9)
+            & at(dw, 10)
+            & at(dw, 11);
+        if self.digits.ipv4 {
+            let r2 = dt & dt >> 1;
+            let r4 = r2 & r2 >> 2;
+            cand |= (r4 & r2 >> 4 & dt >> 6) as u64;
+        }
+        cand
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn block(
+        &self,
+        buf: &mut [u8],
+        ctx: &Ctx,
+        p: &BlockMasks,
+        m: &BlockMasks,
+        n: &BlockMasks,
+        st: &mut ScanState,
+        cur: &mut Cursors,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        let base = ctx.base;
+        let regions = ctx.regions;
+        let mut a = m.anchor;
+        while a != 0 {
+            let pos = base + a.trailing_zeros() as usize;
+            a &= a - 1;
+            if pos >= st.skip_until {
+                let ri = cur.anchor.seek(regions, pos);
+                self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
+            }
+        }
+        if self.on[Builtin::Iban as usize] && m.upper != 0 {
+            // Two capitals, two digits.
+            let uw = m.upper as u128 | (n.upper as u128) << 64;
+            let dw = m.digit as u128 | (n.digit as u128) << 64;
+            let mut s = m.upper & (uw >> 1) as u64 & (dw >> 2) as u64 & (dw >> 3) as u64;
+            while s != 0 {
+                let pos = base + s.trailing_zeros() as usize;
+                s &= s - 1;
+                let ri = cur.iban.seek(regions, pos);
+                let r = regions[ri];
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
+                    hits.add(Builtin::Iban, 1);
+                    counts[ri] += 1;
+                    st.hits += 1;
+                    st.skip_until = st.skip_until.max(r.start as usize + e);
+                }
+            }
+        }
+        if m.digit == 0 && st.run.is_none() {
+            return;
+        }
+        let cand = if self.digits.any() {
+            self.candidates(p, m, n)
+        } else {
+            0
+        };
+        let x = m.digit | m.glue;
+        let mut d = m.digit;
+        if let Some(run) = st.run {
+            // A run carried over from the previous block.
+            let e = (!x).trailing_zeros();
+            if e == 64 {
+                st.run = Some(Run {
+                    digits: run.digits + d.count_ones(),
+                    cand: run.cand || cand != 0,
+                    ..run
+                });
+                return;
+            }
+            let low = (1u64 << e) - 1;
+            st.run = None;
+            if run.cand || cand & low != 0 {
+                let digits = run.digits + (d & low).count_ones();
+                let ri = cur.run.seek(regions, run.first);
+                self.digit_run(buf, regions[ri], ri, run.first, base + e as usize, digits, st, counts, hits);
+            }
+            d &= !low;
+        }
+        if cand == 0 && x & (1 << 63) == 0 {
+            return;
+        }
+        while d != 0 {
+            let i = d.trailing_zeros();
+            let len = (!(x >> i)).trailing_zeros();
+            let end = i + len;
+            let above = d >> i;
+            if end >= 64 {
+                st.run = Some(Run {
+                    first: base + i as usize,
+                    digits: above.count_ones(),
+                    cand: cand >> i != 0,
+                });
+                return;
+            }
+            let span = (1u64 << len) - 1;
+            if (cand >> i) & span != 0 {
+                let digits = (above & span).count_ones();
+                let first = base + i as usize;
+                let ri = cur.run.seek(regions, first);
+                self.digit_run(buf, regions[ri], ri, first, base + end as usize, digits, st, counts, hits);
+            }
+            d &= !((1u64 << end) - 1);
+        }
+    }
+
+    /// A run of digits and glue inside region `r`: `first` is its first
+    /// digit, `end` where the run stops, `digits` how many digits it holds.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn digit_run(
+        &self,
+        buf: &mut [u8],
+        r: Region,
+        ri: usize,
+        first: usize,
+        end: usize,
+        digits: u32,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        if digits < self.min_digits {
+            return;
+        }
+        let s = r.start as usize;
+        let cell = &mut buf[s..r.end as usize];
+        let h = detect::digit_run(cell, first - s, end - s, self.digits, &self.fmt);
+        for (rule, c) in [
+            (Builtin::PaymentCard, h.card),
+            (Builtin::Ssn, h.ssn),
+            (Builtin::Phone, h.phone),
+            (Builtin::Ipv4, h.ipv4),
+        ] {
+            if c > 0 {
+                hits.add(rule, c as u64);
+                counts[ri] += c;
+                st.hits += c;
+            }
+        }
+    }
+
+    /// A `+` or `(` that may open a phone number: validate the digit run
+    /// right after it (E.164 and `(415) 555-2671` forms, whose separators
+    /// the candidate shapes do not cover).
+    #[allow(clippy::too_many_arguments)]
+    fn phone_opener(
+        &self,
+        buf: &mut [u8],
+        r: Region,
+        ri: usize,
+        pos: usize,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        let first = pos + 1;
+        let limit = (r.end as usize).min(first + 40);
+        if first >= limit || !buf[first].is_ascii_digit() {
+            return;
+        }
+        let len = buf[first..limit]
+            .iter()
+            .position(|&b| !(b.is_ascii_digit() || super::classify::is_glue(b)))
+            .unwrap_or(limit - first);
+        let end = first + len;
+        let digits = buf[first..end].iter().filter(|b| b.is_ascii_digit()).count() as u32;
+        if digits >= 9 {
+            self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn anchor(
+        &self,
+        buf: &mut [u8],
+        r: Region,
+        ri: usize,
+        pos: usize,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        let f = &self.fmt;
+        let on = |b: Builtin| self.on[b as usize];
+        let s = r.start as usize;
+        if matches!(buf[pos], b'+' | b'(') {
+            self.phone_opener(buf, r, ri, pos, st, counts, hits);
+            return;
+        }
+        let cell = &mut buf[s..r.end as usize];
+        let p = pos - s;
+        let found: Option<(usize, Builtin)> = match cell[p] {
+            b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
+            b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
+            b'K' | b'S' => detect::aws(cell, p, f).map(|e| (e, Builtin::AwsAccessKey)),
+            b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
+            b'_' => detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
+                .map(|(e, gh)| {
+                    let rule = if gh {
+                        Builtin::GithubToken
+                    } else {
+                        Builtin::StripeKey
+                    };
+                    (e, rule)
+                }),
+            b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
+            b'B' => {
+                let pem = if on(Builtin::PrivateKey) {
+                    detect::pem(cell, p, f)
+                } else {
+                    None
+                };
+                match pem {
+                    Some(e) => Some((e, Builtin::PrivateKey)),
+                    None if on(Builtin::BearerToken) => {
+                        detect::bearer(cell, p, f).map(|e| (e, Builtin::BearerToken))
+                    }
+                    None => None,
+                }
+            }
+            b'b' => detect::bearer(cell, p, f).map(|e| (e, Builtin::BearerToken)),
+            b':' => {
+                let (e, ok) = detect::ipv6(cell, p, f);
+                st.skip_until = st.skip_until.max(s + e);
+                ok.then_some((e, Builtin::Ipv6))
+            }
+            _ => None,
+        };
+        if let Some((end, rule)) = found {
+            hits.add(rule, 1);
+            counts[ri] += 1;
+            st.hits += 1;
+            st.skip_until = st.skip_until.max(s + end);
+        }
+    }
+}
+
+#[derive(Default)]
+struct ScanState {
+    /// Anchors before this position are inside something already handled.
+    skip_until: usize,
+    /// A digit run reaching the end of the previous block.
+    run: Option<Run>,
+    hits: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    /// Its first digit.
+    first: usize,
+    /// Digits so far.
+    digits: u32,
+    /// Whether a candidate position lies in it so far.
+    cand: bool,
+}
+
+/// A value inside a larger buffer (a DataRow cell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub start: u32,
+    pub end: u32,
+}
+
+struct Ctx<'a> {
+    regions: &'a [Region],
+    base: usize,
+}
+
+/// Monotonic positions in the region list, one per kind of candidate (each
+/// kind is visited in increasing position order).
+#[derive(Default)]
+struct Cursors {
+    anchor: Cursor,
+    iban: Cursor,
+    run: Cursor,
+}
+
+#[derive(Default)]
+struct Cursor(usize);
+
+impl Cursor {
+    /// Index of the region holding `pos` (which the masks guarantee is in
+    /// one); moves forward only.
+    #[inline]
+    fn seek(&mut self, regions: &[Region], pos: usize) -> usize {
+        while regions[self.0].end as usize <= pos {
+            self.0 += 1;
+        }
+        self.0
+    }
+}
+
+/// Bits of the block at `base` that lie inside some region.
+#[inline]
+fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
+    let end = base + BLOCK;
+    while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
+        *cursor += 1;
+    }
+    let mut bits = 0u64;
+    let mut i = *cursor;
+    while i < regions.len() && (regions[i].start as usize) < end {
+        let s = (regions[i].start as usize).max(base) - base;
+        let e = (regions[i].end as usize).min(end) - base;
+        if e > s {
+            let len = e - s;
+            let ones = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            bits |= ones << s;
+        }
+        i += 1;
+    }
+    bits
+}

@@ -1,0 +1,662 @@
+//! Masking at the message level (sans-IO): DataRow, CopyData, ErrorResponse
+//! and NoticeResponse bodies.
+//!
+//! - [`RowPlan::describe`] reads a RowDescription body once per result set
+//!   and decides per column: scan with the detectors, apply a column rule,
+//!   or leave alone ([`ColumnPlan`]).
+//! - [`mask_data_row`] applies the plan to one DataRow body. Same-length
+//!   changes happen in place, so the frame is forwarded from the buffer it
+//!   arrived in; `hash` and `null` change lengths, so the frame is rewritten
+//!   into a caller-owned `Vec` (reused: no allocation once it has grown).
+//! - [`mask_copy_data`] masks the fields of COPY TO output (text or CSV).
+//! - [`mask_error_fields`] masks the human-readable fields of ErrorResponse
+//!   and NoticeResponse (a unique violation's detail repeats the value).
+//!
+//! Which types are scanned: text-like types (`text`, `varchar`, `bpchar`,
+//! `name`, `"char"`, `unknown`) in either format; `json`, `xml` and text
+//! arrays in text format; `jsonb` in binary format after its version byte;
+//! and types with an oid not listed here (citext, enums, domains: their oids
+//! differ per database) in text format only. Numbers, dates, uuids, bytea
+//! and other non-text types are not scanned: a rewritten digit would not
+//! parse as the type. Column rules on such types (and on json, xml and
+//! arrays, whose syntax a mask would break) replace the value with NULL.
+
+use super::detect;
+use super::engine::{Engine, Hits, Region, RuleId};
+use super::profile::ColumnAction;
+use crate::protocol::tag;
+
+/// A DataRow, CopyData or error body that is not well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("DataRow has {got} columns but its RowDescription had {want}")]
+    ColumnCount { got: usize, want: usize },
+}
+
+/// What to do with one column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnPlan {
+    /// Leave the value alone (binary non-text types, or nothing to do).
+    Skip,
+    /// Run the detectors over the value from byte `from` (1 for binary
+    /// jsonb, whose first byte is a version number).
+    Detect { from: u8 },
+    /// Column rule `mask`: every character becomes the mask character.
+    MaskAll(RuleId),
+    /// Column rule `keep_last`: all but the last N characters masked.
+    KeepLast(u16, RuleId),
+    /// Column rule `hash`: the value becomes its keyed hash (length changes).
+    Hash(RuleId),
+    /// Column rule `null`, or any rule on a type a mask would break.
+    Null(RuleId),
+}
+
+impl ColumnPlan {
+    fn rewrites(self) -> bool {
+        matches!(self, ColumnPlan::Hash(_) | ColumnPlan::Null(_))
+    }
+}
+
+/// How a type's values can be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plain text: scan, and rewrite characters for column rules.
+    Text,
+    /// Text with syntax (json, xml, arrays): scan, but column rules null it.
+    Structured,
+    /// Binary jsonb: version byte, then json text.
+    JsonbBinary,
+    /// Not text (or binary of an unknown type): leave to column rules (null).
+    Other,
+}
+
+/// Built-in type names a column rule may use in `type:`.
+const TYPES: &[(&str, u32)] = &[
+    ("bool", 16),
+    ("boolean", 16),
+    ("bytea", 17),
+    ("char", 18),
+    ("name", 19),
+    ("int8", 20),
+    ("bigint", 20),
+    ("int2", 21),
+    ("smallint", 21),
+    ("int4", 23),
+    ("int", 23),
+    ("integer", 23),
+    ("text", 25),
+    ("oid", 26),
+    ("json", 114),
+    ("xml", 142),
+    ("json[]", 199),
+    ("cidr", 650),
+    ("float4", 700),
+    ("real", 700),
+    ("float8", 701),
+    ("double precision", 701),
+    ("unknown", 705),
+    ("money", 790),
+    ("macaddr", 829),
+    ("inet", 869),
+    ("int4[]", 1007),
+    ("text[]", 1009),
+    ("bpchar[]", 1014),
+    ("varchar[]", 1015),
+    ("bpchar", 1042),
+    ("character", 1042),
+    ("varchar", 1043),
+    ("character varying", 1043),
+    ("date", 1082),
+    ("time", 1083),
+    ("timestamp", 1114),
+    ("timestamptz", 1184),
+    ("interval", 1186),
+    ("timetz", 1266),
+    ("bit", 1560),
+    ("varbit", 1562),
+    ("numeric", 1700),
+    ("decimal", 1700),
+    ("uuid", 2950),
+    ("jsonb", 3802),
+    ("jsonb[]", 3807),
+];
+
+/// Oid of a built-in type name (case-insensitive).
+pub fn type_oid(name: &str) -> Option<u32> {
+    TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, o)| o)
+}
+
+fn kind(oid: u32, format: i16) -> Kind {
+    let text = format == 0;
+    match oid {
+        25 | 1043 | 1042 | 19 | 18 | 705 => Kind::Text,
+        114 | 142 => Kind::Structured,
+        3802 if text => Kind::Structured,
+        3802 => Kind::JsonbBinary,
+        199 | 1009 | 1014 | 1015 | 3807 if text => Kind::Structured,
+        _ if TYPES.iter().any(|&(_, o)| o == oid) => Kind::Other,
+        _ if text => Kind::Text,
+        _ => Kind::Other,
+    }
+}
+
+fn plan_for(engine: &Engine, kind: Kind, rule: Option<(RuleId, ColumnAction)>) -> ColumnPlan {
+    match (rule, kind) {
+        (None, Kind::Text | Kind::Structured) if engine.detects() => ColumnPlan::Detect { from: 0 },
+        (None, Kind::JsonbBinary) if engine.detects() => ColumnPlan::Detect { from: 1 },
+        (None, _) => ColumnPlan::Skip,
+        (Some((r, action)), Kind::Text) => match action {
+            ColumnAction::Mask => ColumnPlan::MaskAll(r),
+            ColumnAction::KeepLast(n) => ColumnPlan::KeepLast(n, r),
+            ColumnAction::Hash => ColumnPlan::Hash(r),
+            ColumnAction::Null => ColumnPlan::Null(r),
+        },
+        (Some((r, _)), _) => ColumnPlan::Null(r),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    oid: u32,
+    rule: Option<(RuleId, ColumnAction)>,
+    plan: ColumnPlan,
+    name_end: usize,
+}
+
+/// Per-result-set masking plan, built from RowDescription. Keep one per
+/// session and reuse it: `describe` reuses its vectors.
+#[derive(Debug, Clone, Default)]
+pub struct RowPlan {
+    cols: Vec<Column>,
+    names: Vec<u8>,
+    column_hits: Vec<u64>,
+    /// Scratch for one row: the cells to scan, their columns, their hits.
+    regions: Vec<Region>,
+    region_cols: Vec<u32>,
+    region_hits: Vec<u32>,
+    work: bool,
+    rewrites: bool,
+}
+
+impl RowPlan {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Build the plan from a RowDescription body (after tag and length).
+    /// The column formats are taken from the message; see
+    /// [`RowPlan::set_result_formats`] for extended-protocol statements.
+    pub fn describe(&mut self, engine: &Engine, body: &[u8]) -> Result<(), RowError> {
+        const E: RowError = RowError::Malformed("RowDescription");
+        self.cols.clear();
+        self.names.clear();
+        let n = body.get(..2).ok_or(E)?;
+        let n = i16::from_be_bytes([n[0], n[1]]);
+        if n < 0 {
+            return Err(E);
+        }
+        let mut rest = &body[2..];
+        for _ in 0..n {
+            let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
+            let f = tail.get(..18).ok_or(E)?;
+            let oid = u32::from_be_bytes([f[6], f[7], f[8], f[9]]);
+            let format = i16::from_be_bytes([f[16], f[17]]);
+            rest = &tail[18..];
+            self.names.extend_from_slice(name);
+            let rule = if engine.enabled() {
+                engine.column_rule(name, oid)
+            } else {
+                None
+            };
+            let plan = if engine.enabled() {
+                plan_for(engine, kind(oid, format), rule)
+            } else {
+                ColumnPlan::Skip
+            };
+            self.cols.push(Column {
+                oid,
+                rule,
+                plan,
+                name_end: self.names.len(),
+            });
+        }
+        if !rest.is_empty() {
+            return Err(E);
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// Re-plan for the result format codes of a Bind message (0 codes: all
+    /// text; 1: all that one; else one per column). A RowDescription
+    /// answering Describe of a *statement* carries zero format codes; the
+    /// real formats are the Bind's.
+    pub fn set_result_formats(&mut self, engine: &Engine, formats: &[i16]) -> Result<(), RowError> {
+        if formats.len() > 1 && formats.len() != self.cols.len() {
+            return Err(RowError::Malformed("Bind result formats"));
+        }
+        for (i, c) in self.cols.iter_mut().enumerate() {
+            let f = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => formats[i],
+            };
+            c.plan = if engine.enabled() {
+                plan_for(engine, kind(c.oid, f), c.rule)
+            } else {
+                ColumnPlan::Skip
+            };
+        }
+        self.finish();
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.work = self.cols.iter().any(|c| c.plan != ColumnPlan::Skip);
+        self.rewrites = self.cols.iter().any(|c| c.plan.rewrites());
+        self.column_hits.clear();
+        self.column_hits.resize(self.cols.len(), 0);
+    }
+
+    /// Forget the current result set.
+    pub fn clear(&mut self) {
+        self.cols.clear();
+        self.names.clear();
+        self.finish();
+    }
+
+    /// The plan of each column.
+    pub fn columns(&self) -> impl Iterator<Item = ColumnPlan> + '_ {
+        self.cols.iter().map(|c| c.plan)
+    }
+
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
+    }
+
+    /// True when no column needs any work (DataRows pass untouched).
+    pub fn is_noop(&self) -> bool {
+        !self.work
+    }
+
+    /// True when some column's rule changes value lengths.
+    pub fn may_rewrite(&self) -> bool {
+        self.rewrites
+    }
+
+    /// Column `i`'s name as sent by the server.
+    pub fn column_name(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.cols[i - 1].name_end };
+        &self.names[start..self.cols[i].name_end]
+    }
+
+    /// Values masked per column since the plan was built (or last taken).
+    pub fn column_hits(&self) -> &[u64] {
+        &self.column_hits
+    }
+
+    /// Hand each column with hits to `f(index, name, count)` and reset them
+    /// (for the audit record at CommandComplete).
+    pub fn take_column_hits(&mut self, mut f: impl FnMut(usize, &[u8], u64)) {
+        for i in 0..self.cols.len() {
+            let c = self.column_hits[i];
+            if c > 0 {
+                f(i, self.column_name(i), c);
+                self.column_hits[i] = 0;
+            }
+        }
+    }
+}
+
+/// What [`mask_data_row`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Nothing masked; forward the frame as it is.
+    Unchanged,
+    /// Masked in place; forward the (same-length) frame from its buffer.
+    MaskedInPlace,
+    /// A length changed: forward `out` (a whole frame, tag and length
+    /// included) instead of the original frame.
+    Rewritten,
+}
+
+#[inline]
+fn be_i32(b: &[u8]) -> i32 {
+    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Mask every character of `v` (UTF-8 continuation bytes included, so the
+/// result stays valid UTF-8), except the last `keep` characters.
+fn mask_chars(v: &mut [u8], keep: usize, ch: u8) {
+    let mut cut = v.len();
+    let mut kept = 0;
+    while kept < keep && cut > 0 {
+        cut -= 1;
+        if v[cut] & 0xC0 != 0x80 {
+            kept += 1;
+        }
+    }
+    if kept < keep {
+        return;
+    }
+    v[..cut].fill(ch);
+}
+
+/// Apply `plan` to one DataRow body (after tag and length).
+///
+/// Same-length work is done in `body` in place. When a `hash` or `null`
+/// rule hits a non-NULL value, the whole frame (tag, length, body) is
+/// written to `out` (cleared first) and `Rewritten` is returned. Hits are
+/// counted per rule in `hits` and per column in the plan.
+pub fn mask_data_row(
+    engine: &Engine,
+    plan: &mut RowPlan,
+    body: &mut [u8],
+    hits: &mut Hits,
+    out: &mut Vec<u8>,
+) -> Result<RowOutcome, RowError> {
+    const E: RowError = RowError::Malformed("DataRow");
+    if plan.is_noop() {
+        return Ok(RowOutcome::Unchanged);
+    }
+    let n = body.get(..2).ok_or(E)?;
+    let n = i16::from_be_bytes([n[0], n[1]]) as usize;
+    if n != plan.cols.len() {
+        return Err(RowError::ColumnCount {
+            got: n,
+            want: plan.cols.len(),
+        });
+    }
+    let mut at = 2;
+    let mut changed = false;
+    let mut rewrite = false;
+    let ch = engine.mask_char();
+    plan.regions.clear();
+    plan.region_cols.clear();
+    for i in 0..n {
+        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
+        at += 4;
+        if len < 0 {
+            continue;
+        }
+        let end = at
+            .checked_add(len as usize)
+            .filter(|&e| e <= body.len())
+            .ok_or(E)?;
+        let v = &mut body[at..end];
+        at = end;
+        let hit = match plan.cols[i].plan {
+            ColumnPlan::Skip => 0,
+            ColumnPlan::Detect { from } => {
+                // Scanned below, all cells of the row in one pass.
+                let from = (from as usize).min(v.len());
+                if from < v.len() {
+                    plan.regions.push(Region {
+                        start: (end - v.len() + from) as u32,
+                        end: end as u32,
+                    });
+                    plan.region_cols.push(i as u32);
+                }
+                0
+            }
+            ColumnPlan::MaskAll(r) => {
+                mask_chars(v, 0, ch);
+                hits.add(r, 1);
+                1
+            }
+            ColumnPlan::KeepLast(k, r) => {
+                mask_chars(v, k as usize, ch);
+                hits.add(r, 1);
+                1
+            }
+            ColumnPlan::Hash(r) | ColumnPlan::Null(r) => {
+                hits.add(r, 1);
+                rewrite = true;
+                1
+            }
+        };
+        if hit > 0 {
+            plan.column_hits[i] += hit;
+            changed = true;
+        }
+    }
+    if at != body.len() {
+        return Err(E);
+    }
+    if !plan.regions.is_empty() {
+        plan.region_hits.clear();
+        plan.region_hits.resize(plan.regions.len(), 0);
+        if engine.mask_regions(body, &plan.regions, &mut plan.region_hits, hits) > 0 {
+            changed = true;
+            for (&c, &k) in plan.region_cols.iter().zip(&plan.region_hits) {
+                plan.column_hits[c as usize] += k as u64;
+            }
+        }
+    }
+    if !rewrite {
+        return Ok(if changed {
+            RowOutcome::MaskedInPlace
+        } else {
+            RowOutcome::Unchanged
+        });
+    }
+    out.clear();
+    out.push(tag::DATA_ROW);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&body[..2]);
+    let mut at = 2;
+    for c in &plan.cols {
+        let len = be_i32(&body[at..at + 4]);
+        at += 4;
+        let v = if len < 0 {
+            None
+        } else {
+            let v = &body[at..at + len as usize];
+            at += len as usize;
+            Some(v)
+        };
+        match (c.plan, v) {
+            (ColumnPlan::Hash(_), Some(v)) => {
+                out.extend_from_slice(&(Engine::HASH_LEN as i32).to_be_bytes());
+                engine.hash_into(v, out);
+            }
+            (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            (_, Some(v)) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(RowOutcome::Rewritten)
+}
+
+/// COPY TO output format (from the COPY statement; CopyOutResponse only says
+/// text or binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// `FORMAT text`: fields split by `delimiter` (default tab), backslash
+    /// escapes.
+    Text { delimiter: u8 },
+    /// `FORMAT csv`: fields split by `delimiter` (default `,`), optionally
+    /// quoted with `quote` (default `"`, doubled inside).
+    Csv { delimiter: u8, quote: u8 },
+}
+
+impl CopyFormat {
+    pub const TEXT: CopyFormat = CopyFormat::Text { delimiter: b'\t' };
+    pub const CSV: CopyFormat = CopyFormat::Csv {
+        delimiter: b',',
+        quote: b'"',
+    };
+}
+
+/// Mask the fields of one CopyData payload of COPY TO output, in place.
+/// Returns the number of hits.
+///
+/// PostgreSQL sends one row per CopyData message, so every payload starts at
+/// a row boundary and a value is never split across two messages (a CSV
+/// value with newlines stays in one message too). This function relies on
+/// that: a quoted CSV field still open at the end of the payload is masked
+/// as far as it goes and the next payload is read as starting a new row.
+/// Column rules do not apply (COPY sends no RowDescription); binary COPY is
+/// not masked (refuse it while masking is on).
+pub fn mask_copy_data(
+    engine: &Engine,
+    format: CopyFormat,
+    payload: &mut [u8],
+    hits: &mut Hits,
+) -> u32 {
+    if !engine.detects() {
+        return 0;
+    }
+    let mut n = 0;
+    let len = payload.len();
+    let mut at = 0;
+    match format {
+        CopyFormat::Text { delimiter } => {
+            while at < len {
+                // A field runs to the next unescaped delimiter or newline.
+                let mut i = at;
+                loop {
+                    match memchr::memchr3(delimiter, b'\n', b'\\', &payload[i..]) {
+                        Some(k) if payload[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k;
+                            break;
+                        }
+                        None => {
+                            i = len;
+                            break;
+                        }
+                    }
+                    if i >= len {
+                        i = len;
+                        break;
+                    }
+                }
+                n += engine.mask_counted(&mut payload[at..i], hits);
+                at = i + 1;
+            }
+        }
+        CopyFormat::Csv { delimiter, quote } => {
+            while at < len {
+                if payload[at] == quote {
+                    let s = at + 1;
+                    let mut i = s;
+                    loop {
+                        match memchr::memchr(quote, &payload[i..]) {
+                            Some(k) if payload.get(i + k + 1) == Some(&quote) => i += k + 2,
+                            Some(k) => {
+                                i += k;
+                                break;
+                            }
+                            None => {
+                                i = len;
+                                break;
+                            }
+                        }
+                        if i >= len {
+                            i = len;
+                            break;
+                        }
+                    }
+                    n += engine.mask_counted(&mut payload[s..i], hits);
+                    // Past the closing quote and the delimiter or newline.
+                    at = i + 2;
+                } else {
+                    let i =
+                        memchr::memchr2(delimiter, b'\n', &payload[at..]).map_or(len, |k| at + k);
+                    n += engine.mask_counted(&mut payload[at..i], hits);
+                    at = i + 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Fields of ErrorResponse/NoticeResponse that carry free text and so may
+/// quote values: message, detail, hint, context, internal query.
+const TEXT_FIELDS: &[u8] = b"MDHWq";
+
+/// Mask the free-text fields of an ErrorResponse or NoticeResponse body in
+/// place (same length). A detail of the form `Key (col, …)=(value, …) …`
+/// (unique and foreign-key violations) whose columns have a column rule has
+/// the whole value list masked. Returns the number of hits.
+pub fn mask_error_fields(
+    engine: &Engine,
+    body: &mut [u8],
+    hits: &mut Hits,
+) -> Result<u32, RowError> {
+    const E: RowError = RowError::Malformed("ErrorResponse");
+    if !engine.enabled() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    let mut at = 0;
+    loop {
+        let code = *body.get(at).ok_or(E)?;
+        if code == 0 {
+            break;
+        }
+        let s = at + 1;
+        let e = s + memchr::memchr(0, &body[s..]).ok_or(E)?;
+        if TEXT_FIELDS.contains(&code) {
+            let field = &mut body[s..e];
+            if code == b'D' {
+                n += key_values(engine, field, hits);
+            }
+            n += engine.mask_counted(field, hits);
+        }
+        at = e + 1;
+    }
+    Ok(n)
+}
+
+/// `Key (a, b)=(x, y) …`: mask `x, y` when a column rule names `a` or `b`.
+fn key_values(engine: &Engine, d: &mut [u8], hits: &mut Hits) -> u32 {
+    let Some(k) = memchr::memmem::find(d, b"Key (") else {
+        return 0;
+    };
+    let cols_start = k + 5;
+    let Some(mid) = memchr::memmem::find(&d[cols_start..], b")=(") else {
+        return 0;
+    };
+    let cols_end = cols_start + mid;
+    let vals_start = cols_end + 3;
+    let Some(vals_end) = memchr::memrchr(b')', &d[vals_start..]).map(|i| vals_start + i) else {
+        return 0;
+    };
+    let rule = d[cols_start..cols_end]
+        .split(|&b| b == b',')
+        .map(|c| c.trim_ascii())
+        .map(|c| {
+            c.strip_prefix(b"\"")
+                .and_then(|c| c.strip_suffix(b"\""))
+                .unwrap_or(c)
+        })
+        .find_map(|c| engine.column_rule_by_name(c));
+    match rule {
+        Some((r, _)) => {
+            let all = detect::Fmt {
+                keep_punct: true,
+                ..engine.fmt()
+            };
+            detect::mask_range(d, vals_start, vals_end, 0, &all);
+            hits.add(r, 1);
+            1
+        }
+        None => 0,
+    }
+}

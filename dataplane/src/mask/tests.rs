@@ -1,0 +1,753 @@
+//! Engine, row and property tests for the masking module.
+
+use super::corpus::{self, Kind, Rng};
+use super::*;
+use proptest::prelude::*;
+
+fn engine() -> Engine {
+    Engine::compile(&MaskingProfile::default()).unwrap()
+}
+
+fn all_on() -> Engine {
+    let p = MaskingProfile {
+        detectors: Detectors::all(),
+        ..MaskingProfile::default()
+    };
+    Engine::compile(&p).unwrap()
+}
+
+fn mask(e: &Engine, s: &str) -> (String, Hits) {
+    let mut v = s.as_bytes().to_vec();
+    let mut h = Hits::new();
+    e.mask_in_place(&mut v, &mut h);
+    assert_eq!(v.len(), s.len());
+    (String::from_utf8(v).expect("masking keeps UTF-8 valid"), h)
+}
+
+fn m(s: &str) -> String {
+    mask(&engine(), s).0
+}
+
+#[test]
+fn cards() {
+    assert_eq!(m("4111111111111111"), "************1111");
+    assert_eq!(m("card 4111 1111 1111 1111."), "card **** **** **** 1111.");
+    assert_eq!(m("4111-1111-1111-1111"), "****-****-****-1111");
+    assert_eq!(m("amex 3782 822463 10005"), "amex **** ****** *0005");
+    assert_eq!(m("5555555555554444,x"), "************4444,x");
+    // Luhn fails.
+    assert_eq!(m("4111111111111112"), "4111111111111112");
+    // Glued to letters, or part of a longer number.
+    assert_eq!(m("id4111111111111111"), "id4111111111111111");
+    assert_eq!(m("94111111111111111"), "94111111111111111");
+    // Unknown issuer (starts with 9), valid Luhn.
+    assert_eq!(m("9111111111111115"), "9111111111111115");
+    // A number before it with another separator does not hide it; one
+    // written the same way makes it part of a longer number.
+    assert_eq!(
+        m("qty 12-4111 1111 1111 1111"),
+        "qty 12-**** **** **** 1111"
+    );
+    assert_eq!(m("qty 12 4111111111111111"), "qty 12 ************1111");
+    assert_eq!(m("6011 1134 9346 9550 1"), "6011 1134 9346 9550 1");
+    // COPY text escapes a newline as \n.
+    assert_eq!(m(r"x\n4111111111111111"), r"x\n************1111");
+}
+
+#[test]
+fn ssns() {
+    assert_eq!(m("ssn 123-45-6789"), "ssn ***-**-6789");
+    assert_eq!(m("123 45 6789"), "*** ** 6789");
+    for bad in [
+        "000-12-3456",
+        "666-12-3456",
+        "912-12-3456",
+        "123-00-4567",
+        "123-45-0000",
+        "078-05-1120",
+    ] {
+        assert_eq!(m(bad), bad);
+    }
+    // Not an SSN: part of a longer dashed number, or bare.
+    assert_eq!(m("1-123-45-6789"), "1-123-45-6789");
+    assert_eq!(m("123456789"), "123456789");
+}
+
+#[test]
+fn phones() {
+    assert_eq!(m("+1 415 555 2671"), "+* *** *** **71");
+    assert_eq!(m("+14155552671"), "+*********71");
+    assert_eq!(m("call (415) 555-2671 now"), "call (***) ***-**71 now");
+    assert_eq!(m("415.555.2671"), "***.***.**71");
+    assert_eq!(m("1-800-555-0199"), "*-***-***-**99");
+    assert_eq!(m("+44 20 7946 0958"), "+** ** **** **58");
+    assert_eq!(m("020 7946 0958"), "*** **** **58");
+    assert_eq!(m("06 12 34 56 78"), "** ** ** ** 78");
+    // A number glued on either side by a single separator is something else.
+    assert_eq!(m("the 337 480 2016-03-22"), "the 337 480 2016-03-22");
+    assert_eq!(m("337 48 2016-03-22"), "337 48 2016-03-22");
+    // Timestamps, dates, prices and ids are not phones.
+    for clean in [
+        "2024-03-15 10:22:31.123456+00",
+        "2024-03-15",
+        "15/03/2024 10:22",
+        "$1,234.56",
+        "ORD-2024-000123",
+        "4155552671",
+        "978-3-16-148410-0",
+        "123-456-7890",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
+#[test]
+fn ibans() {
+    assert_eq!(m("GB29NWBK60161331926819"), "GB****************6819");
+    assert_eq!(
+        m("iban: GB29 NWBK 6016 1331 9268 19"),
+        "iban: GB** **** **** **** **68 19"
+    );
+    assert_eq!(m("DE89370400440532013000"), "DE****************3000");
+    assert_eq!(m("NL91ABNA0417164300"), "NL************4300");
+    // Wrong check digits, wrong length, unknown country.
+    for clean in [
+        "GB28NWBK60161331926819",
+        "DE8937040044053201300",
+        "ZZ89370400440532013000",
+        "SKU12345",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
+#[test]
+fn emails() {
+    assert_eq!(m("john.doe@example.com"), "****.***@*******.com");
+    assert_eq!(m("<a+b@mail.example.co.uk>"), "<*+*@****.*******.**.uk>");
+    assert_eq!(m("user=x@y.io"), "user=*@*.io");
+    for clean in ["@handle", "a@b", "x@localhost", "foo@bar.c0m"] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
+#[test]
+fn tokens() {
+    assert_eq!(m("key AKIAIOSFODNN7EXAMPLE."), "key AKIA****************.");
+    assert_eq!(m("ASIAIOSFODNN7EXAMPLE"), "ASIA****************");
+    assert_eq!(m("AKIAIOSFODNN7EXAMPLEX"), "AKIAIOSFODNN7EXAMPLEX");
+    let gh = format!("ghp_{}", "a1B2".repeat(9));
+    assert_eq!(m(&gh), format!("ghp_{}", "*".repeat(36)));
+    let pat = format!("github_pat_{}_{}", "A".repeat(22), "b".repeat(59));
+    assert_eq!(m(&pat), format!("github_pat_{}", "*".repeat(82)));
+    assert_eq!(
+        m("xoxb-123456789012-abcdefABCDEF"),
+        "xoxb-*************************"
+    );
+    assert_eq!(
+        m("sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+        "sk_live_************************"
+    );
+    let g = format!("AIza{}", "Sy-_0".repeat(7));
+    assert_eq!(m(&g), format!("AIza{}", "*".repeat(35)));
+    assert_eq!(
+        m("Authorization: Bearer abcdef0123456789abcdef=="),
+        "Authorization: Bearer ************************"
+    );
+    // Short or absent credentials.
+    for clean in [
+        "bearer of bad news",
+        "Bearer token",
+        "sk_live_short",
+        "xoxb-1",
+        "ghp_abc",
+        "eyJ",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
+#[test]
+fn jwts() {
+    let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc-_DEF";
+    assert_eq!(
+        m(&format!("tok={t};")),
+        "tok=********************.***************.********;"
+    );
+    let (out, h) = mask(&engine(), t);
+    assert!(!out.contains("eyJ"));
+    assert_eq!(h.get(Builtin::Jwt), 1);
+}
+
+#[test]
+fn private_keys() {
+    let pem =
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow+IBAAK/CAQ==\nabc\n-----END RSA PRIVATE KEY-----";
+    assert_eq!(
+        m(pem),
+        "-----BEGIN RSA PRIVATE KEY-----\n******************\n***\n-----END RSA PRIVATE KEY-----"
+    );
+    let public = "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\n-----END PUBLIC KEY-----";
+    assert_eq!(m(public), public);
+    // COPY text format escapes newlines; the escapes survive.
+    assert_eq!(
+        m(r"-----BEGIN PRIVATE KEY-----\nMIIE\nab\n-----END PRIVATE KEY-----"),
+        r"-----BEGIN PRIVATE KEY-----\n****\n**\n-----END PRIVATE KEY-----"
+    );
+}
+
+#[test]
+fn ip_addresses_are_opt_in() {
+    assert_eq!(m("host 10.1.2.3"), "host 10.1.2.3");
+    assert_eq!(m("fe80::1ff:fe23:4567:890a"), "fe80::1ff:fe23:4567:890a");
+    let e = all_on();
+    assert_eq!(mask(&e, "host 10.1.2.3:5432").0, "host **.*.*.*:5432");
+    assert_eq!(
+        mask(&e, "ip fe80::1ff:fe23:4567:890a.").0,
+        "ip ****::***:****:****:****."
+    );
+    for clean in [
+        "v1.2.3.4",
+        "1.2.3.4.5",
+        "256.1.1.1",
+        "10:22:31",
+        "std::vector",
+        "00:1a:2b:3c:4d:5e",
+    ] {
+        assert_eq!(mask(&e, clean).0, clean);
+    }
+}
+
+#[test]
+fn custom_literals_and_regexes() {
+    let p = MaskingProfile::from_yaml(
+        r#"
+detectors: { email: false }
+custom_literals: [ { name: code, values: [BlueBird, "nightjar"], case_insensitive: true } ]
+custom_regexes: [ { name: emp, pattern: 'EMP-[0-9]{6}' } ]
+"#,
+    )
+    .unwrap();
+    let e = Engine::compile(&p).unwrap();
+    let (out, h) = mask(&e, "bluebird and NIGHTJAR, EMP-123456; a@b.com");
+    assert_eq!(out, "******** and ********, ***-******; a@b.com");
+    let code = RuleId(engine::BUILTIN_RULES as u8);
+    assert_eq!(h.get(code), 2);
+    assert_eq!(e.rule_name(code), "code");
+    assert_eq!(h.get(RuleId(code.0 + 1)), 1);
+    assert_eq!(e.rule_name(RuleId(code.0 + 1)), "emp");
+    assert_eq!(h.get(Builtin::Email), 0);
+}
+
+#[test]
+fn format_options() {
+    let p = MaskingProfile::from_yaml(
+        "format: { mask_char: '#', keep_punctuation: false, card_keep_last: 0, email_keep_tld: false, token_keep_prefix: false }",
+    )
+    .unwrap();
+    let e = Engine::compile(&p).unwrap();
+    assert_eq!(mask(&e, "4111-1111-1111-1111").0, "###################");
+    assert_eq!(mask(&e, "a.b@c.com").0, "#########");
+    assert_eq!(mask(&e, "AKIAIOSFODNN7EXAMPLE").0, "####################");
+}
+
+#[test]
+fn disabled_profile_masks_nothing() {
+    let p = MaskingProfile {
+        enabled: false,
+        ..MaskingProfile::default()
+    };
+    let e = Engine::compile(&p).unwrap();
+    assert!(!e.detects());
+    assert_eq!(
+        mask(&e, "4111111111111111 a@b.com").0,
+        "4111111111111111 a@b.com"
+    );
+}
+
+#[test]
+fn values_across_block_boundaries_and_in_long_cells() {
+    let e = engine();
+    let mut r = Rng::new(7);
+    for off in 0..200 {
+        let card = corpus::card(&mut r);
+        let mail = corpus::email(&mut r);
+        let s = format!(
+            "{} {card} {} {mail} {}",
+            "x".repeat(off),
+            "y ".repeat(off),
+            "z".repeat(3000)
+        );
+        let (out, h) = mask(&e, &s);
+        assert!(
+            !out.contains(&card) && !out.contains(&mail),
+            "offset {off}: {out}"
+        );
+        assert_eq!(h.get(Builtin::PaymentCard), 1, "{card}");
+        assert_eq!(h.get(Builtin::Email), 1, "{mail}");
+    }
+}
+
+#[test]
+fn long_digit_runs_are_walked_in_windows() {
+    // 100 groups joined by spaces, a card at the end.
+    let s = format!("{}4111 1111 1111 1111", "12. ".repeat(100));
+    assert!(m(&s).ends_with("**** **** **** 1111"));
+}
+
+/// Every kernel gives the same output as the scalar one.
+fn kernels() -> Vec<Kernel> {
+    [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2]
+        .into_iter()
+        .filter(|k| k.available())
+        .collect()
+}
+
+fn check_masked(e: &Engine, kind: Kind, seed: u64) -> Result<(), TestCaseError> {
+    let mut r = Rng::new(seed);
+    let value = corpus::sensitive(kind, &mut r);
+    let (cell, at) = corpus::surround(&mut r, &value, 150);
+    let mut v = cell.clone().into_bytes();
+    let mut h = Hits::new();
+    e.mask_in_place(&mut v, &mut h);
+    let out = String::from_utf8(v).unwrap();
+    prop_assert_eq!(out.len(), cell.len());
+    prop_assert!(
+        !out.contains(&value),
+        "{:?} not masked at {}: {:?} -> {:?}",
+        kind,
+        at,
+        cell,
+        out
+    );
+    prop_assert!(h.total() >= 1);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_generated_value_is_masked(seed in any::<u64>(), k in 0..Kind::DEFAULT_ON.len()) {
+        let e = engine();
+        check_masked(&e, Kind::DEFAULT_ON[k], seed)?;
+    }
+
+    #[test]
+    fn ip_addresses_are_masked_when_on(seed in any::<u64>(), v6 in any::<bool>()) {
+        let e = all_on();
+        check_masked(&e, if v6 { Kind::Ipv6 } else { Kind::Ipv4 }, seed)?;
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_output(
+        data in proptest::collection::vec(
+            prop_oneof![
+                Just(b'0'), Just(b'4'), Just(b'9'), Just(b' '), Just(b'-'), Just(b'.'), Just(b'('),
+                Just(b'+'), Just(b'@'), Just(b'A'), Just(b'K'), Just(b'I'), Just(b'e'), Just(b'y'),
+                Just(b'J'), Just(b'_'), Just(b'x'), Just(b':'), Just(b'B'), any::<u8>(),
+            ],
+            0..600,
+        ),
+        seed in any::<u64>(),
+    ) {
+        // Random bytes plus a few real values at random offsets.
+        let mut r = Rng::new(seed);
+        let mut data = data;
+        for _ in 0..r.below(4) {
+            let k = Kind::ALL[r.below(Kind::ALL.len())];
+            let v = corpus::sensitive(k, &mut r);
+            let at = r.below(data.len() + 1);
+            data.splice(at..at, v.bytes());
+        }
+        let p = MaskingProfile { detectors: Detectors::all(), ..MaskingProfile::default() };
+        let mut want = data.clone();
+        let mut hw = Hits::new();
+        Engine::compile_with_kernel(&p, Kernel::Scalar).unwrap().mask_in_place(&mut want, &mut hw);
+        for k in kernels() {
+            let mut got = data.clone();
+            let mut hg = Hits::new();
+            Engine::compile_with_kernel(&p, k).unwrap().mask_in_place(&mut got, &mut hg);
+            prop_assert_eq!(&got, &want, "{:?}", k);
+            prop_assert_eq!(&hg, &hw);
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_not_masked(seed in any::<u64>(), which in 0..3usize) {
+        let mut r = Rng::new(seed);
+        let v = match which {
+            0 => corpus::format_card(&mut r, &corpus::card_digits(&mut Rng::new(seed), false)),
+            1 => corpus::ssn_invalid(&mut r),
+            _ => corpus::iban_with(&mut r, false),
+        };
+        // The random digits may happen to form some other valid value (a
+        // card inside an IBAN); the detector under test must not fire.
+        let (_, h) = mask(&engine(), &format!("value: {v} end"));
+        let rule = [Builtin::PaymentCard, Builtin::Ssn, Builtin::Iban][which];
+        prop_assert_eq!(h.get(rule), 0, "{}", v);
+    }
+
+    #[test]
+    fn random_input_keeps_length_and_utf8(s in ".{0,300}") {
+        let e = all_on();
+        let (out, _) = mask(&e, &s);
+        prop_assert_eq!(out.len(), s.len());
+    }
+}
+
+/// False positives of the default profile on realistic clean values.
+#[test]
+fn false_positive_rate_on_clean_corpus() {
+    let e = engine();
+    let mut r = Rng::new(42);
+    let cells = 200_000;
+    let mut flagged = 0;
+    let mut bytes = 0;
+    let mut hits = Hits::new();
+    let mut examples = Vec::new();
+    for _ in 0..cells {
+        let v = corpus::clean_value(&mut r);
+        bytes += v.len();
+        let mut b = v.clone().into_bytes();
+        if e.mask_in_place(&mut b, &mut hits) {
+            flagged += 1;
+            if examples.len() < 5 {
+                examples.push(v);
+            }
+        }
+    }
+    let rate = flagged as f64 / cells as f64;
+    println!(
+        "false positives: {flagged} of {cells} clean cells ({:.4}%), {bytes} bytes; by rule: {:?}; e.g. {examples:?}",
+        rate * 100.0,
+        hits.iter().map(|(r, c)| (e.rule_name(r).to_string(), c)).collect::<Vec<_>>()
+    );
+    assert!(rate < 0.001, "false-positive rate {rate}");
+}
+
+// ---------------------------------------------------------------------------
+// Messages.
+
+fn rd(cols: &[(&str, u32, i16)]) -> Vec<u8> {
+    let mut b = corpus::row_description(&cols.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>());
+    // Patch the format codes (last two bytes of each field).
+    let mut at = 2;
+    for c in cols {
+        at += c.0.len() + 1 + 16;
+        b[at..at + 2].copy_from_slice(&c.2.to_be_bytes());
+        at += 2;
+    }
+    b
+}
+
+fn row(vals: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(vals.len() as i16).to_be_bytes());
+    for v in vals {
+        match v {
+            Some(v) => {
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(v);
+            }
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    b
+}
+
+fn row_profile() -> Engine {
+    let p = MaskingProfile::from_yaml(
+        r#"
+columns:
+  - { column: 'pass*', action: mask }
+  - { column: card_no, action: { keep_last: 4 } }
+  - { column: 'email_h*', action: hash }
+  - { column: secret_n, action: 'null' }
+  - { type: int8, column: 'acct', action: mask }
+hash_key: 'a fixed key of 16+ bytes'
+"#,
+    )
+    .unwrap();
+    Engine::compile(&p).unwrap()
+}
+
+#[test]
+fn row_plan_from_row_description() {
+    let e = row_profile();
+    let mut plan = RowPlan::new();
+    let body = rd(&[
+        ("id", 23, 0),
+        ("note", 25, 0),
+        ("Password", 1043, 0),
+        ("card_no", 25, 0),
+        ("email_hash", 25, 0),
+        ("secret_n", 25, 0),
+        ("acct", 20, 0),
+        ("doc", 3802, 1),
+        ("blob", 17, 1),
+        ("nick", 99999, 0),
+        ("nick_b", 99999, 1),
+    ]);
+    plan.describe(&e, &body).unwrap();
+    let got: Vec<ColumnPlan> = plan.columns().collect();
+    let r = |i: usize| RuleId((engine::BUILTIN_RULES + i) as u8);
+    assert_eq!(
+        got,
+        vec![
+            ColumnPlan::Skip,
+            ColumnPlan::Detect { from: 0 },
+            ColumnPlan::MaskAll(r(0)),
+            ColumnPlan::KeepLast(4, r(1)),
+            ColumnPlan::Hash(r(2)),
+            ColumnPlan::Null(r(3)),
+            ColumnPlan::Null(r(4)),
+            ColumnPlan::Detect { from: 1 },
+            ColumnPlan::Skip,
+            ColumnPlan::Detect { from: 0 },
+            ColumnPlan::Skip,
+        ]
+    );
+    assert_eq!(plan.column_name(2), b"Password");
+    assert!(plan.may_rewrite());
+    // Bind asked for binary results everywhere: text-like stays scanned,
+    // the unknown type is skipped.
+    plan.set_result_formats(&e, &[1]).unwrap();
+    let got: Vec<ColumnPlan> = plan.columns().collect();
+    assert_eq!(got[1], ColumnPlan::Detect { from: 0 });
+    assert_eq!(got[9], ColumnPlan::Skip);
+    assert!(plan.describe(&e, &body[..body.len() - 1]).is_err());
+}
+
+#[test]
+fn data_row_in_place_and_rewritten() {
+    let e = row_profile();
+    let mut plan = RowPlan::new();
+    plan.describe(
+        &e,
+        &rd(&[
+            ("id", 23, 0),
+            ("note", 25, 0),
+            ("password", 25, 0),
+            ("card_no", 25, 0),
+        ]),
+    )
+    .unwrap();
+    let mut hits = Hits::new();
+    let mut out = Vec::new();
+    let mut body = row(&[
+        Some(b"4111111111111111"),
+        Some(b"pay 4111111111111111 now"),
+        Some("pässwörd".as_bytes()),
+        Some(b"5555555555554444"),
+    ]);
+    let before = body.len();
+    let o = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+    assert_eq!(o, RowOutcome::MaskedInPlace);
+    assert_eq!(body.len(), before);
+    assert_eq!(
+        body,
+        row(&[
+            Some(b"4111111111111111"),
+            Some(b"pay ************1111 now"),
+            Some("**********".as_bytes()),
+            Some(b"************4444")
+        ])
+    );
+    assert_eq!(plan.column_hits(), &[0, 1, 1, 1]);
+    assert_eq!(hits.get(Builtin::PaymentCard), 1);
+    let mut cols = Vec::new();
+    plan.take_column_hits(|i, name, c| cols.push((i, name.to_vec(), c)));
+    assert_eq!(cols[0], (1, b"note".to_vec(), 1));
+    assert_eq!(plan.column_hits(), &[0, 0, 0, 0]);
+
+    // Nothing to mask.
+    let mut body = row(&[Some(b"1"), Some(b"hello"), None, Some(b"")]);
+    assert_eq!(
+        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap(),
+        RowOutcome::MaskedInPlace
+    );
+
+    // Hash and null change lengths: the frame is rewritten.
+    plan.describe(
+        &e,
+        &rd(&[
+            ("email_hash", 25, 0),
+            ("secret_n", 25, 0),
+            ("note", 25, 0),
+            ("x", 25, 0),
+        ]),
+    )
+    .unwrap();
+    let mut body = row(&[
+        Some(b"a@b.com"),
+        Some(b"s3cret"),
+        Some(b"mail a@b.com"),
+        None,
+    ]);
+    let o = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+    assert_eq!(o, RowOutcome::Rewritten);
+    let mut h = Vec::new();
+    e.hash_into(b"a@b.com", &mut h);
+    let mut want = vec![b'D'];
+    let wb = row(&[Some(&h), None, Some(b"mail *@*.com"), None]);
+    want.extend_from_slice(&((wb.len() + 4) as u32).to_be_bytes());
+    want.extend_from_slice(&wb);
+    assert_eq!(out, want);
+    // Same key, same value, same hash (joins still work).
+    let mut h2 = Vec::new();
+    row_profile().hash_into(b"a@b.com", &mut h2);
+    assert_eq!(h, h2);
+
+    // Malformed rows are refused.
+    let mut short = row(&[Some(b"a"), None, None, None]);
+    short.pop();
+    assert!(mask_data_row(&e, &mut plan, &mut short, &mut hits, &mut out).is_err());
+    let mut wrong = row(&[Some(b"a")]);
+    assert_eq!(
+        mask_data_row(&e, &mut plan, &mut wrong, &mut hits, &mut out),
+        Err(RowError::ColumnCount { got: 1, want: 4 })
+    );
+}
+
+#[test]
+fn keep_last_counts_characters() {
+    let e = row_profile();
+    let mut plan = RowPlan::new();
+    plan.describe(&e, &rd(&[("card_no", 25, 0)])).unwrap();
+    let mut body = row(&[Some("ab€€€€".as_bytes())]);
+    let mut out = Vec::new();
+    mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut out).unwrap();
+    assert_eq!(body, row(&[Some("**€€€€".as_bytes())]));
+    // Shorter than N: left alone.
+    let mut body = row(&[Some(b"abc")]);
+    mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut out).unwrap();
+    assert_eq!(body, row(&[Some(b"abc")]));
+}
+
+#[test]
+fn copy_text_and_csv() {
+    let e = engine();
+    let mut h = Hits::new();
+    let mut line = b"1\tjohn@example.com\t4111 1111 1111 1111\t\\N\tx\\t123-45-6789\n".to_vec();
+    assert_eq!(mask_copy_data(&e, CopyFormat::TEXT, &mut line, &mut h), 3);
+    assert_eq!(
+        &line[..],
+        &b"1\t****@*******.com\t**** **** **** 1111\t\\N\tx\\t***-**-6789\n"[..]
+    );
+    let mut csv = b"1,\"Smith, John\",\"card \"\"4111111111111111\"\"\",a@b.com\n".to_vec();
+    assert_eq!(mask_copy_data(&e, CopyFormat::CSV, &mut csv, &mut h), 2);
+    assert_eq!(
+        &csv[..],
+        &b"1,\"Smith, John\",\"card \"\"************1111\"\"\",*@*.com\n"[..]
+    );
+}
+
+#[test]
+fn error_fields() {
+    let e = row_profile();
+    let mut body = Vec::new();
+    for (code, text) in [
+        (b'S', "ERROR"),
+        (b'C', "23505"),
+        (
+            b'M',
+            "duplicate key value violates unique constraint \"users_email_key\"",
+        ),
+        (b'D', "Key (email)=(john@example.com) already exists."),
+        (b'n', "users_email_key"),
+    ] {
+        body.push(code);
+        body.extend_from_slice(text.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let len = body.len();
+    let mut h = Hits::new();
+    assert_eq!(mask_error_fields(&e, &mut body, &mut h).unwrap(), 1);
+    assert_eq!(body.len(), len);
+    let s = String::from_utf8(body).unwrap();
+    assert!(
+        s.contains("Key (email)=(****@*******.com) already exists."),
+        "{s}"
+    );
+    assert!(s.contains("users_email_key"));
+
+    // A column with a rule: the whole key value is masked.
+    let mut body = b"DKey (password, id)=(hunter2, 42) already exists.\0\0".to_vec();
+    assert_eq!(mask_error_fields(&e, &mut body, &mut h).unwrap(), 1);
+    assert_eq!(
+        &body[..],
+        &b"DKey (password, id)=(*******, **) already exists.\0\0"[..]
+    );
+    let mut bad = b"Mno terminator".to_vec();
+    assert!(mask_error_fields(&e, &mut bad, &mut h).is_err());
+}
+
+#[test]
+fn engine_is_send_sync() {
+    fn ok<T: Send + Sync>() {}
+    ok::<Engine>();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Scanning a DataRow in one pass gives exactly what scanning each cell
+    /// alone gives: nothing is found in the length words between cells and
+    /// no value runs into the next cell.
+    #[test]
+    fn row_scan_equals_cell_by_cell(seed in any::<u64>(), ncols in 1usize..12) {
+        let e = all_on();
+        let mut r = Rng::new(seed);
+        let mut cols = Vec::new();
+        let mut vals: Vec<Option<Vec<u8>>> = Vec::new();
+        for i in 0..ncols {
+            // Lengths 48–57 make the last length byte an ASCII digit, 64–90
+            // a capital: both must stay out of the values next to them.
+            let v: Option<Vec<u8>> = match r.below(6) {
+                0 => None,
+                1 => Some(corpus::sensitive(Kind::ALL[r.below(Kind::ALL.len())], &mut r).into_bytes()),
+                2 => {
+                    let card = corpus::sensitive(Kind::Card, &mut r);
+                    Some(corpus::surround(&mut r, &card, 60).0.into_bytes())
+                }
+                3 => {
+                    let d = r.digits_range(1, 8);
+                    Some(format!("{d}{}", "7".repeat(r.range(40, 60))).into_bytes())
+                }
+                4 => Some((0..r.range(0, 200)).map(|_| b"0123456789 -.@AKIAbe:+(x_"[r.below(25)]).collect()),
+                _ => Some(corpus::clean_value(&mut r).into_bytes()),
+            };
+            cols.push((format!("c{i}"), if r.chance(0.2) { 23 } else { 25 }));
+            vals.push(v);
+        }
+        let names: Vec<(&str, u32)> = cols.iter().map(|(n, o)| (n.as_str(), *o)).collect();
+        let mut plan = RowPlan::new();
+        plan.describe(&e, &corpus::row_description(&names)).unwrap();
+        let refs: Vec<Option<&[u8]>> = vals.iter().map(|v| v.as_deref()).collect();
+        let mut body = row(&refs);
+        let mut out = Vec::new();
+        let mut hits = Hits::new();
+        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+
+        let mut want_hits = Hits::new();
+        let mut want_cols = vec![0u64; ncols];
+        let masked: Vec<Option<Vec<u8>>> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.clone().map(|mut v| {
+                    if cols[i].1 == 25 {
+                        want_cols[i] += e.mask_counted(&mut v, &mut want_hits) as u64;
+                    }
+                    v
+                })
+            })
+            .collect();
+        let refs: Vec<Option<&[u8]>> = masked.iter().map(|v| v.as_deref()).collect();
+        prop_assert_eq!(body, row(&refs));
+        prop_assert_eq!(hits, want_hits);
+        prop_assert_eq!(plan.column_hits(), &want_cols[..]);
+    }
+}
