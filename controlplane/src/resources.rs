@@ -53,6 +53,8 @@ struct ConnectionDoc {
     auth: String,
     #[serde(default)]
     tls: Option<TlsDoc>,
+    #[serde(default)]
+    masking_profile: String,
 }
 
 fn default_port() -> u32 {
@@ -112,6 +114,8 @@ struct PolicyDoc {
     identities: Vec<String>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    unmasked: bool,
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(
@@ -174,6 +178,24 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Docume
                         ca_pem: t.ca_pem,
                         server_name: t.server_name,
                     }),
+                    masking_profile: c.masking_profile,
+                })
+            }
+            "MaskingProfile" => {
+                // The data plane's own type, so every field is checked here
+                // with its path (`spec.columns[0].action`).
+                let p: dataplane::mask::MaskingProfile = typed(doc.spec, &location)?;
+                dataplane::mask::Engine::compile(&p).map_err(|e| DocumentError {
+                    location: location.clone(),
+                    field: "spec".into(),
+                    message: e.to_string(),
+                })?;
+                Spec::MaskingProfile(proto::MaskingProfileSpec {
+                    json: serde_json::to_string(&p).map_err(|e| DocumentError {
+                        location: location.clone(),
+                        field: "spec".into(),
+                        message: e.to_string(),
+                    })?,
                 })
             }
             "IdentityProvider" => {
@@ -205,6 +227,7 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Docume
                     connections: p.connections,
                     identities: p.identities,
                     groups: p.groups,
+                    unmasked: p.unmasked,
                 })
             }
             other => {
@@ -257,6 +280,12 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
     }
     match &r.spec {
         None => return err("spec", "missing".into()),
+        Some(Spec::MaskingProfile(m)) => {
+            let p: dataplane::mask::MaskingProfile =
+                serde_json::from_str(&m.json).map_err(|e| ("spec".to_string(), e.to_string()))?;
+            dataplane::mask::Engine::compile(&p)
+                .map_err(|e| ("spec".to_string(), e.to_string()))?;
+        }
         Some(Spec::Connection(c)) => {
             if c.host.is_empty() {
                 return err("spec.host", "must not be empty".into());
@@ -375,6 +404,19 @@ pub fn validate_set(resources: &[Resource]) -> Result<(), DocumentError> {
     };
     let connections = names("Connection");
     let groups = names("Group");
+    let profiles = names("MaskingProfile");
+    for r in resources {
+        if let Some(Spec::Connection(c)) = &r.spec {
+            let p = c.masking_profile.as_str();
+            if !(p.is_empty() || p == "default" || p == "none" || profiles.contains(p)) {
+                return Err(DocumentError {
+                    location: format!("Connection {}", r.name),
+                    field: "spec.maskingProfile".into(),
+                    message: format!("no MaskingProfile named `{p}` (or `default`, `none`)"),
+                });
+            }
+        }
+    }
     let mut identities_with_keys = HashSet::new();
     for r in resources {
         if let Some(Spec::ApiKey(k)) = &r.spec {

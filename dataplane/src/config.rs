@@ -62,6 +62,10 @@ pub struct Config {
     pub jwt_issuers: Vec<JwtIssuer>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Named masking profiles (see `mask::MaskingProfile`); `default`
+    /// overrides the built-in one.
+    #[serde(default)]
+    pub masking_profiles: std::collections::BTreeMap<String, crate::mask::MaskingProfile>,
     /// Take connections, identities and grants from a control plane instead
     /// of this file.
     #[serde(default)]
@@ -240,6 +244,11 @@ pub struct Connection {
     /// The name clients put in the `database` field of their startup.
     pub name: String,
     pub target: Target,
+    /// Masking profile for results of this connection: a name from
+    /// `masking_profiles`, `default` (the built-in profile, also when
+    /// omitted), or `none` (no masking).
+    #[serde(default)]
+    pub masking_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +366,10 @@ pub struct Grant {
     pub identities: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// These identities and groups see results unmasked (explicitly
+    /// granted; masking is on otherwise).
+    #[serde(default)]
+    pub unmasked: bool,
 }
 
 impl Config {
@@ -429,6 +442,7 @@ impl Config {
                 ("identities", self.identities.len()),
                 ("jwt_issuers", self.jwt_issuers.len()),
                 ("grants", self.grants.len()),
+                ("masking_profiles", self.masking_profiles.len()),
             ] {
                 if n > 0 {
                     return Err(ConfigError::field(
@@ -606,6 +620,21 @@ impl Config {
             }
         }
 
+        for (i, c) in self.connections.iter().enumerate() {
+            if let Some(p) = &c.masking_profile {
+                if p != "none" && p != "default" && !self.masking_profiles.contains_key(p) {
+                    return Err(ConfigError::field(
+                        format!("connections[{i}].masking_profile"),
+                        format!("no masking_profiles entry named `{p}` (or use `default`, `none`)"),
+                    ));
+                }
+            }
+        }
+        for (name, p) in &self.masking_profiles {
+            crate::mask::Engine::compile(p).map_err(|e| {
+                ConfigError::field(format!("masking_profiles.{name}"), e.to_string())
+            })?;
+        }
         for (i, g) in self.grants.iter().enumerate() {
             let at = |f: &str| format!("grants[{i}].{f}");
             if g.connections.is_empty() {

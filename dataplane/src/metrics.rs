@@ -93,7 +93,18 @@ pub struct CoreMetrics {
     pub protocol_errors: AtomicU64,
     /// Sessions ended because a new snapshot revoked their grant.
     pub sessions_revoked: AtomicU64,
+    /// Values masked, by rule and by column name (locked by this core only
+    /// when a read had hits, and by the scrape).
+    masked_rules: Mutex<std::collections::HashMap<String, u64>>,
+    masked_columns: Mutex<std::collections::HashMap<String, u64>>,
     added: Mutex<Histogram<u64>>,
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Add on a counter only its own core writes: a plain load and store, no
@@ -104,6 +115,20 @@ pub fn bump(c: &AtomicU64, n: u64) {
 }
 
 impl CoreMetrics {
+    /// Move a session's masking hit counts into this core's totals.
+    pub fn count_masked(&self, m: &mut crate::session::masker::TargetMasker) {
+        if let Ok(mut rules) = self.masked_rules.lock() {
+            m.take_hits(|rule, n| *rules.entry(rule.to_string()).or_default() += n);
+        }
+        if let Ok(mut cols) = self.masked_columns.lock() {
+            m.take_column_hits(|col, n| {
+                *cols
+                    .entry(String::from_utf8_lossy(col).into_owned())
+                    .or_default() += n
+            });
+        }
+    }
+
     pub fn new(worker: usize, driver: &'static str) -> Self {
         CoreMetrics {
             worker,
@@ -118,6 +143,8 @@ impl CoreMetrics {
             bytes_target_to_client: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             sessions_revoked: AtomicU64::new(0),
+            masked_rules: Mutex::new(Default::default()),
+            masked_columns: Mutex::new(Default::default()),
             // 1 ns .. 60 s, 3 significant digits.
             added: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
@@ -229,6 +256,32 @@ impl Registry {
             "sluice_sessions_revoked_total {}",
             sum(c, |m| m.sessions_revoked.load(Relaxed))
         );
+        let mut rules: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut cols: std::collections::BTreeMap<String, u64> = Default::default();
+        for m in c {
+            if let Ok(r) = m.masked_rules.lock() {
+                for (k, v) in r.iter() {
+                    *rules.entry(k.clone()).or_default() += v;
+                }
+            }
+            if let Ok(r) = m.masked_columns.lock() {
+                for (k, v) in r.iter() {
+                    *cols.entry(k.clone()).or_default() += v;
+                }
+            }
+        }
+        let _ = writeln!(s, "# HELP sluice_masked_values_total Values masked in results, by rule.\n# TYPE sluice_masked_values_total counter");
+        for (k, v) in &rules {
+            let _ = writeln!(s, "sluice_masked_values_total{{rule=\"{}\"}} {v}", label(k));
+        }
+        let _ = writeln!(s, "# HELP sluice_masked_column_values_total Values masked in results, by column name.\n# TYPE sluice_masked_column_values_total counter");
+        for (k, v) in &cols {
+            let _ = writeln!(
+                s,
+                "sluice_masked_column_values_total{{column=\"{}\"}} {v}",
+                label(k)
+            );
+        }
         let _ = writeln!(s, "# HELP sluice_bytes_total Bytes relayed, by direction.\n# TYPE sluice_bytes_total counter");
         let _ = writeln!(
             s,

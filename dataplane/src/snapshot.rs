@@ -44,6 +44,8 @@ pub struct ConnectionEntry {
     pub auth: TargetAuth,
     /// TLS towards the target, with the name to verify.
     pub tls: Option<TargetTlsEntry>,
+    /// Masking of this connection's results (None: masking off).
+    pub masking: Option<Arc<crate::mask::Engine>>,
 }
 
 pub struct TargetTlsEntry {
@@ -96,6 +98,37 @@ struct GrantEntry {
     connections: HashSet<String>,
     identities: HashSet<String>,
     groups: HashSet<String>,
+    unmasked: bool,
+}
+
+/// Profile name → engine (None: masking off).
+type Profiles = HashMap<String, Option<Arc<crate::mask::Engine>>>;
+
+/// Compile named profiles; `default` is the built-in profile unless given.
+fn compile_profiles(
+    given: impl IntoIterator<Item = (String, crate::mask::MaskingProfile)>,
+) -> Result<Profiles, (String, String)> {
+    let mut out = HashMap::new();
+    let mut default_given = false;
+    for (name, p) in given {
+        default_given |= name == "default";
+        let engine = if p.enabled {
+            Some(
+                crate::mask::Engine::compile_shared(&p)
+                    .map_err(|e| (name.clone(), e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        out.insert(name, engine);
+    }
+    if !default_given {
+        let d = crate::mask::Engine::compile_shared(&crate::mask::MaskingProfile::default())
+            .map_err(|e| ("default".to_string(), e.to_string()))?;
+        out.insert("default".to_string(), Some(d));
+    }
+    out.insert("none".to_string(), None);
+    Ok(out)
 }
 
 impl Snapshot {
@@ -148,6 +181,8 @@ impl Snapshot {
             );
         }
 
+        let profiles = compile_profiles(cfg.masking_profiles.clone())
+            .map_err(|(n, e)| ConfigError::field(format!("masking_profiles.{n}"), e))?;
         let mut connections = HashMap::new();
         for (i, c) in cfg.connections.iter().enumerate() {
             let at = |f: &str| format!("connections[{i}].target.{f}");
@@ -200,6 +235,15 @@ impl Snapshot {
                     password,
                     auth: t.auth,
                     tls,
+                    masking: profiles
+                        .get(c.masking_profile.as_deref().unwrap_or("default"))
+                        .cloned()
+                        .ok_or_else(|| {
+                            ConfigError::field(
+                                format!("connections[{i}].masking_profile"),
+                                "no such masking profile",
+                            )
+                        })?,
                 }),
             );
         }
@@ -211,6 +255,7 @@ impl Snapshot {
                 connections: g.connections.iter().cloned().collect(),
                 identities: g.identities.iter().cloned().collect(),
                 groups: g.groups.iter().cloned().collect(),
+                unmasked: g.unmasked,
             })
             .collect();
 
@@ -239,6 +284,16 @@ impl Snapshot {
         let mut identities: HashMap<String, IdentityEntry> = HashMap::new();
         let mut connections = HashMap::new();
         let mut grants = Vec::new();
+        let mut given = Vec::new();
+        for r in &snap.resources {
+            if let Some(Spec::MaskingProfile(m)) = &r.spec {
+                let p: crate::mask::MaskingProfile = serde_json::from_str(&m.json)
+                    .map_err(|e| format!("MaskingProfile {}: spec: {e}", r.name))?;
+                given.push((r.name.clone(), p));
+            }
+        }
+        let profiles =
+            compile_profiles(given).map_err(|(n, e)| format!("MaskingProfile {n}: spec: {e}"))?;
         fn ident<'a>(
             map: &'a mut HashMap<String, IdentityEntry>,
             name: &str,
@@ -255,6 +310,7 @@ impl Snapshot {
             let at = |field: &str, e: String| format!("{} {}: {field}: {e}", r.kind, r.name);
             match &r.spec {
                 None => return Err(at("spec", "missing".into())),
+                Some(Spec::MaskingProfile(_)) => {}
                 Some(Spec::Connection(c)) => {
                     let port = u16::try_from(c.port)
                         .ok()
@@ -305,6 +361,19 @@ impl Snapshot {
                             password: (!c.password.is_empty()).then(|| Secret(c.password.clone())),
                             auth,
                             tls,
+                            masking: {
+                                let name = if c.masking_profile.is_empty() {
+                                    "default"
+                                } else {
+                                    &c.masking_profile
+                                };
+                                profiles.get(name).cloned().ok_or_else(|| {
+                                    at(
+                                        "spec.maskingProfile",
+                                        format!("no MaskingProfile named `{name}`"),
+                                    )
+                                })?
+                            },
                         }),
                     );
                 }
@@ -357,6 +426,7 @@ impl Snapshot {
                         connections: p.connections.iter().cloned().collect(),
                         identities: p.identities.iter().cloned().collect(),
                         groups: p.groups.iter().cloned().collect(),
+                        unmasked: p.unmasked,
                     });
                 }
             }
@@ -414,14 +484,34 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Whether `identity` may use connection `conn`.
-    pub fn is_granted(&self, identity: &IdentityEntry, conn: &str) -> bool {
-        self.grants.iter().any(|g| {
+    fn grants_for<'a>(
+        &'a self,
+        identity: &'a IdentityEntry,
+        conn: &'a str,
+    ) -> impl Iterator<Item = &'a GrantEntry> + 'a {
+        self.grants.iter().filter(move |g| {
             (g.connections.contains(conn) || g.connections.contains("*"))
                 && (g.identities.contains(&identity.name)
                     || g.identities.contains("*")
                     || identity.groups.iter().any(|x| g.groups.contains(x)))
         })
+    }
+
+    /// Whether `identity` may use connection `conn`.
+    pub fn is_granted(&self, identity: &IdentityEntry, conn: &str) -> bool {
+        self.grants_for(identity, conn).next().is_some()
+    }
+
+    /// The masking engine for `identity`'s results on `conn`: the
+    /// connection's profile, unless a grant gives this identity (or one of
+    /// its groups) unmasked access explicitly.
+    pub fn masking_for(&self, identity: &str, conn: &str) -> Option<Arc<crate::mask::Engine>> {
+        let c = self.connections.get(conn)?;
+        let engine = c.masking.clone()?;
+        match self.identities.get(identity) {
+            Some(id) if self.grants_for(id, conn).any(|g| g.unmasked) => None,
+            _ => Some(engine),
+        }
     }
 }
 

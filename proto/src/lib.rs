@@ -15,7 +15,8 @@ pub use v1::*;
 pub const API_VERSION: &str = "sluice.dev/v1";
 
 /// Resource kinds, in the order they are applied (referenced kinds first).
-pub const KINDS: [&str; 5] = [
+pub const KINDS: [&str; 6] = [
+    "MaskingProfile",
     "Connection",
     "IdentityProvider",
     "ApiKey",
@@ -41,6 +42,7 @@ mod tests {
                 user: "gw".into(),
                 password: "pw".into(),
                 auth: "scram-sha-256".into(),
+                masking_profile: String::new(),
                 tls: None,
             })),
             revision: 7,

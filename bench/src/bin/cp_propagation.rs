@@ -199,6 +199,7 @@ async fn main() {
                 user: "app".into(),
                 password: "pw".into(),
                 auth: "auto".into(),
+                masking_profile: String::new(),
                 tls: None,
             }),
         ),
@@ -209,6 +210,7 @@ async fn main() {
                 connections: vec!["app".into()],
                 identities: vec![],
                 groups: vec!["bench".into()],
+                unmasked: false,
             }),
         ),
         resource(

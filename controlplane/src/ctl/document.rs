@@ -14,13 +14,15 @@ pub fn parse_kind(typed: &str) -> Option<&'static str> {
         "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
         "group" | "groups" => "Group",
         "policy" | "policies" => "Policy",
+        "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
         _ => return None,
     })
 }
 
 /// The kinds and their aliases, for error messages and `--help`.
 pub const KIND_HELP: &str = "connection (connections, conn), identityprovider \
-     (identityproviders, idp), apikey (apikeys, key), group (groups), policy (policies)";
+     (identityproviders, idp), apikey (apikeys, key), group (groups), policy (policies), \
+     maskingprofile (maskingprofiles, mask)";
 
 /// `connection/orders`, as kubectl names objects.
 pub fn object_name(kind: &str, name: &str) -> String {
@@ -107,7 +109,8 @@ fn spec_document(spec: &Spec) -> Mapping {
                 .put("database", c.database.as_str())
                 .put("user", c.user.as_str())
                 .text("password", &c.password)
-                .text("auth", &c.auth);
+                .text("auth", &c.auth)
+                .text("maskingProfile", &c.masking_profile);
             if let Some(t) = &c.tls {
                 let mut tls = Fields::new();
                 tls.put("mode", t.mode.as_str())
@@ -143,6 +146,15 @@ fn spec_document(spec: &Spec) -> Mapping {
             f.list("connections", &p.connections)
                 .list_nonempty("identities", &p.identities)
                 .list_nonempty("groups", &p.groups);
+            if p.unmasked {
+                f.put("unmasked", true);
+            }
+        }
+        Spec::MaskingProfile(m) => {
+            // The stored JSON is the document's spec.
+            if let Ok(Value::Mapping(spec)) = serde_json::from_str::<Value>(&m.json) {
+                return spec;
+            }
         }
     }
     f.0

@@ -54,6 +54,7 @@ pub fn resources(kind: &str, rs: &[Resource]) -> String {
         "IdentityProvider" => &["NAME", "ISSUER", "AUDIENCE", "JWKS"],
         "ApiKey" => &["NAME", "IDENTITY", "GROUPS"],
         "Group" => &["NAME", "MEMBERS"],
+        "MaskingProfile" => &["NAME", "ENABLED", "COLUMN RULES"],
         _ => &["NAME", "CONNECTIONS", "IDENTITIES", "GROUPS"],
     };
     render(header, &rs.iter().map(row).collect::<Vec<_>>())
@@ -83,6 +84,13 @@ fn row(r: &Resource) -> Vec<String> {
         Some(Spec::Group(g)) => cells.push(list(&g.members)),
         Some(Spec::Policy(p)) => {
             cells.extend([list(&p.connections), list(&p.identities), list(&p.groups)])
+        }
+        Some(Spec::MaskingProfile(m)) => {
+            let v: serde_json::Value = serde_json::from_str(&m.json).unwrap_or_default();
+            cells.extend([
+                v["enabled"].as_bool().unwrap_or(true).to_string(),
+                v["columns"].as_array().map_or(0, |a| a.len()).to_string(),
+            ])
         }
         None => {}
     }

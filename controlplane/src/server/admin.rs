@@ -46,6 +46,7 @@ pub fn canonical_kind(k: &str) -> Option<&'static str> {
         "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
         "group" | "groups" => "Group",
         "policy" | "policies" => "Policy",
+        "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
         _ => return None,
     })
 }
@@ -354,6 +355,7 @@ mod tests {
                 user: "gw".into(),
                 password: pw.into(),
                 auth: "auto".into(),
+                masking_profile: String::new(),
                 tls: None,
             })),
             revision: 0,

@@ -567,7 +567,9 @@ impl Engine {
                     regions,
                     base: base + k * BLOCK,
                 };
-                self.block(buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits);
+                self.block(
+                    buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits,
+                );
                 prev = masks[k];
             }
             base += process * BLOCK;
@@ -576,7 +578,17 @@ impl Engine {
             if run.cand {
                 let ri = cur.run.seek(regions, run.first);
                 let r = regions[ri];
-                self.digit_run(buf, r, ri, run.first, r.end as usize, run.digits, &mut st, counts, hits);
+                self.digit_run(
+                    buf,
+                    r,
+                    ri,
+                    run.first,
+                    r.end as usize,
+                    run.digits,
+                    &mut st,
+                    counts,
+                    hits,
+                );
             }
         }
         st.hits
@@ -601,10 +613,30 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block(buf, &ctx, &zero, &m, &zero, &mut st, &mut cur, &mut counts, hits);
+        self.block(
+            buf,
+            &ctx,
+            &zero,
+            &m,
+            &zero,
+            &mut st,
+            &mut cur,
+            &mut counts,
+            hits,
+        );
         if let Some(run) = st.run.take() {
             if run.cand {
-                self.digit_run(buf, region[0], 0, run.first, n, run.digits, &mut st, &mut counts, hits);
+                self.digit_run(
+                    buf,
+                    region[0],
+                    0,
+                    run.first,
+                    n,
+                    run.digits,
+                    &mut st,
+                    &mut counts,
+                    hits,
+                );
             }
         }
         st.hits
@@ -733,7 +765,17 @@ impl Engine {
             if run.cand || cand & low != 0 {
                 let digits = run.digits + (d & low).count_ones();
                 let ri = cur.run.seek(regions, run.first);
-                self.digit_run(buf, regions[ri], ri, run.first, base + e as usize, digits, st, counts, hits);
+                self.digit_run(
+                    buf,
+                    regions[ri],
+                    ri,
+                    run.first,
+                    base + e as usize,
+                    digits,
+                    st,
+                    counts,
+                    hits,
+                );
             }
             d &= !low;
         }
@@ -758,7 +800,17 @@ impl Engine {
                 let digits = (above & span).count_ones();
                 let first = base + i as usize;
                 let ri = cur.run.seek(regions, first);
-                self.digit_run(buf, regions[ri], ri, first, base + end as usize, digits, st, counts, hits);
+                self.digit_run(
+                    buf,
+                    regions[ri],
+                    ri,
+                    first,
+                    base + end as usize,
+                    digits,
+                    st,
+                    counts,
+                    hits,
+                );
             }
             d &= !((1u64 << end) - 1);
         }
@@ -824,7 +876,10 @@ impl Engine {
             .position(|&b| !(b.is_ascii_digit() || super::classify::is_glue(b)))
             .unwrap_or(limit - first);
         let end = first + len;
-        let digits = buf[first..end].iter().filter(|b| b.is_ascii_digit()).count() as u32;
+        let digits = buf[first..end]
+            .iter()
+            .filter(|b| b.is_ascii_digit())
+            .count() as u32;
         if digits >= 9 {
             self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
         }
@@ -856,15 +911,17 @@ impl Engine {
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'K' | b'S' => detect::aws(cell, p, f).map(|e| (e, Builtin::AwsAccessKey)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
-            b'_' => detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
-                .map(|(e, gh)| {
-                    let rule = if gh {
-                        Builtin::GithubToken
-                    } else {
-                        Builtin::StripeKey
-                    };
-                    (e, rule)
-                }),
+            b'_' => {
+                detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
+                    .map(|(e, gh)| {
+                        let rule = if gh {
+                            Builtin::GithubToken
+                        } else {
+                            Builtin::StripeKey
+                        };
+                        (e, rule)
+                    })
+            }
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             b'B' => {
                 let pem = if on(Builtin::PrivateKey) {
@@ -966,7 +1023,11 @@ fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
         let e = (regions[i].end as usize).min(end) - base;
         if e > s {
             let len = e - s;
-            let ones = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            let ones = if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
             bits |= ones << s;
         }
         i += 1;

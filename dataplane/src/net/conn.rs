@@ -2,7 +2,7 @@
 //! opens the target session, then relays both directions from the buffers
 //! the bytes arrived in.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ring::rand::SecureRandom;
@@ -24,6 +25,7 @@ use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{FrameError, FrameScanner};
 use crate::protocol::{sqlstate, tag};
 use crate::session::handshake::{ClientHandshake, SessionRequest, Step};
+use crate::session::masker::TargetMasker;
 use crate::session::target::{TargetError, TargetHandshake, TargetReady, TargetStep};
 use crate::snapshot::ConnectionEntry;
 
@@ -440,6 +442,8 @@ struct RelayState<'a> {
     /// Snapshot generation the session's grant was last checked against.
     generation: Cell<u64>,
     session: &'a SessionRequest,
+    /// Result masking (None: this session sees results unmasked).
+    masker: RefCell<Option<TargetMasker>>,
 }
 
 enum End {
@@ -472,6 +476,12 @@ async fn relay(
         request_added: Cell::new(Duration::ZERO),
         generation: Cell::new(session.generation),
         session,
+        masker: RefCell::new(
+            session
+                .masking
+                .clone()
+                .map(|e| TargetMasker::new(e, limits.max_frame_bytes as usize)),
+        ),
     };
     let mut c_scan = FrameScanner::new(limits.max_frame_bytes);
     let mut t_scan = FrameScanner::new(limits.max_frame_bytes);
@@ -560,34 +570,55 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut requests = 0u32;
         let mut terminate = false;
         let mut parses = 0u32;
-        if let Err(e) = scan.scan(&buf, |t, _, _| match t {
-            tag::QUERY => {
-                statements += 1;
-                requests += 1;
-            }
-            tag::PARSE => parses += 1,
-            tag::EXECUTE => statements += 1,
-            tag::SYNC => requests += 1,
-            tag::TERMINATE => terminate = true,
-            _ => {}
-        }) {
-            return End::ClientFrame(e);
-        }
-        if statements + parses > 0 {
-            // A new snapshot since this session last looked: is it still
-            // allowed? One atomic load per batch of statements otherwise.
-            let snap = worker.shared.snapshot.load();
-            if snap.generation != state.generation.get() {
-                let s = state.session;
-                if let Err(why) = snap.recheck(
-                    &s.identity,
-                    &s.connection.name,
-                    s.auth_method,
-                    s.verifier.as_ref(),
-                ) {
-                    return End::Revoked(why);
+        {
+            let mut masker = state.masker.borrow_mut();
+            if let Err(e) = scan.scan(&buf, |t, len, body| {
+                if let Some(m) = masker.as_mut() {
+                    m.on_client_frame(t, body, body.len() == len as usize);
                 }
-                state.generation.set(snap.generation);
+                match t {
+                    tag::QUERY => {
+                        statements += 1;
+                        requests += 1;
+                    }
+                    tag::PARSE => parses += 1,
+                    tag::EXECUTE => statements += 1,
+                    tag::SYNC => requests += 1,
+                    tag::TERMINATE => terminate = true,
+                    _ => {}
+                }
+            }) {
+                return End::ClientFrame(e);
+            }
+            if statements + parses > 0 {
+                // A new snapshot since this session last looked: is it still
+                // allowed? One atomic load per batch of statements otherwise.
+                let snap = worker.shared.snapshot.load();
+                if snap.generation != state.generation.get() {
+                    let s = state.session;
+                    if let Err(why) = snap.recheck(
+                        &s.identity,
+                        &s.connection.name,
+                        s.auth_method,
+                        s.verifier.as_ref(),
+                    ) {
+                        return End::Revoked(why);
+                    }
+                    state.generation.set(snap.generation);
+                    // The profile in force now applies from these statements on.
+                    match snap.masking_for(&s.identity, &s.connection.name) {
+                        None => *masker = None,
+                        Some(e) => match masker.as_mut() {
+                            Some(m) => m.set_engine(e),
+                            None => {
+                                *masker = Some(TargetMasker::new(
+                                    e,
+                                    worker.shared.limits.max_frame_bytes as usize,
+                                ))
+                            }
+                        },
+                    }
+                }
             }
         }
         // Counted before forwarding, so a client that sees the answer also
@@ -613,6 +644,11 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
 }
 
 /// Target → client.
+///
+/// Without masking each read is scanned and forwarded whole. With masking
+/// (`state.masker`), data frames are forwarded only once whole: a split
+/// DataRow/RowDescription/CopyData/ErrorResponse stays at the front of the
+/// buffer and the next read is appended after it.
 async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
     worker: &Rc<Worker>,
     rd: &mut R,
@@ -623,38 +659,85 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
     let m = &worker.metrics;
     let limits = &worker.shared.limits;
     let mut buf = Vec::with_capacity(limits.buffer_bytes);
+    let mut out: Vec<u8> = Vec::new();
     loop {
-        let (res, b) = rd.read(buf).await;
-        buf = b;
+        let held = buf.len();
+        if held == buf.capacity() {
+            buf.reserve(held.max(limits.buffer_bytes));
+        }
+        let cap = buf.capacity();
+        let (res, slice) = rd.read(buf.slice_mut(held..cap)).await;
+        buf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => return End::TargetClosed,
             Ok(_) => {}
         }
-        let n = buf.len();
         let t0 = Instant::now();
-        let mut ready = 0u32;
-        if let Err(e) = scan.scan(&buf, |t, _, _| {
+        // Masking decides how much of the buffer may go now.
+        let (ready, rewritten) = {
+            let mut masker = state.masker.borrow_mut();
+            match masker.as_mut() {
+                None => (buf.len(), false),
+                Some(mk) => {
+                    let p = mk.process(&mut buf);
+                    if p.masked > 0 {
+                        m.count_masked(mk);
+                    }
+                    if p.rewritten {
+                        out.clear();
+                        out.extend_from_slice(mk.out());
+                    }
+                    (p.ready, p.rewritten)
+                }
+            }
+        };
+        let mut ready_frames = 0u32;
+        if let Err(e) = scan.scan(&buf[..ready], |t, _, _| {
             if t == tag::READY_FOR_QUERY {
-                ready += 1;
+                ready_frames += 1;
             }
         }) {
             return End::TargetFrame(e);
         }
-        bump(&m.bytes_target_to_client, n as u64);
-        let (res, b) = wr.write_all(buf).await;
-        buf = b;
-        if res.is_err() {
-            return End::Closed;
+        if ready == 0 {
+            continue;
         }
-        if ready > 0 {
+        let sent = if rewritten { out.len() } else { ready };
+        bump(&m.bytes_target_to_client, sent as u64);
+        if rewritten {
+            let (res, b) = wr.write_all(std::mem::take(&mut out)).await;
+            out = b;
+            if res.is_err() {
+                return End::Closed;
+            }
+        } else if ready == buf.len() {
+            let (res, b) = wr.write_all(buf).await;
+            buf = b;
+            if res.is_err() {
+                return End::Closed;
+            }
+        } else {
+            let (res, slice) = wr.write_all(buf.slice(0..ready)).await;
+            buf = slice.into_inner();
+            if res.is_err() {
+                return End::Closed;
+            }
+        }
+        // Keep the incomplete frame (if any) at the front.
+        if ready == buf.len() {
+            buf.clear();
+        } else {
+            buf.drain(..ready);
+        }
+        if ready_frames > 0 {
             state
                 .in_flight
-                .set(state.in_flight.get().saturating_sub(ready));
+                .set(state.in_flight.get().saturating_sub(ready_frames));
             let added = state.request_added.get() + t0.elapsed();
             m.record_added(added.as_nanos() as u64);
         }
-        if n == buf.capacity() && n < limits.max_buffer_bytes {
-            buf.reserve(n);
+        if ready == buf.capacity() && buf.capacity() < limits.max_buffer_bytes {
+            buf.reserve(ready);
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod tag {
     pub const QUERY: u8 = b'Q';
     pub const PARSE: u8 = b'P';
     pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
     pub const EXECUTE: u8 = b'E';
     pub const SYNC: u8 = b'S';
     pub const TERMINATE: u8 = b'X';

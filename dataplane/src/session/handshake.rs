@@ -30,6 +30,8 @@ pub struct SessionRequest {
     pub verifier: Option<crate::auth::scram::Verifier>,
     /// Snapshot generation the session was authorised under.
     pub generation: u64,
+    /// Masking of this session's results (None: unmasked).
+    pub masking: Option<Arc<crate::mask::Engine>>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -438,6 +440,7 @@ impl ClientHandshake {
                     None
                 },
                 generation: self.snapshot.generation,
+                masking: self.snapshot.masking_for(&self.identity, &self.connection),
                 params: std::mem::take(&mut self.params),
             },
         }

@@ -2,4 +2,5 @@
 //! handshake, and the relay bookkeeping.
 
 pub mod handshake;
+pub mod masker;
 pub mod target;

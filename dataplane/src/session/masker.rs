@@ -1,0 +1,580 @@
+//! Masking on the target → client stream of one session (sans-IO).
+//!
+//! [`TargetMasker`] sits between the bytes read from the target and the
+//! bytes written to the client. It walks whole frames; the ones that can
+//! carry data (RowDescription, DataRow, CopyData during COPY TO,
+//! ErrorResponse, NoticeResponse) are only forwarded whole, so a frame split
+//! across reads is held back until the rest arrives (the buffer grows up to
+//! the frame size limit). Everything else passes untouched, even when split.
+//! Same-length masking happens in the read buffer; when a column rule
+//! changes a length (`hash`, `null`) the chunk is re-assembled into a
+//! second buffer.
+//!
+//! Which RowDescription applies to a DataRow follows the protocol: a simple
+//! query's RowDescription precedes its rows; in the extended protocol a
+//! `Describe` of a statement is cached under the statement's name and
+//! applied when a `BindComplete` answers the `Bind` that used it, with the
+//! Bind's result formats (binary results of text columns are scanned too).
+//! The client side feeds the requests ([`TargetMasker::on_client_frame`]),
+//! the target side answers them in order. Where the description is unknown
+//! (a Bind too large to read its formats, a statement never described),
+//! every column of the rows is scanned with the detectors: masking fails
+//! safe, never open.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::mask::{
+    mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine, Hits, RowOutcome, RowPlan,
+};
+use crate::protocol::tag;
+
+/// What [`TargetMasker::process`] decided for one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    /// Bytes `[0..ready)` of the chunk may be forwarded (or `out()` when
+    /// `rewritten`); `[ready..)` is an incomplete data frame to keep and
+    /// complete with the next read.
+    pub ready: usize,
+    /// The ready part was re-assembled into [`TargetMasker::out`].
+    pub rewritten: bool,
+    /// Values masked in this chunk.
+    pub masked: u32,
+}
+
+/// Requests whose answers the masker must pair up, tagged with the number
+/// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
+/// an error can be dropped at the next ReadyForQuery.
+#[derive(Default)]
+struct Pending {
+    parses: VecDeque<(u64, Vec<u8>)>,
+    /// `Some(name)` for a statement Describe, `None` for a portal.
+    describes: VecDeque<(u64, Option<Vec<u8>>)>,
+    /// (statement name, result formats; None if they could not be read).
+    binds: VecDeque<(u64, Vec<u8>, Option<Vec<i16>>)>,
+}
+
+pub struct TargetMasker {
+    engine: Arc<Engine>,
+    plan: RowPlan,
+    /// The current plan came from nothing (scan every column).
+    plan_known: bool,
+    statements: HashMap<Vec<u8>, Vec<u8>>,
+    pending: Pending,
+    /// Syncs/Queries sent, and ReadyForQuery received.
+    sent_epoch: u64,
+    done_epoch: u64,
+    /// The next RowDescription answers a statement Describe of this name.
+    describing: Option<Vec<u8>>,
+    /// A Query that starts a COPY: its format, set when CopyOutResponse comes.
+    copy_requested: VecDeque<(u64, CopyFormat)>,
+    copy_out: Option<CopyFormat>,
+    hits: Hits,
+    out: Vec<u8>,
+    /// Scratch for one rewritten DataRow.
+    row_buf: Vec<u8>,
+    /// Body bytes of a passed-through frame still to come.
+    skip: usize,
+    max_frame: usize,
+}
+
+impl TargetMasker {
+    pub fn new(engine: Arc<Engine>, max_frame: usize) -> Self {
+        TargetMasker {
+            engine,
+            plan: RowPlan::new(),
+            plan_known: false,
+            statements: HashMap::new(),
+            pending: Pending::default(),
+            sent_epoch: 0,
+            done_epoch: 0,
+            describing: None,
+            copy_requested: VecDeque::new(),
+            copy_out: None,
+            hits: Hits::new(),
+            out: Vec::new(),
+            row_buf: Vec::new(),
+            skip: 0,
+            max_frame,
+        }
+    }
+
+    /// Use another profile from the next result set on (a new snapshot).
+    pub fn set_engine(&mut self, engine: Arc<Engine>) {
+        if !Arc::ptr_eq(&self.engine, &engine) {
+            self.engine = engine;
+            self.plan_known = false;
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The re-assembled chunk when [`Processed::rewritten`].
+    pub fn out(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Hits per rule since the last call; cleared.
+    pub fn take_hits(&mut self, mut f: impl FnMut(&str, u64)) {
+        for (rule, n) in self.hits.iter() {
+            if n > 0 {
+                f(self.engine.rule_name(rule), n);
+            }
+        }
+        self.hits.clear();
+    }
+
+    /// Hits per column (name) since the last call; cleared.
+    pub fn take_column_hits(&mut self, mut f: impl FnMut(&[u8], u64)) {
+        self.plan.take_column_hits(|_, name, n| f(name, n));
+    }
+
+    /// A client frame, as the relay sees it (`body` may be a prefix of the
+    /// body when the frame is split across reads).
+    pub fn on_client_frame(&mut self, t: u8, body: &[u8], whole: bool) {
+        let e = self.sent_epoch;
+        match t {
+            tag::QUERY => {
+                if let Some(f) = copy_to_format(body) {
+                    self.copy_requested.push_back((e, f));
+                }
+                self.sent_epoch += 1;
+            }
+            tag::SYNC => self.sent_epoch += 1,
+            tag::PARSE => {
+                let name = cstr(body).unwrap_or_default().to_vec();
+                self.pending.parses.push_back((e, name));
+            }
+            tag::DESCRIBE => {
+                let what = match body.first() {
+                    Some(b'S') => Some(cstr(&body[1..]).unwrap_or_default().to_vec()),
+                    _ => None,
+                };
+                self.pending.describes.push_back((e, what));
+            }
+            tag::BIND => {
+                let (stmt, formats) = parse_bind(body, whole);
+                self.pending.binds.push_back((e, stmt, formats));
+            }
+            _ => {}
+        }
+    }
+
+    /// Process one chunk read from the target (any held bytes first).
+    pub fn process(&mut self, buf: &mut [u8]) -> Processed {
+        let mut at = 0usize;
+        let n = buf.len();
+        let mut rewritten = false;
+        let mut masked = 0u32;
+        // Start of the bytes not yet copied to `out` (when rewriting).
+        let mut copied = 0usize;
+        if self.skip > 0 {
+            let take = self.skip.min(n);
+            self.skip -= take;
+            at = take;
+        }
+        while at < n {
+            if n - at < 5 {
+                // A header split across reads: hold it.
+                break;
+            }
+            let t = buf[at];
+            let len =
+                u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+            if len < 4 {
+                // Malformed: forward as is; the relay's frame check refuses it.
+                at = n;
+                break;
+            }
+            let total = 1 + len;
+            let data =
+                matches!(t, b'T' | b'D' | b'E' | b'N') || (t == b'd' && self.copy_out.is_some());
+            if at + total > n {
+                if data && total <= self.max_frame.saturating_add(5) {
+                    break; // hold: forwarded once whole
+                }
+                // Not a data frame (or over the limit, which the frame
+                // scanner refuses anyway): pass the part we have through.
+                self.on_target_frame(t, &mut buf[at + 5..n]);
+                self.skip = at + total - n;
+                at = n;
+                break;
+            }
+            let body = &mut buf[at + 5..at + total];
+            match t {
+                b'D' => {
+                    if !self.plan_known {
+                        self.fallback_plan(body);
+                    }
+                    let mut rw = std::mem::take(&mut self.row_buf);
+                    rw.clear();
+                    match mask_data_row(&self.engine, &mut self.plan, body, &mut self.hits, &mut rw)
+                    {
+                        Ok(RowOutcome::Unchanged) => {}
+                        Ok(RowOutcome::MaskedInPlace) => masked += 1,
+                        Ok(RowOutcome::Rewritten) => {
+                            masked += 1;
+                            if !rewritten {
+                                rewritten = true;
+                                self.out.clear();
+                            }
+                            self.out.extend_from_slice(&buf[copied..at]);
+                            self.out.extend_from_slice(&rw);
+                            copied = at + total;
+                        }
+                        Err(e) => {
+                            // A row that does not match its description: scan
+                            // every column rather than forward it unmasked.
+                            tracing::debug!("masking: {e}; scanning all columns");
+                            self.fallback_plan(&buf[at + 5..at + total]);
+                            let body = &mut buf[at + 5..at + total];
+                            rw.clear();
+                            if let Ok(RowOutcome::MaskedInPlace) = mask_data_row(
+                                &self.engine,
+                                &mut self.plan,
+                                body,
+                                &mut self.hits,
+                                &mut rw,
+                            ) {
+                                masked += 1;
+                            }
+                        }
+                    }
+                    self.row_buf = rw;
+                }
+                _ => self.on_target_frame(t, body),
+            }
+            at += total;
+        }
+        if rewritten {
+            self.out.extend_from_slice(&buf[copied..at]);
+        }
+        Processed {
+            ready: at,
+            rewritten,
+            masked,
+        }
+    }
+}
+
+impl TargetMasker {
+    /// Bookkeeping for a complete (or passed-through) non-DataRow frame.
+    fn on_target_frame(&mut self, t: u8, body: &mut [u8]) {
+        match t {
+            b'1' => {
+                // ParseComplete: the statement's old description is stale.
+                if let Some((_, name)) = self.pending.parses.pop_front() {
+                    self.statements.remove(&name);
+                }
+            }
+            b't' => {
+                // ParameterDescription: a statement Describe is answered;
+                // its RowDescription (or NoData) follows.
+                if let Some((_, d)) = self.pending.describes.pop_front() {
+                    self.describing = Some(d.unwrap_or_default());
+                }
+            }
+            b'T' => {
+                let stmt = match self.describing.take() {
+                    Some(name) => Some(name),
+                    None => {
+                        // A portal Describe (or a simple query's result).
+                        if matches!(self.pending.describes.front(), Some((_, None))) {
+                            self.pending.describes.pop_front();
+                        }
+                        None
+                    }
+                };
+                match stmt {
+                    Some(name) => {
+                        // Rows come after a Bind; keep the description.
+                        self.statements.insert(name, body.to_vec());
+                    }
+                    None => self.describe(body, None),
+                }
+            }
+            // NoData answers a statement or portal Describe.
+            b'n' if self.describing.take().is_none()
+                && matches!(self.pending.describes.front(), Some((_, None))) =>
+            {
+                self.pending.describes.pop_front();
+            }
+            b'2' => {
+                // BindComplete: rows of this portal use the statement's
+                // description with the Bind's result formats.
+                if let Some((_, stmt, formats)) = self.pending.binds.pop_front() {
+                    let desc = self.statements.get(&stmt).cloned();
+                    match (desc, formats) {
+                        (Some(d), Some(f)) => self.describe(&d, Some(&f)),
+                        _ => self.plan_known = false,
+                    }
+                }
+            }
+            b'H' => {
+                // CopyOutResponse: format 0 = text (or csv), 1 = binary.
+                let requested = self.copy_requested.pop_front().map(|(_, f)| f);
+                self.copy_out = match body.first() {
+                    Some(0) => Some(requested.unwrap_or(CopyFormat::TEXT)),
+                    _ => None,
+                };
+            }
+            b'd' => {
+                if let Some(f) = self.copy_out {
+                    mask_copy_data(&self.engine, f, body, &mut self.hits);
+                }
+            }
+            b'c' => self.copy_out = None,
+            b'E' | b'N' => {
+                let _ = mask_error_fields(&self.engine, body, &mut self.hits);
+                if t == b'E' {
+                    self.copy_out = None;
+                }
+            }
+            b'Z' => {
+                self.done_epoch += 1;
+                let done = self.done_epoch;
+                // Requests before this Sync that were skipped after an error
+                // get no answer: forget them.
+                self.pending.parses.retain(|(e, _)| *e >= done);
+                self.pending.describes.retain(|(e, _)| *e >= done);
+                self.pending.binds.retain(|(e, _, _)| *e >= done);
+                self.copy_requested.retain(|(e, _)| *e >= done);
+                self.describing = None;
+                self.copy_out = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>) {
+        let ok = self.plan.describe(&self.engine, desc).is_ok()
+            && formats.is_none_or(|f| self.plan.set_result_formats(&self.engine, f).is_ok());
+        self.plan_known = ok;
+    }
+
+    /// No known description: scan every column of rows like `row`.
+    fn fallback_plan(&mut self, row: &[u8]) {
+        let n = row
+            .get(..2)
+            .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+        let mut desc = Vec::with_capacity(2 + n * 20);
+        desc.extend_from_slice(&(n as i16).to_be_bytes());
+        for _ in 0..n {
+            desc.extend_from_slice(b"?\0");
+            desc.extend_from_slice(&0u32.to_be_bytes()); // table oid
+            desc.extend_from_slice(&0i16.to_be_bytes()); // attnum
+            desc.extend_from_slice(&25u32.to_be_bytes()); // text
+            desc.extend_from_slice(&(-1i16).to_be_bytes());
+            desc.extend_from_slice(&(-1i32).to_be_bytes());
+            desc.extend_from_slice(&0i16.to_be_bytes()); // text format
+        }
+        let _ = self.plan.describe(&self.engine, &desc);
+        // Stays "unknown": the next row is planned from its own width.
+        self.plan_known = false;
+    }
+}
+
+fn cstr(b: &[u8]) -> Option<&[u8]> {
+    memchr::memchr(0, b).map(|i| &b[..i])
+}
+
+/// Statement name and result format codes of a Bind body (formats only
+/// when the whole message is at hand).
+fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Option<Vec<i16>>) {
+    let Some(p) = memchr::memchr(0, body) else {
+        return (Vec::new(), None);
+    };
+    let rest = &body[p + 1..];
+    let Some(s) = memchr::memchr(0, rest) else {
+        return (Vec::new(), None);
+    };
+    let stmt = rest[..s].to_vec();
+    if !whole {
+        return (stmt, None);
+    }
+    let formats = (|| {
+        let mut r = &rest[s + 1..];
+        let take = |r: &mut &[u8], k: usize| -> Option<Vec<u8>> {
+            let v = r.get(..k)?.to_vec();
+            *r = &r[k..];
+            Some(v)
+        };
+        let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
+        take(&mut r, nf * 2)?;
+        let np = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?);
+        for _ in 0..np.max(0) {
+            let l = i32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
+            if l > 0 {
+                take(&mut r, l as usize)?;
+            }
+        }
+        let nr = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
+        let raw = take(&mut r, nr * 2)?;
+        Some(
+            raw.chunks(2)
+                .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                .collect(),
+        )
+    })();
+    (stmt, formats)
+}
+
+/// The format of a `COPY … TO STDOUT` in a Query, if it is one: CSV when
+/// the options say so (`CSV`, `FORMAT csv`), text otherwise (custom
+/// delimiters are not parsed: text/CSV defaults apply).
+fn copy_to_format(sql: &[u8]) -> Option<CopyFormat> {
+    let s = sql.trim_ascii_start();
+    if s.len() < 4 || !s[..4].eq_ignore_ascii_case(b"copy") {
+        return None;
+    }
+    let lower: Vec<u8> = s.iter().map(u8::to_ascii_lowercase).collect();
+    memchr::memmem::find(&lower, b"stdout")?;
+    if memchr::memmem::find(&lower, b"csv").is_some() {
+        Some(CopyFormat::CSV)
+    } else {
+        Some(CopyFormat::TEXT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskingProfile;
+
+    fn engine() -> Arc<Engine> {
+        Engine::compile_shared(&MaskingProfile::default()).unwrap()
+    }
+
+    fn frame(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![t];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn row_desc(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, oid) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&0u32.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&oid.to_be_bytes());
+            b.extend_from_slice(&(-1i16).to_be_bytes());
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        }
+        frame(b'T', &b)
+    }
+
+    fn data_row(vals: &[&str]) -> Vec<u8> {
+        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
+        for v in vals {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+        frame(b'D', &b)
+    }
+
+    const CARD: &str = "4111 1111 1111 1111";
+
+    #[test]
+    fn simple_query_rows_are_masked_in_place_even_when_split() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut stream = row_desc(&[("note", 25)]);
+        stream.extend(data_row(&[&format!("card {CARD} ok")]));
+        stream.extend(frame(b'C', b"SELECT 1\0"));
+        stream.extend(frame(b'Z', b"I"));
+        // Feed in every split position; the forwarded bytes never hold the card.
+        for cut in 1..stream.len() {
+            let mut m2 = TargetMasker::new(engine(), 1 << 20);
+            let mut fwd = Vec::new();
+            let mut first = stream[..cut].to_vec();
+            let p = m2.process(&mut first);
+            fwd.extend_from_slice(&first[..p.ready]);
+            let mut second = first[p.ready..].to_vec();
+            second.extend_from_slice(&stream[cut..]);
+            let p = m2.process(&mut second);
+            assert_eq!(p.ready, second.len(), "cut {cut}");
+            fwd.extend_from_slice(&second[..p.ready]);
+            assert_eq!(fwd.len(), stream.len());
+            assert!(
+                memchr::memmem::find(&fwd, b"4111 1111").is_none(),
+                "cut {cut}"
+            );
+        }
+        let mut all = stream.clone();
+        let p = m.process(&mut all);
+        assert_eq!(p.masked, 1);
+    }
+
+    #[test]
+    fn extended_rows_use_the_described_statement_with_bind_formats() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        // Client: Parse "s1", Describe S "s1", Sync; then Bind s1 (binary results), Execute, Sync.
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        let mut bind = b"\0s1\0".to_vec();
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
+        m.on_client_frame(tag::BIND, &bind, true);
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(row_desc(&[("email", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        s.extend(frame(b'2', b""));
+        s.extend(data_row(&["mail bob@example.com now"]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let p = m.process(&mut s);
+        assert_eq!(p.ready, s.len());
+        assert!(memchr::memmem::find(&s, b"bob@example.com").is_none());
+    }
+
+    #[test]
+    fn unknown_description_scans_every_column() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut s = data_row(&["x", CARD]);
+        m.process(&mut s);
+        assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
+    }
+
+    #[test]
+    fn errors_and_copy_out_are_masked() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT (FORMAT csv)\0", true);
+        let mut s = frame(b'H', &[0, 0, 1, 0, 0]);
+        s.extend(frame(b'd', format!("1,{CARD}\n").as_bytes()));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(
+            b'E',
+            format!("SERROR\0C23505\0MKey (card)=({CARD}) exists\0\0").as_bytes(),
+        ));
+        s.extend(frame(b'Z', b"I"));
+        m.process(&mut s);
+        assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
+    }
+
+    #[test]
+    fn bind_formats_parse() {
+        let mut bind = b"p\0s\0".to_vec();
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&3i32.to_be_bytes());
+        bind.extend_from_slice(b"abc");
+        bind.extend_from_slice(&2i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        assert_eq!(parse_bind(&bind, true), (b"s".to_vec(), Some(vec![0, 1])));
+        assert_eq!(parse_bind(&bind, false), (b"s".to_vec(), None));
+    }
+}
