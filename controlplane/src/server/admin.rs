@@ -58,9 +58,41 @@ pub fn redact(r: &Resource) -> Resource {
         Some(Spec::Connection(c)) => c.password.clear(),
         Some(Spec::ApiKey(k)) => k.verifier.clear(),
         Some(Spec::IdentityProvider(p)) if !p.jwks_url.is_empty() => p.jwks_json.clear(),
+        Some(Spec::MaskingProfile(m)) => {
+            // The hash key is write-only, like a password.
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&m.json) {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("hash_key");
+                }
+                m.json = v.to_string();
+            }
+        }
         _ => {}
     }
     r
+}
+
+/// A MaskingProfile given without `hash_key` keeps the stored one.
+fn keep_hash_key(new: &mut proto::MaskingProfileSpec, old: &proto::MaskingProfileSpec) {
+    let (Ok(mut n), Ok(o)) = (
+        serde_json::from_str::<serde_json::Value>(&new.json),
+        serde_json::from_str::<serde_json::Value>(&old.json),
+    ) else {
+        return;
+    };
+    if let (Some(no), Some(key)) = (n.as_object_mut(), o.get("hash_key")) {
+        if !no.contains_key("hash_key") {
+            no.insert("hash_key".into(), key.clone());
+        }
+    }
+    // One canonical form (sorted keys), so an unchanged profile compares equal.
+    new.json = n.to_string();
+}
+
+fn normalize_json(m: &mut proto::MaskingProfileSpec) {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&m.json) {
+        m.json = v.to_string();
+    }
 }
 
 /// The outcome of merging one document into the stored set.
@@ -80,6 +112,10 @@ fn merge_one(incoming: &mut Resource, existing: Option<&Resource>) -> Merge {
         (Some(Spec::ApiKey(k)), Some(Spec::ApiKey(old))) if k.verifier.is_empty() => {
             k.verifier.clone_from(&old.verifier);
         }
+        (Some(Spec::MaskingProfile(m)), Some(Spec::MaskingProfile(old))) => {
+            keep_hash_key(m, old);
+        }
+        (Some(Spec::MaskingProfile(m)), _) => normalize_json(m),
         (Some(Spec::ApiKey(k)), _) if k.verifier.is_empty() => {
             let key = dataplane::auth::scram::generate_api_key();
             k.verifier = dataplane::auth::scram::Verifier::generate(
