@@ -239,7 +239,6 @@ impl Engine {
         };
         add(is(Builtin::Email), b"@");
         add(is(Builtin::Jwt), b"J");
-        add(is(Builtin::AwsAccessKey), b"KS");
         add(is(Builtin::GoogleApiKey), b"z");
         add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
         add(is(Builtin::SlackToken), b"x");
@@ -567,7 +566,9 @@ impl Engine {
                     regions,
                     base: base + k * BLOCK,
                 };
-                self.block(buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits);
+                self.block(
+                    buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits,
+                );
                 prev = masks[k];
             }
             base += process * BLOCK;
@@ -576,7 +577,17 @@ impl Engine {
             if run.cand {
                 let ri = cur.run.seek(regions, run.first);
                 let r = regions[ri];
-                self.digit_run(buf, r, ri, run.first, r.end as usize, run.digits, &mut st, counts, hits);
+                self.digit_run(
+                    buf,
+                    r,
+                    ri,
+                    run.first,
+                    r.end as usize,
+                    run.digits,
+                    &mut st,
+                    counts,
+                    hits,
+                );
             }
         }
         st.hits
@@ -601,10 +612,30 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block(buf, &ctx, &zero, &m, &zero, &mut st, &mut cur, &mut counts, hits);
+        self.block(
+            buf,
+            &ctx,
+            &zero,
+            &m,
+            &zero,
+            &mut st,
+            &mut cur,
+            &mut counts,
+            hits,
+        );
         if let Some(run) = st.run.take() {
             if run.cand {
-                self.digit_run(buf, region[0], 0, run.first, n, run.digits, &mut st, &mut counts, hits);
+                self.digit_run(
+                    buf,
+                    region[0],
+                    0,
+                    run.first,
+                    n,
+                    run.digits,
+                    &mut st,
+                    &mut counts,
+                    hits,
+                );
             }
         }
         st.hits
@@ -688,6 +719,27 @@ impl Engine {
                 self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
             }
         }
+        if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+            // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
+            let uw = m.upper as u128 | (n.upper as u128) << 64;
+            let mut s = m.upper & (uw >> 1) as u64 & (uw >> 2) as u64 & (uw >> 3) as u64;
+            while s != 0 {
+                let pos = base + s.trailing_zeros() as usize;
+                s &= s - 1;
+                if buf[pos] != b'A' {
+                    continue;
+                }
+                let ri = cur.aws.seek(regions, pos);
+                let r = regions[ri];
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
+                    hits.add(Builtin::AwsAccessKey, 1);
+                    counts[ri] += 1;
+                    st.hits += 1;
+                    st.skip_until = st.skip_until.max(r.start as usize + e);
+                }
+            }
+        }
         if self.on[Builtin::Iban as usize] && m.upper != 0 {
             // Two capitals, two digits.
             let uw = m.upper as u128 | (n.upper as u128) << 64;
@@ -733,7 +785,17 @@ impl Engine {
             if run.cand || cand & low != 0 {
                 let digits = run.digits + (d & low).count_ones();
                 let ri = cur.run.seek(regions, run.first);
-                self.digit_run(buf, regions[ri], ri, run.first, base + e as usize, digits, st, counts, hits);
+                self.digit_run(
+                    buf,
+                    regions[ri],
+                    ri,
+                    run.first,
+                    base + e as usize,
+                    digits,
+                    st,
+                    counts,
+                    hits,
+                );
             }
             d &= !low;
         }
@@ -758,7 +820,17 @@ impl Engine {
                 let digits = (above & span).count_ones();
                 let first = base + i as usize;
                 let ri = cur.run.seek(regions, first);
-                self.digit_run(buf, regions[ri], ri, first, base + end as usize, digits, st, counts, hits);
+                self.digit_run(
+                    buf,
+                    regions[ri],
+                    ri,
+                    first,
+                    base + end as usize,
+                    digits,
+                    st,
+                    counts,
+                    hits,
+                );
             }
             d &= !((1u64 << end) - 1);
         }
@@ -824,7 +896,10 @@ impl Engine {
             .position(|&b| !(b.is_ascii_digit() || super::classify::is_glue(b)))
             .unwrap_or(limit - first);
         let end = first + len;
-        let digits = buf[first..end].iter().filter(|b| b.is_ascii_digit()).count() as u32;
+        let digits = buf[first..end]
+            .iter()
+            .filter(|b| b.is_ascii_digit())
+            .count() as u32;
         if digits >= 9 {
             self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
         }
@@ -854,18 +929,21 @@ impl Engine {
         let found: Option<(usize, Builtin)> = match cell[p] {
             b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
-            b'K' | b'S' => detect::aws(cell, p, f).map(|e| (e, Builtin::AwsAccessKey)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
-            b'_' => detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
-                .map(|(e, gh)| {
-                    let rule = if gh {
-                        Builtin::GithubToken
-                    } else {
-                        Builtin::StripeKey
-                    };
-                    (e, rule)
-                }),
+            b'_' => {
+                detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
+                    .map(|(e, gh)| {
+                        let rule = if gh {
+                            Builtin::GithubToken
+                        } else {
+                            Builtin::StripeKey
+                        };
+                        (e, rule)
+                    })
+            }
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
+            // Bearer, BEGIN: the next letter is an `e`.
+            b'B' | b'b' if !matches!(cell.get(p + 1), Some(b'e' | b'E')) => None,
             b'B' => {
                 let pem = if on(Builtin::PrivateKey) {
                     detect::pem(cell, p, f)
@@ -933,6 +1011,7 @@ struct Ctx<'a> {
 #[derive(Default)]
 struct Cursors {
     anchor: Cursor,
+    aws: Cursor,
     iban: Cursor,
     run: Cursor,
 }
@@ -966,7 +1045,11 @@ fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
         let e = (regions[i].end as usize).min(end) - base;
         if e > s {
             let len = e - s;
-            let ones = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            let ones = if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
             bits |= ones << s;
         }
         i += 1;
