@@ -25,7 +25,11 @@ fn main() {
     let rows = corpus::orders(&mut rng, 10_000);
     let (buf, ranges) = common::cells(&rows);
     let (clean, clean_ranges) = common::clean_cells(&mut rng, 20_000);
-    let p = MaskingProfile::default();
+    // MASK_PROFILE_YAML overrides the default profile (to cost parts).
+    let p = match std::env::var("MASK_PROFILE_YAML") {
+        Ok(y) => MaskingProfile::from_yaml(&y).unwrap(),
+        Err(_) => MaskingProfile::default(),
+    };
     let engine = Engine::compile(&p).unwrap();
     let scalar = Engine::compile_with_kernel(&p, Kernel::Scalar).unwrap();
     let rx = common::RegexMasker::new();

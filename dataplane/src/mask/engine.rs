@@ -667,7 +667,8 @@ impl Engine {
         let sp = tight(c.space, n.space);
         let da = tight(c.dash, n.dash);
         let dt = tight(c.dot, n.dot);
-        let mut cand = long13(dw) | long13(sp) | long13(da) | long13(dt);
+        // (Bare digit runs are inside each of these.)
+        let mut cand = long13(sp) | long13(da) | long13(dt);
         let at = |x: u128, k: u32| (x >> k) as u64;
         // d d d . d d . d d d d  /  d d d . d d d . d d d d
         let d3 = at(dw, 0) & at(dw, 1) & at(dw, 2);
@@ -762,7 +763,12 @@ impl Engine {
         if m.digit == 0 && st.run.is_none() {
             return;
         }
-        let cand = if self.digits.any() {
+        // Every candidate shape holds at least 7 digits (4 for IPv4) within
+        // its first 13 bytes, so fewer in the block and the next 12 bytes
+        // means no candidate starts here.
+        let need = if self.digits.ipv4 { 4 } else { 7 };
+        let enough = m.digit.count_ones() + (n.digit & 0xfff).count_ones() >= need;
+        let cand = if self.digits.any() && enough {
             self.candidates(p, m, n)
         } else {
             0
