@@ -863,7 +863,10 @@ impl Engine {
         }
         let s = r.start as usize;
         let cell = &mut buf[s..r.end as usize];
-        let h = detect::digit_run(cell, first - s, end - s, self.digits, &self.fmt);
+        let mut on = self.digits;
+        // A card has 13 digits at least.
+        on.card &= digits >= 13;
+        let h = detect::digit_run(cell, first - s, end - s, on, &self.fmt);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
