@@ -23,97 +23,9 @@ use dataplane::mask::{mask_data_row, Engine, Hits, Kernel, MaskingProfile, RowPl
 use std::hint::black_box;
 use std::ops::Range;
 
-/// Patterns equivalent to the default profile's detectors (ASCII mode, as
-/// fast as the regex crate gets).
-const PATTERNS: &[&str] = &[
-    r"(?-u)\b(?:\d[ -]?){12,18}\d\b",
-    r"(?-u)[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    r"(?-u)\b\d{3}[- ]\d{2}[- ]\d{4}\b",
-    r"(?-u)(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]?\d{3}[ .-]?\d{4}\b|\+\d[\d .()-]{7,18}\d|\b0\d{1,4}(?:[ .-]\d{2,5}){1,4}\b",
-    r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
-    r"(?-u)\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
-    r"(?-u)\beyJ[A-Za-z0-9_-]{7,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
-    r"(?-u)-----BEGIN [A-Z ]*PRIVATE KEY-----(?s:.*?)-----END",
-    r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})",
-    r"(?-u)\b(?:xox[baprse]|xapp)-[A-Za-z0-9-]{10,}",
-    r"(?-u)\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
-    r"(?-u)\bAIza[A-Za-z0-9_-]{35}",
-    r"(?-u)(?i)\bbearer +[A-Za-z0-9._~+/-]{16,}=*",
-];
-
-struct RegexMasker {
-    set: regex::bytes::RegexSet,
-    each: Vec<regex::bytes::Regex>,
-}
-
-impl RegexMasker {
-    fn new() -> Self {
-        RegexMasker {
-            set: regex::bytes::RegexSet::new(PATTERNS).unwrap(),
-            each: PATTERNS
-                .iter()
-                .map(|p| regex::bytes::Regex::new(p).unwrap())
-                .collect(),
-        }
-    }
-
-    fn mask(&self, v: &mut [u8]) -> u32 {
-        if !self.set.is_match(v) {
-            return 0;
-        }
-        let mut n = 0;
-        for i in self.set.matches(v).iter() {
-            let mut at = 0;
-            while let Some(m) = self.each[i].find_at(v, at).map(|m| m.range()) {
-                for b in &mut v[m.clone()] {
-                    if b.is_ascii_alphanumeric() {
-                        *b = b'*';
-                    }
-                }
-                n += 1;
-                at = m.end.max(m.start + 1);
-                if at > v.len() {
-                    break;
-                }
-            }
-        }
-        n
-    }
-}
-
-/// Text cells of the corpus in one buffer, and where each is.
-fn cells(rows: &[Vec<Option<String>>]) -> (Vec<u8>, Vec<Range<usize>>) {
-    let text_cols: Vec<usize> = corpus::ORDERS_COLUMNS
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, oid))| matches!(oid, 25 | 1043))
-        .map(|(i, _)| i)
-        .collect();
-    let mut buf = Vec::new();
-    let mut ranges = Vec::new();
-    for r in rows {
-        for &c in &text_cols {
-            if let Some(v) = &r[c] {
-                let s = buf.len();
-                buf.extend_from_slice(v.as_bytes());
-                ranges.push(s..buf.len());
-            }
-        }
-    }
-    (buf, ranges)
-}
-
-fn clean_cells(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<Range<usize>>) {
-    let mut buf = Vec::new();
-    let mut ranges = Vec::new();
-    for _ in 0..n {
-        let v = corpus::free_text(rng);
-        let s = buf.len();
-        buf.extend_from_slice(v.as_bytes());
-        ranges.push(s..buf.len());
-    }
-    (buf, ranges)
-}
+#[path = "support/mask_common.rs"]
+mod common;
+use common::{cells, clean_cells, RegexMasker};
 
 fn mask(c: &mut Criterion) {
     let mut rng = Rng::new(2026);
@@ -198,13 +110,7 @@ fn mask(c: &mut Criterion) {
     );
 
     // Whole DataRow bodies through a plan.
-    let mut bodies = Vec::new();
-    let mut body_ranges = Vec::new();
-    for r in &rows {
-        let s = bodies.len();
-        bodies.extend_from_slice(&corpus::data_row(r));
-        body_ranges.push(s..bodies.len());
-    }
+    let (bodies, body_ranges) = common::bodies(&rows);
     let mut plan = RowPlan::new();
     plan.describe(&engine, &corpus::row_description(corpus::ORDERS_COLUMNS))
         .unwrap();

@@ -7,8 +7,8 @@
 //! - `glue`: the characters that join the digit groups of a card, SSN or
 //!   phone number (`space - . ( ) +`);
 //! - `anchor`: the bytes that start (or sit inside) the literal prefixes of
-//!   the anchored detectors (`@` for e-mail, `J` of `eyJ`, `K`/`S` of
-//!   `AKIA`/`ASIA`, `_` of `ghp_` and `sk_live_`, …); the set is chosen at
+//!   the anchored detectors (`@` for e-mail, `J` of `eyJ`, `z` of `AIza`,
+//!   `_` of `ghp_` and `sk_live_`, …); the set is chosen at
 //!   compile time from the enabled detectors.
 //!
 //! `digit` and `glue` are "rectangles" in nibble space (one high nibble, a

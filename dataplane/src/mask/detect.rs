@@ -770,7 +770,11 @@ fn mask_token(buf: &mut [u8], s: usize, body: usize, end: usize, f: &Fmt) {
 
 /// AWS access key id `AKIA`/`ASIA` + 16, with the `K`/`S` at `p`.
 pub(crate) fn aws(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
-    if p < 1 || buf[p - 1] != b'A' || buf.get(p + 1..p + 3) != Some(b"IA") {
+    if p < 1
+        || buf[p - 1] != b'A'
+        || !matches!(buf.get(p), Some(b'K' | b'S'))
+        || buf.get(p + 1..p + 3) != Some(b"IA")
+    {
         return None;
     }
     let s = p - 1;

@@ -239,7 +239,6 @@ impl Engine {
         };
         add(is(Builtin::Email), b"@");
         add(is(Builtin::Jwt), b"J");
-        add(is(Builtin::AwsAccessKey), b"KS");
         add(is(Builtin::GoogleApiKey), b"z");
         add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
         add(is(Builtin::SlackToken), b"x");
@@ -668,7 +667,8 @@ impl Engine {
         let sp = tight(c.space, n.space);
         let da = tight(c.dash, n.dash);
         let dt = tight(c.dot, n.dot);
-        let mut cand = long13(dw) | long13(sp) | long13(da) | long13(dt);
+        // (Bare digit runs are inside each of these.)
+        let mut cand = long13(sp) | long13(da) | long13(dt);
         let at = |x: u128, k: u32| (x >> k) as u64;
         // d d d . d d . d d d d  /  d d d . d d d . d d d d
         let d3 = at(dw, 0) & at(dw, 1) & at(dw, 2);
@@ -720,6 +720,27 @@ impl Engine {
                 self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
             }
         }
+        if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+            // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
+            let uw = m.upper as u128 | (n.upper as u128) << 64;
+            let mut s = m.upper & (uw >> 1) as u64 & (uw >> 2) as u64 & (uw >> 3) as u64;
+            while s != 0 {
+                let pos = base + s.trailing_zeros() as usize;
+                s &= s - 1;
+                if buf[pos] != b'A' {
+                    continue;
+                }
+                let ri = cur.aws.seek(regions, pos);
+                let r = regions[ri];
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
+                    hits.add(Builtin::AwsAccessKey, 1);
+                    counts[ri] += 1;
+                    st.hits += 1;
+                    st.skip_until = st.skip_until.max(r.start as usize + e);
+                }
+            }
+        }
         if self.on[Builtin::Iban as usize] && m.upper != 0 {
             // Two capitals, two digits.
             let uw = m.upper as u128 | (n.upper as u128) << 64;
@@ -742,7 +763,12 @@ impl Engine {
         if m.digit == 0 && st.run.is_none() {
             return;
         }
-        let cand = if self.digits.any() {
+        // Every candidate shape holds at least 7 digits (4 for IPv4) within
+        // its first 13 bytes, so fewer in the block and the next 12 bytes
+        // means no candidate starts here.
+        let need = if self.digits.ipv4 { 4 } else { 7 };
+        let enough = m.digit.count_ones() + (n.digit & 0xfff).count_ones() >= need;
+        let cand = if self.digits.any() && enough {
             self.candidates(p, m, n)
         } else {
             0
@@ -837,7 +863,10 @@ impl Engine {
         }
         let s = r.start as usize;
         let cell = &mut buf[s..r.end as usize];
-        let h = detect::digit_run(cell, first - s, end - s, self.digits, &self.fmt);
+        let mut on = self.digits;
+        // A card has 13 digits at least.
+        on.card &= digits >= 13;
+        let h = detect::digit_run(cell, first - s, end - s, on, &self.fmt);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -909,7 +938,6 @@ impl Engine {
         let found: Option<(usize, Builtin)> = match cell[p] {
             b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
-            b'K' | b'S' => detect::aws(cell, p, f).map(|e| (e, Builtin::AwsAccessKey)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
             b'_' => {
                 detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
@@ -923,6 +951,8 @@ impl Engine {
                     })
             }
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
+            // Bearer, BEGIN: the next letter is an `e`.
+            b'B' | b'b' if !matches!(cell.get(p + 1), Some(b'e' | b'E')) => None,
             b'B' => {
                 let pem = if on(Builtin::PrivateKey) {
                     detect::pem(cell, p, f)
@@ -990,6 +1020,7 @@ struct Ctx<'a> {
 #[derive(Default)]
 struct Cursors {
     anchor: Cursor,
+    aws: Cursor,
     iban: Cursor,
     run: Cursor,
 }

@@ -13,6 +13,26 @@
 //!   [`mask_data_row`], [`mask_copy_data`] and [`mask_error_fields`] mask
 //!   DataRow, CopyData (COPY TO) and ErrorResponse/NoticeResponse bodies.
 //!
+//! Wiring into the relay (server → client direction), per session:
+//!
+//! ```text
+//! engine: Arc<Engine>            // from the snapshot: Engine::compile(&profile)
+//! plan:   RowPlan::new()          // once per session, reused
+//! hits:   Hits::new()             // per session or per core
+//! out:    Vec<u8>                 // rewrite buffer, reused
+//!
+//! 'T' RowDescription  → plan.describe(&engine, body)?
+//!     (extended protocol: after a Bind, plan.set_result_formats(&engine, bind_formats)?)
+//! 'D' DataRow         → match mask_data_row(&engine, &mut plan, body, &mut hits, &mut out)? {
+//!                          Unchanged | MaskedInPlace => forward the frame from its buffer,
+//!                          Rewritten => forward `out` instead of the frame }
+//! 'd' CopyData (COPY TO, text/CSV) → mask_copy_data(&engine, format, payload, &mut hits)
+//! 'E' / 'N'           → mask_error_fields(&engine, body, &mut hits)?
+//! 'C' CommandComplete → plan.take_column_hits(..) and hits → audit record and metrics
+//! ```
+//!
+//! Every function needs the whole message body in one slice.
+//!
 //! Assumptions: values are in an ASCII-compatible encoding (UTF-8, LATIN1,
 //! EUC-*: an ASCII byte is an ASCII character). With client encodings
 //! whose multi-byte characters contain ASCII bytes (SJIS, BIG5, GBK, UHC,

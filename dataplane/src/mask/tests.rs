@@ -751,3 +751,31 @@ proptest! {
         prop_assert_eq!(plan.column_hits(), &want_cols[..]);
     }
 }
+
+proptest! {
+    /// Untrusted bytes from the server never make the message functions
+    /// panic or change a length in place.
+    #[test]
+    fn message_functions_survive_garbage(
+        body in proptest::collection::vec(any::<u8>(), 0..400),
+        desc in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let e = all_on();
+        let mut plan = RowPlan::new();
+        let _ = plan.describe(&e, &desc);
+        plan.describe(&e, &rd(&[("a", 25, 0), ("b", 3802, 1), ("c", 25, 0)])).unwrap();
+        let mut b = body.clone();
+        let mut out = Vec::new();
+        let mut h = Hits::new();
+        let _ = mask_data_row(&e, &mut plan, &mut b, &mut h, &mut out);
+        prop_assert_eq!(b.len(), body.len());
+        let mut b = body.clone();
+        let _ = mask_error_fields(&e, &mut b, &mut h);
+        prop_assert_eq!(b.len(), body.len());
+        for f in [CopyFormat::TEXT, CopyFormat::CSV] {
+            let mut b = body.clone();
+            mask_copy_data(&e, f, &mut b, &mut h);
+            prop_assert_eq!(b.len(), body.len());
+        }
+    }
+}

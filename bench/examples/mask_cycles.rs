@@ -1,0 +1,71 @@
+//! Fixed work for `perf stat` (cycles and instructions of this process only,
+//! which a busy shared box disturbs far less than wall time):
+//!
+//! ```bash
+//! cargo build --profile bench -p bench --example mask_cycles
+//! perf stat -e cycles:u,instructions:u target/release/examples/mask_cycles engine 200
+//! ```
+//!
+//! Contenders: `copy` (the per-iteration copy alone, to subtract), `engine`,
+//! `scalar`, `regex`, `rows`, `clean_engine`, `clean_regex`. Prints the
+//! bytes processed per iteration.
+
+use dataplane::mask::corpus::{self, Rng};
+use dataplane::mask::{mask_data_row, Engine, Hits, Kernel, MaskingProfile, RowPlan};
+use std::hint::black_box;
+
+#[path = "../benches/support/mask_common.rs"]
+mod common;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map(String::as_str).unwrap_or("engine");
+    let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let mut rng = Rng::new(2026);
+    let rows = corpus::orders(&mut rng, 10_000);
+    let (buf, ranges) = common::cells(&rows);
+    let (clean, clean_ranges) = common::clean_cells(&mut rng, 20_000);
+    // MASK_PROFILE_YAML overrides the default profile (to cost parts).
+    let p = match std::env::var("MASK_PROFILE_YAML") {
+        Ok(y) => MaskingProfile::from_yaml(&y).unwrap(),
+        Err(_) => MaskingProfile::default(),
+    };
+    let engine = Engine::compile(&p).unwrap();
+    let scalar = Engine::compile_with_kernel(&p, Kernel::Scalar).unwrap();
+    let rx = common::RegexMasker::new();
+    let (bodies, body_ranges) = common::bodies(&rows);
+    let mut plan = RowPlan::new();
+    plan.describe(&engine, &corpus::row_description(corpus::ORDERS_COLUMNS))
+        .unwrap();
+    let mut hits = Hits::new();
+    let mut out = Vec::new();
+    let (data, rs) = match what {
+        "rows" => (&bodies, &body_ranges),
+        w if w.starts_with("clean") => (&clean, &clean_ranges),
+        _ => (&buf, &ranges),
+    };
+    let mut work = data.clone();
+    let mut n = 0u64;
+    for _ in 0..iters {
+        work.copy_from_slice(data);
+        for r in rs.iter() {
+            let v = &mut work[r.clone()];
+            n += match what {
+                "copy" => 0,
+                "engine" | "clean_engine" => engine.mask_counted(v, &mut hits) as u64,
+                "scalar" => scalar.mask_counted(v, &mut hits) as u64,
+                "regex" | "clean_regex" => rx.mask(v) as u64,
+                "rows" => {
+                    mask_data_row(&engine, &mut plan, v, &mut hits, &mut out).unwrap();
+                    0
+                }
+                other => panic!("unknown contender {other}"),
+            };
+        }
+        black_box(&work);
+    }
+    println!(
+        "{what}: {} bytes per iteration, {iters} iterations, {n} hits",
+        data.len()
+    );
+}
