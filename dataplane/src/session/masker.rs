@@ -29,6 +29,16 @@ use crate::mask::{
 };
 use crate::protocol::tag;
 
+/// The COPY TO stream in progress.
+#[derive(Debug, Clone, Copy)]
+enum CopyOut {
+    Fields(CopyFormat),
+    /// Binary COPY: no field boundaries known; every payload is scanned
+    /// with the detectors as raw bytes (fail safe: values are never
+    /// forwarded unscanned).
+    Binary,
+}
+
 /// What [`TargetMasker::process`] decided for one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Processed {
@@ -68,7 +78,7 @@ pub struct TargetMasker {
     describing: Option<Vec<u8>>,
     /// A Query that starts a COPY: its format, set when CopyOutResponse comes.
     copy_requested: VecDeque<(u64, CopyFormat)>,
-    copy_out: Option<CopyFormat>,
+    copy_out: Option<CopyOut>,
     hits: Hits,
     out: Vec<u8>,
     /// Scratch for one rewritten DataRow.
@@ -316,15 +326,19 @@ impl TargetMasker {
                 // CopyOutResponse: format 0 = text (or csv), 1 = binary.
                 let requested = self.copy_requested.pop_front().map(|(_, f)| f);
                 self.copy_out = match body.first() {
-                    Some(0) => Some(requested.unwrap_or(CopyFormat::TEXT)),
-                    _ => None,
+                    Some(0) => Some(CopyOut::Fields(requested.unwrap_or(CopyFormat::TEXT))),
+                    _ => Some(CopyOut::Binary),
                 };
             }
-            b'd' => {
-                if let Some(f) = self.copy_out {
+            b'd' => match self.copy_out {
+                Some(CopyOut::Fields(f)) => {
                     mask_copy_data(&self.engine, f, body, &mut self.hits);
                 }
-            }
+                Some(CopyOut::Binary) if self.engine.detects() => {
+                    self.engine.mask_counted(body, &mut self.hits);
+                }
+                _ => {}
+            },
             b'c' => self.copy_out = None,
             b'E' | b'N' => {
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
