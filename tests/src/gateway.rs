@@ -114,6 +114,8 @@ pub struct GatewayConfig {
     pub identities: Vec<String>,
     pub jwt_issuers: Vec<String>,
     pub grants: Vec<String>,
+    /// `masking_profiles:` entries: (name, the profile as YAML).
+    pub masking_profiles: Vec<(String, String)>,
 }
 
 impl Default for GatewayConfig {
@@ -128,6 +130,7 @@ impl Default for GatewayConfig {
             identities: vec![],
             jwt_issuers: vec![],
             grants: vec![],
+            masking_profiles: vec![],
         }
     }
 }
@@ -261,6 +264,42 @@ impl GatewayConfig {
         self
     }
 
+    /// Connection `name` → the test cluster's `appdb` with
+    /// `masking_profile: profile` (a `masking_profiles` name, `default` or
+    /// `none`).
+    pub fn pg_connection_masked(mut self, name: &str, pg: &Pg, profile: &str) -> Self {
+        self = self.pg_connection(name, pg);
+        let c = self.connections.pop().expect("connection just added");
+        let c = c.strip_suffix(" }").expect("connection is a flow mapping");
+        self.connections
+            .push(format!("{c}, masking_profile: {} }}", y(profile)));
+        self
+    }
+
+    /// A named masking profile; `profile` is its YAML (block or flow style,
+    /// as written under `masking_profiles.<name>`).
+    pub fn masking_profile(mut self, name: &str, profile: &str) -> Self {
+        self.masking_profiles
+            .push((name.to_string(), profile.to_string()));
+        self
+    }
+
+    /// A grant whose identities and groups see results unmasked.
+    pub fn grant_unmasked(
+        mut self,
+        connections: &[&str],
+        identities: &[&str],
+        groups: &[&str],
+    ) -> Self {
+        self.grants.push(format!(
+            "{{ connections: {}, identities: {}, groups: {}, unmasked: true }}",
+            y_list(connections),
+            y_list(identities),
+            y_list(groups)
+        ));
+        self
+    }
+
     /// The YAML body (without `listen`/`admin_listen`).
     pub fn to_yaml(&self) -> String {
         let mut s = String::new();
@@ -295,6 +334,22 @@ impl GatewayConfig {
             writeln!(s, "{section}:").unwrap();
             for it in items {
                 writeln!(s, "  - {it}").unwrap();
+            }
+        }
+        if !self.masking_profiles.is_empty() {
+            writeln!(s, "masking_profiles:").unwrap();
+            for (name, profile) in &self.masking_profiles {
+                writeln!(s, "  {}:", y(name)).unwrap();
+                let lines: Vec<&str> = profile.lines().filter(|l| !l.trim().is_empty()).collect();
+                // Re-indent under the name, keeping relative indentation.
+                let margin = lines
+                    .iter()
+                    .map(|l| l.len() - l.trim_start().len())
+                    .min()
+                    .unwrap_or(0);
+                for line in lines {
+                    writeln!(s, "    {}", &line[margin..]).unwrap();
+                }
             }
         }
         s
