@@ -108,7 +108,7 @@ impl Grants {
     pub fn evaluate(&self, identity: &str, connection: &str) -> Verdict {
         let Some(groups) = self.identities.get(identity) else {
             return Verdict::Deny(format!(
-                "identity `{identity}` is not in the configuration (no ApiKey, Group or Policy names it)"
+                "identity `{identity}` is not in the configuration: no ApiKey, Group or Policy names it"
             ));
         };
         if !self.connections.contains(connection) {

@@ -17,7 +17,7 @@ use controlplane::store::{EmbeddedStore, EtcdStore, Store};
     about = "Sluice control plane: configuration, snapshots to data planes, membership, audit"
 )]
 struct Cli {
-    /// gRPC listener (snapshot stream and admin API).
+    /// gRPC listener (snapshot stream, admin API, audit ingest and queries).
     #[arg(long, default_value = "127.0.0.1:7600", env = "SLUICE_CP_LISTEN")]
     listen: std::net::SocketAddr,
     /// etcd endpoints (comma-separated). Without it, an embedded store in

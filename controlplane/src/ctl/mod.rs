@@ -198,6 +198,7 @@ pub enum AuditCommand {
     /// Find audit records (every filter given must match), oldest first.
     #[command(after_help = TIME_HELP)]
     Search {
+        /// Identity name.
         #[arg(long)]
         identity: Option<String>,
         /// Connection name.
@@ -230,6 +231,7 @@ pub enum AuditCommand {
     /// Walk every node's hash chain (or one node's) and list gaps, edited, deleted and re-linked records with their positions. Exit 1 when anything is found.
     #[command(after_help = TIME_HELP)]
     Verify {
+        /// Only this data-plane node's chain.
         #[arg(long)]
         node: Option<String>,
         #[arg(short, long, value_enum, default_value_t = audit::Format::Table)]

@@ -212,8 +212,13 @@ async fn serve_stream(
         .await?;
         send(&tx, ack(&node, durable, false)).await?;
         tracing::debug!(node = %node, durable, "audit stream: hello answered");
-        let mut batch = first.records;
+        // The hello is answered; records in it are a batch of their own.
+        let mut next = (!first.records.is_empty()).then_some(first.records);
         loop {
+            let Some(batch) = next.take() else {
+                next = Some(read_batch(&node, &mut inbound).await?);
+                continue;
+            };
             if batch.is_empty() {
                 let durable = with_retry(&node, &tx, || {
                     let sinks = sinks.clone();
@@ -225,21 +230,6 @@ async fn serve_stream(
             } else {
                 store_batch(&sinks, &node, batch, &tx).await?;
             }
-            let msg = match inbound.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err(Stop::Gone),
-                Err(e) => {
-                    tracing::debug!(node = %node, "audit stream error: {e}");
-                    return Err(Stop::Gone);
-                }
-            };
-            if !msg.node_id.is_empty() && msg.node_id != node {
-                return Err(Stop::Fail(Status::invalid_argument(format!(
-                    "this stream belongs to node {node:?}, not {:?}",
-                    msg.node_id
-                ))));
-            }
-            batch = msg.records;
         }
     }
     .await;
@@ -251,6 +241,28 @@ async fn serve_stream(
         }
     }
     tracing::info!(node = %node, "audit stream closed");
+}
+
+/// The records of the node's next message.
+async fn read_batch(
+    node: &str,
+    inbound: &mut Streaming<AuditBatch>,
+) -> Result<Vec<AuditRecord>, Stop> {
+    let msg = match inbound.message().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err(Stop::Gone),
+        Err(e) => {
+            tracing::debug!(node, "audit stream error: {e}");
+            return Err(Stop::Gone);
+        }
+    };
+    if !msg.node_id.is_empty() && msg.node_id != node {
+        return Err(Stop::Fail(Status::invalid_argument(format!(
+            "this stream belongs to node {node:?}, not {:?}",
+            msg.node_id
+        ))));
+    }
+    Ok(msg.records)
 }
 
 fn ack(node: &str, durable_through: u64, resend: bool) -> AuditAck {
