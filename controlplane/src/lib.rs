@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod ctl;
+pub mod grants;
 pub mod resources;
 pub mod server;
 pub mod store;

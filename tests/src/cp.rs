@@ -270,6 +270,15 @@ impl ControlPlane {
             }
             StoreKind::Etcd(ep, prefix) => {
                 cmd.arg("--etcd").arg(ep).arg("--prefix").arg(prefix);
+                // The file audit sink's default is ./sluice-audit with etcd,
+                // one process per directory: give each its own.
+                let audit_given = self
+                    .extra
+                    .iter()
+                    .any(|a| a == "--audit-dir" || a == "--audit-postgres");
+                if !audit_given {
+                    cmd.arg("--audit-dir").arg(self.dir.path().join("audit"));
+                }
             }
         }
         if !self.extra.iter().any(|a| a == "--tls-cert") {

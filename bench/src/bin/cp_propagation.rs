@@ -163,7 +163,9 @@ async fn main() {
             cp.arg("--etcd")
                 .arg(ep)
                 .arg("--prefix")
-                .arg(format!("/sluice-bench-{}/", unix_us()));
+                .arg(format!("/sluice-bench-{}/", unix_us()))
+                .arg("--audit-dir")
+                .arg(dir.path().join("audit"));
             "etcd"
         }
         None => {

@@ -1,11 +1,15 @@
 //! The control plane's half of the audit pipeline: the per-node hash chain
 //! ([`chain`]), the [`AuditSink`] interface ([`sink`]) with its embedded
 //! file implementation ([`FileSink`]) and its PostgreSQL implementation
-//! ([`PgSink`]), and chain verification ([`verify`]) both sinks use.
+//! ([`PgSink`]), and chain verification ([`verify`]) both sinks use;
+//! replaying a session against today's grants ([`replay`]) and counting
+//! the facts of an evidence report ([`evidence`]).
 
 pub mod chain;
+pub mod evidence;
 pub mod file_sink;
 pub mod pg_sink;
+pub mod replay;
 pub mod sink;
 pub mod verify;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use controlplane::server::audit::SinkConfig;
 use controlplane::server::{self, ServerConfig, Transport};
 use controlplane::store::{EmbeddedStore, EtcdStore, Store};
 
@@ -13,10 +14,10 @@ use controlplane::store::{EmbeddedStore, EtcdStore, Store};
 #[command(
     name = "sluice-cp",
     version,
-    about = "Sluice control plane: configuration, snapshots to data planes, membership"
+    about = "Sluice control plane: configuration, snapshots to data planes, membership, audit"
 )]
 struct Cli {
-    /// gRPC listener (snapshot stream and admin API).
+    /// gRPC listener (snapshot stream, admin API, audit ingest and queries).
     #[arg(long, default_value = "127.0.0.1:7600", env = "SLUICE_CP_LISTEN")]
     listen: std::net::SocketAddr,
     /// etcd endpoints (comma-separated). Without it, an embedded store in
@@ -49,6 +50,22 @@ struct Cli {
     /// Seconds between JWKS refreshes of identity providers given by URL.
     #[arg(long, default_value_t = 300)]
     jwks_refresh: u64,
+    /// Directory of the embedded audit sink (append-only, hash-chained
+    /// segment files; one sluice-cp per directory). Default:
+    /// <data-dir>/audit with the embedded store, ./sluice-audit with etcd.
+    #[arg(long, env = "SLUICE_AUDIT_DIR", value_name = "DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Production audit sink: PostgreSQL connection string (`host=… port=…
+    /// user=… password=… dbname=…`, no TLS). Used instead of files; every
+    /// replica may point at the same database.
+    #[arg(
+        long,
+        env = "SLUICE_AUDIT_POSTGRES",
+        value_name = "DSN",
+        conflicts_with = "audit_dir",
+        hide_env_values = true
+    )]
+    audit_postgres: Option<String>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -122,6 +139,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(endpoints = ?cli.etcd, prefix = %cli.prefix, "etcd store");
         (Arc::new(s), "etcd")
     };
+    let audit = match (&cli.audit_postgres, &cli.audit_dir) {
+        (Some(dsn), _) => SinkConfig::Postgres(dsn.clone()),
+        (None, Some(dir)) => SinkConfig::Files(dir.clone()),
+        (None, None) if kind == "embedded" => SinkConfig::Files(cli.data_dir.join("audit")),
+        (None, None) => SinkConfig::Files(PathBuf::from("sluice-audit")),
+    };
     server::serve(
         ServerConfig {
             listen: cli.listen,
@@ -129,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_ttl: Duration::from_secs(cli.node_ttl.max(1)),
             node_timeout: Duration::from_secs(cli.node_timeout.max(1)),
             jwks_refresh: Duration::from_secs(cli.jwks_refresh.max(1)),
+            audit,
         },
         store,
         kind,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::admin_client::AdminClient;
+use proto::audit_query_client::AuditQueryClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Response, Status};
 
@@ -14,6 +15,11 @@ use super::CtlError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take once connected.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an audit query (search, verify, replay, evidence) may take:
+/// they read many records.
+pub const AUDIT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest answer accepted from the control plane (bytes).
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// Where the local quick start's control plane listens.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7600";
 
@@ -138,6 +144,32 @@ impl ControlPlane {
         kind: Request,
         rpc: impl AsyncFn(AdminClient<Channel>) -> Result<Response<T>, Status>,
     ) -> Result<T, CtlError> {
+        self.call_with(kind, REQUEST_TIMEOUT, AdminClient::new, rpc)
+            .await
+    }
+
+    /// [`ControlPlane::call`] for the `AuditQuery` service: read-only,
+    /// [`AUDIT_REQUEST_TIMEOUT`], answers up to [`MAX_ANSWER_BYTES`].
+    pub async fn call_audit<T>(
+        &self,
+        rpc: impl AsyncFn(AuditQueryClient<Channel>) -> Result<Response<T>, Status>,
+    ) -> Result<T, CtlError> {
+        self.call_with(
+            Request::ReadOnly,
+            AUDIT_REQUEST_TIMEOUT,
+            |ch| AuditQueryClient::new(ch).max_decoding_message_size(MAX_ANSWER_BYTES),
+            rpc,
+        )
+        .await
+    }
+
+    async fn call_with<C, T>(
+        &self,
+        kind: Request,
+        timeout: Duration,
+        client: impl Fn(Channel) -> C,
+        rpc: impl AsyncFn(C) -> Result<Response<T>, Status>,
+    ) -> Result<T, CtlError> {
         let mut failures = Vec::new();
         for ep in &self.endpoints {
             let url = ep.uri().to_string();
@@ -156,17 +188,16 @@ impl ControlPlane {
                     continue;
                 }
             };
-            let s =
-                match tokio::time::timeout(REQUEST_TIMEOUT, rpc(AdminClient::new(channel))).await {
-                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                    Ok(Err(s)) => s,
-                    Err(_) => {
-                        return Err(CtlError::TimedOut(format!(
-                            "{url}: no answer within {}s",
-                            REQUEST_TIMEOUT.as_secs()
-                        )))
-                    }
-                };
+            let s = match tokio::time::timeout(timeout, rpc(client(channel))).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(s)) => s,
+                Err(_) => {
+                    return Err(CtlError::TimedOut(format!(
+                        "{url}: no answer within {}s",
+                        timeout.as_secs()
+                    )))
+                }
+            };
             let broken = is_transport_failure(&s);
             if broken && kind == Request::Change {
                 return Err(CtlError::Interrupted(format!(
@@ -209,7 +240,7 @@ impl ControlPlane {
 /// connection broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    /// Get, ListNodes, Version.
+    /// Get, ListNodes, Version, audit queries.
     ReadOnly,
     /// Apply, Delete.
     Change,

@@ -1,7 +1,9 @@
 //! `sluicectl`, the operator CLI of the control plane.
 //!
 //! Commands: `apply -f`, `get`, `delete`, `nodes`, `version` talk to
-//! `sluice-cp`'s `sluice.v1.Admin` service; `certs` writes a CA and mTLS
+//! `sluice-cp`'s `sluice.v1.Admin` service; `audit search`, `audit
+//! verify`, `session replay` and `evidence` to its `sluice.v1.AuditQuery`
+//! service ([`audit`], [`evidence`]); `certs` writes a CA and mTLS
 //! certificates locally. Documents are parsed and checked here
 //! ([`crate::resources::parse_documents`]) before anything is sent, so a
 //! typo is reported with its file, document and field path without a
@@ -19,7 +21,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the control plane refused the request (any gRPC status other than `UNAVAILABLE` and `DEADLINE_EXCEEDED`: invalid document, not found, failed precondition, …); its message is printed |
+//! | 1 | the control plane refused the request (any gRPC status other than `UNAVAILABLE` and `DEADLINE_EXCEEDED`: invalid document, not found, failed precondition, …); its message is printed. Also `audit verify` when the chain has findings (listed on stdout) |
 //! | 2 | usage or local input error: bad flag, unreadable file, document that does not parse or validate |
 //! | 3 | control plane unreachable (every URL failed to connect, broke the connection, or answered `UNAVAILABLE`), timed out, or lost during a change |
 //!
@@ -29,9 +31,11 @@
 //! The module never logs or prints a connection password: `get` blanks any
 //! the server might return.
 
+pub mod audit;
 pub mod certs;
 pub mod client;
 pub mod document;
+pub mod evidence;
 pub mod table;
 
 use std::io::Read;
@@ -49,7 +53,8 @@ use document::{object_name, parse_kind};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the control plane refused the request (invalid document, not found, failed precondition)
+  1  the control plane refused the request (invalid document, not found, failed precondition),
+     or `audit verify` found records edited, deleted or out of place
   2  usage or local input error (bad flag, unreadable file, document that does not parse)
   3  control plane unreachable (every URL failed) or timed out";
 
@@ -57,7 +62,7 @@ Exit codes:
 #[command(
     name = "sluicectl",
     version,
-    about = "Operate a Sluice control plane: apply, get and delete configuration, list data-plane nodes, make mTLS certificates",
+    about = "Operate a Sluice control plane: apply, get and delete configuration, list data-plane nodes, search and verify the audit trail, replay sessions, export evidence, make mTLS certificates",
     after_help = EXIT_CODES
 )]
 pub struct Cli {
@@ -131,6 +136,34 @@ pub enum Command {
     /// Print the versions of sluicectl and of the control plane.
     #[command(after_help = EXIT_CODES)]
     Version,
+    /// Search the audit trail and verify its hash chains.
+    #[command(after_help = EXIT_CODES)]
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Replay a session from the audit trail.
+    #[command(after_help = EXIT_CODES)]
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Write evidence.md and evidence.json: audit facts per NIST SP 800-53 control (AU-2, AU-6, AU-9, AC-2, AC-6, SC-8, IR-4).
+    #[command(after_help = TIME_HELP)]
+    Evidence {
+        /// Start of the period (included): RFC 3339, a date, `now`, or a duration ago (7d).
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// End of the period (excluded).
+        #[arg(long, value_name = "TIME")]
+        to: String,
+        /// Directory to write the two files into.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+        /// Sample record ids per category (at most 50).
+        #[arg(long, default_value_t = 5)]
+        samples: u32,
+    },
     /// Write a CA and certificates for mTLS between data planes, sluicectl and the control plane.
     #[command(after_help = EXIT_CODES)]
     Certs {
@@ -146,6 +179,78 @@ pub enum Command {
         /// Replace an existing CA in --dir.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// Times on the command line, as `--help` shows them.
+pub const TIME_HELP: &str = "\
+Times: RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00), a date (2024-05-01,
+midnight UTC), `now`, or a duration ago (90s, 15m, 1h30m, 7d, 2w).
+
+Exit codes:
+  0  success
+  1  the control plane refused the request, or `audit verify` found problems
+  2  usage or local input error
+  3  control plane unreachable or timed out";
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Find audit records (every filter given must match), oldest first.
+    #[command(after_help = TIME_HELP)]
+    Search {
+        /// Identity name.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Connection name.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Session id.
+        #[arg(long)]
+        session: Option<String>,
+        /// session_start, session_end, query, parse, bind, execute, auth_failure, policy_decision, snapshot_applied.
+        #[arg(long, value_parser = audit::parse_kind)]
+        kind: Option<proto::AuditKind>,
+        /// allow, deny, review_required, review_approved, review_denied.
+        #[arg(long, value_parser = audit::parse_decision)]
+        decision: Option<proto::Decision>,
+        /// Data-plane node id.
+        #[arg(long)]
+        node: Option<String>,
+        /// Records at or after this time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Records before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Most records shown.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value_t = audit::Format::Table)]
+        output: audit::Format,
+    },
+    /// Walk every node's hash chain (or one node's) and list gaps, edited, deleted and re-linked records with their positions. Exit 1 when anything is found.
+    #[command(after_help = TIME_HELP)]
+    Verify {
+        /// Only this data-plane node's chain.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = audit::Format::Table)]
+        output: audit::Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// A session's records in order, with decisions, rows, timings and masked counts.
+    #[command(after_help = EXIT_CODES)]
+    Replay {
+        /// The session id (from `audit search`).
+        id: String,
+        /// Also decide each statement under today's configuration and mark where that differs.
+        #[arg(long)]
+        evaluate: bool,
+        #[arg(short, long, value_enum, default_value_t = audit::Format::Table)]
+        output: audit::Format,
     },
 }
 
@@ -208,6 +313,9 @@ pub enum CtlError {
     /// The connection broke while a change was in flight.
     #[error("connection to the control plane lost: {0}")]
     Interrupted(String),
+    /// The command ran and found problems (`audit verify`).
+    #[error("{0}")]
+    Findings(String),
 }
 
 impl CtlError {
@@ -215,6 +323,7 @@ impl CtlError {
         match self {
             CtlError::Usage(_) | CtlError::Input(_) => 2,
             CtlError::Refused(s) => exit_code_for(s.code()),
+            CtlError::Findings(_) => 1,
             CtlError::Unreachable(_) | CtlError::TimedOut(_) | CtlError::Interrupted(_) => 3,
         }
     }
@@ -354,6 +463,102 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
             match output {
                 NodesFormat::Table => out.stdout.push_str(&table::nodes(&resp, unix_ms())),
                 NodesFormat::Json => out.line(nodes_json(&resp)),
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Search {
+                    identity,
+                    connection,
+                    session,
+                    kind,
+                    decision,
+                    node,
+                    since,
+                    until,
+                    limit,
+                    output,
+                },
+        } => {
+            let flags = audit::SearchFlags {
+                identity,
+                connection,
+                session,
+                kind,
+                decision,
+                node,
+                since,
+                until,
+                limit,
+            };
+            let req = audit::search_request(&flags, audit::now_nanos())?;
+            let cp = connect()?;
+            let resp = block_on(audit::run_search(&cp, req))?;
+            audit::render_search(&resp, output, out);
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { node, output },
+        } => {
+            let cp = connect()?;
+            let resp = block_on(audit::run_verify(&cp, node))?;
+            audit::render_verify(&resp, output, out)
+        }
+        Command::Session {
+            command:
+                SessionCommand::Replay {
+                    id,
+                    evaluate,
+                    output,
+                },
+        } => {
+            let cp = connect()?;
+            let resp = block_on(audit::run_replay(&cp, &id, evaluate))?;
+            match output {
+                audit::Format::Table => out.stdout.push_str(&audit::replay_text(&id, &resp)),
+                audit::Format::Json => out.line(audit::replay_json(&id, &resp)),
+            }
+            Ok(())
+        }
+        Command::Evidence {
+            from,
+            to,
+            out: dir,
+            samples,
+        } => {
+            let now = audit::now_nanos();
+            let from = audit::parse_time("--from", &from, now)?;
+            let to = audit::parse_time("--to", &to, now)?;
+            if to <= from {
+                return Err(CtlError::Usage(format!(
+                    "--to ({}) must be after --from ({})",
+                    audit::format_time(to),
+                    audit::format_time(from)
+                )));
+            }
+            let cp = connect()?;
+            let req = proto::EvidenceRequest {
+                from_unix_nanos: from,
+                to_unix_nanos: to,
+                samples,
+            };
+            let (md, js, resp) = block_on(evidence::run(&cp, req, &dir))?;
+            out.line(format!(
+                "wrote {} and {}: {} records, audit chain {}",
+                md.display(),
+                js.display(),
+                resp.records,
+                evidence::chain_status(&resp)
+            ));
+            if resp
+                .verification
+                .as_ref()
+                .is_some_and(|v| !v.findings.is_empty())
+            {
+                out.stderr.push_str(
+                    "warning: the audit chain has findings (see AU-9; `sluicectl audit verify` lists them)\n",
+                );
             }
             Ok(())
         }

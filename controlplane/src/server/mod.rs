@@ -1,14 +1,17 @@
 //! `sluice-cp`: the control-plane server.
 //!
-//! A tonic server with two services over one [`Store`]: the snapshot
-//! stream every data-plane node keeps open ([`snapshots`]) and the admin
-//! API `sluicectl` calls ([`admin`]). A background task follows the
+//! A tonic server over one [`Store`] and one audit sink: the snapshot
+//! stream every data-plane node keeps open ([`snapshots`]), the admin API
+//! `sluicectl` calls ([`admin`]), and the audit services ([`audit`]: nodes
+//! ship records on `AuditIngest`, `sluicectl audit …` reads them through
+//! `AuditQuery`). A background task follows the
 //! store's `config/` keys and keeps the current snapshot in a watch channel
 //! ([`config`]); node membership lives under `nodes/` with leases
 //! ([`nodes`]). Every replica on one etcd computes the same snapshot and
 //! version, so nodes can fail over between replicas freely.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod jwks;
 pub mod nodes;
@@ -87,6 +90,8 @@ pub struct ServerConfig {
     pub node_ttl: Duration,
     pub node_timeout: Duration,
     pub jwks_refresh: Duration,
+    /// Where audit records go.
+    pub audit: audit::SinkConfig,
 }
 
 /// Serve until `shutdown` resolves.
@@ -102,6 +107,7 @@ pub async fn serve(
             cfg.listen
         );
     }
+    let sinks = audit::AuditSinks::open(&cfg.audit).await?;
     let shared = Shared::new(store.clone(), store_kind, cfg.node_ttl, cfg.node_timeout);
     tokio::spawn(config::follow(store.clone(), shared.current.clone()));
     tokio::spawn(jwks::refresh_loop(store.clone(), cfg.jwks_refresh));
@@ -138,6 +144,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     tracing::info!(
         store = store_kind,
+        audit = sinks.kind,
         tls = matches!(cfg.transport, Transport::MutualTls { .. }),
         "sluice-cp listening on {bound}"
     );
@@ -150,6 +157,19 @@ pub async fn serve(
         .add_service(proto::admin_server::AdminServer::new(admin::AdminService {
             shared: shared.clone(),
         }))
+        .add_service(
+            proto::audit_ingest_server::AuditIngestServer::new(audit::IngestService {
+                sinks: sinks.clone(),
+            })
+            .max_decoding_message_size(audit::MAX_BATCH_BYTES),
+        )
+        .add_service(
+            proto::audit_query_server::AuditQueryServer::new(audit::QueryService {
+                sinks,
+                shared: shared.clone(),
+            })
+            .max_encoding_message_size(audit::MAX_ANSWER_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
