@@ -54,8 +54,9 @@ pub fn next_backoff(cur: Duration) -> Duration {
     (cur * 2).min(BACKOFF_MAX)
 }
 
-/// Build a channel endpoint for one URL, with mTLS for https.
-fn endpoint(url: &str, cfg: &ControlPlane) -> anyhow::Result<Endpoint> {
+/// Build a channel endpoint for one URL, with mTLS for https (the snapshot
+/// subscription and the audit shipper use the same settings).
+pub fn endpoint(url: &str, cfg: &ControlPlane) -> anyhow::Result<Endpoint> {
     let mut ep = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("bad control-plane URL `{url}`"))?
         .connect_timeout(Duration::from_secs(2))
