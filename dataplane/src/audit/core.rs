@@ -111,10 +111,14 @@ impl CoreAudit {
         Ok(())
     }
 
-    /// Write any record (session start/end, auth failure) into the ring.
+    /// Write any record (session start/end, auth failure) into the ring,
+    /// followed by `session` (from
+    /// [`session_fields`](super::record::session_fields); empty when the
+    /// record carries its own identity, session and connection).
     pub fn push_record(
         &self,
         rec: &mut AuditRecord,
+        session: &[u8],
         snapshot_version: i64,
     ) -> Result<(), RingFull> {
         let mut ring = self.ring.borrow_mut();
@@ -126,6 +130,7 @@ impl CoreAudit {
             snapshot_version,
         };
         encode_record(&mut buf, origin, rec);
+        buf.extend_from_slice(session);
         ring.push(&buf)?;
         bump(&self.stats.produced, 1);
         Ok(())

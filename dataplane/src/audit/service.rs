@@ -268,6 +268,87 @@ impl Audit {
     }
 }
 
+/// What a stopped node's spool directory holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inspection {
+    pub last_sequence: u64,
+    pub acknowledged_through: u64,
+    pub spool_bytes: u64,
+    /// Records in the spool not yet acknowledged, by kind name.
+    pub spooled_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Records still in the core rings (moved to the spool at the next
+    /// start), by kind name.
+    pub in_rings_by_kind: std::collections::BTreeMap<String, u64>,
+    /// QUERY and EXECUTE records in both.
+    pub statements: u64,
+}
+
+/// Every record of a stopped node's spool directory: the spool's
+/// unacknowledged records, then what is still in the rings (not deduplicated
+/// against the spool; [`Audit::open`] does that). Locks the directory while
+/// it reads, so it refuses to run next to a live node.
+pub fn read_dir(dir: &std::path::Path) -> anyhow::Result<(Vec<AuditRecord>, Vec<AuditRecord>)> {
+    use prost::Message;
+    let _lock = lock_dir(dir)?;
+    let spool = Spool::open(SpoolConfig::new(dir, "inspect"))
+        .with_context(|| format!("audit spool in {}", dir.display()))?;
+    let spooled = spool.unacked(0, usize::MAX)?;
+    let mut high = spool.core_high_water().clone();
+    let mut in_rings = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(core) = entry.file_name().to_str().and_then(ring::parse_ring_name) else {
+            continue;
+        };
+        let c =
+            RingFile::open_or_create(&entry.path(), core, ring::MIN_RING_BYTES)?.into_consumer();
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        c.read_from(c.committed(), usize::MAX, &mut bytes, &mut frames)?;
+        let h = high.entry(c.core()).or_insert(0);
+        for f in frames.iter().filter(|f| f.core_seq > *h) {
+            in_rings.push(AuditRecord::decode(&bytes[f.start..f.end])?);
+        }
+    }
+    Ok((spooled, in_rings))
+}
+
+/// Summarise a stopped node's spool directory (`sluice-dp audit-spool`).
+pub fn inspect(dir: &std::path::Path) -> anyhow::Result<Inspection> {
+    let (spooled, in_rings) = read_dir(dir)?;
+    let mut out = Inspection::default();
+    {
+        let _lock = lock_dir(dir)?;
+        let spool = Spool::open(SpoolConfig::new(dir, "inspect"))?;
+        out.last_sequence = spool.last_seq();
+        out.acknowledged_through = spool.acked_through();
+        out.spool_bytes = spool.bytes();
+    }
+    let kind = |r: &AuditRecord| {
+        let k = r.metadata.as_ref().map_or(0, |m| m.kind);
+        proto::AuditKind::try_from(k).map_or_else(
+            |_| format!("KIND_{k}"),
+            |k| {
+                k.as_str_name()
+                    .trim_start_matches("AUDIT_KIND_")
+                    .to_string()
+            },
+        )
+    };
+    for (recs, map) in [
+        (&spooled, &mut out.spooled_by_kind),
+        (&in_rings, &mut out.in_rings_by_kind),
+    ] {
+        for r in recs.iter() {
+            *map.entry(kind(r)).or_insert(0) += 1;
+            if super::record::is_statement_kind(r.metadata.as_ref().map_or(0, |m| m.kind)) {
+                out.statements += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

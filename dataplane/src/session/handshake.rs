@@ -30,6 +30,10 @@ pub struct SessionRequest {
     pub verifier: Option<crate::auth::scram::Verifier>,
     /// Snapshot generation the session was authorised under.
     pub generation: u64,
+    /// The API key came as a cleartext password (over TLS), not via SCRAM.
+    pub cleartext_key: bool,
+    /// For JWTs: the issuer (`iss`) that vouched for the identity.
+    pub jwt_issuer: Option<String>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -95,6 +99,8 @@ pub struct ClientHandshake {
     identity: String,
     connection: String,
     params: Vec<(Vec<u8>, Vec<u8>)>,
+    cleartext_key: bool,
+    jwt_issuer: Option<String>,
 }
 
 fn reject(code: &str, message: String, outcome: Outcome, reason: Option<&'static str>) -> Step {
@@ -128,6 +134,8 @@ impl ClientHandshake {
             identity: String::new(),
             connection: String::new(),
             params: Vec::new(),
+            cleartext_key: false,
+            jwt_issuer: None,
         }
     }
 
@@ -143,6 +151,16 @@ impl ClientHandshake {
 
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The connection asked for (startup `database`), once known.
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+
+    /// Whether the client is on TLS.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// Feed one untagged packet (length prefix included).
@@ -330,7 +348,10 @@ impl ClientHandshake {
                     let mut first_err = None;
                     for issuer in &ident.jwt_issuers {
                         match issuer.verify(&pw, &self.identity, now) {
-                            Ok(()) => return self.authorize(Vec::new(), "jwt"),
+                            Ok(()) => {
+                                self.jwt_issuer = Some(issuer.issuer().to_string());
+                                return self.authorize(Vec::new(), "jwt");
+                            }
                             Err(e) => {
                                 first_err.get_or_insert(e);
                             }
@@ -373,6 +394,7 @@ impl ClientHandshake {
             return protocol_error("unexpected API key check");
         }
         if matches {
+            self.cleartext_key = true;
             self.authorize(Vec::new(), "api_key")
         } else {
             self.bad_password()
@@ -438,6 +460,8 @@ impl ClientHandshake {
                     None
                 },
                 generation: self.snapshot.generation,
+                cleartext_key: self.cleartext_key,
+                jwt_issuer: self.jwt_issuer.take(),
                 params: std::mem::take(&mut self.params),
             },
         }
