@@ -114,6 +114,8 @@ pub struct GatewayConfig {
     pub identities: Vec<String>,
     pub jwt_issuers: Vec<String>,
     pub grants: Vec<String>,
+    /// The `audit:` section as an inline YAML map (`{ enabled: true, ... }`).
+    pub audit: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -128,6 +130,7 @@ impl Default for GatewayConfig {
             identities: vec![],
             jwt_issuers: vec![],
             grants: vec![],
+            audit: None,
         }
     }
 }
@@ -158,6 +161,22 @@ impl GatewayConfig {
 
     pub fn tls(mut self, certs: &DevCerts, required: bool) -> Self {
         self.tls = Some((certs.server_pem.clone(), certs.server_key.clone(), required));
+        self
+    }
+
+    /// Audit on, spooling to `dir`; `extra` adds keys to the section
+    /// (`"quota_bytes: 65536, when_full: fail_open"`).
+    pub fn audit(mut self, dir: &Path, extra: &str) -> Self {
+        let mut a = format!(
+            "{{ enabled: true, spool_dir: {}",
+            y(&dir.display().to_string())
+        );
+        if !extra.is_empty() {
+            a.push_str(", ");
+            a.push_str(extra);
+        }
+        a.push_str(" }");
+        self.audit = Some(a);
         self
     }
 
@@ -276,6 +295,9 @@ impl GatewayConfig {
                 y(&key.display().to_string())
             )
             .unwrap();
+        }
+        if let Some(a) = &self.audit {
+            writeln!(s, "audit: {a}").unwrap();
         }
         if !self.limits.is_empty() {
             writeln!(s, "limits:").unwrap();
@@ -532,6 +554,15 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL now and reap (a crash). Idempotent.
+    pub fn kill(&self) {
+        let mut g = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = g.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, wait up to 3 s, then SIGKILL. Idempotent.
