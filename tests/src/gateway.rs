@@ -130,7 +130,11 @@ impl Default for GatewayConfig {
             identities: vec![],
             jwt_issuers: vec![],
             grants: vec![],
-            audit: None,
+            // SLUICE_TEST_AUDIT=1 runs every gateway with audit on (spool
+            // in its temp dir), to exercise the relay's audit path.
+            audit: std::env::var_os("SLUICE_TEST_AUDIT")
+                .filter(|v| v == "1")
+                .map(|_| "{ enabled: true }".to_string()),
         }
     }
 }
