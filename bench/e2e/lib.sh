@@ -11,6 +11,9 @@
 #   SLUICE_BUILD   1 (default): `cargo build --release -p dataplane` first
 #                  (a no-op when up to date); 0: use SLUICE_BIN as it is
 #   SLUICE_WORKERS workers for sluice-dp (default: unset, one per core)
+#   SLUICE_NAME    start_sluice: name of its dir and log (default "sluice";
+#                  set it to run a second instance next to the first)
+#   SLUICE_EXTRA_YAML  start_sluice: appended to the generated config
 #   KEEP_WORK      1: keep the temp work dir (PG data, configs) after exit
 #   BOUNCER_POOL_SIZE  PgBouncer default_pool_size (default 20)
 
@@ -355,7 +358,8 @@ ensure_sluice_bin() {
 # and for one query through the gateway. With "tls", also serves TLS using a
 # dev certificate from `sluice-dp dev-certs`.
 start_sluice() {
-    local want_tls=$1 dir=$WORK/sluice cfg out verifier i
+    local want_tls=$1 name=${SLUICE_NAME:-sluice} cfg out verifier i
+    local dir=$WORK/$name slog=$WORK/${name}-dp.log
     [[ $want_tls == plain || $want_tls == tls ]] || die "start_sluice: want 'plain' or 'tls', got '$want_tls'"
     ensure_sluice_bin
     require_cmd curl
@@ -389,22 +393,23 @@ identities:
 grants:
   - { connections: [$BENCH_DB], identities: [agent] }
 EOF
+        if [[ -n ${SLUICE_EXTRA_YAML:-} ]]; then printf '%s\n' "$SLUICE_EXTRA_YAML"; fi
     } >"$cfg"
     "$SLUICE_BIN" check-config --config "$cfg" >"$WORK/sluice-check-config.log" 2>&1 ||
         { cat "$WORK/sluice-check-config.log" >&2; die "sluice-dp refused the generated config $cfg"; }
-    "$SLUICE_BIN" --config "$cfg" >>"$WORK/sluice-dp.log" 2>&1 &
+    "$SLUICE_BIN" --config "$cfg" >>"$slog" 2>&1 &
     SLUICE_PID=$!
     for ((i = 0; i < 300; i++)); do
-        pid_alive "$SLUICE_PID" || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp exited at start (config: $cfg)"; }
+        pid_alive "$SLUICE_PID" || { show_tail "$slog"; die "sluice-dp exited at start (config: $cfg)"; }
         if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$SLUICE_ADMIN_PORT/readyz" 2>/dev/null; then
             break
         fi
         sleep 0.1
     done
-    ((i < 300)) || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp /readyz not 200 within 30s"; }
+    ((i < 300)) || { show_tail "$slog"; die "sluice-dp /readyz not 200 within 30s"; }
     psql_at "$SLUICE_PORT" agent "$SLUICE_KEY" "$BENCH_DB" -tAc "SELECT 1" >"$WORK/sluice-check.log" 2>&1 ||
-        { cat "$WORK/sluice-check.log" >&2; show_tail "$WORK/sluice-dp.log"; die "a query through sluice-dp failed"; }
-    log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls"
+        { cat "$WORK/sluice-check.log" >&2; show_tail "$slog"; die "a query through sluice-dp failed"; }
+    log "sluice-dp ($name) up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls"
 }
 
 # Connection arguments for pgbench/psql per contender: sets CONN_PORT,

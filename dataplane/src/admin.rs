@@ -21,6 +21,8 @@ pub struct AdminState {
     pub started: AtomicBool,
     /// Control-plane subscription counters (zero in static mode).
     pub control: Arc<crate::control::ControlStats>,
+    /// The audit pipeline, when audit is on.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl AdminState {
@@ -41,6 +43,7 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
         {
             let mut out = st.registry.render(st.ready(), version);
             render_control(&mut out, &st.control);
+            render_audit(&mut out, st.audit.as_deref());
             out
         },
     )
@@ -52,6 +55,46 @@ fn render_control(s: &mut String, c: &crate::control::ControlStats) {
     let _ = writeln!(s, "# HELP sluice_snapshots_applied_total Snapshots from the control plane applied (ACKed).\n# TYPE sluice_snapshots_applied_total counter\nsluice_snapshots_applied_total {}", c.applied.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_snapshots_rejected_total Snapshots from the control plane that could not be applied (NACKed).\n# TYPE sluice_snapshots_rejected_total counter\nsluice_snapshots_rejected_total {}", c.rejected.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_control_plane_reconnects_total Snapshot streams that ended or failed to open.\n# TYPE sluice_control_plane_reconnects_total counter\nsluice_control_plane_reconnects_total {}", c.reconnects.load(Relaxed));
+}
+
+fn render_audit(s: &mut String, audit: Option<&crate::audit::Audit>) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "# HELP sluice_audit_enabled 1 when audit records are kept.\n# TYPE sluice_audit_enabled gauge\nsluice_audit_enabled {}", u8::from(audit.is_some()));
+    let Some(a) = audit else {
+        return;
+    };
+    let st = a.stats();
+    let produced: u64 = st.cores.iter().map(|c| c.produced.load(Relaxed)).sum();
+    let refused: u64 = st.cores.iter().map(|c| c.refused.load(Relaxed)).sum();
+    let unaudited: u64 = st.cores.iter().map(|c| c.unaudited.load(Relaxed)).sum();
+    let _ = writeln!(s, "# HELP sluice_audit_records_total Audit records by stage: produced (written to a core ring), spooled (appended to the local spool), shipped (sent to the control plane, resends included), acknowledged (made durable by the control plane).\n# TYPE sluice_audit_records_total counter");
+    for (stage, v) in [
+        ("produced", produced),
+        ("spooled", st.spooled.load(Relaxed)),
+        ("shipped", st.shipped.load(Relaxed)),
+        ("acknowledged", st.acknowledged.load(Relaxed)),
+    ] {
+        let _ = writeln!(s, "sluice_audit_records_total{{stage=\"{stage}\"}} {v}");
+    }
+    let last = st.spool_last_seq.load(Relaxed);
+    let acked = st.spool_acked.load(Relaxed);
+    let oldest = st.oldest_unacked_unix_ms.load(Relaxed);
+    let lag_s = if oldest == 0 || last <= acked {
+        0.0
+    } else {
+        crate::audit::pump::unix_ms().saturating_sub(oldest) as f64 / 1e3
+    };
+    let _ = writeln!(s, "# HELP sluice_audit_spool_bytes Bytes of the local audit spool's segment files.\n# TYPE sluice_audit_spool_bytes gauge\nsluice_audit_spool_bytes {}", st.spool_bytes.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_audit_ship_lag_records Records spooled and not yet acknowledged by the control plane.\n# TYPE sluice_audit_ship_lag_records gauge\nsluice_audit_ship_lag_records {}", last.saturating_sub(acked));
+    let _ = writeln!(s, "# HELP sluice_audit_ship_lag_seconds Age of the oldest record not yet acknowledged by the control plane (0 when none).\n# TYPE sluice_audit_ship_lag_seconds gauge\nsluice_audit_ship_lag_seconds {lag_s:.3}");
+    let _ = writeln!(s, "# HELP sluice_audit_spool_last_sequence Highest sequence number the spool has assigned.\n# TYPE sluice_audit_spool_last_sequence gauge\nsluice_audit_spool_last_sequence {last}");
+    let _ = writeln!(s, "# HELP sluice_audit_refused_total Statements and sessions refused because audit records could not be stored (when_full: fail_closed).\n# TYPE sluice_audit_refused_total counter\nsluice_audit_refused_total {refused}");
+    let _ = writeln!(s, "# HELP sluice_audit_unaudited_total Records dropped because they could not be stored (when_full: fail_open): statements that ran unaudited.\n# TYPE sluice_audit_unaudited_total counter\nsluice_audit_unaudited_total {unaudited}");
+    let _ = writeln!(s, "# HELP sluice_audit_spool_errors_total Spool appends or acknowledgements that failed (quota reached, I/O errors).\n# TYPE sluice_audit_spool_errors_total counter\nsluice_audit_spool_errors_total {}", st.spool_errors.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_audit_spool_accepting 0 while the spool refuses records (quota or I/O error).\n# TYPE sluice_audit_spool_accepting gauge\nsluice_audit_spool_accepting {}", u8::from(!a.gate().closed()));
+    let _ = writeln!(s, "# HELP sluice_audit_ship_connected 1 while an audit stream to the control plane is open.\n# TYPE sluice_audit_ship_connected gauge\nsluice_audit_ship_connected {}", st.ship_connected.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_audit_ship_reconnects_total Audit streams that ended or failed to open.\n# TYPE sluice_audit_ship_reconnects_total counter\nsluice_audit_ship_reconnects_total {}", st.ship_reconnects.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_audit_ring_damaged_total Core ring files found damaged (their unread records are lost).\n# TYPE sluice_audit_ring_damaged_total counter\nsluice_audit_ring_damaged_total {}", st.ring_damaged.load(Relaxed));
 }
 
 /// Which snapshot this node runs: `{"version", "ready", "applied_unix_us",

@@ -70,6 +70,112 @@ pub struct Config {
     /// of this file.
     #[serde(default)]
     pub control_plane: Option<ControlPlane>,
+    /// The audit trail: per-core rings, the local spool, shipping.
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+/// `audit:`: where and how the node keeps audit records until the control
+/// plane has them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Default: on with a control plane (records are shipped to it), off
+    /// without one. On without a control plane, records are only spooled
+    /// locally: nothing deletes them, so the spool fills up to its quota.
+    pub enabled: Option<bool>,
+    /// Spool and ring files; relative paths are resolved against the
+    /// config file's directory (or the working directory without a file).
+    /// `--audit-dir` overrides it.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool's segment files may take.
+    pub quota_bytes: u64,
+    /// What happens to statements when records cannot be kept.
+    pub when_full: WhenFullChoice,
+    /// When the spool syncs appended records to disk.
+    pub fsync: FsyncChoice,
+    /// Size of each core's ring file (bytes of records in flight between a
+    /// core and the spool).
+    pub ring_bytes: u64,
+    /// SQL text kept per record; longer text is cut (and marked truncated).
+    pub max_sql_bytes: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: None,
+            spool_dir: PathBuf::from("sluice-audit"),
+            quota_bytes: 1 << 30,
+            when_full: WhenFullChoice::FailClosed,
+            fsync: FsyncChoice::Batch,
+            ring_bytes: 16 << 20,
+            max_sql_bytes: 4096,
+        }
+    }
+}
+
+impl Audit {
+    /// Whether audit runs, given whether there is a control plane.
+    pub fn is_enabled(&self, control_plane: bool) -> bool {
+        self.enabled.unwrap_or(control_plane)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.spool_dir.as_os_str().is_empty() {
+            return Err(ConfigError::field("audit.spool_dir", "must not be empty"));
+        }
+        if self.quota_bytes < 4096 {
+            return Err(ConfigError::field(
+                "audit.quota_bytes",
+                "must be at least 4096",
+            ));
+        }
+        let (lo, hi) = (
+            crate::audit::ring::MIN_RING_BYTES,
+            crate::audit::ring::MAX_RING_BYTES,
+        );
+        if !(lo..=hi).contains(&self.ring_bytes) {
+            return Err(ConfigError::field(
+                "audit.ring_bytes",
+                format!("must be between {lo} and {hi}"),
+            ));
+        }
+        if !(16..=256 * 1024).contains(&self.max_sql_bytes) {
+            return Err(ConfigError::field(
+                "audit.max_sql_bytes",
+                "must be between 16 and 262144",
+            ));
+        }
+        if (self.max_sql_bytes as u64) * 16 > self.ring_bytes {
+            return Err(ConfigError::field(
+                "audit.max_sql_bytes",
+                "at most 1/16 of audit.ring_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFullChoice {
+    /// Refuse new statements with SQLSTATE 53100 (the default).
+    #[default]
+    FailClosed,
+    /// Run them unaudited, counted in `sluice_audit_unaudited_total` and
+    /// logged.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncChoice {
+    /// fdatasync after every batch appended (the default).
+    #[default]
+    Batch,
+    /// Leave write-back to the kernel.
+    Never,
 }
 
 /// Where the node subscribes for snapshots, and how it proves who it is.
@@ -422,6 +528,7 @@ impl Config {
         for j in &mut self.jwt_issuers {
             fix(&mut j.jwks_file);
         }
+        fix(&mut self.audit.spool_dir);
         if let Some(cp) = &mut self.control_plane {
             for p in [&mut cp.ca_file, &mut cp.cert_file, &mut cp.key_file]
                 .into_iter()
@@ -452,6 +559,7 @@ impl Config {
                 }
             }
         }
+        self.audit.validate()?;
         if self.listen.is_empty() {
             return Err(ConfigError::field(
                 "listen",
@@ -768,6 +876,39 @@ grants:
             .unwrap_err()
             .to_string();
         assert!(err.contains("identities[0].api_key"), "{err}");
+    }
+
+    #[test]
+    fn audit_section_defaults_and_errors_name_the_field() {
+        let cfg = Config::from_yaml(&base()).unwrap();
+        assert!(!cfg.audit.is_enabled(false));
+        assert!(cfg.audit.is_enabled(true));
+        assert_eq!(cfg.audit.when_full, WhenFullChoice::FailClosed);
+        assert_eq!(cfg.audit.max_sql_bytes, 4096);
+        let y = format!(
+            "{}audit: {{ enabled: true, spool_dir: spool, quota_bytes: 65536, when_full: fail_open, fsync: never, ring_bytes: 1048576, max_sql_bytes: 100 }}\n",
+            base()
+        );
+        let mut cfg = Config::from_yaml(&y).unwrap();
+        cfg.validate().unwrap();
+        cfg.resolve_paths(Path::new("/etc/sluice"));
+        assert_eq!(cfg.audit.spool_dir, PathBuf::from("/etc/sluice/spool"));
+        assert_eq!(cfg.audit.fsync, FsyncChoice::Never);
+        assert!(cfg.audit.is_enabled(false));
+        for (bad, field) in [
+            ("audit: { when_full: maybe }", "audit.when_full"),
+            ("audit: { quota: 5 }", "audit"),
+            ("audit: { quota_bytes: 10 }", "audit.quota_bytes"),
+            ("audit: { ring_bytes: 1000 }", "audit.ring_bytes"),
+            ("audit: { max_sql_bytes: 8 }", "audit.max_sql_bytes"),
+        ] {
+            let y = format!("{}{bad}\n", base());
+            let err = match Config::from_yaml(&y) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.validate().unwrap_err().to_string(),
+            };
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

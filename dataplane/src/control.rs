@@ -54,8 +54,9 @@ pub fn next_backoff(cur: Duration) -> Duration {
     (cur * 2).min(BACKOFF_MAX)
 }
 
-/// Build a channel endpoint for one URL, with mTLS for https.
-fn endpoint(url: &str, cfg: &ControlPlane) -> anyhow::Result<Endpoint> {
+/// Build a channel endpoint for one URL, with mTLS for https (the snapshot
+/// subscription and the audit shipper use the same settings).
+pub fn endpoint(url: &str, cfg: &ControlPlane) -> anyhow::Result<Endpoint> {
     let mut ep = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("bad control-plane URL `{url}`"))?
         .connect_timeout(Duration::from_secs(2))
@@ -85,13 +86,19 @@ fn endpoint(url: &str, cfg: &ControlPlane) -> anyhow::Result<Endpoint> {
 }
 
 /// Run forever: subscribe, apply, reconnect.
-pub async fn run(cfg: ControlPlane, node: NodeInfo, shared: Arc<Shared>, stats: Arc<ControlStats>) {
+pub async fn run(
+    cfg: ControlPlane,
+    node: NodeInfo,
+    shared: Arc<Shared>,
+    stats: Arc<ControlStats>,
+    audit: Option<Arc<crate::audit::Audit>>,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut i = 0usize;
     loop {
         let url = &cfg.urls[i % cfg.urls.len()];
         i += 1;
-        match subscribe(url, &cfg, &node, &shared, &stats).await {
+        match subscribe(url, &cfg, &node, &shared, &stats, audit.as_ref()).await {
             Ok(got_snapshot) => {
                 if got_snapshot {
                     backoff = BACKOFF_MIN;
@@ -134,6 +141,7 @@ async fn subscribe(
     node: &NodeInfo,
     shared: &Arc<Shared>,
     stats: &ControlStats,
+    audit: Option<&Arc<crate::audit::Audit>>,
 ) -> Result<bool, (bool, anyhow::Error)> {
     let ep = endpoint(url, cfg).map_err(|e| (false, e))?;
     let channel: Channel = ep
@@ -202,6 +210,9 @@ async fn subscribe(
                     Ok(s) => {
                         shared.snapshot.store(Arc::new(s));
                         shared.snapshot_ready.store(true, Relaxed);
+                        if let Some(a) = audit {
+                            a.push_side(crate::server::snapshot_applied(resp.version as u64));
+                        }
                         stats.applied.fetch_add(1, Relaxed);
                         stats.last_applied_unix_us.store(unix_us(), Relaxed);
                         last_error = None;

@@ -44,6 +44,9 @@ struct Cli {
     /// Admin HTTP listener (overrides `admin_listen`).
     #[arg(long)]
     admin_listen: Option<String>,
+    /// Audit spool directory (overrides `audit.spool_dir`).
+    #[arg(long, env = "SLUICE_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -68,6 +71,12 @@ enum Command {
         /// Names and addresses the server certificate is valid for.
         #[arg(long = "host", default_values_t = vec!["127.0.0.1".to_string(), "localhost".to_string()])]
         hosts: Vec<String>,
+    },
+    /// Summarise a stopped node's audit spool directory as JSON: records
+    /// waiting in the spool and in the core rings, by kind.
+    AuditSpool {
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Validate a configuration file and exit.
     CheckConfig {
@@ -116,6 +125,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::AuditSpool { dir }) => match dataplane::audit::service::inspect(&dir) {
+            Ok(i) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&i).expect("serializable")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice-dp: audit-spool: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::CheckConfig { config }) => match Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| dataplane::snapshot::Snapshot::build(&c, 0).map_err(Into::into))
@@ -155,6 +177,9 @@ fn main() -> ExitCode {
             }
             if let Some(a) = cli.admin_listen {
                 cfg.admin_listen = a;
+            }
+            if let Some(d) = cli.audit_dir {
+                cfg.audit.spool_dir = d;
             }
             if !cli.control_plane.is_empty()
                 || cli.node_name.is_some()

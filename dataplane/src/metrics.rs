@@ -26,10 +26,12 @@ pub enum Outcome {
     ClientClosed,
     Shutdown,
     NotReady,
+    /// Refused: audit records cannot be stored (fail closed).
+    AuditUnavailable,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Established,
         Outcome::AuthFailed,
         Outcome::Rejected,
@@ -41,6 +43,7 @@ impl Outcome {
         Outcome::ClientClosed,
         Outcome::Shutdown,
         Outcome::NotReady,
+        Outcome::AuditUnavailable,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -55,6 +58,7 @@ impl Outcome {
             Outcome::ClientClosed => "client_closed",
             Outcome::Shutdown => "shutdown",
             Outcome::NotReady => "not_ready",
+            Outcome::AuditUnavailable => "audit_unavailable",
         }
     }
 }

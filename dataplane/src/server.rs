@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::admin::{self, AdminState};
+use crate::audit::{Audit, AuditSettings, FsyncPolicy, WhenFull};
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
+use crate::config::{Config, FsyncChoice, WhenFullChoice};
 use crate::metrics::Registry;
 use crate::net::{self, Shared};
 use crate::snapshot::Snapshot;
@@ -73,14 +74,52 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         rng: ring::rand::SystemRandom::new(),
     });
 
+    // The node's id: membership, audit records, the audit stream.
+    let node_id = cfg
+        .control_plane
+        .as_ref()
+        .and_then(|cp| cp.node_name.clone())
+        .unwrap_or_else(|| format!("{}:{}", hostname(), bound.first().map_or(0, |a| a.port())));
+
+    // Audit: recover what the last run left, before any worker starts.
+    let (audit, mut audit_cores) = if cfg.audit.is_enabled(cfg.control_plane.is_some()) {
+        let a = &cfg.audit;
+        let settings = AuditSettings {
+            dir: a.spool_dir.clone(),
+            node_id: node_id.clone(),
+            quota_bytes: a.quota_bytes,
+            fsync: match a.fsync {
+                FsyncChoice::Batch => FsyncPolicy::Batch,
+                FsyncChoice::Never => FsyncPolicy::Never,
+            },
+            ring_bytes: a.ring_bytes,
+            max_sql_bytes: a.max_sql_bytes,
+            when_full: match a.when_full {
+                WhenFullChoice::FailClosed => WhenFull::FailClosed,
+                WhenFullChoice::FailOpen => WhenFull::FailOpen,
+            },
+        };
+        let (audit, inits) = Audit::open(&settings, workers)?;
+        audit.start()?;
+        if cfg.control_plane.is_none() {
+            tracing::warn!(dir = %a.spool_dir.display(), quota_bytes = a.quota_bytes, "audit without a control plane: records are kept in the local spool only, which nothing empties; statements are refused once it reaches its quota (when_full: fail_closed)");
+            audit.push_side(snapshot_applied(1));
+        }
+        (Some(audit), inits.into_iter().map(Some).collect())
+    } else {
+        (None, Vec::new())
+    };
+    audit_cores.resize_with(workers, || None);
+
     let (tx, rx) = std::sync::mpsc::channel();
     for (id, ls) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         let tx = tx.clone();
         let driver = cfg.driver;
+        let core_audit = audit_cores[id].take();
         std::thread::Builder::new()
             .name(format!("sluice-w{id}"))
-            .spawn(move || net::run_worker(id, driver, ls, shared, tx))
+            .spawn(move || net::run_worker(id, driver, ls, shared, core_audit, tx))
             .context("cannot start worker thread")?;
     }
     drop(tx);
@@ -110,6 +149,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             shared: shared.clone(),
             started: AtomicBool::new(true),
             control: Default::default(),
+            audit: audit.clone(),
         });
         for b in &bound {
             tracing::info!(workers, nofile, "listening for PostgreSQL clients on {b}");
@@ -126,16 +166,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some(cp) = cfg.control_plane.clone() {
             let first = bound.first().map(|a| a.to_string()).unwrap_or_default();
             let node = crate::control::NodeInfo {
-                id: cp.node_name.clone().unwrap_or_else(|| {
-                    format!("{}:{}", hostname(), bound.first().map_or(0, |a| a.port()))
-                }),
+                id: node_id.clone(),
                 address: cp.advertise.clone().unwrap_or(first),
                 cores: workers as u32,
             };
             tracing::info!(node = %node.id, urls = ?cp.urls, "waiting for the first snapshot from the control plane");
             let shared = shared.clone();
             let stats = state.control.clone();
-            tokio::spawn(crate::control::run(cp, node, shared, stats));
+            if let Some(a) = &audit {
+                tokio::spawn(crate::audit::shipper::run(cp.clone(), a.clone()));
+            }
+            tokio::spawn(crate::control::run(cp, node, shared, stats, audit.clone()));
         }
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
@@ -161,6 +202,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     tracing::warn!("second signal: exiting now");
                     break;
                 }
+            }
+        }
+        if let Some(a) = &audit {
+            // A last drain of the rings into the spool, then a moment for
+            // the control plane to acknowledge it.
+            a.shutdown();
+            if cfg.control_plane.is_some() {
+                crate::audit::shipper::wait_acknowledged(a, Duration::from_secs(2)).await;
             }
         }
         tracing::info!("stopped");
@@ -191,6 +240,25 @@ async fn return_freed_memory(state: Arc<AdminState>) {
             }
             peak = open;
         }
+    }
+}
+
+/// A SNAPSHOT_APPLIED audit record for `version`.
+pub fn snapshot_applied(version: u64) -> proto::AuditRecord {
+    proto::AuditRecord {
+        metadata: Some(proto::AuditMetadata {
+            kind: proto::AuditKind::SnapshotApplied as i32,
+            time_unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            snapshot_version: version as i64,
+            ..Default::default()
+        }),
+        outcome: Some(proto::AuditOutcome {
+            decision: proto::Decision::Allow as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

@@ -70,6 +70,7 @@ mod tests {
                 core: 3,
                 sequence: 7,
                 snapshot_version: 12,
+                core_seq: 41,
             }),
             outcome: Some(AuditOutcome {
                 decision: Decision::Deny as i32,

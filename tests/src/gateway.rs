@@ -116,6 +116,8 @@ pub struct GatewayConfig {
     pub grants: Vec<String>,
     /// `masking_profiles:` entries: (name, the profile as YAML).
     pub masking_profiles: Vec<(String, String)>,
+    /// The `audit:` section as an inline YAML map (`{ enabled: true, ... }`).
+    pub audit: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -131,6 +133,11 @@ impl Default for GatewayConfig {
             jwt_issuers: vec![],
             grants: vec![],
             masking_profiles: vec![],
+            // SLUICE_TEST_AUDIT=1 runs every gateway with audit on (spool
+            // in its temp dir), to exercise the relay's audit path.
+            audit: std::env::var_os("SLUICE_TEST_AUDIT")
+                .filter(|v| v == "1")
+                .map(|_| "{ enabled: true }".to_string()),
         }
     }
 }
@@ -161,6 +168,22 @@ impl GatewayConfig {
 
     pub fn tls(mut self, certs: &DevCerts, required: bool) -> Self {
         self.tls = Some((certs.server_pem.clone(), certs.server_key.clone(), required));
+        self
+    }
+
+    /// Audit on, spooling to `dir`; `extra` adds keys to the section
+    /// (`"quota_bytes: 65536, when_full: fail_open"`).
+    pub fn audit(mut self, dir: &Path, extra: &str) -> Self {
+        let mut a = format!(
+            "{{ enabled: true, spool_dir: {}",
+            y(&dir.display().to_string())
+        );
+        if !extra.is_empty() {
+            a.push_str(", ");
+            a.push_str(extra);
+        }
+        a.push_str(" }");
+        self.audit = Some(a);
         self
     }
 
@@ -315,6 +338,9 @@ impl GatewayConfig {
                 y(&key.display().to_string())
             )
             .unwrap();
+        }
+        if let Some(a) = &self.audit {
+            writeln!(s, "audit: {a}").unwrap();
         }
         if !self.limits.is_empty() {
             writeln!(s, "limits:").unwrap();
@@ -587,6 +613,15 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL now and reap (a crash). Idempotent.
+    pub fn kill(&self) {
+        let mut g = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut child) = g.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, wait up to 3 s, then SIGKILL. Idempotent.

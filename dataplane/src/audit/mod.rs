@@ -1,25 +1,36 @@
 //! The data plane's half of the audit pipeline.
 //!
-//! * [`ring`]: one bounded lock-free queue per data core. Cores push
-//!   [`proto::AuditRecord`]s and never block; a full ring hands the record
-//!   back. [`AuditGate`] tells cores whether records can be kept at all.
-//! * [`spool`]: the control thread drains the rings into a local spool of
-//!   checksummed segment files, which numbers records per node, syncs them,
-//!   hands out what the control plane has not acknowledged, and deletes what
-//!   it has.
-//! * [`pump`]: one control-thread step tying them together: drain, append,
-//!   open or close the gate; a refused batch stays pending (nothing is
-//!   dropped) and the rings fill behind it.
-//!
-//! Who runs what: data cores hold an [`AuditProducer`] each; the control
-//! thread owns the [`AuditPump`] (the [`AuditRings`] and the [`Spool`]).
+//! * [`tracker`] (sans-IO): follows a session's requests and responses and
+//!   turns them into statement records (QUERY, PARSE, BIND, EXECUTE) with
+//!   their outcome.
+//! * [`record`]: writes records as protobuf into a reused buffer, without
+//!   building an [`proto::AuditRecord`] on the data path.
+//! * [`ring`]: one memory-mapped ring file per data core. A core appends a
+//!   statement's record there, with memory copies and one release store,
+//!   before the client sees the statement complete; the page cache keeps it
+//!   if the process is killed.
+//! * [`core`]: a core's handle on its ring (encode buffer, admission check,
+//!   counters).
+//! * [`spool`]: checksummed segment files that number records per node,
+//!   sync them, hand out what the control plane has not acknowledged, and
+//!   delete what it has.
+//! * [`pump`]: the drain step, ring → spool, that never loses or
+//!   duplicates a record across crashes.
+//! * [`service`]: assembly and recovery at startup, the drain thread.
+//! * [`shipper`]: the gRPC stream to the control plane.
 
+pub mod core;
 pub mod pump;
+pub mod record;
 pub mod ring;
+pub mod service;
+pub mod shipper;
 pub mod spool;
+pub mod tracker;
 
-pub use pump::AuditPump;
-pub use ring::{
-    AuditGate, AuditProducer, AuditRings, RingStats, WhenFull, AUDIT_UNAVAILABLE_SQLSTATE,
-};
+pub use self::core::{CoreAudit, CoreInit};
+pub use pump::{AuditStats, CoreAuditStats, Pump};
+pub use ring::{AuditGate, WhenFull, AUDIT_UNAVAILABLE_SQLSTATE};
+pub use service::{Audit, AuditSettings};
 pub use spool::{FsyncPolicy, Recovery, Spool, SpoolConfig, SpoolError};
+pub use tracker::{Clock, Tracker};

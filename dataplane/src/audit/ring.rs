@@ -1,23 +1,71 @@
-//! Per-core audit rings: each data core pushes records into its own bounded
-//! queue; the control thread drains all of them into the spool.
+//! Per-core audit rings: one memory-mapped file per data core, in the spool
+//! directory (`core-<n>.ring`).
 //!
-//! A push never blocks and never allocates beyond the record itself: the
-//! queue is a fixed-capacity lock-free array (`crossbeam_queue::ArrayQueue`).
-//! When a ring is full the record comes back to the caller, which decides
-//! (fail closed: refuse the statement; fail open: count it and go on). The
-//! control thread also publishes whether the spool is at its disk quota in
-//! [`AuditGate`], which cores read with one relaxed load before each
-//! statement.
+//! A data core appends each audit record here, with plain memory copies and
+//! one release store, before the bytes that complete the statement go to
+//! the client. The file is mapped `MAP_SHARED`, so what a core has written
+//! lives in the kernel's page cache, not in the process: it survives the
+//! process being killed (SIGKILL, a panic, an OOM kill) and is found again
+//! by the next start. No syscall, lock or allocation happens per record.
+//! (It does not survive a power loss or a kernel crash: only what the
+//! control thread has moved into the spool and synced does.)
+//!
+//! ```text
+//! file   = header[4096] data[capacity]
+//! header = magic "SLRING\0\1"   @0
+//!          capacity u64         @8    bytes of the data area
+//!          core u32             @16
+//!          write u64            @64   producer: end of the last published frame
+//!          next_seq u64         @72   producer: core_seq of the next frame
+//!          read u64             @128  consumer: end of the last frame moved to the spool
+//! frame  = len:u32le crc32(seq ‖ payload):u32le seq:u64le payload[len]
+//! ```
+//!
+//! `write` and `read` are byte positions that only grow; the byte for
+//! position `p` is at `data[p % capacity]`, and a frame may wrap around the
+//! end of the data area. One producer (the core's thread) and one consumer
+//! (the control side) per ring, single-producer single-consumer:
+//!
+//! * the producer copies a frame into `[write, write + size)`, which it has
+//!   checked is free (`write + size - read <= capacity`, `read` loaded with
+//!   Acquire, so the consumer's reads of that space happened before), then
+//!   publishes it with a Release store of `write`;
+//! * the consumer Acquire-loads `write`, reads frames up to it, moves them
+//!   into the spool, and only then Release-stores `read`, handing the space
+//!   back.
+//!
+//! Neither side ever touches bytes the other may be writing, so the data
+//! area is only accessed through raw pointers, never through a Rust
+//! reference that would cover the other side's bytes.
 
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-use crossbeam_queue::ArrayQueue;
-use proto::AuditRecord;
 
 /// SQLSTATE sent to a client whose statement is refused because audit
 /// records cannot be kept (`53100` disk_full).
 pub const AUDIT_UNAVAILABLE_SQLSTATE: &str = "53100";
+
+/// First bytes of a ring file (format version 1).
+pub const RING_MAGIC: &[u8; 8] = b"SLRING\x00\x01";
+/// Bytes before the data area (one page).
+pub const RING_HEADER_BYTES: usize = 4096;
+/// Bytes in front of every payload.
+pub const FRAME_HEADER_BYTES: usize = 16;
+/// Smallest data area accepted.
+pub const MIN_RING_BYTES: u64 = 64 * 1024;
+/// Largest data area accepted.
+pub const MAX_RING_BYTES: u64 = 1 << 30;
+
+const OFF_CAPACITY: usize = 8;
+const OFF_CORE: usize = 16;
+const OFF_WRITE: usize = 64;
+const OFF_NEXT_SEQ: usize = 72;
+const OFF_READ: usize = 128;
 
 /// What to do with a statement when its audit record cannot be kept (ring
 /// full, spool at its quota or unwritable).
@@ -31,309 +79,773 @@ pub enum WhenFull {
     FailOpen,
 }
 
-/// One core's ring. Created by [`AuditRings::new`].
-struct Ring {
-    queue: ArrayQueue<AuditRecord>,
-    pushed: AtomicU64,
-    full: AtomicU64,
-}
-
-/// The producer end a data core holds. Cheap to clone; `Send` so it can be
-/// moved to its worker thread at start.
-#[derive(Clone)]
-pub struct AuditProducer {
-    ring: Arc<Ring>,
-    gate: Arc<AuditGate>,
-    core: u32,
-}
-
-impl AuditProducer {
-    /// Queues `record` for the control thread. When the ring is full the
-    /// record is handed back and the ring's `full` counter goes up; the
-    /// caller applies its [`WhenFull`] policy.
-    #[allow(clippy::result_large_err)] // the record is handed back on purpose
-    pub fn push(&self, record: AuditRecord) -> Result<(), AuditRecord> {
-        match self.ring.queue.push(record) {
-            Ok(()) => {
-                self.ring.pushed.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(record) => {
-                self.ring.full.fetch_add(1, Ordering::Relaxed);
-                Err(record)
-            }
-        }
-    }
-
-    /// Whether new statements must be refused (or, fail open, run
-    /// unaudited): the spool is at its quota or cannot be written, or this
-    /// core's ring is full.
-    pub fn audit_unavailable(&self) -> bool {
-        self.gate.closed() || self.ring.queue.is_full()
-    }
-
-    /// The core this producer belongs to.
-    pub fn core(&self) -> u32 {
-        self.core
-    }
-
-    /// The shared gate (for the refusal message).
-    pub fn gate(&self) -> &AuditGate {
-        &self.gate
-    }
-}
-
-/// Written by the control thread, read by every core: whether audit
-/// records can be kept right now, and why not.
+/// Written by the control side, read by every core: whether the spool
+/// takes records right now. Cores read it with one relaxed load before
+/// forwarding a statement.
 #[derive(Debug, Default)]
 pub struct AuditGate {
     closed: AtomicBool,
-    /// Counted by cores that ran a statement unaudited (fail open).
-    unaudited: AtomicU64,
 }
 
 impl AuditGate {
-    /// Whether the spool refuses records (at quota, or unwritable).
+    /// Whether the spool refuses records (at its quota, or unwritable).
     pub fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Set by the control thread after each spool append or ack.
+    /// Set by the control side after each spool append.
     pub fn set_closed(&self, closed: bool) {
         self.closed.store(closed, Ordering::Relaxed);
     }
 
-    /// Counts a statement that ran without its record (fail open).
-    pub fn count_unaudited(&self) {
-        self.unaudited.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Statements that ran without their record so far.
-    pub fn unaudited(&self) -> u64 {
-        self.unaudited.load(Ordering::Relaxed)
-    }
-
     /// The message a refused client gets.
-    pub fn refusal_message(&self) -> &'static str {
+    pub fn refusal_message() -> &'static str {
         "audit records cannot be stored right now (the audit spool is at its disk quota \
-         or cannot be written); statements are refused until the backlog drains"
+         or cannot be written, or the audit ring is full): new statements are refused \
+         until the backlog drains"
     }
 }
 
-/// Counters of one ring, for metrics.
+/// The ring could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("audit ring {path}: {context}: {source}")]
+    Io {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a ring, or its positions or a frame are impossible.
+    #[error("audit ring {path} is damaged: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// One shared mapping of a ring file.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    capacity: u64,
+    core: u32,
+    path: PathBuf,
+    _file: File,
+}
+
+// SAFETY: the mapping is plain shared memory; the pointer is only used
+// through `atomic` (header words, atomics only) and `copy_in`/`copy_out`
+// (data area), whose callers follow the single-producer single-consumer
+// protocol of the module docs, so the threads holding it never race on a
+// byte. munmap in Drop runs once, when the last Arc goes.
+unsafe impl Send for Mapping {}
+// SAFETY: see Send; shared access is limited to atomics and disjoint ranges.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; no reference into
+        // the mapping outlives `self` (all accessors borrow `self`).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+impl Mapping {
+    fn io(path: &Path, context: &'static str) -> impl FnOnce(io::Error) -> RingError {
+        let path = path.to_path_buf();
+        move |source| RingError::Io {
+            path,
+            context,
+            source,
+        }
+    }
+
+    fn map(file: File, path: &Path) -> Result<Mapping, RingError> {
+        let len = file.metadata().map_err(Self::io(path, "stat"))?.len();
+        let corrupt = |what: String| RingError::Corrupt {
+            path: path.to_path_buf(),
+            what,
+        };
+        if len < (RING_HEADER_BYTES as u64) + MIN_RING_BYTES
+            || len > (RING_HEADER_BYTES as u64) + MAX_RING_BYTES
+        {
+            return Err(corrupt(format!("file size {len} is not a ring")));
+        }
+        // SAFETY: mapping a regular file we opened read-write, length = its
+        // size; MAP_SHARED so stores reach the page cache. MAP_POPULATE
+        // faults the pages in now, not on a data core's first write.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Self::io(path, "mmap")(io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        let mut m = Mapping {
+            ptr,
+            len: len as usize,
+            capacity: 0,
+            core: 0,
+            path: path.to_path_buf(),
+            _file: file,
+        };
+        let mut magic = [0u8; 8];
+        // SAFETY: the header page is inside the mapping (len checked above).
+        unsafe { std::ptr::copy_nonoverlapping(m.ptr.as_ptr(), magic.as_mut_ptr(), 8) };
+        if &magic != RING_MAGIC {
+            return Err(corrupt("bad magic".into()));
+        }
+        m.capacity = m.atomic(OFF_CAPACITY).load(Ordering::Relaxed);
+        m.core = m.atomic(OFF_CORE).load(Ordering::Relaxed) as u32;
+        if m.capacity + RING_HEADER_BYTES as u64 != len {
+            return Err(corrupt(format!(
+                "header says {} data bytes, file has {}",
+                m.capacity,
+                len - RING_HEADER_BYTES as u64
+            )));
+        }
+        let (w, r) = (
+            m.atomic(OFF_WRITE).load(Ordering::Acquire),
+            m.atomic(OFF_READ).load(Ordering::Acquire),
+        );
+        if r > w || w - r > m.capacity {
+            return Err(corrupt(format!(
+                "positions read {r} write {w} for capacity {}",
+                m.capacity
+            )));
+        }
+        Ok(m)
+    }
+
+    /// One 8-byte header word, as an atomic.
+    fn atomic(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= RING_HEADER_BYTES);
+        // SAFETY: `off` is one of the OFF_* constants: 8-aligned inside the
+        // first page of a page-aligned mapping, so the pointer is valid and
+        // aligned for AtomicU64 for as long as `self` lives. Every access to
+        // these words, from any thread or process, is atomic.
+        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+    }
+
+    /// Copy `src` into the data area at ring position `pos` (wrapping).
+    ///
+    /// # Safety
+    /// `[pos, pos + src.len())` must be space the caller owns under the ring
+    /// protocol (the producer, between `write` and `read + capacity`), and
+    /// `src.len() <= capacity`.
+    unsafe fn copy_in(&self, pos: u64, src: &[u8]) {
+        let at = (pos % self.capacity) as usize;
+        let first = src.len().min(self.capacity as usize - at);
+        let data = self.ptr.as_ptr().add(RING_HEADER_BYTES);
+        std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(at), first);
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
+    }
+
+    /// Copy from the data area at ring position `pos` (wrapping) into `dst`.
+    ///
+    /// # Safety
+    /// `[pos, pos + dst.len())` must be published frames the caller owns
+    /// under the ring protocol (the consumer, between `read` and `write`),
+    /// and `dst.len() <= capacity`.
+    unsafe fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        let at = (pos % self.capacity) as usize;
+        let first = dst.len().min(self.capacity as usize - at);
+        let data = self.ptr.as_ptr().add(RING_HEADER_BYTES);
+        std::ptr::copy_nonoverlapping(data.add(at), dst.as_mut_ptr(), first);
+        std::ptr::copy_nonoverlapping(data, dst.as_mut_ptr().add(first), dst.len() - first);
+    }
+}
+
+/// Path of core `core`'s ring in `dir`.
+pub fn ring_path(dir: &Path, core: u32) -> PathBuf {
+    dir.join(format!("core-{core}.ring"))
+}
+
+/// The core number in a ring file name, if it is one.
+pub fn parse_ring_name(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("core-")?.strip_suffix(".ring")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// A ring file, opened. Split it into its producer and consumer.
+pub struct RingFile {
+    map: Arc<Mapping>,
+}
+
+impl RingFile {
+    /// Open the ring at `path`, or create it with `capacity` data bytes for
+    /// `core` if there is none. An existing ring keeps its own capacity
+    /// (see [`RingFile::capacity`]) and contents.
+    pub fn open_or_create(path: &Path, core: u32, capacity: u64) -> Result<RingFile, RingError> {
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => Ok(RingFile {
+                map: Arc::new(Mapping::map(f, path)?),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(path, core, capacity, 1),
+            Err(e) => Err(Mapping::io(path, "open")(e)),
+        }
+    }
+
+    /// Create (replacing any file there) an empty ring whose first frame
+    /// will carry `next_seq`.
+    pub fn create(
+        path: &Path,
+        core: u32,
+        capacity: u64,
+        next_seq: u64,
+    ) -> Result<RingFile, RingError> {
+        assert!(
+            (MIN_RING_BYTES..=MAX_RING_BYTES).contains(&capacity),
+            "ring capacity out of range"
+        );
+        let tmp = path.with_extension("ring.tmp");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(Mapping::io(&tmp, "create"))?;
+        let len = RING_HEADER_BYTES as u64 + capacity;
+        // Allocate every block now: writing into a hole of a sparse file on
+        // a full disk would kill the process with SIGBUS.
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+        if rc != 0 {
+            return Err(Mapping::io(&tmp, "allocate")(io::Error::from_raw_os_error(
+                rc,
+            )));
+        }
+        let mut header = vec![0u8; RING_HEADER_BYTES];
+        header[..8].copy_from_slice(RING_MAGIC);
+        header[OFF_CAPACITY..OFF_CAPACITY + 8].copy_from_slice(&capacity.to_le_bytes());
+        header[OFF_CORE..OFF_CORE + 8].copy_from_slice(&u64::from(core).to_le_bytes());
+        header[OFF_NEXT_SEQ..OFF_NEXT_SEQ + 8].copy_from_slice(&next_seq.max(1).to_le_bytes());
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&header, 0)
+            .and_then(|()| f.sync_all())
+            .map_err(Mapping::io(&tmp, "write header"))?;
+        fs::rename(&tmp, path).map_err(Mapping::io(path, "rename"))?;
+        if let Some(dir) = path.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(RingFile {
+            map: Arc::new(Mapping::map(f, path)?),
+        })
+    }
+
+    /// Data bytes of this ring.
+    pub fn capacity(&self) -> u64 {
+        self.map.capacity
+    }
+
+    /// The core the ring was made for.
+    pub fn core(&self) -> u32 {
+        self.map.core
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.map.path
+    }
+
+    /// Published bytes not yet consumed.
+    pub fn depth(&self) -> u64 {
+        self.map.atomic(OFF_WRITE).load(Ordering::Acquire)
+            - self.map.atomic(OFF_READ).load(Ordering::Acquire)
+    }
+
+    /// `core_seq` the next frame will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.map.atomic(OFF_NEXT_SEQ).load(Ordering::Acquire)
+    }
+
+    /// Raise the next `core_seq` to at least `seq` (at startup, before the
+    /// producer exists: sequences must keep growing past what the spool
+    /// has seen, even when a ring file was replaced).
+    pub fn raise_next_seq(&self, seq: u64) {
+        self.map
+            .atomic(OFF_NEXT_SEQ)
+            .fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The two ends. Call once per opening: there must be one producer and
+    /// one consumer per ring at a time.
+    pub fn split(self) -> (RingProducer, RingConsumer) {
+        let m = &self.map;
+        let producer = RingProducer {
+            map: m.clone(),
+            capacity: m.capacity,
+            write: m.atomic(OFF_WRITE).load(Ordering::Acquire),
+            next_seq: m.atomic(OFF_NEXT_SEQ).load(Ordering::Acquire).max(1),
+            read: m.atomic(OFF_READ).load(Ordering::Acquire),
+        };
+        let consumer = RingConsumer {
+            map: m.clone(),
+            read: m.atomic(OFF_READ).load(Ordering::Acquire),
+        };
+        (producer, consumer)
+    }
+
+    /// Only the consumer (a ring left by a core that no longer exists).
+    pub fn into_consumer(self) -> RingConsumer {
+        self.split().1
+    }
+}
+
+/// The ring had no room for the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingStats {
+pub struct RingFull;
+
+/// A data core's end. `Send`, so it can be moved to its worker at start;
+/// there it is used from that one thread only.
+pub struct RingProducer {
+    map: Arc<Mapping>,
+    capacity: u64,
+    /// Our copy of the header's `write` (only we store it).
+    write: u64,
+    next_seq: u64,
+    /// Last `read` loaded from the header.
+    read: u64,
+}
+
+impl RingProducer {
+    /// `core_seq` the next pushed frame will carry (put it in the record's
+    /// metadata before encoding it).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes free now (one Acquire load of the consumer's position).
+    pub fn free(&mut self) -> u64 {
+        self.read = self.map.atomic(OFF_READ).load(Ordering::Acquire);
+        self.capacity - (self.write - self.read)
+    }
+
+    /// Largest payload one frame can carry.
+    pub fn max_payload(&self) -> usize {
+        (self.capacity as usize / 4).min(u32::MAX as usize) - FRAME_HEADER_BYTES
+    }
+
+    /// Append one frame carrying `payload` and [`RingProducer::next_seq`],
+    /// and publish it. Returns its `core_seq`. No syscall, lock or
+    /// allocation.
+    pub fn push(&mut self, payload: &[u8]) -> Result<u64, RingFull> {
+        if payload.len() > self.max_payload() {
+            return Err(RingFull);
+        }
+        let size = (FRAME_HEADER_BYTES + payload.len()) as u64;
+        if self.write + size - self.read > self.capacity && self.free() < size {
+            return Err(RingFull);
+        }
+        let seq = self.next_seq;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&seq.to_le_bytes());
+        crc.update(payload);
+        let mut head = [0u8; FRAME_HEADER_BYTES];
+        head[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        head[8..].copy_from_slice(&seq.to_le_bytes());
+        // SAFETY: `[write, write + size)` is free: write + size - read <=
+        // capacity with `read` Acquire-loaded, so the consumer is done with
+        // it; only this producer writes there until `write` is published.
+        unsafe {
+            self.map.copy_in(self.write, &head);
+            self.map
+                .copy_in(self.write + FRAME_HEADER_BYTES as u64, payload);
+        }
+        self.write += size;
+        self.next_seq += 1;
+        self.map
+            .atomic(OFF_NEXT_SEQ)
+            .store(self.next_seq, Ordering::Relaxed);
+        // Publish: the consumer's Acquire load of `write` sees the bytes.
+        self.map
+            .atomic(OFF_WRITE)
+            .store(self.write, Ordering::Release);
+        Ok(seq)
+    }
+}
+
+/// One frame read by the consumer: where its payload sits in the caller's
+/// buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawFrame {
     pub core: u32,
-    /// Records queued since start.
-    pub pushed: u64,
-    /// Pushes refused because the ring was full.
-    pub full: u64,
-    /// Records waiting now.
-    pub depth: usize,
-    pub capacity: usize,
+    pub core_seq: u64,
+    pub start: usize,
+    pub end: usize,
 }
 
-/// The consumer side, held by the control thread: every core's ring.
-pub struct AuditRings {
-    rings: Vec<Arc<Ring>>,
-    gate: Arc<AuditGate>,
-    /// Ring the next drain starts at, so no core starves the others.
-    next: usize,
+/// The control side's end.
+pub struct RingConsumer {
+    map: Arc<Mapping>,
+    /// Committed position (what the header's `read` holds).
+    read: u64,
 }
 
-impl AuditRings {
-    /// One ring of `capacity` records per core.
-    pub fn new(cores: usize, capacity: usize) -> AuditRings {
-        assert!(capacity > 0, "audit ring capacity must be positive");
-        let rings = (0..cores)
-            .map(|_| {
-                Arc::new(Ring {
-                    queue: ArrayQueue::new(capacity),
-                    pushed: AtomicU64::new(0),
-                    full: AtomicU64::new(0),
-                })
-            })
-            .collect();
-        AuditRings {
-            rings,
-            gate: Arc::new(AuditGate::default()),
-            next: 0,
+impl RingConsumer {
+    pub fn core(&self) -> u32 {
+        self.map.core
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.map.path
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.map.capacity
+    }
+
+    /// Position up to which frames have been moved out.
+    pub fn committed(&self) -> u64 {
+        self.read
+    }
+
+    /// Position up to which the producer has published.
+    pub fn published(&self) -> u64 {
+        self.map.atomic(OFF_WRITE).load(Ordering::Acquire)
+    }
+
+    /// Published bytes not yet committed.
+    pub fn depth(&self) -> u64 {
+        self.published() - self.read
+    }
+
+    /// Copy frames published after `from` (a position at or after the
+    /// committed one) into `out`, up to about `max_bytes`, noting each in
+    /// `frames`. Returns the position after the last frame read; nothing is
+    /// handed back to the producer until [`RingConsumer::commit`].
+    pub fn read_from(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+        frames: &mut Vec<RawFrame>,
+    ) -> Result<u64, RingError> {
+        let write = self.published();
+        let m = &self.map;
+        let corrupt = |what: String| RingError::Corrupt {
+            path: m.path.clone(),
+            what,
+        };
+        if from < self.read || from > write {
+            return Err(corrupt(format!(
+                "read position {from} outside [{}, {write}]",
+                self.read
+            )));
         }
-    }
-
-    /// The producer for `core` (give it to that worker).
-    pub fn producer(&self, core: usize) -> AuditProducer {
-        AuditProducer {
-            ring: self.rings[core].clone(),
-            gate: self.gate.clone(),
-            core: u32::try_from(core).expect("core index fits u32"),
-        }
-    }
-
-    /// The gate the control thread opens and closes.
-    pub fn gate(&self) -> &Arc<AuditGate> {
-        &self.gate
-    }
-
-    /// Moves up to `max` waiting records into `out`, taking from the rings
-    /// in turn. Returns how many were moved.
-    pub fn drain_into(&mut self, out: &mut Vec<AuditRecord>, max: usize) -> usize {
-        let n = self.rings.len();
-        let mut moved = 0;
-        let mut empty_in_a_row = 0;
-        while moved < max && empty_in_a_row < n && n > 0 {
-            let ring = &self.rings[self.next];
-            self.next = (self.next + 1) % n;
-            match ring.queue.pop() {
-                Some(r) => {
-                    out.push(r);
-                    moved += 1;
-                    empty_in_a_row = 0;
-                }
-                None => empty_in_a_row += 1,
+        let mut pos = from;
+        let mut taken = 0usize;
+        while pos < write && taken < max_bytes.max(1) {
+            if write - pos < FRAME_HEADER_BYTES as u64 {
+                return Err(corrupt(format!("short frame header at {pos}")));
             }
+            let mut head = [0u8; FRAME_HEADER_BYTES];
+            // SAFETY: `[pos, write)` is published and not yet committed:
+            // the producer does not write there (it never writes past
+            // `read + capacity`, and `read` <= `pos`).
+            unsafe { m.copy_out(pos, &mut head) };
+            let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as u64;
+            let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+            let seq = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+            let size = FRAME_HEADER_BYTES as u64 + len;
+            if size > write - pos {
+                return Err(corrupt(format!(
+                    "frame at {pos} of {len} bytes runs past the published end {write}"
+                )));
+            }
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            // SAFETY: as above, the whole frame is inside `[pos, write)`.
+            unsafe { m.copy_out(pos + FRAME_HEADER_BYTES as u64, &mut out[start..]) };
+            let mut h = crc32fast::Hasher::new();
+            h.update(&seq.to_le_bytes());
+            h.update(&out[start..]);
+            if h.finalize() != crc {
+                out.truncate(start);
+                return Err(corrupt(format!("checksum mismatch in frame at {pos}")));
+            }
+            frames.push(RawFrame {
+                core: m.core,
+                core_seq: seq,
+                start,
+                end: out.len(),
+            });
+            pos += size;
+            taken += size as usize;
         }
-        moved
+        Ok(pos)
     }
 
-    /// Records waiting in all rings.
-    pub fn depth(&self) -> usize {
-        self.rings.iter().map(|r| r.queue.len()).sum()
-    }
-
-    /// Per-ring counters.
-    pub fn stats(&self) -> Vec<RingStats> {
-        self.rings
-            .iter()
-            .enumerate()
-            .map(|(i, r)| RingStats {
-                core: i as u32,
-                pushed: r.pushed.load(Ordering::Relaxed),
-                full: r.full.load(Ordering::Relaxed),
-                depth: r.queue.len(),
-                capacity: r.queue.capacity(),
-            })
-            .collect()
+    /// Hand everything before `pos` (a position returned by
+    /// [`RingConsumer::read_from`]) back to the producer.
+    pub fn commit(&mut self, pos: u64) {
+        debug_assert!(pos >= self.read && pos <= self.published());
+        self.read = pos;
+        // Release: our reads of the frames happen before the producer may
+        // overwrite them.
+        self.map.atomic(OFF_READ).store(pos, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::AuditMetadata;
 
-    fn rec(core: u32, n: u64) -> AuditRecord {
-        AuditRecord {
-            metadata: Some(AuditMetadata {
-                core,
-                time_unix_nanos: n as i64,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+    fn payload(core_seq: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (core_seq as usize * 31 + i) as u8)
+            .collect()
     }
 
-    #[test]
-    fn full_ring_hands_the_record_back_and_counts() {
-        let rings = AuditRings::new(1, 2);
-        let p = rings.producer(0);
-        assert!(p.push(rec(0, 1)).is_ok());
-        assert!(!p.audit_unavailable());
-        assert!(p.push(rec(0, 2)).is_ok());
-        assert!(p.audit_unavailable());
-        let back = p.push(rec(0, 3)).unwrap_err();
-        assert_eq!(back.metadata.unwrap().time_unix_nanos, 3);
-        let s = rings.stats()[0];
-        assert_eq!((s.pushed, s.full, s.depth, s.capacity), (2, 1, 2, 2));
-    }
-
-    #[test]
-    fn drain_takes_from_every_core_in_turn_and_keeps_each_cores_order() {
-        let mut rings = AuditRings::new(3, 16);
-        for core in 0..3u32 {
-            let p = rings.producer(core as usize);
-            for n in 0..5 {
-                p.push(rec(core, n)).unwrap();
-            }
-        }
+    fn drain(c: &mut RingConsumer) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
-        assert_eq!(rings.drain_into(&mut out, 6), 6);
-        let cores: Vec<u32> = out
+        let mut frames = Vec::new();
+        let pos = c
+            .read_from(c.committed(), usize::MAX, &mut out, &mut frames)
+            .unwrap();
+        c.commit(pos);
+        frames
             .iter()
-            .map(|r| r.metadata.as_ref().unwrap().core)
-            .collect();
-        assert_eq!(cores, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(rings.drain_into(&mut out, 100), 9);
-        assert_eq!(rings.depth(), 0);
-        for core in 0..3 {
-            let seen: Vec<i64> = out
-                .iter()
-                .map(|r| r.metadata.as_ref().unwrap())
-                .filter(|m| m.core == core)
-                .map(|m| m.time_unix_nanos)
-                .collect();
-            assert_eq!(seen, [0, 1, 2, 3, 4]);
-        }
+            .map(|f| (f.core_seq, out[f.start..f.end].to_vec()))
+            .collect()
     }
 
     #[test]
-    fn gate_is_seen_by_producers() {
-        let rings = AuditRings::new(2, 4);
-        let p = rings.producer(1);
-        assert_eq!(p.core(), 1);
-        rings.gate().set_closed(true);
-        assert!(p.audit_unavailable());
-        rings.gate().set_closed(false);
-        assert!(!p.audit_unavailable());
-        p.gate().count_unaudited();
-        assert_eq!(rings.gate().unaudited(), 1);
+    fn ring_names() {
+        assert_eq!(parse_ring_name("core-12.ring"), Some(12));
+        assert_eq!(parse_ring_name("core-.ring"), None);
+        assert_eq!(parse_ring_name("core-1.ring.tmp"), None);
+        assert_eq!(
+            ring_path(Path::new("/x"), 3),
+            PathBuf::from("/x/core-3.ring")
+        );
     }
 
     #[test]
-    fn producers_on_other_threads_lose_nothing() {
-        let mut rings = AuditRings::new(2, 64);
-        let total = 10_000u64;
-        let handles: Vec<_> = (0..2)
-            .map(|core| {
-                let p = rings.producer(core);
-                std::thread::spawn(move || {
-                    let mut refused = 0u64;
-                    for n in 0..total {
-                        let mut r = rec(core as u32, n);
-                        // Spin until the consumer makes room: the test wants
-                        // every record, a data core would apply WhenFull.
-                        loop {
-                            match p.push(r) {
-                                Ok(()) => break,
-                                Err(back) => {
-                                    refused += 1;
-                                    r = back;
-                                    std::thread::yield_now();
-                                }
-                            }
-                        }
+    fn push_then_read_wraps_and_fills() {
+        let d = tempfile::tempdir().unwrap();
+        let f = RingFile::open_or_create(&d.path().join("core-0.ring"), 0, MIN_RING_BYTES).unwrap();
+        let (mut p, mut c) = f.split();
+        assert_eq!(p.free(), MIN_RING_BYTES);
+        // Odd sizes, so frames straddle the end of the data area.
+        let mut expect = Vec::new();
+        let mut seq = 1;
+        for round in 0..40 {
+            loop {
+                let body = payload(seq, 100 + (seq as usize * 7) % 900);
+                match p.push(&body) {
+                    Ok(s) => {
+                        assert_eq!(s, seq);
+                        expect.push((seq, body));
+                        seq += 1;
                     }
-                    refused
-                })
-            })
-            .collect();
+                    Err(RingFull) => break,
+                }
+            }
+            assert!(p.free() < 1100, "round {round}: full means little room");
+            let got = drain(&mut c);
+            assert_eq!(got, expect, "round {round}");
+            expect.clear();
+            assert_eq!(c.depth(), 0);
+        }
+        assert!(seq > 1000);
+    }
+
+    #[test]
+    fn reopen_keeps_unconsumed_frames_and_sequence() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("core-2.ring");
+        {
+            let f = RingFile::open_or_create(&path, 2, MIN_RING_BYTES).unwrap();
+            let (mut p, mut c) = f.split();
+            for i in 1..=10 {
+                p.push(&payload(i, 50)).unwrap();
+            }
+            // Consume 4 of them.
+            let mut out = Vec::new();
+            let mut frames = Vec::new();
+            let end = c
+                .read_from(c.committed(), 1, &mut out, &mut frames)
+                .unwrap();
+            assert_eq!(frames.len(), 1);
+            c.commit(end);
+            let end = c.read_from(end, 3 * 66, &mut out, &mut frames).unwrap();
+            assert_eq!(frames.len(), 4);
+            c.commit(end);
+        }
+        let f = RingFile::open_or_create(&path, 9, 2 * MIN_RING_BYTES).unwrap();
+        assert_eq!(
+            (f.core(), f.capacity(), f.next_seq()),
+            (2, MIN_RING_BYTES, 11)
+        );
+        f.raise_next_seq(5);
+        assert_eq!(f.next_seq(), 11);
+        f.raise_next_seq(20);
+        let (mut p, mut c) = f.split();
+        let got = drain(&mut c);
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (5..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(got[0].1, payload(5, 50));
+        assert_eq!(p.push(b"x").unwrap(), 20);
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("core-0.ring");
+        let f = RingFile::open_or_create(&path, 0, MIN_RING_BYTES).unwrap();
+        let (mut p, _c) = f.split();
+        p.push(&payload(1, 300)).unwrap();
+        drop(p);
+        drop(_c);
+        // A flipped byte inside the payload: the checksum catches it.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[RING_HEADER_BYTES + FRAME_HEADER_BYTES + 10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let c = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .unwrap()
+            .into_consumer();
+        let err = c
+            .read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        // Bad magic.
+        bytes[0] = b'X';
+        fs::write(&path, &bytes).unwrap();
+        let err = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("magic"), "{err}");
+        // Truncated.
+        fs::write(&path, &bytes[..100]).unwrap();
+        assert!(RingFile::open_or_create(&path, 0, MIN_RING_BYTES).is_err());
+    }
+
+    #[test]
+    fn producer_and_consumer_threads_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let f = RingFile::open_or_create(&d.path().join("core-0.ring"), 0, MIN_RING_BYTES).unwrap();
+        let (mut p, mut c) = f.split();
+        let total = 50_000u64;
+        let producer = std::thread::spawn(move || {
+            let mut full = 0u64;
+            for i in 1..=total {
+                let body = payload(i, (i % 200) as usize + 1);
+                while p.push(&body).is_err() {
+                    full += 1;
+                    std::thread::yield_now();
+                }
+            }
+            full
+        });
+        let mut next = 1u64;
         let mut out = Vec::new();
-        while out.len() < 2 * total as usize {
-            if rings.drain_into(&mut out, 128) == 0 {
+        let mut frames = Vec::new();
+        while next <= total {
+            out.clear();
+            frames.clear();
+            let pos = c
+                .read_from(c.committed(), 4096, &mut out, &mut frames)
+                .unwrap();
+            for f in &frames {
+                assert_eq!(f.core_seq, next);
+                assert_eq!(
+                    out[f.start..f.end],
+                    payload(next, (next % 200) as usize + 1)
+                );
+                next += 1;
+            }
+            c.commit(pos);
+            if frames.is_empty() {
                 std::thread::yield_now();
             }
         }
-        let refused: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        let stats = rings.stats();
-        assert_eq!(stats.iter().map(|s| s.full).sum::<u64>(), refused);
-        for core in 0..2u32 {
-            let seen: Vec<i64> = out
-                .iter()
-                .map(|r| r.metadata.as_ref().unwrap())
-                .filter(|m| m.core == core)
-                .map(|m| m.time_unix_nanos)
-                .collect();
-            assert_eq!(seen, (0..total as i64).collect::<Vec<_>>());
+        producer.join().unwrap();
+    }
+
+    /// Child half of `frames_survive_sigkill`: writes frames forever,
+    /// reporting on stdout how many are published.
+    #[test]
+    #[ignore = "run by frames_survive_sigkill in a child process"]
+    fn sigkill_child_writer() {
+        let Some(dir) = std::env::var_os("SLUICE_RING_CHILD_DIR") else {
+            return;
+        };
+        let f = RingFile::open_or_create(&Path::new(&dir).join("core-0.ring"), 0, 1 << 20).unwrap();
+        let (mut p, _c) = f.split();
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        loop {
+            let seq = p.next_seq();
+            if p.push(&payload(seq, 40 + (seq % 90) as usize)).is_err() {
+                // Full: the parent kills us before it matters.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            if seq.is_multiple_of(100) {
+                writeln!(stdout, "published {seq}").unwrap();
+                stdout.flush().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn frames_survive_sigkill() {
+        use std::io::BufRead;
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "audit::ring::tests::sigkill_child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SLUICE_RING_CHILD_DIR", d.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = 0u64;
+        while seen < 3000 {
+            let line = lines.next().expect("child output").unwrap();
+            if let Some(n) = line.strip_prefix("published ") {
+                seen = n.parse().unwrap();
+            }
+        }
+        // SAFETY: plain kill(2) of our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+
+        let f = RingFile::open_or_create(&d.path().join("core-0.ring"), 0, 1 << 20).unwrap();
+        let (_p, mut c) = f.split();
+        let got = drain(&mut c);
+        // Every frame reported published is there, whole, in order, and
+        // nothing but whole frames follow it.
+        assert!(got.len() as u64 >= seen, "{} < {seen}", got.len());
+        for (i, (seq, body)) in got.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1);
+            assert_eq!(*body, payload(*seq, 40 + (*seq % 90) as usize));
         }
     }
 }

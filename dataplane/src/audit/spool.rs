@@ -33,12 +33,15 @@
 //!   caller closes the [`super::AuditGate`] (fail closed) or counts the loss
 //!   (fail open).
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use proto::{AuditMetadata, AuditRecord};
+
+use super::ring::RawFrame;
 
 /// First bytes of every segment file (format version 1).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL\x01";
@@ -119,6 +122,19 @@ pub enum SpoolError {
     /// An ack past the last appended sequence.
     #[error("acknowledgement of sequence {acked} but the spool has only appended up to {last}")]
     AckBeyondEnd { acked: u64, last: u64 },
+    /// The control plane stores sequences this spool has numbered for
+    /// other records that are still waiting: only an operator can sort
+    /// that out (the spool directory was replaced while it held records).
+    #[error(
+        "the control plane already stores this node's records up to sequence {stored}, \
+         but the spool has numbered records up to {last} with {pending} still waiting: \
+         was the spool directory replaced? Records are kept; shipping stops"
+    )]
+    Conflict {
+        stored: u64,
+        last: u64,
+        pending: u64,
+    },
     /// An earlier write failed and could not be undone; reopen the spool.
     #[error("audit spool is unusable after a failed write; reopen it")]
     Poisoned,
@@ -186,6 +202,8 @@ pub struct Spool {
     recovery: Recovery,
     buf: Vec<u8>,
     poisoned: bool,
+    /// Highest `core_seq` per core among the records found at open.
+    core_high: HashMap<u32, u64>,
 }
 
 impl Spool {
@@ -209,11 +227,12 @@ impl Spool {
         names.sort();
 
         let mut recovery = Recovery::default();
+        let mut core_high = HashMap::new();
         let mut segments: Vec<Segment> = Vec::new();
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let seg = load_segment(first_seq, path, is_last, &mut recovery)?;
+            let seg = load_segment(first_seq, path, is_last, &mut recovery, &mut core_high)?;
             if let Some(prev) = segments.last() {
                 if !seg.is_empty() && seg.first_seq != prev.last_seq + 1 {
                     return Err(SpoolError::Corrupt(format!(
@@ -282,6 +301,7 @@ impl Spool {
             recovery,
             buf: Vec::new(),
             poisoned: false,
+            core_high,
         })
     }
 
@@ -322,6 +342,48 @@ impl Spool {
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
 
+        self.write_buf(records.len(), offsets)
+    }
+
+    /// Like [`Spool::append_batch`] for records that arrive encoded (from
+    /// the core rings): each payload `batch[f.start..f.end]` is stored as
+    /// is, followed by a metadata field carrying the node id, sequence and
+    /// id, which a decoder merges into the record
+    /// ([`super::record::metadata_overlay`]). Nothing is decoded or
+    /// re-encoded. Returns the last sequence assigned; all or nothing.
+    pub fn append_raw(&mut self, batch: &[u8], frames: &[RawFrame]) -> Result<u64, SpoolError> {
+        if self.poisoned {
+            return Err(SpoolError::Poisoned);
+        }
+        if frames.is_empty() {
+            return Ok(self.last_seq());
+        }
+        self.buf.clear();
+        let mut offsets = Vec::with_capacity(frames.len());
+        for (i, f) in frames.iter().enumerate() {
+            let seq = self.next_seq + i as u64;
+            let start = self.buf.len();
+            offsets.push(start as u64);
+            self.buf.extend_from_slice(&[0; HEADER]);
+            self.buf.extend_from_slice(&batch[f.start..f.end]);
+            super::record::metadata_overlay(&mut self.buf, &self.cfg.node_id, seq);
+            let len = self.buf.len() - start - HEADER;
+            if len > self.cfg.max_record_bytes {
+                return Err(SpoolError::RecordTooLarge {
+                    size: len,
+                    max: self.cfg.max_record_bytes,
+                });
+            }
+            let crc = crc32fast::hash(&self.buf[start + HEADER..]);
+            self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        self.write_buf(frames.len(), offsets)
+    }
+
+    /// Write `self.buf` (`count` encoded records starting at `offsets`)
+    /// as the next sequences, honouring the quota and the fsync policy.
+    fn write_buf(&mut self, count: usize, offsets: Vec<u64>) -> Result<u64, SpoolError> {
         let roll = self.active.is_none();
         let batch = self.buf.len() as u64 + if roll { HEADER as u64 } else { 0 };
         if self.bytes + batch > self.cfg.quota_bytes {
@@ -359,7 +421,7 @@ impl Spool {
         }
         seg.bytes += self.buf.len() as u64;
         self.bytes += self.buf.len() as u64;
-        self.next_seq += records.len() as u64;
+        self.next_seq += count as u64;
         if seg.bytes >= self.cfg.segment_bytes {
             self.active = None;
         }
@@ -501,6 +563,42 @@ impl Spool {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+
+    /// Highest `metadata.core_seq` per core among the records the spool
+    /// held when it was opened (records acknowledged and deleted before
+    /// then are not counted). Ring recovery skips frames at or below it:
+    /// they reached the spool before a crash stopped the ring from being
+    /// told.
+    pub fn core_high_water(&self) -> &HashMap<u32, u64> {
+        &self.core_high
+    }
+
+    /// The control plane already stores records of this node up to `seq`,
+    /// beyond anything this spool has numbered (the spool directory was
+    /// lost or replaced): continue the numbering after `seq`, so new
+    /// records are not mistaken for ones it has. Only allowed while
+    /// nothing is waiting to be acknowledged.
+    pub fn skip_to(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq <= self.last_seq() {
+            return Ok(());
+        }
+        if self.pending() > 0 {
+            return Err(SpoolError::Conflict {
+                stored: seq,
+                last: self.last_seq(),
+                pending: self.pending(),
+            });
+        }
+        write_ack(&self.cfg.dir, seq)?;
+        self.active = None;
+        for seg in self.segments.drain(..) {
+            fs::remove_file(&seg.path).map_err(io_err(format!("remove {}", seg.path.display())))?;
+        }
+        self.bytes = 0;
+        self.acked = seq;
+        self.next_seq = seq + 1;
+        Ok(())
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -561,6 +659,7 @@ fn load_segment(
     path: PathBuf,
     is_last: bool,
     recovery: &mut Recovery,
+    core_high: &mut HashMap<u32, u64>,
 ) -> Result<Segment, SpoolError> {
     let buf = fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
     let corrupt = |what: String| SpoolError::Corrupt(format!("{}: {what}", path.display()));
@@ -604,6 +703,12 @@ fn load_segment(
                     return Err(corrupt(format!(
                         "record at byte {pos} has sequence {seq}, expected {expected}"
                     )));
+                }
+                if let Some(md) = &rec.metadata {
+                    if md.core_seq > 0 {
+                        let h = core_high.entry(md.core).or_insert(0);
+                        *h = (*h).max(md.core_seq);
+                    }
                 }
                 seg.note_record(seq, pos as u64);
                 pos += size;
@@ -908,6 +1013,93 @@ mod tests {
             seqs(&s.unacked(0, 100).unwrap()),
             (31..=60).collect::<Vec<_>>()
         );
+    }
+
+    /// Records as a core ring would carry them: encoded, with core and
+    /// core_seq.
+    fn raw_batch(core: u32, seqs: std::ops::RangeInclusive<u64>) -> (Vec<u8>, Vec<RawFrame>) {
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        for core_seq in seqs {
+            let start = bytes.len();
+            let mut r = rec(&format!("select {core}.{core_seq}"));
+            let md = r.metadata.as_mut().unwrap();
+            md.core = core;
+            md.core_seq = core_seq;
+            r.encode(&mut bytes).unwrap();
+            frames.push(RawFrame {
+                core,
+                core_seq,
+                start,
+                end: bytes.len(),
+            });
+        }
+        (bytes, frames)
+    }
+
+    #[test]
+    fn raw_appends_are_numbered_and_remember_core_sequences() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 2)).unwrap();
+        let (b0, f0) = raw_batch(0, 1..=5);
+        let (b1, f1) = raw_batch(3, 7..=9);
+        assert_eq!(s.append_raw(&b0, &f0).unwrap(), 7);
+        assert_eq!(s.append_raw(&b1, &f1).unwrap(), 10);
+        assert!(s.core_high_water().is_empty(), "counted at open only");
+        drop(s);
+        let s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.core_high_water(), &HashMap::from([(0u32, 5u64), (3, 9)]));
+        let all = s.unacked(0, 100).unwrap();
+        assert_eq!(seqs(&all), (1..=10).collect::<Vec<_>>());
+        let md = all[7].metadata.as_ref().unwrap();
+        assert_eq!(
+            (md.id.as_str(), md.node_id.as_str(), md.core, md.core_seq),
+            ("node-a-8", "node-a", 3, 7)
+        );
+        assert_eq!(sql(&all[7]), "select 3.7");
+    }
+
+    #[test]
+    fn raw_appends_respect_the_quota() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.quota_bytes = 600;
+        let mut s = Spool::open(c).unwrap();
+        let (b, f) = raw_batch(0, 1..=4);
+        s.append_raw(&b, &f).unwrap();
+        let (b, f) = raw_batch(0, 5..=40);
+        assert!(matches!(
+            s.append_raw(&b, &f),
+            Err(SpoolError::QuotaExceeded { .. })
+        ));
+        assert_eq!(s.last_seq(), 4);
+    }
+
+    #[test]
+    fn skip_to_continues_numbering_only_when_nothing_waits() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 3)).unwrap();
+        let err = s.skip_to(100).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpoolError::Conflict {
+                    stored: 100,
+                    last: 3,
+                    pending: 3
+                }
+            ),
+            "{err}"
+        );
+        s.ack(3).unwrap();
+        s.skip_to(100).unwrap();
+        assert_eq!(s.append_batch(&mut batch("b", 1)).unwrap(), 101);
+        drop(s);
+        let s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!((s.acked_through(), s.last_seq()), (100, 101));
+        assert_eq!(seqs(&s.unacked(0, 10).unwrap()), [101]);
     }
 
     mod prop {

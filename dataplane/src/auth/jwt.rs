@@ -73,6 +73,11 @@ impl std::fmt::Debug for JwtIssuer {
 }
 
 impl JwtIssuer {
+    /// The expected `iss` claim.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// Build from a JWKS document. Keys of other types or algorithms are
     /// skipped; an issuer with no usable key is an error.
     pub fn new(

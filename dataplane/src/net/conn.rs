@@ -19,10 +19,11 @@ use super::io::{
     raw_fd, shutdown_fd, write_all, ClientIo, MaybeTls, PacketReader, ReadError, TargetIo,
 };
 use super::Worker;
+use crate::audit::{self, Clock, CoreAudit, Tracker, WhenFull};
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::metrics::{bump, Outcome};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::{FrameError, FrameScanner};
+use crate::protocol::frame::{FrameError, FrameScanner, Part};
 use crate::protocol::{sqlstate, tag};
 use crate::session::handshake::{ClientHandshake, SessionRequest, Step};
 use crate::session::masker::TargetMasker;
@@ -43,6 +44,165 @@ fn fatal(code: &str, message: &str) -> Vec<u8> {
     let mut out = Vec::new();
     backend::error_response(&mut out, Severity::Fatal, code, message, None);
     out
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Now, for the audit tracker.
+fn audit_clock() -> Clock {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    Clock {
+        mono_ns: base.elapsed().as_nanos() as u64,
+        unix_ns: unix_nanos(),
+    }
+}
+
+/// A session's audit state (audit on).
+struct SessionAudit<'w> {
+    core: &'w CoreAudit,
+    tracker: RefCell<Tracker>,
+    /// Identity, session and connection fields, encoded once.
+    prefix: Vec<u8>,
+    /// Snapshot version the session last checked its grant against.
+    version: Cell<i64>,
+    started: Clock,
+}
+
+impl SessionAudit<'_> {
+    fn record(&self, kind: proto::AuditKind, at: Clock) -> proto::AuditRecord {
+        proto::AuditRecord {
+            metadata: Some(proto::AuditMetadata {
+                kind: kind as i32,
+                time_unix_nanos: at.unix_ns,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn session_audit<'w>(
+    core: &'w CoreAudit,
+    worker: &Worker,
+    session: &SessionRequest,
+    peer: SocketAddr,
+    tls: bool,
+) -> SessionAudit<'w> {
+    let snap = worker.shared.snapshot.load();
+    let groups = snap
+        .identities
+        .get(&session.identity)
+        .map(|i| i.groups.clone())
+        .unwrap_or_default();
+    let method = match (session.auth_method, session.cleartext_key) {
+        ("jwt", _) => proto::AuthMethod::Jwt,
+        (_, true) => proto::AuthMethod::CleartextApiKey,
+        _ => proto::AuthMethod::ScramApiKey,
+    };
+    let app = session
+        .params
+        .iter()
+        .find(|(k, _)| k == b"application_name")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let c = &session.connection;
+    let prefix = audit::record::session_fields(
+        &proto::AuditIdentity {
+            name: session.identity.clone(),
+            groups,
+            auth_method: method as i32,
+            issuer: session.jwt_issuer.clone().unwrap_or_default(),
+        },
+        &proto::AuditSession {
+            id: core.session_id(),
+            client_address: peer.to_string(),
+            application_name: app,
+            tls,
+        },
+        &proto::AuditConnection {
+            name: c.name.clone(),
+            target: format!("{}:{}", c.host, c.port),
+            database: c.database.clone(),
+            role: c.user.clone(),
+        },
+    );
+    SessionAudit {
+        core,
+        tracker: RefCell::new(core.tracker()),
+        prefix,
+        version: Cell::new(snap.version as i64),
+        started: audit_clock(),
+    }
+}
+
+/// Store the session's finished statement records in the core's ring,
+/// before the bytes that answered them go on. Fail closed: wait for room
+/// (the client's answer waits with them). Fail open: drop what does not
+/// fit, counted.
+async fn store_records(a: &SessionAudit<'_>) {
+    loop {
+        let all = {
+            let mut t = a.tracker.borrow_mut();
+            a.core.drain_tracker(&mut t, &a.prefix, a.version.get())
+        };
+        if all {
+            return;
+        }
+        match a.core.when_full() {
+            WhenFull::FailOpen => {
+                a.core.drop_tracker_records(&mut a.tracker.borrow_mut());
+                return;
+            }
+            WhenFull::FailClosed => monoio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// Store one session-level record; fail closed waits up to `limit` for
+/// room. Returns whether it was stored.
+async fn store_record(a: &SessionAudit<'_>, rec: &mut proto::AuditRecord, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if a.core.push_record(rec, &a.prefix, a.version.get()).is_ok() {
+            return true;
+        }
+        if a.core.when_full() == WhenFull::FailOpen || Instant::now() >= deadline {
+            a.core.count_unaudited(1);
+            return false;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Fail closed, with records unable to be kept: let the statements
+/// already sent finish (their records use the ring's headroom), wait a
+/// little for the backlog to drain, then refuse. True: go ahead.
+async fn admit(a: &SessionAudit<'_>) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        if !a.core.should_refuse() {
+            return true;
+        }
+        if a.tracker.borrow().in_flight() == 0 && Instant::now() >= deadline {
+            return false;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether this read holds a message that runs or prepares a statement.
+fn has_statement(scan: &FrameScanner, buf: &[u8]) -> bool {
+    let mut probe = scan.clone();
+    let mut found = false;
+    let _ = probe.scan(buf, |t, _, _| {
+        found |= matches!(t, tag::QUERY | tag::PARSE | tag::BIND | tag::EXECUTE | b'F');
+    });
+    found
 }
 
 /// How the handshake phase ended.
@@ -89,7 +249,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     }
     let limits = &shared.limits;
     let hs_deadline = Duration::from_millis(limits.handshake_timeout_ms);
-    let handshake = monoio::time::timeout(hs_deadline, client_handshake(worker, tcp)).await;
+    let handshake = monoio::time::timeout(hs_deadline, client_handshake(worker, tcp, peer)).await;
     let (mut client, session, leftover) = match handshake {
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
@@ -97,6 +257,24 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         }
         Ok(Handshake::Done(o)) => return Some(o),
         Ok(Handshake::Ready(c, s, l)) => (c, s, l),
+    };
+
+    let tls = matches!(client, MaybeTls::Tls(_));
+    let audit = match &worker.audit {
+        Some(core) if core.should_refuse() && !admit_session(core).await => {
+            core.count_refused();
+            let _ = write_all(
+                &mut client,
+                fatal(
+                    audit::AUDIT_UNAVAILABLE_SQLSTATE,
+                    audit::AuditGate::refusal_message(),
+                ),
+            )
+            .await;
+            return Some(Outcome::AuditUnavailable);
+        }
+        Some(core) => Some(session_audit(core, worker, &session, peer, tls)),
+        None => None,
     };
 
     let conn = session.connection.clone();
@@ -128,6 +306,28 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         pid: ready.pid,
         secret: ready.secret,
     };
+    if let Some(a) = &audit {
+        let mut rec = a.record(proto::AuditKind::SessionStart, a.started);
+        rec.outcome = Some(proto::AuditOutcome {
+            decision: proto::Decision::Allow as i32,
+            ..Default::default()
+        });
+        if !store_record(a, &mut rec, Duration::from_millis(200)).await
+            && a.core.when_full() == WhenFull::FailClosed
+        {
+            a.core.count_refused();
+            shutdown_fd(target_fd);
+            let _ = write_all(
+                &mut client,
+                fatal(
+                    audit::AUDIT_UNAVAILABLE_SQLSTATE,
+                    audit::AuditGate::refusal_message(),
+                ),
+            )
+            .await;
+            return Some(Outcome::AuditUnavailable);
+        }
+    }
     let guard = shared.cancels.register(cancel_target.clone());
     let mut hello = Vec::with_capacity(ready.forward.len() + 64);
     backend::auth_ok(&mut hello);
@@ -147,6 +347,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         leftover,
         &cancel_target,
         &session,
+        audit.as_ref(),
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -155,7 +356,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
 }
 
 /// Run the client handshake: TLS upgrade, authentication, authorization.
-async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream) -> Handshake {
+async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Handshake {
     let shared = &worker.shared;
     let m = &worker.metrics;
     let mut hs = ClientHandshake::new(
@@ -259,6 +460,9 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream) -> Handshake {
             } => {
                 if let Some(r) = auth_reason {
                     m.auth_failure(r);
+                    if let Some(a) = &worker.audit {
+                        audit_auth_failure(worker, a, &hs, peer, r, &reply);
+                    }
                 }
                 tracing::info!(identity = %hs.identity(), reason = auth_reason.unwrap_or("-"), "connection refused: {log}");
                 let _ = write_all(&mut io, reply).await;
@@ -273,6 +477,63 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream) -> Handshake {
             }
         }
     }
+}
+
+/// An AUTH_FAILURE record: who was attempted, from where, and why. Nothing
+/// ran, so a full ring only counts the record as lost.
+fn audit_auth_failure(
+    worker: &Worker,
+    core: &CoreAudit,
+    hs: &ClientHandshake,
+    peer: SocketAddr,
+    reason: &str,
+    reply: &[u8],
+) {
+    let f = backend::parse_error_fields(reply.get(5..).unwrap_or_default());
+    let mut rec = proto::AuditRecord {
+        metadata: Some(proto::AuditMetadata {
+            kind: proto::AuditKind::AuthFailure as i32,
+            time_unix_nanos: unix_nanos(),
+            ..Default::default()
+        }),
+        identity: Some(proto::AuditIdentity {
+            name: hs.identity().to_string(),
+            ..Default::default()
+        }),
+        session: Some(proto::AuditSession {
+            client_address: peer.to_string(),
+            tls: hs.tls_active(),
+            ..Default::default()
+        }),
+        connection: Some(proto::AuditConnection {
+            name: hs.connection().to_string(),
+            ..Default::default()
+        }),
+        outcome: Some(proto::AuditOutcome {
+            decision: proto::Decision::Deny as i32,
+            sqlstate: f.code,
+            error_message: format!("{reason}: {}", f.message),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let version = worker.shared.snapshot.load().version as i64;
+    if core.push_record(&mut rec, &[], version).is_err() {
+        core.count_unaudited(1);
+    }
+}
+
+/// A new session while records cannot be kept (fail closed): wait a
+/// little for the backlog to drain. True: go ahead.
+async fn admit_session(core: &CoreAudit) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+        if !core.should_refuse() {
+            return true;
+        }
+    }
+    false
 }
 
 async fn read_failed(worker: &Rc<Worker>, io: &mut ClientIo, e: ReadError, msg: &str) -> Handshake {
@@ -444,6 +705,9 @@ struct RelayState<'a> {
     session: &'a SessionRequest,
     /// Result masking (None: this session sees results unmasked).
     masker: RefCell<Option<TargetMasker>>,
+    audit: Option<&'a SessionAudit<'a>>,
+    /// Bytes sent to the client in this session.
+    bytes_to_client: Cell<u64>,
 }
 
 enum End {
@@ -458,6 +722,8 @@ enum End {
     TargetClosed,
     /// A new snapshot no longer allows this session.
     Revoked(crate::snapshot::Revoked),
+    /// A statement refused: its audit record could not be kept.
+    AuditRefused,
 }
 
 async fn relay(
@@ -467,6 +733,7 @@ async fn relay(
     leftover: Vec<u8>,
     cancel: &CancelTarget,
     session: &SessionRequest,
+    audit: Option<&SessionAudit<'_>>,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -482,6 +749,8 @@ async fn relay(
                 .clone()
                 .map(|e| TargetMasker::new(e, limits.max_frame_bytes as usize)),
         ),
+        audit,
+        bytes_to_client: Cell::new(0),
     };
     let mut c_scan = FrameScanner::new(limits.max_frame_bytes);
     let mut t_scan = FrameScanner::new(limits.max_frame_bytes);
@@ -495,8 +764,29 @@ async fn relay(
             e = s2c => e,
         }
     };
+    let reason: std::borrow::Cow<'static, str> = match &end {
+        End::Terminated => "the client ended the session".into(),
+        End::TargetClosed => "the target closed the connection".into(),
+        End::Closed => "the client closed the connection".into(),
+        End::ClientFrame(e) => format!("invalid frame from the client: {e}").into(),
+        End::TargetFrame(e) => format!("invalid frame from the target: {e}").into(),
+        End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
+        End::AuditRefused => "statement refused: audit records cannot be stored".into(),
+    };
     match end {
         End::Terminated | End::TargetClosed => {}
+        End::AuditRefused => {
+            if let Some(a) = audit {
+                a.core.count_refused();
+            }
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, "statement refused: audit records cannot be stored");
+            let _ = cw
+                .write_all(fatal(
+                    audit::AUDIT_UNAVAILABLE_SQLSTATE,
+                    audit::AuditGate::refusal_message(),
+                ))
+                .await;
+        }
         End::Closed => {
             if state.in_flight.get() > 0 {
                 // The client vanished mid-query: stop the work on the server.
@@ -539,6 +829,20 @@ async fn relay(
     }
     shutdown_fd(target_fd);
     shutdown_fd(client_fd);
+    if let Some(a) = audit {
+        let now = audit_clock();
+        a.tracker.borrow_mut().finish(now);
+        store_records(a).await;
+        let mut rec = a.record(proto::AuditKind::SessionEnd, now);
+        rec.outcome = Some(proto::AuditOutcome {
+            decision: proto::Decision::Allow as i32,
+            bytes: state.bytes_to_client.get(),
+            duration_nanos: now.mono_ns.saturating_sub(a.started.mono_ns),
+            error_message: reason.into_owned(),
+            ..Default::default()
+        });
+        store_record(a, &mut rec, Duration::from_secs(5)).await;
+    }
 }
 
 /// Client → target.
@@ -566,59 +870,93 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         pending = false;
         let n = buf.len();
         let t0 = Instant::now();
+        // Fail closed: a statement whose record could not be kept is not
+        // forwarded (checked before anything of this read is).
+        if let Some(a) = state.audit {
+            if a.core.should_refuse() && has_statement(scan, &buf) && !admit(a).await {
+                return End::AuditRefused;
+            }
+        }
         let mut statements = 0u32;
         let mut requests = 0u32;
         let mut terminate = false;
         let mut parses = 0u32;
-        {
+        let now = if state.audit.is_some() {
+            audit_clock()
+        } else {
+            Clock::default()
+        };
+        let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
+        let scanned = {
             let mut masker = state.masker.borrow_mut();
-            if let Err(e) = scan.scan(&buf, |t, len, body| {
-                if let Some(m) = masker.as_mut() {
-                    m.on_client_frame(t, body, body.len() == len as usize);
-                }
-                match t {
-                    tag::QUERY => {
-                        statements += 1;
-                        requests += 1;
+            scan.scan_parts(&buf, |part| {
+                if let Part::Start {
+                    tag: t, body, done, ..
+                } = part
+                {
+                    if let Some(mk) = masker.as_mut() {
+                        mk.on_client_frame(t, body, done);
                     }
-                    tag::PARSE => parses += 1,
-                    tag::EXECUTE => statements += 1,
-                    tag::SYNC => requests += 1,
-                    tag::TERMINATE => terminate = true,
-                    _ => {}
+                    match t {
+                        tag::QUERY => {
+                            statements += 1;
+                            requests += 1;
+                        }
+                        tag::PARSE => parses += 1,
+                        tag::EXECUTE => statements += 1,
+                        tag::SYNC => requests += 1,
+                        tag::TERMINATE => terminate = true,
+                        _ => {}
+                    }
                 }
-            }) {
-                return End::ClientFrame(e);
+                if let Some(t) = tracker.as_mut() {
+                    t.client_part(part, now);
+                }
+            })
+        };
+        drop(tracker);
+        if let Err(e) = scanned {
+            return End::ClientFrame(e);
+        }
+        if statements + parses > 0 {
+            // A new snapshot since this session last looked: is it still
+            // allowed? One atomic load per batch of statements otherwise.
+            let snap = worker.shared.snapshot.load();
+            if snap.generation != state.generation.get() {
+                let s = state.session;
+                if let Err(why) = snap.recheck(
+                    &s.identity,
+                    &s.connection.name,
+                    s.auth_method,
+                    s.verifier.as_ref(),
+                ) {
+                    return End::Revoked(why);
+                }
+                state.generation.set(snap.generation);
+                if let Some(a) = state.audit {
+                    a.version.set(snap.version as i64);
+                }
+                // The profile in force now applies from these statements on.
+                let mut masker = state.masker.borrow_mut();
+                match snap.masking_for(&s.identity, &s.connection.name) {
+                    None => *masker = None,
+                    Some(e) => match masker.as_mut() {
+                        Some(mk) => mk.set_engine(e),
+                        None => {
+                            *masker = Some(TargetMasker::new(
+                                e,
+                                worker.shared.limits.max_frame_bytes as usize,
+                            ))
+                        }
+                    },
+                }
             }
-            if statements + parses > 0 {
-                // A new snapshot since this session last looked: is it still
-                // allowed? One atomic load per batch of statements otherwise.
-                let snap = worker.shared.snapshot.load();
-                if snap.generation != state.generation.get() {
-                    let s = state.session;
-                    if let Err(why) = snap.recheck(
-                        &s.identity,
-                        &s.connection.name,
-                        s.auth_method,
-                        s.verifier.as_ref(),
-                    ) {
-                        return End::Revoked(why);
-                    }
-                    state.generation.set(snap.generation);
-                    // The profile in force now applies from these statements on.
-                    match snap.masking_for(&s.identity, &s.connection.name) {
-                        None => *masker = None,
-                        Some(e) => match masker.as_mut() {
-                            Some(m) => m.set_engine(e),
-                            None => {
-                                *masker = Some(TargetMasker::new(
-                                    e,
-                                    worker.shared.limits.max_frame_bytes as usize,
-                                ))
-                            }
-                        },
-                    }
-                }
+        }
+        // Records the client side finished (statements PostgreSQL will skip
+        // after an error in the pipeline).
+        if let Some(a) = state.audit {
+            if a.tracker.borrow().records_waiting() > 0 {
+                store_records(a).await;
             }
         }
         // Counted before forwarding, so a client that sees the answer also
@@ -692,17 +1030,42 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         };
         let mut ready_frames = 0u32;
-        if let Err(e) = scan.scan(&buf[..ready], |t, _, _| {
-            if t == tag::READY_FOR_QUERY {
+        let now = if state.audit.is_some() {
+            audit_clock()
+        } else {
+            Clock::default()
+        };
+        let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
+        let scanned = scan.scan_parts(&buf[..ready], |part| {
+            if let Part::Start {
+                tag: tag::READY_FOR_QUERY,
+                ..
+            } = part
+            {
                 ready_frames += 1;
             }
-        }) {
+            if let Some(t) = tracker.as_mut() {
+                t.target_part(part, now);
+            }
+        });
+        drop(tracker);
+        if let Err(e) = scanned {
             return End::TargetFrame(e);
         }
         if ready == 0 {
             continue;
         }
+        // The records of the statements this read completes are in the
+        // ring before the client can see them complete.
         let sent = if rewritten { out.len() } else { ready };
+        if let Some(a) = state.audit {
+            if a.tracker.borrow().records_waiting() > 0 {
+                store_records(a).await;
+            }
+            state
+                .bytes_to_client
+                .set(state.bytes_to_client.get() + sent as u64);
+        }
         bump(&m.bytes_target_to_client, sent as u64);
         if rewritten {
             let (res, b) = wr.write_all(std::mem::take(&mut out)).await;

@@ -39,6 +39,8 @@ pub struct Worker {
     pub metrics: Arc<CoreMetrics>,
     pub shared: Arc<Shared>,
     pub bad_cancels: BadCancelLimiter,
+    /// This core's audit ring (None: audit is off).
+    pub audit: Option<crate::audit::CoreAudit>,
 }
 
 /// Bind one listening socket per (worker, address) with SO_REUSEPORT.
@@ -79,6 +81,7 @@ pub fn run_worker(
     driver: DriverChoice,
     listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
+    audit: Option<crate::audit::CoreInit>,
     ready: std::sync::mpsc::Sender<Result<Arc<CoreMetrics>, String>>,
 ) {
     let want_uring = match driver {
@@ -119,6 +122,7 @@ pub fn run_worker(
         metrics: metrics.clone(),
         shared: shared.clone(),
         bad_cancels: BadCancelLimiter::new(shared.limits.bad_cancels_per_second),
+        audit: audit.map(crate::audit::CoreAudit::new),
     });
     let main = async move {
         let mut ls = Vec::new();

@@ -54,13 +54,34 @@ impl FrameScanner {
     where
         F: FnMut(u8, u32, &[u8]),
     {
+        self.scan_parts(chunk, |part| {
+            if let Part::Start { tag, len, body, .. } = part {
+                on_frame(tag, len, body)
+            }
+        })
+    }
+
+    /// Like [`FrameScanner::scan`], but also reports the rest of a body
+    /// that continues past the chunk its header was in ([`Part::More`]),
+    /// and says which part ends each frame: a consumer that needs more
+    /// than a frame's first bytes (the audit tracker) sees every body byte
+    /// exactly once, in order, without anything being copied here.
+    #[inline]
+    pub fn scan_parts<F>(&mut self, chunk: &[u8], mut on_part: F) -> Result<(), FrameError>
+    where
+        F: FnMut(Part<'_>),
+    {
         let mut i = 0usize;
         let n = chunk.len();
         while i < n {
             if self.remaining > 0 {
                 let take = (self.remaining as usize).min(n - i);
-                i += take;
                 self.remaining -= take as u32;
+                on_part(Part::More {
+                    body: &chunk[i..i + take],
+                    done: self.remaining == 0,
+                });
+                i += take;
                 continue;
             }
             let (tag, len) = if self.have == 0 && n - i >= 5 {
@@ -96,12 +117,32 @@ impl FrameScanner {
                 });
             }
             let here = (body as usize).min(n - i);
-            on_frame(tag, body, &chunk[i..i + here]);
-            i += here;
             self.remaining = body - here as u32;
+            on_part(Part::Start {
+                tag,
+                len: body,
+                body: &chunk[i..i + here],
+                done: self.remaining == 0,
+            });
+            i += here;
         }
         Ok(())
     }
+}
+
+/// One piece of a frame, as [`FrameScanner::scan_parts`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part<'a> {
+    /// A frame header completed: its tag, body length, the body bytes in
+    /// this chunk, and whether they are the whole body.
+    Start {
+        tag: u8,
+        len: u32,
+        body: &'a [u8],
+        done: bool,
+    },
+    /// More body of the frame last started; `done` on its last bytes.
+    More { body: &'a [u8], done: bool },
 }
 
 #[cfg(test)]
@@ -178,6 +219,58 @@ mod tests {
             s.scan(&[b'Q', 0x7f, 0xff, 0xff, 0xff], |_, _, _| {}),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    /// Reassemble frames from parts: every body byte once, `done` once per
+    /// frame, on its last part.
+    fn reassemble(s: &mut FrameScanner, chunks: &[&[u8]]) -> Vec<(u8, Vec<u8>)> {
+        let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut open = false;
+        for c in chunks {
+            s.scan_parts(c, |p| match p {
+                Part::Start {
+                    tag,
+                    len,
+                    body,
+                    done,
+                } => {
+                    assert!(!open, "a frame started before the last one ended");
+                    assert_eq!(done, body.len() == len as usize);
+                    out.push((tag, body.to_vec()));
+                    open = !done;
+                }
+                Part::More { body, done } => {
+                    assert!(open, "more body with no frame open");
+                    out.last_mut().unwrap().1.extend_from_slice(body);
+                    open = !done;
+                }
+            })
+            .unwrap();
+        }
+        assert!(!open);
+        out
+    }
+
+    #[test]
+    fn parts_carry_every_body_byte_at_every_split() {
+        let mut buf = msg(b'Q', b"select 1\0");
+        buf.extend(msg(b'D', &[7u8; 30]));
+        buf.extend(msg(b'X', b""));
+        for a in 0..=buf.len() {
+            for b in a..=buf.len() {
+                let mut s = FrameScanner::new(1 << 20);
+                let got = reassemble(&mut s, &[&buf[..a], &buf[a..b], &buf[b..]]);
+                assert_eq!(
+                    got,
+                    vec![
+                        (b'Q', b"select 1\0".to_vec()),
+                        (b'D', vec![7u8; 30]),
+                        (b'X', vec![])
+                    ],
+                    "cuts {a} {b}"
+                );
+            }
+        }
     }
 
     proptest::proptest! {

@@ -32,6 +32,10 @@ pub struct SessionRequest {
     pub generation: u64,
     /// Masking of this session's results (None: unmasked).
     pub masking: Option<Arc<crate::mask::Engine>>,
+    /// The API key came as a cleartext password (over TLS), not via SCRAM.
+    pub cleartext_key: bool,
+    /// For JWTs: the issuer (`iss`) that vouched for the identity.
+    pub jwt_issuer: Option<String>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -97,6 +101,8 @@ pub struct ClientHandshake {
     identity: String,
     connection: String,
     params: Vec<(Vec<u8>, Vec<u8>)>,
+    cleartext_key: bool,
+    jwt_issuer: Option<String>,
 }
 
 fn reject(code: &str, message: String, outcome: Outcome, reason: Option<&'static str>) -> Step {
@@ -130,6 +136,8 @@ impl ClientHandshake {
             identity: String::new(),
             connection: String::new(),
             params: Vec::new(),
+            cleartext_key: false,
+            jwt_issuer: None,
         }
     }
 
@@ -145,6 +153,16 @@ impl ClientHandshake {
 
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The connection asked for (startup `database`), once known.
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+
+    /// Whether the client is on TLS.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// Feed one untagged packet (length prefix included).
@@ -332,7 +350,10 @@ impl ClientHandshake {
                     let mut first_err = None;
                     for issuer in &ident.jwt_issuers {
                         match issuer.verify(&pw, &self.identity, now) {
-                            Ok(()) => return self.authorize(Vec::new(), "jwt"),
+                            Ok(()) => {
+                                self.jwt_issuer = Some(issuer.issuer().to_string());
+                                return self.authorize(Vec::new(), "jwt");
+                            }
                             Err(e) => {
                                 first_err.get_or_insert(e);
                             }
@@ -375,6 +396,7 @@ impl ClientHandshake {
             return protocol_error("unexpected API key check");
         }
         if matches {
+            self.cleartext_key = true;
             self.authorize(Vec::new(), "api_key")
         } else {
             self.bad_password()
@@ -441,6 +463,8 @@ impl ClientHandshake {
                 },
                 generation: self.snapshot.generation,
                 masking: self.snapshot.masking_for(&self.identity, &self.connection),
+                cleartext_key: self.cleartext_key,
+                jwt_issuer: self.jwt_issuer.take(),
                 params: std::mem::take(&mut self.params),
             },
         }

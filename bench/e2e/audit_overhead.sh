@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Audit overhead: pgbench -S through Sluice with audit on vs audit off.
+#
+# Starts a fresh PostgreSQL 15 and two sluice-dp processes side by side in
+# static mode: one without audit, one with `audit.enabled: true` (records
+# spooled locally, fsync per batch by default). Runs `pgbench -i -s SCALE`
+# once directly, then for every workload x client count runs pgbench against
+# both, interleaved (the order alternates round by round) for ROUNDS rounds,
+# and prints the median tps of each and the median [min-max] of the
+# per-round ratios audit-on / audit-off. Then it stops the audited gateway
+# and counts the statement records in its spool (`sluice-dp audit-spool`)
+# against its statement counter and pgbench's transaction count.
+# Raw per-round numbers go to $OUT/audit_overhead.csv.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+WORKLOADS=${WORKLOADS:-"simple"}
+CLIENTS=${CLIENTS:-"10"}
+ROUNDS=${ROUNDS:-7}
+SECS=${SECS:-10}
+SCALE=${SCALE:-10}
+THREADS=${THREADS:-2}
+PAUSE=${PAUSE:-1}
+AUDIT_FSYNC=${AUDIT_FSYNC:-batch}
+AUDIT_QUOTA=${AUDIT_QUOTA:-8589934592}
+
+usage() {
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    echo
+    echo "Knobs (env): WORKLOADS=\"$WORKLOADS\" (simple extended prepared) CLIENTS=\"$CLIENTS\""
+    echo "  ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS PAUSE=$PAUSE"
+    echo "  AUDIT_FSYNC=$AUDIT_FSYNC (batch|never) AUDIT_QUOTA=$AUDIT_QUOTA SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir>"
+    echo "  SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
+}
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    usage
+    exit 0
+fi
+[[ $# -eq 0 ]] || die "no arguments expected (configure with env vars; see --help)"
+for v in ROUNDS SECS SCALE THREADS PAUSE AUDIT_QUOTA; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+done
+((ROUNDS >= 1 && SECS >= 1 && THREADS >= 1)) || die "ROUNDS, SECS and THREADS must be at least 1"
+[[ $AUDIT_FSYNC == batch || $AUDIT_FSYNC == never ]] || die "AUDIT_FSYNC must be batch or never"
+
+workload_args() {
+    case $1 in
+    simple) echo "-S -M simple" ;;
+    extended) echo "-S -M extended" ;;
+    prepared) echo "-S -M prepared" ;;
+    *) die "unknown workload '$1' (known: simple extended prepared)" ;;
+    esac
+}
+max_clients=0
+for wl in $WORKLOADS; do workload_args "$wl" >/dev/null; done
+for c in $CLIENTS; do
+    [[ $c =~ ^[1-9][0-9]*$ ]] || die "CLIENTS entries must be positive integers, got '$c'"
+    if ((c > max_clients)); then max_clients=$c; fi
+done
+
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/sluice-audit-overhead.XXXXXX")}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+CSV=$OUT/audit_overhead.csv
+PGBENCH_LOG=$OUT/pgbench.log
+
+require_cmd pgbench psql awk sed curl
+e2e_init
+write_meta "$OUT/meta.txt"
+echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+log "output dir: $OUT"
+
+ensure_sluice_bin
+start_pg $((max_clients * 2 + 100 > 200 ? max_clients * 2 + 100 : 200))
+pgbench_init "$SCALE"
+
+# Audit off.
+SLUICE_NAME=sluice-off start_sluice plain
+OFF_PORT=$SLUICE_PORT OFF_ADMIN=$SLUICE_ADMIN_PORT OFF_KEY=$SLUICE_KEY OFF_PID=$SLUICE_PID
+E2E_EXTRA_PIDS+=("sluice-dp (audit off):$OFF_PID")
+# Audit on: local spool only (no control plane), so nothing is deleted.
+SPOOL=$WORK/audit-spool
+SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC }" \
+    start_sluice plain
+ON_PORT=$SLUICE_PORT ON_ADMIN=$SLUICE_ADMIN_PORT ON_KEY=$SLUICE_KEY ON_PID=$SLUICE_PID
+
+metric() { # metric ADMIN_PORT 'name{labels}' -> value
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) print "" }'
+}
+
+echo "workload,clients,round,contender,tps,transactions,status" >"$CSV"
+: >"$PGBENCH_LOG"
+on_tx=0
+for wl in $WORKLOADS; do
+    read -r -a wargs <<<"$(workload_args "$wl")"
+    for c in $CLIENTS; do
+        j=$((c < THREADS ? c : THREADS))
+        for ((r = 1; r <= ROUNDS; r++)); do
+            order=(off on)
+            if ((r % 2 == 0)); then order=(on off); fi
+            for k in "${order[@]}"; do
+                if [[ $k == off ]]; then port=$OFF_PORT key=$OFF_KEY pid=$OFF_PID; else port=$ON_PORT key=$ON_KEY pid=$ON_PID; fi
+                cmd=(pgbench -n "${wargs[@]}" -c "$c" -j "$j" -T "$SECS" -h 127.0.0.1 -p "$port" -U agent "$BENCH_DB")
+                printf '==== %s c%s round %s audit-%s: %s\n' "$wl" "$c" "$r" "$k" "${cmd[*]}" >>"$PGBENCH_LOG"
+                rc=0
+                run_logged "$WORK/pgbench.out" env PGPASSWORD="$key" "${cmd[@]}" || rc=$?
+                output=$(<"$WORK/pgbench.out")
+                printf '%s\n(exit %s)\n' "$output" "$rc" >>"$PGBENCH_LOG"
+                tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' <<<"$output" | head -n 1)
+                txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$output" | head -n 1)
+                status=ok
+                if [[ -z $tps || $rc -ne 0 ]]; then status=failed; fi
+                if [[ $k == on ]]; then on_tx=$((on_tx + ${txs:-0})); fi
+                log "$wl c$c round $r/$ROUNDS audit-$k: ${tps:-?} tps ($status)"
+                echo "$wl,$c,$r,$k,${tps:-},${txs:-},$status" >>"$CSV"
+                pid_alive "$pid" || { show_tail "$WORK/sluice-$k-dp.log" 40; die "sluice-dp (audit $k) died"; }
+                sleep "$PAUSE"
+            done
+        done
+    done
+done
+
+# Counts from the audited gateway, then from its spool once it is stopped.
+sleep 1
+stmts=$(metric "$ON_ADMIN" sluice_statements_total)
+produced=$(metric "$ON_ADMIN" 'sluice_audit_records_total{stage="produced"}')
+refused=$(metric "$ON_ADMIN" sluice_audit_refused_total)
+unaudited=$(metric "$ON_ADMIN" sluice_audit_unaudited_total)
+stop_pid "sluice-dp (audit on)" "$ON_PID" 30
+"$SLUICE_BIN" audit-spool --dir "$SPOOL" >"$OUT/audit-spool.json" 2>"$WORK/audit-spool.err" ||
+    { cat "$WORK/audit-spool.err" >&2; die "sluice-dp audit-spool failed"; }
+records=$(sed -n 's/^ *"statements": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
+spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
+
+{
+    awk -F, -v wls="$WORKLOADS" -v cls="$CLIENTS" -v rounds="$ROUNDS" -v secs="$SECS" -v threads="$THREADS" '
+    function sort(a, n,    i, j, t) {
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    }
+    function median(a, n) {
+        if (n == 0) return 0
+        sort(a, n)
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NR == 1 { next }
+    $7 == "ok" { tps[$1, $2, $3, $4] = $5 }
+    END {
+        nw = split(wls, W, " "); nc = split(cls, C, " ")
+        printf "== pgbench -n -S -j %s -T %s, %s rounds, audit-on vs audit-off (interleaved, order alternating) ==\n", threads, secs, rounds
+        printf "%-9s %7s %12s %12s %16s %26s\n", "workload", "clients", "off tps", "on tps", "on/off medians", "on/off per round [min-max]"
+        for (w = 1; w <= nw; w++) for (ci = 1; ci <= nc; ci++) {
+            wl = W[w]; c = C[ci]
+            n1 = 0; n2 = 0; nr = 0; delete a; delete b; delete q
+            for (r = 1; r <= rounds; r++) {
+                if ((wl, c, r, "off") in tps) a[++n1] = tps[wl, c, r, "off"]
+                if ((wl, c, r, "on") in tps) b[++n2] = tps[wl, c, r, "on"]
+                if ((wl, c, r, "off") in tps && (wl, c, r, "on") in tps && tps[wl, c, r, "off"] > 0)
+                    q[++nr] = tps[wl, c, r, "on"] / tps[wl, c, r, "off"]
+            }
+            moff = median(a, n1); mon = median(b, n2); mq = median(q, nr)
+            printf "%-9s %7s %12.1f %12.1f %16.3f %14.3f [%.3f-%.3f]%s\n", wl, c, moff, mon, (moff > 0 ? mon / moff : 0), mq, q[1], q[nr], (nr < rounds ? sprintf(" n=%d", nr) : "")
+        }
+    }' "$CSV"
+    echo
+    echo "audited gateway: statements relayed (sluice_statements_total) = ${stmts:-?}, records produced = ${produced:-?}"
+    echo "statement records (QUERY + EXECUTE) in its spool after stopping = ${records:-?} ($spool_bytes bytes)"
+    echo "pgbench transactions completed through it = $on_tx (each -S transaction is one statement; pgbench adds one setup query per run)"
+    echo "refused = ${refused:-?}, unaudited = ${unaudited:-?}"
+    if [[ -n $records && -n $stmts && $records == "${stmts%.*}" ]]; then
+        echo "records == statements: yes"
+    else
+        echo "records == statements: NO"
+    fi
+} | tee "$OUT/summary.txt"
+echo
+echo "raw per-round numbers: $CSV   spool summary: $OUT/audit-spool.json   pgbench output: $PGBENCH_LOG"

@@ -1,0 +1,194 @@
+//! A data core's audit handle: its ring producer, a reused encode buffer,
+//! and the admission check. Lives on the core's thread (not `Send`); made
+//! from a [`CoreInit`], which is.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use proto::AuditRecord;
+
+use super::pump::CoreAuditStats;
+use super::record::{encode_record, encode_statement, Origin, StatementView};
+use super::ring::{AuditGate, RingFull, RingProducer, WhenFull};
+use super::tracker::Tracker;
+use crate::metrics::bump;
+
+/// What a worker needs to build its [`CoreAudit`] (moved to its thread).
+pub struct CoreInit {
+    pub core: u32,
+    pub producer: RingProducer,
+    pub gate: Arc<AuditGate>,
+    pub stats: Arc<CoreAuditStats>,
+    pub when_full: WhenFull,
+    pub max_sql_bytes: usize,
+    /// Random per process start; part of session ids.
+    pub boot: u32,
+}
+
+/// See the module docs.
+pub struct CoreAudit {
+    core: u32,
+    ring: RefCell<RingProducer>,
+    buf: RefCell<Vec<u8>>,
+    gate: Arc<AuditGate>,
+    stats: Arc<CoreAuditStats>,
+    when_full: WhenFull,
+    max_sql_bytes: usize,
+    /// Free ring bytes kept for the records of statements already running:
+    /// below this, new statements are refused (fail closed).
+    headroom: u64,
+    boot: u32,
+    sessions: Cell<u64>,
+    /// Unix seconds of the last "refused"/"unaudited" log line.
+    last_log: Cell<u64>,
+}
+
+impl CoreAudit {
+    pub fn new(init: CoreInit) -> CoreAudit {
+        let headroom = init.producer.capacity() / 8;
+        CoreAudit {
+            core: init.core,
+            ring: RefCell::new(init.producer),
+            buf: RefCell::new(Vec::with_capacity(8192)),
+            gate: init.gate,
+            stats: init.stats,
+            when_full: init.when_full,
+            max_sql_bytes: init.max_sql_bytes,
+            headroom,
+            boot: init.boot,
+            sessions: Cell::new(0),
+            last_log: Cell::new(0),
+        }
+    }
+
+    pub fn core(&self) -> u32 {
+        self.core
+    }
+
+    pub fn when_full(&self) -> WhenFull {
+        self.when_full
+    }
+
+    /// A tracker for a new session.
+    pub fn tracker(&self) -> Tracker {
+        Tracker::new(self.max_sql_bytes)
+    }
+
+    /// A new session id, unique per node: `<boot>-<core>-<n>`.
+    pub fn session_id(&self) -> String {
+        let n = self.sessions.get() + 1;
+        self.sessions.set(n);
+        format!("{:08x}-{}-{n}", self.boot, self.core)
+    }
+
+    /// Whether a new statement (or session) must be refused now: fail
+    /// closed, and the spool refuses records or this core's ring is down to
+    /// its headroom. Two loads, no syscall.
+    pub fn should_refuse(&self) -> bool {
+        self.when_full == WhenFull::FailClosed
+            && (self.gate.closed() || self.ring.borrow_mut().free() < self.headroom)
+    }
+
+    /// Write one statement record into the ring.
+    pub fn push_statement(
+        &self,
+        session: &[u8],
+        snapshot_version: i64,
+        v: &StatementView<'_>,
+    ) -> Result<(), RingFull> {
+        let mut ring = self.ring.borrow_mut();
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        let origin = Origin {
+            core: self.core,
+            core_seq: ring.next_seq(),
+            snapshot_version,
+        };
+        encode_statement(&mut buf, origin, session, v);
+        ring.push(&buf)?;
+        bump(&self.stats.produced, 1);
+        Ok(())
+    }
+
+    /// Write any record (session start/end, auth failure) into the ring,
+    /// followed by `session` (from
+    /// [`session_fields`](super::record::session_fields); empty when the
+    /// record carries its own identity, session and connection).
+    pub fn push_record(
+        &self,
+        rec: &mut AuditRecord,
+        session: &[u8],
+        snapshot_version: i64,
+    ) -> Result<(), RingFull> {
+        let mut ring = self.ring.borrow_mut();
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        let origin = Origin {
+            core: self.core,
+            core_seq: ring.next_seq(),
+            snapshot_version,
+        };
+        encode_record(&mut buf, origin, rec);
+        buf.extend_from_slice(session);
+        ring.push(&buf)?;
+        bump(&self.stats.produced, 1);
+        Ok(())
+    }
+
+    /// Move the tracker's finished records into the ring. Returns false
+    /// when the ring filled up before all of them fit (they stay in the
+    /// tracker).
+    pub fn drain_tracker(&self, t: &mut Tracker, session: &[u8], snapshot_version: i64) -> bool {
+        loop {
+            let stored = match t.peek_record() {
+                None => return true,
+                Some(v) => self.push_statement(session, snapshot_version, &v).is_ok(),
+            };
+            if !stored {
+                return false;
+            }
+            t.pop_record();
+        }
+    }
+
+    /// Fail open: drop the tracker's records that do not fit, counting them.
+    pub fn drop_tracker_records(&self, t: &mut Tracker) {
+        let mut n = 0;
+        while t.peek_record().is_some() {
+            t.pop_record();
+            n += 1;
+        }
+        self.count_unaudited(n);
+    }
+
+    /// A statement or session refused (fail closed).
+    pub fn count_refused(&self) {
+        bump(&self.stats.refused, 1);
+        self.log_limited(|| {
+            tracing::warn!(core = self.core, refused = self.stats.refused.load(Relaxed), "audit: statements refused because audit records cannot be stored (spool at its quota, unwritable, or this core's ring full)");
+        });
+    }
+
+    /// Records lost (fail open, or an auth failure with a full ring).
+    pub fn count_unaudited(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        bump(&self.stats.unaudited, n);
+        self.log_limited(|| {
+            tracing::warn!(core = self.core, unaudited = self.stats.unaudited.load(Relaxed), "audit: records could not be stored and were dropped (when_full: fail_open); statements ran unaudited");
+        });
+    }
+
+    /// At most one line per 10 s per core.
+    fn log_limited(&self, f: impl FnOnce()) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now >= self.last_log.get() + 10 {
+            self.last_log.set(now);
+            f();
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The node's audit pipeline, assembled: the spool directory (locked), the
+//! per-core rings (recovered), the [`Pump`], and the drain thread that runs
+//! it every few milliseconds.
+//!
+//! Startup order matters: [`Audit::open`] recovers everything left by the
+//! previous run (ring frames not yet in the spool are moved there, minus
+//! duplicates) before any worker starts, so the first batch the shipper
+//! sends begins with what the last run did not get acknowledged.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::AuditRecord;
+
+use super::core::CoreInit;
+use super::pump::{unix_ms, AuditStats, Pump, SideQueue};
+use super::ring::{self, AuditGate, RingConsumer, RingError, RingFile, WhenFull};
+use super::spool::{FsyncPolicy, Spool, SpoolConfig};
+
+/// How often the drain thread moves ring records to the spool.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
+/// ... and while the spool refuses them.
+const REFUSED_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The `audit:` configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub dir: PathBuf,
+    /// Stamped on every record; the control plane keeps one stream per id.
+    pub node_id: String,
+    pub quota_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub ring_bytes: u64,
+    pub max_sql_bytes: usize,
+    pub when_full: WhenFull,
+}
+
+/// See the module docs.
+pub struct Audit {
+    pump: Arc<Mutex<Pump>>,
+    stats: Arc<AuditStats>,
+    gate: Arc<AuditGate>,
+    side: SideQueue,
+    /// Woken after each append that stored records (the shipper waits on it).
+    pub notify: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    node_id: String,
+    /// Held for the life of the process: one sluice-dp per spool directory.
+    _lock: File,
+}
+
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<File> {
+    let path = dir.join("LOCK");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("audit.spool_dir: cannot open {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!(
+            "audit.spool_dir: {} is in use by another sluice-dp (each node needs its own spool directory)",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Open (or create) core `core`'s ring, setting a damaged file aside.
+fn open_ring(dir: &std::path::Path, core: u32, capacity: u64) -> anyhow::Result<RingFile> {
+    let path = ring::ring_path(dir, core);
+    match RingFile::open_or_create(&path, core, capacity) {
+        Ok(r) => Ok(r),
+        Err(e @ RingError::Corrupt { .. }) => {
+            let aside = path.with_extension(format!("ring.damaged-{}", unix_ms()));
+            tracing::error!(ring = %path.display(), aside = %aside.display(), "audit ring damaged, set aside (its records are not recovered): {e}");
+            fs::rename(&path, &aside)
+                .with_context(|| format!("cannot move {} aside", path.display()))?;
+            Ok(RingFile::create(&path, core, capacity, 1)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Audit {
+    /// Lock the directory, open the spool, open or create one ring per
+    /// core, and recover what the last run left in the rings. Returns the
+    /// pipeline and one [`CoreInit`] per core, for the workers.
+    pub fn open(s: &AuditSettings, cores: usize) -> anyhow::Result<(Arc<Audit>, Vec<CoreInit>)> {
+        fs::create_dir_all(&s.dir)
+            .with_context(|| format!("audit.spool_dir: cannot create {}", s.dir.display()))?;
+        let lock = lock_dir(&s.dir)?;
+        let mut cfg = SpoolConfig::new(&s.dir, &s.node_id);
+        cfg.quota_bytes = s.quota_bytes;
+        cfg.fsync = s.fsync;
+        cfg.segment_bytes = cfg.segment_bytes.min((s.quota_bytes / 4).max(4096));
+        let spool =
+            Spool::open(cfg).with_context(|| format!("audit spool in {}", s.dir.display()))?;
+        let high = spool.core_high_water().clone();
+
+        let mut existing: Vec<u32> = fs::read_dir(&s.dir)
+            .with_context(|| format!("list {}", s.dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(ring::parse_ring_name))
+            .collect();
+        existing.sort_unstable();
+        let gate = Arc::new(AuditGate::default());
+        let stats = Arc::new(AuditStats::new(cores));
+        let boot = {
+            use ::ring::rand::SecureRandom;
+            let mut b = [0u8; 4];
+            let _ = ::ring::rand::SystemRandom::new().fill(&mut b);
+            u32::from_le_bytes(b)
+        };
+        let mut consumers: Vec<RingConsumer> = Vec::new();
+        let mut inits = Vec::new();
+        for core in 0..cores as u32 {
+            let mut r = open_ring(&s.dir, core, s.ring_bytes)?;
+            if r.capacity() != s.ring_bytes {
+                if r.depth() == 0 {
+                    let next = r.next_seq();
+                    let path = r.path().to_path_buf();
+                    drop(r);
+                    r = RingFile::create(&path, core, s.ring_bytes, next)?;
+                } else {
+                    tracing::warn!(core, "audit ring keeps its size of {} bytes until it is empty (audit.ring_bytes is {})", r.capacity(), s.ring_bytes);
+                }
+            }
+            r.raise_next_seq(high.get(&core).map_or(1, |h| h + 1));
+            let (producer, consumer) = r.split();
+            consumers.push(consumer);
+            inits.push(CoreInit {
+                core,
+                producer,
+                gate: gate.clone(),
+                stats: stats.cores[core as usize].clone(),
+                when_full: s.when_full,
+                max_sql_bytes: s.max_sql_bytes,
+                boot,
+            });
+        }
+        // Rings of cores this run does not have (fewer workers than last
+        // time): drained like the others, never written.
+        let mut orphans = Vec::new();
+        for &core in existing.iter().filter(|&&c| c as usize >= cores) {
+            let r = open_ring(&s.dir, core, s.ring_bytes)?;
+            orphans.push(r.path().to_path_buf());
+            consumers.push(r.into_consumer());
+        }
+
+        let mut pump = Pump::new(spool, consumers, gate.clone(), stats.clone());
+        let mut recovered = 0usize;
+        loop {
+            match pump.step() {
+                Ok(0) => break,
+                Ok(n) => recovered += n,
+                Err(e) => {
+                    tracing::error!("audit: could not move every record left in the rings to the spool ({e}); the rest stay in the rings until it can");
+                    break;
+                }
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(
+                records = recovered,
+                "audit: recovered records left in the core rings by the previous run"
+            );
+        }
+        let sp = pump.spool();
+        tracing::info!(dir = %s.dir.display(), node = %s.node_id, last_seq = sp.last_seq(), acked = sp.acked_through(), waiting = sp.pending(), bytes = sp.bytes(), "audit spool open");
+        if pump.ring_depth() == 0 {
+            for p in orphans {
+                let _ = fs::remove_file(p);
+            }
+        }
+        let side = pump.side_queue();
+        let audit = Arc::new(Audit {
+            pump: Arc::new(Mutex::new(pump)),
+            stats,
+            gate,
+            side,
+            notify: Arc::default(),
+            stop: Arc::default(),
+            thread: Mutex::new(None),
+            node_id: s.node_id.clone(),
+            _lock: lock,
+        });
+        Ok((audit, inits))
+    }
+
+    /// Start the drain thread (`sluice-audit`).
+    pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let me = self.clone();
+        let h = std::thread::Builder::new()
+            .name("sluice-audit".into())
+            .spawn(move || me.drain_loop())
+            .context("cannot start the audit thread")?;
+        *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+        Ok(())
+    }
+
+    fn drain_loop(&self) {
+        loop {
+            let stopping = self.stop.load(Relaxed);
+            let r = self.pump().step();
+            match r {
+                Ok(n) if n > 0 => {
+                    self.notify.notify_one();
+                    continue; // more may be waiting: go again at once
+                }
+                Ok(_) if stopping => return,
+                Err(_) if stopping => return,
+                Ok(_) => std::thread::sleep(DRAIN_INTERVAL),
+                Err(_) => std::thread::sleep(REFUSED_INTERVAL),
+            }
+        }
+    }
+
+    /// Stop the drain thread after a last drain (call once the sessions
+    /// are closed).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Relaxed);
+        let h = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+        let p = self.pump();
+        if p.ring_depth() > 0 || p.staged() > 0 {
+            tracing::warn!(ring_bytes = p.ring_depth(), staged = p.staged(), "audit: records left in the rings (the spool refuses them); the next start moves them");
+        }
+    }
+
+    /// Queue a record made off the data cores (snapshot applied).
+    pub fn push_side(&self, rec: AuditRecord) {
+        self.side
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rec);
+    }
+
+    pub fn pump(&self) -> MutexGuard<'_, Pump> {
+        self.pump.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn pump_arc(&self) -> Arc<Mutex<Pump>> {
+        self.pump.clone()
+    }
+
+    pub fn stats(&self) -> &Arc<AuditStats> {
+        &self.stats
+    }
+
+    pub fn gate(&self) -> &Arc<AuditGate> {
+        &self.gate
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+/// What a stopped node's spool directory holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inspection {
+    pub last_sequence: u64,
+    pub acknowledged_through: u64,
+    pub spool_bytes: u64,
+    /// Records in the spool not yet acknowledged, by kind name.
+    pub spooled_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Records still in the core rings (moved to the spool at the next
+    /// start), by kind name.
+    pub in_rings_by_kind: std::collections::BTreeMap<String, u64>,
+    /// QUERY and EXECUTE records in both.
+    pub statements: u64,
+}
+
+/// Every record of a stopped node's spool directory: the spool's
+/// unacknowledged records, then what is still in the rings (not deduplicated
+/// against the spool; [`Audit::open`] does that). Locks the directory while
+/// it reads, so it refuses to run next to a live node.
+pub fn read_dir(dir: &std::path::Path) -> anyhow::Result<(Vec<AuditRecord>, Vec<AuditRecord>)> {
+    use prost::Message;
+    let _lock = lock_dir(dir)?;
+    let spool = Spool::open(SpoolConfig::new(dir, "inspect"))
+        .with_context(|| format!("audit spool in {}", dir.display()))?;
+    let spooled = spool.unacked(0, usize::MAX)?;
+    let mut high = spool.core_high_water().clone();
+    let mut in_rings = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(core) = entry.file_name().to_str().and_then(ring::parse_ring_name) else {
+            continue;
+        };
+        let c =
+            RingFile::open_or_create(&entry.path(), core, ring::MIN_RING_BYTES)?.into_consumer();
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        c.read_from(c.committed(), usize::MAX, &mut bytes, &mut frames)?;
+        let h = high.entry(c.core()).or_insert(0);
+        for f in frames.iter().filter(|f| f.core_seq > *h) {
+            in_rings.push(AuditRecord::decode(&bytes[f.start..f.end])?);
+        }
+    }
+    Ok((spooled, in_rings))
+}
+
+/// Summarise a stopped node's spool directory (`sluice-dp audit-spool`).
+pub fn inspect(dir: &std::path::Path) -> anyhow::Result<Inspection> {
+    let (spooled, in_rings) = read_dir(dir)?;
+    let mut out = Inspection::default();
+    {
+        let _lock = lock_dir(dir)?;
+        let spool = Spool::open(SpoolConfig::new(dir, "inspect"))?;
+        out.last_sequence = spool.last_seq();
+        out.acknowledged_through = spool.acked_through();
+        out.spool_bytes = spool.bytes();
+    }
+    let kind = |r: &AuditRecord| {
+        let k = r.metadata.as_ref().map_or(0, |m| m.kind);
+        proto::AuditKind::try_from(k).map_or_else(
+            |_| format!("KIND_{k}"),
+            |k| {
+                k.as_str_name()
+                    .trim_start_matches("AUDIT_KIND_")
+                    .to_string()
+            },
+        )
+    };
+    for (recs, map) in [
+        (&spooled, &mut out.spooled_by_kind),
+        (&in_rings, &mut out.in_rings_by_kind),
+    ] {
+        for r in recs.iter() {
+            *map.entry(kind(r)).or_insert(0) += 1;
+            if super::record::is_statement_kind(r.metadata.as_ref().map_or(0, |m| m.kind)) {
+                out.statements += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::core::CoreAudit;
+    use crate::audit::record::StatementView;
+    use proto::AuditKind;
+
+    fn settings(dir: &std::path::Path) -> AuditSettings {
+        AuditSettings {
+            dir: dir.to_path_buf(),
+            node_id: "n1".into(),
+            quota_bytes: 1 << 30,
+            fsync: FsyncPolicy::Batch,
+            ring_bytes: ring::MIN_RING_BYTES,
+            max_sql_bytes: 4096,
+            when_full: WhenFull::FailClosed,
+        }
+    }
+
+    fn statement(core: &CoreAudit, sql: &str) {
+        core.push_statement(
+            &[],
+            1,
+            &StatementView {
+                kind: AuditKind::Query as i32,
+                sql,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn records_left_in_rings_are_recovered_at_the_next_open_and_the_dir_is_locked() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (audit, inits) = Audit::open(&settings(d.path()), 2).unwrap();
+            let err = Audit::open(&settings(d.path()), 2).err().unwrap();
+            assert!(err.to_string().contains("in use"), "{err}");
+            let cores: Vec<CoreAudit> = inits.into_iter().map(CoreAudit::new).collect();
+            statement(&cores[0], "a");
+            statement(&cores[1], "b");
+            audit.pump().step().unwrap();
+            statement(&cores[1], "c");
+            // No drain: "c" is only in core 1's ring when this run ends.
+        }
+        // Fewer cores now: core 1's ring is drained as an orphan.
+        let (audit, inits) = Audit::open(&settings(d.path()), 1).unwrap();
+        let core = CoreAudit::new(inits.into_iter().next().unwrap());
+        statement(&core, "d");
+        audit.pump().step().unwrap();
+        let recs = audit.pump().unacked(0, 100).unwrap();
+        let got: Vec<(String, u32, u64)> = recs
+            .iter()
+            .map(|r| {
+                let m = r.metadata.as_ref().unwrap();
+                (
+                    r.statement.as_ref().unwrap().sql.clone(),
+                    m.core,
+                    m.core_seq,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), 0, 1),
+                ("b".into(), 1, 1),
+                ("c".into(), 1, 2),
+                ("d".into(), 0, 2)
+            ]
+        );
+        assert!(
+            !ring::ring_path(d.path(), 1).exists(),
+            "empty orphan ring removed"
+        );
+    }
+
+    #[test]
+    fn a_resized_ring_keeps_its_sequence() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (audit, inits) = Audit::open(&settings(d.path()), 1).unwrap();
+            let core = CoreAudit::new(inits.into_iter().next().unwrap());
+            statement(&core, "a");
+            audit.pump().step().unwrap();
+        }
+        let mut s = settings(d.path());
+        s.ring_bytes *= 2;
+        let (audit, inits) = Audit::open(&s, 1).unwrap();
+        let core = CoreAudit::new(inits.into_iter().next().unwrap());
+        statement(&core, "b");
+        audit.pump().step().unwrap();
+        let seqs: Vec<u64> = audit
+            .pump()
+            .unacked(0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.metadata.as_ref().unwrap().core_seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(
+            fs::metadata(ring::ring_path(d.path(), 0)).unwrap().len(),
+            ring::RING_HEADER_BYTES as u64 + s.ring_bytes
+        );
+    }
+}

@@ -1,0 +1,1467 @@
+//! Per-session statement tracking for the audit trail (sans-IO).
+//!
+//! The relay feeds every frame it forwards, in order, as the
+//! [`FrameScanner`](crate::protocol::frame::FrameScanner) reports it: client
+//! frames with [`Tracker::client_part`], target frames with
+//! [`Tracker::target_part`]. A frame may arrive in pieces (a header and a
+//! body prefix, then more body in later reads); the tracker keeps only what
+//! it needs from each (the first bytes of SQL text, names, bind parameter
+//! lengths, a command tag, an error's SQLSTATE and message), in buffers it
+//! reuses. Time is passed in ([`Clock`]); there is no clock and no I/O here.
+//!
+//! Requests are queued in the order the client sent them; PostgreSQL
+//! answers in that order, so each response belongs to the oldest
+//! unanswered request:
+//!
+//! | request | answered (and its record made) by |
+//! |---|---|
+//! | Query | ReadyForQuery (one QUERY record per Query message, however many statements it holds; rows summed, first error kept) |
+//! | Parse | ParseComplete or ErrorResponse (PARSE record) |
+//! | Bind | BindComplete or ErrorResponse (BIND record) |
+//! | Execute | CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse (EXECUTE record, with its prepared statement's SQL) |
+//! | Describe | RowDescription or NoData (no record) |
+//! | Close | CloseComplete (no record) |
+//! | Sync | ReadyForQuery (no record) |
+//! | FunctionCall | ReadyForQuery (a QUERY record naming the function oid) |
+//!
+//! After an ErrorResponse to an extended-protocol message PostgreSQL skips
+//! every message up to the next Sync: those get their records at once,
+//! marked `skipped`. Requests still unanswered when the session ends get
+//! records marked `incomplete` ([`Tracker::finish`]).
+//!
+//! Finished records wait in the tracker until the driver takes them
+//! ([`Tracker::peek_record`], [`Tracker::pop_record`]) and writes them to
+//! the core's ring — before it forwards the bytes that answered them.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use proto::AuditKind;
+
+use super::record::StatementView;
+use crate::protocol::frame::Part;
+use crate::protocol::{be_u32, tag};
+
+/// Longest statement or portal name kept.
+pub const NAME_CAP: usize = 256;
+/// Bind parameter lengths listed per record (the count is always exact).
+pub const MAX_LISTED_PARAMS: usize = 256;
+/// Bytes of an ErrorResponse kept (SQLSTATE and the start of the message).
+const ERROR_CAP: usize = 2048;
+/// Bytes of a CommandComplete kept.
+const TAG_CAP: usize = 64;
+
+/// Time, passed in by the driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clock {
+    /// Monotonic nanoseconds (any fixed origin), for durations.
+    pub mono_ns: u64,
+    /// Wall clock, Unix nanoseconds, for record times.
+    pub unix_ns: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Req {
+    Query,
+    FunctionCall,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+}
+
+impl Req {
+    fn of_client_tag(t: u8) -> Option<Req> {
+        Some(match t {
+            tag::QUERY => Req::Query,
+            b'F' => Req::FunctionCall,
+            tag::PARSE => Req::Parse,
+            tag::BIND => Req::Bind,
+            b'D' => Req::Describe,
+            tag::EXECUTE => Req::Execute,
+            b'C' => Req::Close,
+            tag::SYNC => Req::Sync,
+            _ => return None,
+        })
+    }
+
+    fn audit_kind(self) -> Option<AuditKind> {
+        match self {
+            Req::Query | Req::FunctionCall => Some(AuditKind::Query),
+            Req::Parse => Some(AuditKind::Parse),
+            Req::Bind => Some(AuditKind::Bind),
+            Req::Execute => Some(AuditKind::Execute),
+            Req::Describe | Req::Close | Req::Sync => None,
+        }
+    }
+
+    /// Answered by ReadyForQuery.
+    fn ends_at_ready(self) -> bool {
+        matches!(self, Req::Query | Req::FunctionCall | Req::Sync)
+    }
+}
+
+/// SQL text as recorded: cut to the configured size on a UTF-8 boundary.
+#[derive(Debug, Clone, Default)]
+struct Text {
+    text: Option<Rc<str>>,
+    truncated: bool,
+    /// Size of the whole text.
+    bytes: u64,
+}
+
+impl Text {
+    fn new(bytes: &[u8], full: u64, max: usize) -> Text {
+        let kept = utf8_prefix(&bytes[..bytes.len().min(max)], max);
+        let truncated = full > kept.len() as u64 || kept.len() < bytes.len().min(max);
+        Text {
+            text: (!kept.is_empty()).then(|| Rc::from(kept.as_ref())),
+            truncated,
+            bytes: full,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        self.text.as_deref().unwrap_or("")
+    }
+}
+
+/// The longest valid UTF-8 prefix, or a lossy copy (cut to `max` bytes)
+/// when invalid bytes sit in the middle (protobuf strings must be UTF-8).
+fn utf8_prefix(b: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.into(),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&b[..e.valid_up_to()])
+            .expect("valid up to here")
+            .into(),
+        Err(_) => {
+            let s = String::from_utf8_lossy(b).into_owned();
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string().into()
+        }
+    }
+}
+
+fn name(b: &[u8]) -> Option<Rc<str>> {
+    if b.is_empty() {
+        None
+    } else {
+        Some(Rc::from(
+            utf8_prefix(&b[..b.len().min(NAME_CAP)], NAME_CAP).as_ref(),
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stmt {
+    name: Option<Rc<str>>,
+    sql: Text,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Portal {
+    stmt: Option<Rc<str>>,
+    sql: Text,
+    param_count: u32,
+    params: Option<Rc<[i32]>>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    sqlstate: String,
+    message: String,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    req: Req,
+    start: Clock,
+    end_ns: u64,
+    sql: Text,
+    statement_name: Option<Rc<str>>,
+    portal_name: Option<Rc<str>>,
+    param_count: u32,
+    params: Option<Rc<[i32]>>,
+    /// Rows of the statements completed so far.
+    rows: u64,
+    /// DataRows since the last CommandComplete.
+    data_rows: u64,
+    bytes: u64,
+    error: Option<Box<Failure>>,
+    skipped: bool,
+    incomplete: bool,
+}
+
+impl Pending {
+    fn new(id: u64, req: Req, start: Clock) -> Pending {
+        Pending {
+            id,
+            req,
+            start,
+            end_ns: start.mono_ns,
+            sql: Text::default(),
+            statement_name: None,
+            portal_name: None,
+            param_count: 0,
+            params: None,
+            rows: 0,
+            data_rows: 0,
+            bytes: 0,
+            error: None,
+            skipped: false,
+            incomplete: false,
+        }
+    }
+}
+
+/// Bind body after the two names: formats, parameters (lengths only).
+#[derive(Debug, Default)]
+struct BindWalker {
+    state: BindState,
+    /// Bytes still to read (accumulate or skip) in this state.
+    need: u32,
+    acc: [u8; 4],
+    acc_n: u8,
+    nparams: u16,
+    cur: u16,
+    lengths: Vec<i32>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum BindState {
+    #[default]
+    NFormats,
+    Formats,
+    NParams,
+    ParamLen,
+    ParamValue,
+    Done,
+}
+
+impl BindWalker {
+    fn reset(&mut self) {
+        self.state = BindState::NFormats;
+        self.need = 2;
+        self.acc_n = 0;
+        self.nparams = 0;
+        self.cur = 0;
+        self.lengths.clear();
+    }
+
+    fn next_param(&mut self) {
+        self.cur += 1;
+        if self.cur >= self.nparams {
+            self.state = BindState::Done;
+        } else {
+            self.state = BindState::ParamLen;
+            self.need = 4;
+        }
+    }
+
+    fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            match self.state {
+                BindState::Done => return,
+                BindState::Formats | BindState::ParamValue => {
+                    let take = (self.need as usize).min(b.len());
+                    self.need -= take as u32;
+                    b = &b[take..];
+                    if self.need == 0 {
+                        if self.state == BindState::Formats {
+                            self.state = BindState::NParams;
+                            self.need = 2;
+                        } else {
+                            self.next_param();
+                        }
+                    }
+                }
+                BindState::NFormats | BindState::NParams | BindState::ParamLen => {
+                    let take = (self.need as usize).min(b.len());
+                    let n = self.acc_n as usize;
+                    self.acc[n..n + take].copy_from_slice(&b[..take]);
+                    self.acc_n += take as u8;
+                    self.need -= take as u32;
+                    b = &b[take..];
+                    if self.need > 0 {
+                        continue;
+                    }
+                    self.acc_n = 0;
+                    match self.state {
+                        BindState::NFormats => {
+                            let n = u16::from_be_bytes([self.acc[0], self.acc[1]]);
+                            if n > 0 {
+                                self.state = BindState::Formats;
+                                self.need = 2 * u32::from(n);
+                            } else {
+                                self.state = BindState::NParams;
+                                self.need = 2;
+                            }
+                        }
+                        BindState::NParams => {
+                            self.nparams = u16::from_be_bytes([self.acc[0], self.acc[1]]);
+                            self.cur = 0;
+                            if self.nparams == 0 {
+                                self.state = BindState::Done;
+                            } else {
+                                self.state = BindState::ParamLen;
+                                self.need = 4;
+                            }
+                        }
+                        _ => {
+                            let len = i32::from_be_bytes(self.acc);
+                            if self.lengths.len() < MAX_LISTED_PARAMS {
+                                self.lengths.push(len);
+                            }
+                            if len > 0 {
+                                self.state = BindState::ParamValue;
+                                self.need = len as u32;
+                            } else {
+                                self.next_param();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What is kept of the frame being received (either side).
+#[derive(Debug, Default)]
+struct Capture {
+    active: bool,
+    tag: u8,
+    len: u32,
+    /// Body bytes seen so far.
+    pos: u64,
+    head: Vec<u8>,
+    cap: usize,
+    /// Offsets of the first NULs in the body (names end there).
+    nul: [u64; 2],
+    want_nuls: u8,
+    found: u8,
+    /// Id of the queued request this frame is (client side).
+    pending: Option<u64>,
+    bind: BindWalker,
+}
+
+impl Capture {
+    fn begin(&mut self, t: u8, len: u32, cap: usize, want_nuls: u8) {
+        self.active = true;
+        self.tag = t;
+        self.len = len;
+        self.pos = 0;
+        self.head.clear();
+        self.cap = cap;
+        self.want_nuls = want_nuls;
+        self.found = 0;
+        self.pending = None;
+        if t == tag::BIND {
+            self.bind.reset();
+        }
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        if self.head.len() < self.cap {
+            let take = (self.cap - self.head.len()).min(piece.len());
+            self.head.extend_from_slice(&piece[..take]);
+        }
+        let base = self.pos;
+        let mut off = 0;
+        while self.found < self.want_nuls {
+            match memchr::memchr(0, &piece[off..]) {
+                Some(i) => {
+                    self.nul[self.found as usize] = base + (off + i) as u64;
+                    self.found += 1;
+                    off += i + 1;
+                }
+                None => break,
+            }
+        }
+        if self.tag == tag::BIND && self.found == 2 {
+            let start = self.nul[1] + 1;
+            let end = base + piece.len() as u64;
+            if end > start {
+                let from = start.saturating_sub(base) as usize;
+                self.bind.feed(&piece[from..]);
+            }
+        }
+        self.pos += piece.len() as u64;
+    }
+
+    /// The head bytes from body offset `from` to the `k`-th NUL (or the end
+    /// of what was kept).
+    fn until_nul(&self, from: u64, k: usize) -> &[u8] {
+        let from = (from as usize).min(self.head.len());
+        let end = if self.found as usize > k {
+            (self.nul[k] as usize).min(self.head.len())
+        } else {
+            self.head.len()
+        };
+        &self.head[from..end.max(from)]
+    }
+}
+
+/// One session's tracker. See the module docs.
+#[derive(Debug)]
+pub struct Tracker {
+    max_sql: usize,
+    queue: VecDeque<Pending>,
+    done: VecDeque<Pending>,
+    next_id: u64,
+    /// An extended-protocol message failed and the client has not sent its
+    /// Sync yet: PostgreSQL skips what comes until then.
+    skip_until_sync: bool,
+    client: Capture,
+    target: Capture,
+    unnamed_stmt: Option<Stmt>,
+    stmts: HashMap<Box<[u8]>, Stmt>,
+    unnamed_portal: Portal,
+    portals: HashMap<Box<[u8]>, Portal>,
+}
+
+impl Tracker {
+    /// `max_sql` caps the SQL text kept per record.
+    pub fn new(max_sql: usize) -> Tracker {
+        Tracker {
+            max_sql,
+            queue: VecDeque::new(),
+            done: VecDeque::new(),
+            next_id: 0,
+            skip_until_sync: false,
+            client: Capture::default(),
+            target: Capture::default(),
+            unnamed_stmt: None,
+            stmts: HashMap::new(),
+            unnamed_portal: Portal::default(),
+            portals: HashMap::new(),
+        }
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records waiting to be taken.
+    pub fn records_waiting(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Feed a piece of a client frame (as forwarded to the target).
+    pub fn client_part(&mut self, part: Part<'_>, now: Clock) {
+        match part {
+            Part::Start {
+                tag: t,
+                len,
+                body,
+                done,
+            } => {
+                let (cap, nuls) = match t {
+                    tag::QUERY => (self.max_sql + 1, 0),
+                    tag::PARSE => (NAME_CAP + 2 + self.max_sql, 2),
+                    tag::BIND => (2 * NAME_CAP + 2, 2),
+                    tag::EXECUTE => (NAME_CAP + 1, 1),
+                    b'C' => (NAME_CAP + 2, 1),
+                    b'F' => (4, 0),
+                    _ => (0, 0),
+                };
+                self.client.begin(t, len, cap, nuls);
+                if let Some(req) = Req::of_client_tag(t) {
+                    if req == Req::Sync {
+                        self.skip_until_sync = false;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.queue.push_back(Pending::new(id, req, now));
+                    self.client.pending = Some(id);
+                }
+                self.client.feed(body);
+                if done {
+                    self.client_frame_done();
+                }
+            }
+            Part::More { body, done } => {
+                if self.client.active {
+                    self.client.feed(body);
+                    if done {
+                        self.client_frame_done();
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_frame_done(&mut self) {
+        self.client.active = false;
+        let Some(id) = self.client.pending else {
+            return;
+        };
+        // The request queued when this frame started (unless a confused
+        // target already answered it).
+        let Some(mut p) = self.queue.pop_back() else {
+            return;
+        };
+        if p.id != id {
+            self.queue.push_back(p);
+            return;
+        }
+        let c = &self.client;
+        match c.tag {
+            tag::QUERY => {
+                let full = u64::from(c.len.saturating_sub(1));
+                let n = c.head.len().min(full as usize);
+                p.sql = Text::new(&c.head[..n], full, self.max_sql);
+            }
+            b'F' => {
+                let oid = if c.head.len() >= 4 {
+                    be_u32(&c.head)
+                } else {
+                    0
+                };
+                let text = format!("-- function call (fastpath), oid {oid}");
+                let full = text.len() as u64;
+                p.sql = Text::new(text.as_bytes(), full, self.max_sql);
+            }
+            tag::PARSE => {
+                let stmt_name = c.until_nul(0, 0);
+                let sql_from = if c.found >= 1 {
+                    c.nul[0] + 1
+                } else {
+                    c.head.len() as u64
+                };
+                let sql = c.until_nul(sql_from, 1);
+                let full = if c.found >= 2 {
+                    c.nul[1] - sql_from
+                } else {
+                    u64::from(c.len).saturating_sub(sql_from)
+                };
+                let stmt = Stmt {
+                    name: name(stmt_name),
+                    sql: Text::new(sql, full, self.max_sql),
+                };
+                p.statement_name = stmt.name.clone();
+                p.sql = stmt.sql.clone();
+                if stmt_name.is_empty() {
+                    self.unnamed_stmt = Some(stmt);
+                } else {
+                    self.stmts.insert(stmt_name.into(), stmt);
+                }
+            }
+            tag::BIND => {
+                let portal_name = c.until_nul(0, 0);
+                let stmt_from = if c.found >= 1 {
+                    c.nul[0] + 1
+                } else {
+                    c.head.len() as u64
+                };
+                let stmt_name = c.until_nul(stmt_from, 1);
+                let stmt = if stmt_name.is_empty() {
+                    self.unnamed_stmt.as_ref()
+                } else {
+                    self.stmts.get(stmt_name)
+                };
+                let mut portal = Portal {
+                    param_count: u32::from(c.bind.nparams),
+                    params: (!c.bind.lengths.is_empty()).then(|| Rc::from(&c.bind.lengths[..])),
+                    ..Portal::default()
+                };
+                match stmt {
+                    Some(s) => {
+                        portal.stmt = s.name.clone();
+                        portal.sql = s.sql.clone();
+                    }
+                    None => portal.stmt = name(stmt_name),
+                }
+                p.portal_name = name(portal_name);
+                p.statement_name = portal.stmt.clone();
+                p.sql = portal.sql.clone();
+                p.param_count = portal.param_count;
+                p.params = portal.params.clone();
+                if portal_name.is_empty() {
+                    self.unnamed_portal = portal;
+                } else {
+                    self.portals.insert(portal_name.into(), portal);
+                }
+            }
+            tag::EXECUTE => {
+                let portal_name = c.until_nul(0, 0);
+                let portal = if portal_name.is_empty() {
+                    Some(&self.unnamed_portal)
+                } else {
+                    self.portals.get(portal_name)
+                };
+                p.portal_name = name(portal_name);
+                if let Some(portal) = portal {
+                    p.statement_name = portal.stmt.clone();
+                    p.sql = portal.sql.clone();
+                    p.param_count = portal.param_count;
+                    p.params = portal.params.clone();
+                }
+            }
+            b'C' => {
+                let kind = c.head.first().copied();
+                let n = c.until_nul(1, 0);
+                match kind {
+                    Some(b'S') if n.is_empty() => self.unnamed_stmt = None,
+                    Some(b'S') => {
+                        self.stmts.remove(n);
+                    }
+                    Some(b'P') if n.is_empty() => self.unnamed_portal = Portal::default(),
+                    Some(b'P') => {
+                        self.portals.remove(n);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if self.skip_until_sync && p.req != Req::Sync {
+            // PostgreSQL discards it: an earlier message failed.
+            p.skipped = true;
+            self.finish_one(p);
+        } else {
+            self.queue.push_back(p);
+        }
+    }
+
+    /// Feed a piece of a target frame (as it is about to go to the client).
+    pub fn target_part(&mut self, part: Part<'_>, now: Clock) {
+        match part {
+            Part::Start {
+                tag: t,
+                len,
+                body,
+                done,
+            } => {
+                if let Some(head) = self.queue.front_mut() {
+                    head.bytes += 5 + u64::from(len);
+                }
+                match t {
+                    tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
+                        let cap = if t == tag::COMMAND_COMPLETE {
+                            TAG_CAP
+                        } else {
+                            ERROR_CAP
+                        };
+                        self.target.begin(t, len, cap, 0);
+                        self.target.feed(body);
+                        if done {
+                            self.target_frame_done(now);
+                        }
+                    }
+                    _ => {
+                        self.target.active = false;
+                        self.target_frame(t, now);
+                    }
+                }
+            }
+            Part::More { body, done } => {
+                if self.target.active {
+                    self.target.feed(body);
+                    if done {
+                        self.target_frame_done(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn front_is(&self, r: Req) -> bool {
+        self.queue.front().is_some_and(|p| p.req == r)
+    }
+
+    /// A target frame that needs no body.
+    fn target_frame(&mut self, t: u8, now: Clock) {
+        match t {
+            tag::DATA_ROW => {
+                if let Some(p) = self.queue.front_mut() {
+                    p.data_rows += 1;
+                }
+            }
+            b'I' | b's' if self.front_is(Req::Execute) => self.complete_front(now),
+            b'1' if self.front_is(Req::Parse) => self.complete_front(now),
+            b'2' if self.front_is(Req::Bind) => self.complete_front(now),
+            b'3' if self.front_is(Req::Close) => self.complete_front(now),
+            b'n' | tag::ROW_DESCRIPTION if self.front_is(Req::Describe) => self.complete_front(now),
+            tag::READY_FOR_QUERY => {
+                // Answers the oldest Query, FunctionCall or Sync; anything
+                // before it that got no answer is closed as incomplete.
+                while let Some(p) = self.queue.front_mut() {
+                    let ends = p.req.ends_at_ready();
+                    if !ends {
+                        p.incomplete = true;
+                    }
+                    self.complete_front(now);
+                    if ends {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn target_frame_done(&mut self, now: Clock) {
+        self.target.active = false;
+        let Some(front) = self.queue.front_mut() else {
+            return;
+        };
+        if self.target.tag == tag::COMMAND_COMPLETE {
+            let rows = tag_rows(&self.target.head);
+            front.rows += rows.unwrap_or(front.data_rows);
+            front.data_rows = 0;
+            if front.req == Req::Execute {
+                self.complete_front(now);
+            }
+            return;
+        }
+        // ErrorResponse.
+        let f = crate::protocol::backend::parse_error_fields(&self.target.head);
+        let failure = Box::new(Failure {
+            sqlstate: f.code,
+            message: f.message,
+        });
+        match front.req {
+            Req::Query | Req::FunctionCall => {
+                // The first error is the one that stopped the query.
+                front.error.get_or_insert(failure);
+            }
+            // A failed COMMIT at Sync: the statements have their records.
+            Req::Sync => {}
+            _ => {
+                front.error = Some(failure);
+                self.complete_front(now);
+                // PostgreSQL skips everything up to the next Sync.
+                while let Some(p) = self.queue.front_mut() {
+                    if p.req == Req::Sync {
+                        return;
+                    }
+                    p.skipped = true;
+                    self.complete_front(now);
+                }
+                self.skip_until_sync = true;
+            }
+        }
+    }
+
+    fn complete_front(&mut self, now: Clock) {
+        if let Some(mut p) = self.queue.pop_front() {
+            p.end_ns = now.mono_ns;
+            self.finish_one(p);
+        }
+    }
+
+    fn finish_one(&mut self, p: Pending) {
+        if p.req.audit_kind().is_some() {
+            self.done.push_back(p);
+        }
+    }
+
+    /// The session ended: every request still unanswered gets a record
+    /// marked incomplete.
+    pub fn finish(&mut self, now: Clock) {
+        while let Some(mut p) = self.queue.pop_front() {
+            p.incomplete = true;
+            p.end_ns = now.mono_ns;
+            self.finish_one(p);
+        }
+    }
+
+    /// The oldest finished record, if any.
+    pub fn peek_record(&self) -> Option<StatementView<'_>> {
+        let p = self.done.front()?;
+        let (sqlstate, error_message) = match &p.error {
+            Some(f) => (f.sqlstate.as_str(), f.message.as_str()),
+            None => ("", ""),
+        };
+        Some(StatementView {
+            kind: p.req.audit_kind().expect("only recorded kinds are kept") as i32,
+            time_unix_nanos: p.start.unix_ns,
+            sql: p.sql.as_str(),
+            sql_truncated: p.sql.truncated,
+            sql_bytes: p.sql.bytes,
+            statement_name: p.statement_name.as_deref().unwrap_or(""),
+            portal_name: p.portal_name.as_deref().unwrap_or(""),
+            parameter_count: p.param_count,
+            parameter_lengths: p.params.as_deref().unwrap_or(&[]),
+            rows: p.rows + p.data_rows,
+            bytes: p.bytes,
+            duration_nanos: p.end_ns.saturating_sub(p.start.mono_ns),
+            sqlstate,
+            error_message,
+            skipped: p.skipped,
+            incomplete: p.incomplete,
+        })
+    }
+
+    /// Drop the record [`Tracker::peek_record`] returned (it was stored).
+    pub fn pop_record(&mut self) {
+        self.done.pop_front();
+    }
+}
+
+/// Row count of a command tag (`SELECT 5`, `INSERT 0 3`, `COPY 10`), if it
+/// has one.
+fn tag_rows(body: &[u8]) -> Option<u64> {
+    let body = body.strip_suffix(&[0]).unwrap_or(body);
+    let last = body.rsplit(|&b| b == b' ').next()?;
+    if last.is_empty() || body.len() == last.len() || !last.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::FrameScanner;
+
+    /// A finished record, owned, for assertions.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    struct Rec {
+        kind: i32,
+        sql: String,
+        truncated: bool,
+        sql_bytes: u64,
+        stmt: String,
+        portal: String,
+        params: (u32, Vec<i32>),
+        rows: u64,
+        sqlstate: String,
+        skipped: bool,
+        incomplete: bool,
+    }
+
+    fn rec(kind: AuditKind, sql: &str) -> Rec {
+        Rec {
+            kind: kind as i32,
+            sql: sql.into(),
+            sql_bytes: sql.len() as u64,
+            ..Default::default()
+        }
+    }
+
+    fn take(t: &mut Tracker) -> Vec<Rec> {
+        let mut out = Vec::new();
+        while let Some(v) = t.peek_record() {
+            out.push(Rec {
+                kind: v.kind,
+                sql: v.sql.into(),
+                truncated: v.sql_truncated,
+                sql_bytes: v.sql_bytes,
+                stmt: v.statement_name.into(),
+                portal: v.portal_name.into(),
+                params: (v.parameter_count, v.parameter_lengths.to_vec()),
+                rows: v.rows,
+                sqlstate: v.sqlstate.into(),
+                skipped: v.skipped,
+                incomplete: v.incomplete,
+            });
+            t.pop_record();
+        }
+        out
+    }
+
+    fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', &cstr(sql))
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend(0u16.to_be_bytes());
+        msg(b'P', &b)
+    }
+
+    fn bind(portal: &str, stmt: &str, params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = cstr(portal);
+        b.extend(cstr(stmt));
+        b.extend(1u16.to_be_bytes());
+        b.extend(0u16.to_be_bytes());
+        b.extend((params.len() as u16).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend((-1i32).to_be_bytes()),
+            }
+        }
+        b.extend(0u16.to_be_bytes());
+        msg(b'B', &b)
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut b = cstr(portal);
+        b.extend(0i32.to_be_bytes());
+        msg(b'E', &b)
+    }
+
+    fn describe_portal(portal: &str) -> Vec<u8> {
+        let mut b = vec![b'P'];
+        b.extend(cstr(portal));
+        msg(b'D', &b)
+    }
+
+    fn close_stmt(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend(cstr(name));
+        msg(b'C', &b)
+    }
+
+    fn sync() -> Vec<u8> {
+        msg(b'S', b"")
+    }
+
+    fn complete(t: &str) -> Vec<u8> {
+        msg(b'C', &cstr(t))
+    }
+
+    fn row() -> Vec<u8> {
+        msg(b'D', &[0, 1, 0, 0, 0, 1, b'1'])
+    }
+
+    fn ready() -> Vec<u8> {
+        msg(b'Z', b"I")
+    }
+
+    fn error(code: &str, m: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend(cstr("ERROR"));
+        b.push(b'C');
+        b.extend(cstr(code));
+        b.push(b'M');
+        b.extend(cstr(m));
+        b.push(0);
+        msg(b'E', &b)
+    }
+
+    fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// Feed `client` then `target` bytes, cut into pieces at `cuts`.
+    struct Session {
+        t: Tracker,
+        cs: FrameScanner,
+        ts: FrameScanner,
+        now: u64,
+    }
+
+    impl Session {
+        fn new(max_sql: usize) -> Session {
+            Session {
+                t: Tracker::new(max_sql),
+                cs: FrameScanner::new(1 << 30),
+                ts: FrameScanner::new(1 << 30),
+                now: 1000,
+            }
+        }
+
+        fn clock(&mut self) -> Clock {
+            self.now += 10;
+            Clock {
+                mono_ns: self.now,
+                unix_ns: self.now as i64,
+            }
+        }
+
+        fn client(&mut self, bytes: &[u8], chunk: usize) {
+            for c in bytes.chunks(chunk.max(1)) {
+                let now = self.clock();
+                let t = &mut self.t;
+                self.cs.scan_parts(c, |p| t.client_part(p, now)).unwrap();
+            }
+        }
+
+        fn target(&mut self, bytes: &[u8], chunk: usize) {
+            for c in bytes.chunks(chunk.max(1)) {
+                let now = self.clock();
+                let t = &mut self.t;
+                self.ts.scan_parts(c, |p| t.target_part(p, now)).unwrap();
+            }
+        }
+    }
+
+    /// Run a request/response exchange with every chunk size from 1 byte
+    /// up, checking the records are the same each time.
+    fn exchange(max_sql: usize, steps: &[(&[u8], &[u8])]) -> Vec<Rec> {
+        let mut first: Option<Vec<Rec>> = None;
+        let longest = steps
+            .iter()
+            .map(|(c, t)| c.len().max(t.len()))
+            .max()
+            .unwrap_or(1);
+        for chunk in (1..=longest.min(64)).chain([longest]) {
+            let mut s = Session::new(max_sql);
+            for (c, t) in steps {
+                s.client(c, chunk);
+                s.target(t, chunk);
+            }
+            let got = take(&mut s.t);
+            assert_eq!(s.t.in_flight(), 0, "chunk {chunk}");
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert_eq!(&got, f, "chunk size {chunk}"),
+            }
+        }
+        first.unwrap()
+    }
+
+    #[test]
+    fn simple_query() {
+        let got = exchange(
+            4096,
+            &[(
+                &query("select 1"),
+                &cat(&[msg(b'T', b"\0\0"), row(), complete("SELECT 1"), ready()]),
+            )],
+        );
+        let mut want = rec(AuditKind::Query, "select 1");
+        want.rows = 1;
+        assert_eq!(got, vec![want]);
+    }
+
+    #[test]
+    fn outcome_times_and_bytes() {
+        let mut s = Session::new(4096);
+        s.client(&query("select 1"), 1000);
+        let answer = cat(&[row(), complete("SELECT 1"), ready()]);
+        s.target(&answer, 1000);
+        let v = s.t.peek_record().unwrap();
+        assert_eq!(v.time_unix_nanos, 1010);
+        assert_eq!(v.duration_nanos, 10);
+        assert_eq!(v.bytes, answer.len() as u64);
+    }
+
+    #[test]
+    fn multi_statement_query_is_one_record_with_rows_summed() {
+        let got = exchange(
+            4096,
+            &[(
+                &query("insert into t values (1),(2); select * from t; show x; create table u()"),
+                &cat(&[
+                    complete("INSERT 0 2"),
+                    msg(b'T', b"\0\0"),
+                    row(),
+                    row(),
+                    complete("SELECT 2"),
+                    msg(b'T', b"\0\0"),
+                    row(),
+                    complete("SHOW"),
+                    complete("CREATE TABLE"),
+                    ready(),
+                ]),
+            )],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rows, 5);
+    }
+
+    #[test]
+    fn error_in_a_query_keeps_the_first_sqlstate() {
+        let got = exchange(
+            4096,
+            &[
+                (
+                    &query("select 1/0; select 2"),
+                    &cat(&[error("22012", "division by zero"), ready()]),
+                ),
+                (&query(""), &cat(&[msg(b'I', b""), ready()])),
+            ],
+        );
+        let mut want = rec(AuditKind::Query, "select 1/0; select 2");
+        want.sqlstate = "22012".into();
+        assert_eq!(got, vec![want, rec(AuditKind::Query, "")]);
+    }
+
+    #[test]
+    fn sql_is_capped_on_a_char_boundary() {
+        let sql = format!("select '{}'", "é".repeat(20));
+        let got = exchange(
+            12,
+            &[(&query(&sql), &cat(&[complete("SELECT 1"), ready()]))],
+        );
+        // "select 'é" is 10 bytes; the next é would end at 12... and one
+        // more would pass the cap.
+        assert_eq!(got[0].sql, "select 'éé");
+        assert!(got[0].truncated);
+        assert_eq!(got[0].sql_bytes, sql.len() as u64);
+    }
+
+    #[test]
+    fn invalid_utf8_is_made_valid() {
+        let mut b = b"select '".to_vec();
+        b.extend([0xff, 0xfe]);
+        b.extend(b"'\0");
+        let got = exchange(
+            4096,
+            &[(&msg(b'Q', &b), &cat(&[complete("SELECT 1"), ready()]))],
+        );
+        assert_eq!(got[0].sql, "select '\u{fffd}\u{fffd}'");
+    }
+
+    #[test]
+    fn extended_unnamed() {
+        let client = cat(&[
+            parse("", "select $1::int"),
+            bind("", "", &[Some(b"42")]),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ]);
+        let target = cat(&[
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'T', b"\0\0"),
+            row(),
+            complete("SELECT 1"),
+            ready(),
+        ]);
+        let got = exchange(4096, &[(&client, &target)]);
+        let sql = "select $1::int";
+        let mut b = rec(AuditKind::Bind, sql);
+        b.params = (1, vec![2]);
+        let mut e = rec(AuditKind::Execute, sql);
+        e.params = (1, vec![2]);
+        e.rows = 1;
+        assert_eq!(got, vec![rec(AuditKind::Parse, sql), b, e]);
+    }
+
+    #[test]
+    fn prepared_statement_executed_twice_by_name() {
+        let sql = "select * from t where a = $1 and b = $2";
+        let got = exchange(
+            4096,
+            &[
+                (
+                    &cat(&[parse("s1", sql), sync()]),
+                    &cat(&[msg(b'1', b""), ready()]),
+                ),
+                (
+                    &cat(&[bind("p1", "s1", &[Some(b"1"), None]), execute("p1"), sync()]),
+                    &cat(&[msg(b'2', b""), row(), row(), complete("SELECT 2"), ready()]),
+                ),
+                (
+                    &cat(&[
+                        bind("", "s1", &[Some(&[7u8; 300]), Some(b"")]),
+                        execute(""),
+                        close_stmt("s1"),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        msg(b'2', b""),
+                        complete("SELECT 0"),
+                        msg(b'3', b""),
+                        ready(),
+                    ]),
+                ),
+                // After Close the name is unknown: the record says so.
+                (
+                    &cat(&[bind("", "s1", &[]), execute(""), sync()]),
+                    &cat(&[
+                        error("26000", "prepared statement \"s1\" does not exist"),
+                        ready(),
+                    ]),
+                ),
+            ],
+        );
+        let kinds: Vec<i32> = got.iter().map(|r| r.kind).collect();
+        use AuditKind::*;
+        assert_eq!(
+            kinds,
+            [Parse, Bind, Execute, Bind, Execute, Bind, Execute].map(|k| k as i32)
+        );
+        assert_eq!((got[0].stmt.as_str(), got[0].sql.as_str()), ("s1", sql));
+        assert_eq!(
+            (got[2].stmt.as_str(), got[2].portal.as_str(), got[2].rows),
+            ("s1", "p1", 2)
+        );
+        assert_eq!(got[2].params, (2, vec![1, -1]));
+        assert_eq!(got[4].params, (2, vec![300, 0]));
+        assert_eq!(got[4].sql, sql);
+        assert_eq!((got[5].stmt.as_str(), got[5].sql.as_str()), ("s1", ""));
+        assert_eq!(got[5].sqlstate, "26000");
+        assert!(got[6].skipped && got[6].sqlstate.is_empty());
+    }
+
+    #[test]
+    fn pipeline_error_skips_up_to_sync() {
+        // Two pipelined batches; the first fails at its second Execute.
+        let client = cat(&[
+            parse("", "insert into t values (1)"),
+            bind("", "", &[]),
+            execute(""),
+            parse("", "insert into t values ('x')"),
+            bind("", "", &[]),
+            execute(""),
+            parse("", "select 3"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+            parse("", "select 4"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]);
+        let target = cat(&[
+            msg(b'1', b""),
+            msg(b'2', b""),
+            complete("INSERT 0 1"),
+            error("22P02", "invalid input syntax"),
+            ready(),
+            msg(b'1', b""),
+            msg(b'2', b""),
+            row(),
+            complete("SELECT 1"),
+            ready(),
+        ]);
+        let got = exchange(4096, &[(&client, &target)]);
+        let summary: Vec<(i32, &str, bool, &str)> = got
+            .iter()
+            .map(|r| (r.kind, r.sql.as_str(), r.skipped, r.sqlstate.as_str()))
+            .collect();
+        use AuditKind::*;
+        let i1 = "insert into t values (1)";
+        let ix = "insert into t values ('x')";
+        assert_eq!(
+            summary,
+            vec![
+                (Parse as i32, i1, false, ""),
+                (Bind as i32, i1, false, ""),
+                (Execute as i32, i1, false, ""),
+                (Parse as i32, ix, false, "22P02"),
+                (Bind as i32, ix, true, ""),
+                (Execute as i32, ix, true, ""),
+                (Parse as i32, "select 3", true, ""),
+                (Bind as i32, "select 3", true, ""),
+                (Execute as i32, "select 3", true, ""),
+                (Parse as i32, "select 4", false, ""),
+                (Bind as i32, "select 4", false, ""),
+                (Execute as i32, "select 4", false, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn error_before_the_client_sent_the_rest_of_the_pipeline() {
+        let mut s = Session::new(4096);
+        s.client(&cat(&[parse("", "selec 1"), bind("", "", &[])]), 1000);
+        s.target(&error("42601", "syntax error"), 1000);
+        // Sent after the error arrived, before Sync: skipped too.
+        s.client(&cat(&[execute(""), sync()]), 1000);
+        s.target(&ready(), 1000);
+        let got = take(&mut s.t);
+        let flags: Vec<(i32, bool, &str)> = got
+            .iter()
+            .map(|r| (r.kind, r.skipped, r.sqlstate.as_str()))
+            .collect();
+        use AuditKind::*;
+        assert_eq!(
+            flags,
+            [
+                (Parse as i32, false, "42601"),
+                (Bind as i32, true, ""),
+                (Execute as i32, true, "")
+            ]
+        );
+        // After the Sync, statements run again.
+        s.client(&query("select 1"), 1000);
+        s.target(&cat(&[complete("SELECT 1"), ready()]), 1000);
+        assert!(!take(&mut s.t)[0].skipped);
+    }
+
+    #[test]
+    fn portal_suspended_and_resumed() {
+        let mut e1 = cat(&[bind("c1", "", &[])]);
+        e1.extend({
+            let mut b = cstr("c1");
+            b.extend(2i32.to_be_bytes());
+            msg(b'E', &b)
+        });
+        let got = exchange(
+            4096,
+            &[
+                (
+                    &cat(&[parse("", "select generate_series(1,3)"), e1, msg(b'H', b"")]),
+                    &cat(&[msg(b'1', b""), msg(b'2', b""), row(), row(), msg(b's', b"")]),
+                ),
+                (
+                    &cat(&[execute("c1"), sync()]),
+                    &cat(&[row(), complete("SELECT 1"), ready()]),
+                ),
+            ],
+        );
+        let rows: Vec<(i32, u64, &str)> = got
+            .iter()
+            .map(|r| (r.kind, r.rows, r.portal.as_str()))
+            .collect();
+        use AuditKind::*;
+        assert_eq!(
+            rows,
+            [
+                (Parse as i32, 0, ""),
+                (Bind as i32, 0, "c1"),
+                (Execute as i32, 2, "c1"),
+                (Execute as i32, 1, "c1")
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_in_and_out() {
+        let got = exchange(
+            4096,
+            &[
+                (&query("copy t from stdin"), &msg(b'G', &[0, 0, 0])),
+                (
+                    &cat(&[msg(b'd', b"1\n2\n"), msg(b'd', b"3\n"), msg(b'c', b"")]),
+                    &cat(&[complete("COPY 3"), ready()]),
+                ),
+                (
+                    &query("copy t to stdout"),
+                    &cat(&[
+                        msg(b'H', &[0, 0, 0]),
+                        msg(b'd', b"1\n"),
+                        msg(b'd', b"2\n"),
+                        msg(b'c', b""),
+                        complete("COPY 2"),
+                        ready(),
+                    ]),
+                ),
+                (&query("copy t from stdin"), &msg(b'G', &[0, 0, 0])),
+                (
+                    &msg(b'f', &cstr("client gave up")),
+                    &cat(&[error("57014", "COPY from stdin failed"), ready()]),
+                ),
+            ],
+        );
+        let rows: Vec<(u64, &str)> = got.iter().map(|r| (r.rows, r.sqlstate.as_str())).collect();
+        assert_eq!(rows, [(3, ""), (2, ""), (0, "57014")]);
+    }
+
+    #[test]
+    fn unanswered_requests_are_incomplete_at_the_end() {
+        let mut s = Session::new(4096);
+        s.client(&cat(&[query("select pg_sleep(10)"), parse("", "x")]), 1000);
+        s.t.finish(Clock::default());
+        let got = take(&mut s.t);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|r| r.incomplete));
+    }
+
+    #[test]
+    fn notices_and_parameter_status_count_only_bytes() {
+        let got = exchange(
+            4096,
+            &[(
+                &query("set application_name = 'x'"),
+                &cat(&[
+                    msg(b'N', &cstr("Snotice")),
+                    msg(b'S', &cat(&[cstr("application_name"), cstr("x")])),
+                    complete("SET"),
+                    ready(),
+                ]),
+            )],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].rows, 0);
+    }
+
+    #[test]
+    fn function_call_is_recorded() {
+        let mut b = 1234u32.to_be_bytes().to_vec();
+        b.extend([0, 0, 0, 0, 0, 0]);
+        let got = exchange(
+            4096,
+            &[(&msg(b'F', &b), &cat(&[msg(b'V', &[0, 0, 0, 0]), ready()]))],
+        );
+        assert_eq!(got[0].sql, "-- function call (fastpath), oid 1234");
+    }
+
+    #[test]
+    fn large_bind_parameters_stream_through() {
+        let big = vec![b'x'; 200_000];
+        let got = exchange(
+            4096,
+            &[(
+                &cat(&[
+                    parse("", "insert into t values ($1, $2)"),
+                    bind("", "", &[Some(&big), None]),
+                    execute(""),
+                    sync(),
+                ]),
+                &cat(&[
+                    msg(b'1', b""),
+                    msg(b'2', b""),
+                    complete("INSERT 0 1"),
+                    ready(),
+                ]),
+            )],
+        );
+        assert_eq!(got[2].params, (2, vec![200_000, -1]));
+        assert_eq!(got[2].rows, 1);
+    }
+
+    #[test]
+    fn listed_parameter_lengths_are_capped() {
+        let params: Vec<Option<&[u8]>> = (0..1000).map(|_| Some(&b"ab"[..])).collect();
+        let got = exchange(
+            4096,
+            &[(
+                &cat(&[parse("", "x"), bind("", "", &params), sync()]),
+                &cat(&[msg(b'1', b""), msg(b'2', b""), ready()]),
+            )],
+        );
+        assert_eq!(got[1].params.0, 1000);
+        assert_eq!(got[1].params.1.len(), MAX_LISTED_PARAMS);
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_rows(b"SELECT 5\0"), Some(5));
+        assert_eq!(tag_rows(b"INSERT 0 3\0"), Some(3));
+        assert_eq!(tag_rows(b"CREATE TABLE\0"), None);
+        assert_eq!(tag_rows(b"5\0"), None);
+        assert_eq!(tag_rows(b"\0"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(
+            client in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            target in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        ) {
+            let mut t = Tracker::new(64);
+            let mut cs = FrameScanner::new(1 << 12);
+            let mut ts = FrameScanner::new(1 << 12);
+            let _ = cs.scan_parts(&client, |p| t.client_part(p, Clock::default()));
+            let _ = ts.scan_parts(&target, |p| t.target_part(p, Clock::default()));
+            t.finish(Clock::default());
+            while t.peek_record().is_some() {
+                t.pop_record();
+            }
+        }
+    }
+}

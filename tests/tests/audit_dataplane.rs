@@ -1,0 +1,514 @@
+//! The data plane's audit pipeline through the real `sluice-dp`, in static
+//! mode (`audit.enabled: true`, no control plane): records spooled locally,
+//! read back from the spool directory after the gateway stops
+//! (`dataplane::audit::service::read_dir`). Nothing is mocked; the control
+//! plane's side is tested where it lives.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use proto::{AuditKind, AuditRecord, AuthMethod, Decision};
+use sluice_tests::client::{err_text, step};
+use sluice_tests::{db_code, ApiKey, Gateway, GatewayConfig, Pg};
+
+fn audited(dir: &Path, extra: &str) -> GatewayConfig {
+    GatewayConfig::standard(Pg::shared(), ApiKey::shared()).audit(dir, extra)
+}
+
+/// Spooled records plus those still in the rings (the node is stopped).
+fn records(dir: &Path) -> Vec<AuditRecord> {
+    let (mut spooled, in_rings) = dataplane::audit::service::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.display()));
+    spooled.extend(in_rings);
+    spooled
+}
+
+fn kind(r: &AuditRecord) -> AuditKind {
+    AuditKind::try_from(r.metadata.as_ref().unwrap().kind).unwrap()
+}
+
+fn sql(r: &AuditRecord) -> &str {
+    r.statement.as_ref().map_or("", |s| s.sql.as_str())
+}
+
+fn of_kind(recs: &[AuditRecord], k: AuditKind) -> Vec<&AuditRecord> {
+    recs.iter().filter(|r| kind(r) == k).collect()
+}
+
+/// Statement records whose SQL contains `marker`.
+fn with_marker<'a>(recs: &'a [AuditRecord], marker: &str) -> Vec<&'a AuditRecord> {
+    recs.iter()
+        .filter(|r| matches!(kind(r), AuditKind::Query | AuditKind::Execute))
+        .filter(|r| sql(r).contains(marker))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_has_its_record_with_identity_connection_sql_and_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let c = gw.agent().await;
+    step(
+        "setup",
+        c.batch_execute("create table if not exists audit_t1 (a int primary key, b text)"),
+    )
+    .await
+    .unwrap();
+    for i in 0..20 {
+        step(
+            "simple",
+            c.simple_query(&format!("select {i} /* m1-{i} */")),
+        )
+        .await
+        .unwrap();
+    }
+    // Extended protocol, unnamed statements (tokio-postgres prepares each).
+    for i in 0..5 {
+        let row = step(
+            "extended",
+            c.query_one("select $1::int + 1 /* m2 */", &[&i]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    // A named prepared statement executed three times.
+    let st = c
+        .prepare("insert into audit_t1 values ($1, $2) /* m3 */")
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.execute(&st, &[&i, &"x"]).await.unwrap();
+    }
+    // An error, then a multi-statement query.
+    let err = c
+        .execute(&st, &[&1, &"dup"])
+        .await
+        .expect_err("duplicate key");
+    assert_eq!(db_code(&err).as_deref(), Some("23505"));
+    c.batch_execute("select 1 /* m4 */; select 2; select 3")
+        .await
+        .unwrap();
+    // COPY FROM STDIN.
+    let sink = c
+        .copy_in("copy audit_t1 from stdin /* m5 */")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"10\ta\n11\tb\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    // An authentication failure.
+    let bad = sluice_tests::connect(&gw.config("agent1", "wrong-key", "app")).await;
+    assert_eq!(db_code(&bad.err().unwrap()).as_deref(), Some("28P01"));
+
+    let m = gw.metrics();
+    assert!(m.get("sluice_audit_records_total", &[("stage", "produced")]) >= 35.0);
+    assert_eq!(m.get("sluice_audit_enabled", &[]), 1.0);
+    drop(c);
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    let statements = gw.metrics().get("sluice_statements_total", &[]);
+    gw.stop();
+
+    let recs = records(dir.path());
+    // Sequences 1..n, gap-free, one node.
+    let seqs: Vec<u64> = recs
+        .iter()
+        .map(|r| r.metadata.as_ref().unwrap().sequence)
+        .filter(|&s| s > 0)
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Exactly one statement record per Query or Execute message.
+    let stmt_records = recs
+        .iter()
+        .filter(|r| matches!(kind(r), AuditKind::Query | AuditKind::Execute))
+        .count();
+    assert_eq!(stmt_records as f64, statements);
+
+    // Simple queries: each once, with everything the record must carry.
+    for i in 0..20 {
+        let got = with_marker(&recs, &format!("m1-{i} "));
+        assert_eq!(got.len(), 1, "m1-{i}");
+        let r = got[0];
+        assert_eq!(kind(r), AuditKind::Query);
+        assert_eq!(sql(r), format!("select {i} /* m1-{i} */"));
+        let id = r.identity.as_ref().unwrap();
+        assert_eq!(id.name, "agent1");
+        assert_eq!(id.groups, ["bots"]);
+        assert_eq!(id.auth_method, AuthMethod::ScramApiKey as i32);
+        let conn = r.connection.as_ref().unwrap();
+        assert_eq!(conn.name, "app");
+        assert_eq!(conn.database, "appdb");
+        assert_eq!(conn.role, "app_owner");
+        let sess = r.session.as_ref().unwrap();
+        assert!(sess.client_address.starts_with("127.0.0.1:"), "{sess:?}");
+        assert!(!sess.id.is_empty());
+        let o = r.outcome.as_ref().unwrap();
+        assert_eq!(o.decision, Decision::Allow as i32);
+        assert_eq!(o.rows, 1);
+        assert!(o.bytes > 0 && o.duration_nanos > 0, "{o:?}");
+        assert!(o.sqlstate.is_empty());
+        let md = r.metadata.as_ref().unwrap();
+        assert!(md.time_unix_nanos > 1_600_000_000_000_000_000);
+        assert!(md.core_seq > 0);
+        assert_eq!(md.snapshot_version, 1);
+        assert!(!md.node_id.is_empty() && md.id == format!("{}-{}", md.node_id, md.sequence));
+    }
+    // Extended: PARSE, BIND, EXECUTE with the SQL; bind parameter lengths.
+    let m2 = with_marker(&recs, "/* m2 */");
+    assert_eq!(m2.len(), 5);
+    for r in &m2 {
+        assert_eq!(kind(r), AuditKind::Execute);
+        let s = r.statement.as_ref().unwrap();
+        assert_eq!(
+            (s.parameter_count, s.parameter_lengths.as_slice()),
+            (1, &[4][..])
+        );
+        assert_eq!(r.outcome.as_ref().unwrap().rows, 1);
+    }
+    let parses = of_kind(&recs, AuditKind::Parse);
+    assert!(parses.iter().any(|r| sql(r).contains("/* m2 */")));
+    // The prepared statement: 3 successful executions, then the error.
+    let m3 = with_marker(&recs, "/* m3 */");
+    assert_eq!(m3.len(), 4);
+    assert!(m3
+        .iter()
+        .all(|r| !r.statement.as_ref().unwrap().statement_name.is_empty()));
+    let codes: Vec<&str> = m3
+        .iter()
+        .map(|r| r.outcome.as_ref().unwrap().sqlstate.as_str())
+        .collect();
+    assert_eq!(codes, ["", "", "", "23505"]);
+    assert!(m3[3]
+        .outcome
+        .as_ref()
+        .unwrap()
+        .error_message
+        .contains("duplicate key"));
+    // One record for the multi-statement query.
+    let m4 = with_marker(&recs, "/* m4 */");
+    assert_eq!(m4.len(), 1);
+    assert_eq!(m4[0].outcome.as_ref().unwrap().rows, 3);
+    // COPY: the row count from its command tag.
+    let m5 = with_marker(&recs, "/* m5 */");
+    assert_eq!(m5.len(), 1);
+    assert_eq!(m5[0].outcome.as_ref().unwrap().rows, 2);
+    // Sessions: a start and an end for each (the setup and failed login
+    // make none), the failure recorded with who and why.
+    let starts = of_kind(&recs, AuditKind::SessionStart);
+    let ends = of_kind(&recs, AuditKind::SessionEnd);
+    assert_eq!(starts.len(), 1);
+    assert_eq!(ends.len(), 1);
+    assert_eq!(
+        starts[0].session.as_ref().unwrap().id,
+        ends[0].session.as_ref().unwrap().id
+    );
+    assert!(ends[0].outcome.as_ref().unwrap().bytes > 0);
+    let fails = of_kind(&recs, AuditKind::AuthFailure);
+    assert_eq!(fails.len(), 1);
+    let f = fails[0];
+    assert_eq!(f.identity.as_ref().unwrap().name, "agent1");
+    assert_eq!(f.connection.as_ref().unwrap().name, "app");
+    assert!(f
+        .session
+        .as_ref()
+        .unwrap()
+        .client_address
+        .starts_with("127.0.0.1:"));
+    let o = f.outcome.as_ref().unwrap();
+    assert_eq!(
+        (o.decision, o.sqlstate.as_str()),
+        (Decision::Deny as i32, "28P01")
+    );
+    assert!(o.error_message.starts_with("bad_password: "), "{o:?}");
+    assert_eq!(of_kind(&recs, AuditKind::SnapshotApplied).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_through_two_nodes_give_exactly_one_record_each() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let g1 = Gateway::start_with(&audited(d1.path(), ""));
+    let g2 = Gateway::start_with(&audited(d2.path(), ""));
+    let n = 200;
+    let mut tasks = Vec::new();
+    for (k, gw) in [&g1, &g2].into_iter().enumerate() {
+        for t in 0..2 {
+            let cfg = gw.agent_config();
+            tasks.push(tokio::spawn(async move {
+                let c = sluice_tests::connect(&cfg).await.unwrap();
+                for i in 0..n / 4 {
+                    c.simple_query(&format!("select 1 /* two-{k}-{t}-{i} */"))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    g1.wait_connections_closed(Duration::from_secs(10)).await;
+    g2.wait_connections_closed(Duration::from_secs(10)).await;
+    g1.stop();
+    g2.stop();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut nodes = Vec::new();
+    for d in [&d1, &d2] {
+        let recs = records(d.path());
+        nodes.push(recs[0].metadata.as_ref().unwrap().node_id.clone());
+        for r in with_marker(&recs, "/* two-") {
+            *seen.entry(sql(r).to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), n, "every statement has a record");
+    assert!(seen.values().all(|&c| c == 1), "and only one");
+    assert_ne!(nodes[0], nodes[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_keeps_the_record_of_every_completed_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = audited(dir.path(), "");
+    let gw = Gateway::start_with(&cfg);
+    let completed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let cfg = gw.agent_config();
+        let completed = completed.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = sluice_tests::connect(&cfg).await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let marker = format!("kill-{t}-{i} ");
+                // Simple and extended in turn.
+                let ok = if i.is_multiple_of(2) {
+                    c.simple_query(&format!("select 1 /* {marker}*/"))
+                        .await
+                        .is_ok()
+                } else {
+                    c.query(&format!("select $1::int /* {marker}*/"), &[&1i32])
+                        .await
+                        .is_ok()
+                };
+                if !ok {
+                    return;
+                }
+                completed.lock().unwrap().push(marker);
+                i += 1;
+            }
+        }));
+    }
+    // Let the load run, then kill the node in the middle of it.
+    while completed.lock().unwrap().len() < 600 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.kill();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let done = completed.lock().unwrap().clone();
+
+    // Restart on the same spool directory: recovery moves the rings into
+    // the spool; then stop cleanly and look.
+    let gw2 = Gateway::start_with(&cfg);
+    assert!(gw2.log().contains("audit spool open"), "{}", gw2.log());
+    gw2.stop();
+    let recs = records(dir.path());
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for r in &recs {
+        if let Some(i) = sql(r).find("kill-") {
+            let s = sql(r);
+            let end = s[i..].find(' ').map_or(s.len(), |e| i + e + 1);
+            if matches!(kind(r), AuditKind::Query | AuditKind::Execute) {
+                *count.entry(&s[i..end]).or_default() += 1;
+            }
+        }
+    }
+    let missing: Vec<&String> = done
+        .iter()
+        .filter(|m| !count.contains_key(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} completed statements have no record: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let dupes: Vec<_> = count.iter().filter(|(_, &c)| c > 1).collect();
+    assert!(dupes.is_empty(), "duplicated records: {dupes:?}");
+    let seqs: Vec<u64> = recs
+        .iter()
+        .map(|r| r.metadata.as_ref().unwrap().sequence)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    println!(
+        "{} statements completed before SIGKILL, {} statement records after recovery",
+        done.len(),
+        count.len()
+    );
+}
+
+/// Run statements until the gateway refuses one; returns the markers that
+/// completed and the refusal.
+async fn run_until_refused(
+    gw: &Gateway,
+    prefix: &str,
+    limit: usize,
+) -> (Vec<String>, Option<tokio_postgres::Error>) {
+    let mut done = Vec::new();
+    let mut c = gw.agent().await;
+    for i in 0..limit {
+        let marker = format!("{prefix}-{i} ");
+        match c
+            .simple_query(&format!("select '{}' /* {marker}*/", "x".repeat(200)))
+            .await
+        {
+            Ok(_) => done.push(marker),
+            Err(e) => {
+                if db_code(&e).as_deref() == Some("53100") {
+                    return (done, Some(e));
+                }
+                // The session was closed under us: reconnect and go on.
+                assert!(c.is_closed(), "{}", err_text(&e));
+                c = gw.agent().await;
+            }
+        }
+    }
+    (done, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_spool_quota_statements_are_refused_and_no_record_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = audited(
+        dir.path(),
+        "quota_bytes: 65536, ring_bytes: 65536, max_sql_bytes: 1024",
+    );
+    let gw = Gateway::start_with(&small.clone().workers(1));
+    let (done, refused) = run_until_refused(&gw, "quota", 5000).await;
+    let e = refused.expect("statements are refused once the spool is full");
+    let msg = err_text(&e);
+    assert!(msg.contains("53100") && msg.contains("audit"), "{msg}");
+    assert!(
+        done.len() > 50,
+        "some statements ran first ({})",
+        done.len()
+    );
+    // New sessions are refused too, with the same clear error.
+    let again = sluice_tests::connect(&gw.agent_config()).await;
+    if let Ok(c) = again {
+        let e = c.simple_query("select 1").await.unwrap_err();
+        assert_eq!(db_code(&e).as_deref(), Some("53100"), "{}", err_text(&e));
+    } else {
+        let e = again.err().unwrap();
+        assert_eq!(db_code(&e).as_deref(), Some("53100"), "{}", err_text(&e));
+    }
+    let m = gw.metrics();
+    assert!(m.get("sluice_audit_refused_total", &[]) >= 1.0);
+    assert_eq!(m.get("sluice_audit_spool_accepting", &[]), 0.0);
+    assert_eq!(m.get("sluice_audit_unaudited_total", &[]), 0.0);
+    assert!(m.get("sluice_audit_spool_bytes", &[]) <= 65536.0);
+    gw.stop();
+
+    // Nothing was dropped: what did not fit in the spool waits in the ring.
+    // The operator raises the quota; the next start moves it all over.
+    let bigger = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
+        .audit(dir.path(), "quota_bytes: 10485760")
+        .workers(1);
+    let gw2 = Gateway::start_with(&bigger);
+    let c = gw2.agent().await;
+    c.simple_query("select 1").await.unwrap();
+    drop(c);
+    gw2.wait_connections_closed(Duration::from_secs(10)).await;
+    gw2.stop();
+    let recs = records(dir.path());
+    let (spooled, in_rings) = dataplane::audit::service::read_dir(dir.path()).unwrap();
+    assert!(in_rings.is_empty(), "all moved to the spool");
+    assert_eq!(spooled.len(), recs.len());
+    for marker in &done {
+        assert_eq!(with_marker(&recs, marker).len(), 1, "{marker}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_runs_statements_past_the_quota_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = audited(
+        dir.path(),
+        "quota_bytes: 32768, ring_bytes: 65536, max_sql_bytes: 1024, when_full: fail_open",
+    )
+    .workers(1);
+    let gw = Gateway::start_with(&cfg);
+    let (done, refused) = run_until_refused(&gw, "open", 1500).await;
+    assert!(refused.is_none(), "fail open never refuses");
+    assert_eq!(done.len(), 1500);
+    let m = gw.metrics();
+    let unaudited = m.get("sluice_audit_unaudited_total", &[]);
+    assert!(unaudited > 0.0, "records were lost and counted");
+    assert_eq!(m.get("sluice_audit_refused_total", &[]), 0.0);
+    gw.stop();
+    assert!(gw.log().contains("ran unaudited"), "logged");
+}
+
+#[test]
+fn pgbench_statements_match_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new("pgbench");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.port.to_string(),
+            "-U",
+            "agent1",
+        ])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", &ApiKey::shared().key)
+        .env("PGSSLMODE", "disable");
+        let out = sluice_tests::process::run(&mut c, None, Duration::from_secs(120));
+        out.assert_success(&format!("pgbench {args:?}"));
+        out
+    };
+    run(&["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        run(&["-n", "-S", "-c", "4", "-j", "2", "-t", "200", "-M", mode]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.metrics().get("sluice_connections_open", &[]) > 0.0 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let statements = gw.metrics().get("sluice_statements_total", &[]);
+    gw.stop();
+    let recs = records(dir.path());
+    let stmt_records = recs
+        .iter()
+        .filter(|r| matches!(kind(r), AuditKind::Query | AuditKind::Execute))
+        .count();
+    assert!(statements >= 3.0 * 800.0);
+    assert_eq!(stmt_records as f64, statements);
+    let selects = recs
+        .iter()
+        .filter(|r| matches!(kind(r), AuditKind::Query | AuditKind::Execute))
+        .filter(|r| sql(r).starts_with("SELECT abalance FROM pgbench_accounts"))
+        .count();
+    assert_eq!(selects, 3 * 800);
+    assert!(recs
+        .iter()
+        .all(|r| r.outcome.as_ref().is_none_or(|o| o.sqlstate.is_empty())));
+}
