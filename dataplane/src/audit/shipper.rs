@@ -195,6 +195,11 @@ async fn ship(
                 Ok(Some(ack)) => {
                     progress = true;
                     on_ack(audit, ack.durable_through).await.map_err(|e| (true, e))?;
+                    if ack.resend {
+                        // The control plane saw a gap: send again from its
+                        // durable position (what is in flight is dropped).
+                        sent_through = ack.durable_through;
+                    }
                 }
                 Ok(None) => return Ok(progress),
                 Err(e) => return Err((progress, anyhow::Error::new(e).context("audit stream"))),

@@ -1,0 +1,230 @@
+//! Audit end to end: real `sluice-dp` nodes (mmap rings → spool → Ship)
+//! subscribed to a real `sluice-cp` (file sink), real clients. What the
+//! client saw completed must be at the sink, exactly once, through control
+//! plane and data plane crashes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use proto::audit_query_client::AuditQueryClient;
+use proto::{AuditKind, SearchRequest};
+use sluice_tests::cp::{self, Admin, ControlPlane};
+use sluice_tests::{ApiKey, Gateway, Pg};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn base_config(pg: &Pg, key: &ApiKey) -> String {
+    [
+        cp::connection_yaml("app", pg),
+        cp::api_key_yaml("agent1-key", "agent1", &key.verifier, &["bots"]),
+        cp::policy_yaml("bots-app", &["app"], &[], &["bots"]),
+    ]
+    .join("---\n")
+}
+
+/// A node named `name` with its audit spool in `spool` (kept across
+/// restarts of the node).
+fn node(cp_url: &str, name: &str, spool: &Path) -> Gateway {
+    cp::node(
+        &[cp_url.to_string()],
+        name,
+        &format!(
+            "workers: 1\nlimits:\n  drain_timeout_ms: 500\naudit:\n  spool_dir: \"{}\"\n",
+            spool.display()
+        ),
+        true,
+    )
+    .unwrap_or_else(|e| panic!("node {name} did not start: {e}"))
+}
+
+/// Every stored record whose SQL contains `marker`: (kind, sql) → count,
+/// and the (node, sequence) pairs seen (to catch duplicates).
+async fn stored(url: &str, marker: &str) -> (HashMap<(i32, String), usize>, Vec<(String, u64)>) {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    let Ok(ch) = ch else {
+        return (HashMap::new(), Vec::new());
+    };
+    let Ok(resp) = AuditQueryClient::new(ch)
+        .search(SearchRequest {
+            identity: "agent1".into(),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+    else {
+        return (HashMap::new(), Vec::new());
+    };
+    let resp = resp.into_inner();
+    assert!(!resp.truncated);
+    let mut counts = HashMap::new();
+    let mut keys = Vec::new();
+    for r in resp.records {
+        let sql = r
+            .statement
+            .as_ref()
+            .map(|s| s.sql.clone())
+            .unwrap_or_default();
+        if !sql.contains(marker) {
+            continue;
+        }
+        let md = r.metadata.as_ref().unwrap();
+        keys.push((md.node_id.clone(), md.sequence));
+        assert_eq!(r.identity.as_ref().unwrap().name, "agent1");
+        assert_eq!(r.connection.as_ref().unwrap().name, "app");
+        let outcome = r.outcome.as_ref().expect("outcome");
+        if md.kind == AuditKind::Query as i32 || md.kind == AuditKind::Execute as i32 {
+            assert_eq!(outcome.rows, 1, "rows of {sql}");
+            assert_eq!(outcome.decision, proto::Decision::Allow as i32);
+        }
+        *counts.entry((md.kind, sql)).or_insert(0) += 1;
+    }
+    (counts, keys)
+}
+
+/// Wait until every statement in `want` (simple-query SQL texts) is stored;
+/// then check each exactly once and no (node, sequence) twice.
+async fn expect_exactly(url: &str, marker: &str, want: &[String]) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (counts, keys) = stored(url, marker).await;
+        let have = want
+            .iter()
+            .filter(|s| counts.contains_key(&(AuditKind::Query as i32, (*s).clone())))
+            .count();
+        if have == want.len() {
+            for s in want {
+                assert_eq!(
+                    counts[&(AuditKind::Query as i32, s.clone())],
+                    1,
+                    "statement stored more than once: {s}"
+                );
+            }
+            let mut k = keys.clone();
+            k.sort();
+            k.dedup();
+            assert_eq!(k.len(), keys.len(), "a (node, sequence) stored twice");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {have} of {} statements reached the sink",
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// N statements through two nodes → exactly N statement records at the
+/// sink, each with identity, connection, SQL and outcome; the extended
+/// protocol's executions are recorded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_through_two_nodes_reach_the_sink_once() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = node(&cp.url(), "audit-a", &dir.path().join("a"));
+    let n2 = node(&cp.url(), "audit-b", &dir.path().join("b"));
+    let mut want = Vec::new();
+    for (i, n) in [&n1, &n2].into_iter().enumerate() {
+        let c = n.agent().await;
+        for j in 0..60 {
+            let sql = format!("select {j} as two_nodes_{i}");
+            c.simple_query(&sql).await.unwrap();
+            want.push(sql);
+        }
+        let stmt = c
+            .prepare(&format!("select $1::int4 as two_nodes_ext_{i}"))
+            .await
+            .unwrap();
+        for j in 0..20 {
+            c.query_one(&stmt, &[&j]).await.unwrap();
+        }
+    }
+    expect_exactly(&cp.url(), "two_nodes_", &want).await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (counts, _) = stored(&cp.url(), "two_nodes_ext_").await;
+        let executes: usize = counts
+            .iter()
+            .filter(|((k, _), _)| *k == AuditKind::Execute as i32)
+            .map(|(_, n)| n)
+            .sum();
+        if executes >= 40 {
+            assert_eq!(executes, 40, "EXECUTE records: {counts:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "EXECUTE records: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The control plane killed mid-load and restarted: the nodes keep serving
+/// and spooling; afterwards every statement is at the sink exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_killed_mid_load_loses_and_doubles_nothing() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = node(&cp.url(), "audit-cpkill", &dir.path().join("a"));
+    let c = n1.agent().await;
+    let mut want = Vec::new();
+    for j in 0..300 {
+        if j == 100 {
+            cp.kill();
+        }
+        if j == 200 {
+            cp.spawn();
+        }
+        let sql = format!("select {j} as cp_killed");
+        c.simple_query(&sql).await.unwrap();
+        want.push(sql);
+    }
+    expect_exactly(&cp.url(), "cp_killed", &want).await;
+}
+
+/// A node SIGKILLed mid-load and restarted (same name, same spool): every
+/// statement the client saw complete has its record at the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sigkilled_mid_load_keeps_what_the_client_saw() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let n1 = node(&cp.url(), "audit-kill", &spool);
+    let c = n1.agent().await;
+    let killer = {
+        let pid = n1.pid();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            sluice_tests::process::signal(pid, libc::SIGKILL);
+        })
+    };
+    let mut completed = Vec::new();
+    for j in 0..100_000 {
+        let sql = format!("select {j} as node_killed");
+        match c.simple_query(&sql).await {
+            Ok(_) => completed.push(sql),
+            Err(_) => break,
+        }
+    }
+    killer.await.unwrap();
+    assert!(completed.len() > 10, "too few statements before the kill");
+    assert!(completed.len() < 100_000, "the node was never killed");
+    drop(n1);
+    let _n1 = node(&cp.url(), "audit-kill", &spool);
+    expect_exactly(&cp.url(), "node_killed", &completed).await;
+}
