@@ -281,8 +281,11 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
     match &r.spec {
         None => return err("spec", "missing".into()),
         Some(Spec::MaskingProfile(m)) => {
+            // JSON is YAML: the same typed path as documents, for field paths.
+            let v: serde_yaml::Value =
+                serde_yaml::from_str(&m.json).map_err(|e| ("spec".to_string(), e.to_string()))?;
             let p: dataplane::mask::MaskingProfile =
-                serde_json::from_str(&m.json).map_err(|e| ("spec".to_string(), e.to_string()))?;
+                typed(v, "").map_err(|e| (e.field, e.message))?;
             dataplane::mask::Engine::compile(&p)
                 .map_err(|e| ("spec".to_string(), e.to_string()))?;
         }
@@ -536,5 +539,25 @@ spec: { connections: [orders], groups: [analysts] }
         );
         let doc = "apiVersion: sluice.dev/v1\nkind: IdentityProvider\nmetadata: {name: idp}\nspec: {issuer: i, audience: [a], jwks: {keys: []}}\n";
         assert_eq!(parse_documents(doc, "f").unwrap_err().field, "spec.jwks");
+    }
+}
+
+#[cfg(test)]
+mod masking_profile_tests {
+    use super::*;
+
+    #[test]
+    fn json_profile_errors_name_the_field() {
+        let r = Resource {
+            api_version: proto::API_VERSION.into(),
+            kind: "MaskingProfile".into(),
+            name: "pii".into(),
+            spec: Some(Spec::MaskingProfile(proto::MaskingProfileSpec {
+                json: r#"{"columns":[{"column":"ssn","action":"squash"}]}"#.into(),
+            })),
+            revision: 0,
+        };
+        let (field, msg) = validate_resource(&r).unwrap_err();
+        assert_eq!(field, "spec.columns[0].action", "{msg}");
     }
 }

@@ -138,10 +138,14 @@ fn kind(oid: u32, format: i16) -> Kind {
         114 | 142 => Kind::Structured,
         3802 if text => Kind::Structured,
         3802 => Kind::JsonbBinary,
-        199 | 1009 | 1014 | 1015 | 3807 if text => Kind::Structured,
+        // Text arrays in either format: in binary, the elements are raw
+        // text between length words, so scanning the whole value finds them.
+        199 | 1009 | 1014 | 1015 | 3807 => Kind::Structured,
         _ if TYPES.iter().any(|&(_, o)| o == oid) => Kind::Other,
         _ if text => Kind::Text,
-        _ => Kind::Other,
+        // Types without a fixed oid (citext, domains over text, composites,
+        // enums): in binary their text is raw bytes; scan it (fail safe).
+        _ => Kind::Structured,
     }
 }
 

@@ -743,12 +743,10 @@ async fn relay(
         request_added: Cell::new(Duration::ZERO),
         generation: Cell::new(session.generation),
         session,
-        masker: RefCell::new(
-            session
-                .masking
-                .clone()
-                .map(|e| TargetMasker::new(e, limits.max_frame_bytes as usize)),
-        ),
+        masker: RefCell::new(Some(TargetMasker::for_session(
+            session.masking.clone(),
+            limits.max_frame_bytes as usize,
+        ))),
         audit,
         bytes_to_client: Cell::new(0),
     };
@@ -938,17 +936,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 }
                 // The profile in force now applies from these statements on.
                 let mut masker = state.masker.borrow_mut();
-                match snap.masking_for(&s.identity, &s.connection.name) {
-                    None => *masker = None,
-                    Some(e) => match masker.as_mut() {
-                        Some(mk) => mk.set_engine(e),
-                        None => {
-                            *masker = Some(TargetMasker::new(
-                                e,
-                                worker.shared.limits.max_frame_bytes as usize,
-                            ))
-                        }
-                    },
+                if let Some(mk) = masker.as_mut() {
+                    mk.set_engine(snap.masking_for(&s.identity, &s.connection.name));
                 }
             }
         }

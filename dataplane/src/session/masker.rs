@@ -52,24 +52,44 @@ pub struct Processed {
     pub masked: u32,
 }
 
+/// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
+/// result formats).
+type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
+
+/// A portal's (or statement's) RowDescription and result formats.
+type Described = (Vec<u8>, Option<Vec<i16>>);
+
 /// Requests whose answers the masker must pair up, tagged with the number
 /// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
 /// an error can be dropped at the next ReadyForQuery.
 #[derive(Default)]
 struct Pending {
     parses: VecDeque<(u64, Vec<u8>)>,
-    /// `Some(name)` for a statement Describe, `None` for a portal.
-    describes: VecDeque<(u64, Option<Vec<u8>>)>,
-    /// (statement name, result formats; None if they could not be read).
-    binds: VecDeque<(u64, Vec<u8>, Option<Vec<i16>>)>,
+    /// `Some(name)` for a statement Describe, `None` for a portal (with
+    /// the portal's name).
+    describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>)>,
+    /// (portal, statement name, result formats; None if unreadable).
+    binds: VecDeque<Bound>,
+    /// What produces the next rows, in order: a simple Query (None) or an
+    /// Execute of a portal.
+    results: VecDeque<(u64, Option<Vec<u8>>)>,
 }
 
 pub struct TargetMasker {
     engine: Arc<Engine>,
+    /// False for a session that sees results unmasked: the masker then only
+    /// keeps its bookkeeping (statement and portal descriptions), so that a
+    /// snapshot switching masking on mid-session masks correctly at once.
+    active: bool,
     plan: RowPlan,
     /// The current plan came from nothing (scan every column).
     plan_known: bool,
     statements: HashMap<Vec<u8>, Vec<u8>>,
+    /// Portal → (RowDescription, result formats), so rows of a portal
+    /// executed again later (after PortalSuspended) use its own plan.
+    portals: HashMap<Vec<u8>, Described>,
+    /// The portal the current plan belongs to.
+    plan_portal: Option<Vec<u8>>,
     pending: Pending,
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
@@ -89,12 +109,33 @@ pub struct TargetMasker {
 }
 
 impl TargetMasker {
+    /// A masker for `engine`, or a passive one (bookkeeping only) for a
+    /// session without masking.
+    pub fn for_session(engine: Option<Arc<Engine>>, max_frame: usize) -> Self {
+        match engine {
+            Some(e) => Self::new(e, max_frame),
+            None => {
+                let mut m = Self::new(default_engine(), max_frame);
+                m.active = false;
+                m
+            }
+        }
+    }
+
+    /// Whether results are masked.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
     pub fn new(engine: Arc<Engine>, max_frame: usize) -> Self {
         TargetMasker {
             engine,
+            active: true,
             plan: RowPlan::new(),
             plan_known: false,
             statements: HashMap::new(),
+            portals: HashMap::new(),
+            plan_portal: None,
             pending: Pending::default(),
             sent_epoch: 0,
             done_epoch: 0,
@@ -109,11 +150,19 @@ impl TargetMasker {
         }
     }
 
-    /// Use another profile from the next result set on (a new snapshot).
-    pub fn set_engine(&mut self, engine: Arc<Engine>) {
-        if !Arc::ptr_eq(&self.engine, &engine) {
-            self.engine = engine;
-            self.plan_known = false;
+    /// Use another profile (or none) from the next rows on (a new
+    /// snapshot). Kept descriptions are re-planned with the new engine.
+    pub fn set_engine(&mut self, engine: Option<Arc<Engine>>) {
+        match engine {
+            None => self.active = false,
+            Some(e) => {
+                if !self.active || !Arc::ptr_eq(&self.engine, &e) {
+                    self.engine = e;
+                    self.active = true;
+                    self.plan_known = false;
+                    self.plan_portal = None;
+                }
+            }
         }
     }
 
@@ -150,7 +199,12 @@ impl TargetMasker {
                 if let Some(f) = copy_to_format(body) {
                     self.copy_requested.push_back((e, f));
                 }
+                self.pending.results.push_back((e, None));
                 self.sent_epoch += 1;
+            }
+            tag::EXECUTE => {
+                let portal = cstr(body).unwrap_or_default().to_vec();
+                self.pending.results.push_back((e, Some(portal)));
             }
             tag::SYNC => self.sent_epoch += 1,
             tag::PARSE => {
@@ -158,15 +212,18 @@ impl TargetMasker {
                 self.pending.parses.push_back((e, name));
             }
             tag::DESCRIBE => {
-                let what = match body.first() {
-                    Some(b'S') => Some(cstr(&body[1..]).unwrap_or_default().to_vec()),
-                    _ => None,
-                };
-                self.pending.describes.push_back((e, what));
+                let name = body.get(1..).and_then(cstr).unwrap_or_default().to_vec();
+                match body.first() {
+                    Some(b'S') => self
+                        .pending
+                        .describes
+                        .push_back((e, Some(name), Vec::new())),
+                    _ => self.pending.describes.push_back((e, None, name)),
+                }
             }
             tag::BIND => {
-                let (stmt, formats) = parse_bind(body, whole);
-                self.pending.binds.push_back((e, stmt, formats));
+                let (portal, stmt, formats) = parse_bind(body, whole);
+                self.pending.binds.push_back((e, portal, stmt, formats));
             }
             _ => {}
         }
@@ -174,6 +231,7 @@ impl TargetMasker {
 
     /// Process one chunk read from the target (any held bytes first).
     pub fn process(&mut self, buf: &mut [u8]) -> Processed {
+        let hits_before = self.hits.total();
         let mut at = 0usize;
         let n = buf.len();
         let mut rewritten = false;
@@ -214,7 +272,9 @@ impl TargetMasker {
             }
             let body = &mut buf[at + 5..at + total];
             match t {
+                b'D' if !self.active => {}
                 b'D' => {
+                    self.plan_for_current_result();
                     if !self.plan_known {
                         self.fallback_plan(body);
                     }
@@ -261,10 +321,12 @@ impl TargetMasker {
         if rewritten {
             self.out.extend_from_slice(&buf[copied..at]);
         }
+        // COPY, error and notification hits count as masked values too.
+        let other = (self.hits.total() - hits_before) as u32;
         Processed {
             ready: at,
             rewritten,
-            masked,
+            masked: masked.max(other),
         }
     }
 }
@@ -282,44 +344,54 @@ impl TargetMasker {
             b't' => {
                 // ParameterDescription: a statement Describe is answered;
                 // its RowDescription (or NoData) follows.
-                if let Some((_, d)) = self.pending.describes.pop_front() {
+                if let Some((_, d, _)) = self.pending.describes.pop_front() {
                     self.describing = Some(d.unwrap_or_default());
                 }
             }
             b'T' => {
-                let stmt = match self.describing.take() {
-                    Some(name) => Some(name),
-                    None => {
-                        // A portal Describe (or a simple query's result).
-                        if matches!(self.pending.describes.front(), Some((_, None))) {
-                            self.pending.describes.pop_front();
-                        }
-                        None
-                    }
-                };
-                match stmt {
-                    Some(name) => {
-                        // Rows come after a Bind; keep the description.
-                        self.statements.insert(name, body.to_vec());
-                    }
-                    None => self.describe(body, None),
+                if let Some(name) = self.describing.take() {
+                    // Rows come after a Bind; keep the description.
+                    self.statements.insert(name, body.to_vec());
+                } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
+                    // A portal Describe: its formats are in the message.
+                    let (_, _, portal) = self.pending.describes.pop_front().expect("front");
+                    self.portals.insert(portal.clone(), (body.to_vec(), None));
+                    self.describe(body, None);
+                    self.plan_portal = Some(portal);
+                } else {
+                    // A simple query's result.
+                    self.describe(body, None);
+                    self.plan_portal = None;
                 }
             }
             // NoData answers a statement or portal Describe.
             b'n' if self.describing.take().is_none()
-                && matches!(self.pending.describes.front(), Some((_, None))) =>
+                && matches!(self.pending.describes.front(), Some((_, None, _))) =>
             {
                 self.pending.describes.pop_front();
             }
             b'2' => {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
-                if let Some((_, stmt, formats)) = self.pending.binds.pop_front() {
+                if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
-                        (Some(d), Some(f)) => self.describe(&d, Some(&f)),
-                        _ => self.plan_known = false,
+                        (Some(d), Some(f)) => {
+                            self.describe(&d, Some(&f));
+                            self.portals.insert(portal.clone(), (d, Some(f)));
+                        }
+                        _ => {
+                            self.plan_known = false;
+                            self.portals.remove(&portal);
+                        }
                     }
+                    self.plan_portal = Some(portal);
+                }
+            }
+            b'C' | b's' | b'I' => {
+                // An Execute is answered (a simple query ends at ReadyForQuery).
+                if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                    self.pending.results.pop_front();
                 }
             }
             b'H' => {
@@ -330,20 +402,42 @@ impl TargetMasker {
                     _ => Some(CopyOut::Binary),
                 };
             }
+            b'E' if !self.active => {
+                self.copy_out = None;
+                if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                    self.pending.results.pop_front();
+                }
+            }
+            b'd' | b'N' | b'A' if !self.active => {}
             b'd' => match self.copy_out {
                 Some(CopyOut::Fields(f)) => {
                     mask_copy_data(&self.engine, f, body, &mut self.hits);
                 }
                 Some(CopyOut::Binary) if self.engine.detects() => {
-                    self.engine.mask_counted(body, &mut self.hits);
+                    mask_binary_copy(&self.engine, body, &mut self.hits);
                 }
                 _ => {}
             },
             b'c' => self.copy_out = None,
+            b'A' => {
+                // NotificationResponse: pid, channel, payload (NOTIFY can
+                // carry row data).
+                if self.engine.detects() && body.len() > 4 {
+                    if let Some(ch) = memchr::memchr(0, &body[4..]) {
+                        let start = 4 + ch + 1;
+                        let end = body.len().saturating_sub(1).max(start);
+                        self.engine
+                            .mask_counted(&mut body[start..end], &mut self.hits);
+                    }
+                }
+            }
             b'E' | b'N' => {
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
                 if t == b'E' {
                     self.copy_out = None;
+                    if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                        self.pending.results.pop_front();
+                    }
                 }
             }
             b'Z' => {
@@ -352,14 +446,32 @@ impl TargetMasker {
                 // Requests before this Sync that were skipped after an error
                 // get no answer: forget them.
                 self.pending.parses.retain(|(e, _)| *e >= done);
-                self.pending.describes.retain(|(e, _)| *e >= done);
-                self.pending.binds.retain(|(e, _, _)| *e >= done);
+                self.pending.describes.retain(|(e, _, _)| *e >= done);
+                self.pending.binds.retain(|(e, _, _, _)| *e >= done);
+                self.pending.results.retain(|(e, _)| *e >= done);
                 self.copy_requested.retain(|(e, _)| *e >= done);
                 self.describing = None;
                 self.copy_out = None;
             }
             _ => {}
         }
+    }
+
+    /// Rows of an Execute use that portal's plan (it may have been
+    /// suspended and resumed after other statements).
+    fn plan_for_current_result(&mut self) {
+        let Some((_, Some(portal))) = self.pending.results.front() else {
+            return;
+        };
+        if self.plan_portal.as_ref() == Some(portal) {
+            return;
+        }
+        let portal = portal.clone();
+        match self.portals.get(&portal).cloned() {
+            Some((d, f)) => self.describe(&d, f.as_deref()),
+            None => self.plan_known = false,
+        }
+        self.plan_portal = Some(portal);
     }
 
     fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>) {
@@ -390,23 +502,76 @@ impl TargetMasker {
     }
 }
 
+/// One CopyData of binary COPY: the header (first message only), then a
+/// tuple (field count, then length-prefixed fields) or the trailer. Each
+/// field is scanned on its own; anything that does not parse is scanned
+/// whole (fail safe).
+fn mask_binary_copy(engine: &Engine, body: &mut [u8], hits: &mut Hits) {
+    const SIG: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let mut at = 0usize;
+    if body.starts_with(SIG) {
+        let Some(ext) = body.get(15..19) else {
+            return;
+        };
+        at = 19 + u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]) as usize;
+    }
+    let whole = |body: &mut [u8], hits: &mut Hits| {
+        engine.mask_counted(body, hits);
+    };
+    let Some(n) = body.get(at..at + 2) else {
+        return;
+    };
+    let n = i16::from_be_bytes([n[0], n[1]]);
+    if n < 0 {
+        return; // trailer
+    }
+    at += 2;
+    for _ in 0..n {
+        let Some(l) = body.get(at..at + 4) else {
+            return whole(body, hits);
+        };
+        let l = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        at += 4;
+        if l < 0 {
+            continue;
+        }
+        let end = at + l as usize;
+        if end > body.len() {
+            return whole(body, hits);
+        }
+        engine.mask_counted(&mut body[at..end], hits);
+        at = end;
+    }
+}
+
+/// The built-in profile's engine, for planning in passive maskers.
+fn default_engine() -> Arc<Engine> {
+    static E: std::sync::OnceLock<Arc<Engine>> = std::sync::OnceLock::new();
+    E.get_or_init(|| {
+        Engine::compile_shared(&crate::mask::MaskingProfile::default())
+            .expect("the built-in profile compiles")
+    })
+    .clone()
+}
+
 fn cstr(b: &[u8]) -> Option<&[u8]> {
     memchr::memchr(0, b).map(|i| &b[..i])
 }
 
 /// Statement name and result format codes of a Bind body (formats only
 /// when the whole message is at hand).
-fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Option<Vec<i16>>) {
+fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Vec<u8>, Option<Vec<i16>>) {
     let Some(p) = memchr::memchr(0, body) else {
-        return (Vec::new(), None);
+        return (Vec::new(), Vec::new(), None);
     };
+    let portal = body[..p].to_vec();
     let rest = &body[p + 1..];
     let Some(s) = memchr::memchr(0, rest) else {
-        return (Vec::new(), None);
+        return (portal, Vec::new(), None);
     };
     let stmt = rest[..s].to_vec();
     if !whole {
-        return (stmt, None);
+        return (portal, stmt, None);
     }
     let formats = (|| {
         let mut r = &rest[s + 1..];
@@ -432,7 +597,7 @@ fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Option<Vec<i16>>) {
                 .collect(),
         )
     })();
-    (stmt, formats)
+    (portal, stmt, formats)
 }
 
 /// The format of a `COPY … TO STDOUT` in a Query, if it is one: CSV when
@@ -588,7 +753,13 @@ mod tests {
         bind.extend_from_slice(&2i16.to_be_bytes());
         bind.extend_from_slice(&0i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes());
-        assert_eq!(parse_bind(&bind, true), (b"s".to_vec(), Some(vec![0, 1])));
-        assert_eq!(parse_bind(&bind, false), (b"s".to_vec(), None));
+        assert_eq!(
+            parse_bind(&bind, true),
+            (b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1]))
+        );
+        assert_eq!(
+            parse_bind(&bind, false),
+            (b"p".to_vec(), b"s".to_vec(), None)
+        );
     }
 }
