@@ -419,16 +419,14 @@ impl TargetMasker {
                 _ => {}
             },
             b'c' => self.copy_out = None,
-            b'A' => {
-                // NotificationResponse: pid, channel, payload (NOTIFY can
-                // carry row data).
-                if self.engine.detects() && body.len() > 4 {
-                    if let Some(ch) = memchr::memchr(0, &body[4..]) {
-                        let start = 4 + ch + 1;
-                        let end = body.len().saturating_sub(1).max(start);
-                        self.engine
-                            .mask_counted(&mut body[start..end], &mut self.hits);
-                    }
+            // NotificationResponse: pid, channel, payload (NOTIFY can carry
+            // row data).
+            b'A' if self.engine.detects() && body.len() > 4 => {
+                if let Some(ch) = memchr::memchr(0, &body[4..]) {
+                    let start = 4 + ch + 1;
+                    let end = body.len().saturating_sub(1).max(start);
+                    self.engine
+                        .mask_counted(&mut body[start..end], &mut self.hits);
                 }
             }
             b'E' | b'N' => {
