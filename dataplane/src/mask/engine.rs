@@ -456,7 +456,9 @@ impl Engine {
         for set in &self.literals {
             n += self.mask_literals(set, value, hits);
         }
-        n += self.mask_regexes(value, hits);
+        if !self.regexes.is_empty() {
+            n += self.mask_regexes(value, hits);
+        }
         n
     }
 
