@@ -84,6 +84,36 @@ pub(crate) fn is_glue(b: u8) -> bool {
     matches!(b, b' ' | b'(' | b')' | b'+' | b'-' | b'.')
 }
 
+/// `data` (at most `BLOCK` bytes) followed by zero bytes, copied with a few
+/// fixed-size moves instead of a call to `memcpy` (most cells are short).
+#[inline(always)]
+fn padded(data: &[u8]) -> [u8; BLOCK] {
+    let mut pad = [0u8; BLOCK];
+    let n = data.len();
+    assert!(n <= BLOCK);
+    // Two overlapping copies of the largest power of two not above `n`.
+    macro_rules! two {
+        ($k:expr) => {{
+            pad[..$k].copy_from_slice(&data[..$k]);
+            pad[n - $k..n].copy_from_slice(&data[n - $k..]);
+        }};
+    }
+    if n >= 32 {
+        two!(32)
+    } else if n >= 16 {
+        two!(16)
+    } else if n >= 8 {
+        two!(8)
+    } else if n >= 4 {
+        two!(4)
+    } else if n >= 2 {
+        two!(2)
+    } else if n == 1 {
+        pad[0] = data[0];
+    }
+    pad
+}
+
 /// The masks of one block.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct BlockMasks {
@@ -97,6 +127,18 @@ pub(crate) struct BlockMasks {
 }
 
 impl BlockMasks {
+    /// Shift every mask down by `k` bits (`k < 64`).
+    #[inline]
+    pub(crate) fn shr(&mut self, k: u32) {
+        self.digit >>= k;
+        self.glue >>= k;
+        self.space >>= k;
+        self.dash >>= k;
+        self.dot >>= k;
+        self.upper >>= k;
+        self.anchor >>= k;
+    }
+
     /// Keep only the bits in `keep`.
     #[inline]
     pub(crate) fn and(&mut self, keep: u64) {
@@ -186,6 +228,7 @@ impl Classifier {
     /// Classify up to `CHUNK_BLOCKS` blocks from the front of `data` into
     /// `out`; returns how many blocks were filled. A final partial block is
     /// classified as if padded with zero bytes (which are in no class).
+    #[inline(always)]
     pub(crate) fn classify_chunk(
         &self,
         data: &[u8],
@@ -197,24 +240,30 @@ impl Classifier {
         if whole == CHUNK_BLOCKS || whole * BLOCK == data.len() {
             return whole;
         }
-        let rest = &data[whole * BLOCK..];
-        let mut pad = [[0u8; BLOCK]];
-        pad[0][..rest.len()].copy_from_slice(rest);
-        self.blocks(&pad, &mut out[whole..whole + 1]);
+        let rest = data.len() - whole * BLOCK;
+        if whole == 0 {
+            out[0] = self.classify_one(data);
+            return 1;
+        }
+        // Classify the last 64 bytes (overlapping the previous block) and
+        // shift the masks down: the same bits as the block padded with
+        // zero bytes, without copying.
+        let tail: &[u8; BLOCK] = data[data.len() - BLOCK..].try_into().expect("64 bytes");
+        self.blocks(std::slice::from_ref(tail), &mut out[whole..whole + 1]);
+        out[whole].shr((BLOCK - rest) as u32);
         whole + 1
     }
 
     /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn classify_one(&self, data: &[u8]) -> BlockMasks {
-        let mut pad = [[0u8; BLOCK]];
-        pad[0][..data.len()].copy_from_slice(data);
+        let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
         self.blocks(&pad, &mut out);
         out[0]
     }
 
-    #[inline]
+    #[inline(always)]
     fn blocks(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]

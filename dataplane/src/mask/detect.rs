@@ -48,24 +48,54 @@ pub(crate) fn boundary_after(buf: &[u8], p: usize) -> bool {
 /// everything else, non-ASCII bytes included) become the mask character,
 /// except the last `keep` letters or digits.
 pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
+    let masked = if f.keep_punct {
+        &MASKED_KEEP_PUNCT
+    } else {
+        &MASKED_ALL
+    };
+    let s = &mut buf[start..end];
+    // The kept suffix: from the `keep`-th letter or digit from the end.
+    let mut cut = s.len();
     let mut keep = keep;
-    for b in buf[start..end].iter_mut().rev() {
-        if alnum(*b) {
-            if keep > 0 {
-                keep -= 1;
-            } else {
-                *b = f.ch;
-            }
-        } else if *b >= 0x80 || (!f.keep_punct && !structural(*b)) {
+    while keep > 0 && cut > 0 {
+        cut -= 1;
+        if alnum(s[cut]) {
+            keep -= 1;
+        }
+    }
+    let (head, tail) = s.split_at_mut(cut);
+    for b in head {
+        if masked[*b as usize] {
+            *b = f.ch;
+        }
+    }
+    for b in tail {
+        if !alnum(*b) && masked[*b as usize] {
             *b = f.ch;
         }
     }
 }
 
+/// Bytes `mask_range` masks (outside the kept suffix): letters, digits and
+/// non-ASCII bytes, plus, unless punctuation is kept, everything that is not
+/// structural.
+const fn masked_table(keep_punct: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b >= 0x80 || (!keep_punct && !structural(b));
+        i += 1;
+    }
+    t
+}
+static MASKED_KEEP_PUNCT: [bool; 256] = masked_table(true);
+static MASKED_ALL: [bool; 256] = masked_table(false);
+
 /// Bytes never masked, so an in-place rewrite cannot break the quoting or
 /// field structure of CSV, COPY text or JSON around the value.
 #[inline]
-fn structural(b: u8) -> bool {
+const fn structural(b: u8) -> bool {
     matches!(
         b,
         b'"' | b'\'' | b'\\' | b'\t' | b'\n' | b'\r' | b',' | b'|' | 0
