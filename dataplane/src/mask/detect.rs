@@ -324,6 +324,7 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
                     }
                     let inner = (j > k).then_some(sep);
                     if total >= 13
+                        && !decimal_fraction(buf, g[k].start())
                         && left_ok(buf, k, inner)
                         && right_ok(buf, j, inner)
                         && card_valid(buf, &g[k..=j], total)
@@ -421,6 +422,13 @@ fn ssn_valid(buf: &[u8], a: usize, g: usize, s: usize) -> bool {
         && group != 0
         && serial != 0
         && !matches!((area, group, serial), (78, 5, 1120) | (219, 9, 9999))
+}
+
+/// Digits starting at `p` are the fraction of a decimal number (`2.26…`,
+/// `12.55…`): never a card.
+#[inline]
+fn decimal_fraction(buf: &[u8], p: usize) -> bool {
+    p >= 2 && buf[p - 1] == b'.' && buf[p - 2].is_ascii_digit()
 }
 
 /// Issuer prefix and length plausible, Luhn check digit valid.
