@@ -99,6 +99,11 @@ pub struct Audit {
     pub ring_bytes: u64,
     /// SQL text kept per record; longer text is cut (and marked truncated).
     pub max_sql_bytes: usize,
+    /// How often records move from the core rings to the spool: one
+    /// append (and, with `fsync: batch`, one fdatasync) per interval at
+    /// most. Records wait in the rings meanwhile, where they survive the
+    /// process but not a power loss.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for Audit {
@@ -111,6 +116,7 @@ impl Default for Audit {
             fsync: FsyncChoice::Batch,
             ring_bytes: 16 << 20,
             max_sql_bytes: 4096,
+            flush_interval_ms: 10,
         }
     }
 }
@@ -145,6 +151,12 @@ impl Audit {
             return Err(ConfigError::field(
                 "audit.max_sql_bytes",
                 "must be between 16 and 262144",
+            ));
+        }
+        if !(1..=1000).contains(&self.flush_interval_ms) {
+            return Err(ConfigError::field(
+                "audit.flush_interval_ms",
+                "must be between 1 and 1000",
             ));
         }
         if (self.max_sql_bytes as u64) * 16 > self.ring_bytes {
@@ -901,6 +913,7 @@ grants:
             ("audit: { quota_bytes: 10 }", "audit.quota_bytes"),
             ("audit: { ring_bytes: 1000 }", "audit.ring_bytes"),
             ("audit: { max_sql_bytes: 8 }", "audit.max_sql_bytes"),
+            ("audit: { flush_interval_ms: 0 }", "audit.flush_interval_ms"),
         ] {
             let y = format!("{}{bad}\n", base());
             let err = match Config::from_yaml(&y) {

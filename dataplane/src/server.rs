@@ -98,6 +98,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 WhenFullChoice::FailClosed => WhenFull::FailClosed,
                 WhenFullChoice::FailOpen => WhenFull::FailOpen,
             },
+            flush_interval: Duration::from_millis(a.flush_interval_ms),
         };
         let (audit, inits) = Audit::open(&settings, workers)?;
         audit.start()?;

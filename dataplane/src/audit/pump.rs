@@ -17,7 +17,7 @@
 //! retried first, unchanged; meanwhile the [`AuditGate`] is closed so cores
 //! refuse new statements (fail closed) and the rings stop being drained.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -93,8 +93,8 @@ pub struct Pump {
     frames: Vec<RawFrame>,
     /// Per ring: where its read position goes once the batch is stored.
     ends: Vec<u64>,
-    /// Highest core_seq stored per core (duplicate filter).
-    high: HashMap<u32, u64>,
+    /// Highest core_seq stored, per core (duplicate filter; indexed by core).
+    high: Vec<u64>,
     /// (last sequence of a batch, Unix ms it was spooled), oldest first,
     /// for batches not yet acknowledged.
     marks: VecDeque<(u64, u64)>,
@@ -111,7 +111,14 @@ impl Pump {
         gate: Arc<AuditGate>,
         stats: Arc<AuditStats>,
     ) -> Pump {
-        let high = spool.core_high_water().clone();
+        let mut high = Vec::new();
+        for (&core, &seq) in spool.core_high_water() {
+            let i = core as usize;
+            if high.len() <= i {
+                high.resize(i + 1, 0);
+            }
+            high[i] = seq;
+        }
         let mut marks = VecDeque::new();
         if spool.pending() > 0 {
             marks.push_back((spool.last_seq(), unix_ms()));
@@ -187,8 +194,9 @@ impl Pump {
         // ring being told).
         let before = self.frames.len();
         let high = &self.high;
-        self.frames
-            .retain(|f| f.core_seq == 0 || f.core_seq > high.get(&f.core).copied().unwrap_or(0));
+        self.frames.retain(|f| {
+            f.core_seq == 0 || f.core_seq > high.get(f.core as usize).copied().unwrap_or(0)
+        });
         let dupes = before - self.frames.len();
         if dupes > 0 {
             tracing::info!(
@@ -226,8 +234,11 @@ impl Pump {
             Ok(last) => {
                 for f in &self.frames {
                     if f.core_seq > 0 {
-                        let h = self.high.entry(f.core).or_insert(0);
-                        *h = (*h).max(f.core_seq);
+                        let i = f.core as usize;
+                        if self.high.len() <= i {
+                            self.high.resize(i + 1, 0);
+                        }
+                        self.high[i] = self.high[i].max(f.core_seq);
                     }
                 }
                 self.commit_rings();

@@ -23,9 +23,7 @@ use super::pump::{unix_ms, AuditStats, Pump, SideQueue};
 use super::ring::{self, AuditGate, RingConsumer, RingError, RingFile, WhenFull};
 use super::spool::{FsyncPolicy, Spool, SpoolConfig};
 
-/// How often the drain thread moves ring records to the spool.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(2);
-/// ... and while the spool refuses them.
+/// How often the drain thread retries while the spool refuses records.
 const REFUSED_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The `audit:` configuration, resolved.
@@ -39,6 +37,9 @@ pub struct AuditSettings {
     pub ring_bytes: u64,
     pub max_sql_bytes: usize,
     pub when_full: WhenFull,
+    /// How often the drain thread moves ring records to the spool (one
+    /// append, and with `fsync: batch` one fdatasync, per interval at most).
+    pub flush_interval: Duration,
 }
 
 /// See the module docs.
@@ -52,6 +53,7 @@ pub struct Audit {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     node_id: String,
+    flush_interval: Duration,
     /// Held for the life of the process: one sluice-dp per spool directory.
     _lock: File,
 }
@@ -192,6 +194,7 @@ impl Audit {
             stop: Arc::default(),
             thread: Mutex::new(None),
             node_id: s.node_id.clone(),
+            flush_interval: s.flush_interval,
             _lock: lock,
         });
         Ok((audit, inits))
@@ -209,18 +212,28 @@ impl Audit {
     }
 
     fn drain_loop(&self) {
+        // A fixed cadence: one append (and fdatasync) per interval at most,
+        // however busy the cores are. A batch is what arrived meanwhile;
+        // the rings hold it (and survive the process) until then.
         loop {
+            let started = std::time::Instant::now();
             let stopping = self.stop.load(Relaxed);
             let r = self.pump().step();
-            match r {
+            let pause = match r {
                 Ok(n) if n > 0 => {
                     self.notify.notify_one();
-                    continue; // more may be waiting: go again at once
+                    self.flush_interval
                 }
                 Ok(_) if stopping => return,
                 Err(_) if stopping => return,
-                Ok(_) => std::thread::sleep(DRAIN_INTERVAL),
-                Err(_) => std::thread::sleep(REFUSED_INTERVAL),
+                Ok(_) => self.flush_interval,
+                Err(_) => REFUSED_INTERVAL,
+            };
+            if stopping {
+                continue; // drain to the end before stopping
+            }
+            if let Some(rest) = pause.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
             }
         }
     }
@@ -365,6 +378,7 @@ mod tests {
             ring_bytes: ring::MIN_RING_BYTES,
             max_sql_bytes: 4096,
             when_full: WhenFull::FailClosed,
+            flush_interval: Duration::from_millis(10),
         }
     }
 
