@@ -1,0 +1,2045 @@
+//! Result masking end to end (issue 4): real PostgreSQL, the real
+//! `sluice-dp` (static config, and nodes of a real `sluice-cp` on its
+//! embedded store), real clients (tokio-postgres simple and extended
+//! protocol, prepared statements, COPY, psql).
+//!
+//! Method: a table holds sensitive values (Luhn-valid cards with spaces,
+//! dashes or none, e-mails, SSNs, IBANs, tokens, phones) next to clean
+//! ones. The same statement runs through the gateway and directly; the
+//! expected gateway answer is the direct answer with every sensitive value
+//! replaced by its documented mask, byte for byte. So clean values (and
+//! the clean text around a sensitive value) must come back identical, and
+//! a sensitive value must come back exactly as its mask.
+//!
+//! Every wait has a deadline; nothing asserts speed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures_util::{future::join_all, pin_mut, StreamExt};
+use proto::resource::Spec;
+use sluice_tests::client::{connect_with_messages, err_text, step};
+use sluice_tests::cp::{self, Admin, Backend, ControlPlane};
+use sluice_tests::{connect, db_code, process, ApiKey, Gateway, GatewayConfig, Pg};
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::{AsyncMessage, Client, Row, SimpleQueryMessage};
+
+/// Bound for a configuration change to reach a node on a loaded machine.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Node settings appended to `control_plane:` (one data core, short drain).
+const NODE: &str = "workers: 1\nlimits:\n  drain_timeout_ms: 500\n";
+
+/// The `hash` action's key in the custom profiles below.
+const HASH_KEY: &str = "sluice-e2e-hash-key-0123456789";
+
+// ------------------------------------------------------------------ data
+
+/// A sensitive value, and how the default profile must return it.
+struct Secret {
+    what: &'static str,
+    value: String,
+    masked: String,
+    /// The rule label of `sluice_masked_values_total`.
+    rule: &'static str,
+}
+
+/// The sensitive values. Token-shaped values are assembled at run time so
+/// that no scanner mistakes this file for a leak.
+fn secrets() -> Vec<Secret> {
+    let stars = |n: usize| "*".repeat(n);
+    let gh_body = "Xq7Lm2Pz9Rt4Vw8Ny3Kb6Hd1Fs5Gj0Ce2UaQ"; // 36
+    let stripe_body = "4eC39HqLyjWDarjtT1zdp7dc";
+    let slack_body = "T0123ABCD-B0123EFGH-abcdefghijklmnop";
+    let bearer_body = "abcDEF123456ghiJKL7890mnopQR";
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\
+               .eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0\
+               .dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    let jwt_masked: String = jwt
+        .chars()
+        .map(|c| if c == '.' { '.' } else { '*' })
+        .collect();
+    let v = |what, value: String, masked: String, rule| {
+        assert_eq!(value.len(), masked.len(), "{what}: masks keep the length");
+        Secret {
+            what,
+            value,
+            masked,
+            rule,
+        }
+    };
+    let s = |what, value: &str, masked: &str, rule| v(what, value.into(), masked.into(), rule);
+    vec![
+        s(
+            "Visa, spaces",
+            "4111 1111 1111 1111",
+            "**** **** **** 1111",
+            "payment_card",
+        ),
+        s(
+            "Mastercard, dashes",
+            "5500-0000-0000-0004",
+            "****-****-****-0004",
+            "payment_card",
+        ),
+        s(
+            "Amex, bare",
+            "378282246310005",
+            "***********0005",
+            "payment_card",
+        ),
+        s(
+            "e-mail",
+            "alice.smith@example.com",
+            "*****.*****@*******.com",
+            "email",
+        ),
+        s("SSN", "536-22-8841", "***-**-8841", "ssn"),
+        s("E.164 phone", "+1 415 555 2671", "+* *** *** **71", "phone"),
+        s("NANP phone", "(415) 555-2671", "(***) ***-**71", "phone"),
+        s(
+            "IBAN, grouped",
+            "GB82 WEST 1234 5698 7654 32",
+            "GB** **** **** **** **54 32",
+            "iban",
+        ),
+        s(
+            "IBAN, compact",
+            "DE89370400440532013000",
+            "DE****************3000",
+            "iban",
+        ),
+        s(
+            "AWS key id",
+            "AKIAIOSFODNN7EXAMPLE",
+            "AKIA****************",
+            "aws_access_key",
+        ),
+        v("JWT", jwt.to_string(), jwt_masked, "jwt"),
+        v(
+            "GitHub token",
+            format!("gh{}_{gh_body}", "p"),
+            format!("ghp_{}", stars(gh_body.len())),
+            "github_token",
+        ),
+        v(
+            "Stripe key",
+            format!("sk_{}_{stripe_body}", "test"),
+            format!("sk_test_{}", stars(stripe_body.len())),
+            "stripe_key",
+        ),
+        v(
+            "Slack token",
+            format!("xox{}-{slack_body}", "b"),
+            format!("xoxb-{}", stars(slack_body.len())),
+            "slack_token",
+        ),
+        v(
+            "Bearer credential",
+            format!("Bearer {bearer_body}"),
+            format!("Bearer {}", stars(bearer_body.len())),
+            "bearer_token",
+        ),
+    ]
+}
+
+/// Values no detector of the default profile may touch.
+const CLEAN: &[&str] = &[
+    "ORD-2024-000123",
+    "4111 1111 1111 1112",
+    "123456789",
+    "000-12-3456",
+    "666-45-6789",
+    "version 1.2.3 build 20240301",
+    "192.168.1.20",
+    "user at example dot com",
+    "x@y",
+    "Z\u{fc}rich caf\u{e9} \u{2615} na\u{ef}ve",
+    "price 12.50 EUR, qty 3",
+    "2024-03-01T10:00:00Z",
+    "550e8400-e29b-41d4-a716-446655440000",
+    "GB00 NOT AN IBAN",
+    "AKIA short",
+    "eyJ not a token",
+    "tab\tand\\backslash and \"quotes\", commas",
+    "line one\nline two",
+    "",
+    "+1",
+    "12/31/2024",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod",
+];
+
+/// A sensitive (or clean) value inside clean text.
+fn sentence(v: &str) -> String {
+    format!("note for order 7: {v} (checked)")
+}
+
+/// Create `t` (id, kind, value, sentence, n, created) holding every secret,
+/// every clean value, and a row of NULLs.
+async fn seed(pg: &Pg, t: &str, secrets: &[Secret]) {
+    let c = pg.direct().await;
+    c.batch_execute(&format!(
+        "drop table if exists {t}; \
+         create table {t} (id int primary key, kind text not null, value text, \
+                           sentence text, n int8, created date)"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("create {t}: {}", err_text(&e)));
+    let ins = c
+        .prepare(&format!(
+            "insert into {t} values ($1, $2, $3, $4, $5, date '2024-03-01' + $1::int)"
+        ))
+        .await
+        .unwrap();
+    let rows = secrets
+        .iter()
+        .map(|s| ("sensitive", s.value.as_str()))
+        .chain(CLEAN.iter().map(|v| ("clean", *v)));
+    for (i, (kind, v)) in rows.enumerate() {
+        let id = i as i32 + 1;
+        let n = id as i64 * 1_000_003;
+        c.execute(&ins, &[&id, &kind, &v, &sentence(v), &n])
+            .await
+            .unwrap_or_else(|e| panic!("insert into {t}: {}", err_text(&e)));
+    }
+    c.execute(
+        &format!("insert into {t} (id, kind) values (999, 'null')"),
+        &[],
+    )
+    .await
+    .unwrap();
+}
+
+// ------------------------------------------------------------ expectations
+
+/// Replace every occurrence of `from` in `buf` with `to` (same length).
+fn replace_all(buf: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut i = 0;
+    while let Some(k) = find(&buf[i..], from) {
+        buf[i + k..i + k + from.len()].copy_from_slice(to);
+        i += k + from.len();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The direct answer with every sensitive value replaced by its mask.
+fn masked_bytes(direct: &[u8], secrets: &[Secret]) -> Vec<u8> {
+    let mut out = direct.to_vec();
+    for s in secrets {
+        replace_all(&mut out, s.value.as_bytes(), s.masked.as_bytes());
+    }
+    out
+}
+
+fn masked_text(direct: &str, secrets: &[Secret]) -> String {
+    String::from_utf8(masked_bytes(direct.as_bytes(), secrets)).expect("masks are ASCII")
+}
+
+/// The secrets (by description) whose original value appears in `bytes`.
+fn leaks<'a>(bytes: &[u8], secrets: &'a [Secret]) -> Vec<&'a str> {
+    secrets
+        .iter()
+        .filter(|s| find(bytes, s.value.as_bytes()).is_some())
+        .map(|s| s.what)
+        .collect()
+}
+
+type TextRow = Vec<Option<String>>;
+
+fn masked_rows(direct: &[TextRow], secrets: &[Secret]) -> Vec<TextRow> {
+    direct
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| c.as_deref().map(|v| masked_text(v, secrets)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Raw column bytes as they came off the wire (binary for tokio-postgres's
+/// extended-protocol queries), for any type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+type RawRow = Vec<Raw>;
+
+fn raw_rows(rows: &[Row]) -> Vec<RawRow> {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<_, Raw>(i).expect("raw column"))
+                .collect()
+        })
+        .collect()
+}
+
+fn masked_raw_rows(direct: &[RawRow], secrets: &[Secret]) -> Vec<RawRow> {
+    direct
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| Raw(c.0.as_deref().map(|b| masked_bytes(b, secrets))))
+                .collect()
+        })
+        .collect()
+}
+
+/// Panic listing every row that differs.
+#[track_caller]
+fn assert_rows<T: std::fmt::Debug + PartialEq>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} rows through the gateway, {} expected",
+        got.len(),
+        want.len()
+    );
+    let diffs: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| g != w)
+        .map(|(i, (g, w))| format!("row {i}:\n  got  {g:?}\n  want {w:?}"))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} of {} rows differ from the direct answer with sensitive values masked:\n{}",
+        diffs.len(),
+        got.len(),
+        diffs.join("\n")
+    );
+}
+
+/// Panic showing the differing lines (or the first differing offset).
+#[track_caller]
+fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let g: Vec<&[u8]> = got.split(|&b| b == b'\n').collect();
+    let w: Vec<&[u8]> = want.split(|&b| b == b'\n').collect();
+    let mut shown = Vec::new();
+    // A long line is shown around its first difference only.
+    let around = |a: &[u8], b: &[u8]| -> (String, String) {
+        let at = a
+            .iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()));
+        let cut = |s: &[u8]| {
+            let from = at.saturating_sub(60);
+            let to = (at + 60).min(s.len());
+            format!(
+                "{}{}{} (byte {at} of {})",
+                if from > 0 { "…" } else { "" },
+                String::from_utf8_lossy(&s[from.min(to)..to]),
+                if to < s.len() { "…" } else { "" },
+                s.len()
+            )
+        };
+        (cut(a), cut(b))
+    };
+    if g.len() == w.len() {
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            if a != b {
+                let (a, b) = around(a, b);
+                shown.push(format!("line {i}:\n  got  {a}\n  want {b}"));
+            }
+            if shown.len() >= 40 {
+                shown.push("…".into());
+                break;
+            }
+        }
+    } else {
+        let (a, b) = around(got, want);
+        shown.push(format!(
+            "{} lines vs {} expected:\n  got  {a}\n  want {b}",
+            g.len(),
+            w.len()
+        ));
+    }
+    panic!(
+        "{what}: the gateway's bytes differ from the direct answer with sensitive values masked:\n{}",
+        shown.join("\n")
+    );
+}
+
+// --------------------------------------------------------------- clients
+
+async fn simple_rows(c: &Client, sql: &str) -> Vec<TextRow> {
+    let msgs = step(sql, c.simple_query(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn query_raw_rows(c: &Client, sql: &str) -> Vec<RawRow> {
+    let rows = step(sql, c.query(sql, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+    raw_rows(&rows)
+}
+
+/// `COPY … TO STDOUT` with tokio-postgres (extended protocol).
+async fn copy_out(c: &Client, sql: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let stream = step(sql, c.copy_out(sql)).await?;
+    pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = step("COPY data", stream.next()).await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// psql (simple query protocol) with `args`, against `url`.
+fn psql(url: &str, args: &[&str], password: Option<&str>) -> process::Output {
+    let mut c = std::process::Command::new("psql");
+    for v in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGSSLMODE",
+        "PGSERVICE",
+        "PGOPTIONS",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("PGCONNECT_TIMEOUT", "10").env("PSQLRC", "/dev/null");
+    if let Some(p) = password {
+        c.env("PGPASSWORD", p);
+    }
+    c.args(["-X", "-v", "ON_ERROR_STOP=1"]).args(args).arg(url);
+    process::run(&mut c, None, Duration::from_secs(60))
+}
+
+fn via_url(gw: &Gateway) -> String {
+    gw.url("agent1", &ApiKey::shared().key, "app", "sslmode=disable")
+}
+
+/// psql through the gateway and directly; stdout of both.
+fn psql_both(gw: &Gateway, pg: &Pg, args: &[&str]) -> (String, String) {
+    let via = psql(&via_url(gw), args, None);
+    via.assert_success("psql through the gateway");
+    let direct = psql(&pg.direct_url(), args, Some(&pg.app_password));
+    direct.assert_success("psql direct");
+    (via.stdout, direct.stdout)
+}
+
+fn hmac_hex(key: &str, value: &str) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    sluice_tests::hex(&ring::hmac::sign(&k, value.as_bytes()).as_ref()[..16])
+}
+
+// ------------------------------------------------- static config: default
+
+/// Simple protocol (tokio-postgres `simple_query`, several statements in one
+/// Query, and psql): sensitive values come back as their masks, clean
+/// values and the clean text around them byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_profile_masks_simple_protocol_and_psql() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_simple";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+
+    let sql = format!("select id, kind, value, sentence, n, created from {t} order by id");
+    let got = simple_rows(&via, &sql).await;
+    let want = masked_rows(&simple_rows(&direct, &sql).await, &secrets);
+    assert!(want.len() > secrets.len() + CLEAN.len());
+    assert_rows("simple query", &got, &want);
+    // The expectation really masks: every secret is in the direct answer.
+    for s in &secrets {
+        assert!(
+            want.iter()
+                .flatten()
+                .flatten()
+                .any(|v| v.contains(&s.masked)),
+            "{}",
+            s.what
+        );
+    }
+
+    // Several result sets with different shapes in one Query.
+    let multi = format!(
+        "select value from {t} where kind = 'sensitive' order by id; \
+         select sentence, id, kind, value from {t} order by id desc; \
+         select 1 as one, 'plain' as two"
+    );
+    let got = simple_rows(&via, &multi).await;
+    let want = masked_rows(&simple_rows(&direct, &multi).await, &secrets);
+    assert_rows("multi-statement query", &got, &want);
+
+    // psql, aligned and unaligned output.
+    for args in [
+        vec!["-A", "-t", "-F", "|", "-c"],
+        vec!["-P", "pager=off", "-c"],
+    ] {
+        let q = format!("select id, kind, value, sentence from {t} order by id");
+        let mut a: Vec<&str> = args.clone();
+        a.push(&q);
+        let (via_out, direct_out) = psql_both(&gw, pg, &a);
+        assert!(leaks(via_out.as_bytes(), &secrets).is_empty());
+        assert_bytes(
+            &format!("psql {args:?}"),
+            via_out.as_bytes(),
+            masked_bytes(direct_out.as_bytes(), &secrets).as_slice(),
+        );
+    }
+}
+
+/// Extended protocol: tokio-postgres asks for binary results; unnamed and
+/// named (prepared, reused, interleaved) statements with different column
+/// layouts; several queries pipelined on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_profile_masks_extended_protocol_and_prepared_statements() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_extended";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+
+    let sql = format!("select id, kind, value, sentence, n, created from {t} order by id");
+    let got = query_raw_rows(&via, &sql).await;
+    let want = masked_raw_rows(&query_raw_rows(&direct, &sql).await, &secrets);
+    assert_rows("extended query (binary results)", &got, &want);
+
+    let by_kind_sql = format!("select value, id, sentence from {t} where kind = $1 order by id");
+    let by_id_sql = format!("select n, created, sentence, value, kind from {t} where id = $1");
+    let (by_kind, by_id) = (
+        via.prepare(&by_kind_sql).await.unwrap(),
+        via.prepare(&by_id_sql).await.unwrap(),
+    );
+    let (d_kind, d_id) = (
+        direct.prepare(&by_kind_sql).await.unwrap(),
+        direct.prepare(&by_id_sql).await.unwrap(),
+    );
+    let kinds = ["sensitive", "clean", "null"];
+    let ids = [1i32, 4, 11, 20, 999];
+    for round in 0..3 {
+        for k in &kinds {
+            let g = raw_rows(&via.query(&by_kind, &[k]).await.unwrap());
+            let w = raw_rows(&direct.query(&d_kind, &[k]).await.unwrap());
+            assert_rows(
+                &format!("prepared by kind {k}, round {round}"),
+                &g,
+                &masked_raw_rows(&w, &secrets),
+            );
+        }
+        for id in &ids {
+            let g = raw_rows(&via.query(&by_id, &[id]).await.unwrap());
+            let w = raw_rows(&direct.query(&d_id, &[id]).await.unwrap());
+            assert_rows(
+                &format!("prepared by id {id}, round {round}"),
+                &g,
+                &masked_raw_rows(&w, &secrets),
+            );
+        }
+    }
+
+    // Pipelined: twelve executions of the two statements in flight at once.
+    let kind_params: Vec<[&(dyn ToSql + Sync); 1]> = kinds.iter().map(|k| [k as _]).collect();
+    let id_params: Vec<[&(dyn ToSql + Sync); 1]> = ids.iter().map(|i| [i as _]).collect();
+    type Fut<'a> =
+        Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+    let mut futs: Vec<Fut<'_>> = Vec::new();
+    let mut wants = Vec::new();
+    for i in 0..12 {
+        if i % 2 == 0 {
+            let p = &kind_params[i / 2 % kinds.len()];
+            futs.push(Box::pin(via.query(&by_kind, p)));
+            wants.push(raw_rows(&direct.query(&d_kind, p).await.unwrap()));
+        } else {
+            let p = &id_params[i / 2 % ids.len()];
+            futs.push(Box::pin(via.query(&by_id, p)));
+            wants.push(raw_rows(&direct.query(&d_id, p).await.unwrap()));
+        }
+    }
+    let results = step("pipelined queries", join_all(futs)).await;
+    for (i, (r, w)) in results.into_iter().zip(wants).enumerate() {
+        let g = raw_rows(&r.unwrap_or_else(|e| panic!("pipelined query {i}: {}", err_text(&e))));
+        assert_rows(
+            &format!("pipelined query {i}"),
+            &g,
+            &masked_raw_rows(&w, &secrets),
+        );
+    }
+
+    // Typed access, as an application would read it.
+    let row = via
+        .query_one(&format!("select value from {t} where id = 1"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), secrets[0].masked);
+}
+
+/// `COPY … TO STDOUT` in text and CSV: through tokio-postgres's
+/// `copy_out` (extended protocol) and psql (a simple Query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_profile_masks_copy_to_stdout_text_and_csv() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_copy";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+    let cols = "id, kind, value, sentence, n, created";
+    let statements = [
+        format!("copy (select {cols} from {t} order by id) to stdout"),
+        format!("copy (select {cols} from {t} order by id) to stdout with (format csv, header)"),
+        format!("copy (select {cols} from {t} order by id) to stdout csv"),
+        format!("copy {t} to stdout"),
+        format!("copy {t} to stdout with (format csv, force_quote *)"),
+    ];
+    for sql in &statements {
+        let got = copy_out(&via, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} through the gateway: {}", err_text(&e)));
+        let d = copy_out(&direct, sql).await.unwrap();
+        assert!(!d.is_empty());
+        assert_bytes(
+            &format!("copy_out: {sql}"),
+            &got,
+            &masked_bytes(&d, &secrets),
+        );
+        let (via_out, direct_out) = psql_both(&gw, pg, &["-c", sql]);
+        assert_bytes(
+            &format!("psql: {sql}"),
+            via_out.as_bytes(),
+            &masked_bytes(direct_out.as_bytes(), &secrets),
+        );
+    }
+}
+
+/// Fields of a binary COPY stream (`PGCOPY` signature, header, tuples of
+/// length-prefixed fields, trailer), or why it does not parse.
+fn parse_binary_copy(b: &[u8]) -> Result<Vec<Vec<Option<Vec<u8>>>>, String> {
+    let sig = b"PGCOPY\n\xff\r\n\0";
+    if !b.starts_with(sig) {
+        return Err("no PGCOPY signature".into());
+    }
+    let mut at = sig.len() + 4;
+    let be32 = |at: usize| -> Result<i32, String> {
+        b.get(at..at + 4)
+            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+            .ok_or_else(|| format!("truncated at byte {at}"))
+    };
+    let ext = be32(at)? as usize;
+    at += 4 + ext;
+    let mut rows = Vec::new();
+    loop {
+        let n = b
+            .get(at..at + 2)
+            .map(|x| i16::from_be_bytes([x[0], x[1]]))
+            .ok_or_else(|| format!("truncated at byte {at}"))?;
+        at += 2;
+        if n == -1 {
+            return if at == b.len() {
+                Ok(rows)
+            } else {
+                Err(format!("{} bytes after the trailer", b.len() - at))
+            };
+        }
+        let mut row = Vec::new();
+        for _ in 0..n {
+            let len = be32(at)?;
+            at += 4;
+            if len < 0 {
+                row.push(None);
+                continue;
+            }
+            let v = b
+                .get(at..at + len as usize)
+                .ok_or_else(|| format!("field of {len} bytes runs past the end at {at}"))?;
+            row.push(Some(v.to_vec()));
+            at += len as usize;
+        }
+        rows.push(row);
+    }
+}
+
+/// Binary COPY and binary DataRows carry text values behind a 4-byte
+/// length. Masking must not let the length word change what is detected:
+/// values of 48–57 bytes have a length whose last byte is an ASCII digit
+/// (`0`–`9`) right before the value's first digit. Every value must come
+/// back masked and the stream must still parse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_copy_and_binary_rows_are_masked_and_stay_well_formed() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_copy_binary";
+    seed(pg, t, &secrets).await;
+    let direct = pg.direct().await;
+    // Values starting with a card, 40–60 bytes long.
+    let card = &secrets[0];
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}_len; create table {t}_len (id int, v text)"
+        ))
+        .await
+        .unwrap();
+    for len in 40usize..=60 {
+        let v = format!("{} {}", card.value, "x".repeat(len - card.value.len() - 1));
+        assert_eq!(v.len(), len);
+        direct
+            .execute(
+                &format!("insert into {t}_len values ($1, $2)"),
+                &[&(len as i32), &v],
+            )
+            .await
+            .unwrap();
+    }
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let mut problems = Vec::new();
+    for sql in [
+        format!(
+            "copy (select id, value, sentence from {t} order by id) to stdout with (format binary)"
+        ),
+        format!("copy (select id, v from {t}_len order by id) to stdout with (format binary)"),
+    ] {
+        let want = copy_out(&direct, &sql).await.unwrap();
+        let want = parse_binary_copy(&want).expect("direct binary COPY parses");
+        match copy_out(&via, &sql).await {
+            Err(e) => {
+                // Refusing binary COPY while masking is on is acceptable.
+                eprintln!("binary COPY refused: {}", err_text(&e));
+                continue;
+            }
+            Ok(bytes) => {
+                let l = leaks(&bytes, &secrets);
+                if !l.is_empty() {
+                    problems.push(format!("`{sql}`: unmasked {l:?} in the binary COPY stream"));
+                }
+                match parse_binary_copy(&bytes) {
+                    Err(e) => problems.push(format!(
+                        "`{sql}`: the binary COPY stream through the gateway does not parse: {e}"
+                    )),
+                    Ok(got) => {
+                        let want: Vec<Vec<Option<Vec<u8>>>> = want
+                            .iter()
+                            .map(|r| {
+                                r.iter()
+                                    .map(|c| c.as_deref().map(|v| masked_bytes(v, &secrets)))
+                                    .collect()
+                            })
+                            .collect();
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            if g != w {
+                                problems.push(format!(
+                                    "`{sql}` row {i}: got {:?}, want {:?}",
+                                    g.iter()
+                                        .map(|c| c.as_deref().map(String::from_utf8_lossy))
+                                        .collect::<Vec<_>>(),
+                                    w.iter()
+                                        .map(|c| c.as_deref().map(String::from_utf8_lossy))
+                                        .collect::<Vec<_>>()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The same values as binary and text DataRows.
+    let sql = format!("select id, v from {t}_len order by id");
+    let want = masked_raw_rows(&query_raw_rows(&direct, &sql).await, &secrets);
+    let got = query_raw_rows(&via, &sql).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if g != w {
+            problems.push(format!("binary DataRow {i}: got {g:?}, want {w:?}"));
+        }
+    }
+    let want = masked_rows(&simple_rows(&direct, &sql).await, &secrets);
+    let got = simple_rows(&via, &sql).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if g != w {
+            problems.push(format!("text DataRow {i}: got {g:?}, want {w:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The session is still usable.
+    let r = simple_rows(&via, "select 1").await;
+    assert_eq!(r, vec![vec![Some("1".to_string())]]);
+}
+
+/// Decimal numbers written as text (an amount computed by the database,
+/// `2.2600000000000000`) are not card numbers: the digits after a decimal
+/// point belong to the number before it, even when they happen to form a
+/// Luhn-valid 16-digit run with a card issuer prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decimal_fractions_in_text_are_not_masked() {
+    let pg = Pg::shared();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+    // What `format('%s', 226 / 100.0)` and friends print in PostgreSQL 15.
+    let sql = "select format('qty 6 at %s EUR', 226 / 100.0) as a, \
+               format('ratio %s', 41 / 100.0 + 0.0011111111111111) as b, \
+               '2.2600000000000000'::text as c, 'total 12.5500000000000004 USD'::text as d";
+    let d = simple_rows(&direct, sql).await;
+    assert_eq!(d[0][0].as_deref(), Some("qty 6 at 2.2600000000000000 EUR"));
+    assert_rows("simple", &simple_rows(&via, sql).await, &d);
+    assert_rows(
+        "extended",
+        &query_raw_rows(&via, sql).await,
+        &query_raw_rows(&direct, sql).await,
+    );
+}
+
+/// A portal read in several Executes (`max_rows`, PortalSuspended, as JDBC
+/// with a fetch size does), with other statements of other shapes run on
+/// the same session in between: every batch of the portal's rows is masked
+/// by the portal's own description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_portal_rows_are_masked_after_other_statements() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_portal";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let mut via = gw.agent().await;
+    let direct = pg.direct().await;
+    let sql = format!("select value, sentence from {t} where kind = 'sensitive' order by id");
+    let want = masked_raw_rows(&query_raw_rows(&direct, &sql).await, &secrets);
+    let tx = via.transaction().await.unwrap();
+    let portal = tx.bind(sql.as_str(), &[]).await.unwrap();
+    let mut got = Vec::new();
+    let mut batches = 0;
+    loop {
+        let rows = step("execute portal", tx.query_portal(&portal, 3))
+            .await
+            .unwrap_or_else(|e| panic!("portal: {}", err_text(&e)));
+        if rows.is_empty() {
+            break;
+        }
+        got.extend(raw_rows(&rows));
+        batches += 1;
+        // Other statements in between, with other row shapes: two integer
+        // columns (simple protocol, text), then a binary one.
+        let r = tx.simple_query("select 1 as a, 2 as b").await.unwrap();
+        assert!(matches!(
+            r.first(),
+            Some(SimpleQueryMessage::RowDescription(_)) | Some(SimpleQueryMessage::Row(_))
+        ));
+        let r = tx
+            .query("select 3::int4 as c, 4::int8 as d", &[])
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 1);
+    }
+    tx.commit().await.unwrap();
+    assert!(batches > 2);
+    let l: Vec<&str> = got
+        .iter()
+        .flatten()
+        .flat_map(|c| leaks(c.0.as_deref().unwrap_or_default(), &secrets))
+        .collect();
+    assert!(l.is_empty(), "unmasked in later portal batches: {l:?}");
+    assert_rows("portal rows, all batches", &got, &want);
+}
+
+/// NOTIFY payloads reach a listening session as NotificationResponse: a
+/// trigger that sends row data (`pg_notify`) must not get card numbers or
+/// e-mails past the masking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_payloads_are_masked() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let (via, mut msgs) = connect_with_messages(&gw.agent_config()).await.unwrap();
+    via.batch_execute("listen mk_orders").await.unwrap();
+    let payload = format!(
+        "order 7 paid by {} with {}",
+        secrets[3].value, secrets[0].value
+    );
+    let direct = pg.direct().await;
+    direct
+        .execute("select pg_notify('mk_orders', $1)", &[&payload])
+        .await
+        .unwrap();
+    // A statement on the listening session makes sure the notification
+    // has been delivered before we look.
+    simple_rows(&via, "select 1").await;
+    let deadline = Instant::now() + LIMIT;
+    let n = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, msgs.recv()).await {
+            Ok(Some(AsyncMessage::Notification(n))) => break n,
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => panic!("no notification within {LIMIT:?}"),
+        }
+    };
+    assert_eq!(n.channel(), "mk_orders");
+    assert_eq!(
+        n.payload(),
+        masked_text(&payload, &secrets),
+        "NOTIFY payload through a masking gateway"
+    );
+}
+
+/// ErrorResponse and NoticeResponse texts: a unique violation's DETAIL
+/// repeats the value, a cast error's message quotes it, RAISE puts it in
+/// message, detail and hint; simple and extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_and_notice_texts_are_masked() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let card = &secrets[0];
+    let email = &secrets[3];
+    let t = "mk_errors";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; \
+             create table {t} (id serial primary key, card text unique, email text unique)"
+        ))
+        .await
+        .unwrap();
+    direct
+        .execute(
+            &format!("insert into {t} (card, email) values ($1, $2)"),
+            &[&card.value, &email.value],
+        )
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let (via, mut notices) = connect_with_messages(&gw.agent_config()).await.unwrap();
+
+    let all_text = |e: &tokio_postgres::Error| -> String {
+        let d = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a server error: {e:?}"));
+        format!(
+            "{} | {:?} | {:?} | {:?}",
+            d.message(),
+            d.detail(),
+            d.hint(),
+            d.where_()
+        )
+    };
+
+    // Unique violation, simple protocol.
+    let e = step(
+        "duplicate card (simple)",
+        via.simple_query(&format!("insert into {t} (card) values ('{}')", card.value)),
+    )
+    .await
+    .expect_err("duplicate accepted");
+    assert_eq!(db_code(&e).as_deref(), Some("23505"), "{}", err_text(&e));
+    let text = all_text(&e);
+    assert!(leaks(text.as_bytes(), &secrets).is_empty(), "{text}");
+    assert_eq!(
+        e.as_db_error().unwrap().detail(),
+        Some(format!("Key (card)=({}) already exists.", card.masked).as_str()),
+        "{text}"
+    );
+
+    // Unique violation, extended protocol (the value is a bind parameter).
+    for (col, s) in [("card", card), ("email", email)] {
+        let e = step(
+            "duplicate (extended)",
+            via.execute(&format!("insert into {t} ({col}) values ($1)"), &[&s.value]),
+        )
+        .await
+        .expect_err("duplicate accepted");
+        assert_eq!(db_code(&e).as_deref(), Some("23505"), "{}", err_text(&e));
+        let text = all_text(&e);
+        assert!(leaks(text.as_bytes(), &secrets).is_empty(), "{text}");
+        assert_eq!(
+            e.as_db_error().unwrap().detail(),
+            Some(format!("Key ({col})=({}) already exists.", s.masked).as_str()),
+        );
+    }
+
+    // A cast error quotes the value in the message.
+    let e = via
+        .simple_query(&format!("select '{}'::int", card.value))
+        .await
+        .expect_err("cast succeeded");
+    assert_eq!(db_code(&e).as_deref(), Some("22P02"));
+    let text = all_text(&e);
+    assert!(leaks(text.as_bytes(), &secrets).is_empty(), "{text}");
+    assert!(text.contains(&card.masked), "{text}");
+
+    // RAISE with message, detail and hint; context names the statement.
+    let iban = &secrets[7];
+    let phone = &secrets[5];
+    let e = via
+        .batch_execute(&format!(
+            "do $$ begin raise exception 'refund to % failed', '{}' \
+               using detail = 'account {}', hint = 'call {}'; end $$",
+            email.value, iban.value, phone.value
+        ))
+        .await
+        .expect_err("raise exception");
+    assert_eq!(db_code(&e).as_deref(), Some("P0001"));
+    let d = e.as_db_error().unwrap();
+    assert_eq!(d.message(), format!("refund to {} failed", email.masked));
+    assert_eq!(
+        d.detail(),
+        Some(format!("account {}", iban.masked).as_str())
+    );
+    assert_eq!(d.hint(), Some(format!("call {}", phone.masked).as_str()));
+
+    // A notice (NoticeResponse) in the middle of a session.
+    via.batch_execute(&format!(
+        "do $$ begin raise notice 'customer % paid with %', '{}', '{}'; end $$",
+        email.value, card.value
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    let notice = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, notices.recv()).await {
+            Ok(Some(AsyncMessage::Notice(n))) => break n,
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => panic!("no notice within {LIMIT:?}"),
+        }
+    };
+    assert_eq!(
+        notice.message(),
+        format!("customer {} paid with {}", email.masked, card.masked)
+    );
+    // The session still works and still masks.
+    let r = simple_rows(&via, &format!("select card from {t}")).await;
+    assert_eq!(r, vec![vec![Some(card.masked.clone())]]);
+}
+
+/// Text-like types in binary result format (what tokio-postgres asks for):
+/// every column holding a card or an e-mail must come back without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_like_types_are_masked_in_binary_and_text_results() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let (card, email) = (&secrets[0].value, &secrets[3].value);
+    pg.psql_super(
+        &pg.app_db,
+        &[
+            "create extension if not exists citext",
+            "create extension if not exists hstore",
+        ],
+    )
+    .assert_success("create extensions");
+    let t = "mk_types";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; drop type if exists {t}_contact; \
+             drop domain if exists {t}_note; \
+             create domain {t}_note as text; \
+             create type {t}_contact as (email text, card text); \
+             create table {t} (id int, v_text text, v_varchar varchar(80), v_bpchar char(60), \
+               v_name name, v_json json, v_jsonb jsonb, v_text_arr text[], \
+               v_varchar_arr varchar(80)[], v_citext citext, v_domain {t}_note, \
+               v_composite {t}_contact, v_hstore hstore)"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let both = format!("{email} {card}");
+    direct
+        .execute(
+            &format!(
+                "insert into {t} values (1, $1::text, $1::text, $1::text, $1::text, json_build_object('c', $2::text, 'e', $3::text), \
+                 jsonb_build_object('c', $2::text, 'e', $3::text), array[$2::text, $3::text], \
+                 array[$2::text, $3::text]::varchar(80)[], $1::text::citext, $1::text::{t}_note, row($3::text, $2::text)::{t}_contact, hstore('c', $2::text) || hstore('e', $3::text))"
+            ),
+            &[&both, card, email],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let sql = format!("select * from {t}");
+    let mut problems = Vec::new();
+
+    let rows = step("binary select", via.query(&sql, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    for (i, c) in rows[0].columns().iter().enumerate() {
+        let raw = rows[0].get::<_, Raw>(i).0.unwrap_or_default();
+        let l = leaks(&raw, &secrets);
+        if !l.is_empty() {
+            problems.push(format!(
+                "binary result, column {} ({}): unmasked {l:?} in {:?}",
+                c.name(),
+                c.type_(),
+                String::from_utf8_lossy(&raw)
+            ));
+        }
+    }
+    for row in simple_rows(&via, &sql).await {
+        for (i, v) in row.iter().enumerate() {
+            let v = v.as_deref().unwrap_or_default();
+            let l = leaks(v.as_bytes(), &secrets);
+            if !l.is_empty() {
+                problems.push(format!("text result, column {i}: unmasked {l:?} in {v:?}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------- static config: profiles
+
+fn pii_profile(extra_columns: &str) -> String {
+    format!(
+        r#"
+columns:
+  - {{ column: ssn, action: {{ keep_last: 4 }} }}
+  - {{ column: 'secret_*', action: mask }}
+  - {{ column: email, action: hash }}
+  - {{ column: internal_notes, action: 'null' }}
+  - {{ column: salary, action: mask }}
+{extra_columns}
+hash_key: '{HASH_KEY}'
+"#
+    )
+}
+
+async fn seed_people(pg: &Pg, t: &str) {
+    let c = pg.direct().await;
+    c.batch_execute(&format!(
+        "drop table if exists {t}; \
+         create table {t} (id int primary key, ssn text unique, secret_answer text, email text, \
+                           internal_notes text, salary int, note text); \
+         insert into {t} values \
+           (1, '123456789', 'my first pet was Rex', 'alice.smith@example.com', \
+               'VIP, handle with care', 120000, 'card 4111 1111 1111 1111'), \
+           (2, '987-65-4321', 'Z\u{fc}rich', 'bob@example.org', 'none', 95000, 'clean note'), \
+           (3, null, null, 'alice.smith@example.com', null, null, null)"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("seed {t}: {}", err_text(&e)));
+}
+
+/// What the `pii` profile must return for [`seed_people`]'s rows (id, ssn,
+/// secret_answer, email, internal_notes, salary as text, note).
+fn people_masked() -> Vec<TextRow> {
+    let s = |v: &str| Some(v.to_string());
+    vec![
+        vec![
+            s("1"),
+            s("*****6789"),
+            s("********************"),
+            s(&hmac_hex(HASH_KEY, "alice.smith@example.com")),
+            None,
+            None,
+            s("card **** **** **** 1111"),
+        ],
+        vec![
+            s("2"),
+            s("*******4321"),
+            // Every byte of the 7-byte UTF-8 value.
+            s("*******"),
+            s(&hmac_hex(HASH_KEY, "bob@example.org")),
+            None,
+            None,
+            s("clean note"),
+        ],
+        vec![
+            s("3"),
+            None,
+            None,
+            s(&hmac_hex(HASH_KEY, "alice.smith@example.com")),
+            None,
+            None,
+            None,
+        ],
+    ]
+}
+
+/// The same rows read with the extended protocol (binary), as text.
+async fn people_extended(c: &Client, sql: &str) -> Vec<TextRow> {
+    let rows = step(sql, c.query(sql, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+    rows.iter()
+        .map(|r| {
+            vec![
+                Some(r.get::<_, i32>(0).to_string()),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get::<_, Option<i32>>(5).map(|v| v.to_string()),
+                r.get(6),
+            ]
+        })
+        .collect()
+}
+
+/// Column rules of a custom profile: keep_last, mask, hash (keyed: equal
+/// values give equal hashes, stable across queries, sessions and gateway
+/// processes with the same `hash_key`), null, and a rule on a non-text
+/// column (NULL); detectors still run on the other columns; a unique
+/// violation on a ruled column masks the whole key value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_keep_last_mask_hash_and_null() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_people";
+    seed_people(pg, t).await;
+    let cfg = GatewayConfig::new()
+        .pg_connection_masked("app", pg, "pii")
+        .masking_profile("pii", &pii_profile(""))
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["app"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    let gw2 = Gateway::start_with(&cfg);
+    let sql = format!(
+        "select id, ssn, secret_answer, email, internal_notes, salary, note from {t} order by id"
+    );
+    let want = people_masked();
+    for (g, name) in [
+        (&gw, "gateway 1"),
+        (&gw, "gateway 1 again"),
+        (&gw2, "gateway 2"),
+    ] {
+        let c = g.agent().await;
+        for round in 0..2 {
+            assert_rows(
+                &format!("{name}, simple, round {round}"),
+                &simple_rows(&c, &sql).await,
+                &want,
+            );
+            assert_rows(
+                &format!("{name}, extended, round {round}"),
+                &people_extended(&c, &sql).await,
+                &want,
+            );
+        }
+    }
+    // Equal values, equal hashes: a join on the hashed column still works.
+    let c = gw.agent().await;
+    let r = simple_rows(
+        &c,
+        &format!("select email, count(*) from {t} group by email order by 2 desc, 1"),
+    )
+    .await;
+    assert_eq!(
+        r[0],
+        vec![
+            Some(hmac_hex(HASH_KEY, "alice.smith@example.com")),
+            Some("2".into())
+        ]
+    );
+
+    // A unique violation on `ssn` quotes the bare number: masked whole.
+    let e = c
+        .execute(
+            &format!("insert into {t} (id, ssn) values (9, $1)"),
+            &[&"123456789"],
+        )
+        .await
+        .expect_err("duplicate ssn accepted");
+    assert_eq!(db_code(&e).as_deref(), Some("23505"));
+    let detail = e
+        .as_db_error()
+        .unwrap()
+        .detail()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!detail.contains("123456789"), "{detail}");
+    assert!(detail.contains("Key (ssn)=(*********)"), "{detail}");
+
+    let m = gw.metrics();
+    for rule in [
+        "column:ssn",
+        "column:email",
+        "column:secret_*",
+        "column:salary",
+    ] {
+        assert!(
+            m.get("sluice_masked_values_total", &[("rule", rule)]) > 0.0,
+            "{rule}: {}",
+            m.lines_for("sluice_masked_values_total")
+        );
+    }
+}
+
+/// A group granted `unmasked: true` sees the originals; another identity
+/// on the same connection sees them masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmasked_grant_sees_originals_while_others_see_masks() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_unmasked";
+    seed(pg, t, &secrets).await;
+    let key = ApiKey::shared();
+    let auditor = ApiKey::generate();
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(pg, key)
+            .identity_key("auditor", &auditor.verifier, &["auditors"])
+            .grant_unmasked(&["app"], &[], &["auditors"]),
+    );
+    let agent = gw.agent().await;
+    let aud = connect(&gw.config("auditor", &auditor.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("auditor: {}", err_text(&e)));
+    let direct = pg.direct().await;
+    let sql = format!("select id, kind, value, sentence, n, created from {t} order by id");
+    let d = simple_rows(&direct, &sql).await;
+    assert_rows("auditor, simple", &simple_rows(&aud, &sql).await, &d);
+    assert_rows(
+        "agent1, simple",
+        &simple_rows(&agent, &sql).await,
+        &masked_rows(&d, &secrets),
+    );
+    let d = query_raw_rows(&direct, &sql).await;
+    assert_rows("auditor, extended", &query_raw_rows(&aud, &sql).await, &d);
+    assert_rows(
+        "agent1, extended",
+        &query_raw_rows(&agent, &sql).await,
+        &masked_raw_rows(&d, &secrets),
+    );
+    let copy = format!("copy {t} to stdout csv");
+    let d = copy_out(&direct, &copy).await.unwrap();
+    assert_bytes("auditor, COPY", &copy_out(&aud, &copy).await.unwrap(), &d);
+    assert_bytes(
+        "agent1, COPY",
+        &copy_out(&agent, &copy).await.unwrap(),
+        &masked_bytes(&d, &secrets),
+    );
+}
+
+/// `masking_profile: none` (and a profile with `enabled: false`) return
+/// the originals; a connection without the setting uses the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masking_profile_none_returns_originals() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_none";
+    seed(pg, t, &secrets).await;
+    let key = ApiKey::shared();
+    let gw = Gateway::start_with(
+        &GatewayConfig::new()
+            .pg_connection_masked("app", pg, "none")
+            .pg_connection_masked("app_off", pg, "off")
+            .pg_connection("app_default", pg)
+            .masking_profile("off", "enabled: false")
+            .identity_key("agent1", &key.verifier, &["bots"])
+            .grant(&["app", "app_off", "app_default"], &[], &["bots"]),
+    );
+    let direct = pg.direct().await;
+    let sql = format!("select id, kind, value, sentence, n, created from {t} order by id");
+    let copy = format!("copy {t} to stdout csv");
+    let (ds, dx, dc) = (
+        simple_rows(&direct, &sql).await,
+        query_raw_rows(&direct, &sql).await,
+        copy_out(&direct, &copy).await.unwrap(),
+    );
+    for (conn, masked) in [("app", false), ("app_off", false), ("app_default", true)] {
+        let c = connect(&gw.config("agent1", &key.key, conn))
+            .await
+            .unwrap_or_else(|e| panic!("{conn}: {}", err_text(&e)));
+        let (ws, wx, wc) = if masked {
+            (
+                masked_rows(&ds, &secrets),
+                masked_raw_rows(&dx, &secrets),
+                masked_bytes(&dc, &secrets),
+            )
+        } else {
+            (ds.clone(), dx.clone(), dc.clone())
+        };
+        assert_rows(
+            &format!("{conn}, simple"),
+            &simple_rows(&c, &sql).await,
+            &ws,
+        );
+        assert_rows(
+            &format!("{conn}, extended"),
+            &query_raw_rows(&c, &sql).await,
+            &wx,
+        );
+        assert_bytes(
+            &format!("{conn}, COPY"),
+            &copy_out(&c, &copy).await.unwrap(),
+            &wc,
+        );
+    }
+}
+
+/// `sluice_masked_values_total{rule=…}` counts each masked value once, for
+/// rows (simple and extended), COPY output and error texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_metric_counts_by_rule() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_metric";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let mut per_rule: Vec<(&str, f64)> = Vec::new();
+    for s in &secrets {
+        match per_rule.iter_mut().find(|(r, _)| *r == s.rule) {
+            Some((_, n)) => *n += 1.0,
+            None => per_rule.push((s.rule, 1.0)),
+        }
+    }
+    let mut problems = Vec::new();
+    let mut check = |what: &str, times: f64| {
+        let m = gw.metrics();
+        for (rule, n) in &per_rule {
+            let got = m.get("sluice_masked_values_total", &[("rule", rule)]);
+            if got != n * times {
+                problems.push(format!(
+                    "after {what}: rule {rule}: {got}, expected {}",
+                    n * times
+                ));
+            }
+        }
+        let total = m.get("sluice_masked_values_total", &[]);
+        let all: f64 = per_rule.iter().map(|(_, n)| n * times).sum();
+        if total != all {
+            problems.push(format!(
+                "after {what}: total {total}, expected {all}:\n{}",
+                m.lines_for("sluice_masked_values_total")
+            ));
+        }
+    };
+    check("nothing", 0.0);
+    let q = format!("select value from {t} order by id");
+    simple_rows(&via, &q).await;
+    check("a simple query", 1.0);
+    query_raw_rows(&via, &format!("select sentence from {t} order by id")).await;
+    check("an extended query", 2.0);
+    copy_out(
+        &via,
+        &format!("copy (select value from {t} order by id) to stdout"),
+    )
+    .await
+    .unwrap();
+    check("COPY TO STDOUT", 3.0);
+    // Each error text below holds every secret once.
+    let all: Vec<&str> = secrets.iter().map(|s| s.value.as_str()).collect();
+    let e = via
+        .simple_query(&format!(
+            "do $$ begin raise exception '%', $v${}$v$; end $$",
+            all.join(" ; ")
+        ))
+        .await
+        .expect_err("raise");
+    assert!(leaks(err_text(&e).as_bytes(), &secrets).is_empty());
+    check("an error", 4.0);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Rows larger than the read buffer (8 KiB) and than `max_buffer_bytes`
+/// (128 KiB): the frame is held until whole, then masked; secrets at the
+/// start, the middle and the end of big cells; many mid-size rows so that
+/// frames split across reads at every kind of offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_larger_than_the_read_buffer_are_masked() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let card = &secrets[0].value;
+    let email = &secrets[3].value;
+    let t = "mk_big";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; create table {t} (id int primary key, body text)"
+        ))
+        .await
+        .unwrap();
+    let mut bodies: Vec<String> = vec![
+        format!("{} card {card}", "x".repeat(200_000)),
+        format!("{card} {} {email}", "y".repeat(300_000)),
+        format!("{} {card} {}", "z".repeat(500_000), "w".repeat(500_000)),
+    ];
+    for i in 0..300usize {
+        let s = &secrets[i % secrets.len()].value;
+        let pad = (i * 37) % 2900;
+        bodies.push(format!(
+            "{} {s} {}",
+            "a".repeat(pad),
+            "b".repeat(2900 - pad)
+        ));
+    }
+    let ins = direct
+        .prepare(&format!("insert into {t} values ($1, $2)"))
+        .await
+        .unwrap();
+    for (i, b) in bodies.iter().enumerate() {
+        direct.execute(&ins, &[&(i as i32), b]).await.unwrap();
+    }
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let sql = format!("select id, body from {t} order by id");
+    let want = masked_rows(&simple_rows(&direct, &sql).await, &secrets);
+    let got = simple_rows(&via, &sql).await;
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (g, w) = (g[1].as_deref().unwrap(), w[1].as_deref().unwrap());
+        assert_bytes(&format!("simple, row {i}"), g.as_bytes(), w.as_bytes());
+    }
+    let want = masked_raw_rows(&query_raw_rows(&direct, &sql).await, &secrets);
+    let got = query_raw_rows(&via, &sql).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_bytes(
+            &format!("extended, row {i}"),
+            g[1].0.as_deref().unwrap(),
+            w[1].0.as_deref().unwrap(),
+        );
+    }
+    let copy = format!("copy (select id, body from {t} order by id) to stdout");
+    let d = copy_out(&direct, &copy).await.unwrap();
+    assert_bytes(
+        "COPY",
+        &copy_out(&via, &copy).await.unwrap(),
+        &masked_bytes(&d, &secrets),
+    );
+}
+
+/// The smallest buffers the config allows (1 KiB): nearly every data frame
+/// arrives split; all protocols still mask exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_buffers_split_frames_and_still_mask() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_tiny";
+    seed(pg, t, &secrets).await;
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(pg, ApiKey::shared())
+            .limit("buffer_bytes", 1024)
+            .limit("max_buffer_bytes", 1024),
+    );
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+    // Rows of ~1.5 KiB: wider than the buffer.
+    let sql = format!(
+        "select id, repeat(kind, 200) as pad, value, sentence, repeat(coalesce(sentence, '-'), 20) as long \
+         from {t} order by id"
+    );
+    for _ in 0..2 {
+        assert_rows(
+            "simple",
+            &simple_rows(&via, &sql).await,
+            &masked_rows(&simple_rows(&direct, &sql).await, &secrets),
+        );
+        assert_rows(
+            "extended",
+            &query_raw_rows(&via, &sql).await,
+            &masked_raw_rows(&query_raw_rows(&direct, &sql).await, &secrets),
+        );
+        let copy = format!("copy ({sql}) to stdout csv");
+        assert_bytes(
+            "COPY",
+            &copy_out(&via, &copy).await.unwrap(),
+            &masked_bytes(&copy_out(&direct, &copy).await.unwrap(), &secrets),
+        );
+    }
+}
+
+// --------------------------------------------------------- control plane
+
+fn profile_doc(name: &str, spec: &str) -> String {
+    let spec: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: MaskingProfile\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+    )
+}
+
+fn connection_doc(name: &str, pg: &Pg, profile: Option<&str>) -> String {
+    let mut d = cp::connection_yaml(name, pg);
+    if let Some(p) = profile {
+        d.push_str(&format!("  maskingProfile: {p}\n"));
+    }
+    d
+}
+
+fn agent_docs(key: &ApiKey) -> String {
+    [
+        cp::api_key_yaml("agent1-key", "agent1", &key.verifier, &["bots"]),
+        cp::policy_yaml("bots-app", &["app"], &[], &["bots"]),
+    ]
+    .join("---\n")
+}
+
+fn start_node(cp: &ControlPlane, name: &str) -> Gateway {
+    cp::node(&[cp.url()], name, NODE, true).unwrap_or_else(|e| panic!("node {name}: {e}"))
+}
+
+/// Rows of [`seed_cp`]: (id, ssn, nickname, note).
+async fn seed_cp(pg: &Pg, t: &str) {
+    pg.direct()
+        .await
+        .batch_execute(&format!(
+            "drop table if exists {t}; \
+             create table {t} (id int, ssn text, nickname text, note text); \
+             insert into {t} values (1, '123456789', 'Sparky', 'card 4111 1111 1111 1111'), \
+                                    (2, '555667777', 'Rex', 'clean')"
+        ))
+        .await
+        .unwrap();
+}
+
+fn cp_rows(rows: &[[Option<&str>; 4]]) -> Vec<TextRow> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| c.map(str::to_string)).collect())
+        .collect()
+}
+
+/// The rows read on `c` with a simple query and with the prepared
+/// statement `st` (prepared earlier on the same session).
+async fn cp_read(c: &Client, st: &tokio_postgres::Statement, sql: &str) -> [Vec<TextRow>; 2] {
+    let simple = simple_rows(c, sql).await;
+    let prepared = step("prepared", c.query(st, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("prepared: {}", err_text(&e)))
+        .iter()
+        .map(|r| {
+            vec![
+                Some(r.get::<_, i32>(0).to_string()),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+            ]
+        })
+        .collect();
+    [simple, prepared]
+}
+
+#[track_caller]
+fn assert_cp(what: &str, got: &[Vec<TextRow>; 2], want: &[TextRow]) {
+    assert_rows(&format!("{what} (simple query)"), &got[0], want);
+    assert_rows(
+        &format!("{what} (statement prepared earlier)"),
+        &got[1],
+        want,
+    );
+}
+
+/// Through the control plane: a MaskingProfile and a Connection using it;
+/// a new version of the profile (one more column rule) and a switch of the
+/// Connection's `maskingProfile` apply to the next statement of a session
+/// that is already open, prepared statements included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_profile_changes_apply_to_the_next_statement() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_cp_change";
+    seed_cp(pg, t).await;
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let ssn_rule = "columns:\n  - {column: ssn, action: {keep_last: 4}}\n";
+    let v1 = admin
+        .apply(
+            &[
+                profile_doc("pii", ssn_rule),
+                profile_doc(
+                    "strict",
+                    "columns:\n  - {column: 'nick*', action: 'null'}\n",
+                ),
+                connection_doc("app", pg, Some("pii")),
+                agent_docs(key),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m1");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let c = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let sql = format!("select id, ssn, nickname, note from {t} order by id");
+    let st = c.prepare(&sql).await.unwrap();
+    let masked_note = Some("card **** **** **** 1111");
+    assert_cp(
+        "profile pii v1",
+        &cp_read(&c, &st, &sql).await,
+        &cp_rows(&[
+            [Some("1"), Some("*****6789"), Some("Sparky"), masked_note],
+            [Some("2"), Some("*****7777"), Some("Rex"), Some("clean")],
+        ]),
+    );
+
+    // A new version of the profile adds a rule for `nickname`.
+    let v2 = admin
+        .apply(&profile_doc(
+            "pii",
+            &format!("{ssn_rule}  - {{column: nickname, action: mask}}\n"),
+        ))
+        .await
+        .version;
+    assert!(v2 > v1);
+    admin.wait_applied(1, v2, LIMIT).await;
+    assert_cp(
+        "profile pii v2 (nickname rule added)",
+        &cp_read(&c, &st, &sql).await,
+        &cp_rows(&[
+            [Some("1"), Some("*****6789"), Some("******"), masked_note],
+            [Some("2"), Some("*****7777"), Some("***"), Some("clean")],
+        ]),
+    );
+
+    // The Connection switches to another profile.
+    let v3 = admin
+        .apply(&connection_doc("app", pg, Some("strict")))
+        .await
+        .version;
+    admin.wait_applied(1, v3, LIMIT).await;
+    assert_cp(
+        "connection switched to profile strict",
+        &cp_read(&c, &st, &sql).await,
+        &cp_rows(&[
+            [Some("1"), Some("123456789"), None, masked_note],
+            [Some("2"), Some("555667777"), None, Some("clean")],
+        ]),
+    );
+
+    // … and to no masking at all.
+    let v4 = admin
+        .apply(&connection_doc("app", pg, Some("none")))
+        .await
+        .version;
+    admin.wait_applied(1, v4, LIMIT).await;
+    assert_cp(
+        "connection switched to none",
+        &cp_read(&c, &st, &sql).await,
+        &cp_rows(&[
+            [
+                Some("1"),
+                Some("123456789"),
+                Some("Sparky"),
+                Some("card 4111 1111 1111 1111"),
+            ],
+            [Some("2"), Some("555667777"), Some("Rex"), Some("clean")],
+        ]),
+    );
+    assert_eq!(
+        node.metrics().get("sluice_snapshots_rejected_total", &[]),
+        0.0
+    );
+}
+
+/// A session that started unmasked (`maskingProfile: none`) gets masking
+/// from its next statement when the Connection switches to a profile,
+/// statements it prepared before the switch included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_switch_from_none_masks_the_open_session() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_cp_from_none";
+    seed_cp(pg, t).await;
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin
+        .apply(
+            &[
+                profile_doc(
+                    "pii",
+                    "columns:\n  - {column: ssn, action: {keep_last: 4}}\n",
+                ),
+                connection_doc("app", pg, Some("none")),
+                agent_docs(key),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m2");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let c = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let sql = format!("select id, ssn, nickname, note from {t} order by id");
+    let st = c.prepare(&sql).await.unwrap();
+    assert_cp(
+        "connection with none",
+        &cp_read(&c, &st, &sql).await,
+        &cp_rows(&[
+            [
+                Some("1"),
+                Some("123456789"),
+                Some("Sparky"),
+                Some("card 4111 1111 1111 1111"),
+            ],
+            [Some("2"), Some("555667777"), Some("Rex"), Some("clean")],
+        ]),
+    );
+    let v2 = admin
+        .apply(&connection_doc("app", pg, Some("pii")))
+        .await
+        .version;
+    admin.wait_applied(1, v2, LIMIT).await;
+    let want = cp_rows(&[
+        [
+            Some("1"),
+            Some("*****6789"),
+            Some("Sparky"),
+            Some("card **** **** **** 1111"),
+        ],
+        [Some("2"), Some("*****7777"), Some("Rex"), Some("clean")],
+    ]);
+    // The prepared statement first: it is the first statement after the switch.
+    let prepared: Vec<TextRow> = c
+        .query(&st, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            vec![
+                Some(r.get::<_, i32>(0).to_string()),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+            ]
+        })
+        .collect();
+    let simple = simple_rows(&c, &sql).await;
+    let again = cp_read(&c, &st, &sql).await;
+    // A statement prepared after the switch.
+    let st2 = c.prepare(&sql).await.unwrap();
+    let fresh = cp_read(&c, &st2, &sql).await;
+    let results = [
+        ("simple query after the switch", &simple),
+        (
+            "statement prepared before the switch, first execution after it",
+            &prepared,
+        ),
+        ("simple query, again", &again[0]),
+        ("statement prepared before the switch, again", &again[1]),
+        ("statement prepared after the switch", &fresh[1]),
+    ];
+    let wrong: Vec<String> = results
+        .iter()
+        .filter(|(_, got)| **got != want)
+        .map(|(what, got)| format!("{what}:\n  got  {got:?}\n  want {want:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A Policy with `unmasked: true` shows originals to its group; turning
+/// it off masks that group's open session from its next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_unmasked_policy() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let auditor = ApiKey::generate();
+    let t = "mk_cp_unmasked";
+    seed_cp(pg, t).await;
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let auditors = |unmasked: bool| {
+        format!(
+            "{}  unmasked: {unmasked}\n",
+            cp::policy_yaml("auditors-app", &["app"], &[], &["auditors"])
+        )
+    };
+    let v1 = admin
+        .apply(
+            &[
+                connection_doc("app", pg, None),
+                agent_docs(key),
+                cp::api_key_yaml("auditor-key", "auditor", &auditor.verifier, &["auditors"]),
+                auditors(true),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m3");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let agent = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap();
+    let aud = connect(&node.config("auditor", &auditor.key, "app"))
+        .await
+        .unwrap();
+    let sql = format!("select id, ssn, nickname, note from {t} order by id");
+    let original = cp_rows(&[
+        [
+            Some("1"),
+            Some("123456789"),
+            Some("Sparky"),
+            Some("card 4111 1111 1111 1111"),
+        ],
+        [Some("2"), Some("555667777"), Some("Rex"), Some("clean")],
+    ]);
+    // The default profile: detectors, and keep-last-4 on `ssn` columns.
+    let masked = cp_rows(&[
+        [
+            Some("1"),
+            Some("*****6789"),
+            Some("Sparky"),
+            Some("card **** **** **** 1111"),
+        ],
+        [Some("2"), Some("*****7777"), Some("Rex"), Some("clean")],
+    ]);
+    assert_rows("auditor", &simple_rows(&aud, &sql).await, &original);
+    assert_rows("agent1", &simple_rows(&agent, &sql).await, &masked);
+    let v2 = admin.apply(&auditors(false)).await.version;
+    admin.wait_applied(1, v2, LIMIT).await;
+    assert_rows(
+        "auditor after unmasked: false",
+        &simple_rows(&aud, &sql).await,
+        &masked,
+    );
+}
+
+/// An invalid MaskingProfile is refused at apply, naming the field path,
+/// by the YAML path (`sluicectl apply`) and by the server itself; so is a
+/// Connection naming a profile that does not exist. Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_refuses_invalid_masking_profiles_naming_the_field() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_cp_invalid";
+    seed_cp(pg, t).await;
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let good = profile_doc(
+        "pii",
+        "columns:\n  - {column: ssn, action: {keep_last: 4}}\n",
+    );
+    let v1 = admin
+        .apply(
+            &[
+                good,
+                connection_doc("app", pg, Some("pii")),
+                agent_docs(key),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m4");
+    admin.wait_applied(1, v1, LIMIT).await;
+
+    let cases = [
+        (
+            "columns:\n  - {column: ssn, action: squash}\n",
+            "spec.columns[0].action",
+        ),
+        (
+            "columns:\n  - {column: ssn, action: {keep_last: 0}}\n",
+            "columns[0].action.keep_last",
+        ),
+        ("detectors: {e_mail: true}\n", "spec.detectors"),
+        ("format: {mask_char: x}\n", "format.mask_char"),
+        (
+            "custom_regexes:\n  - {name: r, pattern: '('}\n",
+            "custom_regexes[0].pattern",
+        ),
+        ("hash_key: short\n", "hash_key"),
+    ];
+    let mut problems = Vec::new();
+    for (spec, field) in cases {
+        let doc = profile_doc("pii", spec);
+        // The YAML path, as sluicectl sends it.
+        let out = cp.ctl(&["apply", "-f", "-"], Some(doc.as_bytes()));
+        if out.success() || !out.stderr.contains(field) {
+            problems.push(format!(
+                "sluicectl apply of `{spec}`: {} (want a refusal naming {field}): {}{}",
+                out.status, out.stdout, out.stderr
+            ));
+        }
+        match admin.try_apply(&doc).await {
+            Ok(r) => problems.push(format!("apply of `{spec}` accepted: {r:?}")),
+            Err(e) if !e.message().contains(field) => problems.push(format!(
+                "apply of `{spec}`: refusal does not name {field}: {}",
+                e.message()
+            )),
+            Err(_) => {}
+        }
+    }
+    // The server itself, given a resource no client checked.
+    let raw = |json: &str| proto::Resource {
+        api_version: proto::API_VERSION.into(),
+        kind: "MaskingProfile".into(),
+        name: "pii".into(),
+        spec: Some(Spec::MaskingProfile(proto::MaskingProfileSpec {
+            json: json.into(),
+        })),
+        revision: 0,
+    };
+    for (json, field) in [
+        (
+            r#"{"columns":[{"column":"ssn","action":"squash"}]}"#,
+            "columns[0].action",
+        ),
+        (
+            r#"{"columns":[{"column":"ssn","action":{"keep_last":0}}]}"#,
+            "columns[0].action.keep_last",
+        ),
+    ] {
+        match admin.apply_resources(vec![raw(json)]).await {
+            Ok(r) => problems.push(format!("server accepted {json}: {r:?}")),
+            Err(e) => {
+                if e.code() != tonic::Code::InvalidArgument || !e.message().contains(field) {
+                    problems.push(format!(
+                        "server refusal of {json} does not name {field}: {} {}",
+                        e.code(),
+                        e.message()
+                    ));
+                }
+            }
+        }
+    }
+    // A Connection naming a profile that does not exist.
+    match admin
+        .try_apply(&connection_doc("app", pg, Some("ghost")))
+        .await
+    {
+        Ok(r) => problems.push(format!("maskingProfile: ghost accepted: {r:?}")),
+        Err(e) if !e.message().contains("spec.maskingProfile") => problems.push(format!(
+            "maskingProfile: ghost refused without naming spec.maskingProfile: {}",
+            e.message()
+        )),
+        Err(_) => {}
+    }
+    // Nothing changed: same version, the node still masks with v1.
+    assert_eq!(admin.version().await.snapshot_version, v1);
+    let c = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap();
+    let r = simple_rows(&c, &format!("select ssn from {t} order by id")).await;
+    assert_eq!(
+        r,
+        vec![
+            vec![Some("*****6789".into())],
+            vec![Some("*****7777".into())]
+        ]
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
