@@ -35,7 +35,7 @@ TABLE_ROWS=${TABLE_ROWS:-20000}
 CONTENDERS=${CONTENDERS:-"off on"}
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "Knobs (env): MODES=\"$MODES\" (simple extended prepared) CLIENTS=$CLIENTS ROUNDS=$ROUNDS"
     echo "  SECS=$SECS THREADS=$THREADS PAUSE=$PAUSE ROWS=$ROWS (rows per SELECT) TABLE_ROWS=$TABLE_ROWS"
