@@ -31,7 +31,8 @@ usage() {
     echo
     echo "Knobs (env): WORKLOADS=\"$WORKLOADS\" (simple extended prepared) CLIENTS=\"$CLIENTS\""
     echo "  ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS PAUSE=$PAUSE"
-    echo "  AUDIT_FSYNC=$AUDIT_FSYNC (batch|never) AUDIT_QUOTA=$AUDIT_QUOTA SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir>"
+    echo "  AUDIT_FSYNC=$AUDIT_FSYNC (batch|never) AUDIT_QUOTA=$AUDIT_QUOTA AUDIT_SPOOL_DIR=<work dir> AUDIT_RING_DIR=<spool dir>"
+    echo "  SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir>"
     echo "  SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
 }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -81,8 +82,10 @@ SLUICE_NAME=sluice-off start_sluice plain
 OFF_PORT=$SLUICE_PORT OFF_ADMIN=$SLUICE_ADMIN_PORT OFF_KEY=$SLUICE_KEY OFF_PID=$SLUICE_PID
 E2E_EXTRA_PIDS+=("sluice-dp (audit off):$OFF_PID")
 # Audit on: local spool only (no control plane), so nothing is deleted.
-SPOOL=$WORK/audit-spool
-SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC }" \
+SPOOL=${AUDIT_SPOOL_DIR:-$WORK/audit-spool}
+RING_YAML="" RING_ARGS=()
+if [[ -n ${AUDIT_RING_DIR:-} ]]; then RING_YAML=", ring_dir: \"$AUDIT_RING_DIR\"" RING_ARGS=(--ring-dir "$AUDIT_RING_DIR"); fi
+SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC$RING_YAML }" \
     start_sluice plain
 ON_PORT=$SLUICE_PORT ON_ADMIN=$SLUICE_ADMIN_PORT ON_KEY=$SLUICE_KEY ON_PID=$SLUICE_PID
 
@@ -129,7 +132,7 @@ produced=$(metric "$ON_ADMIN" 'sluice_audit_records_total{stage="produced"}')
 refused=$(metric "$ON_ADMIN" sluice_audit_refused_total)
 unaudited=$(metric "$ON_ADMIN" sluice_audit_unaudited_total)
 stop_pid "sluice-dp (audit on)" "$ON_PID" 30
-"$SLUICE_BIN" audit-spool --dir "$SPOOL" >"$OUT/audit-spool.json" 2>"$WORK/audit-spool.err" ||
+"$SLUICE_BIN" audit-spool --dir "$SPOOL" "${RING_ARGS[@]}" >"$OUT/audit-spool.json" 2>"$WORK/audit-spool.err" ||
     { cat "$WORK/audit-spool.err" >&2; die "sluice-dp audit-spool failed"; }
 records=$(sed -n 's/^ *"statements": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
 spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")

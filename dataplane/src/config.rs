@@ -88,6 +88,11 @@ pub struct Audit {
     /// config file's directory (or the working directory without a file).
     /// `--audit-dir` overrides it.
     pub spool_dir: PathBuf,
+    /// Where the per-core ring files live. Default: a directory of their
+    /// own under `/dev/shm` (tmpfs, named after `spool_dir`), or `spool_dir`
+    /// without a writable `/dev/shm`. Relative paths resolve like
+    /// `spool_dir`.
+    pub ring_dir: Option<PathBuf>,
     /// Most bytes the spool's segment files may take.
     pub quota_bytes: u64,
     /// What happens to statements when records cannot be kept.
@@ -111,6 +116,7 @@ impl Default for Audit {
         Audit {
             enabled: None,
             spool_dir: PathBuf::from("sluice-audit"),
+            ring_dir: None,
             quota_bytes: 1 << 30,
             when_full: WhenFullChoice::FailClosed,
             fsync: FsyncChoice::Batch,
@@ -541,6 +547,9 @@ impl Config {
             fix(&mut j.jwks_file);
         }
         fix(&mut self.audit.spool_dir);
+        if let Some(p) = &mut self.audit.ring_dir {
+            fix(p);
+        }
         if let Some(cp) = &mut self.control_plane {
             for p in [&mut cp.ca_file, &mut cp.cert_file, &mut cp.key_file]
                 .into_iter()

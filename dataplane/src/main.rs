@@ -77,6 +77,10 @@ enum Command {
     AuditSpool {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the ring files are (`audit.ring_dir`; default: the same
+        /// default the node uses for --dir).
+        #[arg(long)]
+        ring_dir: Option<PathBuf>,
     },
     /// Validate a configuration file and exit.
     CheckConfig {
@@ -125,19 +129,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::AuditSpool { dir }) => match dataplane::audit::service::inspect(&dir) {
-            Ok(i) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&i).expect("serializable")
-                );
-                ExitCode::SUCCESS
+        Some(Command::AuditSpool { dir, ring_dir }) => {
+            match dataplane::audit::service::inspect(&dir, ring_dir.as_deref()) {
+                Ok(i) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&i).expect("serializable")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice-dp: audit-spool: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("sluice-dp: audit-spool: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some(Command::CheckConfig { config }) => match Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|c| dataplane::snapshot::Snapshot::build(&c, 0).map_err(Into::into))

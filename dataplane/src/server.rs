@@ -86,6 +86,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let a = &cfg.audit;
         let settings = AuditSettings {
             dir: a.spool_dir.clone(),
+            ring_dir: a
+                .ring_dir
+                .clone()
+                .unwrap_or_else(|| crate::audit::service::default_ring_dir(&a.spool_dir)),
             node_id: node_id.clone(),
             quota_bytes: a.quota_bytes,
             fsync: match a.fsync {
@@ -103,7 +107,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let (audit, inits) = Audit::open(&settings, workers)?;
         audit.start()?;
         if cfg.control_plane.is_none() {
-            tracing::warn!(dir = %a.spool_dir.display(), quota_bytes = a.quota_bytes, "audit without a control plane: records are kept in the local spool only, which nothing empties; statements are refused once it reaches its quota (when_full: fail_closed)");
+            tracing::warn!(dir = %a.spool_dir.display(), quota_bytes = a.quota_bytes, when_full = ?a.when_full, "audit without a control plane: records are kept in the local spool only, which nothing empties; once it reaches its quota, statements are refused (fail_closed) or run unaudited (fail_open)");
             audit.push_side(snapshot_applied(1));
         }
         (Some(audit), inits.into_iter().map(Some).collect())
@@ -208,7 +212,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some(a) = &audit {
             // A last drain of the rings into the spool, then a moment for
             // the control plane to acknowledge it.
-            a.shutdown();
+            // Connections (handshakes included) all gone: no core can
+            // write a record any more.
+            let connections: i64 = state
+                .registry
+                .cores
+                .iter()
+                .map(|c| c.connections_open.load(Relaxed))
+                .sum();
+            a.shutdown(connections <= 0);
             if cfg.control_plane.is_some() {
                 crate::audit::shipper::wait_acknowledged(a, Duration::from_secs(2)).await;
             }

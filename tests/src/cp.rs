@@ -561,7 +561,7 @@ pub fn node(
     wait_ready: bool,
 ) -> Result<Gateway, String> {
     let yaml = format!(
-        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\n{extra_yaml}",
+        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\naudit: {{ ring_dir: sluice-audit-rings }}\n{extra_yaml}",
         urls.iter()
             .map(|u| format!("\"{u}\""))
             .collect::<Vec<_>>()

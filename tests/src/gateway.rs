@@ -137,7 +137,7 @@ impl Default for GatewayConfig {
             // in its temp dir), to exercise the relay's audit path.
             audit: std::env::var_os("SLUICE_TEST_AUDIT")
                 .filter(|v| v == "1")
-                .map(|_| "{ enabled: true }".to_string()),
+                .map(|_| "{ enabled: true, ring_dir: sluice-audit-rings }".to_string()),
         }
     }
 }
@@ -174,9 +174,12 @@ impl GatewayConfig {
     /// Audit on, spooling to `dir`; `extra` adds keys to the section
     /// (`"quota_bytes: 65536, when_full: fail_open"`).
     pub fn audit(mut self, dir: &Path, extra: &str) -> Self {
+        // Rings next to the spool (not the default under /dev/shm), so a
+        // test that kills the gateway leaves nothing behind.
         let mut a = format!(
-            "{{ enabled: true, spool_dir: {}",
-            y(&dir.display().to_string())
+            "{{ enabled: true, spool_dir: {}, ring_dir: {}",
+            y(&dir.display().to_string()),
+            y(&dir.join("rings").display().to_string())
         );
         if !extra.is_empty() {
             a.push_str(", ");

@@ -19,9 +19,14 @@ fn audited(dir: &Path, extra: &str) -> GatewayConfig {
     GatewayConfig::standard(Pg::shared(), ApiKey::shared()).audit(dir, extra)
 }
 
-/// Spooled records plus those still in the rings (the node is stopped).
+/// Spooled records plus those still in the rings (the node is stopped;
+/// rings where [`GatewayConfig::audit`] puts them).
 fn records(dir: &Path) -> Vec<AuditRecord> {
-    let (mut spooled, in_rings) = dataplane::audit::service::read_dir(dir)
+    records_in(dir, Some(&dir.join("rings")))
+}
+
+fn records_in(dir: &Path, ring_dir: Option<&Path>) -> Vec<AuditRecord> {
+    let (mut spooled, in_rings) = dataplane::audit::service::read_dir(dir, ring_dir)
         .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.display()));
     spooled.extend(in_rings);
     spooled
@@ -273,7 +278,12 @@ async fn statements_through_two_nodes_give_exactly_one_record_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_keeps_the_record_of_every_completed_statement() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = audited(dir.path(), "");
+    // The default ring directory (under /dev/shm): what a node runs with.
+    let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared());
+    cfg.audit = Some(format!(
+        "{{ enabled: true, spool_dir: {} }}",
+        sluice_tests::gateway::y(&dir.path().display().to_string())
+    ));
     let gw = Gateway::start_with(&cfg);
     let completed = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -321,7 +331,12 @@ async fn sigkill_mid_load_keeps_the_record_of_every_completed_statement() {
     let gw2 = Gateway::start_with(&cfg);
     assert!(gw2.log().contains("audit spool open"), "{}", gw2.log());
     gw2.stop();
-    let recs = records(dir.path());
+    let rings = dataplane::audit::service::default_ring_dir(dir.path());
+    assert!(
+        !rings.exists(),
+        "a clean stop removes the drained rings: {rings:?}"
+    );
+    let recs = records_in(dir.path(), None);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for r in &recs {
         if let Some(i) = sql(r).find("kill-") {
@@ -434,7 +449,8 @@ async fn at_the_spool_quota_statements_are_refused_and_no_record_is_dropped() {
     gw2.wait_connections_closed(Duration::from_secs(10)).await;
     gw2.stop();
     let recs = records(dir.path());
-    let (spooled, in_rings) = dataplane::audit::service::read_dir(dir.path()).unwrap();
+    let (spooled, in_rings) =
+        dataplane::audit::service::read_dir(dir.path(), Some(&dir.path().join("rings"))).unwrap();
     assert!(in_rings.is_empty(), "all moved to the spool");
     assert_eq!(spooled.len(), recs.len());
     for marker in &done {

@@ -160,6 +160,11 @@ impl Pump {
         self.rings.iter().map(RingConsumer::depth).sum()
     }
 
+    /// The ring files drained.
+    pub fn ring_paths(&self) -> Vec<std::path::PathBuf> {
+        self.rings.iter().map(|r| r.path().to_path_buf()).collect()
+    }
+
     /// Records staged but refused by the spool so far.
     pub fn staged(&self) -> usize {
         self.frames.len()

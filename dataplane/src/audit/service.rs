@@ -30,6 +30,8 @@ const REFUSED_INTERVAL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
     pub dir: PathBuf,
+    /// Where the core ring files live (may be `dir`).
+    pub ring_dir: PathBuf,
     /// Stamped on every record; the control plane keeps one stream per id.
     pub node_id: String,
     pub quota_bytes: u64,
@@ -54,27 +56,83 @@ pub struct Audit {
     thread: Mutex<Option<JoinHandle<()>>>,
     node_id: String,
     flush_interval: Duration,
-    /// Held for the life of the process: one sluice-dp per spool directory.
-    _lock: File,
+    spool_dir: PathBuf,
+    ring_dir: PathBuf,
+    /// Held for the life of the process: one sluice-dp per spool (and ring)
+    /// directory.
+    _locks: Vec<File>,
 }
 
-fn lock_dir(dir: &std::path::Path) -> anyhow::Result<File> {
+fn lock_dir(dir: &std::path::Path, field: &str) -> anyhow::Result<File> {
     let path = dir.join("LOCK");
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("audit.spool_dir: cannot open {}", path.display()))?;
+        .with_context(|| format!("audit.{field}: cannot open {}", path.display()))?;
     // SAFETY: flock on an fd we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         anyhow::bail!(
-            "audit.spool_dir: {} is in use by another sluice-dp (each node needs its own spool directory)",
+            "audit.{field}: {} is in use by another sluice-dp (each node needs its own directory)",
             dir.display()
         );
     }
     Ok(f)
+}
+
+/// Where the ring files go when `audit.ring_dir` is not set: a directory
+/// of its own under `/dev/shm` (tmpfs), named after the spool directory's
+/// absolute path, so each spool keeps its rings across restarts. Falls back
+/// to the spool directory where there is no writable `/dev/shm`.
+///
+/// Why not the spool directory itself: the rings must survive the process,
+/// which a tmpfs file does as well as a disk file does, and a data core
+/// writing into a disk-backed shared mapping takes page faults into the
+/// file system whenever the kernel has written a page back (ext4
+/// `page_mkwrite`, which can wait for the journal): a core must never wait
+/// for a disk. Neither kind of ring survives a power loss; the spool does.
+pub fn default_ring_dir(spool_dir: &std::path::Path) -> PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    let writable = fs::metadata(shm).is_ok_and(|m| m.is_dir())
+        // SAFETY: access(2) on a NUL-terminated path literal.
+        && unsafe { libc::access(c"/dev/shm".as_ptr(), libc::W_OK) } == 0;
+    if !writable {
+        return spool_dir.to_path_buf();
+    }
+    let abs = std::path::absolute(spool_dir).unwrap_or_else(|_| spool_dir.to_path_buf());
+    // FNV-1a, 64 bits: stable across builds and versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in abs.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    shm.join(format!("sluice-audit-{h:016x}"))
+}
+
+/// Lock the spool directory, and the ring directory when it is another.
+fn lock_dirs(dir: &std::path::Path, ring_dir: &std::path::Path) -> anyhow::Result<Vec<File>> {
+    let mut locks = vec![lock_dir(dir, "spool_dir")?];
+    let same = match (fs::canonicalize(dir), fs::canonicalize(ring_dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => dir == ring_dir,
+    };
+    if !same {
+        locks.push(lock_dir(ring_dir, "ring_dir")?);
+    }
+    Ok(locks)
+}
+
+/// The ring files' core numbers found in `ring_dir`.
+fn ring_files(ring_dir: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+    let mut cores: Vec<u32> = fs::read_dir(ring_dir)
+        .with_context(|| format!("list {}", ring_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(ring::parse_ring_name))
+        .collect();
+    cores.sort_unstable();
+    Ok(cores)
 }
 
 /// Open (or create) core `core`'s ring, setting a damaged file aside.
@@ -100,7 +158,9 @@ impl Audit {
     pub fn open(s: &AuditSettings, cores: usize) -> anyhow::Result<(Arc<Audit>, Vec<CoreInit>)> {
         fs::create_dir_all(&s.dir)
             .with_context(|| format!("audit.spool_dir: cannot create {}", s.dir.display()))?;
-        let lock = lock_dir(&s.dir)?;
+        fs::create_dir_all(&s.ring_dir)
+            .with_context(|| format!("audit.ring_dir: cannot create {}", s.ring_dir.display()))?;
+        let locks = lock_dirs(&s.dir, &s.ring_dir)?;
         let mut cfg = SpoolConfig::new(&s.dir, &s.node_id);
         cfg.quota_bytes = s.quota_bytes;
         cfg.fsync = s.fsync;
@@ -109,12 +169,7 @@ impl Audit {
             Spool::open(cfg).with_context(|| format!("audit spool in {}", s.dir.display()))?;
         let high = spool.core_high_water().clone();
 
-        let mut existing: Vec<u32> = fs::read_dir(&s.dir)
-            .with_context(|| format!("list {}", s.dir.display()))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(ring::parse_ring_name))
-            .collect();
-        existing.sort_unstable();
+        let existing = ring_files(&s.ring_dir)?;
         let gate = Arc::new(AuditGate::default());
         let stats = Arc::new(AuditStats::new(cores));
         let boot = {
@@ -126,7 +181,7 @@ impl Audit {
         let mut consumers: Vec<RingConsumer> = Vec::new();
         let mut inits = Vec::new();
         for core in 0..cores as u32 {
-            let mut r = open_ring(&s.dir, core, s.ring_bytes)?;
+            let mut r = open_ring(&s.ring_dir, core, s.ring_bytes)?;
             if r.capacity() != s.ring_bytes {
                 if r.depth() == 0 {
                     let next = r.next_seq();
@@ -154,7 +209,7 @@ impl Audit {
         // time): drained like the others, never written.
         let mut orphans = Vec::new();
         for &core in existing.iter().filter(|&&c| c as usize >= cores) {
-            let r = open_ring(&s.dir, core, s.ring_bytes)?;
+            let r = open_ring(&s.ring_dir, core, s.ring_bytes)?;
             orphans.push(r.path().to_path_buf());
             consumers.push(r.into_consumer());
         }
@@ -178,7 +233,7 @@ impl Audit {
             );
         }
         let sp = pump.spool();
-        tracing::info!(dir = %s.dir.display(), node = %s.node_id, last_seq = sp.last_seq(), acked = sp.acked_through(), waiting = sp.pending(), bytes = sp.bytes(), "audit spool open");
+        tracing::info!(dir = %s.dir.display(), ring_dir = %s.ring_dir.display(), node = %s.node_id, last_seq = sp.last_seq(), acked = sp.acked_through(), waiting = sp.pending(), bytes = sp.bytes(), "audit spool open");
         if pump.ring_depth() == 0 {
             for p in orphans {
                 let _ = fs::remove_file(p);
@@ -195,7 +250,9 @@ impl Audit {
             thread: Mutex::new(None),
             node_id: s.node_id.clone(),
             flush_interval: s.flush_interval,
-            _lock: lock,
+            spool_dir: s.dir.clone(),
+            ring_dir: s.ring_dir.clone(),
+            _locks: locks,
         });
         Ok((audit, inits))
     }
@@ -240,7 +297,11 @@ impl Audit {
 
     /// Stop the drain thread after a last drain (call once the sessions
     /// are closed).
-    pub fn shutdown(&self) {
+    ///
+    /// With `sessions_closed` (no data core can write any more) and every
+    /// ring empty, the ring files are removed too, so a node that goes away
+    /// for good leaves nothing in tmpfs; the next start makes new ones.
+    pub fn shutdown(&self, sessions_closed: bool) {
         self.stop.store(true, Relaxed);
         let h = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = h {
@@ -248,7 +309,15 @@ impl Audit {
         }
         let p = self.pump();
         if p.ring_depth() > 0 || p.staged() > 0 {
-            tracing::warn!(ring_bytes = p.ring_depth(), staged = p.staged(), "audit: records left in the rings (the spool refuses them); the next start moves them");
+            tracing::warn!(ring_bytes = p.ring_depth(), staged = p.staged(), "audit: records left in the rings (the spool refuses them, or sessions were still open); the next start moves them");
+        } else if sessions_closed {
+            for path in p.ring_paths() {
+                let _ = fs::remove_file(path);
+            }
+            if self.ring_dir != self.spool_dir {
+                let _ = fs::remove_file(self.ring_dir.join("LOCK"));
+                let _ = fs::remove_dir(&self.ring_dir);
+            }
         }
     }
 
@@ -297,24 +366,36 @@ pub struct Inspection {
 }
 
 /// Every record of a stopped node's spool directory: the spool's
-/// unacknowledged records, then what is still in the rings (not deduplicated
-/// against the spool; [`Audit::open`] does that). Locks the directory while
-/// it reads, so it refuses to run next to a live node.
-pub fn read_dir(dir: &std::path::Path) -> anyhow::Result<(Vec<AuditRecord>, Vec<AuditRecord>)> {
+/// unacknowledged records, then what is still in the rings (in `ring_dir`,
+/// or [`default_ring_dir`] when `None`), less what the spool already holds. Locks the
+/// directories while it reads, so it refuses to run next to a live node.
+pub fn read_dir(
+    dir: &std::path::Path,
+    ring_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Vec<AuditRecord>, Vec<AuditRecord>)> {
     use prost::Message;
-    let _lock = lock_dir(dir)?;
+    let default = default_ring_dir(dir);
+    let ring_dir = ring_dir.unwrap_or(&default);
+    // No ring directory (a clean stop removes it): only the spool to read.
+    let rings_there = ring_dir.is_dir();
+    let _locks = if rings_there {
+        lock_dirs(dir, ring_dir)?
+    } else {
+        vec![lock_dir(dir, "spool_dir")?]
+    };
     let spool = Spool::open(SpoolConfig::new(dir, "inspect"))
         .with_context(|| format!("audit spool in {}", dir.display()))?;
     let spooled = spool.unacked(0, usize::MAX)?;
     let mut high = spool.core_high_water().clone();
     let mut in_rings = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let Some(core) = entry.file_name().to_str().and_then(ring::parse_ring_name) else {
-            continue;
-        };
-        let c =
-            RingFile::open_or_create(&entry.path(), core, ring::MIN_RING_BYTES)?.into_consumer();
+    let cores = if rings_there {
+        ring_files(ring_dir)?
+    } else {
+        Vec::new()
+    };
+    for core in cores {
+        let path = ring::ring_path(ring_dir, core);
+        let c = RingFile::open_or_create(&path, core, ring::MIN_RING_BYTES)?.into_consumer();
         let mut bytes = Vec::new();
         let mut frames = Vec::new();
         c.read_from(c.committed(), usize::MAX, &mut bytes, &mut frames)?;
@@ -327,11 +408,14 @@ pub fn read_dir(dir: &std::path::Path) -> anyhow::Result<(Vec<AuditRecord>, Vec<
 }
 
 /// Summarise a stopped node's spool directory (`sluice-dp audit-spool`).
-pub fn inspect(dir: &std::path::Path) -> anyhow::Result<Inspection> {
-    let (spooled, in_rings) = read_dir(dir)?;
+pub fn inspect(
+    dir: &std::path::Path,
+    ring_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Inspection> {
+    let (spooled, in_rings) = read_dir(dir, ring_dir)?;
     let mut out = Inspection::default();
     {
-        let _lock = lock_dir(dir)?;
+        let _lock = lock_dir(dir, "spool_dir")?;
         let spool = Spool::open(SpoolConfig::new(dir, "inspect"))?;
         out.last_sequence = spool.last_seq();
         out.acknowledged_through = spool.acked_through();
@@ -372,6 +456,7 @@ mod tests {
     fn settings(dir: &std::path::Path) -> AuditSettings {
         AuditSettings {
             dir: dir.to_path_buf(),
+            ring_dir: dir.to_path_buf(),
             node_id: "n1".into(),
             quota_bytes: 1 << 30,
             fsync: FsyncPolicy::Batch,
@@ -439,6 +524,49 @@ mod tests {
             !ring::ring_path(d.path(), 1).exists(),
             "empty orphan ring removed"
         );
+    }
+
+    #[test]
+    fn clean_shutdown_removes_empty_rings_and_keeps_full_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = settings(d.path());
+        s.ring_dir = d.path().join("rings");
+        let (audit, inits) = Audit::open(&s, 1).unwrap();
+        audit.start().unwrap();
+        let core = CoreAudit::new(inits.into_iter().next().unwrap());
+        statement(&core, "a");
+        audit.shutdown(true);
+        assert!(
+            !s.ring_dir.exists(),
+            "drained rings and their directory removed"
+        );
+        assert_eq!(audit.pump().spool().last_seq(), 1);
+        drop(core);
+        drop(audit);
+        // Sessions still open at shutdown: the rings stay.
+        let (audit, inits) = Audit::open(&s, 1).unwrap();
+        let _core = CoreAudit::new(inits.into_iter().next().unwrap());
+        audit.shutdown(false);
+        assert!(ring::ring_path(&s.ring_dir, 0).exists());
+    }
+
+    #[test]
+    fn default_ring_dir_is_per_spool_and_stable() {
+        let a = default_ring_dir(std::path::Path::new("/var/lib/sluice/a"));
+        let b = default_ring_dir(std::path::Path::new("/var/lib/sluice/b"));
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            default_ring_dir(std::path::Path::new("/var/lib/sluice/a"))
+        );
+        if a.starts_with("/dev/shm") {
+            assert!(a
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sluice-audit-"));
+        }
     }
 
     #[test]
