@@ -560,8 +560,15 @@ pub fn node(
     extra_yaml: &str,
     wait_ready: bool,
 ) -> Result<Gateway, String> {
+    // Rings in the node's temp dir (not /dev/shm) unless the caller
+    // configures audit itself.
+    let audit = if extra_yaml.lines().any(|l| l.starts_with("audit:")) {
+        ""
+    } else {
+        "audit: { ring_dir: sluice-audit-rings }\n"
+    };
     let yaml = format!(
-        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\naudit: {{ ring_dir: sluice-audit-rings }}\n{extra_yaml}",
+        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\n{audit}{extra_yaml}",
         urls.iter()
             .map(|u| format!("\"{u}\""))
             .collect::<Vec<_>>()

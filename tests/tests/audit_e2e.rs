@@ -30,8 +30,9 @@ fn node(cp_url: &str, name: &str, spool: &Path) -> Gateway {
         &[cp_url.to_string()],
         name,
         &format!(
-            "workers: 1\nlimits:\n  drain_timeout_ms: 500\naudit:\n  spool_dir: \"{}\"\n",
-            spool.display()
+            "workers: 1\nlimits:\n  drain_timeout_ms: 500\naudit:\n  spool_dir: \"{}\"\n  ring_dir: \"{}\"\n",
+            spool.display(),
+            spool.join("rings").display()
         ),
         true,
     )
