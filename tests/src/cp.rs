@@ -568,11 +568,18 @@ pub fn node(
         "audit: { ring_dir: sluice-audit-rings }\n"
     };
     let yaml = format!(
-        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\n{audit}{extra_yaml}",
+        "control_plane:\n  urls: [{}]\n  node_name: {name}\n  heartbeat_seconds: 1\n{extra_yaml}{}{audit}",
         urls.iter()
             .map(|u| format!("\"{u}\""))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        // `extra_yaml` may continue `control_plane:` with indented keys,
+        // so the audit line goes last.
+        if extra_yaml.is_empty() || extra_yaml.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        }
     );
     if wait_ready {
         Gateway::try_start(&yaml)
