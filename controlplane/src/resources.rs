@@ -258,6 +258,21 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Docume
     Ok(out)
 }
 
+/// The canonical kind for what an operator typed: case-insensitive,
+/// singular, plural or short (`conn`, `idp`, `key`, `mask`). `sluicectl`
+/// and the admin service accept the same names.
+pub fn canonical_kind(typed: &str) -> Option<&'static str> {
+    Some(match typed.to_ascii_lowercase().as_str() {
+        "connection" | "connections" | "conn" | "conns" => "Connection",
+        "identityprovider" | "identityproviders" | "idp" | "idps" => "IdentityProvider",
+        "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
+        "group" | "groups" => "Group",
+        "policy" | "policies" => "Policy",
+        "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
+        _ => return None,
+    })
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63

@@ -5,19 +5,9 @@
 use proto::{resource::Spec, Resource};
 use serde_yaml::{Mapping, Value};
 
-/// The canonical kind for what an operator typed: case-insensitive,
-/// singular, plural or short (`conn`, `idp`, `key`).
-pub fn parse_kind(typed: &str) -> Option<&'static str> {
-    Some(match typed.to_ascii_lowercase().as_str() {
-        "connection" | "connections" | "conn" | "conns" => "Connection",
-        "identityprovider" | "identityproviders" | "idp" | "idps" => "IdentityProvider",
-        "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
-        "group" | "groups" => "Group",
-        "policy" | "policies" => "Policy",
-        "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
-        _ => return None,
-    })
-}
+/// The canonical kind for what an operator typed (shared with the
+/// server, which accepts the same aliases).
+pub use crate::resources::canonical_kind as parse_kind;
 
 /// The kinds and their aliases, for error messages and `--help`.
 pub const KIND_HELP: &str = "connection (connections, conn), identityprovider \

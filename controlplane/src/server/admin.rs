@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::config::{decode_config, encode_config, sort_resources, CONFIG_KEY, JWKS_PREFIX};
 use super::nodes;
 use super::Shared;
-use crate::resources::{validate_resource, validate_set};
+use crate::resources::{canonical_kind, validate_resource, validate_set};
 use crate::store::StoreError;
 
 /// How many times apply/delete retry a lost compare-and-swap race.
@@ -33,22 +33,6 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::InvalidArgument(m) => Status::invalid_argument(m),
         other => Status::internal(other.to_string()),
     }
-}
-
-/// Canonical kind name from what a user typed (case-insensitive, plurals
-/// and short forms).
-pub fn canonical_kind(k: &str) -> Option<&'static str> {
-    let k = k.to_ascii_lowercase();
-    let k = k.as_str();
-    Some(match k {
-        "connection" | "connections" | "conn" => "Connection",
-        "identityprovider" | "identityproviders" | "idp" | "idps" => "IdentityProvider",
-        "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
-        "group" | "groups" => "Group",
-        "policy" | "policies" => "Policy",
-        "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
-        _ => return None,
-    })
 }
 
 /// A copy fit to show: secrets blanked.

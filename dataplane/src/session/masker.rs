@@ -22,6 +22,7 @@
 //! safe, never open.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::{
@@ -57,7 +58,7 @@ pub struct Processed {
 type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
 
 /// A portal's (or statement's) RowDescription and result formats.
-type Described = (Vec<u8>, Option<Vec<i16>>);
+type Described = (Rc<[u8]>, Option<Vec<i16>>);
 
 /// Requests whose answers the masker must pair up, tagged with the number
 /// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
@@ -84,7 +85,11 @@ pub struct TargetMasker {
     plan: RowPlan,
     /// The current plan came from nothing (scan every column).
     plan_known: bool,
-    statements: HashMap<Vec<u8>, Vec<u8>>,
+    /// Width of the scan-everything plan in `plan`, if that is what it
+    /// holds (rebuilt only when a row of another width comes).
+    fallback_width: Option<usize>,
+    /// Shared with `portals`: a Bind costs a reference count, not a copy.
+    statements: HashMap<Vec<u8>, Rc<[u8]>>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -133,6 +138,7 @@ impl TargetMasker {
             active: true,
             plan: RowPlan::new(),
             plan_known: false,
+            fallback_width: None,
             statements: HashMap::new(),
             portals: HashMap::new(),
             plan_portal: None,
@@ -160,6 +166,7 @@ impl TargetMasker {
                     self.engine = e;
                     self.active = true;
                     self.plan_known = false;
+                    self.fallback_width = None;
                     self.plan_portal = None;
                 }
             }
@@ -351,12 +358,13 @@ impl TargetMasker {
             b'T' => {
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
-                    self.statements.insert(name, body.to_vec());
+                    self.statements.insert(name, Rc::from(&*body));
                 } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
                     // A portal Describe: its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
-                    self.portals.insert(portal.clone(), (body.to_vec(), None));
                     self.describe(body, None);
+                    self.portals
+                        .insert(portal.clone(), (Rc::from(&*body), None));
                     self.plan_portal = Some(portal);
                 } else {
                     // A simple query's result.
@@ -465,17 +473,19 @@ impl TargetMasker {
             return;
         }
         let portal = portal.clone();
-        match self.portals.get(&portal).cloned() {
-            Some((d, f)) => self.describe(&d, f.as_deref()),
-            None => self.plan_known = false,
-        }
+        self.plan_known = match self.portals.get(&portal) {
+            Some((d, f)) => {
+                self.fallback_width = None;
+                plan_from(&mut self.plan, &self.engine, d, f.as_deref())
+            }
+            None => false,
+        };
         self.plan_portal = Some(portal);
     }
 
     fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>) {
-        let ok = self.plan.describe(&self.engine, desc).is_ok()
-            && formats.is_none_or(|f| self.plan.set_result_formats(&self.engine, f).is_ok());
-        self.plan_known = ok;
+        self.fallback_width = None;
+        self.plan_known = plan_from(&mut self.plan, &self.engine, desc, formats);
     }
 
     /// No known description: scan every column of rows like `row`.
@@ -483,6 +493,9 @@ impl TargetMasker {
         let n = row
             .get(..2)
             .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+        if self.fallback_width == Some(n) {
+            return;
+        }
         let mut desc = Vec::with_capacity(2 + n * 20);
         desc.extend_from_slice(&(n as i16).to_be_bytes());
         for _ in 0..n {
@@ -495,9 +508,17 @@ impl TargetMasker {
             desc.extend_from_slice(&0i16.to_be_bytes()); // text format
         }
         let _ = self.plan.describe(&self.engine, &desc);
-        // Stays "unknown": the next row is planned from its own width.
+        // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
+        self.fallback_width = Some(n);
     }
+}
+
+/// Plan from a RowDescription and, for a Bind, its result formats; false if
+/// either does not parse.
+fn plan_from(plan: &mut RowPlan, engine: &Engine, desc: &[u8], formats: Option<&[i16]>) -> bool {
+    plan.describe(engine, desc).is_ok()
+        && formats.is_none_or(|f| plan.set_result_formats(engine, f).is_ok())
 }
 
 /// One CopyData of binary COPY: the header (first message only), then a
@@ -719,6 +740,16 @@ mod tests {
     fn unknown_description_scans_every_column() {
         let mut m = TargetMasker::new(engine(), 1 << 20);
         let mut s = data_row(&["x", CARD]);
+        m.process(&mut s);
+        assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
+    }
+
+    #[test]
+    fn fallback_plan_follows_the_row_width() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut s = data_row(&["x", CARD]);
+        s.extend(data_row(&["x", CARD]));
+        s.extend(data_row(&["x", "y", CARD]));
         m.process(&mut s);
         assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
     }
