@@ -234,6 +234,120 @@ async fn every_statement_has_its_record_with_identity_connection_sql_and_outcome
     assert_eq!(of_kind(&recs, AuditKind::SnapshotApplied).len(), 1);
 }
 
+/// What was masked, per rule and column, is in the statement's record;
+/// SQL text and bind parameters are recorded through the masking engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
+    const CARD: &str = "4111 1111 1111 1111";
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let c = gw.agent().await;
+    step(
+        "setup",
+        c.batch_execute(&format!(
+            "drop table if exists audit_pii; \
+             create table audit_pii (id int, contact text, card text); \
+             insert into audit_pii values \
+               (1, 'ann@example.com', '{CARD}'), \
+               (2, 'bob@example.org', 'none'), \
+               (3, 'no contact', '{CARD}') /* m6-insert */"
+        )),
+    )
+    .await
+    .unwrap();
+    // Simple protocol: 2 e-mails in `contact`, 2 cards in `card`.
+    let rows = step(
+        "simple",
+        c.simple_query("select id, contact, card from audit_pii order by id /* m6 */"),
+    )
+    .await
+    .unwrap();
+    assert!(!format!("{rows:?}").contains("ann@example.com"));
+    // Extended protocol: a text parameter holding a card, an int parameter.
+    let got = step(
+        "extended",
+        c.query(
+            "select contact from audit_pii where card = $1 and id < $2 /* m7 */",
+            &[&CARD, &3i32],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 1);
+    // A card literal in the SQL text itself.
+    step(
+        "literal",
+        c.simple_query(&format!("select '{CARD}' /* m8 */")),
+    )
+    .await
+    .unwrap();
+    drop(c);
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let recs = records(dir.path());
+    let masked = |r: &AuditRecord| {
+        let mut m: Vec<(String, String, u64)> = r
+            .outcome
+            .as_ref()
+            .unwrap()
+            .masked
+            .iter()
+            .map(|m| (m.rule.clone(), m.column.clone(), m.count))
+            .collect();
+        m.sort();
+        m
+    };
+    let e = |r: &str, c: &str, n| (r.to_string(), c.to_string(), n);
+    let m6 = with_marker(&recs, "/* m6 */");
+    assert_eq!(m6.len(), 1);
+    assert_eq!(
+        masked(m6[0]),
+        [e("email", "contact", 2), e("payment_card", "card", 2)]
+    );
+    // Statements that returned nothing sensitive say so.
+    let ins = with_marker(&recs, "m6-insert");
+    assert_eq!(ins.len(), 1);
+    assert!(masked(ins[0]).is_empty());
+    // The INSERT's SQL is recorded with its values masked.
+    assert!(!sql(ins[0]).contains("4111") && !sql(ins[0]).contains("ann@example.com"));
+    assert!(sql(ins[0]).contains("insert into audit_pii values"));
+
+    let m7 = with_marker(&recs, "/* m7 */");
+    assert_eq!(m7.len(), 1);
+    assert_eq!(kind(m7[0]), AuditKind::Execute);
+    assert_eq!(masked(m7[0]), [e("email", "contact", 1)]);
+    let st = m7[0].statement.as_ref().unwrap();
+    assert_eq!(st.parameters.len(), 2, "{st:?}");
+    assert!(!st.parameters[0].contains("4111"), "{st:?}");
+    assert_eq!(st.parameters[0].len(), CARD.len(), "{st:?}");
+    assert_eq!(st.parameters[1], "\\x00000003");
+    assert!(st.parameter_nulls.is_empty());
+    let binds: Vec<_> = of_kind(&recs, AuditKind::Bind)
+        .into_iter()
+        .filter(|r| sql(r).contains("/* m7 */"))
+        .collect();
+    assert_eq!(binds.len(), 1);
+    assert_eq!(
+        binds[0].statement.as_ref().unwrap().parameters,
+        st.parameters
+    );
+
+    let m8 = with_marker(&recs, "/* m8 */");
+    assert_eq!(m8.len(), 1);
+    assert!(!sql(m8[0]).contains("4111"), "{}", sql(m8[0]));
+    // The result column (unnamed) held the card too.
+    assert_eq!(masked(m8[0]), [e("payment_card", "?column?", 1)]);
+    // No record anywhere holds the card or the e-mails in the clear.
+    for r in &recs {
+        let text = format!("{r:?}");
+        assert!(
+            !text.contains("4111 1111 1111 1111") && !text.contains("ann@example.com"),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_through_two_nodes_give_exactly_one_record_each() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

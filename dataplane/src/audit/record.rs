@@ -89,6 +89,15 @@ fn zigzag32(v: i32) -> u64 {
     u64::from(((v << 1) ^ (v >> 31)) as u32)
 }
 
+/// Values masked in a statement's results under one rule in one column
+/// (column empty: not in a result column — an error message, COPY data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedEntry {
+    pub rule: Box<str>,
+    pub column: Box<str>,
+    pub count: u64,
+}
+
 /// A statement-level record (QUERY, PARSE, BIND, EXECUTE), borrowed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatementView<'a> {
@@ -102,6 +111,8 @@ pub struct StatementView<'a> {
     pub portal_name: &'a str,
     pub parameter_count: u32,
     pub parameter_lengths: &'a [i32],
+    /// Bind parameter values, masked (`None`: NULL).
+    pub parameters: &'a [Option<Box<str>>],
     pub rows: u64,
     pub bytes: u64,
     pub duration_nanos: u64,
@@ -109,6 +120,7 @@ pub struct StatementView<'a> {
     pub error_message: &'a str,
     pub skipped: bool,
     pub incomplete: bool,
+    pub masked: &'a [MaskedEntry],
 }
 
 /// Where and under which snapshot a record was made.
@@ -148,6 +160,21 @@ pub fn encode_statement(buf: &mut Vec<u8>, origin: Origin, session: &[u8], v: &S
         string(b, 1, v.sql);
         boolean(b, 2, v.sql_truncated);
         uint(b, 3, v.sql_bytes);
+        for p in v.parameters {
+            // Always present (an empty string is a value too).
+            let s = p.as_deref().unwrap_or("");
+            key(b, 5, LEN);
+            put_varint(b, s.len() as u64);
+            b.extend_from_slice(s.as_bytes());
+        }
+        if v.parameters.iter().any(Option::is_none) {
+            // Packed repeated bool, one per parameter.
+            nested(b, 6, |p| {
+                for x in v.parameters {
+                    p.push(u8::from(x.is_none()));
+                }
+            });
+        }
         string(b, 7, v.statement_name);
         string(b, 8, v.portal_name);
         uint(b, 9, u64::from(v.parameter_count));
@@ -165,6 +192,13 @@ pub fn encode_statement(buf: &mut Vec<u8>, origin: Origin, session: &[u8], v: &S
         uint(b, 4, v.rows);
         uint(b, 5, v.bytes);
         uint(b, 6, v.duration_nanos);
+        for m in v.masked {
+            nested(b, 7, |e| {
+                string(e, 1, &m.rule);
+                string(e, 2, &m.column);
+                uint(e, 3, m.count);
+            });
+        }
         string(b, 8, v.sqlstate);
         string(b, 9, v.error_message);
         boolean(b, 10, v.skipped);
@@ -264,6 +298,25 @@ mod tests {
         let prefix = session_fields(&i, &s, &c);
         let long = "é".repeat(200); // multi-byte, > 127 bytes: 2-byte lengths
         let lengths = [4, -1, 0, 70000, -1];
+        let params: Vec<Option<Box<str>>> = vec![
+            Some("4242".into()),
+            None,
+            Some("".into()),
+            Some("x".repeat(200).into()),
+            None,
+        ];
+        let masked = [
+            MaskedEntry {
+                rule: "email".into(),
+                column: "contact".into(),
+                count: 3,
+            },
+            MaskedEntry {
+                rule: "payment_card".into(),
+                column: "".into(),
+                count: 1,
+            },
+        ];
         let view = StatementView {
             kind: AuditKind::Execute as i32,
             time_unix_nanos: 1_700_000_000_123_456_789,
@@ -274,6 +327,8 @@ mod tests {
             portal_name: "",
             parameter_count: 5,
             parameter_lengths: &lengths,
+            parameters: &params,
+            masked: &masked,
             rows: 42,
             bytes: 9000,
             duration_nanos: 1234,
@@ -309,10 +364,30 @@ mod tests {
                 statement_name: "s1".into(),
                 parameter_count: 5,
                 parameter_lengths: lengths.to_vec(),
+                parameters: vec![
+                    "4242".into(),
+                    "".into(),
+                    "".into(),
+                    "x".repeat(200),
+                    "".into(),
+                ],
+                parameter_nulls: vec![false, true, false, false, true],
                 ..Default::default()
             }),
             outcome: Some(AuditOutcome {
                 decision: Decision::Allow as i32,
+                masked: vec![
+                    proto::MaskedCount {
+                        rule: "email".into(),
+                        column: "contact".into(),
+                        count: 3,
+                    },
+                    proto::MaskedCount {
+                        rule: "payment_card".into(),
+                        column: "".into(),
+                        count: 1,
+                    },
+                ],
                 rows: 42,
                 bytes: 9000,
                 duration_nanos: 1234,

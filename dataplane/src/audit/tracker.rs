@@ -35,10 +35,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use proto::AuditKind;
 
-use super::record::StatementView;
+use super::record::{MaskedEntry, StatementView};
+use crate::mask::{Engine, Hits};
 use crate::protocol::frame::Part;
 use crate::protocol::{be_u32, tag};
 
@@ -114,10 +116,21 @@ struct Text {
 
 impl Text {
     fn new(bytes: &[u8], full: u64, max: usize) -> Text {
+        Self::masked(bytes, full, max, None)
+    }
+
+    /// As [`Text::new`], with the sensitive values `mask` finds masked
+    /// (`scratch` is a reused buffer).
+    fn masked(bytes: &[u8], full: u64, max: usize, mask: Option<(&Engine, &mut Vec<u8>)>) -> Text {
         let kept = utf8_prefix(&bytes[..bytes.len().min(max)], max);
         let truncated = full > kept.len() as u64 || kept.len() < bytes.len().min(max);
+        let text = match mask {
+            _ if kept.is_empty() => None,
+            None => Some(Rc::from(kept.as_ref())),
+            Some((engine, scratch)) => Some(mask_text(engine, &kept, scratch)),
+        };
         Text {
-            text: (!kept.is_empty()).then(|| Rc::from(kept.as_ref())),
+            text,
             truncated,
             bytes: full,
         }
@@ -147,6 +160,30 @@ fn utf8_prefix(b: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `text` with what `engine` detects masked.
+fn mask_text(engine: &Engine, text: &str, scratch: &mut Vec<u8>) -> Rc<str> {
+    scratch.clear();
+    scratch.extend_from_slice(text.as_bytes());
+    let mut hits = Hits::new();
+    if engine.mask_counted(scratch, &mut hits) == 0 {
+        return Rc::from(text);
+    }
+    match std::str::from_utf8(scratch) {
+        Ok(s) => Rc::from(s),
+        // A custom pattern cut a multi-byte character.
+        Err(_) => Rc::from(String::from_utf8_lossy(scratch).as_ref()),
+    }
+}
+
+/// Bytes that read as text (a text-like parameter sent in binary).
+fn printable(v: &[u8]) -> bool {
+    std::str::from_utf8(v)
+        .is_ok_and(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+}
+
+/// Bind parameter values as recorded: text, masked; `None` for NULL.
+type Params = Rc<[Option<Box<str>>]>;
+
 fn name(b: &[u8]) -> Option<Rc<str>> {
     if b.is_empty() {
         None
@@ -169,6 +206,7 @@ struct Portal {
     sql: Text,
     param_count: u32,
     params: Option<Rc<[i32]>>,
+    values: Option<Params>,
 }
 
 #[derive(Debug)]
@@ -188,6 +226,9 @@ struct Pending {
     portal_name: Option<Rc<str>>,
     param_count: u32,
     params: Option<Rc<[i32]>>,
+    values: Option<Params>,
+    /// Values masked in the results, per rule and column.
+    masked: Vec<MaskedEntry>,
     /// Rows of the statements completed so far.
     rows: u64,
     /// DataRows since the last CommandComplete.
@@ -210,6 +251,8 @@ impl Pending {
             portal_name: None,
             param_count: 0,
             params: None,
+            values: None,
+            masked: Vec::new(),
             rows: 0,
             data_rows: 0,
             bytes: 0,
@@ -231,6 +274,14 @@ struct BindWalker {
     nparams: u16,
     cur: u16,
     lengths: Vec<i32>,
+    /// Parameter format codes (as sent: none, one for all, or one each).
+    nformats: u16,
+    formats: Vec<i16>,
+    /// Values of the listed parameters, up to `budget` bytes in all;
+    /// `spans[i]` = (start in `values`, bytes kept, cut short).
+    values: Vec<u8>,
+    spans: Vec<(u32, u32, bool)>,
+    budget: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -245,13 +296,27 @@ enum BindState {
 }
 
 impl BindWalker {
-    fn reset(&mut self) {
+    fn reset(&mut self, budget: usize) {
         self.state = BindState::NFormats;
         self.need = 2;
         self.acc_n = 0;
         self.nparams = 0;
         self.cur = 0;
         self.lengths.clear();
+        self.nformats = 0;
+        self.formats.clear();
+        self.values.clear();
+        self.spans.clear();
+        self.budget = budget;
+    }
+
+    /// Whether parameter `i` was sent in binary format.
+    fn binary(&self, i: usize) -> bool {
+        match self.nformats {
+            0 => false,
+            1 => self.formats.first() == Some(&1),
+            _ => self.formats.get(i) == Some(&1),
+        }
     }
 
     fn next_param(&mut self) {
@@ -270,6 +335,33 @@ impl BindWalker {
                 BindState::Done => return,
                 BindState::Formats | BindState::ParamValue => {
                     let take = (self.need as usize).min(b.len());
+                    if self.state == BindState::Formats {
+                        // Keep the codes of the listed parameters.
+                        for &x in &b[..take] {
+                            self.acc[self.acc_n as usize] = x;
+                            self.acc_n += 1;
+                            if self.acc_n == 2 {
+                                self.acc_n = 0;
+                                if self.formats.len() <= MAX_LISTED_PARAMS {
+                                    self.formats
+                                        .push(i16::from_be_bytes([self.acc[0], self.acc[1]]));
+                                }
+                            }
+                        }
+                    }
+                    if self.state == BindState::ParamValue
+                        && usize::from(self.cur) < MAX_LISTED_PARAMS
+                    {
+                        if let Some(span) = self.spans.last_mut() {
+                            let room = self.budget.saturating_sub(self.values.len());
+                            let keep = room.min(take);
+                            self.values.extend_from_slice(&b[..keep]);
+                            span.1 += keep as u32;
+                            if keep < take {
+                                span.2 = true;
+                            }
+                        }
+                    }
                     self.need -= take as u32;
                     b = &b[take..];
                     if self.need == 0 {
@@ -295,6 +387,7 @@ impl BindWalker {
                     match self.state {
                         BindState::NFormats => {
                             let n = u16::from_be_bytes([self.acc[0], self.acc[1]]);
+                            self.nformats = n;
                             if n > 0 {
                                 self.state = BindState::Formats;
                                 self.need = 2 * u32::from(n);
@@ -317,6 +410,9 @@ impl BindWalker {
                             let len = i32::from_be_bytes(self.acc);
                             if self.lengths.len() < MAX_LISTED_PARAMS {
                                 self.lengths.push(len);
+                                if len > 0 {
+                                    self.spans.push((self.values.len() as u32, 0, false));
+                                }
                             }
                             if len > 0 {
                                 self.state = BindState::ParamValue;
@@ -349,6 +445,8 @@ struct Capture {
     /// Id of the queued request this frame is (client side).
     pending: Option<u64>,
     bind: BindWalker,
+    /// Bytes of bind parameter values kept per Bind.
+    bind_budget: usize,
 }
 
 impl Capture {
@@ -363,7 +461,7 @@ impl Capture {
         self.found = 0;
         self.pending = None;
         if t == tag::BIND {
-            self.bind.reset();
+            self.bind.reset(self.bind_budget);
         }
     }
 
@@ -424,6 +522,9 @@ pub struct Tracker {
     stmts: HashMap<Box<[u8]>, Stmt>,
     unnamed_portal: Portal,
     portals: HashMap<Box<[u8]>, Portal>,
+    /// Masks SQL text and bind parameters before they are recorded.
+    engine: Option<Arc<Engine>>,
+    scratch: Vec<u8>,
 }
 
 impl Tracker {
@@ -441,7 +542,87 @@ impl Tracker {
             stmts: HashMap::new(),
             unnamed_portal: Portal::default(),
             portals: HashMap::new(),
+            engine: None,
+            scratch: Vec::new(),
         }
+        .with_bind_budget(max_sql)
+    }
+
+    fn with_bind_budget(mut self, n: usize) -> Tracker {
+        self.client.bind_budget = n;
+        self
+    }
+
+    /// Mask the SQL text and bind parameters of records with `engine`
+    /// from now on (the session's masking profile, or the default one for
+    /// a session that sees results unmasked: the audit trail never keeps
+    /// what the detectors find).
+    pub fn set_masking(&mut self, engine: Arc<Engine>) {
+        self.engine = Some(engine);
+    }
+
+    /// Values masked in a frame of the answer now streaming: they belong
+    /// to the oldest unanswered request (call before
+    /// [`Tracker::target_part`] for the frame).
+    pub fn target_masked(&mut self, rule: &str, column: &str, n: u64) {
+        let Some(p) = self.queue.front_mut() else {
+            return;
+        };
+        match p
+            .masked
+            .iter_mut()
+            .find(|m| &*m.rule == rule && &*m.column == column)
+        {
+            Some(m) => m.count += n,
+            None => p.masked.push(MaskedEntry {
+                rule: rule.into(),
+                column: column.into(),
+                count: n,
+            }),
+        }
+    }
+
+    /// The values of the Bind just received, masked.
+    fn bind_values(&mut self) -> Option<Params> {
+        let b = &self.client.bind;
+        if b.lengths.is_empty() {
+            return None;
+        }
+        let mut spans = b.spans.iter();
+        let mut out = Vec::with_capacity(b.lengths.len());
+        for (i, &len) in b.lengths.iter().enumerate() {
+            if len < 0 {
+                out.push(None);
+                continue;
+            }
+            let (start, kept, cut) = if len == 0 {
+                (0, 0, false)
+            } else {
+                spans.next().copied().unwrap_or((0, 0, true))
+            };
+            let v = &b.values[start as usize..(start + kept) as usize];
+            let cut = cut || (kept as usize) < len as usize;
+            let mut text = if b.binary(i) && !printable(v) {
+                // An integer, a timestamp, ...: its bytes in hex.
+                let mut t = String::with_capacity(2 + 2 * v.len());
+                t.push_str("\\x");
+                for x in v {
+                    t.push_str(&format!("{x:02x}"));
+                }
+                t
+            } else {
+                let s = utf8_prefix(v, v.len());
+                match &self.engine {
+                    Some(e) => mask_text(e, &s, &mut self.scratch).as_ref().to_owned(),
+                    None => s.into_owned(),
+                }
+            };
+            if cut {
+                text.push('…');
+            }
+            out.push(Some(text.into_boxed_str()));
+        }
+        Some(Rc::from(out))
     }
 
     /// Requests sent and not answered yet.
@@ -512,12 +693,18 @@ impl Tracker {
             self.queue.push_back(p);
             return;
         }
+        let values = if self.client.tag == tag::BIND {
+            self.bind_values()
+        } else {
+            None
+        };
         let c = &self.client;
         match c.tag {
             tag::QUERY => {
                 let full = u64::from(c.len.saturating_sub(1));
                 let n = c.head.len().min(full as usize);
-                p.sql = Text::new(&c.head[..n], full, self.max_sql);
+                let mask = self.engine.as_deref().map(|e| (e, &mut self.scratch));
+                p.sql = Text::masked(&c.head[..n], full, self.max_sql, mask);
             }
             b'F' => {
                 let oid = if c.head.len() >= 4 {
@@ -544,7 +731,12 @@ impl Tracker {
                 };
                 let stmt = Stmt {
                     name: name(stmt_name),
-                    sql: Text::new(sql, full, self.max_sql),
+                    sql: Text::masked(
+                        sql,
+                        full,
+                        self.max_sql,
+                        self.engine.as_deref().map(|e| (e, &mut self.scratch)),
+                    ),
                 };
                 p.statement_name = stmt.name.clone();
                 p.sql = stmt.sql.clone();
@@ -572,6 +764,7 @@ impl Tracker {
                     params: (!c.bind.lengths.is_empty()).then(|| Rc::from(&c.bind.lengths[..])),
                     ..Portal::default()
                 };
+                portal.values = values;
                 match stmt {
                     Some(s) => {
                         portal.stmt = s.name.clone();
@@ -584,6 +777,7 @@ impl Tracker {
                 p.sql = portal.sql.clone();
                 p.param_count = portal.param_count;
                 p.params = portal.params.clone();
+                p.values = portal.values.clone();
                 if portal_name.is_empty() {
                     self.unnamed_portal = portal;
                 } else {
@@ -603,6 +797,7 @@ impl Tracker {
                     p.sql = portal.sql.clone();
                     p.param_count = portal.param_count;
                     p.params = portal.params.clone();
+                    p.values = portal.values.clone();
                 }
             }
             b'C' => {
@@ -791,6 +986,8 @@ impl Tracker {
             portal_name: p.portal_name.as_deref().unwrap_or(""),
             parameter_count: p.param_count,
             parameter_lengths: p.params.as_deref().unwrap_or(&[]),
+            parameters: p.values.as_deref().unwrap_or(&[]),
+            masked: &p.masked,
             rows: p.rows + p.data_rows,
             bytes: p.bytes,
             duration_nanos: p.end_ns.saturating_sub(p.start.mono_ns),
@@ -833,6 +1030,8 @@ mod tests {
         stmt: String,
         portal: String,
         params: (u32, Vec<i32>),
+        values: Vec<Option<String>>,
+        masked: Vec<(String, String, u64)>,
         rows: u64,
         sqlstate: String,
         skipped: bool,
@@ -859,6 +1058,16 @@ mod tests {
                 stmt: v.statement_name.into(),
                 portal: v.portal_name.into(),
                 params: (v.parameter_count, v.parameter_lengths.to_vec()),
+                values: v
+                    .parameters
+                    .iter()
+                    .map(|p| p.as_deref().map(String::from))
+                    .collect(),
+                masked: v
+                    .masked
+                    .iter()
+                    .map(|m| (m.rule.to_string(), m.column.to_string(), m.count))
+                    .collect(),
                 rows: v.rows,
                 sqlstate: v.sqlstate.into(),
                 skipped: v.skipped,
@@ -1143,8 +1352,10 @@ mod tests {
         let sql = "select $1::int";
         let mut b = rec(AuditKind::Bind, sql);
         b.params = (1, vec![2]);
+        b.values = vec![Some("42".into())];
         let mut e = rec(AuditKind::Execute, sql);
         e.params = (1, vec![2]);
+        e.values = vec![Some("42".into())];
         e.rows = 1;
         assert_eq!(got, vec![rec(AuditKind::Parse, sql), b, e]);
     }
@@ -1436,6 +1647,128 @@ mod tests {
         );
         assert_eq!(got[1].params.0, 1000);
         assert_eq!(got[1].params.1.len(), MAX_LISTED_PARAMS);
+    }
+
+    fn masking_session(max_sql: usize) -> Session {
+        let mut s = Session::new(max_sql);
+        s.t.set_masking(Engine::compile_shared(&crate::mask::MaskingProfile::default()).unwrap());
+        s
+    }
+
+    /// A Bind with every parameter in `format`.
+    fn bind_fmt(format: i16, params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(""));
+        b.extend(1u16.to_be_bytes());
+        b.extend(format.to_be_bytes());
+        b.extend((params.len() as u16).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend((-1i32).to_be_bytes()),
+            }
+        }
+        b.extend(0u16.to_be_bytes());
+        msg(b'B', &b)
+    }
+
+    #[test]
+    fn bind_values_and_sql_are_recorded_masked() {
+        for chunk in [1, 3, 7, 4096] {
+            let mut s = masking_session(64);
+            s.client(
+                &cat(&[
+                    query("select '4111 1111 1111 1111' as card"),
+                    parse("", "insert into t values ($1, $2, $3, $4)"),
+                    bind(
+                        "",
+                        "",
+                        &[Some(b"4111 1111 1111 1111"), None, Some(b""), Some(b"bob")],
+                    ),
+                    bind_fmt(1, &[Some(&[0, 0, 0, 42]), Some(b"mail ann@example.com")]),
+                    bind_fmt(0, &[Some(&[b'y'; 100])]),
+                    sync(),
+                ]),
+                chunk,
+            );
+            s.target(
+                &cat(&[
+                    complete("SELECT 1"),
+                    ready(),
+                    msg(b'1', b""),
+                    msg(b'2', b""),
+                    msg(b'2', b""),
+                    msg(b'2', b""),
+                    ready(),
+                ]),
+                chunk,
+            );
+            let got = take(&mut s.t);
+            assert_eq!(got.len(), 5, "chunk {chunk}");
+            assert!(!got[0].sql.contains("4111"), "{}", got[0].sql);
+            assert!(got[0].sql.starts_with("select '"), "{}", got[0].sql);
+            assert_eq!(
+                got[0].sql.len(),
+                "select '4111 1111 1111 1111' as card".len()
+            );
+            let card = got[2].values[0].clone().unwrap();
+            assert!(!card.contains("4111") && card.len() == 19, "{card}");
+            assert_eq!(
+                got[2].values[1..],
+                [None, Some(String::new()), Some("bob".into())]
+            );
+            assert_eq!(got[3].values[0].as_deref(), Some("\\x0000002a"));
+            let mail = got[3].values[1].clone().unwrap();
+            assert!(
+                mail.starts_with("mail ") && !mail.contains("ann@example.com"),
+                "{mail}"
+            );
+            // All values of a Bind share max_sql bytes.
+            assert_eq!(got[4].values, [Some(format!("{}…", "y".repeat(64)))]);
+        }
+    }
+
+    #[test]
+    fn masked_counts_go_to_the_statement_whose_rows_they_were_in() {
+        let mut s = Session::new(4096);
+        s.client(
+            &cat(&[
+                parse("", "select a"),
+                bind("", "", &[]),
+                execute(""),
+                parse("", "select b"),
+                bind("", "", &[]),
+                execute(""),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), row()]), 4096);
+        s.t.target_masked("email", "contact", 1);
+        s.target(&row(), 4096);
+        s.t.target_masked("email", "contact", 2);
+        s.t.target_masked("payment_card", "note", 1);
+        s.target(&complete("SELECT 2"), 4096);
+        s.target(&cat(&[msg(b'1', b""), msg(b'2', b"")]), 4096);
+        s.t.target_masked("email", "contact", 5);
+        s.target(&cat(&[row(), complete("SELECT 1"), ready()]), 4096);
+        let got = take(&mut s.t);
+        let masked: Vec<_> = got.iter().map(|r| r.masked.clone()).collect();
+        let e = |r: &str, c: &str, n| (r.to_string(), c.to_string(), n);
+        assert_eq!(
+            masked,
+            [
+                vec![],
+                vec![],
+                vec![e("email", "contact", 3), e("payment_card", "note", 1)],
+                vec![],
+                vec![],
+                vec![e("email", "contact", 5)],
+            ]
+        );
     }
 
     #[test]

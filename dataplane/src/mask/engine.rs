@@ -81,15 +81,37 @@ impl From<Builtin> for RuleId {
 
 /// Hit counters, one per rule id. Keep one per core or per session and add
 /// them to metrics when convenient; updating is a plain array increment.
+///
+/// With [`Hits::log_hits`] on, every hit is also listed with where it was
+/// found ([`HitAt`]), so a caller can attribute hits to columns and to the
+/// statement whose rows they were in (the audit trail does).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hits {
     counts: [u64; MAX_RULES],
+    log: Option<Vec<HitAt>>,
+}
+
+/// One logged hit: the rule, how many values, and where: a region (cell)
+/// index during a region scan, a column index once [`mask_data_row`]
+/// has translated it, or [`HitAt::NOWHERE`].
+///
+/// [`mask_data_row`]: super::mask_data_row
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HitAt {
+    pub rule: RuleId,
+    pub at: u32,
+    pub n: u32,
+}
+
+impl HitAt {
+    pub const NOWHERE: u32 = u32::MAX;
 }
 
 impl Default for Hits {
     fn default() -> Self {
         Hits {
             counts: [0; MAX_RULES],
+            log: None,
         }
     }
 }
@@ -98,9 +120,50 @@ impl Hits {
     pub fn new() -> Self {
         Self::default()
     }
+    /// List every hit from now on (see [`Hits::take_log`]).
+    pub fn log_hits(&mut self, on: bool) {
+        self.log = on.then(Vec::new);
+    }
     #[inline]
     pub fn add(&mut self, rule: impl Into<RuleId>, n: u64) {
-        self.counts[rule.into().0 as usize] += n;
+        self.add_at(rule, HitAt::NOWHERE, n);
+    }
+    /// A hit found at `at` (a region or column index).
+    #[inline]
+    pub fn add_at(&mut self, rule: impl Into<RuleId>, at: u32, n: u64) {
+        let rule = rule.into();
+        self.counts[rule.0 as usize] += n;
+        if let Some(log) = &mut self.log {
+            log.push(HitAt {
+                rule,
+                at,
+                n: n.min(u64::from(u32::MAX)) as u32,
+            });
+        }
+    }
+    /// Length of the hit list (0 when not logging).
+    #[inline]
+    pub fn log_len(&self) -> usize {
+        self.log.as_ref().map_or(0, Vec::len)
+    }
+    /// The hits listed since `from`, to re-label.
+    #[inline]
+    pub fn logged_since(&mut self, from: usize) -> &mut [HitAt] {
+        match &mut self.log {
+            Some(l) if from < l.len() => &mut l[from..],
+            _ => &mut [],
+        }
+    }
+    /// Take the hit list out (to read it while `self` is borrowed
+    /// elsewhere); give it back, emptied, with [`Hits::put_log`].
+    pub fn take_log(&mut self) -> Option<Vec<HitAt>> {
+        self.log.take()
+    }
+    pub fn put_log(&mut self, mut log: Option<Vec<HitAt>>) {
+        if let Some(l) = &mut log {
+            l.clear();
+        }
+        self.log = log;
     }
     pub fn get(&self, rule: impl Into<RuleId>) -> u64 {
         self.counts[rule.into().0 as usize]
@@ -116,6 +179,7 @@ impl Hits {
             .filter(|(_, &c)| c > 0)
             .map(|(i, &c)| (RuleId(i as u8), c))
     }
+    /// Zero the counts (the hit list is kept).
     pub fn clear(&mut self) {
         self.counts = [0; MAX_RULES];
     }
@@ -476,13 +540,17 @@ impl Engine {
             n += self.scan_regions(buf, regions, counts, hits);
         }
         if !self.literals.is_empty() || !self.regexes.is_empty() {
-            for (r, c) in regions.iter().zip(counts.iter_mut()) {
+            for (ri, (r, c)) in regions.iter().zip(counts.iter_mut()).enumerate() {
                 let cell = &mut buf[r.start as usize..r.end as usize];
+                let logged = hits.log_len();
                 let mut k = 0;
                 for set in &self.literals {
                     k += self.mask_literals(set, cell, hits);
                 }
                 k += self.mask_regexes(cell, hits);
+                for h in hits.logged_since(logged) {
+                    h.at = ri as u32;
+                }
                 *c += k;
                 n += k;
             }
@@ -805,7 +873,7 @@ impl Engine {
                 let r = regions[ri];
                 let cell = &mut buf[r.start as usize..r.end as usize];
                 if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
-                    hits.add(Builtin::AwsAccessKey, 1);
+                    hits.add_at(Builtin::AwsAccessKey, ri as u32, 1);
                     counts[ri] += 1;
                     st.hits += 1;
                     st.skip_until = st.skip_until.max(r.start as usize + e);
@@ -824,7 +892,7 @@ impl Engine {
                 let r = regions[ri];
                 let cell = &mut buf[r.start as usize..r.end as usize];
                 if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
-                    hits.add(Builtin::Iban, 1);
+                    hits.add_at(Builtin::Iban, ri as u32, 1);
                     counts[ri] += 1;
                     st.hits += 1;
                     st.skip_until = st.skip_until.max(r.start as usize + e);
@@ -945,7 +1013,7 @@ impl Engine {
             (Builtin::Ipv4, h.ipv4),
         ] {
             if c > 0 {
-                hits.add(rule, c as u64);
+                hits.add_at(rule, ri as u32, c as u64);
                 counts[ri] += c;
                 st.hits += c;
             }
@@ -1047,7 +1115,7 @@ impl Engine {
             _ => None,
         };
         if let Some((end, rule)) = found {
-            hits.add(rule, 1);
+            hits.add_at(rule, ri as u32, 1);
             counts[ri] += 1;
             st.hits += 1;
             st.skip_until = st.skip_until.max(s + end);

@@ -54,7 +54,7 @@ pub mod rows;
 mod tests;
 
 pub use classify::Kernel;
-pub use engine::{Builtin, Engine, Hits, RuleId};
+pub use engine::{Builtin, Engine, HitAt, Hits, RuleId};
 pub use profile::{ColumnAction, ColumnRule, Detectors, MaskFormat, MaskingProfile, ProfileError};
 pub use rows::{
     mask_copy_data, mask_data_row, mask_error_fields, ColumnPlan, CopyFormat, RowError, RowOutcome,

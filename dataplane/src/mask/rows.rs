@@ -414,16 +414,16 @@ pub fn mask_data_row(
             }
             ColumnPlan::MaskAll(r) => {
                 mask_chars(v, 0, ch);
-                hits.add(r, 1);
+                hits.add_at(r, i as u32, 1);
                 1
             }
             ColumnPlan::KeepLast(k, r) => {
                 mask_chars(v, k as usize, ch);
-                hits.add(r, 1);
+                hits.add_at(r, i as u32, 1);
                 1
             }
             ColumnPlan::Hash(r) | ColumnPlan::Null(r) => {
-                hits.add(r, 1);
+                hits.add_at(r, i as u32, 1);
                 rewrite = true;
                 1
             }
@@ -439,8 +439,15 @@ pub fn mask_data_row(
     if !plan.regions.is_empty() {
         plan.region_hits.clear();
         plan.region_hits.resize(plan.regions.len(), 0);
+        let logged = hits.log_len();
         if engine.mask_regions(body, &plan.regions, &mut plan.region_hits, hits) > 0 {
             changed = true;
+            // Logged hits name their region; make that the column.
+            for h in hits.logged_since(logged) {
+                if let Some(&c) = plan.region_cols.get(h.at as usize) {
+                    h.at = c;
+                }
+            }
             for (&c, &k) in plan.region_cols.iter().zip(&plan.region_hits) {
                 plan.column_hits[c as usize] += k as u64;
             }

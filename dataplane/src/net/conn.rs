@@ -743,10 +743,17 @@ async fn relay(
         request_added: Cell::new(Duration::ZERO),
         generation: Cell::new(session.generation),
         session,
-        masker: RefCell::new(Some(TargetMasker::for_session(
-            session.masking.clone(),
-            limits.max_frame_bytes as usize,
-        ))),
+        masker: RefCell::new(Some({
+            let mut m =
+                TargetMasker::for_session(session.masking.clone(), limits.max_frame_bytes as usize);
+            if let Some(a) = audit {
+                // Masked counts per statement, and masked SQL text and
+                // parameters, for the records.
+                m.record_hits(true);
+                a.tracker.borrow_mut().set_masking(m.engine().clone());
+            }
+            m
+        })),
         audit,
         bytes_to_client: Cell::new(0),
     };
@@ -938,6 +945,9 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 let mut masker = state.masker.borrow_mut();
                 if let Some(mk) = masker.as_mut() {
                     mk.set_engine(snap.masking_for(&s.identity, &s.connection.name));
+                    if let Some(a) = state.audit {
+                        a.tracker.borrow_mut().set_masking(mk.engine().clone());
+                    }
                 }
             }
         }
@@ -1024,20 +1034,33 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         } else {
             Clock::default()
         };
-        let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
-        let scanned = scan.scan_parts(&buf[..ready], |part| {
-            if let Part::Start {
-                tag: tag::READY_FOR_QUERY,
-                ..
-            } = part
-            {
-                ready_frames += 1;
-            }
-            if let Some(t) = tracker.as_mut() {
-                t.target_part(part, now);
-            }
-        });
-        drop(tracker);
+        let scanned = {
+            let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
+            // Values masked per frame go to the statement each frame answers.
+            let masker = state.masker.borrow();
+            let mut masked = masker
+                .as_ref()
+                .map(|m| m.frame_hits())
+                .filter(|h| tracker.is_some() && !h.is_empty())
+                .map(|h| h.iter().peekable());
+            let mut frame = 0u32;
+            scan.scan_parts(&buf[..ready], |part| {
+                if let Part::Start { tag: t, .. } = part {
+                    if t == tag::READY_FOR_QUERY {
+                        ready_frames += 1;
+                    }
+                    if let (Some(tr), Some(hits)) = (tracker.as_mut(), masked.as_mut()) {
+                        while let Some((_, rule, column, n)) = hits.next_if(|h| h.0 == frame) {
+                            tr.target_masked(rule, column, n);
+                        }
+                    }
+                    frame += 1;
+                }
+                if let Some(t) = tracker.as_mut() {
+                    t.target_part(part, now);
+                }
+            })
+        };
         if let Err(e) = scanned {
             return End::TargetFrame(e);
         }

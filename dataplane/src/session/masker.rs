@@ -26,7 +26,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::{
-    mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine, Hits, RowOutcome, RowPlan,
+    mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine, HitAt, Hits, RowOutcome,
+    RowPlan,
 };
 use crate::protocol::tag;
 
@@ -51,6 +52,65 @@ pub struct Processed {
     pub rewritten: bool,
     /// Values masked in this chunk.
     pub masked: u32,
+}
+
+/// (frame index within the chunk, rule name, column name, values); names
+/// are ranges of [`FrameHits`]' text.
+type FrameHit = (u32, (u32, u32), (u32, u32), u64);
+
+/// Values masked in the frames of one chunk, by frame: for the audit
+/// trail, which gives them to the statement the frame answers.
+#[derive(Debug, Default)]
+pub struct FrameHits {
+    entries: Vec<FrameHit>,
+    text: String,
+}
+
+impl FrameHits {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.text.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (frame index, rule, column, values), frames in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &str, &str, u64)> + '_ {
+        self.entries.iter().map(|&(f, r, c, n)| {
+            (
+                f,
+                &self.text[r.0 as usize..r.1 as usize],
+                &self.text[c.0 as usize..c.1 as usize],
+                n,
+            )
+        })
+    }
+
+    fn push_text(&mut self, s: &str) -> (u32, u32) {
+        let a = self.text.len() as u32;
+        self.text.push_str(s);
+        (a, self.text.len() as u32)
+    }
+
+    fn add(&mut self, frame: u32, rule: &str, column: &[u8], n: u64) {
+        // Same rule and column as an entry of this frame: add to it.
+        for e in self.entries.iter_mut().rev() {
+            if e.0 != frame {
+                break;
+            }
+            if &self.text[e.1 .0 as usize..e.1 .1 as usize] == rule
+                && self.text.as_bytes()[e.2 .0 as usize..e.2 .1 as usize] == *column
+            {
+                e.3 += n;
+                return;
+            }
+        }
+        let r = self.push_text(rule);
+        let c = self.push_text(&String::from_utf8_lossy(column));
+        self.entries.push((frame, r, c, n));
+    }
 }
 
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
@@ -105,6 +165,8 @@ pub struct TargetMasker {
     copy_requested: VecDeque<(u64, CopyFormat)>,
     copy_out: Option<CopyOut>,
     hits: Hits,
+    /// Hits by frame of the last chunk (only when [`TargetMasker::record_hits`]).
+    frame_hits: FrameHits,
     out: Vec<u8>,
     /// Scratch for one rewritten DataRow.
     row_buf: Vec<u8>,
@@ -149,6 +211,7 @@ impl TargetMasker {
             copy_requested: VecDeque::new(),
             copy_out: None,
             hits: Hits::new(),
+            frame_hits: FrameHits::default(),
             out: Vec::new(),
             row_buf: Vec::new(),
             skip: 0,
@@ -190,6 +253,36 @@ impl TargetMasker {
             }
         }
         self.hits.clear();
+    }
+
+    /// Keep the hits of each chunk by frame ([`TargetMasker::frame_hits`]),
+    /// for the audit trail.
+    pub fn record_hits(&mut self, on: bool) {
+        self.hits.log_hits(on);
+    }
+
+    /// The hits of the frames of the last chunk [`TargetMasker::process`]
+    /// handled, by frame index (the n-th frame starting in the chunk's
+    /// ready part).
+    pub fn frame_hits(&self) -> &FrameHits {
+        &self.frame_hits
+    }
+
+    /// Move the logged hits to `frame`'s entries; column indexes name
+    /// columns of the current plan when `row`.
+    fn collect_hits(&mut self, frame: u32, row: bool) {
+        let log = self.hits.take_log();
+        for h in log.iter().flatten() {
+            let column: &[u8] =
+                if row && h.at != HitAt::NOWHERE && (h.at as usize) < self.plan.len() {
+                    self.plan.column_name(h.at as usize)
+                } else {
+                    b""
+                };
+            self.frame_hits
+                .add(frame, self.engine.rule_name(h.rule), column, u64::from(h.n));
+        }
+        self.hits.put_log(log);
     }
 
     /// Hits per column (name) since the last call; cleared.
@@ -245,6 +338,9 @@ impl TargetMasker {
         let mut masked = 0u32;
         // Start of the bytes not yet copied to `out` (when rewriting).
         let mut copied = 0usize;
+        // Frames starting in this chunk, for the hits by frame.
+        let mut frame = 0u32;
+        self.frame_hits.clear();
         if self.skip > 0 {
             let take = self.skip.min(n);
             self.skip -= take;
@@ -273,6 +369,9 @@ impl TargetMasker {
                 // Not a data frame (or over the limit, which the frame
                 // scanner refuses anyway): pass the part we have through.
                 self.on_target_frame(t, &mut buf[at + 5..n]);
+                if self.hits.log_len() > 0 {
+                    self.collect_hits(frame, false);
+                }
                 self.skip = at + total - n;
                 at = n;
                 break;
@@ -323,6 +422,10 @@ impl TargetMasker {
                 }
                 _ => self.on_target_frame(t, body),
             }
+            if self.hits.log_len() > 0 {
+                self.collect_hits(frame, t == b'D');
+            }
+            frame += 1;
             at += total;
         }
         if rewritten {
@@ -706,6 +809,47 @@ mod tests {
         let mut all = stream.clone();
         let p = m.process(&mut all);
         assert_eq!(p.masked, 1);
+    }
+
+    #[test]
+    fn hits_are_listed_by_frame_rule_and_column() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.record_hits(true);
+        let mut s = row_desc(&[("id", 25), ("contact", 25), ("note", 25)]);
+        s.extend(data_row(&["1", "bob@example.com", "-"])); // frame 1
+        s.extend(data_row(&["2", "none", "plain"])); // frame 2: nothing
+        s.extend(data_row(&["3", "a@example.com b@example.org", CARD])); // frame 3
+        s.extend(frame(b'C', b"SELECT 3\0"));
+        s.extend(frame(b'Z', b"I"));
+        s.extend(frame(
+            b'E',
+            format!("SERROR\0C23505\0Mdup {CARD}\0\0").as_bytes(),
+        )); // frame 6
+        let p = m.process(&mut s);
+        assert_eq!(p.ready, s.len());
+        let got: Vec<_> = m
+            .frame_hits()
+            .iter()
+            .map(|(f, r, c, n)| (f, r.to_string(), c.to_string(), n))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "email".to_string(), "contact".to_string(), 1),
+                (3, "email".to_string(), "contact".to_string(), 2),
+                (3, "payment_card".to_string(), "note".to_string(), 1),
+                (6, "payment_card".to_string(), String::new(), 1),
+            ]
+        );
+        // The next chunk starts a new list.
+        let mut s = data_row(&["4", "x", "y"]);
+        m.process(&mut s);
+        assert!(m.frame_hits().is_empty());
+        // Without recording, nothing is listed (metrics still count).
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut s = data_row(&["bob@example.com"]);
+        assert_eq!(m.process(&mut s).masked, 1);
+        assert!(m.frame_hits().is_empty());
     }
 
     #[test]
