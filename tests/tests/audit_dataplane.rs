@@ -306,8 +306,14 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
         [e("email", "contact", 2), e("payment_card", "card", 2)]
     );
     // Statements that returned nothing sensitive say so.
+    assert_eq!(m6[0].statement.as_ref().unwrap().statement_kind, "select");
     let ins = with_marker(&recs, "m6-insert");
     assert_eq!(ins.len(), 1);
+    // Statement kinds: every kind of a multi-statement text, in order.
+    assert_eq!(
+        ins[0].statement.as_ref().unwrap().statement_kind,
+        "ddl,insert"
+    );
     assert!(masked(ins[0]).is_empty());
     // The INSERT's SQL is recorded with its values masked.
     assert!(!sql(ins[0]).contains("4111") && !sql(ins[0]).contains("ann@example.com"));
@@ -318,6 +324,7 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     assert_eq!(kind(m7[0]), AuditKind::Execute);
     assert_eq!(masked(m7[0]), [e("email", "contact", 1)]);
     let st = m7[0].statement.as_ref().unwrap();
+    assert_eq!(st.statement_kind, "select");
     assert_eq!(st.parameters.len(), 2, "{st:?}");
     assert!(!st.parameters[0].contains("4111"), "{st:?}");
     assert_eq!(st.parameters[0].len(), CARD.len(), "{st:?}");

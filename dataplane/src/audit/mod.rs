@@ -3,6 +3,7 @@
 //! * [`tracker`] (sans-IO): follows a session's requests and responses and
 //!   turns them into statement records (QUERY, PARSE, BIND, EXECUTE) with
 //!   their outcome.
+//! * [`kind`] (sans-IO): the statement kind of a SQL text, lexically.
 //! * [`record`]: writes records as protobuf into a reused buffer, without
 //!   building an [`proto::AuditRecord`] on the data path.
 //! * [`ring`]: one memory-mapped ring file per data core. A core appends a
@@ -20,6 +21,7 @@
 //! * [`shipper`]: the gRPC stream to the control plane.
 
 pub mod core;
+pub mod kind;
 pub mod pump;
 pub mod record;
 pub mod ring;

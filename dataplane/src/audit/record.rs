@@ -107,6 +107,7 @@ pub struct StatementView<'a> {
     pub sql: &'a str,
     pub sql_truncated: bool,
     pub sql_bytes: u64,
+    pub statement_kind: &'a str,
     pub statement_name: &'a str,
     pub portal_name: &'a str,
     pub parameter_count: u32,
@@ -160,6 +161,7 @@ pub fn encode_statement(buf: &mut Vec<u8>, origin: Origin, session: &[u8], v: &S
         string(b, 1, v.sql);
         boolean(b, 2, v.sql_truncated);
         uint(b, 3, v.sql_bytes);
+        string(b, 4, v.statement_kind);
         for p in v.parameters {
             // Always present (an empty string is a value too).
             let s = p.as_deref().unwrap_or("");
@@ -323,6 +325,7 @@ mod tests {
             sql: &long,
             sql_truncated: true,
             sql_bytes: 123_456,
+            statement_kind: "insert",
             statement_name: "s1",
             portal_name: "",
             parameter_count: 5,
@@ -361,6 +364,7 @@ mod tests {
                 sql: long.clone(),
                 sql_truncated: true,
                 sql_bytes: 123_456,
+                statement_kind: "insert".into(),
                 statement_name: "s1".into(),
                 parameter_count: 5,
                 parameter_lengths: lengths.to_vec(),

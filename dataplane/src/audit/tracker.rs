@@ -33,6 +33,7 @@
 //! ([`Tracker::peek_record`], [`Tracker::pop_record`]) and writes them to
 //! the core's ring — before it forwards the bytes that answered them.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ impl Req {
 #[derive(Debug, Clone, Default)]
 struct Text {
     text: Option<Rc<str>>,
+    /// Statement kind(s) ([`super::kind`]); empty when not classified.
+    kind: Cow<'static, str>,
     truncated: bool,
     /// Size of the whole text.
     bytes: u64,
@@ -130,6 +133,7 @@ impl Text {
             Some((engine, scratch)) => Some(mask_text(engine, &kept, scratch)),
         };
         Text {
+            kind: super::kind::statement_kind(&kept),
             text,
             truncated,
             bytes: full,
@@ -715,6 +719,7 @@ impl Tracker {
                 let text = format!("-- function call (fastpath), oid {oid}");
                 let full = text.len() as u64;
                 p.sql = Text::new(text.as_bytes(), full, self.max_sql);
+                p.sql.kind = Cow::Borrowed("utility");
             }
             tag::PARSE => {
                 let stmt_name = c.until_nul(0, 0);
@@ -982,6 +987,7 @@ impl Tracker {
             sql: p.sql.as_str(),
             sql_truncated: p.sql.truncated,
             sql_bytes: p.sql.bytes,
+            statement_kind: &p.sql.kind,
             statement_name: p.statement_name.as_deref().unwrap_or(""),
             portal_name: p.portal_name.as_deref().unwrap_or(""),
             parameter_count: p.param_count,
