@@ -106,8 +106,11 @@ pub struct Audit {
     pub max_sql_bytes: usize,
     /// How often records move from the core rings to the spool: one
     /// append (and, with `fsync: batch`, one fdatasync) per interval at
-    /// most. Records wait in the rings meanwhile, where they survive the
-    /// process but not a power loss.
+    /// most (default 50 ms). Records wait in the rings meanwhile, where
+    /// they survive the process but not a power loss: this is the window
+    /// a power loss can take. Each fdatasync costs the same whatever the
+    /// batch holds, so shorter intervals cost throughput (measured in
+    /// bench/RESULTS.md).
     pub flush_interval_ms: u64,
 }
 
@@ -122,7 +125,7 @@ impl Default for Audit {
             fsync: FsyncChoice::Batch,
             ring_bytes: 16 << 20,
             max_sql_bytes: 4096,
-            flush_interval_ms: 10,
+            flush_interval_ms: 50,
         }
     }
 }
