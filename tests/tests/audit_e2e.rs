@@ -229,3 +229,85 @@ async fn node_sigkilled_mid_load_keeps_what_the_client_saw() {
     let _n1 = node(&cp.url(), "audit-kill", &spool);
     expect_exactly(&cp.url(), "node_killed", &completed).await;
 }
+
+/// A session whose grant is removed: its next statement is refused before
+/// it reaches PostgreSQL, and that refusal is evidence too: a
+/// POLICY_DECISION record (DENY, 42501, the refused SQL) at the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_refused_by_a_revocation_has_a_policy_decision_record() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = node(&cp.url(), "audit-revoke", &dir.path().join("a"));
+    let c = n1.agent().await;
+    c.simple_query("select 1 as revoke_before").await.unwrap();
+    let v = admin
+        .delete("Policy", "bots-app")
+        .await
+        .expect("delete policy");
+    admin.wait_applied(1, v, LIMIT).await;
+    let e = c
+        .simple_query("select 2 as revoke_refused")
+        .await
+        .expect_err("statement allowed after the revocation");
+    assert_eq!(sluice_tests::db_code(&e).as_deref(), Some("42501"));
+
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let ch = tonic::transport::Endpoint::from_shared(cp.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let recs = AuditQueryClient::new(ch)
+            .search(SearchRequest {
+                identity: "agent1".into(),
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        let of = |marker: &str| -> Vec<proto::AuditRecord> {
+            recs.iter()
+                .filter(|r| r.statement.as_ref().is_some_and(|s| s.sql.contains(marker)))
+                .cloned()
+                .collect()
+        };
+        let refused = of("revoke_refused");
+        if !refused.is_empty() {
+            assert_eq!(refused.len(), 1, "{refused:#?}");
+            let r = &refused[0];
+            let md = r.metadata.as_ref().unwrap();
+            assert_eq!(md.kind, AuditKind::PolicyDecision as i32);
+            assert!(md.snapshot_version >= v, "{md:?}");
+            let o = r.outcome.as_ref().unwrap();
+            assert_eq!(o.decision, proto::Decision::Deny as i32);
+            assert_eq!(o.sqlstate, "42501");
+            assert!(o.error_message.contains("permission revoked"), "{o:?}");
+            assert_eq!(o.rows, 0);
+            assert_eq!(r.statement.as_ref().unwrap().statement_kind, "select");
+            // The statement before it ran, and was allowed.
+            let before = of("revoke_before");
+            assert_eq!(before.len(), 1);
+            assert_eq!(
+                before[0].outcome.as_ref().unwrap().decision,
+                proto::Decision::Allow as i32
+            );
+            assert_eq!(
+                before[0].metadata.as_ref().unwrap().kind,
+                AuditKind::Query as i32
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of the refused statement"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -102,6 +102,8 @@ pub struct MaskedEntry {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatementView<'a> {
     pub kind: i32,
+    /// `Decision` (0 is taken as ALLOW).
+    pub decision: i32,
     /// When the request was forwarded to the target.
     pub time_unix_nanos: i64,
     pub sql: &'a str,
@@ -147,7 +149,7 @@ pub fn session_fields(
 }
 
 /// Append one statement record to `buf`: metadata, `session` (from
-/// [`session_fields`]), statement, outcome (decision ALLOW).
+/// [`session_fields`]), statement, outcome.
 pub fn encode_statement(buf: &mut Vec<u8>, origin: Origin, session: &[u8], v: &StatementView) {
     nested(buf, 1, |b| {
         uint(b, 2, v.kind as u64);
@@ -190,7 +192,12 @@ pub fn encode_statement(buf: &mut Vec<u8>, origin: Origin, session: &[u8], v: &S
         }
     });
     nested(buf, 6, |b| {
-        uint(b, 1, Decision::Allow as u64);
+        let d = if v.decision == 0 {
+            Decision::Allow as i32
+        } else {
+            v.decision
+        };
+        uint(b, 1, d as u64);
         uint(b, 4, v.rows);
         uint(b, 5, v.bytes);
         uint(b, 6, v.duration_nanos);
@@ -321,6 +328,7 @@ mod tests {
         ];
         let view = StatementView {
             kind: AuditKind::Execute as i32,
+            decision: Decision::Allow as i32,
             time_unix_nanos: 1_700_000_000_123_456_789,
             sql: &long,
             sql_truncated: true,

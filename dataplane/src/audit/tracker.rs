@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use proto::AuditKind;
+use proto::{AuditKind, Decision};
 
 use super::record::{MaskedEntry, StatementView};
 use crate::mask::{Engine, Hits};
@@ -239,6 +239,9 @@ struct Pending {
     data_rows: u64,
     bytes: u64,
     error: Option<Box<Failure>>,
+    /// Refused by policy before it was forwarded (a POLICY_DECISION
+    /// record, decision DENY).
+    refused: bool,
     skipped: bool,
     incomplete: bool,
 }
@@ -261,6 +264,7 @@ impl Pending {
             data_rows: 0,
             bytes: 0,
             error: None,
+            refused: false,
             skipped: false,
             incomplete: false,
         }
@@ -964,6 +968,35 @@ impl Tracker {
         }
     }
 
+    /// Where the requests fed from now on start (for
+    /// [`Tracker::refuse_since`]).
+    pub fn mark(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The requests fed since `mark` were refused by policy and never
+    /// forwarded: each Query, FunctionCall and Execute among them gets a
+    /// POLICY_DECISION record (decision DENY, with `sqlstate` and
+    /// `message`); the other extended-protocol steps are dropped.
+    pub fn refuse_since(&mut self, mark: u64, sqlstate: &str, message: &str, now: Clock) {
+        let at = self
+            .queue
+            .iter()
+            .position(|p| p.id >= mark)
+            .unwrap_or(self.queue.len());
+        for mut p in self.queue.drain(at..) {
+            if matches!(p.req, Req::Query | Req::FunctionCall | Req::Execute) {
+                p.refused = true;
+                p.end_ns = now.mono_ns;
+                p.error = Some(Box::new(Failure {
+                    sqlstate: sqlstate.into(),
+                    message: message.into(),
+                }));
+                self.done.push_back(p);
+            }
+        }
+    }
+
     /// The session ended: every request still unanswered gets a record
     /// marked incomplete.
     pub fn finish(&mut self, now: Clock) {
@@ -981,8 +1014,18 @@ impl Tracker {
             Some(f) => (f.sqlstate.as_str(), f.message.as_str()),
             None => ("", ""),
         };
+        let kind = if p.refused {
+            AuditKind::PolicyDecision
+        } else {
+            p.req.audit_kind().expect("only recorded kinds are kept")
+        };
         Some(StatementView {
-            kind: p.req.audit_kind().expect("only recorded kinds are kept") as i32,
+            kind: kind as i32,
+            decision: if p.refused {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            } as i32,
             time_unix_nanos: p.start.unix_ns,
             sql: p.sql.as_str(),
             sql_truncated: p.sql.truncated,
@@ -1773,6 +1816,53 @@ mod tests {
                 vec![],
                 vec![],
                 vec![e("email", "contact", 5)],
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_requests_become_policy_decisions() {
+        let mut s = Session::new(4096);
+        s.client(&query("select 1"), 4096);
+        s.target(&cat(&[complete("SELECT 1"), ready()]), 4096);
+        let mark = s.t.mark();
+        s.client(
+            &cat(&[
+                query("delete from t"),
+                parse("", "select $1"),
+                bind("", "", &[Some(b"1")]),
+                execute(""),
+                sync(),
+            ]),
+            5,
+        );
+        let now = s.clock();
+        s.t.refuse_since(mark, "42501", "permission revoked: grant removed", now);
+        assert_eq!(s.t.in_flight(), 0);
+        let mut kinds = Vec::new();
+        while let Some(v) = s.t.peek_record() {
+            kinds.push((v.kind, v.decision, v.sql.to_string(), v.sqlstate.to_string()));
+            s.t.pop_record();
+        }
+        let deny = |sql: &str| {
+            (
+                AuditKind::PolicyDecision as i32,
+                Decision::Deny as i32,
+                sql.to_string(),
+                "42501".to_string(),
+            )
+        };
+        assert_eq!(
+            kinds,
+            [
+                (
+                    AuditKind::Query as i32,
+                    Decision::Allow as i32,
+                    "select 1".to_string(),
+                    String::new()
+                ),
+                deny("delete from t"),
+                deny("select $1"),
             ]
         );
     }

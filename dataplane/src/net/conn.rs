@@ -892,6 +892,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             Clock::default()
         };
         let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
+        let mark = tracker.as_ref().map_or(0, |t| t.mark());
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             scan.scan_parts(&buf, |part| {
@@ -935,6 +936,19 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     s.auth_method,
                     s.verifier.as_ref(),
                 ) {
+                    if let Some(a) = state.audit {
+                        // The statements of this read were never sent;
+                        // their records name the snapshot that refused them.
+                        a.version.set(snap.version as i64);
+                        let msg = format!("permission revoked: {}", why.0);
+                        a.tracker.borrow_mut().refuse_since(
+                            mark,
+                            sqlstate::INSUFFICIENT_PRIVILEGE,
+                            &msg,
+                            audit_clock(),
+                        );
+                        store_records(a).await;
+                    }
                     return End::Revoked(why);
                 }
                 state.generation.set(snap.generation);
