@@ -7,7 +7,13 @@
 # once directly, then for every workload x client count runs pgbench against
 # both, interleaved (the order alternates round by round) for ROUNDS rounds,
 # and prints the median tps of each and the median [min-max] of the
-# per-round ratios audit-on / audit-off. Then it stops the audited gateway
+# per-round ratios audit-on / audit-off. It also accounts CPU per
+# transaction in each run (gateway process with all its threads; the
+# PostgreSQL postmaster with its reaped backends; pgbench via
+# /usr/bin/time) and prints the gateway's CPU per transaction and the
+# estimated ratio (CPU of everything per transaction, off / on), which on a
+# CPU-bound box is the throughput ratio without the noise of the other
+# load on the machine. Then it stops the audited gateway
 # and counts the statement records in its spool (`sluice-dp audit-spool`)
 # against its statement counter and pgbench's transaction count.
 # Raw per-round numbers go to $OUT/audit_overhead.csv.
@@ -69,6 +75,18 @@ CSV=$OUT/audit_overhead.csv
 PGBENCH_LOG=$OUT/pgbench.log
 
 require_cmd pgbench psql awk sed curl
+[[ -x /usr/bin/time ]] || die "/usr/bin/time is needed for pgbench's CPU time (apt-get install time)"
+CLK_TCK=$(getconf CLK_TCK)
+# CPU ticks of a process and of its reaped children (the postmaster's
+# backends once they have exited): utime + stime + cutime + cstime.
+proc_cpu_ticks_all() {
+    local stat rest
+    stat=$(<"/proc/$1/stat") || die "process $1 is gone"
+    rest=${stat##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    echo $((${12} + ${13} + ${14} + ${15}))
+}
 e2e_init
 write_meta "$OUT/meta.txt"
 echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC AUDIT_FLUSH_MS=${AUDIT_FLUSH_MS:-default} AUDIT_RING_DIR=${AUDIT_RING_DIR:-default} SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
@@ -80,7 +98,7 @@ pgbench_init "$SCALE"
 
 # Audit off.
 SLUICE_NAME=sluice-off start_sluice plain
-OFF_PORT=$SLUICE_PORT OFF_ADMIN=$SLUICE_ADMIN_PORT OFF_KEY=$SLUICE_KEY OFF_PID=$SLUICE_PID
+OFF_PORT=$SLUICE_PORT OFF_KEY=$SLUICE_KEY OFF_PID=$SLUICE_PID
 E2E_EXTRA_PIDS+=("sluice-dp (audit off):$OFF_PID")
 # Audit on: local spool only (no control plane), so nothing is deleted.
 SPOOL=${AUDIT_SPOOL_DIR:-$WORK/audit-spool}
@@ -95,7 +113,7 @@ metric() { # metric ADMIN_PORT 'name{labels}' -> value
     curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) print "" }'
 }
 
-echo "workload,clients,round,contender,tps,transactions,status" >"$CSV"
+echo "workload,clients,round,contender,tps,transactions,status,gw_cpu_ticks,pg_cpu_ticks,pgbench_cpu_s,gw_us_per_txn,total_us_per_txn" >"$CSV"
 : >"$PGBENCH_LOG"
 on_tx=0
 for wl in $WORKLOADS; do
@@ -110,7 +128,15 @@ for wl in $WORKLOADS; do
                 cmd=(pgbench -n "${wargs[@]}" -c "$c" -j "$j" -T "$SECS" -h 127.0.0.1 -p "$port" -U agent "$BENCH_DB")
                 printf '==== %s c%s round %s audit-%s: %s\n' "$wl" "$c" "$r" "$k" "${cmd[*]}" >>"$PGBENCH_LOG"
                 rc=0
-                run_logged "$WORK/pgbench.out" env PGPASSWORD="$key" "${cmd[@]}" || rc=$?
+                rm -f "$WORK/time.out"
+                gw0=$(proc_cpu_ticks "$pid")
+                pg0=$(proc_cpu_ticks_all "$PG_PID")
+                run_logged "$WORK/pgbench.out" env PGPASSWORD="$key" /usr/bin/time -f '%U %S' -o "$WORK/time.out" "${cmd[@]}" || rc=$?
+                gwt=$(($(proc_cpu_ticks "$pid") - gw0))
+                # Backends exit once pgbench disconnects; let the postmaster reap them.
+                sleep 0.3
+                pgt=$(($(proc_cpu_ticks_all "$PG_PID") - pg0))
+                bench_s=$(awk '{ printf "%.2f", $1 + $2 }' "$WORK/time.out" 2>/dev/null || true)
                 output=$(<"$WORK/pgbench.out")
                 printf '%s\n(exit %s)\n' "$output" "$rc" >>"$PGBENCH_LOG"
                 tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' <<<"$output" | head -n 1)
@@ -118,8 +144,14 @@ for wl in $WORKLOADS; do
                 status=ok
                 if [[ -z $tps || $rc -ne 0 ]]; then status=failed; fi
                 if [[ $k == on ]]; then on_tx=$((on_tx + ${txs:-0})); fi
-                log "$wl c$c round $r/$ROUNDS audit-$k: ${tps:-?} tps ($status)"
-                echo "$wl,$c,$r,$k,${tps:-},${txs:-},$status" >>"$CSV"
+                us="" total=""
+                if [[ -n $txs && $txs -gt 0 && -n $bench_s ]]; then
+                    us=$(awk -v t="$gwt" -v hz="$CLK_TCK" -v n="$txs" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+                    total=$(awk -v g="$gwt" -v p="$pgt" -v b="$bench_s" -v hz="$CLK_TCK" -v n="$txs" \
+                        'BEGIN { printf "%.2f", ((g + p) / hz + b) * 1e6 / n }')
+                fi
+                log "$wl c$c round $r/$ROUNDS audit-$k: ${tps:-?} tps ($status), CPU/txn: gateway ${us:-?} us, all ${total:-?} us"
+                echo "$wl,$c,$r,$k,${tps:-},${txs:-},$status,$gwt,$pgt,${bench_s},${us},${total}" >>"$CSV"
                 pid_alive "$pid" || { show_tail "$WORK/sluice-$k-dp.log" 40; die "sluice-dp (audit $k) died"; }
                 sleep "$PAUSE"
             done
@@ -150,7 +182,11 @@ spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.j
         return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
     NR == 1 { next }
-    $7 == "ok" { tps[$1, $2, $3, $4] = $5 }
+    $7 == "ok" {
+        tps[$1, $2, $3, $4] = $5
+        if ($11 != "") us[$1, $2, $3, $4] = $11
+        if ($12 != "") tot[$1, $2, $3, $4] = $12
+    }
     END {
         nw = split(wls, W, " "); nc = split(cls, C, " ")
         printf "== pgbench -n -S -j %s -T %s, %s rounds, audit-on vs audit-off (interleaved, order alternating) ==\n", threads, secs, rounds
@@ -166,7 +202,21 @@ spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.j
             }
             moff = median(a, n1); mon = median(b, n2); mq = median(q, nr)
             printf "%-9s %7s %12.1f %12.1f %16.3f %14.3f [%.3f-%.3f]%s\n", wl, c, moff, mon, (moff > 0 ? mon / moff : 0), mq, q[1], q[nr], (nr < rounds ? sprintf(" n=%d", nr) : "")
+            # CPU per transaction, medians over rounds, and the estimate.
+            n1 = 0; n2 = 0; n3 = 0; n4 = 0; ne = 0; delete go; delete gn; delete to; delete tn; delete e
+            for (r = 1; r <= rounds; r++) {
+                if ((wl, c, r, "off") in us) go[++n1] = us[wl, c, r, "off"]
+                if ((wl, c, r, "on") in us) gn[++n2] = us[wl, c, r, "on"]
+                if ((wl, c, r, "off") in tot) to[++n3] = tot[wl, c, r, "off"]
+                if ((wl, c, r, "on") in tot) tn[++n4] = tot[wl, c, r, "on"]
+                if ((wl, c, r, "off") in tot && (wl, c, r, "on") in tot && tot[wl, c, r, "on"] > 0)
+                    e[++ne] = tot[wl, c, r, "off"] / tot[wl, c, r, "on"]
+            }
+            cpu[w, ci] = sprintf("%-9s %7s %10.2f %10.2f %10.2f %10.2f %10.2f %18s", wl, c, median(go, n1), median(gn, n2), median(gn, n2) - median(go, n1), median(to, n3), median(tn, n4), (ne ? sprintf("%.3f [%.3f-%.3f]", median(e, ne), e[1], e[ne]) : "n/a"))
         }
+        printf "\nCPU per transaction (us, median of rounds): gateway process (all threads), and everything (gateway + PostgreSQL + pgbench)\n"
+        printf "%-9s %7s %10s %10s %10s %10s %10s %18s\n", "workload", "clients", "gw off", "gw on", "gw on-off", "all off", "all on", "est. on/off [min-max]"
+        for (w = 1; w <= nw; w++) for (ci = 1; ci <= nc; ci++) print cpu[w, ci]
     }' "$CSV"
     echo
     echo "audited gateway: statements relayed (sluice_statements_total) = ${stmts:-?}, records produced = ${produced:-?}"
