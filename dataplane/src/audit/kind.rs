@@ -298,6 +298,14 @@ impl<'a> Lexer<'a> {
 fn kinds(sql: &[u8]) -> Vec<u8> {
     let mut lx = Lexer { s: sql, i: 0 };
     let mut out: Vec<u8> = Vec::new();
+    // The common case: no `;` but (maybe) a trailing one. Then the first
+    // statement is the only one, and it is not walked to its end.
+    let single = match memchr::memchr(b';', sql) {
+        None => true,
+        Some(i) => sql[i..]
+            .iter()
+            .all(|&c| c == b';' || c.is_ascii_whitespace()),
+    };
     while lx.i < sql.len() {
         lx.skip_space();
         if sql.get(lx.i) == Some(&b'(') {
@@ -345,6 +353,9 @@ fn kinds(sql: &[u8]) -> Vec<u8> {
         };
         if !out.contains(&kind) {
             out.push(kind);
+        }
+        if single {
+            break;
         }
         lx.finish_statement();
     }

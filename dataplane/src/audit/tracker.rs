@@ -1841,7 +1841,12 @@ mod tests {
         assert_eq!(s.t.in_flight(), 0);
         let mut kinds = Vec::new();
         while let Some(v) = s.t.peek_record() {
-            kinds.push((v.kind, v.decision, v.sql.to_string(), v.sqlstate.to_string()));
+            kinds.push((
+                v.kind,
+                v.decision,
+                v.sql.to_string(),
+                v.sqlstate.to_string(),
+            ));
             s.t.pop_record();
         }
         let deny = |sql: &str| {

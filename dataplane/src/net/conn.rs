@@ -54,11 +54,33 @@ fn unix_nanos() -> i64 {
 
 /// Now, for the audit tracker.
 fn audit_clock() -> Clock {
+    audit_clock_at(Instant::now())
+}
+
+/// The audit clock at `now` (an `Instant` the caller already took). Wall
+/// time is derived from the monotonic clock and a per-thread anchor read
+/// again every 100 ms, so a statement costs no extra clock reads (each is a
+/// system call on some virtual machines) and a step of the wall clock shows
+/// within 100 ms.
+fn audit_clock_at(now: Instant) -> Clock {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, i64)>> = const { Cell::new(None) };
+    }
     let base = *BASE.get_or_init(Instant::now);
+    let unix_ns = ANCHOR.with(|a| match a.get() {
+        Some((at, unix)) if now >= at && now - at < Duration::from_millis(100) => {
+            unix + (now - at).as_nanos() as i64
+        }
+        _ => {
+            let unix = unix_nanos();
+            a.set(Some((now, unix)));
+            unix
+        }
+    });
     Clock {
-        mono_ns: base.elapsed().as_nanos() as u64,
-        unix_ns: unix_nanos(),
+        mono_ns: now.saturating_duration_since(base).as_nanos() as u64,
+        unix_ns,
     }
 }
 
@@ -887,7 +909,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut terminate = false;
         let mut parses = 0u32;
         let now = if state.audit.is_some() {
-            audit_clock()
+            audit_clock_at(t0)
         } else {
             Clock::default()
         };
@@ -1044,7 +1066,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         };
         let mut ready_frames = 0u32;
         let now = if state.audit.is_some() {
-            audit_clock()
+            audit_clock_at(t0)
         } else {
             Clock::default()
         };
