@@ -148,6 +148,11 @@ pub struct TargetMasker {
     /// Width of the scan-everything plan in `plan`, if that is what it
     /// holds (rebuilt only when a row of another width comes).
     fallback_width: Option<usize>,
+    /// The RowDescription body and result formats `plan` was built from.
+    plan_desc: Option<Vec<u8>>,
+    plan_formats: Option<Vec<i16>>,
+    /// Whether that description gave a plan.
+    plan_desc_ok: bool,
     /// Shared with `portals`: a Bind costs a reference count, not a copy.
     statements: HashMap<Vec<u8>, Rc<[u8]>>,
     /// Portal → (RowDescription, result formats), so rows of a portal
@@ -201,6 +206,9 @@ impl TargetMasker {
             plan: RowPlan::new(),
             plan_known: false,
             fallback_width: None,
+            plan_desc: None,
+            plan_formats: None,
+            plan_desc_ok: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
             plan_portal: None,
@@ -230,6 +238,7 @@ impl TargetMasker {
                     self.active = true;
                     self.plan_known = false;
                     self.fallback_width = None;
+                    self.plan_desc = None;
                     self.plan_portal = None;
                 }
             }
@@ -576,10 +585,10 @@ impl TargetMasker {
             return;
         }
         let portal = portal.clone();
-        self.plan_known = match self.portals.get(&portal) {
+        self.plan_known = match self.portals.get(&portal).cloned() {
             Some((d, f)) => {
-                self.fallback_width = None;
-                plan_from(&mut self.plan, &self.engine, d, f.as_deref())
+                self.describe(&d, f.as_deref());
+                self.plan_known
             }
             None => false,
         };
@@ -587,8 +596,24 @@ impl TargetMasker {
     }
 
     fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>) {
+        // The same result shape as the plan was built from (a statement
+        // run again): keep the plan. Column rules match names by pattern,
+        // which costs more than comparing the description.
+        if self.fallback_width.is_none()
+            && self.plan_desc.as_deref() == Some(desc)
+            && self.plan_formats.as_deref() == formats
+        {
+            self.plan_known = self.plan_desc_ok;
+            return;
+        }
         self.fallback_width = None;
         self.plan_known = plan_from(&mut self.plan, &self.engine, desc, formats);
+        let mut d = self.plan_desc.take().unwrap_or_default();
+        d.clear();
+        d.extend_from_slice(desc);
+        self.plan_desc = Some(d);
+        self.plan_formats = formats.map(<[i16]>::to_vec);
+        self.plan_desc_ok = self.plan_known;
     }
 
     /// No known description: scan every column of rows like `row`.
@@ -611,6 +636,7 @@ impl TargetMasker {
             desc.extend_from_slice(&0i16.to_be_bytes()); // text format
         }
         let _ = self.plan.describe(&self.engine, &desc);
+        self.plan_desc = None;
         // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
         self.fallback_width = Some(n);
@@ -850,6 +876,36 @@ mod tests {
         let mut s = data_row(&["bob@example.com"]);
         assert_eq!(m.process(&mut s).masked, 1);
         assert!(m.frame_hits().is_empty());
+    }
+
+    #[test]
+    fn a_repeated_description_reuses_the_plan_until_the_profile_changes() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let result = |v: &str| {
+            let mut s = row_desc(&[("memo_text", 25)]);
+            s.extend(data_row(&[v]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            s
+        };
+        for _ in 0..3 {
+            let mut s = result("plain words");
+            m.process(&mut s);
+            assert!(memchr::memmem::find(&s, b"plain words").is_some());
+        }
+        // A profile that masks the column whole: the same description now
+        // gets the new plan.
+        let p: MaskingProfile =
+            serde_yaml::from_str("columns: [{ column: 'memo_*', action: mask }]").unwrap();
+        m.set_engine(Some(Engine::compile_shared(&p).unwrap()));
+        let mut s = result("plain words");
+        m.process(&mut s);
+        assert!(memchr::memmem::find(&s, b"plain words").is_none());
+        // And back.
+        m.set_engine(Some(engine()));
+        let mut s = result("plain words");
+        m.process(&mut s);
+        assert!(memchr::memmem::find(&s, b"plain words").is_some());
     }
 
     #[test]
