@@ -2043,3 +2043,79 @@ async fn control_plane_refuses_invalid_masking_profiles_naming_the_field() {
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Client encodings whose multi-byte characters contain ASCII bytes (SJIS,
+/// BIG5, GBK…) cannot be masked reliably: with masking on, a session asking
+/// for one at startup is refused, and a session switching to one with SET
+/// is ended before any result in that encoding goes out (0A000). A session
+/// that sees results unmasked may use them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ascii_unsafe_client_encodings_are_refused_while_masking() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let auditor = ApiKey::generate();
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(pg, key)
+            .identity_key("auditor", &auditor.verifier, &["auditors"])
+            .grant_unmasked(&["app"], &[], &["auditors"]),
+    );
+    // At startup (psql honours PGCLIENTENCODING).
+    let mut c = std::process::Command::new("psql");
+    c.env("PGCLIENTENCODING", "SJIS")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PSQLRC", "/dev/null")
+        .args(["-X", "-c", "select 1", &via_url(&gw)]);
+    let out = process::run(&mut c, None, Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "psql with SJIS was let in: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("client_encoding SJIS cannot be used while results are masked"),
+        "{}",
+        out.stderr
+    );
+    // UTF8 and LATIN1 are fine.
+    let mut c = std::process::Command::new("psql");
+    c.env("PGCLIENTENCODING", "LATIN1")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PSQLRC", "/dev/null")
+        .args(["-X", "-At", "-c", "select 'ann@example.com'", &via_url(&gw)]);
+    let out = process::run(&mut c, None, Duration::from_secs(60));
+    out.assert_success("psql with LATIN1");
+    assert!(!out.stdout.contains("ann@example.com"), "{}", out.stdout);
+
+    // Mid-session: SET client_encoding ends the session at once.
+    let agent = gw.agent().await;
+    agent.simple_query("select 1").await.unwrap();
+    let e = agent
+        .simple_query("set client_encoding to 'BIG5'; select 'ann@example.com'")
+        .await
+        .expect_err("session went on in BIG5");
+    assert_eq!(db_code(&e).as_deref(), Some("0A000"), "{}", err_text(&e));
+    assert!(
+        err_text(&e).contains("client_encoding BIG5"),
+        "{}",
+        err_text(&e)
+    );
+    assert!(
+        agent.simple_query("select 1").await.is_err(),
+        "session still open"
+    );
+    // The other sessions are not affected; an unmasked session may switch.
+    let aud = connect(&gw.config("auditor", &auditor.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("auditor: {}", err_text(&e)));
+    aud.simple_query("set client_encoding to 'SJIS'")
+        .await
+        .unwrap();
+    aud.simple_query("set client_encoding to 'UTF8'")
+        .await
+        .unwrap();
+    let rows = simple_rows(&aud, "select 'ann@example.com'").await;
+    assert!(format!("{rows:?}").contains("ann@example.com"));
+    let other = gw.agent().await;
+    other.simple_query("select 1").await.unwrap();
+}

@@ -60,3 +60,91 @@ pub use rows::{
     mask_copy_data, mask_data_row, mask_error_fields, ColumnPlan, CopyFormat, RowError, RowOutcome,
     RowPlan,
 };
+
+/// Whether text in client encoding `name` (as PostgreSQL reports it in
+/// ParameterStatus `client_encoding`, any alias and case) keeps ASCII
+/// bytes for ASCII characters only. SJIS, BIG5, GBK, UHC, GB18030 and
+/// JOHAB put bytes in the ASCII range inside multi-byte characters: the
+/// detectors would read them as letters and a same-length rewrite could
+/// break characters, so masking refuses those encodings.
+pub fn ascii_safe_encoding(name: &[u8]) -> bool {
+    let mut norm = [0u8; 24];
+    let mut n = 0;
+    for &c in name {
+        if c.is_ascii_alphanumeric() {
+            if n == norm.len() {
+                return true; // no unsafe name is this long
+            }
+            norm[n] = c.to_ascii_lowercase();
+            n += 1;
+        }
+    }
+    !matches!(
+        &norm[..n],
+        b"sjis"
+            | b"shiftjis"
+            | b"shiftjis2004"
+            | b"mskanji"
+            | b"win932"
+            | b"windows932"
+            | b"cp932"
+            | b"big5"
+            | b"win950"
+            | b"windows950"
+            | b"cp950"
+            | b"gbk"
+            | b"win936"
+            | b"windows936"
+            | b"cp936"
+            | b"uhc"
+            | b"win949"
+            | b"windows949"
+            | b"cp949"
+            | b"gb18030"
+            | b"johab"
+    )
+}
+
+/// `body` of a ParameterStatus frame: its (name, value).
+pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = memchr::memchr(0, body)?;
+    let rest = &body[i + 1..];
+    let j = memchr::memchr(0, rest)?;
+    Some((&body[..i], &rest[..j]))
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::ascii_safe_encoding as safe;
+
+    #[test]
+    fn multibyte_encodings_with_ascii_trail_bytes_are_unsafe() {
+        for n in [
+            "SJIS",
+            "Shift_JIS",
+            "SHIFT_JIS_2004",
+            "BIG5",
+            "gbk",
+            "UHC",
+            "GB18030",
+            "JOHAB",
+            "WIN932",
+            "cp950",
+        ] {
+            assert!(!safe(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "UTF8",
+            "utf-8",
+            "SQL_ASCII",
+            "LATIN1",
+            "EUC_JP",
+            "EUC_KR",
+            "WIN1252",
+            "KOI8R",
+            "",
+        ] {
+            assert!(safe(n.as_bytes()), "{n}");
+        }
+    }
+}

@@ -350,6 +350,18 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             return Some(Outcome::AuditUnavailable);
         }
     }
+    // The client encoding the target settled on (startup parameter, PGOPTIONS,
+    // a role or database default): masking reads ASCII-safe encodings only.
+    let encoding = reported_client_encoding(&ready.forward);
+    if let Some(enc) = encoding.as_deref() {
+        if session.masking.is_some() && !crate::mask::ascii_safe_encoding(enc) {
+            shutdown_fd(target_fd);
+            let msg = unsafe_encoding_message(&String::from_utf8_lossy(enc));
+            tracing::info!(%peer, identity = %session.identity, connection = %conn.name, "{msg}");
+            let _ = write_all(&mut client, fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg)).await;
+            return Some(Outcome::Rejected);
+        }
+    }
     let guard = shared.cancels.register(cancel_target.clone());
     let mut hello = Vec::with_capacity(ready.forward.len() + 64);
     backend::auth_ok(&mut hello);
@@ -370,11 +382,42 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         &cancel_target,
         &session,
         audit.as_ref(),
+        encoding.as_deref(),
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
     drop(guard);
     None
+}
+
+/// The last `client_encoding` among the ParameterStatus frames in `frames`.
+fn reported_client_encoding(frames: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 0;
+    let mut found = None;
+    while frames.len() >= at + 5 {
+        let len = u32::from_be_bytes([
+            frames[at + 1],
+            frames[at + 2],
+            frames[at + 3],
+            frames[at + 4],
+        ]) as usize;
+        let end = (at + 1 + len).min(frames.len());
+        if frames[at] == b'S' && len >= 4 {
+            if let Some((b"client_encoding", v)) =
+                crate::mask::parameter_status(&frames[at + 5..end])
+            {
+                found = Some(v.to_vec());
+            }
+        }
+        at = at + 1 + len.max(4);
+    }
+    found
+}
+
+fn unsafe_encoding_message(enc: &str) -> String {
+    format!(
+        "client_encoding {enc} cannot be used while results are masked: its multi-byte characters can contain ASCII bytes; use UTF8"
+    )
 }
 
 /// Run the client handshake: TLS upgrade, authentication, authorization.
@@ -746,8 +789,12 @@ enum End {
     Revoked(crate::snapshot::Revoked),
     /// A statement refused: its audit record could not be kept.
     AuditRefused,
+    /// The client encoding changed to one masking cannot read.
+    UnsafeEncoding(String),
 }
 
+// The session's parts, each borrowed separately by the two pumps.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     worker: &Rc<Worker>,
     (client, client_fd): (ClientIo, RawFd),
@@ -756,6 +803,7 @@ async fn relay(
     cancel: &CancelTarget,
     session: &SessionRequest,
     audit: Option<&SessionAudit<'_>>,
+    client_encoding: Option<&[u8]>,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -768,6 +816,9 @@ async fn relay(
         masker: RefCell::new(Some({
             let mut m =
                 TargetMasker::for_session(session.masking.clone(), limits.max_frame_bytes as usize);
+            if let Some(enc) = client_encoding {
+                m.set_client_encoding(enc);
+            }
             if let Some(a) = audit {
                 // Masked counts per statement, and masked SQL text and
                 // parameters, for the records.
@@ -799,6 +850,7 @@ async fn relay(
         End::TargetFrame(e) => format!("invalid frame from the target: {e}").into(),
         End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
+        End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
     };
     match end {
         End::Terminated | End::TargetClosed => {}
@@ -825,6 +877,13 @@ async fn relay(
                     }
                 });
             }
+        }
+        End::UnsafeEncoding(enc) => {
+            let msg = unsafe_encoding_message(&enc);
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, "{msg}");
+            let _ = cw
+                .write_all(fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg))
+                .await;
         }
         End::Revoked(why) => {
             bump(&worker.metrics.sessions_revoked, 1);
@@ -1046,6 +1105,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(_) => {}
         }
         let t0 = Instant::now();
+        let mut refused_encoding: Option<String> = None;
         // Masking decides how much of the buffer may go now.
         let (ready, rewritten) = {
             let mut masker = state.masker.borrow_mut();
@@ -1053,6 +1113,9 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 None => (buf.len(), false),
                 Some(mk) => {
                     let p = mk.process(&mut buf);
+                    if p.refused {
+                        refused_encoding = mk.unsafe_encoding().map(str::to_owned);
+                    }
                     if p.masked > 0 {
                         m.count_masked(mk);
                     }
@@ -1101,6 +1164,9 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             return End::TargetFrame(e);
         }
         if ready == 0 {
+            if let Some(enc) = refused_encoding {
+                return End::UnsafeEncoding(enc);
+            }
             continue;
         }
         // The records of the statements this read completes are in the
@@ -1133,6 +1199,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             if res.is_err() {
                 return End::Closed;
             }
+        }
+        if let Some(enc) = refused_encoding {
+            // What came before the switch went out; nothing after it does.
+            return End::UnsafeEncoding(enc);
         }
         // Keep the incomplete frame (if any) at the front.
         if ready == buf.len() {

@@ -26,8 +26,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::{
-    mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine, HitAt, Hits, RowOutcome,
-    RowPlan,
+    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields, parameter_status,
+    CopyFormat, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::tag;
 
@@ -52,6 +52,10 @@ pub struct Processed {
     pub rewritten: bool,
     /// Values masked in this chunk.
     pub masked: u32,
+    /// The client switched to an encoding masking cannot read
+    /// ([`TargetMasker::unsafe_encoding`]); `[0..ready)` stops before the
+    /// ParameterStatus that says so. End the session.
+    pub refused: bool,
 }
 
 /// (frame index within the chunk, rule name, column name, values); names
@@ -170,6 +174,8 @@ pub struct TargetMasker {
     copy_requested: VecDeque<(u64, CopyFormat)>,
     copy_out: Option<CopyOut>,
     hits: Hits,
+    /// The client encoding in force when it is not ASCII-safe.
+    unsafe_encoding: Option<String>,
     /// Hits by frame of the last chunk (only when [`TargetMasker::record_hits`]).
     frame_hits: FrameHits,
     out: Vec<u8>,
@@ -219,6 +225,7 @@ impl TargetMasker {
             copy_requested: VecDeque::new(),
             copy_out: None,
             hits: Hits::new(),
+            unsafe_encoding: None,
             frame_hits: FrameHits::default(),
             out: Vec::new(),
             row_buf: Vec::new(),
@@ -262,6 +269,19 @@ impl TargetMasker {
             }
         }
         self.hits.clear();
+    }
+
+    /// The client encoding the target reported (ParameterStatus
+    /// `client_encoding`).
+    pub fn set_client_encoding(&mut self, name: &[u8]) {
+        self.unsafe_encoding =
+            (!ascii_safe_encoding(name)).then(|| String::from_utf8_lossy(name).into_owned());
+    }
+
+    /// The client encoding, when masking cannot work in it (results must
+    /// then not be sent while masking is on).
+    pub fn unsafe_encoding(&self) -> Option<&str> {
+        self.unsafe_encoding.as_deref()
     }
 
     /// Keep the hits of each chunk by frame ([`TargetMasker::frame_hits`]),
@@ -350,6 +370,16 @@ impl TargetMasker {
         // Frames starting in this chunk, for the hits by frame.
         let mut frame = 0u32;
         self.frame_hits.clear();
+        if self.active && self.unsafe_encoding.is_some() {
+            // Masking came on (a new snapshot) in an encoding it cannot read.
+            return Processed {
+                ready: 0,
+                rewritten: false,
+                masked: 0,
+                refused: true,
+            };
+        }
+        let mut refused = false;
         if self.skip > 0 {
             let take = self.skip.min(n);
             self.skip -= take;
@@ -369,8 +399,8 @@ impl TargetMasker {
                 break;
             }
             let total = 1 + len;
-            let data =
-                matches!(t, b'T' | b'D' | b'E' | b'N') || (t == b'd' && self.copy_out.is_some());
+            let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S')
+                || (t == b'd' && self.copy_out.is_some());
             if at + total > n {
                 if data && total <= self.max_frame.saturating_add(5) {
                     break; // hold: forwarded once whole
@@ -386,6 +416,15 @@ impl TargetMasker {
                 break;
             }
             let body = &mut buf[at + 5..at + total];
+            if t == b'S' {
+                if let Some((b"client_encoding", v)) = parameter_status(body) {
+                    self.set_client_encoding(v);
+                    if self.active && self.unsafe_encoding.is_some() {
+                        refused = true;
+                        break;
+                    }
+                }
+            }
             match t {
                 b'D' if !self.active => {}
                 b'D' => {
@@ -446,6 +485,7 @@ impl TargetMasker {
             ready: at,
             rewritten,
             masked: masked.max(other),
+            refused,
         }
     }
 }
@@ -906,6 +946,39 @@ mod tests {
         let mut s = result("plain words");
         m.process(&mut s);
         assert!(memchr::memmem::find(&s, b"plain words").is_some());
+    }
+
+    #[test]
+    fn switching_to_an_ascii_unsafe_encoding_stops_before_the_switch() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut s = frame(b'C', b"SELECT 1\0");
+        s.extend(frame(b'Z', b"I"));
+        let cut = s.len();
+        s.extend(frame(b'S', b"client_encoding\0SJIS\0"));
+        s.extend(frame(b'C', b"SET\0"));
+        s.extend(data_row(&["bob@example.com"]));
+        let p = m.process(&mut s);
+        assert!(p.refused);
+        assert_eq!(p.ready, cut);
+        assert_eq!(m.unsafe_encoding(), Some("SJIS"));
+        // And stays refused.
+        let mut more = data_row(&["x"]);
+        let p = m.process(&mut more);
+        assert!(p.refused && p.ready == 0);
+        // Passive (unmasked) sessions only take note; masking switched on
+        // later refuses at once.
+        let mut m = TargetMasker::for_session(None, 1 << 20);
+        let mut s = frame(b'S', b"client_encoding\0BIG5\0");
+        s.extend(data_row(&["bob@example.com"]));
+        let p = m.process(&mut s);
+        assert!(!p.refused && p.ready == s.len());
+        m.set_engine(Some(engine()));
+        let mut s = data_row(&["bob@example.com"]);
+        assert!(m.process(&mut s).refused);
+        // Back to UTF8 is fine.
+        let mut s = frame(b'S', b"client_encoding\0UTF8\0");
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        assert!(!m.process(&mut s).refused);
     }
 
     #[test]
