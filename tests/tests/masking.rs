@@ -2119,3 +2119,33 @@ async fn ascii_unsafe_client_encodings_are_refused_while_masking() {
     let other = gw.agent().await;
     other.simple_query("select 1").await.unwrap();
 }
+
+/// COPY TO with custom delimiters and quotes: fields are split where
+/// PostgreSQL split them, so a card between two numbers joined by the
+/// delimiter is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_with_custom_delimiters_masks_every_field() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, key));
+    let c = gw.agent().await;
+    let card = "4111111111111111";
+    for opts in [
+        "(delimiter '-')",
+        "with delimiter as '-'",
+        "(format csv, delimiter '-', quote '''')",
+        "(format csv, delimiter ' ')",
+    ] {
+        let sql = format!("copy (select 1234, '{card}', 5678) to stdout {opts}");
+        let out = copy_out(&c, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains(card), "{sql}: {text}");
+        // The other fields and the delimiters are untouched.
+        assert!(
+            text.starts_with("1234") && text.trim_end().ends_with("5678"),
+            "{sql}: {text}"
+        );
+    }
+}
