@@ -350,3 +350,50 @@ fn unreachable_control_plane_exits_3_quickly() {
     assert!(text(&out.stdout).starts_with("client: sluicectl "));
     assert!(text(&out.stderr).contains(&a));
 }
+
+/// `--node NAME` certificates: written with a new CA, or issued later from
+/// the CA already in the directory (nothing else is touched), and accepted
+/// by an mTLS handshake against that CA.
+#[test]
+fn certs_issue_named_node_certificates_now_and_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let d = dir.to_str().unwrap();
+    let out = sluicectl(&["certs", "--dir", d, "--node", "dp-1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("node-dp-1.pem"),
+        "{}",
+        text(&out.stdout)
+    );
+    handshake(&dir, "control-plane", "node-dp-1", "localhost").unwrap();
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let admin = std::fs::read(dir.join("admin.pem")).unwrap();
+
+    // Later: one more node, from the same CA.
+    let out = sluicectl(&["certs", "--dir", d, "--node", "dp-2", "--node", "dp-3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("node-dp-3.pem"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+    assert_eq!(std::fs::read(dir.join("admin.pem")).unwrap(), admin);
+    for n in ["node-dp-2", "node-dp-3"] {
+        handshake(&dir, "control-plane", n, "localhost").unwrap_or_else(|e| panic!("{n}: {e}"));
+        let mode = std::fs::metadata(dir.join(format!("{n}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{n}.key is private");
+    }
+    // A node id that could not be one is a usage error.
+    let out = sluicectl(&["certs", "--dir", d, "--node", "bad/name"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--node bad/name"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -612,6 +612,12 @@ impl CpCerts {
     /// `sluicectl certs --dir DIR` when that binary is built, else made here
     /// with rcgen in the same layout.
     pub fn generate(dir: &Path) -> CpCerts {
+        Self::generate_with_nodes(dir, &[])
+    }
+
+    /// As [`CpCerts::generate`], plus `node-<name>` certificates valid only
+    /// for those node ids (`sluicectl certs --node NAME`).
+    pub fn generate_with_nodes(dir: &Path, nodes: &[&str]) -> CpCerts {
         let ctl = process::sluice_bin()
             .parent()
             .expect("binary dir")
@@ -619,9 +625,12 @@ impl CpCerts {
         if ctl.exists() {
             let mut cmd = Command::new(ctl);
             cmd.arg("certs").arg("--dir").arg(dir);
+            for n in nodes {
+                cmd.arg("--node").arg(n);
+            }
             process::run(&mut cmd, None, Duration::from_secs(60)).assert_success("sluicectl certs");
         } else {
-            write_test_pki(dir);
+            write_test_pki(dir, nodes);
         }
         let c = CpCerts::in_dir(dir);
         for f in [
@@ -640,11 +649,16 @@ impl CpCerts {
 
     /// The node's `control_plane:` TLS fields (YAML, indented for it).
     pub fn node_yaml(&self) -> String {
+        self.node_yaml_as("node")
+    }
+
+    /// As [`CpCerts::node_yaml`] with the certificate `<cert>.pem/.key`.
+    pub fn node_yaml_as(&self, cert: &str) -> String {
         format!(
             "  ca_file: {}\n  cert_file: {}\n  key_file: {}\n",
             crate::gateway::y(&self.path("ca.pem")),
-            crate::gateway::y(&self.path("node.pem")),
-            crate::gateway::y(&self.path("node.key"))
+            crate::gateway::y(&self.path(&format!("{cert}.pem"))),
+            crate::gateway::y(&self.path(&format!("{cert}.key")))
         )
     }
 
@@ -662,7 +676,7 @@ impl CpCerts {
 }
 
 /// The rcgen fallback of [`CpCerts::generate`].
-fn write_test_pki(dir: &Path) {
+fn write_test_pki(dir: &Path, nodes: &[&str]) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -678,20 +692,38 @@ fn write_test_pki(dir: &Path) {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     write("ca.pem", ca_cert.pem());
     write("ca.key", ca_key.serialize_pem());
-    let leaves: [(&str, ExtendedKeyUsagePurpose, Vec<String>); 3] = [
+    let mut leaves: Vec<(String, String, ExtendedKeyUsagePurpose, Vec<String>)> = vec![
         (
-            "control-plane",
+            "control-plane".into(),
+            "sluice-control-plane".into(),
             ExtendedKeyUsagePurpose::ServerAuth,
             vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         ),
-        ("node", ExtendedKeyUsagePurpose::ClientAuth, vec![]),
-        ("admin", ExtendedKeyUsagePurpose::ClientAuth, vec![]),
+        (
+            "node".into(),
+            "sluice-node".into(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![],
+        ),
+        (
+            "admin".into(),
+            "sluice-admin".into(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![],
+        ),
     ];
-    for (name, usage, sans) in leaves {
+    for n in nodes {
+        leaves.push((
+            format!("node-{n}"),
+            format!("sluice-node:{n}"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![],
+        ));
+    }
+    for (name, cn, usage, sans) in leaves {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, format!("sluice-{name}"));
+        p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![usage];
         let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();

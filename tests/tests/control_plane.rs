@@ -661,7 +661,7 @@ async fn mutual_tls_between_nodes_and_control_plane(b: Backend) {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let tmp = tempfile::tempdir().unwrap();
-    let certs = CpCerts::generate(&tmp.path().join("pki"));
+    let certs = CpCerts::generate_with_nodes(&tmp.path().join("pki"), &["tls-node"]);
     let foreign = CpCerts::generate(&tmp.path().join("foreign"));
     let cp = ControlPlane::on(b, certs.server_args());
     assert!(cp.url().starts_with("https://127.0.0.1:"), "{}", cp.url());
@@ -675,15 +675,85 @@ async fn mutual_tls_between_nodes_and_control_plane(b: Backend) {
     .unwrap();
     let v1 = admin.apply(&base_config(pg, key)).await.version;
 
+    // The node's own certificate (CN sluice-node:tls-node).
     let good = cp::node(
         &[cp.url()],
         "tls-node",
-        &format!("{}{NODE}", certs.node_yaml()),
+        &format!("{}{NODE}", certs.node_yaml_as("node-tls-node")),
         true,
     )
     .unwrap_or_else(|e| panic!("mTLS node: {e}"));
     admin.wait_applied(1, v1, LIMIT).await;
     works(&good, "agent1", &key.key, "app").await;
+
+    // Certificates carry roles. A node certificate cannot administer…
+    let mut as_node = Admin::try_connect_tls(
+        &cp.url(),
+        &ca,
+        Some((&certs.read("node.pem"), &certs.read("node.key"))),
+    )
+    .await
+    .unwrap();
+    let e = as_node.try_nodes().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("node certificate"), "{e:?}");
+    // …nor read the audit trail…
+    let out = cp.ctl(
+        &[
+            "--ca",
+            &certs.path("ca.pem"),
+            "--cert",
+            &certs.path("node.pem"),
+            "--key",
+            &certs.path("node.key"),
+            "audit",
+            "search",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("node certificate"), "{}", out.stderr);
+    // …while the admin certificate can.
+    let out = cp.ctl(
+        &[
+            "--ca",
+            &certs.path("ca.pem"),
+            "--cert",
+            &certs.path("admin.pem"),
+            "--key",
+            &certs.path("admin.key"),
+            "audit",
+            "search",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    // An admin certificate cannot act as a node, and a node's own
+    // certificate cannot act as another node.
+    for (name, cert, why) in [
+        (
+            "admin-node",
+            "admin",
+            "admin certificate cannot call the node services",
+        ),
+        (
+            "impostor",
+            "node-tls-node",
+            "the client certificate is for node",
+        ),
+    ] {
+        let n = cp::node(
+            &[cp.url()],
+            name,
+            &format!("{}{NODE}", certs.node_yaml_as(cert)),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        wait_log(&n, why, 1, LIMIT).await;
+        assert_eq!(n.http_get("/readyz").unwrap().0, 503, "{}", n.log());
+        assert_eq!(metric(&n, "sluice_snapshots_applied_total"), 0.0);
+    }
+    assert_eq!(node_ids(&admin.nodes().await), ["tls-node"]);
 
     // A client certificate from another CA: the node never gets a snapshot.
     let foreign_yaml = format!(

@@ -26,6 +26,10 @@ pub struct Options {
     pub days: u32,
     /// Replace an existing CA.
     pub force: bool,
+    /// Also issue `node-<name>` certificates (CN `sluice-node:<name>`),
+    /// valid only for that node id; with an existing CA in `dir`, issue
+    /// only those.
+    pub nodes: Vec<String>,
 }
 
 fn local(e: impl std::fmt::Display) -> CtlError {
@@ -39,14 +43,19 @@ pub fn write(o: &Options) -> Result<String, CtlError> {
     if o.days == 0 {
         return Err(CtlError::Usage("--days must be at least 1".into()));
     }
-    for f in ["ca.pem", "ca.key"] {
-        let p = o.dir.join(f);
-        if p.exists() && !o.force {
-            return Err(CtlError::Input(format!(
-                "{} exists; pass --force to replace the CA (every certificate it signed must then be reissued)",
-                p.display()
-            )));
+    for n in &o.nodes {
+        crate::audit::sink::validate_node_id(n)
+            .map_err(|e| CtlError::Usage(format!("--node {n}: {e}")))?;
+    }
+    let have_ca = ["ca.pem", "ca.key"].iter().any(|f| o.dir.join(f).exists());
+    if have_ca && !o.force {
+        if !o.nodes.is_empty() {
+            return issue_nodes(o);
         }
+        return Err(CtlError::Input(format!(
+            "{} exists; pass --force to replace the CA (every certificate it signed must then be reissued), or --node NAME to issue node certificates from it",
+            o.dir.join("ca.pem").display()
+        )));
     }
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::minutes(5);
@@ -100,19 +109,81 @@ pub fn write(o: &Options) -> Result<String, CtlError> {
     )?;
     let node = leaf(NODE_CN, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
     let admin = leaf(ADMIN_CN, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
+    let mut named = Vec::new();
+    for n in &o.nodes {
+        named.push((
+            format!("node-{n}"),
+            leaf(
+                &format!("{NODE_CN}:{n}"),
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &[],
+            )?,
+        ));
+    }
 
     // Everything is generated before the first file is touched.
     create_dir(&o.dir)?;
     for (name, (pem, key)) in [
-        ("ca", (ca_cert.pem(), ca_key.serialize_pem())),
-        ("control-plane", server),
-        ("node", node),
-        ("admin", admin),
-    ] {
+        ("ca".to_string(), (ca_cert.pem(), ca_key.serialize_pem())),
+        ("control-plane".into(), server),
+        ("node".into(), node),
+        ("admin".into(), admin),
+    ]
+    .into_iter()
+    .chain(named)
+    {
         write_file(&o.dir.join(format!("{name}.pem")), &pem, 0o644)?;
         write_file(&o.dir.join(format!("{name}.key")), &key, 0o600)?;
     }
     Ok(report(o, &sans, not_after))
+}
+
+/// Issue `node-<name>` certificates from the CA already in `o.dir`.
+fn issue_nodes(o: &Options) -> Result<String, CtlError> {
+    let read = |f: &str| {
+        std::fs::read_to_string(o.dir.join(f))
+            .map_err(|e| CtlError::Input(format!("{}: {e}", o.dir.join(f).display())))
+    };
+    let ca_key =
+        KeyPair::from_pem(&read("ca.key")?).map_err(|e| CtlError::Input(format!("ca.key: {e}")))?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&read("ca.pem")?)
+        .map_err(|e| CtlError::Input(format!("ca.pem: {e}")))?;
+    // The issuer as rcgen needs it: the same name and key as ca.pem.
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|e| CtlError::Input(format!("ca.pem and ca.key do not go together: {e}")))?;
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + time::Duration::days(i64::from(o.days));
+    let mut out = Vec::new();
+    for n in &o.nodes {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(local)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("{NODE_CN}:{n}"));
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = not_after;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(local)?;
+        out.push((n, cert.pem(), key.serialize_pem()));
+    }
+    let mut text = format!(
+        "issued from {}/ca.pem (valid {} days, until {}):\n",
+        o.dir.display(),
+        o.days,
+        not_after.date()
+    );
+    for (n, pem, key) in out {
+        write_file(&o.dir.join(format!("node-{n}.pem")), &pem, 0o644)?;
+        write_file(&o.dir.join(format!("node-{n}.key")), &key, 0o600)?;
+        text.push_str(&named_line(n));
+    }
+    Ok(text)
+}
+
+fn named_line(n: &str) -> String {
+    format!("  node-{n}.pem node-{n}.key  client certificate valid only as node {n} (clientAuth, CN {NODE_CN}:{n})\n")
 }
 
 /// Letters, digits and inner hyphens in dot-separated labels of 1-63
@@ -176,6 +247,7 @@ fn report(o: &Options, sans: &[String], not_after: time::OffsetDateTime) -> Stri
          \x20 control-plane.pem control-plane.key  sluice-cp server certificate (serverAuth) for {sans}\n\
          \x20 node.pem node.key                    data-plane client certificate (clientAuth, CN {NODE_CN})\n\
          \x20 admin.pem admin.key                  sluicectl client certificate (clientAuth, CN {ADMIN_CN})\n\
+         {named}\
          use:\n\
          \x20 sluice-cp   serves with control-plane.pem/.key and requires client certificates signed by ca.pem\n\
          \x20 sluice-dp   connects with node.pem/.key and trusts ca.pem\n\
@@ -184,6 +256,7 @@ fn report(o: &Options, sans: &[String], not_after: time::OffsetDateTime) -> Stri
         days = o.days,
         until = not_after.date(),
         sans = sans.join(", "),
+        named = o.nodes.iter().map(|n| named_line(n)).collect::<String>(),
     )
 }
 
@@ -224,6 +297,7 @@ mod tests {
             hosts: vec!["bad host!".into()],
             days: 30,
             force: false,
+            nodes: vec![],
         };
         let e = write(&o).unwrap_err();
         assert_eq!(e.exit_code(), 2);
@@ -246,6 +320,7 @@ mod tests {
             hosts: vec!["cp.example.com".into(), "10.0.0.9".into(), "::1".into()],
             days: 10,
             force: false,
+            nodes: vec![],
         };
         let text = write(&o).unwrap();
         assert!(

@@ -179,6 +179,10 @@ pub enum Command {
         /// Replace an existing CA in --dir.
         #[arg(long)]
         force: bool,
+        /// Also write node-NAME.pem/.key, valid only for node id NAME (repeatable).
+        /// With a CA already in --dir, only these are issued, from it.
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
     },
 }
 
@@ -384,12 +388,14 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<(), CtlError> {
             hosts,
             days,
             force,
+            nodes,
         } => {
             let text = certs::write(&certs::Options {
                 dir,
                 hosts,
                 days,
                 force,
+                nodes,
             })?;
             out.stdout.push_str(&text);
             Ok(())

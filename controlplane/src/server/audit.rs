@@ -161,6 +161,7 @@ impl proto::audit_ingest_server::AuditIngest for IngestService {
         req: Request<Streaming<AuditBatch>>,
     ) -> Result<Response<Self::ShipStream>, Status> {
         let peer = req.remote_addr();
+        let role = crate::server::peer::role(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
             .await
@@ -177,6 +178,9 @@ impl proto::audit_ingest_server::AuditIngest for IngestService {
             ));
         }
         validate_node_id(&first.node_id).map_err(sink_status)?;
+        crate::server::peer::check_node_id(&role, &first.node_id).inspect_err(|e| {
+            tracing::warn!(node = %first.node_id, ?peer, "audit stream refused: {}", e.message());
+        })?;
         let (tx, rx) = mpsc::channel(16);
         tracing::info!(node = %first.node_id, ?peer, "audit stream opened");
         tokio::spawn(serve_stream(self.sinks.clone(), first, inbound, tx));

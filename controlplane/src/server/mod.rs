@@ -15,6 +15,7 @@ pub mod audit;
 pub mod config;
 pub mod jwks;
 pub mod nodes;
+pub mod peer;
 pub mod snapshots;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::store::Store;
 
@@ -149,27 +151,38 @@ pub async fn serve(
         "sluice-cp listening on {bound}"
     );
     builder
-        .add_service(proto::snapshot_service_server::SnapshotServiceServer::new(
-            snapshots::SnapshotService {
-                shared: shared.clone(),
-            },
+        // Node services for node certificates, operator services for admin
+        // certificates (`peer`); a stream's node id is checked against a
+        // certificate that names one inside the service.
+        .add_service(InterceptedService::new(
+            proto::snapshot_service_server::SnapshotServiceServer::new(
+                snapshots::SnapshotService {
+                    shared: shared.clone(),
+                },
+            ),
+            peer::node_only,
         ))
-        .add_service(proto::admin_server::AdminServer::new(admin::AdminService {
-            shared: shared.clone(),
-        }))
-        .add_service(
+        .add_service(InterceptedService::new(
+            proto::admin_server::AdminServer::new(admin::AdminService {
+                shared: shared.clone(),
+            }),
+            peer::admin_only,
+        ))
+        .add_service(InterceptedService::new(
             proto::audit_ingest_server::AuditIngestServer::new(audit::IngestService {
                 sinks: sinks.clone(),
             })
             .max_decoding_message_size(audit::MAX_BATCH_BYTES),
-        )
-        .add_service(
+            peer::node_only,
+        ))
+        .add_service(InterceptedService::new(
             proto::audit_query_server::AuditQueryServer::new(audit::QueryService {
                 sinks,
                 shared: shared.clone(),
             })
             .max_encoding_message_size(audit::MAX_ANSWER_BYTES),
-        )
+            peer::admin_only,
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

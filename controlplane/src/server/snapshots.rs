@@ -36,6 +36,7 @@ impl proto::snapshot_service_server::SnapshotService for SnapshotService {
         req: Request<Streaming<proto::SnapshotRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer = req.remote_addr();
+        let role = super::peer::role(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -46,6 +47,9 @@ impl proto::snapshot_service_server::SnapshotService for SnapshotService {
             .clone()
             .filter(|n| !n.id.is_empty())
             .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        super::peer::check_node_id(&role, &node.id).inspect_err(|e| {
+            tracing::warn!(node = %node.id, ?peer, "node subscription refused: {}", e.message());
+        })?;
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
         tracing::info!(node = %node.id, ?peer, applied = first.applied_version, "node subscribed");
