@@ -612,10 +612,12 @@ impl Tracker {
             let cut = cut || (kept as usize) < len as usize;
             let mut text = if b.binary(i) && !printable(v) {
                 // An integer, a timestamp, ...: its bytes in hex.
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut t = String::with_capacity(2 + 2 * v.len());
                 t.push_str("\\x");
-                for x in v {
-                    t.push_str(&format!("{x:02x}"));
+                for &x in v {
+                    t.push(HEX[usize::from(x >> 4)] as char);
+                    t.push(HEX[usize::from(x & 15)] as char);
                 }
                 t
             } else {
