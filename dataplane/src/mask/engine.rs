@@ -621,6 +621,7 @@ impl Engine {
                     run.first,
                     r.end as usize,
                     run.digits,
+                    None,
                     &mut st,
                     counts,
                     hits,
@@ -687,6 +688,7 @@ impl Engine {
                     run.first,
                     n,
                     run.digits,
+                    None,
                     &mut st,
                     &mut counts,
                     hits,
@@ -788,7 +790,8 @@ impl Engine {
             a &= a - 1;
             if pos >= st.skip_until {
                 let ri = cur.anchor.seek(regions, pos);
-                self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
+                let bits = (m.digit, m.digit | m.glue);
+                self.anchor(buf, regions[ri], ri, pos, bits, base, st, counts, hits);
             }
         }
         if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
@@ -869,6 +872,7 @@ impl Engine {
                     run.first,
                     base + e as usize,
                     digits,
+                    None,
                     st,
                     counts,
                     hits,
@@ -897,6 +901,7 @@ impl Engine {
                 let digits = (above & span).count_ones();
                 let first = base + i as usize;
                 let ri = cur.run.seek(regions, first);
+                let bits = st.clean_from(first).then_some(m.digit >> i);
                 self.digit_run(
                     buf,
                     regions[ri],
@@ -904,6 +909,7 @@ impl Engine {
                     first,
                     base + end as usize,
                     digits,
+                    bits,
                     st,
                     counts,
                     hits,
@@ -925,6 +931,7 @@ impl Engine {
         first: usize,
         end: usize,
         digits: u32,
+        bits: Option<u64>,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -937,7 +944,10 @@ impl Engine {
         let mut on = self.digits;
         // A card has 13 digits at least.
         on.card &= digits >= 13;
-        let h = detect::digit_run(cell, first - s, end - s, on, &self.fmt);
+        let h = detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt);
+        if h.card | h.ssn | h.phone | h.ipv4 != 0 {
+            st.dirty = st.dirty.max(end);
+        }
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -954,14 +964,18 @@ impl Engine {
 
     /// A `+` or `(` that may open a phone number: validate the digit run
     /// right after it (E.164 and `(415) 555-2671` forms, whose separators
-    /// the candidate shapes do not cover).
+    /// the candidate shapes do not cover). `bits` are the digit and the
+    /// digit-or-glue masks of the block at `base`.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn phone_opener(
         &self,
         buf: &mut [u8],
         r: Region,
         ri: usize,
         pos: usize,
+        bits: (u64, u64),
+        base: usize,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -970,6 +984,34 @@ impl Engine {
         let limit = (r.end as usize).min(first + 40);
         if first >= limit || !buf[first].is_ascii_digit() {
             return;
+        }
+        let j = first - base;
+        if j < BLOCK && st.clean_from(first) {
+            // The run from the masks (cleared outside the region): digits
+            // and glue up to the first other byte, at most to `limit`.
+            let x = bits.1 >> j;
+            let run = (!x).trailing_zeros() as usize;
+            let max = limit - first;
+            if j + run < BLOCK || run >= max {
+                let len = run.min(max);
+                let d = bits.0 >> j;
+                let digits = (d & (u64::MAX >> (64 - len))).count_ones();
+                if digits >= 9 {
+                    self.digit_run(
+                        buf,
+                        r,
+                        ri,
+                        first,
+                        first + len,
+                        digits,
+                        Some(d),
+                        st,
+                        counts,
+                        hits,
+                    );
+                }
+                return;
+            }
         }
         let len = buf[first..limit]
             .iter()
@@ -981,7 +1023,7 @@ impl Engine {
             .filter(|b| b.is_ascii_digit())
             .count() as u32;
         if digits >= 9 {
-            self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
+            self.digit_run(buf, r, ri, first, end, digits, None, st, counts, hits);
         }
     }
 
@@ -993,6 +1035,8 @@ impl Engine {
         r: Region,
         ri: usize,
         pos: usize,
+        bits: (u64, u64),
+        base: usize,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -1001,7 +1045,7 @@ impl Engine {
         let on = |b: Builtin| self.on[b as usize];
         let s = r.start as usize;
         if matches!(buf[pos], b'+' | b'(') {
-            self.phone_opener(buf, r, ri, pos, st, counts, hits);
+            self.phone_opener(buf, r, ri, pos, bits, base, st, counts, hits);
             return;
         }
         let cell = &mut buf[s..r.end as usize];
@@ -1061,7 +1105,20 @@ struct ScanState {
     skip_until: usize,
     /// A digit run reaching the end of the previous block.
     run: Option<Run>,
+    /// Digit-run rewrites end at or before this position; with
+    /// `skip_until` (which the other validators' rewrites end before), the
+    /// bytes from `max(skip_until, dirty)` on are as classified.
+    dirty: usize,
     hits: u32,
+}
+
+impl ScanState {
+    /// Whether the bytes from `pos` on are unchanged since classification
+    /// (so the block masks describe them).
+    #[inline(always)]
+    fn clean_from(&self, pos: usize) -> bool {
+        pos >= self.skip_until && pos >= self.dirty
+    }
 }
 
 #[derive(Clone, Copy)]
