@@ -91,10 +91,10 @@ pub(crate) fn boundary_after(buf: &[u8], p: usize) -> bool {
 /// everything else, non-ASCII bytes included) become the mask character,
 /// except the last `keep` letters or digits.
 pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
-    let masked = if f.keep_punct {
-        &MASKED_KEEP_PUNCT
+    let (head_t, tail_t) = if f.keep_punct {
+        (&MASKED_KEEP_PUNCT, &TAIL_KEEP_PUNCT)
     } else {
-        &MASKED_ALL
+        (&MASKED_ALL, &TAIL_ALL)
     };
     let s = &mut buf[start..end];
     // The kept suffix: from the `keep`-th letter or digit from the end.
@@ -102,38 +102,40 @@ pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, 
     let mut keep = keep;
     while keep > 0 && cut > 0 {
         cut -= 1;
-        if alnum(s[cut]) {
-            keep -= 1;
-        }
+        keep -= is(s[cut], K_ALNUM) as usize;
     }
     let (head, tail) = s.split_at_mut(cut);
+    // Branch-free: each table byte is 0xff for bytes to mask, else 0.
+    let ch = f.ch;
     for b in head {
-        if masked[*b as usize] {
-            *b = f.ch;
-        }
+        *b ^= (*b ^ ch) & head_t[*b as usize];
     }
     for b in tail {
-        if !alnum(*b) && masked[*b as usize] {
-            *b = f.ch;
-        }
+        *b ^= (*b ^ ch) & tail_t[*b as usize];
     }
 }
 
 /// Bytes `mask_range` masks (outside the kept suffix): letters, digits and
 /// non-ASCII bytes, plus, unless punctuation is kept, everything that is not
-/// structural.
-const fn masked_table(keep_punct: bool) -> [bool; 256] {
-    let mut t = [false; 256];
+/// structural. 0xff = mask. `tail`: in the kept suffix, letters and digits
+/// stay.
+const fn masked_table(keep_punct: bool, tail: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || b >= 0x80 || (!keep_punct && !structural(b));
+        let masked = b.is_ascii_alphanumeric() || b >= 0x80 || (!keep_punct && !structural(b));
+        if masked && !(tail && b.is_ascii_alphanumeric()) {
+            t[i] = 0xff;
+        }
         i += 1;
     }
     t
 }
-static MASKED_KEEP_PUNCT: [bool; 256] = masked_table(true);
-static MASKED_ALL: [bool; 256] = masked_table(false);
+static MASKED_KEEP_PUNCT: [u8; 256] = masked_table(true, false);
+static MASKED_ALL: [u8; 256] = masked_table(false, false);
+static TAIL_KEEP_PUNCT: [u8; 256] = masked_table(true, true);
+static TAIL_ALL: [u8; 256] = masked_table(false, true);
 
 /// Bytes never masked, so an in-place rewrite cannot break the quoting or
 /// field structure of CSV, COPY text or JSON around the value.

@@ -156,6 +156,8 @@ pub struct Engine {
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
     any_builtin: bool,
+    /// Custom literals or regexes to run.
+    custom: bool,
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
@@ -355,6 +357,7 @@ impl Engine {
             digits,
             min_digits,
             any_builtin,
+            custom: !literals.is_empty() || !regexes.is_empty(),
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
@@ -453,6 +456,17 @@ impl Engine {
         if self.any_builtin {
             n += self.scan_builtin(value, hits);
         }
+        if self.custom {
+            n += self.mask_custom(value, hits);
+        }
+        n
+    }
+
+    /// Custom literal lists and regexes over one value (kept out of line:
+    /// most profiles have none).
+    #[inline(never)]
+    fn mask_custom(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
         for set in &self.literals {
             n += self.mask_literals(set, value, hits);
         }
@@ -545,7 +559,19 @@ impl Engine {
             // (`fast_scan`).
             return unsafe { self.scan_regions_fast(buf, regions, counts, hits) };
         }
-        self.scan_regions_impl(buf, regions, counts, hits)
+        self.scan_regions_slow(buf, regions, counts, hits)
+    }
+
+    /// [`Engine::scan_regions`] without the fast features.
+    #[inline(never)]
+    fn scan_regions_slow(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        self.scan_regions_impl::<false>(buf, regions, counts, hits)
     }
 
     /// [`Engine::scan_regions`] compiled with the features of the AVX2
@@ -559,11 +585,12 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) -> u32 {
-        self.scan_regions_impl(buf, regions, counts, hits)
+        self.scan_regions_impl::<false>(buf, regions, counts, hits)
     }
 
+    /// `F`: compiled with the fast features (see `classify_chunk`).
     #[inline(always)]
-    fn scan_regions_impl(
+    fn scan_regions_impl<const F: bool>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -573,15 +600,39 @@ impl Engine {
         let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
             return 0;
         };
-        let (lo, hi) = (first.start as usize, last.end as usize);
+        // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
+        // either way; a smaller array spares zeroing the large one.
+        if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
+            self.scan_chunked::<SHORT_BLOCKS, F>(buf, regions, counts, hits)
+        } else {
+            self.scan_chunked::<CHUNK_BLOCKS, F>(buf, regions, counts, hits)
+        }
+    }
+
+    /// The block walk of [`Engine::scan_regions`], classifying `N` blocks
+    /// at a time (before any of them is validated).
+    #[inline(always)]
+    fn scan_chunked<const N: usize, const F: bool>(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let (lo, hi) = (
+            regions[0].start as usize,
+            regions[regions.len() - 1].end as usize,
+        );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
+        let mut masks = [BlockMasks::default(); N];
         let mut prev = BlockMasks::default();
         let mut member = 0usize;
         let mut base = lo;
         while base < hi {
-            let nb = self.classifier.classify_chunk(&buf[base..hi], &mut masks);
+            let nb = self
+                .classifier
+                .classify_chunk::<N, F>(&buf[base..hi], &mut masks);
             if regions.len() > 1 {
                 for (k, m) in masks[..nb].iter_mut().enumerate() {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
@@ -633,36 +684,57 @@ impl Engine {
 
     #[inline]
     fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
         #[cfg(target_arch = "x86_64")]
         if self.fast {
-            // SAFETY: `fast` is set only when the CPU has these features
-            // (`fast_scan`).
-            return unsafe { self.scan_builtin_fast(buf, hits) };
+            if n <= BLOCK {
+                // SAFETY: `fast` is set only when the CPU has these features
+                // (`fast_scan`).
+                return unsafe { self.scan_one_fast(buf, hits) };
+            }
+            let region = [Region {
+                start: 0,
+                end: n as u32,
+            }];
+            // SAFETY: as above.
+            return unsafe { self.scan_regions_fast(buf, &region, &mut [0u32], hits) };
         }
-        self.scan_builtin_impl(buf, hits)
+        self.scan_builtin_slow(buf, hits)
+    }
+
+    /// [`Engine::scan_builtin`] without the fast features.
+    #[inline(never)]
+    fn scan_builtin_slow(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
+        if n <= BLOCK {
+            return self.scan_one_impl::<false>(buf, hits);
+        }
+        let region = [Region {
+            start: 0,
+            end: n as u32,
+        }];
+        self.scan_regions_impl::<false>(buf, &region, &mut [0u32], hits)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi1,bmi2,popcnt")]
-    fn scan_builtin_fast(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
-        self.scan_builtin_impl(buf, hits)
+    fn scan_one_fast(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        self.scan_one_impl::<true>(buf, hits)
     }
 
+    /// A value of at most one block.
     #[inline(always)]
-    fn scan_builtin_impl(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+    fn scan_one_impl<const F: bool>(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
         let region = [Region {
             start: 0,
             end: n as u32,
         }];
         let mut counts = [0u32];
-        if n > BLOCK {
-            return self.scan_regions_impl(buf, &region, &mut counts, hits);
-        }
         // Most cells: one block, nothing before or after it.
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let m = self.classifier.classify_one(buf);
+        let m = self.classifier.classify_one::<F>(buf);
         let zero = BlockMasks::default();
         let ctx = Ctx {
             regions: &region,
@@ -790,11 +862,19 @@ impl Engine {
             a &= a - 1;
             if pos >= st.skip_until {
                 let ri = cur.anchor.seek(regions, pos);
-                let bits = (m.digit, m.digit | m.glue);
-                self.anchor(buf, regions[ri], ri, pos, bits, base, st, counts, hits);
+                let r = regions[ri];
+                if may_anchor(buf, r, pos) {
+                    let bits = (m.digit, m.digit | m.glue);
+                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+                }
             }
         }
-        if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+        // Both `AKIA` and an IBAN's country code start with two capitals in
+        // a row (rare in prose: most capitals start a word).
+        let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
+        if pairs == 0 {
+            // Neither trigger below can fire.
+        } else if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
             // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
             let four = |u: u64| u & u >> 1 & u >> 2 & u >> 3;
             let mut s = four(m.upper) | (four(ahead(m.upper, n.upper)) & AHEAD_LOW) << AHEAD;
@@ -815,7 +895,7 @@ impl Engine {
                 }
             }
         }
-        if self.on[Builtin::Iban as usize] && m.upper != 0 {
+        if pairs != 0 && self.on[Builtin::Iban as usize] {
             // Two capitals, two digits.
             let cc = |u: u64, d: u64| u & u >> 1 & d >> 2 & d >> 3;
             let mut s = cc(m.upper, m.digit)
@@ -1168,6 +1248,9 @@ impl Cursor {
     }
 }
 
+/// Chunk size for spans this short (DataRows, notes).
+const SHORT_BLOCKS: usize = 4;
+
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.
 const AHEAD: u32 = 52;
@@ -1247,6 +1330,26 @@ fn fast_scan(kernel: Kernel) -> bool {
     {
         let _ = kernel;
         false
+    }
+}
+
+/// The byte next to a letter anchor at `pos` (in region `r`) fits one of
+/// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
+/// / `sk_` / `rk_`, `xox` / `xapp`, `Be…` / `be…`. When it does not, the
+/// validator would find nothing (each checks these bytes first), so the
+/// call is skipped. Other anchors always go to their validator.
+#[inline(always)]
+fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
+    let (s, e) = (r.start as usize, r.end as usize);
+    let before = |c: &[u8]| pos >= s + 2 && c.contains(&buf[pos - 1]);
+    let after = |c: &[u8]| pos + 1 < e && c.contains(&buf[pos + 1]);
+    match buf[pos] {
+        b'J' => before(b"y"),
+        b'z' => before(b"I"),
+        b'_' => before(b"pousrbk"),
+        b'x' => after(b"oa"),
+        b'B' | b'b' => after(b"eE"),
+        _ => true,
     }
 }
 
