@@ -783,6 +783,21 @@ impl Engine {
     /// start, never invent one, and each window is exact where it is used.
     #[inline(always)]
     fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+        let ipv4 = self.digits.ipv4;
+        // Which windows can hold a shape at all (a cheaper superset test).
+        let in0 = ipv4 || may_shape(c.digit, c.space, c.dash, c.dot) != 0;
+        let in1 = n.digit != 0
+            && (ipv4
+                || may_shape(
+                    ahead(c.digit, n.digit),
+                    ahead(c.space, n.space),
+                    ahead(c.dash, n.dash),
+                    ahead(c.dot, n.dot),
+                ) & AHEAD_LOW
+                    != 0);
+        if !in0 && !in1 {
+            return 0;
+        }
         // Digits with a digit right before / right after.
         let dl_c = (c.digit << 1) | (p.digit >> 63);
         let dr_c = (c.digit >> 1) | (n.digit << 63);
@@ -806,6 +821,13 @@ impl Engine {
             da: da0,
             dt: dt0,
         };
+        if !in1 {
+            // (Without digits in the next block, every shape that starts in
+            // the block lies in it: shapes need digits to their end, and the
+            // block's own window sees zeros above bit 63 as the next block's
+            // digits are. The look-ahead window would only repeat them.)
+            return w0.shapes(ipv4);
+        }
         let w1 = Window {
             digit: ahead(c.digit, n.digit),
             space: ahead(c.space, n.space),
@@ -815,8 +837,8 @@ impl Engine {
             da: da1,
             dt: dt1,
         };
-        let ipv4 = self.digits.ipv4;
-        w0.shapes(ipv4) | (w1.shapes(ipv4) & AHEAD_LOW) << AHEAD
+        let s0 = if in0 { w0.shapes(ipv4) } else { 0 };
+        s0 | (w1.shapes(ipv4) & AHEAD_LOW) << AHEAD
     }
 
     /// Whether a candidate shape may start in `c`: all but the IPv4 shape
@@ -836,8 +858,10 @@ impl Engine {
         };
         let g = |x: &BlockMasks| x.digit | x.space | x.dash | x.dot;
         let (g0, gn) = (g(c), g(n));
+        // (Without digits in the next block, a start the look-ahead window
+        // alone finds has no shape: see `candidates`.)
         long11(g0) & c.digit != 0
-            || long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0
+            || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -965,6 +989,24 @@ impl Engine {
         }
         while d != 0 {
             let i = d.trailing_zeros();
+            if cand >> i == 0 {
+                // No candidate from here on: only a run reaching the end of
+                // the block matters (carried into the next one). It starts
+                // at the first digit of the last stretch of digits and glue.
+                if x >> 63 == 0 {
+                    return;
+                }
+                let top = d & (u64::MAX << (64 - (!x).leading_zeros()));
+                if top != 0 {
+                    let i = top.trailing_zeros();
+                    st.run = Some(Run {
+                        first: base + i as usize,
+                        digits: (d >> i).count_ones(),
+                        cand: false,
+                    });
+                }
+                return;
+            }
             let len = (!(x >> i)).trailing_zeros();
             let end = i + len;
             let above = d >> i;
@@ -1314,6 +1356,33 @@ impl Window {
         }
         cand
     }
+}
+
+/// A superset of [`Window::shapes`] without IPv4, from the plain masks of
+/// one window: starts of 13 bytes of digits and one kind of separator (the
+/// runs of 13, joined or not by single separators), and of the frame the
+/// SSN and North American phone shapes share (`ddd?dd??ddd`). Some 40
+/// instructions; digits in dates and times (`2024-03-15 10:22`, separators
+/// of two kinds) pass the cheaper test of `may_start_shape` but not this.
+#[inline(always)]
+fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
+    let long13 = |r: u64| {
+        let r2 = r & r >> 1;
+        let r4 = r2 & r2 >> 2;
+        let r8 = r4 & r4 >> 4;
+        r8 & r4 >> 8 & r >> 12
+    };
+    let d = digit;
+    let frame = d
+        & d >> 1
+        & d >> 2
+        & (space | dash | dot) >> 3
+        & d >> 4
+        & d >> 5
+        & d >> 8
+        & d >> 9
+        & d >> 10;
+    long13(d | space) | long13(d | dash) | long13(d | dot) | frame
 }
 
 /// Whether the scan can run compiled for AVX2, BMI1, BMI2 and POPCNT.
