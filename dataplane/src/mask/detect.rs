@@ -133,6 +133,18 @@ const fn masked_table(keep_punct: bool, tail: bool) -> [u8; 256] {
     t
 }
 static MASKED_KEEP_PUNCT: [u8; 256] = masked_table(true, false);
+/// 0xff for ASCII letters and digits.
+static ALNUM_FF: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if (i as u8).is_ascii_alphanumeric() {
+            t[i] = 0xff;
+        }
+        i += 1;
+    }
+    t
+};
 static MASKED_ALL: [u8; 256] = masked_table(false, false);
 static TAIL_KEEP_PUNCT: [u8; 256] = masked_table(true, true);
 static TAIL_ALL: [u8; 256] = masked_table(false, true);
@@ -883,8 +895,13 @@ pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     }
     let dom_end = if f.email_keep_tld { tld } else { i };
     if f.keep_punct {
-        mask_range(buf, ls, at, 0, f);
-        mask_range(buf, at + 1, dom_end, 0, f);
+        // Local part and domain hold only letters, digits and ASCII
+        // punctuation, and the `@` is punctuation: masking the letters and
+        // digits of the whole span is `mask_range` of each part.
+        let ch = f.ch;
+        for b in &mut buf[ls..dom_end] {
+            *b ^= (*b ^ ch) & ALNUM_FF[*b as usize];
+        }
     } else {
         mask_range(buf, ls, dom_end, 0, f);
     }
