@@ -430,7 +430,8 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
         let mut k = 0;
         while k < ng {
             let mut found = None;
-            if free(used, k, k) {
+            // Every issuer prefix `issuer_ok` knows starts with 2–6 or 8.
+            if free(used, k, k) && matches!(buf[g[k].start()], b'2'..=b'6' | b'8') {
                 let sep = if k + 1 < ng {
                     g[k + 1].sep
                 } else {
