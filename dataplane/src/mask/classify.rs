@@ -225,47 +225,58 @@ impl Classifier {
         self.kernel
     }
 
-    /// Classify up to `CHUNK_BLOCKS` blocks from the front of `data` into
+    /// Classify up to `N` blocks from the front of `data` into
     /// `out`; returns how many blocks were filled. A final partial block is
     /// classified as if padded with zero bytes (which are in no class).
+    ///
+    /// `F` (fast): the caller is compiled with AVX2 enabled, so the AVX2
+    /// kernel is inlined into it rather than called.
     #[inline(always)]
-    pub(crate) fn classify_chunk(
+    pub(crate) fn classify_chunk<const N: usize, const F: bool>(
         &self,
         data: &[u8],
-        out: &mut [BlockMasks; CHUNK_BLOCKS],
+        out: &mut [BlockMasks; N],
     ) -> usize {
-        let whole = (data.len() / BLOCK).min(CHUNK_BLOCKS);
+        let whole = (data.len() / BLOCK).min(N);
         let (blocks, _) = data[..whole * BLOCK].as_chunks::<BLOCK>();
-        self.blocks(blocks, &mut out[..whole]);
-        if whole == CHUNK_BLOCKS || whole * BLOCK == data.len() {
+        self.blocks::<F>(blocks, &mut out[..whole]);
+        if whole == N || whole * BLOCK == data.len() {
             return whole;
         }
         let rest = data.len() - whole * BLOCK;
         if whole == 0 {
-            out[0] = self.classify_one(data);
+            out[0] = self.classify_one::<F>(data);
             return 1;
         }
         // Classify the last 64 bytes (overlapping the previous block) and
         // shift the masks down: the same bits as the block padded with
         // zero bytes, without copying.
         let tail: &[u8; BLOCK] = data[data.len() - BLOCK..].try_into().expect("64 bytes");
-        self.blocks(std::slice::from_ref(tail), &mut out[whole..whole + 1]);
+        self.blocks::<F>(std::slice::from_ref(tail), &mut out[whole..whole + 1]);
         out[whole].shr((BLOCK - rest) as u32);
         whole + 1
     }
 
     /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
     #[inline(always)]
-    pub(crate) fn classify_one(&self, data: &[u8]) -> BlockMasks {
+    pub(crate) fn classify_one<const F: bool>(&self, data: &[u8]) -> BlockMasks {
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
-        self.blocks(&pad, &mut out);
+        self.blocks::<F>(&pad, &mut out);
         out[0]
     }
 
     #[inline(always)]
-    fn blocks(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
+    fn blocks<const F: bool>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
         match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if F => {
+                for (b, o) in blocks.iter().zip(out) {
+                    // SAFETY: `Classifier::new` asserted the CPU supports
+                    // AVX2; with `F` the caller is compiled for it.
+                    *o = unsafe { x86::block_avx2(b, &self.anchor_lo) };
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
             Kernel::Avx2 => unsafe { x86::blocks_avx2(blocks, &self.anchor_lo, out) },
@@ -314,53 +325,67 @@ mod x86 {
         anchor_lo: &[u8; 16],
         out: &mut [BlockMasks],
     ) {
-        // SAFETY (every load below): the pointer comes from a reference to an
-        // array of at least as many bytes as the load reads (16 or 32), and
-        // `loadu` has no alignment requirement.
-        let ld16 = |p: &[u8; 16]| unsafe { _mm_loadu_si128(p.as_ptr() as *const __m128i) };
-        let cls_lo = _mm256_broadcastsi128_si256(ld16(&CLS_LO));
-        let cls_hi = _mm256_broadcastsi128_si256(ld16(&CLS_HI));
-        let hi_bit = _mm256_broadcastsi128_si256(ld16(&HI_BIT));
-        let anc_lo = _mm256_broadcastsi128_si256(ld16(anchor_lo));
-        let nib = _mm256_set1_epi8(0x0f);
-        let zero = _mm256_setzero_si256();
-        let bit = |c: u8| _mm256_set1_epi8(c as i8);
-        let (digit_bit, glue_bit, space_bit) =
-            (bit(CLASS_DIGIT), bit(CLASS_GLUE), bit(CLASS_SPACE));
-        let (dash_bit, dot_bit) = (bit(CLASS_DASH), bit(CLASS_DOT));
-        let upper_bits = bit(CLASS_UPPER_4 | CLASS_UPPER_5);
         for (block, o) in blocks.iter().zip(out) {
+            // SAFETY: this function is compiled with AVX2 and only called
+            // when the CPU has it.
+            *o = unsafe { block_avx2(block, anchor_lo) };
+        }
+    }
+
+    /// AVX2 classification of one block, inlined into its caller.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. The caller should be compiled with AVX2
+    /// enabled too (else every intrinsic is a call: correct, but slow).
+    #[inline(always)]
+    pub(super) unsafe fn block_avx2(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY (every intrinsic below): the CPU supports AVX2 (this
+        // function's contract); every load reads from a reference to an
+        // array of at least as many bytes as the load (16 or 32), and
+        // `loadu` has no alignment requirement.
+        unsafe {
+            let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
+            let cls_lo = _mm256_broadcastsi128_si256(ld16(&CLS_LO));
+            let cls_hi = _mm256_broadcastsi128_si256(ld16(&CLS_HI));
+            let hi_bit = _mm256_broadcastsi128_si256(ld16(&HI_BIT));
+            let anc_lo = _mm256_broadcastsi128_si256(ld16(anchor_lo));
+            let nib = _mm256_set1_epi8(0x0f);
+            let zero = _mm256_setzero_si256();
+            let upper_bits = _mm256_set1_epi8((CLASS_UPPER_4 | CLASS_UPPER_5) as i8);
             let mut m = BlockMasks::default();
             for half in 0..2 {
-                // SAFETY: `block` has 64 bytes; `half * 32 + 32 <= 64`.
-                let v =
-                    unsafe { _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i) };
+                // `block` has 64 bytes; `half * 32 + 32 <= 64`.
+                let v = _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i);
                 let lo = _mm256_and_si256(v, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                 let cls = _mm256_and_si256(
                     _mm256_shuffle_epi8(cls_lo, lo),
                     _mm256_shuffle_epi8(cls_hi, hi),
                 );
-                let has = |b: __m256i| {
-                    _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(cls, b), b)) as u32
-                        as u64
-                };
+                // Class bit `k` to the top bit of each byte (a 16-bit shift
+                // by at most 7 keeps each byte's top bit within the byte).
+                macro_rules! has {
+                    ($bit:expr) => {{
+                        const SH: i32 = 7 - ($bit as u8).trailing_zeros() as i32;
+                        _mm256_movemask_epi8(_mm256_slli_epi16::<SH>(cls)) as u32 as u64
+                    }};
+                }
                 let a = _mm256_and_si256(
                     _mm256_shuffle_epi8(anc_lo, lo),
                     _mm256_shuffle_epi8(hi_bit, hi),
                 );
                 let not_a = _mm256_cmpeq_epi8(a, zero);
                 let shift = 32 * half;
-                m.digit |= has(digit_bit) << shift;
-                m.glue |= has(glue_bit) << shift;
-                m.space |= has(space_bit) << shift;
-                m.dash |= has(dash_bit) << shift;
-                m.dot |= has(dot_bit) << shift;
+                m.digit |= has!(CLASS_DIGIT) << shift;
+                m.glue |= has!(CLASS_GLUE) << shift;
+                m.space |= has!(CLASS_SPACE) << shift;
+                m.dash |= has!(CLASS_DASH) << shift;
+                m.dot |= has!(CLASS_DOT) << shift;
                 let up = _mm256_cmpeq_epi8(_mm256_and_si256(cls, upper_bits), zero);
                 m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
-            *o = m;
+            m
         }
     }
 
@@ -458,7 +483,9 @@ mod tests {
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
-                c.blocks(&[block], &mut got);
+                c.blocks::<false>(&[block], &mut got);
+                assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
+                c.blocks::<true>(&[block], &mut got);
                 assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
             }
         }
@@ -470,11 +497,14 @@ mod tests {
                                          anchors in proptest::collection::vec(0u8..0x80, 0..12)) {
             let reference = Classifier::new(&anchors, Kernel::Scalar);
             let mut want = [BlockMasks::default(); CHUNK_BLOCKS];
-            let nw = reference.classify_chunk(&data, &mut want);
+            let nw = reference.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut want);
             for k in all_kernels() {
                 let c = Classifier::new(&anchors, k);
                 let mut got = [BlockMasks::default(); CHUNK_BLOCKS];
-                let ng = c.classify_chunk(&data, &mut got);
+                let ng = c.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut got);
+                prop_assert_eq!(ng, nw);
+                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
+                let ng = c.classify_chunk::<CHUNK_BLOCKS, true>(&data, &mut got);
                 prop_assert_eq!(ng, nw);
                 prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
             }

@@ -5,8 +5,6 @@
 //! where to look. All functions are bounds-checked scalar code without
 //! allocation.
 
-use super::classify::is_glue;
-
 /// Compiled mask format (see [`super::MaskFormat`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fmt {
@@ -23,6 +21,51 @@ pub(crate) struct Fmt {
 #[inline]
 fn alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
+}
+
+/// Byte classes of the scalar validators, one table load per byte.
+const K_DIGIT: u8 = 1;
+const K_GLUE: u8 = 2;
+const K_ALNUM: u8 = 4;
+/// E-mail local part: letters, digits and `. _ % + - *`.
+const K_LOCAL: u8 = 8;
+/// Domain label: letters, digits and `-`.
+const K_LABEL: u8 = 16;
+const K_ALPHA: u8 = 32;
+
+static KIND: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut k = 0;
+        if b.is_ascii_digit() {
+            k |= K_DIGIT;
+        }
+        if matches!(b, b' ' | b'(' | b')' | b'+' | b'-' | b'.') {
+            k |= K_GLUE;
+        }
+        if b.is_ascii_alphanumeric() {
+            k |= K_ALNUM | K_LOCAL | K_LABEL;
+        }
+        if b.is_ascii_alphabetic() {
+            k |= K_ALPHA;
+        }
+        if matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'*') {
+            k |= K_LOCAL;
+        }
+        if b == b'-' {
+            k |= K_LABEL;
+        }
+        t[i] = k;
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn is(b: u8, k: u8) -> bool {
+    KIND[b as usize] & k != 0
 }
 
 #[inline]
@@ -48,10 +91,10 @@ pub(crate) fn boundary_after(buf: &[u8], p: usize) -> bool {
 /// everything else, non-ASCII bytes included) become the mask character,
 /// except the last `keep` letters or digits.
 pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
-    let masked = if f.keep_punct {
-        &MASKED_KEEP_PUNCT
+    let (head_t, tail_t) = if f.keep_punct {
+        (&MASKED_KEEP_PUNCT, &TAIL_KEEP_PUNCT)
     } else {
-        &MASKED_ALL
+        (&MASKED_ALL, &TAIL_ALL)
     };
     let s = &mut buf[start..end];
     // The kept suffix: from the `keep`-th letter or digit from the end.
@@ -59,38 +102,52 @@ pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, 
     let mut keep = keep;
     while keep > 0 && cut > 0 {
         cut -= 1;
-        if alnum(s[cut]) {
-            keep -= 1;
-        }
+        keep -= is(s[cut], K_ALNUM) as usize;
     }
     let (head, tail) = s.split_at_mut(cut);
+    // Branch-free: each table byte is 0xff for bytes to mask, else 0.
+    let ch = f.ch;
     for b in head {
-        if masked[*b as usize] {
-            *b = f.ch;
-        }
+        *b ^= (*b ^ ch) & head_t[*b as usize];
     }
     for b in tail {
-        if !alnum(*b) && masked[*b as usize] {
-            *b = f.ch;
-        }
+        *b ^= (*b ^ ch) & tail_t[*b as usize];
     }
 }
 
 /// Bytes `mask_range` masks (outside the kept suffix): letters, digits and
 /// non-ASCII bytes, plus, unless punctuation is kept, everything that is not
-/// structural.
-const fn masked_table(keep_punct: bool) -> [bool; 256] {
-    let mut t = [false; 256];
+/// structural. 0xff = mask. `tail`: in the kept suffix, letters and digits
+/// stay.
+const fn masked_table(keep_punct: bool, tail: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || b >= 0x80 || (!keep_punct && !structural(b));
+        let masked = b.is_ascii_alphanumeric() || b >= 0x80 || (!keep_punct && !structural(b));
+        if masked && !(tail && b.is_ascii_alphanumeric()) {
+            t[i] = 0xff;
+        }
         i += 1;
     }
     t
 }
-static MASKED_KEEP_PUNCT: [bool; 256] = masked_table(true);
-static MASKED_ALL: [bool; 256] = masked_table(false);
+static MASKED_KEEP_PUNCT: [u8; 256] = masked_table(true, false);
+/// 0xff for ASCII letters and digits.
+static ALNUM_FF: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if (i as u8).is_ascii_alphanumeric() {
+            t[i] = 0xff;
+        }
+        i += 1;
+    }
+    t
+};
+static MASKED_ALL: [u8; 256] = masked_table(false, false);
+static TAIL_KEEP_PUNCT: [u8; 256] = masked_table(true, true);
+static TAIL_ALL: [u8; 256] = masked_table(false, true);
 
 /// Bytes never masked, so an in-place rewrite cannot break the quoting or
 /// field structure of CSV, COPY text or JSON around the value.
@@ -207,10 +264,11 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -
     let mut ng = 0;
     let mut sep = Sep::default();
     while i < end && ng < MAX_GROUPS {
-        let b = buf[i];
-        if b.is_ascii_digit() {
+        let k = KIND[buf[i] as usize];
+        if k & K_DIGIT != 0 {
             let s = i;
-            while i < end && buf[i].is_ascii_digit() {
+            i += 1;
+            while i < end && is(buf[i], K_DIGIT) {
                 i += 1;
             }
             g[ng] = Group {
@@ -220,10 +278,10 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -
             };
             ng += 1;
             sep = Sep::default();
-        } else if is_glue(b) {
+        } else if k & K_GLUE != 0 {
             match sep.len {
-                0 => sep.a = b,
-                1 => sep.b = b,
+                0 => sep.a = buf[i],
+                1 => sep.b = buf[i],
                 _ => {}
             }
             sep.len = (sep.len + 1).min(3);
@@ -235,17 +293,82 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -
     ng
 }
 
+/// [`tokenize`] from the digit bits of the run instead of its bytes: bit `j`
+/// of `digits` says whether byte `first + j` is a digit, and every byte in
+/// `first..end` (at most 64 of them, `first` a digit) is a digit or glue.
+/// Group starts and ends are the transitions of the bits; only the glue
+/// bytes are read. Returns `None` when the run has `MAX_GROUPS` groups or
+/// more (the byte walk handles the windows).
+#[inline]
+fn tokenize_bits(
+    buf: &[u8],
+    first: usize,
+    end: usize,
+    digits: u64,
+    g: &mut [Group; MAX_GROUPS],
+) -> Option<usize> {
+    let n = end - first;
+    debug_assert!((1..=64).contains(&n));
+    let d = digits & (u64::MAX >> (64 - n));
+    let mut starts = d & !(d << 1);
+    let mut ends = d & !(d >> 1);
+    let ng = starts.count_ones() as usize;
+    if ng >= MAX_GROUPS {
+        return None;
+    }
+    let mut prev = 0usize;
+    for (k, gk) in g.iter_mut().enumerate().take(ng) {
+        let s = starts.trailing_zeros() as usize;
+        let e = ends.trailing_zeros() as usize + 1;
+        starts &= starts - 1;
+        ends &= ends - 1;
+        let sep = if k == 0 {
+            Sep::default()
+        } else {
+            let gap = s - prev;
+            let at = first + prev;
+            Sep {
+                len: gap.min(3) as u8,
+                a: buf[at],
+                b: if gap >= 2 { buf[at + 1] } else { 0 },
+            }
+        };
+        *gk = Group {
+            start: (first + s) as u32,
+            end: (first + e) as u32,
+            sep,
+        };
+        prev = e;
+    }
+    Some(ng)
+}
+
 /// Look for cards, SSNs, phones and IPv4 addresses in the digit run that
 /// starts at `first` (a digit) and ends at most at `end`; mask them.
+///
+/// `digits`, when given, holds the digit bits of the run's bytes (bit `j`
+/// for byte `first + j`): the caller vouches that the run is at most 64
+/// bytes of digits and glue, unchanged since the bits were computed.
 pub(crate) fn digit_run(
     buf: &mut [u8],
     first: usize,
     end: usize,
+    digits: Option<u64>,
     on: DigitDetectors,
     f: &Fmt,
 ) -> DigitHits {
     let mut hits = DigitHits::default();
+    // An earlier rewrite may have masked the first digit: no group then.
+    if first >= end.min(buf.len()) || !is(buf[first], K_DIGIT | K_GLUE) {
+        return hits;
+    }
     let mut g = [Group::default(); MAX_GROUPS];
+    if let Some(d) = digits {
+        if let Some(ng) = tokenize_bits(buf, first, end, d, &mut g) {
+            window(buf, &g[..ng], on, f, &mut hits);
+            return hits;
+        }
+    }
     let mut pos = first;
     loop {
         let ng = tokenize(buf, pos, end, &mut g);
@@ -307,7 +430,8 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
         let mut k = 0;
         while k < ng {
             let mut found = None;
-            if free(used, k, k) {
+            // Every issuer prefix `issuer_ok` knows starts with 2–6 or 8.
+            if free(used, k, k) && matches!(buf[g[k].start()], b'2'..=b'6' | b'8') {
                 let sep = if k + 1 < ng {
                     g[k + 1].sep
                 } else {
@@ -725,9 +849,9 @@ pub(crate) fn iban(buf: &mut [u8], s: usize, f: &Fmt) -> Option<usize> {
 
 /// E-mail address around the `@` at `at`.
 pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
-    let local = |b: u8| alnum(b) || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'*');
+    let lo = at.saturating_sub(64);
     let mut ls = at;
-    while ls > 0 && at - ls < 64 && local(buf[ls - 1]) {
+    while ls > lo && is(buf[ls - 1], K_LOCAL) {
         ls -= 1;
     }
     while ls < at && buf[ls] == b'.' {
@@ -740,27 +864,45 @@ pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     let mut i = at + 1;
     let mut labels = 0;
     let mut tld = i;
+    // Whether the last label is all letters.
+    let mut alpha;
     loop {
-        let l = run(buf, i, 63, |b| alnum(b) || b == b'-');
-        if l == 0 {
+        let max = n.min(i + 63);
+        let start = i;
+        alpha = true;
+        while i < max {
+            let k = KIND[buf[i] as usize];
+            if k & K_LABEL == 0 {
+                break;
+            }
+            alpha &= k & K_ALPHA != 0;
+            i += 1;
+        }
+        if i == start {
             break;
         }
-        tld = i;
-        i += l;
+        tld = start;
         labels += 1;
-        if i + 1 < n && buf[i] == b'.' && alnum(buf[i + 1]) {
+        if i + 1 < n && buf[i] == b'.' && is(buf[i + 1], K_ALNUM) {
             i += 1;
         } else {
             break;
         }
     }
-    if labels < 2 || i - tld < 2 || !buf[tld..i].iter().all(u8::is_ascii_alphabetic) {
+    // (Only the first label can be empty: a `.` is taken only before an
+    // alphanumeric byte.)
+    if labels < 2 || i - tld < 2 || !alpha {
         return None;
     }
     let dom_end = if f.email_keep_tld { tld } else { i };
     if f.keep_punct {
-        mask_range(buf, ls, at, 0, f);
-        mask_range(buf, at + 1, dom_end, 0, f);
+        // Local part and domain hold only letters, digits and ASCII
+        // punctuation, and the `@` is punctuation: masking the letters and
+        // digits of the whole span is `mask_range` of each part.
+        let ch = f.ch;
+        for b in &mut buf[ls..dom_end] {
+            *b ^= (*b ^ ch) & ALNUM_FF[*b as usize];
+        }
     } else {
         mask_range(buf, ls, dom_end, 0, f);
     }

@@ -220,6 +220,8 @@ pub struct Engine {
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
     any_builtin: bool,
+    /// Custom literals or regexes to run.
+    custom: bool,
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
@@ -419,6 +421,7 @@ impl Engine {
             digits,
             min_digits,
             any_builtin,
+            custom: !literals.is_empty() || !regexes.is_empty(),
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
@@ -517,6 +520,17 @@ impl Engine {
         if self.any_builtin {
             n += self.scan_builtin(value, hits);
         }
+        if self.custom {
+            n += self.mask_custom(value, hits);
+        }
+        n
+    }
+
+    /// Custom literal lists and regexes over one value (kept out of line:
+    /// most profiles have none).
+    #[inline(never)]
+    fn mask_custom(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
         for set in &self.literals {
             n += self.mask_literals(set, value, hits);
         }
@@ -613,7 +627,19 @@ impl Engine {
             // (`fast_scan`).
             return unsafe { self.scan_regions_fast(buf, regions, counts, hits) };
         }
-        self.scan_regions_impl(buf, regions, counts, hits)
+        self.scan_regions_slow(buf, regions, counts, hits)
+    }
+
+    /// [`Engine::scan_regions`] without the fast features.
+    #[inline(never)]
+    fn scan_regions_slow(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        self.scan_regions_impl::<false>(buf, regions, counts, hits)
     }
 
     /// [`Engine::scan_regions`] compiled with the features of the AVX2
@@ -627,11 +653,12 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) -> u32 {
-        self.scan_regions_impl(buf, regions, counts, hits)
+        self.scan_regions_impl::<false>(buf, regions, counts, hits)
     }
 
+    /// `F`: compiled with the fast features (see `classify_chunk`).
     #[inline(always)]
-    fn scan_regions_impl(
+    fn scan_regions_impl<const F: bool>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -641,15 +668,39 @@ impl Engine {
         let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
             return 0;
         };
-        let (lo, hi) = (first.start as usize, last.end as usize);
+        // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
+        // either way; a smaller array spares zeroing the large one.
+        if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
+            self.scan_chunked::<SHORT_BLOCKS, F>(buf, regions, counts, hits)
+        } else {
+            self.scan_chunked::<CHUNK_BLOCKS, F>(buf, regions, counts, hits)
+        }
+    }
+
+    /// The block walk of [`Engine::scan_regions`], classifying `N` blocks
+    /// at a time (before any of them is validated).
+    #[inline(always)]
+    fn scan_chunked<const N: usize, const F: bool>(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        let (lo, hi) = (
+            regions[0].start as usize,
+            regions[regions.len() - 1].end as usize,
+        );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let mut masks = [BlockMasks::default(); CHUNK_BLOCKS];
+        let mut masks = [BlockMasks::default(); N];
         let mut prev = BlockMasks::default();
         let mut member = 0usize;
         let mut base = lo;
         while base < hi {
-            let nb = self.classifier.classify_chunk(&buf[base..hi], &mut masks);
+            let nb = self
+                .classifier
+                .classify_chunk::<N, F>(&buf[base..hi], &mut masks);
             if regions.len() > 1 {
                 for (k, m) in masks[..nb].iter_mut().enumerate() {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
@@ -689,6 +740,7 @@ impl Engine {
                     run.first,
                     r.end as usize,
                     run.digits,
+                    None,
                     &mut st,
                     counts,
                     hits,
@@ -700,36 +752,57 @@ impl Engine {
 
     #[inline]
     fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
         #[cfg(target_arch = "x86_64")]
         if self.fast {
-            // SAFETY: `fast` is set only when the CPU has these features
-            // (`fast_scan`).
-            return unsafe { self.scan_builtin_fast(buf, hits) };
+            if n <= BLOCK {
+                // SAFETY: `fast` is set only when the CPU has these features
+                // (`fast_scan`).
+                return unsafe { self.scan_one_fast(buf, hits) };
+            }
+            let region = [Region {
+                start: 0,
+                end: n as u32,
+            }];
+            // SAFETY: as above.
+            return unsafe { self.scan_regions_fast(buf, &region, &mut [0u32], hits) };
         }
-        self.scan_builtin_impl(buf, hits)
+        self.scan_builtin_slow(buf, hits)
+    }
+
+    /// [`Engine::scan_builtin`] without the fast features.
+    #[inline(never)]
+    fn scan_builtin_slow(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        let n = buf.len();
+        if n <= BLOCK {
+            return self.scan_one_impl::<false>(buf, hits);
+        }
+        let region = [Region {
+            start: 0,
+            end: n as u32,
+        }];
+        self.scan_regions_impl::<false>(buf, &region, &mut [0u32], hits)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi1,bmi2,popcnt")]
-    fn scan_builtin_fast(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
-        self.scan_builtin_impl(buf, hits)
+    fn scan_one_fast(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        self.scan_one_impl::<true>(buf, hits)
     }
 
+    /// A value of at most one block.
     #[inline(always)]
-    fn scan_builtin_impl(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+    fn scan_one_impl<const F: bool>(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
         let region = [Region {
             start: 0,
             end: n as u32,
         }];
         let mut counts = [0u32];
-        if n > BLOCK {
-            return self.scan_regions_impl(buf, &region, &mut counts, hits);
-        }
         // Most cells: one block, nothing before or after it.
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let m = self.classifier.classify_one(buf);
+        let m = self.classifier.classify_one::<F>(buf);
         let zero = BlockMasks::default();
         let ctx = Ctx {
             regions: &region,
@@ -755,6 +828,7 @@ impl Engine {
                     run.first,
                     n,
                     run.digits,
+                    None,
                     &mut st,
                     &mut counts,
                     hits,
@@ -777,6 +851,21 @@ impl Engine {
     /// start, never invent one, and each window is exact where it is used.
     #[inline(always)]
     fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+        let ipv4 = self.digits.ipv4;
+        // Which windows can hold a shape at all (a cheaper superset test).
+        let in0 = ipv4 || may_shape(c.digit, c.space, c.dash, c.dot) != 0;
+        let in1 = n.digit != 0
+            && (ipv4
+                || may_shape(
+                    ahead(c.digit, n.digit),
+                    ahead(c.space, n.space),
+                    ahead(c.dash, n.dash),
+                    ahead(c.dot, n.dot),
+                ) & AHEAD_LOW
+                    != 0);
+        if !in0 && !in1 {
+            return 0;
+        }
         // Digits with a digit right before / right after.
         let dl_c = (c.digit << 1) | (p.digit >> 63);
         let dr_c = (c.digit >> 1) | (n.digit << 63);
@@ -800,6 +889,13 @@ impl Engine {
             da: da0,
             dt: dt0,
         };
+        if !in1 {
+            // (Without digits in the next block, every shape that starts in
+            // the block lies in it: shapes need digits to their end, and the
+            // block's own window sees zeros above bit 63 as the next block's
+            // digits are. The look-ahead window would only repeat them.)
+            return w0.shapes(ipv4);
+        }
         let w1 = Window {
             digit: ahead(c.digit, n.digit),
             space: ahead(c.space, n.space),
@@ -809,8 +905,8 @@ impl Engine {
             da: da1,
             dt: dt1,
         };
-        let ipv4 = self.digits.ipv4;
-        w0.shapes(ipv4) | (w1.shapes(ipv4) & AHEAD_LOW) << AHEAD
+        let s0 = if in0 { w0.shapes(ipv4) } else { 0 };
+        s0 | (w1.shapes(ipv4) & AHEAD_LOW) << AHEAD
     }
 
     /// Whether a candidate shape may start in `c`: all but the IPv4 shape
@@ -830,8 +926,10 @@ impl Engine {
         };
         let g = |x: &BlockMasks| x.digit | x.space | x.dash | x.dot;
         let (g0, gn) = (g(c), g(n));
+        // (Without digits in the next block, a start the look-ahead window
+        // alone finds has no shape: see `candidates`.)
         long11(g0) & c.digit != 0
-            || long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0
+            || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -856,10 +954,19 @@ impl Engine {
             a &= a - 1;
             if pos >= st.skip_until {
                 let ri = cur.anchor.seek(regions, pos);
-                self.anchor(buf, regions[ri], ri, pos, st, counts, hits);
+                let r = regions[ri];
+                if may_anchor(buf, r, pos) {
+                    let bits = (m.digit, m.digit | m.glue);
+                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+                }
             }
         }
-        if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+        // Both `AKIA` and an IBAN's country code start with two capitals in
+        // a row (rare in prose: most capitals start a word).
+        let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
+        if pairs == 0 {
+            // Neither trigger below can fire.
+        } else if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
             // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
             let four = |u: u64| u & u >> 1 & u >> 2 & u >> 3;
             let mut s = four(m.upper) | (four(ahead(m.upper, n.upper)) & AHEAD_LOW) << AHEAD;
@@ -880,7 +987,7 @@ impl Engine {
                 }
             }
         }
-        if self.on[Builtin::Iban as usize] && m.upper != 0 {
+        if pairs != 0 && self.on[Builtin::Iban as usize] {
             // Two capitals, two digits.
             let cc = |u: u64, d: u64| u & u >> 1 & d >> 2 & d >> 3;
             let mut s = cc(m.upper, m.digit)
@@ -937,6 +1044,7 @@ impl Engine {
                     run.first,
                     base + e as usize,
                     digits,
+                    None,
                     st,
                     counts,
                     hits,
@@ -949,6 +1057,24 @@ impl Engine {
         }
         while d != 0 {
             let i = d.trailing_zeros();
+            if cand >> i == 0 {
+                // No candidate from here on: only a run reaching the end of
+                // the block matters (carried into the next one). It starts
+                // at the first digit of the last stretch of digits and glue.
+                if x >> 63 == 0 {
+                    return;
+                }
+                let top = d & (u64::MAX << (64 - (!x).leading_zeros()));
+                if top != 0 {
+                    let i = top.trailing_zeros();
+                    st.run = Some(Run {
+                        first: base + i as usize,
+                        digits: (d >> i).count_ones(),
+                        cand: false,
+                    });
+                }
+                return;
+            }
             let len = (!(x >> i)).trailing_zeros();
             let end = i + len;
             let above = d >> i;
@@ -965,6 +1091,7 @@ impl Engine {
                 let digits = (above & span).count_ones();
                 let first = base + i as usize;
                 let ri = cur.run.seek(regions, first);
+                let bits = st.clean_from(first).then_some(m.digit >> i);
                 self.digit_run(
                     buf,
                     regions[ri],
@@ -972,6 +1099,7 @@ impl Engine {
                     first,
                     base + end as usize,
                     digits,
+                    bits,
                     st,
                     counts,
                     hits,
@@ -993,6 +1121,7 @@ impl Engine {
         first: usize,
         end: usize,
         digits: u32,
+        bits: Option<u64>,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -1005,7 +1134,10 @@ impl Engine {
         let mut on = self.digits;
         // A card has 13 digits at least.
         on.card &= digits >= 13;
-        let h = detect::digit_run(cell, first - s, end - s, on, &self.fmt);
+        let h = detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt);
+        if h.card | h.ssn | h.phone | h.ipv4 != 0 {
+            st.dirty = st.dirty.max(end);
+        }
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -1022,14 +1154,18 @@ impl Engine {
 
     /// A `+` or `(` that may open a phone number: validate the digit run
     /// right after it (E.164 and `(415) 555-2671` forms, whose separators
-    /// the candidate shapes do not cover).
+    /// the candidate shapes do not cover). `bits` are the digit and the
+    /// digit-or-glue masks of the block at `base`.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn phone_opener(
         &self,
         buf: &mut [u8],
         r: Region,
         ri: usize,
         pos: usize,
+        bits: (u64, u64),
+        base: usize,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -1038,6 +1174,34 @@ impl Engine {
         let limit = (r.end as usize).min(first + 40);
         if first >= limit || !buf[first].is_ascii_digit() {
             return;
+        }
+        let j = first - base;
+        if j < BLOCK && st.clean_from(first) {
+            // The run from the masks (cleared outside the region): digits
+            // and glue up to the first other byte, at most to `limit`.
+            let x = bits.1 >> j;
+            let run = (!x).trailing_zeros() as usize;
+            let max = limit - first;
+            if j + run < BLOCK || run >= max {
+                let len = run.min(max);
+                let d = bits.0 >> j;
+                let digits = (d & (u64::MAX >> (64 - len))).count_ones();
+                if digits >= 9 {
+                    self.digit_run(
+                        buf,
+                        r,
+                        ri,
+                        first,
+                        first + len,
+                        digits,
+                        Some(d),
+                        st,
+                        counts,
+                        hits,
+                    );
+                }
+                return;
+            }
         }
         let len = buf[first..limit]
             .iter()
@@ -1049,7 +1213,7 @@ impl Engine {
             .filter(|b| b.is_ascii_digit())
             .count() as u32;
         if digits >= 9 {
-            self.digit_run(buf, r, ri, first, end, digits, st, counts, hits);
+            self.digit_run(buf, r, ri, first, end, digits, None, st, counts, hits);
         }
     }
 
@@ -1061,6 +1225,8 @@ impl Engine {
         r: Region,
         ri: usize,
         pos: usize,
+        bits: (u64, u64),
+        base: usize,
         st: &mut ScanState,
         counts: &mut [u32],
         hits: &mut Hits,
@@ -1069,7 +1235,7 @@ impl Engine {
         let on = |b: Builtin| self.on[b as usize];
         let s = r.start as usize;
         if matches!(buf[pos], b'+' | b'(') {
-            self.phone_opener(buf, r, ri, pos, st, counts, hits);
+            self.phone_opener(buf, r, ri, pos, bits, base, st, counts, hits);
             return;
         }
         let cell = &mut buf[s..r.end as usize];
@@ -1129,7 +1295,20 @@ struct ScanState {
     skip_until: usize,
     /// A digit run reaching the end of the previous block.
     run: Option<Run>,
+    /// Digit-run rewrites end at or before this position; with
+    /// `skip_until` (which the other validators' rewrites end before), the
+    /// bytes from `max(skip_until, dirty)` on are as classified.
+    dirty: usize,
     hits: u32,
+}
+
+impl ScanState {
+    /// Whether the bytes from `pos` on are unchanged since classification
+    /// (so the block masks describe them).
+    #[inline(always)]
+    fn clean_from(&self, pos: usize) -> bool {
+        pos >= self.skip_until && pos >= self.dirty
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -1178,6 +1357,9 @@ impl Cursor {
         self.0
     }
 }
+
+/// Chunk size for spans this short (DataRows, notes).
+const SHORT_BLOCKS: usize = 4;
 
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.
@@ -1244,6 +1426,33 @@ impl Window {
     }
 }
 
+/// A superset of [`Window::shapes`] without IPv4, from the plain masks of
+/// one window: starts of 13 bytes of digits and one kind of separator (the
+/// runs of 13, joined or not by single separators), and of the frame the
+/// SSN and North American phone shapes share (`ddd?dd??ddd`). Some 40
+/// instructions; digits in dates and times (`2024-03-15 10:22`, separators
+/// of two kinds) pass the cheaper test of `may_start_shape` but not this.
+#[inline(always)]
+fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
+    let long13 = |r: u64| {
+        let r2 = r & r >> 1;
+        let r4 = r2 & r2 >> 2;
+        let r8 = r4 & r4 >> 4;
+        r8 & r4 >> 8 & r >> 12
+    };
+    let d = digit;
+    let frame = d
+        & d >> 1
+        & d >> 2
+        & (space | dash | dot) >> 3
+        & d >> 4
+        & d >> 5
+        & d >> 8
+        & d >> 9
+        & d >> 10;
+    long13(d | space) | long13(d | dash) | long13(d | dot) | frame
+}
+
 /// Whether the scan can run compiled for AVX2, BMI1, BMI2 and POPCNT.
 fn fast_scan(kernel: Kernel) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -1258,6 +1467,26 @@ fn fast_scan(kernel: Kernel) -> bool {
     {
         let _ = kernel;
         false
+    }
+}
+
+/// The byte next to a letter anchor at `pos` (in region `r`) fits one of
+/// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
+/// / `sk_` / `rk_`, `xox` / `xapp`, `Be…` / `be…`. When it does not, the
+/// validator would find nothing (each checks these bytes first), so the
+/// call is skipped. Other anchors always go to their validator.
+#[inline(always)]
+fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
+    let (s, e) = (r.start as usize, r.end as usize);
+    let before = |c: &[u8]| pos >= s + 2 && c.contains(&buf[pos - 1]);
+    let after = |c: &[u8]| pos + 1 < e && c.contains(&buf[pos + 1]);
+    match buf[pos] {
+        b'J' => before(b"y"),
+        b'z' => before(b"I"),
+        b'_' => before(b"pousrbk"),
+        b'x' => after(b"oa"),
+        b'B' | b'b' => after(b"eE"),
+        _ => true,
     }
 }
 
