@@ -2148,4 +2148,18 @@ async fn copy_to_with_custom_delimiters_masks_every_field() {
             "{sql}: {text}"
         );
     }
+    // Split at the wrong byte, four separate 4-digit fields joined by the
+    // delimiter read as one card number and were masked; split where
+    // PostgreSQL split them, they are left alone.
+    for opts in ["(delimiter ' ')", "(format csv, delimiter ' ')"] {
+        let sql = format!("copy (select 4111, 1111, 1111, 1111) to stdout {opts}");
+        let out = copy_out(&c, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "4111 1111 1111 1111\n",
+            "{sql}"
+        );
+    }
 }

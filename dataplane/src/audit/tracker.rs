@@ -130,7 +130,7 @@ impl Text {
         let text = match mask {
             _ if kept.is_empty() => None,
             None => Some(Rc::from(kept.as_ref())),
-            Some((engine, scratch)) => Some(mask_text(engine, &kept, scratch)),
+            Some((engine, scratch)) => Some(Rc::from(mask_text(engine, &kept, scratch).as_ref())),
         };
         Text {
             kind: super::kind::statement_kind(&kept),
@@ -164,19 +164,17 @@ fn utf8_prefix(b: &[u8], max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// `text` with what `engine` detects masked.
-fn mask_text(engine: &Engine, text: &str, scratch: &mut Vec<u8>) -> Rc<str> {
+/// `text` with what `engine` detects masked (in `scratch` when anything
+/// was; `text` itself otherwise).
+fn mask_text<'a>(engine: &Engine, text: &'a str, scratch: &'a mut Vec<u8>) -> Cow<'a, str> {
     scratch.clear();
     scratch.extend_from_slice(text.as_bytes());
     let mut hits = Hits::new();
     if engine.mask_counted(scratch, &mut hits) == 0 {
-        return Rc::from(text);
+        return Cow::Borrowed(text);
     }
-    match std::str::from_utf8(scratch) {
-        Ok(s) => Rc::from(s),
-        // A custom pattern cut a multi-byte character.
-        Err(_) => Rc::from(String::from_utf8_lossy(scratch).as_ref()),
-    }
+    // Lossy: a custom pattern may have cut a multi-byte character.
+    String::from_utf8_lossy(scratch)
 }
 
 /// Bytes that read as text (a text-like parameter sent in binary).
@@ -623,7 +621,7 @@ impl Tracker {
             } else {
                 let s = utf8_prefix(v, v.len());
                 match &self.engine {
-                    Some(e) => mask_text(e, &s, &mut self.scratch).as_ref().to_owned(),
+                    Some(e) => mask_text(e, &s, &mut self.scratch).into_owned(),
                     None => s.into_owned(),
                 }
             };

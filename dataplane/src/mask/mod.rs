@@ -105,14 +105,6 @@ pub fn ascii_safe_encoding(name: &[u8]) -> bool {
     )
 }
 
-/// `body` of a ParameterStatus frame: its (name, value).
-pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = memchr::memchr(0, body)?;
-    let rest = &body[i + 1..];
-    let j = memchr::memchr(0, rest)?;
-    Some((&body[..i], &rest[..j]))
-}
-
 #[cfg(test)]
 mod encoding_tests {
     use super::ascii_safe_encoding as safe;

@@ -314,7 +314,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             ),
         })
     });
-    let (target, target_fd, ready) = match connect {
+    let (target, target_fd, mut ready) = match connect {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "target unavailable: {}", e.message);
@@ -352,7 +352,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     }
     // The client encoding the target settled on (startup parameter, PGOPTIONS,
     // a role or database default): masking reads ASCII-safe encodings only.
-    let encoding = reported_client_encoding(&ready.forward);
+    let encoding = ready.client_encoding.take();
     if let Some(enc) = encoding.as_deref() {
         if session.masking.is_some() && !crate::mask::ascii_safe_encoding(enc) {
             shutdown_fd(target_fd);
@@ -388,30 +388,6 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
     drop(guard);
     None
-}
-
-/// The last `client_encoding` among the ParameterStatus frames in `frames`.
-fn reported_client_encoding(frames: &[u8]) -> Option<Vec<u8>> {
-    let mut at = 0;
-    let mut found = None;
-    while frames.len() >= at + 5 {
-        let len = u32::from_be_bytes([
-            frames[at + 1],
-            frames[at + 2],
-            frames[at + 3],
-            frames[at + 4],
-        ]) as usize;
-        let end = (at + 1 + len).min(frames.len());
-        if frames[at] == b'S' && len >= 4 {
-            if let Some((b"client_encoding", v)) =
-                crate::mask::parameter_status(&frames[at + 5..end])
-            {
-                found = Some(v.to_vec());
-            }
-        }
-        at = at + 1 + len.max(4);
-    }
-    found
 }
 
 fn unsafe_encoding_message(enc: &str) -> String {

@@ -176,6 +176,13 @@ pub struct ErrorFields {
     pub message: String,
 }
 
+/// The (name, value) of a ParameterStatus body.
+pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = super::cstr(body)?;
+    let (value, _) = super::cstr(rest)?;
+    Some((name, value))
+}
+
 /// Parse the body of an ErrorResponse or NoticeResponse.
 pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
     let mut f = ErrorFields::default();

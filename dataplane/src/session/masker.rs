@@ -26,9 +26,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::{
-    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields, parameter_status,
-    CopyFormat, Engine, HitAt, Hits, RowOutcome, RowPlan,
+    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine,
+    HitAt, Hits, RowOutcome, RowPlan,
 };
+use crate::protocol::backend::parameter_status;
 use crate::protocol::tag;
 
 /// The COPY TO stream in progress.
@@ -172,6 +173,10 @@ pub struct TargetMasker {
     describing: Option<Vec<u8>>,
     /// A Query that starts a COPY: its format, set when CopyOutResponse comes.
     copy_requested: VecDeque<(u64, CopyFormat)>,
+    /// Prepared statements and portals that are a COPY TO, with its format
+    /// (extended protocol; a simple Query carries its own text).
+    copy_stmts: HashMap<Vec<u8>, CopyFormat>,
+    copy_portals: HashMap<Vec<u8>, CopyFormat>,
     copy_out: Option<CopyOut>,
     hits: Hits,
     /// The client encoding in force when it is not ASCII-safe.
@@ -223,6 +228,8 @@ impl TargetMasker {
             done_epoch: 0,
             describing: None,
             copy_requested: VecDeque::new(),
+            copy_stmts: HashMap::new(),
+            copy_portals: HashMap::new(),
             copy_out: None,
             hits: Hits::new(),
             unsafe_encoding: None,
@@ -333,11 +340,20 @@ impl TargetMasker {
             }
             tag::EXECUTE => {
                 let portal = cstr(body).unwrap_or_default().to_vec();
+                if let Some(&f) = self.copy_portals.get(&portal) {
+                    self.copy_requested.push_back((e, f));
+                }
                 self.pending.results.push_back((e, Some(portal)));
             }
             tag::SYNC => self.sent_epoch += 1,
             tag::PARSE => {
                 let name = cstr(body).unwrap_or_default().to_vec();
+                // A COPY prepared with the extended protocol: its format
+                // and options, for the Execute of a portal bound to it.
+                match body.get(name.len() + 1..).and_then(copy_to_format) {
+                    Some(f) => self.copy_stmts.insert(name.clone(), f),
+                    None => self.copy_stmts.remove(&name),
+                };
                 self.pending.parses.push_back((e, name));
             }
             tag::DESCRIBE => {
@@ -352,6 +368,10 @@ impl TargetMasker {
             }
             tag::BIND => {
                 let (portal, stmt, formats) = parse_bind(body, whole);
+                match self.copy_stmts.get(&stmt) {
+                    Some(&f) => self.copy_portals.insert(portal.clone(), f),
+                    None => self.copy_portals.remove(&portal),
+                };
                 self.pending.binds.push_back((e, portal, stmt, formats));
             }
             _ => {}

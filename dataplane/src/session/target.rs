@@ -48,6 +48,9 @@ pub struct TargetReady {
     pub secret: i32,
     /// The ReadyForQuery frame.
     pub ready_for_query: Vec<u8>,
+    /// The last `client_encoding` the target reported (startup parameter,
+    /// PGOPTIONS, a role or database default).
+    pub client_encoding: Option<Vec<u8>>,
 }
 
 pub struct TargetHandshake<'a> {
@@ -256,6 +259,11 @@ impl<'a> TargetHandshake<'a> {
             }
             _ => {
                 // ParameterStatus, NoticeResponse, NegotiateProtocolVersion.
+                if msg_tag == tag::PARAMETER_STATUS {
+                    if let Some((b"client_encoding", v)) = backend::parameter_status(body) {
+                        self.ready.client_encoding = Some(v.to_vec());
+                    }
+                }
                 backend::message(&mut self.ready.forward, msg_tag, body);
                 Ok(TargetStep::Continue)
             }
