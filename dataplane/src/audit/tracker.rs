@@ -542,7 +542,10 @@ impl Tracker {
             done: VecDeque::new(),
             next_id: 0,
             skip_until_sync: false,
-            client: Capture::default(),
+            client: Capture {
+                bind_budget: max_sql,
+                ..Capture::default()
+            },
             target: Capture::default(),
             unnamed_stmt: None,
             stmts: HashMap::new(),
@@ -551,12 +554,6 @@ impl Tracker {
             engine: None,
             scratch: Vec::new(),
         }
-        .with_bind_budget(max_sql)
-    }
-
-    fn with_bind_budget(mut self, n: usize) -> Tracker {
-        self.client.bind_budget = n;
-        self
     }
 
     /// Mask the SQL text and bind parameters of records with `engine`
