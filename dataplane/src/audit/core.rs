@@ -10,7 +10,7 @@ use proto::AuditRecord;
 
 use super::pump::CoreAuditStats;
 use super::record::{encode_record, encode_statement, Origin, StatementView};
-use super::ring::{AuditGate, RingFull, RingProducer, WhenFull};
+use super::ring::{AuditGate, RingFull, RingProducer, WhenFull, FRAME_HEADER_BYTES};
 use super::tracker::Tracker;
 use crate::metrics::bump;
 
@@ -100,13 +100,14 @@ impl CoreAudit {
         let mut ring = self.ring.borrow_mut();
         let mut buf = self.buf.borrow_mut();
         buf.clear();
+        buf.resize(FRAME_HEADER_BYTES, 0);
         let origin = Origin {
             core: self.core,
             core_seq: ring.next_seq(),
             snapshot_version,
         };
         encode_statement(&mut buf, origin, session, v);
-        ring.push(&buf)?;
+        ring.push_framed(&mut buf)?;
         bump(&self.stats.produced, 1);
         Ok(())
     }
@@ -124,6 +125,7 @@ impl CoreAudit {
         let mut ring = self.ring.borrow_mut();
         let mut buf = self.buf.borrow_mut();
         buf.clear();
+        buf.resize(FRAME_HEADER_BYTES, 0);
         let origin = Origin {
             core: self.core,
             core_seq: ring.next_seq(),
@@ -131,7 +133,7 @@ impl CoreAudit {
         };
         encode_record(&mut buf, origin, rec);
         buf.extend_from_slice(session);
-        ring.push(&buf)?;
+        ring.push_framed(&mut buf)?;
         bump(&self.stats.produced, 1);
         Ok(())
     }

@@ -40,69 +40,67 @@ const EXPLAIN: u8 = 9;
 const UTILITY: u8 = 10;
 const OTHER: u8 = 11;
 
-fn keyword_kind(word: &[u8], next: Option<&[u8]>) -> u8 {
-    let is = |w: &str| word.eq_ignore_ascii_case(w.as_bytes());
-    let next_is = |w: &str| next.is_some_and(|n| n.eq_ignore_ascii_case(w.as_bytes()));
-    match () {
-        _ if is("select") || is("values") || is("table") => SELECT,
-        _ if is("insert") => INSERT,
-        _ if is("update") => UPDATE,
-        _ if is("delete") => DELETE,
-        _ if is("merge") => MERGE,
-        _ if is("copy") => COPY,
-        _ if is("create")
-            || is("alter")
-            || is("drop")
-            || is("truncate")
-            || is("comment")
-            || is("security")
-            || is("import") =>
-        {
-            DDL
-        }
-        _ if is("grant") || is("revoke") => DCL,
-        _ if is("begin")
-            || is("start")
-            || is("commit")
-            || is("rollback")
-            || is("savepoint")
-            || is("release")
-            || is("end")
-            || is("abort") =>
-        {
-            TRANSACTION
-        }
-        _ if is("prepare") && next_is("transaction") => TRANSACTION,
-        _ if is("explain") => EXPLAIN,
-        _ if is("set")
-            || is("show")
-            || is("reset")
-            || is("vacuum")
-            || is("analyze")
-            || is("analyse")
-            || is("lock")
-            || is("listen")
-            || is("unlisten")
-            || is("notify")
-            || is("call")
-            || is("do")
-            || is("declare")
-            || is("fetch")
-            || is("move")
-            || is("close")
-            || is("discard")
-            || is("deallocate")
-            || is("prepare")
-            || is("execute")
-            || is("checkpoint")
-            || is("load")
-            || is("cluster")
-            || is("reindex")
-            || is("refresh") =>
-        {
-            UTILITY
-        }
+/// `prepare` alone: a utility, or, before `transaction`, a transaction
+/// statement (decided by the caller, which looks at the next word only
+/// then).
+const PREPARE: u8 = 0xff;
+
+/// The kind a statement's leading keyword gives (or [`PREPARE`]). The word
+/// is folded to lower case in a stack buffer and matched as a whole, so a
+/// keyword costs a length switch and a compare or two.
+fn keyword_kind(word: &[u8]) -> u8 {
+    let mut low = [0u8; 12];
+    if word.len() > low.len() {
+        return OTHER;
+    }
+    let w = &mut low[..word.len()];
+    w.copy_from_slice(word);
+    w.make_ascii_lowercase();
+    match &*w {
+        b"select" | b"values" | b"table" => SELECT,
+        b"insert" => INSERT,
+        b"update" => UPDATE,
+        b"delete" => DELETE,
+        b"merge" => MERGE,
+        b"copy" => COPY,
+        b"create" | b"alter" | b"drop" | b"truncate" | b"comment" | b"security" | b"import" => DDL,
+        b"grant" | b"revoke" => DCL,
+        b"begin" | b"start" | b"commit" | b"rollback" | b"savepoint" | b"release" | b"end"
+        | b"abort" => TRANSACTION,
+        b"prepare" => PREPARE,
+        b"explain" => EXPLAIN,
+        b"set" | b"show" | b"reset" | b"vacuum" | b"analyze" | b"analyse" | b"lock" | b"listen"
+        | b"unlisten" | b"notify" | b"call" | b"do" | b"declare" | b"fetch" | b"move"
+        | b"close" | b"discard" | b"deallocate" | b"execute" | b"checkpoint" | b"load"
+        | b"cluster" | b"reindex" | b"refresh" => UTILITY,
         _ => OTHER,
+    }
+}
+
+/// The distinct kinds of a text, in the order they first appear (at most
+/// one of each, so no allocation).
+struct Kinds {
+    list: [u8; KINDS.len()],
+    n: usize,
+}
+
+impl Kinds {
+    fn new() -> Kinds {
+        Kinds {
+            list: [0; KINDS.len()],
+            n: 0,
+        }
+    }
+
+    fn add(&mut self, kind: u8) {
+        if !self.as_slice().contains(&kind) && self.n < self.list.len() {
+            self.list[self.n] = kind;
+            self.n += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.list[..self.n]
     }
 }
 
@@ -293,26 +291,52 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// The kinds of the statements of `sql`, each once, in the order they
-/// first appear.
-fn kinds(sql: &[u8]) -> Vec<u8> {
-    let mut lx = Lexer { s: sql, i: 0 };
-    let mut out: Vec<u8> = Vec::new();
-    // The common case: no `;` but (maybe) a trailing one. Then the first
-    // statement is the only one, and it is not walked to its end.
-    let single = match memchr::memchr(b';', sql) {
+/// Whether `sql` holds one statement at most: no `;` but trailing ones
+/// (a `;` in a literal or comment also sends the text the long way).
+fn single(sql: &[u8]) -> bool {
+    match memchr::memchr(b';', sql) {
         None => true,
         Some(i) => sql[i..]
             .iter()
             .all(|&c| c == b';' || c.is_ascii_whitespace()),
-    };
+    }
+}
+
+/// The common case without lexing: one statement whose first token is a
+/// keyword that decides its kind alone (`SELECT …`, `INSERT …`), followed
+/// by white space or the end. Anything else (comments, `WITH`, `PREPARE`,
+/// parentheses, unknown words) is left to [`kinds`], which gives the same
+/// answer for the texts taken here.
+fn plain_single(sql: &[u8]) -> Option<u8> {
+    let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
+    let rest = &sql[start..];
+    let len = rest
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    if len == 0 || rest.get(len).is_some_and(|c| !c.is_ascii_whitespace()) {
+        return None;
+    }
+    match keyword_kind(&rest[..len]) {
+        OTHER | PREPARE => None,
+        k if single(sql) => Some(k),
+        _ => None,
+    }
+}
+
+/// The kinds of the statements of `sql`, each once, in the order they
+/// first appear.
+fn kinds(sql: &[u8]) -> Kinds {
+    let mut lx = Lexer { s: sql, i: 0 };
+    let mut out = Kinds::new();
+    // The common case: no `;` but (maybe) a trailing one. Then the first
+    // statement is the only one, and it is not walked to its end.
+    let single = single(sql);
     while lx.i < sql.len() {
         lx.skip_space();
         if sql.get(lx.i) == Some(&b'(') {
             // Only a query can stand in parentheses at the top.
-            if !out.contains(&SELECT) {
-                out.push(SELECT);
-            }
+            out.add(SELECT);
             lx.finish_statement();
             continue;
         }
@@ -329,7 +353,7 @@ fn kinds(sql: &[u8]) -> Vec<u8> {
                 loop {
                     match lx.next() {
                         Tok::Word(w) => {
-                            let kk = keyword_kind(w, None);
+                            let kk = keyword_kind(w);
                             if matches!(kk, SELECT | INSERT | UPDATE | DELETE | MERGE) {
                                 k = kk;
                                 break;
@@ -341,19 +365,20 @@ fn kinds(sql: &[u8]) -> Vec<u8> {
                 }
                 k
             }
-            Tok::Word(w) => {
-                let save = lx.i;
-                let next = match lx.next() {
-                    Tok::Word(n) => Some(n),
-                    _ => None,
-                };
-                lx.i = save;
-                keyword_kind(w, next)
-            }
+            Tok::Word(w) => match keyword_kind(w) {
+                PREPARE => {
+                    let save = lx.i;
+                    let next = lx.next();
+                    lx.i = save;
+                    match next {
+                        Tok::Word(n) if n.eq_ignore_ascii_case(b"transaction") => TRANSACTION,
+                        _ => UTILITY,
+                    }
+                }
+                k => k,
+            },
         };
-        if !out.contains(&kind) {
-            out.push(kind);
-        }
+        out.add(kind);
         if single {
             break;
         }
@@ -365,6 +390,9 @@ fn kinds(sql: &[u8]) -> Vec<u8> {
 /// The statement kind to record for `sql`: one of [`KINDS`], or several
 /// joined by commas; `empty` for a text with no statement.
 pub fn statement_kind(sql: &str) -> Cow<'static, str> {
+    if let Some(k) = plain_single(sql.as_bytes()) {
+        return Cow::Borrowed(KINDS[k as usize]);
+    }
     let k = kinds(sql.as_bytes());
     match k.as_slice() {
         [] => Cow::Borrowed(KINDS[12]),
@@ -476,6 +504,20 @@ mod tests {
         fn never_panics(s in "[ -~\\n\\t;()'\"$/*-]{0,64}|\\PC{0,32}") {
             let got = k(&s);
             proptest::prop_assert!(!got.is_empty());
+        }
+
+        /// The shortcut names a text exactly as the lexer does.
+        #[test]
+        fn shortcut_agrees_with_the_lexer(
+            lead in "[ \t\n]{0,2}",
+            word in "(?i)(select|insert|update|delete|merge|copy|create|drop|grant|begin|commit|prepare|explain|set|with|values|frob|e)",
+            rest in "[ -~\n;]{0,40}",
+        ) {
+            let s = format!("{lead}{word}{rest}");
+            if let Some(fast) = super::plain_single(s.as_bytes()) {
+                let slow = super::kinds(s.as_bytes());
+                proptest::prop_assert_eq!(slow.as_slice(), &[fast][..], "{:?}", s);
+            }
         }
     }
 }

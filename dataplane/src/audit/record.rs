@@ -63,14 +63,20 @@ fn string(buf: &mut Vec<u8>, field: u32, v: &str) {
     }
 }
 
-/// A length-delimited field whose contents `f` appends; the length is put
-/// in front afterwards (a short move of the contents).
+/// A length-delimited field whose contents `f` appends. One byte is kept
+/// for the length, which is all a record's parts need up to 127 bytes;
+/// longer contents move up to make room for the longer varint.
 #[inline]
 fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
+    buf.push(0);
     f(buf);
-    let len = buf.len() - at;
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+        return;
+    }
     let mut tmp = [0u8; 10];
     let mut n = 0;
     let mut v = len as u64;
@@ -81,7 +87,10 @@ fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     }
     tmp[n] = v as u8;
     n += 1;
-    buf.splice(at..at, tmp[..n].iter().copied());
+    // Room for n - 1 more bytes, then the contents move up behind them.
+    buf.resize(buf.len() + n - 1, 0);
+    buf.copy_within(at + 1..at + 1 + len, at + n);
+    buf[at..at + n].copy_from_slice(&tmp[..n]);
 }
 
 #[inline]

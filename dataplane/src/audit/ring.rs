@@ -441,31 +441,42 @@ impl RingProducer {
     }
 
     /// Append one frame carrying `payload` and [`RingProducer::next_seq`],
-    /// and publish it. Returns its `core_seq`. No syscall, lock or
-    /// allocation.
+    /// and publish it. Returns its `core_seq`. Copies the payload into a
+    /// frame first; the data path uses [`RingProducer::push_framed`].
     pub fn push(&mut self, payload: &[u8]) -> Result<u64, RingFull> {
-        if payload.len() > self.max_payload() {
+        let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+        frame.resize(FRAME_HEADER_BYTES, 0);
+        frame.extend_from_slice(payload);
+        self.push_framed(&mut frame)
+    }
+
+    /// As [`RingProducer::push`], for a payload already in place behind
+    /// [`FRAME_HEADER_BYTES`] bytes of room: the header is filled in there,
+    /// the checksum taken in one pass and the frame copied in one piece. No
+    /// syscall, lock or allocation.
+    pub fn push_framed(&mut self, frame: &mut [u8]) -> Result<u64, RingFull> {
+        assert!(
+            frame.len() >= FRAME_HEADER_BYTES,
+            "no room for the frame header"
+        );
+        let len = frame.len() - FRAME_HEADER_BYTES;
+        if len > self.max_payload() {
             return Err(RingFull);
         }
-        let size = (FRAME_HEADER_BYTES + payload.len()) as u64;
+        let size = frame.len() as u64;
         if self.write + size - self.read > self.capacity && self.free() < size {
             return Err(RingFull);
         }
         let seq = self.next_seq;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&seq.to_le_bytes());
-        crc.update(payload);
-        let mut head = [0u8; FRAME_HEADER_BYTES];
-        head[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
-        head[8..].copy_from_slice(&seq.to_le_bytes());
+        frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        frame[8..16].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32fast::hash(&frame[8..]);
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
         // SAFETY: `[write, write + size)` is free: write + size - read <=
         // capacity with `read` Acquire-loaded, so the consumer is done with
         // it; only this producer writes there until `write` is published.
         unsafe {
-            self.map.copy_in(self.write, &head);
-            self.map
-                .copy_in(self.write + FRAME_HEADER_BYTES as u64, payload);
+            self.map.copy_in(self.write, frame);
         }
         self.write += size;
         self.next_seq += 1;

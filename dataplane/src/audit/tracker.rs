@@ -690,18 +690,17 @@ impl Tracker {
             return;
         };
         // The request queued when this frame started (unless a confused
-        // target already answered it).
-        let Some(mut p) = self.queue.pop_back() else {
-            return;
-        };
-        if p.id != id {
-            self.queue.push_back(p);
+        // target already answered it). Filled in where it is queued.
+        if self.queue.back().is_none_or(|p| p.id != id) {
             return;
         }
         let values = if self.client.tag == tag::BIND {
             self.bind_values()
         } else {
             None
+        };
+        let Some(p) = self.queue.back_mut() else {
+            return;
         };
         let c = &self.client;
         match c.tag {
@@ -826,9 +825,9 @@ impl Tracker {
         if self.skip_until_sync && p.req != Req::Sync {
             // PostgreSQL discards it: an earlier message failed.
             p.skipped = true;
-            self.finish_one(p);
-        } else {
-            self.queue.push_back(p);
+            if let Some(p) = self.queue.pop_back() {
+                self.finish_one(p);
+            }
         }
     }
 
