@@ -263,12 +263,14 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     .await
     .unwrap();
     assert!(!format!("{rows:?}").contains("ann@example.com"));
-    // Extended protocol: a text parameter holding a card, an int parameter.
+    // Extended protocol: a text parameter holding a card, an int
+    // parameter, and a card number sent as a binary int8 (read by the type
+    // PostgreSQL described for it, then masked).
     let got = step(
         "extended",
         c.query(
-            "select contact from audit_pii where card = $1 and id < $2 /* m7 */",
-            &[&CARD, &3i32],
+            "select contact from audit_pii where card = $1 and id < $2 and $3::int8 <> 0 /* m7 */",
+            &[&CARD, &3i32, &4_111_111_111_111_111i64],
         ),
     )
     .await
@@ -325,10 +327,15 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     assert_eq!(masked(m7[0]), [e("email", "contact", 1)]);
     let st = m7[0].statement.as_ref().unwrap();
     assert_eq!(st.statement_kind, "select");
-    assert_eq!(st.parameters.len(), 2, "{st:?}");
+    assert_eq!(st.parameters.len(), 3, "{st:?}");
     assert!(!st.parameters[0].contains("4111"), "{st:?}");
     assert_eq!(st.parameters[0].len(), CARD.len(), "{st:?}");
-    assert_eq!(st.parameters[1], "\\x00000003");
+    assert_eq!(st.parameters[1], "3");
+    let int8 = &st.parameters[2];
+    assert!(
+        int8.len() == 16 && !int8.contains("4111") && int8.ends_with("1111"),
+        "{st:?}"
+    );
     assert!(st.parameter_nulls.is_empty());
     let binds: Vec<_> = of_kind(&recs, AuditKind::Bind)
         .into_iter()
@@ -349,7 +356,9 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     for r in &recs {
         let text = format!("{r:?}");
         assert!(
-            !text.contains("4111 1111 1111 1111") && !text.contains("ann@example.com"),
+            !text.contains("4111 1111 1111 1111")
+                && !text.contains("4111111111111111")
+                && !text.contains("ann@example.com"),
             "{text}"
         );
     }

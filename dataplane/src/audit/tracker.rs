@@ -53,6 +53,9 @@ pub const MAX_LISTED_PARAMS: usize = 256;
 const ERROR_CAP: usize = 2048;
 /// Bytes of a CommandComplete kept.
 const TAG_CAP: usize = 64;
+/// Parameter types kept per prepared statement (from Parse or
+/// ParameterDescription); later parameters are recorded as if untyped.
+const MAX_PARAM_TYPES: usize = 256;
 
 /// Time, passed in by the driver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -183,6 +186,163 @@ fn printable(v: &[u8]) -> bool {
         .is_ok_and(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
 }
 
+/// Parameter type OIDs as Parse and ParameterDescription send them: a
+/// count, then that many OIDs (as many as `b` holds, up to
+/// [`MAX_PARAM_TYPES`]).
+fn parse_types(b: &[u8]) -> Option<Rc<[u32]>> {
+    if b.len() < 2 {
+        return None;
+    }
+    let n = usize::from(u16::from_be_bytes([b[0], b[1]])).min(MAX_PARAM_TYPES);
+    let oids: Vec<u32> = b[2..]
+        .chunks_exact(4)
+        .take(n)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (!oids.is_empty()).then(|| Rc::from(oids))
+}
+
+/// Type OIDs whose binary values are read as text here.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const XML: u32 = 142;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// A binary-format value of type `oid` as PostgreSQL would print it, so
+/// the masking engine sees what a text-format value would show (a card
+/// number sent as an `int8` or `numeric`, an e-mail inside `jsonb`).
+/// `None`: a type not read here, or bytes that are not a valid value of
+/// it (recorded as hex). `cut`: only the first bytes were kept.
+fn binary_text(oid: u32, v: &[u8], cut: bool) -> Option<String> {
+    let fixed = |n: usize| (!cut && v.len() == n).then_some(());
+    Some(match oid {
+        oid::BOOL => {
+            fixed(1)?;
+            if v[0] != 0 { "t" } else { "f" }.to_string()
+        }
+        oid::INT2 => {
+            fixed(2)?;
+            i16::from_be_bytes([v[0], v[1]]).to_string()
+        }
+        oid::INT4 => {
+            fixed(4)?;
+            i32::from_be_bytes(v.try_into().ok()?).to_string()
+        }
+        oid::OID => {
+            fixed(4)?;
+            u32::from_be_bytes(v.try_into().ok()?).to_string()
+        }
+        oid::INT8 => {
+            fixed(8)?;
+            i64::from_be_bytes(v.try_into().ok()?).to_string()
+        }
+        oid::FLOAT4 => {
+            fixed(4)?;
+            f32::from_be_bytes(v.try_into().ok()?).to_string()
+        }
+        oid::FLOAT8 => {
+            fixed(8)?;
+            f64::from_be_bytes(v.try_into().ok()?).to_string()
+        }
+        oid::NUMERIC if !cut => numeric_text(v)?,
+        oid::UUID => {
+            fixed(16)?;
+            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        // Version 1 of jsonb's binary form: the JSON text behind one byte.
+        oid::JSONB if v.first() == Some(&1) => String::from_utf8_lossy(&v[1..]).into_owned(),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => return None,
+    })
+}
+
+/// A binary `numeric` in its text form: `ndigits`, `weight`, `sign` and
+/// `dscale` (16 bits each), then base-10000 digits. `None` for anything
+/// malformed or absurdly long.
+fn numeric_text(v: &[u8]) -> Option<String> {
+    use std::fmt::Write;
+    let at = |i: usize| i16::from_be_bytes([v[i], v[i + 1]]);
+    if v.len() < 8 {
+        return None;
+    }
+    let (ndigits, weight, sign, dscale) = (at(0), i32::from(at(2)), at(4) as u16, at(6));
+    if ndigits < 0 || dscale < 0 || v.len() != 8 + 2 * ndigits as usize {
+        return None;
+    }
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0 | 0x4000 => {}
+        _ => return None,
+    }
+    if !(-1000..=1000).contains(&weight) || dscale > 1000 {
+        return None;
+    }
+    let digits: Vec<i16> = (0..ndigits as usize).map(|i| at(8 + 2 * i)).collect();
+    if digits.iter().any(|d| !(0..10000).contains(d)) {
+        return None;
+    }
+    let digit = |idx: i32| {
+        usize::try_from(idx)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let mut s = String::new();
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        for w in 0..=weight {
+            let d = digit(w);
+            let _ = if w == 0 {
+                write!(s, "{d}")
+            } else {
+                write!(s, "{d:04}")
+            };
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut idx = weight + 1;
+        while frac.len() < dscale as usize {
+            let _ = write!(frac, "{:04}", digit(idx));
+            idx += 1;
+        }
+        frac.truncate(dscale as usize);
+        s.push('.');
+        s.push_str(&frac);
+    }
+    Some(s)
+}
+
 /// Bind parameter values as recorded: text, masked; `None` for NULL.
 type Params = Rc<[Option<Box<str>>]>;
 
@@ -200,6 +360,10 @@ fn name(b: &[u8]) -> Option<Rc<str>> {
 struct Stmt {
     name: Option<Rc<str>>,
     sql: Text,
+    /// Parameter type OIDs (0: unspecified), from the Parse or, once the
+    /// client described the statement, from PostgreSQL's
+    /// ParameterDescription. They say how to read binary values.
+    types: Option<Rc<[u32]>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -242,6 +406,9 @@ struct Pending {
     refused: bool,
     skipped: bool,
     incomplete: bool,
+    /// A Describe of a prepared statement: its name (empty: the unnamed
+    /// one), so its ParameterDescription can be kept.
+    describes: Option<Box<[u8]>>,
 }
 
 impl Pending {
@@ -265,6 +432,7 @@ impl Pending {
             refused: false,
             skipped: false,
             incomplete: false,
+            describes: None,
         }
     }
 }
@@ -586,7 +754,26 @@ impl Tracker {
     }
 
     /// The values of the Bind just received, masked.
-    fn bind_values(&mut self) -> Option<Params> {
+    /// The parameter types of the statement the Bind being received names.
+    fn bind_statement_types(&self) -> Option<Rc<[u32]>> {
+        let c = &self.client;
+        let stmt_from = if c.found >= 1 {
+            c.nul[0] + 1
+        } else {
+            return None;
+        };
+        let stmt_name = c.until_nul(stmt_from, 1);
+        let stmt = if stmt_name.is_empty() {
+            self.unnamed_stmt.as_ref()
+        } else {
+            self.stmts.get(stmt_name)
+        };
+        stmt.and_then(|s| s.types.clone())
+    }
+
+    /// The values of the Bind just received, masked; `types` are the
+    /// statement's parameter types, which say how to read binary values.
+    fn bind_values(&mut self, types: Option<&[u32]>) -> Option<Params> {
         let b = &self.client.bind;
         if b.lengths.is_empty() {
             return None;
@@ -605,7 +792,18 @@ impl Tracker {
             };
             let v = &b.values[start as usize..(start + kept) as usize];
             let cut = cut || (kept as usize) < len as usize;
-            let mut text = if b.binary(i) && !printable(v) {
+            let typed = if b.binary(i) {
+                let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
+                binary_text(oid, v, cut)
+            } else {
+                None
+            };
+            let mut text = if let Some(t) = typed {
+                match &self.engine {
+                    Some(e) => mask_text(e, &t, &mut self.scratch).into_owned(),
+                    None => t,
+                }
+            } else if b.binary(i) && !printable(v) {
                 // An integer, a timestamp, ...: its bytes in hex.
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut t = String::with_capacity(2 + 2 * v.len());
@@ -651,7 +849,9 @@ impl Tracker {
             } => {
                 let (cap, nuls) = match t {
                     tag::QUERY => (self.max_sql + 1, 0),
-                    tag::PARSE => (NAME_CAP + 2 + self.max_sql, 2),
+                    // Name, SQL, and the parameter types after them.
+                    tag::PARSE => (NAME_CAP + 2 + self.max_sql + 2 + 4 * MAX_PARAM_TYPES, 2),
+                    tag::DESCRIBE => (NAME_CAP + 2, 1),
                     tag::BIND => (2 * NAME_CAP + 2, 2),
                     tag::EXECUTE => (NAME_CAP + 1, 1),
                     b'C' => (NAME_CAP + 2, 1),
@@ -695,7 +895,8 @@ impl Tracker {
             return;
         }
         let values = if self.client.tag == tag::BIND {
-            self.bind_values()
+            let types = self.bind_statement_types();
+            self.bind_values(types.as_deref())
         } else {
             None
         };
@@ -734,6 +935,11 @@ impl Tracker {
                 } else {
                     u64::from(c.len).saturating_sub(sql_from)
                 };
+                let types = if c.found >= 2 {
+                    parse_types(c.head.get(c.nul[1] as usize + 1..).unwrap_or(&[]))
+                } else {
+                    None
+                };
                 let stmt = Stmt {
                     name: name(stmt_name),
                     sql: Text::masked(
@@ -742,6 +948,7 @@ impl Tracker {
                         self.max_sql,
                         self.engine.as_deref().map(|e| (e, &mut self.scratch)),
                     ),
+                    types,
                 };
                 p.statement_name = stmt.name.clone();
                 p.sql = stmt.sql.clone();
@@ -788,6 +995,9 @@ impl Tracker {
                 } else {
                     self.portals.insert(portal_name.into(), portal);
                 }
+            }
+            tag::DESCRIBE if c.head.first() == Some(&b'S') && c.found >= 1 => {
+                p.describes = Some(c.until_nul(1, 0).into());
             }
             tag::EXECUTE => {
                 let portal_name = c.until_nul(0, 0);
@@ -844,11 +1054,11 @@ impl Tracker {
                     head.bytes += 5 + u64::from(len);
                 }
                 match t {
-                    tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE => {
-                        let cap = if t == tag::COMMAND_COMPLETE {
-                            TAG_CAP
-                        } else {
-                            ERROR_CAP
+                    tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE | tag::PARAMETER_DESCRIPTION => {
+                        let cap = match t {
+                            tag::COMMAND_COMPLETE => TAG_CAP,
+                            tag::ERROR_RESPONSE => ERROR_CAP,
+                            _ => 2 + 4 * MAX_PARAM_TYPES,
                         };
                         self.target.begin(t, len, cap, 0);
                         self.target.feed(body);
@@ -913,6 +1123,23 @@ impl Tracker {
         let Some(front) = self.queue.front_mut() else {
             return;
         };
+        if self.target.tag == tag::PARAMETER_DESCRIPTION {
+            // The answer to a Describe of a statement: its types.
+            if front.req == Req::Describe {
+                if let Some(n) = front.describes.take() {
+                    let types = parse_types(&self.target.head);
+                    let stmt = if n.is_empty() {
+                        self.unnamed_stmt.as_mut()
+                    } else {
+                        self.stmts.get_mut(&n)
+                    };
+                    if let Some(st) = stmt {
+                        st.types = types;
+                    }
+                }
+            }
+            return;
+        }
         if self.target.tag == tag::COMMAND_COMPLETE {
             let rows = tag_rows(&self.target.head);
             front.rows += rows.unwrap_or(front.data_rows);
@@ -1718,6 +1945,185 @@ mod tests {
         }
         b.extend(0u16.to_be_bytes());
         msg(b'B', &b)
+    }
+
+    fn parse_typed(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend((types.len() as u16).to_be_bytes());
+        for t in types {
+            b.extend(t.to_be_bytes());
+        }
+        msg(b'P', &b)
+    }
+
+    fn describe_stmt(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        b.extend(cstr(name));
+        msg(b'D', &b)
+    }
+
+    fn parameter_description(types: &[u32]) -> Vec<u8> {
+        let mut b = (types.len() as u16).to_be_bytes().to_vec();
+        for t in types {
+            b.extend(t.to_be_bytes());
+        }
+        msg(b't', &b)
+    }
+
+    /// A binary numeric: base-10000 digits with weight, sign and scale.
+    fn numeric(digits: &[i16], weight: i16, negative: bool, dscale: i16) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend((digits.len() as i16).to_be_bytes());
+        b.extend(weight.to_be_bytes());
+        b.extend((if negative { 0x4000u16 } else { 0 }).to_be_bytes());
+        b.extend(dscale.to_be_bytes());
+        for d in digits {
+            b.extend(d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn binary_numeric_reads_as_postgres_prints_it() {
+        for (digits, weight, neg, scale, want) in [
+            (
+                &[4111, 1111, 1111, 1111][..],
+                3,
+                false,
+                0,
+                "4111111111111111",
+            ),
+            (&[12, 5000][..], 0, true, 1, "-12.5"),
+            (&[1234][..], -2, false, 8, "0.00001234"),
+            (&[][..], 0, false, 2, "0.00"),
+            (&[1][..], 2, false, 0, "100000000"),
+            (&[7, 1][..], 0, false, 4, "7.0001"),
+        ] {
+            assert_eq!(
+                numeric_text(&numeric(digits, weight, neg, scale)).as_deref(),
+                Some(want)
+            );
+        }
+        let nan = [0, 0, 0, 0, 0xC0, 0, 0, 0];
+        assert_eq!(numeric_text(&nan).as_deref(), Some("NaN"));
+        // Malformed: short, a digit out of range, a length that disagrees.
+        assert_eq!(numeric_text(&[0, 1, 0]), None);
+        assert_eq!(numeric_text(&numeric(&[10000], 0, false, 0)), None);
+        assert_eq!(numeric_text(&numeric(&[1, 2], 0, false, 0)[..10]), None);
+        // Other types.
+        assert_eq!(
+            binary_text(oid::INT8, &(-42i64).to_be_bytes(), false).as_deref(),
+            Some("-42")
+        );
+        assert_eq!(binary_text(oid::INT4, &[0, 0, 1], false), None);
+        assert_eq!(binary_text(oid::INT8, &[0; 8], true), None);
+        assert_eq!(binary_text(oid::BOOL, &[1], false).as_deref(), Some("t"));
+        assert_eq!(
+            binary_text(oid::UUID, &[0xab; 16], false).as_deref(),
+            Some("abababab-abab-abab-abab-abababababab")
+        );
+        assert_eq!(binary_text(1184, &[0; 8], false), None); // timestamptz: hex
+    }
+
+    #[test]
+    fn binary_values_are_read_by_their_type_and_masked() {
+        let card: i64 = 4111_1111_1111_1111;
+        let card_num = numeric(&[4111, 1111, 1111, 1111], 3, false, 0);
+        let mut json = vec![1u8];
+        json.extend_from_slice(br#"{"mail": "ann@example.com", "n": 1}"#);
+        for chunk in [1, 5, 4096] {
+            // Types from the Parse (named statement), and from the
+            // ParameterDescription answering a Describe (unnamed one).
+            let mut s = masking_session(4096);
+            s.client(
+                &cat(&[
+                    parse_typed(
+                        "s1",
+                        "insert into t values ($1, $2, $3, $4)",
+                        &[20, 1700, 3802, 23],
+                    ),
+                    parse("", "select $1, $2"),
+                    describe_stmt(""),
+                    sync(),
+                ]),
+                chunk,
+            );
+            s.target(
+                &cat(&[
+                    msg(b'1', b""),
+                    msg(b'1', b""),
+                    parameter_description(&[20, 1184]),
+                    msg(b'n', b""),
+                    ready(),
+                ]),
+                chunk,
+            );
+            let mut b1 = cstr("");
+            b1.extend(cstr("s1"));
+            b1.extend(1u16.to_be_bytes());
+            b1.extend(1i16.to_be_bytes());
+            b1.extend(4u16.to_be_bytes());
+            for v in [
+                &card.to_be_bytes()[..],
+                &card_num,
+                &json,
+                &7i32.to_be_bytes(),
+            ] {
+                b1.extend((v.len() as i32).to_be_bytes());
+                b1.extend_from_slice(v);
+            }
+            b1.extend(0u16.to_be_bytes());
+            s.client(
+                &cat(&[
+                    msg(b'B', &b1),
+                    execute(""),
+                    bind_fmt(
+                        1,
+                        &[Some(&card.to_be_bytes()), Some(&[0, 0, 0, 0, 0, 0, 0, 9])],
+                    ),
+                    execute(""),
+                    sync(),
+                ]),
+                chunk,
+            );
+            s.target(
+                &cat(&[
+                    msg(b'2', b""),
+                    complete("INSERT 0 1"),
+                    msg(b'2', b""),
+                    row(),
+                    complete("SELECT 1"),
+                    ready(),
+                ]),
+                chunk,
+            );
+            let got = take(&mut s.t);
+            let execs: Vec<&Rec> = got
+                .iter()
+                .filter(|r| r.kind == AuditKind::Execute as i32)
+                .collect();
+            assert_eq!(execs.len(), 2, "chunk {chunk}: {got:?}");
+            let v = &execs[0].values;
+            for x in &v[..2] {
+                let x = x.as_deref().unwrap();
+                assert!(
+                    x.len() == 16 && !x.contains("41111111") && x.ends_with("1111"),
+                    "{x}"
+                );
+            }
+            let j = v[2].as_deref().unwrap();
+            assert!(
+                j.starts_with(r#"{"mail": ""#) && !j.contains("ann@example.com"),
+                "{j}"
+            );
+            assert_eq!(v[3].as_deref(), Some("7"));
+            let v = &execs[1].values;
+            let x = v[0].as_deref().unwrap();
+            assert!(x.len() == 16 && !x.contains("41111111"), "{x}");
+            // A type not read here stays hex.
+            assert_eq!(v[1].as_deref(), Some("\\x0000000000000009"));
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod tag {
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
     pub const DATA_ROW: u8 = b'D';
     pub const COMMAND_COMPLETE: u8 = b'C';
 }
