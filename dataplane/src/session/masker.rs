@@ -641,8 +641,12 @@ impl TargetMasker {
         let Some((_, Some(portal))) = self.pending.results.front() else {
             return;
         };
-        if self.plan_portal.as_ref() == Some(portal) {
-            return;
+        // Once per DataRow: the unnamed portal (the common case) without a
+        // call to memcmp.
+        if let Some(p) = &self.plan_portal {
+            if p.len() == portal.len() && (p.is_empty() || p == portal) {
+                return;
+            }
         }
         let portal = portal.clone();
         self.plan_known = match self.portals.get(&portal).cloned() {
