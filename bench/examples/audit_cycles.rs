@@ -10,13 +10,20 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/audit_cycles 20000
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/audit_cycles 0
 //! ```
+//!
+//! With `drain` as the second argument the records are then moved into a
+//! spool (no fsync) by the control side's [`Pump`], as the `sluice-audit`
+//! thread does: the difference to a run without it is that side's cost.
 
 use std::sync::Arc;
 
 use bench::pgbench_select_responses;
 use dataplane::audit::record::session_fields;
 use dataplane::audit::ring::RingFile;
-use dataplane::audit::{AuditGate, Clock, CoreAudit, CoreAuditStats, CoreInit, WhenFull};
+use dataplane::audit::{
+    AuditGate, AuditStats, Clock, CoreAudit, CoreAuditStats, CoreInit, FsyncPolicy, Pump, Spool,
+    SpoolConfig, WhenFull,
+};
 use dataplane::mask::{Engine, MaskingProfile};
 use dataplane::protocol::frame::FrameScanner;
 use proto::{AuditConnection, AuditIdentity, AuditSession, AuthMethod};
@@ -31,7 +38,8 @@ fn main() {
     // Room for every record: nothing consumes the ring here.
     let capacity = (n * 512).clamp(1 << 20, 1 << 30);
     let ring = RingFile::create(&dir.path().join("core-0.ring"), 0, capacity, 1).expect("ring");
-    let (producer, _consumer) = ring.split();
+    let drain = std::env::args().nth(2).as_deref() == Some("drain");
+    let (producer, consumer) = ring.split();
     let stats = Arc::new(CoreAuditStats::default());
     let core = CoreAudit::new(CoreInit {
         core: 0,
@@ -96,5 +104,25 @@ fn main() {
     }
     let produced = stats.produced.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(produced, n, "one record per statement");
-    println!("{n} statements, {produced} records");
+    let mut spooled = 0;
+    if drain {
+        let mut cfg = SpoolConfig::new(dir.path().join("spool"), "node-1");
+        cfg.fsync = FsyncPolicy::Never;
+        cfg.quota_bytes = 8 << 30;
+        let spool = Spool::open(cfg).expect("spool");
+        let mut pump = Pump::new(
+            spool,
+            vec![consumer],
+            Arc::new(AuditGate::default()),
+            Arc::new(AuditStats::new(1)),
+        );
+        loop {
+            match pump.step().expect("spool append") {
+                0 => break,
+                k => spooled += k,
+            }
+        }
+        assert_eq!(spooled as u64, n, "every record spooled");
+    }
+    println!("{n} statements, {produced} records, {spooled} spooled");
 }
