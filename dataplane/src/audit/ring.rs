@@ -255,11 +255,20 @@ impl Mapping {
     /// under the ring protocol (the consumer, between `read` and `write`),
     /// and `dst.len() <= capacity`.
     unsafe fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        self.copy_out_raw(pos, dst.as_mut_ptr(), dst.len());
+    }
+
+    /// As [`Mapping::copy_out`], into `len` bytes at `dst` that need not be
+    /// initialized.
+    ///
+    /// # Safety
+    /// As for `copy_out`, and `dst` must be valid for `len` bytes of writes.
+    unsafe fn copy_out_raw(&self, pos: u64, dst: *mut u8, len: usize) {
         let at = (pos % self.capacity) as usize;
-        let first = dst.len().min(self.capacity as usize - at);
+        let first = len.min(self.capacity as usize - at);
         let data = self.ptr.as_ptr().add(RING_HEADER_BYTES);
-        std::ptr::copy_nonoverlapping(data.add(at), dst.as_mut_ptr(), first);
-        std::ptr::copy_nonoverlapping(data, dst.as_mut_ptr().add(first), dst.len() - first);
+        std::ptr::copy_nonoverlapping(data.add(at), dst, first);
+        std::ptr::copy_nonoverlapping(data, dst.add(first), len - first);
     }
 }
 
@@ -561,6 +570,8 @@ impl RingConsumer {
         }
         let mut pos = from;
         let mut taken = 0usize;
+        // Made once: `Hasher::new` checks the CPU's features each time.
+        let hasher = crc32fast::Hasher::new();
         while pos < write && taken < max_bytes.max(1) {
             if write - pos < FRAME_HEADER_BYTES as u64 {
                 return Err(corrupt(format!("short frame header at {pos}")));
@@ -580,10 +591,19 @@ impl RingConsumer {
                 )));
             }
             let start = out.len();
-            out.resize(start + len as usize, 0);
-            // SAFETY: as above, the whole frame is inside `[pos, write)`.
-            unsafe { m.copy_out(pos + FRAME_HEADER_BYTES as u64, &mut out[start..]) };
-            let mut h = crc32fast::Hasher::new();
+            out.reserve(len as usize);
+            // SAFETY: as above, the whole frame is inside `[pos, write)`;
+            // `out` has room for `len` more bytes, all written before
+            // `set_len` makes them part of it.
+            unsafe {
+                m.copy_out_raw(
+                    pos + FRAME_HEADER_BYTES as u64,
+                    out.as_mut_ptr().add(start),
+                    len as usize,
+                );
+                out.set_len(start + len as usize);
+            }
+            let mut h = hasher.clone();
             h.update(&seq.to_le_bytes());
             h.update(&out[start..]);
             if h.finalize() != crc {
