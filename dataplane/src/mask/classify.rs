@@ -17,8 +17,9 @@
 //! `lo_table[b & 15]` holds a bit per high nibble 0–7 whose byte is in the
 //! set, and `1 << (b >> 4)` (zero for bytes ≥ 0x80) picks the bit.
 //!
-//! Three kernels compute the same masks: AVX2 (2 × 32 bytes), SSSE3
-//! (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
+//! Four kernels compute the same masks: AVX-512 (one 64-byte vector, one
+//! mask register per class; short cells by a masked load), AVX2
+//! (2 × 32 bytes), SSSE3 (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
 //! runtime feature detection; the tests check that all available kernels
 //! agree on random input. The masks are only hints for where to look: every
 //! validator re-reads the bytes.
@@ -158,6 +159,8 @@ pub enum Kernel {
     Scalar,
     Ssse3,
     Avx2,
+    /// AVX-512F and AVX-512BW (and AVX2, which the scan around it uses).
+    Avx512,
 }
 
 impl Kernel {
@@ -165,6 +168,9 @@ impl Kernel {
     pub fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
+            if Kernel::Avx512.available() {
+                return Kernel::Avx512;
+            }
             if std::arch::is_x86_feature_detected!("avx2") {
                 return Kernel::Avx2;
             }
@@ -183,6 +189,12 @@ impl Kernel {
             Kernel::Ssse3 => std::arch::is_x86_feature_detected!("ssse3"),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx2")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -229,10 +241,12 @@ impl Classifier {
     /// `out`; returns how many blocks were filled. A final partial block is
     /// classified as if padded with zero bytes (which are in no class).
     ///
-    /// `F` (fast): the caller is compiled with AVX2 enabled, so the AVX2
-    /// kernel is inlined into it rather than called.
+    /// `F` (fast): the caller is compiled with AVX2 enabled (`F >= 1`) or
+    /// with AVX2 and AVX-512BW (`F == 2`), so the AVX2 kernel (`F >= 1`)
+    /// or the AVX-512 kernel (`F == 2`) is inlined into it rather than
+    /// called.
     #[inline(always)]
-    pub(crate) fn classify_chunk<const N: usize, const F: bool>(
+    pub(crate) fn classify_chunk<const N: usize, const F: u8>(
         &self,
         data: &[u8],
         out: &mut [BlockMasks; N],
@@ -248,6 +262,20 @@ impl Classifier {
             out[0] = self.classify_one::<F>(data);
             return 1;
         }
+        #[cfg(target_arch = "x86_64")]
+        if F == 2 && self.kernel == Kernel::Avx512 {
+            // SAFETY: `Classifier::new` asserted the CPU supports the
+            // kernel; with `F == 2` the caller is compiled for it.
+            // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
+            out[whole] = unsafe {
+                x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
+            };
+            // (Zero bytes are in no class; only an anchor set holding the
+            // zero byte would mark the padding, which the shifted masks of
+            // the other kernels do not.)
+            out[whole].anchor &= (1u64 << rest) - 1;
+            return whole + 1;
+        }
         // Classify the last 64 bytes (overlapping the previous block) and
         // shift the masks down: the same bits as the block padded with
         // zero bytes, without copying.
@@ -259,7 +287,15 @@ impl Classifier {
 
     /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
     #[inline(always)]
-    pub(crate) fn classify_one<const F: bool>(&self, data: &[u8]) -> BlockMasks {
+    pub(crate) fn classify_one<const F: u8>(&self, data: &[u8]) -> BlockMasks {
+        #[cfg(target_arch = "x86_64")]
+        if F == 2 && self.kernel == Kernel::Avx512 {
+            assert!(data.len() <= BLOCK);
+            // SAFETY: `Classifier::new` asserted the CPU supports the
+            // kernel; with `F == 2` the caller is compiled for it. The
+            // masked load reads `data.len()` bytes of `data` only.
+            return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.anchor_lo) };
+        }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
         self.blocks::<F>(&pad, &mut out);
@@ -267,10 +303,21 @@ impl Classifier {
     }
 
     #[inline(always)]
-    fn blocks<const F: bool>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
+    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if F => {
+            Kernel::Avx512 if F == 2 => {
+                for (b, o) in blocks.iter().zip(out) {
+                    // SAFETY: `Classifier::new` asserted the CPU supports
+                    // the kernel; with `F == 2` the caller is compiled for it.
+                    *o = unsafe { x86::block_avx512(b, &self.anchor_lo) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Classifier::new` asserted the CPU supports the kernel.
+            Kernel::Avx512 => unsafe { x86::blocks_avx512(blocks, &self.anchor_lo, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if F >= 1 => {
                 for (b, o) in blocks.iter().zip(out) {
                     // SAFETY: `Classifier::new` asserted the CPU supports
                     // AVX2; with `F` the caller is compiled for it.
@@ -314,6 +361,99 @@ mod x86 {
         CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI, CLS_LO, HI_BIT,
     };
     use std::arch::x86_64::*;
+
+    /// AVX-512 classification of whole blocks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn blocks_avx512(
+        blocks: &[[u8; BLOCK]],
+        anchor_lo: &[u8; 16],
+        out: &mut [BlockMasks],
+    ) {
+        for (block, o) in blocks.iter().zip(out) {
+            // SAFETY: this function is compiled with AVX-512F/BW and only
+            // called when the CPU has them.
+            *o = unsafe { block_avx512(block, anchor_lo) };
+        }
+    }
+
+    /// AVX-512 classification of one block, inlined into its caller.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW; the caller should be
+    /// compiled with them (else every intrinsic is a call).
+    #[inline(always)]
+    pub(super) unsafe fn block_avx512(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY: the CPU supports AVX-512F (this function's contract);
+        // `block` has 64 bytes and `loadu` has no alignment requirement.
+        unsafe {
+            let v = _mm512_loadu_si512(block.as_ptr() as *const __m512i);
+            masks_avx512(v, anchor_lo)
+        }
+    }
+
+    /// The first `n` bytes (`n <= 64`) at `p` as a block padded with zero
+    /// bytes, by a masked load (which reads nothing past `p + n`).
+    ///
+    /// # Safety
+    /// As [`block_avx512`]; `p..p + n` must be readable.
+    #[inline(always)]
+    pub(super) unsafe fn block_avx512_part(
+        p: *const u8,
+        n: usize,
+        anchor_lo: &[u8; 16],
+    ) -> BlockMasks {
+        // SAFETY: the CPU supports AVX-512BW (this function's contract); the
+        // load mask covers the `n` readable bytes only, and masked-out
+        // bytes are neither read nor fault.
+        unsafe {
+            let k: __mmask64 = if n >= BLOCK {
+                u64::MAX
+            } else {
+                (1u64 << n) - 1
+            };
+            let v = _mm512_maskz_loadu_epi8(k, p as *const i8);
+            masks_avx512(v, anchor_lo)
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW.
+    #[inline(always)]
+    unsafe fn masks_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY (every intrinsic below): the CPU supports AVX-512F/BW (this
+        // function's contract); the table loads read 16-byte arrays.
+        unsafe {
+            let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
+            let cls_lo = _mm512_broadcast_i32x4(ld16(&CLS_LO));
+            let cls_hi = _mm512_broadcast_i32x4(ld16(&CLS_HI));
+            let hi_bit = _mm512_broadcast_i32x4(ld16(&HI_BIT));
+            let anc_lo = _mm512_broadcast_i32x4(ld16(anchor_lo));
+            let nib = _mm512_set1_epi8(0x0f);
+            let lo = _mm512_and_si512(v, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            let cls = _mm512_and_si512(
+                _mm512_shuffle_epi8(cls_lo, lo),
+                _mm512_shuffle_epi8(cls_hi, hi),
+            );
+            let test = |bits: u8| _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8));
+            let a = _mm512_and_si512(
+                _mm512_shuffle_epi8(anc_lo, lo),
+                _mm512_shuffle_epi8(hi_bit, hi),
+            );
+            BlockMasks {
+                digit: test(CLASS_DIGIT),
+                glue: test(CLASS_GLUE),
+                space: test(CLASS_SPACE),
+                dash: test(CLASS_DASH),
+                dot: test(CLASS_DOT),
+                upper: test(CLASS_UPPER_4 | CLASS_UPPER_5),
+                anchor: _mm512_test_epi8_mask(a, a),
+            }
+        }
+    }
 
     /// AVX2 classification of whole blocks.
     ///
@@ -450,7 +590,7 @@ mod tests {
     const ANCHORS: &[u8] = b"@JKSz_xBb:";
 
     fn all_kernels() -> Vec<Kernel> {
-        [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2]
+        [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2, Kernel::Avx512]
             .into_iter()
             .filter(|k| k.available())
             .collect()
@@ -483,9 +623,11 @@ mod tests {
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
-                c.blocks::<false>(&[block], &mut got);
+                c.blocks::<0>(&[block], &mut got);
                 assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
-                c.blocks::<true>(&[block], &mut got);
+                c.blocks::<1>(&[block], &mut got);
+                assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
+                c.blocks::<2>(&[block], &mut got);
                 assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
             }
         }
@@ -497,16 +639,23 @@ mod tests {
                                          anchors in proptest::collection::vec(0u8..0x80, 0..12)) {
             let reference = Classifier::new(&anchors, Kernel::Scalar);
             let mut want = [BlockMasks::default(); CHUNK_BLOCKS];
-            let nw = reference.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut want);
+            let nw = reference.classify_chunk::<CHUNK_BLOCKS, 0>(&data, &mut want);
             for k in all_kernels() {
                 let c = Classifier::new(&anchors, k);
                 let mut got = [BlockMasks::default(); CHUNK_BLOCKS];
-                let ng = c.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut got);
-                prop_assert_eq!(ng, nw);
-                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
-                let ng = c.classify_chunk::<CHUNK_BLOCKS, true>(&data, &mut got);
-                prop_assert_eq!(ng, nw);
-                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
+                for f in 0..3 {
+                    let ng = match f {
+                        0 => c.classify_chunk::<CHUNK_BLOCKS, 0>(&data, &mut got),
+                        1 => c.classify_chunk::<CHUNK_BLOCKS, 1>(&data, &mut got),
+                        _ => c.classify_chunk::<CHUNK_BLOCKS, 2>(&data, &mut got),
+                    };
+                    prop_assert_eq!(ng, nw);
+                    prop_assert_eq!(&got[..ng], &want[..nw], "{:?} F={}", k, f);
+                }
+                if data.len() <= BLOCK {
+                    let one = c.classify_one::<2>(&data);
+                    prop_assert_eq!(one, reference.classify_one::<0>(&data), "{:?} one", k);
+                }
             }
         }
     }
