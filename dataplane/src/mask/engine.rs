@@ -712,7 +712,10 @@ impl Engine {
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
         let mut masks = [BlockMasks::default(); N];
-        let mut prev = BlockMasks::default();
+        let zero = BlockMasks::default();
+        // Digits of the block before the one processed (its last bit is
+        // all the shapes look at).
+        let mut prev_digit = 0u64;
         let mut member = 0usize;
         let mut base = lo;
         while base < hi {
@@ -731,19 +734,15 @@ impl Engine {
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
             for k in 0..process {
-                let next = if k + 1 < nb {
-                    masks[k + 1]
-                } else {
-                    BlockMasks::default()
-                };
+                let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
                 let ctx = Ctx {
                     regions,
                     base: base + k * BLOCK,
                 };
-                self.block(
-                    buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits,
+                self.block::<F>(
+                    buf, &ctx, prev_digit, &masks[k], next, &mut st, &mut cur, counts, hits,
                 );
-                prev = masks[k];
+                prev_digit = masks[k].digit;
             }
             base += process * BLOCK;
         }
@@ -835,10 +834,10 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block(
+        self.block::<F>(
             buf,
             &ctx,
-            &zero,
+            0,
             &m,
             &zero,
             &mut st,
@@ -877,7 +876,7 @@ impl Engine {
     /// of shifted masks, so bits shifted in as zeros only ever hide a
     /// start, never invent one, and each window is exact where it is used.
     #[inline(always)]
-    fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+    fn candidates(&self, prev_digit: u64, c: &BlockMasks, n: &BlockMasks) -> u64 {
         let ipv4 = self.digits.ipv4;
         let sep = |x: &BlockMasks| x.space | x.dash | x.dot;
         let (sep_c, sep_n) = (sep(c), sep(n));
@@ -901,7 +900,7 @@ impl Engine {
             return 0;
         }
         // Digits with a digit right before / right after.
-        let dl_c = (c.digit << 1) | (p.digit >> 63);
+        let dl_c = (c.digit << 1) | (prev_digit >> 63);
         let dr_c = (c.digit >> 1) | (n.digit << 63);
         let dl_n = (n.digit << 1) | (c.digit >> 63);
         let dr_n = n.digit >> 1;
@@ -967,11 +966,11 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block(
+    fn block<const F: u8>(
         &self,
         buf: &mut [u8],
         ctx: &Ctx,
-        p: &BlockMasks,
+        prev_digit: u64,
         m: &BlockMasks,
         n: &BlockMasks,
         st: &mut ScanState,
@@ -981,7 +980,9 @@ impl Engine {
     ) {
         let base = ctx.base;
         let regions = ctx.regions;
-        let mut a = m.anchor;
+        // (Without the letter anchors the classification already ruled out
+        // by their neighbour byte: see `BlockMasks::reject`.)
+        let mut a = m.anchor & !m.reject;
         while a != 0 {
             let pos = base + a.trailing_zeros() as usize;
             a &= a - 1;
@@ -1048,7 +1049,7 @@ impl Engine {
         let need = if self.digits.ipv4 { 4 } else { 7 };
         let enough = m.digit.count_ones() + (n.digit & 0xfff).count_ones() >= need;
         let cand = if self.digits.any() && enough && self.may_start_shape(m, n) {
-            self.candidates(p, m, n)
+            self.candidates(prev_digit, m, n)
         } else {
             0
         };
