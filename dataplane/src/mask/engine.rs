@@ -998,12 +998,12 @@ impl Engine {
         // Both `AKIA` and an IBAN's country code start with two capitals in
         // a row (rare in prose: most capitals start a word).
         let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
-        if pairs == 0 {
-            // Neither trigger below can fire.
-        } else if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+        // (Shapes of four bytes from the pair masks, carried across the block
+        // end by the pairs of the next block: one shift per term.)
+        let pairs_n = n.upper & n.upper >> 1;
+        if pairs != 0 && self.on[Builtin::AwsAccessKey as usize] {
             // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
-            let four = |u: u64| u & u >> 1 & u >> 2 & u >> 3;
-            let mut s = four(m.upper) | (four(ahead(m.upper, n.upper)) & AHEAD_LOW) << AHEAD;
+            let mut s = pairs & (pairs >> 2 | pairs_n << 62);
             while s != 0 {
                 let pos = base + s.trailing_zeros() as usize;
                 s &= s - 1;
@@ -1023,9 +1023,9 @@ impl Engine {
         }
         if pairs != 0 && self.on[Builtin::Iban as usize] {
             // Two capitals, two digits.
-            let cc = |u: u64, d: u64| u & u >> 1 & d >> 2 & d >> 3;
-            let mut s = cc(m.upper, m.digit)
-                | (cc(ahead(m.upper, n.upper), ahead(m.digit, n.digit)) & AHEAD_LOW) << AHEAD;
+            let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
+            let d2_n = n.digit & n.digit >> 1;
+            let mut s = pairs & (d2 >> 2 | d2_n << 62);
             while s != 0 {
                 let pos = base + s.trailing_zeros() as usize;
                 s &= s - 1;
