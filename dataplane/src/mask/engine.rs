@@ -725,7 +725,10 @@ impl Engine {
             if regions.len() > 1 {
                 for (k, m) in masks[..nb].iter_mut().enumerate() {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
-                    m.and(bm);
+                    // (Most blocks of long values lie in one region.)
+                    if bm != u64::MAX {
+                        m.and(bm);
+                    }
                 }
             }
             // Each block looks 13 bytes ahead into the next one, so the last
