@@ -7,6 +7,7 @@
 //! ```bash
 //! cargo run --profile bench -p bench --example mask_dump > new.txt
 //! cmp old.txt new.txt
+//! MASK_DUMP_KERNEL=avx2 target/release/examples/mask_dump | cmp old.txt -
 //! ```
 
 use dataplane::mask::corpus::{self, Kind, Rng};
@@ -127,6 +128,19 @@ fn random_text(r: &mut Rng, max: usize) -> String {
     s
 }
 
+/// The kernel compared with the scalar one: the best this CPU has, or the
+/// one `MASK_DUMP_KERNEL` names (`avx2`, `ssse3`, `avx512`), so every kernel
+/// can be checked against the same expected output.
+fn first_kernel() -> Kernel {
+    match std::env::var("MASK_DUMP_KERNEL").as_deref() {
+        Ok("avx2") => Kernel::Avx2,
+        Ok("ssse3") => Kernel::Ssse3,
+        Ok("avx512") => Kernel::Avx512,
+        Ok(k) => panic!("unknown kernel {k}"),
+        Err(_) => Kernel::best(),
+    }
+}
+
 fn profiles() -> Vec<(&'static str, MaskingProfile)> {
     let d = MaskingProfile::default();
     let all = MaskingProfile::from_yaml("detectors: { ipv4: true, ipv6: true }\n").unwrap();
@@ -168,7 +182,7 @@ fn main() {
         cells.push(random_text(&mut fz, max));
     }
     for (name, p) in profiles() {
-        for kernel in [Kernel::best(), Kernel::Scalar] {
+        for kernel in [first_kernel(), Kernel::Scalar] {
             let e = Engine::compile_with_kernel(&p, kernel).unwrap();
             let mut hits = Hits::new();
             for c in &cells {

@@ -17,8 +17,9 @@
 //! `lo_table[b & 15]` holds a bit per high nibble 0–7 whose byte is in the
 //! set, and `1 << (b >> 4)` (zero for bytes ≥ 0x80) picks the bit.
 //!
-//! Three kernels compute the same masks: AVX2 (2 × 32 bytes), SSSE3
-//! (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
+//! Four kernels compute the same masks: AVX-512 (one 64-byte vector, one
+//! mask register per class; short cells by a masked load), AVX2
+//! (2 × 32 bytes), SSSE3 (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
 //! runtime feature detection; the tests check that all available kernels
 //! agree on random input. The masks are only hints for where to look: every
 //! validator re-reads the bytes.
@@ -124,6 +125,11 @@ pub(crate) struct BlockMasks {
     pub dot: u64,
     pub upper: u64,
     pub anchor: u64,
+    /// Letter anchors the byte next to them rules out (a subset of
+    /// [`letter_reject_scalar`]'s bits; only the AVX-512 kernel fills it,
+    /// the others leave it 0, which rules out nothing). The engine skips
+    /// them: `may_anchor` would reject them from the same bytes.
+    pub reject: u64,
 }
 
 impl BlockMasks {
@@ -137,6 +143,7 @@ impl BlockMasks {
         self.dot >>= k;
         self.upper >>= k;
         self.anchor >>= k;
+        self.reject >>= k;
     }
 
     /// Keep only the bits in `keep`.
@@ -149,6 +156,7 @@ impl BlockMasks {
         self.dot &= keep;
         self.upper &= keep;
         self.anchor &= keep;
+        self.reject &= keep;
     }
 }
 
@@ -158,6 +166,8 @@ pub enum Kernel {
     Scalar,
     Ssse3,
     Avx2,
+    /// AVX-512F and AVX-512BW (and AVX2, which the scan around it uses).
+    Avx512,
 }
 
 impl Kernel {
@@ -165,6 +175,9 @@ impl Kernel {
     pub fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
+            if Kernel::Avx512.available() {
+                return Kernel::Avx512;
+            }
             if std::arch::is_x86_feature_detected!("avx2") {
                 return Kernel::Avx2;
             }
@@ -183,6 +196,12 @@ impl Kernel {
             Kernel::Ssse3 => std::arch::is_x86_feature_detected!("ssse3"),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx2")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -229,10 +248,12 @@ impl Classifier {
     /// `out`; returns how many blocks were filled. A final partial block is
     /// classified as if padded with zero bytes (which are in no class).
     ///
-    /// `F` (fast): the caller is compiled with AVX2 enabled, so the AVX2
-    /// kernel is inlined into it rather than called.
+    /// `F` (fast): the caller is compiled with AVX2 enabled (`F >= 1`) or
+    /// with AVX2 and AVX-512BW (`F == 2`), so the AVX2 kernel (`F >= 1`)
+    /// or the AVX-512 kernel (`F == 2`) is inlined into it rather than
+    /// called.
     #[inline(always)]
-    pub(crate) fn classify_chunk<const N: usize, const F: bool>(
+    pub(crate) fn classify_chunk<const N: usize, const F: u8>(
         &self,
         data: &[u8],
         out: &mut [BlockMasks; N],
@@ -248,6 +269,20 @@ impl Classifier {
             out[0] = self.classify_one::<F>(data);
             return 1;
         }
+        #[cfg(target_arch = "x86_64")]
+        if F == 2 && self.kernel == Kernel::Avx512 {
+            // SAFETY: `Classifier::new` asserted the CPU supports the
+            // kernel; with `F == 2` the caller is compiled for it.
+            // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
+            out[whole] = unsafe {
+                x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
+            };
+            // (Zero bytes are in no class; only an anchor set holding the
+            // zero byte would mark the padding, which the shifted masks of
+            // the other kernels do not.)
+            out[whole].anchor &= (1u64 << rest) - 1;
+            return whole + 1;
+        }
         // Classify the last 64 bytes (overlapping the previous block) and
         // shift the masks down: the same bits as the block padded with
         // zero bytes, without copying.
@@ -259,7 +294,15 @@ impl Classifier {
 
     /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
     #[inline(always)]
-    pub(crate) fn classify_one<const F: bool>(&self, data: &[u8]) -> BlockMasks {
+    pub(crate) fn classify_one<const F: u8>(&self, data: &[u8]) -> BlockMasks {
+        #[cfg(target_arch = "x86_64")]
+        if F == 2 && self.kernel == Kernel::Avx512 {
+            assert!(data.len() <= BLOCK);
+            // SAFETY: `Classifier::new` asserted the CPU supports the
+            // kernel; with `F == 2` the caller is compiled for it. The
+            // masked load reads `data.len()` bytes of `data` only.
+            return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.anchor_lo) };
+        }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
         self.blocks::<F>(&pad, &mut out);
@@ -267,10 +310,21 @@ impl Classifier {
     }
 
     #[inline(always)]
-    fn blocks<const F: bool>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
+    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if F => {
+            Kernel::Avx512 if F == 2 => {
+                for (b, o) in blocks.iter().zip(out) {
+                    // SAFETY: `Classifier::new` asserted the CPU supports
+                    // the kernel; with `F == 2` the caller is compiled for it.
+                    *o = unsafe { x86::block_avx512(b, &self.anchor_lo) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Classifier::new` asserted the CPU supports the kernel.
+            Kernel::Avx512 => unsafe { x86::blocks_avx512(blocks, &self.anchor_lo, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if F >= 1 => {
                 for (b, o) in blocks.iter().zip(out) {
                     // SAFETY: `Classifier::new` asserted the CPU supports
                     // AVX2; with `F` the caller is compiled for it.
@@ -307,13 +361,149 @@ impl Classifier {
     }
 }
 
+/// Per low nibble, a bit per high nibble (0–7) whose byte is in `set`.
+const fn nibble_set(set: &[u8]) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < set.len() {
+        t[(set[i] & 15) as usize] |= 1 << (set[i] >> 4);
+        i += 1;
+    }
+    t
+}
+
+/// Letter anchors checked against the byte after them (`x` of `xox`/`xapp`,
+/// `B`/`b` of `Bearer`/`BEGIN`), and the bytes that may follow them.
+const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb");
+const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
+/// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
+/// of `AIza`, `_` of the GitHub and Stripe prefixes), and the bytes that
+/// may precede them.
+const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_");
+const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbk");
+
+/// Letter anchors in `block` that the byte next to them rules out (see
+/// `may_anchor` in the engine, which checks the same bytes exactly, and
+/// more): an `x`, `B` or `b` not followed by one of `o a e E`, a `J`, `z`
+/// or `_` not preceded by one of `y I p o u s r b k`. Bytes 0 and 63, whose
+/// neighbour is in another block, are never ruled out.
+#[cfg(test)]
+fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
+    let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
+    let mut r = 0u64;
+    for i in 0..BLOCK {
+        let b = block[i];
+        let after = i + 1 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER_OK, block[i + 1]);
+        let before = i > 0 && has(&BEFORE_LETTERS, b) && !has(&BEFORE_OK, block[i - 1]);
+        r |= ((after || before) as u64) << i;
+    }
+    r
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        BlockMasks, BLOCK, CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE,
-        CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI, CLS_LO, HI_BIT,
+        BlockMasks, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK, CLASS_DASH,
+        CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI,
+        CLS_LO, HI_BIT,
     };
     use std::arch::x86_64::*;
+
+    /// AVX-512 classification of whole blocks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn blocks_avx512(
+        blocks: &[[u8; BLOCK]],
+        anchor_lo: &[u8; 16],
+        out: &mut [BlockMasks],
+    ) {
+        for (block, o) in blocks.iter().zip(out) {
+            // SAFETY: this function is compiled with AVX-512F/BW and only
+            // called when the CPU has them.
+            *o = unsafe { block_avx512(block, anchor_lo) };
+        }
+    }
+
+    /// AVX-512 classification of one block, inlined into its caller.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW; the caller should be
+    /// compiled with them (else every intrinsic is a call).
+    #[inline(always)]
+    pub(super) unsafe fn block_avx512(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY: the CPU supports AVX-512F (this function's contract);
+        // `block` has 64 bytes and `loadu` has no alignment requirement.
+        unsafe {
+            let v = _mm512_loadu_si512(block.as_ptr() as *const __m512i);
+            masks_avx512(v, anchor_lo)
+        }
+    }
+
+    /// The first `n` bytes (`n <= 64`) at `p` as a block padded with zero
+    /// bytes, by a masked load (which reads nothing past `p + n`).
+    ///
+    /// # Safety
+    /// As [`block_avx512`]; `p..p + n` must be readable.
+    #[inline(always)]
+    pub(super) unsafe fn block_avx512_part(
+        p: *const u8,
+        n: usize,
+        anchor_lo: &[u8; 16],
+    ) -> BlockMasks {
+        // SAFETY: the CPU supports AVX-512BW (this function's contract); the
+        // load mask covers the `n` readable bytes only, and masked-out
+        // bytes are neither read nor fault.
+        unsafe {
+            let k: __mmask64 = if n >= BLOCK {
+                u64::MAX
+            } else {
+                (1u64 << n) - 1
+            };
+            let v = _mm512_maskz_loadu_epi8(k, p as *const i8);
+            masks_avx512(v, anchor_lo)
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW.
+    #[inline(always)]
+    unsafe fn masks_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY (every intrinsic below): the CPU supports AVX-512F/BW (this
+        // function's contract); the table loads read 16-byte arrays.
+        unsafe {
+            let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
+            let cls_lo = _mm512_broadcast_i32x4(ld16(&CLS_LO));
+            let cls_hi = _mm512_broadcast_i32x4(ld16(&CLS_HI));
+            let hi_bit = _mm512_broadcast_i32x4(ld16(&HI_BIT));
+            let anc_lo = _mm512_broadcast_i32x4(ld16(anchor_lo));
+            let ld = |t: &[u8; 16]| _mm512_broadcast_i32x4(ld16(t));
+            let nib = _mm512_set1_epi8(0x0f);
+            let lo = _mm512_and_si512(v, nib);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            let cls = _mm512_and_si512(
+                _mm512_shuffle_epi8(cls_lo, lo),
+                _mm512_shuffle_epi8(cls_hi, hi),
+            );
+            let test = |bits: u8| _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8));
+            let hib = _mm512_shuffle_epi8(hi_bit, hi);
+            let a = _mm512_and_si512(_mm512_shuffle_epi8(anc_lo, lo), hib);
+            let set = |t: &[u8; 16]| _mm512_test_epi8_mask(_mm512_shuffle_epi8(ld(t), lo), hib);
+            let (la, na) = (set(&AFTER_LETTERS), set(&AFTER_OK));
+            let (lb, nb) = (set(&BEFORE_LETTERS), set(&BEFORE_OK));
+            BlockMasks {
+                reject: (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1),
+                digit: test(CLASS_DIGIT),
+                glue: test(CLASS_GLUE),
+                space: test(CLASS_SPACE),
+                dash: test(CLASS_DASH),
+                dot: test(CLASS_DOT),
+                upper: test(CLASS_UPPER_4 | CLASS_UPPER_5),
+                anchor: _mm512_test_epi8_mask(a, a),
+            }
+        }
+    }
 
     /// AVX2 classification of whole blocks.
     ///
@@ -449,8 +639,64 @@ mod tests {
 
     const ANCHORS: &[u8] = b"@JKSz_xBb:";
 
+    /// The masks of the block at `data[at..]` without `reject`, after
+    /// checking its bits: letter anchors whose neighbour in `data` (or a
+    /// zero byte past its end) rules them out, as `letter_reject_scalar`
+    /// says for a block. (A kernel may rule out fewer: at block edges, or
+    /// none at all.)
+    fn strip(m: BlockMasks, data: &[u8], at: usize) -> BlockMasks {
+        let mut ok = 0u64;
+        for i in 0..BLOCK.min(data.len().saturating_sub(at)) {
+            let j = at + i;
+            // The three bytes around `j` as a block of their own, with `j`
+            // in the middle (byte 1).
+            let mut w = [0u8; BLOCK];
+            w[1] = data[j];
+            if j > 0 {
+                w[0] = data[j - 1];
+            }
+            if j + 1 < data.len() {
+                w[2] = data[j + 1];
+            }
+            let r = letter_reject_scalar(&w) >> 1 & 1;
+            // (Byte 0 of a block has no byte before it in the block.)
+            ok |= r << i;
+        }
+        assert_eq!(
+            m.reject & !ok,
+            0,
+            "reject bits {:x} not in {:x}",
+            m.reject,
+            ok
+        );
+        BlockMasks { reject: 0, ..m }
+    }
+
+    /// `strip` of each block of a chunk of `data`.
+    fn strip_all(ms: &[BlockMasks], data: &[u8]) -> Vec<BlockMasks> {
+        ms.iter()
+            .enumerate()
+            .map(|(k, &m)| strip(m, data, k * BLOCK))
+            .collect()
+    }
+
+    #[test]
+    fn letter_reject_finds_what_may_anchor_rejects() {
+        let b = |s: &[u8]| {
+            let mut pad = [0u8; BLOCK];
+            pad[..s.len()].copy_from_slice(s);
+            letter_reject_scalar(&pad)
+        };
+        assert_eq!(b(b"xx"), 0b11); // the second `x` is followed by a zero byte
+        assert_eq!(b(b"xo"), 0);
+        assert_eq!(b(b"Be be bE"), 0);
+        assert_eq!(b(b"Bx ab"), 0b10011);
+        assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
+        assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block
+    }
+
     fn all_kernels() -> Vec<Kernel> {
-        [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2]
+        [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2, Kernel::Avx512]
             .into_iter()
             .filter(|k| k.available())
             .collect()
@@ -483,10 +729,24 @@ mod tests {
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
-                c.blocks::<false>(&[block], &mut got);
-                assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
-                c.blocks::<true>(&[block], &mut got);
-                assert_eq!(got[0], s.block_scalar(&block), "{k:?} at {start}");
+                c.blocks::<0>(&[block], &mut got);
+                assert_eq!(
+                    strip(got[0], &block, 0),
+                    s.block_scalar(&block),
+                    "{k:?} at {start}"
+                );
+                c.blocks::<1>(&[block], &mut got);
+                assert_eq!(
+                    strip(got[0], &block, 0),
+                    s.block_scalar(&block),
+                    "{k:?} at {start}"
+                );
+                c.blocks::<2>(&[block], &mut got);
+                assert_eq!(
+                    strip(got[0], &block, 0),
+                    s.block_scalar(&block),
+                    "{k:?} at {start}"
+                );
             }
         }
     }
@@ -497,16 +757,25 @@ mod tests {
                                          anchors in proptest::collection::vec(0u8..0x80, 0..12)) {
             let reference = Classifier::new(&anchors, Kernel::Scalar);
             let mut want = [BlockMasks::default(); CHUNK_BLOCKS];
-            let nw = reference.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut want);
+            let nw = reference.classify_chunk::<CHUNK_BLOCKS, 0>(&data, &mut want);
             for k in all_kernels() {
                 let c = Classifier::new(&anchors, k);
                 let mut got = [BlockMasks::default(); CHUNK_BLOCKS];
-                let ng = c.classify_chunk::<CHUNK_BLOCKS, false>(&data, &mut got);
-                prop_assert_eq!(ng, nw);
-                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
-                let ng = c.classify_chunk::<CHUNK_BLOCKS, true>(&data, &mut got);
-                prop_assert_eq!(ng, nw);
-                prop_assert_eq!(&got[..ng], &want[..nw], "{:?}", k);
+                for f in 0..3 {
+                    let ng = match f {
+                        0 => c.classify_chunk::<CHUNK_BLOCKS, 0>(&data, &mut got),
+                        1 => c.classify_chunk::<CHUNK_BLOCKS, 1>(&data, &mut got),
+                        _ => c.classify_chunk::<CHUNK_BLOCKS, 2>(&data, &mut got),
+                    };
+                    prop_assert_eq!(ng, nw);
+                    // (The last block: the tail of `data`, padded.)
+                    let got = strip_all(&got[..ng], &data);
+                    prop_assert_eq!(&got[..], &want[..nw], "{:?} F={}", k, f);
+                }
+                if data.len() <= BLOCK {
+                    let one = strip(c.classify_one::<2>(&data), &data, 0);
+                    prop_assert_eq!(one, reference.classify_one::<0>(&data), "{:?} one", k);
+                }
             }
         }
     }

@@ -211,9 +211,11 @@ pub struct Engine {
     enabled: bool,
     fmt: Fmt,
     classifier: Classifier,
-    /// The AVX2 kernel is in use and the CPU has BMI1, BMI2 and POPCNT: the
-    /// scan runs as a copy compiled for those features.
-    fast: bool,
+    /// 1: the AVX2 kernel is in use and the CPU has BMI1, BMI2 and POPCNT:
+    /// the scan runs as a copy compiled for those features. 2: the same
+    /// with the AVX-512 kernel, in a copy compiled for AVX-512F/BW too.
+    /// 0: neither.
+    fast: u8,
     /// Which anchored detectors are on, by anchor byte.
     on: [bool; BUILTIN_RULES],
     digits: DigitDetectors,
@@ -622,10 +624,13 @@ impl Engine {
         hits: &mut Hits,
     ) -> u32 {
         #[cfg(target_arch = "x86_64")]
-        if self.fast {
+        match self.fast {
             // SAFETY: `fast` is set only when the CPU has these features
             // (`fast_scan`).
-            return unsafe { self.scan_regions_fast(buf, regions, counts, hits) };
+            2 => return unsafe { self.scan_regions_fast512(buf, regions, counts, hits) },
+            // SAFETY: as above.
+            1 => return unsafe { self.scan_regions_fast(buf, regions, counts, hits) },
+            _ => {}
         }
         self.scan_regions_slow(buf, regions, counts, hits)
     }
@@ -639,7 +644,7 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) -> u32 {
-        self.scan_regions_impl::<false>(buf, regions, counts, hits)
+        self.scan_regions_impl::<0>(buf, regions, counts, hits)
     }
 
     /// [`Engine::scan_regions`] compiled with the features of the AVX2
@@ -653,12 +658,25 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) -> u32 {
-        self.scan_regions_impl::<false>(buf, regions, counts, hits)
+        self.scan_regions_impl::<0>(buf, regions, counts, hits)
+    }
+
+    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt")]
+    fn scan_regions_fast512(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        self.scan_regions_impl::<2>(buf, regions, counts, hits)
     }
 
     /// `F`: compiled with the fast features (see `classify_chunk`).
     #[inline(always)]
-    fn scan_regions_impl<const F: bool>(
+    fn scan_regions_impl<const F: u8>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -680,7 +698,7 @@ impl Engine {
     /// The block walk of [`Engine::scan_regions`], classifying `N` blocks
     /// at a time (before any of them is validated).
     #[inline(always)]
-    fn scan_chunked<const N: usize, const F: bool>(
+    fn scan_chunked<const N: usize, const F: u8>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -694,7 +712,10 @@ impl Engine {
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
         let mut masks = [BlockMasks::default(); N];
-        let mut prev = BlockMasks::default();
+        let zero = BlockMasks::default();
+        // Digits of the block before the one processed (its last bit is
+        // all the shapes look at).
+        let mut prev_digit = 0u64;
         let mut member = 0usize;
         let mut base = lo;
         while base < hi {
@@ -704,7 +725,10 @@ impl Engine {
             if regions.len() > 1 {
                 for (k, m) in masks[..nb].iter_mut().enumerate() {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
-                    m.and(bm);
+                    // (Most blocks of long values lie in one region.)
+                    if bm != u64::MAX {
+                        m.and(bm);
+                    }
                 }
             }
             // Each block looks 13 bytes ahead into the next one, so the last
@@ -713,19 +737,15 @@ impl Engine {
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
             for k in 0..process {
-                let next = if k + 1 < nb {
-                    masks[k + 1]
-                } else {
-                    BlockMasks::default()
-                };
+                let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
                 let ctx = Ctx {
                     regions,
                     base: base + k * BLOCK,
                 };
-                self.block(
-                    buf, &ctx, &prev, &masks[k], &next, &mut st, &mut cur, counts, hits,
+                self.block::<F>(
+                    buf, &ctx, prev_digit, &masks[k], next, &mut st, &mut cur, counts, hits,
                 );
-                prev = masks[k];
+                prev_digit = masks[k].digit;
             }
             base += process * BLOCK;
         }
@@ -754,18 +774,21 @@ impl Engine {
     fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
         #[cfg(target_arch = "x86_64")]
-        if self.fast {
-            if n <= BLOCK {
-                // SAFETY: `fast` is set only when the CPU has these features
-                // (`fast_scan`).
-                return unsafe { self.scan_one_fast(buf, hits) };
-            }
+        if self.fast > 0 {
             let region = [Region {
                 start: 0,
                 end: n as u32,
             }];
-            // SAFETY: as above.
-            return unsafe { self.scan_regions_fast(buf, &region, &mut [0u32], hits) };
+            // SAFETY (all four calls): `fast` is set only when the CPU has
+            // these features (`fast_scan`).
+            return unsafe {
+                match (self.fast, n <= BLOCK) {
+                    (2, true) => self.scan_one_fast512(buf, hits),
+                    (2, false) => self.scan_regions_fast512(buf, &region, &mut [0u32], hits),
+                    (_, true) => self.scan_one_fast(buf, hits),
+                    (_, false) => self.scan_regions_fast(buf, &region, &mut [0u32], hits),
+                }
+            };
         }
         self.scan_builtin_slow(buf, hits)
     }
@@ -775,24 +798,30 @@ impl Engine {
     fn scan_builtin_slow(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
         if n <= BLOCK {
-            return self.scan_one_impl::<false>(buf, hits);
+            return self.scan_one_impl::<0>(buf, hits);
         }
         let region = [Region {
             start: 0,
             end: n as u32,
         }];
-        self.scan_regions_impl::<false>(buf, &region, &mut [0u32], hits)
+        self.scan_regions_impl::<0>(buf, &region, &mut [0u32], hits)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi1,bmi2,popcnt")]
     fn scan_one_fast(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
-        self.scan_one_impl::<true>(buf, hits)
+        self.scan_one_impl::<1>(buf, hits)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt")]
+    fn scan_one_fast512(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+        self.scan_one_impl::<2>(buf, hits)
     }
 
     /// A value of at most one block.
     #[inline(always)]
-    fn scan_one_impl<const F: bool>(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
+    fn scan_one_impl<const F: u8>(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
         let region = [Region {
             start: 0,
@@ -808,10 +837,10 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block(
+        self.block::<F>(
             buf,
             &ctx,
-            &zero,
+            0,
             &m,
             &zero,
             &mut st,
@@ -850,24 +879,31 @@ impl Engine {
     /// of shifted masks, so bits shifted in as zeros only ever hide a
     /// start, never invent one, and each window is exact where it is used.
     #[inline(always)]
-    fn candidates(&self, p: &BlockMasks, c: &BlockMasks, n: &BlockMasks) -> u64 {
+    fn candidates(&self, prev_digit: u64, c: &BlockMasks, n: &BlockMasks) -> u64 {
         let ipv4 = self.digits.ipv4;
-        // Which windows can hold a shape at all (a cheaper superset test).
-        let in0 = ipv4 || may_shape(c.digit, c.space, c.dash, c.dot) != 0;
+        let sep = |x: &BlockMasks| x.space | x.dash | x.dot;
+        let (sep_c, sep_n) = (sep(c), sep(n));
+        // Which windows can hold a shape at all: two cheaper superset
+        // tests, `pre_shape` (~20 instructions; rejects the dates and
+        // prices of free text) and then `may_shape` (~40; rejects dates
+        // followed by times).
+        let in0 = ipv4
+            || (pre_shape(c.digit, sep_c) != 0 && may_shape(c.digit, c.space, c.dash, c.dot) != 0);
         let in1 = n.digit != 0
             && (ipv4
-                || may_shape(
-                    ahead(c.digit, n.digit),
-                    ahead(c.space, n.space),
-                    ahead(c.dash, n.dash),
-                    ahead(c.dot, n.dot),
-                ) & AHEAD_LOW
-                    != 0);
+                || (pre_shape(ahead(c.digit, n.digit), ahead(sep_c, sep_n)) & AHEAD_LOW != 0
+                    && may_shape(
+                        ahead(c.digit, n.digit),
+                        ahead(c.space, n.space),
+                        ahead(c.dash, n.dash),
+                        ahead(c.dot, n.dot),
+                    ) & AHEAD_LOW
+                        != 0));
         if !in0 && !in1 {
             return 0;
         }
         // Digits with a digit right before / right after.
-        let dl_c = (c.digit << 1) | (p.digit >> 63);
+        let dl_c = (c.digit << 1) | (prev_digit >> 63);
         let dr_c = (c.digit >> 1) | (n.digit << 63);
         let dl_n = (n.digit << 1) | (c.digit >> 63);
         let dr_n = n.digit >> 1;
@@ -879,12 +915,11 @@ impl Engine {
         let (sp0, sp1) = tight(c.space, n.space);
         let (da0, da1) = tight(c.dash, n.dash);
         let (dt0, dt1) = tight(c.dot, n.dot);
-        let sep = |x: &BlockMasks| x.space | x.dash | x.dot;
         let w0 = Window {
             digit: c.digit,
             space: c.space,
             dash: c.dash,
-            sep: sep(c),
+            sep: sep_c,
             sp: sp0,
             da: da0,
             dt: dt0,
@@ -900,7 +935,7 @@ impl Engine {
             digit: ahead(c.digit, n.digit),
             space: ahead(c.space, n.space),
             dash: ahead(c.dash, n.dash),
-            sep: ahead(sep(c), sep(n)),
+            sep: ahead(sep_c, sep_n),
             sp: sp1,
             da: da1,
             dt: dt1,
@@ -934,11 +969,11 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block(
+    fn block<const F: u8>(
         &self,
         buf: &mut [u8],
         ctx: &Ctx,
-        p: &BlockMasks,
+        prev_digit: u64,
         m: &BlockMasks,
         n: &BlockMasks,
         st: &mut ScanState,
@@ -948,7 +983,9 @@ impl Engine {
     ) {
         let base = ctx.base;
         let regions = ctx.regions;
-        let mut a = m.anchor;
+        // (Without the letter anchors the classification already ruled out
+        // by their neighbour byte: see `BlockMasks::reject`.)
+        let mut a = m.anchor & !m.reject;
         while a != 0 {
             let pos = base + a.trailing_zeros() as usize;
             a &= a - 1;
@@ -964,12 +1001,12 @@ impl Engine {
         // Both `AKIA` and an IBAN's country code start with two capitals in
         // a row (rare in prose: most capitals start a word).
         let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
-        if pairs == 0 {
-            // Neither trigger below can fire.
-        } else if self.on[Builtin::AwsAccessKey as usize] && m.upper != 0 {
+        // (Shapes of four bytes from the pair masks, carried across the block
+        // end by the pairs of the next block: one shift per term.)
+        let pairs_n = n.upper & n.upper >> 1;
+        if pairs != 0 && self.on[Builtin::AwsAccessKey as usize] {
             // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
-            let four = |u: u64| u & u >> 1 & u >> 2 & u >> 3;
-            let mut s = four(m.upper) | (four(ahead(m.upper, n.upper)) & AHEAD_LOW) << AHEAD;
+            let mut s = pairs & (pairs >> 2 | pairs_n << 62);
             while s != 0 {
                 let pos = base + s.trailing_zeros() as usize;
                 s &= s - 1;
@@ -989,9 +1026,9 @@ impl Engine {
         }
         if pairs != 0 && self.on[Builtin::Iban as usize] {
             // Two capitals, two digits.
-            let cc = |u: u64, d: u64| u & u >> 1 & d >> 2 & d >> 3;
-            let mut s = cc(m.upper, m.digit)
-                | (cc(ahead(m.upper, n.upper), ahead(m.digit, n.digit)) & AHEAD_LOW) << AHEAD;
+            let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
+            let d2_n = n.digit & n.digit >> 1;
+            let mut s = pairs & (d2 >> 2 | d2_n << 62);
             while s != 0 {
                 let pos = base + s.trailing_zeros() as usize;
                 s &= s - 1;
@@ -1015,7 +1052,7 @@ impl Engine {
         let need = if self.digits.ipv4 { 4 } else { 7 };
         let enough = m.digit.count_ones() + (n.digit & 0xfff).count_ones() >= need;
         let cand = if self.digits.any() && enough && self.may_start_shape(m, n) {
-            self.candidates(p, m, n)
+            self.candidates(prev_digit, m, n)
         } else {
             0
         };
@@ -1426,12 +1463,26 @@ impl Window {
     }
 }
 
+/// A superset of [`may_shape`]: starts of 13 bytes of digits and
+/// separators of any kind, and of the frame `ddd?dd??ddd` (separator at 3).
+/// Some 20 instructions; dates and prices followed by a word (`2024-05-12
+/// to`, `12.50 EUR`) have neither.
+#[inline(always)]
+fn pre_shape(digit: u64, sep: u64) -> u64 {
+    let g = digit | sep;
+    let g2 = g & g >> 1;
+    let g4 = g2 & g2 >> 2;
+    let g8 = g4 & g4 >> 4;
+    let d3 = digit & digit >> 1 & digit >> 2;
+    (g8 & g4 >> 8 & g >> 12) | (d3 & sep >> 3 & digit >> 4 & digit >> 5 & d3 >> 8)
+}
+
 /// A superset of [`Window::shapes`] without IPv4, from the plain masks of
 /// one window: starts of 13 bytes of digits and one kind of separator (the
 /// runs of 13, joined or not by single separators), and of the frame the
 /// SSN and North American phone shapes share (`ddd?dd??ddd`). Some 40
 /// instructions; digits in dates and times (`2024-03-15 10:22`, separators
-/// of two kinds) pass the cheaper test of `may_start_shape` but not this.
+/// of two kinds) pass the cheaper test of [`pre_shape`] but not this.
 #[inline(always)]
 fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
     let long13 = |r: u64| {
@@ -1453,20 +1504,24 @@ fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
     long13(d | space) | long13(d | dash) | long13(d | dot) | frame
 }
 
-/// Whether the scan can run compiled for AVX2, BMI1, BMI2 and POPCNT.
-fn fast_scan(kernel: Kernel) -> bool {
+/// Which compiled copy of the scan the kernel can use (see `Engine::fast`):
+/// 2 for AVX-512, 1 for AVX2 (both need BMI1, BMI2 and POPCNT), else 0.
+fn fast_scan(kernel: Kernel) -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        kernel == Kernel::Avx2
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("bmi1")
+        let bmi = std::arch::is_x86_feature_detected!("bmi1")
             && std::arch::is_x86_feature_detected!("bmi2")
-            && std::arch::is_x86_feature_detected!("popcnt")
+            && std::arch::is_x86_feature_detected!("popcnt");
+        match kernel {
+            Kernel::Avx512 if bmi && kernel.available() => 2,
+            Kernel::Avx2 if bmi && kernel.available() => 1,
+            _ => 0,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = kernel;
-        false
+        0
     }
 }
 

@@ -297,7 +297,7 @@ fn long_digit_runs_are_walked_in_windows() {
 
 /// Every kernel gives the same output as the scalar one.
 fn kernels() -> Vec<Kernel> {
-    [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2]
+    [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2, Kernel::Avx512]
         .into_iter()
         .filter(|k| k.available())
         .collect()
