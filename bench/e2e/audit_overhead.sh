@@ -38,7 +38,7 @@ usage() {
     echo "Knobs (env): WORKLOADS=\"$WORKLOADS\" (simple extended prepared) CLIENTS=\"$CLIENTS\""
     echo "  ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS PAUSE=$PAUSE"
     echo "  AUDIT_FSYNC=$AUDIT_FSYNC (batch|never) AUDIT_QUOTA=$AUDIT_QUOTA AUDIT_SPOOL_DIR=<work dir> AUDIT_RING_DIR=<node default>"
-    echo "  AUDIT_FLUSH_MS=<node default>"
+    echo "  AUDIT_FLUSH_MS=<node default> AUDIT_RING_BYTES=<node default>"
     echo "  SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir>"
     echo "  SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
 }
@@ -89,7 +89,7 @@ proc_cpu_ticks_all() {
 }
 e2e_init
 write_meta "$OUT/meta.txt"
-echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC AUDIT_FLUSH_MS=${AUDIT_FLUSH_MS:-default} AUDIT_RING_DIR=${AUDIT_RING_DIR:-default} SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC AUDIT_FLUSH_MS=${AUDIT_FLUSH_MS:-default} AUDIT_RING_BYTES=${AUDIT_RING_BYTES:-default} AUDIT_RING_DIR=${AUDIT_RING_DIR:-default} SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
 log "output dir: $OUT"
 
 ensure_sluice_bin
@@ -105,6 +105,7 @@ SPOOL=${AUDIT_SPOOL_DIR:-$WORK/audit-spool}
 RING_YAML="" RING_ARGS=()
 if [[ -n ${AUDIT_RING_DIR:-} ]]; then RING_YAML=", ring_dir: \"$AUDIT_RING_DIR\"" RING_ARGS=(--ring-dir "$AUDIT_RING_DIR"); fi
 if [[ -n ${AUDIT_FLUSH_MS:-} ]]; then RING_YAML="$RING_YAML, flush_interval_ms: $AUDIT_FLUSH_MS"; fi
+if [[ -n ${AUDIT_RING_BYTES:-} ]]; then RING_YAML="$RING_YAML, ring_bytes: $AUDIT_RING_BYTES"; fi
 SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC$RING_YAML }" \
     start_sluice plain
 ON_PORT=$SLUICE_PORT ON_ADMIN=$SLUICE_ADMIN_PORT ON_KEY=$SLUICE_KEY ON_PID=$SLUICE_PID
