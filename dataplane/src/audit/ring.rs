@@ -568,6 +568,14 @@ impl RingConsumer {
                 self.read
             )));
         }
+        // A write position more than a lap ahead (a damaged header) would
+        // make the copies below read outside the data area.
+        if write - self.read > m.capacity {
+            return Err(corrupt(format!(
+                "write position {write} is more than the capacity {} past the read position {}",
+                m.capacity, self.read
+            )));
+        }
         let mut pos = from;
         let mut taken = 0usize;
         // Made once: `Hasher::new` checks the CPU's features each time.
@@ -585,6 +593,11 @@ impl RingConsumer {
             let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
             let seq = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
             let size = FRAME_HEADER_BYTES as u64 + len;
+            if size > m.capacity / 4 {
+                return Err(corrupt(format!(
+                    "frame at {pos} of {len} bytes is larger than a frame can be"
+                )));
+            }
             if size > write - pos {
                 return Err(corrupt(format!(
                     "frame at {pos} of {len} bytes runs past the published end {write}"
@@ -757,6 +770,28 @@ mod tests {
             .read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
+        bytes[RING_HEADER_BYTES + FRAME_HEADER_BYTES + 10] ^= 1;
+        // A frame length no frame can have (it would read past the data
+        // area).
+        let mut long = bytes.clone();
+        long[RING_HEADER_BYTES..RING_HEADER_BYTES + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &long).unwrap();
+        let c = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .unwrap()
+            .into_consumer();
+        let err = c
+            .read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than a frame"), "{err}");
+        // A write position more than a lap ahead: refused at opening (and
+        // by `read_from`, should the header change while running).
+        let mut ahead = bytes.clone();
+        ahead[OFF_WRITE..OFF_WRITE + 8].copy_from_slice(&(3 * MIN_RING_BYTES).to_le_bytes());
+        fs::write(&path, &ahead).unwrap();
+        let err = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("positions"), "{err}");
         // Bad magic.
         bytes[0] = b'X';
         fs::write(&path, &bytes).unwrap();

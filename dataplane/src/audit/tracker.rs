@@ -34,6 +34,7 @@
 //! the core's ring — before it forwards the bytes that answered them.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -186,6 +187,9 @@ fn printable(v: &[u8]) -> bool {
         .is_ok_and(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
 }
 
+/// Where a prepared statement's parameter types are kept.
+type TypeSlot = Rc<RefCell<Option<Rc<[u32]>>>>;
+
 /// Parameter type OIDs as Parse and ParameterDescription send them: a
 /// count, then that many OIDs (as many as `b` holds, up to
 /// [`MAX_PARAM_TYPES`]).
@@ -222,12 +226,15 @@ mod oid {
     pub const JSONB: u32 = 3802;
 }
 
-/// A binary-format value of type `oid` as PostgreSQL would print it, so
-/// the masking engine sees what a text-format value would show (a card
-/// number sent as an `int8` or `numeric`, an e-mail inside `jsonb`).
-/// `None`: a type not read here, or bytes that are not a valid value of
-/// it (recorded as hex). `cut`: only the first bytes were kept.
-fn binary_text(oid: u32, v: &[u8], cut: bool) -> Option<String> {
+/// A binary-format value of type `oid` as text, the way PostgreSQL prints
+/// it (floats aside: plain decimals, exponents only for very large or
+/// small values), so the masking engine sees what a text-format value
+/// would show (a card number sent as an `int8` or `numeric`, an e-mail
+/// inside `jsonb`). `None`: a type not read here, bytes that are not a
+/// valid value of it, text that is not UTF-8, or a `numeric` that would
+/// print longer than `room` (all recorded as hex). `cut`: only the first
+/// bytes were kept.
+fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
     let fixed = |n: usize| (!cut && v.len() == n).then_some(());
     Some(match oid {
         oid::BOOL => {
@@ -252,13 +259,13 @@ fn binary_text(oid: u32, v: &[u8], cut: bool) -> Option<String> {
         }
         oid::FLOAT4 => {
             fixed(4)?;
-            f32::from_be_bytes(v.try_into().ok()?).to_string()
+            float_text(f64::from(f32::from_be_bytes(v.try_into().ok()?)))
         }
         oid::FLOAT8 => {
             fixed(8)?;
-            f64::from_be_bytes(v.try_into().ok()?).to_string()
+            float_text(f64::from_be_bytes(v.try_into().ok()?))
         }
-        oid::NUMERIC if !cut => numeric_text(v)?,
+        oid::NUMERIC if !cut => numeric_text(v, room)?,
         oid::UUID => {
             fixed(16)?;
             let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
@@ -272,18 +279,41 @@ fn binary_text(oid: u32, v: &[u8], cut: bool) -> Option<String> {
             )
         }
         // Version 1 of jsonb's binary form: the JSON text behind one byte.
-        oid::JSONB if v.first() == Some(&1) => String::from_utf8_lossy(&v[1..]).into_owned(),
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => {
-            String::from_utf8_lossy(v).into_owned()
-        }
+        oid::JSONB if v.first() == Some(&1) => utf8_text(&v[1..])?,
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => utf8_text(v)?,
         _ => return None,
     })
 }
 
+/// Valid UTF-8 (a character cut at the end of a kept prefix dropped).
+fn utf8_text(v: &[u8]) -> Option<String> {
+    match std::str::from_utf8(v) {
+        Ok(s) => Some(s.to_owned()),
+        Err(e) if e.error_len().is_none() => {
+            Some(String::from_utf8_lossy(&v[..e.valid_up_to()]).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
+/// A float as text: `NaN`, `Infinity`, `-Infinity`, a plain decimal, or
+/// (beyond 1e20 or below 1e-6) the shortest exponent form.
+fn float_text(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if x == 0.0 || (1e-6..1e20).contains(&x.abs()) {
+        x.to_string()
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// A binary `numeric` in its text form: `ndigits`, `weight`, `sign` and
 /// `dscale` (16 bits each), then base-10000 digits. `None` for anything
-/// malformed or absurdly long.
-fn numeric_text(v: &[u8]) -> Option<String> {
+/// malformed, or that would print longer than `room`.
+fn numeric_text(v: &[u8], room: usize) -> Option<String> {
     use std::fmt::Write;
     let at = |i: usize| i16::from_be_bytes([v[i], v[i + 1]]);
     if v.len() < 8 {
@@ -303,6 +333,10 @@ fn numeric_text(v: &[u8]) -> Option<String> {
     if !(-1000..=1000).contains(&weight) || dscale > 1000 {
         return None;
     }
+    let printed = 2 + 4 * (weight.max(0) as usize + 1) + dscale as usize;
+    if printed > room {
+        return None;
+    }
     let digits: Vec<i16> = (0..ndigits as usize).map(|i| at(8 + 2 * i)).collect();
     if digits.iter().any(|d| !(0..10000).contains(d)) {
         return None;
@@ -313,8 +347,9 @@ fn numeric_text(v: &[u8]) -> Option<String> {
             .and_then(|i| digits.get(i).copied())
             .unwrap_or(0)
     };
-    let mut s = String::new();
-    if sign == 0x4000 {
+    let mut s = String::with_capacity(printed);
+    // A negative zero prints as zero.
+    if sign == 0x4000 && digits.iter().any(|&d| d != 0) {
         s.push('-');
     }
     if weight < 0 {
@@ -362,8 +397,10 @@ struct Stmt {
     sql: Text,
     /// Parameter type OIDs (0: unspecified), from the Parse or, once the
     /// client described the statement, from PostgreSQL's
-    /// ParameterDescription. They say how to read binary values.
-    types: Option<Rc<[u32]>>,
+    /// ParameterDescription. They say how to read binary values. A slot
+    /// of this Parse's own: a Describe keeps the slot, so its answer lands
+    /// on the statement described even if the name was reused since.
+    types: TypeSlot,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -406,9 +443,9 @@ struct Pending {
     refused: bool,
     skipped: bool,
     incomplete: bool,
-    /// A Describe of a prepared statement: its name (empty: the unnamed
-    /// one), so its ParameterDescription can be kept.
-    describes: Option<Box<[u8]>>,
+    /// A Describe of a prepared statement: that statement's type slot, for
+    /// its ParameterDescription.
+    describes: Option<TypeSlot>,
 }
 
 impl Pending {
@@ -768,7 +805,7 @@ impl Tracker {
         } else {
             self.stmts.get(stmt_name)
         };
-        stmt.and_then(|s| s.types.clone())
+        stmt.and_then(|s| s.types.borrow().clone())
     }
 
     /// The values of the Bind just received, masked; `types` are the
@@ -780,6 +817,9 @@ impl Tracker {
         }
         let mut spans = b.spans.iter();
         let mut out = Vec::with_capacity(b.lengths.len());
+        // Values read by their type share the Bind's budget as printed
+        // (a few bytes of numeric can print as thousands of digits).
+        let mut room = self.max_sql;
         for (i, &len) in b.lengths.iter().enumerate() {
             if len < 0 {
                 out.push(None);
@@ -794,15 +834,27 @@ impl Tracker {
             let cut = cut || (kept as usize) < len as usize;
             let typed = if b.binary(i) {
                 let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
-                binary_text(oid, v, cut)
+                binary_text(oid, v, cut, room)
             } else {
                 None
             };
+            let mut cut = cut;
             let mut text = if let Some(t) = typed {
-                match &self.engine {
+                let mut t = match &self.engine {
                     Some(e) => mask_text(e, &t, &mut self.scratch).into_owned(),
                     None => t,
+                };
+                // Cut after masking, so no cut hides a value from it.
+                if t.len() > room {
+                    let mut end = room;
+                    while !t.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    t.truncate(end);
+                    cut = true;
                 }
+                room -= t.len();
+                t
             } else if b.binary(i) && !printable(v) {
                 // An integer, a timestamp, ...: its bytes in hex.
                 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -940,6 +992,7 @@ impl Tracker {
                 } else {
                     None
                 };
+                let types = Rc::new(RefCell::new(types));
                 let stmt = Stmt {
                     name: name(stmt_name),
                     sql: Text::masked(
@@ -997,7 +1050,13 @@ impl Tracker {
                 }
             }
             tag::DESCRIBE if c.head.first() == Some(&b'S') && c.found >= 1 => {
-                p.describes = Some(c.until_nul(1, 0).into());
+                let n = c.until_nul(1, 0);
+                let stmt = if n.is_empty() {
+                    self.unnamed_stmt.as_ref()
+                } else {
+                    self.stmts.get(n)
+                };
+                p.describes = stmt.map(|s| s.types.clone());
             }
             tag::EXECUTE => {
                 let portal_name = c.until_nul(0, 0);
@@ -1126,16 +1185,8 @@ impl Tracker {
         if self.target.tag == tag::PARAMETER_DESCRIPTION {
             // The answer to a Describe of a statement: its types.
             if front.req == Req::Describe {
-                if let Some(n) = front.describes.take() {
-                    let types = parse_types(&self.target.head);
-                    let stmt = if n.is_empty() {
-                        self.unnamed_stmt.as_mut()
-                    } else {
-                        self.stmts.get_mut(&n)
-                    };
-                    if let Some(st) = stmt {
-                        st.types = types;
-                    }
+                if let Some(slot) = front.describes.take() {
+                    *slot.borrow_mut() = parse_types(&self.target.head);
                 }
             }
             return;
@@ -2001,29 +2052,138 @@ mod tests {
             (&[7, 1][..], 0, false, 4, "7.0001"),
         ] {
             assert_eq!(
-                numeric_text(&numeric(digits, weight, neg, scale)).as_deref(),
+                numeric_text(&numeric(digits, weight, neg, scale), 4096).as_deref(),
                 Some(want)
             );
         }
         let nan = [0, 0, 0, 0, 0xC0, 0, 0, 0];
-        assert_eq!(numeric_text(&nan).as_deref(), Some("NaN"));
+        assert_eq!(numeric_text(&nan, 4096).as_deref(), Some("NaN"));
         // Malformed: short, a digit out of range, a length that disagrees.
-        assert_eq!(numeric_text(&[0, 1, 0]), None);
-        assert_eq!(numeric_text(&numeric(&[10000], 0, false, 0)), None);
-        assert_eq!(numeric_text(&numeric(&[1, 2], 0, false, 0)[..10]), None);
+        assert_eq!(numeric_text(&[0, 1, 0], 4096), None);
+        assert_eq!(numeric_text(&numeric(&[10000], 0, false, 0), 4096), None);
+        assert_eq!(
+            numeric_text(&numeric(&[1, 2], 0, false, 0)[..10], 4096),
+            None
+        );
+        // Negative zero prints as zero.
+        assert_eq!(
+            numeric_text(&numeric(&[], 0, true, 2), 4096).as_deref(),
+            Some("0.00")
+        );
+        // 8 bytes that would print as ~5000 characters: refused beyond `room`.
+        let huge = numeric(&[], 1000, false, 1000);
+        assert_eq!(numeric_text(&huge, 4096), None);
+        assert_eq!(numeric_text(&huge, 10_000).map(|s| s.len()), Some(5002));
         // Other types.
         assert_eq!(
-            binary_text(oid::INT8, &(-42i64).to_be_bytes(), false).as_deref(),
+            binary_text(oid::INT8, &(-42i64).to_be_bytes(), false, 64).as_deref(),
             Some("-42")
         );
-        assert_eq!(binary_text(oid::INT4, &[0, 0, 1], false), None);
-        assert_eq!(binary_text(oid::INT8, &[0; 8], true), None);
-        assert_eq!(binary_text(oid::BOOL, &[1], false).as_deref(), Some("t"));
+        assert_eq!(binary_text(oid::INT4, &[0, 0, 1], false, 64), None);
+        assert_eq!(binary_text(oid::INT8, &[0; 8], true, 64), None);
         assert_eq!(
-            binary_text(oid::UUID, &[0xab; 16], false).as_deref(),
+            binary_text(oid::BOOL, &[1], false, 64).as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            binary_text(oid::UUID, &[0xab; 16], false, 64).as_deref(),
             Some("abababab-abab-abab-abab-abababababab")
         );
-        assert_eq!(binary_text(1184, &[0; 8], false), None); // timestamptz: hex
+        assert_eq!(binary_text(1184, &[0; 8], false, 64), None); // timestamptz: hex
+                                                                 // Floats: no 300-digit decimals, PostgreSQL's names for the specials.
+        let f8 = |x: f64| binary_text(oid::FLOAT8, &x.to_be_bytes(), false, 64);
+        assert_eq!(f8(f64::INFINITY).as_deref(), Some("Infinity"));
+        assert_eq!(f8(f64::NEG_INFINITY).as_deref(), Some("-Infinity"));
+        assert_eq!(f8(f64::NAN).as_deref(), Some("NaN"));
+        assert_eq!(f8(1e300).as_deref(), Some("1e300"));
+        assert_eq!(f8(5e-324).as_deref(), Some("5e-324"));
+        assert_eq!(f8(4111111111111111.0).as_deref(), Some("4111111111111111"));
+        assert_eq!(f8(-12.5).as_deref(), Some("-12.5"));
+        // Text that is not UTF-8 stays hex; a character cut at the end of
+        // a kept prefix is dropped.
+        assert_eq!(binary_text(oid::TEXT, &[0xff, 0xfe], false, 64), None);
+        assert_eq!(
+            binary_text(oid::TEXT, "aé".as_bytes()[..2].as_ref(), true, 64).as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn typed_values_share_the_bind_budget_as_printed() {
+        // 8 bytes that print as 5002 characters: hex. 10 bytes that print
+        // as 21 (1e20): read until the printed budget (48) is spent.
+        let huge = numeric(&[], 1000, false, 1000);
+        let big = numeric(&[1], 5, false, 0);
+        let mut s = masking_session(48);
+        s.client(
+            &cat(&[
+                parse_typed("", "select $1, $2, $3, $4", &[1700, 1700, 1700, 1700]),
+                bind_fmt(1, &[Some(&huge), Some(&big), Some(&big), Some(&big)]),
+                execute(""),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(
+            &cat(&[
+                msg(b'1', b""),
+                msg(b'2', b""),
+                complete("SELECT 0"),
+                ready(),
+            ]),
+            4096,
+        );
+        let got = take(&mut s.t);
+        let exec = got
+            .iter()
+            .find(|r| r.kind == AuditKind::Execute as i32)
+            .unwrap();
+        let v: Vec<&str> = exec.values.iter().map(|x| x.as_deref().unwrap()).collect();
+        assert!(v[0].starts_with("\\x") && v[0].len() < 40, "{v:?}");
+        assert_eq!(v[1], format!("1{}", "0".repeat(20)));
+        assert_eq!(v[2], v[1]);
+        // 6 bytes of room left: it would print longer, so hex.
+        assert!(v[3].starts_with("\\x"), "{v:?}");
+    }
+
+    #[test]
+    fn parameter_types_land_on_the_statement_described_even_if_replaced() {
+        let mut s = masking_session(4096);
+        s.client(
+            &cat(&[
+                parse("", "select $1::int8"),
+                describe_stmt(""),
+                parse("", "select $1::bytea"),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(
+            &cat(&[
+                msg(b'1', b""),
+                parameter_description(&[20]),
+                msg(b'n', b""),
+                msg(b'1', b""),
+                ready(),
+            ]),
+            4096,
+        );
+        s.client(
+            &cat(&[
+                bind_fmt(1, &[Some(&[0, 0, 0, 0, 0, 0, 0, 9])]),
+                execute(""),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(&cat(&[msg(b'2', b""), complete("SELECT 1"), ready()]), 4096);
+        let got = take(&mut s.t);
+        let exec = got
+            .iter()
+            .find(|r| r.kind == AuditKind::Execute as i32)
+            .unwrap();
+        // The bytea statement was never described: its value stays hex.
+        assert_eq!(exec.values[0].as_deref(), Some("\\x0000000000000009"));
     }
 
     #[test]
