@@ -17,6 +17,9 @@
 # and counts the statement records in its spool (`sluice-dp audit-spool`)
 # against its statement counter and pgbench's transaction count.
 # Raw per-round numbers go to $OUT/audit_overhead.csv.
+# With AUDIT_AA=1 the "on" gateway runs without audit too (an A/A run):
+# the ratios then show how far two identical contenders differ on this
+# machine, the noise floor to read the A/B ratios against.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -33,12 +36,12 @@ AUDIT_FSYNC=${AUDIT_FSYNC:-batch}
 AUDIT_QUOTA=${AUDIT_QUOTA:-8589934592}
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "Knobs (env): WORKLOADS=\"$WORKLOADS\" (simple extended prepared) CLIENTS=\"$CLIENTS\""
     echo "  ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS PAUSE=$PAUSE"
     echo "  AUDIT_FSYNC=$AUDIT_FSYNC (batch|never) AUDIT_QUOTA=$AUDIT_QUOTA AUDIT_SPOOL_DIR=<work dir> AUDIT_RING_DIR=<node default>"
-    echo "  AUDIT_FLUSH_MS=<node default> AUDIT_RING_BYTES=<node default>"
+    echo "  AUDIT_FLUSH_MS=<node default> AUDIT_RING_BYTES=<node default> AUDIT_AA=0|1"
     echo "  SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir>"
     echo "  SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
 }
@@ -89,7 +92,7 @@ proc_cpu_ticks_all() {
 }
 e2e_init
 write_meta "$OUT/meta.txt"
-echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC AUDIT_FLUSH_MS=${AUDIT_FLUSH_MS:-default} AUDIT_RING_BYTES=${AUDIT_RING_BYTES:-default} AUDIT_RING_DIR=${AUDIT_RING_DIR:-default} SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+echo "WORKLOADS=$WORKLOADS CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS SCALE=$SCALE THREADS=$THREADS AUDIT_FSYNC=$AUDIT_FSYNC AUDIT_FLUSH_MS=${AUDIT_FLUSH_MS:-default} AUDIT_RING_BYTES=${AUDIT_RING_BYTES:-default} AUDIT_AA=${AUDIT_AA:-0} AUDIT_RING_DIR=${AUDIT_RING_DIR:-default} SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
 log "output dir: $OUT"
 
 ensure_sluice_bin
@@ -106,7 +109,14 @@ RING_YAML="" RING_ARGS=()
 if [[ -n ${AUDIT_RING_DIR:-} ]]; then RING_YAML=", ring_dir: \"$AUDIT_RING_DIR\"" RING_ARGS=(--ring-dir "$AUDIT_RING_DIR"); fi
 if [[ -n ${AUDIT_FLUSH_MS:-} ]]; then RING_YAML="$RING_YAML, flush_interval_ms: $AUDIT_FLUSH_MS"; fi
 if [[ -n ${AUDIT_RING_BYTES:-} ]]; then RING_YAML="$RING_YAML, ring_bytes: $AUDIT_RING_BYTES"; fi
-SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC$RING_YAML }" \
+AUDIT_AA=${AUDIT_AA:-0}
+[[ $AUDIT_AA == 0 || $AUDIT_AA == 1 ]] || die "AUDIT_AA must be 0 or 1"
+ON_YAML="audit: { enabled: true, spool_dir: \"$SPOOL\", quota_bytes: $AUDIT_QUOTA, fsync: $AUDIT_FSYNC$RING_YAML }"
+if ((AUDIT_AA)); then
+    ON_YAML=""
+    log "AUDIT_AA=1: the 'on' gateway runs without audit (A/A run)"
+fi
+SLUICE_NAME=sluice-on SLUICE_EXTRA_YAML="$ON_YAML" \
     start_sluice plain
 ON_PORT=$SLUICE_PORT ON_ADMIN=$SLUICE_ADMIN_PORT ON_KEY=$SLUICE_KEY ON_PID=$SLUICE_PID
 
@@ -167,10 +177,13 @@ produced=$(metric "$ON_ADMIN" 'sluice_audit_records_total{stage="produced"}')
 refused=$(metric "$ON_ADMIN" sluice_audit_refused_total)
 unaudited=$(metric "$ON_ADMIN" sluice_audit_unaudited_total)
 stop_pid "sluice-dp (audit on)" "$ON_PID" 30
-"$SLUICE_BIN" audit-spool --dir "$SPOOL" "${RING_ARGS[@]}" >"$OUT/audit-spool.json" 2>"$WORK/audit-spool.err" ||
-    { cat "$WORK/audit-spool.err" >&2; die "sluice-dp audit-spool failed"; }
-records=$(sed -n 's/^ *"statements": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
-spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
+records="" spool_bytes=""
+if ((!AUDIT_AA)); then
+    "$SLUICE_BIN" audit-spool --dir "$SPOOL" "${RING_ARGS[@]}" >"$OUT/audit-spool.json" 2>"$WORK/audit-spool.err" ||
+        { cat "$WORK/audit-spool.err" >&2; die "sluice-dp audit-spool failed"; }
+    records=$(sed -n 's/^ *"statements": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
+    spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.json")
+fi
 
 {
     awk -F, -v wls="$WORKLOADS" -v cls="$CLIENTS" -v rounds="$ROUNDS" -v secs="$SECS" -v threads="$THREADS" '
@@ -228,7 +241,9 @@ spool_bytes=$(sed -n 's/^ *"spool_bytes": \([0-9]*\).*/\1/p' "$OUT/audit-spool.j
     echo "statement records (QUERY + EXECUTE) in its spool after stopping = ${records:-?} ($spool_bytes bytes)"
     echo "pgbench transactions completed through it = $on_tx (each -S transaction is one statement; pgbench adds one setup query per run)"
     echo "refused = ${refused:-?}, unaudited = ${unaudited:-?}"
-    if [[ -n $records && -n $stmts && $records == "${stmts%.*}" ]]; then
+    if ((AUDIT_AA)); then
+        echo "A/A run (AUDIT_AA=1): both gateways without audit, no records to count"
+    elif [[ -n $records && -n $stmts && $records == "${stmts%.*}" ]]; then
         echo "records == statements: yes"
     else
         echo "records == statements: NO"
