@@ -19,20 +19,14 @@
 //! The hex references are a seeded hash rather than md5 (same alphabet and
 //! length; the engine cannot tell them apart).
 
-use dataplane::mask::corpus;
+use dataplane::mask::corpus::{self, Rng};
 use dataplane::mask::{mask_data_row, Engine, Hits, MaskingProfile, RowPlan};
 use std::hint::black_box;
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
+/// 32 hex digits, fixed per (row, sentence): SplitMix64 of the pair.
 fn hex32(g: u64, i: u64) -> String {
-    let a = mix(g * 16 + i);
-    let b = mix(a ^ 0x1234_5678);
+    let a = Rng::new(g * 16 + i).next_u64();
+    let b = Rng::new(a ^ 0x1234_5678).next_u64();
     format!("{a:016x}{b:016x}")
 }
 

@@ -697,36 +697,32 @@ async fn mutual_tls_between_nodes_and_control_plane(b: Backend) {
     let e = as_node.try_nodes().await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("node certificate"), "{e:?}");
+    // `sluicectl audit search` with the certificate `who`.pem.
+    let search_as = |who: &str| {
+        let (cert, key) = (
+            certs.path(&format!("{who}.pem")),
+            certs.path(&format!("{who}.key")),
+        );
+        cp.ctl(
+            &[
+                "--ca",
+                &certs.path("ca.pem"),
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "audit",
+                "search",
+            ],
+            None,
+        )
+    };
     // …nor read the audit trail…
-    let out = cp.ctl(
-        &[
-            "--ca",
-            &certs.path("ca.pem"),
-            "--cert",
-            &certs.path("node.pem"),
-            "--key",
-            &certs.path("node.key"),
-            "audit",
-            "search",
-        ],
-        None,
-    );
+    let out = search_as("node");
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("node certificate"), "{}", out.stderr);
     // …while the admin certificate can.
-    let out = cp.ctl(
-        &[
-            "--ca",
-            &certs.path("ca.pem"),
-            "--cert",
-            &certs.path("admin.pem"),
-            "--key",
-            &certs.path("admin.key"),
-            "audit",
-            "search",
-        ],
-        None,
-    );
+    let out = search_as("admin");
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     // An admin certificate cannot act as a node, and a node's own
     // certificate cannot act as another node.

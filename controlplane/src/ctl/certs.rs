@@ -57,38 +57,18 @@ pub fn write(o: &Options) -> Result<String, CtlError> {
             o.dir.join("ca.pem").display()
         )));
     }
-    let now = time::OffsetDateTime::now_utc();
-    let not_before = now - time::Duration::minutes(5);
-    let not_after = now + time::Duration::days(i64::from(o.days));
-    let base = |cn: &str| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.not_before = not_before;
-        p.not_after = not_after;
-        p
-    };
-
+    let validity = Validity::days(o.days);
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(local)?;
-    let mut ca = base("Sluice CA");
+    let mut ca = validity.params("Sluice CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).map_err(local)?;
-
+    let issuer = Issuer {
+        cert: &ca_cert,
+        key: &ca_key,
+    };
     let leaf = |cn: &str, usage: ExtendedKeyUsagePurpose, sans: &[String]| {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(local)?;
-        let mut p = base(cn);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![usage];
-        p.use_authority_key_identifier_extension = true;
-        for s in sans {
-            p.subject_alt_names
-                .push(match s.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(s.clone().try_into().map_err(local)?),
-                });
-        }
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(local)?;
-        Ok::<_, CtlError>((cert.pem(), key.serialize_pem()))
+        issuer.leaf(&validity, cn, usage, sans)
     };
 
     let mut sans: Vec<String> = DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
@@ -135,7 +115,66 @@ pub fn write(o: &Options) -> Result<String, CtlError> {
         write_file(&o.dir.join(format!("{name}.pem")), &pem, 0o644)?;
         write_file(&o.dir.join(format!("{name}.key")), &key, 0o600)?;
     }
-    Ok(report(o, &sans, not_after))
+    Ok(report(o, &sans, validity.not_after))
+}
+
+/// When certificates issued now are valid: from five minutes ago (clock
+/// skew) for `days` days.
+struct Validity {
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+}
+
+impl Validity {
+    fn days(days: u32) -> Validity {
+        let now = time::OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + time::Duration::days(i64::from(days)),
+        }
+    }
+
+    /// Parameters for a certificate with common name `cn`.
+    fn params(&self, cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = self.not_before;
+        p.not_after = self.not_after;
+        p
+    }
+}
+
+/// The CA that signs the leaf certificates.
+struct Issuer<'a> {
+    cert: &'a rcgen::Certificate,
+    key: &'a KeyPair,
+}
+
+impl Issuer<'_> {
+    /// A new key and a certificate for it: common name `cn`, one extended
+    /// key usage, the given DNS names and IP addresses. (PEM, key PEM.)
+    fn leaf(
+        &self,
+        validity: &Validity,
+        cn: &str,
+        usage: ExtendedKeyUsagePurpose,
+        sans: &[String],
+    ) -> Result<(String, String), CtlError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(local)?;
+        let mut p = validity.params(cn);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![usage];
+        p.use_authority_key_identifier_extension = true;
+        for s in sans {
+            p.subject_alt_names
+                .push(match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(s.clone().try_into().map_err(local)?),
+                });
+        }
+        let cert = p.signed_by(&key, self.cert, self.key).map_err(local)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// Issue `node-<name>` certificates from the CA already in `o.dir`.
@@ -152,27 +191,22 @@ fn issue_nodes(o: &Options) -> Result<String, CtlError> {
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .map_err(|e| CtlError::Input(format!("ca.pem and ca.key do not go together: {e}")))?;
-    let now = time::OffsetDateTime::now_utc();
-    let not_after = now + time::Duration::days(i64::from(o.days));
+    let validity = Validity::days(o.days);
+    let issuer = Issuer {
+        cert: &ca_cert,
+        key: &ca_key,
+    };
     let mut out = Vec::new();
     for n in &o.nodes {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(local)?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name
-            .push(DnType::CommonName, format!("{NODE_CN}:{n}"));
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = not_after;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(local)?;
-        out.push((n, cert.pem(), key.serialize_pem()));
+        let cn = format!("{NODE_CN}:{n}");
+        let (pem, key) = issuer.leaf(&validity, &cn, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
+        out.push((n, pem, key));
     }
     let mut text = format!(
         "issued from {}/ca.pem (valid {} days, until {}):\n",
         o.dir.display(),
         o.days,
-        not_after.date()
+        validity.not_after.date()
     );
     for (n, pem, key) in out {
         write_file(&o.dir.join(format!("node-{n}.pem")), &pem, 0o644)?;

@@ -17,8 +17,7 @@
 
 use tonic::{Request, Status};
 
-pub const ADMIN_CN: &str = "sluice-admin";
-pub const NODE_CN: &str = "sluice-node";
+use crate::ctl::certs::{ADMIN_CN, NODE_CN};
 
 /// What the client certificate allows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -759,46 +759,46 @@ mod tests {
         p.push(&payload(1, 300)).unwrap();
         drop(p);
         drop(_c);
+        // What the consumer of a ring file holding `bytes` reports.
+        let read_err = |bytes: &[u8]| {
+            fs::write(&path, bytes).unwrap();
+            let c = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+                .unwrap()
+                .into_consumer();
+            c.read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        // What opening a ring file holding `bytes` reports.
+        let open_err = |bytes: &[u8]| {
+            fs::write(&path, bytes).unwrap();
+            RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+                .err()
+                .unwrap()
+                .to_string()
+        };
         // A flipped byte inside the payload: the checksum catches it.
         let mut bytes = fs::read(&path).unwrap();
         bytes[RING_HEADER_BYTES + FRAME_HEADER_BYTES + 10] ^= 1;
-        fs::write(&path, &bytes).unwrap();
-        let c = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
-            .unwrap()
-            .into_consumer();
-        let err = c
-            .read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
-            .unwrap_err();
-        assert!(err.to_string().contains("checksum"), "{err}");
+        let err = read_err(&bytes);
+        assert!(err.contains("checksum"), "{err}");
         bytes[RING_HEADER_BYTES + FRAME_HEADER_BYTES + 10] ^= 1;
         // A frame length no frame can have (it would read past the data
         // area).
         let mut long = bytes.clone();
         long[RING_HEADER_BYTES..RING_HEADER_BYTES + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        fs::write(&path, &long).unwrap();
-        let c = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
-            .unwrap()
-            .into_consumer();
-        let err = c
-            .read_from(0, usize::MAX, &mut Vec::new(), &mut Vec::new())
-            .unwrap_err();
-        assert!(err.to_string().contains("larger than a frame"), "{err}");
+        let err = read_err(&long);
+        assert!(err.contains("larger than a frame"), "{err}");
         // A write position more than a lap ahead: refused at opening (and
         // by `read_from`, should the header change while running).
         let mut ahead = bytes.clone();
         ahead[OFF_WRITE..OFF_WRITE + 8].copy_from_slice(&(3 * MIN_RING_BYTES).to_le_bytes());
-        fs::write(&path, &ahead).unwrap();
-        let err = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("positions"), "{err}");
+        let err = open_err(&ahead);
+        assert!(err.contains("positions"), "{err}");
         // Bad magic.
         bytes[0] = b'X';
-        fs::write(&path, &bytes).unwrap();
-        let err = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("magic"), "{err}");
+        let err = open_err(&bytes);
+        assert!(err.contains("magic"), "{err}");
         // Truncated.
         fs::write(&path, &bytes[..100]).unwrap();
         assert!(RingFile::open_or_create(&path, 0, MIN_RING_BYTES).is_err());

@@ -268,7 +268,9 @@ fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
         oid::NUMERIC if !cut => numeric_text(v, room)?,
         oid::UUID => {
             fixed(16)?;
-            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            let mut h = Vec::with_capacity(32);
+            crate::protocol::hex_into(&mut h, v);
+            let h = String::from_utf8(h).expect("hex is ASCII");
             format!(
                 "{}-{}-{}-{}-{}",
                 &h[..8],
@@ -376,6 +378,96 @@ fn numeric_text(v: &[u8], room: usize) -> Option<String> {
         s.push_str(&frac);
     }
     Some(s)
+}
+
+/// The statement `name` names (empty: the unnamed one).
+fn lookup_stmt<'a>(
+    unnamed: &'a Option<Stmt>,
+    named: &'a HashMap<Box<[u8]>, Stmt>,
+    name: &[u8],
+) -> Option<&'a Stmt> {
+    if name.is_empty() {
+        unnamed.as_ref()
+    } else {
+        named.get(name)
+    }
+}
+
+/// `text` with what `engine` (if any) detects masked, in place in its own
+/// allocation.
+fn mask_owned(engine: Option<&Engine>, text: String) -> String {
+    let Some(e) = engine else {
+        return text;
+    };
+    let mut bytes = text.into_bytes();
+    e.mask_counted(&mut bytes, &mut Hits::new());
+    // Lossy: a custom pattern may have cut a multi-byte character.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The values of the Bind `b` holds, masked; `types` are its statement's
+/// parameter types, which say how to read binary values; `max_sql` is
+/// the Bind's budget.
+fn bind_values(
+    b: &BindWalker,
+    types: Option<&[u32]>,
+    engine: Option<&Engine>,
+    max_sql: usize,
+) -> Option<Params> {
+    if b.lengths.is_empty() {
+        return None;
+    }
+    let mut spans = b.spans.iter();
+    let mut out = Vec::with_capacity(b.lengths.len());
+    // Values read by their type share the Bind's budget as printed
+    // (a few bytes of numeric can print as thousands of digits).
+    let mut room = max_sql;
+    for (i, &len) in b.lengths.iter().enumerate() {
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let (start, kept, cut) = if len == 0 {
+            (0, 0, false)
+        } else {
+            spans.next().copied().unwrap_or((0, 0, true))
+        };
+        let v = &b.values[start as usize..(start + kept) as usize];
+        let mut cut = cut || (kept as usize) < len as usize;
+        let typed = if b.binary(i) {
+            let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
+            binary_text(oid, v, cut, room)
+        } else {
+            None
+        };
+        let mut text = if let Some(t) = typed {
+            let mut t = mask_owned(engine, t);
+            // Cut after masking, so no cut hides a value from it.
+            if t.len() > room {
+                let mut end = room;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.truncate(end);
+                cut = true;
+            }
+            room -= t.len();
+            t
+        } else if b.binary(i) && !printable(v) {
+            // An integer, a timestamp, ...: its bytes in hex.
+            let mut t = Vec::with_capacity(2 + 2 * v.len());
+            t.extend_from_slice(b"\\x");
+            crate::protocol::hex_into(&mut t, v);
+            String::from_utf8(t).expect("hex is ASCII")
+        } else {
+            mask_owned(engine, utf8_prefix(v, v.len()).into_owned())
+        };
+        if cut {
+            text.push('…');
+        }
+        out.push(Some(text.into_boxed_str()));
+    }
+    Some(Rc::from(out))
 }
 
 /// Bind parameter values as recorded: text, masked; `None` for NULL.
@@ -790,96 +882,6 @@ impl Tracker {
         }
     }
 
-    /// The values of the Bind just received, masked.
-    /// The parameter types of the statement the Bind being received names.
-    fn bind_statement_types(&self) -> Option<Rc<[u32]>> {
-        let c = &self.client;
-        let stmt_from = if c.found >= 1 {
-            c.nul[0] + 1
-        } else {
-            return None;
-        };
-        let stmt_name = c.until_nul(stmt_from, 1);
-        let stmt = if stmt_name.is_empty() {
-            self.unnamed_stmt.as_ref()
-        } else {
-            self.stmts.get(stmt_name)
-        };
-        stmt.and_then(|s| s.types.borrow().clone())
-    }
-
-    /// The values of the Bind just received, masked; `types` are the
-    /// statement's parameter types, which say how to read binary values.
-    fn bind_values(&mut self, types: Option<&[u32]>) -> Option<Params> {
-        let b = &self.client.bind;
-        if b.lengths.is_empty() {
-            return None;
-        }
-        let mut spans = b.spans.iter();
-        let mut out = Vec::with_capacity(b.lengths.len());
-        // Values read by their type share the Bind's budget as printed
-        // (a few bytes of numeric can print as thousands of digits).
-        let mut room = self.max_sql;
-        for (i, &len) in b.lengths.iter().enumerate() {
-            if len < 0 {
-                out.push(None);
-                continue;
-            }
-            let (start, kept, cut) = if len == 0 {
-                (0, 0, false)
-            } else {
-                spans.next().copied().unwrap_or((0, 0, true))
-            };
-            let v = &b.values[start as usize..(start + kept) as usize];
-            let cut = cut || (kept as usize) < len as usize;
-            let typed = if b.binary(i) {
-                let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
-                binary_text(oid, v, cut, room)
-            } else {
-                None
-            };
-            let mut cut = cut;
-            let mut text = if let Some(t) = typed {
-                let mut t = match &self.engine {
-                    Some(e) => mask_text(e, &t, &mut self.scratch).into_owned(),
-                    None => t,
-                };
-                // Cut after masking, so no cut hides a value from it.
-                if t.len() > room {
-                    let mut end = room;
-                    while !t.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    t.truncate(end);
-                    cut = true;
-                }
-                room -= t.len();
-                t
-            } else if b.binary(i) && !printable(v) {
-                // An integer, a timestamp, ...: its bytes in hex.
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let mut t = String::with_capacity(2 + 2 * v.len());
-                t.push_str("\\x");
-                for &x in v {
-                    t.push(HEX[usize::from(x >> 4)] as char);
-                    t.push(HEX[usize::from(x & 15)] as char);
-                }
-                t
-            } else {
-                let s = utf8_prefix(v, v.len());
-                match &self.engine {
-                    Some(e) => mask_text(e, &s, &mut self.scratch).into_owned(),
-                    None => s.into_owned(),
-                }
-            };
-            if cut {
-                text.push('…');
-            }
-            out.push(Some(text.into_boxed_str()));
-        }
-        Some(Rc::from(out))
-    }
-
     /// Requests sent and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.queue.len()
@@ -946,12 +948,6 @@ impl Tracker {
         if self.queue.back().is_none_or(|p| p.id != id) {
             return;
         }
-        let values = if self.client.tag == tag::BIND {
-            let types = self.bind_statement_types();
-            self.bind_values(types.as_deref())
-        } else {
-            None
-        };
         let Some(p) = self.queue.back_mut() else {
             return;
         };
@@ -1019,17 +1015,19 @@ impl Tracker {
                     c.head.len() as u64
                 };
                 let stmt_name = c.until_nul(stmt_from, 1);
-                let stmt = if stmt_name.is_empty() {
-                    self.unnamed_stmt.as_ref()
-                } else {
-                    self.stmts.get(stmt_name)
-                };
+                let stmt = lookup_stmt(&self.unnamed_stmt, &self.stmts, stmt_name);
+                let types = stmt.and_then(|s| s.types.borrow().clone());
                 let mut portal = Portal {
                     param_count: u32::from(c.bind.nparams),
                     params: (!c.bind.lengths.is_empty()).then(|| Rc::from(&c.bind.lengths[..])),
+                    values: bind_values(
+                        &c.bind,
+                        types.as_deref(),
+                        self.engine.as_deref(),
+                        self.max_sql,
+                    ),
                     ..Portal::default()
                 };
-                portal.values = values;
                 match stmt {
                     Some(s) => {
                         portal.stmt = s.name.clone();
@@ -1050,12 +1048,7 @@ impl Tracker {
                 }
             }
             tag::DESCRIBE if c.head.first() == Some(&b'S') && c.found >= 1 => {
-                let n = c.until_nul(1, 0);
-                let stmt = if n.is_empty() {
-                    self.unnamed_stmt.as_ref()
-                } else {
-                    self.stmts.get(n)
-                };
+                let stmt = lookup_stmt(&self.unnamed_stmt, &self.stmts, c.until_nul(1, 0));
                 p.describes = stmt.map(|s| s.types.clone());
             }
             tag::EXECUTE => {

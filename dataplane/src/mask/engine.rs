@@ -495,12 +495,8 @@ impl Engine {
 
     /// Append the keyed hash of `value` (32 lowercase hex digits) to `out`.
     pub fn hash_into(&self, value: &[u8], out: &mut Vec<u8>) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let tag = ring::hmac::sign(&self.hash_key, value);
-        for &b in &tag.as_ref()[..16] {
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 15) as usize]);
-        }
+        crate::protocol::hex_into(out, &tag.as_ref()[..16]);
     }
 
     /// Length of [`Engine::hash_into`]'s output.

@@ -39,6 +39,15 @@ pub mod tag {
     pub const COMMAND_COMPLETE: u8 = b'C';
 }
 
+/// Append `bytes` as lowercase hex digits (two per byte) to `out`.
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+}
+
 /// Read a big-endian u32 from the first four bytes of `b`.
 #[inline]
 pub fn be_u32(b: &[u8]) -> u32 {
