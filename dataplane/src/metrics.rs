@@ -217,6 +217,26 @@ impl Registry {
                 m.worker, m.driver
             );
         }
+        // Per worker: the kernel spreads connections over the workers'
+        // SO_REUSEPORT listeners by a hash, so an SRE can see one hot core.
+        let _ = writeln!(s, "# HELP sluice_worker_connections_open Client connections open now, by worker.\n# TYPE sluice_worker_connections_open gauge");
+        for m in c {
+            let _ = writeln!(
+                s,
+                "sluice_worker_connections_open{{worker=\"{}\"}} {}",
+                m.worker,
+                m.connections_open.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP sluice_worker_statements_total Statements relayed, by worker.\n# TYPE sluice_worker_statements_total counter");
+        for m in c {
+            let _ = writeln!(
+                s,
+                "sluice_worker_statements_total{{worker=\"{}\"}} {}",
+                m.worker,
+                m.statements.load(Relaxed)
+            );
+        }
         let _ = writeln!(s, "# HELP sluice_connections_open Client connections open now.\n# TYPE sluice_connections_open gauge");
         let open: i64 = c.iter().map(|m| m.connections_open.load(Relaxed)).sum();
         let _ = writeln!(s, "sluice_connections_open {open}");

@@ -141,3 +141,52 @@ fn forced_io_uring_refused_is_a_clear_startup_error() {
     };
     assert!(err.contains("io_uring runtime refused"), "{err}");
 }
+
+/// The per-worker gauges add up to the process totals, and every worker
+/// that holds a connection shows it (an SRE looks here for a hot core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_worker_metrics_add_up_to_the_totals() {
+    let gw =
+        Gateway::start_with(&GatewayConfig::standard(Pg::shared(), ApiKey::shared()).workers(2));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(gw.agent().await);
+    }
+    for (i, c) in clients.iter().enumerate() {
+        within(Duration::from_secs(10), "query", c.simple_query("select 1"))
+            .await
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+    }
+    let m = gw.metrics();
+    let workers: Vec<f64> = ["0", "1"]
+        .iter()
+        .map(|w| m.get("sluice_worker_connections_open", &[("worker", w)]))
+        .collect();
+    assert_eq!(
+        workers.iter().sum::<f64>(),
+        m.get("sluice_connections_open", &[]),
+        "{}",
+        m.lines_for("sluice_")
+    );
+    assert!(
+        workers.iter().sum::<f64>() >= 8.0,
+        "{}",
+        m.lines_for("sluice_worker")
+    );
+    assert_eq!(
+        m.get("sluice_worker_statements_total", &[]),
+        m.get("sluice_statements_total", &[]),
+        "{}",
+        m.lines_for("sluice_")
+    );
+    assert!(
+        m.get("sluice_statements_total", &[]) >= 8.0,
+        "{}",
+        m.lines_for("sluice_statements")
+    );
+    assert!(
+        m.has("sluice_worker_statements_total", &[("worker", "1")]),
+        "{}",
+        m.lines_for("sluice_worker")
+    );
+}
