@@ -283,6 +283,18 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     )
     .await
     .unwrap();
+    // Binary arrays and timestamps are read by type too: an e-mail inside
+    // a text[] is masked like any other.
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    step(
+        "array",
+        c.query(
+            "select cardinality($1::text[]), $2::timestamptz /* m9 */",
+            &[&vec!["ann@example.com", "plain"], &when],
+        ),
+    )
+    .await
+    .unwrap();
     drop(c);
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
@@ -352,6 +364,18 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     assert!(!sql(m8[0]).contains("4111"), "{}", sql(m8[0]));
     // The result column (unnamed) held the card too.
     assert_eq!(masked(m8[0]), [e("payment_card", "?column?", 1)]);
+    let m9 = with_marker(&recs, "/* m9 */");
+    let m9: Vec<_> = m9
+        .into_iter()
+        .filter(|r| kind(r) == AuditKind::Execute)
+        .collect();
+    assert_eq!(m9.len(), 1);
+    let p = &m9[0].statement.as_ref().unwrap().parameters;
+    assert!(
+        p[0].starts_with('{') && p[0].ends_with(",plain}") && !p[0].contains("ann@"),
+        "{p:?}"
+    );
+    assert_eq!(p[1], "2023-11-14 22:13:20+00", "{p:?}");
     // No record anywhere holds the card or the e-mails in the clear.
     for r in &recs {
         let text = format!("{r:?}");

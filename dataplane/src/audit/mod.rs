@@ -3,6 +3,8 @@
 //! * [`tracker`] (sans-IO): follows a session's requests and responses and
 //!   turns them into statement records (QUERY, PARSE, BIND, EXECUTE) with
 //!   their outcome.
+//! * [`binval`] (sans-IO): binary-format bind values as text, by type
+//!   (numbers, dates and times, arrays, ...), for the tracker to mask.
 //! * [`kind`] (sans-IO): the statement kind of a SQL text, lexically.
 //! * [`record`]: writes records as protobuf into a reused buffer, without
 //!   building an [`proto::AuditRecord`] on the data path.
@@ -20,6 +22,7 @@
 //! * [`service`]: assembly and recovery at startup, the drain thread.
 //! * [`shipper`]: the gRPC stream to the control plane.
 
+pub mod binval;
 pub mod core;
 pub mod kind;
 pub mod pump;

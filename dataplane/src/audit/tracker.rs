@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use proto::{AuditKind, Decision};
 
+use super::binval::binary_text;
 use super::record::{MaskedEntry, StatementView};
 use crate::mask::{Engine, Hits};
 use crate::protocol::frame::Part;
@@ -206,180 +207,6 @@ fn parse_types(b: &[u8]) -> Option<Rc<[u32]>> {
     (!oids.is_empty()).then(|| Rc::from(oids))
 }
 
-/// Type OIDs whose binary values are read as text here.
-mod oid {
-    pub const BOOL: u32 = 16;
-    pub const NAME: u32 = 19;
-    pub const INT8: u32 = 20;
-    pub const INT2: u32 = 21;
-    pub const INT4: u32 = 23;
-    pub const TEXT: u32 = 25;
-    pub const OID: u32 = 26;
-    pub const JSON: u32 = 114;
-    pub const XML: u32 = 142;
-    pub const FLOAT4: u32 = 700;
-    pub const FLOAT8: u32 = 701;
-    pub const BPCHAR: u32 = 1042;
-    pub const VARCHAR: u32 = 1043;
-    pub const NUMERIC: u32 = 1700;
-    pub const UUID: u32 = 2950;
-    pub const JSONB: u32 = 3802;
-}
-
-/// A binary-format value of type `oid` as text, the way PostgreSQL prints
-/// it (floats aside: plain decimals, exponents only for very large or
-/// small values), so the masking engine sees what a text-format value
-/// would show (a card number sent as an `int8` or `numeric`, an e-mail
-/// inside `jsonb`). `None`: a type not read here, bytes that are not a
-/// valid value of it, text that is not UTF-8, or a `numeric` that would
-/// print longer than `room` (all recorded as hex). `cut`: only the first
-/// bytes were kept.
-fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
-    let fixed = |n: usize| (!cut && v.len() == n).then_some(());
-    Some(match oid {
-        oid::BOOL => {
-            fixed(1)?;
-            if v[0] != 0 { "t" } else { "f" }.to_string()
-        }
-        oid::INT2 => {
-            fixed(2)?;
-            i16::from_be_bytes([v[0], v[1]]).to_string()
-        }
-        oid::INT4 => {
-            fixed(4)?;
-            i32::from_be_bytes(v.try_into().ok()?).to_string()
-        }
-        oid::OID => {
-            fixed(4)?;
-            u32::from_be_bytes(v.try_into().ok()?).to_string()
-        }
-        oid::INT8 => {
-            fixed(8)?;
-            i64::from_be_bytes(v.try_into().ok()?).to_string()
-        }
-        oid::FLOAT4 => {
-            fixed(4)?;
-            float_text(f64::from(f32::from_be_bytes(v.try_into().ok()?)))
-        }
-        oid::FLOAT8 => {
-            fixed(8)?;
-            float_text(f64::from_be_bytes(v.try_into().ok()?))
-        }
-        oid::NUMERIC if !cut => numeric_text(v, room)?,
-        oid::UUID => {
-            fixed(16)?;
-            let mut h = Vec::with_capacity(32);
-            crate::protocol::hex_into(&mut h, v);
-            let h = String::from_utf8(h).expect("hex is ASCII");
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            )
-        }
-        // Version 1 of jsonb's binary form: the JSON text behind one byte.
-        oid::JSONB if v.first() == Some(&1) => utf8_text(&v[1..])?,
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => utf8_text(v)?,
-        _ => return None,
-    })
-}
-
-/// Valid UTF-8 (a character cut at the end of a kept prefix dropped).
-fn utf8_text(v: &[u8]) -> Option<String> {
-    match std::str::from_utf8(v) {
-        Ok(s) => Some(s.to_owned()),
-        Err(e) if e.error_len().is_none() => {
-            Some(String::from_utf8_lossy(&v[..e.valid_up_to()]).into_owned())
-        }
-        Err(_) => None,
-    }
-}
-
-/// A float as text: `NaN`, `Infinity`, `-Infinity`, a plain decimal, or
-/// (beyond 1e20 or below 1e-6) the shortest exponent form.
-fn float_text(x: f64) -> String {
-    if x.is_nan() {
-        "NaN".into()
-    } else if x.is_infinite() {
-        if x > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if x == 0.0 || (1e-6..1e20).contains(&x.abs()) {
-        x.to_string()
-    } else {
-        format!("{x:e}")
-    }
-}
-
-/// A binary `numeric` in its text form: `ndigits`, `weight`, `sign` and
-/// `dscale` (16 bits each), then base-10000 digits. `None` for anything
-/// malformed, or that would print longer than `room`.
-fn numeric_text(v: &[u8], room: usize) -> Option<String> {
-    use std::fmt::Write;
-    let at = |i: usize| i16::from_be_bytes([v[i], v[i + 1]]);
-    if v.len() < 8 {
-        return None;
-    }
-    let (ndigits, weight, sign, dscale) = (at(0), i32::from(at(2)), at(4) as u16, at(6));
-    if ndigits < 0 || dscale < 0 || v.len() != 8 + 2 * ndigits as usize {
-        return None;
-    }
-    match sign {
-        0xC000 => return Some("NaN".into()),
-        0xD000 => return Some("Infinity".into()),
-        0xF000 => return Some("-Infinity".into()),
-        0 | 0x4000 => {}
-        _ => return None,
-    }
-    if !(-1000..=1000).contains(&weight) || dscale > 1000 {
-        return None;
-    }
-    let printed = 2 + 4 * (weight.max(0) as usize + 1) + dscale as usize;
-    if printed > room {
-        return None;
-    }
-    let digits: Vec<i16> = (0..ndigits as usize).map(|i| at(8 + 2 * i)).collect();
-    if digits.iter().any(|d| !(0..10000).contains(d)) {
-        return None;
-    }
-    let digit = |idx: i32| {
-        usize::try_from(idx)
-            .ok()
-            .and_then(|i| digits.get(i).copied())
-            .unwrap_or(0)
-    };
-    let mut s = String::with_capacity(printed);
-    // A negative zero prints as zero.
-    if sign == 0x4000 && digits.iter().any(|&d| d != 0) {
-        s.push('-');
-    }
-    if weight < 0 {
-        s.push('0');
-    } else {
-        for w in 0..=weight {
-            let d = digit(w);
-            let _ = if w == 0 {
-                write!(s, "{d}")
-            } else {
-                write!(s, "{d:04}")
-            };
-        }
-    }
-    if dscale > 0 {
-        let mut frac = String::new();
-        let mut idx = weight + 1;
-        while frac.len() < dscale as usize {
-            let _ = write!(frac, "{:04}", digit(idx));
-            idx += 1;
-        }
-        frac.truncate(dscale as usize);
-        s.push('.');
-        s.push_str(&frac);
-    }
-    Some(s)
-}
-
 /// The statement `name` names (empty: the unnamed one).
 fn lookup_stmt<'a>(
     unnamed: &'a Option<Stmt>,
@@ -454,10 +281,17 @@ fn bind_values(
             room -= t.len();
             t
         } else if b.binary(i) && !printable(v) {
-            // An integer, a timestamp, ...: its bytes in hex.
-            let mut t = Vec::with_capacity(2 + 2 * v.len());
+            // A type not read here (bytea, a geometric type, ...): its
+            // bytes in hex, masked as bytes first, so a card number
+            // written as ASCII inside a binary value is not spelled out
+            // in hex.
+            let mut raw = v.to_vec();
+            if let Some(e) = engine {
+                e.mask_counted(&mut raw, &mut Hits::new());
+            }
+            let mut t = Vec::with_capacity(2 + 2 * raw.len());
             t.extend_from_slice(b"\\x");
-            crate::protocol::hex_into(&mut t, v);
+            crate::protocol::hex_into(&mut t, &raw);
             String::from_utf8(t).expect("hex is ASCII")
         } else {
             mask_owned(engine, utf8_prefix(v, v.len()).into_owned())
@@ -1334,6 +1168,7 @@ fn tag_rows(body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::binval::numeric_bytes;
     use crate::protocol::frame::FrameScanner;
 
     /// A finished record, owned, for assertions.
@@ -2015,98 +1850,12 @@ mod tests {
         msg(b't', &b)
     }
 
-    /// A binary numeric: base-10000 digits with weight, sign and scale.
-    fn numeric(digits: &[i16], weight: i16, negative: bool, dscale: i16) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend((digits.len() as i16).to_be_bytes());
-        b.extend(weight.to_be_bytes());
-        b.extend((if negative { 0x4000u16 } else { 0 }).to_be_bytes());
-        b.extend(dscale.to_be_bytes());
-        for d in digits {
-            b.extend(d.to_be_bytes());
-        }
-        b
-    }
-
-    #[test]
-    fn binary_numeric_reads_as_postgres_prints_it() {
-        for (digits, weight, neg, scale, want) in [
-            (
-                &[4111, 1111, 1111, 1111][..],
-                3,
-                false,
-                0,
-                "4111111111111111",
-            ),
-            (&[12, 5000][..], 0, true, 1, "-12.5"),
-            (&[1234][..], -2, false, 8, "0.00001234"),
-            (&[][..], 0, false, 2, "0.00"),
-            (&[1][..], 2, false, 0, "100000000"),
-            (&[7, 1][..], 0, false, 4, "7.0001"),
-        ] {
-            assert_eq!(
-                numeric_text(&numeric(digits, weight, neg, scale), 4096).as_deref(),
-                Some(want)
-            );
-        }
-        let nan = [0, 0, 0, 0, 0xC0, 0, 0, 0];
-        assert_eq!(numeric_text(&nan, 4096).as_deref(), Some("NaN"));
-        // Malformed: short, a digit out of range, a length that disagrees.
-        assert_eq!(numeric_text(&[0, 1, 0], 4096), None);
-        assert_eq!(numeric_text(&numeric(&[10000], 0, false, 0), 4096), None);
-        assert_eq!(
-            numeric_text(&numeric(&[1, 2], 0, false, 0)[..10], 4096),
-            None
-        );
-        // Negative zero prints as zero.
-        assert_eq!(
-            numeric_text(&numeric(&[], 0, true, 2), 4096).as_deref(),
-            Some("0.00")
-        );
-        // 8 bytes that would print as ~5000 characters: refused beyond `room`.
-        let huge = numeric(&[], 1000, false, 1000);
-        assert_eq!(numeric_text(&huge, 4096), None);
-        assert_eq!(numeric_text(&huge, 10_000).map(|s| s.len()), Some(5002));
-        // Other types.
-        assert_eq!(
-            binary_text(oid::INT8, &(-42i64).to_be_bytes(), false, 64).as_deref(),
-            Some("-42")
-        );
-        assert_eq!(binary_text(oid::INT4, &[0, 0, 1], false, 64), None);
-        assert_eq!(binary_text(oid::INT8, &[0; 8], true, 64), None);
-        assert_eq!(
-            binary_text(oid::BOOL, &[1], false, 64).as_deref(),
-            Some("t")
-        );
-        assert_eq!(
-            binary_text(oid::UUID, &[0xab; 16], false, 64).as_deref(),
-            Some("abababab-abab-abab-abab-abababababab")
-        );
-        assert_eq!(binary_text(1184, &[0; 8], false, 64), None); // timestamptz: hex
-                                                                 // Floats: no 300-digit decimals, PostgreSQL's names for the specials.
-        let f8 = |x: f64| binary_text(oid::FLOAT8, &x.to_be_bytes(), false, 64);
-        assert_eq!(f8(f64::INFINITY).as_deref(), Some("Infinity"));
-        assert_eq!(f8(f64::NEG_INFINITY).as_deref(), Some("-Infinity"));
-        assert_eq!(f8(f64::NAN).as_deref(), Some("NaN"));
-        assert_eq!(f8(1e300).as_deref(), Some("1e300"));
-        assert_eq!(f8(5e-324).as_deref(), Some("5e-324"));
-        assert_eq!(f8(4111111111111111.0).as_deref(), Some("4111111111111111"));
-        assert_eq!(f8(-12.5).as_deref(), Some("-12.5"));
-        // Text that is not UTF-8 stays hex; a character cut at the end of
-        // a kept prefix is dropped.
-        assert_eq!(binary_text(oid::TEXT, &[0xff, 0xfe], false, 64), None);
-        assert_eq!(
-            binary_text(oid::TEXT, "aé".as_bytes()[..2].as_ref(), true, 64).as_deref(),
-            Some("a")
-        );
-    }
-
     #[test]
     fn typed_values_share_the_bind_budget_as_printed() {
         // 8 bytes that print as 5002 characters: hex. 10 bytes that print
         // as 21 (1e20): read until the printed budget (48) is spent.
-        let huge = numeric(&[], 1000, false, 1000);
-        let big = numeric(&[1], 5, false, 0);
+        let huge = numeric_bytes(&[], 1000, false, 1000);
+        let big = numeric_bytes(&[1], 5, false, 0);
         let mut s = masking_session(48);
         s.client(
             &cat(&[
@@ -2182,7 +1931,7 @@ mod tests {
     #[test]
     fn binary_values_are_read_by_their_type_and_masked() {
         let card: i64 = 4111_1111_1111_1111;
-        let card_num = numeric(&[4111, 1111, 1111, 1111], 3, false, 0);
+        let card_num = numeric_bytes(&[4111, 1111, 1111, 1111], 3, false, 0);
         let mut json = vec![1u8];
         json.extend_from_slice(br#"{"mail": "ann@example.com", "n": 1}"#);
         for chunk in [1, 5, 4096] {
@@ -2274,8 +2023,53 @@ mod tests {
             let v = &execs[1].values;
             let x = v[0].as_deref().unwrap();
             assert!(x.len() == 16 && !x.contains("41111111"), "{x}");
-            // A type not read here stays hex.
-            assert_eq!(v[1].as_deref(), Some("\\x0000000000000009"));
+            // A timestamptz, typed by the ParameterDescription.
+            assert_eq!(v[1].as_deref(), Some("2000-01-01 00:00:00.000009+00"));
+        }
+    }
+
+    #[test]
+    fn unread_binary_values_are_masked_as_bytes_before_hex() {
+        // A bytea (not read as text) holding a card number in ASCII
+        // between non-printable bytes.
+        let mut v = vec![0u8, 1];
+        v.extend_from_slice(b"4111111111111111");
+        v.push(0);
+        let mut card_hex = Vec::new();
+        crate::protocol::hex_into(&mut card_hex, b"41111111");
+        let card_hex = String::from_utf8(card_hex).unwrap();
+        for chunk in [1, 7, 4096] {
+            let mut s = masking_session(4096);
+            s.client(
+                &cat(&[
+                    parse_typed("", "select $1", &[17]),
+                    bind_fmt(1, &[Some(&v)]),
+                    execute(""),
+                    sync(),
+                ]),
+                chunk,
+            );
+            s.target(
+                &cat(&[
+                    msg(b'1', b""),
+                    msg(b'2', b""),
+                    row(),
+                    complete("SELECT 1"),
+                    ready(),
+                ]),
+                chunk,
+            );
+            let got = take(&mut s.t);
+            let exec = got
+                .iter()
+                .find(|r| r.kind == AuditKind::Execute as i32)
+                .unwrap();
+            let x = exec.values[0].as_deref().unwrap();
+            assert!(
+                x.starts_with("\\x0001") && x.len() == 2 + 2 * v.len(),
+                "{x}"
+            );
+            assert!(!x.contains(&card_hex), "chunk {chunk}: {x}");
         }
     }
 
