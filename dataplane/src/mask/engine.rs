@@ -1569,6 +1569,12 @@ fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
     while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
         *cursor += 1;
     }
+    // (Most blocks of a long value lie wholly in its region.)
+    if let Some(r) = regions.get(*cursor) {
+        if r.start as usize <= base && r.end as usize >= end {
+            return u64::MAX;
+        }
+    }
     let mut bits = 0u64;
     let mut i = *cursor;
     while i < regions.len() && (regions[i].start as usize) < end {
