@@ -51,7 +51,9 @@ fn sql(start: u64) -> Vec<u8> {
 }
 
 /// The client's messages of one transaction, as (tag, body).
-fn requests(extended: bool, start: u64) -> Vec<(u8, Vec<u8>)> {
+type Requests = Vec<(u8, Vec<u8>)>;
+
+fn requests(extended: bool, start: u64) -> Requests {
     if !extended {
         return vec![(b'Q', sql(start))];
     }
@@ -117,7 +119,7 @@ fn main() {
         m => panic!("unknown mode {m}"),
     };
     // 64 different results, used in turn.
-    let work: Vec<(Vec<(u8, Vec<u8>)>, Vec<u8>)> = (0..64u64)
+    let work: Vec<(Requests, Vec<u8>)> = (0..64u64)
         .map(|i| {
             let start = 1 + i * 311 % 19_000;
             (requests(extended, start), response(extended, start))
