@@ -16,77 +16,15 @@
 //! Arguments: iterations (default 100), rows (default 2000). With
 //! `MASK_PROFILE_YAML` set, that profile instead of the default one.
 //!
-//! The hex references are a seeded hash rather than md5 (same alphabet and
-//! length; the engine cannot tell them apart).
+//! The rows are built by `support/e2e_rows.rs`.
 
-use dataplane::mask::corpus::{self, Rng};
+use dataplane::mask::corpus;
 use dataplane::mask::{mask_data_row, Engine, Hits, MaskingProfile, RowPlan};
 use std::hint::black_box;
 
-/// 32 hex digits, fixed per (row, sentence): SplitMix64 of the pair.
-fn hex32(g: u64, i: u64) -> String {
-    let a = Rng::new(g * 16 + i).next_u64();
-    let b = Rng::new(a ^ 0x1234_5678).next_u64();
-    format!("{a:016x}{b:016x}")
-}
-
-/// `date '2024-01-01' + day` (2024 is a leap year; day < 366).
-fn date(day: u64) -> String {
-    const MONTHS: [u64; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    let mut d = day;
-    let mut m = 0;
-    while d >= MONTHS[m] {
-        d -= MONTHS[m];
-        m += 1;
-    }
-    format!("2024-{:02}-{:02}", m + 1, d + 1)
-}
-
-fn row(g: u64) -> Vec<Option<String>> {
-    let customer = format!("customer {} (account {:06})", g % 997, g * 7919 % 100_000);
-    let contact = if g.is_multiple_of(5) {
-        format!("user{g}@example.com")
-    } else {
-        format!("contact via portal, ticket {}", g * 31)
-    };
-    let mut note = Vec::new();
-    for i in 1..=8u64 {
-        let cents = (g * 13 + i) % 10_000;
-        note.push(format!(
-            "Order {g}-{i} shipped {} to depot {}, qty {} at {}.{:02} EUR, ref {}.",
-            date((g + i) % 365),
-            (g * i) % 97,
-            i + 1,
-            cents / 100,
-            cents % 100,
-            hex32(g, i)
-        ));
-    }
-    let mut note = note.join(" ");
-    let cards = [
-        "4111 1111 1111 1111",
-        "5500-0000-0000-0004",
-        "378282246310005",
-    ];
-    if g.is_multiple_of(10) {
-        note.push_str(&format!(" Paid with card {}.", cards[(g % 3) as usize]));
-    } else if g % 20 == 1 {
-        note.push_str(" Customer SSN 536-22-8841 on file.");
-    } else if g % 20 == 2 {
-        note.push_str(" Refund to GB82 WEST 1234 5698 7654 32.");
-    } else {
-        note.push_str(" No payment details.");
-    }
-    let amount = (g % 100_000) * 100 / 7;
-    vec![
-        Some(g.to_string()),
-        Some(customer),
-        Some(contact),
-        Some(note),
-        Some(format!("{}.{:02}", amount / 100, amount % 100)),
-        Some(format!("2024-01-01 00:00:00+00 + {g}")),
-    ]
-}
+#[path = "support/e2e_rows.rs"]
+mod e2e_rows;
+use e2e_rows::{row, COLUMNS};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -98,16 +36,8 @@ fn main() {
         Err(_) => MaskingProfile::default(),
     };
     let engine = Engine::compile(&p).unwrap();
-    let cols: &[(&str, u32)] = &[
-        ("id", 23),
-        ("customer", 25),
-        ("contact", 25),
-        ("note", 25),
-        ("amount", 1700),
-        ("created", 1184),
-    ];
     let mut plan = RowPlan::new();
-    plan.describe(&engine, &corpus::row_description(cols))
+    plan.describe(&engine, &corpus::row_description(COLUMNS))
         .unwrap();
     let bodies: Vec<Vec<u8>> = (1..=n).map(|g| corpus::data_row(&row(g))).collect();
     let mut work = bodies.clone();

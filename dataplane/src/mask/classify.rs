@@ -126,8 +126,8 @@ pub(crate) struct BlockMasks {
     pub upper: u64,
     pub anchor: u64,
     /// Letter anchors the byte next to them rules out (a subset of
-    /// [`letter_reject_scalar`]'s bits; only the AVX-512 kernel fills it,
-    /// the others leave it 0, which rules out nothing). The engine skips
+    /// [`letter_reject_scalar`]'s bits; the AVX-512 and AVX2 kernels fill
+    /// it, the others leave it 0, which rules out nothing). The engine skips
     /// them: `may_anchor` would reject them from the same bytes.
     pub reject: u64,
 }
@@ -542,7 +542,12 @@ mod x86 {
             let nib = _mm256_set1_epi8(0x0f);
             let zero = _mm256_setzero_si256();
             let upper_bits = _mm256_set1_epi8((CLASS_UPPER_4 | CLASS_UPPER_5) as i8);
+            let ld = |t: &[u8; 16]| _mm256_broadcastsi128_si256(ld16(t));
+            let (after_letters, after_ok) = (ld(&AFTER_LETTERS), ld(&AFTER_OK));
+            let (before_letters, before_ok) = (ld(&BEFORE_LETTERS), ld(&BEFORE_OK));
             let mut m = BlockMasks::default();
+            // Letter anchors and their allowed neighbours (see `reject`).
+            let (mut la, mut na, mut lb, mut nb) = (0u64, 0u64, 0u64, 0u64);
             for half in 0..2 {
                 // `block` has 64 bytes; `half * 32 + 32 <= 64`.
                 let v = _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i);
@@ -560,12 +565,19 @@ mod x86 {
                         _mm256_movemask_epi8(_mm256_slli_epi16::<SH>(cls)) as u32 as u64
                     }};
                 }
-                let a = _mm256_and_si256(
-                    _mm256_shuffle_epi8(anc_lo, lo),
-                    _mm256_shuffle_epi8(hi_bit, hi),
-                );
+                let hib = _mm256_shuffle_epi8(hi_bit, hi);
+                let a = _mm256_and_si256(_mm256_shuffle_epi8(anc_lo, lo), hib);
                 let not_a = _mm256_cmpeq_epi8(a, zero);
                 let shift = 32 * half;
+                // Bytes of a set given as per-low-nibble high-nibble bits.
+                let set = |t: __m256i| {
+                    let x = _mm256_and_si256(_mm256_shuffle_epi8(t, lo), hib);
+                    (!(_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, zero)) as u32) as u64) << shift
+                };
+                la |= set(after_letters);
+                na |= set(after_ok);
+                lb |= set(before_letters);
+                nb |= set(before_ok);
                 m.digit |= has!(CLASS_DIGIT) << shift;
                 m.glue |= has!(CLASS_GLUE) << shift;
                 m.space |= has!(CLASS_SPACE) << shift;
@@ -575,6 +587,7 @@ mod x86 {
                 m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
+            m.reject = (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1);
             m
         }
     }

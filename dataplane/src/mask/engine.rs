@@ -88,6 +88,11 @@ impl From<Builtin> for RuleId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hits {
     counts: [u64; MAX_RULES],
+    /// The sum of `counts`, and a bit per rule whose count is not 0 (both
+    /// follow from `counts`; kept so that totals and the rules hit cost
+    /// no walk over every rule).
+    total: u64,
+    seen: u64,
     log: Option<Vec<HitAt>>,
 }
 
@@ -111,6 +116,8 @@ impl Default for Hits {
     fn default() -> Self {
         Hits {
             counts: [0; MAX_RULES],
+            total: 0,
+            seen: 0,
             log: None,
         }
     }
@@ -133,6 +140,8 @@ impl Hits {
     pub fn add_at(&mut self, rule: impl Into<RuleId>, at: u32, n: u64) {
         let rule = rule.into();
         self.counts[rule.0 as usize] += n;
+        self.total += n;
+        self.seen |= u64::from(n != 0) << rule.0;
         if let Some(log) = &mut self.log {
             log.push(HitAt {
                 rule,
@@ -169,24 +178,36 @@ impl Hits {
         self.counts[rule.into().0 as usize]
     }
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.total
     }
     /// Rules with a non-zero count.
     pub fn iter(&self) -> impl Iterator<Item = (RuleId, u64)> + '_ {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(i, &c)| (RuleId(i as u8), c))
+        let mut seen = self.seen;
+        std::iter::from_fn(move || {
+            let i = seen.trailing_zeros();
+            if i == 64 {
+                return None;
+            }
+            seen &= seen - 1;
+            Some((RuleId(i as u8), self.counts[i as usize]))
+        })
     }
     /// Zero the counts (the hit list is kept).
     pub fn clear(&mut self) {
-        self.counts = [0; MAX_RULES];
+        let mut seen = self.seen;
+        while seen != 0 {
+            self.counts[seen.trailing_zeros() as usize] = 0;
+            seen &= seen - 1;
+        }
+        self.total = 0;
+        self.seen = 0;
     }
     pub fn merge(&mut self, other: &Hits) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
         }
+        self.total += other.total;
+        self.seen |= other.seen;
     }
 }
 
@@ -1547,6 +1568,12 @@ fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
     let end = base + BLOCK;
     while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
         *cursor += 1;
+    }
+    // (Most blocks of a long value lie wholly in its region.)
+    if let Some(r) = regions.get(*cursor) {
+        if r.start as usize <= base && r.end as usize >= end {
+            return u64::MAX;
+        }
     }
     let mut bits = 0u64;
     let mut i = *cursor;

@@ -265,6 +265,9 @@ impl RowPlan {
         self.rewrites = self.cols.iter().any(|c| c.plan.rewrites());
         self.column_hits.clear();
         self.column_hits.resize(self.cols.len(), 0);
+        // At most one region per column: zeroed per row, never resized.
+        self.region_hits.clear();
+        self.region_hits.resize(self.cols.len(), 0);
     }
 
     /// Forget the current result set.
@@ -437,10 +440,14 @@ pub fn mask_data_row(
         return Err(E);
     }
     if !plan.regions.is_empty() {
-        plan.region_hits.clear();
-        plan.region_hits.resize(plan.regions.len(), 0);
+        if plan.region_hits.len() < plan.regions.len() {
+            // (A plan left half-built by a RowDescription that failed.)
+            plan.region_hits.resize(plan.regions.len(), 0);
+        }
+        let region_hits = &mut plan.region_hits[..plan.regions.len()];
+        region_hits.fill(0);
         let logged = hits.log_len();
-        if engine.mask_regions(body, &plan.regions, &mut plan.region_hits, hits) > 0 {
+        if engine.mask_regions(body, &plan.regions, region_hits, hits) > 0 {
             changed = true;
             // Logged hits name their region; make that the column.
             for h in hits.logged_since(logged) {
