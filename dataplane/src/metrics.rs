@@ -121,15 +121,21 @@ pub fn bump(c: &AtomicU64, n: u64) {
 impl CoreMetrics {
     /// Move a session's masking hit counts into this core's totals.
     pub fn count_masked(&self, m: &mut crate::session::masker::TargetMasker) {
+        // A key is allocated only the first time a rule or column is seen
+        // on this core; later reads find it by reference.
+        fn add(map: &mut std::collections::HashMap<String, u64>, key: &str, n: u64) {
+            match map.get_mut(key) {
+                Some(v) => *v += n,
+                None => {
+                    map.insert(key.to_owned(), n);
+                }
+            }
+        }
         if let Ok(mut rules) = self.masked_rules.lock() {
-            m.take_hits(|rule, n| *rules.entry(rule.to_string()).or_default() += n);
+            m.take_hits(|rule, n| add(&mut rules, rule, n));
         }
         if let Ok(mut cols) = self.masked_columns.lock() {
-            m.take_column_hits(|col, n| {
-                *cols
-                    .entry(String::from_utf8_lossy(col).into_owned())
-                    .or_default() += n
-            });
+            m.take_column_hits(|col, n| add(&mut cols, &String::from_utf8_lossy(col), n));
         }
     }
 
