@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use proto::{AuditKind, AuditRecord, AuthMethod, Decision};
 use sluice_tests::client::{err_text, step};
-use sluice_tests::{db_code, ApiKey, Gateway, GatewayConfig, Pg};
+use sluice_tests::{db_code, wire, ApiKey, Gateway, GatewayConfig, Pg};
 
 fn audited(dir: &Path, extra: &str) -> GatewayConfig {
     GatewayConfig::standard(Pg::shared(), ApiKey::shared()).audit(dir, extra)
@@ -386,6 +386,126 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
             "{text}"
         );
     }
+}
+
+/// Send `frames` in one write; read until `syncs` ReadyForQuery, giving
+/// the tags seen and the SQLSTATEs of the errors.
+async fn pipeline(s: &mut wire::Session, frames: &[u8], syncs: usize) -> (String, Vec<String>) {
+    s.raw.send(frames).await.expect("send pipeline");
+    let (mut tags, mut codes) = (String::new(), Vec::new());
+    let mut ready = 0;
+    while ready < syncs {
+        let m = s.raw.read_msg().await;
+        tags.push(m.tag_char());
+        match m.tag {
+            b'E' => codes.push(wire::ErrorFields::parse(&m.body).code().to_string()),
+            b'Z' => ready += 1,
+            _ => {}
+        }
+    }
+    (tags, codes)
+}
+
+/// A Parse PostgreSQL rejects (a duplicate statement name) changes nothing
+/// in what the records say later Binds and Executes ran: the statement
+/// PostgreSQL still has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_parse_does_not_change_the_sql_of_later_records() {
+    use postgres_protocol::message::frontend;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let mut s = wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+        .await
+        .unwrap_or_else(|e| panic!("raw login failed: {e}"));
+    let mut buf = bytes::BytesMut::new();
+    let bind_execute = |buf: &mut bytes::BytesMut| {
+        let no_params: [Option<&[u8]>; 0] = [];
+        let bound = frontend::bind(
+            "",
+            "s1",
+            std::iter::empty::<i16>(),
+            no_params,
+            |_, _| Ok(postgres_protocol::IsNull::No),
+            std::iter::empty::<i16>(),
+            buf,
+        );
+        assert!(bound.is_ok(), "bind message");
+        frontend::execute("", 0, buf).unwrap();
+    };
+    // s1 is `select 1`.
+    frontend::parse("s1", "select 1 /* m9-original */", None, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("1Z".into(), vec![])
+    );
+    // A second Parse of s1 is refused (42P05); the Bind and Execute after
+    // it are skipped.
+    frontend::parse("s1", "select 2 /* m9-rejected */", None, &mut buf).unwrap();
+    bind_execute(&mut buf);
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("EZ".into(), vec!["42P05".into()])
+    );
+    // Run s1: PostgreSQL runs `select 1`.
+    bind_execute(&mut buf);
+    frontend::sync(&mut buf);
+    let (tags, codes) = pipeline(&mut s, &buf.split(), 1).await;
+    assert_eq!((tags.as_str(), codes.len()), ("2DCZ", 0));
+    // Once more in one write past a Sync: the rejected Parse, Sync, then
+    // Bind and Execute of s1 (sent before the error came back).
+    frontend::parse("s1", "select 3 /* m9-rejected-too */", None, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    bind_execute(&mut buf);
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 2).await,
+        ("EZ2DCZ".into(), vec!["42P05".into()])
+    );
+    frontend::terminate(&mut buf);
+    s.raw.send(&buf.split()).await.unwrap();
+    drop(s);
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let recs = records(dir.path());
+    let run: Vec<(AuditKind, &str, &str)> = recs
+        .iter()
+        .filter(|r| matches!(kind(r), AuditKind::Bind | AuditKind::Execute))
+        .filter(|r| !r.outcome.as_ref().unwrap().skipped)
+        .map(|r| {
+            let st = r.statement.as_ref().unwrap();
+            (kind(r), st.statement_name.as_str(), st.sql.as_str())
+        })
+        .collect();
+    let original = "select 1 /* m9-original */";
+    assert_eq!(
+        run,
+        [
+            (AuditKind::Bind, "s1", original),
+            (AuditKind::Execute, "s1", original),
+            (AuditKind::Bind, "s1", original),
+            (AuditKind::Execute, "s1", original),
+        ]
+    );
+    let executed = of_kind(&recs, AuditKind::Execute);
+    assert!(executed
+        .iter()
+        .filter(|r| sql(r).contains("m9-rejected"))
+        .all(|r| r.outcome.as_ref().unwrap().skipped));
+    let refused: Vec<&str> = of_kind(&recs, AuditKind::Parse)
+        .into_iter()
+        .filter(|r| r.outcome.as_ref().unwrap().sqlstate == "42P05")
+        .map(sql)
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "select 2 /* m9-rejected */",
+            "select 3 /* m9-rejected-too */"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,21 @@
 //! marked `skipped`. Requests still unanswered when the session ends get
 //! records marked `incomplete` ([`Tracker::finish`]).
 //!
+//! Prepared statements and portals are tracked by name, so Bind and
+//! Execute records carry their statement's SQL. A Parse, Bind or Close
+//! changes them only once PostgreSQL confirms it (ParseComplete,
+//! BindComplete, CloseComplete; a simple Query drops the unnamed statement
+//! and portal when it runs). Until then the change is pending: messages
+//! sent after it see it (the newest pending change to a name, else the
+//! confirmed state), as PostgreSQL runs them after it; an ErrorResponse
+//! drops it, with every change PostgreSQL skips after it. So a rejected
+//! Parse (a duplicate name, a syntax error, one skipped after an earlier
+//! error) never replaces the statement PostgreSQL still has, and a skipped
+//! Close forgets nothing. A failed Parse of the unnamed statement leaves
+//! none (PostgreSQL drops it before parsing). Requests queued past a Sync
+//! that found their statement or portal through a change that was then
+//! dropped look it up again.
+//!
 //! Finished records wait in the tracker until the driver takes them
 //! ([`Tracker::peek_record`], [`Tracker::pop_record`]) and writes them to
 //! the core's ring — before it forwards the bytes that answered them.
@@ -207,19 +222,6 @@ fn parse_types(b: &[u8]) -> Option<Rc<[u32]>> {
     (!oids.is_empty()).then(|| Rc::from(oids))
 }
 
-/// The statement `name` names (empty: the unnamed one).
-fn lookup_stmt<'a>(
-    unnamed: &'a Option<Stmt>,
-    named: &'a HashMap<Box<[u8]>, Stmt>,
-    name: &[u8],
-) -> Option<&'a Stmt> {
-    if name.is_empty() {
-        unnamed.as_ref()
-    } else {
-        named.get(name)
-    }
-}
-
 /// `text` with what `engine` (if any) detects masked, in place in its own
 /// allocation.
 fn mask_owned(engine: Option<&Engine>, text: String) -> String {
@@ -317,6 +319,7 @@ fn name(b: &[u8]) -> Option<Rc<str>> {
     }
 }
 
+/// A prepared statement PostgreSQL confirmed (ParseComplete).
 #[derive(Debug, Clone)]
 struct Stmt {
     name: Option<Rc<str>>,
@@ -329,6 +332,7 @@ struct Stmt {
     types: TypeSlot,
 }
 
+/// A portal PostgreSQL confirmed (BindComplete).
 #[derive(Debug, Clone, Default)]
 struct Portal {
     stmt: Option<Rc<str>>,
@@ -336,6 +340,163 @@ struct Portal {
     param_count: u32,
     params: Option<Rc<[i32]>>,
     values: Option<Params>,
+}
+
+/// A statement as a later message sees it: confirmed ([`Stmt`]) or made
+/// by a Parse still waiting for its answer (the request's own fields).
+#[derive(Clone, Copy)]
+struct StmtRef<'a> {
+    name: &'a Option<Rc<str>>,
+    sql: &'a Text,
+    types: &'a TypeSlot,
+}
+
+/// A portal as a later message sees it: confirmed ([`Portal`]) or made
+/// by a Bind still waiting for its answer (the request's own fields).
+#[derive(Clone, Copy)]
+struct PortalRef<'a> {
+    stmt: &'a Option<Rc<str>>,
+    sql: &'a Text,
+    param_count: u32,
+    params: &'a Option<Rc<[i32]>>,
+    values: &'a Option<Params>,
+}
+
+impl Stmt {
+    fn as_ref(&self) -> StmtRef<'_> {
+        StmtRef {
+            name: &self.name,
+            sql: &self.sql,
+            types: &self.types,
+        }
+    }
+}
+
+impl Portal {
+    fn as_ref(&self) -> PortalRef<'_> {
+        PortalRef {
+            stmt: &self.stmt,
+            sql: &self.sql,
+            param_count: self.param_count,
+            params: &self.params,
+            values: &self.values,
+        }
+    }
+}
+
+impl PortalRef<'_> {
+    fn to_owned(self) -> Portal {
+        Portal {
+            stmt: self.stmt.clone(),
+            sql: self.sql.clone(),
+            param_count: self.param_count,
+            params: self.params.clone(),
+            values: self.values.clone(),
+        }
+    }
+}
+
+/// A statement or portal name as a map key; `None`: the unnamed one (no
+/// allocation for it).
+type Key = Option<Rc<[u8]>>;
+
+fn key(name: &[u8]) -> Key {
+    (!name.is_empty()).then(|| Rc::from(name))
+}
+
+fn key_is(key: &Key, name: &[u8]) -> bool {
+    key.as_deref().unwrap_or_default() == name
+}
+
+/// What a request changes in the session's statements and portals (to
+/// the one its [`Pending::key`] names) once PostgreSQL confirms it. Until
+/// then the change is pending: messages after it see it (PostgreSQL runs
+/// them after it), but the confirmed state does not have it, and an error
+/// drops it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    #[default]
+    None,
+    /// Parse: the statement is the request's (its name, SQL and type slot
+    /// in the request's fields). Confirmed by ParseComplete.
+    Parse,
+    /// Bind: the portal is the request's (its fields). Confirmed by
+    /// BindComplete.
+    Bind,
+    /// Close of a statement; confirmed by CloseComplete.
+    CloseStmt,
+    /// Close of a portal; confirmed by CloseComplete.
+    ClosePortal,
+    /// A simple Query drops the unnamed statement and the unnamed portal
+    /// when PostgreSQL runs it (at its start, so even if it fails).
+    Query,
+}
+
+impl Change {
+    /// A change to a statement (else to a portal, or none).
+    fn to_stmt(self) -> bool {
+        matches!(self, Change::Parse | Change::CloseStmt | Change::Query)
+    }
+
+    /// A change to a portal (else to a statement, or none).
+    fn to_portal(self) -> bool {
+        matches!(self, Change::Bind | Change::ClosePortal | Change::Query)
+    }
+}
+
+/// The newest pending change to each name (the id of its request): what
+/// later messages see before the confirmed state.
+#[derive(Debug, Default)]
+struct Overlay {
+    unnamed: Option<u64>,
+    named: HashMap<Rc<[u8]>, u64>,
+}
+
+impl Overlay {
+    #[inline]
+    fn get(&self, name: &[u8]) -> Option<u64> {
+        if name.is_empty() {
+            self.unnamed
+        } else if self.named.is_empty() {
+            None
+        } else {
+            self.named.get(name).copied()
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, key: &Key, id: u64) {
+        match key {
+            None => self.unnamed = Some(id),
+            Some(k) => {
+                self.named.insert(k.clone(), id);
+            }
+        }
+    }
+
+    /// Request `id` left the queue (confirmed or dropped): if its change
+    /// was the newest to `key`, no change to it is pending any more (any
+    /// older one left the queue before it).
+    #[inline]
+    fn unlink(&mut self, key: &Key, id: u64) {
+        match key {
+            None => {
+                if self.unnamed == Some(id) {
+                    self.unnamed = None;
+                }
+            }
+            Some(k) => {
+                if self.named.get(&**k) == Some(&id) {
+                    self.named.remove(&**k);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.unnamed = None;
+        self.named.clear();
+    }
 }
 
 #[derive(Debug)]
@@ -369,9 +530,22 @@ struct Pending {
     refused: bool,
     skipped: bool,
     incomplete: bool,
-    /// A Describe of a prepared statement: that statement's type slot, for
-    /// its ParameterDescription.
-    describes: Option<TypeSlot>,
+    /// A Parse: the type slot of the statement it makes. A Describe of a
+    /// prepared statement: that statement's type slot, for its
+    /// ParameterDescription.
+    types: Option<TypeSlot>,
+    /// What this request changes in the statements and portals, until
+    /// PostgreSQL confirms it (then applied) or refuses or skips it (then
+    /// dropped).
+    change: Change,
+    /// The name `change` is to (`None`: the unnamed statement or portal).
+    key: Key,
+    /// A Bind, Describe or Execute that found its statement or portal in
+    /// a pending change: how many requests back that change's request is
+    /// (if it is dropped, what this request found is looked up again); 0:
+    /// none. (Not an `Option<u64>`: a request is moved a few times, and
+    /// kept under 256 bytes its moves stay short.)
+    via_back: u32,
 }
 
 impl Pending {
@@ -395,9 +569,78 @@ impl Pending {
             refused: false,
             skipped: false,
             incomplete: false,
-            describes: None,
+            types: None,
+            change: Change::None,
+            key: None,
+            via_back: 0,
         }
     }
+
+    /// The request whose pending change this one found its statement or
+    /// portal through.
+    fn via(&self) -> Option<u64> {
+        (self.via_back > 0).then(|| self.id - u64::from(self.via_back))
+    }
+
+    fn set_via(&mut self, via: Option<u64>) {
+        self.via_back = via
+            .and_then(|v| u32::try_from(self.id.checked_sub(v)?).ok())
+            .unwrap_or(0);
+    }
+
+    /// The statement this pending Parse makes.
+    fn stmt_made(&self) -> Option<StmtRef<'_>> {
+        match self.change {
+            Change::Parse => self.types.as_ref().map(|types| StmtRef {
+                name: &self.statement_name,
+                sql: &self.sql,
+                types,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The portal this pending Bind makes.
+    fn portal_made(&self) -> Option<PortalRef<'_>> {
+        match self.change {
+            Change::Bind => Some(PortalRef {
+                stmt: &self.statement_name,
+                sql: &self.sql,
+                param_count: self.param_count,
+                params: &self.params,
+                values: &self.values,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether PostgreSQL carried it out: answered without an error (a
+    /// simple Query drops the unnamed statement and portal even if it then
+    /// fails), not skipped, not refused, not left unanswered.
+    fn carried_out(&self) -> bool {
+        !self.skipped
+            && !self.incomplete
+            && !self.refused
+            && (self.error.is_none() || self.req == Req::Query)
+    }
+}
+
+/// The statement `name` names as a request sees it after a pending
+/// change `p` (`Err`: `p` changes something else).
+fn stmt_after<'a>(p: &'a Pending, name: &[u8]) -> Result<Option<StmtRef<'a>>, ()> {
+    if !p.change.to_stmt() || !key_is(&p.key, name) {
+        return Err(());
+    }
+    Ok(p.stmt_made())
+}
+
+/// The portal `name` names as a request sees it after a pending change
+/// `p` (`Err`: `p` changes something else).
+fn portal_after<'a>(p: &'a Pending, name: &[u8]) -> Result<Option<PortalRef<'a>>, ()> {
+    if !p.change.to_portal() || !key_is(&p.key, name) {
+        return Err(());
+    }
+    Ok(p.portal_made())
 }
 
 /// Bind body after the two names: formats, parameters (lengths only).
@@ -655,10 +898,20 @@ pub struct Tracker {
     skip_until_sync: bool,
     client: Capture,
     target: Capture,
+    /// Statements and portals as PostgreSQL has them: changed only when
+    /// it confirms a change (ParseComplete, BindComplete, CloseComplete,
+    /// a simple Query run).
     unnamed_stmt: Option<Stmt>,
-    stmts: HashMap<Box<[u8]>, Stmt>,
-    unnamed_portal: Portal,
-    portals: HashMap<Box<[u8]>, Portal>,
+    stmts: HashMap<Rc<[u8]>, Stmt>,
+    unnamed_portal: Option<Portal>,
+    portals: HashMap<Rc<[u8]>, Portal>,
+    /// The newest pending change to each statement and portal name,
+    /// looked up before the confirmed state.
+    pending_stmts: Overlay,
+    pending_portals: Overlay,
+    /// Pending changes just dropped (request id, name): requests still
+    /// queued that found something through them look it up again.
+    dropped: Vec<(u64, Key)>,
     /// Masks SQL text and bind parameters before they are recorded.
     engine: Option<Arc<Engine>>,
     scratch: Vec<u8>,
@@ -680,8 +933,11 @@ impl Tracker {
             target: Capture::default(),
             unnamed_stmt: None,
             stmts: HashMap::new(),
-            unnamed_portal: Portal::default(),
+            unnamed_portal: None,
             portals: HashMap::new(),
+            pending_stmts: Overlay::default(),
+            pending_portals: Overlay::default(),
+            dropped: Vec::new(),
             engine: None,
             scratch: Vec::new(),
         }
@@ -779,19 +1035,33 @@ impl Tracker {
         };
         // The request queued when this frame started (unless a confused
         // target already answered it). Filled in where it is queued.
-        if self.queue.back().is_none_or(|p| p.id != id) {
-            return;
-        }
-        let Some(p) = self.queue.back_mut() else {
+        let Some(req) = self.queue.back().filter(|p| p.id == id).map(|p| p.req) else {
             return;
         };
+        // PostgreSQL discards it (an earlier message failed): it changes
+        // nothing.
+        let skipped = self.skip_until_sync && req != Req::Sync;
         let c = &self.client;
         match c.tag {
             tag::QUERY => {
                 let full = u64::from(c.len.saturating_sub(1));
                 let n = c.head.len().min(full as usize);
                 let mask = self.engine.as_deref().map(|e| (e, &mut self.scratch));
-                p.sql = Text::masked(&c.head[..n], full, self.max_sql, mask);
+                let sql = Text::masked(&c.head[..n], full, self.max_sql, mask);
+                let p = self.queue.back_mut().expect("queued");
+                p.sql = sql;
+                // It drops the unnamed statement and portal: a change only
+                // if there is one (confirmed or pending).
+                if !skipped
+                    && (self.unnamed_stmt.is_some()
+                        || self.unnamed_portal.is_some()
+                        || self.pending_stmts.unnamed.is_some()
+                        || self.pending_portals.unnamed.is_some())
+                {
+                    p.change = Change::Query;
+                    self.pending_stmts.unnamed = Some(id);
+                    self.pending_portals.unnamed = Some(id);
+                }
             }
             b'F' => {
                 let oid = if c.head.len() >= 4 {
@@ -801,6 +1071,7 @@ impl Tracker {
                 };
                 let text = format!("-- function call (fastpath), oid {oid}");
                 let full = text.len() as u64;
+                let p = self.queue.back_mut().expect("queued");
                 p.sql = Text::new(text.as_bytes(), full, self.max_sql);
                 p.sql.kind = Cow::Borrowed("utility");
             }
@@ -822,23 +1093,22 @@ impl Tracker {
                 } else {
                     None
                 };
-                let types = Rc::new(RefCell::new(types));
-                let stmt = Stmt {
-                    name: name(stmt_name),
-                    sql: Text::masked(
-                        sql,
-                        full,
-                        self.max_sql,
-                        self.engine.as_deref().map(|e| (e, &mut self.scratch)),
-                    ),
-                    types,
-                };
-                p.statement_name = stmt.name.clone();
-                p.sql = stmt.sql.clone();
-                if stmt_name.is_empty() {
-                    self.unnamed_stmt = Some(stmt);
-                } else {
-                    self.stmts.insert(stmt_name.into(), stmt);
+                let sql = Text::masked(
+                    sql,
+                    full,
+                    self.max_sql,
+                    self.engine.as_deref().map(|e| (e, &mut self.scratch)),
+                );
+                let stmt = name(stmt_name);
+                let key = if skipped { None } else { key(stmt_name) };
+                let p = self.queue.back_mut().expect("queued");
+                p.statement_name = stmt;
+                p.sql = sql;
+                if !skipped {
+                    p.types = Some(Rc::new(RefCell::new(types)));
+                    p.change = Change::Parse;
+                    self.pending_stmts.set(&key, id);
+                    p.key = key;
                 }
             }
             tag::BIND => {
@@ -849,82 +1119,341 @@ impl Tracker {
                     c.head.len() as u64
                 };
                 let stmt_name = c.until_nul(stmt_from, 1);
-                let stmt = lookup_stmt(&self.unnamed_stmt, &self.stmts, stmt_name);
+                let (stmt, via) = self.find_stmt(stmt_name);
                 let types = stmt.and_then(|s| s.types.borrow().clone());
-                let mut portal = Portal {
-                    param_count: u32::from(c.bind.nparams),
-                    params: (!c.bind.lengths.is_empty()).then(|| Rc::from(&c.bind.lengths[..])),
-                    values: bind_values(
-                        &c.bind,
-                        types.as_deref(),
-                        self.engine.as_deref(),
-                        self.max_sql,
-                    ),
-                    ..Portal::default()
+                let values = bind_values(
+                    &c.bind,
+                    types.as_deref(),
+                    self.engine.as_deref(),
+                    self.max_sql,
+                );
+                let (stmt, sql) = match stmt {
+                    Some(s) => (s.name.clone(), s.sql.clone()),
+                    None => (name(stmt_name), Text::default()),
                 };
-                match stmt {
-                    Some(s) => {
-                        portal.stmt = s.name.clone();
-                        portal.sql = s.sql.clone();
-                    }
-                    None => portal.stmt = name(stmt_name),
-                }
-                p.portal_name = name(portal_name);
-                p.statement_name = portal.stmt.clone();
-                p.sql = portal.sql.clone();
-                p.param_count = portal.param_count;
-                p.params = portal.params.clone();
-                p.values = portal.values.clone();
-                if portal_name.is_empty() {
-                    self.unnamed_portal = portal;
-                } else {
-                    self.portals.insert(portal_name.into(), portal);
+                let param_count = u32::from(c.bind.nparams);
+                let params = (!c.bind.lengths.is_empty()).then(|| Rc::from(&c.bind.lengths[..]));
+                let portal = name(portal_name);
+                let key = if skipped { None } else { key(portal_name) };
+                let p = self.queue.back_mut().expect("queued");
+                p.portal_name = portal;
+                p.statement_name = stmt;
+                p.sql = sql;
+                p.param_count = param_count;
+                p.params = params;
+                p.values = values;
+                p.set_via(via);
+                if !skipped {
+                    p.change = Change::Bind;
+                    self.pending_portals.set(&key, id);
+                    p.key = key;
                 }
             }
             tag::DESCRIBE if c.head.first() == Some(&b'S') && c.found >= 1 => {
-                let stmt = lookup_stmt(&self.unnamed_stmt, &self.stmts, c.until_nul(1, 0));
-                p.describes = stmt.map(|s| s.types.clone());
+                let (stmt, via) = self.find_stmt(c.until_nul(1, 0));
+                let slot = stmt.map(|s| s.types.clone());
+                let p = self.queue.back_mut().expect("queued");
+                p.types = slot;
+                p.set_via(via);
             }
             tag::EXECUTE => {
                 let portal_name = c.until_nul(0, 0);
-                let portal = if portal_name.is_empty() {
-                    Some(&self.unnamed_portal)
-                } else {
-                    self.portals.get(portal_name)
-                };
-                p.portal_name = name(portal_name);
+                let (portal, via) = self.find_portal(portal_name);
+                let portal = portal.map(PortalRef::to_owned);
+                let portal_name = name(portal_name);
+                let p = self.queue.back_mut().expect("queued");
+                p.portal_name = portal_name;
+                p.set_via(via);
                 if let Some(portal) = portal {
-                    p.statement_name = portal.stmt.clone();
-                    p.sql = portal.sql.clone();
+                    p.statement_name = portal.stmt;
+                    p.sql = portal.sql;
                     p.param_count = portal.param_count;
-                    p.params = portal.params.clone();
-                    p.values = portal.values.clone();
+                    p.params = portal.params;
+                    p.values = portal.values;
                 }
             }
-            b'C' => {
-                let kind = c.head.first().copied();
-                let n = c.until_nul(1, 0);
-                match kind {
-                    Some(b'S') if n.is_empty() => self.unnamed_stmt = None,
-                    Some(b'S') => {
-                        self.stmts.remove(n);
+            b'C' if !skipped => {
+                let change = match c.head.first() {
+                    Some(b'S') => Change::CloseStmt,
+                    Some(b'P') => Change::ClosePortal,
+                    _ => Change::None,
+                };
+                let key = if change == Change::None {
+                    None
+                } else {
+                    key(c.until_nul(1, 0))
+                };
+                if change.to_stmt() {
+                    self.pending_stmts.set(&key, id);
+                } else if change.to_portal() {
+                    self.pending_portals.set(&key, id);
+                }
+                let p = self.queue.back_mut().expect("queued");
+                p.change = change;
+                p.key = key;
+            }
+            _ => {}
+        }
+        if skipped {
+            // PostgreSQL discards it: an earlier message failed.
+            if let Some(mut p) = self.queue.pop_back() {
+                p.skipped = true;
+                self.finish_one(p);
+            }
+        }
+    }
+
+    /// Make the change of queued request `i` the newest pending one to
+    /// its name.
+    #[inline]
+    fn register(&mut self, i: usize) {
+        let Some(p) = self.queue.get(i) else {
+            return;
+        };
+        if p.change.to_stmt() {
+            self.pending_stmts.set(&p.key, p.id);
+        }
+        if p.change.to_portal() {
+            self.pending_portals.set(&p.key, p.id);
+        }
+    }
+
+    /// The queued request `id`.
+    #[inline]
+    fn queued(&self, id: u64) -> Option<&Pending> {
+        // Ids are consecutive unless a skipped request left a gap.
+        let first = self.queue.front()?.id;
+        let at = usize::try_from(id.checked_sub(first)?).ok()?;
+        match self.queue.get(at) {
+            Some(p) if p.id == id => Some(p),
+            _ => {
+                let i = self.queue.binary_search_by_key(&id, |p| p.id).ok()?;
+                self.queue.get(i)
+            }
+        }
+    }
+
+    /// The statement `name` names for a message sent now: made by the
+    /// newest pending change to it (and that change's request), else the
+    /// confirmed one.
+    fn find_stmt(&self, name: &[u8]) -> (Option<StmtRef<'_>>, Option<u64>) {
+        if let Some(id) = self.pending_stmts.get(name) {
+            if let Some(found) = self.queued(id).and_then(|p| stmt_after(p, name).ok()) {
+                return (found, Some(id));
+            }
+            debug_assert!(false, "pending statement change {id} not queued");
+        }
+        (self.confirmed_stmt(name), None)
+    }
+
+    /// As [`Tracker::find_stmt`], for a portal.
+    fn find_portal(&self, name: &[u8]) -> (Option<PortalRef<'_>>, Option<u64>) {
+        if let Some(id) = self.pending_portals.get(name) {
+            if let Some(found) = self.queued(id).and_then(|p| portal_after(p, name).ok()) {
+                return (found, Some(id));
+            }
+            debug_assert!(false, "pending portal change {id} not queued");
+        }
+        (self.confirmed_portal(name), None)
+    }
+
+    /// The statement `name` names after the change of queued request
+    /// `at`, else the confirmed one (for looking up again after a change
+    /// was dropped).
+    fn stmt_at(&self, at: Option<usize>, name: &[u8]) -> (Option<StmtRef<'_>>, Option<u64>) {
+        match at.and_then(|j| self.queue.get(j)) {
+            Some(p) => (stmt_after(p, name).ok().flatten(), Some(p.id)),
+            None => (self.confirmed_stmt(name), None),
+        }
+    }
+
+    /// As [`Tracker::stmt_at`], for a portal.
+    fn portal_at(&self, at: Option<usize>, name: &[u8]) -> (Option<PortalRef<'_>>, Option<u64>) {
+        match at.and_then(|j| self.queue.get(j)) {
+            Some(p) => (portal_after(p, name).ok().flatten(), Some(p.id)),
+            None => (self.confirmed_portal(name), None),
+        }
+    }
+
+    fn confirmed_stmt(&self, name: &[u8]) -> Option<StmtRef<'_>> {
+        if name.is_empty() {
+            self.unnamed_stmt.as_ref().map(Stmt::as_ref)
+        } else {
+            self.stmts.get(name).map(Stmt::as_ref)
+        }
+    }
+
+    fn confirmed_portal(&self, name: &[u8]) -> Option<PortalRef<'_>> {
+        if name.is_empty() {
+            self.unnamed_portal.as_ref().map(Portal::as_ref)
+        } else {
+            self.portals.get(name).map(Portal::as_ref)
+        }
+    }
+
+    /// The oldest request is leaving the queue: apply its change if
+    /// PostgreSQL carried it out, else drop it (requests still queued that
+    /// found something through it look it up again:
+    /// [`Tracker::look_up_again`]).
+    #[inline(never)]
+    fn settle_front(&mut self) {
+        let Some(p) = self.queue.front_mut() else {
+            return;
+        };
+        let change = std::mem::take(&mut p.change);
+        let key = p.key.take();
+        let types = p.types.take();
+        let p = &*p;
+        if change.to_stmt() {
+            self.pending_stmts.unlink(&key, p.id);
+        }
+        if change.to_portal() {
+            self.pending_portals.unlink(&key, p.id);
+        }
+        if !p.carried_out() {
+            // PostgreSQL drops the unnamed statement before it parses a
+            // new one: a failed Parse of "" leaves none.
+            let drops_unnamed =
+                change == Change::Parse && key.is_none() && p.error.is_some() && !p.skipped;
+            let id = p.id;
+            self.drop_change(change, key, id, drops_unnamed);
+            return;
+        }
+        match change {
+            Change::None => {}
+            Change::Parse => {
+                let Some(types) = types else {
+                    return;
+                };
+                let stmt = Stmt {
+                    name: p.statement_name.clone(),
+                    sql: p.sql.clone(),
+                    types,
+                };
+                match key {
+                    None => self.unnamed_stmt = Some(stmt),
+                    Some(k) => {
+                        self.stmts.insert(k, stmt);
                     }
-                    Some(b'P') if n.is_empty() => self.unnamed_portal = Portal::default(),
-                    Some(b'P') => {
-                        self.portals.remove(n);
+                }
+            }
+            Change::Bind => {
+                let portal = Portal {
+                    stmt: p.statement_name.clone(),
+                    sql: p.sql.clone(),
+                    param_count: p.param_count,
+                    params: p.params.clone(),
+                    values: p.values.clone(),
+                };
+                match key {
+                    None => self.unnamed_portal = Some(portal),
+                    Some(k) => {
+                        self.portals.insert(k, portal);
+                    }
+                }
+            }
+            Change::CloseStmt => match &key {
+                None => self.unnamed_stmt = None,
+                Some(k) => {
+                    self.stmts.remove(&**k);
+                }
+            },
+            Change::ClosePortal => match &key {
+                None => self.unnamed_portal = None,
+                Some(k) => {
+                    self.portals.remove(&**k);
+                }
+            },
+            Change::Query => {
+                self.unnamed_stmt = None;
+                self.unnamed_portal = None;
+            }
+        }
+    }
+
+    /// The change of request `id` did not happen.
+    #[cold]
+    #[inline(never)]
+    fn drop_change(&mut self, change: Change, key: Key, id: u64, drops_unnamed_stmt: bool) {
+        if drops_unnamed_stmt {
+            self.unnamed_stmt = None;
+        }
+        if change != Change::None {
+            self.dropped.push((id, key));
+        }
+    }
+
+    /// Pending changes were dropped (their requests failed or were
+    /// skipped): the requests still queued after them (past a Sync) that
+    /// found a statement or portal through one look it up again, in
+    /// order (a Bind looked up again changes what an Execute through it
+    /// found).
+    #[inline]
+    fn look_up_again(&mut self) {
+        if !self.dropped.is_empty() {
+            self.look_up_dropped();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn look_up_dropped(&mut self) {
+        // Ids in order: the changes dropped, then the Binds looked up again
+        // (queued after them, in queue order).
+        let mut dropped = std::mem::take(&mut self.dropped);
+        // The newest change queued before request `i` to each name (its
+        // index), as the pass goes: one pass, however long the queue.
+        let mut stmts: HashMap<Key, usize> = HashMap::new();
+        let mut portals: HashMap<Key, usize> = HashMap::new();
+        for i in 0..self.queue.len() {
+            let found = self.queue[i]
+                .via()
+                .and_then(|via| dropped.binary_search_by_key(&via, |d| d.0).ok())
+                .map(|at| dropped[at].1.clone());
+            if let Some(key) = found {
+                let name = key.as_deref().unwrap_or_default();
+                match self.queue[i].req {
+                    Req::Bind => {
+                        let (stmt, via) = self.stmt_at(stmts.get(&key).copied(), name);
+                        let sql = stmt.map(|s| s.sql.clone()).unwrap_or_default();
+                        let p = &mut self.queue[i];
+                        p.sql = sql;
+                        p.set_via(via);
+                        if p.change == Change::Bind {
+                            dropped.push((p.id, p.key.clone()));
+                        }
+                    }
+                    Req::Describe => {
+                        let (stmt, via) = self.stmt_at(stmts.get(&key).copied(), name);
+                        let slot = stmt.map(|s| s.types.clone());
+                        let p = &mut self.queue[i];
+                        p.types = slot;
+                        p.set_via(via);
+                    }
+                    Req::Execute => {
+                        let (portal, via) = self.portal_at(portals.get(&key).copied(), name);
+                        let portal = portal.map(PortalRef::to_owned).unwrap_or_default();
+                        let p = &mut self.queue[i];
+                        p.statement_name = portal.stmt;
+                        p.sql = portal.sql;
+                        p.param_count = portal.param_count;
+                        p.params = portal.params;
+                        p.values = portal.values;
+                        p.set_via(via);
                     }
                     _ => {}
                 }
             }
-            _ => {}
-        }
-        if self.skip_until_sync && p.req != Req::Sync {
-            // PostgreSQL discards it: an earlier message failed.
-            p.skipped = true;
-            if let Some(p) = self.queue.pop_back() {
-                self.finish_one(p);
+            let p = &self.queue[i];
+            if p.change.to_stmt() {
+                stmts.insert(p.key.clone(), i);
+            }
+            if p.change.to_portal() {
+                portals.insert(p.key.clone(), i);
             }
         }
+        dropped.clear();
+        self.dropped = dropped;
     }
 
     /// Feed a piece of a target frame (as it is about to go to the client).
@@ -999,6 +1528,7 @@ impl Tracker {
                         break;
                     }
                 }
+                self.look_up_again();
             }
             _ => {}
         }
@@ -1012,7 +1542,7 @@ impl Tracker {
         if self.target.tag == tag::PARAMETER_DESCRIPTION {
             // The answer to a Describe of a statement: its types.
             if front.req == Req::Describe {
-                if let Some(slot) = front.describes.take() {
+                if let Some(slot) = front.types.take() {
                     *slot.borrow_mut() = parse_types(&self.target.head);
                 }
             }
@@ -1043,20 +1573,28 @@ impl Tracker {
             _ => {
                 front.error = Some(failure);
                 self.complete_front(now);
-                // PostgreSQL skips everything up to the next Sync.
+                // PostgreSQL skips everything up to the next Sync; what
+                // they would have changed is dropped.
                 while let Some(p) = self.queue.front_mut() {
                     if p.req == Req::Sync {
+                        self.look_up_again();
                         return;
                     }
                     p.skipped = true;
                     self.complete_front(now);
                 }
+                self.dropped.clear();
                 self.skip_until_sync = true;
             }
         }
     }
 
+    /// The oldest request is answered: its change applied (or dropped),
+    /// its record made.
     fn complete_front(&mut self, now: Clock) {
+        if self.queue.front().is_some_and(|p| p.change != Change::None) {
+            self.settle_front();
+        }
         if let Some(mut p) = self.queue.pop_front() {
             p.end_ns = now.mono_ns;
             self.finish_one(p);
@@ -1085,7 +1623,10 @@ impl Tracker {
             .iter()
             .position(|p| p.id >= mark)
             .unwrap_or(self.queue.len());
+        let mut changed = false;
         for mut p in self.queue.drain(at..) {
+            changed |= p.change != Change::None;
+            p.change = Change::None;
             if matches!(p.req, Req::Query | Req::FunctionCall | Req::Execute) {
                 p.refused = true;
                 p.end_ns = now.mono_ns;
@@ -1096,16 +1637,25 @@ impl Tracker {
                 self.done.push_back(p);
             }
         }
+        if changed {
+            // Never forwarded: their changes never happen. The newest
+            // pending change to each name is now an older one, if any.
+            self.pending_stmts.clear();
+            self.pending_portals.clear();
+            for i in 0..self.queue.len() {
+                self.register(i);
+            }
+        }
     }
 
     /// The session ended: every request still unanswered gets a record
     /// marked incomplete.
     pub fn finish(&mut self, now: Clock) {
-        while let Some(mut p) = self.queue.pop_front() {
+        while let Some(p) = self.queue.front_mut() {
             p.incomplete = true;
-            p.end_ns = now.mono_ns;
-            self.finish_one(p);
+            self.complete_front(now);
         }
+        self.dropped.clear();
     }
 
     /// The oldest finished record, if any.
@@ -2221,6 +2771,391 @@ mod tests {
         );
     }
 
+    fn close_portal(name: &str) -> Vec<u8> {
+        let mut b = vec![b'P'];
+        b.extend(cstr(name));
+        msg(b'C', &b)
+    }
+
+    /// (kind, SQL, skipped, SQLSTATE) of each record.
+    fn outline(got: &[Rec]) -> Vec<(AuditKind, &str, bool, &str)> {
+        got.iter()
+            .map(|r| {
+                (
+                    AuditKind::try_from(r.kind).unwrap(),
+                    r.sql.as_str(),
+                    r.skipped,
+                    r.sqlstate.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    /// Parse "s1" as `select 1`, confirmed.
+    fn prepared_s1() -> (Vec<u8>, Vec<u8>) {
+        (
+            cat(&[parse("s1", "select 1"), sync()]),
+            cat(&[msg(b'1', b""), ready()]),
+        )
+    }
+
+    /// Bind "" to "s1", Execute it, Sync; answered with one row.
+    fn run_s1() -> (Vec<u8>, Vec<u8>) {
+        (
+            cat(&[bind("", "s1", &[]), execute(""), sync()]),
+            cat(&[msg(b'2', b""), row(), complete("SELECT 1"), ready()]),
+        )
+    }
+
+    #[test]
+    fn a_rejected_duplicate_parse_keeps_the_original_statement() {
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let (c2, t2) = run_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[
+                        parse("s1", "select 2"),
+                        bind("", "s1", &[]),
+                        execute(""),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        error("42P05", "prepared statement \"s1\" already exists"),
+                        ready(),
+                    ]),
+                ),
+                (&c2, &t2),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Parse, "select 2", false, "42P05"),
+                // Skipped: what the client sent, as it meant it.
+                (Bind, "select 2", true, ""),
+                (Execute, "select 2", true, ""),
+                // What PostgreSQL ran.
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, ""),
+            ]
+        );
+        assert_eq!(got[5].stmt, "s1");
+        assert_eq!(got[5].rows, 1);
+    }
+
+    #[test]
+    fn a_parse_with_a_syntax_error_keeps_the_old_named_statement() {
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let (c2, t2) = run_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[parse("s1", "selec 2"), sync()]),
+                    &cat(&[error("42601", "syntax error"), ready()]),
+                ),
+                (&c2, &t2),
+            ],
+        );
+        assert_eq!(
+            outline(&got)[1..],
+            [
+                (Parse, "selec 2", false, "42601"),
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, "")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_parse_of_the_unnamed_statement_leaves_none() {
+        // PostgreSQL drops the unnamed statement before parsing the next.
+        use AuditKind::*;
+        let got = exchange(
+            4096,
+            &[
+                (
+                    &cat(&[parse("", "select 1"), sync()]),
+                    &cat(&[msg(b'1', b""), ready()]),
+                ),
+                (
+                    &cat(&[parse("", "selec 2"), sync()]),
+                    &cat(&[error("42601", "syntax error"), ready()]),
+                ),
+                (
+                    &cat(&[bind("", "", &[]), execute(""), sync()]),
+                    &cat(&[
+                        error("26000", "unnamed prepared statement does not exist"),
+                        ready(),
+                    ]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got)[2..],
+            [(Bind, "", false, "26000"), (Execute, "", true, "")]
+        );
+    }
+
+    #[test]
+    fn a_pipeline_after_an_error_changes_nothing() {
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let (c2, t2) = run_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[
+                        bind("", "nosuch", &[]),
+                        close_stmt("s1"),
+                        parse("s1", "select 2"),
+                        bind("p1", "s1", &[]),
+                        execute("p1"),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        error("26000", "prepared statement \"nosuch\" does not exist"),
+                        ready(),
+                    ]),
+                ),
+                (&c2, &t2),
+                // Portal p1 was never made either.
+                (
+                    &cat(&[execute("p1"), sync()]),
+                    &cat(&[error("34000", "portal \"p1\" does not exist"), ready()]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Bind, "", false, "26000"),
+                (Parse, "select 2", true, ""),
+                (Bind, "select 2", true, ""),
+                (Execute, "select 2", true, ""),
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, ""),
+                (Execute, "", false, "34000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_close_skipped_after_an_error_keeps_the_statement() {
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let (c2, t2) = run_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[execute("nosuch"), close_stmt("s1"), sync()]),
+                    &cat(&[error("34000", "portal \"nosuch\" does not exist"), ready()]),
+                ),
+                (&c2, &t2),
+            ],
+        );
+        assert_eq!(
+            outline(&got)[2..],
+            [
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, "")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_confirmed_close_forgets_the_statement_and_the_portal() {
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[bind("p1", "s1", &[]), sync()]),
+                    &cat(&[msg(b'2', b""), ready()]),
+                ),
+                (
+                    &cat(&[close_stmt("s1"), close_portal("p1"), sync()]),
+                    &cat(&[msg(b'3', b""), msg(b'3', b""), ready()]),
+                ),
+                (
+                    &cat(&[execute("p1"), bind("", "s1", &[]), sync()]),
+                    &cat(&[error("34000", "portal \"p1\" does not exist"), ready()]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Bind, "select 1", false, ""),
+                (Execute, "", false, "34000"),
+                (Bind, "", true, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pipeline_sees_its_own_pending_changes() {
+        // Close, Parse again, Bind and Execute in one pipeline: each sees
+        // what the ones before it did, as PostgreSQL runs them.
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let (c2, t2) = run_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[
+                        close_stmt("s1"),
+                        parse("s1", "select 2"),
+                        bind("p1", "s1", &[Some(b"7")]),
+                        execute("p1"),
+                        close_portal("p1"),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        msg(b'3', b""),
+                        msg(b'1', b""),
+                        msg(b'2', b""),
+                        row(),
+                        complete("SELECT 1"),
+                        msg(b'3', b""),
+                        ready(),
+                    ]),
+                ),
+                (&c2, &t2),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Parse, "select 2", false, ""),
+                (Bind, "select 2", false, ""),
+                (Execute, "select 2", false, ""),
+                (Bind, "select 2", false, ""),
+                (Execute, "select 2", false, ""),
+            ]
+        );
+        assert_eq!(got[3].values, [Some("7".to_string())]);
+        assert_eq!((got[3].portal.as_str(), got[3].stmt.as_str()), ("p1", "s1"));
+    }
+
+    #[test]
+    fn requests_past_a_sync_look_again_when_a_pending_change_fails() {
+        // One write: a duplicate Parse, Sync, then Bind and Execute of the
+        // name. The duplicate fails; what runs past the Sync is the
+        // original statement.
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[
+                        parse("s1", "select 2"),
+                        describe_stmt("s1"),
+                        sync(),
+                        bind("", "s1", &[]),
+                        execute(""),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        error("42P05", "prepared statement \"s1\" already exists"),
+                        ready(),
+                        msg(b'2', b""),
+                        row(),
+                        complete("SELECT 1"),
+                        ready(),
+                    ]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Parse, "select 2", false, "42P05"),
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_simple_query_drops_the_unnamed_statement_and_portal() {
+        use AuditKind::*;
+        let got = exchange(
+            4096,
+            &[
+                (
+                    &cat(&[parse("", "select 1"), bind("", "", &[]), sync()]),
+                    &cat(&[msg(b'1', b""), msg(b'2', b""), ready()]),
+                ),
+                (
+                    &query("select 9"),
+                    &cat(&[row(), complete("SELECT 1"), ready()]),
+                ),
+                (
+                    &cat(&[execute(""), bind("", "", &[]), sync()]),
+                    &cat(&[error("34000", "portal \"\" does not exist"), ready()]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got)[2..],
+            [
+                (Query, "select 9", false, ""),
+                (Execute, "", false, "34000"),
+                (Bind, "", true, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_requests_change_nothing() {
+        let mut s = Session::new(4096);
+        s.client(&cat(&[parse("s1", "select 1"), sync()]), 4096);
+        let mark = s.t.mark();
+        s.client(
+            &cat(&[close_stmt("s1"), parse("s1", "select 2"), sync()]),
+            4096,
+        );
+        let now = s.clock();
+        s.t.refuse_since(mark, "42501", "permission revoked", now);
+        // Before the first Parse is answered, a Bind sees it.
+        s.client(&cat(&[bind("", "s1", &[]), execute(""), sync()]), 4096);
+        s.target(
+            &cat(&[
+                msg(b'1', b""),
+                ready(),
+                msg(b'2', b""),
+                complete("SELECT 1"),
+                ready(),
+            ]),
+            4096,
+        );
+        let got = take(&mut s.t);
+        let sql: Vec<&str> = got.iter().map(|r| r.sql.as_str()).collect();
+        assert_eq!(sql, ["select 1", "select 1", "select 1"]);
+    }
+
     #[test]
     fn tags() {
         assert_eq!(tag_rows(b"SELECT 5\0"), Some(5));
@@ -2228,6 +3163,188 @@ mod tests {
         assert_eq!(tag_rows(b"CREATE TABLE\0"), None);
         assert_eq!(tag_rows(b"5\0"), None);
         assert_eq!(tag_rows(b"\0"), None);
+    }
+
+    /// A client message for the model test: statement and portal names
+    /// from a small set, so they collide.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Parse(&'static str, &'static str),
+        Bind(&'static str, &'static str),
+        Describe(&'static str),
+        Execute(&'static str),
+        CloseStmt(&'static str),
+        ClosePortal(&'static str),
+        Query,
+        Sync,
+    }
+
+    fn step_strategy() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let name = || prop::sample::select(vec!["", "a", "b"]);
+        let sql = prop::sample::select(vec!["select 1", "select 2", "select 3", "selec bad"]);
+        prop_oneof![
+            4 => (name(), sql).prop_map(|(n, q)| Step::Parse(n, q)),
+            4 => (name(), name()).prop_map(|(p, s)| Step::Bind(p, s)),
+            1 => name().prop_map(Step::Describe),
+            4 => name().prop_map(Step::Execute),
+            1 => name().prop_map(Step::CloseStmt),
+            1 => name().prop_map(Step::ClosePortal),
+            1 => Just(Step::Query),
+            3 => Just(Step::Sync),
+        ]
+    }
+
+    /// What PostgreSQL answers to `steps`, each step's answer apart
+    /// (empty: skipped after an error), and for each Bind and Execute run
+    /// or refused, the SQL its record must carry (`None`: skipped).
+    fn postgres_model(steps: &[Step]) -> (Vec<Vec<u8>>, Vec<Option<String>>) {
+        let mut stmts: HashMap<&str, &str> = HashMap::new();
+        let mut portals: HashMap<&str, &str> = HashMap::new();
+        let mut failed = false;
+        let mut answers = Vec::new();
+        let mut want = Vec::new();
+        for s in steps {
+            if failed && !matches!(s, Step::Sync) {
+                answers.push(Vec::new());
+                if matches!(s, Step::Bind(..) | Step::Execute(_)) {
+                    want.push(None);
+                }
+                continue;
+            }
+            let answer = match *s {
+                Step::Parse(n, q) => {
+                    if n.is_empty() {
+                        stmts.remove(n);
+                    }
+                    if q.starts_with("selec ") {
+                        failed = true;
+                        error("42601", "syntax error")
+                    } else if stmts.contains_key(n) {
+                        failed = true;
+                        error("42P05", "prepared statement already exists")
+                    } else {
+                        stmts.insert(n, q);
+                        msg(b'1', b"")
+                    }
+                }
+                Step::Bind(p, n) => match stmts.get(n).copied() {
+                    None => {
+                        failed = true;
+                        want.push(Some(String::new()));
+                        error("26000", "prepared statement does not exist")
+                    }
+                    Some(_) if !p.is_empty() && portals.contains_key(p) => {
+                        failed = true;
+                        want.push(Some(stmts[n].to_string()));
+                        error("42P03", "cursor already exists")
+                    }
+                    Some(q) => {
+                        portals.insert(p, q);
+                        want.push(Some(q.to_string()));
+                        msg(b'2', b"")
+                    }
+                },
+                Step::Describe(n) => match stmts.get(n) {
+                    Some(_) => cat(&[parameter_description(&[]), msg(b'n', b"")]),
+                    None => {
+                        failed = true;
+                        error("26000", "prepared statement does not exist")
+                    }
+                },
+                Step::Execute(p) => match portals.get(p).copied() {
+                    Some(q) => {
+                        want.push(Some(q.to_string()));
+                        cat(&[row(), complete("SELECT 1")])
+                    }
+                    None => {
+                        failed = true;
+                        want.push(Some(String::new()));
+                        error("34000", "portal does not exist")
+                    }
+                },
+                Step::CloseStmt(n) => {
+                    stmts.remove(n);
+                    msg(b'3', b"")
+                }
+                Step::ClosePortal(p) => {
+                    portals.remove(p);
+                    msg(b'3', b"")
+                }
+                Step::Query => {
+                    stmts.remove("");
+                    portals.remove("");
+                    cat(&[complete("SELECT 1"), ready()])
+                }
+                Step::Sync => {
+                    failed = false;
+                    ready()
+                }
+            };
+            answers.push(answer);
+        }
+        (answers, want)
+    }
+
+    fn step_bytes(s: &Step) -> Vec<u8> {
+        match *s {
+            Step::Parse(n, q) => parse(n, q),
+            Step::Bind(p, n) => bind(p, n, &[]),
+            Step::Describe(n) => describe_stmt(n),
+            Step::Execute(p) => execute(p),
+            Step::CloseStmt(n) => close_stmt(n),
+            Step::ClosePortal(p) => close_portal(p),
+            Step::Query => query("select 9"),
+            Step::Sync => sync(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Against a model of PostgreSQL's prepared statements and portals
+        /// (a rejected Parse keeps the old statement, a failed Parse of ""
+        /// leaves none, everything up to Sync skipped after an error, a
+        /// simple Query drops the unnamed statement and portal), pipelined
+        /// in flights of any length: every Bind and Execute record names
+        /// the SQL PostgreSQL ran (or none where it had no such statement or
+        /// portal).
+        #[test]
+        fn records_follow_what_postgres_ran(
+            steps in proptest::collection::vec(step_strategy(), 1..40),
+            flights in proptest::collection::vec(1usize..8, 40),
+            chunk in 1usize..64,
+        ) {
+            let (answers, want) = postgres_model(&steps);
+            let mut s = Session::new(4096);
+            // The client sends a flight of messages, then PostgreSQL's
+            // answers to them arrive.
+            let mut at = 0;
+            for n in flights.iter().copied().chain(std::iter::repeat(8)) {
+                if at >= steps.len() {
+                    break;
+                }
+                let end = (at + n).min(steps.len());
+                let sent: Vec<Vec<u8>> = steps[at..end].iter().map(step_bytes).collect();
+                s.client(&sent.concat(), chunk);
+                s.target(&answers[at..end].concat(), chunk);
+                at = end;
+            }
+            s.t.finish(Clock::default());
+            let got: Vec<Rec> = take(&mut s.t)
+                .into_iter()
+                .filter(|r| {
+                    r.kind == AuditKind::Bind as i32 || r.kind == AuditKind::Execute as i32
+                })
+                .collect();
+            proptest::prop_assert_eq!(got.len(), want.len());
+            for (i, (r, w)) in got.iter().zip(&want).enumerate() {
+                if let Some(w) = w {
+                    proptest::prop_assert!(!r.skipped, "{i}: {r:?}");
+                    proptest::prop_assert_eq!(&r.sql, w, "{}: {:?}", i, r);
+                } else {
+                    proptest::prop_assert!(r.skipped || r.incomplete, "{i}: {r:?}");
+                }
+            }
+        }
     }
 
     proptest::proptest! {
