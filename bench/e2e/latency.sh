@@ -38,6 +38,7 @@ usage() {
     echo "  MODE=$MODE (simple|extended|prepared) SCALE=$SCALE THREADS=$THREADS PAUSE=$PAUSE"
     echo "  CONTENDERS=\"$CONTENDERS\" (any of: direct sluice sluice-audit pgbouncer)"
     echo "  SLUICE_YAML=<lines added to both sluice configs, e.g. 'driver: epoll'>"
+    echo "  AUDIT_OPTS=<more fields of sluice-audit's audit map, e.g. 'fsync: never, flush_interval_ms: 10'>"
     echo "  SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir> SLUICE_BIN SLUICE_BUILD=0|1 PGBIN KEEP_WORK=1"
 }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -68,7 +69,7 @@ PGBENCH_LOG=$OUT/pgbench.log
 require_cmd pgbench psql awk sed sort curl
 e2e_init
 write_meta "$OUT/meta.txt"
-echo "RATE=$RATE CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS MODE=$MODE SCALE=$SCALE THREADS=$THREADS CONTENDERS=${ORDER[*]} SLUICE_WORKERS=${SLUICE_WORKERS:-default} SLUICE_YAML=${SLUICE_YAML:-}" >>"$OUT/meta.txt"
+echo "RATE=$RATE CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS MODE=$MODE SCALE=$SCALE THREADS=$THREADS CONTENDERS=${ORDER[*]} SLUICE_WORKERS=${SLUICE_WORKERS:-default} SLUICE_YAML=${SLUICE_YAML:-} AUDIT_OPTS=${AUDIT_OPTS:-}" >>"$OUT/meta.txt"
 log "output dir: $OUT"
 
 start_pg 200
@@ -84,7 +85,7 @@ for k in "${ORDER[@]}"; do
     sluice | sluice-audit)
         extra=${SLUICE_YAML:-}
         if [[ $k == sluice-audit ]]; then
-            extra=$(printf '%s\naudit: { enabled: true, spool_dir: "%s" }' "$extra" "$WORK/$k-spool")
+            extra=$(printf '%s\naudit: { enabled: true, spool_dir: "%s"%s }' "$extra" "$WORK/$k-spool" "${AUDIT_OPTS:+, $AUDIT_OPTS}")
         fi
         SLUICE_NAME=$k SLUICE_EXTRA_YAML=$extra start_sluice plain
         PORT[$k]=$SLUICE_PORT USER[$k]=agent PW[$k]=$SLUICE_KEY ADMIN[$k]=$SLUICE_ADMIN_PORT PID[$k]=$SLUICE_PID

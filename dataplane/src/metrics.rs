@@ -332,7 +332,7 @@ impl Registry {
                 let _ = merged.add(&*h);
             }
         }
-        let _ = writeln!(s, "# HELP sluice_gateway_added_seconds Time the gateway added to each statement (request and response forwarding), merged across cores.\n# TYPE sluice_gateway_added_seconds summary");
+        let _ = writeln!(s, "# HELP sluice_gateway_added_seconds The gateway's own time per statement: from each read's completion to its forward being issued, request plus response, merged across cores (socket send time and wake-ups are not in it).\n# TYPE sluice_gateway_added_seconds summary");
         for q in [0.5, 0.9, 0.99, 0.999] {
             let v = if merged.is_empty() {
                 0

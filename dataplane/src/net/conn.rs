@@ -1033,6 +1033,10 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         // sees counters that include its request.
         bump(&m.statements, statements as u64);
         bump(&m.bytes_client_to_target, n as u64);
+        // The gateway's own time: up to issuing the forward. The send
+        // itself is kernel time, and on a shared host it can include the
+        // target's work (the woken backend runs before the send returns).
+        let spent = t0.elapsed();
         let (res, b) = wr.write_all(buf).await;
         buf = b;
         if res.is_err() {
@@ -1040,7 +1044,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         if requests > 0 {
             state.in_flight.set(state.in_flight.get() + requests);
-            state.request_added.set(t0.elapsed());
+            state.request_added.set(spent);
         }
         if terminate {
             return End::Terminated;
@@ -1157,6 +1161,8 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 .set(state.bytes_to_client.get() + sent as u64);
         }
         bump(&m.bytes_target_to_client, sent as u64);
+        // As on the request side: up to issuing the forward.
+        let spent = t0.elapsed();
         if rewritten {
             let (res, b) = wr.write_all(std::mem::take(&mut out)).await;
             out = b;
@@ -1190,7 +1196,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             state
                 .in_flight
                 .set(state.in_flight.get().saturating_sub(ready_frames));
-            let added = state.request_added.get() + t0.elapsed();
+            let added = state.request_added.get() + spent;
             m.record_added(added.as_nanos() as u64);
         }
         if ready == buf.capacity() && buf.capacity() < limits.max_buffer_bytes {
