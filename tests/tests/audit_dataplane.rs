@@ -802,3 +802,60 @@ fn pgbench_statements_match_records() {
         .iter()
         .all(|r| r.outcome.as_ref().is_none_or(|o| o.sqlstate.is_empty())));
 }
+
+/// PostgreSQL keys prepared statements and portals by the first 63 bytes
+/// of their names (NAMEDATALEN - 1): a Bind that names a longer statement
+/// by another name with the same first 63 bytes runs it. Its records must
+/// carry that statement's SQL, as PostgreSQL ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_statement_names_are_matched_as_postgres_matches_them() {
+    use postgres_protocol::message::frontend;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let mut s = wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+        .await
+        .unwrap_or_else(|e| panic!("raw login failed: {e}"));
+    let mut buf = bytes::BytesMut::new();
+    let stem = "n".repeat(63);
+    let (made, used) = (format!("{stem}-made"), format!("{stem}-used"));
+    frontend::parse(&made, "select 1 /* m10-long */", None, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("1Z".into(), vec![])
+    );
+    let no_params: [Option<&[u8]>; 0] = [];
+    let bound = frontend::bind(
+        "",
+        &used,
+        std::iter::empty::<i16>(),
+        no_params,
+        |_, _| Ok(postgres_protocol::IsNull::No),
+        std::iter::empty::<i16>(),
+        &mut buf,
+    );
+    assert!(bound.is_ok(), "bind message");
+    frontend::execute("", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    let (tags, codes) = pipeline(&mut s, &buf.split(), 1).await;
+    assert_eq!((tags.as_str(), codes.len()), ("2DCZ", 0), "{codes:?}");
+    frontend::terminate(&mut buf);
+    s.raw.send(&buf.split()).await.unwrap();
+    drop(s);
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let recs = records(dir.path());
+    let execs = of_kind(&recs, AuditKind::Execute);
+    let exec = execs
+        .iter()
+        .find(|r| {
+            r.statement
+                .as_ref()
+                .unwrap()
+                .statement_name
+                .starts_with(&stem)
+        })
+        .unwrap_or_else(|| panic!("no EXECUTE of the long name: {recs:?}"));
+    assert_eq!(sql(exec), "select 1 /* m10-long */");
+}

@@ -400,12 +400,26 @@ impl PortalRef<'_> {
 /// allocation for it).
 type Key = Option<Rc<[u8]>>;
 
+/// PostgreSQL finds prepared statements and portals by the first
+/// `NAMEDATALEN - 1` bytes of their names (its hash tables are keyed so):
+/// two names that share those bytes are one statement to it, so they are
+/// one here too. 63 is PostgreSQL's default build, which every packaged
+/// server uses.
+const PG_NAME_KEY: usize = 63;
+
+/// The part of a name PostgreSQL looks a statement or portal up by.
+#[inline]
+fn pg_name(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(PG_NAME_KEY)]
+}
+
 fn key(name: &[u8]) -> Key {
+    let name = pg_name(name);
     (!name.is_empty()).then(|| Rc::from(name))
 }
 
 fn key_is(key: &Key, name: &[u8]) -> bool {
-    key.as_deref().unwrap_or_default() == name
+    key.as_deref().unwrap_or_default() == pg_name(name)
 }
 
 /// What a request changes in the session's statements and portals (to
@@ -455,6 +469,7 @@ struct Overlay {
 impl Overlay {
     #[inline]
     fn get(&self, name: &[u8]) -> Option<u64> {
+        let name = pg_name(name);
         if name.is_empty() {
             self.unnamed
         } else if self.named.is_empty() {
@@ -1279,7 +1294,7 @@ impl Tracker {
         if name.is_empty() {
             self.unnamed_stmt.as_ref().map(Stmt::as_ref)
         } else {
-            self.stmts.get(name).map(Stmt::as_ref)
+            self.stmts.get(pg_name(name)).map(Stmt::as_ref)
         }
     }
 
@@ -1287,7 +1302,7 @@ impl Tracker {
         if name.is_empty() {
             self.unnamed_portal.as_ref().map(Portal::as_ref)
         } else {
-            self.portals.get(name).map(Portal::as_ref)
+            self.portals.get(pg_name(name)).map(Portal::as_ref)
         }
     }
 
