@@ -144,15 +144,7 @@ done
 # Summary: median tps per contender; per-round ratios (both runs ok), median [min-max].
 summarize() {
     awk -F, -v wls="$WORKLOADS" -v cls="$CLIENTS" -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v secs="$SECS" \
-        -v threads="$THREADS" '
-    function sort(a, n,    i, j, t) {
-        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    }
-    function median(a, n) {
-        if (n == 0) return ""
-        sort(a, n)
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+        -v threads="$THREADS" "$AWK_MEDIAN"'
     NR == 1 { next }
     $6 == "ok" { tps[$1, $2, $3, $4] = $5 }
     END {

@@ -125,14 +125,7 @@ done
 
 summarize() {
     awk -F, -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v rate="$RATE" -v clients="$CLIENTS" -v secs="$SECS" \
-        -v mode="$MODE" -v hz="$CLK_TCK" '
-    function sort(a, n,    i, j, t) {
-        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    }
-    function median(a, n) {
-        sort(a, n)
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+        -v mode="$MODE" -v hz="$CLK_TCK" "$AWK_MEDIAN"'
     NR == 1 { next }
     { us[$1, $2] = $6; ticks[$1, $2] = $4; tx[$1, $2] = $3 }
     END {

@@ -150,15 +150,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-awk -F, -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v rate="$RATE" -v clients="$CLIENTS" -v secs="$SECS" -v mode="$MODE" '
-    function sort(a, n,    i, j, t) {
-        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    }
-    function median(a, n) {
-        if (n == 0) return ""
-        sort(a, n)
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+awk -F, -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v rate="$RATE" -v clients="$CLIENTS" -v secs="$SECS" -v mode="$MODE" "$AWK_MEDIAN"'
     NR == 1 { next }
     { for (c = 4; c <= 9; c++) val[$2, c, ++cnt[$2, c]] = $c; if ($11 != "") gw[$2, ++gn[$2]] = $11; late[$2] += $10 }
     END {
@@ -174,7 +166,7 @@ awk -F, -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v rate="$RATE" -v clients="$CLI
             for (c = 4; c <= 9; c++) {
                 n = 0; delete a
                 for (m = 1; m <= cnt[k, c]; m++) a[++n] = val[k, c, m]
-                M[k, c] = median(a, n)
+                M[k, c] = median(a, n); MN[k, c] = n
                 printf " %9s", (n ? sprintf("%.0f", M[k, c]) : "n/a")
             }
             n = 0; delete a
@@ -192,7 +184,7 @@ awk -F, -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v rate="$RATE" -v clients="$CLI
                 k = K[i]
                 if (k == "direct") continue
                 printf "%-13s", k
-                for (c = 4; c <= 9; c++) printf " %9s", ((M[k, c] != "" && M["direct", c] != "") ? sprintf("%+.0f", M[k, c] - M["direct", c]) : "n/a")
+                for (c = 4; c <= 9; c++) printf " %9s", ((MN[k, c] && MN["direct", c]) ? sprintf("%+.0f", M[k, c] - M["direct", c]) : "n/a")
                 printf "\n"
             }
         }

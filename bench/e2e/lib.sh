@@ -423,6 +423,21 @@ contender_conn() {
     esac
 }
 
+# awk functions the summaries share: `sort(a, n)` sorts a[1..n] in place
+# (insertion sort: a handful of rounds), `median(a, n)` sorts and returns
+# the median (0 when n is 0; callers print "n/a" by n). Use as
+# awk "$AWK_MEDIAN"'<program>'.
+AWK_MEDIAN='
+    function sort(a, n,    i, j, t) {
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    }
+    function median(a, n) {
+        if (n == 0) return 0
+        sort(a, n)
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+'
+
 # CPU time (user+system, all threads) of a process, in clock ticks.
 proc_cpu_ticks() {
     local stat rest

@@ -279,15 +279,7 @@ done
 
 summarize() {
     awk -F, -v modes="$MODES" -v ks="${ORDER[*]}" -v rounds="$ROUNDS" -v secs="$SECS" -v c="$CLIENTS" \
-        -v rows="$ROWS" -v threads="$j" '
-    function sort(a, n,    i, k, t) {
-        for (i = 2; i <= n; i++) { t = a[i]; for (k = i - 1; k >= 1 && a[k] > t; k--) a[k + 1] = a[k]; a[k + 1] = t }
-    }
-    function median(a, n) {
-        if (n == 0) return ""
-        sort(a, n)
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+        -v rows="$ROWS" -v threads="$j" "$AWK_MEDIAN"'
     NR == 1 { next }
     $13 == "ok" {
         tps[$1, $3, $4] = $5; tx[$1, $3, $4] = $6; mv[$1, $3, $4] = $7

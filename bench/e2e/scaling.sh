@@ -139,15 +139,7 @@ for c in $CLIENTS; do
 done
 
 awk -F, -v cls="$CLIENTS" -v ks="${CONTENDERS[*]}" -v rounds="$ROUNDS" -v secs="$SECS" -v hz="$CLK_TCK" \
-    -v wl="$WORKLOAD" -v threads="$THREADS" -v cores="$(nproc)" '
-    function sort(a, n,    i, j, t) {
-        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-    }
-    function median(a, n) {
-        if (n == 0) return 0
-        sort(a, n)
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+    -v wl="$WORKLOAD" -v threads="$THREADS" -v cores="$(nproc)" "$AWK_MEDIAN"'
     NR == 1 { next }
     $5 == "ok" { tps[$1, $2, $3] = $4; gw[$1, $2, $3] = $6; sk[$1, $2, $3] = $7 }
     END {

@@ -225,24 +225,30 @@ impl Registry {
         }
         // Per worker: the kernel spreads connections over the workers'
         // SO_REUSEPORT listeners by a hash, so an SRE can see one hot core.
-        let _ = writeln!(s, "# HELP sluice_worker_connections_open Client connections open now, by worker.\n# TYPE sluice_worker_connections_open gauge");
-        for m in c {
-            let _ = writeln!(
-                s,
-                "sluice_worker_connections_open{{worker=\"{}\"}} {}",
-                m.worker,
-                m.connections_open.load(Relaxed)
-            );
-        }
-        let _ = writeln!(s, "# HELP sluice_worker_statements_total Statements relayed, by worker.\n# TYPE sluice_worker_statements_total counter");
-        for m in c {
-            let _ = writeln!(
-                s,
-                "sluice_worker_statements_total{{worker=\"{}\"}} {}",
-                m.worker,
-                m.statements.load(Relaxed)
-            );
-        }
+        let per_worker = |s: &mut String,
+                          name: &str,
+                          help: &str,
+                          kind: &str,
+                          v: &dyn Fn(&CoreMetrics) -> i64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in c {
+                let _ = writeln!(s, "{name}{{worker=\"{}\"}} {}", m.worker, v(m));
+            }
+        };
+        per_worker(
+            &mut s,
+            "sluice_worker_connections_open",
+            "Client connections open now, by worker.",
+            "gauge",
+            &|m| m.connections_open.load(Relaxed),
+        );
+        per_worker(
+            &mut s,
+            "sluice_worker_statements_total",
+            "Statements relayed, by worker.",
+            "counter",
+            &|m| m.statements.load(Relaxed) as i64,
+        );
         let _ = writeln!(s, "# HELP sluice_connections_open Client connections open now.\n# TYPE sluice_connections_open gauge");
         let open: i64 = c.iter().map(|m| m.connections_open.load(Relaxed)).sum();
         let _ = writeln!(s, "sluice_connections_open {open}");

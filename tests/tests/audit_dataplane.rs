@@ -406,6 +406,41 @@ async fn pipeline(s: &mut wire::Session, frames: &[u8], syncs: usize) -> (String
     (tags, codes)
 }
 
+/// A raw protocol session through `gw`, logged in as agent1.
+async fn raw_session(gw: &Gateway) -> wire::Session {
+    wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+        .await
+        .unwrap_or_else(|e| panic!("raw login failed: {e}"))
+}
+
+/// Bind prepared statement `stmt` (no parameters) to the unnamed portal
+/// and execute it.
+fn bind_execute(buf: &mut bytes::BytesMut, stmt: &str) {
+    use postgres_protocol::message::frontend;
+    let no_params: [Option<&[u8]>; 0] = [];
+    let bound = frontend::bind(
+        "",
+        stmt,
+        std::iter::empty::<i16>(),
+        no_params,
+        |_, _| Ok(postgres_protocol::IsNull::No),
+        std::iter::empty::<i16>(),
+        buf,
+    );
+    assert!(bound.is_ok(), "bind message");
+    frontend::execute("", 0, buf).unwrap();
+}
+
+/// Terminate the raw session, then stop `gw` once it has closed it.
+async fn end_raw_session(mut s: wire::Session, gw: Gateway) {
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut buf);
+    s.raw.send(&buf.split()).await.unwrap();
+    drop(s);
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+}
+
 /// A Parse PostgreSQL rejects (a duplicate statement name) changes nothing
 /// in what the records say later Binds and Executes ran: the statement
 /// PostgreSQL still has.
@@ -414,24 +449,8 @@ async fn a_rejected_parse_does_not_change_the_sql_of_later_records() {
     use postgres_protocol::message::frontend;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start_with(&audited(dir.path(), ""));
-    let mut s = wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
-        .await
-        .unwrap_or_else(|e| panic!("raw login failed: {e}"));
+    let mut s = raw_session(&gw).await;
     let mut buf = bytes::BytesMut::new();
-    let bind_execute = |buf: &mut bytes::BytesMut| {
-        let no_params: [Option<&[u8]>; 0] = [];
-        let bound = frontend::bind(
-            "",
-            "s1",
-            std::iter::empty::<i16>(),
-            no_params,
-            |_, _| Ok(postgres_protocol::IsNull::No),
-            std::iter::empty::<i16>(),
-            buf,
-        );
-        assert!(bound.is_ok(), "bind message");
-        frontend::execute("", 0, buf).unwrap();
-    };
     // s1 is `select 1`.
     frontend::parse("s1", "select 1 /* m9-original */", None, &mut buf).unwrap();
     frontend::sync(&mut buf);
@@ -442,14 +461,14 @@ async fn a_rejected_parse_does_not_change_the_sql_of_later_records() {
     // A second Parse of s1 is refused (42P05); the Bind and Execute after
     // it are skipped.
     frontend::parse("s1", "select 2 /* m9-rejected */", None, &mut buf).unwrap();
-    bind_execute(&mut buf);
+    bind_execute(&mut buf, "s1");
     frontend::sync(&mut buf);
     assert_eq!(
         pipeline(&mut s, &buf.split(), 1).await,
         ("EZ".into(), vec!["42P05".into()])
     );
     // Run s1: PostgreSQL runs `select 1`.
-    bind_execute(&mut buf);
+    bind_execute(&mut buf, "s1");
     frontend::sync(&mut buf);
     let (tags, codes) = pipeline(&mut s, &buf.split(), 1).await;
     assert_eq!((tags.as_str(), codes.len()), ("2DCZ", 0));
@@ -457,17 +476,13 @@ async fn a_rejected_parse_does_not_change_the_sql_of_later_records() {
     // Bind and Execute of s1 (sent before the error came back).
     frontend::parse("s1", "select 3 /* m9-rejected-too */", None, &mut buf).unwrap();
     frontend::sync(&mut buf);
-    bind_execute(&mut buf);
+    bind_execute(&mut buf, "s1");
     frontend::sync(&mut buf);
     assert_eq!(
         pipeline(&mut s, &buf.split(), 2).await,
         ("EZ2DCZ".into(), vec!["42P05".into()])
     );
-    frontend::terminate(&mut buf);
-    s.raw.send(&buf.split()).await.unwrap();
-    drop(s);
-    gw.wait_connections_closed(Duration::from_secs(10)).await;
-    gw.stop();
+    end_raw_session(s, gw).await;
 
     let recs = records(dir.path());
     let run: Vec<(AuditKind, &str, &str)> = recs
@@ -812,9 +827,7 @@ async fn long_statement_names_are_matched_as_postgres_matches_them() {
     use postgres_protocol::message::frontend;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start_with(&audited(dir.path(), ""));
-    let mut s = wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
-        .await
-        .unwrap_or_else(|e| panic!("raw login failed: {e}"));
+    let mut s = raw_session(&gw).await;
     let mut buf = bytes::BytesMut::new();
     let stem = "n".repeat(63);
     let (made, used) = (format!("{stem}-made"), format!("{stem}-used"));
@@ -824,26 +837,11 @@ async fn long_statement_names_are_matched_as_postgres_matches_them() {
         pipeline(&mut s, &buf.split(), 1).await,
         ("1Z".into(), vec![])
     );
-    let no_params: [Option<&[u8]>; 0] = [];
-    let bound = frontend::bind(
-        "",
-        &used,
-        std::iter::empty::<i16>(),
-        no_params,
-        |_, _| Ok(postgres_protocol::IsNull::No),
-        std::iter::empty::<i16>(),
-        &mut buf,
-    );
-    assert!(bound.is_ok(), "bind message");
-    frontend::execute("", 0, &mut buf).unwrap();
+    bind_execute(&mut buf, &used);
     frontend::sync(&mut buf);
     let (tags, codes) = pipeline(&mut s, &buf.split(), 1).await;
     assert_eq!((tags.as_str(), codes.len()), ("2DCZ", 0), "{codes:?}");
-    frontend::terminate(&mut buf);
-    s.raw.send(&buf.split()).await.unwrap();
-    drop(s);
-    gw.wait_connections_closed(Duration::from_secs(10)).await;
-    gw.stop();
+    end_raw_session(s, gw).await;
 
     let recs = records(dir.path());
     let execs = of_kind(&recs, AuditKind::Execute);

@@ -309,9 +309,9 @@ fn push_clock(s: &mut String, us: u64) {
     );
     let frac = us % 1_000_000;
     if frac != 0 {
-        let f = format!("{frac:06}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
+        let _ = write!(s, ".{frac:06}");
+        let kept = s.trim_end_matches('0').len();
+        s.truncate(kept);
     }
 }
 
