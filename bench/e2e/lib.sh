@@ -16,6 +16,10 @@
 #   SLUICE_EXTRA_YAML  start_sluice: appended to the generated config
 #   KEEP_WORK      1: keep the temp work dir (PG data, configs) after exit
 #   BOUNCER_POOL_SIZE  PgBouncer default_pool_size (default 20)
+#   SLUICE_CPUS    CPU list (taskset -c syntax, e.g. 0-3) sluice-dp runs on
+#   PG_CPUS        CPU list PostgreSQL (postmaster and backends) runs on
+#   CLIENT_CPUS    CPU list the load generator runs on (in the scripts that
+#                  say so in --help); all three unset: no pinning
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
@@ -176,6 +180,15 @@ e2e_cleanup() {
 
 # Create the work dir, install the exit trap.
 e2e_init() {
+    local v
+    for v in SLUICE_CPUS PG_CPUS CLIENT_CPUS; do
+        if [[ -n ${!v:-} ]]; then
+            [[ ${!v} =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] ||
+                die "$v must be a CPU list such as 0-3 or 0,2,4-7, got '${!v}'"
+            require_cmd taskset
+            taskset -c "${!v}" true 2>/dev/null || die "$v=${!v}: taskset cannot run on those CPUs here"
+        fi
+    done
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")
     chmod 755 "$WORK"
     if is_root; then chown postgres: "$WORK"; fi
@@ -185,6 +198,23 @@ e2e_init() {
     # Every client below talks plaintext unless it says otherwise.
     export PGSSLMODE=disable
     unset PGHOST PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE PGOPTIONS
+}
+
+# pin_for sluice|pg|client: sets PIN to the command prefix that runs a program
+# on the CPUs of SLUICE_CPUS, PG_CPUS or CLIENT_CPUS (`taskset -c LIST`, which
+# execs the program, so `$!` stays its PID), or to nothing when that knob is
+# unset. Use as `pin_for pg; as_pg "${PIN[@]}" prog ...`.
+PIN=()
+pin_for() {
+    local cpus
+    case $1 in
+    sluice) cpus=${SLUICE_CPUS:-} ;;
+    pg) cpus=${PG_CPUS:-} ;;
+    client) cpus=${CLIENT_CPUS:-} ;;
+    *) die "pin_for: want sluice, pg or client, got '$1'" ;;
+    esac
+    PIN=()
+    if [[ -n $cpus ]]; then PIN=(taskset -c "$cpus"); fi
 }
 
 # Raise the open-file limit to at least $1, or die explaining why not.
@@ -245,11 +275,13 @@ start_pg() {
     as_pg "$PGBIN/initdb" -D "$PG_DATA" -A scram-sha-256 --pwfile="$pgdir/pw" -U postgres \
         --no-sync -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
         { show_tail "$WORK/initdb.log"; die "initdb failed"; }
-    as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$WORK/pg.log" -w -t 60 -o "-p $PG_PORT -k $pgdir \
+    pin_for pg
+    as_pg "${PIN[@]}" "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$WORK/pg.log" -w -t 60 -o "-p $PG_PORT -k $pgdir \
 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
 -c max_connections=$max_conn -c shared_buffers=256MB" start >"$WORK/pg_ctl.log" 2>&1 ||
         { show_tail "$WORK/pg_ctl.log"; show_tail "$WORK/pg.log"; die "PostgreSQL did not start"; }
     PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
+    if [[ -n ${PG_CPUS:-} ]]; then log "PostgreSQL on CPUs $(taskset -pc "$PG_PID" | sed 's/.*: //')"; fi
     psql_at "$PG_PORT" postgres "$PG_SUPERPW" postgres \
         -c "CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PW'" \
         -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER" ||
@@ -397,7 +429,8 @@ EOF
     } >"$cfg"
     "$SLUICE_BIN" check-config --config "$cfg" >"$WORK/sluice-check-config.log" 2>&1 ||
         { cat "$WORK/sluice-check-config.log" >&2; die "sluice-dp refused the generated config $cfg"; }
-    "$SLUICE_BIN" --config "$cfg" >>"$slog" 2>&1 &
+    pin_for sluice
+    "${PIN[@]}" "$SLUICE_BIN" --config "$cfg" >>"$slog" 2>&1 &
     SLUICE_PID=$!
     for ((i = 0; i < 300; i++)); do
         pid_alive "$SLUICE_PID" || { show_tail "$slog"; die "sluice-dp exited at start (config: $cfg)"; }
@@ -409,7 +442,7 @@ EOF
     ((i < 300)) || { show_tail "$slog"; die "sluice-dp /readyz not 200 within 30s"; }
     psql_at "$SLUICE_PORT" agent "$SLUICE_KEY" "$BENCH_DB" -tAc "SELECT 1" >"$WORK/sluice-check.log" 2>&1 ||
         { cat "$WORK/sluice-check.log" >&2; show_tail "$slog"; die "a query through sluice-dp failed"; }
-    log "sluice-dp ($name) up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls"
+    log "sluice-dp ($name) up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls${SLUICE_CPUS:+, on CPUs $(taskset -pc "$SLUICE_PID" | sed 's/.*: //')}"
 }
 
 # Connection arguments for pgbench/psql per contender: sets CONN_PORT,

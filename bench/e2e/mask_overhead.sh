@@ -41,6 +41,7 @@ usage() {
     echo "  SECS=$SECS THREADS=$THREADS PAUSE=$PAUSE ROWS=$ROWS (rows per SELECT) TABLE_ROWS=$TABLE_ROWS"
     echo "  CONTENDERS=\"$CONTENDERS\" (any of: direct off on) SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>}"
     echo "  OUT=<dir> SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
+    echo "  SLUICE_CPUS, PG_CPUS, CLIENT_CPUS: CPU lists (taskset -c) for sluice-dp, PostgreSQL, pgbench"
 }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     usage
@@ -80,6 +81,7 @@ write_meta "$OUT/meta.txt"
 {
     echo "MODES=$MODES CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS ROWS=$ROWS TABLE_ROWS=$TABLE_ROWS"
     echo "CONTENDERS=${ORDER[*]} SLUICE_WORKERS=${SLUICE_WORKERS:-default}"
+    echo "SLUICE_CPUS=${SLUICE_CPUS:-any} PG_CPUS=${PG_CPUS:-any} CLIENT_CPUS=${CLIENT_CPUS:-any}"
 } >>"$OUT/meta.txt"
 
 n_modes=$(wc -w <<<"$MODES")
@@ -161,7 +163,8 @@ EOF
     } >"$cfg"
     "$SLUICE_BIN" check-config --config "$cfg" >"$WORK/sluice-check-config.log" 2>&1 ||
         { cat "$WORK/sluice-check-config.log" >&2; die "sluice-dp refused the generated config $cfg"; }
-    "$SLUICE_BIN" --config "$cfg" >>"$WORK/sluice-dp.log" 2>&1 &
+    pin_for sluice
+    "${PIN[@]}" "$SLUICE_BIN" --config "$cfg" >>"$WORK/sluice-dp.log" 2>&1 &
     SLUICE_PID=$!
     for ((i = 0; i < 300; i++)); do
         pid_alive "$SLUICE_PID" || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp exited at start (config: $cfg)"; }
@@ -171,7 +174,7 @@ EOF
         sleep 0.1
     done
     ((i < 300)) || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp /readyz not 200 within 30s"; }
-    log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}"
+    log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}${SLUICE_CPUS:+, on CPUs $(taskset -pc "$SLUICE_PID" | sed 's/.*: //')}"
 }
 start_sluice_mask
 
@@ -241,7 +244,8 @@ for mode in $MODES; do
             printf '==== %s round %s %s: %s\n' "$mode" "$r" "$k" "${cmd[*]}" >>"$PGBENCH_LOG"
             rc=0
             rm -f "$WORK/time.out"
-            run_logged "$WORK/pgbench.out" env PGPASSWORD="$CONN_PW" /usr/bin/time -f '%U %S' -o "$WORK/time.out" "${cmd[@]}" || rc=$?
+            pin_for client
+            run_logged "$WORK/pgbench.out" "${PIN[@]}" env PGPASSWORD="$CONN_PW" /usr/bin/time -f '%U %S' -o "$WORK/time.out" "${cmd[@]}" || rc=$?
             # Backends exit once pgbench disconnects; let the postmaster reap them.
             sleep 0.3
             pgt=$(($(proc_cpu_ticks_all "$PG_PID") - pg0))
