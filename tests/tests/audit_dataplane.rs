@@ -413,13 +413,11 @@ async fn raw_session(gw: &Gateway) -> wire::Session {
         .unwrap_or_else(|e| panic!("raw login failed: {e}"))
 }
 
-/// Bind prepared statement `stmt` (no parameters) to the unnamed portal
-/// and execute it.
-fn bind_execute(buf: &mut bytes::BytesMut, stmt: &str) {
-    use postgres_protocol::message::frontend;
+/// Bind prepared statement `stmt` (no parameters) to `portal`.
+fn bind_portal(buf: &mut bytes::BytesMut, portal: &str, stmt: &str) {
     let no_params: [Option<&[u8]>; 0] = [];
-    let bound = frontend::bind(
-        "",
+    let bound = postgres_protocol::message::frontend::bind(
+        portal,
         stmt,
         std::iter::empty::<i16>(),
         no_params,
@@ -428,7 +426,13 @@ fn bind_execute(buf: &mut bytes::BytesMut, stmt: &str) {
         buf,
     );
     assert!(bound.is_ok(), "bind message");
-    frontend::execute("", 0, buf).unwrap();
+}
+
+/// Bind prepared statement `stmt` (no parameters) to the unnamed portal
+/// and execute it.
+fn bind_execute(buf: &mut bytes::BytesMut, stmt: &str) {
+    bind_portal(buf, "", stmt);
+    postgres_protocol::message::frontend::execute("", 0, buf).unwrap();
 }
 
 /// Terminate the raw session, then stop `gw` once it has closed it.
@@ -439,6 +443,66 @@ async fn end_raw_session(mut s: wire::Session, gw: Gateway) {
     drop(s);
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
+}
+
+/// PostgreSQL drops a portal when its transaction ends (at Sync outside a
+/// transaction block, at COMMIT inside one): an Execute of it after that
+/// ran nothing (34000), and its record says so, with no SQL; inside the
+/// block the portal runs its statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_of_a_portal_whose_transaction_ended_records_no_sql() {
+    use postgres_protocol::message::frontend;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let mut s = raw_session(&gw).await;
+    let mut buf = bytes::BytesMut::new();
+    let sql = "select 1 /* m10-portal */";
+    frontend::parse("s1", sql, None, &mut buf).unwrap();
+    bind_portal(&mut buf, "p1", "s1");
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("12Z".into(), vec![])
+    );
+    // The Sync ended the implicit transaction, and p1 with it.
+    frontend::execute("p1", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("EZ".into(), vec!["34000".into()])
+    );
+    // Inside BEGIN … COMMIT, p2 outlives a Sync, not the COMMIT.
+    frontend::query("begin", &mut buf).unwrap();
+    bind_portal(&mut buf, "p2", "s1");
+    frontend::sync(&mut buf);
+    frontend::execute("p2", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    frontend::query("commit", &mut buf).unwrap();
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 4).await,
+        ("CZ2ZDCZCZ".into(), vec![])
+    );
+    frontend::execute("p2", 0, &mut buf).unwrap();
+    frontend::sync(&mut buf);
+    assert_eq!(
+        pipeline(&mut s, &buf.split(), 1).await,
+        ("EZ".into(), vec!["34000".into()])
+    );
+    end_raw_session(s, gw).await;
+
+    let recs = records(dir.path());
+    let executes: Vec<(&str, &str, &str)> = of_kind(&recs, AuditKind::Execute)
+        .into_iter()
+        .map(|r| {
+            let st = r.statement.as_ref().unwrap();
+            let code = r.outcome.as_ref().unwrap().sqlstate.as_str();
+            (st.portal_name.as_str(), st.sql.as_str(), code)
+        })
+        .collect();
+    assert_eq!(
+        executes,
+        [("p1", "", "34000"), ("p2", sql, ""), ("p2", "", "34000")]
+    );
 }
 
 /// A Parse PostgreSQL rejects (a duplicate statement name) changes nothing

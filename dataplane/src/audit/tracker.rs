@@ -42,7 +42,9 @@
 //! Close forgets nothing. A failed Parse of the unnamed statement leaves
 //! none (PostgreSQL drops it before parsing). Requests queued past a Sync
 //! that found their statement or portal through a change that was then
-//! dropped look it up again.
+//! dropped look it up again. Portals end with their transaction: a
+//! ReadyForQuery with status `I` drops them all (an Execute pipelined past
+//! that Sync which found one gets no SQL; PostgreSQL answers it 34000).
 //!
 //! Finished records wait in the tracker until the driver takes them
 //! ([`Tracker::peek_record`], [`Tracker::pop_record`]) and writes them to
@@ -1484,10 +1486,15 @@ impl Tracker {
                     head.bytes += 5 + u64::from(len);
                 }
                 match t {
-                    tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE | tag::PARAMETER_DESCRIPTION => {
+                    tag::COMMAND_COMPLETE
+                    | tag::ERROR_RESPONSE
+                    | tag::PARAMETER_DESCRIPTION
+                    | tag::READY_FOR_QUERY => {
                         let cap = match t {
                             tag::COMMAND_COMPLETE => TAG_CAP,
                             tag::ERROR_RESPONSE => ERROR_CAP,
+                            // The transaction status.
+                            tag::READY_FOR_QUERY => 1,
                             _ => 2 + 4 * MAX_PARAM_TYPES,
                         };
                         self.target.begin(t, len, cap, 0);
@@ -1530,27 +1537,69 @@ impl Tracker {
             b'2' if self.front_is(Req::Bind) => self.complete_front(now),
             b'3' if self.front_is(Req::Close) => self.complete_front(now),
             b'n' | tag::ROW_DESCRIPTION if self.front_is(Req::Describe) => self.complete_front(now),
-            tag::READY_FOR_QUERY => {
-                // Answers the oldest Query, FunctionCall or Sync; anything
-                // before it that got no answer is closed as incomplete.
-                while let Some(p) = self.queue.front_mut() {
-                    let ends = p.req.ends_at_ready();
-                    if !ends {
-                        p.incomplete = true;
-                    }
-                    self.complete_front(now);
-                    if ends {
-                        break;
-                    }
-                }
-                self.look_up_again();
-            }
             _ => {}
+        }
+    }
+
+    /// A ReadyForQuery with transaction status `status`: answers the
+    /// oldest Query, FunctionCall or Sync; anything before it that got no
+    /// answer is closed as incomplete.
+    fn ready(&mut self, status: Option<u8>, now: Clock) {
+        while let Some(p) = self.queue.front_mut() {
+            let ends = p.req.ends_at_ready();
+            if !ends {
+                p.incomplete = true;
+            }
+            self.complete_front(now);
+            if ends {
+                break;
+            }
+        }
+        if status == Some(b'I') && (self.unnamed_portal.is_some() || !self.portals.is_empty()) {
+            // No transaction open: PostgreSQL has dropped every portal
+            // (protocol-level portals never outlive their transaction).
+            // Changes still pending (requests sent after this Sync) apply
+            // when they are confirmed, as before.
+            self.unnamed_portal = None;
+            self.portals.clear();
+            if !self.queue.is_empty() {
+                self.forget_ended_portals();
+            }
+        }
+        self.look_up_again();
+    }
+
+    /// Every portal was just dropped at the end of a transaction: the
+    /// Executes queued after it (pipelined past the Sync) that found their
+    /// portal in what was dropped (the confirmed state, or a change of a
+    /// request now settled) find none, as PostgreSQL will (34000). Those
+    /// that found a Bind queued after the Sync keep it.
+    #[cold]
+    #[inline(never)]
+    fn forget_ended_portals(&mut self) {
+        let Some(first) = self.queue.front().map(|p| p.id) else {
+            return;
+        };
+        for p in self.queue.iter_mut() {
+            if p.req == Req::Execute && p.via().is_none_or(|v| v < first) {
+                let none = Portal::default();
+                p.statement_name = none.stmt;
+                p.sql = none.sql;
+                p.param_count = none.param_count;
+                p.params = none.params;
+                p.values = none.values;
+                p.set_via(None);
+            }
         }
     }
 
     fn target_frame_done(&mut self, now: Clock) {
         self.target.active = false;
+        if self.target.tag == tag::READY_FOR_QUERY {
+            let status = self.target.head.first().copied();
+            self.ready(status, now);
+            return;
+        }
         let Some(front) = self.queue.front_mut() else {
             return;
         };
@@ -3144,6 +3193,113 @@ mod tests {
     }
 
     #[test]
+    fn portals_live_until_their_transaction_ends() {
+        // Inside BEGIN (ReadyForQuery 'T') a named portal outlives a Sync;
+        // at COMMIT (ReadyForQuery 'I') PostgreSQL drops it, and an
+        // Execute of it after that ran nothing (34000), with no SQL.
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let in_xact = msg(b'Z', b"T");
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (&query("begin"), &cat(&[complete("BEGIN"), in_xact.clone()])),
+                (
+                    &cat(&[bind("p1", "s1", &[]), sync()]),
+                    &cat(&[msg(b'2', b""), in_xact.clone()]),
+                ),
+                (
+                    &cat(&[execute("p1"), sync()]),
+                    &cat(&[row(), complete("SELECT 1"), in_xact.clone()]),
+                ),
+                (&query("commit"), &cat(&[complete("COMMIT"), ready()])),
+                (
+                    &cat(&[execute("p1"), sync()]),
+                    &cat(&[error("34000", "portal \"p1\" does not exist"), ready()]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Query, "begin", false, ""),
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, ""),
+                (Query, "commit", false, ""),
+                (Execute, "", false, "34000"),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_portal_is_kept_past_its_transaction() {
+        // (A client that names every portal anew and never closes them
+        // leaves nothing to pile up in the tracker.)
+        let (c0, t0) = prepared_s1();
+        let mut s = Session::new(4096);
+        s.client(&c0, 4096);
+        s.target(&t0, 4096);
+        for i in 0..100 {
+            s.client(&cat(&[bind(&format!("p{i}"), "s1", &[]), sync()]), 4096);
+            s.target(&cat(&[msg(b'2', b""), ready()]), 4096);
+        }
+        s.client(&cat(&[bind("", "s1", &[]), sync()]), 4096);
+        s.target(&cat(&[msg(b'2', b""), ready()]), 4096);
+        assert!(s.t.portals.is_empty() && s.t.unnamed_portal.is_none());
+        s.client(&cat(&[bind("p1", "s1", &[]), sync()]), 4096);
+        s.target(&cat(&[msg(b'2', b""), msg(b'Z', b"T")]), 4096);
+        assert_eq!(s.t.portals.len(), 1, "kept inside a transaction block");
+    }
+
+    #[test]
+    fn an_execute_pipelined_past_the_end_of_its_portals_transaction_finds_none() {
+        // One write: Bind p1, Sync, Execute p1, Bind p2, Execute p2, Sync.
+        // The first Sync ends the implicit transaction and p1 with it; p2,
+        // bound after it, runs.
+        use AuditKind::*;
+        let (c0, t0) = prepared_s1();
+        let got = exchange(
+            4096,
+            &[
+                (&c0, &t0),
+                (
+                    &cat(&[
+                        bind("p1", "s1", &[]),
+                        sync(),
+                        execute("p1"),
+                        sync(),
+                        bind("p2", "s1", &[]),
+                        execute("p2"),
+                        sync(),
+                    ]),
+                    &cat(&[
+                        msg(b'2', b""),
+                        ready(),
+                        error("34000", "portal \"p1\" does not exist"),
+                        ready(),
+                        msg(b'2', b""),
+                        row(),
+                        complete("SELECT 1"),
+                        ready(),
+                    ]),
+                ),
+            ],
+        );
+        assert_eq!(
+            outline(&got),
+            [
+                (Parse, "select 1", false, ""),
+                (Bind, "select 1", false, ""),
+                (Execute, "", false, "34000"),
+                (Bind, "select 1", false, ""),
+                (Execute, "select 1", false, ""),
+            ]
+        );
+    }
+
+    #[test]
     fn refused_requests_change_nothing() {
         let mut s = Session::new(4096);
         s.client(&cat(&[parse("s1", "select 1"), sync()]), 4096);
@@ -3287,12 +3443,16 @@ mod tests {
                     msg(b'3', b"")
                 }
                 Step::Query => {
+                    // Its implicit transaction ends: every portal goes.
                     stmts.remove("");
-                    portals.remove("");
+                    portals.clear();
                     cat(&[complete("SELECT 1"), ready()])
                 }
                 Step::Sync => {
+                    // Outside a transaction block (`ready()` says 'I'),
+                    // Sync ends the implicit transaction: every portal goes.
                     failed = false;
+                    portals.clear();
                     ready()
                 }
             };
@@ -3318,7 +3478,8 @@ mod tests {
         /// Against a model of PostgreSQL's prepared statements and portals
         /// (a rejected Parse keeps the old statement, a failed Parse of ""
         /// leaves none, everything up to Sync skipped after an error, a
-        /// simple Query drops the unnamed statement and portal), pipelined
+        /// simple Query drops the unnamed statement, a transaction's end
+        /// drops every portal), pipelined
         /// in flights of any length: every Bind and Execute record names
         /// the SQL PostgreSQL ran (or none where it had no such statement or
         /// portal).
