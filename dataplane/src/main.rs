@@ -214,6 +214,10 @@ fn main() -> ExitCode {
                 eprintln!("sluice-dp: {e}");
                 return ExitCode::FAILURE;
             }
+            if let Err(e) = dataplane::mask::Kernel::from_env() {
+                eprintln!("sluice-dp: {e}");
+                return ExitCode::FAILURE;
+            }
             match dataplane::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

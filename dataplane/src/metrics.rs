@@ -215,6 +215,11 @@ impl Registry {
             s,
             "# HELP sluice_snapshot_version Version of the policy snapshot applied.\n# TYPE sluice_snapshot_version gauge\nsluice_snapshot_version {snapshot_version}"
         );
+        let _ = writeln!(
+            s,
+            "# HELP sluice_mask_kernel_info The masking engine's classification kernel (SLUICE_MASK_KERNEL, else the fastest the CPU runs).\n# TYPE sluice_mask_kernel_info gauge\nsluice_mask_kernel_info{{kernel=\"{}\"}} 1",
+            crate::mask::Kernel::best().name()
+        );
         let _ = writeln!(s, "# HELP sluice_worker_info Data-plane workers and their I/O driver.\n# TYPE sluice_worker_info gauge");
         for m in c {
             let _ = writeln!(

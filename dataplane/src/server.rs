@@ -160,6 +160,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::info!(workers, nofile, "listening for PostgreSQL clients on {b}");
         }
         tracing::info!("admin (metrics, healthz, readyz) on http://{admin_bound}");
+        tracing::info!(
+            kernel = crate::mask::Kernel::best().name(),
+            fastest = crate::mask::Kernel::fastest().name(),
+            "masking kernel"
+        );
         let st = state.clone();
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, st).await {

@@ -520,6 +520,45 @@ async fn default_profile_masks_simple_protocol_and_psql() {
     }
 }
 
+/// `SLUICE_MASK_KERNEL` picks the classification kernel: an unknown name
+/// stops the gateway at start with an error naming the variable; `scalar`
+/// (which every CPU runs) is what the gateway reports and masks with, with
+/// the same output as the default kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_masking_kernel_can_be_chosen_and_a_bad_choice_is_refused() {
+    let pg = Pg::shared();
+    let secrets = secrets();
+    let t = "mk_kernel";
+    seed(pg, t, &secrets).await;
+    let yaml = GatewayConfig::standard(pg, ApiKey::shared()).to_yaml();
+    let err = match Gateway::try_start_customized(&yaml, |c| {
+        c.env("SLUICE_MASK_KERNEL", "avx1024");
+    }) {
+        Ok(_) => panic!("sluice-dp started with SLUICE_MASK_KERNEL=avx1024"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("SLUICE_MASK_KERNEL=\"avx1024\": unknown masking kernel"),
+        "{err}"
+    );
+
+    let gw = Gateway::try_start_customized(&yaml, |c| {
+        c.env("SLUICE_MASK_KERNEL", "scalar");
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        gw.metrics()
+            .get("sluice_mask_kernel_info", &[("kernel", "scalar")]),
+        1.0
+    );
+    let via = gw.agent().await;
+    let direct = pg.direct().await;
+    let sql = format!("select id, kind, value, sentence, n, created from {t} order by id");
+    let got = simple_rows(&via, &sql).await;
+    let want = masked_rows(&simple_rows(&direct, &sql).await, &secrets);
+    assert_rows("scalar kernel", &got, &want);
+}
+
 /// Extended protocol: tokio-postgres asks for binary results; unnamed and
 /// named (prepared, reused, interleaved) statements with different column
 /// layouts; several queries pipelined on one connection.

@@ -20,7 +20,7 @@
 //! Four kernels compute the same masks: AVX-512 (one 64-byte vector, one
 //! mask register per class; short cells by a masked load), AVX2
 //! (2 × 32 bytes), SSSE3 (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
-//! runtime feature detection; the tests check that all available kernels
+//! runtime feature detection (or the one `SLUICE_MASK_KERNEL` names); the tests check that all available kernels
 //! agree on random input. The masks are only hints for where to look: every
 //! validator re-reads the bytes.
 
@@ -170,9 +170,81 @@ pub enum Kernel {
     Avx512,
 }
 
+/// The environment variable that picks the kernel [`Kernel::best`] returns
+/// (`auto`, `avx512`, `avx2`, `ssse3` or `scalar`), for an operator who
+/// measures that another kernel serves a CPU better (see
+/// `bench/RESULTS.md`). `sluice-dp` checks it at start
+/// ([`Kernel::from_env`]).
+pub const KERNEL_ENV: &str = "SLUICE_MASK_KERNEL";
+
 impl Kernel {
-    /// The fastest kernel this CPU supports.
+    /// Every kernel, best first.
+    pub const ALL: [Kernel; 4] = [Kernel::Avx512, Kernel::Avx2, Kernel::Ssse3, Kernel::Scalar];
+
+    /// Its name (as [`KERNEL_ENV`] and the metrics spell it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Ssse3 => "ssse3",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// The kernel [`KERNEL_ENV`] names: `Ok(None)` when it is unset, empty
+    /// or `auto`; an error naming the variable when the value is unknown or
+    /// this CPU cannot run that kernel.
+    pub fn from_env() -> Result<Option<Kernel>, String> {
+        match std::env::var(KERNEL_ENV) {
+            Ok(v) => Kernel::choose(&v),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{KERNEL_ENV}: not valid UTF-8")),
+        }
+    }
+
+    /// [`Kernel::from_env`] for the value `v`.
+    pub fn choose(v: &str) -> Result<Option<Kernel>, String> {
+        let v = v.trim();
+        if v.is_empty() || v.eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        let Some(k) = Kernel::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(v))
+        else {
+            return Err(format!(
+                "{KERNEL_ENV}={v:?}: unknown masking kernel (known: auto, avx512, avx2, ssse3, scalar)"
+            ));
+        };
+        if !k.available() {
+            return Err(format!(
+                "{KERNEL_ENV}={v}: this CPU cannot run the {} masking kernel (it can: {})",
+                k.name(),
+                Kernel::ALL
+                    .into_iter()
+                    .filter(|k| k.available())
+                    .map(Kernel::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(Some(k))
+    }
+
+    /// The kernel engines use: the one [`KERNEL_ENV`] names, if it names
+    /// one this CPU runs, else the fastest this CPU supports. Read once.
     pub fn best() -> Kernel {
+        static PICKED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *PICKED.get_or_init(|| {
+            Kernel::from_env()
+                .ok()
+                .flatten()
+                .unwrap_or_else(Kernel::fastest)
+        })
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn fastest() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if Kernel::Avx512.available() {

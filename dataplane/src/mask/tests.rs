@@ -296,6 +296,24 @@ fn long_digit_runs_are_walked_in_windows() {
 }
 
 /// Every kernel gives the same output as the scalar one.
+#[test]
+fn the_kernel_is_chosen_by_name() {
+    assert_eq!(Kernel::choose(""), Ok(None));
+    assert_eq!(Kernel::choose(" Auto "), Ok(None));
+    assert_eq!(Kernel::choose("scalar"), Ok(Some(Kernel::Scalar)));
+    let e = Kernel::choose("avx1024").unwrap_err();
+    assert!(
+        e.contains("SLUICE_MASK_KERNEL") && e.contains("avx1024") && e.contains("known:"),
+        "{e}"
+    );
+    for k in Kernel::ALL {
+        match Kernel::choose(&k.name().to_uppercase()) {
+            Ok(got) => assert!(k.available() && got == Some(k)),
+            Err(e) => assert!(!k.available() && e.contains("cannot run"), "{e}"),
+        }
+    }
+}
+
 fn kernels() -> Vec<Kernel> {
     [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2, Kernel::Avx512]
         .into_iter()
