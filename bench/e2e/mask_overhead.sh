@@ -177,6 +177,12 @@ EOF
     log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}${SLUICE_CPUS:+, on CPUs $(taskset -pc "$SLUICE_PID" | sed 's/.*: //')}"
 }
 start_sluice_mask
+# Which classification kernel the gateway scans with (SLUICE_MASK_KERNEL, else
+# the fastest this CPU runs); builds before sluice_mask_kernel_info say nothing.
+MASK_KERNEL_RUN=$(curl -fsS --max-time 5 "http://127.0.0.1:$SLUICE_ADMIN_PORT/metrics" |
+    sed -n 's/^sluice_mask_kernel_info{kernel="\([a-z0-9]*\)"} 1$/\1/p' | head -n 1)
+log "masking kernel: ${MASK_KERNEL_RUN:-unknown}"
+echo "masking kernel: ${MASK_KERNEL_RUN:-unknown}" >>"$OUT/meta.txt"
 
 # Connection settings per contender: sets CONN_PORT CONN_USER CONN_PW CONN_DB.
 mask_conn() {
