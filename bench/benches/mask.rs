@@ -14,6 +14,14 @@
 //!   (what a regex-based masker has to do), without validators;
 //! - `*/clean_text`: the same on clean free text (no hits).
 //!
+//! A second corpus, `notes`: the ~1 KB rows of RESULTS §8
+//! (`bench/e2e/mask_overhead.sh`'s `mask_rows`, built by
+//! `examples/support/e2e_rows.rs`: a customer with an account number, a
+//! contact, an eight-sentence order note with order ids, dates, prices and
+//! 32-digit hex references; a card, SSN or IBAN in one row in five),
+//! 2000 rows: `engine/notes_cells`, `regex_set/notes_cells` (the text
+//! cells) and `engine/notes_rows` (DataRow bodies through a plan).
+//!
 //! Each iteration masks a fresh copy of the corpus (copy not timed).
 //! Throughput is bytes of cell data (or DataRow bodies) per second.
 
@@ -25,7 +33,10 @@ use std::ops::Range;
 
 #[path = "support/mask_common.rs"]
 mod common;
-use common::{cells, clean_cells, RegexMasker};
+use common::{cells, cells_of, clean_cells, RegexMasker};
+
+#[path = "../examples/support/e2e_rows.rs"]
+mod e2e_rows;
 
 fn mask(c: &mut Criterion) {
     let mut rng = Rng::new(2026);
@@ -123,6 +134,49 @@ fn mask(c: &mut Criterion) {
                 for r in &body_ranges {
                     black_box(
                         mask_data_row(&engine, &mut plan, &mut d[r.clone()], &mut hits, &mut out)
+                            .unwrap(),
+                    );
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // The notes corpus (RESULTS §8's rows).
+    let notes: Vec<Vec<Option<String>>> = (1..=2000).map(e2e_rows::row).collect();
+    let (nbuf, nranges) = cells_of(&notes, e2e_rows::COLUMNS);
+    let nh = count(
+        &|v| engine.mask_counted(v, &mut Hits::new()),
+        &nbuf,
+        &nranges,
+    );
+    let nrh = count(&|v| rx.mask(v), &nbuf, &nranges);
+    eprintln!(
+        "notes corpus: {} rows, {} cells, {} bytes; engine hits {nh}, regex hits {nrh}",
+        notes.len(),
+        nranges.len(),
+        nbuf.len()
+    );
+    run_cells(&mut g, "engine/notes_cells", &nbuf, &nranges, &|v, h| {
+        engine.mask_counted(v, h)
+    });
+    run_cells(&mut g, "regex_set/notes_cells", &nbuf, &nranges, &|v, _| {
+        rx.mask(v)
+    });
+    let (nbodies, nbody_ranges) = common::bodies(&notes);
+    let mut nplan = RowPlan::new();
+    nplan
+        .describe(&engine, &corpus::row_description(e2e_rows::COLUMNS))
+        .unwrap();
+    g.throughput(Throughput::Bytes(nbodies.len() as u64));
+    g.bench_function("engine/notes_rows", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter_batched_ref(
+            || nbodies.clone(),
+            |d| {
+                for r in &nbody_ranges {
+                    black_box(
+                        mask_data_row(&engine, &mut nplan, &mut d[r.clone()], &mut hits, &mut out)
                             .unwrap(),
                     );
                 }

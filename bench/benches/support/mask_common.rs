@@ -64,7 +64,16 @@ impl RegexMasker {
 
 /// Text cells of the corpus in one buffer, and where each is.
 pub fn cells(rows: &[Vec<Option<String>>]) -> (Vec<u8>, Vec<Range<usize>>) {
-    let text_cols: Vec<usize> = corpus::ORDERS_COLUMNS
+    cells_of(rows, corpus::ORDERS_COLUMNS)
+}
+
+/// Text cells (`text`, `varchar`) of rows with `columns` (name, type oid),
+/// in one buffer, and where each is.
+pub fn cells_of(
+    rows: &[Vec<Option<String>>],
+    columns: &[(&str, u32)],
+) -> (Vec<u8>, Vec<Range<usize>>) {
+    let text_cols: Vec<usize> = columns
         .iter()
         .enumerate()
         .filter(|(_, (_, oid))| matches!(oid, 25 | 1043))
