@@ -40,6 +40,7 @@ usage() {
     echo "  SLUICE_YAML=<lines added to both sluice configs, e.g. 'driver: epoll'>"
     echo "  AUDIT_OPTS=<more fields of sluice-audit's audit map, e.g. 'fsync: never, flush_interval_ms: 10'>"
     echo "  SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>} OUT=<dir> SLUICE_BIN SLUICE_BUILD=0|1 PGBIN KEEP_WORK=1"
+    echo "  SLUICE_CPUS (sluice-dp and PgBouncer), PG_CPUS, CLIENT_CPUS (pgbench): CPU lists for taskset -c"
 }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     usage
@@ -70,6 +71,7 @@ require_cmd pgbench psql awk sed sort curl
 e2e_init
 write_meta "$OUT/meta.txt"
 echo "RATE=$RATE CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS MODE=$MODE SCALE=$SCALE THREADS=$THREADS CONTENDERS=${ORDER[*]} SLUICE_WORKERS=${SLUICE_WORKERS:-default} SLUICE_YAML=${SLUICE_YAML:-} AUDIT_OPTS=${AUDIT_OPTS:-}" >>"$OUT/meta.txt"
+echo "SLUICE_CPUS=${SLUICE_CPUS:-any} PG_CPUS=${PG_CPUS:-any} CLIENT_CPUS=${CLIENT_CPUS:-any}" >>"$OUT/meta.txt"
 log "output dir: $OUT"
 
 start_pg 200
@@ -117,7 +119,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         before=""
         if [[ -n ${ADMIN[$k]:-} ]]; then before=$(added_count_sum "${ADMIN[$k]}"); fi
         rc=0
-        run_logged "$WORK/pgbench.out" env PGPASSWORD="${PW[$k]}" "${cmd[@]}" || rc=$?
+        pin_for client
+        run_logged "$WORK/pgbench.out" "${PIN[@]}" env PGPASSWORD="${PW[$k]}" "${cmd[@]}" || rc=$?
         gw_mean=""
         if [[ -n $before ]]; then
             gw_mean=$(awk -v a="$before" -v b="$(added_count_sum "${ADMIN[$k]}")" 'BEGIN {

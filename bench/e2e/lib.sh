@@ -16,7 +16,8 @@
 #   SLUICE_EXTRA_YAML  start_sluice: appended to the generated config
 #   KEEP_WORK      1: keep the temp work dir (PG data, configs) after exit
 #   BOUNCER_POOL_SIZE  PgBouncer default_pool_size (default 20)
-#   SLUICE_CPUS    CPU list (taskset -c syntax, e.g. 0-3) sluice-dp runs on
+#   SLUICE_CPUS    CPU list (taskset -c syntax, e.g. 0-3) sluice-dp (and
+#                  PgBouncer, where it is the contender) runs on
 #   PG_CPUS        CPU list PostgreSQL (postmaster and backends) runs on
 #   CLIENT_CPUS    CPU list the load generator runs on (in the scripts that
 #                  say so in --help); all three unset: no pinning
@@ -345,7 +346,10 @@ EOF
         if [[ -f $dir/server.key ]]; then chmod 600 "$dir/server.key"; fi
         chown postgres: "$WORK/pgbouncer.log"
     fi
-    (as_pg_exec pgbouncer "$dir/pgbouncer.ini") >>"$WORK/pgbouncer.log" 2>&1 &
+    # (On the gateway's CPUs when SLUICE_CPUS pins them: the same cores as
+    # the contender it is compared with.)
+    pin_for sluice
+    (as_pg_exec "${PIN[@]}" pgbouncer "$dir/pgbouncer.ini") >>"$WORK/pgbouncer.log" 2>&1 &
     BOUNCER_PID=$!
     sleep 0.2
     if [[ $(cat "/proc/$BOUNCER_PID/comm" 2>/dev/null) != pgbouncer ]]; then
