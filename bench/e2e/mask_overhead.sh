@@ -42,6 +42,8 @@ usage() {
     echo "  CONTENDERS=\"$CONTENDERS\" (any of: direct off on) SLUICE_WORKERS=${SLUICE_WORKERS:-<one per core>}"
     echo "  OUT=<dir> SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1"
     echo "  SLUICE_CPUS, PG_CPUS, CLIENT_CPUS: CPU lists (taskset -c) for sluice-dp, PostgreSQL, pgbench"
+    echo "  SLUICE_EXTRA_YAML=<lines added to the gateway's config, e.g. 'limits: { buffer_bytes: 32768 }'>"
+    echo "  SLUICE_MASK_KERNEL=avx512|avx2|ssse3|scalar (passed to sluice-dp; default: the fastest)"
 }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     usage
@@ -82,6 +84,7 @@ write_meta "$OUT/meta.txt"
     echo "MODES=$MODES CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS ROWS=$ROWS TABLE_ROWS=$TABLE_ROWS"
     echo "CONTENDERS=${ORDER[*]} SLUICE_WORKERS=${SLUICE_WORKERS:-default}"
     echo "SLUICE_CPUS=${SLUICE_CPUS:-any} PG_CPUS=${PG_CPUS:-any} CLIENT_CPUS=${CLIENT_CPUS:-any}"
+    echo "SLUICE_EXTRA_YAML=${SLUICE_EXTRA_YAML:-}"
 } >>"$OUT/meta.txt"
 
 n_modes=$(wc -w <<<"$MODES")
@@ -160,6 +163,7 @@ identities:
 grants:
   - { connections: [$BENCH_DB, ${BENCH_DB}_nomask], identities: [agent] }
 EOF
+        if [[ -n ${SLUICE_EXTRA_YAML:-} ]]; then printf '%s\n' "$SLUICE_EXTRA_YAML"; fi
     } >"$cfg"
     "$SLUICE_BIN" check-config --config "$cfg" >"$WORK/sluice-check-config.log" 2>&1 ||
         { cat "$WORK/sluice-check-config.log" >&2; die "sluice-dp refused the generated config $cfg"; }
