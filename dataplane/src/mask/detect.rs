@@ -5,6 +5,8 @@
 //! where to look. All functions are bounds-checked scalar code without
 //! allocation.
 
+use std::mem::MaybeUninit;
+
 /// Compiled mask format (see [`super::MaskFormat`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fmt {
@@ -312,6 +314,33 @@ impl Group {
     }
 }
 
+/// Room for `MAX_GROUPS` groups, of which the tokenizers write the first
+/// `n` (left unwritten otherwise: zeroing the array cost more than the
+/// tokenizing of a short run).
+struct Groups([MaybeUninit<Group>; MAX_GROUPS]);
+
+impl Groups {
+    #[inline(always)]
+    fn new() -> Self {
+        Groups([const { MaybeUninit::uninit() }; MAX_GROUPS])
+    }
+    #[inline(always)]
+    fn set(&mut self, k: usize, v: Group) {
+        self.0[k] = MaybeUninit::new(v);
+    }
+    /// The first `n` groups.
+    ///
+    /// # Safety
+    /// Groups `0..n` have been written with [`Groups::set`].
+    #[inline(always)]
+    unsafe fn first(&self, n: usize) -> &[Group] {
+        let n = n.min(MAX_GROUPS);
+        // SAFETY: the caller wrote the first `n`; `MaybeUninit<Group>` has
+        // the layout of `Group`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<Group>(), n) }
+    }
+}
+
 /// Which digit detectors are on.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DigitDetectors {
@@ -339,7 +368,7 @@ pub(crate) struct DigitHits {
 /// Split the digit run starting at `pos` (a digit) into groups, stopping at
 /// `end`, at the first byte that is neither a digit nor glue, or after
 /// `MAX_GROUPS` groups. Returns the number of groups.
-fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -> usize {
+fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut Groups) -> usize {
     let end = end.min(buf.len());
     let mut ng = 0;
     let mut sep = Sep::default();
@@ -351,11 +380,14 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut [Group; MAX_GROUPS]) -
             while i < end && is(buf[i], K_DIGIT) {
                 i += 1;
             }
-            g[ng] = Group {
-                start: s as u32,
-                end: i as u32,
-                sep,
-            };
+            g.set(
+                ng,
+                Group {
+                    start: s as u32,
+                    end: i as u32,
+                    sep,
+                },
+            );
             ng += 1;
             sep = Sep::default();
         } else if k & K_GLUE != 0 {
@@ -385,7 +417,7 @@ fn tokenize_bits(
     first: usize,
     end: usize,
     digits: u64,
-    g: &mut [Group; MAX_GROUPS],
+    g: &mut Groups,
 ) -> Option<usize> {
     let n = end - first;
     debug_assert!((1..=64).contains(&n));
@@ -397,7 +429,7 @@ fn tokenize_bits(
         return None;
     }
     let mut prev = 0usize;
-    for (k, gk) in g.iter_mut().enumerate().take(ng) {
+    for k in 0..ng {
         let s = starts.trailing_zeros() as usize;
         let e = ends.trailing_zeros() as usize + 1;
         starts &= starts - 1;
@@ -413,11 +445,14 @@ fn tokenize_bits(
                 b: if gap >= 2 { buf[at + 1] } else { 0 },
             }
         };
-        *gk = Group {
-            start: (first + s) as u32,
-            end: (first + e) as u32,
-            sep,
-        };
+        g.set(
+            k,
+            Group {
+                start: (first + s) as u32,
+                end: (first + e) as u32,
+                sep,
+            },
+        );
         prev = e;
     }
     Some(ng)
@@ -442,21 +477,24 @@ pub(crate) fn digit_run(
     if first >= end.min(buf.len()) || !is(buf[first], K_DIGIT | K_GLUE) {
         return hits;
     }
-    let mut g = [Group::default(); MAX_GROUPS];
+    let mut g = Groups::new();
     if let Some(d) = digits {
         if let Some(ng) = tokenize_bits(buf, first, end, d, &mut g) {
-            window(buf, &g[..ng], on, f, &mut hits);
+            // SAFETY: `tokenize_bits` wrote the first `ng` groups.
+            window(buf, unsafe { g.first(ng) }, on, f, &mut hits);
             return hits;
         }
     }
     let mut pos = first;
     loop {
         let ng = tokenize(buf, pos, end, &mut g);
-        window(buf, &g[..ng], on, f, &mut hits);
+        // SAFETY: `tokenize` wrote the first `ng` groups.
+        let groups = unsafe { g.first(ng) };
+        window(buf, groups, on, f, &mut hits);
         if ng < MAX_GROUPS {
             break;
         }
-        pos = g[ng - WINDOW_OVERLAP].start();
+        pos = groups[ng - WINDOW_OVERLAP].start();
     }
     hits
 }
