@@ -129,32 +129,30 @@ fn mask_tables(s: &mut [u8], cut: usize, f: &Fmt) {
 
 /// [`mask_range`] of `start..end` (at most 96 bytes; the kept suffix from
 /// `cut`) by 16-byte vectors (SSE2): each byte's class and whether it lies
-/// in the head or the kept suffix decide, as the tables do. Buffers shorter
-/// than 16 bytes go through a padded copy.
+/// in the head or the kept suffix decide, as the tables do. Buffers of 8 to
+/// 15 bytes are one vector of their first and last 8 bytes; shorter ones go
+/// to the tables. Loads never read what a store of this function just
+/// wrote (no store-forwarding stalls on overlapping chunks).
 #[cfg(target_arch = "x86_64")]
 fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
     use std::arch::x86_64::*;
     debug_assert!(start < end && end - start <= 96 && (start..=end).contains(&cut));
+    let n = buf.len();
+    if n < 8 {
+        mask_tables(&mut buf[start..end], cut - start, f);
+        return;
+    }
     // SAFETY: SSE2 is part of x86_64; every load and store is 16 bytes
-    // inside `buf` (or `pad`).
+    // inside `buf`.
     unsafe {
-        let chunk = |p: *mut u8, q: usize| {
-            let set = |c: u8| _mm_set1_epi8(c as i8);
-            let x = _mm_loadu_si128(p as *const __m128i);
-            // Position of each byte relative to `start` (within -15..=110).
-            let k = _mm_add_epi8(
-                _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                set(q.wrapping_sub(start) as u8),
-            );
+        let set = |c: u8| _mm_set1_epi8(c as i8);
+        // `x`: 16 bytes; `k`: each one's position relative to `start`
+        // (within -15..=110).
+        let blend = |x: __m128i, k: __m128i| {
             let before_cut = _mm_cmpgt_epi8(set((cut - start) as u8), k);
             let head = _mm_and_si128(_mm_cmpgt_epi8(k, set(0xff)), before_cut);
             let tail = _mm_andnot_si128(before_cut, _mm_cmpgt_epi8(set((end - start) as u8), k));
-            let t = _mm_sub_epi8(_mm_or_si128(x, set(0x20)), set(b'a'));
-            let td = _mm_sub_epi8(x, set(b'0'));
-            let alnum = _mm_or_si128(
-                _mm_cmpeq_epi8(_mm_min_epu8(t, set(25)), t),
-                _mm_cmpeq_epi8(_mm_min_epu8(td, set(9)), td),
-            );
+            let alnum = alnum16(x);
             let (hc, tc) = if f.keep_punct {
                 let hi = _mm_cmplt_epi8(x, _mm_setzero_si128());
                 (_mm_or_si128(alnum, hi), hi)
@@ -174,26 +172,78 @@ fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
                 (ns, _mm_andnot_si128(alnum, ns))
             };
             let sel = _mm_or_si128(_mm_and_si128(head, hc), _mm_and_si128(tail, tc));
-            let out = _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, set(f.ch)));
-            _mm_storeu_si128(p as *mut __m128i, out);
+            _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, set(f.ch)))
         };
-        let n = buf.len();
+        let idx = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let p = buf.as_mut_ptr();
         if n >= 16 {
             // Chunks from `start`, the last one moved back to end inside
             // the buffer (bytes outside `start..end` are left as they are;
-            // masking twice is masking once).
-            let mut p = start;
-            while p < end {
-                let q = p.min(n - 16);
-                chunk(buf.as_mut_ptr().add(q), q);
-                p += 16;
+            // masking twice is masking once). The next chunk is loaded
+            // before this one is stored.
+            let mut at = start;
+            let mut q = at.min(n - 16);
+            let mut x = _mm_loadu_si128(p.add(q) as *const __m128i);
+            loop {
+                let out = blend(x, _mm_add_epi8(idx, set(q.wrapping_sub(start) as u8)));
+                at += 16;
+                if at >= end {
+                    _mm_storeu_si128(p.add(q) as *mut __m128i, out);
+                    break;
+                }
+                let nq = at.min(n - 16);
+                let nx = _mm_loadu_si128(p.add(nq) as *const __m128i);
+                _mm_storeu_si128(p.add(q) as *mut __m128i, out);
+                q = nq;
+                x = nx;
             }
         } else {
-            let mut pad = [0u8; 16];
-            copy_short(&mut pad[..n], buf);
-            chunk(pad.as_mut_ptr(), 0);
-            copy_short(buf, &pad[..n]);
+            let (x, k) = split16(buf);
+            let k = _mm_sub_epi8(k, set(start as u8));
+            let out = blend(x, k);
+            let lo = _mm_cvtsi128_si64(out) as u64;
+            let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(out, out)) as u64;
+            buf[..8].copy_from_slice(&lo.to_le_bytes());
+            buf[n - 8..].copy_from_slice(&hi.to_le_bytes());
         }
+    }
+}
+
+/// 0xff for the ASCII letters and digits of `x`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn alnum16(x: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of x86_64.
+    unsafe {
+        let set = |c: u8| _mm_set1_epi8(c as i8);
+        let t = _mm_sub_epi8(_mm_or_si128(x, set(0x20)), set(b'a'));
+        let td = _mm_sub_epi8(x, set(b'0'));
+        _mm_or_si128(
+            _mm_cmpeq_epi8(_mm_min_epu8(t, set(25)), t),
+            _mm_cmpeq_epi8(_mm_min_epu8(td, set(9)), td),
+        )
+    }
+}
+
+/// A buffer of 8 to 16 bytes as one vector: its first 8 bytes, then its
+/// last 8; and each byte's position in the buffer.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn split16(buf: &[u8]) -> (std::arch::x86_64::__m128i, std::arch::x86_64::__m128i) {
+    use std::arch::x86_64::*;
+    let n = buf.len();
+    debug_assert!((8..=16).contains(&n));
+    let lo = u64::from_le_bytes(buf[..8].try_into().unwrap());
+    let hi = u64::from_le_bytes(buf[n - 8..].try_into().unwrap());
+    // SAFETY: SSE2 is part of x86_64.
+    unsafe {
+        let x = _mm_set_epi64x(hi as i64, lo as i64);
+        let k = _mm_add_epi8(
+            _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7),
+            _mm_set_epi64x(((n - 8) as u64 * 0x0101_0101_0101_0101) as i64, 0),
+        );
+        (x, k)
     }
 }
 
@@ -968,7 +1018,7 @@ pub(crate) fn iban(buf: &mut [u8], s: usize, f: &Fmt) -> Option<usize> {
 /// E-mail address around the `@` at `at`.
 pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if buf.len() <= 64 {
+    if (8..=64).contains(&buf.len()) {
         return email_short(buf, at, f);
     }
     email_bytes(buf, at, f)
@@ -1036,24 +1086,24 @@ fn email_bytes(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     Some(i)
 }
 
-/// [`email`] for a value of at most 64 bytes: the local part and the domain
-/// from class masks of the whole value (SSE2), the rewrite as a blend of
-/// the same vectors. Same result as the byte walk.
+/// [`email`] for a value of 8 to 64 bytes: the local part and the domain
+/// from class masks of the whole value (SSE2, loaded straight from the
+/// value: 16-byte chunks, the last one moved back to end at the end, or
+/// for fewer than 16 bytes its first and last 8), the rewrite by
+/// [`mask_range`]. Same result as the byte walk.
 #[cfg(target_arch = "x86_64")]
 fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     use std::arch::x86_64::*;
     let n = buf.len();
-    debug_assert!(at < n && n <= 64);
-    let mut pad = [0u8; 64];
-    copy_short(&mut pad[..n], buf);
-    let lanes = n.div_ceil(16);
-    // (Class masks; bits of the zero padding are all clear.)
+    debug_assert!(at < n && (8..=64).contains(&n));
+    // (Class masks; bits past the end are clear.)
     let (mut local, mut label, mut alpha, mut alnum, mut dot) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    // SAFETY: SSE2 is part of x86_64; every load is inside `pad`.
+    // SAFETY: SSE2 is part of x86_64; every load is inside `buf`.
     unsafe {
         let set = |c: u8| _mm_set1_epi8(c as i8);
-        for l in 0..lanes {
-            let x = _mm_loadu_si128(pad.as_ptr().add(16 * l) as *const __m128i);
+        // Movemasks of: local-part bytes, label bytes, letters, letters
+        // and digits, dots.
+        let classes = |x: __m128i| {
             let t = _mm_sub_epi8(_mm_or_si128(x, set(0x20)), set(b'a'));
             let al = _mm_cmpeq_epi8(_mm_min_epu8(t, set(25)), t);
             let td = _mm_sub_epi8(x, set(b'0'));
@@ -1067,13 +1117,28 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
                 _mm_or_si128(_mm_cmpeq_epi8(x, set(b'+')), _mm_cmpeq_epi8(x, set(b'*'))),
             );
             let lc = _mm_or_si128(_mm_or_si128(lb, dt), p);
-            let sh = 16 * l;
-            let mm = |v: __m128i| (_mm_movemask_epi8(v) as u32 as u64) << sh;
-            local |= mm(lc);
-            label |= mm(lb);
-            alpha |= mm(al);
-            alnum |= mm(an);
-            dot |= mm(dt);
+            [lc, lb, al, an, dt].map(|v| _mm_movemask_epi8(v) as u32 as u64)
+        };
+        if n >= 16 {
+            for l in 0..n.div_ceil(16) {
+                let o = (16 * l).min(n - 16);
+                let x = _mm_loadu_si128(buf.as_ptr().add(o) as *const __m128i);
+                let [a, b, c, d, e] = classes(x);
+                local |= a << o;
+                label |= b << o;
+                alpha |= c << o;
+                alnum |= d << o;
+                dot |= e << o;
+            }
+        } else {
+            let (x, _) = split16(buf);
+            let place = |m: u64| (m & 0xff) | (m >> 8) << (n - 8);
+            let [a, b, c, d, e] = classes(x);
+            local = place(a);
+            label = place(b);
+            alpha = place(c);
+            alnum = place(d);
+            dot = place(e);
         }
     }
     // Local part: the run of local-part bytes before the `@`, leading dots
@@ -1109,61 +1174,10 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
         return None;
     }
     let dom_end = if f.email_keep_tld { tld } else { i };
-    if !f.keep_punct {
-        mask_range(buf, ls, dom_end, 0, f);
-        return Some(i);
-    }
-    // Letters and digits of `ls..dom_end` become the mask character.
-    // SAFETY: as above; stores stay inside `pad`.
-    unsafe {
-        let set = |c: u8| _mm_set1_epi8(c as i8);
-        let ch = set(f.ch);
-        let from = set((ls as u8).wrapping_sub(1));
-        let to = set(dom_end as u8);
-        let idx = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for l in ls / 16..dom_end.div_ceil(16) {
-            let p = pad.as_mut_ptr().add(16 * l) as *mut __m128i;
-            let x = _mm_loadu_si128(p);
-            let t = _mm_sub_epi8(_mm_or_si128(x, set(0x20)), set(b'a'));
-            let al = _mm_cmpeq_epi8(_mm_min_epu8(t, set(25)), t);
-            let td = _mm_sub_epi8(x, set(b'0'));
-            let dg = _mm_cmpeq_epi8(_mm_min_epu8(td, set(9)), td);
-            let k = _mm_add_epi8(idx, set(16 * l as u8));
-            let inside = _mm_and_si128(_mm_cmpgt_epi8(k, from), _mm_cmpgt_epi8(to, k));
-            let sel = _mm_and_si128(_mm_or_si128(al, dg), inside);
-            _mm_storeu_si128(
-                p,
-                _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, ch)),
-            );
-        }
-    }
-    copy_short(buf, &pad[..n]);
+    // (Every byte of the span is ASCII: with punctuation kept, its letters
+    // and digits are masked, as the byte walk's rewrite does.)
+    mask_range(buf, ls, dom_end, 0, f);
     Some(i)
-}
-
-/// Copy a value of at most 64 bytes by (overlapping) fixed-size moves.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    debug_assert!(dst.len() == n && n <= 64);
-    if n >= 32 {
-        dst[..32].copy_from_slice(&src[..32]);
-        dst[n - 32..].copy_from_slice(&src[n - 32..]);
-    } else if n >= 16 {
-        dst[..16].copy_from_slice(&src[..16]);
-        dst[n - 16..].copy_from_slice(&src[n - 16..]);
-    } else if n >= 8 {
-        dst[..8].copy_from_slice(&src[..8]);
-        dst[n - 8..].copy_from_slice(&src[n - 8..]);
-    } else if n >= 4 {
-        dst[..4].copy_from_slice(&src[..4]);
-        dst[n - 4..].copy_from_slice(&src[n - 4..]);
-    } else {
-        for (d, &b) in dst.iter_mut().zip(src) {
-            *d = b;
-        }
-    }
 }
 
 /// JWT: `ey…`.`…`.`…` with the `J` of `eyJ` at `p`.
@@ -1445,8 +1459,8 @@ mod tests {
         }
     }
 
-    /// The mask-driven e-mail validator of short values finds and masks
-    /// exactly what the byte walk does.
+    /// The mask-driven e-mail validator of short values (through `email`)
+    /// finds and masks exactly what the byte walk does.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn email_short_matches_byte_walk() {
@@ -1467,7 +1481,7 @@ mod tests {
                 for f in &fmts() {
                     let (mut a, mut b) = (s.clone(), s.clone());
                     assert_eq!(
-                        email_short(&mut a, at, f),
+                        email(&mut a, at, f),
                         email_bytes(&mut b, at, f),
                         "{:?} at {at}",
                         String::from_utf8_lossy(&s)
