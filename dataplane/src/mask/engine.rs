@@ -772,16 +772,24 @@ impl Engine {
             // chunk reaches the end).
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
+            let mut work = [0u64; CHUNK_BLOCKS];
+            self.gate(&masks, nb, &mut work);
+            // (`k` indexes the masks too.)
+            #[allow(clippy::needless_range_loop)]
             for k in 0..process {
-                let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
-                let ctx = Ctx {
-                    regions,
-                    base: base + k * BLOCK,
-                };
-                self.block::<F>(
-                    buf, &ctx, prev_digit, &masks[k], next, &mut st, &mut cur, counts, hits,
-                );
-                prev_digit = masks[k].digit;
+                let m = &masks[k];
+                let at = base + k * BLOCK;
+                if work[k] | st.run.cand as u64 == 0 {
+                    // (What `block` does when it finds nothing to validate.)
+                    st.run.carry(m.digit, m.digit | m.glue, at);
+                } else {
+                    let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
+                    let ctx = Ctx { regions, base: at };
+                    self.block::<F>(
+                        buf, &ctx, prev_digit, m, next, &mut st, &mut cur, counts, hits,
+                    );
+                }
+                prev_digit = m.digit;
             }
             base += process * BLOCK;
         }
@@ -999,6 +1007,60 @@ impl Engine {
             || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
+    /// For each of the first `nb` blocks of a chunk (`masks`; block `nb - 1`
+    /// followed by no block), a superset of the bits that `block` sends to
+    /// a validator (before the run carried into it): 0 where it has
+    /// nothing to do but carry the run. The same terms as `block` and
+    /// `Shapes::pre`, less the digit count, over all `N` blocks at once (a
+    /// fixed count, so that the compiler computes them several blocks per
+    /// vector instruction, with no scalar remainder; `work` beyond `nb`
+    /// means nothing).
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn gate<const N: usize>(
+        &self,
+        masks: &[BlockMasks; N],
+        nb: usize,
+        work: &mut [u64; CHUNK_BLOCKS],
+    ) {
+        const { assert!(N <= CHUNK_BLOCKS) };
+        // The masks the terms need, one array each, and a zero block after
+        // the last one.
+        let mut d = [0u64; CHUNK_BLOCKS + 1];
+        let mut s = [0u64; CHUNK_BLOCKS + 1];
+        let mut u = [0u64; CHUNK_BLOCKS + 1];
+        let mut an = [0u64; CHUNK_BLOCKS];
+        let mut op = [0u64; CHUNK_BLOCKS];
+        for (k, m) in masks.iter().enumerate() {
+            d[k] = m.digit;
+            s[k] = m.space | m.dash | m.dot;
+            u[k] = m.upper;
+            an[k] = m.anchor & !m.reject;
+            op[k] = m.glue;
+        }
+        // (Blocks from `nb` on are left from an earlier chunk.)
+        let z = nb.min(CHUNK_BLOCKS);
+        d[z] = 0;
+        s[z] = 0;
+        u[z] = 0;
+        let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
+        let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
+        for k in 0..N {
+            let (c, cn) = (d[k], d[k + 1]);
+            let (uc, un) = (u[k], u[k + 1]);
+            let pairs = uc & (uc >> 1 | un << 63);
+            let pairs_n = un & un >> 1;
+            let aws = pairs & (pairs >> 2 | pairs_n << 62) & aws_bits;
+            let d2 = c & (c >> 1 | cn << 63);
+            let d2_n = cn & cn >> 1;
+            let iban = pairs & (d2 >> 2 | d2_n << 62) & iban_bits;
+            let w0 = pre_shape(c, s[k]);
+            let w1 = pre_shape(ahead(c, cn), ahead(s[k], s[k + 1])) & AHEAD_LOW;
+            let a = an[k] & !(op[k] & !(c >> 1 | cn << 63));
+            work[k] = a | aws | iban | ((w0 | w1 | ipv4_bits) & shape_bits);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn block<const F: u8>(
@@ -1017,8 +1079,11 @@ impl Engine {
         // bits computed without branches, so that most blocks of prose with
         // dates, prices and ids take one predictable branch:
         // (Without the letter anchors the classification already ruled out
-        // by their neighbour byte: see `BlockMasks::reject`.)
-        let a = m.anchor & !m.reject;
+        // by their neighbour byte: see `BlockMasks::reject`; nor the phone
+        // openers `+`, `(`, the only anchors that are glue, not followed by
+        // a digit of their region: `phone_opener` returns at once for
+        // those, and no rewrite makes a digit of another byte.)
+        let a = m.anchor & !m.reject & !(m.glue & !(m.digit >> 1 | n.digit << 63));
         // Both `AKIA` and an IBAN's country code start with two capitals in
         // a row (rare in prose: most capitals start a word). Shapes of four
         // bytes from the pair masks, carried across the block end by the
