@@ -376,17 +376,23 @@ const fn nibble_set(set: &[u8]) -> [u8; 16] {
 /// `B`/`b` of `Bearer`/`BEGIN`), and the bytes that may follow them.
 const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb");
 const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
+/// The bytes that may come two after those letters: `xo[x]`, `xa[p]p`,
+/// `be[a]rer` in any case, `BE[G]IN` (the hex digests of free text have
+/// many a `be` and few a `bea`).
+const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAG");
 /// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
 /// of `AIza`, `_` of the GitHub and Stripe prefixes), and the bytes that
 /// may precede them.
 const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_");
 const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbk");
 
-/// Letter anchors in `block` that the byte next to them rules out (see
-/// `may_anchor` in the engine, which checks the same bytes exactly, and
-/// more): an `x`, `B` or `b` not followed by one of `o a e E`, a `J`, `z`
-/// or `_` not preceded by one of `y I p o u s r b k`. Bytes 0 and 63, whose
-/// neighbour is in another block, are never ruled out.
+/// Letter anchors in `block` that the bytes next to them rule out (see
+/// `may_anchor` in the engine, which checks the same neighbours exactly,
+/// and more; the validators check the byte after those too): an `x`, `B`
+/// or `b` not followed by one of `o a e E`, or whose byte after next is
+/// none of `x p a A G`, a `J`, `z` or `_` not preceded by one of
+/// `y I p o u s r b k`. Bytes whose neighbour is in another block are never
+/// ruled out by it.
 #[cfg(test)]
 fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
@@ -394,8 +400,9 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
     for i in 0..BLOCK {
         let b = block[i];
         let after = i + 1 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER_OK, block[i + 1]);
+        let after2 = i + 2 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER2_OK, block[i + 2]);
         let before = i > 0 && has(&BEFORE_LETTERS, b) && !has(&BEFORE_OK, block[i - 1]);
-        r |= ((after || before) as u64) << i;
+        r |= ((after || after2 || before) as u64) << i;
     }
     r
 }
@@ -403,9 +410,9 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        BlockMasks, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK, CLASS_DASH,
-        CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI,
-        CLS_LO, HI_BIT,
+        BlockMasks, AFTER2_OK, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK,
+        CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5,
+        CLS_HI, CLS_LO, HI_BIT,
     };
     use std::arch::x86_64::*;
 
@@ -492,8 +499,10 @@ mod x86 {
             let set = |t: &[u8; 16]| _mm512_test_epi8_mask(_mm512_shuffle_epi8(ld(t), lo), hib);
             let (la, na) = (set(&AFTER_LETTERS), set(&AFTER_OK));
             let (lb, nb) = (set(&BEFORE_LETTERS), set(&BEFORE_OK));
+            let na2 = set(&AFTER2_OK);
             BlockMasks {
-                reject: (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1),
+                reject: (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63))
+                    | (lb & !(nb << 1) & !1),
                 digit: test(CLASS_DIGIT),
                 glue: test(CLASS_GLUE),
                 space: test(CLASS_SPACE),
@@ -545,9 +554,11 @@ mod x86 {
             let ld = |t: &[u8; 16]| _mm256_broadcastsi128_si256(ld16(t));
             let (after_letters, after_ok) = (ld(&AFTER_LETTERS), ld(&AFTER_OK));
             let (before_letters, before_ok) = (ld(&BEFORE_LETTERS), ld(&BEFORE_OK));
+            let after2_ok = ld(&AFTER2_OK);
             let mut m = BlockMasks::default();
             // Letter anchors and their allowed neighbours (see `reject`).
             let (mut la, mut na, mut lb, mut nb) = (0u64, 0u64, 0u64, 0u64);
+            let mut na2 = 0u64;
             for half in 0..2 {
                 // `block` has 64 bytes; `half * 32 + 32 <= 64`.
                 let v = _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i);
@@ -578,6 +589,7 @@ mod x86 {
                 na |= set(after_ok);
                 lb |= set(before_letters);
                 nb |= set(before_ok);
+                na2 |= set(after2_ok);
                 m.digit |= has!(CLASS_DIGIT) << shift;
                 m.glue |= has!(CLASS_GLUE) << shift;
                 m.space |= has!(CLASS_SPACE) << shift;
@@ -587,7 +599,8 @@ mod x86 {
                 m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
-            m.reject = (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1);
+            m.reject =
+                (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
             m
         }
     }
@@ -661,8 +674,8 @@ mod tests {
         let mut ok = 0u64;
         for i in 0..BLOCK.min(data.len().saturating_sub(at)) {
             let j = at + i;
-            // The three bytes around `j` as a block of their own, with `j`
-            // in the middle (byte 1).
+            // The bytes around `j` as a block of their own, with `j` at
+            // byte 1 (the one before it, the two after it).
             let mut w = [0u8; BLOCK];
             w[1] = data[j];
             if j > 0 {
@@ -670,6 +683,9 @@ mod tests {
             }
             if j + 1 < data.len() {
                 w[2] = data[j + 1];
+            }
+            if j + 2 < data.len() {
+                w[3] = data[j + 2];
             }
             let r = letter_reject_scalar(&w) >> 1 & 1;
             // (Byte 0 of a block has no byte before it in the block.)
@@ -701,8 +717,11 @@ mod tests {
             letter_reject_scalar(&pad)
         };
         assert_eq!(b(b"xx"), 0b11); // the second `x` is followed by a zero byte
-        assert_eq!(b(b"xo"), 0);
-        assert_eq!(b(b"Be be bE"), 0);
+                                    // (The byte after next: a zero byte, a space, a `-`.)
+        assert_eq!(b(b"xo"), 0b1);
+        assert_eq!(b(b"xox-"), 0b100);
+        assert_eq!(b(b"Be be bE"), 0b1001001);
+        assert_eq!(b(b"Bearer bearer BEGIN xapp"), 0);
         assert_eq!(b(b"Bx ab"), 0b10011);
         assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
         assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block
