@@ -160,6 +160,25 @@ impl BlockMasks {
     }
 }
 
+/// Where `Classifier::classify_chunk` puts the masks of block `k` of a
+/// chunk: an array of [`BlockMasks`], or one array per mask (the scan's
+/// layout, so that it can compute over several blocks at once).
+pub(crate) trait MaskStore {
+    fn set(&mut self, k: usize, m: BlockMasks);
+    fn get(&self, k: usize) -> BlockMasks;
+}
+
+impl<const N: usize> MaskStore for [BlockMasks; N] {
+    #[inline(always)]
+    fn set(&mut self, k: usize, m: BlockMasks) {
+        self[k] = m;
+    }
+    #[inline(always)]
+    fn get(&self, k: usize) -> BlockMasks {
+        self[k]
+    }
+}
+
 /// Which implementation classifies the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -256,17 +275,17 @@ impl Classifier {
     pub(crate) fn classify_chunk<const N: usize, const F: u8>(
         &self,
         data: &[u8],
-        out: &mut [BlockMasks; N],
+        out: &mut impl MaskStore,
     ) -> usize {
         let whole = (data.len() / BLOCK).min(N);
         let (blocks, _) = data[..whole * BLOCK].as_chunks::<BLOCK>();
-        self.blocks::<F>(blocks, &mut out[..whole]);
+        self.blocks::<F>(blocks, out, 0);
         if whole == N || whole * BLOCK == data.len() {
             return whole;
         }
         let rest = data.len() - whole * BLOCK;
         if whole == 0 {
-            out[0] = self.classify_one::<F>(data);
+            out.set(0, self.classify_one::<F>(data));
             return 1;
         }
         #[cfg(target_arch = "x86_64")]
@@ -274,21 +293,24 @@ impl Classifier {
             // SAFETY: `Classifier::new` asserted the CPU supports the
             // kernel; with `F == 2` the caller is compiled for it.
             // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
-            out[whole] = unsafe {
+            let mut m = unsafe {
                 x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
             };
             // (Zero bytes are in no class; only an anchor set holding the
             // zero byte would mark the padding, which the shifted masks of
             // the other kernels do not.)
-            out[whole].anchor &= (1u64 << rest) - 1;
+            m.anchor &= (1u64 << rest) - 1;
+            out.set(whole, m);
             return whole + 1;
         }
         // Classify the last 64 bytes (overlapping the previous block) and
         // shift the masks down: the same bits as the block padded with
         // zero bytes, without copying.
         let tail: &[u8; BLOCK] = data[data.len() - BLOCK..].try_into().expect("64 bytes");
-        self.blocks::<F>(std::slice::from_ref(tail), &mut out[whole..whole + 1]);
-        out[whole].shr((BLOCK - rest) as u32);
+        let mut m = [BlockMasks::default()];
+        self.blocks::<F>(std::slice::from_ref(tail), &mut m, 0);
+        m[0].shr((BLOCK - rest) as u32);
+        out.set(whole, m[0]);
         whole + 1
     }
 
@@ -305,43 +327,51 @@ impl Classifier {
         }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
-        self.blocks::<F>(&pad, &mut out);
+        self.blocks::<F>(&pad, &mut out, 0);
         out[0]
     }
 
+    /// Classify `blocks` into `out` from block `at` on.
     #[inline(always)]
-    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
-        match self.kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if F == 2 => {
-                for (b, o) in blocks.iter().zip(out) {
+    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut impl MaskStore, at: usize) {
+        // The kernels that are not inlined fill a slice (one call a block).
+        let mut one = [BlockMasks::default()];
+        for (i, b) in blocks.iter().enumerate() {
+            let m = match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Classifier::new` asserted the CPU supports the
+                // kernel; with `F == 2` the caller is compiled for it.
+                Kernel::Avx512 if F == 2 => unsafe { x86::block_avx512(b, &self.anchor_lo) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports
-                    // the kernel; with `F == 2` the caller is compiled for it.
-                    *o = unsafe { x86::block_avx512(b, &self.anchor_lo) };
+                    // the kernel.
+                    unsafe {
+                        x86::blocks_avx512(std::slice::from_ref(b), &self.anchor_lo, &mut one)
+                    };
+                    one[0]
                 }
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports the kernel.
-            Kernel::Avx512 => unsafe { x86::blocks_avx512(blocks, &self.anchor_lo, out) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if F >= 1 => {
-                for (b, o) in blocks.iter().zip(out) {
-                    // SAFETY: `Classifier::new` asserted the CPU supports
-                    // AVX2; with `F` the caller is compiled for it.
-                    *o = unsafe { x86::block_avx2(b, &self.anchor_lo) };
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Classifier::new` asserted the CPU supports AVX2;
+                // with `F` the caller is compiled for it.
+                Kernel::Avx2 if F >= 1 => unsafe { x86::block_avx2(b, &self.anchor_lo) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => {
+                    // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
+                    unsafe { x86::blocks_avx2(std::slice::from_ref(b), &self.anchor_lo, &mut one) };
+                    one[0]
                 }
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
-            Kernel::Avx2 => unsafe { x86::blocks_avx2(blocks, &self.anchor_lo, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
-            Kernel::Ssse3 => unsafe { x86::blocks_ssse3(blocks, &self.anchor_lo, out) },
-            _ => {
-                for (b, o) in blocks.iter().zip(out) {
-                    *o = self.block_scalar(b);
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Ssse3 => {
+                    // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
+                    unsafe {
+                        x86::blocks_ssse3(std::slice::from_ref(b), &self.anchor_lo, &mut one)
+                    };
+                    one[0]
                 }
-            }
+                _ => self.block_scalar(b),
+            };
+            out.set(at + i, m);
         }
     }
 
@@ -761,19 +791,19 @@ mod tests {
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
-                c.blocks::<0>(&[block], &mut got);
+                c.blocks::<0>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
-                c.blocks::<1>(&[block], &mut got);
+                c.blocks::<1>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
-                c.blocks::<2>(&[block], &mut got);
+                c.blocks::<2>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),

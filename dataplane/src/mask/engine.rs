@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use super::classify::{BlockMasks, Classifier, Kernel, BLOCK, CHUNK_BLOCKS};
+use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
 use super::detect::{self, DigitDetectors, Fmt};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
@@ -747,8 +747,7 @@ impl Engine {
         );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let mut masks = [BlockMasks::default(); N];
-        let zero = BlockMasks::default();
+        let mut lanes = Lanes::default();
         // Digits of the block before the one processed (its last bit is
         // all the shapes look at).
         let mut prev_digit = 0u64;
@@ -757,13 +756,13 @@ impl Engine {
         while base < hi {
             let nb = self
                 .classifier
-                .classify_chunk::<N, F>(&buf[base..hi], &mut masks);
+                .classify_chunk::<N, F>(&buf[base..hi], &mut lanes);
             if regions.len() > 1 {
-                for (k, m) in masks[..nb].iter_mut().enumerate() {
+                for k in 0..nb {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
                     // (Most blocks of long values lie in one region.)
                     if bm != u64::MAX {
-                        m.and(bm);
+                        lanes.and(k, bm);
                     }
                 }
             }
@@ -772,24 +771,26 @@ impl Engine {
             // chunk reaches the end).
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
+            // (Block `nb` is the zero block after the last one.)
+            lanes.set(nb, BlockMasks::default());
             let mut work = [0u64; CHUNK_BLOCKS];
-            self.gate(&masks, nb, &mut work);
-            // (`k` indexes the masks too.)
+            self.gate::<N>(&lanes, &mut work);
+            // (`k` indexes the lanes too.)
             #[allow(clippy::needless_range_loop)]
             for k in 0..process {
-                let m = &masks[k];
                 let at = base + k * BLOCK;
+                let d = lanes.digit[k];
                 if work[k] | st.run.cand as u64 == 0 {
                     // (What `block` does when it finds nothing to validate.)
-                    st.run.carry(m.digit, m.digit | m.glue, at);
+                    st.run.carry(d, d | lanes.glue[k], at);
                 } else {
-                    let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
+                    let (m, next) = (lanes.get(k), lanes.get(k + 1));
                     let ctx = Ctx { regions, base: at };
                     self.block::<F>(
-                        buf, &ctx, prev_digit, m, next, &mut st, &mut cur, counts, hits,
+                        buf, &ctx, prev_digit, &m, &next, &mut st, &mut cur, counts, hits,
                     );
                 }
-                prev_digit = m.digit;
+                prev_digit = d;
             }
             base += process * BLOCK;
         }
@@ -1007,56 +1008,33 @@ impl Engine {
             || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
-    /// For each of the first `nb` blocks of a chunk (`masks`; block `nb - 1`
-    /// followed by no block), a superset of the bits that `block` sends to
-    /// a validator (before the run carried into it): 0 where it has
-    /// nothing to do but carry the run. The same terms as `block` and
-    /// `Shapes::pre`, less the digit count, over all `N` blocks at once (a
-    /// fixed count, so that the compiler computes them several blocks per
-    /// vector instruction, with no scalar remainder; `work` beyond `nb`
-    /// means nothing).
+    /// For each block of a chunk (`l`, where the block after the last one
+    /// is zero), a superset of the bits that `block` sends to a validator
+    /// (before the run carried into it): 0 where it has nothing to do but
+    /// carry the run. The same terms as `block` and `Shapes::pre`, less the
+    /// digit count, over all `N` blocks at once (a fixed count, so that the
+    /// compiler computes them several blocks per vector instruction, with
+    /// no scalar remainder; `work` beyond the chunk means nothing).
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn gate<const N: usize>(
-        &self,
-        masks: &[BlockMasks; N],
-        nb: usize,
-        work: &mut [u64; CHUNK_BLOCKS],
-    ) {
+    fn gate<const N: usize>(&self, l: &Lanes, work: &mut [u64; CHUNK_BLOCKS]) {
         const { assert!(N <= CHUNK_BLOCKS) };
-        // The masks the terms need, one array each, and a zero block after
-        // the last one.
-        let mut d = [0u64; CHUNK_BLOCKS + 1];
-        let mut s = [0u64; CHUNK_BLOCKS + 1];
-        let mut u = [0u64; CHUNK_BLOCKS + 1];
-        let mut an = [0u64; CHUNK_BLOCKS];
-        let mut op = [0u64; CHUNK_BLOCKS];
-        for (k, m) in masks.iter().enumerate() {
-            d[k] = m.digit;
-            s[k] = m.space | m.dash | m.dot;
-            u[k] = m.upper;
-            an[k] = m.anchor & !m.reject;
-            op[k] = m.glue;
-        }
-        // (Blocks from `nb` on are left from an earlier chunk.)
-        let z = nb.min(CHUNK_BLOCKS);
-        d[z] = 0;
-        s[z] = 0;
-        u[z] = 0;
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
+        let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
         for k in 0..N {
-            let (c, cn) = (d[k], d[k + 1]);
-            let (uc, un) = (u[k], u[k + 1]);
+            let (c, cn) = (l.digit[k], l.digit[k + 1]);
+            let (uc, un) = (l.upper[k], l.upper[k + 1]);
             let pairs = uc & (uc >> 1 | un << 63);
             let pairs_n = un & un >> 1;
             let aws = pairs & (pairs >> 2 | pairs_n << 62) & aws_bits;
             let d2 = c & (c >> 1 | cn << 63);
             let d2_n = cn & cn >> 1;
             let iban = pairs & (d2 >> 2 | d2_n << 62) & iban_bits;
-            let w0 = pre_shape(c, s[k]);
-            let w1 = pre_shape(ahead(c, cn), ahead(s[k], s[k + 1])) & AHEAD_LOW;
-            let a = an[k] & !(op[k] & !(c >> 1 | cn << 63));
+            let (sc, sn) = (sep(k), sep(k + 1));
+            let w0 = pre_shape(c, sc);
+            let w1 = pre_shape(ahead(c, cn), ahead(sc, sn)) & AHEAD_LOW;
+            let a = l.anchor[k] & !l.reject[k] & !(l.glue[k] & !(c >> 1 | cn << 63));
             work[k] = a | aws | iban | ((w0 | w1 | ipv4_bits) & shape_bits);
         }
     }
@@ -1544,6 +1522,57 @@ impl Shapes {
     #[inline(always)]
     fn any(&self) -> bool {
         self.w0 | self.w1 != 0
+    }
+}
+
+/// The masks of a chunk's blocks, one array per mask (see
+/// `Engine::gate`), with room for the zero block after a full chunk.
+#[derive(Default)]
+struct Lanes {
+    digit: [u64; CHUNK_BLOCKS + 1],
+    glue: [u64; CHUNK_BLOCKS + 1],
+    space: [u64; CHUNK_BLOCKS + 1],
+    dash: [u64; CHUNK_BLOCKS + 1],
+    dot: [u64; CHUNK_BLOCKS + 1],
+    upper: [u64; CHUNK_BLOCKS + 1],
+    anchor: [u64; CHUNK_BLOCKS + 1],
+    reject: [u64; CHUNK_BLOCKS + 1],
+}
+
+impl MaskStore for Lanes {
+    #[inline(always)]
+    fn set(&mut self, k: usize, m: BlockMasks) {
+        self.digit[k] = m.digit;
+        self.glue[k] = m.glue;
+        self.space[k] = m.space;
+        self.dash[k] = m.dash;
+        self.dot[k] = m.dot;
+        self.upper[k] = m.upper;
+        self.anchor[k] = m.anchor;
+        self.reject[k] = m.reject;
+    }
+    #[inline(always)]
+    fn get(&self, k: usize) -> BlockMasks {
+        BlockMasks {
+            digit: self.digit[k],
+            glue: self.glue[k],
+            space: self.space[k],
+            dash: self.dash[k],
+            dot: self.dot[k],
+            upper: self.upper[k],
+            anchor: self.anchor[k],
+            reject: self.reject[k],
+        }
+    }
+}
+
+impl Lanes {
+    /// Keep only the bits in `keep` of block `k`.
+    #[inline(always)]
+    fn and(&mut self, k: usize, keep: u64) {
+        let mut m = self.get(k);
+        m.and(keep);
+        self.set(k, m);
     }
 }
 
