@@ -725,16 +725,16 @@ impl Engine {
         // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
         // either way; a smaller array spares zeroing the large one.
         if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
-            self.scan_chunked::<SHORT_BLOCKS, F>(buf, regions, counts, hits)
+            self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         } else {
-            self.scan_chunked::<CHUNK_BLOCKS, F>(buf, regions, counts, hits)
+            self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         }
     }
 
     /// The block walk of [`Engine::scan_regions`], classifying `N` blocks
     /// at a time (before any of them is validated).
     #[inline(always)]
-    fn scan_chunked<const N: usize, const F: u8>(
+    fn scan_chunked<const N: usize, const L: usize, const F: u8>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -747,7 +747,10 @@ impl Engine {
         );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let mut lanes = Lanes::default();
+        // (`L = N + 1`: room for the zero block after a full chunk; no
+        // more, as the lanes are zeroed for every call.)
+        const { assert!(L == N + 1) };
+        let mut lanes = Lanes::<L>::default();
         // Digits of the block before the one processed (its last bit is
         // all the shapes look at).
         let mut prev_digit = 0u64;
@@ -774,7 +777,7 @@ impl Engine {
             // (Block `nb` is the zero block after the last one.)
             lanes.set(nb, BlockMasks::default());
             let mut work = [0u64; CHUNK_BLOCKS];
-            self.gate::<N>(&lanes, &mut work);
+            self.gate::<N, L>(&lanes, &mut work);
             // (`k` indexes the lanes too.)
             #[allow(clippy::needless_range_loop)]
             for k in 0..process {
@@ -1017,8 +1020,8 @@ impl Engine {
     /// no scalar remainder; `work` beyond the chunk means nothing).
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn gate<const N: usize>(&self, l: &Lanes, work: &mut [u64; CHUNK_BLOCKS]) {
-        const { assert!(N <= CHUNK_BLOCKS) };
+    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, work: &mut [u64; CHUNK_BLOCKS]) {
+        const { assert!(N <= CHUNK_BLOCKS && L == N + 1) };
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
         let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
@@ -1526,20 +1529,35 @@ impl Shapes {
 }
 
 /// The masks of a chunk's blocks, one array per mask (see
-/// `Engine::gate`), with room for the zero block after a full chunk.
-#[derive(Default)]
-struct Lanes {
-    digit: [u64; CHUNK_BLOCKS + 1],
-    glue: [u64; CHUNK_BLOCKS + 1],
-    space: [u64; CHUNK_BLOCKS + 1],
-    dash: [u64; CHUNK_BLOCKS + 1],
-    dot: [u64; CHUNK_BLOCKS + 1],
-    upper: [u64; CHUNK_BLOCKS + 1],
-    anchor: [u64; CHUNK_BLOCKS + 1],
-    reject: [u64; CHUNK_BLOCKS + 1],
+/// `Engine::gate`), `L` blocks: a chunk's and the zero block after a full
+/// one.
+struct Lanes<const L: usize> {
+    digit: [u64; L],
+    glue: [u64; L],
+    space: [u64; L],
+    dash: [u64; L],
+    dot: [u64; L],
+    upper: [u64; L],
+    anchor: [u64; L],
+    reject: [u64; L],
 }
 
-impl MaskStore for Lanes {
+impl<const L: usize> Default for Lanes<L> {
+    fn default() -> Self {
+        Lanes {
+            digit: [0; L],
+            glue: [0; L],
+            space: [0; L],
+            dash: [0; L],
+            dot: [0; L],
+            upper: [0; L],
+            anchor: [0; L],
+            reject: [0; L],
+        }
+    }
+}
+
+impl<const L: usize> MaskStore for Lanes<L> {
     #[inline(always)]
     fn set(&mut self, k: usize, m: BlockMasks) {
         self.digit[k] = m.digit;
@@ -1566,7 +1584,7 @@ impl MaskStore for Lanes {
     }
 }
 
-impl Lanes {
+impl<const L: usize> Lanes<L> {
     /// Keep only the bits in `keep` of block `k`.
     #[inline(always)]
     fn and(&mut self, k: usize, keep: u64) {
