@@ -789,7 +789,7 @@ impl Engine {
                 } else {
                     let (m, next) = (lanes.get(k), lanes.get(k + 1));
                     let ctx = Ctx { regions, base: at };
-                    self.block::<F>(
+                    self.block::<F, false>(
                         buf, &ctx, prev_digit, &m, &next, &mut st, &mut cur, counts, hits,
                     );
                 }
@@ -884,7 +884,7 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block::<F>(
+        self.block::<F, true>(
             buf,
             &ctx,
             0,
@@ -1044,7 +1044,7 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block<const F: u8>(
+    fn block<const F: u8, const ONE: bool>(
         &self,
         buf: &mut [u8],
         ctx: &Ctx,
@@ -1077,6 +1077,26 @@ impl Engine {
         let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
         let d2_n = n.digit & n.digit >> 1;
         let iban = pairs & (d2 >> 2 | d2_n << 62) & self.iban_bits;
+        if ONE && m.digit == 0 && !st.run.active {
+            // No digit run starts, ends or goes on here (so `block_slow`
+            // stops after the anchors and triggers, and the run stays
+            // none): most short values without digits, at no cost for the
+            // shapes. (Only for one-block values: in a chunk, where this
+            // runs for the blocks the gate let through, the extra branch
+            // costs more than it saves.)
+            if a | aws | iban != 0 {
+                let pre = Shapes {
+                    w0: 0,
+                    w1: 0,
+                    sep_c: 0,
+                    sep_n: 0,
+                };
+                self.block_slow::<F>(
+                    buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
+                );
+            }
+            return;
+        }
         // Candidate shapes: see `Shapes::pre`.
         let pre = Shapes::pre(self, m, n);
         if a | aws | iban | pre.w0 | pre.w1 | st.run.cand as u64 == 0 {
