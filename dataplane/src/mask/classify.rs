@@ -160,6 +160,25 @@ impl BlockMasks {
     }
 }
 
+/// Where `Classifier::classify_chunk` puts the masks of block `k` of a
+/// chunk: an array of [`BlockMasks`], or one array per mask (the scan's
+/// layout, so that it can compute over several blocks at once).
+pub(crate) trait MaskStore {
+    fn set(&mut self, k: usize, m: BlockMasks);
+    fn get(&self, k: usize) -> BlockMasks;
+}
+
+impl<const N: usize> MaskStore for [BlockMasks; N] {
+    #[inline(always)]
+    fn set(&mut self, k: usize, m: BlockMasks) {
+        self[k] = m;
+    }
+    #[inline(always)]
+    fn get(&self, k: usize) -> BlockMasks {
+        self[k]
+    }
+}
+
 /// Which implementation classifies the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -328,17 +347,17 @@ impl Classifier {
     pub(crate) fn classify_chunk<const N: usize, const F: u8>(
         &self,
         data: &[u8],
-        out: &mut [BlockMasks; N],
+        out: &mut impl MaskStore,
     ) -> usize {
         let whole = (data.len() / BLOCK).min(N);
         let (blocks, _) = data[..whole * BLOCK].as_chunks::<BLOCK>();
-        self.blocks::<F>(blocks, &mut out[..whole]);
+        self.blocks::<F>(blocks, out, 0);
         if whole == N || whole * BLOCK == data.len() {
             return whole;
         }
         let rest = data.len() - whole * BLOCK;
         if whole == 0 {
-            out[0] = self.classify_one::<F>(data);
+            out.set(0, self.classify_one::<F>(data));
             return 1;
         }
         #[cfg(target_arch = "x86_64")]
@@ -346,21 +365,24 @@ impl Classifier {
             // SAFETY: `Classifier::new` asserted the CPU supports the
             // kernel; with `F == 2` the caller is compiled for it.
             // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
-            out[whole] = unsafe {
+            let mut m = unsafe {
                 x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
             };
             // (Zero bytes are in no class; only an anchor set holding the
             // zero byte would mark the padding, which the shifted masks of
             // the other kernels do not.)
-            out[whole].anchor &= (1u64 << rest) - 1;
+            m.anchor &= (1u64 << rest) - 1;
+            out.set(whole, m);
             return whole + 1;
         }
         // Classify the last 64 bytes (overlapping the previous block) and
         // shift the masks down: the same bits as the block padded with
         // zero bytes, without copying.
         let tail: &[u8; BLOCK] = data[data.len() - BLOCK..].try_into().expect("64 bytes");
-        self.blocks::<F>(std::slice::from_ref(tail), &mut out[whole..whole + 1]);
-        out[whole].shr((BLOCK - rest) as u32);
+        let mut m = [BlockMasks::default()];
+        self.blocks::<F>(std::slice::from_ref(tail), &mut m, 0);
+        m[0].shr((BLOCK - rest) as u32);
+        out.set(whole, m[0]);
         whole + 1
     }
 
@@ -377,43 +399,51 @@ impl Classifier {
         }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
-        self.blocks::<F>(&pad, &mut out);
+        self.blocks::<F>(&pad, &mut out, 0);
         out[0]
     }
 
+    /// Classify `blocks` into `out` from block `at` on.
     #[inline(always)]
-    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut [BlockMasks]) {
-        match self.kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if F == 2 => {
-                for (b, o) in blocks.iter().zip(out) {
+    fn blocks<const F: u8>(&self, blocks: &[[u8; BLOCK]], out: &mut impl MaskStore, at: usize) {
+        // The kernels that are not inlined fill a slice (one call a block).
+        let mut one = [BlockMasks::default()];
+        for (i, b) in blocks.iter().enumerate() {
+            let m = match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Classifier::new` asserted the CPU supports the
+                // kernel; with `F == 2` the caller is compiled for it.
+                Kernel::Avx512 if F == 2 => unsafe { x86::block_avx512(b, &self.anchor_lo) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports
-                    // the kernel; with `F == 2` the caller is compiled for it.
-                    *o = unsafe { x86::block_avx512(b, &self.anchor_lo) };
+                    // the kernel.
+                    unsafe {
+                        x86::blocks_avx512(std::slice::from_ref(b), &self.anchor_lo, &mut one)
+                    };
+                    one[0]
                 }
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports the kernel.
-            Kernel::Avx512 => unsafe { x86::blocks_avx512(blocks, &self.anchor_lo, out) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if F >= 1 => {
-                for (b, o) in blocks.iter().zip(out) {
-                    // SAFETY: `Classifier::new` asserted the CPU supports
-                    // AVX2; with `F` the caller is compiled for it.
-                    *o = unsafe { x86::block_avx2(b, &self.anchor_lo) };
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Classifier::new` asserted the CPU supports AVX2;
+                // with `F` the caller is compiled for it.
+                Kernel::Avx2 if F >= 1 => unsafe { x86::block_avx2(b, &self.anchor_lo) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => {
+                    // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
+                    unsafe { x86::blocks_avx2(std::slice::from_ref(b), &self.anchor_lo, &mut one) };
+                    one[0]
                 }
-            }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
-            Kernel::Avx2 => unsafe { x86::blocks_avx2(blocks, &self.anchor_lo, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
-            Kernel::Ssse3 => unsafe { x86::blocks_ssse3(blocks, &self.anchor_lo, out) },
-            _ => {
-                for (b, o) in blocks.iter().zip(out) {
-                    *o = self.block_scalar(b);
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Ssse3 => {
+                    // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
+                    unsafe {
+                        x86::blocks_ssse3(std::slice::from_ref(b), &self.anchor_lo, &mut one)
+                    };
+                    one[0]
                 }
-            }
+                _ => self.block_scalar(b),
+            };
+            out.set(at + i, m);
         }
     }
 
@@ -448,17 +478,23 @@ const fn nibble_set(set: &[u8]) -> [u8; 16] {
 /// `B`/`b` of `Bearer`/`BEGIN`), and the bytes that may follow them.
 const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb");
 const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
+/// The bytes that may come two after those letters: `xo[x]`, `xa[p]p`,
+/// `be[a]rer` in any case, `BE[G]IN` (the hex digests of free text have
+/// many a `be` and few a `bea`).
+const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAG");
 /// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
 /// of `AIza`, `_` of the GitHub and Stripe prefixes), and the bytes that
 /// may precede them.
 const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_");
 const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbk");
 
-/// Letter anchors in `block` that the byte next to them rules out (see
-/// `may_anchor` in the engine, which checks the same bytes exactly, and
-/// more): an `x`, `B` or `b` not followed by one of `o a e E`, a `J`, `z`
-/// or `_` not preceded by one of `y I p o u s r b k`. Bytes 0 and 63, whose
-/// neighbour is in another block, are never ruled out.
+/// Letter anchors in `block` that the bytes next to them rule out (see
+/// `may_anchor` in the engine, which checks the same neighbours exactly,
+/// and more; the validators check the byte after those too): an `x`, `B`
+/// or `b` not followed by one of `o a e E`, or whose byte after next is
+/// none of `x p a A G`, a `J`, `z` or `_` not preceded by one of
+/// `y I p o u s r b k`. Bytes whose neighbour is in another block are never
+/// ruled out by it.
 #[cfg(test)]
 fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
@@ -466,8 +502,9 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
     for i in 0..BLOCK {
         let b = block[i];
         let after = i + 1 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER_OK, block[i + 1]);
+        let after2 = i + 2 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER2_OK, block[i + 2]);
         let before = i > 0 && has(&BEFORE_LETTERS, b) && !has(&BEFORE_OK, block[i - 1]);
-        r |= ((after || before) as u64) << i;
+        r |= ((after || after2 || before) as u64) << i;
     }
     r
 }
@@ -475,9 +512,9 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        BlockMasks, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK, CLASS_DASH,
-        CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5, CLS_HI,
-        CLS_LO, HI_BIT,
+        BlockMasks, AFTER2_OK, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK,
+        CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5,
+        CLS_HI, CLS_LO, HI_BIT,
     };
     use std::arch::x86_64::*;
 
@@ -564,8 +601,10 @@ mod x86 {
             let set = |t: &[u8; 16]| _mm512_test_epi8_mask(_mm512_shuffle_epi8(ld(t), lo), hib);
             let (la, na) = (set(&AFTER_LETTERS), set(&AFTER_OK));
             let (lb, nb) = (set(&BEFORE_LETTERS), set(&BEFORE_OK));
+            let na2 = set(&AFTER2_OK);
             BlockMasks {
-                reject: (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1),
+                reject: (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63))
+                    | (lb & !(nb << 1) & !1),
                 digit: test(CLASS_DIGIT),
                 glue: test(CLASS_GLUE),
                 space: test(CLASS_SPACE),
@@ -617,9 +656,11 @@ mod x86 {
             let ld = |t: &[u8; 16]| _mm256_broadcastsi128_si256(ld16(t));
             let (after_letters, after_ok) = (ld(&AFTER_LETTERS), ld(&AFTER_OK));
             let (before_letters, before_ok) = (ld(&BEFORE_LETTERS), ld(&BEFORE_OK));
+            let after2_ok = ld(&AFTER2_OK);
             let mut m = BlockMasks::default();
             // Letter anchors and their allowed neighbours (see `reject`).
             let (mut la, mut na, mut lb, mut nb) = (0u64, 0u64, 0u64, 0u64);
+            let mut na2 = 0u64;
             for half in 0..2 {
                 // `block` has 64 bytes; `half * 32 + 32 <= 64`.
                 let v = _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i);
@@ -650,6 +691,7 @@ mod x86 {
                 na |= set(after_ok);
                 lb |= set(before_letters);
                 nb |= set(before_ok);
+                na2 |= set(after2_ok);
                 m.digit |= has!(CLASS_DIGIT) << shift;
                 m.glue |= has!(CLASS_GLUE) << shift;
                 m.space |= has!(CLASS_SPACE) << shift;
@@ -659,7 +701,8 @@ mod x86 {
                 m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
-            m.reject = (la & !(na >> 1) & !(1 << 63)) | (lb & !(nb << 1) & !1);
+            m.reject =
+                (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
             m
         }
     }
@@ -733,8 +776,8 @@ mod tests {
         let mut ok = 0u64;
         for i in 0..BLOCK.min(data.len().saturating_sub(at)) {
             let j = at + i;
-            // The three bytes around `j` as a block of their own, with `j`
-            // in the middle (byte 1).
+            // The bytes around `j` as a block of their own, with `j` at
+            // byte 1 (the one before it, the two after it).
             let mut w = [0u8; BLOCK];
             w[1] = data[j];
             if j > 0 {
@@ -742,6 +785,9 @@ mod tests {
             }
             if j + 1 < data.len() {
                 w[2] = data[j + 1];
+            }
+            if j + 2 < data.len() {
+                w[3] = data[j + 2];
             }
             let r = letter_reject_scalar(&w) >> 1 & 1;
             // (Byte 0 of a block has no byte before it in the block.)
@@ -773,8 +819,11 @@ mod tests {
             letter_reject_scalar(&pad)
         };
         assert_eq!(b(b"xx"), 0b11); // the second `x` is followed by a zero byte
-        assert_eq!(b(b"xo"), 0);
-        assert_eq!(b(b"Be be bE"), 0);
+                                    // (The byte after next: a zero byte, a space, a `-`.)
+        assert_eq!(b(b"xo"), 0b1);
+        assert_eq!(b(b"xox-"), 0b100);
+        assert_eq!(b(b"Be be bE"), 0b1001001);
+        assert_eq!(b(b"Bearer bearer BEGIN xapp"), 0);
         assert_eq!(b(b"Bx ab"), 0b10011);
         assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
         assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block
@@ -814,19 +863,19 @@ mod tests {
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
-                c.blocks::<0>(&[block], &mut got);
+                c.blocks::<0>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
-                c.blocks::<1>(&[block], &mut got);
+                c.blocks::<1>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
-                c.blocks::<2>(&[block], &mut got);
+                c.blocks::<2>(&[block], &mut got, 0);
                 assert_eq!(
                     strip(got[0], &block, 0),
                     s.block_scalar(&block),

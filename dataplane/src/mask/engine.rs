@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
-use super::classify::{BlockMasks, Classifier, Kernel, BLOCK, CHUNK_BLOCKS};
+use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
 use super::detect::{self, DigitDetectors, Fmt};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
@@ -242,6 +242,16 @@ pub struct Engine {
     digits: DigitDetectors,
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
+    /// Fewest digits in a block and the next 12 bytes for a candidate
+    /// shape to start in the block (see `Shapes::pre`).
+    need: u32,
+    /// All ones when any digit detector is on (else no candidate shapes),
+    /// when IPv4 is on (every position may start one), when the AWS and
+    /// IBAN detectors are on; else 0 (masks for `Engine::block`).
+    shape_bits: u64,
+    ipv4_bits: u64,
+    aws_bits: u64,
+    iban_bits: u64,
     any_builtin: bool,
     /// Custom literals or regexes to run.
     custom: bool,
@@ -443,6 +453,15 @@ impl Engine {
             on,
             digits,
             min_digits,
+            need: if digits.ipv4 { 4 } else { 7 },
+            shape_bits: if digits.any() { u64::MAX } else { 0 },
+            ipv4_bits: if digits.ipv4 { u64::MAX } else { 0 },
+            aws_bits: if is(Builtin::AwsAccessKey) {
+                u64::MAX
+            } else {
+                0
+            },
+            iban_bits: if is(Builtin::Iban) { u64::MAX } else { 0 },
             any_builtin,
             custom: !literals.is_empty() || !regexes.is_empty(),
             literals,
@@ -706,16 +725,16 @@ impl Engine {
         // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
         // either way; a smaller array spares zeroing the large one.
         if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
-            self.scan_chunked::<SHORT_BLOCKS, F>(buf, regions, counts, hits)
+            self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         } else {
-            self.scan_chunked::<CHUNK_BLOCKS, F>(buf, regions, counts, hits)
+            self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         }
     }
 
     /// The block walk of [`Engine::scan_regions`], classifying `N` blocks
     /// at a time (before any of them is validated).
     #[inline(always)]
-    fn scan_chunked<const N: usize, const F: u8>(
+    fn scan_chunked<const N: usize, const L: usize, const F: u8>(
         &self,
         buf: &mut [u8],
         regions: &[Region],
@@ -728,8 +747,10 @@ impl Engine {
         );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let mut masks = [BlockMasks::default(); N];
-        let zero = BlockMasks::default();
+        // (`L = N + 1`: room for the zero block after a full chunk; no
+        // more, as the lanes are zeroed for every call.)
+        const { assert!(L == N + 1) };
+        let mut lanes = Lanes::<L>::default();
         // Digits of the block before the one processed (its last bit is
         // all the shapes look at).
         let mut prev_digit = 0u64;
@@ -738,13 +759,13 @@ impl Engine {
         while base < hi {
             let nb = self
                 .classifier
-                .classify_chunk::<N, F>(&buf[base..hi], &mut masks);
+                .classify_chunk::<N, F>(&buf[base..hi], &mut lanes);
             if regions.len() > 1 {
-                for (k, m) in masks[..nb].iter_mut().enumerate() {
+                for k in 0..nb {
                     let bm = membership(regions, &mut member, base + k * BLOCK);
                     // (Most blocks of long values lie in one region.)
                     if bm != u64::MAX {
-                        m.and(bm);
+                        lanes.and(k, bm);
                     }
                 }
             }
@@ -753,36 +774,45 @@ impl Engine {
             // chunk reaches the end).
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
+            // (Block `nb` is the zero block after the last one.)
+            lanes.set(nb, BlockMasks::default());
+            let mut work = [0u64; CHUNK_BLOCKS];
+            self.gate::<N, L>(&lanes, &mut work);
+            // (`k` indexes the lanes too.)
+            #[allow(clippy::needless_range_loop)]
             for k in 0..process {
-                let next = if k + 1 < nb { &masks[k + 1] } else { &zero };
-                let ctx = Ctx {
-                    regions,
-                    base: base + k * BLOCK,
-                };
-                self.block::<F>(
-                    buf, &ctx, prev_digit, &masks[k], next, &mut st, &mut cur, counts, hits,
-                );
-                prev_digit = masks[k].digit;
+                let at = base + k * BLOCK;
+                let d = lanes.digit[k];
+                if work[k] | st.run.cand as u64 == 0 {
+                    // (What `block` does when it finds nothing to validate.)
+                    st.run.carry(d, d | lanes.glue[k], at);
+                } else {
+                    let (m, next) = (lanes.get(k), lanes.get(k + 1));
+                    let ctx = Ctx { regions, base: at };
+                    self.block::<F, false>(
+                        buf, &ctx, prev_digit, &m, &next, &mut st, &mut cur, counts, hits,
+                    );
+                }
+                prev_digit = d;
             }
             base += process * BLOCK;
         }
-        if let Some(run) = st.run.take() {
-            if run.cand {
-                let ri = cur.run.seek(regions, run.first);
-                let r = regions[ri];
-                self.digit_run(
-                    buf,
-                    r,
-                    ri,
-                    run.first,
-                    r.end as usize,
-                    run.digits,
-                    None,
-                    &mut st,
-                    counts,
-                    hits,
-                );
-            }
+        let run = st.run;
+        if run.active && run.cand {
+            let ri = cur.run.seek(regions, run.first);
+            let r = regions[ri];
+            self.digit_run(
+                buf,
+                r,
+                ri,
+                run.first,
+                r.end as usize,
+                run.digits,
+                None,
+                &mut st,
+                counts,
+                hits,
+            );
         }
         st.hits
     }
@@ -854,7 +884,7 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block::<F>(
+        self.block::<F, true>(
             buf,
             &ctx,
             0,
@@ -865,21 +895,20 @@ impl Engine {
             &mut counts,
             hits,
         );
-        if let Some(run) = st.run.take() {
-            if run.cand {
-                self.digit_run(
-                    buf,
-                    region[0],
-                    0,
-                    run.first,
-                    n,
-                    run.digits,
-                    None,
-                    &mut st,
-                    &mut counts,
-                    hits,
-                );
-            }
+        let run = st.run;
+        if run.active && run.cand {
+            self.digit_run(
+                buf,
+                region[0],
+                0,
+                run.first,
+                n,
+                run.digits,
+                None,
+                &mut st,
+                &mut counts,
+                hits,
+            );
         }
         st.hits
     }
@@ -896,19 +925,17 @@ impl Engine {
     /// of shifted masks, so bits shifted in as zeros only ever hide a
     /// start, never invent one, and each window is exact where it is used.
     #[inline(always)]
-    fn candidates(&self, prev_digit: u64, c: &BlockMasks, n: &BlockMasks) -> u64 {
+    fn candidates(&self, prev_digit: u64, c: &BlockMasks, n: &BlockMasks, pre: Shapes) -> u64 {
         let ipv4 = self.digits.ipv4;
-        let sep = |x: &BlockMasks| x.space | x.dash | x.dot;
-        let (sep_c, sep_n) = (sep(c), sep(n));
+        let (sep_c, sep_n) = (pre.sep_c, pre.sep_n);
         // Which windows can hold a shape at all: two cheaper superset
         // tests, `pre_shape` (~20 instructions; rejects the dates and
-        // prices of free text) and then `may_shape` (~40; rejects dates
-        // followed by times).
-        let in0 = ipv4
-            || (pre_shape(c.digit, sep_c) != 0 && may_shape(c.digit, c.space, c.dash, c.dot) != 0);
+        // prices of free text; computed for every block by `Shapes::pre`)
+        // and then `may_shape` (~40; rejects dates followed by times).
+        let in0 = ipv4 || (pre.w0 != 0 && may_shape(c.digit, c.space, c.dash, c.dot) != 0);
         let in1 = n.digit != 0
             && (ipv4
-                || (pre_shape(ahead(c.digit, n.digit), ahead(sep_c, sep_n)) & AHEAD_LOW != 0
+                || (pre.w1 != 0
                     && may_shape(
                         ahead(c.digit, n.digit),
                         ahead(c.space, n.space),
@@ -984,9 +1011,40 @@ impl Engine {
             || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
+    /// For each block of a chunk (`l`, where the block after the last one
+    /// is zero), a superset of the bits that `block` sends to a validator
+    /// (before the run carried into it): 0 where it has nothing to do but
+    /// carry the run. The same terms as `block` and `Shapes::pre`, less the
+    /// digit count, over all `N` blocks at once (a fixed count, so that the
+    /// compiler computes them several blocks per vector instruction, with
+    /// no scalar remainder; `work` beyond the chunk means nothing).
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, work: &mut [u64; CHUNK_BLOCKS]) {
+        const { assert!(N <= CHUNK_BLOCKS && L == N + 1) };
+        let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
+        let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
+        let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
+        for k in 0..N {
+            let (c, cn) = (l.digit[k], l.digit[k + 1]);
+            let (uc, un) = (l.upper[k], l.upper[k + 1]);
+            let pairs = uc & (uc >> 1 | un << 63);
+            let pairs_n = un & un >> 1;
+            let aws = pairs & (pairs >> 2 | pairs_n << 62) & aws_bits;
+            let d2 = c & (c >> 1 | cn << 63);
+            let d2_n = cn & cn >> 1;
+            let iban = pairs & (d2 >> 2 | d2_n << 62) & iban_bits;
+            let (sc, sn) = (sep(k), sep(k + 1));
+            let w0 = pre_shape(c, sc);
+            let w1 = pre_shape(ahead(c, cn), ahead(sc, sn)) & AHEAD_LOW;
+            let a = l.anchor[k] & !l.reject[k] & !(l.glue[k] & !(c >> 1 | cn << 63));
+            work[k] = a | aws | iban | ((w0 | w1 | ipv4_bits) & shape_bits);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block<const F: u8>(
+    fn block<const F: u8, const ONE: bool>(
         &self,
         buf: &mut [u8],
         ctx: &Ctx,
@@ -998,11 +1056,81 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) {
+        // Everything that can send a byte of this block to a validator, as
+        // bits computed without branches, so that most blocks of prose with
+        // dates, prices and ids take one predictable branch:
+        // (Without the letter anchors the classification already ruled out
+        // by their neighbour byte: see `BlockMasks::reject`; nor the phone
+        // openers `+`, `(`, the only anchors that are glue, not followed by
+        // a digit of their region: `phone_opener` returns at once for
+        // those, and no rewrite makes a digit of another byte.)
+        let a = m.anchor & !m.reject & !(m.glue & !(m.digit >> 1 | n.digit << 63));
+        // Both `AKIA` and an IBAN's country code start with two capitals in
+        // a row (rare in prose: most capitals start a word). Shapes of four
+        // bytes from the pair masks, carried across the block end by the
+        // pairs of the next block: one shift per term.
+        let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
+        let pairs_n = n.upper & n.upper >> 1;
+        // `AKIA`/`ASIA`: four capitals in a row.
+        let aws = pairs & (pairs >> 2 | pairs_n << 62) & self.aws_bits;
+        // Two capitals, two digits.
+        let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
+        let d2_n = n.digit & n.digit >> 1;
+        let iban = pairs & (d2 >> 2 | d2_n << 62) & self.iban_bits;
+        if ONE && m.digit == 0 && !st.run.active {
+            // No digit run starts, ends or goes on here (so `block_slow`
+            // stops after the anchors and triggers, and the run stays
+            // none): most short values without digits, at no cost for the
+            // shapes. (Only for one-block values: in a chunk, where this
+            // runs for the blocks the gate let through, the extra branch
+            // costs more than it saves.)
+            if a | aws | iban != 0 {
+                let pre = Shapes {
+                    w0: 0,
+                    w1: 0,
+                    sep_c: 0,
+                    sep_n: 0,
+                };
+                self.block_slow::<F>(
+                    buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
+                );
+            }
+            return;
+        }
+        // Candidate shapes: see `Shapes::pre`.
+        let pre = Shapes::pre(self, m, n);
+        if a | aws | iban | pre.w0 | pre.w1 | st.run.cand as u64 == 0 {
+            // Nothing to validate here: only the digit run reaching the end
+            // of the block is carried (no candidate in it so far).
+            st.run.carry(m.digit, m.digit | m.glue, ctx.base);
+            return;
+        }
+        self.block_slow::<F>(
+            buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
+        );
+    }
+
+    /// [`Engine::block`] for a block with something to validate.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn block_slow<const F: u8>(
+        &self,
+        buf: &mut [u8],
+        ctx: &Ctx,
+        prev_digit: u64,
+        m: &BlockMasks,
+        n: &BlockMasks,
+        mut a: u64,
+        mut aws: u64,
+        mut iban: u64,
+        pre: Shapes,
+        st: &mut ScanState,
+        cur: &mut Cursors,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
         let base = ctx.base;
         let regions = ctx.regions;
-        // (Without the letter anchors the classification already ruled out
-        // by their neighbour byte: see `BlockMasks::reject`.)
-        let mut a = m.anchor & !m.reject;
         while a != 0 {
             let pos = base + a.trailing_zeros() as usize;
             a &= a - 1;
@@ -1015,79 +1143,57 @@ impl Engine {
                 }
             }
         }
-        // Both `AKIA` and an IBAN's country code start with two capitals in
-        // a row (rare in prose: most capitals start a word).
-        let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
-        // (Shapes of four bytes from the pair masks, carried across the block
-        // end by the pairs of the next block: one shift per term.)
-        let pairs_n = n.upper & n.upper >> 1;
-        if pairs != 0 && self.on[Builtin::AwsAccessKey as usize] {
-            // `AKIA`/`ASIA`: four capitals in a row (rare in prose).
-            let mut s = pairs & (pairs >> 2 | pairs_n << 62);
-            while s != 0 {
-                let pos = base + s.trailing_zeros() as usize;
-                s &= s - 1;
-                if buf[pos] != b'A' {
-                    continue;
-                }
-                let ri = cur.aws.seek(regions, pos);
-                let r = regions[ri];
-                let cell = &mut buf[r.start as usize..r.end as usize];
-                if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
-                    hits.add_at(Builtin::AwsAccessKey, ri as u32, 1);
-                    counts[ri] += 1;
-                    st.hits += 1;
-                    st.skip_until = st.skip_until.max(r.start as usize + e);
-                }
+        while aws != 0 {
+            let pos = base + aws.trailing_zeros() as usize;
+            aws &= aws - 1;
+            if buf[pos] != b'A' {
+                continue;
+            }
+            let ri = cur.aws.seek(regions, pos);
+            let r = regions[ri];
+            let cell = &mut buf[r.start as usize..r.end as usize];
+            if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
+                hits.add_at(Builtin::AwsAccessKey, ri as u32, 1);
+                counts[ri] += 1;
+                st.hits += 1;
+                st.skip_until = st.skip_until.max(r.start as usize + e);
             }
         }
-        if pairs != 0 && self.on[Builtin::Iban as usize] {
-            // Two capitals, two digits.
-            let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
-            let d2_n = n.digit & n.digit >> 1;
-            let mut s = pairs & (d2 >> 2 | d2_n << 62);
-            while s != 0 {
-                let pos = base + s.trailing_zeros() as usize;
-                s &= s - 1;
-                let ri = cur.iban.seek(regions, pos);
-                let r = regions[ri];
-                let cell = &mut buf[r.start as usize..r.end as usize];
-                if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
-                    hits.add_at(Builtin::Iban, ri as u32, 1);
-                    counts[ri] += 1;
-                    st.hits += 1;
-                    st.skip_until = st.skip_until.max(r.start as usize + e);
-                }
+        while iban != 0 {
+            let pos = base + iban.trailing_zeros() as usize;
+            iban &= iban - 1;
+            let ri = cur.iban.seek(regions, pos);
+            let r = regions[ri];
+            let cell = &mut buf[r.start as usize..r.end as usize];
+            if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
+                hits.add_at(Builtin::Iban, ri as u32, 1);
+                counts[ri] += 1;
+                st.hits += 1;
+                st.skip_until = st.skip_until.max(r.start as usize + e);
             }
         }
-        if m.digit == 0 && st.run.is_none() {
+        if m.digit == 0 && !st.run.active {
             return;
         }
-        // Every candidate shape holds at least 7 digits (4 for IPv4) within
-        // its first 13 bytes, so fewer in the block and the next 12 bytes
-        // means no candidate starts here.
-        let need = if self.digits.ipv4 { 4 } else { 7 };
-        let enough = m.digit.count_ones() + (n.digit & 0xfff).count_ones() >= need;
-        let cand = if self.digits.any() && enough && self.may_start_shape(m, n) {
-            self.candidates(prev_digit, m, n)
+        let cand = if pre.any() && self.may_start_shape(m, n) {
+            self.candidates(prev_digit, m, n, pre)
         } else {
             0
         };
         let x = m.digit | m.glue;
         let mut d = m.digit;
-        if let Some(run) = st.run {
+        if st.run.active {
             // A run carried over from the previous block.
+            let run = st.run;
             let e = (!x).trailing_zeros();
             if e == 64 {
-                st.run = Some(Run {
-                    digits: run.digits + d.count_ones(),
-                    cand: run.cand || cand != 0,
-                    ..run
-                });
+                st.run.digits += d.count_ones();
+                st.run.cand |= cand != 0;
                 return;
             }
             let low = (1u64 << e) - 1;
-            st.run = None;
+            st.run.active = false;
+            st.run.cand = false;
             if run.cand || cand & low != 0 {
                 let digits = run.digits + (d & low).count_ones();
                 let ri = cur.run.seek(regions, run.first);
@@ -1121,11 +1227,12 @@ impl Engine {
                 let top = d & (u64::MAX << (64 - (!x).leading_zeros()));
                 if top != 0 {
                     let i = top.trailing_zeros();
-                    st.run = Some(Run {
+                    st.run = Run {
                         first: base + i as usize,
                         digits: (d >> i).count_ones(),
+                        active: true,
                         cand: false,
-                    });
+                    };
                 }
                 return;
             }
@@ -1133,11 +1240,12 @@ impl Engine {
             let end = i + len;
             let above = d >> i;
             if end >= 64 {
-                st.run = Some(Run {
+                st.run = Run {
                     first: base + i as usize,
                     digits: above.count_ones(),
+                    active: true,
                     cand: cand >> i != 0,
-                });
+                };
                 return;
             }
             let span = (1u64 << len) - 1;
@@ -1347,8 +1455,8 @@ impl Engine {
 struct ScanState {
     /// Anchors before this position are inside something already handled.
     skip_until: usize,
-    /// A digit run reaching the end of the previous block.
-    run: Option<Run>,
+    /// A digit run reaching the end of the previous block (if `active`).
+    run: Run,
     /// Digit-run rewrites end at or before this position; with
     /// `skip_until` (which the other validators' rewrites end before), the
     /// bytes from `max(skip_until, dirty)` on are as classified.
@@ -1365,14 +1473,145 @@ impl ScanState {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Run {
     /// Its first digit.
     first: usize,
     /// Digits so far.
     digits: u32,
-    /// Whether a candidate position lies in it so far.
+    /// Whether there is one (the other fields mean nothing otherwise).
+    active: bool,
+    /// Whether a candidate position lies in it so far (only if `active`).
     cand: bool,
+}
+
+impl Run {
+    /// The run after a block at `base` with digit mask `d` and digit-or-glue
+    /// mask `x` in which no candidate lies (nor in the run so far): the
+    /// same run if the block is all digits and glue, else the last stretch
+    /// of digits and glue if it reaches the block end and holds a digit
+    /// (from its first digit). Without branches.
+    #[inline(always)]
+    fn carry(&mut self, d: u64, x: u64, base: usize) {
+        let gap = !x;
+        let cont = gap == 0 && self.active;
+        // Bits above the highest byte that is neither digit nor glue (all
+        // of them when there is none).
+        let lz = gap.leading_zeros();
+        let above = if lz == 0 { 0 } else { u64::MAX << (64 - lz) };
+        let top = d & above;
+        let first = base + top.trailing_zeros() as usize;
+        self.first = if cont { self.first } else { first };
+        self.digits = if cont { self.digits } else { 0 } + top.count_ones();
+        self.active = cont | (top != 0);
+        self.cand = false;
+    }
+}
+
+/// The starts of candidate shapes a block may hold, by the cheap superset
+/// test of [`pre_shape`] in both windows (see `Engine::candidates`); both
+/// zero when the block cannot hold one.
+#[derive(Clone, Copy)]
+struct Shapes {
+    /// `pre_shape` of the block's window, and of the look-ahead window's
+    /// starts inside the block.
+    w0: u64,
+    w1: u64,
+    /// Space, dash or dot, in the block and the next one.
+    sep_c: u64,
+    sep_n: u64,
+}
+
+impl Shapes {
+    #[inline(always)]
+    fn pre(e: &Engine, c: &BlockMasks, n: &BlockMasks) -> Shapes {
+        let sep_c = c.space | c.dash | c.dot;
+        let sep_n = n.space | n.dash | n.dot;
+        // Every candidate shape holds at least 7 digits (4 for IPv4)
+        // within its first 13 bytes, so fewer in the block and the next
+        // 12 bytes means no candidate starts here.
+        let enough = c.digit.count_ones() + (n.digit & 0xfff).count_ones() >= e.need;
+        let on = if enough { e.shape_bits } else { 0 };
+        Shapes {
+            w0: (pre_shape(c.digit, sep_c) | e.ipv4_bits) & on,
+            w1: (pre_shape(ahead(c.digit, n.digit), ahead(sep_c, sep_n)) | e.ipv4_bits)
+                & AHEAD_LOW
+                & on,
+            sep_c,
+            sep_n,
+        }
+    }
+
+    #[inline(always)]
+    fn any(&self) -> bool {
+        self.w0 | self.w1 != 0
+    }
+}
+
+/// The masks of a chunk's blocks, one array per mask (see
+/// `Engine::gate`), `L` blocks: a chunk's and the zero block after a full
+/// one.
+struct Lanes<const L: usize> {
+    digit: [u64; L],
+    glue: [u64; L],
+    space: [u64; L],
+    dash: [u64; L],
+    dot: [u64; L],
+    upper: [u64; L],
+    anchor: [u64; L],
+    reject: [u64; L],
+}
+
+impl<const L: usize> Default for Lanes<L> {
+    fn default() -> Self {
+        Lanes {
+            digit: [0; L],
+            glue: [0; L],
+            space: [0; L],
+            dash: [0; L],
+            dot: [0; L],
+            upper: [0; L],
+            anchor: [0; L],
+            reject: [0; L],
+        }
+    }
+}
+
+impl<const L: usize> MaskStore for Lanes<L> {
+    #[inline(always)]
+    fn set(&mut self, k: usize, m: BlockMasks) {
+        self.digit[k] = m.digit;
+        self.glue[k] = m.glue;
+        self.space[k] = m.space;
+        self.dash[k] = m.dash;
+        self.dot[k] = m.dot;
+        self.upper[k] = m.upper;
+        self.anchor[k] = m.anchor;
+        self.reject[k] = m.reject;
+    }
+    #[inline(always)]
+    fn get(&self, k: usize) -> BlockMasks {
+        BlockMasks {
+            digit: self.digit[k],
+            glue: self.glue[k],
+            space: self.space[k],
+            dash: self.dash[k],
+            dot: self.dot[k],
+            upper: self.upper[k],
+            anchor: self.anchor[k],
+            reject: self.reject[k],
+        }
+    }
+}
+
+impl<const L: usize> Lanes<L> {
+    /// Keep only the bits in `keep` of block `k`.
+    #[inline(always)]
+    fn and(&mut self, k: usize, keep: u64) {
+        let mut m = self.get(k);
+        m.and(keep);
+        self.set(k, m);
+    }
 }
 
 /// A value inside a larger buffer (a DataRow cell).
