@@ -25,7 +25,10 @@
 //! Each iteration masks a fresh copy of the corpus (copy not timed).
 //! Throughput is bytes of cell data (or DataRow bodies) per second.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
 use dataplane::mask::corpus::{self, Rng};
 use dataplane::mask::{mask_data_row, Engine, Hits, Kernel, MaskingProfile, RowPlan};
 use std::hint::black_box;
@@ -54,7 +57,6 @@ fn mask(c: &mut Criterion) {
         let mut d = data.to_vec();
         rs.iter().map(|r| f(&mut d[r.clone()]) as u64).sum::<u64>()
     };
-    let mut hits = Hits::new();
     let eh = count(&|v| engine.mask_counted(v, &mut Hits::new()), &buf, &ranges);
     let rh = count(&|v| rx.mask(v), &buf, &ranges);
     let ec = count(
@@ -121,26 +123,13 @@ fn mask(c: &mut Criterion) {
     );
 
     // Whole DataRow bodies through a plan.
-    let (bodies, body_ranges) = common::bodies(&rows);
-    let mut plan = RowPlan::new();
-    plan.describe(&engine, &corpus::row_description(corpus::ORDERS_COLUMNS))
-        .unwrap();
-    g.throughput(Throughput::Bytes(bodies.len() as u64));
-    g.bench_function("engine/data_rows", |b| {
-        let mut out = Vec::with_capacity(1024);
-        b.iter_batched_ref(
-            || bodies.clone(),
-            |d| {
-                for r in &body_ranges {
-                    black_box(
-                        mask_data_row(&engine, &mut plan, &mut d[r.clone()], &mut hits, &mut out)
-                            .unwrap(),
-                    );
-                }
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    bench_rows(
+        &mut g,
+        &engine,
+        "engine/data_rows",
+        &rows,
+        corpus::ORDERS_COLUMNS,
+    );
 
     // The notes corpus (RESULTS §8's rows).
     let notes: Vec<Vec<Option<String>>> = (1..=2000).map(e2e_rows::row).collect();
@@ -163,20 +152,39 @@ fn mask(c: &mut Criterion) {
     run_cells(&mut g, "regex_set/notes_cells", &nbuf, &nranges, &|v, _| {
         rx.mask(v)
     });
-    let (nbodies, nbody_ranges) = common::bodies(&notes);
-    let mut nplan = RowPlan::new();
-    nplan
-        .describe(&engine, &corpus::row_description(e2e_rows::COLUMNS))
+    bench_rows(
+        &mut g,
+        &engine,
+        "engine/notes_rows",
+        &notes,
+        e2e_rows::COLUMNS,
+    );
+    g.finish();
+}
+
+/// `mask_data_row` over the DataRow bodies of `rows` (columns `columns`)
+/// through a plan; throughput in body bytes.
+fn bench_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    engine: &Engine,
+    name: &str,
+    rows: &[Vec<Option<String>>],
+    columns: &[(&str, u32)],
+) {
+    let (bodies, ranges) = common::bodies(rows);
+    let mut plan = RowPlan::new();
+    plan.describe(engine, &corpus::row_description(columns))
         .unwrap();
-    g.throughput(Throughput::Bytes(nbodies.len() as u64));
-    g.bench_function("engine/notes_rows", |b| {
+    g.throughput(Throughput::Bytes(bodies.len() as u64));
+    g.bench_function(name, |b| {
+        let mut hits = Hits::new();
         let mut out = Vec::with_capacity(1024);
         b.iter_batched_ref(
-            || nbodies.clone(),
+            || bodies.clone(),
             |d| {
-                for r in &nbody_ranges {
+                for r in &ranges {
                     black_box(
-                        mask_data_row(&engine, &mut nplan, &mut d[r.clone()], &mut hits, &mut out)
+                        mask_data_row(engine, &mut plan, &mut d[r.clone()], &mut hits, &mut out)
                             .unwrap(),
                     );
                 }
@@ -184,7 +192,6 @@ fn mask(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    g.finish();
 }
 
 criterion_group!(benches, mask);
