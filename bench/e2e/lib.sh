@@ -218,6 +218,9 @@ pin_for() {
     if [[ -n $cpus ]]; then PIN=(taskset -c "$cpus"); fi
 }
 
+# cpus_of PID: the CPU list PID may run on (for the start logs).
+cpus_of() { taskset -pc "$1" | sed 's/.*: //'; }
+
 # Raise the open-file limit to at least $1, or die explaining why not.
 raise_nofile() {
     local want=$1 hard
@@ -282,7 +285,7 @@ start_pg() {
 -c max_connections=$max_conn -c shared_buffers=256MB" start >"$WORK/pg_ctl.log" 2>&1 ||
         { show_tail "$WORK/pg_ctl.log"; show_tail "$WORK/pg.log"; die "PostgreSQL did not start"; }
     PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
-    if [[ -n ${PG_CPUS:-} ]]; then log "PostgreSQL on CPUs $(taskset -pc "$PG_PID" | sed 's/.*: //')"; fi
+    if [[ -n ${PG_CPUS:-} ]]; then log "PostgreSQL on CPUs $(cpus_of "$PG_PID")"; fi
     psql_at "$PG_PORT" postgres "$PG_SUPERPW" postgres \
         -c "CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PW'" \
         -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER" ||
@@ -446,7 +449,7 @@ EOF
     ((i < 300)) || { show_tail "$slog"; die "sluice-dp /readyz not 200 within 30s"; }
     psql_at "$SLUICE_PORT" agent "$SLUICE_KEY" "$BENCH_DB" -tAc "SELECT 1" >"$WORK/sluice-check.log" 2>&1 ||
         { cat "$WORK/sluice-check.log" >&2; show_tail "$slog"; die "a query through sluice-dp failed"; }
-    log "sluice-dp ($name) up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls${SLUICE_CPUS:+, on CPUs $(taskset -pc "$SLUICE_PID" | sed 's/.*: //')}"
+    log "sluice-dp ($name) up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}, $want_tls${SLUICE_CPUS:+, on CPUs $(cpus_of "$SLUICE_PID")}"
 }
 
 # Connection arguments for pgbench/psql per contender: sets CONN_PORT,

@@ -178,7 +178,7 @@ EOF
         sleep 0.1
     done
     ((i < 300)) || { show_tail "$WORK/sluice-dp.log"; die "sluice-dp /readyz not 200 within 30s"; }
-    log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}${SLUICE_CPUS:+, on CPUs $(taskset -pc "$SLUICE_PID" | sed 's/.*: //')}"
+    log "sluice-dp up: 127.0.0.1:$SLUICE_PORT admin :$SLUICE_ADMIN_PORT pid $SLUICE_PID workers ${SLUICE_WORKERS:-default}${SLUICE_CPUS:+, on CPUs $(cpus_of "$SLUICE_PID")}"
 }
 start_sluice_mask
 # Which classification kernel the gateway scans with (SLUICE_MASK_KERNEL, else

@@ -605,6 +605,17 @@ impl Pending {
             .unwrap_or(0);
     }
 
+    /// This Execute runs `portal` (its statement, SQL and bind values; the
+    /// default: none), found through the pending change of `via`.
+    fn run_portal(&mut self, portal: Portal, via: Option<u64>) {
+        self.statement_name = portal.stmt;
+        self.sql = portal.sql;
+        self.param_count = portal.param_count;
+        self.params = portal.params;
+        self.values = portal.values;
+        self.set_via(via);
+    }
+
     /// The statement this pending Parse makes.
     fn stmt_made(&self) -> Option<StmtRef<'_>> {
         match self.change {
@@ -1176,18 +1187,11 @@ impl Tracker {
             tag::EXECUTE => {
                 let portal_name = c.until_nul(0, 0);
                 let (portal, via) = self.find_portal(portal_name);
-                let portal = portal.map(PortalRef::to_owned);
+                let portal = portal.map(PortalRef::to_owned).unwrap_or_default();
                 let portal_name = name(portal_name);
                 let p = self.queue.back_mut().expect("queued");
                 p.portal_name = portal_name;
-                p.set_via(via);
-                if let Some(portal) = portal {
-                    p.statement_name = portal.stmt;
-                    p.sql = portal.sql;
-                    p.param_count = portal.param_count;
-                    p.params = portal.params;
-                    p.values = portal.values;
-                }
+                p.run_portal(portal, via);
             }
             b'C' if !skipped => {
                 let change = match c.head.first() {
@@ -1450,13 +1454,7 @@ impl Tracker {
                     Req::Execute => {
                         let (portal, via) = self.portal_at(portals.get(&key).copied(), name);
                         let portal = portal.map(PortalRef::to_owned).unwrap_or_default();
-                        let p = &mut self.queue[i];
-                        p.statement_name = portal.stmt;
-                        p.sql = portal.sql;
-                        p.param_count = portal.param_count;
-                        p.params = portal.params;
-                        p.values = portal.values;
-                        p.set_via(via);
+                        self.queue[i].run_portal(portal, via);
                     }
                     _ => {}
                 }
@@ -1582,13 +1580,7 @@ impl Tracker {
         };
         for p in self.queue.iter_mut() {
             if p.req == Req::Execute && p.via().is_none_or(|v| v < first) {
-                let none = Portal::default();
-                p.statement_name = none.stmt;
-                p.sql = none.sql;
-                p.param_count = none.param_count;
-                p.params = none.params;
-                p.values = none.values;
-                p.set_via(None);
+                p.run_portal(Portal::default(), None);
             }
         }
     }

@@ -818,8 +818,9 @@ mod tests {
             pad[..s.len()].copy_from_slice(s);
             letter_reject_scalar(&pad)
         };
-        assert_eq!(b(b"xx"), 0b11); // the second `x` is followed by a zero byte
-                                    // (The byte after next: a zero byte, a space, a `-`.)
+        // (The second `x` is followed by a zero byte.)
+        assert_eq!(b(b"xx"), 0b11);
+        // (The byte after next: a zero byte, a space, a `-`.)
         assert_eq!(b(b"xo"), 0b1);
         assert_eq!(b(b"xox-"), 0b100);
         assert_eq!(b(b"Be be bE"), 0b1001001);

@@ -1027,18 +1027,19 @@ impl Engine {
         let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
         for k in 0..N {
             let (c, cn) = (l.digit[k], l.digit[k + 1]);
-            let (uc, un) = (l.upper[k], l.upper[k + 1]);
-            let pairs = uc & (uc >> 1 | un << 63);
-            let pairs_n = un & un >> 1;
-            let aws = pairs & (pairs >> 2 | pairs_n << 62) & aws_bits;
-            let d2 = c & (c >> 1 | cn << 63);
-            let d2_n = cn & cn >> 1;
-            let iban = pairs & (d2 >> 2 | d2_n << 62) & iban_bits;
+            let t = triggers(
+                l.anchor[k] & !l.reject[k],
+                l.glue[k],
+                c,
+                l.upper[k],
+                cn,
+                l.upper[k + 1],
+                (aws_bits, iban_bits),
+            );
             let (sc, sn) = (sep(k), sep(k + 1));
             let w0 = pre_shape(c, sc);
             let w1 = pre_shape(ahead(c, cn), ahead(sc, sn)) & AHEAD_LOW;
-            let a = l.anchor[k] & !l.reject[k] & !(l.glue[k] & !(c >> 1 | cn << 63));
-            work[k] = a | aws | iban | ((w0 | w1 | ipv4_bits) & shape_bits);
+            work[k] = t.anchors | t.aws | t.iban | ((w0 | w1 | ipv4_bits) & shape_bits);
         }
     }
 
@@ -1058,25 +1059,20 @@ impl Engine {
     ) {
         // Everything that can send a byte of this block to a validator, as
         // bits computed without branches, so that most blocks of prose with
-        // dates, prices and ids take one predictable branch:
-        // (Without the letter anchors the classification already ruled out
-        // by their neighbour byte: see `BlockMasks::reject`; nor the phone
-        // openers `+`, `(`, the only anchors that are glue, not followed by
-        // a digit of their region: `phone_opener` returns at once for
-        // those, and no rewrite makes a digit of another byte.)
-        let a = m.anchor & !m.reject & !(m.glue & !(m.digit >> 1 | n.digit << 63));
-        // Both `AKIA` and an IBAN's country code start with two capitals in
-        // a row (rare in prose: most capitals start a word). Shapes of four
-        // bytes from the pair masks, carried across the block end by the
-        // pairs of the next block: one shift per term.
-        let pairs = m.upper & (m.upper >> 1 | n.upper << 63);
-        let pairs_n = n.upper & n.upper >> 1;
-        // `AKIA`/`ASIA`: four capitals in a row.
-        let aws = pairs & (pairs >> 2 | pairs_n << 62) & self.aws_bits;
-        // Two capitals, two digits.
-        let d2 = m.digit & (m.digit >> 1 | n.digit << 63);
-        let d2_n = n.digit & n.digit >> 1;
-        let iban = pairs & (d2 >> 2 | d2_n << 62) & self.iban_bits;
+        // dates, prices and ids take one predictable branch.
+        let Triggers {
+            anchors: a,
+            aws,
+            iban,
+        } = triggers(
+            m.anchor & !m.reject,
+            m.glue,
+            m.digit,
+            m.upper,
+            n.digit,
+            n.upper,
+            (self.aws_bits, self.iban_bits),
+        );
         if ONE && m.digit == 0 && !st.run.active {
             // No digit run starts, ends or goes on here (so `block_slow`
             // stops after the anchors and triggers, and the run stays
@@ -1505,6 +1501,51 @@ impl Run {
         self.digits = if cont { self.digits } else { 0 } + top.count_ones();
         self.active = cont | (top != 0);
         self.cand = false;
+    }
+}
+
+/// What sends a byte of a block to a validator before any digit run is
+/// looked at (see [`triggers`]).
+struct Triggers {
+    anchors: u64,
+    aws: u64,
+    iban: u64,
+}
+
+/// The triggers of a block, from its anchors (less those the
+/// classification ruled out by their neighbours: see
+/// `BlockMasks::reject`), glue, digit and capital masks and the next
+/// block's digits and capitals; `on` = the AWS and IBAN bits of the
+/// engine (`Engine::aws_bits`, `Engine::iban_bits`). One definition for
+/// `Engine::gate` and `Engine::block`, which must agree: a block the gate
+/// lets pass without work is one `block` would find nothing in.
+///
+/// - Anchors, less the phone openers `+`, `(` (the only anchors that are
+///   glue) not followed by a digit of their region: `phone_opener` returns
+///   at once for those, and no rewrite makes a digit of another byte.
+/// - `AKIA`/`ASIA` and an IBAN's country code start with two capitals in a
+///   row (rare in prose: most capitals start a word): four capitals in a
+///   row, and two capitals before two digits. Shapes of four bytes from
+///   the pair masks, carried across the block end by the pairs of the next
+///   block: one shift per term.
+#[inline(always)]
+fn triggers(
+    anchors: u64,
+    glue: u64,
+    digit: u64,
+    upper: u64,
+    digit_n: u64,
+    upper_n: u64,
+    (aws_bits, iban_bits): (u64, u64),
+) -> Triggers {
+    let pairs = upper & (upper >> 1 | upper_n << 63);
+    let pairs_n = upper_n & upper_n >> 1;
+    let d2 = digit & (digit >> 1 | digit_n << 63);
+    let d2_n = digit_n & digit_n >> 1;
+    Triggers {
+        anchors: anchors & !(glue & !(digit >> 1 | digit_n << 63)),
+        aws: pairs & (pairs >> 2 | pairs_n << 62) & aws_bits,
+        iban: pairs & (d2 >> 2 | d2_n << 62) & iban_bits,
     }
 }
 
