@@ -1167,6 +1167,9 @@ columns:
   - {{ column: email, action: hash }}
   - {{ column: internal_notes, action: 'null' }}
   - {{ column: salary, action: mask }}
+  - {{ column: cust_ref, action: hash }}
+  - {{ column: card_int, action: {{ keep_last: 4 }} }}
+  - {{ column: seen_at, action: 'null' }}
 {extra_columns}
 hash_key: '{HASH_KEY}'
 "#
@@ -1190,7 +1193,8 @@ async fn seed_people(pg: &Pg, t: &str) {
 }
 
 /// What the `pii` profile must return for [`seed_people`]'s rows (id, ssn,
-/// secret_answer, email, internal_notes, salary as text, note).
+/// secret_answer, email, internal_notes, salary, note). `salary` is an
+/// `int` masked in its text form, so the client gets it as `text`.
 fn people_masked() -> Vec<TextRow> {
     let s = |v: &str| Some(v.to_string());
     vec![
@@ -1200,7 +1204,7 @@ fn people_masked() -> Vec<TextRow> {
             s("********************"),
             s(&hmac_hex(HASH_KEY, "alice.smith@example.com")),
             None,
-            None,
+            s("******"),
             s("card **** **** **** 1111"),
         ],
         vec![
@@ -1210,7 +1214,7 @@ fn people_masked() -> Vec<TextRow> {
             s("*******"),
             s(&hmac_hex(HASH_KEY, "bob@example.org")),
             None,
-            None,
+            s("*****"),
             s("clean note"),
         ],
         vec![
@@ -1238,7 +1242,7 @@ async fn people_extended(c: &Client, sql: &str) -> Vec<TextRow> {
                 r.get(2),
                 r.get(3),
                 r.get(4),
-                r.get::<_, Option<i32>>(5).map(|v| v.to_string()),
+                r.get(5),
                 r.get(6),
             ]
         })
@@ -1247,9 +1251,11 @@ async fn people_extended(c: &Client, sql: &str) -> Vec<TextRow> {
 
 /// Column rules of a custom profile: keep_last, mask, hash (keyed: equal
 /// values give equal hashes, stable across queries, sessions and gateway
-/// processes with the same `hash_key`), null, and a rule on a non-text
-/// column (NULL); detectors still run on the other columns; a unique
-/// violation on a ruled column masks the whole key value.
+/// processes with the same `hash_key`), null, and rules on non-text columns
+/// (applied to the text form, the column shown as text; in binary results
+/// too, so a hashed integer key joins across protocols); detectors still
+/// run on the other columns; a unique violation on a ruled column masks
+/// the whole key value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_rules_keep_last_mask_hash_and_null() {
     let pg = Pg::shared();
@@ -1301,6 +1307,52 @@ async fn column_rules_keep_last_mask_hash_and_null() {
         ]
     );
 
+    // Rules on an int (hash), an int8 (keep_last) and a timestamptz (null),
+    // by both protocols: the client is told `text` for the first two, and
+    // a hashed integer gives the same hash in text and binary results.
+    let typed = format!(
+        "select id as cust_ref, 4111111111111111::int8 + id - 1 as card_int, \
+                now() as seen_at, id from {t} order by id"
+    );
+    let want_typed = |id: i64| {
+        vec![
+            Some(hmac_hex(HASH_KEY, &id.to_string())),
+            Some(format!("************{}", 1110 + id)),
+            None,
+            Some(id.to_string()),
+        ]
+    };
+    assert_rows(
+        "typed rules, simple",
+        &simple_rows(&c, &typed).await,
+        &(1..=3).map(want_typed).collect::<Vec<_>>(),
+    );
+    let st = c.prepare(&typed).await.unwrap();
+    let types: Vec<_> = st.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(
+        types,
+        [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::INT4],
+        "types the client is told"
+    );
+    let rows = c.query(&st, &[]).await.unwrap();
+    let got: Vec<TextRow> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.get(0),
+                r.get(1),
+                r.get::<_, Option<std::time::SystemTime>>(2)
+                    .map(|_| "a time".to_string()),
+                Some(r.get::<_, i32>(3).to_string()),
+            ]
+        })
+        .collect();
+    assert_rows(
+        "typed rules, extended (binary)",
+        &got,
+        &(1..=3).map(want_typed).collect::<Vec<_>>(),
+    );
+
     // A unique violation on `ssn` quotes the bare number: masked whole.
     let e = c
         .execute(
@@ -1325,6 +1377,9 @@ async fn column_rules_keep_last_mask_hash_and_null() {
         "column:email",
         "column:secret_*",
         "column:salary",
+        "column:cust_ref",
+        "column:card_int",
+        "column:seen_at",
     ] {
         assert!(
             m.get("sluice_masked_values_total", &[("rule", rule)]) > 0.0,

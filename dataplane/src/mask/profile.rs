@@ -268,10 +268,13 @@ pub enum TypeRef {
 
 /// What a column rule does to each non-NULL value.
 ///
-/// On text-like types (`text`, `varchar`, `bpchar`, `name`, `json`, …)
-/// `mask` and `keep_last` rewrite the characters in place. On any other type
-/// (numbers, dates, uuid, bytea, …) a masked `****` would not parse as that
-/// type, so every action there replaces the value with NULL.
+/// On text types (`text`, `varchar`, `bpchar`, `name`, …) `mask` and
+/// `keep_last` rewrite the characters in place. On any other type (numbers,
+/// dates, uuid, json, arrays, …) `mask`, `keep_last` and `hash` apply to
+/// the value's text form (a binary value is printed as text first; one of
+/// a type the gateway cannot print becomes NULL), and the column is shown
+/// to the client as `text`, since `****` would not parse as the type. `null`
+/// keeps the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnAction {
     /// Every character becomes the mask character.

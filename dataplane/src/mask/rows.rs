@@ -18,8 +18,16 @@
 //! and types with an oid not listed here (citext, enums, domains: their oids
 //! differ per database) in text format only. Numbers, dates, uuids, bytea
 //! and other non-text types are not scanned: a rewritten digit would not
-//! parse as the type. Column rules on such types (and on json, xml and
-//! arrays, whose syntax a mask would break) replace the value with NULL.
+//! parse as the type.
+//!
+//! Column rules `mask`, `keep_last` and `hash` on any other type (numbers,
+//! uuids, dates, json, arrays…) apply to the value's text form, and the
+//! column is presented to the client as `text`:
+//! [`RowPlan::retype_description`] rewrites its type in the RowDescription
+//! in place (same length), so a hashed integer key still joins and a card
+//! number stored as `int8` keeps its last four digits. Binary values are
+//! printed as text first (the types `crate::audit::binval` reads; any other
+//! type's binary value becomes NULL, fail safe). Rule `null` keeps the type.
 
 use super::detect;
 use super::engine::{Engine, Hits, Region, RuleId};
@@ -49,13 +57,24 @@ pub enum ColumnPlan {
     KeepLast(u16, RuleId),
     /// Column rule `hash`: the value becomes its keyed hash (length changes).
     Hash(RuleId),
-    /// Column rule `null`, or any rule on a type a mask would break.
+    /// Column rule `null`.
     Null(RuleId),
+    /// Column rule `mask`, `keep_last` or `hash` on a binary value of a
+    /// non-text type (`oid`): printed as text, then the action (length
+    /// changes; NULL if the type's binary form is not read here).
+    Printed {
+        oid: u32,
+        action: ColumnAction,
+        rule: RuleId,
+    },
 }
 
 impl ColumnPlan {
     fn rewrites(self) -> bool {
-        matches!(self, ColumnPlan::Hash(_) | ColumnPlan::Null(_))
+        matches!(
+            self,
+            ColumnPlan::Hash(_) | ColumnPlan::Null(_) | ColumnPlan::Printed { .. }
+        )
     }
 }
 
@@ -64,11 +83,11 @@ impl ColumnPlan {
 enum Kind {
     /// Plain text: scan, and rewrite characters for column rules.
     Text,
-    /// Text with syntax (json, xml, arrays): scan, but column rules null it.
+    /// Text with syntax (json, xml, arrays): scan; column rules retype it.
     Structured,
     /// Binary jsonb: version byte, then json text.
     JsonbBinary,
-    /// Not text (or binary of an unknown type): leave to column rules (null).
+    /// Not text (or binary of an unknown type): left to column rules.
     Other,
 }
 
@@ -149,19 +168,33 @@ fn kind(oid: u32, format: i16) -> Kind {
     }
 }
 
-fn plan_for(engine: &Engine, kind: Kind, rule: Option<(RuleId, ColumnAction)>) -> ColumnPlan {
+fn plan_for(
+    engine: &Engine,
+    oid: u32,
+    format: i16,
+    rule: Option<(RuleId, ColumnAction)>,
+) -> ColumnPlan {
+    let kind = kind(oid, format);
     match (rule, kind) {
         (None, Kind::Text | Kind::Structured) if engine.detects() => ColumnPlan::Detect { from: 0 },
         (None, Kind::JsonbBinary) if engine.detects() => ColumnPlan::Detect { from: 1 },
         (None, _) => ColumnPlan::Skip,
-        (Some((r, action)), Kind::Text) => match action {
+        (Some((r, ColumnAction::Null)), _) => ColumnPlan::Null(r),
+        // Text, or the text form of any type: the characters themselves.
+        (Some((r, action)), _) if kind == Kind::Text || format == 0 => match action {
             ColumnAction::Mask => ColumnPlan::MaskAll(r),
             ColumnAction::KeepLast(n) => ColumnPlan::KeepLast(n, r),
             ColumnAction::Hash => ColumnPlan::Hash(r),
             ColumnAction::Null => ColumnPlan::Null(r),
         },
-        (Some((r, _)), _) => ColumnPlan::Null(r),
+        (Some((rule, action)), _) => ColumnPlan::Printed { oid, action, rule },
     }
+}
+
+/// Whether a column of type `oid` with `rule` is shown to the client as
+/// `text`: a rule other than `null` on a type that is not plain text.
+fn retyped(oid: u32, rule: Option<(RuleId, ColumnAction)>) -> bool {
+    matches!(rule, Some((_, a)) if a != ColumnAction::Null) && kind(oid, 0) != Kind::Text
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +218,8 @@ pub struct RowPlan {
     region_hits: Vec<u32>,
     work: bool,
     rewrites: bool,
+    /// Some column is shown as `text` ([`RowPlan::retype_description`]).
+    retypes: bool,
 }
 
 impl RowPlan {
@@ -218,7 +253,7 @@ impl RowPlan {
                 None
             };
             let plan = if engine.enabled() {
-                plan_for(engine, kind(oid, format), rule)
+                plan_for(engine, oid, format, rule)
             } else {
                 ColumnPlan::Skip
             };
@@ -251,7 +286,7 @@ impl RowPlan {
                 _ => formats[i],
             };
             c.plan = if engine.enabled() {
-                plan_for(engine, kind(c.oid, f), c.rule)
+                plan_for(engine, c.oid, f, c.rule)
             } else {
                 ColumnPlan::Skip
             };
@@ -260,9 +295,39 @@ impl RowPlan {
         Ok(())
     }
 
+    /// Present the columns whose rule applies to a non-text type's text
+    /// form as `text` (oid 25, no size, no modifier): rewrites `body`, the
+    /// RowDescription this plan was built from, in place (same length).
+    /// Returns whether anything changed.
+    pub fn retype_description(&self, body: &mut [u8]) -> bool {
+        if !self.retypes {
+            return false;
+        }
+        let mut changed = false;
+        let mut at = 2;
+        for c in &self.cols {
+            let Some(nul) = body.get(at..).and_then(|b| memchr::memchr(0, b)) else {
+                return changed;
+            };
+            let f = at + nul + 1;
+            let Some(field) = body.get_mut(f..f + 18) else {
+                return changed;
+            };
+            if retyped(c.oid, c.rule) {
+                field[6..10].copy_from_slice(&25u32.to_be_bytes());
+                field[10..12].copy_from_slice(&(-1i16).to_be_bytes());
+                field[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+                changed = true;
+            }
+            at = f + 18;
+        }
+        changed
+    }
+
     fn finish(&mut self) {
         self.work = self.cols.iter().any(|c| c.plan != ColumnPlan::Skip);
         self.rewrites = self.cols.iter().any(|c| c.plan.rewrites());
+        self.retypes = self.cols.iter().any(|c| retyped(c.oid, c.rule));
         self.column_hits.clear();
         self.column_hits.resize(self.cols.len(), 0);
         // At most one region per column: zeroed per row, never resized.
@@ -425,7 +490,7 @@ pub fn mask_data_row(
                 hits.add_at(r, i as u32, 1);
                 1
             }
-            ColumnPlan::Hash(r) | ColumnPlan::Null(r) => {
+            ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed { rule: r, .. } => {
                 hits.add_at(r, i as u32, 1);
                 rewrite = true;
                 1
@@ -487,6 +552,9 @@ pub fn mask_data_row(
                 out.extend_from_slice(&(Engine::HASH_LEN as i32).to_be_bytes());
                 engine.hash_into(v, out);
             }
+            (ColumnPlan::Printed { oid, action, .. }, Some(v)) => {
+                printed(engine, oid, action, v, out);
+            }
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());
@@ -497,6 +565,39 @@ pub fn mask_data_row(
     let len = (out.len() - 1) as u32;
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Ok(RowOutcome::Rewritten)
+}
+
+/// Longest text form of a binary value [`printed`] writes (a `numeric`
+/// can print to thousands of digits); longer ones become NULL.
+const PRINTED_MAX: usize = 1 << 16;
+
+/// A binary value of type `oid` as text with a column rule's `action`
+/// applied, written to `out` as a DataRow cell (length word and bytes);
+/// NULL when the type's binary form is not read here.
+fn printed(engine: &Engine, oid: u32, action: ColumnAction, v: &[u8], out: &mut Vec<u8>) {
+    let Some(text) = crate::audit::binval::binary_text(oid, v, false, PRINTED_MAX)
+        .filter(|t| t.len() <= PRINTED_MAX)
+    else {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return;
+    };
+    let mut text = text.into_bytes();
+    let keep = match action {
+        ColumnAction::Hash => {
+            out.extend_from_slice(&(Engine::HASH_LEN as i32).to_be_bytes());
+            engine.hash_into(&text, out);
+            return;
+        }
+        ColumnAction::Null => {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            return;
+        }
+        ColumnAction::Mask => 0,
+        ColumnAction::KeepLast(n) => n as usize,
+    };
+    mask_chars(&mut text, keep, engine.mask_char());
+    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+    out.extend_from_slice(&text);
 }
 
 /// COPY TO output format (from the COPY statement; CopyOutResponse only says

@@ -519,7 +519,8 @@ fn row_plan_from_row_description() {
             ColumnPlan::KeepLast(4, r(1)),
             ColumnPlan::Hash(r(2)),
             ColumnPlan::Null(r(3)),
-            ColumnPlan::Null(r(4)),
+            // A rule on a non-text type applies to its text form.
+            ColumnPlan::MaskAll(r(4)),
             ColumnPlan::Detect { from: 1 },
             ColumnPlan::Skip,
             ColumnPlan::Detect { from: 0 },
@@ -536,6 +537,15 @@ fn row_plan_from_row_description() {
     let got: Vec<ColumnPlan> = plan.columns().collect();
     assert_eq!(got[1], ColumnPlan::Detect { from: 0 });
     assert_eq!(got[9], ColumnPlan::Detect { from: 0 });
+    // A binary int8 is printed as text first.
+    assert_eq!(
+        got[6],
+        ColumnPlan::Printed {
+            oid: 20,
+            action: ColumnAction::Mask,
+            rule: r(4)
+        }
+    );
     assert!(plan.describe(&e, &body[..body.len() - 1]).is_err());
 }
 
@@ -628,6 +638,153 @@ fn data_row_in_place_and_rewritten() {
         mask_data_row(&e, &mut plan, &mut wrong, &mut hits, &mut out),
         Err(RowError::ColumnCount { got: 1, want: 4 })
     );
+}
+
+/// Type oid, size and modifier of each column of a RowDescription body.
+fn described_types(body: &[u8]) -> Vec<(u32, i16, i32)> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            at += body[at..].iter().position(|&b| b == 0).unwrap() + 1;
+            let f = &body[at..at + 18];
+            at += 18;
+            (
+                u32::from_be_bytes(f[6..10].try_into().unwrap()),
+                i16::from_be_bytes(f[10..12].try_into().unwrap()),
+                i32::from_be_bytes(f[12..16].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// DataRow cells of a rewritten frame (tag and length included).
+fn cells_of_frame(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+    assert_eq!(frame[0], b'D');
+    assert_eq!(be(&frame[1..5]) as usize, frame.len() - 1);
+    let n = i16::from_be_bytes([frame[5], frame[6]]) as usize;
+    let mut at = 7;
+    (0..n)
+        .map(|_| {
+            let len = be(&frame[at..at + 4]);
+            at += 4;
+            (len >= 0).then(|| {
+                let v = frame[at..at + len as usize].to_vec();
+                at += len as usize;
+                v
+            })
+        })
+        .collect()
+}
+
+fn be(b: &[u8]) -> i32 {
+    i32::from_be_bytes(b.try_into().unwrap())
+}
+
+/// `mask`, `keep_last` and `hash` on numbers, uuids and other non-text
+/// types apply to the value's text form (binary values printed first), and
+/// the client is told the column is `text`; `null` keeps the type.
+#[test]
+fn rules_on_non_text_types_apply_to_their_text_form() {
+    let p = MaskingProfile::from_yaml(
+        r#"
+columns:
+  - { column: cust_id, action: hash }
+  - { column: card, action: { keep_last: 4 } }
+  - { column: amount, action: mask }
+  - { column: seen, action: 'null' }
+  - { column: ref, action: hash }
+  - { column: blob, action: hash }
+hash_key: 'a fixed key of 16+ bytes'
+"#,
+    )
+    .unwrap();
+    let e = Engine::compile(&p).unwrap();
+    let cols = [
+        ("cust_id", 23, 0),
+        ("card", 20, 0),
+        ("amount", 1700, 0),
+        ("seen", 1184, 0),
+        ("ref", 2950, 0),
+        ("blob", 17, 0),
+        ("note", 25, 0),
+    ];
+    let desc = rd(&cols);
+    let mut plan = RowPlan::new();
+    plan.describe(&e, &desc).unwrap();
+    let mut shown = desc.clone();
+    assert!(plan.retype_description(&mut shown));
+    assert_eq!(shown.len(), desc.len());
+    let text = (25, -1, -1);
+    assert_eq!(
+        described_types(&shown),
+        vec![text, text, text, (1184, -1, -1), text, text, (25, -1, -1)]
+    );
+    // Everything but the types is as the server sent it.
+    let mut again = RowPlan::new();
+    again.describe(&e, &shown).unwrap();
+    assert_eq!(again.column_name(4), b"ref");
+    // No rule, nothing retyped.
+    let plain = rd(&[("id", 23, 0), ("n", 25, 0)]);
+    plan.describe(&e, &plain).unwrap();
+    assert!(!plan.retype_description(&mut plain.clone()));
+
+    let hash = |v: &[u8]| {
+        let mut h = Vec::new();
+        e.hash_into(v, &mut h);
+        h
+    };
+    let uuid = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+    let want = vec![
+        Some(hash(b"42")),
+        Some(b"************1111".to_vec()),
+        Some(b"*******".to_vec()),
+        None,
+        Some(hash(uuid.as_bytes())),
+        Some(hash(b"\\x0102")),
+        Some(b"n".to_vec()),
+    ];
+
+    // Text results: the characters themselves.
+    plan.describe(&e, &desc).unwrap();
+    let mut body = row(&[
+        Some(b"42"),
+        Some(b"4111111111111111"),
+        Some(b"1234.50"),
+        Some(b"2024-05-01 10:00:00+00"),
+        Some(uuid.as_bytes()),
+        Some(b"\\x0102"),
+        Some(b"n"),
+    ]);
+    let mut out = Vec::new();
+    let mut hits = Hits::new();
+    let o = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+    assert_eq!(o, RowOutcome::Rewritten);
+    assert_eq!(cells_of_frame(&out), want);
+
+    // Binary results: printed as text first, so the hash of a binary 42
+    // is the hash of a text "42" (joins work across formats). A binary
+    // value of a type not read here (bytea) becomes NULL.
+    plan.set_result_formats(&e, &[1]).unwrap();
+    let u: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&uuid.replace('-', "")[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut body = row(&[
+        Some(&42i32.to_be_bytes()),
+        Some(&4111111111111111i64.to_be_bytes()),
+        None,
+        Some(&0i64.to_be_bytes()),
+        Some(&u),
+        Some(&[1, 2]),
+        Some(b"n"),
+    ]);
+    let o = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+    assert_eq!(o, RowOutcome::Rewritten);
+    let mut want_b = want.clone();
+    want_b[2] = None;
+    want_b[5] = None;
+    assert_eq!(cells_of_frame(&out), want_b);
+    assert_eq!(plan.column_hits(), &[1, 1, 0, 1, 1, 1, 0]);
 }
 
 #[test]

@@ -148,6 +148,9 @@ pub struct TargetMasker {
     /// snapshot switching masking on mid-session masks correctly at once.
     active: bool,
     plan: RowPlan,
+    /// Plan of a statement Describe's RowDescription, to present ruled
+    /// non-text columns as text ([`RowPlan::retype_description`]).
+    desc_plan: RowPlan,
     /// The current plan came from nothing (scan every column).
     plan_known: bool,
     /// Width of the scan-everything plan in `plan`, if that is what it
@@ -215,6 +218,7 @@ impl TargetMasker {
             engine,
             active: true,
             plan: RowPlan::new(),
+            desc_plan: RowPlan::new(),
             plan_known: false,
             fallback_width: None,
             plan_desc: None,
@@ -528,9 +532,14 @@ impl TargetMasker {
                 }
             }
             b'T' => {
+                // Plans are built from the description as the server sent
+                // it; the client gets ruled non-text columns as text.
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
                     self.statements.insert(name, Rc::from(&*body));
+                    if self.active && self.desc_plan.describe(&self.engine, body).is_ok() {
+                        self.desc_plan.retype_description(body);
+                    }
                 } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
                     // A portal Describe: its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
@@ -538,10 +547,16 @@ impl TargetMasker {
                     self.portals
                         .insert(portal.clone(), (Rc::from(&*body), None));
                     self.plan_portal = Some(portal);
+                    if self.active && self.plan_known {
+                        self.plan.retype_description(body);
+                    }
                 } else {
                     // A simple query's result.
                     self.describe(body, None);
                     self.plan_portal = None;
+                    if self.active && self.plan_known {
+                        self.plan.retype_description(body);
+                    }
                 }
             }
             // NoData answers a statement or portal Describe.
@@ -1019,6 +1034,72 @@ mod tests {
         let mut s = result("plain words");
         m.process(&mut s);
         assert!(memchr::memmem::find(&s, b"plain words").is_some());
+    }
+
+    /// A column rule on a non-text type: the client is told `text` (in a
+    /// simple query's and a Describe's RowDescription) while masking is on,
+    /// and the server's type while the session sees results unmasked.
+    #[test]
+    fn ruled_non_text_columns_are_described_as_text_while_masking() {
+        let p: MaskingProfile =
+            serde_yaml::from_str("columns: [{ column: 'acct', action: hash }]").unwrap();
+        let e = Engine::compile_shared(&p).unwrap();
+        let type_of = |s: &[u8], col: usize| {
+            // Both test columns have 4-byte names: oid at 2 + k*23 + 5 + 6.
+            let at = 5 + 2 + col * 23 + 5 + 6;
+            u32::from_be_bytes(s[at..at + 4].try_into().unwrap())
+        };
+        let mut m = TargetMasker::new(e.clone(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"select\0", true);
+        let mut s = row_desc(&[("acct", 23), ("idno", 23)]);
+        s.extend(data_row(&["42", "7"]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let p = m.process(&mut s);
+        assert!(p.rewritten);
+        let out = m.out().to_vec();
+        assert_eq!((type_of(&out, 0), type_of(&out, 1)), (25, 23));
+        let mut h = Vec::new();
+        e.hash_into(b"42", &mut h);
+        assert!(memchr::memmem::find(&out, &h).is_some());
+
+        // A statement Describe, then a Bind asking for binary results: the
+        // binary int4 is hashed as its text form.
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        let mut bind = b"\0s1\0".to_vec();
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
+        m.on_client_frame(tag::BIND, &bind, true);
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        let at = s.len();
+        s.extend(row_desc(&[("acct", 23), ("idno", 23)]));
+        s.extend(frame(b'Z', b"I"));
+        s.extend(frame(b'2', b""));
+        let mut row = 2i16.to_be_bytes().to_vec();
+        for v in [42i32, 7] {
+            row.extend_from_slice(&4i32.to_be_bytes());
+            row.extend_from_slice(&v.to_be_bytes());
+        }
+        s.extend(frame(b'D', &row));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let p = m.process(&mut s);
+        assert_eq!((type_of(&s[at..], 0), type_of(&s[at..], 1)), (25, 23));
+        assert!(p.rewritten);
+        assert!(memchr::memmem::find(m.out(), &h).is_some());
+
+        // Unmasked: the server's types.
+        m.set_engine(None);
+        let mut s = row_desc(&[("acct", 23), ("idno", 23)]);
+        m.process(&mut s);
+        assert_eq!((type_of(&s, 0), type_of(&s, 1)), (23, 23));
     }
 
     #[test]
