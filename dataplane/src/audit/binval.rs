@@ -4,6 +4,8 @@
 //! `text[]` or `jsonb`. The tracker calls [`binary_text`] with the type OID
 //! the statement's Parse or ParameterDescription gave; a value it cannot
 //! read here is recorded as hex (masked as bytes first, by the tracker).
+//! Masking calls it too, for a column rule on a binary result value of a
+//! non-text type (`mask::rows`).
 
 use std::fmt::Write;
 

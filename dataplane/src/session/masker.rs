@@ -20,6 +20,11 @@
 //! (a Bind too large to read its formats, a statement never described),
 //! every column of the rows is scanned with the detectors: masking fails
 //! safe, never open.
+//!
+//! Plans are built from RowDescriptions as the server sent them (and kept
+//! so); what is forwarded shows a column whose rule applies to a non-text
+//! type's text form as `text` ([`RowPlan::retype_description`]), so the
+//! client parses the masked or hashed value it gets.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
