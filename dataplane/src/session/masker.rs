@@ -940,6 +940,22 @@ mod tests {
 
     const CARD: &str = "4111 1111 1111 1111";
 
+    /// Client: Parse "s1", Describe S "s1", Sync; then Bind s1 (binary
+    /// results), Execute, Sync.
+    fn prepare_and_run_binary(m: &mut TargetMasker) {
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        let mut bind = b"\0s1\0".to_vec();
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
+        m.on_client_frame(tag::BIND, &bind, true);
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+    }
+
     #[test]
     fn simple_query_rows_are_masked_in_place_even_when_split() {
         let mut m = TargetMasker::new(engine(), 1 << 20);
@@ -1070,17 +1086,7 @@ mod tests {
 
         // A statement Describe, then a Bind asking for binary results: the
         // binary int4 is hashed as its text form.
-        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
-        let mut bind = b"\0s1\0".to_vec();
-        bind.extend_from_slice(&0i16.to_be_bytes());
-        bind.extend_from_slice(&0i16.to_be_bytes());
-        bind.extend_from_slice(&1i16.to_be_bytes());
-        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
-        m.on_client_frame(tag::BIND, &bind, true);
-        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
+        prepare_and_run_binary(&mut m);
         let mut s = frame(b'1', b"");
         s.extend(frame(b't', &0i16.to_be_bytes()));
         let at = s.len();
@@ -1172,18 +1178,7 @@ mod tests {
     #[test]
     fn extended_rows_use_the_described_statement_with_bind_formats() {
         let mut m = TargetMasker::new(engine(), 1 << 20);
-        // Client: Parse "s1", Describe S "s1", Sync; then Bind s1 (binary results), Execute, Sync.
-        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
-        let mut bind = b"\0s1\0".to_vec();
-        bind.extend_from_slice(&0i16.to_be_bytes());
-        bind.extend_from_slice(&0i16.to_be_bytes());
-        bind.extend_from_slice(&1i16.to_be_bytes());
-        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
-        m.on_client_frame(tag::BIND, &bind, true);
-        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
+        prepare_and_run_binary(&mut m);
         let mut s = frame(b'1', b"");
         s.extend(frame(b't', &0i16.to_be_bytes()));
         s.extend(row_desc(&[("email", 25)]));
