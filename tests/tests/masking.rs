@@ -1745,7 +1745,8 @@ fn assert_cp(what: &str, got: &[Vec<TextRow>; 2], want: &[TextRow]) {
 /// Through the control plane: a MaskingProfile and a Connection using it;
 /// a new version of the profile (one more column rule) and a switch of the
 /// Connection's `maskingProfile` apply to the next statement of a session
-/// that is already open, prepared statements included.
+/// that is already open, prepared statements included (keeping the column
+/// types their Describe told the client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_profile_changes_apply_to_the_next_statement() {
     let pg = Pg::shared();
@@ -1839,6 +1840,54 @@ async fn control_plane_profile_changes_apply_to_the_next_statement() {
             ],
             [Some("2"), Some("555667777"), Some("Rex"), Some("clean")],
         ]),
+    );
+
+    // Back to `pii`, now hashing the int `id`. A statement described
+    // before keeps the types the client was told: `id` is an int4 to it,
+    // which a hash would not parse as, so it gets NULL. Described from now
+    // on, `id` is text and holds the hash, by either protocol.
+    let id_rule = format!("{ssn_rule}  - {{column: id, action: hash}}\nhash_key: '{HASH_KEY}'\n");
+    let v5 = admin
+        .apply(
+            &[
+                profile_doc("pii", &id_rule),
+                connection_doc("app", pg, Some("pii")),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    admin.wait_applied(1, v5, LIMIT).await;
+    let ids = |rows: Vec<Row>| -> Vec<Option<String>> {
+        rows.iter()
+            .map(|r| match r.columns()[0].type_() {
+                &Type::INT4 => r.get::<_, Option<i32>>(0).map(|v| v.to_string()),
+                _ => r.get(0),
+            })
+            .collect()
+    };
+    let hashed = |id: &str| Some(hmac_hex(HASH_KEY, id));
+    let old = ids(c.query(&st, &[]).await.unwrap());
+    assert_eq!(old, [None, None], "statement prepared before the id rule");
+    let st2 = c.prepare(&sql).await.unwrap();
+    assert_eq!(st2.columns()[0].type_(), &Type::TEXT);
+    assert_eq!(
+        ids(c.query(&st2, &[]).await.unwrap()),
+        [hashed("1"), hashed("2")]
+    );
+    let simple: Vec<_> = simple_rows(&c, &sql)
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(simple, [hashed("1"), hashed("2")]);
+    // The rule is dropped: the statement whose `id` the client takes for
+    // text gets the number as text, not the bytes of a binary int4.
+    let v6 = admin.apply(&profile_doc("pii", ssn_rule)).await.version;
+    admin.wait_applied(1, v6, LIMIT).await;
+    assert_eq!(
+        ids(c.query(&st2, &[]).await.unwrap()),
+        [Some("1".to_string()), Some("2".to_string())]
     );
     assert_eq!(
         node.metrics().get("sluice_snapshots_rejected_total", &[]),

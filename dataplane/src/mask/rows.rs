@@ -67,13 +67,19 @@ pub enum ColumnPlan {
         action: ColumnAction,
         rule: RuleId,
     },
+    /// A binary value of a non-text type (`oid`) the client was told is
+    /// `text` (by a rule since dropped): printed as text, nothing masked.
+    AsText(u32),
 }
 
 impl ColumnPlan {
     fn rewrites(self) -> bool {
         matches!(
             self,
-            ColumnPlan::Hash(_) | ColumnPlan::Null(_) | ColumnPlan::Printed { .. }
+            ColumnPlan::Hash(_)
+                | ColumnPlan::Null(_)
+                | ColumnPlan::Printed { .. }
+                | ColumnPlan::AsText(_)
         )
     }
 }
@@ -200,6 +206,8 @@ fn retyped(oid: u32, rule: Option<(RuleId, ColumnAction)>) -> bool {
 #[derive(Debug, Clone)]
 struct Column {
     oid: u32,
+    /// Result format code (0 text, 1 binary).
+    format: i16,
     rule: Option<(RuleId, ColumnAction)>,
     plan: ColumnPlan,
     name_end: usize,
@@ -259,6 +267,7 @@ impl RowPlan {
             };
             self.cols.push(Column {
                 oid,
+                format,
                 rule,
                 plan,
                 name_end: self.names.len(),
@@ -285,6 +294,7 @@ impl RowPlan {
                 1 => formats[0],
                 _ => formats[i],
             };
+            c.format = f;
             c.plan = if engine.enabled() {
                 plan_for(engine, c.oid, f, c.rule)
             } else {
@@ -322,6 +332,42 @@ impl RowPlan {
             at = f + 18;
         }
         changed
+    }
+
+    /// Per column: whether [`RowPlan::retype_description`] shows it as
+    /// `text`. `None` when no column is.
+    pub fn shown_as_text(&self) -> Option<Vec<bool>> {
+        self.retypes
+            .then(|| self.cols.iter().map(|c| retyped(c.oid, c.rule)).collect())
+    }
+
+    /// Keep to the types the client was told when the description reached
+    /// it, under the profile of that time (`told`: the columns shown as
+    /// `text` then, as [`RowPlan::shown_as_text`] gave; none if empty): a
+    /// column it takes for its server type but that now has a rule on the
+    /// text form gets NULL (which any type parses); one it takes for `text`
+    /// whose rule is gone gets its text form (binary values printed), not
+    /// bytes of another type. For a statement prepared before a profile
+    /// change and run after it.
+    pub fn keep_to_told_types(&mut self, told: &[bool]) {
+        if !self.retypes && !told.contains(&true) {
+            return;
+        }
+        for (i, c) in self.cols.iter_mut().enumerate() {
+            let was_text = told.get(i).copied().unwrap_or(false);
+            match (was_text, retyped(c.oid, c.rule), c.plan) {
+                (false, true, _) => {
+                    if let Some((r, _)) = c.rule {
+                        c.plan = ColumnPlan::Null(r);
+                    }
+                }
+                (true, false, ColumnPlan::Skip) if c.format != 0 => {
+                    c.plan = ColumnPlan::AsText(c.oid);
+                }
+                _ => {}
+            }
+        }
+        self.finish();
     }
 
     fn finish(&mut self) {
@@ -495,6 +541,10 @@ pub fn mask_data_row(
                 rewrite = true;
                 1
             }
+            ColumnPlan::AsText(_) => {
+                rewrite = true;
+                0
+            }
         };
         if hit > 0 {
             plan.column_hits[i] += hit;
@@ -553,8 +603,9 @@ pub fn mask_data_row(
                 engine.hash_into(v, out);
             }
             (ColumnPlan::Printed { oid, action, .. }, Some(v)) => {
-                printed(engine, oid, action, v, out);
+                printed(engine, oid, Some(action), v, out);
             }
+            (ColumnPlan::AsText(oid), Some(v)) => printed(engine, oid, None, v, out),
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());
@@ -571,10 +622,10 @@ pub fn mask_data_row(
 /// can print to thousands of digits); longer ones become NULL.
 const PRINTED_MAX: usize = 1 << 16;
 
-/// A binary value of type `oid` as text with a column rule's `action`
-/// applied, written to `out` as a DataRow cell (length word and bytes);
-/// NULL when the type's binary form is not read here.
-fn printed(engine: &Engine, oid: u32, action: ColumnAction, v: &[u8], out: &mut Vec<u8>) {
+/// A binary value of type `oid` as text with a column rule's `action` (if
+/// any) applied, written to `out` as a DataRow cell (length word and
+/// bytes); NULL when the type's binary form is not read here.
+fn printed(engine: &Engine, oid: u32, action: Option<ColumnAction>, v: &[u8], out: &mut Vec<u8>) {
     let Some(text) = crate::audit::binval::binary_text(oid, v, false, PRINTED_MAX)
         .filter(|t| t.len() <= PRINTED_MAX)
     else {
@@ -583,19 +634,22 @@ fn printed(engine: &Engine, oid: u32, action: ColumnAction, v: &[u8], out: &mut 
     };
     let mut text = text.into_bytes();
     let keep = match action {
-        ColumnAction::Hash => {
+        Some(ColumnAction::Hash) => {
             out.extend_from_slice(&(Engine::HASH_LEN as i32).to_be_bytes());
             engine.hash_into(&text, out);
             return;
         }
-        ColumnAction::Null => {
+        Some(ColumnAction::Null) => {
             out.extend_from_slice(&(-1i32).to_be_bytes());
             return;
         }
-        ColumnAction::Mask => 0,
-        ColumnAction::KeepLast(n) => n as usize,
+        Some(ColumnAction::Mask) => Some(0),
+        Some(ColumnAction::KeepLast(n)) => Some(n as usize),
+        None => None,
     };
-    mask_chars(&mut text, keep, engine.mask_char());
+    if let Some(keep) = keep {
+        mask_chars(&mut text, keep, engine.mask_char());
+    }
     out.extend_from_slice(&(text.len() as i32).to_be_bytes());
     out.extend_from_slice(&text);
 }

@@ -127,8 +127,13 @@ impl FrameHits {
 /// result formats).
 type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
 
-/// A portal's (or statement's) RowDescription and result formats.
-type Described = (Rc<[u8]>, Option<Vec<i16>>);
+/// Which columns of a description the client was shown as `text`
+/// ([`RowPlan::shown_as_text`]); `None`: none, it got the server's types.
+type Told = Option<Rc<[bool]>>;
+
+/// A portal's RowDescription as the server sent it, result formats, and
+/// what the client was told.
+type Described = (Rc<[u8]>, Option<Vec<i16>>, Told);
 
 /// Requests whose answers the masker must pair up, tagged with the number
 /// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
@@ -164,10 +169,13 @@ pub struct TargetMasker {
     /// The RowDescription body and result formats `plan` was built from.
     plan_desc: Option<Vec<u8>>,
     plan_formats: Option<Vec<i16>>,
+    /// The types the client was told that `plan` keeps to (`None`: the
+    /// description was just forwarded, under the current profile).
+    plan_told: Option<Told>,
     /// Whether that description gave a plan.
     plan_desc_ok: bool,
     /// Shared with `portals`: a Bind costs a reference count, not a copy.
-    statements: HashMap<Vec<u8>, Rc<[u8]>>,
+    statements: HashMap<Vec<u8>, (Rc<[u8]>, Told)>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -228,6 +236,7 @@ impl TargetMasker {
             fallback_width: None,
             plan_desc: None,
             plan_formats: None,
+            plan_told: None,
             plan_desc_ok: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -541,27 +550,27 @@ impl TargetMasker {
                 // it; the client gets ruled non-text columns as text.
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
-                    self.statements.insert(name, Rc::from(&*body));
-                    if self.active && self.desc_plan.describe(&self.engine, body).is_ok() {
-                        self.desc_plan.retype_description(body);
-                    }
+                    let desc = Rc::from(&*body);
+                    let told = if self.active && self.desc_plan.describe(&self.engine, body).is_ok()
+                    {
+                        retype(&self.desc_plan, body)
+                    } else {
+                        None
+                    };
+                    self.statements.insert(name, (desc, told));
                 } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
                     // A portal Describe: its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
-                    self.describe(body, None);
-                    self.portals
-                        .insert(portal.clone(), (Rc::from(&*body), None));
+                    let desc = Rc::from(&*body);
+                    self.describe(body, None, None);
+                    let told = self.retype_forwarded(body);
+                    self.portals.insert(portal.clone(), (desc, None, told));
                     self.plan_portal = Some(portal);
-                    if self.active && self.plan_known {
-                        self.plan.retype_description(body);
-                    }
                 } else {
                     // A simple query's result.
-                    self.describe(body, None);
+                    self.describe(body, None, None);
+                    self.retype_forwarded(body);
                     self.plan_portal = None;
-                    if self.active && self.plan_known {
-                        self.plan.retype_description(body);
-                    }
                 }
             }
             // NoData answers a statement or portal Describe.
@@ -576,9 +585,9 @@ impl TargetMasker {
                 if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
-                        (Some(d), Some(f)) => {
-                            self.describe(&d, Some(&f));
-                            self.portals.insert(portal.clone(), (d, Some(f)));
+                        (Some((d, told)), Some(f)) => {
+                            self.describe(&d, Some(&f), Some(&told));
+                            self.portals.insert(portal.clone(), (d, Some(f), told));
                         }
                         _ => {
                             self.plan_known = false;
@@ -670,8 +679,8 @@ impl TargetMasker {
         }
         let portal = portal.clone();
         self.plan_known = match self.portals.get(&portal).cloned() {
-            Some((d, f)) => {
-                self.describe(&d, f.as_deref());
+            Some((d, f, told)) => {
+                self.describe(&d, f.as_deref(), Some(&told));
                 self.plan_known
             }
             None => false,
@@ -679,25 +688,44 @@ impl TargetMasker {
         self.plan_portal = Some(portal);
     }
 
-    fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>) {
+    /// Plan from a description as the server sent it. `told`: what the
+    /// client was told of its types when it got it (a cached statement or
+    /// portal, maybe under another profile), which the plan keeps to;
+    /// `None` for a description being forwarded now.
+    fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>, told: Option<&Told>) {
         // The same result shape as the plan was built from (a statement
         // run again): keep the plan. Column rules match names by pattern,
         // which costs more than comparing the description.
         if self.fallback_width.is_none()
             && self.plan_desc.as_deref() == Some(desc)
             && self.plan_formats.as_deref() == formats
+            && self.plan_told.as_ref() == told
         {
             self.plan_known = self.plan_desc_ok;
             return;
         }
         self.fallback_width = None;
         self.plan_known = plan_from(&mut self.plan, &self.engine, desc, formats);
+        if let (true, Some(told)) = (self.plan_known, told) {
+            self.plan.keep_to_told_types(told.as_deref().unwrap_or(&[]));
+        }
         let mut d = self.plan_desc.take().unwrap_or_default();
         d.clear();
         d.extend_from_slice(desc);
         self.plan_desc = Some(d);
         self.plan_formats = formats.map(<[i16]>::to_vec);
+        self.plan_told = told.cloned();
         self.plan_desc_ok = self.plan_known;
+    }
+
+    /// Show the client the columns the current plan (just built from
+    /// `body`) applies a rule to the text form of as `text`.
+    fn retype_forwarded(&mut self, body: &mut [u8]) -> Told {
+        if self.active && self.plan_known {
+            retype(&self.plan, body)
+        } else {
+            None
+        }
     }
 
     /// No known description: scan every column of rows like `row`.
@@ -724,6 +752,16 @@ impl TargetMasker {
         // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
         self.fallback_width = Some(n);
+    }
+}
+
+/// Rewrite `body` (the description `plan` was built from) to show ruled
+/// non-text columns as `text`; which ones it did.
+fn retype(plan: &RowPlan, body: &mut [u8]) -> Told {
+    if plan.retype_description(body) {
+        plan.shown_as_text().map(Rc::from)
+    } else {
+        None
     }
 }
 
@@ -946,6 +984,11 @@ mod tests {
         m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
         m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
         m.on_client_frame(tag::SYNC, b"", true);
+        run_s1_binary(m);
+    }
+
+    /// Client: Bind s1 (binary results), Execute, Sync.
+    fn run_s1_binary(m: &mut TargetMasker) {
         let mut bind = b"\0s1\0".to_vec();
         bind.extend_from_slice(&0i16.to_be_bytes());
         bind.extend_from_slice(&0i16.to_be_bytes());
@@ -1111,6 +1154,78 @@ mod tests {
         let mut s = row_desc(&[("acct", 23), ("idno", 23)]);
         m.process(&mut s);
         assert_eq!((type_of(&s, 0), type_of(&s, 1)), (23, 23));
+    }
+
+    /// A statement prepared under one profile and run under another keeps
+    /// the types its Describe told the client: a column it takes for an
+    /// int4 that a new rule would hash comes as NULL; one it was told is
+    /// text, whose rule is gone, comes as text.
+    #[test]
+    fn a_prepared_statement_keeps_the_types_it_was_described_with() {
+        let ruled: MaskingProfile =
+            serde_yaml::from_str("columns: [{ column: 'acct', action: hash }]").unwrap();
+        let ruled = Engine::compile_shared(&ruled).unwrap();
+        let plain = engine();
+        // The answers to Parse, Describe, Sync.
+        let described = |m: &mut TargetMasker| {
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b't', &0i16.to_be_bytes()));
+            s.extend(row_desc(&[("acct", 23)]));
+            s.extend(frame(b'Z', b"I"));
+            m.process(&mut s);
+        };
+        // The answers to Bind, Execute, Sync.
+        let answers = || {
+            let mut s = frame(b'2', b"");
+            let mut row = 1i16.to_be_bytes().to_vec();
+            row.extend_from_slice(&4i32.to_be_bytes());
+            row.extend_from_slice(&42i32.to_be_bytes());
+            s.extend(frame(b'D', &row));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            s
+        };
+        // The forwarded DataRow's only cell.
+        let cell = |m: &TargetMasker, s: &[u8], p: Processed| -> Option<Vec<u8>> {
+            let out = if p.rewritten { m.out() } else { &s[..p.ready] };
+            let d = memchr::memmem::find(out, b"D\0\0\0").unwrap();
+            let len = i32::from_be_bytes(out[d + 7..d + 11].try_into().unwrap());
+            (len >= 0).then(|| out[d + 11..d + 11 + len as usize].to_vec())
+        };
+
+        // Told int4 (no rule then), run with the rule: NULL.
+        let mut m = TargetMasker::new(plain.clone(), 1 << 20);
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        described(&mut m);
+        m.set_engine(Some(ruled.clone()));
+        run_s1_binary(&mut m);
+        let mut s = answers();
+        let p = m.process(&mut s);
+        assert_eq!(cell(&m, &s, p), None);
+
+        // Told text (the rule then), run without it: "42" as text.
+        let mut m = TargetMasker::new(ruled.clone(), 1 << 20);
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+        m.on_client_frame(tag::SYNC, b"", true);
+        described(&mut m);
+        m.set_engine(Some(plain.clone()));
+        run_s1_binary(&mut m);
+        let mut s = answers();
+        let p = m.process(&mut s);
+        assert_eq!(cell(&m, &s, p).as_deref(), Some(&b"42"[..]));
+
+        // Same profile throughout: hashed, as the client was told.
+        let mut m = TargetMasker::new(ruled.clone(), 1 << 20);
+        prepare_and_run_binary(&mut m);
+        described(&mut m);
+        let mut s = answers();
+        let p = m.process(&mut s);
+        let mut h = Vec::new();
+        ruled.hash_into(b"42", &mut h);
+        assert_eq!(cell(&m, &s, p), Some(h));
     }
 
     #[test]
