@@ -242,6 +242,11 @@ pub struct CustomRegex {
 
 /// A rule applied to whole columns, chosen from RowDescription. At least one
 /// of `column`, `column_regex` and `type` must be given; all given must match.
+///
+/// Names are the result's column names as the server describes them, so an
+/// alias or an expression in the query gives the column another name (and
+/// COPY TO output has none): rules are a convenience on top of the
+/// detectors, which scan every text value, not an access control.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnRule {
