@@ -57,8 +57,8 @@ pub use classify::Kernel;
 pub use engine::{Builtin, Engine, HitAt, Hits, RuleId};
 pub use profile::{ColumnAction, ColumnRule, Detectors, MaskFormat, MaskingProfile, ProfileError};
 pub use rows::{
-    mask_copy_data, mask_data_row, mask_error_fields, ColumnPlan, CopyFormat, RowError, RowOutcome,
-    RowPlan,
+    mask_copy_data, mask_data_row, mask_error_fields, retype_statement_description, ColumnPlan,
+    CopyFormat, RowError, RowOutcome, RowPlan,
 };
 
 /// Whether text in client encoding `name` (as PostgreSQL reports it in

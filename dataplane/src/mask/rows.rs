@@ -324,9 +324,7 @@ impl RowPlan {
                 return changed;
             };
             if retyped(c.oid, c.rule) {
-                field[6..10].copy_from_slice(&25u32.to_be_bytes());
-                field[10..12].copy_from_slice(&(-1i16).to_be_bytes());
-                field[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+                retype_field(field);
                 changed = true;
             }
             at = f + 18;
@@ -433,6 +431,48 @@ impl RowPlan {
             }
         }
     }
+}
+
+/// [`RowPlan::retype_description`] for a description no plan is built from
+/// yet (a statement Describe, whose rows come after a Bind): rules are
+/// matched only against the columns whose type is not text. Returns which
+/// columns are shown as `text` (`None`: none, or a malformed body, which
+/// is left as it is).
+pub fn retype_statement_description(engine: &Engine, body: &mut [u8]) -> Option<Vec<bool>> {
+    if !engine.enabled() {
+        return None;
+    }
+    let n = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]]))?;
+    let n = usize::try_from(n).ok()?;
+    let mut fields = Vec::new();
+    let mut at = 2;
+    for i in 0..n {
+        let nul = memchr::memchr(0, body.get(at..)?)?;
+        let (name, f) = (at..at + nul, at + nul + 1);
+        let field = body.get(f..f + 18)?;
+        let oid = u32::from_be_bytes([field[6], field[7], field[8], field[9]]);
+        if kind(oid, 0) != Kind::Text && retyped(oid, engine.column_rule(&body[name], oid)) {
+            fields.push((i, f));
+        }
+        at = f + 18;
+    }
+    if fields.is_empty() || at != body.len() {
+        return None;
+    }
+    let mut told = vec![false; n];
+    for (i, f) in fields {
+        retype_field(&mut body[f..f + 18]);
+        told[i] = true;
+    }
+    Some(told)
+}
+
+/// Type oid `text`, no size, no modifier, in one RowDescription field (the
+/// 18 bytes after the name).
+fn retype_field(field: &mut [u8]) {
+    field[6..10].copy_from_slice(&25u32.to_be_bytes());
+    field[10..12].copy_from_slice(&(-1i16).to_be_bytes());
+    field[12..16].copy_from_slice(&(-1i32).to_be_bytes());
 }
 
 /// What [`mask_data_row`] did.

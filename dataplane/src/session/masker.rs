@@ -31,8 +31,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::{
-    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields, CopyFormat, Engine,
-    HitAt, Hits, RowOutcome, RowPlan,
+    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
+    retype_statement_description, CopyFormat, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::backend::parameter_status;
 use crate::protocol::tag;
@@ -158,9 +158,6 @@ pub struct TargetMasker {
     /// snapshot switching masking on mid-session masks correctly at once.
     active: bool,
     plan: RowPlan,
-    /// Plan of a statement Describe's RowDescription, to present ruled
-    /// non-text columns as text ([`RowPlan::retype_description`]).
-    desc_plan: RowPlan,
     /// The current plan came from nothing (scan every column).
     plan_known: bool,
     /// Width of the scan-everything plan in `plan`, if that is what it
@@ -231,7 +228,6 @@ impl TargetMasker {
             engine,
             active: true,
             plan: RowPlan::new(),
-            desc_plan: RowPlan::new(),
             plan_known: false,
             fallback_width: None,
             plan_desc: None,
@@ -551,9 +547,8 @@ impl TargetMasker {
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
                     let desc = Rc::from(&*body);
-                    let told = if self.active && self.desc_plan.describe(&self.engine, body).is_ok()
-                    {
-                        retype(&self.desc_plan, body)
+                    let told = if self.active {
+                        retype_statement_description(&self.engine, body).map(Rc::from)
                     } else {
                         None
                     };
