@@ -722,10 +722,14 @@ impl Engine {
         let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
             return 0;
         };
-        // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
-        // either way; a smaller array spares zeroing the large one.
-        if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
+        // Spans of up to `SHORT_BLOCKS` (or `MID_BLOCKS`) blocks are
+        // classified in one chunk either way; a smaller array spares
+        // zeroing the large one, and the gate computes fewer blocks.
+        let span = (last.end - first.start) as usize;
+        if span <= SHORT_BLOCKS * BLOCK {
             self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
+        } else if span <= MID_BLOCKS * BLOCK {
+            self.scan_chunked::<MID_BLOCKS, { MID_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         } else {
             self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         }
@@ -776,7 +780,7 @@ impl Engine {
             let process = if at_end { nb } else { nb - 1 };
             // (Block `nb` is the zero block after the last one.)
             lanes.set(nb, BlockMasks::default());
-            let mut work = [0u64; CHUNK_BLOCKS];
+            let mut work = [0u64; N];
             self.gate::<N, L>(&lanes, &mut work);
             // (`k` indexes the lanes too.)
             #[allow(clippy::needless_range_loop)]
@@ -1020,8 +1024,8 @@ impl Engine {
     /// no scalar remainder; `work` beyond the chunk means nothing).
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, work: &mut [u64; CHUNK_BLOCKS]) {
-        const { assert!(N <= CHUNK_BLOCKS && L == N + 1) };
+    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, work: &mut [u64; N]) {
+        const { assert!(L == N + 1) };
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
         let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
@@ -1694,6 +1698,8 @@ impl Cursor {
 
 /// Chunk size for spans this short (DataRows, notes).
 const SHORT_BLOCKS: usize = 4;
+/// Chunk size for spans up to this long (wider DataRows).
+const MID_BLOCKS: usize = 8;
 
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.
