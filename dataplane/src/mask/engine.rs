@@ -778,8 +778,12 @@ impl Engine {
             // chunk reaches the end).
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
-            // (Block `nb` is the zero block after the last one.)
-            lanes.set(nb, BlockMasks::default());
+            // (Block `nb` is the zero block after the last one. In the
+            // first chunk it is still as `default` left it: storing it
+            // again would only delay the gate's vector loads of it.)
+            if base != lo {
+                lanes.set(nb, BlockMasks::default());
+            }
             let mut work = [0u64; N];
             self.gate::<N, L>(&lanes, &mut work);
             // (`k` indexes the lanes too.)
