@@ -722,14 +722,14 @@ impl Engine {
         let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
             return 0;
         };
-        // Spans of up to `SHORT_BLOCKS` (or `MID_BLOCKS`) blocks are
-        // classified in one chunk either way; a smaller array spares
-        // zeroing the large one, and the gate computes fewer blocks.
+        // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
+        // either way; a smaller array spares zeroing the large one, and
+        // the gate computes fewer blocks. (One short size, not two: each
+        // is a copy of the whole walk, and DataRows of 2 to 8 blocks,
+        // alternating between two copies, ran slower than with one.)
         let span = (last.end - first.start) as usize;
         if span <= SHORT_BLOCKS * BLOCK {
             self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
-        } else if span <= MID_BLOCKS * BLOCK {
-            self.scan_chunked::<MID_BLOCKS, { MID_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         } else {
             self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         }
@@ -1780,10 +1780,9 @@ impl Cursor {
     }
 }
 
-/// Chunk size for spans this short (DataRows, notes).
-const SHORT_BLOCKS: usize = 4;
-/// Chunk size for spans up to this long (wider DataRows).
-const MID_BLOCKS: usize = 8;
+/// Chunk size for spans this short (DataRows, notes): one AVX-512 vector
+/// of gate work per term.
+const SHORT_BLOCKS: usize = 8;
 
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.
