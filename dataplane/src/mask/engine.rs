@@ -723,8 +723,12 @@ impl Engine {
             return 0;
         };
         // Spans of up to `SHORT_BLOCKS` blocks are classified in one chunk
-        // either way; a smaller array spares zeroing the large one.
-        if (last.end - first.start) as usize <= SHORT_BLOCKS * BLOCK {
+        // either way; a smaller array spares zeroing the large one, and
+        // the gate computes fewer blocks. (One short size, not two: each
+        // is a copy of the whole walk, and DataRows of 2 to 8 blocks,
+        // alternating between two copies, ran slower than with one.)
+        let span = (last.end - first.start) as usize;
+        if span <= SHORT_BLOCKS * BLOCK {
             self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
         } else {
             self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
@@ -774,23 +778,28 @@ impl Engine {
             // chunk reaches the end).
             let at_end = base + nb * BLOCK >= hi;
             let process = if at_end { nb } else { nb - 1 };
-            // (Block `nb` is the zero block after the last one.)
-            lanes.set(nb, BlockMasks::default());
-            let mut work = [0u64; CHUNK_BLOCKS];
-            self.gate::<N, L>(&lanes, &mut work);
+            // (Block `nb` is the zero block after the last one. In the
+            // first chunk it is still as `default` left it: storing it
+            // again would only delay the gate's vector loads of it.)
+            if base != lo {
+                lanes.set(nb, BlockMasks::default());
+            }
+            let mut g = Gated::<N>::default();
+            self.gate::<N, L>(&lanes, &mut g);
             // (`k` indexes the lanes too.)
             #[allow(clippy::needless_range_loop)]
             for k in 0..process {
                 let at = base + k * BLOCK;
                 let d = lanes.digit[k];
-                if work[k] | st.run.cand as u64 == 0 {
-                    // (What `block` does when it finds nothing to validate.)
+                if g.work[k] | st.run.cand as u64 == 0 {
+                    // (What `block_gated` does when it finds nothing to
+                    // validate.)
                     st.run.carry(d, d | lanes.glue[k], at);
                 } else {
                     let (m, next) = (lanes.get(k), lanes.get(k + 1));
                     let ctx = Ctx { regions, base: at };
-                    self.block::<F, false>(
-                        buf, &ctx, prev_digit, &m, &next, &mut st, &mut cur, counts, hits,
+                    self.block_gated::<F, N>(
+                        buf, &ctx, prev_digit, &m, &next, &g, k, &mut st, &mut cur, counts, hits,
                     );
                 }
                 prev_digit = d;
@@ -884,7 +893,7 @@ impl Engine {
             regions: &region,
             base: 0,
         };
-        self.block::<F, true>(
+        self.block::<F>(
             buf,
             &ctx,
             0,
@@ -1017,11 +1026,12 @@ impl Engine {
     /// carry the run. The same terms as `block` and `Shapes::pre`, less the
     /// digit count, over all `N` blocks at once (a fixed count, so that the
     /// compiler computes them several blocks per vector instruction, with
-    /// no scalar remainder; `work` beyond the chunk means nothing).
+    /// no scalar remainder; `work` beyond the chunk means nothing). The
+    /// terms are kept for `block_gated`, which would compute them again.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, work: &mut [u64; CHUNK_BLOCKS]) {
-        const { assert!(N <= CHUNK_BLOCKS && L == N + 1) };
+    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, g: &mut Gated<N>) {
+        const { assert!(L == N + 1) };
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
         let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
@@ -1037,15 +1047,58 @@ impl Engine {
                 (aws_bits, iban_bits),
             );
             let (sc, sn) = (sep(k), sep(k + 1));
-            let w0 = pre_shape(c, sc);
-            let w1 = pre_shape(ahead(c, cn), ahead(sc, sn)) & AHEAD_LOW;
-            work[k] = t.anchors | t.aws | t.iban | ((w0 | w1 | ipv4_bits) & shape_bits);
+            // (As `Shapes::pre`, less the digit count.)
+            let w0 = (pre_shape(c, sc) | ipv4_bits) & shape_bits;
+            let w1 = (pre_shape(ahead(c, cn), ahead(sc, sn)) | ipv4_bits) & AHEAD_LOW & shape_bits;
+            g.anchors[k] = t.anchors;
+            g.aws[k] = t.aws;
+            g.iban[k] = t.iban;
+            g.w0[k] = w0;
+            g.w1[k] = w1;
+            g.work[k] = t.anchors | t.aws | t.iban | w0 | w1;
         }
+    }
+
+    /// [`Engine::block`] for block `k` of a chunk, with the triggers and
+    /// shape starts the gate computed (`g`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn block_gated<const F: u8, const N: usize>(
+        &self,
+        buf: &mut [u8],
+        ctx: &Ctx,
+        prev_digit: u64,
+        m: &BlockMasks,
+        n: &BlockMasks,
+        g: &Gated<N>,
+        k: usize,
+        st: &mut ScanState,
+        cur: &mut Cursors,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        let (a, aws, iban) = (g.anchors[k], g.aws[k], g.iban[k]);
+        let on = Shapes::on(self, m, n);
+        let pre = Shapes {
+            w0: g.w0[k] & on,
+            w1: g.w1[k] & on,
+            sep_c: m.space | m.dash | m.dot,
+            sep_n: n.space | n.dash | n.dot,
+        };
+        if a | aws | iban | pre.w0 | pre.w1 | st.run.cand as u64 == 0 {
+            // Nothing to validate here: only the digit run reaching the end
+            // of the block is carried (no candidate in it so far).
+            st.run.carry(m.digit, m.digit | m.glue, ctx.base);
+            return;
+        }
+        self.block_slow::<F>(
+            buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block<const F: u8, const ONE: bool>(
+    fn block<const F: u8>(
         &self,
         buf: &mut [u8],
         ctx: &Ctx,
@@ -1073,13 +1126,13 @@ impl Engine {
             n.upper,
             (self.aws_bits, self.iban_bits),
         );
-        if ONE && m.digit == 0 && !st.run.active {
+        if m.digit == 0 && !st.run.active {
             // No digit run starts, ends or goes on here (so `block_slow`
             // stops after the anchors and triggers, and the run stays
             // none): most short values without digits, at no cost for the
-            // shapes. (Only for one-block values: in a chunk, where this
-            // runs for the blocks the gate let through, the extra branch
-            // costs more than it saves.)
+            // shapes. (Only for one-block values: in a chunk, where
+            // `block_gated` runs for the blocks the gate let through, the
+            // extra branch costs more than it saves.)
             if a | aws | iban != 0 {
                 let pre = Shapes {
                     w0: 0,
@@ -1568,11 +1621,7 @@ impl Shapes {
     fn pre(e: &Engine, c: &BlockMasks, n: &BlockMasks) -> Shapes {
         let sep_c = c.space | c.dash | c.dot;
         let sep_n = n.space | n.dash | n.dot;
-        // Every candidate shape holds at least 7 digits (4 for IPv4)
-        // within its first 13 bytes, so fewer in the block and the next
-        // 12 bytes means no candidate starts here.
-        let enough = c.digit.count_ones() + (n.digit & 0xfff).count_ones() >= e.need;
-        let on = if enough { e.shape_bits } else { 0 };
+        let on = Shapes::on(e, c, n) & e.shape_bits;
         Shapes {
             w0: (pre_shape(c.digit, sep_c) | e.ipv4_bits) & on,
             w1: (pre_shape(ahead(c.digit, n.digit), ahead(sep_c, sep_n)) | e.ipv4_bits)
@@ -1580,6 +1629,20 @@ impl Shapes {
                 & on,
             sep_c,
             sep_n,
+        }
+    }
+
+    /// All ones when the block has enough digits for a shape to start in
+    /// it, else 0: every candidate shape holds at least 7 digits (4 for
+    /// IPv4) within its first 13 bytes, so fewer in the block and the next
+    /// 12 bytes means no candidate starts here.
+    #[inline(always)]
+    fn on(e: &Engine, c: &BlockMasks, n: &BlockMasks) -> u64 {
+        let enough = c.digit.count_ones() + (n.digit & 0xfff).count_ones() >= e.need;
+        if enough {
+            u64::MAX
+        } else {
+            0
         }
     }
 
@@ -1655,6 +1718,31 @@ impl<const L: usize> Lanes<L> {
     }
 }
 
+/// What the gate computed for each block of a chunk (see `Engine::gate`):
+/// the triggers, the shape starts of both windows (less the digit count),
+/// and their union.
+struct Gated<const N: usize> {
+    anchors: [u64; N],
+    aws: [u64; N],
+    iban: [u64; N],
+    w0: [u64; N],
+    w1: [u64; N],
+    work: [u64; N],
+}
+
+impl<const N: usize> Default for Gated<N> {
+    fn default() -> Self {
+        Gated {
+            anchors: [0; N],
+            aws: [0; N],
+            iban: [0; N],
+            w0: [0; N],
+            w1: [0; N],
+            work: [0; N],
+        }
+    }
+}
+
 /// A value inside a larger buffer (a DataRow cell).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Region {
@@ -1692,8 +1780,9 @@ impl Cursor {
     }
 }
 
-/// Chunk size for spans this short (DataRows, notes).
-const SHORT_BLOCKS: usize = 4;
+/// Chunk size for spans this short (DataRows, notes): one AVX-512 vector
+/// of gate work per term.
+const SHORT_BLOCKS: usize = 8;
 
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.
