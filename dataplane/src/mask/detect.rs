@@ -657,17 +657,25 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
             if !free(used, k, k + 3) {
                 continue;
             }
-            let dots = (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
-            let octets = (k..k + 4).all(|i| {
-                let d = &buf[g[i].start()..g[i].end()];
-                d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
-            });
-            let left = isolated_left(buf, g, k)
-                && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.');
-            let right = isolated_right(buf, g, k + 3)
-                && !(buf.get(g[k + 3].end()) == Some(&b'.')
-                    && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit));
-            if dots && octets && left && right {
+            // (Cheapest test first: most runs of four groups or more are
+            // dates, times and phone numbers, not joined by single dots.)
+            let dots = || (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
+            let octets = || {
+                (k..k + 4).all(|i| {
+                    let d = &buf[g[i].start()..g[i].end()];
+                    d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
+                })
+            };
+            let left = || {
+                isolated_left(buf, g, k)
+                    && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.')
+            };
+            let right = || {
+                isolated_right(buf, g, k + 3)
+                    && !(buf.get(g[k + 3].end()) == Some(&b'.')
+                        && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit))
+            };
+            if dots() && octets() && left() && right() {
                 mask_range(buf, g[k].start(), g[k + 3].end(), 0, f);
                 take(&mut used, k, k + 3);
                 hits.ipv4 += 1;
