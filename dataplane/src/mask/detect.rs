@@ -657,17 +657,25 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
             if !free(used, k, k + 3) {
                 continue;
             }
-            let dots = (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
-            let octets = (k..k + 4).all(|i| {
-                let d = &buf[g[i].start()..g[i].end()];
-                d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
-            });
-            let left = isolated_left(buf, g, k)
-                && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.');
-            let right = isolated_right(buf, g, k + 3)
-                && !(buf.get(g[k + 3].end()) == Some(&b'.')
-                    && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit));
-            if dots && octets && left && right {
+            // (Cheapest test first: most runs of four groups or more are
+            // dates, times and phone numbers, not joined by single dots.)
+            let dots = || (k + 1..k + 4).all(|i| g[i].sep.single(b'.'));
+            let octets = || {
+                (k..k + 4).all(|i| {
+                    let d = &buf[g[i].start()..g[i].end()];
+                    d.len() <= 3 && d.iter().fold(0u32, |v, &c| v * 10 + (c - b'0') as u32) <= 255
+                })
+            };
+            let left = || {
+                isolated_left(buf, g, k)
+                    && !(k == 0 && g[k].start() > 0 && buf[g[k].start() - 1] == b'.')
+            };
+            let right = || {
+                isolated_right(buf, g, k + 3)
+                    && !(buf.get(g[k + 3].end()) == Some(&b'.')
+                        && buf.get(g[k + 3].end() + 1).is_some_and(u8::is_ascii_digit))
+            };
+            if dots() && octets() && left() && right() {
                 mask_range(buf, g[k].start(), g[k + 3].end(), 0, f);
                 take(&mut used, k, k + 3);
                 hits.ipv4 += 1;
@@ -1098,6 +1106,9 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     debug_assert!(at < n && (8..=64).contains(&n));
     // (Class masks; bits past the end are clear.)
     let (mut local, mut label, mut alpha, mut alnum, mut dot) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // The loaded chunks, for the rewrite.
+    // SAFETY: SSE2 is part of x86_64.
+    let mut xs = [unsafe { _mm_setzero_si128() }; 4];
     // SAFETY: SSE2 is part of x86_64; every load is inside `buf`.
     unsafe {
         let set = |c: u8| _mm_set1_epi8(c as i8);
@@ -1120,9 +1131,10 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
             [lc, lb, al, an, dt].map(|v| _mm_movemask_epi8(v) as u32 as u64)
         };
         if n >= 16 {
-            for l in 0..n.div_ceil(16) {
+            for (l, slot) in xs.iter_mut().enumerate().take(n.div_ceil(16)) {
                 let o = (16 * l).min(n - 16);
                 let x = _mm_loadu_si128(buf.as_ptr().add(o) as *const __m128i);
+                *slot = x;
                 let [a, b, c, d, e] = classes(x);
                 local |= a << o;
                 label |= b << o;
@@ -1132,6 +1144,7 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
             }
         } else {
             let (x, _) = split16(buf);
+            xs[0] = x;
             let place = |m: u64| (m & 0xff) | (m >> 8) << (n - 8);
             let [a, b, c, d, e] = classes(x);
             local = place(a);
@@ -1174,9 +1187,42 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
         return None;
     }
     let dom_end = if f.email_keep_tld { tld } else { i };
-    // (Every byte of the span is ASCII: with punctuation kept, its letters
-    // and digits are masked, as the byte walk's rewrite does.)
-    mask_range(buf, ls, dom_end, 0, f);
+    // The bytes to mask: every byte of the span is ASCII and none is
+    // structural, so `mask_range` of it masks its letters and digits with
+    // punctuation kept, else all of it.
+    let span = (u64::MAX >> (64 - (dom_end - ls))) << ls;
+    let m = if f.keep_punct { alnum & span } else { span };
+    // SAFETY: SSE2 is part of x86_64; every store is 16 bytes inside
+    // `buf`, at the offset its chunk was loaded from.
+    unsafe {
+        let ch = _mm_set1_epi8(f.ch as i8);
+        let bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+        // Blend the mask character into `x` where the 16 bits of `b` are set.
+        let blend = |x: __m128i, b: u64| {
+            let spread = |v: u64| ((v & 0xff) * 0x0101_0101_0101_0101) as i64;
+            let sel = _mm_set_epi64x(spread(b >> 8), spread(b));
+            let sel = _mm_cmpeq_epi8(_mm_and_si128(sel, bit), bit);
+            _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, ch))
+        };
+        if n >= 16 {
+            // (Chunks overlapping the last one store the same bytes there:
+            // both blend the loaded bytes by the same bits.)
+            for (l, &x) in xs.iter().enumerate().take(n.div_ceil(16)) {
+                let o = (16 * l).min(n - 16);
+                let b = (m >> o) & 0xffff;
+                if b != 0 {
+                    _mm_storeu_si128(buf.as_mut_ptr().add(o) as *mut __m128i, blend(x, b));
+                }
+            }
+        } else {
+            let b = (m & 0xff) | ((m >> (n - 8)) & 0xff) << 8;
+            let out = blend(xs[0], b);
+            let lo = _mm_cvtsi128_si64(out) as u64;
+            let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(out, out)) as u64;
+            buf[..8].copy_from_slice(&lo.to_le_bytes());
+            buf[n - 8..].copy_from_slice(&hi.to_le_bytes());
+        }
+    }
     Some(i)
 }
 
