@@ -60,26 +60,19 @@ pub enum ColumnPlan {
     /// Column rule `null`.
     Null(RuleId),
     /// Column rule `mask`, `keep_last` or `hash` on a binary value of a
-    /// non-text type (`oid`): printed as text, then the action (length
+    /// non-text type: printed as text, then the rule's action (length
     /// changes; NULL if the type's binary form is not read here).
-    Printed {
-        oid: u32,
-        action: ColumnAction,
-        rule: RuleId,
-    },
-    /// A binary value of a non-text type (`oid`) the client was told is
-    /// `text` (by a rule since dropped): printed as text, nothing masked.
-    AsText(u32),
+    Printed(RuleId),
+    /// A binary value of a non-text type the client was told is `text` (by
+    /// a rule since dropped): printed as text, nothing masked.
+    AsText,
 }
 
 impl ColumnPlan {
     fn rewrites(self) -> bool {
         matches!(
             self,
-            ColumnPlan::Hash(_)
-                | ColumnPlan::Null(_)
-                | ColumnPlan::Printed { .. }
-                | ColumnPlan::AsText(_)
+            ColumnPlan::Hash(_) | ColumnPlan::Null(_) | ColumnPlan::Printed(_) | ColumnPlan::AsText
         )
     }
 }
@@ -193,7 +186,7 @@ fn plan_for(
             ColumnAction::Hash => ColumnPlan::Hash(r),
             ColumnAction::Null => ColumnPlan::Null(r),
         },
-        (Some((rule, action)), _) => ColumnPlan::Printed { oid, action, rule },
+        (Some((r, _)), _) => ColumnPlan::Printed(r),
     }
 }
 
@@ -360,7 +353,7 @@ impl RowPlan {
                     }
                 }
                 (true, false, ColumnPlan::Skip) if c.format != 0 => {
-                    c.plan = ColumnPlan::AsText(c.oid);
+                    c.plan = ColumnPlan::AsText;
                 }
                 _ => {}
             }
@@ -576,12 +569,12 @@ pub fn mask_data_row(
                 hits.add_at(r, i as u32, 1);
                 1
             }
-            ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed { rule: r, .. } => {
+            ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed(r) => {
                 hits.add_at(r, i as u32, 1);
                 rewrite = true;
                 1
             }
-            ColumnPlan::AsText(_) => {
+            ColumnPlan::AsText => {
                 rewrite = true;
                 0
             }
@@ -642,10 +635,10 @@ pub fn mask_data_row(
                 out.extend_from_slice(&(Engine::HASH_LEN as i32).to_be_bytes());
                 engine.hash_into(v, out);
             }
-            (ColumnPlan::Printed { oid, action, .. }, Some(v)) => {
-                printed(engine, oid, Some(action), v, out);
+            (ColumnPlan::Printed(_), Some(v)) => {
+                printed(engine, c.oid, c.rule.map(|r| r.1), v, out)
             }
-            (ColumnPlan::AsText(oid), Some(v)) => printed(engine, oid, None, v, out),
+            (ColumnPlan::AsText, Some(v)) => printed(engine, c.oid, None, v, out),
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());
