@@ -1188,39 +1188,27 @@ mod tests {
             (len >= 0).then(|| out[d + 11..d + 11 + len as usize].to_vec())
         };
 
+        // Described under `first`, run under `then`: the forwarded cell.
+        let run = |first: &Arc<Engine>, then: &Arc<Engine>| {
+            let mut m = TargetMasker::new(first.clone(), 1 << 20);
+            m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
+            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
+            m.on_client_frame(tag::SYNC, b"", true);
+            described(&mut m);
+            m.set_engine(Some(then.clone()));
+            run_s1_binary(&mut m);
+            let mut s = answers();
+            let p = m.process(&mut s);
+            cell(&m, &s, p)
+        };
         // Told int4 (no rule then), run with the rule: NULL.
-        let mut m = TargetMasker::new(plain.clone(), 1 << 20);
-        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
-        described(&mut m);
-        m.set_engine(Some(ruled.clone()));
-        run_s1_binary(&mut m);
-        let mut s = answers();
-        let p = m.process(&mut s);
-        assert_eq!(cell(&m, &s, p), None);
-
+        assert_eq!(run(&plain, &ruled), None);
         // Told text (the rule then), run without it: "42" as text.
-        let mut m = TargetMasker::new(ruled.clone(), 1 << 20);
-        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
-        described(&mut m);
-        m.set_engine(Some(plain.clone()));
-        run_s1_binary(&mut m);
-        let mut s = answers();
-        let p = m.process(&mut s);
-        assert_eq!(cell(&m, &s, p).as_deref(), Some(&b"42"[..]));
-
+        assert_eq!(run(&ruled, &plain).as_deref(), Some(&b"42"[..]));
         // Same profile throughout: hashed, as the client was told.
-        let mut m = TargetMasker::new(ruled.clone(), 1 << 20);
-        prepare_and_run_binary(&mut m);
-        described(&mut m);
-        let mut s = answers();
-        let p = m.process(&mut s);
         let mut h = Vec::new();
         ruled.hash_into(b"42", &mut h);
-        assert_eq!(cell(&m, &s, p), Some(h));
+        assert_eq!(run(&ruled, &ruled), Some(h));
     }
 
     #[test]
