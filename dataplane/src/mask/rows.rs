@@ -303,26 +303,10 @@ impl RowPlan {
     /// RowDescription this plan was built from, in place (same length).
     /// Returns whether anything changed.
     pub fn retype_description(&self, body: &mut [u8]) -> bool {
-        if !self.retypes {
-            return false;
-        }
-        let mut changed = false;
-        let mut at = 2;
-        for c in &self.cols {
-            let Some(nul) = body.get(at..).and_then(|b| memchr::memchr(0, b)) else {
-                return changed;
-            };
-            let f = at + nul + 1;
-            let Some(field) = body.get_mut(f..f + 18) else {
-                return changed;
-            };
-            if retyped(c.oid, c.rule) {
-                retype_field(field);
-                changed = true;
-            }
-            at = f + 18;
-        }
-        changed
+        self.retypes
+            && retype_where(body, |i, _, _| {
+                self.cols.get(i).is_some_and(|c| retyped(c.oid, c.rule))
+            })
     }
 
     /// Per column: whether [`RowPlan::retype_description`] shows it as
@@ -435,37 +419,60 @@ pub fn retype_statement_description(engine: &Engine, body: &mut [u8]) -> Option<
     if !engine.enabled() {
         return None;
     }
-    let n = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]]))?;
-    let n = usize::try_from(n).ok()?;
-    let mut fields = Vec::new();
+    let n = body
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let mut told: Option<Vec<bool>> = None;
+    retype_where(body, |i, name, oid| {
+        let text = kind(oid, 0) != Kind::Text && retyped(oid, engine.column_rule(name, oid));
+        if text {
+            told.get_or_insert_with(|| vec![false; n])[i] = true;
+        }
+        text
+    });
+    told
+}
+
+/// Set the type of the fields of RowDescription `body` for which
+/// `as_text(index, name, type oid)` holds to `text` (oid 25, no size, no
+/// modifier), in place. Whether any was; a malformed body is left as it is.
+fn retype_where(body: &mut [u8], mut as_text: impl FnMut(usize, &[u8], u32) -> bool) -> bool {
+    // The offset of each field's 18 bytes after its name, all checked
+    // before anything is written.
+    let field_at = |at: usize, body: &[u8]| {
+        crate::protocol::cstr(body.get(at..)?)
+            .filter(|(_, tail)| tail.len() >= 18)
+            .map(|(name, _)| at + name.len() + 1)
+    };
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return false;
+    };
     let mut at = 2;
-    for i in 0..n {
-        let nul = memchr::memchr(0, body.get(at..)?)?;
-        let (name, f) = (at..at + nul, at + nul + 1);
-        let field = body.get(f..f + 18)?;
-        let oid = u32::from_be_bytes([field[6], field[7], field[8], field[9]]);
-        if kind(oid, 0) != Kind::Text && retyped(oid, engine.column_rule(&body[name], oid)) {
-            fields.push((i, f));
+    for _ in 0..n.max(0) {
+        match field_at(at, body) {
+            Some(f) => at = f + 18,
+            None => return false,
+        }
+    }
+    if at != body.len() {
+        return false;
+    }
+    let mut changed = false;
+    let mut at = 2;
+    for i in 0..n.max(0) as usize {
+        let Some(f) = field_at(at, body) else {
+            break; // (Checked above.)
+        };
+        let oid = u32::from_be_bytes([body[f + 6], body[f + 7], body[f + 8], body[f + 9]]);
+        if as_text(i, &body[at..f - 1], oid) {
+            body[f + 6..f + 10].copy_from_slice(&25u32.to_be_bytes());
+            body[f + 10..f + 12].copy_from_slice(&(-1i16).to_be_bytes());
+            body[f + 12..f + 16].copy_from_slice(&(-1i32).to_be_bytes());
+            changed = true;
         }
         at = f + 18;
     }
-    if fields.is_empty() || at != body.len() {
-        return None;
-    }
-    let mut told = vec![false; n];
-    for (i, f) in fields {
-        retype_field(&mut body[f..f + 18]);
-        told[i] = true;
-    }
-    Some(told)
-}
-
-/// Type oid `text`, no size, no modifier, in one RowDescription field (the
-/// 18 bytes after the name).
-fn retype_field(field: &mut [u8]) {
-    field[6..10].copy_from_slice(&25u32.to_be_bytes());
-    field[10..12].copy_from_slice(&(-1i16).to_be_bytes());
-    field[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    changed
 }
 
 /// What [`mask_data_row`] did.

@@ -558,7 +558,11 @@ impl TargetMasker {
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
                     let desc = Rc::from(&*body);
                     self.describe(body, None, None);
-                    let told = self.retype_forwarded(body);
+                    let told = if self.retype_forwarded(body) {
+                        self.plan.shown_as_text().map(Rc::from)
+                    } else {
+                        None
+                    };
                     self.portals.insert(portal.clone(), (desc, None, told));
                     self.plan_portal = Some(portal);
                 } else {
@@ -714,13 +718,9 @@ impl TargetMasker {
     }
 
     /// Show the client the columns the current plan (just built from
-    /// `body`) applies a rule to the text form of as `text`.
-    fn retype_forwarded(&mut self, body: &mut [u8]) -> Told {
-        if self.active && self.plan_known {
-            retype(&self.plan, body)
-        } else {
-            None
-        }
+    /// `body`) applies a rule to the text form of as `text`; whether any.
+    fn retype_forwarded(&self, body: &mut [u8]) -> bool {
+        self.active && self.plan_known && self.plan.retype_description(body)
     }
 
     /// No known description: scan every column of rows like `row`.
@@ -747,16 +747,6 @@ impl TargetMasker {
         // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
         self.fallback_width = Some(n);
-    }
-}
-
-/// Rewrite `body` (the description `plan` was built from) to show ruled
-/// non-text columns as `text`; which ones it did.
-fn retype(plan: &RowPlan, body: &mut [u8]) -> Told {
-    if plan.retype_description(body) {
-        plan.shown_as_text().map(Rc::from)
-    } else {
-        None
     }
 }
 
