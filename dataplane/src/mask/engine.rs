@@ -1070,12 +1070,24 @@ impl Engine {
             };
             let w0 = (w0 | ipv4_bits) & shape_bits;
             let w1 = (w1 | ipv4_bits) & AHEAD_LOW & shape_bits;
-            g.anchors[k] = t.anchors;
+            // (In short chunks, also the phone openers `+`, `(` (the only
+            // glue anchors) without nine bytes of digits and glue after
+            // them: `phone_opener` needs nine digits in the run of digits
+            // and glue right after the opener, and rewrites only ever make
+            // mask characters, never digits or glue, of other bytes. Most
+            // are the `+00` of PostgreSQL timestamps in free text.)
+            let anchors = if Gated::<N>::EXACT {
+                let (x, xn) = (c | l.glue[k], cn | l.glue[k + 1]);
+                t.anchors & !(l.glue[k] & !nine_after(x, xn))
+            } else {
+                t.anchors
+            };
+            g.anchors[k] = anchors;
             g.aws[k] = t.aws;
             g.iban[k] = t.iban;
             g.w0[k] = w0;
             g.w1[k] = w1;
-            g.work[k] = t.anchors | t.aws | t.iban | w0 | w1;
+            g.work[k] = anchors | t.aws | t.iban | w0 | w1;
         }
     }
 
@@ -1827,6 +1839,23 @@ const AHEAD_LOW: u64 = (1 << (64 - AHEAD)) - 1;
 #[inline(always)]
 fn ahead(cur: u64, next: u64) -> u64 {
     cur >> AHEAD | next << (64 - AHEAD)
+}
+
+/// Bits `i` of a block whose bytes `i + 1 ..= i + 9` are all set in `x`
+/// (the block's bits) followed by `xn` (the next block's): doubling runs
+/// of set bits across the block end.
+#[inline(always)]
+pub(super) fn nine_after(x: u64, xn: u64) -> u64 {
+    let p2 = x & (x >> 1 | xn << 63);
+    let p2n = xn & xn >> 1;
+    let p4 = p2 & (p2 >> 2 | p2n << 62);
+    let p4n = p2n & p2n >> 2;
+    let p8 = p4 & (p4 >> 4 | p4n << 60);
+    let p8n = p4n & p4n >> 4;
+    // Bytes `i ..= i + 8`.
+    let p9 = p8 & (x >> 8 | xn << 56);
+    let p9n = p8n & xn >> 8;
+    p9 >> 1 | p9n << 63
 }
 
 /// The masks the candidate shapes are made of, in one 64-bit window.
