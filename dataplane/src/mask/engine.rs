@@ -941,17 +941,20 @@ impl Engine {
         // tests, `pre_shape` (~20 instructions; rejects the dates and
         // prices of free text; computed for every block by `Shapes::pre`)
         // and then `may_shape` (~40; rejects dates followed by times).
-        let in0 = ipv4 || (pre.w0 != 0 && may_shape(c.digit, c.space, c.dash, c.dot) != 0);
+        // In a chunk the gate computed `may_shape` already (`pre.exact`).
+        let in0 =
+            ipv4 || (pre.w0 != 0 && (pre.exact || may_shape(c.digit, c.space, c.dash, c.dot) != 0));
         let in1 = n.digit != 0
             && (ipv4
                 || (pre.w1 != 0
-                    && may_shape(
-                        ahead(c.digit, n.digit),
-                        ahead(c.space, n.space),
-                        ahead(c.dash, n.dash),
-                        ahead(c.dot, n.dot),
-                    ) & AHEAD_LOW
-                        != 0));
+                    && (pre.exact
+                        || may_shape(
+                            ahead(c.digit, n.digit),
+                            ahead(c.space, n.space),
+                            ahead(c.dash, n.dash),
+                            ahead(c.dot, n.dot),
+                        ) & AHEAD_LOW
+                            != 0)));
         if !in0 && !in1 {
             return 0;
         }
@@ -1023,8 +1026,9 @@ impl Engine {
     /// For each block of a chunk (`l`, where the block after the last one
     /// is zero), a superset of the bits that `block` sends to a validator
     /// (before the run carried into it): 0 where it has nothing to do but
-    /// carry the run. The same terms as `block` and `Shapes::pre`, less the
-    /// digit count, over all `N` blocks at once (a fixed count, so that the
+    /// carry the run. The same terms as `block` and `Shapes::pre` (in
+    /// short chunks the shapes by `may_shape`), less the digit count, over
+    /// all `N` blocks at once (a fixed count, so that the
     /// compiler computes them several blocks per vector instruction, with
     /// no scalar remainder; `work` beyond the chunk means nothing). The
     /// terms are kept for `block_gated`, which would compute them again.
@@ -1034,7 +1038,6 @@ impl Engine {
         const { assert!(L == N + 1) };
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
-        let sep = |k: usize| l.space[k] | l.dash[k] | l.dot[k];
         for k in 0..N {
             let (c, cn) = (l.digit[k], l.digit[k + 1]);
             let t = triggers(
@@ -1046,16 +1049,45 @@ impl Engine {
                 l.upper[k + 1],
                 (aws_bits, iban_bits),
             );
-            let (sc, sn) = (sep(k), sep(k + 1));
-            // (As `Shapes::pre`, less the digit count.)
-            let w0 = (pre_shape(c, sc) | ipv4_bits) & shape_bits;
-            let w1 = (pre_shape(ahead(c, cn), ahead(sc, sn)) | ipv4_bits) & AHEAD_LOW & shape_bits;
-            g.anchors[k] = t.anchors;
+            // (As `Shapes::pre`, less the digit count. In short chunks by
+            // the exact superset `may_shape` rather than `pre_shape`
+            // (`Gated::EXACT`): computed here for all blocks at once, it
+            // costs a few vector instructions a block, and the dates
+            // followed by times of free text, which pass `pre_shape`, no
+            // longer reach `block_gated`. In long chunks (values of over
+            // 512 bytes), whose prose had few such blocks, the extra vector
+            // work cost more than it saved.)
+            let (sp, da, dt) = (l.space[k], l.dash[k], l.dot[k]);
+            let (spn, dan, dtn) = (l.space[k + 1], l.dash[k + 1], l.dot[k + 1]);
+            let (w0, w1) = if Gated::<N>::EXACT {
+                (
+                    may_shape(c, sp, da, dt),
+                    may_shape(ahead(c, cn), ahead(sp, spn), ahead(da, dan), ahead(dt, dtn)),
+                )
+            } else {
+                let (sc, sn) = (sp | da | dt, spn | dan | dtn);
+                (pre_shape(c, sc), pre_shape(ahead(c, cn), ahead(sc, sn)))
+            };
+            let w0 = (w0 | ipv4_bits) & shape_bits;
+            let w1 = (w1 | ipv4_bits) & AHEAD_LOW & shape_bits;
+            // (In short chunks, also the phone openers `+`, `(` (the only
+            // glue anchors) without nine bytes of digits and glue after
+            // them: `phone_opener` needs nine digits in the run of digits
+            // and glue right after the opener, and rewrites only ever make
+            // mask characters, never digits or glue, of other bytes. Most
+            // are the `+00` of PostgreSQL timestamps in free text.)
+            let anchors = if Gated::<N>::EXACT {
+                let (x, xn) = (c | l.glue[k], cn | l.glue[k + 1]);
+                t.anchors & !(l.glue[k] & !nine_after(x, xn))
+            } else {
+                t.anchors
+            };
+            g.anchors[k] = anchors;
             g.aws[k] = t.aws;
             g.iban[k] = t.iban;
             g.w0[k] = w0;
             g.w1[k] = w1;
-            g.work[k] = t.anchors | t.aws | t.iban | w0 | w1;
+            g.work[k] = anchors | t.aws | t.iban | w0 | w1;
         }
     }
 
@@ -1084,6 +1116,7 @@ impl Engine {
             w1: g.w1[k] & on,
             sep_c: m.space | m.dash | m.dot,
             sep_n: n.space | n.dash | n.dot,
+            exact: Gated::<N>::EXACT,
         };
         if a | aws | iban | pre.w0 | pre.w1 | st.run.cand as u64 == 0 {
             // Nothing to validate here: only the digit run reaching the end
@@ -1139,6 +1172,7 @@ impl Engine {
                     w1: 0,
                     sep_c: 0,
                     sep_n: 0,
+                    exact: true,
                 };
                 self.block_slow::<F>(
                     buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
@@ -1614,6 +1648,9 @@ struct Shapes {
     /// Space, dash or dot, in the block and the next one.
     sep_c: u64,
     sep_n: u64,
+    /// `w0` and `w1` are [`may_shape`]'s starts (from the gate), not only
+    /// [`pre_shape`]'s: `candidates` need not compute `may_shape` again.
+    exact: bool,
 }
 
 impl Shapes {
@@ -1629,6 +1666,7 @@ impl Shapes {
                 & on,
             sep_c,
             sep_n,
+            exact: false,
         }
     }
 
@@ -1730,6 +1768,12 @@ struct Gated<const N: usize> {
     work: [u64; N],
 }
 
+impl<const N: usize> Gated<N> {
+    /// Whether the gate's shape starts are `may_shape`'s (else
+    /// `pre_shape`'s): in the short chunk.
+    const EXACT: bool = N == SHORT_BLOCKS;
+}
+
 impl<const N: usize> Default for Gated<N> {
     fn default() -> Self {
         Gated {
@@ -1795,6 +1839,23 @@ const AHEAD_LOW: u64 = (1 << (64 - AHEAD)) - 1;
 #[inline(always)]
 fn ahead(cur: u64, next: u64) -> u64 {
     cur >> AHEAD | next << (64 - AHEAD)
+}
+
+/// Bits `i` of a block whose bytes `i + 1 ..= i + 9` are all set in `x`
+/// (the block's bits) followed by `xn` (the next block's): doubling runs
+/// of set bits across the block end.
+#[inline(always)]
+pub(super) fn nine_after(x: u64, xn: u64) -> u64 {
+    let p2 = x & (x >> 1 | xn << 63);
+    let p2n = xn & xn >> 1;
+    let p4 = p2 & (p2 >> 2 | p2n << 62);
+    let p4n = p2n & p2n >> 2;
+    let p8 = p4 & (p4 >> 4 | p4n << 60);
+    let p8n = p4n & p4n >> 4;
+    // Bytes `i ..= i + 8`.
+    let p9 = p8 & (x >> 8 | xn << 56);
+    let p9n = p8n & xn >> 8;
+    p9 >> 1 | p9n << 63
 }
 
 /// The masks the candidate shapes are made of, in one 64-bit window.

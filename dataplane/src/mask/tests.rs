@@ -959,3 +959,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn nine_after_matches_byte_walk() {
+    let mut r = Rng::new(99);
+    for _ in 0..20_000 {
+        // Sparse and dense masks, so that long runs of set bits occur.
+        let mut m = || {
+            let a = r.next_u64();
+            match r.below(3) {
+                0 => a,
+                1 => a | r.next_u64(),
+                _ => a | r.next_u64() | r.next_u64() | r.next_u64(),
+            }
+        };
+        let (x, xn) = (m(), m());
+        let bit = |j: usize| {
+            if j < 64 {
+                x >> j & 1
+            } else {
+                xn >> (j - 64) & 1
+            }
+        };
+        let mut want = 0u64;
+        for i in 0..64 {
+            if (i + 1..=i + 9).all(|j| bit(j) == 1) {
+                want |= 1 << i;
+            }
+        }
+        assert_eq!(engine::nine_after(x, xn), want, "{x:#x} {xn:#x}");
+    }
+}
