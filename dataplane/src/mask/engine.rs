@@ -1188,7 +1188,7 @@ impl Engine {
                 let r = regions[ri];
                 if may_anchor(buf, r, pos) {
                     let bits = (m.digit, m.digit | m.glue);
-                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+                    self.anchor::<F>(buf, r, ri, pos, bits, base, st, counts, hits);
                 }
             }
         }
@@ -1428,9 +1428,10 @@ impl Engine {
         }
     }
 
+    /// `F`: compiled with the fast features (see `classify_chunk`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn anchor(
+    fn anchor<const F: u8>(
         &self,
         buf: &mut [u8],
         r: Region,
@@ -1452,7 +1453,20 @@ impl Engine {
         let cell = &mut buf[s..r.end as usize];
         let p = pos - s;
         let found: Option<(usize, Builtin)> = match cell[p] {
-            b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
+            b'@' => {
+                #[cfg(target_arch = "x86_64")]
+                let end = if F == 2 {
+                    // SAFETY: the copies with `F == 2` run only when `fast`
+                    // is 2: the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT
+                    // (`fast_scan`).
+                    unsafe { detect::email_avx512(cell, p, f) }
+                } else {
+                    detect::email(cell, p, f)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let end = detect::email(cell, p, f);
+                end.map(|e| (e, Builtin::Email))
+            }
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
             b'_' => {
