@@ -1186,15 +1186,22 @@ impl Engine {
             if pos >= st.skip_until {
                 let ri = cur.anchor.seek(regions, pos);
                 let r = regions[ri];
-                #[cfg(target_arch = "x86_64")]
-                if F == 2 && buf[pos] == b'@' {
+                if buf[pos] == b'@' {
                     // (What `anchor` does for an `@`, without the call.)
                     let s = r.start as usize;
                     let cell = &mut buf[s..r.end as usize];
-                    // SAFETY: the copies with `F == 2` run only when `fast`
-                    // is 2: the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT
-                    // (`fast_scan`).
-                    if let Some(end) = unsafe { detect::email_avx512(cell, pos - s, &self.fmt) } {
+                    #[cfg(target_arch = "x86_64")]
+                    let found = if F == 2 {
+                        // SAFETY: the copies with `F == 2` run only when
+                        // `fast` is 2: the CPU has AVX-512F/BW, BMI1, BMI2
+                        // and POPCNT (`fast_scan`).
+                        unsafe { detect::email_avx512(cell, pos - s, &self.fmt) }
+                    } else {
+                        detect::email(cell, pos - s, &self.fmt)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let found = detect::email(cell, pos - s, &self.fmt);
+                    if let Some(end) = found {
                         hits.add_at(Builtin::Email, ri as u32, 1);
                         counts[ri] += 1;
                         st.hits += 1;
