@@ -1220,9 +1220,32 @@ impl Engine {
             if pos >= st.skip_until {
                 let ri = cur.anchor.seek(regions, pos);
                 let r = regions[ri];
+                if buf[pos] == b'@' {
+                    // (What `anchor` does for an `@`, without the call.)
+                    let s = r.start as usize;
+                    let cell = &mut buf[s..r.end as usize];
+                    #[cfg(target_arch = "x86_64")]
+                    let found = if F == 2 {
+                        // SAFETY: the copies with `F == 2` run only when
+                        // `fast` is 2: the CPU has AVX-512F/BW, BMI1, BMI2
+                        // and POPCNT (`fast_scan`).
+                        unsafe { detect::email_avx512(cell, pos - s, &self.fmt) }
+                    } else {
+                        detect::email(cell, pos - s, &self.fmt)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let found = detect::email(cell, pos - s, &self.fmt);
+                    if let Some(end) = found {
+                        hits.add_at(Builtin::Email, ri as u32, 1);
+                        counts[ri] += 1;
+                        st.hits += 1;
+                        st.skip_until = st.skip_until.max(s + end);
+                    }
+                    continue;
+                }
                 if may_anchor(buf, r, pos) {
                     let bits = (m.digit, m.digit | m.glue);
-                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+                    self.anchor::<F>(buf, r, ri, pos, bits, base, st, counts, hits);
                 }
             }
         }
@@ -1462,9 +1485,10 @@ impl Engine {
         }
     }
 
+    /// `F`: compiled with the fast features (see `classify_chunk`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn anchor(
+    fn anchor<const F: u8>(
         &self,
         buf: &mut [u8],
         r: Region,
@@ -1486,7 +1510,20 @@ impl Engine {
         let cell = &mut buf[s..r.end as usize];
         let p = pos - s;
         let found: Option<(usize, Builtin)> = match cell[p] {
-            b'@' => detect::email(cell, p, f).map(|e| (e, Builtin::Email)),
+            b'@' => {
+                #[cfg(target_arch = "x86_64")]
+                let end = if F == 2 {
+                    // SAFETY: the copies with `F == 2` run only when `fast`
+                    // is 2: the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT
+                    // (`fast_scan`).
+                    unsafe { detect::email_avx512(cell, p, f) }
+                } else {
+                    detect::email(cell, p, f)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let end = detect::email(cell, p, f);
+                end.map(|e| (e, Builtin::Email))
+            }
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
             b'_' => {
