@@ -1154,6 +1154,52 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
             dot = place(e);
         }
     }
+    let (m, i) = email_bits([local, label, alpha, alnum, dot], at, n, f)?;
+    // SAFETY: SSE2 is part of x86_64; every store is 16 bytes inside
+    // `buf`, at the offset its chunk was loaded from.
+    unsafe {
+        let ch = _mm_set1_epi8(f.ch as i8);
+        let bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+        // Blend the mask character into `x` where the 16 bits of `b` are set.
+        let blend = |x: __m128i, b: u64| {
+            let spread = |v: u64| ((v & 0xff) * 0x0101_0101_0101_0101) as i64;
+            let sel = _mm_set_epi64x(spread(b >> 8), spread(b));
+            let sel = _mm_cmpeq_epi8(_mm_and_si128(sel, bit), bit);
+            _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, ch))
+        };
+        if n >= 16 {
+            // (Chunks overlapping the last one store the same bytes there:
+            // both blend the loaded bytes by the same bits.)
+            for (l, &x) in xs.iter().enumerate().take(n.div_ceil(16)) {
+                let o = (16 * l).min(n - 16);
+                let b = (m >> o) & 0xffff;
+                if b != 0 {
+                    _mm_storeu_si128(buf.as_mut_ptr().add(o) as *mut __m128i, blend(x, b));
+                }
+            }
+        } else {
+            let b = (m & 0xff) | ((m >> (n - 8)) & 0xff) << 8;
+            let out = blend(xs[0], b);
+            let lo = _mm_cvtsi128_si64(out) as u64;
+            let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(out, out)) as u64;
+            buf[..8].copy_from_slice(&lo.to_le_bytes());
+            buf[n - 8..].copy_from_slice(&hi.to_le_bytes());
+        }
+    }
+    Some(i)
+}
+
+/// The bit arithmetic of the short e-mail paths: from the class masks of a
+/// value of `n <= 64` bytes (local-part bytes, label bytes, letters,
+/// letters and digits, dots) and the `@` at `at`, the bytes to mask and
+/// the end of the address, as [`email`] finds them.
+#[inline(always)]
+fn email_bits(
+    [local, label, alpha, alnum, dot]: [u64; 5],
+    at: usize,
+    n: usize,
+    f: &Fmt,
+) -> Option<(u64, usize)> {
     // Local part: the run of local-part bytes before the `@`, leading dots
     // dropped (the byte walk stops 64 bytes back: never, here).
     let not_local = !local & ((1u64 << at) - 1);
@@ -1192,38 +1238,7 @@ fn email_short(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
     // punctuation kept, else all of it.
     let span = (u64::MAX >> (64 - (dom_end - ls))) << ls;
     let m = if f.keep_punct { alnum & span } else { span };
-    // SAFETY: SSE2 is part of x86_64; every store is 16 bytes inside
-    // `buf`, at the offset its chunk was loaded from.
-    unsafe {
-        let ch = _mm_set1_epi8(f.ch as i8);
-        let bit = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
-        // Blend the mask character into `x` where the 16 bits of `b` are set.
-        let blend = |x: __m128i, b: u64| {
-            let spread = |v: u64| ((v & 0xff) * 0x0101_0101_0101_0101) as i64;
-            let sel = _mm_set_epi64x(spread(b >> 8), spread(b));
-            let sel = _mm_cmpeq_epi8(_mm_and_si128(sel, bit), bit);
-            _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, ch))
-        };
-        if n >= 16 {
-            // (Chunks overlapping the last one store the same bytes there:
-            // both blend the loaded bytes by the same bits.)
-            for (l, &x) in xs.iter().enumerate().take(n.div_ceil(16)) {
-                let o = (16 * l).min(n - 16);
-                let b = (m >> o) & 0xffff;
-                if b != 0 {
-                    _mm_storeu_si128(buf.as_mut_ptr().add(o) as *mut __m128i, blend(x, b));
-                }
-            }
-        } else {
-            let b = (m & 0xff) | ((m >> (n - 8)) & 0xff) << 8;
-            let out = blend(xs[0], b);
-            let lo = _mm_cvtsi128_si64(out) as u64;
-            let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(out, out)) as u64;
-            buf[..8].copy_from_slice(&lo.to_le_bytes());
-            buf[n - 8..].copy_from_slice(&hi.to_le_bytes());
-        }
-    }
-    Some(i)
+    Some((m, i))
 }
 
 /// [`email`] for a value of at most 64 bytes, on a CPU with AVX-512BW:
@@ -1259,36 +1274,7 @@ pub(crate) unsafe fn email_avx512(buf: &mut [u8], at: usize, f: &Fmt) -> Option<
         let p = eq(b'_') | eq(b'%') | eq(b'+') | eq(b'*');
         (lb | dt | p, lb, al, an, dt)
     };
-    // From here as `email_short`.
-    let not_local = !local & ((1u64 << at) - 1);
-    let mut ls = if not_local == 0 {
-        0
-    } else {
-        64 - not_local.leading_zeros() as usize
-    };
-    ls += (!(dot >> ls)).trailing_zeros() as usize;
-    if ls >= at {
-        return None;
-    }
-    let s = at + 1;
-    if s >= n || (label >> s) & 1 == 0 {
-        return None;
-    }
-    let joins = dot & (alnum >> 1);
-    let ext = label | joins;
-    let i = s + (!(ext >> s)).trailing_zeros() as usize;
-    let span = (u64::MAX >> (64 - (i - s))) << s;
-    let inner = joins & span;
-    if inner == 0 {
-        return None;
-    }
-    let tld = 64 - inner.leading_zeros() as usize;
-    if i - tld < 2 || !alpha & (u64::MAX >> (64 - (i - tld))) << tld != 0 {
-        return None;
-    }
-    let dom_end = if f.email_keep_tld { tld } else { i };
-    let span = (u64::MAX >> (64 - (dom_end - ls))) << ls;
-    let m = if f.keep_punct { alnum & span } else { span };
+    let (m, i) = email_bits([local, label, alpha, alnum, dot], at, n, f)?;
     // SAFETY: as above; the store writes the bytes of `m`, all below `n`
     // (masked-out bytes are not written and do not fault).
     unsafe {
