@@ -1846,7 +1846,9 @@ async fn control_plane_profile_changes_apply_to_the_next_statement() {
     // before keeps the types the client was told: `id` is an int4 to it,
     // which a hash would not parse as, so it gets NULL. Described from now
     // on, `id` is text and holds the hash, by either protocol.
-    let id_rule = format!("{ssn_rule}  - {{column: id, action: hash}}\nhash_key: '{HASH_KEY}'\n");
+    let id_rule = format!(
+        "{ssn_rule}  - {{column: id, action: hash}}\n  - {{column: doc, action: hash}}\nhash_key: '{HASH_KEY}'\n"
+    );
     let v5 = admin
         .apply(
             &[
@@ -1881,6 +1883,11 @@ async fn control_plane_profile_changes_apply_to_the_next_statement() {
         .map(|r| r[0].clone())
         .collect();
     assert_eq!(simple, [hashed("1"), hashed("2")]);
+    // A jsonb column under a rule, described now (as text), run after the
+    // rule is gone.
+    let jsql = format!("select id, to_jsonb(note) as doc from {t} order by id");
+    let st3 = c.prepare(&jsql).await.unwrap();
+    assert_eq!(st3.columns()[1].type_(), &Type::TEXT);
     // The rule is dropped: the statement whose `id` the client takes for
     // text gets the number as text, not the bytes of a binary int4.
     let v6 = admin.apply(&profile_doc("pii", ssn_rule)).await.version;
@@ -1888,6 +1895,22 @@ async fn control_plane_profile_changes_apply_to_the_next_statement() {
     assert_eq!(
         ids(c.query(&st2, &[]).await.unwrap()),
         [Some("1".to_string()), Some("2".to_string())]
+    );
+    // The jsonb it takes for text comes as JSON text (not jsonb's binary
+    // form), still scanned by the detectors.
+    let docs: Vec<Option<String>> = c
+        .query(&st3, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    assert_eq!(
+        docs,
+        [
+            masked_note.map(|n| format!("\"{n}\"")),
+            Some("\"clean\"".to_string())
+        ]
     );
     assert_eq!(
         node.metrics().get("sluice_snapshots_rejected_total", &[]),

@@ -66,13 +66,22 @@ pub enum ColumnPlan {
     /// A binary value of a non-text type the client was told is `text` (by
     /// a rule since dropped): printed as text, nothing masked.
     AsText,
+    /// A binary `jsonb`, `json`, `xml` or text-array value the client was
+    /// told is `text` (by a rule since dropped): scanned in place as
+    /// `Detect`, then printed as text (jsonb without its version byte, an
+    /// array in its `{…}` form).
+    DetectAsText { from: u8 },
 }
 
 impl ColumnPlan {
     fn rewrites(self) -> bool {
         matches!(
             self,
-            ColumnPlan::Hash(_) | ColumnPlan::Null(_) | ColumnPlan::Printed(_) | ColumnPlan::AsText
+            ColumnPlan::Hash(_)
+                | ColumnPlan::Null(_)
+                | ColumnPlan::Printed(_)
+                | ColumnPlan::AsText
+                | ColumnPlan::DetectAsText { .. }
         )
     }
 }
@@ -339,6 +348,9 @@ impl RowPlan {
                 (true, false, ColumnPlan::Skip) if c.format != 0 => {
                     c.plan = ColumnPlan::AsText;
                 }
+                (true, false, ColumnPlan::Detect { from }) if c.format != 0 => {
+                    c.plan = ColumnPlan::DetectAsText { from };
+                }
                 _ => {}
             }
         }
@@ -554,7 +566,8 @@ pub fn mask_data_row(
         at = end;
         let hit = match plan.cols[i].plan {
             ColumnPlan::Skip => 0,
-            ColumnPlan::Detect { from } => {
+            ColumnPlan::Detect { from } | ColumnPlan::DetectAsText { from } => {
+                rewrite |= matches!(plan.cols[i].plan, ColumnPlan::DetectAsText { .. });
                 // Scanned below, all cells of the row in one pass.
                 let from = (from as usize).min(v.len());
                 if from < v.len() {
@@ -645,7 +658,9 @@ pub fn mask_data_row(
             (ColumnPlan::Printed(_), Some(v)) => {
                 printed(engine, c.oid, c.rule.map(|r| r.1), v, out)
             }
-            (ColumnPlan::AsText, Some(v)) => printed(engine, c.oid, None, v, out),
+            (ColumnPlan::AsText | ColumnPlan::DetectAsText { .. }, Some(v)) => {
+                printed(engine, c.oid, None, v, out)
+            }
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
                 out.extend_from_slice(&(v.len() as i32).to_be_bytes());

@@ -674,6 +674,63 @@ fn be(b: &[u8]) -> i32 {
     i32::from_be_bytes(b.try_into().unwrap())
 }
 
+/// A `jsonb` or `text[]` column the client was told is `text` (by a rule
+/// then) whose rule has since gone, in binary: scanned as before, then sent
+/// in its text form, not as jsonb's version byte or the array's binary
+/// layout; an `int4` told `text` comes as its digits.
+#[test]
+fn told_text_binary_values_come_in_their_text_form() {
+    let e = Engine::compile(&MaskingProfile::default()).unwrap();
+    let mut plan = RowPlan::new();
+    plan.describe(
+        &e,
+        &rd(&[("doc", 3802, 1), ("tags", 1009, 1), ("id", 23, 1)]),
+    )
+    .unwrap();
+    plan.keep_to_told_types(&[true, true, true]);
+    let json = br#"{"mail": "bob@example.com"}"#;
+    let jsonb = [&[1u8][..], json].concat();
+    // text[] in binary: one dimension, no NULLs, element type text, two
+    // elements from index 1, each a length word and its bytes.
+    let mut arr = Vec::new();
+    for w in [1i32, 0, 25, 2, 1] {
+        arr.extend_from_slice(&w.to_be_bytes());
+    }
+    for el in [&b"ann@example.org"[..], b"x y"] {
+        arr.extend_from_slice(&(el.len() as i32).to_be_bytes());
+        arr.extend_from_slice(el);
+    }
+    let id = 42i32.to_be_bytes();
+    let mut body = row(&[Some(&jsonb[..]), Some(&arr[..]), Some(&id[..])]);
+    let (mut out, mut hits) = (Vec::new(), Hits::new());
+    let outcome = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+    assert_eq!(outcome, RowOutcome::Rewritten);
+    assert_eq!(hits.get(Builtin::Email), 2);
+    assert_eq!(plan.column_hits(), &[1, 1, 0][..]);
+    // What the same values masked in their text form give.
+    let masked = |v: &[u8]| {
+        let mut v = v.to_vec();
+        e.mask_counted(&mut v, &mut Hits::new());
+        v
+    };
+    let tags = [&b"{"[..], &masked(b"ann@example.org"), b",\"x y\"}"].concat();
+    assert_eq!(
+        cells_of_frame(&out),
+        vec![Some(masked(json)), Some(tags), Some(b"42".to_vec())]
+    );
+    // Told the server's types: the binary values as they are, scanned.
+    let mut plan = RowPlan::new();
+    plan.describe(&e, &rd(&[("doc", 3802, 1)])).unwrap();
+    plan.keep_to_told_types(&[false]);
+    let mut body = row(&[Some(&jsonb[..])]);
+    let outcome = mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut out).unwrap();
+    assert_eq!(outcome, RowOutcome::MaskedInPlace);
+    assert_eq!(
+        body,
+        row(&[Some(&[&[1u8][..], &masked(json)].concat()[..])])
+    );
+}
+
 /// `mask`, `keep_last` and `hash` on numbers, uuids and other non-text
 /// types apply to the value's text form (binary values printed first), and
 /// the client is told the column is `text`; `null` keeps the type.
