@@ -1221,31 +1221,16 @@ impl Engine {
                 let ri = cur.anchor.seek(regions, pos);
                 let r = regions[ri];
                 if buf[pos] == b'@' {
-                    // (What `anchor` does for an `@`, without the call.)
+                    // (E-mails here, not through `may_anchor` and the
+                    // `anchor` call: the most frequent anchor.)
                     let s = r.start as usize;
                     let cell = &mut buf[s..r.end as usize];
-                    #[cfg(target_arch = "x86_64")]
-                    let found = if F == 2 {
-                        // SAFETY: the copies with `F == 2` run only when
-                        // `fast` is 2: the CPU has AVX-512F/BW, BMI1, BMI2
-                        // and POPCNT (`fast_scan`).
-                        unsafe { detect::email_avx512(cell, pos - s, &self.fmt) }
-                    } else {
-                        detect::email(cell, pos - s, &self.fmt)
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let found = detect::email(cell, pos - s, &self.fmt);
-                    if let Some(end) = found {
-                        hits.add_at(Builtin::Email, ri as u32, 1);
-                        counts[ri] += 1;
-                        st.hits += 1;
-                        st.skip_until = st.skip_until.max(s + end);
+                    if let Some(end) = self.email::<F>(cell, pos - s) {
+                        st.found(Builtin::Email, ri, s + end, counts, hits);
                     }
-                    continue;
-                }
-                if may_anchor(buf, r, pos) {
+                } else if may_anchor(buf, r, pos) {
                     let bits = (m.digit, m.digit | m.glue);
-                    self.anchor::<F>(buf, r, ri, pos, bits, base, st, counts, hits);
+                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
                 }
             }
         }
@@ -1259,10 +1244,13 @@ impl Engine {
             let r = regions[ri];
             let cell = &mut buf[r.start as usize..r.end as usize];
             if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
-                hits.add_at(Builtin::AwsAccessKey, ri as u32, 1);
-                counts[ri] += 1;
-                st.hits += 1;
-                st.skip_until = st.skip_until.max(r.start as usize + e);
+                st.found(
+                    Builtin::AwsAccessKey,
+                    ri,
+                    r.start as usize + e,
+                    counts,
+                    hits,
+                );
             }
         }
         while iban != 0 {
@@ -1272,10 +1260,7 @@ impl Engine {
             let r = regions[ri];
             let cell = &mut buf[r.start as usize..r.end as usize];
             if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
-                hits.add_at(Builtin::Iban, ri as u32, 1);
-                counts[ri] += 1;
-                st.hits += 1;
-                st.skip_until = st.skip_until.max(r.start as usize + e);
+                st.found(Builtin::Iban, ri, r.start as usize + e, counts, hits);
             }
         }
         if m.digit == 0 && !st.run.active {
@@ -1485,10 +1470,24 @@ impl Engine {
         }
     }
 
-    /// `F`: compiled with the fast features (see `classify_chunk`).
+    /// The e-mail validator for the `@` at `p` of `cell`, by AVX-512 in the
+    /// scan copies compiled with the fast features (`F == 2`, see
+    /// `classify_chunk`).
+    #[inline(always)]
+    fn email<const F: u8>(&self, cell: &mut [u8], p: usize) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if F == 2 {
+            // SAFETY: the copies with `F == 2` run only when `fast` is 2:
+            // the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT (`fast_scan`).
+            return unsafe { detect::email_avx512(cell, p, &self.fmt) };
+        }
+        detect::email(cell, p, &self.fmt)
+    }
+
+    /// Every anchor but `@` (which `block_slow` validates itself).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn anchor<const F: u8>(
+    fn anchor(
         &self,
         buf: &mut [u8],
         r: Region,
@@ -1510,20 +1509,6 @@ impl Engine {
         let cell = &mut buf[s..r.end as usize];
         let p = pos - s;
         let found: Option<(usize, Builtin)> = match cell[p] {
-            b'@' => {
-                #[cfg(target_arch = "x86_64")]
-                let end = if F == 2 {
-                    // SAFETY: the copies with `F == 2` run only when `fast`
-                    // is 2: the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT
-                    // (`fast_scan`).
-                    unsafe { detect::email_avx512(cell, p, f) }
-                } else {
-                    detect::email(cell, p, f)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let end = detect::email(cell, p, f);
-                end.map(|e| (e, Builtin::Email))
-            }
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
             b'_' => {
@@ -1563,10 +1548,7 @@ impl Engine {
             _ => None,
         };
         if let Some((end, rule)) = found {
-            hits.add_at(rule, ri as u32, 1);
-            counts[ri] += 1;
-            st.hits += 1;
-            st.skip_until = st.skip_until.max(s + end);
+            st.found(rule, ri, s + end, counts, hits);
         }
     }
 }
@@ -1585,6 +1567,16 @@ struct ScanState {
 }
 
 impl ScanState {
+    /// A value found by `rule` in region `ri`, ending at buffer offset
+    /// `end` (anchors before it are skipped).
+    #[inline(always)]
+    fn found(&mut self, rule: Builtin, ri: usize, end: usize, counts: &mut [u32], hits: &mut Hits) {
+        hits.add_at(rule, ri as u32, 1);
+        counts[ri] += 1;
+        self.hits += 1;
+        self.skip_until = self.skip_until.max(end);
+    }
+
     /// Whether the bytes from `pos` on are unchanged since classification
     /// (so the block masks describe them).
     #[inline(always)]

@@ -74,6 +74,8 @@ pub enum ColumnPlan {
 }
 
 impl ColumnPlan {
+    /// Whether a non-NULL value makes the row a rewritten frame (its
+    /// length changes, or it is printed as text).
     fn rewrites(self) -> bool {
         matches!(
             self,
@@ -564,10 +566,12 @@ pub fn mask_data_row(
             .ok_or(E)?;
         let v = &mut body[at..end];
         at = end;
-        let hit = match plan.cols[i].plan {
+        let p = plan.cols[i].plan;
+        // (A non-NULL value of a column whose plan changes its length.)
+        rewrite |= p.rewrites();
+        let hit = match p {
             ColumnPlan::Skip => 0,
             ColumnPlan::Detect { from } | ColumnPlan::DetectAsText { from } => {
-                rewrite |= matches!(plan.cols[i].plan, ColumnPlan::DetectAsText { .. });
                 // Scanned below, all cells of the row in one pass.
                 let from = (from as usize).min(v.len());
                 if from < v.len() {
@@ -591,13 +595,9 @@ pub fn mask_data_row(
             }
             ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed(r) => {
                 hits.add_at(r, i as u32, 1);
-                rewrite = true;
                 1
             }
-            ColumnPlan::AsText => {
-                rewrite = true;
-                0
-            }
+            ColumnPlan::AsText => 0,
         };
         if hit > 0 {
             plan.column_hits[i] += hit;
