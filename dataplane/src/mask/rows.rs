@@ -224,10 +224,18 @@ pub struct RowPlan {
     cols: Vec<Column>,
     names: Vec<u8>,
     column_hits: Vec<u64>,
-    /// Scratch for one row: the cells to scan, their columns, their hits.
+    /// Scratch for one row: the cells to scan, their columns, their hits
+    /// (at most one region per column: one slot per column, never resized
+    /// per row).
     regions: Vec<Region>,
     region_cols: Vec<u32>,
     region_hits: Vec<u32>,
+    /// Per column: the byte of its values the detectors scan from
+    /// (`Detect`'s `from`), or [`NO_SCAN`].
+    scan_from: Vec<u32>,
+    /// Every column is `Skip` or `Detect`: rows take [`detect_regions`],
+    /// the column walk without a branch per plan.
+    scan_only: bool,
     work: bool,
     rewrites: bool,
     /// Some column is shown as `text` ([`RowPlan::retype_description`]).
@@ -365,9 +373,23 @@ impl RowPlan {
         self.retypes = self.cols.iter().any(|c| retyped(c.oid, c.rule));
         self.column_hits.clear();
         self.column_hits.resize(self.cols.len(), 0);
-        // At most one region per column: zeroed per row, never resized.
+        let n = self.cols.len();
+        self.regions.clear();
+        self.regions.resize(n, Region { start: 0, end: 0 });
+        self.region_cols.clear();
+        self.region_cols.resize(n, 0);
         self.region_hits.clear();
-        self.region_hits.resize(self.cols.len(), 0);
+        self.region_hits.resize(n, 0);
+        self.scan_from.clear();
+        self.scan_from
+            .extend(self.cols.iter().map(|c| match c.plan {
+                ColumnPlan::Detect { from } => u32::from(from),
+                _ => NO_SCAN,
+            }));
+        self.scan_only = self
+            .cols
+            .iter()
+            .all(|c| matches!(c.plan, ColumnPlan::Skip | ColumnPlan::Detect { .. }));
     }
 
     /// Forget the current result set.
@@ -501,6 +523,46 @@ pub enum RowOutcome {
     Rewritten,
 }
 
+/// [`RowPlan`]'s `scan_from` for a column that is not scanned.
+const NO_SCAN: u32 = u32::MAX;
+
+/// The column walk of [`mask_data_row`] for a plan whose columns are all
+/// `Skip` or `Detect` (`scan_from`: one entry per column, as many as the
+/// row has): the cells to scan go to `regions` and their columns to
+/// `cols` (both at least as long as `scan_from`); returns how many.
+/// Without a branch per column on its plan or on NULL: each slot is
+/// written, and kept when the value has bytes from `from` on (a NULL has
+/// none, a skipped column's `from` is past any value), so the loop waits
+/// only for each length word.
+fn detect_regions(
+    scan_from: &[u32],
+    body: &[u8],
+    regions: &mut [Region],
+    cols: &mut [u32],
+) -> Result<usize, RowError> {
+    const E: RowError = RowError::Malformed("DataRow");
+    let mut at = 2;
+    let mut k = 0;
+    for (i, &from) in scan_from.iter().enumerate() {
+        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
+        at += 4;
+        let len = len.max(0) as usize;
+        let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
+        let from = (from as usize).min(len);
+        *regions.get_mut(k).ok_or(E)? = Region {
+            start: (at + from) as u32,
+            end: end as u32,
+        };
+        *cols.get_mut(k).ok_or(E)? = i as u32;
+        k += usize::from(from < len);
+        at = end;
+    }
+    if at != body.len() {
+        return Err(E);
+    }
+    Ok(k)
+}
+
 #[inline]
 fn be_i32(b: &[u8]) -> i32 {
     i32::from_be_bytes([b[0], b[1], b[2], b[3]])
@@ -521,6 +583,88 @@ fn mask_chars(v: &mut [u8], keep: usize, ch: u8) {
         return;
     }
     v[..cut].fill(ch);
+}
+
+/// What the column walk of [`mask_data_row`] found: how many cells to scan
+/// (in the plan's `regions` and `region_cols`), whether a column rule
+/// changed a value in place, and whether the row is to be rewritten.
+struct Walk {
+    regions: usize,
+    changed: bool,
+    rewrite: bool,
+}
+
+/// The column walk of [`mask_data_row`] for any plan: column rules that
+/// keep the length are applied in place; the cells to scan are listed.
+fn walk_columns(
+    engine: &Engine,
+    plan: &mut RowPlan,
+    body: &mut [u8],
+    hits: &mut Hits,
+) -> Result<Walk, RowError> {
+    const E: RowError = RowError::Malformed("DataRow");
+    let ch = engine.mask_char();
+    let mut at = 2;
+    let mut walk = Walk {
+        regions: 0,
+        changed: false,
+        rewrite: false,
+    };
+    for i in 0..plan.cols.len() {
+        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
+        at += 4;
+        if len < 0 {
+            continue;
+        }
+        let end = at
+            .checked_add(len as usize)
+            .filter(|&e| e <= body.len())
+            .ok_or(E)?;
+        let v = &mut body[at..end];
+        at = end;
+        let p = plan.cols[i].plan;
+        // (A non-NULL value of a column whose plan changes its length.)
+        walk.rewrite |= p.rewrites();
+        let hit = match p {
+            ColumnPlan::Skip => 0,
+            ColumnPlan::Detect { from } | ColumnPlan::DetectAsText { from } => {
+                // Scanned after the walk, all cells of the row in one pass.
+                let from = (from as usize).min(v.len());
+                if from < v.len() {
+                    plan.regions[walk.regions] = Region {
+                        start: (end - v.len() + from) as u32,
+                        end: end as u32,
+                    };
+                    plan.region_cols[walk.regions] = i as u32;
+                    walk.regions += 1;
+                }
+                0
+            }
+            ColumnPlan::MaskAll(r) => {
+                mask_chars(v, 0, ch);
+                hits.add_at(r, i as u32, 1);
+                1
+            }
+            ColumnPlan::KeepLast(k, r) => {
+                mask_chars(v, k as usize, ch);
+                hits.add_at(r, i as u32, 1);
+                1
+            }
+            ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed(r) => {
+                hits.add_at(r, i as u32, 1);
+                1
+            }
+            ColumnPlan::AsText => 0,
+        };
+        if hit > 0 {
+            plan.column_hits[i] += hit;
+            walk.changed = true;
+        }
+    }
+    if at != body.len() {
+        return Err(E);
+    }
+    Ok(walk)
 }
 
 /// Apply `plan` to one DataRow body (after tag and length).
@@ -548,83 +692,42 @@ pub fn mask_data_row(
             want: plan.cols.len(),
         });
     }
-    let mut at = 2;
-    let mut changed = false;
-    let mut rewrite = false;
-    let ch = engine.mask_char();
-    plan.regions.clear();
-    plan.region_cols.clear();
-    for i in 0..n {
-        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
-        at += 4;
-        if len < 0 {
-            continue;
-        }
-        let end = at
-            .checked_add(len as usize)
-            .filter(|&e| e <= body.len())
-            .ok_or(E)?;
-        let v = &mut body[at..end];
-        at = end;
-        let p = plan.cols[i].plan;
-        // (A non-NULL value of a column whose plan changes its length.)
-        rewrite |= p.rewrites();
-        let hit = match p {
-            ColumnPlan::Skip => 0,
-            ColumnPlan::Detect { from } | ColumnPlan::DetectAsText { from } => {
-                // Scanned below, all cells of the row in one pass.
-                let from = (from as usize).min(v.len());
-                if from < v.len() {
-                    plan.regions.push(Region {
-                        start: (end - v.len() + from) as u32,
-                        end: end as u32,
-                    });
-                    plan.region_cols.push(i as u32);
-                }
-                0
-            }
-            ColumnPlan::MaskAll(r) => {
-                mask_chars(v, 0, ch);
-                hits.add_at(r, i as u32, 1);
-                1
-            }
-            ColumnPlan::KeepLast(k, r) => {
-                mask_chars(v, k as usize, ch);
-                hits.add_at(r, i as u32, 1);
-                1
-            }
-            ColumnPlan::Hash(r) | ColumnPlan::Null(r) | ColumnPlan::Printed(r) => {
-                hits.add_at(r, i as u32, 1);
-                1
-            }
-            ColumnPlan::AsText => 0,
-        };
-        if hit > 0 {
-            plan.column_hits[i] += hit;
-            changed = true;
-        }
+    if plan.regions.len() < n || plan.region_cols.len() < n || plan.region_hits.len() < n {
+        // (A plan left half-built by a RowDescription that failed.)
+        plan.regions.resize(n, Region { start: 0, end: 0 });
+        plan.region_cols.resize(n, 0);
+        plan.region_hits.resize(n, 0);
     }
-    if at != body.len() {
-        return Err(E);
-    }
-    if !plan.regions.is_empty() {
-        if plan.region_hits.len() < plan.regions.len() {
-            // (A plan left half-built by a RowDescription that failed.)
-            plan.region_hits.resize(plan.regions.len(), 0);
+    let walk = if plan.scan_only && plan.scan_from.len() == n {
+        Walk {
+            regions: detect_regions(
+                &plan.scan_from,
+                body,
+                &mut plan.regions,
+                &mut plan.region_cols,
+            )?,
+            changed: false,
+            rewrite: false,
         }
-        let region_hits = &mut plan.region_hits[..plan.regions.len()];
+    } else {
+        walk_columns(engine, plan, body, hits)?
+    };
+    let (k, mut changed, rewrite) = (walk.regions, walk.changed, walk.rewrite);
+    if k > 0 {
+        let region_hits = &mut plan.region_hits[..k];
         region_hits.fill(0);
         let logged = hits.log_len();
-        if engine.mask_regions(body, &plan.regions, region_hits, hits) > 0 {
+        if engine.mask_regions(body, &plan.regions[..k], region_hits, hits) > 0 {
             changed = true;
+            let cols = &plan.region_cols[..k];
             // Logged hits name their region; make that the column.
             for h in hits.logged_since(logged) {
-                if let Some(&c) = plan.region_cols.get(h.at as usize) {
+                if let Some(&c) = cols.get(h.at as usize) {
                     h.at = c;
                 }
             }
-            for (&c, &k) in plan.region_cols.iter().zip(&plan.region_hits) {
-                plan.column_hits[c as usize] += k as u64;
+            for (&c, &hit) in cols.iter().zip(&plan.region_hits[..k]) {
+                plan.column_hits[c as usize] += hit as u64;
             }
         }
     }
