@@ -1170,6 +1170,8 @@ columns:
   - {{ column: cust_ref, action: hash }}
   - {{ column: card_int, action: {{ keep_last: 4 }} }}
   - {{ column: seen_at, action: 'null' }}
+  - {{ column: placed_at, action: hash }}
+  - {{ column: placed_tail, action: {{ keep_last: 6 }} }}
 {extra_columns}
 hash_key: '{HASH_KEY}'
 "#
@@ -1351,6 +1353,50 @@ async fn column_rules_keep_last_mask_hash_and_null() {
         "typed rules, extended (binary)",
         &got,
         &(1..=3).map(want_typed).collect::<Vec<_>>(),
+    );
+
+    // A timestamptz under a rule reads in the session's TimeZone in binary
+    // results too, as in text results: the gateway follows the TimeZone the
+    // server reports (at startup and after a SET), so a hashed time is the
+    // same whichever format the client asked for.
+    let times = "select timestamptz '2024-07-01 12:00:00+00' as placed_at, \
+                 timestamptz '2024-01-15 12:00:00.25+00' as placed_tail";
+    // (The second column keeps its last 6 characters.)
+    let zoned = |at: &str, tail: &str| {
+        let (masked, kept) = tail.split_at(tail.len() - 6);
+        vec![vec![
+            Some(hmac_hex(HASH_KEY, at)),
+            Some(format!("{}{kept}", "*".repeat(masked.len()))),
+        ]]
+    };
+    let binary = |rows: Vec<Row>| -> Vec<TextRow> {
+        rows.iter().map(|r| vec![r.get(0), r.get(1)]).collect()
+    };
+    c.batch_execute("set TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
+    let want = zoned("2024-07-01 08:00:00-04", "2024-01-15 07:00:00.25-05");
+    assert_rows("session zone, simple", &simple_rows(&c, times).await, &want);
+    assert_rows(
+        "session zone, extended (binary)",
+        &binary(c.query(times, &[]).await.unwrap()),
+        &want,
+    );
+    // A zone set at startup, as a POSIX offset (`+05:30` is west of
+    // Greenwich there, and in PostgreSQL).
+    let mut cfg = gw.agent_config();
+    cfg.options("-c TimeZone=+05:30");
+    let c2 = connect(&cfg).await.unwrap();
+    let want = zoned("2024-07-01 06:30:00-05:30", "2024-01-15 06:30:00.25-05:30");
+    assert_rows(
+        "startup zone, simple",
+        &simple_rows(&c2, times).await,
+        &want,
+    );
+    assert_rows(
+        "startup zone, extended (binary)",
+        &binary(c2.query(times, &[]).await.unwrap()),
+        &want,
     );
 
     // A unique violation on `ssn` quotes the bare number: masked whole.

@@ -7,6 +7,7 @@
 //! Masking calls it too, for a column rule on a binary result value of a
 //! non-text type (`mask::rows`).
 
+use jiff::tz::TimeZone;
 use std::fmt::Write;
 
 /// Type OIDs whose binary values are read as text here.
@@ -64,14 +65,30 @@ const ARRAYS: [(u32, u32); 21] = [
 const MAX_DIMS: usize = 6;
 
 /// A binary-format value of type `oid` as text, the way PostgreSQL prints
-/// it, with these differences: floats as plain decimals (exponents only
-/// for very large or small values), and `timestamptz` in UTC (`+00`), since
-/// the session's `TimeZone` is not followed here. `None`: a type not read
-/// here, bytes that are not a valid value of it, text that is not UTF-8,
-/// or a `numeric` that would print longer than `room`. `cut`: only the
-/// first bytes were kept. An array stops once it has printed more than
-/// `room` (the caller cuts it to `room` and marks it cut).
+/// it with `DateStyle` ISO, with this difference: floats as plain decimals
+/// (exponents only for very large or small values). `timestamptz` values
+/// print in UTC (`+00`): the form the audit trail keeps, whatever the
+/// session's `TimeZone` (see [`binary_text_in`] for a session's form).
+/// `None`: a type not read here, bytes that are not a valid value of it,
+/// text that is not UTF-8, or a `numeric` that would print longer than
+/// `room`. `cut`: only the first bytes were kept. An array stops once it
+/// has printed more than `room` (the caller cuts it to `room` and marks it
+/// cut).
 pub(crate) fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
+    binary_text_in(oid, v, cut, room, None)
+}
+
+/// [`binary_text`], with `timestamptz` values (and arrays of them) printed
+/// in `zone` (the session's `TimeZone`), as PostgreSQL would print them in
+/// text results: local time, then the offset (`-05`, `+05:30`, `+00:53:28`
+/// for local mean time). `None`: in UTC.
+pub(crate) fn binary_text_in(
+    oid: u32,
+    v: &[u8],
+    cut: bool,
+    room: usize,
+    zone: Option<&TimeZone>,
+) -> Option<String> {
     let fixed = |n: usize| (!cut && v.len() == n).then_some(());
     Some(match oid {
         oid::BOOL => {
@@ -148,7 +165,11 @@ pub(crate) fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<
                 i64::MIN => "-infinity".into(),
                 _ => {
                     let mut s = String::with_capacity(32);
-                    push_timestamp(&mut s, us, oid == oid::TIMESTAMPTZ);
+                    if oid == oid::TIMESTAMPTZ {
+                        push_timestamptz(&mut s, us, zone);
+                    } else {
+                        push_timestamp(&mut s, us, None);
+                    }
                     s
                 }
             }
@@ -165,7 +186,7 @@ pub(crate) fn binary_text(oid: u32, v: &[u8], cut: bool, room: usize) -> Option<
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => utf8_text(v)?,
         _ => {
             let elem = ARRAYS.iter().find(|&&(a, _)| a == oid)?.1;
-            array_text(elem, v, cut, room)?
+            array_text(elem, v, cut, room, zone)?
         }
     })
 }
@@ -317,16 +338,80 @@ fn push_clock(s: &mut String, us: u64) {
     }
 }
 
-fn push_timestamp(s: &mut String, us: i64, utc: bool) {
+/// A timestamp (microseconds from 2000-01-01) as `YYYY-MM-DD HH:MM:SS`,
+/// then the UTC offset in seconds (if given) the way PostgreSQL prints it:
+/// `+HH`, `+HH:MM` when there are minutes, `+HH:MM:SS` when there are
+/// seconds. ` BC` goes last.
+fn push_timestamp(s: &mut String, us: i64, offset: Option<i32>) {
     let days = us.div_euclid(US_PER_DAY);
     let bc = push_date_part(s, days);
     s.push(' ');
     push_clock(s, us.rem_euclid(US_PER_DAY) as u64);
-    if utc {
-        s.push_str("+00");
+    if let Some(off) = offset {
+        let a = off.unsigned_abs();
+        let sign = if off < 0 { '-' } else { '+' };
+        let _ = write!(s, "{sign}{:02}", a / 3600);
+        if a % 3600 != 0 {
+            let _ = write!(s, ":{:02}", a / 60 % 60);
+        }
+        if a % 60 != 0 {
+            let _ = write!(s, ":{:02}", a % 60);
+        }
     }
     if bc {
         s.push_str(" BC");
+    }
+}
+
+/// The time zone a `TimeZone` ParameterStatus names, read as PostgreSQL
+/// reads the setting: a name in the system's time zone database
+/// (`America/New_York`, `UTC`), else a POSIX TZ string (`<+05:30>-05:30`,
+/// PostgreSQL's form for `SET TIME ZONE INTERVAL '+05:30'`; `UTC+3`; a
+/// bare `+05:30`, which POSIX reads as five and a half hours *west* of
+/// Greenwich, as PostgreSQL does). `None` when none of these reads (no
+/// database on this host): UTC is used.
+pub(crate) fn session_zone(name: &[u8]) -> Option<TimeZone> {
+    let name = std::str::from_utf8(name).ok()?;
+    if let Ok(z) = TimeZone::get(name) {
+        return Some(z);
+    }
+    // POSIX allows letters, digits, `+` and `-` in a quoted abbreviation;
+    // PostgreSQL writes `<+05:30>`. Only the offset after it matters here.
+    let mut posix = String::with_capacity(name.len() + 5);
+    if name.starts_with(|c: char| c == '+' || c == '-' || c.is_ascii_digit()) {
+        // An offset without a name.
+        posix.push_str("<UNK>");
+    }
+    let mut quoted = false;
+    for c in name.chars() {
+        match c {
+            '<' => quoted = true,
+            '>' => quoted = false,
+            ':' if quoted => continue,
+            _ => {}
+        }
+        posix.push(c);
+    }
+    TimeZone::posix(&posix).ok()
+}
+
+/// Microseconds from 1970-01-01 (Unix) to 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_UNIX_US: i64 = 946_684_800 * 1_000_000;
+
+/// A `timestamptz` (microseconds from 2000-01-01 UTC) in `zone`'s local
+/// time with its offset then, or in UTC when `zone` is `None` or the
+/// instant lies outside what the time zone library covers (years beyond
+/// ±9999).
+fn push_timestamptz(s: &mut String, us: i64, zone: Option<&TimeZone>) {
+    let offset = zone
+        .and_then(|z| {
+            let t = jiff::Timestamp::from_microsecond(us.checked_add(PG_EPOCH_UNIX_US)?).ok()?;
+            Some(z.to_offset(t).seconds())
+        })
+        .unwrap_or(0);
+    match us.checked_add(i64::from(offset) * 1_000_000) {
+        Some(local) => push_timestamp(s, local, Some(offset)),
+        None => push_timestamp(s, us, Some(0)),
     }
 }
 
@@ -373,7 +458,13 @@ fn interval_text(us: i64, days: i32, months: i32) -> String {
 /// braces per dimension, `[2:3]=` in front when a lower bound is not 1.
 /// `None` when the header is malformed, names another element type, or
 /// an element cannot be read; a cut value prints as far as its bytes go.
-fn array_text(elem: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
+fn array_text(
+    elem: u32,
+    v: &[u8],
+    cut: bool,
+    room: usize,
+    zone: Option<&TimeZone>,
+) -> Option<String> {
     let int = |at: usize| {
         v.get(at..at + 4)
             .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
@@ -400,7 +491,7 @@ fn array_text(elem: u32, v: &[u8], cut: bool, room: usize) -> Option<String> {
         s.push('=');
     }
     let mut at = 12 + 8 * ndim;
-    match write_dim(&mut s, dims, elem, v, &mut at, room) {
+    match write_dim(&mut s, dims, (elem, zone), v, &mut at, room) {
         Walk::Done | Walk::Full => Some(s),
         Walk::Short if cut => Some(s),
         Walk::Short | Walk::Bad => None,
@@ -420,7 +511,7 @@ enum Walk {
 fn write_dim(
     s: &mut String,
     dims: &[(usize, i32)],
-    elem: u32,
+    (elem, zone): (u32, Option<&TimeZone>),
     v: &[u8],
     at: &mut usize,
     room: usize,
@@ -434,7 +525,7 @@ fn write_dim(
             return Walk::Full;
         }
         if dims.len() > 1 {
-            match write_dim(s, &dims[1..], elem, v, at, room) {
+            match write_dim(s, &dims[1..], (elem, zone), v, at, room) {
                 Walk::Done => continue,
                 other => return other,
             }
@@ -454,7 +545,7 @@ fn write_dim(
             return Walk::Short;
         };
         *at += len as usize;
-        let Some(t) = binary_text(elem, bytes, false, room.saturating_sub(s.len())) else {
+        let Some(t) = binary_text_in(elem, bytes, false, room.saturating_sub(s.len()), zone) else {
             return Walk::Bad;
         };
         push_element(s, &t);
@@ -587,6 +678,81 @@ mod tests {
 
     fn ts(oid: u32, us: i64) -> Option<String> {
         binary_text(oid, &us.to_be_bytes(), false, 64)
+    }
+
+    #[test]
+    fn timestamptz_prints_in_the_session_zone() {
+        const S: i64 = 1_000_000;
+        const DAY: i64 = 86_400 * S;
+        let at = |z: &str, us: i64| {
+            let zone = session_zone(z.as_bytes()).unwrap_or_else(|| panic!("zone {z}"));
+            binary_text_in(oid::TIMESTAMPTZ, &us.to_be_bytes(), false, 64, Some(&zone)).unwrap()
+        };
+        // 2024-07-01 12:00 UTC (day 8948) and 2024-01-15 12:00 UTC (day
+        // 8780), in a zone with daylight saving time (POSIX rules: no
+        // database needed).
+        let us_eastern = "EST5EDT,M3.2.0,M11.1.0";
+        assert_eq!(
+            at(us_eastern, 8948 * DAY + 12 * 3600 * S),
+            "2024-07-01 08:00:00-04"
+        );
+        assert_eq!(
+            at(us_eastern, 8780 * DAY + 12 * 3600 * S),
+            "2024-01-15 07:00:00-05"
+        );
+        // The local date may be the day before; fractions stay.
+        assert_eq!(
+            at(us_eastern, 2 * 3600 * S + S / 4),
+            "1999-12-31 21:00:00.25-05"
+        );
+        // Offsets with minutes and seconds print as PostgreSQL does; a
+        // numeric zone as PostgreSQL reports it.
+        assert_eq!(at("<+0530>-5:30", 0), "2000-01-01 05:30:00+05:30");
+        assert_eq!(at("<+05:30>-05:30", 0), "2000-01-01 05:30:00+05:30");
+        assert_eq!(
+            at("<-00:19:32>+00:19:32", 0),
+            "1999-12-31 23:40:28-00:19:32"
+        );
+        assert_eq!(at("<+03>-03", 0), "2000-01-01 03:00:00+03");
+        assert_eq!(at("UTC+3", 0), "1999-12-31 21:00:00-03");
+        assert_eq!(at("+05:30", 0), "1999-12-31 18:30:00-05:30");
+        // Names from the system's database (PostgreSQL's output for the
+        // same instants: local mean time in 1900, summer time in 2024).
+        assert_eq!(at("UTC", 0), "2000-01-01 00:00:00+00");
+        let y1900 = -36_524 * DAY + 12 * 3600 * S;
+        assert_eq!(
+            at("Europe/Amsterdam", y1900),
+            "1900-01-01 12:19:32+00:19:32"
+        );
+        assert_eq!(at("America/New_York", y1900), "1900-01-01 07:00:00-05");
+        assert_eq!(
+            at("Europe/Amsterdam", 8948 * DAY + 12 * 3600 * S),
+            "2024-07-01 14:00:00+02"
+        );
+        // Infinity stays; beyond the library's years, UTC.
+        assert_eq!(at(us_eastern, i64::MAX), "infinity");
+        let far = 30_000 * 365 * DAY; // ~year 32000
+        let far_text = at(us_eastern, far);
+        assert!(far_text.ends_with("+00"), "{far_text}");
+        assert!(session_zone(b"No/Such_Zone!").is_none());
+        // Arrays of timestamptz follow the zone too.
+        let mut arr = Vec::new();
+        for w in [1i32, 0, 1184, 2, 1] {
+            arr.extend_from_slice(&w.to_be_bytes());
+        }
+        for us in [8948 * DAY, 8780 * DAY] {
+            arr.extend_from_slice(&8i32.to_be_bytes());
+            arr.extend_from_slice(&(us + 12 * 3600 * S).to_be_bytes());
+        }
+        let zone = session_zone(us_eastern.as_bytes()).unwrap();
+        assert_eq!(
+            binary_text_in(1185, &arr, false, 256, Some(&zone)).as_deref(),
+            Some(r#"{"2024-07-01 08:00:00-04","2024-01-15 07:00:00-05"}"#)
+        );
+        assert_eq!(
+            binary_text(1185, &arr, false, 256).as_deref(),
+            Some(r#"{"2024-07-01 12:00:00+00","2024-01-15 12:00:00+00"}"#)
+        );
     }
 
     #[test]

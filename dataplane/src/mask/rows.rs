@@ -33,6 +33,8 @@ use super::detect;
 use super::engine::{Engine, Hits, Region, RuleId};
 use super::profile::ColumnAction;
 use crate::protocol::tag;
+use jiff::tz::TimeZone;
+use std::cell::OnceCell;
 
 /// A DataRow, CopyData or error body that is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -240,11 +242,48 @@ pub struct RowPlan {
     rewrites: bool,
     /// Some column is shown as `text` ([`RowPlan::retype_description`]).
     retypes: bool,
+    /// The session's `TimeZone` as the target reported it, and the time zone
+    /// it names once a binary `timestamptz` had to be printed as text
+    /// (`None` in the cell: UTC). Resolved on first use, so sessions that
+    /// never need it never look it up.
+    zone_name: Vec<u8>,
+    zone: OnceCell<Option<TimeZone>>,
 }
 
 impl RowPlan {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The session's `TimeZone` (ParameterStatus): binary `timestamptz`
+    /// values a column rule turns into text print in it, as text results
+    /// do, so a hashed or partly kept time reads the same in both formats.
+    /// A name this host cannot resolve leaves UTC (and says so).
+    pub fn set_time_zone(&mut self, name: &[u8]) {
+        if self.zone_name != name {
+            self.zone_name.clear();
+            self.zone_name.extend_from_slice(name);
+            self.zone = OnceCell::new();
+        }
+    }
+
+    /// The session's time zone (`None`: UTC, also when none was reported).
+    fn zone(&self) -> Option<&TimeZone> {
+        self.zone
+            .get_or_init(|| {
+                if self.zone_name.is_empty() {
+                    return None;
+                }
+                let z = crate::audit::binval::session_zone(&self.zone_name);
+                if z.is_none() {
+                    tracing::warn!(
+                        zone = %String::from_utf8_lossy(&self.zone_name),
+                        "session TimeZone not in this host's time zone database; binary timestamptz values under column rules print in UTC"
+                    );
+                }
+                z
+            })
+            .as_ref()
     }
 
     /// Build the plan from a RowDescription body (after tag and length).
@@ -759,10 +798,10 @@ pub fn mask_data_row(
                 engine.hash_into(v, out);
             }
             (ColumnPlan::Printed(_), Some(v)) => {
-                printed(engine, c.oid, c.rule.map(|r| r.1), v, out)
+                printed(engine, (c.oid, plan.zone()), c.rule.map(|r| r.1), v, out)
             }
             (ColumnPlan::AsText | ColumnPlan::DetectAsText { .. }, Some(v)) => {
-                printed(engine, c.oid, None, v, out)
+                printed(engine, (c.oid, plan.zone()), None, v, out)
             }
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
@@ -780,11 +819,18 @@ pub fn mask_data_row(
 /// can print to thousands of digits); longer ones become NULL.
 const PRINTED_MAX: usize = 1 << 16;
 
-/// A binary value of type `oid` as text with a column rule's `action` (if
-/// any) applied, written to `out` as a DataRow cell (length word and
-/// bytes); NULL when the type's binary form is not read here.
-fn printed(engine: &Engine, oid: u32, action: Option<ColumnAction>, v: &[u8], out: &mut Vec<u8>) {
-    let Some(text) = crate::audit::binval::binary_text(oid, v, false, PRINTED_MAX)
+/// A binary value of type `oid` as text (a `timestamptz` in `zone`, the
+/// session's) with a column rule's `action` (if any) applied, written to
+/// `out` as a DataRow cell (length word and bytes); NULL when the type's
+/// binary form is not read here.
+fn printed(
+    engine: &Engine,
+    (oid, zone): (u32, Option<&TimeZone>),
+    action: Option<ColumnAction>,
+    v: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let Some(text) = crate::audit::binval::binary_text_in(oid, v, false, PRINTED_MAX, zone)
         .filter(|t| t.len() <= PRINTED_MAX)
     else {
         out.extend_from_slice(&(-1i32).to_be_bytes());

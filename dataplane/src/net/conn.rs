@@ -382,7 +382,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         &cancel_target,
         &session,
         audit.as_ref(),
-        encoding.as_deref(),
+        (encoding.as_deref(), ready.time_zone.as_deref()),
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -779,7 +779,8 @@ async fn relay(
     cancel: &CancelTarget,
     session: &SessionRequest,
     audit: Option<&SessionAudit<'_>>,
-    client_encoding: Option<&[u8]>,
+    // The client encoding and TimeZone the target reported at startup.
+    (client_encoding, time_zone): (Option<&[u8]>, Option<&[u8]>),
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -794,6 +795,9 @@ async fn relay(
                 TargetMasker::for_session(session.masking.clone(), limits.max_frame_bytes as usize);
             if let Some(enc) = client_encoding {
                 m.set_client_encoding(enc);
+            }
+            if let Some(tz) = time_zone {
+                m.set_time_zone(tz);
             }
             if let Some(a) = audit {
                 // Masked counts per statement, and masked SQL text and

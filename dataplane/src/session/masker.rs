@@ -299,6 +299,13 @@ impl TargetMasker {
             (!ascii_safe_encoding(name)).then(|| String::from_utf8_lossy(name).into_owned());
     }
 
+    /// The session's `TimeZone` the target reported (ParameterStatus, at
+    /// startup and after a `SET`): binary `timestamptz` values that column
+    /// rules turn into text print in it.
+    pub fn set_time_zone(&mut self, name: &[u8]) {
+        self.plan.set_time_zone(name);
+    }
+
     /// The client encoding, when masking cannot work in it (results must
     /// then not be sent while masking is on).
     pub fn unsafe_encoding(&self) -> Option<&str> {
@@ -451,12 +458,16 @@ impl TargetMasker {
             }
             let body = &mut buf[at + 5..at + total];
             if t == b'S' {
-                if let Some((b"client_encoding", v)) = parameter_status(body) {
-                    self.set_client_encoding(v);
-                    if self.active && self.unsafe_encoding.is_some() {
-                        refused = true;
-                        break;
+                match parameter_status(body) {
+                    Some((b"client_encoding", v)) => {
+                        self.set_client_encoding(v);
+                        if self.active && self.unsafe_encoding.is_some() {
+                            refused = true;
+                            break;
+                        }
                     }
+                    Some((b"TimeZone", v)) => self.set_time_zone(v),
+                    _ => {}
                 }
             }
             match t {

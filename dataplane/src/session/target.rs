@@ -51,6 +51,8 @@ pub struct TargetReady {
     /// The last `client_encoding` the target reported (startup parameter,
     /// PGOPTIONS, a role or database default).
     pub client_encoding: Option<Vec<u8>>,
+    /// The last `TimeZone` the target reported.
+    pub time_zone: Option<Vec<u8>>,
 }
 
 pub struct TargetHandshake<'a> {
@@ -260,8 +262,12 @@ impl<'a> TargetHandshake<'a> {
             _ => {
                 // ParameterStatus, NoticeResponse, NegotiateProtocolVersion.
                 if msg_tag == tag::PARAMETER_STATUS {
-                    if let Some((b"client_encoding", v)) = backend::parameter_status(body) {
-                        self.ready.client_encoding = Some(v.to_vec());
+                    match backend::parameter_status(body) {
+                        Some((b"client_encoding", v)) => {
+                            self.ready.client_encoding = Some(v.to_vec())
+                        }
+                        Some((b"TimeZone", v)) => self.ready.time_zone = Some(v.to_vec()),
+                        _ => {}
                     }
                 }
                 backend::message(&mut self.ready.forward, msg_tag, body);
