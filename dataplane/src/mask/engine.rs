@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
-use super::detect::{self, DigitDetectors, Fmt};
+use super::detect::{self, DigitDetectors, DigitHits, Fmt};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
 };
@@ -1387,10 +1387,12 @@ impl Engine {
         let mut on = self.digits;
         // A card has 13 digits at least.
         on.card &= digits >= 13;
-        let h = detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt);
-        if h.card | h.ssn | h.phone | h.ipv4 != 0 {
-            st.dirty = st.dirty.max(end);
+        let mut h = DigitHits::default();
+        detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt, &mut h);
+        if h.card | h.ssn | h.phone | h.ipv4 == 0 {
+            return;
         }
+        st.dirty = st.dirty.max(end);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
