@@ -555,6 +555,13 @@ fn tokenize_bits(
     Some(ng)
 }
 
+/// A byte [`digit_run`] may start at (an earlier rewrite may have masked
+/// the first digit of a run: no group then).
+#[inline]
+pub(crate) fn digit_or_glue(b: u8) -> bool {
+    is(b, K_DIGIT | K_GLUE)
+}
+
 /// Look for cards, SSNs, phones and IPv4 addresses in the digit run that
 /// starts at `first` (a digit) and ends at most at `end`; mask them and
 /// add them to `hits` (which the caller zeroed).
@@ -575,8 +582,7 @@ pub(crate) fn digit_run(
     f: &Fmt,
     hits: &mut DigitHits,
 ) {
-    // An earlier rewrite may have masked the first digit: no group then.
-    if first >= end.min(buf.len()) || !is(buf[first], K_DIGIT | K_GLUE) {
+    if first >= end.min(buf.len()) || !digit_or_glue(buf[first]) {
         return;
     }
     let mut g = Groups::new();
