@@ -93,20 +93,43 @@ pub(crate) fn boundary_after(buf: &[u8], p: usize) -> bool {
 /// everything else, non-ASCII bytes included) become the mask character,
 /// except the last `keep` letters or digits.
 pub(crate) fn mask_range(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
+    #[cfg(target_arch = "x86_64")]
+    if start < end && end - start <= 96 && buf.len() >= 8 {
+        mask_short(buf, start, end, keep, f);
+        return;
+    }
     let s = &mut buf[start..end];
-    // The kept suffix: from the `keep`-th letter or digit from the end.
+    let cut = kept_from(s, keep);
+    mask_tables(s, cut, f);
+}
+
+/// Where the kept suffix of `s` starts: at its `keep`-th letter or digit
+/// from the end (0 when it has fewer; `s.len()` when `keep` is 0).
+#[inline]
+fn kept_from(s: &[u8], keep: usize) -> usize {
     let mut cut = s.len();
     let mut keep = keep;
     while keep > 0 && cut > 0 {
         cut -= 1;
         keep -= is(s[cut], K_ALNUM) as usize;
     }
-    #[cfg(target_arch = "x86_64")]
-    if !s.is_empty() && s.len() <= 96 {
-        mask_short(buf, start, end, start + cut, f);
-        return;
+    cut
+}
+
+/// [`kept_from`] of a range of `len` bytes (at most 32) whose letters and
+/// digits are the bits of `alnum` (bit `i` for byte `i`): the highest
+/// `keep` bits cleared one by one, without a load per byte.
+#[inline(always)]
+fn kept_from_bits(mut alnum: u32, len: usize, keep: usize) -> usize {
+    let mut cut = len;
+    for _ in 0..keep {
+        if alnum == 0 {
+            return 0;
+        }
+        cut = (31 - alnum.leading_zeros()) as usize;
+        alnum ^= 1 << cut;
     }
-    mask_tables(s, cut, f);
+    cut
 }
 
 /// [`mask_range`] of all of `s`, the kept suffix from `cut`, by tables.
@@ -127,31 +150,30 @@ fn mask_tables(s: &mut [u8], cut: usize, f: &Fmt) {
     }
 }
 
-/// [`mask_range`] of `start..end` (at most 96 bytes; the kept suffix from
-/// `cut`) by 16-byte vectors (SSE2): each byte's class and whether it lies
-/// in the head or the kept suffix decide, as the tables do. Buffers of 8 to
-/// 15 bytes are one vector of their first and last 8 bytes; shorter ones go
-/// to the tables. Loads never read what a store of this function just
-/// wrote (no store-forwarding stalls on overlapping chunks).
+/// [`mask_range`] of `start..end` (at most 96 bytes of a buffer of at
+/// least 8) by 16-byte vectors (SSE2): each byte's class and whether it
+/// lies in the head or the kept suffix decide, as the tables do. Buffers of
+/// 8 to 15 bytes are one vector of their first and last 8 bytes. A range
+/// of up to 16 bytes lies in the first vector, whose letter-and-digit mask
+/// gives the kept suffix ([`kept_from_bits`]); longer ones walk their bytes
+/// for it ([`kept_from`]). Loads never read what a store of this function
+/// just wrote (no store-forwarding stalls on overlapping chunks).
 #[cfg(target_arch = "x86_64")]
-fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
+fn mask_short(buf: &mut [u8], start: usize, end: usize, keep: usize, f: &Fmt) {
     use std::arch::x86_64::*;
-    debug_assert!(start < end && end - start <= 96 && (start..=end).contains(&cut));
     let n = buf.len();
-    if n < 8 {
-        mask_tables(&mut buf[start..end], cut - start, f);
-        return;
-    }
+    let len = end - start;
+    debug_assert!(start < end && len <= 96 && end <= n && n >= 8);
     // SAFETY: SSE2 is part of x86_64; every load and store is 16 bytes
     // inside `buf`.
     unsafe {
         let set = |c: u8| _mm_set1_epi8(c as i8);
         // `x`: 16 bytes; `k`: each one's position relative to `start`
-        // (within -15..=110).
-        let blend = |x: __m128i, k: __m128i| {
-            let before_cut = _mm_cmpgt_epi8(set((cut - start) as u8), k);
+        // (within -15..=110); `cut`: the kept suffix's, relative to `start`.
+        let blend = |x: __m128i, k: __m128i, cut: usize| {
+            let before_cut = _mm_cmpgt_epi8(set(cut as u8), k);
             let head = _mm_and_si128(_mm_cmpgt_epi8(k, set(0xff)), before_cut);
-            let tail = _mm_andnot_si128(before_cut, _mm_cmpgt_epi8(set((end - start) as u8), k));
+            let tail = _mm_andnot_si128(before_cut, _mm_cmpgt_epi8(set(len as u8), k));
             let alnum = alnum16(x);
             let (hc, tc) = if f.keep_punct {
                 let hi = _mm_cmplt_epi8(x, _mm_setzero_si128());
@@ -174,6 +196,10 @@ fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
             let sel = _mm_or_si128(_mm_and_si128(head, hc), _mm_and_si128(tail, tc));
             _mm_or_si128(_mm_andnot_si128(sel, x), _mm_and_si128(sel, set(f.ch)))
         };
+        // Letters and digits of the range, from those of a vector whose
+        // bits are bytes `at..at + 16` of `buf` (`at <= start`; only for
+        // ranges of up to 16 bytes).
+        let range_bits = |alnum: u32, at: usize| (alnum >> (start - at)) & ((1u32 << len) - 1);
         let idx = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let p = buf.as_mut_ptr();
         if n >= 16 {
@@ -184,8 +210,15 @@ fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
             let mut at = start;
             let mut q = at.min(n - 16);
             let mut x = _mm_loadu_si128(p.add(q) as *const __m128i);
+            let cut = if len <= 16 {
+                // (`q <= start` and `end <= q + 16`.)
+                let alnum = _mm_movemask_epi8(alnum16(x)) as u32;
+                kept_from_bits(range_bits(alnum, q), len, keep)
+            } else {
+                kept_from(&buf[start..end], keep)
+            };
             loop {
-                let out = blend(x, _mm_add_epi8(idx, set(q.wrapping_sub(start) as u8)));
+                let out = blend(x, _mm_add_epi8(idx, set(q.wrapping_sub(start) as u8)), cut);
                 at += 16;
                 if at >= end {
                     _mm_storeu_si128(p.add(q) as *mut __m128i, out);
@@ -199,8 +232,11 @@ fn mask_short(buf: &mut [u8], start: usize, end: usize, cut: usize, f: &Fmt) {
             }
         } else {
             let (x, k) = split16(buf);
-            let k = _mm_sub_epi8(k, set(start as u8));
-            let out = blend(x, k);
+            // Lanes 0–7 are bytes 0–7, lanes 8–15 bytes `n - 8..n`.
+            let alnum = _mm_movemask_epi8(alnum16(x)) as u32;
+            let bits = (alnum & 0xff) | (alnum >> 8) << (n - 8);
+            let cut = kept_from_bits(range_bits(bits, 0), len, keep);
+            let out = blend(x, _mm_sub_epi8(k, set(start as u8)), cut);
             let lo = _mm_cvtsi128_si64(out) as u64;
             let hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(out, out)) as u64;
             buf[..8].copy_from_slice(&lo.to_le_bytes());
@@ -310,18 +346,34 @@ pub(crate) const MAX_GROUPS: usize = 24;
 const WINDOW_OVERLAP: usize = 8;
 
 /// The separator before a digit group: its length (3 = longer) and first
-/// two bytes.
+/// two bytes, packed as `len | a << 8 | b << 16` (`b` is 0 unless `len` is
+/// 2 or more). One 32-bit word, so a group is written with whole-word
+/// stores and its separator read with one load: separate byte fields were
+/// written byte by byte and read back two at a time, a load that no
+/// single store could forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct Sep {
-    len: u8,
-    a: u8,
-    b: u8,
-}
+pub(crate) struct Sep(u32);
 
 impl Sep {
+    #[inline(always)]
+    fn new(len: usize, a: u8, b: u8) -> Sep {
+        Sep(len.min(3) as u32 | (a as u32) << 8 | (b as u32) << 16)
+    }
+    #[inline(always)]
+    fn len(self) -> usize {
+        (self.0 & 0xff) as usize
+    }
+    #[inline(always)]
+    fn a(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+    #[inline(always)]
+    fn b(self) -> u8 {
+        (self.0 >> 16) as u8
+    }
     #[inline]
     fn single(self, c: u8) -> bool {
-        self.len == 1 && self.a == c
+        self == Sep::new(1, c, 0)
     }
     /// Cards: one space or one dash.
     #[inline]
@@ -332,7 +384,7 @@ impl Sep {
     #[inline]
     fn phone(self) -> bool {
         let ok = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')');
-        (self.len == 1 && ok(self.a)) || (self.len == 2 && ok(self.a) && ok(self.b))
+        (self.len() == 1 && ok(self.a())) || (self.len() == 2 && ok(self.a()) && ok(self.b()))
     }
     /// National numbers: one space, dash or dot.
     #[inline]
@@ -441,12 +493,11 @@ fn tokenize(buf: &[u8], mut i: usize, end: usize, g: &mut Groups) -> usize {
             ng += 1;
             sep = Sep::default();
         } else if k & K_GLUE != 0 {
-            match sep.len {
-                0 => sep.a = buf[i],
-                1 => sep.b = buf[i],
-                _ => {}
-            }
-            sep.len = (sep.len + 1).min(3);
+            sep = match sep.len() {
+                0 => Sep::new(1, buf[i], 0),
+                1 => Sep::new(2, sep.a(), buf[i]),
+                _ => Sep::new(3, sep.a(), sep.b()),
+            };
             i += 1;
         } else {
             break;
@@ -489,11 +540,7 @@ fn tokenize_bits(
         } else {
             let gap = s - prev;
             let at = first + prev;
-            Sep {
-                len: gap.min(3) as u8,
-                a: buf[at],
-                b: if gap >= 2 { buf[at + 1] } else { 0 },
-            }
+            Sep::new(gap, buf[at], if gap >= 2 { buf[at + 1] } else { 0 })
         };
         g.set(
             k,
@@ -508,12 +555,24 @@ fn tokenize_bits(
     Some(ng)
 }
 
+/// A byte [`digit_run`] may start at (an earlier rewrite may have masked
+/// the first digit of a run: no group then).
+#[inline]
+pub(crate) fn digit_or_glue(b: u8) -> bool {
+    is(b, K_DIGIT | K_GLUE)
+}
+
 /// Look for cards, SSNs, phones and IPv4 addresses in the digit run that
-/// starts at `first` (a digit) and ends at most at `end`; mask them.
+/// starts at `first` (a digit) and ends at most at `end`; mask them and
+/// add them to `hits` (which the caller zeroed).
 ///
 /// `digits`, when given, holds the digit bits of the run's bytes (bit `j`
 /// for byte `first + j`): the caller vouches that the run is at most 64
 /// bytes of digits and glue, unchanged since the bits were computed.
+///
+/// (`hits` is the caller's, not a returned value: returned, the 16-byte
+/// struct went back through memory, and its 16-byte reload right after
+/// `window`'s 4-byte count stores could not be store-forwarded.)
 pub(crate) fn digit_run(
     buf: &mut [u8],
     first: usize,
@@ -521,18 +580,17 @@ pub(crate) fn digit_run(
     digits: Option<u64>,
     on: DigitDetectors,
     f: &Fmt,
-) -> DigitHits {
-    let mut hits = DigitHits::default();
-    // An earlier rewrite may have masked the first digit: no group then.
-    if first >= end.min(buf.len()) || !is(buf[first], K_DIGIT | K_GLUE) {
-        return hits;
+    hits: &mut DigitHits,
+) {
+    if first >= end.min(buf.len()) || !digit_or_glue(buf[first]) {
+        return;
     }
     let mut g = Groups::new();
     if let Some(d) = digits {
         if let Some(ng) = tokenize_bits(buf, first, end, d, &mut g) {
             // SAFETY: `tokenize_bits` wrote the first `ng` groups.
-            window(buf, unsafe { g.first(ng) }, on, f, &mut hits);
-            return hits;
+            window(buf, unsafe { g.first(ng) }, on, f, hits);
+            return;
         }
     }
     let mut pos = first;
@@ -540,13 +598,12 @@ pub(crate) fn digit_run(
         let ng = tokenize(buf, pos, end, &mut g);
         // SAFETY: `tokenize` wrote the first `ng` groups.
         let groups = unsafe { g.first(ng) };
-        window(buf, groups, on, f, &mut hits);
+        window(buf, groups, on, f, hits);
         if ng < MAX_GROUPS {
             break;
         }
         pos = groups[ng - WINDOW_OVERLAP].start();
     }
-    hits
 }
 
 fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut DigitHits) {
@@ -692,7 +749,7 @@ fn isolated_left(buf: &[u8], g: &[Group], k: usize) -> bool {
     if k == 0 {
         boundary_before(buf, g[0].start())
     } else {
-        g[k].sep.len >= 2
+        g[k].sep.len() >= 2
     }
 }
 
@@ -703,7 +760,7 @@ fn isolated_right(buf: &[u8], g: &[Group], j: usize) -> bool {
     if j + 1 == g.len() {
         boundary_after(buf, g[j].end())
     } else {
-        g[j + 1].sep.len >= 2
+        g[j + 1].sep.len() >= 2
     }
 }
 
@@ -1538,7 +1595,7 @@ mod tests {
     /// bytes, range, buffer length and kept suffix.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn mask_short_matches_tables() {
+    fn mask_range_short_matches_tables() {
         let mut r = Rng::new(12);
         for _ in 0..200_000 {
             let n = r.range(1, 130);
@@ -1552,12 +1609,13 @@ mod tests {
                 .collect();
             let start = r.below(n);
             let end = r.range(start + 1, n.min(start + 96));
-            let cut = r.range(start, end);
+            let keep = r.below(8);
             for f in &fmts() {
                 let (mut a, mut b) = (buf.clone(), buf.clone());
-                mask_short(&mut a, start, end, cut, f);
-                mask_tables(&mut b[start..end], cut - start, f);
-                assert_eq!(a, b, "{buf:?} {start}..{end} cut {cut}");
+                mask_range(&mut a, start, end, keep, f);
+                let cut = kept_from(&b[start..end], keep);
+                mask_tables(&mut b[start..end], cut, f);
+                assert_eq!(a, b, "{buf:?} {start}..{end} keep {keep}");
             }
         }
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
-use super::detect::{self, DigitDetectors, Fmt};
+use super::detect::{self, DigitDetectors, DigitHits, Fmt};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
 };
@@ -1263,8 +1263,19 @@ impl Engine {
                 st.found(Builtin::Iban, ri, r.start as usize + e, counts, hits);
             }
         }
-        if m.digit == 0 && !st.run.active {
-            return;
+        if !st.run.active {
+            // Nothing left but digits of a run a phone opener validated
+            // with nothing found since (see `ScanState::opened`): the walk
+            // below would only validate it again, to no effect.
+            let o = st.opened;
+            let opened = if o.hits == st.hits && o.start >= base && o.end < base + BLOCK {
+                ((1u64 << (o.end - base)) - 1) & !((1u64 << (o.start - base)) - 1)
+            } else {
+                0
+            };
+            if m.digit & !opened == 0 {
+                return;
+            }
         }
         let cand = if pre.any() && self.may_start_shape(m, n) {
             self.candidates(prev_digit, m, n, pre)
@@ -1387,10 +1398,12 @@ impl Engine {
         let mut on = self.digits;
         // A card has 13 digits at least.
         on.card &= digits >= 13;
-        let h = detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt);
-        if h.card | h.ssn | h.phone | h.ipv4 != 0 {
-            st.dirty = st.dirty.max(end);
+        let mut h = DigitHits::default();
+        detect::digit_run(cell, first - s, end - s, bits, on, &self.fmt, &mut h);
+        if h.card | h.ssn | h.phone | h.ipv4 == 0 {
+            return;
         }
+        st.dirty = st.dirty.max(end);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -1440,6 +1453,7 @@ impl Engine {
                 let d = bits.0 >> j;
                 let digits = (d & (u64::MAX >> (64 - len))).count_ones();
                 if digits >= 9 {
+                    let before = st.hits;
                     self.digit_run(
                         buf,
                         r,
@@ -1452,6 +1466,31 @@ impl Engine {
                         counts,
                         hits,
                     );
+                    // The block walk meets the same digits as the run of
+                    // digits and glue they lie in, from its first digit.
+                    // When that is `first` (no digit between the stretch's
+                    // start and the opener) and the run ends where this
+                    // one does (not cut at 40 bytes; the masks end at the
+                    // region's end as `limit` does), the walk would
+                    // validate this very run again: on unchanged bytes if
+                    // nothing was found, or from a masked first digit
+                    // (returning at once). Either way a no-op, which
+                    // `block_slow` skips, with the candidate shapes, when
+                    // the run holds every digit of the block and nothing
+                    // was found after it.
+                    let below = (1u64 << (j - 1)) - 1;
+                    let (dg, gap) = (bits.0 & below, !bits.1 & below);
+                    let from_first = dg == 0 || dg.leading_zeros() > gap.leading_zeros();
+                    if run <= max
+                        && from_first
+                        && (st.hits == before || !detect::digit_or_glue(buf[first]))
+                    {
+                        st.opened = Opened {
+                            start: first,
+                            end: first + len,
+                            hits: st.hits,
+                        };
+                    }
                 }
                 return;
             }
@@ -1563,6 +1602,19 @@ struct ScanState {
     /// `skip_until` (which the other validators' rewrites end before), the
     /// bytes from `max(skip_until, dirty)` on are as classified.
     dirty: usize,
+    hits: u32,
+    /// A digit run `start..end` of the current block that a phone opener
+    /// has validated, while `hits` was still `hits` (see
+    /// [`Engine::phone_opener`]): validating it again from its first
+    /// digit would change nothing.
+    opened: Opened,
+}
+
+/// See [`ScanState::opened`].
+#[derive(Clone, Copy, Default)]
+struct Opened {
+    start: usize,
+    end: usize,
     hits: u32,
 }
 
