@@ -17,8 +17,9 @@
 //!   lease deadlines every 100 ms.
 //! * **Exclusivity.** `open` takes an exclusive `flock` on `LOCK` in the
 //!   directory; a second open (from any process) fails with
-//!   [`StoreError::Locked`]. The lock is released when the last clone of the
-//!   store is dropped.
+//!   [`StoreError::Locked`] once the lock has stayed taken for a second. The
+//!   lock is released when the last clone of the store is dropped (which may
+//!   happen a moment later on another thread: hence the second).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -36,6 +37,10 @@ use super::{
     check_cas, check_key, check_start_revision, ttl_secs, BoxFuture, KeyValue, LeaseId, Result,
     Revision, Store, StoreError, WatchEvent, WatchEventKind, WatchStream,
 };
+
+/// How long `open` waits for a taken lock before reporting
+/// [`StoreError::Locked`].
+const LOCK_GRACE: Duration = Duration::from_secs(1);
 
 /// Name of the log file inside the store directory.
 pub const LOG_FILE_NAME: &str = "store.log";
@@ -142,20 +147,31 @@ impl Inner {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| StoreError::io(format!("opening {}", lock_path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // The last clone of a store closed a moment ago may still be on its
+        // way out on another thread (the lease task holds one for a few
+        // microseconds every tick): a lock that stays taken for
+        // `LOCK_GRACE` is another owner's.
+        let since = Instant::now();
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::io(
+                    format!("locking {}", lock_path.display()),
+                    err,
+                ));
+            }
+            if since.elapsed() >= LOCK_GRACE {
                 return Err(StoreError::Locked {
                     dir,
                     lock_file: lock_path,
                 });
             }
-            return Err(StoreError::io(
-                format!("locking {}", lock_path.display()),
-                err,
-            ));
+            std::thread::sleep(Duration::from_millis(10));
         }
 
         let log_path = dir.join(LOG_FILE_NAME);
