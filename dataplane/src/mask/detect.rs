@@ -914,8 +914,9 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         }
     }
 
-    // Trunk-0 national: 0…, groups of 2–5 digits joined by one consistent
-    // space, dash or dot, 10–11 digits in all.
+    // Trunk-0 national: 0…, a group of 2–5 digits, then groups of 2–6
+    // (`01632 960123`) joined by one consistent space, dash or dot, 10–11
+    // digits in all.
     if buf[s] == b'0' && (2..=5).contains(&g[k].len()) && k + 1 < ng && isolated_left(buf, g, k) {
         let sep = g[k + 1].sep;
         if sep.plain() {
@@ -924,7 +925,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
             for (j, gj) in g.iter().enumerate().skip(k + 1) {
                 if !free(j)
                     || gj.sep != sep
-                    || !(2..=5).contains(&gj.len())
+                    || !(2..=6).contains(&gj.len())
                     || total + gj.len() > 11
                 {
                     break;

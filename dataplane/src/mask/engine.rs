@@ -925,7 +925,8 @@ impl Engine {
     /// Positions in `cur` where a digit run worth validating may start:
     /// runs of at least 13 digits (bare, or joined by single spaces, dashes
     /// or dots), the shapes `ddd-dd-dddd` / `ddd dd dddd` (SSN) and
-    /// `ddd?ddd?dddd` (North American phone), and `d.d.d.d` (IPv4, when on).
+    /// `ddd?ddd?dddd` (North American phone), `ddddd?ddddd` (national
+    /// numbers of two groups, `01632 960123`), and `d.d.d.d` (IPv4, when on).
     /// Shorter runs (dates, prices, times, ids) cost nothing more.
     ///
     /// Every shape is at most 13 bytes long, so it is found in one of two
@@ -1981,6 +1982,10 @@ impl Window {
             & dw >> 9
             & dw >> 10
             & dw >> 11;
+        // d d d d d . d d d d d (trunk-0 national numbers of two groups:
+        // `01632 960123`, `01234 56789`).
+        let d5 = d3 & dw >> 3 & dw >> 4;
+        cand |= d5 & sep >> 5 & d5 >> 6;
         if ipv4 {
             let dt = self.dt;
             let r2 = dt & dt >> 1;
@@ -1992,7 +1997,8 @@ impl Window {
 }
 
 /// A superset of [`may_shape`]: starts of 13 bytes of digits and
-/// separators of any kind, and of the frame `ddd?dd??ddd` (separator at 3).
+/// separators of any kind, and of the frames `ddd?dd??ddd` (separator at
+/// 3) and `ddddd?ddddd` (at 5), tested together as `ddd?d???ddd`.
 /// Some 20 instructions; dates and prices followed by a word (`2024-05-12
 /// to`, `12.50 EUR`) have neither.
 #[inline(always)]
@@ -2002,13 +2008,16 @@ fn pre_shape(digit: u64, sep: u64) -> u64 {
     let g4 = g2 & g2 >> 2;
     let g8 = g4 & g4 >> 4;
     let d3 = digit & digit >> 1 & digit >> 2;
-    (g8 & g4 >> 8 & g >> 12) | (d3 & sep >> 3 & digit >> 4 & digit >> 5 & d3 >> 8)
+    // (`ddd?dd??ddd` and `ddddd?ddddd` share `ddd?d???ddd` with a
+    // separator at 3 or 5.)
+    (g8 & g4 >> 8 & g >> 12) | (d3 & digit >> 4 & d3 >> 8 & (sep >> 3 | sep >> 5))
 }
 
 /// A superset of [`Window::shapes`] without IPv4, from the plain masks of
 /// one window: starts of 13 bytes of digits and one kind of separator (the
 /// runs of 13, joined or not by single separators), and of the frame the
-/// SSN and North American phone shapes share (`ddd?dd??ddd`). Some 40
+/// SSN and North American phone shapes share (`ddd?dd??ddd`), and of
+/// `ddddd?ddddd` (two-group national numbers). Some 40
 /// instructions; digits in dates and times (`2024-03-15 10:22`, separators
 /// of two kinds) pass the cheaper test of [`pre_shape`] but not this.
 #[inline(always)]
@@ -2029,7 +2038,9 @@ fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
         & d >> 8
         & d >> 9
         & d >> 10;
-    long13(d | space) | long13(d | dash) | long13(d | dot) | frame
+    let d5 = d & d >> 1 & d >> 2 & d >> 3 & d >> 4;
+    let five_five = d5 & (space | dash | dot) >> 5 & d5 >> 6;
+    long13(d | space) | long13(d | dash) | long13(d | dot) | frame | five_five
 }
 
 /// Which compiled copy of the scan the kernel can use (see `Engine::fast`):

@@ -83,6 +83,13 @@ fn phones() {
     assert_eq!(m("+44 20 7946 0958"), "+** ** **** **58");
     assert_eq!(m("020 7946 0958"), "*** **** **58");
     assert_eq!(m("06 12 34 56 78"), "** ** ** ** 78");
+    // National numbers of two groups (UK five-digit area codes, mobiles).
+    assert_eq!(m("call 01632 960123 today"), "call ***** ****23 today");
+    assert_eq!(m("07700-900123"), "*****-****23");
+    assert_eq!(m("01234 56789"), "***** ***89");
+    // ... not without the trunk 0, nor with too many digits.
+    assert_eq!(m("12345 67890"), "12345 67890");
+    assert_eq!(m("01632 9601234"), "01632 9601234");
     // A number glued on either side by a single separator is something else.
     assert_eq!(m("the 337 480 2016-03-22"), "the 337 480 2016-03-22");
     assert_eq!(m("337 48 2016-03-22"), "337 48 2016-03-22");
