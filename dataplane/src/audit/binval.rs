@@ -491,7 +491,7 @@ fn array_text(
         s.push('=');
     }
     let mut at = 12 + 8 * ndim;
-    match write_dim(&mut s, dims, (elem, zone), v, &mut at, room) {
+    match write_dim(&mut s, dims, elem, zone, v, &mut at, room) {
         Walk::Done | Walk::Full => Some(s),
         Walk::Short if cut => Some(s),
         Walk::Short | Walk::Bad => None,
@@ -511,7 +511,8 @@ enum Walk {
 fn write_dim(
     s: &mut String,
     dims: &[(usize, i32)],
-    (elem, zone): (u32, Option<&TimeZone>),
+    elem: u32,
+    zone: Option<&TimeZone>,
     v: &[u8],
     at: &mut usize,
     room: usize,
@@ -525,7 +526,7 @@ fn write_dim(
             return Walk::Full;
         }
         if dims.len() > 1 {
-            match write_dim(s, &dims[1..], (elem, zone), v, at, room) {
+            match write_dim(s, &dims[1..], elem, zone, v, at, room) {
                 Walk::Done => continue,
                 other => return other,
             }

@@ -35,6 +35,7 @@ use super::profile::ColumnAction;
 use crate::protocol::tag;
 use jiff::tz::TimeZone;
 use std::cell::OnceCell;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// A DataRow, CopyData or error body that is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,7 +259,8 @@ impl RowPlan {
     /// The session's `TimeZone` (ParameterStatus): binary `timestamptz`
     /// values a column rule turns into text print in it, as text results
     /// do, so a hashed or partly kept time reads the same in both formats.
-    /// A name this host cannot resolve leaves UTC (and says so).
+    /// A name this host cannot resolve leaves UTC (a warning, once per
+    /// process).
     pub fn set_time_zone(&mut self, name: &[u8]) {
         if self.zone_name != name {
             self.zone_name.clear();
@@ -275,10 +277,13 @@ impl RowPlan {
                     return None;
                 }
                 let z = crate::audit::binval::session_zone(&self.zone_name);
-                if z.is_none() {
+                // (Once per process: every session of a host without the
+                // database would say the same.)
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if z.is_none() && !WARNED.swap(true, Relaxed) {
                     tracing::warn!(
                         zone = %String::from_utf8_lossy(&self.zone_name),
-                        "session TimeZone not in this host's time zone database; binary timestamptz values under column rules print in UTC"
+                        "session TimeZone not in this host's time zone database; binary timestamptz values under column rules print in UTC (logged once)"
                     );
                 }
                 z
@@ -798,10 +803,10 @@ pub fn mask_data_row(
                 engine.hash_into(v, out);
             }
             (ColumnPlan::Printed(_), Some(v)) => {
-                printed(engine, (c.oid, plan.zone()), c.rule.map(|r| r.1), v, out)
+                printed(engine, c.oid, plan.zone(), c.rule.map(|r| r.1), v, out)
             }
             (ColumnPlan::AsText | ColumnPlan::DetectAsText { .. }, Some(v)) => {
-                printed(engine, (c.oid, plan.zone()), None, v, out)
+                printed(engine, c.oid, plan.zone(), None, v, out)
             }
             (ColumnPlan::Null(_), _) | (_, None) => out.extend_from_slice(&(-1i32).to_be_bytes()),
             (_, Some(v)) => {
@@ -825,7 +830,8 @@ const PRINTED_MAX: usize = 1 << 16;
 /// binary form is not read here.
 fn printed(
     engine: &Engine,
-    (oid, zone): (u32, Option<&TimeZone>),
+    oid: u32,
+    zone: Option<&TimeZone>,
     action: Option<ColumnAction>,
     v: &[u8],
     out: &mut Vec<u8>,

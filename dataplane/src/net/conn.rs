@@ -382,7 +382,8 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         &cancel_target,
         &session,
         audit.as_ref(),
-        (encoding.as_deref(), ready.time_zone.as_deref()),
+        encoding.as_deref(),
+        ready.time_zone.as_deref(),
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -780,7 +781,8 @@ async fn relay(
     session: &SessionRequest,
     audit: Option<&SessionAudit<'_>>,
     // The client encoding and TimeZone the target reported at startup.
-    (client_encoding, time_zone): (Option<&[u8]>, Option<&[u8]>),
+    client_encoding: Option<&[u8]>,
+    time_zone: Option<&[u8]>,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
