@@ -386,6 +386,24 @@ impl Classifier {
         whole + 1
     }
 
+    /// The masks of the first 8 blocks of `data` as one vector per class
+    /// (see [`x86::planes_avx512`]), and how many blocks they hold; `None`
+    /// unless the caller is compiled for the AVX-512 kernel (`F == 2`)
+    /// and uses it.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn classify_planes<const F: u8>(&self, data: &[u8]) -> Option<(usize, Planes)> {
+        if F != 2 || self.kernel != Kernel::Avx512 {
+            return None;
+        }
+        let data = &data[..data.len().min(8 * BLOCK)];
+        // SAFETY: `Classifier::new` asserted the CPU supports the kernel;
+        // with `F == 2` the caller is compiled for it, and `fast_scan` in
+        // the engine (the only caller with `F == 2`) checked VBMI and GFNI.
+        let p = unsafe { x86::planes_avx512(data, &self.anchor_lo) };
+        Some((data.len().div_ceil(BLOCK), p))
+    }
+
     /// Classify at most one block (`data.len() <= BLOCK`), zero-padded.
     #[inline(always)]
     pub(crate) fn classify_one<const F: u8>(&self, data: &[u8]) -> BlockMasks {
@@ -510,6 +528,9 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{store_lanes, Planes};
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
         BlockMasks, AFTER2_OK, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK,
@@ -579,6 +600,29 @@ mod x86 {
     /// The CPU must support AVX-512F and AVX-512BW.
     #[inline(always)]
     unsafe fn masks_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY: as this function's.
+        let (cls, anchor, reject) = unsafe { classes_avx512(v, anchor_lo) };
+        // SAFETY: the CPU supports AVX-512BW (this function's contract).
+        let test = |bits: u8| unsafe { _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8)) };
+        BlockMasks {
+            reject,
+            digit: test(CLASS_DIGIT),
+            glue: test(CLASS_GLUE),
+            space: test(CLASS_SPACE),
+            dash: test(CLASS_DASH),
+            dot: test(CLASS_DOT),
+            upper: test(CLASS_UPPER_4 | CLASS_UPPER_5),
+            anchor,
+        }
+    }
+
+    /// The `CLASS_*` bits of every byte of `v`, its anchor mask and its
+    /// `reject` mask (see [`BlockMasks::reject`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512BW.
+    #[inline(always)]
+    unsafe fn classes_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> (__m512i, u64, u64) {
         // SAFETY (every intrinsic below): the CPU supports AVX-512F/BW (this
         // function's contract); the table loads read 16-byte arrays.
         unsafe {
@@ -595,23 +639,188 @@ mod x86 {
                 _mm512_shuffle_epi8(cls_lo, lo),
                 _mm512_shuffle_epi8(cls_hi, hi),
             );
-            let test = |bits: u8| _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8));
             let hib = _mm512_shuffle_epi8(hi_bit, hi);
             let a = _mm512_and_si512(_mm512_shuffle_epi8(anc_lo, lo), hib);
             let set = |t: &[u8; 16]| _mm512_test_epi8_mask(_mm512_shuffle_epi8(ld(t), lo), hib);
             let (la, na) = (set(&AFTER_LETTERS), set(&AFTER_OK));
             let (lb, nb) = (set(&BEFORE_LETTERS), set(&BEFORE_OK));
             let na2 = set(&AFTER2_OK);
-            BlockMasks {
-                reject: (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63))
-                    | (lb & !(nb << 1) & !1),
-                digit: test(CLASS_DIGIT),
-                glue: test(CLASS_GLUE),
-                space: test(CLASS_SPACE),
-                dash: test(CLASS_DASH),
-                dot: test(CLASS_DOT),
-                upper: test(CLASS_UPPER_4 | CLASS_UPPER_5),
-                anchor: _mm512_test_epi8_mask(a, a),
+            let reject =
+                (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
+            (cls, _mm512_test_epi8_mask(a, a), reject)
+        }
+    }
+
+    /// The masks of a span of up to 8 blocks, one vector per class: lane
+    /// `k` holds block `k`'s mask (what [`BlockMasks`] holds, with the
+    /// rejected anchors already dropped from `anchor`).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Planes {
+        pub digit: __m512i,
+        pub glue: __m512i,
+        pub space: __m512i,
+        pub dash: __m512i,
+        pub dot: __m512i,
+        pub upper: __m512i,
+        pub anchor: __m512i,
+    }
+
+    impl Planes {
+        /// Keep only the bits in `keep` (lane `k`: of block `k`).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F.
+        #[inline(always)]
+        pub(crate) unsafe fn and(&mut self, keep: __m512i) {
+            // SAFETY: the CPU supports AVX-512F (this function's contract).
+            let and = |v: __m512i| unsafe { _mm512_and_si512(v, keep) };
+            *self = Planes {
+                digit: and(self.digit),
+                glue: and(self.glue),
+                space: and(self.space),
+                dash: and(self.dash),
+                dot: and(self.dot),
+                upper: and(self.upper),
+                anchor: and(self.anchor),
+            };
+        }
+
+        /// The masks of the block after each (lane `k` = block `k + 1`;
+        /// zero after the last lane).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F.
+        #[inline(always)]
+        pub(crate) unsafe fn next(&self) -> Planes {
+            // SAFETY: the CPU supports AVX-512F (this function's contract).
+            let up = |v: __m512i| unsafe { _mm512_alignr_epi64::<1>(_mm512_setzero_si512(), v) };
+            Planes {
+                digit: up(self.digit),
+                glue: up(self.glue),
+                space: up(self.space),
+                dash: up(self.dash),
+                dot: up(self.dot),
+                upper: up(self.upper),
+                anchor: up(self.anchor),
+            }
+        }
+    }
+
+    /// Store the 8 lanes of `v` in `dst[..8]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[inline(always)]
+    pub(crate) unsafe fn store_lanes(dst: &mut [u64], v: __m512i) {
+        let dst = &mut dst[..8];
+        // SAFETY: the CPU supports AVX-512F (this function's contract);
+        // `dst` holds 64 bytes and `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr() as *mut __m512i, v) }
+    }
+
+    /// The masks of the blocks of `data` (at most 8 blocks; a final partial
+    /// block padded with zero bytes) as vectors, built in registers: the
+    /// scan's gate computes on them right away, and loading them back as
+    /// vectors from 64-bit stores of each block's masks would wait for
+    /// those stores to reach the cache (store forwarding cannot merge
+    /// them).
+    ///
+    /// Each block's class bytes become its 8 masks by a bit transpose: bit
+    /// 7 of the class byte is set for the anchors not rejected, each 8×8
+    /// bit matrix of a 64-bit lane (8 bytes × 8 class bits) is transposed
+    /// by `gf2p8affineqb`, and a byte permutation gathers each class's 8
+    /// bytes into a 64-bit lane. An 8×8 transpose of 64-bit lanes then
+    /// turns the 8 blocks' vectors into the 8 classes' vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX-512BW, AVX-512VBMI and GFNI.
+    #[inline(always)]
+    pub(super) unsafe fn planes_avx512(data: &[u8], anchor_lo: &[u8; 16]) -> Planes {
+        // Byte `i` of each 64-bit lane from byte `7 - i`.
+        const REVERSE: [u8; 16] = [7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8];
+        // Byte `8t + q` from byte `8q + t`.
+        const GATHER: [u8; 64] = {
+            let mut t = [0u8; 64];
+            let mut i = 0;
+            while i < 64 {
+                t[i] = ((i % 8) * 8 + i / 8) as u8;
+                i += 1;
+            }
+            t
+        };
+        // SAFETY (every intrinsic below): the CPU supports these features
+        // (this function's contract); the masked loads read the `n` bytes of
+        // `data` from `at` only, the table loads read arrays of their size.
+        unsafe {
+            let reverse =
+                _mm512_broadcast_i32x4(_mm_loadu_si128(REVERSE.as_ptr() as *const __m128i));
+            let gather = _mm512_loadu_si512(GATHER.as_ptr() as *const __m512i);
+            // Byte `t` of each 64-bit lane: `1 << t`.
+            let unit = _mm512_set1_epi64(0x8040_2010_0804_0201_u64 as i64);
+            let top = _mm512_set1_epi8(-128);
+            let b: [__m512i; 8] = std::array::from_fn(|k| {
+                let at = k * BLOCK;
+                if at >= data.len() {
+                    return _mm512_setzero_si512();
+                }
+                let n = (data.len() - at).min(BLOCK);
+                let p = data.as_ptr().add(at);
+                // (A masked load only for the last block: a plain one is
+                // forwarded the bytes just stored there.)
+                let (v, keep) = if n == BLOCK {
+                    (_mm512_loadu_si512(p as *const __m512i), u64::MAX)
+                } else {
+                    let keep = (1u64 << n) - 1;
+                    (_mm512_maskz_loadu_epi8(keep, p as *const i8), keep)
+                };
+                let (cls, anchor, reject) = classes_avx512(v, anchor_lo);
+                // (Anchors only where there are bytes: see `classify_chunk`.)
+                let cls =
+                    _mm512_mask_mov_epi8(cls, anchor & !reject & keep, _mm512_or_si512(cls, top));
+                // `gf2p8affineqb` with the class bytes as the matrix: bit
+                // `i` of byte `t` of the result = bit `t` of matrix byte
+                // `7 - i`, so byte `t` of each lane is class `t` of its 8
+                // bytes once these are reversed.
+                let m = _mm512_shuffle_epi8(cls, reverse);
+                let x = _mm512_gf2p8affine_epi64_epi8::<0>(unit, m);
+                _mm512_permutexvar_epi8(gather, x)
+            });
+            // Lane `t` of `b[k]` is class `t` of block `k`: transpose.
+            let a: [__m512i; 8] = std::array::from_fn(|i| {
+                let (x, y) = (b[i & !1], b[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_epi64(x, y)
+                } else {
+                    _mm512_unpackhi_epi64(x, y)
+                }
+            });
+            // `a[2j]`: even classes of blocks 2j, 2j + 1; `a[2j + 1]`: odd.
+            let lo_pairs = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+            let hi_pairs = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+            // `c[i]` (`i % 4` = class `t < 4`): classes `t` and `t + 4` of
+            // blocks 0–3 (`i < 4`) or 4–7.
+            let c: [__m512i; 8] = std::array::from_fn(|i| {
+                let (g, t) = (i / 4 * 4, i % 4);
+                let (x, y) = (a[g + t % 2], a[g + 2 + t % 2]);
+                let idx = if t < 2 { lo_pairs } else { hi_pairs };
+                _mm512_permutex2var_epi64(x, idx, y)
+            });
+            let class = |t: usize| {
+                let (x, y) = (c[t % 4], c[4 + t % 4]);
+                if t < 4 {
+                    _mm512_shuffle_i64x2::<0x44>(x, y)
+                } else {
+                    _mm512_shuffle_i64x2::<0xee>(x, y)
+                }
+            };
+            Planes {
+                digit: class(0),
+                glue: class(1),
+                space: class(2),
+                dash: class(3),
+                dot: class(4),
+                upper: _mm512_or_si512(class(5), class(6)),
+                anchor: class(7),
             }
         }
     }
@@ -911,6 +1120,55 @@ mod tests {
                     let one = strip(c.classify_one::<2>(&data), &data, 0);
                     prop_assert_eq!(one, reference.classify_one::<0>(&data), "{:?} one", k);
                 }
+            }
+        }
+
+        /// The planes hold what the AVX-512 kernel gives each block (less
+        /// the rejected anchors), zero past the last block. (Anchor sets
+        /// without the zero byte: `classify_chunk` marks the padding of a
+        /// span of one partial block as such anchors, the planes do not.)
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn planes_are_the_blocks_masks(data in proptest::collection::vec(any::<u8>(), 0..600),
+                                       anchors in proptest::collection::vec(1u8..0x80, 0..12)) {
+            if !(Kernel::Avx512.available()
+                && std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::arch::is_x86_feature_detected!("gfni"))
+            {
+                return Ok(());
+            }
+            let c = Classifier::new(&anchors, Kernel::Avx512);
+            let mut want = [BlockMasks::default(); 8];
+            let nw = c.classify_chunk::<8, 2>(&data, &mut want);
+            let (np, p) = c.classify_planes::<2>(&data).expect("AVX-512 kernel");
+            prop_assert_eq!(np, nw);
+            let lanes = |v| {
+                let mut a = [0u64; 8];
+                // SAFETY: the CPU supports AVX-512F (checked above).
+                unsafe { store_lanes(&mut a, v) };
+                a
+            };
+            let (digit, glue, space) = (lanes(p.digit), lanes(p.glue), lanes(p.space));
+            let (dash, dot, upper) = (lanes(p.dash), lanes(p.dot), lanes(p.upper));
+            let anchor = lanes(p.anchor);
+            for (k, w) in want.iter().enumerate() {
+                let w = if k < nw { *w } else { BlockMasks::default() };
+                let got = BlockMasks {
+                    digit: digit[k],
+                    glue: glue[k],
+                    space: space[k],
+                    dash: dash[k],
+                    dot: dot[k],
+                    upper: upper[k],
+                    anchor: anchor[k],
+                    reject: 0,
+                };
+                let want = BlockMasks {
+                    anchor: w.anchor & !w.reject,
+                    reject: 0,
+                    ..w
+                };
+                prop_assert_eq!(got, want, "block {}", k);
             }
         }
     }

@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
+#[cfg(target_arch = "x86_64")]
+use super::classify::{store_lanes, Planes};
 use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
 use super::detect::{self, DigitDetectors, DigitHits, Fmt};
 use super::profile::{
@@ -697,9 +699,10 @@ impl Engine {
         self.scan_regions_impl::<0>(buf, regions, counts, hits)
     }
 
-    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined).
+    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined;
+    /// VBMI and GFNI for `Classifier::classify_planes`).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,gfni,avx2,bmi1,bmi2,popcnt")]
     fn scan_regions_fast512(
         &self,
         buf: &mut [u8],
@@ -751,13 +754,30 @@ impl Engine {
         );
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
+        // Digits of the block before the one processed (its last bit is
+        // all the shapes look at).
+        let mut prev_digit = 0u64;
+        // Short spans on the AVX-512 kernel: one chunk, its masks built as
+        // vectors in registers (see `classify_planes`).
+        #[cfg(target_arch = "x86_64")]
+        if N == SHORT_BLOCKS {
+            if let Some((nb, p)) = self.classifier.classify_planes::<F>(&buf[lo..hi]) {
+                // SAFETY: `classify_planes` returns planes only to callers
+                // compiled for AVX-512.
+                let (lanes, g) = unsafe { self.gate_planes::<N, L>(p, regions, lo) };
+                let mut w = Walk {
+                    prev_digit: &mut prev_digit,
+                    st: &mut st,
+                    cur: &mut cur,
+                };
+                self.walk_chunk::<F, N, L>(buf, regions, lo, nb, &lanes, &g, &mut w, counts, hits);
+                return self.scan_end(buf, regions, &mut st, &mut cur, counts, hits);
+            }
+        }
         // (`L = N + 1`: room for the zero block after a full chunk; no
         // more, as the lanes are zeroed for every call.)
         const { assert!(L == N + 1) };
         let mut lanes = Lanes::<L>::default();
-        // Digits of the block before the one processed (its last bit is
-        // all the shapes look at).
-        let mut prev_digit = 0u64;
         let mut member = 0usize;
         let mut base = lo;
         while base < hi {
@@ -784,28 +804,77 @@ impl Engine {
             if base != lo {
                 lanes.set(nb, BlockMasks::default());
             }
-            let mut g = Gated::<N>::default();
-            self.gate::<N, L>(&lanes, &mut g);
-            // (`k` indexes the lanes too.)
-            #[allow(clippy::needless_range_loop)]
-            for k in 0..process {
-                let at = base + k * BLOCK;
-                let d = lanes.digit[k];
-                if g.work[k] | st.run.cand as u64 == 0 {
-                    // (What `block_gated` does when it finds nothing to
-                    // validate.)
-                    st.run.carry(d, d | lanes.glue[k], at);
-                } else {
-                    let (m, next) = (lanes.get(k), lanes.get(k + 1));
-                    let ctx = Ctx { regions, base: at };
-                    self.block_gated::<F, N>(
-                        buf, &ctx, prev_digit, &m, &next, &g, k, &mut st, &mut cur, counts, hits,
-                    );
-                }
-                prev_digit = d;
-            }
+            let g = self.gate::<N>(&lanes.view(0), &lanes.view(1));
+            let mut w = Walk {
+                prev_digit: &mut prev_digit,
+                st: &mut st,
+                cur: &mut cur,
+            };
+            self.walk_chunk::<F, N, L>(
+                buf, regions, base, process, &lanes, &g, &mut w, counts, hits,
+            );
             base += process * BLOCK;
         }
+        self.scan_end(buf, regions, &mut st, &mut cur, counts, hits)
+    }
+
+    /// The first `process` blocks of a chunk at `base`, classified
+    /// (`lanes`) and gated (`g`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn walk_chunk<const F: u8, const N: usize, const L: usize>(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        base: usize,
+        process: usize,
+        lanes: &Lanes<L>,
+        g: &Gated<N>,
+        w: &mut Walk,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        // (`k` indexes the lanes too.)
+        #[allow(clippy::needless_range_loop)]
+        for k in 0..process {
+            let at = base + k * BLOCK;
+            let d = lanes.digit[k];
+            if g.work[k] | w.st.run.cand as u64 == 0 {
+                // (What `block_gated` does when it finds nothing to
+                // validate.)
+                w.st.run.carry(d, d | lanes.glue[k], at);
+            } else {
+                let (m, next) = (lanes.get(k), lanes.get(k + 1));
+                let ctx = Ctx { regions, base: at };
+                self.block_gated::<F, N>(
+                    buf,
+                    &ctx,
+                    *w.prev_digit,
+                    &m,
+                    &next,
+                    g,
+                    k,
+                    w.st,
+                    w.cur,
+                    counts,
+                    hits,
+                );
+            }
+            *w.prev_digit = d;
+        }
+    }
+
+    /// The end of a scan: validates the digit run still open.
+    #[inline(always)]
+    fn scan_end(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        st: &mut ScanState,
+        cur: &mut Cursors,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
         let run = st.run;
         if run.active && run.cand {
             let ri = cur.run.seek(regions, run.first);
@@ -818,12 +887,65 @@ impl Engine {
                 r.end as usize,
                 run.digits,
                 None,
-                &mut st,
+                st,
                 counts,
                 hits,
             );
         }
         st.hits
+    }
+
+    /// The lanes of a short span's one chunk at `base` from its planes
+    /// (keeping the bits inside `regions`), and the gate's terms.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn gate_planes<const N: usize, const L: usize>(
+        &self,
+        mut p: Planes,
+        regions: &[Region],
+        base: usize,
+    ) -> (Lanes<L>, Gated<N>) {
+        // SAFETY (all three blocks): the CPU supports AVX-512F (this
+        // function's contract).
+        if regions.len() > 1 {
+            unsafe { p.and(membership8(regions, &mut 0, base)) };
+        }
+        // Each array written whole by one vector store (the zero block
+        // after the last one, and `reject`, which `anchor` left out
+        // already, stay zero), so the gate's vector loads are forwarded
+        // from these stores rather than wait for them.
+        let lane = |v| {
+            let mut a = [0u64; L];
+            // SAFETY: see above.
+            unsafe { store_lanes(&mut a, v) };
+            a
+        };
+        let lanes = Lanes {
+            digit: lane(p.digit),
+            glue: lane(p.glue),
+            space: lane(p.space),
+            dash: lane(p.dash),
+            dot: lane(p.dot),
+            upper: lane(p.upper),
+            anchor: lane(p.anchor),
+            reject: [0; L],
+        };
+        let (next, zero) = (unsafe { p.next() }, [0u64; L]);
+        let after = Lanes {
+            digit: lane(next.digit),
+            glue: lane(next.glue),
+            space: lane(next.space),
+            dash: lane(next.dash),
+            dot: lane(next.dot),
+            upper: lane(next.upper),
+            anchor: zero,
+            reject: zero,
+        };
+        let g = self.gate::<N>(&lanes.view(0), &after.view(0));
+        (lanes, g)
     }
 
     #[inline]
@@ -1024,9 +1146,9 @@ impl Engine {
             || (n.digit != 0 && long11(ahead(g0, gn)) & ahead(c.digit, n.digit) & AHEAD_LOW != 0)
     }
 
-    /// For each block of a chunk (`l`, where the block after the last one
-    /// is zero), a superset of the bits that `block` sends to a validator
-    /// (before the run carried into it): 0 where it has nothing to do but
+    /// For each block of a chunk (`l`; `n`: the block after each, zero
+    /// after the last one), a superset of the bits that `block` sends to a
+    /// validator (before the run carried into it): 0 where it has nothing to do but
     /// carry the run. The same terms as `block` and `Shapes::pre` (in
     /// short chunks the shapes by `may_shape`), less the digit count, over
     /// all `N` blocks at once (a fixed count, so that the
@@ -1035,19 +1157,19 @@ impl Engine {
     /// terms are kept for `block_gated`, which would compute them again.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
-    fn gate<const N: usize, const L: usize>(&self, l: &Lanes<L>, g: &mut Gated<N>) {
-        const { assert!(L == N + 1) };
+    fn gate<const N: usize>(&self, l: &LaneView<N>, n: &LaneView<N>) -> Gated<N> {
+        let mut g = Gated::<N>::default();
         let (aws_bits, iban_bits) = (self.aws_bits, self.iban_bits);
         let (shape_bits, ipv4_bits) = (self.shape_bits, self.ipv4_bits);
         for k in 0..N {
-            let (c, cn) = (l.digit[k], l.digit[k + 1]);
+            let (c, cn) = (l.digit[k], n.digit[k]);
             let t = triggers(
                 l.anchor[k] & !l.reject[k],
                 l.glue[k],
                 c,
                 l.upper[k],
                 cn,
-                l.upper[k + 1],
+                n.upper[k],
                 (aws_bits, iban_bits),
             );
             // (As `Shapes::pre`, less the digit count. In short chunks by
@@ -1059,7 +1181,7 @@ impl Engine {
             // 512 bytes), whose prose had few such blocks, the extra vector
             // work cost more than it saved.)
             let (sp, da, dt) = (l.space[k], l.dash[k], l.dot[k]);
-            let (spn, dan, dtn) = (l.space[k + 1], l.dash[k + 1], l.dot[k + 1]);
+            let (spn, dan, dtn) = (n.space[k], n.dash[k], n.dot[k]);
             let (w0, w1) = if Gated::<N>::EXACT {
                 (
                     may_shape(c, sp, da, dt),
@@ -1078,7 +1200,7 @@ impl Engine {
             // mask characters, never digits or glue, of other bytes. Most
             // are the `+00` of PostgreSQL timestamps in free text.)
             let anchors = if Gated::<N>::EXACT {
-                let (x, xn) = (c | l.glue[k], cn | l.glue[k + 1]);
+                let (x, xn) = (c | l.glue[k], cn | n.glue[k]);
                 t.anchors & !(l.glue[k] & !nine_after(x, xn))
             } else {
                 t.anchors
@@ -1090,6 +1212,7 @@ impl Engine {
             g.w1[k] = w1;
             g.work[k] = anchors | t.aws | t.iban | w0 | w1;
         }
+        g
     }
 
     /// [`Engine::block`] for block `k` of a chunk, with the triggers and
@@ -1829,6 +1952,25 @@ impl<const L: usize> MaskStore for Lanes<L> {
 }
 
 impl<const L: usize> Lanes<L> {
+    /// The lanes of `N` blocks from block `from`.
+    #[inline(always)]
+    fn view<const N: usize>(&self, from: usize) -> LaneView<'_, N> {
+        fn v<const L: usize, const N: usize>(a: &[u64; L], from: usize) -> &[u64; N] {
+            a[from..from + N].try_into().expect("N lanes")
+        }
+        let v = |a| v::<L, N>(a, from);
+        LaneView {
+            digit: v(&self.digit),
+            glue: v(&self.glue),
+            space: v(&self.space),
+            dash: v(&self.dash),
+            dot: v(&self.dot),
+            upper: v(&self.upper),
+            anchor: v(&self.anchor),
+            reject: v(&self.reject),
+        }
+    }
+
     /// Keep only the bits in `keep` of block `k`.
     #[inline(always)]
     fn and(&mut self, k: usize, keep: u64) {
@@ -1836,6 +1978,28 @@ impl<const L: usize> Lanes<L> {
         m.and(keep);
         self.set(k, m);
     }
+}
+
+/// The masks of `N` blocks, one array per mask, as the gate reads them.
+#[derive(Clone, Copy)]
+struct LaneView<'a, const N: usize> {
+    digit: &'a [u64; N],
+    glue: &'a [u64; N],
+    space: &'a [u64; N],
+    dash: &'a [u64; N],
+    dot: &'a [u64; N],
+    upper: &'a [u64; N],
+    anchor: &'a [u64; N],
+    reject: &'a [u64; N],
+}
+
+/// Where a chunk's block walk stands.
+struct Walk<'a> {
+    /// Digits of the block before the one processed (its last bit is all
+    /// the shapes look at).
+    prev_digit: &'a mut u64,
+    st: &'a mut ScanState,
+    cur: &'a mut Cursors,
 }
 
 /// What the gate computed for each block of a chunk (see `Engine::gate`):
@@ -2051,9 +2215,13 @@ fn fast_scan(kernel: Kernel) -> u8 {
         let bmi = std::arch::is_x86_feature_detected!("bmi1")
             && std::arch::is_x86_feature_detected!("bmi2")
             && std::arch::is_x86_feature_detected!("popcnt");
+        // (An AVX-512 CPU without VBMI or GFNI, before Ice Lake, runs the
+        // AVX2 copy, calling the AVX-512 kernel a block at a time.)
+        let planes = std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("gfni");
         match kernel {
-            Kernel::Avx512 if bmi && kernel.available() => 2,
-            Kernel::Avx2 if bmi && kernel.available() => 1,
+            Kernel::Avx512 if bmi && planes && kernel.available() => 2,
+            Kernel::Avx512 | Kernel::Avx2 if bmi && kernel.available() => 1,
             _ => 0,
         }
     }
@@ -2084,9 +2252,49 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
     }
 }
 
+/// [`membership`] of the 8 blocks from `base` at once, lane `k` for the
+/// block at `base + 64k`.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn membership8(
+    regions: &[Region],
+    cursor: &mut usize,
+    base: usize,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let end = base + SHORT_BLOCKS * BLOCK;
+    while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
+        *cursor += 1;
+    }
+    // SAFETY (every intrinsic below): the CPU supports AVX-512F (this
+    // function's contract).
+    unsafe {
+        let b = _mm512_set1_epi64(base as i64);
+        let starts = _mm512_add_epi64(b, _mm512_setr_epi64(0, 64, 128, 192, 256, 320, 384, 448));
+        let (zero, ones) = (_mm512_setzero_si512(), _mm512_set1_epi64(-1));
+        // Ones from the offset of `at` in each block on (none for an
+        // offset of 64 or more: `vpsllvq` shifts those out).
+        let from = |at: u32| {
+            let off = _mm512_sub_epi64(_mm512_set1_epi64(at as i64), starts);
+            _mm512_sllv_epi64(ones, _mm512_max_epi64(off, zero))
+        };
+        let mut bits = zero;
+        let mut i = *cursor;
+        while i < regions.len() && (regions[i].start as usize) < end {
+            let r = regions[i];
+            bits = _mm512_or_si512(bits, _mm512_andnot_si512(from(r.end), from(r.start)));
+            i += 1;
+        }
+        bits
+    }
+}
+
 /// Bits of the block at `base` that lie inside some region.
 #[inline(always)]
-fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
+pub(super) fn membership(regions: &[Region], cursor: &mut usize, base: usize) -> u64 {
     let end = base + BLOCK;
     while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
         *cursor += 1;

@@ -1054,3 +1054,35 @@ fn nine_after_matches_byte_walk() {
         assert_eq!(engine::nine_after(x, xn), want, "{x:#x} {xn:#x}");
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn membership8_matches_membership() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return;
+    }
+    let mut r = Rng::new(7);
+    for _ in 0..20_000 {
+        // Sorted, disjoint regions (some empty, some adjacent) of a span
+        // of up to 8 blocks or longer.
+        let mut regions = Vec::new();
+        let mut at = r.below(100) as u32;
+        for _ in 0..1 + r.below(12) {
+            let start = at + r.below(80) as u32;
+            let end = start + r.below(150) as u32;
+            regions.push(engine::Region { start, end });
+            at = end;
+        }
+        let base = regions[0].start as usize;
+        // SAFETY: the CPU supports AVX-512F (checked above).
+        let v = unsafe { engine::membership8(&regions, &mut 0, base) };
+        let mut got = [0u64; 8];
+        // SAFETY: as above.
+        unsafe { classify::store_lanes(&mut got, v) };
+        let mut cursor = 0;
+        for (k, &g) in got.iter().enumerate() {
+            let want = engine::membership(&regions, &mut cursor, base + k * classify::BLOCK);
+            assert_eq!(g, want, "block {k} of {regions:?}");
+        }
+    }
+}
