@@ -99,8 +99,11 @@ fn phones() {
     // ... not without the trunk 0, nor with too many digits.
     assert_eq!(m("12345 67890"), "12345 67890");
     assert_eq!(m("01632 9601234"), "01632 9601234");
-    // The area code in parentheses (Australia, Germany, the UK), and
-    // German mobiles of 12 digits.
+    // Subscriber numbers of 7–8 digits after the area code (Germany, the
+    // Netherlands), and the area code in parentheses (Australia, Germany).
+    assert_eq!(m("Tel. 030 12345678."), "Tel. *** ******78.");
+    assert_eq!(m("030-12345678"), "***-******78");
+    assert_eq!(m("020-1234567"), "***-*****67");
     assert_eq!(m("(02) 9876 5432"), "(**) **** **32");
     assert_eq!(m("ph (030) 12345678"), "ph (***) ******78");
     assert_eq!(m("(0161)496-0123"), "(****)***-**23");
@@ -109,6 +112,13 @@ fn phones() {
     // Brazil: `(DD) NNNNN-NNNN`.
     assert_eq!(m("cel (11) 91234-5678."), "cel (**) *****-**78.");
     assert_eq!(m("(21)3456-7890"), "(**)****-**90");
+    // Ten digits as 2-4-4 (Japan, Italy, Australia) and 4-3-3 (Australian
+    // mobiles).
+    assert_eq!(m("03-1234-5678"), "**-****-**78");
+    assert_eq!(m("tel 06 1234 5678, office"), "tel ** **** **78, office");
+    assert_eq!(m("02 9876 5432"), "** **** **32");
+    assert_eq!(m("0412 345 678"), "**** *** *78");
+    assert_eq!(m("0412.345.678"), "****.***.*78");
     // International numbers with the `00` prefix, as E.164.
     assert_eq!(m("0049 30 12345678"), "**** ** ******78");
     assert_eq!(m("0044 20 7946 0958"), "**** ** **** **58");
@@ -165,6 +175,33 @@ fn phones() {
         "123-456-7890",
     ] {
         assert_eq!(m(clean), clean);
+    }
+}
+
+/// The ten-digit national shapes are found at every offset of a block and
+/// across block boundaries, in short values and in long ones (whose chunks
+/// test shapes by the cheaper superset first).
+#[test]
+fn national_numbers_at_every_offset() {
+    let e = engine();
+    for (v, want) in [
+        ("03-1234-5678", "**-****-**78"),
+        ("0412 345 678", "**** *** *78"),
+        ("030 12345678", "*** ******78"),
+        ("020-1234567", "***-*****67"),
+        ("02 9876 5432", "** **** **32"),
+    ] {
+        for tail in [0, 700] {
+            for off in 0..140 {
+                let s = format!("{} {v} {}", "a".repeat(off), "z".repeat(tail));
+                let out = mask(&e, &s).0;
+                assert_eq!(
+                    &out[off + 1..off + 1 + v.len()],
+                    want,
+                    "{v} at {off}, tail {tail}"
+                );
+            }
+        }
     }
 }
 
