@@ -664,7 +664,11 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
                 };
                 let mut total = 0;
                 for j in k..ng {
-                    if !free(used, j, j) || (j > k && (!g[j].sep.card() || g[j].sep != sep)) {
+                    // (A card written in groups starts with a group of
+                    // four: `4111 1111 …`, Amex `3782 822463 10005`.)
+                    if !free(used, j, j)
+                        || (j > k && (!g[j].sep.card() || g[j].sep != sep || g[k].len() != 4))
+                    {
                         break;
                     }
                     total += g[j].len();
@@ -861,11 +865,28 @@ fn issuer_ok(lead4: u32, len: usize) -> bool {
     }
 }
 
+/// Group `j` ends a phone number: it ends a value ([`isolated_right`]), or
+/// the run ends there with an extension glued on by `x` (`415-555-2671x123`,
+/// `+1-415-555-2671x1234`): `x`, 1–5 digits, a word boundary.
+#[inline]
+fn phone_right(buf: &[u8], g: &[Group], j: usize) -> bool {
+    if isolated_right(buf, g, j) {
+        return true;
+    }
+    let e = g[j].end();
+    if j + 1 != g.len() || !matches!(buf.get(e), Some(b'x' | b'X')) {
+        return false;
+    }
+    let d = run(buf, e + 1, 6, |b| b.is_ascii_digit());
+    (1..=5).contains(&d) && boundary_after(buf, e + 1 + d)
+}
+
 /// A phone number starting at group `k`: returns where its text starts (a
 /// `+` or `(` before the digits included) and its last group.
 fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usize)> {
     let ng = g.len();
     let free = |i: usize| (used >> i) & 1 == 0;
+    let isolated_right = phone_right;
     if !free(k) {
         return None;
     }
@@ -914,27 +935,91 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         }
     }
 
-    // Trunk-0 national: 0…, a group of 2–5 digits, then groups of 2–6
-    // (`01632 960123`) joined by one consistent space, dash or dot, 10–11
-    // digits in all.
-    if buf[s] == b'0' && (2..=5).contains(&g[k].len()) && k + 1 < ng && isolated_left(buf, g, k) {
+    // International with the `00` prefix: `0049 30 12345678`, `0044 20 7946
+    // 0958`, `001-415-555-2671`. A group of `00` and a country code (1–3
+    // digits, not starting with 0), then groups joined by one consistent
+    // space, dash or dot; 9–15 digits after the `00`, as E.164. (Never a
+    // trunk-0 number: no area code starts with 0. Not after a `+`: `+00` is
+    // a time zone.)
+    if (3..=5).contains(&g[k].len())
+        && before != b'+'
+        && buf[s..s + 3].starts_with(b"00")
+        && buf[s + 2] != b'0'
+        && k + 1 < ng
+        && g[k + 1].sep.plain()
+        && isolated_left(buf, g, k)
+    {
         let sep = g[k + 1].sep;
-        if sep.plain() {
+        let mut total = g[k].len() - 2;
+        let mut best = None;
+        for j in k + 1..ng {
+            if !free(j) || g[j].sep != sep {
+                break;
+            }
+            total += g[j].len();
+            if total > 15 {
+                break;
+            }
+            if total >= 9 && isolated_right(buf, g, j) {
+                best = Some(j);
+            }
+        }
+        return best.map(|j| (s, j));
+    }
+
+    // Brazil: `(DD) NNNN-NNNN` / `(DD) NNNNN-NNNN`, an area code of two
+    // digits 1–9 in parentheses, the number joined by one dash.
+    if before == b'('
+        && boundary_before(buf, s - 1)
+        && g[k].len() == 2
+        && k + 2 < ng
+        && (k..k + 3).all(free)
+        && buf[s..s + 2].iter().all(|&c| c != b'0')
+        && (g[k + 1].sep.single(b')') || g[k + 1].sep == Sep::new(2, b')', b' '))
+        && (4..=5).contains(&g[k + 1].len())
+        && g[k + 2].sep.single(b'-')
+        && g[k + 2].len() == 4
+        && isolated_right(buf, g, k + 2)
+    {
+        return Some((s - 1, k + 2));
+    }
+
+    // Trunk-0 national: 0 and an area code (not starting with 0: `+00 249
+    // 213 433` is a time zone and numbers), a group of 2–5 digits, then
+    // groups of 2–8 (`01632 960123`, `030 12345678`) joined by one
+    // consistent space, dash or dot, 10–11 digits in all, or 12 as two
+    // groups of 3–4 and 8 digits (German mobiles: `0151 12345678`). The
+    // first group may stand in parentheses, closed by `)` or `) ` (`(02)
+    // 9876 5432`, `(030) 12345678`): the groups after it are then joined by
+    // one consistent space, dash or dot.
+    if (2..=5).contains(&g[k].len()) && buf[s] == b'0' && buf[s + 1] != b'0' && k + 1 < ng {
+        let paren = before == b'('
+            && boundary_before(buf, s - 1)
+            && matches!(g[k + 1].sep, x if x.single(b')') || x == Sep::new(2, b')', b' '));
+        if paren || isolated_left(buf, g, k) {
+            let sep = if paren {
+                g.get(k + 2).map_or(Sep::default(), |x| x.sep)
+            } else {
+                g[k + 1].sep
+            };
             let mut total = g[k].len();
             let mut last = k;
             for (j, gj) in g.iter().enumerate().skip(k + 1) {
                 if !free(j)
-                    || gj.sep != sep
-                    || !(2..=6).contains(&gj.len())
-                    || total + gj.len() > 11
+                    || (gj.sep != sep && !(paren && j == k + 1))
+                    || !(2..=8).contains(&gj.len())
+                    || (total + gj.len() > 11
+                        && !(j == k + 1 && total <= 4 && total + gj.len() == 12))
                 {
                     break;
                 }
                 total += gj.len();
                 last = j;
             }
-            if (10..=11).contains(&total) && isolated_right(buf, g, last) {
-                return Some((s, last));
+            // (After `(0…)` and a single group, no separator to check.)
+            let sep_ok = sep.plain() || (paren && last == k + 1);
+            if (10..=12).contains(&total) && sep_ok && isolated_right(buf, g, last) {
+                return Some((if paren { s - 1 } else { s }, last));
             }
         }
     }
@@ -1475,7 +1560,8 @@ pub(crate) fn slack(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     Some(body + l)
 }
 
-/// PEM private key: `-----BEGIN … PRIVATE KEY-----` with the `B` at `p`;
+/// PEM private key: `-----BEGIN … PRIVATE KEY-----` (or an OpenPGP
+/// `-----BEGIN PGP PRIVATE KEY BLOCK-----`) with the `B` at `p`;
 /// masks the base64 body up to `-----END` (or the end of the buffer).
 pub(crate) fn pem(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     if p < 5 || &buf[p - 5..p] != b"-----" || buf.get(p..p + 6) != Some(b"BEGIN ") {
@@ -1484,7 +1570,8 @@ pub(crate) fn pem(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     let label_start = p + 6;
     let window = &buf[label_start..buf.len().min(label_start + 64)];
     let close = memchr::memmem::find(window, b"-----")?;
-    if !window[..close].ends_with(b"PRIVATE KEY") {
+    let label = &window[..close];
+    if !label.ends_with(b"PRIVATE KEY") && label != b"PGP PRIVATE KEY BLOCK" {
         return None;
     }
     let body = label_start + close + 5;

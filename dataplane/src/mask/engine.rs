@@ -1048,7 +1048,9 @@ impl Engine {
     /// runs of at least 13 digits (bare, or joined by single spaces, dashes
     /// or dots), the shapes `ddd-dd-dddd` / `ddd dd dddd` (SSN) and
     /// `ddd?ddd?dddd` (North American phone), `ddddd?ddddd` (national
-    /// numbers of two groups, `01632 960123`), and `d.d.d.d` (IPv4, when on).
+    /// numbers of two groups, `01632 960123`), the ten-digit national shapes
+    /// of [`national`] (`030 12345678`, `03-1234-5678`, `0412 345 678`),
+    /// and `d.d.d.d` (IPv4, when on).
     /// Shorter runs (dates, prices, times, ids) cost nothing more.
     ///
     /// Every shape is at most 13 bytes long, so it is found in one of two
@@ -2150,6 +2152,7 @@ impl Window {
         // `01632 960123`, `01234 56789`).
         let d5 = d3 & dw >> 3 & dw >> 4;
         cand |= d5 & sep >> 5 & d5 >> 6;
+        cand |= national(dw, sep);
         if ipv4 {
             let dt = self.dt;
             let r2 = dt & dt >> 1;
@@ -2161,7 +2164,8 @@ impl Window {
 }
 
 /// A superset of [`may_shape`]: starts of 13 bytes of digits and
-/// separators of any kind, and of the frames `ddd?dd??ddd` (separator at
+/// separators of any kind, of 12 such bytes from digit to digit, of
+/// `dd?ddd???d`, and of the frames `ddd?dd??ddd` (separator at
 /// 3) and `ddddd?ddddd` (at 5), tested together as `ddd?d???ddd`.
 /// Some 20 instructions; dates and prices followed by a word (`2024-05-12
 /// to`, `12.50 EUR`) have neither.
@@ -2173,15 +2177,36 @@ fn pre_shape(digit: u64, sep: u64) -> u64 {
     let g8 = g4 & g4 >> 4;
     let d3 = digit & digit >> 1 & digit >> 2;
     // (`ddd?dd??ddd` and `ddddd?ddddd` share `ddd?d???ddd` with a
-    // separator at 3 or 5.)
-    (g8 & g4 >> 8 & g >> 12) | (d3 & digit >> 4 & d3 >> 8 & (sep >> 3 | sep >> 5))
+    // separator at 3 or 5; `dd?dddd?dddd` and `dddd?ddd?ddd` are 12 bytes
+    // of digits and separators from digit to digit.)
+    let g12 = g8 & g4 >> 8;
+    let d2 = digit & digit >> 1;
+    (g12 & (g >> 12 | digit & digit >> 11))
+        | (d3 & digit >> 4 & d3 >> 8 & (sep >> 3 | sep >> 5))
+        | (d2 & sep >> 2 & d3 >> 3 & d3 >> 6 & digit >> 9)
+}
+
+/// Starts of the shapes of ten-digit national numbers with a trunk 0 that
+/// the others miss: `dd?ddddddd` (a subscriber number of seven digits or
+/// more: `030 12345678`, `020-1234567`), `dd?dddd?dddd` (`03-1234-5678`,
+/// `02 9876 5432`) and `dddd?ddd?ddd` (`0412 345 678`), separators any of
+/// space, dash, dot.
+#[inline(always)]
+fn national(d: u64, sep: u64) -> u64 {
+    let d2 = d & d >> 1;
+    let d3 = d2 & d >> 2;
+    let d4 = d2 & d2 >> 2;
+    let long = d2 & sep >> 2 & d4 >> 3 & d3 >> 7;
+    let two_four = d2 & sep >> 2 & d4 >> 3 & sep >> 7 & d4 >> 8;
+    let four_three = d4 & sep >> 4 & d3 >> 5 & sep >> 8 & d3 >> 9;
+    long | two_four | four_three
 }
 
 /// A superset of [`Window::shapes`] without IPv4, from the plain masks of
 /// one window: starts of 13 bytes of digits and one kind of separator (the
 /// runs of 13, joined or not by single separators), and of the frame the
 /// SSN and North American phone shapes share (`ddd?dd??ddd`), and of
-/// `ddddd?ddddd` (two-group national numbers). Some 40
+/// `ddddd?ddddd` (two-group national numbers), and of [`national`]. Some 50
 /// instructions; digits in dates and times (`2024-03-15 10:22`, separators
 /// of two kinds) pass the cheaper test of [`pre_shape`] but not this.
 #[inline(always)]
@@ -2204,7 +2229,12 @@ fn may_shape(digit: u64, space: u64, dash: u64, dot: u64) -> u64 {
         & d >> 10;
     let d5 = d & d >> 1 & d >> 2 & d >> 3 & d >> 4;
     let five_five = d5 & (space | dash | dot) >> 5 & d5 >> 6;
-    long13(d | space) | long13(d | dash) | long13(d | dot) | frame | five_five
+    long13(d | space)
+        | long13(d | dash)
+        | long13(d | dot)
+        | frame
+        | five_five
+        | national(d, space | dash | dot)
 }
 
 /// Which compiled copy of the scan the kernel can use (see `Engine::fast`):

@@ -50,6 +50,15 @@ fn cards() {
     );
     assert_eq!(m("qty 12 4111111111111111"), "qty 12 ************1111");
     assert_eq!(m("6011 1134 9346 9550 1"), "6011 1134 9346 9550 1");
+    // Grouped, a card starts with a group of four: an order number, a
+    // quantity and a year, or the start of a UUID, pass Luhn by chance.
+    for clean in [
+        "ORD-2025-420897 139 2019-01-01",
+        "22378169-0508-4869-a786-0d8cbf5810c8",
+        "411111 111111 1111",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
     // COPY text escapes a newline as \n.
     assert_eq!(m(r"x\n4111111111111111"), r"x\n************1111");
 }
@@ -90,11 +99,72 @@ fn phones() {
     // ... not without the trunk 0, nor with too many digits.
     assert_eq!(m("12345 67890"), "12345 67890");
     assert_eq!(m("01632 9601234"), "01632 9601234");
+    // Subscriber numbers of 7–8 digits after the area code (Germany, the
+    // Netherlands), and the area code in parentheses (Australia, Germany).
+    assert_eq!(m("Tel. 030 12345678."), "Tel. *** ******78.");
+    assert_eq!(m("030-12345678"), "***-******78");
+    assert_eq!(m("020-1234567"), "***-*****67");
+    assert_eq!(m("(02) 9876 5432"), "(**) **** **32");
+    assert_eq!(m("ph (030) 12345678"), "ph (***) ******78");
+    assert_eq!(m("(0161)496-0123"), "(****)***-**23");
+    assert_eq!(m("0151 12345678"), "**** ******78");
+    assert_eq!(m("(0171) 23456789"), "(****) ******89");
+    // Brazil: `(DD) NNNNN-NNNN`.
+    assert_eq!(m("cel (11) 91234-5678."), "cel (**) *****-**78.");
+    assert_eq!(m("(21)3456-7890"), "(**)****-**90");
+    // Ten digits as 2-4-4 (Japan, Italy, Australia) and 4-3-3 (Australian
+    // mobiles).
+    assert_eq!(m("03-1234-5678"), "**-****-**78");
+    assert_eq!(m("tel 06 1234 5678, office"), "tel ** **** **78, office");
+    assert_eq!(m("02 9876 5432"), "** **** **32");
+    assert_eq!(m("0412 345 678"), "**** *** *78");
+    assert_eq!(m("0412.345.678"), "****.***.*78");
+    // International numbers with the `00` prefix, as E.164.
+    assert_eq!(m("0049 30 12345678"), "**** ** ******78");
+    assert_eq!(m("0044 20 7946 0958"), "**** ** **** **58");
+    assert_eq!(m("001-415-555-2671"), "***-***-***-**71");
+    // An extension glued on by `x`.
+    assert_eq!(m("415-555-2671x123"), "***-***-**71x123");
+    assert_eq!(m("(415)555-2671x1234"), "(***)***-**71x1234");
+    assert_eq!(m("+1-415-555-2671x1234,"), "+*-***-***-**71x1234,");
+    for clean in [
+        "12-1234-5678",
+        "4412 345 678",
+        "03-1234-567890",
+        "0412 345 678 9",
+        "2024-03-15 1234567",
+        "ORD-2025-097176",
+        "030 123456789",
+        "01632 96012345",
+        "02 1234567890",
+        "0151 12345678 99",
+        "(11) 91234-567",
+        "(11) 912345-6789",
+        "x(11) 91234-5678",
+        "0049 30 1234",
+        "0001 2345 6789",
+        "00 12 345",
+        "INV-00632 52305.94",
+        "2021-09-26 04:32:38.868705+00691.332.6164",
+        "00966721-3703-4382-aa8c-89",
+        "0049 30-12345678",
+        "(12) 9876 5432",
+        "(02)-9876-5432",
+        "x(02) 9876 5432",
+        "415-555-2671x",
+        "415-555-2671xyz",
+        "415-555-2671x123456",
+        "415-555-2671x12a",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
     // A number glued on either side by a single separator is something else.
     assert_eq!(m("the 337 480 2016-03-22"), "the 337 480 2016-03-22");
     assert_eq!(m("337 48 2016-03-22"), "337 48 2016-03-22");
     // Timestamps, dates, prices and ids are not phones.
     for clean in [
+        "2016-11-17 08:59:56.248712+00 249 213 433",
+        "2021-11-14 00:45:55.027920+00 267 235 81%",
         "2024-03-15 10:22:31.123456+00",
         "2024-03-15",
         "15/03/2024 10:22",
@@ -105,6 +175,33 @@ fn phones() {
         "123-456-7890",
     ] {
         assert_eq!(m(clean), clean);
+    }
+}
+
+/// The ten-digit national shapes are found at every offset of a block and
+/// across block boundaries, in short values and in long ones (whose chunks
+/// test shapes by the cheaper superset first).
+#[test]
+fn national_numbers_at_every_offset() {
+    let e = engine();
+    for (v, want) in [
+        ("03-1234-5678", "**-****-**78"),
+        ("0412 345 678", "**** *** *78"),
+        ("030 12345678", "*** ******78"),
+        ("020-1234567", "***-*****67"),
+        ("02 9876 5432", "** **** **32"),
+    ] {
+        for tail in [0, 700] {
+            for off in 0..140 {
+                let s = format!("{} {v} {}", "a".repeat(off), "z".repeat(tail));
+                let out = mask(&e, &s).0;
+                assert_eq!(
+                    &out[off + 1..off + 1 + v.len()],
+                    want,
+                    "{v} at {off}, tail {tail}"
+                );
+            }
+        }
     }
 }
 
@@ -196,6 +293,14 @@ fn private_keys() {
     );
     let public = "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\n-----END PUBLIC KEY-----";
     assert_eq!(m(public), public);
+    let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF+x/Q==\n=Ab1c\n-----END PGP PRIVATE KEY BLOCK-----";
+    assert_eq!(
+        m(pgp),
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n************\n*****\n-----END PGP PRIVATE KEY BLOCK-----"
+    );
+    let pgp_public =
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQENBF+x\n-----END PGP PUBLIC KEY BLOCK-----";
+    assert_eq!(m(pgp_public), pgp_public);
     // COPY text format escapes newlines; the escapes survive.
     assert_eq!(
         m(r"-----BEGIN PRIVATE KEY-----\nMIIE\nab\n-----END PRIVATE KEY-----"),
