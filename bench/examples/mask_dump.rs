@@ -9,6 +9,9 @@
 //! cmp old.txt new.txt
 //! MASK_DUMP_KERNEL=avx2 target/release/examples/mask_dump | cmp old.txt -
 //! ```
+//!
+//! `MASK_DUMP_KERNEL=avx512-noplanes` runs the AVX-512 kernel without the
+//! scan copy that needs VBMI and GFNI (what Skylake-SP runs).
 
 use dataplane::mask::corpus::{self, Kind, Rng};
 use dataplane::mask::{mask_data_row, Engine, Hits, Kernel, MaskingProfile, RowPlan};
@@ -129,15 +132,17 @@ fn random_text(r: &mut Rng, max: usize) -> String {
 }
 
 /// The kernel compared with the scalar one: the best this CPU has, or the
-/// one `MASK_DUMP_KERNEL` names (`avx2`, `ssse3`, `avx512`), so every kernel
-/// can be checked against the same expected output.
-fn first_kernel() -> Kernel {
+/// one `MASK_DUMP_KERNEL` names (`avx2`, `ssse3`, `avx512`,
+/// `avx512-noplanes`), so every kernel can be checked against the same
+/// expected output. The flag: without the VBMI/GFNI scan copy.
+fn first_kernel() -> (Kernel, bool) {
     match std::env::var("MASK_DUMP_KERNEL").as_deref() {
-        Ok("avx2") => Kernel::Avx2,
-        Ok("ssse3") => Kernel::Ssse3,
-        Ok("avx512") => Kernel::Avx512,
+        Ok("avx2") => (Kernel::Avx2, false),
+        Ok("ssse3") => (Kernel::Ssse3, false),
+        Ok("avx512") => (Kernel::Avx512, false),
+        Ok("avx512-noplanes") => (Kernel::Avx512, true),
         Ok(k) => panic!("unknown kernel {k}"),
-        Err(_) => Kernel::best(),
+        Err(_) => (Kernel::best(), false),
     }
 }
 
@@ -182,8 +187,9 @@ fn main() {
         cells.push(random_text(&mut fz, max));
     }
     for (name, p) in profiles() {
-        for kernel in [first_kernel(), Kernel::Scalar] {
+        for (kernel, noplanes) in [first_kernel(), (Kernel::Scalar, false)] {
             let e = Engine::compile_with_kernel(&p, kernel).unwrap();
+            let e = if noplanes { e.without_planes() } else { e };
             let mut hits = Hits::new();
             for c in &cells {
                 let mut v = c.as_bytes().to_vec();

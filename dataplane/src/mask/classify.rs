@@ -340,8 +340,9 @@ impl Classifier {
     /// classified as if padded with zero bytes (which are in no class).
     ///
     /// `F` (fast): the caller is compiled with AVX2 enabled (`F >= 1`) or
-    /// with AVX2 and AVX-512BW (`F == 2`), so the AVX2 kernel (`F >= 1`)
-    /// or the AVX-512 kernel (`F == 2`) is inlined into it rather than
+    /// with AVX2 and AVX-512BW (`F >= 2`; `F == 3`: also VBMI and GFNI, for
+    /// [`Classifier::classify_planes`]), so the AVX2 kernel (`F >= 1`) or
+    /// the AVX-512 kernel (`F >= 2`) is inlined into it rather than
     /// called.
     #[inline(always)]
     pub(crate) fn classify_chunk<const N: usize, const F: u8>(
@@ -361,9 +362,9 @@ impl Classifier {
             return 1;
         }
         #[cfg(target_arch = "x86_64")]
-        if F == 2 && self.kernel == Kernel::Avx512 {
+        if F >= 2 && self.kernel == Kernel::Avx512 {
             // SAFETY: `Classifier::new` asserted the CPU supports the
-            // kernel; with `F == 2` the caller is compiled for it.
+            // kernel; with `F >= 2` the caller is compiled for it.
             // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
             let mut m = unsafe {
                 x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
@@ -388,18 +389,18 @@ impl Classifier {
 
     /// The masks of the first 8 blocks of `data` as one vector per class
     /// (see [`x86::planes_avx512`]), and how many blocks they hold; `None`
-    /// unless the caller is compiled for the AVX-512 kernel (`F == 2`)
-    /// and uses it.
+    /// unless the caller is compiled for the AVX-512 kernel with VBMI and
+    /// GFNI (`F == 3`) and uses it.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn classify_planes<const F: u8>(&self, data: &[u8]) -> Option<(usize, Planes)> {
-        if F != 2 || self.kernel != Kernel::Avx512 {
+        if F != 3 || self.kernel != Kernel::Avx512 {
             return None;
         }
         let data = &data[..data.len().min(8 * BLOCK)];
         // SAFETY: `Classifier::new` asserted the CPU supports the kernel;
-        // with `F == 2` the caller is compiled for it, and `fast_scan` in
-        // the engine (the only caller with `F == 2`) checked VBMI and GFNI.
+        // with `F == 3` the caller is compiled for it with VBMI and GFNI,
+        // which `fast_scan` in the engine checked.
         let p = unsafe { x86::planes_avx512(data, &self.anchor_lo) };
         Some((data.len().div_ceil(BLOCK), p))
     }
@@ -408,10 +409,10 @@ impl Classifier {
     #[inline(always)]
     pub(crate) fn classify_one<const F: u8>(&self, data: &[u8]) -> BlockMasks {
         #[cfg(target_arch = "x86_64")]
-        if F == 2 && self.kernel == Kernel::Avx512 {
+        if F >= 2 && self.kernel == Kernel::Avx512 {
             assert!(data.len() <= BLOCK);
             // SAFETY: `Classifier::new` asserted the CPU supports the
-            // kernel; with `F == 2` the caller is compiled for it. The
+            // kernel; with `F >= 2` the caller is compiled for it. The
             // masked load reads `data.len()` bytes of `data` only.
             return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.anchor_lo) };
         }
@@ -430,8 +431,8 @@ impl Classifier {
             let m = match self.kernel {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Classifier::new` asserted the CPU supports the
-                // kernel; with `F == 2` the caller is compiled for it.
-                Kernel::Avx512 if F == 2 => unsafe { x86::block_avx512(b, &self.anchor_lo) },
+                // kernel; with `F >= 2` the caller is compiled for it.
+                Kernel::Avx512 if F >= 2 => unsafe { x86::block_avx512(b, &self.anchor_lo) },
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports
@@ -1140,7 +1141,7 @@ mod tests {
             let c = Classifier::new(&anchors, Kernel::Avx512);
             let mut want = [BlockMasks::default(); 8];
             let nw = c.classify_chunk::<8, 2>(&data, &mut want);
-            let (np, p) = c.classify_planes::<2>(&data).expect("AVX-512 kernel");
+            let (np, p) = c.classify_planes::<3>(&data).expect("AVX-512 kernel");
             prop_assert_eq!(np, nw);
             let lanes = |v| {
                 let mut a = [0u64; 8];

@@ -237,7 +237,7 @@ pub struct Engine {
     /// 1: the AVX2 kernel is in use and the CPU has BMI1, BMI2 and POPCNT:
     /// the scan runs as a copy compiled for those features. 2: the same
     /// with the AVX-512 kernel, in a copy compiled for AVX-512F/BW too.
-    /// 0: neither.
+    /// 3: the same with VBMI and GFNI too. 0: none of these.
     fast: u8,
     /// Which anchored detectors are on, by anchor byte.
     on: [bool; BUILTIN_RULES],
@@ -479,6 +479,15 @@ impl Engine {
         Self::compile(p).map(Arc::new)
     }
 
+    /// This engine without the AVX-512 scan copy that needs VBMI and GFNI,
+    /// as a CPU with AVX-512BW but without them (Skylake-SP, Cascade Lake)
+    /// runs it: for tests and `mask_dump` on CPUs that have them.
+    #[doc(hidden)]
+    pub fn without_planes(mut self) -> Engine {
+        self.fast = self.fast.min(2);
+        self
+    }
+
     /// Whether the profile masks anything at all.
     pub fn enabled(&self) -> bool {
         self.enabled
@@ -665,6 +674,8 @@ impl Engine {
         match self.fast {
             // SAFETY: `fast` is set only when the CPU has these features
             // (`fast_scan`).
+            3 => return unsafe { self.scan_regions_fast512p(buf, regions, counts, hits) },
+            // SAFETY: as above.
             2 => return unsafe { self.scan_regions_fast512(buf, regions, counts, hits) },
             // SAFETY: as above.
             1 => return unsafe { self.scan_regions_fast(buf, regions, counts, hits) },
@@ -699,10 +710,11 @@ impl Engine {
         self.scan_regions_impl::<0>(buf, regions, counts, hits)
     }
 
-    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined;
-    /// VBMI and GFNI for `Classifier::classify_planes`).
+    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined),
+    /// on CPUs without VBMI or GFNI (Skylake-SP, Cascade Lake): short spans
+    /// classified block by block, as long ones.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,gfni,avx2,bmi1,bmi2,popcnt")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt")]
     fn scan_regions_fast512(
         &self,
         buf: &mut [u8],
@@ -711,6 +723,21 @@ impl Engine {
         hits: &mut Hits,
     ) -> u32 {
         self.scan_regions_impl::<2>(buf, regions, counts, hits)
+    }
+
+    /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined)
+    /// with VBMI and GFNI: short spans classified as vectors in registers
+    /// (`Classifier::classify_planes`).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,gfni,avx2,bmi1,bmi2,popcnt")]
+    fn scan_regions_fast512p(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        self.scan_regions_impl::<3>(buf, regions, counts, hits)
     }
 
     /// `F`: compiled with the fast features (see `classify_chunk`).
@@ -957,11 +984,13 @@ impl Engine {
                 start: 0,
                 end: n as u32,
             }];
-            // SAFETY (all four calls): `fast` is set only when the CPU has
-            // these features (`fast_scan`).
+            // SAFETY (all five calls): `fast` is set only when the CPU has
+            // these features (`fast_scan`). (A value of one block does not
+            // use the planes.)
             return unsafe {
                 match (self.fast, n <= BLOCK) {
-                    (2, true) => self.scan_one_fast512(buf, hits),
+                    (2 | 3, true) => self.scan_one_fast512(buf, hits),
+                    (3, false) => self.scan_regions_fast512p(buf, &region, &mut [0u32], hits),
                     (2, false) => self.scan_regions_fast512(buf, &region, &mut [0u32], hits),
                     (_, true) => self.scan_one_fast(buf, hits),
                     (_, false) => self.scan_regions_fast(buf, &region, &mut [0u32], hits),
@@ -1636,14 +1665,15 @@ impl Engine {
     }
 
     /// The e-mail validator for the `@` at `p` of `cell`, by AVX-512 in the
-    /// scan copies compiled with the fast features (`F == 2`, see
+    /// scan copies compiled with the fast features (`F >= 2`, see
     /// `classify_chunk`).
     #[inline(always)]
     fn email<const F: u8>(&self, cell: &mut [u8], p: usize) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
-        if F == 2 {
-            // SAFETY: the copies with `F == 2` run only when `fast` is 2:
-            // the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT (`fast_scan`).
+        if F >= 2 {
+            // SAFETY: the copies with `F >= 2` run only when `fast` is 2 or
+            // 3: the CPU has AVX-512F/BW, BMI1, BMI2 and POPCNT
+            // (`fast_scan`).
             return unsafe { detect::email_avx512(cell, p, &self.fmt) };
         }
         detect::email(cell, p, &self.fmt)
@@ -2165,7 +2195,7 @@ impl Window {
 
 /// A superset of [`may_shape`]: starts of 13 bytes of digits and
 /// separators of any kind, of 12 such bytes from digit to digit, of
-/// `dd?ddd???d`, and of the frames `ddd?dd??ddd` (separator at
+/// `dd?ddddddd`, and of the frames `ddd?dd??ddd` (separator at
 /// 3) and `ddddd?ddddd` (at 5), tested together as `ddd?d???ddd`.
 /// Some 20 instructions; dates and prices followed by a word (`2024-05-12
 /// to`, `12.50 EUR`) have neither.
@@ -2245,13 +2275,15 @@ fn fast_scan(kernel: Kernel) -> u8 {
         let bmi = std::arch::is_x86_feature_detected!("bmi1")
             && std::arch::is_x86_feature_detected!("bmi2")
             && std::arch::is_x86_feature_detected!("popcnt");
-        // (An AVX-512 CPU without VBMI or GFNI, before Ice Lake, runs the
-        // AVX2 copy, calling the AVX-512 kernel a block at a time.)
+        // (VBMI and GFNI build the masks of short spans as vectors: Ice
+        // Lake and later, Zen 4 and later. Skylake-SP and Cascade Lake have
+        // AVX-512BW without them.)
         let planes = std::arch::is_x86_feature_detected!("avx512vbmi")
             && std::arch::is_x86_feature_detected!("gfni");
         match kernel {
-            Kernel::Avx512 if bmi && planes && kernel.available() => 2,
-            Kernel::Avx512 | Kernel::Avx2 if bmi && kernel.available() => 1,
+            Kernel::Avx512 if bmi && planes && kernel.available() => 3,
+            Kernel::Avx512 if bmi && kernel.available() => 2,
+            Kernel::Avx2 if bmi && kernel.available() => 1,
             _ => 0,
         }
     }

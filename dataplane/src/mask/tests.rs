@@ -501,6 +501,15 @@ proptest! {
             prop_assert_eq!(&got, &want, "{:?}", k);
             prop_assert_eq!(&hg, &hw);
         }
+        // The AVX-512 scan as CPUs without VBMI and GFNI run it.
+        if Kernel::Avx512.available() {
+            let mut got = data.clone();
+            let mut hg = Hits::new();
+            let e = Engine::compile_with_kernel(&p, Kernel::Avx512).unwrap().without_planes();
+            e.mask_in_place(&mut got, &mut hg);
+            prop_assert_eq!(&got, &want, "AVX-512 without planes");
+            prop_assert_eq!(&hg, &hw);
+        }
     }
 
     #[test]
