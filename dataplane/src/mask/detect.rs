@@ -1502,7 +1502,8 @@ pub(crate) fn google(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
 }
 
 /// Tokens whose prefix ends in `_`: GitHub (`ghp_`… and `github_pat_`) and
-/// Stripe (`sk_live_`…), with the `_` at `p`.
+/// Stripe (`sk_live_`… and webhook signing secrets `whsec_` + 24 or more
+/// letters and digits), with the `_` at `p`.
 pub(crate) fn underscore(
     buf: &mut [u8],
     p: usize,
@@ -1536,6 +1537,15 @@ pub(crate) fn underscore(
         let body = p + 6;
         let l = run(buf, body, 256, alnum);
         if l >= 16 && boundary_before(buf, s) && buf.get(body + l) != Some(&b'_') {
+            mask_token(buf, s, body, body + l, f);
+            return Some((body + l, false));
+        }
+    }
+    if stripe && p >= 5 && &buf[p - 5..p] == b"whsec" {
+        let s = p - 5;
+        let body = p + 1;
+        let l = run(buf, body, 256, alnum);
+        if l >= 24 && boundary_before(buf, s) && buf.get(body + l) != Some(&b'_') {
             mask_token(buf, s, body, body + l, f);
             return Some((body + l, false));
         }

@@ -2296,7 +2296,8 @@ fn fast_scan(kernel: Kernel) -> u8 {
 
 /// The byte next to a letter anchor at `pos` (in region `r`) fits one of
 /// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
-/// / `sk_` / `rk_`, `xox` / `xapp`, `Be…` / `be…`. When it does not, the
+/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…`. When it
+/// does not, the
 /// validator would find nothing (each checks these bytes first), so the
 /// call is skipped. Other anchors always go to their validator.
 #[inline(always)]
@@ -2307,7 +2308,7 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
     match buf[pos] {
         b'J' => before(b"y"),
         b'z' => before(b"I"),
-        b'_' => before(b"pousrbk"),
+        b'_' => before(b"pousrbkc"),
         b'x' => after(b"oa"),
         b'B' | b'b' => after(b"eE"),
         _ => true,

@@ -271,6 +271,73 @@ fn tokens() {
     }
 }
 
+fn star(n: usize) -> String {
+    "*".repeat(n)
+}
+
+/// `v` masked in filler text at every offset across a block boundary, the
+/// same by every kernel.
+fn masked_by_every_kernel_at_every_offset(v: &str) {
+    for at in 0..140 {
+        let s = format!(
+            "{} {v} basic idea. c/ s/ bas{}",
+            "y".repeat(at),
+            "b".repeat(at % 7)
+        );
+        let p = MaskingProfile::default();
+        let want = mask(
+            &Engine::compile_with_kernel(&p, Kernel::Scalar).unwrap(),
+            &s,
+        );
+        assert!(!want.0.contains(&v[v.len() - 8..]), "{s}");
+        for k in kernels() {
+            let e = Engine::compile_with_kernel(&p, k).unwrap();
+            assert_eq!(mask(&e, &s), want, "{k:?} {s}");
+            if k == Kernel::Avx512 {
+                assert_eq!(mask(&e.without_planes(), &s), want, "{s}");
+            }
+        }
+    }
+}
+
+/// `s` unchanged by a profile with `detector` off.
+fn kept_with_detector_off(detector: &str, s: &str) {
+    let p = MaskingProfile::from_yaml(&format!("detectors: {{ {detector}: false }}")).unwrap();
+    assert_eq!(mask(&Engine::compile(&p).unwrap(), s).0, s);
+}
+
+fn no_prefix() -> Engine {
+    let p = MaskingProfile::from_yaml("format: { token_keep_prefix: false }").unwrap();
+    Engine::compile(&p).unwrap()
+}
+
+#[test]
+fn stripe_webhook_secrets() {
+    let wh = "whsec_5WbX5kEWLlfzsGNjH64I8lOOqUB6e8FH";
+    let (out, h) = mask(&engine(), &format!("STRIPE_WEBHOOK_SECRET={wh}\n"));
+    assert_eq!(out, format!("STRIPE_WEBHOOK_SECRET=whsec_{}\n", star(32)));
+    assert_eq!(h.get(Builtin::StripeKey), 1);
+    assert_eq!(
+        m(&format!("signing secret is {wh}.")),
+        format!("signing secret is whsec_{}.", star(32))
+    );
+    let hex = format!("whsec_{}", "0f9a".repeat(16));
+    assert_eq!(m(&hex), format!("whsec_{}", star(64)));
+    assert_eq!(mask(&no_prefix(), wh).0, star(wh.len()));
+    for clean in [
+        "whsec",
+        "whsec_",
+        "whsec_short",
+        "whsec_5WbX5kEWLlfzsGNjH64I8lO",
+        "xwhsec_5WbX5kEWLlfzsGNjH64I8lOOqUB6e8FH",
+        "whsec_5WbX5kEWLlfzsGNjH64I8lOOqUB6e8FH_x",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+    masked_by_every_kernel_at_every_offset(wh);
+    kept_with_detector_off("stripe_key", wh);
+}
+
 #[test]
 fn jwts() {
     let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc-_DEF";
