@@ -502,16 +502,17 @@ const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
 /// many a `be` and few a `bea`).
 const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAG");
 /// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
-/// of `AIza`, `_` of the GitHub and Stripe prefixes (`whsec_` among them)),
-/// and the bytes that may precede them.
-const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_");
+/// of `AIza`, `_` of the GitHub and Stripe prefixes (`whsec_` among them),
+/// `/` of a Slack webhook's `…/services/`), and the bytes that may precede
+/// them.
+const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_/");
 const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkc");
 
 /// Letter anchors in `block` that the bytes next to them rule out (see
 /// `may_anchor` in the engine, which checks the same neighbours exactly,
 /// and more; the validators check the byte after those too): an `x`, `B`
 /// or `b` not followed by one of `o a e E`, or whose byte after next is
-/// none of `x p a A G`, a `J`, `z` or `_` not preceded by one of
+/// none of `x p a A G`, a `J`, `z`, `_` or `/` not preceded by one of
 /// `y I p o u s r b k c`. Bytes whose neighbour is in another block are never
 /// ruled out by it.
 #[cfg(test)]

@@ -1570,6 +1570,46 @@ pub(crate) fn slack(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     Some(body + l)
 }
 
+/// Slack webhook URL `https://hooks.slack.com/services/T…/B…/<secret>`
+/// (also `/workflows/` and `/triggers/`) with the `/` after the path's
+/// first word at `p`: the path after it (segments of letters and digits
+/// joined by `/`, the first starting with `T`, at least three, the last of
+/// 16 or more) is masked, slashes included; the URL up to `p` is kept.
+pub(crate) fn slack_webhook(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    let head = &buf[..p];
+    let hooks = b"hooks.slack.com/";
+    let kind = [&b"services"[..], b"workflows", b"triggers"]
+        .into_iter()
+        .find(|k| head.ends_with(k))?;
+    if !head[..p - kind.len()].ends_with(hooks) || buf.get(p + 1) != Some(&b'T') {
+        return None;
+    }
+    let body = p + 1;
+    let (mut end, mut segs, mut last) = (body, 0, 0);
+    loop {
+        let l = run(buf, end, 256, alnum);
+        if l == 0 {
+            break;
+        }
+        segs += 1;
+        last = l;
+        end += l;
+        if buf.get(end) != Some(&b'/') || !buf.get(end + 1).is_some_and(|&b| alnum(b)) {
+            break;
+        }
+        end += 1;
+    }
+    if segs < 3 || last < 16 {
+        return None;
+    }
+    let all = Fmt {
+        keep_punct: false,
+        ..*f
+    };
+    mask_range(buf, body, end, 0, &all);
+    Some(end)
+}
+
 /// PEM private key: `-----BEGIN … PRIVATE KEY-----` (or an OpenPGP
 /// `-----BEGIN PGP PRIVATE KEY BLOCK-----`) with the `B` at `p`;
 /// masks the base64 body up to `-----END` (or the end of the buffer).

@@ -345,7 +345,7 @@ impl Engine {
         add(is(Builtin::Jwt), b"J");
         add(is(Builtin::GoogleApiKey), b"z");
         add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
-        add(is(Builtin::SlackToken), b"x");
+        add(is(Builtin::SlackToken), b"x/");
         add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
         add(is(Builtin::BearerToken), b"b");
         add(is(Builtin::Ipv6), b":");
@@ -1718,6 +1718,7 @@ impl Engine {
                     })
             }
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
+            b'/' => detect::slack_webhook(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             // Bearer, BEGIN: the next letter is an `e`.
             b'B' | b'b' if !matches!(cell.get(p + 1), Some(b'e' | b'E')) => None,
             b'B' => {
@@ -2296,7 +2297,8 @@ fn fast_scan(kernel: Kernel) -> u8 {
 
 /// The byte next to a letter anchor at `pos` (in region `r`) fits one of
 /// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
-/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…`. When it
+/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…`, and the `s/`
+/// of a Slack webhook's `services/` (`workflows/`, `triggers/`). When it
 /// does not, the
 /// validator would find nothing (each checks these bytes first), so the
 /// call is skipped. Other anchors always go to their validator.
@@ -2311,6 +2313,7 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
         b'_' => before(b"pousrbkc"),
         b'x' => after(b"oa"),
         b'B' | b'b' => after(b"eE"),
+        b'/' => before(b"s") && after(b"T"),
         _ => true,
     }
 }

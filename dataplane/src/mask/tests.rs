@@ -339,6 +339,47 @@ fn stripe_webhook_secrets() {
 }
 
 #[test]
+fn slack_webhook_urls() {
+    let url = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX";
+    let (out, h) = mask(&engine(), &format!("{{\"url\": \"{url}\"}}"));
+    assert_eq!(
+        out,
+        format!(
+            "{{\"url\": \"https://hooks.slack.com/services/{}\"}}",
+            star(42)
+        )
+    );
+    assert_eq!(h.get(Builtin::SlackToken), 1);
+    assert_eq!(
+        m("see https://hooks.slack.com/workflows/T01ABCDEF/A02BCDEFG/345678901234567890/aBcDeFgHiJkLmNoPqRsT1234 now"),
+        format!("see https://hooks.slack.com/workflows/{} now", star(63))
+    );
+    assert_eq!(
+        m("https://hooks.slack.com/triggers/T01ABCDEF/345678901234/0123456789abcdef0123456789abcdef"),
+        format!("https://hooks.slack.com/triggers/{}", star(55))
+    );
+    assert_eq!(
+        mask(&no_prefix(), url).0,
+        format!("https://hooks.slack.com/services/{}", star(42))
+    );
+    for clean in [
+        "https://hooks.slack.com/",
+        "https://hooks.slack.com/services/",
+        "https://hooks.slack.com/services/T0000000",
+        "https://hooks.slack.com/services/T0000000/B0000000/",
+        "https://hooks.slack.com/services/T0000000/B0000000/short",
+        "https://hooks.slack.com/services/B0000000/T0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://example.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://hooks.slack.com/api/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+    masked_by_every_kernel_at_every_offset(url);
+    kept_with_detector_off("slack_token", url);
+}
+
+#[test]
 fn jwts() {
     let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc-_DEF";
     assert_eq!(
