@@ -494,13 +494,13 @@ const fn nibble_set(set: &[u8]) -> [u8; 16] {
 }
 
 /// Letter anchors checked against the byte after them (`x` of `xox`/`xapp`,
-/// `B`/`b` of `Bearer`/`BEGIN`), and the bytes that may follow them.
+/// `B`/`b` of `Bearer`/`BEGIN`/`Basic`), and the bytes that may follow them.
 const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb");
 const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
 /// The bytes that may come two after those letters: `xo[x]`, `xa[p]p`,
-/// `be[a]rer` in any case, `BE[G]IN` (the hex digests of free text have
-/// many a `be` and few a `bea`).
-const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAG");
+/// `be[a]rer` in any case, `BE[G]IN`, `ba[s]ic` (the hex digests of free
+/// text have many a `be` and few a `bea`, and no `s`).
+const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAGs");
 /// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
 /// of `AIza`, `_` of the GitHub and Stripe prefixes (`whsec_` among them),
 /// `/` of a Slack webhook's `…/services/`), and the bytes that may precede
@@ -512,7 +512,7 @@ const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkc");
 /// `may_anchor` in the engine, which checks the same neighbours exactly,
 /// and more; the validators check the byte after those too): an `x`, `B`
 /// or `b` not followed by one of `o a e E`, or whose byte after next is
-/// none of `x p a A G`, a `J`, `z`, `_` or `/` not preceded by one of
+/// none of `x p a A G s`, a `J`, `z`, `_` or `/` not preceded by one of
 /// `y I p o u s r b k c`. Bytes whose neighbour is in another block are never
 /// ruled out by it.
 #[cfg(test)]

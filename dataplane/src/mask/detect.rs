@@ -1663,6 +1663,66 @@ pub(crate) fn bearer(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     Some(body + l)
 }
 
+/// `Basic <credential>` (any case) with the `B`/`b` at `p`: masks the
+/// base64 credential (padded to a multiple of 4, up to 512 characters) only
+/// when it decodes to `user:password`: valid UTF-8 without control
+/// characters, whose first `:` is not its first character (an empty password
+/// counts, as API keys sent as the user have). An ordinary word after
+/// `basic` decodes to bytes that are not (`Only` decodes to `:)r`).
+pub(crate) fn basic(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if !buf.get(p..p + 6)?.eq_ignore_ascii_case(b"basic ") || !boundary_before(buf, p) {
+        return None;
+    }
+    let body = p + 6 + run(buf, p + 6, 8, |b| b == b' ');
+    let l = run(buf, body, 513, |b| alnum(b) || b == b'+' || b == b'/');
+    let pad = run(buf, body + l, 3, |b| b == b'=');
+    let end = body + l + pad;
+    if !(4..=512).contains(&l) || pad > 2 || (l + pad) % 4 != 0 || !boundary_after(buf, end) {
+        return None;
+    }
+    let mut out = [0u8; 384];
+    let n = b64_decode(&buf[body..body + l], &mut out)?;
+    let text = std::str::from_utf8(&out[..n]).ok()?;
+    if text.find(':').is_none_or(|i| i == 0) || text.chars().any(char::is_control) {
+        return None;
+    }
+    let all = Fmt {
+        keep_punct: false,
+        ..*f
+    };
+    mask_range(buf, body, end, 0, &all);
+    Some(end)
+}
+
+/// Standard base64 (no padding in `s`) into `out`; the decoded length, or
+/// `None` for a length that no encoding has or a non-zero trailing bit.
+fn b64_decode(s: &[u8], out: &mut [u8]) -> Option<usize> {
+    let val = |b: u8| -> u32 {
+        match b {
+            b'A'..=b'Z' => (b - b'A') as u32,
+            b'a'..=b'z' => (b - b'a' + 26) as u32,
+            b'0'..=b'9' => (b - b'0' + 52) as u32,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let (mut acc, mut bits, mut n) = (0u32, 0, 0);
+    for &b in s {
+        acc = acc << 6 | val(b);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            *out.get_mut(n)? = (acc >> bits) as u8;
+            n += 1;
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (acc == 0).then_some(n)
+}
+
 /// IPv6 address around the `:` at `p`. Returns `(end, masked)`: the end of
 /// the hex/colon run examined, so the caller skips its other colons.
 pub(crate) fn ipv6(buf: &mut [u8], p: usize, f: &Fmt) -> (usize, bool) {

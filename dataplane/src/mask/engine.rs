@@ -1719,6 +1719,14 @@ impl Engine {
             }
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             b'/' => detect::slack_webhook(cell, p, f).map(|e| (e, Builtin::SlackToken)),
+            // Basic: the next letter is an `a`.
+            b'B' | b'b' if cell.get(p + 1) == Some(&b'a') => {
+                if on(Builtin::BearerToken) {
+                    detect::basic(cell, p, f).map(|e| (e, Builtin::BearerToken))
+                } else {
+                    None
+                }
+            }
             // Bearer, BEGIN: the next letter is an `e`.
             b'B' | b'b' if !matches!(cell.get(p + 1), Some(b'e' | b'E')) => None,
             b'B' => {
@@ -2297,9 +2305,9 @@ fn fast_scan(kernel: Kernel) -> u8 {
 
 /// The byte next to a letter anchor at `pos` (in region `r`) fits one of
 /// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
-/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…`, and the `s/`
-/// of a Slack webhook's `services/` (`workflows/`, `triggers/`). When it
-/// does not, the
+/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…` / `Ba…` /
+/// `ba…`, and the `s/` of a Slack webhook's `services/` (`workflows/`,
+/// `triggers/`). When it does not, the
 /// validator would find nothing (each checks these bytes first), so the
 /// call is skipped. Other anchors always go to their validator.
 #[inline(always)]
@@ -2312,7 +2320,7 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
         b'z' => before(b"I"),
         b'_' => before(b"pousrbkc"),
         b'x' => after(b"oa"),
-        b'B' | b'b' => after(b"eE"),
+        b'B' | b'b' => after(b"eEa"),
         b'/' => before(b"s") && after(b"T"),
         _ => true,
     }

@@ -380,6 +380,102 @@ fn slack_webhook_urls() {
 }
 
 #[test]
+fn basic_credentials() {
+    // HTTP Basic credentials that decode to `user:password`.
+    let (out, h) = mask(&engine(), "Authorization: Basic dXNlcjpwYXNz");
+    assert_eq!(out, format!("Authorization: Basic {}", star(12)));
+    assert_eq!(h.get(Builtin::BearerToken), 1);
+    assert_eq!(
+        m(r#"{"headers": {"authorization": "basic YWxhZGRpbjpvcGVuc2VzYW1l"}}"#),
+        format!(
+            r#"{{"headers": {{"authorization": "basic {}"}}}}"#,
+            star(24)
+        )
+    );
+    assert_eq!(
+        m("curl -H 'Authorization: Basic YTpi' x"),
+        "curl -H 'Authorization: Basic ****' x"
+    );
+    // An API key as the user, no password (`sk_test_abc:`).
+    assert_eq!(
+        m("Authorization: Basic c2tfdGVzdF9hYmM6"),
+        format!("Authorization: Basic {}", star(16))
+    );
+    // Padded: `admin:s3cret!` is 13 bytes.
+    assert_eq!(
+        m("Authorization: Basic YWRtaW46czNjcmV0IQ=="),
+        format!("Authorization: Basic {}", star(20))
+    );
+    assert_eq!(
+        mask(&no_prefix(), "Basic dXNlcjpwYXNz").0,
+        format!("Basic {}", star(12))
+    );
+    for clean in [
+        "basic training",
+        "Basic idea: keep it simple",
+        "basic auth is basic",
+        "the basics of database design are based on basic rules",
+        "Authorization: Basic",
+        "Authorization: Basic ",
+        // `userpass`, `:`, `:pass`, `:)r`: no `:` after a user.
+        "Authorization: Basic dXNlcnBhc3M=",
+        "Authorization: Basic Og==",
+        "Authorization: Basic OnBhc3M=",
+        "Basic Only",
+        "Authorization: Basic dXNlcjpwYXN",
+        "Authorization: Basic not-base64:at-all",
+        "Authorization: Basic <credentials>",
+        "Authorization: Basic ${TOKEN}",
+        "Authorization: Basicx dXNlcjpwYXNz",
+        "xBasic dXNlcjpwYXNz",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+    // `basic` before ordinary words: none decodes to `user:password`.
+    for w in [
+        "training",
+        "idea",
+        "income",
+        "needs",
+        "rules",
+        "research",
+        "math",
+        "level",
+        "skills",
+        "English",
+        "design",
+        "setup",
+        "example",
+        "version",
+        "usage",
+        "test",
+        "plan",
+        "tier",
+        "info",
+        "data",
+        "auth",
+        "user",
+        "model",
+        "type",
+        "form",
+        "knowledge",
+        "understanding",
+        "principles",
+        "questions",
+        "facts",
+        "this",
+        "that",
+    ] {
+        for pre in ["basic ", "Basic ", "Authorization: Basic "] {
+            let s = format!("{pre}{w}");
+            assert_eq!(m(&s), s);
+        }
+    }
+    masked_by_every_kernel_at_every_offset("Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l");
+    kept_with_detector_off("bearer_token", "Authorization: Basic dXNlcjpwYXNz");
+}
+
+#[test]
 fn jwts() {
     let t = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc-_DEF";
     assert_eq!(
