@@ -668,23 +668,28 @@ mod x86 {
     }
 
     impl Planes {
+        /// `f` applied to each class's vector.
+        #[inline(always)]
+        pub(crate) fn map(&self, f: impl Fn(__m512i) -> __m512i) -> Planes {
+            Planes {
+                digit: f(self.digit),
+                glue: f(self.glue),
+                space: f(self.space),
+                dash: f(self.dash),
+                dot: f(self.dot),
+                upper: f(self.upper),
+                anchor: f(self.anchor),
+            }
+        }
+
         /// Keep only the bits in `keep` (lane `k`: of block `k`).
         ///
         /// # Safety
         /// The CPU must support AVX-512F.
         #[inline(always)]
-        pub(crate) unsafe fn and(&mut self, keep: __m512i) {
+        pub(crate) unsafe fn and(&self, keep: __m512i) -> Planes {
             // SAFETY: the CPU supports AVX-512F (this function's contract).
-            let and = |v: __m512i| unsafe { _mm512_and_si512(v, keep) };
-            *self = Planes {
-                digit: and(self.digit),
-                glue: and(self.glue),
-                space: and(self.space),
-                dash: and(self.dash),
-                dot: and(self.dot),
-                upper: and(self.upper),
-                anchor: and(self.anchor),
-            };
+            self.map(|v| unsafe { _mm512_and_si512(v, keep) })
         }
 
         /// The masks of the block after each (lane `k` = block `k + 1`;
@@ -695,16 +700,7 @@ mod x86 {
         #[inline(always)]
         pub(crate) unsafe fn next(&self) -> Planes {
             // SAFETY: the CPU supports AVX-512F (this function's contract).
-            let up = |v: __m512i| unsafe { _mm512_alignr_epi64::<1>(_mm512_setzero_si512(), v) };
-            Planes {
-                digit: up(self.digit),
-                glue: up(self.glue),
-                space: up(self.space),
-                dash: up(self.dash),
-                dot: up(self.dot),
-                upper: up(self.upper),
-                anchor: up(self.anchor),
-            }
+            self.map(|v| unsafe { _mm512_alignr_epi64::<1>(_mm512_setzero_si512(), v) })
         }
     }
 

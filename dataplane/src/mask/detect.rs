@@ -391,6 +391,11 @@ impl Sep {
     fn plain(self) -> bool {
         self.single(b' ') || self.single(b'-') || self.single(b'.')
     }
+    /// After an area code in parentheses: `)` or `) `.
+    #[inline]
+    fn closes_paren(self) -> bool {
+        self.single(b')') || self == Sep::new(2, b')', b' ')
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -886,30 +891,34 @@ fn phone_right(buf: &[u8], g: &[Group], j: usize) -> bool {
 fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usize)> {
     let ng = g.len();
     let free = |i: usize| (used >> i) & 1 == 0;
-    let isolated_right = phone_right;
     if !free(k) {
         return None;
     }
     let s = g[k].start();
     let before = if s > 0 { buf[s - 1] } else { 0 };
-
-    // E.164: `+`, then 9–15 digits in groups joined by phone separators.
-    if before == b'+' && boundary_before(buf, s - 1) {
-        let mut total = 0;
+    // The last group `j` from `from` on, the groups after `from` joined by
+    // separators `joins` accepts, where the digits so far (`total` before
+    // `from`) are 9–15 and the number ends: E.164's length.
+    let international = |from: usize, mut total: usize, joins: &dyn Fn(Sep) -> bool| {
         let mut best = None;
-        for j in k..ng {
-            if !free(j) || (j > k && !g[j].sep.phone()) {
+        for j in from..ng {
+            if !free(j) || (j > from && !joins(g[j].sep)) {
                 break;
             }
             total += g[j].len();
             if total > 15 {
                 break;
             }
-            if total >= 9 && isolated_right(buf, g, j) {
+            if total >= 9 && phone_right(buf, g, j) {
                 best = Some(j);
             }
         }
-        return best.map(|j| (s - 1, j));
+        best
+    };
+
+    // E.164: `+`, then 9–15 digits in groups joined by phone separators.
+    if before == b'+' && boundary_before(buf, s - 1) {
+        return international(k, 0, &Sep::phone).map(|j| (s - 1, j));
     }
 
     // North American: [1] (NPA) NXX XXXX.
@@ -925,7 +934,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         && g[ka + 2].sep.phone()
         && (b'2'..=b'9').contains(&buf[g[ka].start()])
         && (b'2'..=b'9').contains(&buf[g[ka + 1].start()])
-        && isolated_right(buf, g, ka + 2)
+        && phone_right(buf, g, ka + 2)
     {
         if before == b'(' && boundary_before(buf, s - 1) {
             return Some((s - 1, ka + 2));
@@ -950,21 +959,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         && isolated_left(buf, g, k)
     {
         let sep = g[k + 1].sep;
-        let mut total = g[k].len() - 2;
-        let mut best = None;
-        for j in k + 1..ng {
-            if !free(j) || g[j].sep != sep {
-                break;
-            }
-            total += g[j].len();
-            if total > 15 {
-                break;
-            }
-            if total >= 9 && isolated_right(buf, g, j) {
-                best = Some(j);
-            }
-        }
-        return best.map(|j| (s, j));
+        return international(k + 1, g[k].len() - 2, &|x| x == sep).map(|j| (s, j));
     }
 
     // Brazil: `(DD) NNNN-NNNN` / `(DD) NNNNN-NNNN`, an area code of two
@@ -975,11 +970,11 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         && k + 2 < ng
         && (k..k + 3).all(free)
         && buf[s..s + 2].iter().all(|&c| c != b'0')
-        && (g[k + 1].sep.single(b')') || g[k + 1].sep == Sep::new(2, b')', b' '))
+        && g[k + 1].sep.closes_paren()
         && (4..=5).contains(&g[k + 1].len())
         && g[k + 2].sep.single(b'-')
         && g[k + 2].len() == 4
-        && isolated_right(buf, g, k + 2)
+        && phone_right(buf, g, k + 2)
     {
         return Some((s - 1, k + 2));
     }
@@ -993,9 +988,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
     // 9876 5432`, `(030) 12345678`): the groups after it are then joined by
     // one consistent space, dash or dot.
     if (2..=5).contains(&g[k].len()) && buf[s] == b'0' && buf[s + 1] != b'0' && k + 1 < ng {
-        let paren = before == b'('
-            && boundary_before(buf, s - 1)
-            && matches!(g[k + 1].sep, x if x.single(b')') || x == Sep::new(2, b')', b' '));
+        let paren = before == b'(' && boundary_before(buf, s - 1) && g[k + 1].sep.closes_paren();
         if paren || isolated_left(buf, g, k) {
             let sep = if paren {
                 g.get(k + 2).map_or(Sep::default(), |x| x.sep)
@@ -1018,7 +1011,7 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
             }
             // (After `(0…)` and a single group, no separator to check.)
             let sep_ok = sep.plain() || (paren && last == k + 1);
-            if (10..=12).contains(&total) && sep_ok && isolated_right(buf, g, last) {
+            if (10..=12).contains(&total) && sep_ok && phone_right(buf, g, last) {
                 return Some((if paren { s - 1 } else { s }, last));
             }
         }
@@ -1680,8 +1673,12 @@ pub(crate) fn basic(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     if !(4..=512).contains(&l) || pad > 2 || (l + pad) % 4 != 0 || !boundary_after(buf, end) {
         return None;
     }
+    // (Canonical padding and zero trailing bits, as any encoder writes.)
+    use base64::Engine as _;
     let mut out = [0u8; 384];
-    let n = b64_decode(&buf[body..body + l], &mut out)?;
+    let n = base64::engine::general_purpose::STANDARD
+        .decode_slice(&buf[body..end], &mut out)
+        .ok()?;
     let text = std::str::from_utf8(&out[..n]).ok()?;
     if text.find(':').is_none_or(|i| i == 0) || text.chars().any(char::is_control) {
         return None;
@@ -1692,35 +1689,6 @@ pub(crate) fn basic(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     };
     mask_range(buf, body, end, 0, &all);
     Some(end)
-}
-
-/// Standard base64 (no padding in `s`) into `out`; the decoded length, or
-/// `None` for a length that no encoding has or a non-zero trailing bit.
-fn b64_decode(s: &[u8], out: &mut [u8]) -> Option<usize> {
-    let val = |b: u8| -> u32 {
-        match b {
-            b'A'..=b'Z' => (b - b'A') as u32,
-            b'a'..=b'z' => (b - b'a' + 26) as u32,
-            b'0'..=b'9' => (b - b'0' + 52) as u32,
-            b'+' => 62,
-            _ => 63,
-        }
-    };
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let (mut acc, mut bits, mut n) = (0u32, 0, 0);
-    for &b in s {
-        acc = acc << 6 | val(b);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(n)? = (acc >> bits) as u8;
-            n += 1;
-            acc &= (1 << bits) - 1;
-        }
-    }
-    (acc == 0).then_some(n)
 }
 
 /// IPv6 address around the `:` at `p`. Returns `(end, masked)`: the end of

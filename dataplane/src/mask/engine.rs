@@ -931,45 +931,26 @@ impl Engine {
     #[inline(always)]
     unsafe fn gate_planes<const N: usize, const L: usize>(
         &self,
-        mut p: Planes,
+        p: Planes,
         regions: &[Region],
         base: usize,
     ) -> (Lanes<L>, Gated<N>) {
         // SAFETY (all three blocks): the CPU supports AVX-512F (this
         // function's contract).
-        if regions.len() > 1 {
-            unsafe { p.and(membership8(regions, &mut 0, base)) };
-        }
+        let p = if regions.len() > 1 {
+            unsafe { p.and(membership8(regions, base)) }
+        } else {
+            p
+        };
         // Each array written whole by one vector store (the zero block
         // after the last one, and `reject`, which `anchor` left out
         // already, stay zero), so the gate's vector loads are forwarded
         // from these stores rather than wait for them.
-        let lane = |v| {
-            let mut a = [0u64; L];
-            // SAFETY: see above.
-            unsafe { store_lanes(&mut a, v) };
-            a
-        };
-        let lanes = Lanes {
-            digit: lane(p.digit),
-            glue: lane(p.glue),
-            space: lane(p.space),
-            dash: lane(p.dash),
-            dot: lane(p.dot),
-            upper: lane(p.upper),
-            anchor: lane(p.anchor),
-            reject: [0; L],
-        };
-        let (next, zero) = (unsafe { p.next() }, [0u64; L]);
+        let lanes = unsafe { Lanes::from_planes(&p) };
+        // (The gate reads no anchors of the block after.)
         let after = Lanes {
-            digit: lane(next.digit),
-            glue: lane(next.glue),
-            space: lane(next.space),
-            dash: lane(next.dash),
-            dot: lane(next.dot),
-            upper: lane(next.upper),
-            anchor: zero,
-            reject: zero,
+            anchor: [0; L],
+            ..unsafe { Lanes::from_planes(&p.next()) }
         };
         let g = self.gate::<N>(&lanes.view(0), &after.view(0));
         (lanes, g)
@@ -1993,6 +1974,33 @@ impl<const L: usize> MaskStore for Lanes<L> {
 }
 
 impl<const L: usize> Lanes<L> {
+    /// The lanes of `p` (block `k` from lane `k`; the blocks from 8 on and
+    /// `reject`, which `p.anchor` has applied, zero), each array written
+    /// whole by one vector store.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn from_planes(p: &Planes) -> Lanes<L> {
+        let lane = |v| {
+            let mut a = [0u64; L];
+            // SAFETY: the CPU supports AVX-512F (this function's contract).
+            unsafe { store_lanes(&mut a, v) };
+            a
+        };
+        Lanes {
+            digit: lane(p.digit),
+            glue: lane(p.glue),
+            space: lane(p.space),
+            dash: lane(p.dash),
+            dot: lane(p.dot),
+            upper: lane(p.upper),
+            anchor: lane(p.anchor),
+            reject: [0; L],
+        }
+    }
+
     /// The lanes of `N` blocks from block `from`.
     #[inline(always)]
     fn view<const N: usize>(&self, from: usize) -> LaneView<'_, N> {
@@ -2333,16 +2341,9 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(super) unsafe fn membership8(
-    regions: &[Region],
-    cursor: &mut usize,
-    base: usize,
-) -> std::arch::x86_64::__m512i {
+pub(super) unsafe fn membership8(regions: &[Region], base: usize) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     let end = base + SHORT_BLOCKS * BLOCK;
-    while *cursor < regions.len() && (regions[*cursor].end as usize) <= base {
-        *cursor += 1;
-    }
     // SAFETY (every intrinsic below): the CPU supports AVX-512F (this
     // function's contract).
     unsafe {
@@ -2356,11 +2357,12 @@ pub(super) unsafe fn membership8(
             _mm512_sllv_epi64(ones, _mm512_max_epi64(off, zero))
         };
         let mut bits = zero;
-        let mut i = *cursor;
-        while i < regions.len() && (regions[i].start as usize) < end {
-            let r = regions[i];
+        for r in regions
+            .iter()
+            .skip_while(|r| r.end as usize <= base)
+            .take_while(|r| (r.start as usize) < end)
+        {
             bits = _mm512_or_si512(bits, _mm512_andnot_si512(from(r.end), from(r.start)));
-            i += 1;
         }
         bits
     }

@@ -1393,7 +1393,7 @@ fn membership8_matches_membership() {
         }
         let base = regions[0].start as usize;
         // SAFETY: the CPU supports AVX-512F (checked above).
-        let v = unsafe { engine::membership8(&regions, &mut 0, base) };
+        let v = unsafe { engine::membership8(&regions, base) };
         let mut got = [0u64; 8];
         // SAFETY: as above.
         unsafe { classify::store_lanes(&mut got, v) };
