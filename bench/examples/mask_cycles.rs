@@ -8,7 +8,8 @@
 //!
 //! Contenders: `copy` (the per-iteration copy alone, to subtract), `engine`,
 //! `scalar`, `regex`, `rows`, `clean_engine`, `clean_regex`. Prints the
-//! bytes processed per iteration. `MASK_NO_PLANES=1` times the AVX-512 scan
+//! bytes processed per iteration and the time of one (minimum and median,
+//! the per-iteration copy excluded). `MASK_NO_PLANES=1` times the AVX-512 scan
 //! copy of CPUs without VBMI and GFNI.
 
 use dataplane::mask::corpus::{self, Rng};
@@ -54,8 +55,12 @@ fn main() {
     };
     let mut work = data.clone();
     let mut n = 0u64;
+    // Time per iteration, the copy excluded (printed as its minimum and
+    // median: the minimum is the least disturbed by a shared box).
+    let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         work.copy_from_slice(data);
+        let t = std::time::Instant::now();
         for r in rs.iter() {
             let v = &mut work[r.clone()];
             n += match what {
@@ -71,9 +76,14 @@ fn main() {
             };
         }
         black_box(&work);
+        times.push(t.elapsed().as_nanos() as u64);
     }
+    times.sort_unstable();
     println!(
-        "{what}: {} bytes per iteration, {iters} iterations, {n} hits",
-        data.len()
+        "{what}: {} bytes per iteration, {iters} iterations, {n} hits; \
+         per iteration: min {} ns, median {} ns",
+        data.len(),
+        times.first().copied().unwrap_or(0),
+        times.get(times.len() / 2).copied().unwrap_or(0),
     );
 }
