@@ -416,6 +416,14 @@ impl Classifier {
             // masked load reads `data.len()` bytes of `data` only.
             return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.anchor_lo) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if F >= 1 && self.kernel == Kernel::Avx2 {
+            assert!(data.len() <= BLOCK);
+            // SAFETY: `Classifier::new` asserted the CPU supports the
+            // kernel; with `F >= 1` the caller is compiled for it. The
+            // loads read `data.len()` bytes of `data` only.
+            return unsafe { x86::block_avx2_part(data.as_ptr(), data.len(), &self.anchor_lo) };
+        }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
         self.blocks::<F>(&pad, &mut out, 0);
@@ -847,10 +855,24 @@ mod x86 {
     /// enabled too (else every intrinsic is a call: correct, but slow).
     #[inline(always)]
     pub(super) unsafe fn block_avx2(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+        // SAFETY: the CPU supports AVX2 (this function's contract); each
+        // load reads 32 of the 64 bytes of `block`, and `loadu` has no
+        // alignment requirement.
+        unsafe {
+            let ld = |at: usize| _mm256_loadu_si256(block.as_ptr().add(at) as *const __m256i);
+            masks_avx2([ld(0), ld(32)], anchor_lo)
+        }
+    }
+
+    /// The masks of a block whose bytes from 0 are the `H` vectors of `v`
+    /// (1 or 2), zero bytes after them.
+    ///
+    /// # Safety
+    /// As [`block_avx2`].
+    #[inline(always)]
+    unsafe fn masks_avx2<const H: usize>(v: [__m256i; H], anchor_lo: &[u8; 16]) -> BlockMasks {
         // SAFETY (every intrinsic below): the CPU supports AVX2 (this
-        // function's contract); every load reads from a reference to an
-        // array of at least as many bytes as the load (16 or 32), and
-        // `loadu` has no alignment requirement.
+        // function's contract); every table load reads a 16-byte array.
         unsafe {
             let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
             let cls_lo = _mm256_broadcastsi128_si256(ld16(&CLS_LO));
@@ -868,9 +890,7 @@ mod x86 {
             // Letter anchors and their allowed neighbours (see `reject`).
             let (mut la, mut na, mut lb, mut nb) = (0u64, 0u64, 0u64, 0u64);
             let mut na2 = 0u64;
-            for half in 0..2 {
-                // `block` has 64 bytes; `half * 32 + 32 <= 64`.
-                let v = _mm256_loadu_si256(block.as_ptr().add(half * 32) as *const __m256i);
+            for (half, v) in v.into_iter().enumerate() {
                 let lo = _mm256_and_si256(v, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
                 let cls = _mm256_and_si256(
@@ -908,9 +928,112 @@ mod x86 {
                 m.upper |= (!(_mm256_movemask_epi8(up) as u32) as u64) << shift;
                 m.anchor |= (!(_mm256_movemask_epi8(not_a) as u32) as u64) << shift;
             }
+            // Bytes 32–63 of one vector are zero bytes: in no class and no
+            // letter set; anchors where the zero byte is one.
+            if H == 1 && anchor_lo[0] & HI_BIT[0] != 0 {
+                m.anchor |= !0 << 32;
+            }
             m.reject =
                 (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
             m
+        }
+    }
+
+    /// `[0, 1, …, 15]` then 16 × `0x80`: from byte `s` on, the `pshufb`
+    /// control that moves a vector's bytes down by `s` and zeroes the top
+    /// `s`.
+    const DOWN: [u8; 32] = {
+        let mut t = [0x80u8; 32];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = i as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// Per length `n < 16`, the `pshufb` control that puts the bytes of a
+    /// value read as [`block_avx2_part`] reads short ones (two overlapping
+    /// words, or three bytes) in place, zero from byte `n` on.
+    const SHORT: [[u8; 16]; 16] = {
+        let mut t = [[0x80u8; 16]; 16];
+        let mut n = 1;
+        while n < 16 {
+            let mut j = 0;
+            while j < n {
+                t[n][j] = if n >= 8 && j >= 8 {
+                    (j + 16 - n) as u8
+                } else if n >= 4 && n < 8 && j >= 4 {
+                    (j + 8 - n) as u8
+                } else {
+                    j as u8
+                };
+                j += 1;
+            }
+            n += 1;
+        }
+        t
+    };
+
+    /// The `n` bytes (`n <= 64`) at `p` as a block padded with zero bytes,
+    /// built in registers from loads of those bytes only (no copy to a
+    /// padded block, whose wide loads would wait for the copy's narrower
+    /// stores): whole 16- and 32-byte loads where they fit, the last 16
+    /// bytes moved down into place by a `pshufb`, and a value of under 16
+    /// bytes read as two overlapping words (or three bytes) and put in
+    /// place by a `pshufb`.
+    ///
+    /// # Safety
+    /// As [`block_avx2`]; `p..p + n` must be readable.
+    #[inline(always)]
+    pub(super) unsafe fn block_avx2_part(
+        p: *const u8,
+        n: usize,
+        anchor_lo: &[u8; 16],
+    ) -> BlockMasks {
+        debug_assert!(n <= BLOCK);
+        // SAFETY: the CPU supports AVX2 (this function's contract); every
+        // load of the value reads bytes of `p..p + n` only (each ends at or
+        // before `p + n`), unaligned (`loadu`, `read_unaligned`); the table
+        // loads read `DOWN[s..s + 16]` with `s <= 16` and a row of `SHORT`.
+        unsafe {
+            let ld16 = |q: *const u8| _mm_loadu_si128(q as *const __m128i);
+            // Bytes `end - 16..end` of the padded block, for
+            // `end - 16 < n <= end`: the value's last 16, moved down.
+            let tail = |end: usize| {
+                _mm_shuffle_epi8(ld16(p.add(n - 16)), ld16(DOWN.as_ptr().add(end - n)))
+            };
+            let (a, b) = if n >= 32 {
+                let b = if n >= 48 {
+                    _mm256_set_m128i(tail(64), ld16(p.add(32)))
+                } else {
+                    _mm256_zextsi128_si256(tail(48))
+                };
+                (_mm256_loadu_si256(p as *const __m256i), Some(b))
+            } else if n >= 16 {
+                (_mm256_set_m128i(tail(32), ld16(p)), None)
+            } else {
+                let x = if n >= 8 {
+                    let w = |q: *const u8| (q as *const i64).read_unaligned();
+                    _mm_set_epi64x(w(p.add(n - 8)), w(p))
+                } else if n >= 4 {
+                    let w = |q: *const u8| (q as *const i32).read_unaligned();
+                    _mm_set_epi32(0, 0, w(p.add(n - 4)), w(p))
+                } else if n > 0 {
+                    // Bytes 0, n / 2 and n - 1: each byte of the value in
+                    // order, for n of 1 to 3.
+                    let b = |i: usize| *p.add(i) as i32;
+                    _mm_cvtsi32_si128(b(0) | b(n / 2) << 8 | b(n - 1) << 16)
+                } else {
+                    _mm_setzero_si128()
+                };
+                let ctrl = ld16(SHORT[n].as_ptr());
+                (_mm256_zextsi128_si256(_mm_shuffle_epi8(x, ctrl)), None)
+            };
+            match b {
+                Some(b) => masks_avx2([a, b], anchor_lo),
+                None => masks_avx2([a], anchor_lo),
+            }
         }
     }
 
@@ -1089,6 +1212,48 @@ mod tests {
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
+            }
+        }
+    }
+
+    /// The AVX2 kernel on a value of up to one block, from loads of its
+    /// bytes only, gives exactly the masks of the value padded with zero
+    /// bytes, at every length, with and without the zero byte as an anchor.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_part_is_the_padded_block() {
+        if !Kernel::Avx2.available() {
+            return;
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut byte = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly the bytes the classes and letter sets are about.
+            let pick = b"0123456789 -.(+@J_zxBboaeEpAGsyIku/S:K\xff\x80\x00";
+            if x % 4 == 0 {
+                (x >> 8) as u8
+            } else {
+                pick[(x >> 8) as usize % pick.len()]
+            }
+        };
+        for anchors in [&b"@JKSz_xBb:"[..], b"\0@J"] {
+            let c = Classifier::new(anchors, Kernel::Avx2);
+            for _ in 0..200 {
+                let data: [u8; BLOCK] = std::array::from_fn(|_| byte());
+                for n in 0..=BLOCK {
+                    let v = &data[..n];
+                    // SAFETY: the CPU supports AVX2 (checked above); the
+                    // part reads `v` only.
+                    let (part, whole) = unsafe {
+                        (
+                            x86::block_avx2_part(v.as_ptr(), n, &c.anchor_lo),
+                            x86::block_avx2(&padded(v), &c.anchor_lo),
+                        )
+                    };
+                    assert_eq!(part, whole, "{n} bytes {v:?}");
+                }
             }
         }
     }
