@@ -1232,7 +1232,7 @@ mod tests {
             x ^= x << 17;
             // Mostly the bytes the classes and letter sets are about.
             let pick = b"0123456789 -.(+@J_zxBboaeEpAGsyIku/S:K\xff\x80\x00";
-            if x % 4 == 0 {
+            if x.is_multiple_of(4) {
                 (x >> 8) as u8
             } else {
                 pick[(x >> 8) as usize % pick.len()]
