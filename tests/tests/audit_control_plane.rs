@@ -187,11 +187,25 @@ impl Shipper {
         Ok((s, hello))
     }
 
+    /// [`Shipper::open`], reconnecting as a node's shipper does when the
+    /// connection itself fails (up to three tries, each failure printed):
+    /// once in a full run, a fresh connection to a control plane that had
+    /// logged it was listening was reset before the hello's answer, with
+    /// nothing in the control plane's log. Any answer from the control
+    /// plane counts; only transport errors are tried again.
     async fn must_open(url: &str, node: &str) -> (Shipper, u64) {
-        let (s, a) = Shipper::open(url, node)
-            .await
-            .unwrap_or_else(|e| panic!("open Ship for {node}: {e}"));
-        (s, a.durable_through)
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Shipper::open(url, node).await {
+                Ok((s, a)) => return (s, a.durable_through),
+                Err(e) if tries < 3 && e.message() == "transport error" => {
+                    eprintln!("open Ship for {node} (try {tries}): {e}; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("open Ship for {node}: {e}"),
+            }
+        }
     }
 
     async fn send(&self, records: Vec<AuditRecord>) {
