@@ -19,7 +19,8 @@
 //!
 //! Four kernels compute the same masks: AVX-512 (one 64-byte vector, one
 //! mask register per class; short cells by a masked load), AVX2
-//! (2 × 32 bytes), SSSE3 (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
+//! (2 × 32 bytes; short cells built in registers from overlapping loads of
+//! their own bytes, `block_avx2_part`), SSSE3 (4 × 16 bytes) and a scalar table walk. [`Kernel::best`] picks one with
 //! runtime feature detection (or the one `SLUICE_MASK_KERNEL` names); the tests check that all available kernels
 //! agree on random input. The masks are only hints for where to look: every
 //! validator re-reads the bytes.
