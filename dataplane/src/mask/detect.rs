@@ -1450,12 +1450,30 @@ pub(crate) fn jwt(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
 
 /// Mask `[body, end)` of a token whose fixed prefix starts at `s`.
 fn mask_token(buf: &mut [u8], s: usize, body: usize, end: usize, f: &Fmt) {
-    let from = if f.keep_prefix { body } else { s };
+    mask_all(buf, if f.keep_prefix { body } else { s }, end, f);
+}
+
+/// Mask every byte of `buf[from..end]`, punctuation included (the
+/// credential bodies of tokens, `Bearer` and `Basic`, webhook paths,
+/// custom literals).
+pub(crate) fn mask_all(buf: &mut [u8], from: usize, end: usize, f: &Fmt) {
     let all = Fmt {
         keep_punct: false,
         ..*f
     };
     mask_range(buf, from, end, 0, &all);
+}
+
+/// A token of `min` or more letters and digits (up to 256) from `body`,
+/// its prefix from `s`, at a word boundary and not followed by `_`: masked
+/// (see [`mask_token`]); returns its end.
+fn alnum_token(buf: &mut [u8], s: usize, body: usize, min: usize, f: &Fmt) -> Option<usize> {
+    let l = run(buf, body, 256, alnum);
+    if l < min || !boundary_before(buf, s) || buf.get(body + l) == Some(&b'_') {
+        return None;
+    }
+    mask_token(buf, s, body, body + l, f);
+    Some(body + l)
 }
 
 /// AWS access key id `AKIA`/`ASIA` + 16, with the `K`/`S` at `p`.
@@ -1505,11 +1523,8 @@ pub(crate) fn underscore(
     f: &Fmt,
 ) -> Option<(usize, bool)> {
     if github && p >= 3 && &buf[p - 3..p - 1] == b"gh" && b"pousr".contains(&buf[p - 1]) {
-        let s = p - 3;
-        let l = run(buf, p + 1, 256, alnum);
-        if l >= 30 && boundary_before(buf, s) && buf.get(p + 1 + l) != Some(&b'_') {
-            mask_token(buf, s, p + 1, p + 1 + l, f);
-            return Some((p + 1 + l, true));
+        if let Some(end) = alnum_token(buf, p - 3, p + 1, 30, f) {
+            return Some((end, true));
         }
     }
     if github && p >= 6 && &buf[p - 6..p] == b"github" && buf.get(p + 1..p + 5) == Some(b"pat_") {
@@ -1526,21 +1541,13 @@ pub(crate) fn underscore(
         && (&buf[p - 2..p] == b"sk" || &buf[p - 2..p] == b"rk")
         && matches!(buf.get(p + 1..p + 6), Some(b"live_") | Some(b"test_"))
     {
-        let s = p - 2;
-        let body = p + 6;
-        let l = run(buf, body, 256, alnum);
-        if l >= 16 && boundary_before(buf, s) && buf.get(body + l) != Some(&b'_') {
-            mask_token(buf, s, body, body + l, f);
-            return Some((body + l, false));
+        if let Some(end) = alnum_token(buf, p - 2, p + 6, 16, f) {
+            return Some((end, false));
         }
     }
     if stripe && p >= 5 && &buf[p - 5..p] == b"whsec" {
-        let s = p - 5;
-        let body = p + 1;
-        let l = run(buf, body, 256, alnum);
-        if l >= 24 && boundary_before(buf, s) && buf.get(body + l) != Some(&b'_') {
-            mask_token(buf, s, body, body + l, f);
-            return Some((body + l, false));
+        if let Some(end) = alnum_token(buf, p - 5, p + 1, 24, f) {
+            return Some((end, false));
         }
     }
     None
@@ -1595,11 +1602,7 @@ pub(crate) fn slack_webhook(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> 
     if segs < 3 || last < 16 {
         return None;
     }
-    let all = Fmt {
-        keep_punct: false,
-        ..*f
-    };
-    mask_range(buf, body, end, 0, &all);
+    mask_all(buf, body, end, f);
     Some(end)
 }
 
@@ -1648,11 +1651,7 @@ pub(crate) fn bearer(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
         return None;
     }
     l += run(buf, body + l, 3, |b| b == b'=');
-    let all = Fmt {
-        keep_punct: false,
-        ..*f
-    };
-    mask_range(buf, body, body + l, 0, &all);
+    mask_all(buf, body, body + l, f);
     Some(body + l)
 }
 
@@ -1683,11 +1682,7 @@ pub(crate) fn basic(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     if text.find(':').is_none_or(|i| i == 0) || text.chars().any(char::is_control) {
         return None;
     }
-    let all = Fmt {
-        keep_punct: false,
-        ..*f
-    };
-    mask_range(buf, body, end, 0, &all);
+    mask_all(buf, body, end, f);
     Some(end)
 }
 

@@ -645,11 +645,7 @@ impl Engine {
         while at < value.len() {
             let input = aho_corasick::Input::new(&*value).span(at..value.len());
             let Some(m) = set.ac.find(input) else { break };
-            let all = Fmt {
-                keep_punct: false,
-                ..self.fmt
-            };
-            detect::mask_range(value, m.start(), m.end(), 0, &all);
+            detect::mask_all(value, m.start(), m.end(), &self.fmt);
             hits.add(set.rule_of[m.pattern().as_usize()], 1);
             n += 1;
             at = m.end().max(m.start() + 1);
