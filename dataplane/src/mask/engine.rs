@@ -245,11 +245,11 @@ pub struct Engine {
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
     /// Fewest digits in a block and the next 12 bytes for a candidate
-    /// shape to start in the block (see `Shapes::pre`).
+    /// shape to start in the block (see `Shapes::on`).
     need: u32,
     /// All ones when any digit detector is on (else no candidate shapes),
     /// when IPv4 is on (every position may start one), when the AWS and
-    /// IBAN detectors are on; else 0 (masks for `Engine::block`).
+    /// IBAN detectors are on; else 0 (masks for the block walk).
     shape_bits: u64,
     ipv4_bits: u64,
     aws_bits: u64,
@@ -1003,30 +1003,73 @@ impl Engine {
         self.scan_one_impl::<2>(buf, hits)
     }
 
-    /// A value of at most one block.
+    /// A value of at most one block (most cells): no block after it, no
+    /// run carried into it. Validators for what its masks trigger, and
+    /// nothing at all when they trigger nothing (not even the digit run
+    /// reaching its end, which no block after it would read).
+    ///
+    /// Shape starts only when the value holds enough digits for one
+    /// (`need`, as [`Shapes::on`]), by a branch rather than a mask: the
+    /// ids, prices and street numbers of short cells have fewer, and skip
+    /// [`pre_shape`]. Only the block's own window: without a block after
+    /// it, a start that only the look-ahead window finds has no shape (see
+    /// [`Engine::candidates`]).
     #[inline(always)]
     fn scan_one_impl<const F: u8>(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
+        let m = self.classifier.classify_one::<F>(buf);
+        let Triggers {
+            anchors: a,
+            aws,
+            iban,
+        } = triggers(
+            m.anchor & !m.reject,
+            m.glue,
+            m.digit,
+            m.upper,
+            0,
+            0,
+            (self.aws_bits, self.iban_bits),
+        );
+        let (w0, sep_c) = if m.digit.count_ones() >= self.need {
+            let sep_c = m.space | m.dash | m.dot;
+            let w0 = (pre_shape(m.digit, sep_c) | self.ipv4_bits) & self.shape_bits;
+            (w0, sep_c)
+        } else {
+            (0, 0)
+        };
+        if a | aws | iban | w0 == 0 {
+            return 0;
+        }
         let region = [Region {
             start: 0,
             end: n as u32,
         }];
         let mut counts = [0u32];
-        // Most cells: one block, nothing before or after it.
         let mut st = ScanState::default();
         let mut cur = Cursors::default();
-        let m = self.classifier.classify_one::<F>(buf);
-        let zero = BlockMasks::default();
         let ctx = Ctx {
             regions: &region,
             base: 0,
         };
-        self.block::<F>(
+        let pre = Shapes {
+            w0,
+            w1: 0,
+            sep_c,
+            sep_n: 0,
+            exact: false,
+        };
+        let zero = BlockMasks::default();
+        self.block_slow::<F>(
             buf,
             &ctx,
             0,
             &m,
             &zero,
+            a,
+            aws,
+            iban,
+            pre,
             &mut st,
             &mut cur,
             &mut counts,
@@ -1070,7 +1113,8 @@ impl Engine {
         let (sep_c, sep_n) = (pre.sep_c, pre.sep_n);
         // Which windows can hold a shape at all: two cheaper superset
         // tests, `pre_shape` (~20 instructions; rejects the dates and
-        // prices of free text; computed for every block by `Shapes::pre`)
+        // prices of free text; computed for one-block values by
+        // `scan_one_impl`, for the blocks of long chunks by the gate)
         // and then `may_shape` (~40; rejects dates followed by times).
         // In a chunk the gate computed `may_shape` already (`pre.exact`).
         let in0 =
@@ -1155,9 +1199,9 @@ impl Engine {
     }
 
     /// For each block of a chunk (`l`; `n`: the block after each, zero
-    /// after the last one), a superset of the bits that `block` sends to a
+    /// after the last one), a superset of the bits that `block_slow` sends to a
     /// validator (before the run carried into it): 0 where it has nothing to do but
-    /// carry the run. The same terms as `block` and `Shapes::pre` (in
+    /// carry the run. The same terms as `scan_one_impl`'s (in
     /// short chunks the shapes by `may_shape`), less the digit count, over
     /// all `N` blocks at once (a fixed count, so that the
     /// compiler computes them several blocks per vector instruction, with
@@ -1180,7 +1224,7 @@ impl Engine {
                 n.upper[k],
                 (aws_bits, iban_bits),
             );
-            // (As `Shapes::pre`, less the digit count. In short chunks by
+            // (As `scan_one_impl`, less the digit count. In short chunks by
             // the exact superset `may_shape` rather than `pre_shape`
             // (`Gated::EXACT`): computed here for all blocks at once, it
             // costs a few vector instructions a block, and the dates
@@ -1223,7 +1267,7 @@ impl Engine {
         g
     }
 
-    /// [`Engine::block`] for block `k` of a chunk, with the triggers and
+    /// The block walk for block `k` of a chunk, with the triggers and
     /// shape starts the gate computed (`g`).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
@@ -1261,71 +1305,8 @@ impl Engine {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn block<const F: u8>(
-        &self,
-        buf: &mut [u8],
-        ctx: &Ctx,
-        prev_digit: u64,
-        m: &BlockMasks,
-        n: &BlockMasks,
-        st: &mut ScanState,
-        cur: &mut Cursors,
-        counts: &mut [u32],
-        hits: &mut Hits,
-    ) {
-        // Everything that can send a byte of this block to a validator, as
-        // bits computed without branches, so that most blocks of prose with
-        // dates, prices and ids take one predictable branch.
-        let Triggers {
-            anchors: a,
-            aws,
-            iban,
-        } = triggers(
-            m.anchor & !m.reject,
-            m.glue,
-            m.digit,
-            m.upper,
-            n.digit,
-            n.upper,
-            (self.aws_bits, self.iban_bits),
-        );
-        if m.digit == 0 && !st.run.active {
-            // No digit run starts, ends or goes on here (so `block_slow`
-            // stops after the anchors and triggers, and the run stays
-            // none): most short values without digits, at no cost for the
-            // shapes. (Only for one-block values: in a chunk, where
-            // `block_gated` runs for the blocks the gate let through, the
-            // extra branch costs more than it saves.)
-            if a | aws | iban != 0 {
-                let pre = Shapes {
-                    w0: 0,
-                    w1: 0,
-                    sep_c: 0,
-                    sep_n: 0,
-                    exact: true,
-                };
-                self.block_slow::<F>(
-                    buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
-                );
-            }
-            return;
-        }
-        // Candidate shapes: see `Shapes::pre`.
-        let pre = Shapes::pre(self, m, n);
-        if a | aws | iban | pre.w0 | pre.w1 | st.run.cand as u64 == 0 {
-            // Nothing to validate here: only the digit run reaching the end
-            // of the block is carried (no candidate in it so far).
-            st.run.carry(m.digit, m.digit | m.glue, ctx.base);
-            return;
-        }
-        self.block_slow::<F>(
-            buf, ctx, prev_digit, m, n, a, aws, iban, pre, st, cur, counts, hits,
-        );
-    }
-
-    /// [`Engine::block`] for a block with something to validate.
+    /// The block walk's work for a block with something to validate (from
+    /// [`Engine::block_gated`] and [`Engine::scan_one_impl`]).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn block_slow<const F: u8>(
@@ -1827,8 +1808,9 @@ struct Triggers {
 /// `BlockMasks::reject`), glue, digit and capital masks and the next
 /// block's digits and capitals; `on` = the AWS and IBAN bits of the
 /// engine (`Engine::aws_bits`, `Engine::iban_bits`). One definition for
-/// `Engine::gate` and `Engine::block`, which must agree: a block the gate
-/// lets pass without work is one `block` would find nothing in.
+/// `Engine::gate`, `Engine::block_gated` and `Engine::scan_one_impl`, which
+/// must agree: a block the gate lets pass without work is one
+/// `block_slow` would find nothing in.
 ///
 /// - Anchors, less the phone openers `+`, `(` (the only anchors that are
 ///   glue) not followed by a digit of their region: `phone_opener` returns
@@ -1877,22 +1859,6 @@ struct Shapes {
 }
 
 impl Shapes {
-    #[inline(always)]
-    fn pre(e: &Engine, c: &BlockMasks, n: &BlockMasks) -> Shapes {
-        let sep_c = c.space | c.dash | c.dot;
-        let sep_n = n.space | n.dash | n.dot;
-        let on = Shapes::on(e, c, n) & e.shape_bits;
-        Shapes {
-            w0: (pre_shape(c.digit, sep_c) | e.ipv4_bits) & on,
-            w1: (pre_shape(ahead(c.digit, n.digit), ahead(sep_c, sep_n)) | e.ipv4_bits)
-                & AHEAD_LOW
-                & on,
-            sep_c,
-            sep_n,
-            exact: false,
-        }
-    }
-
     /// All ones when the block has enough digits for a shape to start in
     /// it, else 0: every candidate shape holds at least 7 digits (4 for
     /// IPv4) within its first 13 bytes, so fewer in the block and the next
