@@ -12,6 +12,10 @@
 //!
 //! `MASK_DUMP_KERNEL=avx512-noplanes` runs the AVX-512 kernel without the
 //! scan copy that needs VBMI and GFNI (what Skylake-SP runs).
+//!
+//! `mask_dump rows-vs-cells` compares instead the dump's random rows masked
+//! as DataRows with the same values masked one by one (see
+//! [`rows_vs_cells`]).
 
 use dataplane::mask::corpus::{self, Kind, Rng};
 use dataplane::mask::{mask_data_row, Engine, Hits, Kernel, MaskingProfile, RowPlan};
@@ -168,6 +172,9 @@ fn profiles() -> Vec<(&'static str, MaskingProfile)> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("rows-vs-cells") {
+        std::process::exit(rows_vs_cells());
+    }
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     let mut rng = Rng::new(2026);
@@ -228,4 +235,60 @@ fn main() {
             .unwrap();
         }
     }
+}
+
+/// `mask_dump rows-vs-cells`: the random rows of the dump (three text
+/// columns and an int column), each masked as one DataRow and cell by cell
+/// (`Engine::mask_counted` on each scanned value), under the default
+/// profile and both kernels; prints the rows where the two differ and how
+/// many, and exits 1 if any do. The two should always agree: see
+/// `bench/RESULTS.md` §7, pass 12, for the adjacent values where they do not
+/// yet.
+fn rows_vs_cells() -> i32 {
+    let p = MaskingProfile::default();
+    let mut differ = 0;
+    for kernel in [first_kernel().0, Kernel::Scalar] {
+        let e = Engine::compile_with_kernel(&p, kernel).unwrap();
+        let cols: &[(&str, u32)] = &[("a", 25), ("n", 23), ("b", 25), ("c", 1043)];
+        let mut plan = RowPlan::new();
+        plan.describe(&e, &corpus::row_description(cols)).unwrap();
+        let mut o = Vec::new();
+        let mut rr = Rng::new(5);
+        let mut n = 0;
+        for _ in 0..20_000 {
+            let vals: Vec<Option<String>> = (0..4)
+                .map(|_| {
+                    (!rr.chance(0.1)).then(|| {
+                        let max = [10, 40, 80, 200][rr.below(4)];
+                        random_text(&mut rr, max)
+                    })
+                })
+                .collect();
+            let mut body = corpus::data_row(&vals);
+            mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut o).unwrap();
+            let cells: Vec<Option<String>> = vals
+                .iter()
+                .zip(cols)
+                .map(|(v, c)| {
+                    v.clone().map(|v| {
+                        let mut b = v.into_bytes();
+                        if c.1 != 23 {
+                            e.mask_counted(&mut b, &mut Hits::new());
+                        }
+                        String::from_utf8(b).unwrap()
+                    })
+                })
+                .collect();
+            let want = corpus::data_row(&cells);
+            if body != want {
+                n += 1;
+                println!("{kernel:?}: {vals:?}");
+                println!("  as a row:      {:?}", String::from_utf8_lossy(&body));
+                println!("  cell by cell:  {:?}", String::from_utf8_lossy(&want));
+            }
+        }
+        println!("{kernel:?}: {n} of 20000 rows differ");
+        differ += n;
+    }
+    i32::from(differ > 0)
 }
