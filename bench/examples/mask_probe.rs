@@ -1,7 +1,7 @@
 //! Per-column cost probe: `mask_probe COLUMN ITERS` masks only the
-//! cells of one `orders` column (1 customer, 2 e-mail, 3 phone, 4 address,
-//! 7 order ref, 8 status, 9 notes; 99: 20 000 clean free-text notes), for
-//! instruction counts per cell:
+//! cells of one `orders` column (0 id, 1 customer, 2 e-mail, 3 phone, 4
+//! address, 5 created_at, 6 total, 7 order ref, 8 status, 9 notes; 99:
+//! 20 000 clean free-text notes), for instruction counts per cell:
 //!
 //! ```bash
 //! cargo build --profile bench -p bench --example mask_probe
@@ -15,8 +15,17 @@ use std::hint::black_box;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let col: usize = args[1].parse().unwrap();
-    let iters: usize = args[2].parse().unwrap();
+    let (Some(col), Some(iters)) = (
+        args.get(1).and_then(|s| s.parse::<usize>().ok()),
+        args.get(2).and_then(|s| s.parse::<usize>().ok()),
+    ) else {
+        eprintln!("usage: mask_probe COLUMN ITERS (COLUMN 0-9 of orders, or 99: clean notes)");
+        std::process::exit(2);
+    };
+    if col > 9 && col != 99 {
+        eprintln!("mask_probe: no column {col} (0-9 of orders, or 99)");
+        std::process::exit(2);
+    }
     let mut rng = Rng::new(2026);
     let rows = corpus::orders(&mut rng, 10_000);
     let engine = Engine::compile(&MaskingProfile::default()).unwrap();

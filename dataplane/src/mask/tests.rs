@@ -1314,6 +1314,53 @@ proptest! {
     }
 }
 
+/// The benchmark's `orders` rows (realistic values; every row has an
+/// e-mail, most a phone) mask the same as one DataRow as cell by cell,
+/// hits included, under the default profile and with every detector on.
+/// (Random concatenations of touching values can still differ, as the
+/// validators read each other's rewrites: `mask_dump rows-vs-cells`,
+/// `bench/RESULTS.md` §7 pass 12.)
+#[test]
+fn orders_rows_equal_cell_by_cell() {
+    for e in [engine(), all_on()] {
+        let mut plan = RowPlan::new();
+        plan.describe(&e, &corpus::row_description(corpus::ORDERS_COLUMNS))
+            .unwrap();
+        let scanned: Vec<bool> = plan
+            .columns()
+            .map(|c| matches!(c, ColumnPlan::Detect { .. }))
+            .collect();
+        assert_eq!(scanned.iter().filter(|&&s| s).count(), 7);
+        let mut rng = Rng::new(11);
+        let mut out = Vec::new();
+        let mut total = 0;
+        for vals in corpus::orders(&mut rng, 5000) {
+            let mut body = corpus::data_row(&vals);
+            let mut hits = Hits::new();
+            mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+            let mut want_hits = Hits::new();
+            let cells: Vec<Option<String>> = vals
+                .iter()
+                .zip(&scanned)
+                .map(|(v, &scan)| {
+                    v.clone().map(|v| {
+                        let mut b = v.into_bytes();
+                        if scan {
+                            e.mask_counted(&mut b, &mut want_hits);
+                        }
+                        String::from_utf8(b).unwrap()
+                    })
+                })
+                .collect();
+            assert_eq!(body, corpus::data_row(&cells), "{vals:?}");
+            assert_eq!(hits, want_hits, "{vals:?}");
+            total += hits.total();
+        }
+        // Every row's e-mail at least.
+        assert!(total > 5000, "{total} hits");
+    }
+}
+
 proptest! {
     /// Untrusted bytes from the server never make the message functions
     /// panic or change a length in place.
