@@ -855,3 +855,29 @@ pub fn data_row(values: &[Option<String>]) -> Vec<u8> {
     }
     b
 }
+
+/// What [`super::mask_data_row`] must give for the DataRow of `values` under
+/// `plan` (described by `engine`, all columns scanned or skipped): the row
+/// with each value the plan scans masked on its own
+/// ([`super::Engine::mask_counted`], hits into `hits`).
+pub fn masked_cell_by_cell(
+    engine: &super::Engine,
+    plan: &super::RowPlan,
+    values: &[Option<String>],
+    hits: &mut super::Hits,
+) -> Vec<u8> {
+    let cells: Vec<Option<String>> = values
+        .iter()
+        .zip(plan.columns())
+        .map(|(v, c)| {
+            v.clone().map(|v| {
+                let mut b = v.into_bytes();
+                if matches!(c, super::ColumnPlan::Detect { .. }) {
+                    engine.mask_counted(&mut b, hits);
+                }
+                String::from_utf8(b).expect("masking keeps UTF-8")
+            })
+        })
+        .collect();
+    data_row(&cells)
+}
