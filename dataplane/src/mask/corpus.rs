@@ -752,6 +752,127 @@ pub fn clean_value(r: &mut Rng) -> String {
 // ---------------------------------------------------------------------------
 // A realistic result set.
 
+/// Pieces [`touching_text`] strings together: separators, token prefixes,
+/// digit groups and other bytes detectors look at.
+const FRAGMENTS: &[&str] = &[
+    " ",
+    " ",
+    "  ",
+    "-",
+    ".",
+    "(",
+    ")",
+    "+",
+    ",",
+    ":",
+    "@",
+    "_",
+    "/",
+    "=",
+    "\\",
+    "\t",
+    "\n",
+    "a",
+    "b",
+    "x",
+    "z",
+    "J",
+    "B",
+    "e",
+    "ey",
+    "eyJ",
+    "AI",
+    "AIza",
+    "AKIA",
+    "ASIA",
+    "gh",
+    "ghp_",
+    "sk_",
+    "sk_live_",
+    "rk_test_",
+    "xox",
+    "xoxb-",
+    "xapp-",
+    "Bearer ",
+    "bearer  ",
+    "-----BEGIN ",
+    "PRIVATE KEY-----",
+    "-----END",
+    "github_pat_",
+    ".com",
+    ".co.uk",
+    "DE",
+    "GB",
+    "FR",
+    "NL",
+    "::",
+    "fe80::",
+    "1",
+    "0",
+    "9",
+    "12",
+    "123",
+    "1234",
+    "12345",
+    "415",
+    "555",
+    "2671",
+    "4111",
+    "978-",
+    "é",
+    "\u{2013}",
+    "*",
+    "#",
+    "ORD-",
+    "v1.2.",
+    "%",
+];
+
+/// Up to `max` bytes of fragments, digit runs, sensitive values, clean
+/// values, words and phone numbers strung together with no separator
+/// between them, so that values touch and detectors' spans meet: what the
+/// differential checks (`mask_dump`, the row-vs-cells tests) feed the
+/// engine.
+pub fn touching_text(r: &mut Rng, max: usize) -> String {
+    let mut s = String::new();
+    let target = r.below(max + 1);
+    while s.len() < target {
+        match r.below(10) {
+            0 => s.push_str(&r.digits_range(1, 20)),
+            1 => {
+                let k = *r.pick(&[
+                    &Kind::Card,
+                    &Kind::Iban,
+                    &Kind::Ssn,
+                    &Kind::Email,
+                    &Kind::Phone,
+                    &Kind::AwsKey,
+                    &Kind::Jwt,
+                    &Kind::GithubToken,
+                    &Kind::SlackToken,
+                    &Kind::StripeKey,
+                    &Kind::GoogleApiKey,
+                    &Kind::Bearer,
+                    &Kind::PrivateKey,
+                    &Kind::Ipv4,
+                    &Kind::Ipv6,
+                ]);
+                s.push_str(&sensitive(k, r));
+            }
+            2 => s.push_str(&clean_value(r)),
+            3 => s.push_str(&r.alphabet_range(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                1,
+                12,
+            )),
+            4 => s.push_str(&r.alphabet_range(b"0123456789 -.()+", 1, 30)),
+            5 => s.push_str(&phone(r)),
+            _ => s.push_str(r.pick(FRAGMENTS)),
+        }
+    }
+    s
+}
+
 /// Column of the generated `orders` table: name and type oid.
 pub const ORDERS_COLUMNS: &[(&str, u32)] = &[
     ("id", 23),

@@ -1307,6 +1307,22 @@ impl Engine {
 
     /// The block walk's work for a block with something to validate (from
     /// [`Engine::block_gated`] and [`Engine::scan_one_impl`]).
+    ///
+    /// Validators rewrite in place as they confirm, and some read the bytes
+    /// next to their span (a `7` before a `+`, the `2` after a `(`), so
+    /// which of two touching values is confirmed first can decide whether
+    /// the other is found. The order is therefore one of position alone,
+    /// never of where the 64-byte blocks fall (a DataRow puts them
+    /// elsewhere than a lone cell):
+    /// - anchors, AWS and IBAN starts sort at their trigger byte;
+    /// - a digit run at its end, the first byte after it, so a run carried
+    ///   over from the block before sorts after everything before its end
+    ///   in either block, as one inside a block does;
+    /// - at the same byte: runs, anchors, AWS, IBAN.
+    ///
+    /// The runs to validate are found from the masks alone
+    /// ([`Engine::runs`]), then validated, merged with the triggers, in that
+    /// order.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn block_slow<const F: u8>(
@@ -1327,69 +1343,111 @@ impl Engine {
     ) {
         let base = ctx.base;
         let regions = ctx.regions;
-        while a != 0 {
-            let pos = base + a.trailing_zeros() as usize;
-            a &= a - 1;
-            if pos >= st.skip_until {
-                let ri = cur.anchor.seek(regions, pos);
-                let r = regions[ri];
-                if buf[pos] == b'@' {
-                    // (E-mails here, not through `may_anchor` and the
-                    // `anchor` call: the most frequent anchor.)
-                    let s = r.start as usize;
-                    let cell = &mut buf[s..r.end as usize];
-                    if let Some(end) = self.email::<F>(cell, pos - s) {
-                        st.found(Builtin::Email, ri, s + end, counts, hits);
-                    }
-                } else if may_anchor(buf, r, pos) {
-                    let bits = (m.digit, m.digit | m.glue);
-                    self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+        let (mut starts, mut ends, mut carried) = self.runs(prev_digit, m, n, pre, base, st);
+        // (A run reaching the end of the block, carried into the next one,
+        // sorts after every trigger of this block.)
+        loop {
+            let t = (a | aws | iban).trailing_zeros();
+            let e = ends.trailing_zeros();
+            if e <= t {
+                if e == 64 {
+                    return;
                 }
-            }
-        }
-        while aws != 0 {
-            let pos = base + aws.trailing_zeros() as usize;
-            aws &= aws - 1;
-            if buf[pos] != b'A' {
-                continue;
-            }
-            let ri = cur.aws.seek(regions, pos);
-            let r = regions[ri];
-            let cell = &mut buf[r.start as usize..r.end as usize];
-            if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
-                st.found(
-                    Builtin::AwsAccessKey,
+                ends &= ends - 1;
+                let end = base + e as usize;
+                let (first, digits, bits) = match carried.take() {
+                    Some((first, digits)) => (first, digits, None),
+                    None => {
+                        let i = starts.trailing_zeros();
+                        starts &= starts - 1;
+                        let first = base + i as usize;
+                        if st.opened.is(first, end, st.hits) {
+                            continue;
+                        }
+                        let digits = ((m.digit & ((1u64 << e) - 1)) >> i).count_ones();
+                        (first, digits, st.clean_from(first).then_some(m.digit >> i))
+                    }
+                };
+                let ri = cur.run.seek(regions, first);
+                self.digit_run(
+                    buf,
+                    regions[ri],
                     ri,
-                    r.start as usize + e,
+                    first,
+                    end,
+                    digits,
+                    bits,
+                    st,
                     counts,
                     hits,
                 );
+                continue;
+            }
+            let bit = 1u64 << t;
+            let pos = base + t as usize;
+            if a & bit != 0 {
+                a &= !bit;
+                if pos >= st.skip_until {
+                    let ri = cur.anchor.seek(regions, pos);
+                    let r = regions[ri];
+                    if buf[pos] == b'@' {
+                        // (E-mails here, not through `may_anchor` and the
+                        // `anchor` call: the most frequent anchor.)
+                        let s = r.start as usize;
+                        let cell = &mut buf[s..r.end as usize];
+                        if let Some(end) = self.email::<F>(cell, pos - s) {
+                            st.found(Builtin::Email, ri, s + end, counts, hits);
+                        }
+                    } else if may_anchor(buf, r, pos) {
+                        let bits = (m.digit, m.digit | m.glue);
+                        self.anchor(buf, r, ri, pos, bits, base, st, counts, hits);
+                    }
+                }
+            }
+            if aws & bit != 0 {
+                aws &= !bit;
+                if buf[pos] == b'A' {
+                    let ri = cur.aws.seek(regions, pos);
+                    let r = regions[ri];
+                    let cell = &mut buf[r.start as usize..r.end as usize];
+                    if let Some(e) = detect::aws(cell, pos - r.start as usize + 1, &self.fmt) {
+                        st.found(
+                            Builtin::AwsAccessKey,
+                            ri,
+                            r.start as usize + e,
+                            counts,
+                            hits,
+                        );
+                    }
+                }
+            }
+            if iban & bit != 0 {
+                iban &= !bit;
+                let ri = cur.iban.seek(regions, pos);
+                let r = regions[ri];
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
+                    st.found(Builtin::Iban, ri, r.start as usize + e, counts, hits);
+                }
             }
         }
-        while iban != 0 {
-            let pos = base + iban.trailing_zeros() as usize;
-            iban &= iban - 1;
-            let ri = cur.iban.seek(regions, pos);
-            let r = regions[ri];
-            let cell = &mut buf[r.start as usize..r.end as usize];
-            if let Some(e) = detect::iban(cell, pos - r.start as usize, &self.fmt) {
-                st.found(Builtin::Iban, ri, r.start as usize + e, counts, hits);
-            }
-        }
-        if !st.run.active {
-            // Nothing left but digits of a run a phone opener validated
-            // with nothing found since (see `ScanState::opened`): the walk
-            // below would only validate it again, to no effect.
-            let o = st.opened;
-            let opened = if o.hits == st.hits && o.start >= base && o.end < base + BLOCK {
-                ((1u64 << (o.end - base)) - 1) & !((1u64 << (o.start - base)) - 1)
-            } else {
-                0
-            };
-            if m.digit & !opened == 0 {
-                return;
-            }
-        }
+    }
+
+    /// The digit runs of a block to validate (see [`Engine::block_slow`]),
+    /// from its masks alone: their first digits, their ends, and the run
+    /// carried into the block if it ends there and is validated (its first
+    /// digit and digit count; its end is the lowest bit of the ends).
+    /// Updates the run carried out of the block (`st.run`).
+    #[inline(always)]
+    fn runs(
+        &self,
+        prev_digit: u64,
+        m: &BlockMasks,
+        n: &BlockMasks,
+        pre: Shapes,
+        base: usize,
+        st: &mut ScanState,
+    ) -> (u64, u64, Option<(usize, u32)>) {
         let cand = if pre.any() && self.may_start_shape(m, n) {
             self.candidates(prev_digit, m, n, pre)
         } else {
@@ -1397,93 +1455,70 @@ impl Engine {
         };
         let x = m.digit | m.glue;
         let mut d = m.digit;
-        if st.run.active {
-            // A run carried over from the previous block.
-            let run = st.run;
-            let e = (!x).trailing_zeros();
-            if e == 64 {
-                st.run.digits += d.count_ones();
-                st.run.cand |= cand != 0;
-                return;
-            }
-            let low = (1u64 << e) - 1;
-            st.run.active = false;
-            st.run.cand = false;
-            if run.cand || cand & low != 0 {
-                let digits = run.digits + (d & low).count_ones();
-                let ri = cur.run.seek(regions, run.first);
-                self.digit_run(
-                    buf,
-                    regions[ri],
-                    ri,
-                    run.first,
-                    base + e as usize,
-                    digits,
-                    None,
-                    st,
-                    counts,
-                    hits,
-                );
-            }
-            d &= !low;
-        }
-        if cand == 0 && x & (1 << 63) == 0 {
-            return;
-        }
-        while d != 0 {
-            let i = d.trailing_zeros();
-            if cand >> i == 0 {
-                // No candidate from here on: only a run reaching the end of
-                // the block matters (carried into the next one). It starts
-                // at the first digit of the last stretch of digits and glue.
-                if x >> 63 == 0 {
-                    return;
+        let (mut starts, mut ends) = (0u64, 0u64);
+        let mut carried = None;
+        'runs: {
+            if st.run.active {
+                let run = st.run;
+                let e = (!x).trailing_zeros();
+                if e == 64 {
+                    st.run.digits += d.count_ones();
+                    st.run.cand |= cand != 0;
+                    break 'runs;
                 }
-                let top = d & (u64::MAX << (64 - (!x).leading_zeros()));
-                if top != 0 {
-                    let i = top.trailing_zeros();
+                let low = (1u64 << e) - 1;
+                st.run.active = false;
+                st.run.cand = false;
+                if run.cand || cand & low != 0 {
+                    carried = Some((run.first, run.digits + (d & low).count_ones()));
+                    ends = 1 << e;
+                }
+                d &= !low;
+            }
+            if cand == 0 && x & (1 << 63) == 0 {
+                break 'runs;
+            }
+            while d != 0 {
+                let i = d.trailing_zeros();
+                if cand >> i == 0 {
+                    // No candidate from here on: only a run reaching the
+                    // end of the block matters (carried into the next one).
+                    // It starts at the first digit of the last stretch of
+                    // digits and glue.
+                    if x >> 63 == 0 {
+                        break 'runs;
+                    }
+                    let top = d & (u64::MAX << (64 - (!x).leading_zeros()));
+                    if top != 0 {
+                        let i = top.trailing_zeros();
+                        st.run = Run {
+                            first: base + i as usize,
+                            digits: (d >> i).count_ones(),
+                            active: true,
+                            cand: false,
+                        };
+                    }
+                    break 'runs;
+                }
+                let len = (!(x >> i)).trailing_zeros();
+                let end = i + len;
+                if end >= 64 {
                     st.run = Run {
                         first: base + i as usize,
                         digits: (d >> i).count_ones(),
                         active: true,
-                        cand: false,
+                        cand: cand >> i != 0,
                     };
+                    break 'runs;
                 }
-                return;
+                if (cand >> i) & ((1u64 << len) - 1) != 0 {
+                    starts |= 1 << i;
+                    ends |= 1 << end;
+                }
+                d &= !((1u64 << end) - 1);
             }
-            let len = (!(x >> i)).trailing_zeros();
-            let end = i + len;
-            let above = d >> i;
-            if end >= 64 {
-                st.run = Run {
-                    first: base + i as usize,
-                    digits: above.count_ones(),
-                    active: true,
-                    cand: cand >> i != 0,
-                };
-                return;
-            }
-            let span = (1u64 << len) - 1;
-            if (cand >> i) & span != 0 {
-                let digits = (above & span).count_ones();
-                let first = base + i as usize;
-                let ri = cur.run.seek(regions, first);
-                let bits = st.clean_from(first).then_some(m.digit >> i);
-                self.digit_run(
-                    buf,
-                    regions[ri],
-                    ri,
-                    first,
-                    base + end as usize,
-                    digits,
-                    bits,
-                    st,
-                    counts,
-                    hits,
-                );
-            }
-            d &= !((1u64 << end) - 1);
         }
+        (starts, ends, carried)
     }
 
     /// A run of digits and glue inside region `r`: `first` is its first
@@ -1579,25 +1614,16 @@ impl Engine {
                         counts,
                         hits,
                     );
-                    // The block walk meets the same digits as the run of
-                    // digits and glue they lie in, from its first digit.
-                    // When that is `first` (no digit between the stretch's
-                    // start and the opener) and the run ends where this
-                    // one does (not cut at 40 bytes; the masks end at the
-                    // region's end as `limit` does), the walk would
-                    // validate this very run again: on unchanged bytes if
-                    // nothing was found, or from a masked first digit
-                    // (returning at once). Either way a no-op, which
-                    // `block_slow` skips, with the candidate shapes, when
-                    // the run holds every digit of the block and nothing
-                    // was found after it.
-                    let below = (1u64 << (j - 1)) - 1;
-                    let (dg, gap) = (bits.0 & below, !bits.1 & below);
-                    let from_first = dg == 0 || dg.leading_zeros() > gap.leading_zeros();
-                    if run <= max
-                        && from_first
-                        && (st.hits == before || !detect::digit_or_glue(buf[first]))
-                    {
+                    // The block walk meets these digits again as part of
+                    // the run of digits and glue they lie in. When that run
+                    // is this one (it starts at `first`, with no digit
+                    // between the stretch's start and the opener, and ends
+                    // here, not cut at 40 bytes: `Opened::is` compares
+                    // both ends), validating it again is a no-op: on unchanged bytes if nothing was found, or
+                    // from a masked first digit (returning at once).
+                    // `block_slow` skips it when nothing was found since
+                    // (`Opened::is`).
+                    if st.hits == before || !detect::digit_or_glue(buf[first]) {
                         st.opened = Opened {
                             start: first,
                             end: first + len,
@@ -1726,10 +1752,9 @@ struct ScanState {
     /// bytes from `max(skip_until, dirty)` on are as classified.
     dirty: usize,
     hits: u32,
-    /// A digit run `start..end` of the current block that a phone opener
-    /// has validated, while `hits` was still `hits` (see
-    /// [`Engine::phone_opener`]): validating it again from its first
-    /// digit would change nothing.
+    /// The digit run `start..end` a phone opener validated last, while
+    /// `hits` was still `hits` (see [`Engine::phone_opener`]): validating it
+    /// again from its first digit would change nothing.
     opened: Opened,
 }
 
@@ -1739,6 +1764,16 @@ struct Opened {
     start: usize,
     end: usize,
     hits: u32,
+}
+
+impl Opened {
+    /// Whether the run `start..end` is the one a phone opener validated,
+    /// with nothing found since (`hits`): validating it again would change
+    /// nothing.
+    #[inline(always)]
+    fn is(&self, start: usize, end: usize, hits: u32) -> bool {
+        self.hits == hits && self.start == start && self.end == end
+    }
 }
 
 impl ScanState {
