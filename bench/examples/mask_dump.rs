@@ -103,21 +103,13 @@ fn main() {
             writeln!(out, "{name} hits {:?}", hits.iter().collect::<Vec<_>>()).unwrap();
             // Whole rows: three random text columns and an int column, so
             // values sit next to each other in one scan.
-            let cols: &[(&str, u32)] = &[("a", 25), ("n", 23), ("b", 25), ("c", 1043)];
             let mut plan = RowPlan::new();
-            plan.describe(&e, &corpus::row_description(cols)).unwrap();
+            plan.describe(&e, &corpus::row_description(corpus::TOUCHING_COLUMNS))
+                .unwrap();
             let mut o = Vec::new();
             let mut rr = Rng::new(5);
             for _ in 0..20_000 {
-                let mut vals = Vec::new();
-                for _ in 0..4 {
-                    vals.push(if rr.chance(0.1) {
-                        None
-                    } else {
-                        let max = [10, 40, 80, 200][rr.below(4)];
-                        Some(corpus::touching_text(&mut rr, max))
-                    });
-                }
+                let vals = corpus::touching_row(&mut rr);
                 let mut body = corpus::data_row(&vals);
                 let input = body.clone();
                 let res = mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut o).unwrap();
@@ -154,21 +146,14 @@ fn rows_vs_cells() -> i32 {
     let mut differ = 0;
     for kernel in [first_kernel().0, Kernel::Scalar] {
         let e = Engine::compile_with_kernel(&p, kernel).unwrap();
-        let cols: &[(&str, u32)] = &[("a", 25), ("n", 23), ("b", 25), ("c", 1043)];
         let mut plan = RowPlan::new();
-        plan.describe(&e, &corpus::row_description(cols)).unwrap();
+        plan.describe(&e, &corpus::row_description(corpus::TOUCHING_COLUMNS))
+            .unwrap();
         let mut o = Vec::new();
         let mut rr = Rng::new(5);
         let mut n = 0;
         for _ in 0..20_000 {
-            let vals: Vec<Option<String>> = (0..4)
-                .map(|_| {
-                    (!rr.chance(0.1)).then(|| {
-                        let max = [10, 40, 80, 200][rr.below(4)];
-                        corpus::touching_text(&mut rr, max)
-                    })
-                })
-                .collect();
+            let vals = corpus::touching_row(&mut rr);
             let mut body = corpus::data_row(&vals);
             mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut o).unwrap();
             let want = corpus::masked_cell_by_cell(&e, &plan, &vals, &mut Hits::new());

@@ -873,6 +873,23 @@ pub fn touching_text(r: &mut Rng, max: usize) -> String {
     s
 }
 
+/// The columns of [`touching_row`]: three text columns and an int column
+/// (not scanned), so that values sit next to each other in one scan.
+pub const TOUCHING_COLUMNS: &[(&str, u32)] = &[("a", 25), ("n", 23), ("b", 25), ("c", 1043)];
+
+/// A row of [`TOUCHING_COLUMNS`]: each value [`touching_text`] of up to 10,
+/// 40, 80 or 200 bytes, or NULL one time in ten.
+pub fn touching_row(r: &mut Rng) -> Vec<Option<String>> {
+    (0..TOUCHING_COLUMNS.len())
+        .map(|_| {
+            (!r.chance(0.1)).then(|| {
+                let max = [10, 40, 80, 200][r.below(4)];
+                touching_text(r, max)
+            })
+        })
+        .collect()
+}
+
 /// Column of the generated `orders` table: name and type oid.
 pub const ORDERS_COLUMNS: &[(&str, u32)] = &[
     ("id", 23),

@@ -1450,21 +1450,14 @@ fn touching_values_mask_the_same_in_a_row_as_cell_by_cell() {
     let kernels = [Kernel::Scalar, Kernel::Ssse3, Kernel::Avx2, Kernel::Avx512];
     for kernel in kernels.into_iter().filter(|k| k.available()) {
         let e = Engine::compile_with_kernel(&MaskingProfile::default(), kernel).unwrap();
-        let cols: &[(&str, u32)] = &[("a", 25), ("n", 23), ("b", 25), ("c", 1043)];
         let mut plan = RowPlan::new();
-        plan.describe(&e, &corpus::row_description(cols)).unwrap();
+        plan.describe(&e, &corpus::row_description(corpus::TOUCHING_COLUMNS))
+            .unwrap();
         let mut rng = Rng::new(5);
         let mut out = Vec::new();
         let mut total = 0;
         for _ in 0..20_000 {
-            let vals: Vec<Option<String>> = (0..4)
-                .map(|_| {
-                    (!rng.chance(0.1)).then(|| {
-                        let max = [10, 40, 80, 200][rng.below(4)];
-                        corpus::touching_text(&mut rng, max)
-                    })
-                })
-                .collect();
+            let vals = corpus::touching_row(&mut rng);
             let mut body = corpus::data_row(&vals);
             let mut hits = Hits::new();
             mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
