@@ -594,7 +594,8 @@ pub(crate) fn digit_run(
     if let Some(d) = digits {
         if let Some(ng) = tokenize_bits(buf, first, end, d, &mut g) {
             // SAFETY: `tokenize_bits` wrote the first `ng` groups.
-            window(buf, unsafe { g.first(ng) }, on, f, hits);
+            let groups = unsafe { g.first(ng) };
+            window(buf, without_word(buf, groups), on, f, hits);
             return;
         }
     }
@@ -603,11 +604,37 @@ pub(crate) fn digit_run(
         let ng = tokenize(buf, pos, end, &mut g);
         // SAFETY: `tokenize` wrote the first `ng` groups.
         let groups = unsafe { g.first(ng) };
-        window(buf, groups, on, f, hits);
+        window(buf, without_word(buf, groups), on, f, hits);
         if ng < MAX_GROUPS {
             break;
         }
         pos = groups[ng - WINDOW_OVERLAP].start();
+    }
+}
+
+/// The groups of a run less its last one when that one begins a word: a
+/// group after a space whose digits run straight into a letter (`2nd`,
+/// `24h`, `3rd`, the digits opening an e-mail's local part) is no digit
+/// group of the number before it, which ends at that space. So `call
+/// 415-555-2671 2nd floor` and `4111 1111 1111 1111 2x` are a phone and a
+/// card; without this the number's right edge is the `2`, glued to a word.
+/// Not an `x` before a digit (`415 555 2671x12`: an extension, which
+/// `phone_right` reads), and only the run's last group (the letter is the
+/// byte after the run).
+#[inline]
+fn without_word<'g>(buf: &[u8], g: &'g [Group]) -> &'g [Group] {
+    let Some((last, rest)) = g.split_last() else {
+        return g;
+    };
+    let e = last.end();
+    let word = !rest.is_empty()
+        && buf.get(e).is_some_and(u8::is_ascii_alphabetic)
+        && !(matches!(buf[e], b'x' | b'X') && buf.get(e + 1).is_some_and(u8::is_ascii_digit))
+        && (last.sep.a() == b' ' || (last.sep.len() >= 2 && last.sep.b() == b' '));
+    if word {
+        rest
+    } else {
+        g
     }
 }
 

@@ -1474,3 +1474,47 @@ fn touching_values_mask_the_same_in_a_row_as_cell_by_cell() {
         assert!(total > 10_000, "{kernel:?}: {total} hits");
     }
 }
+
+/// A number followed by a space and a word that starts with digits (`2nd`,
+/// `24h`, an e-mail's local part) is masked: the word's digits are no group
+/// of the number (`detect::without_word`).
+#[test]
+fn numbers_before_a_word_that_starts_with_digits() {
+    let e = engine();
+    let m = |s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        e.mask_counted(&mut v, &mut Hits::new());
+        String::from_utf8(v).unwrap()
+    };
+    for (input, want) in [
+        (
+            "Call +1 415 555 2671 2nd floor",
+            "Call +* *** *** **71 2nd floor",
+        ),
+        (
+            "Call +1 415 555 2671 24h support",
+            "Call +* *** *** **71 24h support",
+        ),
+        ("call 415-555-2671 2nd floor", "call ***-***-**71 2nd floor"),
+        (
+            "tel (415) 555-2671 (2nd line)",
+            "tel (***) ***-**71 (2nd line)",
+        ),
+        ("+44 20 7946 0958 3rd line", "+** ** **** **58 3rd line"),
+        ("card 4111 1111 1111 1111 2x", "card **** **** **** 1111 2x"),
+        ("ssn 123-45-6789 1st", "ssn ***-**-6789 1st"),
+        (
+            "+44 67 2176 70470 626noah_790@corp.example.net",
+            "+** ** **** ***70 *******_***@****.*******.net",
+        ),
+        // Unchanged: an extension glued by `x` is the phone's.
+        ("415 555 2671x12 today", "*** *** **71x12 today"),
+        // Near-misses stay clean: no trunk 0, a word glued with no space,
+        // a group glued by a dash.
+        ("order 12345 67890 1st", "order 12345 67890 1st"),
+        ("ref 415 555 2671ab", "ref 415 555 2671ab"),
+        ("v 2025-02-11 2nd run", "v 2025-02-11 2nd run"),
+    ] {
+        assert_eq!(m(input), want, "{input}");
+    }
+}
