@@ -595,7 +595,7 @@ pub(crate) fn digit_run(
         if let Some(ng) = tokenize_bits(buf, first, end, d, &mut g) {
             // SAFETY: `tokenize_bits` wrote the first `ng` groups.
             let groups = unsafe { g.first(ng) };
-            window(buf, without_word(buf, groups), on, f, hits);
+            validate(buf, groups, on, f, hits);
             return;
         }
     }
@@ -604,12 +604,51 @@ pub(crate) fn digit_run(
         let ng = tokenize(buf, pos, end, &mut g);
         // SAFETY: `tokenize` wrote the first `ng` groups.
         let groups = unsafe { g.first(ng) };
-        window(buf, without_word(buf, groups), on, f, hits);
         if ng < MAX_GROUPS {
+            validate(buf, groups, on, f, hits);
             break;
         }
+        window(buf, groups, on, f, hits);
         pos = groups[ng - WINDOW_OVERLAP].start();
     }
+}
+
+/// [`window`] over the groups of a whole run (or of its last window): less
+/// a last group that begins a word ([`without_word`]); and when nothing is
+/// found, once more less a last group that counts the word after it
+/// ([`without_count`]), for phones and SSNs.
+#[inline]
+fn validate(buf: &mut [u8], groups: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut DigitHits) {
+    let g = without_word(buf, groups);
+    let found = |h: &DigitHits| h.card + h.ssn + h.phone + h.ipv4;
+    let before = found(hits);
+    window(buf, g, on, f, hits);
+    if found(hits) == before {
+        if let Some(rest) = without_count(buf, g) {
+            // (Not cards: `6011 1134 9346 9550 1` is a card number of 17
+            // digits, or 16 and a count; a card written in groups of four
+            // may end in a shorter group.)
+            let on = DigitDetectors { card: false, ..on };
+            window(buf, rest, on, f, hits);
+        }
+    }
+}
+
+/// The groups of a run less its last one when that one is a count of the
+/// word after it: one to three digits after a single space, then a space
+/// and a letter (`415 555 2671 3 times`, `123 45 6789 2 forms`).
+/// Only tried when the whole run holds no value: a number written in
+/// pairs (`06 12 34 56 78 ordered`) ends with such a group too.
+#[inline]
+fn without_count<'g>(buf: &[u8], g: &'g [Group]) -> Option<&'g [Group]> {
+    let (last, rest) = g.split_last()?;
+    let e = last.end();
+    let count = !rest.is_empty()
+        && last.len() <= 3
+        && last.sep.single(b' ')
+        && buf.get(e) == Some(&b' ')
+        && buf.get(e + 1).is_some_and(u8::is_ascii_alphabetic);
+    count.then_some(rest)
 }
 
 /// The groups of a run less its last one when that one begins a word: a
@@ -672,8 +711,8 @@ fn window(buf: &mut [u8], g: &[Group], on: DigitDetectors, f: &Fmt, hits: &mut D
             if c.sep != s || !(s.single(b'-') || s.single(b' ')) {
                 continue;
             }
-            if isolated_left(buf, g, k)
-                && isolated_right(buf, g, k + 2)
+            if starts_joined(buf, g, k, s)
+                && ends_joined(buf, g, k + 2, s)
                 && ssn_valid(buf, a.start(), b.start(), c.start())
             {
                 mask_range(buf, a.start(), c.end(), f.ssn_keep, f);
@@ -798,6 +837,26 @@ fn isolated_right(buf: &[u8], g: &[Group], j: usize) -> bool {
     } else {
         g[j + 1].sep.len() >= 2
     }
+}
+
+/// Group `k` starts a value whose groups are joined by `inner`: it starts
+/// a value ([`isolated_left`]), or the value is joined by something other
+/// than a space and the separator before it is another one (`0608
+/// 894-83-3583`: the dashes start after the space). (Not for values joined
+/// by spaces: in `212 2016-06-03` the year is no group of a number.)
+#[inline]
+fn starts_joined(buf: &[u8], g: &[Group], k: usize, inner: Sep) -> bool {
+    isolated_left(buf, g, k) || (k > 0 && !inner.single(b' ') && g[k].sep != inner)
+}
+
+/// Group `j` ends a value whose groups are joined by `inner`: it ends a
+/// value ([`isolated_right`]), or the value is joined by something other
+/// than a space and the separator after it is another one (`894-83-3583
+/// 0608`, `939.518.2767 915818`). (Not for values joined by spaces: `456
+/// 71 2025-07-12` is no SSN.)
+#[inline]
+fn ends_joined(buf: &[u8], g: &[Group], j: usize, inner: Sep) -> bool {
+    isolated_right(buf, g, j) || (j + 1 < g.len() && !inner.single(b' ') && g[j + 1].sep != inner)
 }
 
 /// Area 001–899 except 666, group 01–99, serial 0001–9999, and not one of
@@ -936,7 +995,10 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
             if total > 15 {
                 break;
             }
-            if total >= 9 && phone_right(buf, g, j) {
+            // (Joined as the number's last group is: `+14155552671 8`
+            // ends at the space, `+1-415-555-2671 0608` too.)
+            let inner = if j > from { g[j].sep } else { Sep::default() };
+            if total >= 9 && (phone_right(buf, g, j) || ends_joined(buf, g, j, inner)) {
                 best = Some(j);
             }
         }
@@ -961,12 +1023,12 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
         && g[ka + 2].sep.phone()
         && (b'2'..=b'9').contains(&buf[g[ka].start()])
         && (b'2'..=b'9').contains(&buf[g[ka + 1].start()])
-        && phone_right(buf, g, ka + 2)
+        && (phone_right(buf, g, ka + 2) || ends_joined(buf, g, ka + 2, g[ka + 2].sep))
     {
         if before == b'(' && boundary_before(buf, s - 1) {
             return Some((s - 1, ka + 2));
         }
-        if isolated_left(buf, g, k) {
+        if starts_joined(buf, g, k, g[ka + 1].sep) {
             return Some((s, ka + 2));
         }
     }

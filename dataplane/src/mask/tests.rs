@@ -1476,8 +1476,9 @@ fn touching_values_mask_the_same_in_a_row_as_cell_by_cell() {
 }
 
 /// A number followed by a space and a word that starts with digits (`2nd`,
-/// `24h`, an e-mail's local part) is masked: the word's digits are no group
-/// of the number (`detect::without_word`).
+/// `24h`, an e-mail's local part), or by a count and its word (`3 times`),
+/// is masked: those digits are no group of the number
+/// (`detect::without_word`, `detect::without_count`).
 #[test]
 fn numbers_before_a_word_that_starts_with_digits() {
     let e = engine();
@@ -1507,6 +1508,17 @@ fn numbers_before_a_word_that_starts_with_digits() {
             "+44 67 2176 70470 626noah_790@corp.example.net",
             "+** ** **** ***70 *******_***@****.*******.net",
         ),
+        // A count of the word after the number (tried when the whole run
+        // holds nothing: a number in pairs ends with such a group).
+        (
+            "call me at 415 555 2671 3 times",
+            "call me at *** *** **71 3 times",
+        ),
+        // (Not a card: it may be one of 17 digits.)
+        ("4111 1111 1111 1111 1 item", "4111 1111 1111 1111 1 item"),
+        ("123 45 6789 2 forms", "*** ** 6789 2 forms"),
+        ("06 12 34 56 78 ordered", "** ** ** ** 78 ordered"),
+        ("order 12 34 5 items", "order 12 34 5 items"),
         // Unchanged: an extension glued by `x` is the phone's.
         ("415 555 2671x12 today", "*** *** **71x12 today"),
         // Near-misses stay clean: no trunk 0, a word glued with no space,
@@ -1516,5 +1528,96 @@ fn numbers_before_a_word_that_starts_with_digits() {
         ("v 2025-02-11 2nd run", "v 2025-02-11 2nd run"),
     ] {
         assert_eq!(m(input), want, "{input}");
+    }
+}
+
+/// A value joined by dashes or dots ends where another separator starts,
+/// as a card written in groups does: `894-83-3583 0608` is an SSN and a
+/// number (`detect::ends_joined`, `starts_joined`), and a `+` number
+/// written without separators ends at a space. Values joined by spaces do
+/// not: `456 71 2025-07-12` is no SSN.
+#[test]
+fn values_end_where_their_separator_changes() {
+    let e = engine();
+    let m = |s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        e.mask_counted(&mut v, &mut Hits::new());
+        String::from_utf8(v).unwrap()
+    };
+    for (input, want) in [
+        ("ssn 894-83-3583 0608 Mateo", "ssn ***-**-3583 0608 Mateo"),
+        ("ref 0608 894-83-3583 Mateo", "ref 0608 ***-**-3583 Mateo"),
+        (
+            "Liam 939.518.2767 915818 Chen",
+            "Liam ***.***.**67 915818 Chen",
+        ),
+        (
+            "call 415-555-2671 0608 today",
+            "call ***-***-**71 0608 today",
+        ),
+        (
+            "desk +12623393372 8 9862 the",
+            "desk +*********72 8 9862 the",
+        ),
+        // Near-misses stay clean: values joined by spaces, then a date.
+        (
+            "check 456 71 2025-07-12 sent",
+            "check 456 71 2025-07-12 sent",
+        ),
+        (
+            "items 236 212 2016-06-03T20:52:45Z",
+            "items 236 212 2016-06-03T20:52:45Z",
+        ),
+    ] {
+        assert_eq!(m(input), want, "{input}");
+    }
+}
+
+/// Sensitive values planted in free text the way the benchmark's `orders`
+/// notes plant them (`filler value filler`, the filler words, numbers and
+/// punctuation), 200 000 of them: how many come back untouched, by kind.
+/// What is left is a value written with single spaces followed or preceded
+/// by another number (`823 04 7195 93755`, `3439 186894 32226 5 3`,
+/// `+49 52 90581394 132149`), which the digits alone cannot tell from a
+/// slice of a longer number. The counts are exact (fixed seed) and may only
+/// go down: before `without_word`, `without_count` and `ends_joined` they
+/// were card 1096, phone 2542, SSN 3247 (`bench/RESULTS.md` §7, pass 14).
+#[test]
+fn planted_values_in_free_text_are_masked() {
+    let e = engine();
+    let mut r = Rng::new(7);
+    let kinds = [
+        Kind::Card,
+        Kind::Ssn,
+        Kind::Iban,
+        Kind::Phone,
+        Kind::Email,
+        Kind::AwsKey,
+        Kind::Jwt,
+        Kind::GithubToken,
+        Kind::StripeKey,
+        Kind::Bearer,
+    ];
+    let mut untouched = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200_000 {
+        let k = kinds[r.below(kinds.len())];
+        let v = corpus::sensitive(k, &mut r);
+        let (a, b) = (corpus::filler(&mut r, 60), corpus::filler(&mut r, 60));
+        let mut m = format!("{a} {v} {b}").into_bytes();
+        e.mask_counted(&mut m, &mut Hits::new());
+        let s = a.len() + 1;
+        if m[s..s + v.len()] == *v.as_bytes() {
+            *untouched.entry(format!("{k:?}")).or_default() += 1;
+        }
+    }
+    println!("untouched of 200000 planted values: {untouched:?}");
+    let limit = |k: &str| match k {
+        "Card" => 1096,
+        "Phone" => 1025,
+        "Ssn" => 313,
+        _ => 0,
+    };
+    for (k, n) in &untouched {
+        assert!(*n <= limit(k), "{k}: {n} untouched (at most {})", limit(k));
     }
 }
