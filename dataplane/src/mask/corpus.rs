@@ -904,6 +904,17 @@ pub const ORDERS_COLUMNS: &[(&str, u32)] = &[
     ("notes", 25),
 ];
 
+/// A value of `kind` in filler text, as the `orders` notes plant one:
+/// `filler value filler`, each filler up to 60 bytes of words, numbers and
+/// punctuation (so the value may sit next to a number). Returns the text
+/// and where the value lies in it.
+pub fn planted(kind: Kind, r: &mut Rng) -> (String, std::ops::Range<usize>) {
+    let v = sensitive(kind, r);
+    let (a, b) = (filler(r, 60), filler(r, 60));
+    let at = a.len() + 1;
+    (format!("{a} {v} {b}"), at..at + v.len())
+}
+
 /// Rows of `orders`, as text values (None = NULL). Every row has an e-mail
 /// and most a phone number; about one note in eight quotes a card, SSN,
 /// IBAN, token or key, the rest are clean free text.
@@ -924,8 +935,7 @@ pub fn orders(r: &mut Rng, rows: usize) -> Vec<Vec<Option<String>>> {
                     &Kind::StripeKey,
                     &Kind::Bearer,
                 ]);
-                let v = sensitive(k, r);
-                Some(format!("{} {v} {}", filler(r, 60), filler(r, 60)))
+                Some(planted(k, r).0)
             } else if r.chance(0.3) {
                 None
             } else {

@@ -1618,11 +1618,11 @@ impl Engine {
                     // the run of digits and glue they lie in. When that run
                     // is this one (it starts at `first`, with no digit
                     // between the stretch's start and the opener, and ends
-                    // here, not cut at 40 bytes: `Opened::is` compares
-                    // both ends), validating it again is a no-op: on unchanged bytes if nothing was found, or
-                    // from a masked first digit (returning at once).
-                    // `block_slow` skips it when nothing was found since
-                    // (`Opened::is`).
+                    // here, not cut at 40 bytes) and nothing was found
+                    // since, validating it again is a no-op: on unchanged
+                    // bytes if nothing was found, or from a masked first
+                    // digit (returning at once). `block_slow` skips it
+                    // (`Opened::is` compares both ends and the hits).
                     if st.hits == before || !detect::digit_or_glue(buf[first]) {
                         st.opened = Opened {
                             start: first,
