@@ -49,7 +49,7 @@ fn profiles() -> Vec<(&'static str, MaskingProfile)> {
     )
     .unwrap();
     let digits_only = MaskingProfile::from_yaml(
-        "detectors: { email: false, jwt: false, aws_access_key: false, iban: false, private_key: false, github_token: false, slack_token: false, stripe_key: false, google_api_key: false, bearer_token: false }\n",
+        "detectors: { email: false, jwt: false, aws_access_key: false, iban: false, private_key: false, github_token: false, slack_token: false, stripe_key: false, google_api_key: false, bearer_token: false, openai_api_key: false, anthropic_api_key: false, gitlab_token: false, huggingface_token: false, npm_token: false }\n",
     )
     .unwrap();
     let no_phone = MaskingProfile::from_yaml("detectors: { phone: false, ipv4: true }\n").unwrap();

@@ -53,6 +53,11 @@ fn secrets() -> Vec<Secret> {
     let stripe_body = "4eC39HqLyjWDarjtT1zdp7dc";
     let slack_body = "T0123ABCD-B0123EFGH-abcdefghijklmnop";
     let bearer_body = "abcDEF123456ghiJKL7890mnopQR";
+    let openai_body = "Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789_abcDEFghiJKLmno-PQRst";
+    let anthropic_body = "Zx9Y8w7V6u5T4s3R2q1P0oNmLkJiHgFeDcBa-ZyXwVuTsRqPoNm_AA";
+    let gitlab_body = "xYz12AbC34dEf56GhI78";
+    let hf_body = "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIj"; // 34
+    let npm_body = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"; // 36
     let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\
                .eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0\
                .dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
@@ -136,6 +141,36 @@ fn secrets() -> Vec<Secret> {
             "slack_token",
         ),
         v(
+            "OpenAI project key",
+            format!("sk-{}-{openai_body}", "proj"),
+            format!("sk-proj-{}", stars(openai_body.len())),
+            "openai_api_key",
+        ),
+        v(
+            "Anthropic key",
+            format!("sk-{}-api03-{anthropic_body}", "ant"),
+            format!("sk-ant-api03-{}", stars(anthropic_body.len())),
+            "anthropic_api_key",
+        ),
+        v(
+            "GitLab token",
+            format!("gl{}-{gitlab_body}", "pat"),
+            format!("glpat-{}", stars(gitlab_body.len())),
+            "gitlab_token",
+        ),
+        v(
+            "Hugging Face token",
+            format!("h{}_{hf_body}", "f"),
+            format!("hf_{}", stars(hf_body.len())),
+            "huggingface_token",
+        ),
+        v(
+            "npm token",
+            format!("np{}_{npm_body}", "m"),
+            format!("npm_{}", stars(npm_body.len())),
+            "npm_token",
+        ),
+        v(
             "Bearer credential",
             format!("Bearer {bearer_body}"),
             format!("Bearer {}", stars(bearer_body.len())),
@@ -168,6 +203,7 @@ const CLEAN: &[&str] = &[
     "+1",
     "12/31/2024",
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod",
+    "a risk-free, part-time set-up; sk-learn and the glpat-short token",
 ];
 
 /// A sensitive (or clean) value inside clean text.

@@ -20,6 +20,9 @@ const PATTERNS: &[&str] = &[
     r"(?-u)\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
     r"(?-u)\bAIza[A-Za-z0-9_-]{35}",
     r"(?-u)(?i)\bbearer +[A-Za-z0-9._~+/-]{16,}=*",
+    r"(?-u)\bsk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{40,}|ant-[A-Za-z0-9_-]{32,}|[A-Za-z0-9]{32,})",
+    r"(?-u)\bgl(?:pat|dt|ptt|rt|cbt|ft|imt|agent|soat|oas)-[A-Za-z0-9_.-]{20,}",
+    r"(?-u)\b(?:hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36,})",
 ];
 
 pub struct RegexMasker {

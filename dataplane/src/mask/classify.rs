@@ -510,19 +510,19 @@ const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
 /// `be[a]rer` in any case, `BE[G]IN`, `ba[s]ic` (the hex digests of free
 /// text have many a `be` and few a `bea`, and no `s`).
 const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAGs");
-/// Letter anchors checked against the byte before them (`J` of `eyJ`, `z`
-/// of `AIza`, `_` of the GitHub and Stripe prefixes (`whsec_` among them),
-/// `/` of a Slack webhook's `…/services/`), and the bytes that may precede
-/// them.
-const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_/");
-const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkc");
+/// Anchors checked against the byte before them (`J` of `eyJ`, `z` of
+/// `AIza`, `_` of the GitHub, Stripe (`whsec_` among them), Hugging Face
+/// and npm prefixes, `-` of `sk-` and the GitLab prefixes, `/` of a Slack
+/// webhook's `…/services/`), and the bytes that may precede them.
+const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_/-");
+const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmt");
 
 /// Letter anchors in `block` that the bytes next to them rule out (see
 /// `may_anchor` in the engine, which checks the same neighbours exactly,
 /// and more; the validators check the byte after those too): an `x`, `B`
 /// or `b` not followed by one of `o a e E`, or whose byte after next is
-/// none of `x p a A G s`, a `J`, `z`, `_` or `/` not preceded by one of
-/// `y I p o u s r b k c`. Bytes whose neighbour is in another block are never
+/// none of `x p a A G s`, a `J`, `z`, `_`, `/` or `-` not preceded by one
+/// of `y I p o u s r b k c f m t`. Bytes whose neighbour is in another block are never
 /// ruled out by it.
 #[cfg(test)]
 fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
@@ -1096,7 +1096,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ANCHORS: &[u8] = b"@JKSz_xBb:";
+    const ANCHORS: &[u8] = b"@JKSz_xBb:-";
 
     /// The masks of the block at `data[at..]` without `reject`, after
     /// checking its bits: letter anchors whose neighbour in `data` (or a
@@ -1153,7 +1153,9 @@ mod tests {
         assert_eq!(b(b"xx"), 0b11);
         // (The byte after next: a zero byte, a space, a `-`.)
         assert_eq!(b(b"xo"), 0b1);
-        assert_eq!(b(b"xox-"), 0b100);
+        // (The `-` after an `x` is ruled out too.)
+        assert_eq!(b(b"xox-"), 0b1100);
+        assert_eq!(b(b"sk- glpat- e- 2-"), 1 << 12 | 1 << 15);
         assert_eq!(b(b"Be be bE"), 0b1001001);
         assert_eq!(b(b"Bearer bearer BEGIN xapp"), 0);
         assert_eq!(b(b"Bx ab"), 0b10011);

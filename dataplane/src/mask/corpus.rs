@@ -63,6 +63,7 @@ const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const UPPER_DIGIT: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 const FIRST: &[&str] = &[
     "Maria",
@@ -191,6 +192,11 @@ pub enum Kind {
     GoogleApiKey,
     Bearer,
     PrivateKey,
+    OpenAiKey,
+    AnthropicKey,
+    GitlabToken,
+    HuggingfaceToken,
+    NpmToken,
     Ipv4,
     Ipv6,
 }
@@ -211,6 +217,11 @@ impl Kind {
         Kind::GoogleApiKey,
         Kind::Bearer,
         Kind::PrivateKey,
+        Kind::OpenAiKey,
+        Kind::AnthropicKey,
+        Kind::GitlabToken,
+        Kind::HuggingfaceToken,
+        Kind::NpmToken,
     ];
     pub const ALL: &'static [Kind] = &[
         Kind::Card,
@@ -226,6 +237,11 @@ impl Kind {
         Kind::GoogleApiKey,
         Kind::Bearer,
         Kind::PrivateKey,
+        Kind::OpenAiKey,
+        Kind::AnthropicKey,
+        Kind::GitlabToken,
+        Kind::HuggingfaceToken,
+        Kind::NpmToken,
         Kind::Ipv4,
         Kind::Ipv6,
     ];
@@ -293,6 +309,41 @@ pub fn sensitive(kind: Kind, r: &mut Rng) -> String {
             format!("{} {tok}", r.pick(&["Bearer", "bearer", "BEARER"]))
         }
         Kind::PrivateKey => pem(r),
+        // (Each with a digit and a capital, as the detector requires.)
+        Kind::OpenAiKey => match r.below(3) {
+            0 => format!(
+                "sk-proj-{}{}{}",
+                r.from_alphabet(B64URL, 154),
+                r.digits(1),
+                r.from_alphabet(UPPER, 1)
+            ),
+            1 => format!(
+                "{}{}{}{}",
+                r.pick(&["sk-svcacct-", "sk-admin-"]),
+                r.from_alphabet(UPPER, 1),
+                r.digits(1),
+                r.alphabet_range(B64URL, 58, 158)
+            ),
+            // The legacy form: 48 letters and digits, `T3BlbkFJ` in the
+            // middle.
+            _ => format!(
+                "sk-{}T3BlbkFJ{}",
+                r.from_alphabet(ALNUM, 20),
+                r.from_alphabet(ALNUM, 20)
+            ),
+        },
+        Kind::AnthropicKey => format!(
+            "{}{}AA",
+            r.pick(&["sk-ant-api03-", "sk-ant-admin01-"]),
+            r.from_alphabet(B64URL, 93)
+        ),
+        Kind::GitlabToken => format!(
+            "{}-{}",
+            r.pick(&["glpat", "glpat", "gldt", "glptt", "glrt"]),
+            r.from_alphabet(B64URL, 20)
+        ),
+        Kind::HuggingfaceToken => format!("hf_{}", r.from_alphabet(ALNUM, 34)),
+        Kind::NpmToken => format!("npm_{}", r.from_alphabet(ALNUM, 36)),
         Kind::Ipv4 => format!(
             "{}.{}.{}.{}",
             r.range(1, 255),
@@ -793,6 +844,13 @@ const FRAGMENTS: &[&str] = &[
     "xox",
     "xoxb-",
     "xapp-",
+    "sk-",
+    "sk-proj-",
+    "sk-ant-api03-",
+    "glpat-",
+    "gl",
+    "hf_",
+    "npm_",
     "Bearer ",
     "bearer  ",
     "-----BEGIN ",
@@ -854,6 +912,11 @@ pub fn touching_text(r: &mut Rng, max: usize) -> String {
                     &Kind::GoogleApiKey,
                     &Kind::Bearer,
                     &Kind::PrivateKey,
+                    &Kind::OpenAiKey,
+                    &Kind::AnthropicKey,
+                    &Kind::GitlabToken,
+                    &Kind::HuggingfaceToken,
+                    &Kind::NpmToken,
                     &Kind::Ipv4,
                     &Kind::Ipv6,
                 ]);

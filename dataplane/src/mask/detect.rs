@@ -1601,19 +1601,20 @@ pub(crate) fn google(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
     Some(body + 35)
 }
 
-/// Tokens whose prefix ends in `_`: GitHub (`ghp_`… and `github_pat_`) and
-/// Stripe (`sk_live_`… and webhook signing secrets `whsec_` + 24 or more
-/// letters and digits), with the `_` at `p`.
+/// Tokens whose prefix ends in `_`, with the `_` at `p`: GitHub (`ghp_`…
+/// and `github_pat_`), Stripe (`sk_live_`… and webhook signing secrets
+/// `whsec_` + 24 or more letters and digits), Hugging Face (`hf_` + 30 or
+/// more) and npm (`npm_` + 36 or more).
 pub(crate) fn underscore(
     buf: &mut [u8],
     p: usize,
-    github: bool,
-    stripe: bool,
+    on: TokenDetectors,
     f: &Fmt,
-) -> Option<(usize, bool)> {
+) -> Option<(usize, Vendor)> {
+    let (github, stripe) = (on.github, on.stripe);
     if github && p >= 3 && &buf[p - 3..p - 1] == b"gh" && b"pousr".contains(&buf[p - 1]) {
         if let Some(end) = alnum_token(buf, p - 3, p + 1, 30, f) {
-            return Some((end, true));
+            return Some((end, Vendor::GitHub));
         }
     }
     if github && p >= 6 && &buf[p - 6..p] == b"github" && buf.get(p + 1..p + 5) == Some(b"pat_") {
@@ -1622,7 +1623,7 @@ pub(crate) fn underscore(
         let l = run(buf, body, 256, |b| alnum(b) || b == b'_');
         if l >= 40 && boundary_before(buf, s) {
             mask_token(buf, s, body, body + l, f);
-            return Some((body + l, true));
+            return Some((body + l, Vendor::GitHub));
         }
     }
     if stripe
@@ -1631,13 +1632,147 @@ pub(crate) fn underscore(
         && matches!(buf.get(p + 1..p + 6), Some(b"live_") | Some(b"test_"))
     {
         if let Some(end) = alnum_token(buf, p - 2, p + 6, 16, f) {
-            return Some((end, false));
+            return Some((end, Vendor::Stripe));
         }
     }
     if stripe && p >= 5 && &buf[p - 5..p] == b"whsec" {
         if let Some(end) = alnum_token(buf, p - 5, p + 1, 24, f) {
-            return Some((end, false));
+            return Some((end, Vendor::Stripe));
         }
+    }
+    if on.huggingface && p >= 2 && &buf[p - 2..p] == b"hf" {
+        if let Some(end) = alnum_token(buf, p - 2, p + 1, 30, f) {
+            return Some((end, Vendor::HuggingFace));
+        }
+    }
+    if on.npm && p >= 3 && &buf[p - 3..p] == b"npm" {
+        if let Some(end) = alnum_token(buf, p - 3, p + 1, 36, f) {
+            return Some((end, Vendor::Npm));
+        }
+    }
+    None
+}
+
+/// Which vendor a token whose prefix ends in `-` or `_` belongs to (see
+/// [`dash_token`] and [`underscore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vendor {
+    GitHub,
+    Stripe,
+    OpenAi,
+    Anthropic,
+    GitLab,
+    HuggingFace,
+    Npm,
+}
+
+/// The token detectors [`dash_token`] and [`underscore`] may report.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TokenDetectors {
+    pub github: bool,
+    pub stripe: bool,
+    pub openai: bool,
+    pub anthropic: bool,
+    pub gitlab: bool,
+    pub huggingface: bool,
+    pub npm: bool,
+}
+
+/// GitLab token prefixes, without their `-` (personal, deploy, pipeline
+/// trigger, runner, CI build, feed, incoming mail, agent, service account
+/// and OAuth application secrets).
+const GITLAB_PREFIXES: [&[u8]; 10] = [
+    b"glpat", b"gldt", b"glptt", b"glrt", b"glcbt", b"glft", b"glimt", b"glagent", b"glsoat",
+    b"gloas",
+];
+
+/// Tokens whose prefix ends in `-`, with that `-` at `p`:
+/// - OpenAI: `sk-proj-`, `sk-svcacct-`, `sk-admin-` or `sk-None-` and 40
+///   or more of `[A-Za-z0-9_-]` holding a digit and a capital; `sk-` and
+///   32 or more letters and digits holding a digit and a letter (the legacy
+///   form, which several other AI APIs use too);
+/// - Anthropic: `sk-ant-` (and its version, `api03-`, `admin01-`) and 32
+///   or more of `[A-Za-z0-9_-]`;
+/// - GitLab: [`GITLAB_PREFIXES`] and `-`, then 20 or more of
+///   `[A-Za-z0-9_.-]` (the routable form has dots), not ending in a dot.
+///
+/// Each at a word boundary. Returns the token's end and vendor.
+pub(crate) fn dash_token(
+    buf: &mut [u8],
+    p: usize,
+    on: TokenDetectors,
+    f: &Fmt,
+) -> Option<(usize, Vendor)> {
+    if p >= 2 && &buf[p - 2..p] == b"sk" && boundary_before(buf, p - 2) {
+        let s = p - 2;
+        let after = &buf[p + 1..];
+        if after.starts_with(b"ant-") {
+            if !on.anthropic {
+                return None;
+            }
+            // The version segment (`api03-`) is part of the kept prefix.
+            let v = p + 5;
+            let l = run(buf, v, 16, |b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            let body = if l > 0 && buf.get(v + l) == Some(&b'-') {
+                v + l + 1
+            } else {
+                v
+            };
+            let n = run(buf, body, 1024, b64url);
+            if n < 32 {
+                return None;
+            }
+            mask_token(buf, s, body, body + n, f);
+            return Some((body + n, Vendor::Anthropic));
+        }
+        if !on.openai {
+            return None;
+        }
+        let named = [&b"proj-"[..], b"svcacct-", b"admin-", b"None-"]
+            .into_iter()
+            .find(|k| after.starts_with(k));
+        if let Some(k) = named {
+            let body = p + 1 + k.len();
+            let n = run(buf, body, 1024, b64url);
+            let t = &buf[body..body + n];
+            if n < 40 || !t.iter().any(u8::is_ascii_digit) || !t.iter().any(u8::is_ascii_uppercase)
+            {
+                return None;
+            }
+            mask_token(buf, s, body, body + n, f);
+            return Some((body + n, Vendor::OpenAi));
+        }
+        let body = p + 1;
+        let n = run(buf, body, 256, alnum);
+        let t = &buf[body..body + n];
+        if n < 32
+            || matches!(buf.get(body + n), Some(b'-' | b'_'))
+            || !t.iter().any(u8::is_ascii_digit)
+            || !t.iter().any(u8::is_ascii_alphabetic)
+        {
+            return None;
+        }
+        mask_token(buf, s, body, body + n, f);
+        return Some((body + n, Vendor::OpenAi));
+    }
+    if on.gitlab {
+        let k = GITLAB_PREFIXES
+            .into_iter()
+            .find(|k| p >= k.len() && &buf[p - k.len()..p] == *k)?;
+        let s = p - k.len();
+        if !boundary_before(buf, s) {
+            return None;
+        }
+        let body = p + 1;
+        let mut n = run(buf, body, 512, |b| b64url(b) || b == b'.');
+        while n > 0 && buf[body + n - 1] == b'.' {
+            n -= 1;
+        }
+        if n < 20 {
+            return None;
+        }
+        mask_token(buf, s, body, body + n, f);
+        return Some((body + n, Vendor::GitLab));
     }
     None
 }

@@ -23,7 +23,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 #[cfg(target_arch = "x86_64")]
 use super::classify::{store_lanes, Planes};
 use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
-use super::detect::{self, DigitDetectors, DigitHits, Fmt};
+use super::detect::{self, DigitDetectors, DigitHits, Fmt, TokenDetectors, Vendor};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
 };
@@ -47,10 +47,15 @@ pub enum Builtin {
     StripeKey,
     GoogleApiKey,
     BearerToken,
+    OpenAiKey,
+    AnthropicKey,
+    GitlabToken,
+    HuggingfaceToken,
+    NpmToken,
 }
 
 /// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
-pub const BUILTIN_RULES: usize = 15;
+pub const BUILTIN_RULES: usize = 20;
 
 const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "payment_card",
@@ -68,7 +73,26 @@ const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "stripe_key",
     "google_api_key",
     "bearer_token",
+    "openai_api_key",
+    "anthropic_api_key",
+    "gitlab_token",
+    "huggingface_token",
+    "npm_token",
 ];
+
+impl From<Vendor> for Builtin {
+    fn from(v: Vendor) -> Builtin {
+        match v {
+            Vendor::GitHub => Builtin::GithubToken,
+            Vendor::Stripe => Builtin::StripeKey,
+            Vendor::OpenAi => Builtin::OpenAiKey,
+            Vendor::Anthropic => Builtin::AnthropicKey,
+            Vendor::GitLab => Builtin::GitlabToken,
+            Vendor::HuggingFace => Builtin::HuggingfaceToken,
+            Vendor::Npm => Builtin::NpmToken,
+        }
+    }
+}
 
 /// A rule: a built-in detector, a custom literal list, a custom regex or a
 /// column rule, numbered in that order (see [`Engine::rule_name`]).
@@ -241,6 +265,9 @@ pub struct Engine {
     fast: u8,
     /// Which anchored detectors are on, by anchor byte.
     on: [bool; BUILTIN_RULES],
+    /// Which prefixed tokens `detect::underscore` and `detect::dash_token`
+    /// report.
+    tokens: TokenDetectors,
     digits: DigitDetectors,
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
@@ -330,6 +357,11 @@ impl Engine {
             d.stripe_key,
             d.google_api_key,
             d.bearer_token,
+            d.openai_api_key,
+            d.anthropic_api_key,
+            d.gitlab_token,
+            d.huggingface_token,
+            d.npm_token,
         ];
         for (o, f) in on.iter_mut().zip(flags) {
             *o = enabled && f;
@@ -344,7 +376,17 @@ impl Engine {
         add(is(Builtin::Email), b"@");
         add(is(Builtin::Jwt), b"J");
         add(is(Builtin::GoogleApiKey), b"z");
-        add(is(Builtin::GithubToken) || is(Builtin::StripeKey), b"_");
+        add(
+            is(Builtin::GithubToken)
+                || is(Builtin::StripeKey)
+                || is(Builtin::HuggingfaceToken)
+                || is(Builtin::NpmToken),
+            b"_",
+        );
+        add(
+            is(Builtin::OpenAiKey) || is(Builtin::AnthropicKey) || is(Builtin::GitlabToken),
+            b"-",
+        );
         add(is(Builtin::SlackToken), b"x/");
         add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
         add(is(Builtin::BearerToken), b"b");
@@ -355,6 +397,15 @@ impl Engine {
             ssn: is(Builtin::Ssn),
             phone: is(Builtin::Phone),
             ipv4: is(Builtin::Ipv4),
+        };
+        let tokens = TokenDetectors {
+            github: is(Builtin::GithubToken),
+            stripe: is(Builtin::StripeKey),
+            openai: is(Builtin::OpenAiKey),
+            anthropic: is(Builtin::AnthropicKey),
+            gitlab: is(Builtin::GitlabToken),
+            huggingface: is(Builtin::HuggingfaceToken),
+            npm: is(Builtin::NpmToken),
         };
         let any_builtin = on.iter().any(|&o| o);
         let min_digits = if digits.ipv4 { 4 } else { 9 };
@@ -453,6 +504,7 @@ impl Engine {
             classifier: Classifier::new(&anchors, kernel),
             fast: fast_scan(kernel),
             on,
+            tokens,
             digits,
             min_digits,
             need: if digits.ipv4 { 4 } else { 7 },
@@ -1024,7 +1076,7 @@ impl Engine {
             iban,
         } = triggers(
             m.anchor & !m.reject,
-            m.glue,
+            m.glue & !m.dash,
             m.digit,
             m.upper,
             0,
@@ -1217,7 +1269,7 @@ impl Engine {
             let (c, cn) = (l.digit[k], n.digit[k]);
             let t = triggers(
                 l.anchor[k] & !l.reject[k],
-                l.glue[k],
+                l.glue[k] & !l.dash[k],
                 c,
                 l.upper[k],
                 cn,
@@ -1245,15 +1297,15 @@ impl Engine {
             };
             let w0 = (w0 | ipv4_bits) & shape_bits;
             let w1 = (w1 | ipv4_bits) & AHEAD_LOW & shape_bits;
-            // (In short chunks, also the phone openers `+`, `(` (the only
-            // glue anchors) without nine bytes of digits and glue after
+            // (In short chunks, also the phone openers `+`, `(` (the glue
+            // anchors but `-`) without nine bytes of digits and glue after
             // them: `phone_opener` needs nine digits in the run of digits
             // and glue right after the opener, and rewrites only ever make
             // mask characters, never digits or glue, of other bytes. Most
             // are the `+00` of PostgreSQL timestamps in free text.)
             let anchors = if Gated::<N>::EXACT {
                 let (x, xn) = (c | l.glue[k], cn | n.glue[k]);
-                t.anchors & !(l.glue[k] & !nine_after(x, xn))
+                t.anchors & !(l.glue[k] & !l.dash[k] & !nine_after(x, xn))
             } else {
                 t.anchors
             };
@@ -1690,17 +1742,8 @@ impl Engine {
         let found: Option<(usize, Builtin)> = match cell[p] {
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
-            b'_' => {
-                detect::underscore(cell, p, on(Builtin::GithubToken), on(Builtin::StripeKey), f)
-                    .map(|(e, gh)| {
-                        let rule = if gh {
-                            Builtin::GithubToken
-                        } else {
-                            Builtin::StripeKey
-                        };
-                        (e, rule)
-                    })
-            }
+            b'_' => detect::underscore(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
+            b'-' => detect::dash_token(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             b'/' => detect::slack_webhook(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             // Basic: the next letter is an `a`.
@@ -1847,9 +1890,11 @@ struct Triggers {
 /// must agree: a block the gate lets pass without work is one
 /// `block_slow` would find nothing in.
 ///
-/// - Anchors, less the phone openers `+`, `(` (the only anchors that are
-///   glue) not followed by a digit of their region: `phone_opener` returns
-///   at once for those, and no rewrite makes a digit of another byte.
+/// - Anchors, less the phone openers `+`, `(` not followed by a digit of
+///   their region: `phone_opener` returns at once for those, and no
+///   rewrite makes a digit of another byte. (`glue_not_dash`: they are the
+///   anchors that are glue, with `-`, whose tokens, `sk-…`, `glpat-…`,
+///   may go on with a letter.)
 /// - `AKIA`/`ASIA` and an IBAN's country code start with two capitals in a
 ///   row (rare in prose: most capitals start a word): four capitals in a
 ///   row, and two capitals before two digits. Shapes of four bytes from
@@ -1858,7 +1903,7 @@ struct Triggers {
 #[inline(always)]
 fn triggers(
     anchors: u64,
-    glue: u64,
+    glue_not_dash: u64,
     digit: u64,
     upper: u64,
     digit_n: u64,
@@ -1870,7 +1915,7 @@ fn triggers(
     let d2 = digit & (digit >> 1 | digit_n << 63);
     let d2_n = digit_n & digit_n >> 1;
     Triggers {
-        anchors: anchors & !(glue & !(digit >> 1 | digit_n << 63)),
+        anchors: anchors & !(glue_not_dash & !(digit >> 1 | digit_n << 63)),
         aws: pairs & (pairs >> 2 | pairs_n << 62) & aws_bits,
         iban: pairs & (d2 >> 2 | d2_n << 62) & iban_bits,
     }
@@ -2323,7 +2368,9 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
     match buf[pos] {
         b'J' => before(b"y"),
         b'z' => before(b"I"),
-        b'_' => before(b"pousrbkc"),
+        b'_' => before(b"pousrbkcfm"),
+        // `sk-`, the GitLab prefixes (`glpat-`, `gloas-`).
+        b'-' => before(b"kts"),
         b'x' => after(b"oa"),
         b'B' | b'b' => after(b"eEa"),
         b'/' => before(b"s") && after(b"T"),

@@ -18,6 +18,11 @@
 //!   stripe_key: true
 //!   google_api_key: true
 //!   bearer_token: true
+//!   openai_api_key: true
+//!   anthropic_api_key: true
+//!   gitlab_token: true
+//!   huggingface_token: true
+//!   npm_token: true
 //! custom_literals:
 //!   - name: project_codenames
 //!     values: [BLUEBIRD, NIGHTJAR]
@@ -165,6 +170,19 @@ pub struct Detectors {
     pub google_api_key: bool,
     /// The credential after `Bearer ` (any case), at least 16 characters.
     pub bearer_token: bool,
+    /// `sk-proj-`, `sk-svcacct-`, `sk-admin-`, `sk-None-`, and the legacy
+    /// `sk-` + 32 or more letters and digits (a form other AI APIs use
+    /// too).
+    pub openai_api_key: bool,
+    /// `sk-ant-` (`sk-ant-api03-`, `sk-ant-admin01-`, …).
+    pub anthropic_api_key: bool,
+    /// `glpat-`, `gldt-`, `glptt-`, `glrt-`, `glcbt-`, `glft-`, `glimt-`,
+    /// `glagent-`, `glsoat-`, `gloas-`.
+    pub gitlab_token: bool,
+    /// `hf_` + 30 or more letters and digits.
+    pub huggingface_token: bool,
+    /// `npm_` + 36 or more letters and digits.
+    pub npm_token: bool,
 }
 
 impl Default for Detectors {
@@ -185,6 +203,11 @@ impl Default for Detectors {
             stripe_key: true,
             google_api_key: true,
             bearer_token: true,
+            openai_api_key: true,
+            anthropic_api_key: true,
+            gitlab_token: true,
+            huggingface_token: true,
+            npm_token: true,
         }
     }
 }
@@ -217,6 +240,11 @@ impl Detectors {
             stripe_key: false,
             google_api_key: false,
             bearer_token: false,
+            openai_api_key: false,
+            anthropic_api_key: false,
+            gitlab_token: false,
+            huggingface_token: false,
+            npm_token: false,
         }
     }
 }

@@ -338,6 +338,81 @@ fn stripe_webhook_secrets() {
     kept_with_detector_off("stripe_key", wh);
 }
 
+/// AI-provider and developer-platform keys: each format masked after its
+/// prefix and counted under its rule, at every offset and by every kernel,
+/// kept with its detector off, and prose and identifiers that share a
+/// prefix left alone.
+#[test]
+fn ai_provider_and_platform_tokens() {
+    // (Assembled at run time, so that no scanner mistakes this file for a
+    // leak.)
+    let sk = |rest: &str| format!("s{}-{rest}", "k");
+    let proj = &sk(
+        "proj-Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789_abcDEFghiJKLmnoPQRstuVWXyz-0123456789ABCDEFG",
+    );
+    let legacy = &sk(&format!(
+        "abcdefghij0123456789{}klmnopqrst0123456789",
+        "T3BlbkFJ"
+    ));
+    let hex = &sk("0123456789abcdef0123456789abcdef");
+    let admin = &sk("admin-Q1w2E3r4T5y6U7i8O9p0AaSsDdFfGgHhJjKkLlZzXxCcVvBbNnMm12");
+    let ant = &sk("ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-abcdefghijklmnopqrstuvwxyz0123AA");
+    let ant_admin = &sk("ant-admin01-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123");
+    let gl = |rest: &str| format!("g{}{rest}", "l");
+    let glpat = &gl("pat-xYz12AbC34dEf56GhI78");
+    let routable = &gl("pat-AbCdEfGhIjKlMnOpQrStUvWxYz.01.0123456789a");
+    let gldt = &gl("dt-abcdefghijklmnopqrst1234");
+    let hf = &format!("h{}_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIj", "f");
+    let npm = &format!("np{}_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "m");
+    let cases: [(&str, usize, Builtin, &str); 11] = [
+        (proj, 8, Builtin::OpenAiKey, "openai_api_key"),
+        (legacy, 3, Builtin::OpenAiKey, "openai_api_key"),
+        (hex, 3, Builtin::OpenAiKey, "openai_api_key"),
+        (admin, 9, Builtin::OpenAiKey, "openai_api_key"),
+        (ant, 13, Builtin::AnthropicKey, "anthropic_api_key"),
+        (ant_admin, 15, Builtin::AnthropicKey, "anthropic_api_key"),
+        (glpat, 6, Builtin::GitlabToken, "gitlab_token"),
+        (routable, 6, Builtin::GitlabToken, "gitlab_token"),
+        (gldt, 5, Builtin::GitlabToken, "gitlab_token"),
+        (hf, 3, Builtin::HuggingfaceToken, "huggingface_token"),
+        (npm, 4, Builtin::NpmToken, "npm_token"),
+    ];
+    for (v, keep, rule, name) in cases {
+        let (out, h) = mask(&engine(), &format!("OPENAI_API_KEY={v}; next"));
+        let want = format!("{}{}", &v[..keep], star(v.len() - keep));
+        assert_eq!(out, format!("OPENAI_API_KEY={want}; next"), "{v}");
+        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
+        assert_eq!(engine().rule_name(rule.into()), name);
+        // A sentence's full stop is no part of the token.
+        assert_eq!(m(&format!("key {v}.")), format!("key {want}."));
+        assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
+        masked_by_every_kernel_at_every_offset(v);
+        kept_with_detector_off(name, v);
+    }
+    for clean in [
+        "the task-force and risk-free desk-top plan",
+        "sk-learn, sk-proj-roadmap-q3-draft-for-review-by-the-team, sk-ant-colony",
+        "glass-blowing, net-zero, first-class, part-time set-up, look-up, check-in",
+        // Glued to a word before the prefix.
+        "disk-0123456789abcdef0123456789abcdef",
+        "xglpat-xYz12AbC34dEf56GhI78",
+        "thf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIj",
+        // Too short, or a legacy body that goes on with `-` or `_`.
+        "sk-0123456789abcdef0123456789abcde",
+        "sk-0123456789abcdef0123456789abcdef-suffix",
+        "sk-proj-0123456789ABCDEFGHIJ0123456789",
+        "sk-ant-api03-0123456789ABCDEF",
+        "glpat-xYz12AbC34dEf56G",
+        "hf_AbCdEfGhIjKlMnOpQrStUvWx",
+        "npm_AbCdEfGhIjKlMnOpQrStUvWxYz012345678",
+        // A legacy body of letters only, or of digits only.
+        "sk-abcdefghijklmnopqrstuvwxyzabcdefgh",
+        "sk-01234567890123456789012345678901",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
 #[test]
 fn slack_webhook_urls() {
     let url = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX";
