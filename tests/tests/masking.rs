@@ -100,6 +100,12 @@ fn secrets() -> Vec<Secret> {
             "*****.*****@*******.com",
             "email",
         ),
+        s(
+            "e-mail, URL-encoded",
+            "https://shop.example/unsubscribe?email=bob.jones%40example.org",
+            "https://shop.example/unsubscribe?email=***.*****%40*******.org",
+            "email",
+        ),
         s("SSN", "536-22-8841", "***-**-8841", "ssn"),
         s("E.164 phone", "+1 415 555 2671", "+* *** *** **71", "phone"),
         s("NANP phone", "(415) 555-2671", "(***) ***-**71", "phone"),

@@ -502,14 +502,16 @@ const fn nibble_set(set: &[u8]) -> [u8; 16] {
     t
 }
 
-/// Letter anchors checked against the byte after them (`x` of `xox`/`xapp`,
-/// `B`/`b` of `Bearer`/`BEGIN`/`Basic`), and the bytes that may follow them.
-const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb");
-const AFTER_OK: [u8; 16] = nibble_set(b"oaeE");
-/// The bytes that may come two after those letters: `xo[x]`, `xa[p]p`,
-/// `be[a]rer` in any case, `BE[G]IN`, `ba[s]ic` (the hex digests of free
-/// text have many a `be` and few a `bea`, and no `s`).
-const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAGs");
+/// Anchors checked against the byte after them (`x` of `xox`/`xapp`,
+/// `B`/`b` of `Bearer`/`BEGIN`/`Basic`, `%` of an encoded `@`, `%40`), and
+/// the bytes that may follow them.
+const AFTER_LETTERS: [u8; 16] = nibble_set(b"xBb%");
+const AFTER_OK: [u8; 16] = nibble_set(b"oaeE4");
+/// The bytes that may come two after those: `xo[x]`, `xa[p]p`, `be[a]rer`
+/// in any case, `BE[G]IN`, `ba[s]ic`, `%4[0]` (the hex digests of free text
+/// have many a `be` and few a `bea`, and no `s`; the percentages of prose,
+/// `15% off`, are followed by no `4`).
+const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAGs0");
 /// Anchors checked against the byte before them (`J` of `eyJ`, `z` of
 /// `AIza`, `_` of the GitHub, Stripe (`whsec_` among them), Hugging Face
 /// and npm prefixes, `-` of `sk-` and the GitLab prefixes, `/` of a Slack
@@ -519,11 +521,11 @@ const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmt");
 
 /// Letter anchors in `block` that the bytes next to them rule out (see
 /// `may_anchor` in the engine, which checks the same neighbours exactly,
-/// and more; the validators check the byte after those too): an `x`, `B`
-/// or `b` not followed by one of `o a e E`, or whose byte after next is
-/// none of `x p a A G s`, a `J`, `z`, `_`, `/` or `-` not preceded by one
-/// of `y I p o u s r b k c f m t`. Bytes whose neighbour is in another block are never
-/// ruled out by it.
+/// and more; the validators check the byte after those too): an `x`, `B`,
+/// `b` or `%` not followed by one of `o a e E 4`, or whose byte after next
+/// is none of `x p a A G s 0`, a `J`, `z`, `_`, `/` or `-` not preceded by
+/// one of `y I p o u s r b k c f m t`. Bytes whose neighbour is in another
+/// block are never ruled out by it.
 #[cfg(test)]
 fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
@@ -1096,7 +1098,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ANCHORS: &[u8] = b"@JKSz_xBb:-";
+    const ANCHORS: &[u8] = b"@JKSz_xBb:-%";
 
     /// The masks of the block at `data[at..]` without `reject`, after
     /// checking its bits: letter anchors whose neighbour in `data` (or a
@@ -1156,6 +1158,7 @@ mod tests {
         // (The `-` after an `x` is ruled out too.)
         assert_eq!(b(b"xox-"), 0b1100);
         assert_eq!(b(b"sk- glpat- e- 2-"), 1 << 12 | 1 << 15);
+        assert_eq!(b(b"%40 %4 %20 5%"), 1 << 4 | 1 << 7 | 1 << 12);
         assert_eq!(b(b"Be be bE"), 0b1001001);
         assert_eq!(b(b"Bearer bearer BEGIN xapp"), 0);
         assert_eq!(b(b"Bx ab"), 0b10011);

@@ -844,6 +844,8 @@ const FRAGMENTS: &[&str] = &[
     "xox",
     "xoxb-",
     "xapp-",
+    "%40",
+    "%",
     "sk-",
     "sk-proj-",
     "sk-ant-api03-",

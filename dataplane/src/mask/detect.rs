@@ -1259,6 +1259,24 @@ pub(crate) fn email(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
 
 /// [`email`] by a walk over the bytes.
 fn email_bytes(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
+    email_walk(buf, at, at + 1, f)
+}
+
+/// An e-mail address written URL-encoded, `jane.doe%40example.com` (query
+/// strings, `mailto:` links, logged URLs), with the `%` of its `%40` at
+/// `p`: validated and masked as one with its `@` there, the `%40` kept.
+pub(crate) fn email_encoded(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if buf.get(p..p + 3) != Some(b"%40") {
+        return None;
+    }
+    email_walk(buf, p, p + 3, f)
+}
+
+/// The byte walk of [`email`] for a local part ending at `local_end` and a
+/// domain from `dom_start` (`local_end + 1` after an `@`).
+#[inline]
+fn email_walk(buf: &mut [u8], local_end: usize, dom_start: usize, f: &Fmt) -> Option<usize> {
+    let at = local_end;
     let lo = at.saturating_sub(64);
     let mut ls = at;
     while ls > lo && is(buf[ls - 1], K_LOCAL) {
@@ -1271,7 +1289,7 @@ fn email_bytes(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
         return None;
     }
     let n = buf.len();
-    let mut i = at + 1;
+    let mut i = dom_start;
     let mut labels = 0;
     let mut tld = i;
     // Whether the last label is all letters.
@@ -1309,8 +1327,11 @@ fn email_bytes(buf: &mut [u8], at: usize, f: &Fmt) -> Option<usize> {
         // Local part and domain hold only letters, digits and ASCII
         // punctuation, and the `@` is punctuation: masking the letters and
         // digits of the whole span is `mask_range` of each part.
+        // (An `@` is no letter or digit; the `%40` of an encoded one is
+        // kept as it is.)
         let ch = f.ch;
-        for b in &mut buf[ls..dom_end] {
+        let (local, rest) = buf[ls..dom_end].split_at_mut(at - ls);
+        for b in local.iter_mut().chain(&mut rest[dom_start - at..]) {
             *b ^= (*b ^ ch) & ALNUM_FF[*b as usize];
         }
     } else {

@@ -373,7 +373,7 @@ impl Engine {
                 anchors.extend_from_slice(bytes);
             }
         };
-        add(is(Builtin::Email), b"@");
+        add(is(Builtin::Email), b"@%");
         add(is(Builtin::Jwt), b"J");
         add(is(Builtin::GoogleApiKey), b"z");
         add(
@@ -1742,6 +1742,7 @@ impl Engine {
         let found: Option<(usize, Builtin)> = match cell[p] {
             b'J' => detect::jwt(cell, p, f).map(|e| (e, Builtin::Jwt)),
             b'z' => detect::google(cell, p, f).map(|e| (e, Builtin::GoogleApiKey)),
+            b'%' => detect::email_encoded(cell, p, f).map(|e| (e, Builtin::Email)),
             b'_' => detect::underscore(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
             b'-' => detect::dash_token(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
@@ -2372,6 +2373,8 @@ fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
         // `sk-`, the GitLab prefixes (`glpat-`, `gloas-`).
         b'-' => before(b"kts"),
         b'x' => after(b"oa"),
+        // `%40`, an encoded `@`.
+        b'%' => after(b"4") && buf.get(pos + 2) == Some(&b'0') && pos + 2 < e,
         b'B' | b'b' => after(b"eEa"),
         b'/' => before(b"s") && after(b"T"),
         _ => true,

@@ -235,6 +235,47 @@ fn emails() {
     }
 }
 
+/// E-mail addresses written URL-encoded (`%40` for the `@`): in query
+/// strings, `mailto:` links and logged URLs. The `%40` is kept.
+#[test]
+fn url_encoded_emails() {
+    let (out, h) = mask(
+        &engine(),
+        "GET /unsubscribe?email=jane.doe%40example.com&list=7 HTTP/1.1",
+    );
+    assert_eq!(
+        out,
+        "GET /unsubscribe?email=****.***%40*******.com&list=7 HTTP/1.1"
+    );
+    assert_eq!((h.get(Builtin::Email), h.total()), (1, 1));
+    assert_eq!(
+        m("mailto:jane%2Btag%40sub.example.co.uk"),
+        "mailto:****%*****%40***.*******.**.uk"
+    );
+    let plain = MaskingProfile::from_yaml(
+        "format: { mask_char: '#', keep_punctuation: false, email_keep_tld: false }",
+    )
+    .unwrap();
+    assert_eq!(
+        mask(&Engine::compile(&plain).unwrap(), "to=ab%40cd.io;").0,
+        "to=##########;"
+    );
+    masked_by_every_kernel_at_every_offset("jane.doe%40example.com");
+    kept_with_detector_off("email", "jane.doe%40example.com");
+    for clean in [
+        "15% off, 40% back",
+        "%40example.com",
+        "jane%40localhost",
+        "jane%40example.c0m",
+        "up 5%40 down",
+        "%4",
+        "a%4",
+        "jane%20doe",
+    ] {
+        assert_eq!(m(clean), clean);
+    }
+}
+
 #[test]
 fn tokens() {
     assert_eq!(m("key AKIAIOSFODNN7EXAMPLE."), "key AKIA****************.");
