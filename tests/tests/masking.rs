@@ -1198,6 +1198,69 @@ async fn text_like_types_are_masked_in_binary_and_text_results() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The default profile's name rules (`*password*`, `*api_key*`,
+/// `*secret*`, …) reach inside JSON values: a `jsonb` or `json` column, or
+/// JSON in a text column, comes back with the string values of matching
+/// members masked, in text and binary results, still valid JSON (parsed
+/// here), and every other member as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_named_members_of_json_values_are_masked() {
+    let pg = Pg::shared();
+    let t = "mk_json";
+    let direct = pg.direct().await;
+    let doc = r#"{"service": "billing", "db_password": "hunter2-Prod", "retries": 3,
+                  "nested": {"api_key": "k-12345", "region": "eu"}, "tags": ["password", "x"]}"#;
+    let note = r#"{"client_secret": "abc\"123", "user": "bob"}"#;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; \
+             create table {t} (id int, config jsonb, body json, note text); \
+             insert into {t} values (1, $${doc}$$, $${doc}$$, $${note}$$)"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let sql = format!("select config, body, note from {t}");
+    let check = |how: &str, col: usize, text: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(text).unwrap_or_else(|e| {
+            panic!(
+                "{how}, column {col}: not JSON ({e}): {:?}",
+                String::from_utf8_lossy(text)
+            )
+        });
+        if col < 2 {
+            assert_eq!(v["db_password"], "************", "{how} {col}: {v}");
+            assert_eq!(v["nested"]["api_key"], "*******", "{how} {col}: {v}");
+            assert_eq!(v["nested"]["region"], "eu", "{how} {col}: {v}");
+            assert_eq!(v["service"], "billing", "{how} {col}: {v}");
+            assert_eq!(v["retries"], 3, "{how} {col}: {v}");
+            assert_eq!(v["tags"][0], "password", "{how} {col}: {v}");
+        } else {
+            // (Every byte between the quotes, the escape's too.)
+            assert_eq!(v["client_secret"], "********", "{how} {col}: {v}");
+            assert_eq!(v["user"], "bob", "{how} {col}: {v}");
+        }
+    };
+    for row in simple_rows(&via, &sql).await {
+        for (i, v) in row.iter().enumerate() {
+            check("text", i, v.as_deref().unwrap_or_default().as_bytes());
+        }
+    }
+    let rows = step("binary select", via.query(&sql, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    for i in 0..3 {
+        let raw = rows[0].get::<_, Raw>(i).0.unwrap_or_default();
+        // (Binary jsonb is a version byte, then the text.)
+        let text = if i == 0 { &raw[1..] } else { &raw[..] };
+        check("binary", i, text);
+    }
+    // The originals are still there for a direct client.
+    let d = simple_rows(&direct, &sql).await;
+    assert!(d[0][0].as_deref().unwrap().contains("hunter2-Prod"));
+}
+
 // ---------------------------------------------- static config: profiles
 
 fn pii_profile(extra_columns: &str) -> String {

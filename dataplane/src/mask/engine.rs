@@ -284,6 +284,9 @@ pub struct Engine {
     any_builtin: bool,
     /// Custom literals or regexes to run.
     custom: bool,
+    /// A name rule with the `mask` or `keep_last` action: applied to the
+    /// members of JSON values too (see `super::json`).
+    json_keys: bool,
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
@@ -518,6 +521,10 @@ impl Engine {
             iban_bits: if is(Builtin::Iban) { u64::MAX } else { 0 },
             any_builtin,
             custom: !literals.is_empty() || !regexes.is_empty(),
+            json_keys: columns.iter().any(|c| {
+                c.name.is_some()
+                    && matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_))
+            }),
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
@@ -613,11 +620,18 @@ impl Engine {
     }
 
     /// As [`Engine::mask_in_place`], returning the number of hits.
+    /// (Inline: the callers' loops over cells keep it small.)
+    #[inline]
     pub fn mask_counted(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
         if value.is_empty() {
             return 0;
         }
         let mut n = 0;
+        // (Name rules first: a member they mask whole is not counted again
+        // by a detector.)
+        if self.json_keys && super::json::may_start(value) {
+            n += self.mask_json(value, 0, hits);
+        }
         if self.any_builtin {
             n += self.scan_builtin(value, hits);
         }
@@ -625,6 +639,19 @@ impl Engine {
             n += self.mask_custom(value, hits);
         }
         n
+    }
+
+    /// The name rules over the members of a JSON value (see `super::json`),
+    /// hits logged at region `ri`.
+    #[inline(never)]
+    fn mask_json(&self, value: &mut [u8], ri: u32, hits: &mut Hits) -> u32 {
+        let ch = self.fmt.ch;
+        super::json::mask_members(
+            value,
+            ch,
+            |key| self.column_rule_by_name(key),
+            |rule| hits.add_at(rule, ri, 1),
+        )
     }
 
     /// Custom literal lists and regexes over one value (kept out of line:
@@ -643,12 +670,15 @@ impl Engine {
 
     /// Mask several values of one buffer (the Detect cells of a DataRow)
     /// in one scan; hits per region are added to `counts`.
+    /// `json`: whether a region may start a JSON document (false when the
+    /// caller knows none does; see `super::json`).
     pub(crate) fn mask_regions(
         &self,
         buf: &mut [u8],
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        json: bool,
     ) -> u32 {
         let mut n = 0;
         if self.any_builtin {
@@ -668,6 +698,16 @@ impl Engine {
                 }
                 *c += k;
                 n += k;
+            }
+        }
+        if self.json_keys && json {
+            for (ri, r) in regions.iter().enumerate() {
+                let (s, e) = (r.start as usize, r.end as usize);
+                if s < e && super::json::may_start(&buf[s..s + 1]) {
+                    let k = self.mask_json(&mut buf[s..e], ri as u32, hits);
+                    counts[ri] += k;
+                    n += k;
+                }
             }
         }
         n

@@ -47,6 +47,7 @@ pub mod classify;
 pub mod corpus;
 pub mod detect;
 pub mod engine;
+mod json;
 pub mod profile;
 pub mod rows;
 

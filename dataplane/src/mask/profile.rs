@@ -55,7 +55,8 @@
 //! [`MaskingProfile::default`] is the production default: the detectors
 //! above, plus column rules that mask columns named like passwords, secrets,
 //! API keys and access tokens, and keep the last four characters of columns
-//! named `ssn`. [`MaskingProfile::validate`] (also run by
+//! named `ssn`. Name rules with the `mask` or `keep_last` action also mask
+//! the string values of JSON members with matching keys (`super::json`). [`MaskingProfile::validate`] (also run by
 //! [`super::Engine::compile`]) names the field that is wrong.
 
 use serde::{Deserialize, Serialize};

@@ -583,10 +583,12 @@ fn detect_regions(
     body: &[u8],
     regions: &mut [Region],
     cols: &mut [u32],
+    json: &mut bool,
 ) -> Result<usize, RowError> {
     const E: RowError = RowError::Malformed("DataRow");
     let mut at = 2;
     let mut k = 0;
+    let mut first_bytes = 0u8;
     for (i, &from) in scan_from.iter().enumerate() {
         let len = be_i32(body.get(at..at + 4).ok_or(E)?);
         at += 4;
@@ -598,12 +600,17 @@ fn detect_regions(
             end: end as u32,
         };
         *cols.get_mut(k).ok_or(E)? = i as u32;
+        // (Whether some region may be a JSON document, branch-free: the
+        // byte at its start is in the body, a length word's or the cell's
+        // own; a false `true` only costs a look.)
+        first_bytes |= u8::from(from < len && body[at + from] & !0x20 == b'[');
         k += usize::from(from < len);
         at = end;
     }
     if at != body.len() {
         return Err(E);
     }
+    *json = first_bytes != 0;
     Ok(k)
 }
 
@@ -742,6 +749,9 @@ pub fn mask_data_row(
         plan.region_cols.resize(n, 0);
         plan.region_hits.resize(n, 0);
     }
+    // (Whether a region may hold a JSON document: known exactly on the
+    // common path; the other path lets `mask_regions` look at each.)
+    let mut json = true;
     let walk = if plan.scan_only && plan.scan_from.len() == n {
         Walk {
             regions: detect_regions(
@@ -749,6 +759,7 @@ pub fn mask_data_row(
                 body,
                 &mut plan.regions,
                 &mut plan.region_cols,
+                &mut json,
             )?,
             changed: false,
             rewrite: false,
@@ -761,7 +772,7 @@ pub fn mask_data_row(
         let region_hits = &mut plan.region_hits[..k];
         region_hits.fill(0);
         let logged = hits.log_len();
-        if engine.mask_regions(body, &plan.regions[..k], region_hits, hits) > 0 {
+        if engine.mask_regions(body, &plan.regions[..k], region_hits, hits, json) > 0 {
             changed = true;
             let cols = &plan.region_cols[..k];
             // Logged hits name their region; make that the column.

@@ -276,6 +276,62 @@ fn url_encoded_emails() {
     }
 }
 
+/// Name rules reach inside JSON values (`super::json`): the default
+/// profile's `*password*`, `*api_key*`, `*secret*` and `ssn` rules mask the
+/// string values of matching members, in a cell and in a DataRow, counted
+/// under the rule; a profile without name rules leaves JSON to the
+/// detectors.
+#[test]
+fn name_rules_mask_json_members() {
+    let doc = r#"{"user": "bob", "db_password": "hunter2", "ssn": "123456789", "n": {"apiKey": "x", "api_key": "k-1"}}"#;
+    // (`apiKey` too: column globs are case-insensitive, `*apikey*`.)
+    let want = r#"{"user": "bob", "db_password": "*******", "ssn": "*****6789", "n": {"apiKey": "*", "api_key": "***"}}"#;
+    let e = engine();
+    let (out, h) = mask(&e, doc);
+    assert_eq!(out, want);
+    assert_eq!(h.total(), 4);
+    let rule = |glob: &str| {
+        (0..e.rule_count() as u8)
+            .map(RuleId)
+            .find(|&r| e.rule_name(r) == format!("column:{glob}"))
+            .unwrap()
+    };
+    assert_eq!(h.get(rule("*password*")), 1);
+    assert_eq!(h.get(rule("*api_key*")), 1);
+    assert_eq!(h.get(rule("*apikey*")), 1);
+    // In a DataRow, next to other cells, hits on the JSON column.
+    let mut plan = RowPlan::new();
+    plan.describe(
+        &e,
+        &corpus::row_description(&[("id", 23), ("config", 3802), ("note", 25)]),
+    )
+    .unwrap();
+    let mut body = corpus::data_row(&[Some("7".into()), Some(doc.into()), Some(doc.into())]);
+    let mut hits = Hits::new();
+    mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+    assert_eq!(
+        body,
+        corpus::data_row(&[Some("7".into()), Some(want.into()), Some(want.into())])
+    );
+    let mut per_column = Vec::new();
+    plan.take_column_hits(|i, _, c| per_column.push((i, c)));
+    assert!(
+        per_column.contains(&(1, 4)) && per_column.contains(&(2, 4)),
+        "{per_column:?}"
+    );
+    // Without name rules, JSON is only scanned by the detectors.
+    let p = MaskingProfile {
+        columns: Vec::new(),
+        ..MaskingProfile::default()
+    };
+    assert_eq!(mask(&Engine::compile(&p).unwrap(), doc).0, doc);
+    // Not a JSON document: a key-like string in prose stays.
+    assert_eq!(
+        m(r#"log: "password": "hunter2""#),
+        r#"log: "password": "hunter2""#
+    );
+}
+
 #[test]
 fn tokens() {
     assert_eq!(m("key AKIAIOSFODNN7EXAMPLE."), "key AKIA****************.");

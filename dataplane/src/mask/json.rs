@@ -1,0 +1,197 @@
+//! Name rules inside JSON values: a column rule that masks columns by name
+//! (`*password*`, `*api_key*`, `^ssn$`, with the `mask` or `keep_last`
+//! action) also masks the string value of every JSON object member whose
+//! key it matches, in any value that starts like a JSON document (`{` or
+//! `[`): a `jsonb` config column, a `json` body in a text column. `{"user": "bob", "db_password": "hunter2"}` becomes
+//! `{"user": "bob", "db_password": "*******"}`.
+//!
+//! Same length and still valid JSON: the bytes between the quotes become
+//! the mask character (every byte, escapes included, so no escape is left
+//! half-masked). Numbers, booleans, objects and arrays under such a key are
+//! left as they are (a member of a nested object is matched by its own
+//! key), and the `hash` and `null` actions, which change a value's length,
+//! apply to columns only.
+
+use super::engine::RuleId;
+use super::profile::ColumnAction;
+
+/// Whether a value may be a JSON document: its first byte is `{` or `[`
+/// (as `jsonb` prints; a `json` value keeps its input's leading whitespace,
+/// and one written with any is left to the detectors). One test per value,
+/// so every other value pays next to nothing.
+#[inline(always)]
+pub(crate) fn may_start(value: &[u8]) -> bool {
+    // (`{` is 0x7b, `[` 0x5b: one compare after clearing bit 5.)
+    value.first().is_some_and(|&b| b & !0x20 == b'[')
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The index of the `"` that closes the string whose first byte is at `s`,
+/// if it is closed.
+fn string_end(buf: &[u8], mut s: usize) -> Option<usize> {
+    loop {
+        let q = s + memchr::memchr2(b'"', b'\\', buf.get(s..)?)?;
+        if buf[q] == b'"' {
+            return Some(q);
+        }
+        s = q + 2;
+    }
+}
+
+fn skip_ws(buf: &[u8], mut i: usize) -> usize {
+    while i < buf.len() && is_ws(buf[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Mask, in `buf` (a value that starts with a JSON document), the string
+/// value of each object member whose key `rule_of` gives a `mask` or
+/// `keep_last` rule, with `ch`; calls `hit` once per value masked and
+/// returns how many. A `keep_last` value holding an escape is masked
+/// whole (keeping its last bytes could keep half an escape). Stops at the
+/// first unclosed string; bytes outside strings are never changed.
+pub(crate) fn mask_members(
+    buf: &mut [u8],
+    ch: u8,
+    rule_of: impl Fn(&[u8]) -> Option<(RuleId, ColumnAction)>,
+    mut hit: impl FnMut(RuleId),
+) -> u32 {
+    let start = skip_ws(buf, 0);
+    if !matches!(buf.get(start), Some(b'{' | b'[')) {
+        return 0;
+    }
+    let mut n = 0;
+    let mut i = start;
+    while let Some(q) = memchr::memchr(b'"', &buf[i..]) {
+        let ks = i + q + 1;
+        let Some(ke) = string_end(buf, ks) else {
+            break;
+        };
+        let colon = skip_ws(buf, ke + 1);
+        if buf.get(colon) != Some(&b':') {
+            // A string that is no key: an array element or a value.
+            i = ke + 1;
+            continue;
+        }
+        let vq = skip_ws(buf, colon + 1);
+        if buf.get(vq) != Some(&b'"') {
+            // A key whose value is no string: go on inside it.
+            i = vq;
+            continue;
+        }
+        let vs = vq + 1;
+        let Some(ve) = string_end(buf, vs) else {
+            break;
+        };
+        if let Some((rule, action)) = rule_of(&buf[ks..ke]) {
+            let v = &mut buf[vs..ve];
+            let keep = match action {
+                ColumnAction::Mask => Some(0),
+                ColumnAction::KeepLast(k) if !v.contains(&b'\\') => Some(k as usize),
+                ColumnAction::KeepLast(_) => Some(0),
+                ColumnAction::Hash | ColumnAction::Null => None,
+            };
+            if let Some(keep) = keep {
+                let to = v.len().saturating_sub(keep);
+                if to > 0 {
+                    v[..to].fill(ch);
+                    n += 1;
+                    hit(rule);
+                }
+            }
+        }
+        i = ve + 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(s: &str) -> (String, u32) {
+        let mut b = s.as_bytes().to_vec();
+        let rule = |k: &[u8]| {
+            let k = String::from_utf8_lossy(k).to_lowercase();
+            if k.contains("password") || k.contains("api_key") {
+                Some((RuleId(20), ColumnAction::Mask))
+            } else if k == "ssn" {
+                Some((RuleId(21), ColumnAction::KeepLast(4)))
+            } else if k == "token" {
+                Some((RuleId(22), ColumnAction::Hash))
+            } else {
+                None
+            }
+        };
+        let n = mask_members(&mut b, b'*', rule, |_| {});
+        (String::from_utf8(b).unwrap(), n)
+    }
+
+    #[test]
+    fn string_values_under_matching_keys_are_masked() {
+        assert_eq!(
+            run(r#"{"user": "bob", "db_password": "hunter2", "n": 3}"#),
+            (
+                r#"{"user": "bob", "db_password": "*******", "n": 3}"#.into(),
+                1
+            )
+        );
+        // Nested, in arrays, compact, escapes, keys with escapes.
+        assert_eq!(
+            run(r#"[{"a":{"API_KEY":"k-1\"2"}},"password",{"ssn":"123-45-6789"}]"#),
+            (
+                r#"[{"a":{"API_KEY":"******"}},"password",{"ssn":"*******6789"}]"#.into(),
+                2
+            )
+        );
+        assert_eq!(
+            run(" \n{\"password\" :\t\"a\\u00e9b\", \"ssn\": \"12\\n3456\"}"),
+            (
+                " \n{\"password\" :\t\"********\", \"ssn\": \"********\"}".into(),
+                2
+            )
+        );
+        // A key whose value is no string, the hash action, a short
+        // keep_last value, an empty value.
+        assert_eq!(
+            run(r#"{"password": 1234, "token": "abc", "ssn": "12", "x_password": ""}"#),
+            (
+                r#"{"password": 1234, "token": "abc", "ssn": "12", "x_password": ""}"#.into(),
+                0
+            )
+        );
+        // A string value that looks like a key elsewhere is not one.
+        assert_eq!(
+            run(r#"{"note": "password", "v": "x"}"#),
+            (r#"{"note": "password", "v": "x"}"#.into(), 0)
+        );
+    }
+
+    #[test]
+    fn other_values_and_broken_documents_are_left_alone() {
+        for s in [
+            "password: hunter2",
+            "\"password\": \"x\"",
+            "[INFO] \"password\" is not logged",
+            "{\"password\": \"unclosed",
+            "{\"unclosed",
+            "{\"a\": \"b\\",
+            "",
+            "{",
+        ] {
+            let (out, n) = run(s);
+            assert_eq!((out.as_str(), n), (s, 0), "{s:?}");
+        }
+        // Masked up to the first unclosed string.
+        assert_eq!(
+            run(r#"{"password": "a", "b": "unclosed"#).0,
+            r#"{"password": "*", "b": "unclosed"#
+        );
+        assert!(may_start(b"{") && may_start(b"[1]") && !may_start(b" {") && !may_start(b"a{"));
+        assert!(!may_start(b"") && !may_start(b";") && !may_start(b"K"));
+    }
+}
