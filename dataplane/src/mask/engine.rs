@@ -681,6 +681,18 @@ impl Engine {
         json: bool,
     ) -> u32 {
         let mut n = 0;
+        // (Name rules first, as in `mask_counted`: a cell masks the same in
+        // a row as alone.)
+        if self.json_keys && json {
+            for (ri, r) in regions.iter().enumerate() {
+                let (s, e) = (r.start as usize, r.end as usize);
+                if s < e && super::json::may_start(&buf[s..s + 1]) {
+                    let k = self.mask_json(&mut buf[s..e], ri as u32, hits);
+                    counts[ri] += k;
+                    n += k;
+                }
+            }
+        }
         if self.any_builtin {
             n += self.scan_regions(buf, regions, counts, hits);
         }
@@ -698,16 +710,6 @@ impl Engine {
                 }
                 *c += k;
                 n += k;
-            }
-        }
-        if self.json_keys && json {
-            for (ri, r) in regions.iter().enumerate() {
-                let (s, e) = (r.start as usize, r.end as usize);
-                if s < e && super::json::may_start(&buf[s..s + 1]) {
-                    let k = self.mask_json(&mut buf[s..e], ri as u32, hits);
-                    counts[ri] += k;
-                    n += k;
-                }
             }
         }
         n
