@@ -521,10 +521,11 @@ impl Engine {
             iban_bits: if is(Builtin::Iban) { u64::MAX } else { 0 },
             any_builtin,
             custom: !literals.is_empty() || !regexes.is_empty(),
-            json_keys: columns.iter().any(|c| {
-                c.name.is_some()
-                    && matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_))
-            }),
+            json_keys: enabled
+                && columns.iter().any(|c| {
+                    c.name.is_some()
+                        && matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_))
+                }),
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
@@ -686,7 +687,7 @@ impl Engine {
         if self.json_keys && json {
             for (ri, r) in regions.iter().enumerate() {
                 let (s, e) = (r.start as usize, r.end as usize);
-                if s < e && super::json::may_start(&buf[s..s + 1]) {
+                if super::json::may_start(&buf[s..e]) {
                     let k = self.mask_json(&mut buf[s..e], ri as u32, hits);
                     counts[ri] += k;
                     n += k;

@@ -2,18 +2,20 @@
 //! (`*password*`, `*api_key*`, `^ssn$`, with the `mask` or `keep_last`
 //! action) also masks the string value of every JSON object member whose
 //! key it matches, in any value that starts like a JSON document (`{` or
-//! `[`): a `jsonb` config column, a `json` body in a text column. `{"user": "bob", "db_password": "hunter2"}` becomes
-//! `{"user": "bob", "db_password": "*******"}`.
+//! `[`): a `jsonb` config column, a `json` body in a text column.
+//! `{"user": "bob", "db_password": "hunter2"}` becomes `{"user": "bob",
+//! "db_password": "*******"}`.
 //!
-//! Same length and still valid JSON: the bytes between the quotes become
-//! the mask character (every byte, escapes included, so no escape is left
-//! half-masked). Numbers, booleans, objects and arrays under such a key are
+//! Same length and still valid JSON: the characters between the quotes
+//! become the mask character as a column's do (`rows::mask_chars`: every
+//! byte, so no escape or UTF-8 sequence is left half-masked). Numbers, booleans, objects and arrays under such a key are
 //! left as they are (a member of a nested object is matched by its own
 //! key), and the `hash` and `null` actions, which change a value's length,
 //! apply to columns only.
 
 use super::engine::RuleId;
 use super::profile::ColumnAction;
+use super::rows::mask_chars;
 
 /// Whether a value may be a JSON document: its first byte is `{` or `[`
 /// (as `jsonb` prints; a `json` value keeps its input's leading whitespace,
@@ -51,8 +53,9 @@ fn skip_ws(buf: &[u8], mut i: usize) -> usize {
 /// Mask, in `buf` (a value that starts with a JSON document), the string
 /// value of each object member whose key `rule_of` gives a `mask` or
 /// `keep_last` rule, with `ch`; calls `hit` once per value masked and
-/// returns how many. A `keep_last` value holding an escape is masked
-/// whole (keeping its last bytes could keep half an escape). Stops at the
+/// returns how many. `keep_last` keeps characters, not bytes; a value
+/// holding an escape is masked whole (its last characters could be half
+/// an escape). Stops at the
 /// first unclosed string; bytes outside strings are never changed.
 pub(crate) fn mask_members(
     buf: &mut [u8],
@@ -95,13 +98,9 @@ pub(crate) fn mask_members(
                 ColumnAction::KeepLast(_) => Some(0),
                 ColumnAction::Hash | ColumnAction::Null => None,
             };
-            if let Some(keep) = keep {
-                let to = v.len().saturating_sub(keep);
-                if to > 0 {
-                    v[..to].fill(ch);
-                    n += 1;
-                    hit(rule);
-                }
+            if keep.is_some_and(|keep| mask_chars(v, keep, ch)) {
+                n += 1;
+                hit(rule);
             }
         }
         i = ve + 1;
@@ -163,6 +162,11 @@ mod tests {
                 r#"{"password": 1234, "token": "abc", "ssn": "12", "x_password": ""}"#.into(),
                 0
             )
+        );
+        // `keep_last` keeps characters: the `é` is not split.
+        assert_eq!(
+            run(r#"{"ssn": "123é456"}"#),
+            (r#"{"ssn": "***é456"}"#.into(), 1)
         );
         // A string value that looks like a key elsewhere is not one.
         assert_eq!(

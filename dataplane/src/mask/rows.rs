@@ -588,7 +588,7 @@ fn detect_regions(
     const E: RowError = RowError::Malformed("DataRow");
     let mut at = 2;
     let mut k = 0;
-    let mut first_bytes = 0u8;
+    *json = false;
     for (i, &from) in scan_from.iter().enumerate() {
         let len = be_i32(body.get(at..at + 4).ok_or(E)?);
         at += 4;
@@ -600,17 +600,14 @@ fn detect_regions(
             end: end as u32,
         };
         *cols.get_mut(k).ok_or(E)? = i as u32;
-        // (Whether some region may be a JSON document, branch-free: the
-        // byte at its start is in the body, a length word's or the cell's
-        // own; a false `true` only costs a look.)
-        first_bytes |= u8::from(from < len && body[at + from] & !0x20 == b'[');
+        // (Whether some region may be a JSON document.)
+        *json |= from < len && super::json::may_start(&body[at + from..end]);
         k += usize::from(from < len);
         at = end;
     }
     if at != body.len() {
         return Err(E);
     }
-    *json = first_bytes != 0;
     Ok(k)
 }
 
@@ -620,8 +617,10 @@ fn be_i32(b: &[u8]) -> i32 {
 }
 
 /// Mask every character of `v` (UTF-8 continuation bytes included, so the
-/// result stays valid UTF-8), except the last `keep` characters.
-fn mask_chars(v: &mut [u8], keep: usize, ch: u8) {
+/// result stays valid UTF-8), except the last `keep` characters; returns
+/// whether any byte was masked (none when `v` has `keep` characters or
+/// fewer).
+pub(super) fn mask_chars(v: &mut [u8], keep: usize, ch: u8) -> bool {
     let mut cut = v.len();
     let mut kept = 0;
     while kept < keep && cut > 0 {
@@ -631,9 +630,10 @@ fn mask_chars(v: &mut [u8], keep: usize, ch: u8) {
         }
     }
     if kept < keep {
-        return;
+        return false;
     }
     v[..cut].fill(ch);
+    cut > 0
 }
 
 /// What the column walk of [`mask_data_row`] found: how many cells to scan
