@@ -176,6 +176,18 @@ fn secrets() -> Vec<Secret> {
             format!("npm_{}", stars(npm_body.len())),
             "npm_token",
         ),
+        s(
+            "database URL password",
+            "postgres://app:S3cretPass99@db.internal:5432/orders",
+            "postgres://app:************@db.internal:5432/orders",
+            "url_password",
+        ),
+        s(
+            "password in an env line",
+            "DB_PASSWORD=Tr0ub4dor&3",
+            "DB_PASSWORD=***********",
+            "column:*password*",
+        ),
         v(
             "Bearer credential",
             format!("Bearer {bearer_body}"),

@@ -38,6 +38,10 @@ const CLASS_DOT: u8 = 16;
 /// `A`–`O` (0x41–0x4f) and `P`–`Z` (0x50–0x5a): two rectangles.
 const CLASS_UPPER_4: u8 = 32;
 const CLASS_UPPER_5: u8 = 64;
+/// The `kv` anchors of a classifier (see [`Tables::kv`]): bytes of row 3
+/// of the ASCII table (`:` and `=`), marked per classifier in its copy of
+/// [`CLS_LO`] (the scalar table and the SSSE3 kernel leave it out).
+const CLASS_KV: u8 = 128;
 
 /// Per low nibble: which classes a byte with this low nibble may be in.
 const CLS_LO: [u8; 16] = {
@@ -74,6 +78,7 @@ const CLS_HI: [u8; 16] = {
     t[0x3] = CLASS_DIGIT;
     t[0x4] = CLASS_UPPER_4;
     t[0x5] = CLASS_UPPER_5;
+    t[0x3] |= CLASS_KV;
     t
 };
 
@@ -126,10 +131,12 @@ pub(crate) struct BlockMasks {
     pub dot: u64,
     pub upper: u64,
     pub anchor: u64,
-    /// Letter anchors the byte next to them rules out (a subset of
-    /// [`letter_reject_scalar`]'s bits; the AVX-512 and AVX2 kernels fill
-    /// it, the others leave it 0, which rules out nothing). The engine skips
-    /// them: `may_anchor` would reject them from the same bytes.
+    /// Letter anchors the byte next to them rules out, and the `kv`
+    /// anchors (see [`Tables::kv`]) after a digit or a glue byte but a
+    /// space (a subset of [`letter_reject_scalar`]'s bits; the AVX-512 and
+    /// AVX2 kernels fill it, the others leave it 0, which rules out
+    /// nothing). The engine skips them: `may_anchor` (and, for `kv`, the
+    /// validator) would reject them from the same bytes.
     pub reject: u64,
 }
 
@@ -300,19 +307,41 @@ impl Kernel {
     }
 }
 
+/// The nibble tables of an anchor set (see [`Classifier`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tables {
+    /// Per low nibble, a bit per high nibble (0–7) whose byte is an anchor.
+    pub anchor: [u8; 16],
+    /// The same for the anchors that a digit or a glue byte other than a
+    /// space right before rules out (the `=` and `:` of `key=value`, see
+    /// [`BlockMasks::reject`]; the kernels read [`Tables::cls_lo`], the
+    /// tests' reference this).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub kv: [u8; 16],
+    /// [`CLS_LO`] with [`CLASS_KV`] at the low nibbles of the `kv` bytes.
+    pub cls_lo: [u8; 16],
+}
+
 /// Classification tables for one anchor set, plus the kernel to use.
 #[derive(Clone, Debug)]
 pub(crate) struct Classifier {
     kernel: Kernel,
-    /// Per low nibble, a bit per high nibble (0–7) whose byte is an anchor.
-    anchor_lo: [u8; 16],
+    tables: Tables,
     /// Scalar: the class bits, and bit 7 for anchors.
     table: [u8; 256],
 }
 
 impl Classifier {
     /// `anchors` must be ASCII. `kernel` must be available on this CPU.
+    #[cfg(test)]
     pub(crate) fn new(anchors: &[u8], kernel: Kernel) -> Classifier {
+        Classifier::with_kv(anchors, b"", kernel)
+    }
+
+    /// As [`Classifier::new`], with `kv` (a subset of `anchors`) the
+    /// anchors a digit or a glue byte other than a space right before
+    /// rules out (the kernels that fill `reject` leave them out).
+    pub(crate) fn with_kv(anchors: &[u8], kv: &[u8], kernel: Kernel) -> Classifier {
         assert!(kernel.available(), "kernel {kernel:?} not supported here");
         let mut anchor_lo = [0u8; 16];
         let mut table = [0u8; 256];
@@ -321,13 +350,25 @@ impl Classifier {
             anchor_lo[(a & 15) as usize] |= 1 << (a >> 4);
             table[a as usize] |= 128;
         }
+        let mut kv_lo = [0u8; 16];
+        let mut cls_lo = CLS_LO;
+        for &a in kv {
+            assert!(anchors.contains(&a), "kv bytes must be anchors");
+            assert!(a >> 4 == 3, "kv bytes must be in row 3 (CLASS_KV)");
+            kv_lo[(a & 15) as usize] |= 1 << (a >> 4);
+            cls_lo[(a & 15) as usize] |= CLASS_KV;
+        }
         for b in 0..=255u8 {
             let cls = CLS_LO[(b & 15) as usize] & CLS_HI[(b >> 4) as usize];
             table[b as usize] |= cls;
         }
         Classifier {
             kernel,
-            anchor_lo,
+            tables: Tables {
+                anchor: anchor_lo,
+                kv: kv_lo,
+                cls_lo,
+            },
             table,
         }
     }
@@ -368,7 +409,7 @@ impl Classifier {
             // kernel; with `F >= 2` the caller is compiled for it.
             // `rest < BLOCK` bytes from `whole * BLOCK` are in `data`.
             let mut m = unsafe {
-                x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.anchor_lo)
+                x86::block_avx512_part(data[whole * BLOCK..].as_ptr(), rest, &self.tables)
             };
             // (Zero bytes are in no class; only an anchor set holding the
             // zero byte would mark the padding, which the shifted masks of
@@ -402,7 +443,7 @@ impl Classifier {
         // SAFETY: `Classifier::new` asserted the CPU supports the kernel;
         // with `F == 3` the caller is compiled for it with VBMI and GFNI,
         // which `fast_scan` in the engine checked.
-        let p = unsafe { x86::planes_avx512(data, &self.anchor_lo) };
+        let p = unsafe { x86::planes_avx512(data, &self.tables) };
         Some((data.len().div_ceil(BLOCK), p))
     }
 
@@ -415,7 +456,7 @@ impl Classifier {
             // SAFETY: `Classifier::new` asserted the CPU supports the
             // kernel; with `F >= 2` the caller is compiled for it. The
             // masked load reads `data.len()` bytes of `data` only.
-            return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.anchor_lo) };
+            return unsafe { x86::block_avx512_part(data.as_ptr(), data.len(), &self.tables) };
         }
         #[cfg(target_arch = "x86_64")]
         if F >= 1 && self.kernel == Kernel::Avx2 {
@@ -423,7 +464,7 @@ impl Classifier {
             // SAFETY: `Classifier::new` asserted the CPU supports the
             // kernel; with `F >= 1` the caller is compiled for it. The
             // loads read `data.len()` bytes of `data` only.
-            return unsafe { x86::block_avx2_part(data.as_ptr(), data.len(), &self.anchor_lo) };
+            return unsafe { x86::block_avx2_part(data.as_ptr(), data.len(), &self.tables) };
         }
         let pad = [padded(data)];
         let mut out = [BlockMasks::default()];
@@ -441,32 +482,28 @@ impl Classifier {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Classifier::new` asserted the CPU supports the
                 // kernel; with `F >= 2` the caller is compiled for it.
-                Kernel::Avx512 if F >= 2 => unsafe { x86::block_avx512(b, &self.anchor_lo) },
+                Kernel::Avx512 if F >= 2 => unsafe { x86::block_avx512(b, &self.tables) },
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports
                     // the kernel.
-                    unsafe {
-                        x86::blocks_avx512(std::slice::from_ref(b), &self.anchor_lo, &mut one)
-                    };
+                    unsafe { x86::blocks_avx512(std::slice::from_ref(b), &self.tables, &mut one) };
                     one[0]
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Classifier::new` asserted the CPU supports AVX2;
                 // with `F` the caller is compiled for it.
-                Kernel::Avx2 if F >= 1 => unsafe { x86::block_avx2(b, &self.anchor_lo) },
+                Kernel::Avx2 if F >= 1 => unsafe { x86::block_avx2(b, &self.tables) },
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports AVX2.
-                    unsafe { x86::blocks_avx2(std::slice::from_ref(b), &self.anchor_lo, &mut one) };
+                    unsafe { x86::blocks_avx2(std::slice::from_ref(b), &self.tables, &mut one) };
                     one[0]
                 }
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Ssse3 => {
                     // SAFETY: `Classifier::new` asserted the CPU supports SSSE3.
-                    unsafe {
-                        x86::blocks_ssse3(std::slice::from_ref(b), &self.anchor_lo, &mut one)
-                    };
+                    unsafe { x86::blocks_ssse3(std::slice::from_ref(b), &self.tables, &mut one) };
                     one[0]
                 }
                 _ => self.block_scalar(b),
@@ -524,10 +561,11 @@ const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmt");
 /// and more; the validators check the byte after those too): an `x`, `B`,
 /// `b` or `%` not followed by one of `o a e E 4`, or whose byte after next
 /// is none of `x p a A G s 0`, a `J`, `z`, `_`, `/` or `-` not preceded by
-/// one of `y I p o u s r b k c f m t`. Bytes whose neighbour is in another
-/// block are never ruled out by it.
+/// one of `y I p o u s r b k c f m t`, and a `kv` byte after a digit or
+/// one of `( ) + - .`. Bytes whose neighbour is in another block are never
+/// ruled out by it.
 #[cfg(test)]
-fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
+fn letter_reject_scalar(block: &[u8; BLOCK], kv: &[u8; 16]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
     let mut r = 0u64;
     for i in 0..BLOCK {
@@ -535,7 +573,10 @@ fn letter_reject_scalar(block: &[u8; BLOCK]) -> u64 {
         let after = i + 1 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER_OK, block[i + 1]);
         let after2 = i + 2 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER2_OK, block[i + 2]);
         let before = i > 0 && has(&BEFORE_LETTERS, b) && !has(&BEFORE_OK, block[i - 1]);
-        r |= ((after || after2 || before) as u64) << i;
+        let kv_after = i > 0
+            && has(kv, b)
+            && (block[i - 1].is_ascii_digit() || is_glue(block[i - 1]) && block[i - 1] != b' ');
+        r |= ((after || after2 || before || kv_after) as u64) << i;
     }
     r
 }
@@ -546,9 +587,9 @@ pub(crate) use x86::{store_lanes, Planes};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{
-        BlockMasks, AFTER2_OK, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK,
-        CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_SPACE, CLASS_UPPER_4, CLASS_UPPER_5,
-        CLS_HI, CLS_LO, HI_BIT,
+        BlockMasks, Tables, AFTER2_OK, AFTER_LETTERS, AFTER_OK, BEFORE_LETTERS, BEFORE_OK, BLOCK,
+        CLASS_DASH, CLASS_DIGIT, CLASS_DOT, CLASS_GLUE, CLASS_KV, CLASS_SPACE, CLASS_UPPER_4,
+        CLASS_UPPER_5, CLS_HI, CLS_LO, HI_BIT,
     };
     use std::arch::x86_64::*;
 
@@ -557,15 +598,11 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX-512F and AVX-512BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn blocks_avx512(
-        blocks: &[[u8; BLOCK]],
-        anchor_lo: &[u8; 16],
-        out: &mut [BlockMasks],
-    ) {
+    pub(super) unsafe fn blocks_avx512(blocks: &[[u8; BLOCK]], t: &Tables, out: &mut [BlockMasks]) {
         for (block, o) in blocks.iter().zip(out) {
             // SAFETY: this function is compiled with AVX-512F/BW and only
             // called when the CPU has them.
-            *o = unsafe { block_avx512(block, anchor_lo) };
+            *o = unsafe { block_avx512(block, t) };
         }
     }
 
@@ -575,12 +612,12 @@ mod x86 {
     /// The CPU must support AVX-512F and AVX-512BW; the caller should be
     /// compiled with them (else every intrinsic is a call).
     #[inline(always)]
-    pub(super) unsafe fn block_avx512(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+    pub(super) unsafe fn block_avx512(block: &[u8; BLOCK], t: &Tables) -> BlockMasks {
         // SAFETY: the CPU supports AVX-512F (this function's contract);
         // `block` has 64 bytes and `loadu` has no alignment requirement.
         unsafe {
             let v = _mm512_loadu_si512(block.as_ptr() as *const __m512i);
-            masks_avx512(v, anchor_lo)
+            masks_avx512(v, t)
         }
     }
 
@@ -590,11 +627,7 @@ mod x86 {
     /// # Safety
     /// As [`block_avx512`]; `p..p + n` must be readable.
     #[inline(always)]
-    pub(super) unsafe fn block_avx512_part(
-        p: *const u8,
-        n: usize,
-        anchor_lo: &[u8; 16],
-    ) -> BlockMasks {
+    pub(super) unsafe fn block_avx512_part(p: *const u8, n: usize, t: &Tables) -> BlockMasks {
         // SAFETY: the CPU supports AVX-512BW (this function's contract); the
         // load mask covers the `n` readable bytes only, and masked-out
         // bytes are neither read nor fault.
@@ -605,16 +638,16 @@ mod x86 {
                 (1u64 << n) - 1
             };
             let v = _mm512_maskz_loadu_epi8(k, p as *const i8);
-            masks_avx512(v, anchor_lo)
+            masks_avx512(v, t)
         }
     }
 
     /// # Safety
     /// The CPU must support AVX-512F and AVX-512BW.
     #[inline(always)]
-    unsafe fn masks_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> BlockMasks {
+    unsafe fn masks_avx512(v: __m512i, t: &Tables) -> BlockMasks {
         // SAFETY: as this function's.
-        let (cls, anchor, reject) = unsafe { classes_avx512(v, anchor_lo) };
+        let (cls, anchor, reject) = unsafe { classes_avx512(v, t) };
         // SAFETY: the CPU supports AVX-512BW (this function's contract).
         let test = |bits: u8| unsafe { _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8)) };
         BlockMasks {
@@ -635,15 +668,15 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX-512F and AVX-512BW.
     #[inline(always)]
-    unsafe fn classes_avx512(v: __m512i, anchor_lo: &[u8; 16]) -> (__m512i, u64, u64) {
+    unsafe fn classes_avx512(v: __m512i, t: &Tables) -> (__m512i, u64, u64) {
         // SAFETY (every intrinsic below): the CPU supports AVX-512F/BW (this
         // function's contract); the table loads read 16-byte arrays.
         unsafe {
             let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
-            let cls_lo = _mm512_broadcast_i32x4(ld16(&CLS_LO));
+            let cls_lo = _mm512_broadcast_i32x4(ld16(&t.cls_lo));
             let cls_hi = _mm512_broadcast_i32x4(ld16(&CLS_HI));
             let hi_bit = _mm512_broadcast_i32x4(ld16(&HI_BIT));
-            let anc_lo = _mm512_broadcast_i32x4(ld16(anchor_lo));
+            let anc_lo = _mm512_broadcast_i32x4(ld16(&t.anchor));
             let ld = |t: &[u8; 16]| _mm512_broadcast_i32x4(ld16(t));
             let nib = _mm512_set1_epi8(0x0f);
             let lo = _mm512_and_si512(v, nib);
@@ -658,8 +691,12 @@ mod x86 {
             let (la, na) = (set(&AFTER_LETTERS), set(&AFTER_OK));
             let (lb, nb) = (set(&BEFORE_LETTERS), set(&BEFORE_OK));
             let na2 = set(&AFTER2_OK);
-            let reject =
-                (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
+            // `=` and `:` after a digit or a glue byte but a space.
+            let test = |bits: u8| _mm512_test_epi8_mask(cls, _mm512_set1_epi8(bits as i8));
+            let kv = test(CLASS_KV);
+            let bad = test(CLASS_DIGIT | CLASS_GLUE) & !test(CLASS_SPACE);
+            let reject = (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63))
+                | ((lb & !(nb << 1) | kv & bad << 1) & !1);
             (cls, _mm512_test_epi8_mask(a, a), reject)
         }
     }
@@ -744,7 +781,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX-512F, AVX-512BW, AVX-512VBMI and GFNI.
     #[inline(always)]
-    pub(super) unsafe fn planes_avx512(data: &[u8], anchor_lo: &[u8; 16]) -> Planes {
+    pub(super) unsafe fn planes_avx512(data: &[u8], t: &Tables) -> Planes {
         // Byte `i` of each 64-bit lane from byte `7 - i`.
         const REVERSE: [u8; 16] = [7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8];
         // Byte `8t + q` from byte `8q + t`.
@@ -782,8 +819,11 @@ mod x86 {
                     let keep = (1u64 << n) - 1;
                     (_mm512_maskz_loadu_epi8(keep, p as *const i8), keep)
                 };
-                let (cls, anchor, reject) = classes_avx512(v, anchor_lo);
-                // (Anchors only where there are bytes: see `classify_chunk`.)
+                let (cls, anchor, reject) = classes_avx512(v, t);
+                // (Bit 7 of the class byte becomes the anchor bit:
+                // `CLASS_KV` cleared first. Anchors only where there are
+                // bytes: see `classify_chunk`.)
+                let cls = _mm512_andnot_si512(top, cls);
                 let cls =
                     _mm512_mask_mov_epi8(cls, anchor & !reject & keep, _mm512_or_si512(cls, top));
                 // `gf2p8affineqb` with the class bytes as the matrix: bit
@@ -839,15 +879,11 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn blocks_avx2(
-        blocks: &[[u8; BLOCK]],
-        anchor_lo: &[u8; 16],
-        out: &mut [BlockMasks],
-    ) {
+    pub(super) unsafe fn blocks_avx2(blocks: &[[u8; BLOCK]], t: &Tables, out: &mut [BlockMasks]) {
         for (block, o) in blocks.iter().zip(out) {
             // SAFETY: this function is compiled with AVX2 and only called
             // when the CPU has it.
-            *o = unsafe { block_avx2(block, anchor_lo) };
+            *o = unsafe { block_avx2(block, t) };
         }
     }
 
@@ -857,13 +893,13 @@ mod x86 {
     /// The CPU must support AVX2. The caller should be compiled with AVX2
     /// enabled too (else every intrinsic is a call: correct, but slow).
     #[inline(always)]
-    pub(super) unsafe fn block_avx2(block: &[u8; BLOCK], anchor_lo: &[u8; 16]) -> BlockMasks {
+    pub(super) unsafe fn block_avx2(block: &[u8; BLOCK], t: &Tables) -> BlockMasks {
         // SAFETY: the CPU supports AVX2 (this function's contract); each
         // load reads 32 of the 64 bytes of `block`, and `loadu` has no
         // alignment requirement.
         unsafe {
             let ld = |at: usize| _mm256_loadu_si256(block.as_ptr().add(at) as *const __m256i);
-            masks_avx2([ld(0), ld(32)], anchor_lo)
+            masks_avx2([ld(0), ld(32)], t)
         }
     }
 
@@ -873,15 +909,15 @@ mod x86 {
     /// # Safety
     /// As [`block_avx2`].
     #[inline(always)]
-    unsafe fn masks_avx2<const H: usize>(v: [__m256i; H], anchor_lo: &[u8; 16]) -> BlockMasks {
+    unsafe fn masks_avx2<const H: usize>(v: [__m256i; H], t: &Tables) -> BlockMasks {
         // SAFETY (every intrinsic below): the CPU supports AVX2 (this
         // function's contract); every table load reads a 16-byte array.
         unsafe {
             let ld16 = |p: &[u8; 16]| _mm_loadu_si128(p.as_ptr() as *const __m128i);
-            let cls_lo = _mm256_broadcastsi128_si256(ld16(&CLS_LO));
+            let cls_lo = _mm256_broadcastsi128_si256(ld16(&t.cls_lo));
             let cls_hi = _mm256_broadcastsi128_si256(ld16(&CLS_HI));
             let hi_bit = _mm256_broadcastsi128_si256(ld16(&HI_BIT));
-            let anc_lo = _mm256_broadcastsi128_si256(ld16(anchor_lo));
+            let anc_lo = _mm256_broadcastsi128_si256(ld16(&t.anchor));
             let nib = _mm256_set1_epi8(0x0f);
             let zero = _mm256_setzero_si256();
             let upper_bits = _mm256_set1_epi8((CLASS_UPPER_4 | CLASS_UPPER_5) as i8);
@@ -892,7 +928,7 @@ mod x86 {
             let mut m = BlockMasks::default();
             // Letter anchors and their allowed neighbours (see `reject`).
             let (mut la, mut na, mut lb, mut nb) = (0u64, 0u64, 0u64, 0u64);
-            let mut na2 = 0u64;
+            let (mut na2, mut kv) = (0u64, 0u64);
             for (half, v) in v.into_iter().enumerate() {
                 let lo = _mm256_and_si256(v, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
@@ -922,6 +958,7 @@ mod x86 {
                 lb |= set(before_letters);
                 nb |= set(before_ok);
                 na2 |= set(after2_ok);
+                kv |= has!(CLASS_KV) << shift;
                 m.digit |= has!(CLASS_DIGIT) << shift;
                 m.glue |= has!(CLASS_GLUE) << shift;
                 m.space |= has!(CLASS_SPACE) << shift;
@@ -933,11 +970,12 @@ mod x86 {
             }
             // Bytes 32–63 of one vector are zero bytes: in no class and no
             // letter set; anchors where the zero byte is one.
-            if H == 1 && anchor_lo[0] & HI_BIT[0] != 0 {
+            if H == 1 && t.anchor[0] & HI_BIT[0] != 0 {
                 m.anchor |= !0 << 32;
             }
-            m.reject =
-                (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63)) | (lb & !(nb << 1) & !1);
+            let bad = m.digit | m.glue & !m.space;
+            m.reject = (la & !((na >> 1) & (na2 >> 2 | 3 << 62)) & !(1 << 63))
+                | ((lb & !(nb << 1) | kv & bad << 1) & !1);
             m
         }
     }
@@ -989,11 +1027,7 @@ mod x86 {
     /// # Safety
     /// As [`block_avx2`]; `p..p + n` must be readable.
     #[inline(always)]
-    pub(super) unsafe fn block_avx2_part(
-        p: *const u8,
-        n: usize,
-        anchor_lo: &[u8; 16],
-    ) -> BlockMasks {
+    pub(super) unsafe fn block_avx2_part(p: *const u8, n: usize, t: &Tables) -> BlockMasks {
         debug_assert!(n <= BLOCK);
         // SAFETY: the CPU supports AVX2 (this function's contract); every
         // load of the value reads bytes of `p..p + n` only (each ends at or
@@ -1034,8 +1068,8 @@ mod x86 {
                 (_mm256_zextsi128_si256(_mm_shuffle_epi8(x, ctrl)), None)
             };
             match b {
-                Some(b) => masks_avx2([a, b], anchor_lo),
-                None => masks_avx2([a], anchor_lo),
+                Some(b) => masks_avx2([a, b], t),
+                None => masks_avx2([a], t),
             }
         }
     }
@@ -1045,18 +1079,14 @@ mod x86 {
     /// # Safety
     /// The CPU must support SSSE3.
     #[target_feature(enable = "ssse3")]
-    pub(super) unsafe fn blocks_ssse3(
-        blocks: &[[u8; BLOCK]],
-        anchor_lo: &[u8; 16],
-        out: &mut [BlockMasks],
-    ) {
+    pub(super) unsafe fn blocks_ssse3(blocks: &[[u8; BLOCK]], t: &Tables, out: &mut [BlockMasks]) {
         // SAFETY (every load below): the pointer comes from a reference to an
         // array of at least 16 bytes, and `loadu` has no alignment requirement.
         let ld16 = |p: &[u8; 16]| unsafe { _mm_loadu_si128(p.as_ptr() as *const __m128i) };
         let cls_lo = ld16(&CLS_LO);
         let cls_hi = ld16(&CLS_HI);
         let hi_bit = ld16(&HI_BIT);
-        let anc_lo = ld16(anchor_lo);
+        let anc_lo = ld16(&t.anchor);
         let nib = _mm_set1_epi8(0x0f);
         let zero = _mm_setzero_si128();
         let bit = |c: u8| _mm_set1_epi8(c as i8);
@@ -1105,7 +1135,7 @@ mod tests {
     /// zero byte past its end) rules them out, as `letter_reject_scalar`
     /// says for a block. (A kernel may rule out fewer: at block edges, or
     /// none at all.)
-    fn strip(m: BlockMasks, data: &[u8], at: usize) -> BlockMasks {
+    fn strip(m: BlockMasks, data: &[u8], at: usize, kv: &[u8; 16]) -> BlockMasks {
         let mut ok = 0u64;
         for i in 0..BLOCK.min(data.len().saturating_sub(at)) {
             let j = at + i;
@@ -1122,7 +1152,7 @@ mod tests {
             if j + 2 < data.len() {
                 w[3] = data[j + 2];
             }
-            let r = letter_reject_scalar(&w) >> 1 & 1;
+            let r = letter_reject_scalar(&w, kv) >> 1 & 1;
             // (Byte 0 of a block has no byte before it in the block.)
             ok |= r << i;
         }
@@ -1137,10 +1167,10 @@ mod tests {
     }
 
     /// `strip` of each block of a chunk of `data`.
-    fn strip_all(ms: &[BlockMasks], data: &[u8]) -> Vec<BlockMasks> {
+    fn strip_all(ms: &[BlockMasks], data: &[u8], kv: &[u8; 16]) -> Vec<BlockMasks> {
         ms.iter()
             .enumerate()
-            .map(|(k, &m)| strip(m, data, k * BLOCK))
+            .map(|(k, &m)| strip(m, data, k * BLOCK, kv))
             .collect()
     }
 
@@ -1149,7 +1179,7 @@ mod tests {
         let b = |s: &[u8]| {
             let mut pad = [0u8; BLOCK];
             pad[..s.len()].copy_from_slice(s);
-            letter_reject_scalar(&pad)
+            letter_reject_scalar(&pad, &nibble_set(b"=:"))
         };
         // (The second `x` is followed by a zero byte.)
         assert_eq!(b(b"xx"), 0b11);
@@ -1164,6 +1194,11 @@ mod tests {
         assert_eq!(b(b"Bx ab"), 0b10011);
         assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
         assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block
+                                // `=` and `:` after a digit or a glue byte but a space.
+        assert_eq!(
+            b(b"10:22 a=q c = d \"e\": w.= (: +=\t:"),
+            1 << 2 | 1 << 23 | 1 << 26 | 1 << 29
+        );
     }
 
     fn all_kernels() -> Vec<Kernel> {
@@ -1195,26 +1230,26 @@ mod tests {
     #[test]
     fn every_byte_value_agrees_across_kernels() {
         for k in all_kernels() {
-            let c = Classifier::new(ANCHORS, k);
+            let c = Classifier::with_kv(ANCHORS, b":", k);
             let s = Classifier::new(ANCHORS, Kernel::Scalar);
             for start in (0..256).step_by(BLOCK) {
                 let block: [u8; BLOCK] = std::array::from_fn(|i| (start + i) as u8);
                 let mut got = [BlockMasks::default()];
                 c.blocks::<0>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0),
+                    strip(got[0], &block, 0, &c.tables.kv),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
                 c.blocks::<1>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0),
+                    strip(got[0], &block, 0, &c.tables.kv),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
                 c.blocks::<2>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0),
+                    strip(got[0], &block, 0, &c.tables.kv),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
@@ -1245,7 +1280,8 @@ mod tests {
             }
         };
         for anchors in [&b"@JKSz_xBb:"[..], b"\0@J"] {
-            let c = Classifier::new(anchors, Kernel::Avx2);
+            let kv: Vec<u8> = anchors.iter().copied().filter(|a| a >> 4 == 3).collect();
+            let c = Classifier::with_kv(anchors, &kv, Kernel::Avx2);
             for _ in 0..200 {
                 let data: [u8; BLOCK] = std::array::from_fn(|_| byte());
                 for n in 0..=BLOCK {
@@ -1254,8 +1290,8 @@ mod tests {
                     // part reads `v` only.
                     let (part, whole) = unsafe {
                         (
-                            x86::block_avx2_part(v.as_ptr(), n, &c.anchor_lo),
-                            x86::block_avx2(&padded(v), &c.anchor_lo),
+                            x86::block_avx2_part(v.as_ptr(), n, &c.tables),
+                            x86::block_avx2(&padded(v), &c.tables),
                         )
                     };
                     assert_eq!(part, whole, "{n} bytes {v:?}");
@@ -1269,10 +1305,17 @@ mod tests {
         fn kernels_agree_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..700),
                                          anchors in proptest::collection::vec(0u8..0x80, 0..12)) {
             let reference = Classifier::new(&anchors, Kernel::Scalar);
+            // (The anchors of row 3, as `=` and `:`, every other one.)
+            let kv: Vec<u8> = anchors
+                .iter()
+                .enumerate()
+                .filter(|&(i, &a)| i % 2 == 0 && a >> 4 == 3)
+                .map(|(_, &a)| a)
+                .collect();
             let mut want = [BlockMasks::default(); CHUNK_BLOCKS];
             let nw = reference.classify_chunk::<CHUNK_BLOCKS, 0>(&data, &mut want);
             for k in all_kernels() {
-                let c = Classifier::new(&anchors, k);
+                let c = Classifier::with_kv(&anchors, &kv, k);
                 let mut got = [BlockMasks::default(); CHUNK_BLOCKS];
                 for f in 0..3 {
                     let ng = match f {
@@ -1282,11 +1325,11 @@ mod tests {
                     };
                     prop_assert_eq!(ng, nw);
                     // (The last block: the tail of `data`, padded.)
-                    let got = strip_all(&got[..ng], &data);
+                    let got = strip_all(&got[..ng], &data, &c.tables.kv);
                     prop_assert_eq!(&got[..], &want[..nw], "{:?} F={}", k, f);
                 }
                 if data.len() <= BLOCK {
-                    let one = strip(c.classify_one::<2>(&data), &data, 0);
+                    let one = strip(c.classify_one::<2>(&data), &data, 0, &c.tables.kv);
                     prop_assert_eq!(one, reference.classify_one::<0>(&data), "{:?} one", k);
                 }
             }
@@ -1306,7 +1349,8 @@ mod tests {
             {
                 return Ok(());
             }
-            let c = Classifier::new(&anchors, Kernel::Avx512);
+            let kv: Vec<u8> = anchors.iter().copied().filter(|a| a >> 4 == 3).collect();
+            let c = Classifier::with_kv(&anchors, &kv, Kernel::Avx512);
             let mut want = [BlockMasks::default(); 8];
             let nw = c.classify_chunk::<8, 2>(&data, &mut want);
             let (np, p) = c.classify_planes::<3>(&data).expect("AVX-512 kernel");

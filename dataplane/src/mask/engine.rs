@@ -52,10 +52,11 @@ pub enum Builtin {
     GitlabToken,
     HuggingfaceToken,
     NpmToken,
+    UrlPassword,
 }
 
 /// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
-pub const BUILTIN_RULES: usize = 20;
+pub const BUILTIN_RULES: usize = 21;
 
 const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "payment_card",
@@ -78,6 +79,7 @@ const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "gitlab_token",
     "huggingface_token",
     "npm_token",
+    "url_password",
 ];
 
 impl From<Vendor> for Builtin {
@@ -287,6 +289,12 @@ pub struct Engine {
     /// A name rule with the `mask` or `keep_last` action: applied to the
     /// members of JSON values too (see `super::json`).
     json_keys: bool,
+    /// Those rules apply to named values in text too (`password=…`, see
+    /// `super::named`): `=` and `:` are anchors.
+    named: bool,
+    /// Matches the names those rules match (one pass over a key before
+    /// the rules are tried one by one).
+    name_any: Option<regex::bytes::Regex>,
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
@@ -365,6 +373,7 @@ impl Engine {
             d.gitlab_token,
             d.huggingface_token,
             d.npm_token,
+            d.url_password,
         ];
         for (o, f) in on.iter_mut().zip(flags) {
             *o = enabled && f;
@@ -395,6 +404,32 @@ impl Engine {
         add(is(Builtin::BearerToken), b"b");
         add(is(Builtin::Ipv6), b":");
         add(is(Builtin::Phone), b"+(");
+        // Named values: the name rules with the `mask` or `keep_last`
+        // action (the `columns` below), when `named_values` is on.
+        let name_rules: Vec<String> = p
+            .columns
+            .iter()
+            .filter(|c| matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_)))
+            .filter_map(|c| match (&c.column, &c.column_regex) {
+                (Some(g), _) => Some(glob_regex(g)),
+                (_, Some(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let named = enabled && d.named_values && !name_rules.is_empty();
+        add(named, b"=:");
+        add(is(Builtin::UrlPassword), b":");
+        // (`=` and `:` after a digit are no key's, nor a URL's scheme's:
+        // the classifier rules them out, as it may not when `:` is IPv6's.)
+        let mut kv = Vec::new();
+        if named {
+            kv.push(b'=');
+        }
+        if (named || is(Builtin::UrlPassword)) && !is(Builtin::Ipv6) {
+            kv.push(b':');
+        }
+        anchors.sort_unstable();
+        anchors.dedup();
         let digits = DigitDetectors {
             card: is(Builtin::PaymentCard),
             ssn: is(Builtin::Ssn),
@@ -410,7 +445,7 @@ impl Engine {
             huggingface: is(Builtin::HuggingfaceToken),
             npm: is(Builtin::NpmToken),
         };
-        let any_builtin = on.iter().any(|&o| o);
+        let any_builtin = on.iter().any(|&o| o) || named;
         let min_digits = if digits.ipv4 { 4 } else { 9 };
 
         let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
@@ -504,7 +539,7 @@ impl Engine {
                 email_keep_tld: f.email_keep_tld,
                 keep_prefix: f.token_keep_prefix,
             },
-            classifier: Classifier::new(&anchors, kernel),
+            classifier: Classifier::with_kv(&anchors, &kv, kernel),
             fast: fast_scan(kernel),
             on,
             tokens,
@@ -526,6 +561,20 @@ impl Engine {
                     c.name.is_some()
                         && matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_))
                 }),
+            named,
+            name_any: if named {
+                let any = name_rules
+                    .iter()
+                    .map(|r| format!("(?:{r})"))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                Some(
+                    regex::bytes::Regex::new(&any)
+                        .map_err(|e| ProfileError::field("columns", e.to_string()))?,
+                )
+            } else {
+                None
+            },
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
@@ -1010,6 +1059,9 @@ impl Engine {
                 hits,
             );
         }
+        if st.named_len != 0 {
+            self.named_end(buf, st, counts, hits);
+        }
         st.hits
     }
 
@@ -1184,6 +1236,9 @@ impl Engine {
                 &mut counts,
                 hits,
             );
+        }
+        if st.named_len != 0 {
+            self.named_end(buf, &mut st, &mut counts, hits);
         }
         st.hits
     }
@@ -1647,6 +1702,7 @@ impl Engine {
             return;
         }
         st.dirty = st.dirty.max(end);
+        st.cover(end);
         for (rule, c) in [
             (Builtin::PaymentCard, h.card),
             (Builtin::Ssn, h.ssn),
@@ -1815,15 +1871,109 @@ impl Engine {
                 }
             }
             b'b' => detect::bearer(cell, p, f).map(|e| (e, Builtin::BearerToken)),
-            b':' => {
-                let (e, ok) = detect::ipv6(cell, p, f);
-                st.skip_until = st.skip_until.max(s + e);
-                ok.then_some((e, Builtin::Ipv6))
+            b':' if cell.get(p + 1..p + 3) == Some(b"//") => {
+                if on(Builtin::UrlPassword) {
+                    super::named::url_password(cell, p, f.ch).map(|e| (e, Builtin::UrlPassword))
+                } else {
+                    None
+                }
+            }
+            b'=' | b':' => {
+                if let Some(v) = self.named_value(cell, p) {
+                    let v = Named {
+                        ri: ri as u32,
+                        start: s as u32 + v.start,
+                        end: s as u32 + v.end,
+                        ..v
+                    };
+                    if !st.defer(v) {
+                        self.named_apply(buf, v, st, counts, hits);
+                    }
+                    return;
+                }
+                if cell[p] == b':' && on(Builtin::Ipv6) {
+                    let (e, ok) = detect::ipv6(cell, p, f);
+                    st.skip_until = st.skip_until.max(s + e);
+                    ok.then_some((e, Builtin::Ipv6))
+                } else {
+                    None
+                }
             }
             _ => None,
         };
         if let Some((end, rule)) = found {
             st.found(rule, ri, s + end, counts, hits);
+        }
+    }
+
+    /// The value named by the key before the `=` or `:` at `p` (see
+    /// `super::named`) when a name rule with the `mask` or `keep_last`
+    /// action matches the key: its span in `cell` and what to keep, to be
+    /// masked at the end of the scan ([`Engine::named_end`]) unless a
+    /// detector finds something in it first (`OPENAI_API_KEY=sk-proj-…`
+    /// stays the detector's, with its prefix kept and its own count).
+    #[inline(never)]
+    fn named_value(&self, cell: &[u8], p: usize) -> Option<Named> {
+        if !self.named || p == 0 || !super::named::may_follow_key(cell[p - 1]) {
+            return None;
+        }
+        let a = super::named::assignment(cell, p)?;
+        let key = &cell[a.key.0..a.key.1];
+        if !self.name_any.as_ref()?.is_match(key) {
+            return None;
+        }
+        let (rule, action) = self.column_rule_by_name(key)?;
+        let keep = match action {
+            ColumnAction::Mask => 0,
+            ColumnAction::KeepLast(k) if !a.escaped => k,
+            ColumnAction::KeepLast(_) => 0,
+            ColumnAction::Hash | ColumnAction::Null => return None,
+        };
+        Some(Named {
+            ri: 0,
+            start: a.value.0 as u32,
+            end: a.value.1 as u32,
+            keep,
+            rule: rule.0,
+            covered: false,
+        })
+    }
+
+    /// Mask a named value (buffer offsets) unless it is masked already
+    /// (a JSON member the name rules masked before the scan: not counted
+    /// twice).
+    #[inline(never)]
+    fn named_apply(
+        &self,
+        buf: &mut [u8],
+        v: Named,
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) {
+        let val = &mut buf[v.start as usize..v.end as usize];
+        let Some(cut) = super::rows::masked_part(val, v.keep as usize) else {
+            return;
+        };
+        let ch = self.fmt.ch;
+        if val[..cut].iter().all(|&b| b == ch) {
+            return;
+        }
+        val[..cut].fill(ch);
+        hits.add_at(RuleId(v.rule), v.ri, 1);
+        counts[v.ri as usize] += 1;
+        st.hits += 1;
+    }
+
+    /// The named values of a scan that no detector found anything in.
+    #[inline(never)]
+    fn named_end(&self, buf: &mut [u8], st: &mut ScanState, counts: &mut [u32], hits: &mut Hits) {
+        let (named, n) = (st.named, st.named_len as usize);
+        st.named_len = 0;
+        for v in &named[..n] {
+            if !v.covered {
+                self.named_apply(buf, *v, st, counts, hits);
+            }
         }
     }
 }
@@ -1843,6 +1993,23 @@ struct ScanState {
     /// `hits` was still `hits` (see [`Engine::phone_opener`]): validating it
     /// again from its first digit would change nothing.
     opened: Opened,
+    /// Named values waiting for the end of the scan (see
+    /// [`Engine::named_value`]), the first `named_len`.
+    named: [Named; 4],
+    named_len: u8,
+}
+
+/// A value named by a key a name rule matches: its span (in the cell, then
+/// in the buffer), its region, the characters to keep, the rule, and
+/// whether a detector found a value ending in it.
+#[derive(Clone, Copy, Default)]
+struct Named {
+    ri: u32,
+    start: u32,
+    end: u32,
+    keep: u16,
+    rule: u8,
+    covered: bool,
 }
 
 /// See [`ScanState::opened`].
@@ -1872,6 +2039,32 @@ impl ScanState {
         counts[ri] += 1;
         self.hits += 1;
         self.skip_until = self.skip_until.max(end);
+        self.cover(end);
+    }
+
+    /// A detector found a value ending at `end`: the named values it ends
+    /// in are its (see [`Engine::named_value`]).
+    #[inline(always)]
+    fn cover(&mut self, end: usize) {
+        if self.named_len != 0 {
+            let end = end as u32;
+            for v in &mut self.named[..self.named_len as usize] {
+                v.covered |= v.start < end && end <= v.end;
+            }
+        }
+    }
+
+    /// Keep a named value for the end of the scan; false when there is no
+    /// room left (it is masked at once).
+    #[inline(always)]
+    fn defer(&mut self, v: Named) -> bool {
+        let n = self.named_len as usize;
+        if n == self.named.len() {
+            return false;
+        }
+        self.named[n] = v;
+        self.named_len += 1;
+        true
     }
 
     /// Whether the bytes from `pos` on are unchanged since classification

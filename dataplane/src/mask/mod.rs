@@ -48,6 +48,7 @@ pub mod corpus;
 pub mod detect;
 pub mod engine;
 mod json;
+mod named;
 pub mod profile;
 pub mod rows;
 

@@ -23,6 +23,8 @@
 //!   gitlab_token: true
 //!   huggingface_token: true
 //!   npm_token: true
+//!   url_password: true           # scheme://user:PASSWORD@host
+//!   named_values: true           # the name rules below in text: password=…
 //! custom_literals:
 //!   - name: project_codenames
 //!     values: [BLUEBIRD, NIGHTJAR]
@@ -121,6 +123,14 @@ impl Default for MaskingProfile {
                 mask("*apikey*"),
                 mask("*access_token*"),
                 mask("*refresh_token*"),
+                // (`accessToken`, `auth_token`, `x-auth-token`, `token`;
+                // not `tokens`, `max_tokens`, `token_type`.)
+                mask("*token"),
+                mask("*pwd"),
+                mask("*passphrase*"),
+                mask("*private_key*"),
+                // Azure connection strings' `AccountKey=`.
+                mask("*accountkey*"),
                 ColumnRule {
                     column: None,
                     column_regex: Some("^(ssn|.*_ssn|social_security(_number)?)$".into()),
@@ -184,6 +194,16 @@ pub struct Detectors {
     pub huggingface_token: bool,
     /// `npm_` + 36 or more letters and digits.
     pub npm_token: bool,
+    /// The password of a URL, `scheme://user:password@host` (database
+    /// URLs, DSNs, clone URLs), and a user name alone that looks like a
+    /// token (`https://ghp_…@github.com`).
+    pub url_password: bool,
+    /// The name rules (`columns` with a glob or regex and the `mask` or
+    /// `keep_last` action) also mask the value after a key they match in
+    /// text: `password=hunter2`, `api_key: 9f8e…`, `"db_password": "x"`,
+    /// `AccountKey=…;`, `aws_secret_access_key = …`. Counted under the
+    /// column rule. Not a detector of its own (no rule id).
+    pub named_values: bool,
 }
 
 impl Default for Detectors {
@@ -209,6 +229,8 @@ impl Default for Detectors {
             gitlab_token: true,
             huggingface_token: true,
             npm_token: true,
+            url_password: true,
+            named_values: true,
         }
     }
 }
@@ -246,6 +268,8 @@ impl Detectors {
             gitlab_token: false,
             huggingface_token: false,
             npm_token: false,
+            url_password: false,
+            named_values: false,
         }
     }
 }

@@ -621,6 +621,16 @@ fn be_i32(b: &[u8]) -> i32 {
 /// whether any byte was masked (none when `v` has `keep` characters or
 /// fewer).
 pub(super) fn mask_chars(v: &mut [u8], keep: usize, ch: u8) -> bool {
+    let Some(cut) = masked_part(v, keep) else {
+        return false;
+    };
+    v[..cut].fill(ch);
+    cut > 0
+}
+
+/// The bytes [`mask_chars`] masks: `v[..cut]`, all but the last `keep`
+/// characters; None when `v` has fewer than `keep`.
+pub(super) fn masked_part(v: &[u8], keep: usize) -> Option<usize> {
     let mut cut = v.len();
     let mut kept = 0;
     while kept < keep && cut > 0 {
@@ -629,11 +639,7 @@ pub(super) fn mask_chars(v: &mut [u8], keep: usize, ch: u8) -> bool {
             kept += 1;
         }
     }
-    if kept < keep {
-        return false;
-    }
-    v[..cut].fill(ch);
-    cut > 0
+    (kept == keep).then_some(cut)
 }
 
 /// What the column walk of [`mask_data_row`] found: how many cells to scan

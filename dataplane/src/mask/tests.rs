@@ -331,11 +331,178 @@ fn name_rules_mask_json_members() {
         mask(&Engine::compile(&p).unwrap(), doc).0,
         doc.replace("+1 415 555 2671", "+* *** *** **71")
     );
-    // Not a JSON document: a key-like string in prose stays.
+    // Not a JSON document: the member is a named value in text
+    // (`named_values_in_text`), masked all the same.
     assert_eq!(
         m(r#"log: "password": "hunter2""#),
-        r#"log: "password": "hunter2""#
+        r#"log: "password": "*******""#
     );
+}
+
+/// The name rules mask the value after a key they match in text (env
+/// files, connection strings, logged configs, query strings, CLI flags),
+/// counted under the rule; a detector that finds the value keeps it (its
+/// format, its count); flags and JSON numbers are left; `named_values:
+/// false` turns it off.
+#[test]
+fn named_values_in_text() {
+    let e = engine();
+    let rule = |glob: &str| {
+        (0..e.rule_count() as u8)
+            .map(RuleId)
+            .find(|&r| e.rule_name(r) == format!("column:{glob}"))
+            .unwrap()
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        ("password=hunter2", "password=*******", "*password*"),
+        (
+            "x password: hunter2 y",
+            "x password: ******* y",
+            "*password*",
+        ),
+        (
+            "DB_PASSWORD=Tr0ub4dor&3\n",
+            "DB_PASSWORD=***********\n",
+            "*password*",
+        ),
+        (
+            "Server=tcp:db.example.net;User ID=admin;Password=Pa55word!;",
+            "Server=tcp:db.example.net;User ID=admin;Password=*********;",
+            "*password*",
+        ),
+        (
+            "AccountName=acct;AccountKey=Eby8vdM02xNOcqFl+KBHBeksoGMGw==;EndpointSuffix=core",
+            "AccountName=acct;AccountKey=*******************************;EndpointSuffix=core",
+            "*accountkey*",
+        ),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = ****************************************",
+            "*secret*",
+        ),
+        (
+            "api_key: 9f8e7d6c5b4a3928",
+            "api_key: ****************",
+            "*api_key*",
+        ),
+        (
+            "{'password': 'a b'} ok",
+            "{'password': '***'} ok",
+            "*password*",
+        ),
+        (" {\"token\": \"abc\"}", " {\"token\": \"***\"}", "*token"),
+        (
+            "GET /cb?state=1&access_token=ya29.a0Af&x=1",
+            "GET /cb?state=1&access_token=*********&x=1",
+            "*access_token*",
+        ),
+        (
+            "mysql --user=app --password=s3cr3t db",
+            "mysql --user=app --password=****** db",
+            "*password*",
+        ),
+        ("MYSQL_PWD=letmein", "MYSQL_PWD=*******", "*pwd"),
+        ("ssn: 123456789", "ssn: *****6789", "ssn"),
+        ("'password' => 'x'", "'password' => '*'", "*password*"),
+    ];
+    for &(input, want, glob) in cases {
+        let input = input.replace("\\n", "\n");
+        let want = want.replace("\\n", "\n");
+        let (out, h) = mask(&e, &input);
+        assert_eq!(out, want, "{input:?}");
+        let r = if glob == "ssn" {
+            (0..e.rule_count() as u8)
+                .map(RuleId)
+                .find(|&r| e.rule_name(r).starts_with("column:^(ssn"))
+                .unwrap()
+        } else {
+            rule(glob)
+        };
+        assert_eq!((h.get(r), h.total()), (1, 1), "{input:?}");
+    }
+    // Left alone: flags, a JSON number, comparisons, keys no rule matches,
+    // a timestamp, a URL without a password, an empty value.
+    for s in [
+        "require_password: true",
+        r#"{"password": 1234, "n": 2}"#,
+        "if password == other",
+        "max_tokens: 4096, token_type: Bearer",
+        "status: shipped, total=12.50",
+        "at 10:22:33 password_reset=NULL",
+        "see https://example.com/a?b=c",
+        "password=",
+    ] {
+        assert_eq!(m(s), s, "{s:?}");
+    }
+    // A detector that finds the value keeps it: the prefix stays, counted
+    // as the detector's.
+    let key = "sk-proj-Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789_abcDEFghiJKLmnoPQRstuVWXyz";
+    let (out, h) = mask(&e, &format!("OPENAI_API_KEY={key}"));
+    assert_eq!(
+        out,
+        format!("OPENAI_API_KEY=sk-proj-{}", star(key.len() - 8))
+    );
+    assert_eq!((h.get(Builtin::OpenAiKey), h.total()), (1, 1));
+    let (out, h) = mask(&e, "password=jane.doe@example.com");
+    assert_eq!(out, "password=****.***@*******.com");
+    assert_eq!((h.get(Builtin::Email), h.total()), (1, 1));
+    // Across blocks, and more named values than are kept for the end.
+    let long = format!(
+        "{} password=a1 secret=b2 token=c3 api_key=d4 pwd=e5 passphrase=f6",
+        "w ".repeat(40)
+    );
+    let (out, h) = mask(&e, &long);
+    assert!(
+        out.ends_with("password=** secret=** token=** api_key=** pwd=** passphrase=**"),
+        "{out}"
+    );
+    assert_eq!(h.total(), 6);
+    // Off: the name rules mask columns and JSON members only.
+    let off = MaskingProfile::from_yaml("detectors: { named_values: false }").unwrap();
+    let off = Engine::compile(&off).unwrap();
+    assert_eq!(mask(&off, "password=hunter2").0, "password=hunter2");
+    assert_eq!(mask(&off, r#"{"password": "x"}"#).0, r#"{"password": "*"}"#);
+}
+
+/// The password of a URL (database URLs, DSNs, clone URLs), counted as
+/// `url_password`; the host is not taken for an e-mail's domain.
+#[test]
+fn url_passwords() {
+    let e = engine();
+    for (input, want) in [
+        (
+            "DATABASE_URL=postgres://app:S3cretPass99@db.internal:5432/orders",
+            "DATABASE_URL=postgres://app:************@db.internal:5432/orders",
+        ),
+        (
+            "mysql://root:hunter2@10.0.0.5/db",
+            "mysql://root:*******@10.0.0.5/db",
+        ),
+        (
+            "redis://:authpass123@cache:6379/0 ok",
+            "redis://:***********@cache:6379/0 ok",
+        ),
+        (
+            "git clone https://oauth2:Zx9vQw3rTy@gitlab.example.com/g/p.git",
+            "git clone https://oauth2:**********@gitlab.example.com/g/p.git",
+        ),
+    ] {
+        let (out, h) = mask(&e, input);
+        assert_eq!(out, want, "{input:?}");
+        assert_eq!(
+            (h.get(Builtin::UrlPassword), h.total()),
+            (1, 1),
+            "{input:?}"
+        );
+    }
+    for s in [
+        "https://example.com/a@b.c",
+        "s3://bucket/key",
+        "http://[::1]:8080/",
+    ] {
+        assert_eq!(m(s), s, "{s:?}");
+    }
+    kept_with_detector_off("url_password", "mysql://root:hunter2@10.0.0.5/db");
 }
 
 #[test]
