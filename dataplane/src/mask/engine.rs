@@ -2047,10 +2047,18 @@ impl ScanState {
     #[inline(always)]
     fn cover(&mut self, end: usize) {
         if self.named_len != 0 {
-            let end = end as u32;
-            for v in &mut self.named[..self.named_len as usize] {
-                v.covered |= v.start < end && end <= v.end;
-            }
+            self.cover_named(end);
+        }
+    }
+
+    /// [`ScanState::cover`] when there are named values (out of line: the
+    /// scan inlines `found` at every validator).
+    #[cold]
+    #[inline(never)]
+    fn cover_named(&mut self, end: usize) {
+        let end = end as u32;
+        for v in &mut self.named[..self.named_len as usize] {
+            v.covered |= v.start < end && end <= v.end;
         }
     }
 
