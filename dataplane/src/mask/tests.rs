@@ -1003,8 +1003,90 @@ fn check_masked(e: &Engine, kind: Kind, seed: u64) -> Result<(), TestCaseError> 
     Ok(())
 }
 
+/// A generated named value (a key a default name rule matches, one of the
+/// assignment forms, a random secret) or URL with a password, and the
+/// secret.
+fn named_secret(r: &mut Rng) -> (String, String) {
+    const KEYS: &[&str] = &[
+        "password",
+        "DB_PASSWORD",
+        "spring.datasource.password",
+        "--password",
+        "api_key",
+        "apiKey",
+        "client_secret",
+        "AWS_SECRET_ACCESS_KEY",
+        "AccountKey",
+        "auth_token",
+        "accessToken",
+        "MYSQL_PWD",
+        "passphrase",
+        "private_key",
+    ];
+    const SECRET: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%^*-_+.~";
+    const USERINFO: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$*+";
+    if r.chance(0.2) {
+        let pass = r.alphabet_range(USERINFO, 6, 40);
+        let url = format!(
+            "{}://{}:{pass}@{}{}",
+            r.pick(&[
+                "postgres",
+                "postgresql",
+                "mysql",
+                "redis",
+                "amqps",
+                "mongodb+srv",
+                "https"
+            ]),
+            r.pick(&["app", "root", "svc-billing", ""]),
+            r.pick(&[
+                "db.internal:5432",
+                "10.0.0.5",
+                "cache",
+                "cluster0.ab12c.mongodb.net"
+            ]),
+            r.pick(&["/orders", "", "/0?sslmode=require"])
+        );
+        return (url, pass);
+    }
+    let key = r.pick(KEYS);
+    let v = r.alphabet_range(SECRET, 6, 40);
+    let text = match r.below(6) {
+        0 => format!("{key}={v}"),
+        1 => format!("{key}: {v}"),
+        2 => format!("{key} = {v}"),
+        3 => format!("\"{key}\": \"{v}\""),
+        4 => format!("'{key}' => '{v}'"),
+        _ => format!("{key}='{v}'"),
+    };
+    (text, v)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every generated named value and URL password, in random
+    /// surroundings, is masked by the default profile.
+    #[test]
+    fn every_generated_named_secret_is_masked(seed in any::<u64>()) {
+        let mut r = Rng::new(seed);
+        let (text, secret) = named_secret(&mut r);
+        let (cell, _) = corpus::surround(&mut r, &text, 150);
+        let (out, h) = mask(&engine(), &cell);
+        prop_assert_eq!(out.len(), cell.len());
+        // (The secret's bytes, at its place: no longer there.)
+        let at = cell.find(&text).unwrap() + text.find(&secret).unwrap();
+        prop_assert!(
+            out[at..at + secret.len()] != secret[..],
+            "{:?} not masked: {:?} -> {:?}",
+            secret,
+            cell,
+            out
+        );
+        prop_assert!(h.total() >= 1);
+    }
 
     #[test]
     fn every_generated_value_is_masked(seed in any::<u64>(), k in 0..Kind::DEFAULT_ON.len()) {
