@@ -1879,13 +1879,21 @@ impl Engine {
                 }
             }
             b'=' | b':' => {
-                if let Some(v) = self.named_value(cell, p) {
+                // (Not inside a named value already found: a value holding
+                // `=` is walked once, not once per `=`.)
+                let v = if pos >= st.named_until {
+                    self.named_value(cell, p)
+                } else {
+                    None
+                };
+                if let Some(v) = v {
                     let v = Named {
                         ri: ri as u32,
                         start: s as u32 + v.start,
                         end: s as u32 + v.end,
                         ..v
                     };
+                    st.named_until = v.end as usize;
                     if !st.defer(v) {
                         self.named_apply(buf, v, st, counts, hits);
                     }
@@ -1917,12 +1925,17 @@ impl Engine {
         if !self.named || p == 0 || !super::named::may_follow_key(cell[p - 1]) {
             return None;
         }
-        let a = super::named::assignment(cell, p)?;
-        let key = &cell[a.key.0..a.key.1];
-        if !self.name_any.as_ref()?.is_match(key) {
-            return None;
-        }
-        let (rule, action) = self.column_rule_by_name(key)?;
+        let mut found = None;
+        let a = super::named::assignment(cell, p, |key| {
+            found = self
+                .name_any
+                .as_ref()
+                .is_some_and(|any| any.is_match(key))
+                .then(|| self.column_rule_by_name(key))
+                .flatten();
+            found.is_some()
+        })?;
+        let (rule, action) = found?;
         let keep = match action {
             ColumnAction::Mask => 0,
             ColumnAction::KeepLast(k) if !a.escaped => k,
@@ -1997,6 +2010,9 @@ struct ScanState {
     /// [`Engine::named_value`]), the first `named_len`.
     named: [Named; 4],
     named_len: u8,
+    /// The end of the last named value found: `=` and `:` before it are
+    /// inside it.
+    named_until: usize,
 }
 
 /// A value named by a key a name rule matches: its span (in the cell, then

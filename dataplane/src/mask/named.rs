@@ -21,6 +21,10 @@ fn is_blank(b: u8) -> bool {
 /// Longest key looked at (longer runs of key bytes are no key).
 const MAX_KEY: usize = 64;
 
+/// Longest value looked at: a longer one is masked up to here (so a value
+/// without an end costs a bounded walk, whatever the cell's length).
+pub(crate) const MAX_VALUE: usize = 4096;
+
 /// The byte before the separator of a `key=value` or `key: value` may end
 /// a key: a letter, a quote, a space or a tab. (The classifier's
 /// neighbour test rules out digits and glue bytes before the scalar code
@@ -61,7 +65,14 @@ pub(crate) struct Assignment {
 /// key and a `:` (JSON, a Python dict) only a quoted value counts: an
 /// unquoted one is a number or a literal, and masking it would break the
 /// document.
-pub(crate) fn assignment(buf: &[u8], p: usize) -> Option<Assignment> {
+///
+/// `key_ok` decides on the key before the value is looked at (the name
+/// rules: most keys are no secret's, and their values are not walked).
+pub(crate) fn assignment(
+    buf: &[u8],
+    p: usize,
+    key_ok: impl FnOnce(&[u8]) -> bool,
+) -> Option<Assignment> {
     let n = buf.len();
     let sep = *buf.get(p)?;
     let next = buf.get(p + 1).copied();
@@ -102,24 +113,28 @@ pub(crate) fn assignment(buf: &[u8], p: usize) -> Option<Assignment> {
             return None;
         }
     }
+    if !key_ok(&buf[ks..ke]) {
+        return None;
+    }
     // The value.
     let mut v = vs;
-    while v < n && is_blank(buf[v]) {
+    while v < n && is_blank(buf[v]) && v - vs < 8 {
         v += 1;
     }
     let first = *buf.get(v)?;
     let (value, escaped, end) = if first == b'"' || first == b'\'' {
         let s = v + 1;
+        let lim = n.min(s + MAX_VALUE);
         let mut i = s;
         let mut escaped = false;
-        while i < n && buf[i] != first && buf[i] != b'\n' {
+        while i < lim && buf[i] != first && buf[i] != b'\n' {
             if buf[i] == b'\\' && first == b'"' {
                 escaped = true;
                 i += 1;
             }
             i += 1;
         }
-        let e = i.min(n);
+        let e = i.min(lim);
         let end = if e < n && buf[e] == first { e + 1 } else { e };
         ((s, e), escaped, end)
     } else {
@@ -132,8 +147,9 @@ pub(crate) fn assignment(buf: &[u8], p: usize) -> Option<Assignment> {
         // (`&` ends a value in a query string only: `?a=1&token=x&b=2`,
         // not `DB_PASSWORD=Tr0ub4dor&3`.)
         let query = ks > 0 && matches!(buf[ks - 1], b'?' | b'&');
+        let lim = n.min(v + MAX_VALUE);
         let mut e = v;
-        while e < n
+        while e < lim
             && !matches!(
                 buf[e],
                 b' ' | b'\t' | b'\r' | b'\n' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\''
@@ -245,8 +261,9 @@ pub(crate) fn url_password(buf: &mut [u8], p: usize, ch: u8) -> Option<usize> {
         return None;
     }
     buf[from..to].fill(ch);
+    let lim = buf.len().min(at + 1 + 256);
     let mut e = at + 1;
-    while e < buf.len() && is_host(buf[e]) {
+    while e < lim && is_host(buf[e]) {
         e += 1;
     }
     Some(e)
@@ -258,7 +275,7 @@ mod tests {
 
     fn kv(s: &str, sep: usize) -> Option<(String, String)> {
         let b = s.as_bytes();
-        assignment(b, sep).map(|a| {
+        assignment(b, sep, |_| true).map(|a| {
             (
                 s[a.key.0..a.key.1].to_string(),
                 s[a.value.0..a.value.1].to_string(),
@@ -329,6 +346,18 @@ mod tests {
         assert_eq!(at(&long, "="), None);
         let just = format!("{}=x", "a".repeat(64));
         assert!(at(&just, "=").is_some());
+        // A key refused before its value is looked at.
+        assert_eq!(assignment(b"user=bob", 4, |k| k == b"password"), None);
+    }
+
+    #[test]
+    fn values_are_bounded() {
+        let long = format!("password={}", "x".repeat(3 * MAX_VALUE));
+        let a = assignment(long.as_bytes(), 8, |_| true).unwrap();
+        assert_eq!(a.value, (9, 9 + MAX_VALUE));
+        let quoted = format!("password='{}", "x".repeat(3 * MAX_VALUE));
+        let a = assignment(quoted.as_bytes(), 8, |_| true).unwrap();
+        assert_eq!(a.value, (10, 10 + MAX_VALUE));
     }
 
     fn url(s: &str) -> (String, Option<usize>) {

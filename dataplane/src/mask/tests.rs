@@ -457,6 +457,18 @@ fn named_values_in_text() {
         "{out}"
     );
     assert_eq!(h.total(), 6);
+    // A value with no end is masked up to 4 KiB; a cell of many `=`
+    // inside one named value is walked once.
+    let long = format!("password={} tail", "a=".repeat(4000));
+    let (out, h) = mask(&e, &long);
+    assert_eq!(&out[..9], "password=");
+    assert!(
+        out[9..9 + 4096].bytes().all(|b| b == b'*'),
+        "{}",
+        &out[..80]
+    );
+    assert_eq!(&out[9 + 4096..], &long[9 + 4096..]);
+    assert_eq!(h.total(), 1);
     // Off: the name rules mask columns and JSON members only.
     let off = MaskingProfile::from_yaml("detectors: { named_values: false }").unwrap();
     let off = Engine::compile(&off).unwrap();
