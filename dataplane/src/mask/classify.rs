@@ -38,7 +38,7 @@ const CLASS_DOT: u8 = 16;
 /// `A`–`O` (0x41–0x4f) and `P`–`Z` (0x50–0x5a): two rectangles.
 const CLASS_UPPER_4: u8 = 32;
 const CLASS_UPPER_5: u8 = 64;
-/// The `kv` anchors of a classifier (see [`Tables::kv`]): bytes of row 3
+/// The `kv` anchors of a classifier (see [`Tables::cls_lo`]): bytes of row 3
 /// of the ASCII table (`:` and `=`), marked per classifier in its copy of
 /// [`CLS_LO`] (the scalar table and the SSSE3 kernel leave it out).
 const CLASS_KV: u8 = 128;
@@ -132,7 +132,7 @@ pub(crate) struct BlockMasks {
     pub upper: u64,
     pub anchor: u64,
     /// Letter anchors the byte next to them rules out, and the `kv`
-    /// anchors (see [`Tables::kv`]) after a digit or a glue byte but a
+    /// anchors (see [`Tables::cls_lo`]) after a digit or a glue byte but a
     /// space (a subset of [`letter_reject_scalar`]'s bits; the AVX-512 and
     /// AVX2 kernels fill it, the others leave it 0, which rules out
     /// nothing). The engine skips them: `may_anchor` (and, for `kv`, the
@@ -312,13 +312,10 @@ impl Kernel {
 pub(crate) struct Tables {
     /// Per low nibble, a bit per high nibble (0–7) whose byte is an anchor.
     pub anchor: [u8; 16],
-    /// The same for the anchors that a digit or a glue byte other than a
-    /// space right before rules out (the `=` and `:` of `key=value`, see
-    /// [`BlockMasks::reject`]; the kernels read [`Tables::cls_lo`], the
-    /// tests' reference this).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub kv: [u8; 16],
-    /// [`CLS_LO`] with [`CLASS_KV`] at the low nibbles of the `kv` bytes.
+    /// [`CLS_LO`] with [`CLASS_KV`] at the low nibbles of the `kv`
+    /// anchors: those a digit or a glue byte other than a space right
+    /// before rules out (the `=` and `:` of `key=value`, see
+    /// [`BlockMasks::reject`]).
     pub cls_lo: [u8; 16],
 }
 
@@ -350,12 +347,10 @@ impl Classifier {
             anchor_lo[(a & 15) as usize] |= 1 << (a >> 4);
             table[a as usize] |= 128;
         }
-        let mut kv_lo = [0u8; 16];
         let mut cls_lo = CLS_LO;
         for &a in kv {
             assert!(anchors.contains(&a), "kv bytes must be anchors");
             assert!(a >> 4 == 3, "kv bytes must be in row 3 (CLASS_KV)");
-            kv_lo[(a & 15) as usize] |= 1 << (a >> 4);
             cls_lo[(a & 15) as usize] |= CLASS_KV;
         }
         for b in 0..=255u8 {
@@ -366,7 +361,6 @@ impl Classifier {
             kernel,
             tables: Tables {
                 anchor: anchor_lo,
-                kv: kv_lo,
                 cls_lo,
             },
             table,
@@ -565,7 +559,7 @@ const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmt");
 /// one of `( ) + - .`. Bytes whose neighbour is in another block are never
 /// ruled out by it.
 #[cfg(test)]
-fn letter_reject_scalar(block: &[u8; BLOCK], kv: &[u8; 16]) -> u64 {
+fn letter_reject_scalar(block: &[u8; BLOCK], cls_lo: &[u8; 16]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
     let mut r = 0u64;
     for i in 0..BLOCK {
@@ -574,7 +568,8 @@ fn letter_reject_scalar(block: &[u8; BLOCK], kv: &[u8; 16]) -> u64 {
         let after2 = i + 2 < BLOCK && has(&AFTER_LETTERS, b) && !has(&AFTER2_OK, block[i + 2]);
         let before = i > 0 && has(&BEFORE_LETTERS, b) && !has(&BEFORE_OK, block[i - 1]);
         let kv_after = i > 0
-            && has(kv, b)
+            && b >> 4 == 3
+            && cls_lo[(b & 15) as usize] & CLASS_KV != 0
             && (block[i - 1].is_ascii_digit() || is_glue(block[i - 1]) && block[i - 1] != b' ');
         r |= ((after || after2 || before || kv_after) as u64) << i;
     }
@@ -1135,7 +1130,7 @@ mod tests {
     /// zero byte past its end) rules them out, as `letter_reject_scalar`
     /// says for a block. (A kernel may rule out fewer: at block edges, or
     /// none at all.)
-    fn strip(m: BlockMasks, data: &[u8], at: usize, kv: &[u8; 16]) -> BlockMasks {
+    fn strip(m: BlockMasks, data: &[u8], at: usize, cls_lo: &[u8; 16]) -> BlockMasks {
         let mut ok = 0u64;
         for i in 0..BLOCK.min(data.len().saturating_sub(at)) {
             let j = at + i;
@@ -1152,7 +1147,7 @@ mod tests {
             if j + 2 < data.len() {
                 w[3] = data[j + 2];
             }
-            let r = letter_reject_scalar(&w, kv) >> 1 & 1;
+            let r = letter_reject_scalar(&w, cls_lo) >> 1 & 1;
             // (Byte 0 of a block has no byte before it in the block.)
             ok |= r << i;
         }
@@ -1167,19 +1162,20 @@ mod tests {
     }
 
     /// `strip` of each block of a chunk of `data`.
-    fn strip_all(ms: &[BlockMasks], data: &[u8], kv: &[u8; 16]) -> Vec<BlockMasks> {
+    fn strip_all(ms: &[BlockMasks], data: &[u8], cls_lo: &[u8; 16]) -> Vec<BlockMasks> {
         ms.iter()
             .enumerate()
-            .map(|(k, &m)| strip(m, data, k * BLOCK, kv))
+            .map(|(k, &m)| strip(m, data, k * BLOCK, cls_lo))
             .collect()
     }
 
     #[test]
     fn letter_reject_finds_what_may_anchor_rejects() {
+        let kv = Classifier::with_kv(b"=:", b"=:", Kernel::Scalar);
         let b = |s: &[u8]| {
             let mut pad = [0u8; BLOCK];
             pad[..s.len()].copy_from_slice(s);
-            letter_reject_scalar(&pad, &nibble_set(b"=:"))
+            letter_reject_scalar(&pad, &kv.tables.cls_lo)
         };
         // (The second `x` is followed by a zero byte.)
         assert_eq!(b(b"xx"), 0b11);
@@ -1237,19 +1233,19 @@ mod tests {
                 let mut got = [BlockMasks::default()];
                 c.blocks::<0>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0, &c.tables.kv),
+                    strip(got[0], &block, 0, &c.tables.cls_lo),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
                 c.blocks::<1>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0, &c.tables.kv),
+                    strip(got[0], &block, 0, &c.tables.cls_lo),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
                 c.blocks::<2>(&[block], &mut got, 0);
                 assert_eq!(
-                    strip(got[0], &block, 0, &c.tables.kv),
+                    strip(got[0], &block, 0, &c.tables.cls_lo),
                     s.block_scalar(&block),
                     "{k:?} at {start}"
                 );
@@ -1325,11 +1321,11 @@ mod tests {
                     };
                     prop_assert_eq!(ng, nw);
                     // (The last block: the tail of `data`, padded.)
-                    let got = strip_all(&got[..ng], &data, &c.tables.kv);
+                    let got = strip_all(&got[..ng], &data, &c.tables.cls_lo);
                     prop_assert_eq!(&got[..], &want[..nw], "{:?} F={}", k, f);
                 }
                 if data.len() <= BLOCK {
-                    let one = strip(c.classify_one::<2>(&data), &data, 0, &c.tables.kv);
+                    let one = strip(c.classify_one::<2>(&data), &data, 0, &c.tables.cls_lo);
                     prop_assert_eq!(one, reference.classify_one::<0>(&data), "{:?} one", k);
                 }
             }

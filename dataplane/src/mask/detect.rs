@@ -329,7 +329,7 @@ const fn structural(b: u8) -> bool {
 
 /// Length of the run of bytes from `p` satisfying `pred`, at most `max`.
 #[inline]
-fn run(buf: &[u8], p: usize, max: usize, pred: impl Fn(u8) -> bool) -> usize {
+pub(crate) fn run(buf: &[u8], p: usize, max: usize, pred: impl Fn(u8) -> bool) -> usize {
     let end = buf.len().min(p.saturating_add(max));
     buf[p.min(end)..end]
         .iter()

@@ -325,6 +325,13 @@ fn process_hash_key() -> &'static [u8; 32] {
     })
 }
 
+/// Whether a column rule's action rewrites in place, keeping the length
+/// (`mask`, `keep_last`): the actions name rules also apply inside JSON
+/// values and to named values in text.
+fn keeps_length(a: ColumnAction) -> bool {
+    matches!(a, ColumnAction::Mask | ColumnAction::KeepLast(_))
+}
+
 /// Turn a glob (`*`, `?`) into an anchored, ASCII case-insensitive regex.
 fn glob_regex(glob: &str) -> String {
     let mut re = String::from("(?i)^");
@@ -404,19 +411,13 @@ impl Engine {
         add(is(Builtin::BearerToken), b"b");
         add(is(Builtin::Ipv6), b":");
         add(is(Builtin::Phone), b"+(");
-        // Named values: the name rules with the `mask` or `keep_last`
-        // action (the `columns` below), when `named_values` is on.
-        let name_rules: Vec<String> = p
-            .columns
-            .iter()
-            .filter(|c| matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_)))
-            .filter_map(|c| match (&c.column, &c.column_regex) {
-                (Some(g), _) => Some(glob_regex(g)),
-                (_, Some(r)) => Some(r.clone()),
-                _ => None,
-            })
-            .collect();
-        let named = enabled && d.named_values && !name_rules.is_empty();
+        // Name rules (a column rule by name that keeps the length) apply to
+        // JSON members, and with `named_values` to named values in text.
+        let json_keys = enabled
+            && p.columns.iter().any(|c| {
+                (c.column.is_some() || c.column_regex.is_some()) && keeps_length(c.action)
+            });
+        let named = json_keys && d.named_values;
         add(named, b"=:");
         add(is(Builtin::UrlPassword), b":");
         // (`=` and `:` after a digit are no key's, nor a URL's scheme's:
@@ -556,16 +557,15 @@ impl Engine {
             iban_bits: if is(Builtin::Iban) { u64::MAX } else { 0 },
             any_builtin,
             custom: !literals.is_empty() || !regexes.is_empty(),
-            json_keys: enabled
-                && columns.iter().any(|c| {
-                    c.name.is_some()
-                        && matches!(c.action, ColumnAction::Mask | ColumnAction::KeepLast(_))
-                }),
+            json_keys,
             named,
             name_any: if named {
-                let any = name_rules
+                // (The compiled name patterns, as one alternation.)
+                let any = columns
                     .iter()
-                    .map(|r| format!("(?:{r})"))
+                    .filter(|c| keeps_length(c.action))
+                    .filter_map(|c| c.name.as_ref())
+                    .map(|r| format!("(?:{})", r.as_str()))
                     .collect::<Vec<_>>()
                     .join("|");
                 Some(
@@ -1882,17 +1882,11 @@ impl Engine {
                 // (Not inside a named value already found: a value holding
                 // `=` is walked once, not once per `=`.)
                 let v = if pos >= st.named_until {
-                    self.named_value(cell, p)
+                    self.named_value(cell, p, s, ri)
                 } else {
                     None
                 };
                 if let Some(v) = v {
-                    let v = Named {
-                        ri: ri as u32,
-                        start: s as u32 + v.start,
-                        end: s as u32 + v.end,
-                        ..v
-                    };
                     st.named_until = v.end as usize;
                     if !st.defer(v) {
                         self.named_apply(buf, v, st, counts, hits);
@@ -1914,14 +1908,15 @@ impl Engine {
         }
     }
 
-    /// The value named by the key before the `=` or `:` at `p` (see
-    /// `super::named`) when a name rule with the `mask` or `keep_last`
-    /// action matches the key: its span in `cell` and what to keep, to be
+    /// The value named by the key before the `=` or `:` at `p` of `cell`
+    /// (region `ri`, from buffer offset `s`; see `super::named`) when a
+    /// name rule with the `mask` or `keep_last` action matches the key:
+    /// its span in the buffer and what to keep, to be
     /// masked at the end of the scan ([`Engine::named_end`]) unless a
     /// detector finds something in it first (`OPENAI_API_KEY=sk-proj-…`
     /// stays the detector's, with its prefix kept and its own count).
     #[inline(never)]
-    fn named_value(&self, cell: &[u8], p: usize) -> Option<Named> {
+    fn named_value(&self, cell: &[u8], p: usize, s: usize, ri: usize) -> Option<Named> {
         if !self.named || p == 0 || !super::named::may_follow_key(cell[p - 1]) {
             return None;
         }
@@ -1943,9 +1938,9 @@ impl Engine {
             ColumnAction::Hash | ColumnAction::Null => return None,
         };
         Some(Named {
-            ri: 0,
-            start: a.value.0 as u32,
-            end: a.value.1 as u32,
+            ri: ri as u32,
+            start: (s + a.value.0) as u32,
+            end: (s + a.value.1) as u32,
             keep,
             rule: rule.0,
             covered: false,
@@ -2015,9 +2010,9 @@ struct ScanState {
     named_until: usize,
 }
 
-/// A value named by a key a name rule matches: its span (in the cell, then
-/// in the buffer), its region, the characters to keep, the rule, and
-/// whether a detector found a value ending in it.
+/// A value named by a key a name rule matches: its span in the buffer, its
+/// region, the characters to keep, the rule, and whether a detector found a
+/// value ending in it.
 #[derive(Clone, Copy, Default)]
 struct Named {
     ri: u32,

@@ -8,6 +8,8 @@
 //! the profile's name rules whether a key names a secret and rewrites the
 //! value (see `Engine::named_value`).
 
+use super::detect::run;
+
 /// Bytes of a key: `db_password`, `spring.datasource.password`,
 /// `--password`, `AWS_SECRET_ACCESS_KEY`.
 fn is_key(b: u8) -> bool {
@@ -23,7 +25,7 @@ const MAX_KEY: usize = 64;
 
 /// Longest value looked at: a longer one is masked up to here (so a value
 /// without an end costs a bounded walk, whatever the cell's length).
-pub(crate) const MAX_VALUE: usize = 4096;
+const MAX_VALUE: usize = 4096;
 
 /// The byte before the separator of a `key=value` or `key: value` may end
 /// a key: a letter, a quote, a space or a tab. (The classifier's
@@ -44,8 +46,6 @@ pub(crate) struct Assignment {
     /// The value holds a backslash escape (a quoted one): `keep_last` keeps
     /// nothing, as in JSON (its last characters could be half an escape).
     pub escaped: bool,
-    /// The end of the assignment (after a closing quote).
-    pub end: usize,
 }
 
 /// The assignment whose separator is at `p` in `buf` (`=`, `:`, or the
@@ -122,7 +122,7 @@ pub(crate) fn assignment(
         v += 1;
     }
     let first = *buf.get(v)?;
-    let (value, escaped, end) = if first == b'"' || first == b'\'' {
+    let (value, escaped) = if first == b'"' || first == b'\'' {
         let s = v + 1;
         let lim = n.min(s + MAX_VALUE);
         let mut i = s;
@@ -134,9 +134,7 @@ pub(crate) fn assignment(
             }
             i += 1;
         }
-        let e = i.min(lim);
-        let end = if e < n && buf[e] == first { e + 1 } else { e };
-        ((s, e), escaped, end)
+        ((s, i.min(lim)), escaped)
     } else {
         if quote.is_some() && sep == b':' {
             return None;
@@ -147,21 +145,17 @@ pub(crate) fn assignment(
         // (`&` ends a value in a query string only: `?a=1&token=x&b=2`,
         // not `DB_PASSWORD=Tr0ub4dor&3`.)
         let query = ks > 0 && matches!(buf[ks - 1], b'?' | b'&');
-        let lim = n.min(v + MAX_VALUE);
-        let mut e = v;
-        while e < lim
-            && !matches!(
-                buf[e],
+        let e = v + run(buf, v, MAX_VALUE, |b| {
+            let end = matches!(
+                b,
                 b' ' | b'\t' | b'\r' | b'\n' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\''
-            )
-            && !(query && buf[e] == b'&')
-        {
-            e += 1;
-        }
+            );
+            !(end || query && b == b'&')
+        });
         if is_flag(&buf[v..e]) {
             return None;
         }
-        ((v, e), false, e)
+        ((v, e), false)
     };
     if value.0 == value.1 {
         return None;
@@ -170,7 +164,6 @@ pub(crate) fn assignment(
         key: (ks, ke),
         value,
         escaped,
-        end,
     })
 }
 
@@ -213,7 +206,7 @@ fn is_host(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'[' | b']' | b':')
 }
 
-/// Longest user information looked at.
+/// Longest user information, and host, looked at.
 const MAX_USERINFO: usize = 256;
 
 /// The credential in the URL whose `://` starts at `p` in `buf`
@@ -236,11 +229,7 @@ pub(crate) fn url_password(buf: &mut [u8], p: usize, ch: u8) -> Option<usize> {
         return None;
     }
     let u = p + 3;
-    let lim = buf.len().min(u + MAX_USERINFO);
-    let mut at = u;
-    while at < lim && is_userinfo(buf[at]) {
-        at += 1;
-    }
+    let at = u + run(buf, u, MAX_USERINFO, is_userinfo);
     if at >= buf.len() || buf[at] != b'@' || at == u {
         return None;
     }
@@ -261,12 +250,7 @@ pub(crate) fn url_password(buf: &mut [u8], p: usize, ch: u8) -> Option<usize> {
         return None;
     }
     buf[from..to].fill(ch);
-    let lim = buf.len().min(at + 1 + 256);
-    let mut e = at + 1;
-    while e < lim && is_host(buf[e]) {
-        e += 1;
-    }
-    Some(e)
+    Some(at + 1 + run(buf, at + 1, MAX_USERINFO, is_host))
 }
 
 #[cfg(test)]
