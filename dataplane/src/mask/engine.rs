@@ -847,7 +847,7 @@ impl Engine {
         counts: &mut [u32],
         hits: &mut Hits,
     ) -> u32 {
-        self.scan_regions_impl::<0>(buf, regions, counts, hits)
+        self.scan_regions_impl::<1>(buf, regions, counts, hits)
     }
 
     /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined),
