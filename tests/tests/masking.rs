@@ -58,6 +58,9 @@ fn secrets() -> Vec<Secret> {
     let gitlab_body = "xYz12AbC34dEf56GhI78";
     let hf_body = "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGhIj"; // 34
     let npm_body = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"; // 36
+    let sendgrid_id = "AbCdEfGhIjKlMnOpQrStUv"; // 22
+    let sendgrid_secret = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdE"; // 43
+    let do_body = "0123456789abcdef".repeat(4); // 64
     let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9\
                .eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0\
                .dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
@@ -175,6 +178,21 @@ fn secrets() -> Vec<Secret> {
             format!("np{}_{npm_body}", "m"),
             format!("npm_{}", stars(npm_body.len())),
             "npm_token",
+        ),
+        v(
+            "SendGrid key",
+            format!("S{}.{sendgrid_id}.{sendgrid_secret}", "G"),
+            format!(
+                "SG.{}",
+                stars(sendgrid_id.len() + 1 + sendgrid_secret.len())
+            ),
+            "sendgrid_api_key",
+        ),
+        v(
+            "DigitalOcean token",
+            format!("do{}_v1_{do_body}", "p"),
+            format!("dop_v1_{}", stars(do_body.len())),
+            "digitalocean_token",
         ),
         s(
             "database URL password",

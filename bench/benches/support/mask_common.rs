@@ -23,6 +23,7 @@ const PATTERNS: &[&str] = &[
     r"(?-u)\bsk-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{40,}|ant-[A-Za-z0-9_-]{32,}|[A-Za-z0-9]{32,})",
     r"(?-u)\bgl(?:pat|dt|ptt|rt|cbt|ft|imt|agent|soat|oas)-[A-Za-z0-9_.-]{20,}",
     r"(?-u)\b(?:hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36,})",
+    r"(?-u)\b(?:shp(?:at|ss)_[0-9a-fA-F]{32}\b|do[por]_v1_[0-9a-fA-F]{64}\b|glc_[A-Za-z0-9+/]{32,}=*|PMAK-[0-9a-fA-F]{24}-[0-9a-fA-F]{34}\b|NRAK-[A-Z0-9]{27}\b|AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})",
 ];
 
 pub struct RegexMasker {

@@ -544,18 +544,24 @@ const AFTER_OK: [u8; 16] = nibble_set(b"oaeE4");
 /// `15% off`, are followed by no `4`).
 const AFTER2_OK: [u8; 16] = nibble_set(b"xpaAGs0");
 /// Anchors checked against the byte before them (`J` of `eyJ`, `z` of
-/// `AIza`, `_` of the GitHub, Stripe (`whsec_` among them), Hugging Face
-/// and npm prefixes, `-` of `sk-` and the GitLab prefixes, `/` of a Slack
-/// webhook's `…/services/`), and the bytes that may precede them.
-const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_/-");
-const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmt");
+/// `AIza`, `_` of the GitHub, Stripe (`whsec_` among them), Hugging Face,
+/// npm, Shopify, DigitalOcean and Grafana prefixes, `-` of `sk-`, the
+/// GitLab prefixes, `PMAK-`, `NRAK-` and `…-KEY-1`, `G` of `SG.`, `/` of a
+/// Slack webhook's `…/services/`), and the bytes that may precede them.
+/// (Only capitals added for those after GitLab's: a lower-case letter
+/// before `-`, `_`, `J`, `z` or `/` is common in prose and identifiers
+/// (`data-driven`, `media_id`, `plaza`), and every one lets its block
+/// through to the validators.)
+const BEFORE_LETTERS: [u8; 16] = nibble_set(b"Jz_/-G");
+const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmtKYS");
 
 /// Letter anchors in `block` that the bytes next to them rule out (see
 /// `may_anchor` in the engine, which checks the same neighbours exactly,
 /// and more; the validators check the byte after those too): an `x`, `B`,
 /// `b` or `%` not followed by one of `o a e E 4`, or whose byte after next
-/// is none of `x p a A G s 0`, a `J`, `z`, `_`, `/` or `-` not preceded by
-/// one of `y I p o u s r b k c f m t`, and a `kv` byte after a digit or
+/// is none of `x p a A G s 0`, a `J`, `z`, `_`, `/`, `-` or `G` not
+/// preceded by one of `y I p o u s r b k c f m t K Y S`, and a `kv`
+/// byte after a digit or
 /// one of `( ) + - .`. Bytes whose neighbour is in another block are never
 /// ruled out by it.
 #[cfg(test)]
@@ -1123,7 +1129,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ANCHORS: &[u8] = b"@JKSz_xBb:-%";
+    const ANCHORS: &[u8] = b"@JKSz_xBb:-%G";
 
     /// The masks of the block at `data[at..]` without `reject`, after
     /// checking its bits: letter anchors whose neighbour in `data` (or a
@@ -1184,9 +1190,14 @@ mod tests {
         // (The `-` after an `x` is ruled out too.)
         assert_eq!(b(b"xox-"), 0b1100);
         assert_eq!(b(b"sk- glpat- e- 2-"), 1 << 12 | 1 << 15);
+        assert_eq!(
+            b(b"SG. Go xG PMAK- KEY- shpat_ a_ data-"),
+            1 << 4 | 1 << 7 | 1 << 8 | 1 << 29 | 1 << 35
+        );
         assert_eq!(b(b"%40 %4 %20 5%"), 1 << 4 | 1 << 7 | 1 << 12);
         assert_eq!(b(b"Be be bE"), 0b1001001);
-        assert_eq!(b(b"Bearer bearer BEGIN xapp"), 0);
+        // (The `G` of `BEGIN` is ruled out as `SG.`'s.)
+        assert_eq!(b(b"Bearer bearer BEGIN xapp"), 1 << 16);
         assert_eq!(b(b"Bx ab"), 0b10011);
         assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
         assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block

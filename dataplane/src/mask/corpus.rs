@@ -64,6 +64,7 @@ const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const UPPER_DIGIT: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const HEX: &[u8] = b"0123456789abcdef";
 
 const FIRST: &[&str] = &[
     "Maria",
@@ -197,6 +198,13 @@ pub enum Kind {
     GitlabToken,
     HuggingfaceToken,
     NpmToken,
+    ShopifyToken,
+    DigitaloceanToken,
+    GrafanaToken,
+    PostmanApiKey,
+    NewrelicApiKey,
+    AgeSecretKey,
+    SendgridApiKey,
     Ipv4,
     Ipv6,
 }
@@ -222,6 +230,13 @@ impl Kind {
         Kind::GitlabToken,
         Kind::HuggingfaceToken,
         Kind::NpmToken,
+        Kind::ShopifyToken,
+        Kind::DigitaloceanToken,
+        Kind::GrafanaToken,
+        Kind::PostmanApiKey,
+        Kind::NewrelicApiKey,
+        Kind::AgeSecretKey,
+        Kind::SendgridApiKey,
     ];
     pub const ALL: &'static [Kind] = &[
         Kind::Card,
@@ -242,6 +257,13 @@ impl Kind {
         Kind::GitlabToken,
         Kind::HuggingfaceToken,
         Kind::NpmToken,
+        Kind::ShopifyToken,
+        Kind::DigitaloceanToken,
+        Kind::GrafanaToken,
+        Kind::PostmanApiKey,
+        Kind::NewrelicApiKey,
+        Kind::AgeSecretKey,
+        Kind::SendgridApiKey,
         Kind::Ipv4,
         Kind::Ipv6,
     ];
@@ -344,6 +366,36 @@ pub fn sensitive(kind: Kind, r: &mut Rng) -> String {
         ),
         Kind::HuggingfaceToken => format!("hf_{}", r.from_alphabet(ALNUM, 34)),
         Kind::NpmToken => format!("npm_{}", r.from_alphabet(ALNUM, 36)),
+        Kind::ShopifyToken => format!(
+            "{}{}",
+            r.pick(&["shpat_", "shpss_"]),
+            r.from_alphabet(HEX, 32)
+        ),
+        Kind::DigitaloceanToken => format!(
+            "{}_v1_{}",
+            r.pick(&["dop", "doo", "dor"]),
+            r.from_alphabet(HEX, 64)
+        ),
+        Kind::GrafanaToken => format!(
+            "glc_{}{}",
+            r.alphabet_range(B64, 32, 160),
+            r.pick(&["", "=", "=="])
+        ),
+        Kind::PostmanApiKey => format!(
+            "PMAK-{}-{}",
+            r.from_alphabet(HEX, 24),
+            r.from_alphabet(HEX, 34)
+        ),
+        Kind::NewrelicApiKey => format!("NRAK-{}", r.from_alphabet(UPPER_DIGIT, 27)),
+        Kind::AgeSecretKey => format!(
+            "AGE-SECRET-KEY-1{}",
+            r.from_alphabet(b"QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L", 58)
+        ),
+        Kind::SendgridApiKey => format!(
+            "SG.{}.{}",
+            r.from_alphabet(B64URL, 22),
+            r.from_alphabet(B64URL, 43)
+        ),
         Kind::Ipv4 => format!(
             "{}.{}.{}.{}",
             r.range(1, 255),
@@ -853,6 +905,13 @@ const FRAGMENTS: &[&str] = &[
     "gl",
     "hf_",
     "npm_",
+    "shpat_",
+    "dop_v1_",
+    "glc_",
+    "PMAK-",
+    "NRAK-",
+    "AGE-SECRET-KEY-1",
+    "SG.",
     "Bearer ",
     "bearer  ",
     "-----BEGIN ",
@@ -919,6 +978,13 @@ pub fn touching_text(r: &mut Rng, max: usize) -> String {
                     &Kind::GitlabToken,
                     &Kind::HuggingfaceToken,
                     &Kind::NpmToken,
+                    &Kind::ShopifyToken,
+                    &Kind::DigitaloceanToken,
+                    &Kind::GrafanaToken,
+                    &Kind::PostmanApiKey,
+                    &Kind::NewrelicApiKey,
+                    &Kind::AgeSecretKey,
+                    &Kind::SendgridApiKey,
                     &Kind::Ipv4,
                     &Kind::Ipv6,
                 ]);

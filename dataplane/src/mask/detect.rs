@@ -1625,7 +1625,9 @@ pub(crate) fn google(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
 /// Tokens whose prefix ends in `_`, with the `_` at `p`: GitHub (`ghp_`…
 /// and `github_pat_`), Stripe (`sk_live_`… and webhook signing secrets
 /// `whsec_` + 24 or more letters and digits), Hugging Face (`hf_` + 30 or
-/// more) and npm (`npm_` + 36 or more).
+/// more), npm (`npm_` + 36 or more), Shopify (`shpat_`, `shpss_` + 32 hex
+/// digits), DigitalOcean (`dop_v1_`, `doo_v1_`, `dor_v1_` + 64 hex digits)
+/// and Grafana Cloud (`glc_` + 32 or more of base64 and its padding).
 pub(crate) fn underscore(
     buf: &mut [u8],
     p: usize,
@@ -1671,7 +1673,46 @@ pub(crate) fn underscore(
             return Some((end, Vendor::Npm));
         }
     }
+    if on.shopify && p >= 5 && matches!(&buf[p - 5..p], b"shpat" | b"shpss") {
+        if let Some(end) = hex_token(buf, p - 5, p + 1, 32, f) {
+            return Some((end, Vendor::Shopify));
+        }
+    }
+    if on.digitalocean
+        && p >= 3
+        && matches!(&buf[p - 3..p], b"dop" | b"doo" | b"dor")
+        && buf.get(p + 1..p + 4) == Some(b"v1_")
+    {
+        if let Some(end) = hex_token(buf, p - 3, p + 4, 64, f) {
+            return Some((end, Vendor::DigitalOcean));
+        }
+    }
+    if on.grafana && p >= 3 && &buf[p - 3..p] == b"glc" && boundary_before(buf, p - 3) {
+        let body = p + 1;
+        let l = run(buf, body, 1024, |b| alnum(b) || b == b'+' || b == b'/');
+        if l >= 32 {
+            let end = body + l + run(buf, body + l, 2, |b| b == b'=');
+            mask_token(buf, p - 3, body, end, f);
+            return Some((end, Vendor::Grafana));
+        }
+    }
     None
+}
+
+/// Exactly `n` hex digits at `at`, not glued to a following letter or
+/// digit.
+fn hex_len(buf: &[u8], at: usize, n: usize) -> bool {
+    run(buf, at, n, |b| b.is_ascii_hexdigit()) == n && boundary_after(buf, at + n)
+}
+
+/// A token of prefix `buf[s..body]` and exactly `n` hex digits, at a word
+/// boundary: masked after its prefix; returns its end.
+fn hex_token(buf: &mut [u8], s: usize, body: usize, n: usize, f: &Fmt) -> Option<usize> {
+    if !boundary_before(buf, s) || !hex_len(buf, body, n) {
+        return None;
+    }
+    mask_token(buf, s, body, body + n, f);
+    Some(body + n)
 }
 
 /// Which vendor a token whose prefix ends in `-` or `_` belongs to (see
@@ -1685,6 +1726,12 @@ pub(crate) enum Vendor {
     GitLab,
     HuggingFace,
     Npm,
+    Shopify,
+    DigitalOcean,
+    Grafana,
+    Postman,
+    NewRelic,
+    Age,
 }
 
 /// The token detectors [`dash_token`] and [`underscore`] may report.
@@ -1697,6 +1744,12 @@ pub(crate) struct TokenDetectors {
     pub gitlab: bool,
     pub huggingface: bool,
     pub npm: bool,
+    pub shopify: bool,
+    pub digitalocean: bool,
+    pub grafana: bool,
+    pub postman: bool,
+    pub newrelic: bool,
+    pub age: bool,
 }
 
 /// GitLab token prefixes, without their `-` (personal, deploy, pipeline
@@ -1715,7 +1768,11 @@ const GITLAB_PREFIXES: [&[u8]; 10] = [
 /// - Anthropic: `sk-ant-` (and its version, `api03-`, `admin01-`) and 32
 ///   or more of `[A-Za-z0-9_-]`;
 /// - GitLab: [`GITLAB_PREFIXES`] and `-`, then 20 or more of
-///   `[A-Za-z0-9_.-]` (the routable form has dots), not ending in a dot.
+///   `[A-Za-z0-9_.-]` (the routable form has dots), not ending in a dot;
+/// - Postman: `PMAK-` + 24 hex digits, `-` and 34 hex digits;
+/// - New Relic user keys: `NRAK-` + 27 capitals and digits;
+/// - age secret keys: `AGE-SECRET-KEY-1` + 58 characters of upper-case
+///   bech32, with the `-` before the `1` at `p`.
 ///
 /// Each at a word boundary. Returns the token's end and vendor.
 pub(crate) fn dash_token(
@@ -1776,10 +1833,16 @@ pub(crate) fn dash_token(
         mask_token(buf, s, body, body + n, f);
         return Some((body + n, Vendor::OpenAi));
     }
-    if on.gitlab {
-        let k = GITLAB_PREFIXES
-            .into_iter()
-            .find(|k| p >= k.len() && &buf[p - k.len()..p] == *k)?;
+    // (Every GitLab prefix ends in `t` or `s`: most `-` anchors skip the
+    // search.)
+    let gitlab = (on.gitlab && p >= 1 && matches!(buf[p - 1], b't' | b's'))
+        .then(|| {
+            GITLAB_PREFIXES
+                .into_iter()
+                .find(|k| p >= k.len() && &buf[p - k.len()..p] == *k)
+        })
+        .flatten();
+    if let Some(k) = gitlab {
         let s = p - k.len();
         if !boundary_before(buf, s) {
             return None;
@@ -1795,7 +1858,64 @@ pub(crate) fn dash_token(
         mask_token(buf, s, body, body + n, f);
         return Some((body + n, Vendor::GitLab));
     }
-    None
+    if p < 4 {
+        return None;
+    }
+    let (s, body) = (p - 4, p + 1);
+    let (end, vendor) = match &buf[s..p] {
+        b"PMAK" if on.postman => {
+            let ok = hex_len(buf, body, 24)
+                && buf.get(body + 24) == Some(&b'-')
+                && hex_len(buf, body + 25, 34);
+            (ok.then_some(body + 59)?, Vendor::Postman)
+        }
+        b"NRAK" if on.newrelic => {
+            let n = run(buf, body, 28, |b| {
+                b.is_ascii_uppercase() || b.is_ascii_digit()
+            });
+            (
+                (n == 27 && boundary_after(buf, body + 27)).then_some(body + 27)?,
+                Vendor::NewRelic,
+            )
+        }
+        b"-KEY" if on.age && p >= 14 && &buf[p - 14..p] == b"AGE-SECRET-KEY" => {
+            const BECH32: &[u8] = b"QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L";
+            if buf.get(body) != Some(&b'1') || !boundary_before(buf, p - 14) {
+                return None;
+            }
+            let n = run(buf, body + 1, 59, |b| BECH32.contains(&b));
+            if n != 58 || !boundary_after(buf, body + 59) {
+                return None;
+            }
+            mask_token(buf, p - 14, body + 1, body + 59, f);
+            return Some((body + 59, Vendor::Age));
+        }
+        _ => return None,
+    };
+    if !boundary_before(buf, s) {
+        return None;
+    }
+    mask_token(buf, s, body, end, f);
+    Some((end, vendor))
+}
+
+/// SendGrid API key `SG.` + 22, `.` and 43 of `[A-Za-z0-9_-]`, with the `G`
+/// at `p`.
+pub(crate) fn sendgrid(buf: &mut [u8], p: usize, f: &Fmt) -> Option<usize> {
+    if p < 1 || buf[p - 1] != b'S' || buf.get(p + 1) != Some(&b'.') {
+        return None;
+    }
+    let (s, body) = (p - 1, p + 2);
+    let end = body + 66;
+    if !boundary_before(buf, s)
+        || run(buf, body, 23, b64url) != 22
+        || buf.get(body + 22) != Some(&b'.')
+        || run(buf, body + 23, 44, b64url) != 43
+    {
+        return None;
+    }
+    mask_token(buf, s, body, end, f);
+    Some(end)
 }
 
 /// Slack `xox?-` / `xapp-` with the `x` at `p`.

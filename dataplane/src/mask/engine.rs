@@ -53,10 +53,17 @@ pub enum Builtin {
     HuggingfaceToken,
     NpmToken,
     UrlPassword,
+    ShopifyToken,
+    DigitaloceanToken,
+    GrafanaToken,
+    PostmanApiKey,
+    NewrelicApiKey,
+    AgeSecretKey,
+    SendgridApiKey,
 }
 
 /// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
-pub const BUILTIN_RULES: usize = 21;
+pub const BUILTIN_RULES: usize = 28;
 
 const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "payment_card",
@@ -80,6 +87,13 @@ const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "huggingface_token",
     "npm_token",
     "url_password",
+    "shopify_token",
+    "digitalocean_token",
+    "grafana_token",
+    "postman_api_key",
+    "newrelic_api_key",
+    "age_secret_key",
+    "sendgrid_api_key",
 ];
 
 impl From<Vendor> for Builtin {
@@ -92,6 +106,12 @@ impl From<Vendor> for Builtin {
             Vendor::GitLab => Builtin::GitlabToken,
             Vendor::HuggingFace => Builtin::HuggingfaceToken,
             Vendor::Npm => Builtin::NpmToken,
+            Vendor::Shopify => Builtin::ShopifyToken,
+            Vendor::DigitalOcean => Builtin::DigitaloceanToken,
+            Vendor::Grafana => Builtin::GrafanaToken,
+            Vendor::Postman => Builtin::PostmanApiKey,
+            Vendor::NewRelic => Builtin::NewrelicApiKey,
+            Vendor::Age => Builtin::AgeSecretKey,
         }
     }
 }
@@ -381,6 +401,13 @@ impl Engine {
             d.huggingface_token,
             d.npm_token,
             d.url_password,
+            d.shopify_token,
+            d.digitalocean_token,
+            d.grafana_token,
+            d.postman_api_key,
+            d.newrelic_api_key,
+            d.age_secret_key,
+            d.sendgrid_api_key,
         ];
         for (o, f) in on.iter_mut().zip(flags) {
             *o = enabled && f;
@@ -395,17 +422,31 @@ impl Engine {
         add(is(Builtin::Email), b"@%");
         add(is(Builtin::Jwt), b"J");
         add(is(Builtin::GoogleApiKey), b"z");
+        let any = |b: &[Builtin]| b.iter().any(|&b| is(b));
         add(
-            is(Builtin::GithubToken)
-                || is(Builtin::StripeKey)
-                || is(Builtin::HuggingfaceToken)
-                || is(Builtin::NpmToken),
+            any(&[
+                Builtin::GithubToken,
+                Builtin::StripeKey,
+                Builtin::HuggingfaceToken,
+                Builtin::NpmToken,
+                Builtin::ShopifyToken,
+                Builtin::DigitaloceanToken,
+                Builtin::GrafanaToken,
+            ]),
             b"_",
         );
         add(
-            is(Builtin::OpenAiKey) || is(Builtin::AnthropicKey) || is(Builtin::GitlabToken),
+            any(&[
+                Builtin::OpenAiKey,
+                Builtin::AnthropicKey,
+                Builtin::GitlabToken,
+                Builtin::PostmanApiKey,
+                Builtin::NewrelicApiKey,
+                Builtin::AgeSecretKey,
+            ]),
             b"-",
         );
+        add(is(Builtin::SendgridApiKey), b"G");
         add(is(Builtin::SlackToken), b"x/");
         add(is(Builtin::PrivateKey) || is(Builtin::BearerToken), b"B");
         add(is(Builtin::BearerToken), b"b");
@@ -445,6 +486,12 @@ impl Engine {
             gitlab: is(Builtin::GitlabToken),
             huggingface: is(Builtin::HuggingfaceToken),
             npm: is(Builtin::NpmToken),
+            shopify: is(Builtin::ShopifyToken),
+            digitalocean: is(Builtin::DigitaloceanToken),
+            grafana: is(Builtin::GrafanaToken),
+            postman: is(Builtin::PostmanApiKey),
+            newrelic: is(Builtin::NewrelicApiKey),
+            age: is(Builtin::AgeSecretKey),
         };
         let any_builtin = on.iter().any(|&o| o) || named;
         let min_digits = if digits.ipv4 { 4 } else { 9 };
@@ -1844,6 +1891,7 @@ impl Engine {
             b'%' => detect::email_encoded(cell, p, f).map(|e| (e, Builtin::Email)),
             b'_' => detect::underscore(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
             b'-' => detect::dash_token(cell, p, self.tokens, f).map(|(e, v)| (e, v.into())),
+            b'G' => detect::sendgrid(cell, p, f).map(|e| (e, Builtin::SendgridApiKey)),
             b'x' => detect::slack(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             b'/' => detect::slack_webhook(cell, p, f).map(|e| (e, Builtin::SlackToken)),
             // Basic: the next letter is an `a`.
@@ -2610,28 +2658,42 @@ fn fast_scan(kernel: Kernel) -> u8 {
 }
 
 /// The byte next to a letter anchor at `pos` (in region `r`) fits one of
-/// the prefixes that anchor stands for: `eyJ`, `AIza`, `gh?_` / `github_`
-/// / `sk_` / `rk_` / `whsec_`, `xox` / `xapp`, `Be…` / `be…` / `Ba…` /
-/// `ba…`, and the `s/` of a Slack webhook's `services/` (`workflows/`,
-/// `triggers/`). When it does not, the
+/// the prefixes that anchor stands for: `eyJ`, `AIza`, the `_` of
+/// `gh?_` / `github_` / `sk_` / `rk_` / `whsec_` / `hf_` / `npm_` /
+/// `shpat_` / `shpss_` / `do?_` / `glc_`, the `-` of `sk-` / `gl…-` /
+/// `PMAK-` / `NRAK-` / `…-KEY-`, `SG.`, `xox` / `xapp`,
+/// `Be…` / `be…` / `Ba…` / `ba…`, `%40`, and the `s/` of a Slack webhook's
+/// `services/` (`workflows/`, `triggers/`). When it does not, the
 /// validator would find nothing (each checks these bytes first), so the
 /// call is skipped. Other anchors always go to their validator.
 #[inline(always)]
 fn may_anchor(buf: &[u8], r: Region, pos: usize) -> bool {
+    /// `bytes` as a set of ASCII bytes (bit `b` for byte `b`): one shift
+    /// and test per lookup, however many bytes.
+    const fn set(bytes: &[u8]) -> u128 {
+        let mut m = 0u128;
+        let mut i = 0;
+        while i < bytes.len() {
+            m |= 1 << bytes[i];
+            i += 1;
+        }
+        m
+    }
+    let has = |set: u128, b: u8| b < 128 && set >> b & 1 != 0;
     let (s, e) = (r.start as usize, r.end as usize);
-    let before = |c: &[u8]| pos >= s + 2 && c.contains(&buf[pos - 1]);
-    let after = |c: &[u8]| pos + 1 < e && c.contains(&buf[pos + 1]);
+    let before = |c: u128| pos >= s + 2 && has(c, buf[pos - 1]);
+    let after = |c: u128| pos + 1 < e && has(c, buf[pos + 1]);
     match buf[pos] {
-        b'J' => before(b"y"),
-        b'z' => before(b"I"),
-        b'_' => before(b"pousrbkcfm"),
-        // `sk-`, the GitLab prefixes (`glpat-`, `gloas-`).
-        b'-' => before(b"kts"),
-        b'x' => after(b"oa"),
-        // `%40`, an encoded `@`.
-        b'%' => after(b"4") && buf.get(pos + 2) == Some(&b'0') && pos + 2 < e,
-        b'B' | b'b' => after(b"eEa"),
-        b'/' => before(b"s") && after(b"T"),
+        b'J' => before(const { set(b"y") }),
+        b'z' => before(const { set(b"I") }),
+        b'_' => before(const { set(b"pousrbkcfmt") }),
+        b'-' => before(const { set(b"ktsKY") }),
+        // (`SG.`: one byte before, which may start the value.)
+        b'G' => pos > s && buf[pos - 1] == b'S' && after(const { set(b".") }),
+        b'x' => after(const { set(b"oa") }),
+        b'%' => after(const { set(b"4") }) && buf.get(pos + 2) == Some(&b'0') && pos + 2 < e,
+        b'B' | b'b' => after(const { set(b"eEa") }),
+        b'/' => before(const { set(b"s") }) && after(const { set(b"T") }),
         _ => true,
     }
 }

@@ -24,6 +24,13 @@
 //!   huggingface_token: true
 //!   npm_token: true
 //!   url_password: true           # scheme://user:PASSWORD@host
+//!   shopify_token: true
+//!   digitalocean_token: true
+//!   grafana_token: true
+//!   postman_api_key: true
+//!   newrelic_api_key: true
+//!   age_secret_key: true
+//!   sendgrid_api_key: true
 //!   named_values: true           # the name rules below in text: password=…
 //! custom_literals:
 //!   - name: project_codenames
@@ -198,6 +205,20 @@ pub struct Detectors {
     /// URLs, DSNs, clone URLs), and a user name alone that looks like a
     /// token (`https://ghp_…@github.com`).
     pub url_password: bool,
+    /// Shopify `shpat_`, `shpss_` + 32 hex digits.
+    pub shopify_token: bool,
+    /// DigitalOcean `dop_v1_`, `doo_v1_`, `dor_v1_` + 64 hex digits.
+    pub digitalocean_token: bool,
+    /// Grafana Cloud tokens `glc_` + 32 or more base64 characters.
+    pub grafana_token: bool,
+    /// Postman `PMAK-` + 24 hex digits, `-`, 34 hex digits.
+    pub postman_api_key: bool,
+    /// New Relic user keys `NRAK-` + 27 capitals and digits.
+    pub newrelic_api_key: bool,
+    /// age secret keys `AGE-SECRET-KEY-1…`.
+    pub age_secret_key: bool,
+    /// SendGrid `SG.` + 22, `.`, 43 of `[A-Za-z0-9_-]`.
+    pub sendgrid_api_key: bool,
     /// The name rules (`columns` with a glob or regex and the `mask` or
     /// `keep_last` action) also mask the value after a key they match in
     /// text: `password=hunter2`, `api_key: 9f8e…`, `"db_password": "x"`,
@@ -230,6 +251,13 @@ impl Default for Detectors {
             huggingface_token: true,
             npm_token: true,
             url_password: true,
+            shopify_token: true,
+            digitalocean_token: true,
+            grafana_token: true,
+            postman_api_key: true,
+            newrelic_api_key: true,
+            age_secret_key: true,
+            sendgrid_api_key: true,
             named_values: true,
         }
     }
@@ -269,6 +297,13 @@ impl Detectors {
             huggingface_token: false,
             npm_token: false,
             url_password: false,
+            shopify_token: false,
+            digitalocean_token: false,
+            grafana_token: false,
+            postman_api_key: false,
+            newrelic_api_key: false,
+            age_secret_key: false,
+            sendgrid_api_key: false,
             named_values: false,
         }
     }

@@ -695,6 +695,87 @@ fn ai_provider_and_platform_tokens() {
     }
 }
 
+/// Platform keys with a fixed prefix and body (Shopify, DigitalOcean,
+/// Grafana Cloud, Postman, New Relic, age, SendGrid): masked after the
+/// prefix, one rule each, at every offset and by every kernel, kept with
+/// the detector off; a wrong length, a glued word or prose that shares the
+/// prefix left alone.
+#[test]
+fn platform_tokens_with_fixed_shapes() {
+    // (Assembled at run time, so that no scanner mistakes this file for a
+    // leak.)
+    let hex32 = "0123456789abcdef".repeat(2);
+    let shpat = &format!("shp{}_{hex32}", "at");
+    let shpss = &format!("shp{}_{}", "ss", hex32.to_uppercase());
+    let dop = &format!("do{}_v1_{}", "p", hex32.repeat(2));
+    let glc = &format!(
+        "gl{}_eyJvIjoiMTIzNDU2IiwibiI6InN0YWNrLTEyMzQ1Ni1obS13cml0ZS10b2tlbiIsImsiOiJhQmNEZUZnSGlKa0xtTm9QcVJzVHVWd1h5WiIsIm0iOnsiciI6InByb2QtdXMtZWFzdC0wIn19+/==",
+        "c"
+    );
+    let pmak = &format!("PM{}-{}-{}", "AK", &hex32[..24], &hex32.repeat(2)[..34]);
+    let nrak = &format!("NR{}-ABCDEFGHIJKLMNOPQRSTUVWXY12", "AK");
+    let age = &format!(
+        "AGE-SECRET-{}-1QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7LQPZRY9X8GF2TVDW0S3JN54KHCE",
+        "KEY"
+    );
+    let sg = &format!(
+        "S{}.AbCdEfGhIjKlMnOpQrStUv.AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdE",
+        "G"
+    );
+    let cases: [(&str, usize, Builtin, &str); 8] = [
+        (shpat, 6, Builtin::ShopifyToken, "shopify_token"),
+        (shpss, 6, Builtin::ShopifyToken, "shopify_token"),
+        (dop, 7, Builtin::DigitaloceanToken, "digitalocean_token"),
+        (glc, 4, Builtin::GrafanaToken, "grafana_token"),
+        (pmak, 5, Builtin::PostmanApiKey, "postman_api_key"),
+        (nrak, 5, Builtin::NewrelicApiKey, "newrelic_api_key"),
+        (age, 16, Builtin::AgeSecretKey, "age_secret_key"),
+        (sg, 3, Builtin::SendgridApiKey, "sendgrid_api_key"),
+    ];
+    for (v, keep, rule, name) in cases {
+        let (out, h) = mask(&engine(), &format!("TOKEN={v}; next"));
+        let want = format!("{}{}", &v[..keep], star(v.len() - keep));
+        assert_eq!(out, format!("TOKEN={want}; next"), "{v}");
+        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
+        assert_eq!(engine().rule_name(rule.into()), name);
+        assert_eq!(m(&format!("key {v}.")), format!("key {want}."));
+        assert_eq!(m(&format!("[\"{v}\"]")), format!("[\"{want}\"]"));
+        assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
+        masked_by_every_kernel_at_every_offset(v);
+        kept_with_detector_off(name, v);
+    }
+    let clean = [
+        // A wrong length, or glued to a word on either side.
+        format!("shpat_{}", &hex32[..31]),
+        format!("shpat_{hex32}0"),
+        format!("shpat_{hex32}g"),
+        format!("xshpat_{hex32}"),
+        format!("shpxx_{hex32}"),
+        format!("dop_v1_{}", &hex32.repeat(2)[..63]),
+        format!("dop_v2_{}", hex32.repeat(2)),
+        format!("adop_v1_{}", hex32.repeat(2)),
+        "glc_AbCdEfGhIjKlMnOpQrStUvWxYz01234".to_string(),
+        format!("PMAK-{}", &hex32[..24]),
+        format!("PMAK-{}-{}", &hex32[..24], &hex32.repeat(2)[..33]),
+        format!("PMAK-{}-{}", &hex32[..23], &hex32.repeat(2)[..34]),
+        "NRAK-ABCDEFGHIJKLMNOPQRSTUVWXY1".to_string(),
+        "NRAK-abcdefghijklmnopqrstuvwxy12".to_string(),
+        "NRAK-ABCDEFGHIJKLMNOPQRSTUVWXY123".to_string(),
+        format!("AGE-SECRET-KEY-2{}", &age[16..]),
+        format!("{}Q", &age[..age.len() - 1].replace('Q', "B")),
+        format!("U{sg}"),
+        format!("{}x", &sg[..sg.len() - 1])
+            .replace(".AbCdEfGhIjKlMnOpQrStUv.", ".AbCdEfGhIjKlMnOpQrStU."),
+        // Prose that shares a prefix.
+        "Dr. Smith, SG. Lee and MSG. Park".to_string(),
+        "OK-ready, UK-based, KEY-VALUE store, the PMAK- prefix, NRAK-".to_string(),
+        "shop_now, do_v1_migration, glc_config, SG.x.y".to_string(),
+    ];
+    for c in &clean {
+        assert_eq!(m(c), *c);
+    }
+}
+
 #[test]
 fn slack_webhook_urls() {
     let url = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX";
