@@ -32,6 +32,15 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# A clean run writes about 2 GB to target/ (as CI builds it, without
+# incremental caches; a developer tree with them holds several times that).
+# Say so up front rather than let a linker die of a full disk (SIGBUS).
+avail_kb=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
+if [ "${avail_kb:-0}" -lt $((3 * 1024 * 1024)) ]; then
+  echo "tests/run.sh: warning: $((${avail_kb:-0} / 1024)) MiB free under $ROOT;" \
+    "a clean build and test run needs about 2 GiB for target/" >&2
+fi
+
 if [ "${SKIP_LINT:-0}" != 1 ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
