@@ -620,6 +620,24 @@ fn stripe_webhook_secrets() {
     kept_with_detector_off("stripe_key", wh);
 }
 
+/// The token `v` is masked after its first `keep` bytes and counted once
+/// under `rule` (named `name`): as a named value (the detector wins over
+/// the name rule), before a sentence's full stop (no part of the token),
+/// in a JSON string, without its prefix kept, at every offset under every
+/// kernel; and kept with its detector off.
+fn masked_after_prefix(v: &str, keep: usize, rule: Builtin, name: &str) {
+    let (out, h) = mask(&engine(), &format!("OPENAI_API_KEY={v}; next"));
+    let want = format!("{}{}", &v[..keep], star(v.len() - keep));
+    assert_eq!(out, format!("OPENAI_API_KEY={want}; next"), "{v}");
+    assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
+    assert_eq!(engine().rule_name(rule.into()), name);
+    assert_eq!(m(&format!("key {v}.")), format!("key {want}."));
+    assert_eq!(m(&format!("[\"{v}\"]")), format!("[\"{want}\"]"));
+    assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
+    masked_by_every_kernel_at_every_offset(v);
+    kept_with_detector_off(name, v);
+}
+
 /// AI-provider and developer-platform keys: each format masked after its
 /// prefix and counted under its rule, at every offset and by every kernel,
 /// kept with its detector off, and prose and identifiers that share a
@@ -660,16 +678,7 @@ fn ai_provider_and_platform_tokens() {
         (npm, 4, Builtin::NpmToken, "npm_token"),
     ];
     for (v, keep, rule, name) in cases {
-        let (out, h) = mask(&engine(), &format!("OPENAI_API_KEY={v}; next"));
-        let want = format!("{}{}", &v[..keep], star(v.len() - keep));
-        assert_eq!(out, format!("OPENAI_API_KEY={want}; next"), "{v}");
-        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
-        assert_eq!(engine().rule_name(rule.into()), name);
-        // A sentence's full stop is no part of the token.
-        assert_eq!(m(&format!("key {v}.")), format!("key {want}."));
-        assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
-        masked_by_every_kernel_at_every_offset(v);
-        kept_with_detector_off(name, v);
+        masked_after_prefix(v, keep, rule, name);
     }
     for clean in [
         "the task-force and risk-free desk-top plan",
@@ -733,16 +742,7 @@ fn platform_tokens_with_fixed_shapes() {
         (sg, 3, Builtin::SendgridApiKey, "sendgrid_api_key"),
     ];
     for (v, keep, rule, name) in cases {
-        let (out, h) = mask(&engine(), &format!("TOKEN={v}; next"));
-        let want = format!("{}{}", &v[..keep], star(v.len() - keep));
-        assert_eq!(out, format!("TOKEN={want}; next"), "{v}");
-        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
-        assert_eq!(engine().rule_name(rule.into()), name);
-        assert_eq!(m(&format!("key {v}.")), format!("key {want}."));
-        assert_eq!(m(&format!("[\"{v}\"]")), format!("[\"{want}\"]"));
-        assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
-        masked_by_every_kernel_at_every_offset(v);
-        kept_with_detector_off(name, v);
+        masked_after_prefix(v, keep, rule, name);
     }
     let clean = [
         // A wrong length, or glued to a word on either side.
