@@ -560,10 +560,9 @@ const BEFORE_OK: [u8; 16] = nibble_set(b"yIpousrbkcfmtKYS");
 /// and more; the validators check the byte after those too): an `x`, `B`,
 /// `b` or `%` not followed by one of `o a e E 4`, or whose byte after next
 /// is none of `x p a A G s 0`, a `J`, `z`, `_`, `/`, `-` or `G` not
-/// preceded by one of `y I p o u s r b k c f m t K Y S`, and a `kv`
-/// byte after a digit or
-/// one of `( ) + - .`. Bytes whose neighbour is in another block are never
-/// ruled out by it.
+/// preceded by one of `y I p o u s r b k c f m t K Y S`, and a `kv` byte
+/// after a digit or one of `( ) + - .`. Bytes whose neighbour is in another
+/// block are never ruled out by it.
 #[cfg(test)]
 fn letter_reject_scalar(block: &[u8; BLOCK], cls_lo: &[u8; 16]) -> u64 {
     let has = |t: &[u8; 16], b: u8| b < 0x80 && t[(b & 15) as usize] >> (b >> 4) & 1 == 1;
@@ -1200,8 +1199,9 @@ mod tests {
         assert_eq!(b(b"Bearer bearer BEGIN xapp"), 1 << 16);
         assert_eq!(b(b"Bx ab"), 0b10011);
         assert_eq!(b(b"eyJ AIza gh_ J"), 1 << 11 | 1 << 13);
-        assert_eq!(b(b"J"), 0); // byte 0: its neighbour is in another block
-                                // `=` and `:` after a digit or a glue byte but a space.
+        // (Byte 0: its neighbour is in another block.)
+        assert_eq!(b(b"J"), 0);
+        // `=` and `:` after a digit or a glue byte but a space.
         assert_eq!(
             b(b"10:22 a=q c = d \"e\": w.= (: +=\t:"),
             1 << 2 | 1 << 23 | 1 << 26 | 1 << 29

@@ -452,26 +452,7 @@ impl Engine {
         add(is(Builtin::BearerToken), b"b");
         add(is(Builtin::Ipv6), b":");
         add(is(Builtin::Phone), b"+(");
-        // Name rules (a column rule by name that keeps the length) apply to
-        // JSON members, and with `named_values` to named values in text.
-        let json_keys = enabled
-            && p.columns.iter().any(|c| {
-                (c.column.is_some() || c.column_regex.is_some()) && keeps_length(c.action)
-            });
-        let named = json_keys && d.named_values;
-        add(named, b"=:");
         add(is(Builtin::UrlPassword), b":");
-        // (`=` and `:` after a digit are no key's, nor a URL's scheme's:
-        // the classifier rules them out, as it may not when `:` is IPv6's.)
-        let mut kv = Vec::new();
-        if named {
-            kv.push(b'=');
-        }
-        if (named || is(Builtin::UrlPassword)) && !is(Builtin::Ipv6) {
-            kv.push(b':');
-        }
-        anchors.sort_unstable();
-        anchors.dedup();
         let digits = DigitDetectors {
             card: is(Builtin::PaymentCard),
             ssn: is(Builtin::Ssn),
@@ -493,7 +474,6 @@ impl Engine {
             newrelic: is(Builtin::NewrelicApiKey),
             age: is(Builtin::AgeSecretKey),
         };
-        let any_builtin = on.iter().any(|&o| o) || named;
         let min_digits = if digits.ipv4 { 4 } else { 9 };
 
         let mut names: Vec<String> = BUILTIN_NAMES.iter().map(|s| s.to_string()).collect();
@@ -570,6 +550,42 @@ impl Engine {
             });
             next_rule += 1;
         }
+        // Name rules (a column rule by name that keeps the length) apply to
+        // JSON members, and with `named_values` to named values in text.
+        let name_rules = || {
+            columns
+                .iter()
+                .filter(|c| keeps_length(c.action))
+                .filter_map(|c| c.name.as_ref())
+        };
+        let json_keys = enabled && name_rules().next().is_some();
+        let named = json_keys && d.named_values;
+        add(named, b"=:");
+        // (`=` and `:` after a digit are no key's, nor a URL's scheme's:
+        // the classifier rules them out, as it may not when `:` is IPv6's.)
+        let mut kv = Vec::new();
+        if named {
+            kv.push(b'=');
+        }
+        if (named || is(Builtin::UrlPassword)) && !is(Builtin::Ipv6) {
+            kv.push(b':');
+        }
+        anchors.sort_unstable();
+        anchors.dedup();
+        let any_builtin = on.iter().any(|&o| o) || named;
+        let name_any = if named {
+            // (The compiled name patterns, as one alternation.)
+            let any = name_rules()
+                .map(|r| format!("(?:{})", r.as_str()))
+                .collect::<Vec<_>>()
+                .join("|");
+            Some(
+                regex::bytes::Regex::new(&any)
+                    .map_err(|e| ProfileError::field("columns", e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let key: Vec<u8> = match &p.hash_key {
             Some(k) => k.0.as_bytes().to_vec(),
             None => process_hash_key().to_vec(),
@@ -606,22 +622,7 @@ impl Engine {
             custom: !literals.is_empty() || !regexes.is_empty(),
             json_keys,
             named,
-            name_any: if named {
-                // (The compiled name patterns, as one alternation.)
-                let any = columns
-                    .iter()
-                    .filter(|c| keeps_length(c.action))
-                    .filter_map(|c| c.name.as_ref())
-                    .map(|r| format!("(?:{})", r.as_str()))
-                    .collect::<Vec<_>>()
-                    .join("|");
-                Some(
-                    regex::bytes::Regex::new(&any)
-                        .map_err(|e| ProfileError::field("columns", e.to_string()))?,
-                )
-            } else {
-                None
-            },
+            name_any,
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
