@@ -348,6 +348,13 @@ pub struct Limits {
     pub drain_timeout_ms: u64,
     /// Failed cancel attempts allowed per second per worker; more are dropped.
     pub bad_cancels_per_second: u32,
+    /// Resolve result columns to the stored columns they come from (the
+    /// target's `pg_attribute`, read after login), so a column rule also
+    /// applies under an alias. See `mask::origins`.
+    pub column_origins: bool,
+    /// How long a worker reuses a catalog read for new sessions of the same
+    /// target database (0: read at every login).
+    pub column_origins_max_age_ms: u64,
 }
 
 impl Default for Limits {
@@ -361,6 +368,8 @@ impl Default for Limits {
             max_buffer_bytes: 128 * 1024,
             drain_timeout_ms: 30_000,
             bad_cancels_per_second: 20,
+            column_origins: true,
+            column_origins_max_age_ms: 60_000,
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct CoreMetrics {
     pub protocol_errors: AtomicU64,
     /// Sessions ended because a new snapshot revoked their grant.
     pub sessions_revoked: AtomicU64,
+    /// Reads of a target's column catalog (column origins), done and failed.
+    pub origin_reads: AtomicU64,
+    pub origin_reads_failed: AtomicU64,
     /// Values masked, by rule and by column name (locked by this core only
     /// when a read had hits, and by the scrape).
     masked_rules: Mutex<std::collections::HashMap<String, u64>>,
@@ -153,6 +156,8 @@ impl CoreMetrics {
             bytes_target_to_client: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             sessions_revoked: AtomicU64::new(0),
+            origin_reads: AtomicU64::new(0),
+            origin_reads_failed: AtomicU64::new(0),
             masked_rules: Mutex::new(Default::default()),
             masked_columns: Mutex::new(Default::default()),
             // 1 ns .. 60 s, 3 significant digits.
@@ -290,6 +295,17 @@ impl Registry {
             s,
             "sluice_protocol_errors_total {}",
             sum(c, |m| m.protocol_errors.load(Relaxed))
+        );
+        let _ = writeln!(s, "# HELP sluice_column_catalog_reads_total Reads of a target's column catalog (column origins for column rules), by outcome.\n# TYPE sluice_column_catalog_reads_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_column_catalog_reads_total{{outcome=\"ok\"}} {}",
+            sum(c, |m| m.origin_reads.load(Relaxed))
+        );
+        let _ = writeln!(
+            s,
+            "sluice_column_catalog_reads_total{{outcome=\"failed\"}} {}",
+            sum(c, |m| m.origin_reads_failed.load(Relaxed))
         );
         let _ = writeln!(s, "# HELP sluice_sessions_revoked_total Open sessions ended at their next statement because a new snapshot revoked their grant or key.\n# TYPE sluice_sessions_revoked_total counter");
         let _ = writeln!(

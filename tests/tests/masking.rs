@@ -1386,6 +1386,103 @@ async fn people_extended(c: &Client, sql: &str) -> Vec<TextRow> {
         .collect()
 }
 
+/// Column rules follow the stored column, not the name a query gives it:
+/// the gateway reads the target's `pg_attribute` at login, and
+/// RowDescription names each plain column's table and attribute, through
+/// aliases, table aliases, subqueries and CTEs, in both protocols. A table
+/// created after a read is resolved at the next login once a session has
+/// seen a result from it; the reads are counted; `column_origins: false`
+/// goes back to result names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_follow_the_stored_column_under_aliases() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_alias";
+    seed_people(pg, t).await;
+    let late = "mk_alias_late";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!("drop table if exists {late}"))
+        .await
+        .unwrap();
+    let cfg = GatewayConfig::new()
+        .pg_connection_masked("app", pg, "pii")
+        .masking_profile("pii", &pii_profile(""))
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["app"], &[], &["bots"])
+        // (One core: the second session below finds the first one's read.)
+        .workers(1);
+    let gw = Gateway::start_with(&cfg);
+    let c = gw.agent().await;
+    let cols = "id, ssn, secret_answer, email, internal_notes, salary, note";
+    let renamed = "id as a, ssn as b, secret_answer as c, email as \"Contact\", \
+                   internal_notes as e, salary as f, note as g";
+    let want = people_masked();
+    for sql in [
+        format!("select {renamed} from {t} order by id"),
+        format!(
+            "select p.id, p.ssn as x1, p.secret_answer as x2, p.email as x3, \
+             p.internal_notes as x4, p.salary as x5, p.note from {t} p order by p.id"
+        ),
+        format!("select * from (select {renamed} from {t}) s order by a"),
+        format!("with q as (select {cols} from {t}) select {renamed} from q order by a"),
+    ] {
+        assert_rows(
+            &format!("simple: {sql}"),
+            &simple_rows(&c, &sql).await,
+            &want,
+        );
+        assert_rows(
+            &format!("extended: {sql}"),
+            &people_extended(&c, &sql).await,
+            &want,
+        );
+    }
+    // A table created after this session's read: a result from it marks
+    // the read stale, and the next login reads the catalog again.
+    direct
+        .batch_execute(&format!(
+            "create table {late} (id int, secret_pin text); \
+             insert into {late} values (1, 'pin-4242')"
+        ))
+        .await
+        .unwrap();
+    let sql = format!("select secret_pin as p from {late}");
+    simple_rows(&c, &sql).await;
+    let c2 = gw.agent().await;
+    for round in 0..2 {
+        assert_eq!(
+            simple_rows(&c2, &sql).await,
+            vec![vec![Some("********".to_string())]],
+            "round {round}"
+        );
+    }
+    let m = gw.metrics();
+    let ok = m.get("sluice_column_catalog_reads_total", &[("outcome", "ok")]);
+    let failed = m.get(
+        "sluice_column_catalog_reads_total",
+        &[("outcome", "failed")],
+    );
+    assert!(
+        ok == 2.0 && failed == 0.0,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+
+    // Off: result names only (the detectors still scan every text value).
+    let off = Gateway::start_with(&cfg.clone().limit("column_origins", false));
+    let c3 = off.agent().await;
+    let rows = simple_rows(
+        &c3,
+        &format!("select ssn as b, note as g from {t} order by id"),
+    )
+    .await;
+    assert_eq!(rows[0][0].as_deref(), Some("123456789"));
+    assert_eq!(rows[0][1].as_deref(), Some("card **** **** **** 1111"));
+    let m = off.metrics();
+    assert_eq!(m.get("sluice_column_catalog_reads_total", &[]), 0.0);
+}
+
 /// Column rules of a custom profile: keep_last, mask, hash (keyed: equal
 /// values give equal hashes, stable across queries, sessions and gateway
 /// processes with the same `hash_key`), null, and rules on non-text columns

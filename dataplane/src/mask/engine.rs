@@ -318,6 +318,9 @@ pub struct Engine {
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
+    /// The catalog query that resolves result columns to the stored
+    /// columns name rules match (`super::origins`); `None`: no name rule.
+    origins_query: Option<String>,
     hash_key: ring::hmac::Key,
     names: Vec<String>,
 }
@@ -626,6 +629,11 @@ impl Engine {
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
+            origins_query: if enabled {
+                super::origins::catalog_query(&p.columns)
+            } else {
+                None
+            },
             hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             names,
         })
@@ -690,6 +698,13 @@ impl Engine {
                     && c.name.as_ref().is_none_or(|r| r.is_match(name))
             })
             .map(|c| (c.rule, c.action))
+    }
+
+    /// The query that reads, from the target's catalog, the stored columns
+    /// this engine's name rules match (see [`super::origins`]); `None` when
+    /// no rule matches by name.
+    pub fn origins_query(&self) -> Option<&str> {
+        self.origins_query.as_deref()
     }
 
     /// Whether a column rule matches a column name regardless of type (for

@@ -49,6 +49,7 @@ pub mod detect;
 pub mod engine;
 mod json;
 mod named;
+pub mod origins;
 pub mod profile;
 pub mod rows;
 
@@ -57,6 +58,7 @@ mod tests;
 
 pub use classify::Kernel;
 pub use engine::{Builtin, Engine, HitAt, Hits, RuleId};
+pub use origins::ColumnOrigins;
 pub use profile::{ColumnAction, ColumnRule, Detectors, MaskFormat, MaskingProfile, ProfileError};
 pub use rows::{
     mask_copy_data, mask_data_row, mask_error_fields, retype_statement_description, ColumnPlan,

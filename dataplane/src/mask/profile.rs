@@ -331,10 +331,12 @@ pub struct CustomRegex {
 /// A rule applied to whole columns, chosen from RowDescription. At least one
 /// of `column`, `column_regex` and `type` must be given; all given must match.
 ///
-/// Names are the result's column names as the server describes them, so an
-/// alias or an expression in the query gives the column another name (and
-/// COPY TO output has none): rules are a convenience on top of the
-/// detectors, which scan every text value, not an access control.
+/// Names are the stored column's name where the gateway knows where a
+/// result column comes from (`super::origins`: an alias, a subquery or a
+/// CTE that renames a table column), else the result's column name; an
+/// expression gives a column no origin, and COPY TO output has no names:
+/// rules are a convenience on top of the detectors, which scan every text
+/// value, not an access control.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnRule {

@@ -31,11 +31,13 @@
 
 use super::detect;
 use super::engine::{Engine, Hits, Region, RuleId};
+use super::origins::ColumnOrigins;
 use super::profile::ColumnAction;
 use crate::protocol::tag;
 use jiff::tz::TimeZone;
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// A DataRow, CopyData or error body that is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +183,29 @@ fn kind(oid: u32, format: i16) -> Kind {
     }
 }
 
+/// The column rule of a result column: its stored column's, when
+/// `origins` knows where it comes from (an alias renames it), else its
+/// result name's.
+fn rule_of(
+    engine: &Engine,
+    origins: Option<&ColumnOrigins>,
+    name: &[u8],
+    table: u32,
+    attnum: i16,
+    oid: u32,
+) -> Option<(RuleId, ColumnAction)> {
+    let stored = match (origins, table) {
+        (Some(o), 1..) => {
+            o.saw_relation(table);
+            o.name(table, attnum)
+        }
+        _ => None,
+    };
+    stored
+        .and_then(|n| engine.column_rule(n, oid))
+        .or_else(|| engine.column_rule(name, oid))
+}
+
 fn plan_for(
     engine: &Engine,
     oid: u32,
@@ -249,6 +274,10 @@ pub struct RowPlan {
     /// never need it never look it up.
     zone_name: Vec<u8>,
     zone: OnceCell<Option<TimeZone>>,
+    /// Stored names of the columns name rules match, by table oid and
+    /// attribute number (see [`super::origins`]): a column's rule is its
+    /// stored name's, whatever the query calls it.
+    origins: Option<Arc<ColumnOrigins>>,
 }
 
 impl RowPlan {
@@ -291,6 +320,18 @@ impl RowPlan {
             .as_ref()
     }
 
+    /// Resolve columns to the stored columns they come from with this
+    /// catalog read (`None`: by result names only). Applies from the next
+    /// [`RowPlan::describe`].
+    pub fn set_origins(&mut self, origins: Option<Arc<ColumnOrigins>>) {
+        self.origins = origins;
+    }
+
+    /// The catalog read columns are resolved with ([`RowPlan::set_origins`]).
+    pub fn origins(&self) -> Option<&ColumnOrigins> {
+        self.origins.as_deref()
+    }
+
     /// Build the plan from a RowDescription body (after tag and length).
     /// The column formats are taken from the message; see
     /// [`RowPlan::set_result_formats`] for extended-protocol statements.
@@ -307,12 +348,14 @@ impl RowPlan {
         for _ in 0..n {
             let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
             let f = tail.get(..18).ok_or(E)?;
+            let table = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+            let attnum = i16::from_be_bytes([f[4], f[5]]);
             let oid = u32::from_be_bytes([f[6], f[7], f[8], f[9]]);
             let format = i16::from_be_bytes([f[16], f[17]]);
             rest = &tail[18..];
             self.names.extend_from_slice(name);
             let rule = if engine.enabled() {
-                engine.column_rule(name, oid)
+                rule_of(engine, self.origins.as_deref(), name, table, attnum, oid)
             } else {
                 None
             };
@@ -367,7 +410,7 @@ impl RowPlan {
     /// Returns whether anything changed.
     pub fn retype_description(&self, body: &mut [u8]) -> bool {
         self.retypes
-            && retype_where(body, |i, _, _| {
+            && retype_where(body, |i, _| {
                 self.cols.get(i).is_some_and(|c| retyped(c.oid, c.rule))
             })
     }
@@ -495,7 +538,11 @@ impl RowPlan {
 /// matched only against the columns whose type is not text. Returns which
 /// columns are shown as `text` (`None`: none, or a malformed body, which
 /// is left as it is).
-pub fn retype_statement_description(engine: &Engine, body: &mut [u8]) -> Option<Vec<bool>> {
+pub fn retype_statement_description(
+    engine: &Engine,
+    origins: Option<&ColumnOrigins>,
+    body: &mut [u8],
+) -> Option<Vec<bool>> {
     if !engine.enabled() {
         return None;
     }
@@ -503,8 +550,12 @@ pub fn retype_statement_description(engine: &Engine, body: &mut [u8]) -> Option<
         .get(..2)
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut told: Option<Vec<bool>> = None;
-    retype_where(body, |i, name, oid| {
-        let text = kind(oid, 0) != Kind::Text && retyped(oid, engine.column_rule(name, oid));
+    retype_where(body, |i, f| {
+        let text = kind(f.oid, 0) != Kind::Text
+            && retyped(
+                f.oid,
+                rule_of(engine, origins, f.name, f.table, f.attnum, f.oid),
+            );
         if text {
             told.get_or_insert_with(|| vec![false; n])[i] = true;
         }
@@ -513,10 +564,18 @@ pub fn retype_statement_description(engine: &Engine, body: &mut [u8]) -> Option<
     told
 }
 
+/// A RowDescription field: its name, table oid, attribute number, type oid.
+struct Field<'a> {
+    name: &'a [u8],
+    table: u32,
+    attnum: i16,
+    oid: u32,
+}
+
 /// Set the type of the fields of RowDescription `body` for which
-/// `as_text(index, name, type oid)` holds to `text` (oid 25, no size, no
-/// modifier), in place. Whether any was; a malformed body is left as it is.
-fn retype_where(body: &mut [u8], mut as_text: impl FnMut(usize, &[u8], u32) -> bool) -> bool {
+/// `as_text(index, field)` holds to `text` (oid 25, no size, no modifier),
+/// in place. Whether any was; a malformed body is left as it is.
+fn retype_where(body: &mut [u8], mut as_text: impl FnMut(usize, Field<'_>) -> bool) -> bool {
     // The offset of each field's 18 bytes after its name, all checked
     // before anything is written.
     let field_at = |at: usize, body: &[u8]| {
@@ -543,8 +602,14 @@ fn retype_where(body: &mut [u8], mut as_text: impl FnMut(usize, &[u8], u32) -> b
         let Some(f) = field_at(at, body) else {
             break; // (Checked above.)
         };
-        let oid = u32::from_be_bytes([body[f + 6], body[f + 7], body[f + 8], body[f + 9]]);
-        if as_text(i, &body[at..f - 1], oid) {
+        let b = &body[f..f + 10];
+        let field = Field {
+            name: &body[at..f - 1],
+            table: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            attnum: i16::from_be_bytes([b[4], b[5]]),
+            oid: u32::from_be_bytes([b[6], b[7], b[8], b[9]]),
+        };
+        if as_text(i, field) {
             body[f + 6..f + 10].copy_from_slice(&25u32.to_be_bytes());
             body[f + 10..f + 12].copy_from_slice(&(-1i16).to_be_bytes());
             body[f + 12..f + 16].copy_from_slice(&(-1i32).to_be_bytes());

@@ -314,7 +314,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             ),
         })
     });
-    let (target, target_fd, mut ready) = match connect {
+    let (mut target, target_fd, mut ready) = match connect {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "target unavailable: {}", e.message);
@@ -362,6 +362,32 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             return Some(Outcome::Rejected);
         }
     }
+    // Where result columns come from, so column rules follow aliases: read
+    // from the target's catalog now, before the client's first statement
+    // (or this worker's recent read). Only on a connection that sent
+    // nothing past its ReadyForQuery (as PostgreSQL does).
+    let origins = match &session.masking {
+        Some(engine) if ready.ready_for_query.len() == 6 => {
+            match super::catalog::origins(
+                worker,
+                &conn,
+                engine,
+                &mut target,
+                &mut ready.ready_for_query,
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "{}", e.message);
+                    shutdown_fd(target_fd);
+                    let _ = write_all(&mut client, fatal(&e.code, &e.message)).await;
+                    return Some(Outcome::TargetUnavailable);
+                }
+            }
+        }
+        _ => None,
+    };
     let guard = shared.cancels.register(cancel_target.clone());
     let mut hello = Vec::with_capacity(ready.forward.len() + 64);
     backend::auth_ok(&mut hello);
@@ -384,6 +410,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         audit.as_ref(),
         encoding.as_deref(),
         ready.time_zone.as_deref(),
+        origins,
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -783,6 +810,8 @@ async fn relay(
     // The client encoding and TimeZone the target reported at startup.
     client_encoding: Option<&[u8]>,
     time_zone: Option<&[u8]>,
+    // Where result columns come from (see `catalog`).
+    origins: Option<std::sync::Arc<crate::mask::ColumnOrigins>>,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -801,6 +830,7 @@ async fn relay(
             if let Some(tz) = time_zone {
                 m.set_time_zone(tz);
             }
+            m.set_origins(origins);
             if let Some(a) = audit {
                 // Masked counts per statement, and masked SQL text and
                 // parameters, for the records.

@@ -6,6 +6,7 @@
 //! connections and metrics; it shares only the snapshot pointer and the
 //! cancel-key table with the others.
 
+pub mod catalog;
 pub mod conn;
 pub mod io;
 
@@ -41,6 +42,8 @@ pub struct Worker {
     pub bad_cancels: BadCancelLimiter,
     /// This core's audit ring (None: audit is off).
     pub audit: Option<crate::audit::CoreAudit>,
+    /// This core's reads of targets' column catalogs (`catalog`).
+    pub origins: catalog::OriginsCache,
 }
 
 /// Bind one listening socket per (worker, address) with SO_REUSEPORT.
@@ -123,6 +126,7 @@ pub fn run_worker(
         shared: shared.clone(),
         bad_cancels: BadCancelLimiter::new(shared.limits.bad_cancels_per_second),
         audit: audit.map(crate::audit::CoreAudit::new),
+        origins: catalog::OriginsCache::default(),
     });
     let main = async move {
         let mut ls = Vec::new();

@@ -306,6 +306,14 @@ impl TargetMasker {
         self.plan.set_time_zone(name);
     }
 
+    /// Where result columns come from (the target's catalog, read at
+    /// login): column rules then follow a stored column under an alias.
+    pub fn set_origins(&mut self, origins: Option<Arc<crate::mask::ColumnOrigins>>) {
+        self.plan.set_origins(origins);
+        self.plan_desc = None;
+        self.plan_known = false;
+    }
+
     /// The client encoding, when masking cannot work in it (results must
     /// then not be sent while masking is on).
     pub fn unsafe_encoding(&self) -> Option<&str> {
@@ -559,7 +567,8 @@ impl TargetMasker {
                     // Rows come after a Bind; keep the description.
                     let desc = Rc::from(&*body);
                     let told = if self.active {
-                        retype_statement_description(&self.engine, body).map(Rc::from)
+                        retype_statement_description(&self.engine, self.plan.origins(), body)
+                            .map(Rc::from)
                     } else {
                         None
                     };

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# What the column catalog read costs a new connection: pgbench with a new
+# connection per transaction (`-C -S`) through three sluice-dp instances that
+# differ only in `limits`: `off` (column_origins: false), `cached` (the
+# default: each worker reuses its read for 60 s) and `every`
+# (column_origins_max_age_ms: 0, a read at every login). All three mask with
+# the built-in default profile, whose name rules make the read happen.
+# Contenders are interleaved (off -> cached -> every) for ROUNDS rounds; the
+# script prints the median connections per second of each and the median
+# (min-max) of the per-round ratios to `off`, and the reads each instance did
+# (sluice_column_catalog_reads_total). Results: bench/RESULTS.md section 12.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLIENTS=${CLIENTS:-4}
+ROUNDS=${ROUNDS:-7}
+SECS=${SECS:-5}
+THREADS=${THREADS:-2}
+TABLES=${TABLES:-200}
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    echo
+    echo "Knobs (env): CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS"
+    echo "  TABLES=$TABLES (extra tables of 12 columns, 2 of them secret-named, so the catalog is not trivial)"
+    echo "  SLUICE_WORKERS, SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1, OUT=<dir>"
+    exit 0
+fi
+[[ $# -eq 0 ]] || die "no arguments expected (configure with env vars; see --help)"
+for v in CLIENTS ROUNDS SECS THREADS TABLES; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
+done
+((ROUNDS >= 1 && SECS >= 1 && THREADS >= 1 && CLIENTS >= 1)) || die "ROUNDS, SECS, THREADS and CLIENTS must be at least 1"
+
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/sluice-origins.XXXXXX")}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+CSV=$OUT/connect_origins.csv
+require_cmd pgbench psql awk sed curl
+e2e_init
+write_meta "$OUT/meta.txt"
+echo "CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS TABLES=$TABLES SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+log "output dir: $OUT; about $((ROUNDS * 3 * SECS)) s of runs"
+
+ensure_sluice_bin
+start_pg 200
+pgbench_init 1
+log "creating $TABLES tables of 12 columns"
+psql_at "$PG_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -q >"$WORK/tables.log" 2>&1 <<EOF || { show_tail "$WORK/tables.log"; die "creating tables failed"; }
+DO \$\$ BEGIN
+  FOR i IN 1..$TABLES LOOP
+    EXECUTE format('CREATE TABLE t%s (id int, name text, email text, phone text, street text, city text,
+                    zip text, created timestamptz, total numeric, api_secret text, note text, reset_token text)', i);
+  END LOOP;
+END \$\$;
+EOF
+cols=$(psql_at "$PG_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -tAc "SELECT count(*) FROM pg_attribute")
+echo "pg_attribute rows: $cols" >>"$OUT/meta.txt"
+
+declare -A PORT ADMIN KEY
+for k in off cached every; do
+    case $k in
+    off) SLUICE_EXTRA_YAML='limits: { column_origins: false }' ;;
+    cached) SLUICE_EXTRA_YAML='' ;;
+    every) SLUICE_EXTRA_YAML='limits: { column_origins_max_age_ms: 0 }' ;;
+    esac
+    SLUICE_NAME=sluice-$k start_sluice plain
+    PORT[$k]=$SLUICE_PORT ADMIN[$k]=$SLUICE_ADMIN_PORT KEY[$k]=$SLUICE_KEY
+    E2E_EXTRA_PIDS+=("sluice-$k:$SLUICE_PID")
+done
+
+echo "round,contender,tps" >"$CSV"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for k in off cached every; do
+        tps=$(PGPASSWORD=${KEY[$k]} pgbench -n -C -S -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECS" \
+            -h 127.0.0.1 -p "${PORT[$k]}" -U agent "$BENCH_DB" 2>>"$OUT/pgbench.log" |
+            sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
+        [[ -n $tps ]] || { tail -n 20 "$OUT/pgbench.log" >&2; die "pgbench through $k gave no tps"; }
+        echo "$r,$k,$tps" >>"$CSV"
+        log "round $r $k: $tps connections/s"
+    done
+done
+
+reads() {
+    curl -fsS --max-time 5 "http://127.0.0.1:${ADMIN[$1]}/metrics" |
+        awk '/^sluice_column_catalog_reads_total/ { s = s " " $0 } END { print s }'
+}
+{
+    echo "connections per second (pgbench -C -S, c$CLIENTS, ${SECS}s), median of $ROUNDS rounds; ratio to off per round, median [min-max]"
+    awk -F, "$AWK_MEDIAN"'
+        NR > 1 { t[$2, $1] = $3; n[$2]++; if ($1 > R) R = $1 }
+        END {
+            split("off cached every", ks, " ")
+            for (i = 1; i <= 3; i++) {
+                k = ks[i]; m = 0; q = 0
+                for (r = 1; r <= R; r++) { if ((k, r) in t) a[++m] = t[k, r]; if ((k, r) in t && ("off", r) in t) b[++q] = t[k, r] / t["off", r] }
+                med = median(a, m); lo = b[1]; hi = b[1]
+                for (j = 1; j <= q; j++) { if (b[j] < lo) lo = b[j]; if (b[j] > hi) hi = b[j] }
+                printf "%-7s %10.1f  %.3f [%.3f-%.3f]\n", k, med, median(b, q), lo, hi
+                delete a; delete b
+            }
+        }' "$CSV"
+    for k in off cached every; do echo "reads $k:$(reads "$k")"; done
+} | tee "$OUT/summary.txt"
