@@ -97,8 +97,10 @@ pub struct CoreMetrics {
     pub protocol_errors: AtomicU64,
     /// Sessions ended because a new snapshot revoked their grant.
     pub sessions_revoked: AtomicU64,
-    /// Reads of a target's column catalog (column origins), done and failed.
+    /// Reads of a target's column catalog (column origins): whole, continued
+    /// with the relations created since, and failed.
     pub origin_reads: AtomicU64,
+    pub origin_reads_continued: AtomicU64,
     pub origin_reads_failed: AtomicU64,
     /// Values masked, by rule and by column name (locked by this core only
     /// when a read had hits, and by the scrape).
@@ -157,6 +159,7 @@ impl CoreMetrics {
             protocol_errors: AtomicU64::new(0),
             sessions_revoked: AtomicU64::new(0),
             origin_reads: AtomicU64::new(0),
+            origin_reads_continued: AtomicU64::new(0),
             origin_reads_failed: AtomicU64::new(0),
             masked_rules: Mutex::new(Default::default()),
             masked_columns: Mutex::new(Default::default()),
@@ -296,11 +299,16 @@ impl Registry {
             "sluice_protocol_errors_total {}",
             sum(c, |m| m.protocol_errors.load(Relaxed))
         );
-        let _ = writeln!(s, "# HELP sluice_column_catalog_reads_total Reads of a target's column catalog (column origins for column rules), by outcome.\n# TYPE sluice_column_catalog_reads_total counter");
+        let _ = writeln!(s, "# HELP sluice_column_catalog_reads_total Reads of a target's column catalog (column origins for column rules), by outcome and by read (whole, or continued with the relations created since).\n# TYPE sluice_column_catalog_reads_total counter");
         let _ = writeln!(
             s,
-            "sluice_column_catalog_reads_total{{outcome=\"ok\"}} {}",
+            "sluice_column_catalog_reads_total{{outcome=\"ok\",read=\"whole\"}} {}",
             sum(c, |m| m.origin_reads.load(Relaxed))
+        );
+        let _ = writeln!(
+            s,
+            "sluice_column_catalog_reads_total{{outcome=\"ok\",read=\"continued\"}} {}",
+            sum(c, |m| m.origin_reads_continued.load(Relaxed))
         );
         let _ = writeln!(
             s,

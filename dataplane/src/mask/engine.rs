@@ -315,12 +315,11 @@ pub struct Engine {
     /// Matches the names those rules match (one pass over a key before
     /// the rules are tried one by one).
     name_any: Option<regex::bytes::Regex>,
+    /// Matches the names any column rule matches by name.
+    column_names: Option<regex::bytes::Regex>,
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
-    /// The catalog query that resolves result columns to the stored
-    /// columns name rules match (`super::origins`); `None`: no name rule.
-    origins_query: Option<String>,
     hash_key: ring::hmac::Key,
     names: Vec<String>,
 }
@@ -576,16 +575,26 @@ impl Engine {
         anchors.sort_unstable();
         anchors.dedup();
         let any_builtin = on.iter().any(|&o| o) || named;
-        let name_any = if named {
-            // (The compiled name patterns, as one alternation.)
-            let any = name_rules()
+        // (Compiled name patterns, as one alternation.)
+        let alternation = |rules: &mut dyn Iterator<Item = &regex::bytes::Regex>| {
+            let any = rules
                 .map(|r| format!("(?:{})", r.as_str()))
                 .collect::<Vec<_>>()
                 .join("|");
-            Some(
-                regex::bytes::Regex::new(&any)
-                    .map_err(|e| ProfileError::field("columns", e.to_string()))?,
-            )
+            regex::bytes::Regex::new(&any)
+                .map_err(|e| ProfileError::field("columns", e.to_string()))
+        };
+        let name_any = if named {
+            Some(alternation(&mut name_rules())?)
+        } else {
+            None
+        };
+        // Every name rule's, whatever its action: the columns a catalog
+        // read keeps (`super::origins`).
+        let column_names = if enabled && columns.iter().any(|c| c.name.is_some()) {
+            Some(alternation(
+                &mut columns.iter().filter_map(|c| c.name.as_ref()),
+            )?)
         } else {
             None
         };
@@ -626,14 +635,10 @@ impl Engine {
             json_keys,
             named,
             name_any,
+            column_names,
             literals,
             regexes,
             columns: if enabled { columns } else { Vec::new() },
-            origins_query: if enabled {
-                super::origins::catalog_query(&p.columns)
-            } else {
-                None
-            },
             hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             names,
         })
@@ -700,11 +705,16 @@ impl Engine {
             .map(|c| (c.rule, c.action))
     }
 
-    /// The query that reads, from the target's catalog, the stored columns
-    /// this engine's name rules match (see [`super::origins`]); `None` when
-    /// no rule matches by name.
-    pub fn origins_query(&self) -> Option<&str> {
-        self.origins_query.as_deref()
+    /// Whether a column rule matches by name (so resolving result columns
+    /// to stored columns, [`super::origins`], can change a rule).
+    pub fn has_name_rules(&self) -> bool {
+        self.column_names.is_some()
+    }
+
+    /// Whether some column rule matches this name, regardless of type (one
+    /// regex, the rules' alternation).
+    pub fn name_ruled(&self, name: &[u8]) -> bool {
+        self.column_names.as_ref().is_some_and(|r| r.is_match(name))
     }
 
     /// Whether a column rule matches a column name regardless of type (for

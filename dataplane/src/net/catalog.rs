@@ -3,10 +3,12 @@
 //! statement, when this worker holds no recent read for the target database
 //! and profile.
 //!
-//! One read per worker, target database and name-rule set, kept for
-//! `limits.column_origins_max_age_ms` (0: read at every login), and read
-//! again sooner (on every core) once a session sees a result from a
-//! relation newer than its read. A read the server refuses (an error) leaves the session with rule
+//! One whole read per worker, target database and profile, kept for
+//! `limits.column_origins_max_age_ms` (0: read at every login). Once a
+//! session on any core sees a result from a relation newer than a read,
+//! the next login on each core continues that core's read with the
+//! relations created since (a small query; not within [`MIN_REREAD`] of
+//! the last read). A read the server refuses (an error) leaves the session with rule
 //! matching by result names, logged and counted, and is not tried again
 //! until the period is over; a read that does not finish in
 //! `connect_timeout_ms` ends the session (the connection is mid-answer).
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::mask::origins::catalog_query;
 use crate::mask::{ColumnOrigins, Engine};
 use crate::metrics::bump;
 use crate::net::io::{write_all, PacketReader, ReadError, TargetIo};
@@ -30,6 +33,11 @@ use super::Worker;
 /// newer than its read: every core's reads older than that are read again.
 static NEWER_SEEN: AtomicU64 = AtomicU64::new(0);
 
+/// A read younger than this is kept even when a newer relation has been
+/// seen (a session per login creating a temporary table would otherwise
+/// cost a read per login).
+pub const MIN_REREAD: Duration = Duration::from_secs(1);
+
 /// A worker's catalog reads, by target database.
 #[derive(Default)]
 pub struct OriginsCache {
@@ -37,34 +45,65 @@ pub struct OriginsCache {
 }
 
 struct Entry {
-    /// The query (it spells the name rules it was read for).
-    query: String,
-    at: Instant,
-    /// [`NEWER_SEEN`] before the read.
+    /// The engine whose name rules chose the columns kept.
+    engine: std::sync::Weak<Engine>,
+    /// When the whole catalog was last read, and when the last read (whole
+    /// or continued) was.
+    whole_at: Instant,
+    read_at: Instant,
+    /// [`NEWER_SEEN`] before the last read.
     epoch: u64,
     /// `None`: the server refused the query.
     origins: Option<Arc<ColumnOrigins>>,
 }
 
+/// What a login needs from the cache.
+enum Need {
+    /// A read this recent: use it.
+    Use(Option<Arc<ColumnOrigins>>),
+    /// The relations created since this read, added to it.
+    Continue(Arc<ColumnOrigins>),
+    /// The whole catalog.
+    Whole,
+}
+
 impl OriginsCache {
-    fn fresh(
-        &self,
-        key: &str,
-        query: &str,
-        max_age: Duration,
-    ) -> Option<Option<Arc<ColumnOrigins>>> {
+    fn need(&self, key: &str, engine: &Arc<Engine>, max_age: Duration) -> Need {
         let e = self.entries.borrow();
-        let e = e.get(key)?;
-        let stale = e.epoch != NEWER_SEEN.load(Relaxed);
-        (e.query == query && e.at.elapsed() < max_age && !stale).then(|| e.origins.clone())
+        let Some(e) = e.get(key) else {
+            return Need::Whole;
+        };
+        let same = std::ptr::eq(e.engine.as_ptr(), Arc::as_ptr(engine));
+        if !same || e.whole_at.elapsed() >= max_age {
+            return Need::Whole;
+        }
+        let newer = e.epoch != NEWER_SEEN.load(Relaxed);
+        match &e.origins {
+            Some(o) if newer && e.read_at.elapsed() >= MIN_REREAD => Need::Continue(o.clone()),
+            o => Need::Use(o.clone()),
+        }
     }
 
-    fn store(&self, key: String, query: &str, epoch: u64, origins: Option<Arc<ColumnOrigins>>) {
-        self.entries.borrow_mut().insert(
+    fn store(
+        &self,
+        key: String,
+        engine: &Arc<Engine>,
+        epoch: u64,
+        whole: bool,
+        origins: Option<Arc<ColumnOrigins>>,
+    ) {
+        let now = Instant::now();
+        let mut entries = self.entries.borrow_mut();
+        let whole_at = match entries.get(&key) {
+            Some(e) if !whole => e.whole_at,
+            _ => now,
+        };
+        entries.insert(
             key,
             Entry {
-                query: query.to_string(),
-                at: Instant::now(),
+                engine: Arc::downgrade(engine),
+                whole_at,
+                read_at: now,
                 epoch,
                 origins,
             },
@@ -80,15 +119,12 @@ impl OriginsCache {
 pub async fn origins(
     worker: &Worker,
     conn: &ConnectionEntry,
-    engine: &Engine,
+    engine: &Arc<Engine>,
     io: &mut TargetIo,
     after: &mut Vec<u8>,
 ) -> Result<Option<Arc<ColumnOrigins>>, TargetError> {
     let limits = &worker.shared.limits;
-    let Some(query) = engine.origins_query() else {
-        return Ok(None);
-    };
-    if !limits.column_origins {
+    if !limits.column_origins || !engine.enabled() || !engine.has_name_rules() {
         return Ok(None);
     }
     let key = format!(
@@ -96,14 +132,16 @@ pub async fn origins(
         conn.name, conn.host, conn.port, conn.database
     );
     let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
-    if let Some(o) = worker.origins.fresh(&key, query, max_age) {
-        return Ok(o);
-    }
+    let (start, whole) = match worker.origins.need(&key, engine, max_age) {
+        Need::Use(o) => return Ok(o),
+        Need::Continue(o) => (o.continued(), false),
+        Need::Whole => (ColumnOrigins::new(), true),
+    };
     let epoch = NEWER_SEEN.load(Relaxed);
     let limit = Duration::from_millis(limits.connect_timeout_ms);
     let read = monoio::time::timeout(
         limit,
-        read(engine, query, io, limits.max_frame_bytes, after),
+        read(engine, start, io, limits.max_frame_bytes, after),
     );
     let failed = |message: String| TargetError {
         code: crate::protocol::sqlstate::CONNECTION_FAILURE.into(),
@@ -132,7 +170,12 @@ pub async fn origins(
         }
         Ok(Ok(mut o)) => {
             o.notify_stale(&NEWER_SEEN);
-            bump(&worker.metrics.origin_reads, 1);
+            let n = if whole {
+                &worker.metrics.origin_reads
+            } else {
+                &worker.metrics.origin_reads_continued
+            };
+            bump(n, 1);
             if o.dropped() > 0 {
                 tracing::warn!(
                     connection = %conn.name,
@@ -141,33 +184,35 @@ pub async fn origins(
                     "more catalog columns match name rules than are kept; the rest match by result name only"
                 );
             }
-            tracing::debug!(connection = %conn.name, columns = o.len(), newest = o.newest_relation(), "column catalog read");
+            tracing::debug!(connection = %conn.name, whole, columns = o.len(), newest = o.newest_relation(), "column catalog read");
             Some(Arc::new(o))
         }
     };
-    worker.origins.store(key, query, epoch, origins.clone());
+    worker
+        .origins
+        .store(key, engine, epoch, whole, origins.clone());
     Ok(origins)
 }
 
-/// Run the query and take its rows. Outer `Err`: the connection failed or
+/// Run the query for the relations newer than `origins`' (all of them for a
+/// new one) and add its rows. Outer `Err`: the connection failed or
 /// the answer did not parse (the session cannot go on); inner `Err`: the
 /// server's error message.
 async fn read(
     engine: &Engine,
-    query: &str,
+    mut origins: ColumnOrigins,
     io: &mut TargetIo,
     max_frame: u32,
     after: &mut Vec<u8>,
 ) -> Result<Result<ColumnOrigins, String>, String> {
-    let mut q = Vec::with_capacity(query.len() + 6);
-    let mut body = query.as_bytes().to_vec();
+    let mut body = catalog_query(origins.newest_relation()).into_bytes();
     body.push(0);
+    let mut q = Vec::with_capacity(body.len() + 5);
     backend::message(&mut q, b'Q', &body);
     write_all(io, q).await.map_err(|e| e.to_string())?;
     let mut reader = PacketReader::new();
-    let mut origins = ColumnOrigins::new();
     let mut refused = None;
-    let keep = |name: &[u8]| engine.column_rule_by_name(name).is_some();
+    let keep = |name: &[u8]| engine.name_ruled(name);
     loop {
         let (tag, body) = match reader.read_tagged(io, max_frame).await {
             Ok(m) => m,

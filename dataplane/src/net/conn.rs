@@ -364,9 +364,11 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     }
     // Where result columns come from, so column rules follow aliases: read
     // from the target's catalog now, before the client's first statement
-    // (or this worker's recent read). Only on a connection that sent
-    // nothing past its ReadyForQuery (as PostgreSQL does).
-    let origins = match &session.masking {
+    // (or this worker's recent read), for the session's profile, or the
+    // connection's for a session that sees results unmasked (a new snapshot
+    // may mask it). Only on a connection that sent nothing past its
+    // ReadyForQuery (as PostgreSQL does).
+    let origins = match session.masking.as_ref().or(conn.masking.as_ref()) {
         Some(engine) if ready.ready_for_query.len() == 6 => {
             match super::catalog::origins(
                 worker,
