@@ -300,21 +300,23 @@ impl Registry {
             sum(c, |m| m.protocol_errors.load(Relaxed))
         );
         let _ = writeln!(s, "# HELP sluice_column_catalog_reads_total Reads of a target's column catalog (column origins for column rules), by outcome and by read (whole, or continued with the relations created since).\n# TYPE sluice_column_catalog_reads_total counter");
-        let _ = writeln!(
-            s,
-            "sluice_column_catalog_reads_total{{outcome=\"ok\",read=\"whole\"}} {}",
-            sum(c, |m| m.origin_reads.load(Relaxed))
-        );
-        let _ = writeln!(
-            s,
-            "sluice_column_catalog_reads_total{{outcome=\"ok\",read=\"continued\"}} {}",
-            sum(c, |m| m.origin_reads_continued.load(Relaxed))
-        );
-        let _ = writeln!(
-            s,
-            "sluice_column_catalog_reads_total{{outcome=\"failed\"}} {}",
-            sum(c, |m| m.origin_reads_failed.load(Relaxed))
-        );
+        let reads = [
+            (
+                r#"outcome="ok",read="whole""#,
+                sum(c, |m| m.origin_reads.load(Relaxed)),
+            ),
+            (
+                r#"outcome="ok",read="continued""#,
+                sum(c, |m| m.origin_reads_continued.load(Relaxed)),
+            ),
+            (
+                r#"outcome="failed""#,
+                sum(c, |m| m.origin_reads_failed.load(Relaxed)),
+            ),
+        ];
+        for (labels, n) in reads {
+            let _ = writeln!(s, "sluice_column_catalog_reads_total{{{labels}}} {n}");
+        }
         let _ = writeln!(s, "# HELP sluice_sessions_revoked_total Open sessions ended at their next statement because a new snapshot revoked their grant or key.\n# TYPE sluice_sessions_revoked_total counter");
         let _ = writeln!(
             s,
