@@ -1491,6 +1491,86 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
     assert_eq!(m.get("sluice_column_catalog_reads_total", &[]), 0.0);
 }
 
+/// A target that refuses the catalog query (here: `pg_attribute` not
+/// readable by the gateway's role in that database) leaves sessions working,
+/// with rules by result names, a warning and a failed read counted; the read
+/// is not tried again at every login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_catalog_read_leaves_rules_by_result_name() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_origins_refused";
+    pg.psql_super(
+        "postgres",
+        &[
+            &format!("DROP DATABASE IF EXISTS {db}"),
+            &format!("CREATE DATABASE {db} OWNER {}", pg.app_user),
+        ],
+    )
+    .assert_success("create database");
+    pg.psql_super(
+        db,
+        &[
+            "REVOKE SELECT ON pg_catalog.pg_attribute FROM PUBLIC",
+            &format!(
+                "CREATE TABLE creds (id int, api_secret text); \
+                 INSERT INTO creds VALUES (1, 'zq81-ALPHA-omega'); \
+                 ALTER TABLE creds OWNER TO {}",
+                pg.app_user
+            ),
+        ],
+    )
+    .assert_success("revoke and seed");
+    let cfg = GatewayConfig::new()
+        .workers(1)
+        .connection(
+            "locked",
+            "127.0.0.1",
+            pg.port,
+            db,
+            &pg.app_user,
+            Some(&pg.app_password),
+        )
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["locked"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    for round in 0..2 {
+        let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {}\n{}", err_text(&e), gw.log()));
+        let rows = simple_rows(&c, "select api_secret, api_secret as k, id from creds").await;
+        assert_eq!(
+            rows,
+            vec![vec![
+                Some("****************".to_string()),
+                Some("zq81-ALPHA-omega".to_string()),
+                Some("1".to_string())
+            ]],
+            "round {round}"
+        );
+    }
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "failed")]
+        ),
+        1.0,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+    assert_eq!(
+        m.get("sluice_column_catalog_reads_total", &[("outcome", "ok")]),
+        0.0
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("the target refused the column catalog query")
+            && log.contains("permission denied"),
+        "{log}"
+    );
+}
+
 /// Column rules of a custom profile: keep_last, mask, hash (keyed: equal
 /// values give equal hashes, stable across queries, sessions and gateway
 /// processes with the same `hash_key`), null, and rules on non-text columns
