@@ -39,9 +39,19 @@ static NEWER_SEEN: AtomicU64 = AtomicU64::new(0);
 pub const MIN_REREAD: Duration = Duration::from_secs(1);
 
 /// A worker's catalog reads, by target database.
-#[derive(Default)]
 pub struct OriginsCache {
     entries: RefCell<HashMap<String, Entry>>,
+    /// Bumped when a read goes stale ([`NEWER_SEEN`]; tests give their own).
+    epoch: &'static AtomicU64,
+}
+
+impl Default for OriginsCache {
+    fn default() -> Self {
+        OriginsCache {
+            entries: RefCell::default(),
+            epoch: &NEWER_SEEN,
+        }
+    }
 }
 
 struct Entry {
@@ -68,18 +78,20 @@ enum Need {
 }
 
 impl OriginsCache {
-    fn need(&self, key: &str, engine: &Arc<Engine>, max_age: Duration) -> Need {
+    fn need(&self, key: &str, engine: &Arc<Engine>, max_age: Duration, now: Instant) -> Need {
         let e = self.entries.borrow();
         let Some(e) = e.get(key) else {
             return Need::Whole;
         };
         let same = std::ptr::eq(e.engine.as_ptr(), Arc::as_ptr(engine));
-        if !same || e.whole_at.elapsed() >= max_age {
+        if !same || now.saturating_duration_since(e.whole_at) >= max_age {
             return Need::Whole;
         }
-        let newer = e.epoch != NEWER_SEEN.load(Relaxed);
+        let newer = e.epoch != self.epoch.load(Relaxed);
         match &e.origins {
-            Some(o) if newer && e.read_at.elapsed() >= MIN_REREAD => Need::Continue(o.clone()),
+            Some(o) if newer && now.saturating_duration_since(e.read_at) >= MIN_REREAD => {
+                Need::Continue(o.clone())
+            }
             o => Need::Use(o.clone()),
         }
     }
@@ -91,8 +103,8 @@ impl OriginsCache {
         epoch: u64,
         whole: bool,
         origins: Option<Arc<ColumnOrigins>>,
+        now: Instant,
     ) {
-        let now = Instant::now();
         let mut entries = self.entries.borrow_mut();
         let whole_at = match entries.get(&key) {
             Some(e) if !whole => e.whole_at,
@@ -132,12 +144,12 @@ pub async fn origins(
         conn.name, conn.host, conn.port, conn.database
     );
     let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
-    let (start, whole) = match worker.origins.need(&key, engine, max_age) {
+    let (start, whole) = match worker.origins.need(&key, engine, max_age, Instant::now()) {
         Need::Use(o) => return Ok(o),
         Need::Continue(o) => (o.continued(), false),
         Need::Whole => (ColumnOrigins::new(), true),
     };
-    let epoch = NEWER_SEEN.load(Relaxed);
+    let epoch = worker.origins.epoch.load(Relaxed);
     let limit = Duration::from_millis(limits.connect_timeout_ms);
     let read = monoio::time::timeout(
         limit,
@@ -169,7 +181,7 @@ pub async fn origins(
             None
         }
         Ok(Ok(mut o)) => {
-            o.notify_stale(&NEWER_SEEN);
+            o.notify_stale(worker.origins.epoch);
             let n = if whole {
                 &worker.metrics.origin_reads
             } else {
@@ -190,7 +202,7 @@ pub async fn origins(
     };
     worker
         .origins
-        .store(key, engine, epoch, whole, origins.clone());
+        .store(key, engine, epoch, whole, origins.clone(), Instant::now());
     Ok(origins)
 }
 
@@ -241,4 +253,101 @@ async fn read(
         Some(m) => Err(m),
         None => Ok(origins),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskingProfile;
+
+    fn engine() -> Arc<Engine> {
+        Engine::compile_shared(&MaskingProfile::default()).unwrap()
+    }
+
+    fn kind(n: &Need) -> &'static str {
+        match n {
+            Need::Use(Some(_)) => "use",
+            Need::Use(None) => "use-refused",
+            Need::Continue(_) => "continue",
+            Need::Whole => "whole",
+        }
+    }
+
+    /// A cache with an epoch of its own (tests run at once).
+    fn cache() -> OriginsCache {
+        OriginsCache {
+            entries: RefCell::default(),
+            epoch: Box::leak(Box::new(AtomicU64::new(0))),
+        }
+    }
+
+    #[test]
+    fn a_read_is_used_until_it_is_old_or_the_engine_changes() {
+        let c = cache();
+        let (e, other) = (engine(), engine());
+        let t0 = Instant::now();
+        let max = Duration::from_secs(60);
+        assert_eq!(kind(&c.need("db", &e, max, t0)), "whole");
+        let epoch = c.epoch.load(Relaxed);
+        c.store(
+            "db".into(),
+            &e,
+            epoch,
+            true,
+            Some(Arc::new(ColumnOrigins::new())),
+            t0,
+        );
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(kind(&c.need("db", &e, max, at(59))), "use");
+        assert_eq!(kind(&c.need("db", &e, max, at(60))), "whole");
+        assert_eq!(kind(&c.need("db", &other, max, at(1))), "whole");
+        assert_eq!(kind(&c.need("other db", &e, max, at(1))), "whole");
+        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, t0)), "whole");
+    }
+
+    #[test]
+    fn a_newer_relation_continues_the_read_after_a_second() {
+        let c = cache();
+        let e = engine();
+        let t0 = Instant::now();
+        let max = Duration::from_secs(60);
+        let epoch = c.epoch.load(Relaxed);
+        let mut o = ColumnOrigins::new();
+        o.notify_stale(c.epoch);
+        let o = Arc::new(o);
+        c.store("db".into(), &e, epoch, true, Some(o.clone()), t0);
+        // A result from relation 1 is newer than this empty read's newest (0).
+        o.saw_relation(1);
+        assert!(c.epoch.load(Relaxed) > epoch);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(kind(&c.need("db", &e, max, at(999))), "use");
+        assert_eq!(kind(&c.need("db", &e, max, at(1000))), "continue");
+        // A continued read keeps the whole read's time: the next whole read
+        // is still due 60 s after the first.
+        let now = c.epoch.load(Relaxed);
+        c.store(
+            "db".into(),
+            &e,
+            now,
+            false,
+            Some(Arc::new(o.continued())),
+            at(1000),
+        );
+        assert_eq!(kind(&c.need("db", &e, max, at(59_999))), "use");
+        assert_eq!(kind(&c.need("db", &e, max, at(60_000))), "whole");
+    }
+
+    #[test]
+    fn a_refused_read_is_not_tried_again_until_it_is_old() {
+        let c = cache();
+        let e = engine();
+        let t0 = Instant::now();
+        let max = Duration::from_secs(60);
+        c.store("db".into(), &e, 0, true, None, t0);
+        // A newer relation seen since.
+        c.epoch.fetch_add(1, Relaxed);
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(kind(&c.need("db", &e, max, at(5))), "use-refused");
+        assert_eq!(kind(&c.need("db", &e, max, at(60))), "whole");
+    }
 }
