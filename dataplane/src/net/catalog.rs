@@ -8,7 +8,9 @@
 //! session on any core sees a result from a relation newer than a read,
 //! the next login on each core continues that core's read with the
 //! relations created since (a small query; not within [`MIN_REREAD`] of
-//! the last read). A read the server refuses (an error) leaves the session with rule
+//! the last read). While one login reads again, the others on that core
+//! use the previous read (unless every login must read), so an expiry does
+//! not send every login of the moment to the catalog. A read the server refuses (an error) leaves the session with rule
 //! matching by result names, logged and counted, and is not tried again
 //! until the period is over; a read that does not finish in
 //! `connect_timeout_ms` ends the session (the connection is mid-answer).
@@ -65,6 +67,9 @@ struct Entry {
     epoch: u64,
     /// `None`: the server refused the query.
     origins: Option<Arc<ColumnOrigins>>,
+    /// A login is reading it again now: other logins use this one
+    /// meanwhile, rather than all reading at once when it expires.
+    reading: bool,
 }
 
 /// What a login needs from the cache.
@@ -84,6 +89,9 @@ impl OriginsCache {
             return Need::Whole;
         };
         let same = std::ptr::eq(e.engine.as_ptr(), Arc::as_ptr(engine));
+        if same && e.reading && !max_age.is_zero() {
+            return Need::Use(e.origins.clone());
+        }
         if !same || now.saturating_duration_since(e.whole_at) >= max_age {
             return Need::Whole;
         }
@@ -118,8 +126,16 @@ impl OriginsCache {
                 read_at: now,
                 epoch,
                 origins,
+                reading: false,
             },
         );
+    }
+
+    /// A login reads `key` again now (or stopped without a result).
+    fn set_reading(&self, key: &str, reading: bool) {
+        if let Some(e) = self.entries.borrow_mut().get_mut(key) {
+            e.reading = reading;
+        }
     }
 }
 
@@ -149,6 +165,16 @@ pub async fn origins(
         Need::Continue(o) => (o.continued(), false),
         Need::Whole => (ColumnOrigins::new(), true),
     };
+    // (Cleared however this ends: a result, an error, or the session's
+    // future dropped mid-read.)
+    struct Reading<'a>(&'a OriginsCache, &'a str);
+    impl Drop for Reading<'_> {
+        fn drop(&mut self) {
+            self.0.set_reading(self.1, false);
+        }
+    }
+    worker.origins.set_reading(&key, true);
+    let reading = Reading(&worker.origins, &key);
     let epoch = worker.origins.epoch.load(Relaxed);
     let limit = Duration::from_millis(limits.connect_timeout_ms);
     let read = monoio::time::timeout(
@@ -200,6 +226,7 @@ pub async fn origins(
             Some(Arc::new(o))
         }
     };
+    drop(reading);
     worker
         .origins
         .store(key, engine, epoch, whole, origins.clone(), Instant::now());
@@ -335,6 +362,42 @@ mod tests {
         );
         assert_eq!(kind(&c.need("db", &e, max, at(59_999))), "use");
         assert_eq!(kind(&c.need("db", &e, max, at(60_000))), "whole");
+    }
+
+    #[test]
+    fn while_one_login_reads_again_the_others_use_the_last_read() {
+        let c = cache();
+        let (e, other) = (engine(), engine());
+        let t0 = Instant::now();
+        let max = Duration::from_secs(60);
+        c.store(
+            "db".into(),
+            &e,
+            0,
+            true,
+            Some(Arc::new(ColumnOrigins::new())),
+            t0,
+        );
+        let late = t0 + Duration::from_secs(61);
+        assert_eq!(kind(&c.need("db", &e, max, late)), "whole");
+        c.set_reading("db", true);
+        assert_eq!(kind(&c.need("db", &e, max, late)), "use");
+        // Not for another profile, nor when every login must read.
+        assert_eq!(kind(&c.need("db", &other, max, late)), "whole");
+        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, late)), "whole");
+        // The read failed: the next login reads.
+        c.set_reading("db", false);
+        assert_eq!(kind(&c.need("db", &e, max, late)), "whole");
+        c.set_reading("db", true);
+        c.store(
+            "db".into(),
+            &e,
+            0,
+            true,
+            Some(Arc::new(ColumnOrigins::new())),
+            late,
+        );
+        assert_eq!(kind(&c.need("db", &e, max, late)), "use");
     }
 
     #[test]
