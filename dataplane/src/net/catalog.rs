@@ -10,7 +10,9 @@
 //! relations created since (a small query; not within [`MIN_REREAD`] of
 //! the last read). While one login reads again, the others on that core
 //! use the previous read (unless every login must read), so an expiry does
-//! not send every login of the moment to the catalog. A read the server refuses (an error) leaves the session with rule
+//! not send every login of the moment to the catalog.
+//!
+//! A read the server refuses (an error) leaves the session with rule
 //! matching by result names, logged and counted, and is not tried again
 //! until the period is over; a read that does not finish in
 //! `connect_timeout_ms` ends the session (the connection is mid-answer).
@@ -271,7 +273,10 @@ async fn read(
                 refused = Some(format!("{}: {}", f.code, f.message));
             }
             b'Z' => break,
-            // RowDescription, CommandComplete, notices.
+            // A setting the server reports meanwhile is the client's to
+            // know (after the login's ReadyForQuery, as PostgreSQL may).
+            b'S' => backend::message(after, b'S', &body),
+            // RowDescription, CommandComplete, this query's notices.
             _ => {}
         }
     }
