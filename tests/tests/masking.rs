@@ -1399,11 +1399,18 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let t = "mk_alias";
-    seed_people(pg, t).await;
     let late = "mk_alias_late";
     let direct = pg.direct().await;
     direct
-        .batch_execute(&format!("drop table if exists {late}"))
+        .batch_execute(&format!("drop view if exists {t}_v"))
+        .await
+        .unwrap();
+    seed_people(pg, t).await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {late}; \
+             create or replace view {t}_v as select id, ssn from {t}"
+        ))
         .await
         .unwrap();
     let cfg = GatewayConfig::new()
@@ -1439,6 +1446,19 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
             &want,
         );
     }
+    // RETURNING names its columns' origins too; a view that keeps a
+    // column's name is a stored column of that name.
+    for sql in [
+        format!("update {t} set note = note where id = 2 returning ssn as x"),
+        format!("select v.ssn as x from {t}_v v where id = 2"),
+    ] {
+        assert_eq!(
+            simple_rows(&c, &sql).await,
+            vec![vec![Some("*******4321".to_string())]],
+            "{sql}"
+        );
+    }
+
     // A table created after this session's read: a result from it marks
     // the read stale, and the next login reads the catalog again.
     direct

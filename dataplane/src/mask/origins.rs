@@ -12,7 +12,8 @@
 //! rule of a column's stored name (then, if none, of its result name).
 //!
 //! What this cannot see: an expression (`api_secret || ''`, a function
-//! call, a cast) has no origin, and a copy under another name (a view that
+//! call, a cast, a scalar subquery) and the result of a set operation
+//! (`UNION`) have no origin, and a copy under another name (a view that
 //! renames, `CREATE TABLE … AS`) is a column of its own; the detectors,
 //! which scan every text value, still apply there. A relation created after
 //! the catalog was read is resolved once it is read again: a result from a
