@@ -21,7 +21,7 @@ THREADS=${THREADS:-2}
 TABLES=${TABLES:-200}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "Knobs (env): CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS"
     echo "  TABLES=$TABLES (extra tables of 12 columns, 2 of them secret-named, so the catalog is not trivial)"
