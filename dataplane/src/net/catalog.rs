@@ -12,9 +12,9 @@
 //! use the previous read (unless every login must read), so an expiry does
 //! not send every login of the moment to the catalog.
 //!
-//! A read the server refuses (an error) leaves the session with rule
-//! matching by result names, logged and counted, and is not tried again
-//! until the period is over; a read that does not finish in
+//! A read the server refuses (an error) is logged and counted, leaves the
+//! last read in use if there is one (else rules by result names), and is
+//! not tried again until the period is over; a read that does not finish in
 //! `connect_timeout_ms` ends the session (the connection is mid-answer).
 
 use std::cell::RefCell;
@@ -80,22 +80,26 @@ enum Need {
     Use(Option<Arc<ColumnOrigins>>),
     /// The relations created since this read, added to it.
     Continue(Arc<ColumnOrigins>),
-    /// The whole catalog.
-    Whole,
+    /// The whole catalog (with the last read for this engine, expired, to
+    /// keep if the server refuses the new one).
+    Whole(Option<Arc<ColumnOrigins>>),
 }
 
 impl OriginsCache {
     fn need(&self, key: &str, engine: &Arc<Engine>, max_age: Duration, now: Instant) -> Need {
         let e = self.entries.borrow();
         let Some(e) = e.get(key) else {
-            return Need::Whole;
+            return Need::Whole(None);
         };
         let same = std::ptr::eq(e.engine.as_ptr(), Arc::as_ptr(engine));
-        if same && e.reading && !max_age.is_zero() {
+        if !same {
+            return Need::Whole(None);
+        }
+        if e.reading && !max_age.is_zero() {
             return Need::Use(e.origins.clone());
         }
-        if !same || now.saturating_duration_since(e.whole_at) >= max_age {
-            return Need::Whole;
+        if now.saturating_duration_since(e.whole_at) >= max_age {
+            return Need::Whole(e.origins.clone());
         }
         let newer = e.epoch != self.epoch.load(Relaxed);
         match &e.origins {
@@ -162,10 +166,12 @@ pub async fn origins(
         conn.name, conn.host, conn.port, conn.database
     );
     let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
-    let (start, whole) = match worker.origins.need(&key, engine, max_age, Instant::now()) {
+    // `prev`: the last read, kept if the server refuses this one (an older
+    // read masks more than none).
+    let (start, whole, prev) = match worker.origins.need(&key, engine, max_age, Instant::now()) {
         Need::Use(o) => return Ok(o),
-        Need::Continue(o) => (o.continued(), false),
-        Need::Whole => (ColumnOrigins::new(), true),
+        Need::Continue(o) => (o.continued(), false, Some(o)),
+        Need::Whole(prev) => (ColumnOrigins::new(), true, prev),
     };
     // (Cleared however this ends: a result, an error, or the session's
     // future dropped mid-read.)
@@ -202,11 +208,16 @@ pub async fn origins(
         }
         Ok(Err(refused)) => {
             bump(&worker.metrics.origin_reads_failed, 1);
+            let then = if prev.is_some() {
+                "the last read stays in use"
+            } else {
+                "column rules match result names only"
+            };
             tracing::warn!(
                 connection = %conn.name,
-                "the target refused the column catalog query ({refused}); column rules match result names only until the next read"
+                "the target refused the column catalog query ({refused}); {then} until the next read"
             );
-            None
+            prev
         }
         Ok(Ok(mut o)) => {
             o.notify_stale(worker.origins.epoch);
@@ -301,7 +312,8 @@ mod tests {
             Need::Use(Some(_)) => "use",
             Need::Use(None) => "use-refused",
             Need::Continue(_) => "continue",
-            Need::Whole => "whole",
+            Need::Whole(None) => "whole",
+            Need::Whole(Some(_)) => "whole-again",
         }
     }
 
@@ -331,10 +343,10 @@ mod tests {
         );
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(kind(&c.need("db", &e, max, at(59))), "use");
-        assert_eq!(kind(&c.need("db", &e, max, at(60))), "whole");
+        assert_eq!(kind(&c.need("db", &e, max, at(60))), "whole-again");
         assert_eq!(kind(&c.need("db", &other, max, at(1))), "whole");
         assert_eq!(kind(&c.need("other db", &e, max, at(1))), "whole");
-        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, t0)), "whole");
+        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, t0)), "whole-again");
     }
 
     #[test]
@@ -366,7 +378,7 @@ mod tests {
             at(1000),
         );
         assert_eq!(kind(&c.need("db", &e, max, at(59_999))), "use");
-        assert_eq!(kind(&c.need("db", &e, max, at(60_000))), "whole");
+        assert_eq!(kind(&c.need("db", &e, max, at(60_000))), "whole-again");
     }
 
     #[test]
@@ -384,15 +396,15 @@ mod tests {
             t0,
         );
         let late = t0 + Duration::from_secs(61);
-        assert_eq!(kind(&c.need("db", &e, max, late)), "whole");
+        assert_eq!(kind(&c.need("db", &e, max, late)), "whole-again");
         c.set_reading("db", true);
         assert_eq!(kind(&c.need("db", &e, max, late)), "use");
         // Not for another profile, nor when every login must read.
         assert_eq!(kind(&c.need("db", &other, max, late)), "whole");
-        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, late)), "whole");
+        assert_eq!(kind(&c.need("db", &e, Duration::ZERO, late)), "whole-again");
         // The read failed: the next login reads.
         c.set_reading("db", false);
-        assert_eq!(kind(&c.need("db", &e, max, late)), "whole");
+        assert_eq!(kind(&c.need("db", &e, max, late)), "whole-again");
         c.set_reading("db", true);
         c.store(
             "db".into(),
