@@ -1366,6 +1366,17 @@ fn people_masked() -> Vec<TextRow> {
     ]
 }
 
+/// [`seed_people`]'s rows of `sql` are `want` by the simple and by the
+/// extended protocol.
+async fn assert_people(c: &Client, what: &str, sql: &str, want: &[TextRow]) {
+    assert_rows(&format!("{what}, simple"), &simple_rows(c, sql).await, want);
+    assert_rows(
+        &format!("{what}, extended"),
+        &people_extended(c, sql).await,
+        want,
+    );
+}
+
 /// The same rows read with the extended protocol (binary), as text.
 async fn people_extended(c: &Client, sql: &str) -> Vec<TextRow> {
     let rows = step(sql, c.query(sql, &[]))
@@ -1435,16 +1446,7 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
         format!("select * from (select {renamed} from {t}) s order by a"),
         format!("with q as (select {cols} from {t}) select {renamed} from q order by a"),
     ] {
-        assert_rows(
-            &format!("simple: {sql}"),
-            &simple_rows(&c, &sql).await,
-            &want,
-        );
-        assert_rows(
-            &format!("extended: {sql}"),
-            &people_extended(&c, &sql).await,
-            &want,
-        );
+        assert_people(&c, &sql, &sql, &want).await;
     }
     // RETURNING names its columns' origins too; a view that keeps a
     // column's name is a stored column of that name.
@@ -1622,16 +1624,7 @@ async fn column_rules_keep_last_mask_hash_and_null() {
     ] {
         let c = g.agent().await;
         for round in 0..2 {
-            assert_rows(
-                &format!("{name}, simple, round {round}"),
-                &simple_rows(&c, &sql).await,
-                &want,
-            );
-            assert_rows(
-                &format!("{name}, extended, round {round}"),
-                &people_extended(&c, &sql).await,
-                &want,
-            );
+            assert_people(&c, &format!("{name}, round {round}"), &sql, &want).await;
         }
     }
     // Equal values, equal hashes: a join on the hashed column still works.

@@ -182,8 +182,7 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn next(&mut self) -> Result<Option<&'a [u8]>, BadCatalogRow> {
-        let l = self.rest.get(..4).ok_or(BadCatalogRow)?;
-        let l = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        let l = crate::protocol::be_i32(self.rest.get(..4).ok_or(BadCatalogRow)?);
         self.rest = &self.rest[4..];
         if l < 0 {
             return Ok(None);

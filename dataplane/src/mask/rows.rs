@@ -189,21 +189,18 @@ fn kind(oid: u32, format: i16) -> Kind {
 fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
-    name: &[u8],
-    table: u32,
-    attnum: i16,
-    oid: u32,
+    f: &Field<'_>,
 ) -> Option<(RuleId, ColumnAction)> {
-    let stored = match (origins, table) {
+    let stored = match (origins, f.table) {
         (Some(o), 1..) => {
-            o.saw_relation(table);
-            o.name(table, attnum)
+            o.saw_relation(f.table);
+            o.name(f.table, f.attnum)
         }
         _ => None,
     };
     stored
-        .and_then(|n| engine.column_rule(n, oid))
-        .or_else(|| engine.column_rule(name, oid))
+        .and_then(|n| engine.column_rule(n, f.oid))
+        .or_else(|| engine.column_rule(f.name, f.oid))
 }
 
 fn plan_for(
@@ -348,14 +345,13 @@ impl RowPlan {
         for _ in 0..n {
             let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
             let f = tail.get(..18).ok_or(E)?;
-            let table = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
-            let attnum = i16::from_be_bytes([f[4], f[5]]);
-            let oid = u32::from_be_bytes([f[6], f[7], f[8], f[9]]);
+            let field = Field::new(name, f);
+            let oid = field.oid;
             let format = i16::from_be_bytes([f[16], f[17]]);
             rest = &tail[18..];
             self.names.extend_from_slice(name);
             let rule = if engine.enabled() {
-                rule_of(engine, self.origins.as_deref(), name, table, attnum, oid)
+                rule_of(engine, self.origins.as_deref(), &field)
             } else {
                 None
             };
@@ -551,11 +547,7 @@ pub fn retype_statement_description(
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut told: Option<Vec<bool>> = None;
     retype_where(body, |i, f| {
-        let text = kind(f.oid, 0) != Kind::Text
-            && retyped(
-                f.oid,
-                rule_of(engine, origins, f.name, f.table, f.attnum, f.oid),
-            );
+        let text = kind(f.oid, 0) != Kind::Text && retyped(f.oid, rule_of(engine, origins, &f));
         if text {
             told.get_or_insert_with(|| vec![false; n])[i] = true;
         }
@@ -570,6 +562,18 @@ struct Field<'a> {
     table: u32,
     attnum: i16,
     oid: u32,
+}
+
+impl<'a> Field<'a> {
+    /// From the field's name and the (at least 10) bytes after its NUL.
+    fn new(name: &'a [u8], f: &[u8]) -> Self {
+        Field {
+            name,
+            table: crate::protocol::be_u32(f),
+            attnum: i16::from_be_bytes([f[4], f[5]]),
+            oid: crate::protocol::be_u32(&f[6..]),
+        }
+    }
 }
 
 /// Set the type of the fields of RowDescription `body` for which
@@ -602,14 +606,7 @@ fn retype_where(body: &mut [u8], mut as_text: impl FnMut(usize, Field<'_>) -> bo
         let Some(f) = field_at(at, body) else {
             break; // (Checked above.)
         };
-        let b = &body[f..f + 10];
-        let field = Field {
-            name: &body[at..f - 1],
-            table: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            attnum: i16::from_be_bytes([b[4], b[5]]),
-            oid: u32::from_be_bytes([b[6], b[7], b[8], b[9]]),
-        };
-        if as_text(i, field) {
+        if as_text(i, Field::new(&body[at..f - 1], &body[f..f + 10])) {
             body[f + 6..f + 10].copy_from_slice(&25u32.to_be_bytes());
             body[f + 10..f + 12].copy_from_slice(&(-1i16).to_be_bytes());
             body[f + 12..f + 16].copy_from_slice(&(-1i32).to_be_bytes());

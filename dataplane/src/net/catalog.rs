@@ -65,7 +65,7 @@ struct Entry {
     /// or continued) was.
     whole_at: Instant,
     read_at: Instant,
-    /// [`NEWER_SEEN`] before the last read.
+    /// The cache's epoch ([`NEWER_SEEN`]) before the last read.
     epoch: u64,
     /// `None`: the server refused the query.
     origins: Option<Arc<ColumnOrigins>>,
@@ -325,6 +325,12 @@ mod tests {
         }
     }
 
+    /// Store a successful read (no columns) of `db` made at `at`.
+    fn read_at(c: &OriginsCache, e: &Arc<Engine>, whole: bool, o: ColumnOrigins, at: Instant) {
+        let epoch = c.epoch.load(Relaxed);
+        c.store("db".into(), e, epoch, whole, Some(Arc::new(o)), at);
+    }
+
     #[test]
     fn a_read_is_used_until_it_is_old_or_the_engine_changes() {
         let c = cache();
@@ -332,15 +338,7 @@ mod tests {
         let t0 = Instant::now();
         let max = Duration::from_secs(60);
         assert_eq!(kind(&c.need("db", &e, max, t0)), "whole");
-        let epoch = c.epoch.load(Relaxed);
-        c.store(
-            "db".into(),
-            &e,
-            epoch,
-            true,
-            Some(Arc::new(ColumnOrigins::new())),
-            t0,
-        );
+        read_at(&c, &e, true, ColumnOrigins::new(), t0);
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(kind(&c.need("db", &e, max, at(59))), "use");
         assert_eq!(kind(&c.need("db", &e, max, at(60))), "whole-again");
@@ -368,15 +366,7 @@ mod tests {
         assert_eq!(kind(&c.need("db", &e, max, at(1000))), "continue");
         // A continued read keeps the whole read's time: the next whole read
         // is still due 60 s after the first.
-        let now = c.epoch.load(Relaxed);
-        c.store(
-            "db".into(),
-            &e,
-            now,
-            false,
-            Some(Arc::new(o.continued())),
-            at(1000),
-        );
+        read_at(&c, &e, false, o.continued(), at(1000));
         assert_eq!(kind(&c.need("db", &e, max, at(59_999))), "use");
         assert_eq!(kind(&c.need("db", &e, max, at(60_000))), "whole-again");
     }
@@ -387,14 +377,7 @@ mod tests {
         let (e, other) = (engine(), engine());
         let t0 = Instant::now();
         let max = Duration::from_secs(60);
-        c.store(
-            "db".into(),
-            &e,
-            0,
-            true,
-            Some(Arc::new(ColumnOrigins::new())),
-            t0,
-        );
+        read_at(&c, &e, true, ColumnOrigins::new(), t0);
         let late = t0 + Duration::from_secs(61);
         assert_eq!(kind(&c.need("db", &e, max, late)), "whole-again");
         c.set_reading("db", true);
@@ -406,14 +389,7 @@ mod tests {
         c.set_reading("db", false);
         assert_eq!(kind(&c.need("db", &e, max, late)), "whole-again");
         c.set_reading("db", true);
-        c.store(
-            "db".into(),
-            &e,
-            0,
-            true,
-            Some(Arc::new(ColumnOrigins::new())),
-            late,
-        );
+        read_at(&c, &e, true, ColumnOrigins::new(), late);
         assert_eq!(kind(&c.need("db", &e, max, late)), "use");
     }
 
