@@ -134,7 +134,7 @@ fn main() {
         let (reqs, resp) = &work[t % work.len()];
         if let Some(m) = masker.as_mut() {
             for (tag, body) in reqs {
-                m.on_client_frame(*tag, body, true);
+                m.on_client_frame(*tag, body, true, None);
             }
         }
         let mut from = 0usize;

@@ -22,6 +22,7 @@ use proto::resource::Spec;
 use sluice_tests::client::{connect_with_messages, err_text, step};
 use sluice_tests::cp::{self, Admin, Backend, ControlPlane};
 use sluice_tests::{connect, db_code, process, ApiKey, Gateway, GatewayConfig, Pg};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Row, SimpleQueryMessage};
 
@@ -1590,6 +1591,146 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
         log.contains("the target refused the column catalog query")
             && log.contains("permission denied"),
         "{log}"
+    );
+}
+
+/// [`people_masked`] as COPY text (`\\N` for NULL, tabs) or CSV (empty
+/// for NULL) lines, of the columns `cols` (indexes).
+fn people_copy(cols: &[usize], csv: bool) -> String {
+    let mut out = String::new();
+    for row in people_masked() {
+        let f: Vec<String> = cols
+            .iter()
+            .map(|&i| match &row[i] {
+                Some(v) => v.clone(),
+                None if csv => String::new(),
+                None => "\\N".to_string(),
+            })
+            .collect();
+        out.push_str(&f.join(if csv { "," } else { "\t" }));
+        out.push('\n');
+    }
+    out
+}
+
+/// Column rules apply to `COPY … TO STDOUT` as to a SELECT: before the
+/// COPY the gateway has the target describe (never run) the query it runs,
+/// so each field gets its stored column's rule, through the table form,
+/// a column list, a query with aliases, CSV, several statements in one
+/// Query (psql) and the extended protocol (tokio-postgres). A COPY whose
+/// columns cannot be described (its table is created in the same Query) has
+/// every field masked whole; a COPY that fails gets its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_apply_to_copy_to_stdout() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_copy";
+    seed_people(pg, t).await;
+    let cfg = GatewayConfig::new()
+        .pg_connection_masked("app", pg, "pii")
+        .masking_profile("pii", &pii_profile(""))
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["app"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    let c = gw.agent().await;
+    let all: Vec<usize> = (0..7).collect();
+    let cases = [
+        (format!("COPY {t} TO STDOUT"), people_copy(&all, false)),
+        (
+            format!("COPY public.{t} (id, ssn, email, salary) TO STDOUT WITH (FORMAT csv)"),
+            people_copy(&[0, 1, 3, 5], true),
+        ),
+        (
+            format!(
+                "COPY (SELECT p.id, p.ssn AS a, p.secret_answer AS b, p.internal_notes AS c, \
+                 p.note AS d FROM {t} p ORDER BY p.id) TO STDOUT"
+            ),
+            people_copy(&[0, 1, 2, 4, 6], false),
+        ),
+    ];
+    for (sql, want) in &cases {
+        let got = copy_out(&c, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        assert_eq!(String::from_utf8_lossy(&got), *want, "extended: {sql}");
+        let via = psql(&via_url(&gw), &["-c", sql], None);
+        via.assert_success("psql COPY through the gateway");
+        assert_eq!(via.stdout, *want, "psql: {sql}");
+    }
+    // Several statements in one Query, the COPY not first.
+    let sql = format!("SELECT 1 AS one; COPY (SELECT ssn FROM {t} ORDER BY id) TO STDOUT");
+    let via = psql(&via_url(&gw), &["-At", "-c", &sql], None);
+    via.assert_success("psql, two statements");
+    assert_eq!(via.stdout, "1\n*****6789\n*******4321\n\\N\n", "{sql}");
+    // The session goes on after COPYs (nothing of the describes reaches
+    // the client).
+    assert_people(
+        &c,
+        "after COPY",
+        &format!("select id, ssn, secret_answer, email, internal_notes, salary, note from {t} order by id"),
+        &people_masked(),
+    )
+    .await;
+
+    // A COPY that fails gets its own error, in both protocols.
+    let bad = format!("COPY (SELECT nope FROM {t}) TO STDOUT");
+    let e = copy_out(&c, &bad).await.expect_err("a bad COPY fails");
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::UNDEFINED_COLUMN),
+        "{}",
+        err_text(&e)
+    );
+    let e = c.simple_query(&bad).await.expect_err("a bad COPY fails");
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::UNDEFINED_COLUMN),
+        "{}",
+        err_text(&e)
+    );
+    assert_eq!(
+        simple_rows(&c, "select 2").await,
+        vec![vec![Some("2".to_string())]]
+    );
+    // In a transaction block too (where the COPY itself would only say that
+    // the transaction is aborted after the failed describe).
+    for extended in [false, true] {
+        c.batch_execute("BEGIN").await.unwrap();
+        let e = if extended {
+            copy_out(&c, &bad).await.expect_err("a bad COPY fails")
+        } else {
+            c.simple_query(&bad).await.expect_err("a bad COPY fails")
+        };
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::UNDEFINED_COLUMN),
+            "extended {extended}: {}",
+            err_text(&e)
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+
+    // Not describable (the table is created by the same Query): every
+    // field masked whole, counted under `column:unresolved_copy`.
+    let sql = format!(
+        "CREATE TEMP TABLE {t}_tmp AS SELECT id, note FROM {t}; \
+         COPY (SELECT * FROM {t}_tmp ORDER BY id) TO STDOUT"
+    );
+    let via = psql(&via_url(&gw), &["-c", &sql], None);
+    via.assert_success("psql, COPY of a table created in the same Query");
+    assert_eq!(
+        via.stdout, "SELECT 3\n*\t************************\n*\t**********\n*\t\\N\n",
+        "{sql}"
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_masked_values_total",
+            &[("rule", "column:unresolved_copy")]
+        ),
+        5.0,
+        "{}",
+        m.lines_for("sluice_masked_values_total")
     );
 }
 

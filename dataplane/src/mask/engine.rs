@@ -320,6 +320,9 @@ pub struct Engine {
     literals: Vec<LiteralSet>,
     regexes: Vec<(regex::bytes::Regex, RuleId)>,
     columns: Vec<ColumnMatcher>,
+    /// With column rules: the rule a COPY's fields are masked whole under
+    /// when its columns are not known (`column:unresolved_copy`).
+    unresolved_copy: Option<RuleId>,
     hash_key: ring::hmac::Key,
     names: Vec<String>,
 }
@@ -552,6 +555,11 @@ impl Engine {
             });
             next_rule += 1;
         }
+        let unresolved_copy = (!columns.is_empty()).then(|| {
+            names.push("column:unresolved_copy".to_string());
+            next_rule += 1;
+            RuleId((next_rule - 1) as u8)
+        });
         // Name rules (a column rule by name that keeps the length) apply to
         // JSON members, and with `named_values` to named values in text.
         let name_rules = || {
@@ -638,6 +646,7 @@ impl Engine {
             column_names,
             literals,
             regexes,
+            unresolved_copy: unresolved_copy.filter(|_| enabled),
             columns: if enabled { columns } else { Vec::new() },
             hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             names,
@@ -703,6 +712,18 @@ impl Engine {
                     && c.name.as_ref().is_none_or(|r| r.is_match(name))
             })
             .map(|c| (c.rule, c.action))
+    }
+
+    /// Whether the profile has column rules (by name or type).
+    pub fn has_column_rules(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
+    /// The rule a COPY's fields are masked whole under when the columns
+    /// they belong to are not known (with column rules only; see
+    /// [`super::copyout`]).
+    pub fn unresolved_copy_rule(&self) -> Option<RuleId> {
+        self.unresolved_copy
     }
 
     /// Whether a column rule matches by name (so resolving result columns

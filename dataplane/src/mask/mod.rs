@@ -43,6 +43,7 @@
 //! blocks, or logs a value.
 
 pub mod classify;
+pub mod copyout;
 #[doc(hidden)]
 pub mod corpus;
 pub mod detect;

@@ -519,6 +519,8 @@ impl MaskingProfile {
             + self.custom_literals.len()
             + self.custom_regexes.len()
             + self.columns.len()
+            // (`column:unresolved_copy`, with column rules.)
+            + usize::from(!self.columns.is_empty())
     }
 
     /// Check values that the types alone do not; compiles the regexes to

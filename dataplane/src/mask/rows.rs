@@ -165,6 +165,11 @@ pub fn type_oid(name: &str) -> Option<u32> {
         .map(|&(_, o)| o)
 }
 
+/// Whether a binary value of type `oid` is its text (text, varchar, …).
+pub(super) fn kind_is_text(oid: u32) -> bool {
+    kind(oid, 1) == Kind::Text
+}
+
 fn kind(oid: u32, format: i16) -> Kind {
     let text = format == 0;
     match oid {
@@ -186,7 +191,7 @@ fn kind(oid: u32, format: i16) -> Kind {
 /// The column rule of a result column: its stored column's, when
 /// `origins` knows where it comes from (an alias renames it), else its
 /// result name's.
-fn rule_of(
+pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
     f: &Field<'_>,
@@ -557,16 +562,16 @@ pub fn retype_statement_description(
 }
 
 /// A RowDescription field: its name, table oid, attribute number, type oid.
-struct Field<'a> {
+pub(super) struct Field<'a> {
     name: &'a [u8],
     table: u32,
     attnum: i16,
-    oid: u32,
+    pub(super) oid: u32,
 }
 
 impl<'a> Field<'a> {
     /// From the field's name and the (at least 10) bytes after its NUL.
-    fn new(name: &'a [u8], f: &[u8]) -> Self {
+    pub(super) fn new(name: &'a [u8], f: &[u8]) -> Self {
         Field {
             name,
             table: crate::protocol::be_u32(f),

@@ -988,15 +988,20 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         };
         let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
         let mark = tracker.as_ref().map_or(0, |t| t.mark());
+        let mut injections = Vec::new();
         let scanned = {
             let mut masker = state.masker.borrow_mut();
-            scan.scan_parts(&buf, |part| {
+            let base = buf.as_ptr() as usize;
+            let r = scan.scan_parts(&buf, |part| {
                 if let Part::Start {
                     tag: t, body, done, ..
                 } = part
                 {
                     if let Some(mk) = masker.as_mut() {
-                        mk.on_client_frame(t, body, done);
+                        // Where the frame starts in this read (None: its
+                        // header began in the last one).
+                        let at = (body.as_ptr() as usize - base).checked_sub(5);
+                        mk.on_client_frame(t, body, done, at);
                     }
                     match t {
                         tag::QUERY => {
@@ -1013,7 +1018,11 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 if let Some(t) = tracker.as_mut() {
                     t.client_part(part, now);
                 }
-            })
+            });
+            if let Some(mk) = masker.as_mut() {
+                injections = mk.take_injections();
+            }
+            r
         };
         drop(tracker);
         if let Err(e) = scanned {
@@ -1075,10 +1084,28 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         // itself is kernel time, and on a shared host it can include the
         // target's work (the woken backend runs before the send returns).
         let spent = t0.elapsed();
-        let (res, b) = wr.write_all(buf).await;
-        buf = b;
-        if res.is_err() {
-            return End::TargetClosed;
+        if injections.is_empty() {
+            let (res, b) = wr.write_all(buf).await;
+            buf = b;
+            if res.is_err() {
+                return End::TargetClosed;
+            }
+        } else {
+            // The gateway's own describes of COPY statements go just before
+            // the frames that run them (see `mask::copyout`).
+            let extra: usize = injections.iter().map(|(_, b)| b.len()).sum();
+            let mut with = Vec::with_capacity(n + extra);
+            let mut from = 0;
+            for (at, bytes) in &injections {
+                with.extend_from_slice(&buf[from..*at]);
+                with.extend_from_slice(bytes);
+                from = *at;
+            }
+            with.extend_from_slice(&buf[from..]);
+            let (res, _) = wr.write_all(with).await;
+            if res.is_err() {
+                return End::TargetClosed;
+            }
         }
         if requests > 0 {
             state.in_flight.set(state.in_flight.get() + requests);
@@ -1161,7 +1188,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 .filter(|h| tracker.is_some() && !h.is_empty())
                 .map(|h| h.iter().peekable());
             let mut frame = 0u32;
-            scan.scan_parts(&buf[..ready], |part| {
+            // What the client gets (without the answers to the gateway's
+            // own requests, which the masker drops).
+            let fwd: &[u8] = if rewritten { &out } else { &buf[..ready] };
+            scan.scan_parts(fwd, |part| {
                 if let Part::Start { tag: t, .. } = part {
                     if t == tag::READY_FOR_QUERY {
                         ready_frames += 1;

@@ -30,6 +30,10 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::mask::copyout::{
+    any_rule, copy_columns, copy_statements, mask_binary_copy_row, mask_copy_row, CopyColumn,
+    CopyScratch,
+};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, CopyFormat, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -46,6 +50,28 @@ enum CopyOut {
     /// forwarded unscanned).
     Binary,
 }
+
+/// The columns of a COPY TO, for column rules.
+#[derive(Debug, Clone)]
+enum CopyCols {
+    /// No column rules when it was requested: detectors only.
+    Detect,
+    /// Its describe (by id) is on its way.
+    Waiting(u64),
+    Resolved(Rc<[CopyColumn]>),
+    /// Not known: every field is masked whole.
+    Unresolved,
+}
+
+/// A COPY TO the client asked for: (sync epoch, format, columns).
+type CopyRequest = (u64, CopyFormat, CopyCols);
+
+/// The statement name of the gateway's own describes (of the query a COPY
+/// runs; see [`crate::mask::copyout`]); closed right after.
+const OWN_STATEMENT: &[u8] = b"sluice.copy.describe";
+
+/// Close (frontend; the backend's `C` is CommandComplete).
+const CLOSE: u8 = b'C';
 
 /// What [`TargetMasker::process`] decided for one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +149,10 @@ impl FrameHits {
     }
 }
 
+/// A COPY TO prepared with the extended protocol: its format, and the
+/// query to describe (None: its text could not be read).
+type CopyStmt = (CopyFormat, Option<Rc<[u8]>>);
+
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
 /// result formats).
 type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
@@ -149,6 +179,8 @@ struct Pending {
     /// What produces the next rows, in order: a simple Query (None) or an
     /// Execute of a portal.
     results: VecDeque<(u64, Option<Vec<u8>>)>,
+    /// Close messages: whether each is the gateway's own.
+    closes: VecDeque<(u64, bool)>,
 }
 
 pub struct TargetMasker {
@@ -184,13 +216,43 @@ pub struct TargetMasker {
     done_epoch: u64,
     /// The next RowDescription answers a statement Describe of this name.
     describing: Option<Vec<u8>>,
-    /// A Query that starts a COPY: its format, set when CopyOutResponse comes.
-    copy_requested: VecDeque<(u64, CopyFormat)>,
+    /// COPY TO statements sent, in order: format and columns, taken when
+    /// their CopyOutResponse comes.
+    copy_requested: VecDeque<CopyRequest>,
     /// Prepared statements and portals that are a COPY TO, with its format
-    /// (extended protocol; a simple Query carries its own text).
-    copy_stmts: HashMap<Vec<u8>, CopyFormat>,
-    copy_portals: HashMap<Vec<u8>, CopyFormat>,
+    /// and the query that describes its columns (extended protocol; a
+    /// simple Query carries its own text).
+    copy_stmts: HashMap<Vec<u8>, CopyStmt>,
+    copy_portals: HashMap<Vec<u8>, CopyStmt>,
     copy_out: Option<CopyOut>,
+    /// The columns of the COPY in progress (with column rules).
+    copy_cols: Option<Rc<[CopyColumn]>>,
+    /// The COPY in progress is masked under column rules (its columns
+    /// known, or not: then every field is masked whole).
+    copy_ruled: bool,
+    copy_scratch: CopyScratch,
+    /// The gateway's own describes sent: (sync epoch, id), in order.
+    own_describes: VecDeque<(u64, u64)>,
+    next_own: u64,
+    /// The sync epochs of the gateway's own Syncs (before a Query).
+    own_syncs: VecDeque<u64>,
+    /// Own requests still unanswered (their answers are held whole and
+    /// dropped).
+    own_closes: usize,
+    /// Messages to put before client frames: (offset of the frame in the
+    /// read, bytes), in order; taken by the relay.
+    injections: Vec<(usize, Vec<u8>)>,
+    /// Extended-protocol messages since the last Sync or Query.
+    unsynced: u32,
+    /// The error of a failed own describe (without its position, which
+    /// points into the describe's text), for the Query of this sync epoch:
+    /// it stands in for that Query's "transaction is aborted" error.
+    own_error: Option<(u64, Vec<u8>)>,
+    /// The last ReadyForQuery said "idle" (not in a transaction block).
+    tx_idle: bool,
+    /// A frame (tag, length, body) to forward in place of the one
+    /// [`TargetMasker::on_target_frame`] was given.
+    replace_with: Option<Vec<u8>>,
     hits: Hits,
     /// The client encoding in force when it is not ASCII-safe.
     unsafe_encoding: Option<String>,
@@ -245,6 +307,18 @@ impl TargetMasker {
             copy_stmts: HashMap::new(),
             copy_portals: HashMap::new(),
             copy_out: None,
+            copy_cols: None,
+            copy_ruled: false,
+            copy_scratch: CopyScratch::default(),
+            own_describes: VecDeque::new(),
+            next_own: 0,
+            own_syncs: VecDeque::new(),
+            own_closes: 0,
+            injections: Vec::new(),
+            unsynced: 0,
+            own_error: None,
+            tx_idle: true,
+            replace_with: None,
             hits: Hits::new(),
             unsafe_encoding: None,
             frame_hits: FrameHits::default(),
@@ -356,36 +430,108 @@ impl TargetMasker {
     }
 
     /// A client frame, as the relay sees it (`body` may be a prefix of the
-    /// body when the frame is split across reads).
-    pub fn on_client_frame(&mut self, t: u8, body: &[u8], whole: bool) {
+    /// body when the frame is split across reads). `at`: where the frame
+    /// starts in the read being relayed (None when it started in an earlier
+    /// one), so that the gateway's own describes of a COPY can be put
+    /// before it ([`TargetMasker::take_injections`]).
+    pub fn on_client_frame(&mut self, t: u8, body: &[u8], whole: bool, at: Option<usize>) {
         let e = self.sent_epoch;
         match t {
             tag::QUERY => {
-                if let Some(f) = copy_to_format(body) {
-                    self.copy_requested.push_back((e, f));
+                let stmts = if whole {
+                    copy_statements(body.strip_suffix(&[0]).unwrap_or(body))
+                } else {
+                    // (Only part of the text is at hand: its COPY, if any,
+                    // cannot be described.)
+                    copy_to_format(body)
+                        .map(|format| crate::mask::copyout::CopyStatement {
+                            format,
+                            describe: None,
+                            first: false,
+                        })
+                        .into_iter()
+                        .collect()
+                };
+                let rules = self.rules();
+                let mut inject = Vec::new();
+                let fresh = self.unsynced == 0;
+                // A describe that fails aborts a transaction block the
+                // session is in: only where the COPY itself would then fail
+                // the same way (nothing before it in the Query), or outside
+                // one (the describe has its own implicit transaction).
+                let idle = self.tx_idle && self.sent_epoch == self.done_epoch;
+                // Own requests go before the Query, in the epoch their Sync
+                // closes; the Query's COPYs are in the next.
+                let mut cols = Vec::with_capacity(stmts.len());
+                for st in &stmts {
+                    cols.push(match (&st.describe, at) {
+                        _ if !rules => CopyCols::Detect,
+                        (Some(q), Some(_)) if fresh && (idle || st.first) => {
+                            CopyCols::Waiting(self.own_describe(e, q, &mut inject))
+                        }
+                        _ => CopyCols::Unresolved,
+                    });
+                }
+                let mut e = e;
+                if !inject.is_empty() {
+                    inject.extend_from_slice(&[tag::SYNC, 0, 0, 0, 4]);
+                    self.own_syncs.push_back(e);
+                    self.sent_epoch += 1;
+                    e += 1;
+                    self.injections.push((at.unwrap_or(0), inject));
+                }
+                for (st, c) in stmts.iter().zip(cols) {
+                    self.copy_requested.push_back((e, st.format, c));
                 }
                 self.pending.results.push_back((e, None));
                 self.sent_epoch += 1;
+                self.unsynced = 0;
             }
             tag::EXECUTE => {
+                self.unsynced += 1;
                 let portal = cstr(body).unwrap_or_default().to_vec();
-                if let Some(&f) = self.copy_portals.get(&portal) {
-                    self.copy_requested.push_back((e, f));
+                if let Some((f, q)) = self.copy_portals.get(&portal).cloned() {
+                    let c = match (q, at) {
+                        _ if !self.rules() => CopyCols::Detect,
+                        (Some(q), Some(at)) => {
+                            let mut inject = Vec::new();
+                            let id = self.own_describe(e, &q, &mut inject);
+                            self.injections.push((at, inject));
+                            CopyCols::Waiting(id)
+                        }
+                        _ => CopyCols::Unresolved,
+                    };
+                    self.copy_requested.push_back((e, f, c));
                 }
                 self.pending.results.push_back((e, Some(portal)));
             }
-            tag::SYNC => self.sent_epoch += 1,
+            tag::SYNC => {
+                self.sent_epoch += 1;
+                self.unsynced = 0;
+            }
             tag::PARSE => {
+                self.unsynced += 1;
                 let name = cstr(body).unwrap_or_default().to_vec();
                 // A COPY prepared with the extended protocol: its format
                 // and options, for the Execute of a portal bound to it.
-                match body.get(name.len() + 1..).and_then(copy_to_format) {
-                    Some(f) => self.copy_stmts.insert(name.clone(), f),
+                let sql = body.get(name.len() + 1..).unwrap_or_default();
+                let stmt = if whole {
+                    let sql = cstr(sql).unwrap_or(sql);
+                    copy_statements(sql)
+                        .into_iter()
+                        .next()
+                        .map(|st| (st.format, st.describe.map(Rc::from)))
+                } else {
+                    copy_to_format(sql).map(|f| (f, None))
+                };
+                match stmt {
+                    Some(st) => self.copy_stmts.insert(name.clone(), st),
                     None => self.copy_stmts.remove(&name),
                 };
                 self.pending.parses.push_back((e, name));
             }
             tag::DESCRIBE => {
+                self.unsynced += 1;
                 let name = body.get(1..).and_then(cstr).unwrap_or_default().to_vec();
                 match body.first() {
                     Some(b'S') => self
@@ -396,14 +542,81 @@ impl TargetMasker {
                 }
             }
             tag::BIND => {
+                self.unsynced += 1;
                 let (portal, stmt, formats) = parse_bind(body, whole);
                 match self.copy_stmts.get(&stmt) {
-                    Some(&f) => self.copy_portals.insert(portal.clone(), f),
+                    Some(st) => self.copy_portals.insert(portal.clone(), st.clone()),
                     None => self.copy_portals.remove(&portal),
                 };
                 self.pending.binds.push_back((e, portal, stmt, formats));
             }
+            CLOSE => {
+                self.unsynced += 1;
+                self.pending.closes.push_back((e, false));
+            }
             _ => {}
+        }
+    }
+
+    /// Whether column rules apply to what this session is sent now.
+    fn rules(&self) -> bool {
+        self.active && self.engine.has_column_rules()
+    }
+
+    /// Append the gateway's own describe of `query` (Parse, Describe,
+    /// Close of [`OWN_STATEMENT`]; never executed) to `out`, in sync epoch
+    /// `e`; its id.
+    fn own_describe(&mut self, e: u64, query: &[u8], out: &mut Vec<u8>) -> u64 {
+        let msg = |out: &mut Vec<u8>, t: u8, parts: &[&[u8]]| {
+            out.push(t);
+            let len = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+        };
+        msg(
+            out,
+            tag::PARSE,
+            &[OWN_STATEMENT, b"\0", query, b"\0", &[0, 0]],
+        );
+        msg(out, tag::DESCRIBE, &[b"S", OWN_STATEMENT, b"\0"]);
+        msg(out, CLOSE, &[b"S", OWN_STATEMENT, b"\0"]);
+        let id = self.next_own;
+        self.next_own += 1;
+        self.pending.parses.push_back((e, OWN_STATEMENT.to_vec()));
+        self.pending
+            .describes
+            .push_back((e, Some(OWN_STATEMENT.to_vec()), Vec::new()));
+        self.pending.closes.push_back((e, true));
+        self.own_closes += 1;
+        self.own_describes.push_back((e, id));
+        id
+    }
+
+    /// The gateway's own messages to put before client frames of the read
+    /// just fed to [`TargetMasker::on_client_frame`]: (offset of the frame,
+    /// bytes), in order.
+    pub fn take_injections(&mut self) -> Vec<(usize, Vec<u8>)> {
+        std::mem::take(&mut self.injections)
+    }
+
+    /// Answers to the gateway's own requests are outstanding (they are
+    /// held whole, to be dropped).
+    fn own_outstanding(&self) -> bool {
+        !self.own_describes.is_empty() || !self.own_syncs.is_empty() || self.own_closes > 0
+    }
+
+    /// The describe `id` was answered: the columns of its COPY.
+    fn resolve_own(&mut self, cols: CopyCols) {
+        let Some((_, id)) = self.own_describes.pop_front() else {
+            return;
+        };
+        for r in self.copy_requested.iter_mut() {
+            if matches!(r.2, CopyCols::Waiting(w) if w == id) {
+                r.2 = cols;
+                return;
+            }
         }
     }
 
@@ -449,7 +662,9 @@ impl TargetMasker {
             }
             let total = 1 + len;
             let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S')
-                || (t == b'd' && self.copy_out.is_some());
+                || (t == b'd' && self.copy_out.is_some())
+                // (Answers to the gateway's own requests are dropped whole.)
+                || self.own_outstanding();
             if at + total > n {
                 if data && total <= self.max_frame.saturating_add(5) {
                     break; // hold: forwarded once whole
@@ -521,7 +736,65 @@ impl TargetMasker {
                     }
                     self.row_buf = rw;
                 }
-                _ => self.on_target_frame(t, body),
+                b'd' if self.active && self.copy_ruled => {
+                    let mut rw = std::mem::take(&mut self.row_buf);
+                    rw.clear();
+                    let cols = self.copy_cols.clone();
+                    let changed = match self.copy_out {
+                        Some(CopyOut::Fields(f)) => mask_copy_row(
+                            &self.engine,
+                            f,
+                            cols.as_deref(),
+                            body,
+                            &mut self.hits,
+                            &mut self.copy_scratch,
+                            &mut rw,
+                        ),
+                        _ => mask_binary_copy_row(
+                            &self.engine,
+                            cols.as_deref(),
+                            body,
+                            &mut self.hits,
+                            &mut rw,
+                        ),
+                    };
+                    if changed {
+                        if !rewritten {
+                            rewritten = true;
+                            self.out.clear();
+                        }
+                        self.out.extend_from_slice(&buf[copied..at]);
+                        self.out.push(t);
+                        self.out
+                            .extend_from_slice(&((rw.len() + 4) as u32).to_be_bytes());
+                        self.out.extend_from_slice(&rw);
+                        copied = at + total;
+                    }
+                    self.row_buf = rw;
+                }
+                _ => {
+                    let drop = self.on_target_frame(t, body);
+                    if let Some(f) = self.replace_with.take() {
+                        if !rewritten {
+                            rewritten = true;
+                            self.out.clear();
+                        }
+                        self.out.extend_from_slice(&buf[copied..at]);
+                        self.out.extend_from_slice(&f);
+                        copied = at + total;
+                    } else if drop {
+                        // An answer to the gateway's own request: not
+                        // forwarded.
+                        if !rewritten {
+                            rewritten = true;
+                            self.out.clear();
+                        }
+                        self.out.extend_from_slice(&buf[copied..at]);
+                        copied = at + total;
+                        at += total;
+                        continue;
+                    }
+                }
             }
             if self.hits.log_len() > 0 {
                 self.collect_hits(frame, t == b'D');
@@ -545,11 +818,16 @@ impl TargetMasker {
 
 impl TargetMasker {
     /// Bookkeeping for a complete (or passed-through) non-DataRow frame.
-    fn on_target_frame(&mut self, t: u8, body: &mut [u8]) {
+    /// True for an answer to the gateway's own request, which is not
+    /// forwarded (those are always complete: held while outstanding).
+    fn on_target_frame(&mut self, t: u8, body: &mut [u8]) -> bool {
         match t {
             b'1' => {
                 // ParseComplete: the statement's old description is stale.
                 if let Some((_, name)) = self.pending.parses.pop_front() {
+                    if name == OWN_STATEMENT {
+                        return true;
+                    }
                     self.statements.remove(&name);
                 }
             }
@@ -557,8 +835,61 @@ impl TargetMasker {
                 // ParameterDescription: a statement Describe is answered;
                 // its RowDescription (or NoData) follows.
                 if let Some((_, d, _)) = self.pending.describes.pop_front() {
-                    self.describing = Some(d.unwrap_or_default());
+                    let d = d.unwrap_or_default();
+                    let own = d == OWN_STATEMENT;
+                    self.describing = Some(d);
+                    return own;
                 }
+            }
+            b'T' if self.describing.as_deref() == Some(OWN_STATEMENT) => {
+                // The columns of a COPY the gateway described.
+                self.describing = None;
+                let cols = match copy_columns(&self.engine, self.plan.origins(), body) {
+                    Ok(c) => CopyCols::Resolved(Rc::from(c)),
+                    Err(_) => CopyCols::Unresolved,
+                };
+                self.resolve_own(cols);
+                return true;
+            }
+            b'n' if self.describing.as_deref() == Some(OWN_STATEMENT) => {
+                self.describing = None;
+                self.resolve_own(CopyCols::Unresolved);
+                return true;
+            }
+            b'3' => {
+                // CloseComplete.
+                if let Some((_, own)) = self.pending.closes.pop_front() {
+                    if own {
+                        self.own_closes = self.own_closes.saturating_sub(1);
+                        return true;
+                    }
+                }
+            }
+            b'E' if self.own_syncs.front() == Some(&self.done_epoch) => {
+                // The gateway's describe failed (its Sync's epoch holds
+                // nothing else): the COPY after it fails the same way (in a
+                // transaction block, with "transaction is aborted": this
+                // error is shown instead), or is masked whole.
+                tracing::debug!("describe of a COPY failed; its fields are masked whole");
+                let _ = mask_error_fields(&self.engine, body, &mut self.hits);
+                let mut e = vec![b'E', 0, 0, 0, 0];
+                for f in error_fields(body) {
+                    if f.first() != Some(&b'P') {
+                        e.extend_from_slice(f);
+                        e.push(0);
+                    }
+                }
+                e.push(0);
+                let len = (e.len() - 1) as u32;
+                e[1..5].copy_from_slice(&len.to_be_bytes());
+                self.own_error = Some((self.done_epoch + 1, e));
+                return true;
+            }
+            b'E' if matches!(&self.own_error, Some((q, _)) if *q == self.done_epoch)
+                && error_fields(body).any(|f| f == b"C25P02") =>
+            {
+                self.replace_with = self.own_error.take().map(|(_, e)| e);
+                self.copy_out = None;
             }
             b'T' => {
                 // Plans are built from the description as the server sent
@@ -623,11 +954,29 @@ impl TargetMasker {
                 }
             }
             b'H' => {
-                // CopyOutResponse: format 0 = text (or csv), 1 = binary.
-                let requested = self.copy_requested.pop_front().map(|(_, f)| f);
+                // CopyOutResponse: format 0 = text (or csv), 1 = binary;
+                // then the number of columns.
+                let requested = self.copy_requested.pop_front();
+                let format = requested.as_ref().map_or(CopyFormat::TEXT, |r| r.1);
                 self.copy_out = match body.first() {
-                    Some(0) => Some(CopyOut::Fields(requested.unwrap_or(CopyFormat::TEXT))),
+                    Some(0) => Some(CopyOut::Fields(format)),
                     _ => Some(CopyOut::Binary),
+                };
+                let n = body
+                    .get(1..3)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]) as usize);
+                let cols = match requested {
+                    Some((_, _, c)) => c,
+                    // A COPY the client side did not see coming.
+                    None if self.rules() => CopyCols::Unresolved,
+                    None => CopyCols::Detect,
+                };
+                (self.copy_ruled, self.copy_cols) = match cols {
+                    CopyCols::Detect => (false, None),
+                    CopyCols::Resolved(c) if Some(c.len()) == n => (any_rule(&c), Some(c)),
+                    // Not answered, failed, or other columns than described
+                    // (generated columns, which COPY leaves out).
+                    _ => (true, None),
                 };
             }
             b'E' if !self.active => {
@@ -646,7 +995,10 @@ impl TargetMasker {
                 }
                 _ => {}
             },
-            b'c' => self.copy_out = None,
+            b'c' => {
+                self.copy_out = None;
+                self.copy_ruled = false;
+            }
             // NotificationResponse: pid, channel, payload (NOTIFY can carry
             // row data).
             b'A' if self.engine.detects() && body.len() > 4 => {
@@ -669,18 +1021,35 @@ impl TargetMasker {
             b'Z' => {
                 self.done_epoch += 1;
                 let done = self.done_epoch;
+                self.copy_ruled = false;
+                self.tx_idle = body.first() == Some(&b'I');
+                if matches!(&self.own_error, Some((q, _)) if *q < done) {
+                    self.own_error = None;
+                }
+                self.own_describes.retain(|(e, _)| *e >= done);
+                let own_closes = self.pending.closes.iter().filter(|c| c.1 && c.0 < done);
+                self.own_closes -= own_closes.count();
+                self.pending.closes.retain(|(e, _)| *e >= done);
+                if self.own_syncs.front() == Some(&(done - 1)) {
+                    self.own_syncs.pop_front();
+                    // (Everything of the gateway's Sync was answered or
+                    // skipped: nothing more to tell the client.)
+                    self.describing = None;
+                    return true;
+                }
                 // Requests before this Sync that were skipped after an error
                 // get no answer: forget them.
                 self.pending.parses.retain(|(e, _)| *e >= done);
                 self.pending.describes.retain(|(e, _, _)| *e >= done);
                 self.pending.binds.retain(|(e, _, _, _)| *e >= done);
                 self.pending.results.retain(|(e, _)| *e >= done);
-                self.copy_requested.retain(|(e, _)| *e >= done);
+                self.copy_requested.retain(|(e, _, _)| *e >= done);
                 self.describing = None;
                 self.copy_out = None;
             }
             _ => {}
         }
+        false
     }
 
     /// Rows of an Execute use that portal's plan (it may have been
@@ -827,6 +1196,11 @@ fn default_engine() -> Arc<Engine> {
             .expect("the built-in profile compiles")
     })
     .clone()
+}
+
+/// The fields (type byte and text) of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|&b| b == 0).take_while(|f| !f.is_empty())
 }
 
 fn cstr(b: &[u8]) -> Option<&[u8]> {
@@ -986,9 +1360,9 @@ mod tests {
     /// Client: Parse "s1", Describe S "s1", Sync; then Bind s1 (binary
     /// results), Execute, Sync.
     fn prepare_and_run_binary(m: &mut TargetMasker) {
-        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
+        m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true, Some(0));
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
         run_s1_binary(m);
     }
 
@@ -999,9 +1373,9 @@ mod tests {
         bind.extend_from_slice(&0i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes()); // binary
-        m.on_client_frame(tag::BIND, &bind, true);
-        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true);
-        m.on_client_frame(tag::SYNC, b"", true);
+        m.on_client_frame(tag::BIND, &bind, true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
     }
 
     #[test]
@@ -1119,7 +1493,7 @@ mod tests {
             u32::from_be_bytes(s[at..at + 4].try_into().unwrap())
         };
         let mut m = TargetMasker::new(e.clone(), 1 << 20);
-        m.on_client_frame(tag::QUERY, b"select\0", true);
+        m.on_client_frame(tag::QUERY, b"select\0", true, Some(0));
         let mut s = row_desc(&[("acct", 23), ("idno", 23)]);
         s.extend(data_row(&["42", "7"]));
         s.extend(frame(b'C', b"SELECT 1\0"));
@@ -1201,9 +1575,9 @@ mod tests {
         // Described under `first`, run under `then`: the forwarded cell.
         let run = |first: &Arc<Engine>, then: &Arc<Engine>| {
             let mut m = TargetMasker::new(first.clone(), 1 << 20);
-            m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true);
-            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true);
-            m.on_client_frame(tag::SYNC, b"", true);
+            m.on_client_frame(tag::PARSE, b"s1\0select\0\0\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
             described(&mut m);
             m.set_engine(Some(then.clone()));
             run_s1_binary(&mut m);
@@ -1318,21 +1692,174 @@ mod tests {
         assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
     }
 
+    /// What `process` forwards of `s`.
+    fn forwarded(m: &mut TargetMasker, s: &mut [u8]) -> Vec<u8> {
+        let p = m.process(s);
+        if p.rewritten {
+            m.out().to_vec()
+        } else {
+            s[..p.ready].to_vec()
+        }
+    }
+
+    /// Tags of the frames in `b`.
+    fn tags(b: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        let mut at = 0;
+        while at + 5 <= b.len() {
+            t.push(b[at]);
+            at += 1 + u32::from_be_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
+        }
+        t
+    }
+
+    /// The target's answer to the gateway's describe of a COPY.
+    fn own_answer(desc: Option<&[(&str, u32)]>) -> Vec<u8> {
+        let mut s = Vec::new();
+        match desc {
+            Some(cols) => {
+                s.extend(frame(b'1', b""));
+                s.extend(frame(b't', &[0, 0]));
+                s.extend(row_desc(cols));
+                s.extend(frame(b'3', b""));
+            }
+            None => s.extend(frame(
+                b'E',
+                b"SERROR\0C42P01\0Mrelation \"t\" does not exist\0\0",
+            )),
+        }
+        s.extend(frame(b'Z', b"I"));
+        s
+    }
+
     #[test]
     fn errors_and_copy_out_are_masked() {
         let mut m = TargetMasker::new(engine(), 1 << 20);
-        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT (FORMAT csv)\0", true);
-        let mut s = frame(b'H', &[0, 0, 1, 0, 0]);
-        s.extend(frame(b'd', format!("1,{CARD}\n").as_bytes()));
+        m.on_client_frame(
+            tag::QUERY,
+            b"COPY t TO STDOUT (FORMAT csv)\0",
+            true,
+            Some(7),
+        );
+        // The gateway describes `SELECT * FROM t` before the Query.
+        let inj = m.take_injections();
+        assert_eq!(inj.len(), 1);
+        assert_eq!(inj[0].0, 7);
+        assert_eq!(tags(&inj[0].1), b"PDCS");
+        assert!(memchr::memmem::find(&inj[0].1, b"SELECT * FROM t\0").is_some());
+        let mut s = own_answer(Some(&[("id", 23), ("api_secret", 25), ("note", 25)]));
+        s.extend(frame(b'H', &[0, 0, 3, 0, 0, 0, 0, 0, 0]));
+        s.extend(frame(b'd', format!("1,abc,{CARD}\n").as_bytes()));
+        s.extend(frame(b'd', b"2,,\n"));
         s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'C', b"COPY 2\0"));
         s.extend(frame(
             b'E',
             format!("SERROR\0C23505\0MKey (card)=({CARD}) exists\0\0").as_bytes(),
         ));
         s.extend(frame(b'Z', b"I"));
-        m.process(&mut s);
-        assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
+        let out = forwarded(&mut m, &mut s);
+        // The answers to the describe are not forwarded.
+        assert_eq!(tags(&out), b"HddcCEZ");
+        assert!(memchr::memmem::find(&out, b"4111 1111").is_none());
+        assert!(memchr::memmem::find(&out, b"1,***,").is_some());
+        assert!(memchr::memmem::find(&out, b"2,,\n").is_some());
+        let mut n = 0;
+        m.take_hits(|rule, k| {
+            if rule == "column:*secret*" {
+                n += k;
+            }
+        });
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_copy_whose_describe_failed_is_masked_whole() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::QUERY,
+            b"create table t(); COPY t TO STDOUT\0",
+            true,
+            Some(0),
+        );
+        assert_eq!(m.take_injections().len(), 1);
+        // The describe fails (t does not exist yet): its error and
+        // ReadyForQuery are dropped; the COPY's fields are masked whole.
+        let mut s = own_answer(None);
+        s.extend(frame(b'C', b"CREATE TABLE\0"));
+        s.extend(frame(b'H', &[0, 0, 2, 0, 0, 0, 0]));
+        s.extend(frame(b'd', b"12\tab\\\\\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"CHdcCZ");
+        assert!(memchr::memmem::find(&out, b"**\t***\n").is_some());
+        // Other columns than described (a generated column COPY leaves
+        // out): masked whole too.
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(Some(&[("a", 25), ("b", 25)]));
+        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'd', b"abc\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"HdcCZ");
+        assert!(memchr::memmem::find(&out, b"***\n").is_some());
+        // In a transaction block, a describe that failed would abort it:
+        // only a COPY that comes first in its Query is described.
+        let mut s = frame(b'Z', b"T");
+        forwarded(&mut m, &mut s);
+        m.on_client_frame(
+            tag::QUERY,
+            b"create table u(); COPY u TO STDOUT\0",
+            true,
+            Some(0),
+        );
+        assert!(m.take_injections().is_empty());
+        m.on_client_frame(tag::QUERY, b"COPY u TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        // A Query split across reads (its text not whole), or a client
+        // mid-pipeline: no describe, masked whole.
+        m.on_client_frame(tag::PARSE, b"\0select 1\0\0\0", true, Some(0));
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert!(m.take_injections().is_empty());
+    }
+
+    #[test]
+    fn an_extended_copy_is_described_before_its_execute() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::PARSE,
+            b"\0COPY (SELECT api_secret AS k FROM t) TO STDOUT\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::BIND, b"\0\0\0\0\0\0\0\0", true, Some(20));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(40));
+        m.on_client_frame(tag::SYNC, b"", true, Some(50));
+        let inj = m.take_injections();
+        assert_eq!(inj.len(), 1);
+        assert_eq!(inj[0].0, 40);
+        // No Sync of its own in the client's pipeline.
+        assert_eq!(tags(&inj[0].1), b"PDC");
+        assert!(memchr::memmem::find(&inj[0].1, b"\0SELECT api_secret AS k FROM t\0").is_some());
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(frame(b'1', b""));
+        s.extend(frame(b't', &[0, 0]));
+        s.extend(row_desc(&[("api_secret", 25)]));
+        s.extend(frame(b'3', b""));
+        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'd', b"hunter2\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"12HdcCZ");
+        assert!(memchr::memmem::find(&out, b"*******\n").is_some());
     }
 
     #[test]
