@@ -1314,6 +1314,16 @@ hash_key: '{HASH_KEY}'
     )
 }
 
+/// Connection `app` masked with [`pii_profile`], for `agent1` (group
+/// `bots`).
+fn pii_config(pg: &Pg, key: &ApiKey) -> GatewayConfig {
+    GatewayConfig::new()
+        .pg_connection_masked("app", pg, "pii")
+        .masking_profile("pii", &pii_profile(""))
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["app"], &[], &["bots"])
+}
+
 async fn seed_people(pg: &Pg, t: &str) {
     let c = pg.direct().await;
     c.batch_execute(&format!(
@@ -1425,11 +1435,7 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
         ))
         .await
         .unwrap();
-    let cfg = GatewayConfig::new()
-        .pg_connection_masked("app", pg, "pii")
-        .masking_profile("pii", &pii_profile(""))
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["app"], &[], &["bots"])
+    let cfg = pii_config(pg, key)
         // (One core: the second session below finds the first one's read.)
         .workers(1);
     let gw = Gateway::start_with(&cfg);
@@ -1626,11 +1632,7 @@ async fn column_rules_apply_to_copy_to_stdout() {
     let key = ApiKey::shared();
     let t = "mk_copy";
     seed_people(pg, t).await;
-    let cfg = GatewayConfig::new()
-        .pg_connection_masked("app", pg, "pii")
-        .masking_profile("pii", &pii_profile(""))
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["app"], &[], &["bots"]);
+    let cfg = pii_config(pg, key);
     let gw = Gateway::start_with(&cfg);
     let c = gw.agent().await;
     let all: Vec<usize> = (0..7).collect();
@@ -1747,11 +1749,7 @@ async fn column_rules_keep_last_mask_hash_and_null() {
     let key = ApiKey::shared();
     let t = "mk_people";
     seed_people(pg, t).await;
-    let cfg = GatewayConfig::new()
-        .pg_connection_masked("app", pg, "pii")
-        .masking_profile("pii", &pii_profile(""))
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["app"], &[], &["bots"]);
+    let cfg = pii_config(pg, key);
     let gw = Gateway::start_with(&cfg);
     let gw2 = Gateway::start_with(&cfg);
     let sql = format!(

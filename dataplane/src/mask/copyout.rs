@@ -334,6 +334,17 @@ fn looks_like_copy_out(stmt: &[u8]) -> bool {
     memchr::memmem::find(&lower, b"stdout").is_some()
 }
 
+/// The format of a `COPY … TO STDOUT` from (the start of) a statement's
+/// text, if it is one, without reading the statement: for a text only
+/// part of which is at hand.
+pub fn copy_to_format(sql: &[u8]) -> Option<CopyFormat> {
+    let s = sql.trim_ascii_start();
+    if s.len() < 4 || !s[..4].eq_ignore_ascii_case(b"copy") || !looks_like_copy_out(s) {
+        return None;
+    }
+    Some(options_format(s))
+}
+
 /// The output format a COPY's options ask for: CSV when they say so (`CSV`,
 /// `FORMAT csv`), text otherwise, with DELIMITER and QUOTE (new
 /// `(delimiter '|')` and old `delimiter as '|'` syntax): a field split at
@@ -457,14 +468,20 @@ fn field_rule(
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
     raw: (usize, usize),
-    value: (usize, usize),
+    pub(super) value: (usize, usize),
     quoted: bool,
 }
 
 /// The fields of one text or CSV CopyData payload (one row; PostgreSQL
 /// sends one row per message).
-fn fields(format: CopyFormat, p: &[u8], spans: &mut Vec<Span>) {
+fn fields(format: CopyFormat, p: &mut [u8], spans: &mut Vec<Span>) {
     spans.clear();
+    for_each_field(format, p, |_, s| spans.push(s));
+}
+
+/// Call `f` with the payload and each field's span in turn; `f` may change
+/// the bytes of the field's value (the split goes on after it).
+pub(super) fn for_each_field(format: CopyFormat, p: &mut [u8], mut f: impl FnMut(&mut [u8], Span)) {
     let len = p.len();
     // (The row's newline ends the last field.)
     let end = if p.last() == Some(&b'\n') {
@@ -479,19 +496,18 @@ fn fields(format: CopyFormat, p: &[u8], spans: &mut Vec<Span>) {
     };
     let mut at = 0;
     loop {
-        match format {
+        let span = match format {
             CopyFormat::Text { delimiter } => {
                 let mut i = at;
                 while i < end && p[i] != delimiter {
                     i += if p[i] == b'\\' { 2 } else { 1 };
                 }
                 let i = i.min(end);
-                spans.push(Span {
+                Span {
                     raw: (at, i),
                     value: (at, i),
                     quoted: false,
-                });
-                at = i + 1;
+                }
             }
             CopyFormat::Csv { delimiter, quote } => {
                 if at < end && p[at] == quote {
@@ -511,23 +527,23 @@ fn fields(format: CopyFormat, p: &[u8], spans: &mut Vec<Span>) {
                     // (Anything after the closing quote up to the delimiter
                     // belongs to the field too.)
                     let stop = memchr::memchr(delimiter, &p[stop..end]).map_or(end, |k| stop + k);
-                    spans.push(Span {
+                    Span {
                         raw: (at, stop),
                         value: (at + 1, close),
                         quoted: true,
-                    });
-                    at = stop + 1;
+                    }
                 } else {
                     let i = memchr::memchr(delimiter, &p[at.min(end)..end]).map_or(end, |k| at + k);
-                    spans.push(Span {
+                    Span {
                         raw: (at, i),
                         value: (at, i),
                         quoted: false,
-                    });
-                    at = i + 1;
+                    }
                 }
             }
-        }
+        };
+        at = span.raw.1 + 1;
+        f(p, span);
         if at > end {
             break;
         }
@@ -914,6 +930,35 @@ mod tests {
             f("COPY t TO STDOUT DELIMITER AS '|'"),
             CopyFormat::Text { delimiter: b'|' }
         );
+    }
+
+    #[test]
+    fn copy_formats_with_their_delimiters_and_quotes() {
+        let f = |s: &str| copy_to_format(s.as_bytes());
+        assert_eq!(f("copy t to stdout"), Some(CopyFormat::TEXT));
+        assert_eq!(f("COPY t TO STDOUT CSV"), Some(CopyFormat::CSV));
+        assert_eq!(f("select 1"), None);
+        assert_eq!(f("copy t from stdin"), None);
+        assert_eq!(
+            f("copy t to stdout (delimiter '|')"),
+            Some(CopyFormat::Text { delimiter: b'|' })
+        );
+        assert_eq!(
+            f("COPY t TO STDOUT WITH DELIMITER AS '-'"),
+            Some(CopyFormat::Text { delimiter: b'-' })
+        );
+        assert_eq!(
+            f("copy t to stdout with (format csv, delimiter ';', quote '''')"),
+            Some(CopyFormat::Csv {
+                delimiter: b';',
+                quote: b'\''
+            })
+        );
+        assert_eq!(
+            f(r"copy t to stdout (format text, delimiter E'\t')"),
+            Some(CopyFormat::Text { delimiter: b'\t' })
+        );
+        assert_eq!(f("copy t to stdout (delimiter"), Some(CopyFormat::TEXT));
     }
 
     fn engine() -> Engine {

@@ -976,8 +976,8 @@ impl CopyFormat {
 /// value with newlines stays in one message too). This function relies on
 /// that: a quoted CSV field still open at the end of the payload is masked
 /// as far as it goes and the next payload is read as starting a new row.
-/// Column rules do not apply (COPY sends no RowDescription); binary COPY is
-/// not masked (refuse it while masking is on).
+/// Detectors only: a COPY under column rules goes through
+/// [`super::copyout::mask_copy_row`].
 pub fn mask_copy_data(
     engine: &Engine,
     format: CopyFormat,
@@ -988,68 +988,9 @@ pub fn mask_copy_data(
         return 0;
     }
     let mut n = 0;
-    let len = payload.len();
-    let mut at = 0;
-    match format {
-        CopyFormat::Text { delimiter } => {
-            while at < len {
-                // A field runs to the next unescaped delimiter or newline.
-                let mut i = at;
-                loop {
-                    match memchr::memchr3(delimiter, b'\n', b'\\', &payload[i..]) {
-                        Some(k) if payload[i + k] == b'\\' => i += k + 2,
-                        Some(k) => {
-                            i += k;
-                            break;
-                        }
-                        None => {
-                            i = len;
-                            break;
-                        }
-                    }
-                    if i >= len {
-                        i = len;
-                        break;
-                    }
-                }
-                n += engine.mask_counted(&mut payload[at..i], hits);
-                at = i + 1;
-            }
-        }
-        CopyFormat::Csv { delimiter, quote } => {
-            while at < len {
-                if payload[at] == quote {
-                    let s = at + 1;
-                    let mut i = s;
-                    loop {
-                        match memchr::memchr(quote, &payload[i..]) {
-                            Some(k) if payload.get(i + k + 1) == Some(&quote) => i += k + 2,
-                            Some(k) => {
-                                i += k;
-                                break;
-                            }
-                            None => {
-                                i = len;
-                                break;
-                            }
-                        }
-                        if i >= len {
-                            i = len;
-                            break;
-                        }
-                    }
-                    n += engine.mask_counted(&mut payload[s..i], hits);
-                    // Past the closing quote and the delimiter or newline.
-                    at = i + 2;
-                } else {
-                    let i =
-                        memchr::memchr2(delimiter, b'\n', &payload[at..]).map_or(len, |k| at + k);
-                    n += engine.mask_counted(&mut payload[at..i], hits);
-                    at = i + 1;
-                }
-            }
-        }
-    }
+    super::copyout::for_each_field(format, payload, |p, s| {
+        n += engine.mask_counted(&mut p[s.value.0..s.value.1], hits);
+    });
     n
 }
 

@@ -31,8 +31,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::copyout::{
-    any_rule, copy_columns, copy_statements, mask_binary_copy_row, mask_copy_row, CopyColumn,
-    CopyScratch,
+    any_rule, copy_columns, copy_statements, copy_to_format, mask_binary_copy_row, mask_copy_row,
+    CopyColumn, CopyScratch,
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
@@ -1249,72 +1249,6 @@ fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Vec<u8>, Option<Vec<i16>>) 
     (portal, stmt, formats)
 }
 
-/// The format of a `COPY … TO STDOUT` in a Query, if it is one: CSV when
-/// the options say so (`CSV`, `FORMAT csv`), text otherwise (custom
-/// delimiters are not parsed: text/CSV defaults apply).
-fn copy_to_format(sql: &[u8]) -> Option<CopyFormat> {
-    let s = sql.trim_ascii_start();
-    if s.len() < 4 || !s[..4].eq_ignore_ascii_case(b"copy") {
-        return None;
-    }
-    let lower: Vec<u8> = s.iter().map(u8::to_ascii_lowercase).collect();
-    memchr::memmem::find(&lower, b"stdout")?;
-    // DELIMITER and QUOTE, new (`(delimiter '|')`) and old (`delimiter as
-    // '|'`) syntax: a field split at the wrong byte could join a value with
-    // its neighbours and hide it from the detectors.
-    let delimiter = copy_option_char(s, &lower, b"delimiter");
-    if memchr::memmem::find(&lower, b"csv").is_some() {
-        Some(CopyFormat::Csv {
-            delimiter: delimiter.unwrap_or(b','),
-            quote: copy_option_char(s, &lower, b"quote").unwrap_or(b'"'),
-        })
-    } else {
-        Some(CopyFormat::Text {
-            delimiter: delimiter.unwrap_or(b'\t'),
-        })
-    }
-}
-
-/// The one-byte value of COPY option `name` (`name 'c'`, `name as 'c'`,
-/// `name E'\t'`), if the text has it.
-fn copy_option_char(s: &[u8], lower: &[u8], name: &[u8]) -> Option<u8> {
-    let skip_ws = |i: &mut usize| {
-        while *i < s.len() && s[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    let mut from = 0;
-    while let Some(k) = memchr::memmem::find(&lower[from..], name) {
-        let mut i = from + k + name.len();
-        from = i;
-        skip_ws(&mut i);
-        if lower[i..].starts_with(b"as") && lower.get(i + 2).is_some_and(u8::is_ascii_whitespace) {
-            i += 2;
-            skip_ws(&mut i);
-        }
-        let escaped = matches!(s.get(i), Some(b'e' | b'E')) && s.get(i + 1) == Some(&b'\'');
-        if escaped {
-            i += 1;
-        }
-        if s.get(i) != Some(&b'\'') {
-            continue;
-        }
-        let v = match (s.get(i + 1), s.get(i + 2)) {
-            (Some(b'\''), Some(b'\'')) => b'\'',
-            (Some(b'\\'), Some(&c)) if escaped => match c {
-                b't' => b'\t',
-                b'n' => b'\n',
-                b'r' => b'\r',
-                c => c,
-            },
-            (Some(&c), _) => c,
-            _ => continue,
-        };
-        return Some(v);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1626,35 +1560,6 @@ mod tests {
         let mut s = frame(b'S', b"client_encoding\0UTF8\0");
         let mut m = TargetMasker::new(engine(), 1 << 20);
         assert!(!m.process(&mut s).refused);
-    }
-
-    #[test]
-    fn copy_formats_with_their_delimiters_and_quotes() {
-        let f = |s: &str| copy_to_format(s.as_bytes());
-        assert_eq!(f("copy t to stdout"), Some(CopyFormat::TEXT));
-        assert_eq!(f("COPY t TO STDOUT CSV"), Some(CopyFormat::CSV));
-        assert_eq!(f("select 1"), None);
-        assert_eq!(f("copy t from stdin"), None);
-        assert_eq!(
-            f("copy t to stdout (delimiter '|')"),
-            Some(CopyFormat::Text { delimiter: b'|' })
-        );
-        assert_eq!(
-            f("COPY t TO STDOUT WITH DELIMITER AS '-'"),
-            Some(CopyFormat::Text { delimiter: b'-' })
-        );
-        assert_eq!(
-            f("copy t to stdout with (format csv, delimiter ';', quote '''')"),
-            Some(CopyFormat::Csv {
-                delimiter: b';',
-                quote: b'\''
-            })
-        );
-        assert_eq!(
-            f(r"copy t to stdout (format text, delimiter E'\t')"),
-            Some(CopyFormat::Text { delimiter: b'\t' })
-        );
-        assert_eq!(f("copy t to stdout (delimiter"), Some(CopyFormat::TEXT));
     }
 
     #[test]
