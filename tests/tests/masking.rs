@@ -1630,7 +1630,7 @@ fn people_copy(cols: &[usize], csv: bool) -> String {
 async fn column_rules_apply_to_copy_to_stdout() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
-    let t = "mk_copy";
+    let t = "mk_copy_rules";
     seed_people(pg, t).await;
     let cfg = pii_config(pg, key);
     let gw = Gateway::start_with(&cfg);

@@ -671,10 +671,12 @@ pub struct CopyScratch {
 
 /// Mask one text or CSV CopyData payload of a COPY whose columns are
 /// `cols` (`None`: not known; every field is masked whole). Unruled fields
-/// are scanned by the detectors in place; when a rule applies to a
-/// non-NULL field, the whole payload is written to `out` (cleared first)
-/// with ruled fields decoded, masked, hashed or nulled, and encoded again,
-/// and true is returned. Hits are counted per rule.
+/// are scanned by the detectors in place, as are `mask` and `keep_last` on
+/// values written without escapes. When another rule applies to a non-NULL
+/// field (`hash`, `null`, a value with escapes), the whole payload is
+/// written to `out` (cleared first) with ruled fields decoded, masked,
+/// hashed or nulled, and encoded again, and true is returned. Hits are
+/// counted per rule.
 pub fn mask_copy_row(
     engine: &Engine,
     format: CopyFormat,
@@ -693,9 +695,25 @@ pub fn mask_copy_row(
                     engine.mask_counted(&mut payload[s.value.0..s.value.1], hits);
                 }
             }
-            Some((r, _)) if !is_null(format, payload, s) => {
+            Some((r, action)) if !is_null(format, payload, s) => {
                 hits.add_at(r, i as u32, 1);
-                ruled = true;
+                // `mask` and `keep_last` on a value written without
+                // escapes or doubled quotes: the same bytes, in place (the
+                // rewrite below would give the same).
+                let v = &mut payload[s.value.0..s.value.1];
+                let plain = match format {
+                    CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_none(),
+                    CopyFormat::Csv { quote, .. } => memchr::memchr(quote, v).is_none(),
+                };
+                match action {
+                    ColumnAction::Mask if plain => {
+                        mask_chars(v, 0, engine.mask_char());
+                    }
+                    ColumnAction::KeepLast(k) if plain => {
+                        mask_chars(v, k as usize, engine.mask_char());
+                    }
+                    _ => ruled = true,
+                }
             }
             Some(_) => {}
         }
@@ -1034,6 +1052,20 @@ mod tests {
                 String::from_utf8(h).unwrap()
             })
         );
+        // `mask` and `keep_last` on values without escapes: in place.
+        let mut p = b"1\tabc\t078-05-1120\t\\N\t\\N\tok\n".to_vec();
+        let (mut hits, mut out, mut sc) = (Hits::new(), Vec::new(), CopyScratch::default());
+        assert!(!mask_copy_row(
+            &e,
+            CopyFormat::TEXT,
+            Some(&c),
+            &mut p,
+            &mut hits,
+            &mut sc,
+            &mut out
+        ));
+        assert_eq!(p, b"1\t***\t*******1120\t\\N\t\\N\tok\n");
+        assert_eq!(hits.total(), 2);
         // An empty value stays a value in CSV (quoted), unlike NULL.
         assert_eq!(
             run(&e, CopyFormat::CSV, Some(&c), "1,\"\",,,,\n"),
