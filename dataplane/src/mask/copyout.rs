@@ -410,6 +410,10 @@ fn option_char(s: &[u8], lower: &[u8], name: &[u8]) -> Option<u8> {
 pub struct CopyColumn {
     pub oid: u32,
     pub rule: Option<(RuleId, ColumnAction)>,
+    /// Where it comes from (table oid and attribute number; 0 when it is
+    /// not a plain column).
+    pub table: u32,
+    pub attnum: i16,
 }
 
 /// The columns of a COPY from the RowDescription of its describe, each with
@@ -432,6 +436,8 @@ pub fn copy_columns(
         cols.push(CopyColumn {
             oid: field.oid,
             rule: rule_of(engine, origins, &field),
+            table: field.table,
+            attnum: field.attnum,
         });
         rest = &tail[18..];
     }
@@ -993,6 +999,8 @@ mod tests {
             .map(|n| CopyColumn {
                 oid: 25,
                 rule: e.column_rule(n.as_bytes(), 25),
+                table: 0,
+                attnum: 0,
             })
             .collect()
     }

@@ -564,8 +564,8 @@ pub fn retype_statement_description(
 /// A RowDescription field: its name, table oid, attribute number, type oid.
 pub(super) struct Field<'a> {
     name: &'a [u8],
-    table: u32,
-    attnum: i16,
+    pub(super) table: u32,
+    pub(super) attnum: i16,
     pub(super) oid: u32,
 }
 

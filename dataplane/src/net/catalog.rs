@@ -156,6 +156,7 @@ pub async fn origins(
     engine: &Arc<Engine>,
     io: &mut TargetIo,
     after: &mut Vec<u8>,
+    server_major: Option<u32>,
 ) -> Result<Option<Arc<ColumnOrigins>>, TargetError> {
     let limits = &worker.shared.limits;
     if !limits.column_origins || !engine.enabled() || !engine.has_name_rules() {
@@ -187,7 +188,15 @@ pub async fn origins(
     let limit = Duration::from_millis(limits.connect_timeout_ms);
     let read = monoio::time::timeout(
         limit,
-        read(engine, start, io, limits.max_frame_bytes, after),
+        read(
+            engine,
+            start,
+            io,
+            limits.max_frame_bytes,
+            after,
+            // (`attgenerated` is there from PostgreSQL 12 on.)
+            server_major.is_some_and(|m| m >= 12),
+        ),
     );
     let failed = |message: String| TargetError {
         code: crate::protocol::sqlstate::CONNECTION_FAILURE.into(),
@@ -256,8 +265,9 @@ async fn read(
     io: &mut TargetIo,
     max_frame: u32,
     after: &mut Vec<u8>,
+    generated: bool,
 ) -> Result<Result<ColumnOrigins, String>, String> {
-    let mut body = catalog_query(origins.newest_relation()).into_bytes();
+    let mut body = catalog_query(origins.newest_relation(), generated).into_bytes();
     body.push(0);
     let mut q = Vec::with_capacity(body.len() + 5);
     backend::message(&mut q, b'Q', &body);

@@ -376,6 +376,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
                 engine,
                 &mut target,
                 &mut ready.ready_for_query,
+                ready.server_major,
             )
             .await
             {

@@ -971,11 +971,24 @@ impl TargetMasker {
                     None if self.rules() => CopyCols::Unresolved,
                     None => CopyCols::Detect,
                 };
+                // `COPY table TO` leaves generated columns out; `SELECT *`
+                // has them.
+                let cols = match (cols, self.plan.origins()) {
+                    (CopyCols::Resolved(c), Some(o)) if n.is_some_and(|n| n < c.len()) => {
+                        let kept: Vec<CopyColumn> = c
+                            .iter()
+                            .filter(|c| c.table == 0 || !o.is_generated(c.table, c.attnum))
+                            .copied()
+                            .collect();
+                        CopyCols::Resolved(Rc::from(kept))
+                    }
+                    (c, _) => c,
+                };
                 (self.copy_ruled, self.copy_cols) = match cols {
                     CopyCols::Detect => (false, None),
                     CopyCols::Resolved(c) if Some(c.len()) == n => (any_rule(&c), Some(c)),
                     // Not answered, failed, or other columns than described
-                    // (generated columns, which COPY leaves out).
+                    // (generated ones the catalog read did not name).
                     _ => (true, None),
                 };
             }

@@ -53,6 +53,9 @@ pub struct TargetReady {
     pub client_encoding: Option<Vec<u8>>,
     /// The last `TimeZone` the target reported.
     pub time_zone: Option<Vec<u8>>,
+    /// The major version in the target's `server_version` (`15.18 (Debian
+    /// …)` → 15, `9.6.24` → 9).
+    pub server_major: Option<u32>,
 }
 
 pub struct TargetHandshake<'a> {
@@ -267,6 +270,12 @@ impl<'a> TargetHandshake<'a> {
                             self.ready.client_encoding = Some(v.to_vec())
                         }
                         Some((b"TimeZone", v)) => self.ready.time_zone = Some(v.to_vec()),
+                        Some((b"server_version", v)) => {
+                            let major = v.iter().take_while(|c| c.is_ascii_digit());
+                            self.ready.server_major = std::str::from_utf8(&v[..major.count()])
+                                .ok()
+                                .and_then(|s| s.parse().ok());
+                        }
                         _ => {}
                     }
                 }
