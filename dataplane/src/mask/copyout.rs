@@ -20,13 +20,38 @@
 use super::rows::{kind_is_text, mask_chars, rule_of, Field, RowError};
 use super::{ColumnAction, ColumnOrigins, CopyFormat, Engine, Hits, RuleId};
 
+/// The options of a COPY TO that decide how its rows read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// Text (delimiter) or CSV (delimiter, quote, escape); ignored for
+    /// binary.
+    pub format: CopyFormat,
+    pub binary: bool,
+    /// The NULL string as written in the output (`\N` in text, an unquoted
+    /// empty field in CSV, or the `NULL` option).
+    pub null: Vec<u8>,
+    /// The first row is the column names.
+    pub header: bool,
+}
+
+impl CopyOptions {
+    pub fn text() -> Self {
+        CopyOptions {
+            format: CopyFormat::TEXT,
+            binary: false,
+            null: b"\\N".to_vec(),
+            header: false,
+        }
+    }
+}
+
 /// One `COPY … TO STDOUT` statement of a statement text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyStatement {
-    /// Its output format (from its options).
-    pub format: CopyFormat,
+    /// Its options (a best guess when `describe` is `None`).
+    pub options: CopyOptions,
     /// The query to describe for its columns; `None` when the statement
-    /// could not be read (its output is then masked whole).
+    /// or its options could not be read (its output is then masked whole).
     pub describe: Option<Vec<u8>>,
     /// No statement comes before it in the text (so nothing the same
     /// Query runs first can change what it reads).
@@ -36,32 +61,63 @@ pub struct CopyStatement {
 /// The `COPY … TO STDOUT` statements of `sql` (one Query may hold several,
 /// separated by `;`), in order. Statements that are not a COPY to the
 /// client (`COPY … FROM`, `COPY … TO 'file'`, anything else) are left out.
-pub fn copy_statements(sql: &[u8]) -> Vec<CopyStatement> {
+/// `backslash`: string literals take backslash escapes
+/// (`standard_conforming_strings` off).
+///
+/// Fail safe: a statement that starts with `COPY` and mentions `STDOUT`
+/// but does not read as a COPY is listed without a query; and when the
+/// word `copy` occurs in the text more often than in statements read as
+/// COPY (inside a literal or a comment, or a statement this reader took
+/// for something else), none of the text's COPYs gets a query: which COPY
+/// PostgreSQL runs when could then differ from what this reader saw.
+pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut first = true;
+    let mut copies = 0;
     while start < sql.len() {
-        let end = statement_end(sql, start);
+        let end = statement_end(sql, start, backslash);
         let stmt = &sql[start..end];
-        if let Some(mut s) = copy_statement(stmt) {
-            s.first = first;
-            out.push(s);
+        match classify(stmt, backslash) {
+            Class::ToClient(mut s) => {
+                s.first = first;
+                out.push(s);
+                copies += 1;
+            }
+            Class::OtherCopy => copies += 1,
+            Class::Other => {}
         }
-        let mut lx = Lex { s: stmt, i: 0 };
+        let mut lx = Lex::new(stmt, backslash);
         lx.space();
         first &= lx.i == stmt.len();
         start = end + 1;
     }
+    if copy_words(sql) > copies {
+        for s in &mut out {
+            s.describe = None;
+        }
+    }
     out
+}
+
+/// How often the word `copy` (any case, not part of a longer name) occurs.
+fn copy_words(s: &[u8]) -> usize {
+    let lower = s.to_ascii_lowercase();
+    memchr::memmem::find_iter(&lower, b"copy")
+        .filter(|&i| {
+            (i == 0 || !ident_byte(lower[i - 1]))
+                && lower.get(i + 4).is_none_or(|&c| !ident_byte(c))
+        })
+        .count()
 }
 
 /// Where the statement starting at `from` ends: its `;` at parenthesis
 /// depth 0 (outside literals, quoted names and comments), or the end.
-fn statement_end(s: &[u8], from: usize) -> usize {
+fn statement_end(s: &[u8], from: usize, backslash: bool) -> usize {
     let mut i = from;
     let mut depth = 0usize;
     while i < s.len() {
-        if let Some(next) = skip_quoted(s, i) {
+        if let Some(next) = skip_quoted(s, i, backslash) {
             i = next;
             continue;
         }
@@ -80,19 +136,22 @@ fn ident_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
+/// PostgreSQL's white space (vertical tab included).
+fn space_byte(c: u8) -> bool {
+    c.is_ascii_whitespace() || c == 0x0B
+}
+
 /// If a string literal, quoted identifier, dollar-quoted string or
 /// comment starts at `i`, the index just past it (the end of `s` when it
 /// is not closed).
-fn skip_quoted(s: &[u8], i: usize) -> Option<usize> {
+fn skip_quoted(s: &[u8], i: usize, backslash: bool) -> Option<usize> {
     let n = s.len();
-    let after = |from: usize, close: &[u8]| {
-        memchr::memmem::find(&s[from.min(n)..], close).map_or(n, |k| from + k + close.len())
-    };
     match s[i] {
         b'\'' => {
-            // E'…' strings take backslash escapes.
-            let escapes =
-                i > 0 && matches!(s[i - 1], b'e' | b'E') && (i < 2 || !ident_byte(s[i - 2]));
+            // E'…' strings take backslash escapes (all do with
+            // standard_conforming_strings off).
+            let escapes = backslash
+                || (i > 0 && matches!(s[i - 1], b'e' | b'E') && (i < 2 || !ident_byte(s[i - 2])));
             let mut j = i + 1;
             while j < n {
                 match s[j] {
@@ -116,7 +175,7 @@ fn skip_quoted(s: &[u8], i: usize) -> Option<usize> {
             Some(n)
         }
         b'-' if s.get(i + 1) == Some(&b'-') => {
-            Some(memchr::memchr(b'\n', &s[i..]).map_or(n, |k| i + k + 1))
+            Some(memchr::memchr2(b'\n', b'\r', &s[i..]).map_or(n, |k| i + k + 1))
         }
         b'/' if s.get(i + 1) == Some(&b'*') => {
             // Comments nest.
@@ -150,7 +209,7 @@ fn skip_quoted(s: &[u8], i: usize) -> Option<usize> {
                 return None;
             }
             let tag = &s[i..=t];
-            Some(after(t + 1, tag))
+            Some(memchr::memmem::find(&s[t + 1..], tag).map_or(n, |k| t + 1 + k + tag.len()))
         }
         _ => None,
     }
@@ -160,17 +219,27 @@ fn skip_quoted(s: &[u8], i: usize) -> Option<usize> {
 struct Lex<'a> {
     s: &'a [u8],
     i: usize,
+    backslash: bool,
 }
 
 impl<'a> Lex<'a> {
+    fn new(s: &'a [u8], backslash: bool) -> Self {
+        Lex { s, i: 0, backslash }
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.space();
+        self.i >= self.s.len()
+    }
+
     /// Past white space and comments.
     fn space(&mut self) {
         while self.i < self.s.len() {
             let c = self.s[self.i];
-            if c.is_ascii_whitespace() {
+            if space_byte(c) {
                 self.i += 1;
             } else if matches!(c, b'-' | b'/') {
-                match skip_quoted(self.s, self.i) {
+                match skip_quoted(self.s, self.i, self.backslash) {
                     Some(j) => self.i = j,
                     None => return,
                 }
@@ -202,7 +271,8 @@ impl<'a> Lex<'a> {
     fn keyword(&mut self, k: &[u8]) -> bool {
         let at = self.i;
         match self.word() {
-            Some(w) if w.eq_ignore_ascii_case(k) => true,
+            // (`U&"…"` and `U&'…'` are not words followed by `&`.)
+            Some(w) if w.eq_ignore_ascii_case(k) && self.s.get(self.i) != Some(&b'&') => true,
             _ => {
                 self.i = at;
                 false
@@ -220,19 +290,35 @@ impl<'a> Lex<'a> {
         }
     }
 
-    /// A name part: a bare identifier or a `"quoted"` one.
-    fn name_part(&mut self) -> bool {
+    fn peek(&mut self) -> Option<u8> {
+        self.space();
+        self.s.get(self.i).copied()
+    }
+
+    /// A name: a bare identifier (lower-cased) or a `"quoted"` one
+    /// (unquoted). Not a Unicode-escaped one (`U&"…"`).
+    fn name(&mut self) -> Option<Vec<u8>> {
         self.space();
         if self.s.get(self.i) == Some(&b'"') {
-            match skip_quoted(self.s, self.i) {
-                Some(j) if self.s[j - 1] == b'"' && j > self.i + 1 => {
-                    self.i = j;
-                    true
-                }
-                _ => false,
+            let j = skip_quoted(self.s, self.i, self.backslash)?;
+            if j < self.i + 2 || self.s[j - 1] != b'"' {
+                return None;
             }
+            let inner = &self.s[self.i + 1..j - 1];
+            self.i = j;
+            let mut v = Vec::with_capacity(inner.len());
+            let mut k = 0;
+            while k < inner.len() {
+                v.push(inner[k]);
+                k += if inner[k] == b'"' { 2 } else { 1 };
+            }
+            Some(v)
         } else {
-            self.word().is_some()
+            let w = self.word()?;
+            if self.s.get(self.i) == Some(&b'&') {
+                return None;
+            }
+            Some(w.to_ascii_lowercase())
         }
     }
 
@@ -244,7 +330,7 @@ impl<'a> Lex<'a> {
         let mut depth = 1usize;
         let mut j = from;
         while j < s.len() {
-            if let Some(next) = skip_quoted(s, j) {
+            if let Some(next) = skip_quoted(s, j, self.backslash) {
                 j = next;
                 continue;
             }
@@ -263,26 +349,129 @@ impl<'a> Lex<'a> {
         }
         None
     }
+
+    /// A string constant (`'…'`, `E'…'`, `$tag$…$tag$`), its value; None
+    /// for anything else (a `U&'…'` string included).
+    fn string(&mut self) -> Option<Vec<u8>> {
+        self.space();
+        let s = self.s;
+        let mut i = self.i;
+        let escaped = matches!(s.get(i), Some(b'e' | b'E')) && s.get(i + 1) == Some(&b'\'');
+        if escaped {
+            i += 1;
+        }
+        match s.get(i) {
+            Some(b'\'') => {
+                let end = skip_quoted(s, i, self.backslash || escaped)?;
+                if end < i + 2 || s[end - 1] != b'\'' {
+                    return None;
+                }
+                self.i = end;
+                Some(unescape(&s[i + 1..end - 1], self.backslash || escaped))
+            }
+            Some(b'$') => {
+                let end = skip_quoted(s, i, self.backslash)?;
+                let t = s[i + 1..].iter().position(|&c| c == b'$')? + i + 1;
+                let tag = t + 1 - i;
+                if end < i + 2 * tag {
+                    return None;
+                }
+                self.i = end;
+                Some(s[t + 1..end - tag].to_vec())
+            }
+            _ => None,
+        }
+    }
 }
 
-/// One statement, if it is a `COPY … TO STDOUT`.
-fn copy_statement(stmt: &[u8]) -> Option<CopyStatement> {
-    let mut lx = Lex { s: stmt, i: 0 };
+/// The value of a string literal's inside: `''` is `'`; with `escapes`,
+/// backslash escapes as PostgreSQL reads them in `E'…'`.
+fn unescape(v: &[u8], escapes: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let c = v[i];
+        if c == b'\'' {
+            out.push(b'\'');
+            i += 2;
+            continue;
+        }
+        if c != b'\\' || !escapes || i + 1 >= v.len() {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = v[i + 1];
+        i += 2;
+        let digits = |i: &mut usize, max: usize, radix: u32| {
+            let mut x = 0u32;
+            let mut k = 0;
+            while k < max && *i < v.len() && (v[*i] as char).is_digit(radix) {
+                x = x * radix + (v[*i] as char).to_digit(radix).unwrap_or(0);
+                *i += 1;
+                k += 1;
+            }
+            (x, k)
+        };
+        match e {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'0'..=b'7' => {
+                i -= 1;
+                let (x, _) = digits(&mut i, 3, 8);
+                out.push(x as u8);
+            }
+            b'x' => {
+                let (x, k) = digits(&mut i, 2, 16);
+                if k == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(x as u8);
+                }
+            }
+            b'u' | b'U' => {
+                let (x, k) = digits(&mut i, if e == b'u' { 4 } else { 8 }, 16);
+                match char::from_u32(x).filter(|_| k > 0) {
+                    Some(ch) => out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
+                    None => out.push(e),
+                }
+            }
+            e => out.push(e),
+        }
+    }
+    out
+}
+
+enum Class {
+    /// A `COPY … TO STDOUT`.
+    ToClient(CopyStatement),
+    /// Another COPY (`FROM`, to a file or program).
+    OtherCopy,
+    Other,
+}
+
+/// What one statement is.
+fn classify(stmt: &[u8], backslash: bool) -> Class {
+    let mut lx = Lex::new(stmt, backslash);
     if !lx.keyword(b"copy") {
-        return None;
+        return Class::Other;
+    }
+    enum Read {
+        ToClient(Vec<u8>, Option<CopyOptions>),
+        Other,
     }
     let read = (|| {
-        let mut lx = Lex { s: stmt, i: lx.i };
-        lx.keyword(b"binary");
+        let binary = lx.keyword(b"binary");
         let describe = if lx.byte(b'(') {
             lx.parenthesised()?.to_vec()
         } else {
             lx.space();
             let from = lx.i;
             loop {
-                if !lx.name_part() {
-                    return None;
-                }
+                lx.name()?;
                 let at = lx.i;
                 if !lx.byte(b'.') {
                     lx.i = at;
@@ -301,31 +490,38 @@ fn copy_statement(stmt: &[u8]) -> Option<CopyStatement> {
             q.extend_from_slice(name);
             q
         };
-        // `TO STDOUT`; `FROM …` and `TO 'file'`/`TO PROGRAM` send nothing
-        // to the client.
+        if lx.keyword(b"from") {
+            return Some(Read::Other);
+        }
         if !lx.keyword(b"to") {
-            return Some(None);
+            return None;
         }
         if !lx.keyword(b"stdout") {
-            return Some(None);
+            // A file or a program: nothing comes to the client.
+            return (lx.keyword(b"program") || lx.string().is_some()).then_some(Read::Other);
         }
-        Some(Some((describe, lx.i)))
+        Some(Read::ToClient(describe, copy_options(&mut lx, binary)))
     })();
     match read {
-        Some(Some((describe, opts))) => Some(CopyStatement {
-            format: options_format(&stmt[opts..]),
+        Some(Read::ToClient(describe, Some(options))) => Class::ToClient(CopyStatement {
+            options,
             describe: Some(describe),
             first: false,
         }),
-        // Not a COPY to the client.
-        Some(None) => None,
-        // A COPY the lexer cannot follow: if it looks like one to the
-        // client, its output is masked whole.
-        None => looks_like_copy_out(stmt).then(|| CopyStatement {
-            format: options_format(stmt),
-            describe: None,
-            first: false,
-        }),
+        Some(Read::Other) => Class::OtherCopy,
+        // Not read (the statement, or its options): if it may be a COPY to
+        // the client, its output is masked whole.
+        Some(Read::ToClient(_, None)) | None => {
+            if looks_like_copy_out(stmt) {
+                Class::ToClient(CopyStatement {
+                    options: guess_options(stmt),
+                    describe: None,
+                    first: false,
+                })
+            } else {
+                Class::OtherCopy
+            }
+        }
     }
 }
 
@@ -334,73 +530,183 @@ fn looks_like_copy_out(stmt: &[u8]) -> bool {
     memchr::memmem::find(&lower, b"stdout").is_some()
 }
 
-/// The format of a `COPY … TO STDOUT` from (the start of) a statement's
-/// text, if it is one, without reading the statement: for a text only
-/// part of which is at hand.
-pub fn copy_to_format(sql: &[u8]) -> Option<CopyFormat> {
-    let s = sql.trim_ascii_start();
-    if s.len() < 4 || !s[..4].eq_ignore_ascii_case(b"copy") || !looks_like_copy_out(s) {
+/// The options after `TO STDOUT`, to the end of the statement: the list
+/// form (`WITH (FORMAT csv, DELIMITER ';', …)`) or the older keywords
+/// (`CSV HEADER DELIMITER AS ';' …`). None when they do not read.
+fn copy_options(lx: &mut Lex<'_>, binary: bool) -> Option<CopyOptions> {
+    let mut csv = false;
+    let mut binary = binary;
+    let (mut delimiter, mut null, mut quote, mut escape) = (None, None, None, None);
+    let mut header = false;
+    let one = |v: Vec<u8>| (v.len() == 1).then(|| v[0]);
+    lx.keyword(b"with");
+    if lx.byte(b'(') {
+        loop {
+            let name = lx.name()?;
+            // The value: absent, a string, a word, a number, a list, `*`.
+            let value: Option<Vec<u8>> = match lx.peek() {
+                Some(b',' | b')') => None,
+                Some(b'(') => {
+                    lx.byte(b'(');
+                    lx.parenthesised()?;
+                    Some(Vec::new())
+                }
+                Some(b'*') => {
+                    lx.byte(b'*');
+                    Some(b"*".to_vec())
+                }
+                Some(b'\'' | b'$') => Some(lx.string()?),
+                Some(b'e' | b'E') if lx.s.get(lx.i + 1) == Some(&b'\'') => Some(lx.string()?),
+                Some(c) if c.is_ascii_digit() || c == b'-' || c == b'+' => {
+                    let from = lx.i;
+                    while lx.i < lx.s.len()
+                        && (lx.s[lx.i].is_ascii_alphanumeric() || b"+-.".contains(&lx.s[lx.i]))
+                    {
+                        lx.i += 1;
+                    }
+                    Some(lx.s[from..lx.i].to_vec())
+                }
+                _ => Some(lx.name()?),
+            };
+            let lower = value.as_ref().map(|v| v.to_ascii_lowercase());
+            match &name[..] {
+                b"format" => match lower.as_deref() {
+                    Some(b"csv") => csv = true,
+                    Some(b"text") => csv = false,
+                    Some(b"binary") => binary = true,
+                    _ => return None,
+                },
+                b"delimiter" => delimiter = Some(one(value?)?),
+                b"null" => null = Some(value?),
+                b"quote" => quote = Some(one(value?)?),
+                b"escape" => escape = Some(one(value?)?),
+                b"header" => {
+                    header = match lower.as_deref() {
+                        None | Some(b"true" | b"on" | b"1" | b"match") => true,
+                        Some(b"false" | b"off" | b"0") => false,
+                        _ => return None,
+                    }
+                }
+                // FORCE_QUOTE, ENCODING, …: no change to how rows read.
+                _ => {}
+            }
+            if lx.byte(b',') {
+                continue;
+            }
+            if lx.byte(b')') {
+                break;
+            }
+            return None;
+        }
+    } else {
+        while !lx.at_end() {
+            let w = lx.word()?.to_ascii_lowercase();
+            match &w[..] {
+                b"binary" => binary = true,
+                b"csv" => csv = true,
+                b"header" => header = true,
+                b"delimiter" | b"null" | b"quote" | b"escape" | b"encoding" => {
+                    lx.keyword(b"as");
+                    let v = lx.string()?;
+                    match &w[..] {
+                        b"delimiter" => delimiter = Some(one(v)?),
+                        b"null" => null = Some(v),
+                        b"quote" => quote = Some(one(v)?),
+                        b"escape" => escape = Some(one(v)?),
+                        _ => {}
+                    }
+                }
+                b"force" => {
+                    // FORCE QUOTE cols | *, FORCE NOT NULL cols.
+                    while lx.keyword(b"quote") || lx.keyword(b"not") || lx.keyword(b"null") {}
+                    if !lx.byte(b'*') {
+                        loop {
+                            lx.name()?;
+                            if !lx.byte(b',') {
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+    if !lx.at_end() {
         return None;
     }
-    Some(options_format(s))
-}
-
-/// The output format a COPY's options ask for: CSV when they say so (`CSV`,
-/// `FORMAT csv`), text otherwise, with DELIMITER and QUOTE (new
-/// `(delimiter '|')` and old `delimiter as '|'` syntax): a field split at
-/// the wrong byte could join a value with its neighbours and hide it from
-/// the detectors.
-pub fn options_format(opts: &[u8]) -> CopyFormat {
-    let lower = opts.to_ascii_lowercase();
-    let delimiter = option_char(opts, &lower, b"delimiter");
-    if memchr::memmem::find(&lower, b"csv").is_some() {
+    let format = if csv {
+        let quote = quote.unwrap_or(b'"');
         CopyFormat::Csv {
             delimiter: delimiter.unwrap_or(b','),
-            quote: option_char(opts, &lower, b"quote").unwrap_or(b'"'),
+            quote,
+            escape: escape.unwrap_or(quote),
         }
     } else {
         CopyFormat::Text {
             delimiter: delimiter.unwrap_or(b'\t'),
         }
+    };
+    Some(CopyOptions {
+        format,
+        binary,
+        null: null.unwrap_or_else(|| if csv { Vec::new() } else { b"\\N".to_vec() }),
+        header,
+    })
+}
+
+/// Options guessed from a statement that did not read (its output is
+/// masked whole; the split only needs to be close): CSV when the text says
+/// `csv`, its DELIMITER and QUOTE when written plainly.
+fn guess_options(s: &[u8]) -> CopyOptions {
+    let lower = s.to_ascii_lowercase();
+    let delimiter = option_char(s, &lower, b"delimiter");
+    if memchr::memmem::find(&lower, b"csv").is_some() {
+        let quote = option_char(s, &lower, b"quote").unwrap_or(b'"');
+        CopyOptions {
+            format: CopyFormat::Csv {
+                delimiter: delimiter.unwrap_or(b','),
+                quote,
+                escape: quote,
+            },
+            binary: false,
+            null: Vec::new(),
+            header: false,
+        }
+    } else {
+        CopyOptions {
+            format: CopyFormat::Text {
+                delimiter: delimiter.unwrap_or(b'\t'),
+            },
+            ..CopyOptions::text()
+        }
     }
 }
 
-/// The one-byte value of COPY option `name` (`name 'c'`, `name as 'c'`,
-/// `name E'\t'`), if the text has it.
+/// The options of a `COPY … TO STDOUT` from (the start of) a statement's
+/// text, if it is one, without reading the statement: for a text only
+/// part of which is at hand (its output is masked whole).
+pub fn copy_to_options(sql: &[u8]) -> Option<CopyOptions> {
+    let s = sql.trim_ascii_start();
+    if s.len() < 4 || !s[..4].eq_ignore_ascii_case(b"copy") || !looks_like_copy_out(s) {
+        return None;
+    }
+    Some(guess_options(s))
+}
+
+/// The one-byte value of COPY option `name` written plainly (`name 'c'`,
+/// `name as 'c'`, `name E'\t'`), if the text has it.
 fn option_char(s: &[u8], lower: &[u8], name: &[u8]) -> Option<u8> {
-    let skip_ws = |i: &mut usize| {
-        while *i < s.len() && s[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
     let mut from = 0;
     while let Some(k) = memchr::memmem::find(&lower[from..], name) {
-        let mut i = from + k + name.len();
-        from = i;
-        skip_ws(&mut i);
-        if lower[i..].starts_with(b"as") && lower.get(i + 2).is_some_and(u8::is_ascii_whitespace) {
-            i += 2;
-            skip_ws(&mut i);
+        let at = from + k + name.len();
+        from = at;
+        let mut lx = Lex::new(s, false);
+        lx.i = at;
+        lx.keyword(b"as");
+        if let Some(v) = lx.string().filter(|v| v.len() == 1) {
+            return Some(v[0]);
         }
-        let escaped = matches!(s.get(i), Some(b'e' | b'E')) && s.get(i + 1) == Some(&b'\'');
-        if escaped {
-            i += 1;
-        }
-        if s.get(i) != Some(&b'\'') {
-            continue;
-        }
-        let v = match (s.get(i + 1), s.get(i + 2)) {
-            (Some(b'\''), Some(b'\'')) => b'\'',
-            (Some(b'\\'), Some(&c)) if escaped => match c {
-                b't' => b'\t',
-                b'n' => b'\n',
-                b'r' => b'\r',
-                c => c,
-            },
-            (Some(&c), _) => c,
-            _ => continue,
-        };
-        return Some(v);
     }
     None
 }
@@ -515,15 +821,22 @@ pub(super) fn for_each_field(format: CopyFormat, p: &mut [u8], mut f: impl FnMut
                     quoted: false,
                 }
             }
-            CopyFormat::Csv { delimiter, quote } => {
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+            } => {
                 if at < end && p[at] == quote {
                     let mut i = at + 1;
                     while i < end {
-                        if p[i] == quote {
-                            if i + 1 < end && p[i + 1] == quote {
-                                i += 2;
-                                continue;
-                            }
+                        let c = p[i];
+                        // An escaped quote or escape (the escape is the
+                        // quote, doubled, by default).
+                        if c == escape && i + 1 < end && (p[i + 1] == quote || p[i + 1] == escape) {
+                            i += 2;
+                            continue;
+                        }
+                        if c == quote {
                             break;
                         }
                         i += 1;
@@ -556,76 +869,82 @@ pub(super) fn for_each_field(format: CopyFormat, p: &mut [u8], mut f: impl FnMut
     }
 }
 
-fn is_null(format: CopyFormat, p: &[u8], s: &Span) -> bool {
-    match format {
-        CopyFormat::Text { .. } => &p[s.raw.0..s.raw.1] == b"\\N",
-        CopyFormat::Csv { .. } => !s.quoted && s.raw.0 == s.raw.1,
-    }
+fn is_null(o: &CopyOptions, p: &[u8], s: &Span) -> bool {
+    !s.quoted && p[s.raw.0..s.raw.1] == o.null[..]
 }
 
 /// A field's value: text-format escapes decoded, CSV quotes undone.
 fn decode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
     out.clear();
     match format {
-        CopyFormat::Text { .. } => {
+        CopyFormat::Text { .. } => out.extend_from_slice(&unescape_text(v)),
+        CopyFormat::Csv { quote, escape, .. } => {
             let mut i = 0;
             while i < v.len() {
-                if v[i] != b'\\' || i + 1 >= v.len() {
-                    out.push(v[i]);
-                    i += 1;
-                    continue;
-                }
-                let c = v[i + 1];
-                i += 2;
-                let b = match c {
-                    b'b' => 8,
-                    b'f' => 12,
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    b'v' => 11,
-                    b'0'..=b'7' => {
-                        let mut x = (c - b'0') as u32;
-                        let mut k = 0;
-                        while k < 2 && i < v.len() && (b'0'..=b'7').contains(&v[i]) {
-                            x = x * 8 + (v[i] - b'0') as u32;
-                            i += 1;
-                            k += 1;
-                        }
-                        x as u8
-                    }
-                    b'x' if i < v.len() && v[i].is_ascii_hexdigit() => {
-                        let mut x = 0u32;
-                        let mut k = 0;
-                        while k < 2 && i < v.len() && v[i].is_ascii_hexdigit() {
-                            x = x * 16 + (v[i] as char).to_digit(16).unwrap_or(0);
-                            i += 1;
-                            k += 1;
-                        }
-                        x as u8
-                    }
-                    c => c,
-                };
-                out.push(b);
-            }
-        }
-        CopyFormat::Csv { quote, .. } => {
-            let mut i = 0;
-            while i < v.len() {
-                out.push(v[i]);
-                i += if v[i] == quote && v.get(i + 1) == Some(&quote) {
-                    2
+                let c = v[i];
+                if (c == escape || c == quote)
+                    && v.get(i + 1).is_some_and(|&d| d == quote || d == escape)
+                {
+                    out.push(v[i + 1]);
+                    i += 2;
                 } else {
-                    1
-                };
+                    out.push(c);
+                    i += 1;
+                }
             }
         }
     }
 }
 
-/// A value written as a field of `format`.
-fn encode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
-    match format {
+/// A text-format COPY field's value (its backslash escapes).
+fn unescape_text(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] != b'\\' || i + 1 >= v.len() {
+            out.push(v[i]);
+            i += 1;
+            continue;
+        }
+        let c = v[i + 1];
+        i += 2;
+        let b = match c {
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'v' => 11,
+            b'0'..=b'7' => {
+                let mut x = (c - b'0') as u32;
+                let mut k = 0;
+                while k < 2 && i < v.len() && (b'0'..=b'7').contains(&v[i]) {
+                    x = x * 8 + (v[i] - b'0') as u32;
+                    i += 1;
+                    k += 1;
+                }
+                x as u8
+            }
+            b'x' if i < v.len() && v[i].is_ascii_hexdigit() => {
+                let mut x = 0u32;
+                let mut k = 0;
+                while k < 2 && i < v.len() && v[i].is_ascii_hexdigit() {
+                    x = x * 16 + (v[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    k += 1;
+                }
+                x as u8
+            }
+            c => c,
+        };
+        out.push(b);
+    }
+    out
+}
+
+/// A value written as a field of `o`'s format.
+fn encode(o: &CopyOptions, v: &[u8], out: &mut Vec<u8>) {
+    match o.format {
         CopyFormat::Text { delimiter } => {
             for &c in v {
                 let e = match c {
@@ -646,9 +965,14 @@ fn encode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
                 out.push(e);
             }
         }
-        CopyFormat::Csv { delimiter, quote } => {
+        CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+        } => {
             let needs = v.is_empty()
                 || v == b"\\."
+                || v == &o.null[..]
                 || v.iter()
                     .any(|&c| c == delimiter || c == quote || c == b'\n' || c == b'\r');
             if !needs {
@@ -657,8 +981,8 @@ fn encode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
             }
             out.push(quote);
             for &c in v {
-                if c == quote {
-                    out.push(quote);
+                if c == quote || c == escape {
+                    out.push(escape);
                 }
                 out.push(c);
             }
@@ -675,9 +999,10 @@ pub struct CopyScratch {
     hashed: Vec<u8>,
 }
 
-/// Mask one text or CSV CopyData payload of a COPY whose columns are
-/// `cols` (`None`: not known; every field is masked whole). Unruled fields
-/// are scanned by the detectors in place, as are `mask` and `keep_last` on
+/// Mask one text or CSV CopyData payload of a COPY with options `o` whose
+/// columns are `cols` (`None`: not known; every field is masked whole, as
+/// in a row with another number of fields than `cols`). Unruled fields are
+/// scanned by the detectors in place, as are `mask` and `keep_last` on
 /// values written without escapes. When another rule applies to a non-NULL
 /// field (`hash`, `null`, a value with escapes), the whole payload is
 /// written to `out` (cleared first) with ruled fields decoded, masked,
@@ -685,14 +1010,18 @@ pub struct CopyScratch {
 /// counted per rule.
 pub fn mask_copy_row(
     engine: &Engine,
-    format: CopyFormat,
+    o: &CopyOptions,
     cols: Option<&[CopyColumn]>,
     payload: &mut [u8],
     hits: &mut Hits,
     scratch: &mut CopyScratch,
     out: &mut Vec<u8>,
 ) -> bool {
+    let format = o.format;
     fields(format, payload, &mut scratch.spans);
+    // A row split into another number of fields than the COPY has columns
+    // (options read wrong): no field is where its column says.
+    let cols = cols.filter(|c| c.len() == scratch.spans.len());
     let mut ruled = false;
     for (i, s) in scratch.spans.iter().enumerate() {
         match field_rule(engine, cols, i) {
@@ -701,15 +1030,17 @@ pub fn mask_copy_row(
                     engine.mask_counted(&mut payload[s.value.0..s.value.1], hits);
                 }
             }
-            Some((r, action)) if !is_null(format, payload, s) => {
+            Some((r, action)) if !is_null(o, payload, s) => {
                 hits.add_at(r, i as u32, 1);
                 // `mask` and `keep_last` on a value written without
-                // escapes or doubled quotes: the same bytes, in place (the
+                // escapes or quotes inside: the same bytes, in place (the
                 // rewrite below would give the same).
                 let v = &mut payload[s.value.0..s.value.1];
                 let plain = match format {
                     CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_none(),
-                    CopyFormat::Csv { quote, .. } => memchr::memchr(quote, v).is_none(),
+                    CopyFormat::Csv { quote, escape, .. } => {
+                        memchr::memchr2(quote, escape, v).is_none()
+                    }
                 };
                 match action {
                     ColumnAction::Mask if plain => {
@@ -734,7 +1065,7 @@ pub fn mask_copy_row(
         let Some((_, action)) = field_rule(engine, cols, i) else {
             continue;
         };
-        if is_null(format, payload, s) {
+        if is_null(o, payload, s) {
             continue;
         }
         out.extend_from_slice(&payload[prev..s.raw.0]);
@@ -742,22 +1073,19 @@ pub fn mask_copy_row(
         decode(format, &payload[s.value.0..s.value.1], &mut scratch.value);
         let v = &mut scratch.value;
         match action {
-            ColumnAction::Null => match format {
-                CopyFormat::Text { .. } => out.extend_from_slice(b"\\N"),
-                CopyFormat::Csv { .. } => {}
-            },
+            ColumnAction::Null => out.extend_from_slice(&o.null),
             ColumnAction::Hash => {
                 scratch.hashed.clear();
                 engine.hash_into(v, &mut scratch.hashed);
-                encode(format, &scratch.hashed, out);
+                encode(o, &scratch.hashed, out);
             }
             ColumnAction::Mask => {
                 mask_chars(v, 0, ch);
-                encode(format, v, out);
+                encode(o, v, out);
             }
             ColumnAction::KeepLast(k) => {
                 mask_chars(v, k as usize, ch);
-                encode(format, v, out);
+                encode(o, v, out);
             }
         }
     }
@@ -882,10 +1210,26 @@ mod tests {
     use crate::mask::MaskingProfile;
 
     fn describe(sql: &str) -> Vec<Option<String>> {
-        copy_statements(sql.as_bytes())
+        describe_with(sql, false)
+    }
+
+    fn describe_with(sql: &str, backslash: bool) -> Vec<Option<String>> {
+        copy_statements(sql.as_bytes(), backslash)
             .into_iter()
             .map(|s| s.describe.map(|d| String::from_utf8(d).unwrap()))
             .collect()
+    }
+
+    fn options(sql: &str) -> CopyOptions {
+        copy_statements(sql.as_bytes(), false)[0].options.clone()
+    }
+
+    fn csv(delimiter: u8, quote: u8, escape: u8) -> CopyFormat {
+        CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+        }
     }
 
     #[test]
@@ -912,6 +1256,7 @@ mod tests {
             one("COPY (SELECT $q$a)$q$, (1)) TO STDOUT").unwrap(),
             "SELECT $q$a)$q$, (1)"
         );
+        assert_eq!(one("\x0bCOPY t TO\x0bSTDOUT").unwrap(), "SELECT * FROM t");
         // Several statements, and the ones that send nothing to the client.
         assert_eq!(
             describe(
@@ -923,9 +1268,9 @@ mod tests {
                 Some("select E'\\';'".to_string())
             ]
         );
-        assert!(describe("SELECT 'COPY t TO STDOUT'").is_empty());
+        assert!(describe("SELECT 'x'").is_empty());
         let first = |sql: &str| {
-            copy_statements(sql.as_bytes())
+            copy_statements(sql.as_bytes(), false)
                 .iter()
                 .map(|s| s.first)
                 .collect::<Vec<_>>()
@@ -939,26 +1284,96 @@ mod tests {
         // Unreadable: still a COPY to the client, with no query.
         assert_eq!(describe("COPY (SELECT 1 TO STDOUT"), vec![None]);
         assert_eq!(describe("COPY 1x TO STDOUT"), vec![None]);
-        // Formats come from the options only.
-        let f = |sql: &str| copy_statements(sql.as_bytes())[0].format;
-        assert_eq!(f("COPY (SELECT csv FROM t) TO STDOUT"), CopyFormat::TEXT);
-        assert_eq!(f("COPY t TO STDOUT CSV"), CopyFormat::CSV);
+        assert_eq!(describe("COPY t TO STDOUT WITH SOMETHING"), vec![None]);
+        assert_eq!(describe("COPY t TO STDOUT (FORMAT fancy)"), vec![None]);
+        // A name this reader does not take apart: that COPY is listed
+        // without a query, so the next one keeps its place.
         assert_eq!(
-            f("COPY t TO STDOUT (FORMAT csv, DELIMITER ';', QUOTE '''')"),
-            CopyFormat::Csv {
-                delimiter: b';',
-                quote: b'\''
-            }
+            describe("COPY U&\"people\" (api_secret) TO STDOUT; COPY (SELECT 1) TO STDOUT"),
+            vec![None, Some("SELECT 1".to_string())]
+        );
+        // A comment ends at a carriage return too, as PostgreSQL ends it.
+        assert_eq!(
+            describe("COPY (SELECT 1) TO STDOUT; -- x\rCOPY people (s) TO STDOUT"),
+            vec![
+                Some("SELECT 1".to_string()),
+                Some("SELECT s FROM people".to_string())
+            ]
+        );
+        // The word COPY where this reader saw no COPY statement (a string
+        // read another way than the server reads it): none described.
+        for backslash in [false, true] {
+            let d = describe_with(
+                "SELECT '\\'; COPY (SELECT 1) TO STDOUT; SELECT '; COPY people (s) TO STDOUT",
+                backslash,
+            );
+            assert!(d.iter().all(Option::is_none), "{backslash}: {d:?}");
+        }
+        assert_eq!(
+            describe_with("SELECT 'a\\'; COPY t TO STDOUT'; COPY u TO STDOUT", true),
+            vec![None]
+        );
+        assert_eq!(describe("SELECT 'copy'; COPY u TO STDOUT"), vec![None]);
+    }
+
+    #[test]
+    fn copy_options_read_as_postgresql_reads_them() {
+        assert_eq!(
+            options("COPY (SELECT csv FROM t) TO STDOUT"),
+            CopyOptions::text()
+        );
+        assert_eq!(options("COPY t TO STDOUT CSV").format, CopyFormat::CSV);
+        assert_eq!(
+            options("COPY t TO STDOUT (FORMAT csv, DELIMITER ';', QUOTE '''')").format,
+            csv(b';', b'\'', b'\'')
         );
         assert_eq!(
-            f("COPY t TO STDOUT DELIMITER AS '|'"),
+            options("COPY t TO STDOUT DELIMITER AS '|'").format,
             CopyFormat::Text { delimiter: b'|' }
         );
+        for sql in [
+            "COPY t TO STDOUT DELIMITER $$|$$",
+            "COPY t TO STDOUT (\"delimiter\" '|')",
+            "COPY t TO STDOUT WITH (delimiter $x$|$x$)",
+        ] {
+            assert_eq!(
+                options(sql).format,
+                CopyFormat::Text { delimiter: b'|' },
+                "{sql}"
+            );
+        }
+        for sql in [
+            r"COPY t TO STDOUT DELIMITER E'\x09'",
+            r"COPY t TO STDOUT DELIMITER E'\011'",
+            r"COPY t TO STDOUT (DELIMITER E'\t')",
+        ] {
+            assert_eq!(options(sql).format, CopyFormat::TEXT, "{sql}");
+            assert!(describe(sql)[0].is_some(), "{sql}");
+        }
+        // A NULL string that says `csv` or `delimiter`.
+        let o = options("COPY t TO STDOUT NULL 'csv'");
+        assert_eq!((o.format, &o.null[..]), (CopyFormat::TEXT, &b"csv"[..]));
+        let o = options("COPY t TO STDOUT NULL 'delimiter ''x'");
+        assert_eq!(
+            (o.format, &o.null[..]),
+            (CopyFormat::TEXT, &b"delimiter 'x"[..])
+        );
+        // ESCAPE, HEADER, FORCE QUOTE.
+        let o = options(r"COPY t TO STDOUT (FORMAT csv, ESCAPE '\', HEADER, FORCE_QUOTE *)");
+        assert_eq!(o.format, csv(b',', b'"', b'\\'));
+        assert!(o.header && o.null.is_empty());
+        let o = options("COPY t TO STDOUT CSV HEADER FORCE QUOTE a, b NULL AS 'n'");
+        assert!(o.header && o.null == b"n" && o.format == CopyFormat::CSV);
+        assert!(!options("COPY t TO STDOUT (FORMAT csv, HEADER false)").header);
+        assert!(options("COPY t TO STDOUT (FORMAT binary)").binary);
+        // Options that do not read: no query.
+        assert_eq!(describe("COPY t TO STDOUT (DELIMITER '||')"), vec![None]);
+        assert_eq!(describe("COPY t TO STDOUT (DELIMITER U&'|')"), vec![None]);
     }
 
     #[test]
     fn copy_formats_with_their_delimiters_and_quotes() {
-        let f = |s: &str| copy_to_format(s.as_bytes());
+        let f = |s: &str| copy_to_options(s.as_bytes()).map(|o| o.format);
         assert_eq!(f("copy t to stdout"), Some(CopyFormat::TEXT));
         assert_eq!(f("COPY t TO STDOUT CSV"), Some(CopyFormat::CSV));
         assert_eq!(f("select 1"), None);
@@ -973,10 +1388,7 @@ mod tests {
         );
         assert_eq!(
             f("copy t to stdout with (format csv, delimiter ';', quote '''')"),
-            Some(CopyFormat::Csv {
-                delimiter: b';',
-                quote: b'\''
-            })
+            Some(csv(b';', b'\'', b'\''))
         );
         assert_eq!(
             f(r"copy t to stdout (format text, delimiter E'\t')"),
@@ -1006,11 +1418,24 @@ mod tests {
     }
 
     fn run(e: &Engine, f: CopyFormat, c: Option<&[CopyColumn]>, row: &str) -> String {
+        let o = CopyOptions {
+            format: f,
+            null: if matches!(f, CopyFormat::Csv { .. }) {
+                Vec::new()
+            } else {
+                b"\\N".to_vec()
+            },
+            ..CopyOptions::text()
+        };
+        run_with(e, &o, c, row)
+    }
+
+    fn run_with(e: &Engine, o: &CopyOptions, c: Option<&[CopyColumn]>, row: &str) -> String {
         let mut p = row.as_bytes().to_vec();
         let mut hits = Hits::new();
         let mut out = Vec::new();
         let mut s = CopyScratch::default();
-        if mask_copy_row(e, f, c, &mut p, &mut hits, &mut s, &mut out) {
+        if mask_copy_row(e, o, c, &mut p, &mut hits, &mut s, &mut out) {
             String::from_utf8(out).unwrap()
         } else {
             String::from_utf8(p).unwrap()
@@ -1065,7 +1490,7 @@ mod tests {
         let (mut hits, mut out, mut sc) = (Hits::new(), Vec::new(), CopyScratch::default());
         assert!(!mask_copy_row(
             &e,
-            CopyFormat::TEXT,
+            &CopyOptions::text(),
             Some(&c),
             &mut p,
             &mut hits,
@@ -1084,8 +1509,29 @@ mod tests {
             run(&e, CopyFormat::TEXT, None, "12\tab\\\\\t\\N\n"),
             "**\t***\t\\N\n"
         );
-        // Fewer columns known than the row has: the rest masked whole.
-        assert_eq!(run(&e, CopyFormat::TEXT, Some(&c[..1]), "1\tx\n"), "1\t*\n");
+        // Another number of fields than columns (options read wrong): the
+        // row masked whole.
+        assert_eq!(run(&e, CopyFormat::TEXT, Some(&c[..1]), "1\tx\n"), "*\t*\n");
+        // CSV with ESCAPE '\', and a NULL string of its own.
+        let o = CopyOptions {
+            format: CopyFormat::Csv {
+                delimiter: b',',
+                quote: b'"',
+                escape: b'\\',
+            },
+            null: b"NIL".to_vec(),
+            ..CopyOptions::text()
+        };
+        let c2 = cols(&e, &["h", "gone", "ssn", "note"]);
+        let mut hx = Vec::new();
+        e.hash_into(b"x\",\"y", &mut hx);
+        assert_eq!(
+            run_with(&e, &o, Some(&c2), "\"x\\\",\\\"y\",a,NIL,\"\\\"q,1234\"\n"),
+            format!(
+                "{},NIL,NIL,\"\\\"q,1234\"\n",
+                String::from_utf8(hx).unwrap()
+            )
+        );
     }
 
     #[test]

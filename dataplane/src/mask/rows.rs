@@ -956,8 +956,13 @@ pub enum CopyFormat {
     /// escapes.
     Text { delimiter: u8 },
     /// `FORMAT csv`: fields split by `delimiter` (default `,`), optionally
-    /// quoted with `quote` (default `"`, doubled inside).
-    Csv { delimiter: u8, quote: u8 },
+    /// quoted with `quote` (default `"`), in which `escape` (default: the
+    /// quote, so doubled) comes before a quote or escape character.
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+    },
 }
 
 impl CopyFormat {
@@ -965,6 +970,7 @@ impl CopyFormat {
     pub const CSV: CopyFormat = CopyFormat::Csv {
         delimiter: b',',
         quote: b'"',
+        escape: b'"',
     };
 }
 

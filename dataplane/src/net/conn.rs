@@ -413,6 +413,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         audit.as_ref(),
         encoding.as_deref(),
         ready.time_zone.as_deref(),
+        ready.standard_conforming_strings.as_deref(),
         origins,
     )
     .await;
@@ -810,9 +811,11 @@ async fn relay(
     cancel: &CancelTarget,
     session: &SessionRequest,
     audit: Option<&SessionAudit<'_>>,
-    // The client encoding and TimeZone the target reported at startup.
+    // The client encoding, TimeZone and standard_conforming_strings the
+    // target reported at startup.
     client_encoding: Option<&[u8]>,
     time_zone: Option<&[u8]>,
+    standard_strings: Option<&[u8]>,
     // Where result columns come from (see `catalog`).
     origins: Option<std::sync::Arc<crate::mask::ColumnOrigins>>,
 ) {
@@ -832,6 +835,9 @@ async fn relay(
             }
             if let Some(tz) = time_zone {
                 m.set_time_zone(tz);
+            }
+            if let Some(v) = standard_strings {
+                m.set_standard_conforming_strings(v);
             }
             m.set_origins(origins);
             if let Some(a) = audit {
@@ -990,6 +996,17 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
         let mark = tracker.as_ref().map_or(0, |t| t.mark());
         let mut injections = Vec::new();
+        // The profile of a new snapshot applies to this read's statements:
+        // the masker decides how to treat a COPY as it sees the request.
+        // (Whether the session may go on is checked below.)
+        let snap = worker.shared.snapshot.load();
+        if snap.generation != state.generation.get() {
+            if let Some(mk) = state.masker.borrow_mut().as_mut() {
+                let s = state.session;
+                mk.set_engine(snap.masking_for(&s.identity, &s.connection.name));
+            }
+        }
+        drop(snap);
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             let base = buf.as_ptr() as usize;

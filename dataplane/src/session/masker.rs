@@ -31,8 +31,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::copyout::{
-    any_rule, copy_columns, copy_statements, copy_to_format, mask_binary_copy_row, mask_copy_row,
-    CopyColumn, CopyScratch,
+    any_rule, copy_columns, copy_statements, copy_to_options, mask_binary_copy_row, mask_copy_row,
+    CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
@@ -63,8 +63,8 @@ enum CopyCols {
     Unresolved,
 }
 
-/// A COPY TO the client asked for: (sync epoch, format, columns).
-type CopyRequest = (u64, CopyFormat, CopyCols);
+/// A COPY TO the client asked for: (sync epoch, options, columns).
+type CopyRequest = (u64, CopyOptions, CopyCols);
 
 /// The statement name of the gateway's own describes (of the query a COPY
 /// runs; see [`crate::mask::copyout`]); closed right after.
@@ -72,6 +72,9 @@ const OWN_STATEMENT: &[u8] = b"sluice.copy.describe";
 
 /// Close (frontend; the backend's `C` is CommandComplete).
 const CLOSE: u8 = b'C';
+
+/// FunctionCall (frontend; answered with a ReadyForQuery).
+const FUNCTION_CALL: u8 = b'F';
 
 /// What [`TargetMasker::process`] decided for one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +154,7 @@ impl FrameHits {
 
 /// A COPY TO prepared with the extended protocol: its format, and the
 /// query to describe (None: its text could not be read).
-type CopyStmt = (CopyFormat, Option<Rc<[u8]>>);
+type CopyStmt = (CopyOptions, Option<Rc<[u8]>>);
 
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
 /// result formats).
@@ -227,6 +230,15 @@ pub struct TargetMasker {
     copy_out: Option<CopyOut>,
     /// The columns of the COPY in progress (with column rules).
     copy_cols: Option<Rc<[CopyColumn]>>,
+    /// Its options, and whether its header row is still to come.
+    copy_options: CopyOptions,
+    copy_header: bool,
+    /// String literals take backslash escapes (`standard_conforming_strings`
+    /// off), for reading statement texts.
+    backslash_strings: bool,
+    /// The sync epoch of the last Execute: Syncs sent after it until a
+    /// CopyDone or CopyFail get no answer when it started a COPY FROM.
+    last_execute: Option<u64>,
     /// The COPY in progress is masked under column rules (its columns
     /// known, or not: then every field is masked whole).
     copy_ruled: bool,
@@ -308,6 +320,10 @@ impl TargetMasker {
             copy_portals: HashMap::new(),
             copy_out: None,
             copy_cols: None,
+            copy_options: CopyOptions::text(),
+            copy_header: false,
+            backslash_strings: false,
+            last_execute: None,
             copy_ruled: false,
             copy_scratch: CopyScratch::default(),
             own_describes: VecDeque::new(),
@@ -376,6 +392,12 @@ impl TargetMasker {
     /// The session's `TimeZone` the target reported (ParameterStatus, at
     /// startup and after a `SET`): binary `timestamptz` values that column
     /// rules turn into text print in it.
+    /// The target's `standard_conforming_strings` (`off`: backslashes
+    /// escape in every string literal).
+    pub fn set_standard_conforming_strings(&mut self, v: &[u8]) {
+        self.backslash_strings = v.eq_ignore_ascii_case(b"off");
+    }
+
     pub fn set_time_zone(&mut self, name: &[u8]) {
         self.plan.set_time_zone(name);
     }
@@ -439,13 +461,16 @@ impl TargetMasker {
         match t {
             tag::QUERY => {
                 let stmts = if whole {
-                    copy_statements(body.strip_suffix(&[0]).unwrap_or(body))
+                    copy_statements(
+                        body.strip_suffix(&[0]).unwrap_or(body),
+                        self.backslash_strings,
+                    )
                 } else {
                     // (Only part of the text is at hand: its COPY, if any,
                     // cannot be described.)
-                    copy_to_format(body)
-                        .map(|format| crate::mask::copyout::CopyStatement {
-                            format,
+                    copy_to_options(body)
+                        .map(|options| CopyStatement {
+                            options,
                             describe: None,
                             first: false,
                         })
@@ -454,19 +479,18 @@ impl TargetMasker {
                 };
                 let rules = self.rules();
                 let mut inject = Vec::new();
-                let fresh = self.unsynced == 0;
-                // A describe that fails aborts a transaction block the
-                // session is in: only where the COPY itself would then fail
-                // the same way (nothing before it in the Query), or outside
-                // one (the describe has its own implicit transaction).
-                let idle = self.tx_idle && self.sent_epoch == self.done_epoch;
+                // Only the Query's first statement is described: the
+                // describe runs before the whole Query, so a later COPY
+                // could read what earlier statements change (search_path,
+                // DDL); and a describe that fails aborts a transaction
+                // block, where only a first COPY would fail the same way.
                 // Own requests go before the Query, in the epoch their Sync
                 // closes; the Query's COPYs are in the next.
                 let mut cols = Vec::with_capacity(stmts.len());
                 for st in &stmts {
                     cols.push(match (&st.describe, at) {
                         _ if !rules => CopyCols::Detect,
-                        (Some(q), Some(_)) if fresh && (idle || st.first) => {
+                        (Some(q), Some(_)) if self.unsynced == 0 && st.first => {
                             CopyCols::Waiting(self.own_describe(e, q, &mut inject))
                         }
                         _ => CopyCols::Unresolved,
@@ -480,17 +504,19 @@ impl TargetMasker {
                     e += 1;
                     self.injections.push((at.unwrap_or(0), inject));
                 }
-                for (st, c) in stmts.iter().zip(cols) {
-                    self.copy_requested.push_back((e, st.format, c));
+                for (st, c) in stmts.into_iter().zip(cols) {
+                    self.copy_requested.push_back((e, st.options, c));
                 }
                 self.pending.results.push_back((e, None));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
+                self.last_execute = None;
             }
             tag::EXECUTE => {
                 self.unsynced += 1;
+                self.last_execute = Some(e);
                 let portal = cstr(body).unwrap_or_default().to_vec();
-                if let Some((f, q)) = self.copy_portals.get(&portal).cloned() {
+                if let Some((o, q)) = self.copy_portals.get(&portal).cloned() {
                     let c = match (q, at) {
                         _ if !self.rules() => CopyCols::Detect,
                         (Some(q), Some(at)) => {
@@ -501,7 +527,7 @@ impl TargetMasker {
                         }
                         _ => CopyCols::Unresolved,
                     };
-                    self.copy_requested.push_back((e, f, c));
+                    self.copy_requested.push_back((e, o, c));
                 }
                 self.pending.results.push_back((e, Some(portal)));
             }
@@ -509,20 +535,29 @@ impl TargetMasker {
                 self.sent_epoch += 1;
                 self.unsynced = 0;
             }
+            // FunctionCall: answered with a ReadyForQuery.
+            FUNCTION_CALL => self.sent_epoch += 1,
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                // The Syncs sent since the Execute that started this COPY
+                // FROM were ignored by the server (it was in copy-in).
+                if let Some(x) = self.last_execute.take() {
+                    self.sent_epoch = self.sent_epoch.min(x.max(self.done_epoch));
+                }
+            }
             tag::PARSE => {
                 self.unsynced += 1;
                 let name = cstr(body).unwrap_or_default().to_vec();
-                // A COPY prepared with the extended protocol: its format
-                // and options, for the Execute of a portal bound to it.
+                // A COPY prepared with the extended protocol: its options
+                // and query, for the Execute of a portal bound to it.
                 let sql = body.get(name.len() + 1..).unwrap_or_default();
                 let stmt = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
-                    copy_statements(sql)
+                    copy_statements(sql, self.backslash_strings)
                         .into_iter()
                         .next()
-                        .map(|st| (st.format, st.describe.map(Rc::from)))
+                        .map(|st| (st.options, st.describe.map(Rc::from)))
                 } else {
-                    copy_to_format(sql).map(|f| (f, None))
+                    copy_to_options(sql).map(|o| (o, None))
                 };
                 match stmt {
                     Some(st) => self.copy_stmts.insert(name.clone(), st),
@@ -575,6 +610,9 @@ impl TargetMasker {
                 out.extend_from_slice(p);
             }
         };
+        // (Closed first too: a statement of that name left over, whatever
+        // the reason, would make every later describe fail.)
+        msg(out, CLOSE, &[b"S", OWN_STATEMENT, b"\0"]);
         msg(
             out,
             tag::PARSE,
@@ -584,12 +622,13 @@ impl TargetMasker {
         msg(out, CLOSE, &[b"S", OWN_STATEMENT, b"\0"]);
         let id = self.next_own;
         self.next_own += 1;
+        self.pending.closes.push_back((e, true));
         self.pending.parses.push_back((e, OWN_STATEMENT.to_vec()));
         self.pending
             .describes
             .push_back((e, Some(OWN_STATEMENT.to_vec()), Vec::new()));
         self.pending.closes.push_back((e, true));
-        self.own_closes += 1;
+        self.own_closes += 2;
         self.own_describes.push_back((e, id));
         id
     }
@@ -690,6 +729,9 @@ impl TargetMasker {
                         }
                     }
                     Some((b"TimeZone", v)) => self.set_time_zone(v),
+                    Some((b"standard_conforming_strings", v)) => {
+                        self.set_standard_conforming_strings(v)
+                    }
                     _ => {}
                 }
             }
@@ -736,14 +778,18 @@ impl TargetMasker {
                     }
                     self.row_buf = rw;
                 }
+                // (The header row: column names.)
+                b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields(_))) => {
+                    self.copy_header = false;
+                }
                 b'd' if self.active && self.copy_ruled => {
                     let mut rw = std::mem::take(&mut self.row_buf);
                     rw.clear();
                     let cols = self.copy_cols.clone();
                     let changed = match self.copy_out {
-                        Some(CopyOut::Fields(f)) => mask_copy_row(
+                        Some(CopyOut::Fields(_)) => mask_copy_row(
                             &self.engine,
-                            f,
+                            &self.copy_options,
                             cols.as_deref(),
                             body,
                             &mut self.hits,
@@ -957,11 +1003,14 @@ impl TargetMasker {
                 // CopyOutResponse: format 0 = text (or csv), 1 = binary;
                 // then the number of columns.
                 let requested = self.copy_requested.pop_front();
-                let format = requested.as_ref().map_or(CopyFormat::TEXT, |r| r.1);
+                self.copy_options = requested
+                    .as_ref()
+                    .map_or_else(CopyOptions::text, |r| r.1.clone());
                 self.copy_out = match body.first() {
-                    Some(0) => Some(CopyOut::Fields(format)),
+                    Some(0) => Some(CopyOut::Fields(self.copy_options.format)),
                     _ => Some(CopyOut::Binary),
                 };
+                self.copy_header = self.copy_options.header;
                 let n = body
                     .get(1..3)
                     .map(|b| i16::from_be_bytes([b[0], b[1]]) as usize);
@@ -1032,7 +1081,9 @@ impl TargetMasker {
                 }
             }
             b'Z' => {
-                self.done_epoch += 1;
+                // (More ReadyForQuery than requests counted: go by the
+                // server.)
+                self.done_epoch = (self.done_epoch + 1).min(self.sent_epoch);
                 let done = self.done_epoch;
                 self.copy_ruled = false;
                 self.tx_idle = body.first() == Some(&b'I');
@@ -1043,7 +1094,10 @@ impl TargetMasker {
                 let own_closes = self.pending.closes.iter().filter(|c| c.1 && c.0 < done);
                 self.own_closes -= own_closes.count();
                 self.pending.closes.retain(|(e, _)| *e >= done);
-                if self.own_syncs.front() == Some(&(done - 1)) {
+                if done
+                    .checked_sub(1)
+                    .is_some_and(|d| self.own_syncs.front() == Some(&d))
+                {
                     self.own_syncs.pop_front();
                     // (Everything of the gateway's Sync was answered or
                     // skipped: nothing more to tell the client.)
@@ -1634,6 +1688,8 @@ mod tests {
     /// The target's answer to the gateway's describe of a COPY.
     fn own_answer(desc: Option<&[(&str, u32)]>) -> Vec<u8> {
         let mut s = Vec::new();
+        // (The gateway closes its statement first.)
+        s.extend(frame(b'3', b""));
         match desc {
             Some(cols) => {
                 s.extend(frame(b'1', b""));
@@ -1663,7 +1719,7 @@ mod tests {
         let inj = m.take_injections();
         assert_eq!(inj.len(), 1);
         assert_eq!(inj[0].0, 7);
-        assert_eq!(tags(&inj[0].1), b"PDCS");
+        assert_eq!(tags(&inj[0].1), b"CPDCS");
         assert!(memchr::memmem::find(&inj[0].1, b"SELECT * FROM t\0").is_some());
         let mut s = own_answer(Some(&[("id", 23), ("api_secret", 25), ("note", 25)]));
         s.extend(frame(b'H', &[0, 0, 3, 0, 0, 0, 0, 0, 0]));
@@ -1692,19 +1748,18 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_whose_describe_failed_is_masked_whole() {
+    fn a_copy_whose_columns_are_not_known_is_masked_whole() {
         let mut m = TargetMasker::new(engine(), 1 << 20);
+        // Not the Query's first statement: not described (the describe
+        // would run before the table exists).
         m.on_client_frame(
             tag::QUERY,
             b"create table t(); COPY t TO STDOUT\0",
             true,
             Some(0),
         );
-        assert_eq!(m.take_injections().len(), 1);
-        // The describe fails (t does not exist yet): its error and
-        // ReadyForQuery are dropped; the COPY's fields are masked whole.
-        let mut s = own_answer(None);
-        s.extend(frame(b'C', b"CREATE TABLE\0"));
+        assert!(m.take_injections().is_empty());
+        let mut s = frame(b'C', b"CREATE TABLE\0");
         s.extend(frame(b'H', &[0, 0, 2, 0, 0, 0, 0]));
         s.extend(frame(b'd', b"12\tab\\\\\n"));
         s.extend(frame(b'c', b""));
@@ -1713,8 +1768,21 @@ mod tests {
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"CHdcCZ");
         assert!(memchr::memmem::find(&out, b"**\t***\n").is_some());
+        // A describe that failed: its answers are dropped, the COPY masked
+        // whole if it runs.
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(None);
+        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'd', b"abc\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"HdcCZ");
+        assert!(memchr::memmem::find(&out, b"***\n").is_some());
         // Other columns than described (a generated column COPY leaves
-        // out): masked whole too.
+        // out, unknown to the catalog read): masked whole too.
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert_eq!(m.take_injections().len(), 1);
         let mut s = own_answer(Some(&[("a", 25), ("b", 25)]));
@@ -1726,24 +1794,78 @@ mod tests {
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"***\n").is_some());
-        // In a transaction block, a describe that failed would abort it:
-        // only a COPY that comes first in its Query is described.
-        let mut s = frame(b'Z', b"T");
-        forwarded(&mut m, &mut s);
-        m.on_client_frame(
-            tag::QUERY,
-            b"create table u(); COPY u TO STDOUT\0",
-            true,
-            Some(0),
-        );
-        assert!(m.take_injections().is_empty());
-        m.on_client_frame(tag::QUERY, b"COPY u TO STDOUT\0", true, Some(0));
-        assert_eq!(m.take_injections().len(), 1);
-        // A Query split across reads (its text not whole), or a client
-        // mid-pipeline: no describe, masked whole.
+        // A client mid-pipeline (unsynced extended messages before the
+        // Query): no describe.
         m.on_client_frame(tag::PARSE, b"\0select 1\0\0\0", true, Some(0));
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert!(m.take_injections().is_empty());
+    }
+
+    /// ReadyForQuery that answer no Sync or Query (a FunctionCall), and
+    /// Syncs that get none (sent during an extended COPY FROM STDIN), keep
+    /// the count of answers owed right: the gateway's own ReadyForQuery is
+    /// the one dropped.
+    #[test]
+    fn own_answers_stay_paired_after_function_calls_and_copy_in() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(FUNCTION_CALL, b"\0\0\0\x01", true, Some(0));
+        let mut s = frame(b'V', b"\xff\xff\xff\xff");
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"VZ");
+        // Extended COPY FROM STDIN: Parse, Bind, Execute, Sync (ignored in
+        // copy-in), data, CopyDone, Sync.
+        m.on_client_frame(tag::PARSE, b"\0COPY t FROM STDIN\0\0\0", true, Some(0));
+        m.on_client_frame(tag::BIND, b"\0\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        m.on_client_frame(tag::COPY_DATA, b"1\n", true, Some(0));
+        m.on_client_frame(tag::COPY_DONE, b"", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(frame(b'G', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"12GCZ");
+        for _ in 0..2 {
+            m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+            assert_eq!(m.take_injections().len(), 1);
+            let mut s = own_answer(Some(&[("api_secret", 25)]));
+            s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+            s.extend(frame(b'd', b"hunter2\n"));
+            s.extend(frame(b'c', b""));
+            s.extend(frame(b'C', b"COPY 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = forwarded(&mut m, &mut s);
+            assert_eq!(tags(&out), b"HdcCZ");
+            assert!(memchr::memmem::find(&out, b"*******\n").is_some());
+        }
+    }
+
+    /// The header row of `COPY … (HEADER)` is column names: passed as is;
+    /// a NULL string of the statement's own is kept.
+    #[test]
+    fn a_copy_header_and_null_string_are_kept() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::QUERY,
+            b"COPY t TO STDOUT (FORMAT csv, HEADER, NULL 'NIL')\0",
+            true,
+            Some(0),
+        );
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(Some(&[("id", 25), ("api_secret", 25)]));
+        s.extend(frame(b'H', &[0, 0, 2, 0, 0, 0, 0]));
+        s.extend(frame(b'd', b"id,api_secret\n"));
+        s.extend(frame(b'd', b"1,hunter2\n"));
+        s.extend(frame(b'd', b"2,NIL\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 2\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert!(memchr::memmem::find(&out, b"id,api_secret\n").is_some());
+        assert!(memchr::memmem::find(&out, b"1,*******\n").is_some());
+        assert!(memchr::memmem::find(&out, b"2,NIL\n").is_some());
     }
 
     #[test]
@@ -1762,10 +1884,11 @@ mod tests {
         assert_eq!(inj.len(), 1);
         assert_eq!(inj[0].0, 40);
         // No Sync of its own in the client's pipeline.
-        assert_eq!(tags(&inj[0].1), b"PDC");
+        assert_eq!(tags(&inj[0].1), b"CPDC");
         assert!(memchr::memmem::find(&inj[0].1, b"\0SELECT api_secret AS k FROM t\0").is_some());
         let mut s = frame(b'1', b"");
         s.extend(frame(b'2', b""));
+        s.extend(frame(b'3', b""));
         s.extend(frame(b'1', b""));
         s.extend(frame(b't', &[0, 0]));
         s.extend(row_desc(&[("api_secret", 25)]));

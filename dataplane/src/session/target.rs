@@ -56,6 +56,8 @@ pub struct TargetReady {
     /// The major version in the target's `server_version` (`15.18 (Debian
     /// …)` → 15, `9.6.24` → 9).
     pub server_major: Option<u32>,
+    /// The target's `standard_conforming_strings`.
+    pub standard_conforming_strings: Option<Vec<u8>>,
 }
 
 pub struct TargetHandshake<'a> {
@@ -270,6 +272,9 @@ impl<'a> TargetHandshake<'a> {
                             self.ready.client_encoding = Some(v.to_vec())
                         }
                         Some((b"TimeZone", v)) => self.ready.time_zone = Some(v.to_vec()),
+                        Some((b"standard_conforming_strings", v)) => {
+                            self.ready.standard_conforming_strings = Some(v.to_vec())
+                        }
                         Some((b"server_version", v)) => {
                             let major = v.iter().take_while(|c| c.is_ascii_digit());
                             self.ready.server_major = std::str::from_utf8(&v[..major.count()])
