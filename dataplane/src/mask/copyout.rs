@@ -71,6 +71,10 @@ pub struct CopyStatement {
 /// for something else), none of the text's COPYs gets a query: which COPY
 /// PostgreSQL runs when could then differ from what this reader saw.
 pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
+    let words = copy_words(sql);
+    if words == 0 {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let mut start = 0;
     let mut first = true;
@@ -92,7 +96,7 @@ pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
         first &= lx.i == stmt.len();
         start = end + 1;
     }
-    if copy_words(sql) > copies {
+    if words > copies {
         for s in &mut out {
             s.describe = None;
         }
@@ -101,12 +105,15 @@ pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
 }
 
 /// How often the word `copy` (any case, not part of a longer name) occurs.
+/// (Every Query's text goes through here: no allocation, one `memchr2`
+/// pass for most.)
 fn copy_words(s: &[u8]) -> usize {
-    let lower = s.to_ascii_lowercase();
-    memchr::memmem::find_iter(&lower, b"copy")
+    memchr::memchr2_iter(b'c', b'C', s)
         .filter(|&i| {
-            (i == 0 || !ident_byte(lower[i - 1]))
-                && lower.get(i + 4).is_none_or(|&c| !ident_byte(c))
+            s.get(i..i + 4)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"))
+                && (i == 0 || !ident_byte(s[i - 1]))
+                && s.get(i + 4).is_none_or(|&c| !ident_byte(c))
         })
         .count()
 }

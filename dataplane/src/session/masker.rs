@@ -598,7 +598,7 @@ impl TargetMasker {
         self.active && self.engine.has_column_rules()
     }
 
-    /// Append the gateway's own describe of `query` (Parse, Describe,
+    /// Append the gateway's own describe of `query` (Close, Parse, Describe,
     /// Close of [`OWN_STATEMENT`]; never executed) to `out`, in sync epoch
     /// `e`; its id.
     fn own_describe(&mut self, e: u64, query: &[u8], out: &mut Vec<u8>) -> u64 {
