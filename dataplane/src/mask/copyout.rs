@@ -88,7 +88,7 @@ pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
                 out.push(s);
                 copies += 1;
             }
-            Class::OtherCopy => copies += 1,
+            Class::OtherCopy | Class::FromStdin => copies += 1,
             Class::Other => {}
         }
         let mut lx = Lex::new(stmt, backslash);
@@ -102,6 +102,23 @@ pub fn copy_statements(sql: &[u8], backslash: bool) -> Vec<CopyStatement> {
         }
     }
     out
+}
+
+/// Whether a statement of `sql` is a `COPY … FROM STDIN` (whose copy-in
+/// makes the server ignore Syncs until its CopyDone or CopyFail).
+pub fn copy_from_stdin(sql: &[u8], backslash: bool) -> bool {
+    if copy_words(sql) == 0 {
+        return false;
+    }
+    let mut start = 0;
+    while start < sql.len() {
+        let end = statement_end(sql, start, backslash);
+        if matches!(classify(&sql[start..end], backslash), Class::FromStdin) {
+            return true;
+        }
+        start = end + 1;
+    }
+    false
 }
 
 /// How often the word `copy` (any case, not part of a longer name) occurs.
@@ -455,7 +472,9 @@ fn unescape(v: &[u8], escapes: bool) -> Vec<u8> {
 enum Class {
     /// A `COPY … TO STDOUT`.
     ToClient(CopyStatement),
-    /// Another COPY (`FROM`, to a file or program).
+    /// `COPY … FROM STDIN`.
+    FromStdin,
+    /// Another COPY (`FROM` a file or program, to a file or program).
     OtherCopy,
     Other,
 }
@@ -468,6 +487,7 @@ fn classify(stmt: &[u8], backslash: bool) -> Class {
     }
     enum Read {
         ToClient(Vec<u8>, Option<CopyOptions>),
+        FromStdin,
         Other,
     }
     let read = (|| {
@@ -498,7 +518,11 @@ fn classify(stmt: &[u8], backslash: bool) -> Class {
             q
         };
         if lx.keyword(b"from") {
-            return Some(Read::Other);
+            return Some(if lx.keyword(b"stdin") {
+                Read::FromStdin
+            } else {
+                Read::Other
+            });
         }
         if !lx.keyword(b"to") {
             return None;
@@ -516,6 +540,7 @@ fn classify(stmt: &[u8], backslash: bool) -> Class {
             first: false,
         }),
         Some(Read::Other) => Class::OtherCopy,
+        Some(Read::FromStdin) => Class::FromStdin,
         // Not read (the statement, or its options): if it may be a COPY to
         // the client, its output is masked whole.
         Some(Read::ToClient(_, None)) | None => {
@@ -594,7 +619,10 @@ fn copy_options(lx: &mut Lex<'_>, binary: bool) -> Option<CopyOptions> {
                         _ => return None,
                     }
                 }
-                // FORCE_QUOTE, ENCODING, …: no change to how rows read.
+                // An encoding whose multi-byte characters can hold ASCII
+                // bytes (a delimiter, a backslash) splits fields wrong.
+                b"encoding" if !super::ascii_safe_encoding(value.as_deref()?) => return None,
+                // FORCE_QUOTE, …: no change to how rows read.
                 _ => {}
             }
             if lx.byte(b',') {
@@ -620,6 +648,7 @@ fn copy_options(lx: &mut Lex<'_>, binary: bool) -> Option<CopyOptions> {
                         b"null" => null = Some(v),
                         b"quote" => quote = Some(one(v)?),
                         b"escape" => escape = Some(one(v)?),
+                        _ if !super::ascii_safe_encoding(&v) => return None,
                         _ => {}
                     }
                 }
@@ -1373,6 +1402,15 @@ mod tests {
         assert!(o.header && o.null == b"n" && o.format == CopyFormat::CSV);
         assert!(!options("COPY t TO STDOUT (FORMAT csv, HEADER false)").header);
         assert!(options("COPY t TO STDOUT (FORMAT binary)").binary);
+        // An encoding whose characters can hold ASCII bytes: no query.
+        assert_eq!(describe("COPY t TO STDOUT (ENCODING 'SJIS')"), vec![None]);
+        assert_eq!(describe("COPY t TO STDOUT ENCODING 'big5'"), vec![None]);
+        assert!(describe("COPY t TO STDOUT (ENCODING 'UTF8')")[0].is_some());
+        assert!(copy_from_stdin(b"select 1; COPY t (a) FROM STDIN", false));
+        assert!(!copy_from_stdin(
+            b"COPY t FROM '/x'; COPY t TO STDOUT",
+            false
+        ));
         // Options that do not read: no query.
         assert_eq!(describe("COPY t TO STDOUT (DELIMITER '||')"), vec![None]);
         assert_eq!(describe("COPY t TO STDOUT (DELIMITER U&'|')"), vec![None]);

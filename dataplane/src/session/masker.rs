@@ -31,8 +31,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mask::copyout::{
-    any_rule, copy_columns, copy_statements, copy_to_options, mask_binary_copy_row, mask_copy_row,
-    CopyColumn, CopyOptions, CopyScratch, CopyStatement,
+    any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
+    mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
@@ -67,8 +67,19 @@ enum CopyCols {
 type CopyRequest = (u64, CopyOptions, CopyCols);
 
 /// The statement name of the gateway's own describes (of the query a COPY
-/// runs; see [`crate::mask::copyout`]); closed right after.
-const OWN_STATEMENT: &[u8] = b"sluice.copy.describe";
+/// runs; see [`crate::mask::copyout`]); closed right after. With a random
+/// part drawn once per process: no client can name it, so none of a
+/// client's answers is taken for the gateway's, nor the reverse.
+fn own_statement() -> &'static [u8] {
+    static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut r = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+        let mut n = b"sluice.copy.describe.".to_vec();
+        crate::protocol::hex_into(&mut n, &r);
+        n
+    })
+}
 
 /// Close (frontend; the backend's `C` is CommandComplete).
 const CLOSE: u8 = b'C';
@@ -152,9 +163,23 @@ impl FrameHits {
     }
 }
 
-/// A COPY TO prepared with the extended protocol: its format, and the
-/// query to describe (None: its text could not be read).
-type CopyStmt = (CopyOptions, Option<Rc<[u8]>>);
+/// What a prepared statement or portal is, for COPY (absent: not a COPY).
+#[derive(Debug, Clone)]
+enum CopyKind {
+    /// A COPY TO STDOUT: its options, and the query to describe (None: its
+    /// text could not be read).
+    Out(CopyOptions, Option<Rc<[u8]>>),
+    /// A COPY FROM STDIN (Syncs during its copy-in get no answer).
+    In,
+    /// Not known: a name parsed or bound again before its Close was
+    /// answered (the server may refuse the new one and keep the old). A
+    /// COPY from it is masked whole.
+    Unknown,
+}
+
+/// A Close waiting for its CloseComplete: (sync epoch, the gateway's own,
+/// a client's kind and name).
+type Closing = (u64, bool, Option<(u8, Vec<u8>)>);
 
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
 /// result formats).
@@ -173,7 +198,8 @@ type Described = (Rc<[u8]>, Option<Vec<i16>>, Told);
 /// an error can be dropped at the next ReadyForQuery.
 #[derive(Default)]
 struct Pending {
-    parses: VecDeque<(u64, Vec<u8>)>,
+    /// (epoch, statement name, whether this Parse put the name in use).
+    parses: VecDeque<(u64, Vec<u8>, bool)>,
     /// `Some(name)` for a statement Describe, `None` for a portal (with
     /// the portal's name).
     describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>)>,
@@ -182,8 +208,9 @@ struct Pending {
     /// What produces the next rows, in order: a simple Query (None) or an
     /// Execute of a portal.
     results: VecDeque<(u64, Option<Vec<u8>>)>,
-    /// Close messages: whether each is the gateway's own.
-    closes: VecDeque<(u64, bool)>,
+    /// Close messages: whether each is the gateway's own, and a client's
+    /// kind (`S` or `P`) and name.
+    closes: VecDeque<Closing>,
 }
 
 pub struct TargetMasker {
@@ -225,8 +252,21 @@ pub struct TargetMasker {
     /// Prepared statements and portals that are a COPY TO, with its format
     /// and the query that describes its columns (extended protocol; a
     /// simple Query carries its own text).
-    copy_stmts: HashMap<Vec<u8>, CopyStmt>,
-    copy_portals: HashMap<Vec<u8>, CopyStmt>,
+    copy_stmts: HashMap<Vec<u8>, CopyKind>,
+    copy_portals: HashMap<Vec<u8>, CopyKind>,
+    /// Statement and portal names in use (parsed or bound and not closed),
+    /// as far as the client side can tell.
+    open_stmts: std::collections::HashSet<Vec<u8>>,
+    open_portals: std::collections::HashSet<Vec<u8>>,
+    /// A COPY that starts in this sync epoch cannot be told apart from
+    /// other requests: every COPY in it is masked whole.
+    poisoned: Option<u64>,
+    /// A client frame's names could not be read (split across reads):
+    /// every later COPY is masked whole.
+    copy_untrusted: bool,
+    /// A simple Query with a COPY FROM STDIN was sent: Syncs until its
+    /// CopyDone or CopyFail get no answer.
+    copy_in_query: bool,
     copy_out: Option<CopyOut>,
     /// The columns of the COPY in progress (with column rules).
     copy_cols: Option<Rc<[CopyColumn]>>,
@@ -318,6 +358,11 @@ impl TargetMasker {
             copy_requested: VecDeque::new(),
             copy_stmts: HashMap::new(),
             copy_portals: HashMap::new(),
+            open_stmts: Default::default(),
+            open_portals: Default::default(),
+            poisoned: None,
+            copy_untrusted: false,
+            copy_in_query: false,
             copy_out: None,
             copy_cols: None,
             copy_options: CopyOptions::text(),
@@ -460,11 +505,9 @@ impl TargetMasker {
         let e = self.sent_epoch;
         match t {
             tag::QUERY => {
+                let text = body.strip_suffix(&[0]).unwrap_or(body);
                 let stmts = if whole {
-                    copy_statements(
-                        body.strip_suffix(&[0]).unwrap_or(body),
-                        self.backslash_strings,
-                    )
+                    copy_statements(text, self.backslash_strings)
                 } else {
                     // (Only part of the text is at hand: its COPY, if any,
                     // cannot be described.)
@@ -484,13 +527,17 @@ impl TargetMasker {
                 // could read what earlier statements change (search_path,
                 // DDL); and a describe that fails aborts a transaction
                 // block, where only a first COPY would fail the same way.
-                // Own requests go before the Query, in the epoch their Sync
+                // Only with nothing else outstanding: the text was read
+                // with the settings the server reported last (and the
+                // answers to the describe are the next it sends). Own
+                // requests go before the Query, in the epoch their Sync
                 // closes; the Query's COPYs are in the next.
+                let quiet = self.quiet();
                 let mut cols = Vec::with_capacity(stmts.len());
                 for st in &stmts {
                     cols.push(match (&st.describe, at) {
                         _ if !rules => CopyCols::Detect,
-                        (Some(q), Some(_)) if self.unsynced == 0 && st.first => {
+                        (Some(q), Some(_)) if quiet && st.first => {
                             CopyCols::Waiting(self.own_describe(e, q, &mut inject))
                         }
                         _ => CopyCols::Unresolved,
@@ -507,6 +554,9 @@ impl TargetMasker {
                 for (st, c) in stmts.into_iter().zip(cols) {
                     self.copy_requested.push_back((e, st.options, c));
                 }
+                if !whole || copy_from_stdin(text, self.backslash_strings) {
+                    self.copy_in_query = whole;
+                }
                 self.pending.results.push_back((e, None));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
@@ -514,56 +564,96 @@ impl TargetMasker {
             }
             tag::EXECUTE => {
                 self.unsynced += 1;
-                self.last_execute = Some(e);
-                let portal = cstr(body).unwrap_or_default().to_vec();
-                if let Some((o, q)) = self.copy_portals.get(&portal).cloned() {
-                    let c = match (q, at) {
-                        _ if !self.rules() => CopyCols::Detect,
-                        (Some(q), Some(at)) => {
-                            let mut inject = Vec::new();
-                            let id = self.own_describe(e, &q, &mut inject);
-                            self.injections.push((at, inject));
-                            CopyCols::Waiting(id)
-                        }
-                        _ => CopyCols::Unresolved,
-                    };
-                    self.copy_requested.push_back((e, o, c));
+                self.last_execute = None;
+                let Some(portal) = cstr(body).map(<[u8]>::to_vec) else {
+                    self.copy_untrusted = true;
+                    self.pending.results.push_back((e, None));
+                    return;
+                };
+                match self.copy_portals.get(&portal).cloned() {
+                    Some(CopyKind::Out(o, q)) => {
+                        let c = match (q, at) {
+                            _ if !self.rules() => CopyCols::Detect,
+                            (Some(q), Some(at)) => {
+                                let mut inject = Vec::new();
+                                let id = self.own_describe(e, &q, &mut inject);
+                                self.injections.push((at, inject));
+                                CopyCols::Waiting(id)
+                            }
+                            _ => CopyCols::Unresolved,
+                        };
+                        self.copy_requested.push_back((e, o, c));
+                    }
+                    Some(CopyKind::In) => self.last_execute = Some(e),
+                    Some(CopyKind::Unknown) => self.poisoned = Some(e),
+                    None => {}
                 }
                 self.pending.results.push_back((e, Some(portal)));
             }
             tag::SYNC => {
-                self.sent_epoch += 1;
+                // (Ignored by a server in copy-in.)
+                if !self.copy_in_query {
+                    self.sent_epoch += 1;
+                }
                 self.unsynced = 0;
             }
             // FunctionCall: answered with a ReadyForQuery.
-            FUNCTION_CALL => self.sent_epoch += 1,
+            FUNCTION_CALL => {
+                self.pending.results.push_back((e, None));
+                self.sent_epoch += 1;
+            }
             tag::COPY_DONE | tag::COPY_FAIL => {
-                // The Syncs sent since the Execute that started this COPY
-                // FROM were ignored by the server (it was in copy-in).
-                if let Some(x) = self.last_execute.take() {
+                if self.copy_in_query {
+                    self.copy_in_query = false;
+                } else if let Some(x) = self.last_execute.take() {
+                    // The Syncs sent since the Execute that started this
+                    // COPY FROM were ignored by the server (it was in
+                    // copy-in).
                     self.sent_epoch = self.sent_epoch.min(x.max(self.done_epoch));
                 }
             }
             tag::PARSE => {
+                let settled = self.settled();
                 self.unsynced += 1;
-                let name = cstr(body).unwrap_or_default().to_vec();
+                let Some(name) = cstr(body).map(<[u8]>::to_vec) else {
+                    self.copy_untrusted = true;
+                    self.pending.parses.push_back((e, Vec::new(), false));
+                    return;
+                };
                 // A COPY prepared with the extended protocol: its options
-                // and query, for the Execute of a portal bound to it.
+                // and query, for the Execute of a portal bound to it (the
+                // query only when the text was read with the settings in
+                // force).
                 let sql = body.get(name.len() + 1..).unwrap_or_default();
-                let stmt = if whole {
+                let kind = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
-                    copy_statements(sql, self.backslash_strings)
+                    match copy_statements(sql, self.backslash_strings)
                         .into_iter()
                         .next()
-                        .map(|st| (st.options, st.describe.map(Rc::from)))
+                    {
+                        Some(st) => Some(CopyKind::Out(
+                            st.options,
+                            st.describe.filter(|_| settled).map(Rc::from),
+                        )),
+                        None if copy_from_stdin(sql, self.backslash_strings) => Some(CopyKind::In),
+                        None => None,
+                    }
                 } else {
-                    copy_to_options(sql).map(|o| (o, None))
+                    copy_to_options(sql).map(|o| CopyKind::Out(o, None))
                 };
-                match stmt {
-                    Some(st) => self.copy_stmts.insert(name.clone(), st),
+                // A name in use: the server refuses this Parse and keeps
+                // the statement it has.
+                let added = !name.is_empty() && self.open_stmts.insert(name.clone());
+                let kind = if !name.is_empty() && !added {
+                    Some(CopyKind::Unknown)
+                } else {
+                    kind
+                };
+                match kind {
+                    Some(k) => self.copy_stmts.insert(name.clone(), k),
                     None => self.copy_stmts.remove(&name),
                 };
-                self.pending.parses.push_back((e, name));
+                self.pending.parses.push_back((e, name, added));
             }
             tag::DESCRIBE => {
                 self.unsynced += 1;
@@ -578,19 +668,58 @@ impl TargetMasker {
             }
             tag::BIND => {
                 self.unsynced += 1;
-                let (portal, stmt, formats) = parse_bind(body, whole);
-                match self.copy_stmts.get(&stmt) {
-                    Some(st) => self.copy_portals.insert(portal.clone(), st.clone()),
+                let Some((portal, stmt, formats)) = parse_bind(body, whole) else {
+                    self.copy_untrusted = true;
+                    self.pending
+                        .binds
+                        .push_back((e, Vec::new(), Vec::new(), None));
+                    return;
+                };
+                let dup = !portal.is_empty() && !self.open_portals.insert(portal.clone());
+                let kind = if dup {
+                    Some(CopyKind::Unknown)
+                } else {
+                    self.copy_stmts.get(&stmt).cloned()
+                };
+                match kind {
+                    Some(k) => self.copy_portals.insert(portal.clone(), k),
                     None => self.copy_portals.remove(&portal),
                 };
                 self.pending.binds.push_back((e, portal, stmt, formats));
             }
             CLOSE => {
                 self.unsynced += 1;
-                self.pending.closes.push_back((e, false));
+                let what = body.first().copied().zip(body.get(1..).and_then(cstr));
+                if what.is_none() {
+                    self.copy_untrusted = true;
+                }
+                let what = what.map(|(k, n)| (k, n.to_vec()));
+                self.pending.closes.push_back((e, false, what));
             }
             _ => {}
         }
+    }
+
+    /// No statement the client sent is still to run (a Query, an Execute,
+    /// a FunctionCall: a `SET` among them could change how the server reads
+    /// the next text), and no COPY FROM is taking data.
+    fn settled(&self) -> bool {
+        self.pending.results.is_empty() && !self.copy_in_query
+    }
+
+    /// Settled, and nothing the client sent is unanswered (as far as the
+    /// counts tell) or half-sent: the answers to a describe sent now are
+    /// the next the server sends.
+    fn quiet(&self) -> bool {
+        self.settled()
+            && self.unsynced == 0
+            && self.sent_epoch == self.done_epoch
+            && self.pending.parses.is_empty()
+            && self.pending.describes.is_empty()
+            && self.pending.binds.is_empty()
+            && self.pending.closes.is_empty()
+            && self.own_describes.is_empty()
+            && self.own_syncs.is_empty()
     }
 
     /// Whether column rules apply to what this session is sent now.
@@ -599,7 +728,7 @@ impl TargetMasker {
     }
 
     /// Append the gateway's own describe of `query` (Close, Parse, Describe,
-    /// Close of [`OWN_STATEMENT`]; never executed) to `out`, in sync epoch
+    /// Close of [`own_statement`]; never executed) to `out`, in sync epoch
     /// `e`; its id.
     fn own_describe(&mut self, e: u64, query: &[u8], out: &mut Vec<u8>) -> u64 {
         let msg = |out: &mut Vec<u8>, t: u8, parts: &[&[u8]]| {
@@ -612,22 +741,24 @@ impl TargetMasker {
         };
         // (Closed first too: a statement of that name left over, whatever
         // the reason, would make every later describe fail.)
-        msg(out, CLOSE, &[b"S", OWN_STATEMENT, b"\0"]);
+        msg(out, CLOSE, &[b"S", own_statement(), b"\0"]);
         msg(
             out,
             tag::PARSE,
-            &[OWN_STATEMENT, b"\0", query, b"\0", &[0, 0]],
+            &[own_statement(), b"\0", query, b"\0", &[0, 0]],
         );
-        msg(out, tag::DESCRIBE, &[b"S", OWN_STATEMENT, b"\0"]);
-        msg(out, CLOSE, &[b"S", OWN_STATEMENT, b"\0"]);
+        msg(out, tag::DESCRIBE, &[b"S", own_statement(), b"\0"]);
+        msg(out, CLOSE, &[b"S", own_statement(), b"\0"]);
         let id = self.next_own;
         self.next_own += 1;
-        self.pending.closes.push_back((e, true));
-        self.pending.parses.push_back((e, OWN_STATEMENT.to_vec()));
+        self.pending.closes.push_back((e, true, None));
+        self.pending
+            .parses
+            .push_back((e, own_statement().to_vec(), false));
         self.pending
             .describes
-            .push_back((e, Some(OWN_STATEMENT.to_vec()), Vec::new()));
-        self.pending.closes.push_back((e, true));
+            .push_back((e, Some(own_statement().to_vec()), Vec::new()));
+        self.pending.closes.push_back((e, true, None));
         self.own_closes += 2;
         self.own_describes.push_back((e, id));
         id
@@ -870,8 +1001,8 @@ impl TargetMasker {
         match t {
             b'1' => {
                 // ParseComplete: the statement's old description is stale.
-                if let Some((_, name)) = self.pending.parses.pop_front() {
-                    if name == OWN_STATEMENT {
+                if let Some((_, name, _)) = self.pending.parses.pop_front() {
+                    if name == own_statement() {
                         return true;
                     }
                     self.statements.remove(&name);
@@ -882,12 +1013,12 @@ impl TargetMasker {
                 // its RowDescription (or NoData) follows.
                 if let Some((_, d, _)) = self.pending.describes.pop_front() {
                     let d = d.unwrap_or_default();
-                    let own = d == OWN_STATEMENT;
+                    let own = d == own_statement();
                     self.describing = Some(d);
                     return own;
                 }
             }
-            b'T' if self.describing.as_deref() == Some(OWN_STATEMENT) => {
+            b'T' if self.describing.as_deref() == Some(own_statement()) => {
                 // The columns of a COPY the gateway described.
                 self.describing = None;
                 let cols = match copy_columns(&self.engine, self.plan.origins(), body) {
@@ -897,18 +1028,28 @@ impl TargetMasker {
                 self.resolve_own(cols);
                 return true;
             }
-            b'n' if self.describing.as_deref() == Some(OWN_STATEMENT) => {
+            b'n' if self.describing.as_deref() == Some(own_statement()) => {
                 self.describing = None;
                 self.resolve_own(CopyCols::Unresolved);
                 return true;
             }
             b'3' => {
                 // CloseComplete.
-                if let Some((_, own)) = self.pending.closes.pop_front() {
-                    if own {
+                match self.pending.closes.pop_front() {
+                    Some((_, true, _)) => {
                         self.own_closes = self.own_closes.saturating_sub(1);
                         return true;
                     }
+                    // The name is free again.
+                    Some((_, false, Some((b'S', name)))) => {
+                        self.open_stmts.remove(&name);
+                        self.copy_stmts.remove(&name);
+                    }
+                    Some((_, false, Some((_, name)))) => {
+                        self.open_portals.remove(&name);
+                        self.copy_portals.remove(&name);
+                    }
+                    _ => {}
                 }
             }
             b'E' if self.own_syncs.front() == Some(&self.done_epoch) => {
@@ -1014,11 +1155,16 @@ impl TargetMasker {
                 let n = body
                     .get(1..3)
                     .map(|b| i16::from_be_bytes([b[0], b[1]]) as usize);
+                // Whose request this is cannot be told when an Execute of
+                // this epoch ran a statement or portal of unknown kind, or
+                // a client frame's names were not read.
+                let unsure =
+                    self.copy_untrusted || self.poisoned.is_some_and(|p| p == self.done_epoch);
                 let cols = match requested {
-                    Some((_, _, c)) => c,
+                    Some((_, _, c)) if !(unsure && self.rules()) => c,
                     // A COPY the client side did not see coming.
-                    None if self.rules() => CopyCols::Unresolved,
-                    None => CopyCols::Detect,
+                    _ if self.rules() => CopyCols::Unresolved,
+                    _ => CopyCols::Detect,
                 };
                 // `COPY table TO` leaves generated columns out; `SELECT *`
                 // has them.
@@ -1090,29 +1236,41 @@ impl TargetMasker {
                 if matches!(&self.own_error, Some((q, _)) if *q < done) {
                     self.own_error = None;
                 }
+                if self.poisoned.is_some_and(|p| p < done) {
+                    self.poisoned = None;
+                }
+                if self.tx_idle {
+                    // Named portals end with their transaction.
+                    self.open_portals.clear();
+                }
                 self.own_describes.retain(|(e, _)| *e >= done);
                 let own_closes = self.pending.closes.iter().filter(|c| c.1 && c.0 < done);
-                self.own_closes -= own_closes.count();
-                self.pending.closes.retain(|(e, _)| *e >= done);
-                if done
-                    .checked_sub(1)
-                    .is_some_and(|d| self.own_syncs.front() == Some(&d))
-                {
-                    self.own_syncs.pop_front();
-                    // (Everything of the gateway's Sync was answered or
-                    // skipped: nothing more to tell the client.)
-                    self.describing = None;
-                    return true;
-                }
+                self.own_closes = self.own_closes.saturating_sub(own_closes.count());
+                self.pending.closes.retain(|(e, _, _)| *e >= done);
                 // Requests before this Sync that were skipped after an error
-                // get no answer: forget them.
-                self.pending.parses.retain(|(e, _)| *e >= done);
+                // get no answer: forget them (a Parse that never ran leaves
+                // its name free).
+                for (_, name, added) in self.pending.parses.iter().filter(|p| p.0 < done) {
+                    if *added {
+                        self.open_stmts.remove(name);
+                    }
+                }
+                self.pending.parses.retain(|(e, _, _)| *e >= done);
                 self.pending.describes.retain(|(e, _, _)| *e >= done);
                 self.pending.binds.retain(|(e, _, _, _)| *e >= done);
                 self.pending.results.retain(|(e, _)| *e >= done);
                 self.copy_requested.retain(|(e, _, _)| *e >= done);
                 self.describing = None;
                 self.copy_out = None;
+                if done
+                    .checked_sub(1)
+                    .is_some_and(|d| self.own_syncs.front() == Some(&d))
+                {
+                    // (Everything of the gateway's Sync was answered or
+                    // skipped: nothing to tell the client.)
+                    self.own_syncs.pop_front();
+                    return true;
+                }
             }
             _ => {}
         }
@@ -1276,18 +1434,18 @@ fn cstr(b: &[u8]) -> Option<&[u8]> {
 
 /// Statement name and result format codes of a Bind body (formats only
 /// when the whole message is at hand).
-fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Vec<u8>, Option<Vec<i16>>) {
-    let Some(p) = memchr::memchr(0, body) else {
-        return (Vec::new(), Vec::new(), None);
-    };
+/// None when the names are not all in the part of the body at hand.
+/// A Bind's portal, statement and result formats.
+type BindNames = (Vec<u8>, Vec<u8>, Option<Vec<i16>>);
+
+fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
+    let p = memchr::memchr(0, body)?;
     let portal = body[..p].to_vec();
     let rest = &body[p + 1..];
-    let Some(s) = memchr::memchr(0, rest) else {
-        return (portal, Vec::new(), None);
-    };
+    let s = memchr::memchr(0, rest)?;
     let stmt = rest[..s].to_vec();
     if !whole {
-        return (portal, stmt, None);
+        return Some((portal, stmt, None));
     }
     let formats = (|| {
         let mut r = &rest[s + 1..];
@@ -1313,7 +1471,7 @@ fn parse_bind(body: &[u8], whole: bool) -> (Vec<u8>, Vec<u8>, Option<Vec<i16>>) 
                 .collect(),
         )
     })();
-    (portal, stmt, formats)
+    Some((portal, stmt, formats))
 }
 
 #[cfg(test)]
@@ -1842,6 +2000,106 @@ mod tests {
         }
     }
 
+    /// Cases where the gateway cannot be sure which columns a COPY sends,
+    /// each masked whole: a statement name parsed again before its Close
+    /// was answered (the server refuses the new Parse and keeps the old
+    /// statement), an Execute whose portal name was split across reads,
+    /// and a Query sent behind another one still unanswered (a SET before
+    /// it could change how the server reads its text).
+    #[test]
+    fn copies_the_gateway_cannot_pair_are_masked_whole() {
+        let copy_row = |m: &mut TargetMasker, before: Vec<u8>| {
+            let mut s = before;
+            s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+            s.extend(frame(b'd', b"hunter2\n"));
+            s.extend(frame(b'c', b""));
+            s.extend(frame(b'C', b"COPY 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            forwarded(m, &mut s)
+        };
+        // A reused statement name.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::PARSE,
+            b"s\0COPY (SELECT api_secret FROM t) TO STDOUT\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"1Z");
+        m.on_client_frame(
+            tag::PARSE,
+            b"s\0COPY (SELECT note FROM t) TO STDOUT\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::BIND, b"\0s\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(40));
+        m.on_client_frame(tag::SYNC, b"", true, Some(50));
+        // (No describe: the statement's kind is not known.)
+        assert!(m.take_injections().is_empty());
+        let mut s = frame(
+            b'E',
+            b"SERROR\0C42P05\0Mprepared statement \"s\" already exists\0\0",
+        );
+        s.extend(frame(b'Z', b"I"));
+        forwarded(&mut m, &mut s);
+        m.on_client_frame(tag::BIND, b"\0s\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(40));
+        m.on_client_frame(tag::SYNC, b"", true, Some(50));
+        assert!(m.take_injections().is_empty());
+        let out = copy_row(&mut m, frame(b'2', b""));
+        assert!(
+            memchr::memmem::find(&out, b"*******\n").is_some(),
+            "{out:?}"
+        );
+        // An Execute's portal name cut by the end of a read.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::EXECUTE, b"longport", false, Some(0));
+        assert!(m.take_injections().is_empty());
+        let out = copy_row(&mut m, Vec::new());
+        assert!(memchr::memmem::find(&out, b"*******\n").is_some());
+        // A Query behind one not answered yet.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::QUERY,
+            b"SET standard_conforming_strings = off\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(
+            tag::QUERY,
+            b"COPY (SELECT note FROM t) TO STDOUT\0",
+            true,
+            Some(60),
+        );
+        assert!(m.take_injections().is_empty());
+        let mut s = frame(b'C', b"SET\0");
+        s.extend(frame(b'S', b"standard_conforming_strings\0off\0"));
+        s.extend(frame(b'Z', b"I"));
+        forwarded(&mut m, &mut s);
+        let out = copy_row(&mut m, Vec::new());
+        assert!(memchr::memmem::find(&out, b"*******\n").is_some());
+        // ... then read with the reported setting.
+        assert!(m.backslash_strings);
+        // A Sync sent during a simple Query's COPY FROM STDIN gets no
+        // answer: the next COPY is still paired.
+        m.on_client_frame(tag::QUERY, b"COPY t FROM STDIN\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        m.on_client_frame(tag::COPY_DONE, b"", true, Some(0));
+        let mut s = frame(b'G', &[0, 0, 1, 0, 0]);
+        s.extend(frame(b'C', b"COPY 0\0"));
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"GCZ");
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        let out = copy_row(&mut m, own_answer(Some(&[("note", 25)])));
+        assert_eq!(tags(&out), b"HdcCZ");
+        assert!(memchr::memmem::find(&out, b"hunter2\n").is_some());
+    }
+
     /// The header row of `COPY … (HEADER)` is column names: passed as is;
     /// a NULL string of the statement's own is kept.
     #[test]
@@ -1916,11 +2174,12 @@ mod tests {
         bind.extend_from_slice(&1i16.to_be_bytes());
         assert_eq!(
             parse_bind(&bind, true),
-            (b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1]))
+            Some((b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1])))
         );
         assert_eq!(
             parse_bind(&bind, false),
-            (b"p".to_vec(), b"s".to_vec(), None)
+            Some((b"p".to_vec(), b"s".to_vec(), None))
         );
+        assert_eq!(parse_bind(b"p\0s", false), None);
     }
 }
