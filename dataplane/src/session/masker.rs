@@ -264,9 +264,10 @@ pub struct TargetMasker {
     /// A client frame's names could not be read (split across reads):
     /// every later COPY is masked whole.
     copy_untrusted: bool,
-    /// A simple Query with a COPY FROM STDIN was sent: Syncs until its
-    /// CopyDone or CopyFail get no answer.
-    copy_in_query: bool,
+    /// The sync epoch of a simple Query with a COPY FROM STDIN: Syncs sent
+    /// until its CopyDone or CopyFail (or its ReadyForQuery, when the copy
+    /// never started) get no answer.
+    copy_in_query: Option<u64>,
     copy_out: Option<CopyOut>,
     /// The columns of the COPY in progress (with column rules).
     copy_cols: Option<Rc<[CopyColumn]>>,
@@ -362,7 +363,7 @@ impl TargetMasker {
             open_portals: Default::default(),
             poisoned: None,
             copy_untrusted: false,
-            copy_in_query: false,
+            copy_in_query: None,
             copy_out: None,
             copy_cols: None,
             copy_options: CopyOptions::text(),
@@ -554,8 +555,8 @@ impl TargetMasker {
                 for (st, c) in stmts.into_iter().zip(cols) {
                     self.copy_requested.push_back((e, st.options, c));
                 }
-                if !whole || copy_from_stdin(text, self.backslash_strings) {
-                    self.copy_in_query = whole;
+                if whole && copy_from_stdin(text, self.backslash_strings) {
+                    self.copy_in_query = Some(e);
                 }
                 self.pending.results.push_back((e, None));
                 self.sent_epoch += 1;
@@ -592,7 +593,7 @@ impl TargetMasker {
             }
             tag::SYNC => {
                 // (Ignored by a server in copy-in.)
-                if !self.copy_in_query {
+                if self.copy_in_query.is_none() {
                     self.sent_epoch += 1;
                 }
                 self.unsynced = 0;
@@ -603,9 +604,10 @@ impl TargetMasker {
                 self.sent_epoch += 1;
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
-                if self.copy_in_query {
-                    self.copy_in_query = false;
-                } else if let Some(x) = self.last_execute.take() {
+                // (A simple Query's copy-in ends; its Syncs were not
+                // counted.)
+                let in_query = self.copy_in_query.take().is_some();
+                if let Some(x) = self.last_execute.take().filter(|_| !in_query) {
                     // The Syncs sent since the Execute that started this
                     // COPY FROM were ignored by the server (it was in
                     // copy-in).
@@ -704,7 +706,7 @@ impl TargetMasker {
     /// a FunctionCall: a `SET` among them could change how the server reads
     /// the next text), and no COPY FROM is taking data.
     fn settled(&self) -> bool {
-        self.pending.results.is_empty() && !self.copy_in_query
+        self.pending.results.is_empty() && self.copy_in_query.is_none()
     }
 
     /// Settled, and nothing the client sent is unanswered (as far as the
@@ -1238,6 +1240,9 @@ impl TargetMasker {
                 }
                 if self.poisoned.is_some_and(|p| p < done) {
                     self.poisoned = None;
+                }
+                if self.copy_in_query.is_some_and(|q| q < done) {
+                    self.copy_in_query = None;
                 }
                 if self.tx_idle {
                     // Named portals end with their transaction.
@@ -1998,6 +2003,26 @@ mod tests {
             assert_eq!(tags(&out), b"HdcCZ");
             assert!(memchr::memmem::find(&out, b"*******\n").is_some());
         }
+        // A COPY FROM STDIN that fails before its copy-in starts: the
+        // session is settled again at its ReadyForQuery.
+        m.on_client_frame(tag::QUERY, b"COPY nope FROM STDIN\0", true, Some(0));
+        let mut s = frame(
+            b'E',
+            b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
+        );
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"EZ");
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(Some(&[("api_secret", 25)]));
+        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'd', b"hunter2\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"HdcCZ");
+        assert!(memchr::memmem::find(&out, b"*******\n").is_some());
     }
 
     /// Cases where the gateway cannot be sure which columns a COPY sends,
