@@ -257,10 +257,11 @@ pub struct TargetMasker {
     /// Statement and portal names in use (parsed or bound and not closed),
     /// as far as the client side can tell.
     open_stmts: std::collections::HashSet<Vec<u8>>,
-    open_portals: std::collections::HashSet<Vec<u8>>,
+    /// (Portals with the sync epoch of their Bind.)
+    open_portals: HashMap<Vec<u8>, u64>,
     /// A COPY that starts in this sync epoch cannot be told apart from
     /// other requests: every COPY in it is masked whole.
-    poisoned: Option<u64>,
+    poisoned: std::collections::BTreeSet<u64>,
     /// A client frame's names could not be read (split across reads):
     /// every later COPY is masked whole.
     copy_untrusted: bool,
@@ -361,7 +362,7 @@ impl TargetMasker {
             copy_portals: HashMap::new(),
             open_stmts: Default::default(),
             open_portals: Default::default(),
-            poisoned: None,
+            poisoned: Default::default(),
             copy_untrusted: false,
             copy_in_query: None,
             copy_out: None,
@@ -586,7 +587,9 @@ impl TargetMasker {
                         self.copy_requested.push_back((e, o, c));
                     }
                     Some(CopyKind::In) => self.last_execute = Some(e),
-                    Some(CopyKind::Unknown) => self.poisoned = Some(e),
+                    Some(CopyKind::Unknown) => {
+                        self.poisoned.insert(e);
+                    }
                     None => {}
                 }
                 self.pending.results.push_back((e, Some(portal)));
@@ -677,7 +680,11 @@ impl TargetMasker {
                         .push_back((e, Vec::new(), Vec::new(), None));
                     return;
                 };
-                let dup = !portal.is_empty() && !self.open_portals.insert(portal.clone());
+                // (A portal in use keeps the epoch it was bound in.)
+                let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
+                if !portal.is_empty() && !dup {
+                    self.open_portals.insert(portal.clone(), e);
+                }
                 let kind = if dup {
                     Some(CopyKind::Unknown)
                 } else {
@@ -1160,8 +1167,7 @@ impl TargetMasker {
                 // Whose request this is cannot be told when an Execute of
                 // this epoch ran a statement or portal of unknown kind, or
                 // a client frame's names were not read.
-                let unsure =
-                    self.copy_untrusted || self.poisoned.is_some_and(|p| p == self.done_epoch);
+                let unsure = self.copy_untrusted || self.poisoned.contains(&self.done_epoch);
                 let cols = match requested {
                     Some((_, _, c)) if !(unsure && self.rules()) => c,
                     // A COPY the client side did not see coming.
@@ -1238,15 +1244,14 @@ impl TargetMasker {
                 if matches!(&self.own_error, Some((q, _)) if *q < done) {
                     self.own_error = None;
                 }
-                if self.poisoned.is_some_and(|p| p < done) {
-                    self.poisoned = None;
-                }
+                self.poisoned.retain(|&p| p >= done);
                 if self.copy_in_query.is_some_and(|q| q < done) {
                     self.copy_in_query = None;
                 }
                 if self.tx_idle {
-                    // Named portals end with their transaction.
-                    self.open_portals.clear();
+                    // Named portals end with their transaction: those bound
+                    // before this ReadyForQuery (not ones sent ahead of it).
+                    self.open_portals.retain(|_, &mut e| e >= done);
                 }
                 self.own_describes.retain(|(e, _)| *e >= done);
                 let own_closes = self.pending.closes.iter().filter(|c| c.1 && c.0 < done);
@@ -2123,6 +2128,36 @@ mod tests {
         let out = copy_row(&mut m, own_answer(Some(&[("note", 25)])));
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"hunter2\n").is_some());
+    }
+
+    /// A portal bound ahead of an earlier statement's ReadyForQuery stays
+    /// in use at that ReadyForQuery: binding its name again later is a
+    /// reuse (the server keeps the first), and a COPY from it is masked
+    /// whole.
+    #[test]
+    fn a_portal_bound_ahead_of_a_ready_for_query_stays_in_use() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"SELECT 1\0", true, Some(0));
+        m.on_client_frame(
+            tag::PARSE,
+            b"s\0COPY (SELECT api_secret FROM t) TO STDOUT\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::BIND, b"q\0s\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'C', b"SELECT 1\0");
+        s.extend(frame(b'Z', b"I"));
+        forwarded(&mut m, &mut s);
+        m.on_client_frame(
+            tag::PARSE,
+            b"n\0COPY (SELECT note FROM t) TO STDOUT\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::BIND, b"q\0n\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"q\0\0\0\0\0", true, Some(40));
+        assert!(m.take_injections().is_empty());
     }
 
     /// The header row of `COPY … (HEADER)` is column names: passed as is;
