@@ -1853,6 +1853,18 @@ mod tests {
         t
     }
 
+    /// A COPY TO's answer: CopyOutResponse (text, `cols` columns), one
+    /// row, CopyDone, CommandComplete, ReadyForQuery.
+    fn copy_out_answer(s: &mut Vec<u8>, cols: u8, row: &[u8]) {
+        let mut h = vec![0, 0, cols];
+        h.extend(std::iter::repeat_n(0, 2 * cols as usize));
+        s.extend(frame(b'H', &h));
+        s.extend(frame(b'd', row));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+    }
+
     /// The target's answer to the gateway's describe of a COPY.
     fn own_answer(desc: Option<&[(&str, u32)]>) -> Vec<u8> {
         let mut s = Vec::new();
@@ -1928,11 +1940,7 @@ mod tests {
         );
         assert!(m.take_injections().is_empty());
         let mut s = frame(b'C', b"CREATE TABLE\0");
-        s.extend(frame(b'H', &[0, 0, 2, 0, 0, 0, 0]));
-        s.extend(frame(b'd', b"12\tab\\\\\n"));
-        s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
-        s.extend(frame(b'Z', b"I"));
+        copy_out_answer(&mut s, 2, b"12\tab\\\\\n");
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"CHdcCZ");
         assert!(memchr::memmem::find(&out, b"**\t***\n").is_some());
@@ -1941,11 +1949,7 @@ mod tests {
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert_eq!(m.take_injections().len(), 1);
         let mut s = own_answer(None);
-        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-        s.extend(frame(b'd', b"abc\n"));
-        s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
-        s.extend(frame(b'Z', b"I"));
+        copy_out_answer(&mut s, 1, b"abc\n");
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"***\n").is_some());
@@ -1954,11 +1958,7 @@ mod tests {
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert_eq!(m.take_injections().len(), 1);
         let mut s = own_answer(Some(&[("a", 25), ("b", 25)]));
-        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-        s.extend(frame(b'd', b"abc\n"));
-        s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
-        s.extend(frame(b'Z', b"I"));
+        copy_out_answer(&mut s, 1, b"abc\n");
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"***\n").is_some());
@@ -1999,11 +1999,7 @@ mod tests {
             m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
             assert_eq!(m.take_injections().len(), 1);
             let mut s = own_answer(Some(&[("api_secret", 25)]));
-            s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-            s.extend(frame(b'd', b"hunter2\n"));
-            s.extend(frame(b'c', b""));
-            s.extend(frame(b'C', b"COPY 1\0"));
-            s.extend(frame(b'Z', b"I"));
+            copy_out_answer(&mut s, 1, b"hunter2\n");
             let out = forwarded(&mut m, &mut s);
             assert_eq!(tags(&out), b"HdcCZ");
             assert!(memchr::memmem::find(&out, b"*******\n").is_some());
@@ -2020,11 +2016,7 @@ mod tests {
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert_eq!(m.take_injections().len(), 1);
         let mut s = own_answer(Some(&[("api_secret", 25)]));
-        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-        s.extend(frame(b'd', b"hunter2\n"));
-        s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
-        s.extend(frame(b'Z', b"I"));
+        copy_out_answer(&mut s, 1, b"hunter2\n");
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"*******\n").is_some());
@@ -2040,11 +2032,7 @@ mod tests {
     fn copies_the_gateway_cannot_pair_are_masked_whole() {
         let copy_row = |m: &mut TargetMasker, before: Vec<u8>| {
             let mut s = before;
-            s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-            s.extend(frame(b'd', b"hunter2\n"));
-            s.extend(frame(b'c', b""));
-            s.extend(frame(b'C', b"COPY 1\0"));
-            s.extend(frame(b'Z', b"I"));
+            copy_out_answer(&mut s, 1, b"hunter2\n");
             forwarded(m, &mut s)
         };
         // A reused statement name.
@@ -2211,11 +2199,7 @@ mod tests {
         s.extend(frame(b't', &[0, 0]));
         s.extend(row_desc(&[("api_secret", 25)]));
         s.extend(frame(b'3', b""));
-        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
-        s.extend(frame(b'd', b"hunter2\n"));
-        s.extend(frame(b'c', b""));
-        s.extend(frame(b'C', b"COPY 1\0"));
-        s.extend(frame(b'Z', b"I"));
+        copy_out_answer(&mut s, 1, b"hunter2\n");
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"12HdcCZ");
         assert!(memchr::memmem::find(&out, b"*******\n").is_some());
