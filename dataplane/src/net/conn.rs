@@ -993,20 +993,24 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         } else {
             Clock::default()
         };
-        let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
-        let mark = tracker.as_ref().map_or(0, |t| t.mark());
-        let mut injections = Vec::new();
-        // The profile of a new snapshot applies to this read's statements:
-        // the masker decides how to treat a COPY as it sees the request.
-        // (Whether the session may go on is checked below.)
+        // The profile of a new snapshot applies from this read's statements
+        // on, as the masker and the audit tracker see them (the masker
+        // decides how to treat a COPY as it sees the request). Whether the
+        // session may go on is checked below, once they are counted.
         let snap = worker.shared.snapshot.load();
         if snap.generation != state.generation.get() {
             if let Some(mk) = state.masker.borrow_mut().as_mut() {
                 let s = state.session;
                 mk.set_engine(snap.masking_for(&s.identity, &s.connection.name));
+                if let Some(a) = state.audit {
+                    a.tracker.borrow_mut().set_masking(mk.engine().clone());
+                }
             }
         }
         drop(snap);
+        let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
+        let mark = tracker.as_ref().map_or(0, |t| t.mark());
+        let mut injections = Vec::new();
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             let base = buf.as_ptr() as usize;
@@ -1076,14 +1080,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 state.generation.set(snap.generation);
                 if let Some(a) = state.audit {
                     a.version.set(snap.version as i64);
-                }
-                // The profile in force now applies from these statements on.
-                let mut masker = state.masker.borrow_mut();
-                if let Some(mk) = masker.as_mut() {
-                    mk.set_engine(snap.masking_for(&s.identity, &s.connection.name));
-                    if let Some(a) = state.audit {
-                        a.tracker.borrow_mut().set_masking(mk.engine().clone());
-                    }
                 }
             }
         }

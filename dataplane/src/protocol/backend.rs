@@ -121,6 +121,56 @@ pub fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     finish(out, at);
 }
 
+/// Parse of statement `name` (no parameter types given).
+pub fn parse(out: &mut Vec<u8>, name: &[u8], query: &[u8]) {
+    let at = begin(out, b'P');
+    put_cstr(out, name);
+    put_cstr(out, query);
+    out.extend_from_slice(&[0, 0]);
+    finish(out, at);
+}
+
+/// Describe of statement `name`.
+pub fn describe_statement(out: &mut Vec<u8>, name: &[u8]) {
+    let at = begin(out, b'D');
+    out.push(b'S');
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// Close of statement `name`.
+pub fn close_statement(out: &mut Vec<u8>, name: &[u8]) {
+    let at = begin(out, b'C');
+    out.push(b'S');
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// Sync.
+pub fn sync(out: &mut Vec<u8>) {
+    let at = begin(out, b'S');
+    finish(out, at);
+}
+
+/// An ErrorResponse (or NoticeResponse, by `tag`) with the fields of `body`
+/// but those of type `drop`.
+pub fn error_without(out: &mut Vec<u8>, tag: u8, body: &[u8], drop: u8) {
+    let at = begin(out, tag);
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        let Some((val, tail)) = super::cstr(tail).filter(|_| kind != 0) else {
+            break;
+        };
+        if kind != drop {
+            out.push(kind);
+            put_cstr(out, val);
+        }
+        rest = tail;
+    }
+    out.push(0);
+    finish(out, at);
+}
+
 /// PasswordMessage carrying a NUL-terminated password (cleartext or md5).
 pub fn password_message(out: &mut Vec<u8>, password: &[u8]) {
     let at = begin(out, b'p');
@@ -209,6 +259,17 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_loses_one_field_type() {
+        let mut e = Vec::new();
+        error_response(&mut e, Severity::Error, "42703", "no column", Some("d"));
+        let mut out = Vec::new();
+        error_without(&mut out, b'E', &e[5..], b'D');
+        let mut want = Vec::new();
+        error_response(&mut want, Severity::Error, "42703", "no column", None);
+        assert_eq!(out, want);
+    }
 
     #[test]
     fn error_response_round_trips() {

@@ -36,15 +36,16 @@ use crate::mask::copyout::{
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
-    retype_statement_description, CopyFormat, Engine, HitAt, Hits, RowOutcome, RowPlan,
+    retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
-use crate::protocol::backend::parameter_status;
+use crate::protocol::backend::{self, parameter_status, parse_error_fields};
 use crate::protocol::tag;
 
 /// The COPY TO stream in progress.
 #[derive(Debug, Clone, Copy)]
 enum CopyOut {
-    Fields(CopyFormat),
+    /// Text or CSV (how: the COPY's options).
+    Fields,
     /// Binary COPY: no field boundaries known; every payload is scanned
     /// with the detectors as raw bytes (fail safe: values are never
     /// forwarded unscanned).
@@ -290,9 +291,6 @@ pub struct TargetMasker {
     next_own: u64,
     /// The sync epochs of the gateway's own Syncs (before a Query).
     own_syncs: VecDeque<u64>,
-    /// Own requests still unanswered (their answers are held whole and
-    /// dropped).
-    own_closes: usize,
     /// Messages to put before client frames: (offset of the frame in the
     /// read, bytes), in order; taken by the relay.
     injections: Vec<(usize, Vec<u8>)>,
@@ -376,7 +374,6 @@ impl TargetMasker {
             own_describes: VecDeque::new(),
             next_own: 0,
             own_syncs: VecDeque::new(),
-            own_closes: 0,
             injections: Vec::new(),
             unsynced: 0,
             own_error: None,
@@ -439,14 +436,14 @@ impl TargetMasker {
     /// The session's `TimeZone` the target reported (ParameterStatus, at
     /// startup and after a `SET`): binary `timestamptz` values that column
     /// rules turn into text print in it.
+    pub fn set_time_zone(&mut self, name: &[u8]) {
+        self.plan.set_time_zone(name);
+    }
+
     /// The target's `standard_conforming_strings` (`off`: backslashes
     /// escape in every string literal).
     pub fn set_standard_conforming_strings(&mut self, v: &[u8]) {
         self.backslash_strings = v.eq_ignore_ascii_case(b"off");
-    }
-
-    pub fn set_time_zone(&mut self, name: &[u8]) {
-        self.plan.set_time_zone(name);
     }
 
     /// Where result columns come from (the target's catalog, read at
@@ -522,7 +519,6 @@ impl TargetMasker {
                         .into_iter()
                         .collect()
                 };
-                let rules = self.rules();
                 let mut inject = Vec::new();
                 // Only the Query's first statement is described: the
                 // describe runs before the whole Query, so a later COPY
@@ -534,16 +530,11 @@ impl TargetMasker {
                 // answers to the describe are the next it sends). Own
                 // requests go before the Query, in the epoch their Sync
                 // closes; the Query's COPYs are in the next.
-                let quiet = self.quiet();
+                let quiet = self.quiet() && at.is_some();
                 let mut cols = Vec::with_capacity(stmts.len());
                 for st in &stmts {
-                    cols.push(match (&st.describe, at) {
-                        _ if !rules => CopyCols::Detect,
-                        (Some(q), Some(_)) if quiet && st.first => {
-                            CopyCols::Waiting(self.own_describe(e, q, &mut inject))
-                        }
-                        _ => CopyCols::Unresolved,
-                    });
+                    let q = st.describe.as_deref().filter(|_| quiet && st.first);
+                    cols.push(self.copy_cols_for(e, q, &mut inject));
                 }
                 let mut e = e;
                 if !inject.is_empty() {
@@ -574,16 +565,12 @@ impl TargetMasker {
                 };
                 match self.copy_portals.get(&portal).cloned() {
                     Some(CopyKind::Out(o, q)) => {
-                        let c = match (q, at) {
-                            _ if !self.rules() => CopyCols::Detect,
-                            (Some(q), Some(at)) => {
-                                let mut inject = Vec::new();
-                                let id = self.own_describe(e, &q, &mut inject);
-                                self.injections.push((at, inject));
-                                CopyCols::Waiting(id)
-                            }
-                            _ => CopyCols::Unresolved,
-                        };
+                        let mut inject = Vec::new();
+                        let q = q.as_deref().filter(|_| at.is_some());
+                        let c = self.copy_cols_for(e, q, &mut inject);
+                        if !inject.is_empty() {
+                            self.injections.push((at.unwrap_or(0), inject));
+                        }
                         self.copy_requested.push_back((e, o, c));
                     }
                     Some(CopyKind::In) => self.last_execute = Some(e),
@@ -731,6 +718,17 @@ impl TargetMasker {
             && self.own_syncs.is_empty()
     }
 
+    /// How the columns of a COPY requested in sync epoch `e` will be known:
+    /// detectors only (no column rules), by a describe of `query` appended
+    /// to `inject`, or not at all (masked whole).
+    fn copy_cols_for(&mut self, e: u64, query: Option<&[u8]>, inject: &mut Vec<u8>) -> CopyCols {
+        match query {
+            _ if !self.rules() => CopyCols::Detect,
+            Some(q) => CopyCols::Waiting(self.own_describe(e, q, inject)),
+            None => CopyCols::Unresolved,
+        }
+    }
+
     /// Whether column rules apply to what this session is sent now.
     fn rules(&self) -> bool {
         self.active && self.engine.has_column_rules()
@@ -740,24 +738,13 @@ impl TargetMasker {
     /// Close of [`own_statement`]; never executed) to `out`, in sync epoch
     /// `e`; its id.
     fn own_describe(&mut self, e: u64, query: &[u8], out: &mut Vec<u8>) -> u64 {
-        let msg = |out: &mut Vec<u8>, t: u8, parts: &[&[u8]]| {
-            out.push(t);
-            let len = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-            out.extend_from_slice(&(len as u32).to_be_bytes());
-            for p in parts {
-                out.extend_from_slice(p);
-            }
-        };
+        let name = own_statement();
         // (Closed first too: a statement of that name left over, whatever
         // the reason, would make every later describe fail.)
-        msg(out, CLOSE, &[b"S", own_statement(), b"\0"]);
-        msg(
-            out,
-            tag::PARSE,
-            &[own_statement(), b"\0", query, b"\0", &[0, 0]],
-        );
-        msg(out, tag::DESCRIBE, &[b"S", own_statement(), b"\0"]);
-        msg(out, CLOSE, &[b"S", own_statement(), b"\0"]);
+        backend::close_statement(out, name);
+        backend::parse(out, name, query);
+        backend::describe_statement(out, name);
+        backend::close_statement(out, name);
         let id = self.next_own;
         self.next_own += 1;
         self.pending.closes.push_back((e, true, None));
@@ -768,7 +755,6 @@ impl TargetMasker {
             .describes
             .push_back((e, Some(own_statement().to_vec()), Vec::new()));
         self.pending.closes.push_back((e, true, None));
-        self.own_closes += 2;
         self.own_describes.push_back((e, id));
         id
     }
@@ -783,7 +769,9 @@ impl TargetMasker {
     /// Answers to the gateway's own requests are outstanding (they are
     /// held whole, to be dropped).
     fn own_outstanding(&self) -> bool {
-        !self.own_describes.is_empty() || !self.own_syncs.is_empty() || self.own_closes > 0
+        !self.own_describes.is_empty()
+            || !self.own_syncs.is_empty()
+            || self.pending.closes.iter().any(|c| c.1)
     }
 
     /// The describe `id` was answered: the columns of its COPY.
@@ -890,11 +878,7 @@ impl TargetMasker {
                         Ok(RowOutcome::MaskedInPlace) => masked += 1,
                         Ok(RowOutcome::Rewritten) => {
                             masked += 1;
-                            if !rewritten {
-                                rewritten = true;
-                                self.out.clear();
-                            }
-                            self.out.extend_from_slice(&buf[copied..at]);
+                            splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                             self.out.extend_from_slice(&rw);
                             copied = at + total;
                         }
@@ -919,15 +903,19 @@ impl TargetMasker {
                     self.row_buf = rw;
                 }
                 // (The header row: column names.)
-                b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields(_))) => {
+                b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields)) => {
                     self.copy_header = false;
                 }
-                b'd' if self.active && self.copy_ruled => {
+                // Under column rules, and binary COPY (whose fields a rule
+                // may turn to NULL): possibly a new length.
+                b'd' if self.active
+                    && (self.copy_ruled || matches!(self.copy_out, Some(CopyOut::Binary))) =>
+                {
                     let mut rw = std::mem::take(&mut self.row_buf);
                     rw.clear();
                     let cols = self.copy_cols.clone();
                     let changed = match self.copy_out {
-                        Some(CopyOut::Fields(_)) => mask_copy_row(
+                        Some(CopyOut::Fields) => mask_copy_row(
                             &self.engine,
                             &self.copy_options,
                             cols.as_deref(),
@@ -945,11 +933,7 @@ impl TargetMasker {
                         ),
                     };
                     if changed {
-                        if !rewritten {
-                            rewritten = true;
-                            self.out.clear();
-                        }
-                        self.out.extend_from_slice(&buf[copied..at]);
+                        splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                         self.out.push(t);
                         self.out
                             .extend_from_slice(&((rw.len() + 4) as u32).to_be_bytes());
@@ -961,21 +945,13 @@ impl TargetMasker {
                 _ => {
                     let drop = self.on_target_frame(t, body);
                     if let Some(f) = self.replace_with.take() {
-                        if !rewritten {
-                            rewritten = true;
-                            self.out.clear();
-                        }
-                        self.out.extend_from_slice(&buf[copied..at]);
+                        splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                         self.out.extend_from_slice(&f);
                         copied = at + total;
                     } else if drop {
                         // An answer to the gateway's own request: not
                         // forwarded.
-                        if !rewritten {
-                            rewritten = true;
-                            self.out.clear();
-                        }
-                        self.out.extend_from_slice(&buf[copied..at]);
+                        splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                         copied = at + total;
                         at += total;
                         continue;
@@ -1045,10 +1021,7 @@ impl TargetMasker {
             b'3' => {
                 // CloseComplete.
                 match self.pending.closes.pop_front() {
-                    Some((_, true, _)) => {
-                        self.own_closes = self.own_closes.saturating_sub(1);
-                        return true;
-                    }
+                    Some((_, true, _)) => return true,
                     // The name is free again.
                     Some((_, false, Some((b'S', name)))) => {
                         self.open_stmts.remove(&name);
@@ -1068,21 +1041,13 @@ impl TargetMasker {
                 // error is shown instead), or is masked whole.
                 tracing::debug!("describe of a COPY failed; its fields are masked whole");
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
-                let mut e = vec![b'E', 0, 0, 0, 0];
-                for f in error_fields(body) {
-                    if f.first() != Some(&b'P') {
-                        e.extend_from_slice(f);
-                        e.push(0);
-                    }
-                }
-                e.push(0);
-                let len = (e.len() - 1) as u32;
-                e[1..5].copy_from_slice(&len.to_be_bytes());
+                let mut e = Vec::new();
+                backend::error_without(&mut e, b'E', body, b'P');
                 self.own_error = Some((self.done_epoch + 1, e));
                 return true;
             }
             b'E' if matches!(&self.own_error, Some((q, _)) if *q == self.done_epoch)
-                && error_fields(body).any(|f| f == b"C25P02") =>
+                && parse_error_fields(body).code == "25P02" =>
             {
                 self.replace_with = self.own_error.take().map(|(_, e)| e);
                 self.copy_out = None;
@@ -1157,7 +1122,7 @@ impl TargetMasker {
                     .as_ref()
                     .map_or_else(CopyOptions::text, |r| r.1.clone());
                 self.copy_out = match body.first() {
-                    Some(0) => Some(CopyOut::Fields(self.copy_options.format)),
+                    Some(0) => Some(CopyOut::Fields),
                     _ => Some(CopyOut::Binary),
                 };
                 self.copy_header = self.copy_options.header;
@@ -1202,15 +1167,10 @@ impl TargetMasker {
                 }
             }
             b'd' | b'N' | b'A' if !self.active => {}
-            b'd' => match self.copy_out {
-                Some(CopyOut::Fields(f)) => {
-                    mask_copy_data(&self.engine, f, body, &mut self.hits);
-                }
-                Some(CopyOut::Binary) if self.engine.detects() => {
-                    mask_binary_copy(&self.engine, body, &mut self.hits);
-                }
-                _ => {}
-            },
+            // (Binary COPY goes through `process`.)
+            b'd' if matches!(self.copy_out, Some(CopyOut::Fields)) => {
+                mask_copy_data(&self.engine, self.copy_options.format, body, &mut self.hits);
+            }
             b'c' => {
                 self.copy_out = None;
                 self.copy_ruled = false;
@@ -1254,8 +1214,6 @@ impl TargetMasker {
                     self.open_portals.retain(|_, &mut e| e >= done);
                 }
                 self.own_describes.retain(|(e, _)| *e >= done);
-                let own_closes = self.pending.closes.iter().filter(|c| c.1 && c.0 < done);
-                self.own_closes = self.own_closes.saturating_sub(own_closes.count());
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
                 // Requests before this Sync that were skipped after an error
                 // get no answer: forget them (a Parse that never ran leaves
@@ -1381,48 +1339,6 @@ fn plan_from(plan: &mut RowPlan, engine: &Engine, desc: &[u8], formats: Option<&
         && formats.is_none_or(|f| plan.set_result_formats(engine, f).is_ok())
 }
 
-/// One CopyData of binary COPY: the header (first message only), then a
-/// tuple (field count, then length-prefixed fields) or the trailer. Each
-/// field is scanned on its own; anything that does not parse is scanned
-/// whole (fail safe).
-fn mask_binary_copy(engine: &Engine, body: &mut [u8], hits: &mut Hits) {
-    const SIG: &[u8] = b"PGCOPY\n\xff\r\n\0";
-    let mut at = 0usize;
-    if body.starts_with(SIG) {
-        let Some(ext) = body.get(15..19) else {
-            return;
-        };
-        at = 19 + u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]) as usize;
-    }
-    let whole = |body: &mut [u8], hits: &mut Hits| {
-        engine.mask_counted(body, hits);
-    };
-    let Some(n) = body.get(at..at + 2) else {
-        return;
-    };
-    let n = i16::from_be_bytes([n[0], n[1]]);
-    if n < 0 {
-        return; // trailer
-    }
-    at += 2;
-    for _ in 0..n {
-        let Some(l) = body.get(at..at + 4) else {
-            return whole(body, hits);
-        };
-        let l = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
-        at += 4;
-        if l < 0 {
-            continue;
-        }
-        let end = at + l as usize;
-        if end > body.len() {
-            return whole(body, hits);
-        }
-        engine.mask_counted(&mut body[at..end], hits);
-        at = end;
-    }
-}
-
 /// The built-in profile's engine, for planning in passive maskers.
 fn default_engine() -> Arc<Engine> {
     static E: std::sync::OnceLock<Arc<Engine>> = std::sync::OnceLock::new();
@@ -1433,21 +1349,26 @@ fn default_engine() -> Arc<Engine> {
     .clone()
 }
 
-/// The fields (type byte and text) of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> impl Iterator<Item = &[u8]> {
-    body.split(|&b| b == 0).take_while(|f| !f.is_empty())
-}
-
 fn cstr(b: &[u8]) -> Option<&[u8]> {
     memchr::memchr(0, b).map(|i| &b[..i])
 }
 
-/// Statement name and result format codes of a Bind body (formats only
-/// when the whole message is at hand).
-/// None when the names are not all in the part of the body at hand.
+/// Start (or go on) re-assembling a chunk into `out`: the bytes before the
+/// frame being replaced or dropped.
+fn splice(out: &mut Vec<u8>, rewritten: &mut bool, before: &[u8]) {
+    if !*rewritten {
+        *rewritten = true;
+        out.clear();
+    }
+    out.extend_from_slice(before);
+}
+
 /// A Bind's portal, statement and result formats.
 type BindNames = (Vec<u8>, Vec<u8>, Option<Vec<i16>>);
 
+/// Portal, statement name and result format codes of a Bind body (formats
+/// only when the whole message is at hand); None when the names are not
+/// all in the part of the body at hand.
 fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let p = memchr::memchr(0, body)?;
     let portal = body[..p].to_vec();
