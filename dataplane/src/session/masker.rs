@@ -538,7 +538,7 @@ impl TargetMasker {
                 }
                 let mut e = e;
                 if !inject.is_empty() {
-                    inject.extend_from_slice(&[tag::SYNC, 0, 0, 0, 4]);
+                    backend::sync(&mut inject);
                     self.own_syncs.push_back(e);
                     self.sent_epoch += 1;
                     e += 1;
