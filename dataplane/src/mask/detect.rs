@@ -1111,9 +1111,26 @@ fn phone_at(buf: &[u8], g: &[Group], k: usize, used: u64) -> Option<(usize, usiz
 // ---------------------------------------------------------------------------
 // IBAN (found from a digit run preceded by two capital letters).
 
-/// IBAN length by country code.
+/// IBAN length by country code (a lookup in a table built at compile
+/// time: the detector asks for every two capitals before a digit run).
 fn iban_len(c0: u8, c1: u8) -> Option<usize> {
-    const TABLE: &[(&[u8; 2], u8)] = &[
+    let (a, b) = (
+        c0.wrapping_sub(b'A') as usize,
+        c1.wrapping_sub(b'A') as usize,
+    );
+    if a >= 26 || b >= 26 {
+        return None;
+    }
+    match IBAN_LEN[a * 26 + b] {
+        0 => None,
+        l => Some(l as usize),
+    }
+}
+
+/// [`iban_len`]'s table: index `26 * (c0 - 'A') + (c1 - 'A')`, 0 for no
+/// country.
+const IBAN_LEN: [u8; 26 * 26] = {
+    const LIST: &[(&[u8; 2], u8)] = &[
         (b"AD", 24),
         (b"AE", 23),
         (b"AL", 28),
@@ -1192,11 +1209,15 @@ fn iban_len(c0: u8, c1: u8) -> Option<usize> {
         (b"VG", 24),
         (b"XK", 20),
     ];
-    TABLE
-        .iter()
-        .find(|(cc, _)| cc[0] == c0 && cc[1] == c1)
-        .map(|&(_, l)| l as usize)
-}
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < LIST.len() {
+        let (cc, l) = LIST[i];
+        t[(cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize] = l;
+        i += 1;
+    }
+    t
+};
 
 /// Countries the IBAN detector knows (for tests and corpus generation).
 pub fn iban_countries() -> impl Iterator<Item = ([u8; 2], usize)> {
