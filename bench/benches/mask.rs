@@ -194,5 +194,32 @@ fn bench_rows(
     });
 }
 
-criterion_group!(benches, mask);
+/// What a statement's text costs the relay for the rules of computed
+/// columns (`dataplane::mask::derived`): every Query and Parse is looked at
+/// for SQL-level `PREPARE`/`EXECUTE`; a statement's text is read for ruled
+/// names only when a result of it has a computed text-like column.
+fn derived(c: &mut Criterion) {
+    use dataplane::mask::derived::{derived_rule, sql_prepared};
+    let engine = Engine::compile(&MaskingProfile::default()).unwrap();
+    let mut g = c.benchmark_group("derived");
+    let pgbench = b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+    g.throughput(Throughput::Bytes(pgbench.len() as u64));
+    g.bench_function("sql_prepared/pgbench_select", |b| {
+        b.iter(|| black_box(sql_prepared(black_box(pgbench), false)))
+    });
+    let agent = b"SELECT c.id, concat(c.first_name, ' ', c.last_name) AS name, \
+        lower(c.email) AS email, upper(c.ssn) AS ssn_upper, count(o.id) AS orders, \
+        string_agg(o.reference, ', ' ORDER BY o.placed_at) AS refs \
+        FROM customers c LEFT JOIN orders o ON o.customer_id = c.id \
+        WHERE c.created_at > now() - interval '30 days' AND c.status = 'active' \
+        GROUP BY c.id ORDER BY orders DESC LIMIT 50";
+    assert!(derived_rule(&engine, agent, false).is_some());
+    g.throughput(Throughput::Bytes(agent.len() as u64));
+    g.bench_function("derived_rule/agent_report", |b| {
+        b.iter(|| black_box(derived_rule(&engine, black_box(agent), false)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, mask, derived);
 criterion_main!(benches);

@@ -1781,6 +1781,113 @@ async fn column_rules_apply_to_copy_to_stdout() {
     );
 }
 
+/// Columns computed from ruled columns (an expression, a UNION) have no
+/// stored column in their RowDescription and a name of their own; they take
+/// the strongest rule among the ruled names their statement mentions, when
+/// their type is text-like, in both protocols and in COPY. Counts and other
+/// non-text results are left alone; a statement that mentions no ruled
+/// name keeps its computed columns; one that mentions a ruled name only in
+/// its WHERE clause masks its computed text columns too (the documented
+/// cost of reading names rather than expressions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_apply_to_computed_columns() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_derived";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let c = gw.agent().await;
+    let s = |v: &str| Some(v.to_string());
+    let bob = hmac_hex(HASH_KEY, "bob@example.org");
+    let cases: Vec<(String, Vec<TextRow>)> = vec![
+        (
+            format!("select upper(secret_answer) as x from {t} where id = 1"),
+            vec![vec![s("********************")]],
+        ),
+        (
+            format!("select ssn || '' from {t} where id = 2"),
+            vec![vec![s("*******4321")]],
+        ),
+        (
+            format!("select coalesce(\"EMAIL\", 'none') from (select email as \"EMAIL\" from {t}) q where false union all select coalesce(email, 'none') from {t} where id = 2"),
+            vec![vec![s(&bob)]],
+        ),
+        (
+            format!(
+                "select ssn from {t} where id = 1 union all \
+                 select ssn from {t} where id = 2 order by 1"
+            ),
+            vec![vec![s("*****6789")], vec![s("*******4321")]],
+        ),
+        (
+            format!("select internal_notes || '!' as n from {t} where id = 1"),
+            vec![vec![None]],
+        ),
+        (
+            format!("select upper(x) from (select secret_answer as x from {t}) q where x like 'my%'"),
+            vec![vec![s("********************")]],
+        ),
+        (
+            format!("select count(ssn), max(salary) + 1 as m from {t}"),
+            vec![vec![s("2"), s("120001")]],
+        ),
+        (
+            format!("select upper(note) from {t} where id = 2"),
+            vec![vec![s("CLEAN NOTE")]],
+        ),
+        (
+            format!("select upper(note) from {t} where ssn = '987-65-4321'"),
+            // (`ssn`'s rule: keep the last four.)
+            vec![vec![s("******NOTE")]],
+        ),
+    ];
+    for (sql, want) in &cases {
+        assert_rows(&format!("{sql}, simple"), &simple_rows(&c, sql).await, want);
+        let rows = step(sql, c.query(sql.as_str(), &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        let got: Vec<TextRow> = rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| match r.columns()[i].type_() {
+                        &tokio_postgres::types::Type::INT8 => {
+                            r.get::<_, Option<i64>>(i).map(|v| v.to_string())
+                        }
+                        &tokio_postgres::types::Type::INT4 => {
+                            r.get::<_, Option<i32>>(i).map(|v| v.to_string())
+                        }
+                        _ => r.get(i),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_rows(&format!("{sql}, extended"), &got, want);
+    }
+    // COPY of a query: the describe the gateway runs before it reads the
+    // query's text too.
+    let sql = format!("copy (select upper(secret_answer), id from {t} where id = 1) to stdout");
+    let out = copy_out(&c, &sql).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "********************\t1\n");
+    // psql (simple protocol): a statement prepared in SQL in one Query and
+    // run in later ones, whose text does not name the column.
+    let url = via_url(&gw);
+    let prepare = format!("prepare q as select concat('x', secret_answer) from {t} where id = 2");
+    let o = psql(
+        &url,
+        &["-At", "-c", &prepare, "-c", "execute q", "-c", "execute q"],
+        None,
+    );
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(o.stdout, "PREPARE\n********\n********\n", "psql");
+    let m = gw.metrics();
+    assert!(
+        m.get("sluice_masked_values_total", &[("rule", "column:secret_*")]) >= 4.0,
+        "{}",
+        m.lines_for("sluice_masked_values_total")
+    );
+}
+
 /// Column rules of a custom profile: keep_last, mask, hash (keyed: equal
 /// values give equal hashes, stable across queries, sessions and gateway
 /// processes with the same `hash_key`), null, and rules on non-text columns

@@ -17,6 +17,7 @@
 //! `column:unresolved_copy` rule: values are never sent unmasked because
 //! the gateway could not tell which column they are.
 
+use super::derived::Lazy;
 use super::rows::{kind_is_text, mask_chars, rule_of, Field, RowError};
 use super::{ColumnAction, ColumnOrigins, CopyFormat, Engine, Hits, RuleId};
 
@@ -137,7 +138,7 @@ fn copy_words(s: &[u8]) -> usize {
 
 /// Where the statement starting at `from` ends: its `;` at parenthesis
 /// depth 0 (outside literals, quoted names and comments), or the end.
-fn statement_end(s: &[u8], from: usize, backslash: bool) -> usize {
+pub(super) fn statement_end(s: &[u8], from: usize, backslash: bool) -> usize {
     let mut i = from;
     let mut depth = 0usize;
     while i < s.len() {
@@ -156,7 +157,7 @@ fn statement_end(s: &[u8], from: usize, backslash: bool) -> usize {
     s.len()
 }
 
-fn ident_byte(c: u8) -> bool {
+pub(super) fn ident_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
@@ -168,7 +169,7 @@ fn space_byte(c: u8) -> bool {
 /// If a string literal, quoted identifier, dollar-quoted string or
 /// comment starts at `i`, the index just past it (the end of `s` when it
 /// is not closed).
-fn skip_quoted(s: &[u8], i: usize, backslash: bool) -> Option<usize> {
+pub(super) fn skip_quoted(s: &[u8], i: usize, backslash: bool) -> Option<usize> {
     let n = s.len();
     match s[i] {
         b'\'' => {
@@ -240,14 +241,14 @@ fn skip_quoted(s: &[u8], i: usize, backslash: bool) -> Option<usize> {
 }
 
 /// A cursor over one statement's tokens.
-struct Lex<'a> {
+pub(super) struct Lex<'a> {
     s: &'a [u8],
-    i: usize,
+    pub(super) i: usize,
     backslash: bool,
 }
 
 impl<'a> Lex<'a> {
-    fn new(s: &'a [u8], backslash: bool) -> Self {
+    pub(super) fn new(s: &'a [u8], backslash: bool) -> Self {
         Lex { s, i: 0, backslash }
     }
 
@@ -292,7 +293,7 @@ impl<'a> Lex<'a> {
         Some(&s[from..j])
     }
 
-    fn keyword(&mut self, k: &[u8]) -> bool {
+    pub(super) fn keyword(&mut self, k: &[u8]) -> bool {
         let at = self.i;
         match self.word() {
             // (`U&"…"` and `U&'…'` are not words followed by `&`.)
@@ -304,7 +305,7 @@ impl<'a> Lex<'a> {
         }
     }
 
-    fn byte(&mut self, b: u8) -> bool {
+    pub(super) fn byte(&mut self, b: u8) -> bool {
         self.space();
         if self.s.get(self.i) == Some(&b) {
             self.i += 1;
@@ -321,7 +322,7 @@ impl<'a> Lex<'a> {
 
     /// A name: a bare identifier (lower-cased) or a `"quoted"` one
     /// (unquoted). Not a Unicode-escaped one (`U&"…"`).
-    fn name(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn name(&mut self) -> Option<Vec<u8>> {
         self.space();
         if self.s.get(self.i) == Some(&b'"') {
             let j = skip_quoted(self.s, self.i, self.backslash)?;
@@ -348,7 +349,7 @@ impl<'a> Lex<'a> {
 
     /// After an opening parenthesis: the text up to its closing one
     /// (taken), or None when it is not closed.
-    fn parenthesised(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn parenthesised(&mut self) -> Option<&'a [u8]> {
         let s = self.s;
         let from = self.i;
         let mut depth = 1usize;
@@ -764,6 +765,7 @@ pub struct CopyColumn {
 pub fn copy_columns(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    statement: Option<(&[u8], bool)>,
     body: &[u8],
 ) -> Result<Vec<CopyColumn>, RowError> {
     const E: RowError = RowError::Malformed("RowDescription");
@@ -771,13 +773,14 @@ pub fn copy_columns(
     let n = i16::from_be_bytes([n[0], n[1]]);
     let mut rest = body.get(2..).ok_or(E)?;
     let mut cols = Vec::with_capacity(n.max(0) as usize);
+    let mut derived = Lazy::new(statement);
     for _ in 0..n.max(0) {
         let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
         let f = tail.get(..18).ok_or(E)?;
         let field = Field::new(name, f);
         cols.push(CopyColumn {
             oid: field.oid,
-            rule: rule_of(engine, origins, &field),
+            rule: rule_of(engine, origins, &mut derived, &field),
             table: field.table,
             attnum: field.attnum,
         });

@@ -46,6 +46,7 @@ pub mod classify;
 pub mod copyout;
 #[doc(hidden)]
 pub mod corpus;
+pub mod derived;
 pub mod detect;
 pub mod engine;
 mod json;

@@ -29,6 +29,7 @@
 //! printed as text first (the types `crate::audit::binval` reads; any other
 //! type's binary value becomes NULL, fail safe). Rule `null` keeps the type.
 
+use super::derived::{Lazy, StatementText};
 use super::detect;
 use super::engine::{Engine, Hits, Region, RuleId};
 use super::origins::ColumnOrigins;
@@ -190,10 +191,13 @@ fn kind(oid: u32, format: i16) -> Kind {
 
 /// The column rule of a result column: its stored column's, when
 /// `origins` knows where it comes from (an alias renames it), else its
-/// result name's.
+/// result name's; for a computed column (no table) of a text-like type
+/// without either, `derived`: the rule of the names its statement mentions
+/// (see [`super::derived`]).
 pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    derived: &mut Lazy<'_>,
     f: &Field<'_>,
 ) -> Option<(RuleId, ColumnAction)> {
     let stored = match (origins, f.table) {
@@ -206,6 +210,13 @@ pub(super) fn rule_of(
     stored
         .and_then(|n| engine.column_rule(n, f.oid))
         .or_else(|| engine.column_rule(f.name, f.oid))
+        .or_else(|| {
+            if f.table == 0 && kind(f.oid, 0) != Kind::Other {
+                derived.get(engine)
+            } else {
+                None
+            }
+        })
 }
 
 fn plan_for(
@@ -280,6 +291,9 @@ pub struct RowPlan {
     /// attribute number (see [`super::origins`]): a column's rule is its
     /// stored name's, whatever the query calls it.
     origins: Option<Arc<ColumnOrigins>>,
+    /// The text of the statement described next, for its computed columns
+    /// ([`RowPlan::set_statement`]).
+    statement: StatementText,
 }
 
 impl RowPlan {
@@ -329,6 +343,14 @@ impl RowPlan {
         self.origins = origins;
     }
 
+    /// The text of the statement whose results are described next (and
+    /// its backslash setting): computed text-like columns take the rule of
+    /// the ruled names it mentions ([`super::derived`]). Kept for every
+    /// later [`RowPlan::describe`] until set again.
+    pub fn set_statement(&mut self, text: StatementText) {
+        self.statement = text;
+    }
+
     /// The catalog read columns are resolved with ([`RowPlan::set_origins`]).
     pub fn origins(&self) -> Option<&ColumnOrigins> {
         self.origins.as_deref()
@@ -347,6 +369,7 @@ impl RowPlan {
             return Err(E);
         }
         let mut rest = &body[2..];
+        let mut derived = Lazy::of(&self.statement);
         for _ in 0..n {
             let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
             let f = tail.get(..18).ok_or(E)?;
@@ -356,7 +379,7 @@ impl RowPlan {
             rest = &tail[18..];
             self.names.extend_from_slice(name);
             let rule = if engine.enabled() {
-                rule_of(engine, self.origins.as_deref(), &field)
+                rule_of(engine, self.origins.as_deref(), &mut derived, &field)
             } else {
                 None
             };
@@ -542,6 +565,7 @@ impl RowPlan {
 pub fn retype_statement_description(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    statement: Option<(&[u8], bool)>,
     body: &mut [u8],
 ) -> Option<Vec<bool>> {
     if !engine.enabled() {
@@ -551,8 +575,10 @@ pub fn retype_statement_description(
         .get(..2)
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut told: Option<Vec<bool>> = None;
+    let mut derived = Lazy::new(statement);
     retype_where(body, |i, f| {
-        let text = kind(f.oid, 0) != Kind::Text && retyped(f.oid, rule_of(engine, origins, &f));
+        let text = kind(f.oid, 0) != Kind::Text
+            && retyped(f.oid, rule_of(engine, origins, &mut derived, &f));
         if text {
             told.get_or_insert_with(|| vec![false; n])[i] = true;
         }

@@ -34,6 +34,7 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
+use crate::mask::derived::{sql_prepared, StatementText};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -190,25 +191,31 @@ type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
 /// ([`RowPlan::shown_as_text`]); `None`: none, it got the server's types.
 type Told = Option<Rc<[bool]>>;
 
-/// A portal's RowDescription as the server sent it, result formats, and
-/// what the client was told.
-type Described = (Rc<[u8]>, Option<Vec<i16>>, Told);
+/// A statement's RowDescription as the server sent it, what the client
+/// was told, and its text.
+type Prepared = (Rc<[u8]>, Told, StatementText);
+
+/// A portal's RowDescription as the server sent it, result formats, what
+/// the client was told, and its statement's text (for the rule of its
+/// computed columns).
+type Described = (Rc<[u8]>, Option<Vec<i16>>, Told, StatementText);
 
 /// Requests whose answers the masker must pair up, tagged with the number
 /// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
 /// an error can be dropped at the next ReadyForQuery.
 #[derive(Default)]
 struct Pending {
-    /// (epoch, statement name, whether this Parse put the name in use).
-    parses: VecDeque<(u64, Vec<u8>, bool)>,
+    /// (epoch, statement name, whether this Parse put the name in use,
+    /// its text).
+    parses: VecDeque<(u64, Vec<u8>, bool, StatementText)>,
     /// `Some(name)` for a statement Describe, `None` for a portal (with
     /// the portal's name).
     describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>)>,
     /// (portal, statement name, result formats; None if unreadable).
     binds: VecDeque<Bound>,
-    /// What produces the next rows, in order: a simple Query (None) or an
-    /// Execute of a portal.
-    results: VecDeque<(u64, Option<Vec<u8>>)>,
+    /// What produces the next rows, in order: a simple Query (None, with
+    /// its text) or an Execute of a portal.
+    results: VecDeque<(u64, Option<Vec<u8>>, StatementText)>,
     /// Close messages: whether each is the gateway's own, and a client's
     /// kind (`S` or `P`) and name.
     closes: VecDeque<Closing>,
@@ -234,8 +241,18 @@ pub struct TargetMasker {
     plan_told: Option<Told>,
     /// Whether that description gave a plan.
     plan_desc_ok: bool,
+    /// The statement text `plan` was built with.
+    plan_text: StatementText,
     /// Shared with `portals`: a Bind costs a reference count, not a copy.
-    statements: HashMap<Vec<u8>, (Rc<[u8]>, Told)>,
+    statements: HashMap<Vec<u8>, Prepared>,
+    /// The texts of prepared statements and of the statements of bound
+    /// portals, for the rule of their computed columns
+    /// ([`crate::mask::derived`]).
+    stmt_text: HashMap<Vec<u8>, (Rc<[u8]>, bool)>,
+    portal_text: HashMap<Vec<u8>, (Rc<[u8]>, bool)>,
+    /// The texts of SQL-level prepared statements (`PREPARE name AS …`), for
+    /// the computed columns of an `EXECUTE name`.
+    sql_prepared: HashMap<Vec<u8>, Rc<[u8]>>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -286,8 +303,9 @@ pub struct TargetMasker {
     /// known, or not: then every field is masked whole).
     copy_ruled: bool,
     copy_scratch: CopyScratch,
-    /// The gateway's own describes sent: (sync epoch, id), in order.
-    own_describes: VecDeque<(u64, u64)>,
+    /// The gateway's own describes sent: (sync epoch, id, the described
+    /// query), in order.
+    own_describes: VecDeque<(u64, u64, StatementText)>,
     next_own: u64,
     /// The sync epochs of the gateway's own Syncs (before a Query).
     own_syncs: VecDeque<u64>,
@@ -348,7 +366,11 @@ impl TargetMasker {
             plan_formats: None,
             plan_told: None,
             plan_desc_ok: false,
+            plan_text: None,
             statements: HashMap::new(),
+            stmt_text: HashMap::new(),
+            portal_text: HashMap::new(),
+            sql_prepared: HashMap::new(),
             portals: HashMap::new(),
             plan_portal: None,
             pending: Pending::default(),
@@ -550,7 +572,11 @@ impl TargetMasker {
                 if whole && copy_from_stdin(text, self.backslash_strings) {
                     self.copy_in_query = Some(e);
                 }
-                self.pending.results.push_back((e, None));
+                // (The whole text: which statement a RowDescription answers
+                // is not tracked. What is at hand when the Query is split
+                // across reads.)
+                let text = self.statement_text(text);
+                self.pending.results.push_back((e, None, text));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
                 self.last_execute = None;
@@ -560,7 +586,7 @@ impl TargetMasker {
                 self.last_execute = None;
                 let Some(portal) = cstr(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
-                    self.pending.results.push_back((e, None));
+                    self.pending.results.push_back((e, None, None));
                     return;
                 };
                 match self.copy_portals.get(&portal).cloned() {
@@ -579,7 +605,7 @@ impl TargetMasker {
                     }
                     None => {}
                 }
-                self.pending.results.push_back((e, Some(portal)));
+                self.pending.results.push_back((e, Some(portal), None));
             }
             tag::SYNC => {
                 // (Ignored by a server in copy-in.)
@@ -590,7 +616,7 @@ impl TargetMasker {
             }
             // FunctionCall: answered with a ReadyForQuery.
             FUNCTION_CALL => {
-                self.pending.results.push_back((e, None));
+                self.pending.results.push_back((e, None, None));
                 self.sent_epoch += 1;
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
@@ -609,7 +635,7 @@ impl TargetMasker {
                 self.unsynced += 1;
                 let Some(name) = cstr(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
-                    self.pending.parses.push_back((e, Vec::new(), false));
+                    self.pending.parses.push_back((e, Vec::new(), false, None));
                     return;
                 };
                 // A COPY prepared with the extended protocol: its options
@@ -617,6 +643,7 @@ impl TargetMasker {
                 // query only when the text was read with the settings in
                 // force).
                 let sql = body.get(name.len() + 1..).unwrap_or_default();
+                let text = self.statement_text(cstr(sql).unwrap_or(sql));
                 let kind = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
                     match copy_statements(sql, self.backslash_strings)
@@ -645,7 +672,7 @@ impl TargetMasker {
                     Some(k) => self.copy_stmts.insert(name.clone(), k),
                     None => self.copy_stmts.remove(&name),
                 };
-                self.pending.parses.push_back((e, name, added));
+                self.pending.parses.push_back((e, name, added, text));
             }
             tag::DESCRIBE => {
                 self.unsynced += 1;
@@ -729,6 +756,30 @@ impl TargetMasker {
         }
     }
 
+    /// A statement's text as kept for the rule of its computed columns
+    /// ([`crate::mask::derived`]): read when a result of it has one, with
+    /// the engine of that time, and the backslash setting of now. The
+    /// statements of SQL-level `PREPARE`s in it are kept by name; those
+    /// it `EXECUTE`s are added to it.
+    fn statement_text(&mut self, sql: &[u8]) -> StatementText {
+        let p = sql_prepared(sql, self.backslash_strings);
+        for (name, text) in p.prepares {
+            self.sql_prepared.insert(name, Rc::from(text));
+        }
+        if p.executes.is_empty() {
+            return Some((Rc::from(sql), self.backslash_strings));
+        }
+        let mut all = sql.to_vec();
+        for name in &p.executes {
+            if let Some(t) = self.sql_prepared.get(name) {
+                // (On lines of their own: a text may end in a comment.)
+                all.extend_from_slice(b"\n;\n");
+                all.extend_from_slice(t);
+            }
+        }
+        Some((Rc::from(all), self.backslash_strings))
+    }
+
     /// Whether column rules apply to what this session is sent now.
     fn rules(&self) -> bool {
         self.active && self.engine.has_column_rules()
@@ -750,12 +801,13 @@ impl TargetMasker {
         self.pending.closes.push_back((e, true, None));
         self.pending
             .parses
-            .push_back((e, own_statement().to_vec(), false));
+            .push_back((e, own_statement().to_vec(), false, None));
         self.pending
             .describes
             .push_back((e, Some(own_statement().to_vec()), Vec::new()));
         self.pending.closes.push_back((e, true, None));
-        self.own_describes.push_back((e, id));
+        let text = self.statement_text(query);
+        self.own_describes.push_back((e, id, text));
         id
     }
 
@@ -776,7 +828,7 @@ impl TargetMasker {
 
     /// The describe `id` was answered: the columns of its COPY.
     fn resolve_own(&mut self, cols: CopyCols) {
-        let Some((_, id)) = self.own_describes.pop_front() else {
+        let Some((_, id, _)) = self.own_describes.pop_front() else {
             return;
         };
         for r in self.copy_requested.iter_mut() {
@@ -986,11 +1038,15 @@ impl TargetMasker {
         match t {
             b'1' => {
                 // ParseComplete: the statement's old description is stale.
-                if let Some((_, name, _)) = self.pending.parses.pop_front() {
+                if let Some((_, name, _, text)) = self.pending.parses.pop_front() {
                     if name == own_statement() {
                         return true;
                     }
                     self.statements.remove(&name);
+                    match text {
+                        Some(t) => self.stmt_text.insert(name, t),
+                        None => self.stmt_text.remove(&name),
+                    };
                 }
             }
             b't' => {
@@ -1006,7 +1062,9 @@ impl TargetMasker {
             b'T' if self.describing.as_deref() == Some(own_statement()) => {
                 // The columns of a COPY the gateway described.
                 self.describing = None;
-                let cols = match copy_columns(&self.engine, self.plan.origins(), body) {
+                let text = self.own_describes.front().and_then(|o| o.2.clone());
+                let text = text.as_ref().map(|(t, b)| (&**t, *b));
+                let cols = match copy_columns(&self.engine, self.plan.origins(), text, body) {
                     Ok(c) => CopyCols::Resolved(Rc::from(c)),
                     Err(_) => CopyCols::Unresolved,
                 };
@@ -1026,10 +1084,12 @@ impl TargetMasker {
                     Some((_, false, Some((b'S', name)))) => {
                         self.open_stmts.remove(&name);
                         self.copy_stmts.remove(&name);
+                        self.stmt_text.remove(&name);
                     }
                     Some((_, false, Some((_, name)))) => {
                         self.open_portals.remove(&name);
                         self.copy_portals.remove(&name);
+                        self.portal_text.remove(&name);
                     }
                     _ => {}
                 }
@@ -1058,28 +1118,40 @@ impl TargetMasker {
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
                     let desc = Rc::from(&*body);
+                    let text = self.stmt_text.get(&name).cloned();
                     let told = if self.active {
-                        retype_statement_description(&self.engine, self.plan.origins(), body)
-                            .map(Rc::from)
+                        retype_statement_description(
+                            &self.engine,
+                            self.plan.origins(),
+                            text.as_ref().map(|(t, b)| (&**t, *b)),
+                            body,
+                        )
+                        .map(Rc::from)
                     } else {
                         None
                     };
-                    self.statements.insert(name, (desc, told));
+                    self.statements.insert(name, (desc, told, text));
                 } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
                     // A portal Describe: its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
                     let desc = Rc::from(&*body);
-                    self.describe(body, None, None);
+                    let text = self.portal_text.get(&portal).cloned();
+                    self.describe(body, None, None, &text);
                     let told = if self.retype_forwarded(body) {
                         self.plan.shown_as_text().map(Rc::from)
                     } else {
                         None
                     };
-                    self.portals.insert(portal.clone(), (desc, None, told));
+                    self.portals
+                        .insert(portal.clone(), (desc, None, told, text));
                     self.plan_portal = Some(portal);
                 } else {
                     // A simple query's result.
-                    self.describe(body, None, None);
+                    let text = match self.pending.results.front() {
+                        Some((_, None, t)) => t.clone(),
+                        _ => None,
+                    };
+                    self.describe(body, None, None, &text);
                     self.retype_forwarded(body);
                     self.plan_portal = None;
                 }
@@ -1094,11 +1166,16 @@ impl TargetMasker {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
                 if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
+                    match self.stmt_text.get(&stmt) {
+                        Some(t) => self.portal_text.insert(portal.clone(), t.clone()),
+                        None => self.portal_text.remove(&portal),
+                    };
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
-                        (Some((d, told)), Some(f)) => {
-                            self.describe(&d, Some(&f), Some(&told));
-                            self.portals.insert(portal.clone(), (d, Some(f), told));
+                        (Some((d, told, text)), Some(f)) => {
+                            self.describe(&d, Some(&f), Some(&told), &text);
+                            self.portals
+                                .insert(portal.clone(), (d, Some(f), told, text));
                         }
                         _ => {
                             self.plan_known = false;
@@ -1110,7 +1187,7 @@ impl TargetMasker {
             }
             b'C' | b's' | b'I' => {
                 // An Execute is answered (a simple query ends at ReadyForQuery).
-                if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                     self.pending.results.pop_front();
                 }
             }
@@ -1162,7 +1239,7 @@ impl TargetMasker {
             }
             b'E' if !self.active => {
                 self.copy_out = None;
-                if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                     self.pending.results.pop_front();
                 }
             }
@@ -1189,7 +1266,7 @@ impl TargetMasker {
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
                 if t == b'E' {
                     self.copy_out = None;
-                    if matches!(self.pending.results.front(), Some((_, Some(_)))) {
+                    if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                         self.pending.results.pop_front();
                     }
                 }
@@ -1213,20 +1290,20 @@ impl TargetMasker {
                     // before this ReadyForQuery (not ones sent ahead of it).
                     self.open_portals.retain(|_, &mut e| e >= done);
                 }
-                self.own_describes.retain(|(e, _)| *e >= done);
+                self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
                 // Requests before this Sync that were skipped after an error
                 // get no answer: forget them (a Parse that never ran leaves
                 // its name free).
-                for (_, name, added) in self.pending.parses.iter().filter(|p| p.0 < done) {
+                for (_, name, added, _) in self.pending.parses.iter().filter(|p| p.0 < done) {
                     if *added {
                         self.open_stmts.remove(name);
                     }
                 }
-                self.pending.parses.retain(|(e, _, _)| *e >= done);
+                self.pending.parses.retain(|(e, _, _, _)| *e >= done);
                 self.pending.describes.retain(|(e, _, _)| *e >= done);
                 self.pending.binds.retain(|(e, _, _, _)| *e >= done);
-                self.pending.results.retain(|(e, _)| *e >= done);
+                self.pending.results.retain(|(e, _, _)| *e >= done);
                 self.copy_requested.retain(|(e, _, _)| *e >= done);
                 self.describing = None;
                 self.copy_out = None;
@@ -1248,7 +1325,7 @@ impl TargetMasker {
     /// Rows of an Execute use that portal's plan (it may have been
     /// suspended and resumed after other statements).
     fn plan_for_current_result(&mut self) {
-        let Some((_, Some(portal))) = self.pending.results.front() else {
+        let Some((_, Some(portal), _)) = self.pending.results.front() else {
             return;
         };
         // Once per DataRow: the unnamed portal (the common case) without a
@@ -1260,8 +1337,8 @@ impl TargetMasker {
         }
         let portal = portal.clone();
         self.plan_known = match self.portals.get(&portal).cloned() {
-            Some((d, f, told)) => {
-                self.describe(&d, f.as_deref(), Some(&told));
+            Some((d, f, told, text)) => {
+                self.describe(&d, f.as_deref(), Some(&told), &text);
                 self.plan_known
             }
             None => false,
@@ -1273,7 +1350,15 @@ impl TargetMasker {
     /// client was told of its types when it got it (a cached statement or
     /// portal, maybe under another profile), which the plan keeps to;
     /// `None` for a description being forwarded now.
-    fn describe(&mut self, desc: &[u8], formats: Option<&[i16]>, told: Option<&Told>) {
+    ///
+    /// `text`: the statement's (for the rule of its computed columns).
+    fn describe(
+        &mut self,
+        desc: &[u8],
+        formats: Option<&[i16]>,
+        told: Option<&Told>,
+        text: &StatementText,
+    ) {
         // The same result shape as the plan was built from (a statement
         // run again): keep the plan. Column rules match names by pattern,
         // which costs more than comparing the description.
@@ -1281,11 +1366,14 @@ impl TargetMasker {
             && self.plan_desc.as_deref() == Some(desc)
             && self.plan_formats.as_deref() == formats
             && self.plan_told.as_ref() == told
+            && same_text(&self.plan_text, text)
         {
             self.plan_known = self.plan_desc_ok;
             return;
         }
         self.fallback_width = None;
+        self.plan_text = text.clone();
+        self.plan.set_statement(text.clone());
         self.plan_known = plan_from(&mut self.plan, &self.engine, desc, formats);
         if let (true, Some(told)) = (self.plan_known, told) {
             self.plan.keep_to_told_types(told.as_deref().unwrap_or(&[]));
@@ -1324,11 +1412,24 @@ impl TargetMasker {
             desc.extend_from_slice(&(-1i32).to_be_bytes());
             desc.extend_from_slice(&0i16.to_be_bytes()); // text format
         }
+        // (No statement: its columns are not known to be computed.)
+        self.plan_text = None;
+        self.plan.set_statement(None);
         let _ = self.plan.describe(&self.engine, &desc);
         self.plan_desc = None;
         // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
         self.fallback_width = Some(n);
+    }
+}
+
+/// Whether two statement texts are the same (an unnamed statement parsed
+/// again with the same text keeps its plan).
+fn same_text(a: &StatementText, b: &StatementText) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some((x, bx)), Some((y, by))) => bx == by && (Rc::ptr_eq(x, y) || x[..] == y[..]),
+        _ => false,
     }
 }
 
@@ -1683,6 +1784,132 @@ mod tests {
         let mut h = Vec::new();
         ruled.hash_into(b"42", &mut h);
         assert_eq!(run(&ruled, &ruled), Some(h));
+    }
+
+    /// Computed columns (no table oid) of a text-like type take the rule
+    /// of the ruled names their statement mentions, per statement, in the
+    /// simple and the extended protocol.
+    #[test]
+    fn computed_columns_take_the_rule_of_the_names_their_statement_mentions() {
+        const SECRET: &str = "s3cr3t-value";
+        // The forwarded chunk's cells of `col` (rows in `s`).
+        let run = |m: &mut TargetMasker, mut s: Vec<u8>| -> String {
+            let p = m.process(&mut s);
+            let out = if p.rewritten {
+                m.out().to_vec()
+            } else {
+                s[..p.ready].to_vec()
+            };
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let rows = |desc: &[(&str, u32)], vals: &[&str]| {
+            let mut s = row_desc(desc);
+            s.extend(data_row(vals));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            s
+        };
+        let query = |m: &mut TargetMasker, sql: &str| {
+            let mut q = sql.as_bytes().to_vec();
+            q.push(0);
+            m.on_client_frame(tag::QUERY, &q, true, Some(0));
+        };
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        // Simple Query: the text computed column is masked whole, the
+        // count is not; a statement that mentions no ruled name keeps its
+        // computed column as it is.
+        query(
+            &mut m,
+            "SELECT upper(api_secret), count(*) FROM apps GROUP BY 1",
+        );
+        let out = run(
+            &mut m,
+            rows(&[("upper", 25), ("count", 20)], &[SECRET, "7"]),
+        );
+        assert!(!out.contains(SECRET) && out.contains("************") && out.contains('7'));
+        query(&mut m, "SELECT upper(name), count(*) FROM apps GROUP BY 1");
+        let out = run(
+            &mut m,
+            rows(&[("upper", 25), ("count", 20)], &[SECRET, "7"]),
+        );
+        assert!(out.contains(SECRET), "same description, other text: {out}");
+        // The same text again keeps the same plan.
+        query(&mut m, "SELECT upper(name), count(*) FROM apps GROUP BY 1");
+        assert!(run(
+            &mut m,
+            rows(&[("upper", 25), ("count", 20)], &[SECRET, "7"])
+        )
+        .contains(SECRET));
+        // An SSN column's rule keeps the last four characters.
+        query(&mut m, "SELECT ssn || '' FROM people");
+        let out = run(&mut m, rows(&[("?column?", 25)], &["123-45-6789x"]));
+        assert!(out.contains("********789x"), "{out}");
+
+        // Extended, pipelined, unnamed statement and portal: each
+        // Describe of a portal uses its own statement's text.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        for sql in [
+            "SELECT concat(password, '') AS p",
+            "SELECT concat(login, '') AS p",
+        ] {
+            let mut parse = b"\0".to_vec();
+            parse.extend_from_slice(sql.as_bytes());
+            parse.extend_from_slice(b"\0\0\0");
+            m.on_client_frame(tag::PARSE, &parse, true, Some(0));
+            m.on_client_frame(tag::BIND, b"\0\0\0\0\0\0\0\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"P\0", true, Some(0));
+            m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        }
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = Vec::new();
+        for v in ["first-value", "second-value"] {
+            s.extend(frame(b'1', b""));
+            s.extend(frame(b'2', b""));
+            s.extend(row_desc(&[("p", 25)]));
+            s.extend(data_row(&[v]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+        }
+        s.extend(frame(b'Z', b"I"));
+        let out = run(&mut m, s);
+        assert!(
+            !out.contains("first-value") && out.contains("second-value"),
+            "{out}"
+        );
+
+        // A named statement described under one profile and run under
+        // another: its text is read again with the new engine.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::PARSE,
+            b"s1\0SELECT lower(api_key) AS k\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(row_desc(&[("k", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        m.process(&mut s);
+        let hashed: MaskingProfile = serde_yaml::from_str(
+            "columns: [{ column: 'x', action: mask }, { column: '*key*', action: hash }]",
+        )
+        .unwrap();
+        m.set_engine(Some(Engine::compile_shared(&hashed).unwrap()));
+        m.on_client_frame(tag::BIND, b"\0s1\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'2', b"");
+        s.extend(data_row(&["abc-key"]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = run(&mut m, s);
+        let mut h = Vec::new();
+        Engine::compile_shared(&hashed)
+            .unwrap()
+            .hash_into(b"abc-key", &mut h);
+        assert!(out.contains(std::str::from_utf8(&h).unwrap()), "{out}");
     }
 
     #[test]
