@@ -1850,11 +1850,11 @@ async fn column_rules_apply_to_computed_columns() {
             .iter()
             .map(|r| {
                 (0..r.len())
-                    .map(|i| match r.columns()[i].type_() {
-                        &tokio_postgres::types::Type::INT8 => {
+                    .map(|i| match *r.columns()[i].type_() {
+                        tokio_postgres::types::Type::INT8 => {
                             r.get::<_, Option<i64>>(i).map(|v| v.to_string())
                         }
-                        &tokio_postgres::types::Type::INT4 => {
+                        tokio_postgres::types::Type::INT4 => {
                             r.get::<_, Option<i32>>(i).map(|v| v.to_string())
                         }
                         _ => r.get(i),

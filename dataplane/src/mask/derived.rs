@@ -81,6 +81,8 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
     };
     let s = sql;
     let mut lower = Vec::new();
+    // After FROM, JOIN, UPDATE, INTO, TABLE (ONLY): a relation's name.
+    let mut relation = false;
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
@@ -99,8 +101,10 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                 lower.push(s[j]);
                 j += 1;
             }
-            consider(&lower);
             i = j + 1;
+            if !not_column(s, i.min(s.len()), &mut relation) {
+                consider(&lower);
+            }
             continue;
         }
         if let Some(next) = skip_quoted(s, i, backslash) {
@@ -117,8 +121,17 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             // A bare name is folded to lower case, as the server does.
             lower.clear();
             lower.extend(s[i..j].iter().map(u8::to_ascii_lowercase));
-            consider(&lower);
             i = j;
+            if matches!(
+                &lower[..],
+                b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
+            ) {
+                relation = true;
+                continue;
+            }
+            if !not_column(s, j, &mut relation) {
+                consider(&lower);
+            }
             continue;
         }
         i += 1;
@@ -175,6 +188,20 @@ pub fn sql_prepared(sql: &[u8], backslash: bool) -> SqlPrepared {
     out
 }
 
+/// Whether the name ending at `end` is not a column's: a relation's (each
+/// part of a qualified one, `relation` being set after the key word that
+/// precedes one, and kept through its dots), or a qualifier (`t.` of
+/// `t.col`: a table, schema or alias). A function's name (before `(`) is
+/// taken as a column's.
+fn not_column(s: &[u8], end: usize, relation: &mut bool) -> bool {
+    let next = s[end..].iter().find(|c| !c.is_ascii_whitespace());
+    let dot = next == Some(&b'.');
+    let call = next == Some(&b'(');
+    let skip = !call && (dot || *relation);
+    *relation = *relation && dot;
+    skip
+}
+
 /// How much of a value an action hides, for choosing among rules.
 fn strength(a: ColumnAction) -> u32 {
     match a {
@@ -227,6 +254,24 @@ mod tests {
             "SELECT count(*) FROM people",
         ] {
             assert_eq!(rule(&e, sql), None, "{sql}");
+        }
+        // Relation names and qualifiers are not columns; functions are.
+        for sql in [
+            "SELECT concat(name, kind) FROM user_secrets",
+            "SELECT upper(s.name) FROM app.user_secrets s JOIN api_tokens t ON t.id = s.id",
+            "SELECT upper(name) FROM ONLY \"Secrets\"",
+            "UPDATE password_resets SET n = n + 1 RETURNING upper(code)",
+            "SELECT secret_box.x FROM secret_box",
+        ] {
+            assert_eq!(rule(&e, sql), None, "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM get_secrets()",
+            "SELECT (secret_rec).field FROM t",
+            "SELECT upper(t.secret_answer) FROM t",
+            "SELECT upper(secret_answer) FROM user_secrets",
+        ] {
+            assert!(rule(&e, sql).is_some(), "{sql}");
         }
         // With standard_conforming_strings off, `\'` does not end a literal.
         assert_eq!(derived_rule(&e, br"SELECT 'a\' ssn'", true), None);
