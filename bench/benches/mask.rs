@@ -199,13 +199,13 @@ fn bench_rows(
 /// for SQL-level `PREPARE`/`EXECUTE`; a statement's text is read for ruled
 /// names only when a result of it has a computed text-like column.
 fn derived(c: &mut Criterion) {
-    use dataplane::mask::derived::{derived_rule, sql_prepared};
+    use dataplane::mask::derived::{derived_rule, sql_commands};
     let engine = Engine::compile(&MaskingProfile::default()).unwrap();
     let mut g = c.benchmark_group("derived");
     let pgbench = b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
     g.throughput(Throughput::Bytes(pgbench.len() as u64));
-    g.bench_function("sql_prepared/pgbench_select", |b| {
-        b.iter(|| black_box(sql_prepared(black_box(pgbench), false)))
+    g.bench_function("sql_commands/pgbench_select", |b| {
+        b.iter(|| black_box(sql_commands(black_box(pgbench), false)))
     });
     let agent = b"SELECT c.id, concat(c.first_name, ' ', c.last_name) AS name, \
         lower(c.email) AS email, upper(c.ssn) AS ssn_upper, count(o.id) AS orders, \

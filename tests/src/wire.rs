@@ -225,6 +225,54 @@ pub fn query_bytes(sql: &str) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// Extended-protocol messages: Parse (no parameter types).
+pub fn parse_bytes(name: &str, sql: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::parse(name, sql, std::iter::empty(), &mut buf).unwrap();
+    buf.to_vec()
+}
+
+/// Bind of `statement` to `portal`, no parameters, text results.
+pub fn bind_bytes(portal: &str, statement: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        portal,
+        statement,
+        std::iter::empty(),
+        std::iter::empty::<()>(),
+        |_, _| Ok(postgres_protocol::IsNull::No),
+        std::iter::empty(),
+        &mut buf,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    buf.to_vec()
+}
+
+/// Describe of a statement (`b'S'`) or portal (`b'P'`).
+pub fn describe_bytes(kind: u8, name: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::describe(kind, name, &mut buf).unwrap();
+    buf.to_vec()
+}
+
+/// Execute of `portal`, all rows; then Sync when `sync`.
+pub fn execute_bytes(portal: &str, sync: bool) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::execute(portal, 0, &mut buf).unwrap();
+    if sync {
+        frontend::sync(&mut buf);
+    }
+    buf.to_vec()
+}
+
+/// A Sync message.
+pub fn sync_bytes() -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::sync(&mut buf);
+    buf.to_vec()
+}
+
 /// A CancelRequest packet.
 pub fn cancel_bytes(pid: i32, secret: i32) -> Vec<u8> {
     let mut buf = BytesMut::new();

@@ -1781,6 +1781,169 @@ async fn column_rules_apply_to_copy_to_stdout() {
     );
 }
 
+/// The statement a computed column comes from is followed where its text
+/// is not the Query's own: SQL-level prepared statements (also across the
+/// namespace they share with protocol statements, and after a refused
+/// PREPARE), cursors, a Query pipelined ahead of a Describe, a
+/// `standard_conforming_strings` change pipelined ahead; a text the
+/// gateway cannot read whole (a Query split across reads, columns renamed
+/// by an alias list) takes the strongest name rule (`internal_notes`'s
+/// `null` here). JSON keys extracted by name and `bytea` results count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
+    use sluice_tests::wire::{
+        bind_bytes, describe_bytes, execute_bytes, login, parse_bytes, query_bytes, sync_bytes,
+    };
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_derived2";
+    seed_people(pg, t).await;
+    pg.direct()
+        .await
+        .batch_execute(&format!(
+            "drop table if exists {t}_j; create table {t}_j (id int, profile jsonb); \
+             insert into {t}_j values (1, '{{\"secret_pin\": \"4242-xyz\", \"name\": \"Ann\"}}')"
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let mut s = login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    const MASKED: &str = "********************";
+    let none = Vec::<Vec<Option<String>>>::new;
+    let one = |v: Option<&str>| vec![vec![v.map(str::to_string)]];
+    let upper = format!("select upper(secret_answer) from {t} where id = 1");
+    macro_rules! check {
+        ($what:expr, $got:expr, $want:expr) => {
+            let got = $got.unwrap_or_else(|e| panic!("{}: {}", $what, e.message()));
+            assert_eq!(got, $want, "{}", $what);
+        };
+    }
+
+    // A cursor declared in one Query, fetched in the next.
+    check!("begin", s.simple_query("begin").await, none());
+    check!(
+        "declare",
+        s.simple_query(&format!("declare c1 cursor for {upper}"))
+            .await,
+        none()
+    );
+    check!(
+        "fetch",
+        s.simple_query("fetch all from c1").await,
+        one(Some(MASKED))
+    );
+    check!("commit", s.simple_query("commit").await, none());
+    // A PREPARE that the server refuses leaves the first statement.
+    check!(
+        "prepare",
+        s.simple_query(&format!("prepare q1 as {upper}")).await,
+        none()
+    );
+    let refused = s.simple_query("prepare q1 as select 'x'").await;
+    assert_eq!(refused.unwrap_err().code(), "42P05");
+    check!(
+        "execute q1",
+        s.simple_query("execute q1").await,
+        one(Some(MASKED))
+    );
+    // A protocol statement run by SQL EXECUTE, and a SQL one by Bind.
+    let mut b = parse_bytes("s1", &upper);
+    b.extend(sync_bytes());
+    s.raw.send(&b).await.unwrap();
+    check!("parse s1", s.read_result().await, none());
+    check!(
+        "execute s1",
+        s.simple_query("execute s1").await,
+        one(Some(MASKED))
+    );
+    check!(
+        "prepare q2",
+        s.simple_query(&format!("prepare q2 as {upper}")).await,
+        none()
+    );
+    let mut b = bind_bytes("", "q2");
+    b.extend(describe_bytes(b'P', ""));
+    b.extend(execute_bytes("", true));
+    s.raw.send(&b).await.unwrap();
+    check!("bind q2", s.read_result().await, one(Some(MASKED)));
+    // A Query with a portal Describe sent right behind it.
+    let mut b = query_bytes(&upper);
+    b.extend(describe_bytes(b'P', ""));
+    b.extend(sync_bytes());
+    s.raw.send(&b).await.unwrap();
+    check!(
+        "query, then describe",
+        s.read_result().await,
+        one(Some(MASKED))
+    );
+    assert_eq!(s.read_result().await.unwrap_err().code(), "34000");
+    // standard_conforming_strings switched off by the Query ahead: the
+    // next text is read both ways.
+    let mut b = query_bytes("set standard_conforming_strings = off");
+    b.extend(query_bytes(&format!(
+        "select '\\'' || upper(secret_answer) || '' from {t} where id = 1"
+    )));
+    s.raw.send(&b).await.unwrap();
+    check!("set", s.read_result().await, none());
+    check!(
+        "select after set",
+        s.read_result().await,
+        one(Some(&format!("*{MASKED}")))
+    );
+    check!(
+        "set on",
+        s.simple_query("set standard_conforming_strings = on").await,
+        none()
+    );
+    // A Query split across reads: not read, the strongest rule.
+    let q = query_bytes(&upper);
+    s.raw.send(&q[..19]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.raw.send(&q[19..]).await.unwrap();
+    check!("split query", s.read_result().await, one(None));
+    // Columns renamed by an alias list: the strongest rule.
+    check!(
+        "alias list",
+        s.simple_query(&format!(
+            "select upper(z) from {t} as p(a, b, z) where a = 1"
+        ))
+        .await,
+        one(None)
+    );
+    // A key extracted from JSON, a Unicode-escaped name, a bytea.
+    check!(
+        "json key",
+        s.simple_query(&format!("select profile->>'secret_pin' from {t}_j"))
+            .await,
+        one(Some("********"))
+    );
+    check!(
+        "U& name",
+        s.simple_query(&format!(
+            "select upper(U&\"secret\\005fanswer\") from {t} where id = 1"
+        ))
+        .await,
+        one(Some(MASKED))
+    );
+    check!(
+        "bytea",
+        s.simple_query(&format!(
+            "select convert_to(secret_answer, 'UTF8') from {t} where id = 2"
+        ))
+        .await,
+        one(Some("****************"))
+    );
+    // Unruled computed columns are untouched.
+    check!(
+        "unruled",
+        s.simple_query(&format!("select upper(note) from {t} where id = 2"))
+            .await,
+        one(Some("CLEAN NOTE"))
+    );
+}
+
 /// Columns computed from ruled columns (an expression, a UNION) have no
 /// stored column in their RowDescription and a name of their own; they take
 /// the strongest rule among the ruled names their statement mentions, when
@@ -1827,6 +1990,9 @@ async fn column_rules_apply_to_computed_columns() {
             format!("select upper(x) from (select secret_answer as x from {t}) q where x like 'my%'"),
             vec![vec![s("********************")]],
         ),
+        // A whole row holds every column: the strongest of their rules
+        // (`internal_notes`'s `null`).
+        (format!("select p from {t} p where id = 2"), vec![vec![None]]),
         (
             format!("select count(ssn), max(salary) + 1 as m from {t}"),
             vec![vec![s("2"), s("120001")]],
@@ -1857,7 +2023,11 @@ async fn column_rules_apply_to_computed_columns() {
                         tokio_postgres::types::Type::INT4 => {
                             r.get::<_, Option<i32>>(i).map(|v| v.to_string())
                         }
-                        _ => r.get(i),
+                        // (Text, or a whole row's binary form, as bytes.)
+                        _ => r
+                            .get::<_, Raw>(i)
+                            .0
+                            .map(|v| String::from_utf8_lossy(&v).into_owned()),
                     })
                     .collect()
             })

@@ -17,7 +17,7 @@
 //! `column:unresolved_copy` rule: values are never sent unmasked because
 //! the gateway could not tell which column they are.
 
-use super::derived::Lazy;
+use super::derived::Text;
 use super::rows::{kind_is_text, mask_chars, rule_of, Field, RowError};
 use super::{ColumnAction, ColumnOrigins, CopyFormat, Engine, Hits, RuleId};
 
@@ -252,7 +252,7 @@ impl<'a> Lex<'a> {
         Lex { s, i: 0, backslash }
     }
 
-    fn at_end(&mut self) -> bool {
+    pub(super) fn at_end(&mut self) -> bool {
         self.space();
         self.i >= self.s.len()
     }
@@ -765,7 +765,7 @@ pub struct CopyColumn {
 pub fn copy_columns(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
-    statement: Option<(&[u8], bool)>,
+    statement: Option<&Text>,
     body: &[u8],
 ) -> Result<Vec<CopyColumn>, RowError> {
     const E: RowError = RowError::Malformed("RowDescription");
@@ -773,14 +773,13 @@ pub fn copy_columns(
     let n = i16::from_be_bytes([n[0], n[1]]);
     let mut rest = body.get(2..).ok_or(E)?;
     let mut cols = Vec::with_capacity(n.max(0) as usize);
-    let mut derived = Lazy::new(statement);
     for _ in 0..n.max(0) {
         let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
         let f = tail.get(..18).ok_or(E)?;
         let field = Field::new(name, f);
         cols.push(CopyColumn {
             oid: field.oid,
-            rule: rule_of(engine, origins, &mut derived, &field),
+            rule: rule_of(engine, origins, statement, &field),
             table: field.table,
             attnum: field.attnum,
         });

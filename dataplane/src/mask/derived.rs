@@ -19,6 +19,9 @@
 //! …`). Computed columns of other types (counts, sums, dates) are left
 //! alone: a count of SSNs is not an SSN.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use super::copyout::{ident_byte, skip_quoted, statement_end, Lex};
 use super::engine::{Engine, RuleId};
 use super::profile::ColumnAction;
@@ -26,35 +29,104 @@ use super::profile::ColumnAction;
 /// The rule computed columns of a statement take, if any.
 pub type Derived = Option<(RuleId, ColumnAction)>;
 
-/// A statement's text, and whether its string literals take backslash
-/// escapes (`standard_conforming_strings` off when it was sent).
-pub type StatementText = Option<(std::rc::Rc<[u8]>, bool)>;
+/// Longest text kept for one statement (with the texts of the SQL-level
+/// prepared statements and cursors it runs); a longer one is kept as
+/// [`Text::partial`].
+pub const MAX_TEXT: usize = 1 << 20;
 
-/// The rule of a statement's computed columns, read from its text on first
-/// need (most results have no computed text column, and their statements
-/// are never read) with the engine planning now: a rule id is only
-/// meaningful to the engine that gave it.
-pub struct Lazy<'a> {
-    sql: Option<(&'a [u8], bool)>,
-    rule: Option<Derived>,
+/// A statement's text as the relay keeps it (with each pending Query and
+/// Parse, prepared statement and portal), and the rule of its computed
+/// columns, read on first need (most results have no computed text column,
+/// and their statements are never read) and kept per engine: a rule id is
+/// only meaningful to the engine that gave it.
+#[derive(Debug)]
+pub struct Text {
+    sql: Box<[u8]>,
+    /// Whether its string literals take backslash escapes; None: not known
+    /// (a setting may change before it runs), so it is read both ways.
+    backslash: Option<bool>,
+    partial: bool,
+    rule: Cell<Option<(u64, Derived)>>,
 }
 
-impl<'a> Lazy<'a> {
-    /// For the statement `sql` (with its backslash setting); None: not
-    /// known, no rule.
-    pub fn new(sql: Option<(&'a [u8], bool)>) -> Self {
-        Lazy { sql, rule: None }
+/// A statement's text, when known.
+pub type StatementText = Option<Rc<Text>>;
+
+impl Text {
+    /// `partial`: not all of the text is at hand (the rest of a Query cut
+    /// by the end of a read, a prepared statement or cursor whose text is
+    /// not known, or more than [`MAX_TEXT`]). Its computed columns then
+    /// take the engine's strongest name rule.
+    pub fn new(sql: &[u8], backslash: Option<bool>, partial: bool) -> Rc<Text> {
+        let partial = partial || sql.len() > MAX_TEXT;
+        Rc::new(Text {
+            // (A partial text is never read.)
+            sql: if partial { Box::default() } else { sql.into() },
+            backslash,
+            partial,
+            rule: Cell::new(None),
+        })
     }
 
-    pub fn of(text: &'a StatementText) -> Self {
-        Lazy::new(text.as_ref().map(|(t, b)| (&**t, *b)))
+    /// `self` followed by `other`: a statement whose computed columns may
+    /// come from either (a Query that runs a prepared statement, a name
+    /// that may still hold an older statement).
+    pub fn joined(&self, other: &Text) -> Rc<Text> {
+        let mut sql = Vec::with_capacity(self.sql.len() + 3 + other.sql.len());
+        sql.extend_from_slice(&self.sql);
+        // (On lines of their own: a text may end in a comment.)
+        sql.extend_from_slice(b"\n;\n");
+        sql.extend_from_slice(&other.sql);
+        let backslash = if self.backslash == other.backslash {
+            self.backslash
+        } else {
+            None
+        };
+        Text::new(&sql, backslash, self.partial || other.partial)
     }
 
-    pub fn get(&mut self, engine: &Engine) -> Derived {
-        let sql = self.sql;
-        *self
-            .rule
-            .get_or_insert_with(|| sql.and_then(|(s, b)| derived_rule(engine, s, b)))
+    pub fn sql(&self) -> &[u8] {
+        &self.sql
+    }
+
+    pub fn partial(&self) -> bool {
+        self.partial
+    }
+
+    pub fn backslash(&self) -> Option<bool> {
+        self.backslash
+    }
+
+    /// The rule of the statement's computed columns under `engine` (read
+    /// once per engine).
+    pub fn rule(&self, engine: &Engine) -> Derived {
+        if let Some((id, r)) = self.rule.get() {
+            if id == engine.id() {
+                return r;
+            }
+        }
+        let r = if self.partial {
+            engine.strongest_name_rule()
+        } else {
+            match self.backslash {
+                Some(b) => derived_rule(engine, &self.sql, b),
+                None => stronger(
+                    derived_rule(engine, &self.sql, false),
+                    derived_rule(engine, &self.sql, true),
+                ),
+            }
+        };
+        self.rule.set(Some((engine.id(), r)));
+        r
+    }
+}
+
+/// The stronger of two rules (the first of equals).
+pub(super) fn stronger(a: Derived, b: Derived) -> Derived {
+    match (a, b) {
+        (Some(x), Some(y)) if strength(y.1) > strength(x.1) => b,
+        (None, _) => b,
+        _ => a,
     }
 }
 
@@ -74,21 +146,34 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             return;
         }
         if let Some(r) = engine.column_rule_by_name(name) {
-            if best.is_none_or(|b| strength(r.1) > strength(b.1)) {
-                best = Some(r);
-            }
+            best = stronger(best, Some(r));
         }
     };
     let s = sql;
+    // Names the reading below cannot follow: the statement's computed
+    // columns take the strongest name rule. A `UESCAPE` clause (another
+    // escape character in `U&"…"` names).
+    if contains_word(s, b"uescape") {
+        return engine.strongest_name_rule();
+    }
     let mut lower = Vec::new();
     // After FROM, JOIN, UPDATE, INTO, TABLE (ONLY): a relation's name.
     let mut relation = false;
+    // Right after a relation's name (1), and after its `AS` (2): an alias
+    // followed by `(` renames the relation's columns (`t AS p(a, b)`),
+    // which this reading cannot follow.
+    let mut alias = 0u8;
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
         if c == b'"' {
             // A quoted name: as written, `""` read as `"` (to the end of
-            // the text when it is not closed).
+            // the text when it is not closed); after `U&`, with its
+            // escapes decoded.
+            let unicode = i >= 2
+                && s[i - 1] == b'&'
+                && matches!(s[i - 2], b'u' | b'U')
+                && (i == 2 || !ident_byte(s[i - 3]));
             lower.clear();
             let mut j = i + 1;
             while j < s.len() {
@@ -102,13 +187,37 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                 j += 1;
             }
             i = j + 1;
-            if !not_column(s, i.min(s.len()), &mut relation) {
+            if unicode {
+                match unicode_name(&lower) {
+                    Some(n) => lower = n,
+                    None => return engine.strongest_name_rule(),
+                }
+            }
+            let end = i.min(s.len());
+            if alias > 0 {
+                alias = 0;
+                if next_byte(s, end) == Some(b'(') {
+                    return engine.strongest_name_rule();
+                }
+            }
+            if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
             }
             continue;
         }
         if let Some(next) = skip_quoted(s, i, backslash) {
-            // A string literal, dollar-quoted body or comment.
+            // A string literal, dollar-quoted body or comment. A literal
+            // after `->`, `->>`, `#>` or `#>>` is a JSON key or path: the
+            // names in it count (`profile->>'ssn'`).
+            if c == b'\'' && json_operator_before(s, i) {
+                let inside = &s[i + 1..next.saturating_sub(1).max(i + 1)];
+                let inside = inside.strip_prefix(b"{").unwrap_or(inside);
+                let inside = inside.strip_suffix(b"}").unwrap_or(inside);
+                for key in inside.split(|&b| b == b',') {
+                    consider(key.trim_ascii());
+                }
+            }
+            alias = 0;
             i = next;
             continue;
         }
@@ -127,38 +236,155 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                 b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
             ) {
                 relation = true;
+                alias = 0;
                 continue;
             }
-            if !not_column(s, j, &mut relation) {
+            if alias > 0 {
+                if alias == 1 && lower == b"as" {
+                    alias = 2;
+                    continue;
+                }
+                let renames = !NOT_ALIAS.contains(&&lower[..]) && next_byte(s, j) == Some(b'(');
+                alias = 0;
+                if renames {
+                    return engine.strongest_name_rule();
+                }
+            }
+            if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
             }
             continue;
+        }
+        if !c.is_ascii_whitespace() {
+            alias = 0;
         }
         i += 1;
     }
     best
 }
 
-/// SQL-level prepared statements and their use, in a simple Query's text:
-/// the statements it prepares (`PREPARE name [(types)] AS statement`:
-/// name and statement text) and the names it runs (`EXECUTE name`). An
-/// `EXECUTE`'s computed columns are the prepared statement's, whose text
-/// came in an earlier Query.
-#[derive(Debug, Default, PartialEq)]
-pub struct SqlPrepared {
-    pub prepares: Vec<(Vec<u8>, Vec<u8>)>,
-    pub executes: Vec<Vec<u8>>,
+/// Words that may follow a relation's name and come before `(` without
+/// being an alias.
+const NOT_ALIAS: &[&[u8]] = &[
+    b"cross",
+    b"default",
+    b"except",
+    b"fetch",
+    b"for",
+    b"full",
+    b"group",
+    b"having",
+    b"inner",
+    b"intersect",
+    b"join",
+    b"lateral",
+    b"left",
+    b"limit",
+    b"natural",
+    b"offset",
+    b"on",
+    b"order",
+    b"overriding",
+    b"returning",
+    b"right",
+    b"select",
+    b"set",
+    b"tablesample",
+    b"union",
+    b"using",
+    b"values",
+    b"where",
+    b"window",
+    b"with",
+];
+
+/// Whether a JSON operator (`->`, `->>`, `#>`, `#>>`) comes right before
+/// `at` (white space between).
+fn json_operator_before(s: &[u8], at: usize) -> bool {
+    let before = s[..at].trim_ascii_end();
+    let before = before
+        .strip_suffix(b">>")
+        .or_else(|| before.strip_suffix(b">"));
+    before.is_some_and(|b| b.ends_with(b"-") || b.ends_with(b"#"))
 }
 
-pub fn sql_prepared(sql: &[u8], backslash: bool) -> SqlPrepared {
-    let mut out = SqlPrepared::default();
-    // (Most Queries do neither. A superset of the statements that may:
-    // the text's start and each `;`, literals or not, past white space,
-    // at a `p`, an `e` or a comment.)
+/// The first byte after `end` that is not white space.
+fn next_byte(s: &[u8], end: usize) -> Option<u8> {
+    s[end..].iter().copied().find(|c| !c.is_ascii_whitespace())
+}
+
+/// Whether `s` holds `word` (lower case) as a whole word, in any case.
+fn contains_word(s: &[u8], word: &[u8]) -> bool {
+    memchr::memchr2_iter(word[0], word[0].to_ascii_uppercase(), s).any(|i| {
+        s.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && (i == 0 || !ident_byte(s[i - 1]))
+            && s.get(i + word.len()).is_none_or(|&c| !ident_byte(c))
+    })
+}
+
+/// The name a `U&"…"` quoted name's inside stands for: `\XXXX` and
+/// `\+XXXXXX` are code points, `\\` a backslash; None when an escape
+/// does not read.
+fn unicode_name(v: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] != b'\\' {
+            out.push(v[i]);
+            i += 1;
+            continue;
+        }
+        let (digits, from) = match v.get(i + 1) {
+            Some(b'\\') => {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            Some(b'+') => (6, i + 2),
+            _ => (4, i + 1),
+        };
+        let hex = std::str::from_utf8(v.get(from..from + digits)?).ok()?;
+        let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        i = from + digits;
+    }
+    Some(out)
+}
+
+/// What a simple Query's (or a Parse's) text does with SQL-level prepared
+/// statements and cursors, whose results come in later Queries: an
+/// `EXECUTE`'s computed columns are its prepared statement's, a `FETCH`'s
+/// its cursor's query's. In the order of the text's statements.
+#[derive(Debug, PartialEq)]
+pub enum SqlCommand {
+    /// `PREPARE name [(types)] AS statement`: name, statement text.
+    Prepare(Vec<u8>, Vec<u8>),
+    /// `EXECUTE name`.
+    Execute(Vec<u8>),
+    /// `DEALLOCATE [PREPARE] name`; `None` for `ALL`.
+    Deallocate(Option<Vec<u8>>),
+    /// `DECLARE name … CURSOR … FOR query`: name, query text.
+    Declare(Vec<u8>, Vec<u8>),
+    /// `FETCH … name` and `MOVE … name`.
+    Fetch(Vec<u8>),
+    /// `CLOSE name`; `None` for `ALL`.
+    Close(Option<Vec<u8>>),
+}
+
+pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
+    let mut out = Vec::new();
+    // (Most Queries do none of these. A superset of the statements that
+    // may: the text's start and each `;`, literals or not, past white
+    // space, at the first letter of one of the key words, or a comment.)
     let may = |at: usize| {
-        let rest = &sql[at.min(sql.len())..];
-        let k = rest.iter().position(|&c| !c.is_ascii_whitespace());
-        k.is_some_and(|k| matches!(rest[k] | 0x20, b'p' | b'e' | b'-' | b'/'))
+        next_byte(sql, at.min(sql.len())).is_some_and(|c| {
+            matches!(
+                c | 0x20,
+                b'p' | b'e' | b'd' | b'f' | b'm' | b'c' | b'-' | b'/'
+            )
+        })
     };
     if !may(0) && !memchr::memchr_iter(b';', sql).any(|i| may(i + 1)) {
         return out;
@@ -168,19 +394,60 @@ pub fn sql_prepared(sql: &[u8], backslash: bool) -> SqlPrepared {
         let end = statement_end(sql, from, backslash);
         let stmt = &sql[from..end];
         let mut lx = Lex::new(stmt, backslash);
+        let rest = |lx: &Lex<'_>| stmt[lx.i..].trim_ascii_start().to_vec();
         if lx.keyword(b"prepare") {
             if let Some(name) = lx.name() {
                 if lx.byte(b'(') {
                     lx.parenthesised();
                 }
                 if lx.keyword(b"as") {
-                    out.prepares
-                        .push((name, stmt[lx.i..].trim_ascii_start().to_vec()));
+                    out.push(SqlCommand::Prepare(name, rest(&lx)));
                 }
             }
         } else if lx.keyword(b"execute") {
             if let Some(name) = lx.name() {
-                out.executes.push(name);
+                out.push(SqlCommand::Execute(name));
+            }
+        } else if lx.keyword(b"deallocate") {
+            lx.keyword(b"prepare");
+            if lx.keyword(b"all") {
+                out.push(SqlCommand::Deallocate(None));
+            } else if let Some(name) = lx.name() {
+                out.push(SqlCommand::Deallocate(Some(name)));
+            }
+        } else if lx.keyword(b"declare") {
+            if let Some(name) = lx.name() {
+                // (Its options, up to `FOR`.)
+                let mut query = false;
+                while !lx.at_end() {
+                    if lx.keyword(b"for") {
+                        query = true;
+                        break;
+                    }
+                    if lx.name().is_none() {
+                        lx.i += 1;
+                    }
+                }
+                if query {
+                    out.push(SqlCommand::Declare(name, rest(&lx)));
+                }
+            }
+        } else if lx.keyword(b"fetch") || lx.keyword(b"move") {
+            // The cursor's name comes last (after a direction, a count,
+            // FROM or IN).
+            let mut last = None;
+            while !lx.at_end() {
+                match lx.name() {
+                    Some(n) => last = Some(n),
+                    None => lx.i += 1,
+                }
+            }
+            out.extend(last.map(SqlCommand::Fetch));
+        } else if lx.keyword(b"close") {
+            if lx.keyword(b"all") {
+                out.push(SqlCommand::Close(None));
+            } else if let Some(name) = lx.name() {
+                out.push(SqlCommand::Close(Some(name)));
             }
         }
         from = end + 1;
@@ -190,20 +457,23 @@ pub fn sql_prepared(sql: &[u8], backslash: bool) -> SqlPrepared {
 
 /// Whether the name ending at `end` is not a column's: a relation's (each
 /// part of a qualified one, `relation` being set after the key word that
-/// precedes one, and kept through its dots), or a qualifier (`t.` of
-/// `t.col`: a table, schema or alias). A function's name (before `(`) is
-/// taken as a column's.
-fn not_column(s: &[u8], end: usize, relation: &mut bool) -> bool {
-    let next = s[end..].iter().find(|c| !c.is_ascii_whitespace());
-    let dot = next == Some(&b'.');
-    let call = next == Some(&b'(');
+/// precedes one, and kept through its dots; `alias` is set after its last
+/// part), or a qualifier (`t.` of `t.col`: a table, schema or alias). A
+/// function's name (before `(`) is taken as a column's.
+fn not_column(s: &[u8], end: usize, relation: &mut bool, alias: &mut u8) -> bool {
+    let next = next_byte(s, end);
+    let dot = next == Some(b'.');
+    let call = next == Some(b'(');
     let skip = !call && (dot || *relation);
+    if *relation && !dot && !call {
+        *alias = 1;
+    }
     *relation = *relation && dot;
     skip
 }
 
 /// How much of a value an action hides, for choosing among rules.
-fn strength(a: ColumnAction) -> u32 {
+pub(super) fn strength(a: ColumnAction) -> u32 {
     match a {
         ColumnAction::Null => u32::MAX,
         ColumnAction::Hash => u32::MAX - 1,
@@ -273,6 +543,38 @@ mod tests {
         ] {
             assert!(rule(&e, sql).is_some(), "{sql}");
         }
+        // JSON keys and paths name columns too; other literals do not.
+        for sql in [
+            "SELECT profile->>'ssn' FROM t",
+            "SELECT profile -> 'api_secret' FROM t",
+            "SELECT profile#>>'{auth, password}' FROM t",
+        ] {
+            assert!(rule(&e, sql).is_some(), "{sql}");
+        }
+        assert_eq!(rule(&e, "SELECT a - 'ssn' FROM t"), None);
+        // A Unicode-escaped name is decoded; a UESCAPE clause, or columns
+        // renamed by an alias list, cannot be followed: the strongest rule.
+        assert!(rule(&e, r#"SELECT upper(U&"secret\005fanswer") FROM t"#).is_some());
+        assert!(rule(&e, r#"SELECT upper(U&"\+000073sn") FROM t"#).is_some());
+        assert_eq!(rule(&e, r#"SELECT upper(U&"n\0061me") FROM t"#), None);
+        let strongest = e
+            .strongest_name_rule()
+            .map(|(r, a)| (e.rule_name(r).to_string(), a));
+        for sql in [
+            r#"SELECT upper(U&"d!0061ta" UESCAPE '!') FROM t"#,
+            "SELECT upper(y) FROM t AS p(i, x, y)",
+            "SELECT upper(y) FROM s.t p (i, y)",
+        ] {
+            assert_eq!(rule(&e, sql), strongest, "{sql}");
+        }
+        for sql in [
+            "SELECT upper(name) FROM t WHERE id IN (1)",
+            "SELECT upper(name) FROM t JOIN u USING (id)",
+            "SELECT upper(name) FROM t LIMIT (5)",
+            "INSERT INTO t (a, b) VALUES ('x', 'y') RETURNING upper(a)",
+        ] {
+            assert_eq!(rule(&e, sql), None, "{sql}");
+        }
         // With standard_conforming_strings off, `\'` does not end a literal.
         assert_eq!(derived_rule(&e, br"SELECT 'a\' ssn'", true), None);
         assert!(derived_rule(&e, br"SELECT 'a\' ssn'", false).is_some());
@@ -283,28 +585,36 @@ mod tests {
     }
 
     #[test]
-    fn sql_level_prepare_and_execute() {
-        let p = sql_prepared(
+    fn sql_level_prepared_statements_and_cursors() {
+        let p = sql_commands(
             b"PREPARE q (int) AS SELECT upper(ssn) FROM t WHERE id = $1; \
-              prepare \"Q2\" as select 1; EXECUTE q(1); execute \"Q2\"; select 'prepare x as y'",
+              prepare \"Q2\" as select 1; EXECUTE q(1); execute \"Q2\"; select 'prepare x as y'; \
+              DEALLOCATE PREPARE q; deallocate all; \
+              declare c1 binary no scroll cursor with hold for select upper(ssn) from t; \
+              FETCH FORWARD 5 FROM c1; move c1; fetch \"C2\"; close c1; CLOSE ALL",
             false,
         );
+        let v = |s: &str| s.as_bytes().to_vec();
+        use SqlCommand::*;
         assert_eq!(
-            p.prepares,
+            p,
             vec![
-                (
-                    b"q".to_vec(),
-                    b"SELECT upper(ssn) FROM t WHERE id = $1".to_vec()
-                ),
-                (b"Q2".to_vec(), b"select 1".to_vec()),
+                Prepare(v("q"), v("SELECT upper(ssn) FROM t WHERE id = $1")),
+                Prepare(v("Q2"), v("select 1")),
+                Execute(v("q")),
+                Execute(v("Q2")),
+                Deallocate(Some(v("q"))),
+                Deallocate(None),
+                Declare(v("c1"), v("select upper(ssn) from t")),
+                Fetch(v("c1")),
+                Fetch(v("c1")),
+                Fetch(v("C2")),
+                Close(Some(v("c1"))),
+                Close(None),
             ]
         );
-        assert_eq!(p.executes, vec![b"q".to_vec(), b"Q2".to_vec()]);
-        assert_eq!(sql_prepared(b"select 1", false), SqlPrepared::default());
-        assert_eq!(
-            sql_prepared(b"explain execute q; deallocate q", false),
-            SqlPrepared::default()
-        );
+        assert!(sql_commands(b"select 1; select 2", false).is_empty());
+        assert!(sql_commands(b"explain execute q", false).is_empty());
     }
 
     #[test]

@@ -325,6 +325,12 @@ pub struct Engine {
     unresolved_copy: Option<RuleId>,
     hash_key: ring::hmac::Key,
     names: Vec<String>,
+    /// Unique in the process: what a rule kept outside the engine was
+    /// read under (see `super::derived::Text`).
+    id: u64,
+    /// The strongest action among the name rules (the first rule with it),
+    /// for computed columns whose statement cannot be read.
+    strongest_name: Option<(RuleId, ColumnAction)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -647,9 +653,18 @@ impl Engine {
             literals,
             regexes,
             unresolved_copy: unresolved_copy.filter(|_| enabled),
+            strongest_name: columns
+                .iter()
+                .filter(|c| enabled && c.name.is_some())
+                .map(|c| Some((c.rule, c.action)))
+                .fold(None, super::derived::stronger),
             columns: if enabled { columns } else { Vec::new() },
             hash_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             names,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
     }
 
@@ -712,6 +727,18 @@ impl Engine {
                     && c.name.as_ref().is_none_or(|r| r.is_match(name))
             })
             .map(|c| (c.rule, c.action))
+    }
+
+    /// Unique among the engines of this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The strongest name rule (`null` over `hash` over `mask` over
+    /// `keep_last`), for a computed column whose statement's text cannot
+    /// be read.
+    pub fn strongest_name_rule(&self) -> Option<(RuleId, ColumnAction)> {
+        self.strongest_name
     }
 
     /// Whether the profile has column rules (by name or type).

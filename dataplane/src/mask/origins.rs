@@ -66,6 +66,8 @@ const FIRST_NORMAL_OID: u32 = 16384;
 #[derive(Debug, Default)]
 pub struct ColumnOrigins {
     names: HashMap<(u32, i16), Box<[u8]>>,
+    /// The attribute numbers in `names`, by table (for a whole row).
+    ruled: HashMap<u32, Vec<i16>>,
     /// Generated columns (all of them, ruled or not).
     generated: HashSet<(u32, i16)>,
     newest: u32,
@@ -123,7 +125,9 @@ impl ColumnOrigins {
             self.dropped += 1;
             return Ok(());
         }
-        self.names.insert((rel, attnum), name.into());
+        if self.names.insert((rel, attnum), name.into()).is_none() {
+            self.ruled.entry(rel).or_default().push(attnum);
+        }
         Ok(())
     }
 
@@ -133,6 +137,7 @@ impl ColumnOrigins {
     pub fn continued(&self) -> ColumnOrigins {
         ColumnOrigins {
             names: self.names.clone(),
+            ruled: self.ruled.clone(),
             generated: self.generated.clone(),
             newest: self.newest,
             dropped: self.dropped,
@@ -149,6 +154,16 @@ impl ColumnOrigins {
             return None;
         }
         self.names.get(&(table, attnum)).map(|n| &n[..])
+    }
+
+    /// The stored names of relation `table`'s columns that a rule matches
+    /// (what a whole row of it, `select p from people p`, holds).
+    pub fn ruled_names(&self, table: u32) -> impl Iterator<Item = &[u8]> + '_ {
+        self.ruled
+            .get(&table)
+            .into_iter()
+            .flatten()
+            .filter_map(move |&a| self.name(table, a))
     }
 
     /// Whether column `attnum` of relation `table` is a generated column

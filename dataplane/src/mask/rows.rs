@@ -29,7 +29,7 @@
 //! printed as text first (the types `crate::audit::binval` reads; any other
 //! type's binary value becomes NULL, fail safe). Rule `null` keeps the type.
 
-use super::derived::{Lazy, StatementText};
+use super::derived::{StatementText, Text};
 use super::detect;
 use super::engine::{Engine, Hits, Region, RuleId};
 use super::origins::ColumnOrigins;
@@ -192,15 +192,28 @@ fn kind(oid: u32, format: i16) -> Kind {
 /// The column rule of a result column: its stored column's, when
 /// `origins` knows where it comes from (an alias renames it), else its
 /// result name's; for a computed column (no table) of a text-like type
-/// without either, `derived`: the rule of the names its statement mentions
-/// (see [`super::derived`]).
+/// without either, the rule of the ruled names its statement's `text`
+/// mentions (see [`super::derived`]).
 pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
-    derived: &mut Lazy<'_>,
+    text: Option<&Text>,
     f: &Field<'_>,
 ) -> Option<(RuleId, ColumnAction)> {
     let stored = match (origins, f.table) {
+        (Some(o), 1..) if f.attnum == 0 => {
+            // A whole row (`select p from people p`): the strongest rule of
+            // the columns it holds.
+            o.saw_relation(f.table);
+            let whole = o
+                .ruled_names(f.table)
+                .filter_map(|n| engine.column_rule_by_name(n))
+                .max_by_key(|r| super::derived::strength(r.1));
+            if whole.is_some() {
+                return whole;
+            }
+            None
+        }
         (Some(o), 1..) => {
             o.saw_relation(f.table);
             o.name(f.table, f.attnum)
@@ -211,12 +224,19 @@ pub(super) fn rule_of(
         .and_then(|n| engine.column_rule(n, f.oid))
         .or_else(|| engine.column_rule(f.name, f.oid))
         .or_else(|| {
-            if f.table == 0 && kind(f.oid, 0) != Kind::Other {
-                derived.get(engine)
+            if f.table == 0 && derived_applies(f.oid) {
+                text.and_then(|t| t.rule(engine))
             } else {
                 None
             }
         })
+}
+
+/// Whether a computed column of type `oid` takes its statement's rule: its
+/// text form can carry a ruled column's characters (text, JSON, arrays,
+/// enums, composites; `bytea`, whose text form is the bytes in hex).
+fn derived_applies(oid: u32) -> bool {
+    oid == 17 || kind(oid, 0) != Kind::Other
 }
 
 fn plan_for(
@@ -369,7 +389,6 @@ impl RowPlan {
             return Err(E);
         }
         let mut rest = &body[2..];
-        let mut derived = Lazy::of(&self.statement);
         for _ in 0..n {
             let (name, tail) = crate::protocol::cstr(rest).ok_or(E)?;
             let f = tail.get(..18).ok_or(E)?;
@@ -379,7 +398,12 @@ impl RowPlan {
             rest = &tail[18..];
             self.names.extend_from_slice(name);
             let rule = if engine.enabled() {
-                rule_of(engine, self.origins.as_deref(), &mut derived, &field)
+                rule_of(
+                    engine,
+                    self.origins.as_deref(),
+                    self.statement.as_deref(),
+                    &field,
+                )
             } else {
                 None
             };
@@ -565,7 +589,7 @@ impl RowPlan {
 pub fn retype_statement_description(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
-    statement: Option<(&[u8], bool)>,
+    statement: Option<&Text>,
     body: &mut [u8],
 ) -> Option<Vec<bool>> {
     if !engine.enabled() {
@@ -575,10 +599,9 @@ pub fn retype_statement_description(
         .get(..2)
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut told: Option<Vec<bool>> = None;
-    let mut derived = Lazy::new(statement);
     retype_where(body, |i, f| {
-        let text = kind(f.oid, 0) != Kind::Text
-            && retyped(f.oid, rule_of(engine, origins, &mut derived, &f));
+        let text =
+            kind(f.oid, 0) != Kind::Text && retyped(f.oid, rule_of(engine, origins, statement, &f));
         if text {
             told.get_or_insert_with(|| vec![false; n])[i] = true;
         }

@@ -34,7 +34,7 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
-use crate::mask::derived::{sql_prepared, StatementText};
+use crate::mask::derived::{sql_commands, SqlCommand, StatementText, Text};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -248,11 +248,14 @@ pub struct TargetMasker {
     /// The texts of prepared statements and of the statements of bound
     /// portals, for the rule of their computed columns
     /// ([`crate::mask::derived`]).
-    stmt_text: HashMap<Vec<u8>, (Rc<[u8]>, bool)>,
-    portal_text: HashMap<Vec<u8>, (Rc<[u8]>, bool)>,
-    /// The texts of SQL-level prepared statements (`PREPARE name AS …`), for
-    /// the computed columns of an `EXECUTE name`.
-    sql_prepared: HashMap<Vec<u8>, Rc<[u8]>>,
+    /// (Protocol and SQL-level prepared statements share one namespace in
+    /// the server, as do portals and SQL cursors.) A name that may hold
+    /// either of two statements keeps both texts ([`Text::joined`]).
+    prepared: HashMap<Vec<u8>, Rc<Text>>,
+    portal_text: HashMap<Vec<u8>, Rc<Text>>,
+    /// SQL cursors (`DECLARE name … FOR query`), with the sync epoch of the
+    /// Query that declared them (they end with their transaction).
+    cursors: HashMap<Vec<u8>, (u64, Rc<Text>)>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -368,9 +371,9 @@ impl TargetMasker {
             plan_desc_ok: false,
             plan_text: None,
             statements: HashMap::new(),
-            stmt_text: HashMap::new(),
+            prepared: HashMap::new(),
             portal_text: HashMap::new(),
-            sql_prepared: HashMap::new(),
+            cursors: HashMap::new(),
             portals: HashMap::new(),
             plan_portal: None,
             pending: Pending::default(),
@@ -575,7 +578,7 @@ impl TargetMasker {
                 // (The whole text: which statement a RowDescription answers
                 // is not tracked. What is at hand when the Query is split
                 // across reads.)
-                let text = self.statement_text(text);
+                let text = self.statement_text(text, whole, e);
                 self.pending.results.push_back((e, None, text));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
@@ -643,7 +646,7 @@ impl TargetMasker {
                 // query only when the text was read with the settings in
                 // force).
                 let sql = body.get(name.len() + 1..).unwrap_or_default();
-                let text = self.statement_text(cstr(sql).unwrap_or(sql));
+                let text = self.statement_text(cstr(sql).unwrap_or(sql), whole, e);
                 let kind = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
                     match copy_statements(sql, self.backslash_strings)
@@ -758,26 +761,67 @@ impl TargetMasker {
 
     /// A statement's text as kept for the rule of its computed columns
     /// ([`crate::mask::derived`]): read when a result of it has one, with
-    /// the engine of that time, and the backslash setting of now. The
-    /// statements of SQL-level `PREPARE`s in it are kept by name; those
-    /// it `EXECUTE`s are added to it.
-    fn statement_text(&mut self, sql: &[u8]) -> StatementText {
-        let p = sql_prepared(sql, self.backslash_strings);
-        for (name, text) in p.prepares {
-            self.sql_prepared.insert(name, Rc::from(text));
-        }
-        if p.executes.is_empty() {
-            return Some((Rc::from(sql), self.backslash_strings));
-        }
-        let mut all = sql.to_vec();
-        for name in &p.executes {
-            if let Some(t) = self.sql_prepared.get(name) {
-                // (On lines of their own: a text may end in a comment.)
-                all.extend_from_slice(b"\n;\n");
-                all.extend_from_slice(t);
+    /// the engine of that time. `whole`: all of it is at hand (else it
+    /// counts as unreadable). Read with the backslash setting of now, or
+    /// both ways when something sent before may still change it.
+    ///
+    /// SQL-level prepared statements and cursors it makes are kept by
+    /// name, and the texts of those it runs (`EXECUTE`, `FETCH`, `MOVE`)
+    /// are added to its own (an unknown name makes it unreadable).
+    fn statement_text(&mut self, sql: &[u8], whole: bool, e: u64) -> StatementText {
+        let backslash = if self.settled() && !mentions_strings_setting(sql) {
+            Some(self.backslash_strings)
+        } else {
+            None
+        };
+        let mut text = Text::new(sql, backslash, !whole);
+        // (A name that may be refused, or may not run, keeps its old text
+        // too; a name run twice is added once.)
+        let mut ran: Vec<(bool, Vec<u8>)> = Vec::new();
+        for cmd in sql_commands(sql, self.backslash_strings) {
+            match cmd {
+                SqlCommand::Prepare(name, q) => {
+                    let mut t = Text::new(&q, backslash, !whole);
+                    if let Some(old) = self.prepared.get(&name) {
+                        t = old.joined(&t);
+                    }
+                    self.prepared.insert(name, t);
+                }
+                SqlCommand::Declare(name, q) => {
+                    let mut t = Text::new(&q, backslash, !whole);
+                    if let Some((_, old)) = self.cursors.get(&name) {
+                        t = old.joined(&t);
+                    }
+                    self.cursors.insert(name, (e, t));
+                }
+                SqlCommand::Execute(name) if ran.contains(&(true, name.clone())) => {}
+                SqlCommand::Fetch(name) if ran.contains(&(false, name.clone())) => {}
+                SqlCommand::Execute(name) => {
+                    text = match self.prepared.get(&name) {
+                        Some(r) => text.joined(r),
+                        None => Text::new(b"", backslash, true),
+                    };
+                    ran.push((true, name));
+                }
+                SqlCommand::Fetch(name) => {
+                    let cursor = self.cursors.get(&name).map(|c| &c.1);
+                    text = match cursor.or_else(|| self.portal_text.get(&name)) {
+                        Some(r) => text.joined(r),
+                        None => Text::new(b"", backslash, true),
+                    };
+                    ran.push((false, name));
+                }
+                SqlCommand::Deallocate(Some(name)) => {
+                    self.prepared.remove(&name);
+                }
+                SqlCommand::Deallocate(None) => self.prepared.clear(),
+                SqlCommand::Close(Some(name)) => {
+                    self.cursors.remove(&name);
+                }
+                SqlCommand::Close(None) => self.cursors.clear(),
             }
         }
-        Some((Rc::from(all), self.backslash_strings))
+        Some(text)
     }
 
     /// Whether column rules apply to what this session is sent now.
@@ -806,7 +850,7 @@ impl TargetMasker {
             .describes
             .push_back((e, Some(own_statement().to_vec()), Vec::new()));
         self.pending.closes.push_back((e, true, None));
-        let text = self.statement_text(query);
+        let text = self.statement_text(query, true, e);
         self.own_describes.push_back((e, id, text));
         id
     }
@@ -1044,8 +1088,8 @@ impl TargetMasker {
                     }
                     self.statements.remove(&name);
                     match text {
-                        Some(t) => self.stmt_text.insert(name, t),
-                        None => self.stmt_text.remove(&name),
+                        Some(t) => self.prepared.insert(name, t),
+                        None => self.prepared.remove(&name),
                     };
                 }
             }
@@ -1063,11 +1107,11 @@ impl TargetMasker {
                 // The columns of a COPY the gateway described.
                 self.describing = None;
                 let text = self.own_describes.front().and_then(|o| o.2.clone());
-                let text = text.as_ref().map(|(t, b)| (&**t, *b));
-                let cols = match copy_columns(&self.engine, self.plan.origins(), text, body) {
-                    Ok(c) => CopyCols::Resolved(Rc::from(c)),
-                    Err(_) => CopyCols::Unresolved,
-                };
+                let cols =
+                    match copy_columns(&self.engine, self.plan.origins(), text.as_deref(), body) {
+                        Ok(c) => CopyCols::Resolved(Rc::from(c)),
+                        Err(_) => CopyCols::Unresolved,
+                    };
                 self.resolve_own(cols);
                 return true;
             }
@@ -1084,7 +1128,7 @@ impl TargetMasker {
                     Some((_, false, Some((b'S', name)))) => {
                         self.open_stmts.remove(&name);
                         self.copy_stmts.remove(&name);
-                        self.stmt_text.remove(&name);
+                        self.prepared.remove(&name);
                     }
                     Some((_, false, Some((_, name)))) => {
                         self.open_portals.remove(&name);
@@ -1118,12 +1162,12 @@ impl TargetMasker {
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
                     let desc = Rc::from(&*body);
-                    let text = self.stmt_text.get(&name).cloned();
+                    let text = self.prepared.get(&name).cloned();
                     let told = if self.active {
                         retype_statement_description(
                             &self.engine,
                             self.plan.origins(),
-                            text.as_ref().map(|(t, b)| (&**t, *b)),
+                            text.as_deref(),
                             body,
                         )
                         .map(Rc::from)
@@ -1131,8 +1175,11 @@ impl TargetMasker {
                         None
                     };
                     self.statements.insert(name, (desc, told, text));
-                } else if matches!(self.pending.describes.front(), Some((_, None, _))) {
-                    // A portal Describe: its formats are in the message.
+                } else if matches!(self.pending.describes.front(), Some((d, None, _))
+                    if !matches!(self.pending.results.front(), Some((q, None, _)) if q < d))
+                {
+                    // A portal Describe (not sent after a simple Query still
+                    // unanswered): its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
                     let desc = Rc::from(&*body);
                     let text = self.portal_text.get(&portal).cloned();
@@ -1166,7 +1213,7 @@ impl TargetMasker {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
                 if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
-                    match self.stmt_text.get(&stmt) {
+                    match self.prepared.get(&stmt) {
                         Some(t) => self.portal_text.insert(portal.clone(), t.clone()),
                         None => self.portal_text.remove(&portal),
                     };
@@ -1289,6 +1336,9 @@ impl TargetMasker {
                     // Named portals end with their transaction: those bound
                     // before this ReadyForQuery (not ones sent ahead of it).
                     self.open_portals.retain(|_, &mut e| e >= done);
+                    // SQL cursors too (a `WITH HOLD` one, forgotten here,
+                    // has its fetches masked as unreadable).
+                    self.cursors.retain(|_, c| c.0 >= done);
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
@@ -1428,9 +1478,24 @@ impl TargetMasker {
 fn same_text(a: &StatementText, b: &StatementText) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some((x, bx)), Some((y, by))) => bx == by && (Rc::ptr_eq(x, y) || x[..] == y[..]),
+        (Some(x), Some(y)) => {
+            Rc::ptr_eq(x, y)
+                || (x.partial() == y.partial()
+                    && x.backslash() == y.backslash()
+                    && x.sql() == y.sql())
+        }
         _ => false,
     }
+}
+
+/// Whether a statement's text names `standard_conforming_strings` (which
+/// changes how its later statements' literals read).
+fn mentions_strings_setting(sql: &[u8]) -> bool {
+    const NAME: &[u8] = b"standard_conforming_strings";
+    memchr::memchr2_iter(b's', b'S', sql).any(|i| {
+        sql.get(i..i + NAME.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(NAME))
+    })
 }
 
 /// Plan from a RowDescription and, for a Bind, its result formats; false if
