@@ -1785,8 +1785,8 @@ async fn column_rules_apply_to_copy_to_stdout() {
 /// is not the Query's own: SQL-level prepared statements (also across the
 /// namespace they share with protocol statements, and after a refused
 /// PREPARE), cursors, a Query pipelined ahead of a Describe, a
-/// `standard_conforming_strings` change pipelined ahead; a text the
-/// gateway cannot read whole (a Query split across reads, columns renamed
+/// `standard_conforming_strings` change pipelined ahead, a Query or Parse
+/// split across reads; a text the gateway cannot follow (columns renamed
 /// by an alias list) takes the strongest name rule (`internal_notes`'s
 /// `null` here). JSON keys extracted by name and `bytea` results count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1897,12 +1897,32 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
         s.simple_query("set standard_conforming_strings = on").await,
         none()
     );
-    // A Query split across reads: not read, the strongest rule.
-    let q = query_bytes(&upper);
-    s.raw.send(&q[..19]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.raw.send(&q[19..]).await.unwrap();
-    check!("split query", s.read_result().await, one(None));
+    // A Query or Parse split across reads is read once whole.
+    let plain = format!("select upper(note) from {t} where id = 2");
+    for (sql, want) in [(&upper, MASKED), (&plain, "CLEAN NOTE")] {
+        let q = query_bytes(sql);
+        s.raw.send(&q[..19]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.raw.send(&q[19..]).await.unwrap();
+        check!("split query", s.read_result().await, one(Some(want)));
+        let mut b = parse_bytes("", sql);
+        b.extend(bind_bytes("", ""));
+        b.extend(describe_bytes(b'P', ""));
+        b.extend(execute_bytes("", true));
+        // (Cut inside the name's NUL and the text.)
+        for cut in [5, 30] {
+            s.raw.send(&b[..cut]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            s.raw.send(&b[cut..]).await.unwrap();
+            check!("split parse", s.read_result().await, one(Some(want)));
+        }
+    }
+    // A Query longer than the relay's first read.
+    let long = format!(
+        "select {} upper(secret_answer) from {t} where id = 1",
+        " ".repeat(20_000)
+    );
+    check!("long query", s.simple_query(&long).await, one(Some(MASKED)));
     // Columns renamed by an alias list: the strongest rule.
     check!(
         "alias list",

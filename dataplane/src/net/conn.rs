@@ -1037,6 +1037,9 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         _ => {}
                     }
                 }
+                if let (Part::More { body, done }, Some(mk)) = (&part, masker.as_mut()) {
+                    mk.on_client_more(body, *done);
+                }
                 if let Some(t) = tracker.as_mut() {
                     t.client_part(part, now);
                 }

@@ -34,7 +34,7 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
-use crate::mask::derived::{sql_commands, SqlCommand, StatementText, Text};
+use crate::mask::derived::{sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -256,6 +256,10 @@ pub struct TargetMasker {
     /// SQL cursors (`DECLARE name … FOR query`), with the sync epoch of the
     /// Query that declared them (they end with their transaction).
     cursors: HashMap<Vec<u8>, (u64, Rc<Text>)>,
+    /// A Query or Parse split across reads: its tag and body so far (up
+    /// to [`MAX_TEXT`] and a little), whose text is read when it is whole
+    /// ([`TargetMasker::on_client_more`]).
+    gather: Option<(u8, Vec<u8>)>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -374,6 +378,7 @@ impl TargetMasker {
             prepared: HashMap::new(),
             portal_text: HashMap::new(),
             cursors: HashMap::new(),
+            gather: None,
             portals: HashMap::new(),
             plan_portal: None,
             pending: Pending::default(),
@@ -580,6 +585,7 @@ impl TargetMasker {
                 // across reads.)
                 let text = self.statement_text(text, whole, e);
                 self.pending.results.push_back((e, None, text));
+                self.gather = (!whole).then(|| (tag::QUERY, body.to_vec()));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
                 self.last_execute = None;
@@ -636,9 +642,13 @@ impl TargetMasker {
             tag::PARSE => {
                 let settled = self.settled();
                 self.unsynced += 1;
+                if !whole {
+                    self.gather = Some((tag::PARSE, body.to_vec()));
+                }
                 let Some(name) = cstr(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
-                    self.pending.parses.push_back((e, Vec::new(), false, None));
+                    let text = Some(Text::new(b"", None, true));
+                    self.pending.parses.push_back((e, Vec::new(), false, text));
                     return;
                 };
                 // A COPY prepared with the extended protocol: its options
@@ -726,6 +736,64 @@ impl TargetMasker {
         }
     }
 
+    /// More of the client frame last started (`done`: its last bytes): a
+    /// Query or Parse split across reads gets its text once whole.
+    pub fn on_client_more(&mut self, body: &[u8], done: bool) {
+        let Some((_, buf)) = self.gather.as_mut() else {
+            return;
+        };
+        if buf.len() <= MAX_TEXT + 1024 {
+            buf.extend_from_slice(&body[..body.len().min(MAX_TEXT + 1025 - buf.len())]);
+        }
+        if !done {
+            return;
+        }
+        let (t, buf) = self.gather.take().expect("gathering");
+        let too_long = buf.len() > MAX_TEXT + 1024;
+        let text_of = |m: &mut Self, sql: &[u8], e: u64| {
+            let sql = cstr(sql).unwrap_or(sql);
+            if too_long {
+                Some(Text::new(b"", None, true))
+            } else {
+                m.statement_text(sql, true, e)
+            }
+        };
+        match t {
+            tag::QUERY => {
+                let Some(e) = self
+                    .pending
+                    .results
+                    .back()
+                    .filter(|r| r.1.is_none())
+                    .map(|r| r.0)
+                else {
+                    return;
+                };
+                let text = text_of(self, &buf, e);
+                if let Some(r) = self.pending.results.back_mut() {
+                    r.2 = text;
+                }
+            }
+            _ => {
+                let Some(e) = self.pending.parses.back().map(|p| p.0) else {
+                    return;
+                };
+                let Some(name) = cstr(&buf) else {
+                    return;
+                };
+                let sql = &buf[name.len() + 1..];
+                let text = text_of(self, sql, e);
+                if let Some(p) = self.pending.parses.back_mut() {
+                    if p.1.is_empty() && !p.2 {
+                        // (Its name was cut by the end of a read.)
+                        p.1 = name.to_vec();
+                    }
+                    p.3 = text;
+                }
+            }
+        }
+    }
+
     /// No statement the client sent is still to run (a Query, an Execute,
     /// a FunctionCall: a `SET` among them could change how the server reads
     /// the next text), and no COPY FROM is taking data.
@@ -775,6 +843,10 @@ impl TargetMasker {
             None
         };
         let mut text = Text::new(sql, backslash, !whole);
+        if !whole {
+            // (Read when the rest comes: `on_client_more`.)
+            return Some(text);
+        }
         // (A name that may be refused, or may not run, keeps its old text
         // too; a name run twice is added once.)
         let mut ran: Vec<(bool, Vec<u8>)> = Vec::new();
