@@ -218,6 +218,24 @@ fn derived(c: &mut Criterion) {
     g.bench_function("derived_rule/agent_report", |b| {
         b.iter(|| black_box(derived_rule(&engine, black_box(agent), false)))
     });
+    // The masker's whole bookkeeping of one pgbench statement: the Query
+    // as the client sends it, then PostgreSQL's answer (RowDescription of a
+    // plain column, DataRow, CommandComplete, ReadyForQuery).
+    let mut answer = Vec::new();
+    let one = bench::pgbench_select_responses(1);
+    answer.extend_from_slice(&one);
+    let query = b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0";
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("masker/pgbench_select_statement", |b| {
+        let engine = std::sync::Arc::new(Engine::compile(&MaskingProfile::default()).unwrap());
+        let mut m = dataplane::session::masker::TargetMasker::new(engine, 1 << 20);
+        let mut buf = answer.clone();
+        b.iter(|| {
+            m.on_client_frame(b'Q', black_box(query), true, Some(0));
+            buf.copy_from_slice(&answer);
+            black_box(m.process(&mut buf));
+        })
+    });
     g.finish();
 }
 

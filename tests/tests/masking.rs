@@ -1955,6 +1955,84 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
         .await,
         one(Some("****************"))
     );
+    // A statement name the gateway cannot read (`U&"…"`) runs an unknown
+    // statement: the strongest rule.
+    check!(
+        "execute U&",
+        s.simple_query("execute U&\"\\0071\\0031\"").await,
+        one(None)
+    );
+    // A DEALLOCATE that never ran, then a refused PREPARE: the old text.
+    check!(
+        "prepare q3",
+        s.simple_query(&format!("prepare q3 as {upper}")).await,
+        none()
+    );
+    let failed = s.simple_query("select 1/0; deallocate q3").await;
+    assert_eq!(failed.unwrap_err().code(), "22012");
+    let refused = s.simple_query("prepare q3 as select 'x'::text").await;
+    assert_eq!(refused.unwrap_err().code(), "42P05");
+    check!(
+        "execute q3",
+        s.simple_query("execute q3").await,
+        one(Some(MASKED))
+    );
+    // A protocol statement that EXECUTEs a SQL one runs whatever that is
+    // when it is bound: unreadable.
+    check!(
+        "prepare q4",
+        s.simple_query("prepare q4 as select 'x'::text").await,
+        none()
+    );
+    let mut b = parse_bytes("s4", "execute q4");
+    b.extend(sync_bytes());
+    s.raw.send(&b).await.unwrap();
+    check!("parse s4", s.read_result().await, none());
+    let redo = format!("deallocate q4; prepare q4 as {upper}");
+    check!("redefine q4", s.simple_query(&redo).await, none());
+    let mut b = bind_bytes("", "s4");
+    b.extend(describe_bytes(b'P', ""));
+    b.extend(execute_bytes("", true));
+    s.raw.send(&b).await.unwrap();
+    check!("bind s4", s.read_result().await, one(None));
+    // A SQL cursor described and executed as a portal.
+    check!(
+        "begin",
+        s.simple_query(&format!("begin; declare c2 cursor for {upper}"))
+            .await,
+        none()
+    );
+    let mut b = describe_bytes(b'P', "c2");
+    b.extend(execute_bytes("c2", true));
+    s.raw.send(&b).await.unwrap();
+    check!("portal c2", s.read_result().await, one(Some(MASKED)));
+    check!("commit", s.simple_query("commit").await, none());
+    // Other ways to name a JSON key; FROM inside a call; a subquery whose
+    // first column is a call is no alias list.
+    for sql in [
+        format!("select profile['secret_pin'] #>> '{{}}' from {t}_j"),
+        format!("select profile->>E'secret\\x5fpin' from {t}_j"),
+        format!("select jsonb_extract_path_text(profile, 'secret_pin') from {t}_j"),
+        format!("select profile#>>'{{\"secret_pin\"}}' from {t}_j"),
+    ] {
+        check!(&sql, s.simple_query(&sql).await, one(Some("********")));
+    }
+    check!(
+        "trim from",
+        s.simple_query(&format!(
+            "select trim(both from secret_answer) from {t} where id = 1"
+        ))
+        .await,
+        one(Some("********************"))
+    );
+    check!(
+        "subquery",
+        s.simple_query(&format!(
+            "select upper(x) from (select lower(note) as x from {t} where id = 2) q"
+        ))
+        .await,
+        one(Some("CLEAN NOTE"))
+    );
     // Unruled computed columns are untouched.
     check!(
         "unruled",

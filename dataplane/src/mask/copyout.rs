@@ -162,7 +162,7 @@ pub(super) fn ident_byte(c: u8) -> bool {
 }
 
 /// PostgreSQL's white space (vertical tab included).
-fn space_byte(c: u8) -> bool {
+pub(super) fn space_byte(c: u8) -> bool {
     c.is_ascii_whitespace() || c == 0x0B
 }
 
@@ -411,7 +411,7 @@ impl<'a> Lex<'a> {
 
 /// The value of a string literal's inside: `''` is `'`; with `escapes`,
 /// backslash escapes as PostgreSQL reads them in `E'…'`.
-fn unescape(v: &[u8], escapes: bool) -> Vec<u8> {
+pub(super) fn unescape(v: &[u8], escapes: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
     while i < v.len() {

@@ -22,7 +22,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::copyout::{ident_byte, skip_quoted, statement_end, Lex};
+use super::copyout::{ident_byte, skip_quoted, space_byte, statement_end, Lex};
 use super::engine::{Engine, RuleId};
 use super::profile::ColumnAction;
 
@@ -163,6 +163,11 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
     // followed by `(` renames the relation's columns (`t AS p(a, b)`),
     // which this reading cannot follow.
     let mut alias = 0u8;
+    // Open parentheses: whether each is a function call's (after a name),
+    // where `FROM` is an argument's (`trim(both from col)`,
+    // `extract(year from at)`), not a relation's.
+    let mut calls: Vec<bool> = Vec::new();
+    let mut after_name = false;
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
@@ -170,10 +175,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             // A quoted name: as written, `""` read as `"` (to the end of
             // the text when it is not closed); after `U&`, with its
             // escapes decoded.
-            let unicode = i >= 2
-                && s[i - 1] == b'&'
-                && matches!(s[i - 2], b'u' | b'U')
-                && (i == 2 || !ident_byte(s[i - 3]));
+            let unicode = unicode_prefix(s, i);
             lower.clear();
             let mut j = i + 1;
             while j < s.len() {
@@ -203,21 +205,42 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
             }
+            after_name = true;
             continue;
         }
         if let Some(next) = skip_quoted(s, i, backslash) {
-            // A string literal, dollar-quoted body or comment. A literal
-            // after `->`, `->>`, `#>` or `#>>` is a JSON key or path: the
-            // names in it count (`profile->>'ssn'`).
-            if c == b'\'' && json_operator_before(s, i) {
-                let inside = &s[i + 1..next.saturating_sub(1).max(i + 1)];
-                let inside = inside.strip_prefix(b"{").unwrap_or(inside);
-                let inside = inside.strip_suffix(b"}").unwrap_or(inside);
-                for key in inside.split(|&b| b == b',') {
-                    consider(key.trim_ascii());
+            // A string literal, dollar-quoted body or comment. The words in
+            // a literal count too: a JSON key or path (`profile->>'ssn'`,
+            // `profile['ssn']`, `jsonb_extract_path_text(p, 'ssn')`,
+            // `'$.ssn'`) names a member as a column names a column.
+            if c == b'\'' {
+                let escaped = backslash || escape_prefix(s, i);
+                // (To the end of the text when it is not closed.)
+                let end = if next > i + 1 && s[next - 1] == b'\'' {
+                    next - 1
+                } else {
+                    next
+                };
+                let inside = &s[(i + 1).min(end)..end];
+                let mut v = super::copyout::unescape(inside, escaped);
+                if unicode_prefix(s, i) {
+                    match unicode_name(&v) {
+                        Some(n) => v = n,
+                        None => return engine.strongest_name_rule(),
+                    }
+                }
+                consider(&v);
+                for w in v.split(|&b| !ident_byte(b)).filter(|w| !w.is_empty()) {
+                    if w.len() < v.len() {
+                        consider(w);
+                    }
                 }
             }
-            alias = 0;
+            if !matches!(c, b'-' | b'/') {
+                alias = 0;
+                relation = false;
+                after_name = false;
+            }
             i = next;
             continue;
         }
@@ -235,8 +258,10 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                 &lower[..],
                 b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
             ) {
-                relation = true;
+                // (Not inside a function call's parentheses.)
+                relation = !calls.last().copied().unwrap_or(false);
                 alias = 0;
+                after_name = false;
                 continue;
             }
             if alias > 0 {
@@ -253,64 +278,109 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
             }
+            after_name = true;
             continue;
         }
-        if !c.is_ascii_whitespace() {
+        match c {
+            b'(' => calls.push(after_name),
+            b')' => {
+                calls.pop();
+            }
+            _ => {}
+        }
+        if !space_byte(c) {
             alias = 0;
+            after_name = false;
+            // (A qualified relation's dots keep it.)
+            if c != b'.' {
+                relation = false;
+            }
         }
         i += 1;
     }
     best
 }
 
+/// Whether the quote at `i` is preceded by `U&` (a Unicode-escaped name or
+/// string).
+fn unicode_prefix(s: &[u8], i: usize) -> bool {
+    i >= 2
+        && s[i - 1] == b'&'
+        && matches!(s[i - 2], b'u' | b'U')
+        && (i == 2 || !ident_byte(s[i - 3]))
+}
+
+/// Whether the quote at `i` opens an `E'…'` string (backslash escapes).
+fn escape_prefix(s: &[u8], i: usize) -> bool {
+    i >= 1 && matches!(s[i - 1], b'e' | b'E') && (i == 1 || !ident_byte(s[i - 2]))
+}
+
 /// Words that may follow a relation's name and come before `(` without
 /// being an alias.
 const NOT_ALIAS: &[&[u8]] = &[
+    b"all",
+    b"and",
+    b"any",
+    b"array",
+    b"asc",
+    b"between",
+    b"case",
+    b"cast",
     b"cross",
     b"default",
+    b"desc",
+    b"distinct",
+    b"else",
+    b"end",
     b"except",
+    b"exists",
     b"fetch",
     b"for",
     b"full",
     b"group",
     b"having",
+    b"ilike",
+    b"in",
     b"inner",
     b"intersect",
+    b"is",
+    b"isnull",
     b"join",
     b"lateral",
     b"left",
+    b"like",
     b"limit",
     b"natural",
+    b"not",
+    b"notnull",
     b"offset",
     b"on",
+    b"or",
     b"order",
     b"overriding",
     b"returning",
     b"right",
     b"select",
     b"set",
+    b"similar",
+    b"some",
     b"tablesample",
+    b"then",
     b"union",
     b"using",
     b"values",
+    b"when",
     b"where",
     b"window",
     b"with",
 ];
 
-/// Whether a JSON operator (`->`, `->>`, `#>`, `#>>`) comes right before
-/// `at` (white space between).
-fn json_operator_before(s: &[u8], at: usize) -> bool {
-    let before = s[..at].trim_ascii_end();
-    let before = before
-        .strip_suffix(b">>")
-        .or_else(|| before.strip_suffix(b">"));
-    before.is_some_and(|b| b.ends_with(b"-") || b.ends_with(b"#"))
-}
-
 /// The first byte after `end` that is not white space.
 fn next_byte(s: &[u8], end: usize) -> Option<u8> {
-    s[end..].iter().copied().find(|c| !c.is_ascii_whitespace())
+    s[end.min(s.len())..]
+        .iter()
+        .copied()
+        .find(|&c| !space_byte(c))
 }
 
 /// Whether `s` holds `word` (lower case) as a whole word, in any case.
@@ -371,6 +441,16 @@ pub enum SqlCommand {
     Fetch(Vec<u8>),
     /// `CLOSE name`; `None` for `ALL`.
     Close(Option<Vec<u8>>),
+    /// One of these whose name does not read (a `U&"…"` name): which
+    /// ([`SqlCommand::PREPARE`], …).
+    Unreadable(u8),
+}
+
+impl SqlCommand {
+    pub const PREPARE: u8 = 1;
+    pub const EXECUTE: u8 = 2;
+    pub const DECLARE: u8 = 3;
+    pub const FETCH: u8 = 4;
 }
 
 pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
@@ -396,7 +476,12 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
         let mut lx = Lex::new(stmt, backslash);
         let rest = |lx: &Lex<'_>| stmt[lx.i..].trim_ascii_start().to_vec();
         if lx.keyword(b"prepare") {
-            if let Some(name) = lx.name() {
+            let Some(name) = lx.name() else {
+                out.push(SqlCommand::Unreadable(SqlCommand::PREPARE));
+                from = end + 1;
+                continue;
+            };
+            {
                 if lx.byte(b'(') {
                     lx.parenthesised();
                 }
@@ -405,8 +490,9 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
                 }
             }
         } else if lx.keyword(b"execute") {
-            if let Some(name) = lx.name() {
-                out.push(SqlCommand::Execute(name));
+            match lx.name() {
+                Some(name) => out.push(SqlCommand::Execute(name)),
+                None => out.push(SqlCommand::Unreadable(SqlCommand::EXECUTE)),
             }
         } else if lx.keyword(b"deallocate") {
             lx.keyword(b"prepare");
@@ -416,7 +502,12 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
                 out.push(SqlCommand::Deallocate(Some(name)));
             }
         } else if lx.keyword(b"declare") {
-            if let Some(name) = lx.name() {
+            let Some(name) = lx.name() else {
+                out.push(SqlCommand::Unreadable(SqlCommand::DECLARE));
+                from = end + 1;
+                continue;
+            };
+            {
                 // (Its options, up to `FOR`.)
                 let mut query = false;
                 while !lx.at_end() {
@@ -439,10 +530,14 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
             while !lx.at_end() {
                 match lx.name() {
                     Some(n) => last = Some(n),
-                    None => lx.i += 1,
+                    None => {
+                        // (A `U&"…"` name: the last, unreadable.)
+                        last = None;
+                        lx.i += 1;
+                    }
                 }
             }
-            out.extend(last.map(SqlCommand::Fetch));
+            out.push(last.map_or(SqlCommand::Unreadable(SqlCommand::FETCH), SqlCommand::Fetch));
         } else if lx.keyword(b"close") {
             if lx.keyword(b"all") {
                 out.push(SqlCommand::Close(None));
@@ -515,11 +610,9 @@ mod tests {
         );
         // Not in literals, comments or dollar-quoted bodies.
         for sql in [
-            "SELECT 'ssn' || 'password'",
             "SELECT 1 -- ssn\n",
             "SELECT /* password /* nested */ ssn */ 1",
             "SELECT $$ssn$$, $x$password$x$",
-            "SELECT E'\\'ssn' AS a",
             "SELECT name, max_tokens, token_type FROM t",
             "SELECT count(*) FROM people",
         ] {
@@ -551,7 +644,28 @@ mod tests {
         ] {
             assert!(rule(&e, sql).is_some(), "{sql}");
         }
-        assert_eq!(rule(&e, "SELECT a - 'ssn' FROM t"), None);
+        // Words in any literal count (a key may be named anywhere).
+        for sql in [
+            "SELECT a - 'ssn' FROM t",
+            "SELECT profile['api_secret'] FROM t",
+            "SELECT profile->>E'\\x73sn' FROM t",
+            "SELECT profile->>U&'\\0073sn' FROM t",
+            "SELECT jsonb_path_query(p, '$.auth.password') FROM t",
+            "SELECT profile#>>'{\"ssn\"}' FROM t",
+        ] {
+            assert!(rule(&e, sql).is_some(), "{sql}");
+        }
+        // FROM inside a call is an argument's; a subquery is no relation.
+        assert!(rule(&e, "SELECT trim(both from secret_answer) FROM t").is_some());
+        assert!(rule(&e, "SELECT extract(year from api_secret_at)::text FROM t").is_some());
+        for sql in [
+            "SELECT upper(x) FROM (SELECT lower(note) AS x FROM t) s",
+            "SELECT 1 FROM t JOIN (SELECT max(name) AS m FROM u) q ON true",
+            "SELECT a IS DISTINCT FROM b AND (c OR d) FROM t",
+            "SELECT upper(name) FROM\x0bt p",
+        ] {
+            assert_eq!(rule(&e, sql), None, "{sql}");
+        }
         // A Unicode-escaped name is decoded; a UESCAPE clause, or columns
         // renamed by an alias list, cannot be followed: the strongest rule.
         assert!(rule(&e, r#"SELECT upper(U&"secret\005fanswer") FROM t"#).is_some());
@@ -575,11 +689,13 @@ mod tests {
         ] {
             assert_eq!(rule(&e, sql), None, "{sql}");
         }
-        // With standard_conforming_strings off, `\'` does not end a literal.
-        assert_eq!(derived_rule(&e, br"SELECT 'a\' ssn'", true), None);
-        assert!(derived_rule(&e, br"SELECT 'a\' ssn'", false).is_some());
+        // With standard_conforming_strings off, `\'` does not end a literal
+        // (here, what follows is not a comment).
+        let sql = b"SELECT 'a\\' -- ', upper(ssn) AS x\n";
+        assert!(derived_rule(&e, sql, true).is_some());
+        assert_eq!(derived_rule(&e, sql, false), None);
         // A literal or quoted name left open reads to the end.
-        assert_eq!(rule(&e, "SELECT 'ssn"), None);
+        assert!(rule(&e, "SELECT 'ssn").is_some());
         assert!(rule(&e, "SELECT \"ssn").is_some());
         assert!(rule(&e, "\"").is_none());
     }
@@ -613,6 +729,20 @@ mod tests {
                 Close(None),
             ]
         );
+        assert_eq!(
+            sql_commands(
+                br#"EXECUTE U&"\0070"; declare U&"c" cursor for select 1; fetch U&"c""#,
+                false
+            ),
+            vec![
+                Unreadable(SqlCommand::EXECUTE),
+                Unreadable(SqlCommand::DECLARE),
+                // (Its name read raw: `U&"\0063"` would be a name no
+                // cursor has.)
+                Fetch(v("c")),
+            ]
+        );
+        assert_eq!(sql_commands(b"\x0bEXECUTE p", false), vec![Execute(v("p"))]);
         assert!(sql_commands(b"select 1; select 2", false).is_empty());
         assert!(sql_commands(b"explain execute q", false).is_empty());
     }

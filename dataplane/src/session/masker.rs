@@ -656,7 +656,7 @@ impl TargetMasker {
                 // query only when the text was read with the settings in
                 // force).
                 let sql = body.get(name.len() + 1..).unwrap_or_default();
-                let text = self.statement_text(cstr(sql).unwrap_or(sql), whole, e);
+                let text = self.text_of(cstr(sql).unwrap_or(sql), whole, e, true);
                 let kind = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
                     match copy_statements(sql, self.backslash_strings)
@@ -755,7 +755,7 @@ impl TargetMasker {
             if too_long {
                 Some(Text::new(b"", None, true))
             } else {
-                m.statement_text(sql, true, e)
+                m.text_of(sql, true, e, t == tag::PARSE)
             }
         };
         match t {
@@ -837,6 +837,14 @@ impl TargetMasker {
     /// name, and the texts of those it runs (`EXECUTE`, `FETCH`, `MOVE`)
     /// are added to its own (an unknown name makes it unreadable).
     fn statement_text(&mut self, sql: &[u8], whole: bool, e: u64) -> StatementText {
+        self.text_of(sql, whole, e, false)
+    }
+
+    /// [`TargetMasker::statement_text`]; `parse`: the text of a Parse,
+    /// which runs when a portal bound to it is executed, maybe after the
+    /// statements it `EXECUTE`s or `FETCH`es from were prepared again: it
+    /// is then unreadable.
+    fn text_of(&mut self, sql: &[u8], whole: bool, e: u64, parse: bool) -> StatementText {
         let backslash = if self.settled() && !mentions_strings_setting(sql) {
             Some(self.backslash_strings)
         } else {
@@ -847,24 +855,36 @@ impl TargetMasker {
             // (Read when the rest comes: `on_client_more`.)
             return Some(text);
         }
-        // (A name that may be refused, or may not run, keeps its old text
-        // too; a name run twice is added once.)
+        // How the text reads: with the setting of now, or both ways.
+        let mut cmds = sql_commands(sql, self.backslash_strings);
+        if backslash.is_none() {
+            cmds.extend(sql_commands(sql, !self.backslash_strings));
+        }
+        // A name that may be refused, or may not run, keeps its old text
+        // too. `DEALLOCATE` and `CLOSE` drop nothing: one that does not run
+        // (an error before it) would leave a name holding its statement
+        // while a later PREPARE of it, refused, put another text there.
+        // Cursors are forgotten when their transaction ends. A name run
+        // twice is added once.
         let mut ran: Vec<(bool, Vec<u8>)> = Vec::new();
-        for cmd in sql_commands(sql, self.backslash_strings) {
+        for cmd in cmds {
             match cmd {
                 SqlCommand::Prepare(name, q) => {
-                    let mut t = Text::new(&q, backslash, !whole);
+                    let mut t = Text::new(&q, backslash, false);
                     if let Some(old) = self.prepared.get(&name) {
                         t = old.joined(&t);
                     }
                     self.prepared.insert(name, t);
                 }
                 SqlCommand::Declare(name, q) => {
-                    let mut t = Text::new(&q, backslash, !whole);
+                    let mut t = Text::new(&q, backslash, false);
                     if let Some((_, old)) = self.cursors.get(&name) {
                         t = old.joined(&t);
                     }
                     self.cursors.insert(name, (e, t));
+                }
+                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => {
+                    text = Text::new(b"", backslash, true);
                 }
                 SqlCommand::Execute(name) if ran.contains(&(true, name.clone())) => {}
                 SqlCommand::Fetch(name) if ran.contains(&(false, name.clone())) => {}
@@ -876,24 +896,43 @@ impl TargetMasker {
                     ran.push((true, name));
                 }
                 SqlCommand::Fetch(name) => {
-                    let cursor = self.cursors.get(&name).map(|c| &c.1);
-                    text = match cursor.or_else(|| self.portal_text.get(&name)) {
-                        Some(r) => text.joined(r),
+                    text = match self.portal_or_cursor(&name) {
+                        Some(r) => text.joined(&r),
                         None => Text::new(b"", backslash, true),
                     };
                     ran.push((false, name));
                 }
-                SqlCommand::Deallocate(Some(name)) => {
-                    self.prepared.remove(&name);
-                }
-                SqlCommand::Deallocate(None) => self.prepared.clear(),
-                SqlCommand::Close(Some(name)) => {
-                    self.cursors.remove(&name);
-                }
-                SqlCommand::Close(None) => self.cursors.clear(),
+                SqlCommand::Unreadable(kind) => match kind {
+                    // A name these cannot read (`U&"…"`): what it runs is
+                    // not known; what it defines could be any name's.
+                    SqlCommand::EXECUTE | SqlCommand::FETCH => {
+                        text = Text::new(b"", backslash, true);
+                    }
+                    SqlCommand::PREPARE => {
+                        for t in self.prepared.values_mut() {
+                            *t = Text::new(b"", None, true);
+                        }
+                    }
+                    _ => {
+                        for c in self.cursors.values_mut() {
+                            c.1 = Text::new(b"", None, true);
+                        }
+                    }
+                },
+                SqlCommand::Deallocate(_) | SqlCommand::Close(_) => {}
             }
         }
         Some(text)
+    }
+
+    /// The text of what portal or SQL cursor `name` runs (both, when both
+    /// names are known).
+    fn portal_or_cursor(&self, name: &[u8]) -> StatementText {
+        let cursor = self.cursors.get(name).map(|c| &c.1);
+        match (self.portal_text.get(name), cursor) {
+            (Some(p), Some(c)) => Some(p.joined(c)),
+            (p, c) => p.or(c).cloned(),
+        }
     }
 
     /// Whether column rules apply to what this session is sent now.
@@ -1254,7 +1293,7 @@ impl TargetMasker {
                     // unanswered): its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
                     let desc = Rc::from(&*body);
-                    let text = self.portal_text.get(&portal).cloned();
+                    let text = self.portal_or_cursor(&portal);
                     self.describe(body, None, None, &text);
                     let told = if self.retype_forwarded(body) {
                         self.plan.shown_as_text().map(Rc::from)
@@ -1409,8 +1448,10 @@ impl TargetMasker {
                     // before this ReadyForQuery (not ones sent ahead of it).
                     self.open_portals.retain(|_, &mut e| e >= done);
                     // SQL cursors too (a `WITH HOLD` one, forgotten here,
-                    // has its fetches masked as unreadable).
+                    // has its fetches masked as unreadable), and every portal
+                    // bound before it (BindComplete came before it).
                     self.cursors.retain(|_, c| c.0 >= done);
+                    self.portal_text.clear();
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
