@@ -1995,6 +1995,21 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
     b.extend(execute_bytes("", true));
     s.raw.send(&b).await.unwrap();
     check!("bind s4", s.read_result().await, one(None));
+    // A Parse answered after a SQL PREPARE of the same name was sent: the
+    // name may hold either.
+    let mut b = parse_bytes("q5", &format!("select upper(note) from {t} where id = 1"));
+    b.extend(sync_bytes());
+    b.extend(query_bytes(&format!(
+        "deallocate q5; prepare q5 as {upper}"
+    )));
+    s.raw.send(&b).await.unwrap();
+    check!("parse q5", s.read_result().await, none());
+    check!("redefine q5", s.read_result().await, none());
+    check!(
+        "execute q5",
+        s.simple_query("execute q5").await,
+        one(Some(MASKED))
+    );
     // A SQL cursor described and executed as a portal.
     check!(
         "begin",

@@ -213,21 +213,23 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             // a literal count too: a JSON key or path (`profile->>'ssn'`,
             // `profile['ssn']`, `jsonb_extract_path_text(p, 'ssn')`,
             // `'$.ssn'`) names a member as a column names a column.
-            if c == b'\'' {
-                let escaped = backslash || escape_prefix(s, i);
-                // (To the end of the text when it is not closed.)
-                let end = if next > i + 1 && s[next - 1] == b'\'' {
-                    next - 1
-                } else {
-                    next
+            let mut next = next;
+            if c == b'\'' || c == b'$' {
+                let mut v = match literal_value(s, i, next, backslash) {
+                    Some(v) => v,
+                    None => return engine.strongest_name_rule(),
                 };
-                let inside = &s[(i + 1).min(end)..end];
-                let mut v = super::copyout::unescape(inside, escaped);
-                if unicode_prefix(s, i) {
-                    match unicode_name(&v) {
-                        Some(n) => v = n,
+                // Literals separated by white space with a newline are one
+                // (`'ss'\n'n'` is `'ssn'`).
+                while let Some(j) = continued_literal(s, next) {
+                    let Some(n) = skip_quoted(s, j, backslash) else {
+                        break;
+                    };
+                    match literal_value(s, j, n, backslash) {
+                        Some(more) => v.extend_from_slice(&more),
                         None => return engine.strongest_name_rule(),
                     }
+                    next = n;
                 }
                 consider(&v);
                 for w in v.split(|&b| !ident_byte(b)).filter(|w| !w.is_empty()) {
@@ -299,6 +301,46 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
         i += 1;
     }
     best
+}
+
+/// The value of the string literal or dollar-quoted string at `i` (ending
+/// at `next`, or open to the end of the text); None for a `U&'…'` string
+/// whose escapes do not read.
+fn literal_value(s: &[u8], i: usize, next: usize, backslash: bool) -> Option<Vec<u8>> {
+    if s[i] == b'$' {
+        // `$tag$…$tag$`.
+        let tag = s[i + 1..]
+            .iter()
+            .position(|&b| b == b'$')
+            .map_or(s.len(), |k| i + 2 + k);
+        let tag_len = tag - i;
+        let end = if next >= tag + tag_len && s[next - tag_len..next] == s[i..tag] {
+            next - tag_len
+        } else {
+            next
+        };
+        return Some(s[tag.min(end)..end].to_vec());
+    }
+    let escaped = backslash || escape_prefix(s, i);
+    // (To the end of the text when it is not closed.)
+    let end = if next > i + 1 && s[next - 1] == b'\'' {
+        next - 1
+    } else {
+        next
+    };
+    let v = super::copyout::unescape(&s[(i + 1).min(end)..end], escaped);
+    if unicode_prefix(s, i) {
+        return unicode_name(&v);
+    }
+    Some(v)
+}
+
+/// Where a string literal continuing the one that ended at `end` starts:
+/// after white space that holds a newline, PostgreSQL joins two literals.
+fn continued_literal(s: &[u8], end: usize) -> Option<usize> {
+    let gap = s[end.min(s.len())..].iter().position(|&c| !space_byte(c))?;
+    let j = end + gap;
+    (s[j] == b'\'' && s[end..j].iter().any(|&c| c == b'\n' || c == b'\r')).then_some(j)
 }
 
 /// Whether the quote at `i` is preceded by `U&` (a Unicode-escaped name or
@@ -612,7 +654,6 @@ mod tests {
         for sql in [
             "SELECT 1 -- ssn\n",
             "SELECT /* password /* nested */ ssn */ 1",
-            "SELECT $$ssn$$, $x$password$x$",
             "SELECT name, max_tokens, token_type FROM t",
             "SELECT count(*) FROM people",
         ] {
@@ -655,6 +696,12 @@ mod tests {
         ] {
             assert!(rule(&e, sql).is_some(), "{sql}");
         }
+        // Dollar-quoted strings, and literals joined across a newline.
+        assert!(rule(&e, "SELECT profile->>$$ssn$$ FROM t").is_some());
+        assert!(rule(&e, "SELECT profile->>$k$api_secret$k$ FROM t").is_some());
+        assert!(rule(&e, "SELECT profile->>'ss'\n  'n' FROM t").is_some());
+        assert!(rule(&e, "SELECT profile->>'api_'\n'secret' FROM t").is_some());
+        assert_eq!(rule(&e, "SELECT 'ss' 'n'"), None);
         // FROM inside a call is an argument's; a subquery is no relation.
         assert!(rule(&e, "SELECT trim(both from secret_answer) FROM t").is_some());
         assert!(rule(&e, "SELECT extract(year from api_secret_at)::text FROM t").is_some());

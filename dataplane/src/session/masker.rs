@@ -34,7 +34,7 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
-use crate::mask::derived::{sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
+use crate::mask::derived::{self, sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -248,6 +248,10 @@ pub struct TargetMasker {
     /// The texts of prepared statements and of the statements of bound
     /// portals, for the rule of their computed columns
     /// ([`crate::mask::derived`]).
+    /// Bytes of the texts in `prepared` and `cursors` (about: joined and
+    /// replaced texts are not taken off).
+    prepared_bytes: usize,
+    cursors_bytes: usize,
     /// (Protocol and SQL-level prepared statements share one namespace in
     /// the server, as do portals and SQL cursors.) A name that may hold
     /// either of two statements keeps both texts ([`Text::joined`]).
@@ -379,6 +383,8 @@ impl TargetMasker {
             portal_text: HashMap::new(),
             cursors: HashMap::new(),
             gather: None,
+            prepared_bytes: 0,
+            cursors_bytes: 0,
             portals: HashMap::new(),
             plan_portal: None,
             pending: Pending::default(),
@@ -850,79 +856,119 @@ impl TargetMasker {
         } else {
             None
         };
-        let mut text = Text::new(sql, backslash, !whole);
         if !whole {
             // (Read when the rest comes: `on_client_more`.)
-            return Some(text);
+            return Some(Text::new(sql, backslash, true));
         }
         // How the text reads: with the setting of now, or both ways.
         let mut cmds = sql_commands(sql, self.backslash_strings);
         if backslash.is_none() {
             cmds.extend(sql_commands(sql, !self.backslash_strings));
         }
+        if cmds.is_empty() {
+            return Some(Text::new(sql, backslash, false));
+        }
         // A name that may be refused, or may not run, keeps its old text
         // too. `DEALLOCATE` and `CLOSE` drop nothing: one that does not run
         // (an error before it) would leave a name holding its statement
         // while a later PREPARE of it, refused, put another text there.
         // Cursors are forgotten when their transaction ends. A name run
-        // twice is added once.
-        let mut ran: Vec<(bool, Vec<u8>)> = Vec::new();
+        // twice is added once; the texts run are joined once, at the end.
+        let mut ran: std::collections::HashSet<(bool, Vec<u8>)> = Default::default();
+        let mut runs: Vec<Rc<Text>> = Vec::new();
+        let mut unreadable = false;
         for cmd in cmds {
             match cmd {
                 SqlCommand::Prepare(name, q) => {
-                    let mut t = Text::new(&q, backslash, false);
-                    if let Some(old) = self.prepared.get(&name) {
-                        t = old.joined(&t);
-                    }
-                    self.prepared.insert(name, t);
+                    let t = Text::new(&q, backslash, false);
+                    self.keep_prepared(name, t, true);
                 }
                 SqlCommand::Declare(name, q) => {
                     let mut t = Text::new(&q, backslash, false);
                     if let Some((_, old)) = self.cursors.get(&name) {
                         t = old.joined(&t);
                     }
+                    self.cursors_bytes += t.sql().len();
                     self.cursors.insert(name, (e, t));
+                    if self.cursors_bytes > MAX_KEPT {
+                        // (Forgotten: their fetches are unreadable.)
+                        self.cursors.clear();
+                        self.cursors_bytes = 0;
+                    }
                 }
-                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => {
-                    text = Text::new(b"", backslash, true);
-                }
-                SqlCommand::Execute(name) if ran.contains(&(true, name.clone())) => {}
-                SqlCommand::Fetch(name) if ran.contains(&(false, name.clone())) => {}
+                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => unreadable = true,
+                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if unreadable => {}
                 SqlCommand::Execute(name) => {
-                    text = match self.prepared.get(&name) {
-                        Some(r) => text.joined(r),
-                        None => Text::new(b"", backslash, true),
-                    };
-                    ran.push((true, name));
+                    if let Some(r) = self.prepared.get(&name) {
+                        if ran.insert((true, name)) {
+                            runs.push(r.clone());
+                        }
+                    } else {
+                        unreadable = true;
+                    }
                 }
                 SqlCommand::Fetch(name) => {
-                    text = match self.portal_or_cursor(&name) {
-                        Some(r) => text.joined(&r),
-                        None => Text::new(b"", backslash, true),
-                    };
-                    ran.push((false, name));
+                    if let Some(r) = self.portal_or_cursor(&name) {
+                        if ran.insert((false, name)) {
+                            runs.push(r);
+                        }
+                    } else {
+                        unreadable = true;
+                    }
                 }
                 SqlCommand::Unreadable(kind) => match kind {
                     // A name these cannot read (`U&"…"`): what it runs is
                     // not known; what it defines could be any name's.
-                    SqlCommand::EXECUTE | SqlCommand::FETCH => {
-                        text = Text::new(b"", backslash, true);
-                    }
+                    SqlCommand::EXECUTE | SqlCommand::FETCH => unreadable = true,
                     SqlCommand::PREPARE => {
                         for t in self.prepared.values_mut() {
                             *t = Text::new(b"", None, true);
                         }
+                        self.prepared_bytes = 0;
                     }
                     _ => {
                         for c in self.cursors.values_mut() {
                             c.1 = Text::new(b"", None, true);
                         }
+                        self.cursors_bytes = 0;
                     }
                 },
                 SqlCommand::Deallocate(_) | SqlCommand::Close(_) => {}
             }
         }
-        Some(text)
+        let total = sql.len() + runs.iter().map(|r| r.sql().len() + 3).sum::<usize>();
+        if unreadable || runs.iter().any(|r| r.partial()) || total > derived::MAX_TEXT {
+            return Some(Text::new(b"", backslash, true));
+        }
+        let mut all = Vec::with_capacity(total);
+        all.extend_from_slice(sql);
+        let mut b = backslash;
+        for r in &runs {
+            // (On lines of their own: a text may end in a comment.)
+            all.extend_from_slice(b"\n;\n");
+            all.extend_from_slice(r.sql());
+            if r.backslash() != b {
+                b = None;
+            }
+        }
+        Some(Text::new(&all, b, false))
+    }
+
+    /// Keep `t` as the text of prepared statement `name`: joined to the
+    /// text the name has (`join`: the name may still hold that statement),
+    /// or in its place. Past [`MAX_KEPT`] bytes in all, every kept text is
+    /// forgotten (statements without one are unreadable).
+    fn keep_prepared(&mut self, name: Vec<u8>, t: Rc<Text>, join: bool) {
+        let t = match self.prepared.get(&name) {
+            Some(old) if join => old.joined(&t),
+            _ => t,
+        };
+        self.prepared_bytes += t.sql().len();
+        self.prepared.insert(name, t);
+        if self.prepared_bytes > MAX_KEPT {
+            self.prepared.clear();
+            self.prepared_bytes = 0;
+        }
     }
 
     /// The text of what portal or SQL cursor `name` runs (both, when both
@@ -1198,10 +1244,12 @@ impl TargetMasker {
                         return true;
                     }
                     self.statements.remove(&name);
-                    match text {
-                        Some(t) => self.prepared.insert(name, t),
-                        None => self.prepared.remove(&name),
-                    };
+                    // (A named statement may have been prepared again by
+                    // SQL since this Parse was sent: both texts. The
+                    // unnamed one is replaced by each Parse.)
+                    let join = !name.is_empty();
+                    let t = text.unwrap_or_else(|| Text::new(b"", None, true));
+                    self.keep_prepared(name, t, join);
                 }
             }
             b't' => {
@@ -1273,7 +1321,8 @@ impl TargetMasker {
                 if let Some(name) = self.describing.take() {
                     // Rows come after a Bind; keep the description.
                     let desc = Rc::from(&*body);
-                    let text = self.prepared.get(&name).cloned();
+                    // (A statement without a text: forgotten, unreadable.)
+                    let text = Some(self.prepared.get(&name).cloned().unwrap_or_else(unreadable));
                     let told = if self.active {
                         retype_statement_description(
                             &self.engine,
@@ -1293,7 +1342,9 @@ impl TargetMasker {
                     // unanswered): its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
                     let desc = Rc::from(&*body);
-                    let text = self.portal_or_cursor(&portal);
+                    // (A portal without a text: a `WITH HOLD` cursor after
+                    // its transaction, or bound by a Bind that did not read.)
+                    let text = Some(self.portal_or_cursor(&portal).unwrap_or_else(unreadable));
                     self.describe(body, None, None, &text);
                     let told = if self.retype_forwarded(body) {
                         self.plan.shown_as_text().map(Rc::from)
@@ -1324,10 +1375,14 @@ impl TargetMasker {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
                 if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
-                    match self.prepared.get(&stmt) {
-                        Some(t) => self.portal_text.insert(portal.clone(), t.clone()),
-                        None => self.portal_text.remove(&portal),
+                    // (A Bind that did not read names nothing.)
+                    let t = match self.prepared.get(&stmt) {
+                        Some(t) if formats.is_some() || !portal.is_empty() || !stmt.is_empty() => {
+                            t.clone()
+                        }
+                        _ => unreadable(),
                     };
+                    self.portal_text.insert(portal.clone(), t);
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
                         (Some((d, told, text)), Some(f)) => {
@@ -1451,6 +1506,9 @@ impl TargetMasker {
                     // has its fetches masked as unreadable), and every portal
                     // bound before it (BindComplete came before it).
                     self.cursors.retain(|_, c| c.0 >= done);
+                    if self.cursors.is_empty() {
+                        self.cursors_bytes = 0;
+                    }
                     self.portal_text.clear();
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
@@ -1584,6 +1642,16 @@ impl TargetMasker {
         self.plan_known = false;
         self.fallback_width = Some(n);
     }
+}
+
+/// Most bytes of prepared statement texts, and of cursor texts, a session
+/// keeps: past it they are forgotten (and read as unreadable).
+const MAX_KEPT: usize = 16 << 20;
+
+/// A text that cannot be read (its statement's computed text columns take
+/// the strongest name rule).
+fn unreadable() -> Rc<Text> {
+    Text::new(b"", None, true)
 }
 
 /// Whether two statement texts are the same (an unnamed statement parsed
