@@ -2010,6 +2010,29 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
         s.simple_query("execute q5").await,
         one(Some(MASKED))
     );
+    // A statement only ever described through a portal, then run again
+    // without any Describe (as a client that kept that description may):
+    // the plain ruled column is masked by its rule.
+    let plain_secret = format!("select secret_answer from {t} where id = 1");
+    let mut b = parse_bytes("s6", &plain_secret);
+    b.extend(bind_bytes("p6", "s6"));
+    b.extend(describe_bytes(b'P', "p6"));
+    b.extend(execute_bytes("p6", true));
+    s.raw.send(&b).await.unwrap();
+    let first = "********************".to_string();
+    check!(
+        "described portal",
+        s.read_result().await,
+        vec![vec![Some(first.clone())]]
+    );
+    let mut b = bind_bytes("", "s6");
+    b.extend(execute_bytes("", true));
+    s.raw.send(&b).await.unwrap();
+    check!(
+        "no describe",
+        s.read_result().await,
+        vec![vec![Some(first)]]
+    );
     // A SQL cursor described and executed as a portal.
     check!(
         "begin",

@@ -257,6 +257,9 @@ pub struct TargetMasker {
     /// either of two statements keeps both texts ([`Text::joined`]).
     prepared: HashMap<Vec<u8>, Rc<Text>>,
     portal_text: HashMap<Vec<u8>, Rc<Text>>,
+    /// The statement each portal was bound to (by a Bind that read), until
+    /// its transaction ends.
+    portal_stmt: HashMap<Vec<u8>, Vec<u8>>,
     /// SQL cursors (`DECLARE name … FOR query`), with the sync epoch of the
     /// Query that declared them (they end with their transaction).
     cursors: HashMap<Vec<u8>, (u64, Rc<Text>)>,
@@ -381,6 +384,7 @@ impl TargetMasker {
             statements: HashMap::new(),
             prepared: HashMap::new(),
             portal_text: HashMap::new(),
+            portal_stmt: HashMap::new(),
             cursors: HashMap::new(),
             gather: None,
             prepared_bytes: 0,
@@ -1293,6 +1297,7 @@ impl TargetMasker {
                         self.open_portals.remove(&name);
                         self.copy_portals.remove(&name);
                         self.portal_text.remove(&name);
+                        self.portal_stmt.remove(&name);
                     }
                     _ => {}
                 }
@@ -1341,7 +1346,7 @@ impl TargetMasker {
                     // A portal Describe (not sent after a simple Query still
                     // unanswered): its formats are in the message.
                     let (_, _, portal) = self.pending.describes.pop_front().expect("front");
-                    let desc = Rc::from(&*body);
+                    let desc: Rc<[u8]> = Rc::from(&*body);
                     // (A portal without a text: a `WITH HOLD` cursor after
                     // its transaction, or bound by a Bind that did not read.)
                     let text = Some(self.portal_or_cursor(&portal).unwrap_or_else(unreadable));
@@ -1351,6 +1356,16 @@ impl TargetMasker {
                     } else {
                         None
                     };
+                    // A statement never described itself takes this
+                    // description: a client that has it may run the
+                    // statement again without a Describe.
+                    if let Some(stmt) = self.portal_stmt.get(&portal) {
+                        if !self.statements.contains_key(stmt) {
+                            let st = self.prepared.get(stmt).cloned().unwrap_or_else(unreadable);
+                            let entry = (desc.clone(), told.clone(), Some(st));
+                            self.statements.insert(stmt.clone(), entry);
+                        }
+                    }
                     self.portals
                         .insert(portal.clone(), (desc, None, told, text));
                     self.plan_portal = Some(portal);
@@ -1383,6 +1398,9 @@ impl TargetMasker {
                         _ => unreadable(),
                     };
                     self.portal_text.insert(portal.clone(), t);
+                    if formats.is_some() {
+                        self.portal_stmt.insert(portal.clone(), stmt.clone());
+                    }
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
                         (Some((d, told, text)), Some(f)) => {
@@ -1510,6 +1528,7 @@ impl TargetMasker {
                         self.cursors_bytes = 0;
                     }
                     self.portal_text.clear();
+                    self.portal_stmt.clear();
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
