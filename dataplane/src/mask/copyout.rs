@@ -126,14 +126,17 @@ pub fn copy_from_stdin(sql: &[u8], backslash: bool) -> bool {
 /// (Every Query's text goes through here: no allocation, one `memchr2`
 /// pass for most.)
 fn copy_words(s: &[u8]) -> usize {
-    memchr::memchr2_iter(b'c', b'C', s)
-        .filter(|&i| {
-            s.get(i..i + 4)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"))
-                && (i == 0 || !ident_byte(s[i - 1]))
-                && s.get(i + 4).is_none_or(|&c| !ident_byte(c))
-        })
-        .count()
+    words(s, b"copy").count()
+}
+
+/// Where `word` (lower case) occurs in `s` as a whole word, in any case.
+pub(super) fn words<'a>(s: &'a [u8], word: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    memchr::memchr2_iter(word[0], word[0].to_ascii_uppercase(), s).filter(move |&i| {
+        s.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            && (i == 0 || !ident_byte(s[i - 1]))
+            && s.get(i + word.len()).is_none_or(|&c| !ident_byte(c))
+    })
 }
 
 /// Where the statement starting at `from` ends: its `;` at parenthesis

@@ -10,8 +10,9 @@
 //! finds the rule of the columns it was computed from.
 //!
 //! The statement's text does: [`derived_rule`] reads the names it mentions
-//! (outside string literals, comments and dollar-quoted bodies) and gives
-//! the strongest rule among those that name a ruled column. The plan
+//! (outside comments; the words of string literals too, since a JSON key
+//! names a member as a column name names a column) and gives the
+//! strongest rule among those that name a ruled column. The plan
 //! applies it to every computed result column of a text-like type of that
 //! statement ([`super::rows::rule_of`]). It errs towards masking: a
 //! computed column that does not use the ruled column is masked too when
@@ -22,7 +23,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::copyout::{ident_byte, skip_quoted, space_byte, statement_end, Lex};
+use super::copyout::{ident_byte, skip_quoted, space_byte, statement_end, words, Lex};
 use super::engine::{Engine, RuleId};
 use super::profile::ColumnAction;
 
@@ -72,17 +73,31 @@ impl Text {
     /// come from either (a Query that runs a prepared statement, a name
     /// that may still hold an older statement).
     pub fn joined(&self, other: &Text) -> Rc<Text> {
-        let mut sql = Vec::with_capacity(self.sql.len() + 3 + other.sql.len());
-        sql.extend_from_slice(&self.sql);
-        // (On lines of their own: a text may end in a comment.)
-        sql.extend_from_slice(b"\n;\n");
-        sql.extend_from_slice(&other.sql);
-        let backslash = if self.backslash == other.backslash {
-            self.backslash
+        Text::concat(&[self, other])
+    }
+
+    /// `parts` one after the other (see [`Text::joined`]): partial when
+    /// any is, or when together they exceed [`MAX_TEXT`].
+    pub fn concat(parts: &[&Text]) -> Rc<Text> {
+        let first = parts.first().and_then(|p| p.backslash);
+        let backslash = if parts.iter().all(|p| p.backslash == first) {
+            first
         } else {
             None
         };
-        Text::new(&sql, backslash, self.partial || other.partial)
+        let total = parts.iter().map(|p| p.sql.len() + 3).sum::<usize>();
+        if parts.iter().any(|p| p.partial) || total > MAX_TEXT + 3 {
+            return Text::new(b"", backslash, true);
+        }
+        let mut sql = Vec::with_capacity(total);
+        for (k, p) in parts.iter().enumerate() {
+            if k > 0 {
+                // (On lines of their own: a text may end in a comment.)
+                sql.extend_from_slice(b"\n;\n");
+            }
+            sql.extend_from_slice(&p.sql);
+        }
+        Text::new(&sql, backslash, false)
     }
 
     pub fn sql(&self) -> &[u8] {
@@ -153,7 +168,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
     // Names the reading below cannot follow: the statement's computed
     // columns take the strongest name rule. A `UESCAPE` clause (another
     // escape character in `U&"…"` names).
-    if contains_word(s, b"uescape") {
+    if has_word(s, b"uescape") {
         return engine.strongest_name_rule();
     }
     let mut lower = Vec::new();
@@ -426,13 +441,8 @@ fn next_byte(s: &[u8], end: usize) -> Option<u8> {
 }
 
 /// Whether `s` holds `word` (lower case) as a whole word, in any case.
-fn contains_word(s: &[u8], word: &[u8]) -> bool {
-    memchr::memchr2_iter(word[0], word[0].to_ascii_uppercase(), s).any(|i| {
-        s.get(i..i + word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
-            && (i == 0 || !ident_byte(s[i - 1]))
-            && s.get(i + word.len()).is_none_or(|&c| !ident_byte(c))
-    })
+pub fn has_word(s: &[u8], word: &[u8]) -> bool {
+    words(s, word).next().is_some()
 }
 
 /// The name a `U&"…"` quoted name's inside stands for: `\XXXX` and
@@ -518,17 +528,15 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
         let mut lx = Lex::new(stmt, backslash);
         let rest = |lx: &Lex<'_>| stmt[lx.i..].trim_ascii_start().to_vec();
         if lx.keyword(b"prepare") {
-            let Some(name) = lx.name() else {
-                out.push(SqlCommand::Unreadable(SqlCommand::PREPARE));
-                from = end + 1;
-                continue;
-            };
-            {
-                if lx.byte(b'(') {
-                    lx.parenthesised();
-                }
-                if lx.keyword(b"as") {
-                    out.push(SqlCommand::Prepare(name, rest(&lx)));
+            match lx.name() {
+                None => out.push(SqlCommand::Unreadable(SqlCommand::PREPARE)),
+                Some(name) => {
+                    if lx.byte(b'(') {
+                        lx.parenthesised();
+                    }
+                    if lx.keyword(b"as") {
+                        out.push(SqlCommand::Prepare(name, rest(&lx)));
+                    }
                 }
             }
         } else if lx.keyword(b"execute") {
@@ -544,25 +552,19 @@ pub fn sql_commands(sql: &[u8], backslash: bool) -> Vec<SqlCommand> {
                 out.push(SqlCommand::Deallocate(Some(name)));
             }
         } else if lx.keyword(b"declare") {
-            let Some(name) = lx.name() else {
-                out.push(SqlCommand::Unreadable(SqlCommand::DECLARE));
-                from = end + 1;
-                continue;
-            };
-            {
-                // (Its options, up to `FOR`.)
-                let mut query = false;
-                while !lx.at_end() {
-                    if lx.keyword(b"for") {
-                        query = true;
-                        break;
+            match lx.name() {
+                None => out.push(SqlCommand::Unreadable(SqlCommand::DECLARE)),
+                Some(name) => {
+                    // (Its options, up to `FOR`.)
+                    while !lx.at_end() {
+                        if lx.keyword(b"for") {
+                            out.push(SqlCommand::Declare(name, rest(&lx)));
+                            break;
+                        }
+                        if lx.name().is_none() {
+                            lx.i += 1;
+                        }
                     }
-                    if lx.name().is_none() {
-                        lx.i += 1;
-                    }
-                }
-                if query {
-                    out.push(SqlCommand::Declare(name, rest(&lx)));
                 }
             }
         } else if lx.keyword(b"fetch") || lx.keyword(b"move") {
@@ -610,7 +612,7 @@ fn not_column(s: &[u8], end: usize, relation: &mut bool, alias: &mut u8) -> bool
 }
 
 /// How much of a value an action hides, for choosing among rules.
-pub(super) fn strength(a: ColumnAction) -> u32 {
+fn strength(a: ColumnAction) -> u32 {
     match a {
         ColumnAction::Null => u32::MAX,
         ColumnAction::Hash => u32::MAX - 1,

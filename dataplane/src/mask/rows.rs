@@ -207,8 +207,8 @@ pub(super) fn rule_of(
             o.saw_relation(f.table);
             let whole = o
                 .ruled_names(f.table)
-                .filter_map(|n| engine.column_rule_by_name(n))
-                .max_by_key(|r| super::derived::strength(r.1));
+                .map(|n| engine.column_rule_by_name(n))
+                .fold(None, super::derived::stronger);
             if whole.is_some() {
                 return whole;
             }

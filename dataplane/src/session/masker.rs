@@ -34,7 +34,7 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
-use crate::mask::derived::{self, sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
+use crate::mask::derived::{has_word, sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -248,8 +248,7 @@ pub struct TargetMasker {
     /// The texts of prepared statements and of the statements of bound
     /// portals, for the rule of their computed columns
     /// ([`crate::mask::derived`]).
-    /// Bytes of the texts in `prepared` and `cursors` (about: joined and
-    /// replaced texts are not taken off).
+    /// Bytes of the texts in `prepared` and `cursors`.
     prepared_bytes: usize,
     cursors_bytes: usize,
     /// (Protocol and SQL-level prepared statements share one namespace in
@@ -657,7 +656,7 @@ impl TargetMasker {
                 }
                 let Some(name) = cstr(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
-                    let text = Some(Text::new(b"", None, true));
+                    let text = Some(unreadable());
                     self.pending.parses.push_back((e, Vec::new(), false, text));
                     return;
                 };
@@ -760,10 +759,10 @@ impl TargetMasker {
         }
         let (t, buf) = self.gather.take().expect("gathering");
         let too_long = buf.len() > MAX_TEXT + 1024;
-        let text_of = |m: &mut Self, sql: &[u8], e: u64| {
+        let read = |m: &mut Self, sql: &[u8], e: u64| {
             let sql = cstr(sql).unwrap_or(sql);
             if too_long {
-                Some(Text::new(b"", None, true))
+                Some(unreadable())
             } else {
                 m.text_of(sql, true, e, t == tag::PARSE)
             }
@@ -779,7 +778,7 @@ impl TargetMasker {
                 else {
                     return;
                 };
-                let text = text_of(self, &buf, e);
+                let text = read(self, &buf, e);
                 if let Some(r) = self.pending.results.back_mut() {
                     r.2 = text;
                 }
@@ -792,7 +791,7 @@ impl TargetMasker {
                     return;
                 };
                 let sql = &buf[name.len() + 1..];
-                let text = text_of(self, sql, e);
+                let text = read(self, sql, e);
                 if let Some(p) = self.pending.parses.back_mut() {
                     if p.1.is_empty() && !p.2 {
                         // (Its name was cut by the end of a read.)
@@ -855,7 +854,9 @@ impl TargetMasker {
     /// statements it `EXECUTE`s or `FETCH`es from were prepared again: it
     /// is then unreadable.
     fn text_of(&mut self, sql: &[u8], whole: bool, e: u64, parse: bool) -> StatementText {
-        let backslash = if self.settled() && !mentions_strings_setting(sql) {
+        // (A text that names `standard_conforming_strings` may change how
+        // its own later statements read.)
+        let backslash = if self.settled() && !has_word(sql, b"standard_conforming_strings") {
             Some(self.backslash_strings)
         } else {
             None
@@ -880,7 +881,7 @@ impl TargetMasker {
         // twice is added once; the texts run are joined once, at the end.
         let mut ran: std::collections::HashSet<(bool, Vec<u8>)> = Default::default();
         let mut runs: Vec<Rc<Text>> = Vec::new();
-        let mut unreadable = false;
+        let mut runs_unknown = false;
         for cmd in cmds {
             match cmd {
                 SqlCommand::Prepare(name, q) => {
@@ -893,22 +894,24 @@ impl TargetMasker {
                         t = old.joined(&t);
                     }
                     self.cursors_bytes += t.sql().len();
-                    self.cursors.insert(name, (e, t));
+                    if let Some((_, old)) = self.cursors.insert(name, (e, t)) {
+                        self.cursors_bytes = self.cursors_bytes.saturating_sub(old.sql().len());
+                    }
                     if self.cursors_bytes > MAX_KEPT {
                         // (Forgotten: their fetches are unreadable.)
                         self.cursors.clear();
                         self.cursors_bytes = 0;
                     }
                 }
-                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => unreadable = true,
-                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if unreadable => {}
+                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => runs_unknown = true,
+                SqlCommand::Execute(_) | SqlCommand::Fetch(_) if runs_unknown => {}
                 SqlCommand::Execute(name) => {
                     if let Some(r) = self.prepared.get(&name) {
                         if ran.insert((true, name)) {
                             runs.push(r.clone());
                         }
                     } else {
-                        unreadable = true;
+                        runs_unknown = true;
                     }
                 }
                 SqlCommand::Fetch(name) => {
@@ -917,22 +920,22 @@ impl TargetMasker {
                             runs.push(r);
                         }
                     } else {
-                        unreadable = true;
+                        runs_unknown = true;
                     }
                 }
                 SqlCommand::Unreadable(kind) => match kind {
                     // A name these cannot read (`U&"…"`): what it runs is
                     // not known; what it defines could be any name's.
-                    SqlCommand::EXECUTE | SqlCommand::FETCH => unreadable = true,
+                    SqlCommand::EXECUTE | SqlCommand::FETCH => runs_unknown = true,
                     SqlCommand::PREPARE => {
                         for t in self.prepared.values_mut() {
-                            *t = Text::new(b"", None, true);
+                            *t = unreadable();
                         }
                         self.prepared_bytes = 0;
                     }
                     _ => {
                         for c in self.cursors.values_mut() {
-                            c.1 = Text::new(b"", None, true);
+                            c.1 = unreadable();
                         }
                         self.cursors_bytes = 0;
                     }
@@ -940,22 +943,13 @@ impl TargetMasker {
                 SqlCommand::Deallocate(_) | SqlCommand::Close(_) => {}
             }
         }
-        let total = sql.len() + runs.iter().map(|r| r.sql().len() + 3).sum::<usize>();
-        if unreadable || runs.iter().any(|r| r.partial()) || total > derived::MAX_TEXT {
-            return Some(Text::new(b"", backslash, true));
+        let own = Text::new(sql, backslash, runs_unknown);
+        if runs.is_empty() {
+            return Some(own);
         }
-        let mut all = Vec::with_capacity(total);
-        all.extend_from_slice(sql);
-        let mut b = backslash;
-        for r in &runs {
-            // (On lines of their own: a text may end in a comment.)
-            all.extend_from_slice(b"\n;\n");
-            all.extend_from_slice(r.sql());
-            if r.backslash() != b {
-                b = None;
-            }
-        }
-        Some(Text::new(&all, b, false))
+        let mut parts: Vec<&Text> = vec![&own];
+        parts.extend(runs.iter().map(|r| &**r));
+        Some(Text::concat(&parts))
     }
 
     /// Keep `t` as the text of prepared statement `name`: joined to the
@@ -968,7 +962,9 @@ impl TargetMasker {
             _ => t,
         };
         self.prepared_bytes += t.sql().len();
-        self.prepared.insert(name, t);
+        if let Some(old) = self.prepared.insert(name, t) {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(old.sql().len());
+        }
         if self.prepared_bytes > MAX_KEPT {
             self.prepared.clear();
             self.prepared_bytes = 0;
@@ -1252,7 +1248,7 @@ impl TargetMasker {
                     // SQL since this Parse was sent: both texts. The
                     // unnamed one is replaced by each Parse.)
                     let join = !name.is_empty();
-                    let t = text.unwrap_or_else(|| Text::new(b"", None, true));
+                    let t = text.unwrap_or_else(unreadable);
                     self.keep_prepared(name, t, join);
                 }
             }
@@ -1291,7 +1287,10 @@ impl TargetMasker {
                     Some((_, false, Some((b'S', name)))) => {
                         self.open_stmts.remove(&name);
                         self.copy_stmts.remove(&name);
-                        self.prepared.remove(&name);
+                        if let Some(old) = self.prepared.remove(&name) {
+                            self.prepared_bytes =
+                                self.prepared_bytes.saturating_sub(old.sql().len());
+                        }
                     }
                     Some((_, false, Some((_, name)))) => {
                         self.open_portals.remove(&name);
@@ -1523,10 +1522,14 @@ impl TargetMasker {
                     // SQL cursors too (a `WITH HOLD` one, forgotten here,
                     // has its fetches masked as unreadable), and every portal
                     // bound before it (BindComplete came before it).
-                    self.cursors.retain(|_, c| c.0 >= done);
-                    if self.cursors.is_empty() {
-                        self.cursors_bytes = 0;
-                    }
+                    let bytes = &mut self.cursors_bytes;
+                    self.cursors.retain(|_, c| {
+                        let keep = c.0 >= done;
+                        if !keep {
+                            *bytes = bytes.saturating_sub(c.1.sql().len());
+                        }
+                        keep
+                    });
                     self.portal_text.clear();
                     self.portal_stmt.clear();
                 }
@@ -1686,16 +1689,6 @@ fn same_text(a: &StatementText, b: &StatementText) -> bool {
         }
         _ => false,
     }
-}
-
-/// Whether a statement's text names `standard_conforming_strings` (which
-/// changes how its later statements' literals read).
-fn mentions_strings_setting(sql: &[u8]) -> bool {
-    const NAME: &[u8] = b"standard_conforming_strings";
-    memchr::memchr2_iter(b's', b'S', sql).any(|i| {
-        sql.get(i..i + NAME.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(NAME))
-    })
 }
 
 /// Plan from a RowDescription and, for a Bind, its result formats; false if
@@ -2057,15 +2050,9 @@ mod tests {
     #[test]
     fn computed_columns_take_the_rule_of_the_names_their_statement_mentions() {
         const SECRET: &str = "s3cr3t-value";
-        // The forwarded chunk's cells of `col` (rows in `s`).
+        // What the masker forwards of `s`, as text.
         let run = |m: &mut TargetMasker, mut s: Vec<u8>| -> String {
-            let p = m.process(&mut s);
-            let out = if p.rewritten {
-                m.out().to_vec()
-            } else {
-                s[..p.ready].to_vec()
-            };
-            String::from_utf8_lossy(&out).into_owned()
+            String::from_utf8_lossy(&forwarded(m, &mut s)).into_owned()
         };
         let rows = |desc: &[(&str, u32)], vals: &[&str]| {
             let mut s = row_desc(desc);
@@ -2175,6 +2162,44 @@ mod tests {
             .unwrap()
             .hash_into(b"abc-key", &mut h);
         assert!(out.contains(std::str::from_utf8(&h).unwrap()), "{out}");
+    }
+
+    /// Texts replaced by later Parses of the unnamed statement are taken
+    /// off the kept total: a named statement keeps its text however many
+    /// unnamed statements come after it.
+    #[test]
+    fn replaced_texts_do_not_count_towards_the_kept_limit() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let parse = |m: &mut TargetMasker, name: &str, sql: &str| {
+            let mut b = name.as_bytes().to_vec();
+            b.push(0);
+            b.extend_from_slice(sql.as_bytes());
+            b.extend_from_slice(b"\0\0\0");
+            m.on_client_frame(tag::PARSE, &b, true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'Z', b"I"));
+            m.process(&mut s);
+        };
+        parse(&mut m, "s1", "SELECT upper(ssn) AS x FROM people");
+        // 20 MiB of unnamed statements in all, 1 MiB at a time.
+        let big = format!("SELECT 1 -- {}", "x".repeat((1 << 20) - 64));
+        for _ in 0..20 {
+            parse(&mut m, "", &big);
+        }
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+        m.on_client_frame(tag::BIND, b"\0s1\0\0\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b't', &0i16.to_be_bytes());
+        s.extend(row_desc(&[("x", 25)]));
+        s.extend(frame(b'2', b""));
+        s.extend(data_row(&["123-45-6789"]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = String::from_utf8_lossy(&forwarded(&mut m, &mut s)).into_owned();
+        // `ssn`'s own rule (keep the last four), not the strongest (mask).
+        assert!(out.contains("*******6789"), "{out}");
     }
 
     #[test]
