@@ -239,5 +239,58 @@ fn derived(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mask, derived);
+/// What the gateway does with the login's view read
+/// (`dataplane::mask::origins`): 200 views over a table with two ruled
+/// columns, each the stored query PostgreSQL 15 wrote for `select id, ssn
+/// as tax_id, upper(api_secret) as k, name, p as whole from people p where
+/// id > 0` (3.5 KB), tokenized and followed.
+fn origins(c: &mut Criterion) {
+    use dataplane::mask::ColumnOrigins;
+    let engine = Engine::compile(&MaskingProfile::default()).unwrap();
+    let tree: &[u8] = include_bytes!("../../dataplane/src/mask/testdata/view_contacts.tree");
+    let row = |fields: &[&[u8]]| {
+        let mut b = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            b.extend_from_slice(&(f.len() as i32).to_be_bytes());
+            b.extend_from_slice(f);
+        }
+        b
+    };
+    let columns: Vec<Vec<u8>> = ["id", "name", "ssn", "api_secret", "profile"]
+        .iter()
+        .enumerate()
+        .map(|(k, n)| row(&[b"16384", (k + 1).to_string().as_bytes(), n.as_bytes()]))
+        .collect();
+    let views: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            row(&[
+                (20000 + i).to_string().as_bytes(),
+                format!("contacts_{i}").as_bytes(),
+                b"16384:1,16384:2,16384:3,16384:4",
+                tree,
+            ])
+        })
+        .collect();
+    let mut g = c.benchmark_group("origins");
+    g.throughput(Throughput::Bytes(
+        views.iter().map(|v| v.len() as u64).sum(),
+    ));
+    g.bench_function("view_read/200_views", |b| {
+        b.iter(|| {
+            let mut o = ColumnOrigins::new();
+            for r in &columns {
+                o.add_row(r, |n| engine.name_ruled(n)).unwrap();
+            }
+            for r in &views {
+                o.add_view_row(black_box(r)).unwrap();
+            }
+            o.resolve_views(&engine);
+            assert!(o.computed(20199, 3).is_some());
+            black_box(o)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, mask, derived, origins);
 criterion_main!(benches);

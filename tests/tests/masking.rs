@@ -1520,6 +1520,132 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
     assert_eq!(m.get("sluice_column_catalog_reads_total", &[]), 0.0);
 }
 
+/// Column rules follow views that rename or compute: at login the gateway
+/// also reads the stored queries of the views (and materialized views)
+/// over ruled columns, so a view column that shows a ruled column under
+/// another name takes its rule, a computed view column (an expression, a
+/// UNION, a whole row) the strongest rule its view reads, and a statement
+/// that computes from such a view column the rule of its source; through
+/// views of views, in both protocols, and for a view created after the
+/// read (from the next login on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_follow_views_that_rename_or_compute() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_views";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop materialized view if exists {t}_mv; drop table if exists {t} cascade"
+        ))
+        .await
+        .unwrap();
+    seed_people(pg, t).await;
+    direct
+        .batch_execute(&format!(
+            "create view {t}_v1 as select id, ssn as tax_id, upper(secret_answer) as hint, \
+                    note, email as contact from {t}; \
+             create view {t}_v2 as select tax_id as t2, hint || '' as h2, note as n2 from {t}_v1; \
+             create materialized view {t}_mv as select id, ssn as s from {t}; \
+             create view {t}_u as select ssn as x from {t} union all select note from {t}; \
+             create view {t}_w as select id, p::text as r from {t} p"
+        ))
+        .await
+        .unwrap();
+    let cfg = pii_config(pg, key).workers(1);
+    let gw = Gateway::start_with(&cfg);
+    let c = gw.agent().await;
+    let s = |v: &str| Some(v.to_string());
+    let bob = hmac_hex(HASH_KEY, "bob@example.org");
+    let cases: Vec<(String, TextRow)> = vec![
+        // Renamed (keep_last 4 of `ssn`, hash of `email`), computed from
+        // `secret_answer` (mask: the view reads `ssn` and `secret_answer`,
+        // and mask is the stronger), and an unruled column as it is.
+        (
+            format!("select tax_id, hint, note, contact from {t}_v1 where id = 2"),
+            vec![s("*******4321"), s("*******"), s("clean note"), s(&bob)],
+        ),
+        // A view of the view.
+        (
+            format!("select t2, h2, n2 from {t}_v2 where n2 = 'clean note'"),
+            vec![s("*******4321"), s("*******"), s("clean note")],
+        ),
+        (
+            format!("select s from {t}_mv where id = 2"),
+            vec![s("*******4321")],
+        ),
+        // A UNION of `ssn` and `note`: every value takes `ssn`'s rule.
+        (
+            format!("select x from {t}_u where x = 'clean note'"),
+            vec![s("******note")],
+        ),
+        // A whole row holds `internal_notes`, whose rule is `null`.
+        (format!("select r from {t}_w where id = 2"), vec![None]),
+        // A statement computing from a view column computes from its
+        // source; one computing from an unruled view column is left alone.
+        (
+            format!("select upper(tax_id) from {t}_v1 where id = 2"),
+            vec![s("*******4321")],
+        ),
+        (
+            format!("select upper(note) from {t}_v1 where id = 2"),
+            vec![s("CLEAN NOTE")],
+        ),
+        // `x` of the UNION view is `ssn`'s; another `x` is not.
+        (
+            format!("select upper(x) from {t}_u where x like '%4321'"),
+            vec![s("*******4321")],
+        ),
+        (
+            format!("select upper(x) from (select note as x from {t} where id = 2) q"),
+            vec![s("CLEAN NOTE")],
+        ),
+    ];
+    for (sql, want) in &cases {
+        assert_eq!(
+            simple_rows(&c, sql).await,
+            vec![want.clone()],
+            "{sql}, simple"
+        );
+        let rows = step(sql, c.query(sql.as_str(), &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        let got: Vec<TextRow> = rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|k| r.get::<_, Option<String>>(k))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(got, vec![want.clone()], "{sql}, extended");
+    }
+
+    // A view created after this core's read: from the next login on.
+    direct
+        .batch_execute(&format!(
+            "create view {t}_late as select ssn as late_tax from {t}"
+        ))
+        .await
+        .unwrap();
+    let sql = format!("select late_tax from {t}_late where late_tax like '%4321'");
+    simple_rows(&c, &sql).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c2 = gw.agent().await;
+    assert_eq!(
+        simple_rows(&c2, &sql).await,
+        vec![vec![s("*******4321")]],
+        "{sql}, next login"
+    );
+    drop((c, c2));
+    direct
+        .batch_execute(&format!(
+            "drop materialized view {t}_mv; drop table {t} cascade"
+        ))
+        .await
+        .unwrap();
+}
+
 /// A target that refuses the catalog query (here: `pg_attribute` not
 /// readable by the gateway's role in that database) leaves sessions working,
 /// with rules by result names, a warning and a failed read counted; the read

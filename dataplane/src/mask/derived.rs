@@ -25,6 +25,7 @@ use std::rc::Rc;
 
 use super::copyout::{ident_byte, skip_quoted, space_byte, statement_end, words, Lex};
 use super::engine::{Engine, RuleId};
+use super::origins::{ColumnOrigins, Source};
 use super::profile::ColumnAction;
 
 /// The rule computed columns of a statement take, if any.
@@ -47,7 +48,8 @@ pub struct Text {
     /// (a setting may change before it runs), so it is read both ways.
     backslash: Option<bool>,
     partial: bool,
-    rule: Cell<Option<(u64, Derived)>>,
+    /// The rule, by engine id and [`ColumnOrigins::lineage_id`].
+    rule: Cell<Option<((u64, u64), Derived)>>,
 }
 
 /// A statement's text, when known.
@@ -113,25 +115,26 @@ impl Text {
     }
 
     /// The rule of the statement's computed columns under `engine` (read
-    /// once per engine).
-    pub fn rule(&self, engine: &Engine) -> Derived {
-        if let Some((id, r)) = self.rule.get() {
-            if id == engine.id() {
+    /// once per engine and catalog read: with `origins`, a view column
+    /// whose source is ruled counts as that source).
+    pub fn rule(&self, engine: &Engine, origins: Option<&ColumnOrigins>) -> Derived {
+        let key = (engine.id(), origins.map_or(0, ColumnOrigins::lineage_id));
+        if let Some((k, r)) = self.rule.get() {
+            if k == key {
                 return r;
             }
         }
+        let read =
+            |b| strongest_mention(engine, &self.sql, b, origins).and_then(|s| s.rule(engine));
         let r = if self.partial {
             engine.strongest_name_rule()
         } else {
             match self.backslash {
-                Some(b) => derived_rule(engine, &self.sql, b),
-                None => stronger(
-                    derived_rule(engine, &self.sql, false),
-                    derived_rule(engine, &self.sql, true),
-                ),
+                Some(b) => read(b),
+                None => stronger(read(false), read(true)),
             }
         };
-        self.rule.set(Some((engine.id(), r)));
+        self.rule.set(Some((key, r)));
         r
     }
 }
@@ -150,18 +153,37 @@ pub(super) fn stronger(a: Derived, b: Derived) -> Derived {
 /// `standard_conforming_strings` off). None when it mentions no ruled
 /// name, or the engine has no name rules.
 pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
+    strongest_mention(engine, sql, backslash, None).and_then(|s| s.rule(engine))
+}
+
+/// The ruled name among those `sql` mentions whose rule is the strongest
+/// ([`derived_rule`]), or [`Source::Unreadable`] for a text this reading
+/// cannot follow. With `origins`, a view column whose source is ruled
+/// counts as its source when the text also names its view (`select
+/// upper(tax_id) from contacts`, where the view `contacts` renames `ssn`).
+pub(super) fn strongest_mention(
+    engine: &Engine,
+    sql: &[u8],
+    backslash: bool,
+    origins: Option<&ColumnOrigins>,
+) -> Option<Source> {
     if !engine.has_name_rules() {
         return None;
     }
-    let mut best: Option<(RuleId, ColumnAction)> = None;
+    let mut best: Option<((RuleId, ColumnAction), Source)> = None;
+    // A view column resolved to a ruled source counts when the text also
+    // names its view (`tax_id` of `contacts`, not an `x` of anything):
+    // the names the text mentions, relations too, and those candidates.
+    let views = origins.filter(|o| o.lineage_id() != 0);
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut candidates: Vec<(&[u8], &Source)> = Vec::new();
     let mut consider = |name: &[u8]| {
         // (One regex, the rules' alternation, before the rule by rule
         // search: most names are key words and unruled columns.)
-        if !engine.name_ruled(name) {
-            return;
-        }
-        if let Some(r) = engine.column_rule_by_name(name) {
-            best = stronger(best, Some(r));
+        if engine.name_ruled(name) {
+            consider_source(engine, &mut best, Source::Name(name.into()));
+        } else if let Some(o) = views {
+            candidates.extend(o.renamed(name));
         }
     };
     let s = sql;
@@ -169,7 +191,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
     // columns take the strongest name rule. A `UESCAPE` clause (another
     // escape character in `U&"…"` names).
     if has_word(s, b"uescape") {
-        return engine.strongest_name_rule();
+        return Some(Source::Unreadable);
     }
     let mut lower = Vec::new();
     // After FROM, JOIN, UPDATE, INTO, TABLE (ONLY): a relation's name.
@@ -207,15 +229,18 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             if unicode {
                 match unicode_name(&lower) {
                     Some(n) => lower = n,
-                    None => return engine.strongest_name_rule(),
+                    None => return Some(Source::Unreadable),
                 }
             }
             let end = i.min(s.len());
             if alias > 0 {
                 alias = 0;
                 if next_byte(s, end) == Some(b'(') {
-                    return engine.strongest_name_rule();
+                    return Some(Source::Unreadable);
                 }
+            }
+            if views.is_some() {
+                seen.push(lower.clone());
             }
             if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
@@ -232,7 +257,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             if c == b'\'' || c == b'$' {
                 let mut v = match literal_value(s, i, next, backslash) {
                     Some(v) => v,
-                    None => return engine.strongest_name_rule(),
+                    None => return Some(Source::Unreadable),
                 };
                 // Literals separated by white space with a newline are one
                 // (`'ss'\n'n'` is `'ssn'`).
@@ -242,7 +267,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                     };
                     match literal_value(s, j, n, backslash) {
                         Some(more) => v.extend_from_slice(&more),
-                        None => return engine.strongest_name_rule(),
+                        None => return Some(Source::Unreadable),
                     }
                     next = n;
                 }
@@ -271,6 +296,9 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
             lower.clear();
             lower.extend(s[i..j].iter().map(u8::to_ascii_lowercase));
             i = j;
+            if views.is_some() {
+                seen.push(lower.clone());
+            }
             if matches!(
                 &lower[..],
                 b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
@@ -289,7 +317,7 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
                 let renames = !NOT_ALIAS.contains(&&lower[..]) && next_byte(s, j) == Some(b'(');
                 alias = 0;
                 if renames {
-                    return engine.strongest_name_rule();
+                    return Some(Source::Unreadable);
                 }
             }
             if !not_column(s, j, &mut relation, &mut alias) {
@@ -315,7 +343,28 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
         }
         i += 1;
     }
-    best
+    for (view, source) in candidates {
+        if seen.iter().any(|n| n[..] == *view) {
+            consider_source(engine, &mut best, source.clone());
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
+/// `source` in `best` when its rule is stronger.
+fn consider_source(
+    engine: &Engine,
+    best: &mut Option<((RuleId, ColumnAction), Source)>,
+    source: Source,
+) {
+    if let Some(r) = source.rule(engine) {
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| strength(r.1) > strength(b.1))
+        {
+            *best = Some((r, source));
+        }
+    }
 }
 
 /// The value of the string literal or dollar-quoted string at `i` (ending
@@ -612,7 +661,7 @@ fn not_column(s: &[u8], end: usize, relation: &mut bool, alias: &mut u8) -> bool
 }
 
 /// How much of a value an action hides, for choosing among rules.
-fn strength(a: ColumnAction) -> u32 {
+pub(super) fn strength(a: ColumnAction) -> u32 {
     match a {
         ColumnAction::Null => u32::MAX,
         ColumnAction::Hash => u32::MAX - 1,

@@ -11,11 +11,19 @@
 //! names a name rule matches, and [`RowPlan`](super::RowPlan) applies the
 //! rule of a column's stored name (then, if none, of its result name).
 //!
-//! What this cannot see: an expression (`api_secret || ''`, a function
-//! call, a cast, a scalar subquery) and the result of a set operation
-//! (`UNION`) have no origin, and a copy under another name (a view that
-//! renames, `CREATE TABLE … AS`) is a column of its own; the detectors,
-//! which scan every text value, still apply there. A relation created after
+//! A view column is a column of the view in RowDescription. So with the
+//! ruled columns, the read takes the stored queries of the views over
+//! their relations ([`view_query`]) and follows each view column to what
+//! it shows ([`ColumnOrigins::resolve_views`]): under another name, the
+//! source's rule; computed, the strongest rule its expression (or, when
+//! that cannot be followed, its view) reads.
+//!
+//! What this cannot see: an expression in a statement (`api_secret || ''`,
+//! a function call, a cast, a scalar subquery) and the result of a set
+//! operation (`UNION`) have no origin ([`super::derived`] reads the
+//! statement's text for them), and a copy under another name (`CREATE
+//! TABLE … AS`) is a column of its own; the detectors, which scan every
+//! text value, still apply there. A relation created after
 //! the catalog was read is resolved once it is read again: a result from a
 //! relation newer than the newest one read marks the cache stale
 //! ([`ColumnOrigins::newest_relation`]), so the next login reads it again.
@@ -24,6 +32,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use super::copyout::ident_byte;
+use super::derived::{strength, Derived};
+use super::Engine;
 
 /// Most entries kept from one catalog read; rows past it are dropped (and
 /// counted, [`ColumnOrigins::dropped`]).
@@ -58,15 +70,154 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
     )
 }
 
+/// The view read, after [`catalog_query`]: each view and materialized view
+/// that reads one of `relations` (the relations with ruled columns),
+/// directly or through other views, as `(oid, name, reads, tree)`:
+/// - `reads`: the columns its query reads, `relation:attnum,…` (from
+///   `pg_depend`: every column it names anywhere, also in `WHERE`);
+/// - `tree`: its stored query (`pg_rewrite.ev_action`), whose top-level
+///   target list gives each column's source, as RowDescription does for a
+///   statement ([`top_targets`]), and its constants (JSON keys).
+///
+/// Not the definition as text (`pg_get_viewdef`): deparsing cost the
+/// server 110 µs a view, three times the rest of this query
+/// (`bench/RESULTS.md` section 12).
+///
+/// A field longer than `cap` bytes comes as NULL (the view is then followed
+/// as far as the other fields allow, and masks more).
+pub fn view_query(relations: &[u32], cap: usize) -> String {
+    let mut list = String::with_capacity(relations.len() * 7);
+    for (k, r) in relations.iter().enumerate() {
+        if k > 0 {
+            list.push(',');
+        }
+        list.push_str(&r.to_string());
+    }
+    let rule = "d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                AND r.oid = d.objid AND r.ev_type = '1' AND r.ev_class <> d.refobjid";
+    format!(
+        "WITH RECURSIVE v(oid) AS (\
+           SELECT r.ev_class FROM pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
+            WHERE d.refobjid = ANY('{{{list}}}'::pg_catalog.oid[]) AND {rule} \
+           UNION SELECT r.ev_class FROM v, pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
+            WHERE d.refobjid = v.oid AND {rule}) \
+         SELECT r.ev_class::int8, c.relname::text, \
+           CASE WHEN pg_catalog.octet_length(t.reads) <= {cap} THEN t.reads END, \
+           CASE WHEN pg_catalog.octet_length(t.tree) <= {cap} THEN t.tree END \
+         FROM v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid AND r.ev_type = '1' \
+           AND r.rulename = '_RETURN' \
+           JOIN pg_catalog.pg_class c ON c.oid = r.ev_class, \
+         LATERAL (SELECT (SELECT pg_catalog.string_agg(d.refobjid::text || ':' || d.refobjsubid::text, ',') \
+                            FROM pg_catalog.pg_depend d \
+                           WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                             AND d.objid = r.oid \
+                             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                             AND d.refobjid <> r.ev_class) AS reads, \
+                         r.ev_action::text AS tree) t"
+    )
+}
+
+/// Most views kept from one view read; the rest are followed as opaque
+/// (their columns mask more).
+pub const MAX_VIEWS: usize = 1 << 16;
+
 /// PostgreSQL's `FirstNormalObjectId`: oids below it are `initdb`'s.
 const FIRST_NORMAL_OID: u32 = 16384;
 
+/// Where a column's values come from, when a name rule covers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A ruled column's stored name: that name's rule.
+    Name(Box<[u8]>),
+    /// Something that could not be followed (a view definition too long to
+    /// read, a text the reading of [`super::derived`] cannot follow): the
+    /// profile's strongest name rule.
+    Unreadable,
+}
+
+impl Source {
+    pub fn rule(&self, engine: &Engine) -> Derived {
+        match self {
+            Source::Name(n) => engine.column_rule_by_name(n),
+            Source::Unreadable => engine.strongest_name_rule(),
+        }
+    }
+}
+
+/// The stronger of two sources under `engine` (the first of equals).
+fn stronger_source(engine: &Engine, a: Option<Source>, b: Option<Source>) -> Option<Source> {
+    let rank = |s: &Option<Source>| {
+        s.as_ref()
+            .and_then(|s| s.rule(engine))
+            .map(|(_, a)| strength(a))
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// A view or materialized view as the view read gives it, until
+/// [`ColumnOrigins::resolve_views`].
+#[derive(Debug, Clone)]
+struct ViewDef {
+    /// The columns (attnum > 0) and relations (0) its query reads; None:
+    /// not known (too long).
+    reads: Option<Vec<(u32, i16)>>,
+    /// Its top-level target list; None: not readable.
+    targets: Option<Vec<Target>>,
+    /// Whether it reads a whole row of a relation (`p::text`).
+    whole_rows: bool,
+    /// Its name (`pg_class.relname`).
+    name: Box<[u8]>,
+    /// The values of every constant in its query; None: not known.
+    consts: Option<Vec<Box<[u8]>>>,
+}
+
+/// A column of a view's stored query: its number and name, and the
+/// relation and column it shows as it is (`table` 0: computed; `column`
+/// 0: a whole row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub resno: i16,
+    pub name: Box<[u8]>,
+    pub table: u32,
+    pub column: i16,
+    /// The relation columns (0: a whole row) its expression reads; None:
+    /// not known (a subquery, a column of a join or subquery of the view).
+    pub reads: Option<Vec<(u32, i16)>>,
+    /// The values of the constants in its expression (as stored: a text
+    /// value after its length header).
+    pub consts: Vec<Box<[u8]>>,
+}
+
 /// Stored names of the columns a name rule matches, by (table oid,
-/// attribute number), as read from one database's catalog.
-#[derive(Debug, Default)]
+/// attribute number), as read from one database's catalog, and where the
+/// columns of views that read them come from.
+#[derive(Debug)]
 pub struct ColumnOrigins {
+    /// Ruled columns' stored names, and for a view column that shows a
+    /// ruled column as it is (under another name too), that column's name.
     names: HashMap<(u32, i16), Box<[u8]>>,
-    /// The attribute numbers in `names`, by table (for a whole row).
+    /// A view's computed column (an expression, a whole row) whose view
+    /// reads ruled columns: the strongest of them. For text-like types.
+    computed: HashMap<(u32, i16), Source>,
+    /// Views whose stored query could not be read: any column of theirs
+    /// not resolved otherwise, as `computed`.
+    opaque: HashMap<u32, Source>,
+    /// The names of view columns resolved to a ruled source, to their
+    /// view's name and that source: a statement that names `contacts` and
+    /// computes from `tax_id` computes from `ssn`.
+    renamed: HashMap<Box<[u8]>, ByView>,
+    /// Views read and not yet resolved.
+    views: HashMap<u32, ViewDef>,
+    /// Distinguishes reads with view columns in `renamed` (0: none), for
+    /// the rules statement texts keep.
+    lineage: u64,
+    /// The attribute numbers in `names` and `computed`, by table (for a
+    /// whole row).
     ruled: HashMap<u32, Vec<i16>>,
     /// Generated columns (all of them, ruled or not).
     generated: HashSet<(u32, i16)>,
@@ -78,9 +229,31 @@ pub struct ColumnOrigins {
     notify: Option<&'static AtomicU64>,
 }
 
+/// Sources by view name.
+type ByView = HashMap<Box<[u8]>, Source>;
+
 /// A row of the catalog query that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadCatalogRow;
+
+impl Default for ColumnOrigins {
+    fn default() -> Self {
+        ColumnOrigins {
+            names: HashMap::new(),
+            computed: HashMap::new(),
+            opaque: HashMap::new(),
+            renamed: HashMap::new(),
+            views: HashMap::new(),
+            lineage: 0,
+            ruled: HashMap::new(),
+            generated: HashSet::new(),
+            newest: 0,
+            dropped: 0,
+            stale: AtomicBool::new(false),
+            notify: None,
+        }
+    }
+}
 
 impl ColumnOrigins {
     pub fn new() -> Self {
@@ -137,6 +310,11 @@ impl ColumnOrigins {
     pub fn continued(&self) -> ColumnOrigins {
         ColumnOrigins {
             names: self.names.clone(),
+            computed: self.computed.clone(),
+            opaque: self.opaque.clone(),
+            renamed: self.renamed.clone(),
+            views: HashMap::new(),
+            lineage: self.lineage,
             ruled: self.ruled.clone(),
             generated: self.generated.clone(),
             newest: self.newest,
@@ -156,14 +334,286 @@ impl ColumnOrigins {
         self.names.get(&(table, attnum)).map(|n| &n[..])
     }
 
-    /// The stored names of relation `table`'s columns that a rule matches
-    /// (what a whole row of it, `select p from people p`, holds).
-    pub fn ruled_names(&self, table: u32) -> impl Iterator<Item = &[u8]> + '_ {
+    /// The strongest rule among relation `table`'s ruled columns (what a
+    /// whole row of it, `select p from people p`, holds).
+    pub fn whole_row(&self, engine: &Engine, table: u32) -> Derived {
+        self.whole_row_source(engine, table)
+            .and_then(|s| s.rule(engine))
+    }
+
+    /// Where a view's computed column (or any column of a view that could
+    /// not be read) comes from, when it reads ruled columns. Its rule
+    /// applies to text-like types.
+    #[inline]
+    pub fn computed(&self, table: u32, attnum: i16) -> Option<&Source> {
+        if self.computed.is_empty() && self.opaque.is_empty() {
+            return None;
+        }
+        self.computed
+            .get(&(table, attnum))
+            .or_else(|| self.opaque.get(&table))
+    }
+
+    /// The views with a column named `name` resolved to a ruled source:
+    /// (view name, source).
+    pub fn renamed(&self, name: &[u8]) -> impl Iterator<Item = (&[u8], &Source)> + '_ {
+        self.renamed
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(v, s)| (&v[..], s))
+    }
+
+    /// 0 when no view column resolved to a ruled source under another
+    /// name; otherwise unique to this read.
+    pub fn lineage_id(&self) -> u64 {
+        self.lineage
+    }
+
+    /// The relations with ruled columns (what [`view_query`] asks about).
+    pub fn ruled_relations(&self) -> Vec<u32> {
+        let mut r: Vec<u32> = self.ruled.keys().copied().collect();
+        r.sort_unstable();
+        r
+    }
+
+    fn source(&self, table: u32, attnum: i16) -> Option<Source> {
+        match self.names.get(&(table, attnum)) {
+            Some(n) => Some(Source::Name(n.clone())),
+            None => self.computed(table, attnum).cloned(),
+        }
+    }
+
+    /// Take one DataRow body of [`view_query`]'s result (text format).
+    pub fn add_view_row(&mut self, body: &[u8]) -> Result<(), BadCatalogRow> {
+        if body.get(..2) != Some(&[0, 4][..]) {
+            return Err(BadCatalogRow);
+        }
+        let mut f = Fields { rest: &body[2..] };
+        let oid: u32 = f.number()?;
+        let name = f.next()?.ok_or(BadCatalogRow)?;
+        let reads = match f.next()? {
+            None => None,
+            Some(v) => Some(
+                v.split(|&b| b == b',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (r, a) = std::str::from_utf8(p)
+                            .ok()
+                            .and_then(|p| p.split_once(':'))
+                            .ok_or(BadCatalogRow)?;
+                        Ok((
+                            r.parse().map_err(|_| BadCatalogRow)?,
+                            a.parse().map_err(|_| BadCatalogRow)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<(u32, i16)>, _>>()?,
+            ),
+        };
+        let tree = f.next()?;
+        let def = ViewDef {
+            reads,
+            targets: tree.and_then(top_targets),
+            whole_rows: tree.is_none_or(|t| memchr::memmem::find(t, b":varattno 0 ").is_some()),
+            consts: tree.and_then(all_consts),
+            name: name.into(),
+        };
+        if self.views.len() < MAX_VIEWS || self.views.contains_key(&oid) {
+            self.views.insert(oid, def);
+        } else {
+            self.opaque.insert(oid, Source::Unreadable);
+        }
+        Ok(())
+    }
+
+    /// Follow the views read ([`ColumnOrigins::add_view_row`]) to the
+    /// ruled columns they show, views of views first:
+    /// - a column that shows a column as it is (`ssn AS tax_id`) takes
+    ///   that column's name (the view's own name for it when a rule
+    ///   matches that first);
+    /// - a computed column (an expression, a whole row) takes the strongest
+    ///   rule among the ruled columns the view reads and the ruled names
+    ///   its definition's text mentions, as a statement's computed columns
+    ///   do ([`super::derived`]), for text-like types;
+    /// - a view whose stored query could not be read: every column not
+    ///   resolved otherwise, as a computed one.
+    pub fn resolve_views(&mut self, engine: &Engine) {
+        let views = std::mem::take(&mut self.views);
+        let mut done = HashSet::with_capacity(views.len());
+        let mut order: Vec<u32> = views.keys().copied().collect();
+        order.sort_unstable();
+        for v in order {
+            self.resolve_view(engine, &views, v, &mut done, 0);
+        }
+        // (A new id for every read that has any: a statement's rule read
+        // under an earlier read may lack a view resolved since.)
+        if !self.renamed.is_empty() {
+            static NEXT: AtomicU64 = AtomicU64::new(1);
+            self.lineage = NEXT.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn resolve_view(
+        &mut self,
+        engine: &Engine,
+        views: &HashMap<u32, ViewDef>,
+        v: u32,
+        done: &mut HashSet<u32>,
+        depth: u32,
+    ) {
+        // (Views cannot read each other in a cycle; the depth bounds a
+        // catalog that says otherwise.)
+        if depth > 64 || !done.insert(v) {
+            return;
+        }
+        let def = &views[&v];
+        let reads = def.reads.as_deref().unwrap_or(&[]);
+        let targets = def.targets.as_deref().unwrap_or(&[]);
+        for r in reads
+            .iter()
+            .map(|&(r, _)| r)
+            .chain(targets.iter().map(|t| t.table))
+        {
+            if views.contains_key(&r) {
+                self.resolve_view(engine, views, r, done, depth + 1);
+            }
+        }
+        // What a computed column whose expression cannot be followed reads:
+        // the strongest ruled column the view reads (every ruled column of
+        // a relation whose whole row it reads).
+        let mut read = if def.reads.is_none() {
+            Some(Source::Unreadable)
+        } else {
+            None
+        };
+        for &(r, a) in reads {
+            if a > 0 {
+                read = stronger_source(engine, read, self.source(r, a));
+            }
+        }
+        if def.whole_rows {
+            // (The catalog keeps a relation's columns, or the relation when
+            // none is named: any relation read may be one whose whole row
+            // is.)
+            let mut relations: Vec<u32> = reads.iter().map(|&(r, _)| r).collect();
+            relations.dedup();
+            for r in relations {
+                read = stronger_source(engine, read, self.whole_row_source(engine, r));
+            }
+        }
+        // And the words of its constants (a JSON key in a subquery).
+        match &def.consts {
+            Some(consts) => {
+                for c in consts {
+                    read = stronger_source(engine, read, self.const_source(engine, c));
+                }
+            }
+            None => read = Some(Source::Unreadable),
+        }
+        let Some(targets) = &def.targets else {
+            if let Some(s) = read {
+                self.opaque.insert(v, s);
+            }
+            return;
+        };
+        for t in targets {
+            let key = (v, t.resno);
+            if self.names.contains_key(&key) {
+                continue;
+            }
+            if self.names.len() + self.computed.len() >= MAX_ORIGINS {
+                // (Kept whole: what the view reads, for all its columns.)
+                self.dropped += 1;
+                self.opaque
+                    .insert(v, read.clone().unwrap_or(Source::Unreadable));
+                continue;
+            }
+            let fresh = !self.computed.contains_key(&key);
+            let plain = if t.table == 0 || t.column == 0 {
+                None
+            } else {
+                self.names.get(&(t.table, t.column)).cloned()
+            };
+            let source = match plain {
+                Some(n) => {
+                    self.names.insert(key, n.clone());
+                    Source::Name(n)
+                }
+                None => {
+                    // A view's computed column shown as it is stays computed.
+                    let s = if t.table != 0 && t.column != 0 {
+                        self.computed(t.table, t.column).cloned()
+                    } else if t.table != 0 {
+                        self.whole_row_source(engine, t.table)
+                    } else if let Some(reads) = &t.reads {
+                        // An expression over columns of the relations the
+                        // view reads: those columns and its constants'
+                        // words (a JSON key).
+                        let mut s = None;
+                        for &(r, a) in reads {
+                            let from = if a > 0 {
+                                self.source(r, a)
+                            } else {
+                                self.whole_row_source(engine, r)
+                            };
+                            s = stronger_source(engine, s, from);
+                        }
+                        for c in &t.consts {
+                            s = stronger_source(engine, s, self.const_source(engine, c));
+                        }
+                        s
+                    } else {
+                        read.clone()
+                    };
+                    let Some(s) = s else { continue };
+                    self.computed.insert(key, s.clone());
+                    s
+                }
+            };
+            if fresh {
+                self.ruled.entry(v).or_default().push(t.resno);
+            }
+            if !t.name.is_empty() && !engine.name_ruled(&t.name) {
+                self.renamed
+                    .entry(t.name.clone())
+                    .or_default()
+                    .insert(def.name.clone(), source);
+            }
+        }
+    }
+
+    /// A ruled name.
+    fn mention(&self, engine: &Engine, name: &[u8]) -> Option<Source> {
+        engine.name_ruled(name).then(|| Source::Name(name.into()))
+    }
+
+    /// The strongest ruled name among a constant's printable runs and
+    /// their words (`'ssn'`, `'$.auth.password'`), as a statement's
+    /// literals count ([`super::derived`]).
+    fn const_source(&self, engine: &Engine, value: &[u8]) -> Option<Source> {
+        let mut best = None;
+        for run in value
+            .split(|&b| b < 0x20 || b == 0x7f)
+            .filter(|r| !r.is_empty())
+        {
+            best = stronger_source(engine, best, self.mention(engine, run));
+            for w in run.split(|&b| !ident_byte(b)) {
+                if !w.is_empty() && w.len() < run.len() {
+                    best = stronger_source(engine, best, self.mention(engine, w));
+                }
+            }
+        }
+        best
+    }
+
+    fn whole_row_source(&self, engine: &Engine, table: u32) -> Option<Source> {
+        let opaque = self.opaque.get(&table).cloned();
         self.ruled
             .get(&table)
             .into_iter()
             .flatten()
-            .filter_map(move |&a| self.name(table, a))
+            .filter_map(|&a| self.source(table, a))
+            .fold(opaque, |a, b| stronger_source(engine, a, Some(b)))
     }
 
     /// Whether column `attnum` of relation `table` is a generated column
@@ -211,6 +661,296 @@ impl ColumnOrigins {
     pub fn is_stale(&self) -> bool {
         self.stale.load(Relaxed)
     }
+}
+
+/// The columns of a stored query's (`pg_node_tree` text, `({QUERY …})`)
+/// top-level target list, as [`Target`]s, leaving out junk entries. None
+/// when the text is not of that shape.
+pub fn top_targets(tree: &[u8]) -> Option<Vec<Target>> {
+    let mut t = Tokens { s: tree, i: 0 };
+    if t.next()? != b"(" || t.next()? != b"{" || t.next()? != b"QUERY" {
+        return None;
+    }
+    // The Query's own fields are at depth 2; its range table comes before
+    // its target list.
+    let mut relations: Vec<Option<u32>> = Vec::new();
+    let mut depth = 2;
+    loop {
+        match t.next()? {
+            b"(" | b"{" => depth += 1,
+            b")" | b"}" => {
+                depth -= 1;
+                if depth < 2 {
+                    return None;
+                }
+            }
+            b":rtable" if depth == 2 => relations = range_table(&mut t)?,
+            b":targetList" if depth == 2 => break,
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    match t.next()? {
+        b"<>" => return Some(out),
+        b"(" => {}
+        _ => return None,
+    }
+    loop {
+        match t.next()? {
+            b")" => return Some(out),
+            b"{" => {}
+            _ => return None,
+        }
+        if t.next()? != b"TARGETENTRY" {
+            return None;
+        }
+        let mut te = Target {
+            reads: Some(Vec::new()),
+            ..Target::default()
+        };
+        let mut junk = false;
+        // The nodes open around the current token: the entry's own fields
+        // at 1, its expression's nodes deeper (`(` lists as `b"("`).
+        let mut open: Vec<&[u8]> = vec![b"TARGETENTRY"];
+        // The VAR being read: (varno, varattno, varlevelsup).
+        let mut var = (0usize, 0i16, 0u32);
+        while !open.is_empty() {
+            let tok = t.next()?;
+            match tok {
+                b"{" => {
+                    let name = t.next()?;
+                    if !matches!(name, b"VAR" | b"CONST") && !SIMPLE_NODES.contains(&name) {
+                        // A subquery, a sublink, a node this reading does
+                        // not know: what the column reads is not known.
+                        te.reads = None;
+                    }
+                    if name == b"VAR" {
+                        var = (0, 0, 0);
+                    }
+                    open.push(name);
+                }
+                b"(" => open.push(b"("),
+                b")" | b"}" => {
+                    if open.pop() == Some(&b"VAR"[..]) {
+                        // A column of a relation of the range table.
+                        let source = relations.get(var.0.wrapping_sub(1)).copied().flatten();
+                        match (&mut te.reads, source) {
+                            (Some(r), Some(rel)) if var.2 == 0 => r.push((rel, var.1)),
+                            _ => te.reads = None,
+                        }
+                    }
+                }
+                _ if open.len() == 1 => match tok {
+                    b":resno" => te.resno = node_number(t.next()?)?,
+                    b":resname" => te.name = node_string(t.next()?),
+                    b":resorigtbl" => te.table = node_number(t.next()?)?,
+                    b":resorigcol" => te.column = node_number(t.next()?)?,
+                    b":resjunk" => junk = t.next()? == b"true",
+                    _ => {}
+                },
+                _ => match (open.last().copied(), tok) {
+                    (Some(b"VAR"), b":varno") => var.0 = node_number(t.next()?)?,
+                    (Some(b"VAR"), b":varattno") => var.1 = node_number(t.next()?)?,
+                    (Some(b"VAR"), b":varlevelsup") => var.2 = node_number(t.next()?)?,
+                    (Some(b"CONST"), b":constvalue") => {
+                        if let Some(v) = const_bytes(&mut t)? {
+                            te.consts.push(v.into());
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+        if !junk {
+            out.push(te);
+        }
+    }
+}
+
+/// Expression nodes whose value comes from their arguments alone (the
+/// VARs and CONSTs under them say what a column reads): calls, operators,
+/// casts, CASE, COALESCE, arrays, rows, collation, field selection.
+const SIMPLE_NODES: &[&[u8]] = &[
+    b"FUNCEXPR",
+    b"OPEXPR",
+    b"DISTINCTEXPR",
+    b"NULLIFEXPR",
+    b"SCALARARRAYOPEXPR",
+    b"BOOLEXPR",
+    b"RELABELTYPE",
+    b"COERCEVIAIO",
+    b"ARRAYCOERCEEXPR",
+    b"CONVERTROWTYPEEXPR",
+    b"COLLATEEXPR",
+    b"CASEEXPR",
+    b"CASEWHEN",
+    b"CASETESTEXPR",
+    b"ARRAYEXPR",
+    b"ROWEXPR",
+    b"COALESCEEXPR",
+    b"MINMAXEXPR",
+    b"NULLTEST",
+    b"BOOLEANTEST",
+    b"FIELDSELECT",
+    b"SUBSCRIPTINGREF",
+    b"COERCETODOMAIN",
+    b"NAMEDARGEXPR",
+];
+
+/// The range table of a stored query (after its `:rtable`): for each
+/// entry, the relation it reads when it is a relation (`:rtekind 0`).
+fn range_table(t: &mut Tokens<'_>) -> Option<Vec<Option<u32>>> {
+    let mut out = Vec::new();
+    match t.next()? {
+        b"<>" => return Some(out),
+        b"(" => {}
+        _ => return None,
+    }
+    loop {
+        match t.next()? {
+            b")" => return Some(out),
+            b"{" => {}
+            _ => return None,
+        }
+        if t.next()? != b"RANGETBLENTRY" {
+            return None;
+        }
+        let (mut kind, mut relid) = (None::<u32>, None::<u32>);
+        let mut depth = 1;
+        while depth > 0 {
+            let tok = t.next()?;
+            match tok {
+                b"(" | b"{" => depth += 1,
+                b")" | b"}" => depth -= 1,
+                _ if depth == 1 => match tok {
+                    b":rtekind" => kind = Some(node_number(t.next()?)?),
+                    b":relid" => relid = Some(node_number(t.next()?)?),
+                    // (Names, which may read as field names: skipped.)
+                    b":ctename" | b":enrname" => {
+                        t.next()?;
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        out.push(if kind == Some(0) { relid } else { None });
+    }
+}
+
+/// The bytes of a CONST's `:constvalue` (`<>` for NULL, else `len [ b0 b1
+/// … ]`, each byte a signed or unsigned decimal). Outer None: malformed.
+fn const_bytes(t: &mut Tokens<'_>) -> Option<Option<Vec<u8>>> {
+    let len = t.next()?;
+    if len == b"<>" {
+        return Some(None);
+    }
+    let len: usize = node_number(len)?;
+    if t.next()? != b"[" {
+        return None;
+    }
+    let mut v = Vec::with_capacity(len.min(1 << 16));
+    loop {
+        let tok = t.next()?;
+        if tok == b"]" {
+            return Some(Some(v));
+        }
+        let b: i16 = node_number(tok)?;
+        v.push(b as u8);
+    }
+}
+
+/// The values of every CONST of a stored query; None when one does not
+/// read.
+fn all_consts(tree: &[u8]) -> Option<Vec<Box<[u8]>>> {
+    let mut out = Vec::new();
+    for at in memchr::memmem::find_iter(tree, b":constvalue ") {
+        // (A field name starts a token.)
+        if at > 0 && TOKEN_BYTE[usize::from(tree[at - 1])] != SPACE {
+            continue;
+        }
+        let mut t = Tokens {
+            s: tree,
+            i: at + b":constvalue".len(),
+        };
+        if let Some(v) = const_bytes(&mut t)? {
+            out.push(v.into());
+        }
+    }
+    Some(out)
+}
+
+/// The tokens of a `pg_node_tree` text, as the server's reader splits it:
+/// `(`, `)`, `{`, `}`, and the words between white space, a backslash
+/// taking the next byte as part of the word.
+struct Tokens<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Tokens<'a> {
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let s = self.s;
+        let mut i = self.i;
+        while i < s.len() && TOKEN_BYTE[usize::from(s[i])] == SPACE {
+            i += 1;
+        }
+        let start = i;
+        match TOKEN_BYTE[usize::from(*s.get(start)?)] {
+            BRACKET => i += 1,
+            _ => loop {
+                match s.get(i).map(|&c| TOKEN_BYTE[usize::from(c)]) {
+                    Some(WORD) => i += 1,
+                    Some(ESCAPE) => i += 2,
+                    _ => break,
+                }
+            },
+        }
+        self.i = i.min(s.len());
+        Some(&s[start..self.i])
+    }
+}
+
+const WORD: u8 = 0;
+const SPACE: u8 = 1;
+const BRACKET: u8 = 2;
+const ESCAPE: u8 = 3;
+
+/// What each byte is to [`Tokens`].
+static TOKEN_BYTE: [u8; 256] = {
+    let mut t = [WORD; 256];
+    t[b' ' as usize] = SPACE;
+    t[b'\n' as usize] = SPACE;
+    t[b'\t' as usize] = SPACE;
+    t[b'\r' as usize] = SPACE;
+    t[b'(' as usize] = BRACKET;
+    t[b')' as usize] = BRACKET;
+    t[b'{' as usize] = BRACKET;
+    t[b'}' as usize] = BRACKET;
+    t[b'\\' as usize] = ESCAPE;
+    t
+};
+
+fn node_number<T: std::str::FromStr>(tok: &[u8]) -> Option<T> {
+    std::str::from_utf8(tok).ok()?.parse().ok()
+}
+
+/// A name as the node writer spells it: `<>` for none, a backslash before
+/// each byte it escapes.
+fn node_string(tok: &[u8]) -> Box<[u8]> {
+    if tok == b"<>" {
+        return Box::default();
+    }
+    let mut out = Vec::with_capacity(tok.len());
+    let mut i = 0;
+    while i < tok.len() {
+        if tok[i] == b'\\' && i + 1 < tok.len() {
+            i += 1;
+        }
+        out.push(tok[i]);
+        i += 1;
+    }
+    out.into()
 }
 
 /// The text fields of a DataRow.
@@ -362,6 +1102,288 @@ mod tests {
         assert_eq!(c.name(16405, 1), Some(&b"pin_secret"[..]));
         assert_eq!(c.newest_relation(), 16407);
         assert_eq!(o.name(16405, 1), None);
+    }
+
+    fn view_row(oid: u32, reads: Option<&str>, tree: Option<&[u8]>) -> Vec<u8> {
+        let mut b = 4i16.to_be_bytes().to_vec();
+        let name = format!("v{oid}");
+        let oid = oid.to_string();
+        for f in [
+            Some(oid.as_bytes()),
+            Some(name.as_bytes()),
+            reads.map(str::as_bytes),
+            tree,
+        ] {
+            match f {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b
+    }
+
+    fn targets(tree: &[u8]) -> Vec<(i16, String, u32, i16)> {
+        top_targets(tree)
+            .unwrap()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.resno,
+                    String::from_utf8(t.name.into()).unwrap(),
+                    t.table,
+                    t.column,
+                )
+            })
+            .collect()
+    }
+
+    // Stored queries as PostgreSQL 15 wrote them (`pg_rewrite.ev_action`)
+    // for, with `people` (oid 16384: id, name, ssn, api_secret, profile):
+    // `contacts` (16389): select id, ssn as tax_id, upper(api_secret) as k,
+    //   name, p as whole from people p where id > 0;
+    // `c2` (16397): select tax_id as t2, upper(k) as k2,
+    //   (select max(ssn) from people) as m from contacts;
+    // `u` (16407): select ssn as x from people union select name from people.
+    const CONTACTS: &[u8] = include_bytes!("testdata/view_contacts.tree");
+    const C2: &[u8] = include_bytes!("testdata/view_c2.tree");
+    const UNION: &[u8] = include_bytes!("testdata/view_u.tree");
+    // `jv` (16415): select upper(p.name) as un, p.profile->>'ssn' as pk,
+    //   p.name || ' ' || q.api_secret as ns, coalesce(p.name, id::text) as cn
+    //   from people p join people q using (id);
+    const JV: &[u8] = include_bytes!("testdata/view_jv.tree");
+    const SUBQUERY: &[u8] = b"({QUERY :rtable <> :targetList ({TARGETENTRY :expr {SUBLINK \
+        :subLinkType 4 :subselect {QUERY :targetList ({TARGETENTRY :expr {CONST :consttype 25 \
+        :constvalue 14 [ 56 0 0 0 97 112 105 95 115 101 99 114 101 116 ]} :resno 1 :resname text \
+        :resorigtbl 0 :resorigcol 0 :resjunk false})}} :resno 1 :resname m :resorigtbl 0 \
+        :resorigcol 0 :resjunk false})})";
+
+    #[test]
+    fn the_top_level_target_list_of_a_stored_query() {
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            targets(CONTACTS),
+            vec![
+                (1, s("id"), 16384, 1),
+                (2, s("tax_id"), 16384, 3),
+                (3, s("k"), 0, 0),
+                (4, s("name"), 16384, 2),
+                (5, s("whole"), 16384, 0),
+            ]
+        );
+        // (Not the target list of the subquery inside `m`.)
+        assert_eq!(
+            targets(C2),
+            vec![
+                (1, s("t2"), 16389, 2),
+                (2, s("k2"), 0, 0),
+                (3, s("m"), 0, 0)
+            ]
+        );
+        assert_eq!(targets(UNION), vec![(1, s("x"), 0, 0)]);
+        // What each computed column's expression reads: relation columns
+        // (0: a whole row) and constants; not known through a subquery, a
+        // UNION's branches.
+        let reads = |tree| -> Vec<Option<Vec<(u32, i16)>>> {
+            top_targets(tree)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.reads)
+                .collect()
+        };
+        assert_eq!(
+            reads(CONTACTS),
+            vec![
+                Some(vec![(16384, 1)]),
+                Some(vec![(16384, 3)]),
+                Some(vec![(16384, 4)]),
+                Some(vec![(16384, 2)]),
+                Some(vec![(16384, 0)]),
+            ]
+        );
+        assert_eq!(
+            reads(C2),
+            vec![Some(vec![(16389, 2)]), Some(vec![(16389, 3)]), None]
+        );
+        assert_eq!(reads(UNION), vec![None]);
+        assert_eq!(
+            reads(JV),
+            vec![
+                Some(vec![(16384, 2)]),
+                Some(vec![(16384, 5)]),
+                Some(vec![(16384, 2), (16384, 4)]),
+                // (An inner join's merged column is stored as its left
+                // column.)
+                Some(vec![(16384, 2), (16384, 1)]),
+            ]
+        );
+        let jv = top_targets(JV).unwrap();
+        assert_eq!(
+            jv[1].consts,
+            vec![Box::from(&[28, 0, 0, 0, b's', b's', b'n'][..])]
+        );
+        assert_eq!(jv[2].consts, vec![Box::from(&[20, 0, 0, 0, b' '][..])]);
+        // Escaped names; junk entries left out; an empty list.
+        let odd = br"({QUERY :rtable <> :targetList ({TARGETENTRY :expr {VAR :varno 1 :location 3} :resno 2 :resname Odd\ Name\(x\) :ressortgroupref 0 :resorigtbl 16384 :resorigcol 3 :resjunk false} {TARGETENTRY :expr <> :resno 3 :resname <> :resorigtbl 0 :resorigcol 0 :resjunk true}) :override 0})";
+        assert_eq!(targets(odd), vec![(2, s("Odd Name(x)"), 16384, 3)]);
+        assert_eq!(targets(b"({QUERY :targetList <> :override 0})"), vec![]);
+        for bad in [
+            &b""[..],
+            b"(",
+            b"({QUERY :rtable <>})",
+            b"({SELECT :targetList <>})",
+            b"({QUERY :targetList ({TARGETENTRY :resno x})})",
+            b"({QUERY :targetList ({VAR :resno 1})})",
+            &CONTACTS[..CONTACTS.len() / 2],
+            // (Cut inside the target list.)
+            &CONTACTS[..memchr::memmem::find(CONTACTS, b":resname k ").unwrap()],
+        ] {
+            assert_eq!(top_targets(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn view_columns_take_the_rules_of_the_ruled_columns_they_show() {
+        use crate::mask::derived::Text;
+        use crate::mask::{ColumnAction, Engine, MaskingProfile};
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let keep = |n: &[u8]| e.name_ruled(n);
+        let mut o = ColumnOrigins::new();
+        for (rel, cols) in [
+            (16384, &["id", "name", "ssn", "api_secret", "profile"][..]),
+            (16389, &["id", "tax_id", "k", "name", "whole"]),
+            (16397, &["t2", "k2", "m"]),
+            (16407, &["x"]),
+            (16410, &["a", "b"]),
+            (16415, &["un", "pk", "ns", "cn"]),
+            (16440, &["m"]),
+            (16420, &["n"]),
+        ] {
+            for (k, c) in cols.iter().enumerate() {
+                let a = (k + 1).to_string();
+                o.add_row(&row(&[Some(&rel.to_string()), Some(&a), Some(c)]), keep)
+                    .unwrap();
+            }
+        }
+        assert_eq!(o.ruled_relations(), vec![16384]);
+        let rows = [
+            view_row(
+                16389,
+                Some("16384:1,16384:2,16384:3,16384:4"),
+                Some(CONTACTS),
+            ),
+            view_row(16397, Some("16389:2,16389:3,16384:3"), Some(C2)),
+            view_row(16407, Some("16384:2,16384:3"), Some(UNION)),
+            // Stored query too long to read: every column, by what it reads.
+            view_row(16410, Some("16384:3"), None),
+            // Nothing readable at all: the profile's strongest name rule.
+            view_row(16420, None, None),
+            view_row(16415, Some("16384:1,16384:2,16384:4,16384:5"), Some(JV)),
+            // `select (select 'api_secret'::text) as m from people`: a
+            // column made by a subquery, over `id` alone.
+            view_row(16440, Some("16384:1"), Some(SUBQUERY)),
+        ];
+        for r in &rows {
+            o.add_view_row(r).unwrap();
+        }
+        assert_eq!(o.lineage_id(), 0);
+        o.resolve_views(&e);
+        let rule = |s: Option<&Source>| s.and_then(|s| s.rule(&e)).map(|r| r.1);
+        let keep4 = Some(ColumnAction::KeepLast(4));
+        let mask = Some(ColumnAction::Mask);
+        // Shown as they are: the source's name, under the view's own name.
+        assert_eq!(o.name(16389, 2), Some(&b"ssn"[..]));
+        assert_eq!(o.name(16397, 1), Some(&b"ssn"[..]));
+        assert_eq!((o.name(16389, 1), o.name(16389, 4)), (None, None));
+        assert_eq!((o.computed(16389, 1), o.computed(16389, 4)), (None, None));
+        // Computed: the strongest ruled column the view reads (`*secret*`'s
+        // mask over `ssn`'s keep_last), through another view's computed
+        // column, a whole row, a subquery, a UNION.
+        assert_eq!(rule(o.computed(16389, 3)), mask);
+        assert_eq!(rule(o.computed(16389, 5)), mask);
+        assert_eq!(rule(o.computed(16397, 2)), mask);
+        assert_eq!(rule(o.computed(16397, 3)), mask);
+        assert_eq!(rule(o.computed(16407, 1)), keep4);
+        // (Without its stored query, a view may read whole rows: those of
+        // the relations it reads count.)
+        assert_eq!(rule(o.computed(16410, 2)), mask);
+        assert_eq!(o.computed(16420, 1), Some(&Source::Unreadable));
+        // By what each expression reads: an unruled column alone, a JSON
+        // key, a ruled column, unruled columns only.
+        assert_eq!(o.computed(16415, 1), None);
+        assert_eq!(rule(o.computed(16415, 2)), keep4);
+        assert_eq!(rule(o.computed(16415, 3)), mask);
+        assert_eq!(o.computed(16415, 4), None);
+        assert_eq!(o.renamed(b"un").count(), 0);
+        // A computed column a subquery makes takes what the view reads,
+        // the words of its constants included.
+        assert_eq!(rule(o.computed(16440, 1)), mask);
+        assert_eq!(o.whole_row(&e, 16389).map(|r| r.1), mask);
+        assert_eq!(o.whole_row(&e, 16384).map(|r| r.1), mask);
+        // A statement that computes from a view column computes from its
+        // source.
+        let by_view = |n: &[u8]| -> Vec<(String, Option<ColumnAction>)> {
+            o.renamed(n)
+                .map(|(v, s)| (String::from_utf8(v.to_vec()).unwrap(), rule(Some(s))))
+                .collect()
+        };
+        assert_eq!(by_view(b"tax_id"), vec![("v16389".to_string(), keep4)]);
+        assert_eq!(by_view(b"k"), vec![("v16389".to_string(), mask)]);
+        assert_eq!(by_view(b"name"), vec![]);
+        assert_ne!(o.lineage_id(), 0);
+        // (When the text names the view: another relation's `tax_id` is
+        // not this one.)
+        let text = Text::new(
+            b"select upper(tax_id) from public.V16389",
+            Some(false),
+            false,
+        );
+        assert_eq!(text.rule(&e, None), None);
+        assert_eq!(text.rule(&e, Some(&o)).map(|r| r.1), keep4);
+        let other = Text::new(b"select upper(tax_id) from invoices", Some(false), false);
+        assert_eq!(other.rule(&e, Some(&o)), None);
+        let quoted = Text::new(
+            b"select upper(\"tax_id\") from \"v16389\"",
+            Some(false),
+            false,
+        );
+        assert_eq!(quoted.rule(&e, Some(&o)).map(|r| r.1), keep4);
+        // A continued read keeps what was followed.
+        let c = o.continued();
+        assert_eq!(c.name(16397, 1), Some(&b"ssn"[..]));
+        assert_eq!(rule(c.computed(16397, 2)), mask);
+        assert_eq!(c.lineage_id(), o.lineage_id());
+
+        // A view over unruled columns only: nothing.
+        let mut p = ColumnOrigins::new();
+        p.add_row(&row(&[Some("16384"), Some("3"), Some("ssn")]), keep)
+            .unwrap();
+        p.add_view_row(&view_row(16430, Some("16384:1,16384:2"), Some(UNION)))
+            .unwrap();
+        p.resolve_views(&e);
+        assert_eq!((p.computed(16430, 1), p.lineage_id()), (None, 0));
+    }
+
+    #[test]
+    fn bad_view_rows_are_errors() {
+        let mut o = ColumnOrigins::new();
+        for r in [
+            view_row(1, Some("16384"), None),
+            view_row(1, Some("x:1"), None),
+            view_row(1, Some("1:99999"), None),
+            row(&[Some("1"), Some("v"), None]),
+            row(&[Some("x"), Some("v"), None, None]),
+            row(&[Some("1"), None, None, None]),
+        ] {
+            assert_eq!(o.add_view_row(&r), Err(BadCatalogRow), "{r:?}");
+        }
+        // (A bad tree is a view that cannot be read, not a bad row.)
+        o.add_view_row(&view_row(1, Some(""), Some(b"({"))).unwrap();
+        assert!(
+            view_query(&[16384, 16390], 1 << 20).contains("ANY('{16384,16390}'::pg_catalog.oid[])")
+        );
     }
 
     #[test]

@@ -200,15 +200,14 @@ pub(super) fn rule_of(
     text: Option<&Text>,
     f: &Field<'_>,
 ) -> Option<(RuleId, ColumnAction)> {
+    // A view's computed column: the strongest rule its view reads.
+    let mut computed = None;
     let stored = match (origins, f.table) {
         (Some(o), 1..) if f.attnum == 0 => {
             // A whole row (`select p from people p`): the strongest rule of
             // the columns it holds.
             o.saw_relation(f.table);
-            let whole = o
-                .ruled_names(f.table)
-                .map(|n| engine.column_rule_by_name(n))
-                .fold(None, super::derived::stronger);
+            let whole = o.whole_row(engine, f.table);
             if whole.is_some() {
                 return whole;
             }
@@ -216,6 +215,9 @@ pub(super) fn rule_of(
         }
         (Some(o), 1..) => {
             o.saw_relation(f.table);
+            if derived_applies(f.oid) {
+                computed = o.computed(f.table, f.attnum);
+            }
             o.name(f.table, f.attnum)
         }
         _ => None,
@@ -223,9 +225,10 @@ pub(super) fn rule_of(
     stored
         .and_then(|n| engine.column_rule(n, f.oid))
         .or_else(|| engine.column_rule(f.name, f.oid))
+        .or_else(|| computed.and_then(|s| s.rule(engine)))
         .or_else(|| {
             if f.table == 0 && derived_applies(f.oid) {
-                text.and_then(|t| t.rule(engine))
+                text.and_then(|t| t.rule(engine, origins))
             } else {
                 None
             }

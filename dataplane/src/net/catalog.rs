@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::mask::origins::catalog_query;
+use crate::mask::origins::{catalog_query, view_query};
 use crate::mask::{ColumnOrigins, Engine};
 use crate::metrics::bump;
 use crate::net::io::{write_all, PacketReader, ReadError, TargetIo};
@@ -256,9 +256,12 @@ pub async fn origins(
 }
 
 /// Run the query for the relations newer than `origins`' (all of them for a
-/// new one) and add its rows. Outer `Err`: the connection failed or
-/// the answer did not parse (the session cannot go on); inner `Err`: the
-/// server's error message.
+/// new one) and add its rows, then the view read over the relations with
+/// ruled columns ([`view_query`]), and resolve the views. Outer `Err`: the
+/// connection failed or the answer did not parse (the session cannot go
+/// on); inner `Err`: the server's error message for the column query. A
+/// refused view read leaves the columns read (views then follow result
+/// names and stored names, as before it).
 async fn read(
     engine: &Engine,
     mut origins: ColumnOrigins,
@@ -267,14 +270,58 @@ async fn read(
     after: &mut Vec<u8>,
     generated: bool,
 ) -> Result<Result<ColumnOrigins, String>, String> {
-    let mut body = catalog_query(origins.newest_relation(), generated).into_bytes();
+    let keep = |name: &[u8]| engine.name_ruled(name);
+    let sql = catalog_query(origins.newest_relation(), generated);
+    let mut reader = PacketReader::new();
+    let columns = run(io, &mut reader, &sql, max_frame, after, |row| {
+        origins.add_row(row, keep).is_ok()
+    })
+    .await?;
+    if let Err(m) = columns {
+        after.extend_from_slice(reader.leftover());
+        return Ok(Err(m));
+    }
+    let relations = origins.ruled_relations();
+    if !relations.is_empty() {
+        // (Three long fields in a row under the frame limit.)
+        let cap = (max_frame.saturating_sub(4096) / 3).min(VIEW_FIELD_CAP);
+        let sql = view_query(&relations, cap as usize);
+        let viewed = run(io, &mut reader, &sql, max_frame, after, |row| {
+            origins.add_view_row(row).is_ok()
+        })
+        .await?;
+        if let Err(m) = viewed {
+            tracing::warn!("the target refused the view read ({m}); view columns are matched by their own names");
+        }
+        origins.resolve_views(engine);
+    }
+    after.extend_from_slice(reader.leftover());
+    Ok(Ok(origins))
+}
+
+/// Longest field of a view read row: longer ones come as NULL (the view
+/// then masks more).
+const VIEW_FIELD_CAP: u32 = 4 << 20;
+
+/// Send simple Query `sql` and hand each DataRow body to `row` (false: the
+/// row does not parse) until ReadyForQuery (`reader` keeps what came
+/// after it). Outer `Err`: the connection
+/// failed or the answer did not parse; inner `Err`: the server's error.
+async fn run(
+    io: &mut TargetIo,
+    reader: &mut PacketReader,
+    sql: &str,
+    max_frame: u32,
+    after: &mut Vec<u8>,
+    mut row: impl FnMut(&[u8]) -> bool,
+) -> Result<Result<(), String>, String> {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.as_bytes());
     body.push(0);
     let mut q = Vec::with_capacity(body.len() + 5);
     backend::message(&mut q, b'Q', &body);
     write_all(io, q).await.map_err(|e| e.to_string())?;
-    let mut reader = PacketReader::new();
     let mut refused = None;
-    let keep = |name: &[u8]| engine.name_ruled(name);
     loop {
         let (tag, body) = match reader.read_tagged(io, max_frame).await {
             Ok(m) => m,
@@ -283,12 +330,10 @@ async fn read(
             Err(ReadError::BadLength(l)) => return Err(format!("invalid message length {l}")),
         };
         match tag {
-            b'D' => {
-                refused = refused.or_else(|| {
-                    let bad = origins.add_row(&body, keep).is_err();
-                    bad.then(|| "a row of the answer does not parse".to_string())
-                });
+            b'D' if refused.is_none() && !row(&body) => {
+                refused = Some("a row of the answer does not parse".to_string());
             }
+            b'D' => {}
             b'E' => {
                 let f = backend::parse_error_fields(&body);
                 refused = Some(format!("{}: {}", f.code, f.message));
@@ -301,10 +346,9 @@ async fn read(
             _ => {}
         }
     }
-    after.extend_from_slice(reader.leftover());
     Ok(match refused {
         Some(m) => Err(m),
-        None => Ok(origins),
+        None => Ok(()),
     })
 }
 
