@@ -264,6 +264,7 @@ fn origins(c: &mut Criterion) {
     let views: Vec<Vec<u8>> = (0..200)
         .map(|i| {
             row(&[
+                b"v",
                 (20000 + i).to_string().as_bytes(),
                 format!("contacts_{i}").as_bytes(),
                 b"16384:1,16384:2,16384:3,16384:4",

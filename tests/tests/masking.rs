@@ -1524,8 +1524,9 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
 /// also reads the stored queries of the views (and materialized views)
 /// over ruled columns, so a view column that shows a ruled column under
 /// another name takes its rule, a computed view column (an expression, a
-/// UNION, a whole row) the strongest rule its view reads, and a statement
-/// that computes from such a view column the rule of its source; through
+/// UNION, a whole row) the strongest rule its view reads, a statement
+/// that computes from such a view column the rule of its source, and one
+/// that reads a whole row as a value (`p::text`) its table's; through
 /// views of views, in both protocols, and for a view created after the
 /// read (from the next login on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1589,6 +1590,16 @@ async fn column_rules_follow_views_that_rename_or_compute() {
         ),
         (
             format!("select upper(note) from {t}_v1 where id = 2"),
+            vec![s("CLEAN NOTE")],
+        ),
+        // A whole row read as a value in an expression holds every column
+        // (`internal_notes`'s rule is `null`); a qualifier does not.
+        (
+            format!("select p::text from {t} p where id = 2"),
+            vec![None],
+        ),
+        (
+            format!("select upper(p.note) from {t} p where p.id = 2"),
             vec![s("CLEAN NOTE")],
         ),
         // `x` of the UNION view is `ssn`'s; another `x` is not.

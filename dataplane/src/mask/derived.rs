@@ -177,6 +177,12 @@ pub(super) fn strongest_mention(
     let views = origins.filter(|o| o.lineage_id() != 0);
     let mut seen: Vec<Vec<u8>> = Vec::new();
     let mut candidates: Vec<(&[u8], &Source)> = Vec::new();
+    // A relation read whole as a value (`row_to_json(p)`, `p::text`,
+    // `to_jsonb(people)`): the relations the text reads with their aliases,
+    // and the names it uses as values (not a qualifier, a relation or an
+    // alias being given).
+    let mut relations: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut values: Vec<Vec<u8>> = Vec::new();
     let mut consider = |name: &[u8]| {
         // (One regex, the rules' alternation, before the rule by rule
         // search: most names are key words and unruled columns.)
@@ -233,6 +239,8 @@ pub(super) fn strongest_mention(
                 }
             }
             let end = i.min(s.len());
+            // (A quoted name right after a relation's is its alias.)
+            let gives = alias > 0;
             if alias > 0 {
                 alias = 0;
                 if next_byte(s, end) == Some(b'(') {
@@ -241,6 +249,7 @@ pub(super) fn strongest_mention(
             }
             if views.is_some() {
                 seen.push(lower.clone());
+                note_name(s, end, relation, gives, &lower, &mut relations, &mut values);
             }
             if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
@@ -296,9 +305,6 @@ pub(super) fn strongest_mention(
             lower.clear();
             lower.extend(s[i..j].iter().map(u8::to_ascii_lowercase));
             i = j;
-            if views.is_some() {
-                seen.push(lower.clone());
-            }
             if matches!(
                 &lower[..],
                 b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
@@ -309,16 +315,22 @@ pub(super) fn strongest_mention(
                 after_name = false;
                 continue;
             }
+            let mut gives = false;
             if alias > 0 {
                 if alias == 1 && lower == b"as" {
                     alias = 2;
                     continue;
                 }
-                let renames = !NOT_ALIAS.contains(&&lower[..]) && next_byte(s, j) == Some(b'(');
+                gives = !NOT_ALIAS.contains(&&lower[..]);
+                let renames = gives && next_byte(s, j) == Some(b'(');
                 alias = 0;
                 if renames {
                     return Some(Source::Unreadable);
                 }
+            }
+            if views.is_some() {
+                seen.push(lower.clone());
+                note_name(s, j, relation, gives, &lower, &mut relations, &mut values);
             }
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
@@ -348,7 +360,43 @@ pub(super) fn strongest_mention(
             consider_source(engine, &mut best, source.clone());
         }
     }
+    if let Some(o) = views {
+        for (name, alias) in &relations {
+            let handle = alias.as_ref().unwrap_or(name);
+            if values.contains(handle) {
+                if let Some(whole) = o.whole_row_by_name(engine, name) {
+                    consider_source(engine, &mut best, whole);
+                }
+            }
+        }
+    }
     best.map(|(_, s)| s)
+}
+
+/// Note a name ending at `end` for whole-row reads: a relation's name
+/// (after FROM or JOIN, not followed by `.` or `(`), the alias given to the
+/// last relation (`gives`), or a name used as a value (not a qualifier).
+fn note_name(
+    s: &[u8],
+    end: usize,
+    relation: bool,
+    gives: bool,
+    name: &[u8],
+    relations: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    values: &mut Vec<Vec<u8>>,
+) {
+    let next = next_byte(s, end);
+    if relation {
+        if !matches!(next, Some(b'.' | b'(')) {
+            relations.push((name.to_vec(), None));
+        }
+    } else if gives {
+        if let Some((_, alias @ None)) = relations.last_mut() {
+            *alias = Some(name.to_vec());
+        }
+    } else if next != Some(b'.') {
+        values.push(name.to_vec());
+    }
 }
 
 /// `source` in `best` when its rule is stronger.

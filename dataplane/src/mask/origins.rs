@@ -72,7 +72,9 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 
 /// The view read, after [`catalog_query`]: each view and materialized view
 /// that reads one of `relations` (the relations with ruled columns),
-/// directly or through other views, as `(oid, name, reads, tree)`:
+/// directly or through other views, as `('v', oid, name, reads, tree)`
+/// (and each of `relations` as `('r', oid, name, NULL, NULL)`, for a
+/// statement that reads its whole row, [`ColumnOrigins::whole_row_by_name`]):
 /// - `reads`: the columns its query reads, `relation:attnum,…` (from
 ///   `pg_depend`: every column it names anywhere, also in `WHERE`);
 /// - `tree`: its stored query (`pg_rewrite.ev_action`), whose top-level
@@ -102,7 +104,7 @@ pub fn view_query(relations: &[u32], cap: usize) -> String {
             WHERE d.refobjid = ANY('{{{list}}}'::pg_catalog.oid[]) AND {rule} \
            UNION SELECT r.ev_class FROM v, pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
             WHERE d.refobjid = v.oid AND {rule}) \
-         SELECT r.ev_class::int8, c.relname::text, \
+         SELECT 'v', r.ev_class::int8, c.relname::text, \
            CASE WHEN pg_catalog.octet_length(t.reads) <= {cap} THEN t.reads END, \
            CASE WHEN pg_catalog.octet_length(t.tree) <= {cap} THEN t.tree END \
          FROM v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid AND r.ev_type = '1' \
@@ -114,7 +116,9 @@ pub fn view_query(relations: &[u32], cap: usize) -> String {
                              AND d.objid = r.oid \
                              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                              AND d.refobjid <> r.ev_class) AS reads, \
-                         r.ev_action::text AS tree) t"
+                         r.ev_action::text AS tree) t \
+         UNION ALL SELECT 'r', c.oid::int8, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
+          WHERE c.oid = ANY('{{{list}}}'::pg_catalog.oid[])"
     )
 }
 
@@ -213,6 +217,9 @@ pub struct ColumnOrigins {
     renamed: HashMap<Box<[u8]>, ByView>,
     /// Views read and not yet resolved.
     views: HashMap<u32, ViewDef>,
+    /// The relations with ruled columns and the views over them, by name
+    /// (a statement names them so).
+    relations: HashMap<Box<[u8]>, Vec<u32>>,
     /// Distinguishes reads with view columns in `renamed` (0: none), for
     /// the rules statement texts keep.
     lineage: u64,
@@ -244,6 +251,7 @@ impl Default for ColumnOrigins {
             opaque: HashMap::new(),
             renamed: HashMap::new(),
             views: HashMap::new(),
+            relations: HashMap::new(),
             lineage: 0,
             ruled: HashMap::new(),
             generated: HashSet::new(),
@@ -314,6 +322,7 @@ impl ColumnOrigins {
             opaque: self.opaque.clone(),
             renamed: self.renamed.clone(),
             views: HashMap::new(),
+            relations: self.relations.clone(),
             lineage: self.lineage,
             ruled: self.ruled.clone(),
             generated: self.generated.clone(),
@@ -364,10 +373,22 @@ impl ColumnOrigins {
             .map(|(v, s)| (&v[..], s))
     }
 
-    /// 0 when no view column resolved to a ruled source under another
-    /// name; otherwise unique to this read.
+    /// 0 when neither a view column resolved to a ruled source under
+    /// another name nor a relation with ruled columns is known by name;
+    /// otherwise unique to this read.
     pub fn lineage_id(&self) -> u64 {
         self.lineage
+    }
+
+    /// The strongest source among the ruled columns of the relations (or
+    /// views) named `name` (in any schema): what a whole row of it holds.
+    pub fn whole_row_by_name(&self, engine: &Engine, name: &[u8]) -> Option<Source> {
+        self.relations
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&r| self.whole_row_source(engine, r))
+            .fold(None, |a, b| stronger_source(engine, a, b))
     }
 
     /// The relations with ruled columns (what [`view_query`] asks about).
@@ -386,12 +407,23 @@ impl ColumnOrigins {
 
     /// Take one DataRow body of [`view_query`]'s result (text format).
     pub fn add_view_row(&mut self, body: &[u8]) -> Result<(), BadCatalogRow> {
-        if body.get(..2) != Some(&[0, 4][..]) {
+        if body.get(..2) != Some(&[0, 5][..]) {
             return Err(BadCatalogRow);
         }
         let mut f = Fields { rest: &body[2..] };
+        let kind = f.next()?.ok_or(BadCatalogRow)?;
         let oid: u32 = f.number()?;
         let name = f.next()?.ok_or(BadCatalogRow)?;
+        if !matches!(kind, b"v" | b"r") {
+            return Err(BadCatalogRow);
+        }
+        let by_name = self.relations.entry(name.into()).or_default();
+        if !by_name.contains(&oid) {
+            by_name.push(oid);
+        }
+        if kind == b"r" {
+            return Ok(());
+        }
         let reads = match f.next()? {
             None => None,
             Some(v) => Some(
@@ -447,7 +479,7 @@ impl ColumnOrigins {
         }
         // (A new id for every read that has any: a statement's rule read
         // under an earlier read may lack a view resolved since.)
-        if !self.renamed.is_empty() {
+        if !self.renamed.is_empty() || !self.relations.is_empty() {
             static NEXT: AtomicU64 = AtomicU64::new(1);
             self.lineage = NEXT.fetch_add(1, Relaxed);
         }
@@ -1105,10 +1137,11 @@ mod tests {
     }
 
     fn view_row(oid: u32, reads: Option<&str>, tree: Option<&[u8]>) -> Vec<u8> {
-        let mut b = 4i16.to_be_bytes().to_vec();
+        let mut b = 5i16.to_be_bytes().to_vec();
         let name = format!("v{oid}");
         let oid = oid.to_string();
         for f in [
+            Some(&b"v"[..]),
             Some(oid.as_bytes()),
             Some(name.as_bytes()),
             reads.map(str::as_bytes),
@@ -1363,7 +1396,55 @@ mod tests {
         p.add_view_row(&view_row(16430, Some("16384:1,16384:2"), Some(UNION)))
             .unwrap();
         p.resolve_views(&e);
-        assert_eq!((p.computed(16430, 1), p.lineage_id()), (None, 0));
+        assert_eq!(p.computed(16430, 1), None);
+        assert_eq!(p.renamed(b"x").count(), 0);
+    }
+
+    #[test]
+    fn a_statement_reading_a_whole_row_as_a_value_takes_its_rules() {
+        use crate::mask::derived::Text;
+        use crate::mask::{ColumnAction, Engine, MaskingProfile};
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let keep = |n: &[u8]| e.name_ruled(n);
+        let mut o = ColumnOrigins::new();
+        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
+            let a = (k + 1).to_string();
+            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
+                .unwrap();
+        }
+        o.add_view_row(&row(&[
+            Some("r"),
+            Some("16384"),
+            Some("people"),
+            None,
+            None,
+        ]))
+        .unwrap();
+        o.resolve_views(&e);
+        assert_ne!(o.lineage_id(), 0);
+        let rule = |sql: &str| {
+            Text::new(sql.as_bytes(), Some(false), false)
+                .rule(&e, Some(&o))
+                .map(|r| r.1)
+        };
+        let mask = Some(ColumnAction::Mask);
+        for sql in [
+            "select row_to_json(p) from people p",
+            "select p::text from public.people as p where p.id = 1",
+            "select to_jsonb(people) from people",
+            "select json_agg(x) from orders o join people x on x.id = o.person",
+            "select \"P\"::text from people \"P\"",
+        ] {
+            assert_eq!(rule(sql), mask, "{sql}");
+        }
+        for sql in [
+            "select upper(p.name) from people p",
+            "select upper(name) from people",
+            "select row_to_json(o) from orders o join people p on p.id = o.person",
+            "select p::text from other p",
+        ] {
+            assert_eq!(rule(sql), None, "{sql}");
+        }
     }
 
     #[test]
