@@ -290,6 +290,38 @@ fn origins(c: &mut Criterion) {
             black_box(o)
         })
     });
+    // 200 PL/pgSQL functions of 330 bytes, as `bench/e2e/connect_origins.sh`
+    // creates them (`FUNCTIONS=200`).
+    let body = b"\n      DECLARE r text;\n      BEGIN\n        SELECT name || ' <' || email || '> ' || \
+        city INTO r FROM t1 WHERE id = k;\n        IF r IS NULL THEN RAISE NOTICE 'no customer %', k; \
+        END IF;\n        RETURN r;\n      END ";
+    let functions: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            row(&[
+                b"f",
+                (40000 + i).to_string().as_bytes(),
+                format!("f{i}").as_bytes(),
+                b"",
+                body,
+            ])
+        })
+        .collect();
+    g.throughput(Throughput::Bytes(
+        functions.iter().map(|v| v.len() as u64).sum(),
+    ));
+    g.bench_function("view_read/200_functions", |b| {
+        b.iter(|| {
+            let mut o = ColumnOrigins::new();
+            for r in &columns {
+                o.add_row(r, |n| engine.name_ruled(n)).unwrap();
+            }
+            for r in &functions {
+                o.add_view_row(black_box(r)).unwrap();
+            }
+            o.resolve_views(&engine);
+            black_box(o)
+        })
+    });
     g.finish();
 }
 

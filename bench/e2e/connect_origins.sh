@@ -20,6 +20,7 @@ SECS=${SECS:-5}
 THREADS=${THREADS:-2}
 TABLES=${TABLES:-200}
 VIEWS=${VIEWS:-0}
+FUNCTIONS=${FUNCTIONS:-0}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
@@ -28,11 +29,12 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     echo "  TABLES=$TABLES (extra tables of 12 columns, 2 of them secret-named, so the catalog is not trivial)"
     echo "  VIEWS=$VIEWS (views over those tables, each renaming one secret column and computing from the other,"
     echo "    which the login's view read follows; at most TABLES)"
+    echo "  FUNCTIONS=$FUNCTIONS (PL/pgSQL functions returning text, which the view read reads too)"
     echo "  SLUICE_WORKERS, SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1, OUT=<dir>"
     exit 0
 fi
 [[ $# -eq 0 ]] || die "no arguments expected (configure with env vars; see --help)"
-for v in CLIENTS ROUNDS SECS THREADS TABLES VIEWS; do
+for v in CLIENTS ROUNDS SECS THREADS TABLES VIEWS FUNCTIONS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((ROUNDS >= 1 && SECS >= 1 && THREADS >= 1 && CLIENTS >= 1)) || die "ROUNDS, SECS, THREADS and CLIENTS must be at least 1"
@@ -44,7 +46,7 @@ CSV=$OUT/connect_origins.csv
 require_cmd pgbench psql awk sed curl
 e2e_init
 write_meta "$OUT/meta.txt"
-echo "CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS TABLES=$TABLES VIEWS=$VIEWS SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+echo "CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS TABLES=$TABLES VIEWS=$VIEWS FUNCTIONS=$FUNCTIONS SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
 log "output dir: $OUT; about $((ROUNDS * 3 * SECS)) s of runs"
 
 ensure_sluice_bin
@@ -60,6 +62,15 @@ DO \$\$ BEGIN
   FOR i IN 1..LEAST($VIEWS, $TABLES) LOOP
     EXECUTE format('CREATE VIEW v%s AS SELECT id, name, api_secret AS k, upper(reset_token) AS r,
                     city || '' '' || zip AS place FROM t%s WHERE total > 0', i, i);
+  END LOOP;
+  FOR i IN 1..$FUNCTIONS LOOP
+    EXECUTE format('CREATE FUNCTION f%s(k int) RETURNS text LANGUAGE plpgsql STABLE AS \$f\$
+      DECLARE r text;
+      BEGIN
+        SELECT name || '' <'' || email || ''> '' || city INTO r FROM t1 WHERE id = k;
+        IF r IS NULL THEN RAISE NOTICE ''no customer %%'', k; END IF;
+        RETURN r;
+      END \$f\$', i);
   END LOOP;
 END \$\$;
 EOF

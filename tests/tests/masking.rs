@@ -1526,7 +1526,8 @@ async fn column_rules_follow_the_stored_column_under_aliases() {
 /// another name takes its rule, a computed view column (an expression, a
 /// UNION, a whole row) the strongest rule its view reads, a statement
 /// that computes from such a view column the rule of its source, and one
-/// that reads a whole row as a value (`p::text`) its table's; through
+/// that reads a whole row as a value (`p::text`) its table's, and a call
+/// of a function whose body reads a ruled column that column's; through
 /// views of views, in both protocols, and for a view created after the
 /// read (from the next login on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1537,7 +1538,9 @@ async fn column_rules_follow_views_that_rename_or_compute() {
     let direct = pg.direct().await;
     direct
         .batch_execute(&format!(
-            "drop materialized view if exists {t}_mv; drop table if exists {t} cascade"
+            "drop materialized view if exists {t}_mv; drop table if exists {t} cascade; \
+             drop function if exists {t}_answer(int), {t}_tax(int); \
+             drop table if exists {t}_j cascade; drop type if exists {t}_ty"
         ))
         .await
         .unwrap();
@@ -1549,7 +1552,18 @@ async fn column_rules_follow_views_that_rename_or_compute() {
              create view {t}_v2 as select tax_id as t2, hint || '' as h2, note as n2 from {t}_v1; \
              create materialized view {t}_mv as select id, ssn as s from {t}; \
              create view {t}_u as select ssn as x from {t} union all select note from {t}; \
-             create view {t}_w as select id, p::text as r from {t} p"
+             create view {t}_w as select id, p::text as r from {t} p; \
+             create function {t}_answer(i int) returns text language sql stable \
+               as $$ select secret_answer from {t} where id = i $$; \
+             create function {t}_tax(i int) returns text language plpgsql stable \
+               as $f$ begin return (select ssn from {t} where id = i); end $f$; \
+             create view {t}_fv as select id, {t}_answer(id) as a from {t}; \
+             create view {t}_rn as select id, secret_answer as hint2 from {t}; \
+             alter view {t}_rn rename column hint2 to foo; \
+             create type {t}_ty as (secret_q text, n int); \
+             create table {t}_j (id int, profile jsonb, info {t}_ty); \
+             insert into {t}_j values (1, '{{\"secret_q\": \"blue\"}}', row('green', 1)); \
+             create view {t}_jv as select profile->>'secret_q' as k, (info).secret_q as f from {t}_j"
         ))
         .await
         .unwrap();
@@ -1602,6 +1616,25 @@ async fn column_rules_follow_views_that_rename_or_compute() {
             format!("select upper(p.note) from {t} p where p.id = 2"),
             vec![s("CLEAN NOTE")],
         ),
+        // A function whose body reads a ruled column returns it under that
+        // column's rule, also through a view.
+        (format!("select {t}_answer(2)"), vec![s("*******")]),
+        (format!("select {t}_tax(2)"), vec![s("*******4321")]),
+        (
+            format!("select a from {t}_fv where id = 2"),
+            vec![s("*******")],
+        ),
+        // A view over a table with no ruled column: a JSON key, a field of
+        // a composite value.
+        (
+            format!("select k, f from {t}_jv"),
+            vec![s("****"), s("*****")],
+        ),
+        // A column renamed since: statements use its new name.
+        (
+            format!("select upper(foo) from {t}_rn where id = 2"),
+            vec![s("*******")],
+        ),
         // `x` of the UNION view is `ssn`'s; another `x` is not.
         (
             format!("select upper(x) from {t}_u where x like '%4321'"),
@@ -1651,7 +1684,9 @@ async fn column_rules_follow_views_that_rename_or_compute() {
     drop((c, c2));
     direct
         .batch_execute(&format!(
-            "drop materialized view {t}_mv; drop table {t} cascade"
+            "drop materialized view {t}_mv; drop table {t} cascade; \
+             drop function {t}_answer(int), {t}_tax(int); \
+             drop table {t}_j cascade; drop type {t}_ty"
         ))
         .await
         .unwrap();

@@ -190,6 +190,10 @@ pub(super) fn strongest_mention(
             consider_source(engine, &mut best, Source::Name(name.into()));
         } else if let Some(o) = views {
             candidates.extend(o.renamed(name));
+            // A function whose body reads ruled columns.
+            if let Some(f) = o.function(name) {
+                consider_source(engine, &mut best, f.clone());
+            }
         }
     };
     let s = sql;

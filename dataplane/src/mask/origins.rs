@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use super::copyout::ident_byte;
-use super::derived::{strength, Derived};
+use super::derived::{strength, strongest_mention, Derived};
 use super::Engine;
 
 /// Most entries kept from one catalog read; rows past it are dropped (and
@@ -74,7 +74,11 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 /// that reads one of `relations` (the relations with ruled columns),
 /// directly or through other views, as `('v', oid, name, reads, tree)`
 /// (and each of `relations` as `('r', oid, name, NULL, NULL)`, for a
-/// statement that reads its whole row, [`ColumnOrigins::whole_row_by_name`]):
+/// statement that reads its whole row, [`ColumnOrigins::whole_row_by_name`];
+/// and each SQL or PL/pgSQL function created after `initdb` whose result
+/// may be text as `('f', oid, name, reads, body)`, `reads` the columns a
+/// `BEGIN ATOMIC` body reads, for a statement or view that calls it,
+/// [`ColumnOrigins::function`]):
 /// - `reads`: the columns its query reads, `relation:attnum,…` (from
 ///   `pg_depend`: every column it names anywhere, also in `WHERE`);
 /// - `tree`: its stored query (`pg_rewrite.ev_action`), whose top-level
@@ -101,7 +105,12 @@ pub fn view_query(relations: &[u32], cap: usize) -> String {
     format!(
         "WITH RECURSIVE v(oid) AS (\
            SELECT r.ev_class FROM pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
-            WHERE d.refobjid = ANY('{{{list}}}'::pg_catalog.oid[]) AND {rule} \
+            WHERE (d.refobjid = ANY('{{{list}}}'::pg_catalog.oid[]) OR d.refobjid IN ( \
+                     SELECT a.attrelid FROM pg_catalog.pg_attribute a \
+                       JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                      WHERE a.attrelid > {last_initdb} AND a.attnum > 0 \
+                        AND (ty.typtype = 'c' OR ty.typcategory = 'U' OR a.atttypid IN (114, 3802)))) \
+              AND {rule} \
            UNION SELECT r.ev_class FROM v, pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
             WHERE d.refobjid = v.oid AND {rule}) \
          SELECT 'v', r.ev_class::int8, c.relname::text, \
@@ -117,14 +126,34 @@ pub fn view_query(relations: &[u32], cap: usize) -> String {
                              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                              AND d.refobjid <> r.ev_class) AS reads, \
                          r.ev_action::text AS tree) t \
+         UNION ALL SELECT 'a', a.attrelid::int8, a.attname::text, a.attnum::text, NULL \
+           FROM pg_catalog.pg_attribute a WHERE a.attrelid IN (SELECT oid FROM v) \
+            AND a.attnum > 0 AND NOT a.attisdropped \
          UNION ALL SELECT 'r', c.oid::int8, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
-          WHERE c.oid = ANY('{{{list}}}'::pg_catalog.oid[])"
+          WHERE c.oid = ANY('{{{list}}}'::pg_catalog.oid[]) \
+         UNION ALL SELECT 'f', p.oid::int8, p.proname::text, \
+           (SELECT pg_catalog.string_agg(d.refobjid::text || ':' || d.refobjsubid::text, ',') \
+              FROM pg_catalog.pg_depend d \
+             WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid \
+               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass), \
+           CASE WHEN pg_catalog.octet_length(p.prosrc) <= {cap} THEN p.prosrc END \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+         WHERE p.oid > {last_initdb} AND l.lanname IN ('sql', 'plpgsql') \
+           AND p.prorettype NOT IN ({FUNCTION_TYPES_LEFT_OUT})",
+        last_initdb = FIRST_NORMAL_OID - 1,
     )
 }
 
 /// Most views kept from one view read; the rest are followed as opaque
-/// (their columns mask more).
+/// (their columns mask more). As many functions.
 pub const MAX_VIEWS: usize = 1 << 16;
+
+/// Result types of the functions the view read leaves out: what a
+/// statement's computed column of that type would not take a rule for
+/// (bool, integers, oid, floats, numeric, date, timestamps), and `void`,
+/// `trigger`, `event_trigger`.
+const FUNCTION_TYPES_LEFT_OUT: &str =
+    "16, 20, 21, 23, 26, 700, 701, 1700, 1082, 1114, 1184, 2278, 2279, 3838";
 
 /// PostgreSQL's `FirstNormalObjectId`: oids below it are `initdb`'s.
 const FIRST_NORMAL_OID: u32 = 16384;
@@ -180,6 +209,29 @@ struct ViewDef {
     consts: Option<Vec<Box<[u8]>>>,
 }
 
+/// `relation:attnum,…` (None: NULL).
+fn reads_field(v: Option<&[u8]>) -> Result<Option<Vec<(u32, i16)>>, BadCatalogRow> {
+    let Some(v) = v else { return Ok(None) };
+    v.split(|&b| b == b',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (r, a) = std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.split_once(':'))
+                .ok_or(BadCatalogRow)?;
+            Ok((
+                r.parse().map_err(|_| BadCatalogRow)?,
+                a.parse().map_err(|_| BadCatalogRow)?,
+            ))
+        })
+        .collect::<Result<Vec<(u32, i16)>, _>>()
+        .map(Some)
+}
+
+/// A function as the view read gives it: oid, name, the columns a `BEGIN
+/// ATOMIC` body reads, its body's text (None: too long).
+type FuncDef = (u32, Box<[u8]>, Option<Vec<(u32, i16)>>, Option<Box<[u8]>>);
+
 /// A column of a view's stored query: its number and name, and the
 /// relation and column it shows as it is (`table` 0: computed; `column`
 /// 0: a whole row).
@@ -192,6 +244,8 @@ pub struct Target {
     /// The relation columns (0: a whole row) its expression reads; None:
     /// not known (a subquery, a column of a join or subquery of the view).
     pub reads: Option<Vec<(u32, i16)>>,
+    /// The functions its expression calls.
+    pub funcs: Vec<u32>,
     /// The values of the constants in its expression (as stored: a text
     /// value after its length header).
     pub consts: Vec<Box<[u8]>>,
@@ -215,11 +269,18 @@ pub struct ColumnOrigins {
     /// view's name and that source: a statement that names `contacts` and
     /// computes from `tax_id` computes from `ssn`.
     renamed: HashMap<Box<[u8]>, ByView>,
-    /// Views read and not yet resolved.
+    /// Views read and not yet resolved, and their columns' names.
     views: HashMap<u32, ViewDef>,
+    view_columns: HashMap<(u32, i16), Box<[u8]>>,
     /// The relations with ruled columns and the views over them, by name
     /// (a statement names them so).
     relations: HashMap<Box<[u8]>, Vec<u32>>,
+    /// Functions read and not yet resolved.
+    funcs: Vec<FuncDef>,
+    /// Functions whose bodies read ruled columns (or cannot be read), by
+    /// name (the strongest of overloads) and by oid.
+    functions: HashMap<Box<[u8]>, Source>,
+    function_oids: HashMap<u32, Source>,
     /// Distinguishes reads with view columns in `renamed` (0: none), for
     /// the rules statement texts keep.
     lineage: u64,
@@ -251,7 +312,11 @@ impl Default for ColumnOrigins {
             opaque: HashMap::new(),
             renamed: HashMap::new(),
             views: HashMap::new(),
+            view_columns: HashMap::new(),
             relations: HashMap::new(),
+            funcs: Vec::new(),
+            functions: HashMap::new(),
+            function_oids: HashMap::new(),
             lineage: 0,
             ruled: HashMap::new(),
             generated: HashSet::new(),
@@ -322,7 +387,11 @@ impl ColumnOrigins {
             opaque: self.opaque.clone(),
             renamed: self.renamed.clone(),
             views: HashMap::new(),
+            view_columns: HashMap::new(),
             relations: self.relations.clone(),
+            funcs: Vec::new(),
+            functions: self.functions.clone(),
+            function_oids: self.function_oids.clone(),
             lineage: self.lineage,
             ruled: self.ruled.clone(),
             generated: self.generated.clone(),
@@ -380,6 +449,12 @@ impl ColumnOrigins {
         self.lineage
     }
 
+    /// What a function named `name` returns, when its body (of any of its
+    /// overloads) reads ruled columns or cannot be read.
+    pub fn function(&self, name: &[u8]) -> Option<&Source> {
+        self.functions.get(name)
+    }
+
     /// The strongest source among the ruled columns of the relations (or
     /// views) named `name` (in any schema): what a whole row of it holds.
     pub fn whole_row_by_name(&self, engine: &Engine, name: &[u8]) -> Option<Source> {
@@ -414,8 +489,28 @@ impl ColumnOrigins {
         let kind = f.next()?.ok_or(BadCatalogRow)?;
         let oid: u32 = f.number()?;
         let name = f.next()?.ok_or(BadCatalogRow)?;
-        if !matches!(kind, b"v" | b"r") {
+        if !matches!(kind, b"v" | b"r" | b"f" | b"a") {
             return Err(BadCatalogRow);
+        }
+        if kind == b"a" {
+            // A view's column: its number and name.
+            let attnum: i16 = f.number()?;
+            if self.view_columns.len() < MAX_ORIGINS {
+                self.view_columns.insert((oid, attnum), name.into());
+            }
+            return Ok(());
+        }
+        if kind == b"f" {
+            let reads = reads_field(f.next()?)?;
+            let body = f.next()?.map(Into::into);
+            if self.funcs.len() < MAX_VIEWS {
+                self.funcs.push((oid, name.into(), reads, body));
+            } else {
+                // (Not kept to be read: what it returns is not known.)
+                self.function_oids.insert(oid, Source::Unreadable);
+                self.functions.insert(name.into(), Source::Unreadable);
+            }
+            return Ok(());
         }
         let by_name = self.relations.entry(name.into()).or_default();
         if !by_name.contains(&oid) {
@@ -424,24 +519,7 @@ impl ColumnOrigins {
         if kind == b"r" {
             return Ok(());
         }
-        let reads = match f.next()? {
-            None => None,
-            Some(v) => Some(
-                v.split(|&b| b == b',')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (r, a) = std::str::from_utf8(p)
-                            .ok()
-                            .and_then(|p| p.split_once(':'))
-                            .ok_or(BadCatalogRow)?;
-                        Ok((
-                            r.parse().map_err(|_| BadCatalogRow)?,
-                            a.parse().map_err(|_| BadCatalogRow)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<(u32, i16)>, _>>()?,
-            ),
-        };
+        let reads = reads_field(f.next()?)?;
         let tree = f.next()?;
         let def = ViewDef {
             reads,
@@ -470,46 +548,101 @@ impl ColumnOrigins {
     /// - a view whose stored query could not be read: every column not
     ///   resolved otherwise, as a computed one.
     pub fn resolve_views(&mut self, engine: &Engine) {
+        // Functions first (views call them): the strongest of the ruled
+        // columns a `BEGIN ATOMIC` body reads and the ruled names its text
+        // mentions, read as a statement's; too long: unreadable.
+        for (oid, name, reads, body) in std::mem::take(&mut self.funcs) {
+            let mut s = None;
+            for (r, a) in reads.unwrap_or_default() {
+                if a > 0 {
+                    s = stronger_source(engine, s, self.source(r, a));
+                }
+            }
+            let text = match &body {
+                Some(b) => stronger_source(
+                    engine,
+                    strongest_mention(engine, b, false, None),
+                    strongest_mention(engine, b, true, None),
+                ),
+                None => Some(Source::Unreadable),
+            };
+            let Some(s) = stronger_source(engine, s, text) else {
+                continue;
+            };
+            self.function_oids.insert(oid, s.clone());
+            let kept = self.functions.remove(&name);
+            if let Some(s) = stronger_source(engine, kept, Some(s)) {
+                self.functions.insert(name, s);
+            }
+        }
         let views = std::mem::take(&mut self.views);
-        let mut done = HashSet::with_capacity(views.len());
+        let names = std::mem::take(&mut self.view_columns);
+        // Views of views first (an explicit stack: chains may be long); a
+        // view read by one being resolved (a cycle the catalog should not
+        // hold) counts as unreadable.
+        let mut done: HashSet<u32> = HashSet::with_capacity(views.len());
+        let mut started: HashSet<u32> = HashSet::with_capacity(views.len());
         let mut order: Vec<u32> = views.keys().copied().collect();
         order.sort_unstable();
-        for v in order {
-            self.resolve_view(engine, &views, v, &mut done, 0);
+        for root in order {
+            let mut stack = vec![(root, false)];
+            while let Some((v, expanded)) = stack.pop() {
+                if expanded {
+                    self.resolve_view(engine, &views, &names, v, &done);
+                    done.insert(v);
+                    continue;
+                }
+                if !started.insert(v) {
+                    continue;
+                }
+                stack.push((v, true));
+                let def = &views[&v];
+                let reads = def.reads.as_deref().unwrap_or(&[]).iter().map(|&(r, _)| r);
+                let shown = def
+                    .targets
+                    .as_deref()
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|t| t.table);
+                for r in reads.chain(shown) {
+                    if views.contains_key(&r) && !started.contains(&r) {
+                        stack.push((r, false));
+                    }
+                }
+            }
         }
         // (A new id for every read that has any: a statement's rule read
         // under an earlier read may lack a view resolved since.)
-        if !self.renamed.is_empty() || !self.relations.is_empty() {
+        if !self.renamed.is_empty() || !self.relations.is_empty() || !self.functions.is_empty() {
             static NEXT: AtomicU64 = AtomicU64::new(1);
             self.lineage = NEXT.fetch_add(1, Relaxed);
         }
     }
 
+    /// Resolve view `v`, the views it reads being `done` (one that is not
+    /// reads as unreadable). `names`: the views' column names.
     fn resolve_view(
         &mut self,
         engine: &Engine,
         views: &HashMap<u32, ViewDef>,
+        names: &HashMap<(u32, i16), Box<[u8]>>,
         v: u32,
-        done: &mut HashSet<u32>,
-        depth: u32,
+        done: &HashSet<u32>,
     ) {
-        // (Views cannot read each other in a cycle; the depth bounds a
-        // catalog that says otherwise.)
-        if depth > 64 || !done.insert(v) {
-            return;
-        }
         let def = &views[&v];
         let reads = def.reads.as_deref().unwrap_or(&[]);
-        let targets = def.targets.as_deref().unwrap_or(&[]);
-        for r in reads
-            .iter()
-            .map(|&(r, _)| r)
-            .chain(targets.iter().map(|t| t.table))
-        {
-            if views.contains_key(&r) {
-                self.resolve_view(engine, views, r, done, depth + 1);
+        let pending = |r: u32| views.contains_key(&r) && !done.contains(&r);
+        // Where a column comes from: unreadable when from a view not
+        // resolved.
+        let source = |o: &Self, r: u32, a: i16| {
+            if pending(r) {
+                Some(Source::Unreadable)
+            } else if a > 0 {
+                o.source(r, a)
+            } else {
+                o.whole_row_source(engine, r)
             }
-        }
+        };
         // What a computed column whose expression cannot be followed reads:
         // the strongest ruled column the view reads (every ruled column of
         // a relation whose whole row it reads).
@@ -519,8 +652,8 @@ impl ColumnOrigins {
             None
         };
         for &(r, a) in reads {
-            if a > 0 {
-                read = stronger_source(engine, read, self.source(r, a));
+            if a > 0 || pending(r) {
+                read = stronger_source(engine, read, source(self, r, a));
             }
         }
         if def.whole_rows {
@@ -530,7 +663,7 @@ impl ColumnOrigins {
             let mut relations: Vec<u32> = reads.iter().map(|&(r, _)| r).collect();
             relations.dedup();
             for r in relations {
-                read = stronger_source(engine, read, self.whole_row_source(engine, r));
+                read = stronger_source(engine, read, source(self, r, 0));
             }
         }
         // And the words of its constants (a JSON key in a subquery).
@@ -550,9 +683,6 @@ impl ColumnOrigins {
         };
         for t in targets {
             let key = (v, t.resno);
-            if self.names.contains_key(&key) {
-                continue;
-            }
             if self.names.len() + self.computed.len() >= MAX_ORIGINS {
                 // (Kept whole: what the view reads, for all its columns.)
                 self.dropped += 1;
@@ -560,56 +690,79 @@ impl ColumnOrigins {
                     .insert(v, read.clone().unwrap_or(Source::Unreadable));
                 continue;
             }
-            let fresh = !self.computed.contains_key(&key);
-            let plain = if t.table == 0 || t.column == 0 {
+            let plain = if t.table == 0 || t.column == 0 || pending(t.table) {
                 None
             } else {
                 self.names.get(&(t.table, t.column)).cloned()
             };
-            let source = match plain {
-                Some(n) => {
-                    self.names.insert(key, n.clone());
-                    Source::Name(n)
-                }
+            let found = match plain {
+                Some(n) => Some((Source::Name(n), false)),
                 None => {
-                    // A view's computed column shown as it is stays computed.
-                    let s = if t.table != 0 && t.column != 0 {
+                    let s = if pending(t.table) {
+                        Some(Source::Unreadable)
+                    } else if t.table != 0 && t.column != 0 {
+                        // A view's computed column shown as it is stays
+                        // computed.
                         self.computed(t.table, t.column).cloned()
                     } else if t.table != 0 {
                         self.whole_row_source(engine, t.table)
                     } else if let Some(reads) = &t.reads {
                         // An expression over columns of the relations the
-                        // view reads: those columns and its constants'
-                        // words (a JSON key).
+                        // view reads: those columns, its constants' words
+                        // (a JSON key) and the functions it calls.
                         let mut s = None;
                         for &(r, a) in reads {
-                            let from = if a > 0 {
-                                self.source(r, a)
-                            } else {
-                                self.whole_row_source(engine, r)
-                            };
-                            s = stronger_source(engine, s, from);
+                            s = stronger_source(engine, s, source(self, r, a));
                         }
                         for c in &t.consts {
                             s = stronger_source(engine, s, self.const_source(engine, c));
+                        }
+                        for f in &t.funcs {
+                            s = stronger_source(engine, s, self.function_oids.get(f).cloned());
                         }
                         s
                     } else {
                         read.clone()
                     };
-                    let Some(s) = s else { continue };
-                    self.computed.insert(key, s.clone());
-                    s
+                    s.map(|s| (s, true))
                 }
             };
+            let Some((found, computed)) = found else {
+                continue;
+            };
+            // The view's own name for it may be ruled too (a column of that
+            // name in the catalog read): the stronger rule stays.
+            let own = self.names.get(&key).cloned().map(Source::Name);
+            let own_rule = own
+                .as_ref()
+                .and_then(|s| s.rule(engine))
+                .map(|r| strength(r.1));
+            let found_rule = found.rule(engine).map(|r| strength(r.1));
+            if own.is_some() && own_rule >= found_rule {
+                continue;
+            }
+            let fresh = own.is_none() && !self.computed.contains_key(&key);
+            match (&found, computed) {
+                (Source::Name(n), false) => {
+                    self.names.insert(key, n.clone());
+                }
+                _ => {
+                    self.names.remove(&key);
+                    self.computed.insert(key, found.clone());
+                }
+            }
             if fresh {
                 self.ruled.entry(v).or_default().push(t.resno);
             }
-            if !t.name.is_empty() && !engine.name_ruled(&t.name) {
+            // Statements name the column by the view's name for it now (a
+            // renamed column, a materialized view's column list), else as
+            // stored.
+            let name = names.get(&key).unwrap_or(&t.name);
+            if !name.is_empty() && !engine.name_ruled(name) {
                 self.renamed
-                    .entry(t.name.clone())
+                    .entry(name.clone())
                     .or_default()
-                    .insert(def.name.clone(), source);
+                    .insert(def.name.clone(), found);
             }
         }
     }
@@ -784,6 +937,7 @@ pub fn top_targets(tree: &[u8]) -> Option<Vec<Target>> {
                     (Some(b"VAR"), b":varno") => var.0 = node_number(t.next()?)?,
                     (Some(b"VAR"), b":varattno") => var.1 = node_number(t.next()?)?,
                     (Some(b"VAR"), b":varlevelsup") => var.2 = node_number(t.next()?)?,
+                    (Some(b"FUNCEXPR"), b":funcid") => te.funcs.push(node_number(t.next()?)?),
                     (Some(b"CONST"), b":constvalue") => {
                         if let Some(v) = const_bytes(&mut t)? {
                             te.consts.push(v.into());
@@ -801,7 +955,8 @@ pub fn top_targets(tree: &[u8]) -> Option<Vec<Target>> {
 
 /// Expression nodes whose value comes from their arguments alone (the
 /// VARs and CONSTs under them say what a column reads): calls, operators,
-/// casts, CASE, COALESCE, arrays, rows, collation, field selection.
+/// casts, CASE, COALESCE, arrays, rows, collation. Not field selection
+/// (`(info).secret_q`): a composite type's field is a column of its own.
 const SIMPLE_NODES: &[&[u8]] = &[
     b"FUNCEXPR",
     b"OPEXPR",
@@ -823,7 +978,6 @@ const SIMPLE_NODES: &[&[u8]] = &[
     b"MINMAXEXPR",
     b"NULLTEST",
     b"BOOLEANTEST",
-    b"FIELDSELECT",
     b"SUBSCRIPTINGREF",
     b"COERCETODOMAIN",
     b"NAMEDARGEXPR",
@@ -954,7 +1108,6 @@ static TOKEN_BYTE: [u8; 256] = {
     t[b' ' as usize] = SPACE;
     t[b'\n' as usize] = SPACE;
     t[b'\t' as usize] = SPACE;
-    t[b'\r' as usize] = SPACE;
     t[b'(' as usize] = BRACKET;
     t[b')' as usize] = BRACKET;
     t[b'{' as usize] = BRACKET;
@@ -1445,6 +1598,162 @@ mod tests {
         ] {
             assert_eq!(rule(sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn functions_whose_bodies_read_ruled_columns() {
+        use crate::mask::derived::Text;
+        use crate::mask::{ColumnAction, Engine, MaskingProfile};
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let keep = |n: &[u8]| e.name_ruled(n);
+        let mut o = ColumnOrigins::new();
+        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
+            let a = (k + 1).to_string();
+            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
+                .unwrap();
+        }
+        let f = |oid: &str, name: &str, reads: Option<&str>, body: Option<&str>| {
+            row(&[Some("f"), Some(oid), Some(name), reads, body])
+        };
+        for r in [
+            f(
+                "18220",
+                "get_key",
+                Some(""),
+                Some(" select api_secret from people where id = i "),
+            ),
+            f(
+                "18221",
+                "get_tax",
+                None,
+                Some(" begin return (select ssn from people where id = i); end "),
+            ),
+            // `BEGIN ATOMIC`: no text, the columns it reads.
+            f("18222", "atomic_key", Some("16384:1,16384:4"), Some("")),
+            f(
+                "18223",
+                "harmless",
+                None,
+                Some("select upper(name) from people"),
+            ),
+            // An overload of `get_key` that reads nothing ruled: the
+            // strongest of the two.
+            f("18224", "get_key", None, Some("select 'x'")),
+            // Too long to read.
+            f("18225", "long_one", None, None),
+        ] {
+            o.add_view_row(&r).unwrap();
+        }
+        // A view calling `get_key`: its column reads what the function does.
+        let tree = b"({QUERY :rtable <> :targetList ({TARGETENTRY :expr {FUNCEXPR :funcid 18220 \
+            :funcresulttype 25 :args ({CONST :consttype 23 :constvalue 4 [ 1 0 0 0 0 0 0 0 ]}) \
+            :location 7} :resno 1 :resname a :resorigtbl 0 :resorigcol 0 :resjunk false})})";
+        o.add_view_row(&view_row(16450, Some(""), Some(tree)))
+            .unwrap();
+        o.resolve_views(&e);
+        let rule = |sql: &str| {
+            Text::new(sql.as_bytes(), Some(false), false)
+                .rule(&e, Some(&o))
+                .map(|r| r.1)
+        };
+        let mask = Some(ColumnAction::Mask);
+        assert_eq!(rule("select get_key(1)"), mask);
+        assert_eq!(
+            rule("select public.get_tax(2)"),
+            Some(ColumnAction::KeepLast(4))
+        );
+        assert_eq!(rule("select atomic_key(2) as k"), mask);
+        assert_eq!(rule("select harmless(1)"), None);
+        assert_eq!(rule("select upper(name) from people"), None);
+        assert_eq!(
+            rule("select long_one(1)"),
+            e.strongest_name_rule().map(|r| r.1)
+        );
+        assert_eq!(
+            o.computed(16450, 1).and_then(|s| s.rule(&e)).map(|r| r.1),
+            mask
+        );
+        assert_eq!(o.function(b"harmless"), None);
+    }
+
+    /// A view whose stored query shows column `from` of 16384 as its
+    /// column 1, named `name` in the stored query.
+    fn shows(name: &str, from: (u32, i16)) -> Vec<u8> {
+        format!(
+            "({{QUERY :rtable <> :targetList ({{TARGETENTRY :expr {{VAR :varno 1 :varattno {} \
+             :varlevelsup 0}} :resno 1 :resname {name} :resorigtbl {} :resorigcol {} \
+             :resjunk false}})}})",
+            from.1, from.0, from.1
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn view_columns_keep_the_stronger_rule_their_names_and_long_chains() {
+        use crate::mask::{ColumnAction, Engine, MaskingProfile};
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let keep = |n: &[u8]| e.name_ruled(n);
+        let mut o = ColumnOrigins::new();
+        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
+            let a = (k + 1).to_string();
+            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
+                .unwrap();
+        }
+        // `api_secret as ssn`: the view's own name is ruled (keep_last 4),
+        // its source's rule (mask) is stronger.
+        o.add_row(&row(&[Some("16460"), Some("1"), Some("ssn")]), keep)
+            .unwrap();
+        o.add_view_row(&view_row(
+            16460,
+            Some("16384:4"),
+            Some(&shows("ssn", (16384, 4))),
+        ))
+        .unwrap();
+        // Renamed since (`alter view … rename column`), or named by a
+        // materialized view's column list: statements use the new name.
+        o.add_view_row(&view_row(
+            16470,
+            Some("16384:4"),
+            Some(&shows("api_secret", (16384, 4))),
+        ))
+        .unwrap();
+        o.add_view_row(&row(&[
+            Some("a"),
+            Some("16470"),
+            Some("tag"),
+            Some("1"),
+            None,
+        ]))
+        .unwrap();
+        // A chain of 100 views, each showing the next one's column; the
+        // outermost has the lowest oid.
+        for k in 0..100u32 {
+            let v = 30000 + k;
+            let from = if k == 99 { (16384, 3) } else { (v + 1, 1) };
+            o.add_view_row(&view_row(
+                v,
+                Some(&format!("{}:{}", from.0, from.1)),
+                Some(&shows("c", from)),
+            ))
+            .unwrap();
+        }
+        // A name with a carriage return is one token, as the server reads it.
+        let cr = b"({QUERY :rtable <> :targetList ({TARGETENTRY :expr {VAR :varno 1 :varattno 3 \
+            :varlevelsup 0} :resno 1 :resname a\r:resno\r9 :resorigtbl 16384 :resorigcol 3 \
+            :resjunk false})})";
+        assert_eq!(targets(cr), vec![(1, "a\r:resno\r9".to_string(), 16384, 3)]);
+        o.resolve_views(&e);
+        assert_eq!(o.name(16460, 1), Some(&b"api_secret"[..]));
+        assert_eq!(o.name(16470, 1), Some(&b"api_secret"[..]));
+        let by_view = |n: &[u8]| o.renamed(n).map(|(v, _)| v.to_vec()).collect::<Vec<_>>();
+        assert_eq!(by_view(b"tag"), vec![b"v16470".to_vec()]);
+        assert!(by_view(b"api_secret").is_empty());
+        assert_eq!(o.name(30000, 1), Some(&b"ssn"[..]));
+        assert_eq!(
+            e.column_rule_by_name(o.name(30000, 1).unwrap())
+                .map(|r| r.1),
+            Some(ColumnAction::KeepLast(4))
+        );
     }
 
     #[test]

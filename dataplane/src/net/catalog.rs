@@ -12,6 +12,9 @@
 //! use the previous read (unless every login must read), so an expiry does
 //! not send every login of the moment to the catalog.
 //!
+//! Each read is two queries: the columns ([`catalog_query`]), then the
+//! views, relation names and functions that lead to them ([`view_query`]).
+//!
 //! A read the server refuses (an error) is logged and counted, leaves the
 //! last read in use if there is one (else rules by result names), and is
 //! not tried again until the period is over; a read that does not finish in
@@ -228,14 +231,31 @@ pub async fn origins(
             );
             prev
         }
-        Ok(Ok(mut o)) => {
+        Ok(Ok((_, Some(refused)))) if prev.is_some() => {
+            bump(&worker.metrics.origin_reads_failed, 1);
+            tracing::warn!(
+                connection = %conn.name,
+                "the target refused the view read ({refused}); the last read stays in use until the next read"
+            );
+            prev
+        }
+        Ok(Ok((mut o, views_refused))) => {
             o.notify_stale(worker.origins.epoch);
-            let n = if whole {
+            let n = if views_refused.is_some() {
+                &worker.metrics.origin_reads_failed
+            } else if whole {
                 &worker.metrics.origin_reads
             } else {
                 &worker.metrics.origin_reads_continued
             };
             bump(n, 1);
+            if let Some(refused) = views_refused {
+                // (The columns still follow aliases: better than names only.)
+                tracing::warn!(
+                    connection = %conn.name,
+                    "the target refused the view read ({refused}); view columns match by their own names until the next read"
+                );
+            }
             if o.dropped() > 0 {
                 tracing::warn!(
                     connection = %conn.name,
@@ -256,12 +276,14 @@ pub async fn origins(
 }
 
 /// Run the query for the relations newer than `origins`' (all of them for a
-/// new one) and add its rows, then the view read over the relations with
-/// ruled columns ([`view_query`]), and resolve the views. Outer `Err`: the
+/// new one) and add its rows, then the view read ([`view_query`]: views
+/// over the relations with ruled columns or JSON and composite ones,
+/// those relations' names, functions), and resolve the views. Outer `Err`: the
 /// connection failed or the answer did not parse (the session cannot go
-/// on); inner `Err`: the server's error message for the column query. A
-/// refused view read leaves the columns read (views then follow result
-/// names and stored names, as before it).
+/// on); inner `Err`: the server's error message for the column query.
+/// With the read, the server's error for the view read, if it refused it
+/// (the columns are kept; views are then followed by their own names
+/// only).
 async fn read(
     engine: &Engine,
     mut origins: ColumnOrigins,
@@ -269,7 +291,7 @@ async fn read(
     max_frame: u32,
     after: &mut Vec<u8>,
     generated: bool,
-) -> Result<Result<ColumnOrigins, String>, String> {
+) -> Result<Result<(ColumnOrigins, Option<String>), String>, String> {
     let keep = |name: &[u8]| engine.name_ruled(name);
     let sql = catalog_query(origins.newest_relation(), generated);
     let mut reader = PacketReader::new();
@@ -281,22 +303,16 @@ async fn read(
         after.extend_from_slice(reader.leftover());
         return Ok(Err(m));
     }
-    let relations = origins.ruled_relations();
-    if !relations.is_empty() {
-        // (Three long fields in a row under the frame limit.)
-        let cap = (max_frame.saturating_sub(4096) / 3).min(VIEW_FIELD_CAP);
-        let sql = view_query(&relations, cap as usize);
-        let viewed = run(io, &mut reader, &sql, max_frame, after, |row| {
-            origins.add_view_row(row).is_ok()
-        })
-        .await?;
-        if let Err(m) = viewed {
-            tracing::warn!("the target refused the view read ({m}); view columns are matched by their own names");
-        }
-        origins.resolve_views(engine);
-    }
+    // (Two long fields in a row under the frame limit.)
+    let cap = (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP);
+    let sql = view_query(&origins.ruled_relations(), cap as usize);
+    let viewed = run(io, &mut reader, &sql, max_frame, after, |row| {
+        origins.add_view_row(row).is_ok()
+    })
+    .await?;
+    origins.resolve_views(engine);
     after.extend_from_slice(reader.leftover());
-    Ok(Ok(origins))
+    Ok(Ok((origins, viewed.err())))
 }
 
 /// Longest field of a view read row: longer ones come as NULL (the view
