@@ -1772,6 +1772,74 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
     );
 }
 
+/// A target that refuses the view read (`pg_rewrite` not readable by the
+/// gateway's role) keeps the column read: aliases are still followed, view
+/// columns match by their own names, and the read counts as failed, with
+/// a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_views_refused";
+    pg.psql_super(
+        "postgres",
+        &[
+            &format!("DROP DATABASE IF EXISTS {db}"),
+            &format!("CREATE DATABASE {db} OWNER {}", pg.app_user),
+        ],
+    )
+    .assert_success("create database");
+    pg.psql_super(
+        db,
+        &[
+            "REVOKE SELECT ON pg_catalog.pg_rewrite FROM PUBLIC",
+            &format!(
+                "CREATE TABLE creds (id int, api_secret text); \
+                 INSERT INTO creds VALUES (1, 'zq81-ALPHA-omega'); \
+                 CREATE VIEW creds_v AS SELECT id, api_secret AS token_value FROM creds; \
+                 ALTER TABLE creds OWNER TO {u}; ALTER VIEW creds_v OWNER TO {u}",
+                u = pg.app_user
+            ),
+        ],
+    )
+    .assert_success("revoke and seed");
+    let cfg = GatewayConfig::new()
+        .workers(1)
+        .connection(
+            "locked",
+            "127.0.0.1",
+            pg.port,
+            db,
+            &pg.app_user,
+            Some(&pg.app_password),
+        )
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["locked"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let rows = simple_rows(&c, "select api_secret as k from creds").await;
+    assert_eq!(rows, vec![vec![Some("****************".to_string())]]);
+    let rows = simple_rows(&c, "select token_value from creds_v").await;
+    assert_eq!(rows, vec![vec![Some("zq81-ALPHA-omega".to_string())]]);
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "failed")]
+        ),
+        1.0,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("the target refused the view read") && log.contains("permission denied"),
+        "{log}"
+    );
+}
+
 /// [`people_masked`] as COPY text (`\\N` for NULL, tabs) or CSV (empty
 /// for NULL) lines, of the columns `cols` (indexes).
 fn people_copy(cols: &[usize], csv: bool) -> String {
