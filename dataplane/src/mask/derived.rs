@@ -19,6 +19,13 @@
 //! the statement mentions it elsewhere (`SELECT upper(name) … WHERE ssn =
 //! …`). Computed columns of other types (counts, sums, dates) are left
 //! alone: a count of SSNs is not an SSN.
+//!
+//! With the login's catalog read ([`strongest_mention`] with
+//! [`ColumnOrigins`]), three more kinds of names count: a view column
+//! resolved to a ruled source, when the text also names its view; a
+//! relation with ruled columns whose name or alias the text uses as a
+//! value (its whole row, `row_to_json(p)`); and a function whose body
+//! reads ruled columns.
 
 use std::cell::Cell;
 use std::rc::Rc;
