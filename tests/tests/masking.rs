@@ -1539,8 +1539,9 @@ async fn column_rules_follow_views_that_rename_or_compute() {
     direct
         .batch_execute(&format!(
             "drop materialized view if exists {t}_mv; drop table if exists {t} cascade; \
-             drop function if exists {t}_answer(int), {t}_tax(int); \
-             drop table if exists {t}_j cascade; drop type if exists {t}_ty"
+             drop table if exists {t}_j cascade; drop type if exists {t}_ty; \
+             drop table if exists {t}_o cascade; \
+             drop function if exists {t}_answer(int), {t}_tax(int), {t}_outer(int), {t}_all(int) cascade"
         ))
         .await
         .unwrap();
@@ -1563,7 +1564,13 @@ async fn column_rules_follow_views_that_rename_or_compute() {
              create type {t}_ty as (secret_q text, n int); \
              create table {t}_j (id int, profile jsonb, info {t}_ty); \
              insert into {t}_j values (1, '{{\"secret_q\": \"blue\"}}', row('green', 1)); \
-             create view {t}_jv as select profile->>'secret_q' as k, (info).secret_q as f from {t}_j"
+             create view {t}_jv as select profile->>'secret_q' as k, (info).secret_q as f from {t}_j; \
+             create function {t}_outer(i int) returns text language sql stable \
+               as $$ select {t}_answer(i) $$; \
+             create function {t}_all(i int) returns setof {t} language sql stable \
+               as $$ select * from {t} where id = i $$; \
+             create table {t}_o (id int, person int); insert into {t}_o values (1, 2); \
+             create view {t}_ov as select id, {t}_answer(person) as a from {t}_o"
         ))
         .await
         .unwrap();
@@ -1624,6 +1631,23 @@ async fn column_rules_follow_views_that_rename_or_compute() {
             format!("select a from {t}_fv where id = 2"),
             vec![s("*******")],
         ),
+        // A computed column takes the stronger of its result name's rule
+        // (`ssn`: keep_last 4) and what it is computed from (mask).
+        (
+            format!("select substr(secret_answer, 1, 5) as ssn from {t} where id = 2"),
+            // (`Züric`: six bytes.)
+            vec![s("******")],
+        ),
+        // Whole rows: `p.*`, after a comma in the FROM list.
+        (
+            format!("select concat(p.*) from {t}_o o, {t} p where p.id = 2"),
+            vec![None],
+        ),
+        // A function calling one that reads a ruled column; one returning
+        // whole rows (`select *`); a view over an unruled table calling one.
+        (format!("select {t}_outer(2)"), vec![s("*******")]),
+        (format!("select f::text from {t}_all(2) f"), vec![None]),
+        (format!("select a from {t}_ov"), vec![s("*******")]),
         // A view over a table with no ruled column: a JSON key, a field of
         // a composite value.
         (
@@ -1685,8 +1709,8 @@ async fn column_rules_follow_views_that_rename_or_compute() {
     direct
         .batch_execute(&format!(
             "drop materialized view {t}_mv; drop table {t} cascade; \
-             drop function {t}_answer(int), {t}_tax(int); \
-             drop table {t}_j cascade; drop type {t}_ty"
+             drop table {t}_j cascade; drop type {t}_ty; drop table {t}_o cascade; \
+             drop function if exists {t}_answer(int), {t}_tax(int), {t}_outer(int), {t}_all(int)"
         ))
         .await
         .unwrap();

@@ -28,6 +28,7 @@
 //! reads ruled columns.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use super::copyout::{ident_byte, skip_quoted, space_byte, statement_end, words, Lex};
@@ -182,20 +183,33 @@ pub(super) fn strongest_mention(
     // names its view (`tax_id` of `contacts`, not an `x` of anything):
     // the names the text mentions, relations too, and those candidates.
     let views = origins.filter(|o| o.lineage_id() != 0);
-    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut candidates: Vec<(&[u8], &Source)> = Vec::new();
+    // (Each name's candidates once: a long text repeats its names.)
+    let mut looked_up: HashSet<Vec<u8>> = HashSet::new();
     // A relation read whole as a value (`row_to_json(p)`, `p::text`,
     // `to_jsonb(people)`): the relations the text reads with their aliases,
     // and the names it uses as values (not a qualifier, a relation or an
     // alias being given).
     let mut relations: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut values: Vec<Vec<u8>> = Vec::new();
+    let mut values: HashSet<Vec<u8>> = HashSet::new();
+    // The depth of the FROM list being read (a comma goes on with it), and
+    // whether the relation being named is INTO's or UPDATE's.
+    let mut from_list: Option<usize> = None;
+    let mut target = false;
+    // A `*` of a select list (`select *`, `a, *`, `returning *`): every
+    // relation read is read whole.
+    let mut star = false;
+    let mut lists = false;
     let mut consider = |name: &[u8]| {
         // (One regex, the rules' alternation, before the rule by rule
         // search: most names are key words and unruled columns.)
         if engine.name_ruled(name) {
             consider_source(engine, &mut best, Source::Name(name.into()));
         } else if let Some(o) = views {
+            if !looked_up.insert(name.to_vec()) {
+                return;
+            }
             candidates.extend(o.renamed(name));
             // A function whose body reads ruled columns.
             if let Some(f) = o.function(name) {
@@ -259,8 +273,17 @@ pub(super) fn strongest_mention(
                 }
             }
             if views.is_some() {
-                seen.push(lower.clone());
-                note_name(s, end, relation, gives, &lower, &mut relations, &mut values);
+                seen.insert(lower.clone());
+                note_name(
+                    s,
+                    end,
+                    relation,
+                    target,
+                    gives,
+                    &lower,
+                    &mut relations,
+                    &mut values,
+                );
             }
             if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
@@ -316,15 +339,43 @@ pub(super) fn strongest_mention(
             lower.clear();
             lower.extend(s[i..j].iter().map(u8::to_ascii_lowercase));
             i = j;
+            lists = matches!(&lower[..], b"select" | b"distinct" | b"all" | b"returning");
             if matches!(
                 &lower[..],
                 b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
             ) {
                 // (Not inside a function call's parentheses.)
                 relation = !calls.last().copied().unwrap_or(false);
+                if relation {
+                    // A FROM list goes on after commas; after INTO or
+                    // UPDATE, a name followed by `(` is still a relation
+                    // (its column list), not a function.
+                    from_list = (lower == b"from" || lower == b"join").then_some(calls.len());
+                    target = matches!(&lower[..], b"into" | b"update");
+                }
                 alias = 0;
                 after_name = false;
                 continue;
+            }
+            if matches!(
+                &lower[..],
+                b"where"
+                    | b"group"
+                    | b"having"
+                    | b"order"
+                    | b"limit"
+                    | b"window"
+                    | b"union"
+                    | b"intersect"
+                    | b"except"
+                    | b"on"
+                    | b"using"
+                    | b"returning"
+                    | b"set"
+                    | b"values"
+                    | b"select"
+            ) {
+                from_list = None;
             }
             let mut gives = false;
             if alias > 0 {
@@ -340,8 +391,17 @@ pub(super) fn strongest_mention(
                 }
             }
             if views.is_some() {
-                seen.push(lower.clone());
-                note_name(s, j, relation, gives, &lower, &mut relations, &mut values);
+                seen.insert(lower.clone());
+                note_name(
+                    s,
+                    j,
+                    relation,
+                    target,
+                    gives,
+                    &lower,
+                    &mut relations,
+                    &mut values,
+                );
             }
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
@@ -349,10 +409,29 @@ pub(super) fn strongest_mention(
             after_name = true;
             continue;
         }
+        // `FROM (a JOIN b …)`: the relations inside are relations too;
+        // `FROM a, b`: so is each after a comma.
+        let keep = (c == b'(' && relation && !after_name && !opens_query(s, i + 1))
+            || (c == b',' && from_list == Some(calls.len()));
+        if c == b'*'
+            && (lists
+                || matches!(
+                    s[..i].iter().rev().find(|&&b| !space_byte(b)),
+                    Some(b',' | b'.')
+                ))
+        {
+            star = true;
+        }
+        if !space_byte(c) {
+            lists = false;
+        }
         match c {
             b'(' => calls.push(after_name),
             b')' => {
                 calls.pop();
+                if from_list.is_some_and(|d| d > calls.len()) {
+                    from_list = None;
+                }
             }
             _ => {}
         }
@@ -361,20 +440,22 @@ pub(super) fn strongest_mention(
             after_name = false;
             // (A qualified relation's dots keep it.)
             if c != b'.' {
-                relation = false;
+                relation = keep;
             }
         }
         i += 1;
     }
     for (view, source) in candidates {
-        if seen.iter().any(|n| n[..] == *view) {
+        if seen.contains(view) {
             consider_source(engine, &mut best, source.clone());
         }
     }
     if let Some(o) = views {
+        relations.sort_unstable();
+        relations.dedup();
         for (name, alias) in &relations {
             let handle = alias.as_ref().unwrap_or(name);
-            if values.contains(handle) {
+            if star || values.contains(handle) {
                 if let Some(whole) = o.whole_row_by_name(engine, name) {
                     consider_source(engine, &mut best, whole);
                 }
@@ -387,26 +468,31 @@ pub(super) fn strongest_mention(
 /// Note a name ending at `end` for whole-row reads: a relation's name
 /// (after FROM or JOIN, not followed by `.` or `(`), the alias given to the
 /// last relation (`gives`), or a name used as a value (not a qualifier).
+#[allow(clippy::too_many_arguments)]
 fn note_name(
     s: &[u8],
     end: usize,
     relation: bool,
+    target: bool,
     gives: bool,
     name: &[u8],
     relations: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    values: &mut Vec<Vec<u8>>,
+    values: &mut HashSet<Vec<u8>>,
 ) {
     let next = next_byte(s, end);
     if relation {
-        if !matches!(next, Some(b'.' | b'(')) {
+        if next != Some(b'.') && (target || next != Some(b'(')) {
             relations.push((name.to_vec(), None));
         }
     } else if gives {
         if let Some((_, alias @ None)) = relations.last_mut() {
             *alias = Some(name.to_vec());
         }
-    } else if next != Some(b'.') {
-        values.push(name.to_vec());
+    } else if next != Some(b'.') || star_after_dot(s, end) {
+        // (`p.*` is the whole row too.)
+        if !values.contains(name) {
+            values.insert(name.to_vec());
+        }
     }
 }
 
@@ -539,6 +625,29 @@ const NOT_ALIAS: &[&[u8]] = &[
     b"window",
     b"with",
 ];
+
+/// Whether the text at `at` (after white space) starts a query: a `(`
+/// there opens a subquery, not a parenthesized join.
+fn opens_query(s: &[u8], at: usize) -> bool {
+    let rest = &s[at.min(s.len())..];
+    let Some(k) = rest.iter().position(|&c| !space_byte(c)) else {
+        return false;
+    };
+    let word: Vec<u8> = rest[k..]
+        .iter()
+        .take_while(|&&c| ident_byte(c))
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    matches!(&word[..], b"select" | b"with" | b"values" | b"table") || rest[k] == b'('
+}
+
+/// Whether the name ending at `end` is followed by `.` and then `*`.
+fn star_after_dot(s: &[u8], end: usize) -> bool {
+    let Some(dot) = s[end.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+        return false;
+    };
+    next_byte(s, end + dot + 1) == Some(b'*')
+}
 
 /// The first byte after `end` that is not white space.
 fn next_byte(s: &[u8], end: usize) -> Option<u8> {

@@ -71,8 +71,9 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 }
 
 /// The view read, after [`catalog_query`]: each view and materialized view
-/// that reads one of `relations` (the relations with ruled columns),
-/// directly or through other views, as `('v', oid, name, reads, tree)`
+/// that reads one of `relations` (the relations with ruled columns), a
+/// relation with JSON, XML, composite or extension-typed columns, or a
+/// function created after `initdb`, directly or through other views, as `('v', oid, name, reads, tree)`
 /// (and each of `relations` as `('r', oid, name, NULL, NULL)`, for a
 /// statement that reads its whole row, [`ColumnOrigins::whole_row_by_name`];
 /// and each SQL or PL/pgSQL function created after `initdb` whose result
@@ -92,6 +93,11 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 /// A field longer than `cap` bytes comes as NULL (the view is then followed
 /// as far as the other fields allow, and masks more).
 pub fn view_query(relations: &[u32], cap: usize) -> String {
+    // Views start from the relations with ruled columns, those with JSON,
+    // XML, composite or extension-typed columns (arrays and domains of
+    // them too: JSON keys and composite fields name values), and the
+    // functions created after `initdb` (their bodies may read ruled
+    // columns).
     let mut list = String::with_capacity(relations.len() * 7);
     for (k, r) in relations.iter().enumerate() {
         if k > 0 {
@@ -108,9 +114,15 @@ pub fn view_query(relations: &[u32], cap: usize) -> String {
             WHERE (d.refobjid = ANY('{{{list}}}'::pg_catalog.oid[]) OR d.refobjid IN ( \
                      SELECT a.attrelid FROM pg_catalog.pg_attribute a \
                        JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                       JOIN pg_catalog.pg_type e ON e.oid = CASE WHEN ty.typelem <> 0 AND ty.typlen = -1 \
+                         THEN ty.typelem WHEN ty.typbasetype <> 0 THEN ty.typbasetype ELSE ty.oid END \
                       WHERE a.attrelid > {last_initdb} AND a.attnum > 0 \
-                        AND (ty.typtype = 'c' OR ty.typcategory = 'U' OR a.atttypid IN (114, 3802)))) \
+                        AND (e.typtype = 'c' OR e.oid > {last_initdb} OR e.oid IN (114, 142, 3802)))) \
               AND {rule} \
+           UNION SELECT r.ev_class FROM pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
+            WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+              AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+              AND d.refobjid > {last_initdb} AND r.oid = d.objid AND r.ev_type = '1' \
            UNION SELECT r.ev_class FROM v, pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
             WHERE d.refobjid = v.oid AND {rule}) \
          SELECT 'v', r.ev_class::int8, c.relname::text, \
@@ -207,6 +219,8 @@ struct ViewDef {
     name: Box<[u8]>,
     /// The values of every constant in its query; None: not known.
     consts: Option<Vec<Box<[u8]>>>,
+    /// Every function its query calls.
+    funcs: Vec<u32>,
 }
 
 /// `relation:attnum,…` (None: NULL).
@@ -526,6 +540,7 @@ impl ColumnOrigins {
             targets: tree.and_then(top_targets),
             whole_rows: tree.is_none_or(|t| memchr::memmem::find(t, b":varattno 0 ").is_some()),
             consts: tree.and_then(all_consts),
+            funcs: tree.map(all_funcs).unwrap_or_default(),
             name: name.into(),
         };
         if self.views.len() < MAX_VIEWS || self.views.contains_key(&oid) {
@@ -548,31 +563,22 @@ impl ColumnOrigins {
     /// - a view whose stored query could not be read: every column not
     ///   resolved otherwise, as a computed one.
     pub fn resolve_views(&mut self, engine: &Engine) {
-        // Functions first (views call them): the strongest of the ruled
-        // columns a `BEGIN ATOMIC` body reads and the ruled names its text
-        // mentions, read as a statement's; too long: unreadable.
-        for (oid, name, reads, body) in std::mem::take(&mut self.funcs) {
-            let mut s = None;
-            for (r, a) in reads.unwrap_or_default() {
-                if a > 0 {
-                    s = stronger_source(engine, s, self.source(r, a));
-                }
-            }
-            let text = match &body {
-                Some(b) => stronger_source(
-                    engine,
-                    strongest_mention(engine, b, false, None),
-                    strongest_mention(engine, b, true, None),
-                ),
-                None => Some(Source::Unreadable),
-            };
-            let Some(s) = stronger_source(engine, s, text) else {
-                continue;
-            };
-            self.function_oids.insert(oid, s.clone());
-            let kept = self.functions.remove(&name);
-            if let Some(s) = stronger_source(engine, kept, Some(s)) {
-                self.functions.insert(name, s);
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // (Statement texts read from here on see relations and functions by
+        // name: a lineage id now, a new one at the end.)
+        if !self.relations.is_empty() || !self.funcs.is_empty() {
+            self.lineage = NEXT.fetch_add(1, Relaxed);
+        }
+        // Functions first (views call them), read as statements are, with
+        // this read: the strongest of the ruled columns a `BEGIN ATOMIC`
+        // body reads and of the names, whole rows and functions its text
+        // reads (again while that changes: a function calling another);
+        // too long: unreadable. Once more after the views (a body naming a
+        // view's column).
+        let funcs = std::mem::take(&mut self.funcs);
+        for _ in 0..3 {
+            if !self.resolve_functions(engine, &funcs) {
+                break;
             }
         }
         let views = std::mem::take(&mut self.views);
@@ -611,12 +617,60 @@ impl ColumnOrigins {
                 }
             }
         }
+        if !views.is_empty() {
+            self.resolve_functions(engine, &funcs);
+        }
         // (A new id for every read that has any: a statement's rule read
         // under an earlier read may lack a view resolved since.)
         if !self.renamed.is_empty() || !self.relations.is_empty() || !self.functions.is_empty() {
-            static NEXT: AtomicU64 = AtomicU64::new(1);
             self.lineage = NEXT.fetch_add(1, Relaxed);
         }
+    }
+
+    /// One reading of the functions' bodies; whether any source changed.
+    fn resolve_functions(&mut self, engine: &Engine, funcs: &[FuncDef]) -> bool {
+        let mut oids = HashMap::with_capacity(funcs.len());
+        let mut names: HashMap<Box<[u8]>, Source> = HashMap::new();
+        for (oid, name, reads, body) in funcs {
+            let mut s = None;
+            for &(r, a) in reads.as_deref().unwrap_or(&[]) {
+                if a > 0 {
+                    s = stronger_source(engine, s, self.source(r, a));
+                }
+            }
+            let text = match body {
+                Some(b) => stronger_source(
+                    engine,
+                    strongest_mention(engine, b, false, Some(self)),
+                    strongest_mention(engine, b, true, Some(self)),
+                ),
+                None => Some(Source::Unreadable),
+            };
+            let Some(s) = stronger_source(engine, s, text) else {
+                continue;
+            };
+            oids.insert(*oid, s.clone());
+            let kept = names.remove(name);
+            if let Some(s) = stronger_source(engine, kept, Some(s)) {
+                names.insert(name.clone(), s);
+            }
+        }
+        // (Those not kept to be read stay as they are.)
+        let mut changed = false;
+        for (oid, s) in oids {
+            changed |= self.function_oids.insert(oid, s.clone()).as_ref() != Some(&s);
+        }
+        for (name, s) in names {
+            let kept = self.functions.get(&name).cloned();
+            let s = stronger_source(engine, kept.clone(), Some(s));
+            if s != kept {
+                changed = true;
+                if let Some(s) = s {
+                    self.functions.insert(name, s);
+                }
+            }
+        }
+        changed
     }
 
     /// Resolve view `v`, the views it reads being `done` (one that is not
@@ -666,7 +720,11 @@ impl ColumnOrigins {
                 read = stronger_source(engine, read, source(self, r, 0));
             }
         }
-        // And the words of its constants (a JSON key in a subquery).
+        // And the functions it calls anywhere, and the words of its
+        // constants (a JSON key in a subquery).
+        for f in &def.funcs {
+            read = stronger_source(engine, read, self.function_oids.get(f).cloned());
+        }
         match &def.consts {
             Some(consts) => {
                 for c in consts {
@@ -759,10 +817,12 @@ impl ColumnOrigins {
             // stored.
             let name = names.get(&key).unwrap_or(&t.name);
             if !name.is_empty() && !engine.name_ruled(name) {
-                self.renamed
-                    .entry(name.clone())
-                    .or_default()
-                    .insert(def.name.clone(), found);
+                // (Views of the same name in other schemas: the stronger.)
+                let by_view = self.renamed.entry(name.clone()).or_default();
+                let kept = by_view.remove(&def.name);
+                if let Some(s) = stronger_source(engine, kept, Some(found)) {
+                    by_view.insert(def.name.clone(), s);
+                }
             }
         }
     }
@@ -1064,6 +1124,26 @@ fn all_consts(tree: &[u8]) -> Option<Vec<Box<[u8]>>> {
         }
     }
     Some(out)
+}
+
+/// The functions every FUNCEXPR of a stored query calls.
+fn all_funcs(tree: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for at in memchr::memmem::find_iter(tree, b":funcid ") {
+        if at > 0 && TOKEN_BYTE[usize::from(tree[at - 1])] != SPACE {
+            continue;
+        }
+        let mut t = Tokens {
+            s: tree,
+            i: at + b":funcid".len(),
+        };
+        if let Some(f) = t.next().and_then(node_number) {
+            out.push(f);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The tokens of a `pg_node_tree` text, as the server's reader splits it:

@@ -222,17 +222,21 @@ pub(super) fn rule_of(
         }
         _ => None,
     };
-    stored
-        .and_then(|n| engine.column_rule(n, f.oid))
-        .or_else(|| engine.column_rule(f.name, f.oid))
-        .or_else(|| computed.and_then(|s| s.rule(engine)))
-        .or_else(|| {
-            if f.table == 0 && derived_applies(f.oid) {
-                text.and_then(|t| t.rule(engine, origins))
-            } else {
-                None
-            }
-        })
+    if let Some(r) = stored.and_then(|n| engine.column_rule(n, f.oid)) {
+        return Some(r);
+    }
+    let named = engine.column_rule(f.name, f.oid);
+    // A computed column takes the stronger of its result name's rule and
+    // what it is computed from: `substr(api_secret, 1, 8) AS ssn` must not
+    // show four characters of a secret at a time.
+    let from = if computed.is_some() {
+        computed.and_then(|s| s.rule(engine))
+    } else if f.table == 0 && derived_applies(f.oid) {
+        text.and_then(|t| t.rule(engine, origins))
+    } else {
+        None
+    };
+    super::derived::stronger(named, from)
 }
 
 /// Whether a computed column of type `oid` takes its statement's rule: its

@@ -231,14 +231,6 @@ pub async fn origins(
             );
             prev
         }
-        Ok(Ok((_, Some(refused)))) if prev.is_some() => {
-            bump(&worker.metrics.origin_reads_failed, 1);
-            tracing::warn!(
-                connection = %conn.name,
-                "the target refused the view read ({refused}); the last read stays in use until the next read"
-            );
-            prev
-        }
         Ok(Ok((mut o, views_refused))) => {
             o.notify_stale(worker.origins.epoch);
             let n = if views_refused.is_some() {
@@ -250,7 +242,8 @@ pub async fn origins(
             };
             bump(n, 1);
             if let Some(refused) = views_refused {
-                // (The columns still follow aliases: better than names only.)
+                // (The new columns, which still follow aliases: a last read
+                // kept instead would hide the relations created since.)
                 tracing::warn!(
                     connection = %conn.name,
                     "the target refused the view read ({refused}); view columns match by their own names until the next read"
