@@ -290,6 +290,28 @@ fn origins(c: &mut Criterion) {
             black_box(o)
         })
     });
+    // A statement's text read with that catalog (view column names, table
+    // names, functions count): a 300 KB text that repeats names, as a
+    // generated report query might; each name is looked up once.
+    let mut read = ColumnOrigins::new();
+    for r in &columns {
+        read.add_row(r, |n| engine.name_ruled(n)).unwrap();
+    }
+    for r in &views {
+        read.add_view_row(r).unwrap();
+    }
+    read.resolve_views(&engine);
+    let mut long = b"select upper(name) from contacts_7 x where false".to_vec();
+    while long.len() < 300_000 {
+        long.extend_from_slice(b" or tax_id = '' or name = x.name or k = 'a'");
+    }
+    g.throughput(Throughput::Bytes(long.len() as u64));
+    g.bench_function("statement_text/300kb_with_views", |b| {
+        b.iter(|| {
+            let t = dataplane::mask::derived::Text::new(black_box(&long), Some(false), false);
+            black_box(t.rule(&engine, Some(&read)))
+        })
+    });
     // 200 PL/pgSQL functions of 330 bytes, as `bench/e2e/connect_origins.sh`
     // creates them (`FUNCTIONS=200`).
     let body = b"\n      DECLARE r text;\n      BEGIN\n        SELECT name || ' <' || email || '> ' || \
