@@ -1716,6 +1716,24 @@ async fn column_rules_follow_views_that_rename_or_compute() {
         .unwrap();
 }
 
+/// One core, connection `locked` to database `db` as the application
+/// role, for `agent1` (group `bots`), default profile.
+fn locked_gateway(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
+    let cfg = GatewayConfig::new()
+        .workers(1)
+        .connection(
+            "locked",
+            "127.0.0.1",
+            pg.port,
+            db,
+            &pg.app_user,
+            Some(&pg.app_password),
+        )
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["locked"], &[], &["bots"]);
+    Gateway::start_with(&cfg)
+}
+
 /// A target that refuses the catalog query (here: `pg_attribute` not
 /// readable by the gateway's role in that database) leaves sessions working,
 /// with rules by result names, a warning and a failed read counted; the read
@@ -1746,19 +1764,7 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
         ],
     )
     .assert_success("revoke and seed");
-    let cfg = GatewayConfig::new()
-        .workers(1)
-        .connection(
-            "locked",
-            "127.0.0.1",
-            pg.port,
-            db,
-            &pg.app_user,
-            Some(&pg.app_password),
-        )
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["locked"], &[], &["bots"]);
-    let gw = Gateway::start_with(&cfg);
+    let gw = locked_gateway(pg, key, db);
     for round in 0..2 {
         let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
             .await
@@ -1827,19 +1833,7 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
         ],
     )
     .assert_success("revoke and seed");
-    let cfg = GatewayConfig::new()
-        .workers(1)
-        .connection(
-            "locked",
-            "127.0.0.1",
-            pg.port,
-            db,
-            &pg.app_user,
-            Some(&pg.app_password),
-        )
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["locked"], &[], &["bots"]);
-    let gw = Gateway::start_with(&cfg);
+    let gw = locked_gateway(pg, key, db);
     let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
         .await
         .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));

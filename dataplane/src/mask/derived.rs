@@ -183,16 +183,10 @@ pub(super) fn strongest_mention(
     // names its view (`tax_id` of `contacts`, not an `x` of anything):
     // the names the text mentions, relations too, and those candidates.
     let views = origins.filter(|o| o.lineage_id() != 0);
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut names = Noted::default();
     let mut candidates: Vec<(&[u8], &Source)> = Vec::new();
     // (Each name's candidates once: a long text repeats its names.)
     let mut looked_up: HashSet<Vec<u8>> = HashSet::new();
-    // A relation read whole as a value (`row_to_json(p)`, `p::text`,
-    // `to_jsonb(people)`): the relations the text reads with their aliases,
-    // and the names it uses as values (not a qualifier, a relation or an
-    // alias being given).
-    let mut relations: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut values: HashSet<Vec<u8>> = HashSet::new();
     // The depth of the FROM list being read (a comma goes on with it), and
     // whether the relation being named is INTO's or UPDATE's.
     let mut from_list: Option<usize> = None;
@@ -273,17 +267,7 @@ pub(super) fn strongest_mention(
                 }
             }
             if views.is_some() {
-                seen.insert(lower.clone());
-                note_name(
-                    s,
-                    end,
-                    relation,
-                    target,
-                    gives,
-                    &lower,
-                    &mut relations,
-                    &mut values,
-                );
+                names.note(s, end, relation, target, gives, &lower);
             }
             if !not_column(s, end, &mut relation, &mut alias) {
                 consider(&lower);
@@ -391,17 +375,7 @@ pub(super) fn strongest_mention(
                 }
             }
             if views.is_some() {
-                seen.insert(lower.clone());
-                note_name(
-                    s,
-                    j,
-                    relation,
-                    target,
-                    gives,
-                    &lower,
-                    &mut relations,
-                    &mut values,
-                );
+                names.note(s, j, relation, target, gives, &lower);
             }
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
@@ -446,16 +420,16 @@ pub(super) fn strongest_mention(
         i += 1;
     }
     for (view, source) in candidates {
-        if seen.contains(view) {
+        if names.seen.contains(view) {
             consider_source(engine, &mut best, source.clone());
         }
     }
     if let Some(o) = views {
-        relations.sort_unstable();
-        relations.dedup();
-        for (name, alias) in &relations {
+        names.relations.sort_unstable();
+        names.relations.dedup();
+        for (name, alias) in &names.relations {
             let handle = alias.as_ref().unwrap_or(name);
-            if star || values.contains(handle) {
+            if star || names.values.contains(handle) {
                 if let Some(whole) = o.whole_row_by_name(engine, name) {
                     consider_source(engine, &mut best, whole);
                 }
@@ -465,33 +439,47 @@ pub(super) fn strongest_mention(
     best.map(|(_, s)| s)
 }
 
-/// Note a name ending at `end` for whole-row reads: a relation's name
-/// (after FROM or JOIN, not followed by `.` or `(`), the alias given to the
-/// last relation (`gives`), or a name used as a value (not a qualifier).
-#[allow(clippy::too_many_arguments)]
-fn note_name(
-    s: &[u8],
-    end: usize,
-    relation: bool,
-    target: bool,
-    gives: bool,
-    name: &[u8],
-    relations: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    values: &mut HashSet<Vec<u8>>,
-) {
-    let next = next_byte(s, end);
-    if relation {
-        if next != Some(b'.') && (target || next != Some(b'(')) {
-            relations.push((name.to_vec(), None));
+/// The names a text mentions, for the catalog's names: every name (a view
+/// counts when the text names it), and for a relation read whole as a
+/// value (`row_to_json(p)`, `p::text`, `to_jsonb(people)`) the relations
+/// the text reads with their aliases, and the names it uses as values (not
+/// a qualifier, a relation or an alias being given).
+#[derive(Default)]
+struct Noted {
+    seen: HashSet<Vec<u8>>,
+    relations: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    values: HashSet<Vec<u8>>,
+}
+
+impl Noted {
+    /// Note `name`, ending at `end`: a relation's name (after FROM or
+    /// JOIN, not followed by `.`, nor by `(` unless it is INTO's or
+    /// UPDATE's `target`), the alias given to the last relation (`gives`),
+    /// or a name used as a value.
+    fn note(
+        &mut self,
+        s: &[u8],
+        end: usize,
+        relation: bool,
+        target: bool,
+        gives: bool,
+        name: &[u8],
+    ) {
+        if !self.seen.contains(name) {
+            self.seen.insert(name.to_vec());
         }
-    } else if gives {
-        if let Some((_, alias @ None)) = relations.last_mut() {
-            *alias = Some(name.to_vec());
-        }
-    } else if next != Some(b'.') || star_after_dot(s, end) {
-        // (`p.*` is the whole row too.)
-        if !values.contains(name) {
-            values.insert(name.to_vec());
+        let next = next_byte(s, end);
+        if relation {
+            if next != Some(b'.') && (target || next != Some(b'(')) {
+                self.relations.push((name.to_vec(), None));
+            }
+        } else if gives {
+            if let Some((_, alias @ None)) = self.relations.last_mut() {
+                *alias = Some(name.to_vec());
+            }
+        } else if (next != Some(b'.') || star_after_dot(s, end)) && !self.values.contains(name) {
+            // (`p.*` is the whole row too.)
+            self.values.insert(name.to_vec());
         }
     }
 }

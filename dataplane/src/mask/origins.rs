@@ -935,20 +935,10 @@ pub fn top_targets(tree: &[u8]) -> Option<Vec<Target>> {
         }
     }
     let mut out = Vec::new();
-    match t.next()? {
-        b"<>" => return Some(out),
-        b"(" => {}
-        _ => return None,
+    if !list_opens(&mut t)? {
+        return Some(out);
     }
-    loop {
-        match t.next()? {
-            b")" => return Some(out),
-            b"{" => {}
-            _ => return None,
-        }
-        if t.next()? != b"TARGETENTRY" {
-            return None;
-        }
+    while next_node(&mut t, b"TARGETENTRY")? {
         let mut te = Target {
             reads: Some(Vec::new()),
             ..Target::default()
@@ -1011,6 +1001,27 @@ pub fn top_targets(tree: &[u8]) -> Option<Vec<Target>> {
             out.push(te);
         }
     }
+    Some(out)
+}
+
+/// After a list field's name: whether a list follows (`(`), or none
+/// (`<>`); None for anything else.
+fn list_opens(t: &mut Tokens<'_>) -> Option<bool> {
+    match t.next()? {
+        b"<>" => Some(false),
+        b"(" => Some(true),
+        _ => None,
+    }
+}
+
+/// In a list: whether a node named `name` opens next (its name read), or
+/// the list ends; None for anything else.
+fn next_node(t: &mut Tokens<'_>, name: &[u8]) -> Option<bool> {
+    match t.next()? {
+        b")" => Some(false),
+        b"{" => (t.next()? == name).then_some(true),
+        _ => None,
+    }
 }
 
 /// Expression nodes whose value comes from their arguments alone (the
@@ -1047,20 +1058,10 @@ const SIMPLE_NODES: &[&[u8]] = &[
 /// entry, the relation it reads when it is a relation (`:rtekind 0`).
 fn range_table(t: &mut Tokens<'_>) -> Option<Vec<Option<u32>>> {
     let mut out = Vec::new();
-    match t.next()? {
-        b"<>" => return Some(out),
-        b"(" => {}
-        _ => return None,
+    if !list_opens(t)? {
+        return Some(out);
     }
-    loop {
-        match t.next()? {
-            b")" => return Some(out),
-            b"{" => {}
-            _ => return None,
-        }
-        if t.next()? != b"RANGETBLENTRY" {
-            return None;
-        }
+    while next_node(t, b"RANGETBLENTRY")? {
         let (mut kind, mut relid) = (None::<u32>, None::<u32>);
         let mut depth = 1;
         while depth > 0 {
@@ -1082,6 +1083,7 @@ fn range_table(t: &mut Tokens<'_>) -> Option<Vec<Option<u32>>> {
         }
         out.push(if kind == Some(0) { relid } else { None });
     }
+    Some(out)
 }
 
 /// The bytes of a CONST's `:constvalue` (`<>` for NULL, else `len [ b0 b1
