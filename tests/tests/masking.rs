@@ -1716,6 +1716,20 @@ async fn column_rules_follow_views_that_rename_or_compute() {
         .unwrap();
 }
 
+/// A new database `db` owned by the application role, set up by the
+/// superuser with `sql` (a REVOKE, the tables).
+fn locked_database(pg: &Pg, db: &str, sql: &[&str]) {
+    pg.psql_super(
+        "postgres",
+        &[
+            &format!("DROP DATABASE IF EXISTS {db}"),
+            &format!("CREATE DATABASE {db} OWNER {}", pg.app_user),
+        ],
+    )
+    .assert_success("create database");
+    pg.psql_super(db, sql).assert_success("revoke and seed");
+}
+
 /// One core, connection `locked` to database `db` as the application
 /// role, for `agent1` (group `bots`), default profile.
 fn locked_gateway(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
@@ -1743,15 +1757,8 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let db = "mk_origins_refused";
-    pg.psql_super(
-        "postgres",
-        &[
-            &format!("DROP DATABASE IF EXISTS {db}"),
-            &format!("CREATE DATABASE {db} OWNER {}", pg.app_user),
-        ],
-    )
-    .assert_success("create database");
-    pg.psql_super(
+    locked_database(
+        pg,
         db,
         &[
             "REVOKE SELECT ON pg_catalog.pg_attribute FROM PUBLIC",
@@ -1762,8 +1769,7 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
                 pg.app_user
             ),
         ],
-    )
-    .assert_success("revoke and seed");
+    );
     let gw = locked_gateway(pg, key, db);
     for round in 0..2 {
         let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
@@ -1811,15 +1817,8 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let db = "mk_views_refused";
-    pg.psql_super(
-        "postgres",
-        &[
-            &format!("DROP DATABASE IF EXISTS {db}"),
-            &format!("CREATE DATABASE {db} OWNER {}", pg.app_user),
-        ],
-    )
-    .assert_success("create database");
-    pg.psql_super(
+    locked_database(
+        pg,
         db,
         &[
             "REVOKE SELECT ON pg_catalog.pg_rewrite FROM PUBLIC",
@@ -1831,8 +1830,7 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
                 u = pg.app_user
             ),
         ],
-    )
-    .assert_success("revoke and seed");
+    );
     let gw = locked_gateway(pg, key, db);
     let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
         .await

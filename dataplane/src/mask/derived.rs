@@ -298,12 +298,7 @@ pub(super) fn strongest_mention(
                     }
                     next = n;
                 }
-                consider(&v);
-                for w in v.split(|&b| !ident_byte(b)).filter(|w| !w.is_empty()) {
-                    if w.len() < v.len() {
-                        consider(w);
-                    }
-                }
+                literal_names(&v, &mut consider);
             }
             if !matches!(c, b'-' | b'/') {
                 alias = 0;
@@ -480,6 +475,17 @@ impl Noted {
         } else if (next != Some(b'.') || star_after_dot(s, end)) && !self.values.contains(name) {
             // (`p.*` is the whole row too.)
             self.values.insert(name.to_vec());
+        }
+    }
+}
+
+/// The names a literal's value may give: the whole value, and each word
+/// of it (a JSON key or path: `'ssn'`, `'$.auth.password'`).
+pub(super) fn literal_names(v: &[u8], mut name: impl FnMut(&[u8])) {
+    name(v);
+    for w in v.split(|&b| !ident_byte(b)) {
+        if !w.is_empty() && w.len() < v.len() {
+            name(w);
         }
     }
 }

@@ -33,8 +33,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use super::copyout::ident_byte;
-use super::derived::{strength, strongest_mention, Derived};
+use super::derived::{literal_names, strength, strongest_mention, Derived};
 use super::Engine;
 
 /// Most entries kept from one catalog read; rows past it are dropped (and
@@ -73,7 +72,8 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 /// The view read, after [`catalog_query`]: each view and materialized view
 /// that reads one of `relations` (the relations with ruled columns), a
 /// relation with JSON, XML, composite or extension-typed columns, or a
-/// function created after `initdb`, directly or through other views, as `('v', oid, name, reads, tree)`
+/// function created after `initdb`, directly or through other views, as
+/// `('v', oid, name, reads, tree)`
 /// (and each of `relations` as `('r', oid, name, NULL, NULL)`, for a
 /// statement that reads its whole row, [`ColumnOrigins::whole_row_by_name`];
 /// and each SQL or PL/pgSQL function created after `initdb` whose result
@@ -295,8 +295,8 @@ pub struct ColumnOrigins {
     /// name (the strongest of overloads) and by oid.
     functions: HashMap<Box<[u8]>, Source>,
     function_oids: HashMap<u32, Source>,
-    /// Distinguishes reads with view columns in `renamed` (0: none), for
-    /// the rules statement texts keep.
+    /// Distinguishes reads whose names count in statement texts (view
+    /// columns, relations, functions; 0: none), for the rules texts keep.
     lineage: u64,
     /// The attribute numbers in `names` and `computed`, by table (for a
     /// whole row).
@@ -456,9 +456,9 @@ impl ColumnOrigins {
             .map(|(v, s)| (&v[..], s))
     }
 
-    /// 0 when neither a view column resolved to a ruled source under
-    /// another name nor a relation with ruled columns is known by name;
-    /// otherwise unique to this read.
+    /// 0 when no name of this read counts in statement texts (a view
+    /// column resolved to a ruled source, a relation with ruled columns, a
+    /// function reading them); otherwise unique to this read.
     pub fn lineage_id(&self) -> u64 {
         self.lineage
     }
@@ -557,9 +557,9 @@ impl ColumnOrigins {
     ///   that column's name (the view's own name for it when a rule
     ///   matches that first);
     /// - a computed column (an expression, a whole row) takes the strongest
-    ///   rule among the ruled columns the view reads and the ruled names
-    ///   its definition's text mentions, as a statement's computed columns
-    ///   do ([`super::derived`]), for text-like types;
+    ///   rule among the ruled columns, constants' words and functions its
+    ///   expression reads (when that cannot be followed, its view reads),
+    ///   for text-like types;
     /// - a view whose stored query could not be read: every column not
     ///   resolved otherwise, as a computed one.
     pub fn resolve_views(&mut self, engine: &Engine) {
@@ -722,17 +722,10 @@ impl ColumnOrigins {
         }
         // And the functions it calls anywhere, and the words of its
         // constants (a JSON key in a subquery).
-        for f in &def.funcs {
-            read = stronger_source(engine, read, self.function_oids.get(f).cloned());
-        }
-        match &def.consts {
-            Some(consts) => {
-                for c in consts {
-                    read = stronger_source(engine, read, self.const_source(engine, c));
-                }
-            }
-            None => read = Some(Source::Unreadable),
-        }
+        let read = match &def.consts {
+            Some(consts) => self.with_consts_and_calls(engine, read, consts, &def.funcs),
+            None => Some(Source::Unreadable),
+        };
         let Some(targets) = &def.targets else {
             if let Some(s) = read {
                 self.opaque.insert(v, s);
@@ -772,13 +765,7 @@ impl ColumnOrigins {
                         for &(r, a) in reads {
                             s = stronger_source(engine, s, source(self, r, a));
                         }
-                        for c in &t.consts {
-                            s = stronger_source(engine, s, self.const_source(engine, c));
-                        }
-                        for f in &t.funcs {
-                            s = stronger_source(engine, s, self.function_oids.get(f).cloned());
-                        }
-                        s
+                        self.with_consts_and_calls(engine, s, &t.consts, &t.funcs)
                     } else {
                         read.clone()
                     };
@@ -827,28 +814,32 @@ impl ColumnOrigins {
         }
     }
 
-    /// A ruled name.
-    fn mention(&self, engine: &Engine, name: &[u8]) -> Option<Source> {
-        engine.name_ruled(name).then(|| Source::Name(name.into()))
-    }
-
-    /// The strongest ruled name among a constant's printable runs and
-    /// their words (`'ssn'`, `'$.auth.password'`), as a statement's
-    /// literals count ([`super::derived`]).
-    fn const_source(&self, engine: &Engine, value: &[u8]) -> Option<Source> {
-        let mut best = None;
-        for run in value
-            .split(|&b| b < 0x20 || b == 0x7f)
-            .filter(|r| !r.is_empty())
-        {
-            best = stronger_source(engine, best, self.mention(engine, run));
-            for w in run.split(|&b| !ident_byte(b)) {
-                if !w.is_empty() && w.len() < run.len() {
-                    best = stronger_source(engine, best, self.mention(engine, w));
-                }
+    /// `s` with the strongest ruled name among constants' words (a JSON
+    /// key) and the sources of the functions called.
+    fn with_consts_and_calls(
+        &self,
+        engine: &Engine,
+        mut s: Option<Source>,
+        consts: &[Box<[u8]>],
+        funcs: &[u32],
+    ) -> Option<Source> {
+        for c in consts {
+            // (Printable runs: a stored text value starts with its length.)
+            for run in c
+                .split(|&b| b < 0x20 || b == 0x7f)
+                .filter(|r| !r.is_empty())
+            {
+                literal_names(run, |n| {
+                    if engine.name_ruled(n) {
+                        s = stronger_source(engine, s.take(), Some(Source::Name(n.into())));
+                    }
+                });
             }
         }
-        best
+        for f in funcs {
+            s = stronger_source(engine, s, self.function_oids.get(f).cloned());
+        }
+        s
     }
 
     fn whole_row_source(&self, engine: &Engine, table: u32) -> Option<Source> {
@@ -1108,19 +1099,23 @@ fn const_bytes(t: &mut Tokens<'_>) -> Option<Option<Vec<u8>>> {
     }
 }
 
+/// The tokens after each field `field` (with its trailing space) of a
+/// stored query, wherever it is (`memmem`, not a walk of the tree).
+fn after_field<'a>(tree: &'a [u8], field: &'static [u8]) -> impl Iterator<Item = Tokens<'a>> {
+    memchr::memmem::find_iter(tree, field)
+        // (A field name starts a token.)
+        .filter(move |&at| at == 0 || TOKEN_BYTE[usize::from(tree[at - 1])] == SPACE)
+        .map(move |at| Tokens {
+            s: tree,
+            i: at + field.len(),
+        })
+}
+
 /// The values of every CONST of a stored query; None when one does not
 /// read.
 fn all_consts(tree: &[u8]) -> Option<Vec<Box<[u8]>>> {
     let mut out = Vec::new();
-    for at in memchr::memmem::find_iter(tree, b":constvalue ") {
-        // (A field name starts a token.)
-        if at > 0 && TOKEN_BYTE[usize::from(tree[at - 1])] != SPACE {
-            continue;
-        }
-        let mut t = Tokens {
-            s: tree,
-            i: at + b":constvalue".len(),
-        };
+    for mut t in after_field(tree, b":constvalue ") {
         if let Some(v) = const_bytes(&mut t)? {
             out.push(v.into());
         }
@@ -1131,14 +1126,7 @@ fn all_consts(tree: &[u8]) -> Option<Vec<Box<[u8]>>> {
 /// The functions every FUNCEXPR of a stored query calls.
 fn all_funcs(tree: &[u8]) -> Vec<u32> {
     let mut out = Vec::new();
-    for at in memchr::memmem::find_iter(tree, b":funcid ") {
-        if at > 0 && TOKEN_BYTE[usize::from(tree[at - 1])] != SPACE {
-            continue;
-        }
-        let mut t = Tokens {
-            s: tree,
-            i: at + b":funcid".len(),
-        };
+    for mut t in after_field(tree, b":funcid ") {
         if let Some(f) = t.next().and_then(node_number) {
             out.push(f);
         }
@@ -1640,13 +1628,7 @@ mod tests {
         use crate::mask::derived::Text;
         use crate::mask::{ColumnAction, Engine, MaskingProfile};
         let e = Engine::compile(&MaskingProfile::default()).unwrap();
-        let keep = |n: &[u8]| e.name_ruled(n);
-        let mut o = ColumnOrigins::new();
-        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
-            let a = (k + 1).to_string();
-            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
-                .unwrap();
-        }
+        let mut o = people(&e);
         o.add_view_row(&row(&[
             Some("r"),
             Some("16384"),
@@ -1687,13 +1669,7 @@ mod tests {
         use crate::mask::derived::Text;
         use crate::mask::{ColumnAction, Engine, MaskingProfile};
         let e = Engine::compile(&MaskingProfile::default()).unwrap();
-        let keep = |n: &[u8]| e.name_ruled(n);
-        let mut o = ColumnOrigins::new();
-        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
-            let a = (k + 1).to_string();
-            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
-                .unwrap();
-        }
+        let mut o = people(&e);
         let f = |oid: &str, name: &str, reads: Option<&str>, body: Option<&str>| {
             row(&[Some("f"), Some(oid), Some(name), reads, body])
         };
@@ -1758,6 +1734,19 @@ mod tests {
         assert_eq!(o.function(b"harmless"), None);
     }
 
+    /// A read of `people` (16384: id, name, ssn, api_secret).
+    fn people(e: &crate::mask::Engine) -> ColumnOrigins {
+        let mut o = ColumnOrigins::new();
+        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
+            let a = (k + 1).to_string();
+            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), |n| {
+                e.name_ruled(n)
+            })
+            .unwrap();
+        }
+        o
+    }
+
     /// A view whose stored query shows column `from` of 16384 as its
     /// column 1, named `name` in the stored query.
     fn shows(name: &str, from: (u32, i16)) -> Vec<u8> {
@@ -1775,12 +1764,7 @@ mod tests {
         use crate::mask::{ColumnAction, Engine, MaskingProfile};
         let e = Engine::compile(&MaskingProfile::default()).unwrap();
         let keep = |n: &[u8]| e.name_ruled(n);
-        let mut o = ColumnOrigins::new();
-        for (k, c) in ["id", "name", "ssn", "api_secret"].iter().enumerate() {
-            let a = (k + 1).to_string();
-            o.add_row(&row(&[Some("16384"), Some(&a), Some(c)]), keep)
-                .unwrap();
-        }
+        let mut o = people(&e);
         // `api_secret as ssn`: the view's own name is ruled (keep_last 4),
         // its source's rule (mask) is stronger.
         o.add_row(&row(&[Some("16460"), Some("1"), Some("ssn")]), keep)

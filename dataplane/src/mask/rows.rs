@@ -229,12 +229,12 @@ pub(super) fn rule_of(
     // A computed column takes the stronger of its result name's rule and
     // what it is computed from: `substr(api_secret, 1, 8) AS ssn` must not
     // show four characters of a secret at a time.
-    let from = if computed.is_some() {
-        computed.and_then(|s| s.rule(engine))
-    } else if f.table == 0 && derived_applies(f.oid) {
-        text.and_then(|t| t.rule(engine, origins))
-    } else {
-        None
+    let from = match computed {
+        Some(s) => s.rule(engine),
+        None if f.table == 0 && derived_applies(f.oid) => {
+            text.and_then(|t| t.rule(engine, origins))
+        }
+        None => None,
     };
     super::derived::stronger(named, from)
 }

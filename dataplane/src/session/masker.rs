@@ -245,12 +245,12 @@ pub struct TargetMasker {
     plan_text: StatementText,
     /// Shared with `portals`: a Bind costs a reference count, not a copy.
     statements: HashMap<Vec<u8>, Prepared>,
-    /// The texts of prepared statements and of the statements of bound
-    /// portals, for the rule of their computed columns
-    /// ([`crate::mask::derived`]).
     /// Bytes of the texts in `prepared` and `cursors`.
     prepared_bytes: usize,
     cursors_bytes: usize,
+    /// The texts of prepared statements and of the statements of bound
+    /// portals, for the rule of their computed columns
+    /// ([`crate::mask::derived`]).
     /// (Protocol and SQL-level prepared statements share one namespace in
     /// the server, as do portals and SQL cursors.) A name that may hold
     /// either of two statements keeps both texts ([`Text::joined`]).
@@ -889,19 +889,17 @@ impl TargetMasker {
                     self.keep_prepared(name, t, true);
                 }
                 SqlCommand::Declare(name, q) => {
-                    let mut t = Text::new(&q, backslash, false);
-                    if let Some((_, old)) = self.cursors.get(&name) {
-                        t = old.joined(&t);
-                    }
-                    self.cursors_bytes += t.sql().len();
-                    if let Some((_, old)) = self.cursors.insert(name, (e, t)) {
-                        self.cursors_bytes = self.cursors_bytes.saturating_sub(old.sql().len());
-                    }
-                    if self.cursors_bytes > MAX_KEPT {
-                        // (Forgotten: their fetches are unreadable.)
-                        self.cursors.clear();
-                        self.cursors_bytes = 0;
-                    }
+                    // (Past the limit forgotten: their fetches are
+                    // unreadable.)
+                    let t = Text::new(&q, backslash, false);
+                    keep_text(
+                        &mut self.cursors,
+                        &mut self.cursors_bytes,
+                        name,
+                        t,
+                        |t| (e, t),
+                        |c| &c.1,
+                    );
                 }
                 SqlCommand::Execute(_) | SqlCommand::Fetch(_) if parse => runs_unknown = true,
                 SqlCommand::Execute(_) | SqlCommand::Fetch(_) if runs_unknown => {}
@@ -957,18 +955,15 @@ impl TargetMasker {
     /// or in its place. Past [`MAX_KEPT`] bytes in all, every kept text is
     /// forgotten (statements without one are unreadable).
     fn keep_prepared(&mut self, name: Vec<u8>, t: Rc<Text>, join: bool) {
-        let t = match self.prepared.get(&name) {
-            Some(old) if join => old.joined(&t),
-            _ => t,
-        };
-        self.prepared_bytes += t.sql().len();
-        if let Some(old) = self.prepared.insert(name, t) {
-            self.prepared_bytes = self.prepared_bytes.saturating_sub(old.sql().len());
+        let map = &mut self.prepared;
+        let bytes = &mut self.prepared_bytes;
+        if !join {
+            // (In the place of the text the name has.)
+            if let Some(old) = map.remove(&name) {
+                *bytes = bytes.saturating_sub(old.sql().len());
+            }
         }
-        if self.prepared_bytes > MAX_KEPT {
-            self.prepared.clear();
-            self.prepared_bytes = 0;
-        }
+        keep_text(map, bytes, name, t, |t| t, |t| t);
     }
 
     /// The text of what portal or SQL cursor `name` runs (both, when both
@@ -1720,6 +1715,32 @@ fn splice(out: &mut Vec<u8>, rewritten: &mut bool, before: &[u8]) {
         out.clear();
     }
     out.extend_from_slice(before);
+}
+
+/// Keep text `t` under `name` in `map` (as `wrap` makes it a value),
+/// joined to the text the name has (`text` reads it from a value), counting
+/// the bytes kept in `bytes`: past [`MAX_KEPT`] in all, every text of the
+/// map is forgotten.
+fn keep_text<V>(
+    map: &mut HashMap<Vec<u8>, V>,
+    bytes: &mut usize,
+    name: Vec<u8>,
+    t: Rc<Text>,
+    wrap: impl FnOnce(Rc<Text>) -> V,
+    text: fn(&V) -> &Rc<Text>,
+) {
+    let t = match map.get(&name) {
+        Some(old) => text(old).joined(&t),
+        None => t,
+    };
+    *bytes += t.sql().len();
+    if let Some(old) = map.insert(name, wrap(t)) {
+        *bytes = bytes.saturating_sub(text(&old).sql().len());
+    }
+    if *bytes > MAX_KEPT {
+        map.clear();
+        *bytes = 0;
+    }
 }
 
 /// A Bind's portal, statement and result formats.
