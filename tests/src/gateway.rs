@@ -474,7 +474,7 @@ impl Gateway {
         cmd.arg("--config")
             .arg(&config_path)
             .env(
-                "RUST_LOG",
+                "SLUICE_LOG",
                 std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
