@@ -9,6 +9,10 @@
 # script prints the median connections per second of each and the median
 # (min-max) of the per-round ratios to `off`, and the reads each instance did
 # (sluice_column_catalog_reads_total). Results: bench/RESULTS.md section 12.
+# WORKLOAD=ddl instead keeps each client's session open and runs, per
+# transaction, `CREATE OR REPLACE VIEW` of the client's own view over t1 and a
+# SELECT from it: what a session's own catalog read after each schema
+# change costs (none with `off`).
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -21,19 +25,23 @@ THREADS=${THREADS:-2}
 TABLES=${TABLES:-200}
 VIEWS=${VIEWS:-0}
 FUNCTIONS=${FUNCTIONS:-0}
+WORKLOAD=${WORKLOAD:-connect}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "Knobs (env): CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS"
     echo "  TABLES=$TABLES (extra tables of 12 columns, 2 of them secret-named, so the catalog is not trivial)"
     echo "  VIEWS=$VIEWS (views over those tables, each renaming one secret column and computing from the other,"
     echo "    which the login's view read follows; at most TABLES)"
     echo "  FUNCTIONS=$FUNCTIONS (PL/pgSQL functions returning text, which the view read reads too)"
+    echo "  WORKLOAD=$WORKLOAD (connect: pgbench -C -S; ddl: open sessions, CREATE OR REPLACE VIEW + SELECT from it)"
     echo "  SLUICE_WORKERS, SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1, OUT=<dir>"
     exit 0
 fi
 [[ $# -eq 0 ]] || die "no arguments expected (configure with env vars; see --help)"
+[[ $WORKLOAD == connect || $WORKLOAD == ddl ]] || die "WORKLOAD must be connect or ddl, got '$WORKLOAD'"
+[[ $WORKLOAD == connect ]] || ((TABLES >= 1)) || die "WORKLOAD=ddl needs TABLES >= 1"
 for v in CLIENTS ROUNDS SECS THREADS TABLES VIEWS FUNCTIONS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
@@ -46,7 +54,7 @@ CSV=$OUT/connect_origins.csv
 require_cmd pgbench psql awk sed curl
 e2e_init
 write_meta "$OUT/meta.txt"
-echo "CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS TABLES=$TABLES VIEWS=$VIEWS FUNCTIONS=$FUNCTIONS SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
+echo "CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS TABLES=$TABLES VIEWS=$VIEWS FUNCTIONS=$FUNCTIONS WORKLOAD=$WORKLOAD SLUICE_WORKERS=${SLUICE_WORKERS:-default}" >>"$OUT/meta.txt"
 log "output dir: $OUT; about $((ROUNDS * 3 * SECS)) s of runs"
 
 ensure_sluice_bin
@@ -74,6 +82,20 @@ DO \$\$ BEGIN
   END LOOP;
 END \$\$;
 EOF
+if [[ $WORKLOAD == ddl ]]; then
+    psql_at "$PG_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -qc \
+        "INSERT INTO t1 VALUES (1, 'Ann Lee', 'ann@example.com', '555-0100', '1 Main St', 'Springfield', '12345', now(), 10, 'zq81-ALPHA-omega', 'vip', 'tok')" ||
+        die "seeding t1 failed"
+    cat >"$OUT/ddl.sql" <<'EOF'
+CREATE OR REPLACE VIEW sv_:client_id AS SELECT id, name, api_secret AS k FROM t1;
+SELECT name, k FROM sv_:client_id LIMIT 1;
+EOF
+    BENCH_ARGS=(-f "$OUT/ddl.sql")
+    UNIT="transactions (CREATE OR REPLACE VIEW + SELECT) per second, open sessions"
+else
+    BENCH_ARGS=(-C -S)
+    UNIT="connections per second (pgbench -C -S)"
+fi
 cols=$(psql_at "$PG_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -tAc "SELECT count(*) FROM pg_attribute")
 echo "pg_attribute rows: $cols" >>"$OUT/meta.txt"
 
@@ -92,12 +114,12 @@ done
 echo "round,contender,tps" >"$CSV"
 for ((r = 1; r <= ROUNDS; r++)); do
     for k in off cached every; do
-        tps=$(PGPASSWORD=${KEY[$k]} pgbench -n -C -S -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECS" \
+        tps=$(PGPASSWORD=${KEY[$k]} pgbench -n "${BENCH_ARGS[@]}" -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECS" \
             -h 127.0.0.1 -p "${PORT[$k]}" -U agent "$BENCH_DB" 2>>"$OUT/pgbench.log" |
             sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
         [[ -n $tps ]] || { tail -n 20 "$OUT/pgbench.log" >&2; die "pgbench through $k gave no tps"; }
         echo "$r,$k,$tps" >>"$CSV"
-        log "round $r $k: $tps connections/s"
+        log "round $r $k: $tps per second"
     done
 done
 
@@ -106,7 +128,7 @@ reads() {
         awk '/^sluice_column_catalog_reads_total/ { s = s " " $0 } END { print s }'
 }
 {
-    echo "connections per second (pgbench -C -S, c$CLIENTS, ${SECS}s), median of $ROUNDS rounds; ratio to off per round, median [min-max]"
+    echo "$UNIT, c$CLIENTS, ${SECS}s, median of $ROUNDS rounds; ratio to off per round, median [min-max]"
     awk -F, "$AWK_MEDIAN"'
         NR > 1 { t[$2, $1] = $3; n[$2]++; if ($1 > R) R = $1 }
         END {

@@ -1856,6 +1856,210 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
     );
 }
 
+/// The seeded secret of the session-read tests, and its mask.
+const SESSION_SECRET: &str = "zq81-ALPHA-omega";
+const SESSION_MASKED: &str = "****************";
+
+/// A database of the application role with `creds (id, api_secret)`, and
+/// a one-core gateway to it.
+fn session_database(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
+    locked_database(
+        pg,
+        db,
+        &[&format!(
+            "CREATE TABLE creds (id int, api_secret text); \
+             INSERT INTO creds VALUES (1, '{SESSION_SECRET}'); \
+             ALTER TABLE creds OWNER TO {}",
+            pg.app_user
+        )],
+    );
+    locked_gateway(pg, key, db)
+}
+
+/// A session that changes the schema has its columns followed from its
+/// next statement on: before that statement the gateway reads the catalog
+/// again on the session's connection (its answers never reach the client).
+/// Views and functions it creates, outside or inside a transaction block,
+/// in both protocols; a view created and read in one Query is masked by
+/// what the Query's text names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_follows_the_views_and_functions_it_creates() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = session_database(pg, key, "mk_session_read");
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
+    let run = |sql: &'static str| {
+        let c = &c;
+        async move {
+            step(sql, c.batch_execute(sql))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)))
+        }
+    };
+    run("create view s_v1 as select id, api_secret as token_value from creds").await;
+    assert_eq!(
+        simple_rows(&c, "select token_value from s_v1").await,
+        masked
+    );
+    let rows = step("extended", c.query("select token_value from s_v1", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), SESSION_MASKED);
+    // In a transaction block (read inside a savepoint, the block goes on).
+    run("begin").await;
+    run("create view s_v2 as select api_secret as t2 from creds").await;
+    assert_eq!(simple_rows(&c, "select t2 from s_v2").await, masked);
+    run("commit").await;
+    assert_eq!(
+        simple_rows(&c, "select count(*) from s_v2").await,
+        vec![vec![Some("1".to_string())]]
+    );
+    // The extended protocol alone, in a transaction block.
+    run("begin").await;
+    step(
+        "create",
+        c.execute(
+            "create view s_v4 as select api_secret as t4 from creds",
+            &[],
+        ),
+    )
+    .await
+    .unwrap();
+    let rows = step("t4", c.query("select t4 from s_v4", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), SESSION_MASKED);
+    run("commit").await;
+    // A function, called through the extended protocol.
+    run("create function s_key(i int) returns text language sql \
+         as 'select api_secret from creds where id = i'")
+    .await;
+    let rows = step("function", c.query("select s_key(1)", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), SESSION_MASKED);
+    // Created and read in one Query: no statement between them.
+    assert_eq!(
+        simple_rows(
+            &c,
+            "create view s_v3 as select api_secret as t3 from creds; select t3 from s_v3"
+        )
+        .await,
+        masked
+    );
+    // A materialized view (its tag is `SELECT 1`).
+    run("create materialized view s_m as select api_secret as mt from creds").await;
+    assert_eq!(simple_rows(&c, "select mt from s_m").await, masked);
+    // Nothing of the reads reached the client: other columns as they are.
+    assert_eq!(
+        simple_rows(&c, "select id from s_v1").await,
+        vec![vec![Some("1".to_string())]]
+    );
+    let m = gw.metrics();
+    let ok = m.get(
+        "sluice_column_catalog_reads_total",
+        &[("outcome", "ok"), ("read", "continued")],
+    );
+    assert!(
+        ok >= 4.0,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+}
+
+/// A session's own read that the server refuses inside a transaction
+/// block does not abort the block (it ran in a savepoint rolled back
+/// after it); the refusal is counted and warned like a login's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_session_read_leaves_the_transaction_usable() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_session_refused";
+    let gw = session_database(pg, key, db);
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    // Readable at login, refused from now on.
+    pg.psql_super(db, &["REVOKE SELECT ON pg_catalog.pg_rewrite FROM PUBLIC"])
+        .assert_success("revoke");
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("create view r_v as select id, api_secret as tv from creds")
+        .await
+        .unwrap();
+    // The view read was refused: the view's columns match by their own
+    // names (as after a refused login read).
+    assert_eq!(
+        simple_rows(&c, "select id, tv from r_v").await,
+        vec![vec![
+            Some("1".to_string()),
+            Some(SESSION_SECRET.to_string())
+        ]]
+    );
+    assert_eq!(
+        simple_rows(&c, "select api_secret from creds").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]]
+    );
+    c.batch_execute("commit").await.unwrap();
+    assert_eq!(
+        simple_rows(&c, "select count(*) from r_v").await,
+        vec![vec![Some("1".to_string())]]
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "failed")]
+        ),
+        1.0,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("the target refused the view read") && log.contains("permission denied"),
+        "{log}"
+    );
+}
+
+/// A view another session creates is followed by a session already open
+/// from the statement after the one that first reads it (the first sees a
+/// relation newer than the session's read; the next one reads again, at
+/// most once a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_follows_a_view_created_elsewhere() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_session_other";
+    let gw = session_database(pg, key, db);
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    assert_eq!(
+        simple_rows(&c, "select api_secret from creds").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]]
+    );
+    pg.psql_super(
+        db,
+        &[&format!(
+            "CREATE VIEW o_v AS SELECT api_secret AS ov FROM creds; \
+             GRANT SELECT ON o_v TO {}",
+            pg.app_user
+        )],
+    )
+    .assert_success("create view");
+    let _first = simple_rows(&c, "select ov from o_v").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        simple_rows(&c, "select ov from o_v").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]],
+        "{}",
+        gw.log()
+    );
+}
+
 /// [`people_masked`] as COPY text (`\\N` for NULL, tabs) or CSV (empty
 /// for NULL) lines, of the columns `cols` (indexes).
 fn people_copy(cols: &[usize], csv: bool) -> String {

@@ -193,7 +193,8 @@ fn kind(oid: u32, format: i16) -> Kind {
 /// `origins` knows where it comes from (an alias renames it), else its
 /// result name's; for a computed column (no table) of a text-like type
 /// without either, the rule of the ruled names its statement's `text`
-/// mentions (see [`super::derived`]).
+/// mentions (see [`super::derived`]); so also for a column of a relation
+/// newer than `origins`' read.
 pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
@@ -229,9 +230,13 @@ pub(super) fn rule_of(
     // A computed column takes the stronger of its result name's rule and
     // what it is computed from: `substr(api_secret, 1, 8) AS ssn` must not
     // show four characters of a secret at a time.
+    // A column of a relation newer than the read (a view created in the
+    // same Query, or since the session's last read) may show anything under
+    // any name: until a read knows it, it counts as computed.
+    let unknown = |o: &ColumnOrigins| f.table > o.newest_relation() && o.newest_relation() > 0;
     let from = match computed {
         Some(s) => s.rule(engine),
-        None if f.table == 0 && derived_applies(f.oid) => {
+        None if (f.table == 0 || origins.is_some_and(unknown)) && derived_applies(f.oid) => {
             text.and_then(|t| t.rule(engine, origins))
         }
         None => None,
@@ -381,6 +386,11 @@ impl RowPlan {
     /// The catalog read columns are resolved with ([`RowPlan::set_origins`]).
     pub fn origins(&self) -> Option<&ColumnOrigins> {
         self.origins.as_deref()
+    }
+
+    /// The read itself, shared.
+    pub fn origins_shared(&self) -> Option<&Arc<ColumnOrigins>> {
+        self.origins.as_ref()
     }
 
     /// Build the plan from a RowDescription body (after tag and length).

@@ -31,6 +31,7 @@ use crate::mask::{ColumnOrigins, Engine};
 use crate::metrics::bump;
 use crate::net::io::{write_all, PacketReader, ReadError, TargetIo};
 use crate::protocol::backend;
+use crate::protocol::frame::FrameError;
 use crate::session::target::TargetError;
 use crate::snapshot::ConnectionEntry;
 
@@ -140,6 +141,11 @@ impl OriginsCache {
         );
     }
 
+    /// When the read of `key` in use was whole.
+    fn whole_at(&self, key: &str) -> Option<Instant> {
+        self.entries.borrow().get(key).map(|e| e.whole_at)
+    }
+
     /// A login reads `key` again now (or stopped without a result).
     fn set_reading(&self, key: &str, reading: bool) {
         if let Some(e) = self.entries.borrow_mut().get_mut(key) {
@@ -165,10 +171,7 @@ pub async fn origins(
     if !limits.column_origins || !engine.enabled() || !engine.has_name_rules() {
         return Ok(None);
     }
-    let key = format!(
-        "{}\0{}\0{}\0{}",
-        conn.name, conn.host, conn.port, conn.database
-    );
+    let key = cache_key(conn);
     let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
     // `prev`: the last read, kept if the server refuses this one (an older
     // read masks more than none).
@@ -213,12 +216,42 @@ pub async fn origins(
         Ok(Err(e)) => Err(failed(e)),
         Ok(Ok(r)) => Ok(r),
     };
-    let origins = match outcome {
+    let read = match outcome {
         Err(e) => {
             bump(&worker.metrics.origin_reads_failed, 1);
             return Err(e);
         }
-        Ok(Err(refused)) => {
+        Ok(r) => r,
+    };
+    let origins = settle(worker, &conn.name, whole, prev, read);
+    drop(reading);
+    worker
+        .origins
+        .store(key, engine, epoch, whole, origins.clone(), Instant::now());
+    Ok(origins)
+}
+
+/// The cache's key for `conn`'s target database.
+fn cache_key(conn: &ConnectionEntry) -> String {
+    format!(
+        "{}\0{}\0{}\0{}",
+        conn.name, conn.host, conn.port, conn.database
+    )
+}
+
+/// What a read (at login or a session's own) leaves in use, counted and
+/// logged: the read; the server's error for the column query (the last
+/// read, `prev`, stays); or the columns without views (the server refused
+/// the view read).
+fn settle(
+    worker: &Worker,
+    conn: &str,
+    whole: bool,
+    prev: Option<Arc<ColumnOrigins>>,
+    read: Result<(ColumnOrigins, Option<String>), String>,
+) -> Option<Arc<ColumnOrigins>> {
+    match read {
+        Err(refused) => {
             bump(&worker.metrics.origin_reads_failed, 1);
             let then = if prev.is_some() {
                 "the last read stays in use"
@@ -226,12 +259,12 @@ pub async fn origins(
                 "column rules match result names only"
             };
             tracing::warn!(
-                connection = %conn.name,
+                connection = %conn,
                 "the target refused the column catalog query ({refused}); {then} until the next read"
             );
             prev
         }
-        Ok(Ok((mut o, views_refused))) => {
+        Ok((mut o, views_refused)) => {
             o.notify_stale(worker.origins.epoch);
             let n = if views_refused.is_some() {
                 &worker.metrics.origin_reads_failed
@@ -245,27 +278,22 @@ pub async fn origins(
                 // (The new columns, which still follow aliases: a last read
                 // kept instead would hide the relations created since.)
                 tracing::warn!(
-                    connection = %conn.name,
+                    connection = %conn,
                     "the target refused the view read ({refused}); view columns match by their own names until the next read"
                 );
             }
             if o.dropped() > 0 {
                 tracing::warn!(
-                    connection = %conn.name,
+                    connection = %conn,
                     kept = o.len(),
                     dropped = o.dropped(),
                     "more catalog columns match name rules than are kept; the rest match by result name only"
                 );
             }
-            tracing::debug!(connection = %conn.name, whole, columns = o.len(), newest = o.newest_relation(), "column catalog read");
+            tracing::debug!(connection = %conn, whole, columns = o.len(), newest = o.newest_relation(), "column catalog read");
             Some(Arc::new(o))
         }
-    };
-    drop(reading);
-    worker
-        .origins
-        .store(key, engine, epoch, whole, origins.clone(), Instant::now());
-    Ok(origins)
+    }
 }
 
 /// Run the query for the relations newer than `origins`' (all of them for a
@@ -298,7 +326,7 @@ async fn read(
     }
     // (Two long fields in a row under the frame limit.)
     let cap = (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP);
-    let sql = view_query(&origins.ruled_relations(), cap as usize);
+    let sql = view_query(&origins.ruled_relations(), cap as usize, 0);
     let viewed = run(io, &mut reader, &sql, max_frame, after, |row| {
         origins.add_view_row(row).is_ok()
     })
@@ -306,6 +334,458 @@ async fn read(
     origins.resolve_views(engine);
     after.extend_from_slice(reader.leftover());
     Ok(Ok((origins, viewed.err())))
+}
+
+/// A session's own catalog read, between its statements: after the
+/// session changed the schema (a `CREATE VIEW`, `CREATE FUNCTION`, `ALTER
+/// TABLE`, `DO`, a `CREATE TABLE … AS` …), when its read is older than
+/// `limits.column_origins_max_age_ms`, when a result came from a relation
+/// newer than its read, or when its profile changed. Another session's
+/// read on this core that is recent enough is taken instead, except after
+/// the session's own schema change.
+///
+/// The read goes to the target on the session's own connection, just
+/// before a client request, only when nothing is in flight: no answer
+/// outstanding, no extended-protocol batch open, and the connection idle
+/// (`I`) or in a transaction block (`T`, then inside a savepoint that is
+/// rolled back, so a refused read cannot abort the client's transaction).
+/// It is sent as simple Queries, so only before a client's simple Query,
+/// or before an extended-protocol request when the client keeps no
+/// unnamed statement (or a Parse replaces it first) and, in a transaction
+/// block, suspended no portal (a simple Query destroys the unnamed
+/// statement and portal). Its answers come
+/// first and are taken off the stream ([`SessionCatalog::take_answers`]);
+/// the client's requests follow unchanged.
+pub struct SessionCatalog {
+    /// (None in unit tests.)
+    worker: Option<std::rc::Rc<Worker>>,
+    key: String,
+    conn: String,
+    generated: bool,
+    /// Longest field of the view read.
+    cap: usize,
+    /// When the read in use was whole, and the engine it was read for.
+    whole_at: Instant,
+    engine: *const Engine,
+    /// A statement since the last read may have changed the schema.
+    changed: bool,
+    /// The server refused the last own read: not tried again until then
+    /// (unless the schema changes).
+    refused_until: Option<Instant>,
+    own: Option<OwnRead>,
+    /// Frames for the client that came during the own read (notifications,
+    /// settings), forwarded after its answers.
+    pass: Vec<u8>,
+    watch: SchemaWatch,
+}
+
+/// What a session does before a client request.
+pub enum Begin {
+    Nothing,
+    /// Take this read (another session's on this core).
+    Adopt(Option<Arc<ColumnOrigins>>),
+    /// Send these Queries first.
+    Send(Vec<u8>),
+}
+
+/// A session's read whose answers are outstanding.
+pub struct OwnRead {
+    engine: Arc<Engine>,
+    origins: ColumnOrigins,
+    /// The read in use, kept if the server refuses this one.
+    prev: Option<Arc<ColumnOrigins>>,
+    whole: bool,
+    /// Sent outside a transaction block: what it sees is committed, so it
+    /// goes to the worker's cache for other sessions too.
+    store: bool,
+    epoch: u64,
+    /// ReadyForQuery answers still to come, and which Query is answered.
+    left: u8,
+    query: u8,
+    refused: Option<String>,
+    views_refused: Option<String>,
+}
+
+/// The savepoint an own read inside a transaction block runs in. With a
+/// random part drawn once per process: no client's savepoint has it.
+fn own_savepoint() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut r = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+        let mut n = b"sluice_catalog_".to_vec();
+        crate::protocol::hex_into(&mut n, &r);
+        String::from_utf8(n).expect("ascii")
+    })
+}
+
+fn query(out: &mut Vec<u8>, sql: &str) {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    backend::message(out, b'Q', &body);
+}
+
+impl SessionCatalog {
+    /// For a session of `conn` whose login read (if any) is `origins`, made
+    /// for `engine`.
+    pub fn new(
+        worker: &std::rc::Rc<Worker>,
+        conn: &ConnectionEntry,
+        engine: Option<&Arc<Engine>>,
+        server_major: Option<u32>,
+    ) -> SessionCatalog {
+        let key = cache_key(conn);
+        let max_frame = worker.shared.limits.max_frame_bytes;
+        SessionCatalog {
+            worker: Some(worker.clone()),
+            whole_at: worker.origins.whole_at(&key).unwrap_or_else(Instant::now),
+            key,
+            conn: conn.name.clone(),
+            generated: server_major.is_some_and(|m| m >= 12),
+            cap: (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize,
+            engine: engine.map_or(std::ptr::null(), Arc::as_ptr),
+            changed: false,
+            refused_until: None,
+            own: None,
+            pass: Vec::new(),
+            watch: SchemaWatch::default(),
+        }
+    }
+
+    /// An own read's answers are outstanding.
+    pub fn reading(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// A frame the client is sent (CommandComplete tags tell schema
+    /// changes).
+    pub fn client_frame(&mut self, t: u8, body: &[u8]) {
+        if self.watch.frame(t, body) {
+            self.changed = true;
+        }
+    }
+
+    /// Before a client request that may be preceded by an own read
+    /// (see [`SessionCatalog`]), with the connection in transaction status
+    /// `status` and `current` the read in use, for `engine`.
+    pub fn begin(
+        &mut self,
+        worker: &Worker,
+        engine: &Arc<Engine>,
+        current: Option<&Arc<ColumnOrigins>>,
+        status: u8,
+        now: Instant,
+    ) -> Begin {
+        let limits = &worker.shared.limits;
+        if self.own.is_some()
+            || !matches!(status, b'I' | b'T')
+            || !limits.column_origins
+            || !engine.enabled()
+            || !engine.has_name_rules()
+        {
+            return Begin::Nothing;
+        }
+        let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
+        let other_engine = !std::ptr::eq(self.engine, Arc::as_ptr(engine));
+        let aged = !max_age.is_zero() && now.saturating_duration_since(self.whole_at) >= max_age;
+        let stale = current.is_some_and(|o| o.is_stale());
+        if !(self.changed || other_engine || aged || stale)
+            || self.refused_until.is_some_and(|t| now < t) && !self.changed
+        {
+            return Begin::Nothing;
+        }
+        let (start, whole, base) = if self.changed && !other_engine {
+            // Only this session knows: read now, from the read in use.
+            match current {
+                Some(o) => (o.continued(), false, Some(o.clone())),
+                None => (ColumnOrigins::new(), true, None),
+            }
+        } else {
+            match worker.origins.need(&self.key, engine, max_age, now) {
+                Need::Use(o) => {
+                    let same = match (&o, current) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if same && !other_engine {
+                        return Begin::Nothing;
+                    }
+                    self.engine = Arc::as_ptr(engine);
+                    self.whole_at = worker.origins.whole_at(&self.key).unwrap_or(now);
+                    return Begin::Adopt(o);
+                }
+                Need::Continue(o) => (o.continued(), false, Some(o)),
+                Need::Whole(prev) => (ColumnOrigins::new(), true, prev.or(current.cloned())),
+            }
+        };
+        self.changed = false;
+        let store = status == b'I';
+        let (relations, newer) = match &base {
+            Some(o) => (o.ruled_relations(), o.newest_relation()),
+            None => (Vec::new(), 0),
+        };
+        let columns = catalog_query(start.newest_relation(), self.generated);
+        let views = view_query(&relations, self.cap, newer);
+        let mut out = Vec::with_capacity(columns.len() + views.len() + 160);
+        let left = if status == b'T' {
+            let sp = own_savepoint();
+            query(&mut out, &format!("SAVEPOINT {sp}; {columns}"));
+            query(&mut out, &views);
+            query(
+                &mut out,
+                &format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"),
+            );
+            3
+        } else {
+            query(&mut out, &columns);
+            query(&mut out, &views);
+            2
+        };
+        if store {
+            worker.origins.set_reading(&self.key, true);
+        }
+        self.own = Some(OwnRead {
+            engine: engine.clone(),
+            origins: start,
+            prev: current.cloned().or(base),
+            whole,
+            store,
+            epoch: worker.origins.epoch.load(Relaxed),
+            left,
+            query: 0,
+            refused: None,
+            views_refused: None,
+        });
+        Begin::Send(out)
+    }
+
+    /// Take the answers to the own read from the front of `buf` (bytes from
+    /// the target). Frames for the client that came meanwhile are kept and
+    /// put back before what follows the answers. `Ok(None)`: the answers
+    /// go on (`buf` keeps at most the start of a frame); `Ok(Some)`: they
+    /// are all taken, and `buf` is what follows, for the client.
+    pub fn take_answers(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max_frame: u32,
+    ) -> Result<Option<OwnRead>, FrameError> {
+        let Some(own) = self.own.as_mut() else {
+            return Ok(None);
+        };
+        let mut at = 0;
+        let mut done = false;
+        while !done && buf.len() - at >= 5 {
+            let t = buf[at];
+            let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
+            if len < 4 {
+                return Err(FrameError::BadLength {
+                    tag: t as char,
+                    len,
+                });
+            }
+            if len - 4 > max_frame {
+                return Err(FrameError::TooLarge {
+                    tag: t as char,
+                    len,
+                    limit: max_frame,
+                });
+            }
+            let end = at + 1 + len as usize;
+            if end > buf.len() {
+                break;
+            }
+            let body = &buf[at + 5..end];
+            if own.answer(t, body) {
+                self.pass.extend_from_slice(&buf[at..end]);
+            }
+            done = own.left == 0;
+            at = end;
+        }
+        if !done {
+            buf.drain(..at);
+            return Ok(None);
+        }
+        let mut rest = std::mem::take(&mut self.pass);
+        rest.extend_from_slice(&buf[at..]);
+        buf.clear();
+        buf.extend_from_slice(&rest);
+        rest.clear();
+        self.pass = rest;
+        Ok(self.own.take())
+    }
+
+    /// The read in use after `own`, its answers all taken: counted,
+    /// logged, and kept by the worker for other sessions when it was read
+    /// outside a transaction block.
+    pub fn settle(&mut self, worker: &Worker, own: OwnRead) -> Option<Arc<ColumnOrigins>> {
+        let OwnRead {
+            engine,
+            mut origins,
+            prev,
+            whole,
+            store,
+            epoch,
+            refused,
+            views_refused,
+            ..
+        } = own;
+        let read = match refused {
+            Some(m) => Err(m),
+            None => {
+                origins.resolve_views(&engine);
+                Ok((origins, views_refused))
+            }
+        };
+        let failed = read.is_err();
+        let now = Instant::now();
+        let kept = settle(worker, &self.conn, whole, prev, read);
+        if failed {
+            self.refused_until =
+                Some(now + Duration::from_millis(worker.shared.limits.column_origins_max_age_ms));
+        } else {
+            self.refused_until = None;
+            if whole {
+                self.whole_at = now;
+            }
+        }
+        self.engine = Arc::as_ptr(&engine);
+        if store {
+            worker.origins.store(
+                self.key.clone(),
+                &engine,
+                epoch,
+                whole && !failed,
+                kept.clone(),
+                now,
+            );
+        }
+        kept
+    }
+}
+
+impl Drop for SessionCatalog {
+    /// The session ends: an own read still outstanding no longer holds
+    /// back the other sessions' reads.
+    fn drop(&mut self) {
+        if let (Some(own), Some(w)) = (self.own.take(), &self.worker) {
+            if own.store {
+                w.origins.set_reading(&self.key, false);
+            }
+        }
+    }
+}
+
+impl OwnRead {
+    /// A row of the column query (the first) or of the view query.
+    fn row(&mut self, body: &[u8]) {
+        if self.refused.is_some() {
+            return;
+        }
+        if self.query == 0 {
+            let keep = |name: &[u8]| self.engine.name_ruled(name);
+            if self.origins.add_row(body, keep).is_err() {
+                self.refused = Some("a row of the answer does not parse".into());
+            }
+        } else if self.query == 1
+            && self.views_refused.is_none()
+            && self.origins.add_view_row(body).is_err()
+        {
+            self.views_refused = Some("a row of the answer does not parse".into());
+        }
+    }
+
+    /// One whole frame of the answers; true for a frame that is the
+    /// client's (a notification, a setting, a fatal error).
+    fn answer(&mut self, t: u8, body: &[u8]) -> bool {
+        match t {
+            b'D' => self.row(body),
+            b'E' => {
+                let f = backend::parse_error_fields(body);
+                if matches!(f.severity.as_str(), "FATAL" | "PANIC") {
+                    return true;
+                }
+                let m = format!("{}: {}", f.code, f.message);
+                match self.query {
+                    0 => self.refused = Some(m),
+                    1 if self.refused.is_none() => self.views_refused = Some(m),
+                    1 => {}
+                    // The savepoint could not be rolled back to: the
+                    // client's transaction block shows it.
+                    _ => tracing::warn!("ending the catalog read's savepoint failed ({m})"),
+                }
+            }
+            b'Z' => {
+                self.query += 1;
+                self.left = self.left.saturating_sub(1);
+            }
+            b'S' | b'A' => return true,
+            // RowDescription, CommandComplete, this read's notices.
+            _ => {}
+        }
+        false
+    }
+}
+
+/// Tells, from the frames a session's client is sent, whether a statement
+/// may have changed what the catalog read knows: the tags of `CREATE …`
+/// and `ALTER …` (but indexes, sequences, roles, databases, the system),
+/// `DO`, `CALL`, `IMPORT FOREIGN SCHEMA`, and a `SELECT n` with no rows
+/// (`CREATE TABLE … AS`, `SELECT … INTO`, `CREATE MATERIALIZED VIEW`:
+/// no row sent for its n > 0 rows, or no RowDescription and no Bind in a
+/// simple query's answer for n = 0).
+#[derive(Debug, Default)]
+pub struct SchemaWatch {
+    described: bool,
+    rows: bool,
+    bound: bool,
+}
+
+impl SchemaWatch {
+    pub fn frame(&mut self, t: u8, body: &[u8]) -> bool {
+        match t {
+            b'T' => self.described = true,
+            b'D' => self.rows = true,
+            b'2' => self.bound = true,
+            b'C' => {
+                let tag = body.split(|&b| b == 0).next().unwrap_or_default();
+                let changed = self.changes(tag);
+                *self = SchemaWatch::default();
+                return changed;
+            }
+            b'Z' | b's' | b'I' | b'E' => *self = SchemaWatch::default(),
+            _ => {}
+        }
+        false
+    }
+
+    fn changes(&self, tag: &[u8]) -> bool {
+        const NOT: [&[u8]; 8] = [
+            b"INDEX",
+            b"SEQUENCE",
+            b"ROLE",
+            b"USER",
+            b"DATABASE",
+            b"SYSTEM",
+            b"STATISTICS",
+            b"TABLESPACE",
+        ];
+        let object = tag
+            .strip_prefix(b"CREATE ")
+            .or_else(|| tag.strip_prefix(b"ALTER "));
+        if let Some(o) = object {
+            return !NOT.iter().any(|n| o.starts_with(n));
+        }
+        if matches!(tag, b"DO" | b"CALL") || tag.starts_with(b"IMPORT FOREIGN SCHEMA") {
+            return true;
+        }
+        match tag.strip_prefix(b"SELECT ") {
+            Some(b"0") => !self.described && !self.bound,
+            Some(_) => !self.rows,
+            None => false,
+        }
+    }
 }
 
 /// Longest field of a view read row: longer ones come as NULL (the view
@@ -392,6 +872,178 @@ mod tests {
     fn read_at(c: &OriginsCache, e: &Arc<Engine>, whole: bool, o: ColumnOrigins, at: Instant) {
         let epoch = c.epoch.load(Relaxed);
         c.store("db".into(), e, epoch, whole, Some(Arc::new(o)), at);
+    }
+
+    fn frame(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        backend::message(&mut v, t, body);
+        v
+    }
+
+    /// A DataRow of text fields.
+    fn data_row(fields: &[&str]) -> Vec<u8> {
+        let mut b = (fields.len() as u16).to_be_bytes().to_vec();
+        for f in fields {
+            b.extend_from_slice(&(f.len() as i32).to_be_bytes());
+            b.extend_from_slice(f.as_bytes());
+        }
+        frame(b'D', &b)
+    }
+
+    fn own_read(left: u8) -> SessionCatalog {
+        let mut c = SessionCatalog {
+            worker: None,
+            key: "db".into(),
+            conn: "c".into(),
+            generated: true,
+            cap: 1 << 20,
+            whole_at: Instant::now(),
+            engine: std::ptr::null(),
+            changed: false,
+            refused_until: None,
+            own: None,
+            pass: Vec::new(),
+            watch: SchemaWatch::default(),
+        };
+        c.own = Some(OwnRead {
+            engine: engine(),
+            origins: ColumnOrigins::new(),
+            prev: None,
+            whole: true,
+            store: false,
+            epoch: 0,
+            left,
+            query: 0,
+            refused: None,
+            views_refused: None,
+        });
+        c
+    }
+
+    #[test]
+    fn own_answers_are_taken_off_the_stream_in_any_cut() {
+        let mut answers = Vec::new();
+        answers.extend(frame(b'T', b"\0\0"));
+        answers.extend(data_row(&["16400", "2", "ssn"]));
+        answers.extend(data_row(&["0", "0", "16400"]));
+        answers.extend(frame(b'C', b"SELECT 2\0"));
+        answers.extend(frame(b'Z', b"I"));
+        // A notification meanwhile is the client's.
+        let notify = frame(b'A', b"\0\0\0\x01chan\0hi\0");
+        answers.extend(&notify);
+        answers.extend(frame(b'N', b"SNOTICE\0Mhello\0\0"));
+        answers.extend(frame(b'T', b"\0\0"));
+        answers.extend(frame(b'C', b"SELECT 0\0"));
+        answers.extend(frame(b'Z', b"I"));
+        let client = [frame(b'T', b"\0\0"), frame(b'Z', b"I")].concat();
+        let all = [answers.clone(), client.clone()].concat();
+        for cut in 0..=all.len() {
+            let mut c = own_read(2);
+            let mut buf = all[..cut].to_vec();
+            let mut got = c.take_answers(&mut buf, 1 << 20).unwrap();
+            buf.extend_from_slice(&all[cut..]);
+            if got.is_none() {
+                got = c.take_answers(&mut buf, 1 << 20).unwrap();
+            }
+            let own = got.unwrap_or_else(|| panic!("cut {cut}: not done"));
+            assert_eq!(buf, [notify.clone(), client.clone()].concat(), "cut {cut}");
+            assert!(own.refused.is_none() && own.views_refused.is_none());
+            assert_eq!(own.origins.name(16400, 2), Some(&b"ssn"[..]));
+            assert_eq!(own.origins.newest_relation(), 16400);
+            assert!(!c.reading());
+        }
+    }
+
+    #[test]
+    fn own_errors_refuse_the_read_or_its_views() {
+        let err = |code: &str| frame(b'E', format!("SERROR\0C{code}\0Mno\0\0").as_bytes());
+        // In a transaction block: the column query refused, the view query
+        // skipped, the savepoint rolled back to.
+        let mut c = own_read(3);
+        let mut buf = [
+            frame(b'C', b"SAVEPOINT\0"),
+            err("42501"),
+            frame(b'Z', b"E"),
+            err("25P02"),
+            frame(b'Z', b"E"),
+            frame(b'C', b"ROLLBACK\0"),
+            frame(b'C', b"RELEASE\0"),
+            frame(b'Z', b"T"),
+        ]
+        .concat();
+        let own = c.take_answers(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(own.refused.as_deref(), Some("42501: no"));
+        // The view query alone refused.
+        let mut c = own_read(2);
+        let mut buf = [
+            frame(b'C', b"SELECT 0\0"),
+            frame(b'Z', b"I"),
+            err("42501"),
+            frame(b'Z', b"I"),
+        ]
+        .concat();
+        let own = c.take_answers(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(own.refused.is_none());
+        assert_eq!(own.views_refused.as_deref(), Some("42501: no"));
+        // A fatal error is the client's; a bad length ends the session.
+        let mut c = own_read(2);
+        let fatal = frame(b'E', b"SFATAL\0C57P01\0Mbye\0\0");
+        let mut buf = fatal.clone();
+        assert!(c.take_answers(&mut buf, 1 << 20).unwrap().is_none());
+        assert!(buf.is_empty() && c.pass == fatal);
+        let mut buf = vec![b'D', 0, 0, 0, 2];
+        assert!(c.take_answers(&mut buf, 1 << 20).is_err());
+        let mut buf = vec![b'D', 0, 1, 0, 0];
+        assert!(c.take_answers(&mut buf, 100).is_err());
+    }
+
+    #[test]
+    fn schema_changes_are_told_by_their_tags() {
+        let tag = |t: &str| frame(b'C', format!("{t}\0").as_bytes())[5..].to_vec();
+        let changes = |frames: &[(u8, Vec<u8>)]| {
+            let mut w = SchemaWatch::default();
+            frames.iter().any(|(t, b)| w.frame(*t, b))
+        };
+        for t in [
+            "CREATE VIEW",
+            "CREATE FUNCTION",
+            "CREATE TABLE",
+            "ALTER TABLE",
+            "ALTER VIEW",
+            "CREATE SCHEMA",
+            "DO",
+            "CALL",
+            "IMPORT FOREIGN SCHEMA",
+        ] {
+            assert!(changes(&[(b'C', tag(t))]), "{t}");
+        }
+        for t in [
+            "CREATE INDEX",
+            "CREATE ROLE",
+            "ALTER SYSTEM",
+            "INSERT 0 1",
+            "UPDATE 3",
+            "SET",
+            "BEGIN",
+            "COPY 2",
+        ] {
+            assert!(!changes(&[(b'C', tag(t))]), "{t}");
+        }
+        // `CREATE TABLE … AS`, `CREATE MATERIALIZED VIEW`: `SELECT n`, no rows.
+        assert!(changes(&[(b'C', tag("SELECT 3"))]));
+        assert!(changes(&[(b'C', tag("SELECT 0"))]));
+        // A query's rows, or its description in a simple Query.
+        assert!(!changes(&[(b'D', vec![]), (b'C', tag("SELECT 1"))]));
+        assert!(!changes(&[(b'T', vec![]), (b'C', tag("SELECT 0"))]));
+        // An empty result in the extended protocol: not a change.
+        assert!(!changes(&[(b'2', vec![]), (b'C', tag("SELECT 0"))]));
+        // What came before the last command does not count.
+        assert!(changes(&[
+            (b'D', vec![]),
+            (b'C', tag("SELECT 1")),
+            (b'C', tag("SELECT 2"))
+        ]));
     }
 
     #[test]

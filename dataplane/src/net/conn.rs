@@ -415,6 +415,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         ready.time_zone.as_deref(),
         ready.standard_conforming_strings.as_deref(),
         origins,
+        ready.server_major,
     )
     .await;
     worker.metrics.sessions_open.fetch_sub(1, Relaxed);
@@ -781,6 +782,21 @@ struct RelayState<'a> {
     audit: Option<&'a SessionAudit<'a>>,
     /// Bytes sent to the client in this session.
     bytes_to_client: Cell<u64>,
+    /// The target's transaction status at its last ReadyForQuery.
+    txn: Cell<u8>,
+    /// The client's stream is inside an extended-protocol batch (a Parse,
+    /// Bind, … not yet followed by Sync) or a frame.
+    client_open: Cell<bool>,
+    /// The client's last frame is not whole yet.
+    client_mid: Cell<bool>,
+    /// The client has an unnamed prepared statement it may bind again
+    /// (a simple Query would destroy it).
+    unnamed: Cell<bool>,
+    /// A portal was suspended in this transaction block (the unnamed one
+    /// may have rows left, which a simple Query would destroy).
+    suspended: Cell<bool>,
+    /// The session's own catalog reads (see `catalog::SessionCatalog`).
+    catalog: RefCell<super::catalog::SessionCatalog>,
 }
 
 enum End {
@@ -818,6 +834,7 @@ async fn relay(
     standard_strings: Option<&[u8]>,
     // Where result columns come from (see `catalog`).
     origins: Option<std::sync::Arc<crate::mask::ColumnOrigins>>,
+    server_major: Option<u32>,
 ) {
     let limits = &worker.shared.limits;
     let (mut cr, mut cw) = client.into_split();
@@ -850,6 +867,20 @@ async fn relay(
         })),
         audit,
         bytes_to_client: Cell::new(0),
+        txn: Cell::new(b'I'),
+        client_open: Cell::new(false),
+        client_mid: Cell::new(false),
+        unnamed: Cell::new(false),
+        suspended: Cell::new(false),
+        catalog: RefCell::new(super::catalog::SessionCatalog::new(
+            worker,
+            &session.connection,
+            session
+                .masking
+                .as_ref()
+                .or(session.connection.masking.as_ref()),
+            server_major,
+        )),
     };
     let mut c_scan = FrameScanner::new(limits.max_frame_bytes);
     let mut t_scan = FrameScanner::new(limits.max_frame_bytes);
@@ -1011,10 +1042,41 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
         let mark = tracker.as_ref().map_or(0, |t| t.mark());
         let mut injections = Vec::new();
+        // Whether an own catalog read may go before this read's requests:
+        // nothing in flight, and the read starts with a simple Query, or
+        // with a Parse outside a transaction block when no unnamed
+        // statement of the client's would be destroyed by one.
+        let mut first = None;
+        let quiet =
+            state.in_flight.get() == 0 && !state.client_open.get() && !state.client_mid.get();
+        let mut open = state.client_open.get();
+        let mut mid = state.client_mid.get();
+        let unnamed = state.unnamed.get();
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             let base = buf.as_ptr() as usize;
             let r = scan.scan_parts(&buf, |part| {
+                match part {
+                    Part::Start {
+                        tag: t, body, done, ..
+                    } => {
+                        if first.is_none() {
+                            first = Some((t, body.first() == Some(&0)));
+                        }
+                        match t {
+                            tag::QUERY | tag::SYNC | b'F' => open = false,
+                            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => open = true,
+                            _ => {}
+                        }
+                        match t {
+                            tag::QUERY => state.unnamed.set(false),
+                            b'P' if body.first() == Some(&0) => state.unnamed.set(true),
+                            _ => {}
+                        }
+                        mid = !done;
+                    }
+                    Part::More { done, .. } => mid = !done,
+                }
                 if let Part::Start {
                     tag: t, body, done, ..
                 } = part
@@ -1032,7 +1094,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         }
                         tag::PARSE => parses += 1,
                         tag::EXECUTE => statements += 1,
-                        tag::SYNC => requests += 1,
+                        // (A FunctionCall is answered by a ReadyForQuery.)
+                        tag::SYNC | b'F' => requests += 1,
                         tag::TERMINATE => terminate = true,
                         _ => {}
                     }
@@ -1093,6 +1156,13 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 store_records(a).await;
             }
         }
+        state.client_open.set(open);
+        state.client_mid.set(mid);
+        let own_read = if quiet {
+            own_catalog_read(worker, state, first, unnamed)
+        } else {
+            None
+        };
         // Counted before forwarding, so a client that sees the answer also
         // sees counters that include its request.
         bump(&m.statements, statements as u64);
@@ -1101,7 +1171,13 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         // itself is kernel time, and on a shared host it can include the
         // target's work (the woken backend runs before the send returns).
         let spent = t0.elapsed();
-        if injections.is_empty() {
+        // In flight before it is sent: its answer may be read before this
+        // send returns.
+        if requests > 0 {
+            state.in_flight.set(state.in_flight.get() + requests);
+            state.request_added.set(spent);
+        }
+        if injections.is_empty() && own_read.is_none() {
             let (res, b) = wr.write_all(buf).await;
             buf = b;
             if res.is_err() {
@@ -1110,8 +1186,10 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         } else {
             // The gateway's own describes of COPY statements go just before
             // the frames that run them (see `mask::copyout`).
+            // (The session's own catalog read before all of them.)
             let extra: usize = injections.iter().map(|(_, b)| b.len()).sum();
-            let mut with = Vec::with_capacity(n + extra);
+            let mut with = own_read.unwrap_or_default();
+            with.reserve(n + extra);
             let mut from = 0;
             for (at, bytes) in &injections {
                 with.extend_from_slice(&buf[from..*at]);
@@ -1124,16 +1202,56 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 return End::TargetClosed;
             }
         }
-        if requests > 0 {
-            state.in_flight.set(state.in_flight.get() + requests);
-            state.request_added.set(spent);
-        }
         if terminate {
             return End::Terminated;
         }
         if n == buf.capacity() && n < max {
             buf.reserve(n);
         }
+    }
+}
+
+/// The Queries of a session's own catalog read to send before the client's
+/// requests of this read (see `catalog::SessionCatalog`), or another
+/// session's read taken instead. `first`: the read's first frame's tag and
+/// whether its body starts with an empty name; `unnamed`: the client kept
+/// an unnamed statement before it. Before an extended-protocol request
+/// only when the simple Queries destroy nothing the client may still use:
+/// its unnamed statement (unless a Parse first replaces it), or a
+/// suspended portal.
+fn own_catalog_read(
+    worker: &Worker,
+    state: &RelayState<'_>,
+    first: Option<(u8, bool)>,
+    unnamed: bool,
+) -> Option<Vec<u8>> {
+    let status = state.txn.get();
+    let allowed = match first {
+        Some((tag::QUERY, _)) => true,
+        // (Parse, Bind, Close, Describe, Execute, Flush.)
+        Some((t @ (b'P' | b'B' | b'C' | b'D' | b'E' | b'H'), empty)) => {
+            (status == b'I' || !state.suspended.get()) && (!unnamed || t == b'P' && empty)
+        }
+        _ => false,
+    };
+    if !allowed {
+        return None;
+    }
+    let mut masker = state.masker.borrow_mut();
+    let mk = masker.as_mut().filter(|m| m.active())?;
+    let engine = mk.engine().clone();
+    let begin =
+        state
+            .catalog
+            .borrow_mut()
+            .begin(worker, &engine, mk.origins(), status, Instant::now());
+    match begin {
+        super::catalog::Begin::Nothing => None,
+        super::catalog::Begin::Adopt(o) => {
+            mk.set_origins(o);
+            None
+        }
+        super::catalog::Begin::Send(b) => Some(b),
     }
 }
 
@@ -1165,6 +1283,26 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         match res {
             Ok(0) | Err(_) => return End::TargetClosed,
             Ok(_) => {}
+        }
+        // The answers to the session's own catalog read come first.
+        if state.catalog.borrow().reading() {
+            let taken = state
+                .catalog
+                .borrow_mut()
+                .take_answers(&mut buf, limits.max_frame_bytes);
+            match taken {
+                Err(e) => return End::TargetFrame(e),
+                Ok(None) => continue,
+                Ok(Some(own)) => {
+                    let o = state.catalog.borrow_mut().settle(worker, own);
+                    if let Some(mk) = state.masker.borrow_mut().as_mut() {
+                        mk.set_origins(o);
+                    }
+                    if buf.is_empty() {
+                        continue;
+                    }
+                }
+            }
         }
         let t0 = Instant::now();
         let mut refused_encoding: Option<String> = None;
@@ -1208,10 +1346,25 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             // What the client gets (without the answers to the gateway's
             // own requests, which the masker drops).
             let fwd: &[u8] = if rewritten { &out } else { &buf[..ready] };
+            let mut catalog = state.catalog.borrow_mut();
             scan.scan_parts(fwd, |part| {
-                if let Part::Start { tag: t, .. } = part {
+                if let Part::Start {
+                    tag: t, body, done, ..
+                } = part
+                {
                     if t == tag::READY_FOR_QUERY {
                         ready_frames += 1;
+                        if let Some(&status) = body.first() {
+                            state.txn.set(status);
+                            if status == b'I' {
+                                state.suspended.set(false);
+                            }
+                        }
+                    } else if t == b's' {
+                        state.suspended.set(true);
+                    }
+                    if done {
+                        catalog.client_frame(t, body);
                     }
                     if let (Some(tr), Some(hits)) = (tracker.as_mut(), masked.as_mut()) {
                         while let Some((_, rule, column, n)) = hits.next_if(|h| h.0 == frame) {
@@ -1248,6 +1401,15 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         bump(&m.bytes_target_to_client, sent as u64);
         // As on the request side: up to issuing the forward.
         let spent = t0.elapsed();
+        // Answered before the client can see it: its next request finds
+        // nothing in flight (a session's own catalog read goes only then).
+        if ready_frames > 0 {
+            state
+                .in_flight
+                .set(state.in_flight.get().saturating_sub(ready_frames));
+            let added = state.request_added.get() + spent;
+            m.record_added(added.as_nanos() as u64);
+        }
         if rewritten {
             let (res, b) = wr.write_all(std::mem::take(&mut out)).await;
             out = b;
@@ -1276,13 +1438,6 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             buf.clear();
         } else {
             buf.drain(..ready);
-        }
-        if ready_frames > 0 {
-            state
-                .in_flight
-                .set(state.in_flight.get().saturating_sub(ready_frames));
-            let added = state.request_added.get() + spent;
-            m.record_added(added.as_nanos() as u64);
         }
         if ready == buf.capacity() && buf.capacity() < limits.max_buffer_bytes {
             buf.reserve(ready);

@@ -493,6 +493,12 @@ impl TargetMasker {
         self.plan_known = false;
     }
 
+    /// The catalog read result columns are resolved with (see
+    /// [`TargetMasker::set_origins`]).
+    pub fn origins(&self) -> Option<&Arc<crate::mask::ColumnOrigins>> {
+        self.plan.origins_shared()
+    }
+
     /// The client encoding, when masking cannot work in it (results must
     /// then not be sent while masking is on).
     pub fn unsafe_encoding(&self) -> Option<&str> {
