@@ -2024,10 +2024,11 @@ async fn a_refused_session_read_leaves_the_transaction_usable() {
     );
 }
 
-/// A view another session creates is followed by a session already open
-/// from the statement after the one that first reads it (the first sees a
-/// relation newer than the session's read; the next one reads again, at
-/// most once a second).
+/// A view another session creates is followed by a session already open:
+/// the statement that first reads it sees a relation newer than the
+/// session's read, whose text-like columns take the strongest name rule
+/// (fail closed); the next one, at least a second after the last read,
+/// reads again first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_follows_a_view_created_elsewhere() {
     let pg = Pg::shared();
@@ -2050,14 +2051,117 @@ async fn an_open_session_follows_a_view_created_elsewhere() {
         )],
     )
     .assert_success("create view");
-    let _first = simple_rows(&c, "select ov from o_v").await;
+    let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
+    assert_eq!(simple_rows(&c, "select ov from o_v").await, masked);
+    let continued = |m: &sluice_tests::Metrics| {
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "ok"), ("read", "continued")],
+        )
+    };
+    let before = continued(&gw.metrics());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        simple_rows(&c, "select ov from o_v").await,
-        vec![vec![Some(SESSION_MASKED.to_string())]],
-        "{}",
-        gw.log()
+    assert_eq!(simple_rows(&c, "select ov from o_v").await, masked);
+    assert_eq!(continued(&gw.metrics()), before + 1.0, "{}", gw.log());
+}
+
+/// A session's own read goes only between whole frames: a Query whose
+/// header arrives in two reads (after a schema change made a read due)
+/// reaches the target whole, and the read goes before the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_read_never_splits_a_client_frame() {
+    use sluice_tests::wire::{login, query_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = session_database(pg, key, "mk_session_split");
+    let mut s = login(gw.port, "agent1", "locked", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
+    let ok = |r: Result<_, sluice_tests::wire::ErrorFields>| {
+        r.unwrap_or_else(|e| panic!("{}: {}", e.code(), e.message()))
+    };
+    for (k, cut) in [1usize, 3, 5].into_iter().enumerate() {
+        ok(s.simple_query(&format!(
+            "create view w_v{k} as select api_secret as wv from creds"
+        ))
+        .await);
+        let q = query_bytes(&format!("select wv from w_v{k}"));
+        s.raw.send(&q[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.raw.send(&q[cut..]).await.unwrap();
+        assert_eq!(ok(s.read_result().await), masked, "cut {cut}");
+        assert_eq!(
+            ok(s.simple_query(&format!("select wv from w_v{k}")).await),
+            masked,
+            "cut {cut}"
+        );
+    }
+}
+
+/// A read that falls due inside a transaction block (here: older than the
+/// age limit) waits for the block's end: a read would take the block's
+/// snapshot, and `SET TRANSACTION` must still work after `BEGIN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_due_in_a_transaction_block_waits_for_its_end() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_session_block";
+    locked_database(
+        pg,
+        db,
+        &[&format!(
+            "CREATE TABLE creds (id int, api_secret text); \
+             INSERT INTO creds VALUES (1, '{SESSION_SECRET}'); \
+             ALTER TABLE creds OWNER TO {}",
+            pg.app_user
+        )],
     );
+    let cfg = GatewayConfig::new()
+        .workers(1)
+        .limit("column_origins_max_age_ms", 300)
+        .connection(
+            "locked",
+            "127.0.0.1",
+            pg.port,
+            db,
+            &pg.app_user,
+            Some(&pg.app_password),
+        )
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["locked"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let whole = |m: &sluice_tests::Metrics| {
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "ok"), ("read", "whole")],
+        )
+    };
+    let before = whole(&gw.metrics());
+    c.batch_execute("begin").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.batch_execute("set transaction isolation level serializable")
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    assert_eq!(
+        simple_rows(&c, "select current_setting('transaction_isolation')").await,
+        vec![vec![Some("serializable".to_string())]]
+    );
+    assert_eq!(
+        simple_rows(&c, "select api_secret from creds").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]]
+    );
+    c.batch_execute("commit").await.unwrap();
+    assert_eq!(whole(&gw.metrics()), before);
+    // Outside the block the read goes.
+    assert_eq!(
+        simple_rows(&c, "select api_secret from creds").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]]
+    );
+    assert_eq!(whole(&gw.metrics()), before + 1.0, "{}", gw.log());
 }
 
 /// [`people_masked`] as COPY text (`\\N` for NULL, tabs) or CSV (empty
@@ -2527,6 +2631,35 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
     ];
     for (sql, want) in &cases {
         check!(sql, s.simple_query(sql).await, one(*want));
+    }
+    // A key or path passed as a parameter (extended protocol): its words
+    // count as a literal's.
+    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let by_param = [
+        (
+            format!("select profile->>$1 from {t}_j"),
+            "secret_pin",
+            "********",
+        ),
+        (format!("select profile->>$1 from {t}_j"), "name", "Ann"),
+        (
+            format!("select jsonb_extract_path_text(profile, $1) from {t}_j"),
+            "secret_pin",
+            "********",
+        ),
+        (
+            format!("select profile #>> $1::text::text[] from {t}_j"),
+            "{secret_pin}",
+            "********",
+        ),
+    ];
+    for (sql, param, want) in &by_param {
+        let rows = step(sql, c.query(sql.as_str(), &[param]))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        assert_eq!(rows[0].get::<_, String>(0), *want, "{sql} with {param}");
     }
 }
 

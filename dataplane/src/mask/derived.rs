@@ -56,6 +56,10 @@ pub struct Text {
     /// (a setting may change before it runs), so it is read both ways.
     backslash: Option<bool>,
     partial: bool,
+    /// The parameters of the Bind that runs it ([`Text::with_params`]):
+    /// the parameter part of the Bind body (count, then length and value
+    /// of each).
+    params: Option<Box<[u8]>>,
     /// The rule, by engine id and [`ColumnOrigins::lineage_id`].
     rule: Cell<Option<((u64, u64), Derived)>>,
 }
@@ -75,6 +79,33 @@ impl Text {
             sql: if partial { Box::default() } else { sql.into() },
             backslash,
             partial,
+            params: None,
+            rule: Cell::new(None),
+        })
+    }
+
+    /// Whether a Bind's parameters may name members in this text: it reads
+    /// JSON, XML or hstore members (`->`, `#>`, a subscript, a `…json…`,
+    /// `…path…` or `…xml…` function), whose keys and paths may come as
+    /// parameters (`profile->>$1`).
+    pub fn reads_members(&self) -> bool {
+        let s = &self.sql;
+        [&b"->"[..], b"#>", b"["]
+            .iter()
+            .any(|n| memchr::memmem::find(s, n).is_some())
+            || [&b"json"[..], b"path", b"xml"]
+                .iter()
+                .any(|w| has_word_part(s, w))
+    }
+
+    /// This text run by a Bind with `params` (the parameter part of its
+    /// body): the words of its parameters count as a literal's would.
+    pub fn with_params(&self, params: Box<[u8]>) -> Rc<Text> {
+        Rc::new(Text {
+            sql: self.sql.clone(),
+            backslash: self.backslash,
+            partial: self.partial,
+            params: Some(params),
             rule: Cell::new(None),
         })
     }
@@ -122,6 +153,11 @@ impl Text {
         self.backslash
     }
 
+    /// The parameter part of the Bind that runs it, if any.
+    pub fn params(&self) -> Option<&[u8]> {
+        self.params.as_deref()
+    }
+
     /// The rule of the statement's computed columns under `engine` (read
     /// once per engine and catalog read: with `origins`, a view column
     /// whose source is ruled counts as that source).
@@ -142,9 +178,55 @@ impl Text {
                 None => stronger(read(false), read(true)),
             }
         };
+        let r = match &self.params {
+            Some(p) => stronger(r, params_rule(engine, p)),
+            None => r,
+        };
         self.rule.set(Some((key, r)));
         r
     }
+}
+
+/// Longest Bind parameter whose words count ([`Text::with_params`]): a key
+/// or path is short; a longer value is data.
+const MAX_PARAM_NAME: usize = 1024;
+
+/// The strongest rule among the names the values of a Bind's parameter
+/// part (count, then length and value of each) give as literals would.
+fn params_rule(engine: &Engine, mut p: &[u8]) -> Derived {
+    fn take<'a>(p: &mut &'a [u8], k: usize) -> Option<&'a [u8]> {
+        let (v, rest) = p.split_at_checked(k)?;
+        *p = rest;
+        Some(v)
+    }
+    let mut best = None;
+    let n = take(&mut p, 2)?;
+    for _ in 0..i16::from_be_bytes([n[0], n[1]]).max(0) {
+        let Some(l) = take(&mut p, 4) else {
+            break;
+        };
+        let l = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        if l <= 0 {
+            continue;
+        }
+        let Some(v) = take(&mut p, l as usize) else {
+            break;
+        };
+        if v.len() <= MAX_PARAM_NAME {
+            literal_names(v, |name| {
+                if engine.name_ruled(name) {
+                    consider_source(engine, &mut best, Source::Name(name.into()));
+                }
+            });
+        }
+    }
+    best.map(|(r, _)| r)
+}
+
+/// Whether `word` appears in `s` inside a name, any case (`jsonb_path_query`
+/// has `json` and `path`).
+fn has_word_part(s: &[u8], word: &[u8]) -> bool {
+    s.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// The stronger of two rules (the first of equals).
@@ -840,6 +922,58 @@ mod tests {
 
     fn rule(e: &Engine, sql: &str) -> Option<(String, ColumnAction)> {
         derived_rule(e, sql.as_bytes(), false).map(|(r, a)| (e.rule_name(r).to_string(), a))
+    }
+
+    /// A Bind's parameter part holding `values` (text).
+    fn param_part(values: &[&str]) -> Box<[u8]> {
+        let mut p = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            p.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            p.extend_from_slice(v.as_bytes());
+        }
+        p.into()
+    }
+
+    #[test]
+    fn bind_parameters_count_as_literals_where_members_are_read() {
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let keep4 = Some(ColumnAction::KeepLast(4));
+        let rule = |sql: &str, values: &[&str]| {
+            let t = Text::new(sql.as_bytes(), Some(false), false);
+            assert!(t.reads_members(), "{sql}");
+            t.with_params(param_part(values))
+                .rule(&e, None)
+                .map(|(_, a)| a)
+        };
+        assert_eq!(rule("select profile->>$1 from p", &["ssn"]), keep4);
+        assert_eq!(rule("select profile #>> $1 from p", &["{a,ssn}"]), keep4);
+        assert_eq!(
+            rule(
+                "select JSONB_EXTRACT_PATH_TEXT(p, $1) from p",
+                &["x", "ssn"]
+            ),
+            keep4
+        );
+        assert_eq!(rule("select profile->>$1 from p", &["name"]), None);
+        // A long value is data, not a key.
+        let long = format!("{} ssn", "x".repeat(MAX_PARAM_NAME));
+        assert_eq!(rule("select profile->>$1 from p", &[&long]), None);
+        // A NULL, a truncated part: no panic, nothing.
+        let mut p = (2i16).to_be_bytes().to_vec();
+        p.extend_from_slice(&(-1i32).to_be_bytes());
+        p.extend_from_slice(&(40i32).to_be_bytes());
+        p.extend_from_slice(b"ssn");
+        assert_eq!(params_rule(&e, &p), None);
+        assert_eq!(params_rule(&e, &[0]), None);
+        for sql in [
+            "select a from t where id = $1",
+            "select upper(b) || $1 from t",
+        ] {
+            assert!(
+                !Text::new(sql.as_bytes(), None, false).reads_members(),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -92,13 +92,7 @@ pub fn catalog_query(after: u32, generated: bool) -> String {
 ///
 /// A field longer than `cap` bytes comes as NULL (the view is then followed
 /// as far as the other fields allow, and masks more).
-///
-/// `newer` (a relation oid; 0 for none): also every view created after it,
-/// every view over a relation created after it, and those relations' names.
-/// A session's own read sends this query with the column query before the
-/// column rows are known ([`crate::net::catalog`]): the relations created
-/// since its last read may have ruled columns.
-pub fn view_query(relations: &[u32], cap: usize, newer: u32) -> String {
+pub fn view_query(relations: &[u32], cap: usize) -> String {
     // Views start from the relations with ruled columns, those with JSON,
     // XML, composite or extension-typed columns (arrays and domains of
     // them too: JSON keys and composite fields name values), and the
@@ -111,14 +105,6 @@ pub fn view_query(relations: &[u32], cap: usize, newer: u32) -> String {
         }
         list.push_str(&r.to_string());
     }
-    let (since, since_names) = if newer > FIRST_NORMAL_OID - 1 {
-        (
-            format!(" OR d.refobjid > {newer} OR r.ev_class > {newer}"),
-            format!(" OR c.oid > {newer}"),
-        )
-    } else {
-        (String::new(), String::new())
-    };
     let rule = "d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
                 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                 AND r.oid = d.objid AND r.ev_type = '1' AND r.ev_class <> d.refobjid";
@@ -131,7 +117,7 @@ pub fn view_query(relations: &[u32], cap: usize, newer: u32) -> String {
                        JOIN pg_catalog.pg_type e ON e.oid = CASE WHEN ty.typelem <> 0 AND ty.typlen = -1 \
                          THEN ty.typelem WHEN ty.typbasetype <> 0 THEN ty.typbasetype ELSE ty.oid END \
                       WHERE a.attrelid > {last_initdb} AND a.attnum > 0 \
-                        AND (e.typtype = 'c' OR e.oid > {last_initdb} OR e.oid IN (114, 142, 3802))){since}) \
+                        AND (e.typtype = 'c' OR e.oid > {last_initdb} OR e.oid IN (114, 142, 3802)))) \
               AND {rule} \
            UNION SELECT r.ev_class FROM pg_catalog.pg_depend d, pg_catalog.pg_rewrite r \
             WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
@@ -156,7 +142,7 @@ pub fn view_query(relations: &[u32], cap: usize, newer: u32) -> String {
            FROM pg_catalog.pg_attribute a WHERE a.attrelid IN (SELECT oid FROM v) \
             AND a.attnum > 0 AND NOT a.attisdropped \
          UNION ALL SELECT 'r', c.oid::int8, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
-          WHERE (c.oid = ANY('{{{list}}}'::pg_catalog.oid[]){since_names}) \
+          WHERE c.oid = ANY('{{{list}}}'::pg_catalog.oid[]) \
          UNION ALL SELECT 'f', p.oid::int8, p.proname::text, \
            (SELECT pg_catalog.string_agg(d.refobjid::text || ':' || d.refobjsubid::text, ',') \
               FROM pg_catalog.pg_depend d \
@@ -1851,8 +1837,9 @@ mod tests {
         }
         // (A bad tree is a view that cannot be read, not a bad row.)
         o.add_view_row(&view_row(1, Some(""), Some(b"({"))).unwrap();
-        assert!(view_query(&[16384, 16390], 1 << 20, 0)
-            .contains("ANY('{16384,16390}'::pg_catalog.oid[])"));
+        assert!(
+            view_query(&[16384, 16390], 1 << 20).contains("ANY('{16384,16390}'::pg_catalog.oid[])")
+        );
     }
 
     #[test]

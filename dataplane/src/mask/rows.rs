@@ -193,8 +193,8 @@ fn kind(oid: u32, format: i16) -> Kind {
 /// `origins` knows where it comes from (an alias renames it), else its
 /// result name's; for a computed column (no table) of a text-like type
 /// without either, the rule of the ruled names its statement's `text`
-/// mentions (see [`super::derived`]); so also for a column of a relation
-/// newer than `origins`' read.
+/// mentions (see [`super::derived`]). A text-like column of a relation
+/// newer than `origins`' read takes the strongest name rule.
 pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
@@ -232,11 +232,15 @@ pub(super) fn rule_of(
     // show four characters of a secret at a time.
     // A column of a relation newer than the read (a view created in the
     // same Query, or since the session's last read) may show anything under
-    // any name: until a read knows it, it counts as computed.
+    // any name: until a read knows it, its text-like columns take the
+    // strongest name rule.
     let unknown = |o: &ColumnOrigins| f.table > o.newest_relation() && o.newest_relation() > 0;
     let from = match computed {
         Some(s) => s.rule(engine),
-        None if (f.table == 0 || origins.is_some_and(unknown)) && derived_applies(f.oid) => {
+        None if origins.is_some_and(unknown) && derived_applies(f.oid) => {
+            engine.strongest_name_rule()
+        }
+        None if f.table == 0 && derived_applies(f.oid) => {
             text.and_then(|t| t.rule(engine, origins))
         }
         None => None,

@@ -141,6 +141,16 @@ impl OriginsCache {
         );
     }
 
+    /// Whether the worker's read of `key` is `base` (or there is none to
+    /// keep over).
+    fn holds(&self, key: &str, base: Option<&Arc<ColumnOrigins>>) -> bool {
+        match (self.entries.borrow().get(key), base) {
+            (None, _) => true,
+            (Some(e), Some(b)) => e.origins.as_ref().is_some_and(|o| Arc::ptr_eq(o, b)),
+            (Some(_), None) => false,
+        }
+    }
+
     /// When the read of `key` in use was whole.
     fn whole_at(&self, key: &str) -> Option<Instant> {
         self.entries.borrow().get(key).map(|e| e.whole_at)
@@ -314,7 +324,10 @@ async fn read(
     generated: bool,
 ) -> Result<Result<(ColumnOrigins, Option<String>), String>, String> {
     let keep = |name: &[u8]| engine.name_ruled(name);
-    let sql = catalog_query(origins.newest_relation(), generated);
+    let sql = format!(
+        "{CATALOG_PATH}{}",
+        catalog_query(origins.newest_relation(), generated)
+    );
     let mut reader = PacketReader::new();
     let columns = run(io, &mut reader, &sql, max_frame, after, |row| {
         origins.add_row(row, keep).is_ok()
@@ -326,7 +339,10 @@ async fn read(
     }
     // (Two long fields in a row under the frame limit.)
     let cap = (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP);
-    let sql = view_query(&origins.ruled_relations(), cap as usize, 0);
+    let sql = format!(
+        "{CATALOG_PATH}{}",
+        view_query(&origins.ruled_relations(), cap as usize)
+    );
     let viewed = run(io, &mut reader, &sql, max_frame, after, |row| {
         origins.add_view_row(row).is_ok()
     })
@@ -346,16 +362,20 @@ async fn read(
 ///
 /// The read goes to the target on the session's own connection, just
 /// before a client request, only when nothing is in flight: no answer
-/// outstanding, no extended-protocol batch open, and the connection idle
-/// (`I`) or in a transaction block (`T`, then inside a savepoint that is
-/// rolled back, so a refused read cannot abort the client's transaction).
-/// It is sent as simple Queries, so only before a client's simple Query,
-/// or before an extended-protocol request when the client keeps no
-/// unnamed statement (or a Parse replaces it first) and, in a transaction
-/// block, suspended no portal (a simple Query destroys the unnamed
-/// statement and portal). Its answers come
-/// first and are taken off the stream ([`SessionCatalog::take_answers`]);
-/// the client's requests follow unchanged.
+/// outstanding, both streams at a frame boundary, no extended-protocol
+/// batch open. It is the login's read in two steps (the view query is
+/// built from the column rows): the column query is sent and answered
+/// while the client's request waits, then the view query goes in front of
+/// it. Both are simple Queries with `search_path` set to `pg_catalog` for
+/// their own transaction, so only before a client's simple Query, or
+/// before an extended-protocol request when the client keeps no unnamed
+/// statement (or a Parse replaces it first) nor unnamed portal. In a
+/// transaction block (`T`) only after the session's own schema change
+/// (before it, a read would take the block's snapshot, and `SET
+/// TRANSACTION` would then fail), inside a savepoint rolled back after it,
+/// so a refused read cannot abort the block. Its answers are taken off
+/// the stream ([`SessionCatalog::take_answers`]); the client's requests
+/// follow unchanged.
 pub struct SessionCatalog {
     /// (None in unit tests.)
     worker: Option<std::rc::Rc<Worker>>,
@@ -366,9 +386,9 @@ pub struct SessionCatalog {
     cap: usize,
     /// When the read in use was whole, and the engine it was read for.
     whole_at: Instant,
-    engine: *const Engine,
-    /// A statement since the last read may have changed the schema.
-    changed: bool,
+    engine: std::sync::Weak<Engine>,
+    /// What a statement since the last read may have changed.
+    changed: Option<Change>,
     /// The server refused the last own read: not tried again until then
     /// (unless the schema changes).
     refused_until: Option<Instant>,
@@ -379,13 +399,42 @@ pub struct SessionCatalog {
     watch: SchemaWatch,
 }
 
+/// What a statement may have changed in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// Created relations or functions (newer than the read): the read
+    /// continued with them, and the views read again.
+    Added,
+    /// Altered what the read holds (`ALTER …`, `DO`, `CALL`): a whole read.
+    Altered,
+}
+
 /// What a session does before a client request.
 pub enum Begin {
     Nothing,
     /// Take this read (another session's on this core).
     Adopt(Option<Arc<ColumnOrigins>>),
-    /// Send these Queries first.
+    /// Send this column query, wait for its answers
+    /// ([`Taken::Columns`]), then send [`SessionCatalog::views`].
     Send(Vec<u8>),
+}
+
+/// What [`SessionCatalog::take_answers`] took.
+pub enum Taken {
+    /// The answers go on (`buf` keeps at most the start of a frame).
+    Pending,
+    /// The column query is answered: the views go next.
+    Columns,
+    /// All answers are taken; `buf` is what follows them, for the client.
+    /// `waiting`: it ended before the view query was sent.
+    Done { own: Box<OwnRead>, waiting: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Columns,
+    Between,
+    Views,
 }
 
 /// A session's read whose answers are outstanding.
@@ -394,12 +443,16 @@ pub struct OwnRead {
     origins: ColumnOrigins,
     /// The read in use, kept if the server refuses this one.
     prev: Option<Arc<ColumnOrigins>>,
+    /// The read this one continues (for the cache: stored only over it).
+    base: Option<Arc<ColumnOrigins>>,
     whole: bool,
-    /// Sent outside a transaction block: what it sees is committed, so it
-    /// goes to the worker's cache for other sessions too.
-    store: bool,
+    /// Sent in a transaction block: what it sees may not be committed,
+    /// so it is not the worker's to keep.
+    in_block: bool,
     epoch: u64,
-    /// ReadyForQuery answers still to come, and which Query is answered.
+    stage: Stage,
+    /// ReadyForQuery answers still to come in this stage, and which of
+    /// its Queries is answered.
     left: u8,
     query: u8,
     refused: Option<String>,
@@ -419,6 +472,11 @@ fn own_savepoint() -> &'static str {
     })
 }
 
+/// Before each query of a read: names resolve in `pg_catalog` alone for the
+/// rest of its transaction (a client's `search_path` cannot put its own
+/// operators in front).
+const CATALOG_PATH: &str = "SET LOCAL search_path = pg_catalog; ";
+
 fn query(out: &mut Vec<u8>, sql: &str) {
     let mut body = Vec::with_capacity(sql.len() + 1);
     body.extend_from_slice(sql.as_bytes());
@@ -427,8 +485,8 @@ fn query(out: &mut Vec<u8>, sql: &str) {
 }
 
 impl SessionCatalog {
-    /// For a session of `conn` whose login read (if any) is `origins`, made
-    /// for `engine`.
+    /// For a session of `conn` whose login read (if any) was made for
+    /// `engine`.
     pub fn new(
         worker: &std::rc::Rc<Worker>,
         conn: &ConnectionEntry,
@@ -444,8 +502,8 @@ impl SessionCatalog {
             conn: conn.name.clone(),
             generated: server_major.is_some_and(|m| m >= 12),
             cap: (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize,
-            engine: engine.map_or(std::ptr::null(), Arc::as_ptr),
-            changed: false,
+            engine: engine.map(Arc::downgrade).unwrap_or_default(),
+            changed: None,
             refused_until: None,
             own: None,
             pass: Vec::new(),
@@ -458,11 +516,11 @@ impl SessionCatalog {
         self.own.is_some()
     }
 
-    /// A frame the client is sent (CommandComplete tags tell schema
-    /// changes).
+    /// A complete frame the client is sent (CommandComplete tags tell
+    /// schema changes).
     pub fn client_frame(&mut self, t: u8, body: &[u8]) {
-        if self.watch.frame(t, body) {
-            self.changed = true;
+        if let Some(c) = self.watch.frame(t, body) {
+            self.changed = self.changed.max(Some(c));
         }
     }
 
@@ -479,30 +537,34 @@ impl SessionCatalog {
     ) -> Begin {
         let limits = &worker.shared.limits;
         if self.own.is_some()
-            || !matches!(status, b'I' | b'T')
             || !limits.column_origins
             || !engine.enabled()
             || !engine.has_name_rules()
         {
             return Begin::Nothing;
         }
+        let in_block = match status {
+            b'I' => false,
+            // (Only what the block itself changed: its snapshot is taken.)
+            b'T' if self.changed.is_some() => true,
+            _ => return Begin::Nothing,
+        };
         let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
-        let other_engine = !std::ptr::eq(self.engine, Arc::as_ptr(engine));
+        let other_engine = !std::ptr::eq(self.engine.as_ptr(), Arc::as_ptr(engine));
         let aged = !max_age.is_zero() && now.saturating_duration_since(self.whole_at) >= max_age;
         let stale = current.is_some_and(|o| o.is_stale());
-        if !(self.changed || other_engine || aged || stale)
-            || self.refused_until.is_some_and(|t| now < t) && !self.changed
+        if !(self.changed.is_some() || other_engine || aged || stale)
+            || self.refused_until.is_some_and(|t| now < t) && self.changed.is_none()
         {
             return Begin::Nothing;
         }
-        let (start, whole, base) = if self.changed && !other_engine {
-            // Only this session knows: read now, from the read in use.
-            match current {
-                Some(o) => (o.continued(), false, Some(o.clone())),
-                None => (ColumnOrigins::new(), true, None),
-            }
-        } else {
-            match worker.origins.need(&self.key, engine, max_age, now) {
+        let (start, whole, base) = match self.changed {
+            // Only this session knows: read now.
+            Some(c) if !other_engine => match current {
+                Some(o) if c == Change::Added => (o.continued(), false, Some(o.clone())),
+                _ => (ColumnOrigins::new(), true, None),
+            },
+            _ => match worker.origins.need(&self.key, engine, max_age, now) {
                 Need::Use(o) => {
                     let same = match (&o, current) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -512,48 +574,36 @@ impl SessionCatalog {
                     if same && !other_engine {
                         return Begin::Nothing;
                     }
-                    self.engine = Arc::as_ptr(engine);
+                    self.engine = Arc::downgrade(engine);
                     self.whole_at = worker.origins.whole_at(&self.key).unwrap_or(now);
                     return Begin::Adopt(o);
                 }
                 Need::Continue(o) => (o.continued(), false, Some(o)),
-                Need::Whole(prev) => (ColumnOrigins::new(), true, prev.or(current.cloned())),
-            }
+                Need::Whole(_) => (ColumnOrigins::new(), true, None),
+            },
         };
-        self.changed = false;
-        let store = status == b'I';
-        let (relations, newer) = match &base {
-            Some(o) => (o.ruled_relations(), o.newest_relation()),
-            None => (Vec::new(), 0),
-        };
+        self.changed = None;
         let columns = catalog_query(start.newest_relation(), self.generated);
-        let views = view_query(&relations, self.cap, newer);
-        let mut out = Vec::with_capacity(columns.len() + views.len() + 160);
-        let left = if status == b'T' {
-            let sp = own_savepoint();
-            query(&mut out, &format!("SAVEPOINT {sp}; {columns}"));
-            query(&mut out, &views);
+        let mut out = Vec::with_capacity(columns.len() + 120);
+        if in_block {
             query(
                 &mut out,
-                &format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"),
+                &format!("SAVEPOINT {}; {CATALOG_PATH}{columns}", own_savepoint()),
             );
-            3
         } else {
-            query(&mut out, &columns);
-            query(&mut out, &views);
-            2
-        };
-        if store {
+            query(&mut out, &format!("{CATALOG_PATH}{columns}"));
             worker.origins.set_reading(&self.key, true);
         }
         self.own = Some(OwnRead {
             engine: engine.clone(),
             origins: start,
-            prev: current.cloned().or(base),
+            prev: current.cloned(),
+            base,
             whole,
-            store,
+            in_block,
             epoch: worker.origins.epoch.load(Relaxed),
-            left,
+            stage: Stage::Columns,
+            left: 1,
             query: 0,
             refused: None,
             views_refused: None,
@@ -561,22 +611,46 @@ impl SessionCatalog {
         Begin::Send(out)
     }
 
+    /// The second step of the own read, once its column query is answered
+    /// ([`Taken::Columns`]): the view query over the relations with ruled
+    /// columns found (as at login), and in a transaction block the end of
+    /// the savepoint. None when the read is over.
+    pub fn views(&mut self) -> Option<Vec<u8>> {
+        let own = self.own.as_mut().filter(|o| o.stage == Stage::Between)?;
+        let mut out = Vec::new();
+        own.left = 0;
+        own.query = 0;
+        if own.refused.is_none() {
+            let sql = view_query(&own.origins.ruled_relations(), self.cap);
+            query(&mut out, &format!("{CATALOG_PATH}{sql}"));
+            own.left += 1;
+        } else {
+            // (Only the savepoint to end: no view rows to read.)
+            own.query = 1;
+        }
+        if own.in_block {
+            let sp = own_savepoint();
+            query(
+                &mut out,
+                &format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}"),
+            );
+            own.left += 1;
+        }
+        own.stage = Stage::Views;
+        Some(out)
+    }
+
     /// Take the answers to the own read from the front of `buf` (bytes from
     /// the target). Frames for the client that came meanwhile are kept and
-    /// put back before what follows the answers. `Ok(None)`: the answers
-    /// go on (`buf` keeps at most the start of a frame); `Ok(Some)`: they
-    /// are all taken, and `buf` is what follows, for the client.
-    pub fn take_answers(
-        &mut self,
-        buf: &mut Vec<u8>,
-        max_frame: u32,
-    ) -> Result<Option<OwnRead>, FrameError> {
+    /// put back before what follows the answers.
+    pub fn take_answers(&mut self, buf: &mut Vec<u8>, max_frame: u32) -> Result<Taken, FrameError> {
         let Some(own) = self.own.as_mut() else {
-            return Ok(None);
+            return Ok(Taken::Pending);
         };
         let mut at = 0;
-        let mut done = false;
-        while !done && buf.len() - at >= 5 {
+        let mut step = false;
+        let mut fatal = false;
+        while !step && !fatal && buf.len() - at >= 5 {
             let t = buf[at];
             let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
             if len < 4 {
@@ -597,15 +671,32 @@ impl SessionCatalog {
                 break;
             }
             let body = &buf[at + 5..end];
-            if own.answer(t, body) {
-                self.pass.extend_from_slice(&buf[at..end]);
+            match own.answer(t, body) {
+                Answer::Taken => {}
+                Answer::Client => self.pass.extend_from_slice(&buf[at..end]),
+                Answer::Fatal => {
+                    // The session ends: the client gets the error.
+                    self.pass.extend_from_slice(&buf[at..end]);
+                    fatal = true;
+                }
             }
-            done = own.left == 0;
+            step = own.left == 0 && own.stage != Stage::Between;
             at = end;
         }
-        if !done {
+        let waiting = own.stage == Stage::Columns;
+        if !fatal && step && own.stage == Stage::Columns && (own.in_block || own.refused.is_none())
+        {
+            // The views (or the savepoint's end) go next.
+            own.stage = Stage::Between;
             buf.drain(..at);
-            return Ok(None);
+            return Ok(Taken::Columns);
+        }
+        if !fatal && !step {
+            buf.drain(..at);
+            return Ok(Taken::Pending);
+        }
+        if fatal && own.refused.is_none() {
+            own.refused = Some("the target ended the session".into());
         }
         let mut rest = std::mem::take(&mut self.pass);
         rest.extend_from_slice(&buf[at..]);
@@ -613,24 +704,27 @@ impl SessionCatalog {
         buf.extend_from_slice(&rest);
         rest.clear();
         self.pass = rest;
-        Ok(self.own.take())
+        let own = Box::new(self.own.take().expect("reading"));
+        Ok(Taken::Done { own, waiting })
     }
 
     /// The read in use after `own`, its answers all taken: counted,
     /// logged, and kept by the worker for other sessions when it was read
-    /// outside a transaction block.
-    pub fn settle(&mut self, worker: &Worker, own: OwnRead) -> Option<Arc<ColumnOrigins>> {
+    /// outside a transaction block (over the read it continues, if that
+    /// is still the worker's).
+    pub fn settle(&mut self, worker: &Worker, own: Box<OwnRead>) -> Option<Arc<ColumnOrigins>> {
         let OwnRead {
             engine,
             mut origins,
             prev,
+            base,
             whole,
-            store,
+            in_block,
             epoch,
             refused,
             views_refused,
             ..
-        } = own;
+        } = *own;
         let read = match refused {
             Some(m) => Err(m),
             None => {
@@ -641,25 +735,30 @@ impl SessionCatalog {
         let failed = read.is_err();
         let now = Instant::now();
         let kept = settle(worker, &self.conn, whole, prev, read);
+        let max_age = Duration::from_millis(worker.shared.limits.column_origins_max_age_ms);
         if failed {
-            self.refused_until =
-                Some(now + Duration::from_millis(worker.shared.limits.column_origins_max_age_ms));
+            self.refused_until = Some(now + max_age.max(MIN_REREAD));
         } else {
             self.refused_until = None;
-            if whole {
+            if whole && !in_block {
                 self.whole_at = now;
             }
         }
-        self.engine = Arc::as_ptr(&engine);
-        if store {
-            worker.origins.store(
-                self.key.clone(),
-                &engine,
-                epoch,
-                whole && !failed,
-                kept.clone(),
-                now,
-            );
+        self.engine = Arc::downgrade(&engine);
+        if !in_block {
+            let over = whole || worker.origins.holds(&self.key, base.as_ref());
+            if over {
+                worker.origins.store(
+                    self.key.clone(),
+                    &engine,
+                    epoch,
+                    whole && !failed,
+                    kept.clone(),
+                    now,
+                );
+            } else {
+                worker.origins.set_reading(&self.key, false);
+            }
         }
         kept
     }
@@ -670,47 +769,59 @@ impl Drop for SessionCatalog {
     /// back the other sessions' reads.
     fn drop(&mut self) {
         if let (Some(own), Some(w)) = (self.own.take(), &self.worker) {
-            if own.store {
+            if !own.in_block {
                 w.origins.set_reading(&self.key, false);
             }
         }
     }
 }
 
+/// Whose a frame of an own read's answers is.
+enum Answer {
+    Taken,
+    /// The client's (a notification, a setting).
+    Client,
+    /// A FATAL or PANIC error: the client's, and the session's end.
+    Fatal,
+}
+
 impl OwnRead {
-    /// A row of the column query (the first) or of the view query.
+    /// A row of the column query or of the view query.
     fn row(&mut self, body: &[u8]) {
         if self.refused.is_some() {
             return;
         }
-        if self.query == 0 {
-            let keep = |name: &[u8]| self.engine.name_ruled(name);
-            if self.origins.add_row(body, keep).is_err() {
-                self.refused = Some("a row of the answer does not parse".into());
+        match self.stage {
+            Stage::Columns => {
+                let keep = |name: &[u8]| self.engine.name_ruled(name);
+                if self.origins.add_row(body, keep).is_err() {
+                    self.refused = Some("a row of the answer does not parse".into());
+                }
             }
-        } else if self.query == 1
-            && self.views_refused.is_none()
-            && self.origins.add_view_row(body).is_err()
-        {
-            self.views_refused = Some("a row of the answer does not parse".into());
+            Stage::Views
+                if self.query == 0
+                    && self.views_refused.is_none()
+                    && self.origins.add_view_row(body).is_err() =>
+            {
+                self.views_refused = Some("a row of the answer does not parse".into());
+            }
+            _ => {}
         }
     }
 
-    /// One whole frame of the answers; true for a frame that is the
-    /// client's (a notification, a setting, a fatal error).
-    fn answer(&mut self, t: u8, body: &[u8]) -> bool {
+    /// One whole frame of the answers.
+    fn answer(&mut self, t: u8, body: &[u8]) -> Answer {
         match t {
             b'D' => self.row(body),
             b'E' => {
                 let f = backend::parse_error_fields(body);
-                if matches!(f.severity.as_str(), "FATAL" | "PANIC") {
-                    return true;
+                if error_is_fatal(body) {
+                    return Answer::Fatal;
                 }
                 let m = format!("{}: {}", f.code, f.message);
-                match self.query {
-                    0 => self.refused = Some(m),
-                    1 if self.refused.is_none() => self.views_refused = Some(m),
-                    1 => {}
+                match (self.stage, self.query) {
+                    (Stage::Columns, _) => self.refused = Some(m),
+                    (Stage::Views, 0) => self.views_refused = Some(m),
                     // The savepoint could not be rolled back to: the
                     // client's transaction block shows it.
                     _ => tracing::warn!("ending the catalog read's savepoint failed ({m})"),
@@ -720,21 +831,45 @@ impl OwnRead {
                 self.query += 1;
                 self.left = self.left.saturating_sub(1);
             }
-            b'S' | b'A' => return true,
+            b'S' | b'A' => return Answer::Client,
             // RowDescription, CommandComplete, this read's notices.
             _ => {}
         }
-        false
+        Answer::Taken
     }
+}
+
+/// Whether an ErrorResponse body is FATAL or PANIC (by its unlocalized
+/// severity `V` where the server sends one, else `S`).
+fn error_is_fatal(body: &[u8]) -> bool {
+    let mut severity: &[u8] = b"";
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        let Some((v, tail)) = crate::protocol::cstr(tail) else {
+            break;
+        };
+        match kind {
+            0 => break,
+            b'V' => {
+                severity = v;
+                break;
+            }
+            b'S' => severity = v,
+            _ => {}
+        }
+        rest = tail;
+    }
+    matches!(severity, b"FATAL" | b"PANIC")
 }
 
 /// Tells, from the frames a session's client is sent, whether a statement
 /// may have changed what the catalog read knows: the tags of `CREATE …`
-/// and `ALTER …` (but indexes, sequences, roles, databases, the system),
-/// `DO`, `CALL`, `IMPORT FOREIGN SCHEMA`, and a `SELECT n` with no rows
-/// (`CREATE TABLE … AS`, `SELECT … INTO`, `CREATE MATERIALIZED VIEW`:
-/// no row sent for its n > 0 rows, or no RowDescription and no Bind in a
-/// simple query's answer for n = 0).
+/// (but indexes, sequences, roles, databases, statistics, tablespaces) and
+/// `SELECT n` with no rows (`CREATE TABLE … AS`, `SELECT … INTO`, `CREATE
+/// MATERIALIZED VIEW`: no row sent for its n > 0 rows, or no
+/// RowDescription and no Bind in a simple query's answer for n = 0) add;
+/// `ALTER …` (but those and the system), `DO`, `CALL`, `IMPORT FOREIGN
+/// SCHEMA` alter.
 #[derive(Debug, Default)]
 pub struct SchemaWatch {
     described: bool,
@@ -743,7 +878,7 @@ pub struct SchemaWatch {
 }
 
 impl SchemaWatch {
-    pub fn frame(&mut self, t: u8, body: &[u8]) -> bool {
+    pub fn frame(&mut self, t: u8, body: &[u8]) -> Option<Change> {
         match t {
             b'T' => self.described = true,
             b'D' => self.rows = true,
@@ -757,10 +892,10 @@ impl SchemaWatch {
             b'Z' | b's' | b'I' | b'E' => *self = SchemaWatch::default(),
             _ => {}
         }
-        false
+        None
     }
 
-    fn changes(&self, tag: &[u8]) -> bool {
+    fn changes(&self, tag: &[u8]) -> Option<Change> {
         const NOT: [&[u8]; 8] = [
             b"INDEX",
             b"SEQUENCE",
@@ -771,20 +906,22 @@ impl SchemaWatch {
             b"STATISTICS",
             b"TABLESPACE",
         ];
-        let object = tag
-            .strip_prefix(b"CREATE ")
-            .or_else(|| tag.strip_prefix(b"ALTER "));
-        if let Some(o) = object {
-            return !NOT.iter().any(|n| o.starts_with(n));
+        let kept = |o: &[u8]| !NOT.iter().any(|n| o.starts_with(n));
+        if let Some(o) = tag.strip_prefix(b"CREATE ") {
+            return kept(o).then_some(Change::Added);
+        }
+        if let Some(o) = tag.strip_prefix(b"ALTER ") {
+            return kept(o).then_some(Change::Altered);
         }
         if matches!(tag, b"DO" | b"CALL") || tag.starts_with(b"IMPORT FOREIGN SCHEMA") {
-            return true;
+            return Some(Change::Altered);
         }
-        match tag.strip_prefix(b"SELECT ") {
+        let added = match tag.strip_prefix(b"SELECT ") {
             Some(b"0") => !self.described && !self.bound,
             Some(_) => !self.rows,
             None => false,
-        }
+        };
+        added.then_some(Change::Added)
     }
 }
 
@@ -890,7 +1027,7 @@ mod tests {
         frame(b'D', &b)
     }
 
-    fn own_read(left: u8) -> SessionCatalog {
+    fn own_read(in_block: bool) -> SessionCatalog {
         let mut c = SessionCatalog {
             worker: None,
             key: "db".into(),
@@ -898,8 +1035,8 @@ mod tests {
             generated: true,
             cap: 1 << 20,
             whole_at: Instant::now(),
-            engine: std::ptr::null(),
-            changed: false,
+            engine: std::sync::Weak::new(),
+            changed: None,
             refused_until: None,
             own: None,
             pass: Vec::new(),
@@ -909,10 +1046,12 @@ mod tests {
             engine: engine(),
             origins: ColumnOrigins::new(),
             prev: None,
+            base: None,
             whole: true,
-            store: false,
+            in_block,
             epoch: 0,
-            left,
+            stage: Stage::Columns,
+            left: 1,
             query: 0,
             refused: None,
             views_refused: None,
@@ -920,78 +1059,144 @@ mod tests {
         c
     }
 
+    /// Feed `all` cut at `cut` (then the rest) until something else than
+    /// Pending comes.
+    fn take_cut(c: &mut SessionCatalog, all: &[u8], cut: usize, buf: &mut Vec<u8>) -> Taken {
+        buf.extend_from_slice(&all[..cut]);
+        let got = c.take_answers(buf, 1 << 20).unwrap();
+        buf.extend_from_slice(&all[cut..]);
+        match got {
+            Taken::Pending => c.take_answers(buf, 1 << 20).unwrap(),
+            t => t,
+        }
+    }
+
     #[test]
     fn own_answers_are_taken_off_the_stream_in_any_cut() {
-        let mut answers = Vec::new();
-        answers.extend(frame(b'T', b"\0\0"));
-        answers.extend(data_row(&["16400", "2", "ssn"]));
-        answers.extend(data_row(&["0", "0", "16400"]));
-        answers.extend(frame(b'C', b"SELECT 2\0"));
-        answers.extend(frame(b'Z', b"I"));
+        let mut columns = Vec::new();
+        columns.extend(frame(b'C', b"SET\0"));
+        columns.extend(frame(b'T', b"\0\0"));
+        columns.extend(data_row(&["16400", "2", "ssn"]));
+        columns.extend(data_row(&["0", "0", "16400"]));
+        columns.extend(frame(b'C', b"SELECT 2\0"));
+        columns.extend(frame(b'Z', b"I"));
         // A notification meanwhile is the client's.
         let notify = frame(b'A', b"\0\0\0\x01chan\0hi\0");
-        answers.extend(&notify);
-        answers.extend(frame(b'N', b"SNOTICE\0Mhello\0\0"));
-        answers.extend(frame(b'T', b"\0\0"));
-        answers.extend(frame(b'C', b"SELECT 0\0"));
-        answers.extend(frame(b'Z', b"I"));
+        let mut views = notify.clone();
+        views.extend(frame(b'N', b"SNOTICE\0Mhello\0\0"));
+        views.extend(frame(b'T', b"\0\0"));
+        views.extend(frame(b'C', b"SELECT 0\0"));
+        views.extend(frame(b'Z', b"I"));
         let client = [frame(b'T', b"\0\0"), frame(b'Z', b"I")].concat();
-        let all = [answers.clone(), client.clone()].concat();
-        for cut in 0..=all.len() {
-            let mut c = own_read(2);
-            let mut buf = all[..cut].to_vec();
-            let mut got = c.take_answers(&mut buf, 1 << 20).unwrap();
-            buf.extend_from_slice(&all[cut..]);
-            if got.is_none() {
-                got = c.take_answers(&mut buf, 1 << 20).unwrap();
+        let second = [views.clone(), client.clone()].concat();
+        for cut in 0..=columns.len() {
+            let mut c = own_read(false);
+            let mut buf = Vec::new();
+            assert!(
+                matches!(take_cut(&mut c, &columns, cut, &mut buf), Taken::Columns),
+                "cut {cut}"
+            );
+            assert!(buf.is_empty(), "cut {cut}");
+            let sent = c.views().expect("views next");
+            assert_eq!(sent.iter().filter(|&&b| b == b'Q').count(), 1);
+            assert!(c.views().is_none());
+            for cut2 in [0, 3, second.len() / 2, second.len()] {
+                let mut c2 = own_read(false);
+                c2.own = c.own.as_ref().map(|o| OwnRead {
+                    engine: o.engine.clone(),
+                    origins: o.origins.continued(),
+                    prev: None,
+                    base: None,
+                    whole: true,
+                    in_block: false,
+                    epoch: 0,
+                    stage: o.stage,
+                    left: o.left,
+                    query: o.query,
+                    refused: None,
+                    views_refused: None,
+                });
+                let mut buf = Vec::new();
+                let Taken::Done { own, waiting } = take_cut(&mut c2, &second, cut2, &mut buf)
+                else {
+                    panic!("cut {cut}/{cut2}: not done");
+                };
+                assert!(!waiting);
+                assert_eq!(
+                    buf,
+                    [notify.clone(), client.clone()].concat(),
+                    "cut {cut}/{cut2}"
+                );
+                assert!(own.refused.is_none() && own.views_refused.is_none());
+                assert_eq!(own.origins.name(16400, 2), Some(&b"ssn"[..]));
+                assert_eq!(own.origins.newest_relation(), 16400);
+                assert!(!c2.reading());
             }
-            let own = got.unwrap_or_else(|| panic!("cut {cut}: not done"));
-            assert_eq!(buf, [notify.clone(), client.clone()].concat(), "cut {cut}");
-            assert!(own.refused.is_none() && own.views_refused.is_none());
-            assert_eq!(own.origins.name(16400, 2), Some(&b"ssn"[..]));
-            assert_eq!(own.origins.newest_relation(), 16400);
-            assert!(!c.reading());
         }
     }
 
     #[test]
     fn own_errors_refuse_the_read_or_its_views() {
-        let err = |code: &str| frame(b'E', format!("SERROR\0C{code}\0Mno\0\0").as_bytes());
-        // In a transaction block: the column query refused, the view query
-        // skipped, the savepoint rolled back to.
-        let mut c = own_read(3);
+        let err = |code: &str| frame(b'E', format!("SERROR\0VERROR\0C{code}\0Mno\0\0").as_bytes());
+        // Outside a block, a refused column query ends the read at once.
+        let mut c = own_read(false);
+        let mut buf = [err("42501"), frame(b'Z', b"I")].concat();
+        let Ok(Taken::Done { own, waiting }) = c.take_answers(&mut buf, 1 << 20) else {
+            panic!("not done");
+        };
+        assert!(waiting && buf.is_empty());
+        assert_eq!(own.refused.as_deref(), Some("42501: no"));
+        // In a block: the savepoint is rolled back to, without views.
+        let mut c = own_read(true);
+        let mut buf = [frame(b'C', b"SAVEPOINT\0"), err("42501"), frame(b'Z', b"E")].concat();
+        assert!(matches!(
+            c.take_answers(&mut buf, 1 << 20),
+            Ok(Taken::Columns)
+        ));
+        let sent = c.views().unwrap();
+        assert!(String::from_utf8_lossy(&sent).contains("ROLLBACK TO SAVEPOINT"));
+        assert!(!String::from_utf8_lossy(&sent).contains("pg_rewrite"));
         let mut buf = [
-            frame(b'C', b"SAVEPOINT\0"),
-            err("42501"),
-            frame(b'Z', b"E"),
-            err("25P02"),
-            frame(b'Z', b"E"),
             frame(b'C', b"ROLLBACK\0"),
             frame(b'C', b"RELEASE\0"),
             frame(b'Z', b"T"),
         ]
         .concat();
-        let own = c.take_answers(&mut buf, 1 << 20).unwrap().unwrap();
-        assert!(buf.is_empty());
+        let Ok(Taken::Done { own, .. }) = c.take_answers(&mut buf, 1 << 20) else {
+            panic!("not done");
+        };
         assert_eq!(own.refused.as_deref(), Some("42501: no"));
-        // The view query alone refused.
-        let mut c = own_read(2);
-        let mut buf = [
-            frame(b'C', b"SELECT 0\0"),
-            frame(b'Z', b"I"),
-            err("42501"),
-            frame(b'Z', b"I"),
-        ]
-        .concat();
-        let own = c.take_answers(&mut buf, 1 << 20).unwrap().unwrap();
-        assert!(own.refused.is_none());
+        // The view query alone refused, in a block: views refused, the
+        // savepoint ended.
+        let mut c = own_read(true);
+        let mut buf = [frame(b'C', b"SELECT 0\0"), frame(b'Z', b"T")].concat();
+        assert!(matches!(
+            c.take_answers(&mut buf, 1 << 20),
+            Ok(Taken::Columns)
+        ));
+        let sent = c.views().unwrap();
+        assert_eq!(sent.iter().filter(|&&b| b == b'Q').count(), 2);
+        let mut buf = [err("42501"), frame(b'Z', b"E"), frame(b'Z', b"T")].concat();
+        let Ok(Taken::Done { own, waiting }) = c.take_answers(&mut buf, 1 << 20) else {
+            panic!("not done");
+        };
+        assert!(!waiting && own.refused.is_none());
         assert_eq!(own.views_refused.as_deref(), Some("42501: no"));
-        // A fatal error is the client's; a bad length ends the session.
-        let mut c = own_read(2);
-        let fatal = frame(b'E', b"SFATAL\0C57P01\0Mbye\0\0");
-        let mut buf = fatal.clone();
-        assert!(c.take_answers(&mut buf, 1 << 20).unwrap().is_none());
-        assert!(buf.is_empty() && c.pass == fatal);
+        // A fatal error goes to the client at once and ends the read.
+        let mut c = own_read(false);
+        let fatal = frame(b'E', b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0");
+        let mut buf = [fatal.clone(), frame(b'Z', b"I")].concat();
+        let Ok(Taken::Done { own, waiting }) = c.take_answers(&mut buf, 1 << 20) else {
+            panic!("not done");
+        };
+        assert!(waiting && own.refused.is_some());
+        assert_eq!(buf, [fatal, frame(b'Z', b"I")].concat());
+        // A localized severity: `V` decides.
+        assert!(error_is_fatal(b"SFATALE\0VFATAL\0\0"));
+        assert!(!error_is_fatal(b"SFATAL\0VERROR\0\0"));
+        assert!(!error_is_fatal(b"SERROR\0\0"));
+        // A bad length or an oversize frame ends the session.
+        let mut c = own_read(false);
         let mut buf = vec![b'D', 0, 0, 0, 2];
         assert!(c.take_answers(&mut buf, 1 << 20).is_err());
         let mut buf = vec![b'D', 0, 1, 0, 0];
@@ -1003,20 +1208,24 @@ mod tests {
         let tag = |t: &str| frame(b'C', format!("{t}\0").as_bytes())[5..].to_vec();
         let changes = |frames: &[(u8, Vec<u8>)]| {
             let mut w = SchemaWatch::default();
-            frames.iter().any(|(t, b)| w.frame(*t, b))
+            frames.iter().filter_map(|(t, b)| w.frame(*t, b)).max()
         };
         for t in [
             "CREATE VIEW",
             "CREATE FUNCTION",
             "CREATE TABLE",
+            "CREATE SCHEMA",
+        ] {
+            assert_eq!(changes(&[(b'C', tag(t))]), Some(Change::Added), "{t}");
+        }
+        for t in [
             "ALTER TABLE",
             "ALTER VIEW",
-            "CREATE SCHEMA",
             "DO",
             "CALL",
             "IMPORT FOREIGN SCHEMA",
         ] {
-            assert!(changes(&[(b'C', tag(t))]), "{t}");
+            assert_eq!(changes(&[(b'C', tag(t))]), Some(Change::Altered), "{t}");
         }
         for t in [
             "CREATE INDEX",
@@ -1028,22 +1237,25 @@ mod tests {
             "BEGIN",
             "COPY 2",
         ] {
-            assert!(!changes(&[(b'C', tag(t))]), "{t}");
+            assert_eq!(changes(&[(b'C', tag(t))]), None, "{t}");
         }
         // `CREATE TABLE … AS`, `CREATE MATERIALIZED VIEW`: `SELECT n`, no rows.
-        assert!(changes(&[(b'C', tag("SELECT 3"))]));
-        assert!(changes(&[(b'C', tag("SELECT 0"))]));
+        assert_eq!(changes(&[(b'C', tag("SELECT 3"))]), Some(Change::Added));
+        assert_eq!(changes(&[(b'C', tag("SELECT 0"))]), Some(Change::Added));
         // A query's rows, or its description in a simple Query.
-        assert!(!changes(&[(b'D', vec![]), (b'C', tag("SELECT 1"))]));
-        assert!(!changes(&[(b'T', vec![]), (b'C', tag("SELECT 0"))]));
+        assert_eq!(changes(&[(b'D', vec![]), (b'C', tag("SELECT 1"))]), None);
+        assert_eq!(changes(&[(b'T', vec![]), (b'C', tag("SELECT 0"))]), None);
         // An empty result in the extended protocol: not a change.
-        assert!(!changes(&[(b'2', vec![]), (b'C', tag("SELECT 0"))]));
+        assert_eq!(changes(&[(b'2', vec![]), (b'C', tag("SELECT 0"))]), None);
         // What came before the last command does not count.
-        assert!(changes(&[
-            (b'D', vec![]),
-            (b'C', tag("SELECT 1")),
-            (b'C', tag("SELECT 2"))
-        ]));
+        assert_eq!(
+            changes(&[
+                (b'D', vec![]),
+                (b'C', tag("SELECT 1")),
+                (b'C', tag("SELECT 2"))
+            ]),
+            Some(Change::Added)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ring::rand::SecureRandom;
 
+use super::catalog::Taken;
 use super::io::{
     raw_fd, shutdown_fd, write_all, ClientIo, MaybeTls, PacketReader, ReadError, TargetIo,
 };
@@ -787,14 +788,20 @@ struct RelayState<'a> {
     /// The client's stream is inside an extended-protocol batch (a Parse,
     /// Bind, … not yet followed by Sync) or a frame.
     client_open: Cell<bool>,
-    /// The client's last frame is not whole yet.
-    client_mid: Cell<bool>,
     /// The client has an unnamed prepared statement it may bind again
     /// (a simple Query would destroy it).
     unnamed: Cell<bool>,
-    /// A portal was suspended in this transaction block (the unnamed one
-    /// may have rows left, which a simple Query would destroy).
-    suspended: Cell<bool>,
+    /// The client may still use the unnamed portal (bound in this
+    /// transaction block; a simple Query would destroy it).
+    unnamed_portal: Cell<bool>,
+    /// Nothing from the target is held or half forwarded (a session's own
+    /// catalog read starts its answers at a frame boundary).
+    target_idle: Cell<bool>,
+    /// A ReadyForQuery whose status byte is still to come.
+    z_split: Cell<bool>,
+    /// Wakes the client pump when its own catalog read's column query is
+    /// answered (or the read is over).
+    catalog_step: tokio::sync::Notify,
     /// The session's own catalog reads (see `catalog::SessionCatalog`).
     catalog: RefCell<super::catalog::SessionCatalog>,
 }
@@ -869,9 +876,11 @@ async fn relay(
         bytes_to_client: Cell::new(0),
         txn: Cell::new(b'I'),
         client_open: Cell::new(false),
-        client_mid: Cell::new(false),
         unnamed: Cell::new(false),
-        suspended: Cell::new(false),
+        unnamed_portal: Cell::new(false),
+        target_idle: Cell::new(true),
+        z_split: Cell::new(false),
+        catalog_step: tokio::sync::Notify::new(),
         catalog: RefCell::new(super::catalog::SessionCatalog::new(
             worker,
             &session.connection,
@@ -1042,40 +1051,40 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut tracker = state.audit.map(|a| a.tracker.borrow_mut());
         let mark = tracker.as_ref().map_or(0, |t| t.mark());
         let mut injections = Vec::new();
-        // Whether an own catalog read may go before this read's requests:
-        // nothing in flight, and the read starts with a simple Query, or
-        // with a Parse outside a transaction block when no unnamed
-        // statement of the client's would be destroyed by one.
+        // Whether an own catalog read may go before this read's requests
+        // (`own_catalog_read`): nothing in flight, both streams at a frame
+        // boundary, no extended-protocol batch open.
         let mut first = None;
-        let quiet =
-            state.in_flight.get() == 0 && !state.client_open.get() && !state.client_mid.get();
+        let quiet = state.in_flight.get() == 0
+            && !state.client_open.get()
+            && scan.at_boundary()
+            && state.target_idle.get();
         let mut open = state.client_open.get();
-        let mut mid = state.client_mid.get();
         let unnamed = state.unnamed.get();
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             let base = buf.as_ptr() as usize;
             let r = scan.scan_parts(&buf, |part| {
-                match part {
-                    Part::Start {
-                        tag: t, body, done, ..
-                    } => {
-                        if first.is_none() {
-                            first = Some((t, body.first() == Some(&0)));
-                        }
-                        match t {
-                            tag::QUERY | tag::SYNC | b'F' => open = false,
-                            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => open = true,
-                            _ => {}
-                        }
-                        match t {
-                            tag::QUERY => state.unnamed.set(false),
-                            b'P' if body.first() == Some(&0) => state.unnamed.set(true),
-                            _ => {}
-                        }
-                        mid = !done;
+                if let Part::Start { tag: t, body, .. } = part {
+                    if first.is_none() {
+                        first = Some((t, body.first() == Some(&0)));
                     }
-                    Part::More { done, .. } => mid = !done,
+                    match t {
+                        tag::QUERY | tag::SYNC | b'F' => open = false,
+                        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => open = true,
+                        _ => {}
+                    }
+                    // (A name not in this read yet counts as empty.)
+                    let empty = body.first().is_none_or(|&b| b == 0);
+                    match t {
+                        tag::QUERY => {
+                            state.unnamed.set(false);
+                            state.unnamed_portal.set(false);
+                        }
+                        b'P' if empty => state.unnamed.set(true),
+                        b'B' if empty => state.unnamed_portal.set(true),
+                        _ => {}
+                    }
                 }
                 if let Part::Start {
                     tag: t, body, done, ..
@@ -1157,12 +1166,19 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         }
         state.client_open.set(open);
-        state.client_mid.set(mid);
-        let own_read = if quiet {
-            own_catalog_read(worker, state, first, unnamed)
-        } else {
-            None
-        };
+        // A session's own catalog read: its column query is sent and
+        // answered first, then its view query goes before these requests.
+        let mut own_read = None;
+        if quiet {
+            if let Some(columns) = own_catalog_read(worker, state, first, unnamed) {
+                let (res, _) = wr.write_all(columns).await;
+                if res.is_err() {
+                    return End::TargetClosed;
+                }
+                state.catalog_step.notified().await;
+                own_read = state.catalog.borrow_mut().views();
+            }
+        }
         // Counted before forwarding, so a client that sees the answer also
         // sees counters that include its request.
         bump(&m.statements, statements as u64);
@@ -1217,8 +1233,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
 /// whether its body starts with an empty name; `unnamed`: the client kept
 /// an unnamed statement before it. Before an extended-protocol request
 /// only when the simple Queries destroy nothing the client may still use:
-/// its unnamed statement (unless a Parse first replaces it), or a
-/// suspended portal.
+/// its unnamed statement (unless a Parse first replaces it), or its
+/// unnamed portal.
 fn own_catalog_read(
     worker: &Worker,
     state: &RelayState<'_>,
@@ -1230,7 +1246,7 @@ fn own_catalog_read(
         Some((tag::QUERY, _)) => true,
         // (Parse, Bind, Close, Describe, Execute, Flush.)
         Some((t @ (b'P' | b'B' | b'C' | b'D' | b'E' | b'H'), empty)) => {
-            (status == b'I' || !state.suspended.get()) && (!unnamed || t == b'P' && empty)
+            !state.unnamed_portal.get() && (!unnamed || t == b'P' && empty)
         }
         _ => false,
     };
@@ -1284,6 +1300,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(0) | Err(_) => return End::TargetClosed,
             Ok(_) => {}
         }
+        state.target_idle.set(false);
         // The answers to the session's own catalog read come first.
         if state.catalog.borrow().reading() {
             let taken = state
@@ -1292,13 +1309,21 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 .take_answers(&mut buf, limits.max_frame_bytes);
             match taken {
                 Err(e) => return End::TargetFrame(e),
-                Ok(None) => continue,
-                Ok(Some(own)) => {
+                Ok(Taken::Pending) => continue,
+                Ok(Taken::Columns) => {
+                    state.catalog_step.notify_one();
+                    continue;
+                }
+                Ok(Taken::Done { own, waiting }) => {
                     let o = state.catalog.borrow_mut().settle(worker, own);
                     if let Some(mk) = state.masker.borrow_mut().as_mut() {
                         mk.set_origins(o);
                     }
+                    if waiting {
+                        state.catalog_step.notify_one();
+                    }
                     if buf.is_empty() {
+                        state.target_idle.set(true);
                         continue;
                     }
                 }
@@ -1347,21 +1372,29 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             // own requests, which the masker drops).
             let fwd: &[u8] = if rewritten { &out } else { &buf[..ready] };
             let mut catalog = state.catalog.borrow_mut();
+            // A ReadyForQuery counts once whole (its status byte read).
+            let ready = |status: u8, frames: &mut u32| {
+                *frames += 1;
+                state.txn.set(status);
+                if status == b'I' {
+                    state.unnamed_portal.set(false);
+                }
+            };
             scan.scan_parts(fwd, |part| {
+                if let Part::More { body, done: true } = part {
+                    if state.z_split.replace(false) {
+                        ready(body.last().copied().unwrap_or(b'I'), &mut ready_frames);
+                    }
+                }
                 if let Part::Start {
                     tag: t, body, done, ..
                 } = part
                 {
                     if t == tag::READY_FOR_QUERY {
-                        ready_frames += 1;
-                        if let Some(&status) = body.first() {
-                            state.txn.set(status);
-                            if status == b'I' {
-                                state.suspended.set(false);
-                            }
+                        match body.first() {
+                            Some(&status) if done => ready(status, &mut ready_frames),
+                            _ => state.z_split.set(true),
                         }
-                    } else if t == b's' {
-                        state.suspended.set(true);
                     }
                     if done {
                         catalog.client_frame(t, body);
@@ -1402,7 +1435,11 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         // As on the request side: up to issuing the forward.
         let spent = t0.elapsed();
         // Answered before the client can see it: its next request finds
-        // nothing in flight (a session's own catalog read goes only then).
+        // nothing in flight (a session's own catalog read goes only then),
+        // and whether the target's stream stops at a frame boundary.
+        state
+            .target_idle
+            .set(ready == buf.len() && scan.at_boundary());
         if ready_frames > 0 {
             state
                 .in_flight

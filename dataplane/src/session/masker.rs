@@ -184,8 +184,8 @@ enum CopyKind {
 type Closing = (u64, bool, Option<(u8, Vec<u8>)>);
 
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
-/// result formats).
-type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>);
+/// result formats, parameters).
+type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>, Option<Box<[u8]>>);
 
 /// Which columns of a description the client was shown as `text`
 /// ([`RowPlan::shown_as_text`]); `None`: none, it got the server's types.
@@ -715,13 +715,15 @@ impl TargetMasker {
             }
             tag::BIND => {
                 self.unsynced += 1;
-                let Some((portal, stmt, formats)) = parse_bind(body, whole) else {
+                let Some((portal, stmt, formats, params)) = parse_bind(body, whole) else {
                     self.copy_untrusted = true;
                     self.pending
                         .binds
-                        .push_back((e, Vec::new(), Vec::new(), None));
+                        .push_back((e, Vec::new(), Vec::new(), None, None));
                     return;
                 };
+                // (Their words count only where a name rule may match.)
+                let params = params.filter(|_| self.engine.has_name_rules());
                 // (A portal in use keeps the epoch it was bound in.)
                 let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
                 if !portal.is_empty() && !dup {
@@ -736,7 +738,9 @@ impl TargetMasker {
                     Some(k) => self.copy_portals.insert(portal.clone(), k),
                     None => self.copy_portals.remove(&portal),
                 };
-                self.pending.binds.push_back((e, portal, stmt, formats));
+                self.pending
+                    .binds
+                    .push_back((e, portal, stmt, formats, params));
             }
             CLOSE => {
                 self.unsynced += 1;
@@ -1389,11 +1393,17 @@ impl TargetMasker {
             b'2' => {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
-                if let Some((_, portal, stmt, formats)) = self.pending.binds.pop_front() {
+                if let Some((_, portal, stmt, formats, params)) = self.pending.binds.pop_front() {
+                    // A parameter may be a member's key or path
+                    // (`profile->>$1`): its words count as a literal's.
+                    let bound = |t: Rc<Text>| match &params {
+                        Some(p) if t.reads_members() => t.with_params(p.clone()),
+                        _ => t,
+                    };
                     // (A Bind that did not read names nothing.)
                     let t = match self.prepared.get(&stmt) {
                         Some(t) if formats.is_some() || !portal.is_empty() || !stmt.is_empty() => {
-                            t.clone()
+                            bound(t.clone())
                         }
                         _ => unreadable(),
                     };
@@ -1404,6 +1414,7 @@ impl TargetMasker {
                     let desc = self.statements.get(&stmt).cloned();
                     match (desc, formats) {
                         (Some((d, told, text)), Some(f)) => {
+                            let text = text.map(bound);
                             self.describe(&d, Some(&f), Some(&told), &text);
                             self.portals
                                 .insert(portal.clone(), (d, Some(f), told, text));
@@ -1546,7 +1557,7 @@ impl TargetMasker {
                 }
                 self.pending.parses.retain(|(e, _, _, _)| *e >= done);
                 self.pending.describes.retain(|(e, _, _)| *e >= done);
-                self.pending.binds.retain(|(e, _, _, _)| *e >= done);
+                self.pending.binds.retain(|(e, ..)| *e >= done);
                 self.pending.results.retain(|(e, _, _)| *e >= done);
                 self.copy_requested.retain(|(e, _, _)| *e >= done);
                 self.describing = None;
@@ -1686,6 +1697,7 @@ fn same_text(a: &StatementText, b: &StatementText) -> bool {
             Rc::ptr_eq(x, y)
                 || (x.partial() == y.partial()
                     && x.backslash() == y.backslash()
+                    && x.params() == y.params()
                     && x.sql() == y.sql())
         }
         _ => false,
@@ -1749,8 +1761,12 @@ fn keep_text<V>(
     }
 }
 
-/// A Bind's portal, statement and result formats.
-type BindNames = (Vec<u8>, Vec<u8>, Option<Vec<i16>>);
+/// A Bind's portal, statement, result formats and parameter part.
+type BindNames = (Vec<u8>, Vec<u8>, Option<Vec<i16>>, Option<Box<[u8]>>);
+
+/// Largest parameter part of a Bind kept for its words
+/// ([`Text::with_params`]).
+const MAX_BIND_PARAMS: usize = 8 << 10;
 
 /// Portal, statement name and result format codes of a Bind body (formats
 /// only when the whole message is at hand); None when the names are not
@@ -1762,8 +1778,9 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let s = memchr::memchr(0, rest)?;
     let stmt = rest[..s].to_vec();
     if !whole {
-        return Some((portal, stmt, None));
+        return Some((portal, stmt, None, None));
     }
+    let mut params = None;
     let formats = (|| {
         let mut r = &rest[s + 1..];
         let take = |r: &mut &[u8], k: usize| -> Option<Vec<u8>> {
@@ -1773,12 +1790,17 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
         };
         let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
         take(&mut r, nf * 2)?;
+        let part = r;
         let np = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?);
         for _ in 0..np.max(0) {
             let l = i32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
             if l > 0 {
                 take(&mut r, l as usize)?;
             }
+        }
+        let part = &part[..part.len() - r.len()];
+        if np > 0 && part.len() <= MAX_BIND_PARAMS {
+            params = Some(part.into());
         }
         let nr = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
         let raw = take(&mut r, nr * 2)?;
@@ -1788,7 +1810,7 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
                 .collect(),
         )
     })();
-    Some((portal, stmt, formats))
+    Some((portal, stmt, formats, params))
 }
 
 #[cfg(test)]
@@ -2681,13 +2703,16 @@ mod tests {
         bind.extend_from_slice(&2i16.to_be_bytes());
         bind.extend_from_slice(&0i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes());
+        // (The parameter part: count, then length and value of each.)
+        let params: Box<[u8]> = bind[8..17].into();
+        assert_eq!(&params[..2], &1i16.to_be_bytes());
         assert_eq!(
             parse_bind(&bind, true),
-            Some((b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1])))
+            Some((b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1]), Some(params)))
         );
         assert_eq!(
             parse_bind(&bind, false),
-            Some((b"p".to_vec(), b"s".to_vec(), None))
+            Some((b"p".to_vec(), b"s".to_vec(), None, None))
         );
         assert_eq!(parse_bind(b"p\0s", false), None);
     }
