@@ -11,8 +11,11 @@
 # (sluice_column_catalog_reads_total). Results: bench/RESULTS.md section 12.
 # WORKLOAD=ddl instead keeps each client's session open and runs, per
 # transaction, `CREATE OR REPLACE VIEW` of the client's own view over t1 and a
-# SELECT from it: what a session's own catalog read after each schema
-# change costs (none with `off`).
+# SELECT from it, at a fixed rate (RATE per second, all clients), and prints
+# the mean latency of a transaction: what a session's own catalog read after
+# each schema change adds (none with `off`). At a fixed rate every contender
+# leaves the catalog the same dead rows (replaced views), which an unlimited
+# `off` would pile up for the others.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -26,9 +29,10 @@ TABLES=${TABLES:-200}
 VIEWS=${VIEWS:-0}
 FUNCTIONS=${FUNCTIONS:-0}
 WORKLOAD=${WORKLOAD:-connect}
+RATE=${RATE:-40}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     echo
     echo "Knobs (env): CLIENTS=$CLIENTS ROUNDS=$ROUNDS SECS=$SECS THREADS=$THREADS"
     echo "  TABLES=$TABLES (extra tables of 12 columns, 2 of them secret-named, so the catalog is not trivial)"
@@ -36,13 +40,14 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     echo "    which the login's view read follows; at most TABLES)"
     echo "  FUNCTIONS=$FUNCTIONS (PL/pgSQL functions returning text, which the view read reads too)"
     echo "  WORKLOAD=$WORKLOAD (connect: pgbench -C -S; ddl: open sessions, CREATE OR REPLACE VIEW + SELECT from it)"
+    echo "  RATE=$RATE (WORKLOAD=ddl: transactions per second, all clients together)"
     echo "  SLUICE_WORKERS, SLUICE_BIN, SLUICE_BUILD=0|1, PGBIN, KEEP_WORK=1, OUT=<dir>"
     exit 0
 fi
 [[ $# -eq 0 ]] || die "no arguments expected (configure with env vars; see --help)"
 [[ $WORKLOAD == connect || $WORKLOAD == ddl ]] || die "WORKLOAD must be connect or ddl, got '$WORKLOAD'"
 [[ $WORKLOAD == connect ]] || ((TABLES >= 1)) || die "WORKLOAD=ddl needs TABLES >= 1"
-for v in CLIENTS ROUNDS SECS THREADS TABLES VIEWS FUNCTIONS; do
+for v in CLIENTS ROUNDS SECS THREADS TABLES VIEWS FUNCTIONS RATE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((ROUNDS >= 1 && SECS >= 1 && THREADS >= 1 && CLIENTS >= 1)) || die "ROUNDS, SECS, THREADS and CLIENTS must be at least 1"
@@ -90,11 +95,13 @@ if [[ $WORKLOAD == ddl ]]; then
 CREATE OR REPLACE VIEW sv_:client_id AS SELECT id, name, api_secret AS k FROM t1;
 SELECT name, k FROM sv_:client_id LIMIT 1;
 EOF
-    BENCH_ARGS=(-f "$OUT/ddl.sql")
-    UNIT="transactions (CREATE OR REPLACE VIEW + SELECT) per second, open sessions"
+    BENCH_ARGS=(-f "$OUT/ddl.sql" -R "$RATE")
+    UNIT="mean latency in ms of CREATE OR REPLACE VIEW + SELECT from it, $RATE per second, open sessions"
+    PICK='s/^latency average = \([0-9.]*\) ms.*/\1/p'
 else
     BENCH_ARGS=(-C -S)
     UNIT="connections per second (pgbench -C -S)"
+    PICK='s/^tps = \([0-9.]*\).*/\1/p'
 fi
 cols=$(psql_at "$PG_PORT" "$BENCH_USER" "$BENCH_PW" "$BENCH_DB" -tAc "SELECT count(*) FROM pg_attribute")
 echo "pg_attribute rows: $cols" >>"$OUT/meta.txt"
@@ -116,10 +123,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for k in off cached every; do
         tps=$(PGPASSWORD=${KEY[$k]} pgbench -n "${BENCH_ARGS[@]}" -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECS" \
             -h 127.0.0.1 -p "${PORT[$k]}" -U agent "$BENCH_DB" 2>>"$OUT/pgbench.log" |
-            sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1)
+            sed -n "$PICK" | head -n 1)
         [[ -n $tps ]] || { tail -n 20 "$OUT/pgbench.log" >&2; die "pgbench through $k gave no tps"; }
         echo "$r,$k,$tps" >>"$CSV"
-        log "round $r $k: $tps per second"
+        log "round $r $k: $tps"
     done
 done
 

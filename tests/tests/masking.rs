@@ -1733,7 +1733,12 @@ fn locked_database(pg: &Pg, db: &str, sql: &[&str]) {
 /// One core, connection `locked` to database `db` as the application
 /// role, for `agent1` (group `bots`), default profile.
 fn locked_gateway(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
-    let cfg = GatewayConfig::new()
+    Gateway::start_with(&locked_config(pg, key, db))
+}
+
+/// [`locked_gateway`]'s configuration.
+fn locked_config(pg: &Pg, key: &ApiKey, db: &str) -> GatewayConfig {
+    GatewayConfig::new()
         .workers(1)
         .connection(
             "locked",
@@ -1744,8 +1749,7 @@ fn locked_gateway(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
             Some(&pg.app_password),
         )
         .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["locked"], &[], &["bots"]);
-    Gateway::start_with(&cfg)
+        .grant(&["locked"], &[], &["bots"])
 }
 
 /// A target that refuses the catalog query (here: `pg_attribute` not
@@ -1808,6 +1812,33 @@ async fn a_refused_catalog_read_leaves_rules_by_result_name() {
     );
 }
 
+/// The view read was refused `failed` times in all, counted and warned.
+fn assert_view_read_refused(gw: &Gateway, failed: f64) {
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_column_catalog_reads_total",
+            &[("outcome", "failed")]
+        ),
+        failed,
+        "{}",
+        m.lines_for("sluice_column_catalog_reads_total")
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("the target refused the view read") && log.contains("permission denied"),
+        "{log}"
+    );
+}
+
+/// Successful catalog reads of kind `read` (`whole`, `continued`) so far.
+fn ok_reads(gw: &Gateway, read: &str) -> f64 {
+    gw.metrics().get(
+        "sluice_column_catalog_reads_total",
+        &[("outcome", "ok"), ("read", read)],
+    )
+}
+
 /// A target that refuses the view read (`pg_rewrite` not readable by the
 /// gateway's role) keeps the column read: aliases are still followed, view
 /// columns match by their own names, and the read counts as failed, with
@@ -1839,21 +1870,7 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
     assert_eq!(rows, vec![vec![Some("****************".to_string())]]);
     let rows = simple_rows(&c, "select token_value from creds_v").await;
     assert_eq!(rows, vec![vec![Some("zq81-ALPHA-omega".to_string())]]);
-    let m = gw.metrics();
-    assert_eq!(
-        m.get(
-            "sluice_column_catalog_reads_total",
-            &[("outcome", "failed")]
-        ),
-        1.0,
-        "{}",
-        m.lines_for("sluice_column_catalog_reads_total")
-    );
-    let log = gw.log();
-    assert!(
-        log.contains("the target refused the view read") && log.contains("permission denied"),
-        "{log}"
-    );
+    assert_view_read_refused(&gw, 1.0);
 }
 
 /// The seeded secret of the session-read tests, and its mask.
@@ -1863,6 +1880,12 @@ const SESSION_MASKED: &str = "****************";
 /// A database of the application role with `creds (id, api_secret)`, and
 /// a one-core gateway to it.
 fn session_database(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
+    seed_creds(pg, db);
+    locked_gateway(pg, key, db)
+}
+
+/// A database of the application role with `creds (id, api_secret)`.
+fn seed_creds(pg: &Pg, db: &str) {
     locked_database(
         pg,
         db,
@@ -1873,7 +1896,6 @@ fn session_database(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
             pg.app_user
         )],
     );
-    locked_gateway(pg, key, db)
 }
 
 /// A session that changes the schema has its columns followed from its
@@ -1958,6 +1980,58 @@ async fn a_session_follows_the_views_and_functions_it_creates() {
         simple_rows(&c, "select id from s_v1").await,
         vec![vec![Some("1".to_string())]]
     );
+    // After an extended-protocol COPY FROM STDIN (whose Sync before the
+    // data the server never answers), the session still reads after a
+    // change.
+    let sink = step("copy", c.copy_in("copy creds from stdin"))
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"2\tzz\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let before = ok_reads(&gw, "continued");
+    run("create view s_v5 as select id, api_secret as t5 from creds").await;
+    assert_eq!(
+        simple_rows(&c, "select t5 from s_v5 where id = 1").await,
+        masked
+    );
+    assert_eq!(ok_reads(&gw, "continued"), before + 1.0);
+    // A driver's one-write request (Parse, Bind, Describe, Execute, Sync
+    // on the unnamed statement and portal) gets the read in front too.
+    run("create view s_v6 as select id, api_secret as t6 from creds").await;
+    let rows = step(
+        "typed",
+        c.query_typed("select t6 from s_v6 where id = 1", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), SESSION_MASKED);
+    assert_eq!(ok_reads(&gw, "continued"), before + 2.0);
+    // (Its Describe of the statement comes after the Bind: the portal's
+    // rows still get the statement's rules.)
+    let rows = step(
+        "typed plain",
+        c.query_typed("select api_secret from creds where id = 1", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), SESSION_MASKED);
+    // What a rolled-back block read is read again, whole, after it.
+    let wholes = ok_reads(&gw, "whole");
+    run("begin").await;
+    run("create view s_rb as select id, api_secret as rb from creds").await;
+    assert_eq!(
+        simple_rows(&c, "select rb from s_rb where id = 1").await,
+        masked
+    );
+    run("rollback").await;
+    assert_eq!(
+        simple_rows(&c, "select id from s_v1 where id = 1").await,
+        vec![vec![Some("1".to_string())]]
+    );
+    assert_eq!(ok_reads(&gw, "whole"), wholes + 1.0);
     let m = gw.metrics();
     let ok = m.get(
         "sluice_column_catalog_reads_total",
@@ -2007,21 +2081,8 @@ async fn a_refused_session_read_leaves_the_transaction_usable() {
         simple_rows(&c, "select count(*) from r_v").await,
         vec![vec![Some("1".to_string())]]
     );
-    let m = gw.metrics();
-    assert_eq!(
-        m.get(
-            "sluice_column_catalog_reads_total",
-            &[("outcome", "failed")]
-        ),
-        1.0,
-        "{}",
-        m.lines_for("sluice_column_catalog_reads_total")
-    );
-    let log = gw.log();
-    assert!(
-        log.contains("the target refused the view read") && log.contains("permission denied"),
-        "{log}"
-    );
+    // (The read in the block, and the whole one after it: both refused.)
+    assert_view_read_refused(&gw, 2.0);
 }
 
 /// A view another session creates is followed by a session already open:
@@ -2053,16 +2114,10 @@ async fn an_open_session_follows_a_view_created_elsewhere() {
     .assert_success("create view");
     let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
     assert_eq!(simple_rows(&c, "select ov from o_v").await, masked);
-    let continued = |m: &sluice_tests::Metrics| {
-        m.get(
-            "sluice_column_catalog_reads_total",
-            &[("outcome", "ok"), ("read", "continued")],
-        )
-    };
-    let before = continued(&gw.metrics());
+    let before = ok_reads(&gw, "continued");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(simple_rows(&c, "select ov from o_v").await, masked);
-    assert_eq!(continued(&gw.metrics()), before + 1.0, "{}", gw.log());
+    assert_eq!(ok_reads(&gw, "continued"), before + 1.0, "{}", gw.log());
 }
 
 /// A session's own read goes only between whole frames: a Query whose
@@ -2107,40 +2162,13 @@ async fn a_read_due_in_a_transaction_block_waits_for_its_end() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let db = "mk_session_block";
-    locked_database(
-        pg,
-        db,
-        &[&format!(
-            "CREATE TABLE creds (id int, api_secret text); \
-             INSERT INTO creds VALUES (1, '{SESSION_SECRET}'); \
-             ALTER TABLE creds OWNER TO {}",
-            pg.app_user
-        )],
-    );
-    let cfg = GatewayConfig::new()
-        .workers(1)
-        .limit("column_origins_max_age_ms", 300)
-        .connection(
-            "locked",
-            "127.0.0.1",
-            pg.port,
-            db,
-            &pg.app_user,
-            Some(&pg.app_password),
-        )
-        .identity_key("agent1", &key.verifier, &["bots"])
-        .grant(&["locked"], &[], &["bots"]);
+    seed_creds(pg, db);
+    let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", 300);
     let gw = Gateway::start_with(&cfg);
     let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
         .await
         .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
-    let whole = |m: &sluice_tests::Metrics| {
-        m.get(
-            "sluice_column_catalog_reads_total",
-            &[("outcome", "ok"), ("read", "whole")],
-        )
-    };
-    let before = whole(&gw.metrics());
+    let before = ok_reads(&gw, "whole");
     c.batch_execute("begin").await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     c.batch_execute("set transaction isolation level serializable")
@@ -2155,13 +2183,13 @@ async fn a_read_due_in_a_transaction_block_waits_for_its_end() {
         vec![vec![Some(SESSION_MASKED.to_string())]]
     );
     c.batch_execute("commit").await.unwrap();
-    assert_eq!(whole(&gw.metrics()), before);
+    assert_eq!(ok_reads(&gw, "whole"), before);
     // Outside the block the read goes.
     assert_eq!(
         simple_rows(&c, "select api_secret from creds").await,
         vec![vec![Some(SESSION_MASKED.to_string())]]
     );
-    assert_eq!(whole(&gw.metrics()), before + 1.0, "{}", gw.log());
+    assert_eq!(ok_reads(&gw, "whole"), before + 1.0, "{}", gw.log());
 }
 
 /// [`people_masked`] as COPY text (`\\N` for NULL, tabs) or CSV (empty

@@ -60,6 +60,8 @@ pub struct Text {
     /// the parameter part of the Bind body (count, then length and value
     /// of each).
     params: Option<Box<[u8]>>,
+    /// Whether it reads members ([`Text::reads_members`]), once known.
+    members: Cell<Option<bool>>,
     /// The rule, by engine id and [`ColumnOrigins::lineage_id`].
     rule: Cell<Option<((u64, u64), Derived)>>,
 }
@@ -80,6 +82,7 @@ impl Text {
             backslash,
             partial,
             params: None,
+            members: Cell::new(None),
             rule: Cell::new(None),
         })
     }
@@ -89,13 +92,18 @@ impl Text {
     /// `…path…` or `…xml…` function), whose keys and paths may come as
     /// parameters (`profile->>$1`).
     pub fn reads_members(&self) -> bool {
+        if let Some(m) = self.members.get() {
+            return m;
+        }
         let s = &self.sql;
-        [&b"->"[..], b"#>", b"["]
+        let m = [&b"->"[..], b"#>", b"["]
             .iter()
             .any(|n| memchr::memmem::find(s, n).is_some())
             || [&b"json"[..], b"path", b"xml"]
                 .iter()
-                .any(|w| has_word_part(s, w))
+                .any(|w| has_word_part(s, w));
+        self.members.set(Some(m));
+        m
     }
 
     /// This text run by a Bind with `params` (the parameter part of its
@@ -106,6 +114,7 @@ impl Text {
             backslash: self.backslash,
             partial: self.partial,
             params: Some(params),
+            members: self.members.clone(),
             rule: Cell::new(None),
         })
     }
@@ -189,11 +198,11 @@ impl Text {
 
 /// Longest Bind parameter whose words count ([`Text::with_params`]): a key
 /// or path is short; a longer value is data.
-const MAX_PARAM_NAME: usize = 1024;
+pub const MAX_PARAM_NAME: usize = 1024;
 
 /// The strongest rule among the names the values of a Bind's parameter
 /// part (count, then length and value of each) give as literals would.
-fn params_rule(engine: &Engine, mut p: &[u8]) -> Derived {
+pub fn params_rule(engine: &Engine, mut p: &[u8]) -> Derived {
     fn take<'a>(p: &mut &'a [u8], k: usize) -> Option<&'a [u8]> {
         let (v, rest) = p.split_at_checked(k)?;
         *p = rest;

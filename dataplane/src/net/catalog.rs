@@ -389,9 +389,16 @@ pub struct SessionCatalog {
     engine: std::sync::Weak<Engine>,
     /// What a statement since the last read may have changed.
     changed: Option<Change>,
+    /// A change was told and its ReadyForQuery not yet seen.
+    change_unseen: bool,
+    /// The transaction block in progress changed the schema itself (only
+    /// then may a read go inside it: its snapshot is taken).
+    block_changed: bool,
     /// The server refused the last own read: not tried again until then
     /// (unless the schema changes).
     refused_until: Option<Instant>,
+    /// The reads' statement and lock timeout.
+    limit_ms: u64,
     own: Option<OwnRead>,
     /// Frames for the client that came during the own read (notifications,
     /// settings), forwarded after its answers.
@@ -477,6 +484,15 @@ fn own_savepoint() -> &'static str {
 /// operators in front).
 const CATALOG_PATH: &str = "SET LOCAL search_path = pg_catalog; ";
 
+/// Before each query of a session's own read, with [`CATALOG_PATH`]: its
+/// own time limits, whatever the client set (`limit_ms`: the gateway's
+/// `connect_timeout_ms`).
+fn session_settings(limit_ms: u64) -> String {
+    format!(
+        "{CATALOG_PATH}SET LOCAL statement_timeout = {limit_ms}; SET LOCAL lock_timeout = {limit_ms}; "
+    )
+}
+
 fn query(out: &mut Vec<u8>, sql: &str) {
     let mut body = Vec::with_capacity(sql.len() + 1);
     body.extend_from_slice(sql.as_bytes());
@@ -504,7 +520,10 @@ impl SessionCatalog {
             cap: (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize,
             engine: engine.map(Arc::downgrade).unwrap_or_default(),
             changed: None,
+            change_unseen: false,
+            block_changed: false,
             refused_until: None,
+            limit_ms: worker.shared.limits.connect_timeout_ms,
             own: None,
             pass: Vec::new(),
             watch: SchemaWatch::default(),
@@ -521,6 +540,15 @@ impl SessionCatalog {
     pub fn client_frame(&mut self, t: u8, body: &[u8]) {
         if let Some(c) = self.watch.frame(t, body) {
             self.changed = self.changed.max(Some(c));
+            self.change_unseen = true;
+        }
+        if t == b'Z' {
+            match body.first() {
+                Some(b'I') => self.block_changed = false,
+                Some(_) if self.change_unseen => self.block_changed = true,
+                _ => {}
+            }
+            self.change_unseen = false;
         }
     }
 
@@ -546,7 +574,7 @@ impl SessionCatalog {
         let in_block = match status {
             b'I' => false,
             // (Only what the block itself changed: its snapshot is taken.)
-            b'T' if self.changed.is_some() => true,
+            b'T' if self.block_changed && self.changed.is_some() => true,
             _ => return Begin::Nothing,
         };
         let max_age = Duration::from_millis(limits.column_origins_max_age_ms);
@@ -584,14 +612,18 @@ impl SessionCatalog {
         };
         self.changed = None;
         let columns = catalog_query(start.newest_relation(), self.generated);
-        let mut out = Vec::with_capacity(columns.len() + 120);
+        self.limit_ms = limits.connect_timeout_ms;
+        let set = session_settings(self.limit_ms);
+        let mut out = Vec::with_capacity(columns.len() + 200);
         if in_block {
             query(
                 &mut out,
-                &format!("SAVEPOINT {}; {CATALOG_PATH}{columns}", own_savepoint()),
+                &format!("SAVEPOINT {}; {set}{columns}", own_savepoint()),
             );
+            // (A later read outside the block reads what it left, whole.)
+            self.block_changed = false;
         } else {
-            query(&mut out, &format!("{CATALOG_PATH}{columns}"));
+            query(&mut out, &format!("{set}{columns}"));
             worker.origins.set_reading(&self.key, true);
         }
         self.own = Some(OwnRead {
@@ -622,7 +654,10 @@ impl SessionCatalog {
         own.query = 0;
         if own.refused.is_none() {
             let sql = view_query(&own.origins.ruled_relations(), self.cap);
-            query(&mut out, &format!("{CATALOG_PATH}{sql}"));
+            query(
+                &mut out,
+                &format!("{}{sql}", session_settings(self.limit_ms)),
+            );
             own.left += 1;
         } else {
             // (Only the savepoint to end: no view rows to read.)
@@ -745,20 +780,17 @@ impl SessionCatalog {
             }
         }
         self.engine = Arc::downgrade(&engine);
-        if !in_block {
-            let over = whole || worker.origins.holds(&self.key, base.as_ref());
-            if over {
-                worker.origins.store(
-                    self.key.clone(),
-                    &engine,
-                    epoch,
-                    whole && !failed,
-                    kept.clone(),
-                    now,
-                );
-            } else {
-                worker.origins.set_reading(&self.key, false);
-            }
+        if in_block {
+            // What the block did may be rolled back: read again, whole,
+            // once outside it.
+            self.changed = Some(Change::Altered);
+        } else if !failed && (whole || worker.origins.holds(&self.key, base.as_ref())) {
+            worker
+                .origins
+                .store(self.key.clone(), &engine, epoch, whole, kept.clone(), now);
+        } else {
+            // (A refused read leaves the worker's read as it is.)
+            worker.origins.set_reading(&self.key, false);
         }
         kept
     }
@@ -868,13 +900,16 @@ fn error_is_fatal(body: &[u8]) -> bool {
 /// `SELECT n` with no rows (`CREATE TABLE … AS`, `SELECT … INTO`, `CREATE
 /// MATERIALIZED VIEW`: no row sent for its n > 0 rows, or no
 /// RowDescription and no Bind in a simple query's answer for n = 0) add;
-/// `ALTER …` (but those and the system), `DO`, `CALL`, `IMPORT FOREIGN
-/// SCHEMA` alter.
+/// `DO` and `CALL` too (what they did is not told: the views are read
+/// again); `ALTER …` (but those and the system) and `IMPORT FOREIGN
+/// SCHEMA` alter. The last, row-less part of a portal fetched in parts
+/// (after a PortalSuspended) is not a `SELECT n` that adds.
 #[derive(Debug, Default)]
 pub struct SchemaWatch {
     described: bool,
     rows: bool,
     bound: bool,
+    suspended: bool,
 }
 
 impl SchemaWatch {
@@ -889,7 +924,11 @@ impl SchemaWatch {
                 *self = SchemaWatch::default();
                 return changed;
             }
-            b'Z' | b's' | b'I' | b'E' => *self = SchemaWatch::default(),
+            b's' => {
+                *self = SchemaWatch::default();
+                self.suspended = true;
+            }
+            b'Z' | b'I' | b'E' => *self = SchemaWatch::default(),
             _ => {}
         }
         None
@@ -913,10 +952,16 @@ impl SchemaWatch {
         if let Some(o) = tag.strip_prefix(b"ALTER ") {
             return kept(o).then_some(Change::Altered);
         }
-        if matches!(tag, b"DO" | b"CALL") || tag.starts_with(b"IMPORT FOREIGN SCHEMA") {
+        if tag.starts_with(b"IMPORT FOREIGN SCHEMA") {
             return Some(Change::Altered);
         }
+        // (What a `DO` or `CALL` did is not told: read on, views again.)
+        if matches!(tag, b"DO" | b"CALL") {
+            return Some(Change::Added);
+        }
         let added = match tag.strip_prefix(b"SELECT ") {
+            // (The last part of a portal fetched in parts has no rows.)
+            _ if self.suspended => false,
             Some(b"0") => !self.described && !self.bound,
             Some(_) => !self.rows,
             None => false,
@@ -1037,7 +1082,10 @@ mod tests {
             whole_at: Instant::now(),
             engine: std::sync::Weak::new(),
             changed: None,
+            change_unseen: false,
+            block_changed: false,
             refused_until: None,
+            limit_ms: 1000,
             own: None,
             pass: Vec::new(),
             watch: SchemaWatch::default(),
@@ -1215,16 +1263,12 @@ mod tests {
             "CREATE FUNCTION",
             "CREATE TABLE",
             "CREATE SCHEMA",
+            "DO",
+            "CALL",
         ] {
             assert_eq!(changes(&[(b'C', tag(t))]), Some(Change::Added), "{t}");
         }
-        for t in [
-            "ALTER TABLE",
-            "ALTER VIEW",
-            "DO",
-            "CALL",
-            "IMPORT FOREIGN SCHEMA",
-        ] {
+        for t in ["ALTER TABLE", "ALTER VIEW", "IMPORT FOREIGN SCHEMA"] {
             assert_eq!(changes(&[(b'C', tag(t))]), Some(Change::Altered), "{t}");
         }
         for t in [
@@ -1245,8 +1289,13 @@ mod tests {
         // A query's rows, or its description in a simple Query.
         assert_eq!(changes(&[(b'D', vec![]), (b'C', tag("SELECT 1"))]), None);
         assert_eq!(changes(&[(b'T', vec![]), (b'C', tag("SELECT 0"))]), None);
-        // An empty result in the extended protocol: not a change.
+        // An empty result in the extended protocol, the last part of a
+        // portal fetched in parts: not a change.
         assert_eq!(changes(&[(b'2', vec![]), (b'C', tag("SELECT 0"))]), None);
+        assert_eq!(
+            changes(&[(b'D', vec![]), (b's', vec![]), (b'C', tag("SELECT 2"))]),
+            None
+        );
         // What came before the last command does not count.
         assert_eq!(
             changes(&[

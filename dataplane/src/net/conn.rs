@@ -791,6 +791,9 @@ struct RelayState<'a> {
     /// The client has an unnamed prepared statement it may bind again
     /// (a simple Query would destroy it).
     unnamed: Cell<bool>,
+    /// Syncs the client sent since its last Execute or Query (those before
+    /// a CopyDone are ignored by the server).
+    syncs_in_copy: Cell<u32>,
     /// The client may still use the unnamed portal (bound in this
     /// transaction block; a simple Query would destroy it).
     unnamed_portal: Cell<bool>,
@@ -877,6 +880,7 @@ async fn relay(
         txn: Cell::new(b'I'),
         client_open: Cell::new(false),
         unnamed: Cell::new(false),
+        syncs_in_copy: Cell::new(0),
         unnamed_portal: Cell::new(false),
         target_idle: Cell::new(true),
         z_split: Cell::new(false),
@@ -1028,6 +1032,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut requests = 0u32;
         let mut terminate = false;
         let mut parses = 0u32;
+        let mut swallowed = 0u32;
         let now = if state.audit.is_some() {
             audit_clock_at(t0)
         } else {
@@ -1055,12 +1060,15 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         // (`own_catalog_read`): nothing in flight, both streams at a frame
         // boundary, no extended-protocol batch open.
         let mut first = None;
-        let quiet = state.in_flight.get() == 0
-            && !state.client_open.get()
+        // (The masker's account of requests and answers: a Sync the server
+        // ignores, in a COPY or after an error, leaves nothing pending
+        // there.)
+        let quiet = !state.client_open.get()
             && scan.at_boundary()
-            && state.target_idle.get();
+            && state.target_idle.get()
+            && state.masker.borrow().as_ref().is_some_and(|m| m.idle());
         let mut open = state.client_open.get();
-        let unnamed = state.unnamed.get();
+        let unnamed = (state.unnamed.get(), state.unnamed_portal.get());
         let scanned = {
             let mut masker = state.masker.borrow_mut();
             let base = buf.as_ptr() as usize;
@@ -1106,6 +1114,17 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         // (A FunctionCall is answered by a ReadyForQuery.)
                         tag::SYNC | b'F' => requests += 1,
                         tag::TERMINATE => terminate = true,
+                        _ => {}
+                    }
+                    // The server ignores a Sync sent between the Execute of
+                    // a COPY FROM STDIN and its CopyDone or CopyFail (the
+                    // client sends another after): never answered.
+                    match t {
+                        tag::EXECUTE | tag::QUERY => state.syncs_in_copy.set(0),
+                        tag::SYNC => state.syncs_in_copy.set(state.syncs_in_copy.get() + 1),
+                        tag::COPY_DONE | tag::COPY_FAIL => {
+                            swallowed += state.syncs_in_copy.replace(0);
+                        }
                         _ => {}
                     }
                 }
@@ -1169,7 +1188,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         // A session's own catalog read: its column query is sent and
         // answered first, then its view query goes before these requests.
         let mut own_read = None;
-        if quiet {
+        // (Still so after the awaits above.)
+        if quiet && state.target_idle.get() {
             if let Some(columns) = own_catalog_read(worker, state, first, unnamed) {
                 let (res, _) = wr.write_all(columns).await;
                 if res.is_err() {
@@ -1189,8 +1209,9 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let spent = t0.elapsed();
         // In flight before it is sent: its answer may be read before this
         // send returns.
-        if requests > 0 {
-            state.in_flight.set(state.in_flight.get() + requests);
+        if requests > 0 || swallowed > 0 {
+            let n = (state.in_flight.get() + requests).saturating_sub(swallowed);
+            state.in_flight.set(n);
             state.request_added.set(spent);
         }
         if injections.is_empty() && own_read.is_none() {
@@ -1230,8 +1251,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
 /// The Queries of a session's own catalog read to send before the client's
 /// requests of this read (see `catalog::SessionCatalog`), or another
 /// session's read taken instead. `first`: the read's first frame's tag and
-/// whether its body starts with an empty name; `unnamed`: the client kept
-/// an unnamed statement before it. Before an extended-protocol request
+/// whether its body starts with an empty name; `unnamed`: whether the
+/// client kept an unnamed statement and an unnamed portal before it. Before an extended-protocol request
 /// only when the simple Queries destroy nothing the client may still use:
 /// its unnamed statement (unless a Parse first replaces it), or its
 /// unnamed portal.
@@ -1239,14 +1260,14 @@ fn own_catalog_read(
     worker: &Worker,
     state: &RelayState<'_>,
     first: Option<(u8, bool)>,
-    unnamed: bool,
+    (unnamed, unnamed_portal): (bool, bool),
 ) -> Option<Vec<u8>> {
     let status = state.txn.get();
     let allowed = match first {
         Some((tag::QUERY, _)) => true,
         // (Parse, Bind, Close, Describe, Execute, Flush.)
         Some((t @ (b'P' | b'B' | b'C' | b'D' | b'E' | b'H'), empty)) => {
-            !state.unnamed_portal.get() && (!unnamed || t == b'P' && empty)
+            !unnamed_portal && (!unnamed || t == b'P' && empty)
         }
         _ => false,
     };
@@ -1437,6 +1458,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
         // Answered before the client can see it: its next request finds
         // nothing in flight (a session's own catalog read goes only then),
         // and whether the target's stream stops at a frame boundary.
+        // (Set before the write, as the in-flight count: the client may
+        // answer before the write returns. A write that waits on a client
+        // that does not read, while a read waits on it, is the wait a
+        // direct connection to PostgreSQL would have too.)
         state
             .target_idle
             .set(ready == buf.len() && scan.at_boundary());

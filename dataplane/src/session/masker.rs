@@ -34,7 +34,9 @@ use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
-use crate::mask::derived::{has_word, sql_commands, SqlCommand, StatementText, Text, MAX_TEXT};
+use crate::mask::derived::{
+    has_word, sql_commands, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
+};
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
@@ -271,6 +273,10 @@ pub struct TargetMasker {
     portals: HashMap<Vec<u8>, Described>,
     /// The portal the current plan belongs to.
     plan_portal: Option<Vec<u8>>,
+    /// A portal bound to a statement not yet described, with the Bind's
+    /// result formats: a Describe of the statement sent after the Bind
+    /// (tokio-postgres `query_typed`) gives its plan.
+    bound_undescribed: Option<(Vec<u8>, Vec<u8>, Vec<i16>)>,
     pending: Pending,
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
@@ -390,6 +396,7 @@ impl TargetMasker {
             cursors_bytes: 0,
             portals: HashMap::new(),
             plan_portal: None,
+            bound_undescribed: None,
             pending: Pending::default(),
             sent_epoch: 0,
             done_epoch: 0,
@@ -491,6 +498,13 @@ impl TargetMasker {
         self.plan.set_origins(origins);
         self.plan_desc = None;
         self.plan_known = false;
+    }
+
+    /// Nothing the client sent is unanswered or half-sent, as this
+    /// masker's account of requests and answers tells: what the server
+    /// sends next answers what is sent now.
+    pub fn idle(&self) -> bool {
+        self.quiet()
     }
 
     /// The catalog read result columns are resolved with (see
@@ -722,8 +736,19 @@ impl TargetMasker {
                         .push_back((e, Vec::new(), Vec::new(), None, None));
                     return;
                 };
-                // (Their words count only where a name rule may match.)
-                let params = params.filter(|_| self.engine.has_name_rules());
+                // The parameters short enough to be a key or a path, where
+                // the statement reads members (`profile->>$1`) and a name
+                // rule may match their words.
+                let params = params
+                    .filter(|_| self.engine.has_name_rules())
+                    .filter(|_| {
+                        let text = match self.pending.parses.iter().rev().find(|p| p.1 == stmt) {
+                            Some(p) => p.3.clone(),
+                            None => self.prepared.get(&stmt).cloned(),
+                        };
+                        text.is_some_and(|t| t.reads_members())
+                    })
+                    .and_then(|r| short_params(&body[r]));
                 // (A portal in use keeps the epoch it was bound in.)
                 let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
                 if !portal.is_empty() && !dup {
@@ -1343,6 +1368,16 @@ impl TargetMasker {
                     } else {
                         None
                     };
+                    // A portal bound to it before this Describe (in the
+                    // same batch) runs with this description.
+                    if let Some((portal, _, f)) = self
+                        .bound_undescribed
+                        .take_if(|(p, st, _)| *st == name && self.plan_portal.as_ref() == Some(p))
+                    {
+                        self.describe(&desc, Some(&f), Some(&told), &text);
+                        self.portals
+                            .insert(portal, (desc.clone(), Some(f), told.clone(), text.clone()));
+                    }
                     self.statements.insert(name, (desc, told, text));
                 } else if matches!(self.pending.describes.front(), Some((d, None, _))
                     if !matches!(self.pending.results.front(), Some((q, None, _)) if q < d))
@@ -1395,7 +1430,11 @@ impl TargetMasker {
                 // description with the Bind's result formats.
                 if let Some((_, portal, stmt, formats, params)) = self.pending.binds.pop_front() {
                     // A parameter may be a member's key or path
-                    // (`profile->>$1`): its words count as a literal's.
+                    // (`profile->>$1`): its words count as a literal's
+                    // (only when one is ruled: the text, and so the plan,
+                    // stay the same otherwise).
+                    let params = params
+                        .filter(|p| crate::mask::derived::params_rule(&self.engine, p).is_some());
                     let bound = |t: Rc<Text>| match &params {
                         Some(p) if t.reads_members() => t.with_params(p.clone()),
                         _ => t,
@@ -1419,9 +1458,10 @@ impl TargetMasker {
                             self.portals
                                 .insert(portal.clone(), (d, Some(f), told, text));
                         }
-                        _ => {
+                        (_, f) => {
                             self.plan_known = false;
                             self.portals.remove(&portal);
+                            self.bound_undescribed = f.map(|f| (portal.clone(), stmt.clone(), f));
                         }
                     }
                     self.plan_portal = Some(portal);
@@ -1514,6 +1554,7 @@ impl TargetMasker {
                 }
             }
             b'Z' => {
+                self.bound_undescribed = None;
                 // (More ReadyForQuery than requests counted: go by the
                 // server.)
                 self.done_epoch = (self.done_epoch + 1).min(self.sent_epoch);
@@ -1761,16 +1802,18 @@ fn keep_text<V>(
     }
 }
 
-/// A Bind's portal, statement, result formats and parameter part.
-type BindNames = (Vec<u8>, Vec<u8>, Option<Vec<i16>>, Option<Box<[u8]>>);
+/// A Bind's portal, statement, result formats and where its parameter
+/// part is in the body.
+type BindNames = (
+    Vec<u8>,
+    Vec<u8>,
+    Option<Vec<i16>>,
+    Option<std::ops::Range<usize>>,
+);
 
-/// Largest parameter part of a Bind kept for its words
-/// ([`Text::with_params`]).
-const MAX_BIND_PARAMS: usize = 8 << 10;
-
-/// Portal, statement name and result format codes of a Bind body (formats
-/// only when the whole message is at hand); None when the names are not
-/// all in the part of the body at hand.
+/// Portal, statement name, result format codes and parameter part of a
+/// Bind body (formats and parameters only when the whole message is at
+/// hand); None when the names are not all in the part of the body at hand.
 fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let p = memchr::memchr(0, body)?;
     let portal = body[..p].to_vec();
@@ -1780,17 +1823,17 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     if !whole {
         return Some((portal, stmt, None, None));
     }
+    fn take<'a>(r: &mut &'a [u8], k: usize) -> Option<&'a [u8]> {
+        let (v, rest) = r.split_at_checked(k)?;
+        *r = rest;
+        Some(v)
+    }
     let mut params = None;
     let formats = (|| {
         let mut r = &rest[s + 1..];
-        let take = |r: &mut &[u8], k: usize| -> Option<Vec<u8>> {
-            let v = r.get(..k)?.to_vec();
-            *r = &r[k..];
-            Some(v)
-        };
         let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
         take(&mut r, nf * 2)?;
-        let part = r;
+        let from = body.len() - r.len();
         let np = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?);
         for _ in 0..np.max(0) {
             let l = i32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
@@ -1798,9 +1841,8 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
                 take(&mut r, l as usize)?;
             }
         }
-        let part = &part[..part.len() - r.len()];
-        if np > 0 && part.len() <= MAX_BIND_PARAMS {
-            params = Some(part.into());
+        if np > 0 {
+            params = Some(from..body.len() - r.len());
         }
         let nr = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
         let raw = take(&mut r, nr * 2)?;
@@ -1811,6 +1853,35 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
         )
     })();
     Some((portal, stmt, formats, params))
+}
+
+/// The values of a Bind's parameter part (count, then length and value of
+/// each) short enough to be a key or a path ([`MAX_PARAM_NAME`] bytes), in
+/// the same layout; None when there is none.
+fn short_params(mut part: &[u8]) -> Option<Box<[u8]>> {
+    let n = i16::from_be_bytes(part.get(..2)?.try_into().ok()?);
+    part = &part[2..];
+    let mut out = vec![0, 0];
+    let mut kept = 0i16;
+    for _ in 0..n.max(0) {
+        let l = i32::from_be_bytes(part.get(..4)?.try_into().ok()?);
+        part = &part[4..];
+        if l <= 0 {
+            continue;
+        }
+        let v = part.get(..l as usize)?;
+        part = &part[l as usize..];
+        if v.len() <= MAX_PARAM_NAME {
+            out.extend_from_slice(&l.to_be_bytes());
+            out.extend_from_slice(v);
+            kept += 1;
+        }
+    }
+    if kept == 0 {
+        return None;
+    }
+    out[..2].copy_from_slice(&kept.to_be_bytes());
+    Some(out.into())
 }
 
 #[cfg(test)]
@@ -2704,16 +2775,26 @@ mod tests {
         bind.extend_from_slice(&0i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes());
         // (The parameter part: count, then length and value of each.)
-        let params: Box<[u8]> = bind[8..17].into();
-        assert_eq!(&params[..2], &1i16.to_be_bytes());
+        assert_eq!(&bind[8..10], &1i16.to_be_bytes());
         assert_eq!(
             parse_bind(&bind, true),
-            Some((b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1]), Some(params)))
+            Some((b"p".to_vec(), b"s".to_vec(), Some(vec![0, 1]), Some(8..17)))
         );
         assert_eq!(
             parse_bind(&bind, false),
             Some((b"p".to_vec(), b"s".to_vec(), None, None))
         );
+        // Only values short enough to be a key or path are kept.
+        let long = vec![b'x'; MAX_PARAM_NAME + 1];
+        let mut part = 3i16.to_be_bytes().to_vec();
+        for v in [&b"ssn"[..], &long, b""] {
+            part.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            part.extend_from_slice(v);
+        }
+        let short = short_params(&part).unwrap();
+        assert_eq!(&short[..], &[0, 1, 0, 0, 0, 3, b's', b's', b'n'][..]);
+        assert_eq!(short_params(&part[..20]), None);
+        assert_eq!(short_params(&[0, 0]), None);
         assert_eq!(parse_bind(b"p\0s", false), None);
     }
 }
