@@ -2154,6 +2154,50 @@ async fn a_session_read_never_splits_a_client_frame() {
     }
 }
 
+/// When the session's account of what the server owes goes wrong (a
+/// `COPY … FROM STDIN` that fails before copying, then a stray Sync that
+/// the server answers), a read sent while a statement still runs gets
+/// that statement's rows first: the read's marker is not first, and the
+/// session ends with 08P01 instead of taking those rows for the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answered_out_of_place_ends_the_session() {
+    use sluice_tests::wire::{login, query_bytes, sync_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = session_database(pg, key, "mk_session_misaligned");
+    let mut s = login(gw.port, "agent1", "locked", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    // (The view makes a read due; it is created in the same write, after
+    // the last moment a read could go.)
+    let mut b = query_bytes("create view m_v as select api_secret as mv from creds");
+    b.extend(query_bytes("copy nosuch from stdin"));
+    b.extend(sync_bytes());
+    b.extend(query_bytes(
+        "select mv, pg_sleep(1)::text from m_v union all select 'zz', '' from pg_sleep(0)",
+    ));
+    s.raw.send(&b).await.unwrap();
+    // The view's, the COPY's error and ReadyForQuery, and the stray Sync's.
+    let mut z = 0;
+    while z < 3 {
+        if s.raw.read_msg().await.tag == b'Z' {
+            z += 1;
+        }
+    }
+    // The SELECT still sleeps: the next Query (a read is due) goes now.
+    s.raw.send(&query_bytes("select 1")).await.unwrap();
+    let closed = s
+        .raw
+        .expect_close(Duration::from_secs(10), "misaligned read")
+        .await;
+    assert!(
+        closed.errors.iter().any(|e| e.code() == "08P01"),
+        "{closed:?}\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("answered out of place"), "{}", gw.log());
+}
+
 /// A read that falls due inside a transaction block (here: older than the
 /// age limit) waits for the block's end: a read would take the block's
 /// snapshot, and `SET TRANSACTION` must still work after `BEGIN`.
@@ -2688,6 +2732,15 @@ async fn computed_columns_follow_prepared_statements_cursors_and_pipelines() {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
         assert_eq!(rows[0].get::<_, String>(0), *want, "{sql} with {param}");
+        // (Parse, Bind, then the statement's Describe: query_typed.)
+        let rows = step(sql, c.query_typed(sql.as_str(), &[(param, Type::TEXT)]))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        assert_eq!(
+            rows[0].get::<_, String>(0),
+            *want,
+            "typed {sql} with {param}"
+        );
     }
 }
 

@@ -435,6 +435,10 @@ pub enum Taken {
     /// All answers are taken; `buf` is what follows them, for the client.
     /// `waiting`: it ended before the view query was sent.
     Done { own: Box<OwnRead>, waiting: bool },
+    /// What came is not the answer to the read (its marker is not first):
+    /// the server answers something else, which the session cannot tell
+    /// apart any more. It ends.
+    Misaligned,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +468,27 @@ pub struct OwnRead {
     query: u8,
     refused: Option<String>,
     views_refused: Option<String>,
+    /// Where the answer to this stage's first Query is with its marker.
+    marker: Marker,
+}
+
+/// The marker that opens the answer of each of a read's queries (a one-row
+/// result whose column has [`own_savepoint`]'s name): the read takes
+/// nothing as its own before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// Not seen yet: only CommandCompletes (SAVEPOINT, SET) may come first.
+    Awaiting,
+    /// Its row description came: its row and CommandComplete follow.
+    In,
+    Seen,
+    /// Not asked for (the Query that ends the savepoint).
+    None,
+}
+
+/// The marker's query ([`Marker`]).
+fn marker_sql() -> String {
+    format!("SELECT 1 AS {}; ", own_savepoint())
 }
 
 /// The savepoint an own read inside a transaction block runs in. With a
@@ -618,12 +643,16 @@ impl SessionCatalog {
         if in_block {
             query(
                 &mut out,
-                &format!("SAVEPOINT {}; {set}{columns}", own_savepoint()),
+                &format!(
+                    "SAVEPOINT {}; {set}{}{columns}",
+                    own_savepoint(),
+                    marker_sql()
+                ),
             );
             // (A later read outside the block reads what it left, whole.)
             self.block_changed = false;
         } else {
-            query(&mut out, &format!("{set}{columns}"));
+            query(&mut out, &format!("{set}{}{columns}", marker_sql()));
             worker.origins.set_reading(&self.key, true);
         }
         self.own = Some(OwnRead {
@@ -639,6 +668,7 @@ impl SessionCatalog {
             query: 0,
             refused: None,
             views_refused: None,
+            marker: Marker::Awaiting,
         });
         Begin::Send(out)
     }
@@ -656,12 +686,14 @@ impl SessionCatalog {
             let sql = view_query(&own.origins.ruled_relations(), self.cap);
             query(
                 &mut out,
-                &format!("{}{sql}", session_settings(self.limit_ms)),
+                &format!("{}{}{sql}", session_settings(self.limit_ms), marker_sql()),
             );
             own.left += 1;
+            own.marker = Marker::Awaiting;
         } else {
             // (Only the savepoint to end: no view rows to read.)
             own.query = 1;
+            own.marker = Marker::None;
         }
         if own.in_block {
             let sp = own_savepoint();
@@ -707,6 +739,7 @@ impl SessionCatalog {
             }
             let body = &buf[at + 5..end];
             match own.answer(t, body) {
+                Answer::Misaligned => return Ok(Taken::Misaligned),
                 Answer::Taken => {}
                 Answer::Client => self.pass.extend_from_slice(&buf[at..end]),
                 Answer::Fatal => {
@@ -811,6 +844,8 @@ impl Drop for SessionCatalog {
 /// Whose a frame of an own read's answers is.
 enum Answer {
     Taken,
+    /// Not the read's answer ([`Taken::Misaligned`]).
+    Misaligned,
     /// The client's (a notification, a setting).
     Client,
     /// A FATAL or PANIC error: the client's, and the session's end.
@@ -843,6 +878,25 @@ impl OwnRead {
 
     /// One whole frame of the answers.
     fn answer(&mut self, t: u8, body: &[u8]) -> Answer {
+        // The marker first, in the first Query of each stage (after the
+        // CommandCompletes of SAVEPOINT and SET).
+        match (self.marker, t) {
+            (Marker::Awaiting, b'T') if marker_field(body) => {
+                self.marker = Marker::In;
+                return Answer::Taken;
+            }
+            (Marker::Awaiting, b'C' | b'S' | b'A' | b'N') => {}
+            (Marker::Awaiting, b'E') if error_is_fatal(body) => {}
+            (Marker::Awaiting, _) => return Answer::Misaligned,
+            (Marker::In, b'D') => return Answer::Taken,
+            (Marker::In, b'C') => {
+                self.marker = Marker::Seen;
+                return Answer::Taken;
+            }
+            (Marker::In, b'S' | b'A' | b'N') => {}
+            (Marker::In, _) => return Answer::Misaligned,
+            _ => {}
+        }
         match t {
             b'D' => self.row(body),
             b'E' => {
@@ -862,6 +916,8 @@ impl OwnRead {
             b'Z' => {
                 self.query += 1;
                 self.left = self.left.saturating_sub(1);
+                // (Only the first Query of a stage has one.)
+                self.marker = Marker::None;
             }
             b'S' | b'A' => return Answer::Client,
             // RowDescription, CommandComplete, this read's notices.
@@ -869,6 +925,13 @@ impl OwnRead {
         }
         Answer::Taken
     }
+}
+
+/// Whether a RowDescription body is the marker's ([`Marker`]): one column
+/// of that name.
+fn marker_field(body: &[u8]) -> bool {
+    body.get(..2) == Some(&[0, 1][..])
+        && crate::protocol::cstr(&body[2..]).is_some_and(|(n, _)| n == own_savepoint().as_bytes())
 }
 
 /// Whether an ErrorResponse body is FATAL or PANIC (by its unlocalized
@@ -1103,8 +1166,22 @@ mod tests {
             query: 0,
             refused: None,
             views_refused: None,
+            marker: Marker::Awaiting,
         });
         c
+    }
+
+    /// The answer to the marker query that opens each stage.
+    fn marker() -> Vec<u8> {
+        let mut t = vec![0, 1];
+        t.extend_from_slice(own_savepoint().as_bytes());
+        t.extend_from_slice(&[0; 19]);
+        [
+            frame(b'T', &t),
+            data_row(&["1"]),
+            frame(b'C', b"SELECT 1\0"),
+        ]
+        .concat()
     }
 
     /// Feed `all` cut at `cut` (then the rest) until something else than
@@ -1123,6 +1200,7 @@ mod tests {
     fn own_answers_are_taken_off_the_stream_in_any_cut() {
         let mut columns = Vec::new();
         columns.extend(frame(b'C', b"SET\0"));
+        columns.extend(marker());
         columns.extend(frame(b'T', b"\0\0"));
         columns.extend(data_row(&["16400", "2", "ssn"]));
         columns.extend(data_row(&["0", "0", "16400"]));
@@ -1132,6 +1210,7 @@ mod tests {
         let notify = frame(b'A', b"\0\0\0\x01chan\0hi\0");
         let mut views = notify.clone();
         views.extend(frame(b'N', b"SNOTICE\0Mhello\0\0"));
+        views.extend(marker());
         views.extend(frame(b'T', b"\0\0"));
         views.extend(frame(b'C', b"SELECT 0\0"));
         views.extend(frame(b'Z', b"I"));
@@ -1163,6 +1242,7 @@ mod tests {
                     query: o.query,
                     refused: None,
                     views_refused: None,
+                    marker: o.marker,
                 });
                 let mut buf = Vec::new();
                 let Taken::Done { own, waiting } = take_cut(&mut c2, &second, cut2, &mut buf)
@@ -1188,7 +1268,7 @@ mod tests {
         let err = |code: &str| frame(b'E', format!("SERROR\0VERROR\0C{code}\0Mno\0\0").as_bytes());
         // Outside a block, a refused column query ends the read at once.
         let mut c = own_read(false);
-        let mut buf = [err("42501"), frame(b'Z', b"I")].concat();
+        let mut buf = [marker(), err("42501"), frame(b'Z', b"I")].concat();
         let Ok(Taken::Done { own, waiting }) = c.take_answers(&mut buf, 1 << 20) else {
             panic!("not done");
         };
@@ -1196,7 +1276,13 @@ mod tests {
         assert_eq!(own.refused.as_deref(), Some("42501: no"));
         // In a block: the savepoint is rolled back to, without views.
         let mut c = own_read(true);
-        let mut buf = [frame(b'C', b"SAVEPOINT\0"), err("42501"), frame(b'Z', b"E")].concat();
+        let mut buf = [
+            frame(b'C', b"SAVEPOINT\0"),
+            marker(),
+            err("42501"),
+            frame(b'Z', b"E"),
+        ]
+        .concat();
         assert!(matches!(
             c.take_answers(&mut buf, 1 << 20),
             Ok(Taken::Columns)
@@ -1217,14 +1303,14 @@ mod tests {
         // The view query alone refused, in a block: views refused, the
         // savepoint ended.
         let mut c = own_read(true);
-        let mut buf = [frame(b'C', b"SELECT 0\0"), frame(b'Z', b"T")].concat();
+        let mut buf = [marker(), frame(b'C', b"SELECT 0\0"), frame(b'Z', b"T")].concat();
         assert!(matches!(
             c.take_answers(&mut buf, 1 << 20),
             Ok(Taken::Columns)
         ));
         let sent = c.views().unwrap();
         assert_eq!(sent.iter().filter(|&&b| b == b'Q').count(), 2);
-        let mut buf = [err("42501"), frame(b'Z', b"E"), frame(b'Z', b"T")].concat();
+        let mut buf = [marker(), err("42501"), frame(b'Z', b"E"), frame(b'Z', b"T")].concat();
         let Ok(Taken::Done { own, waiting }) = c.take_answers(&mut buf, 1 << 20) else {
             panic!("not done");
         };
@@ -1243,6 +1329,21 @@ mod tests {
         assert!(error_is_fatal(b"SFATALE\0VFATAL\0\0"));
         assert!(!error_is_fatal(b"SFATAL\0VERROR\0\0"));
         assert!(!error_is_fatal(b"SERROR\0\0"));
+        // Anything but the marker first (a client's rows, its error): the
+        // answers are not the read's.
+        for first in [
+            frame(b'T', b"\0\0"),
+            data_row(&["16400", "2", "ssn"]),
+            err("42P01"),
+            frame(b'Z', b"I"),
+        ] {
+            let mut c = own_read(false);
+            let mut buf = [frame(b'C', b"SET\0"), first].concat();
+            assert!(matches!(
+                c.take_answers(&mut buf, 1 << 20),
+                Ok(Taken::Misaligned)
+            ));
+        }
         // A bad length or an oversize frame ends the session.
         let mut c = own_read(false);
         let mut buf = vec![b'D', 0, 0, 0, 2];

@@ -794,6 +794,9 @@ struct RelayState<'a> {
     /// Syncs the client sent since its last Execute or Query (those before
     /// a CopyDone are ignored by the server).
     syncs_in_copy: Cell<u32>,
+    /// The target sent CopyInResponse since the client's last CopyDone or
+    /// CopyFail.
+    copy_in: Cell<bool>,
     /// The client may still use the unnamed portal (bound in this
     /// transaction block; a simple Query would destroy it).
     unnamed_portal: Cell<bool>,
@@ -825,7 +828,15 @@ enum End {
     AuditRefused,
     /// The client encoding changed to one masking cannot read.
     UnsafeEncoding(String),
+    /// The target's answers to the session's own catalog read were not
+    /// where they were expected (the session's account of requests and
+    /// answers went wrong): nothing more of it can be told apart.
+    CatalogMisaligned,
 }
+
+/// What the client is told when a session's own catalog read is answered
+/// out of place ([`End::CatalogMisaligned`]).
+const MISALIGNED: &str = "the target's answers no longer line up with this session's requests (a catalog read of the gateway's was answered out of place); the session ends";
 
 // The session's parts, each borrowed separately by the two pumps.
 #[allow(clippy::too_many_arguments)]
@@ -881,6 +892,7 @@ async fn relay(
         client_open: Cell::new(false),
         unnamed: Cell::new(false),
         syncs_in_copy: Cell::new(0),
+        copy_in: Cell::new(false),
         unnamed_portal: Cell::new(false),
         target_idle: Cell::new(true),
         z_split: Cell::new(false),
@@ -916,6 +928,7 @@ async fn relay(
         End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
+        End::CatalogMisaligned => MISALIGNED.into(),
     };
     match end {
         End::Terminated | End::TargetClosed => {}
@@ -965,6 +978,13 @@ async fn relay(
             tracing::info!("client sent an invalid frame: {e}");
             let _ = cw
                 .write_all(fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()))
+                .await;
+        }
+        End::CatalogMisaligned => {
+            bump(&worker.metrics.protocol_errors, 1);
+            tracing::warn!(identity = %session.identity, connection = %session.connection.name, "{MISALIGNED}");
+            let _ = cw
+                .write_all(fatal(sqlstate::PROTOCOL_VIOLATION, MISALIGNED))
                 .await;
         }
         End::TargetFrame(e) => {
@@ -1122,7 +1142,9 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     match t {
                         tag::EXECUTE | tag::QUERY => state.syncs_in_copy.set(0),
                         tag::SYNC => state.syncs_in_copy.set(state.syncs_in_copy.get() + 1),
-                        tag::COPY_DONE | tag::COPY_FAIL => {
+                        // (Only once the server said it is in copy-in: a COPY
+                        // that failed first answers them.)
+                        tag::COPY_DONE | tag::COPY_FAIL if state.copy_in.replace(false) => {
                             swallowed += state.syncs_in_copy.replace(0);
                         }
                         _ => {}
@@ -1331,6 +1353,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             match taken {
                 Err(e) => return End::TargetFrame(e),
                 Ok(Taken::Pending) => continue,
+                Ok(Taken::Misaligned) => return End::CatalogMisaligned,
                 Ok(Taken::Columns) => {
                     state.catalog_step.notify_one();
                     continue;
@@ -1416,6 +1439,8 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                             Some(&status) if done => ready(status, &mut ready_frames),
                             _ => state.z_split.set(true),
                         }
+                    } else if t == b'G' {
+                        state.copy_in.set(true);
                     }
                     if done {
                         catalog.client_frame(t, body);

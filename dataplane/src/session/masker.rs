@@ -189,6 +189,10 @@ type Closing = (u64, bool, Option<(u8, Vec<u8>)>);
 /// result formats, parameters).
 type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>, Option<Box<[u8]>>);
 
+/// A portal bound to a statement not yet described: (portal, statement,
+/// the Bind's result formats, the portal's text).
+type BoundUndescribed = (Vec<u8>, Vec<u8>, Vec<i16>, StatementText);
+
 /// Which columns of a description the client was shown as `text`
 /// ([`RowPlan::shown_as_text`]); `None`: none, it got the server's types.
 type Told = Option<Rc<[bool]>>;
@@ -276,7 +280,7 @@ pub struct TargetMasker {
     /// A portal bound to a statement not yet described, with the Bind's
     /// result formats: a Describe of the statement sent after the Bind
     /// (tokio-postgres `query_typed`) gives its plan.
-    bound_undescribed: Option<(Vec<u8>, Vec<u8>, Vec<i16>)>,
+    bound_undescribed: Option<BoundUndescribed>,
     pending: Pending,
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
@@ -742,11 +746,11 @@ impl TargetMasker {
                 let params = params
                     .filter(|_| self.engine.has_name_rules())
                     .filter(|_| {
-                        let text = match self.pending.parses.iter().rev().find(|p| p.1 == stmt) {
-                            Some(p) => p.3.clone(),
-                            None => self.prepared.get(&stmt).cloned(),
-                        };
-                        text.is_some_and(|t| t.reads_members())
+                        // (The last Parse of the name, which the server may
+                        // refuse, or the statement it holds.)
+                        let pending = self.pending.parses.iter().rev().find(|p| p.1 == stmt);
+                        pending.is_some_and(|p| p.3.as_ref().is_some_and(|t| t.reads_members()))
+                            || self.prepared.get(&stmt).is_some_and(|t| t.reads_members())
                     })
                     .and_then(|r| short_params(&body[r]));
                 // (A portal in use keeps the epoch it was bound in.)
@@ -1273,6 +1277,11 @@ impl TargetMasker {
                     if name == own_statement() {
                         return true;
                     }
+                    // A portal bound to the name before runs the old
+                    // statement: this one's description is not its.
+                    if self.bound_undescribed.as_ref().is_some_and(|b| b.1 == name) {
+                        self.bound_undescribed = None;
+                    }
                     self.statements.remove(&name);
                     // (A named statement may have been prepared again by
                     // SQL since this Parse was sent: both texts. The
@@ -1315,6 +1324,9 @@ impl TargetMasker {
                     Some((_, true, _)) => return true,
                     // The name is free again.
                     Some((_, false, Some((b'S', name)))) => {
+                        if self.bound_undescribed.as_ref().is_some_and(|b| b.1 == name) {
+                            self.bound_undescribed = None;
+                        }
                         self.open_stmts.remove(&name);
                         self.copy_stmts.remove(&name);
                         if let Some(old) = self.prepared.remove(&name) {
@@ -1370,13 +1382,18 @@ impl TargetMasker {
                     };
                     // A portal bound to it before this Describe (in the
                     // same batch) runs with this description.
-                    if let Some((portal, _, f)) = self
-                        .bound_undescribed
-                        .take_if(|(p, st, _)| *st == name && self.plan_portal.as_ref() == Some(p))
+                    // (With the Bind's text: its parameters' words.)
+                    if let Some((portal, _, f, bound)) =
+                        self.bound_undescribed.take_if(|(p, st, ..)| {
+                            *st == name
+                                && self.plan_portal.as_ref() == Some(p)
+                                && self.portal_stmt.get(p) == Some(&name)
+                        })
                     {
-                        self.describe(&desc, Some(&f), Some(&told), &text);
+                        let bound = bound.or_else(|| text.clone());
+                        self.describe(&desc, Some(&f), Some(&told), &bound);
                         self.portals
-                            .insert(portal, (desc.clone(), Some(f), told.clone(), text.clone()));
+                            .insert(portal, (desc.clone(), Some(f), told.clone(), bound));
                     }
                     self.statements.insert(name, (desc, told, text));
                 } else if matches!(self.pending.describes.front(), Some((d, None, _))
@@ -1429,6 +1446,8 @@ impl TargetMasker {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
                 if let Some((_, portal, stmt, formats, params)) = self.pending.binds.pop_front() {
+                    // (A portal bound before is no longer the current one.)
+                    self.bound_undescribed = None;
                     // A parameter may be a member's key or path
                     // (`profile->>$1`): its words count as a literal's
                     // (only when one is ruled: the text, and so the plan,
@@ -1461,7 +1480,9 @@ impl TargetMasker {
                         (_, f) => {
                             self.plan_known = false;
                             self.portals.remove(&portal);
-                            self.bound_undescribed = f.map(|f| (portal.clone(), stmt.clone(), f));
+                            let text = self.portal_text.get(&portal).cloned();
+                            self.bound_undescribed =
+                                f.map(|f| (portal.clone(), stmt.clone(), f, text));
                         }
                     }
                     self.plan_portal = Some(portal);
@@ -2796,5 +2817,233 @@ mod tests {
         assert_eq!(short_params(&part[..20]), None);
         assert_eq!(short_params(&[0, 0]), None);
         assert_eq!(parse_bind(b"p\0s", false), None);
+    }
+}
+
+#[cfg(test)]
+/// A portal bound before its statement is described (tokio-postgres
+/// `query_typed`), re-Binds and re-Parses around it, and Bind parameters
+/// as a member's key.
+mod bound_before_described {
+    use super::*;
+    use crate::mask::MaskingProfile;
+
+    fn engine() -> Arc<Engine> {
+        Engine::compile_shared(&MaskingProfile::default()).unwrap()
+    }
+    fn frame(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![t];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+    fn row_desc(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, oid) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&0u32.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&oid.to_be_bytes());
+            b.extend_from_slice(&(-1i16).to_be_bytes());
+            b.extend_from_slice(&(-1i32).to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        }
+        frame(b'T', &b)
+    }
+    fn data_row(vals: &[&str]) -> Vec<u8> {
+        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
+        for v in vals {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+        frame(b'D', &b)
+    }
+    fn fwd(m: &mut TargetMasker, mut s: Vec<u8>) -> String {
+        let p = m.process(&mut s);
+        let v = if p.rewritten {
+            m.out().to_vec()
+        } else {
+            s[..p.ready].to_vec()
+        };
+        String::from_utf8_lossy(&v).into_owned()
+    }
+    fn parse(m: &mut TargetMasker, name: &str, sql: &str) {
+        let mut b = format!("{name}\0{sql}\0").into_bytes();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        m.on_client_frame(tag::PARSE, &b, true, Some(0));
+    }
+    fn bind(m: &mut TargetMasker, portal: &str, stmt: &str, params: &[&str]) {
+        let mut b = format!("{portal}\0{stmt}\0").into_bytes();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        m.on_client_frame(tag::BIND, &b, true, Some(0));
+    }
+    fn describe_s(m: &mut TargetMasker, name: &str) {
+        m.on_client_frame(
+            tag::DESCRIBE,
+            format!("S{name}\0").as_bytes(),
+            true,
+            Some(0),
+        );
+    }
+    fn execute(m: &mut TargetMasker, portal: &str) {
+        let mut b = format!("{portal}\0").into_bytes();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        m.on_client_frame(tag::EXECUTE, &b, true, Some(0));
+    }
+    fn sync(m: &mut TargetMasker) {
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+    }
+    fn tail(desc: &[(&str, u32)], val: &str) -> Vec<u8> {
+        let mut s = frame(b't', &[0, 0]);
+        s.extend(row_desc(desc));
+        s.extend(data_row(&[val]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        s
+    }
+    const SECRET: &str = "s3cr3t-value-xyz";
+
+    #[test]
+    fn control_ssn_column_is_masked() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        parse(&mut m, "", "SELECT ssn FROM people");
+        bind(&mut m, "", "", &[]);
+        describe_s(&mut m, "");
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(tail(&[("ssn", 25)], SECRET));
+        let out = fwd(&mut m, s);
+        assert!(!out.contains(SECRET), "control leaked: {out:?}");
+    }
+
+    /// A Parse of the name between the Bind and the Describe: the portal
+    /// runs the old statement, so the new description is not its plan (its
+    /// rows get the detectors, as any statement never described).
+    #[test]
+    fn reparse_between_bind_and_describe() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        parse(&mut m, "", "SELECT ssn FROM people");
+        bind(&mut m, "", "", &[]);
+        parse(&mut m, "", "SELECT 'x'::text AS note");
+        describe_s(&mut m, "");
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(frame(b'1', b""));
+        s.extend(frame(b't', &[0, 0]));
+        s.extend(row_desc(&[("note", 25)]));
+        fwd(&mut m, s);
+        assert!(!m.portals.contains_key(&b""[..]));
+        assert!(m.bound_undescribed.is_none());
+        let mut s = data_row(&["123-45-6789"]);
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = fwd(&mut m, s);
+        assert!(!out.contains("123-45-6789"), "{out:?}");
+    }
+
+    #[test]
+    fn rebind_to_described_statement_then_describe_other() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        // Batch 1: S (harmless, never described), T (secret) described.
+        parse(&mut m, "s", "SELECT 'x'::text AS note");
+        parse(&mut m, "t", "SELECT ssn FROM people");
+        describe_s(&mut m, "t");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'1', b""));
+        s.extend(frame(b't', &[0, 0]));
+        s.extend(row_desc(&[("ssn", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        fwd(&mut m, s);
+        // Batch 2: Bind "" s, Bind "" t, Describe S s, Execute "".
+        bind(&mut m, "", "s", &[]);
+        bind(&mut m, "", "t", &[]);
+        describe_s(&mut m, "s");
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'2', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(tail(&[("note", 25)], SECRET));
+        let out = fwd(&mut m, s);
+        assert!(!out.contains(SECRET), "re-Bind leaked: {out:?}");
+    }
+
+    #[test]
+    fn query_typed_member_param() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        parse(&mut m, "", "select profile->>$1 from p");
+        bind(&mut m, "", "", &["ssn"]);
+        describe_s(&mut m, "");
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(tail(&[("?column?", 25)], SECRET));
+        let out = fwd(&mut m, s);
+        assert!(!out.contains(SECRET), "query_typed param leaked: {out:?}");
+    }
+
+    #[test]
+    fn cached_member_param_control() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        parse(&mut m, "", "select profile->>$1 from p");
+        describe_s(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &[0, 0]));
+        s.extend(row_desc(&[("?column?", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        fwd(&mut m, s);
+        bind(&mut m, "", "", &["ssn"]);
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'2', b"");
+        s.extend(data_row(&[SECRET]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = fwd(&mut m, s);
+        assert!(!out.contains(SECRET), "cached param leaked: {out:?}");
+    }
+
+    #[test]
+    fn refused_reparse_hides_member_params() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        parse(&mut m, "s", "select profile->>$1 from p");
+        describe_s(&mut m, "s");
+        sync(&mut m);
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &[0, 0]));
+        s.extend(row_desc(&[("?column?", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        fwd(&mut m, s);
+        // One write: a refused Parse of s, Sync, then Bind s with "ssn".
+        parse(&mut m, "s", "select 1");
+        sync(&mut m);
+        bind(&mut m, "", "s", &["ssn"]);
+        execute(&mut m, "");
+        sync(&mut m);
+        let mut s = frame(b'E', b"SERROR\0C42P05\0Mexists\0\0");
+        s.extend(frame(b'Z', b"I"));
+        s.extend(frame(b'2', b""));
+        s.extend(data_row(&[SECRET]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = fwd(&mut m, s);
+        assert!(
+            !out.contains(SECRET),
+            "refused re-Parse param leaked: {out:?}"
+        );
     }
 }
