@@ -513,9 +513,9 @@ const CATALOG_PATH: &str = "SET LOCAL search_path = pg_catalog; ";
 /// own time limits, whatever the client set (`limit_ms`: the gateway's
 /// `connect_timeout_ms`).
 fn session_settings(limit_ms: u64) -> String {
-    format!(
-        "{CATALOG_PATH}SET LOCAL statement_timeout = {limit_ms}; SET LOCAL lock_timeout = {limit_ms}; "
-    )
+    // (PostgreSQL takes at most i32::MAX ms; 0 would be no limit.)
+    let ms = limit_ms.clamp(1, i32::MAX as u64);
+    format!("{CATALOG_PATH}SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; ")
 }
 
 fn query(out: &mut Vec<u8>, sql: &str) {
@@ -1350,6 +1350,13 @@ mod tests {
         assert!(c.take_answers(&mut buf, 1 << 20).is_err());
         let mut buf = vec![b'D', 0, 1, 0, 0];
         assert!(c.take_answers(&mut buf, 100).is_err());
+    }
+
+    #[test]
+    fn session_settings_stay_in_postgresql_range() {
+        assert!(session_settings(5_000).contains("statement_timeout = 5000;"));
+        assert!(session_settings(u64::MAX).contains("lock_timeout = 2147483647;"));
+        assert!(session_settings(0).contains("statement_timeout = 1;"));
     }
 
     #[test]
