@@ -1736,6 +1736,13 @@ fn locked_gateway(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
     Gateway::start_with(&locked_config(pg, key, db))
 }
 
+/// `agent1`'s session through `gw` to connection `locked`.
+async fn locked_client(gw: &Gateway, key: &ApiKey) -> Client {
+    sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()))
+}
+
 /// [`locked_gateway`]'s configuration.
 fn locked_config(pg: &Pg, key: &ApiKey, db: &str) -> GatewayConfig {
     GatewayConfig::new()
@@ -1863,9 +1870,7 @@ async fn a_refused_view_read_keeps_the_columns_and_counts_as_failed() {
         ],
     );
     let gw = locked_gateway(pg, key, db);
-    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let c = locked_client(&gw, key).await;
     let rows = simple_rows(&c, "select api_secret as k from creds").await;
     assert_eq!(rows, vec![vec![Some("****************".to_string())]]);
     let rows = simple_rows(&c, "select token_value from creds_v").await;
@@ -1909,9 +1914,7 @@ async fn a_session_follows_the_views_and_functions_it_creates() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let gw = session_database(pg, key, "mk_session_read");
-    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let c = locked_client(&gw, key).await;
     let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
     let run = |sql: &'static str| {
         let c = &c;
@@ -2053,9 +2056,7 @@ async fn a_refused_session_read_leaves_the_transaction_usable() {
     let key = ApiKey::shared();
     let db = "mk_session_refused";
     let gw = session_database(pg, key, db);
-    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let c = locked_client(&gw, key).await;
     // Readable at login, refused from now on.
     pg.psql_super(db, &["REVOKE SELECT ON pg_catalog.pg_rewrite FROM PUBLIC"])
         .assert_success("revoke");
@@ -2096,9 +2097,7 @@ async fn an_open_session_follows_a_view_created_elsewhere() {
     let key = ApiKey::shared();
     let db = "mk_session_other";
     let gw = session_database(pg, key, db);
-    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let c = locked_client(&gw, key).await;
     assert_eq!(
         simple_rows(&c, "select api_secret from creds").await,
         vec![vec![Some(SESSION_MASKED.to_string())]]
@@ -2209,9 +2208,7 @@ async fn a_read_due_in_a_transaction_block_waits_for_its_end() {
     seed_creds(pg, db);
     let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", 300);
     let gw = Gateway::start_with(&cfg);
-    let c = sluice_tests::connect(&gw.config("agent1", &key.key, "locked"))
-        .await
-        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let c = locked_client(&gw, key).await;
     let before = ok_reads(&gw, "whole");
     c.batch_execute("begin").await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;

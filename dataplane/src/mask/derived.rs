@@ -202,34 +202,75 @@ pub const MAX_PARAM_NAME: usize = 1024;
 
 /// The strongest rule among the names the values of a Bind's parameter
 /// part (count, then length and value of each) give as literals would.
-pub fn params_rule(engine: &Engine, mut p: &[u8]) -> Derived {
-    fn take<'a>(p: &mut &'a [u8], k: usize) -> Option<&'a [u8]> {
-        let (v, rest) = p.split_at_checked(k)?;
-        *p = rest;
-        Some(v)
-    }
+pub fn params_rule(engine: &Engine, part: &[u8]) -> Derived {
     let mut best = None;
-    let n = take(&mut p, 2)?;
-    for _ in 0..i16::from_be_bytes([n[0], n[1]]).max(0) {
-        let Some(l) = take(&mut p, 4) else {
-            break;
-        };
-        let l = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
-        if l <= 0 {
-            continue;
-        }
-        let Some(v) = take(&mut p, l as usize) else {
-            break;
-        };
-        if v.len() <= MAX_PARAM_NAME {
-            literal_names(v, |name| {
-                if engine.name_ruled(name) {
-                    consider_source(engine, &mut best, Source::Name(name.into()));
-                }
-            });
-        }
+    for v in BindValues::new(part).filter(|v| v.len() <= MAX_PARAM_NAME) {
+        literal_names(v, |name| {
+            if engine.name_ruled(name) {
+                consider_source(engine, &mut best, Source::Name(name.into()));
+            }
+        });
     }
     best.map(|(r, _)| r)
+}
+
+/// The values of a Bind's parameter part (count, then length and value of
+/// each), NULLs left out. A part cut short ends them early
+/// ([`BindValues::rest`] tells).
+pub struct BindValues<'a> {
+    rest: &'a [u8],
+    left: i16,
+    cut: bool,
+}
+
+impl<'a> BindValues<'a> {
+    pub fn new(part: &'a [u8]) -> BindValues<'a> {
+        match part.split_first_chunk::<2>() {
+            Some((n, rest)) => BindValues {
+                rest,
+                left: i16::from_be_bytes(*n).max(0),
+                cut: false,
+            },
+            None => BindValues {
+                rest: &[],
+                left: 0,
+                cut: true,
+            },
+        }
+    }
+
+    /// What follows the part once every value is read; None when the part
+    /// is cut short.
+    pub fn rest(mut self) -> Option<&'a [u8]> {
+        for _ in &mut self {}
+        (!self.cut).then_some(self.rest)
+    }
+}
+
+impl<'a> Iterator for BindValues<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.left > 0 {
+            self.left -= 1;
+            let value = self.rest.split_first_chunk::<4>().and_then(|(l, rest)| {
+                let l = i32::from_be_bytes(*l);
+                // (NULL: no bytes.)
+                let l = usize::try_from(l).unwrap_or(0);
+                rest.split_at_checked(l)
+            });
+            let Some((v, rest)) = value else {
+                self.cut = true;
+                self.left = 0;
+                return None;
+            };
+            self.rest = rest;
+            if !v.is_empty() {
+                return Some(v);
+            }
+        }
+        None
+    }
 }
 
 /// Whether `word` appears in `s` inside a name, any case (`jsonb_path_query`

@@ -412,7 +412,8 @@ pub enum Change {
     /// Created relations or functions (newer than the read): the read
     /// continued with them, and the views read again.
     Added,
-    /// Altered what the read holds (`ALTER …`, `DO`, `CALL`): a whole read.
+    /// Altered what the read holds (`ALTER …`, `IMPORT FOREIGN SCHEMA`):
+    /// a whole read.
     Altered,
 }
 
@@ -655,21 +656,14 @@ impl SessionCatalog {
             query(&mut out, &format!("{set}{}{columns}", marker_sql()));
             worker.origins.set_reading(&self.key, true);
         }
-        self.own = Some(OwnRead {
-            engine: engine.clone(),
-            origins: start,
-            prev: current.cloned(),
-            base,
+        self.own = Some(OwnRead::new(
+            engine.clone(),
+            start,
+            (current.cloned(), base),
             whole,
             in_block,
-            epoch: worker.origins.epoch.load(Relaxed),
-            stage: Stage::Columns,
-            left: 1,
-            query: 0,
-            refused: None,
-            views_refused: None,
-            marker: Marker::Awaiting,
-        });
+            worker.origins.epoch.load(Relaxed),
+        ));
         Begin::Send(out)
     }
 
@@ -853,6 +847,33 @@ enum Answer {
 }
 
 impl OwnRead {
+    /// A read of `origins` (new, or continuing `base`) for `engine`, its
+    /// column query sent; `prev` is kept if the server refuses it.
+    fn new(
+        engine: Arc<Engine>,
+        origins: ColumnOrigins,
+        (prev, base): (Option<Arc<ColumnOrigins>>, Option<Arc<ColumnOrigins>>),
+        whole: bool,
+        in_block: bool,
+        epoch: u64,
+    ) -> OwnRead {
+        OwnRead {
+            engine,
+            origins,
+            prev,
+            base,
+            whole,
+            in_block,
+            epoch,
+            stage: Stage::Columns,
+            left: 1,
+            query: 0,
+            refused: None,
+            views_refused: None,
+            marker: Marker::Awaiting,
+        }
+    }
+
     /// A row of the column query or of the view query.
     fn row(&mut self, body: &[u8]) {
         if self.refused.is_some() {
@@ -1127,12 +1148,8 @@ mod tests {
 
     /// A DataRow of text fields.
     fn data_row(fields: &[&str]) -> Vec<u8> {
-        let mut b = (fields.len() as u16).to_be_bytes().to_vec();
-        for f in fields {
-            b.extend_from_slice(&(f.len() as i32).to_be_bytes());
-            b.extend_from_slice(f.as_bytes());
-        }
-        frame(b'D', &b)
+        let fields: Vec<_> = fields.iter().map(|f| Some(f.to_string())).collect();
+        frame(b'D', &crate::mask::corpus::data_row(&fields))
     }
 
     fn own_read(in_block: bool) -> SessionCatalog {
@@ -1153,21 +1170,14 @@ mod tests {
             pass: Vec::new(),
             watch: SchemaWatch::default(),
         };
-        c.own = Some(OwnRead {
-            engine: engine(),
-            origins: ColumnOrigins::new(),
-            prev: None,
-            base: None,
-            whole: true,
+        c.own = Some(OwnRead::new(
+            engine(),
+            ColumnOrigins::new(),
+            (None, None),
+            true,
             in_block,
-            epoch: 0,
-            stage: Stage::Columns,
-            left: 1,
-            query: 0,
-            refused: None,
-            views_refused: None,
-            marker: Marker::Awaiting,
-        });
+            0,
+        ));
         c
     }
 
@@ -1228,22 +1238,14 @@ mod tests {
             assert_eq!(sent.iter().filter(|&&b| b == b'Q').count(), 1);
             assert!(c.views().is_none());
             for cut2 in [0, 3, second.len() / 2, second.len()] {
+                // (The same columns again, whole, then the views cut.)
                 let mut c2 = own_read(false);
-                c2.own = c.own.as_ref().map(|o| OwnRead {
-                    engine: o.engine.clone(),
-                    origins: o.origins.continued(),
-                    prev: None,
-                    base: None,
-                    whole: true,
-                    in_block: false,
-                    epoch: 0,
-                    stage: o.stage,
-                    left: o.left,
-                    query: o.query,
-                    refused: None,
-                    views_refused: None,
-                    marker: o.marker,
-                });
+                let mut buf = Vec::new();
+                assert!(matches!(
+                    take_cut(&mut c2, &columns, columns.len(), &mut buf),
+                    Taken::Columns
+                ));
+                c2.views().expect("views next");
                 let mut buf = Vec::new();
                 let Taken::Done { own, waiting } = take_cut(&mut c2, &second, cut2, &mut buf)
                 else {

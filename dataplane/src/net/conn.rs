@@ -785,18 +785,9 @@ struct RelayState<'a> {
     bytes_to_client: Cell<u64>,
     /// The target's transaction status at its last ReadyForQuery.
     txn: Cell<u8>,
-    /// The client's stream is inside an extended-protocol batch (a Parse,
-    /// Bind, … not yet followed by Sync) or a frame.
-    client_open: Cell<bool>,
     /// The client has an unnamed prepared statement it may bind again
     /// (a simple Query would destroy it).
     unnamed: Cell<bool>,
-    /// Syncs the client sent since its last Execute or Query (those before
-    /// a CopyDone are ignored by the server).
-    syncs_in_copy: Cell<u32>,
-    /// The target sent CopyInResponse since the client's last CopyDone or
-    /// CopyFail.
-    copy_in: Cell<bool>,
     /// The client may still use the unnamed portal (bound in this
     /// transaction block; a simple Query would destroy it).
     unnamed_portal: Cell<bool>,
@@ -889,10 +880,7 @@ async fn relay(
         audit,
         bytes_to_client: Cell::new(0),
         txn: Cell::new(b'I'),
-        client_open: Cell::new(false),
         unnamed: Cell::new(false),
-        syncs_in_copy: Cell::new(0),
-        copy_in: Cell::new(false),
         unnamed_portal: Cell::new(false),
         target_idle: Cell::new(true),
         z_split: Cell::new(false),
@@ -1052,7 +1040,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut requests = 0u32;
         let mut terminate = false;
         let mut parses = 0u32;
-        let mut swallowed = 0u32;
         let now = if state.audit.is_some() {
             audit_clock_at(t0)
         } else {
@@ -1077,17 +1064,13 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mark = tracker.as_ref().map_or(0, |t| t.mark());
         let mut injections = Vec::new();
         // Whether an own catalog read may go before this read's requests
-        // (`own_catalog_read`): nothing in flight, both streams at a frame
-        // boundary, no extended-protocol batch open.
+        // (`own_catalog_read`): nothing owed nor an extended-protocol batch
+        // open (the masker's account of requests and answers), both
+        // streams at a frame boundary.
         let mut first = None;
-        // (The masker's account of requests and answers: a Sync the server
-        // ignores, in a COPY or after an error, leaves nothing pending
-        // there.)
-        let quiet = !state.client_open.get()
-            && scan.at_boundary()
+        let quiet = scan.at_boundary()
             && state.target_idle.get()
-            && state.masker.borrow().as_ref().is_some_and(|m| m.idle());
-        let mut open = state.client_open.get();
+            && state.masker.borrow().as_ref().is_some_and(|m| m.quiet());
         let unnamed = (state.unnamed.get(), state.unnamed_portal.get());
         let scanned = {
             let mut masker = state.masker.borrow_mut();
@@ -1096,11 +1079,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 if let Part::Start { tag: t, body, .. } = part {
                     if first.is_none() {
                         first = Some((t, body.first() == Some(&0)));
-                    }
-                    match t {
-                        tag::QUERY | tag::SYNC | b'F' => open = false,
-                        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => open = true,
-                        _ => {}
                     }
                     // (A name not in this read yet counts as empty.)
                     let empty = body.first().is_none_or(|&b| b == 0);
@@ -1134,19 +1112,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         // (A FunctionCall is answered by a ReadyForQuery.)
                         tag::SYNC | b'F' => requests += 1,
                         tag::TERMINATE => terminate = true,
-                        _ => {}
-                    }
-                    // The server ignores a Sync sent between the Execute of
-                    // a COPY FROM STDIN and its CopyDone or CopyFail (the
-                    // client sends another after): never answered.
-                    match t {
-                        tag::EXECUTE | tag::QUERY => state.syncs_in_copy.set(0),
-                        tag::SYNC => state.syncs_in_copy.set(state.syncs_in_copy.get() + 1),
-                        // (Only once the server said it is in copy-in: a COPY
-                        // that failed first answers them.)
-                        tag::COPY_DONE | tag::COPY_FAIL if state.copy_in.replace(false) => {
-                            swallowed += state.syncs_in_copy.replace(0);
-                        }
                         _ => {}
                     }
                 }
@@ -1206,7 +1171,6 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                 store_records(a).await;
             }
         }
-        state.client_open.set(open);
         // A session's own catalog read: its column query is sent and
         // answered first, then its view query goes before these requests.
         let mut own_read = None;
@@ -1231,9 +1195,8 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let spent = t0.elapsed();
         // In flight before it is sent: its answer may be read before this
         // send returns.
-        if requests > 0 || swallowed > 0 {
-            let n = (state.in_flight.get() + requests).saturating_sub(swallowed);
-            state.in_flight.set(n);
+        if requests > 0 {
+            state.in_flight.set(state.in_flight.get() + requests);
             state.request_added.set(spent);
         }
         if injections.is_empty() && own_read.is_none() {
@@ -1298,12 +1261,11 @@ fn own_catalog_read(
     }
     let mut masker = state.masker.borrow_mut();
     let mk = masker.as_mut().filter(|m| m.active())?;
-    let engine = mk.engine().clone();
     let begin =
         state
             .catalog
             .borrow_mut()
-            .begin(worker, &engine, mk.origins(), status, Instant::now());
+            .begin(worker, mk.engine(), mk.origins(), status, Instant::now());
     match begin {
         super::catalog::Begin::Nothing => None,
         super::catalog::Begin::Adopt(o) => {
@@ -1439,8 +1401,6 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                             Some(&status) if done => ready(status, &mut ready_frames),
                             _ => state.z_split.set(true),
                         }
-                    } else if t == b'G' {
-                        state.copy_in.set(true);
                     }
                     if done {
                         catalog.client_frame(t, body);

@@ -35,7 +35,7 @@ use crate::mask::copyout::{
     mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
 };
 use crate::mask::derived::{
-    has_word, sql_commands, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
+    has_word, sql_commands, BindValues, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
@@ -504,13 +504,6 @@ impl TargetMasker {
         self.plan_known = false;
     }
 
-    /// Nothing the client sent is unanswered or half-sent, as this
-    /// masker's account of requests and answers tells: what the server
-    /// sends next answers what is sent now.
-    pub fn idle(&self) -> bool {
-        self.quiet()
-    }
-
     /// The catalog read result columns are resolved with (see
     /// [`TargetMasker::set_origins`]).
     pub fn origins(&self) -> Option<&Arc<crate::mask::ColumnOrigins>> {
@@ -851,8 +844,9 @@ impl TargetMasker {
 
     /// Settled, and nothing the client sent is unanswered (as far as the
     /// counts tell) or half-sent: the answers to a describe sent now are
-    /// the next the server sends.
-    fn quiet(&self) -> bool {
+    /// the next the server sends (a session's own catalog read goes only
+    /// then: `net::catalog::SessionCatalog`).
+    pub fn quiet(&self) -> bool {
         self.settled()
             && self.unsynced == 0
             && self.sent_epoch == self.done_epoch
@@ -1855,13 +1849,8 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
         let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
         take(&mut r, nf * 2)?;
         let from = body.len() - r.len();
-        let np = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?);
-        for _ in 0..np.max(0) {
-            let l = i32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
-            if l > 0 {
-                take(&mut r, l as usize)?;
-            }
-        }
+        let np = i16::from_be_bytes(r.get(..2)?.try_into().ok()?);
+        r = BindValues::new(r).rest()?;
         if np > 0 {
             params = Some(from..body.len() - r.len());
         }
@@ -1879,25 +1868,16 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
 /// The values of a Bind's parameter part (count, then length and value of
 /// each) short enough to be a key or a path ([`MAX_PARAM_NAME`] bytes), in
 /// the same layout; None when there is none.
-fn short_params(mut part: &[u8]) -> Option<Box<[u8]>> {
-    let n = i16::from_be_bytes(part.get(..2)?.try_into().ok()?);
-    part = &part[2..];
+fn short_params(part: &[u8]) -> Option<Box<[u8]>> {
     let mut out = vec![0, 0];
     let mut kept = 0i16;
-    for _ in 0..n.max(0) {
-        let l = i32::from_be_bytes(part.get(..4)?.try_into().ok()?);
-        part = &part[4..];
-        if l <= 0 {
-            continue;
-        }
-        let v = part.get(..l as usize)?;
-        part = &part[l as usize..];
-        if v.len() <= MAX_PARAM_NAME {
-            out.extend_from_slice(&l.to_be_bytes());
-            out.extend_from_slice(v);
-            kept += 1;
-        }
+    let mut values = BindValues::new(part);
+    for v in (&mut values).filter(|v| v.len() <= MAX_PARAM_NAME) {
+        out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        out.extend_from_slice(v);
+        kept += 1;
     }
+    values.rest()?;
     if kept == 0 {
         return None;
     }
@@ -2818,232 +2798,191 @@ mod tests {
         assert_eq!(short_params(&[0, 0]), None);
         assert_eq!(parse_bind(b"p\0s", false), None);
     }
-}
 
-#[cfg(test)]
-/// A portal bound before its statement is described (tokio-postgres
-/// `query_typed`), re-Binds and re-Parses around it, and Bind parameters
-/// as a member's key.
-mod bound_before_described {
-    use super::*;
-    use crate::mask::MaskingProfile;
+    /// A portal bound before its statement is described (tokio-postgres
+    /// `query_typed`), re-Binds and re-Parses around it, and Bind parameters
+    /// as a member's key.
+    mod bound_before_described {
+        use super::*;
 
-    fn engine() -> Arc<Engine> {
-        Engine::compile_shared(&MaskingProfile::default()).unwrap()
-    }
-    fn frame(t: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![t];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-    fn row_desc(cols: &[(&str, u32)]) -> Vec<u8> {
-        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
-        for (name, oid) in cols {
-            b.extend_from_slice(name.as_bytes());
-            b.push(0);
-            b.extend_from_slice(&0u32.to_be_bytes());
+        fn fwd(m: &mut TargetMasker, mut s: Vec<u8>) -> String {
+            String::from_utf8_lossy(&forwarded(m, &mut s)).into_owned()
+        }
+        fn parse(m: &mut TargetMasker, name: &str, sql: &str) {
+            let mut b = format!("{name}\0{sql}\0").into_bytes();
             b.extend_from_slice(&0i16.to_be_bytes());
-            b.extend_from_slice(&oid.to_be_bytes());
-            b.extend_from_slice(&(-1i16).to_be_bytes());
-            b.extend_from_slice(&(-1i32).to_be_bytes());
+            m.on_client_frame(tag::PARSE, &b, true, Some(0));
+        }
+        fn bind(m: &mut TargetMasker, portal: &str, stmt: &str, params: &[&str]) {
+            let mut b = format!("{portal}\0{stmt}\0").into_bytes();
             b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+            for p in params {
+                b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+                b.extend_from_slice(p.as_bytes());
+            }
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            m.on_client_frame(tag::BIND, &b, true, Some(0));
         }
-        frame(b'T', &b)
-    }
-    fn data_row(vals: &[&str]) -> Vec<u8> {
-        let mut b = (vals.len() as i16).to_be_bytes().to_vec();
-        for v in vals {
-            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            b.extend_from_slice(v.as_bytes());
+        fn describe_s(m: &mut TargetMasker, name: &str) {
+            m.on_client_frame(
+                tag::DESCRIBE,
+                format!("S{name}\0").as_bytes(),
+                true,
+                Some(0),
+            );
         }
-        frame(b'D', &b)
-    }
-    fn fwd(m: &mut TargetMasker, mut s: Vec<u8>) -> String {
-        let p = m.process(&mut s);
-        let v = if p.rewritten {
-            m.out().to_vec()
-        } else {
-            s[..p.ready].to_vec()
-        };
-        String::from_utf8_lossy(&v).into_owned()
-    }
-    fn parse(m: &mut TargetMasker, name: &str, sql: &str) {
-        let mut b = format!("{name}\0{sql}\0").into_bytes();
-        b.extend_from_slice(&0i16.to_be_bytes());
-        m.on_client_frame(tag::PARSE, &b, true, Some(0));
-    }
-    fn bind(m: &mut TargetMasker, portal: &str, stmt: &str, params: &[&str]) {
-        let mut b = format!("{portal}\0{stmt}\0").into_bytes();
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            b.extend_from_slice(p.as_bytes());
+        fn execute(m: &mut TargetMasker, portal: &str) {
+            let mut b = format!("{portal}\0").into_bytes();
+            b.extend_from_slice(&0i32.to_be_bytes());
+            m.on_client_frame(tag::EXECUTE, &b, true, Some(0));
         }
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        m.on_client_frame(tag::BIND, &b, true, Some(0));
-    }
-    fn describe_s(m: &mut TargetMasker, name: &str) {
-        m.on_client_frame(
-            tag::DESCRIBE,
-            format!("S{name}\0").as_bytes(),
-            true,
-            Some(0),
-        );
-    }
-    fn execute(m: &mut TargetMasker, portal: &str) {
-        let mut b = format!("{portal}\0").into_bytes();
-        b.extend_from_slice(&0i32.to_be_bytes());
-        m.on_client_frame(tag::EXECUTE, &b, true, Some(0));
-    }
-    fn sync(m: &mut TargetMasker) {
-        m.on_client_frame(tag::SYNC, b"", true, Some(0));
-    }
-    fn tail(desc: &[(&str, u32)], val: &str) -> Vec<u8> {
-        let mut s = frame(b't', &[0, 0]);
-        s.extend(row_desc(desc));
-        s.extend(data_row(&[val]));
-        s.extend(frame(b'C', b"SELECT 1\0"));
-        s.extend(frame(b'Z', b"I"));
-        s
-    }
-    const SECRET: &str = "s3cr3t-value-xyz";
+        fn sync(m: &mut TargetMasker) {
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        }
+        fn tail(desc: &[(&str, u32)], val: &str) -> Vec<u8> {
+            let mut s = frame(b't', &[0, 0]);
+            s.extend(row_desc(desc));
+            s.extend(data_row(&[val]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            s
+        }
+        const SECRET: &str = "s3cr3t-value-xyz";
 
-    #[test]
-    fn control_ssn_column_is_masked() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        parse(&mut m, "", "SELECT ssn FROM people");
-        bind(&mut m, "", "", &[]);
-        describe_s(&mut m, "");
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b'2', b""));
-        s.extend(tail(&[("ssn", 25)], SECRET));
-        let out = fwd(&mut m, s);
-        assert!(!out.contains(SECRET), "control leaked: {out:?}");
-    }
+        /// tokio-postgres `query_typed`: Parse, Bind with `params`, Describe
+        /// of the statement, Execute, Sync, answered with one column `col`
+        /// holding [`SECRET`]; what the client gets.
+        fn query_typed(sql: &str, params: &[&str], col: &str) -> String {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            parse(&mut m, "", sql);
+            bind(&mut m, "", "", params);
+            describe_s(&mut m, "");
+            execute(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'2', b""));
+            s.extend(tail(&[(col, 25)], SECRET));
+            fwd(&mut m, s)
+        }
 
-    /// A Parse of the name between the Bind and the Describe: the portal
-    /// runs the old statement, so the new description is not its plan (its
-    /// rows get the detectors, as any statement never described).
-    #[test]
-    fn reparse_between_bind_and_describe() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        parse(&mut m, "", "SELECT ssn FROM people");
-        bind(&mut m, "", "", &[]);
-        parse(&mut m, "", "SELECT 'x'::text AS note");
-        describe_s(&mut m, "");
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b'2', b""));
-        s.extend(frame(b'1', b""));
-        s.extend(frame(b't', &[0, 0]));
-        s.extend(row_desc(&[("note", 25)]));
-        fwd(&mut m, s);
-        assert!(!m.portals.contains_key(&b""[..]));
-        assert!(m.bound_undescribed.is_none());
-        let mut s = data_row(&["123-45-6789"]);
-        s.extend(frame(b'C', b"SELECT 1\0"));
-        s.extend(frame(b'Z', b"I"));
-        let out = fwd(&mut m, s);
-        assert!(!out.contains("123-45-6789"), "{out:?}");
-    }
+        #[test]
+        fn control_ssn_column_is_masked() {
+            let out = query_typed("SELECT ssn FROM people", &[], "ssn");
+            assert!(!out.contains(SECRET), "control leaked: {out:?}");
+        }
 
-    #[test]
-    fn rebind_to_described_statement_then_describe_other() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        // Batch 1: S (harmless, never described), T (secret) described.
-        parse(&mut m, "s", "SELECT 'x'::text AS note");
-        parse(&mut m, "t", "SELECT ssn FROM people");
-        describe_s(&mut m, "t");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b'1', b""));
-        s.extend(frame(b't', &[0, 0]));
-        s.extend(row_desc(&[("ssn", 25)]));
-        s.extend(frame(b'Z', b"I"));
-        fwd(&mut m, s);
-        // Batch 2: Bind "" s, Bind "" t, Describe S s, Execute "".
-        bind(&mut m, "", "s", &[]);
-        bind(&mut m, "", "t", &[]);
-        describe_s(&mut m, "s");
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'2', b"");
-        s.extend(frame(b'2', b""));
-        s.extend(tail(&[("note", 25)], SECRET));
-        let out = fwd(&mut m, s);
-        assert!(!out.contains(SECRET), "re-Bind leaked: {out:?}");
-    }
+        /// A Parse of the name between the Bind and the Describe: the portal
+        /// runs the old statement, so the new description is not its plan (its
+        /// rows get the detectors, as any statement never described).
+        #[test]
+        fn reparse_between_bind_and_describe() {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            parse(&mut m, "", "SELECT ssn FROM people");
+            bind(&mut m, "", "", &[]);
+            parse(&mut m, "", "SELECT 'x'::text AS note");
+            describe_s(&mut m, "");
+            execute(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'2', b""));
+            s.extend(frame(b'1', b""));
+            s.extend(frame(b't', &[0, 0]));
+            s.extend(row_desc(&[("note", 25)]));
+            fwd(&mut m, s);
+            assert!(!m.portals.contains_key(&b""[..]));
+            assert!(m.bound_undescribed.is_none());
+            let mut s = data_row(&["123-45-6789"]);
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = fwd(&mut m, s);
+            assert!(!out.contains("123-45-6789"), "{out:?}");
+        }
 
-    #[test]
-    fn query_typed_member_param() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        parse(&mut m, "", "select profile->>$1 from p");
-        bind(&mut m, "", "", &["ssn"]);
-        describe_s(&mut m, "");
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b'2', b""));
-        s.extend(tail(&[("?column?", 25)], SECRET));
-        let out = fwd(&mut m, s);
-        assert!(!out.contains(SECRET), "query_typed param leaked: {out:?}");
-    }
+        #[test]
+        fn rebind_to_described_statement_then_describe_other() {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            // Batch 1: S (harmless, never described), T (secret) described.
+            parse(&mut m, "s", "SELECT 'x'::text AS note");
+            parse(&mut m, "t", "SELECT ssn FROM people");
+            describe_s(&mut m, "t");
+            sync(&mut m);
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'1', b""));
+            s.extend(frame(b't', &[0, 0]));
+            s.extend(row_desc(&[("ssn", 25)]));
+            s.extend(frame(b'Z', b"I"));
+            fwd(&mut m, s);
+            // Batch 2: Bind "" s, Bind "" t, Describe S s, Execute "".
+            bind(&mut m, "", "s", &[]);
+            bind(&mut m, "", "t", &[]);
+            describe_s(&mut m, "s");
+            execute(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'2', b"");
+            s.extend(frame(b'2', b""));
+            s.extend(tail(&[("note", 25)], SECRET));
+            let out = fwd(&mut m, s);
+            assert!(!out.contains(SECRET), "re-Bind leaked: {out:?}");
+        }
 
-    #[test]
-    fn cached_member_param_control() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        parse(&mut m, "", "select profile->>$1 from p");
-        describe_s(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b't', &[0, 0]));
-        s.extend(row_desc(&[("?column?", 25)]));
-        s.extend(frame(b'Z', b"I"));
-        fwd(&mut m, s);
-        bind(&mut m, "", "", &["ssn"]);
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'2', b"");
-        s.extend(data_row(&[SECRET]));
-        s.extend(frame(b'C', b"SELECT 1\0"));
-        s.extend(frame(b'Z', b"I"));
-        let out = fwd(&mut m, s);
-        assert!(!out.contains(SECRET), "cached param leaked: {out:?}");
-    }
+        #[test]
+        fn query_typed_member_param() {
+            let out = query_typed("select profile->>$1 from p", &["ssn"], "?column?");
+            assert!(!out.contains(SECRET), "query_typed param leaked: {out:?}");
+        }
 
-    #[test]
-    fn refused_reparse_hides_member_params() {
-        let mut m = TargetMasker::new(engine(), 1 << 20);
-        parse(&mut m, "s", "select profile->>$1 from p");
-        describe_s(&mut m, "s");
-        sync(&mut m);
-        let mut s = frame(b'1', b"");
-        s.extend(frame(b't', &[0, 0]));
-        s.extend(row_desc(&[("?column?", 25)]));
-        s.extend(frame(b'Z', b"I"));
-        fwd(&mut m, s);
-        // One write: a refused Parse of s, Sync, then Bind s with "ssn".
-        parse(&mut m, "s", "select 1");
-        sync(&mut m);
-        bind(&mut m, "", "s", &["ssn"]);
-        execute(&mut m, "");
-        sync(&mut m);
-        let mut s = frame(b'E', b"SERROR\0C42P05\0Mexists\0\0");
-        s.extend(frame(b'Z', b"I"));
-        s.extend(frame(b'2', b""));
-        s.extend(data_row(&[SECRET]));
-        s.extend(frame(b'C', b"SELECT 1\0"));
-        s.extend(frame(b'Z', b"I"));
-        let out = fwd(&mut m, s);
-        assert!(
-            !out.contains(SECRET),
-            "refused re-Parse param leaked: {out:?}"
-        );
+        #[test]
+        fn cached_member_param_control() {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            parse(&mut m, "", "select profile->>$1 from p");
+            describe_s(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b't', &[0, 0]));
+            s.extend(row_desc(&[("?column?", 25)]));
+            s.extend(frame(b'Z', b"I"));
+            fwd(&mut m, s);
+            bind(&mut m, "", "", &["ssn"]);
+            execute(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'2', b"");
+            s.extend(data_row(&[SECRET]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = fwd(&mut m, s);
+            assert!(!out.contains(SECRET), "cached param leaked: {out:?}");
+        }
+
+        #[test]
+        fn refused_reparse_hides_member_params() {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            parse(&mut m, "s", "select profile->>$1 from p");
+            describe_s(&mut m, "s");
+            sync(&mut m);
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b't', &[0, 0]));
+            s.extend(row_desc(&[("?column?", 25)]));
+            s.extend(frame(b'Z', b"I"));
+            fwd(&mut m, s);
+            // One write: a refused Parse of s, Sync, then Bind s with "ssn".
+            parse(&mut m, "s", "select 1");
+            sync(&mut m);
+            bind(&mut m, "", "s", &["ssn"]);
+            execute(&mut m, "");
+            sync(&mut m);
+            let mut s = frame(b'E', b"SERROR\0C42P05\0Mexists\0\0");
+            s.extend(frame(b'Z', b"I"));
+            s.extend(frame(b'2', b""));
+            s.extend(data_row(&[SECRET]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = fwd(&mut m, s);
+            assert!(
+                !out.contains(SECRET),
+                "refused re-Parse param leaked: {out:?}"
+            );
+        }
     }
 }
