@@ -768,6 +768,7 @@ pub struct CopyColumn {
 pub fn copy_columns(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    unread: bool,
     statement: Option<&Text>,
     body: &[u8],
 ) -> Result<Vec<CopyColumn>, RowError> {
@@ -782,7 +783,7 @@ pub fn copy_columns(
         let field = Field::new(name, f);
         cols.push(CopyColumn {
             oid: field.oid,
-            rule: rule_of(engine, origins, statement, &field),
+            rule: rule_of(engine, origins, unread, statement, &field),
             table: field.table,
             attnum: field.attnum,
         });

@@ -198,9 +198,22 @@ fn kind(oid: u32, format: i16) -> Kind {
 pub(super) fn rule_of(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    unread: bool,
     text: Option<&Text>,
     f: &Field<'_>,
 ) -> Option<(RuleId, ColumnAction)> {
+    // After a schema change of the session's own that no read knows yet
+    // (`unread`: a statement sent in the same Query or write as a `CREATE
+    // OR REPLACE VIEW`, before a read could go), any relation may show
+    // anything under any name: text-like columns take the strongest name
+    // rule.
+    if unread && derived_applies(f.oid) {
+        if let (Some(o), 1..) = (origins, f.table) {
+            o.saw_relation(f.table);
+        }
+        let named = engine.column_rule(f.name, f.oid);
+        return super::derived::stronger(named, engine.strongest_name_rule());
+    }
     // A view's computed column: the strongest rule its view reads.
     let mut computed = None;
     let stored = match (origins, f.table) {
@@ -327,6 +340,8 @@ pub struct RowPlan {
     /// attribute number (see [`super::origins`]): a column's rule is its
     /// stored name's, whatever the query calls it.
     origins: Option<Arc<ColumnOrigins>>,
+    /// See [`RowPlan::set_unread`].
+    unread: bool,
     /// The text of the statement described next, for its computed columns
     /// ([`RowPlan::set_statement`]).
     statement: StatementText,
@@ -379,6 +394,18 @@ impl RowPlan {
         self.origins = origins;
     }
 
+    /// The session changed the schema since the read in use began (it is
+    /// read again before the session's next statement): until then every
+    /// text-like column described takes the profile's strongest name rule.
+    pub fn set_unread(&mut self, unread: bool) {
+        self.unread = unread;
+    }
+
+    /// See [`RowPlan::set_unread`].
+    pub fn unread(&self) -> bool {
+        self.unread
+    }
+
     /// The text of the statement whose results are described next (and
     /// its backslash setting): computed text-like columns take the rule of
     /// the ruled names it mentions ([`super::derived`]). Kept for every
@@ -422,6 +449,7 @@ impl RowPlan {
                 rule_of(
                     engine,
                     self.origins.as_deref(),
+                    self.unread,
                     self.statement.as_deref(),
                     &field,
                 )
@@ -610,6 +638,7 @@ impl RowPlan {
 pub fn retype_statement_description(
     engine: &Engine,
     origins: Option<&ColumnOrigins>,
+    unread: bool,
     statement: Option<&Text>,
     body: &mut [u8],
 ) -> Option<Vec<bool>> {
@@ -621,8 +650,8 @@ pub fn retype_statement_description(
         .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
     let mut told: Option<Vec<bool>> = None;
     retype_where(body, |i, f| {
-        let text =
-            kind(f.oid, 0) != Kind::Text && retyped(f.oid, rule_of(engine, origins, statement, &f));
+        let text = kind(f.oid, 0) != Kind::Text
+            && retyped(f.oid, rule_of(engine, origins, unread, statement, &f));
         if text {
             told.get_or_insert_with(|| vec![false; n])[i] = true;
         }

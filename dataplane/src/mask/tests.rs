@@ -1609,13 +1609,16 @@ hash_key: 'a fixed key of 16+ bytes'
     );
     // A statement Describe's description, retyped without a plan: the same.
     let mut shown2 = desc.clone();
-    let told = retype_statement_description(&e, None, None, &mut shown2);
+    let told = retype_statement_description(&e, None, false, None, &mut shown2);
     assert_eq!(shown2, shown);
     assert_eq!(told, plan.shown_as_text());
     assert_eq!(told, Some(vec![true, true, true, false, true, true, false]));
     // A malformed one is left alone.
     let mut cut = desc[..desc.len() - 1].to_vec();
-    assert_eq!(retype_statement_description(&e, None, None, &mut cut), None);
+    assert_eq!(
+        retype_statement_description(&e, None, false, None, &mut cut),
+        None
+    );
     assert_eq!(cut, desc[..desc.len() - 1]);
     // Everything but the types is as the server sent it.
     let mut again = RowPlan::new();

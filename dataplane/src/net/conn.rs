@@ -869,6 +869,7 @@ async fn relay(
                 m.set_standard_conforming_strings(v);
             }
             m.set_origins(origins);
+            m.follow_schema(limits.column_origins);
             if let Some(a) = audit {
                 // Masked counts per statement, and masked SQL text and
                 // parameters, for the records.
@@ -1272,7 +1273,10 @@ fn own_catalog_read(
             mk.set_origins(o);
             None
         }
-        super::catalog::Begin::Send(b) => Some(b),
+        super::catalog::Begin::Send(b) => {
+            mk.schema_read_sent();
+            Some(b)
+        }
     }
 }
 
@@ -1321,9 +1325,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                     continue;
                 }
                 Ok(Taken::Done { own, waiting }) => {
-                    let o = state.catalog.borrow_mut().settle(worker, own);
+                    let (o, read) = state.catalog.borrow_mut().settle(worker, own);
                     if let Some(mk) = state.masker.borrow_mut().as_mut() {
                         mk.set_origins(o);
+                        mk.schema_read_done(read);
                     }
                     if waiting {
                         state.catalog_step.notify_one();

@@ -43,6 +43,7 @@ use crate::mask::{
 };
 use crate::protocol::backend::{self, parameter_status, parse_error_fields};
 use crate::protocol::tag;
+use crate::session::schema::SchemaWatch;
 
 /// The COPY TO stream in progress.
 #[derive(Debug, Clone, Copy)]
@@ -306,10 +307,25 @@ pub struct TargetMasker {
     /// A client frame's names could not be read (split across reads):
     /// every later COPY is masked whole.
     copy_untrusted: bool,
-    /// The sync epoch of a simple Query with a COPY FROM STDIN: Syncs sent
-    /// until its CopyDone or CopyFail (or its ReadyForQuery, when the copy
-    /// never started) get no answer.
+    /// The sync epoch of a simple Query with a COPY FROM STDIN, until the
+    /// client's CopyDone or CopyFail (or the Query's ReadyForQuery, when
+    /// the copy never started): the server ignores Syncs during its
+    /// copy-in.
     copy_in_query: Option<u64>,
+    /// Its copy-in started (CopyInResponse came): Syncs sent from now until
+    /// its CopyDone or CopyFail get no answer.
+    copy_in_started: bool,
+    /// Syncs sent after such a Query (sync epoch `.0`) while it was not
+    /// yet known whether its copy-in starts: `.1` of them, each counted as
+    /// to be answered. A COPY that fails first (a missing table) never
+    /// starts its copy-in, and then the server answers every one with a
+    /// ReadyForQuery; kept past the client's CopyDone until the Query's
+    /// CopyInResponse or ReadyForQuery tells.
+    copy_in_unsure: Option<(u64, u64)>,
+    /// When the copy-in did start: those Syncs got no answer, so the
+    /// ReadyForQuery of the Query (sync epoch `.0`) also ends their `.1`
+    /// sync epochs.
+    copy_in_ignored: Option<(u64, u64)>,
     copy_out: Option<CopyOut>,
     /// The columns of the COPY in progress (with column rules).
     copy_cols: Option<Rc<[CopyColumn]>>,
@@ -343,6 +359,16 @@ pub struct TargetMasker {
     own_error: Option<(u64, Vec<u8>)>,
     /// The last ReadyForQuery said "idle" (not in a transaction block).
     tx_idle: bool,
+    /// Tells the schema changes of the session's own statements.
+    watch: SchemaWatch,
+    /// The session reads its catalog again after them
+    /// ([`TargetMasker::follow_schema`]).
+    follow_schema: bool,
+    /// Schema changes told so far, how many of them the read in use knows,
+    /// and for a read in progress, how many were told when it was sent.
+    changes: u64,
+    changes_read: u64,
+    read_covers: Option<u64>,
     /// A frame (tag, length, body) to forward in place of the one
     /// [`TargetMasker::on_target_frame`] was given.
     replace_with: Option<Vec<u8>>,
@@ -413,6 +439,9 @@ impl TargetMasker {
             poisoned: Default::default(),
             copy_untrusted: false,
             copy_in_query: None,
+            copy_in_started: false,
+            copy_in_unsure: None,
+            copy_in_ignored: None,
             copy_out: None,
             copy_cols: None,
             copy_options: CopyOptions::text(),
@@ -428,6 +457,11 @@ impl TargetMasker {
             unsynced: 0,
             own_error: None,
             tx_idle: true,
+            watch: SchemaWatch::default(),
+            follow_schema: false,
+            changes: 0,
+            changes_read: 0,
+            read_covers: None,
             replace_with: None,
             hits: Hits::new(),
             unsafe_encoding: None,
@@ -502,6 +536,43 @@ impl TargetMasker {
         self.plan.set_origins(origins);
         self.plan_desc = None;
         self.plan_known = false;
+    }
+
+    /// Follow the session's own schema changes: from one told by a
+    /// CommandComplete until a read of the session's own knows it, every
+    /// text-like column described takes the profile's strongest name rule
+    /// ([`RowPlan::set_unread`]). Only for sessions that read their catalog
+    /// again after such a change (`net::catalog::SessionCatalog`).
+    pub fn follow_schema(&mut self, on: bool) {
+        self.follow_schema = on;
+        self.plan.set_unread(on && self.changes > self.changes_read);
+    }
+
+    /// A catalog read of the session's own is sent now: it knows every
+    /// change told so far.
+    pub fn schema_read_sent(&mut self) {
+        self.read_covers = Some(self.changes);
+    }
+
+    /// That read is over; `read`: it was read (not refused).
+    pub fn schema_read_done(&mut self, read: bool) {
+        if let Some(c) = self.read_covers.take().filter(|_| read) {
+            self.changes_read = self.changes_read.max(c);
+        }
+        self.plan
+            .set_unread(self.follow_schema && self.changes > self.changes_read);
+    }
+
+    /// A frame the client is sent (not an answer to the gateway's own
+    /// requests), for the schema changes it tells.
+    #[inline]
+    fn watch_frame(&mut self, t: u8, body: &[u8]) {
+        if self.watch.frame(t, body).is_some() {
+            self.changes += 1;
+            if self.follow_schema {
+                self.plan.set_unread(true);
+            }
+        }
     }
 
     /// The catalog read result columns are resolved with (see
@@ -605,6 +676,7 @@ impl TargetMasker {
                 }
                 if whole && copy_from_stdin(text, self.backslash_strings) {
                     self.copy_in_query = Some(e);
+                    self.copy_in_started = false;
                 }
                 // (The whole text: which statement a RowDescription answers
                 // is not tracked. What is at hand when the Query is split
@@ -643,9 +715,18 @@ impl TargetMasker {
                 self.pending.results.push_back((e, Some(portal), None));
             }
             tag::SYNC => {
-                // (Ignored by a server in copy-in.)
-                if self.copy_in_query.is_none() {
-                    self.sent_epoch += 1;
+                // (Ignored by a server in copy-in. Before its CopyInResponse
+                // it is counted, and uncounted there: see `copy_in_syncs`.)
+                match self.copy_in_query {
+                    Some(_) if self.copy_in_started => {}
+                    Some(q) => {
+                        self.sent_epoch += 1;
+                        match &mut self.copy_in_unsure {
+                            Some((u, n)) if *u == q => *n += 1,
+                            u => *u = Some((q, 1)),
+                        }
+                    }
+                    None => self.sent_epoch += 1,
                 }
                 self.unsynced = 0;
             }
@@ -658,6 +739,7 @@ impl TargetMasker {
                 // (A simple Query's copy-in ends; its Syncs were not
                 // counted.)
                 let in_query = self.copy_in_query.take().is_some();
+                self.copy_in_started = false;
                 if let Some(x) = self.last_execute.take().filter(|_| !in_query) {
                     // The Syncs sent since the Execute that started this
                     // COPY FROM were ignored by the server (it was in
@@ -1109,7 +1191,8 @@ impl TargetMasker {
                 break;
             }
             let total = 1 + len;
-            let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S')
+            // (CommandComplete too: its tag tells schema changes.)
+            let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S' | b'C')
                 || (t == b'd' && self.copy_out.is_some())
                 // (Answers to the gateway's own requests are dropped whole.)
                 || self.own_outstanding();
@@ -1119,7 +1202,9 @@ impl TargetMasker {
                 }
                 // Not a data frame (or over the limit, which the frame
                 // scanner refuses anyway): pass the part we have through.
-                self.on_target_frame(t, &mut buf[at + 5..n]);
+                if !self.on_target_frame(t, &mut buf[at + 5..n]) {
+                    self.watch_frame(t, &buf[at + 5..n]);
+                }
                 if self.hits.log_len() > 0 {
                     self.collect_hits(frame, false);
                 }
@@ -1143,6 +1228,9 @@ impl TargetMasker {
                     }
                     _ => {}
                 }
+            }
+            if t == b'D' {
+                self.watch_frame(t, &[]);
             }
             match t {
                 b'D' if !self.active => {}
@@ -1225,6 +1313,9 @@ impl TargetMasker {
                 }
                 _ => {
                     let drop = self.on_target_frame(t, body);
+                    if !drop {
+                        self.watch_frame(t, &buf[at + 5..at + total]);
+                    }
                     if let Some(f) = self.replace_with.take() {
                         splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                         self.out.extend_from_slice(&f);
@@ -1299,11 +1390,16 @@ impl TargetMasker {
                 // The columns of a COPY the gateway described.
                 self.describing = None;
                 let text = self.own_describes.front().and_then(|o| o.2.clone());
-                let cols =
-                    match copy_columns(&self.engine, self.plan.origins(), text.as_deref(), body) {
-                        Ok(c) => CopyCols::Resolved(Rc::from(c)),
-                        Err(_) => CopyCols::Unresolved,
-                    };
+                let cols = match copy_columns(
+                    &self.engine,
+                    self.plan.origins(),
+                    self.plan.unread(),
+                    text.as_deref(),
+                    body,
+                ) {
+                    Ok(c) => CopyCols::Resolved(Rc::from(c)),
+                    Err(_) => CopyCols::Unresolved,
+                };
                 self.resolve_own(cols);
                 return true;
             }
@@ -1367,6 +1463,7 @@ impl TargetMasker {
                         retype_statement_description(
                             &self.engine,
                             self.plan.origins(),
+                            self.plan.unread(),
                             text.as_deref(),
                             body,
                         )
@@ -1540,6 +1637,20 @@ impl TargetMasker {
                     self.pending.results.pop_front();
                 }
             }
+            b'G' => {
+                // CopyInResponse: the copy-in of the simple Query being
+                // answered started. The Syncs sent after that Query (and
+                // before its CopyDone or CopyFail) get no answer.
+                if self.copy_in_query == Some(self.done_epoch) {
+                    self.copy_in_started = true;
+                }
+                if let Some((q, n)) = self.copy_in_unsure {
+                    if q == self.done_epoch {
+                        self.copy_in_ignored = Some((q, n));
+                        self.copy_in_unsure = None;
+                    }
+                }
+            }
             b'd' | b'N' | b'A' if !self.active => {}
             // (Binary COPY goes through `process`.)
             b'd' if matches!(self.copy_out, Some(CopyOut::Fields)) => {
@@ -1573,6 +1684,20 @@ impl TargetMasker {
                 // (More ReadyForQuery than requests counted: go by the
                 // server.)
                 self.done_epoch = (self.done_epoch + 1).min(self.sent_epoch);
+                if let Some((q, n)) = self.copy_in_ignored {
+                    if q < self.done_epoch {
+                        // (The Syncs its copy-in ignored.)
+                        self.done_epoch = (self.done_epoch + n).min(self.sent_epoch);
+                        self.copy_in_ignored = None;
+                    }
+                }
+                if self
+                    .copy_in_unsure
+                    .is_some_and(|(q, _)| q < self.done_epoch)
+                {
+                    // (Its copy-in never started: they are answered.)
+                    self.copy_in_unsure = None;
+                }
                 let done = self.done_epoch;
                 self.copy_ruled = false;
                 self.tx_idle = body.first() == Some(&b'I');
@@ -1582,6 +1707,7 @@ impl TargetMasker {
                 self.poisoned.retain(|&p| p >= done);
                 if self.copy_in_query.is_some_and(|q| q < done) {
                     self.copy_in_query = None;
+                    self.copy_in_started = false;
                 }
                 if self.tx_idle {
                     // Named portals end with their transaction: those bound
@@ -2579,6 +2705,101 @@ mod tests {
         let out = forwarded(&mut m, &mut s);
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"*******\n").is_some());
+    }
+
+    /// Schema changes of the session's own, told by CommandComplete tags
+    /// (one split across reads too): the plan fails closed from the change
+    /// until a read sent after it is read; a refused read, or one sent
+    /// before a later change, leaves it so.
+    #[test]
+    fn own_schema_changes_fail_closed_until_read() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.follow_schema(true);
+        let complete = |m: &mut TargetMasker, tag: &[u8]| {
+            let mut s = frame(b'C', tag);
+            s.extend(frame(b'Z', b"I"));
+            forwarded(m, &mut s);
+        };
+        m.on_client_frame(tag::QUERY, b"select 1\0", true, Some(0));
+        let mut s = frame(b'D', b"\0\x01\0\0\0\x011");
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"DCZ");
+        assert!(!m.plan.unread(), "a query's rows are no change");
+        m.on_client_frame(tag::QUERY, b"create view v as select 1\0", true, Some(0));
+        // (The tag cut after `CR`: held until whole.)
+        let mut s = frame(b'C', b"CREATE VIEW\0");
+        s.extend(frame(b'Z', b"I"));
+        let mut first = s[..7].to_vec();
+        let p = m.process(&mut first);
+        assert_eq!(p.ready, 0);
+        assert!(!m.plan.unread());
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"CZ");
+        assert!(m.plan.unread());
+        // Refused: still unknown.
+        m.schema_read_sent();
+        m.schema_read_done(false);
+        assert!(m.plan.unread());
+        // A read sent, then another change before it is read.
+        m.schema_read_sent();
+        m.on_client_frame(tag::QUERY, b"alter view v rename to w\0", true, Some(0));
+        complete(&mut m, b"ALTER VIEW\0");
+        m.schema_read_done(true);
+        assert!(m.plan.unread());
+        m.schema_read_sent();
+        m.schema_read_done(true);
+        assert!(!m.plan.unread());
+        // Not followed: no read would come.
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"create view v as select 1\0", true, Some(0));
+        complete(&mut m, b"CREATE VIEW\0");
+        assert!(!m.plan.unread());
+    }
+
+    /// Syncs sent right behind a simple Query's COPY FROM STDIN, before its
+    /// answer: the server ignores them when the copy-in starts, and answers
+    /// each with a ReadyForQuery when the COPY fails first (a missing
+    /// table). The count of answers owed stays right either way.
+    #[test]
+    fn syncs_behind_a_copy_from_stdin_count_by_its_outcome() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        // Fails first: the Sync is answered.
+        m.on_client_frame(tag::QUERY, b"COPY nope FROM STDIN\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(
+            b'E',
+            b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
+        );
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"EZ");
+        assert!(!m.quiet(), "the Sync's ReadyForQuery is still owed");
+        let mut s = frame(b'Z', b"I");
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"Z");
+        assert!(m.quiet());
+        // Starts: the Syncs sent before its CopyInResponse and during the
+        // copy-in get none.
+        m.on_client_frame(tag::QUERY, b"COPY t FROM STDIN\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'G', &[0, 0, 1, 0, 0]);
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"G");
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        m.on_client_frame(tag::COPY_DATA, b"1\n", true, Some(0));
+        m.on_client_frame(tag::COPY_DONE, b"", true, Some(0));
+        assert!(!m.quiet());
+        let mut s = frame(b'C', b"COPY 1\0");
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(tags(&forwarded(&mut m, &mut s)), b"CZ");
+        assert!(m.quiet());
+        // The next COPY TO is still paired with its own describe.
+        m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(Some(&[("api_secret", 25)]));
+        copy_out_answer(&mut s, 1, b"hunter2\n");
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"HdcCZ");
+        assert!(memchr::memmem::find(&out, b"*******\n").is_some());
+        assert!(m.quiet());
     }
 
     /// Cases where the gateway cannot be sure which columns a COPY sends,

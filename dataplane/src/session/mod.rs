@@ -3,4 +3,5 @@
 
 pub mod handshake;
 pub mod masker;
+pub mod schema;
 pub mod target;
