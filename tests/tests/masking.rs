@@ -2202,6 +2202,47 @@ async fn statements_behind_an_own_schema_change_fail_closed_until_read() {
     );
 }
 
+/// The same statement as the one before, pipelined right behind the
+/// session's own `CREATE OR REPLACE VIEW` in one write (no read can go
+/// between): its description and text are those of the last result, and
+/// the plan kept from it must not stand in for the fail-closed one (it
+/// returned the secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_plan_does_not_outlive_an_own_schema_change() {
+    use sluice_tests::wire::{login, query_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = session_database(pg, key, "mk_session_unread_kept");
+    let mut s = login(gw.port, "agent1", "locked", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    rows_ok(
+        s.simple_query("create view k_v as select id, id::text as label from creds")
+            .await,
+    );
+    // (Sent behind another Query, as the one below is: its text reads
+    // the same.)
+    let mut b = query_bytes("select 1");
+    b.extend(query_bytes("select label from k_v"));
+    s.raw.send(&b).await.unwrap();
+    rows_ok(s.read_result().await);
+    let one = vec![vec![Some("1".to_string())]];
+    assert_eq!(rows_ok(s.read_result().await), one);
+    let before = (ok_reads(&gw, "continued"), ok_reads(&gw, "whole"));
+    let mut b =
+        query_bytes("create or replace view k_v as select id, api_secret as label from creds");
+    b.extend(query_bytes("select label from k_v"));
+    s.raw.send(&b).await.unwrap();
+    rows_ok(s.read_result().await);
+    let got = rows_ok(s.read_result().await);
+    assert_eq!(
+        (ok_reads(&gw, "continued"), ok_reads(&gw, "whole")),
+        before,
+        "no read went between"
+    );
+    assert_eq!(got, vec![vec![Some(SESSION_MASKED.to_string())]]);
+}
+
 /// The rows of a raw session's result, or a panic with its error.
 fn rows_ok(
     r: Result<sluice_tests::wire::Rows, sluice_tests::wire::ErrorFields>,

@@ -320,8 +320,9 @@ pub struct TargetMasker {
     /// to be answered. A COPY that fails first (a missing table) never
     /// starts its copy-in, and then the server answers every one with a
     /// ReadyForQuery; kept past the client's CopyDone until the Query's
-    /// CopyInResponse or ReadyForQuery tells.
-    copy_in_unsure: Option<(u64, u64)>,
+    /// CopyInResponse or ReadyForQuery tells. (One entry per such Query,
+    /// in order: another may be sent before the first is answered.)
+    copy_in_unsure: VecDeque<(u64, u64)>,
     /// When the copy-in did start: those Syncs got no answer, so the
     /// ReadyForQuery of the Query (sync epoch `.0`) also ends their `.1`
     /// sync epochs.
@@ -440,7 +441,7 @@ impl TargetMasker {
             copy_untrusted: false,
             copy_in_query: None,
             copy_in_started: false,
-            copy_in_unsure: None,
+            copy_in_unsure: VecDeque::new(),
             copy_in_ignored: None,
             copy_out: None,
             copy_cols: None,
@@ -545,7 +546,16 @@ impl TargetMasker {
     /// again after such a change (`net::catalog::SessionCatalog`).
     pub fn follow_schema(&mut self, on: bool) {
         self.follow_schema = on;
-        self.plan.set_unread(on && self.changes > self.changes_read);
+        self.set_unread(on && self.changes > self.changes_read);
+    }
+
+    /// [`RowPlan::set_unread`]; a plan kept from before a change of it is
+    /// not used again (`describe` keeps a plan by description and text).
+    fn set_unread(&mut self, unread: bool) {
+        if self.plan.unread() != unread {
+            self.plan.set_unread(unread);
+            self.plan_desc = None;
+        }
     }
 
     /// A catalog read of the session's own is sent now: it knows every
@@ -559,8 +569,7 @@ impl TargetMasker {
         if let Some(c) = self.read_covers.take().filter(|_| read) {
             self.changes_read = self.changes_read.max(c);
         }
-        self.plan
-            .set_unread(self.follow_schema && self.changes > self.changes_read);
+        self.set_unread(self.follow_schema && self.changes > self.changes_read);
     }
 
     /// A frame the client is sent (not an answer to the gateway's own
@@ -570,7 +579,7 @@ impl TargetMasker {
         if self.watch.frame(t, body).is_some() {
             self.changes += 1;
             if self.follow_schema {
-                self.plan.set_unread(true);
+                self.set_unread(true);
             }
         }
     }
@@ -721,9 +730,9 @@ impl TargetMasker {
                     Some(_) if self.copy_in_started => {}
                     Some(q) => {
                         self.sent_epoch += 1;
-                        match &mut self.copy_in_unsure {
+                        match self.copy_in_unsure.back_mut() {
                             Some((u, n)) if *u == q => *n += 1,
-                            u => *u = Some((q, 1)),
+                            _ => self.copy_in_unsure.push_back((q, 1)),
                         }
                     }
                     None => self.sent_epoch += 1,
@@ -1644,10 +1653,10 @@ impl TargetMasker {
                 if self.copy_in_query == Some(self.done_epoch) {
                     self.copy_in_started = true;
                 }
-                if let Some((q, n)) = self.copy_in_unsure {
+                if let Some(&(q, n)) = self.copy_in_unsure.front() {
                     if q == self.done_epoch {
                         self.copy_in_ignored = Some((q, n));
-                        self.copy_in_unsure = None;
+                        self.copy_in_unsure.pop_front();
                     }
                 }
             }
@@ -1691,12 +1700,13 @@ impl TargetMasker {
                         self.copy_in_ignored = None;
                     }
                 }
-                if self
+                while self
                     .copy_in_unsure
-                    .is_some_and(|(q, _)| q < self.done_epoch)
+                    .front()
+                    .is_some_and(|&(q, _)| q < self.done_epoch)
                 {
                     // (Its copy-in never started: they are answered.)
-                    self.copy_in_unsure = None;
+                    self.copy_in_unsure.pop_front();
                 }
                 let done = self.done_epoch;
                 self.copy_ruled = false;
@@ -2756,6 +2766,43 @@ mod tests {
         assert!(!m.plan.unread());
     }
 
+    /// The same statement text and description as the last result, after a
+    /// schema change of the session's own (pipelined Queries in one write,
+    /// or a prepared statement run again): the plan kept from before the
+    /// change must not stand in for the fail-closed one.
+    #[test]
+    fn a_kept_plan_does_not_outlive_an_own_schema_change() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.follow_schema(true);
+        let select = |m: &mut TargetMasker| {
+            m.on_client_frame(tag::QUERY, b"select label from r_v\0", true, Some(0));
+            let mut s = row_desc(&[("label", 25)]);
+            s.extend(data_row(&["hunter2"]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            forwarded(m, &mut s)
+        };
+        // Before: `label` is no ruled name.
+        assert!(memchr::memmem::find(&select(&mut m), b"hunter2").is_some());
+        m.on_client_frame(
+            tag::QUERY,
+            b"create or replace view r_v as select api_secret as label from creds\0",
+            true,
+            Some(0),
+        );
+        let mut s = frame(b'C', b"CREATE VIEW\0");
+        s.extend(frame(b'Z', b"I"));
+        forwarded(&mut m, &mut s);
+        assert!(m.plan.unread());
+        // The same Query again, before a read: fails closed.
+        let out = select(&mut m);
+        assert!(
+            memchr::memmem::find(&out, b"hunter2").is_none(),
+            "unmasked after the change: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
     /// Syncs sent right behind a simple Query's COPY FROM STDIN, before its
     /// answer: the server ignores them when the copy-in starts, and answers
     /// each with a ReadyForQuery when the COPY fails first (a missing
@@ -2800,6 +2847,29 @@ mod tests {
         assert_eq!(tags(&out), b"HdcCZ");
         assert!(memchr::memmem::find(&out, b"*******\n").is_some());
         assert!(m.quiet());
+    }
+
+    /// Two simple-Query COPY FROM STDIN pipelined (each with its data,
+    /// CopyDone and a Sync behind it) before the first CopyInResponse: the
+    /// server ignores both Syncs (each arrives during a copy-in). The
+    /// second Query's unsure Syncs must not replace the first's.
+    #[test]
+    fn unsure_syncs_of_two_pipelined_copies_in_stay_apart() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        for t in ["COPY a FROM STDIN\0", "COPY b FROM STDIN\0"] {
+            m.on_client_frame(tag::QUERY, t.as_bytes(), true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            m.on_client_frame(tag::COPY_DATA, b"1\n", true, Some(0));
+            m.on_client_frame(tag::COPY_DONE, b"", true, Some(0));
+        }
+        for _ in 0..2 {
+            let mut s = frame(b'G', &[0, 0, 1, 0, 0]);
+            s.extend(frame(b'C', b"COPY 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            assert_eq!(tags(&forwarded(&mut m, &mut s)), b"GCZ");
+        }
+        // Nothing else comes: nothing is owed.
+        assert!(m.quiet(), "sent {} done {}", m.sent_epoch, m.done_epoch);
     }
 
     /// Cases where the gateway cannot be sure which columns a COPY sends,
