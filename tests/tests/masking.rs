@@ -1026,6 +1026,101 @@ async fn notification_payloads_are_masked() {
     );
 }
 
+/// Tokens recognized only as a whole value (Vault, Databricks, Mailgun,
+/// Telegram, Linear, PyPI, Doppler, Pulumi, Sentry; Grafana service
+/// accounts, Shopify custom apps), as a key-value settings table holds
+/// them: masked after their prefix in simple and extended results, COPY,
+/// and the message of a cast error that quotes one, and counted under
+/// their rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stored_as_whole_values_are_masked() {
+    let pg = Pg::shared();
+    let t = "mk_whole_tokens";
+    // (Assembled at run time, so that no scanner mistakes this file for a
+    // leak.)
+    let hex32 = "0123456789abcdef".repeat(2);
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+    let tokens: Vec<(String, usize, &str)> = vec![
+        (format!("hv{}.CAESIJ{}", "s", &b62[..90]), 4, "vault_token"),
+        (format!("da{}{hex32}", "pi"), 4, "databricks_token"),
+        (format!("ke{}-{hex32}", "y"), 4, "mailgun_api_key"),
+        (
+            format!("123456789:A{}{}", "A", &b62[..33]),
+            10,
+            "telegram_bot_token",
+        ),
+        (format!("lin_{}_{}", "api", &b62[..40]), 8, "linear_api_key"),
+        (
+            format!("py{}-AgEIcHlwaS5vcmc{}", "pi", &b62[..80]),
+            5,
+            "pypi_token",
+        ),
+        (format!("dp.{}.{}", "pt", &b62[..43]), 6, "doppler_token"),
+        (format!("pu{}-{hex32}01234567", "l"), 4, "pulumi_token"),
+        (format!("sntr{}_{hex32}{hex32}", "yu"), 7, "sentry_token"),
+        (
+            format!("gl{}_{}_{}", "sa", &b62[..32], &hex32[..8]),
+            5,
+            "grafana_token",
+        ),
+        (format!("shp{}_{hex32}", "ca"), 6, "shopify_token"),
+    ];
+    let masked = |(v, keep, _): &(String, usize, &str)| {
+        format!("{}{}", &v[..*keep], "*".repeat(v.len() - keep))
+    };
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; create table {t} (id int, key text, value text)"
+        ))
+        .await
+        .unwrap();
+    for (i, (v, _, rule)) in tokens.iter().enumerate() {
+        direct
+            .execute(
+                &format!("insert into {t} values ($1, $2, $3)"),
+                &[&(i as i32), &rule.to_uppercase(), v],
+            )
+            .await
+            .unwrap();
+    }
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    let sql = format!("select value from {t} order by id");
+    let want: Vec<TextRow> = tokens.iter().map(|x| vec![Some(masked(x))]).collect();
+    assert_eq!(simple_rows(&via, &sql).await, want);
+    let rows = via.query(&sql, &[]).await.unwrap();
+    let got: Vec<TextRow> = rows.iter().map(|r| vec![r.get(0)]).collect();
+    assert_eq!(got, want);
+    let copy = copy_out(&via, &format!("copy ({sql}) to stdout"))
+        .await
+        .unwrap();
+    let lines: String = want
+        .iter()
+        .map(|r| format!("{}\n", r[0].as_ref().unwrap()))
+        .collect();
+    assert_eq!(String::from_utf8(copy).unwrap(), lines);
+    // A cast error quotes the value.
+    let (v, ..) = &tokens[0];
+    let err = via
+        .simple_query(&format!("select '{v}'::int"))
+        .await
+        .expect_err("not an integer");
+    let msg = err_text(&err);
+    assert!(
+        msg.contains(&masked(&tokens[0])) && !msg.contains(v.as_str()),
+        "{msg}"
+    );
+    let m = gw.metrics();
+    for (_, _, rule) in &tokens {
+        assert!(
+            m.get("sluice_masked_values_total", &[("rule", rule)]) >= 3.0,
+            "{rule}: {:?}",
+            m.lines_for("sluice_masked_values_total")
+        );
+    }
+}
+
 /// ErrorResponse and NoticeResponse texts: a unique violation's DETAIL
 /// repeats the value, a cast error's message quotes it, RAISE puts it in
 /// message, detail and hint; simple and extended protocol.

@@ -24,6 +24,8 @@ const PATTERNS: &[&str] = &[
     r"(?-u)\bgl(?:pat|dt|ptt|rt|cbt|ft|imt|agent|soat|oas)-[A-Za-z0-9_.-]{20,}",
     r"(?-u)\b(?:hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36,})",
     r"(?-u)\b(?:shp(?:at|ss)_[0-9a-fA-F]{32}\b|do[por]_v1_[0-9a-fA-F]{64}\b|glc_[A-Za-z0-9+/]{32,}=*|PMAK-[0-9a-fA-F]{24}-[0-9a-fA-F]{34}\b|NRAK-[A-Z0-9]{27}\b|AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})",
+    // (The tokens recognized only as a whole value.)
+    r"(?-u)^(?:hv[sbr]\.[A-Za-z0-9_-]{24,}|dapi[0-9a-fA-F]{32}(?:-[0-9]{1,2})?|key-[0-9a-fA-F]{32}|[0-9]{8,10}:AA[A-Za-z0-9_-]{33}|lin_api_[A-Za-z0-9]{40}|lin_oauth_[0-9a-fA-F]{64}|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}|dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}|pul-[0-9a-fA-F]{40}|sntryu_[0-9a-fA-F]{64}|sntrys_[A-Za-z0-9+/=_]{60,}|glsa_[A-Za-z0-9]{32}_[0-9a-fA-F]{8}|shp(?:ca|pa)_[0-9a-fA-F]{32})[ \t\r\n]*$",
 ];
 
 pub struct RegexMasker {

@@ -1736,6 +1736,281 @@ fn hex_token(buf: &mut [u8], s: usize, body: usize, n: usize, f: &Fmt) -> Option
     Some(body + n)
 }
 
+// ---------------------------------------------------------------------------
+// Tokens recognized only as a whole value: their prefixes have no anchor
+// byte the scan could afford (`hvs.`, `dapi`, `key-`, `pypi-`, a bot id and
+// `:AA`…), so they are checked once per value instead, by its length and
+// first bytes: a value (a cell, a COPY field, a JSON string, a
+// notification's payload, a word of an error message) that is the token,
+// ASCII whitespace after it aside.
+
+/// The whole-value tokens that are on.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WholeTokens {
+    pub vault: bool,
+    pub databricks: bool,
+    pub mailgun: bool,
+    pub telegram: bool,
+    pub linear: bool,
+    pub pypi: bool,
+    pub doppler: bool,
+    pub pulumi: bool,
+    pub sentry: bool,
+    /// Grafana service-account tokens (`glsa_`), rule `grafana_token`.
+    pub grafana: bool,
+    /// Shopify custom-app and partner tokens (`shpca_`, `shppa_`), rule
+    /// `shopify_token`.
+    pub shopify: bool,
+}
+
+impl WholeTokens {
+    pub(crate) fn any(&self) -> bool {
+        self.vault
+            || self.databricks
+            || self.mailgun
+            || self.telegram
+            || self.linear
+            || self.pypi
+            || self.doppler
+            || self.pulumi
+            || self.sentry
+            || self.grafana
+            || self.shopify
+    }
+}
+
+/// Which whole-value token [`whole_token`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WholeKind {
+    Vault,
+    Databricks,
+    Mailgun,
+    Telegram,
+    Linear,
+    Pypi,
+    Doppler,
+    Pulumi,
+    Sentry,
+    Grafana,
+    Shopify,
+}
+
+/// The shortest whole-value token (`hvs.` and 24 characters), and the
+/// longest value looked at (PyPI and Sentry tokens run to some 200
+/// characters; whitespace around them included).
+pub(crate) const WHOLE_MIN: usize = 28;
+pub(crate) const WHOLE_MAX: usize = 512;
+
+/// The first four bytes of the whole-value tokens with a prefix of their
+/// own, and their slots in [`WHOLE_PREFIXES`] (a perfect hash: the top 5
+/// bits of the prefix times [`WHOLE_HASH`]).
+const WHOLE_PREFIX_LIST: [&[u8; 4]; 16] = [
+    b"hvs.", b"hvb.", b"hvr.", b"dapi", b"dp.p", b"dp.s", b"dp.c", b"dp.a", b"key-", b"lin_",
+    b"pypi", b"pul-", b"sntr", b"shpc", b"shpp", b"glsa",
+];
+const WHOLE_HASH: u32 = 0x9d64_3c25;
+static WHOLE_PREFIXES: [u32; 32] = {
+    // (Empty slots hold a prefix no token has.)
+    let mut t = [u32::MAX; 32];
+    let mut i = 0;
+    while i < WHOLE_PREFIX_LIST.len() {
+        let p = u32::from_le_bytes(*WHOLE_PREFIX_LIST[i]);
+        let h = (p.wrapping_mul(WHOLE_HASH) >> 27) as usize;
+        assert!(t[h] == u32::MAX, "WHOLE_HASH must keep the prefixes apart");
+        t[h] = p;
+        i += 1;
+    }
+    t
+};
+
+/// Whether `v` may be a whole-value token, from its length and first
+/// bytes alone: a perfect hash of the first four, then (for a Telegram
+/// bot id) a digit first and a `:` 8 to 10 bytes in. Both branches go
+/// the same way for nearly every value, as the first letters of names
+/// and notes would not; [`whole_token`] decides.
+#[inline(always)]
+pub(crate) fn may_be_whole(v: &[u8]) -> bool {
+    let n = v.len();
+    if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
+        return false;
+    }
+    let p = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    if WHOLE_PREFIXES[(p.wrapping_mul(WHOLE_HASH) >> 27) as usize] == p {
+        return true;
+    }
+    v[0].is_ascii_digit() && n >= 44 && (v[8] == b':' || v[9] == b':' || v[10] == b':')
+}
+
+/// `[A-Za-z0-9_-]`.
+#[inline]
+fn token_char(b: u8) -> bool {
+    alnum(b) || b == b'_' || b == b'-'
+}
+
+/// All of `s` is in `class`.
+#[inline]
+fn all_of(s: &[u8], class: impl Fn(u8) -> bool) -> bool {
+    s.iter().all(|&b| class(b))
+}
+
+/// `s` is exactly `n` hex digits.
+#[inline]
+fn hex_of(s: &[u8], n: usize) -> bool {
+    s.len() == n && all_of(s, |b| b.is_ascii_hexdigit())
+}
+
+/// The token that is the whole of `buf` (ASCII whitespace after it
+/// aside), masked after its prefix (all of it without `keep_prefix`):
+/// - Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]`;
+/// - Databricks `dapi` + 32 hex digits, and an optional `-` + 1 or 2
+///   digits;
+/// - Mailgun `key-` + 32 hex digits;
+/// - Telegram bot tokens: 8 to 10 digits (the bot id, kept), `:`, `AA` +
+///   33 of `[A-Za-z0-9_-]`;
+/// - Linear `lin_api_` + 40 letters and digits, `lin_oauth_` + 64 hex;
+/// - PyPI `pypi-AgEIcHlwaS5vcmc` (the macaroon's `pypi.org` header) + 50
+///   or more of `[A-Za-z0-9_-]`;
+/// - Doppler `dp.pt.`, `dp.st.`, `dp.sa.`, `dp.ct.`, `dp.scim.`,
+///   `dp.audit.` + 40 to 44 letters and digits;
+/// - Pulumi `pul-` + 40 hex digits;
+/// - Sentry `sntryu_` + 64 hex digits, `sntrys_` + 60 or more of
+///   `[A-Za-z0-9+/=_]`;
+/// - Grafana `glsa_` + 32 letters and digits + `_` + 8 hex digits;
+/// - Shopify `shpca_`, `shppa_` + 32 hex digits.
+pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<WholeKind> {
+    let n = buf.len();
+    if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
+        return None;
+    }
+    let (s, mut e) = (0, n);
+    while e > s && buf[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    let t = &buf[s..e];
+    if t.len() < WHOLE_MIN {
+        return None;
+    }
+    let (kind, body) = match t[0] {
+        b'h' if on.vault
+            && matches!(&t[..4], b"hvs." | b"hvb." | b"hvr.")
+            && all_of(&t[4..], token_char) =>
+        {
+            (WholeKind::Vault, 4)
+        }
+        b'd' if on.databricks && t.starts_with(b"dapi") => {
+            let rest = &t[4..];
+            let ok = hex_of(&rest[..32.min(rest.len())], 32)
+                && match &rest[32..] {
+                    [] => true,
+                    [b'-', d @ ..] => {
+                        (1..=2).contains(&d.len()) && all_of(d, |b| b.is_ascii_digit())
+                    }
+                    _ => false,
+                };
+            ok.then_some((WholeKind::Databricks, 4))?
+        }
+        b'd' if on.doppler && t.starts_with(b"dp.") => {
+            let kinds: [&[u8]; 6] = [b"pt.", b"st.", b"sa.", b"ct.", b"scim.", b"audit."];
+            let k = kinds.iter().find(|k| t[3..].starts_with(k))?;
+            let body = 3 + k.len();
+            let tail = &t[body..];
+            ((40..=44).contains(&tail.len()) && all_of(tail, alnum))
+                .then_some((WholeKind::Doppler, body))?
+        }
+        b'k' if on.mailgun && t.starts_with(b"key-") && hex_of(&t[4..], 32) => {
+            (WholeKind::Mailgun, 4)
+        }
+        b'0'..=b'9' if on.telegram => {
+            let id = t.iter().take_while(|b| b.is_ascii_digit()).count();
+            let ok = (8..=10).contains(&id)
+                && t[id..].starts_with(b":AA")
+                && t.len() == id + 1 + 35
+                && all_of(&t[id + 3..], token_char);
+            ok.then_some((WholeKind::Telegram, id + 1))?
+        }
+        b'l' if on.linear
+            && t.starts_with(b"lin_api_")
+            && t.len() == 48
+            && all_of(&t[8..], alnum) =>
+        {
+            (WholeKind::Linear, 8)
+        }
+        b'l' if on.linear && t.starts_with(b"lin_oauth_") && hex_of(&t[10..], 64) => {
+            (WholeKind::Linear, 10)
+        }
+        b'p' if on.pypi
+            && t.starts_with(b"pypi-AgEIcHlwaS5vcmc")
+            && t.len() >= 20 + 50
+            && all_of(&t[20..], token_char) =>
+        {
+            (WholeKind::Pypi, 5)
+        }
+        b'p' if on.pulumi && t.starts_with(b"pul-") && hex_of(&t[4..], 40) => {
+            (WholeKind::Pulumi, 4)
+        }
+        b's' if on.sentry && t.starts_with(b"sntryu_") && hex_of(&t[7..], 64) => {
+            (WholeKind::Sentry, 7)
+        }
+        b's' if on.sentry
+            && t.starts_with(b"sntrys_")
+            && t.len() >= 7 + 60
+            && all_of(&t[7..], |b| {
+                alnum(b) || matches!(b, b'+' | b'/' | b'=' | b'_')
+            }) =>
+        {
+            (WholeKind::Sentry, 7)
+        }
+        b's' if on.shopify
+            && matches!(t.get(..6), Some(b"shpca_" | b"shppa_"))
+            && hex_of(&t[6..], 32) =>
+        {
+            (WholeKind::Shopify, 6)
+        }
+        b'g' if on.grafana
+            && t.starts_with(b"glsa_")
+            && t.len() == 5 + 32 + 1 + 8
+            && all_of(&t[5..37], alnum)
+            && t[37] == b'_'
+            && hex_of(&t[38..], 8) =>
+        {
+            (WholeKind::Grafana, 5)
+        }
+        _ => return None,
+    };
+    mask_token(buf, s, s + body, e, f);
+    Some(kind)
+}
+
+/// [`whole_token`] for every word of a text (error and notice fields: `…
+/// for type integer: "dapi…"`, `Key (v)=(hvs.…)`): words run between ASCII
+/// whitespace and `"'(),;[]{}<>` (not `:` or `=`, which Telegram and
+/// Sentry tokens hold).
+/// `found` gets the kind of each token masked.
+pub(crate) fn words_tokens(
+    buf: &mut [u8],
+    on: WholeTokens,
+    f: &Fmt,
+    mut found: impl FnMut(WholeKind),
+) {
+    let sep = |b: u8| b.is_ascii_whitespace() || b"\"'(),;[]{}<>".contains(&b);
+    let n = buf.len();
+    let mut i = 0;
+    while i < n {
+        while i < n && sep(buf[i]) {
+            i += 1;
+        }
+        let s = i;
+        while i < n && !sep(buf[i]) {
+            i += 1;
+        }
+        if i - s >= WHOLE_MIN {
+            if let Some(k) = whole_token(&mut buf[s..i], on, f) {
+                found(k);
+            }
+        }
+    }
+}
+
 /// Which vendor a token whose prefix ends in `-` or `_` belongs to (see
 /// [`dash_token`] and [`underscore`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,9 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 #[cfg(target_arch = "x86_64")]
 use super::classify::{store_lanes, Planes};
 use super::classify::{BlockMasks, Classifier, Kernel, MaskStore, BLOCK, CHUNK_BLOCKS};
-use super::detect::{self, DigitDetectors, DigitHits, Fmt, TokenDetectors, Vendor};
+use super::detect::{
+    self, DigitDetectors, DigitHits, Fmt, TokenDetectors, Vendor, WholeKind, WholeTokens,
+};
 use super::profile::{
     compile_regex, ColumnAction, MaskingProfile, ProfileError, TypeRef, MAX_RULES,
 };
@@ -60,10 +62,19 @@ pub enum Builtin {
     NewrelicApiKey,
     AgeSecretKey,
     SendgridApiKey,
+    VaultToken,
+    DatabricksToken,
+    MailgunApiKey,
+    TelegramBotToken,
+    LinearApiKey,
+    PypiToken,
+    DopplerToken,
+    PulumiToken,
+    SentryToken,
 }
 
 /// Number of built-in detectors (rule ids `0..BUILTIN_RULES`).
-pub const BUILTIN_RULES: usize = 28;
+pub const BUILTIN_RULES: usize = 37;
 
 const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "payment_card",
@@ -94,6 +105,15 @@ const BUILTIN_NAMES: [&str; BUILTIN_RULES] = [
     "newrelic_api_key",
     "age_secret_key",
     "sendgrid_api_key",
+    "vault_token",
+    "databricks_token",
+    "mailgun_api_key",
+    "telegram_bot_token",
+    "linear_api_key",
+    "pypi_token",
+    "doppler_token",
+    "pulumi_token",
+    "sentry_token",
 ];
 
 impl From<Vendor> for Builtin {
@@ -112,6 +132,24 @@ impl From<Vendor> for Builtin {
             Vendor::Postman => Builtin::PostmanApiKey,
             Vendor::NewRelic => Builtin::NewrelicApiKey,
             Vendor::Age => Builtin::AgeSecretKey,
+        }
+    }
+}
+
+impl From<WholeKind> for Builtin {
+    fn from(k: WholeKind) -> Builtin {
+        match k {
+            WholeKind::Vault => Builtin::VaultToken,
+            WholeKind::Databricks => Builtin::DatabricksToken,
+            WholeKind::Mailgun => Builtin::MailgunApiKey,
+            WholeKind::Telegram => Builtin::TelegramBotToken,
+            WholeKind::Linear => Builtin::LinearApiKey,
+            WholeKind::Pypi => Builtin::PypiToken,
+            WholeKind::Doppler => Builtin::DopplerToken,
+            WholeKind::Pulumi => Builtin::PulumiToken,
+            WholeKind::Sentry => Builtin::SentryToken,
+            WholeKind::Grafana => Builtin::GrafanaToken,
+            WholeKind::Shopify => Builtin::ShopifyToken,
         }
     }
 }
@@ -290,6 +328,10 @@ pub struct Engine {
     /// Which prefixed tokens `detect::underscore` and `detect::dash_token`
     /// report.
     tokens: TokenDetectors,
+    /// The tokens recognized only as a whole value (`detect::whole_token`),
+    /// and whether any is on.
+    whole: WholeTokens,
+    any_whole: bool,
     digits: DigitDetectors,
     /// Fewest digits in a run worth tokenizing.
     min_digits: u32,
@@ -306,10 +348,11 @@ pub struct Engine {
     any_builtin: bool,
     /// Custom literals or regexes to run.
     custom: bool,
-    /// A name rule with the `mask` or `keep_last` action: applied to the
-    /// members of JSON values too (see `super::json`).
-    json_keys: bool,
-    /// Those rules apply to named values in text too (`password=…`, see
+    /// JSON values are walked (see `super::json`): for the name rules with
+    /// the `mask` or `keep_last` action, which apply to their members too,
+    /// or for whole-value tokens in their strings.
+    json_walk: bool,
+    /// The name rules apply to named values in text too (`password=…`, see
     /// `super::named`): `=` and `:` are anchors.
     named: bool,
     /// Matches the names those rules match (one pass over a key before
@@ -419,6 +462,15 @@ impl Engine {
             d.newrelic_api_key,
             d.age_secret_key,
             d.sendgrid_api_key,
+            d.vault_token,
+            d.databricks_token,
+            d.mailgun_api_key,
+            d.telegram_bot_token,
+            d.linear_api_key,
+            d.pypi_token,
+            d.doppler_token,
+            d.pulumi_token,
+            d.sentry_token,
         ];
         for (o, f) in on.iter_mut().zip(flags) {
             *o = enabled && f;
@@ -484,6 +536,19 @@ impl Engine {
             postman: is(Builtin::PostmanApiKey),
             newrelic: is(Builtin::NewrelicApiKey),
             age: is(Builtin::AgeSecretKey),
+        };
+        let whole = WholeTokens {
+            vault: is(Builtin::VaultToken),
+            databricks: is(Builtin::DatabricksToken),
+            mailgun: is(Builtin::MailgunApiKey),
+            telegram: is(Builtin::TelegramBotToken),
+            linear: is(Builtin::LinearApiKey),
+            pypi: is(Builtin::PypiToken),
+            doppler: is(Builtin::DopplerToken),
+            pulumi: is(Builtin::PulumiToken),
+            sentry: is(Builtin::SentryToken),
+            grafana: is(Builtin::GrafanaToken),
+            shopify: is(Builtin::ShopifyToken),
         };
         let min_digits = if digits.ipv4 { 4 } else { 9 };
 
@@ -633,6 +698,8 @@ impl Engine {
             fast: fast_scan(kernel),
             on,
             tokens,
+            whole,
+            any_whole: whole.any(),
             digits,
             min_digits,
             need: if digits.ipv4 { 4 } else { 7 },
@@ -646,7 +713,7 @@ impl Engine {
             iban_bits: if is(Builtin::Iban) { u64::MAX } else { 0 },
             any_builtin,
             custom: !literals.is_empty() || !regexes.is_empty(),
-            json_keys,
+            json_walk: json_keys || whole.any(),
             named,
             name_any,
             column_names,
@@ -800,8 +867,11 @@ impl Engine {
         let mut n = 0;
         // (Name rules first: a member they mask whole is not counted again
         // by a detector.)
-        if self.json_keys && super::json::may_start(value) {
+        if self.json_walk && super::json::may_start(value) {
             n += self.mask_json(value, 0, hits);
+        }
+        if self.any_whole && detect::may_be_whole(value) {
+            n += self.mask_whole(value, 0, hits);
         }
         if self.any_builtin {
             n += self.scan_builtin(value, hits);
@@ -821,8 +891,41 @@ impl Engine {
             value,
             ch,
             |key| self.column_rule_by_name(key),
+            // (Whole-value tokens as a member's or an array's string.)
+            |s| {
+                let t = self.any_whole && detect::may_be_whole(s);
+                t.then(|| detect::whole_token(s, self.whole, &self.fmt))
+                    .flatten()
+                    .map(|k| Builtin::from(k).into())
+            },
             |rule| hits.add_at(rule, ri, 1),
         )
+    }
+
+    /// A token that is the whole value (see `detect::whole_token`), its hit
+    /// logged at region `ri`.
+    #[inline(never)]
+    fn mask_whole(&self, value: &mut [u8], ri: u32, hits: &mut Hits) -> u32 {
+        match detect::whole_token(value, self.whole, &self.fmt) {
+            Some(k) => {
+                hits.add_at(Builtin::from(k), ri, 1);
+                1
+            }
+            None => 0,
+        }
+    }
+
+    /// The whole-value tokens among the words of a text (the free-text
+    /// fields of errors and notices, which quote values inside sentences).
+    pub(crate) fn mask_words(&self, text: &mut [u8], hits: &mut Hits) -> u32 {
+        let mut n = 0;
+        if self.any_whole {
+            detect::words_tokens(text, self.whole, &self.fmt, |k| {
+                hits.add(Builtin::from(k), 1);
+                n += 1;
+            });
+        }
+        n
     }
 
     /// Custom literal lists and regexes over one value (kept out of line:
@@ -854,11 +957,22 @@ impl Engine {
         let mut n = 0;
         // (Name rules first, as in `mask_counted`: a cell masks the same in
         // a row as alone.)
-        if self.json_keys && json {
+        if self.json_walk && json {
             for (ri, r) in regions.iter().enumerate() {
                 let (s, e) = (r.start as usize, r.end as usize);
                 if super::json::may_start(&buf[s..e]) {
                     let k = self.mask_json(&mut buf[s..e], ri as u32, hits);
+                    counts[ri] += k;
+                    n += k;
+                }
+            }
+        }
+        if self.any_whole {
+            for (ri, r) in regions.iter().enumerate() {
+                let (s, e) = (r.start as usize, r.end as usize);
+                // (The length first: most cells are shorter.)
+                if e - s >= detect::WHOLE_MIN && detect::may_be_whole(&buf[s..e]) {
+                    let k = self.mask_whole(&mut buf[s..e], ri as u32, hits);
                     counts[ri] += k;
                     n += k;
                 }
@@ -1223,6 +1337,7 @@ impl Engine {
     #[inline]
     fn scan_builtin(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
         let n = buf.len();
+
         #[cfg(target_arch = "x86_64")]
         if self.fast > 0 {
             let region = [Region {

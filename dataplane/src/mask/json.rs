@@ -55,12 +55,15 @@ fn skip_ws(buf: &[u8], mut i: usize) -> usize {
 /// `keep_last` rule, with `ch`; calls `hit` once per value masked and
 /// returns how many. `keep_last` keeps characters, not bytes; a value
 /// holding an escape is masked whole (its last characters could be half
-/// an escape). Stops at the
+/// an escape). Every other string value, and every string of an array,
+/// goes to `other`, which may mask it in place (same length) and returns
+/// the rule it was masked under. Stops at the
 /// first unclosed string; bytes outside strings are never changed.
 pub(crate) fn mask_members(
     buf: &mut [u8],
     ch: u8,
     rule_of: impl Fn(&[u8]) -> Option<(RuleId, ColumnAction)>,
+    mut other: impl FnMut(&mut [u8]) -> Option<RuleId>,
     mut hit: impl FnMut(RuleId),
 ) -> u32 {
     let start = skip_ws(buf, 0);
@@ -76,7 +79,11 @@ pub(crate) fn mask_members(
         };
         let colon = skip_ws(buf, ke + 1);
         if buf.get(colon) != Some(&b':') {
-            // A string that is no key: an array element or a value.
+            // A string that is no key: an array element.
+            if let Some(rule) = other(&mut buf[ks..ke]) {
+                n += 1;
+                hit(rule);
+            }
             i = ke + 1;
             continue;
         }
@@ -102,6 +109,9 @@ pub(crate) fn mask_members(
                 n += 1;
                 hit(rule);
             }
+        } else if let Some(rule) = other(&mut buf[vs..ve]) {
+            n += 1;
+            hit(rule);
         }
         i = ve + 1;
     }
@@ -126,7 +136,7 @@ mod tests {
                 None
             }
         };
-        let n = mask_members(&mut b, b'*', rule, |_| {});
+        let n = mask_members(&mut b, b'*', rule, |_| None, |_| {});
         (String::from_utf8(b).unwrap(), n)
     }
 

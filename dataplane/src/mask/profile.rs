@@ -31,6 +31,15 @@
 //!   newrelic_api_key: true
 //!   age_secret_key: true
 //!   sendgrid_api_key: true
+//!   vault_token: true
+//!   databricks_token: true
+//!   mailgun_api_key: true
+//!   telegram_bot_token: true
+//!   linear_api_key: true
+//!   pypi_token: true
+//!   doppler_token: true
+//!   pulumi_token: true
+//!   sentry_token: true
 //!   named_values: true           # the name rules below in text: password=…
 //! custom_literals:
 //!   - name: project_codenames
@@ -205,11 +214,14 @@ pub struct Detectors {
     /// URLs, DSNs, clone URLs), and a user name alone that looks like a
     /// token (`https://ghp_…@github.com`).
     pub url_password: bool,
-    /// Shopify `shpat_`, `shpss_` + 32 hex digits.
+    /// Shopify `shpat_`, `shpss_` + 32 hex digits; `shpca_`, `shppa_` +
+    /// 32 hex digits as a whole value (see `vault_token`).
     pub shopify_token: bool,
     /// DigitalOcean `dop_v1_`, `doo_v1_`, `dor_v1_` + 64 hex digits.
     pub digitalocean_token: bool,
-    /// Grafana Cloud tokens `glc_` + 32 or more base64 characters.
+    /// Grafana Cloud tokens `glc_` + 32 or more base64 characters;
+    /// service-account tokens `glsa_` + 32 letters and digits + `_` + 8 hex
+    /// digits as a whole value (see `vault_token`).
     pub grafana_token: bool,
     /// Postman `PMAK-` + 24 hex digits, `-`, 34 hex digits.
     pub postman_api_key: bool,
@@ -219,6 +231,31 @@ pub struct Detectors {
     pub age_secret_key: bool,
     /// SendGrid `SG.` + 22, `.`, 43 of `[A-Za-z0-9_-]`.
     pub sendgrid_api_key: bool,
+    /// The tokens below are recognized only as a whole value (a cell, a
+    /// COPY field, a JSON string, a notification's payload, a word of an
+    /// error message; ASCII whitespace after it aside), not inside other
+    /// text:
+    /// their prefixes are too common in prose to be looked for everywhere.
+    /// Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]`.
+    pub vault_token: bool,
+    /// Databricks `dapi` + 32 hex digits (and `-` + 1 or 2 digits).
+    pub databricks_token: bool,
+    /// Mailgun `key-` + 32 hex digits.
+    pub mailgun_api_key: bool,
+    /// Telegram bot tokens: the bot id (8–10 digits, kept), `:AA` + 33 of
+    /// `[A-Za-z0-9_-]`.
+    pub telegram_bot_token: bool,
+    /// Linear `lin_api_` + 40 letters and digits, `lin_oauth_` + 64 hex.
+    pub linear_api_key: bool,
+    /// PyPI upload tokens `pypi-AgEIcHlwaS5vcmc…`.
+    pub pypi_token: bool,
+    /// Doppler `dp.pt.`, `dp.st.`, `dp.sa.`, `dp.ct.`, `dp.scim.`,
+    /// `dp.audit.` + 40–44 letters and digits.
+    pub doppler_token: bool,
+    /// Pulumi `pul-` + 40 hex digits.
+    pub pulumi_token: bool,
+    /// Sentry `sntryu_` + 64 hex digits, `sntrys_` + 60 or more base64.
+    pub sentry_token: bool,
     /// The name rules (`columns` with a glob or regex and the `mask` or
     /// `keep_last` action) also mask the value after a key they match in
     /// text: `password=hunter2`, `api_key: 9f8e…`, `"db_password": "x"`,
@@ -258,6 +295,15 @@ impl Default for Detectors {
             newrelic_api_key: true,
             age_secret_key: true,
             sendgrid_api_key: true,
+            vault_token: true,
+            databricks_token: true,
+            mailgun_api_key: true,
+            telegram_bot_token: true,
+            linear_api_key: true,
+            pypi_token: true,
+            doppler_token: true,
+            pulumi_token: true,
+            sentry_token: true,
             named_values: true,
         }
     }
@@ -304,6 +350,15 @@ impl Detectors {
             newrelic_api_key: false,
             age_secret_key: false,
             sendgrid_api_key: false,
+            vault_token: false,
+            databricks_token: false,
+            mailgun_api_key: false,
+            telegram_bot_token: false,
+            linear_api_key: false,
+            pypi_token: false,
+            doppler_token: false,
+            pulumi_token: false,
+            sentry_token: false,
             named_values: false,
         }
     }

@@ -1131,6 +1131,7 @@ pub fn mask_error_fields(
                 n += key_values(engine, field, hits);
             }
             n += engine.mask_counted(field, hits);
+            n += engine.mask_words(field, hits);
         }
         at = e + 1;
     }

@@ -768,6 +768,148 @@ fn platform_tokens_with_fixed_shapes() {
     }
 }
 
+/// Tokens recognized only as a whole value (`detect::whole_token`): each
+/// masked after its prefix as a cell (ASCII whitespace after it too),
+/// whole without `token_keep_prefix`, as a JSON string, among other cells
+/// of a DataRow, as a COPY field and as a word of an error message,
+/// counted under its rule;
+/// kept with its detector off, and with a wrong length or alphabet.
+/// Inside other text they are left to the anchored detectors (none of
+/// which knows them).
+#[test]
+fn tokens_recognized_as_whole_values() {
+    // (Assembled at run time, so that no scanner mistakes this file for a
+    // leak.)
+    let hex32 = "0123456789abcdef".repeat(2);
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+    let vault = &format!("hv{}.CAESIJ{}", "s", &b62[..90]);
+    let hvb = &format!("hv{}.AAAAAQ{}", "b", &b62[..24]);
+    let dapi = &format!("da{}{hex32}", "pi");
+    let dapi2 = &format!("{dapi}-2");
+    let mailgun = &format!("ke{}-{hex32}", "y");
+    let telegram = &format!("123456789:A{}{}", "A", &b62[..33]);
+    let linear = &format!("lin_{}_{}", "api", &b62[..40]);
+    let linear_oauth = &format!("lin_{}_{hex32}{hex32}", "oauth");
+    let pypi = &format!("py{}-AgEIcHlwaS5vcmc{}", "pi", &b62[..80]);
+    let doppler = &format!("dp.{}.{}", "pt", &b62[..43]);
+    let pulumi = &format!("pu{}-{hex32}01234567", "l");
+    let sentry_u = &format!("sntr{}_{hex32}{hex32}", "yu");
+    let sentry_s = &format!("sntr{}_{}+/=", "ys", &b62[..70]);
+    let glsa = &format!("gl{}_{}_{}", "sa", &b62[..32], &hex32[..8]);
+    let shpca = &format!("shp{}_{hex32}", "ca");
+    let shppa = &format!("shp{}_{}", "pa", hex32.to_uppercase());
+    let cases: [(&str, usize, Builtin, &str); 16] = [
+        (vault, 4, Builtin::VaultToken, "vault_token"),
+        (hvb, 4, Builtin::VaultToken, "vault_token"),
+        (dapi, 4, Builtin::DatabricksToken, "databricks_token"),
+        (dapi2, 4, Builtin::DatabricksToken, "databricks_token"),
+        (mailgun, 4, Builtin::MailgunApiKey, "mailgun_api_key"),
+        (
+            telegram,
+            10,
+            Builtin::TelegramBotToken,
+            "telegram_bot_token",
+        ),
+        (linear, 8, Builtin::LinearApiKey, "linear_api_key"),
+        (linear_oauth, 10, Builtin::LinearApiKey, "linear_api_key"),
+        (pypi, 5, Builtin::PypiToken, "pypi_token"),
+        (doppler, 6, Builtin::DopplerToken, "doppler_token"),
+        (pulumi, 4, Builtin::PulumiToken, "pulumi_token"),
+        (sentry_u, 7, Builtin::SentryToken, "sentry_token"),
+        (sentry_s, 7, Builtin::SentryToken, "sentry_token"),
+        (glsa, 5, Builtin::GrafanaToken, "grafana_token"),
+        (shpca, 6, Builtin::ShopifyToken, "shopify_token"),
+        (shppa, 6, Builtin::ShopifyToken, "shopify_token"),
+    ];
+    let e = engine();
+    let rows = |cells: &[&str]| {
+        corpus::data_row(
+            &cells
+                .iter()
+                .map(|c| Some(c.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for (v, keep, rule, name) in cases {
+        let want = format!("{}{}", &v[..keep], star(v.len() - keep));
+        let (out, h) = mask(&e, v);
+        assert_eq!(out, want, "{v}");
+        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
+        assert_eq!(e.rule_name(rule.into()), name);
+        assert_eq!(m(&format!("{v} \n")), format!("{want} \n"));
+        // A JSON member's or array's string.
+        let (out, h) = mask(&e, &format!("{{\"v\": \"{v}\", \"a\": [1, \"{v}\"]}}"));
+        assert_eq!(
+            out,
+            format!("{{\"v\": \"{want}\", \"a\": [1, \"{want}\"]}}")
+        );
+        assert_eq!(h.get(rule), 2);
+        assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
+        kept_with_detector_off(name, v);
+        // In a DataRow, between other cells.
+        let mut plan = RowPlan::new();
+        plan.describe(
+            &e,
+            &corpus::row_description(&[("id", 23), ("note", 25), ("value", 25), ("x", 25)]),
+        )
+        .unwrap();
+        let mut body = rows(&["7", "see you", v, "ok"]);
+        let mut hits = Hits::new();
+        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+        assert_eq!(body, rows(&["7", "see you", &want, "ok"]), "{v}");
+        assert_eq!(hits.get(rule), 1);
+        // A COPY text row's field, and an error's message.
+        let mut copy = format!("7\t{v}\tok\n").into_bytes();
+        let mut hits = Hits::new();
+        mask_copy_data(&e, CopyFormat::TEXT, &mut copy, &mut hits);
+        assert_eq!(String::from_utf8(copy).unwrap(), format!("7\t{want}\tok\n"));
+        let msg = |v: &str| {
+            format!("SERROR\0C22P02\0Minvalid input syntax for type integer: \"{v}\"\0DKey (value)=({v}) exists.\0\0")
+                .into_bytes()
+        };
+        let mut err = msg(v);
+        let mut hits = Hits::new();
+        mask_error_fields(&e, &mut err, &mut hits).unwrap();
+        assert_eq!(err, msg(&want), "{v}");
+        assert_eq!(hits.get(rule), 2);
+    }
+    let clean = [
+        // A length or alphabet off by one, a prefix glued to a word.
+        format!("{dapi}0"),
+        dapi[..dapi.len() - 1].to_string(),
+        format!("dapi{}g", &hex32[..31]),
+        format!("{dapi}-123"),
+        format!("{mailgun}a"),
+        format!("xkey-{hex32}"),
+        format!("hvs.{}", &b62[..23]),
+        format!("hvs.{}.x", &b62[..30]),
+        format!("hvx.{}", &b62[..30]),
+        format!("1234567:AA{}", &b62[..33]),
+        format!("123456789:AB{}", &b62[..33]),
+        format!("123456789:AA{}", &b62[..34]),
+        format!("lin_api_{}", &b62[..39]),
+        format!("pypi-AgEIcHlwaS5vcmX{}", &b62[..80]),
+        format!("pypi-AgEIcHlwaS5vcmc{}", &b62[..49]),
+        format!("dp.xx.{}", &b62[..43]),
+        format!("dp.pt.{}", &b62[..39]),
+        format!("pul-{hex32}0123456"),
+        format!("sntryu_{hex32}"),
+        format!("glsa_{}_{}", &b62[..31], &hex32[..8]),
+        format!("glsa_{}-{}", &b62[..32], &hex32[..8]),
+        format!("shpxa_{hex32}"),
+        // Inside other text (no anchored detector knows these).
+        format!("VAULT {vault} expires"),
+        // Prose, ids and hashes of those lengths.
+        "key-value stores and dapi-style names in a sentence".to_string(),
+        "550e8400-e29b-41d4-a716-446655440000".to_string(),
+        "da39a3ee5e6b4b0d3255bfef95601890afd80709".to_string(),
+        "please see the attached document".to_string(),
+    ];
+    for c in &clean {
+        assert_eq!(m(c), *c);
+    }
+}
+
 #[test]
 fn slack_webhook_urls() {
     let url = "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX";
