@@ -178,7 +178,7 @@ pub struct Hits {
     /// follow from `counts`; kept so that totals and the rules hit cost
     /// no walk over every rule).
     total: u64,
-    seen: u64,
+    seen: u128,
     log: Option<Vec<HitAt>>,
 }
 
@@ -227,7 +227,7 @@ impl Hits {
         let rule = rule.into();
         self.counts[rule.0 as usize] += n;
         self.total += n;
-        self.seen |= u64::from(n != 0) << rule.0;
+        self.seen |= u128::from(n != 0) << rule.0;
         if let Some(log) = &mut self.log {
             log.push(HitAt {
                 rule,
@@ -271,7 +271,7 @@ impl Hits {
         let mut seen = self.seen;
         std::iter::from_fn(move || {
             let i = seen.trailing_zeros();
-            if i == 64 {
+            if i == 128 {
                 return None;
             }
             seen &= seen - 1;
