@@ -2181,6 +2181,47 @@ async fn a_refused_session_read_leaves_the_transaction_usable() {
     assert_view_read_refused(&gw, 2.0);
 }
 
+/// A session read after the session's own schema change that the server
+/// refuses (`pg_attribute` revoked after login): the session's text
+/// columns stay masked whole (fail closed), and the read is tried again a
+/// second later, not only at the age limit (here: never), so once the
+/// target allows it the columns are as usual again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_read_after_an_own_change_is_tried_again() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_session_refused_retry";
+    seed_creds(pg, db);
+    let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", 0);
+    let gw = Gateway::start_with(&cfg);
+    let c = locked_client(&gw, key).await;
+    let one = vec![vec![Some("1".to_string())]];
+    assert_eq!(simple_rows(&c, "select id::text from creds").await, one);
+    pg.psql_super(
+        db,
+        &["REVOKE SELECT ON pg_catalog.pg_attribute FROM PUBLIC"],
+    )
+    .assert_success("revoke");
+    c.batch_execute("create view f_v as select id, api_secret as fv from creds")
+        .await
+        .unwrap();
+    let masked = vec![vec![Some("*".to_string())]];
+    assert_eq!(simple_rows(&c, "select id::text from creds").await, masked);
+    pg.psql_super(db, &["GRANT SELECT ON pg_catalog.pg_attribute TO PUBLIC"])
+        .assert_success("grant");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        simple_rows(&c, "select id::text from creds").await,
+        one,
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        simple_rows(&c, "select fv from f_v").await,
+        vec![vec![Some(SESSION_MASKED.to_string())]]
+    );
+}
+
 /// A view another session creates is followed by a session already open:
 /// the statement that first reads it sees a relation newer than the
 /// session's read, whose text-like columns take the strongest name rule

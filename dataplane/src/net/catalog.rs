@@ -390,6 +390,13 @@ pub struct SessionCatalog {
     engine: std::sync::Weak<Engine>,
     /// What a statement since the last read may have changed.
     changed: Option<Change>,
+    /// What the read in progress was sent for: put back in `changed` when
+    /// the server refuses it (the masker fails closed until a read knows
+    /// the change, so it is tried again, after [`MIN_REREAD`]).
+    reading_change: Option<Change>,
+    /// A change was told since the last refused read (a new change reads
+    /// at once, refused or not).
+    change_told: bool,
     /// A change was told and its ReadyForQuery not yet seen.
     change_unseen: bool,
     /// The transaction block in progress changed the schema itself (only
@@ -536,6 +543,8 @@ impl SessionCatalog {
             cap: (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize,
             engine: engine.map(Arc::downgrade).unwrap_or_default(),
             changed: None,
+            reading_change: None,
+            change_told: false,
             change_unseen: false,
             block_changed: false,
             refused_until: None,
@@ -557,6 +566,7 @@ impl SessionCatalog {
         if let Some(c) = self.watch.frame(t, body) {
             self.changed = self.changed.max(Some(c));
             self.change_unseen = true;
+            self.change_told = true;
         }
         if t == b'Z' {
             match body.first() {
@@ -598,7 +608,7 @@ impl SessionCatalog {
         let aged = !max_age.is_zero() && now.saturating_duration_since(self.whole_at) >= max_age;
         let stale = current.is_some_and(|o| o.is_stale());
         if !(self.changed.is_some() || other_engine || aged || stale)
-            || self.refused_until.is_some_and(|t| now < t) && self.changed.is_none()
+            || self.refused_until.is_some_and(|t| now < t) && !self.change_told
         {
             return Begin::Nothing;
         }
@@ -626,7 +636,7 @@ impl SessionCatalog {
                 Need::Whole(_) => (ColumnOrigins::new(), true, None),
             },
         };
-        self.changed = None;
+        self.reading_change = self.changed.take();
         let columns = catalog_query(start.newest_relation(), self.generated);
         self.limit_ms = limits.connect_timeout_ms;
         let set = session_settings(self.limit_ms);
@@ -793,8 +803,16 @@ impl SessionCatalog {
         let kept = settle(worker, &self.conn, whole, prev, read);
         let max_age = Duration::from_millis(worker.shared.limits.column_origins_max_age_ms);
         if failed {
-            self.refused_until = Some(now + max_age.max(MIN_REREAD));
+            self.change_told = false;
+            self.refused_until = Some(match self.reading_change.take() {
+                Some(c) => {
+                    self.changed = self.changed.max(Some(c));
+                    now + MIN_REREAD
+                }
+                None => now + max_age.max(MIN_REREAD),
+            });
         } else {
+            self.reading_change = None;
             self.refused_until = None;
             if whole && !in_block {
                 self.whole_at = now;
@@ -1080,6 +1098,8 @@ mod tests {
             whole_at: Instant::now(),
             engine: std::sync::Weak::new(),
             changed: None,
+            reading_change: None,
+            change_told: false,
             change_unseen: false,
             block_changed: false,
             refused_until: None,
