@@ -139,6 +139,11 @@ struct Text {
     bytes: u64,
 }
 
+/// Bytes of SQL text kept past `max_sql` for masking only: a value the
+/// cut at `max_sql` splits (a card number, a token up to this long) is
+/// masked whole before the cut, not kept in part.
+const CUT_SLACK: usize = 256;
+
 impl Text {
     fn new(bytes: &[u8], full: u64, max: usize) -> Text {
         Self::masked(bytes, full, max, None)
@@ -152,6 +157,18 @@ impl Text {
         let text = match mask {
             _ if kept.is_empty() => None,
             None => Some(Rc::from(kept.as_ref())),
+            // Masked before the cut, over up to `CUT_SLACK` bytes more of
+            // what came: a value the cut would split is found whole, and
+            // only its masked form is kept.
+            Some((engine, scratch)) if kept.len() < bytes.len() => {
+                let more = utf8_prefix(&bytes[..bytes.len().min(max + CUT_SLACK)], max + CUT_SLACK);
+                let m = mask_text(engine, &more, scratch);
+                let mut end = kept.len().min(m.len());
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Some(Rc::from(&m[..end]))
+            }
             Some((engine, scratch)) => Some(Rc::from(mask_text(engine, &kept, scratch).as_ref())),
         };
         Text {
@@ -192,7 +209,12 @@ fn mask_text<'a>(engine: &Engine, text: &'a str, scratch: &'a mut Vec<u8>) -> Co
     scratch.clear();
     scratch.extend_from_slice(text.as_bytes());
     let mut hits = Hits::new();
-    if engine.mask_counted(scratch, &mut hits) == 0 {
+    let mut n = engine.mask_counted(scratch, &mut hits);
+    // (Whole-value tokens in string literals: only texts that have one.)
+    if memchr::memchr(b'\'', scratch).is_some() {
+        n += engine.mask_words(scratch, &mut hits);
+    }
+    if n == 0 {
         return Cow::Borrowed(text);
     }
     // Lossy: a custom pattern may have cut a multi-byte character.
@@ -1020,9 +1042,13 @@ impl Tracker {
                 done,
             } => {
                 let (cap, nuls) = match t {
-                    tag::QUERY => (self.max_sql + 1, 0),
+                    // (`CUT_SLACK` more: see `Text::masked`.)
+                    tag::QUERY => (self.max_sql + 1 + CUT_SLACK, 0),
                     // Name, SQL, and the parameter types after them.
-                    tag::PARSE => (NAME_CAP + 2 + self.max_sql + 2 + 4 * MAX_PARAM_TYPES, 2),
+                    tag::PARSE => (
+                        NAME_CAP + 2 + self.max_sql + 2 + 4 * MAX_PARAM_TYPES + CUT_SLACK,
+                        2,
+                    ),
                     tag::DESCRIBE => (NAME_CAP + 2, 1),
                     tag::BIND => (2 * NAME_CAP + 2, 2),
                     tag::EXECUTE => (NAME_CAP + 1, 1),
@@ -2732,6 +2758,28 @@ mod tests {
             );
             // All values of a Bind share max_sql bytes.
             assert_eq!(got[4].values, [Some(format!("{}…", "y".repeat(64)))]);
+        }
+    }
+
+    /// SQL texts longer than `max_sql`: a card or a whole-value token in a
+    /// string literal that the cut splits is masked as the whole value it
+    /// was, not kept in part.
+    #[test]
+    fn sql_cut_inside_a_value_keeps_only_its_masked_part() {
+        let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+        let vault = format!("hv{}.CAESIJ{}", "s", &b62[..90]);
+        for sql in [
+            format!("insert into t values ('k', '{vault}')"),
+            format!("select '{} card 4111 1111 1111 1111' as c", "x".repeat(40)),
+        ] {
+            let mut s = masking_session(64);
+            s.client(&cat(&[query(&sql)]), 4096);
+            s.target(&cat(&[complete("INSERT 0 1"), ready()]), 4096);
+            let got = take(&mut s.t);
+            let text = &got[0].sql;
+            assert!(text.len() <= 64 && text.len() >= 40, "{text}");
+            assert!(!text.contains("CAESIJ") && !text.contains("4111"), "{text}");
+            assert!(sql.starts_with(&text[..20]), "{text}");
         }
     }
 

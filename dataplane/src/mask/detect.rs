@@ -1861,7 +1861,9 @@ fn hex_of(s: &[u8], n: usize) -> bool {
 
 /// The token that is the whole of `buf` (ASCII whitespace after it
 /// aside), masked after its prefix (all of it without `keep_prefix`):
-/// - Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]`;
+/// - Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]` holding
+///   a digit and a capital, and for a namespace other than the root one
+///   `.` and its 5-character id;
 /// - Databricks `dapi` + 32 hex digits, and an optional `-` + 1 or 2
 ///   digits;
 /// - Mailgun `key-` + 32 hex digits;
@@ -1870,8 +1872,9 @@ fn hex_of(s: &[u8], n: usize) -> bool {
 /// - Linear `lin_api_` + 40 letters and digits, `lin_oauth_` + 64 hex;
 /// - PyPI `pypi-AgEIcHlwaS5vcmc` (the macaroon's `pypi.org` header) + 50
 ///   or more of `[A-Za-z0-9_-]`;
-/// - Doppler `dp.pt.`, `dp.st.`, `dp.sa.`, `dp.ct.`, `dp.scim.`,
-///   `dp.audit.` + 40 to 44 letters and digits;
+/// - Doppler `dp.pt.`, `dp.st.` (and the config's name and `.`, kept),
+///   `dp.sa.`, `dp.ct.`, `dp.scim.`, `dp.audit.` + 40 to 44 letters and
+///   digits;
 /// - Pulumi `pul-` + 40 hex digits;
 /// - Sentry `sntryu_` + 64 hex digits, `sntrys_` + 60 or more of
 ///   `[A-Za-z0-9+/=_]`;
@@ -1891,11 +1894,21 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
         return None;
     }
     let (kind, body) = match t[0] {
-        b'h' if on.vault
-            && matches!(&t[..4], b"hvs." | b"hvb." | b"hvr.")
-            && all_of(&t[4..], token_char) =>
-        {
-            (WholeKind::Vault, 4)
+        b'h' if on.vault && matches!(&t[..4], b"hvs." | b"hvb." | b"hvr.") => {
+            // (A token of a namespace other than the root one ends in `.`
+            // and the namespace's id, 5 letters and digits.)
+            let id = match t.len().checked_sub(6) {
+                Some(d) if t[d] == b'.' && all_of(&t[d + 1..], alnum) => d,
+                _ => t.len(),
+            };
+            // (Random base64url: a digit and a capital, which names such as
+            // `hvs.production_database_replica` lack.)
+            let body = &t[4..id];
+            let ok = id >= WHOLE_MIN
+                && all_of(body, token_char)
+                && body.iter().any(u8::is_ascii_digit)
+                && body.iter().any(u8::is_ascii_uppercase);
+            ok.then_some((WholeKind::Vault, 4))?
         }
         b'd' if on.databricks && t.starts_with(b"dapi") => {
             let rest = &t[4..];
@@ -1912,7 +1925,17 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
         b'd' if on.doppler && t.starts_with(b"dp.") => {
             let kinds: [&[u8]; 6] = [b"pt.", b"st.", b"sa.", b"ct.", b"scim.", b"audit."];
             let k = kinds.iter().find(|k| t[3..].starts_with(k))?;
-            let body = 3 + k.len();
+            let mut body = 3 + k.len();
+            // (A service token names its config, kept: `dp.st.prd.`.)
+            if *k == b"st." {
+                let cfg = t[body..].iter().take_while(|&&b| b != b'.').count();
+                if body + cfg < t.len()
+                    && (1..=64).contains(&cfg)
+                    && all_of(&t[body..body + cfg], token_char)
+                {
+                    body += cfg + 1;
+                }
+            }
             let tail = &t[body..];
             ((40..=44).contains(&tail.len()) && all_of(tail, alnum))
                 .then_some((WholeKind::Doppler, body))?
@@ -1981,10 +2004,24 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
     Some(kind)
 }
 
-/// [`whole_token`] for every word of a text (error and notice fields: `…
-/// for type integer: "dapi…"`, `Key (v)=(hvs.…)`): words run between ASCII
-/// whitespace and `"'(),;[]{}<>` (not `:` or `=`, which Telegram and
+/// Bytes that end a word for [`words_tokens`]: ASCII whitespace and
+/// `"'(),;[]{}<>$` and the backquote (not `:` or `=`, which Telegram and
 /// Sentry tokens hold).
+static WORD_END: [bool; 256] = {
+    let mut t = [false; 256];
+    let ends = b" \t\n\r\x0b\x0c\"'(),;[]{}<>$`";
+    let mut i = 0;
+    while i < ends.len() {
+        t[ends[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// [`whole_token`] for every word of a text (error and notice fields: `…
+/// for type integer: "dapi…"`, `Key (v)=(hvs.…)`; string literals in the
+/// SQL text of audit records), words as [`WORD_END`] ends them, less a
+/// full stop, colon, `!` or `?` after them (`token hvs.… was refused.`).
 /// `found` gets the kind of each token masked.
 pub(crate) fn words_tokens(
     buf: &mut [u8],
@@ -1992,7 +2029,7 @@ pub(crate) fn words_tokens(
     f: &Fmt,
     mut found: impl FnMut(WholeKind),
 ) {
-    let sep = |b: u8| b.is_ascii_whitespace() || b"\"'(),;[]{}<>".contains(&b);
+    let sep = |b: u8| WORD_END[b as usize];
     let n = buf.len();
     let mut i = 0;
     while i < n {
@@ -2003,8 +2040,17 @@ pub(crate) fn words_tokens(
         while i < n && !sep(buf[i]) {
             i += 1;
         }
-        if i - s >= WHOLE_MIN {
-            if let Some(k) = whole_token(&mut buf[s..i], on, f) {
+        // (A word that is the whole text, ASCII whitespace after it aside,
+        // is left: the text was tested as a value, `Engine::mask_counted`,
+        // and a mask character that a token may hold, `_`, would find the
+        // token again.)
+        let whole = s == 0 && n <= WHOLE_MAX && all_of(&buf[i..], |b| b.is_ascii_whitespace());
+        let mut e = i;
+        while e > s && matches!(buf[e - 1], b'.' | b':' | b'!' | b'?') {
+            e -= 1;
+        }
+        if e - s >= WHOLE_MIN && !whole {
+            if let Some(k) = whole_token(&mut buf[s..e], on, f) {
                 found(k);
             }
         }

@@ -97,15 +97,19 @@ pub(crate) fn mask_members(
         let Some(ve) = string_end(buf, vs) else {
             break;
         };
-        if let Some((rule, action)) = rule_of(&buf[ks..ke]) {
-            let v = &mut buf[vs..ve];
+        // (A `hash` or `null` rule, which applies to columns only, leaves
+        // the member to `other` as if no rule matched its key.)
+        let ruled = rule_of(&buf[ks..ke]).and_then(|(rule, action)| {
             let keep = match action {
                 ColumnAction::Mask => Some(0),
-                ColumnAction::KeepLast(k) if !v.contains(&b'\\') => Some(k as usize),
+                ColumnAction::KeepLast(k) if !buf[vs..ve].contains(&b'\\') => Some(k as usize),
                 ColumnAction::KeepLast(_) => Some(0),
                 ColumnAction::Hash | ColumnAction::Null => None,
             };
-            if keep.is_some_and(|keep| mask_chars(v, keep, ch)) {
+            keep.map(|keep| (rule, keep))
+        });
+        if let Some((rule, keep)) = ruled {
+            if mask_chars(&mut buf[vs..ve], keep, ch) {
                 n += 1;
                 hit(rule);
             }

@@ -237,7 +237,8 @@ pub struct Detectors {
     /// error message; ASCII whitespace after it aside), not inside other
     /// text:
     /// their prefixes are too common in prose to be looked for everywhere.
-    /// Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]`.
+    /// Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]` with a
+    /// digit and a capital (and a namespace's `.` + 5-character id).
     pub vault_token: bool,
     /// Databricks `dapi` + 32 hex digits (and `-` + 1 or 2 digits).
     pub databricks_token: bool,
@@ -250,8 +251,8 @@ pub struct Detectors {
     pub linear_api_key: bool,
     /// PyPI upload tokens `pypi-AgEIcHlwaS5vcmc…`.
     pub pypi_token: bool,
-    /// Doppler `dp.pt.`, `dp.st.`, `dp.sa.`, `dp.ct.`, `dp.scim.`,
-    /// `dp.audit.` + 40–44 letters and digits.
+    /// Doppler `dp.pt.`, `dp.st.` (and a config's name and `.`), `dp.sa.`,
+    /// `dp.ct.`, `dp.scim.`, `dp.audit.` + 40–44 letters and digits.
     pub doppler_token: bool,
     /// Pulumi `pul-` + 40 hex digits.
     pub pulumi_token: bool,

@@ -783,7 +783,7 @@ fn tokens_recognized_as_whole_values() {
     let hex32 = "0123456789abcdef".repeat(2);
     let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
     let vault = &format!("hv{}.CAESIJ{}", "s", &b62[..90]);
-    let hvb = &format!("hv{}.AAAAAQ{}", "b", &b62[..24]);
+    let hvb = &format!("hv{}.AAAAAQ{}", "b", &b62[..60]);
     let dapi = &format!("da{}{hex32}", "pi");
     let dapi2 = &format!("{dapi}-2");
     let mailgun = &format!("ke{}-{hex32}", "y");
@@ -2261,5 +2261,229 @@ fn planted_values_in_free_text_are_masked() {
     };
     for (k, n) in &untouched {
         assert!(*n <= limit(k), "{k}: {n} untouched (at most {})", limit(k));
+    }
+}
+
+/// Whole-value tokens in their other forms: Doppler service tokens name
+/// their config (`dp.st.prd.` + 43), Vault tokens of a namespace end in
+/// `.` and its id; a JSON member under a `hash` (or `null`) name rule,
+/// which masks no JSON member, still has its token masked; an error or
+/// notice field that is a token is counted once whatever the mask
+/// character; a word of a text ending a sentence, or quoted in SQL, is
+/// masked; a Vault-shaped name without a digit and a capital is not.
+#[test]
+fn whole_value_tokens_in_namespaces_configs_hashed_members_and_errors() {
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+    let e = engine();
+    let v = format!("hv{}.CAESIJ{}", "s", &b62[..60]);
+    let want = format!("hvs.{}", star(v.len() - 4));
+    for (text, masked) in [
+        (
+            format!("token {v} was refused."),
+            format!("token {want} was refused."),
+        ),
+        (
+            format!("insert into t values ('k', '{v}')"),
+            format!("insert into t values ('k', '{want}')"),
+        ),
+        (
+            format!("see ${v}$ and `{v}`"),
+            format!("see ${want}$ and `{want}`"),
+        ),
+    ] {
+        let mut b = text.into_bytes();
+        let mut h = Hits::new();
+        let n = e.mask_words(&mut b, &mut h);
+        assert_eq!(String::from_utf8(b).unwrap(), masked);
+        assert_eq!(
+            (n as u64, h.get(Builtin::VaultToken)),
+            (h.total(), h.total())
+        );
+    }
+    for name in [
+        "hvs.production_database_replica_01",
+        "hvs.PRODUCTION-DATABASE-REPLICA",
+    ] {
+        assert_eq!(m(name), name);
+    }
+    for (v, keep, rule) in [
+        (
+            format!("dp.{}.dev.{}", "st", &b62[..43]),
+            10,
+            Builtin::DopplerToken,
+        ),
+        (
+            format!("dp.{}.prd_aws.{}", "st", &b62[..43]),
+            14,
+            Builtin::DopplerToken,
+        ),
+        (
+            format!("hv{}.{}.AbCdE", "s", &b62[..40]),
+            4,
+            Builtin::VaultToken,
+        ),
+        (
+            format!("hv{}.{}.AbCdE", "b", &b62[..100]),
+            4,
+            Builtin::VaultToken,
+        ),
+    ] {
+        let (out, h) = mask(&e, &v);
+        assert_eq!(
+            out,
+            format!("{}{}", &v[..keep], star(v.len() - keep)),
+            "{v}"
+        );
+        assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
+    }
+    assert_eq!(
+        m(&format!("hvs.{}.x", &b62[..30])),
+        format!("hvs.{}.x", &b62[..30])
+    );
+
+    let vault = format!("hv{}.CAESIJ{}", "s", &b62[..90]);
+    let masked = format!("hvs.{}", star(vault.len() - 4));
+    let p = MaskingProfile::from_yaml("columns: [ { column: '*vault*', action: hash } ]").unwrap();
+    let (out, h) = mask(
+        &Engine::compile(&p).unwrap(),
+        &format!("{{\"vault\": \"{vault}\"}}"),
+    );
+    assert_eq!(out, format!("{{\"vault\": \"{masked}\"}}"));
+    assert_eq!((h.get(Builtin::VaultToken), h.total()), (1, 1));
+
+    let sentry = format!("sntr{}_{}==", "ys", &b62[..70]);
+    for ch in ["_", "="] {
+        let p = MaskingProfile::from_yaml(&format!("format: {{ mask_char: '{ch}' }}")).unwrap();
+        let e = Engine::compile(&p).unwrap();
+        for v in [&vault, &sentry] {
+            let mut body = format!("SNOTICE\0M{v}\0DKey (v)=({v})\0\0").into_bytes();
+            let mut hits = Hits::new();
+            let n = mask_error_fields(&e, &mut body, &mut hits).unwrap();
+            assert_eq!((n, hits.total()), (2, 2), "{ch} {v}");
+        }
+    }
+}
+
+#[test]
+fn whole_value_tokens_mask_the_same_in_a_row_as_cell_by_cell() {
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_".repeat(8);
+    let hex = "0123456789abcdef".repeat(8);
+    let mut rng = Rng::new(77);
+    let profiles = [
+        MaskingProfile::default(),
+        MaskingProfile::from_yaml("format: { mask_char: '_', token_keep_prefix: false }").unwrap(),
+        MaskingProfile::from_yaml("format: { mask_char: '=' }").unwrap(),
+        MaskingProfile::from_yaml("columns: [ { column: '*v*', action: { keep_last: 3 } }, { column: '*h*', action: hash } ]").unwrap(),
+    ];
+    for p in &profiles {
+        let e = Engine::compile(p).unwrap();
+        let mut plan = RowPlan::new();
+        plan.describe(
+            &e,
+            &corpus::row_description(&[("a", 25), ("b", 25), ("c", 3802), ("d", 114)]),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let tok = |rng: &mut Rng| -> String {
+                let t = match rng.below(12) {
+                    0 => format!("hvs.{}", &b62[..24 + rng.below(80)]),
+                    1 => format!("dapi{}", &hex[..32]),
+                    2 => format!("key-{}", &hex[3..35]),
+                    3 => format!("{}:AA{}", &"1234567890"[..8 + rng.below(3)], &b62[..33]),
+                    4 => format!("lin_api_{}", &b62[..40].replace(['-', '_'], "x")),
+                    5 => format!("pypi-AgEIcHlwaS5vcmc{}", &b62[..50 + rng.below(100)]),
+                    6 => format!("dp.pt.{}", &b62[..43].replace(['-', '_'], "x")),
+                    7 => format!("pul-{}", &hex[..40]),
+                    8 => format!("sntrys_{}==", &b62[..70].replace('-', "+")),
+                    9 => format!("glsa_{}_{}", &b62[..32].replace(['-', '_'], "Q"), &hex[..8]),
+                    10 => format!("shpca_{}", &hex[..32]),
+                    _ => format!("sntryu_{}", &hex[..64]),
+                };
+                let mut t = t.into_bytes();
+                // Perturb sometimes.
+                if rng.below(4) == 0 {
+                    let i = rng.below(t.len());
+                    t[i] = b"*_=.-:9aZ \t\"\\"[rng.below(13)];
+                }
+                let mut s = String::from_utf8(t).unwrap();
+                match rng.below(6) {
+                    0 => s.push_str(" \n"),
+                    1 => s = format!("{{\"v\": \"{s}\", \"x\": [\"{s}\"], \"h\": \"{s}\"}}"),
+                    2 => s = format!("[\"{s}\"]"),
+                    3 => s = format!("see {s} here 415-555-2671"),
+                    _ => {}
+                }
+                s
+            };
+            let vals: Vec<Option<String>> = (0..4)
+                .map(|_| {
+                    if rng.below(5) == 0 {
+                        None
+                    } else {
+                        Some(tok(&mut rng))
+                    }
+                })
+                .collect();
+            let mut body = corpus::data_row(&vals);
+            let mut hits = Hits::new();
+            mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut out).unwrap();
+            let mut want_hits = Hits::new();
+            let want = corpus::masked_cell_by_cell(&e, &plan, &vals, &mut want_hits);
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&want),
+                "{vals:?}"
+            );
+            assert_eq!(hits, want_hits, "{vals:?}");
+        }
+    }
+}
+
+#[test]
+fn whole_value_tokens_keep_length_and_utf8_for_any_bytes() {
+    let e = Engine::compile(&MaskingProfile {
+        detectors: Detectors::all(),
+        ..MaskingProfile::default()
+    })
+    .unwrap();
+    let mut rng = Rng::new(3);
+    let alpha: &[u8] = b"hvsbr.dapikey-lin_pypsntryuglashpc0123456789:AAabcdefXYZ_-+/= \t\n\"'(){}[]<>;,\xc3\xa9\xe2\x82\xac\xff\x00";
+    let prefixes: [&[u8]; 14] = [
+        b"hvs.",
+        b"hvb.",
+        b"dapi",
+        b"dp.p",
+        b"dp.st.",
+        b"dp.scim.",
+        b"key-",
+        b"lin_oauth_",
+        b"pypi-AgEIcHlwaS5vcmc",
+        b"pul-",
+        b"sntrys_",
+        b"glsa_",
+        b"shppa_",
+        b"123456789:AA",
+    ];
+    for n in 0..600usize {
+        for _ in 0..60 {
+            let mut v: Vec<u8> = (0..n).map(|_| alpha[rng.below(alpha.len())]).collect();
+            if n > 0 && rng.below(2) == 0 {
+                let p = prefixes[rng.below(prefixes.len())];
+                let k = p.len().min(n);
+                v[..k].copy_from_slice(&p[..k]);
+            }
+            let orig = v.clone();
+            let mut h = Hits::new();
+            e.mask_counted(&mut v, &mut h);
+            assert_eq!(v.len(), orig.len());
+            let mut w = orig.clone();
+            e.mask_words(&mut w, &mut h);
+            assert_eq!(w.len(), orig.len());
+            if std::str::from_utf8(&orig).is_ok() {
+                assert!(std::str::from_utf8(&v).is_ok(), "{orig:?}");
+                assert!(std::str::from_utf8(&w).is_ok(), "{orig:?}");
+            }
+        }
     }
 }
