@@ -1742,7 +1742,7 @@ fn hex_token(buf: &mut [u8], s: usize, body: usize, n: usize, f: &Fmt) -> Option
 // `:AA`…), so they are checked once per value instead, by its length and
 // first bytes: a value (a cell, a COPY field, a JSON string, a
 // notification's payload, a word of an error message) that is the token,
-// ASCII whitespace after it aside.
+// ASCII whitespace around it and a JSON string's quotes aside.
 
 /// The whole-value tokens that are on.
 #[derive(Clone, Copy, Debug, Default)]
@@ -1838,7 +1838,12 @@ pub(crate) fn may_be_whole(v: &[u8]) -> bool {
     if WHOLE_PREFIXES[(p.wrapping_mul(WHOLE_HASH) >> 27) as usize] == p {
         return true;
     }
-    v[0].is_ascii_digit() && n >= 44 && (v[8] == b':' || v[9] == b':' || v[10] == b':')
+    // (Else a Telegram bot id, or whitespace or a JSON string's quote
+    // before a token: rare first bytes, so the branch stays predicted.)
+    match v[0] {
+        b'0'..=b'9' => n >= 44 && (v[8] == b':' || v[9] == b':' || v[10] == b':'),
+        b => b == b'"' || b.is_ascii_whitespace(),
+    }
 }
 
 /// `[A-Za-z0-9_-]`.
@@ -1859,8 +1864,9 @@ fn hex_of(s: &[u8], n: usize) -> bool {
     s.len() == n && all_of(s, |b| b.is_ascii_hexdigit())
 }
 
-/// The token that is the whole of `buf` (ASCII whitespace after it
-/// aside), masked after its prefix (all of it without `keep_prefix`):
+/// The token that is the whole of `buf` (ASCII whitespace around it, and
+/// the quotes of a JSON string, aside), masked after its prefix (all of
+/// it without `keep_prefix`):
 /// - Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]` holding
 ///   a digit and a capital, and for a namespace other than the root one
 ///   `.` and its 5-character id;
@@ -1885,9 +1891,16 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
     if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
         return None;
     }
-    let (s, mut e) = (0, n);
+    let (mut s, mut e) = (0, n);
+    while s < e && buf[s].is_ascii_whitespace() {
+        s += 1;
+    }
     while e > s && buf[e - 1].is_ascii_whitespace() {
         e -= 1;
+    }
+    // (A JSON string scalar, as a `jsonb` value prints: quotes kept.)
+    if e - s >= 2 && buf[s] == b'"' && buf[e - 1] == b'"' {
+        (s, e) = (s + 1, e - 1);
     }
     let t = &buf[s..e];
     if t.len() < WHOLE_MIN {
@@ -2044,7 +2057,8 @@ pub(crate) fn words_tokens(
         // is left: the text was tested as a value, `Engine::mask_counted`,
         // and a mask character that a token may hold, `_`, would find the
         // token again.)
-        let whole = s == 0 && n <= WHOLE_MAX && all_of(&buf[i..], |b| b.is_ascii_whitespace());
+        let around = |b: u8| b.is_ascii_whitespace() || b == b'"';
+        let whole = n <= WHOLE_MAX && all_of(&buf[..s], around) && all_of(&buf[i..], around);
         let mut e = i;
         while e > s && matches!(buf[e - 1], b'.' | b':' | b'!' | b'?') {
             e -= 1;

@@ -233,9 +233,9 @@ pub struct Detectors {
     /// SendGrid `SG.` + 22, `.`, 43 of `[A-Za-z0-9_-]`.
     pub sendgrid_api_key: bool,
     /// The tokens below are recognized only as a whole value (a cell, a
-    /// COPY field, a JSON string, a notification's payload, a word of an
-    /// error message; ASCII whitespace after it aside), not inside other
-    /// text:
+    /// COPY field, a JSON string or `jsonb` string scalar, a notification's
+    /// payload, a word of an error message; ASCII whitespace around it
+    /// aside), not inside other text:
     /// their prefixes are too common in prose to be looked for everywhere.
     /// Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]` with a
     /// digit and a capital (and a namespace's `.` + 5-character id).

@@ -769,7 +769,8 @@ fn platform_tokens_with_fixed_shapes() {
 }
 
 /// Tokens recognized only as a whole value (`detect::whole_token`): each
-/// masked after its prefix as a cell (ASCII whitespace after it too),
+/// masked after its prefix as a cell (ASCII whitespace around it, a
+/// `jsonb` string scalar's quotes, too),
 /// whole without `token_keep_prefix`, as a JSON string, among other cells
 /// of a DataRow, as a COPY field and as a word of an error message,
 /// counted under its rule;
@@ -837,6 +838,8 @@ fn tokens_recognized_as_whole_values() {
         assert_eq!((h.get(rule), h.total()), (1, 1), "{v}");
         assert_eq!(e.rule_name(rule.into()), name);
         assert_eq!(m(&format!("{v} \n")), format!("{want} \n"));
+        assert_eq!(m(&format!("\t {v}")), format!("\t {want}"));
+        assert_eq!(m(&format!("\"{v}\"")), format!("\"{want}\""));
         // A JSON member's or array's string.
         let (out, h) = mask(&e, &format!("{{\"v\": \"{v}\", \"a\": [1, \"{v}\"]}}"));
         assert_eq!(
@@ -2356,10 +2359,10 @@ fn whole_value_tokens_in_namespaces_configs_hashed_members_and_errors() {
         let p = MaskingProfile::from_yaml(&format!("format: {{ mask_char: '{ch}' }}")).unwrap();
         let e = Engine::compile(&p).unwrap();
         for v in [&vault, &sentry] {
-            let mut body = format!("SNOTICE\0M{v}\0DKey (v)=({v})\0\0").into_bytes();
+            let mut body = format!("SNOTICE\0M{v}\0DKey (v)=({v})\0H \"{v}\" \0\0").into_bytes();
             let mut hits = Hits::new();
             let n = mask_error_fields(&e, &mut body, &mut hits).unwrap();
-            assert_eq!((n, hits.total()), (2, 2), "{ch} {v}");
+            assert_eq!((n, hits.total()), (3, 3), "{ch} {v}");
         }
     }
 }
