@@ -2702,11 +2702,7 @@ mod tests {
         // A COPY FROM STDIN that fails before its copy-in starts: the
         // session is settled again at its ReadyForQuery.
         m.on_client_frame(tag::QUERY, b"COPY nope FROM STDIN\0", true, Some(0));
-        let mut s = frame(
-            b'E',
-            b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
-        );
-        s.extend(frame(b'Z', b"I"));
+        let mut s = nope_answer();
         assert_eq!(tags(&forwarded(&mut m, &mut s)), b"EZ");
         m.on_client_frame(tag::QUERY, b"COPY t TO STDOUT\0", true, Some(0));
         assert_eq!(m.take_injections().len(), 1);
@@ -2803,6 +2799,17 @@ mod tests {
         );
     }
 
+    /// The answer to `COPY nope FROM STDIN` (no such table): an error
+    /// and ReadyForQuery, no copy-in.
+    fn nope_answer() -> Vec<u8> {
+        let mut s = frame(
+            b'E',
+            b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
+        );
+        s.extend(frame(b'Z', b"I"));
+        s
+    }
+
     /// Syncs sent right behind a simple Query's COPY FROM STDIN, before its
     /// answer: the server ignores them when the copy-in starts, and answers
     /// each with a ReadyForQuery when the COPY fails first (a missing
@@ -2813,11 +2820,7 @@ mod tests {
         // Fails first: the Sync is answered.
         m.on_client_frame(tag::QUERY, b"COPY nope FROM STDIN\0", true, Some(0));
         m.on_client_frame(tag::SYNC, b"", true, Some(0));
-        let mut s = frame(
-            b'E',
-            b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
-        );
-        s.extend(frame(b'Z', b"I"));
+        let mut s = nope_answer();
         assert_eq!(tags(&forwarded(&mut m, &mut s)), b"EZ");
         assert!(!m.quiet(), "the Sync's ReadyForQuery is still owed");
         let mut s = frame(b'Z', b"I");
