@@ -275,6 +275,10 @@ fn bind_values(
     // Values read by their type share the Bind's budget as printed
     // (a few bytes of numeric can print as thousands of digits).
     let mut room = max_sql;
+    // The values' bytes share `max_sql` as they came. The walker keeps
+    // `CUT_SLACK` more: a text or hex value is masked over them and then
+    // cut to its share, so a value the cut splits is masked whole first.
+    let mut raw_room = max_sql;
     for (i, &len) in b.lengths.iter().enumerate() {
         if len < 0 {
             out.push(None);
@@ -285,8 +289,11 @@ fn bind_values(
         } else {
             spans.next().copied().unwrap_or((0, 0, true))
         };
-        let v = &b.values[start as usize..(start + kept) as usize];
-        let mut cut = cut || (kept as usize) < len as usize;
+        let more = &b.values[start as usize..(start + kept) as usize];
+        let share = more.len().min(raw_room);
+        raw_room -= share;
+        let v = &more[..share];
+        let mut cut = cut || share < len as usize;
         let typed = if b.binary(i) {
             let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
             binary_text(oid, v, cut, room)
@@ -311,16 +318,25 @@ fn bind_values(
             // bytes in hex, masked as bytes first, so a card number
             // written as ASCII inside a binary value is not spelled out
             // in hex.
-            let mut raw = v.to_vec();
+            let mut raw = more.to_vec();
             if let Some(e) = engine {
                 e.mask_counted(&mut raw, &mut Hits::new());
             }
+            raw.truncate(share);
             let mut t = Vec::with_capacity(2 + 2 * raw.len());
             t.extend_from_slice(b"\\x");
             crate::protocol::hex_into(&mut t, &raw);
             String::from_utf8(t).expect("hex is ASCII")
         } else {
-            mask_owned(engine, utf8_prefix(v, v.len()).into_owned())
+            let mut t = mask_owned(engine, utf8_prefix(more, more.len()).into_owned());
+            if t.len() > share {
+                let mut end = share;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.truncate(end);
+            }
+            t
         };
         if cut {
             text.push('…');
@@ -977,7 +993,8 @@ impl Tracker {
             next_id: 0,
             skip_until_sync: false,
             client: Capture {
-                bind_budget: max_sql,
+                // (`CUT_SLACK` more, for masking only: see `bind_values`.)
+                bind_budget: max_sql + CUT_SLACK,
                 ..Capture::default()
             },
             target: Capture::default(),
@@ -2761,9 +2778,9 @@ mod tests {
         }
     }
 
-    /// SQL texts longer than `max_sql`: a card or a whole-value token in a
-    /// string literal that the cut splits is masked as the whole value it
-    /// was, not kept in part.
+    /// SQL texts and Bind values longer than `max_sql`: a card or a
+    /// whole-value token that the cut splits is masked as the whole value
+    /// it was, not kept in part.
     #[test]
     fn sql_cut_inside_a_value_keeps_only_its_masked_part() {
         let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
@@ -2781,6 +2798,28 @@ mod tests {
             assert!(!text.contains("CAESIJ") && !text.contains("4111"), "{text}");
             assert!(sql.starts_with(&text[..20]), "{text}");
         }
+        // A Bind value the budget cuts inside a card.
+        let mut s = masking_session(64);
+        let v = format!("{} 4111 1111 1111 1111", "x".repeat(50));
+        s.client(
+            &cat(&[
+                parse("", "insert into t values ($1)"),
+                bind("", "", &[Some(v.as_bytes())]),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
+        let got = take(&mut s.t);
+        let kept = got[1].values[0].clone().unwrap();
+        assert!(
+            kept.starts_with(&"x".repeat(50)) && kept.ends_with('…'),
+            "{kept}"
+        );
+        assert!(
+            !kept.contains("4111") && kept.len() <= 64 + '…'.len_utf8(),
+            "{kept}"
+        );
     }
 
     #[test]
