@@ -296,12 +296,39 @@ fn bind_values(
         let mut cut = cut || share < len as usize;
         let typed = if b.binary(i) {
             let oid = types.and_then(|t| t.get(i)).copied().unwrap_or(0);
-            binary_text(oid, v, cut, room)
+            binary_text(oid, v, cut, room).or_else(|| {
+                // (A value the share cut that came whole in the walker's
+                // slack, as a fixed-size one (`int8`) must to be read:
+                // printed from all its bytes, then masked and cut to the
+                // room as any typed value; not the hex of its first bytes,
+                // which would spell a card number's first digits.)
+                let whole = share < more.len() && more.len() == len as usize;
+                let t = binary_text(oid, more, false, room).filter(|_| whole)?;
+                cut = false;
+                Some(t)
+            })
         } else {
             None
         };
         let mut text = if let Some(t) = typed {
-            let mut t = mask_owned(engine, t);
+            let mut t = match text_like(b, types, i) {
+                // (A text-like type prints its bytes as they came: masked
+                // over `more` as a text value is, then cut to what `v`
+                // printed, so a value the cut splits is masked whole.)
+                Some(skip) if more.len() > share && engine.is_some() => {
+                    let mut m =
+                        mask_owned(engine, utf8_prefix(&more[skip..], more.len()).into_owned());
+                    if m.len() > t.len() {
+                        let mut end = t.len();
+                        while !m.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        m.truncate(end);
+                    }
+                    m
+                }
+                _ => mask_owned(engine, t),
+            };
             // Cut after masking, so no cut hides a value from it.
             if t.len() > room {
                 let mut end = room;
@@ -344,6 +371,19 @@ fn bind_values(
         out.push(Some(text.into_boxed_str()));
     }
     Some(Rc::from(out))
+}
+
+/// Bytes before the text of Bind value `i` when it is a binary value of a
+/// text-like type that `binary_text` prints as its bytes (`jsonb`: its
+/// version byte).
+fn text_like(b: &BindWalker, types: Option<&[u32]>, i: usize) -> Option<usize> {
+    use super::binval::oid;
+    match types.and_then(|t| t.get(i)).copied().unwrap_or(0) {
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML => Some(0),
+        oid::JSONB => Some(1),
+        _ => None,
+    }
+    .filter(|_| b.binary(i))
 }
 
 /// Bind parameter values as recorded: text, masked; `None` for NULL.
@@ -2820,6 +2860,57 @@ mod tests {
             !kept.contains("4111") && kept.len() <= 64 + '…'.len_utf8(),
             "{kept}"
         );
+    }
+
+    /// A text-like value sent in binary with its type known (text,
+    /// varchar, jsonb: what drivers such as tokio-postgres send) that the
+    /// Bind budget cuts inside a card: masked whole before the cut too.
+    #[test]
+    fn binary_text_bind_value_cut_inside_a_card_is_masked_whole() {
+        let card = format!("{} 4111 1111 1111 1111", "x".repeat(50));
+        let json = format!("\x01{{\"k\": \"{} 4111 1111 1111 1111\"}}", "x".repeat(44));
+        for (oid, v) in [(25u32, card.clone()), (1043, card.clone()), (3802, json)] {
+            let mut s = masking_session(64);
+            s.client(
+                &cat(&[
+                    parse_typed("", "insert into t values ($1)", &[oid]),
+                    bind_fmt(1, &[Some(v.as_bytes())]),
+                    sync(),
+                ]),
+                4096,
+            );
+            s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
+            let got = take(&mut s.t);
+            let kept = got[1].values[0].clone().unwrap();
+            assert!(
+                kept.ends_with('\u{2026}') && kept.contains("xxxx"),
+                "{oid}: {kept}"
+            );
+            assert!(!kept.contains("4111"), "{oid}: {kept}");
+        }
+    }
+
+    /// A card number sent as a binary int8 that the Bind budget cuts
+    /// (the whole value is in the walker's slack): printed, masked and cut
+    /// to the room, not the hex of its first bytes (`\\x000e9b08…` would
+    /// tell the card's first six digits: 0x000e9b08 << 32 = 4111106…).
+    #[test]
+    fn binary_int8_card_cut_by_the_budget_is_not_spelled_in_hex() {
+        let card: i64 = 4111111111111111;
+        let mut s = masking_session(64);
+        let pad = "x".repeat(60);
+        s.client(
+            &cat(&[
+                parse_typed("", "insert into t values ($1, $2)", &[25, 20]),
+                bind_fmt(1, &[Some(pad.as_bytes()), Some(&card.to_be_bytes())]),
+                sync(),
+            ]),
+            4096,
+        );
+        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
+        let got = take(&mut s.t);
+        let kept = got[1].values[1].clone().unwrap();
+        assert!(!kept.starts_with("\\x") && !kept.contains("4111"), "{kept}");
     }
 
     #[test]

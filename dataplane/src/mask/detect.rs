@@ -2013,6 +2013,12 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
         }
         _ => return None,
     };
+    // (Already masked, its prefix kept, by an earlier pass over the same
+    // text: a JSON member, the value test. A mask character that a token
+    // may hold, `_` or `=`, would count it again.)
+    if all_of(&t[body..], |b| b == f.ch) {
+        return None;
+    }
     mask_token(buf, s, s + body, e, f);
     Some(kind)
 }
@@ -2044,6 +2050,18 @@ pub(crate) fn words_tokens(
 ) {
     let sep = |b: u8| WORD_END[b as usize];
     let n = buf.len();
+    // The span `whole_token` tests when the text is tested as a value:
+    // ASCII whitespace around it, then one pair of quotes, aside.
+    let (mut vs, mut ve) = (0, n);
+    while vs < ve && buf[vs].is_ascii_whitespace() {
+        vs += 1;
+    }
+    while ve > vs && buf[ve - 1].is_ascii_whitespace() {
+        ve -= 1;
+    }
+    if ve - vs >= 2 && buf[vs] == b'"' && buf[ve - 1] == b'"' {
+        (vs, ve) = (vs + 1, ve - 1);
+    }
     let mut i = 0;
     while i < n {
         while i < n && sep(buf[i]) {
@@ -2057,12 +2075,13 @@ pub(crate) fn words_tokens(
         // is left: the text was tested as a value, `Engine::mask_counted`,
         // and a mask character that a token may hold, `_`, would find the
         // token again.)
-        let around = |b: u8| b.is_ascii_whitespace() || b == b'"';
-        let whole = n <= WHOLE_MAX && all_of(&buf[..s], around) && all_of(&buf[i..], around);
         let mut e = i;
         while e > s && matches!(buf[e - 1], b'.' | b':' | b'!' | b'?') {
             e -= 1;
         }
+        // (Only the very span the value test took: a word with a quote
+        // on one side only, or a full stop after it, is tested here.)
+        let whole = (WHOLE_MIN..=WHOLE_MAX).contains(&n) && (s, e) == (vs, ve);
         if e - s >= WHOLE_MIN && !whole {
             if let Some(k) = whole_token(&mut buf[s..e], on, f) {
                 found(k);

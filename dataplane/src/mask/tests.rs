@@ -2492,3 +2492,43 @@ fn whole_value_tokens_keep_length_and_utf8_for_any_bytes() {
         }
     }
 }
+
+/// Review of 59ef8c2: an error field whose only word is a token, with
+/// quotes or a trailing full stop that `whole_token` does not strip as a
+/// value, is masked by the word pass (not skipped as "tested as a value").
+#[test]
+fn error_field_token_with_odd_quotes_or_a_full_stop_is_masked() {
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+    let vault = format!("hv{}.CAESIJ{}", "s", &b62[..60]);
+    let e = engine();
+    for field in [
+        format!("\"{vault}"),
+        format!("{vault}\""),
+        format!("\"\"{vault}\"\""),
+        format!("\" {vault} \""),
+        format!("{vault}."),
+        format!("{vault}!"),
+    ] {
+        let mut body = format!("SNOTICE\0M{field}\0\0").into_bytes();
+        let mut hits = Hits::new();
+        let n = mask_error_fields(&e, &mut body, &mut hits).unwrap();
+        let out = String::from_utf8_lossy(&body).into_owned();
+        assert!(!out.contains("CAESIJ"), "{field:?} -> {out:?}");
+        assert_eq!((n, hits.total()), (1, 1), "{field:?}");
+    }
+}
+
+/// Review: a token in a JSON error field is counted once, whatever the
+/// mask character (the JSON walk masks it; the word pass must not find
+/// the masked form again).
+#[test]
+fn error_field_json_token_is_counted_once() {
+    let b62 = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789".repeat(3);
+    let sentry = format!("sntr{}_{}==", "ys", &b62[..70]);
+    let p = MaskingProfile::from_yaml("format: { mask_char: '_' }").unwrap();
+    let e = Engine::compile(&p).unwrap();
+    let mut body = format!("SNOTICE\0M{{\"k\": \"{sentry}\"}}\0\0").into_bytes();
+    let mut hits = Hits::new();
+    let n = mask_error_fields(&e, &mut body, &mut hits).unwrap();
+    assert_eq!((n, hits.total()), (1, 1));
+}
