@@ -1984,6 +1984,20 @@ fn session_database(pg: &Pg, key: &ApiKey, db: &str) -> Gateway {
     locked_gateway(pg, key, db)
 }
 
+/// [`session_database`] with reads older than `max_age_ms` made again.
+fn session_database_aged(pg: &Pg, key: &ApiKey, db: &str, max_age_ms: u64) -> Gateway {
+    seed_creds(pg, db);
+    let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", max_age_ms);
+    Gateway::start_with(&cfg)
+}
+
+/// A raw wire session through `gw` to the `locked` connection.
+async fn locked_wire_session(gw: &Gateway, key: &ApiKey) -> sluice_tests::wire::Session {
+    sluice_tests::wire::login(gw.port, "agent1", "locked", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"))
+}
+
 /// A database of the application role with `creds (id, api_secret)`.
 fn seed_creds(pg: &Pg, db: &str) {
     locked_database(
@@ -2191,9 +2205,7 @@ async fn a_refused_read_after_an_own_change_is_tried_again() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let db = "mk_session_refused_retry";
-    seed_creds(pg, db);
-    let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", 0);
-    let gw = Gateway::start_with(&cfg);
+    let gw = session_database_aged(pg, key, db, 0);
     let c = locked_client(&gw, key).await;
     let one = vec![vec![Some("1".to_string())]];
     assert_eq!(simple_rows(&c, "select id::text from creds").await, one);
@@ -2260,13 +2272,11 @@ async fn an_open_session_follows_a_view_created_elsewhere() {
 /// reaches the target whole, and the read goes before the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_read_never_splits_a_client_frame() {
-    use sluice_tests::wire::{login, query_bytes};
+    use sluice_tests::wire::query_bytes;
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let gw = session_database(pg, key, "mk_session_split");
-    let mut s = login(gw.port, "agent1", "locked", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let mut s = locked_wire_session(&gw, key).await;
     let masked = vec![vec![Some(SESSION_MASKED.to_string())]];
     for (k, cut) in [1usize, 3, 5].into_iter().enumerate() {
         rows_ok(
@@ -2345,13 +2355,11 @@ async fn statements_behind_an_own_schema_change_fail_closed_until_read() {
 /// returned the secret).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_plan_does_not_outlive_an_own_schema_change() {
-    use sluice_tests::wire::{login, query_bytes};
+    use sluice_tests::wire::query_bytes;
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let gw = session_database(pg, key, "mk_session_unread_kept");
-    let mut s = login(gw.port, "agent1", "locked", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let mut s = locked_wire_session(&gw, key).await;
     rows_ok(
         s.simple_query("create view k_v as select id, id::text as label from creds")
             .await,
@@ -2394,13 +2402,11 @@ fn rows_ok(
 /// uncounted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_sync_after_a_failed_copy_keeps_the_session_in_step() {
-    use sluice_tests::wire::{login, query_bytes, sync_bytes};
+    use sluice_tests::wire::{query_bytes, sync_bytes};
     let pg = Pg::shared();
     let key = ApiKey::shared();
     let gw = session_database(pg, key, "mk_session_stray_sync");
-    let mut s = login(gw.port, "agent1", "locked", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let mut s = locked_wire_session(&gw, key).await;
     let before = ok_reads(&gw, "continued");
     // (The view makes a read due; it is created in the same write, after
     // the last moment a read could go.)
@@ -2450,10 +2456,7 @@ async fn a_stray_sync_after_a_failed_copy_keeps_the_session_in_step() {
 async fn a_read_due_in_a_transaction_block_waits_for_its_end() {
     let pg = Pg::shared();
     let key = ApiKey::shared();
-    let db = "mk_session_block";
-    seed_creds(pg, db);
-    let cfg = locked_config(pg, key, db).limit("column_origins_max_age_ms", 300);
-    let gw = Gateway::start_with(&cfg);
+    let gw = session_database_aged(pg, key, "mk_session_block", 300);
     let c = locked_client(&gw, key).await;
     let before = ok_reads(&gw, "whole");
     c.batch_execute("begin").await.unwrap();

@@ -2839,19 +2839,13 @@ mod tests {
             assert!(sql.starts_with(&text[..20]), "{text}");
         }
         // A Bind value the budget cuts inside a card.
-        let mut s = masking_session(64);
         let v = format!("{} 4111 1111 1111 1111", "x".repeat(50));
-        s.client(
-            &cat(&[
-                parse("", "insert into t values ($1)"),
-                bind("", "", &[Some(v.as_bytes())]),
-                sync(),
-            ]),
-            4096,
-        );
-        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
-        let got = take(&mut s.t);
-        let kept = got[1].values[0].clone().unwrap();
+        let kept = bound_under_64(
+            parse("", "insert into t values ($1)"),
+            bind("", "", &[Some(v.as_bytes())]),
+        )[0]
+        .clone()
+        .unwrap();
         assert!(
             kept.starts_with(&"x".repeat(50)) && kept.ends_with('…'),
             "{kept}"
@@ -2862,6 +2856,15 @@ mod tests {
         );
     }
 
+    /// The values recorded for `bind` (after `parse`, then a Sync, all
+    /// answered) with `max_sql` 64.
+    fn bound_under_64(parse: Vec<u8>, bind: Vec<u8>) -> Vec<Option<String>> {
+        let mut s = masking_session(64);
+        s.client(&cat(&[parse, bind, sync()]), 4096);
+        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
+        take(&mut s.t)[1].values.to_vec()
+    }
+
     /// A text-like value sent in binary with its type known (text,
     /// varchar, jsonb: what drivers such as tokio-postgres send) that the
     /// Bind budget cuts inside a card: masked whole before the cut too.
@@ -2870,18 +2873,12 @@ mod tests {
         let card = format!("{} 4111 1111 1111 1111", "x".repeat(50));
         let json = format!("\x01{{\"k\": \"{} 4111 1111 1111 1111\"}}", "x".repeat(44));
         for (oid, v) in [(25u32, card.clone()), (1043, card.clone()), (3802, json)] {
-            let mut s = masking_session(64);
-            s.client(
-                &cat(&[
-                    parse_typed("", "insert into t values ($1)", &[oid]),
-                    bind_fmt(1, &[Some(v.as_bytes())]),
-                    sync(),
-                ]),
-                4096,
-            );
-            s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
-            let got = take(&mut s.t);
-            let kept = got[1].values[0].clone().unwrap();
+            let kept = bound_under_64(
+                parse_typed("", "insert into t values ($1)", &[oid]),
+                bind_fmt(1, &[Some(v.as_bytes())]),
+            )[0]
+            .clone()
+            .unwrap();
             assert!(
                 kept.ends_with('\u{2026}') && kept.contains("xxxx"),
                 "{oid}: {kept}"
@@ -2897,19 +2894,13 @@ mod tests {
     #[test]
     fn binary_int8_card_cut_by_the_budget_is_not_spelled_in_hex() {
         let card: i64 = 4111111111111111;
-        let mut s = masking_session(64);
         let pad = "x".repeat(60);
-        s.client(
-            &cat(&[
-                parse_typed("", "insert into t values ($1, $2)", &[25, 20]),
-                bind_fmt(1, &[Some(pad.as_bytes()), Some(&card.to_be_bytes())]),
-                sync(),
-            ]),
-            4096,
-        );
-        s.target(&cat(&[msg(b'1', b""), msg(b'2', b""), ready()]), 4096);
-        let got = take(&mut s.t);
-        let kept = got[1].values[1].clone().unwrap();
+        let kept = bound_under_64(
+            parse_typed("", "insert into t values ($1, $2)", &[25, 20]),
+            bind_fmt(1, &[Some(pad.as_bytes()), Some(&card.to_be_bytes())]),
+        )[1]
+        .clone()
+        .unwrap();
         assert!(!kept.starts_with("\\x") && !kept.contains("4111"), "{kept}");
     }
 

@@ -2050,18 +2050,6 @@ pub(crate) fn words_tokens(
 ) {
     let sep = |b: u8| WORD_END[b as usize];
     let n = buf.len();
-    // The span `whole_token` tests when the text is tested as a value:
-    // ASCII whitespace around it, then one pair of quotes, aside.
-    let (mut vs, mut ve) = (0, n);
-    while vs < ve && buf[vs].is_ascii_whitespace() {
-        vs += 1;
-    }
-    while ve > vs && buf[ve - 1].is_ascii_whitespace() {
-        ve -= 1;
-    }
-    if ve - vs >= 2 && buf[vs] == b'"' && buf[ve - 1] == b'"' {
-        (vs, ve) = (vs + 1, ve - 1);
-    }
     let mut i = 0;
     while i < n {
         while i < n && sep(buf[i]) {
@@ -2071,18 +2059,13 @@ pub(crate) fn words_tokens(
         while i < n && !sep(buf[i]) {
             i += 1;
         }
-        // (A word that is the whole text, ASCII whitespace after it aside,
-        // is left: the text was tested as a value, `Engine::mask_counted`,
-        // and a mask character that a token may hold, `_`, would find the
-        // token again.)
         let mut e = i;
         while e > s && matches!(buf[e - 1], b'.' | b':' | b'!' | b'?') {
             e -= 1;
         }
-        // (Only the very span the value test took: a word with a quote
-        // on one side only, or a full stop after it, is tested here.)
-        let whole = (WHOLE_MIN..=WHOLE_MAX).contains(&n) && (s, e) == (vs, ve);
-        if e - s >= WHOLE_MIN && !whole {
+        // (A token the text's test as a value masked already is not
+        // counted again: `whole_token` leaves one already masked.)
+        if e - s >= WHOLE_MIN {
             if let Some(k) = whole_token(&mut buf[s..e], on, f) {
                 found(k);
             }

@@ -892,27 +892,24 @@ impl Engine {
             ch,
             |key| self.column_rule_by_name(key),
             // (Whole-value tokens as a member's or an array's string.)
-            |s| {
-                let t = self.any_whole && detect::may_be_whole(s);
-                t.then(|| detect::whole_token(s, self.whole, &self.fmt))
-                    .flatten()
-                    .map(|k| Builtin::from(k).into())
-            },
+            |s| (self.any_whole && detect::may_be_whole(s)).then(|| self.whole_rule(s))?,
             |rule| hits.add_at(rule, ri, 1),
         )
     }
 
     /// A token that is the whole value (see `detect::whole_token`), its hit
     /// logged at region `ri`.
-    #[inline(never)]
     fn mask_whole(&self, value: &mut [u8], ri: u32, hits: &mut Hits) -> u32 {
-        match detect::whole_token(value, self.whole, &self.fmt) {
-            Some(k) => {
-                hits.add_at(Builtin::from(k), ri, 1);
-                1
-            }
-            None => 0,
-        }
+        self.whole_rule(value).map_or(0, |rule| {
+            hits.add_at(rule, ri, 1);
+            1
+        })
+    }
+
+    /// The rule of the whole-value token `value` is, masked.
+    #[inline(never)]
+    fn whole_rule(&self, value: &mut [u8]) -> Option<RuleId> {
+        detect::whole_token(value, self.whole, &self.fmt).map(|k| Builtin::from(k).into())
     }
 
     /// The whole-value tokens among the words of a text (the free-text

@@ -533,22 +533,36 @@ impl SessionCatalog {
         server_major: Option<u32>,
     ) -> SessionCatalog {
         let key = cache_key(conn);
-        let max_frame = worker.shared.limits.max_frame_bytes;
+        let limits = &worker.shared.limits;
+        let whole_at = worker.origins.whole_at(&key).unwrap_or_else(Instant::now);
+        // (`Drop` rules out a struct update from `idle`.)
+        let mut c = SessionCatalog::idle(key, conn.name.clone(), whole_at);
+        c.worker = Some(worker.clone());
+        c.generated = server_major.is_some_and(|m| m >= 12);
+        c.cap = (limits.max_frame_bytes.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize;
+        c.engine = engine.map(Arc::downgrade).unwrap_or_default();
+        c.limit_ms = limits.connect_timeout_ms;
+        c
+    }
+
+    /// Nothing read, changed or sent yet, and no worker (the parts `new`
+    /// sets, at their zero).
+    fn idle(key: String, conn: String, whole_at: Instant) -> SessionCatalog {
         SessionCatalog {
-            worker: Some(worker.clone()),
-            whole_at: worker.origins.whole_at(&key).unwrap_or_else(Instant::now),
+            worker: None,
             key,
-            conn: conn.name.clone(),
-            generated: server_major.is_some_and(|m| m >= 12),
-            cap: (max_frame.saturating_sub(512) / 2).min(VIEW_FIELD_CAP) as usize,
-            engine: engine.map(Arc::downgrade).unwrap_or_default(),
+            conn,
+            generated: false,
+            cap: 0,
+            whole_at,
+            engine: std::sync::Weak::new(),
             changed: None,
             reading_change: None,
             change_told: false,
             change_unseen: false,
             block_changed: false,
             refused_until: None,
-            limit_ms: worker.shared.limits.connect_timeout_ms,
+            limit_ms: 0,
             own: None,
             pass: Vec::new(),
             watch: SchemaWatch::default(),
@@ -1089,25 +1103,8 @@ mod tests {
     }
 
     fn own_read(in_block: bool) -> SessionCatalog {
-        let mut c = SessionCatalog {
-            worker: None,
-            key: "db".into(),
-            conn: "c".into(),
-            generated: true,
-            cap: 1 << 20,
-            whole_at: Instant::now(),
-            engine: std::sync::Weak::new(),
-            changed: None,
-            reading_change: None,
-            change_told: false,
-            change_unseen: false,
-            block_changed: false,
-            refused_until: None,
-            limit_ms: 1000,
-            own: None,
-            pass: Vec::new(),
-            watch: SchemaWatch::default(),
-        };
+        let mut c = SessionCatalog::idle("db".into(), "c".into(), Instant::now());
+        (c.generated, c.cap, c.limit_ms) = (true, 1 << 20, 1000);
         c.own = Some(OwnRead::new(
             engine(),
             ColumnOrigins::new(),

@@ -3138,7 +3138,20 @@ mod tests {
         fn tail(desc: &[(&str, u32)], val: &str) -> Vec<u8> {
             let mut s = frame(b't', &[0, 0]);
             s.extend(row_desc(desc));
-            s.extend(data_row(&[val]));
+            s.extend(rows(val));
+            s
+        }
+        /// The answers to Parse, Describe of the statement and Sync.
+        fn described(desc: &[(&str, u32)]) -> Vec<u8> {
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b't', &[0, 0]));
+            s.extend(row_desc(desc));
+            s.extend(frame(b'Z', b"I"));
+            s
+        }
+        /// One row holding `val`, its CommandComplete and ReadyForQuery.
+        fn rows(val: &str) -> Vec<u8> {
+            let mut s = data_row(&[val]);
             s.extend(frame(b'C', b"SELECT 1\0"));
             s.extend(frame(b'Z', b"I"));
             s
@@ -3187,10 +3200,7 @@ mod tests {
             fwd(&mut m, s);
             assert!(!m.portals.contains_key(&b""[..]));
             assert!(m.bound_undescribed.is_none());
-            let mut s = data_row(&["123-45-6789"]);
-            s.extend(frame(b'C', b"SELECT 1\0"));
-            s.extend(frame(b'Z', b"I"));
-            let out = fwd(&mut m, s);
+            let out = fwd(&mut m, rows("123-45-6789"));
             assert!(!out.contains("123-45-6789"), "{out:?}");
         }
 
@@ -3203,10 +3213,7 @@ mod tests {
             describe_s(&mut m, "t");
             sync(&mut m);
             let mut s = frame(b'1', b"");
-            s.extend(frame(b'1', b""));
-            s.extend(frame(b't', &[0, 0]));
-            s.extend(row_desc(&[("ssn", 25)]));
-            s.extend(frame(b'Z', b"I"));
+            s.extend(described(&[("ssn", 25)]));
             fwd(&mut m, s);
             // Batch 2: Bind "" s, Bind "" t, Describe S s, Execute "".
             bind(&mut m, "", "s", &[]);
@@ -3233,18 +3240,12 @@ mod tests {
             parse(&mut m, "", "select profile->>$1 from p");
             describe_s(&mut m, "");
             sync(&mut m);
-            let mut s = frame(b'1', b"");
-            s.extend(frame(b't', &[0, 0]));
-            s.extend(row_desc(&[("?column?", 25)]));
-            s.extend(frame(b'Z', b"I"));
-            fwd(&mut m, s);
+            fwd(&mut m, described(&[("?column?", 25)]));
             bind(&mut m, "", "", &["ssn"]);
             execute(&mut m, "");
             sync(&mut m);
             let mut s = frame(b'2', b"");
-            s.extend(data_row(&[SECRET]));
-            s.extend(frame(b'C', b"SELECT 1\0"));
-            s.extend(frame(b'Z', b"I"));
+            s.extend(rows(SECRET));
             let out = fwd(&mut m, s);
             assert!(!out.contains(SECRET), "cached param leaked: {out:?}");
         }
@@ -3255,11 +3256,7 @@ mod tests {
             parse(&mut m, "s", "select profile->>$1 from p");
             describe_s(&mut m, "s");
             sync(&mut m);
-            let mut s = frame(b'1', b"");
-            s.extend(frame(b't', &[0, 0]));
-            s.extend(row_desc(&[("?column?", 25)]));
-            s.extend(frame(b'Z', b"I"));
-            fwd(&mut m, s);
+            fwd(&mut m, described(&[("?column?", 25)]));
             // One write: a refused Parse of s, Sync, then Bind s with "ssn".
             parse(&mut m, "s", "select 1");
             sync(&mut m);
@@ -3269,9 +3266,7 @@ mod tests {
             let mut s = frame(b'E', b"SERROR\0C42P05\0Mexists\0\0");
             s.extend(frame(b'Z', b"I"));
             s.extend(frame(b'2', b""));
-            s.extend(data_row(&[SECRET]));
-            s.extend(frame(b'C', b"SELECT 1\0"));
-            s.extend(frame(b'Z', b"I"));
+            s.extend(rows(SECRET));
             let out = fwd(&mut m, s);
             assert!(
                 !out.contains(SECRET),
