@@ -1100,6 +1100,30 @@ async fn tokens_stored_as_whole_values_are_masked() {
         .map(|r| format!("{}\n", r[0].as_ref().unwrap()))
         .collect();
     assert_eq!(String::from_utf8(copy).unwrap(), lines);
+    // Binary COPY of the same values as `jsonb` string scalars: a version
+    // byte, then the JSON text.
+    let copy = copy_out(
+        &via,
+        &format!(
+            "copy (select to_jsonb(value) from {t} order by id) to stdout with (format binary)"
+        ),
+    )
+    .await
+    .unwrap();
+    let got: Vec<String> = parse_binary_copy(&copy)
+        .expect("the binary COPY parses")
+        .into_iter()
+        .map(|r| {
+            let v = r[0].as_deref().expect("not NULL");
+            assert_eq!(v[0], 1, "jsonb version byte");
+            String::from_utf8(v[1..].to_vec()).unwrap()
+        })
+        .collect();
+    let quoted: Vec<String> = tokens
+        .iter()
+        .map(|x| format!("\"{}\"", masked(x)))
+        .collect();
+    assert_eq!(got, quoted);
     // A cast error quotes the value.
     let (v, ..) = &tokens[0];
     let err = via

@@ -1135,6 +1135,9 @@ pub fn mask_copy_row(
     true
 }
 
+/// The `jsonb` type's oid.
+const JSONB: u32 = 3802;
+
 /// Mask one binary CopyData payload (the file header on the first, then a
 /// tuple, or the trailer) of a COPY whose columns are `cols` (`None`: not
 /// known). Unruled fields are scanned in place. A ruled field of a text
@@ -1191,7 +1194,13 @@ pub fn mask_binary_copy_row(
         match field_rule(engine, cols, f) {
             None => {
                 if engine.detects() {
-                    engine.mask_counted(&mut payload[i..end], hits);
+                    // (A binary `jsonb` is a version byte and the JSON
+                    // text: scanned after the byte, as in a DataRow, so
+                    // that the JSON name rules and whole-value tokens see
+                    // the document.)
+                    let jsonb = cols.and_then(|c| c.get(f)).is_some_and(|c| c.oid == JSONB)
+                        && payload[i..end].first() == Some(&1);
+                    engine.mask_counted(&mut payload[i + jsonb as usize..end], hits);
                 }
             }
             Some((r, _)) => {
@@ -1632,5 +1641,40 @@ mod tests {
             &mut hits,
             &mut out
         ));
+    }
+
+    #[test]
+    fn binary_copy_jsonb_is_scanned_after_its_version_byte() {
+        let e = engine();
+        let mut c = cols(&e, &["doc", "v"]);
+        c[0].oid = JSONB;
+        c[1].oid = JSONB;
+        let tuple = |docs: &[&[u8]]| {
+            let mut p = (docs.len() as i16).to_be_bytes().to_vec();
+            for d in docs {
+                p.extend_from_slice(&(d.len() as i32 + 1).to_be_bytes());
+                p.push(1);
+                p.extend_from_slice(d);
+            }
+            p
+        };
+        let mut p = tuple(&[
+            br#"{"service": "billing", "secret": "hunter2"}"#,
+            br#""hvs.CAESIJlWh5GxLk7G1eXqZ0Y3tQmBz8aN2pRfHs6vKdUo4cTw""#,
+        ]);
+        let (mut hits, mut out) = (Hits::new(), Vec::new());
+        assert!(!mask_binary_copy_row(
+            &e,
+            Some(&c),
+            &mut p,
+            &mut hits,
+            &mut out
+        ));
+        let want = tuple(&[
+            br#"{"service": "billing", "secret": "*******"}"#,
+            br#""hvs.************************************************""#,
+        ]);
+        assert_eq!(String::from_utf8_lossy(&p), String::from_utf8_lossy(&want));
+        assert_eq!(hits.total(), 2);
     }
 }
