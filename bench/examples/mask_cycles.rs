@@ -8,7 +8,8 @@
 //!
 //! Contenders: `copy` (the per-iteration copy alone, to subtract), `engine`,
 //! `scalar`, `regex`, `rows`, `clean_engine`, `clean_regex`; `columns`
-//! times `engine` per text column of the orders corpus instead. Prints the
+//! times `engine` per text column of the orders corpus instead (`columns
+//! ITERS NAME`: that column only). Prints the
 //! bytes processed per iteration and the time of one (minimum and median,
 //! the per-iteration copy excluded). `MASK_NO_PLANES=1` times the AVX-512 scan
 //! copy of CPUs without VBMI and GFNI.
@@ -50,7 +51,7 @@ fn main() {
     let mut hits = Hits::new();
     let mut out = Vec::new();
     if what == "columns" {
-        columns(&engine, &rows, iters);
+        columns(&engine, &rows, iters, args.get(3).map(String::as_str));
         return;
     }
     let (data, rs) = match what {
@@ -94,11 +95,15 @@ fn main() {
 }
 
 /// `engine` over the cells of one text column of the orders corpus at a
-/// time: cells, bytes, hits, and the fastest of `iters` passes, per cell
-/// and per byte (where the orders pass goes, by kind of value).
-fn columns(engine: &Engine, rows: &[Vec<Option<String>>], iters: usize) {
+/// time (or only of column `only`): cells, bytes, hits, and the fastest of
+/// `iters` passes, per cell and per byte (where the orders pass goes, by
+/// kind of value).
+fn columns(engine: &Engine, rows: &[Vec<Option<String>>], iters: usize, only: Option<&str>) {
     let mut hits = Hits::new();
     for (ci, (name, _)) in corpus::ORDERS_COLUMNS.iter().enumerate() {
+        if only.is_some_and(|o| o != *name) {
+            continue;
+        }
         let (buf, ranges) = common::cells_of(
             &rows.iter().map(|r| vec![r[ci].clone()]).collect::<Vec<_>>(),
             &[corpus::ORDERS_COLUMNS[ci]],
