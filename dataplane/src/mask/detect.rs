@@ -599,17 +599,39 @@ pub(crate) fn digit_run(
             return;
         }
     }
+    // A window's rewrites turn digits into mask characters, which end a
+    // run: the next window starts at the first digit from its overlap on
+    // (not inside a value just masked, which would stop the walk there),
+    // and after a window the walk goes on past such bytes to `end`.
+    let next_digit = |buf: &[u8], p: usize| {
+        buf[p.min(end)..end]
+            .iter()
+            .position(u8::is_ascii_digit)
+            .map(|i| p + i)
+    };
     let mut pos = first;
+    let mut windowed = false;
     loop {
         let ng = tokenize(buf, pos, end, &mut g);
         // SAFETY: `tokenize` wrote the first `ng` groups.
         let groups = unsafe { g.first(ng) };
-        if ng < MAX_GROUPS {
+        let from = if ng < MAX_GROUPS {
             validate(buf, groups, on, f, hits);
-            break;
+            if !windowed {
+                break;
+            }
+            // (Past where this run stopped: `tokenize` ends at `end` or at
+            // a byte that is neither digit nor glue, after its last group.)
+            groups.last().map_or(end, |l| l.end())
+        } else {
+            window(buf, groups, on, f, hits);
+            windowed = true;
+            groups[ng - WINDOW_OVERLAP].start()
+        };
+        match next_digit(buf, from) {
+            Some(p) if p > pos => pos = p,
+            _ => break,
         }
-        window(buf, groups, on, f, hits);
-        pos = groups[ng - WINDOW_OVERLAP].start();
     }
 }
 

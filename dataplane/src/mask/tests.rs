@@ -1186,6 +1186,33 @@ fn long_digit_runs_are_walked_in_windows() {
     assert!(m(&s).ends_with("**** **** **** 1111"));
 }
 
+#[test]
+fn values_after_a_masked_window_of_a_long_run_are_masked() {
+    // A window masks values, and the next one starts inside one of them:
+    // the walk goes on from the next digit, not stopping there.
+    for (sep, n) in [(" ", 400), (", ", 60), ("-", 1)] {
+        let s = vec!["4111111111111111"; n].join(sep);
+        let (out, h) = mask(&engine(), &s);
+        assert_eq!(h.get(Builtin::PaymentCard), n as u64, "{sep:?}");
+        assert_eq!(out, vec!["************1111"; n].join(sep));
+    }
+    let s = vec!["536-22-8841"; 40].join(" ");
+    let (out, h) = mask(&engine(), &s);
+    assert_eq!(h.get(Builtin::Ssn), 40);
+    assert_eq!(out, vec!["***-**-8841"; 40].join(" "));
+    // A masked value inside the overlap of two windows, then more.
+    let ones: Vec<String> = (1..=16).map(|i| i.to_string()).collect();
+    let rest: Vec<String> = (5..=11).map(|i| i.to_string()).collect();
+    let s = format!(
+        "{} 4111111111111111 {} 4111111111111111 22",
+        ones.join(" "),
+        rest.join(" ")
+    );
+    let (out, h) = mask(&engine(), &s);
+    assert_eq!(h.get(Builtin::PaymentCard), 2, "{out}");
+    assert!(!out.contains("4111111111111111"), "{out}");
+}
+
 /// Every kernel gives the same output as the scalar one.
 #[test]
 fn the_kernel_is_chosen_by_name() {
