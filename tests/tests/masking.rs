@@ -4239,3 +4239,114 @@ async fn copy_to_with_custom_delimiters_masks_every_field() {
         );
     }
 }
+
+/// The frames of one answer, up to its ReadyForQuery.
+async fn wire_answer(s: &mut sluice_tests::wire::Session) -> Vec<sluice_tests::wire::Msg> {
+    let mut out = Vec::new();
+    loop {
+        let m = s.raw.read_msg().await;
+        let done = m.tag == b'Z';
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Data reaches the client in more than rows: a notification's payload
+/// and channel (a burst of large ones, split across the gateway's reads),
+/// a setting the session set from data (ParameterStatus), a FunctionCall's
+/// result (psql's `\lo_export` reads large objects so), and the name fields
+/// of an error that `RAISE … USING` filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_settings_function_results_and_error_names_are_masked() {
+    use sluice_tests::wire::query_bytes;
+    let pg = Pg::shared();
+    let card = "4111111111111111";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "create or replace function mk_fc_card() returns text language sql \
+             as $$ select '{card}'::text $$"
+        ))
+        .await
+        .unwrap();
+    let oid: u32 = direct
+        .query_one("select 'mk_fc_card'::regproc::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let leaked = |msgs: &[sluice_tests::wire::Msg]| -> Vec<String> {
+        msgs.iter()
+            .filter(|m| String::from_utf8_lossy(&m.body).contains(card))
+            .map(|m| format!("{}: {}", m.tag_char(), String::from_utf8_lossy(&m.body)))
+            .collect()
+    };
+    // 40 notifications of ~7 KB each, in one transaction: delivered
+    // together at its commit, many of them across read boundaries.
+    let note = format!("paid with {card}, ").repeat(250);
+    let sql = format!(
+        "listen mk_big; listen \"{card}\"; begin; \
+         select pg_notify('mk_big', i || '{note}') from generate_series(1, 40) i; \
+         notify \"{card}\", 'x'; commit"
+    );
+    s.raw.send(&query_bytes(&sql)).await.unwrap();
+    let mut msgs = wire_answer(&mut s).await;
+    let notes = msgs.iter().filter(|m| m.tag == b'A').count();
+    // (The commit's notifications may follow its ReadyForQuery.)
+    while msgs.iter().filter(|m| m.tag == b'A').count() < 41 {
+        let m = tokio::time::timeout(Duration::from_secs(10), s.raw.read_msg())
+            .await
+            .unwrap_or_else(|_| panic!("{notes} notifications, then none"));
+        msgs.push(m);
+    }
+    assert_eq!(leaked(&msgs), Vec::<String>::new());
+    let masked = msgs
+        .iter()
+        .filter(|m| m.tag == b'A' && String::from_utf8_lossy(&m.body).contains("************1111"))
+        .count();
+    assert_eq!(masked, 41);
+
+    let sql = format!("select set_config('application_name', '{card}', false)");
+    s.raw.send(&query_bytes(&sql)).await.unwrap();
+    let msgs = wire_answer(&mut s).await;
+    assert!(msgs.iter().any(|m| m.tag == b'S'
+        && String::from_utf8_lossy(&m.body).contains("application_name\0************1111")));
+    assert_eq!(leaked(&msgs), Vec::<String>::new());
+
+    // FunctionCall: oid, no argument formats, no arguments, text result.
+    let mut call = vec![b'F', 0, 0, 0, 14];
+    call.extend_from_slice(&oid.to_be_bytes());
+    call.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    s.raw.send(&call).await.unwrap();
+    let msgs = wire_answer(&mut s).await;
+    let v = msgs
+        .iter()
+        .find(|m| m.tag == b'V')
+        .expect("a FunctionCallResponse");
+    assert_eq!(&v.body[4..], b"************1111");
+
+    let sql = format!(
+        "do $$ begin raise exception 'boom' using column = '{card}', table = '{card}', \
+         schema = '{card}', datatype = '{card}', constraint = '{card}'; end $$"
+    );
+    s.raw.send(&query_bytes(&sql)).await.unwrap();
+    let msgs = wire_answer(&mut s).await;
+    let e = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(
+        String::from_utf8_lossy(&e.body)
+            .matches("************1111")
+            .count(),
+        5,
+        "{}",
+        String::from_utf8_lossy(&e.body)
+    );
+    assert_eq!(leaked(&msgs), Vec::<String>::new());
+}

@@ -1100,8 +1100,10 @@ pub fn mask_copy_data(
 }
 
 /// Fields of ErrorResponse/NoticeResponse that carry free text and so may
-/// quote values: message, detail, hint, context, internal query.
-const TEXT_FIELDS: &[u8] = b"MDHWq";
+/// quote values: message, detail, hint, context, internal query; and the
+/// names of a schema, table, column, data type and constraint, which
+/// `RAISE … USING` sets to any text (`column = v`).
+const TEXT_FIELDS: &[u8] = b"MDHWqstcdn";
 
 /// Mask the free-text fields of an ErrorResponse or NoticeResponse body in
 /// place (same length). A detail of the form `Key (col, …)=(value, …) …`

@@ -1931,6 +1931,24 @@ fn error_fields() {
     );
     let mut bad = b"Mno terminator".to_vec();
     assert!(mask_error_fields(&e, &mut bad, &mut h).is_err());
+
+    // `RAISE … USING column = v, table = v, …` puts any text in the name
+    // fields: each is scanned as well.
+    let mut body = Vec::new();
+    for code in *b"stcdn" {
+        body.push(code);
+        body.extend_from_slice(b"4111111111111111");
+        body.push(0);
+    }
+    body.push(0);
+    assert_eq!(mask_error_fields(&e, &mut body, &mut h).unwrap(), 5);
+    assert_eq!(
+        String::from_utf8(body)
+            .unwrap()
+            .matches("************1111")
+            .count(),
+        5
+    );
 }
 
 #[test]

@@ -1201,7 +1201,9 @@ impl TargetMasker {
             }
             let total = 1 + len;
             // (CommandComplete too: its tag tells schema changes.)
-            let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S' | b'C')
+            // (NotificationResponse and FunctionCallResponse carry data
+            // too, and are masked whole: one split across reads is held.)
+            let data = matches!(t, b'T' | b'D' | b'E' | b'N' | b'S' | b'C' | b'A' | b'V')
                 || (t == b'd' && self.copy_out.is_some())
                 // (Answers to the gateway's own requests are dropped whole.)
                 || self.own_outstanding();
@@ -1660,7 +1662,7 @@ impl TargetMasker {
                     }
                 }
             }
-            b'd' | b'N' | b'A' if !self.active => {}
+            b'd' | b'N' | b'A' | b'V' | b'S' if !self.active => {}
             // (Binary COPY goes through `process`.)
             b'd' if matches!(self.copy_out, Some(CopyOut::Fields)) => {
                 mask_copy_data(&self.engine, self.copy_options.format, body, &mut self.hits);
@@ -1670,13 +1672,31 @@ impl TargetMasker {
                 self.copy_ruled = false;
             }
             // NotificationResponse: pid, channel, payload (NOTIFY can carry
-            // row data).
+            // row data, and a channel named by dynamic SQL too).
             b'A' if self.engine.detects() && body.len() > 4 => {
                 if let Some(ch) = memchr::memchr(0, &body[4..]) {
                     let start = 4 + ch + 1;
+                    self.engine
+                        .mask_counted(&mut body[4..start - 1], &mut self.hits);
                     let end = body.len().saturating_sub(1).max(start);
                     self.engine
                         .mask_counted(&mut body[start..end], &mut self.hits);
+                }
+            }
+            // FunctionCallResponse: the length of the result and its bytes
+            // (`loread` through a FunctionCall, as psql's `\lo_export`
+            // does, returns stored text).
+            b'V' if self.engine.detects() && body.len() > 4 => {
+                self.engine.mask_counted(&mut body[4..], &mut self.hits);
+            }
+            // ParameterStatus: a setting the session set from data
+            // (`set_config('application_name', v, false)`) comes back in
+            // it. (Those the gateway reads were read before this.)
+            b'S' if self.engine.detects() => {
+                if let Some(name) = memchr::memchr(0, body) {
+                    let end = body.len().saturating_sub(1).max(name + 1);
+                    self.engine
+                        .mask_counted(&mut body[name + 1..end], &mut self.hits);
                 }
             }
             b'E' | b'N' => {
@@ -2535,6 +2555,49 @@ mod tests {
         } else {
             s[..p.ready].to_vec()
         }
+    }
+
+    /// NotificationResponse (channel and payload, one split across reads
+    /// held until whole), FunctionCallResponse and ParameterStatus values
+    /// are scanned.
+    #[test]
+    fn notifications_function_results_and_settings_are_masked() {
+        let card: &[u8] = b"4111111111111111";
+        let has = |b: &[u8]| b.windows(card.len()).filter(|w| *w == card).count();
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut body = vec![0, 0, 0, 7];
+        body.extend_from_slice(card);
+        body.push(0);
+        for _ in 0..300 {
+            body.extend_from_slice(b"paid with ");
+            body.extend_from_slice(card);
+            body.extend_from_slice(b", ");
+        }
+        body.push(0);
+        let mut s = frame(b'A', &body);
+        let mut v = vec![0, 0, 0, 16];
+        v.extend_from_slice(card);
+        s.extend(frame(b'V', &v));
+        let mut p = b"application_name\0".to_vec();
+        p.extend_from_slice(card);
+        p.push(0);
+        s.extend(frame(b'S', &p));
+        s.extend(frame(b'Z', b"I"));
+        assert_eq!(has(&s), 303);
+        // The notification split across reads: held, nothing of it goes.
+        let half = s.len() / 3;
+        assert_eq!(m.process(&mut s[..half]).ready, 0);
+        let out = forwarded(&mut m, &mut s);
+        assert_eq!(tags(&out), b"AVSZ");
+        assert_eq!(out.len(), s.len());
+        assert_eq!(has(&out), 0, "{}", String::from_utf8_lossy(&out));
+        let mut cards = 0;
+        m.take_hits(|rule, n| {
+            if rule == "payment_card" {
+                cards += n;
+            }
+        });
+        assert_eq!(cards, 303);
     }
 
     /// Tags of the frames in `b`.
