@@ -1124,6 +1124,34 @@ async fn tokens_stored_as_whole_values_are_masked() {
         .map(|x| format!("\"{}\"", masked(x)))
         .collect();
     assert_eq!(got, quoted);
+    // CSV quotes a JSON text and doubles its quotes: `"""hvs.…"""`, and an
+    // object's members `""db_password"": ""…""`.
+    direct
+        .batch_execute(&format!(
+            "alter table {t} add column doc jsonb; \
+             update {t} set doc = jsonb_build_object('db_password', key || 'x')"
+        ))
+        .await
+        .unwrap();
+    let copy = copy_out(
+        &via,
+        &format!(
+            "copy (select to_jsonb(value), doc from {t} order by id) to stdout with (format csv)"
+        ),
+    )
+    .await
+    .unwrap();
+    let lines: String = tokens
+        .iter()
+        .map(|x| {
+            let hidden = "*".repeat(x.2.len() + 1);
+            format!(
+                "\"\"\"{}\"\"\",\"{{\"\"db_password\"\": \"\"{hidden}\"\"}}\"\n",
+                masked(x)
+            )
+        })
+        .collect();
+    assert_eq!(String::from_utf8(copy).unwrap(), lines);
     // A cast error quotes the value.
     let (v, ..) = &tokens[0];
     let err = via

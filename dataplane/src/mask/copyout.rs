@@ -938,6 +938,52 @@ fn decode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Scan one field of a text or CSV row with the detectors, in place. A
+/// quoted CSV value with quotes inside (`""`, or the `ESCAPE` character) is
+/// scanned as the text it stands for: decoded into `scratch`, masked there
+/// (JSON members, named values and whole-value tokens see the quotes as
+/// written, not doubled), and written back over the same bytes: an escaped
+/// pair whose character was masked becomes two mask characters, so the
+/// field keeps its length and stays well-formed. Returns the hits.
+pub(super) fn scan_field(
+    engine: &Engine,
+    format: CopyFormat,
+    p: &mut [u8],
+    s: &Span,
+    scratch: &mut Vec<u8>,
+    hits: &mut Hits,
+) -> u32 {
+    let v = &mut p[s.value.0..s.value.1];
+    let CopyFormat::Csv { quote, escape, .. } = format else {
+        return engine.mask_counted(v, hits);
+    };
+    if !s.quoted || memchr::memchr2(quote, escape, v).is_none() {
+        return engine.mask_counted(v, hits);
+    }
+    decode(format, v, scratch);
+    let n = engine.mask_counted(scratch, hits);
+    if n == 0 {
+        return 0;
+    }
+    // (The pairs as `decode` reads them.)
+    let (mut i, mut j) = (0, 0);
+    while i < v.len() && j < scratch.len() {
+        let c = v[i];
+        if (c == escape || c == quote) && v.get(i + 1).is_some_and(|&d| d == quote || d == escape) {
+            if scratch[j] != v[i + 1] {
+                v[i] = scratch[j];
+                v[i + 1] = scratch[j];
+            }
+            i += 2;
+        } else {
+            v[i] = scratch[j];
+            i += 1;
+        }
+        j += 1;
+    }
+    n
+}
+
 /// A text-format COPY field's value (its backslash escapes).
 fn unescape_text(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len());
@@ -1069,7 +1115,7 @@ pub fn mask_copy_row(
         match field_rule(engine, cols, i) {
             None => {
                 if engine.detects() {
-                    engine.mask_counted(&mut payload[s.value.0..s.value.1], hits);
+                    scan_field(engine, format, payload, s, &mut scratch.value, hits);
                 }
             }
             Some((r, action)) if !is_null(o, payload, s) => {
@@ -1676,5 +1722,45 @@ mod tests {
         ]);
         assert_eq!(String::from_utf8_lossy(&p), String::from_utf8_lossy(&want));
         assert_eq!(hits.total(), 2);
+    }
+
+    #[test]
+    fn csv_values_with_quotes_are_scanned_as_their_text() {
+        let e = engine();
+        let vault = "hvs.CAESIJlWh5GxLk7G1eXqZ0Y3tQmBz8aN2pRfHs6vKdUo4cTw";
+        let vault_masked = format!("hvs.{}", "*".repeat(vault.len() - 4));
+        let row = format!(
+            "1,\"{{\"\"t\"\": \"\"{vault}\"\", \"\"secret\"\": \"\"hunter2\"\"}}\",\
+             \"secret=\"\"hunter2\"\" ok\",\"\"\"{vault}\"\"\",\"a \"\"4111 1111 1111 1111\"\"\"\n"
+        );
+        let want = format!(
+            "1,\"{{\"\"t\"\": \"\"{vault_masked}\"\", \"\"secret\"\": \"\"*******\"\"}}\",\
+             \"secret=\"\"*******\"\" ok\",\"\"\"{vault_masked}\"\"\",\"a \"\"**** **** **** 1111\"\"\"\n"
+        );
+        let csv = CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'"',
+        };
+        // Unruled fields of a COPY with known columns, and a COPY without
+        // rules (detectors only).
+        let c = cols(&e, &["id", "doc", "note", "v", "w"]);
+        assert_eq!(run(&e, csv, Some(&c), &row), want);
+        let mut p = row.as_bytes().to_vec();
+        let mut hits = Hits::new();
+        assert_eq!(crate::mask::mask_copy_data(&e, csv, &mut p, &mut hits), 5);
+        assert_eq!(String::from_utf8(p).unwrap(), want);
+        // ESCAPE '\\': the pairs are `\"` and `\\`.
+        let esc = CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'\\',
+        };
+        let mut p = b"\"{\\\"secret\\\": \\\"hunter2\\\"}\"\n".to_vec();
+        assert_eq!(crate::mask::mask_copy_data(&e, esc, &mut p, &mut hits), 1);
+        assert_eq!(
+            String::from_utf8(p).unwrap(),
+            "\"{\\\"secret\\\": \\\"*******\\\"}\"\n"
+        );
     }
 }

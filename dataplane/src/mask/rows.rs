@@ -1093,8 +1093,10 @@ pub fn mask_copy_data(
         return 0;
     }
     let mut n = 0;
+    // (Only a quoted CSV value with quotes inside uses it.)
+    let mut scratch = Vec::new();
     super::copyout::for_each_field(format, payload, |p, s| {
-        n += engine.mask_counted(&mut p[s.value.0..s.value.1], hits);
+        n += super::copyout::scan_field(engine, format, p, &s, &mut scratch, hits);
     });
     n
 }
