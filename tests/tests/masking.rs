@@ -1100,6 +1100,29 @@ async fn tokens_stored_as_whole_values_are_masked() {
         .map(|r| format!("{}\n", r[0].as_ref().unwrap()))
         .collect();
     assert_eq!(String::from_utf8(copy).unwrap(), lines);
+    // As an element of an array (text and binary results) and a field of
+    // a record.
+    let sql = format!("select array['x', value], row(value, 1) from {t} order by id");
+    let want: Vec<TextRow> = tokens
+        .iter()
+        .map(|x| {
+            vec![
+                Some(format!("{{x,{}}}", masked(x))),
+                Some(format!("({},1)", masked(x))),
+            ]
+        })
+        .collect();
+    assert_eq!(simple_rows(&via, &sql).await, want);
+    let sql = format!("select array['x', value] from {t} order by id");
+    let got: Vec<Vec<String>> = via
+        .query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<Vec<String>> = tokens.iter().map(|x| vec!["x".into(), masked(x)]).collect();
+    assert_eq!(got, want);
     // Binary COPY of the same values as `jsonb` string scalars: a version
     // byte, then the JSON text.
     let copy = copy_out(

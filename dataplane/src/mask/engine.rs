@@ -399,6 +399,71 @@ fn process_hash_key() -> &'static [u8; 32] {
     })
 }
 
+/// Whether a value long enough for a token may be an array or composite
+/// (its first byte `{`, `(` or, in binary form, 0): one test per value, so
+/// that others pay next to nothing (see [`Engine::mask_listed`]).
+#[inline(always)]
+fn may_list(v: &[u8]) -> bool {
+    v.len() >= detect::WHOLE_MIN && matches!(v[0], b'{' | b'(' | 0)
+}
+
+/// Calls `f` with each text item of a binary array (`ndim`, flags, element
+/// type, the dimensions, then each element's length and bytes) whose
+/// element type is text-like, or of a binary composite (the field count,
+/// then each field's type, length and bytes) for its text-like fields.
+/// Anything that does not parse as either is left alone.
+fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
+    const TEXT_OIDS: [u32; 5] = [25, 1043, 1042, 19, 705];
+    let word = |v: &[u8], at: usize| -> Option<i32> {
+        v.get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(first) = word(v, 0) else {
+        return;
+    };
+    // An array: 1–6 dimensions, a flag of 0 or 1, a text element type.
+    if (1..=6).contains(&first)
+        && matches!(word(v, 4), Some(0 | 1))
+        && word(v, 8).is_some_and(|t| TEXT_OIDS.contains(&(t as u32)))
+    {
+        let mut at = 12 + 8 * first as usize;
+        while let Some(len) = word(v, at) {
+            at += 4;
+            if len < 0 {
+                continue;
+            }
+            let end = at + len as usize;
+            if end > v.len() {
+                return;
+            }
+            f(&mut v[at..end]);
+            at = end;
+        }
+        return;
+    }
+    // A composite: its fields, each with its type.
+    if first > 0 {
+        let mut at = 4;
+        for _ in 0..first {
+            let (Some(t), Some(len)) = (word(v, at), word(v, at + 4)) else {
+                return;
+            };
+            at += 8;
+            if len < 0 {
+                continue;
+            }
+            let end = at + len as usize;
+            if end > v.len() {
+                return;
+            }
+            if TEXT_OIDS.contains(&(t as u32)) {
+                f(&mut v[at..end]);
+            }
+            at = end;
+        }
+    }
+}
+
 /// Whether a column rule's action rewrites in place, keeping the length
 /// (`mask`, `keep_last`): the actions name rules also apply inside JSON
 /// values and to named values in text.
@@ -870,8 +935,12 @@ impl Engine {
         if self.json_walk && super::json::may_start(value) {
             n += self.mask_json(value, 0, hits);
         }
-        if self.any_whole && detect::may_be_whole(value) {
-            n += self.mask_whole(value, 0, hits);
+        if self.any_whole {
+            if detect::may_be_whole(value) {
+                n += self.mask_whole(value, 0, hits);
+            } else if may_list(value) {
+                n += self.mask_listed(value, 0, hits);
+            }
         }
         if self.any_builtin {
             n += self.scan_builtin(value, hits);
@@ -904,6 +973,31 @@ impl Engine {
             hits.add_at(rule, ri, 1);
             1
         })
+    }
+
+    /// The whole-value tokens among the elements of an array or the
+    /// fields of a composite (a value [`may_list`] lets through): in text
+    /// form (see `json::may_be_list`) the words between its punctuation,
+    /// in binary form (a value that starts with a zero byte, as no text
+    /// does) its text items (see [`binary_text_items`]). Hits logged at
+    /// region `ri`.
+    #[cold]
+    #[inline(never)]
+    fn mask_listed(&self, value: &mut [u8], ri: u32, hits: &mut Hits) -> u32 {
+        let mut n = 0;
+        if value[0] == 0 {
+            binary_text_items(value, |item| {
+                if detect::may_be_whole(item) {
+                    n += self.mask_whole(item, ri, hits);
+                }
+            });
+        } else if super::json::may_be_list(value) {
+            detect::words_tokens(value, self.whole, &self.fmt, |k| {
+                hits.add_at(Builtin::from(k), ri, 1);
+                n += 1;
+            });
+        }
+        n
     }
 
     /// The rule of the whole-value token `value` is, masked.
@@ -968,8 +1062,15 @@ impl Engine {
             for (ri, r) in regions.iter().enumerate() {
                 let (s, e) = (r.start as usize, r.end as usize);
                 // (The length first: most cells are shorter.)
-                if e - s >= detect::WHOLE_MIN && detect::may_be_whole(&buf[s..e]) {
-                    let k = self.mask_whole(&mut buf[s..e], ri as u32, hits);
+                if e - s >= detect::WHOLE_MIN {
+                    let v = &mut buf[s..e];
+                    let k = if detect::may_be_whole(v) {
+                        self.mask_whole(v, ri as u32, hits)
+                    } else if may_list(v) {
+                        self.mask_listed(v, ri as u32, hits)
+                    } else {
+                        0
+                    };
                     counts[ri] += k;
                     n += k;
                 }

@@ -27,6 +27,31 @@ pub(crate) fn may_start(value: &[u8]) -> bool {
     value.first().is_some_and(|&b| b & !0x20 == b'[')
 }
 
+/// Whether a value may be a PostgreSQL array or composite in text form
+/// (`{a,b}`, `{{a},{b}}`, `("x y",1)`), whose elements a whole-value token
+/// may be (`{hvs.…,dapi…}`): it starts with `(`, or with `{` and is not a
+/// JSON object (whose first string is followed by `:`; an array's is
+/// followed by `,` or `}`). Long enough to hold a token.
+#[inline]
+pub(crate) fn may_be_list(value: &[u8]) -> bool {
+    if value.len() < super::detect::WHOLE_MIN + 2 {
+        return false;
+    }
+    match value[0] {
+        b'(' => true,
+        b'{' => {
+            let s = skip_ws(value, 1);
+            match value.get(s) {
+                Some(b'"') => string_end(value, s + 1)
+                    .is_none_or(|e| value.get(skip_ws(value, e + 1)) != Some(&b':')),
+                Some(b'}') | None => false,
+                Some(_) => true,
+            }
+        }
+        _ => false,
+    }
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }

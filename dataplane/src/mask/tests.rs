@@ -847,6 +847,50 @@ fn tokens_recognized_as_whole_values() {
             format!("{{\"v\": \"{want}\", \"a\": [1, \"{want}\"]}}")
         );
         assert_eq!(h.get(rule), 2);
+        // An element of an array or composite in text form (`text[]`,
+        // `row(…)`), also after a quoted first element.
+        for list in [
+            "{%,x}",
+            "{x,%}",
+            "{{%},{\"a b\"}}",
+            "(%,1)",
+            "(\"x y\",%,)",
+            "{\"a b\",%}",
+            "{ \"a\" , %}",
+        ] {
+            let (out, h) = mask(&e, &list.replace('%', v));
+            assert_eq!(out, list.replace('%', &want), "{list}");
+            assert_eq!((h.get(rule), h.total()), (1, 1), "{list}");
+            let mut plan = RowPlan::new();
+            plan.describe(&e, &corpus::row_description(&[("id", 23), ("tags", 25)]))
+                .unwrap();
+            let mut body = rows(&["7", &list.replace('%', v)]);
+            let mut hits = Hits::new();
+            mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+            assert_eq!(body, rows(&["7", &list.replace('%', &want)]), "{list}");
+            assert_eq!(hits.get(rule), 1);
+        }
+        // An element of a binary `text[]` and a text field of a binary
+        // record, as tokio-postgres asks for them.
+        let word = |x: i32| x.to_be_bytes().to_vec();
+        let binary = |v: &str| -> [Vec<u8>; 2] {
+            let mut a = [word(1), word(0), word(25), word(2), word(1)].concat();
+            for e in ["x", v] {
+                a.extend(word(e.len() as i32));
+                a.extend_from_slice(e.as_bytes());
+            }
+            let mut r = [word(3), word(23), word(4), word(7), word(1043)].concat();
+            r.extend(word(v.len() as i32));
+            r.extend_from_slice(v.as_bytes());
+            r.extend([word(25), word(-1)].concat());
+            [a, r]
+        };
+        for (got, want) in binary(v).into_iter().zip(binary(&want)) {
+            let mut got = got;
+            let mut h = Hits::new();
+            assert_eq!(e.mask_counted(&mut got, &mut h), 1);
+            assert_eq!(got, want);
+        }
         assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
         kept_with_detector_off(name, v);
         // In a DataRow, between other cells.
