@@ -1854,7 +1854,8 @@ static WHOLE_PREFIXES: [u32; 32] = {
 pub(crate) fn may_be_whole(v: &[u8]) -> bool {
     let n = v.len();
     if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
-        return false;
+        // (Longer, a token only behind whitespace.)
+        return n > WHOLE_MAX && space(v[0]);
     }
     let p = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
     if WHOLE_PREFIXES[(p.wrapping_mul(WHOLE_HASH) >> 27) as usize] == p {
@@ -1864,8 +1865,15 @@ pub(crate) fn may_be_whole(v: &[u8]) -> bool {
     // before a token: rare first bytes, so the branch stays predicted.)
     match v[0] {
         b'0'..=b'9' => n >= 44 && (v[8] == b':' || v[9] == b':' || v[10] == b':'),
-        b => b == b'"' || b.is_ascii_whitespace(),
+        b => b == b'"' || b == b'\'' || space(b),
     }
+}
+
+/// ASCII whitespace, vertical tab included (which `is_ascii_whitespace`
+/// leaves out and PostgreSQL's `isspace` does not).
+#[inline]
+fn space(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0b
 }
 
 /// `[A-Za-z0-9_-]`.
@@ -1886,9 +1894,10 @@ fn hex_of(s: &[u8], n: usize) -> bool {
     s.len() == n && all_of(s, |b| b.is_ascii_hexdigit())
 }
 
-/// The token that is the whole of `buf` (ASCII whitespace around it, and
-/// the quotes of a JSON string, aside), masked after its prefix (all of
-/// it without `keep_prefix`):
+/// The token that is the whole of `buf` (ASCII whitespace and vertical
+/// tabs around it, and the quotes of a JSON string or single quotes, with
+/// whitespace inside them, aside), masked after its prefix (all of it
+/// without `keep_prefix`):
 /// - Vault `hvs.`, `hvb.`, `hvr.` + 24 or more of `[A-Za-z0-9_-]` holding
 ///   a digit and a capital, and for a namespace other than the root one
 ///   `.` and its 5-character id;
@@ -1910,22 +1919,26 @@ fn hex_of(s: &[u8], n: usize) -> bool {
 /// - Shopify `shpca_`, `shppa_` + 32 hex digits.
 pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<WholeKind> {
     let n = buf.len();
-    if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
+    if n < WHOLE_MIN {
         return None;
     }
-    let (mut s, mut e) = (0, n);
-    while s < e && buf[s].is_ascii_whitespace() {
-        s += 1;
-    }
-    while e > s && buf[e - 1].is_ascii_whitespace() {
-        e -= 1;
-    }
-    // (A JSON string scalar, as a `jsonb` value prints: quotes kept.)
-    if e - s >= 2 && buf[s] == b'"' && buf[e - 1] == b'"' {
-        (s, e) = (s + 1, e - 1);
+    let trim = |(mut s, mut e): (usize, usize)| {
+        while s < e && space(buf[s]) {
+            s += 1;
+        }
+        while e > s && space(buf[e - 1]) {
+            e -= 1;
+        }
+        (s, e)
+    };
+    let (mut s, mut e) = trim((0, n));
+    // (A JSON string scalar, as a `jsonb` value prints: quotes kept; or a
+    // value in single quotes. Whitespace inside them too.)
+    if e - s >= 2 && matches!(buf[s], b'"' | b'\'') && buf[e - 1] == buf[s] {
+        (s, e) = trim((s + 1, e - 1));
     }
     let t = &buf[s..e];
-    if t.len() < WHOLE_MIN {
+    if !(WHOLE_MIN..=WHOLE_MAX).contains(&t.len()) {
         return None;
     }
     let (kind, body) = match t[0] {

@@ -840,6 +840,16 @@ fn tokens_recognized_as_whole_values() {
         assert_eq!(m(&format!("{v} \n")), format!("{want} \n"));
         assert_eq!(m(&format!("\t {v}")), format!("\t {want}"));
         assert_eq!(m(&format!("\"{v}\"")), format!("\"{want}\""));
+        for (l, r) in [
+            ("'", "'"),
+            ("\" ", " \""),
+            ("\x0b", "\x0b\x0b"),
+            ("' ", "\t'"),
+        ] {
+            assert_eq!(m(&format!("{l}{v}{r}")), format!("{l}{want}{r}"));
+        }
+        let pad = " ".repeat(600);
+        assert_eq!(m(&format!("{pad}{v}\n")), format!("{pad}{want}\n"));
         // A JSON member's or array's string.
         let (out, h) = mask(&e, &format!("{{\"v\": \"{v}\", \"a\": [1, \"{v}\"]}}"));
         assert_eq!(
