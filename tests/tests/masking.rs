@@ -4307,8 +4307,8 @@ async fn wire_answer(s: &mut sluice_tests::wire::Session) -> Vec<sluice_tests::w
 /// Data reaches the client in more than rows: a notification's payload
 /// and channel (a burst of large ones, split across the gateway's reads),
 /// a setting the session set from data (ParameterStatus), a FunctionCall's
-/// result (psql's `\lo_export` reads large objects so), and the name fields
-/// of an error that `RAISE … USING` filled.
+/// result (psql's `\lo_export` reads large objects so), a column name, and
+/// the name fields of an error that `RAISE … USING` filled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_settings_function_results_and_error_names_are_masked() {
     use sluice_tests::wire::query_bytes;
@@ -4361,6 +4361,17 @@ async fn notifications_settings_function_results_and_error_names_are_masked() {
         .filter(|m| m.tag == b'A' && String::from_utf8_lossy(&m.body).contains("************1111"))
         .count();
     assert_eq!(masked, 41);
+
+    // A column named by data (dynamic SQL can make one).
+    s.raw
+        .send(&query_bytes(&format!("select 1 as \"{card}\"")))
+        .await
+        .unwrap();
+    let msgs = wire_answer(&mut s).await;
+    assert!(msgs
+        .iter()
+        .any(|m| m.tag == b'T' && String::from_utf8_lossy(&m.body).contains("************1111")));
+    assert_eq!(leaked(&msgs), Vec::<String>::new());
 
     let sql = format!("select set_config('application_name', '{card}', false)");
     s.raw.send(&query_bytes(&sql)).await.unwrap();

@@ -1101,6 +1101,29 @@ pub fn mask_copy_data(
     n
 }
 
+/// Scan the column names of a RowDescription body with the detectors, in
+/// place (same length): a name can be made from data (`create view v as
+/// select 1 as <value>` in dynamic SQL). Called after the plans and rules
+/// have read the names as the server sent them. Returns the hits.
+pub fn mask_description_names(engine: &Engine, body: &mut [u8], hits: &mut Hits) -> u32 {
+    if !engine.detects() {
+        return 0;
+    }
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return 0;
+    };
+    let mut found = 0;
+    let mut at = 2;
+    for _ in 0..n.max(0) {
+        let Some(len) = body.get(at..).and_then(|b| memchr::memchr(0, b)) else {
+            return found;
+        };
+        found += engine.mask_counted(&mut body[at..at + len], hits);
+        at += len + 1 + 18;
+    }
+    found
+}
+
 /// Fields of ErrorResponse/NoticeResponse that carry free text and so may
 /// quote values: message, detail, hint, context, internal query; and the
 /// names of a schema, table, column, data type and constraint, which

@@ -38,7 +38,7 @@ use crate::mask::derived::{
     has_word, sql_commands, BindValues, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
 };
 use crate::mask::{
-    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_error_fields,
+    ascii_safe_encoding, mask_copy_data, mask_data_row, mask_description_names, mask_error_fields,
     retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::backend::{self, parameter_status, parse_error_fields};
@@ -1324,6 +1324,10 @@ impl TargetMasker {
                 }
                 _ => {
                     let drop = self.on_target_frame(t, body);
+                    if t == b'T' && !drop && self.active {
+                        // (After the plans read the names as sent.)
+                        mask_description_names(&self.engine, body, &mut self.hits);
+                    }
                     if !drop {
                         self.watch_frame(t, &buf[at + 5..at + total]);
                     }
@@ -2598,6 +2602,25 @@ mod tests {
             }
         });
         assert_eq!(cards, 303);
+    }
+
+    /// Column names made from data are scanned, after the plan read them:
+    /// a `password` column keeps its rule.
+    #[test]
+    fn column_names_are_scanned_after_planning() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"select 1\0", true, Some(0));
+        let mut s = row_desc(&[("bob@example.com", 25), ("password", 25)]);
+        s.extend(data_row(&["x", "hunter2"]));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        let want = [
+            row_desc(&[("***@*******.com", 25), ("password", 25)]),
+            data_row(&["x", "*******"]),
+            frame(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(out, want);
     }
 
     /// Tags of the frames in `b`.
