@@ -1282,9 +1282,14 @@ impl TargetMasker {
                     }
                     self.row_buf = rw;
                 }
-                // (The header row: column names.)
+                // (The header row: column names, no column's values; the
+                // detectors only, as for a RowDescription's names.)
                 b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields)) => {
                     self.copy_header = false;
+                    if self.active {
+                        let format = self.copy_options.format;
+                        mask_copy_data(&self.engine, format, body, &mut self.hits);
+                    }
                 }
                 // Under column rules, and binary COPY (whose fields a rule
                 // may turn to NULL): possibly a new length.
@@ -3111,6 +3116,30 @@ mod tests {
         assert!(memchr::memmem::find(&out, b"id,api_secret\n").is_some());
         assert!(memchr::memmem::find(&out, b"1,*******\n").is_some());
         assert!(memchr::memmem::find(&out, b"2,NIL\n").is_some());
+    }
+
+    /// A header row's names are scanned by the detectors (a column named
+    /// by data), its column's rule aside.
+    #[test]
+    fn a_copy_header_is_scanned() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(
+            tag::QUERY,
+            b"COPY t TO STDOUT (FORMAT csv, HEADER)\0",
+            true,
+            Some(0),
+        );
+        assert_eq!(m.take_injections().len(), 1);
+        let mut s = own_answer(Some(&[("bob@example.com", 25)]));
+        s.extend(frame(b'H', &[0, 0, 1, 0, 0]));
+        s.extend(frame(b'd', b"bob@example.com\n"));
+        s.extend(frame(b'd', b"x\n"));
+        s.extend(frame(b'c', b""));
+        s.extend(frame(b'C', b"COPY 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert!(memchr::memmem::find(&out, b"***@*******.com\n").is_some());
+        assert!(memchr::memmem::find(&out, b"bob@").is_none());
     }
 
     #[test]
