@@ -144,6 +144,18 @@ impl CoreMetrics {
         }
     }
 
+    /// Add hits counted outside a session's masker (the login messages).
+    pub fn count_hits(&self, engine: &crate::mask::Engine, hits: &mut crate::mask::Hits) {
+        if let Ok(mut rules) = self.masked_rules.lock() {
+            for (rule, n) in hits.iter() {
+                if n > 0 {
+                    *rules.entry(engine.rule_name(rule).to_owned()).or_default() += n;
+                }
+            }
+        }
+        hits.clear();
+    }
+
     pub fn new(worker: usize, driver: &'static str) -> Self {
         CoreMetrics {
             worker,

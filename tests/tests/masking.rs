@@ -1123,6 +1123,26 @@ async fn tokens_stored_as_whole_values_are_masked() {
         .collect();
     let want: Vec<Vec<String>> = tokens.iter().map(|x| vec!["x".into(), masked(x)]).collect();
     assert_eq!(got, want);
+    // Padded past 512 bytes (`char(600)`), in an array with other bounds,
+    // in a `jsonb[]`: text rows and text COPY.
+    let sql = format!(
+        "select value::char(600), array_fill(value, array[2], array[0]), \
+         array[to_jsonb(value)] from {t} order by id"
+    );
+    let rows = simple_rows(&via, &sql).await;
+    let copy = copy_out(&via, &format!("copy ({sql}) to stdout"))
+        .await
+        .unwrap();
+    let copy = String::from_utf8(copy).unwrap();
+    for (x, row) in tokens.iter().zip(&rows) {
+        let (v, ..) = x;
+        let row = format!("{row:?}");
+        assert!(
+            !row.contains(v.as_str()) && !copy.contains(v.as_str()),
+            "{v}: {row}"
+        );
+        assert_eq!(row.matches(&masked(x)).count(), 4, "{row}");
+    }
     // Binary COPY of the same values as `jsonb` string scalars: a version
     // byte, then the JSON text.
     let copy = copy_out(
@@ -4411,4 +4431,37 @@ async fn notifications_settings_function_results_and_error_names_are_masked() {
         String::from_utf8_lossy(&e.body)
     );
     assert_eq!(leaked(&msgs), Vec::<String>::new());
+}
+
+/// The ParameterStatus messages of the login reach the client before any
+/// statement: a setting defaulted from data (`ALTER DATABASE … SET
+/// application_name`, a role's default) comes masked there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_settings_are_masked() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "mk_login_settings";
+    let card = "4111111111111111";
+    locked_database(pg, db, &[]);
+    pg.psql_super(
+        "postgres",
+        &[&format!(
+            "ALTER DATABASE {db} SET application_name = '{card}'"
+        )],
+    )
+    .assert_success("database default");
+    let gw = locked_gateway(pg, key, db);
+    let s = locked_wire_session(&gw, key).await;
+    let app = s.params.iter().find(|(k, _)| k == "application_name");
+    assert_eq!(
+        app.map(|(_, v)| v.as_str()),
+        Some("************1111"),
+        "{:?}",
+        s.params
+    );
+    assert!(
+        gw.metrics()
+            .get("sluice_masked_values_total", &[("rule", "payment_card")])
+            >= 1.0
+    );
 }

@@ -1854,8 +1854,9 @@ static WHOLE_PREFIXES: [u32; 32] = {
 pub(crate) fn may_be_whole(v: &[u8]) -> bool {
     let n = v.len();
     if !(WHOLE_MIN..=WHOLE_MAX).contains(&n) {
-        // (Longer, a token only behind whitespace.)
-        return n > WHOLE_MAX && space(v[0]);
+        // (Longer, a token only with whitespace around it: `char(n)`
+        // padding, or quotes around that.)
+        return n > WHOLE_MAX && (space(v[0]) || space(v[n - 1]) || matches!(v[0], b'"' | b'\''));
     }
     let p = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
     if WHOLE_PREFIXES[(p.wrapping_mul(WHOLE_HASH) >> 27) as usize] == p {
@@ -2059,11 +2060,13 @@ pub(crate) fn whole_token(buf: &mut [u8], on: WholeTokens, f: &Fmt) -> Option<Wh
 }
 
 /// Bytes that end a word for [`words_tokens`]: ASCII whitespace and
-/// `"'(),;[]{}<>$` and the backquote (not `:` or `=`, which Telegram and
-/// Sentry tokens hold).
+/// `"'(),;[]{}<>$`, the backquote and the backslash (not `:` or `=`,
+/// which Telegram and Sentry tokens hold).
 static WORD_END: [bool; 256] = {
     let mut t = [false; 256];
-    let ends = b" \t\n\r\x0b\x0c\"'(),;[]{}<>$`";
+    // (The backslash too: an array of `json` prints a string element's
+    // quotes as `\"`.)
+    let ends = b" \t\n\r\x0b\x0c\"'(),;[]{}<>$`\\";
     let mut i = 0;
     while i < ends.len() {
         t[ends[i] as usize] = true;

@@ -400,20 +400,26 @@ fn process_hash_key() -> &'static [u8; 32] {
 }
 
 /// Whether a value long enough for a token may be an array or composite
-/// (its first byte `{`, `(` or, in binary form, 0): one test per value, so
+/// (its first byte `{`, `(`, `[` (bounds) or, in binary form, 0): one test per value, so
 /// that others pay next to nothing (see [`Engine::mask_listed`]).
 #[inline(always)]
 fn may_list(v: &[u8]) -> bool {
-    v.len() >= detect::WHOLE_MIN && matches!(v[0], b'{' | b'(' | 0)
+    v.len() >= detect::WHOLE_MIN && matches!(v[0], b'{' | b'(' | b'[' | 0)
 }
 
 /// Calls `f` with each text item of a binary array (`ndim`, flags, element
 /// type, the dimensions, then each element's length and bytes) whose
-/// element type is text-like, or of a binary composite (the field count,
-/// then each field's type, length and bytes) for its text-like fields.
-/// Anything that does not parse as either is left alone.
+/// element type is text-like, `json` or `jsonb` (after its version byte),
+/// or of a binary composite (the field count, then each field's type,
+/// length and bytes) for its fields of those types. Anything that does
+/// not parse as either is left alone.
 fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
-    const TEXT_OIDS: [u32; 5] = [25, 1043, 1042, 19, 705];
+    const TEXT_OIDS: [u32; 7] = [25, 1043, 1042, 19, 705, 114, 3802];
+    let mut item = |t: u32, x: &mut [u8]| match (t, x.first()) {
+        (3802, Some(1)) => f(&mut x[1..]),
+        (3802, _) => {}
+        _ => f(x),
+    };
     let word = |v: &[u8], at: usize| -> Option<i32> {
         v.get(at..at + 4)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -422,10 +428,8 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
         return;
     };
     // An array: 1–6 dimensions, a flag of 0 or 1, a text element type.
-    if (1..=6).contains(&first)
-        && matches!(word(v, 4), Some(0 | 1))
-        && word(v, 8).is_some_and(|t| TEXT_OIDS.contains(&(t as u32)))
-    {
+    let elem = word(v, 8).map_or(0, |t| t as u32);
+    if (1..=6).contains(&first) && matches!(word(v, 4), Some(0 | 1)) && TEXT_OIDS.contains(&elem) {
         let mut at = 12 + 8 * first as usize;
         while let Some(len) = word(v, at) {
             at += 4;
@@ -436,7 +440,7 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
             if end > v.len() {
                 return;
             }
-            f(&mut v[at..end]);
+            item(elem, &mut v[at..end]);
             at = end;
         }
         return;
@@ -457,7 +461,7 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
                 return;
             }
             if TEXT_OIDS.contains(&(t as u32)) {
-                f(&mut v[at..end]);
+                item(t as u32, &mut v[at..end]);
             }
             at = end;
         }

@@ -28,10 +28,11 @@ pub(crate) fn may_start(value: &[u8]) -> bool {
 }
 
 /// Whether a value may be a PostgreSQL array or composite in text form
-/// (`{a,b}`, `{{a},{b}}`, `("x y",1)`), whose elements a whole-value token
-/// may be (`{hvs.…,dapi…}`): it starts with `(`, or with `{` and is not a
-/// JSON object (whose first string is followed by `:`; an array's is
-/// followed by `,` or `}`). Long enough to hold a token.
+/// (`{a,b}`, `{{a},{b}}`, `[0:1]={a,b}`, `("x y",1)`), whose elements a
+/// whole-value token may be (`{hvs.…,dapi…}`): it starts with `(`, with an
+/// array's bounds, or with `{` and is not a JSON object (whose first
+/// string is followed by `:`; an array's is followed by `,` or `}`). Long
+/// enough to hold a token.
 #[inline]
 pub(crate) fn may_be_list(value: &[u8]) -> bool {
     if value.len() < super::detect::WHOLE_MIN + 2 {
@@ -47,6 +48,12 @@ pub(crate) fn may_be_list(value: &[u8]) -> bool {
                 Some(b'}') | None => false,
                 Some(_) => true,
             }
+        }
+        // An array with bounds other than 1 prints them first:
+        // `[0:1]={…}`, `[1:1][1:2]={{…}}` (not a JSON array, `[1, 2]`).
+        b'[' => {
+            let head = &value[..value.len().min(160)];
+            matches!(value[1], b'0'..=b'9' | b'-') && memchr::memmem::find(head, b"]={").is_some()
         }
         _ => false,
     }

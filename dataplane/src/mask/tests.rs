@@ -850,6 +850,9 @@ fn tokens_recognized_as_whole_values() {
         }
         let pad = " ".repeat(600);
         assert_eq!(m(&format!("{pad}{v}\n")), format!("{pad}{want}\n"));
+        // (`char(600)` padding; quotes around padding.)
+        assert_eq!(m(&format!("{v}{pad}")), format!("{want}{pad}"));
+        assert_eq!(m(&format!("\"{v}{pad}\"")), format!("\"{want}{pad}\""));
         // A JSON member's or array's string.
         let (out, h) = mask(&e, &format!("{{\"v\": \"{v}\", \"a\": [1, \"{v}\"]}}"));
         assert_eq!(
@@ -867,6 +870,10 @@ fn tokens_recognized_as_whole_values() {
             "(\"x y\",%,)",
             "{\"a b\",%}",
             "{ \"a\" , %}",
+            "[0:1]={%,x}",
+            "[1:1][1:2]={{x,%}}",
+            // (`jsonb[]`: each element's JSON text, quotes escaped.)
+            "{\"\\\"%\\\"\"}",
         ] {
             let (out, h) = mask(&e, &list.replace('%', v));
             assert_eq!(out, list.replace('%', &want), "{list}");
@@ -883,7 +890,7 @@ fn tokens_recognized_as_whole_values() {
         // An element of a binary `text[]` and a text field of a binary
         // record, as tokio-postgres asks for them.
         let word = |x: i32| x.to_be_bytes().to_vec();
-        let binary = |v: &str| -> [Vec<u8>; 2] {
+        let binary = |v: &str| -> [Vec<u8>; 3] {
             let mut a = [word(1), word(0), word(25), word(2), word(1)].concat();
             for e in ["x", v] {
                 a.extend(word(e.len() as i32));
@@ -893,7 +900,12 @@ fn tokens_recognized_as_whole_values() {
             r.extend(word(v.len() as i32));
             r.extend_from_slice(v.as_bytes());
             r.extend([word(25), word(-1)].concat());
-            [a, r]
+            // `jsonb[]`: each element a version byte and the JSON text.
+            let mut j = [word(1), word(0), word(3802), word(1), word(1)].concat();
+            j.extend(word(v.len() as i32 + 3));
+            j.push(1);
+            j.extend_from_slice(format!("\"{v}\"").as_bytes());
+            [a, r, j]
         };
         for (got, want) in binary(v).into_iter().zip(binary(&want)) {
             let mut got = got;

@@ -1701,12 +1701,8 @@ impl TargetMasker {
             // ParameterStatus: a setting the session set from data
             // (`set_config('application_name', v, false)`) comes back in
             // it. (Those the gateway reads were read before this.)
-            b'S' if self.engine.detects() => {
-                if let Some(name) = memchr::memchr(0, body) {
-                    let end = body.len().saturating_sub(1).max(name + 1);
-                    self.engine
-                        .mask_counted(&mut body[name + 1..end], &mut self.hits);
-                }
+            b'S' => {
+                mask_parameter_value(&self.engine, body, &mut self.hits);
             }
             b'E' | b'N' => {
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
@@ -2048,6 +2044,48 @@ fn short_params(part: &[u8]) -> Option<Box<[u8]>> {
     }
     out[..2].copy_from_slice(&kept.to_be_bytes());
     Some(out.into())
+}
+
+/// Scan a ParameterStatus body's value (a setting can hold data:
+/// `set_config('application_name', v, false)`, or a role's default set
+/// from data) with the detectors, in place. Returns the hits.
+fn mask_parameter_value(engine: &Engine, body: &mut [u8], hits: &mut Hits) -> u32 {
+    if !engine.detects() {
+        return 0;
+    }
+    match memchr::memchr(0, body) {
+        Some(name) => {
+            let end = body.len().saturating_sub(1).max(name + 1);
+            engine.mask_counted(&mut body[name + 1..end], hits)
+        }
+        None => 0,
+    }
+}
+
+/// Mask the messages the target sent during login, which reach the client
+/// before any masker runs (ParameterStatus values: a role's default
+/// `application_name`; NoticeResponse fields), in place. `buf` holds whole
+/// backend messages; anything that does not parse is left as it is.
+pub fn mask_login_messages(engine: &Engine, buf: &mut [u8], hits: &mut Hits) {
+    let mut at = 0;
+    while at + 5 <= buf.len() {
+        let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+        let end = at + 1 + len;
+        if len < 4 || end > buf.len() {
+            return;
+        }
+        let (t, body) = (buf[at], &mut buf[at + 5..end]);
+        match t {
+            b'S' => {
+                mask_parameter_value(engine, body, hits);
+            }
+            b'N' => {
+                let _ = mask_error_fields(engine, body, hits);
+            }
+            _ => {}
+        }
+        at = end;
+    }
 }
 
 #[cfg(test)]
