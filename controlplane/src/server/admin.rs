@@ -21,6 +21,9 @@ use crate::resources::{canonical_kind, validate_resource, validate_set};
 use crate::store::StoreError;
 
 /// How many times apply/delete retry a lost compare-and-swap race.
+/// How long an apply waits for its snapshot to reach this replica.
+const APPLY_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const CAS_ATTEMPTS: usize = 16;
 
 pub struct AdminService {
@@ -235,6 +238,17 @@ impl proto::admin_server::Admin for AdminService {
                     for r in &results {
                         tracing::info!(kind = %r.kind, name = %r.name, action = %r.action, version, "applied");
                     }
+                    // Read your own write: answer once this replica's
+                    // snapshot holds it (its store watch brings it, a moment
+                    // later), so that `version`, `nodes` or `get` asked of
+                    // it next show the change. Bounded: a slow watch does
+                    // not hold the apply.
+                    let mut current = self.shared.current.subscribe();
+                    let _ = tokio::time::timeout(
+                        APPLY_VISIBLE_WAIT,
+                        current.wait_for(|c| c.as_ref().is_some_and(|c| c.version >= version)),
+                    )
+                    .await;
                     return Ok(Response::new(proto::ApplyResponse { results, version }));
                 }
                 None => continue, // someone else wrote in between: redo on theirs
