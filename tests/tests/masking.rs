@@ -4465,3 +4465,48 @@ async fn login_settings_are_masked() {
             >= 1.0
     );
 }
+
+/// Built-in functions that run a query given as text (the XML export
+/// functions, `ts_stat`) read columns the statement never names: their
+/// text-like results take the profile's strongest name rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_that_run_a_query_given_as_text_are_masked() {
+    let pg = Pg::shared();
+    let t = "mk_runs_text";
+    let secret = "zq81-hunter2-xyz";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; create table {t} (id int, api_secret text); \
+             insert into {t} values (1, '{secret}')"
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    for sql in [
+        format!("select query_to_xml('select * from {t}', true, false, '')"),
+        format!("select table_to_xml('{t}', true, false, '')::text"),
+        format!(
+            "select unnest(xpath('//x/text()', query_to_xml('select api_sec' || 'ret as x from {t}', \
+             true, false, '')))::text"
+        ),
+        format!("select word from ts_stat('select to_tsvector(api_secret) from {t}')"),
+    ] {
+        // (Sanity: directly, the value is there.)
+        let direct_rows = simple_rows(&direct, &sql).await;
+        assert!(format!("{direct_rows:?}").contains("hunter2"), "{sql}: {direct_rows:?}");
+        let rows = simple_rows(&via, &sql).await;
+        assert!(!format!("{rows:?}").contains("hunter2"), "{sql}: {rows:?}");
+        // The extended protocol, as text.
+        let wrapped = format!("select x::text from ({sql}) q(x)");
+        let rows: Vec<String> = via
+            .query(wrapped.as_str(), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!rows.is_empty() && !format!("{rows:?}").contains("hunter2"), "{sql}: {rows:?}");
+    }
+}

@@ -296,6 +296,24 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
     strongest_mention(engine, sql, backslash, None).and_then(|s| s.rule(engine))
 }
 
+/// Functions that run SQL given as text, or read a relation, schema or
+/// database given by name: the XML export functions, `ts_stat` (the words
+/// of a query's `tsvector`s) and `dblink`.
+const RUNS_TEXT: [&[u8]; 12] = [
+    b"query_to_xml",
+    b"query_to_xml_and_xmlschema",
+    b"table_to_xml",
+    b"table_to_xml_and_xmlschema",
+    b"schema_to_xml",
+    b"schema_to_xml_and_xmlschema",
+    b"database_to_xml",
+    b"database_to_xml_and_xmlschema",
+    b"cursor_to_xml",
+    b"ts_stat",
+    b"dblink",
+    b"dblink_get_result",
+];
+
 /// The ruled name among those `sql` mentions whose rule is the strongest
 /// ([`derived_rule`]), or [`Source::Unreadable`] for a text this reading
 /// cannot follow. With `origins`, a view column whose source is ruled
@@ -348,6 +366,12 @@ pub(super) fn strongest_mention(
     // columns take the strongest name rule. A `UESCAPE` clause (another
     // escape character in `U&"…"` names).
     if has_word(s, b"uescape") {
+        return Some(Source::Unreadable);
+    }
+    // Built-in functions that run a query (or read a table) named by a
+    // string (`query_to_xml('select * from creds', …)`): what they read
+    // is not in the text's names.
+    if RUNS_TEXT.iter().any(|f| has_word(s, f)) {
         return Some(Source::Unreadable);
     }
     let mut lower = Vec::new();
@@ -1024,6 +1048,24 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn functions_that_run_text_take_the_strongest_rule() {
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        let strongest = e.strongest_name_rule();
+        assert!(strongest.is_some());
+        for sql in [
+            "select query_to_xml('select * from creds', true, false, '')",
+            "SELECT pg_catalog.TABLE_TO_XML('cr' || 'eds', true, false, '')",
+            "select schema_to_xml('public', true, false, '')",
+            "select unnest(xpath('//x/text()', query_to_xml('select a as x from t', true, false, '')))::text",
+            "select * from ts_stat('select to_tsvector(note) from t')",
+        ] {
+            assert_eq!(derived_rule(&e, sql.as_bytes(), false), strongest, "{sql}");
+        }
+        // (Names that only start like one.)
+        assert_eq!(rule(&e, "select query_to_xmlish from t"), None);
     }
 
     #[test]
