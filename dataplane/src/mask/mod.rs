@@ -63,8 +63,9 @@ pub use engine::{Builtin, Engine, HitAt, Hits, RuleId};
 pub use origins::ColumnOrigins;
 pub use profile::{ColumnAction, ColumnRule, Detectors, MaskFormat, MaskingProfile, ProfileError};
 pub use rows::{
-    mask_copy_data, mask_data_row, mask_description_names, mask_error_fields,
-    retype_statement_description, ColumnPlan, CopyFormat, RowError, RowOutcome, RowPlan,
+    mask_copy_data, mask_data_row, mask_description_names, mask_error_fields, mask_error_values,
+    retype_statement_description, words_rule, ColumnPlan, CopyFormat, RowError, RowOutcome,
+    RowPlan,
 };
 
 /// Whether text in client encoding `name` (as PostgreSQL reports it in

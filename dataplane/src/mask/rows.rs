@@ -1165,6 +1165,121 @@ pub fn mask_error_fields(
     Ok(n)
 }
 
+/// What an ErrorResponse or NoticeResponse can quote beyond what the
+/// detectors find, masked whole in place (same length):
+/// - a constraint violation's `Failing row contains (…)` detail, which
+///   lists every column of the row, ruled ones too, whatever the statement
+///   named (`update creds set note = null`), when the profile has name
+///   rules;
+/// - when the statement names a ruled column (`rule`: its rule, as its
+///   computed columns take): the message text `RAISE` made (its context
+///   says `at RAISE`: the message, detail and hint are the function's
+///   own text, `raise notice 'v=%', secret`), or else the double-quoted
+///   parts of the message and detail (`invalid input syntax for type
+///   integer: "…"` of `api_secret::int`). For `RAISE`, a ruled name
+///   anywhere in the statement's text (`sql`) counts too: the body of a
+///   `DO` block is a string.
+///
+/// Returns the number of fields changed (each counted under its rule).
+pub fn mask_error_values(
+    engine: &Engine,
+    body: &mut [u8],
+    rule: Option<(RuleId, ColumnAction)>,
+    sql: Option<&[u8]>,
+    hits: &mut Hits,
+) -> u32 {
+    let Some(strongest) = engine.strongest_name_rule() else {
+        return 0;
+    };
+    if !engine.enabled() {
+        return 0;
+    }
+    let ch = engine.mask_char();
+    // The fields, as (code, start, end); none if the body does not parse.
+    let mut fields = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(&code) = body.get(at) else {
+            return 0;
+        };
+        if code == 0 {
+            break;
+        }
+        let Some(len) = memchr::memchr(0, &body[at + 1..]) else {
+            return 0;
+        };
+        fields.push((code, at + 1, at + 1 + len));
+        at += len + 2;
+    }
+    let raise = fields
+        .iter()
+        .any(|&(c, s, e)| c == b'W' && memchr::memmem::find(&body[s..e], b"at RAISE").is_some());
+    let rule = match (rule, sql) {
+        (None, Some(sql)) if raise => words_rule(engine, sql),
+        (r, _) => r,
+    };
+    let mut n = 0;
+    for &(code, s, e) in &fields {
+        let f = &mut body[s..e];
+        if code == b'D' && f.starts_with(b"Failing row contains (") {
+            let inner = b"Failing row contains (".len();
+            let close = f.iter().rposition(|&b| b == b')').unwrap_or(f.len());
+            if close > inner && mask_chars(&mut f[inner..close], 0, ch) {
+                hits.add(strongest.0, 1);
+                n += 1;
+            }
+            continue;
+        }
+        let Some((r, _)) = rule else {
+            continue;
+        };
+        match code {
+            b'M' | b'D' | b'H' if raise && mask_chars(f, 0, ch) => {
+                hits.add(r, 1);
+                n += 1;
+            }
+            b'M' | b'D' | b'H' if raise => {}
+            b'M' | b'D' => {
+                let mut changed = false;
+                let mut i = 0;
+                while let Some(q) = memchr::memchr(b'"', &f[i..]) {
+                    let open = i + q + 1;
+                    let Some(c) = memchr::memchr(b'"', &f[open..]) else {
+                        break;
+                    };
+                    changed |= mask_chars(&mut f[open..open + c], 0, ch);
+                    i = open + c + 1;
+                }
+                if changed {
+                    hits.add(r, 1);
+                    n += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+/// The strongest rule among the ruled names of a text's words, anywhere in
+/// it (string literals and dollar-quoted bodies too: the body of a `DO`
+/// block, which the reading of computed columns leaves out).
+pub fn words_rule(engine: &Engine, sql: &[u8]) -> Option<(RuleId, ColumnAction)> {
+    let mut best: Option<(RuleId, ColumnAction)> = None;
+    let mut lower = Vec::new();
+    for w in sql.split(|b| !(b.is_ascii_alphanumeric() || *b == b'_')) {
+        if w.is_empty() || w[0].is_ascii_digit() {
+            continue;
+        }
+        lower.clear();
+        lower.extend(w.iter().map(u8::to_ascii_lowercase));
+        if engine.name_ruled(&lower) {
+            best = super::derived::stronger(best, engine.column_rule_by_name(&lower));
+        }
+    }
+    best
+}
+
 /// `Key (a, b)=(x, y) …`: mask `x, y` when a column rule names `a` or `b`.
 fn key_values(engine: &Engine, d: &mut [u8], hits: &mut Hits) -> u32 {
     let Some(k) = memchr::memmem::find(d, b"Key (") else {

@@ -2018,6 +2018,78 @@ fn error_fields() {
 }
 
 #[test]
+fn error_values_a_ruled_statement_quotes_are_masked() {
+    let e = engine();
+    let body = |fields: &[(u8, &str)]| {
+        let mut b = Vec::new();
+        for (c, t) in fields {
+            b.push(*c);
+            b.extend_from_slice(t.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    };
+    let rule = e.column_rule_by_name(b"api_secret");
+    assert!(rule.is_some());
+    let mut h = Hits::new();
+    // A failing row, whatever the statement named.
+    let mut b = body(&[
+        (b'M', "null value"),
+        (b'D', "Failing row contains (1, k9-private, null)."),
+    ]);
+    assert_eq!(
+        super::rows::mask_error_values(&e, &mut b, None, None, &mut h),
+        1
+    );
+    assert_eq!(
+        b,
+        body(&[
+            (b'M', "null value"),
+            (b'D', "Failing row contains (*******************).")
+        ])
+    );
+    // Quoted parts, under a ruled statement only.
+    let cast = [(
+        b'M',
+        "invalid input syntax for type integer: \"k9-private\"",
+    )];
+    let mut b = body(&cast);
+    assert_eq!(
+        super::rows::mask_error_values(&e, &mut b, None, None, &mut h),
+        0
+    );
+    assert_eq!(
+        super::rows::mask_error_values(&e, &mut b, rule, None, &mut h),
+        1
+    );
+    assert_eq!(
+        b,
+        body(&[(
+            b'M',
+            "invalid input syntax for type integer: \"**********\""
+        )])
+    );
+    // RAISE's own text, whole; a ruled name in a DO body counts.
+    let raise = [
+        (b'M', "v=k9"),
+        (b'H', "h=k9"),
+        (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+    ];
+    let mut b = body(&raise);
+    let sql = b"do $$ begin select api_secret into r from t; raise notice 'v=%', r; end $$";
+    assert_eq!(
+        super::rows::mask_error_values(&e, &mut b, None, Some(b"do $$ begin end $$"), &mut h),
+        0
+    );
+    assert_eq!(
+        super::rows::mask_error_values(&e, &mut b, None, Some(sql), &mut h),
+        2
+    );
+    assert_eq!(b, body(&[(b'M', "****"), (b'H', "****"), raise[2]]));
+}
+
+#[test]
 fn engine_is_send_sync() {
     fn ok<T: Send + Sync>() {}
     ok::<Engine>();

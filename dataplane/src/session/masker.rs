@@ -39,7 +39,7 @@ use crate::mask::derived::{
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_description_names, mask_error_fields,
-    retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
+    mask_error_values, retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::backend::{self, parameter_status, parse_error_fields};
 use crate::protocol::tag;
@@ -1705,6 +1705,14 @@ impl TargetMasker {
                 mask_parameter_value(&self.engine, body, &mut self.hits);
             }
             b'E' | b'N' => {
+                // (What the statement's rule covers first, whole; then the
+                // detectors.)
+                let text = self.current_text();
+                let rule = text
+                    .as_ref()
+                    .and_then(|t| t.rule(&self.engine, self.plan.origins()));
+                let sql = text.as_ref().map(|t| t.sql());
+                mask_error_values(&self.engine, body, rule, sql, &mut self.hits);
                 let _ = mask_error_fields(&self.engine, body, &mut self.hits);
                 if t == b'E' {
                     self.copy_out = None;
@@ -1796,6 +1804,16 @@ impl TargetMasker {
 
     /// Rows of an Execute use that portal's plan (it may have been
     /// suspended and resumed after other statements).
+    /// The text of the statement whose answers come now (a simple Query's,
+    /// or the portal's of an Execute), when known.
+    fn current_text(&self) -> StatementText {
+        match self.pending.results.front() {
+            Some((_, None, text)) => text.clone(),
+            Some((_, Some(portal), _)) => self.portals.get(portal).and_then(|p| p.3.clone()),
+            None => None,
+        }
+    }
+
     fn plan_for_current_result(&mut self) {
         let Some((_, Some(portal), _)) = self.pending.results.front() else {
             return;
