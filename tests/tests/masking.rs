@@ -4526,7 +4526,7 @@ async fn errors_and_notices_do_not_quote_ruled_values() {
     direct
         .batch_execute(&format!(
             "drop table if exists {t}; \
-             create table {t} (id int, api_secret text, note text not null, n int check (n > 0)); \
+             create table {t} (id int, api_secret text unique, note text not null, n int check (n > 0)); \
              insert into {t} values (1, '{secret}', 'x', 1)"
         ))
         .await
@@ -4538,6 +4538,9 @@ async fn errors_and_notices_do_not_quote_ruled_values() {
         format!("select 1 from {t} where (select api_secret from {t} limit 1)::date > now()"),
         format!("update {t} set note = null"),
         format!("update {t} set n = 0"),
+        format!("select ('\"' || api_secret)::int from {t}"),
+        format!("insert into {t} select 2, api_secret, 'y', 1 from {t}"),
+        format!("do $$ begin assert false, (select api_secret from {t} limit 1); end $$"),
         format!(
             "do $$ declare r text; begin select api_secret into r from {t} where id = 1; \
              raise exception 'v=%', r using detail = 'd=' || r, hint = 'h=' || r; end $$"
@@ -4576,4 +4579,20 @@ async fn errors_and_notices_do_not_quote_ruled_values() {
     assert_eq!(err.as_db_error().unwrap().message(), "division by zero");
     let err = via.simple_query("select 'abc'::int").await.unwrap_err();
     assert!(err_text(&err).contains("\"abc\""), "{}", err_text(&err));
+    // The extended protocol without a Describe (Parse, Bind, Execute).
+    use sluice_tests::wire::{bind_bytes, execute_bytes, parse_bytes};
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let mut req = parse_bytes("", &format!("select api_secret::int from {t}"));
+    req.extend(bind_bytes("", ""));
+    req.extend(execute_bytes("", true));
+    s.raw.send(&req).await.unwrap();
+    let msgs = wire_answer(&mut s).await;
+    let e = msgs.iter().find(|m| m.tag == b'E').expect("an error");
+    let text = String::from_utf8_lossy(&e.body);
+    assert!(
+        text.contains("integer: \"****") && !text.contains("hunter2"),
+        "{text}"
+    );
 }

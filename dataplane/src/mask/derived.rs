@@ -298,8 +298,13 @@ pub fn derived_rule(engine: &Engine, sql: &[u8], backslash: bool) -> Derived {
 
 /// Functions that run SQL given as text, or read a relation, schema or
 /// database given by name: the XML export functions, `ts_stat` (the words
-/// of a query's `tsvector`s) and `dblink`.
-const RUNS_TEXT: [&[u8]; 12] = [
+/// of a query's `tsvector`s), `ts_rewrite` and `dblink`'s.
+const RUNS_TEXT: [&[u8]; 17] = [
+    b"dblink_open",
+    b"dblink_fetch",
+    b"dblink_send_query",
+    b"dblink_exec",
+    b"ts_rewrite",
     b"query_to_xml",
     b"query_to_xml_and_xmlschema",
     b"table_to_xml",
@@ -1061,6 +1066,8 @@ mod tests {
             "select schema_to_xml('public', true, false, '')",
             "select unnest(xpath('//x/text()', query_to_xml('select a as x from t', true, false, '')))::text",
             "select * from ts_stat('select to_tsvector(note) from t')",
+            "select * from dblink_fetch('c', 'x', 5) as r(a text)",
+            "select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, x::tsquery from t')::text",
         ] {
             assert_eq!(derived_rule(&e, sql.as_bytes(), false), strongest, "{sql}");
         }

@@ -1172,13 +1172,14 @@ pub fn mask_error_fields(
 ///   named (`update creds set note = null`), when the profile has name
 ///   rules;
 /// - when the statement names a ruled column (`rule`: its rule, as its
-///   computed columns take): the message text `RAISE` made (its context
-///   says `at RAISE`: the message, detail and hint are the function's
-///   own text, `raise notice 'v=%', secret`), or else the double-quoted
-///   parts of the message and detail (`invalid input syntax for type
-///   integer: "…"` of `api_secret::int`). For `RAISE`, a ruled name
-///   anywhere in the statement's text (`sql`) counts too: the body of a
-///   `DO` block is a string.
+///   computed columns take): the message text `RAISE` or `ASSERT` made
+///   (its context says so: the message, detail and hint are the
+///   function's own text, `raise notice 'v=%', secret`), or else what lies
+///   between the first and the last double quote of the message, detail
+///   and context (`invalid input syntax for type integer: "…"` of
+///   `api_secret::int`), and a dynamic statement's internal query. For
+///   `RAISE`, a ruled name anywhere in the statement's text (`sql`) counts
+///   too: the body of a `DO` block is a string.
 ///
 /// Returns the number of fields changed (each counted under its rule).
 pub fn mask_error_values(
@@ -1211,51 +1212,57 @@ pub fn mask_error_values(
         fields.push((code, at + 1, at + 1 + len));
         at += len + 2;
     }
-    let raise = fields
-        .iter()
-        .any(|&(c, s, e)| c == b'W' && memchr::memmem::find(&body[s..e], b"at RAISE").is_some());
+    // (`RAISE` and `ASSERT` print the function's own text.)
+    let raise = fields.iter().any(|&(c, s, e)| {
+        c == b'W'
+            && (memchr::memmem::find(&body[s..e], b"at RAISE").is_some()
+                || memchr::memmem::find(&body[s..e], b"at ASSERT").is_some())
+    });
     let rule = match (rule, sql) {
         (None, Some(sql)) if raise => words_rule(engine, sql),
         (r, _) => r,
     };
+    // Every byte of `v` the mask character; whether one changed (a value
+    // masked already is not counted again).
+    let whole = |v: &mut [u8]| {
+        let changed = v.iter().any(|&b| b != ch);
+        v.fill(ch);
+        changed
+    };
     let mut n = 0;
     for &(code, s, e) in &fields {
         let f = &mut body[s..e];
-        if code == b'D' && f.starts_with(b"Failing row contains (") {
-            let inner = b"Failing row contains (".len();
-            let close = f.iter().rposition(|&b| b == b')').unwrap_or(f.len());
-            if close > inner && mask_chars(&mut f[inner..close], 0, ch) {
-                hits.add(strongest.0, 1);
-                n += 1;
+        // (Also a partition's `Partition key of the failing row contains
+        // (…) = (…)`.)
+        if code == b'D' {
+            if let Some(k) = memchr::memmem::find(f, b"ailing row contains (") {
+                let inner = k + b"ailing row contains (".len();
+                let close = f.iter().rposition(|&b| b == b')').unwrap_or(f.len());
+                if close > inner && whole(&mut f[inner..close]) {
+                    hits.add(strongest.0, 1);
+                    n += 1;
+                }
+                continue;
             }
-            continue;
         }
         let Some((r, _)) = rule else {
             continue;
         };
-        match code {
-            b'M' | b'D' | b'H' if raise && mask_chars(f, 0, ch) => {
-                hits.add(r, 1);
-                n += 1;
-            }
-            b'M' | b'D' | b'H' if raise => {}
-            b'M' | b'D' => {
-                let mut changed = false;
-                let mut i = 0;
-                while let Some(q) = memchr::memchr(b'"', &f[i..]) {
-                    let open = i + q + 1;
-                    let Some(c) = memchr::memchr(b'"', &f[open..]) else {
-                        break;
-                    };
-                    changed |= mask_chars(&mut f[open..open + c], 0, ch);
-                    i = open + c + 1;
-                }
-                if changed {
-                    hits.add(r, 1);
-                    n += 1;
-                }
-            }
-            _ => {}
+        let changed = match code {
+            b'M' | b'D' | b'H' if raise => whole(f),
+            // The internal query of a dynamic statement (its literals).
+            b'q' => whole(f),
+            // From the first double quote to the last: a value may hold
+            // quotes itself (`"x"y"`).
+            b'M' | b'D' | b'W' => match (memchr::memchr(b'"', f), memchr::memrchr(b'"', f)) {
+                (Some(a), Some(b)) if b > a + 1 => whole(&mut f[a + 1..b]),
+                _ => false,
+            },
+            _ => false,
+        };
+        if changed {
+            hits.add(r, 1);
+            n += 1;
         }
     }
     n

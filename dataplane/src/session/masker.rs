@@ -1707,13 +1707,15 @@ impl TargetMasker {
             b'E' | b'N' => {
                 // (What the statement's rule covers first, whole; then the
                 // detectors.)
+                // (The detectors and a `Key (col)=(…)` detail's column rule
+                // first, then what the statement's rule covers, whole.)
+                let _ = mask_error_fields(&self.engine, body, &mut self.hits);
                 let text = self.current_text();
                 let rule = text
                     .as_ref()
                     .and_then(|t| t.rule(&self.engine, self.plan.origins()));
                 let sql = text.as_ref().map(|t| t.sql());
                 mask_error_values(&self.engine, body, rule, sql, &mut self.hits);
-                let _ = mask_error_fields(&self.engine, body, &mut self.hits);
                 if t == b'E' {
                     self.copy_out = None;
                     if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
@@ -1802,18 +1804,23 @@ impl TargetMasker {
         false
     }
 
-    /// Rows of an Execute use that portal's plan (it may have been
-    /// suspended and resumed after other statements).
     /// The text of the statement whose answers come now (a simple Query's,
     /// or the portal's of an Execute), when known.
     fn current_text(&self) -> StatementText {
         match self.pending.results.front() {
             Some((_, None, text)) => text.clone(),
-            Some((_, Some(portal), _)) => self.portals.get(portal).and_then(|p| p.3.clone()),
+            // (Described, or bound only: an Execute without a Describe.)
+            Some((_, Some(portal), _)) => self
+                .portals
+                .get(portal)
+                .and_then(|p| p.3.clone())
+                .or_else(|| self.portal_text.get(portal).cloned()),
             None => None,
         }
     }
 
+    /// Rows of an Execute use that portal's plan (it may have been
+    /// suspended and resumed after other statements).
     fn plan_for_current_result(&mut self) {
         let Some((_, Some(portal), _)) = self.pending.results.front() else {
             return;
