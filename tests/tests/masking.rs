@@ -4596,3 +4596,76 @@ async fn errors_and_notices_do_not_quote_ruled_values() {
         "{text}"
     );
 }
+
+/// A new column rule reaches aliases once the session's catalog read is
+/// for it; until then (an open transaction defers the read) every
+/// text-like column takes the strongest name rule, so an alias of the
+/// newly ruled column is not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rule_is_not_escaped_by_an_alias_before_the_catalog_is_read() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_cp_alias";
+    seed_cp(pg, t).await;
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let ssn_rule = "columns:\n  - {column: ssn, action: {keep_last: 4}}\n";
+    let v1 = admin
+        .apply(
+            &[
+                profile_doc("pii", ssn_rule),
+                connection_doc("app", pg, Some("pii")),
+                agent_docs(key),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m1");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let c = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let sql = format!("select nickname as n, nickname, ssn as s from {t} order by id");
+    c.batch_execute("begin").await.unwrap();
+    assert_eq!(
+        simple_rows(&c, &sql).await[0],
+        vec![
+            Some("Sparky".into()),
+            Some("Sparky".into()),
+            Some("*****6789".into())
+        ]
+    );
+    let v2 = admin
+        .apply(&profile_doc(
+            "pii",
+            &format!("{ssn_rule}  - {{column: nickname, action: mask}}\n"),
+        ))
+        .await
+        .version;
+    admin.wait_applied(1, v2, LIMIT).await;
+    // In the transaction (no read yet): the alias too.
+    let rows = simple_rows(&c, &sql).await;
+    assert_eq!(
+        rows[0][..2],
+        [Some("******".into()), Some("******".into())],
+        "{rows:?}"
+    );
+    c.batch_execute("commit").await.unwrap();
+    // After it, the read for the new rules: aliases as the rules say.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let rows = simple_rows(&c, &sql).await;
+        if rows[0]
+            == [
+                Some("******".into()),
+                Some("******".into()),
+                Some("*****6789".into()),
+            ]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

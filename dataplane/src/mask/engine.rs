@@ -371,6 +371,8 @@ pub struct Engine {
     /// Unique in the process: what a rule kept outside the engine was
     /// read under (see `super::derived::Text`).
     id: u64,
+    /// See [`Engine::rules_key`].
+    rules_key: u64,
     /// The strongest action among the name rules (the first rule with it),
     /// for computed columns whose statement cannot be read.
     strongest_name: Option<(RuleId, ColumnAction)>,
@@ -801,6 +803,13 @@ impl Engine {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            rules_key: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                enabled.hash(&mut h);
+                format!("{:?}", p.columns).hash(&mut h);
+                h.finish()
+            },
         })
     }
 
@@ -868,6 +877,12 @@ impl Engine {
     /// Unique among the engines of this process.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Equal for engines of the same column rules (each snapshot compiles
+    /// its engines anew): a catalog read for one serves the other.
+    pub fn rules_key(&self) -> u64 {
+        self.rules_key
     }
 
     /// The strongest name rule (`null` over `hash` over `mask` over

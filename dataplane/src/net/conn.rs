@@ -1277,6 +1277,7 @@ fn own_catalog_read(
         super::catalog::Begin::Nothing => None,
         super::catalog::Begin::Adopt(o) => {
             mk.set_origins(o);
+            mk.rules_read();
             None
         }
         super::catalog::Begin::Send(b) => {
@@ -1335,6 +1336,9 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                     if let Some(mk) = state.masker.borrow_mut().as_mut() {
                         mk.set_origins(o);
                         mk.schema_read_done(read);
+                        if read {
+                            mk.rules_read();
+                        }
                     }
                     if waiting {
                         state.catalog_step.notify_one();

@@ -323,6 +323,9 @@ pub struct TargetMasker {
     /// CopyInResponse or ReadyForQuery tells. (One entry per such Query,
     /// in order: another may be sent before the first is answered.)
     copy_in_unsure: VecDeque<(u64, u64)>,
+    /// The engine's column rules changed since the catalog read in use
+    /// (see [`TargetMasker::set_engine`]), until [`TargetMasker::rules_read`].
+    rules_unread: bool,
     /// When the copy-in did start: those Syncs got no answer, so the
     /// ReadyForQuery of the Query (sync epoch `.0`) also ends their `.1`
     /// sync epochs.
@@ -442,6 +445,7 @@ impl TargetMasker {
             copy_in_query: None,
             copy_in_started: false,
             copy_in_unsure: VecDeque::new(),
+            rules_unread: false,
             copy_in_ignored: None,
             copy_out: None,
             copy_cols: None,
@@ -481,6 +485,14 @@ impl TargetMasker {
             None => self.active = false,
             Some(e) => {
                 if !self.active || !Arc::ptr_eq(&self.engine, &e) {
+                    // Other column rules: the catalog read in use found the
+                    // columns the old ones name. Until one for these lands,
+                    // text-like columns take the strongest name rule (an
+                    // alias of a newly ruled column would show it).
+                    if self.plan.origins().is_some() && e.rules_key() != self.engine.rules_key() {
+                        self.rules_unread = true;
+                        self.set_unread(true);
+                    }
                     self.engine = e;
                     self.active = true;
                     self.plan_known = false;
@@ -552,9 +564,19 @@ impl TargetMasker {
     /// [`RowPlan::set_unread`]; a plan kept from before a change of it is
     /// not used again (`describe` keeps a plan by description and text).
     fn set_unread(&mut self, unread: bool) {
+        let unread = unread || self.rules_unread;
         if self.plan.unread() != unread {
             self.plan.set_unread(unread);
             self.plan_desc = None;
+        }
+    }
+
+    /// The origins just set ([`TargetMasker::set_origins`]) were read for
+    /// this engine's column rules.
+    pub fn rules_read(&mut self) {
+        if self.rules_unread {
+            self.rules_unread = false;
+            self.set_unread(self.follow_schema && self.changes > self.changes_read);
         }
     }
 
