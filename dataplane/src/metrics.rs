@@ -123,19 +123,20 @@ pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// Add `n` to `key`'s count. A key is allocated only the first time a rule
+/// or column is seen on this core; later counts find it by reference.
+fn add(map: &mut std::collections::HashMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(v) => *v += n,
+        None => {
+            map.insert(key.to_owned(), n);
+        }
+    }
+}
+
 impl CoreMetrics {
     /// Move a session's masking hit counts into this core's totals.
     pub fn count_masked(&self, m: &mut crate::session::masker::TargetMasker) {
-        // A key is allocated only the first time a rule or column is seen
-        // on this core; later reads find it by reference.
-        fn add(map: &mut std::collections::HashMap<String, u64>, key: &str, n: u64) {
-            match map.get_mut(key) {
-                Some(v) => *v += n,
-                None => {
-                    map.insert(key.to_owned(), n);
-                }
-            }
-        }
         if let Ok(mut rules) = self.masked_rules.lock() {
             m.take_hits(|rule, n| add(&mut rules, rule, n));
         }
@@ -149,7 +150,7 @@ impl CoreMetrics {
         if let Ok(mut rules) = self.masked_rules.lock() {
             for (rule, n) in hits.iter() {
                 if n > 0 {
-                    *rules.entry(engine.rule_name(rule).to_owned()).or_default() += n;
+                    add(&mut rules, engine.rule_name(rule), n);
                 }
             }
         }

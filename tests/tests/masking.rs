@@ -3675,6 +3675,21 @@ fn start_node(cp: &ControlPlane, name: &str) -> Gateway {
     cp::node(&[cp.url()], name, NODE, true).unwrap_or_else(|e| panic!("node {name}: {e}"))
 }
 
+/// An embedded control plane with `docs` applied (at version `.4`), one
+/// node that applied them, and `agent1`'s session through it to
+/// connection `app`.
+async fn cp_session(key: &ApiKey, docs: &[String]) -> (ControlPlane, Admin, Gateway, Client, i64) {
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin.apply(&docs.join("---\n")).await.version;
+    let node = start_node(&cp, "m1");
+    admin.wait_applied(1, v1, LIMIT).await;
+    let c = connect(&node.config("agent1", &key.key, "app"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    (cp, admin, node, c, v1)
+}
+
 /// Rows of [`seed_cp`]: (id, ssn, nickname, note).
 async fn seed_cp(pg: &Pg, t: &str) {
     pg.direct()
@@ -3736,29 +3751,20 @@ async fn control_plane_profile_changes_apply_to_the_next_statement() {
     let key = ApiKey::shared();
     let t = "mk_cp_change";
     seed_cp(pg, t).await;
-    let cp = ControlPlane::on(Backend::Embedded, vec![]);
-    let mut admin = Admin::connect(&cp.url()).await;
     let ssn_rule = "columns:\n  - {column: ssn, action: {keep_last: 4}}\n";
-    let v1 = admin
-        .apply(
-            &[
-                profile_doc("pii", ssn_rule),
-                profile_doc(
-                    "strict",
-                    "columns:\n  - {column: 'nick*', action: 'null'}\n",
-                ),
-                connection_doc("app", pg, Some("pii")),
-                agent_docs(key),
-            ]
-            .join("---\n"),
-        )
-        .await
-        .version;
-    let node = start_node(&cp, "m1");
-    admin.wait_applied(1, v1, LIMIT).await;
-    let c = connect(&node.config("agent1", &key.key, "app"))
-        .await
-        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let (_cp, mut admin, node, c, v1) = cp_session(
+        key,
+        &[
+            profile_doc("pii", ssn_rule),
+            profile_doc(
+                "strict",
+                "columns:\n  - {column: 'nick*', action: 'null'}\n",
+            ),
+            connection_doc("app", pg, Some("pii")),
+            agent_docs(key),
+        ],
+    )
+    .await;
     let sql = format!("select id, ssn, nickname, note from {t} order by id");
     let st = c.prepare(&sql).await.unwrap();
     let masked_note = Some("card **** **** **** 1111");
@@ -4607,25 +4613,16 @@ async fn a_new_rule_is_not_escaped_by_an_alias_before_the_catalog_is_read() {
     let key = ApiKey::shared();
     let t = "mk_cp_alias";
     seed_cp(pg, t).await;
-    let cp = ControlPlane::on(Backend::Embedded, vec![]);
-    let mut admin = Admin::connect(&cp.url()).await;
     let ssn_rule = "columns:\n  - {column: ssn, action: {keep_last: 4}}\n";
-    let v1 = admin
-        .apply(
-            &[
-                profile_doc("pii", ssn_rule),
-                connection_doc("app", pg, Some("pii")),
-                agent_docs(key),
-            ]
-            .join("---\n"),
-        )
-        .await
-        .version;
-    let node = start_node(&cp, "m1");
-    admin.wait_applied(1, v1, LIMIT).await;
-    let c = connect(&node.config("agent1", &key.key, "app"))
-        .await
-        .unwrap_or_else(|e| panic!("{}", err_text(&e)));
+    let (_cp, mut admin, _node, c, _) = cp_session(
+        key,
+        &[
+            profile_doc("pii", ssn_rule),
+            connection_doc("app", pg, Some("pii")),
+            agent_docs(key),
+        ],
+    )
+    .await;
     let sql = format!("select nickname as n, nickname, ssn as s from {t} order by id");
     c.batch_execute("begin").await.unwrap();
     assert_eq!(

@@ -21,10 +21,10 @@ use crate::resources::{canonical_kind, validate_resource, validate_set};
 use crate::store::StoreError;
 
 /// How many times apply/delete retry a lost compare-and-swap race.
+const CAS_ATTEMPTS: usize = 16;
+
 /// How long an apply waits for its snapshot to reach this replica.
 const APPLY_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-const CAS_ATTEMPTS: usize = 16;
 
 pub struct AdminService {
     pub shared: Arc<Shared>,

@@ -422,9 +422,16 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
         (3802, _) => {}
         _ => f(x),
     };
-    let word = |v: &[u8], at: usize| -> Option<i32> {
-        v.get(at..at + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    let word = |v: &[u8], at: usize| v.get(at..at + 4).map(crate::protocol::be_i32);
+    // The length-prefixed value at `at`: its bytes (None for NULL) and
+    // where the next one starts; None past the end.
+    let value = |v: &[u8], at: usize| {
+        let len = word(v, at)?;
+        let start = at + 4;
+        match usize::try_from(len) {
+            Err(_) => Some((None, start)),
+            Ok(len) => (start + len <= v.len()).then_some((Some(start..start + len), start + len)),
+        }
     };
     let Some(first) = word(v, 0) else {
         return;
@@ -433,40 +440,24 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
     let elem = word(v, 8).map_or(0, |t| t as u32);
     if (1..=6).contains(&first) && matches!(word(v, 4), Some(0 | 1)) && TEXT_OIDS.contains(&elem) {
         let mut at = 12 + 8 * first as usize;
-        while let Some(len) = word(v, at) {
-            at += 4;
-            if len < 0 {
-                continue;
+        while let Some((bytes, next)) = value(v, at) {
+            if let Some(r) = bytes {
+                item(elem, &mut v[r]);
             }
-            let end = at + len as usize;
-            if end > v.len() {
-                return;
-            }
-            item(elem, &mut v[at..end]);
-            at = end;
+            at = next;
         }
         return;
     }
     // A composite: its fields, each with its type.
-    if first > 0 {
-        let mut at = 4;
-        for _ in 0..first {
-            let (Some(t), Some(len)) = (word(v, at), word(v, at + 4)) else {
-                return;
-            };
-            at += 8;
-            if len < 0 {
-                continue;
-            }
-            let end = at + len as usize;
-            if end > v.len() {
-                return;
-            }
-            if TEXT_OIDS.contains(&(t as u32)) {
-                item(t as u32, &mut v[at..end]);
-            }
-            at = end;
+    let mut at = 4;
+    for _ in 0..first.max(0) {
+        let (Some(t), Some((bytes, next))) = (word(v, at), value(v, at + 4)) else {
+            return;
+        };
+        if let Some(r) = bytes.filter(|_| TEXT_OIDS.contains(&(t as u32))) {
+            item(t as u32, &mut v[r]);
         }
+        at = next;
     }
 }
 

@@ -831,6 +831,19 @@ fn tokens_recognized_as_whole_values() {
                 .collect::<Vec<_>>(),
         )
     };
+    // `cells` as a DataRow of text columns (an int first), masked: checked
+    // against `want`; the hits.
+    let in_row = |cells: &[&str], want: &[&str]| {
+        let mut cols = vec![("id", 23)];
+        cols.extend(std::iter::repeat_n(("note", 25), cells.len() - 1));
+        let mut plan = RowPlan::new();
+        plan.describe(&e, &corpus::row_description(&cols)).unwrap();
+        let mut body = rows(cells);
+        let mut hits = Hits::new();
+        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+        assert_eq!(body, rows(want), "{cells:?}");
+        hits
+    };
     for (v, keep, rule, name) in cases {
         let want = format!("{}{}", &v[..keep], star(v.len() - keep));
         let (out, h) = mask(&e, v);
@@ -878,13 +891,10 @@ fn tokens_recognized_as_whole_values() {
             let (out, h) = mask(&e, &list.replace('%', v));
             assert_eq!(out, list.replace('%', &want), "{list}");
             assert_eq!((h.get(rule), h.total()), (1, 1), "{list}");
-            let mut plan = RowPlan::new();
-            plan.describe(&e, &corpus::row_description(&[("id", 23), ("tags", 25)]))
-                .unwrap();
-            let mut body = rows(&["7", &list.replace('%', v)]);
-            let mut hits = Hits::new();
-            mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
-            assert_eq!(body, rows(&["7", &list.replace('%', &want)]), "{list}");
+            let hits = in_row(
+                &["7", &list.replace('%', v)],
+                &["7", &list.replace('%', &want)],
+            );
             assert_eq!(hits.get(rule), 1);
         }
         // An element of a binary `text[]` and a text field of a binary
@@ -916,16 +926,7 @@ fn tokens_recognized_as_whole_values() {
         assert_eq!(mask(&no_prefix(), v).0, star(v.len()));
         kept_with_detector_off(name, v);
         // In a DataRow, between other cells.
-        let mut plan = RowPlan::new();
-        plan.describe(
-            &e,
-            &corpus::row_description(&[("id", 23), ("note", 25), ("value", 25), ("x", 25)]),
-        )
-        .unwrap();
-        let mut body = rows(&["7", "see you", v, "ok"]);
-        let mut hits = Hits::new();
-        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
-        assert_eq!(body, rows(&["7", "see you", &want, "ok"]), "{v}");
+        let hits = in_row(&["7", "see you", v, "ok"], &["7", "see you", &want, "ok"]);
         assert_eq!(hits.get(rule), 1);
         // A COPY text row's field, and an error's message.
         let mut copy = format!("7\t{v}\tok\n").into_bytes();

@@ -396,7 +396,9 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     if let Some(engine) = session.masking.as_ref() {
         let mut hits = crate::mask::Hits::new();
         crate::session::masker::mask_login_messages(engine, &mut ready.forward, &mut hits);
-        worker.metrics.count_hits(engine, &mut hits);
+        if hits.total() > 0 {
+            worker.metrics.count_hits(engine, &mut hits);
+        }
     }
     let guard = shared.cancels.register(cancel_target.clone());
     let mut hello = Vec::with_capacity(ready.forward.len() + 64);

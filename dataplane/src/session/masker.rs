@@ -2685,13 +2685,7 @@ mod tests {
         assert_eq!(tags(&out), b"AVSZ");
         assert_eq!(out.len(), s.len());
         assert_eq!(has(&out), 0, "{}", String::from_utf8_lossy(&out));
-        let mut cards = 0;
-        m.take_hits(|rule, n| {
-            if rule == "payment_card" {
-                cards += n;
-            }
-        });
-        assert_eq!(cards, 303);
+        assert_eq!(rule_hits(&mut m, "payment_card"), 303);
     }
 
     /// Column names made from data are scanned, after the plan read them:
@@ -2711,6 +2705,17 @@ mod tests {
         ]
         .concat();
         assert_eq!(out, want);
+    }
+
+    /// The hits of rule `name` since the last take.
+    fn rule_hits(m: &mut TargetMasker, name: &str) -> u64 {
+        let mut n = 0;
+        m.take_hits(|rule, k| {
+            if rule == name {
+                n += k;
+            }
+        });
+        n
     }
 
     /// Tags of the frames in `b`.
@@ -2789,13 +2794,7 @@ mod tests {
         assert!(memchr::memmem::find(&out, b"4111 1111").is_none());
         assert!(memchr::memmem::find(&out, b"1,***,").is_some());
         assert!(memchr::memmem::find(&out, b"2,,\n").is_some());
-        let mut n = 0;
-        m.take_hits(|rule, k| {
-            if rule == "column:*secret*" {
-                n += k;
-            }
-        });
-        assert_eq!(n, 1);
+        assert_eq!(rule_hits(&mut m, "column:*secret*"), 1);
     }
 
     #[test]
