@@ -4275,6 +4275,58 @@ async fn ascii_unsafe_client_encodings_are_refused_while_masking() {
     other.simple_query("select 1").await.unwrap();
 }
 
+/// PostgreSQL 14 and later report a new client encoding only at the end of
+/// the Query, so the rows of a statement after `SET client_encoding` in
+/// the same Query reach the gateway in that encoding before it knows: a
+/// character whose last byte is a letter (SJIS `カ`, BIG5 `乙`) or a digit
+/// (GB18030 `😀`) right before a card does not hide it there. The session
+/// is then ended as before (0A000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_before_an_unannounced_encoding_switch_are_masked() {
+    use sluice_tests::wire::query_bytes;
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, key));
+    let card = "4111111111111111";
+    for (enc, ch) in [("SJIS", "カ"), ("BIG5", "乙"), ("GB18030", "😀")] {
+        let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+            .await
+            .unwrap_or_else(|e| panic!("login: {e:?}"));
+        let sql = format!(
+            "set client_encoding to '{enc}'; select '{ch}' || '{card}' || ' ok' as v"
+        );
+        s.raw.send(&query_bytes(&sql)).await.unwrap();
+        let mut msgs = Vec::new();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), s.raw.read_msg())
+                .await
+                .unwrap_or_else(|_| panic!("{enc}: no answer after {msgs:?}"));
+            let end = matches!(m.tag, b'E' | b'Z');
+            msgs.push(m);
+            if end {
+                break;
+            }
+        }
+        let rows: Vec<String> = msgs
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        assert_eq!(rows.len(), 1, "{enc}: {msgs:?}");
+        assert!(
+            !rows[0].contains(card) && rows[0].contains("************1111 ok"),
+            "{enc}: {rows:?}"
+        );
+        let e = msgs.last().unwrap();
+        assert_eq!(e.tag, b'E', "{enc}: {msgs:?}");
+        assert!(
+            String::from_utf8_lossy(&e.body).contains(&format!("client_encoding {enc}")),
+            "{enc}: {}",
+            String::from_utf8_lossy(&e.body)
+        );
+    }
+}
+
 /// COPY TO with custom delimiters and quotes: fields are split where
 /// PostgreSQL split them, so a card between two numbers joined by the
 /// delimiter is still found.

@@ -401,6 +401,69 @@ fn process_hash_key() -> &'static [u8; 32] {
     })
 }
 
+/// Whether `v` holds a byte `>= 0x80`: two overlapping words for the
+/// short values of most cells, sixteen bytes a step beyond (cheaper than
+/// `is_ascii` on them).
+#[inline(always)]
+pub(super) fn any_high(v: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |w: &[u8]| u64::from_le_bytes(w[..8].try_into().unwrap());
+    let n = v.len();
+    let acc = if n >= 16 {
+        let tail = &v[n - 16..];
+        let mut acc = word(tail) | word(&tail[8..]);
+        let mut i = 0;
+        while i < n - 16 {
+            acc |= word(&v[i..]) | word(&v[i + 8..]);
+            i += 16;
+        }
+        acc
+    } else if n >= 8 {
+        word(v) | word(&v[n - 8..])
+    } else if n >= 4 {
+        let half = |w: &[u8]| u64::from(u32::from_le_bytes(w[..4].try_into().unwrap()));
+        half(v) | half(&v[n - 4..])
+    } else {
+        v.iter().fold(0u64, |a, &b| a | u64::from(b))
+    };
+    acc & HIGH != 0
+}
+
+/// The first byte `>= 0x80` of `v` from `from` on (words without one
+/// skipped whole).
+#[inline]
+fn next_high(v: &[u8], from: usize) -> Option<usize> {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= v.len() {
+        let w = u64::from_le_bytes(v[i..i + 8].try_into().unwrap()) & HIGH;
+        if w != 0 {
+            return Some(i + (w.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    v[i.min(v.len())..]
+        .iter()
+        .position(|&b| b >= 0x80)
+        .map(|k| i + k)
+}
+
+/// Whether making `v[i]` (a byte a multi-byte character may end with)
+/// non-ASCII can let a detector find what starts after it, as
+/// [`Engine::mask_shifted`] reads: a digit (GB18030 and JOHAB end
+/// characters with digits) or a digit, `+` or `(` after it (numbers,
+/// phones), or a word of five or more token characters after it (keys,
+/// tokens, IBANs, `Bearer`, `password=`). The rest (`ü` then `ller`) ends
+/// no detector's boundary; skipping it keeps accented text at one scan.
+#[inline]
+fn shift_matters(v: &[u8], i: usize) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    v[i].is_ascii_digit()
+        || v.get(i + 1)
+            .is_some_and(|&b| b.is_ascii_digit() || b == b'+' || b == b'(')
+        || v[i + 1..].iter().take(5).take_while(|&&b| word(b)).count() == 5
+}
+
 /// Whether a value long enough for a token may be an array or composite
 /// (its first byte `{`, `(`, `[` (bounds) or, in binary form, 0): one test per value, so
 /// that others pay next to nothing (see [`Engine::mask_listed`]).
@@ -958,7 +1021,87 @@ impl Engine {
         if self.custom {
             n += self.mask_custom(value, hits);
         }
+        if (self.any_builtin || self.custom) && any_high(value) {
+            n += self.mask_shifted(value, hits);
+        }
         n
+    }
+
+    /// The detectors over `value` again as a client in a multi-byte
+    /// encoding whose characters hold ASCII bytes may read it (SJIS, BIG5,
+    /// GBK, UHC, GB18030, JOHAB: a character's second or fourth byte can
+    /// be a letter, `@` or a digit): every byte `0x30..=0x7e` right after a
+    /// byte `>= 0x80` made a non-ASCII byte, as the character it may end
+    /// is. Read byte by byte, `カ` in SJIS (`83 4A`) glues a `J` to the
+    /// card number after it, which the client shows on its own; the
+    /// gateway refuses these encodings (see `ascii_safe_encoding`), but
+    /// PostgreSQL 14 and later say a switch only at the end of the Query
+    /// (a `SET` earlier in it, or a function that calls `set_config`), so
+    /// rows can arrive in one unannounced. Every such byte the client may
+    /// see either way: a span found in this view is masked too (in UTF-8
+    /// text it is the first character after a non-ASCII one, which at
+    /// worst masks a value glued to a letter). Values already masked by
+    /// the first pass are not found again. Cold: only values with
+    /// non-ASCII bytes.
+    #[cold]
+    #[inline(never)]
+    fn mask_shifted(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let hidden =
+            |v: &[u8], i: usize| i > 0 && v[i - 1] >= 0x80 && (0x30..=0x7e).contains(&v[i]);
+        // (Only the bytes after high ones: word by word to the next.)
+        let mut at = 0;
+        let found = loop {
+            match next_high(value, at) {
+                Some(p) if p + 1 < value.len() => {
+                    if hidden(value, p + 1) && shift_matters(value, p + 1) {
+                        break true;
+                    }
+                    at = p + 1;
+                }
+                _ => break false,
+            }
+        };
+        if !found {
+            return 0;
+        }
+        const STACK: usize = 256;
+        let (mut a, mut b) = ([0u8; STACK], [0u8; STACK]);
+        let mut heap = Vec::new();
+        let n = value.len();
+        let (view, scanned) = if n <= STACK {
+            (&mut a[..n], &mut b[..n])
+        } else {
+            heap.resize(2 * n, 0);
+            heap.split_at_mut(n)
+        };
+        for i in 0..n {
+            view[i] = if hidden(value, i) { 0x80 } else { value[i] };
+        }
+        scanned.copy_from_slice(view);
+        // (Counted only when this view masks something the first did not:
+        // a value both find is counted once.)
+        let mut found = Hits::new();
+        let mut k = 0;
+        if self.any_builtin {
+            k += self.scan_builtin(scanned, &mut found);
+        }
+        if self.custom {
+            k += self.mask_custom(scanned, &mut found);
+        }
+        let mut changed = false;
+        for i in 0..n {
+            if scanned[i] != view[i] {
+                value[i] = scanned[i];
+                changed = true;
+            }
+        }
+        if !changed {
+            return 0;
+        }
+        for (rule, c) in found.iter() {
+            hits.add_at(rule, 0, c);
+        }
+        k
     }
 
     /// The name rules over the members of a JSON value (see `super::json`),
@@ -1103,6 +1246,20 @@ impl Engine {
                 }
                 *c += k;
                 n += k;
+            }
+        }
+        if self.any_builtin || self.custom {
+            for (ri, (r, c)) in regions.iter().zip(counts.iter_mut()).enumerate() {
+                let cell = &mut buf[r.start as usize..r.end as usize];
+                if any_high(cell) {
+                    let logged = hits.log_len();
+                    let k = self.mask_shifted(cell, hits);
+                    for h in hits.logged_since(logged) {
+                        h.at = ri as u32;
+                    }
+                    *c += k;
+                    n += k;
+                }
             }
         }
         n

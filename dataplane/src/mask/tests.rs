@@ -2716,3 +2716,100 @@ fn error_field_json_token_is_counted_once() {
     let n = mask_error_fields(&e, &mut body, &mut hits).unwrap();
     assert_eq!((n, hits.total()), (1, 1));
 }
+
+#[test]
+fn any_high_matches_is_ascii() {
+    for n in 0..80 {
+        let v = vec![b'a'; n];
+        assert!(!engine::any_high(&v), "{n}");
+        for i in 0..n {
+            let mut w = v.clone();
+            w[i] = 0x80 | (i as u8);
+            assert!(engine::any_high(&w), "{n} {i}");
+        }
+    }
+}
+
+/// A DataRow body of raw cells (any bytes: text in another encoding).
+fn raw_row(cells: &[&[u8]]) -> Vec<u8> {
+    let mut b = (cells.len() as i16).to_be_bytes().to_vec();
+    for c in cells {
+        b.extend_from_slice(&(c.len() as i32).to_be_bytes());
+        b.extend_from_slice(c);
+    }
+    b
+}
+
+/// Rows that reach the gateway in a client encoding it was not told of (a
+/// `SET client_encoding` or `set_config` earlier in the same Query: see
+/// `Engine::mask_shifted`): a multi-byte character whose last byte is
+/// ASCII does not hide the value after it, in a cell alone or in a row.
+#[test]
+fn values_after_characters_that_end_in_ascii_bytes() {
+    let e = engine();
+    // (prefix, value, masked value)
+    let cases: &[(&[u8], &[u8], &[u8])] = &[
+        // SJIS `カ` (83 4A), `ァ` (83 40), BIG5 `一` (A4 40).
+        (b"\x83J", b"4111111111111111", b"************1111"),
+        (b"\x83J", b"4111 1111 1111 1111", b"**** **** **** 1111"),
+        (b"\xa4@", b"4111-1111-1111-1111", b"****-****-****-1111"),
+        (b"\x83J", b"123-45-6789", b"***-**-6789"),
+        (b"\x83J", b"+1 415 555 0123", b"+* *** *** **23"),
+        // GB18030 four-byte characters end with a digit.
+        (
+            b"\x81\x30\x81\x30",
+            b"4111111111111111",
+            b"************1111",
+        ),
+        // Two SJIS characters (E3 81, 83 4A) that read as valid UTF-8
+        // (U+3043) and a `J`.
+        (b"\xe3\x81\x83J", b"4111111111111111", b"************1111"),
+        (
+            b"\x83J",
+            b"ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            b"ghp_************************************",
+        ),
+        (b"\x83J", b"AKIAIOSFODNN7EXAMPLE", b"AKIA****************"),
+    ];
+    for &(pre, value, want) in cases {
+        let cell = [pre, value, b" ok"].concat();
+        let masked = [pre, want, b" ok"].concat();
+        let mut v = cell.clone();
+        let mut h = Hits::new();
+        assert_eq!(e.mask_counted(&mut v, &mut h), 1, "{cell:?}");
+        assert_eq!(v, masked, "{cell:?}");
+        assert_eq!(h.total(), 1);
+        // In a DataRow next to other cells: counted on its column.
+        let mut plan = RowPlan::new();
+        plan.describe(
+            &e,
+            &corpus::row_description(&[("id", 23), ("a", 25), ("b", 25)]),
+        )
+        .unwrap();
+        let mut body = raw_row(&[b"7", "Müller".as_bytes(), &cell]);
+        let mut hits = Hits::new();
+        mask_data_row(&e, &mut plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+        assert_eq!(
+            body,
+            raw_row(&[b"7", "Müller".as_bytes(), &masked]),
+            "{cell:?}"
+        );
+        let mut per_column = Vec::new();
+        plan.take_column_hits(|i, _, c| per_column.push((i, c)));
+        assert_eq!(per_column, vec![(2, 1)], "{cell:?}");
+    }
+    // UTF-8 text as it is: accented names scan once and keep their bytes;
+    // a value after an accented letter is masked as before.
+    for s in [
+        "Müller",
+        "Hauptstraße 12",
+        "Kraków",
+        "Zoë Tanaka",
+        "café 4111111111111111",
+    ] {
+        let want = s.replace("4111111111111111", "************1111");
+        assert_eq!(m(s), want);
+    }
+    // Glued to a letter that is not the end of a character: not a card.
+    assert_eq!(m("J4111111111111111"), "J4111111111111111");
+}
