@@ -4292,9 +4292,8 @@ async fn rows_before_an_unannounced_encoding_switch_are_masked() {
         let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
             .await
             .unwrap_or_else(|e| panic!("login: {e:?}"));
-        let sql = format!(
-            "set client_encoding to '{enc}'; select '{ch}' || '{card}' || ' ok' as v"
-        );
+        let sql =
+            format!("set client_encoding to '{enc}'; select '{ch}' || '{card}' || ' ok' as v");
         s.raw.send(&query_bytes(&sql)).await.unwrap();
         let mut msgs = Vec::new();
         loop {
@@ -4652,6 +4651,59 @@ async fn errors_and_notices_do_not_quote_ruled_values() {
     assert!(
         text.contains("integer: \"****") && !text.contains("hunter2"),
         "{text}"
+    );
+}
+
+/// Messages that echo a value without double quotes, for statements that
+/// name a ruled column: the context of a JSON error, the detail of an XML
+/// one (libxml prints the input line), a `Key (…)=(…)` detail of a column
+/// no rule names, PL/pgSQL's `print_strict_params` detail, and messages
+/// that end with a name parsed from the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_that_echo_ruled_values_unquoted_are_masked() {
+    let pg = Pg::shared();
+    let t = "mk_err_unq";
+    let secret = "zq81_hunter2_xyz";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}, {t}_k; \
+             create table {t} (id int, api_secret text); \
+             insert into {t} values (1, '{secret}'); \
+             create table {t}_k (name text primary key); \
+             insert into {t}_k values ('{secret}'); \
+             create or replace function {t}_f(t text) returns int language plpgsql as $$ \
+             #print_strict_params on\n declare r int; begin \
+             select id into strict r from {t} where api_secret = t and id > 5; return r; end $$"
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let via = gw.agent().await;
+    for sql in [
+        format!("select api_secret::json from {t}"),
+        format!("select ('{{\"a\": ' || api_secret || '}}')::jsonb from {t}"),
+        format!("select xmlparse(document api_secret) from {t}"),
+        format!("select api_secret::regoper from {t}"),
+        format!("select ('a.b.c.' || api_secret)::regclass from {t}"),
+        format!("select ('a.b.c.' || api_secret)::regtype from {t}"),
+        format!("insert into {t}_k select api_secret from {t}"),
+        format!("select {t}_f(api_secret) from {t}"),
+    ] {
+        // (Sanity: directly, the error has the value.)
+        let e = direct.simple_query(&sql).await.expect_err(&sql);
+        let text = format!("{:?}", e.as_db_error().expect("a server error"));
+        assert!(text.contains("hunter2"), "{sql}: {text}");
+        let e = via.simple_query(&sql).await.expect_err(&sql);
+        let text = format!("{:?}", e.as_db_error().expect("a server error"));
+        assert!(!text.contains("hunter2"), "{sql}: {text}");
+    }
+    // Statements that name no ruled column keep these messages.
+    let e = via.simple_query("select 'abc'::json").await.unwrap_err();
+    assert!(
+        format!("{:?}", e.as_db_error().unwrap()).contains("JSON data, line 1: abc"),
+        "{}",
+        err_text(&e)
     );
 }
 

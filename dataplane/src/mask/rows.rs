@@ -1222,6 +1222,10 @@ pub fn mask_error_values(
         (None, Some(sql)) if raise => words_rule(engine, sql),
         (r, _) => r,
     };
+    // (libxml's messages quote the input line, unquoted.)
+    let xml = fields
+        .iter()
+        .any(|&(c, s, e)| c == b'C' && matches!(&body[s..e], b"2200M" | b"2200N"));
     // Every byte of `v` the mask character; whether one changed (a value
     // masked already is not counted again).
     let whole = |v: &mut [u8]| {
@@ -1253,11 +1257,20 @@ pub fn mask_error_values(
             // The internal query of a dynamic statement (its literals).
             b'q' => whole(f),
             // From the first double quote to the last: a value may hold
-            // quotes itself (`"x"y"`).
-            b'M' | b'D' | b'W' => match (memchr::memchr(b'"', f), memchr::memrchr(b'"', f)) {
-                (Some(a), Some(b)) if b > a + 1 => whole(&mut f[a + 1..b]),
-                _ => false,
-            },
+            // quotes itself (`"x"y"`); and where messages put it unquoted.
+            b'M' | b'D' | b'W' => {
+                let quoted = match (memchr::memchr(b'"', f), memchr::memrchr(b'"', f)) {
+                    (Some(a), Some(b)) if b > a + 1 => Some((a + 1, b)),
+                    _ => None,
+                };
+                let mut spans = Vec::new();
+                unquoted_values(code, f, xml, &mut spans);
+                let mut changed = false;
+                for (a, b) in quoted.into_iter().chain(spans) {
+                    changed |= whole(&mut f[a..b]);
+                }
+                changed
+            }
             _ => false,
         };
         if changed {
@@ -1266,6 +1279,56 @@ pub fn mask_error_values(
         }
     }
     n
+}
+
+/// Where PostgreSQL's messages echo an input value without double quotes
+/// (the statement's value, when it names a ruled column): the rest of a
+/// `JSON data, line N: …` context line; the whole detail of an XML
+/// parse error (`xml`: SQLSTATE 2200M/2200N; libxml prints the input
+/// line); a `Key (…)=(…)` detail's values (of columns no rule names:
+/// `insert into t(name) select password …`); PL/pgSQL's
+/// `print_strict_params` detail (`parameters: t = '…'`); and messages that
+/// end with a name parsed from the value (`operator does not exist: …`,
+/// `improper qualified name (too many dotted names): …`). Spans of `f`
+/// pushed to `out`.
+fn unquoted_values(code: u8, f: &[u8], xml: bool, out: &mut Vec<(usize, usize)>) {
+    const MESSAGES: &[&[u8]] = &[
+        b"operator does not exist: ",
+        b"improper relation name (too many dotted names): ",
+        b"improper qualified name (too many dotted names): ",
+        b"cross-database references are not implemented: ",
+    ];
+    match code {
+        b'W' => {
+            let mut at = 0;
+            for line in f.split(|&b| b == b'\n') {
+                if line.starts_with(b"JSON data, line ") {
+                    if let Some(k) = memchr::memmem::find(line, b": ") {
+                        out.push((at + k + 2, at + line.len()));
+                    }
+                }
+                at += line.len() + 1;
+            }
+        }
+        b'D' if xml => out.push((0, f.len())),
+        b'D' if f.starts_with(b"parameters: ") => out.push((12, f.len())),
+        b'D' => {
+            if let Some(k) = memchr::memmem::find(f, b"Key (") {
+                if let Some(m) = memchr::memmem::find(&f[k..], b")=(") {
+                    let from = k + m + 3;
+                    if let Some(close) = memchr::memrchr(b')', &f[from..]) {
+                        out.push((from, from + close));
+                    }
+                }
+            }
+        }
+        b'M' => {
+            if let Some(p) = MESSAGES.iter().find(|p| f.starts_with(p)) {
+                out.push((p.len(), f.len()));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The strongest rule among the ruled names of a text's words, anywhere in
