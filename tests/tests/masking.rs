@@ -4770,3 +4770,43 @@ async fn a_new_rule_is_not_escaped_by_an_alias_before_the_catalog_is_read() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Card numbers kept in number columns (`numeric(16)`, `bigint`) or cast
+/// to one (`pan::bigint`) are masked too, in text and binary results: the
+/// masked digits become `0`, so the value stays a number its client can
+/// read. Ids of other lengths are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_numbers_in_number_columns_are_masked() {
+    let pg = Pg::shared();
+    let t = "mk_num_cards";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; \
+             create table {t} (id bigint, pan numeric(16), pan8 bigint, pan_text text); \
+             insert into {t} values (4111111111111111003, 4111111111111111, 5555555555554444, \
+             '4111111111111111')"
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, ApiKey::shared()));
+    let c = gw.agent().await;
+    let sql = format!("select id, pan, pan8, pan_text::bigint as cast from {t}");
+    let rows = simple_rows(&c, &sql).await;
+    assert_eq!(
+        rows[0],
+        vec![
+            Some("4111111111111111003".into()),
+            Some("0000000000001111".into()),
+            Some("0000000000004444".into()),
+            Some("0000000000001111".into()),
+        ]
+    );
+    // Binary (tokio-postgres reads results in binary).
+    let sql = format!("select id, pan8, pan_text::bigint, pan::text as pan from {t}");
+    let r = c.query(sql.as_str(), &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 4111111111111111003);
+    assert_eq!(r[0].get::<_, i64>(1), 4444);
+    assert_eq!(r[0].get::<_, i64>(2), 1111);
+    assert_eq!(r[0].get::<_, String>(3), "************1111");
+}

@@ -326,6 +326,9 @@ pub struct RowPlan {
     /// Every column is `Skip` or `Detect`: rows take [`detect_regions`],
     /// the column walk without a branch per plan.
     scan_only: bool,
+    /// The `int8` and `numeric` columns no rule names, in order: a card
+    /// number stored (or cast) as a number (see [`mask_number`]).
+    numbers: Vec<u32>,
     work: bool,
     rewrites: bool,
     /// Some column is shown as `text` ([`RowPlan::retype_description`]).
@@ -552,7 +555,11 @@ impl RowPlan {
     }
 
     fn finish(&mut self) {
-        self.work = self.cols.iter().any(|c| c.plan != ColumnPlan::Skip);
+        self.numbers.clear();
+        self.numbers
+            .extend((0..self.cols.len() as u32).filter(|&i| is_number(&self.cols[i as usize])));
+        self.work =
+            self.cols.iter().any(|c| c.plan != ColumnPlan::Skip) || !self.numbers.is_empty();
         self.rewrites = self.cols.iter().any(|c| c.plan.rewrites());
         self.retypes = self.cols.iter().any(|c| retyped(c.oid, c.rule));
         self.column_hits.clear();
@@ -777,6 +784,161 @@ fn detect_regions(
     Ok(k)
 }
 
+/// Whether column `c` is an `int8` or `numeric` one that no rule names
+/// and the detectors do not scan as text ([`mask_numbers`] looks at it).
+fn is_number(c: &Column) -> bool {
+    matches!(c.oid, 20 | 1700) && c.rule.is_none() && c.plan == ColumnPlan::Skip
+}
+
+/// The `int8`/`numeric` cells of a row ([`RowPlan`]'s `numbers`) through
+/// [`mask_number`]; hits counted on their columns. Whether one changed.
+/// (Out of line: most rows have no such column.)
+#[inline(never)]
+fn mask_numbers(
+    engine: &Engine,
+    plan: &mut RowPlan,
+    body: &mut [u8],
+    hits: &mut Hits,
+) -> Result<bool, RowError> {
+    const E: RowError = RowError::Malformed("DataRow");
+    let mut changed = false;
+    let mut at = 2;
+    let mut next = 0;
+    for i in 0..plan.cols.len() {
+        let Some(&want) = plan.numbers.get(next) else {
+            break;
+        };
+        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
+        at += 4;
+        let len = len.max(0) as usize;
+        let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
+        if i as u32 == want {
+            next += 1;
+            let c = &plan.cols[i];
+            let logged = hits.log_len();
+            let n = mask_number(engine, c.oid, c.format, &mut body[at..end], hits);
+            if n > 0 {
+                for h in hits.logged_since(logged) {
+                    h.at = i as u32;
+                }
+                plan.column_hits[i] += u64::from(n);
+                changed = true;
+            }
+        }
+        at = end;
+    }
+    Ok(changed)
+}
+
+/// A card number stored or cast as a number (`int8`, `numeric`: `select
+/// pan::bigint`, a legacy `numeric(16)` column), in text or binary form:
+/// the digits of its integer part, when there are 13 to 16 of them, go
+/// through the detectors, and those they mask become `0`, so the value
+/// stays a number of its type (`4111111111111111` → `1111` with the
+/// default format) in place. Longer integers (random 64-bit ids, 18–19
+/// digits) and shorter ones are left alone. Returns the hits.
+pub(super) fn mask_number(
+    engine: &Engine,
+    oid: u32,
+    format: i16,
+    cell: &mut [u8],
+    hits: &mut Hits,
+) -> u32 {
+    const MIN: usize = 13;
+    const MAX: usize = 16;
+    // The integer part's digits, without sign or leading zeros.
+    let mut digits = [0u8; MAX];
+    // Zeroes the digits the detectors mask; how many hits.
+    let scan = |d: &mut [u8], hits: &mut Hits| -> u32 {
+        let orig: [u8; MAX] = {
+            let mut o = [0u8; MAX];
+            o[..d.len()].copy_from_slice(d);
+            o
+        };
+        let n = engine.mask_counted(d, hits);
+        for (b, &o) in d.iter_mut().zip(&orig) {
+            if *b != o {
+                *b = b'0';
+            }
+        }
+        n
+    };
+    match (oid, format) {
+        (20 | 1700, 0) => {
+            let sign = usize::from(matches!(cell.first(), Some(b'-' | b'+')));
+            let int_end = cell[sign..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .map_or(cell.len(), |k| sign + k);
+            if !matches!(cell.get(int_end), None | Some(b'.')) {
+                return 0; // NaN, Infinity, exponents
+            }
+            let first = cell[sign..int_end]
+                .iter()
+                .position(|&b| b != b'0')
+                .map_or(int_end, |k| sign + k);
+            let d = &mut cell[first..int_end];
+            if !(MIN..=MAX).contains(&d.len()) {
+                return 0;
+            }
+            scan(d, hits)
+        }
+        (20, 1) if cell.len() == 8 => {
+            let v = i64::from_be_bytes(cell[..8].try_into().unwrap());
+            let mut a = v.unsigned_abs();
+            if !(10u64.pow(MIN as u32 - 1)..10u64.pow(MAX as u32)).contains(&a) {
+                return 0;
+            }
+            let n = a.ilog10() as usize + 1;
+            for k in (0..n).rev() {
+                digits[k] = b'0' + (a % 10) as u8;
+                a /= 10;
+            }
+            let hit = scan(&mut digits[..n], hits);
+            if hit > 0 {
+                let m = digits[..n]
+                    .iter()
+                    .fold(0u64, |acc, &b| acc * 10 + u64::from(b - b'0'));
+                let m = if v < 0 { -(m as i64) } else { m as i64 };
+                cell.copy_from_slice(&m.to_be_bytes());
+            }
+            hit
+        }
+        // ndigits, weight, sign, dscale, then base-10000 digits: four
+        // groups before the point (weight 3) hold 13 to 16 digits.
+        (1700, 1) if cell.len() >= 8 => {
+            let word = |i: usize| u16::from_be_bytes([cell[i], cell[i + 1]]);
+            let (ndigits, weight, sign) = (word(0) as usize, word(2) as i16, word(4));
+            if weight != 3 || sign > 0x4000 || cell.len() != 8 + 2 * ndigits {
+                return 0;
+            }
+            let group = |k: usize| if k < ndigits { word(8 + 2 * k) } else { 0 };
+            if (0..4).any(|k| group(k) > 9999) || group(0) == 0 {
+                return 0;
+            }
+            let mut all = [0u8; MAX];
+            for k in 0..4 {
+                let g = group(k);
+                for (j, p) in [1000, 100, 10, 1].iter().enumerate() {
+                    all[4 * k + j] = b'0' + (g / p % 10) as u8;
+                }
+            }
+            let lead = all.iter().position(|&b| b != b'0').unwrap_or(MAX);
+            let hit = scan(&mut all[lead..], hits);
+            if hit > 0 {
+                for k in 0..4.min(ndigits) {
+                    let g = all[4 * k..4 * k + 4]
+                        .iter()
+                        .fold(0u16, |acc, &b| acc * 10 + u16::from(b - b'0'));
+                    cell[8 + 2 * k..10 + 2 * k].copy_from_slice(&g.to_be_bytes());
+                }
+            }
+            hit
+        }
+        _ => 0,
+    }
+}
+
 #[inline]
 fn be_i32(b: &[u8]) -> i32 {
     i32::from_be_bytes([b[0], b[1], b[2], b[3]])
@@ -921,6 +1083,10 @@ pub fn mask_data_row(
         plan.region_cols.resize(n, 0);
         plan.region_hits.resize(n, 0);
     }
+    let mut numbers_changed = false;
+    if !plan.numbers.is_empty() && engine.detects() {
+        numbers_changed = mask_numbers(engine, plan, body, hits)?;
+    }
     // (Whether a region may hold a JSON document: known exactly on the
     // common path; the other path lets `mask_regions` look at each.)
     let mut json = true;
@@ -939,7 +1105,7 @@ pub fn mask_data_row(
     } else {
         walk_columns(engine, plan, body, hits)?
     };
-    let (k, mut changed, rewrite) = (walk.regions, walk.changed, walk.rewrite);
+    let (k, mut changed, rewrite) = (walk.regions, walk.changed || numbers_changed, walk.rewrite);
     if k > 0 {
         let region_hits = &mut plan.region_hits[..k];
         region_hits.fill(0);

@@ -2813,3 +2813,102 @@ fn values_after_characters_that_end_in_ascii_bytes() {
     // Glued to a letter that is not the end of a character: not a card.
     assert_eq!(m("J4111111111111111"), "J4111111111111111");
 }
+
+/// A card number in an `int8` or `numeric` column (stored so, or cast:
+/// `pan::bigint`), text or binary: its masked digits become `0`, so the
+/// value stays a number of its type. Integers of other lengths (ids of 19
+/// digits, epoch milliseconds) are left as they are.
+#[test]
+fn card_numbers_in_number_columns() {
+    let e = engine();
+    let cols = [("id", 20), ("amount", 1700), ("note", 25)];
+    let row = |plan: &mut RowPlan, cells: &[&[u8]]| -> (Vec<u8>, Vec<(usize, u64)>) {
+        let mut body = raw_row(cells);
+        let mut hits = Hits::new();
+        mask_data_row(&e, plan, &mut body, &mut hits, &mut Vec::new()).unwrap();
+        let mut per_column = Vec::new();
+        plan.take_column_hits(|i, _, c| per_column.push((i, c)));
+        (body, per_column)
+    };
+    let mut plan = RowPlan::new();
+    plan.describe(&e, &corpus::row_description(&cols)).unwrap();
+    // Text.
+    assert_eq!(
+        row(
+            &mut plan,
+            &[b"4111111111111111", b"-5555555555554444.50", b"x"]
+        ),
+        (
+            raw_row(&[b"0000000000001111", b"-0000000000004444.50", b"x"]),
+            vec![(0, 1), (1, 1)]
+        )
+    );
+    // (A 19-digit Luhn-valid number is a card in text, not in an id.)
+    let long = b"4111111111111111003";
+    assert_ne!(m("4111111111111111003"), "4111111111111111003");
+    for keep in [
+        &long[..],
+        b"1714888122000",
+        b"4111111111111112",
+        b"NaN",
+        b"0004111111111111111",
+    ] {
+        let (body, hits) = row(&mut plan, &[keep, b"1", b"x"]);
+        let want = if keep == b"0004111111111111111" {
+            raw_row(&[b"0000000000000001111", b"1", b"x"])
+        } else {
+            raw_row(&[keep, b"1", b"x"])
+        };
+        assert_eq!(body, want, "{}", String::from_utf8_lossy(keep));
+        assert_eq!(hits.is_empty(), keep != b"0004111111111111111");
+    }
+    // Binary: int8 big-endian; numeric in base-10000 groups.
+    plan.set_result_formats(&e, &[1]).unwrap();
+    let numeric = |weight: i16, sign: u16, dscale: u16, groups: &[u16]| -> Vec<u8> {
+        let mut v = (groups.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(&weight.to_be_bytes());
+        v.extend_from_slice(&sign.to_be_bytes());
+        v.extend_from_slice(&dscale.to_be_bytes());
+        for g in groups {
+            v.extend_from_slice(&g.to_be_bytes());
+        }
+        v
+    };
+    let card = 4111111111111111i64.to_be_bytes();
+    let neg = (-4111111111111111i64).to_be_bytes();
+    let num = numeric(3, 0x4000, 2, &[4111, 1111, 1111, 1111, 5000]);
+    let (body, hits) = row(&mut plan, &[&card, &num, b"x"]);
+    assert_eq!(
+        body,
+        raw_row(&[
+            &1111i64.to_be_bytes(),
+            &numeric(3, 0x4000, 2, &[0, 0, 0, 1111, 5000]),
+            b"x"
+        ])
+    );
+    assert_eq!(hits, vec![(0, 1), (1, 1)]);
+    let (body, _) = row(
+        &mut plan,
+        &[&neg, &numeric(3, 0, 0, &[5555, 5555, 5555, 4444]), b"x"],
+    );
+    assert_eq!(
+        body,
+        raw_row(&[
+            &(-1111i64).to_be_bytes(),
+            &numeric(3, 0, 0, &[0, 0, 0, 4444]),
+            b"x"
+        ])
+    );
+    // Trailing zero groups left out (ndigits 1): 4111 × 10^12 is no card.
+    for keep in [
+        4111111111111111003i64.to_be_bytes().to_vec(),
+        1714888122000i64.to_be_bytes().to_vec(),
+        numeric(3, 0, 0, &[4111]),
+        numeric(4, 0, 0, &[4, 1111, 1111, 1111, 1113]),
+        numeric(0, 0xC000, 0, &[]),
+    ] {
+        let (body, hits) = row(&mut plan, &[&keep, &num, b"x"]);
+        assert_eq!(hits, vec![(1, 1)], "{keep:?}");
+        assert_eq!(&body[6..6 + keep.len()], &keep[..]);
+    }
+}
