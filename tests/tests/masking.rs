@@ -4286,8 +4286,19 @@ async fn rows_before_an_unannounced_encoding_switch_are_masked() {
     use sluice_tests::wire::query_bytes;
     let pg = Pg::shared();
     let key = ApiKey::shared();
-    let gw = Gateway::start_with(&GatewayConfig::standard(pg, key));
     let card = "4111111111111111";
+    // (Made before the gateway starts, so that its catalog read knows it:
+    // a newer table's columns take the strongest name rule.)
+    let t = "mk_enc_rows";
+    pg.direct()
+        .await
+        .batch_execute(&format!(
+            "drop table if exists {t}; create table {t} (id int, note text); \
+             insert into {t} values (1, 'カ{card} ok'), (2, 'password=aЬhunter2 end')"
+        ))
+        .await
+        .unwrap();
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, key));
     for (enc, ch) in [("SJIS", "カ"), ("BIG5", "乙"), ("GB18030", "😀")] {
         let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
             .await
@@ -4323,6 +4334,37 @@ async fn rows_before_an_unannounced_encoding_switch_are_masked() {
             "{enc}: {}",
             String::from_utf8_lossy(&e.body)
         );
+    }
+    // A switch undone before the Query ends is never reported (a local
+    // setting, a rolled-back SET): the session goes on, and only the
+    // scan protects the rows sent meanwhile. SJIS `Ь` (84 5D) would end a
+    // named value early. (The values come from a table: a ruled word in
+    // the statement would mask its computed columns whole.)
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    for sql in [
+        format!(
+            "select set_config('client_encoding', 'SJIS', true) as e, note from {t} order by id"
+        ),
+        format!(
+            "begin; set local client_encoding to 'SJIS'; select note from {t} order by id; commit"
+        ),
+    ] {
+        s.raw.send(&query_bytes(&sql)).await.unwrap();
+        let msgs = wire_answer(&mut s).await;
+        let rows: Vec<String> = msgs
+            .iter()
+            .filter(|m| m.tag == b'D')
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        assert_eq!(rows.len(), 2, "{sql}: {msgs:?}");
+        assert!(
+            !rows[0].contains(card) && rows[0].contains("************1111 ok"),
+            "{sql}: {rows:?}"
+        );
+        assert!(!rows[1].contains("hunter2"), "{sql}: {rows:?}");
+        assert!(!msgs.iter().any(|m| m.tag == b'E'), "{sql}: {msgs:?}");
     }
 }
 
@@ -4689,6 +4731,12 @@ async fn errors_that_echo_ruled_values_unquoted_are_masked() {
         format!("select ('a.b.c.' || api_secret)::regtype from {t}"),
         format!("insert into {t}_k select api_secret from {t}"),
         format!("select {t}_f(api_secret) from {t}"),
+        // SQL run from text names what it read, unquoted.
+        format!("select query_to_xml('select ' || api_secret || '()', true, false, '') from {t}"),
+        format!(
+            "select query_to_xml('select t.' || api_secret || ' from {t} t', true, false, '') \
+             from {t}"
+        ),
     ] {
         // (Sanity: directly, the error has the value.)
         let e = direct.simple_query(&sql).await.expect_err(&sql);
@@ -4698,6 +4746,16 @@ async fn errors_that_echo_ruled_values_unquoted_are_masked() {
         let text = format!("{:?}", e.as_db_error().expect("a server error"));
         assert!(!text.contains("hunter2"), "{sql}: {text}");
     }
+    // A type error keeps its operator (no value in it).
+    let e = via
+        .simple_query(&format!("select 1 from {t} where api_secret = 1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err_text(&e).contains("operator does not exist: text = integer"),
+        "{}",
+        err_text(&e)
+    );
     // Statements that name no ruled column keep these messages.
     let e = via.simple_query("select 'abc'::json").await.unwrap_err();
     assert!(

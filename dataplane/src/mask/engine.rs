@@ -448,20 +448,88 @@ fn next_high(v: &[u8], from: usize) -> Option<usize> {
         .map(|k| i + k)
 }
 
-/// Whether making `v[i]` (a byte a multi-byte character may end with)
-/// non-ASCII can let a detector find what starts after it, as
-/// [`Engine::mask_shifted`] reads: a digit (GB18030 and JOHAB end
-/// characters with digits) or a digit, `+` or `(` after it (numbers,
-/// phones), or a word of five or more token characters after it (keys,
-/// tokens, IBANs, `Bearer`, `password=`). The rest (`ü` then `ller`) ends
-/// no detector's boundary; skipping it keeps accented text at one scan.
+/// Whether `v[i]` may be the ASCII byte that ends a multi-byte character
+/// of a client encoding the gateway was not told of: a byte `0x40..=0x7e`
+/// after one `>= 0x81` (the second byte of an SJIS, BIG5, GBK, UHC or
+/// JOHAB character: `カ` is SJIS `83 4A`), a byte `0x31..=0x3f` after a
+/// JOHAB symbol's first byte (`0xd8..=0xf9`), or a digit in the second or
+/// fourth place of a GB18030 four-byte character (high, digit, high,
+/// digit). The last two never occur in UTF-8 text, so a digit after an
+/// accented letter there keeps its place.
+#[inline]
+fn hidden(v: &[u8], i: usize) -> bool {
+    if i == 0 {
+        return false;
+    }
+    let (p, b) = (v[i - 1], v[i]);
+    let hi = |k: usize| (0x81..=0xfe).contains(&v[k]);
+    let digit = |k: usize| v[k].is_ascii_digit();
+    (p >= 0x81 && (0x40..=0x7e).contains(&b))
+        || ((0xd8..=0xf9).contains(&p) && (0x31..=0x3f).contains(&b))
+        || (b.is_ascii_digit()
+            && hi(i - 1)
+            && ((i + 2 < v.len() && hi(i + 1) && digit(i + 2))
+                || (i >= 3 && hi(i - 3) && digit(i - 2))))
+}
+
+/// Whether reading the hidden byte `v[i]` (see [`hidden`]) as part of a
+/// character can change what the detectors find: always for one that is
+/// not a letter (a `]`, `}` or `;` ends a named value early: SJIS `Ь` is
+/// `84 5D`; a digit of GB18030), and for a letter when a digit, `+` or `(`
+/// follows, or a word that has five or more token characters, or a digit,
+/// or ends in `=`/`:` (`DE89 3704…`, `ssn=…`, keys, `Bearer`). The rest
+/// (`ü` then `ller`) ends no detector's boundary; skipping it keeps
+/// accented text at one scan.
 #[inline]
 fn shift_matters(v: &[u8], i: usize) -> bool {
-    let word = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
-    v[i].is_ascii_digit()
-        || v.get(i + 1)
-            .is_some_and(|&b| b.is_ascii_digit() || b == b'+' || b == b'(')
-        || v[i + 1..].iter().take(5).take_while(|&&b| word(b)).count() == 5
+    if !v[i].is_ascii_alphabetic() {
+        return true;
+    }
+    let token = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let rest = &v[i + 1..];
+    if rest
+        .first()
+        .is_some_and(|&b| b.is_ascii_digit() || b == b'+' || b == b'(')
+    {
+        return true;
+    }
+    let word = rest.iter().take(8).take_while(|&&b| token(b)).count();
+    word >= 5
+        || rest[..word].iter().any(u8::is_ascii_digit)
+        || matches!(rest.get(word), Some(b'=' | b':'))
+}
+
+/// `value` as a client in an unannounced multi-byte encoding reads it:
+/// each [`hidden`] byte made `0x80`, a non-ASCII byte as the character it
+/// ends is; `None` when no hidden byte [`shift_matters`]. PostgreSQL 14 and
+/// later report a new `client_encoding` only at the end of a Query, and not
+/// at all when it is undone before then (`set_config(…, true)`, `SET
+/// LOCAL`, a rolled-back `SET`), so rows can arrive in SJIS, BIG5, GBK,
+/// UHC, GB18030 or JOHAB while the gateway reads UTF-8; the gateway
+/// refuses those encodings (see `ascii_safe_encoding`) where it sees them.
+/// The view is scanned too, after the value's own pass
+/// ([`Engine::mask_shifted`]): every byte the client may show as ASCII
+/// is then read with the boundaries the client sees. Only values with a
+/// high byte get here (`any_high`).
+fn shifted_view(value: &[u8]) -> Option<Vec<u8>> {
+    // (Only the bytes after high ones: word by word to the next.)
+    let mut at = 0;
+    let needed = loop {
+        match next_high(value, at) {
+            Some(p) if p + 1 < value.len() => {
+                if hidden(value, p + 1) && shift_matters(value, p + 1) {
+                    break true;
+                }
+                at = p + 1;
+            }
+            _ => break false,
+        }
+    };
+    needed.then(|| {
+        (0..value.len())
+            .map(|i| if hidden(value, i) { 0x80 } else { value[i] })
+            .collect()
+    })
 }
 
 /// Whether a value long enough for a token may be an array or composite
@@ -1002,6 +1070,29 @@ impl Engine {
         if value.is_empty() {
             return 0;
         }
+        if (self.any_builtin || self.custom) && any_high(value) {
+            return self.mask_counted_high(value, hits);
+        }
+        self.mask_counted_ascii(value, hits)
+    }
+
+    /// [`Engine::mask_counted`] of a value with a byte `>= 0x80`: also as
+    /// an unannounced multi-byte client encoding shows it (see
+    /// [`shifted_view`]), the view taken before the first pass masks
+    /// anything.
+    #[cold]
+    #[inline(never)]
+    fn mask_counted_high(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
+        let view = shifted_view(value);
+        let mut n = self.mask_counted_ascii(value, hits);
+        if let Some(view) = view {
+            n += self.mask_shifted(value, &view, hits);
+        }
+        n
+    }
+
+    #[inline(always)]
+    fn mask_counted_ascii(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
         let mut n = 0;
         // (Name rules first: a member they mask whole is not counted again
         // by a detector.)
@@ -1021,77 +1112,29 @@ impl Engine {
         if self.custom {
             n += self.mask_custom(value, hits);
         }
-        if (self.any_builtin || self.custom) && any_high(value) {
-            n += self.mask_shifted(value, hits);
-        }
         n
     }
 
-    /// The detectors over `value` again as a client in a multi-byte
-    /// encoding whose characters hold ASCII bytes may read it (SJIS, BIG5,
-    /// GBK, UHC, GB18030, JOHAB: a character's second or fourth byte can
-    /// be a letter, `@` or a digit): every byte `0x30..=0x7e` right after a
-    /// byte `>= 0x80` made a non-ASCII byte, as the character it may end
-    /// is. Read byte by byte, `カ` in SJIS (`83 4A`) glues a `J` to the
-    /// card number after it, which the client shows on its own; the
-    /// gateway refuses these encodings (see `ascii_safe_encoding`), but
-    /// PostgreSQL 14 and later say a switch only at the end of the Query
-    /// (a `SET` earlier in it, or a function that calls `set_config`), so
-    /// rows can arrive in one unannounced. Every such byte the client may
-    /// see either way: a span found in this view is masked too (in UTF-8
-    /// text it is the first character after a non-ASCII one, which at
-    /// worst masks a value glued to a letter). Values already masked by
-    /// the first pass are not found again. Cold: only values with
-    /// non-ASCII bytes.
+    /// The detectors over `view` (see [`shifted_view`], taken from
+    /// `value` before its first pass), their finds masked in `value` too.
+    /// Counted only when this view masks something the first pass did not
+    /// (a value both find is counted once).
     #[cold]
     #[inline(never)]
-    fn mask_shifted(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
-        let hidden =
-            |v: &[u8], i: usize| i > 0 && v[i - 1] >= 0x80 && (0x30..=0x7e).contains(&v[i]);
-        // (Only the bytes after high ones: word by word to the next.)
-        let mut at = 0;
-        let found = loop {
-            match next_high(value, at) {
-                Some(p) if p + 1 < value.len() => {
-                    if hidden(value, p + 1) && shift_matters(value, p + 1) {
-                        break true;
-                    }
-                    at = p + 1;
-                }
-                _ => break false,
-            }
-        };
-        if !found {
-            return 0;
-        }
-        const STACK: usize = 256;
-        let (mut a, mut b) = ([0u8; STACK], [0u8; STACK]);
-        let mut heap = Vec::new();
-        let n = value.len();
-        let (view, scanned) = if n <= STACK {
-            (&mut a[..n], &mut b[..n])
-        } else {
-            heap.resize(2 * n, 0);
-            heap.split_at_mut(n)
-        };
-        for i in 0..n {
-            view[i] = if hidden(value, i) { 0x80 } else { value[i] };
-        }
-        scanned.copy_from_slice(view);
-        // (Counted only when this view masks something the first did not:
-        // a value both find is counted once.)
+    fn mask_shifted(&self, value: &mut [u8], view: &[u8], hits: &mut Hits) -> u32 {
+        let mut scanned = view.to_vec();
         let mut found = Hits::new();
         let mut k = 0;
         if self.any_builtin {
-            k += self.scan_builtin(scanned, &mut found);
+            k += self.scan_builtin(&mut scanned, &mut found);
         }
         if self.custom {
-            k += self.mask_custom(scanned, &mut found);
+            k += self.mask_custom(&mut scanned, &mut found);
         }
         let mut changed = false;
-        for i in 0..n {
-            if scanned[i] != view[i] {
-                value[i] = scanned[i];
+        for ((v, &s), &w) in value.iter_mut().zip(&scanned).zip(view) {
+            if s != w && *v != s {
+                *v = s;
                 changed = true;
             }
         }
@@ -1199,6 +1242,19 @@ impl Engine {
         json: bool,
     ) -> u32 {
         let mut n = 0;
+        // (The views of cells with high bytes, before anything is masked:
+        // see `mask_counted_high`.)
+        let mut views = Vec::new();
+        if self.any_builtin || self.custom {
+            for (ri, r) in regions.iter().enumerate() {
+                let cell = &buf[r.start as usize..r.end as usize];
+                if any_high(cell) {
+                    if let Some(v) = shifted_view(cell) {
+                        views.push((ri, v));
+                    }
+                }
+            }
+        }
         // (Name rules first, as in `mask_counted`: a cell masks the same in
         // a row as alone.)
         if self.json_walk && json {
@@ -1248,19 +1304,16 @@ impl Engine {
                 n += k;
             }
         }
-        if self.any_builtin || self.custom {
-            for (ri, (r, c)) in regions.iter().zip(counts.iter_mut()).enumerate() {
-                let cell = &mut buf[r.start as usize..r.end as usize];
-                if any_high(cell) {
-                    let logged = hits.log_len();
-                    let k = self.mask_shifted(cell, hits);
-                    for h in hits.logged_since(logged) {
-                        h.at = ri as u32;
-                    }
-                    *c += k;
-                    n += k;
-                }
+        for (ri, view) in views {
+            let r = regions[ri];
+            let cell = &mut buf[r.start as usize..r.end as usize];
+            let logged = hits.log_len();
+            let k = self.mask_shifted(cell, &view, hits);
+            for h in hits.logged_since(logged) {
+                h.at = ri as u32;
             }
+            counts[ri] += k;
+            n += k;
         }
         n
     }

@@ -329,6 +329,9 @@ pub struct RowPlan {
     /// The `int8` and `numeric` columns no rule names, in order: a card
     /// number stored (or cast) as a number (see [`mask_number`]).
     numbers: Vec<u32>,
+    /// Scratch for one row: the cells of `numbers` long enough to hold a
+    /// card (column, start, end), as [`detect_regions`] finds them.
+    number_cells: Vec<(u32, u32, u32)>,
     work: bool,
     rewrites: bool,
     /// Some column is shown as `text` ([`RowPlan::retype_description`]).
@@ -575,6 +578,8 @@ impl RowPlan {
         self.scan_from
             .extend(self.cols.iter().map(|c| match c.plan {
                 ColumnPlan::Detect { from } => u32::from(from),
+                _ if is_number(c) && c.format == 0 => NUMBER_TEXT,
+                _ if is_number(c) => NUMBER_BINARY,
                 _ => NO_SCAN,
             }));
         self.scan_only = self
@@ -743,6 +748,11 @@ pub enum RowOutcome {
 /// [`RowPlan`]'s `scan_from` for a column that is not scanned.
 const NO_SCAN: u32 = u32::MAX;
 
+/// [`RowPlan`]'s `scan_from` for a column [`mask_number`] looks at (not
+/// scanned as text either), in text and in binary form.
+const NUMBER_TEXT: u32 = u32::MAX - 1;
+const NUMBER_BINARY: u32 = u32::MAX - 2;
+
 /// The column walk of [`mask_data_row`] for a plan whose columns are all
 /// `Skip` or `Detect` (`scan_from`: one entry per column, as many as the
 /// row has): the cells to scan go to `regions` and their columns to
@@ -757,6 +767,7 @@ fn detect_regions(
     regions: &mut [Region],
     cols: &mut [u32],
     json: &mut bool,
+    numbers: &mut Vec<(u32, u32, u32)>,
 ) -> Result<usize, RowError> {
     const E: RowError = RowError::Malformed("DataRow");
     let mut at = 2;
@@ -767,6 +778,10 @@ fn detect_regions(
         at += 4;
         let len = len.max(0) as usize;
         let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
+        // (A number long enough for a card: see `mask_number`.)
+        if (from == NUMBER_TEXT && len >= 13) || (from == NUMBER_BINARY && len >= 8) {
+            numbers.push((i as u32, at as u32, end as u32));
+        }
         let from = (from as usize).min(len);
         *regions.get_mut(k).ok_or(E)? = Region {
             start: (at + from) as u32,
@@ -802,32 +817,72 @@ fn mask_numbers(
 ) -> Result<bool, RowError> {
     const E: RowError = RowError::Malformed("DataRow");
     let mut changed = false;
-    let mut at = 2;
-    let mut next = 0;
-    for i in 0..plan.cols.len() {
-        let Some(&want) = plan.numbers.get(next) else {
-            break;
-        };
-        let len = be_i32(body.get(at..at + 4).ok_or(E)?);
-        at += 4;
-        let len = len.max(0) as usize;
-        let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
-        if i as u32 == want {
-            next += 1;
-            let c = &plan.cols[i];
-            let logged = hits.log_len();
-            let n = mask_number(engine, c.oid, c.format, &mut body[at..end], hits);
-            if n > 0 {
-                for h in hits.logged_since(logged) {
-                    h.at = i as u32;
-                }
-                plan.column_hits[i] += u64::from(n);
-                changed = true;
-            }
+    let (mut at, mut col) = (2usize, 0usize);
+    for k in 0..plan.numbers.len() {
+        let want = plan.numbers[k] as usize;
+        // (Past the cells before it: their length words only.)
+        while col < want {
+            let len = be_i32(body.get(at..at + 4).ok_or(E)?);
+            at += 4 + len.max(0) as usize;
+            col += 1;
         }
+        let len = be_i32(body.get(at..at + 4).ok_or(E)?).max(0) as usize;
+        at += 4;
+        let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
+        changed |= number_cell(engine, plan, want, &mut body[at..end], hits);
         at = end;
+        col += 1;
     }
     Ok(changed)
+}
+
+/// [`mask_number`] over the cells [`detect_regions`] found for
+/// `numbers`. Whether one changed.
+#[inline(never)]
+fn mask_number_cells(
+    engine: &Engine,
+    plan: &mut RowPlan,
+    body: &mut [u8],
+    hits: &mut Hits,
+) -> bool {
+    let mut changed = false;
+    for k in 0..plan.number_cells.len() {
+        let (c, s, e) = plan.number_cells[k];
+        changed |= number_cell(
+            engine,
+            plan,
+            c as usize,
+            &mut body[s as usize..e as usize],
+            hits,
+        );
+    }
+    changed
+}
+
+/// One cell of number column `col` through [`mask_number`], its hits
+/// counted on the column.
+fn number_cell(
+    engine: &Engine,
+    plan: &mut RowPlan,
+    col: usize,
+    cell: &mut [u8],
+    hits: &mut Hits,
+) -> bool {
+    let c = &plan.cols[col];
+    // (Too short for 13 digits: most amounts and ids.)
+    if cell.len() < if c.format == 0 { 13 } else { 8 } {
+        return false;
+    }
+    let logged = hits.log_len();
+    let n = mask_number(engine, c.oid, c.format, cell, hits);
+    if n == 0 {
+        return false;
+    }
+    for h in hits.logged_since(logged) {
+        h.at = col as u32;
+    }
+    plan.column_hits[col] += u64::from(n);
+    true
 }
 
 /// A card number stored or cast as a number (`int8`, `numeric`: `select
@@ -1084,25 +1139,31 @@ pub fn mask_data_row(
         plan.region_hits.resize(n, 0);
     }
     let mut numbers_changed = false;
-    if !plan.numbers.is_empty() && engine.detects() {
-        numbers_changed = mask_numbers(engine, plan, body, hits)?;
-    }
     // (Whether a region may hold a JSON document: known exactly on the
     // common path; the other path lets `mask_regions` look at each.)
     let mut json = true;
     let walk = if plan.scan_only && plan.scan_from.len() == n {
+        plan.number_cells.clear();
+        let regions = detect_regions(
+            &plan.scan_from,
+            body,
+            &mut plan.regions,
+            &mut plan.region_cols,
+            &mut json,
+            &mut plan.number_cells,
+        )?;
+        if !plan.number_cells.is_empty() && engine.detects() {
+            numbers_changed = mask_number_cells(engine, plan, body, hits);
+        }
         Walk {
-            regions: detect_regions(
-                &plan.scan_from,
-                body,
-                &mut plan.regions,
-                &mut plan.region_cols,
-                &mut json,
-            )?,
+            regions,
             changed: false,
             rewrite: false,
         }
     } else {
+        if !plan.numbers.is_empty() && engine.detects() {
+            numbers_changed = mask_numbers(engine, plan, body, hits)?;
+        }
         walk_columns(engine, plan, body, hits)?
     };
     let (k, mut changed, rewrite) = (walk.regions, walk.changed || numbers_changed, walk.rewrite);
@@ -1392,6 +1453,13 @@ pub fn mask_error_values(
     let xml = fields
         .iter()
         .any(|&(c, s, e)| c == b'C' && matches!(&body[s..e], b"2200M" | b"2200N"));
+    // (An operator name read from a value, not `text = integer`.)
+    let reg_operator = fields
+        .iter()
+        .any(|&(c, s, e)| c == b'R' && matches!(&body[s..e], b"regoperin" | b"regoperatorin"));
+    // (SQL run from text, `query_to_xml`'s or EXECUTE's, names what it read
+    // without quotes: `function <value>() does not exist`.)
+    let internal = fields.iter().any(|&(c, _, _)| c == b'q');
     // Every byte of `v` the mask character; whether one changed (a value
     // masked already is not counted again).
     let whole = |v: &mut [u8]| {
@@ -1419,7 +1487,7 @@ pub fn mask_error_values(
             continue;
         };
         let changed = match code {
-            b'M' | b'D' | b'H' if raise => whole(f),
+            b'M' | b'D' | b'H' if raise || internal => whole(f),
             // The internal query of a dynamic statement (its literals).
             b'q' => whole(f),
             // From the first double quote to the last: a value may hold
@@ -1430,7 +1498,7 @@ pub fn mask_error_values(
                     _ => None,
                 };
                 let mut spans = Vec::new();
-                unquoted_values(code, f, xml, &mut spans);
+                unquoted_values(code, f, xml, reg_operator, &mut spans);
                 let mut changed = false;
                 for (a, b) in quoted.into_iter().chain(spans) {
                     changed |= whole(&mut f[a..b]);
@@ -1454,12 +1522,19 @@ pub fn mask_error_values(
 /// line); a `Key (…)=(…)` detail's values (of columns no rule names:
 /// `insert into t(name) select password …`); PL/pgSQL's
 /// `print_strict_params` detail (`parameters: t = '…'`); and messages that
-/// end with a name parsed from the value (`operator does not exist: …`,
-/// `improper qualified name (too many dotted names): …`). Spans of `f`
-/// pushed to `out`.
-fn unquoted_values(code: u8, f: &[u8], xml: bool, out: &mut Vec<(usize, usize)>) {
+/// end with a name parsed from the value (`operator does not exist: …` of
+/// `regoperin`, `reg_operator`, not of `text = integer`; `improper
+/// qualified name (too many dotted names): …`). Spans of `f` pushed to
+/// `out`.
+fn unquoted_values(
+    code: u8,
+    f: &[u8],
+    xml: bool,
+    reg_operator: bool,
+    out: &mut Vec<(usize, usize)>,
+) {
+    const OPERATOR: &[u8] = b"operator does not exist: ";
     const MESSAGES: &[&[u8]] = &[
-        b"operator does not exist: ",
         b"improper relation name (too many dotted names): ",
         b"improper qualified name (too many dotted names): ",
         b"cross-database references are not implemented: ",
@@ -1491,6 +1566,8 @@ fn unquoted_values(code: u8, f: &[u8], xml: bool, out: &mut Vec<(usize, usize)>)
         b'M' => {
             if let Some(p) = MESSAGES.iter().find(|p| f.starts_with(p)) {
                 out.push((p.len(), f.len()));
+            } else if reg_operator && f.starts_with(OPERATOR) {
+                out.push((OPERATOR.len(), f.len()));
             }
         }
         _ => {}

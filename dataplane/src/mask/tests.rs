@@ -2812,6 +2812,36 @@ fn values_after_characters_that_end_in_ascii_bytes() {
     }
     // Glued to a letter that is not the end of a character: not a card.
     assert_eq!(m("J4111111111111111"), "J4111111111111111");
+    // A trail byte that ends a named value early (SJIS `Ь` = 84 5D, BIG5
+    // `β` = A3 5D): the view is taken before the first pass masks the
+    // lead byte.
+    let e = engine();
+    for cell in [
+        &b"note: password=a\x84]hunter2 end"[..],
+        b"secret: Tr0ub\x81}adorX;",
+        b"pwd=ab\xa3]%Zx9",
+    ] {
+        let mut v = cell.to_vec();
+        e.mask_counted(&mut v, &mut Hits::new());
+        let s = String::from_utf8_lossy(&v);
+        assert!(
+            !s.contains("hunter2") && !s.contains("adorX") && !s.contains("Zx9"),
+            "{s}"
+        );
+    }
+    // A short word after the trail byte: a grouped IBAN, `ssn=`.
+    for (cell, gone) in [
+        (&b"\x83JDE89 3704 0044 0532 0130 00"[..], "0532 0130"),
+        (b"\x83Jssn=123456789", "123456789"),
+    ] {
+        let mut v = cell.to_vec();
+        e.mask_counted(&mut v, &mut Hits::new());
+        assert!(!String::from_utf8_lossy(&v).contains(gone), "{v:?}");
+    }
+    // UTF-8 text keeps the digits after a character (no GB18030 shape).
+    for s in ["订单14111111111111111", "番号1123-45-6789", "2024年1月2日"] {
+        assert_eq!(m(s), s);
+    }
 }
 
 /// A card number in an `int8` or `numeric` column (stored so, or cast:
