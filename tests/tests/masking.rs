@@ -4867,4 +4867,9 @@ async fn card_numbers_in_number_columns_are_masked() {
     assert_eq!(r[0].get::<_, i64>(1), 4444);
     assert_eq!(r[0].get::<_, i64>(2), 1111);
     assert_eq!(r[0].get::<_, String>(3), "************1111");
+    // Binary COPY: the int8 field in place.
+    let sql = format!("copy (select id, pan8 from {t}) to stdout (format binary)");
+    let out = copy_out(&c, &sql).await.unwrap();
+    let find = |v: i64| out.windows(8).any(|w| w == v.to_be_bytes());
+    assert!(!find(5555555555554444) && find(4444) && find(4111111111111111003));
 }

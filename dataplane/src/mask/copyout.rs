@@ -1244,9 +1244,13 @@ pub fn mask_binary_copy_row(
                     // text: scanned after the byte, as in a DataRow, so
                     // that the JSON name rules and whole-value tokens see
                     // the document.)
-                    let jsonb = cols.and_then(|c| c.get(f)).is_some_and(|c| c.oid == JSONB)
-                        && payload[i..end].first() == Some(&1);
+                    let oid = cols.and_then(|c| c.get(f)).map(|c| c.oid);
+                    let jsonb = oid == Some(JSONB) && payload[i..end].first() == Some(&1);
                     engine.mask_counted(&mut payload[i + jsonb as usize..end], hits);
+                    // (A card number kept as a number: see `mask_number`.)
+                    if let Some(o @ (20 | 1700)) = oid {
+                        super::rows::mask_number(engine, o, 1, &mut payload[i..end], hits);
+                    }
                 }
             }
             Some((r, _)) => {
@@ -1722,6 +1726,35 @@ mod tests {
         ]);
         assert_eq!(String::from_utf8_lossy(&p), String::from_utf8_lossy(&want));
         assert_eq!(hits.total(), 2);
+    }
+
+    /// A card number in a binary `int8` field: its masked digits become 0
+    /// (see `rows::mask_number`), in place.
+    #[test]
+    fn binary_copy_masks_card_numbers_kept_as_numbers() {
+        let e = engine();
+        let mut c = cols(&e, &["id", "pan"]);
+        c[0].oid = 20;
+        c[1].oid = 20;
+        let tuple = |vals: &[i64]| {
+            let mut p = (vals.len() as i16).to_be_bytes().to_vec();
+            for v in vals {
+                p.extend_from_slice(&8i32.to_be_bytes());
+                p.extend_from_slice(&v.to_be_bytes());
+            }
+            p
+        };
+        let mut p = tuple(&[7, 4111111111111111]);
+        let (mut hits, mut out) = (Hits::new(), Vec::new());
+        assert!(!mask_binary_copy_row(
+            &e,
+            Some(&c),
+            &mut p,
+            &mut hits,
+            &mut out
+        ));
+        assert_eq!(p, tuple(&[7, 1111]));
+        assert_eq!(hits.total(), 1);
     }
 
     #[test]
