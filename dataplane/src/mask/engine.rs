@@ -494,9 +494,16 @@ fn shift_matters(v: &[u8], i: usize) -> bool {
         return true;
     }
     let word = rest.iter().take(8).take_while(|&&b| token(b)).count();
+    // (A key may have up to eight blanks before its `=`/`:`, as
+    // `named::assignment` reads it: `ssn = …`.)
+    let blanks = rest[word..]
+        .iter()
+        .take(8)
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
     word >= 5
         || rest[..word].iter().any(u8::is_ascii_digit)
-        || matches!(rest.get(word), Some(b'=' | b':'))
+        || matches!(rest.get(word + blanks), Some(b'=' | b':'))
 }
 
 /// `value` as a client in an unannounced multi-byte encoding reads it:
@@ -957,6 +964,12 @@ impl Engine {
     /// Whether any detector (built-in or custom) scans values.
     pub fn detects(&self) -> bool {
         self.any_builtin || !self.literals.is_empty() || !self.regexes.is_empty()
+    }
+
+    /// Whether the profile has custom literal lists or regexes (which may
+    /// match anything).
+    pub(crate) fn has_custom(&self) -> bool {
+        self.custom
     }
 
     pub fn kernel(&self) -> Kernel {
