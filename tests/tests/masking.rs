@@ -4867,6 +4867,10 @@ async fn card_numbers_in_number_columns_are_masked() {
     assert_eq!(r[0].get::<_, i64>(1), 4444);
     assert_eq!(r[0].get::<_, i64>(2), 1111);
     assert_eq!(r[0].get::<_, String>(3), "************1111");
+    // A binary int8[] (its elements).
+    let sql = format!("select array[id, pan8] from {t}");
+    let r = c.query(sql.as_str(), &[]).await.unwrap();
+    assert_eq!(r[0].get::<_, Vec<i64>>(0), vec![4111111111111111003, 4444]);
     // Binary COPY: the int8 field in place.
     let sql = format!("copy (select id, pan8 from {t}) to stdout (format binary)");
     let out = copy_out(&c, &sql).await.unwrap();

@@ -276,6 +276,9 @@ fn plan_for(
 ) -> ColumnPlan {
     let kind = kind(oid, format);
     match (rule, kind) {
+        // (Binary `int8[]`/`numeric[]`: no text in them; their elements go
+        // through `mask_number`.)
+        (None, _) if format != 0 && matches!(oid, INT8_ARRAY | NUMERIC_ARRAY) => ColumnPlan::Skip,
         (None, Kind::Text | Kind::Structured) if engine.detects() => ColumnPlan::Detect { from: 0 },
         (None, Kind::JsonbBinary) if engine.detects() => ColumnPlan::Detect { from: 1 },
         (None, _) => ColumnPlan::Skip,
@@ -804,10 +807,14 @@ fn detect_regions(
 fn is_number(c: &Column) -> bool {
     // (`AsText`: a statement described under a rule, whose client was told
     // `text`, printed after the rule is gone: masked before printing.)
-    matches!(c.oid, 20 | 1700)
+    (matches!(c.oid, 20 | 1700) || (c.format != 0 && matches!(c.oid, INT8_ARRAY | NUMERIC_ARRAY)))
         && c.rule.is_none()
         && matches!(c.plan, ColumnPlan::Skip | ColumnPlan::AsText)
 }
+
+/// Oids of `int8[]` and `numeric[]`.
+const INT8_ARRAY: u32 = 1016;
+const NUMERIC_ARRAY: u32 = 1231;
 
 /// The `int8`/`numeric` cells of a row ([`RowPlan`]'s `numbers`) through
 /// [`mask_number`]; hits counted on their columns. Whether one changed.
@@ -1017,6 +1024,32 @@ pub(super) fn mask_number(
                 }
             }
             hit
+        }
+        // A binary array: dimensions, flags, element oid, a (length, lower
+        // bound) pair per dimension, then each element's length and bytes.
+        (INT8_ARRAY | NUMERIC_ARRAY, 1) => {
+            let word = |c: &[u8], i: usize| c.get(i..i + 4).map(be_i32);
+            let (Some(ndim), Some(elem)) = (word(cell, 0), word(cell, 8)) else {
+                return 0;
+            };
+            let elem = elem as u32;
+            if !(0..=6).contains(&ndim) || !matches!(elem, 20 | 1700) {
+                return 0;
+            }
+            let mut at = 12 + 8 * ndim as usize;
+            let mut n = 0;
+            while let Some(len) = word(cell, at) {
+                at += 4;
+                if len < 0 {
+                    continue;
+                }
+                let Some(end) = at.checked_add(len as usize).filter(|&e| e <= cell.len()) else {
+                    break;
+                };
+                n += mask_number(engine, elem, 1, &mut cell[at..end], hits);
+                at = end;
+            }
+            n
         }
         _ => 0,
     }

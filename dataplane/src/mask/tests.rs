@@ -2962,6 +2962,24 @@ fn card_numbers_told_text_and_spaced_keys() {
         cells_of_frame(&out),
         vec![Some(b"1111".to_vec()), Some(7i64.to_be_bytes().to_vec())]
     );
+    // A binary int8[]: its elements.
+    let mut plan = RowPlan::new();
+    plan.describe(&e, &rd(&[("pans", 1016, 1)])).unwrap();
+    let arr = |vals: &[i64]| {
+        let mut a = Vec::new();
+        for w in [1i32, 0, 20, vals.len() as i32, 1] {
+            a.extend_from_slice(&w.to_be_bytes());
+        }
+        for v in vals {
+            a.extend_from_slice(&8i32.to_be_bytes());
+            a.extend_from_slice(&v.to_be_bytes());
+        }
+        a
+    };
+    let mut body = row(&[Some(&arr(&[7, 4111111111111111])[..])]);
+    let outcome = mask_data_row(&e, &mut plan, &mut body, &mut Hits::new(), &mut out).unwrap();
+    assert_eq!(outcome, RowOutcome::MaskedInPlace);
+    assert_eq!(body, row(&[Some(&arr(&[7, 1111])[..])]));
     for cell in [&b"\x83Nssn = 123456789"[..], b"\x83Nssn\t: 123456789"] {
         let mut v = cell.to_vec();
         e.mask_counted(&mut v, &mut Hits::new());
