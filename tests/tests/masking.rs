@@ -4871,6 +4871,16 @@ async fn card_numbers_in_number_columns_are_masked() {
     let sql = format!("select array[id, pan8] from {t}");
     let r = c.query(sql.as_str(), &[]).await.unwrap();
     assert_eq!(r[0].get::<_, Vec<i64>>(0), vec![4111111111111111003, 4444]);
+    // Text and CSV COPY: digits zeroed, so the fields still load.
+    let sql = format!("copy (select id, pan8, pan from {t}) to stdout");
+    let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();
+    assert_eq!(
+        out,
+        "4111111111111111003\t0000000000004444\t0000000000001111\n"
+    );
+    let sql = format!("copy {t} (pan8, pan) to stdout (format csv)");
+    let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();
+    assert_eq!(out, "0000000000004444,0000000000001111\n");
     // Binary COPY: the int8 field in place.
     let sql = format!("copy (select id, pan8 from {t}) to stdout (format binary)");
     let out = copy_out(&c, &sql).await.unwrap();

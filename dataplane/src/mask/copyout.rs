@@ -1115,7 +1115,16 @@ pub fn mask_copy_row(
         match field_rule(engine, cols, i) {
             None => {
                 if engine.detects() {
-                    scan_field(engine, format, payload, s, &mut scratch.value, hits);
+                    // (A number column as in a DataRow: a card kept as a
+                    // number gets its masked digits made 0, so the field
+                    // still loads into its column, and other integers (a
+                    // random 64-bit id) stay; see `rows::mask_number`.)
+                    if let Some(o @ (20 | 1700)) = cols.and_then(|c| c.get(i)).map(|c| c.oid) {
+                        let v = &mut payload[s.value.0..s.value.1];
+                        super::rows::mask_number(engine, o, 0, v, hits);
+                    } else {
+                        scan_field(engine, format, payload, s, &mut scratch.value, hits);
+                    }
                 }
             }
             Some((r, action)) if !is_null(o, payload, s) => {

@@ -1667,7 +1667,12 @@ impl TargetMasker {
                 };
                 (self.copy_ruled, self.copy_cols) = match cols {
                     CopyCols::Detect => (false, None),
-                    CopyCols::Resolved(c) if Some(c.len()) == n => (any_rule(&c), Some(c)),
+                    // (Number columns too: a card kept as a number gets
+                    // its digits zeroed there, `mask_copy_row`.)
+                    CopyCols::Resolved(c) if Some(c.len()) == n => {
+                        let numbers = c.iter().any(|c| matches!(c.oid, 20 | 1700));
+                        (any_rule(&c) || numbers, Some(c))
+                    }
                     // Not answered, failed, or other columns than described
                     // (generated ones the catalog read did not name).
                     _ => (true, None),
