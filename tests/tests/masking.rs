@@ -4886,4 +4886,9 @@ async fn card_numbers_in_number_columns_are_masked() {
     let out = copy_out(&c, &sql).await.unwrap();
     let find = |v: i64| out.windows(8).any(|w| w == v.to_be_bytes());
     assert!(!find(5555555555554444) && find(4444) && find(4111111111111111003));
+    // … and an int8[] field's elements.
+    let sql = format!("copy (select array[id, pan8] from {t}) to stdout (format binary)");
+    let out = copy_out(&c, &sql).await.unwrap();
+    let find = |v: i64| out.windows(8).any(|w| w == v.to_be_bytes());
+    assert!(!find(5555555555554444) && find(4444) && find(4111111111111111003));
 }

@@ -1255,10 +1255,12 @@ pub fn mask_binary_copy_row(
                     // the document.)
                     let oid = cols.and_then(|c| c.get(f)).map(|c| c.oid);
                     let jsonb = oid == Some(JSONB) && payload[i..end].first() == Some(&1);
-                    engine.mask_counted(&mut payload[i + jsonb as usize..end], hits);
-                    // (A card number kept as a number: see `mask_number`.)
-                    if let Some(o @ (20 | 1700)) = oid {
+                    // (A card number kept as a number, alone or in an
+                    // array: see `mask_number`; no text in these.)
+                    if let Some(o @ (20 | 1700 | 1016 | 1231)) = oid {
                         super::rows::mask_number(engine, o, 1, &mut payload[i..end], hits);
+                    } else {
+                        engine.mask_counted(&mut payload[i + jsonb as usize..end], hits);
                     }
                 }
             }
