@@ -4871,6 +4871,25 @@ async fn card_numbers_in_number_columns_are_masked() {
     let sql = format!("select array[id, pan8] from {t}");
     let r = c.query(sql.as_str(), &[]).await.unwrap();
     assert_eq!(r[0].get::<_, Vec<i64>>(0), vec![4111111111111111003, 4444]);
+    // Binary ranges and multiranges (their bounds).
+    let sql = format!(
+        "select int8range(pan8, pan8 + 1), numrange(pan, pan + 1), \
+         int8multirange(int8range(id, id + 1), int8range(pan8, pan8 + 1)) from {t}"
+    );
+    let r = c.query(sql.as_str(), &[]).await.unwrap();
+    for i in 0..3 {
+        let Raw(Some(v)) = r[0].get::<_, Raw>(i) else {
+            panic!("NULL range");
+        };
+        assert!(
+            !v.windows(8).any(|w| w == 5555555555554444i64.to_be_bytes()),
+            "{i}: {v:?}"
+        );
+        // (numeric 4111111111111111: groups 4111 1111 1111 1111. The
+        // upper bounds, a card plus one, fail Luhn: no card.)
+        let groups = [0x10, 0x0f, 0x04, 0x57, 0x04, 0x57, 0x04, 0x57];
+        assert!(!v.windows(8).any(|w| w == groups), "{i}: {v:?}");
+    }
     // Text and CSV COPY: digits zeroed, so the fields still load.
     let sql = format!("copy (select id, pan8, pan from {t}) to stdout");
     let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();

@@ -1257,7 +1257,9 @@ pub fn mask_binary_copy_row(
                     let jsonb = oid == Some(JSONB) && payload[i..end].first() == Some(&1);
                     // (A card number kept as a number, alone or in an
                     // array: see `mask_number`; no text in these.)
-                    if let Some(o @ (20 | 1700 | 1016 | 1231)) = oid {
+                    if let Some(o) =
+                        oid.filter(|&o| matches!(o, 20 | 1700) || super::rows::number_container(o))
+                    {
                         super::rows::mask_number(engine, o, 1, &mut payload[i..end], hits);
                     } else {
                         engine.mask_counted(&mut payload[i + jsonb as usize..end], hits);

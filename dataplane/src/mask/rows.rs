@@ -278,7 +278,7 @@ fn plan_for(
     match (rule, kind) {
         // (Binary `int8[]`/`numeric[]`: no text in them; their elements go
         // through `mask_number`.)
-        (None, _) if format != 0 && matches!(oid, INT8_ARRAY | NUMERIC_ARRAY) => ColumnPlan::Skip,
+        (None, _) if format != 0 && number_container(oid) => ColumnPlan::Skip,
         (None, Kind::Text | Kind::Structured) if engine.detects() => ColumnPlan::Detect { from: 0 },
         (None, Kind::JsonbBinary) if engine.detects() => ColumnPlan::Detect { from: 1 },
         (None, _) => ColumnPlan::Skip,
@@ -807,7 +807,7 @@ fn detect_regions(
 fn is_number(c: &Column) -> bool {
     // (`AsText`: a statement described under a rule, whose client was told
     // `text`, printed after the rule is gone: masked before printing.)
-    (matches!(c.oid, 20 | 1700) || (c.format != 0 && matches!(c.oid, INT8_ARRAY | NUMERIC_ARRAY)))
+    (matches!(c.oid, 20 | 1700) || (c.format != 0 && number_container(c.oid)))
         && c.rule.is_none()
         && matches!(c.plan, ColumnPlan::Skip | ColumnPlan::AsText)
 }
@@ -815,6 +815,21 @@ fn is_number(c: &Column) -> bool {
 /// Oids of `int8[]` and `numeric[]`.
 const INT8_ARRAY: u32 = 1016;
 const NUMERIC_ARRAY: u32 = 1231;
+/// Oids of `int8range`, `numrange` and their multiranges.
+const INT8_RANGE: u32 = 3926;
+const NUM_RANGE: u32 = 3906;
+const INT8_MULTIRANGE: u32 = 4536;
+const NUM_MULTIRANGE: u32 = 4532;
+
+/// Whether a binary value of type `oid` holds `int8`/`numeric` values and
+/// no text: arrays, ranges and multiranges of them ([`mask_number`] walks
+/// them).
+pub(super) fn number_container(oid: u32) -> bool {
+    matches!(
+        oid,
+        INT8_ARRAY | NUMERIC_ARRAY | INT8_RANGE | NUM_RANGE | INT8_MULTIRANGE | NUM_MULTIRANGE
+    )
+}
 
 /// The `int8`/`numeric` cells of a row ([`RowPlan`]'s `numbers`) through
 /// [`mask_number`]; hits counted on their columns. Whether one changed.
@@ -1047,6 +1062,64 @@ pub(super) fn mask_number(
                     break;
                 };
                 n += mask_number(engine, elem, 1, &mut cell[at..end], hits);
+                at = end;
+            }
+            n
+        }
+        // A binary range: a flags byte, then each finite bound's length and
+        // bytes (none when empty).
+        (INT8_RANGE | NUM_RANGE, 1) => {
+            let elem = if oid == INT8_RANGE { 20 } else { 1700 };
+            let Some(&flags) = cell.first() else {
+                return 0;
+            };
+            const EMPTY: u8 = 0x01;
+            const LB_INF: u8 = 0x08;
+            const UB_INF: u8 = 0x10;
+            if flags & EMPTY != 0 {
+                return 0;
+            }
+            let mut at = 1;
+            let mut n = 0;
+            for inf in [LB_INF, UB_INF] {
+                if flags & inf != 0 {
+                    continue;
+                }
+                let Some(len) = cell.get(at..at + 4).map(be_i32) else {
+                    break;
+                };
+                at += 4;
+                let Some(end) = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| at.checked_add(l))
+                    .filter(|&e| e <= cell.len())
+                else {
+                    break;
+                };
+                n += mask_number(engine, elem, 1, &mut cell[at..end], hits);
+                at = end;
+            }
+            n
+        }
+        // A binary multirange: a count, then each range's length and bytes.
+        (INT8_MULTIRANGE | NUM_MULTIRANGE, 1) => {
+            let range = if oid == INT8_MULTIRANGE {
+                INT8_RANGE
+            } else {
+                NUM_RANGE
+            };
+            let mut at = 4;
+            let mut n = 0;
+            while let Some(len) = cell.get(at..at + 4).map(be_i32) {
+                at += 4;
+                let Some(end) = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| at.checked_add(l))
+                    .filter(|&e| e <= cell.len())
+                else {
+                    break;
+                };
+                n += mask_number(engine, range, 1, &mut cell[at..end], hits);
                 at = end;
             }
             n
