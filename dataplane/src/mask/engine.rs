@@ -547,6 +547,24 @@ fn may_list(v: &[u8]) -> bool {
     v.len() >= detect::WHOLE_MIN && matches!(v[0], b'{' | b'(' | b'[' | 0)
 }
 
+/// The length-prefixed value at `at` of a binary array, composite, range
+/// or multirange: its bytes (None for NULL) and where the next one
+/// starts; None past the end.
+pub(super) fn length_prefixed(
+    v: &[u8],
+    at: usize,
+) -> Option<(Option<std::ops::Range<usize>>, usize)> {
+    let len = crate::protocol::be_i32(v.get(at..at + 4)?);
+    let start = at + 4;
+    match usize::try_from(len) {
+        Err(_) => Some((None, start)),
+        Ok(len) => {
+            let end = start.checked_add(len).filter(|&e| e <= v.len())?;
+            Some((Some(start..end), end))
+        }
+    }
+}
+
 /// Calls `f` with each text item of a binary array (`ndim`, flags, element
 /// type, the dimensions, then each element's length and bytes) whose
 /// element type is text-like, `json` or `jsonb` (after its version byte),
@@ -561,16 +579,7 @@ fn binary_text_items(v: &mut [u8], mut f: impl FnMut(&mut [u8])) {
         _ => f(x),
     };
     let word = |v: &[u8], at: usize| v.get(at..at + 4).map(crate::protocol::be_i32);
-    // The length-prefixed value at `at`: its bytes (None for NULL) and
-    // where the next one starts; None past the end.
-    let value = |v: &[u8], at: usize| {
-        let len = word(v, at)?;
-        let start = at + 4;
-        match usize::try_from(len) {
-            Err(_) => Some((None, start)),
-            Ok(len) => (start + len <= v.len()).then_some((Some(start..start + len), start + len)),
-        }
-    };
+    let value = length_prefixed;
     let Some(first) = word(v, 0) else {
         return;
     };

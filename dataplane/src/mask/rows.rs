@@ -31,7 +31,7 @@
 
 use super::derived::{StatementText, Text};
 use super::detect;
-use super::engine::{Engine, Hits, Region, RuleId};
+use super::engine::{length_prefixed, Engine, Hits, Region, RuleId};
 use super::origins::ColumnOrigins;
 use super::profile::ColumnAction;
 use crate::protocol::tag;
@@ -329,11 +329,9 @@ pub struct RowPlan {
     /// Every column is `Skip` or `Detect`: rows take [`detect_regions`],
     /// the column walk without a branch per plan.
     scan_only: bool,
-    /// The `int8` and `numeric` columns no rule names, in order: a card
-    /// number stored (or cast) as a number (see [`mask_number`]).
-    numbers: Vec<u32>,
-    /// Scratch for one row: the cells of `numbers` long enough to hold a
-    /// card (column, start, end), as [`detect_regions`] finds them.
+    /// Scratch for one row: the cells of the number columns ([`is_number`])
+    /// long enough to hold a card (column, start, end), as
+    /// [`detect_regions`] finds them.
     number_cells: Vec<(u32, u32, u32)>,
     work: bool,
     rewrites: bool,
@@ -561,11 +559,10 @@ impl RowPlan {
     }
 
     fn finish(&mut self) {
-        self.numbers.clear();
-        self.numbers
-            .extend((0..self.cols.len() as u32).filter(|&i| is_number(&self.cols[i as usize])));
-        self.work =
-            self.cols.iter().any(|c| c.plan != ColumnPlan::Skip) || !self.numbers.is_empty();
+        self.work = self
+            .cols
+            .iter()
+            .any(|c| c.plan != ColumnPlan::Skip || is_number(c));
         self.rewrites = self.cols.iter().any(|c| c.plan.rewrites());
         self.retypes = self.cols.iter().any(|c| retyped(c.oid, c.rule));
         self.column_hits.clear();
@@ -803,7 +800,7 @@ fn detect_regions(
 }
 
 /// Whether column `c` is an `int8` or `numeric` one that no rule names
-/// and the detectors do not scan as text ([`mask_numbers`] looks at it).
+/// and the detectors do not scan as text ([`number_cell`] looks at it).
 fn is_number(c: &Column) -> bool {
     // (`AsText`: a statement described under a rule, whose client was told
     // `text`, printed after the rule is gone: masked before printing.)
@@ -831,39 +828,9 @@ pub(super) fn number_container(oid: u32) -> bool {
     )
 }
 
-/// The `int8`/`numeric` cells of a row ([`RowPlan`]'s `numbers`) through
-/// [`mask_number`]; hits counted on their columns. Whether one changed.
-/// (Out of line: most rows have no such column.)
-#[inline(never)]
-fn mask_numbers(
-    engine: &Engine,
-    plan: &mut RowPlan,
-    body: &mut [u8],
-    hits: &mut Hits,
-) -> Result<bool, RowError> {
-    const E: RowError = RowError::Malformed("DataRow");
-    let mut changed = false;
-    let (mut at, mut col) = (2usize, 0usize);
-    for k in 0..plan.numbers.len() {
-        let want = plan.numbers[k] as usize;
-        // (Past the cells before it: their length words only.)
-        while col < want {
-            let len = be_i32(body.get(at..at + 4).ok_or(E)?);
-            at += 4 + len.max(0) as usize;
-            col += 1;
-        }
-        let len = be_i32(body.get(at..at + 4).ok_or(E)?).max(0) as usize;
-        at += 4;
-        let end = at.checked_add(len).filter(|&e| e <= body.len()).ok_or(E)?;
-        changed |= number_cell(engine, plan, want, &mut body[at..end], hits);
-        at = end;
-        col += 1;
-    }
-    Ok(changed)
-}
-
-/// [`mask_number`] over the cells [`detect_regions`] found for
-/// `numbers`. Whether one changed.
+/// [`mask_number`] over the cells [`detect_regions`] found for the number
+/// columns (the other plans' walk, `walk_columns`, calls [`number_cell`]
+/// itself). Whether one changed.
 #[inline(never)]
 fn mask_number_cells(
     engine: &Engine,
@@ -1043,8 +1010,8 @@ pub(super) fn mask_number(
         // A binary array: dimensions, flags, element oid, a (length, lower
         // bound) pair per dimension, then each element's length and bytes.
         (INT8_ARRAY | NUMERIC_ARRAY, 1) => {
-            let word = |c: &[u8], i: usize| c.get(i..i + 4).map(be_i32);
-            let (Some(ndim), Some(elem)) = (word(cell, 0), word(cell, 8)) else {
+            let word = |i: usize| cell.get(i..i + 4).map(be_i32);
+            let (Some(ndim), Some(elem)) = (word(0), word(8)) else {
                 return 0;
             };
             let elem = elem as u32;
@@ -1053,16 +1020,11 @@ pub(super) fn mask_number(
             }
             let mut at = 12 + 8 * ndim as usize;
             let mut n = 0;
-            while let Some(len) = word(cell, at) {
-                at += 4;
-                if len < 0 {
-                    continue;
+            while let Some((bytes, next)) = length_prefixed(cell, at) {
+                if let Some(r) = bytes {
+                    n += mask_number(engine, elem, 1, &mut cell[r], hits);
                 }
-                let Some(end) = at.checked_add(len as usize).filter(|&e| e <= cell.len()) else {
-                    break;
-                };
-                n += mask_number(engine, elem, 1, &mut cell[at..end], hits);
-                at = end;
+                at = next;
             }
             n
         }
@@ -1085,19 +1047,11 @@ pub(super) fn mask_number(
                 if flags & inf != 0 {
                     continue;
                 }
-                let Some(len) = cell.get(at..at + 4).map(be_i32) else {
+                let Some((Some(r), next)) = length_prefixed(cell, at) else {
                     break;
                 };
-                at += 4;
-                let Some(end) = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| at.checked_add(l))
-                    .filter(|&e| e <= cell.len())
-                else {
-                    break;
-                };
-                n += mask_number(engine, elem, 1, &mut cell[at..end], hits);
-                at = end;
+                n += mask_number(engine, elem, 1, &mut cell[r], hits);
+                at = next;
             }
             n
         }
@@ -1110,17 +1064,9 @@ pub(super) fn mask_number(
             };
             let mut at = 4;
             let mut n = 0;
-            while let Some(len) = cell.get(at..at + 4).map(be_i32) {
-                at += 4;
-                let Some(end) = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| at.checked_add(l))
-                    .filter(|&e| e <= cell.len())
-                else {
-                    break;
-                };
-                n += mask_number(engine, range, 1, &mut cell[at..end], hits);
-                at = end;
+            while let Some((Some(r), next)) = length_prefixed(cell, at) {
+                n += mask_number(engine, range, 1, &mut cell[r], hits);
+                at = next;
             }
             n
         }
@@ -1200,7 +1146,13 @@ fn walk_columns(
         // (A non-NULL value of a column whose plan changes its length.)
         walk.rewrite |= p.rewrites();
         let hit = match p {
-            ColumnPlan::Skip => 0,
+            // (A card kept as a number: `number_cell` counts its hits.)
+            ColumnPlan::Skip | ColumnPlan::AsText => {
+                if is_number(&plan.cols[i]) && engine.detects() {
+                    walk.changed |= number_cell(engine, plan, i, v, hits);
+                }
+                0
+            }
             ColumnPlan::Detect { from } | ColumnPlan::DetectAsText { from } => {
                 // Scanned after the walk, all cells of the row in one pass.
                 let from = (from as usize).min(v.len());
@@ -1228,7 +1180,6 @@ fn walk_columns(
                 hits.add_at(r, i as u32, 1);
                 1
             }
-            ColumnPlan::AsText => 0,
         };
         if hit > 0 {
             plan.column_hits[i] += hit;
@@ -1295,9 +1246,6 @@ pub fn mask_data_row(
             rewrite: false,
         }
     } else {
-        if !plan.numbers.is_empty() && engine.detects() {
-            numbers_changed = mask_numbers(engine, plan, body, hits)?;
-        }
         walk_columns(engine, plan, body, hits)?
     };
     let (k, mut changed, rewrite) = (walk.regions, walk.changed || numbers_changed, walk.rewrite);

@@ -342,8 +342,10 @@ pub struct TargetMasker {
     /// The sync epoch of the last Execute: Syncs sent after it until a
     /// CopyDone or CopyFail get no answer when it started a COPY FROM.
     last_execute: Option<u64>,
-    /// The COPY in progress is masked under column rules (its columns
-    /// known, or not: then every field is masked whole).
+    /// The COPY in progress is masked field by field through
+    /// `mask_copy_row`/`mask_binary_copy_row`: under column rules (its
+    /// columns known, or not: then every field is masked whole), or for
+    /// its number columns (`rows::mask_number`).
     copy_ruled: bool,
     copy_scratch: CopyScratch,
     /// The gateway's own describes sent: (sync epoch, id, the described
