@@ -4410,6 +4410,36 @@ async fn copy_to_with_custom_delimiters_masks_every_field() {
             "{sql}"
         );
     }
+    // PostgreSQL writes `\` before each delimiter character in the data,
+    // and the client picks the delimiter: a token cut by one went out in
+    // clear (`ghp\_…`, `Bearer\ …`, a URL's password before `\@`).
+    let ghp = "ghp_Xq7Lm2Pz9Rt4Vw8Ny3Kb6Hd1Fs5Gj0Ce2UaQ";
+    let bearer = "abcDEF123456ghiJKL7890mnopQR";
+    for (delimiter, value, secret) in [
+        ('_', format!("ci {ghp}"), &ghp[4..]),
+        ('Q', format!("ci {ghp}"), &ghp[4..39]),
+        (' ', format!("Authorization: Bearer {bearer}"), bearer),
+        (
+            '@',
+            "postgres://app:s3cretPass@db/x".to_string(),
+            "s3cretPass",
+        ),
+    ] {
+        let sql = format!("copy (select 1, '{value}') to stdout (delimiter '{delimiter}')");
+        let out = copy_out(&c, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", err_text(&e)));
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains(secret), "{sql}: {text}");
+        // Still two fields: one delimiter without a `\` before it (a
+        // masked escaped character is mask characters over both bytes).
+        let b = text.as_bytes();
+        let fields = (0..b.len())
+            .filter(|&i| b[i] == delimiter as u8 && (i == 0 || b[i - 1] != b'\\'))
+            .count();
+        assert!(text.starts_with(&format!("1{delimiter}")), "{sql}: {text}");
+        assert_eq!(fields, 1, "{sql}: {text}");
+    }
 }
 
 /// The frames of one answer, up to its ReadyForQuery.

@@ -919,32 +919,47 @@ fn is_null(o: &CopyOptions, p: &[u8], s: &Span) -> bool {
 fn decode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
     out.clear();
     match format {
-        CopyFormat::Text { .. } => out.extend_from_slice(&unescape_text(v)),
-        CopyFormat::Csv { quote, escape, .. } => {
+        CopyFormat::Text { .. } => unescape_text(v, out),
+        CopyFormat::Csv { .. } => {
             let mut i = 0;
             while i < v.len() {
-                let c = v[i];
-                if (c == escape || c == quote)
-                    && v.get(i + 1).is_some_and(|&d| d == quote || d == escape)
-                {
-                    out.push(v[i + 1]);
-                    i += 2;
-                } else {
-                    out.push(c);
-                    i += 1;
-                }
+                let (c, next) = decoded_at(format, v, i);
+                out.push(c);
+                i = next;
             }
         }
     }
 }
 
+/// The byte that the raw bytes of a field's value from `v[i]` on stand
+/// for, and where the next one starts: a text-format backslash escape or
+/// a CSV quote pair (`""`, or the `ESCAPE` character before a quote or
+/// itself) is one byte of two or more raw ones.
+#[inline]
+fn decoded_at(format: CopyFormat, v: &[u8], i: usize) -> (u8, usize) {
+    match format {
+        CopyFormat::Text { .. } if v[i] == b'\\' && i + 1 < v.len() => text_escape(v, i),
+        CopyFormat::Csv { quote, escape, .. }
+            if (v[i] == escape || v[i] == quote)
+                && v.get(i + 1).is_some_and(|&d| d == quote || d == escape) =>
+        {
+            (v[i + 1], i + 2)
+        }
+        _ => (v[i], i + 1),
+    }
+}
+
 /// Scan one field of a text or CSV row with the detectors, in place. A
-/// quoted CSV value with quotes inside (`""`, or the `ESCAPE` character) is
-/// scanned as the text it stands for: decoded into `scratch`, masked there
-/// (JSON members, named values and whole-value tokens see the quotes as
-/// written, not doubled), and written back over the same bytes: an escaped
-/// pair whose character was masked becomes two mask characters, so the
-/// field keeps its length and stays well-formed. Returns the hits.
+/// text-format value with backslash escapes, or a quoted CSV value with
+/// quotes inside (`""`, or the `ESCAPE` character), is scanned as the text
+/// it stands for: decoded into `scratch`, masked there (JSON members,
+/// named values and whole-value tokens see the quotes as written, not
+/// doubled; a token is not cut by the `\` PostgreSQL writes before each
+/// delimiter character in the data, which the client chooses: `DELIMITER
+/// '_'` made `ghp\_…` of a GitHub token), and written back over the same
+/// bytes: an escaped character that was masked becomes mask characters
+/// over all of its raw bytes, so the field keeps its length and stays
+/// well-formed. Returns the hits.
 pub(super) fn scan_field(
     engine: &Engine,
     format: CopyFormat,
@@ -954,10 +969,13 @@ pub(super) fn scan_field(
     hits: &mut Hits,
 ) -> u32 {
     let v = &mut p[s.value.0..s.value.1];
-    let CopyFormat::Csv { quote, escape, .. } = format else {
-        return engine.mask_counted(v, hits);
+    let escaped = match format {
+        CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_some(),
+        CopyFormat::Csv { quote, escape, .. } => {
+            s.quoted && memchr::memchr2(quote, escape, v).is_some()
+        }
     };
-    if !s.quoted || memchr::memchr2(quote, escape, v).is_none() {
+    if !escaped {
         return engine.mask_counted(v, hits);
     }
     decode(format, v, scratch);
@@ -965,28 +983,22 @@ pub(super) fn scan_field(
     if n == 0 {
         return 0;
     }
-    // (The pairs as `decode` reads them.)
+    // (The raw bytes of each decoded one, as `decode` reads them.)
     let (mut i, mut j) = (0, 0);
     while i < v.len() && j < scratch.len() {
-        let c = v[i];
-        if (c == escape || c == quote) && v.get(i + 1).is_some_and(|&d| d == quote || d == escape) {
-            if scratch[j] != v[i + 1] {
-                v[i] = scratch[j];
-                v[i + 1] = scratch[j];
-            }
-            i += 2;
-        } else {
-            v[i] = scratch[j];
-            i += 1;
+        let (c, next) = decoded_at(format, v, i);
+        if scratch[j] != c {
+            v[i..next].fill(scratch[j]);
         }
+        i = next;
         j += 1;
     }
     n
 }
 
-/// A text-format COPY field's value (its backslash escapes).
-fn unescape_text(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
+/// A text-format COPY field's value (its backslash escapes decoded), into
+/// `out`.
+fn unescape_text(v: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < v.len() {
         if v[i] != b'\\' || i + 1 >= v.len() {
@@ -994,40 +1006,47 @@ fn unescape_text(v: &[u8]) -> Vec<u8> {
             i += 1;
             continue;
         }
-        let c = v[i + 1];
-        i += 2;
-        let b = match c {
-            b'b' => 8,
-            b'f' => 12,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            b'v' => 11,
-            b'0'..=b'7' => {
-                let mut x = (c - b'0') as u32;
-                let mut k = 0;
-                while k < 2 && i < v.len() && (b'0'..=b'7').contains(&v[i]) {
-                    x = x * 8 + (v[i] - b'0') as u32;
-                    i += 1;
-                    k += 1;
-                }
-                x as u8
-            }
-            b'x' if i < v.len() && v[i].is_ascii_hexdigit() => {
-                let mut x = 0u32;
-                let mut k = 0;
-                while k < 2 && i < v.len() && v[i].is_ascii_hexdigit() {
-                    x = x * 16 + (v[i] as char).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    k += 1;
-                }
-                x as u8
-            }
-            c => c,
-        };
+        let (b, next) = text_escape(v, i);
         out.push(b);
+        i = next;
     }
-    out
+}
+
+/// The byte the text-format escape at `v[i]` (a backslash with a byte
+/// after it) stands for, and where the byte after the escape is.
+fn text_escape(v: &[u8], i: usize) -> (u8, usize) {
+    let c = v[i + 1];
+    let mut i = i + 2;
+    let b = match c {
+        b'b' => 8,
+        b'f' => 12,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'v' => 11,
+        b'0'..=b'7' => {
+            let mut x = (c - b'0') as u32;
+            let mut k = 0;
+            while k < 2 && i < v.len() && (b'0'..=b'7').contains(&v[i]) {
+                x = x * 8 + (v[i] - b'0') as u32;
+                i += 1;
+                k += 1;
+            }
+            x as u8
+        }
+        b'x' if i < v.len() && v[i].is_ascii_hexdigit() => {
+            let mut x = 0u32;
+            let mut k = 0;
+            while k < 2 && i < v.len() && v[i].is_ascii_hexdigit() {
+                x = x * 16 + (v[i] as char).to_digit(16).unwrap_or(0);
+                i += 1;
+                k += 1;
+            }
+            x as u8
+        }
+        c => c,
+    };
+    (b, i)
 }
 
 /// A value written as a field of `o`'s format.
@@ -1768,6 +1787,67 @@ mod tests {
         ));
         assert_eq!(p, tuple(&[7, 1111]));
         assert_eq!(hits.total(), 1);
+    }
+
+    #[test]
+    fn text_values_with_escapes_are_scanned_as_their_text() {
+        // PostgreSQL writes `\` before each delimiter character in the
+        // data, and the client picks the delimiter: a token cut by a `\`
+        // went out in clear.
+        let e = engine();
+        let ghp = "ghp_Xq7Lm2Pz9Rt4Vw8Ny3Kb6Hd1Fs5Gj0Ce2UaQ";
+        let cases: &[(u8, String, String)] = &[
+            (
+                b'_',
+                format!("2_ci token {}\n", ghp.replace('_', "\\_")),
+                format!("2_ci token ghp\\_{}\n", "*".repeat(ghp.len() - 4)),
+            ),
+            (
+                b' ',
+                "3 Authorization:\\ Bearer\\ abcDEF123456ghiJKL7890mnopQR\n".into(),
+                format!("3 Authorization:\\ Bearer\\ {}\n", "*".repeat(28)),
+            ),
+            (
+                b'@',
+                "4@postgres://app:s3cretPass\\@db/x\n".into(),
+                "4@postgres://app:**********\\@db/x\n".into(),
+            ),
+            // (Kept punctuation stays escaped.)
+            (
+                b'-',
+                "5-card 4111\\-1111\\-1111\\-1111\n".into(),
+                "5-card ****\\-****\\-****\\-1111\n".into(),
+            ),
+            // (A masked escaped character becomes mask characters over both
+            // of its bytes.)
+            (
+                b'Q',
+                format!("7Qtoken {}\n", ghp.replace('Q', "\\Q")),
+                format!("7Qtoken ghp_{}\n", "*".repeat(ghp.len() - 4 + 1)),
+            ),
+        ];
+        for (d, row, want) in cases {
+            let f = CopyFormat::Text { delimiter: *d };
+            let mut p = row.as_bytes().to_vec();
+            let mut hits = Hits::new();
+            assert_eq!(
+                crate::mask::mask_copy_data(&e, f, &mut p, &mut hits),
+                1,
+                "{row}"
+            );
+            assert_eq!(String::from_utf8(p).unwrap(), *want, "{row}");
+            let c = cols(&e, &["id", "note"]);
+            assert_eq!(run(&e, f, Some(&c), row), *want, "{row}");
+        }
+        // Tab-separated with `\n` inside a value: the same as the value.
+        let row = "6\tpem -----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----\n";
+        let mut p = row.as_bytes().to_vec();
+        let mut hits = Hits::new();
+        assert_eq!(
+            crate::mask::mask_copy_data(&e, CopyFormat::TEXT, &mut p, &mut hits),
+            1
+        );
+        assert!(!String::from_utf8(p).unwrap().contains("MIIEvQ"));
     }
 
     #[test]
