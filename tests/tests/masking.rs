@@ -4930,6 +4930,25 @@ async fn card_numbers_in_number_columns_are_masked() {
     let sql = format!("copy {t} (pan8, pan) to stdout (format csv)");
     let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();
     assert_eq!(out, "0000000000004444,0000000000001111\n");
+    // … quoted (FORCE_QUOTE, or a delimiter the value holds), or with the
+    // `\` text format writes before a delimiter character (`-`).
+    for (sql, want) in [
+        (
+            format!("copy {t} (pan8, pan) to stdout (format csv, force_quote *)"),
+            "\"0000000000004444\",\"0000000000001111\"\n",
+        ),
+        (
+            format!("copy (select -pan8, -pan from {t}) to stdout (format csv, delimiter '-')"),
+            "\"-0000000000004444\"-\"-0000000000001111\"\n",
+        ),
+        (
+            format!("copy (select -pan8, -pan from {t}) to stdout (delimiter '-')"),
+            "\\-0000000000004444-\\-0000000000001111\n",
+        ),
+    ] {
+        let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();
+        assert_eq!(out, want, "{sql}");
+    }
     // Binary COPY: the int8 field in place.
     let sql = format!("copy (select id, pan8 from {t}) to stdout (format binary)");
     let out = copy_out(&c, &sql).await.unwrap();

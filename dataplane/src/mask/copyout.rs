@@ -1139,7 +1139,14 @@ pub fn mask_copy_row(
                     // still loads into its column, and other integers (a
                     // random 64-bit id) stay; see `rows::mask_number`.)
                     if let Some(o @ (20 | 1700)) = cols.and_then(|c| c.get(i)).map(|c| c.oid) {
-                        let v = &mut payload[s.value.0..s.value.1];
+                        let mut v = &mut payload[s.value.0..s.value.1];
+                        // (The one escape a number can have: a minus sign
+                        // that is the text format's delimiter.)
+                        if matches!(format, CopyFormat::Text { delimiter: b'-' })
+                            && v.starts_with(b"\\-")
+                        {
+                            v = &mut v[1..];
+                        }
                         super::rows::mask_number(engine, o, 0, v, hits);
                     } else {
                         scan_field(engine, format, payload, s, &mut scratch.value, hits);
