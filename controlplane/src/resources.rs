@@ -187,8 +187,8 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Docume
                 let p: dataplane::mask::MaskingProfile = typed(doc.spec, &location)?;
                 dataplane::mask::Engine::compile(&p).map_err(|e| DocumentError {
                     location: location.clone(),
-                    field: "spec".into(),
-                    message: e.to_string(),
+                    field: format!("spec.{}", e.field),
+                    message: e.message,
                 })?;
                 Spec::MaskingProfile(proto::MaskingProfileSpec {
                     json: serde_json::to_string(&p).map_err(|e| DocumentError {
@@ -302,7 +302,7 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
             let p: dataplane::mask::MaskingProfile =
                 typed(v, "").map_err(|e| (e.field, e.message))?;
             dataplane::mask::Engine::compile(&p)
-                .map_err(|e| ("spec".to_string(), e.to_string()))?;
+                .map_err(|e| (format!("spec.{}", e.field), e.message))?;
         }
         Some(Spec::Connection(c)) => {
             if c.host.is_empty() {
@@ -574,5 +574,14 @@ mod masking_profile_tests {
         };
         let (field, msg) = validate_resource(&r).unwrap_err();
         assert_eq!(field, "spec.columns[0].action", "{msg}");
+        // An error the engine finds (not the parse) names its field too.
+        let r = Resource {
+            spec: Some(Spec::MaskingProfile(proto::MaskingProfileSpec {
+                json: r#"{"custom_regexes":[{"name":"x","pattern":"(unclosed"}]}"#.into(),
+            })),
+            ..r
+        };
+        let (field, msg) = validate_resource(&r).unwrap_err();
+        assert_eq!(field, "spec.custom_regexes[0].pattern", "{msg}");
     }
 }

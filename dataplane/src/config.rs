@@ -418,6 +418,9 @@ pub enum TargetAuth {
     /// Whatever the server asks for among the methods below.
     #[default]
     Auto,
+    /// `scram-sha-256`, as PostgreSQL (`pg_hba.conf`) and the control
+    /// plane's `Connection` spell it (also read: `scram-sha256`).
+    #[serde(rename = "scram-sha-256", alias = "scram-sha256")]
     ScramSha256,
     Md5,
     Password,
@@ -533,7 +536,13 @@ impl Config {
             } else {
                 path
             };
-            ConfigError::field(field, e.into_inner().to_string())
+            // (serde_yaml's message may start with the path again.)
+            let msg = e.into_inner().to_string();
+            let msg = msg
+                .strip_prefix(field.as_str())
+                .and_then(|m| m.strip_prefix(": "))
+                .map_or(msg.clone(), str::to_string);
+            ConfigError::field(field, msg)
         })
     }
 
@@ -864,6 +873,35 @@ grants:
     groups: [bots]
 "#
         )
+    }
+
+    /// The README's static configuration parses as it is written there.
+    #[test]
+    fn readme_static_config_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```yaml\nlisten:")
+            .expect("README has the static config");
+        let body = &readme[start + "```yaml\n".len()..];
+        let body = &body[..body.find("```").unwrap()];
+        let cfg = Config::from_yaml(body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.connections[0].target.auth, TargetAuth::ScramSha256);
+        for spelling in ["scram-sha-256", "scram-sha256"] {
+            let y = base().replace(
+                "password: pw }",
+                &format!("password: pw, auth: {spelling} }}"),
+            );
+            let cfg = Config::from_yaml(&y).unwrap_or_else(|e| panic!("{spelling}: {e}"));
+            assert_eq!(cfg.connections[0].target.auth, TargetAuth::ScramSha256);
+        }
+    }
+
+    /// A field error names its path once.
+    #[test]
+    fn field_errors_name_the_path_once() {
+        let y = base().replace("port: 5432", "port: 70000");
+        let e = Config::from_yaml(&y).unwrap_err().to_string();
+        assert_eq!(e.matches("connections[0].target.port").count(), 1, "{e}");
     }
 
     #[test]
