@@ -187,6 +187,10 @@ fn main() -> ExitCode {
             if let Some(d) = cli.audit_dir {
                 cfg.audit.spool_dir = d;
             }
+            // (Whether the control plane comes from the command line or
+            // the environment and not from the file: errors say so.)
+            let cp_from_cli = (!cli.control_plane.is_empty() && cfg.control_plane.is_none())
+                .then(|| cli.control_plane.join(","));
             if !cli.control_plane.is_empty()
                 || cli.node_name.is_some()
                 || cli.control_plane_ca.is_some()
@@ -211,7 +215,13 @@ fn main() -> ExitCode {
                 cp.node_name = cli.node_name.or(cp.node_name.take());
             }
             if let Err(e) = cfg.validate() {
-                eprintln!("sluice-dp: {e}");
+                match cp_from_cli {
+                    Some(urls) => eprintln!(
+                        "sluice-dp: {e} (the control plane {urls} comes from --control-plane \
+                         or SLUICE_CONTROL_PLANE, not the file; unset it to run the file alone)"
+                    ),
+                    None => eprintln!("sluice-dp: {e}"),
+                }
                 return ExitCode::FAILURE;
             }
             if let Err(e) = dataplane::mask::Kernel::from_env() {

@@ -235,6 +235,21 @@ fn gateway_refuses_to_start_on_a_bad_config() {
         "stderr should name the field: {}",
         out.stderr
     );
+    // A control plane from the environment (as `deploy/local/up.sh` tells
+    // `sluicectl` users to export) with a file that carries connections:
+    // the error says where the control plane came from.
+    let mut cmd = Command::new(sluice_bin());
+    cmd.arg("--config")
+        .arg(&p)
+        .env("SLUICE_CONTROL_PLANE", "http://127.0.0.1:1");
+    std::fs::write(&p, good_yaml()).unwrap();
+    let out = process::run(&mut cmd, None, Duration::from_secs(30));
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("`connections`") && out.stderr.contains("SLUICE_CONTROL_PLANE"),
+        "{}",
+        out.stderr
+    );
     // A missing file is an error too, not a hang.
     let out = process::run(
         Command::new(sluice_bin())
