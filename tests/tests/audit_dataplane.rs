@@ -236,6 +236,45 @@ async fn every_statement_has_its_record_with_identity_connection_sql_and_outcome
 
 /// What was masked, per rule and column, is in the statement's record;
 /// SQL text and bind parameters are recorded through the masking engine.
+/// A session refused after its start was recorded (a client encoding the
+/// masker cannot read, asked for at login) is closed in the trail: its
+/// SessionEnd carries the error the client got. (It had a start and no
+/// end, an "allowed" session that never finished.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refused_after_its_start_is_closed_in_the_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let mut c = std::process::Command::new("psql");
+    c.env("PGCLIENTENCODING", "SJIS")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PSQLRC", "/dev/null")
+        .args([
+            "-X",
+            "-c",
+            "select 1",
+            &gw.url("agent1", &ApiKey::shared().key, "app", "sslmode=disable"),
+        ]);
+    let out = sluice_tests::process::run(&mut c, None, Duration::from_secs(60));
+    assert!(!out.status.success(), "psql with SJIS was let in");
+    assert!(
+        out.stderr.contains("client_encoding SJIS"),
+        "{}",
+        out.stderr
+    );
+    gw.stop();
+    let recs = records(dir.path());
+    let starts = of_kind(&recs, AuditKind::SessionStart);
+    let ends = of_kind(&recs, AuditKind::SessionEnd);
+    assert_eq!((starts.len(), ends.len()), (1, 1), "{recs:#?}");
+    assert_eq!(
+        starts[0].session.as_ref().unwrap().id,
+        ends[0].session.as_ref().unwrap().id
+    );
+    let o = ends[0].outcome.as_ref().unwrap();
+    assert_eq!(o.sqlstate, "0A000", "{o:?}");
+    assert!(o.error_message.contains("client_encoding SJIS"), "{o:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     const CARD: &str = "4111 1111 1111 1111";

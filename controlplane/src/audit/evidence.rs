@@ -198,7 +198,9 @@ impl Tally {
             Decision::ReviewRequired | Decision::ReviewApproved => self.sample("review", r),
             _ => {}
         }
-        if !out.sqlstate.is_empty() {
+        // (Statements only: a failed login or a session refused before its
+        // relay carries a SQLSTATE too, counted as what it is.)
+        if !out.sqlstate.is_empty() && matches!(kind, AuditKind::Query | AuditKind::Execute) {
             self.resp.errors += 1;
             self.sample("error", r);
         }
@@ -301,15 +303,22 @@ mod tests {
         ];
         masked.outcome.as_mut().unwrap().sqlstate = "42501".into();
         t.add(&masked);
-        t.add(&rec(10, AuditKind::AuthFailure, Decision::Unspecified));
+        // (A failed login and a session refused before its relay carry a
+        // SQLSTATE too: they are no statement that ended in an error.)
+        let mut failed = rec(10, AuditKind::AuthFailure, Decision::Unspecified);
+        failed.outcome.as_mut().unwrap().sqlstate = "28P01".into();
+        t.add(&failed);
         t.add(&rec(11, AuditKind::SnapshotApplied, Decision::Unspecified));
+        let mut end = rec(12, AuditKind::SessionEnd, Decision::Allow);
+        end.outcome.as_mut().unwrap().sqlstate = "0A000".into();
+        t.add(&end);
         let r = t.finish();
         assert_eq!((r.from_unix_nanos, r.to_unix_nanos), (10, 20));
-        assert_eq!(r.records, 11);
+        assert_eq!(r.records, 12);
         assert_eq!(r.sessions, 3);
         assert_eq!((r.sessions_tls, r.sessions_plaintext), (1, 1));
         assert_eq!(r.statements, 7);
-        assert_eq!((r.allowed, r.denied, r.reviews_denied), (7, 2, 1));
+        assert_eq!((r.allowed, r.denied, r.reviews_denied), (8, 2, 1));
         assert_eq!((r.auth_failures, r.errors, r.snapshot_changes), (1, 1, 1));
         assert_eq!(r.snapshot_versions, [7]);
         assert_eq!(
@@ -329,6 +338,7 @@ mod tests {
         assert_eq!(ids("statement"), ["n1-3", "n1-4"], "two samples at most");
         assert_eq!(ids("denied"), ["n1-7", "n1-8"]);
         assert_eq!(ids("masked"), ["n1-9"]);
+        assert_eq!(ids("error"), ["n1-9"]);
         assert_eq!(ids("plaintext_session"), ["n1-2"]);
         assert_eq!(r.samples[0].category, "session_start", "report order");
         let kinds: Vec<&str> = r.kinds.iter().map(|k| k.name.as_str()).collect();
@@ -338,6 +348,7 @@ mod tests {
                 "auth_failure",
                 "execute",
                 "query",
+                "session_end",
                 "session_start",
                 "snapshot_applied"
             ]

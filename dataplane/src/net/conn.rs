@@ -186,6 +186,24 @@ async fn store_records(a: &SessionAudit<'_>) {
     }
 }
 
+/// Close in the audit trail a session whose start was recorded but that
+/// ended before the relay began (an unsafe client encoding, a failed
+/// catalog read, a client gone before the greeting): its SessionEnd,
+/// with the error the client got.
+async fn end_before_relay(a: Option<&SessionAudit<'_>>, code: &str, message: &str) {
+    let Some(a) = a else { return };
+    let now = audit_clock();
+    let mut rec = a.record(proto::AuditKind::SessionEnd, now);
+    rec.outcome = Some(proto::AuditOutcome {
+        decision: proto::Decision::Allow as i32,
+        duration_nanos: now.mono_ns.saturating_sub(a.started.mono_ns),
+        sqlstate: code.into(),
+        error_message: message.into(),
+        ..Default::default()
+    });
+    store_record(a, &mut rec, Duration::from_secs(5)).await;
+}
+
 /// Store one session-level record; fail closed waits up to `limit` for
 /// room. Returns whether it was stored.
 async fn store_record(a: &SessionAudit<'_>, rec: &mut proto::AuditRecord, limit: Duration) -> bool {
@@ -360,6 +378,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             let msg = unsafe_encoding_message(&String::from_utf8_lossy(enc));
             tracing::info!(%peer, identity = %session.identity, connection = %conn.name, "{msg}");
             let _ = write_all(&mut client, fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg)).await;
+            end_before_relay(audit.as_ref(), sqlstate::FEATURE_NOT_SUPPORTED, &msg).await;
             return Some(Outcome::Rejected);
         }
     }
@@ -386,6 +405,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
                     tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "{}", e.message);
                     shutdown_fd(target_fd);
                     let _ = write_all(&mut client, fatal(&e.code, &e.message)).await;
+                    end_before_relay(audit.as_ref(), &e.code, &e.message).await;
                     return Some(Outcome::TargetUnavailable);
                 }
             }
@@ -407,6 +427,8 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     backend::backend_key_data(&mut hello, ready.pid, guard.minted());
     hello.extend_from_slice(&ready.ready_for_query);
     if write_all(&mut client, hello).await.is_err() {
+        shutdown_fd(target_fd);
+        end_before_relay(audit.as_ref(), "", "client closed before the session began").await;
         return Some(Outcome::ClientClosed);
     }
     tracing::debug!(%peer, identity = %session.identity, connection = %conn.name, method = session.auth_method, pid = ready.pid, "session established");
