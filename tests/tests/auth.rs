@@ -456,3 +456,45 @@ async fn failed_logins_do_not_disturb_good_ones() {
     assert_works(&good).await;
     gw.assert_alive();
 }
+
+/// A draining gateway refuses new sessions with 57P01 once it has read
+/// their startup packet, after TLS when the client asks for it: a TLS
+/// client reads the error (it got none: the FATAL came before the answer
+/// to its SSLRequest). A CancelRequest still reaches the query the drain
+/// waits on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_refuses_tls_and_plain_clients_with_57p01() {
+    let key = ApiKey::shared();
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(Pg::shared(), key)
+            .tls(DevCerts::shared(), false)
+            .limit("drain_timeout_ms", 20_000),
+    );
+    let open = connect(&gw.config("agent1", &key.key, "app"))
+        .await
+        .unwrap();
+    let cancel = open.cancel_token();
+    let sleeping = tokio::spawn(async move { open.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sluice_tests::process::signal(gw.pid(), libc::SIGTERM));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = connect_tls(&tls_config(&gw, "agent1", &key.key, "app"), verify_full())
+        .await
+        .err()
+        .expect("a TLS session began while draining");
+    assert_eq!(db_code(&e).as_deref(), Some("57P01"), "{}", err_text(&e));
+    assert!(err_text(&e).contains("shutting down"), "{}", err_text(&e));
+    let e = connect(&gw.config("agent1", &key.key, "app"))
+        .await
+        .err()
+        .expect("a session began while draining");
+    assert_eq!(db_code(&e).as_deref(), Some("57P01"), "{}", err_text(&e));
+    // The drain's query, cancelled through the draining gateway.
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the cancelled query did not end")
+        .unwrap();
+    let e = r.expect_err("pg_sleep(30) finished");
+    assert_eq!(db_code(&e).as_deref(), Some("57014"), "{}", err_text(&e));
+}

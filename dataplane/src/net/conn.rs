@@ -267,30 +267,29 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     let shared = &worker.shared;
     let _ = tcp.set_nodelay(true);
     let client_fd = raw_fd(&tcp);
-    if shared.draining.load(Relaxed) {
-        let mut io = tcp;
-        let _ = write_all(
-            &mut io,
-            fatal(sqlstate::ADMIN_SHUTDOWN, "the gateway is shutting down"),
-        )
-        .await;
-        return Some(Outcome::Shutdown);
-    }
-    if !shared.snapshot_ready.load(Relaxed) {
-        let mut io = tcp;
-        let _ = write_all(
-            &mut io,
-            fatal(
-                sqlstate::CANNOT_CONNECT_NOW,
+    // (Refused after the client's SSLRequest and startup packet, as
+    // PostgreSQL refuses them, so that a TLS client reads the error too; a
+    // CancelRequest still goes through, to stop a query a drain waits on.)
+    let refuse = if shared.draining.load(Relaxed) {
+        Some(Refusal {
+            code: sqlstate::ADMIN_SHUTDOWN,
+            message: "the gateway is shutting down",
+            outcome: Outcome::Shutdown,
+        })
+    } else if !shared.snapshot_ready.load(Relaxed) {
+        Some(Refusal {
+            code: sqlstate::CANNOT_CONNECT_NOW,
+            message:
                 "the gateway is starting: no configuration snapshot from the control plane yet",
-            ),
-        )
-        .await;
-        return Some(Outcome::NotReady);
-    }
+            outcome: Outcome::NotReady,
+        })
+    } else {
+        None
+    };
     let limits = &shared.limits;
     let hs_deadline = Duration::from_millis(limits.handshake_timeout_ms);
-    let handshake = monoio::time::timeout(hs_deadline, client_handshake(worker, tcp, peer)).await;
+    let handshake =
+        monoio::time::timeout(hs_deadline, client_handshake(worker, tcp, peer, refuse)).await;
     let (mut client, session, leftover) = match handshake {
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
@@ -460,8 +459,22 @@ fn unsafe_encoding_message(enc: &str) -> String {
     )
 }
 
+/// Why every new session is refused now (draining, or no snapshot yet).
+struct Refusal {
+    code: &'static str,
+    message: &'static str,
+    outcome: Outcome,
+}
+
 /// Run the client handshake: TLS upgrade, authentication, authorization.
-async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Handshake {
+/// With `refuse`, the session is refused once the startup packet is read
+/// (after TLS, when the client asked for it).
+async fn client_handshake(
+    worker: &Rc<Worker>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    refuse: Option<Refusal>,
+) -> Handshake {
     let shared = &worker.shared;
     let m = &worker.metrics;
     let mut hs = ClientHandshake::new(
@@ -477,7 +490,19 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr)
                 .read_untagged(&mut io, shared.limits.max_startup_packet_bytes)
                 .await
             {
-                Ok(p) => hs.on_untagged(&p),
+                Ok(p) => {
+                    let step = hs.on_untagged(&p);
+                    // (The startup packet read: the next message is tagged.)
+                    if let Some(r) = &refuse {
+                        if !hs.expects_untagged()
+                            && !matches!(step, Step::Reject { .. } | Step::Cancel { .. })
+                        {
+                            let _ = write_all(&mut io, fatal(r.code, r.message)).await;
+                            return Handshake::Done(r.outcome);
+                        }
+                    }
+                    step
+                }
                 Err(e) => {
                     return read_failed(worker, &mut io, e, "invalid length of startup packet")
                         .await
