@@ -498,3 +498,50 @@ async fn a_draining_gateway_refuses_tls_and_plain_clients_with_57p01() {
     let e = r.expect_err("pg_sleep(30) finished");
     assert_eq!(db_code(&e).as_deref(), Some("57014"), "{}", err_text(&e));
 }
+
+/// A session the gateway ends with a FATAL over TLS is closed cleanly (TLS
+/// close_notify): psql shows the error and nothing after it (it added "SSL
+/// SYSCALL error: EOF detected").
+#[test]
+fn a_fatal_over_tls_ends_the_session_cleanly() {
+    let key = ApiKey::shared();
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(Pg::shared(), key).tls(DevCerts::shared(), false),
+    );
+    let mut c = std::process::Command::new("psql");
+    c.env("PGCONNECT_TIMEOUT", "10")
+        .env("PSQLRC", "/dev/null")
+        .args([
+            "-X",
+            "-c",
+            "set client_encoding to 'BIG5'",
+            &gw.url("agent1", &key.key, "app", "sslmode=require"),
+        ]);
+    let out = sluice_tests::process::run(&mut c, None, Duration::from_secs(60));
+    assert!(
+        out.stderr.contains("client_encoding BIG5"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("SSL SYSCALL"), "{}", out.stderr);
+    // … at login (the encoding, before the relay; a wrong key, in the
+    // handshake).
+    for (encoding, password, want) in [
+        ("SJIS", key.key.as_str(), "client_encoding SJIS"),
+        ("UTF8", "not-the-key", "password authentication failed"),
+    ] {
+        let mut c = std::process::Command::new("psql");
+        c.env("PGCONNECT_TIMEOUT", "10")
+            .env("PSQLRC", "/dev/null")
+            .env("PGCLIENTENCODING", encoding)
+            .args([
+                "-X",
+                "-c",
+                "select 1",
+                &gw.url("agent1", password, "app", "sslmode=require"),
+            ]);
+        let out = sluice_tests::process::run(&mut c, None, Duration::from_secs(60));
+        assert!(out.stderr.contains(want), "{}", out.stderr);
+        assert!(!out.stderr.contains("SSL SYSCALL"), "{}", out.stderr);
+    }
+}

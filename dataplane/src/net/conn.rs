@@ -186,6 +186,14 @@ async fn store_records(a: &SessionAudit<'_>) {
     }
 }
 
+/// Write a session's last message (a FATAL) and end the stream: a TLS
+/// client gets its close_notify, as the server's own sessions end (psql
+/// reported "SSL SYSCALL error: EOF detected" after the error).
+async fn write_last(io: &mut ClientIo, bytes: Vec<u8>) {
+    let _ = write_all(io, bytes).await;
+    let _ = monoio::time::timeout(Duration::from_millis(200), io.shutdown()).await;
+}
+
 /// Close in the audit trail a session whose start was recorded but that
 /// ended before the relay began (an unsafe client encoding, a failed
 /// catalog read, a client gone before the greeting): its SessionEnd,
@@ -336,7 +344,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "target unavailable: {}", e.message);
-            let _ = write_all(&mut client, fatal(&e.code, &e.message)).await;
+            write_last(&mut client, fatal(&e.code, &e.message)).await;
             return Some(Outcome::TargetUnavailable);
         }
     };
@@ -376,7 +384,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             shutdown_fd(target_fd);
             let msg = unsafe_encoding_message(&String::from_utf8_lossy(enc));
             tracing::info!(%peer, identity = %session.identity, connection = %conn.name, "{msg}");
-            let _ = write_all(&mut client, fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg)).await;
+            write_last(&mut client, fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg)).await;
             end_before_relay(audit.as_ref(), sqlstate::FEATURE_NOT_SUPPORTED, &msg).await;
             return Some(Outcome::Rejected);
         }
@@ -403,7 +411,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
                 Err(e) => {
                     tracing::warn!(%peer, identity = %session.identity, connection = %conn.name, code = %e.code, "{}", e.message);
                     shutdown_fd(target_fd);
-                    let _ = write_all(&mut client, fatal(&e.code, &e.message)).await;
+                    write_last(&mut client, fatal(&e.code, &e.message)).await;
                     end_before_relay(audit.as_ref(), &e.code, &e.message).await;
                     return Some(Outcome::TargetUnavailable);
                 }
@@ -497,7 +505,7 @@ async fn client_handshake(
                         if !hs.expects_untagged()
                             && !matches!(step, Step::Reject { .. } | Step::Cancel { .. })
                         {
-                            let _ = write_all(&mut io, fatal(r.code, r.message)).await;
+                            write_last(&mut io, fatal(r.code, r.message)).await;
                             return Handshake::Done(r.outcome);
                         }
                     }
@@ -595,7 +603,7 @@ async fn client_handshake(
                     }
                 }
                 tracing::info!(identity = %hs.identity(), reason = auth_reason.unwrap_or("-"), "connection refused: {log}");
-                let _ = write_all(&mut io, reply).await;
+                write_last(&mut io, reply).await;
                 return Handshake::Done(outcome);
             }
             Step::Ready { reply, session } => {
@@ -974,6 +982,7 @@ async fn relay(
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
         End::CatalogMisaligned => MISALIGNED.into(),
     };
+    let client_gone = matches!(end, End::Closed);
     match end {
         End::Terminated | End::TargetClosed => {}
         End::AuditRefused => {
@@ -1043,6 +1052,12 @@ async fn relay(
         }
     }
     shutdown_fd(target_fd);
+    // (A TLS client gets its close_notify after the last message, as the
+    // server's own sessions end: psql reported "SSL SYSCALL error: EOF
+    // detected" after a FATAL of the gateway's.)
+    if !client_gone {
+        let _ = monoio::time::timeout(Duration::from_millis(200), cw.shutdown()).await;
+    }
     shutdown_fd(client_fd);
     if let Some(a) = audit {
         let now = audit_clock();
