@@ -111,7 +111,8 @@ pub enum Command {
     /// Show resources of a kind (or `all`), or one by name.
     #[command(after_help = EXIT_CODES)]
     Get {
-        /// connection (connections, conn), identityprovider (idp), apikey (key), group, policy, or all.
+        /// connection (connections, conn), identityprovider (idp), apikey (key), group, policy,
+        /// maskingprofile (mask), or all.
         #[arg(value_parser = parse_kind_or_all)]
         kind: KindArg,
         name: Option<String>,
@@ -122,7 +123,8 @@ pub enum Command {
     /// Delete one resource.
     #[command(after_help = EXIT_CODES)]
     Delete {
-        /// connection (conn), identityprovider (idp), apikey (key), group, policy.
+        /// connection (conn), identityprovider (idp), apikey (key), group, policy,
+        /// maskingprofile (mask).
         #[arg(value_parser = parse_one_kind)]
         kind: &'static str,
         name: String,
