@@ -2686,6 +2686,54 @@ async fn column_rules_apply_to_copy_to_stdout() {
         "{sql}: {}",
         via.stdout
     );
+    // NULL AS the value itself: text format writes the two alike, so the
+    // field is masked as a value (it was passed on as a NULL, in clear).
+    let sql = format!(
+        "COPY (SELECT id, secret_answer FROM {t} WHERE id = 1) TO STDOUT \
+         (NULL 'my first pet was Rex')"
+    );
+    let got = copy_out(&c, &sql).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "1\t********************\n",
+        "{sql}"
+    );
+    // A mask character that is the delimiter or the CSV quote: the fields
+    // masking changes are written anew, escaped or quoted (a raw `*` split
+    // the row).
+    for (opts, want) in [
+        ("(DELIMITER '*')", format!("1*{}\n", "\\*".repeat(20))),
+        (
+            "(FORMAT csv, QUOTE '*')",
+            format!("1,*{}*\n", "**".repeat(20)),
+        ),
+    ] {
+        let sql = format!("COPY (SELECT id, secret_answer FROM {t} WHERE id = 1) TO STDOUT {opts}");
+        let got = copy_out(&c, &sql).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), want, "{sql}");
+    }
+    // An `E'…'` string continued after a newline keeps its backslash
+    // escapes (`E'x'` then `'\''` is one string, `x'`): read as a plain
+    // string, the rest of the COPY's query hid behind a comment and
+    // `secret_answer` went out in clear. Also as a SELECT. (Both computed
+    // columns take the rule of the ruled name the text mentions.)
+    for sql in [
+        format!(
+            "COPY (SELECT E'x'\n'\\'' AS id, 'y' --') TO STDOUT;\n\
+             || secret_answer FROM {t} ORDER BY id) TO STDOUT"
+        ),
+        format!(
+            "SELECT E'x'\n'\\'' AS id, 'y' --' FROM {t};\n|| secret_answer FROM {t} ORDER BY id"
+        ),
+    ] {
+        let via = psql(&via_url(&gw), &["-At", "-c", &sql], None);
+        via.assert_success("psql, a continued E string");
+        assert!(
+            via.stdout.starts_with("**") && !via.stdout.contains("Rex"),
+            "{sql}: {}",
+            via.stdout
+        );
+    }
     // The session goes on after COPYs (nothing of the describes reaches
     // the client).
     assert_people(
@@ -4410,6 +4458,17 @@ async fn copy_to_with_custom_delimiters_masks_every_field() {
             "{sql}"
         );
     }
+    // The mask character as the delimiter: a masked value is written
+    // anew with its `*`s escaped, so the row keeps its two fields.
+    let sql = "copy (select 1, 'mail alice.smith@example.com now') to stdout (delimiter '*')";
+    let out = copy_out(&c, sql).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("alice.smith"), "{text}");
+    let b = text.as_bytes();
+    let fields = (0..b.len())
+        .filter(|&i| b[i] == b'*' && (i == 0 || b[i - 1] != b'\\'))
+        .count();
+    assert!(text.starts_with("1*mail ") && fields == 1, "{text}");
     // PostgreSQL writes `\` before each delimiter character in the data,
     // and the client picks the delimiter: a token cut by one went out in
     // clear (`ghp\_…`, `Bearer\ …`, a URL's password before `\@`).
@@ -4944,6 +5003,24 @@ async fn card_numbers_in_number_columns_are_masked() {
         (
             format!("copy (select -pan8, -pan from {t}) to stdout (delimiter '-')"),
             "\\-0000000000004444-\\-0000000000001111\n",
+        ),
+        // (A quote or escape character the value holds is doubled inside
+        // quotes: `-` of a negative number, a digit. The fields are
+        // written anew, quoted as PostgreSQL quotes them.)
+        (
+            format!("copy (select -pan8, -pan from {t}) to stdout (format csv, quote '-')"),
+            "---0000000000004444-,---0000000000001111-\n",
+        ),
+        (
+            format!(
+                "copy (select -pan8, -pan from {t}) to stdout \
+                 (format csv, force_quote *, escape '-')"
+            ),
+            "\"--0000000000004444\",\"--0000000000001111\"\n",
+        ),
+        (
+            format!("copy {t} (pan8, pan) to stdout (format csv, quote '4')"),
+            "4000000000000444444444,400000000000011114\n",
         ),
     ] {
         let out = String::from_utf8(copy_out(&c, &sql).await.unwrap()).unwrap();

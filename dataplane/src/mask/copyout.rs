@@ -169,6 +169,66 @@ pub(super) fn space_byte(c: u8) -> bool {
     c.is_ascii_whitespace() || c == 0x0B
 }
 
+/// The parts of the string literal whose opening quote is at `i`, as
+/// PostgreSQL reads it: this `'…'`, and each `'…'` that continues it after
+/// white space holding a newline (`--` comments too), all read in this
+/// one's mode (`escapes`: backslash escapes, as in `E'…'`; `E'x'` then a
+/// newline and `'\''` is one string, `x'`). Calls `part` with the inside
+/// of each; returns the index past the last closing quote and true, or
+/// the end of `s` and false when a part is not closed.
+pub(super) fn string_parts(
+    s: &[u8],
+    i: usize,
+    escapes: bool,
+    mut part: impl FnMut(&[u8]),
+) -> (usize, bool) {
+    let n = s.len();
+    let mut start = i + 1;
+    let mut j = start;
+    while j < n {
+        match s[j] {
+            b'\\' if escapes => j += 2,
+            b'\'' if s.get(j + 1) == Some(&b'\'') => j += 2,
+            b'\'' => {
+                part(&s[start..j]);
+                match continuation(s, j + 1) {
+                    Some(k) => {
+                        start = k + 1;
+                        j = start;
+                    }
+                    None => return (j + 1, true),
+                }
+            }
+            _ => j += 1,
+        }
+    }
+    part(&s[start.min(n)..]);
+    (n, false)
+}
+
+/// Where a string literal continuing the one that ended at `end` opens
+/// (its quote): after white space that holds a newline, with `--`
+/// comments in it, as PostgreSQL's lexer joins two literals.
+fn continuation(s: &[u8], end: usize) -> Option<usize> {
+    let mut k = end;
+    let mut newline = false;
+    loop {
+        match *s.get(k)? {
+            b' ' | b'\t' | 0x0c => k += 1,
+            b'\n' | b'\r' => {
+                newline = true;
+                k += 1;
+            }
+            0x0b if newline => k += 1,
+            b'-' if s.get(k + 1) == Some(&b'-') => {
+                k += memchr::memchr2(b'\n', b'\r', &s[k..])?;
+            }
+            b'\'' if newline => return Some(k),
+            _ => return None,
+        }
+    }
+}
+
 /// If a string literal, quoted identifier, dollar-quoted string or
 /// comment starts at `i`, the index just past it (the end of `s` when it
 /// is not closed).
@@ -180,16 +240,7 @@ pub(super) fn skip_quoted(s: &[u8], i: usize, backslash: bool) -> Option<usize> 
             // standard_conforming_strings off).
             let escapes = backslash
                 || (i > 0 && matches!(s[i - 1], b'e' | b'E') && (i < 2 || !ident_byte(s[i - 2])));
-            let mut j = i + 1;
-            while j < n {
-                match s[j] {
-                    b'\\' if escapes => j += 2,
-                    b'\'' if s.get(j + 1) == Some(&b'\'') => j += 2,
-                    b'\'' => return Some(j + 1),
-                    _ => j += 1,
-                }
-            }
-            Some(n)
+            Some(string_parts(s, i, escapes, |_| {}).0)
         }
         b'"' => {
             let mut j = i + 1;
@@ -390,12 +441,16 @@ impl<'a> Lex<'a> {
         }
         match s.get(i) {
             Some(b'\'') => {
-                let end = skip_quoted(s, i, self.backslash || escaped)?;
-                if end < i + 2 || s[end - 1] != b'\'' {
+                let escapes = self.backslash || escaped;
+                let mut v = Vec::new();
+                let (end, closed) = string_parts(s, i, escapes, |p| {
+                    v.extend_from_slice(&unescape(p, escapes))
+                });
+                if !closed {
                     return None;
                 }
                 self.i = end;
-                Some(unescape(&s[i + 1..end - 1], self.backslash || escaped))
+                Some(v)
             }
             Some(b'$') => {
                 let end = skip_quoted(s, i, self.backslash)?;
@@ -915,11 +970,14 @@ fn is_null(o: &CopyOptions, p: &[u8], s: &Span) -> bool {
     !s.quoted && p[s.raw.0..s.raw.1] == o.null[..]
 }
 
-/// A field's value: text-format escapes decoded, CSV quotes undone.
-fn decode(format: CopyFormat, v: &[u8], out: &mut Vec<u8>) {
+/// A field's value: text-format escapes decoded, CSV quotes undone (an
+/// unquoted CSV value has none: PostgreSQL writes its characters as they
+/// are, the ESCAPE character too).
+fn decode(format: CopyFormat, quoted: bool, v: &[u8], out: &mut Vec<u8>) {
     out.clear();
     match format {
         CopyFormat::Text { .. } => unescape_text(v, out),
+        CopyFormat::Csv { .. } if !quoted => out.extend_from_slice(v),
         CopyFormat::Csv { .. } => {
             let mut i = 0;
             while i < v.len() {
@@ -969,16 +1027,10 @@ pub(super) fn scan_field(
     hits: &mut Hits,
 ) -> u32 {
     let v = &mut p[s.value.0..s.value.1];
-    let escaped = match format {
-        CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_some(),
-        CopyFormat::Csv { quote, escape, .. } => {
-            s.quoted && memchr::memchr2(quote, escape, v).is_some()
-        }
-    };
-    if !escaped {
+    if !escaped(format, v, s) {
         return engine.mask_counted(v, hits);
     }
-    decode(format, v, scratch);
+    decode(format, s.quoted, v, scratch);
     let n = engine.mask_counted(scratch, hits);
     if n == 0 {
         return 0;
@@ -994,6 +1046,33 @@ pub(super) fn scan_field(
         j += 1;
     }
     n
+}
+
+/// Whether field `s`'s value `v` is written with escapes: a backslash in
+/// text format, a quote or ESCAPE character inside a quoted CSV value.
+fn escaped(format: CopyFormat, v: &[u8], s: &Span) -> bool {
+    match format {
+        CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_some(),
+        CopyFormat::Csv { quote, escape, .. } => {
+            s.quoted && memchr::memchr2(quote, escape, v).is_some()
+        }
+    }
+}
+
+/// Whether the mask character `ch`, written into a field as it is, would
+/// read as syntax of COPY options `o` (the client chooses them: `DELIMITER
+/// '*'`, or CSV `QUOTE '*'`): the fields of such a COPY that masking
+/// changes are then written anew ([`mask_copy_row`]).
+pub fn mask_char_clashes(o: &CopyOptions, ch: u8) -> bool {
+    matches!(ch, b'\\' | b'\n' | b'\r')
+        || match o.format {
+            CopyFormat::Text { delimiter } => ch == delimiter,
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+            } => ch == delimiter || ch == quote || ch == escape,
+        }
 }
 
 /// A text-format COPY field's value (its backslash escapes decoded), into
@@ -1049,8 +1128,9 @@ fn text_escape(v: &[u8], i: usize) -> (u8, usize) {
     (b, i)
 }
 
-/// A value written as a field of `o`'s format.
-fn encode(o: &CopyOptions, v: &[u8], out: &mut Vec<u8>) {
+/// A value written as a field of `o`'s format; a CSV value quoted when it
+/// must be, or when `quoted` (the field it replaces was: `FORCE_QUOTE`).
+fn encode(o: &CopyOptions, v: &[u8], quoted: bool, out: &mut Vec<u8>) {
     match o.format {
         CopyFormat::Text { delimiter } => {
             for &c in v {
@@ -1077,7 +1157,8 @@ fn encode(o: &CopyOptions, v: &[u8], out: &mut Vec<u8>) {
             quote,
             escape,
         } => {
-            let needs = v.is_empty()
+            let needs = quoted
+                || v.is_empty()
                 || v == b"\\."
                 || v == &o.null[..]
                 || v.iter()
@@ -1104,6 +1185,23 @@ pub struct CopyScratch {
     spans: Vec<Span>,
     value: Vec<u8>,
     hashed: Vec<u8>,
+    /// The fields to write anew, in order: a field's index and its new
+    /// value (decoded; encoded when written) in `values`, or `None` for
+    /// the NULL string.
+    replaced: Vec<(usize, Option<(usize, usize)>)>,
+    values: Vec<u8>,
+}
+
+impl CopyScratch {
+    /// Field `i` is to be written as `v` (decoded).
+    fn replace(&mut self, i: usize, v: Option<&[u8]>) {
+        let v = v.map(|v| {
+            let a = self.values.len();
+            self.values.extend_from_slice(v);
+            (a, self.values.len())
+        });
+        self.replaced.push((i, v));
+    }
 }
 
 /// Mask one text or CSV CopyData payload of a COPY with options `o` whose
@@ -1129,87 +1227,112 @@ pub fn mask_copy_row(
     // A row split into another number of fields than the COPY has columns
     // (options read wrong): no field is where its column says.
     let cols = cols.filter(|c| c.len() == scratch.spans.len());
-    let mut ruled = false;
-    for (i, s) in scratch.spans.iter().enumerate() {
+    let ch = engine.mask_char();
+    // (A mask character written in place would read as the COPY's
+    // syntax: the fields masking changes are written anew.)
+    let clash = mask_char_clashes(o, ch);
+    // (Text format writes a value equal to the NULL string as it writes
+    // NULL; unless that is `\N`, which no value is written as, a ruled
+    // field that reads as NULL is masked as a value: fail safe.)
+    let null_is_value = matches!(format, CopyFormat::Text { .. }) && o.null != b"\\N";
+    scratch.replaced.clear();
+    scratch.values.clear();
+    for i in 0..scratch.spans.len() {
+        let s = scratch.spans[i];
+        let esc = escaped(format, &payload[s.value.0..s.value.1], &s);
         match field_rule(engine, cols, i) {
             None => {
-                if engine.detects() {
-                    // (A number column as in a DataRow: a card kept as a
-                    // number gets its masked digits made 0, so the field
-                    // still loads into its column, and other integers (a
-                    // random 64-bit id) stay; see `rows::mask_number`.)
-                    if let Some(o @ (20 | 1700)) = cols.and_then(|c| c.get(i)).map(|c| c.oid) {
-                        let mut v = &mut payload[s.value.0..s.value.1];
-                        // (The one escape a number can have: a minus sign
-                        // that is the text format's delimiter.)
-                        if matches!(format, CopyFormat::Text { delimiter: b'-' })
-                            && v.starts_with(b"\\-")
-                        {
-                            v = &mut v[1..];
+                if !engine.detects() {
+                    continue;
+                }
+                // (A number column as in a DataRow: a card kept as a
+                // number gets its masked digits made 0, so the field
+                // still loads into its column, and other integers (a
+                // random 64-bit id) stay; see `rows::mask_number`.)
+                let number = cols
+                    .and_then(|c| c.get(i))
+                    .map(|c| c.oid)
+                    .filter(|o| matches!(o, 20 | 1700));
+                match number {
+                    Some(oid) if !esc && !clash => {
+                        let v = &mut payload[s.value.0..s.value.1];
+                        super::rows::mask_number(engine, oid, 0, v, hits);
+                    }
+                    None if !clash => {
+                        scan_field(engine, format, payload, &s, &mut scratch.value, hits);
+                    }
+                    // (Written with escapes (`\-`, a doubled CSV quote
+                    // that is a digit or `-`), or under a clash: decoded,
+                    // masked, written anew.)
+                    _ => {
+                        let mut v = std::mem::take(&mut scratch.value);
+                        decode(format, s.quoted, &payload[s.value.0..s.value.1], &mut v);
+                        let n = match number {
+                            Some(oid) => super::rows::mask_number(engine, oid, 0, &mut v, hits),
+                            None => engine.mask_counted(&mut v, hits),
+                        };
+                        if n > 0 {
+                            scratch.replace(i, Some(&v));
                         }
-                        super::rows::mask_number(engine, o, 0, v, hits);
-                    } else {
-                        scan_field(engine, format, payload, s, &mut scratch.value, hits);
+                        scratch.value = v;
                     }
                 }
             }
-            Some((r, action)) if !is_null(o, payload, s) => {
+            Some((r, action)) => {
+                if is_null(o, payload, &s) && !null_is_value {
+                    continue;
+                }
                 hits.add_at(r, i as u32, 1);
                 // `mask` and `keep_last` on a value written without
                 // escapes or quotes inside: the same bytes, in place (the
                 // rewrite below would give the same).
                 let v = &mut payload[s.value.0..s.value.1];
-                let plain = match format {
-                    CopyFormat::Text { .. } => memchr::memchr(b'\\', v).is_none(),
-                    CopyFormat::Csv { quote, escape, .. } => {
-                        memchr::memchr2(quote, escape, v).is_none()
-                    }
-                };
                 match action {
-                    ColumnAction::Mask if plain => {
-                        mask_chars(v, 0, engine.mask_char());
+                    ColumnAction::Mask if !esc && !clash => {
+                        mask_chars(v, 0, ch);
                     }
-                    ColumnAction::KeepLast(k) if plain => {
-                        mask_chars(v, k as usize, engine.mask_char());
+                    ColumnAction::KeepLast(k) if !esc && !clash => {
+                        mask_chars(v, k as usize, ch);
                     }
-                    _ => ruled = true,
+                    ColumnAction::Null => scratch.replace(i, None),
+                    _ => {
+                        let mut d = std::mem::take(&mut scratch.value);
+                        decode(format, s.quoted, v, &mut d);
+                        match action {
+                            ColumnAction::Hash => {
+                                let mut h = std::mem::take(&mut scratch.hashed);
+                                h.clear();
+                                engine.hash_into(&d, &mut h);
+                                scratch.replace(i, Some(&h));
+                                scratch.hashed = h;
+                            }
+                            ColumnAction::KeepLast(k) => {
+                                mask_chars(&mut d, k as usize, ch);
+                                scratch.replace(i, Some(&d));
+                            }
+                            _ => {
+                                mask_chars(&mut d, 0, ch);
+                                scratch.replace(i, Some(&d));
+                            }
+                        }
+                        scratch.value = d;
+                    }
                 }
             }
-            Some(_) => {}
         }
     }
-    if !ruled {
+    if scratch.replaced.is_empty() {
         return false;
     }
     out.clear();
     let mut prev = 0;
-    let ch = engine.mask_char();
-    for (i, s) in scratch.spans.iter().enumerate() {
-        let Some((_, action)) = field_rule(engine, cols, i) else {
-            continue;
-        };
-        if is_null(o, payload, s) {
-            continue;
-        }
+    for &(i, v) in &scratch.replaced {
+        let s = scratch.spans[i];
         out.extend_from_slice(&payload[prev..s.raw.0]);
         prev = s.raw.1;
-        decode(format, &payload[s.value.0..s.value.1], &mut scratch.value);
-        let v = &mut scratch.value;
-        match action {
-            ColumnAction::Null => out.extend_from_slice(&o.null),
-            ColumnAction::Hash => {
-                scratch.hashed.clear();
-                engine.hash_into(v, &mut scratch.hashed);
-                encode(o, &scratch.hashed, out);
-            }
-            ColumnAction::Mask => {
-                mask_chars(v, 0, ch);
-                encode(o, v, out);
-            }
-            ColumnAction::KeepLast(k) => {
-                mask_chars(v, k as usize, ch);
-                encode(o, v, out);
-            }
+        match v {
+            None => out.extend_from_slice(&o.null),
+            Some((a, b)) => encode(o, &scratch.values[a..b], s.quoted, out),
         }
     }
     out.extend_from_slice(&payload[prev..]);
@@ -1617,6 +1740,7 @@ mod tests {
             "1\t\\N\t\\N\t\\N\t\\N\tok\n"
         );
         // keep_last keeps a delimiter: quoted again in CSV, escaped in text.
+        // (A quoted field written anew stays quoted, as `FORCE_QUOTE` asks.)
         assert_eq!(
             run(
                 &e,
@@ -1624,7 +1748,7 @@ mod tests {
                 Some(&c),
                 "1,\"a,\"\"b\",\"xx\"\"y,z\",\"a\tb\",gone,\n"
             ),
-            format!("1,****,\"**\"\"y,z\",{hash},,\n")
+            format!("1,\"****\",\"**\"\"y,z\",\"{hash}\",,\n")
         );
         assert_eq!(
             run(&e, CopyFormat::TEXT, Some(&c), "1\tx\tab\\tcd\tq\t\t\n"),
@@ -1677,7 +1801,7 @@ mod tests {
         assert_eq!(
             run_with(&e, &o, Some(&c2), "\"x\\\",\\\"y\",a,NIL,\"\\\"q,1234\"\n"),
             format!(
-                "{},NIL,NIL,\"\\\"q,1234\"\n",
+                "\"{}\",NIL,NIL,\"\\\"q,1234\"\n",
                 String::from_utf8(hx).unwrap()
             )
         );
@@ -1794,6 +1918,26 @@ mod tests {
         ));
         assert_eq!(p, tuple(&[7, 1111]));
         assert_eq!(hits.total(), 1);
+    }
+
+    /// An unquoted CSV value has no escapes (PostgreSQL writes the ESCAPE
+    /// character in it as it is): a rule that rewrites it reads it so.
+    #[test]
+    fn unquoted_csv_values_are_read_as_written() {
+        let e = engine();
+        let c = cols(&e, &["h", "ssn"]);
+        let f = CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'\\',
+        };
+        // (`hash` of the value as written: its hash in a row of the same
+        // value, and `keep_last` over its 7 characters.)
+        let got = run(&e, f, Some(&c), "12\\\\345,12\\\\345\n");
+        let mut hashed = Vec::new();
+        e.hash_into(b"12\\\\345", &mut hashed);
+        let want = format!("{},***\\345\n", String::from_utf8(hashed).unwrap());
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -441,24 +441,11 @@ pub(super) fn strongest_mention(
             // a literal count too: a JSON key or path (`profile->>'ssn'`,
             // `profile['ssn']`, `jsonb_extract_path_text(p, 'ssn')`,
             // `'$.ssn'`) names a member as a column names a column.
-            let mut next = next;
             if c == b'\'' || c == b'$' {
-                let mut v = match literal_value(s, i, next, backslash) {
+                let v = match literal_value(s, i, next, backslash) {
                     Some(v) => v,
                     None => return Some(Source::Unreadable),
                 };
-                // Literals separated by white space with a newline are one
-                // (`'ss'\n'n'` is `'ssn'`).
-                while let Some(j) = continued_literal(s, next) {
-                    let Some(n) = skip_quoted(s, j, backslash) else {
-                        break;
-                    };
-                    match literal_value(s, j, n, backslash) {
-                        Some(more) => v.extend_from_slice(&more),
-                        None => return Some(Source::Unreadable),
-                    }
-                    next = n;
-                }
                 literal_names(&v, &mut consider);
             }
             if !matches!(c, b'-' | b'/') {
@@ -686,25 +673,17 @@ fn literal_value(s: &[u8], i: usize, next: usize, backslash: bool) -> Option<Vec
         return Some(s[tag.min(end)..end].to_vec());
     }
     let escaped = backslash || escape_prefix(s, i);
-    // (To the end of the text when it is not closed.)
-    let end = if next > i + 1 && s[next - 1] == b'\'' {
-        next - 1
-    } else {
-        next
-    };
-    let v = super::copyout::unescape(&s[(i + 1).min(end)..end], escaped);
+    // (Literals separated by white space with a newline are one, read in
+    // the first one's mode: `'ss'\n'n'` is `'ssn'`. To the end of the text
+    // when one is not closed.)
+    let mut v = Vec::new();
+    super::copyout::string_parts(s, i, escaped, |p| {
+        v.extend_from_slice(&super::copyout::unescape(p, escaped))
+    });
     if unicode_prefix(s, i) {
         return unicode_name(&v);
     }
     Some(v)
-}
-
-/// Where a string literal continuing the one that ended at `end` starts:
-/// after white space that holds a newline, PostgreSQL joins two literals.
-fn continued_literal(s: &[u8], end: usize) -> Option<usize> {
-    let gap = s[end.min(s.len())..].iter().position(|&c| !space_byte(c))?;
-    let j = end + gap;
-    (s[j] == b'\'' && s[end..j].iter().any(|&c| c == b'\n' || c == b'\r')).then_some(j)
 }
 
 /// Whether the quote at `i` is preceded by `U&` (a Unicode-escaped name or

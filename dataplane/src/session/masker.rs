@@ -32,7 +32,8 @@ use std::sync::Arc;
 
 use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
-    mask_binary_copy_row, mask_copy_row, CopyColumn, CopyOptions, CopyScratch, CopyStatement,
+    mask_binary_copy_row, mask_char_clashes, mask_copy_row, CopyColumn, CopyOptions, CopyScratch,
+    CopyStatement,
 };
 use crate::mask::derived::{
     has_word, sql_commands, BindValues, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
@@ -1667,13 +1668,17 @@ impl TargetMasker {
                     }
                     (c, _) => c,
                 };
+                // (A mask character that is the COPY's delimiter, quote or
+                // escape: the fields masking changes are written anew
+                // there too.)
+                let clash = mask_char_clashes(&self.copy_options, self.engine.mask_char());
                 (self.copy_ruled, self.copy_cols) = match cols {
-                    CopyCols::Detect => (false, None),
+                    CopyCols::Detect => (clash, None),
                     // (Number columns too: a card kept as a number gets
                     // its digits zeroed there, `mask_copy_row`.)
                     CopyCols::Resolved(c) if Some(c.len()) == n => {
                         let numbers = c.iter().any(|c| matches!(c.oid, 20 | 1700));
-                        (any_rule(&c) || numbers, Some(c))
+                        (any_rule(&c) || numbers || clash, Some(c))
                     }
                     // Not answered, failed, or other columns than described
                     // (generated ones the catalog read did not name).
