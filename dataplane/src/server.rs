@@ -116,6 +116,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     audit_cores.resize_with(workers, || None);
 
+    // A worker that panics ends the process (after the panic's message):
+    // a dead worker would leave its sessions hung and its listener taking
+    // connections no one serves, with the node still reporting ready. The
+    // audit records the clients saw completed are in the rings already,
+    // and a supervisor restarts the node.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("sluice-w"))
+        {
+            eprintln!("sluice-dp: a data-plane worker panicked; the node stops (restart it)");
+            std::process::abort();
+        }
+    }));
     let (tx, rx) = std::sync::mpsc::channel();
     for (id, ls) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

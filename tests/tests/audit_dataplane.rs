@@ -234,8 +234,6 @@ async fn every_statement_has_its_record_with_identity_connection_sql_and_outcome
     assert_eq!(of_kind(&recs, AuditKind::SnapshotApplied).len(), 1);
 }
 
-/// What was masked, per rule and column, is in the statement's record;
-/// SQL text and bind parameters are recorded through the masking engine.
 /// A session refused after its start was recorded (a client encoding the
 /// masker cannot read, asked for at login) is closed in the trail: its
 /// SessionEnd carries the error the client got. (It had a start and no
@@ -275,6 +273,8 @@ async fn a_session_refused_after_its_start_is_closed_in_the_trail() {
     assert!(o.error_message.contains("client_encoding SJIS"), "{o:?}");
 }
 
+/// What was masked, per rule and column, is in the statement's record;
+/// SQL text and bind parameters are recorded through the masking engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     const CARD: &str = "4111 1111 1111 1111";

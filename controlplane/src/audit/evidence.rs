@@ -198,9 +198,12 @@ impl Tally {
             Decision::ReviewRequired | Decision::ReviewApproved => self.sample("review", r),
             _ => {}
         }
-        // (Statements only: a failed login or a session refused before its
-        // relay carries a SQLSTATE too, counted as what it is.)
-        if !out.sqlstate.is_empty() && matches!(kind, AuditKind::Query | AuditKind::Execute) {
+        // (Statements: a Parse or Bind that failed, a statement refused; not
+        // a failed login or a session refused before its relay, which carry
+        // a SQLSTATE too and are counted as what they are.)
+        if !out.sqlstate.is_empty()
+            && !matches!(kind, AuditKind::AuthFailure | AuditKind::SessionEnd)
+        {
             self.resp.errors += 1;
             self.sample("error", r);
         }
@@ -312,14 +315,18 @@ mod tests {
         let mut end = rec(12, AuditKind::SessionEnd, Decision::Allow);
         end.outcome.as_mut().unwrap().sqlstate = "0A000".into();
         t.add(&end);
+        // (A statement that failed at its Parse is one.)
+        let mut parse = rec(13, AuditKind::Parse, Decision::Allow);
+        parse.outcome.as_mut().unwrap().sqlstate = "42601".into();
+        t.add(&parse);
         let r = t.finish();
         assert_eq!((r.from_unix_nanos, r.to_unix_nanos), (10, 20));
-        assert_eq!(r.records, 12);
+        assert_eq!(r.records, 13);
         assert_eq!(r.sessions, 3);
         assert_eq!((r.sessions_tls, r.sessions_plaintext), (1, 1));
         assert_eq!(r.statements, 7);
-        assert_eq!((r.allowed, r.denied, r.reviews_denied), (8, 2, 1));
-        assert_eq!((r.auth_failures, r.errors, r.snapshot_changes), (1, 1, 1));
+        assert_eq!((r.allowed, r.denied, r.reviews_denied), (9, 2, 1));
+        assert_eq!((r.auth_failures, r.errors, r.snapshot_changes), (1, 2, 1));
         assert_eq!(r.snapshot_versions, [7]);
         assert_eq!(
             r.masked,
@@ -338,7 +345,7 @@ mod tests {
         assert_eq!(ids("statement"), ["n1-3", "n1-4"], "two samples at most");
         assert_eq!(ids("denied"), ["n1-7", "n1-8"]);
         assert_eq!(ids("masked"), ["n1-9"]);
-        assert_eq!(ids("error"), ["n1-9"]);
+        assert_eq!(ids("error"), ["n1-9", "n1-13"]);
         assert_eq!(ids("plaintext_session"), ["n1-2"]);
         assert_eq!(r.samples[0].category, "session_start", "report order");
         let kinds: Vec<&str> = r.kinds.iter().map(|k| k.name.as_str()).collect();
@@ -347,6 +354,7 @@ mod tests {
             [
                 "auth_failure",
                 "execute",
+                "parse",
                 "query",
                 "session_end",
                 "session_start",

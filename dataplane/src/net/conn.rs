@@ -19,12 +19,13 @@ use super::catalog::Taken;
 use super::io::{
     raw_fd, shutdown_fd, write_all, ClientIo, MaybeTls, PacketReader, ReadError, TargetIo,
 };
-use super::Worker;
+use super::{Shared, Worker};
 use crate::audit::{self, Clock, CoreAudit, Tracker, WhenFull};
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::metrics::{bump, Outcome};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{FrameError, FrameScanner, Part};
+use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{sqlstate, tag};
 use crate::session::handshake::{ClientHandshake, SessionRequest, Step};
 use crate::session::masker::TargetMasker;
@@ -275,29 +276,9 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     let shared = &worker.shared;
     let _ = tcp.set_nodelay(true);
     let client_fd = raw_fd(&tcp);
-    // (Refused after the client's SSLRequest and startup packet, as
-    // PostgreSQL refuses them, so that a TLS client reads the error too; a
-    // CancelRequest still goes through, to stop a query a drain waits on.)
-    let refuse = if shared.draining.load(Relaxed) {
-        Some(Refusal {
-            code: sqlstate::ADMIN_SHUTDOWN,
-            message: "the gateway is shutting down",
-            outcome: Outcome::Shutdown,
-        })
-    } else if !shared.snapshot_ready.load(Relaxed) {
-        Some(Refusal {
-            code: sqlstate::CANNOT_CONNECT_NOW,
-            message:
-                "the gateway is starting: no configuration snapshot from the control plane yet",
-            outcome: Outcome::NotReady,
-        })
-    } else {
-        None
-    };
     let limits = &shared.limits;
     let hs_deadline = Duration::from_millis(limits.handshake_timeout_ms);
-    let handshake =
-        monoio::time::timeout(hs_deadline, client_handshake(worker, tcp, peer, refuse)).await;
+    let handshake = monoio::time::timeout(hs_deadline, client_handshake(worker, tcp, peer)).await;
     let (mut client, session, leftover) = match handshake {
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
@@ -311,7 +292,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
     let audit = match &worker.audit {
         Some(core) if core.should_refuse() && !admit_session(core).await => {
             core.count_refused();
-            let _ = write_all(
+            write_last(
                 &mut client,
                 fatal(
                     audit::AUDIT_UNAVAILABLE_SQLSTATE,
@@ -365,7 +346,7 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
         {
             a.core.count_refused();
             shutdown_fd(target_fd);
-            let _ = write_all(
+            write_last(
                 &mut client,
                 fatal(
                     audit::AUDIT_UNAVAILABLE_SQLSTATE,
@@ -467,22 +448,33 @@ fn unsafe_encoding_message(enc: &str) -> String {
     )
 }
 
-/// Why every new session is refused now (draining, or no snapshot yet).
-struct Refusal {
-    code: &'static str,
-    message: &'static str,
-    outcome: Outcome,
+/// Why every new session is refused now: the node is draining (57P01), or
+/// has no snapshot yet (57P03). Asked when a startup packet arrives (not at
+/// accept), and answered then, after TLS when the client asked for it, as
+/// PostgreSQL refuses them: a TLS client reads the error too. An
+/// SSLRequest and a CancelRequest still go through (a cancel may stop a
+/// query that a drain waits on).
+fn refusal(shared: &Shared) -> Option<(&'static str, &'static str, Outcome)> {
+    if shared.draining.load(Relaxed) {
+        Some((
+            sqlstate::ADMIN_SHUTDOWN,
+            "the gateway is shutting down",
+            Outcome::Shutdown,
+        ))
+    } else if !shared.snapshot_ready.load(Relaxed) {
+        Some((
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the gateway is starting: no configuration snapshot from the control plane yet",
+            Outcome::NotReady,
+        ))
+    } else {
+        None
+    }
 }
 
-/// Run the client handshake: TLS upgrade, authentication, authorization.
-/// With `refuse`, the session is refused once the startup packet is read
-/// (after TLS, when the client asked for it).
-async fn client_handshake(
-    worker: &Rc<Worker>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    refuse: Option<Refusal>,
-) -> Handshake {
+/// Run the client handshake: TLS upgrade, authentication, authorization
+/// (a session refused by [`refusal`] once its startup packet is read).
+async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Handshake {
     let shared = &worker.shared;
     let m = &worker.metrics;
     let mut hs = ClientHandshake::new(
@@ -499,17 +491,13 @@ async fn client_handshake(
                 .await
             {
                 Ok(p) => {
-                    let step = hs.on_untagged(&p);
-                    // (The startup packet read: the next message is tagged.)
-                    if let Some(r) = &refuse {
-                        if !hs.expects_untagged()
-                            && !matches!(step, Step::Reject { .. } | Step::Cancel { .. })
-                        {
-                            write_last(&mut io, fatal(r.code, r.message)).await;
-                            return Handshake::Done(r.outcome);
+                    if matches!(startup::parse(&p), Ok(StartupPacket::Startup(_))) {
+                        if let Some((code, message, outcome)) = refusal(shared) {
+                            write_last(&mut io, fatal(code, message)).await;
+                            return Handshake::Done(outcome);
                         }
                     }
-                    step
+                    hs.on_untagged(&p)
                 }
                 Err(e) => {
                     return read_failed(worker, &mut io, e, "invalid length of startup packet")
@@ -521,9 +509,7 @@ async fn client_handshake(
                 Ok((t, body)) => {
                     let mut nonce = [0u8; 18];
                     if shared.rng.fill(&mut nonce).is_err() {
-                        let _ =
-                            write_all(&mut io, fatal(sqlstate::INTERNAL_ERROR, "no randomness"))
-                                .await;
+                        write_last(&mut io, fatal(sqlstate::INTERNAL_ERROR, "no randomness")).await;
                         return Handshake::Done(Outcome::ProtocolError);
                     }
                     hs.on_message(t, &body, &nonce, unix_now())
@@ -680,7 +666,7 @@ async fn read_failed(worker: &Rc<Worker>, io: &mut ClientIo, e: ReadError, msg: 
         ReadError::BadLength(len) => {
             worker.metrics.protocol_errors.fetch_add(1, Relaxed);
             tracing::info!(len, "{msg}");
-            let _ = write_all(io, fatal(sqlstate::PROTOCOL_VIOLATION, msg)).await;
+            write_last(io, fatal(sqlstate::PROTOCOL_VIOLATION, msg)).await;
             Handshake::Done(Outcome::ProtocolError)
         }
     }
@@ -836,6 +822,9 @@ async fn open_target(
 struct RelayState<'a> {
     /// Requests (Query, Sync) sent and not yet answered by ReadyForQuery.
     in_flight: Cell<u32>,
+    /// A write to the client is under way (see `relay`'s end: one the end
+    /// cuts short leaves a TLS stream that must not be written again).
+    client_writing: Cell<bool>,
     /// Forwarding time of the last client request, waiting for its answer.
     request_added: Cell<Duration>,
     /// Snapshot generation the session's grant was last checked against.
@@ -916,6 +905,7 @@ async fn relay(
     let (mut tr, mut tw) = target.into_split();
     let state = RelayState {
         in_flight: Cell::new(0),
+        client_writing: Cell::new(false),
         request_added: Cell::new(Duration::ZERO),
         generation: Cell::new(session.generation),
         session,
@@ -983,6 +973,8 @@ async fn relay(
         End::CatalogMisaligned => MISALIGNED.into(),
     };
     let client_gone = matches!(end, End::Closed);
+    // The session's last message to the client (a FATAL), if any.
+    let mut last = None;
     match end {
         End::Terminated | End::TargetClosed => {}
         End::AuditRefused => {
@@ -990,12 +982,10 @@ async fn relay(
                 a.core.count_refused();
             }
             tracing::info!(identity = %session.identity, connection = %session.connection.name, "statement refused: audit records cannot be stored");
-            let _ = cw
-                .write_all(fatal(
-                    audit::AUDIT_UNAVAILABLE_SQLSTATE,
-                    audit::AuditGate::refusal_message(),
-                ))
-                .await;
+            last = Some(fatal(
+                audit::AUDIT_UNAVAILABLE_SQLSTATE,
+                audit::AuditGate::refusal_message(),
+            ));
         }
         End::Closed => {
             if state.in_flight.get() > 0 {
@@ -1012,51 +1002,54 @@ async fn relay(
         End::UnsafeEncoding(enc) => {
             let msg = unsafe_encoding_message(&enc);
             tracing::info!(identity = %session.identity, connection = %session.connection.name, "{msg}");
-            let _ = cw
-                .write_all(fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg))
-                .await;
+            last = Some(fatal(sqlstate::FEATURE_NOT_SUPPORTED, &msg));
         }
         End::Revoked(why) => {
             bump(&worker.metrics.sessions_revoked, 1);
             tracing::info!(identity = %session.identity, connection = %session.connection.name, "session revoked at its next statement: {}", why.0);
-            let _ = cw
-                .write_all(fatal(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    &format!("permission revoked: {}", why.0),
-                ))
-                .await;
+            last = Some(fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                &format!("permission revoked: {}", why.0),
+            ));
         }
         End::ClientFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
             tracing::info!("client sent an invalid frame: {e}");
-            let _ = cw
-                .write_all(fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()))
-                .await;
+            last = Some(fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string()));
         }
         End::CatalogMisaligned => {
             bump(&worker.metrics.protocol_errors, 1);
             tracing::warn!(identity = %session.identity, connection = %session.connection.name, "{MISALIGNED}");
-            let _ = cw
-                .write_all(fatal(sqlstate::PROTOCOL_VIOLATION, MISALIGNED))
-                .await;
+            last = Some(fatal(sqlstate::PROTOCOL_VIOLATION, MISALIGNED));
         }
         End::TargetFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
             tracing::warn!("target sent an invalid frame: {e}");
-            let _ = cw
-                .write_all(fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!("invalid frame from the target: {e}"),
-                ))
-                .await;
+            last = Some(fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                &format!("invalid frame from the target: {e}"),
+            ));
         }
     }
     shutdown_fd(target_fd);
-    // (A TLS client gets its close_notify after the last message, as the
-    // server's own sessions end: psql reported "SSL SYSCALL error: EOF
-    // detected" after a FATAL of the gateway's.)
-    if !client_gone {
-        let _ = monoio::time::timeout(Duration::from_millis(200), cw.shutdown()).await;
+    // The last message, then a TLS client's close_notify, as the server's
+    // own sessions end (psql reported "SSL SYSCALL error: EOF detected"
+    // after a FATAL of the gateway's). Not after a write to the client that
+    // this end cut short (the other direction ended first): a TLS stream
+    // is left without its buffer then, and writing to it again panics; nor
+    // after a write that did not finish in time (a client that does not
+    // read). The socket is closed as it is then.
+    if !client_gone && !state.client_writing.get() {
+        let sent = match last {
+            Some(f) => matches!(
+                monoio::time::timeout(Duration::from_secs(1), cw.write_all(f)).await,
+                Ok((Ok(_), _))
+            ),
+            None => true,
+        };
+        if sent {
+            let _ = monoio::time::timeout(Duration::from_millis(200), cw.shutdown()).await;
+        }
     }
     shutdown_fd(client_fd);
     if let Some(a) = audit {
@@ -1536,6 +1529,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             let added = state.request_added.get() + spent;
             m.record_added(added.as_nanos() as u64);
         }
+        state.client_writing.set(true);
         if rewritten {
             let (res, b) = wr.write_all(std::mem::take(&mut out)).await;
             out = b;
@@ -1555,6 +1549,7 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 return End::Closed;
             }
         }
+        state.client_writing.set(false);
         if let Some(enc) = refused_encoding {
             // What came before the switch went out; nothing after it does.
             return End::UnsafeEncoding(enc);
