@@ -2804,6 +2804,34 @@ async fn column_rules_apply_to_copy_to_stdout() {
         "{}",
         m.lines_for("sluice_masked_values_total")
     );
+    // `standard_conforming_strings` switched off by an Execute answered
+    // (Flush) before the next Parse: PostgreSQL reports the change only at
+    // the next ReadyForQuery, so the next text is read both ways (it was
+    // read with the old setting: `'a\'` closed, the rest a comment).
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes};
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let mut b = parse_bytes(
+        "",
+        "select set_config('standard_conforming_strings', 'off', false)",
+    );
+    b.extend(bind_bytes("", ""));
+    b.extend(execute_bytes("", false));
+    b.extend([b'H', 0, 0, 0, 4]);
+    s.raw.send(&b).await.unwrap();
+    while !matches!(s.raw.read_msg().await.tag, b'C' | b'E') {}
+    let sql = format!("select 'a\\' -- ', upper(secret_answer) as x from {t} where id = 1 --'\n");
+    let mut b = parse_bytes("", &sql);
+    b.extend(bind_bytes("", ""));
+    b.extend(describe_bytes(b'P', ""));
+    b.extend(execute_bytes("", true));
+    s.raw.send(&b).await.unwrap();
+    let r = format!("{:?}", s.read_result().await);
+    assert!(
+        !r.contains("REX") && r.contains("********************"),
+        "{r}"
+    );
 }
 
 /// The statement a computed column comes from is followed where its text

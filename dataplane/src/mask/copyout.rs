@@ -169,6 +169,20 @@ pub(super) fn space_byte(c: u8) -> bool {
     c.is_ascii_whitespace() || c == 0x0B
 }
 
+/// An identifier as PostgreSQL keeps it: cut to 63 bytes (`NAMEDATALEN`
+/// less one), not inside a UTF-8 character. A longer name in a text names
+/// the same column, statement or cursor as its first 63 bytes.
+pub(super) fn clip_identifier(v: &mut Vec<u8>) {
+    const MAX: usize = 63;
+    if v.len() > MAX {
+        let mut k = MAX;
+        while k > 0 && (v[k] & 0xc0) == 0x80 {
+            k -= 1;
+        }
+        v.truncate(k);
+    }
+}
+
 /// The parts of the string literal whose opening quote is at `i`, as
 /// PostgreSQL reads it: this `'…'`, and each `'…'` that continues it after
 /// white space holding a newline (`--` comments too), all read in this
@@ -391,13 +405,16 @@ impl<'a> Lex<'a> {
                 v.push(inner[k]);
                 k += if inner[k] == b'"' { 2 } else { 1 };
             }
+            clip_identifier(&mut v);
             Some(v)
         } else {
             let w = self.word()?;
             if self.s.get(self.i) == Some(&b'&') {
                 return None;
             }
-            Some(w.to_ascii_lowercase())
+            let mut v = w.to_ascii_lowercase();
+            clip_identifier(&mut v);
+            Some(v)
         }
     }
 

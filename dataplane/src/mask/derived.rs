@@ -391,6 +391,8 @@ pub(super) fn strongest_mention(
     // `extract(year from at)`), not a relation's.
     let mut calls: Vec<bool> = Vec::new();
     let mut after_name = false;
+    // The words `IS` (1), `IS NOT` (2), `IS [NOT] DISTINCT` (3) just read.
+    let mut is_seq = 0u8;
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
@@ -418,6 +420,7 @@ pub(super) fn strongest_mention(
                     None => return Some(Source::Unreadable),
                 }
             }
+            super::copyout::clip_identifier(&mut lower);
             let end = i.min(s.len());
             // (A quoted name right after a relation's is its alias.)
             let gives = alias > 0;
@@ -462,15 +465,44 @@ pub(super) fn strongest_mention(
             while j < s.len() && ident_byte(s[j]) {
                 j += 1;
             }
-            // A bare name is folded to lower case, as the server does.
+            // A bare name is folded to lower case, as the server does, and
+            // cut to 63 bytes.
             lower.clear();
             lower.extend(s[i..j].iter().map(u8::to_ascii_lowercase));
+            super::copyout::clip_identifier(&mut lower);
             i = j;
             lists = matches!(&lower[..], b"select" | b"distinct" | b"all" | b"returning");
-            if matches!(
-                &lower[..],
-                b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
-            ) {
+            // (`IS [NOT] DISTINCT FROM` is an operator: its FROM names no
+            // relation.)
+            let operator_from = lower == b"from" && is_seq == 3;
+            is_seq = match (&lower[..], is_seq) {
+                (b"is", _) => 1,
+                (b"not", 1) => 2,
+                (b"distinct", 1 | 2) => 3,
+                _ => 0,
+            };
+            if operator_from {
+                after_name = false;
+                continue;
+            }
+            // (`update(…)` and `join(…)` may call a function of that name:
+            // then no relation follows. `JOIN (` a subquery or a
+            // parenthesized join is read as names, which only adds.)
+            let call = matches!(&lower[..], b"update" | b"join")
+                && next_byte(s, j) == Some(b'(')
+                && !opens_query(
+                    s,
+                    s[j..]
+                        .iter()
+                        .position(|&c| c == b'(')
+                        .map_or(j, |k| j + k + 1),
+                );
+            if !call
+                && matches!(
+                    &lower[..],
+                    b"from" | b"join" | b"update" | b"into" | b"table" | b"only"
+                )
+            {
                 // (Not inside a function call's parentheses.)
                 relation = !calls.last().copied().unwrap_or(false);
                 if relation {
@@ -553,6 +585,7 @@ pub(super) fn strongest_mention(
             _ => {}
         }
         if !space_byte(c) {
+            is_seq = 0;
             alias = 0;
             after_name = false;
             // (A qualified relation's dots keep it.)
@@ -1170,6 +1203,46 @@ mod tests {
         assert!(rule(&e, "SELECT 'ssn").is_some());
         assert!(rule(&e, "SELECT \"ssn").is_some());
         assert!(rule(&e, "\"").is_none());
+    }
+
+    /// Texts PostgreSQL reads otherwise than a first reading did (found by
+    /// review, each a ruled column in clear through the gateway).
+    #[test]
+    fn names_as_the_server_reads_them() {
+        let e = Engine::compile(&MaskingProfile::default()).unwrap();
+        for sql in [
+            // `IS [NOT] DISTINCT FROM` names no relation.
+            "select 1 is distinct from 2 as b, api_secret || '' as x from t",
+            "select 1 IS NOT /* c */ DISTINCT FROM 2, upper(api_secret) from t",
+            // Functions named `update` and `join`.
+            "select update(api_secret) from t",
+            "select join (api_secret) from t",
+            // A name over 63 bytes is its first 63 (`…_ssn` after the cut).
+            &format!("select upper({}_ssnzz) from t", "a".repeat(59)),
+            &format!("select upper(\"{}_ssnZZ\") from t", "a".repeat(59)),
+        ] {
+            assert!(rule(&e, sql).is_some(), "{sql}");
+        }
+        // A subquery after JOIN is still one; FROM after IS DISTINCT is
+        // no relation, a FROM later still is.
+        assert_eq!(
+            rule(
+                &e,
+                "select a from t join (select 1 as x) q on a is distinct from x"
+            ),
+            None
+        );
+        assert_eq!(
+            rule(&e, "select a is distinct from b from api_secret"),
+            None
+        );
+        // Statement and cursor names are cut as the server cuts them.
+        let long = format!("p{}", "q".repeat(70));
+        let cut = format!("p{}", "q".repeat(62));
+        assert_eq!(
+            sql_commands(format!("execute {long}").as_bytes(), false),
+            vec![SqlCommand::Execute(cut.into_bytes())]
+        );
     }
 
     #[test]

@@ -313,6 +313,11 @@ pub struct TargetMasker {
     /// the copy never started): the server ignores Syncs during its
     /// copy-in.
     copy_in_query: Option<u64>,
+    /// An Execute was answered since the last ReadyForQuery: a setting it
+    /// changed (`set_config('standard_conforming_strings', …)`) is
+    /// reported only at ReadyForQuery (PostgreSQL 14 and later), so the
+    /// texts sent until then are read both ways ([`TargetMasker::settled`]).
+    unreported: bool,
     /// Its copy-in started (CopyInResponse came): Syncs sent from now until
     /// its CopyDone or CopyFail get no answer.
     copy_in_started: bool,
@@ -446,6 +451,7 @@ impl TargetMasker {
             poisoned: Default::default(),
             copy_untrusted: false,
             copy_in_query: None,
+            unreported: false,
             copy_in_started: false,
             copy_in_unsure: VecDeque::new(),
             rules_unread: false,
@@ -955,7 +961,7 @@ impl TargetMasker {
     /// a FunctionCall: a `SET` among them could change how the server reads
     /// the next text), and no COPY FROM is taking data.
     fn settled(&self) -> bool {
-        self.pending.results.is_empty() && self.copy_in_query.is_none()
+        self.pending.results.is_empty() && self.copy_in_query.is_none() && !self.unreported
     }
 
     /// Settled, and nothing the client sent is unanswered (as far as the
@@ -1628,6 +1634,7 @@ impl TargetMasker {
                 // An Execute is answered (a simple query ends at ReadyForQuery).
                 if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                     self.pending.results.pop_front();
+                    self.unreported = true;
                 }
             }
             b'H' => {
@@ -1689,6 +1696,7 @@ impl TargetMasker {
                 self.copy_out = None;
                 if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                     self.pending.results.pop_front();
+                    self.unreported = true;
                 }
             }
             b'G' => {
@@ -1754,11 +1762,13 @@ impl TargetMasker {
                     self.copy_out = None;
                     if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
                         self.pending.results.pop_front();
+                        self.unreported = true;
                     }
                 }
             }
             b'Z' => {
                 self.bound_undescribed = None;
+                self.unreported = false;
                 // (More ReadyForQuery than requests counted: go by the
                 // server.)
                 self.done_epoch = (self.done_epoch + 1).min(self.sent_epoch);
