@@ -4497,6 +4497,26 @@ async fn copy_to_with_custom_delimiters_masks_every_field() {
         .filter(|&i| b[i] == b'*' && (i == 0 || b[i - 1] != b'\\'))
         .count();
     assert!(text.starts_with("1*mail ") && fields == 1, "{text}");
+    // … in the HEADER row too (a column name the detectors mask).
+    let sql = "copy (select 1 as \"alice.smith@example.com\", 2 as b) to stdout \
+               (format csv, header, delimiter '*')";
+    let out = copy_out(&c, sql).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with('"') && header.ends_with("\"*b") && !header.contains("alice"),
+        "{text}"
+    );
+    // A value masked into the NULL string (`NULL '**'`) is written so that
+    // it still reads as a value (it loaded as NULL).
+    for (opts, want) in [
+        ("(format csv, null '**')", "\"**\",2\n"),
+        ("(null '**')", "\\**\t2\n"),
+    ] {
+        let sql = format!("copy (select 'ab'::text as secret_b, 2) to stdout {opts}");
+        let out = copy_out(&c, &sql).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), want, "{sql}");
+    }
     // PostgreSQL writes `\` before each delimiter character in the data,
     // and the client picks the delimiter: a token cut by one went out in
     // clear (`ghp\_…`, `Bearer\ …`, a URL's password before `\@`).

@@ -1150,7 +1150,11 @@ fn text_escape(v: &[u8], i: usize) -> (u8, usize) {
 fn encode(o: &CopyOptions, v: &[u8], quoted: bool, out: &mut Vec<u8>) {
     match o.format {
         CopyFormat::Text { delimiter } => {
-            for &c in v {
+            // (A value that is the NULL string as written reads as NULL: its
+            // first byte escaped, it reads as the value, the NULL string
+            // being compared before escapes are read.)
+            let collides = !v.is_empty() && v == &o.null[..];
+            for (k, &c) in v.iter().enumerate() {
                 let e = match c {
                     b'\\' => b'\\',
                     8 => b'b',
@@ -1160,6 +1164,9 @@ fn encode(o: &CopyOptions, v: &[u8], quoted: bool, out: &mut Vec<u8>) {
                     b'\t' => b't',
                     11 => b'v',
                     c if c == delimiter => c,
+                    // (Not a letter or digit: `\N`, `\n`, `\123` are
+                    // escapes of their own.)
+                    c if k == 0 && collides && !c.is_ascii_alphanumeric() => c,
                     _ => {
                         out.push(c);
                         continue;
@@ -1239,6 +1246,37 @@ pub fn mask_copy_row(
     scratch: &mut CopyScratch,
     out: &mut Vec<u8>,
 ) -> bool {
+    mask_copy_fields(engine, o, cols, false, payload, hits, scratch, out)
+}
+
+/// The HEADER row of a text or CSV COPY (column names, no column's
+/// values): the detectors only, in place as in [`mask_copy_data`], or
+/// written anew as [`mask_copy_row`] writes fields when the mask character
+/// is the COPY's delimiter, quote or escape. Returns whether `out` holds
+/// the new payload.
+pub fn mask_copy_header(
+    engine: &Engine,
+    o: &CopyOptions,
+    payload: &mut [u8],
+    hits: &mut Hits,
+    scratch: &mut CopyScratch,
+    out: &mut Vec<u8>,
+) -> bool {
+    mask_copy_fields(engine, o, None, true, payload, hits, scratch, out)
+}
+
+/// [`mask_copy_row`]; `header`: the fields are column names (no rules).
+#[allow(clippy::too_many_arguments)]
+fn mask_copy_fields(
+    engine: &Engine,
+    o: &CopyOptions,
+    cols: Option<&[CopyColumn]>,
+    header: bool,
+    payload: &mut [u8],
+    hits: &mut Hits,
+    scratch: &mut CopyScratch,
+    out: &mut Vec<u8>,
+) -> bool {
     let format = o.format;
     fields(format, payload, &mut scratch.spans);
     // A row split into another number of fields than the COPY has columns
@@ -1257,7 +1295,13 @@ pub fn mask_copy_row(
     for i in 0..scratch.spans.len() {
         let s = scratch.spans[i];
         let esc = escaped(format, &payload[s.value.0..s.value.1], &s);
-        match field_rule(engine, cols, i) {
+        let was_null = is_null(o, payload, &s);
+        let rule = if header {
+            None
+        } else {
+            field_rule(engine, cols, i)
+        };
+        match rule {
             None => {
                 if !engine.detects() {
                     continue;
@@ -1323,19 +1367,34 @@ pub fn mask_copy_row(
                                 scratch.replace(i, Some(&h));
                                 scratch.hashed = h;
                             }
+                            // (A value masking leaves as it is, written as
+                            // it was: not rewritten.)
                             ColumnAction::KeepLast(k) => {
-                                mask_chars(&mut d, k as usize, ch);
-                                scratch.replace(i, Some(&d));
+                                if mask_chars(&mut d, k as usize, ch) {
+                                    scratch.replace(i, Some(&d));
+                                }
                             }
                             _ => {
-                                mask_chars(&mut d, 0, ch);
-                                scratch.replace(i, Some(&d));
+                                if mask_chars(&mut d, 0, ch) {
+                                    scratch.replace(i, Some(&d));
+                                }
                             }
                         }
                         scratch.value = d;
                     }
                 }
             }
+        }
+        // (Masked in place into the NULL string (`NULL '**'`): written anew,
+        // quoted or escaped, so that it still reads as a value.)
+        if !was_null
+            && is_null(o, payload, &s)
+            && scratch.replaced.last().is_none_or(|&(k, _)| k != i)
+        {
+            let mut d = std::mem::take(&mut scratch.value);
+            decode(format, s.quoted, &payload[s.value.0..s.value.1], &mut d);
+            scratch.replace(i, Some(&d));
+            scratch.value = d;
         }
     }
     if scratch.replaced.is_empty() {

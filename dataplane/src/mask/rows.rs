@@ -1092,17 +1092,41 @@ pub(super) fn mask_chars(v: &mut [u8], keep: usize, ch: u8) -> bool {
 }
 
 /// The bytes [`mask_chars`] masks: `v[..cut]`, all but the last `keep`
-/// characters; None when `v` has fewer than `keep`.
+/// characters; None when `v` has fewer than `keep`. A character is a
+/// whole UTF-8 sequence, else one byte: a byte `0x80..=0xBF` that ends no
+/// sequence is a character of its own (LATIN1 `°±²³´`, whose five bytes
+/// had counted as no character at all, and were kept in clear).
 pub(super) fn masked_part(v: &[u8], keep: usize) -> Option<usize> {
     let mut cut = v.len();
     let mut kept = 0;
     while kept < keep && cut > 0 {
-        cut -= 1;
-        if v[cut] & 0xC0 != 0x80 {
-            kept += 1;
-        }
+        cut -= utf8_char_before(v, cut);
+        kept += 1;
     }
     (kept == keep).then_some(cut)
+}
+
+/// The length of the character that ends at `end` (`end > 0`): the UTF-8
+/// sequence whose lead byte is at most three bytes back and whose length
+/// reaches exactly `end`, else 1.
+fn utf8_char_before(v: &[u8], end: usize) -> usize {
+    if v[end - 1] & 0xC0 != 0x80 {
+        return 1;
+    }
+    for n in 2..=4.min(end) {
+        let lead = v[end - n];
+        if lead & 0xC0 == 0x80 {
+            continue;
+        }
+        let len = match lead {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 0,
+        };
+        return if len == n { n } else { 1 };
+    }
+    1
 }
 
 /// What the column walk of [`mask_data_row`] found: how many cells to scan

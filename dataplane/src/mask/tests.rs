@@ -3011,3 +3011,23 @@ fn number_containers_of_any_bytes() {
         }
     }
 }
+
+/// `keep_last` counts characters: a UTF-8 sequence is one, and a byte
+/// `0x80..=0xBF` that ends none is one too (a LATIN1 value of such bytes
+/// had counted as no character and was kept whole, in clear).
+#[test]
+fn keep_last_counts_characters_of_any_encoding() {
+    use super::rows::mask_chars;
+    let mut v = "°±²³´".as_bytes().to_vec();
+    assert!(mask_chars(&mut v, 4, b'*'));
+    assert_eq!(v, "**±²³´".as_bytes());
+    let mut v = vec![0xB0, 0xB1, 0xB2, 0xB3, 0xB4];
+    assert!(mask_chars(&mut v, 4, b'*'));
+    assert_eq!(v, [b'*', 0xB1, 0xB2, 0xB3, 0xB4]);
+    // (A lead byte that a shorter sequence than its own follows.)
+    let mut v = vec![b'a', 0xE2, 0x82, b'b', b'c', b'd'];
+    assert!(mask_chars(&mut v, 4, b'*'));
+    assert_eq!(v, [b'*', b'*', 0x82, b'b', b'c', b'd']);
+    let mut v = b"123".to_vec();
+    assert!(!mask_chars(&mut v, 4, b'*'));
+}

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use crate::mask::copyout::{
     any_rule, copy_columns, copy_from_stdin, copy_statements, copy_to_options,
-    mask_binary_copy_row, mask_char_clashes, mask_copy_row, CopyColumn, CopyOptions, CopyScratch,
-    CopyStatement,
+    mask_binary_copy_row, mask_char_clashes, mask_copy_header, mask_copy_row, CopyColumn,
+    CopyOptions, CopyScratch, CopyStatement,
 };
 use crate::mask::derived::{
     has_word, sql_commands, BindValues, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
@@ -1318,8 +1318,24 @@ impl TargetMasker {
                 b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields)) => {
                     self.copy_header = false;
                     if self.active {
-                        let format = self.copy_options.format;
-                        mask_copy_data(&self.engine, format, body, &mut self.hits);
+                        let mut rw = std::mem::take(&mut self.row_buf);
+                        rw.clear();
+                        if mask_copy_header(
+                            &self.engine,
+                            &self.copy_options,
+                            body,
+                            &mut self.hits,
+                            &mut self.copy_scratch,
+                            &mut rw,
+                        ) {
+                            splice(&mut self.out, &mut rewritten, &buf[copied..at]);
+                            self.out.push(t);
+                            self.out
+                                .extend_from_slice(&((rw.len() + 4) as u32).to_be_bytes());
+                            self.out.extend_from_slice(&rw);
+                            copied = at + total;
+                        }
+                        self.row_buf = rw;
                     }
                 }
                 // Under column rules, and binary COPY (whose fields a rule
