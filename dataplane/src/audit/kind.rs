@@ -154,6 +154,12 @@ impl<'a> Lexer<'a> {
     /// Skip a quoted literal or identifier starting at `self.i`.
     fn skip_quoted(&mut self, q: u8, backslash: bool) {
         let s = self.s;
+        if q == b'\'' {
+            // (With the literals PostgreSQL joins to it across a newline,
+            // in its mode.)
+            self.i = crate::mask::copyout::string_parts(s, self.i, backslash, |_| {}).0;
+            return;
+        }
         self.i += 1;
         while self.i < s.len() {
             let c = s[self.i];
@@ -211,7 +217,12 @@ impl<'a> Lexer<'a> {
                                 break;
                             }
                         }
-                        b'\'' => self.skip_quoted(b'\'', false),
+                        b'\'' => {
+                            let e = self.i > 0
+                                && matches!(s[self.i - 1], b'e' | b'E')
+                                && (self.i < 2 || !s[self.i - 2].is_ascii_alphanumeric());
+                            self.skip_quoted(b'\'', e)
+                        }
                         b'"' => self.skip_quoted(b'"', false),
                         b'$' => self.skip_dollar(),
                         b'-' | b'/' => {
@@ -453,6 +464,11 @@ mod tests {
             "utility,select"
         );
         assert_eq!(k("select $1::int; select 2"), "select");
+        // A literal continued after a newline keeps E'…''s escapes, also
+        // inside parentheses: the `;` is inside the string.
+        assert_eq!(k("select E'x'\n'\\'; delete from t'"), "select");
+        assert_eq!(k("select (E'x'\n'\\';'); delete from t"), "select,delete");
+        assert_eq!(k("select 'a' -- c\n 'b;'; delete from t"), "select,delete");
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub(super) fn clip_identifier(v: &mut Vec<u8>) {
 /// newline and `'\''` is one string, `x'`). Calls `part` with the inside
 /// of each; returns the index past the last closing quote and true, or
 /// the end of `s` and false when a part is not closed.
-pub(super) fn string_parts(
+pub(crate) fn string_parts(
     s: &[u8],
     i: usize,
     escapes: bool,
