@@ -2832,6 +2832,42 @@ async fn column_rules_apply_to_copy_to_stdout() {
         !r.contains("REX") && r.contains("********************"),
         "{r}"
     );
+    // Statement names alike in their first 63 bytes are one name to the
+    // server: the Close of `…2` closes `…1`, whose text the gateway must
+    // not keep for the Parse of `…2` that takes the name.
+    use sluice_tests::wire::sync_bytes;
+    let (x, y) = (
+        format!("{}1", "s".repeat(63)),
+        format!("{}2", "s".repeat(63)),
+    );
+    let mut b = parse_bytes(&x, "select 'hello'::text as x");
+    b.extend(sync_bytes());
+    s.raw.send(&b).await.unwrap();
+    while s.raw.read_msg().await.tag != b'Z' {}
+    let mut close = vec![b'C'];
+    close.extend_from_slice(&((4 + 1 + y.len() + 1) as u32).to_be_bytes());
+    close.push(b'S');
+    close.extend_from_slice(y.as_bytes());
+    close.push(0);
+    close.extend(sync_bytes());
+    s.raw.send(&close).await.unwrap();
+    while s.raw.read_msg().await.tag != b'Z' {}
+    let mut b = parse_bytes(
+        &y,
+        &format!("select secret_answer || '' as x from {t} where id = 1"),
+    );
+    b.extend(sync_bytes());
+    s.raw.send(&b).await.unwrap();
+    while s.raw.read_msg().await.tag != b'Z' {}
+    let mut b = bind_bytes("", &x);
+    b.extend(describe_bytes(b'P', ""));
+    b.extend(execute_bytes("", true));
+    s.raw.send(&b).await.unwrap();
+    let r = format!("{:?}", s.read_result().await);
+    assert!(
+        !r.contains("Rex") && r.contains("********************"),
+        "{r}"
+    );
 }
 
 /// The statement a computed column comes from is followed where its text
@@ -3210,6 +3246,14 @@ async fn column_rules_apply_to_computed_columns() {
         // A whole row holds every column: the strongest of their rules
         // (`internal_notes`'s `null`).
         (format!("select p from {t} p where id = 2"), vec![vec![None]]),
+        // … also through attribute notation (`p.concat` is `concat(p)`),
+        // and as `TABLE t` in a subquery or CTE (`SELECT * FROM t`).
+        (format!("select p.concat as x from {t} p where id = 2"), vec![vec![None]]),
+        (format!("select q::text from (table {t}) q where id = 2"), vec![vec![None]]),
+        (
+            format!("with q as (table {t}) select q::text from q where id = 2"),
+            vec![vec![None]],
+        ),
         (
             format!("select count(ssn), max(salary) + 1 as m from {t}"),
             vec![vec![s("2"), s("120001")]],

@@ -489,14 +489,9 @@ pub(super) fn strongest_mention(
             // then no relation follows. `JOIN (` a subquery or a
             // parenthesized join is read as names, which only adds.)
             let call = matches!(&lower[..], b"update" | b"join")
-                && next_byte(s, j) == Some(b'(')
-                && !opens_query(
-                    s,
-                    s[j..]
-                        .iter()
-                        .position(|&c| c == b'(')
-                        .map_or(j, |k| j + k + 1),
-                );
+                && next_code(s, j).is_some_and(|(k, c)| {
+                    c == b'(' && !opens_query(s, next_code(s, k + 1).map_or(k + 1, |(q, _)| q))
+                });
             if !call
                 && matches!(
                     &lower[..],
@@ -505,6 +500,8 @@ pub(super) fn strongest_mention(
             {
                 // (Not inside a function call's parentheses.)
                 relation = !calls.last().copied().unwrap_or(false);
+                // (`TABLE t` is `SELECT * FROM t`, in a subquery or CTE too.)
+                star |= relation && lower == b"table";
                 if relation {
                     // A FROM list goes on after commas; after INTO or
                     // UPDATE, a name followed by `(` is still a relation
@@ -555,7 +552,8 @@ pub(super) fn strongest_mention(
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
             }
-            after_name = true;
+            // (`AS (` opens a CTE's query, no call's arguments.)
+            after_name = lower != b"as";
             continue;
         }
         // `FROM (a JOIN b …)`: the relations inside are relations too;
@@ -653,8 +651,11 @@ impl Noted {
             if let Some((_, alias @ None)) = self.relations.last_mut() {
                 *alias = Some(name.to_vec());
             }
-        } else if (next != Some(b'.') || star_after_dot(s, end)) && !self.values.contains(name) {
-            // (`p.*` is the whole row too.)
+        } else if (next != Some(b'.') || star_after_dot(s, end) || row_function_after_dot(s, end))
+            && !self.values.contains(name)
+        {
+            // (`p.*` is the whole row too, and `p.concat`: attribute
+            // notation, `concat(p)`.)
             self.values.insert(name.to_vec());
         }
     }
@@ -814,6 +815,74 @@ fn star_after_dot(s: &[u8], end: usize) -> bool {
         return false;
     };
     next_byte(s, end + dot + 1) == Some(b'*')
+}
+
+/// Built-in functions of one argument that take a whole row and give its
+/// values as text or JSON: attribute notation calls them on the row
+/// (`p.concat` is `concat(p)`, `p.row_to_json` is `row_to_json(p)`).
+const ROW_FUNCTIONS: &[&[u8]] = &[
+    b"concat",
+    b"quote_literal",
+    b"quote_nullable",
+    b"to_json",
+    b"to_jsonb",
+    b"row_to_json",
+    b"record_out",
+    b"json_build_array",
+    b"jsonb_build_array",
+    b"hstore",
+    b"array_agg",
+    b"json_agg",
+    b"jsonb_agg",
+];
+
+/// Whether `.` and one of [`ROW_FUNCTIONS`] (bare or quoted) follow the
+/// name ending at `end`: the name is a row used as a value.
+fn row_function_after_dot(s: &[u8], end: usize) -> bool {
+    let Some(dot) = s[end.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+        return false;
+    };
+    let from = end + dot + 1;
+    let Some(k) = s[from.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+        return false;
+    };
+    let at = from + k;
+    let (start, quoted) = if s[at] == b'"' {
+        (at + 1, true)
+    } else {
+        (at, false)
+    };
+    let len = s[start.min(s.len())..]
+        .iter()
+        .take_while(|&&c| ident_byte(c))
+        .count();
+    let w = &s[start.min(s.len())..(start + len).min(s.len())];
+    let closed = !quoted || s.get(start + len) == Some(&b'"');
+    closed
+        && ROW_FUNCTIONS.iter().any(|f| {
+            if quoted {
+                w == *f
+            } else {
+                w.eq_ignore_ascii_case(f)
+            }
+        })
+}
+
+/// The first byte after `end` that is neither white space nor in a
+/// comment, and where it is.
+fn next_code(s: &[u8], end: usize) -> Option<(usize, u8)> {
+    let mut i = end;
+    while i < s.len() {
+        match s[i] {
+            c if space_byte(c) => i += 1,
+            b'-' | b'/' => match skip_quoted(s, i, false) {
+                Some(n) if n > i => i = n,
+                _ => return Some((i, s[i])),
+            },
+            c => return Some((i, c)),
+        }
+    }
+    None
 }
 
 /// The first byte after `end` that is not white space.
@@ -1214,9 +1283,11 @@ mod tests {
             // `IS [NOT] DISTINCT FROM` names no relation.
             "select 1 is distinct from 2 as b, api_secret || '' as x from t",
             "select 1 IS NOT /* c */ DISTINCT FROM 2, upper(api_secret) from t",
-            // Functions named `update` and `join`.
+            // Functions named `update` and `join`, a comment before `(` too.
             "select update(api_secret) from t",
             "select join (api_secret) from t",
+            "select update /**/ (api_secret) from t",
+            "select join -- c\n (api_secret) from t",
             // A name over 63 bytes is its first 63 (`…_ssn` after the cut).
             &format!("select upper({}_ssnzz) from t", "a".repeat(59)),
             &format!("select upper(\"{}_ssnZZ\") from t", "a".repeat(59)),

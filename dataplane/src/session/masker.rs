@@ -731,7 +731,7 @@ impl TargetMasker {
             tag::EXECUTE => {
                 self.unsynced += 1;
                 self.last_execute = None;
-                let Some(portal) = cstr(body).map(<[u8]>::to_vec) else {
+                let Some(portal) = pname(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
                     self.pending.results.push_back((e, None, None));
                     return;
@@ -793,17 +793,18 @@ impl TargetMasker {
                 if !whole {
                     self.gather = Some((tag::PARSE, body.to_vec()));
                 }
-                let Some(name) = cstr(body).map(<[u8]>::to_vec) else {
+                let Some(raw) = cstr(body) else {
                     self.copy_untrusted = true;
                     let text = Some(unreadable());
                     self.pending.parses.push_back((e, Vec::new(), false, text));
                     return;
                 };
+                let name = pname(body).unwrap_or_default().to_vec();
                 // A COPY prepared with the extended protocol: its options
                 // and query, for the Execute of a portal bound to it (the
                 // query only when the text was read with the settings in
                 // force).
-                let sql = body.get(name.len() + 1..).unwrap_or_default();
+                let sql = body.get(raw.len() + 1..).unwrap_or_default();
                 let text = self.text_of(cstr(sql).unwrap_or(sql), whole, e, true);
                 let kind = if whole {
                     let sql = cstr(sql).unwrap_or(sql);
@@ -837,7 +838,7 @@ impl TargetMasker {
             }
             tag::DESCRIBE => {
                 self.unsynced += 1;
-                let name = body.get(1..).and_then(cstr).unwrap_or_default().to_vec();
+                let name = body.get(1..).and_then(pname).unwrap_or_default().to_vec();
                 match body.first() {
                     Some(b'S') => self
                         .pending
@@ -888,7 +889,7 @@ impl TargetMasker {
             }
             CLOSE => {
                 self.unsynced += 1;
-                let what = body.first().copied().zip(body.get(1..).and_then(cstr));
+                let what = body.first().copied().zip(body.get(1..).and_then(pname));
                 if what.is_none() {
                     self.copy_untrusted = true;
                 }
@@ -941,10 +942,11 @@ impl TargetMasker {
                 let Some(e) = self.pending.parses.back().map(|p| p.0) else {
                     return;
                 };
-                let Some(name) = cstr(&buf) else {
+                let Some(raw) = cstr(&buf) else {
                     return;
                 };
-                let sql = &buf[name.len() + 1..];
+                let sql = &buf[raw.len() + 1..];
+                let name = &raw[..raw.len().min(63)];
                 let text = read(self, sql, e);
                 if let Some(p) = self.pending.parses.back_mut() {
                     if p.1.is_empty() && !p.2 {
@@ -2027,6 +2029,14 @@ fn cstr(b: &[u8]) -> Option<&[u8]> {
     memchr::memchr(0, b).map(|i| &b[..i])
 }
 
+/// A prepared statement's or portal's name in a protocol message, as the
+/// server keeps it: its first 63 bytes (`NAMEDATALEN` less one, cut
+/// byte-wise). Two names alike in those are the same name to the server
+/// (a Close of one closed the other).
+fn pname(b: &[u8]) -> Option<&[u8]> {
+    cstr(b).map(|n| &n[..n.len().min(63)])
+}
+
 /// Start (or go on) re-assembling a chunk into `out`: the bytes before the
 /// frame being replaced or dropped.
 fn splice(out: &mut Vec<u8>, rewritten: &mut bool, before: &[u8]) {
@@ -2077,10 +2087,10 @@ type BindNames = (
 /// hand); None when the names are not all in the part of the body at hand.
 fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let p = memchr::memchr(0, body)?;
-    let portal = body[..p].to_vec();
+    let portal = body[..p.min(63)].to_vec();
     let rest = &body[p + 1..];
     let s = memchr::memchr(0, rest)?;
-    let stmt = rest[..s].to_vec();
+    let stmt = rest[..s.min(63)].to_vec();
     if !whole {
         return Some((portal, stmt, None, None));
     }
