@@ -214,7 +214,9 @@ pub struct ControlPlane {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Node id in membership (default: `<hostname>:<first listen port>`).
+    /// Node id in membership and in the audit trail (default:
+    /// `<hostname>-<first listen port>`): 1 to 128 of `A-Z a-z 0-9 . _ -`,
+    /// as the control plane's audit store names nodes.
     #[serde(default)]
     pub node_name: Option<String>,
     /// Address clients reach this node at (default: the first listener).
@@ -229,9 +231,31 @@ fn default_heartbeat() -> u64 {
     5
 }
 
+/// Whether `n` is a node name the control plane's audit store takes
+/// (`controlplane::audit::sink::validate_node_id`).
+pub fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n != "."
+        && n != ".."
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl ControlPlane {
-    /// Check the URLs and TLS files; errors name the field.
+    /// Check the URLs, TLS files and node name; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = &self.node_name {
+            if !valid_node_name(n) {
+                return Err(ConfigError::field(
+                    "control_plane.node_name",
+                    format!(
+                        "`{n}`: 1 to 128 characters of A-Z a-z 0-9 . _ - \
+                         (the control plane's audit store refuses others)"
+                    ),
+                ));
+            }
+        }
         if self.urls.is_empty() {
             return Err(ConfigError::field(
                 "control_plane.urls",
@@ -902,6 +926,30 @@ grants:
         let y = base().replace("port: 5432", "port: 70000");
         let e = Config::from_yaml(&y).unwrap_err().to_string();
         assert_eq!(e.matches("connections[0].target.port").count(), 1, "{e}");
+    }
+
+    /// A node name the control plane's audit store would refuse (every
+    /// record, forever) is a config error naming the field.
+    #[test]
+    fn node_names_the_audit_store_takes() {
+        let y = |name: &str| {
+            format!(
+                "control_plane: {{ urls: [\"http://127.0.0.1:7600\"], node_name: \"{name}\" }}\n"
+            )
+        };
+        for bad in ["dp:1", "dp 1", "", "..", &"x".repeat(129)] {
+            let e = Config::from_yaml(&y(bad)).unwrap().validate().unwrap_err();
+            assert!(
+                e.to_string().contains("control_plane.node_name"),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["dp-1", "host.example.com-6432", "a_b"] {
+            Config::from_yaml(&y(good))
+                .unwrap()
+                .validate()
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     #[test]

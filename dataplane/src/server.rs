@@ -79,7 +79,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .control_plane
         .as_ref()
         .and_then(|cp| cp.node_name.clone())
-        .unwrap_or_else(|| format!("{}:{}", hostname(), bound.first().map_or(0, |a| a.port())));
+        .unwrap_or_else(|| {
+            // (`<hostname>-<port>`, in the characters the control plane's
+            // audit store takes: a `:` made it refuse every record.)
+            let host: String = hostname()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(100)
+                .collect();
+            format!("{host}-{}", bound.first().map_or(0, |a| a.port()))
+        });
 
     // Audit: recover what the last run left, before any worker starts.
     let (audit, mut audit_cores) = if cfg.audit.is_enabled(cfg.control_plane.is_some()) {

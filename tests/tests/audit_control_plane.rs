@@ -208,6 +208,25 @@ impl Shipper {
         }
     }
 
+    /// [`Shipper::open`] once the node's last stream on that control plane
+    /// has ended there (a second stream of a node id is refused while one
+    /// is open).
+    async fn reopen(url: &str, node: &str) -> (Shipper, u64) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            match Shipper::open(url, node).await {
+                Ok((s, a)) => return (s, a.durable_through),
+                Err(e)
+                    if e.code() == tonic::Code::AlreadyExists
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("reopen Ship for {node}: {e}"),
+            }
+        }
+    }
+
     async fn send(&self, records: Vec<AuditRecord>) {
         self.tx
             .send(AuditBatch {
@@ -384,8 +403,17 @@ async fn redelivery_is_stored_exactly_once_and_gaps_ask_for_a_resend(sink: Sink)
     let a = n.ship(stmts("dp-1", 13..=16, t0)).await;
     assert_eq!((a.durable_through, a.resend), (16, false));
 
-    // Another stream of the same node (a reconnect) resumes from the sink.
-    let (mut again, hello) = Shipper::must_open(&url, "dp-1").await;
+    // A second stream under a node id whose stream is open is refused (two
+    // nodes given one name took each other's records for stored, and
+    // dropped them); a reconnect once the stream ended resumes from the
+    // sink.
+    let e = Shipper::open(&url, "dp-1")
+        .await
+        .err()
+        .expect("a second stream of dp-1");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    drop(n);
+    let (mut again, hello) = Shipper::reopen(&url, "dp-1").await;
     assert_eq!(hello, 16);
     assert_eq!(
         again.ship(stmts("dp-1", 14..=17, t0)).await.durable_through,
@@ -1220,7 +1248,8 @@ async fn replicas_share_one_postgres_sink() {
         nb.ship(stmts("dp-1", 21..=30, t0)).await.durable_through,
         30
     );
-    let (_, hello) = Shipper::must_open(&a.url(), "dp-1").await;
+    drop(na);
+    let (_, hello) = Shipper::reopen(&a.url(), "dp-1").await;
     assert_eq!(hello, 30);
     assert_eq!(stored(&a.url(), "dp-1").await, (1..=30).collect::<Vec<_>>());
     let out = b.ctl(&["audit", "verify"], None);

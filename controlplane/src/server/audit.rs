@@ -148,6 +148,25 @@ pub fn sink_status(e: SinkError) -> Status {
 
 pub struct IngestService {
     pub sinks: AuditSinks,
+    /// The node ids with an audit stream open on this replica: a second
+    /// stream under one of them is refused (two nodes given one name
+    /// would each take the other's records for stored, and drop them).
+    pub open: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// A node id's place in [`IngestService::open`] while its stream lasts.
+struct OpenStream {
+    open: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    node: String,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.node);
+    }
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<AuditAck, Status>> + Send + 'static>>;
@@ -181,9 +200,30 @@ impl proto::audit_ingest_server::AuditIngest for IngestService {
         crate::server::peer::check_node_id(&role, &first.node_id).inspect_err(|e| {
             tracing::warn!(node = %first.node_id, ?peer, "audit stream refused: {}", e.message());
         })?;
+        if !self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(first.node_id.clone())
+        {
+            tracing::warn!(node = %first.node_id, ?peer, "audit stream refused: this node id already has one open (two nodes with one name?)");
+            return Err(Status::already_exists(format!(
+                "node {} already has an audit stream open on this control plane: \
+                 two nodes with one node_name would drop each other's records",
+                first.node_id
+            )));
+        }
+        let guard = OpenStream {
+            open: self.open.clone(),
+            node: first.node_id.clone(),
+        };
         let (tx, rx) = mpsc::channel(16);
         tracing::info!(node = %first.node_id, ?peer, "audit stream opened");
-        tokio::spawn(serve_stream(self.sinks.clone(), first, inbound, tx));
+        let sinks = self.sinks.clone();
+        tokio::spawn(async move {
+            serve_stream(sinks, first, inbound, tx).await;
+            drop(guard);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
