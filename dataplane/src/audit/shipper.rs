@@ -193,6 +193,24 @@ async fn ship(
         tokio::select! {
             msg = acks.message() => match msg {
                 Ok(Some(ack)) => {
+                    // (A resend from behind what the control plane already
+                    // acknowledged: its store lost records this spool has
+                    // deleted. Nothing here can fill that gap; resending
+                    // would spin. Stop, say so, and back off.)
+                    let acked = stats.spool_acked.load(Relaxed);
+                    if ack.resend && ack.durable_through < acked {
+                        return Err((
+                            false,
+                            anyhow::anyhow!(
+                                "the control plane stores this node's records only through {}, \
+                                 behind the {acked} it acknowledged (its audit store lost \
+                                 records: restored from an older backup, or deleted?); \
+                                 records {}..={acked} are no longer in this node's spool",
+                                ack.durable_through,
+                                ack.durable_through + 1
+                            ),
+                        ));
+                    }
                     progress = true;
                     on_ack(audit, ack.durable_through).await.map_err(|e| (true, e))?;
                     if ack.resend {
