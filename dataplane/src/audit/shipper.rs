@@ -203,8 +203,10 @@ async fn ship(
                             false,
                             anyhow::anyhow!(
                                 "the control plane stores this node's records only through {}, \
-                                 behind the {acked} it acknowledged (its audit store lost \
-                                 records: restored from an older backup, or deleted?); \
+                                 behind the {acked} it acknowledged: its audit store lost \
+                                 records (restored from an older backup, or deleted?), or this \
+                                 node's name changed while it kept its spool (give it back its \
+                                 name, or a new spool directory once this one is shipped); \
                                  records {}..={acked} are no longer in this node's spool",
                                 ack.durable_through,
                                 ack.durable_through + 1

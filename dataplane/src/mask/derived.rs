@@ -501,7 +501,7 @@ pub(super) fn strongest_mention(
                 // (Not inside a function call's parentheses.)
                 relation = !calls.last().copied().unwrap_or(false);
                 // (`TABLE t` is `SELECT * FROM t`, in a subquery or CTE too.)
-                star |= relation && lower == b"table";
+                star |= relation && lower == b"table" && starts_query(s, i - 5);
                 if relation {
                     // A FROM list goes on after commas; after INTO or
                     // UPDATE, a name followed by `(` is still a relation
@@ -554,6 +554,7 @@ pub(super) fn strongest_mention(
             }
             // (`AS (` opens a CTE's query, no call's arguments.)
             after_name = lower != b"as";
+
             continue;
         }
         // `FROM (a JOIN b …)`: the relations inside are relations too;
@@ -573,7 +574,10 @@ pub(super) fn strongest_mention(
             lists = false;
         }
         match c {
-            b'(' => calls.push(after_name),
+            // (A parenthesis that opens a query is a subquery's, whatever
+            // word comes before it: `array(select …)`, `exists (select …)`,
+            // `lateral (select …)`, `as materialized (select …)`.)
+            b'(' => calls.push(after_name && !opens_query(s, i + 1)),
             b')' => {
                 calls.pop();
                 if from_list.is_some_and(|d| d > calls.len()) {
@@ -811,10 +815,32 @@ fn opens_query(s: &[u8], at: usize) -> bool {
 
 /// Whether the name ending at `end` is followed by `.` and then `*`.
 fn star_after_dot(s: &[u8], end: usize) -> bool {
-    let Some(dot) = s[end.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+    let Some((dot, _)) = next_code(s, end) else {
         return false;
     };
-    next_byte(s, end + dot + 1) == Some(b'*')
+    next_code(s, dot + 1).is_some_and(|(_, c)| c == b'*')
+}
+
+/// Whether a query may start at `at` (a `TABLE t` there is `SELECT * FROM
+/// t`, not DDL's `CREATE TABLE`, `LOCK TABLE`, `TRUNCATE TABLE`): at the
+/// start of a statement, after `(`, or after a set operation.
+fn starts_query(s: &[u8], at: usize) -> bool {
+    let before = &s[..at.min(s.len())];
+    let Some(k) = before.iter().rposition(|&c| !space_byte(c)) else {
+        return true;
+    };
+    if matches!(before[k], b'(' | b';') {
+        return true;
+    }
+    let start = before[..=k]
+        .iter()
+        .rposition(|&c| !ident_byte(c))
+        .map_or(0, |p| p + 1);
+    let word = before[start..=k].to_ascii_lowercase();
+    matches!(
+        &word[..],
+        b"union" | b"intersect" | b"except" | b"all" | b"distinct"
+    )
 }
 
 /// Built-in functions of one argument that take a whole row and give its
@@ -834,19 +860,25 @@ const ROW_FUNCTIONS: &[&[u8]] = &[
     b"array_agg",
     b"json_agg",
     b"jsonb_agg",
+    b"json_agg_strict",
+    b"jsonb_agg_strict",
+    b"any_value",
+    b"record_send",
 ];
 
 /// Whether `.` and one of [`ROW_FUNCTIONS`] (bare or quoted) follow the
 /// name ending at `end`: the name is a row used as a value.
 fn row_function_after_dot(s: &[u8], end: usize) -> bool {
-    let Some(dot) = s[end.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+    let Some((dot, _)) = next_code(s, end) else {
         return false;
     };
-    let from = end + dot + 1;
-    let Some(k) = s[from.min(s.len())..].iter().position(|&c| !space_byte(c)) else {
+    let Some((at, _)) = next_code(s, dot + 1) else {
         return false;
     };
-    let at = from + k;
+    // (A Unicode-escaped name there: read as such a function, fail safe.)
+    if s[at..].len() > 2 && matches!(s[at], b'u' | b'U') && s[at + 1] == b'&' && s[at + 2] == b'"' {
+        return true;
+    }
     let (start, quoted) = if s[at] == b'"' {
         (at + 1, true)
     } else {
