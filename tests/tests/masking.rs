@@ -3211,6 +3211,14 @@ async fn column_rules_apply_to_computed_columns() {
     let key = ApiKey::shared();
     let t = "mk_derived";
     seed_people(pg, t).await;
+    pg.direct()
+        .await
+        .batch_execute(&format!(
+            "drop table if exists {t}_notes; create table {t}_notes (note text); \
+             insert into {t}_notes values ('n1')"
+        ))
+        .await
+        .unwrap();
     let gw = Gateway::start_with(&pii_config(pg, key));
     let c = gw.agent().await;
     let s = |v: &str| Some(v.to_string());
@@ -3311,17 +3319,28 @@ async fn column_rules_apply_to_computed_columns() {
             .collect();
         assert_rows(&format!("{sql}, extended"), &got, want);
     }
-    // `LOCK TABLE` in the same Query reads no relation whole: an unruled
-    // computed column stays as it is. (DDL there masks the Query's
-    // statements whole by design: a schema change not read yet.)
-    for sql in [format!(
-        "begin; lock table {t} in share mode; select upper(note) from {t} where id = 2; commit"
-    )] {
-        assert_eq!(
-            simple_rows(&c, &sql).await,
-            vec![vec![Some("CLEAN NOTE".to_string())]],
-            "{sql}"
-        );
+    // `LOCK TABLE` in the same Query reads no relation whole, and `TABLE t`
+    // reads only `t` whole: an unruled computed column stays as it is.
+    // (DDL there masks the Query's statements whole by design: a schema
+    // change not read yet.)
+    let row = |v: &str| vec![Some(v.to_string())];
+    for (sql, want) in [
+        (
+            format!("select upper(note) from {t} where id = 2 union all table {t}_notes"),
+            vec![row("CLEAN NOTE"), row("n1")],
+        ),
+        (
+            format!("table {t}_notes; select upper(note) from {t} where id = 2"),
+            vec![row("n1"), row("CLEAN NOTE")],
+        ),
+        (
+            format!(
+                "begin; lock table {t} in share mode; select upper(note) from {t} where id = 2; commit"
+            ),
+            vec![row("CLEAN NOTE")],
+        ),
+    ] {
+        assert_eq!(simple_rows(&c, &sql).await, want, "{sql}");
     }
     // COPY of a query: the describe the gateway runs before it reads the
     // query's text too.

@@ -393,6 +393,9 @@ pub(super) fn strongest_mention(
     let mut after_name = false;
     // The words `IS` (1), `IS NOT` (2), `IS [NOT] DISTINCT` (3) just read.
     let mut is_seq = 0u8;
+    // A query's `TABLE` was just read: the relation named next is read
+    // whole (its schema qualifier, if any, comes first).
+    let mut table_whole = false;
     let mut i = 0;
     while i < s.len() {
         let c = s[i];
@@ -500,8 +503,9 @@ pub(super) fn strongest_mention(
             {
                 // (Not inside a function call's parentheses.)
                 relation = !calls.last().copied().unwrap_or(false);
-                // (`TABLE t` is `SELECT * FROM t`, in a subquery or CTE too.)
-                star |= relation && lower == b"table" && starts_query(s, i - 5);
+                // (`TABLE t` is `SELECT * FROM t`, in a subquery or CTE
+                // too: `t`, and only it, is read whole.)
+                table_whole = relation && lower == b"table" && starts_query(s, i - 5);
                 if relation {
                     // A FROM list goes on after commas; after INTO or
                     // UPDATE, a name followed by `(` is still a relation
@@ -548,6 +552,13 @@ pub(super) fn strongest_mention(
             }
             if views.is_some() {
                 names.note(s, j, relation, target, gives, &lower);
+                // (The relation `TABLE` reads, as a row used as a value.)
+                if table_whole && relation && next_byte(s, j) != Some(b'.') {
+                    names.values.insert(lower.clone());
+                }
+            }
+            if next_byte(s, j) != Some(b'.') {
+                table_whole = false;
             }
             if !not_column(s, j, &mut relation, &mut alias) {
                 consider(&lower);
