@@ -1187,7 +1187,7 @@ impl Tracker {
                 p.sql.kind = Cow::Borrowed("utility");
             }
             tag::PARSE => {
-                let stmt_name = name63(c.until_nul(0, 0));
+                let stmt_name = crate::protocol::server_name(c.until_nul(0, 0));
                 let sql_from = if c.found >= 1 {
                     c.nul[0] + 1
                 } else {
@@ -1223,13 +1223,13 @@ impl Tracker {
                 }
             }
             tag::BIND => {
-                let portal_name = name63(c.until_nul(0, 0));
+                let portal_name = crate::protocol::server_name(c.until_nul(0, 0));
                 let stmt_from = if c.found >= 1 {
                     c.nul[0] + 1
                 } else {
                     c.head.len() as u64
                 };
-                let stmt_name = name63(c.until_nul(stmt_from, 1));
+                let stmt_name = crate::protocol::server_name(c.until_nul(stmt_from, 1));
                 let (stmt, via) = self.find_stmt(stmt_name);
                 let types = stmt.and_then(|s| s.types.borrow().clone());
                 let values = bind_values(
@@ -1261,14 +1261,14 @@ impl Tracker {
                 }
             }
             tag::DESCRIBE if c.head.first() == Some(&b'S') && c.found >= 1 => {
-                let (stmt, via) = self.find_stmt(name63(c.until_nul(1, 0)));
+                let (stmt, via) = self.find_stmt(crate::protocol::server_name(c.until_nul(1, 0)));
                 let slot = stmt.map(|s| s.types.clone());
                 let p = self.queue.back_mut().expect("queued");
                 p.types = slot;
                 p.set_via(via);
             }
             tag::EXECUTE => {
-                let portal_name = name63(c.until_nul(0, 0));
+                let portal_name = crate::protocol::server_name(c.until_nul(0, 0));
                 let (portal, via) = self.find_portal(portal_name);
                 let portal = portal.map(PortalRef::to_owned).unwrap_or_default();
                 let portal_name = name(portal_name);
@@ -1285,7 +1285,7 @@ impl Tracker {
                 let key = if change == Change::None {
                     None
                 } else {
-                    key(name63(c.until_nul(1, 0)))
+                    key(crate::protocol::server_name(c.until_nul(1, 0)))
                 };
                 if change.to_stmt() {
                     self.pending_stmts.set(&key, id);
@@ -1852,12 +1852,6 @@ fn tag_rows(body: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(last).ok()?.parse().ok()
-}
-
-/// A prepared statement's or portal's name as the server keeps it: its
-/// first 63 bytes (two names alike in those are one name to the server).
-fn name63(n: &[u8]) -> &[u8] {
-    &n[..n.len().min(63)]
 }
 
 #[cfg(test)]

@@ -173,9 +173,8 @@ pub(super) fn space_byte(c: u8) -> bool {
 /// less one), not inside a UTF-8 character. A longer name in a text names
 /// the same column, statement or cursor as its first 63 bytes.
 pub(super) fn clip_identifier(v: &mut Vec<u8>) {
-    const MAX: usize = 63;
-    if v.len() > MAX {
-        let mut k = MAX;
+    if v.len() > crate::protocol::NAME_MAX {
+        let mut k = crate::protocol::NAME_MAX;
         while k > 0 && (v[k] & 0xc0) == 0x80 {
             k -= 1;
         }
@@ -992,17 +991,15 @@ fn is_null(o: &CopyOptions, p: &[u8], s: &Span) -> bool {
 /// are, the ESCAPE character too).
 fn decode(format: CopyFormat, quoted: bool, v: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    match format {
-        CopyFormat::Text { .. } => unescape_text(v, out),
-        CopyFormat::Csv { .. } if !quoted => out.extend_from_slice(v),
-        CopyFormat::Csv { .. } => {
-            let mut i = 0;
-            while i < v.len() {
-                let (c, next) = decoded_at(format, v, i);
-                out.push(c);
-                i = next;
-            }
-        }
+    if matches!(format, CopyFormat::Csv { .. }) && !quoted {
+        out.extend_from_slice(v);
+        return;
+    }
+    let mut i = 0;
+    while i < v.len() {
+        let (c, next) = decoded_at(format, v, i);
+        out.push(c);
+        i = next;
     }
 }
 
@@ -1090,22 +1087,6 @@ pub fn mask_char_clashes(o: &CopyOptions, ch: u8) -> bool {
                 escape,
             } => ch == delimiter || ch == quote || ch == escape,
         }
-}
-
-/// A text-format COPY field's value (its backslash escapes decoded), into
-/// `out`.
-fn unescape_text(v: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < v.len() {
-        if v[i] != b'\\' || i + 1 >= v.len() {
-            out.push(v[i]);
-            i += 1;
-            continue;
-        }
-        let (b, next) = text_escape(v, i);
-        out.push(b);
-        i = next;
-    }
 }
 
 /// The byte the text-format escape at `v[i]` (a backslash with a byte
@@ -1208,7 +1189,6 @@ fn encode(o: &CopyOptions, v: &[u8], quoted: bool, out: &mut Vec<u8>) {
 pub struct CopyScratch {
     spans: Vec<Span>,
     value: Vec<u8>,
-    hashed: Vec<u8>,
     /// The fields to write anew, in order: a field's index and its new
     /// value (decoded; encoded when written) in `values`, or `None` for
     /// the NULL string.
@@ -1340,7 +1320,7 @@ fn mask_copy_fields(
                 }
             }
             Some((r, action)) => {
-                if is_null(o, payload, &s) && !null_is_value {
+                if was_null && !null_is_value {
                     continue;
                 }
                 hits.add_at(r, i as u32, 1);
@@ -1360,12 +1340,11 @@ fn mask_copy_fields(
                         let mut d = std::mem::take(&mut scratch.value);
                         decode(format, s.quoted, v, &mut d);
                         match action {
+                            // (Hashed straight into the new values.)
                             ColumnAction::Hash => {
-                                let mut h = std::mem::take(&mut scratch.hashed);
-                                h.clear();
-                                engine.hash_into(&d, &mut h);
-                                scratch.replace(i, Some(&h));
-                                scratch.hashed = h;
+                                let a = scratch.values.len();
+                                engine.hash_into(&d, &mut scratch.values);
+                                scratch.replaced.push((i, Some((a, scratch.values.len()))));
                             }
                             // (A value masking leaves as it is, written as
                             // it was: not rewritten.)

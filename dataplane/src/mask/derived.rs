@@ -826,10 +826,14 @@ fn opens_query(s: &[u8], at: usize) -> bool {
 
 /// Whether the name ending at `end` is followed by `.` and then `*`.
 fn star_after_dot(s: &[u8], end: usize) -> bool {
-    let Some((dot, _)) = next_code(s, end) else {
-        return false;
-    };
-    next_code(s, dot + 1).is_some_and(|(_, c)| c == b'*')
+    after_dot(s, end).is_some_and(|at| s[at] == b'*')
+}
+
+/// Where the code after the `.` that follows the name ending at `end`
+/// starts (white space and comments skipped).
+fn after_dot(s: &[u8], end: usize) -> Option<usize> {
+    let (dot, _) = next_code(s, end)?;
+    next_code(s, dot + 1).map(|(at, _)| at)
 }
 
 /// Whether a query may start at `at` (a `TABLE t` there is `SELECT * FROM
@@ -880,10 +884,7 @@ const ROW_FUNCTIONS: &[&[u8]] = &[
 /// Whether `.` and one of [`ROW_FUNCTIONS`] (bare or quoted) follow the
 /// name ending at `end`: the name is a row used as a value.
 fn row_function_after_dot(s: &[u8], end: usize) -> bool {
-    let Some((dot, _)) = next_code(s, end) else {
-        return false;
-    };
-    let Some((at, _)) = next_code(s, dot + 1) else {
+    let Some(at) = after_dot(s, end) else {
         return false;
     };
     // (A Unicode-escaped name there: read as such a function, fail safe.)

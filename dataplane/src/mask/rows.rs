@@ -34,7 +34,7 @@ use super::detect;
 use super::engine::{length_prefixed, Engine, Hits, Region, RuleId};
 use super::origins::ColumnOrigins;
 use super::profile::ColumnAction;
-use crate::protocol::tag;
+use crate::protocol::{be_i32, tag};
 use jiff::tz::TimeZone;
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -1072,11 +1072,6 @@ pub(super) fn mask_number(
         }
         _ => 0,
     }
-}
-
-#[inline]
-fn be_i32(b: &[u8]) -> i32 {
-    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// Mask every character of `v` (UTF-8 continuation bytes included, so the

@@ -187,12 +187,17 @@ async fn store_records(a: &SessionAudit<'_>) {
     }
 }
 
-/// Write a session's last message (a FATAL) and end the stream: a TLS
-/// client gets its close_notify, as the server's own sessions end (psql
-/// reported "SSL SYSCALL error: EOF detected" after the error).
-async fn write_last(io: &mut ClientIo, bytes: Vec<u8>) {
-    let _ = write_all(io, bytes).await;
-    let _ = monoio::time::timeout(Duration::from_millis(200), io.shutdown()).await;
+/// Write a session's last message (a FATAL; none when empty) and end the
+/// stream: a TLS client gets its close_notify, as the server's own
+/// sessions end (psql reported "SSL SYSCALL error: EOF detected" after
+/// the error). Not after a write that did not finish in time (a client
+/// that does not read): the stream is left as it is, and the socket is
+/// closed so.
+async fn write_last<W: AsyncWriteRent>(io: &mut W, bytes: Vec<u8>) {
+    let sent = monoio::time::timeout(Duration::from_secs(1), write_all(io, bytes)).await;
+    if matches!(sent, Ok(Ok(_))) {
+        let _ = monoio::time::timeout(Duration::from_millis(200), io.shutdown()).await;
+    }
 }
 
 /// Close in the audit trail a session whose start was recorded but that
@@ -1032,24 +1037,12 @@ async fn relay(
         }
     }
     shutdown_fd(target_fd);
-    // The last message, then a TLS client's close_notify, as the server's
-    // own sessions end (psql reported "SSL SYSCALL error: EOF detected"
-    // after a FATAL of the gateway's). Not after a write to the client that
-    // this end cut short (the other direction ended first): a TLS stream
-    // is left without its buffer then, and writing to it again panics; nor
-    // after a write that did not finish in time (a client that does not
-    // read). The socket is closed as it is then.
+    // The last message and the close_notify (`write_last`). Not after a
+    // write to the client that this end cut short (the other direction
+    // ended first): a TLS stream is left without its buffer then, and
+    // writing to it again panics. The socket is closed as it is then.
     if !client_gone && !state.client_writing.get() {
-        let sent = match last {
-            Some(f) => matches!(
-                monoio::time::timeout(Duration::from_secs(1), cw.write_all(f)).await,
-                Ok((Ok(_), _))
-            ),
-            None => true,
-        };
-        if sent {
-            let _ = monoio::time::timeout(Duration::from_millis(200), cw.shutdown()).await;
-        }
+        write_last(&mut cw, last.unwrap_or_default()).await;
     }
     shutdown_fd(client_fd);
     if let Some(a) = audit {

@@ -48,6 +48,17 @@ pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// The longest name PostgreSQL keeps (`NAMEDATALEN` less one): a longer
+/// one is cut, so two names alike in their first 63 bytes are one name.
+pub const NAME_MAX: usize = 63;
+
+/// A prepared statement's or portal's name in a protocol message as the
+/// server keeps it: its first [`NAME_MAX`] bytes, cut byte-wise.
+#[inline]
+pub fn server_name(n: &[u8]) -> &[u8] {
+    &n[..n.len().min(NAME_MAX)]
+}
+
 /// Read a big-endian u32 from the first four bytes of `b`.
 #[inline]
 pub fn be_u32(b: &[u8]) -> u32 {

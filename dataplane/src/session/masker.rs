@@ -43,6 +43,7 @@ use crate::mask::{
     mask_error_values, retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::backend::{self, parameter_status, parse_error_fields};
+use crate::protocol::server_name;
 use crate::protocol::tag;
 use crate::session::schema::SchemaWatch;
 
@@ -799,7 +800,7 @@ impl TargetMasker {
                     self.pending.parses.push_back((e, Vec::new(), false, text));
                     return;
                 };
-                let name = pname(body).unwrap_or_default().to_vec();
+                let name = server_name(raw).to_vec();
                 // A COPY prepared with the extended protocol: its options
                 // and query, for the Execute of a portal bound to it (the
                 // query only when the text was read with the settings in
@@ -946,7 +947,7 @@ impl TargetMasker {
                     return;
                 };
                 let sql = &buf[raw.len() + 1..];
-                let name = &raw[..raw.len().min(63)];
+                let name = server_name(raw);
                 let text = read(self, sql, e);
                 if let Some(p) = self.pending.parses.back_mut() {
                     if p.1.is_empty() && !p.2 {
@@ -956,6 +957,15 @@ impl TargetMasker {
                     p.3 = text;
                 }
             }
+        }
+    }
+
+    /// The Execute at the front of the results (if that is one) answered:
+    /// a setting it changed is reported only at ReadyForQuery.
+    fn execute_answered(&mut self) {
+        if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
+            self.pending.results.pop_front();
+            self.unreported = true;
         }
     }
 
@@ -1315,21 +1325,46 @@ impl TargetMasker {
                     }
                     self.row_buf = rw;
                 }
-                // (The header row: column names, no column's values; the
-                // detectors only, as for a RowDescription's names.)
-                b'd' if self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields)) => {
-                    self.copy_header = false;
+                // The header row (column names, no column's values: the
+                // detectors only, as for a RowDescription's names), and rows
+                // under column rules or of a binary COPY (whose fields a rule
+                // may turn to NULL): possibly a new length.
+                b'd' if (self.copy_header && matches!(self.copy_out, Some(CopyOut::Fields)))
+                    || (self.active
+                        && (self.copy_ruled || matches!(self.copy_out, Some(CopyOut::Binary)))) =>
+                {
+                    let header = std::mem::take(&mut self.copy_header);
                     if self.active {
                         let mut rw = std::mem::take(&mut self.row_buf);
                         rw.clear();
-                        if mask_copy_header(
-                            &self.engine,
-                            &self.copy_options,
-                            body,
-                            &mut self.hits,
-                            &mut self.copy_scratch,
-                            &mut rw,
-                        ) {
+                        let cols = self.copy_cols.clone();
+                        let changed = match self.copy_out {
+                            Some(CopyOut::Fields) if header => mask_copy_header(
+                                &self.engine,
+                                &self.copy_options,
+                                body,
+                                &mut self.hits,
+                                &mut self.copy_scratch,
+                                &mut rw,
+                            ),
+                            Some(CopyOut::Fields) => mask_copy_row(
+                                &self.engine,
+                                &self.copy_options,
+                                cols.as_deref(),
+                                body,
+                                &mut self.hits,
+                                &mut self.copy_scratch,
+                                &mut rw,
+                            ),
+                            _ => mask_binary_copy_row(
+                                &self.engine,
+                                cols.as_deref(),
+                                body,
+                                &mut self.hits,
+                                &mut rw,
+                            ),
+                        };
+                        if changed {
                             splice(&mut self.out, &mut rewritten, &buf[copied..at]);
                             self.out.push(t);
                             self.out
@@ -1339,42 +1374,6 @@ impl TargetMasker {
                         }
                         self.row_buf = rw;
                     }
-                }
-                // Under column rules, and binary COPY (whose fields a rule
-                // may turn to NULL): possibly a new length.
-                b'd' if self.active
-                    && (self.copy_ruled || matches!(self.copy_out, Some(CopyOut::Binary))) =>
-                {
-                    let mut rw = std::mem::take(&mut self.row_buf);
-                    rw.clear();
-                    let cols = self.copy_cols.clone();
-                    let changed = match self.copy_out {
-                        Some(CopyOut::Fields) => mask_copy_row(
-                            &self.engine,
-                            &self.copy_options,
-                            cols.as_deref(),
-                            body,
-                            &mut self.hits,
-                            &mut self.copy_scratch,
-                            &mut rw,
-                        ),
-                        _ => mask_binary_copy_row(
-                            &self.engine,
-                            cols.as_deref(),
-                            body,
-                            &mut self.hits,
-                            &mut rw,
-                        ),
-                    };
-                    if changed {
-                        splice(&mut self.out, &mut rewritten, &buf[copied..at]);
-                        self.out.push(t);
-                        self.out
-                            .extend_from_slice(&((rw.len() + 4) as u32).to_be_bytes());
-                        self.out.extend_from_slice(&rw);
-                        copied = at + total;
-                    }
-                    self.row_buf = rw;
                 }
                 _ => {
                     let drop = self.on_target_frame(t, body);
@@ -1650,10 +1649,7 @@ impl TargetMasker {
             }
             b'C' | b's' | b'I' => {
                 // An Execute is answered (a simple query ends at ReadyForQuery).
-                if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
-                    self.pending.results.pop_front();
-                    self.unreported = true;
-                }
+                self.execute_answered();
             }
             b'H' => {
                 // CopyOutResponse: format 0 = text (or csv), 1 = binary;
@@ -1712,10 +1708,7 @@ impl TargetMasker {
             }
             b'E' if !self.active => {
                 self.copy_out = None;
-                if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
-                    self.pending.results.pop_front();
-                    self.unreported = true;
-                }
+                self.execute_answered();
             }
             b'G' => {
                 // CopyInResponse: the copy-in of the simple Query being
@@ -1778,10 +1771,7 @@ impl TargetMasker {
                 mask_error_values(&self.engine, body, rule, sql, &mut self.hits);
                 if t == b'E' {
                     self.copy_out = None;
-                    if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
-                        self.pending.results.pop_front();
-                        self.unreported = true;
-                    }
+                    self.execute_answered();
                 }
             }
             b'Z' => {
@@ -2030,11 +2020,10 @@ fn cstr(b: &[u8]) -> Option<&[u8]> {
 }
 
 /// A prepared statement's or portal's name in a protocol message, as the
-/// server keeps it: its first 63 bytes (`NAMEDATALEN` less one, cut
-/// byte-wise). Two names alike in those are the same name to the server
-/// (a Close of one closed the other).
+/// server keeps it ([`server_name`]: a Close of a name alike in its first
+/// 63 bytes closed another).
 fn pname(b: &[u8]) -> Option<&[u8]> {
-    cstr(b).map(|n| &n[..n.len().min(63)])
+    cstr(b).map(server_name)
 }
 
 /// Start (or go on) re-assembling a chunk into `out`: the bytes before the
@@ -2087,10 +2076,10 @@ type BindNames = (
 /// hand); None when the names are not all in the part of the body at hand.
 fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let p = memchr::memchr(0, body)?;
-    let portal = body[..p.min(63)].to_vec();
+    let portal = server_name(&body[..p]).to_vec();
     let rest = &body[p + 1..];
     let s = memchr::memchr(0, rest)?;
-    let stmt = rest[..s.min(63)].to_vec();
+    let stmt = server_name(&rest[..s]).to_vec();
     if !whole {
         return Some((portal, stmt, None, None));
     }
