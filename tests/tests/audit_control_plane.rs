@@ -55,6 +55,7 @@ on_both_sinks!(
     redelivery_is_stored_exactly_once_and_gaps_ask_for_a_resend,
     nothing_is_lost_or_doubled_across_a_control_plane_restart,
     verify_names_edited_and_deleted_records,
+    verify_holds_chains_to_the_stores_witness,
     search_filters,
     replay_evaluate_shows_what_today_refuses,
     evidence_reports_seven_controls,
@@ -504,7 +505,8 @@ async fn verify_names_edited_and_deleted_records(sink: Sink) {
     let out = s.ctl(&["audit", "verify"], 0);
     assert_eq!(
         out.stdout,
-        "audit chain verified: 2 nodes, 9 records checked, no findings\n"
+        "audit chain verified: 2 nodes (2 witnessed in the store), 9 records checked, \
+         no findings\n"
     );
 
     // Record 2's SQL edited, record 4 deleted, the last record (6) deleted.
@@ -528,19 +530,7 @@ async fn verify_names_edited_and_deleted_records(sink: Sink) {
 
     let v = s.ctl_json(&["audit", "verify", "-o", "json"], 1);
     assert_eq!(v["clean"], false);
-    let found: Vec<(String, String, u64, u64)> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["node"].as_str().unwrap().to_string(),
-                f["kind"].as_str().unwrap().to_string(),
-                f["firstSequence"].as_u64().unwrap(),
-                f["lastSequence"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let found = findings_of(&v);
     let want = |k: &str, a: u64, b: u64| ("dp-1".to_string(), k.to_string(), a, b);
     assert_eq!(
         found,
@@ -573,7 +563,10 @@ async fn verify_names_edited_and_deleted_records(sink: Sink) {
         "{}",
         out.stdout
     );
-    assert_eq!(lines[4], "3 findings: 2 nodes, 7 records checked");
+    assert_eq!(
+        lines[4],
+        "3 findings: 2 nodes (2 witnessed in the store), 7 records checked"
+    );
     assert!(
         out.stderr.contains("error: the audit chain has 3 findings"),
         "{}",
@@ -587,6 +580,107 @@ async fn verify_names_edited_and_deleted_records(sink: Sink) {
         "{}",
         out.stderr
     );
+}
+
+/// Whoever can write the sink can delete a node's records together with
+/// its chain head, or cut a chain's tail and lower the head to match:
+/// consistent in themselves, and clean to a check of the sink alone. The
+/// control plane's store witnessed both chains when their batches were
+/// acknowledged, and `audit verify` reports both.
+async fn verify_holds_chains_to_the_stores_witness(sink: Sink) {
+    let s = Setup::start(sink, &format!("witness_{sink:?}").to_lowercase());
+    let url = s.cp.url();
+    let t0 = now_nanos();
+    let (mut n, _) = Shipper::must_open(&url, "dp-1").await;
+    assert_eq!(n.ship(stmts("dp-1", 1..=6, t0)).await.durable_through, 6);
+    let (mut m, _) = Shipper::must_open(&url, "dp-2").await;
+    assert_eq!(m.ship(stmts("dp-2", 1..=3, t0)).await.durable_through, 3);
+    let v = s.ctl_json(&["audit", "verify", "-o", "json"], 0);
+    assert_eq!(v["nodesWitnessed"], 2, "{v:#}");
+    let out = s.ctl(&["audit", "verify"], 0);
+    assert_eq!(
+        out.stdout,
+        "audit chain verified: 2 nodes (2 witnessed in the store), 9 records checked, \
+         no findings\n"
+    );
+    drop((n, m));
+
+    let found = s.ctl_json(&["audit", "search", "--node", "dp-1", "-o", "json"], 0);
+    let hash4 = found["records"][3]["hash"].as_str().unwrap().to_string();
+    // dp-1: records 5 and 6 deleted, its head lowered to record 4; dp-2:
+    // records and head deleted.
+    match sink {
+        Sink::Files => {
+            let nodes = s.audit_dir().join("nodes");
+            let seg = nodes.join("dp-1/00000000000000000001.log");
+            keep_frames(&seg, 4);
+            std::fs::write(nodes.join("dp-1/HEAD"), format!("4 {hash4}\n")).unwrap();
+            std::fs::remove_dir_all(nodes.join("dp-2")).unwrap();
+        }
+        Sink::Postgres => {
+            let db = s.db().await;
+            for (sql, rows) in [
+                (
+                    "DELETE FROM sluice_audit.records WHERE node_id = 'dp-1' AND sequence > 4",
+                    2,
+                ),
+                (
+                    "UPDATE sluice_audit.heads SET sequence = 4, hash = \
+                     (SELECT hash FROM sluice_audit.records \
+                      WHERE node_id = 'dp-1' AND sequence = 4) WHERE node_id = 'dp-1'",
+                    1,
+                ),
+                ("DELETE FROM sluice_audit.records WHERE node_id = 'dp-2'", 3),
+                ("DELETE FROM sluice_audit.heads WHERE node_id = 'dp-2'", 1),
+            ] {
+                assert_eq!(db.execute(sql, &[]).await.unwrap(), rows, "{sql}");
+            }
+        }
+    }
+
+    let v = s.ctl_json(&["audit", "verify", "-o", "json"], 1);
+    let found = findings_of(&v);
+    let want = |n: &str, a: u64, b: u64| (n.to_string(), "deleted".to_string(), a, b);
+    assert_eq!(found, [want("dp-1", 5, 6), want("dp-2", 1, 3)], "{v:#}");
+    assert!(
+        v["findings"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the control plane's store witnessed record 3"),
+        "{v:#}"
+    );
+    // Asked for by name, the deleted node is reported, not "not found".
+    let v = s.ctl_json(&["audit", "verify", "--node", "dp-2", "-o", "json"], 1);
+    assert_eq!(v["findings"][0]["kind"], "deleted", "{v:#}");
+}
+
+/// `audit verify -o json`'s findings: (node, kind, first, last sequence).
+fn findings_of(v: &Value) -> Vec<(String, String, u64, u64)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["node"].as_str().unwrap().to_string(),
+                f["kind"].as_str().unwrap().to_string(),
+                f["firstSequence"].as_u64().unwrap(),
+                f["lastSequence"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Keeps the first `keep` record frames of a file-sink segment.
+fn keep_frames(seg: &Path, keep: usize) {
+    let buf = std::fs::read(seg).unwrap();
+    const HEADER: usize = 8;
+    let mut pos = HEADER;
+    for _ in 0..keep {
+        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += HEADER + len;
+    }
+    std::fs::write(seg, &buf[..pos]).unwrap();
 }
 
 /// Rewrites a file-sink segment: record 2's SQL edited in place (its
@@ -1256,7 +1350,7 @@ async fn replicas_share_one_postgres_sink() {
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout
-            .contains("1 node, 30 records checked, no findings"),
+            .contains("1 node (1 witnessed in the store), 30 records checked, no findings"),
         "{}",
         out.stdout
     );

@@ -23,7 +23,7 @@
 //! anywhere else is left in place as evidence for `verify`, and appends go
 //! on in a new segment.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -33,11 +33,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prost::Message;
 use proto::{AuditRecord, SearchRequest, SearchResponse, VerifyResponse};
 
-use super::chain::{self, hex, GENESIS, HASH_LEN};
+use super::chain::{self, hex, unhex, GENESIS, HASH_LEN};
 use super::sink::{
     limit_of, matches, new_records, sort_key, validate_node_id, AuditSink, Result, SinkError,
 };
-use super::verify::{verify_node, Head, StoredRecord};
+use super::verify::{verify_node_witnessed, verify_unseen, Head, StoredRecord};
+use super::witness::Witness;
 use crate::store::BoxFuture;
 
 /// First bytes of every segment (format version 1).
@@ -285,9 +286,23 @@ impl Inner {
         })
     }
 
-    fn verify(&self, node: Option<&str>) -> Result<VerifyResponse> {
+    fn head(&self, node_id: &str) -> Option<Head> {
+        let state = self.state();
+        let n = state.nodes.get(node_id).filter(|n| n.last_seq > 0)?;
+        Some(Head {
+            sequence: n.last_seq,
+            hash: n.last_hash.to_vec(),
+        })
+    }
+
+    fn verify(
+        &self,
+        node: Option<&str>,
+        witnesses: &BTreeMap<String, Witness>,
+    ) -> Result<VerifyResponse> {
         let _state = self.state();
         let mut resp = VerifyResponse::default();
+        let mut seen = Vec::new();
         for (name, dir) in self.node_dirs()? {
             if node.is_some_and(|n| n != name) {
                 continue;
@@ -306,11 +321,14 @@ impl Inner {
                     });
                 }
             }
-            let (findings, checked) = verify_node(&name, stored, head.as_ref());
+            let (findings, checked) =
+                verify_node_witnessed(&name, stored, head.as_ref(), witnesses.get(&name));
             resp.findings.extend(findings);
             resp.records_checked += checked;
             resp.nodes_checked += 1;
+            seen.push(name);
         }
+        verify_unseen(witnesses, &seen, node, &mut resp);
         Ok(resp)
     }
 }
@@ -335,9 +353,19 @@ impl AuditSink for FileSink {
         Box::pin(self.blocking(move |i| i.search(&filter)))
     }
 
-    fn verify<'a>(&'a self, node_id: Option<&'a str>) -> BoxFuture<'a, Result<VerifyResponse>> {
+    fn head<'a>(&'a self, node_id: &'a str) -> BoxFuture<'a, Result<Option<Head>>> {
+        let node_id = node_id.to_string();
+        Box::pin(self.blocking(move |i| Ok(i.head(&node_id))))
+    }
+
+    fn verify_witnessed<'a>(
+        &'a self,
+        node_id: Option<&'a str>,
+        witnesses: &'a BTreeMap<String, Witness>,
+    ) -> BoxFuture<'a, Result<VerifyResponse>> {
         let node_id = node_id.map(str::to_owned);
-        Box::pin(self.blocking(move |i| i.verify(node_id.as_deref())))
+        let witnesses = witnesses.clone();
+        Box::pin(self.blocking(move |i| i.verify(node_id.as_deref(), &witnesses)))
     }
 
     fn records_for_session<'a>(
@@ -582,16 +610,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(SinkError::io(format!("fsync {}", dir.display())))
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

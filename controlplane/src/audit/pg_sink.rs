@@ -17,7 +17,7 @@
 //! stored, chain the rest to the head, insert them with one `INSERT …
 //! SELECT FROM unnest(…) ON CONFLICT DO NOTHING`, move the head, commit.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex as StdMutex;
 
 use proto::{AuditKind, AuditRecord, Decision, SearchRequest, SearchResponse, VerifyResponse};
@@ -27,7 +27,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::chain::{self, GENESIS, HASH_LEN};
 use super::sink::{limit_of, new_records, validate_node_id, AuditSink, Result, SinkError};
-use super::verify::{verify_node, Head, StoredRecord};
+use super::verify::{verify_node_witnessed, verify_unseen, Head, StoredRecord};
+use super::witness::Witness;
 use crate::store::BoxFuture;
 
 /// Advisory lock key taken while creating tables and partitions.
@@ -380,16 +381,7 @@ impl PgSink {
     }
 
     async fn do_durable_through(&self, node_id: &str) -> Result<u64> {
-        let mut guard = self.client().await?;
-        let client = guard.as_mut().expect("connected");
-        let row = client
-            .query_opt(
-                "SELECT sequence FROM sluice_audit.heads WHERE node_id = $1",
-                &[&node_id],
-            )
-            .await
-            .map_err(|e| pg_err("read chain head", e))?;
-        Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        Ok(self.do_head(node_id).await?.map_or(0, |h| h.sequence))
     }
 
     async fn do_search(&self, f: &SearchRequest, limit: usize) -> Result<SearchResponse> {
@@ -469,7 +461,29 @@ impl PgSink {
         Ok(SearchResponse { records, truncated })
     }
 
-    async fn do_verify(&self, only: Option<&str>) -> Result<VerifyResponse> {
+    async fn do_head(&self, node_id: &str) -> Result<Option<Head>> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        let row = client
+            .query_opt(
+                "SELECT sequence, hash FROM sluice_audit.heads WHERE node_id = $1",
+                &[&node_id],
+            )
+            .await
+            .map_err(|e| pg_err("read chain head", e))?;
+        Ok(row
+            .map(|r| Head {
+                sequence: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                hash: r.get(1),
+            })
+            .filter(|h| h.sequence > 0))
+    }
+
+    async fn do_verify(
+        &self,
+        only: Option<&str>,
+        witnesses: &BTreeMap<String, Witness>,
+    ) -> Result<VerifyResponse> {
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
         let nodes: Vec<String> = client
@@ -485,7 +499,8 @@ impl PgSink {
             .filter(|n: &String| only.is_none_or(|o| o == n))
             .collect();
         let mut resp = VerifyResponse::default();
-        for node in nodes {
+        for node in &nodes {
+            let node = node.clone();
             let head = client
                 .query_opt(
                     "SELECT sequence, hash FROM sluice_audit.heads WHERE node_id = $1",
@@ -510,11 +525,13 @@ impl PgSink {
                 .await
                 .map_err(|e| pg_err("read audit records", e))?;
             let stored: Vec<StoredRecord> = rows.iter().map(stored_from_row).collect();
-            let (findings, checked) = verify_node(&node, stored, head.as_ref());
+            let (findings, checked) =
+                verify_node_witnessed(&node, stored, head.as_ref(), witnesses.get(&node));
             resp.findings.extend(findings);
             resp.records_checked += checked;
             resp.nodes_checked += 1;
         }
+        verify_unseen(witnesses, &nodes, only, &mut resp);
         Ok(resp)
     }
 }
@@ -614,8 +631,16 @@ impl AuditSink for PgSink {
         Box::pin(self.do_search(filter, limit_of(filter)))
     }
 
-    fn verify<'a>(&'a self, node_id: Option<&'a str>) -> BoxFuture<'a, Result<VerifyResponse>> {
-        Box::pin(self.do_verify(node_id))
+    fn head<'a>(&'a self, node_id: &'a str) -> BoxFuture<'a, Result<Option<Head>>> {
+        Box::pin(self.do_head(node_id))
+    }
+
+    fn verify_witnessed<'a>(
+        &'a self,
+        node_id: Option<&'a str>,
+        witnesses: &'a BTreeMap<String, Witness>,
+    ) -> BoxFuture<'a, Result<VerifyResponse>> {
+        Box::pin(self.do_verify(node_id, witnesses))
     }
 
     fn records_for_session<'a>(

@@ -2,8 +2,12 @@
 //! which records of a batch are new, how a search filter matches, how
 //! results are ordered.
 
+use std::collections::BTreeMap;
+
 use proto::{AuditRecord, SearchRequest, SearchResponse, VerifyResponse};
 
+use super::verify::Head;
+use super::witness::Witness;
 use crate::store::BoxFuture;
 
 /// Records a search returns when the request gives no limit.
@@ -84,9 +88,26 @@ pub trait AuditSink: Send + Sync + 'static {
     /// `limit` ([`DEFAULT_SEARCH_LIMIT`] when 0).
     fn search<'a>(&'a self, filter: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResponse>>;
 
+    /// The node's chain head: the sequence and hash of its last stored
+    /// record (`None` for a node with none).
+    fn head<'a>(&'a self, node_id: &'a str) -> BoxFuture<'a, Result<Option<Head>>>;
+
     /// Walks every node's chain (or `node_id`'s) and reports gaps, edits,
-    /// deletions, broken links.
-    fn verify<'a>(&'a self, node_id: Option<&'a str>) -> BoxFuture<'a, Result<VerifyResponse>>;
+    /// deletions, broken links; each also against its witness in
+    /// `witnesses`, and a node witnessed there that the sink holds nothing
+    /// of is checked as one with no records (see
+    /// [`verify_unseen`](super::verify::verify_unseen)).
+    fn verify_witnessed<'a>(
+        &'a self,
+        node_id: Option<&'a str>,
+        witnesses: &'a BTreeMap<String, Witness>,
+    ) -> BoxFuture<'a, Result<VerifyResponse>>;
+
+    /// [`AuditSink::verify_witnessed`] without witnesses.
+    fn verify<'a>(&'a self, node_id: Option<&'a str>) -> BoxFuture<'a, Result<VerifyResponse>> {
+        static NONE: BTreeMap<String, Witness> = BTreeMap::new();
+        self.verify_witnessed(node_id, &NONE)
+    }
 
     /// A session's records, oldest first.
     fn records_for_session<'a>(

@@ -10,10 +10,21 @@
 //! * `DELETED`: records the head names but that are gone (tail deletion);
 //! * `OUT_OF_ORDER`, `DUPLICATE`: records stored out of sequence order, or
 //!   twice.
+//!
+//! The sink's own head sits beside its records, so whoever can rewrite the
+//! one can rewrite the other. The control plane's configuration store
+//! (etcd) keeps a second copy, a [`Witness`](super::witness::Witness), out
+//! of the sink's reach; [`verify_node_witnessed`] also checks the chain
+//! against it, so a tail cut back behind it, or a node's records deleted
+//! whole (head included), are reported as `DELETED`, and a chain rewritten
+//! under it as `BROKEN_LINK`.
 
-use proto::{AuditRecord, FindingKind, VerifyFinding};
+use std::collections::BTreeMap;
+
+use proto::{AuditRecord, FindingKind, VerifyFinding, VerifyResponse};
 
 use super::chain::{compute_hash, hex, GENESIS};
+use super::witness::Witness;
 
 /// One record as a sink read it back.
 #[derive(Debug, Clone)]
@@ -60,6 +71,17 @@ pub fn verify_node(
     stored: Vec<StoredRecord>,
     head: Option<&Head>,
 ) -> (Vec<VerifyFinding>, u64) {
+    verify_node_witnessed(node_id, stored, head, None)
+}
+
+/// [`verify_node`], also against the store's `witness` of the node's chain
+/// (see the module's comment).
+pub fn verify_node_witnessed(
+    node_id: &str,
+    stored: Vec<StoredRecord>,
+    head: Option<&Head>,
+    witness: Option<&Witness>,
+) -> (Vec<VerifyFinding>, u64) {
     let mut findings = Vec::new();
     let checked = stored.len() as u64;
 
@@ -94,6 +116,9 @@ pub fn verify_node(
     // could be read; None when the link cannot be checked.
     let mut prev_hash: Option<Vec<u8>> = Some(GENESIS.to_vec());
     let mut last: Option<(u64, Option<Vec<u8>>)> = None;
+    // The hash of the record the witness names, where it is stored and
+    // readable.
+    let mut witnessed: Option<Vec<u8>> = None;
     for (seq, e) in entries {
         if seq < expected {
             findings.push(finding(
@@ -168,6 +193,9 @@ pub fn verify_node(
                 format!("record {seq} ({}): {}", e.location, problems.join("; ")),
             ));
         }
+        if witness.is_some_and(|w| w.head.sequence == seq) && witnessed.is_none() {
+            witnessed = stored_hash.clone();
+        }
         prev_hash = stored_hash.clone();
         last = Some((seq, stored_hash));
         expected = seq + 1;
@@ -222,7 +250,65 @@ pub fn verify_node(
         )),
         _ => {}
     }
+    if let Some(w) = witness {
+        let at = w.at();
+        let head_names = head.is_some_and(|h| h.sequence >= w.head.sequence);
+        if w.head.sequence > last_seq && !head_names {
+            findings.push(finding(
+                node_id,
+                FindingKind::Deleted,
+                last_seq + 1,
+                w.head.sequence,
+                format!(
+                    "the control plane's store witnessed record {} ({at}) but the sink's last \
+                     record is {last_seq}{}",
+                    w.head.sequence,
+                    match head {
+                        None => " and it has no chain head".to_string(),
+                        Some(h) => format!(" and its chain head says {}", h.sequence),
+                    }
+                ),
+            ));
+        }
+        if let Some(hash) = &witnessed {
+            if hash[..] != w.head.hash[..] {
+                findings.push(finding(
+                    node_id,
+                    FindingKind::BrokenLink,
+                    w.head.sequence,
+                    w.head.sequence,
+                    format!(
+                        "record {}'s hash {} is not the {} the control plane's store \
+                         witnessed ({at}): the chain was rewritten",
+                        w.head.sequence,
+                        hex(hash),
+                        hex(&w.head.hash)
+                    ),
+                ));
+            }
+        }
+    }
     (findings, checked)
+}
+
+/// The nodes of `witnesses` (or `only`) that a sink holds nothing of,
+/// neither records nor a head (`seen` are those it holds): each checked
+/// as a node with no records, so that deleting a node's records and head
+/// together is reported.
+pub fn verify_unseen(
+    witnesses: &BTreeMap<String, Witness>,
+    seen: &[String],
+    only: Option<&str>,
+    resp: &mut VerifyResponse,
+) {
+    for (node, w) in witnesses {
+        if only.is_some_and(|o| o != node) || seen.contains(node) {
+            continue;
+        }
+        let (findings, _) = verify_node_witnessed(node, vec![], None, Some(w));
+        resp.findings.extend(findings);
+        resp.nodes_checked += 1;
+    }
 }
 
 #[cfg(test)]
@@ -390,5 +476,84 @@ mod tests {
             kinds(&verify_node("n", stored(&c), Some(&short_head)).0),
             [(FindingKind::Edited, 3, 3)]
         );
+    }
+
+    #[test]
+    fn witness_catches_what_the_sinks_own_head_hides() {
+        let c = chain("n", 6);
+        let w = |seq: u64, hash: &[u8]| Witness {
+            head: Head {
+                sequence: seq,
+                hash: hash.to_vec(),
+            },
+            at_unix_nanos: 0,
+        };
+        let at6 = w(6, &c[5].hash);
+        let run = |s: &[AuditRecord], h: Option<&Head>, w: &Witness| {
+            kinds(&verify_node_witnessed("n", stored(s), h, Some(w)).0)
+        };
+        // Intact, witnessed at the head or behind it: clean.
+        assert_eq!(run(&c, Some(&head(&c)), &at6), []);
+        assert_eq!(run(&c, Some(&head(&c)), &w(4, &c[3].hash)), []);
+        // The tail cut and the sink's head lowered to match: only the
+        // witness sees it.
+        let cut = &c[..4];
+        assert!(verify_node("n", stored(cut), Some(&head(cut))).0.is_empty());
+        assert_eq!(
+            run(cut, Some(&head(cut)), &at6),
+            [(FindingKind::Deleted, 5, 6)]
+        );
+        // The sink's head still naming the tail: reported once.
+        assert_eq!(
+            run(cut, Some(&head(&c)), &at6),
+            [(FindingKind::Deleted, 5, 6)]
+        );
+        // Every record and the head deleted.
+        assert_eq!(run(&[], None, &at6), [(FindingKind::Deleted, 1, 6)]);
+        // The chain rebuilt from an edited record 2, hashes recomputed,
+        // head to match: consistent in itself, not with the witness.
+        let mut forged = c.clone();
+        forged[1].statement.as_mut().unwrap().sql = "select 'nothing to see'".into();
+        let mut prev = GENESIS;
+        for r in &mut forged {
+            prev = link(&prev, r);
+        }
+        assert!(verify_node("n", stored(&forged), Some(&head(&forged)))
+            .0
+            .is_empty());
+        let f = verify_node_witnessed("n", stored(&forged), Some(&head(&forged)), Some(&at6)).0;
+        assert_eq!(kinds(&f), [(FindingKind::BrokenLink, 6, 6)]);
+        assert!(
+            f[0].detail.contains("the chain was rewritten"),
+            "{}",
+            f[0].detail
+        );
+    }
+
+    #[test]
+    fn witnessed_nodes_the_sink_lacks_are_checked() {
+        let c = chain("gone", 3);
+        let mut ws = BTreeMap::new();
+        for (n, seq) in [("gone", 3), ("here", 2)] {
+            ws.insert(
+                n.to_string(),
+                Witness {
+                    head: Head {
+                        sequence: seq,
+                        hash: c[seq as usize - 1].hash.clone(),
+                    },
+                    at_unix_nanos: 0,
+                },
+            );
+        }
+        let mut resp = VerifyResponse::default();
+        verify_unseen(&ws, &["here".to_string()], None, &mut resp);
+        assert_eq!(resp.nodes_checked, 1);
+        assert_eq!(kinds(&resp.findings), [(FindingKind::Deleted, 1, 3)]);
+        assert_eq!(resp.findings[0].node_id, "gone");
+        let mut resp = VerifyResponse::default();
+        verify_unseen(&ws, &[], Some("here"), &mut resp);
+        assert_eq!(resp.nodes_checked, 1);
+        assert_eq!(kinds(&resp.findings), [(FindingKind::Deleted, 1, 2)]);
     }
 }

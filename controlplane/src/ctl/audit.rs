@@ -419,9 +419,10 @@ pub fn render_search(resp: &SearchResponse, format: Format, out: &mut Output) {
 /// The `audit verify` table (findings) and summary line.
 pub fn verify_text(resp: &VerifyResponse) -> String {
     let summary = format!(
-        "{} node{}, {} record{} checked",
+        "{} node{} ({} witnessed in the store), {} record{} checked",
         resp.nodes_checked,
         if resp.nodes_checked == 1 { "" } else { "s" },
+        resp.nodes_witnessed,
         resp.records_checked,
         if resp.records_checked == 1 { "" } else { "s" },
     );
@@ -458,6 +459,7 @@ pub fn verify_json(resp: &VerifyResponse) -> String {
     pretty(&json!({
         "clean": resp.findings.is_empty(),
         "nodesChecked": resp.nodes_checked,
+        "nodesWitnessed": resp.nodes_witnessed,
         "recordsChecked": resp.records_checked,
         "findings": resp.findings.iter().map(|f| json!({
             "node": f.node_id,
@@ -848,6 +850,7 @@ mod tests {
     fn verify_renders_positions_and_fails_with_findings() {
         let clean = VerifyResponse {
             nodes_checked: 2,
+            nodes_witnessed: 2,
             records_checked: 11,
             findings: vec![],
         };
@@ -855,10 +858,12 @@ mod tests {
         render_verify(&clean, Format::Table, &mut out).unwrap();
         assert_eq!(
             out.stdout,
-            "audit chain verified: 2 nodes, 11 records checked, no findings\n"
+            "audit chain verified: 2 nodes (2 witnessed in the store), 11 records checked, \
+             no findings\n"
         );
         let dirty = VerifyResponse {
             nodes_checked: 1,
+            nodes_witnessed: 0,
             records_checked: 4,
             findings: vec![
                 VerifyFinding {

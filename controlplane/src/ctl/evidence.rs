@@ -148,10 +148,16 @@ pub fn controls(e: &EvidenceResponse) -> Vec<Control> {
             id: "AU-9",
             title: "Protection of Audit Information",
             requires: "Protect audit records from unauthorised modification and deletion \
-                       (each record is hash-chained to its predecessor per node).",
+                       (each record is hash-chained to its predecessor per node, and each \
+                       node's chain head is witnessed apart from the sink, in the control \
+                       plane's configuration store).",
             facts: vec![
                 fact("chain verification", chain_status(e)),
                 fact("nodes checked", v.nodes_checked),
+                fact(
+                    "nodes witnessed in the configuration store",
+                    v.nodes_witnessed,
+                ),
                 fact("records checked", v.records_checked),
                 fact("findings", Value::Array(findings)),
             ],
@@ -423,6 +429,7 @@ mod tests {
             }],
             verification: Some(VerifyResponse {
                 nodes_checked: 1,
+                nodes_witnessed: 1,
                 records_checked: 12,
                 findings: vec![VerifyFinding {
                     node_id: "n1".into(),

@@ -9,7 +9,12 @@
 //! with the new `durable_through`; a batch that skips sequences is
 //! answered `{durable_through, resend: true}`; while the sink is
 //! unavailable the batch is retried with backoff on the open stream and
-//! nothing is acknowledged. Nothing is kept per stream but the node id, so
+//! nothing is acknowledged. After a stream's first stored batch (before
+//! its ack), then at most every `witness::WITNESS_INTERVAL` and at the
+//! stream's end, the sink's chain head for the node is written to the
+//! configuration store as its witness (see `audit::witness`), which
+//! `verify` checks chains against. Nothing is kept per stream but the node
+//! id and when its witness was last written, so
 //! any replica may take over a node's stream: with the PostgreSQL sink
 //! every replica writes the same chains (the sink serialises appenders per
 //! node); the file sink belongs to one process.
@@ -23,8 +28,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::Stream;
 use proto::{
-    AuditAck, AuditBatch, AuditRecord, EvidenceRequest, EvidenceResponse, NamedCount,
-    ReplayRequest, ReplayResponse, SearchRequest, SearchResponse, VerifyRequest, VerifyResponse,
+    AuditAck, AuditBatch, AuditRecord, EvidenceRequest, EvidenceResponse, FindingKind, NamedCount,
+    ReplayRequest, ReplayResponse, SearchRequest, SearchResponse, VerifyFinding, VerifyRequest,
+    VerifyResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -33,8 +39,10 @@ use super::config::Current;
 use super::Shared;
 use crate::audit::evidence::Tally;
 use crate::audit::sink::validate_node_id;
+use crate::audit::witness::{self, Witnesses, WITNESS_INTERVAL, WRITE_TIMEOUT};
 use crate::audit::{replay, AuditSink, FileSink, PgSink, SinkError};
 use crate::grants::Grants;
+use crate::store::Store;
 
 /// How long a new stream may take to send its first message.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,6 +156,8 @@ pub fn sink_status(e: SinkError) -> Status {
 
 pub struct IngestService {
     pub sinks: AuditSinks,
+    /// Where chain heads are witnessed (see `audit::witness`).
+    pub store: Arc<dyn Store>,
     /// The node ids with an audit stream open on this replica: a second
     /// stream under one of them is refused (two nodes given one name
     /// would each take the other's records for stored, and drop them).
@@ -220,8 +230,15 @@ impl proto::audit_ingest_server::AuditIngest for IngestService {
         let (tx, rx) = mpsc::channel(16);
         tracing::info!(node = %first.node_id, ?peer, "audit stream opened");
         let sinks = self.sinks.clone();
+        let mut witness = WitnessWriter {
+            store: self.store.clone(),
+            node: first.node_id.clone(),
+            written: None,
+            durable: 0,
+        };
         tokio::spawn(async move {
-            serve_stream(sinks, first, inbound, tx).await;
+            serve_stream(sinks.clone(), first, inbound, tx, &mut witness).await;
+            witness.finish(sinks);
             drop(guard);
         });
         Ok(Response::new(Box::pin(
@@ -245,6 +262,7 @@ async fn serve_stream(
     first: AuditBatch,
     mut inbound: Streaming<AuditBatch>,
     tx: AckSender,
+    witness: &mut WitnessWriter,
 ) {
     let node = first.node_id.clone();
     let result = async {
@@ -272,7 +290,13 @@ async fn serve_stream(
                 .await?;
                 send(&tx, ack(&node, durable, false)).await?;
             } else {
-                store_batch(&sinks, &node, batch, &tx).await?;
+                let (durable, resend) = store_batch(&sinks, &node, batch, &tx).await?;
+                if !resend {
+                    // (Before the ack: a batch acknowledged on a stream is
+                    // witnessed as far as its first stored batch.)
+                    witness.stored(&sinks, durable).await;
+                }
+                send(&tx, ack(&node, durable, resend)).await?;
             }
         }
     }
@@ -321,13 +345,14 @@ async fn send(tx: &AckSender, a: AuditAck) -> Result<(), Stop> {
     tx.send(Ok(a)).await.map_err(|_| Stop::Gone)
 }
 
-/// Appends one batch and answers it; retries while the sink is down.
+/// Appends one batch; retries while the sink is down. The ack to answer it
+/// with: `durable_through`, and whether to ask for a resend (a gap).
 async fn store_batch(
     sinks: &AuditSinks,
     node: &str,
     mut records: Vec<AuditRecord>,
     tx: &AckSender,
-) -> Result<(), Stop> {
+) -> Result<(u64, bool), Stop> {
     for r in &mut records {
         if let Some(md) = r.metadata.as_mut() {
             if md.id.is_empty() {
@@ -355,7 +380,7 @@ async fn store_batch(
     match outcome {
         Ok(durable) => {
             tracing::debug!(node, first, n, durable, "audit batch stored");
-            send(tx, ack(node, durable, false)).await
+            Ok((durable, false))
         }
         Err((expected, got)) => {
             tracing::warn!(
@@ -363,8 +388,73 @@ async fn store_batch(
                 "audit batch starts at sequence {got} but {expected} is next: not stored; \
                  asking the node to resend from {expected}"
             );
-            send(tx, ack(node, expected - 1, true)).await
+            Ok((expected - 1, true))
         }
+    }
+}
+
+/// Writes one stream's witnesses (see `audit::witness`).
+struct WitnessWriter {
+    store: Arc<dyn Store>,
+    node: String,
+    /// When this stream last wrote the witness, and through which sequence.
+    written: Option<(tokio::time::Instant, u64)>,
+    /// The latest `durable_through` of this stream's batches.
+    durable: u64,
+}
+
+impl WitnessWriter {
+    /// After a batch is stored through `durable`: on the stream's first
+    /// stored batch, and then once per [`WITNESS_INTERVAL`], moves the
+    /// witness to the sink's head, waiting for it at most
+    /// [`WRITE_TIMEOUT`]. A failed write is logged and waits an interval
+    /// too (a store that is down is not asked again for every batch).
+    async fn stored(&mut self, sinks: &AuditSinks, durable: u64) {
+        self.durable = self.durable.max(durable);
+        let due = match self.written {
+            None => durable > 0,
+            Some((at, through)) => durable > through && at.elapsed() >= WITNESS_INTERVAL,
+        };
+        if !due {
+            return;
+        }
+        self.written = Some((tokio::time::Instant::now(), durable));
+        write_witness(sinks, &*self.store, &self.node).await;
+    }
+
+    /// At the stream's end: what it stored since the last witness is
+    /// witnessed, in the background.
+    fn finish(self, sinks: AuditSinks) {
+        if self
+            .written
+            .is_none_or(|(_, through)| self.durable > through)
+            && self.durable > 0
+        {
+            tokio::spawn(async move { write_witness(&sinks, &*self.store, &self.node).await });
+        }
+    }
+}
+
+/// Moves `node`'s witness in `store` to the sink's head, within
+/// [`WRITE_TIMEOUT`]; failures are logged.
+async fn write_witness(sinks: &AuditSinks, store: &dyn Store, node: &str) {
+    let write = async {
+        let sink = sinks.get().map_err(|e| e.to_string())?;
+        let Some(head) = sink.head(node).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        witness::advance(store, node, &head)
+            .await
+            .map(|_| tracing::debug!(node, sequence = head.sequence, "audit witness written"))
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(node, "cannot write the audit chain's witness: {e}"),
+        Err(_) => tracing::warn!(
+            node,
+            "the configuration store did not take the audit chain's witness within {WRITE_TIMEOUT:?}"
+        ),
     }
 }
 
@@ -424,6 +514,37 @@ impl QueryService {
             .borrow()
             .clone()
             .ok_or_else(|| Status::unavailable("the configuration is not loaded yet"))
+    }
+
+    /// Verifies every node's chain (or `node`'s) against the sink's heads
+    /// and the store's witnesses (see `audit::witness`). A witness the store
+    /// holds but that cannot be read is a finding of its own.
+    async fn verify_chains(&self, node: Option<&str>) -> Result<VerifyResponse, Status> {
+        let sink = self.sink()?;
+        let witnesses = Witnesses::load(&*self.shared.store).await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot read the audit witnesses from the configuration store: {e}"
+            ))
+        })?;
+        let mut resp = sink
+            .verify_witnessed(node, &witnesses.nodes)
+            .await
+            .map_err(sink_status)?;
+        let only = |n: &str| node.is_none_or(|o| o == n);
+        resp.nodes_witnessed = witnesses.nodes.keys().filter(|n| only(n)).count() as u32;
+        for (n, why) in witnesses.unreadable.iter().filter(|(n, _)| only(n)) {
+            resp.findings.push(VerifyFinding {
+                node_id: n.clone(),
+                kind: FindingKind::Edited as i32,
+                first_sequence: 0,
+                last_sequence: 0,
+                detail: format!(
+                    "the control plane's store holds a witness of this node that cannot be \
+                     read ({why})"
+                ),
+            });
+        }
+        Ok(resp)
     }
 }
 
@@ -503,7 +624,7 @@ impl proto::audit_query_server::AuditQuery for QueryService {
     ) -> Result<Response<VerifyResponse>, Status> {
         let req = req.into_inner();
         let node = (!req.node_id.is_empty()).then_some(req.node_id.as_str());
-        let resp = self.sink()?.verify(node).await.map_err(sink_status)?;
+        let resp = self.verify_chains(node).await?;
         if node.is_some() && resp.nodes_checked == 0 {
             return Err(Status::not_found(format!(
                 "no audit records of node {:?}",
@@ -563,7 +684,7 @@ impl proto::audit_query_server::AuditQuery for QueryService {
         .await
         .map_err(sink_status)?;
         let mut resp = tally.finish();
-        resp.verification = Some(sink.verify(None).await.map_err(sink_status)?);
+        resp.verification = Some(self.verify_chains(None).await?);
         resp.generated_unix_nanos = unix_nanos();
         if let Ok(current) = self.current() {
             resp.config_version = current.version;

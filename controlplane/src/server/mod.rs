@@ -171,6 +171,7 @@ pub async fn serve(
         .add_service(InterceptedService::new(
             proto::audit_ingest_server::AuditIngestServer::new(audit::IngestService {
                 sinks: sinks.clone(),
+                store: shared.store.clone(),
                 open: Default::default(),
             })
             .max_decoding_message_size(audit::MAX_BATCH_BYTES),
