@@ -1076,3 +1076,70 @@ async fn identity_provider_keys_fetched_from_jwks_url() {
         e.message()
     );
 }
+
+/// A FunctionCall message (`F`, the fast-path protocol: libpq's `PQfn`) of
+/// function `oid`, no arguments, text result.
+fn function_call(oid: i32) -> Vec<u8> {
+    let mut body = oid.to_be_bytes().to_vec();
+    body.extend_from_slice(&0i16.to_be_bytes()); // argument formats
+    body.extend_from_slice(&0i16.to_be_bytes()); // arguments
+    body.extend_from_slice(&0i16.to_be_bytes()); // result format
+    let mut m = vec![b'F'];
+    m.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+    m.extend_from_slice(&body);
+    m
+}
+
+/// A FunctionCall runs SQL on the target like a statement does (any
+/// function, `query_to_xml` included), so a session whose grant was
+/// revoked is ended by its next FunctionCall too, not only by its next
+/// Query or Execute (it was not: the fast path went on after the
+/// revocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_is_ended_by_its_next_function_call() {
+    use sluice_tests::wire;
+    const PG_BACKEND_PID: i32 = 2026;
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v = admin.apply(&base_config(pg, key)).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v, LIMIT).await;
+    let mut s = wire::login(n1.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    // The fast path works while the grant stands.
+    s.raw.send(&function_call(PG_BACKEND_PID)).await.unwrap();
+    let m = s.raw.read_msg().await;
+    assert_eq!(m.tag_char(), 'V', "FunctionCallResponse expected");
+    assert_eq!(s.raw.read_msg().await.tag_char(), 'Z');
+
+    let v = admin
+        .delete("Policy", "bots-app")
+        .await
+        .expect("delete policy");
+    admin.wait_applied(1, v, LIMIT).await;
+    s.raw.send(&function_call(PG_BACKEND_PID)).await.unwrap();
+    let closed = s
+        .raw
+        .expect_close(LIMIT, "FunctionCall after the revocation")
+        .await;
+    assert!(
+        closed.others.iter().all(|m| m.tag != b'V'),
+        "a revoked session's FunctionCall was answered: {:?}",
+        closed
+            .others
+            .iter()
+            .map(|m| m.tag_char())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(closed.errors.len(), 1, "{:?}", closed.errors);
+    assert_eq!(closed.errors[0].code(), "42501", "{}", closed.errors[0]);
+    assert!(
+        closed.errors[0].message().contains("permission revoked"),
+        "{}",
+        closed.errors[0]
+    );
+    assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 1.0);
+}

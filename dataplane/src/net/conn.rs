@@ -1097,6 +1097,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         let mut requests = 0u32;
         let mut terminate = false;
         let mut parses = 0u32;
+        let mut calls = 0u32;
         let now = if state.audit.is_some() {
             audit_clock_at(t0)
         } else {
@@ -1166,8 +1167,14 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         }
                         tag::PARSE => parses += 1,
                         tag::EXECUTE => statements += 1,
-                        // (A FunctionCall is answered by a ReadyForQuery.)
-                        tag::SYNC | b'F' => requests += 1,
+                        tag::SYNC => requests += 1,
+                        // (A FunctionCall is answered by a ReadyForQuery.
+                        // It runs a function on the target, which can run
+                        // any SQL: a revocation stops it as a statement.)
+                        b'F' => {
+                            requests += 1;
+                            calls += 1;
+                        }
                         tag::TERMINATE => terminate = true,
                         _ => {}
                     }
@@ -1188,7 +1195,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
         if let Err(e) = scanned {
             return End::ClientFrame(e);
         }
-        if statements + parses > 0 {
+        if statements + parses + calls > 0 {
             // A new snapshot since this session last looked: is it still
             // allowed? One atomic load per batch of statements otherwise.
             let snap = worker.shared.snapshot.load();
