@@ -446,14 +446,20 @@ impl Snapshot {
     }
 
     /// Whether a session that authenticated as `identity` (with `method`,
-    /// and for API keys with `verifier`) may still use `conn` under this
-    /// snapshot. Called on the next statement after the snapshot changed.
+    /// for API keys with `verifier`, for JWTs with the token of `jwt`: the
+    /// configured issuer's name and its `iss`) may still use `conn` under
+    /// this snapshot. Called on the next statement after the snapshot
+    /// changed. A JWT session ends when the issuer that vouched for it is
+    /// no longer one the identity accepts (removed, renamed, or given
+    /// another `iss`), even if others remain; a change of the issuer's
+    /// keys alone does not end it.
     pub fn recheck(
         &self,
         identity: &str,
         conn: &str,
         method: &str,
         verifier: Option<&Verifier>,
+        jwt: Option<(&str, &str)>,
     ) -> Result<(), Revoked> {
         let Some(ident) = self.identities.get(identity) else {
             return Err(Revoked(format!(
@@ -469,6 +475,17 @@ impl Snapshot {
             "jwt" if ident.jwt_issuers.is_empty() => {
                 return Err(Revoked(format!(
                     "identity \"{identity}\" no longer accepts JWTs"
+                )))
+            }
+            "jwt"
+                if !ident
+                    .jwt_issuers
+                    .iter()
+                    .any(|i| jwt == Some((i.name.as_str(), i.issuer()))) =>
+            {
+                return Err(Revoked(format!(
+                    "identity \"{identity}\" no longer accepts JWTs of issuer `{}`",
+                    jwt.map_or("", |(name, _)| name)
                 )))
             }
             _ => {}

@@ -1143,3 +1143,72 @@ async fn a_revoked_session_is_ended_by_its_next_function_call() {
     );
     assert_eq!(metric(&n1, "sluice_sessions_revoked_total"), 1.0);
 }
+
+/// A JWT session rests on the IdentityProvider that vouched for it:
+/// deleting that provider (a compromised IdP, say) ends the session at its
+/// next statement even while another provider remains. (It did not: only
+/// an identity left with no provider at all lost its JWT sessions.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_identity_provider_ends_the_jwt_sessions_it_vouched_for() {
+    use sluice_tests::{connect_tls, jwt, ClientOptions, DevCerts};
+    let pg = Pg::shared();
+    let keys = jwt::JwtKeys::new();
+    let idp = |name: &str, issuer: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1\nkind: IdentityProvider\nmetadata: {{name: {name}}}\nspec:\n  issuer: \"{issuer}\"\n  audience: [\"{}\"]\n  jwks: {}\n",
+            jwt::AUDIENCE,
+            keys.jwks
+        )
+    };
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let config = [
+        cp::connection_yaml("app", pg),
+        idp("corp", jwt::ISSUER),
+        idp("partner", "https://partner.test"),
+        cp::policy_yaml("alice-app", &["app"], &["alice"], &[]),
+    ]
+    .join("---\n");
+    let v = admin.apply(&config).await.version;
+    let certs = DevCerts::shared();
+    let node = cp::node(
+        &[cp.url()],
+        "jwt-node",
+        &format!(
+            "{NODE}tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
+            certs.server_pem.display(),
+            certs.server_key.display()
+        ),
+        true,
+    )
+    .unwrap();
+    admin.wait_applied(1, v, LIMIT).await;
+    let login = |claims: serde_json::Value| {
+        let mut cfg = node.config("alice", &keys.rs256(&claims), "app");
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        async move { connect_tls(&cfg, ClientOptions::tls_no_verify()).await }
+    };
+    let by_corp = login(jwt::claims("alice"))
+        .await
+        .unwrap_or_else(|e| panic!("JWT from corp refused: {}", err_text(&e)));
+    select_one(&by_corp).await;
+    let mut claims = jwt::claims("alice");
+    claims["iss"] = "https://partner.test".into();
+    let by_partner = login(claims)
+        .await
+        .unwrap_or_else(|e| panic!("JWT from partner refused: {}", err_text(&e)));
+    select_one(&by_partner).await;
+
+    let v = admin
+        .delete("IdentityProvider", "corp")
+        .await
+        .expect("delete identity provider");
+    admin.wait_applied(1, v, LIMIT).await;
+    assert_revoked(&by_corp, "the identity provider that vouched was deleted").await;
+    // The other provider's session, and its new logins, go on.
+    select_one(&by_partner).await;
+    let Err(e) = login(jwt::claims("alice")).await else {
+        panic!("a JWT of the deleted provider logged in");
+    };
+    assert_eq!(db_code(&e).as_deref(), Some("28P01"), "{}", err_text(&e));
+}

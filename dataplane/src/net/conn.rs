@@ -1206,6 +1206,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     &s.connection.name,
                     s.auth_method,
                     s.verifier.as_ref(),
+                    s.jwt_provider.as_deref().zip(s.jwt_issuer.as_deref()),
                 ) {
                     if let Some(a) = state.audit {
                         // The statements of this read were never sent;

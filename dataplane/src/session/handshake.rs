@@ -36,6 +36,10 @@ pub struct SessionRequest {
     pub cleartext_key: bool,
     /// For JWTs: the issuer (`iss`) that vouched for the identity.
     pub jwt_issuer: Option<String>,
+    /// For JWTs: the name of the configured issuer (`jwt_issuers[].name`,
+    /// the `IdentityProvider`) whose keys verified the token, so an open
+    /// session can tell when that provider was removed.
+    pub jwt_provider: Option<String>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -103,6 +107,7 @@ pub struct ClientHandshake {
     params: Vec<(Vec<u8>, Vec<u8>)>,
     cleartext_key: bool,
     jwt_issuer: Option<String>,
+    jwt_provider: Option<String>,
 }
 
 fn reject(code: &str, message: String, outcome: Outcome, reason: Option<&'static str>) -> Step {
@@ -138,6 +143,7 @@ impl ClientHandshake {
             params: Vec::new(),
             cleartext_key: false,
             jwt_issuer: None,
+            jwt_provider: None,
         }
     }
 
@@ -352,6 +358,7 @@ impl ClientHandshake {
                         match issuer.verify(&pw, &self.identity, now) {
                             Ok(()) => {
                                 self.jwt_issuer = Some(issuer.issuer().to_string());
+                                self.jwt_provider = Some(issuer.name.clone());
                                 return self.authorize(Vec::new(), "jwt");
                             }
                             Err(e) => {
@@ -465,6 +472,7 @@ impl ClientHandshake {
                 masking: self.snapshot.masking_for(&self.identity, &self.connection),
                 cleartext_key: self.cleartext_key,
                 jwt_issuer: self.jwt_issuer.take(),
+                jwt_provider: self.jwt_provider.take(),
                 params: std::mem::take(&mut self.params),
             },
         }
