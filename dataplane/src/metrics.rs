@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 /// Why authentication or authorization failed.
-pub const AUTH_REASONS: [&str; 12] = [
+pub const AUTH_REASONS: [&str; 13] = [
     "bad_password",
     "unknown_identity",
     "unknown_connection",
@@ -77,6 +77,9 @@ pub const AUTH_REASONS: [&str; 12] = [
     "jwt_invalid",
     "tls_required",
     "bad_method",
+    // A malformed or unexpected message inside the authentication
+    // exchange (08P01), once the startup named an identity.
+    "protocol_violation",
 ];
 
 /// Results of cancel requests received.

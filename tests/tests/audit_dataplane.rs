@@ -960,3 +960,79 @@ async fn long_statement_names_are_matched_as_postgres_matches_them() {
         .unwrap_or_else(|| panic!("no EXECUTE of the long name: {recs:?}"));
     assert_eq!(sql(exec), "select 1 /* m10-long */");
 }
+
+/// Send agent1's startup and read the authentication request.
+async fn auth_started(raw: &mut wire::Raw) {
+    let startup = wire::startup_bytes(&[("user", "agent1"), ("database", "app")]);
+    raw.send(&startup).await.unwrap();
+    assert_eq!(raw.read_msg().await.tag_char(), 'R');
+}
+
+/// A login that fails inside the authentication exchange with a malformed
+/// message (a SCRAM proof that is not base64, a Query where the password
+/// goes, an oversize authentication message) is still an authentication
+/// failure of the identity it named: the client gets 08P01 and the trail an
+/// AUTH_FAILURE record, counted under `protocol_violation`. (They left no
+/// record and no auth-failure count: probing an identity with malformed
+/// exchanges left no trace in the audit trail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_authentication_exchanges_are_auth_failures() {
+    use postgres_protocol::message::frontend;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let before = gw.metrics();
+    // A SCRAM client-final-message whose proof is not base64.
+    let mut raw = wire::Raw::connect(gw.port).await;
+    auth_started(&mut raw).await;
+    let mut b = bytes::BytesMut::new();
+    frontend::sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abcdefghijkl", &mut b).unwrap();
+    raw.send(&b).await.unwrap();
+    let m = raw.read_msg().await;
+    let first = String::from_utf8_lossy(&m.body[4..]).into_owned();
+    let nonce = first.split(',').next().unwrap();
+    let mut b = bytes::BytesMut::new();
+    frontend::sasl_response(format!("c=biws,{nonce},p=!!!!").as_bytes(), &mut b).unwrap();
+    raw.send(&b).await.unwrap();
+    let c = raw.expect_close(Duration::from_secs(5), "bad proof").await;
+    assert_eq!(c.errors[0].code(), "08P01", "{}", c.errors[0]);
+    // A Query instead of the SASLInitialResponse.
+    let mut raw = wire::Raw::connect(gw.port).await;
+    auth_started(&mut raw).await;
+    raw.send(&wire::query_bytes("select 1")).await.unwrap();
+    let c = raw.expect_close(Duration::from_secs(5), "query").await;
+    assert_eq!(c.errors[0].code(), "08P01", "{}", c.errors[0]);
+    // An authentication message longer than the gateway reads.
+    let mut raw = wire::Raw::connect(gw.port).await;
+    auth_started(&mut raw).await;
+    let mut big = vec![b'p'];
+    big.extend_from_slice(&10_000_000u32.to_be_bytes());
+    raw.send(&big).await.unwrap();
+    let c = raw.expect_close(Duration::from_secs(5), "oversize").await;
+    assert_eq!(c.errors[0].code(), "08P01", "{}", c.errors[0]);
+
+    let name = "sluice_auth_failures_total";
+    let label = [("reason", "protocol_violation")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while gw.metrics().get(name, &label) < before.get(name, &label) + 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "malformed logins not counted:\n{}",
+            gw.metrics().lines_for(name)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop();
+    let recs = records(dir.path());
+    let fails = of_kind(&recs, AuditKind::AuthFailure);
+    assert_eq!(fails.len(), 3, "{fails:?}");
+    for f in fails {
+        assert_eq!(f.identity.as_ref().unwrap().name, "agent1");
+        assert_eq!(f.connection.as_ref().unwrap().name, "app");
+        let o = f.outcome.as_ref().unwrap();
+        assert_eq!(
+            (o.decision, o.sqlstate.as_str()),
+            (Decision::Deny as i32, "08P01")
+        );
+        assert!(o.error_message.starts_with("protocol_violation: "), "{o:?}");
+    }
+}

@@ -519,6 +519,10 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr)
                     }
                     hs.on_message(t, &body, &nonce, unix_now())
                 }
+                Err(ReadError::BadLength(len)) => {
+                    m.protocol_errors.fetch_add(1, Relaxed);
+                    hs.oversize_message(len)
+                }
                 Err(e) => {
                     return read_failed(worker, &mut io, e, "invalid authentication message length")
                         .await

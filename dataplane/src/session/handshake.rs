@@ -293,7 +293,7 @@ impl ClientHandshake {
         now: u64,
     ) -> Step {
         if msg_tag != tag::PASSWORD {
-            return protocol_error(format!(
+            return self.auth_protocol_error(format!(
                 "expected an authentication response, got message type {:?}",
                 msg_tag as char
             ));
@@ -301,7 +301,7 @@ impl ClientHandshake {
         match std::mem::replace(&mut self.state, State::Done) {
             State::SaslInitial => {
                 let Some((mech, rest)) = cstr(body) else {
-                    return protocol_error("malformed SASLInitialResponse");
+                    return self.auth_protocol_error("malformed SASLInitialResponse");
                 };
                 if mech != MECHANISM.as_bytes() {
                     return reject(
@@ -315,12 +315,12 @@ impl ClientHandshake {
                     );
                 }
                 if rest.len() < 4 {
-                    return protocol_error("malformed SASLInitialResponse");
+                    return self.auth_protocol_error("malformed SASLInitialResponse");
                 }
                 let n = be_u32(rest) as i32;
                 let data = &rest[4..];
                 if n < 0 || n as usize != data.len() {
-                    return protocol_error("malformed SASLInitialResponse");
+                    return self.auth_protocol_error("malformed SASLInitialResponse");
                 }
                 let ident = &self.snapshot.identities[&self.identity];
                 let mut scram =
@@ -346,7 +346,7 @@ impl ClientHandshake {
             },
             State::Password => {
                 let Some((pw, _)) = cstr(body) else {
-                    return protocol_error("malformed PasswordMessage");
+                    return self.auth_protocol_error("malformed PasswordMessage");
                 };
                 let pw = String::from_utf8_lossy(pw);
                 let ident = &self.snapshot.identities[&self.identity];
@@ -389,7 +389,7 @@ impl ClientHandshake {
                 }
             }
             State::Startup | State::KeyCheck | State::Done => {
-                protocol_error("unexpected authentication message")
+                self.auth_protocol_error("unexpected authentication message")
             }
         }
     }
@@ -408,6 +408,26 @@ impl ClientHandshake {
         } else {
             self.bad_password()
         }
+    }
+
+    /// A malformed or unexpected message inside the authentication
+    /// exchange: a protocol violation (08P01) that is also a failed login
+    /// of the identity the startup named (counted and audited as one).
+    fn auth_protocol_error(&self, message: impl Into<String>) -> Step {
+        reject(
+            sqlstate::PROTOCOL_VIOLATION,
+            message.into(),
+            Outcome::ProtocolError,
+            Some("protocol_violation"),
+        )
+    }
+
+    /// The driver read an authentication message whose length is outside
+    /// what it accepts (`len`): refuse it as [`Self::on_message`] refuses
+    /// a malformed one.
+    pub fn oversize_message(&mut self, len: u32) -> Step {
+        self.state = State::Done;
+        self.auth_protocol_error(format!("invalid authentication message length {len}"))
     }
 
     fn bad_password(&self) -> Step {
@@ -431,7 +451,7 @@ impl ClientHandshake {
                 Outcome::AuthFailed,
                 Some("bad_method"),
             ),
-            other => protocol_error(other.to_string()),
+            other => self.auth_protocol_error(other.to_string()),
         }
     }
 
