@@ -1036,3 +1036,58 @@ async fn malformed_authentication_exchanges_are_auth_failures() {
         assert!(o.error_message.starts_with("protocol_violation: "), "{o:?}");
     }
 }
+
+/// The names a refused client gave are kept in its AUTH_FAILURE record cut
+/// to PostgreSQL's name length (63 bytes, marked with `…`): no identity or
+/// connection name is longer, and a client must not write kilobytes into
+/// the trail (and the spool's quota) with each refused login. (A 9 000-byte
+/// user name was stored whole, twice: name and message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failure_records_keep_names_cut_to_63_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), ""));
+    let long = "x".repeat(9_000);
+    let mut raw = wire::Raw::connect(gw.port).await;
+    raw.send(&wire::startup_bytes(&[
+        ("user", &long),
+        ("database", "app"),
+    ]))
+    .await
+    .unwrap();
+    let c = raw.expect_close(Duration::from_secs(5), "long user").await;
+    assert_eq!(c.errors[0].code(), "28000", "{}", c.errors[0]);
+    let n = c.errors[0].message().len();
+    assert!(n < 200, "the error echoes {n} bytes");
+    let e = wire::login(gw.port, "agent1", &long, &ApiKey::shared().key)
+        .await
+        .err()
+        .expect("a 9000-byte connection name was accepted");
+    assert_eq!(e.code(), "3D000", "{e}");
+    let n = e.message().len();
+    assert!(n < 200, "the error echoes {n} bytes");
+    gw.stop();
+    let recs = records(dir.path());
+    let fails = of_kind(&recs, AuditKind::AuthFailure);
+    assert_eq!(fails.len(), 2, "{fails:?}");
+    let cut = format!("{}…", "x".repeat(63));
+    let named = |f: &&AuditRecord| {
+        (
+            f.identity.as_ref().unwrap().name.clone(),
+            f.connection.as_ref().unwrap().name.clone(),
+        )
+    };
+    let mut names: Vec<(String, String)> = fails.iter().map(named).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("agent1".to_string(), cut.clone()),
+            (cut.clone(), "app".to_string())
+        ]
+    );
+    for f in fails {
+        let o = f.outcome.as_ref().unwrap();
+        let n = o.error_message.len();
+        assert!(n < 200, "the record keeps a {n}-byte message");
+    }
+}

@@ -12,7 +12,7 @@ use crate::auth::scram::{ScramError, ScramServer, MECHANISM};
 use crate::metrics::Outcome;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::startup::{self, StartupPacket};
-use crate::protocol::{be_u32, cstr, sqlstate, tag};
+use crate::protocol::{be_u32, cstr, server_name, sqlstate, tag, NAME_MAX};
 use crate::snapshot::{ConnectionEntry, Snapshot};
 
 /// Startup parameters never forwarded to the target.
@@ -108,6 +108,20 @@ pub struct ClientHandshake {
     cleartext_key: bool,
     jwt_issuer: Option<String>,
     jwt_provider: Option<String>,
+}
+
+/// A name the client gave (startup `user`, `database`) as the gateway keeps
+/// it. Identity and connection names are at most [`NAME_MAX`] bytes
+/// (PostgreSQL's name length), so a longer one names nothing: it is cut
+/// there and marked with `…` (which no name contains), so that it can
+/// match no identity or connection, and a refused client cannot write
+/// kilobytes into every error, log line and AUTH_FAILURE record.
+fn shown_name(name: &[u8]) -> String {
+    if name.len() <= NAME_MAX {
+        String::from_utf8_lossy(name).into_owned()
+    } else {
+        format!("{}…", String::from_utf8_lossy(server_name(name)))
+    }
 }
 
 fn reject(code: &str, message: String, outcome: Outcome, reason: Option<&'static str>) -> Step {
@@ -231,10 +245,8 @@ impl ClientHandshake {
                 Some("unknown_identity"),
             );
         };
-        self.identity = String::from_utf8_lossy(user).into_owned();
-        self.connection =
-            String::from_utf8_lossy(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user))
-                .into_owned();
+        self.identity = shown_name(user);
+        self.connection = shown_name(s.get("database").filter(|d| !d.is_empty()).unwrap_or(user));
         self.params = s
             .params
             .iter()
