@@ -190,7 +190,7 @@ impl JwtIssuer {
             let nbf = nbf
                 .as_f64()
                 .ok_or_else(|| JwtError::Invalid("nbf is not a number".into()))?;
-            if nbf > (now + self.leeway) as f64 {
+            if nbf > now.saturating_add(self.leeway) as f64 {
                 return Err(JwtError::NotYetValid);
             }
         }
@@ -213,6 +213,10 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn ec_issuer() -> (JwtIssuer, EncodingKey) {
+        ec_issuer_with_leeway(0)
+    }
+
+    fn ec_issuer_with_leeway(leeway: u64) -> (JwtIssuer, EncodingKey) {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let pk = kp.public_key_raw(); // 0x04 || X || Y
         use base64::Engine;
@@ -226,7 +230,7 @@ mod tests {
             "https://idp",
             &["sluice".into()],
             "sub",
-            0,
+            leeway,
             &jwks.to_string(),
         )
         .unwrap();
@@ -238,6 +242,39 @@ mod tests {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some("k1".into());
         encode(&h, &claims, enc).unwrap()
+    }
+
+    /// The leeway (`leeway_seconds`, any u64 in a config or a pushed
+    /// IdentityProvider) widens both bounds without overflowing: an `nbf`
+    /// check with a huge leeway panicked in a debug build (a data core's
+    /// panic stops the node) and wrapped in a release build (every token
+    /// with an `nbf` refused as not yet valid).
+    #[test]
+    fn leeway_applies_to_exp_and_nbf_without_overflow() {
+        let now = 1_000_000;
+        let claims = |nbf: u64, exp: u64| serde_json::json!({"iss": "https://idp", "aud": "sluice", "sub": "agent", "nbf": nbf, "exp": exp});
+        let (iss, enc) = ec_issuer_with_leeway(30);
+        assert_eq!(
+            iss.verify(&token(&enc, claims(now + 20, now + 60)), "agent", now),
+            Ok(())
+        );
+        assert_eq!(
+            iss.verify(&token(&enc, claims(now - 60, now - 20)), "agent", now),
+            Ok(())
+        );
+        assert_eq!(
+            iss.verify(&token(&enc, claims(now + 40, now + 60)), "agent", now),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(
+            iss.verify(&token(&enc, claims(now - 60, now - 40)), "agent", now),
+            Err(JwtError::Expired)
+        );
+        let (iss, enc) = ec_issuer_with_leeway(u64::MAX);
+        assert_eq!(
+            iss.verify(&token(&enc, claims(now, now + 60)), "agent", now),
+            Ok(())
+        );
     }
 
     #[test]
