@@ -1212,3 +1212,46 @@ async fn deleting_the_identity_provider_ends_the_jwt_sessions_it_vouched_for() {
     };
     assert_eq!(db_code(&e).as_deref(), Some("28P01"), "{}", err_text(&e));
 }
+
+/// A Bind plans its statement on the target, and planning runs functions
+/// (an IMMUTABLE one with constant arguments is folded at Bind, and can
+/// RAISE what it reads as a notice): a revoked session's Bind is refused
+/// too. (It was forwarded: only Query, Parse and Execute were checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_is_ended_by_its_next_bind() {
+    use sluice_tests::wire;
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v = admin.apply(&base_config(pg, key)).await.version;
+    let n1 = start_node(&[cp.url()], "n1");
+    admin.wait_applied(1, v, LIMIT).await;
+    let mut s = wire::login(n1.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e}"));
+    s.raw
+        .send(&[wire::parse_bytes("s1", "select 1"), wire::sync_bytes()].concat())
+        .await
+        .unwrap();
+    assert_eq!(s.raw.read_msg().await.tag_char(), '1');
+    assert_eq!(s.raw.read_msg().await.tag_char(), 'Z');
+
+    let v = admin
+        .delete("Policy", "bots-app")
+        .await
+        .expect("delete policy");
+    admin.wait_applied(1, v, LIMIT).await;
+    s.raw
+        .send(&[wire::bind_bytes("", "s1"), wire::sync_bytes()].concat())
+        .await
+        .unwrap();
+    let closed = s.raw.expect_close(LIMIT, "Bind after the revocation").await;
+    let tags: Vec<char> = closed.others.iter().map(|m| m.tag_char()).collect();
+    assert!(
+        !tags.contains(&'2'),
+        "a revoked session's Bind was forwarded: {tags:?}"
+    );
+    assert_eq!(closed.errors.len(), 1, "{:?}", closed.errors);
+    assert_eq!(closed.errors[0].code(), "42501", "{}", closed.errors[0]);
+}

@@ -1179,6 +1179,10 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                             requests += 1;
                             calls += 1;
                         }
+                        // A Bind plans its statement, and planning runs
+                        // functions (IMMUTABLE ones are folded): checked
+                        // like a statement too.
+                        tag::BIND => calls += 1,
                         tag::TERMINATE => terminate = true,
                         _ => {}
                     }
