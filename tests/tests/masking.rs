@@ -5176,3 +5176,111 @@ async fn card_numbers_in_number_columns_are_masked() {
     let find = |v: i64| out.windows(8).any(|w| w == v.to_be_bytes());
     assert!(!find(5555555555554444) && find(4444) && find(4111111111111111003));
 }
+
+/// A new snapshot that lands while a result is being sent (the client's
+/// next request, sent before the result ends, picks it up) keeps the
+/// column rules of that result: the rows after it were read with the
+/// detectors alone, and a ruled nickname went out in clear after any
+/// configuration change (each snapshot compiles its profiles anew). A
+/// group whose `unmasked` is taken away mid-result gets the rules from
+/// there on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_change_during_a_result_keeps_its_column_rules() {
+    use sluice_tests::wire::query_bytes;
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let auditor = ApiKey::generate();
+    let t = "mk_cp_midresult";
+    let direct = pg.direct().await;
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {t}; create table {t} (id int, nickname text); \
+             insert into {t} select i, 'Sparky' from generate_series(1, 3000) i"
+        ))
+        .await
+        .unwrap();
+    let nick = "columns:\n  - {column: nickname, action: mask}\n";
+    let auditors = |unmasked: bool| {
+        format!(
+            "{}  unmasked: {unmasked}\n",
+            cp::policy_yaml("auditors-app", &["app"], &[], &["auditors"])
+        )
+    };
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let v1 = admin
+        .apply(
+            &[
+                profile_doc("pii", nick),
+                connection_doc("app", pg, Some("pii")),
+                agent_docs(key),
+                cp::api_key_yaml("auditor-key", "auditor", &auditor.verifier, &["auditors"]),
+                auditors(true),
+            ]
+            .join("---\n"),
+        )
+        .await
+        .version;
+    let node = start_node(&cp, "m9");
+    admin.wait_applied(1, v1, LIMIT).await;
+    // The rows stop half way, on an advisory lock the test holds.
+    let sql = format!(
+        "select nickname, case when id = 1500 then pg_advisory_lock(4242)::text end as w from {t}"
+    );
+    let phases: [(&str, &ApiKey, String); 2] = [
+        (
+            "agent1",
+            key,
+            // (Any change: each snapshot compiles its profiles anew.)
+            cp::api_key_yaml(
+                "other-key",
+                "other",
+                &ApiKey::generate().verifier,
+                &["others"],
+            ),
+        ),
+        ("auditor", &auditor, auditors(false)),
+    ];
+    for (who, k, change) in phases {
+        let mut s = sluice_tests::wire::login(node.port, who, "app", &k.key)
+            .await
+            .unwrap_or_else(|e| panic!("login {who}: {e:?}"));
+        direct
+            .batch_execute("select pg_advisory_lock(4242)")
+            .await
+            .unwrap();
+        s.raw.send(&query_bytes(&sql)).await.unwrap();
+        let mut msgs = Vec::new();
+        while msgs
+            .iter()
+            .filter(|m: &&sluice_tests::wire::Msg| m.tag == b'D')
+            .count()
+            < 10
+        {
+            msgs.push(s.raw.read_msg().await);
+        }
+        let v = admin.apply(&change).await.version;
+        admin.wait_applied(1, v, LIMIT).await;
+        // The next request picks the new snapshot up.
+        s.raw.send(&query_bytes("select 1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        direct
+            .batch_execute("select pg_advisory_unlock(4242)")
+            .await
+            .unwrap();
+        let mut zs = 0;
+        while zs < 2 {
+            let m = s.raw.read_msg().await;
+            zs += usize::from(m.tag == b'Z');
+            msgs.push(m);
+        }
+        let rows: Vec<&sluice_tests::wire::Msg> = msgs.iter().filter(|m| m.tag == b'D').collect();
+        assert_eq!(rows.len(), 3001, "{who}");
+        let clear = rows
+            .iter()
+            .skip(if who == "auditor" { 1500 } else { 0 })
+            .filter(|m| String::from_utf8_lossy(&m.body).contains("Sparky"))
+            .count();
+        assert_eq!(clear, 0, "{who}: rows with the nickname in clear");
+    }
+}

@@ -495,6 +495,29 @@ impl TargetMasker {
             None => self.active = false,
             Some(e) => {
                 if !self.active || !Arc::ptr_eq(&self.engine, &e) {
+                    // The result in progress (its description already
+                    // forwarded) is planned again under the new rules,
+                    // keeping to the types its client was told then; its
+                    // rows must not fall back to the detectors alone.
+                    let in_progress = self
+                        .plan_desc
+                        .take()
+                        .filter(|_| self.plan_known && self.fallback_width.is_none())
+                        .map(|d| {
+                            let told: Told = match self.plan_told.take() {
+                                Some(t) => t,
+                                None if self.active => self.plan.shown_as_text().map(Rc::from),
+                                None => None,
+                            };
+                            (d, self.plan_formats.take(), told, self.plan_text.clone())
+                        });
+                    // A COPY in progress that was read without column rules
+                    // (masking was off): its fields are masked whole from
+                    // here on, as a COPY whose columns are not known.
+                    if !self.active && self.copy_out.is_some() && e.has_column_rules() {
+                        self.copy_ruled = true;
+                        self.copy_cols = None;
+                    }
                     // Other column rules: the catalog read in use found the
                     // columns the old ones name. Until one for these lands,
                     // text-like columns take the strongest name rule (an
@@ -509,6 +532,11 @@ impl TargetMasker {
                     self.fallback_width = None;
                     self.plan_desc = None;
                     self.plan_portal = None;
+                    // (The rows of a portal take its own description again:
+                    // `plan_for_current_result`.)
+                    if let Some((d, f, told, text)) = in_progress {
+                        self.describe(&d, f.as_deref(), Some(&told), &text);
+                    }
                 }
             }
         }
