@@ -5284,3 +5284,94 @@ async fn a_profile_change_during_a_result_keeps_its_column_rules() {
         assert_eq!(clear, 0, "{who}: rows with the nickname in clear");
     }
 }
+
+/// Rows of `bytes` (extended-protocol messages ending in a Sync) on `s`.
+async fn wire_rows(s: &mut sluice_tests::wire::Session, bytes: &[u8]) -> sluice_tests::wire::Rows {
+    s.raw.send(bytes).await.unwrap();
+    s.read_result()
+        .await
+        .unwrap_or_else(|e| panic!("extended: {e}"))
+}
+
+/// A protocol statement described once and then replaced by SQL (`PREPARE`
+/// shares the namespace of protocol statements: `DEALLOCATE s; PREPARE s
+/// AS …`, a Close then a `PREPARE`, dynamic SQL in a `DO` block, also sent
+/// before the Describe is answered) is not read with its old description
+/// when a Bind runs it without a Describe: its int columns there had no
+/// scan at all, and the card of a `note` went out in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_replaced_by_sql_is_not_read_with_its_old_description() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_replaced_stmt";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let new = format!("select note, id::text, email from {t} order by id");
+    let described = |name: &str| {
+        [
+            parse_bytes(name, "select 1, 2, 3"),
+            describe_bytes(b'S', name),
+            sync_bytes(),
+        ]
+        .concat()
+    };
+    let run = |name: &str| [bind_bytes("", name), execute_bytes("", true)].concat();
+    let close = |name: &str| {
+        let mut b = vec![b'C'];
+        b.extend_from_slice(&((name.len() + 6) as u32).to_be_bytes());
+        b.push(b'S');
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend(sync_bytes());
+        b
+    };
+    let mut got = Vec::new();
+    // DEALLOCATE and PREPARE.
+    wire_rows(&mut s, &described("mk_s1")).await;
+    s.simple_query(&format!("deallocate mk_s1; prepare mk_s1 as {new}"))
+        .await
+        .unwrap();
+    got.push((
+        "deallocate, prepare",
+        wire_rows(&mut s, &run("mk_s1")).await,
+    ));
+    // A protocol Close, then PREPARE.
+    wire_rows(&mut s, &described("mk_s2")).await;
+    wire_rows(&mut s, &close("mk_s2")).await;
+    s.simple_query(&format!("prepare mk_s2 as {new}"))
+        .await
+        .unwrap();
+    got.push(("close, prepare", wire_rows(&mut s, &run("mk_s2")).await));
+    // Dynamic SQL.
+    wire_rows(&mut s, &described("mk_s3")).await;
+    s.simple_query(&format!(
+        "do $$ begin execute 'deallocate mk_s3'; execute 'prepare mk_s3 as {new}'; end $$"
+    ))
+    .await
+    .unwrap();
+    got.push(("dynamic SQL", wire_rows(&mut s, &run("mk_s3")).await));
+    // All in one write: the Describe is answered after the PREPARE is sent.
+    let all = [
+        described("mk_s4"),
+        sluice_tests::wire::query_bytes(&format!("deallocate mk_s4; prepare mk_s4 as {new}")),
+        run("mk_s4"),
+    ]
+    .concat();
+    s.raw.send(&all).await.unwrap();
+    for _ in 0..2 {
+        s.read_result().await.unwrap();
+    }
+    got.push(("pipelined", s.read_result().await.unwrap()));
+    for (what, rows) in got {
+        assert_eq!(rows.len(), 3, "{what}");
+        let note = rows[0][0].as_deref().unwrap_or_default();
+        assert!(
+            !note.contains("4111"),
+            "{what}: the card of a note in clear: {rows:?}"
+        );
+    }
+}

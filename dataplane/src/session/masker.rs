@@ -201,8 +201,10 @@ type BoundUndescribed = (Vec<u8>, Vec<u8>, Vec<i16>, StatementText);
 type Told = Option<Rc<[bool]>>;
 
 /// A statement's RowDescription as the server sent it, what the client
-/// was told, and its text.
-type Prepared = (Rc<[u8]>, Told, StatementText);
+/// was told, its text, and [`TargetMasker::replaced`] when its Describe was
+/// sent (a description from before a later count may be another
+/// statement's).
+type Prepared = (Rc<[u8]>, Told, StatementText, u64);
 
 /// A portal's RowDescription as the server sent it, result formats, what
 /// the client was told, and its statement's text (for the rule of its
@@ -218,8 +220,8 @@ struct Pending {
     /// its text).
     parses: VecDeque<(u64, Vec<u8>, bool, StatementText)>,
     /// `Some(name)` for a statement Describe, `None` for a portal (with
-    /// the portal's name).
-    describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>)>,
+    /// the portal's name); [`TargetMasker::replaced`] when it was sent.
+    describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>, u64)>,
     /// (portal, statement name, result formats; None if unreadable).
     binds: VecDeque<Bound>,
     /// What produces the next rows, in order: a simple Query (None, with
@@ -288,8 +290,20 @@ pub struct TargetMasker {
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
     done_epoch: u64,
-    /// The next RowDescription answers a statement Describe of this name.
+    /// The next RowDescription answers a statement Describe of this name
+    /// (sent at this [`TargetMasker::replaced`]).
     describing: Option<Vec<u8>>,
+    describing_at: u64,
+    /// SQL that can replace prepared statements (`PREPARE`, `DEALLOCATE`,
+    /// `DISCARD`, also as dynamic SQL) sent so far: a statement described
+    /// before the last of them may hold another query now (`DEALLOCATE s;
+    /// PREPARE s AS …` in the namespace protocol statements share), so its
+    /// description is not used for the rows of a Bind of it.
+    replaced: u64,
+    /// Statements whose text is such SQL (it runs at each Execute of a
+    /// portal bound to them), and those portals.
+    replacing_stmts: std::collections::HashSet<Vec<u8>>,
+    replacing_portals: std::collections::HashSet<Vec<u8>>,
     /// COPY TO statements sent, in order: format and columns, taken when
     /// their CopyOutResponse comes.
     copy_requested: VecDeque<CopyRequest>,
@@ -444,6 +458,10 @@ impl TargetMasker {
             sent_epoch: 0,
             done_epoch: 0,
             describing: None,
+            describing_at: 0,
+            replaced: 0,
+            replacing_stmts: Default::default(),
+            replacing_portals: Default::default(),
             copy_requested: VecDeque::new(),
             copy_stmts: HashMap::new(),
             copy_portals: HashMap::new(),
@@ -747,6 +765,9 @@ impl TargetMasker {
                     self.copy_in_query = Some(e);
                     self.copy_in_started = false;
                 }
+                if whole && replaces_statements(text) {
+                    self.replaced += 1;
+                }
                 // (The whole text: which statement a RowDescription answers
                 // is not tracked. What is at hand when the Query is split
                 // across reads.)
@@ -762,9 +783,13 @@ impl TargetMasker {
                 self.last_execute = None;
                 let Some(portal) = pname(body).map(<[u8]>::to_vec) else {
                     self.copy_untrusted = true;
+                    self.replaced += 1;
                     self.pending.results.push_back((e, None, None));
                     return;
                 };
+                if self.replacing_portals.contains(&portal) {
+                    self.replaced += 1;
+                }
                 match self.copy_portals.get(&portal).cloned() {
                     Some(CopyKind::Out(o, q)) => {
                         let mut inject = Vec::new();
@@ -829,6 +854,12 @@ impl TargetMasker {
                     return;
                 };
                 let name = server_name(raw).to_vec();
+                let sql_body = body.get(raw.len() + 1..).unwrap_or_default();
+                if whole && replaces_statements(sql_body) {
+                    self.replacing_stmts.insert(name.clone());
+                } else if whole {
+                    self.replacing_stmts.remove(&name);
+                }
                 // A COPY prepared with the extended protocol: its options
                 // and query, for the Execute of a portal bound to it (the
                 // query only when the text was read with the settings in
@@ -868,12 +899,13 @@ impl TargetMasker {
             tag::DESCRIBE => {
                 self.unsynced += 1;
                 let name = body.get(1..).and_then(pname).unwrap_or_default().to_vec();
+                let at = self.replaced;
                 match body.first() {
                     Some(b'S') => self
                         .pending
                         .describes
-                        .push_back((e, Some(name), Vec::new())),
-                    _ => self.pending.describes.push_back((e, None, name)),
+                        .push_back((e, Some(name), Vec::new(), at)),
+                    _ => self.pending.describes.push_back((e, None, name, at)),
                 }
             }
             tag::BIND => {
@@ -898,6 +930,11 @@ impl TargetMasker {
                             || self.prepared.get(&stmt).is_some_and(|t| t.reads_members())
                     })
                     .and_then(|r| short_params(&body[r]));
+                if self.replacing_stmts.contains(&stmt) {
+                    self.replacing_portals.insert(portal.clone());
+                } else {
+                    self.replacing_portals.remove(&portal);
+                }
                 // (A portal in use keeps the epoch it was bound in.)
                 let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
                 if !portal.is_empty() && !dup {
@@ -966,6 +1003,9 @@ impl TargetMasker {
                 if let Some(r) = self.pending.results.back_mut() {
                     r.2 = text;
                 }
+                if replaces_statements(&buf) {
+                    self.replaced += 1;
+                }
             }
             _ => {
                 let Some(e) = self.pending.parses.back().map(|p| p.0) else {
@@ -976,6 +1016,9 @@ impl TargetMasker {
                 };
                 let sql = &buf[raw.len() + 1..];
                 let name = server_name(raw);
+                if replaces_statements(sql) {
+                    self.replacing_stmts.insert(name.to_vec());
+                }
                 let text = read(self, sql, e);
                 if let Some(p) = self.pending.parses.back_mut() {
                     if p.1.is_empty() && !p.2 {
@@ -1195,7 +1238,7 @@ impl TargetMasker {
             .push_back((e, own_statement().to_vec(), false, None));
         self.pending
             .describes
-            .push_back((e, Some(own_statement().to_vec()), Vec::new()));
+            .push_back((e, Some(own_statement().to_vec()), Vec::new(), 0));
         self.pending.closes.push_back((e, true, None));
         let text = self.statement_text(query, true, e);
         self.own_describes.push_back((e, id, text));
@@ -1475,10 +1518,11 @@ impl TargetMasker {
             b't' => {
                 // ParameterDescription: a statement Describe is answered;
                 // its RowDescription (or NoData) follows.
-                if let Some((_, d, _)) = self.pending.describes.pop_front() {
+                if let Some((_, d, _, at)) = self.pending.describes.pop_front() {
                     let d = d.unwrap_or_default();
                     let own = d == own_statement();
                     self.describing = Some(d);
+                    self.describing_at = at;
                     return own;
                 }
             }
@@ -1582,13 +1626,14 @@ impl TargetMasker {
                         self.portals
                             .insert(portal, (desc.clone(), Some(f), told.clone(), bound));
                     }
-                    self.statements.insert(name, (desc, told, text));
-                } else if matches!(self.pending.describes.front(), Some((d, None, _))
+                    self.statements
+                        .insert(name, (desc, told, text, self.describing_at));
+                } else if matches!(self.pending.describes.front(), Some((d, None, ..))
                     if !matches!(self.pending.results.front(), Some((q, None, _)) if q < d))
                 {
                     // A portal Describe (not sent after a simple Query still
                     // unanswered): its formats are in the message.
-                    let (_, _, portal) = self.pending.describes.pop_front().expect("front");
+                    let (_, _, portal, _) = self.pending.describes.pop_front().expect("front");
                     let desc: Rc<[u8]> = Rc::from(&*body);
                     // (A portal without a text: a `WITH HOLD` cursor after
                     // its transaction, or bound by a Bind that did not read.)
@@ -1605,7 +1650,9 @@ impl TargetMasker {
                     if let Some(stmt) = self.portal_stmt.get(&portal) {
                         if !self.statements.contains_key(stmt) {
                             let st = self.prepared.get(stmt).cloned().unwrap_or_else(unreadable);
-                            let entry = (desc.clone(), told.clone(), Some(st));
+                            // (What the portal was bound to: maybe not what
+                            // the name holds since a replacement.)
+                            let entry = (desc.clone(), told.clone(), Some(st), 0);
                             self.statements.insert(stmt.clone(), entry);
                         }
                     }
@@ -1625,7 +1672,7 @@ impl TargetMasker {
             }
             // NoData answers a statement or portal Describe.
             b'n' if self.describing.take().is_none()
-                && matches!(self.pending.describes.front(), Some((_, None, _))) =>
+                && matches!(self.pending.describes.front(), Some((_, None, ..))) =>
             {
                 self.pending.describes.pop_front();
             }
@@ -1656,9 +1703,16 @@ impl TargetMasker {
                     if formats.is_some() {
                         self.portal_stmt.insert(portal.clone(), stmt.clone());
                     }
-                    let desc = self.statements.get(&stmt).cloned();
+                    // (Not a description from before SQL that may have
+                    // replaced the statement: its rows are read as those of
+                    // a statement never described, `fallback_plan`.)
+                    let desc = self
+                        .statements
+                        .get(&stmt)
+                        .filter(|d| d.3 >= self.replaced)
+                        .cloned();
                     match (desc, formats) {
-                        (Some((d, told, text)), Some(f)) => {
+                        (Some((d, told, text, _)), Some(f)) => {
                             let text = text.map(bound);
                             self.describe(&d, Some(&f), Some(&told), &text);
                             self.portals
@@ -1863,7 +1917,7 @@ impl TargetMasker {
                     }
                 }
                 self.pending.parses.retain(|(e, _, _, _)| *e >= done);
-                self.pending.describes.retain(|(e, _, _)| *e >= done);
+                self.pending.describes.retain(|(e, ..)| *e >= done);
                 self.pending.binds.retain(|(e, ..)| *e >= done);
                 self.pending.results.retain(|(e, _, _)| *e >= done);
                 self.copy_requested.retain(|(e, _, _)| *e >= done);
@@ -2003,6 +2057,13 @@ impl TargetMasker {
 /// Most bytes of prepared statement texts, and of cursor texts, a session
 /// keeps: past it they are forgotten (and read as unreadable).
 const MAX_KEPT: usize = 16 << 20;
+
+/// Whether SQL `text` may replace a prepared statement when it runs
+/// (`PREPARE`, `DEALLOCATE`, `DISCARD`; anywhere in it, so in dynamic SQL
+/// too).
+fn replaces_statements(text: &[u8]) -> bool {
+    has_word(text, b"prepare") || has_word(text, b"deallocate") || has_word(text, b"discard")
+}
 
 /// A text that cannot be read (its statement's computed text columns take
 /// the strongest name rule).
