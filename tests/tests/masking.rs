@@ -5375,3 +5375,69 @@ async fn a_statement_replaced_by_sql_is_not_read_with_its_old_description() {
         );
     }
 }
+
+/// Rows of a statement run with no Describe (a raw client that knows its
+/// result types: Parse, Bind, Execute; a SQL cursor executed as a portal;
+/// a statement replaced by SQL since its Describe) take, in every column,
+/// the rule their statement's text gives a computed column: the ruled
+/// names it mentions. They were read with the detectors alone, so a ruled
+/// column went out in clear to any client that left the Describe out.
+/// A statement that names no ruled column still gets the detectors only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_without_a_describe_take_their_statements_rule() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_no_describe";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let run = |name: &str, sql: &str| {
+        [
+            parse_bytes(name, sql),
+            bind_bytes("", name),
+            execute_bytes("", true),
+        ]
+        .concat()
+    };
+    let clear = ["my first pet was Rex", "alice.smith@example.com", "123456789"];
+    let mut got = Vec::new();
+    let sql = format!("select secret_answer, email, ssn from {t} order by id");
+    got.push(("Parse, Bind, Execute", wire_rows(&mut s, &run("", &sql)).await));
+    s.simple_query(&format!(
+        "begin; declare mk_c cursor for select secret_answer, email, ssn from {t} order by id"
+    ))
+    .await
+    .unwrap();
+    got.push((
+        "a cursor executed as a portal",
+        wire_rows(&mut s, &execute_bytes("mk_c", true)).await,
+    ));
+    s.simple_query("commit").await.unwrap();
+    let described = [
+        parse_bytes("mk_r", "select 1, 2, 3"),
+        describe_bytes(b'S', "mk_r"),
+        sync_bytes(),
+    ]
+    .concat();
+    wire_rows(&mut s, &described).await;
+    s.simple_query(&format!("deallocate mk_r; prepare mk_r as {sql}"))
+        .await
+        .unwrap();
+    got.push((
+        "a statement replaced since its Describe",
+        wire_rows(&mut s, &[bind_bytes("", "mk_r"), execute_bytes("", true)].concat()).await,
+    ));
+    for (what, rows) in &got {
+        assert_eq!(rows.len(), 3, "{what}");
+        let shown: Vec<&str> = rows[0].iter().flatten().map(String::as_str).collect();
+        let leaked: Vec<&&str> = clear.iter().filter(|v| shown.contains(v)).collect();
+        assert!(leaked.is_empty(), "{what}: {leaked:?} in clear: {rows:?}");
+    }
+    // No ruled name: the detectors only.
+    let rows = wire_rows(&mut s, &run("", &format!("select note from {t} order by id"))).await;
+    assert_eq!(rows[0][0].as_deref(), Some("card **** **** **** 1111"));
+    assert_eq!(rows[1][0].as_deref(), Some("clean note"));
+}

@@ -2024,12 +2024,26 @@ impl TargetMasker {
         self.active && self.plan_known && self.plan.retype_description(body)
     }
 
-    /// No known description: scan every column of rows like `row`.
+    /// No known description: scan every column of rows like `row`, and
+    /// give each the rule its statement's text gives a computed column
+    /// (the strongest among the ruled names it mentions; the strongest
+    /// name rule when it is not known): a column rule must not be escaped
+    /// by leaving the Describe out.
     fn fallback_plan(&mut self, row: &[u8]) {
         let n = row
             .get(..2)
             .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
-        if self.fallback_width == Some(n) {
+        let text = match self.pending.results.front() {
+            Some((_, Some(portal), _)) => self
+                .portals
+                .get(portal)
+                .and_then(|p| p.3.clone())
+                .or_else(|| self.portal_or_cursor(portal)),
+            Some((_, None, t)) => t.clone(),
+            None => None,
+        }
+        .or_else(|| Some(unreadable()));
+        if self.fallback_width == Some(n) && same_text(&self.plan_text, &text) {
             return;
         }
         let mut desc = Vec::with_capacity(2 + n * 20);
@@ -2043,9 +2057,9 @@ impl TargetMasker {
             desc.extend_from_slice(&(-1i32).to_be_bytes());
             desc.extend_from_slice(&0i16.to_be_bytes()); // text format
         }
-        // (No statement: its columns are not known to be computed.)
-        self.plan_text = None;
-        self.plan.set_statement(None);
+        // (Columns of no table: each takes its statement's rule.)
+        self.plan_text = text.clone();
+        self.plan.set_statement(text);
         let _ = self.plan.describe(&self.engine, &desc);
         self.plan_desc = None;
         // Stays "unknown": a row of another width gets its own plan.
