@@ -5402,10 +5402,17 @@ async fn rows_without_a_describe_take_their_statements_rule() {
         ]
         .concat()
     };
-    let clear = ["my first pet was Rex", "alice.smith@example.com", "123456789"];
+    let clear = [
+        "my first pet was Rex",
+        "alice.smith@example.com",
+        "123456789",
+    ];
     let mut got = Vec::new();
     let sql = format!("select secret_answer, email, ssn from {t} order by id");
-    got.push(("Parse, Bind, Execute", wire_rows(&mut s, &run("", &sql)).await));
+    got.push((
+        "Parse, Bind, Execute",
+        wire_rows(&mut s, &run("", &sql)).await,
+    ));
     s.simple_query(&format!(
         "begin; declare mk_c cursor for select secret_answer, email, ssn from {t} order by id"
     ))
@@ -5428,7 +5435,11 @@ async fn rows_without_a_describe_take_their_statements_rule() {
         .unwrap();
     got.push((
         "a statement replaced since its Describe",
-        wire_rows(&mut s, &[bind_bytes("", "mk_r"), execute_bytes("", true)].concat()).await,
+        wire_rows(
+            &mut s,
+            &[bind_bytes("", "mk_r"), execute_bytes("", true)].concat(),
+        )
+        .await,
     ));
     for (what, rows) in &got {
         assert_eq!(rows.len(), 3, "{what}");
@@ -5437,7 +5448,11 @@ async fn rows_without_a_describe_take_their_statements_rule() {
         assert!(leaked.is_empty(), "{what}: {leaked:?} in clear: {rows:?}");
     }
     // No ruled name: the detectors only.
-    let rows = wire_rows(&mut s, &run("", &format!("select note from {t} order by id"))).await;
+    let rows = wire_rows(
+        &mut s,
+        &run("", &format!("select note from {t} order by id")),
+    )
+    .await;
     assert_eq!(rows[0][0].as_deref(), Some("card **** **** **** 1111"));
     assert_eq!(rows[1][0].as_deref(), Some("clean note"));
 }

@@ -521,3 +521,35 @@ async fn ssl_and_gss_requests_without_tls_configured() {
     }
     assert_healthy(&gw).await;
 }
+
+/// A Bind with a negative count of parameter or result formats (which
+/// PostgreSQL reads as none) is answered as the server answers it: the
+/// masker multiplied the count, which overflowed in debug builds and
+/// panicked the worker, ending the node for every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_with_negative_format_counts_is_answered() {
+    let gw = Gateway::start_with(&one_worker());
+    let key = ApiKey::shared();
+    for (what, pf, rf) in [
+        ("parameter formats", -1i16, 0i16),
+        ("result formats", 0, -1),
+    ] {
+        let mut s = wire::login(gw.port, "agent1", "app", &key.key)
+            .await
+            .unwrap_or_else(|e| panic!("login: {e:?}"));
+        let mut b = wire::parse_bytes("", "select 'x'::text");
+        // Portal "", statement "", the format counts, no parameters.
+        let mut body = vec![0u8, 0];
+        body.extend_from_slice(&pf.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&rf.to_be_bytes());
+        b.push(b'B');
+        b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        b.extend_from_slice(&body);
+        b.extend(wire::execute_bytes("", true));
+        s.raw.send(&b).await.unwrap();
+        let r = s.read_result().await;
+        println!("{what}: {r:?}");
+    }
+    assert_healthy(&gw).await;
+}

@@ -2194,7 +2194,8 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     let mut params = None;
     let formats = (|| {
         let mut r = &rest[s + 1..];
-        let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
+        // (A negative count reads as none, as the server reads it.)
+        let nf = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?).max(0) as usize;
         take(&mut r, nf * 2)?;
         let from = body.len() - r.len();
         let np = i16::from_be_bytes(r.get(..2)?.try_into().ok()?);
@@ -2202,7 +2203,7 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
         if np > 0 {
             params = Some(from..body.len() - r.len());
         }
-        let nr = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?) as usize;
+        let nr = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?).max(0) as usize;
         let raw = take(&mut r, nr * 2)?;
         Some(
             raw.chunks(2)
