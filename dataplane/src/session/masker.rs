@@ -917,6 +917,10 @@ impl TargetMasker {
                         .push_back((e, Vec::new(), Vec::new(), None, None));
                     return;
                 };
+                if !whole {
+                    // (Its result formats when the rest comes.)
+                    self.gather = Some((tag::BIND, body.to_vec()));
+                }
                 // The parameters short enough to be a key or a path, where
                 // the statement reads members (`profile->>$1`) and a name
                 // rule may match their words.
@@ -967,7 +971,8 @@ impl TargetMasker {
     }
 
     /// More of the client frame last started (`done`: its last bytes): a
-    /// Query or Parse split across reads gets its text once whole.
+    /// Query or Parse split across reads gets its text once whole, a Bind
+    /// its result formats.
     pub fn on_client_more(&mut self, body: &[u8], done: bool) {
         let Some((_, buf)) = self.gather.as_mut() else {
             return;
@@ -980,6 +985,16 @@ impl TargetMasker {
         }
         let (t, buf) = self.gather.take().expect("gathering");
         let too_long = buf.len() > MAX_TEXT + 1024;
+        if t == tag::BIND {
+            // A Bind split across reads: its result formats, at its end
+            // (rows without them are read as a statement never described).
+            if let Some((.., Some(f), _)) = parse_bind(&buf, !too_long) {
+                if let Some(b) = self.pending.binds.back_mut() {
+                    b.3 = Some(f);
+                }
+            }
+            return;
+        }
         let read = |m: &mut Self, sql: &[u8], e: u64| {
             let sql = cstr(sql).unwrap_or(sql);
             if too_long {
@@ -2762,6 +2777,51 @@ mod tests {
         let p = m.process(&mut s);
         assert_eq!(p.ready, s.len());
         assert!(memchr::memmem::find(&s, b"bob@example.com").is_none());
+    }
+
+    /// A Bind split across reads gets its result formats when the rest
+    /// comes: its rows keep the statement's plan (read as a statement
+    /// never described, a binary `int8` took the text's `ssn` rule).
+    #[test]
+    fn a_bind_split_across_reads_keeps_its_result_formats() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        m.on_client_frame(tag::PARSE, b"s1\0select ssn, n from t\0\0\0", true, Some(0));
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut bind = b"\0s1\0".to_vec();
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes()); // binary
+        let (first, rest) = bind.split_at(6);
+        m.on_client_frame(tag::BIND, first, false, Some(0));
+        m.on_client_more(rest, true);
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(row_desc(&[("ssn", 25), ("n", 20)]));
+        s.extend(frame(b'Z', b"I"));
+        s.extend(frame(b'2', b""));
+        let mut row = 2i16.to_be_bytes().to_vec();
+        row.extend_from_slice(&9i32.to_be_bytes());
+        row.extend_from_slice(b"123456789");
+        row.extend_from_slice(&8i32.to_be_bytes());
+        row.extend_from_slice(&42i64.to_be_bytes());
+        s.extend(frame(b'D', &row));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let p = m.process(&mut s);
+        let out = if p.rewritten {
+            m.out().to_vec()
+        } else {
+            s[..p.ready].to_vec()
+        };
+        let mut want = 9i32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"*****6789");
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&42i64.to_be_bytes());
+        assert!(memchr::memmem::find(&out, &want).is_some(), "{out:?}");
     }
 
     #[test]
