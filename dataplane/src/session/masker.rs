@@ -211,6 +211,11 @@ type Prepared = (Rc<[u8]>, Told, StatementText, u64);
 /// computed columns).
 type Described = (Rc<[u8]>, Option<Vec<i16>>, Told, StatementText);
 
+/// A Describe waiting for its answer: (sync epoch, `Some(name)` for a
+/// statement Describe or `None` for a portal, the portal's name, and
+/// [`TargetMasker::replaced`] when it was sent).
+type Describing = (u64, Option<Vec<u8>>, Vec<u8>, u64);
+
 /// Requests whose answers the masker must pair up, tagged with the number
 /// of the Sync (or Query) they precede, so the ones PostgreSQL skips after
 /// an error can be dropped at the next ReadyForQuery.
@@ -219,9 +224,7 @@ struct Pending {
     /// (epoch, statement name, whether this Parse put the name in use,
     /// its text).
     parses: VecDeque<(u64, Vec<u8>, bool, StatementText)>,
-    /// `Some(name)` for a statement Describe, `None` for a portal (with
-    /// the portal's name); [`TargetMasker::replaced`] when it was sent.
-    describes: VecDeque<(u64, Option<Vec<u8>>, Vec<u8>, u64)>,
+    describes: VecDeque<Describing>,
     /// (portal, statement name, result formats; None if unreadable).
     binds: VecDeque<Bound>,
     /// What produces the next rows, in order: a simple Query (None, with
