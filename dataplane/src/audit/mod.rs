@@ -37,5 +37,5 @@ pub use self::core::{CoreAudit, CoreInit};
 pub use pump::{AuditStats, CoreAuditStats, Pump};
 pub use ring::{AuditGate, WhenFull, AUDIT_UNAVAILABLE_SQLSTATE};
 pub use service::{Audit, AuditSettings};
-pub use spool::{FsyncPolicy, Recovery, Spool, SpoolConfig, SpoolError};
+pub use spool::{BaseChange, FsyncPolicy, Recovery, ShipBase, Spool, SpoolConfig, SpoolError};
 pub use tracker::{Clock, Tracker};

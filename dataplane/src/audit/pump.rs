@@ -25,7 +25,7 @@ use prost::Message;
 use proto::AuditRecord;
 
 use super::ring::{AuditGate, RawFrame, RingConsumer};
-use super::spool::{Spool, SpoolError};
+use super::spool::{BaseChange, Spool, SpoolError};
 
 /// Counters one data core keeps (only that core writes them).
 #[derive(Debug, Default)]
@@ -293,6 +293,15 @@ impl Pump {
             self.stats.spool_errors.fetch_add(1, Relaxed);
         }
         self.trim_marks();
+        r
+    }
+
+    /// See [`Spool::take_base`].
+    pub fn take_base(&mut self, durable_through: u64) -> Result<BaseChange, SpoolError> {
+        let r = self.spool.take_base(durable_through);
+        if r.is_err() {
+            self.stats.spool_errors.fetch_add(1, Relaxed);
+        }
         r
     }
 

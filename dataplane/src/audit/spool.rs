@@ -9,6 +9,10 @@
 //!   00000000000000004097.seg
 //!   ACK                        highest sequence acknowledged, decimal text,
 //!                              replaced atomically (write ACK.tmp, fsync, rename)
+//!   BASE                       the node name the spool ships for and the offset
+//!                              between its sequences and that name's chain
+//!                              (text, replaced atomically like ACK), or
+//!                              `unbased` until the first hello is answered
 //!
 //! segment = MAGIC record*
 //! record  = len:u32le crc32(payload):u32le payload[len]
@@ -28,6 +32,17 @@
 //!   a warning; damage anywhere else is refused. Numbering continues after
 //!   the last good record, and everything after `ACK` is unacknowledged and
 //!   is what [`Spool::unacked`] hands out for (re)sending.
+//! * The spool's sequences are its own; what the control plane stores is a
+//!   chain per node name. [`ShipBase`] maps one to the other: a record of
+//!   local sequence `s` ships as `s + offset` under `node`
+//!   ([`Spool::unacked_to_ship`]). A new spool is `Unbased` (its `BASE` says
+//!   so before its first record): it ships nothing until the control
+//!   plane's answer to the hello places it ([`Spool::take_base`]), the first
+//!   unacknowledged record right after what the control plane stores for
+//!   the node. A node renamed while it keeps its spool is placed the same
+//!   way in its new name's chain. A spool written before `BASE` existed
+//!   (segments or `ACK`, no `BASE`) shipped with local = chain sequences
+//!   under the name its records carry: offset 0.
 //! * Disk quota: an append that would take the spool past `quota_bytes` is
 //!   refused whole with [`SpoolError::QuotaExceeded`] and writes nothing; the
 //!   caller closes the [`super::AuditGate`] (fail closed) or counts the loss
@@ -48,6 +63,11 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL\x01";
 /// Name of the file holding the acknowledged position.
 pub const ACK_FILE: &str = "ACK";
 const ACK_TMP: &str = "ACK.tmp";
+/// Name of the file holding the spool's [`ShipBase`].
+pub const BASE_FILE: &str = "BASE";
+const BASE_TMP: &str = "BASE.tmp";
+/// First line of `BASE` (format version 1).
+const BASE_MAGIC: &str = "sluice audit spool base 1";
 const SEGMENT_EXT: &str = ".seg";
 /// Every this many records a segment remembers an offset, so `unacked` can
 /// start reading near the sequence it wants.
@@ -135,6 +155,25 @@ pub enum SpoolError {
         last: u64,
         pending: u64,
     },
+    /// The control plane's position for this node cannot be reached from
+    /// the spool's sequences (an absurd `durable_through`).
+    #[error(
+        "the control plane stores this node's records up to sequence {durable_through}, \
+         which the spool's sequences (acknowledged through {acked}, last {last}) cannot \
+         be shipped after"
+    )]
+    BaseOutOfRange {
+        durable_through: u64,
+        acked: u64,
+        last: u64,
+    },
+    /// Records asked for shipping before the spool has a place in the
+    /// node's chain.
+    #[error(
+        "the audit spool has no place in node {node}'s chain yet: \
+         records are shipped only once the control plane has answered the hello"
+    )]
+    NotBased { node: String },
     /// An earlier write failed and could not be undone; reopen the spool.
     #[error("audit spool is unusable after a failed write; reopen it")]
     Poisoned,
@@ -189,6 +228,49 @@ pub struct Recovery {
     pub removed_segments: usize,
 }
 
+/// Where the spool's records go in the control plane's chains. See the
+/// module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipBase {
+    /// Nothing of this spool has been shipped: its records are placed in a
+    /// chain at the control plane's first answer to a hello.
+    Unbased,
+    /// Local sequence `s` ships as `s + offset` in `node`'s chain.
+    Based { node: String, offset: i64 },
+}
+
+/// What [`Spool::take_base`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseChange {
+    /// The spool already ships for this node name, at this offset.
+    Kept { offset: i64 },
+    /// The spool was placed in this node name's chain (it was `previous`).
+    Rebased { previous: ShipBase, offset: i64 },
+}
+
+/// The chain sequence of local sequence `local` at `offset` (None when it
+/// would fall outside 1..=u64::MAX).
+pub fn chain_seq(local: u64, offset: i64) -> Option<u64> {
+    u64::try_from(i128::from(local) + i128::from(offset))
+        .ok()
+        .filter(|&c| c > 0)
+}
+
+/// The chain position of local sequence `local` at `offset`, 0 when it
+/// falls before the chain's start (local 0: what precedes the spool's first
+/// record).
+pub fn chain_pos(local: u64, offset: i64) -> u64 {
+    let c = i128::from(local) + i128::from(offset);
+    u64::try_from(c.max(0)).unwrap_or(u64::MAX)
+}
+
+/// The local sequence of chain sequence `chain` at `offset`: 0 for a chain
+/// position before anything this spool shipped for the chain.
+pub fn local_seq(chain: u64, offset: i64) -> u64 {
+    let l = i128::from(chain) - i128::from(offset);
+    u64::try_from(l.max(0)).unwrap_or(u64::MAX)
+}
+
 /// The spool. See the module docs.
 #[derive(Debug)]
 pub struct Spool {
@@ -204,6 +286,10 @@ pub struct Spool {
     poisoned: bool,
     /// Highest `core_seq` per core among the records found at open.
     core_high: HashMap<u32, u64>,
+    base: ShipBase,
+    /// Whether `base` is what `BASE` says (false for a spool written
+    /// before `BASE` existed, until its first hello is answered).
+    base_on_disk: bool,
 }
 
 impl Spool {
@@ -212,6 +298,8 @@ impl Spool {
         fs::create_dir_all(&cfg.dir).map_err(io_err(format!("create {}", cfg.dir.display())))?;
         let acked = read_ack(&cfg.dir)?;
         let _ = fs::remove_file(cfg.dir.join(ACK_TMP));
+        let base_file = read_base(&cfg.dir)?;
+        let _ = fs::remove_file(cfg.dir.join(BASE_TMP));
 
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for entry in
@@ -228,11 +316,23 @@ impl Spool {
 
         let mut recovery = Recovery::default();
         let mut core_high = HashMap::new();
+        // The node of the first record at or after the acknowledged
+        // position: for a spool from before `BASE` existed, the name whose
+        // chain its sequences are (a control plane stores a record only
+        // under the node id it carries).
+        let mut legacy_node = None;
         let mut segments: Vec<Segment> = Vec::new();
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let seg = load_segment(first_seq, path, is_last, &mut recovery, &mut core_high)?;
+            let seg = load_segment(
+                first_seq,
+                path,
+                is_last,
+                &mut recovery,
+                &mut core_high,
+                (acked, &mut legacy_node),
+            )?;
             if let Some(prev) = segments.last() {
                 if !seg.is_empty() && seg.first_seq != prev.last_seq + 1 {
                     return Err(SpoolError::Corrupt(format!(
@@ -258,6 +358,31 @@ impl Spool {
             .map(|s| s.last_seq)
             .unwrap_or(0);
         let next_seq = last_record.max(acked) + 1;
+
+        let (base, base_on_disk) = match base_file {
+            Some(base) => {
+                check_base(&cfg.dir, &base, acked, next_seq - 1)?;
+                (base, true)
+            }
+            // Nothing was ever acknowledged and no record is here, so
+            // nothing of this directory was ever shipped: a new spool.
+            // Say so on disk before its first record, so that a restart
+            // does not take its records for an old spool's.
+            None if acked == 0 && last_record == 0 => {
+                write_base(&cfg.dir, &ShipBase::Unbased)?;
+                (ShipBase::Unbased, true)
+            }
+            // Written before `BASE` existed: it shipped its own sequences
+            // under the name its records carry (or, with none left, under
+            // the name it runs as: nothing else says).
+            None => (
+                ShipBase::Based {
+                    node: legacy_node.unwrap_or_else(|| cfg.node_id.clone()),
+                    offset: 0,
+                },
+                false,
+            ),
+        };
 
         // Segments fully acknowledged (a crash between writing ACK and
         // deleting them), and an empty last segment whose name does not
@@ -302,6 +427,8 @@ impl Spool {
             buf: Vec::new(),
             poisoned: false,
             core_high,
+            base,
+            base_on_disk,
         })
     }
 
@@ -573,6 +700,110 @@ impl Spool {
         &self.core_high
     }
 
+    /// Where the spool's records go (see the module docs).
+    pub fn base(&self) -> &ShipBase {
+        &self.base
+    }
+
+    /// Whether the spool must be placed in the chain of the name it runs
+    /// as ([`SpoolConfig::node_id`]) before it ships anything: a new spool,
+    /// or a renamed node's.
+    pub fn needs_base(&self) -> bool {
+        match &self.base {
+            ShipBase::Unbased => true,
+            ShipBase::Based { node, .. } => *node != self.cfg.node_id,
+        }
+    }
+
+    /// The offset to ship at, once based for the name it runs as.
+    pub fn offset(&self) -> Option<i64> {
+        match &self.base {
+            ShipBase::Based { node, offset } if *node == self.cfg.node_id => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// The control plane answered the hello of the name the spool runs as
+    /// with `durable_through`. If the spool [needs a base](Self::needs_base),
+    /// place its first unacknowledged record right after `durable_through`
+    /// (records at or below the acknowledged position went to the old
+    /// name's chain and stay there), and record that durably before
+    /// returning: nothing may be shipped before. Otherwise keep the base
+    /// (writing it down for a spool from before `BASE` existed); the
+    /// caller then treats `durable_through` as an acknowledgement.
+    pub fn take_base(&mut self, durable_through: u64) -> Result<BaseChange, SpoolError> {
+        if let Some(offset) = self.offset() {
+            if !self.base_on_disk {
+                write_base(&self.cfg.dir, &self.base)?;
+                self.base_on_disk = true;
+            }
+            return Ok(BaseChange::Kept { offset });
+        }
+        let offset = i128::from(durable_through) - i128::from(self.acked);
+        let first = self.acked.saturating_add(1);
+        let fits = i64::try_from(offset).ok().filter(|&o| {
+            chain_seq(first, o).is_some() && chain_seq(self.last_seq().max(first), o).is_some()
+        });
+        let Some(offset) = fits else {
+            return Err(SpoolError::BaseOutOfRange {
+                durable_through,
+                acked: self.acked,
+                last: self.last_seq(),
+            });
+        };
+        let base = ShipBase::Based {
+            node: self.cfg.node_id.clone(),
+            offset,
+        };
+        write_base(&self.cfg.dir, &base)?;
+        let previous = std::mem::replace(&mut self.base, base);
+        self.base_on_disk = true;
+        Ok(BaseChange::Rebased { previous, offset })
+    }
+
+    /// [`Spool::unacked`] as shipped under the name the spool runs as:
+    /// sequences moved by the base's offset, `node_id` that name, and an id
+    /// the spool assigned (`<node>-<sequence>`) following the new node and
+    /// sequence. Refused while the spool [needs a base](Self::needs_base).
+    pub fn unacked_to_ship(
+        &self,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<AuditRecord>, SpoolError> {
+        let Some(offset) = self.offset() else {
+            return Err(SpoolError::NotBased {
+                node: self.cfg.node_id.clone(),
+            });
+        };
+        let mut records = self.unacked(from_seq, max)?;
+        let node = &self.cfg.node_id;
+        for rec in &mut records {
+            let md = rec.metadata.get_or_insert_with(AuditMetadata::default);
+            if offset == 0 && md.node_id == *node {
+                continue;
+            }
+            let local = md.sequence;
+            // (Checked when the base was read or taken; kept an error.)
+            let chain = chain_seq(local, offset).ok_or_else(|| {
+                SpoolError::Corrupt(format!(
+                    "{}: offset {offset} puts sequence {local} outside a chain",
+                    self.cfg.dir.join(BASE_FILE).display()
+                ))
+            })?;
+            let assigned = md
+                .id
+                .strip_prefix(md.node_id.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|r| r.parse() == Ok(local));
+            if assigned || md.id.is_empty() {
+                md.id = format!("{node}-{chain}");
+            }
+            md.node_id.clone_from(node);
+            md.sequence = chain;
+        }
+        Ok(records)
+    }
+
     /// The control plane already stores records of this node up to `seq`,
     /// beyond anything this spool has numbered (the spool directory was
     /// lost or replaced): continue the numbering after `seq`, so new
@@ -637,6 +868,105 @@ fn write_ack(dir: &Path, seq: u64) -> Result<(), SpoolError> {
     sync_dir(dir)
 }
 
+/// `BASE`, if there is one. A file that does not read as one is refused,
+/// naming it: guessing a base could ship records over others.
+fn read_base(dir: &Path) -> Result<Option<ShipBase>, SpoolError> {
+    let path = dir.join(BASE_FILE);
+    let text = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
+    };
+    parse_base(&text).map(Some).map_err(|why| {
+        SpoolError::Corrupt(format!(
+            "{} is not a spool base file ({why}); it says which node name and chain \
+             position this spool ships for, so the spool is not used without it",
+            path.display()
+        ))
+    })
+}
+
+fn parse_base(bytes: &[u8]) -> Result<ShipBase, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(BASE_MAGIC) => {}
+        Some(l) => return Err(format!("first line {l:?}, expected {BASE_MAGIC:?}")),
+        None => return Err("empty".into()),
+    }
+    let mut field = |name: &str| -> Result<String, String> {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("no {name} line (cut short?)"))?;
+        line.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(' '))
+            .map(str::to_string)
+            .ok_or_else(|| format!("{line:?} where the {name} line belongs"))
+    };
+    let state = field("state")?;
+    let base = match state.as_str() {
+        "unbased" => ShipBase::Unbased,
+        "based" => {
+            let node = field("node")?;
+            if node.is_empty() {
+                return Err("empty node name".into());
+            }
+            let offset = field("offset")?;
+            let offset = offset
+                .parse()
+                .map_err(|_| format!("offset {offset:?} is not a whole number"))?;
+            ShipBase::Based { node, offset }
+        }
+        other => return Err(format!("state {other:?}, expected based or unbased")),
+    };
+    match lines.next() {
+        Some("end") => {}
+        Some(l) => return Err(format!("{l:?} where the end line belongs")),
+        None => return Err("no end line (cut short?)".into()),
+    }
+    if lines.next().is_some() {
+        return Err("text after the end line".into());
+    }
+    Ok(base)
+}
+
+fn format_base(base: &ShipBase) -> String {
+    match base {
+        ShipBase::Unbased => format!("{BASE_MAGIC}\nstate unbased\nend\n"),
+        ShipBase::Based { node, offset } => {
+            format!("{BASE_MAGIC}\nstate based\nnode {node}\noffset {offset}\nend\n")
+        }
+    }
+}
+
+/// Records the base durably: a crash leaves the old file or the new one,
+/// never a mix (write BASE.tmp, fsync, rename, fsync the directory).
+fn write_base(dir: &Path, base: &ShipBase) -> Result<(), SpoolError> {
+    let tmp = dir.join(BASE_TMP);
+    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(format_base(base).as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, dir.join(BASE_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
+    sync_dir(dir)
+}
+
+/// A base read from disk must place every record the spool holds in
+/// 1..=u64::MAX of its chain.
+fn check_base(dir: &Path, base: &ShipBase, acked: u64, last: u64) -> Result<(), SpoolError> {
+    let ShipBase::Based { offset, .. } = base else {
+        return Ok(());
+    };
+    let first = acked.saturating_add(1);
+    if chain_seq(first, *offset).is_none() || chain_seq(last.max(first), *offset).is_none() {
+        return Err(SpoolError::Corrupt(format!(
+            "{}: offset {offset} puts the spool's sequences from {first} on outside a chain",
+            dir.join(BASE_FILE).display(),
+        )));
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -660,6 +990,7 @@ fn load_segment(
     is_last: bool,
     recovery: &mut Recovery,
     core_high: &mut HashMap<u32, u64>,
+    (acked, node_at_acked): (u64, &mut Option<String>),
 ) -> Result<Segment, SpoolError> {
     let buf = fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
     let corrupt = |what: String| SpoolError::Corrupt(format!("{}: {what}", path.display()));
@@ -704,10 +1035,13 @@ fn load_segment(
                         "record at byte {pos} has sequence {seq}, expected {expected}"
                     )));
                 }
-                if let Some(md) = &rec.metadata {
+                if let Some(md) = rec.metadata {
                     if md.core_seq > 0 {
                         let h = core_high.entry(md.core).or_insert(0);
                         *h = (*h).max(md.core_seq);
+                    }
+                    if seq >= acked && node_at_acked.is_none() {
+                        *node_at_acked = Some(md.node_id);
                     }
                 }
                 seg.note_record(seq, pos as u64);
@@ -1100,6 +1434,235 @@ mod tests {
         let s = Spool::open(cfg(d.path())).unwrap();
         assert_eq!((s.acked_through(), s.last_seq()), (100, 101));
         assert_eq!(seqs(&s.unacked(0, 10).unwrap()), [101]);
+    }
+
+    fn ids(recs: &[AuditRecord]) -> Vec<(String, String, u64)> {
+        recs.iter()
+            .map(|r| {
+                let md = r.metadata.as_ref().unwrap();
+                (md.node_id.clone(), md.id.clone(), md.sequence)
+            })
+            .collect()
+    }
+
+    fn named(dir: &Path, node: &str) -> SpoolConfig {
+        let mut c = cfg(dir);
+        c.node_id = node.into();
+        c
+    }
+
+    #[test]
+    fn a_new_spool_ships_nothing_until_placed_after_what_the_control_plane_stores() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        // Written before the first record: a restart must not take this
+        // spool for one that shipped its own sequences.
+        assert_eq!(read_base(d.path()).unwrap(), Some(ShipBase::Unbased));
+        s.append_batch(&mut batch("a", 3)).unwrap();
+        drop(s);
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert!(s.needs_base());
+        assert_eq!(s.offset(), None);
+        let err = s.unacked_to_ship(0, 10).unwrap_err();
+        assert!(matches!(err, SpoolError::NotBased { .. }), "{err}");
+        // The control plane stores 40 records of node-a (another spool's).
+        assert_eq!(
+            s.take_base(40).unwrap(),
+            BaseChange::Rebased {
+                previous: ShipBase::Unbased,
+                offset: 40
+            }
+        );
+        let shipped = s.unacked_to_ship(0, 10).unwrap();
+        assert_eq!(
+            ids(&shipped),
+            [41, 42, 43].map(|q| ("node-a".to_string(), format!("node-a-{q}"), q))
+        );
+        assert_eq!(sql(&shipped[0]), "select a 0");
+        // The spool's own numbering is unchanged.
+        assert_eq!(seqs(&s.unacked(0, 10).unwrap()), [1, 2, 3]);
+        drop(s);
+        // Durable: a restart ships at the same place, and the next hello
+        // answer is an acknowledgement.
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert!(!s.needs_base());
+        assert_eq!(s.take_base(42).unwrap(), BaseChange::Kept { offset: 40 });
+        s.ack(local_seq(42, 40)).unwrap();
+        assert_eq!(seqs(&s.unacked_to_ship(0, 10).unwrap()), [43]);
+        s.append_batch(&mut batch("b", 1)).unwrap();
+        assert_eq!(seqs(&s.unacked_to_ship(0, 10).unwrap()), [43, 44]);
+    }
+
+    #[test]
+    fn a_renamed_node_ships_what_waits_after_its_new_names_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(named(d.path(), "old")).unwrap();
+        s.take_base(0).unwrap();
+        s.append_batch(&mut batch("a", 5)).unwrap();
+        s.ack(2).unwrap();
+        drop(s);
+        let mut s = Spool::open(named(d.path(), "new")).unwrap();
+        assert!(s.needs_base());
+        assert!(matches!(
+            s.unacked_to_ship(0, 10),
+            Err(SpoolError::NotBased { .. })
+        ));
+        // "new" has 7 records already: 3, 4, 5 ship as 8, 9, 10.
+        assert_eq!(
+            s.take_base(7).unwrap(),
+            BaseChange::Rebased {
+                previous: ShipBase::Based {
+                    node: "old".into(),
+                    offset: 0
+                },
+                offset: 5
+            }
+        );
+        assert_eq!(
+            ids(&s.unacked_to_ship(0, 10).unwrap()),
+            [8, 9, 10].map(|q| ("new".to_string(), format!("new-{q}"), q))
+        );
+        // Renamed back: placed again, in the old name's chain.
+        drop(s);
+        let mut s = Spool::open(named(d.path(), "old")).unwrap();
+        s.ack(3).unwrap();
+        assert!(s.needs_base());
+        assert_eq!(
+            s.take_base(2).unwrap(),
+            BaseChange::Rebased {
+                previous: ShipBase::Based {
+                    node: "new".into(),
+                    offset: 5
+                },
+                offset: -1
+            }
+        );
+        assert_eq!(
+            ids(&s.unacked_to_ship(0, 10).unwrap()),
+            [3, 4].map(|q| ("old".to_string(), format!("old-{q}"), q))
+        );
+    }
+
+    #[test]
+    fn a_spool_from_before_base_files_ships_its_own_sequences_under_its_records_name() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 4)).unwrap();
+        s.ack(1).unwrap();
+        drop(s);
+        fs::remove_file(d.path().join(BASE_FILE)).unwrap();
+        let legacy = ShipBase::Based {
+            node: "node-a".into(),
+            offset: 0,
+        };
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.base(), &legacy);
+        assert!(!s.needs_base());
+        assert_eq!(read_base(d.path()).unwrap(), None, "open writes nothing");
+        assert_eq!(seqs(&s.unacked_to_ship(0, 10).unwrap()), [2, 3, 4]);
+        // Written down at the first hello answer.
+        assert_eq!(s.take_base(1).unwrap(), BaseChange::Kept { offset: 0 });
+        assert_eq!(read_base(d.path()).unwrap(), Some(legacy.clone()));
+        drop(s);
+        // Renamed: its records say which name it shipped under.
+        fs::remove_file(d.path().join(BASE_FILE)).unwrap();
+        let mut s = Spool::open(named(d.path(), "node-b")).unwrap();
+        assert_eq!(s.base(), &legacy);
+        assert!(s.needs_base());
+        // (An older version appended under the new name: what waits still
+        // starts with records of the name the chain is.)
+        s.append_batch(&mut batch("b", 1)).unwrap();
+        drop(s);
+        assert!(!d.path().join(BASE_FILE).exists());
+        let s = Spool::open(named(d.path(), "node-b")).unwrap();
+        assert_eq!(s.base(), &legacy);
+        drop(s);
+        // Everything acknowledged and deleted: only ACK is left, so the
+        // name it runs as is all there is to go by.
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.ack(5).unwrap();
+        drop(s);
+        assert!(!d.path().join(BASE_FILE).exists());
+        let s = Spool::open(named(d.path(), "node-b")).unwrap();
+        assert_eq!(
+            s.base(),
+            &ShipBase::Based {
+                node: "node-b".into(),
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_base_file_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 2)).unwrap();
+        s.take_base(10).unwrap();
+        drop(s);
+        let path = d.path().join(BASE_FILE);
+        let good = fs::read(&path).unwrap();
+        let bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\xff\xfe".to_vec(),
+            b"garbage\n".to_vec(),
+            format!("{BASE_MAGIC}\nstate maybe\nend\n").into_bytes(),
+            format!("{BASE_MAGIC}\nstate based\nnode x\noffset ten\nend\n").into_bytes(),
+            format!("{BASE_MAGIC}\nstate based\nnode \noffset 1\nend\n").into_bytes(),
+            format!("{BASE_MAGIC}\nstate based\nnode x\noffset 99999999999999999999\nend\n")
+                .into_bytes(),
+            format!("{BASE_MAGIC}\nstate unbased\nend\nmore\n").into_bytes(),
+            // Places the spool's records before the chain's start.
+            format!("{BASE_MAGIC}\nstate based\nnode node-a\noffset -1\nend\n").into_bytes(),
+        ];
+        // Every cut of the good file short of its end line too.
+        let cuts = (0..good.len() - 4).map(|n| good[..n].to_vec());
+        for bytes in bad.into_iter().chain(cuts) {
+            fs::write(&path, &bytes).unwrap();
+            let err = Spool::open(cfg(d.path())).unwrap_err();
+            assert!(matches!(err, SpoolError::Corrupt(_)), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{:?}: {err}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        // A leftover BASE.tmp (a crash while writing) is not used.
+        fs::write(&path, &good).unwrap();
+        fs::write(d.path().join(BASE_TMP), b"half").unwrap();
+        let s = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(s.offset(), Some(10));
+        assert!(!d.path().join(BASE_TMP).exists());
+    }
+
+    #[test]
+    fn an_absurd_durable_through_places_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(cfg(d.path())).unwrap();
+        s.append_batch(&mut batch("a", 2)).unwrap();
+        let err = s.take_base(u64::MAX).unwrap_err();
+        assert!(matches!(err, SpoolError::BaseOutOfRange { .. }), "{err}");
+        assert!(s.needs_base());
+        assert_eq!(read_base(d.path()).unwrap(), Some(ShipBase::Unbased));
+        // An offset past i64 is refused the same way.
+        let err = s.take_base(i64::MAX as u64 + 10).unwrap_err();
+        assert!(matches!(err, SpoolError::BaseOutOfRange { .. }), "{err}");
+        assert!(err.to_string().contains("cannot be shipped after"), "{err}");
+        s.take_base(1000).unwrap();
+        assert_eq!(seqs(&s.unacked_to_ship(0, 10).unwrap()), [1001, 1002]);
+    }
+
+    #[test]
+    fn chain_and_local_sequences_convert_without_overflow() {
+        assert_eq!(chain_seq(1, 40), Some(41));
+        assert_eq!(chain_seq(5, -5), None);
+        assert_eq!(chain_seq(u64::MAX, 1), None);
+        assert_eq!(local_seq(41, 40), 1);
+        assert_eq!(local_seq(3, 40), 0);
+        assert_eq!(local_seq(u64::MAX, i64::MIN), u64::MAX);
+        assert_eq!(chain_pos(0, 40), 40);
+        assert_eq!(chain_pos(3, -5), 0);
+        assert_eq!(chain_pos(u64::MAX, i64::MAX), u64::MAX);
     }
 
     mod prop {
