@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proto::audit_query_client::AuditQueryClient;
 use proto::{AuditKind, SearchRequest};
-use sluice_tests::cp::{self, Admin, ControlPlane};
+use sluice_tests::cp::{self, Admin, Backend, ControlPlane};
 use sluice_tests::{ApiKey, Gateway, Pg};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -310,4 +310,140 @@ async fn a_statement_refused_by_a_revocation_has_a_policy_decision_record() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// (SQL, node, sequence) of every stored statement record whose SQL
+/// contains `marker`.
+async fn placed(url: &str, marker: &str) -> Vec<(String, String, u64)> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let recs = AuditQueryClient::new(ch)
+        .search(SearchRequest {
+            identity: "agent1".into(),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    recs.into_iter()
+        .filter(|r| r.statement.as_ref().is_some_and(|s| s.sql.contains(marker)))
+        .map(|r| {
+            let md = r.metadata.unwrap();
+            (r.statement.unwrap().sql, md.node_id, md.sequence)
+        })
+        .collect()
+}
+
+/// `sluicectl audit verify` finds every chain intact.
+#[track_caller]
+fn verify_clean(cp: &ControlPlane) {
+    let out = cp.ctl(&["audit", "verify"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "audit verify\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// Run `n` simple queries `select <j> as <marker>` on `gw`; their SQL.
+async fn run(gw: &Gateway, marker: &str, n: usize) -> Vec<String> {
+    let c = gw.agent().await;
+    let mut sqls = Vec::new();
+    for j in 0..n {
+        let sql = format!("select {j} as {marker}");
+        c.simple_query(&sql).await.unwrap();
+        sqls.push(sql);
+    }
+    sqls
+}
+
+/// A fresh database of the harness's PostgreSQL for a PostgreSQL sink;
+/// its connection string.
+fn fresh_db(db: &str) -> String {
+    let pg = Pg::shared();
+    pg.psql_super(
+        "postgres",
+        &[&format!("CREATE DATABASE {db} OWNER {}", pg.app_user)],
+    )
+    .assert_success("create database");
+    format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={db} connect_timeout=10",
+        pg.port, pg.app_user, pg.app_password
+    )
+}
+
+/// Take the audit database away from the control plane (`false`) or give
+/// it back (`true`): the control plane keeps serving its configuration.
+fn allow_connections(db: &str, allow: bool) {
+    let mut cmds = vec![format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {allow}")];
+    if !allow {
+        cmds.push(format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+        ));
+    }
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    Pg::shared()
+        .psql_super("postgres", &cmds)
+        .assert_success("ALTER DATABASE");
+}
+
+/// A node started on a new, empty spool directory under a name the control
+/// plane already stores records for, that takes statements before its
+/// first hello can be answered (the audit database is away), ships them
+/// after what is stored: every one is stored once, the chain intact. (They
+/// were taken for stored and dropped, or stalled the shipping, when the
+/// spool numbered them 1, 2, ... as if the chain were its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_spool_under_a_stored_name_ships_after_what_is_stored() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let db = "audit_e2e_new_spool";
+    let dsn = fresh_db(db);
+    let cp = ControlPlane::on(Backend::Embedded, vec!["--audit-postgres".into(), dsn]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = "audit-new-spool";
+
+    let first = node(&cp.url(), name, &dir.path().join("first"));
+    let before = run(&first, "new_spool_before", 40).await;
+    expect_exactly(&cp.url(), "new_spool_before", &before).await;
+    drop(first);
+
+    allow_connections(db, false);
+    let second = node(&cp.url(), name, &dir.path().join("second"));
+    let during = run(&second, "new_spool_during", 10).await;
+    // Past the node's hello wait: it would send what it has.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    allow_connections(db, true);
+    expect_exactly(&cp.url(), "new_spool_during", &during).await;
+    // Shipping goes on.
+    let after = run(&second, "new_spool_after", 10).await;
+    expect_exactly(&cp.url(), "new_spool_after", &after).await;
+    expect_exactly(&cp.url(), "new_spool_before", &before).await;
+    let seqs = |v: Vec<(String, String, u64)>| -> Vec<u64> {
+        assert!(v.iter().all(|(_, n, _)| n == name), "{v:?}");
+        v.into_iter().map(|(_, _, s)| s).collect()
+    };
+    let last_before = seqs(placed(&cp.url(), "new_spool_before").await);
+    let first_during = seqs(placed(&cp.url(), "new_spool_during").await);
+    assert!(
+        first_during.iter().min() > last_before.iter().max(),
+        "{last_before:?} {first_during:?}"
+    );
+    verify_clean(&cp);
+    assert!(
+        second
+            .log()
+            .contains("audit spool placed in this node's chain"),
+        "{}",
+        second.log()
+    );
 }
