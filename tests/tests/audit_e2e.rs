@@ -447,3 +447,51 @@ async fn a_new_spool_under_a_stored_name_ships_after_what_is_stored() {
         second.log()
     );
 }
+
+/// A node renamed while it keeps its spool directory (a new hostname under
+/// the default name, on a persistent volume): what it shipped stays under
+/// its old name, what was waiting ships under the new one, and shipping
+/// goes on; each statement stored once, both chains intact. (The spool's
+/// sequences ran far past the new name's chain: shipping stopped and the
+/// spool filled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_node_keeping_its_spool_ships_under_its_new_name() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let (old, new) = ("audit-rename-old", "audit-rename-new");
+
+    let n = node(&cp.url(), old, &spool);
+    let shipped = run(&n, "rename_shipped", 30).await;
+    expect_exactly(&cp.url(), "rename_shipped", &shipped).await;
+    // Records waiting in the spool when the name changes.
+    cp.kill();
+    let waiting = run(&n, "rename_waiting", 10).await;
+    drop(n);
+    cp.spawn();
+
+    let n = node(&cp.url(), new, &spool);
+    expect_exactly(&cp.url(), "rename_waiting", &waiting).await;
+    let after = run(&n, "rename_after", 10).await;
+    expect_exactly(&cp.url(), "rename_after", &after).await;
+    expect_exactly(&cp.url(), "rename_shipped", &shipped).await;
+    for (marker, name) in [
+        ("rename_shipped", old),
+        ("rename_waiting", new),
+        ("rename_after", new),
+    ] {
+        let v = placed(&cp.url(), marker).await;
+        assert!(v.iter().all(|(_, n, _)| n == name), "{marker}: {v:?}");
+    }
+    verify_clean(&cp);
+    assert!(
+        n.log()
+            .contains(&format!("name changed from {old} to {new}")),
+        "{}",
+        n.log()
+    );
+}
