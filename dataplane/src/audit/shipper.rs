@@ -223,9 +223,11 @@ async fn ship(
     let offset = match answer {
         Some(Ok(Some(ack))) => {
             progress = true;
+            // (An answer the spool cannot act on, a conflict or a BASE it
+            // cannot write, is no progress: the backoff keeps growing.)
             on_hello(audit, ack.durable_through)
                 .await
-                .map_err(|e| (true, e))?
+                .map_err(|e| (false, e))?
         }
         Some(Ok(None)) => return Ok(false),
         Some(Err(e)) => return Err((false, anyhow::Error::new(e).context("audit stream"))),
