@@ -701,6 +701,32 @@ mod embedded_only {
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     }
 
+    /// A damaged length field in an early record makes that record seem to
+    /// run past the end of the file, like a torn tail; cutting the log there
+    /// would silently drop every later change (and reuse their revisions).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_length_before_the_end_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = t(EmbeddedStore::open(dir.path())).await.unwrap();
+            for k in ["a", "b", "c", "d"] {
+                t(s.put(k, k.as_bytes().to_vec(), None)).await.unwrap();
+            }
+        }
+        let path = dir.path().join(LOG_FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let first_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let second = 8 + 8 + first_len;
+        bytes[second + 3] = 0x7f; // the second record's length, high byte
+        std::fs::write(&path, &bytes).unwrap();
+        let err = t(EmbeddedStore::open(dir.path())).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("byte offset {second}")), "{msg}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "log left as it was");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn second_open_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();

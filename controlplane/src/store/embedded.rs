@@ -184,7 +184,11 @@ impl Inner {
         let mut buf = Vec::new();
         log.read_to_end(&mut buf)
             .map_err(|e| StoreError::io(format!("reading {}", log_path.display()), e))?;
-        let replay = wal::decode_all(&buf)?;
+        let replay = wal::decode_all(&buf).map_err(|e| match e {
+            // Name the damaged file: the operator has to act on it.
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", log_path.display())),
+            e => e,
+        })?;
         let io = |what: &str, e| StoreError::io(format!("{what} {}", log_path.display()), e);
         if replay.torn {
             tracing::warn!(
@@ -222,8 +226,10 @@ impl Inner {
         for rec in replay.records {
             if rec.revision <= state.revision {
                 return Err(StoreError::Corrupt(format!(
-                    "log revision {} does not follow {}",
-                    rec.revision, state.revision
+                    "{}: log revision {} does not follow {}",
+                    log_path.display(),
+                    rec.revision,
+                    state.revision
                 )));
             }
             state.apply(rec);

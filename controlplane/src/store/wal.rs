@@ -113,6 +113,18 @@ pub(crate) fn decode_all(buf: &[u8]) -> Result<Replay> {
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         if len > MAX_RECORD || rest.len() - 8 < len {
+            // A torn append leaves a record that runs past the end of the
+            // file, but so does a damaged length field in the middle of
+            // the log: only the first is the last record. Cutting the file
+            // here after damage would silently drop every later revision.
+            let last = records.last().map_or(1, |r: &Record| r.revision);
+            if let Some(at) = later_record(buf, pos + 1, last) {
+                return Err(StoreError::Corrupt(format!(
+                    "damaged log record at byte offset {pos} (its length field says {len} bytes, \
+                     {} are left) followed by a valid record at byte offset {at}",
+                    rest.len() - 8
+                )));
+            }
             return Ok(torn(records, pos));
         }
         let payload = &rest[8..8 + len];
@@ -138,6 +150,33 @@ pub(crate) fn decode_all(buf: &[u8]) -> Result<Replay> {
         records,
         valid_len: pos as u64,
         torn: false,
+    })
+}
+
+/// The offset of the first whole, valid record at or after `from` whose
+/// revision follows `after`, if any: evidence that damage before it is not
+/// a torn tail.
+fn later_record(buf: &[u8], from: usize, after: Revision) -> Option<usize> {
+    // Every record takes more than one byte, so no later revision can be
+    // further ahead than the bytes left.
+    let max_rev = after.saturating_add(i64::try_from(buf.len()).unwrap_or(i64::MAX));
+    (from..buf.len()).find(|&q| {
+        let rest = &buf[q..];
+        // Header, revision and op count at least.
+        if rest.len() < 8 + 12 {
+            return false;
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if !(12..=MAX_RECORD).contains(&len) || rest.len() - 8 < len {
+            return false;
+        }
+        let rev = i64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
+        if rev <= after || rev > max_rev {
+            return false;
+        }
+        let payload = &rest[8..8 + len];
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        crc32(payload) == crc && decode_payload(payload).is_some()
     })
 }
 
@@ -304,6 +343,31 @@ mod tests {
         let mut buf = file(&[sample(2), sample(3)]);
         buf[MAGIC.len() + 10] ^= 0xff;
         assert!(matches!(decode_all(&buf), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn damaged_length_in_the_middle_is_corrupt_not_torn() {
+        let recs = [sample(2), sample(3), sample(4)];
+        let second = file(&recs[..1]).len();
+        for (byte, value) in [(3, 0x7f), (2, 0x01), (0, 0xff)] {
+            let mut buf = file(&recs);
+            // The second record's length now runs past the end of the file.
+            buf[second + byte] = value;
+            match decode_all(&buf) {
+                Err(StoreError::Corrupt(m)) => {
+                    assert!(m.contains(&format!("byte offset {second}")), "{m}")
+                }
+                other => panic!("length byte {byte} = {value:#x}: {other:?}"),
+            }
+        }
+        // The same damage to the last record is a torn tail.
+        let mut buf = file(&recs);
+        let third = file(&recs[..2]).len();
+        buf[third + 3] = 0x7f;
+        let r = decode_all(&buf).unwrap();
+        assert!(r.torn);
+        assert_eq!(r.records, recs[..2]);
+        assert_eq!(r.valid_len, third as u64);
     }
 
     #[test]
