@@ -148,7 +148,9 @@ async fn subscribe(
         .connect()
         .await
         .map_err(|e| (false, anyhow::Error::new(e).context("connect")))?;
-    let mut client = proto::snapshot_service_client::SnapshotServiceClient::new(channel);
+    // Snapshots are whole configurations: gRPC's default 4 MiB is too small.
+    let mut client = proto::snapshot_service_client::SnapshotServiceClient::new(channel)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<proto::SnapshotRequest>(8);
     let node_msg = proto::Node {
         id: node.id.clone(),

@@ -14,6 +14,17 @@ pub use v1::*;
 /// The `apiVersion` every resource document carries.
 pub const API_VERSION: &str = "sluice.dev/v1";
 
+/// Largest configuration (its resources, encoded) a control plane stores:
+/// an apply that would make it larger is refused.
+pub const MAX_CONFIG_BYTES: usize = 32 << 20;
+
+/// Largest gRPC message that carries a configuration: an apply, a `get`
+/// answer, a snapshot (the configuration plus the JWKS documents fetched
+/// for identity providers given by URL, 1 MiB at most each). The admin
+/// service, `sluicectl` and nodes accept messages up to this size (gRPC's
+/// default limit is 4 MiB, far below [`MAX_CONFIG_BYTES`]).
+pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
+
 /// Resource kinds, in the order they are applied (referenced kinds first).
 pub const KINDS: [&str; 6] = [
     "MaskingProfile",

@@ -144,8 +144,14 @@ impl ControlPlane {
         kind: Request,
         rpc: impl AsyncFn(AdminClient<Channel>) -> Result<Response<T>, Status>,
     ) -> Result<T, CtlError> {
-        self.call_with(kind, REQUEST_TIMEOUT, AdminClient::new, rpc)
-            .await
+        self.call_with(
+            kind,
+            REQUEST_TIMEOUT,
+            // `get all` answers with the whole configuration.
+            |ch| AdminClient::new(ch).max_decoding_message_size(proto::MAX_MESSAGE_BYTES),
+            rpc,
+        )
+        .await
     }
 
     /// [`ControlPlane::call`] for the `AuditQuery` service: read-only,

@@ -124,6 +124,17 @@ fn merge_one(incoming: &mut Resource, existing: Option<&Resource>) -> Merge {
     Merge { action, api_key }
 }
 
+/// Why an apply that would grow the configuration past
+/// [`proto::MAX_CONFIG_BYTES`] is refused: every node gets the whole
+/// configuration in one message.
+fn too_large(bytes: usize) -> String {
+    format!(
+        "the configuration would be {bytes} bytes, more than the {} MiB a control plane \
+         stores and sends to nodes in one snapshot; nothing was changed",
+        proto::MAX_CONFIG_BYTES >> 20
+    )
+}
+
 fn doc_error(i: usize, r: &Resource, field: &str, msg: &str) -> Status {
     Status::invalid_argument(format!(
         "document {} ({} {}): {field}: {msg}",
@@ -220,6 +231,10 @@ impl proto::admin_server::Admin for AdminService {
             if let Err(e) = validate_set(&current) {
                 return Err(Status::invalid_argument(e.to_string()));
             }
+            let encoded = encode_config(&current);
+            if encoded.len() > proto::MAX_CONFIG_BYTES {
+                return Err(Status::invalid_argument(too_large(encoded.len())));
+            }
             if req.dry_run || !changed {
                 if req.dry_run {
                     for r in &mut results {
@@ -230,7 +245,7 @@ impl proto::admin_server::Admin for AdminService {
                 return Ok(Response::new(proto::ApplyResponse { results, version }));
             }
             match store
-                .txn_put_if_mod_revision(CONFIG_KEY, encode_config(&current), mod_rev)
+                .txn_put_if_mod_revision(CONFIG_KEY, encoded, mod_rev)
                 .await
                 .map_err(store_status)?
             {

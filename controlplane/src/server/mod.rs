@@ -165,7 +165,10 @@ pub async fn serve(
         .add_service(InterceptedService::new(
             proto::admin_server::AdminServer::new(admin::AdminService {
                 shared: shared.clone(),
-            }),
+            })
+            // An apply may carry a whole configuration; `apply` itself
+            // refuses one over MAX_CONFIG_BYTES, with a clear message.
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES),
             peer::admin_only,
         ))
         .add_service(InterceptedService::new(
