@@ -1303,3 +1303,29 @@ async fn a_configuration_over_4_mib_reaches_nodes_and_get() {
     assert!(e.message().contains("MiB"), "{}", e.message());
     assert_eq!(admin.version().await.snapshot_version, v, "nothing changed");
 }
+
+/// etcd refuses a configuration over its request limit (the 2.5 MiB one
+/// here is over etcd's gRPC message limit too): `sluicectl apply` says so
+/// and exits 1, refused, not 3 as when the control plane or etcd is down,
+/// which an operator (or a script) would wait out and retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_over_etcds_limit_is_refused_not_unreachable() {
+    let cp = ControlPlane::on(Backend::Etcd, vec![]);
+    let members: Vec<String> = (0..40_000).map(|i| format!("m-{i:0>56}")).collect();
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1\nkind: Group\nmetadata: {{name: big}}\nspec:\n  members: [{}]\n",
+        members.join(", ")
+    );
+    let out = cp.ctl(&["apply", "-f", "-"], Some(yaml.as_bytes()));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--max-request-bytes"),
+        "the message says which limit: {}",
+        out.stderr
+    );
+    // The control plane and etcd are fine.
+    let small =
+        "apiVersion: sluice.dev/v1\nkind: Group\nmetadata: {name: small}\nspec: {members: [a]}\n";
+    cp.ctl(&["apply", "-f", "-"], Some(small.as_bytes()))
+        .assert_success("a small apply after the refused one");
+}

@@ -138,7 +138,12 @@ fn map_err(e: ec::Error, lease: Option<LeaseId>) -> StoreError {
                     StoreError::LeaseNotFound(lease.unwrap_or(0))
                 }
                 Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-                    StoreError::InvalidArgument(format!("etcd: {msg}"))
+                    StoreError::InvalidArgument(format!("etcd: {msg}{}", too_large_hint(&msg)))
+                }
+                // A request over etcd's gRPC message limit is refused before
+                // etcd reads it: retrying cannot help, it is not an outage.
+                Code::ResourceExhausted if msg.contains("larger than max") => {
+                    StoreError::InvalidArgument(format!("etcd: {msg}{}", too_large_hint(&msg)))
                 }
                 Code::Unavailable
                 | Code::DeadlineExceeded
@@ -162,6 +167,15 @@ fn map_err(e: ec::Error, lease: Option<LeaseId>) -> StoreError {
         ec::Error::EndpointError(m) => StoreError::InvalidArgument(format!("etcd endpoint: {m}")),
         ec::Error::Utf8Error(e) => StoreError::Corrupt(format!("etcd: {e}")),
         other => StoreError::Other(format!("etcd: {other}")),
+    }
+}
+
+/// What to do about a value etcd finds too large.
+fn too_large_hint(msg: &str) -> &'static str {
+    if msg.contains("too large") || msg.contains("larger than max") {
+        " (etcd's --max-request-bytes, 1.5 MiB by default, bounds one request)"
+    } else {
+        ""
     }
 }
 
@@ -437,5 +451,30 @@ impl Store for EtcdStore {
             let resp = self.timed(None, kv.get(key, Some(opts))).await?;
             header_revision(resp.header())
         })
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_over_etcds_size_limits_is_refused_not_unavailable() {
+        for status in [
+            tonic::Status::resource_exhausted(
+                "grpc: received message larger than max (2296099 vs. 2097152)",
+            ),
+            tonic::Status::invalid_argument("etcdserver: request is too large"),
+        ] {
+            match map_err(ec::Error::GRpcStatus(status), None) {
+                StoreError::InvalidArgument(m) => {
+                    assert!(m.contains("--max-request-bytes"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Running out of quota or streams is still an outage to wait out.
+        let s = tonic::Status::resource_exhausted("etcdserver: mvcc: database space exceeded");
+        assert!(map_err(ec::Error::GRpcStatus(s), None).is_retryable());
     }
 }
