@@ -281,6 +281,18 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
+/// The kind a spec belongs to.
+pub fn spec_kind(spec: &Spec) -> &'static str {
+    match spec {
+        Spec::Connection(_) => "Connection",
+        Spec::IdentityProvider(_) => "IdentityProvider",
+        Spec::ApiKey(_) => "ApiKey",
+        Spec::Group(_) => "Group",
+        Spec::Policy(_) => "Policy",
+        Spec::MaskingProfile(_) => "MaskingProfile",
+    }
+}
+
 /// Check one resource's values; `Err((field, message))`.
 pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
     let err = |f: &str, m: String| Err((f.to_string(), m));
@@ -292,6 +304,17 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
                 r.name
             ),
         );
+    }
+    // The spec must be the kind's: the data plane goes by the spec, the
+    // control plane's reference checks and `get` by the kind.
+    if let Some(spec) = &r.spec {
+        let spec_kind = spec_kind(spec);
+        if r.kind != spec_kind {
+            return err(
+                "spec",
+                format!("a {spec_kind} spec in a document of kind {}", r.kind),
+            );
+        }
     }
     match &r.spec {
         None => return err("spec", "missing".into()),
@@ -543,6 +566,23 @@ spec: { connections: [orders], groups: [analysts] }
         let e = validate_set(&rs).unwrap_err();
         assert_eq!(e.field, "spec.connections[0]");
         assert!(e.message.contains("billing"));
+    }
+
+    #[test]
+    fn a_spec_of_another_kind_is_refused() {
+        let mut rs = parse_documents(GOOD, "f").unwrap();
+        for r in &rs {
+            validate_resource(r).unwrap();
+        }
+        // A Connection document carrying a Policy's spec (only a client
+        // that builds resources itself can send one).
+        rs[0].spec = rs[2].spec.clone();
+        let (field, msg) = validate_resource(&rs[0]).unwrap_err();
+        assert_eq!(field, "spec");
+        assert!(
+            msg.contains("Policy spec") && msg.contains("Connection"),
+            "{msg}"
+        );
     }
 
     #[test]

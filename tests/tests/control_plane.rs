@@ -1329,3 +1329,32 @@ async fn a_configuration_over_etcds_limit_is_refused_not_unreachable() {
     cp.ctl(&["apply", "-f", "-"], Some(small.as_bytes()))
         .assert_success("a small apply after the refused one");
 }
+
+/// A resource whose spec is another kind's (a client building resources
+/// itself, not sluicectl) is refused: stored, it would be a Connection to
+/// the control plane's reference checks and `get`, and a Group to nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_of_another_kind_is_refused() {
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let r = proto::Resource {
+        api_version: proto::API_VERSION.into(),
+        kind: "Connection".into(),
+        name: "db".into(),
+        spec: Some(Spec::Group(proto::GroupSpec {
+            members: vec!["agent1".into()],
+        })),
+        revision: 0,
+    };
+    let e = admin
+        .apply_resources(vec![r])
+        .await
+        .expect_err("a Group spec under kind Connection");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("document 1 (Connection db): spec:"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(admin.version().await.snapshot_version, 0, "nothing stored");
+}
