@@ -1358,3 +1358,58 @@ async fn a_spec_of_another_kind_is_refused() {
     );
     assert_eq!(admin.version().await.snapshot_version, 0, "nothing stored");
 }
+
+/// A stream's node id is fixed by its first request (checked there against
+/// a certificate that names a node): a later request naming another node
+/// closes the stream, and `nodes` never lists the node under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_change_its_id_mid_stream() {
+    let cp = ControlPlane::on(Backend::Embedded, vec![]);
+    let mut admin = Admin::connect(&cp.url()).await;
+    let ch = tonic::transport::Endpoint::from_shared(cp.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = proto::snapshot_service_client::SnapshotServiceClient::new(ch);
+    let request = |id: &str| proto::SnapshotRequest {
+        node: Some(proto::Node {
+            id: id.into(),
+            address: "127.0.0.1:1".into(),
+            cores: 1,
+            build: "test".into(),
+        }),
+        applied_version: 0,
+        response_nonce: String::new(),
+        error_detail: None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request("n-a")).await.unwrap();
+    let requests =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut responses = client.stream(requests).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap();
+    assert!(first.is_some(), "the current snapshot at once");
+    admin
+        .wait_nodes("n-a listed", LIMIT, |l| node_ids(l) == ["n-a"])
+        .await;
+
+    tx.send(request("n-b")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let ids = node_ids(&admin.nodes().await);
+        assert!(
+            !ids.iter().any(|i| i == "n-b"),
+            "listed under the name it switched to: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let end = tokio::time::timeout(LIMIT, responses.message())
+        .await
+        .expect("the stream is closed");
+    let e = end.expect_err("closed with an error");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    admin
+        .wait_nodes("n-a gone with its stream", LIMIT, |l| l.nodes.is_empty())
+        .await;
+}

@@ -130,6 +130,19 @@ async fn serve_node(
                         break;
                     }
                 };
+                // The id is the stream's, fixed by its first request (and
+                // checked against the certificate there): a node naming
+                // another mid-stream would be listed under that name.
+                if let Some(n) = req.node.as_ref().filter(|n| n.id != id) {
+                    tracing::warn!(node = %id, claimed = %n.id, "node changed its id mid-stream: closing its stream");
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "node.id {:?} is not {id:?}, the id this stream was opened with",
+                            n.id
+                        ))))
+                        .await;
+                    break;
+                }
                 let error = req.error_detail.map(|e| e.message).unwrap_or_default();
                 if !error.is_empty() && error != status.last_error {
                     tracing::warn!(node = %id, applied = req.applied_version, "node rejected snapshot (NACK): {error}");
