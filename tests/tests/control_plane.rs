@@ -1413,3 +1413,44 @@ async fn a_node_cannot_change_its_id_mid_stream() {
         .wait_nodes("n-a gone with its stream", LIMIT, |l| l.nodes.is_empty())
         .await;
 }
+
+/// An apply refused as a whole writes nothing, not even the JWKS document
+/// it fetched for an IdentityProvider in it: those keys would otherwise go
+/// to nodes at once (a new snapshot version), trusted under the provider's
+/// name though its new `jwksUrl` was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_apply_does_not_change_fetched_jwks() {
+    use sluice_tests::jwt;
+    let keys_a = jwt::JwtKeys::new();
+    let keys_b = jwt::JwtKeys::new();
+    let (port_a, _) = serve_json(keys_a.jwks.to_string());
+    let (port_b, hits_b) = serve_json(keys_b.jwks.to_string());
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let idp = |port: u16| {
+        format!(
+            "apiVersion: sluice.dev/v1\nkind: IdentityProvider\nmetadata: {{name: corp}}\nspec:\n  issuer: \"{}\"\n  audience: [\"{}\"]\n  jwksUrl: \"http://127.0.0.1:{port}/jwks.json\"\n",
+            jwt::ISSUER,
+            jwt::AUDIENCE
+        )
+    };
+    admin.apply(&idp(port_a)).await;
+    let v = admin.version().await.snapshot_version;
+    let refused = [
+        idp(port_b),
+        cp::policy_yaml("p", &["missing"], &["alice"], &[]),
+    ]
+    .join("---\n");
+    let e = admin
+        .try_apply(&refused)
+        .await
+        .expect_err("a Policy naming a missing Connection");
+    assert!(e.message().contains("missing"), "{}", e.message());
+    assert!(hits_b.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        admin.version().await.snapshot_version,
+        v,
+        "the refused apply made a new snapshot"
+    );
+}

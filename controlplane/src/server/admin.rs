@@ -177,6 +177,7 @@ impl proto::admin_server::Admin for AdminService {
         let store = &self.shared.store;
         // JWKS URLs are fetched before anything is written, so a provider
         // whose keys cannot be fetched is refused at apply.
+        let mut jwks_docs = Vec::new();
         for (i, r) in req.resources.iter().enumerate() {
             if let Some(Spec::IdentityProvider(p)) = &r.spec {
                 if !p.jwks_url.is_empty() && !req.dry_run {
@@ -185,21 +186,11 @@ impl proto::admin_server::Admin for AdminService {
                         .map_err(|e| doc_error(i, r, "spec.jwksUrl", &e))?;
                     super::jwks::check(r, p, &jwks)
                         .map_err(|e| doc_error(i, r, "spec.jwksUrl", &e))?;
-                    let key = format!("{JWKS_PREFIX}{}", r.name);
-                    let same = store
-                        .get(&key)
-                        .await
-                        .map_err(store_status)?
-                        .is_some_and(|kv| kv.value == jwks.as_bytes());
-                    if !same {
-                        store
-                            .put(&key, jwks.into_bytes(), None)
-                            .await
-                            .map_err(store_status)?;
-                    }
+                    jwks_docs.push((format!("{JWKS_PREFIX}{}", r.name), jwks));
                 }
             }
         }
+        let mut jwks_written = false;
         for _ in 0..CAS_ATTEMPTS {
             let kv = store.get(CONFIG_KEY).await.map_err(store_status)?;
             let mod_rev = kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -234,6 +225,25 @@ impl proto::admin_server::Admin for AdminService {
             let encoded = encode_config(&current);
             if encoded.len() > proto::MAX_CONFIG_BYTES {
                 return Err(Status::invalid_argument(too_large(encoded.len())));
+            }
+            // The fetched keys are written only once the whole set is known
+            // to be valid: they take effect on their own (a new snapshot
+            // version), so a refused apply must not write them.
+            if !jwks_written {
+                for (key, jwks) in &jwks_docs {
+                    let same = store
+                        .get(key)
+                        .await
+                        .map_err(store_status)?
+                        .is_some_and(|kv| kv.value == jwks.as_bytes());
+                    if !same {
+                        store
+                            .put(key, jwks.clone().into_bytes(), None)
+                            .await
+                            .map_err(store_status)?;
+                    }
+                }
+                jwks_written = true;
             }
             if req.dry_run || !changed {
                 if req.dry_run {
