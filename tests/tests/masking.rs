@@ -5456,3 +5456,54 @@ async fn rows_without_a_describe_take_their_statements_rule() {
     assert_eq!(rows[0][0].as_deref(), Some("card **** **** **** 1111"));
     assert_eq!(rows[1][0].as_deref(), Some("clean note"));
 }
+
+/// A statement described once and run again without a Describe (a
+/// tokio-postgres `Statement`, a pgJDBC server-prepared statement, a
+/// pool's statement cache) keeps its description after SQL that cannot
+/// replace a prepared statement: a pool's `DISCARD TEMP` / `DISCARD
+/// SEQUENCES` on each recycle, or the word "prepare" in a literal. Its rows
+/// were read as a statement never described from then on, for the rest of
+/// the session: every column took the rule of the ruled names the text
+/// mentions, so an unruled text column came back masked and a binary `int4`
+/// was masked as if it were text (the client could not decode it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_statement_keeps_its_description_after_sql_that_replaces_none() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_cached_desc";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let c = gw.agent().await;
+    let st = c
+        .prepare(&format!(
+            "select id, ssn, note, id::int8 from {t} where id = 2"
+        ))
+        .await
+        .unwrap();
+    let read = |r: &tokio_postgres::Row| {
+        (
+            r.try_get::<_, i32>(0).map_err(|e| err_text(&e)),
+            r.try_get::<_, String>(1).map_err(|e| err_text(&e)),
+            r.try_get::<_, String>(2).map_err(|e| err_text(&e)),
+            r.try_get::<_, i64>(3).map_err(|e| err_text(&e)),
+        )
+    };
+    let want = (
+        Ok(2),
+        Ok("*******4321".to_string()),
+        Ok("clean note".to_string()),
+        Ok(2),
+    );
+    let row = c.query_one(&st, &[]).await.unwrap();
+    assert_eq!(read(&row), want, "described");
+    for sql in [
+        "discard temp",
+        "discard sequences; discard plans",
+        "select 'time to prepare the report'",
+        "select 1 as deallocate",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+        let row = c.query_one(&st, &[]).await.unwrap();
+        assert_eq!(read(&row), want, "after {sql:?}");
+    }
+}

@@ -942,6 +942,14 @@ pub fn has_word(s: &[u8], word: &[u8]) -> bool {
     words(s, word).next().is_some()
 }
 
+/// Whether `s` holds `first` and, after it, `then` (both lower case) as
+/// whole words, in any case.
+pub fn has_words_in_order(s: &[u8], first: &[u8], then: &[u8]) -> bool {
+    words(s, first)
+        .next()
+        .is_some_and(|i| has_word(&s[i + first.len()..], then))
+}
+
 /// The name a `U&"…"` quoted name's inside stands for: `\XXXX` and
 /// `\+XXXXXX` are code points, `\\` a backslash; None when an escape
 /// does not read.

@@ -36,7 +36,8 @@ use crate::mask::copyout::{
     CopyOptions, CopyScratch, CopyStatement,
 };
 use crate::mask::derived::{
-    has_word, sql_commands, BindValues, SqlCommand, StatementText, Text, MAX_PARAM_NAME, MAX_TEXT,
+    has_word, has_words_in_order, sql_commands, BindValues, SqlCommand, StatementText, Text,
+    MAX_PARAM_NAME, MAX_TEXT,
 };
 use crate::mask::{
     ascii_safe_encoding, mask_copy_data, mask_data_row, mask_description_names, mask_error_fields,
@@ -297,8 +298,8 @@ pub struct TargetMasker {
     /// (sent at this [`TargetMasker::replaced`]).
     describing: Option<Vec<u8>>,
     describing_at: u64,
-    /// SQL that can replace prepared statements (`PREPARE`, `DEALLOCATE`,
-    /// `DISCARD`, also as dynamic SQL) sent so far: a statement described
+    /// SQL that can replace prepared statements (`PREPARE … AS`, also as
+    /// dynamic SQL: [`replaces_statements`]) sent so far: a statement described
     /// before the last of them may hold another query now (`DEALLOCATE s;
     /// PREPARE s AS …` in the namespace protocol statements share), so its
     /// description is not used for the rows of a Bind of it.
@@ -2090,11 +2091,19 @@ impl TargetMasker {
 /// keeps: past it they are forgotten (and read as unreadable).
 const MAX_KEPT: usize = 16 << 20;
 
-/// Whether SQL `text` may replace a prepared statement when it runs
-/// (`PREPARE`, `DEALLOCATE`, `DISCARD`; anywhere in it, so in dynamic SQL
-/// too).
+/// Whether SQL `text` may replace a prepared statement when it runs: the
+/// words of a `PREPARE name [(types)] AS statement`, anywhere in it (so in
+/// dynamic SQL too, `'PREPARE ' || quote_ident(n) || ' AS ' || q`).
+///
+/// Only a `PREPARE` (or a Parse, which the masker reads) gives a name a
+/// statement: `DEALLOCATE` and `DISCARD` take them away, after which a Bind
+/// of the name fails until one of those gives it another. Counting them
+/// (a pool's `DISCARD TEMP` at each recycle), or the word "prepare" alone
+/// (a note's text), made every statement described before read as never
+/// described for the rest of the session: a cached statement's unruled
+/// columns took its text's rule and its binary numbers were masked as text.
 fn replaces_statements(text: &[u8]) -> bool {
-    has_word(text, b"prepare") || has_word(text, b"deallocate") || has_word(text, b"discard")
+    has_words_in_order(text, b"prepare", b"as")
 }
 
 /// A text that cannot be read (its statement's computed text columns take
@@ -2825,6 +2834,32 @@ mod tests {
         want.extend_from_slice(&8i32.to_be_bytes());
         want.extend_from_slice(&42i64.to_be_bytes());
         assert!(memchr::memmem::find(&out, &want).is_some(), "{out:?}");
+    }
+
+    /// What may give a statement name another statement: a `PREPARE … AS`,
+    /// also as dynamic SQL; not SQL that only takes statements away, nor
+    /// the word in a note.
+    #[test]
+    fn sql_that_replaces_statements() {
+        for sql in [
+            "deallocate s; prepare s as select 1",
+            "PREPARE s (int) AS select $1",
+            "do $$ begin execute 'prepare s as ' || q; end $$",
+            "select run(format('PREPARE %I AS %s', n, q))",
+        ] {
+            assert!(replaces_statements(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "discard temp",
+            "discard all",
+            "deallocate all",
+            "deallocate prepare s",
+            "select 'time to prepare the report'",
+            "select 1 as prepare",
+            "select prepared_at as t from t",
+        ] {
+            assert!(!replaces_statements(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]
