@@ -5507,3 +5507,32 @@ async fn a_cached_statement_keeps_its_description_after_sql_that_replaces_none()
         assert_eq!(read(&row), want, "after {sql:?}");
     }
 }
+
+/// A Bind too long to keep whole (an upload of megabytes with a
+/// `RETURNING`) keeps its result formats: its rows were read as a
+/// statement never described, so the binary `int8` it returned took the
+/// rule of the ruled name its text mentions and came back as another
+/// number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_bind_keeps_its_result_formats() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_long_bind";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let c = gw.agent().await;
+    let big = "x".repeat(3 << 20);
+    let row = c
+        .query_one(
+            &format!(
+                "insert into {t} (id, ssn, note) values (10, '111223333', $1) \
+                 returning id::int8, ssn, length(note)"
+            ),
+            &[&big],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10);
+    assert_eq!(row.get::<_, String>(1), "*****3333");
+    assert_eq!(row.get::<_, i32>(2), 3 << 20);
+}

@@ -281,6 +281,9 @@ pub struct TargetMasker {
     /// to [`MAX_TEXT`] and a little), whose text is read when it is whole
     /// ([`TargetMasker::on_client_more`]).
     gather: Option<(u8, Vec<u8>)>,
+    /// A Bind split across reads, read as its parts come for its result
+    /// formats ([`TargetMasker::on_client_more`]).
+    split_bind: Option<SplitBind>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -453,6 +456,7 @@ impl TargetMasker {
             portal_stmt: HashMap::new(),
             cursors: HashMap::new(),
             gather: None,
+            split_bind: None,
             prepared_bytes: 0,
             cursors_bytes: 0,
             portals: HashMap::new(),
@@ -923,7 +927,9 @@ impl TargetMasker {
                 };
                 if !whole {
                     // (Its result formats when the rest comes.)
-                    self.gather = Some((tag::BIND, body.to_vec()));
+                    let mut b = SplitBind::default();
+                    b.feed(body);
+                    self.split_bind = Some(b);
                 }
                 // The parameters short enough to be a key or a path, where
                 // the statement reads members (`profile->>$1`) and a name
@@ -978,6 +984,18 @@ impl TargetMasker {
     /// Query or Parse split across reads gets its text once whole, a Bind
     /// its result formats.
     pub fn on_client_more(&mut self, body: &[u8], done: bool) {
+        if let Some(b) = self.split_bind.as_mut() {
+            b.feed(body);
+            if done {
+                // (Rows without its formats are read as a statement never
+                // described.)
+                let formats = self.split_bind.take().and_then(SplitBind::formats);
+                if let (Some(f), Some(b)) = (formats, self.pending.binds.back_mut()) {
+                    b.3 = Some(f);
+                }
+            }
+            return;
+        }
         let Some((_, buf)) = self.gather.as_mut() else {
             return;
         };
@@ -989,16 +1007,6 @@ impl TargetMasker {
         }
         let (t, buf) = self.gather.take().expect("gathering");
         let too_long = buf.len() > MAX_TEXT + 1024;
-        if t == tag::BIND {
-            // A Bind split across reads: its result formats, at its end
-            // (rows without them are read as a statement never described).
-            if let Some((.., Some(f), _)) = parse_bind(&buf, !too_long) {
-                if let Some(b) = self.pending.binds.back_mut() {
-                    b.3 = Some(f);
-                }
-            }
-            return;
-        }
         let read = |m: &mut Self, sql: &[u8], e: u64| {
             let sql = cstr(sql).unwrap_or(sql);
             if too_long {
@@ -2241,6 +2249,123 @@ fn parse_bind(body: &[u8], whole: bool) -> Option<BindNames> {
     Some((portal, stmt, formats, params))
 }
 
+/// A Bind split across reads, read as its parts come for the result
+/// formats that end it. Its parameter values are skipped as they pass, not
+/// kept: a Bind may carry megabytes (an upload with a `RETURNING`), and one
+/// kept only up to a limit lost its result formats, so its rows were read
+/// as a statement never described (binary numbers masked as text).
+#[derive(Debug, Default)]
+struct SplitBind {
+    /// Bytes not read yet (never more than one read's and a count's worth:
+    /// a parameter value's are skipped).
+    buf: Vec<u8>,
+    /// Bytes of a parameter value still to skip.
+    skip: usize,
+    step: BindStep,
+    /// The result formats, once read.
+    formats: Option<Vec<i16>>,
+}
+
+/// What a [`SplitBind`] reads next.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum BindStep {
+    /// The portal's name (0) or the statement's (1).
+    #[default]
+    Names0,
+    Names1,
+    ParamFormats,
+    ParamCount,
+    /// Parameter values left.
+    Params(u16),
+    ResultFormats,
+    /// Read to its result formats, or not readable.
+    Done,
+}
+
+impl SplitBind {
+    /// The next part of the Bind's body.
+    fn feed(&mut self, part: &[u8]) {
+        if self.step == BindStep::Done {
+            return;
+        }
+        let k = self.skip.min(part.len());
+        self.skip -= k;
+        self.buf.extend_from_slice(&part[k..]);
+        let count = |r: &[u8]| r.get(..2).map(|c| i16::from_be_bytes([c[0], c[1]]).max(0));
+        let mut at = 0;
+        loop {
+            let r = &self.buf[at..];
+            match self.step {
+                BindStep::Names0 | BindStep::Names1 => {
+                    let Some(z) = memchr::memchr(0, r) else {
+                        // (Names are short: the first part had them, or
+                        // the Bind was not read.)
+                        if self.buf.len() > MAX_TEXT {
+                            self.step = BindStep::Done;
+                            at = self.buf.len();
+                        }
+                        break;
+                    };
+                    at += z + 1;
+                    self.step = match self.step {
+                        BindStep::Names0 => BindStep::Names1,
+                        _ => BindStep::ParamFormats,
+                    };
+                }
+                BindStep::ParamFormats => {
+                    let Some(n) = count(r) else { break };
+                    let end = 2 + 2 * n as usize;
+                    if r.len() < end {
+                        break;
+                    }
+                    at += end;
+                    self.step = BindStep::ParamCount;
+                }
+                BindStep::ParamCount => {
+                    let Some(n) = count(r) else { break };
+                    at += 2;
+                    self.step = BindStep::Params(n as u16);
+                }
+                BindStep::Params(0) => self.step = BindStep::ResultFormats,
+                BindStep::Params(left) => {
+                    let Some(l) = r.get(..4) else { break };
+                    // (NULL: no bytes.)
+                    let len =
+                        usize::try_from(i32::from_be_bytes([l[0], l[1], l[2], l[3]])).unwrap_or(0);
+                    self.step = BindStep::Params(left - 1);
+                    let have = r.len() - 4;
+                    if len > have {
+                        self.skip = len - have;
+                        at = self.buf.len();
+                        break;
+                    }
+                    at += 4 + len;
+                }
+                BindStep::ResultFormats => {
+                    let Some(n) = count(r) else { break };
+                    let Some(raw) = r.get(2..2 + 2 * n as usize) else {
+                        break;
+                    };
+                    self.formats = Some(
+                        raw.chunks(2)
+                            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                            .collect(),
+                    );
+                    self.step = BindStep::Done;
+                    at = self.buf.len();
+                }
+                BindStep::Done => break,
+            }
+        }
+        self.buf.drain(..at);
+    }
+
+    /// The result formats, when the Bind was read to them.
+    fn formats(self) -> Option<Vec<i16>> {
+        self.formats
+    }
+}
+
 /// The values of a Bind's parameter part (count, then length and value of
 /// each) short enough to be a key or a path ([`MAX_PARAM_NAME`] bytes), in
 /// the same layout; None when there is none.
@@ -2796,22 +2921,68 @@ mod tests {
     /// never described, a binary `int8` took the text's `ssn` rule).
     #[test]
     fn a_bind_split_across_reads_keeps_its_result_formats() {
+        split_bind_keeps_its_result_formats(&[], &[6]);
+    }
+
+    /// Also a Bind too long to keep whole (a parameter of megabytes, an
+    /// upload with a `RETURNING`), in any number of reads: its parameter
+    /// values are skipped, not kept, and its result formats were lost.
+    #[test]
+    fn a_long_bind_split_across_reads_keeps_its_result_formats() {
+        let big = vec![b'x'; 3 * MAX_TEXT];
+        split_bind_keeps_its_result_formats(&big, &[6]);
+        split_bind_keeps_its_result_formats(&big, &[4, 9, 14, 100, MAX_TEXT, 2 * MAX_TEXT + 5]);
+        // Every split point of a short one.
+        let small = b"12345".to_vec();
+        let mut bind_len = 0;
+        split_bind_keeps_its_result_formats_with(&small, &[], &mut bind_len);
+        // (From the end of the names: a Bind cut before has none read.)
+        for at in 4..bind_len {
+            split_bind_keeps_its_result_formats(&small, &[at]);
+        }
+    }
+
+    fn split_bind_keeps_its_result_formats(param: &[u8], cuts: &[usize]) {
+        split_bind_keeps_its_result_formats_with(param, cuts, &mut 0);
+    }
+
+    /// A Bind of `s1` (a parameter `param` when not empty, binary results)
+    /// sent in pieces cut at `cuts`; its rows keep the statement's plan.
+    fn split_bind_keeps_its_result_formats_with(param: &[u8], cuts: &[usize], len: &mut usize) {
         let mut m = TargetMasker::new(engine(), 1 << 20);
-        m.on_client_frame(tag::PARSE, b"s1\0select ssn, n from t\0\0\0", true, Some(0));
+        let (sql, np): (&[u8], i16) = if param.is_empty() {
+            (b"s1\0select ssn, n from t\0\0\0", 0)
+        } else {
+            (b"s1\0select ssn, n from t where $1 <> ''\0\0\0", 1)
+        };
+        m.on_client_frame(tag::PARSE, sql, true, Some(0));
         m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
         m.on_client_frame(tag::SYNC, b"", true, Some(0));
         let mut bind = b"\0s1\0".to_vec();
-        bind.extend_from_slice(&0i16.to_be_bytes());
-        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&np.to_be_bytes());
+        bind.extend_from_slice(&vec![0u8; 2 * np as usize]);
+        bind.extend_from_slice(&np.to_be_bytes());
+        if np > 0 {
+            bind.extend_from_slice(&(param.len() as i32).to_be_bytes());
+            bind.extend_from_slice(param);
+        }
         bind.extend_from_slice(&1i16.to_be_bytes());
         bind.extend_from_slice(&1i16.to_be_bytes()); // binary
-        let (first, rest) = bind.split_at(6);
-        m.on_client_frame(tag::BIND, first, false, Some(0));
-        m.on_client_more(rest, true);
+        *len = bind.len();
+        let mut at = 0;
+        for (i, &cut) in cuts.iter().chain([&bind.len()]).enumerate() {
+            let part = &bind[at..cut];
+            if i == 0 {
+                m.on_client_frame(tag::BIND, part, cut == bind.len(), Some(0));
+            } else {
+                m.on_client_more(part, cut == bind.len());
+            }
+            at = cut;
+        }
         m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
         m.on_client_frame(tag::SYNC, b"", true, Some(0));
         let mut s = frame(b'1', b"");
-        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(frame(b't', &np.to_be_bytes()));
         s.extend(row_desc(&[("ssn", 25), ("n", 20)]));
         s.extend(frame(b'Z', b"I"));
         s.extend(frame(b'2', b""));
@@ -2833,7 +3004,10 @@ mod tests {
         want.extend_from_slice(b"*****6789");
         want.extend_from_slice(&8i32.to_be_bytes());
         want.extend_from_slice(&42i64.to_be_bytes());
-        assert!(memchr::memmem::find(&out, &want).is_some(), "{out:?}");
+        assert!(
+            memchr::memmem::find(&out, &want).is_some(),
+            "cut at {cuts:?}: {out:?}"
+        );
     }
 
     /// What may give a statement name another statement: a `PREPARE … AS`,
