@@ -1586,6 +1586,7 @@ impl TargetMasker {
                         }
                         self.open_stmts.remove(&name);
                         self.copy_stmts.remove(&name);
+                        self.replacing_stmts.remove(&name);
                         if let Some(old) = self.prepared.remove(&name) {
                             self.prepared_bytes =
                                 self.prepared_bytes.saturating_sub(old.sql().len());
@@ -1594,6 +1595,7 @@ impl TargetMasker {
                     Some((_, false, Some((_, name)))) => {
                         self.open_portals.remove(&name);
                         self.copy_portals.remove(&name);
+                        self.replacing_portals.remove(&name);
                         self.portal_text.remove(&name);
                         self.portal_stmt.remove(&name);
                     }
@@ -1919,6 +1921,9 @@ impl TargetMasker {
                     // Named portals end with their transaction: those bound
                     // before this ReadyForQuery (not ones sent ahead of it).
                     self.open_portals.retain(|_, &mut e| e >= done);
+                    let open = &self.open_portals;
+                    self.replacing_portals
+                        .retain(|p| p.is_empty() || open.contains_key(p));
                     // SQL cursors too (a `WITH HOLD` one, forgotten here,
                     // has its fetches masked as unreadable), and every portal
                     // bound before it (BindComplete came before it).
@@ -3008,6 +3013,31 @@ mod tests {
             memchr::memmem::find(&out, &want).is_some(),
             "cut at {cuts:?}: {out:?}"
         );
+    }
+
+    /// Statements and portals that run a `PREPARE` are forgotten when they
+    /// are closed (or their transaction ends): a client that names each
+    /// statement anew (tokio-postgres: `s0`, `s1`, … closed when dropped)
+    /// grew them without bound.
+    #[test]
+    fn replacing_statements_are_forgotten_when_closed() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        for i in 0..100 {
+            let parse = format!("s{i}\0prepare p{i} as select 1\0\0\0");
+            m.on_client_frame(tag::PARSE, parse.as_bytes(), true, Some(0));
+            let bind = format!("c{i}\0s{i}\0\0\0\0\0\0\0");
+            m.on_client_frame(tag::BIND, bind.as_bytes(), true, Some(0));
+            let close = format!("Ss{i}\0");
+            m.on_client_frame(CLOSE, close.as_bytes(), true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'2', b""));
+            s.extend(frame(b'3', b""));
+            s.extend(frame(b'Z', b"I"));
+            m.process(&mut s);
+        }
+        assert!(m.replacing_stmts.is_empty(), "{:?}", m.replacing_stmts);
+        assert!(m.replacing_portals.is_empty(), "{:?}", m.replacing_portals);
     }
 
     /// What may give a statement name another statement: a `PREPARE … AS`,
