@@ -190,8 +190,15 @@ enum CopyKind {
 type Closing = (u64, bool, Option<(u8, Vec<u8>)>);
 
 /// A Bind waiting for its BindComplete: (sync epoch, portal, statement,
-/// result formats, parameters).
-type Bound = (u64, Vec<u8>, Vec<u8>, Option<Vec<i16>>, Option<Box<[u8]>>);
+/// result formats, parameters, [`TargetMasker::replaced`] when it was sent).
+type Bound = (
+    u64,
+    Vec<u8>,
+    Vec<u8>,
+    Option<Vec<i16>>,
+    Option<Box<[u8]>>,
+    u64,
+);
 
 /// A portal bound to a statement not yet described: (portal, statement,
 /// the Bind's result formats, the portal's text).
@@ -271,9 +278,10 @@ pub struct TargetMasker {
     /// either of two statements keeps both texts ([`Text::joined`]).
     prepared: HashMap<Vec<u8>, Rc<Text>>,
     portal_text: HashMap<Vec<u8>, Rc<Text>>,
-    /// The statement each portal was bound to (by a Bind that read), until
-    /// its transaction ends.
-    portal_stmt: HashMap<Vec<u8>, Vec<u8>>,
+    /// The statement each portal was bound to (by a Bind that read), and
+    /// [`TargetMasker::replaced`] when that Bind was sent, until its
+    /// transaction ends.
+    portal_stmt: HashMap<Vec<u8>, (Vec<u8>, u64)>,
     /// SQL cursors (`DECLARE name … FOR query`), with the sync epoch of the
     /// Query that declared them (they end with their transaction).
     cursors: HashMap<Vec<u8>, (u64, Rc<Text>)>,
@@ -922,7 +930,7 @@ impl TargetMasker {
                     self.copy_untrusted = true;
                     self.pending
                         .binds
-                        .push_back((e, Vec::new(), Vec::new(), None, None));
+                        .push_back((e, Vec::new(), Vec::new(), None, None, 0));
                     return;
                 };
                 if !whole {
@@ -965,7 +973,7 @@ impl TargetMasker {
                 };
                 self.pending
                     .binds
-                    .push_back((e, portal, stmt, formats, params));
+                    .push_back((e, portal, stmt, formats, params, self.replaced));
             }
             CLOSE => {
                 self.unsynced += 1;
@@ -1647,7 +1655,7 @@ impl TargetMasker {
                         self.bound_undescribed.take_if(|(p, st, ..)| {
                             *st == name
                                 && self.plan_portal.as_ref() == Some(p)
-                                && self.portal_stmt.get(p) == Some(&name)
+                                && self.portal_stmt.get(p).is_some_and(|s| s.0 == name)
                         })
                     {
                         let bound = bound.or_else(|| text.clone());
@@ -1676,12 +1684,14 @@ impl TargetMasker {
                     // A statement never described itself takes this
                     // description: a client that has it may run the
                     // statement again without a Describe.
-                    if let Some(stmt) = self.portal_stmt.get(&portal) {
-                        if !self.statements.contains_key(stmt) {
+                    // (Or one described before SQL that may have replaced
+                    // it: this one is what it held when the portal's Bind
+                    // was sent, `at`, so it serves later Binds while no such
+                    // SQL follows.)
+                    if let Some((stmt, at)) = self.portal_stmt.get(&portal) {
+                        if self.statements.get(stmt).is_none_or(|d| d.3 < *at) {
                             let st = self.prepared.get(stmt).cloned().unwrap_or_else(unreadable);
-                            // (What the portal was bound to: maybe not what
-                            // the name holds since a replacement.)
-                            let entry = (desc.clone(), told.clone(), Some(st), 0);
+                            let entry = (desc.clone(), told.clone(), Some(st), *at);
                             self.statements.insert(stmt.clone(), entry);
                         }
                     }
@@ -1708,7 +1718,8 @@ impl TargetMasker {
             b'2' => {
                 // BindComplete: rows of this portal use the statement's
                 // description with the Bind's result formats.
-                if let Some((_, portal, stmt, formats, params)) = self.pending.binds.pop_front() {
+                if let Some((_, portal, stmt, formats, params, at)) = self.pending.binds.pop_front()
+                {
                     // (A portal bound before is no longer the current one.)
                     self.bound_undescribed = None;
                     // A parameter may be a member's key or path
@@ -1730,16 +1741,13 @@ impl TargetMasker {
                     };
                     self.portal_text.insert(portal.clone(), t);
                     if formats.is_some() {
-                        self.portal_stmt.insert(portal.clone(), stmt.clone());
+                        self.portal_stmt.insert(portal.clone(), (stmt.clone(), at));
                     }
                     // (Not a description from before SQL that may have
-                    // replaced the statement: its rows are read as those of
-                    // a statement never described, `fallback_plan`.)
-                    let desc = self
-                        .statements
-                        .get(&stmt)
-                        .filter(|d| d.3 >= self.replaced)
-                        .cloned();
+                    // replaced the statement when the Bind was sent: its
+                    // rows are read as those of a statement never
+                    // described, `fallback_plan`.)
+                    let desc = self.statements.get(&stmt).filter(|d| d.3 >= at).cloned();
                     match (desc, formats) {
                         (Some((d, told, text, _)), Some(f)) => {
                             let text = text.map(bound);
@@ -3013,6 +3021,75 @@ mod tests {
             memchr::memmem::find(&out, &want).is_some(),
             "cut at {cuts:?}: {out:?}"
         );
+    }
+
+    /// A statement described only through a portal (pgJDBC's
+    /// server-prepared statements: Bind, Describe of the portal, Execute,
+    /// then Bind and Execute alone) keeps that description for its later
+    /// Binds when no `PREPARE` was sent after the portal's Bind: one sent
+    /// at any time before, even before its Parse, made every such statement
+    /// read as never described for the rest of the session (a binary
+    /// `int8` took the text's `ssn` rule).
+    #[test]
+    fn a_statement_described_through_a_portal_after_a_prepare_keeps_it() {
+        let mut m = TargetMasker::new(engine(), 1 << 20);
+        let mut bind = b"\0S_1\0".to_vec();
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&2i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&1i16.to_be_bytes()); // binary int8
+        let mut row = 2i16.to_be_bytes().to_vec();
+        row.extend_from_slice(&9i32.to_be_bytes());
+        row.extend_from_slice(b"123456789");
+        row.extend_from_slice(&8i32.to_be_bytes());
+        row.extend_from_slice(&42i64.to_be_bytes());
+        let mut want = 9i32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"*****6789");
+        want.extend_from_slice(&8i32.to_be_bytes());
+        want.extend_from_slice(&42i64.to_be_bytes());
+        let run = |m: &mut TargetMasker, s: &mut Vec<u8>| {
+            let p = m.process(s);
+            let out = if p.rewritten {
+                m.out().to_vec()
+            } else {
+                s[..p.ready].to_vec()
+            };
+            assert!(memchr::memmem::find(&out, &want).is_some(), "{out:?}");
+        };
+        m.on_client_frame(tag::QUERY, b"prepare p1 as select 1\0", true, Some(0));
+        let mut s = frame(b'C', b"PREPARE\0");
+        s.extend(frame(b'Z', b"I"));
+        m.process(&mut s);
+        m.on_client_frame(
+            tag::PARSE,
+            b"S_1\0select ssn, n from t\0\0\0",
+            true,
+            Some(0),
+        );
+        m.on_client_frame(tag::BIND, &bind, true, Some(0));
+        m.on_client_frame(tag::DESCRIBE, b"P\0", true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut desc = row_desc(&[("ssn", 25), ("n", 20)]);
+        // (A portal's description carries its result formats.)
+        let n = desc.len();
+        desc[n - 2..].copy_from_slice(&1i16.to_be_bytes());
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'2', b""));
+        s.extend(desc);
+        s.extend(frame(b'D', &row));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        run(&mut m, &mut s);
+        m.on_client_frame(tag::BIND, &bind, true, Some(0));
+        m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+        let mut s = frame(b'2', b"");
+        s.extend(frame(b'D', &row));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        run(&mut m, &mut s);
     }
 
     /// Statements and portals that run a `PREPARE` are forgotten when they
