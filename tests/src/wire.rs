@@ -249,6 +249,24 @@ pub fn bind_bytes(portal: &str, statement: &str) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// Bind of `statement` to `portal`, no parameters, every result column in
+/// binary format.
+pub fn bind_binary_bytes(portal: &str, statement: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frontend::bind(
+        portal,
+        statement,
+        std::iter::empty(),
+        std::iter::empty::<()>(),
+        |_, _| Ok(postgres_protocol::IsNull::No),
+        std::iter::once(1),
+        &mut buf,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    buf.to_vec()
+}
+
 /// Describe of a statement (`b'S'`) or portal (`b'P'`).
 pub fn describe_bytes(kind: u8, name: &str) -> Vec<u8> {
     let mut buf = BytesMut::new();

@@ -508,6 +508,24 @@ impl RowPlan {
         Ok(())
     }
 
+    /// For rows whose column types are unknown (a statement never
+    /// described, planned as `text`): a binary column under a rule that
+    /// rewrites characters becomes NULL (rule `null`), since its bytes may
+    /// be a number's, which asterisks would turn into another number; as
+    /// a binary value of a type not read here does under a rule.
+    pub fn null_ruled_binary(&mut self) {
+        for c in &mut self.cols {
+            if c.format == 1 {
+                if let ColumnPlan::MaskAll(r) | ColumnPlan::KeepLast(_, r) | ColumnPlan::Hash(r) =
+                    c.plan
+                {
+                    c.plan = ColumnPlan::Null(r);
+                }
+            }
+        }
+        self.finish();
+    }
+
     /// Present the columns whose rule applies to a non-text type's text
     /// form as `text` (oid 25, no size, no modifier): rewrites `body`, the
     /// RowDescription this plan was built from, in place (same length).

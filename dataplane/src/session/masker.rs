@@ -255,6 +255,8 @@ pub struct TargetMasker {
     /// Width of the scan-everything plan in `plan`, if that is what it
     /// holds (rebuilt only when a row of another width comes).
     fallback_width: Option<usize>,
+    /// The result formats `fallback_plan` planned with (None: text).
+    fallback_formats: Option<Vec<i16>>,
     /// The RowDescription body and result formats `plan` was built from.
     plan_desc: Option<Vec<u8>>,
     plan_formats: Option<Vec<i16>>,
@@ -453,6 +455,7 @@ impl TargetMasker {
             plan: RowPlan::new(),
             plan_known: false,
             fallback_width: None,
+            fallback_formats: None,
             plan_desc: None,
             plan_formats: None,
             plan_told: None,
@@ -2083,7 +2086,20 @@ impl TargetMasker {
             None => None,
         }
         .or_else(|| Some(unreadable()));
-        if self.fallback_width == Some(n) && same_text(&self.plan_text, &text) {
+        // The result formats of the Bind that made the portal, when known
+        // (else text, as a simple query's rows are).
+        let formats = match self.pending.results.front() {
+            Some((_, Some(portal), _)) => self
+                .bound_undescribed
+                .as_ref()
+                .filter(|b| &b.0 == portal)
+                .map(|b| b.2.clone()),
+            _ => None,
+        };
+        if self.fallback_width == Some(n)
+            && same_text(&self.plan_text, &text)
+            && self.fallback_formats == formats
+        {
             return;
         }
         let mut desc = Vec::with_capacity(2 + n * 20);
@@ -2101,6 +2117,16 @@ impl TargetMasker {
         self.plan_text = text.clone();
         self.plan.set_statement(text);
         let _ = self.plan.describe(&self.engine, &desc);
+        if let Some(f) = &formats {
+            if self.plan.set_result_formats(&self.engine, f).is_err() {
+                // (Format codes for another number of columns: the server
+                // refuses such a Bind; read the row as text.)
+                let _ = self.plan.describe(&self.engine, &desc);
+            }
+            // (A binary column of unknown type under a rule: NULL.)
+            self.plan.null_ruled_binary();
+        }
+        self.fallback_formats = formats;
         self.plan_desc = None;
         // Stays "unknown": a row of another width gets its own plan.
         self.plan_known = false;
