@@ -233,7 +233,8 @@ impl proto::audit_ingest_server::AuditIngest for IngestService {
         let mut witness = WitnessWriter {
             store: self.store.clone(),
             node: first.node_id.clone(),
-            written: None,
+            tried: None,
+            witnessed: 0,
             durable: 0,
         };
         tokio::spawn(async move {
@@ -397,8 +398,10 @@ async fn store_batch(
 struct WitnessWriter {
     store: Arc<dyn Store>,
     node: String,
-    /// When this stream last wrote the witness, and through which sequence.
-    written: Option<(tokio::time::Instant, u64)>,
+    /// When this stream last tried to write the witness.
+    tried: Option<tokio::time::Instant>,
+    /// Through which sequence this stream's writes succeeded.
+    witnessed: u64,
     /// The latest `durable_through` of this stream's batches.
     durable: u64,
 }
@@ -407,54 +410,60 @@ impl WitnessWriter {
     /// After a batch is stored through `durable`: on the stream's first
     /// stored batch, and then once per [`WITNESS_INTERVAL`], moves the
     /// witness to the sink's head, waiting for it at most
-    /// [`WRITE_TIMEOUT`]. A failed write is logged and waits an interval
-    /// too (a store that is down is not asked again for every batch).
+    /// [`WRITE_TIMEOUT`]. A failed write is logged and tried again an
+    /// interval later (a store that is down is not asked for every batch).
     async fn stored(&mut self, sinks: &AuditSinks, durable: u64) {
         self.durable = self.durable.max(durable);
-        let due = match self.written {
-            None => durable > 0,
-            Some((at, through)) => durable > through && at.elapsed() >= WITNESS_INTERVAL,
-        };
+        let due = self.durable > self.witnessed
+            && self.tried.is_none_or(|at| at.elapsed() >= WITNESS_INTERVAL);
         if !due {
             return;
         }
-        self.written = Some((tokio::time::Instant::now(), durable));
-        write_witness(sinks, &*self.store, &self.node).await;
+        self.tried = Some(tokio::time::Instant::now());
+        if let Some(through) = write_witness(sinks, &*self.store, &self.node).await {
+            self.witnessed = self.witnessed.max(through);
+        }
     }
 
-    /// At the stream's end: what it stored since the last witness is
-    /// witnessed, in the background.
+    /// At the stream's end: what it stored since the last witness that
+    /// was written is witnessed, in the background.
     fn finish(self, sinks: AuditSinks) {
-        if self
-            .written
-            .is_none_or(|(_, through)| self.durable > through)
-            && self.durable > 0
-        {
+        if self.durable > self.witnessed {
             tokio::spawn(async move { write_witness(&sinks, &*self.store, &self.node).await });
         }
     }
 }
 
 /// Moves `node`'s witness in `store` to the sink's head, within
-/// [`WRITE_TIMEOUT`]; failures are logged.
-async fn write_witness(sinks: &AuditSinks, store: &dyn Store, node: &str) {
+/// [`WRITE_TIMEOUT`]: the sequence witnessed (the store's witness may be
+/// past it), or None when the write failed (logged).
+async fn write_witness(sinks: &AuditSinks, store: &dyn Store, node: &str) -> Option<u64> {
     let write = async {
         let sink = sinks.get().map_err(|e| e.to_string())?;
         let Some(head) = sink.head(node).await.map_err(|e| e.to_string())? else {
-            return Ok(());
+            return Ok(0);
         };
         witness::advance(store, node, &head)
             .await
-            .map(|_| tracing::debug!(node, sequence = head.sequence, "audit witness written"))
+            .map(|_| {
+                tracing::debug!(node, sequence = head.sequence, "audit witness written");
+                head.sequence
+            })
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(node, "cannot write the audit chain's witness: {e}"),
-        Err(_) => tracing::warn!(
-            node,
-            "the configuration store did not take the audit chain's witness within {WRITE_TIMEOUT:?}"
-        ),
+        Ok(Ok(through)) => Some(through),
+        Ok(Err(e)) => {
+            tracing::warn!(node, "cannot write the audit chain's witness: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                node,
+                "the configuration store did not take the audit chain's witness within {WRITE_TIMEOUT:?}"
+            );
+            None
+        }
     }
 }
 
