@@ -50,6 +50,13 @@ fi
 if [ -f "$STATE/sluice.pid" ] && kill -0 "$(cat "$STATE/sluice.pid")" 2>/dev/null; then
   die "already running (state in $STATE); run deploy/local/down.sh first"
 fi
+# The throwaway PostgreSQL of an earlier run (its gateway and control plane
+# may have exited): removing the state directory under it would leave it
+# running with no way for down.sh to find it.
+if [ -f "$STATE/pg/data/postmaster.pid" ] &&
+   kill -0 "$(head -1 "$STATE/pg/data/postmaster.pid")" 2>/dev/null; then
+  die "the PostgreSQL of an earlier run is still running (state in $STATE); run deploy/local/down.sh first"
+fi
 
 log "building sluice-dp, sluice-cp, sluicectl (release)"
 (cd "$ROOT" && cargo build --release -q -p dataplane --bin sluice-dp -p controlplane --bin sluice-cp --bin sluicectl)
