@@ -5,7 +5,7 @@
 # dev TLS certificates and sluice-dp subscribed to the control plane; then
 # print how to connect.
 #
-#   deploy/local/up.sh                    # throwaway PostgreSQL in a temp dir
+#   deploy/local/up.sh                    # throwaway PostgreSQL (with a demo table) in the state dir
 #   deploy/local/up.sh --target postgresql://user:pass@host:5432/db
 #   deploy/local/down.sh                  # stop everything up.sh started
 #
@@ -17,6 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STATE="${SLUICE_STATE:-$ROOT/.sluice-local}"
 TARGET_DSN=""
+DEMO_TABLE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --target) TARGET_DSN="${2:?--target needs a DSN}"; shift 2 ;;
@@ -98,6 +99,21 @@ if [ -z "$TARGET_DSN" ]; then
   echo "$PGBIN" >"$STATE/pgbin"
   TARGET_HOST=127.0.0.1 TARGET_PORT=$PGPORT TARGET_USER=postgres TARGET_PASSWORD=$DB_PASSWORD TARGET_DB=postgres
   TARGET_DSN_SHOWN="postgresql://postgres:$DB_PASSWORD@127.0.0.1:$PGPORT/postgres"
+  # A small demo table (made-up values) to see masking on; only in the
+  # throwaway PostgreSQL, never in a --target database.
+  log "creating the demo table customers"
+  PGPASSWORD="$DB_PASSWORD" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres \
+    >"$PGDIR/demo.log" 2>&1 <<'SQL' || die "could not create the demo table: see $PGDIR/demo.log"
+create table customers (
+  id int primary key, name text, email text, ssn text, card text, phone text,
+  api_secret text, profile jsonb, note text);
+insert into customers values
+  (1, 'Ann Lee', 'ann@example.com', '123-45-6789', '4111 1111 1111 1111', '+1 415-555-2671',
+   'as_9f8e7d6c5b4a', '{"city": "Paris", "db_password": "hunter2"}', 'renewal due, no secrets here'),
+  (2, 'Bo Chen', 'bo.chen@example.org', '987-65-4321', '5555 5555 5555 4444', '+44 20 7946 0958',
+   'as_0a1b2c3d4e5f', '{"city": "Leeds", "db_password": "tr0ub4dor"}', 'key AKIAIOSFODNN7EXAMPLE pasted by mistake');
+SQL
+  DEMO_TABLE=customers
 else
   re='^postgres(ql)?://([^:@/]+)(:([^@]*))?@([^:/?]+)(:([0-9]+))?/([^?]+)'
   [[ "$TARGET_DSN" =~ $re ]] || die "--target must look like postgresql://user:password@host:port/database"
@@ -164,13 +180,20 @@ curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || die "sluice-dp not
 
 URL="postgresql://$IDENTITY:$API_KEY@127.0.0.1:$PORT/$CONNECTION?sslmode=require"
 echo "$URL" >"$STATE/url"
+DEMO_HINT=""
+if [ -n "$DEMO_TABLE" ]; then
+  DEMO_HINT="
+See masking on the demo table (the direct target below shows the originals):
+  psql \"$URL\" -c 'select * from $DEMO_TABLE'
+"
+fi
 cat <<MSG
 
 Sluice is running (state, logs and config in $STATE).
 
 Connect through the gateway:
   psql "$URL"
-
+$DEMO_HINT
 Verify the gateway's certificate too:
   psql "postgresql://$IDENTITY:$API_KEY@127.0.0.1:$PORT/$CONNECTION?sslmode=verify-full&sslrootcert=$STATE/certs/ca.pem"
 
