@@ -35,7 +35,8 @@ struct Cli {
     /// Key of --control-plane-cert.
     #[arg(long, env = "SLUICE_CONTROL_PLANE_KEY")]
     control_plane_key: Option<PathBuf>,
-    /// Node id in control-plane membership (default <hostname>:<port>).
+    /// Node id in control-plane membership and the audit trail (default
+    /// <hostname>-<first listen port>; 1 to 128 of A-Z a-z 0-9 . _ -).
     #[arg(long, env = "SLUICE_NODE_NAME")]
     node_name: Option<String>,
     /// Client listeners, host:port (overrides `listen`; repeatable).
@@ -236,5 +237,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// `--help` names the default node name as the code makes it: a `:`
+    /// is not a character node names may hold (the control plane's audit
+    /// store refuses it), so `<hostname>:<port>` described a name no node
+    /// gets.
+    #[test]
+    fn node_name_help_gives_the_default_the_code_uses() {
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "node_name")
+            .expect("--node-name");
+        let help = arg.get_help().expect("help text").to_string();
+        assert!(help.contains("<hostname>-<first listen port>"), "{help}");
+        assert!(!help.contains("<hostname>:"), "{help}");
     }
 }
