@@ -50,6 +50,12 @@ pub fn write(o: &Options) -> Result<String, CtlError> {
     let have_ca = ["ca.pem", "ca.key"].iter().any(|f| o.dir.join(f).exists());
     if have_ca && !o.force {
         if !o.nodes.is_empty() {
+            if let Some(h) = o.hosts.first() {
+                return Err(CtlError::Usage(format!(
+                    "--host {h}: {} holds a CA, so only --node certificates are issued from it and the control-plane certificate keeps its names; leave --host out, or pass --force to replace the CA (every certificate it signed must then be reissued)",
+                    o.dir.display()
+                )));
+            }
             return issue_nodes(o);
         }
         return Err(CtlError::Input(format!(
@@ -377,5 +383,35 @@ mod tests {
         o.force = true;
         write(&o).unwrap();
         assert_ne!(std::fs::read(o.dir.join("ca.pem")).unwrap(), ca);
+    }
+
+    /// With a CA already in the directory only `--node` certificates are
+    /// issued: a `--host` there would be dropped without a word (the
+    /// control-plane certificate keeps its old names), so it is refused.
+    #[test]
+    fn host_with_an_existing_ca_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Options {
+            dir: dir.path().join("pki"),
+            hosts: vec!["cp.internal".into()],
+            days: 10,
+            force: false,
+            nodes: vec!["dp-1".into()],
+        };
+        write(&o).unwrap();
+        let server = std::fs::read(o.dir.join("control-plane.pem")).unwrap();
+        o.hosts = vec!["cp2.internal".into()];
+        o.nodes = vec!["dp-2".into()];
+        let e = write(&o).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--host"), "{e}");
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert!(!o.dir.join("node-dp-2.pem").exists());
+        assert_eq!(
+            std::fs::read(o.dir.join("control-plane.pem")).unwrap(),
+            server
+        );
+        o.hosts.clear();
+        assert!(write(&o).unwrap().contains("node-dp-2.pem"));
     }
 }
