@@ -118,6 +118,21 @@ pub(crate) fn decode_all(buf: &[u8]) -> Result<Replay> {
             // the log: only the first is the last record. Cutting the file
             // here after damage would silently drop every later revision.
             let last = records.last().map_or(1, |r: &Record| r.revision);
+            match torn_prefix(&rest[8..], len, last) {
+                // What is there is the start of the next record, cut short:
+                // a torn append. Its values may hold any bytes, even those
+                // of a whole record, so nothing inside it is evidence.
+                Prefix::Torn => return Ok(torn(records, pos)),
+                Prefix::Whole(m) if m < rest.len() - 8 && crc32(&rest[8..8 + m]) == crc => {
+                    return Err(StoreError::Corrupt(format!(
+                        "damaged log record at byte offset {pos}: its length field says {len} \
+                         bytes, but a whole, valid record of {m} bytes is there, followed by {} \
+                         more bytes",
+                        rest.len() - 8 - m
+                    )))
+                }
+                Prefix::Whole(_) | Prefix::Invalid => {}
+            }
             if let Some(at) = later_record(buf, pos + 1, last) {
                 return Err(StoreError::Corrupt(format!(
                     "damaged log record at byte offset {pos} (its length field says {len} bytes, \
@@ -151,6 +166,107 @@ pub(crate) fn decode_all(buf: &[u8]) -> Result<Replay> {
         valid_len: pos as u64,
         torn: false,
     })
+}
+
+/// What the bytes of a record that runs past the end of the log are.
+enum Prefix {
+    /// A consistent beginning of a payload of the declared length with the
+    /// next revision, cut short: what a crash mid-append leaves.
+    Torn,
+    /// A whole payload of this many bytes, shorter than the declared
+    /// length, with more bytes after it: the length field is damaged.
+    Whole(usize),
+    /// Neither.
+    Invalid,
+}
+
+/// Reads `avail`, the bytes after a record header whose length field says
+/// `len` (more than there are), as the payload of the record that follows
+/// revision `last`.
+fn torn_prefix(avail: &[u8], len: usize, last: Revision) -> Prefix {
+    /// Ran out of bytes: the record was cut here.
+    struct Cut;
+    struct P<'a> {
+        buf: &'a [u8],
+        at: usize,
+        len: usize,
+    }
+    impl<'a> P<'a> {
+        /// `Ok(None)`: the field does not fit in the declared length.
+        fn take(&mut self, n: usize) -> Result<Option<&'a [u8]>, Cut> {
+            if self.at.saturating_add(n) > self.len {
+                return Ok(None);
+            }
+            if self.at + n > self.buf.len() {
+                return Err(Cut);
+            }
+            let b = &self.buf[self.at..self.at + n];
+            self.at += n;
+            Ok(Some(b))
+        }
+        fn u32(&mut self) -> Result<Option<usize>, Cut> {
+            Ok(self
+                .take(4)?
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize))
+        }
+        /// A length-prefixed byte string; `Ok(Some(None))` when it is cut
+        /// (its bytes need not be whole to be consistent).
+        fn bytes(&mut self) -> Result<Option<&'a [u8]>, Cut> {
+            let Some(n) = self.u32()? else {
+                return Ok(None);
+            };
+            self.take(n)
+        }
+    }
+    let mut p = P {
+        buf: avail,
+        at: 0,
+        len,
+    };
+    let parsed = (|| -> Result<bool, Cut> {
+        let Some(rev) = p.take(8)? else {
+            return Ok(false);
+        };
+        if i64::from_le_bytes(rev.try_into().expect("8 bytes")) != last.saturating_add(1) {
+            return Ok(false);
+        }
+        let Some(n) = p.u32()? else { return Ok(false) };
+        if n == 0 {
+            return Ok(false);
+        }
+        for _ in 0..n {
+            let Some(op) = p.take(1)? else {
+                return Ok(false);
+            };
+            match op[0] {
+                OP_PUT => {
+                    let Some(key) = p.bytes()? else {
+                        return Ok(false);
+                    };
+                    if std::str::from_utf8(key).is_err() || p.take(8)?.is_none() {
+                        return Ok(false);
+                    }
+                    if p.bytes()?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                OP_DELETE => match p.bytes()? {
+                    Some(key) if std::str::from_utf8(key).is_ok() => {}
+                    _ => return Ok(false),
+                },
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    })();
+    match parsed {
+        // (No record is written longer than that, or shorter than its
+        // revision and count.)
+        Err(Cut) if (12..=MAX_RECORD).contains(&len) => Prefix::Torn,
+        Err(Cut) => Prefix::Invalid,
+        Ok(true) => Prefix::Whole(p.at),
+        Ok(false) => Prefix::Invalid,
+    }
 }
 
 /// The offset of the first whole, valid record at or after `from` whose
@@ -368,6 +484,61 @@ mod tests {
         assert!(r.torn);
         assert_eq!(r.records, recs[..2]);
         assert_eq!(r.valid_len, third as u64);
+    }
+
+    /// A crash mid-append tears the last record wherever it is cut; a
+    /// value that happens to hold the bytes of a whole record (a stored
+    /// document can hold any bytes) is still only part of that torn record,
+    /// not a later record after damage.
+    #[test]
+    fn torn_tail_whose_value_holds_a_record_is_still_torn() {
+        let recs = [sample(2), sample(3)];
+        let inner = encode(&sample(4));
+        let mut value = b"prefix ".to_vec();
+        value.extend_from_slice(&inner);
+        value.extend_from_slice(b" suffix");
+        let last = Record {
+            revision: 4,
+            ops: vec![Op::Put {
+                key: "config/current".into(),
+                value,
+                lease: None,
+            }],
+        };
+        let mut full = file(&recs);
+        let valid = full.len();
+        full.extend(encode(&last));
+        for cut in valid + 1..full.len() {
+            match decode_all(&full[..cut]) {
+                Ok(r) => {
+                    assert!(r.torn, "cut at {cut}");
+                    assert_eq!(r.records, recs, "cut at {cut}");
+                    assert_eq!(r.valid_len, valid as u64, "cut at {cut}");
+                }
+                Err(e) => panic!("cut at {cut} of {}: {e}", full.len()),
+            }
+        }
+        assert_eq!(decode_all(&full).unwrap().records.len(), 3);
+    }
+
+    /// A whole record whose length field was damaged, followed by a record
+    /// torn by a crash (so no whole record after it to give it away): the
+    /// damaged record was durable, and is not cut off with the torn one.
+    #[test]
+    fn damaged_length_before_a_torn_record_is_corrupt() {
+        let recs = [sample(2), sample(3), sample(4)];
+        let second = file(&recs[..1]).len();
+        let third = file(&recs[..2]).len();
+        for cut in [third + 4, third + 12, third + 20] {
+            let mut buf = file(&recs)[..cut].to_vec();
+            buf[second + 3] = 0x7f;
+            match decode_all(&buf) {
+                Err(StoreError::Corrupt(m)) => {
+                    assert!(m.contains(&format!("byte offset {second}")), "{m}")
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
     }
 
     #[test]
