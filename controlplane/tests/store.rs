@@ -97,6 +97,8 @@ fn free_port() -> u16 {
 /// it (PR_SET_PDEATHSIG).
 struct EtcdProc {
     child: Option<Child>,
+    /// Arguments added to the defaults.
+    extra: Vec<String>,
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
@@ -104,8 +106,13 @@ struct EtcdProc {
 
 impl EtcdProc {
     async fn start() -> EtcdProc {
+        EtcdProc::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> EtcdProc {
         let mut p = EtcdProc {
             child: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             dir: tempfile::tempdir().unwrap(),
             client_port: free_port(),
             peer_port: free_port(),
@@ -124,6 +131,7 @@ impl EtcdProc {
             self.dir.path(),
             self.client_port,
             self.peer_port,
+            &self.extra,
         ));
     }
 
@@ -151,7 +159,7 @@ fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
-fn spawn_etcd(dir: &Path, client_port: u16, peer_port: u16) -> Child {
+fn spawn_etcd(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> Child {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
     let log = std::fs::OpenOptions::new()
@@ -171,6 +179,7 @@ fn spawn_etcd(dir: &Path, client_port: u16, peer_port: u16) -> Child {
         .args(["--initial-cluster", &format!("t={peer}")])
         // Faster single-node election and a 1 s minimum lease TTL.
         .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -248,7 +257,7 @@ fn shared_etcd() -> &'static SharedEtcd {
             .spawn(move || {
                 let dir = tempfile::tempdir().unwrap().keep();
                 let (cp, pp) = (free_port(), free_port());
-                let mut child = spawn_etcd(&dir, cp, pp);
+                let mut child = spawn_etcd(&dir, cp, pp, &[]);
                 let endpoint = format!("http://127.0.0.1:{cp}");
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -778,6 +787,29 @@ mod embedded_only {
 
 mod etcd_only {
     use super::*;
+
+    /// With etcd's request limit raised (as the README says to for a
+    /// configuration over 1.5 MiB), a value over gRPC's default 4 MiB is
+    /// stored; it must also be read back and watched, not refused by the
+    /// client as "decoded message length too large" (every read of the
+    /// configuration failing: an outage of the control plane).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_value_over_4_mib_is_read_back_and_watched() {
+        let etcd = EtcdProc::start_with(&["--max-request-bytes", "33554432"]).await;
+        let s = t(EtcdStore::connect(&[etcd.endpoint()], "/sluice/"))
+            .await
+            .unwrap();
+        let big: Vec<u8> = (0..6usize << 20).map(|i| (i % 251) as u8).collect();
+        let mut w = t(s.watch_prefix("config/", None)).await.unwrap();
+        t(s.put("config/current", big.clone(), None)).await.unwrap();
+        let kv = t(s.get("config/current")).await.unwrap().expect("stored");
+        assert_eq!(kv.value.len(), big.len());
+        assert!(kv.value == big);
+        let (all, _) = t(s.get_prefix("config/")).await.unwrap();
+        assert_eq!(all.len(), 1);
+        let ev = next_event(&mut w).await;
+        assert!(ev.kv.value == big, "the watch event carries the value");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prefixes_are_isolated() {

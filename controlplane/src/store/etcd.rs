@@ -97,10 +97,31 @@ impl EtcdStore {
             .map_err(|e| map_err(e, lease))
     }
 
+    /// A KV client that reads answers as large as etcd may hold: gRPC's
+    /// default 4 MiB would refuse to read back a configuration that etcd
+    /// took (its `--max-request-bytes` raised, as the README says to).
+    fn kv_client(&self) -> ec::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
+    /// A watch client that reads events as large as etcd may hold.
+    fn watch_client(&self) -> ec::WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
     fn kv(&self, kv: &ec::KeyValue) -> Result<Option<KeyValue>> {
         convert_kv(&self.prefix, kv)
     }
 }
+
+/// Largest answer read from etcd: a prefix read of the configuration (up
+/// to [`proto::MAX_CONFIG_BYTES`]) with the fetched JWKS documents, or a
+/// watch event carrying them.
+const MAX_ANSWER_BYTES: usize = proto::MAX_MESSAGE_BYTES;
 
 fn timed_out(t: Duration) -> StoreError {
     StoreError::Unavailable(format!("etcd did not answer within {t:?}"))
@@ -257,7 +278,7 @@ impl Store for EtcdStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
         Box::pin(async move {
             check_key(key)?;
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let resp = self.timed(None, kv.get(self.full(key), None)).await?;
             match resp.kvs().first() {
                 Some(kv) => self.kv(kv),
@@ -271,7 +292,7 @@ impl Store for EtcdStore {
         prefix: &'a str,
     ) -> BoxFuture<'a, Result<(Vec<KeyValue>, Revision)>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let opts = ec::GetOptions::new().with_prefix();
             let resp = self
                 .timed(None, kv.get(self.full(prefix), Some(opts)))
@@ -292,7 +313,7 @@ impl Store for EtcdStore {
     ) -> BoxFuture<'a, Result<Revision>> {
         Box::pin(async move {
             check_key(key)?;
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let opts = lease.map(|l| ec::PutOptions::new().with_lease(l));
             let resp = self
                 .timed(lease, kv.put(self.full(key), value, opts))
@@ -304,7 +325,7 @@ impl Store for EtcdStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Revision>>> {
         Box::pin(async move {
             check_key(key)?;
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let resp = self.timed(None, kv.delete(self.full(key), None)).await?;
             if resp.deleted() == 0 {
                 return Ok(None);
@@ -315,7 +336,7 @@ impl Store for EtcdStore {
 
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<usize>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let opts = ec::DeleteOptions::new().with_prefix();
             let resp = self
                 .timed(None, kv.delete(self.full(prefix), Some(opts)))
@@ -340,7 +361,7 @@ impl Store for EtcdStore {
                     expected_mod_revision,
                 )])
                 .and_then([ec::TxnOp::put(full, value, None)]);
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let resp = self.timed(None, kv.txn(txn)).await?;
             if !resp.succeeded() {
                 return Ok(None);
@@ -360,7 +381,7 @@ impl Store for EtcdStore {
             if let Some(r) = start {
                 opts = opts.with_start_revision(r);
             }
-            let mut wc = self.client.watch_client();
+            let mut wc = self.watch_client();
             let mut stream = self
                 .timed(None, wc.watch(self.full(prefix), Some(opts)))
                 .await?;
@@ -440,7 +461,7 @@ impl Store for EtcdStore {
 
     fn revision(&self) -> BoxFuture<'_, Result<Revision>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv_client();
             let opts = ec::GetOptions::new().with_count_only();
             // Any key will do; the header carries the store revision.
             let key = if self.prefix.is_empty() {
