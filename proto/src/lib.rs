@@ -25,6 +25,11 @@ pub const MAX_CONFIG_BYTES: usize = 32 << 20;
 /// default limit is 4 MiB, far below [`MAX_CONFIG_BYTES`]).
 pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 
+/// Largest `AuditBatch` a control plane accepts from a node; a node's
+/// batches stay under it (its spool reads at most half of it at once, and
+/// one record is at most 1 MiB).
+pub const MAX_AUDIT_BATCH_BYTES: usize = 32 << 20;
+
 /// Resource kinds, in the order they are applied (referenced kinds first).
 pub const KINDS: [&str; 6] = [
     "MaskingProfile",

@@ -50,7 +50,7 @@ pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Largest batch message accepted (bytes).
-pub const MAX_BATCH_BYTES: usize = 32 << 20;
+pub const MAX_BATCH_BYTES: usize = proto::MAX_AUDIT_BATCH_BYTES;
 /// Largest query answer sent (bytes).
 pub const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// Most records one search returns, whatever the request asks.

@@ -73,6 +73,12 @@ const SEGMENT_EXT: &str = ".seg";
 /// start reading near the sequence it wants.
 const INDEX_EVERY: u64 = 64;
 const HEADER: usize = 8;
+/// Most encoded record bytes [`Spool::unacked_to_ship`] returns at once
+/// (at least one record, whatever its size): what it reads is shipped as one
+/// `AuditBatch`, which the control plane accepts up to
+/// `proto::MAX_AUDIT_BATCH_BYTES`; half of that leaves room for the
+/// metadata rewritten on the way (chain ids and sequences).
+pub const MAX_SHIP_BYTES: usize = proto::MAX_AUDIT_BATCH_BYTES / 2;
 
 /// When the spool calls `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -614,8 +620,20 @@ impl Spool {
     /// Up to `max` stored records from sequence `from_seq` on (never below
     /// the acknowledged position), in order, read back from disk.
     pub fn unacked(&self, from_seq: u64, max: usize) -> Result<Vec<AuditRecord>, SpoolError> {
+        self.read(from_seq, max, usize::MAX)
+    }
+
+    /// [`Spool::unacked`], stopping before `max_bytes` of encoded records
+    /// (the first record is read whatever its size).
+    fn read(
+        &self,
+        from_seq: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<AuditRecord>, SpoolError> {
         let from = from_seq.max(self.acked + 1);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for seg in &self.segments {
             if out.len() >= max {
                 break;
@@ -636,6 +654,9 @@ impl Spool {
                 r.read_exact(&mut header)
                     .map_err(io_err(format!("read {}", seg.path.display())))?;
                 let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+                if !out.is_empty() && bytes.saturating_add(len) > max_bytes {
+                    return Ok(out);
+                }
                 payload.resize(len, 0);
                 r.read_exact(&mut payload)
                     .map_err(io_err(format!("read {}", seg.path.display())))?;
@@ -644,6 +665,7 @@ impl Spool {
                 })?;
                 seq = rec.metadata.as_ref().map_or(0, |m| m.sequence);
                 if seq >= from {
+                    bytes += len;
                     out.push(rec);
                 }
             }
@@ -775,7 +797,8 @@ impl Spool {
                 node: self.cfg.node_id.clone(),
             });
         };
-        let mut records = self.unacked(from_seq, max)?;
+        // (One batch, which the control plane takes up to a size.)
+        let mut records = self.read(from_seq, max, MAX_SHIP_BYTES)?;
         let node = &self.cfg.node_id;
         for rec in &mut records {
             let md = rec.metadata.get_or_insert_with(AuditMetadata::default);
@@ -1317,6 +1340,37 @@ mod tests {
         s.ack(appended).unwrap();
         assert_eq!(s.bytes(), 0);
         assert_eq!(s.append_batch(&mut batch("r", 4)).unwrap(), appended + 4);
+    }
+
+    /// A batch read to ship must fit the control plane's limit on one
+    /// `AuditBatch` message (32 MiB): 512 records of statements near the
+    /// largest `max_sql_bytes` (256 KiB) are 128 MiB, which the control
+    /// plane refused to decode, the stream failed, and the node sent the
+    /// same batch again, forever: its audit trail stopped there.
+    #[test]
+    fn records_read_to_ship_fit_one_message() {
+        use prost::Message;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(SpoolConfig::new(d.path(), "node-a")).unwrap();
+        let big = "x".repeat(260 << 10);
+        let mut b: Vec<AuditRecord> = (0..140).map(|_| rec(&big)).collect();
+        s.append_batch(&mut b).unwrap();
+        s.take_base(0).unwrap();
+        let batch = |records: Vec<AuditRecord>| proto::AuditBatch {
+            node_id: "node-a".into(),
+            records,
+        };
+        let mut from = 1;
+        while from <= 140 {
+            let got = s.unacked_to_ship(from, 512).unwrap();
+            assert!(!got.is_empty());
+            let n = got.len() as u64;
+            assert!(
+                batch(got).encoded_len() <= 32 << 20,
+                "a batch of {n} records from {from} is over 32 MiB"
+            );
+            from += n;
+        }
     }
 
     #[test]
