@@ -5501,6 +5501,42 @@ async fn binary_rows_without_a_describe_are_null_under_a_rule_not_garbled() {
     assert_eq!(rows[0][0].as_deref(), Some(one.as_str()), "{rows:?}");
 }
 
+/// The same with two portals of an undescribed statement bound before
+/// either is executed, the first in binary, the second in text: the first
+/// one's rows are read with its own Bind's formats, not the last Bind's.
+/// Read as text, a `keep_last` column's binary int8 kept its last four
+/// bytes (the low 32 bits: the whole number, for most ids) and sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_rows_of_an_earlier_portal_without_a_describe_are_null_under_a_rule() {
+    use sluice_tests::wire::{bind_binary_bytes, bind_bytes, execute_bytes, parse_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_no_describe_bin2";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let sql = format!("select ssn::int8 as ssn from {t} where id = 1");
+    let bytes = [
+        parse_bytes("", &sql),
+        bind_binary_bytes("p1", ""),
+        bind_bytes("p2", ""),
+        execute_bytes("p1", false),
+        execute_bytes("p2", true),
+    ]
+    .concat();
+    let rows = wire_rows(&mut s, &bytes).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let low = String::from_utf8_lossy(&123_456_789i64.to_be_bytes()[4..]).into_owned();
+    assert!(
+        !rows[0][0].as_deref().unwrap_or("").contains(&low),
+        "the binary value's low bytes went out: {rows:?}"
+    );
+    assert_eq!(rows[0], [None], "binary, under a rule: NULL ({rows:?})");
+    assert_eq!(rows[1][0].as_deref(), Some("*****6789"), "{rows:?}");
+}
+
 /// A statement described once and run again without a Describe (a
 /// tokio-postgres `Statement`, a pgJDBC server-prepared statement, a
 /// pool's statement cache) keeps its description after SQL that cannot

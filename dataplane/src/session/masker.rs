@@ -303,6 +303,11 @@ pub struct TargetMasker {
     /// result formats: a Describe of the statement sent after the Bind
     /// (tokio-postgres `query_typed`) gives its plan.
     bound_undescribed: Option<BoundUndescribed>,
+    /// Portal → the result formats of the Bind that made it, for portals of
+    /// a statement not described when bound: their rows are read by
+    /// `fallback_plan`, which must know which columns are binary even when
+    /// another portal was bound since.
+    undescribed_formats: HashMap<Vec<u8>, Vec<i16>>,
     pending: Pending,
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
@@ -473,6 +478,7 @@ impl TargetMasker {
             portals: HashMap::new(),
             plan_portal: None,
             bound_undescribed: None,
+            undescribed_formats: HashMap::new(),
             pending: Pending::default(),
             sent_epoch: 0,
             done_epoch: 0,
@@ -1609,6 +1615,7 @@ impl TargetMasker {
                         self.replacing_portals.remove(&name);
                         self.portal_text.remove(&name);
                         self.portal_stmt.remove(&name);
+                        self.undescribed_formats.remove(&name);
                     }
                     _ => {}
                 }
@@ -1743,6 +1750,7 @@ impl TargetMasker {
                         _ => unreadable(),
                     };
                     self.portal_text.insert(portal.clone(), t);
+                    self.undescribed_formats.remove(&portal);
                     if formats.is_some() {
                         self.portal_stmt.insert(portal.clone(), (stmt.clone(), at));
                     }
@@ -1761,6 +1769,9 @@ impl TargetMasker {
                         (_, f) => {
                             self.plan_known = false;
                             self.portals.remove(&portal);
+                            if let Some(f) = &f {
+                                self.undescribed_formats.insert(portal.clone(), f.clone());
+                            }
                             let text = self.portal_text.get(&portal).cloned();
                             self.bound_undescribed =
                                 f.map(|f| (portal.clone(), stmt.clone(), f, text));
@@ -1948,6 +1959,7 @@ impl TargetMasker {
                     });
                     self.portal_text.clear();
                     self.portal_stmt.clear();
+                    self.undescribed_formats.clear();
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
@@ -2089,11 +2101,7 @@ impl TargetMasker {
         // The result formats of the Bind that made the portal, when known
         // (else text, as a simple query's rows are).
         let formats = match self.pending.results.front() {
-            Some((_, Some(portal), _)) => self
-                .bound_undescribed
-                .as_ref()
-                .filter(|b| &b.0 == portal)
-                .map(|b| b.2.clone()),
+            Some((_, Some(portal), _)) => self.undescribed_formats.get(portal).cloned(),
             _ => None,
         };
         if self.fallback_width == Some(n)
