@@ -5537,6 +5537,74 @@ async fn binary_rows_of_an_earlier_portal_without_a_describe_are_null_under_a_ru
     assert_eq!(rows[1][0].as_deref(), Some("*****6789"), "{rows:?}");
 }
 
+/// A Bind whose first read ends inside its portal's name (an agent can
+/// send its bytes so): the masker reads the names and result formats when
+/// the rest comes, not a Bind of the unnamed portal with no formats. Read
+/// so, the binary rows of `p1` (described or not) were read as text under
+/// `keep_last` and the int8's low bytes went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_rows_of_a_bind_split_inside_its_names_are_masked() {
+    use sluice_tests::wire::{
+        bind_binary_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes,
+    };
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_split_bind_names";
+    seed_people(pg, t).await;
+    // (`keep_last` the strongest rule: what a statement whose text is not
+    // known gets.)
+    let cfg = GatewayConfig::new()
+        .pg_connection_masked("app", pg, "last4")
+        .masking_profile(
+            "last4",
+            "columns:\n  - { column: ssn, action: { keep_last: 4 } }\n",
+        )
+        .identity_key("agent1", &key.verifier, &["bots"])
+        .grant(&["app"], &[], &["bots"]);
+    let gw = Gateway::start_with(&cfg);
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let sql = format!("select ssn::int8 as ssn from {t} where id = 1");
+    let low = String::from_utf8_lossy(&123_456_789i64.to_be_bytes()[4..]).into_owned();
+    // Undescribed (unnamed statement), then described (`s1`).
+    let described = [
+        parse_bytes("s1", &sql),
+        describe_bytes(b'S', "s1"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&described).await.unwrap();
+    s.read_result()
+        .await
+        .unwrap_or_else(|e| panic!("describe: {e}"));
+    for (stmt, portal) in [("", "p1"), ("s1", "p2"), ("", "")] {
+        if stmt.is_empty() {
+            s.raw.send(&parse_bytes("", &sql)).await.unwrap();
+        }
+        let bind = bind_binary_bytes(portal, stmt);
+        // (Cut inside the portal's name, or before its NUL.)
+        let cut = 5 + portal.len().max(1);
+        s.raw.send(&bind[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rest = [&bind[cut..], &execute_bytes(portal, true)[..]].concat();
+        s.raw.send(&rest).await.unwrap();
+        let rows = s
+            .read_result()
+            .await
+            .unwrap_or_else(|e| panic!("{stmt:?}/{portal:?}: {e}"));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(
+            !rows[0][0].as_deref().unwrap_or("").contains(&low),
+            "{stmt:?}/{portal:?}: the binary value's low bytes went out: {rows:?}"
+        );
+        // Described: its plan, the value printed and masked; else a
+        // binary value under a rule is NULL.
+        let want = (!stmt.is_empty()).then(|| "*****6789".to_string());
+        assert_eq!(rows[0], [want], "{stmt:?}/{portal:?}");
+    }
+}
+
 /// A statement described once and run again without a Describe (a
 /// tokio-postgres `Statement`, a pgJDBC server-prepared statement, a
 /// pool's statement cache) keeps its description after SQL that cannot

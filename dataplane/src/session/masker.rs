@@ -44,8 +44,8 @@ use crate::mask::{
     mask_error_values, retype_statement_description, Engine, HitAt, Hits, RowOutcome, RowPlan,
 };
 use crate::protocol::backend::{self, parameter_status, parse_error_fields};
-use crate::protocol::server_name;
 use crate::protocol::tag;
+use crate::protocol::{server_name, NAME_MAX};
 use crate::session::schema::SchemaWatch;
 
 /// The COPY TO stream in progress.
@@ -935,54 +935,26 @@ impl TargetMasker {
             }
             tag::BIND => {
                 self.unsynced += 1;
-                let Some((portal, stmt, formats, params)) = parse_bind(body, whole) else {
-                    self.copy_untrusted = true;
-                    self.pending
-                        .binds
-                        .push_back((e, Vec::new(), Vec::new(), None, None, 0));
-                    return;
-                };
                 if !whole {
-                    // (Its result formats when the rest comes.)
+                    // (Its names, when not all in this read, and its result
+                    // formats when the rest comes: `on_client_more`.)
                     let mut b = SplitBind::default();
                     b.feed(body);
+                    if b.names_read() {
+                        let [portal, stmt] = std::mem::take(&mut b.names);
+                        self.bind_sent(e, portal, stmt, None, None);
+                    } else {
+                        b.unnamed = Some(e);
+                    }
                     self.split_bind = Some(b);
+                    return;
                 }
-                // The parameters short enough to be a key or a path, where
-                // the statement reads members (`profile->>$1`) and a name
-                // rule may match their words.
-                let params = params
-                    .filter(|_| self.engine.has_name_rules())
-                    .filter(|_| {
-                        // (The last Parse of the name, which the server may
-                        // refuse, or the statement it holds.)
-                        let pending = self.pending.parses.iter().rev().find(|p| p.1 == stmt);
-                        pending.is_some_and(|p| p.3.as_ref().is_some_and(|t| t.reads_members()))
-                            || self.prepared.get(&stmt).is_some_and(|t| t.reads_members())
-                    })
-                    .and_then(|r| short_params(&body[r]));
-                if self.replacing_stmts.contains(&stmt) {
-                    self.replacing_portals.insert(portal.clone());
-                } else {
-                    self.replacing_portals.remove(&portal);
-                }
-                // (A portal in use keeps the epoch it was bound in.)
-                let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
-                if !portal.is_empty() && !dup {
-                    self.open_portals.insert(portal.clone(), e);
-                }
-                let kind = if dup {
-                    Some(CopyKind::Unknown)
-                } else {
-                    self.copy_stmts.get(&stmt).cloned()
+                let Some((portal, stmt, formats, params)) = parse_bind(body, true) else {
+                    self.unreadable_bind(e);
+                    return;
                 };
-                match kind {
-                    Some(k) => self.copy_portals.insert(portal.clone(), k),
-                    None => self.copy_portals.remove(&portal),
-                };
-                self.pending
-                    .binds
-                    .push_back((e, portal, stmt, formats, params, self.replaced));
+                let params = params.map(|r| &body[r]);
+                self.bind_sent(e, portal, stmt, formats, params);
             }
             CLOSE => {
                 self.unsynced += 1;
@@ -997,19 +969,85 @@ impl TargetMasker {
         }
     }
 
+    /// A Bind sent, once its names are read (`params`: its parameter part,
+    /// when the whole message was at hand).
+    fn bind_sent(
+        &mut self,
+        e: u64,
+        portal: Vec<u8>,
+        stmt: Vec<u8>,
+        formats: Option<Vec<i16>>,
+        params: Option<&[u8]>,
+    ) {
+        // The parameters short enough to be a key or a path, where
+        // the statement reads members (`profile->>$1`) and a name
+        // rule may match their words.
+        let params = params
+            .filter(|_| self.engine.has_name_rules())
+            .filter(|_| {
+                // (The last Parse of the name, which the server may
+                // refuse, or the statement it holds.)
+                let pending = self.pending.parses.iter().rev().find(|p| p.1 == stmt);
+                pending.is_some_and(|p| p.3.as_ref().is_some_and(|t| t.reads_members()))
+                    || self.prepared.get(&stmt).is_some_and(|t| t.reads_members())
+            })
+            .and_then(short_params);
+        if self.replacing_stmts.contains(&stmt) {
+            self.replacing_portals.insert(portal.clone());
+        } else {
+            self.replacing_portals.remove(&portal);
+        }
+        // (A portal in use keeps the epoch it was bound in.)
+        let dup = !portal.is_empty() && self.open_portals.contains_key(&portal);
+        if !portal.is_empty() && !dup {
+            self.open_portals.insert(portal.clone(), e);
+        }
+        let kind = if dup {
+            Some(CopyKind::Unknown)
+        } else {
+            self.copy_stmts.get(&stmt).cloned()
+        };
+        match kind {
+            Some(k) => self.copy_portals.insert(portal.clone(), k),
+            None => self.copy_portals.remove(&portal),
+        };
+        self.pending
+            .binds
+            .push_back((e, portal, stmt, formats, params, self.replaced));
+    }
+
+    /// A Bind whose names cannot be read (the server refuses it).
+    fn unreadable_bind(&mut self, e: u64) {
+        self.copy_untrusted = true;
+        self.pending
+            .binds
+            .push_back((e, Vec::new(), Vec::new(), None, None, 0));
+    }
+
     /// More of the client frame last started (`done`: its last bytes): a
     /// Query or Parse split across reads gets its text once whole, a Bind
     /// its result formats.
     pub fn on_client_more(&mut self, body: &[u8], done: bool) {
-        if let Some(b) = self.split_bind.as_mut() {
+        if let Some(mut b) = self.split_bind.take() {
             b.feed(body);
-            if done {
-                // (Rows without its formats are read as a statement never
-                // described.)
-                let formats = self.split_bind.take().and_then(SplitBind::formats);
-                if let (Some(f), Some(b)) = (formats, self.pending.binds.back_mut()) {
-                    b.3 = Some(f);
-                }
+            if let Some(e) = b.unnamed.filter(|_| b.names_read()) {
+                // (Its names were cut by the end of its first read.)
+                b.unnamed = None;
+                let [portal, stmt] = std::mem::take(&mut b.names);
+                self.bind_sent(e, portal, stmt, None, None);
+            }
+            if !done {
+                self.split_bind = Some(b);
+                return;
+            }
+            if let Some(e) = b.unnamed {
+                self.unreadable_bind(e);
+                return;
+            }
+            // (Rows without its formats are read as a statement never
+            // described.)
+            if let (Some(f), Some(b)) = (b.formats(), self.pending.binds.back_mut()) {
+                b.3 = Some(f);
             }
             return;
         }
@@ -2311,6 +2349,11 @@ struct SplitBind {
     step: BindStep,
     /// The result formats, once read.
     formats: Option<Vec<i16>>,
+    /// The portal's and the statement's names, as the server keeps them.
+    names: [Vec<u8>; 2],
+    /// The epoch of a Bind whose names were not all in its first read: it
+    /// is accounted once they come (`TargetMasker::bind_sent`).
+    unnamed: Option<u64>,
 }
 
 /// What a [`SplitBind`] reads next.
@@ -2344,13 +2387,15 @@ impl SplitBind {
             let r = &self.buf[at..];
             match self.step {
                 BindStep::Names0 | BindStep::Names1 => {
-                    let Some(z) = memchr::memchr(0, r) else {
-                        // (Names are short: the first part had them, or
-                        // the Bind was not read.)
-                        if self.buf.len() > MAX_TEXT {
-                            self.step = BindStep::Done;
-                            at = self.buf.len();
-                        }
+                    // (As the server keeps a name: its first bytes. A name
+                    // may be cut by the end of a read, even the first.)
+                    let z = memchr::memchr(0, r);
+                    let part = &r[..z.unwrap_or(r.len())];
+                    let name = &mut self.names[usize::from(self.step == BindStep::Names1)];
+                    let room = NAME_MAX.saturating_sub(name.len());
+                    name.extend_from_slice(&part[..part.len().min(room)]);
+                    let Some(z) = z else {
+                        at = self.buf.len();
                         break;
                     };
                     at += z + 1;
@@ -2410,6 +2455,11 @@ impl SplitBind {
     /// The result formats, when the Bind was read to them.
     fn formats(self) -> Option<Vec<i16>> {
         self.formats
+    }
+
+    /// Whether both names were read.
+    fn names_read(&self) -> bool {
+        !matches!(self.step, BindStep::Names0 | BindStep::Names1)
     }
 }
 
@@ -2983,9 +3033,22 @@ mod tests {
         let small = b"12345".to_vec();
         let mut bind_len = 0;
         split_bind_keeps_its_result_formats_with(&small, &[], &mut bind_len);
-        // (From the end of the names: a Bind cut before has none read.)
         for at in 4..bind_len {
             split_bind_keeps_its_result_formats(&small, &[at]);
+        }
+    }
+
+    /// A Bind whose first read ends before or inside its names (an agent
+    /// can send its bytes so) is read when the rest comes: it was taken for
+    /// a Bind of the unnamed portal with no result formats, whose binary
+    /// rows were read as text (an `int8` under `keep_last` kept its low
+    /// bytes, the number itself for most values).
+    #[test]
+    fn a_bind_cut_inside_its_names_keeps_its_names_and_result_formats() {
+        for at in 0..4 {
+            split_bind_keeps_its_result_formats(&[], &[at]);
+            split_bind_keeps_its_result_formats(b"12345", &[at]);
+            split_bind_keeps_its_result_formats(b"12345", &[at, at + 1, 9]);
         }
     }
 
