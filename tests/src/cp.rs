@@ -13,21 +13,18 @@ use crate::gateway::Gateway;
 use crate::process;
 
 /// Path of a workspace binary (`sluice-cp`, `sluicectl`), next to
-/// `sluice-dp`; built with cargo if missing.
+/// `sluice-dp`; built (brought up to date) with cargo once per test
+/// process, as `sluice-dp` is.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
     let p = process::sluice_bin()
         .parent()
         .expect("binary dir")
         .join(name);
-    if !p.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "controlplane", "--bins"])
-            .current_dir(crate::workspace_dir())
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "cargo build -p controlplane --bins failed");
+    if std::env::var_os("SLUICE_BIN_DIR").is_none() {
+        BUILT.get_or_init(|| process::cargo_build(&["-p", "controlplane", "--bins"], &p));
     }
+    assert!(p.exists(), "{p:?} does not exist");
     p
 }
 

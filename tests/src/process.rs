@@ -135,8 +135,31 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// `cargo build ARGS` in the workspace, which must leave `out`: a no-op
+/// when it is up to date. (Without a cargo to run, an `out` already there
+/// is used as it is.)
+pub fn cargo_build(args: &[&str], out: &std::path::Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    match Command::new(cargo)
+        .arg("build")
+        .args(args)
+        .current_dir(crate::workspace_dir())
+        .status()
+    {
+        Ok(st) => assert!(st.success(), "cargo build {} failed", args.join(" ")),
+        Err(e) if out.exists() => {
+            eprintln!("[harness] cannot run cargo ({e}); testing {out:?} as it is")
+        }
+        Err(e) => panic!("run cargo build: {e}"),
+    }
+    assert!(out.exists(), "cargo build did not produce {out:?}");
+}
+
 /// The `sluice-dp` binary under test: `$SLUICE_BIN_DIR/sluice-dp` if set,
-/// else `<target>/debug/sluice-dp`, built with cargo once if it is missing.
+/// else `<target>/debug/sluice-dp`, built (brought up to date) with cargo
+/// once per test process: `cargo test -p sluice-tests` does not build it,
+/// and one left from before a source change was tested instead of the code
+/// at hand.
 pub fn sluice_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -151,20 +174,7 @@ pub fn sluice_bin() -> PathBuf {
             .map(|t| if t.is_relative() { ws.join(t) } else { t })
             .unwrap_or_else(|| ws.join("target"));
         let p = target.join("debug").join("sluice-dp");
-        if !p.exists() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            eprintln!("[harness] {p:?} missing; running cargo build -p dataplane --bin sluice-dp");
-            let st = Command::new(cargo)
-                .args(["build", "-p", "dataplane", "--bin", "sluice-dp"])
-                .current_dir(&ws)
-                .status()
-                .expect("run cargo build");
-            assert!(
-                st.success(),
-                "cargo build -p dataplane --bin sluice-dp failed"
-            );
-            assert!(p.exists(), "cargo build did not produce {p:?}");
-        }
+        cargo_build(&["-p", "dataplane", "--bin", "sluice-dp"], &p);
         p
     })
     .clone()
@@ -209,4 +219,40 @@ pub fn spawn_tied(mut cmd: Command, sig: i32) -> std::io::Result<Child> {
         .send((cmd, reply_tx))
         .expect("spawner thread alive");
     reply_rx.recv().expect("spawner thread replied")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    fn newest(dir: &Path) -> SystemTime {
+        let mut t = SystemTime::UNIX_EPOCH;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            let at = if m.is_dir() {
+                newest(&e.path())
+            } else {
+                m.modified().unwrap()
+            };
+            t = t.max(at);
+        }
+        t
+    }
+
+    /// The `sluice-dp` the integration tests start is built from the
+    /// sources at hand: one built before a change to them (`cargo test -p
+    /// sluice-tests` does not build it) was tested instead, so a test
+    /// could pass, or fail, for code no longer there.
+    #[test]
+    fn the_binary_under_test_is_no_older_than_its_sources() {
+        if std::env::var_os("SLUICE_BIN_DIR").is_some() {
+            return;
+        }
+        let bin = super::sluice_bin();
+        let built = std::fs::metadata(&bin).unwrap().modified().unwrap();
+        let src = newest(&crate::workspace_dir().join("dataplane").join("src"));
+        assert!(built >= src, "{bin:?} is older than dataplane/src");
+    }
 }
