@@ -294,6 +294,10 @@ pub struct TargetMasker {
     /// A Bind split across reads, read as its parts come for its result
     /// formats ([`TargetMasker::on_client_more`]).
     split_bind: Option<SplitBind>,
+    /// An Execute whose first read ended inside its portal's name: its
+    /// epoch and the name's bytes so far (read to its end by
+    /// [`TargetMasker::on_client_more`]).
+    split_execute: Option<(u64, Vec<u8>)>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -473,6 +477,7 @@ impl TargetMasker {
             cursors: HashMap::new(),
             gather: None,
             split_bind: None,
+            split_execute: None,
             prepared_bytes: 0,
             cursors_bytes: 0,
             portals: HashMap::new(),
@@ -807,31 +812,16 @@ impl TargetMasker {
                 self.unsynced += 1;
                 self.last_execute = None;
                 let Some(portal) = pname(body).map(<[u8]>::to_vec) else {
-                    self.copy_untrusted = true;
-                    self.replaced += 1;
-                    self.pending.results.push_back((e, None, None));
+                    if whole {
+                        self.unreadable_execute(e);
+                    } else {
+                        // (Its portal's name when the rest comes:
+                        // `on_client_more`.)
+                        self.split_execute = Some((e, server_name(body).to_vec()));
+                    }
                     return;
                 };
-                if self.replacing_portals.contains(&portal) {
-                    self.replaced += 1;
-                }
-                match self.copy_portals.get(&portal).cloned() {
-                    Some(CopyKind::Out(o, q)) => {
-                        let mut inject = Vec::new();
-                        let q = q.as_deref().filter(|_| at.is_some());
-                        let c = self.copy_cols_for(e, q, &mut inject);
-                        if !inject.is_empty() {
-                            self.injections.push((at.unwrap_or(0), inject));
-                        }
-                        self.copy_requested.push_back((e, o, c));
-                    }
-                    Some(CopyKind::In) => self.last_execute = Some(e),
-                    Some(CopyKind::Unknown) => {
-                        self.poisoned.insert(e);
-                    }
-                    None => {}
-                }
-                self.pending.results.push_back((e, Some(portal), None));
+                self.execute_sent(e, portal, at);
             }
             tag::SYNC => {
                 // (Ignored by a server in copy-in. Before its CopyInResponse
@@ -969,6 +959,39 @@ impl TargetMasker {
         }
     }
 
+    /// An Execute sent, once its portal's name is read (`at`: where its
+    /// frame starts in this read, None when it started in an earlier one).
+    fn execute_sent(&mut self, e: u64, portal: Vec<u8>, at: Option<usize>) {
+        if self.replacing_portals.contains(&portal) {
+            self.replaced += 1;
+        }
+        match self.copy_portals.get(&portal).cloned() {
+            Some(CopyKind::Out(o, q)) => {
+                let mut inject = Vec::new();
+                let q = q.as_deref().filter(|_| at.is_some());
+                let c = self.copy_cols_for(e, q, &mut inject);
+                if !inject.is_empty() {
+                    self.injections.push((at.unwrap_or(0), inject));
+                }
+                self.copy_requested.push_back((e, o, c));
+            }
+            Some(CopyKind::In) => self.last_execute = Some(e),
+            Some(CopyKind::Unknown) => {
+                self.poisoned.insert(e);
+            }
+            None => {}
+        }
+        self.pending.results.push_back((e, Some(portal), None));
+    }
+
+    /// An Execute whose portal's name cannot be read (the server refuses
+    /// it).
+    fn unreadable_execute(&mut self, e: u64) {
+        self.copy_untrusted = true;
+        self.replaced += 1;
+        self.pending.results.push_back((e, None, None));
+    }
+
     /// A Bind sent, once its names are read (`params`: its parameter part,
     /// when the whole message was at hand).
     fn bind_sent(
@@ -1028,6 +1051,19 @@ impl TargetMasker {
     /// Query or Parse split across reads gets its text once whole, a Bind
     /// its result formats.
     pub fn on_client_more(&mut self, body: &[u8], done: bool) {
+        if let Some((e, mut name)) = self.split_execute.take() {
+            // (As the server keeps a name: its first bytes.)
+            let z = memchr::memchr(0, body);
+            let part = &body[..z.unwrap_or(body.len())];
+            let room = NAME_MAX.saturating_sub(name.len());
+            name.extend_from_slice(&part[..part.len().min(room)]);
+            match z {
+                Some(_) => self.execute_sent(e, name, None),
+                None if done => self.unreadable_execute(e),
+                None => self.split_execute = Some((e, name)),
+            }
+            return;
+        }
         if let Some(mut b) = self.split_bind.take() {
             b.feed(body);
             if let Some(e) = b.unnamed.filter(|_| b.names_read()) {
@@ -3035,6 +3071,46 @@ mod tests {
         split_bind_keeps_its_result_formats_with(&small, &[], &mut bind_len);
         for at in 4..bind_len {
             split_bind_keeps_its_result_formats(&small, &[at]);
+        }
+    }
+
+    /// An Execute whose first read ends inside its portal's name: its rows
+    /// are read with that portal's plan when the rest comes, not with the
+    /// plan of whatever was bound last (an unruled column of another
+    /// statement, which let `p1`'s ssn out whole).
+    #[test]
+    fn an_execute_cut_inside_its_portal_name_uses_that_portals_plan() {
+        for cut in [0, 1, 2] {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            m.on_client_frame(tag::PARSE, b"s1\0select ssn from t\0\0\0", true, Some(0));
+            m.on_client_frame(tag::PARSE, b"s2\0select n from t\0\0\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"Ss2\0", true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            m.on_client_frame(tag::BIND, b"p1\0s1\0\0\0\0\0\0\0", true, Some(0));
+            m.on_client_frame(tag::BIND, b"p2\0s2\0\0\0\0\0\0\0", true, Some(0));
+            let exec = b"p1\0\0\0\0\0";
+            m.on_client_frame(tag::EXECUTE, &exec[..cut], false, Some(0));
+            m.on_client_more(&exec[cut..], true);
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'1', b""));
+            s.extend(frame(b't', &0i16.to_be_bytes()));
+            s.extend(row_desc(&[("ssn", 25)]));
+            s.extend(frame(b't', &0i16.to_be_bytes()));
+            s.extend(row_desc(&[("n", 25)]));
+            s.extend(frame(b'Z', b"I"));
+            s.extend(frame(b'2', b""));
+            s.extend(frame(b'2', b""));
+            s.extend(data_row(&["123456789"]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = forwarded(&mut m, &mut s);
+            assert!(
+                memchr::memmem::find(&out, b"*****6789").is_some(),
+                "cut at {cut}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 
