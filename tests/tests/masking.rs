@@ -5650,6 +5650,53 @@ async fn rows_of_an_execute_split_inside_its_portal_name_are_masked() {
     assert_eq!(rows, [[Some("*****6789".to_string())]]);
 }
 
+/// The same with a Describe of a portal cut inside its name: its
+/// description was taken for the unnamed portal's, whose rows (an ssn)
+/// were then read with that plan (an unruled column of another statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_split_inside_its_portal_name_describes_that_portal() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let t = "mk_split_describe_name";
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let described = [
+        parse_bytes("s1", &format!("select ssn from {t} where id = 1")),
+        parse_bytes("s2", &format!("select note from {t} where id = 2")),
+        describe_bytes(b'S', "s1"),
+        describe_bytes(b'S', "s2"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&described).await.unwrap();
+    s.read_result()
+        .await
+        .unwrap_or_else(|e| panic!("describe: {e}"));
+    let describe = describe_bytes(b'P', "p1");
+    // (Cut inside the portal's name.)
+    let first = [
+        bind_bytes("", "s1"),
+        bind_bytes("p1", "s2"),
+        describe[..7].to_vec(),
+    ]
+    .concat();
+    s.raw.send(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.raw
+        .send(&[&describe[7..], &execute_bytes("", true)[..]].concat())
+        .await
+        .unwrap();
+    let rows = s
+        .read_result()
+        .await
+        .unwrap_or_else(|e| panic!("execute: {e}"));
+    assert_eq!(rows, [[Some("*****6789".to_string())]]);
+}
+
 /// A statement described once and run again without a Describe (a
 /// tokio-postgres `Statement`, a pgJDBC server-prepared statement, a
 /// pool's statement cache) keeps its description after SQL that cannot

@@ -294,10 +294,10 @@ pub struct TargetMasker {
     /// A Bind split across reads, read as its parts come for its result
     /// formats ([`TargetMasker::on_client_more`]).
     split_bind: Option<SplitBind>,
-    /// An Execute whose first read ended inside its portal's name: its
-    /// epoch and the name's bytes so far (read to its end by
-    /// [`TargetMasker::on_client_more`]).
-    split_execute: Option<(u64, Vec<u8>)>,
+    /// An Execute or a Describe whose first read ended inside its name:
+    /// its tag, epoch, and bytes so far (a Describe's kind, then the name),
+    /// read to the name's end by [`TargetMasker::on_client_more`].
+    split_name: Option<(u8, u64, Vec<u8>)>,
     /// Portal → (RowDescription, result formats), so rows of a portal
     /// executed again later (after PortalSuspended) use its own plan.
     portals: HashMap<Vec<u8>, Described>,
@@ -477,7 +477,7 @@ impl TargetMasker {
             cursors: HashMap::new(),
             gather: None,
             split_bind: None,
-            split_execute: None,
+            split_name: None,
             prepared_bytes: 0,
             cursors_bytes: 0,
             portals: HashMap::new(),
@@ -817,7 +817,7 @@ impl TargetMasker {
                     } else {
                         // (Its portal's name when the rest comes:
                         // `on_client_more`.)
-                        self.split_execute = Some((e, server_name(body).to_vec()));
+                        self.split_name = Some((tag::EXECUTE, e, server_name(body).to_vec()));
                     }
                     return;
                 };
@@ -913,14 +913,14 @@ impl TargetMasker {
             }
             tag::DESCRIBE => {
                 self.unsynced += 1;
-                let name = body.get(1..).and_then(pname).unwrap_or_default().to_vec();
-                let at = self.replaced;
-                match body.first() {
-                    Some(b'S') => self
-                        .pending
-                        .describes
-                        .push_back((e, Some(name), Vec::new(), at)),
-                    _ => self.pending.describes.push_back((e, None, name, at)),
+                match body.get(1..).and_then(pname) {
+                    Some(name) => self.describe_sent(e, body.first().copied(), name.to_vec()),
+                    // (Its name when the rest comes: `on_client_more`.)
+                    None if !whole => {
+                        let b = body[..body.len().min(1 + NAME_MAX)].to_vec();
+                        self.split_name = Some((tag::DESCRIBE, e, b));
+                    }
+                    None => self.describe_sent(e, body.first().copied(), Vec::new()),
                 }
             }
             tag::BIND => {
@@ -982,6 +982,18 @@ impl TargetMasker {
             None => {}
         }
         self.pending.results.push_back((e, Some(portal), None));
+    }
+
+    /// A Describe of a statement (`S`) or portal, once its name is read.
+    fn describe_sent(&mut self, e: u64, kind: Option<u8>, name: Vec<u8>) {
+        let at = self.replaced;
+        match kind {
+            Some(b'S') => self
+                .pending
+                .describes
+                .push_back((e, Some(name), Vec::new(), at)),
+            _ => self.pending.describes.push_back((e, None, name, at)),
+        }
     }
 
     /// An Execute whose portal's name cannot be read (the server refuses
@@ -1051,16 +1063,25 @@ impl TargetMasker {
     /// Query or Parse split across reads gets its text once whole, a Bind
     /// its result formats.
     pub fn on_client_more(&mut self, body: &[u8], done: bool) {
-        if let Some((e, mut name)) = self.split_execute.take() {
-            // (As the server keeps a name: its first bytes.)
-            let z = memchr::memchr(0, body);
-            let part = &body[..z.unwrap_or(body.len())];
-            let room = NAME_MAX.saturating_sub(name.len());
-            name.extend_from_slice(&part[..part.len().min(room)]);
-            match z {
-                Some(_) => self.execute_sent(e, name, None),
-                None if done => self.unreadable_execute(e),
-                None => self.split_execute = Some((e, name)),
+        if let Some((t, e, mut b)) = self.split_name.take() {
+            // (A Describe's kind first, then the name; as the server keeps
+            // a name: its first bytes.)
+            let skip = usize::from(t == tag::DESCRIBE);
+            let pre = skip.saturating_sub(b.len()).min(body.len());
+            b.extend_from_slice(&body[..pre]);
+            let rest = &body[pre..];
+            let z = memchr::memchr(0, rest);
+            let part = &rest[..z.unwrap_or(rest.len())];
+            let room = (skip + NAME_MAX).saturating_sub(b.len());
+            b.extend_from_slice(&part[..part.len().min(room)]);
+            match (t, z) {
+                (_, None) if !done => self.split_name = Some((t, e, b)),
+                (tag::EXECUTE, Some(_)) => self.execute_sent(e, b, None),
+                (tag::EXECUTE, None) => self.unreadable_execute(e),
+                (_, z) => {
+                    let name = b.get(1..).filter(|_| z.is_some()).unwrap_or_default();
+                    self.describe_sent(e, b.first().copied(), name.to_vec());
+                }
             }
             return;
         }
@@ -3102,6 +3123,49 @@ mod tests {
             s.extend(frame(b'Z', b"I"));
             s.extend(frame(b'2', b""));
             s.extend(frame(b'2', b""));
+            s.extend(data_row(&["123456789"]));
+            s.extend(frame(b'C', b"SELECT 1\0"));
+            s.extend(frame(b'Z', b"I"));
+            let out = forwarded(&mut m, &mut s);
+            assert!(
+                memchr::memmem::find(&out, b"*****6789").is_some(),
+                "cut at {cut}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    /// The same with a Describe of the portal cut inside its name (or
+    /// before its kind): it describes `p1`, not the unnamed portal. (Here
+    /// the unnamed portal's text alone names `ssn`; sluice-tests'
+    /// `a_describe_split_inside_its_portal_name_describes_that_portal`
+    /// shows the leak with real column origins.)
+    #[test]
+    fn a_describe_cut_inside_its_portal_name_describes_that_portal() {
+        for cut in [0, 1, 2] {
+            let mut m = TargetMasker::new(engine(), 1 << 20);
+            m.on_client_frame(tag::PARSE, b"s1\0select ssn from t\0\0\0", true, Some(0));
+            m.on_client_frame(tag::PARSE, b"s2\0select n from t\0\0\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+            m.on_client_frame(tag::DESCRIBE, b"Ss2\0", true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            m.on_client_frame(tag::BIND, b"\0s1\0\0\0\0\0\0\0", true, Some(0));
+            m.on_client_frame(tag::BIND, b"p1\0s2\0\0\0\0\0\0\0", true, Some(0));
+            let describe = b"Pp1\0";
+            m.on_client_frame(tag::DESCRIBE, &describe[..cut], false, Some(0));
+            m.on_client_more(&describe[cut..], true);
+            m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
+            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            let mut s = frame(b'1', b"");
+            s.extend(frame(b'1', b""));
+            s.extend(frame(b't', &0i16.to_be_bytes()));
+            s.extend(row_desc(&[("ssn", 25)]));
+            s.extend(frame(b't', &0i16.to_be_bytes()));
+            s.extend(row_desc(&[("n", 25)]));
+            s.extend(frame(b'Z', b"I"));
+            s.extend(frame(b'2', b""));
+            s.extend(frame(b'2', b""));
+            s.extend(row_desc(&[("n", 25)]));
             s.extend(data_row(&["123456789"]));
             s.extend(frame(b'C', b"SELECT 1\0"));
             s.extend(frame(b'Z', b"I"));
