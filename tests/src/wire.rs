@@ -234,24 +234,18 @@ pub fn parse_bytes(name: &str, sql: &str) -> Vec<u8> {
 
 /// Bind of `statement` to `portal`, no parameters, text results.
 pub fn bind_bytes(portal: &str, statement: &str) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    frontend::bind(
-        portal,
-        statement,
-        std::iter::empty(),
-        std::iter::empty::<()>(),
-        |_, _| Ok(postgres_protocol::IsNull::No),
-        std::iter::empty(),
-        &mut buf,
-    )
-    .map_err(|_| "bind")
-    .unwrap();
-    buf.to_vec()
+    bind_with_formats(portal, statement, &[])
 }
 
 /// Bind of `statement` to `portal`, no parameters, every result column in
 /// binary format.
 pub fn bind_binary_bytes(portal: &str, statement: &str) -> Vec<u8> {
+    bind_with_formats(portal, statement, &[1])
+}
+
+/// Bind of `statement` to `portal`, no parameters, with these result
+/// format codes.
+fn bind_with_formats(portal: &str, statement: &str, formats: &[i16]) -> Vec<u8> {
     let mut buf = BytesMut::new();
     frontend::bind(
         portal,
@@ -259,7 +253,7 @@ pub fn bind_binary_bytes(portal: &str, statement: &str) -> Vec<u8> {
         std::iter::empty(),
         std::iter::empty::<()>(),
         |_, _| Ok(postgres_protocol::IsNull::No),
-        std::iter::once(1),
+        formats.iter().copied(),
         &mut buf,
     )
     .map_err(|_| "bind")

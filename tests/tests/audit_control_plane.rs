@@ -492,16 +492,23 @@ async fn nothing_is_lost_or_doubled_across_a_control_plane_restart(sink: Sink) {
     assert_eq!(v["recordsChecked"], 70);
 }
 
-/// Issue 5 "done when": a record edited or deleted in either sink is named
-/// by `sluicectl audit verify`, with its node and position.
-async fn verify_names_edited_and_deleted_records(sink: Sink) {
-    let s = Setup::start(sink, &format!("verify_{sink:?}").to_lowercase());
+/// Nodes dp-1 (records 1 to 6) and dp-2 (1 to 3), each stored and acked;
+/// their streams, still open.
+async fn ship_two_chains(s: &Setup) -> (Shipper, Shipper) {
     let url = s.cp.url();
     let t0 = now_nanos();
     let (mut n, _) = Shipper::must_open(&url, "dp-1").await;
     assert_eq!(n.ship(stmts("dp-1", 1..=6, t0)).await.durable_through, 6);
     let (mut m, _) = Shipper::must_open(&url, "dp-2").await;
     assert_eq!(m.ship(stmts("dp-2", 1..=3, t0)).await.durable_through, 3);
+    (n, m)
+}
+
+/// Issue 5 "done when": a record edited or deleted in either sink is named
+/// by `sluicectl audit verify`, with its node and position.
+async fn verify_names_edited_and_deleted_records(sink: Sink) {
+    let s = Setup::start(sink, &format!("verify_{sink:?}").to_lowercase());
+    let _streams = ship_two_chains(&s).await;
     let out = s.ctl(&["audit", "verify"], 0);
     assert_eq!(
         out.stdout,
@@ -589,12 +596,7 @@ async fn verify_names_edited_and_deleted_records(sink: Sink) {
 /// acknowledged, and `audit verify` reports both.
 async fn verify_holds_chains_to_the_stores_witness(sink: Sink) {
     let s = Setup::start(sink, &format!("witness_{sink:?}").to_lowercase());
-    let url = s.cp.url();
-    let t0 = now_nanos();
-    let (mut n, _) = Shipper::must_open(&url, "dp-1").await;
-    assert_eq!(n.ship(stmts("dp-1", 1..=6, t0)).await.durable_through, 6);
-    let (mut m, _) = Shipper::must_open(&url, "dp-2").await;
-    assert_eq!(m.ship(stmts("dp-2", 1..=3, t0)).await.durable_through, 3);
+    let (n, m) = ship_two_chains(&s).await;
     let v = s.ctl_json(&["audit", "verify", "-o", "json"], 0);
     assert_eq!(v["nodesWitnessed"], 2, "{v:#}");
     let out = s.ctl(&["audit", "verify"], 0);

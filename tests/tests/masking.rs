@@ -1530,6 +1530,18 @@ async fn seed_people(pg: &Pg, t: &str) {
     .unwrap_or_else(|e| panic!("seed {t}: {}", err_text(&e)));
 }
 
+/// A gateway with the `pii` profile over [`seed_people`]'s table `t`, and
+/// a raw protocol session through it (identity agent1, connection app).
+async fn pii_wire_session(t: &str) -> (Gateway, sluice_tests::wire::Session) {
+    let (pg, key) = (Pg::shared(), ApiKey::shared());
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&pii_config(pg, key));
+    let s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    (gw, s)
+}
+
 /// What the `pii` profile must return for [`seed_people`]'s rows (id, ssn,
 /// secret_answer, email, internal_notes, salary, note). `salary` is an
 /// `int` masked in its text form, so the client gets it as `text`.
@@ -5302,14 +5314,8 @@ async fn wire_rows(s: &mut sluice_tests::wire::Session, bytes: &[u8]) -> sluice_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_replaced_by_sql_is_not_read_with_its_old_description() {
     use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
     let t = "mk_replaced_stmt";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let (_gw, mut s) = pii_wire_session(t).await;
     let new = format!("select note, id::text, email from {t} order by id");
     let described = |name: &str| {
         [
@@ -5386,14 +5392,8 @@ async fn a_statement_replaced_by_sql_is_not_read_with_its_old_description() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_without_a_describe_take_their_statements_rule() {
     use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
     let t = "mk_no_describe";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let (_gw, mut s) = pii_wire_session(t).await;
     let run = |name: &str, sql: &str| {
         [
             parse_bytes(name, sql),
@@ -5466,14 +5466,8 @@ async fn rows_without_a_describe_take_their_statements_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_rows_without_a_describe_are_null_under_a_rule_not_garbled() {
     use sluice_tests::wire::{bind_binary_bytes, execute_bytes, parse_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
     let t = "mk_no_describe_bin";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let (_gw, mut s) = pii_wire_session(t).await;
     let run = |sql: &str| {
         [
             parse_bytes("", sql),
@@ -5509,14 +5503,8 @@ async fn binary_rows_without_a_describe_are_null_under_a_rule_not_garbled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_rows_of_an_earlier_portal_without_a_describe_are_null_under_a_rule() {
     use sluice_tests::wire::{bind_binary_bytes, bind_bytes, execute_bytes, parse_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
     let t = "mk_no_describe_bin2";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let (_gw, mut s) = pii_wire_session(t).await;
     let sql = format!("select ssn::int8 as ssn from {t} where id = 1");
     let bytes = [
         parse_bytes("", &sql),
@@ -5605,21 +5593,10 @@ async fn binary_rows_of_a_bind_split_inside_its_names_are_masked() {
     }
 }
 
-/// An Execute whose first read ends inside its portal's name: its rows
-/// are read with that portal's plan, not with the plan of the portal bound
-/// last (here an unruled column of another statement, which let the ssn
-/// out whole).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_of_an_execute_split_inside_its_portal_name_are_masked() {
-    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
-    let t = "mk_split_execute_name";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
+/// Statements `s1` (the ssn of row 1) and `s2` (the note of row 2) of
+/// [`seed_people`]'s table `t`, parsed and described.
+async fn prepare_ssn_and_note(s: &mut sluice_tests::wire::Session, t: &str) {
+    use sluice_tests::wire::{describe_bytes, parse_bytes, sync_bytes};
     let described = [
         parse_bytes("s1", &format!("select ssn from {t} where id = 1")),
         parse_bytes("s2", &format!("select note from {t} where id = 2")),
@@ -5632,6 +5609,18 @@ async fn rows_of_an_execute_split_inside_its_portal_name_are_masked() {
     s.read_result()
         .await
         .unwrap_or_else(|e| panic!("describe: {e}"));
+}
+
+/// An Execute whose first read ends inside its portal's name: its rows
+/// are read with that portal's plan, not with the plan of the portal bound
+/// last (here an unruled column of another statement, which let the ssn
+/// out whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_an_execute_split_inside_its_portal_name_are_masked() {
+    use sluice_tests::wire::{bind_bytes, execute_bytes};
+    let t = "mk_split_execute_name";
+    let (_gw, mut s) = pii_wire_session(t).await;
+    prepare_ssn_and_note(&mut s, t).await;
     let exec = execute_bytes("p1", true);
     // (Cut inside the portal's name.)
     let first = [
@@ -5655,27 +5644,10 @@ async fn rows_of_an_execute_split_inside_its_portal_name_are_masked() {
 /// were then read with that plan (an unruled column of another statement).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_describe_split_inside_its_portal_name_describes_that_portal() {
-    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
-    let pg = Pg::shared();
-    let key = ApiKey::shared();
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes};
     let t = "mk_split_describe_name";
-    seed_people(pg, t).await;
-    let gw = Gateway::start_with(&pii_config(pg, key));
-    let mut s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
-        .await
-        .unwrap_or_else(|e| panic!("login: {e:?}"));
-    let described = [
-        parse_bytes("s1", &format!("select ssn from {t} where id = 1")),
-        parse_bytes("s2", &format!("select note from {t} where id = 2")),
-        describe_bytes(b'S', "s1"),
-        describe_bytes(b'S', "s2"),
-        sync_bytes(),
-    ]
-    .concat();
-    s.raw.send(&described).await.unwrap();
-    s.read_result()
-        .await
-        .unwrap_or_else(|e| panic!("describe: {e}"));
+    let (_gw, mut s) = pii_wire_session(t).await;
+    prepare_ssn_and_note(&mut s, t).await;
     let describe = describe_bytes(b'P', "p1");
     // (Cut inside the portal's name.)
     let first = [

@@ -3095,6 +3095,28 @@ mod tests {
         }
     }
 
+    /// Client: Parse `s1` (`select ssn`) and `s2` (`select n`), Describe
+    /// both, Sync.
+    fn describe_ssn_and_n(m: &mut TargetMasker) {
+        m.on_client_frame(tag::PARSE, b"s1\0select ssn from t\0\0\0", true, Some(0));
+        m.on_client_frame(tag::PARSE, b"s2\0select n from t\0\0\0", true, Some(0));
+        m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
+        m.on_client_frame(tag::DESCRIBE, b"Ss2\0", true, Some(0));
+        m.on_client_frame(tag::SYNC, b"", true, Some(0));
+    }
+
+    /// The server's answers to [`describe_ssn_and_n`].
+    fn ssn_and_n_described() -> Vec<u8> {
+        let mut s = frame(b'1', b"");
+        s.extend(frame(b'1', b""));
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(row_desc(&[("ssn", 25)]));
+        s.extend(frame(b't', &0i16.to_be_bytes()));
+        s.extend(row_desc(&[("n", 25)]));
+        s.extend(frame(b'Z', b"I"));
+        s
+    }
+
     /// An Execute whose first read ends inside its portal's name: its rows
     /// are read with that portal's plan when the rest comes, not with the
     /// plan of whatever was bound last (an unruled column of another
@@ -3103,24 +3125,14 @@ mod tests {
     fn an_execute_cut_inside_its_portal_name_uses_that_portals_plan() {
         for cut in [0, 1, 2] {
             let mut m = TargetMasker::new(engine(), 1 << 20);
-            m.on_client_frame(tag::PARSE, b"s1\0select ssn from t\0\0\0", true, Some(0));
-            m.on_client_frame(tag::PARSE, b"s2\0select n from t\0\0\0", true, Some(0));
-            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
-            m.on_client_frame(tag::DESCRIBE, b"Ss2\0", true, Some(0));
-            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            describe_ssn_and_n(&mut m);
             m.on_client_frame(tag::BIND, b"p1\0s1\0\0\0\0\0\0\0", true, Some(0));
             m.on_client_frame(tag::BIND, b"p2\0s2\0\0\0\0\0\0\0", true, Some(0));
             let exec = b"p1\0\0\0\0\0";
             m.on_client_frame(tag::EXECUTE, &exec[..cut], false, Some(0));
             m.on_client_more(&exec[cut..], true);
             m.on_client_frame(tag::SYNC, b"", true, Some(0));
-            let mut s = frame(b'1', b"");
-            s.extend(frame(b'1', b""));
-            s.extend(frame(b't', &0i16.to_be_bytes()));
-            s.extend(row_desc(&[("ssn", 25)]));
-            s.extend(frame(b't', &0i16.to_be_bytes()));
-            s.extend(row_desc(&[("n", 25)]));
-            s.extend(frame(b'Z', b"I"));
+            let mut s = ssn_and_n_described();
             s.extend(frame(b'2', b""));
             s.extend(frame(b'2', b""));
             s.extend(data_row(&["123456789"]));
@@ -3144,11 +3156,7 @@ mod tests {
     fn a_describe_cut_inside_its_portal_name_describes_that_portal() {
         for cut in [0, 1, 2] {
             let mut m = TargetMasker::new(engine(), 1 << 20);
-            m.on_client_frame(tag::PARSE, b"s1\0select ssn from t\0\0\0", true, Some(0));
-            m.on_client_frame(tag::PARSE, b"s2\0select n from t\0\0\0", true, Some(0));
-            m.on_client_frame(tag::DESCRIBE, b"Ss1\0", true, Some(0));
-            m.on_client_frame(tag::DESCRIBE, b"Ss2\0", true, Some(0));
-            m.on_client_frame(tag::SYNC, b"", true, Some(0));
+            describe_ssn_and_n(&mut m);
             m.on_client_frame(tag::BIND, b"\0s1\0\0\0\0\0\0\0", true, Some(0));
             m.on_client_frame(tag::BIND, b"p1\0s2\0\0\0\0\0\0\0", true, Some(0));
             let describe = b"Pp1\0";
@@ -3156,13 +3164,7 @@ mod tests {
             m.on_client_more(&describe[cut..], true);
             m.on_client_frame(tag::EXECUTE, b"\0\0\0\0\0", true, Some(0));
             m.on_client_frame(tag::SYNC, b"", true, Some(0));
-            let mut s = frame(b'1', b"");
-            s.extend(frame(b'1', b""));
-            s.extend(frame(b't', &0i16.to_be_bytes()));
-            s.extend(row_desc(&[("ssn", 25)]));
-            s.extend(frame(b't', &0i16.to_be_bytes()));
-            s.extend(row_desc(&[("n", 25)]));
-            s.extend(frame(b'Z', b"I"));
+            let mut s = ssn_and_n_described();
             s.extend(frame(b'2', b""));
             s.extend(frame(b'2', b""));
             s.extend(row_desc(&[("n", 25)]));
