@@ -73,6 +73,55 @@ pub struct Config {
     /// The audit trail: per-core rings, the local spool, shipping.
     #[serde(default)]
     pub audit: Audit,
+    /// Client addresses from the load balancers in front of the node
+    /// (PROXY protocol); off when absent.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `proxy_protocol:`: the load balancers in front of the node, which start
+/// each connection with a PROXY protocol header (v1 or v2, as HAProxy, AWS
+/// NLB, Envoy and others send) saying where their client connected from.
+/// That address is the session's client address in audit records and logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// The peers whose headers are believed: addresses or CIDRs
+    /// (`10.0.0.0/8`, `127.0.0.1`). A header from any other peer is
+    /// refused, so that a client cannot choose the address it is audited
+    /// under.
+    pub trusted: Vec<String>,
+    /// Refuse a connection that does not start with a header (a client
+    /// that bypasses the load balancer). Default: it is served under its
+    /// peer's address.
+    #[serde(default)]
+    pub required: bool,
+}
+
+impl ProxyProtocol {
+    /// The trusted networks; an error names the entry.
+    pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        if self.trusted.is_empty() {
+            return Err(ConfigError::field(
+                "proxy_protocol.trusted",
+                "at least one address or CIDR is required",
+            ));
+        }
+        self.trusted
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::field(
+                            format!("proxy_protocol.trusted[{i}]"),
+                            format!("`{t}` is not an IP address or a CIDR such as 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 /// `audit:`: where and how the node keeps audit records until the control
@@ -626,6 +675,9 @@ impl Config {
             }
         }
         self.audit.validate()?;
+        if let Some(p) = &self.proxy_protocol {
+            p.trusted_nets()?;
+        }
         if self.listen.is_empty() {
             return Err(ConfigError::field(
                 "listen",
@@ -918,6 +970,41 @@ grants:
             let cfg = Config::from_yaml(&y).unwrap_or_else(|e| panic!("{spelling}: {e}"));
             assert_eq!(cfg.connections[0].target.auth, TargetAuth::ScramSha256);
         }
+    }
+
+    /// `proxy_protocol.trusted` takes addresses and CIDRs; anything else,
+    /// or an empty list, is an error naming the entry.
+    #[test]
+    fn proxy_protocol_trusted_entries_are_checked() {
+        let with = |p: &str| format!("{}proxy_protocol: {p}\n", base());
+        let cfg = Config::from_yaml(&with(
+            "{ trusted: [10.0.0.0/8, 127.0.0.1, \"2001:db8::/32\"], required: true }",
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let p = cfg.proxy_protocol.unwrap();
+        assert!(p.required);
+        let nets = p.trusted_nets().unwrap();
+        assert_eq!(nets[1], "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap());
+        for (bad, field) in [
+            ("{ trusted: [] }", "proxy_protocol.trusted`"),
+            (
+                "{ trusted: [10.0.0.0/8, 10.0.0.300] }",
+                "proxy_protocol.trusted[1]",
+            ),
+            ("{ trusted: [lb.internal] }", "proxy_protocol.trusted[0]"),
+        ] {
+            let e = Config::from_yaml(&with(bad))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        let e = Config::from_yaml(&with("{ trusted: [10.0.0.0/8], require: true }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy_protocol"), "{e}");
     }
 
     /// A field error names its path once.

@@ -85,6 +85,17 @@ pub const AUTH_REASONS: [&str; 13] = [
 /// Results of cancel requests received.
 pub const CANCEL_RESULTS: [&str; 4] = ["forwarded", "unknown_key", "rate_limited", "target_error"];
 
+/// What became of a connection's PROXY protocol header (see `net::proxy`):
+/// a client address taken from it, a header without one (v2 `LOCAL`, v1
+/// `UNKNOWN`: the peer's address is kept), or the connection refused.
+pub const PROXY_RESULTS: [&str; 5] = [
+    "accepted",
+    "no_address",
+    "untrusted",
+    "missing",
+    "malformed",
+];
+
 /// One core's counters.
 pub struct CoreMetrics {
     pub worker: usize,
@@ -94,6 +105,7 @@ pub struct CoreMetrics {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     auth_failures: [AtomicU64; AUTH_REASONS.len()],
     cancels: [AtomicU64; CANCEL_RESULTS.len()],
+    proxy_headers: [AtomicU64; PROXY_RESULTS.len()],
     pub statements: AtomicU64,
     pub bytes_client_to_target: AtomicU64,
     pub bytes_target_to_client: AtomicU64,
@@ -169,6 +181,7 @@ impl CoreMetrics {
             outcomes: Default::default(),
             auth_failures: Default::default(),
             cancels: Default::default(),
+            proxy_headers: Default::default(),
             statements: AtomicU64::new(0),
             bytes_client_to_target: AtomicU64::new(0),
             bytes_target_to_client: AtomicU64::new(0),
@@ -200,6 +213,13 @@ impl CoreMetrics {
     pub fn cancel(&self, result: &str) {
         if let Some(i) = CANCEL_RESULTS.iter().position(|r| *r == result) {
             bump(&self.cancels[i], 1);
+        }
+    }
+
+    /// Count a PROXY protocol outcome (one of [`PROXY_RESULTS`]).
+    pub fn proxy_header(&self, result: &str) {
+        if let Some(i) = PROXY_RESULTS.iter().position(|r| *r == result) {
+            bump(&self.proxy_headers[i], 1);
         }
     }
 
@@ -302,6 +322,14 @@ impl Registry {
         for (i, r) in CANCEL_RESULTS.iter().enumerate() {
             let v = sum(c, |m| m.cancels[i].load(Relaxed));
             let _ = writeln!(s, "sluice_cancel_requests_total{{result=\"{r}\"}} {v}");
+        }
+        let _ = writeln!(s, "# HELP sluice_proxy_protocol_headers_total Connections by what their PROXY protocol header gave (proxy_protocol configured): a client address (accepted), none (no_address: v2 LOCAL, v1 UNKNOWN; the peer's address is kept), or a refusal (a header from an untrusted peer, none where required, a malformed one).\n# TYPE sluice_proxy_protocol_headers_total counter");
+        for (i, r) in PROXY_RESULTS.iter().enumerate() {
+            let v = sum(c, |m| m.proxy_headers[i].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "sluice_proxy_protocol_headers_total{{result=\"{r}\"}} {v}"
+            );
         }
         let _ = writeln!(s, "# HELP sluice_statements_total Statements relayed (Query and Execute messages).\n# TYPE sluice_statements_total counter");
         let _ = writeln!(

@@ -62,6 +62,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
 
+    let proxy = match &cfg.proxy_protocol {
+        Some(p) => Some(net::proxy::ProxyPolicy::new(p.trusted_nets()?, p.required)),
+        None => None,
+    };
+
     let shared = Arc::new(Shared {
         snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
         cancels: Arc::new(CancelRegistry::new(cfg.node_id)),
@@ -72,6 +77,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         snapshot_ready: AtomicBool::new(cfg.control_plane.is_none()),
         rng: ring::rand::SystemRandom::new(),
+        proxy,
     });
 
     // The node's id: membership, audit records, the audit stream.

@@ -1091,3 +1091,200 @@ async fn auth_failure_records_keep_names_cut_to_63_bytes() {
         assert!(n < 200, "the record keeps a {n}-byte message");
     }
 }
+
+/// A load balancer in front of the gateway: it accepts on a free port and
+/// relays each connection to the gateway, first sending `header` (a PROXY
+/// protocol header, as HAProxy or an AWS NLB does).
+struct LoadBalancer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LoadBalancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn load_balancer(gateway_port: u16, header: Vec<u8>) -> LoadBalancer {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let header = header.clone();
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", gateway_port)).await
+                else {
+                    return;
+                };
+                if up.write_all(&header).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+            });
+        }
+    });
+    LoadBalancer { port, task }
+}
+
+/// A PROXY protocol v2 header (written out from the specification, not by
+/// the parser's crate): PROXY (or LOCAL, with no address) for a TCP over
+/// IPv4 client at `src`.
+fn proxy_v2(src: Option<([u8; 4], u16)>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match src {
+        Some((ip, port)) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&ip);
+            h.extend_from_slice(&[127, 0, 0, 1]);
+            h.extend_from_slice(&port.to_be_bytes());
+            h.extend_from_slice(&5432u16.to_be_bytes());
+        }
+        None => h.extend_from_slice(&[0x20, 0x00, 0, 0]),
+    }
+    h
+}
+
+/// `agent1` on `app` through whatever listens on `port`, with `key`.
+fn through(port: u16, key: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(port)
+        .user("agent1")
+        .password(key)
+        .dbname("app")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_timeout(Duration::from_secs(10));
+    c
+}
+
+/// Behind a load balancer every peer is the balancer: with
+/// `proxy_protocol`, the client address of the header it sends (v1 or v2)
+/// is the one audited, for statements and for refused logins alike; a
+/// header without an address (v2 LOCAL) and a direct client keep the
+/// peer's; a malformed header is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_addresses_come_from_a_trusted_load_balancers_proxy_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}proxy_protocol: {{ trusted: [127.0.0.0/8] }}\n",
+        audited(dir.path(), "").to_yaml()
+    );
+    let gw = Gateway::start(&yaml);
+    let key = &ApiKey::shared().key;
+    let v1 = load_balancer(
+        gw.port,
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 5432\r\n".to_vec(),
+    )
+    .await;
+    let v2 = load_balancer(gw.port, proxy_v2(Some(([198, 51, 100, 9], 40002)))).await;
+    let local = load_balancer(gw.port, proxy_v2(None)).await;
+    let bad = load_balancer(
+        gw.port,
+        b"PROXY TCP4 203.0.113.300 127.0.0.1 1 5432\r\n".to_vec(),
+    )
+    .await;
+
+    for (port, marker) in [
+        (v1.port, "pp-v1"),
+        (v2.port, "pp-v2"),
+        (local.port, "pp-local"),
+        (gw.port, "pp-direct"),
+    ] {
+        let c = sluice_tests::connect(&through(port, key))
+            .await
+            .unwrap_or_else(|e| panic!("{marker}: {}\n{}", err_text(&e), gw.log()));
+        c.simple_query(&format!("select 1 /* {marker} */"))
+            .await
+            .unwrap();
+    }
+    let refused = sluice_tests::connect(&through(v1.port, "wrong-key"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&refused).as_deref(), Some("28P01"));
+    let e = sluice_tests::connect(&through(bad.port, key))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("08P01"), "{}", err_text(&e));
+    assert!(
+        err_text(&e).contains("invalid PROXY protocol header"),
+        "{}",
+        err_text(&e)
+    );
+
+    let m = gw.metrics();
+    let count = |r: &str| m.get("sluice_proxy_protocol_headers_total", &[("result", r)]);
+    assert_eq!(
+        [
+            "accepted",
+            "no_address",
+            "malformed",
+            "untrusted",
+            "missing"
+        ]
+        .map(count),
+        [3.0, 1.0, 1.0, 0.0, 0.0]
+    );
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let recs = records(dir.path());
+    let address = |r: &AuditRecord| r.session.as_ref().unwrap().client_address.clone();
+    let of = |marker: &str| {
+        let got = with_marker(&recs, marker);
+        assert_eq!(got.len(), 1, "{marker}");
+        address(got[0])
+    };
+    assert_eq!(of("pp-v1"), "203.0.113.7:40001");
+    assert_eq!(of("pp-v2"), "198.51.100.9:40002");
+    assert!(
+        of("pp-local").starts_with("127.0.0.1:"),
+        "{}",
+        of("pp-local")
+    );
+    assert!(
+        of("pp-direct").starts_with("127.0.0.1:"),
+        "{}",
+        of("pp-direct")
+    );
+    let fails = of_kind(&recs, AuditKind::AuthFailure);
+    assert_eq!(fails.len(), 1);
+    assert_eq!(address(fails[0]), "203.0.113.7:40001");
+}
+
+/// A header from a peer outside `trusted` is refused (a client cannot pick
+/// the address it is audited under), and with `required` a client that
+/// bypasses the load balancer is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_from_untrusted_peers_and_missing_ones_are_refused() {
+    let yaml = format!(
+        "{}proxy_protocol: {{ trusted: [10.0.0.0/8], required: true }}\n",
+        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).to_yaml()
+    );
+    let gw = Gateway::start(&yaml);
+    let key = &ApiKey::shared().key;
+    let lb = load_balancer(gw.port, proxy_v2(Some(([198, 51, 100, 9], 40002)))).await;
+    for (port, want) in [
+        (
+            lb.port,
+            "PROXY protocol header from an address not in proxy_protocol.trusted",
+        ),
+        (gw.port, "a PROXY protocol header is required"),
+    ] {
+        let e = sluice_tests::connect(&through(port, key))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(db_code(&e).as_deref(), Some("08P01"), "{}", err_text(&e));
+        assert!(err_text(&e).contains(want), "{}", err_text(&e));
+    }
+    let m = gw.metrics();
+    let count = |r: &str| m.get("sluice_proxy_protocol_headers_total", &[("result", r)]);
+    assert_eq!(
+        ["untrusted", "missing", "accepted"].map(count),
+        [1.0, 1.0, 0.0]
+    );
+    gw.assert_alive();
+}

@@ -262,7 +262,10 @@ fn has_statement(scan: &FrameScanner, buf: &[u8]) -> bool {
 
 /// How the handshake phase ended.
 enum Handshake {
-    Ready(ClientIo, Box<SessionRequest>, Vec<u8>),
+    /// The client's stream, its session, bytes read past the handshake,
+    /// and its address (the peer's, or a trusted load balancer's PROXY
+    /// protocol header's).
+    Ready(ClientIo, Box<SessionRequest>, Vec<u8>, SocketAddr),
     Done(Outcome),
 }
 
@@ -277,7 +280,7 @@ pub async fn serve(worker: Rc<Worker>, tcp: TcpStream, peer: SocketAddr) {
     m.connections_open.fetch_sub(1, Relaxed);
 }
 
-async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Option<Outcome> {
+async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketAddr) -> Option<Outcome> {
     let shared = &worker.shared;
     let _ = tcp.set_nodelay(true);
     let client_fd = raw_fd(&tcp);
@@ -290,7 +293,10 @@ async fn serve_inner(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> O
             return Some(Outcome::Timeout);
         }
         Ok(Handshake::Done(o)) => return Some(o),
-        Ok(Handshake::Ready(c, s, l)) => (c, s, l),
+        Ok(Handshake::Ready(c, s, l, client)) => {
+            peer = client;
+            (c, s, l)
+        }
     };
 
     let tls = matches!(client, MaybeTls::Tls(_));
@@ -479,7 +485,7 @@ fn refusal(shared: &Shared) -> Option<(&'static str, &'static str, Outcome)> {
 
 /// Run the client handshake: TLS upgrade, authentication, authorization
 /// (a session refused by [`refusal`] once its startup packet is read).
-async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr) -> Handshake {
+async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketAddr) -> Handshake {
     let shared = &worker.shared;
     let m = &worker.metrics;
     let mut hs = ClientHandshake::new(
@@ -489,6 +495,29 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr)
     );
     let mut reader = PacketReader::new();
     let mut io: ClientIo = MaybeTls::Plain(tcp);
+    if let Some(policy) = &shared.proxy {
+        match super::proxy::client_address(&mut reader, &mut io, policy, peer).await {
+            Ok(Ok((client, result))) => {
+                if result != "none" {
+                    m.proxy_header(result);
+                }
+                peer = client;
+            }
+            Ok(Err(refusal)) => {
+                m.proxy_header(refusal.result());
+                tracing::warn!(%peer, "connection refused: {refusal}");
+                write_last(
+                    &mut io,
+                    fatal(sqlstate::PROTOCOL_VIOLATION, &refusal.to_string()),
+                )
+                .await;
+                return Handshake::Done(Outcome::ProtocolError);
+            }
+            Err(e) => {
+                return read_failed(worker, &mut io, e, "invalid PROXY protocol header").await
+            }
+        }
+    }
     loop {
         let step = if hs.expects_untagged() {
             match reader
@@ -606,7 +635,7 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, peer: SocketAddr)
                     return Handshake::Done(Outcome::ClientClosed);
                 }
                 let leftover = reader.leftover().to_vec();
-                return Handshake::Ready(io, Box::new(session), leftover);
+                return Handshake::Ready(io, Box::new(session), leftover, peer);
             }
         }
     }

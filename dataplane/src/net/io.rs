@@ -128,7 +128,18 @@ impl PacketReader {
         &self.buf[self.start..]
     }
 
-    async fn fill<R: AsyncReadRent>(&mut self, io: &mut R, need: usize) -> Result<(), ReadError> {
+    /// Drop the first `n` bytes held (a PROXY protocol header).
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n.min(self.available());
+    }
+
+    /// Read until at least `need` bytes are held (more if they come with
+    /// the same read).
+    pub(crate) async fn fill<R: AsyncReadRent>(
+        &mut self,
+        io: &mut R,
+        need: usize,
+    ) -> Result<(), ReadError> {
         while self.available() < need {
             if self.start > 0 {
                 self.buf.copy_within(self.start.., 0);

@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod conn;
 pub mod io;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -32,6 +33,8 @@ pub struct Shared {
     /// False until the first snapshot is applied (control-plane mode).
     pub snapshot_ready: std::sync::atomic::AtomicBool,
     pub rng: ring::rand::SystemRandom,
+    /// PROXY protocol from the load balancers in front (None: off).
+    pub proxy: Option<proxy::ProxyPolicy>,
 }
 
 /// What one worker thread owns.
