@@ -9,14 +9,15 @@
 # a card number, an e-mail, an SSN or an IBAN) is seeded directly. Then, for
 # every protocol mode, pgbench runs a custom script (a SELECT of ROWS
 # consecutive rows at a random offset) against `bench_nomask` and `bench`,
-# interleaved (off -> on) for ROUNDS rounds, and the script prints the median
-# tps of each and the median (min-max) of the per-round ratios on/off, plus
-# values masked per transaction (from /metrics) to show the masking happened,
-# sluice-dp's own CPU time per transaction (utime+stime from /proc), and the
-# CPU time of everything the transaction ran on (pgbench via /usr/bin/time,
-# PostgreSQL's postmaster with its reaped backends, sluice-dp): on a busy
-# shared machine these move far less than throughput, and their ratio off/on
-# estimates the throughput ratio of a CPU-bound run.
+# interleaved for ROUNDS rounds (off -> on, then on -> off: ABBA), and the
+# script prints the median tps of each and the median (min-max) of the
+# per-round ratios on/off, plus values masked per transaction (from
+# /metrics) to show the masking happened, sluice-dp's own CPU time per
+# transaction (utime+stime from /proc), and the CPU time of everything the
+# transaction ran on (pgbench via /usr/bin/time, PostgreSQL's postmaster with
+# its reaped backends, sluice-dp): on a busy shared machine these move far
+# less than throughput, and their ratio off/on estimates the throughput ratio
+# of a CPU-bound run.
 # Raw per-round numbers go to $OUT/mask_overhead.csv; services are started
 # by lib.sh as README.md describes. Results: bench/RESULTS.md section 8.
 set -euo pipefail
@@ -242,7 +243,15 @@ echo "mode,clients,round,contender,tps,transactions,masked_values,gw_cpu_ticks,g
 j=$((CLIENTS < THREADS ? CLIENTS : THREADS))
 for mode in $MODES; do
     for ((r = 1; r <= ROUNDS; r++)); do
-        for k in "${ORDER[@]}"; do
+        # Odd rounds run the contenders in ORDER, even rounds in reverse
+        # (ABBA): a drift within a round (a checkpoint, a neighbour's
+        # build starting) then favours neither contender.
+        round_order=("${ORDER[@]}")
+        if ((r % 2 == 0)); then
+            round_order=()
+            for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do round_order+=("${ORDER[i]}"); done
+        fi
+        for k in "${round_order[@]}"; do
             mask_conn "$k"
             before=0 ticks0=0
             pg0=$(proc_cpu_ticks_all "$PG_PID")
