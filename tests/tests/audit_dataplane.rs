@@ -868,6 +868,22 @@ async fn fail_open_runs_statements_past_the_quota_and_counts_them() {
     assert_eq!(m.get("sluice_audit_refused_total", &[]), 0.0);
     gw.stop();
     assert!(gw.log().contains("ran unaudited"), "logged");
+    // And in the trail itself, past the quota: every record dropped is
+    // counted by a RECORDS_LOST record of the core that dropped it.
+    let recs = records(dir.path());
+    let reports = of_kind(&recs, AuditKind::RecordsLost);
+    assert!(!reports.is_empty());
+    let mut lost = 0;
+    for r in reports {
+        let l = r.loss.as_ref().unwrap();
+        assert_eq!(
+            (l.reason.as_str(), r.metadata.as_ref().unwrap().core),
+            ("fail_open", 0)
+        );
+        assert!(l.since_unix_nanos <= l.until_unix_nanos, "{l:?}");
+        lost += l.records;
+    }
+    assert_eq!(lost as f64, unaudited);
 }
 
 #[test]

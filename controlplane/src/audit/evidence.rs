@@ -15,7 +15,7 @@ pub const DEFAULT_SAMPLES: usize = 5;
 pub const MAX_SAMPLES: usize = 50;
 
 /// Sample categories, in report order.
-pub const CATEGORIES: [&str; 10] = [
+pub const CATEGORIES: [&str; 11] = [
     "session_start",
     "tls_session",
     "plaintext_session",
@@ -26,6 +26,7 @@ pub const CATEGORIES: [&str; 10] = [
     "masked",
     "snapshot_applied",
     "error",
+    "records_lost",
 ];
 
 /// A kind's short name: `query`, `session_start`, … (`AUDIT_KIND_` cut,
@@ -176,6 +177,11 @@ impl Tally {
                 self.versions.insert(md.snapshot_version);
                 self.sample("snapshot_applied", r);
             }
+            AuditKind::RecordsLost => {
+                resp.loss_reports += 1;
+                resp.records_lost += r.loss.as_ref().map_or(0, |l| l.records);
+                self.sample("records_lost", r);
+            }
             _ => {}
         }
         let resp = &mut self.resp;
@@ -319,9 +325,20 @@ mod tests {
         let mut parse = rec(13, AuditKind::Parse, Decision::Allow);
         parse.outcome.as_mut().unwrap().sqlstate = "42601".into();
         t.add(&parse);
+        // Two reports of lost records, 7 and 0 (ring bytes) records.
+        for (seq, records) in [(14, 7), (15, 0)] {
+            let mut lost = rec(seq, AuditKind::RecordsLost, Decision::Unspecified);
+            lost.loss = Some(proto::AuditLoss {
+                reason: "fail_open".into(),
+                records,
+                ..Default::default()
+            });
+            t.add(&lost);
+        }
         let r = t.finish();
         assert_eq!((r.from_unix_nanos, r.to_unix_nanos), (10, 20));
-        assert_eq!(r.records, 13);
+        assert_eq!(r.records, 15);
+        assert_eq!((r.records_lost, r.loss_reports), (7, 2));
         assert_eq!(r.sessions, 3);
         assert_eq!((r.sessions_tls, r.sessions_plaintext), (1, 1));
         assert_eq!(r.statements, 7);
@@ -347,6 +364,7 @@ mod tests {
         assert_eq!(ids("masked"), ["n1-9"]);
         assert_eq!(ids("error"), ["n1-9", "n1-13"]);
         assert_eq!(ids("plaintext_session"), ["n1-2"]);
+        assert_eq!(ids("records_lost"), ["n1-14", "n1-15"]);
         assert_eq!(r.samples[0].category, "session_start", "report order");
         let kinds: Vec<&str> = r.kinds.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
@@ -356,6 +374,7 @@ mod tests {
                 "execute",
                 "parse",
                 "query",
+                "records_lost",
                 "session_end",
                 "session_start",
                 "snapshot_applied"

@@ -190,13 +190,16 @@ fn normalise(s: &str) -> String {
 /// `--kind`: `query`, `session-start`, `auth_failure`, …
 pub fn parse_kind(s: &str) -> Result<AuditKind, String> {
     let want = normalise(s);
-    (1..=9)
-        .filter_map(|k| AuditKind::try_from(k).ok())
+    let kinds = || (1..).map_while(|k| AuditKind::try_from(k).ok());
+    kinds()
         .find(|k| kind_name(*k as i32) == want)
         .ok_or_else(|| {
             format!(
                 "unknown kind; one of {}",
-                (1..=9).map(kind_name).collect::<Vec<_>>().join(", ")
+                kinds()
+                    .map(|k| kind_name(k as i32))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
 }
@@ -277,6 +280,12 @@ pub fn record_json(r: &AuditRecord) -> Value {
             "sqlstate": o.sqlstate, "errorMessage": o.error_message,
         });
     }
+    if let Some(l) = &r.loss {
+        v["loss"] = json!({
+            "reason": l.reason, "records": l.records, "bytes": l.bytes,
+            "since": format_time(l.since_unix_nanos), "until": format_time(l.until_unix_nanos),
+        });
+    }
     v["prevHash"] = hex(&r.prev_hash).into();
     v["hash"] = hex(&r.hash).into();
     v
@@ -328,6 +337,13 @@ fn masked_cell(r: &AuditRecord) -> String {
 }
 
 fn sql_cell(r: &AuditRecord) -> String {
+    if let Some(l) = &r.loss {
+        // (A RECORDS_LOST record has no statement: what was lost, here.)
+        return match l.records {
+            0 => format!("{} ({} bytes of ring)", l.reason, l.bytes),
+            n => format!("{} ({n} record{})", l.reason, if n == 1 { "" } else { "s" }),
+        };
+    }
     let sql = r.statement.as_ref().map_or("", |s| s.sql.as_str());
     let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     if one.is_empty() {
@@ -819,9 +835,44 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            loss: None,
             prev_hash: vec![0; 32],
             hash: vec![0xab; 32],
         }
+    }
+
+    /// A RECORDS_LOST record shows what was lost where a statement shows
+    /// its SQL, and its `loss` in JSON.
+    #[test]
+    fn lost_records_render() {
+        let mut r = rec(4, "", Decision::Unspecified);
+        r.metadata.as_mut().unwrap().kind = AuditKind::RecordsLost as i32;
+        r.statement = None;
+        r.outcome = None;
+        r.loss = Some(proto::AuditLoss {
+            reason: "fail_open".into(),
+            records: 7,
+            bytes: 0,
+            since_unix_nanos: T - 1_000_000_000,
+            until_unix_nanos: T,
+        });
+        let resp = SearchResponse {
+            records: vec![r.clone()],
+            truncated: false,
+        };
+        let t = search_table(&resp);
+        assert!(
+            t.contains("records_lost") && t.contains("fail_open (7 records)"),
+            "{t}"
+        );
+        let v = record_json(&r);
+        assert_eq!(v["loss"]["records"], 7, "{v:#}");
+        assert_eq!(v["loss"]["reason"], "fail_open");
+        r.loss.as_mut().unwrap().records = 0;
+        r.loss.as_mut().unwrap().bytes = 512;
+        r.loss.as_mut().unwrap().reason = "ring_damaged".into();
+        assert_eq!(sql_cell(&r), "ring_damaged (512 bytes of ring)");
+        assert_eq!(parse_kind("records-lost").unwrap(), AuditKind::RecordsLost);
     }
 
     #[test]

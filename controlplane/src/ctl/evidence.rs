@@ -160,8 +160,10 @@ pub fn controls(e: &EvidenceResponse) -> Vec<Control> {
                 ),
                 fact("records checked", v.records_checked),
                 fact("findings", Value::Array(findings)),
+                fact("records the nodes reported lost", e.records_lost),
+                fact("reports of lost records", e.loss_reports),
             ],
-            samples: vec![],
+            samples: samples(e, &["records_lost"]),
         },
         Control {
             id: "AC-2",

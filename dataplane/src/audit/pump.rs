@@ -16,15 +16,22 @@
 //! A batch the spool refuses (disk quota, I/O error) stays staged and is
 //! retried first, unchanged; meanwhile the [`AuditGate`] is closed so cores
 //! refuse new statements (fail closed) and the rings stop being drained.
+//!
+//! Records lost all the same (dropped under `when_full: fail_open`, or
+//! unreadable in a damaged ring) are reported in the trail itself: the
+//! pump writes a `RECORDS_LOST` record per core and reason, at most once
+//! per [`LOSS_REPORT_INTERVAL`], into the spool's reserve past its quota
+//! ([`Spool::append_reserved`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prost::Message;
-use proto::AuditRecord;
+use proto::{AuditKind, AuditLoss, AuditMetadata, AuditRecord};
 
-use super::ring::{AuditGate, RawFrame, RingConsumer};
+use super::ring::{AuditGate, RawFrame, RingConsumer, FRAME_HEADER_BYTES};
 use super::spool::{BaseChange, Spool, SpoolError};
 
 /// Counters one data core keeps (only that core writes them).
@@ -79,8 +86,57 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+pub(crate) fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// Records made off the data cores, waiting for the next step.
 pub type SideQueue = Arc<Mutex<Vec<AuditRecord>>>;
+
+/// How often, at most, lost records are reported (per step that finds
+/// new losses, the report waits until this long after the last one).
+pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why records were lost (`AuditLoss.reason`).
+pub mod loss {
+    /// Dropped because they could not be stored (`when_full: fail_open`).
+    pub const FAIL_OPEN: &str = "fail_open";
+    /// Unreadable in a core's ring.
+    pub const RING_DAMAGED: &str = "ring_damaged";
+    /// A damaged ring file moved aside at start, unread.
+    pub const RING_SET_ASIDE: &str = "ring_set_aside";
+}
+
+/// Losses of one core and reason not yet in the spool.
+#[derive(Debug, Clone, Copy)]
+struct Loss {
+    records: u64,
+    bytes: u64,
+    since: i64,
+    until: i64,
+}
+
+/// The `RECORDS_LOST` record of `l`.
+fn loss_record(core: u32, reason: &str, l: &Loss) -> AuditRecord {
+    AuditRecord {
+        metadata: Some(AuditMetadata {
+            kind: AuditKind::RecordsLost as i32,
+            time_unix_nanos: l.until,
+            core,
+            ..Default::default()
+        }),
+        loss: Some(AuditLoss {
+            reason: reason.to_string(),
+            records: l.records,
+            bytes: l.bytes,
+            since_unix_nanos: l.since,
+            until_unix_nanos: l.until,
+        }),
+        ..Default::default()
+    }
+}
 
 /// Rings + spool + the batch in between. Owned by the control side, used
 /// under one mutex by the drain thread and the shipper.
@@ -102,6 +158,14 @@ pub struct Pump {
     stats: Arc<AuditStats>,
     max_batch_bytes: usize,
     refusing: bool,
+    /// Losses not yet reported, per (core, reason), merged.
+    losses: BTreeMap<(u32, &'static str), Loss>,
+    /// Per core: its `unaudited` count already noted as lost.
+    unaudited_seen: Vec<u64>,
+    /// When the `unaudited` counts were last read (Unix ns).
+    checked_at: i64,
+    /// When losses were last written (or tried).
+    reported_at: Option<Instant>,
 }
 
 impl Pump {
@@ -124,6 +188,11 @@ impl Pump {
             marks.push_back((spool.last_seq(), unix_ms()));
         }
         let ends = rings.iter().map(RingConsumer::committed).collect();
+        let unaudited_seen = stats
+            .cores
+            .iter()
+            .map(|c| c.unaudited.load(Relaxed))
+            .collect();
         let p = Pump {
             spool,
             rings,
@@ -137,6 +206,10 @@ impl Pump {
             stats,
             max_batch_bytes: 4 << 20,
             refusing: false,
+            losses: BTreeMap::new(),
+            unaudited_seen,
+            checked_at: unix_nanos(),
+            reported_at: None,
         };
         p.publish_gauges();
         p
@@ -174,26 +247,43 @@ impl Pump {
         self.staged.clear();
         self.frames.clear();
         let per_ring = (self.max_batch_bytes / self.rings.len().max(1)).max(64 * 1024);
+        let mut lost = Vec::new();
         for (i, ring) in self.rings.iter().enumerate() {
-            let mark = (self.staged.len(), self.frames.len());
-            match ring.read_from(
-                ring.committed(),
-                per_ring,
-                &mut self.staged,
-                &mut self.frames,
-            ) {
-                Ok(end) => self.ends[i] = end,
-                Err(e) => {
-                    // Cannot happen short of memory corruption or a file
-                    // changed under us: keep what can be kept, say so.
-                    self.staged.truncate(mark.0);
-                    self.frames.truncate(mark.1);
-                    let end = ring.published();
-                    tracing::error!(ring = %ring.path().display(), lost_bytes = end - ring.committed(), "audit ring damaged, its unread frames are lost: {e}");
-                    self.stats.ring_damaged.fetch_add(1, Relaxed);
-                    self.ends[i] = end;
+            let mut pos = ring.committed();
+            self.ends[i] = loop {
+                let mark = self.frames.len();
+                match ring.read_from(pos, per_ring, &mut self.staged, &mut self.frames) {
+                    Ok(end) => break end,
+                    Err(e) => {
+                        // Cannot happen short of memory corruption or a file
+                        // changed under us. The frames read before the
+                        // damaged one are good and kept; when its length is
+                        // one a frame can have, reading goes on after it
+                        // (a frame there has to pass its checksum), else the
+                        // rest of the ring is lost. Either way, said in the
+                        // log and in the trail.
+                        let good: u64 = self.frames[mark..]
+                            .iter()
+                            .map(|f| (FRAME_HEADER_BYTES + f.end - f.start) as u64)
+                            .sum();
+                        let at = pos + good;
+                        let (next, what) = match ring.frame_end(at) {
+                            Some(next) => (next, "the frame is skipped"),
+                            None => (ring.published(), "the rest of the ring is lost"),
+                        };
+                        tracing::error!(ring = %ring.path().display(), at, lost_bytes = next - at, "audit ring damaged, {what}: {e}");
+                        self.stats.ring_damaged.fetch_add(1, Relaxed);
+                        lost.push((ring.core(), next - at, unix_nanos()));
+                        if next >= ring.published() {
+                            break next;
+                        }
+                        pos = next;
+                    }
                 }
-            }
+            };
+        }
+        for (core, bytes, at) in lost {
+            self.note_loss(core, loss::RING_DAMAGED, 0, bytes, at, at);
         }
         // Frames the spool already has (a crash between the append and the
         // ring being told).
@@ -228,12 +318,14 @@ impl Pump {
     /// One step: stage (unless a refused batch is waiting), append, hand
     /// ring space back. Returns how many records were stored.
     pub fn step(&mut self) -> Result<usize, SpoolError> {
+        self.note_unaudited();
         if self.frames.is_empty() {
             self.stage();
         }
+        let reported = self.store_losses(false);
         if self.frames.is_empty() {
             self.commit_rings();
-            return Ok(0);
+            return Ok(reported);
         }
         match self.spool.append_raw(&self.staged, &self.frames) {
             Ok(last) => {
@@ -258,7 +350,7 @@ impl Pump {
                 }
                 self.gate.set_closed(false);
                 self.publish_gauges();
-                Ok(n)
+                Ok(n + reported)
             }
             Err(e) => {
                 self.stats.spool_errors.fetch_add(1, Relaxed);
@@ -269,6 +361,90 @@ impl Pump {
                 self.gate.set_closed(true);
                 self.publish_gauges();
                 Err(e)
+            }
+        }
+    }
+
+    /// Note records lost on `core` for `reason` between `since` and
+    /// `until` (Unix ns), merged with what is not yet reported for them.
+    pub fn note_loss(
+        &mut self,
+        core: u32,
+        reason: &'static str,
+        records: u64,
+        bytes: u64,
+        since: i64,
+        until: i64,
+    ) {
+        let l = self.losses.entry((core, reason)).or_insert(Loss {
+            records: 0,
+            bytes: 0,
+            since,
+            until,
+        });
+        l.records += records;
+        l.bytes += bytes;
+        l.since = l.since.min(since);
+        l.until = l.until.max(until);
+    }
+
+    /// Records the cores dropped (`fail_open`) since the last look.
+    fn note_unaudited(&mut self) {
+        let now = unix_nanos();
+        let stats = self.stats.clone();
+        for (core, c) in stats.cores.iter().enumerate() {
+            let n = c.unaudited.load(Relaxed);
+            let seen = self.unaudited_seen.get(core).copied().unwrap_or(0);
+            if n > seen {
+                self.note_loss(
+                    core as u32,
+                    loss::FAIL_OPEN,
+                    n - seen,
+                    0,
+                    self.checked_at,
+                    now,
+                );
+                self.unaudited_seen[core] = n;
+            }
+        }
+        self.checked_at = now;
+    }
+
+    /// Write the losses noted, one `RECORDS_LOST` record per core and
+    /// reason, within the spool's reserve past its quota; unless `now`, at
+    /// most once per [`LOSS_REPORT_INTERVAL`]. Returns the records written.
+    pub fn store_losses(&mut self, now: bool) -> usize {
+        if self.losses.is_empty()
+            || (!now
+                && self
+                    .reported_at
+                    .is_some_and(|t| t.elapsed() < LOSS_REPORT_INTERVAL))
+        {
+            return 0;
+        }
+        self.reported_at = Some(Instant::now());
+        let mut recs: Vec<AuditRecord> = self
+            .losses
+            .iter()
+            .map(|(&(core, reason), l)| loss_record(core, reason, l))
+            .collect();
+        match self.spool.append_reserved(&mut recs) {
+            Ok(last) => {
+                let n = recs.len();
+                for r in &recs {
+                    let l = r.loss.as_ref().expect("a loss record");
+                    tracing::warn!(core = r.metadata.as_ref().map_or(0, |m| m.core), reason = %l.reason, records = l.records, bytes = l.bytes, "audit: records lost, reported in the trail");
+                }
+                self.losses.clear();
+                self.marks.push_back((last, unix_ms()));
+                self.stats.spooled.fetch_add(n as u64, Relaxed);
+                self.publish_gauges();
+                n
+            }
+            Err(e) => {
+                self.stats.spool_errors.fetch_add(1, Relaxed);
+                tracing::error!(reports = recs.len(), "audit: the record of lost records cannot be stored yet ({e}); it is kept and tried again");
+                0
             }
         }
     }
@@ -464,6 +640,124 @@ mod tests {
         }
         assert!(!gate.closed());
         assert_eq!(pump.spool().last_seq(), pushed);
+        assert_eq!(pump.ring_depth(), 0);
+    }
+
+    /// The `RECORDS_LOST` records in the spool: (core, reason, records,
+    /// bytes).
+    fn losses(p: &Pump) -> Vec<(u32, String, u64, u64)> {
+        p.unacked(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.metadata.as_ref().unwrap().kind == AuditKind::RecordsLost as i32)
+            .map(|r| {
+                let l = r.loss.unwrap();
+                assert!(l.since_unix_nanos <= l.until_unix_nanos, "{l:?}");
+                (r.metadata.unwrap().core, l.reason, l.records, l.bytes)
+            })
+            .collect()
+    }
+
+    /// Records a core drops under `fail_open` are reported in the spool
+    /// (at most once per interval, merged meanwhile), even with the spool
+    /// at its quota, which is why they were dropped.
+    #[test]
+    fn records_dropped_under_fail_open_are_reported_in_the_trail_even_at_the_quota() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut prod, cons) = RingFile::open_or_create(&ring_path(d.path(), 1), 1, MIN_RING_BYTES)
+            .unwrap()
+            .split();
+        let mut cfg = SpoolConfig::new(d.path(), "n1");
+        cfg.quota_bytes = 1000;
+        let gate = Arc::new(AuditGate::default());
+        let stats = Arc::new(AuditStats::new(2));
+        let mut pump = Pump::new(
+            Spool::open(cfg).unwrap(),
+            vec![cons],
+            gate.clone(),
+            stats.clone(),
+        );
+        let mut pushed = 0;
+        while !gate.closed() {
+            pushed += 1;
+            prod.push(&record(1, pushed)).unwrap();
+            let _ = pump.step();
+        }
+        // The core drops what it cannot store (`CoreAudit::count_unaudited`).
+        stats.cores[1].unaudited.fetch_add(7, Relaxed);
+        assert!(pump.step().is_err(), "the staged batch still waits");
+        assert_eq!(losses(&pump), [(1, "fail_open".to_string(), 7, 0)]);
+        assert!(
+            pump.spool().bytes() > 1000,
+            "past the quota, in the reserve"
+        );
+        // More drops within the interval are merged and wait for it (or
+        // for a flush).
+        stats.cores[1].unaudited.fetch_add(2, Relaxed);
+        stats.cores[0].unaudited.fetch_add(1, Relaxed);
+        assert!(pump.step().is_err());
+        assert_eq!(losses(&pump).len(), 1);
+        assert_eq!(pump.store_losses(true), 2);
+        assert_eq!(
+            losses(&pump),
+            [
+                (1, "fail_open".to_string(), 7, 0),
+                (0, "fail_open".to_string(), 1, 0),
+                (1, "fail_open".to_string(), 2, 0),
+            ]
+        );
+        assert_eq!(pump.store_losses(true), 0, "nothing new");
+    }
+
+    /// A damaged frame in a ring loses that frame only (those before and
+    /// after it are stored), and the trail says so: a `ring_damaged`
+    /// record with the bytes lost. A damaged length loses the rest.
+    #[test]
+    fn a_damaged_ring_is_reported_in_the_trail() {
+        let d = tempfile::tempdir().unwrap();
+        let path = ring_path(d.path(), 0);
+        let (mut prod, cons) = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .unwrap()
+            .split();
+        for i in 1..=3 {
+            prod.push(&record(0, i)).unwrap();
+        }
+        // A byte of the second frame's payload flipped under the pump.
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let first = (crate::audit::ring::FRAME_HEADER_BYTES + record(0, 1).len()) as u64;
+        let at = crate::audit::ring::RING_HEADER_BYTES as u64 + first + 20;
+        std::os::unix::fs::FileExt::write_at(&f, &[0xee], at).unwrap();
+        let mut pump = Pump::new(
+            Spool::open(SpoolConfig::new(d.path(), "n1")).unwrap(),
+            vec![cons],
+            Arc::default(),
+            Arc::new(AuditStats::new(1)),
+        );
+        pump.step().unwrap();
+        let frame = (crate::audit::ring::FRAME_HEADER_BYTES + record(0, 2).len()) as u64;
+        assert_eq!(losses(&pump), [(0, "ring_damaged".to_string(), 0, frame)]);
+        let statements =
+            |p: &Pump| -> Vec<String> { sqls(p).into_iter().filter(|s| !s.is_empty()).collect() };
+        assert_eq!(statements(&pump), ["select 0, 1", "select 0, 3"]);
+        assert_eq!(pump.ring_depth(), 0);
+
+        // A length no frame can have: the frames from there on are lost.
+        for i in 4..=6 {
+            prod.push(&record(0, i)).unwrap();
+        }
+        let at = crate::audit::ring::RING_HEADER_BYTES as u64 + 3 * first + first;
+        std::os::unix::fs::FileExt::write_at(&f, &[0xff, 0xff, 0xff, 0x7f], at).unwrap();
+        pump.step().unwrap();
+        // (Within a second of the last report: noted, written on a flush.)
+        assert_eq!(losses(&pump).len(), 1);
+        assert_eq!(pump.store_losses(true), 1);
+        let lost = losses(&pump);
+        assert_eq!(
+            lost[1],
+            (0, "ring_damaged".to_string(), 0, 2 * frame),
+            "{lost:?}"
+        );
+        assert_eq!(statements(&pump)[2..], ["select 0, 4"]);
         assert_eq!(pump.ring_depth(), 0);
     }
 

@@ -545,6 +545,27 @@ impl RingConsumer {
         self.published() - self.read
     }
 
+    /// Where the frame at `pos` (published, not committed) ends, by its
+    /// length field, when that length is one a frame can have and the frame
+    /// ends before the published end: where the next frame would start if
+    /// the one at `pos` is damaged past its length (a payload byte, its
+    /// checksum or sequence).
+    pub fn frame_end(&self, pos: u64) -> Option<u64> {
+        let write = self.published();
+        if pos < self.read
+            || write - pos < FRAME_HEADER_BYTES as u64
+            || write - self.read > self.map.capacity
+        {
+            return None;
+        }
+        let mut len = [0u8; 4];
+        // SAFETY: `[pos, pos + 4)` is published and not committed (as in
+        // `read_from`).
+        unsafe { self.map.copy_out(pos, &mut len) };
+        let size = FRAME_HEADER_BYTES as u64 + u64::from(u32::from_le_bytes(len));
+        (size <= self.map.capacity / 4 && size < write - pos).then_some(pos + size)
+    }
+
     /// Copy frames published after `from` (a position at or after the
     /// committed one) into `out`, up to about `max_bytes`, noting each in
     /// `frames`. Returns the position after the last frame read; nothing is

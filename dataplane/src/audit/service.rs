@@ -135,16 +135,24 @@ fn ring_files(ring_dir: &std::path::Path) -> anyhow::Result<Vec<u32>> {
     Ok(cores)
 }
 
-/// Open (or create) core `core`'s ring, setting a damaged file aside.
-fn open_ring(dir: &std::path::Path, core: u32, capacity: u64) -> anyhow::Result<RingFile> {
+/// Open (or create) core `core`'s ring, setting a damaged file aside (and
+/// noting its size in `aside`, to report the loss in the trail).
+fn open_ring(
+    dir: &std::path::Path,
+    core: u32,
+    capacity: u64,
+    aside: &mut Vec<(u32, u64)>,
+) -> anyhow::Result<RingFile> {
     let path = ring::ring_path(dir, core);
     match RingFile::open_or_create(&path, core, capacity) {
         Ok(r) => Ok(r),
         Err(e @ RingError::Corrupt { .. }) => {
-            let aside = path.with_extension(format!("ring.damaged-{}", unix_ms()));
-            tracing::error!(ring = %path.display(), aside = %aside.display(), "audit ring damaged, set aside (its records are not recovered): {e}");
-            fs::rename(&path, &aside)
+            let to = path.with_extension(format!("ring.damaged-{}", unix_ms()));
+            tracing::error!(ring = %path.display(), aside = %to.display(), "audit ring damaged, set aside (its records are not recovered): {e}");
+            let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            fs::rename(&path, &to)
                 .with_context(|| format!("cannot move {} aside", path.display()))?;
+            aside.push((core, bytes));
             Ok(RingFile::create(&path, core, capacity, 1)?)
         }
         Err(e) => Err(e.into()),
@@ -180,8 +188,9 @@ impl Audit {
         };
         let mut consumers: Vec<RingConsumer> = Vec::new();
         let mut inits = Vec::new();
+        let mut aside = Vec::new();
         for core in 0..cores as u32 {
-            let mut r = open_ring(&s.ring_dir, core, s.ring_bytes)?;
+            let mut r = open_ring(&s.ring_dir, core, s.ring_bytes, &mut aside)?;
             if r.capacity() != s.ring_bytes {
                 if r.depth() == 0 {
                     let next = r.next_seq();
@@ -209,12 +218,16 @@ impl Audit {
         // time): drained like the others, never written.
         let mut orphans = Vec::new();
         for &core in existing.iter().filter(|&&c| c as usize >= cores) {
-            let r = open_ring(&s.ring_dir, core, s.ring_bytes)?;
+            let r = open_ring(&s.ring_dir, core, s.ring_bytes, &mut aside)?;
             orphans.push(r.path().to_path_buf());
             consumers.push(r.into_consumer());
         }
 
         let mut pump = Pump::new(spool, consumers, gate.clone(), stats.clone());
+        let now = super::pump::unix_nanos();
+        for (core, bytes) in aside {
+            pump.note_loss(core, super::pump::loss::RING_SET_ASIDE, 0, bytes, now, now);
+        }
         let mut recovered = 0usize;
         loop {
             match pump.step() {
@@ -307,7 +320,9 @@ impl Audit {
         if let Some(h) = h {
             let _ = h.join();
         }
-        let p = self.pump();
+        let mut p = self.pump();
+        // (Losses noted since the last report, however recent.)
+        p.store_losses(true);
         if p.ring_depth() > 0 || p.staged() > 0 {
             tracing::warn!(ring_bytes = p.ring_depth(), staged = p.staged(), "audit: records left in the rings (the spool refuses them, or sessions were still open); the next start moves them");
         } else if sessions_closed {

@@ -73,6 +73,11 @@ const SEGMENT_EXT: &str = ".seg";
 /// start reading near the sequence it wants.
 const INDEX_EVERY: u64 = 64;
 const HEADER: usize = 8;
+
+/// How far past its quota the records of lost records may take the spool
+/// ([`Spool::append_reserved`]): a few thousand of them, written at most
+/// about once a second per core and reason while records are lost.
+pub const LOSS_RESERVE_BYTES: u64 = 1 << 20;
 /// Most encoded record bytes [`Spool::unacked_to_ship`] returns at once
 /// (at least one record, whatever its size): what it reads is shipped as one
 /// `AuditBatch`, which the control plane accepts up to
@@ -443,6 +448,22 @@ impl Spool {
     /// sequence assigned. All or nothing: on an error nothing is stored and
     /// the numbers written into `records` are void.
     pub fn append_batch(&mut self, records: &mut [AuditRecord]) -> Result<u64, SpoolError> {
+        self.append_records(records, 0)
+    }
+
+    /// [`Spool::append_batch`] for the records the node writes about its
+    /// own audit trail (`RECORDS_LOST`): they may take the spool up to
+    /// [`LOSS_RESERVE_BYTES`] past its quota, so that a spool at its quota,
+    /// where `fail_open` drops records, still takes the record of that.
+    pub fn append_reserved(&mut self, records: &mut [AuditRecord]) -> Result<u64, SpoolError> {
+        self.append_records(records, LOSS_RESERVE_BYTES)
+    }
+
+    fn append_records(
+        &mut self,
+        records: &mut [AuditRecord],
+        reserve: u64,
+    ) -> Result<u64, SpoolError> {
         if self.poisoned {
             return Err(SpoolError::Poisoned);
         }
@@ -475,7 +496,7 @@ impl Spool {
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
 
-        self.write_buf(records.len(), offsets)
+        self.write_buf(records.len(), offsets, reserve)
     }
 
     /// Like [`Spool::append_batch`] for records that arrive encoded (from
@@ -511,15 +532,21 @@ impl Spool {
             self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        self.write_buf(frames.len(), offsets)
+        self.write_buf(frames.len(), offsets, 0)
     }
 
     /// Write `self.buf` (`count` encoded records starting at `offsets`)
-    /// as the next sequences, honouring the quota and the fsync policy.
-    fn write_buf(&mut self, count: usize, offsets: Vec<u64>) -> Result<u64, SpoolError> {
+    /// as the next sequences, honouring the quota (plus `reserve`) and the
+    /// fsync policy.
+    fn write_buf(
+        &mut self,
+        count: usize,
+        offsets: Vec<u64>,
+        reserve: u64,
+    ) -> Result<u64, SpoolError> {
         let roll = self.active.is_none();
         let batch = self.buf.len() as u64 + if roll { HEADER as u64 } else { 0 };
-        if self.bytes + batch > self.cfg.quota_bytes {
+        if self.bytes + batch > self.cfg.quota_bytes + reserve {
             return Err(SpoolError::QuotaExceeded {
                 stored: self.bytes,
                 batch,
