@@ -502,3 +502,99 @@ async fn a_renamed_node_keeping_its_spool_ships_under_its_new_name() {
         n.log()
     );
 }
+
+/// The control plane away and the node's spool full, under `when_full:
+/// fail_open`: statements run and their records are dropped, and the trail
+/// says so. Once the control plane is back, RECORDS_LOST records reach the
+/// sink, counting every record the node dropped; `sluicectl audit search
+/// --kind records-lost` lists them and `evidence` sums them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_dropped_while_the_spool_is_full_are_reported_at_the_sink() {
+    let pg = Pg::shared();
+    let key = ApiKey::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    admin.apply(&base_config(pg, key)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("a");
+    let n = cp::node(
+        &[cp.url()],
+        "audit-lost",
+        &format!(
+            "workers: 1\nlimits:\n  drain_timeout_ms: 500\naudit:\n  spool_dir: \"{}\"\n  \
+             ring_dir: \"{}\"\n  quota_bytes: 32768\n  ring_bytes: 65536\n  \
+             max_sql_bytes: 1024\n  when_full: fail_open\n",
+            spool.display(),
+            spool.join("rings").display()
+        ),
+        true,
+    )
+    .unwrap();
+    let c = n.agent().await;
+    cp.kill();
+    let pad = "x".repeat(200);
+    for j in 0..1500 {
+        c.simple_query(&format!("select '{pad}' /* lost-{j} */"))
+            .await
+            .unwrap();
+    }
+    let dropped = n.metrics().get("sluice_audit_unaudited_total", &[]);
+    assert!(dropped > 0.0, "the spool filled and records were dropped");
+    cp.spawn();
+
+    let deadline = Instant::now() + LIMIT;
+    let lost = loop {
+        let out = cp.ctl(
+            &["audit", "search", "--kind", "records-lost", "-o", "json"],
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let lost: u64 = v["records"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        assert_eq!(r["loss"]["reason"], "fail_open", "{r:#}");
+                        r["loss"]["records"].as_u64().unwrap()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if lost as f64 >= dropped || Instant::now() > deadline {
+            break lost;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lost as f64, dropped, "{}", cp.log());
+    let report = dir.path().join("report");
+    let out = cp.ctl(
+        &[
+            "evidence",
+            "--from",
+            "1h",
+            "--to",
+            "now",
+            "--out",
+            report.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("evidence.json")).unwrap())
+            .unwrap();
+    let au9 = v["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "AU-9")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        au9["facts"]["records the nodes reported lost"], lost,
+        "{au9:#}"
+    );
+    let out = cp.ctl(&["audit", "search", "--kind", "records-lost"], None);
+    let table = &out.stdout;
+    assert!(table.contains("fail_open ("), "{table}");
+}
