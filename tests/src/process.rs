@@ -140,12 +140,30 @@ pub fn is_root() -> bool {
 /// is used as it is.)
 pub fn cargo_build(args: &[&str], out: &std::path::Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    match Command::new(cargo)
-        .arg("build")
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
         .args(args)
-        .current_dir(crate::workspace_dir())
-        .status()
-    {
+        .current_dir(crate::workspace_dir());
+    // Not the variables cargo set for this test process (its package's
+    // name, version and directory): build scripts that watch them (ring's)
+    // would see them change and rebuild, here and in the next outer build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    match cmd.status() {
         Ok(st) => assert!(st.success(), "cargo build {} failed", args.join(" ")),
         Err(e) if out.exists() => {
             eprintln!("[harness] cannot run cargo ({e}); testing {out:?} as it is")
