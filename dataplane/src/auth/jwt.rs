@@ -6,6 +6,8 @@
 //! issuer, `iss` matches, one of the `aud` values is configured, `exp` is in
 //! the future and `nbf` (when present) is not, within the configured leeway,
 //! and the identity claim names the identity the client asked to be.
+//! Verification also says until when the token is accepted, so that a
+//! session it opened can end then ([`expired`]).
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -132,8 +134,10 @@ impl JwtIssuer {
         })
     }
 
-    /// Verify `token` for `identity` at unix time `now`.
-    pub fn verify(&self, token: &str, identity: &str, now: u64) -> Result<(), JwtError> {
+    /// Verify `token` for `identity` at unix time `now`. Accepted, it
+    /// returns the first unix second at which it no longer is: `exp` plus
+    /// the leeway (see [`expired`]).
+    pub fn verify(&self, token: &str, identity: &str, now: u64) -> Result<u64, JwtError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| JwtError::Invalid(e.to_string()))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -183,7 +187,11 @@ impl JwtIssuer {
             .get("exp")
             .and_then(Value::as_f64)
             .ok_or_else(|| JwtError::Invalid("missing exp claim".into()))?;
-        if exp < 0.0 || (exp as u64).saturating_add(self.leeway) <= now {
+        if exp < 0.0 {
+            return Err(JwtError::Expired);
+        }
+        let until = (exp as u64).saturating_add(self.leeway);
+        if expired(until, now) {
             return Err(JwtError::Expired);
         }
         if let Some(nbf) = claims.get("nbf") {
@@ -197,8 +205,16 @@ impl JwtIssuer {
         if claims.get(&self.identity_claim).and_then(Value::as_str) != Some(identity) {
             return Err(JwtError::Subject(self.identity_claim.clone()));
         }
-        Ok(())
+        Ok(until)
     }
+}
+
+/// Whether a token accepted until `until` (what [`JwtIssuer::verify`]
+/// returned) has expired at unix second `now`. The login check's own
+/// bound, so a session opened with the token ends when a login with it
+/// would be refused.
+pub fn expired(until: u64, now: u64) -> bool {
+    until <= now
 }
 
 /// Cheap shape check used to tell a JWT from an API key in a cleartext
@@ -256,11 +272,11 @@ mod tests {
         let (iss, enc) = ec_issuer_with_leeway(30);
         assert_eq!(
             iss.verify(&token(&enc, claims(now + 20, now + 60)), "agent", now),
-            Ok(())
+            Ok(now + 90)
         );
         assert_eq!(
             iss.verify(&token(&enc, claims(now - 60, now - 20)), "agent", now),
-            Ok(())
+            Ok(now + 10)
         );
         assert_eq!(
             iss.verify(&token(&enc, claims(now + 40, now + 60)), "agent", now),
@@ -273,8 +289,37 @@ mod tests {
         let (iss, enc) = ec_issuer_with_leeway(u64::MAX);
         assert_eq!(
             iss.verify(&token(&enc, claims(now, now + 60)), "agent", now),
-            Ok(())
+            Ok(u64::MAX)
         );
+    }
+
+    /// A token is accepted until `exp` plus the leeway, and from that
+    /// second on it is expired, at login (`verify`) as in an open session
+    /// (`expired`): the same bound. A fractional `exp` counts from its
+    /// whole second.
+    #[test]
+    fn accepted_until_exp_plus_leeway_and_expired_from_then_on() {
+        let now = 1_000_000;
+        let (iss, enc) = ec_issuer_with_leeway(5);
+        let claims = |exp: serde_json::Value| serde_json::json!({"iss": "https://idp", "aud": "sluice", "sub": "agent", "exp": exp});
+        let until = iss
+            .verify(&token(&enc, claims((now + 10).into())), "agent", now)
+            .unwrap();
+        assert_eq!(until, now + 15);
+        assert!(!expired(until, now + 14));
+        assert!(expired(until, now + 15));
+        assert!(expired(until, now + 16));
+        // At login, the same seconds.
+        let t = token(&enc, claims((now + 10).into()));
+        assert_eq!(iss.verify(&t, "agent", now + 14), Ok(now + 15));
+        assert_eq!(iss.verify(&t, "agent", now + 15), Err(JwtError::Expired));
+        let fractional = token(&enc, claims(serde_json::json!(now as f64 + 10.9)));
+        assert_eq!(iss.verify(&fractional, "agent", now), Ok(now + 15));
+        // No leeway: expired at `exp` itself.
+        let (iss, enc) = ec_issuer();
+        let t = token(&enc, claims((now + 10).into()));
+        assert_eq!(iss.verify(&t, "agent", now + 9), Ok(now + 10));
+        assert!(expired(now + 10, now + 10));
     }
 
     #[test]
@@ -283,7 +328,10 @@ mod tests {
         let now = 1_000_000;
         let good = serde_json::json!({"iss": "https://idp", "aud": "sluice", "sub": "agent", "exp": now + 60});
         assert!(looks_like_jwt(&token(&enc, good.clone())));
-        assert_eq!(iss.verify(&token(&enc, good.clone()), "agent", now), Ok(()));
+        assert_eq!(
+            iss.verify(&token(&enc, good.clone()), "agent", now),
+            Ok(now + 60)
+        );
         assert_eq!(
             iss.verify(&token(&enc, good.clone()), "other", now),
             Err(JwtError::Subject("sub".into()))

@@ -40,8 +40,22 @@ pub struct SessionRequest {
     /// the `IdentityProvider`) whose keys verified the token, so an open
     /// session can tell when that provider was removed.
     pub jwt_provider: Option<String>,
+    /// For JWTs: the first unix second at which the token is no longer
+    /// accepted (`exp` plus the issuer's leeway), when the session ends
+    /// ([`SessionRequest::token_expired`]). None for API keys.
+    pub jwt_until: Option<u64>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl SessionRequest {
+    /// Whether the session's token has expired at unix second `now`: a JWT
+    /// session ends at its first statement from then on, as a login with
+    /// the token would be refused. Never for an API key session.
+    pub fn token_expired(&self, now: u64) -> bool {
+        self.jwt_until
+            .is_some_and(|until| crate::auth::jwt::expired(until, now))
+    }
 }
 
 /// A password received in clear (over TLS); never printed.
@@ -108,6 +122,7 @@ pub struct ClientHandshake {
     cleartext_key: bool,
     jwt_issuer: Option<String>,
     jwt_provider: Option<String>,
+    jwt_until: Option<u64>,
 }
 
 /// A name the client gave (startup `user`, `database`) as the gateway keeps
@@ -158,6 +173,7 @@ impl ClientHandshake {
             cleartext_key: false,
             jwt_issuer: None,
             jwt_provider: None,
+            jwt_until: None,
         }
     }
 
@@ -368,9 +384,10 @@ impl ClientHandshake {
                     let mut first_err = None;
                     for issuer in &ident.jwt_issuers {
                         match issuer.verify(&pw, &self.identity, now) {
-                            Ok(()) => {
+                            Ok(until) => {
                                 self.jwt_issuer = Some(issuer.issuer().to_string());
                                 self.jwt_provider = Some(issuer.name.clone());
+                                self.jwt_until = Some(until);
                                 return self.authorize(Vec::new(), "jwt");
                             }
                             Err(e) => {
@@ -505,6 +522,7 @@ impl ClientHandshake {
                 cleartext_key: self.cleartext_key,
                 jwt_issuer: self.jwt_issuer.take(),
                 jwt_provider: self.jwt_provider.take(),
+                jwt_until: self.jwt_until.take(),
                 params: std::mem::take(&mut self.params),
             },
         }
@@ -619,11 +637,9 @@ grants:
         assert_eq!(code_of(&hs.on_untagged(&startup("agent", "app"))), "28000");
     }
 
-    /// An identity with both an API key and a JWT issuer, over TLS, gets a
-    /// cleartext password request; an API key sent there is checked by the
-    /// driver (off the core) through `CheckApiKey`.
-    #[test]
-    fn cleartext_api_key_over_tls_is_checked_by_the_driver() {
+    /// A snapshot with identity `both` (API key `key` and issuer `idp`,
+    /// leeway 30 s, granted `app`), and the issuer's signing key.
+    fn key_and_jwt_snapshot() -> (Arc<Snapshot>, jsonwebtoken::EncodingKey) {
         let v = Verifier::generate(b"key", 16);
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let pk = kp.public_key_raw();
@@ -650,6 +666,34 @@ grants:
         let cfg = Config::from_yaml(&y).unwrap();
         cfg.validate().unwrap();
         let snap = Arc::new(Snapshot::build(&cfg, 1).unwrap());
+        let enc = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        (snap, enc)
+    }
+
+    /// `both` logs in over TLS with the cleartext password `password`.
+    fn cleartext_login(snap: &Arc<Snapshot>, password: &[u8], now: u64) -> Step {
+        let mut hs = ClientHandshake::new(snap.clone(), true, false);
+        hs.tls_established();
+        let Step::Reply(r) = hs.on_untagged(&startup("both", "app")) else {
+            panic!()
+        };
+        assert_eq!(&r[5..9], &3u32.to_be_bytes()); // AuthenticationCleartextPassword
+        let mut body = password.to_vec();
+        body.push(0);
+        match hs.on_message(b'p', &body, &[0; 18], now) {
+            Step::CheckApiKey { verifier, password } => {
+                hs.api_key_checked(verifier.matches_password(&password.0))
+            }
+            step => step,
+        }
+    }
+
+    /// An identity with both an API key and a JWT issuer, over TLS, gets a
+    /// cleartext password request; an API key sent there is checked by the
+    /// driver (off the core) through `CheckApiKey`.
+    #[test]
+    fn cleartext_api_key_over_tls_is_checked_by_the_driver() {
+        let (snap, _) = key_and_jwt_snapshot();
         for (key, ok) in [(&b"key"[..], true), (&b"wrong"[..], false)] {
             let mut hs = ClientHandshake::new(snap.clone(), true, false);
             hs.tls_established();
@@ -677,6 +721,42 @@ grants:
                 assert_eq!(code_of(&step), "28P01");
             }
         }
+    }
+
+    /// A JWT session carries until when its token is accepted (`exp` plus
+    /// the issuer's leeway) and counts as expired from that second on, the
+    /// second a login with the token is refused; an API key session of the
+    /// same identity never expires.
+    #[test]
+    fn a_jwt_session_expires_with_its_token_and_an_api_key_session_never() {
+        let (snap, enc) = key_and_jwt_snapshot();
+        let now = 1_000_000;
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("k".into());
+        let claims = serde_json::json!({"iss": "https://idp", "aud": "sluice", "sub": "both", "exp": now + 10});
+        let token = jsonwebtoken::encode(&h, &claims, &enc).unwrap();
+        let Step::Ready { session, .. } = cleartext_login(&snap, token.as_bytes(), now) else {
+            panic!("JWT refused")
+        };
+        assert_eq!(session.auth_method, "jwt");
+        assert_eq!(session.jwt_until, Some(now + 40));
+        assert!(!session.token_expired(now + 39));
+        assert!(session.token_expired(now + 40));
+        assert!(session.token_expired(u64::MAX));
+        assert!(matches!(
+            cleartext_login(&snap, token.as_bytes(), now + 39),
+            Step::Ready { .. }
+        ));
+        assert_eq!(
+            code_of(&cleartext_login(&snap, token.as_bytes(), now + 40)),
+            "28P01"
+        );
+        let Step::Ready { session, .. } = cleartext_login(&snap, b"key", now) else {
+            panic!("API key refused")
+        };
+        assert_eq!(session.auth_method, "api_key");
+        assert_eq!(session.jwt_until, None);
+        assert!(!session.token_expired(u64::MAX));
     }
 
     #[test]
