@@ -112,6 +112,8 @@ pub struct CoreMetrics {
     pub protocol_errors: AtomicU64,
     /// Sessions ended because a new snapshot revoked their grant.
     pub sessions_revoked: AtomicU64,
+    /// JWT sessions ended because their token expired.
+    pub sessions_expired: AtomicU64,
     /// Reads of a target's column catalog (column origins): whole, continued
     /// with the relations created since, and failed.
     pub origin_reads: AtomicU64,
@@ -187,6 +189,7 @@ impl CoreMetrics {
             bytes_target_to_client: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             sessions_revoked: AtomicU64::new(0),
+            sessions_expired: AtomicU64::new(0),
             origin_reads: AtomicU64::new(0),
             origin_reads_continued: AtomicU64::new(0),
             origin_reads_failed: AtomicU64::new(0),
@@ -366,6 +369,12 @@ impl Registry {
             s,
             "sluice_sessions_revoked_total {}",
             sum(c, |m| m.sessions_revoked.load(Relaxed))
+        );
+        let _ = writeln!(s, "# HELP sluice_sessions_expired_total JWT sessions ended at their first statement after their token expired (exp plus the issuer's leeway).\n# TYPE sluice_sessions_expired_total counter");
+        let _ = writeln!(
+            s,
+            "sluice_sessions_expired_total {}",
+            sum(c, |m| m.sessions_expired.load(Relaxed))
         );
         let mut rules: std::collections::BTreeMap<String, u64> = Default::default();
         let mut cols: std::collections::BTreeMap<String, u64> = Default::default();

@@ -1,6 +1,7 @@
 //! Client authentication and authorization at the gateway: API keys (SCRAM)
 //! with and without TLS, JWTs (RS256, ES256) over TLS, and every rejection
-//! with its SQLSTATE and its `sluice_auth_failures_total` reason.
+//! with its SQLSTATE and its `sluice_auth_failures_total` reason; a JWT
+//! session ended when its token expires.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -542,5 +543,164 @@ fn a_fatal_over_tls_ends_the_session_cleanly() {
         let out = sluice_tests::process::run(&mut c, None, Duration::from_secs(60));
         assert!(out.stderr.contains(want), "{}", out.stderr);
         assert!(!out.stderr.contains("SSL SYSCALL"), "{}", out.stderr);
+    }
+}
+
+/// Sleep until the wall clock is `ms` milliseconds past Unix second `secs`.
+async fn sleep_until_unix(secs: u64, ms: u64) {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms);
+    if let Ok(left) = at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// The statement on `c` is refused with FATAL 28000 `session token expired`
+/// and the gateway closes the connection.
+async fn assert_token_expired(
+    res: Result<(), tokio_postgres::Error>,
+    c: &tokio_postgres::Client,
+    what: &str,
+) {
+    let e = res.expect_err(&format!(
+        "{what}: statement allowed after the token expired"
+    ));
+    assert_eq!(
+        db_code(&e).as_deref(),
+        Some("28000"),
+        "{what}: {}",
+        err_text(&e)
+    );
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.severity(), "FATAL", "{what}: {}", err_text(&e));
+    assert_eq!(db.message(), "session token expired", "{what}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: connection still open after the FATAL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.simple_query("select 1").await.is_err(),
+        "{what}: closed connection answered"
+    );
+}
+
+/// AC-12: a session opened with a JWT ends when the token expires. Its
+/// first statement at or after `exp` plus the issuer's leeway (the login
+/// check's) is not forwarded: FATAL 28000 `session token expired`, the
+/// connection closed, in a transaction block too and for a Parse, and
+/// with audit on the refused Query gets a POLICY_DECISION (DENY) record
+/// and each session's end record says why. Past `exp` but within the
+/// leeway statements still run; an API key session is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
+    // `leeway_seconds` of the test issuer (`GatewayConfig::jwt_issuer`).
+    const LEEWAY: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&auth_config().audit(dir.path(), ""));
+    let exp = jwt::now() + 3;
+    let mut claims = jwt::claims("alice");
+    claims["exp"] = json!(exp);
+    let token = fixture().keys.es256(&claims);
+    let cfg = tls_config(&gw, "alice", &token, "app");
+    let idle = connect_tls(&cfg, verify_full()).await.expect("JWT login");
+    let in_block = connect_tls(&cfg, verify_full()).await.expect("JWT login");
+    let keyed = connect(&gw.config("agent1", &ApiKey::shared().key, "app"))
+        .await
+        .unwrap();
+    idle.simple_query("select 1 as jwt_exp_before")
+        .await
+        .unwrap();
+    in_block.batch_execute("begin").await.unwrap();
+
+    // Past exp, within the leeway: still allowed.
+    sleep_until_unix(exp + 1, 0).await;
+    idle.simple_query("select 2 as jwt_exp_leeway")
+        .await
+        .expect("a statement within the leeway");
+    in_block
+        .query_one("select 3::int as jwt_exp_block_leeway", &[])
+        .await
+        .expect("a statement within the leeway, in a block");
+
+    // Past exp + leeway: the next statement ends the session.
+    sleep_until_unix(exp + LEEWAY, 300).await;
+    let res = idle
+        .simple_query("select 4 as jwt_exp_refused")
+        .await
+        .map(drop);
+    assert_token_expired(res, &idle, "simple Query").await;
+    let res = in_block
+        .query_one("select 5::int as jwt_exp_block_refused", &[])
+        .await
+        .map(drop);
+    assert_token_expired(res, &in_block, "Parse in a transaction block").await;
+    // A session authenticated otherwise goes on.
+    assert_works(&keyed).await;
+    assert_eq!(
+        gw.metrics().get("sluice_sessions_expired_total", &[]),
+        2.0,
+        "{}",
+        gw.metrics().lines_for("sluice_sessions_expired_total")
+    );
+    drop((idle, in_block, keyed));
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let (mut recs, in_rings) =
+        dataplane::audit::service::read_dir(dir.path(), Some(&dir.path().join("rings")))
+            .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.path().display()));
+    recs.extend(in_rings);
+    let kind = |r: &proto::AuditRecord| r.metadata.as_ref().unwrap().kind;
+    let with = |marker: &str| -> Vec<&proto::AuditRecord> {
+        recs.iter()
+            .filter(|r| r.statement.as_ref().is_some_and(|s| s.sql.contains(marker)))
+            .collect()
+    };
+    for (marker, k) in [
+        ("jwt_exp_before", proto::AuditKind::Query),
+        ("jwt_exp_leeway", proto::AuditKind::Query),
+        ("jwt_exp_block_leeway", proto::AuditKind::Execute),
+    ] {
+        let got: Vec<_> = with(marker)
+            .into_iter()
+            .filter(|r| kind(r) == k as i32)
+            .collect();
+        assert_eq!(got.len(), 1, "{marker}: {got:#?}");
+        let o = got[0].outcome.as_ref().unwrap();
+        assert_eq!(o.decision, proto::Decision::Allow as i32, "{marker}");
+    }
+    let refused = with("jwt_exp_refused");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    let r = refused[0];
+    assert_eq!(kind(r), proto::AuditKind::PolicyDecision as i32);
+    assert_eq!(
+        r.statement.as_ref().unwrap().sql,
+        "select 4 as jwt_exp_refused"
+    );
+    let id = r.identity.as_ref().unwrap();
+    assert_eq!(id.name, "alice");
+    assert_eq!(id.auth_method, proto::AuthMethod::Jwt as i32);
+    let o = r.outcome.as_ref().unwrap();
+    assert_eq!(o.decision, proto::Decision::Deny as i32);
+    assert_eq!(o.sqlstate, "28000");
+    assert_eq!(o.error_message, "session token expired");
+    assert_eq!(o.rows, 0);
+    // The Parse refused in the block was never sent, and has no record (as
+    // under a revocation: a refused Query, Execute or FunctionCall has
+    // one); its session's end record says why.
+    let block_refused = with("jwt_exp_block_refused");
+    assert!(block_refused.is_empty(), "{block_refused:#?}");
+    let ends: Vec<_> = recs
+        .iter()
+        .filter(|r| kind(r) == proto::AuditKind::SessionEnd as i32)
+        .filter(|r| r.identity.as_ref().is_some_and(|i| i.name == "alice"))
+        .collect();
+    assert_eq!(ends.len(), 2, "{ends:#?}");
+    for e in ends {
+        let o = e.outcome.as_ref().unwrap();
+        assert_eq!(o.error_message, "session token expired", "{e:#?}");
     }
 }

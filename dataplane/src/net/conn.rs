@@ -905,6 +905,8 @@ enum End {
     TargetClosed,
     /// A new snapshot no longer allows this session.
     Revoked(crate::snapshot::Revoked),
+    /// The JWT that opened the session expired.
+    TokenExpired,
     /// A statement refused: its audit record could not be kept.
     AuditRefused,
     /// The client encoding changed to one masking cannot read.
@@ -914,6 +916,12 @@ enum End {
     /// answers went wrong): nothing more of it can be told apart.
     CatalogMisaligned,
 }
+
+/// What the client is told when its JWT session ends because the token
+/// expired ([`End::TokenExpired`]). 28000: the authorization the session
+/// rests on no longer holds (a login with the token gets 28P01 `JWT
+/// expired`).
+const TOKEN_EXPIRED: &str = "session token expired";
 
 /// What the client is told when a session's own catalog read is answered
 /// out of place ([`End::CatalogMisaligned`]).
@@ -1006,6 +1014,7 @@ async fn relay(
         End::ClientFrame(e) => format!("invalid frame from the client: {e}").into(),
         End::TargetFrame(e) => format!("invalid frame from the target: {e}").into(),
         End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
+        End::TokenExpired => TOKEN_EXPIRED.into(),
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
         End::CatalogMisaligned => MISALIGNED.into(),
@@ -1049,6 +1058,11 @@ async fn relay(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 &format!("permission revoked: {}", why.0),
             ));
+        }
+        End::TokenExpired => {
+            bump(&worker.metrics.sessions_expired, 1);
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, "session ended at its first statement after its token expired");
+            last = Some(fatal(sqlstate::INVALID_AUTHORIZATION, TOKEN_EXPIRED));
         }
         End::ClientFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
@@ -1233,6 +1247,32 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             return End::ClientFrame(e);
         }
         if statements + parses + calls > 0 {
+            // A JWT session ends at its first statement once its token has
+            // expired (no timer: one idle past then ends at its next one).
+            // The wall clock as the audit clock derives it from `t0` (no
+            // clock read of its own; one per core per 100 ms at most).
+            if state.session.jwt_until.is_some() {
+                let unix_ns = if state.audit.is_some() {
+                    now.unix_ns
+                } else {
+                    audit_clock_at(t0).unix_ns
+                };
+                let secs = u64::try_from(unix_ns / 1_000_000_000).unwrap_or(0);
+                if state.session.token_expired(secs) {
+                    if let Some(a) = state.audit {
+                        // As for a revocation: the statements of this read
+                        // were never sent.
+                        a.tracker.borrow_mut().refuse_since(
+                            mark,
+                            sqlstate::INVALID_AUTHORIZATION,
+                            TOKEN_EXPIRED,
+                            audit_clock(),
+                        );
+                        store_records(a).await;
+                    }
+                    return End::TokenExpired;
+                }
+            }
             // A new snapshot since this session last looked: is it still
             // allowed? One atomic load per batch of statements otherwise.
             let snap = worker.shared.snapshot.load();
