@@ -36,8 +36,13 @@ pub fn evaluate(grants: &Grants, rec: &AuditRecord) -> ReplayEvaluation {
     let outcome = rec.outcome.clone().unwrap_or_default();
     let then = Decision::try_from(outcome.decision).unwrap_or(Decision::Unspecified);
     let allowed_then = matches!(then, Decision::Allow | Decision::ReviewApproved);
-    // Refused for lack of a grant: a denial no rule claims.
-    let ungranted_then = then == Decision::Deny && outcome.rule.is_empty();
+    // Refused for lack of a grant: a denial no rule claims, with the
+    // SQLSTATE of one (42501; none in older records). Not a session ended
+    // because its token expired (28000) or a statement refused while
+    // audit records could not be kept (53100): no grant decided those.
+    let ungranted_then = then == Decision::Deny
+        && outcome.rule.is_empty()
+        && matches!(outcome.sqlstate.as_str(), "" | "42501");
     let differs = match &verdict {
         Verdict::Allow(_) => ungranted_then,
         Verdict::Deny(_) => allowed_then,
@@ -138,6 +143,14 @@ mod tests {
         assert!(evaluate(&g, &rec(AuditKind::Query, Decision::Deny, "")).differs);
         // Refused then and now: the same.
         assert!(!evaluate(&grants(false), &rec(AuditKind::Query, Decision::Deny, "")).differs);
+        // Refused for something no grant decides (a JWT session whose
+        // token expired, audit unavailable): granted now is no difference;
+        // a revocation's 42501 is one.
+        for (code, differs) in [("28000", false), ("53100", false), ("42501", true)] {
+            let mut r = rec(AuditKind::PolicyDecision, Decision::Deny, "");
+            r.outcome.as_mut().unwrap().sqlstate = code.into();
+            assert_eq!(evaluate(&g, &r).differs, differs, "{code}");
+        }
     }
 
     #[test]
