@@ -400,6 +400,10 @@ pub struct ServerTls {
     /// Refuse clients that do not negotiate TLS.
     #[serde(default)]
     pub required: bool,
+    /// PEM CA certificate(s) that sign client certificates: clients may
+    /// present one (identities with `client_cert` authenticate with it).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -539,6 +543,10 @@ pub struct Identity {
     /// Name of a `jwt_issuers` entry whose tokens may authenticate this identity.
     #[serde(default)]
     pub jwt_issuer: Option<String>,
+    /// The client certificate (signed by `tls.client_ca_file`) that
+    /// authenticates this identity: its SPIFFE ID and/or subject CN.
+    #[serde(default)]
+    pub client_cert: Option<crate::auth::cert::CertMatch>,
     #[serde(default)]
     pub groups: Vec<String>,
 }
@@ -628,6 +636,9 @@ impl Config {
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
+            if let Some(p) = &mut tls.client_ca_file {
+                fix(p);
+            }
         }
         for c in &mut self.connections {
             if let Some(p) = &mut c.target.password_file {
@@ -822,11 +833,20 @@ impl Config {
                     format!("duplicate identity `{}`", id.name),
                 ));
             }
-            if id.api_key.is_none() && id.jwt_issuer.is_none() {
+            if id.api_key.is_none() && id.jwt_issuer.is_none() && id.client_cert.is_none() {
                 return Err(ConfigError::field(
                     at("api_key"),
-                    "an identity needs an api_key verifier or a jwt_issuer",
+                    "an identity needs an api_key verifier, a jwt_issuer or a client_cert",
                 ));
+            }
+            if let Some(m) = &id.client_cert {
+                m.check(&at("client_cert"))?;
+                if self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+                    return Err(ConfigError::field(
+                        at("client_cert"),
+                        "needs tls.client_ca_file (the CA that signs client certificates)",
+                    ));
+                }
             }
             if let Some(v) = &id.api_key {
                 crate::auth::scram::Verifier::parse(v)
@@ -1005,6 +1025,39 @@ grants:
             .unwrap_err()
             .to_string();
         assert!(e.contains("proxy_protocol"), "{e}");
+    }
+
+    /// A `client_cert` identity needs the client CA, and a usable match.
+    #[test]
+    fn client_cert_identities_need_the_client_ca() {
+        let with = |tls: &str, cert: &str| {
+            format!(
+                "{tls}{}",
+                base().replace(
+                    "identities:\n",
+                    &format!("identities:\n  - {{ name: a7, client_cert: {cert} }}\n"),
+                )
+            )
+        };
+        let tls = "tls: { cert_file: s.pem, key_file: s.key, client_ca_file: ca.pem }\n";
+        let ok = Config::from_yaml(&with(tls, "{ spiffe_id: \"spiffe://corp/agent/7\" }")).unwrap();
+        ok.validate().unwrap();
+        for (t, cert, field) in [
+            ("", "{ subject_cn: a7 }", "identities[0].client_cert`"),
+            (tls, "{}", "identities[0].client_cert`"),
+            (
+                tls,
+                "{ spiffe_id: \"https://corp/a\" }",
+                "identities[0].client_cert.spiffe_id",
+            ),
+        ] {
+            let e = Config::from_yaml(&with(t, cert))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{cert}: {e}");
+        }
     }
 
     /// A field error names its path once.

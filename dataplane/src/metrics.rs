@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 /// Why authentication or authorization failed.
-pub const AUTH_REASONS: [&str; 13] = [
+pub const AUTH_REASONS: [&str; 15] = [
     "bad_password",
     "unknown_identity",
     "unknown_connection",
@@ -77,6 +77,10 @@ pub const AUTH_REASONS: [&str; 13] = [
     "jwt_invalid",
     "tls_required",
     "bad_method",
+    // An identity that authenticates with a client certificate: none was
+    // presented, or one of someone else.
+    "no_certificate",
+    "bad_certificate",
     // A malformed or unexpected message inside the authentication
     // exchange (08P01), once the startup named an identity.
     "protocol_violation",

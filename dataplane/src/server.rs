@@ -44,7 +44,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => Snapshot::build(&cfg, 1)?,
     };
     let tls = match &cfg.tls {
-        Some(t) => Some(crate::tls::server_config(&t.cert_file, &t.key_file)?),
+        Some(t) => Some(crate::tls::server_config(
+            &t.cert_file,
+            &t.key_file,
+            t.client_ca_file.as_deref(),
+        )?),
         None => None,
     };
     let workers = if cfg.workers == 0 {
@@ -71,7 +75,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
         cancels: Arc::new(CancelRegistry::new(cfg.node_id)),
         tls_required: cfg.tls.as_ref().is_some_and(|t| t.required),
-        tls: tls.map(monoio_rustls::TlsAcceptor::from),
+        tls,
         limits: cfg.limits.clone(),
         node_id: cfg.node_id,
         draining: AtomicBool::new(false),

@@ -67,6 +67,9 @@ pub struct IdentityEntry {
     pub verifier: Option<Verifier>,
     /// Issuers whose tokens may authenticate this identity (tried in order).
     pub jwt_issuers: Vec<Arc<JwtIssuer>>,
+    /// The client certificate that authenticates this identity (static
+    /// configuration only, for now).
+    pub client_cert: Option<crate::auth::cert::CertMatch>,
     pub groups: Vec<String>,
 }
 
@@ -176,6 +179,7 @@ impl Snapshot {
                     name: id.name.clone(),
                     verifier,
                     jwt_issuers,
+                    client_cert: id.client_cert.clone(),
                     groups: id.groups.clone(),
                 },
             );
@@ -303,6 +307,7 @@ impl Snapshot {
                     name: name.to_string(),
                     verifier: None,
                     jwt_issuers: Vec::new(),
+                    client_cert: None,
                     groups: Vec::new(),
                 })
         }
@@ -460,6 +465,7 @@ impl Snapshot {
         method: &str,
         verifier: Option<&Verifier>,
         jwt: Option<(&str, &str)>,
+        cert: Option<&crate::auth::cert::ClientCert>,
     ) -> Result<(), Revoked> {
         let Some(ident) = self.identities.get(identity) else {
             return Err(Revoked(format!(
@@ -470,6 +476,16 @@ impl Snapshot {
             "api_key" if ident.verifier.as_ref() != verifier => {
                 return Err(Revoked(format!(
                     "the API key of identity \"{identity}\" was deleted or replaced"
+                )))
+            }
+            "client_cert"
+                if !ident
+                    .client_cert
+                    .as_ref()
+                    .is_some_and(|m| cert.is_some_and(|c| m.matches(c))) =>
+            {
+                return Err(Revoked(format!(
+                    "identity \"{identity}\" no longer accepts the client certificate this session presented"
                 )))
             }
             "jwt" if ident.jwt_issuers.is_empty() => {

@@ -1,16 +1,136 @@
 //! rustls configuration for the client-facing listener (ring provider only).
+//!
+//! With `tls.client_ca_file`, clients may present a certificate signed by
+//! that CA (optional at the TLS layer: identities that authenticate
+//! otherwise present none). monoio-rustls gives no access to a
+//! connection's peer certificates, so each such connection gets its own
+//! rustls config whose certificate verifier, wrapping the shared one, keeps
+//! the certificate it verified in a slot the handshake reads
+//! ([`ServerTls::acceptor`]). Session resumption is off then: a resumed
+//! session presents no certificate to keep.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// Build the server-side TLS config from PEM files. Errors name the field.
+use crate::config::ConfigError;
+
+/// Where a connection's verified client certificate lands during its TLS
+/// handshake (the end-entity certificate, DER).
+pub type PeerCert = Arc<Mutex<Option<CertificateDer<'static>>>>;
+
+/// The client-facing TLS settings, ready to accept connections.
+pub struct ServerTls {
+    /// Without client certificates: one config for every connection.
+    shared: Arc<rustls::ServerConfig>,
+    /// With `tls.client_ca_file`: what each connection's config is made of.
+    client: Option<ClientAuth>,
+}
+
+struct ClientAuth {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    certs: Arc<dyn ResolvesServerCert>,
+}
+
+impl ServerTls {
+    /// The acceptor for one connection, and with client certificates on,
+    /// the slot its verified certificate will be in after the handshake.
+    pub fn acceptor(&self) -> (monoio_rustls::TlsAcceptor, Option<PeerCert>) {
+        let Some(c) = &self.client else {
+            return (self.shared.clone().into(), None);
+        };
+        let slot = PeerCert::default();
+        let verifier = Arc::new(Keeping {
+            inner: c.verifier.clone(),
+            slot: slot.clone(),
+        });
+        let mut cfg = rustls::ServerConfig::builder_with_provider(c.provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default versions (checked at start)")
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(c.certs.clone());
+        cfg.session_storage = Arc::new(NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+        (Arc::new(cfg).into(), Some(slot))
+    }
+
+    /// Whether clients may authenticate with certificates.
+    pub fn client_certificates(&self) -> bool {
+        self.client.is_some()
+    }
+}
+
+/// A client certificate verifier that keeps what it verified.
+#[derive(Debug)]
+struct Keeping {
+    inner: Arc<dyn ClientCertVerifier>,
+    slot: PeerCert,
+}
+
+impl ClientCertVerifier for Keeping {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(end_entity.clone().into_owned());
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Build the server-side TLS from PEM files (`client_ca`: the CA that signs
+/// client certificates, if any). Errors name the field.
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
-) -> Result<Arc<rustls::ServerConfig>, crate::config::ConfigError> {
-    use crate::config::ConfigError;
+    client_ca: Option<&Path>,
+) -> Result<ServerTls, ConfigError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| {
             ConfigError::field(
@@ -38,16 +158,48 @@ pub fn server_config(
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let certified = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        ConfigError::field(
+            "tls.key_file",
+            format!("certificate and key do not match: {e}"),
+        )
+    })?;
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SingleCertAndKey::from(certified));
+    let shared = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::field("tls", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ConfigError::field(
-                "tls.key_file",
-                format!("certificate and key do not match: {e}"),
-            )
-        })?;
-    Ok(Arc::new(cfg))
+        .with_cert_resolver(resolver.clone());
+    let client = match client_ca {
+        None => None,
+        Some(ca) => {
+            let field = |m: String| ConfigError::field("tls.client_ca_file", m);
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| field(format!("cannot read {}: {e}", ca.display())))?
+            {
+                let c = c.map_err(|e| field(format!("bad PEM in {}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| field(format!("bad CA certificate in {}: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(field(format!("no certificate in {}", ca.display())));
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| field(e.to_string()))?;
+            Some(ClientAuth {
+                provider,
+                verifier,
+                certs: resolver,
+            })
+        }
+    };
+    Ok(ServerTls {
+        shared: Arc::new(shared),
+        client,
+    })
 }

@@ -101,6 +101,24 @@ impl ClientOptions {
         MakeRustlsConnect::new(cfg)
     }
 
+    /// TLS without verifying the server (as [`Self::tls_no_verify`]) that
+    /// presents a client certificate: `cert_der` (the end-entity first) with
+    /// its PKCS#8 key `key_der` (libpq's `sslcert`/`sslkey`).
+    pub fn tls_client_cert(cert_der: Vec<Vec<u8>>, key_der: Vec<u8>) -> MakeRustlsConnect {
+        let provider = Self::provider();
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_client_auth_cert(
+                cert_der.into_iter().map(CertificateDer::from).collect(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()),
+            )
+            .expect("client certificate and key");
+        MakeRustlsConnect::new(cfg)
+    }
+
     /// TLS that verifies the chain against `ca_pem` and the host name
     /// (libpq's `sslmode=verify-full`).
     pub fn tls_verify_full(ca_pem: &[u8]) -> MakeRustlsConnect {

@@ -704,3 +704,153 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
         assert_eq!(o.error_message, "session token expired", "{e:#?}");
     }
 }
+
+/// A certificate authority for client certificates, made here.
+struct ClientCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl ClientCa {
+    fn new(name: &str) -> ClientCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        ClientCa { cert, key }
+    }
+
+    /// A client certificate with URI SAN `uri` and common name `cn`, and
+    /// TLS client options that present it.
+    fn client(&self, uri: Option<&str>, cn: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        if let Some(u) = uri {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into().unwrap()));
+        }
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        ClientOptions::tls_client_cert(vec![cert.der().to_vec()], key.serialize_der())
+    }
+}
+
+/// Client certificates (`tls.client_ca_file`, `identities[].client_cert`):
+/// a certificate the client CA signed authenticates the identity whose
+/// SPIFFE ID or subject CN it carries, with no password; the session is
+/// audited as `client_cert`. Another identity's certificate, none, or one
+/// from another CA is refused; an API-key identity presenting a
+/// certificate still logs in with its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_authenticate_the_identity_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClientCa::new("agents CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
+        .tls(DevCerts::shared(), false)
+        .audit(&dir.path().join("audit"), "");
+    cfg.identities.push(
+        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
+            .into(),
+    );
+    cfg.identities
+        .push("{ name: ops, client_cert: { subject_cn: ops-1 }, groups: [bots] }".into());
+    let yaml = cfg.to_yaml().replace(
+        "required: false }",
+        &format!(
+            "required: false, client_ca_file: {:?} }}",
+            ca_file.display().to_string()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let as_ = |user: &str| {
+        let mut c = gw.config(user, "", "app");
+        c.ssl_mode(SslMode::Require);
+        c
+    };
+
+    let agent7 = ca.client(Some("spiffe://corp.example/agent/7"), "whatever");
+    let c = connect_tls(&as_("agent7"), agent7.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    let who: String = c
+        .query_one("select current_user", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app_owner");
+    let c = connect_tls(&as_("ops"), ca.client(None, "ops-1"))
+        .await
+        .unwrap();
+    c.simple_query("select 1").await.unwrap();
+    // An API-key identity presenting a certificate logs in with its key.
+    let mut key_cfg = gw.agent_config();
+    key_cfg.ssl_mode(SslMode::Require);
+    connect_tls(&key_cfg, agent7.clone()).await.unwrap();
+
+    for (user, tls, want) in [
+        (
+            "agent7",
+            ca.client(Some("spiffe://corp.example/agent/8"), "agent-8"),
+            "the client certificate presented (spiffe://corp.example/agent/8) is not identity \"agent7\"'s",
+        ),
+        ("ops", agent7.clone(), "is not identity \"ops\"'s"),
+        (
+            "agent7",
+            ClientOptions::tls_no_verify(),
+            "identity \"agent7\" authenticates with a client certificate",
+        ),
+    ] {
+        let e = connect_tls(&as_(user), tls).await.err().unwrap();
+        assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+        assert!(err_text(&e).contains(want), "{}", err_text(&e));
+    }
+    // Without TLS there is no certificate.
+    let e = connect(&gw.config("agent7", "", "app"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+    // A certificate another CA signed fails the TLS handshake itself.
+    let stranger = ClientCa::new("someone else").client(Some("spiffe://corp.example/agent/7"), "x");
+    let e = connect_tls(&as_("agent7"), stranger).await.err().unwrap();
+    assert_eq!(db_code(&e), None, "{}", err_text(&e));
+    gw.assert_alive();
+
+    let m = gw.metrics();
+    let failures = |r: &str| m.get("sluice_auth_failures_total", &[("reason", r)]);
+    assert_eq!(
+        (failures("bad_certificate"), failures("no_certificate")),
+        (2.0, 2.0)
+    );
+    drop(c);
+    gw.stop();
+    let (mut recs, rings) = dataplane::audit::service::read_dir(
+        &dir.path().join("audit"),
+        Some(&dir.path().join("audit").join("rings")),
+    )
+    .unwrap();
+    recs.extend(rings);
+    let methods: Vec<(String, i32)> = recs
+        .iter()
+        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::SessionStart as i32)
+        .map(|r| {
+            let i = r.identity.as_ref().unwrap();
+            (i.name.clone(), i.auth_method)
+        })
+        .collect();
+    let cert = proto::AuthMethod::ClientCert as i32;
+    assert!(methods.contains(&("agent7".into(), cert)), "{methods:?}");
+    assert!(methods.contains(&("ops".into(), cert)), "{methods:?}");
+    assert!(
+        methods.iter().any(|(n, m)| n == "agent1" && *m != cert),
+        "{methods:?}"
+    );
+}

@@ -21,6 +21,7 @@ use super::io::{
 };
 use super::{Shared, Worker};
 use crate::audit::{self, Clock, CoreAudit, Tracker, WhenFull};
+use crate::auth::cert::ClientCert;
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::metrics::{bump, Outcome};
 use crate::protocol::backend::{self, Severity};
@@ -125,6 +126,7 @@ fn session_audit<'w>(
         .unwrap_or_default();
     let method = match (session.auth_method, session.cleartext_key) {
         ("jwt", _) => proto::AuthMethod::Jwt,
+        ("client_cert", _) => proto::AuthMethod::ClientCert,
         (_, true) => proto::AuthMethod::CleartextApiKey,
         _ => proto::AuthMethod::ScramApiKey,
     };
@@ -595,14 +597,21 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                 if write_all(&mut tcp, b"S".to_vec()).await.is_err() {
                     return Handshake::Done(Outcome::ClientClosed);
                 }
-                let acceptor = shared
+                let (acceptor, peer_cert) = shared
                     .tls
                     .as_ref()
-                    .expect("StartTls only when TLS is configured");
+                    .expect("StartTls only when TLS is configured")
+                    .acceptor();
                 match acceptor.accept(tcp).await {
                     Ok(tls) => {
                         io = MaybeTls::Tls(Box::new(tls));
                         hs.tls_established();
+                        // (A certificate the client CA verified, if it sent one.)
+                        let der = peer_cert
+                            .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+                        if let Some(c) = der.and_then(|d| ClientCert::from_der(&d)) {
+                            hs.client_certificate(c);
+                        }
                     }
                     Err(e) => {
                         tracing::debug!("client TLS handshake failed: {e}");
@@ -1284,6 +1293,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     s.auth_method,
                     s.verifier.as_ref(),
                     s.jwt_provider.as_deref().zip(s.jwt_issuer.as_deref()),
+                    s.client_cert.as_deref(),
                 ) {
                     if let Some(a) = state.audit {
                         // The statements of this read were never sent;

@@ -25,7 +25,7 @@ use crate::metrics::CoreMetrics;
 pub struct Shared {
     pub snapshot: arc_swap::ArcSwap<crate::snapshot::Snapshot>,
     pub cancels: Arc<CancelRegistry>,
-    pub tls: Option<monoio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::tls::ServerTls>,
     pub tls_required: bool,
     pub limits: crate::config::Limits,
     pub node_id: u8,

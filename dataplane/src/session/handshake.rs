@@ -23,7 +23,7 @@ const GATEWAY_PARAMS: [&str; 3] = ["user", "database", "replication"];
 pub struct SessionRequest {
     pub identity: String,
     pub connection: Arc<ConnectionEntry>,
-    /// How the client proved who it is (`api_key`, `jwt`).
+    /// How the client proved who it is (`api_key`, `jwt`, `client_cert`).
     pub auth_method: &'static str,
     /// The API key verifier the client proved, so an open session can tell
     /// when its key was deleted or replaced.
@@ -44,6 +44,9 @@ pub struct SessionRequest {
     /// accepted (`exp` plus the issuer's leeway), when the session ends
     /// ([`SessionRequest::token_expired`]). None for API keys.
     pub jwt_until: Option<u64>,
+    /// For client certificates: the one presented, so an open session can
+    /// tell when its identity no longer accepts it.
+    pub client_cert: Option<Box<crate::auth::cert::ClientCert>>,
     /// Startup parameters to pass on (application_name, client_encoding…).
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -123,6 +126,9 @@ pub struct ClientHandshake {
     jwt_issuer: Option<String>,
     jwt_provider: Option<String>,
     jwt_until: Option<u64>,
+    /// The certificate the client presented in its TLS handshake (verified
+    /// against `tls.client_ca_file`).
+    client_cert: Option<crate::auth::cert::ClientCert>,
 }
 
 /// A name the client gave (startup `user`, `database`) as the gateway keeps
@@ -174,6 +180,7 @@ impl ClientHandshake {
             jwt_issuer: None,
             jwt_provider: None,
             jwt_until: None,
+            client_cert: None,
         }
     }
 
@@ -185,6 +192,12 @@ impl ClientHandshake {
     /// The driver finished the TLS handshake.
     pub fn tls_established(&mut self) {
         self.tls_active = true;
+    }
+
+    /// The client presented `cert` in its TLS handshake, verified against
+    /// the client CA.
+    pub fn client_certificate(&mut self, cert: crate::auth::cert::ClientCert) {
+        self.client_cert = Some(cert);
     }
 
     pub fn identity(&self) -> &str {
@@ -291,6 +304,38 @@ impl ClientHandshake {
                 Some("unknown_identity"),
             );
         };
+        // A client certificate first: the TLS handshake already proved it.
+        if let Some(m) = &ident.client_cert {
+            let presented = self.client_cert.as_ref();
+            if presented.is_some_and(|c| m.matches(c)) {
+                return self.authorize(reply, "client_cert");
+            }
+            if ident.verifier.is_none() && ident.jwt_issuers.is_empty() {
+                let (message, reason) = match presented {
+                    None => (
+                        format!(
+                            "identity \"{}\" authenticates with a client certificate: connect over TLS with its certificate and key (sslcert, sslkey)",
+                            self.identity
+                        ),
+                        "no_certificate",
+                    ),
+                    Some(c) => (
+                        format!(
+                            "the client certificate presented ({}) is not identity \"{}\"'s",
+                            c.describe(),
+                            self.identity
+                        ),
+                        "bad_certificate",
+                    ),
+                };
+                return reject(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    message,
+                    Outcome::AuthFailed,
+                    Some(reason),
+                );
+            }
+        }
         if self.tls_active && !ident.jwt_issuers.is_empty() {
             backend::auth_cleartext(&mut reply);
             self.state = State::Password;
@@ -523,6 +568,11 @@ impl ClientHandshake {
                 jwt_issuer: self.jwt_issuer.take(),
                 jwt_provider: self.jwt_provider.take(),
                 jwt_until: self.jwt_until.take(),
+                client_cert: if method == "client_cert" {
+                    self.client_cert.take().map(Box::new)
+                } else {
+                    None
+                },
                 params: std::mem::take(&mut self.params),
             },
         }

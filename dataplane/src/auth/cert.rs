@@ -1,0 +1,180 @@
+//! Client certificates as credentials (`identities[].client_cert`): what a
+//! certificate the TLS layer verified against `tls.client_ca_file` says
+//! about its holder, and whether it is an identity's. Workload identities
+//! are SPIFFE IDs (a `spiffe://trust-domain/path` URI SAN, as SPIRE and
+//! service meshes issue them); a subject common name is accepted too.
+
+use serde::Deserialize;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// What a verified client certificate names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Its URI subject alternative names (SPIFFE IDs among them).
+    pub uris: Vec<String>,
+    /// Its subject's common name, if it has one (the first).
+    pub common_name: Option<String>,
+}
+
+impl ClientCert {
+    /// Read an end-entity certificate (DER). None if it does not parse
+    /// (rustls has verified it, so that is not expected).
+    pub fn from_der(der: &[u8]) -> Option<ClientCert> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let GeneralName::URI(u) = name {
+                    uris.push((*u).to_string());
+                }
+            }
+        }
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
+        Some(ClientCert { uris, common_name })
+    }
+
+    /// How the certificate is shown in logs and refusals.
+    pub fn describe(&self) -> String {
+        match (self.uris.first(), &self.common_name) {
+            (Some(u), _) => u.clone(),
+            (None, Some(cn)) => format!("CN={cn}"),
+            (None, None) => "a certificate with no URI or common name".into(),
+        }
+    }
+}
+
+/// `identities[].client_cert`: the certificate that is this identity's.
+/// Every field given must match.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertMatch {
+    /// A URI SAN the certificate must carry (`spiffe://corp.example/agent/7`).
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// The certificate subject's common name.
+    #[serde(default)]
+    pub subject_cn: Option<String>,
+}
+
+impl CertMatch {
+    /// Whether `c` is this identity's certificate.
+    pub fn matches(&self, c: &ClientCert) -> bool {
+        (self.spiffe_id.is_some() || self.subject_cn.is_some())
+            && self
+                .spiffe_id
+                .as_ref()
+                .is_none_or(|id| c.uris.iter().any(|u| u == id))
+            && self
+                .subject_cn
+                .as_ref()
+                .is_none_or(|cn| c.common_name.as_ref() == Some(cn))
+    }
+
+    /// A config error, if the match is unusable (`field` names it).
+    pub fn check(&self, field: &str) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if self.spiffe_id.is_none() && self.subject_cn.is_none() {
+            return Err(ConfigError::field(
+                field,
+                "give spiffe_id or subject_cn (or both)",
+            ));
+        }
+        if let Some(id) = &self.spiffe_id {
+            let path = id.strip_prefix("spiffe://").unwrap_or("");
+            if path.is_empty() || path.starts_with('/') || id.chars().any(char::is_whitespace) {
+                return Err(ConfigError::field(
+                    format!("{field}.spiffe_id"),
+                    format!("`{id}` is not a SPIFFE ID (spiffe://trust-domain/path)"),
+                ));
+            }
+        }
+        if self.subject_cn.as_ref().is_some_and(String::is_empty) {
+            return Err(ConfigError::field(
+                format!("{field}.subject_cn"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(uris: &[&str], cn: Option<&str>) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(rcgen::Ia5String::try_from(*u).unwrap()));
+        }
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_names_its_uris_and_common_name() {
+        let c = ClientCert::from_der(&cert(
+            &["spiffe://corp.example/agent/7", "https://x.example/"],
+            Some("agent-7"),
+        ))
+        .unwrap();
+        assert_eq!(
+            c.uris,
+            ["spiffe://corp.example/agent/7", "https://x.example/"]
+        );
+        assert_eq!(c.common_name.as_deref(), Some("agent-7"));
+        assert_eq!(c.describe(), "spiffe://corp.example/agent/7");
+        let bare = ClientCert::from_der(&cert(&[], None)).unwrap();
+        assert_eq!(bare, ClientCert::default());
+        assert!(ClientCert::from_der(b"not a certificate").is_none());
+    }
+
+    #[test]
+    fn every_field_given_must_match() {
+        let c = ClientCert {
+            uris: vec!["spiffe://corp.example/agent/7".into()],
+            common_name: Some("agent-7".into()),
+        };
+        let m = |id: Option<&str>, cn: Option<&str>| CertMatch {
+            spiffe_id: id.map(str::to_string),
+            subject_cn: cn.map(str::to_string),
+        };
+        assert!(m(Some("spiffe://corp.example/agent/7"), None).matches(&c));
+        assert!(m(None, Some("agent-7")).matches(&c));
+        assert!(m(Some("spiffe://corp.example/agent/7"), Some("agent-7")).matches(&c));
+        assert!(!m(Some("spiffe://corp.example/agent/8"), Some("agent-7")).matches(&c));
+        assert!(
+            !m(Some("spiffe://corp.example/agent"), None).matches(&c),
+            "no prefix match"
+        );
+        assert!(!m(None, Some("agent-8")).matches(&c));
+        assert!(!m(None, None).matches(&c));
+        assert!(m(None, None).check("f").is_err());
+        for bad in [
+            "spiffe://",
+            "https://corp/agent",
+            "spiffe:///x",
+            "spiffe://a b/c",
+        ] {
+            let e = m(Some(bad), None)
+                .check("identities[0].client_cert")
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("identities[0].client_cert.spiffe_id"),
+                "{e}"
+            );
+        }
+        assert!(m(None, Some("")).check("f").is_err());
+    }
+}
