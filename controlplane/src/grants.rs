@@ -74,6 +74,12 @@ impl Grants {
                         .or_default()
                         .extend(k.groups.iter().cloned());
                 }
+                Some(Spec::ClientCertificate(c)) => {
+                    identities
+                        .entry(c.identity.clone())
+                        .or_default()
+                        .extend(c.groups.iter().cloned());
+                }
                 Some(Spec::Group(g)) => {
                     for m in &g.members {
                         identities

@@ -102,6 +102,18 @@ struct ApiKeyDoc {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ClientCertificateDoc {
+    identity: String,
+    #[serde(default)]
+    spiffe_id: String,
+    #[serde(default)]
+    subject_cn: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct GroupDoc {
     members: Vec<String>,
 }
@@ -217,6 +229,15 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<Resource>, Docume
                     groups: k.groups,
                 })
             }
+            "ClientCertificate" => {
+                let c: ClientCertificateDoc = typed(doc.spec, &location)?;
+                Spec::ClientCertificate(proto::ClientCertificateSpec {
+                    identity: c.identity,
+                    spiffe_id: c.spiffe_id,
+                    subject_cn: c.subject_cn,
+                    groups: c.groups,
+                })
+            }
             "Group" => {
                 let g: GroupDoc = typed(doc.spec, &location)?;
                 Spec::Group(proto::GroupSpec { members: g.members })
@@ -266,6 +287,7 @@ pub fn canonical_kind(typed: &str) -> Option<&'static str> {
         "connection" | "connections" | "conn" | "conns" => "Connection",
         "identityprovider" | "identityproviders" | "idp" | "idps" => "IdentityProvider",
         "apikey" | "apikeys" | "key" | "keys" => "ApiKey",
+        "clientcertificate" | "clientcertificates" | "cert" | "certs" => "ClientCertificate",
         "group" | "groups" => "Group",
         "policy" | "policies" => "Policy",
         "maskingprofile" | "maskingprofiles" | "mask" | "masks" => "MaskingProfile",
@@ -287,9 +309,19 @@ pub fn spec_kind(spec: &Spec) -> &'static str {
         Spec::Connection(_) => "Connection",
         Spec::IdentityProvider(_) => "IdentityProvider",
         Spec::ApiKey(_) => "ApiKey",
+        Spec::ClientCertificate(_) => "ClientCertificate",
         Spec::Group(_) => "Group",
         Spec::Policy(_) => "Policy",
         Spec::MaskingProfile(_) => "MaskingProfile",
+    }
+}
+
+/// The data plane's match for a `ClientCertificate` (empty fields unset).
+pub fn cert_match(c: &proto::ClientCertificateSpec) -> dataplane::auth::cert::CertMatch {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    dataplane::auth::cert::CertMatch {
+        spiffe_id: some(&c.spiffe_id),
+        subject_cn: some(&c.subject_cn),
     }
 }
 
@@ -411,6 +443,33 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
                 return err("spec.groups", format!("`{g}` is not a valid group name"));
             }
         }
+        Some(Spec::ClientCertificate(c)) => {
+            if !valid_name(&c.identity) {
+                return err(
+                    "spec.identity",
+                    format!("`{}` is not a valid identity name", c.identity),
+                );
+            }
+            let m = cert_match(c);
+            if m.spiffe_id.is_none() && m.subject_cn.is_none() {
+                return err(
+                    "spec.spiffeId",
+                    "give spiffeId or subjectCn (or both)".into(),
+                );
+            }
+            m.check("spec").map_err(|e| match e {
+                dataplane::config::ConfigError::Field { field, message } => (
+                    field
+                        .replace("spiffe_id", "spiffeId")
+                        .replace("subject_cn", "subjectCn"),
+                    message,
+                ),
+                other => ("spec".to_string(), other.to_string()),
+            })?;
+            if let Some(g) = c.groups.iter().find(|g| !valid_name(g)) {
+                return err("spec.groups", format!("`{g}` is not a valid group name"));
+            }
+        }
         Some(Spec::Group(g)) => {
             if let Some(m) = g.members.iter().find(|m| !valid_name(m)) {
                 return err(
@@ -458,6 +517,18 @@ pub fn validate_set(resources: &[Resource]) -> Result<(), DocumentError> {
             }
         }
     }
+    let mut identities_with_certs = HashSet::new();
+    for r in resources {
+        if let Some(Spec::ClientCertificate(c)) = &r.spec {
+            if !identities_with_certs.insert(c.identity.as_str()) {
+                return Err(DocumentError {
+                    location: format!("ClientCertificate {}", r.name),
+                    field: "spec.identity".into(),
+                    message: format!("identity `{}` already has a client certificate", c.identity),
+                });
+            }
+        }
+    }
     let mut identities_with_keys = HashSet::new();
     for r in resources {
         if let Some(Spec::ApiKey(k)) = &r.spec {
@@ -482,9 +553,11 @@ pub fn validate_set(resources: &[Resource]) -> Result<(), DocumentError> {
                 }
             }
             for (i, g) in p.groups.iter().enumerate() {
-                let from_keys = resources
-                    .iter()
-                    .any(|r| matches!(&r.spec, Some(Spec::ApiKey(k)) if k.groups.contains(g)));
+                let from_keys = resources.iter().any(|r| match &r.spec {
+                    Some(Spec::ApiKey(k)) => k.groups.contains(g),
+                    Some(Spec::ClientCertificate(c)) => c.groups.contains(g),
+                    _ => false,
+                });
                 if !groups.contains(g.as_str()) && !from_keys {
                     return Err(DocumentError {
                         location: format!("Policy {}", r.name),
@@ -583,6 +656,45 @@ spec: { connections: [orders], groups: [analysts] }
             msg.contains("Policy spec") && msg.contains("Connection"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn client_certificates_name_a_spiffe_id_or_a_common_name() {
+        let doc = |spec: &str| {
+            format!("apiVersion: sluice.dev/v1\nkind: ClientCertificate\nmetadata: {{name: c}}\nspec: {spec}\n")
+        };
+        let ok = parse_documents(
+            &doc("{identity: a7, spiffeId: \"spiffe://corp/agent/7\", groups: [bots]}"),
+            "f",
+        )
+        .unwrap();
+        let Some(Spec::ClientCertificate(c)) = &ok[0].spec else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(
+            (c.identity.as_str(), c.spiffe_id.as_str()),
+            ("a7", "spiffe://corp/agent/7")
+        );
+        assert_eq!(canonical_kind("certs"), Some("ClientCertificate"));
+        for (spec, field) in [
+            ("{identity: a7}", "spec.spiffeId"),
+            (
+                "{identity: a7, spiffeId: \"https://corp/a\"}",
+                "spec.spiffeId",
+            ),
+            ("{identity: \"a b\", subjectCn: x}", "spec.identity"),
+            ("{identity: a7, subjectCn: x, pem: y}", "spec"),
+        ] {
+            let e = parse_documents(&doc(spec), "f").unwrap_err();
+            assert!(e.field.starts_with(field), "{spec}: {e:?}");
+        }
+        let two = [
+            doc("{identity: a7, subjectCn: x}"),
+            doc("{identity: a7, subjectCn: y}").replace("name: c", "name: d"),
+        ]
+        .join("---\n");
+        let set = parse_documents(&two, "f").unwrap();
+        assert_eq!(validate_set(&set).unwrap_err().field, "spec.identity");
     }
 
     #[test]

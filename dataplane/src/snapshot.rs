@@ -67,8 +67,8 @@ pub struct IdentityEntry {
     pub verifier: Option<Verifier>,
     /// Issuers whose tokens may authenticate this identity (tried in order).
     pub jwt_issuers: Vec<Arc<JwtIssuer>>,
-    /// The client certificate that authenticates this identity (static
-    /// configuration only, for now).
+    /// The client certificate that authenticates this identity
+    /// (`identities[].client_cert`, or a `ClientCertificate` resource).
     pub client_cert: Option<crate::auth::cert::CertMatch>,
     pub groups: Vec<String>,
 }
@@ -417,6 +417,23 @@ impl Snapshot {
                     }
                     id.verifier = Some(v);
                     id.groups.extend(k.groups.iter().cloned());
+                }
+                Some(Spec::ClientCertificate(c)) => {
+                    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+                    let m = crate::auth::cert::CertMatch {
+                        spiffe_id: some(&c.spiffe_id),
+                        subject_cn: some(&c.subject_cn),
+                    };
+                    m.check("spec").map_err(|e| at("spec", e.to_string()))?;
+                    let id = ident(&mut identities, &c.identity);
+                    if id.client_cert.is_some() {
+                        return Err(at(
+                            "spec.identity",
+                            format!("identity `{}` already has a client certificate", c.identity),
+                        ));
+                    }
+                    id.client_cert = Some(m);
+                    id.groups.extend(c.groups.iter().cloned());
                 }
                 Some(Spec::Group(g)) => {
                     for m in &g.members {

@@ -31,11 +31,12 @@ pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 pub const MAX_AUDIT_BATCH_BYTES: usize = 32 << 20;
 
 /// Resource kinds, in the order they are applied (referenced kinds first).
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "MaskingProfile",
     "Connection",
     "IdentityProvider",
     "ApiKey",
+    "ClientCertificate",
     "Group",
     "Policy",
 ];

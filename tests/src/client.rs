@@ -279,3 +279,41 @@ pub fn render_simple(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String>
         })
         .collect()
 }
+
+/// A certificate authority for client certificates, made with rcgen (a
+/// test's own, as a workload identity issuer would be).
+pub struct ClientCa {
+    /// The CA certificate (`pem()` for `tls.client_ca_file`).
+    pub cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl ClientCa {
+    pub fn new(name: &str) -> ClientCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        ClientCa { cert, key }
+    }
+
+    /// A client certificate with URI SAN `uri` and common name `cn`, and
+    /// TLS client options that present it.
+    pub fn client(&self, uri: Option<&str>, cn: &str) -> MakeRustlsConnect {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        if let Some(u) = uri {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into().unwrap()));
+        }
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        ClientOptions::tls_client_cert(vec![cert.der().to_vec()], key.serialize_der())
+    }
+}

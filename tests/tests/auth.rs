@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::json;
-use sluice_tests::client::{err_text, ClientOptions};
+use sluice_tests::client::{err_text, ClientCa, ClientOptions};
 use sluice_tests::jwt::{self, JwtKeys};
 use sluice_tests::{
     connect, connect_tls, db_code, ApiKey, DevCerts, Gateway, GatewayConfig, Metrics, Pg,
@@ -702,42 +702,6 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
     for e in ends {
         let o = e.outcome.as_ref().unwrap();
         assert_eq!(o.error_message, "session token expired", "{e:#?}");
-    }
-}
-
-/// A certificate authority for client certificates, made here.
-struct ClientCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl ClientCa {
-    fn new(name: &str) -> ClientCa {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&key).unwrap();
-        ClientCa { cert, key }
-    }
-
-    /// A client certificate with URI SAN `uri` and common name `cn`, and
-    /// TLS client options that present it.
-    fn client(&self, uri: Option<&str>, cn: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        if let Some(u) = uri {
-            p.subject_alt_names
-                .push(rcgen::SanType::URI(u.try_into().unwrap()));
-        }
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        ClientOptions::tls_client_cert(vec![cert.der().to_vec()], key.serialize_der())
     }
 }
 

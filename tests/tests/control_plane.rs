@@ -1454,3 +1454,74 @@ async fn a_refused_apply_does_not_change_fetched_jwks() {
         "the refused apply made a new snapshot"
     );
 }
+
+/// `ClientCertificate` resources: a node whose TLS trusts a client CA lets
+/// the identity a certificate names log in with it (no password), and
+/// ends its sessions at their next statement once the resource is deleted;
+/// `sluicectl get` lists the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_resources_authenticate_and_their_deletion_ends_sessions() {
+    use sluice_tests::client::ClientCa;
+    use sluice_tests::{connect_tls, DevCerts};
+    let pg = Pg::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClientCa::new("agents CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let cert_doc = "apiVersion: sluice.dev/v1\nkind: ClientCertificate\nmetadata: {name: agent7-cert}\nspec:\n  identity: agent7\n  spiffeId: \"spiffe://corp.example/agent/7\"\n  groups: [bots]\n";
+    let config = [
+        cp::connection_yaml("app", pg),
+        cert_doc.to_string(),
+        cp::policy_yaml("agent7-app", &["app"], &["agent7"], &[]),
+    ]
+    .join("---\n");
+    let v = admin.apply(&config).await.version;
+    let certs = DevCerts::shared();
+    let node = cp::node(
+        &[cp.url()],
+        "cert-node",
+        &format!(
+            "{NODE}tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  client_ca_file: \"{}\"\n",
+            certs.server_pem.display(),
+            certs.server_key.display(),
+            ca_file.display()
+        ),
+        true,
+    )
+    .unwrap();
+    admin.wait_applied(1, v, LIMIT).await;
+    let login = |tls| {
+        let mut cfg = node.config("agent7", "", "app");
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        async move { connect_tls(&cfg, tls).await }
+    };
+    let c = login(ca.client(Some("spiffe://corp.example/agent/7"), "a7"))
+        .await
+        .unwrap_or_else(|e| panic!("certificate refused: {}\n{}", err_text(&e), node.log()));
+    select_one(&c).await;
+    let e = login(ca.client(Some("spiffe://corp.example/agent/8"), "a8"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+    let out = cp.ctl(&["get", "certs"], None);
+    assert!(
+        out.stdout.contains("agent7-cert") && out.stdout.contains("spiffe://corp.example/agent/7"),
+        "{}",
+        out.stdout
+    );
+
+    let v = admin
+        .delete("ClientCertificate", "agent7-cert")
+        .await
+        .expect("delete the certificate");
+    admin.wait_applied(1, v, LIMIT).await;
+    assert_revoked(&c, "the identity's client certificate was deleted").await;
+    let e = login(ca.client(Some("spiffe://corp.example/agent/7"), "a7"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+}

@@ -129,6 +129,12 @@ fn spec_document(spec: &Spec) -> Mapping {
                 .text("verifier", &k.verifier)
                 .list_nonempty("groups", &k.groups);
         }
+        Spec::ClientCertificate(c) => {
+            f.put("identity", c.identity.as_str())
+                .text("spiffeId", &c.spiffe_id)
+                .text("subjectCn", &c.subject_cn)
+                .list_nonempty("groups", &c.groups);
+        }
         Spec::Group(g) => {
             f.list("members", &g.members);
         }

@@ -179,6 +179,10 @@ pub fn controls(e: &EvidenceResponse) -> Vec<Control> {
                 ),
                 fact("authentication failures", e.auth_failures),
                 fact("API keys configured", configured(e, "ApiKey")),
+                fact(
+                    "client certificates configured",
+                    configured(e, "ClientCertificate"),
+                ),
                 fact("groups configured", configured(e, "Group")),
                 fact(
                     "identity providers configured",

@@ -53,6 +53,7 @@ pub fn resources(kind: &str, rs: &[Resource]) -> String {
         "Connection" => &["NAME", "HOST", "PORT", "DATABASE", "USER", "AUTH", "TLS"],
         "IdentityProvider" => &["NAME", "ISSUER", "AUDIENCE", "JWKS"],
         "ApiKey" => &["NAME", "IDENTITY", "GROUPS"],
+        "ClientCertificate" => &["NAME", "IDENTITY", "SPIFFE ID", "SUBJECT CN", "GROUPS"],
         "Group" => &["NAME", "MEMBERS"],
         "MaskingProfile" => &["NAME", "ENABLED", "COLUMN RULES"],
         _ => &["NAME", "CONNECTIONS", "IDENTITIES", "GROUPS"],
@@ -81,6 +82,12 @@ fn row(r: &Resource) -> Vec<String> {
             },
         ]),
         Some(Spec::ApiKey(k)) => cells.extend([k.identity.clone(), list(&k.groups)]),
+        Some(Spec::ClientCertificate(c)) => cells.extend([
+            c.identity.clone(),
+            or_dash(&c.spiffe_id),
+            or_dash(&c.subject_cn),
+            list(&c.groups),
+        ]),
         Some(Spec::Group(g)) => cells.push(list(&g.members)),
         Some(Spec::Policy(p)) => {
             cells.extend([list(&p.connections), list(&p.identities), list(&p.groups)])
