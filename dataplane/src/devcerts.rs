@@ -5,8 +5,12 @@ use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
-/// Write `ca.pem`, `ca.key`, `server.pem`, `server.key` into `dir`.
-pub fn write(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
+/// Write `ca.pem`, `ca.key`, `server.pem`, `server.key` into `dir`, and
+/// for each of `clients` a client certificate signed by the same CA,
+/// `client-<n>.pem`/`client-<n>.key` (n = 1, 2, …): a `spiffe://…` name as
+/// its URI SAN (and the last path segment as its common name), anything
+/// else as its common name. Returns the client files written.
+pub fn write(dir: &Path, hosts: &[String], clients: &[String]) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut ca = CertificateParams::default();
@@ -36,7 +40,28 @@ pub fn write(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
     write_file(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
     write_file(&dir.join("server.pem"), &cert.pem(), false)?;
     write_file(&dir.join("server.key"), &key.serialize_pem(), true)?;
-    Ok(())
+
+    let mut written = Vec::new();
+    for (i, name) in clients.iter().enumerate() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        let cn = match name.strip_prefix("spiffe://") {
+            Some(path) => {
+                p.subject_alt_names
+                    .push(SanType::URI(name.clone().try_into()?));
+                path.rsplit('/').next().unwrap_or(path).to_string()
+            }
+            None => name.clone(),
+        };
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key)?;
+        let stem = format!("client-{}", i + 1);
+        write_file(&dir.join(format!("{stem}.pem")), &cert.pem(), false)?;
+        write_file(&dir.join(format!("{stem}.key")), &key.serialize_pem(), true)?;
+        written.push(format!("{stem}.pem ({name})"));
+    }
+    Ok(written)
 }
 
 fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {

@@ -72,6 +72,11 @@ enum Command {
         /// Names and addresses the server certificate is valid for.
         #[arg(long = "host", default_values_t = vec!["127.0.0.1".to_string(), "localhost".to_string()])]
         hosts: Vec<String>,
+        /// A client certificate to issue from the same CA (repeatable): a
+        /// SPIFFE ID (`spiffe://corp.example/agent/7`, the URI SAN) or a
+        /// common name. Written as client-1.pem/.key, client-2…
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
     /// Summarise a stopped node's audit spool directory as JSON: records
     /// waiting in the spool and in the core rings, by kind.
@@ -117,12 +122,19 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::DevCerts { dir, hosts }) => match dataplane::devcerts::write(&dir, &hosts) {
-            Ok(()) => {
+        Some(Command::DevCerts {
+            dir,
+            hosts,
+            clients,
+        }) => match dataplane::devcerts::write(&dir, &hosts, &clients) {
+            Ok(written) => {
                 println!(
                     "wrote {0}/ca.pem {0}/ca.key {0}/server.pem {0}/server.key",
                     dir.display()
                 );
+                for c in written {
+                    println!("wrote {}/{c}", dir.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

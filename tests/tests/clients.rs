@@ -402,3 +402,60 @@ async fn sslmode_against_gateway_without_tls() {
         1
     );
 }
+
+/// psql logs in with a client certificate (`sslcert`/`sslkey`) that
+/// `sluice-dp dev-certs --client` issued: the identity whose SPIFFE ID it
+/// carries, no password, verify-full against the same dev CA.
+#[test]
+fn psql_logs_in_with_a_client_certificate_from_dev_certs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(process::sluice_bin());
+    cmd.args(["dev-certs", "--dir"])
+        .arg(dir.path())
+        .args(["--client", "spiffe://corp.example/agent/7"]);
+    let out = process::run(&mut cmd, None, Duration::from_secs(60));
+    out.assert_success("sluice-dp dev-certs --client");
+    assert!(
+        out.stdout
+            .contains("client-1.pem (spiffe://corp.example/agent/7)"),
+        "{}",
+        out.stdout
+    );
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared());
+    cfg.identities.push(
+        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
+            .into(),
+    );
+    let yaml = format!(
+        "tls: {{ cert_file: {:?}, key_file: {:?}, client_ca_file: {:?} }}\n{}",
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem"),
+        cfg.to_yaml()
+    );
+    let gw = Gateway::start(&yaml);
+    let url = format!(
+        "host=127.0.0.1 port={} user=agent7 dbname=app sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        gw.port,
+        p("ca.pem"),
+        p("client-1.pem"),
+        p("client-1.key")
+    );
+    let out = psql(&url, &["-A", "-t", "-c", "select current_user"], &[], None);
+    out.assert_success("psql with a client certificate");
+    assert_eq!(out.stdout.trim(), "app_owner");
+    // Without the certificate: refused, and told why.
+    let bare = format!(
+        "host=127.0.0.1 port={} user=agent7 dbname=app sslmode=require",
+        gw.port
+    );
+    let out = psql(&bare, &["-c", "select 1"], &[], None);
+    assert!(!out.success());
+    assert!(
+        out.stderr
+            .contains("authenticates with a client certificate"),
+        "{}",
+        out.stderr
+    );
+}
