@@ -305,8 +305,22 @@ impl ClientCa {
     /// A client certificate with URI SAN `uri` and common name `cn`, and
     /// TLS client options that present it.
     pub fn client(&self, uri: Option<&str>, cn: &str) -> MakeRustlsConnect {
+        self.client_until(uri, cn, None)
+    }
+
+    /// As [`ClientCa::client`], valid until `not_after` (else rcgen's
+    /// default, far off).
+    pub fn client_until(
+        &self,
+        uri: Option<&str>,
+        cn: &str,
+        not_after: Option<std::time::SystemTime>,
+    ) -> MakeRustlsConnect {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::default();
+        if let Some(t) = not_after {
+            p.not_after = t.into();
+        }
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         if let Some(u) = uri {
             p.subject_alt_names

@@ -818,3 +818,50 @@ async fn client_certificates_authenticate_the_identity_they_name() {
         "{methods:?}"
     );
 }
+
+/// A session that logged in with a client certificate ends at its first
+/// statement after the certificate's `notAfter`, as a JWT session does at
+/// its token's expiry: FATAL 28000 `session client certificate expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_session_ends_at_its_first_statement_after_the_certificate_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClientCa::new("agents CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let mut cfg =
+        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(DevCerts::shared(), false);
+    cfg.identities.push(
+        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
+            .into(),
+    );
+    let yaml = cfg.to_yaml().replace(
+        "required: false }",
+        &format!(
+            "required: false, client_ca_file: {:?} }}",
+            ca_file.display().to_string()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let until = std::time::SystemTime::now() + Duration::from_secs(4);
+    let tls = ca.client_until(Some("spiffe://corp.example/agent/7"), "a7", Some(until));
+    let mut login = gw.config("agent7", "", "app");
+    login.ssl_mode(SslMode::Require);
+    let c = connect_tls(&login, tls).await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let e = c.simple_query("select 1").await.err().unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+    assert_eq!(
+        e.as_db_error().map(|d| (d.severity(), d.message())),
+        Some(("FATAL", "session client certificate expired"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "connection still open after the FATAL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.metrics().get("sluice_sessions_expired_total", &[]), 1.0);
+}

@@ -14,6 +14,8 @@ pub struct ClientCert {
     pub uris: Vec<String>,
     /// Its subject's common name, if it has one (the first).
     pub common_name: Option<String>,
+    /// The last unix second it is valid (`notAfter`).
+    pub not_after: u64,
 }
 
 impl ClientCert {
@@ -35,7 +37,12 @@ impl ClientCert {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_string);
-        Some(ClientCert { uris, common_name })
+        let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+        Some(ClientCert {
+            uris,
+            common_name,
+            not_after,
+        })
     }
 
     /// How the certificate is shown in logs and refusals.
@@ -135,7 +142,9 @@ mod tests {
         assert_eq!(c.common_name.as_deref(), Some("agent-7"));
         assert_eq!(c.describe(), "spiffe://corp.example/agent/7");
         let bare = ClientCert::from_der(&cert(&[], None)).unwrap();
-        assert_eq!(bare, ClientCert::default());
+        assert_eq!((bare.uris.len(), bare.common_name), (0, None));
+        // rcgen's default validity ends in 4096.
+        assert!(bare.not_after > 4_000_000_000, "{}", bare.not_after);
         assert!(ClientCert::from_der(b"not a certificate").is_none());
     }
 
@@ -144,6 +153,7 @@ mod tests {
         let c = ClientCert {
             uris: vec!["spiffe://corp.example/agent/7".into()],
             common_name: Some("agent-7".into()),
+            not_after: 0,
         };
         let m = |id: Option<&str>, cn: Option<&str>| CertMatch {
             spiffe_id: id.map(str::to_string),

@@ -914,8 +914,11 @@ enum End {
     TargetClosed,
     /// A new snapshot no longer allows this session.
     Revoked(crate::snapshot::Revoked),
-    /// The JWT that opened the session expired.
-    TokenExpired,
+    /// The JWT or client certificate that opened the session expired
+    /// (`SessionRequest::expired_message`, sent with 28000: the
+    /// authorization the session rests on no longer holds, as a login with
+    /// the token gets 28P01 `JWT expired`).
+    TokenExpired(&'static str),
     /// A statement refused: its audit record could not be kept.
     AuditRefused,
     /// The client encoding changed to one masking cannot read.
@@ -925,12 +928,6 @@ enum End {
     /// answers went wrong): nothing more of it can be told apart.
     CatalogMisaligned,
 }
-
-/// What the client is told when its JWT session ends because the token
-/// expired ([`End::TokenExpired`]). 28000: the authorization the session
-/// rests on no longer holds (a login with the token gets 28P01 `JWT
-/// expired`).
-const TOKEN_EXPIRED: &str = "session token expired";
 
 /// What the client is told when a session's own catalog read is answered
 /// out of place ([`End::CatalogMisaligned`]).
@@ -1023,7 +1020,7 @@ async fn relay(
         End::ClientFrame(e) => format!("invalid frame from the client: {e}").into(),
         End::TargetFrame(e) => format!("invalid frame from the target: {e}").into(),
         End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
-        End::TokenExpired => TOKEN_EXPIRED.into(),
+        End::TokenExpired(why) => (*why).into(),
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
         End::CatalogMisaligned => MISALIGNED.into(),
@@ -1068,10 +1065,10 @@ async fn relay(
                 &format!("permission revoked: {}", why.0),
             ));
         }
-        End::TokenExpired => {
+        End::TokenExpired(why) => {
             bump(&worker.metrics.sessions_expired, 1);
-            tracing::info!(identity = %session.identity, connection = %session.connection.name, "session ended at its first statement after its token expired");
-            last = Some(fatal(sqlstate::INVALID_AUTHORIZATION, TOKEN_EXPIRED));
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, method = session.auth_method, "session ended at its first statement after its credential expired");
+            last = Some(fatal(sqlstate::INVALID_AUTHORIZATION, why));
         }
         End::ClientFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
@@ -1256,11 +1253,11 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             return End::ClientFrame(e);
         }
         if statements + parses + calls > 0 {
-            // A JWT session ends at its first statement once its token has
-            // expired (no timer: one idle past then ends at its next one).
-            // The wall clock as the audit clock derives it from `t0` (no
+            // A JWT or certificate session ends at its first statement once
+            // its token or certificate has expired (no timer: one idle past
+            // then ends at its next one). The wall clock as the audit clock derives it from `t0` (no
             // clock read of its own; one per core per 100 ms at most).
-            if state.session.jwt_until.is_some() {
+            if state.session.valid_until.is_some() {
                 let unix_ns = if state.audit.is_some() {
                     now.unix_ns
                 } else {
@@ -1274,12 +1271,12 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                         a.tracker.borrow_mut().refuse_since(
                             mark,
                             sqlstate::INVALID_AUTHORIZATION,
-                            TOKEN_EXPIRED,
+                            state.session.expired_message(),
                             audit_clock(),
                         );
                         store_records(a).await;
                     }
-                    return End::TokenExpired;
+                    return End::TokenExpired(state.session.expired_message());
                 }
             }
             // A new snapshot since this session last looked: is it still

@@ -40,10 +40,12 @@ pub struct SessionRequest {
     /// the `IdentityProvider`) whose keys verified the token, so an open
     /// session can tell when that provider was removed.
     pub jwt_provider: Option<String>,
-    /// For JWTs: the first unix second at which the token is no longer
-    /// accepted (`exp` plus the issuer's leeway), when the session ends
-    /// ([`SessionRequest::token_expired`]). None for API keys.
-    pub jwt_until: Option<u64>,
+    /// The first unix second at which the credential the session logged in
+    /// with is no longer accepted, when the session ends
+    /// ([`SessionRequest::token_expired`]): for a JWT its `exp` plus the
+    /// issuer's leeway, for a client certificate the second after its
+    /// `notAfter`. None for API keys.
+    pub valid_until: Option<u64>,
     /// For client certificates: the one presented, so an open session can
     /// tell when its identity no longer accepts it.
     pub client_cert: Option<Box<crate::auth::cert::ClientCert>>,
@@ -52,12 +54,22 @@ pub struct SessionRequest {
 }
 
 impl SessionRequest {
-    /// Whether the session's token has expired at unix second `now`: a JWT
-    /// session ends at its first statement from then on, as a login with
-    /// the token would be refused. Never for an API key session.
+    /// Whether the session's token or certificate has expired at unix
+    /// second `now`: the session ends at its first statement from then on,
+    /// as a login with it would be refused. Never for an API key session.
     pub fn token_expired(&self, now: u64) -> bool {
-        self.jwt_until
+        self.valid_until
             .is_some_and(|until| crate::auth::jwt::expired(until, now))
+    }
+
+    /// What the client is told when its session ends because its
+    /// credential expired.
+    pub fn expired_message(&self) -> &'static str {
+        if self.auth_method == "client_cert" {
+            "session client certificate expired"
+        } else {
+            "session token expired"
+        }
     }
 }
 
@@ -125,7 +137,7 @@ pub struct ClientHandshake {
     cleartext_key: bool,
     jwt_issuer: Option<String>,
     jwt_provider: Option<String>,
-    jwt_until: Option<u64>,
+    valid_until: Option<u64>,
     /// The certificate the client presented in its TLS handshake (verified
     /// against `tls.client_ca_file`).
     client_cert: Option<crate::auth::cert::ClientCert>,
@@ -179,7 +191,7 @@ impl ClientHandshake {
             cleartext_key: false,
             jwt_issuer: None,
             jwt_provider: None,
-            jwt_until: None,
+            valid_until: None,
             client_cert: None,
         }
     }
@@ -432,7 +444,7 @@ impl ClientHandshake {
                             Ok(until) => {
                                 self.jwt_issuer = Some(issuer.issuer().to_string());
                                 self.jwt_provider = Some(issuer.name.clone());
-                                self.jwt_until = Some(until);
+                                self.valid_until = Some(until);
                                 return self.authorize(Vec::new(), "jwt");
                             }
                             Err(e) => {
@@ -567,7 +579,13 @@ impl ClientHandshake {
                 cleartext_key: self.cleartext_key,
                 jwt_issuer: self.jwt_issuer.take(),
                 jwt_provider: self.jwt_provider.take(),
-                jwt_until: self.jwt_until.take(),
+                valid_until: if method == "client_cert" {
+                    self.client_cert
+                        .as_ref()
+                        .map(|c| c.not_after.saturating_add(1))
+                } else {
+                    self.valid_until.take()
+                },
                 client_cert: if method == "client_cert" {
                     self.client_cert.take().map(Box::new)
                 } else {
@@ -789,7 +807,7 @@ grants:
             panic!("JWT refused")
         };
         assert_eq!(session.auth_method, "jwt");
-        assert_eq!(session.jwt_until, Some(now + 40));
+        assert_eq!(session.valid_until, Some(now + 40));
         assert!(!session.token_expired(now + 39));
         assert!(session.token_expired(now + 40));
         assert!(session.token_expired(u64::MAX));
@@ -805,7 +823,7 @@ grants:
             panic!("API key refused")
         };
         assert_eq!(session.auth_method, "api_key");
-        assert_eq!(session.jwt_until, None);
+        assert_eq!(session.valid_until, None);
         assert!(!session.token_expired(u64::MAX));
     }
 
