@@ -13,7 +13,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use monoio::io::AsyncReadRent;
 use ppp::{v1, v2, HeaderResult, PartialResult};
 
@@ -35,6 +35,7 @@ pub struct ProxyPolicy {
 
 impl ProxyPolicy {
     pub fn new(trusted: Vec<IpNet>, required: bool) -> ProxyPolicy {
+        let trusted = trusted.into_iter().map(canonical).collect();
         ProxyPolicy { trusted, required }
     }
 
@@ -43,6 +44,19 @@ impl ProxyPolicy {
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A network of IPv4-mapped addresses (`::ffff:10.0.0.5`, as a peer on an
+/// IPv6 listener is logged) as the IPv4 one it is, since peers are compared
+/// as IPv4 addresses.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -332,5 +346,24 @@ mod tests {
         assert!(p.trusts("2001:db8::5".parse().unwrap()));
         assert!(!p.trusts("11.0.0.1".parse().unwrap()));
         assert!(!p.trusts("::ffff:11.0.0.1".parse().unwrap()));
+    }
+
+    /// A refused peer on an IPv6 listener is logged as
+    /// `[::ffff:10.0.0.5]:41000`: that address, put in `trusted` as logged,
+    /// trusts it.
+    #[test]
+    fn trusted_networks_written_ipv4_mapped_match_their_ipv4_peers() {
+        let p = ProxyPolicy::new(
+            vec![
+                "::ffff:10.0.0.5/128".parse().unwrap(),
+                "::ffff:192.168.0.0/112".parse().unwrap(),
+            ],
+            false,
+        );
+        assert!(p.trusts("::ffff:10.0.0.5".parse().unwrap()));
+        assert!(p.trusts("10.0.0.5".parse().unwrap()));
+        assert!(p.trusts("::ffff:192.168.3.4".parse().unwrap()));
+        assert!(!p.trusts("10.0.0.6".parse().unwrap()));
+        assert!(!p.trusts("::ffff:192.169.0.1".parse().unwrap()));
     }
 }
