@@ -120,26 +120,34 @@ pub fn starts_header(first: u8) -> bool {
 
 /// Parse the header at the start of `buf` (which [`starts_header`]).
 pub fn parse(buf: &[u8]) -> Parsed {
-    // (A v1 line is parsed whole: `ppp` reads a cut one, `… 40001 54`, as
-    // a complete header or a bad port.)
-    if buf.first() == Some(&b'P') && memchr::memchr(b'\n', buf).is_none() {
-        return if buf.len() >= MAX_V1 {
-            Parsed::Invalid(format!("no line end in {MAX_V1} bytes"))
-        } else {
-            Parsed::Incomplete
+    // The first byte tells the version (`HeaderResult::parse` reads a bad
+    // v2 header again as v1, and gives v1's reason for it).
+    let header: HeaderResult = if buf.first() == Some(&b'P') {
+        // (A v1 line is parsed whole: `ppp` reads a cut one, `… 40001 54`,
+        // as a complete header or a bad port.)
+        let Some(lf) = memchr::memchr(b'\n', buf) else {
+            return if buf.len() >= MAX_V1 {
+                Parsed::Invalid(format!("no line end in {MAX_V1} bytes"))
+            } else {
+                Parsed::Incomplete
+            };
         };
-    }
-    let header = HeaderResult::parse(buf);
-    if header.is_incomplete() {
-        return if buf.first() == Some(&b'P') {
-            // (A line end came, without the CR before it.)
-            Parsed::Invalid("the line does not end in CRLF".into())
-        } else if buf.len() >= MAX_HEADER {
-            Parsed::Invalid(format!("longer than {MAX_HEADER} bytes"))
-        } else {
-            Parsed::Incomplete
-        };
-    }
+        if buf[..lf].last() != Some(&b'\r') {
+            return Parsed::Invalid("the line does not end in CRLF".into());
+        }
+        // (The line has ended: a field it lacks is an error too.)
+        v1::Header::try_from(&buf[..=lf]).into()
+    } else {
+        let header = v2::Header::try_from(buf);
+        if header.is_incomplete() {
+            return if buf.len() >= MAX_HEADER {
+                Parsed::Invalid(format!("longer than {MAX_HEADER} bytes"))
+            } else {
+                Parsed::Incomplete
+            };
+        }
+        header.into()
+    };
     match header {
         HeaderResult::V1(Ok(h)) => Parsed::Header {
             len: h.header.len(),
@@ -307,6 +315,36 @@ mod tests {
         big[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
         big.resize(MAX_HEADER, 0);
         assert!(matches!(parse(&big), Parsed::Invalid(_)));
+    }
+
+    /// The refusal names what is wrong with the header an operator's load
+    /// balancer sent.
+    #[test]
+    fn a_malformed_header_is_refused_for_its_own_reason() {
+        let why = |buf: &[u8]| match parse(buf) {
+            Parsed::Invalid(why) => why,
+            other => panic!("{buf:?}: {other:?}"),
+        };
+        let mut version_one = v2_header(
+            v2::Command::Proxy,
+            (addr("203.0.113.9:40003"), addr("10.0.0.2:5432")),
+        );
+        version_one[12] = 0x11;
+        assert!(
+            why(&version_one).contains("version"),
+            "{}",
+            why(&version_one)
+        );
+        // An IPv4 address block cut to 8 bytes.
+        let mut short = version_one[..16].to_vec();
+        short[12..16].copy_from_slice(&[0x21, 0x11, 0, 8]);
+        short.extend_from_slice(&[203, 0, 113, 9, 10, 0, 0, 2]);
+        assert!(why(&short).contains("address family"), "{}", why(&short));
+        // A v1 line ended by LF alone, and one that ends before its ports.
+        let lf = why(b"PROXY TCP4 203.0.113.7 10.0.0.2 40001 5432\n\0\0\0\x08");
+        assert!(lf.contains("CRLF"), "{lf}");
+        let cut = why(b"PROXY TCP4 203.0.113.7 10.0.0.2\r\n");
+        assert!(cut.contains("port"), "{cut}");
     }
 
     #[test]
