@@ -87,9 +87,10 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocol {
     /// The peers whose headers are believed: addresses or CIDRs
-    /// (`10.0.0.0/8`, `127.0.0.1`). A header from any other peer is
+    /// (`10.0.4.0/28`, `127.0.0.1`). A header from any other peer is
     /// refused, so that a client cannot choose the address it is audited
-    /// under.
+    /// under; a client inside these networks can, so they hold the load
+    /// balancers' own addresses, not clients'.
     pub trusted: Vec<String>,
     /// Refuse a connection that does not start with a header (a client
     /// that bypasses the load balancer). Default: it is served under its
