@@ -1123,6 +1123,16 @@ impl Drop for LoadBalancer {
 }
 
 async fn load_balancer(gateway_port: u16, header: Vec<u8>) -> LoadBalancer {
+    load_balancer_sending(gateway_port, header, None).await
+}
+
+/// [`load_balancer`], sending the header a byte at a time, `gap` apart,
+/// when `gap` is given (each byte its own TCP segment).
+async fn load_balancer_sending(
+    gateway_port: u16,
+    header: Vec<u8>,
+    gap: Option<Duration>,
+) -> LoadBalancer {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -1134,7 +1144,22 @@ async fn load_balancer(gateway_port: u16, header: Vec<u8>) -> LoadBalancer {
                 else {
                     return;
                 };
-                if up.write_all(&header).await.is_ok() {
+                let sent = match gap {
+                    None => up.write_all(&header).await,
+                    Some(gap) => {
+                        let _ = up.set_nodelay(true);
+                        let mut sent = Ok(());
+                        for b in &header {
+                            sent = up.write_all(&[*b]).await;
+                            if sent.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(gap).await;
+                        }
+                        sent
+                    }
+                };
+                if sent.is_ok() {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
                 }
             });
@@ -1303,4 +1328,104 @@ async fn proxy_headers_from_untrusted_peers_and_missing_ones_are_refused() {
         [1.0, 1.0, 0.0]
     );
     gw.assert_alive();
+}
+
+/// Through load balancers in front of a dual-stack listener (`[::]`: the
+/// balancers' peer address is `::ffff:127.0.0.1`, and `trusted` holds it
+/// as logged): TLS after the header, a CancelRequest through the balancer,
+/// and a v2 header with TLVs (an AWS NLB's VPC endpoint id, padding) that
+/// comes a byte at a time; the sessions carry the headers' addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cancels_and_headers_in_pieces_go_through_a_load_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = sluice_tests::free_port();
+    let yaml = format!(
+        "listen: [\"[::]:{port}\"]\n{}proxy_protocol: {{ trusted: [\"::ffff:127.0.0.1\"] }}\n",
+        audited(dir.path(), "")
+            .tls(sluice_tests::DevCerts::shared(), false)
+            .to_yaml()
+    );
+    let gw = Gateway::start(&yaml);
+    let key = &ApiKey::shared().key;
+    let v2 = load_balancer(port, proxy_v2(Some(([198, 51, 100, 9], 40002)))).await;
+
+    let mut tls = through(v2.port, key);
+    tls.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let c = sluice_tests::connect_tls(&tls, sluice_tests::ClientOptions::tls_no_verify())
+        .await
+        .unwrap_or_else(|e| panic!("TLS: {}\n{}", err_text(&e), gw.log()));
+    c.simple_query("select 1 /* pp-tls */").await.unwrap();
+    drop(c);
+
+    let c = sluice_tests::connect(&through(v2.port, key)).await.unwrap();
+    let cancel = c.cancel_token();
+    let sleep = tokio::spawn(async move {
+        c.simple_query("select pg_sleep(30) /* pp-cancel */")
+            .await
+            .map(|_| ())
+    });
+    let su = Pg::shared().superuser().await;
+    let active = "select 1 from pg_stat_activity where state = 'active' \
+                  and query like '%pp-cancel%' and pid <> pg_backend_pid()";
+    for _ in 0..400 {
+        if !su.query(active, &[]).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    step("cancel", cancel.cancel_query(tokio_postgres::NoTls))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(3), sleep)
+        .await
+        .expect("the cancelled query returns within 3 s")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(db_code(&e).as_deref(), Some("57014"), "{}", err_text(&e));
+
+    // Type 0xEA (AWS): subtype 1, a VPC endpoint id; then a NOOP TLV.
+    let mut tlvs = vec![0xea, 0, 23, 1];
+    tlvs.extend_from_slice(b"vpce-0123456789abcdef0");
+    tlvs.extend_from_slice(&[0x04, 0, 2, 0, 0]);
+    let mut with_tlvs = proxy_v2(Some(([192, 0, 2, 77], 40077)));
+    with_tlvs[14..16].copy_from_slice(&(12 + tlvs.len() as u16).to_be_bytes());
+    with_tlvs.extend_from_slice(&tlvs);
+    for (marker, header) in [
+        ("pp-pieces-v2", with_tlvs),
+        (
+            "pp-pieces-v1",
+            b"PROXY TCP4 203.0.113.8 127.0.0.1 40008 5432\r\n".to_vec(),
+        ),
+    ] {
+        let lb = load_balancer_sending(port, header, Some(Duration::from_millis(5))).await;
+        let c = sluice_tests::connect(&through(lb.port, key))
+            .await
+            .unwrap_or_else(|e| panic!("{marker}: {}\n{}", err_text(&e), gw.log()));
+        c.simple_query(&format!("select 1 /* {marker} */"))
+            .await
+            .unwrap();
+    }
+
+    let m = gw.metrics();
+    let count = |r: &str| m.get("sluice_proxy_protocol_headers_total", &[("result", r)]);
+    // TLS, the cancelled session and its CancelRequest, two in pieces.
+    assert_eq!(["accepted", "untrusted"].map(count), [5.0, 0.0]);
+    assert_eq!(
+        m.get("sluice_cancel_requests_total", &[("result", "forwarded")]),
+        1.0
+    );
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
+    gw.stop();
+
+    let recs = records(dir.path());
+    let session = |marker: &str| {
+        let got = with_marker(&recs, marker);
+        assert_eq!(got.len(), 1, "{marker}");
+        let s = got[0].session.clone().unwrap();
+        (s.client_address, s.tls)
+    };
+    assert_eq!(session("pp-tls"), ("198.51.100.9:40002".into(), true));
+    assert_eq!(session("pp-cancel"), ("198.51.100.9:40002".into(), false));
+    assert_eq!(session("pp-pieces-v2"), ("192.0.2.77:40077".into(), false));
+    assert_eq!(session("pp-pieces-v1"), ("203.0.113.8:40008".into(), false));
 }
