@@ -70,6 +70,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(session.connection.name, "app", "ungranted connection opened");
                 return;
             }
+            Step::CheckApiKey { verifier, password } => {
+                // (What the driver runs off the core.)
+                step = hs.api_key_checked(verifier.matches_password(&password.0));
+                continue;
+            }
         }
         let Some((tag, body)) = msgs.next() else {
             return;

@@ -507,7 +507,13 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
             }
             Ok(Err(refusal)) => {
                 m.proxy_header(refusal.result());
-                tracing::warn!(%peer, "connection refused: {refusal}");
+                // (Any peer that reaches the port can cause these: a warning
+                // at most every 10 s per core, the rest at debug.)
+                if super::proxy::warn_now(Instant::now()) {
+                    tracing::warn!(%peer, "connection refused: {refusal} (further refusals on this core within 10 s are logged at debug; sluice_proxy_protocol_headers_total counts them all)");
+                } else {
+                    tracing::debug!(%peer, "connection refused: {refusal}");
+                }
                 write_last(
                     &mut io,
                     fatal(sqlstate::PROTOCOL_VIOLATION, &refusal.to_string()),

@@ -97,6 +97,23 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// Whether a refusal at `now` is logged as a warning: the first on this
+/// thread (core), then at most one per 10 s.
+pub fn warn_now(now: std::time::Instant) -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10));
+        if due {
+            last.set(Some(now));
+        }
+        due
+    })
+}
+
 /// What the bytes at the start of a connection hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -403,5 +420,90 @@ mod tests {
         assert!(p.trusts("::ffff:192.168.3.4".parse().unwrap()));
         assert!(!p.trusts("10.0.0.6".parse().unwrap()));
         assert!(!p.trusts("::ffff:192.169.0.1".parse().unwrap()));
+    }
+
+    /// What the `proxy_header` fuzz target asserts, over generated headers
+    /// (v1 and v2, with TLVs) followed by arbitrary bytes, and over
+    /// arbitrary bytes that start like a header.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn invariants(data: &[u8]) {
+            if let Parsed::Header { len, source } = parse(data) {
+                assert!(len > 0 && len <= data.len());
+                assert_eq!(parse(&data[..len]), Parsed::Header { len, source });
+                for k in 1..len {
+                    assert!(
+                        !matches!(parse(&data[..k]), Parsed::Header { .. }),
+                        "a {k}-byte prefix of a {len}-byte header parsed as one: {data:?}"
+                    );
+                }
+            }
+        }
+
+        fn v1() -> impl Strategy<Value = Vec<u8>> {
+            (
+                any::<[u8; 4]>(),
+                any::<[u16; 8]>(),
+                any::<u16>(),
+                any::<bool>(),
+            )
+                .prop_map(|(v4, v6, port, six)| {
+                    let line = if six {
+                        let a = std::net::Ipv6Addr::from(v6);
+                        format!("PROXY TCP6 {a} {a} {port} 5432\r\n")
+                    } else {
+                        let a = std::net::Ipv4Addr::from(v4);
+                        format!("PROXY TCP4 {a} {a} {port} 5432\r\n")
+                    };
+                    line.into_bytes()
+                })
+        }
+
+        fn v2() -> impl Strategy<Value = Vec<u8>> {
+            (
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(ip, port, local, tlv)| {
+                    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+                    h.push(if local { 0x20 } else { 0x21 });
+                    h.push(0x11);
+                    h.extend_from_slice(&((12 + tlv.len()) as u16).to_be_bytes());
+                    h.extend_from_slice(&ip);
+                    h.extend_from_slice(&[10, 0, 0, 1]);
+                    h.extend_from_slice(&port.to_be_bytes());
+                    h.extend_from_slice(&5432u16.to_be_bytes());
+                    h.extend_from_slice(&tlv);
+                    h
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn a_header_then_anything(
+                h in prop_oneof![v1(), v2()],
+                rest in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let data = [h.as_slice(), &rest].concat();
+                let whole = matches!(parse(&data), Parsed::Header { len, .. } if len == h.len());
+                prop_assert!(whole, "{:?}", parse(&data));
+                invariants(&data);
+            }
+
+            #[test]
+            fn bytes_that_start_like_a_header(
+                first in prop_oneof![Just(b'P'), Just(b'\r')],
+                rest in proptest::collection::vec(any::<u8>(), 0..200),
+            ) {
+                let data = [&[first][..], &rest].concat();
+                invariants(&data);
+            }
+        }
     }
 }
