@@ -396,12 +396,13 @@ impl Pump {
             let n = c.unaudited.load(Relaxed);
             let seen = self.unaudited_seen.get(core).copied().unwrap_or(0);
             if n > seen {
+                // (`min`: the wall clock may have been set back since.)
                 self.note_loss(
                     core as u32,
                     loss::FAIL_OPEN,
                     n - seen,
                     0,
-                    self.checked_at,
+                    self.checked_at.min(now),
                     now,
                 );
                 self.unaudited_seen[core] = n;
@@ -759,6 +760,26 @@ mod tests {
         );
         assert_eq!(statements(&pump)[2..], ["select 0, 4"]);
         assert_eq!(pump.ring_depth(), 0);
+    }
+
+    /// A loss's time span never ends before it starts, even when the wall
+    /// clock was set back between two looks at the cores' counts.
+    #[test]
+    fn a_loss_span_is_ordered_when_the_clock_goes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let stats = Arc::new(AuditStats::new(1));
+        let mut pump = Pump::new(
+            Spool::open(SpoolConfig::new(d.path(), "n1")).unwrap(),
+            vec![],
+            Arc::default(),
+            stats.clone(),
+        );
+        // The last look, as the clock read then: an hour ahead of now.
+        pump.checked_at = unix_nanos() + 3_600_000_000_000;
+        stats.cores[0].unaudited.fetch_add(3, Relaxed);
+        pump.step().unwrap();
+        // (`losses` checks since <= until.)
+        assert_eq!(losses(&pump), [(0, "fail_open".to_string(), 3, 0)]);
     }
 
     #[test]
