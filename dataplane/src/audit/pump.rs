@@ -18,10 +18,12 @@
 //! refuse new statements (fail closed) and the rings stop being drained.
 //!
 //! Records lost all the same (dropped under `when_full: fail_open`, or
-//! unreadable in a damaged ring) are reported in the trail itself: the
-//! pump writes a `RECORDS_LOST` record per core and reason, at most once
-//! per [`LOSS_REPORT_INTERVAL`], into the spool's reserve past its quota
-//! ([`Spool::append_reserved`]).
+//! unreadable in a damaged ring) are reported in the trail itself, as
+//! `RECORDS_LOST` records per core and reason. Drops and rings set aside
+//! at start are written at most once per [`LOSS_REPORT_INTERVAL`] into the
+//! spool's reserve past its quota ([`Spool::append_reserved`]); damage
+//! found in a ring goes into the batch that hands the ring back past it,
+//! so a restart neither loses nor repeats its report.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -282,9 +284,6 @@ impl Pump {
                 }
             };
         }
-        for (core, bytes, at) in lost {
-            self.note_loss(core, loss::RING_DAMAGED, 0, bytes, at, at);
-        }
         // Frames the spool already has (a crash between the append and the
         // ring being told).
         let before = self.frames.len();
@@ -301,6 +300,35 @@ impl Pump {
             self.stats
                 .recovered_duplicates
                 .fetch_add(dupes as u64, Relaxed);
+        }
+        // The damage is reported in this batch, one record per ring: stored
+        // exactly when the ring is handed back past it (killed before, the
+        // next start finds the damage again; after, the report is stored),
+        // whatever the report interval, and only once while the spool
+        // refuses the batch.
+        let mut damaged: BTreeMap<u32, Loss> = BTreeMap::new();
+        for (core, bytes, at) in lost {
+            let l = damaged.entry(core).or_insert(Loss {
+                records: 0,
+                bytes: 0,
+                since: at,
+                until: at,
+            });
+            l.bytes += bytes;
+            l.since = l.since.min(at);
+            l.until = l.until.max(at);
+        }
+        for (core, l) in damaged {
+            let start = self.staged.len();
+            loss_record(core, loss::RING_DAMAGED, &l)
+                .encode(&mut self.staged)
+                .expect("Vec grows");
+            self.frames.push(RawFrame {
+                core,
+                core_seq: 0,
+                start,
+                end: self.staged.len(),
+            });
         }
         let side = std::mem::take(&mut *self.side.lock().unwrap_or_else(|p| p.into_inner()));
         for rec in side {
@@ -749,9 +777,7 @@ mod tests {
         let at = crate::audit::ring::RING_HEADER_BYTES as u64 + 3 * first + first;
         std::os::unix::fs::FileExt::write_at(&f, &[0xff, 0xff, 0xff, 0x7f], at).unwrap();
         pump.step().unwrap();
-        // (Within a second of the last report: noted, written on a flush.)
-        assert_eq!(losses(&pump).len(), 1);
-        assert_eq!(pump.store_losses(true), 1);
+        // (Within a second of the last report too: with the batch.)
         let lost = losses(&pump);
         assert_eq!(
             lost[1],
@@ -759,6 +785,108 @@ mod tests {
             "{lost:?}"
         );
         assert_eq!(statements(&pump)[2..], ["select 0, 4"]);
+        assert_eq!(pump.ring_depth(), 0);
+    }
+
+    /// Flip a payload byte of the `n`th frame (from 1) of `record(0, i)`
+    /// frames written from the start of the ring at `path`.
+    fn damage_frame(path: &std::path::Path, n: u64) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        let frame = (crate::audit::ring::FRAME_HEADER_BYTES + record(0, 1).len()) as u64;
+        let at = crate::audit::ring::RING_HEADER_BYTES as u64 + (n - 1) * frame + 20;
+        std::os::unix::fs::FileExt::write_at(&f, &[0xee], at).unwrap();
+    }
+
+    /// A damaged frame found within a second of an earlier report is in
+    /// the trail even when the process dies right after the ring was
+    /// handed back past it (the next start cannot find it again).
+    #[test]
+    fn a_ring_damage_report_survives_a_crash_after_the_ring_moved_on() {
+        let d = tempfile::tempdir().unwrap();
+        let path = ring_path(d.path(), 0);
+        {
+            let (mut prod, cons) = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+                .unwrap()
+                .split();
+            let stats = Arc::new(AuditStats::new(1));
+            let mut pump = Pump::new(
+                Spool::open(SpoolConfig::new(d.path(), "n1")).unwrap(),
+                vec![cons],
+                Arc::default(),
+                stats.clone(),
+            );
+            // A report a moment ago.
+            stats.cores[0].unaudited.fetch_add(1, Relaxed);
+            pump.step().unwrap();
+            assert_eq!(losses(&pump).len(), 1);
+            for i in 1..=3 {
+                prod.push(&record(0, i)).unwrap();
+            }
+            damage_frame(&path, 2);
+            pump.step().unwrap();
+            assert_eq!(pump.ring_depth(), 0, "the ring moved past the damage");
+            // Killed here: nothing else runs.
+        }
+        let f = RingFile::open_or_create(&path, 0, MIN_RING_BYTES).unwrap();
+        let mut pump = Pump::new(
+            Spool::open(SpoolConfig::new(d.path(), "n1")).unwrap(),
+            vec![f.into_consumer()],
+            Arc::default(),
+            Arc::new(AuditStats::new(1)),
+        );
+        pump.step().unwrap();
+        pump.store_losses(true);
+        let frame = (crate::audit::ring::FRAME_HEADER_BYTES + record(0, 2).len()) as u64;
+        assert_eq!(
+            losses(&pump),
+            [
+                (0, "fail_open".to_string(), 1, 0),
+                (0, "ring_damaged".to_string(), 0, frame)
+            ]
+        );
+    }
+
+    /// A damaged frame in a batch the spool refuses is reported once,
+    /// however often the node restarts before the batch is stored: the
+    /// damage is still in the ring, found again by each start.
+    #[test]
+    fn a_ring_damage_is_reported_once_across_restarts_while_the_spool_refuses() {
+        let d = tempfile::tempdir().unwrap();
+        let path = ring_path(d.path(), 0);
+        let open = |quota: u64| {
+            let f = RingFile::open_or_create(&path, 0, MIN_RING_BYTES).unwrap();
+            let mut cfg = SpoolConfig::new(d.path(), "n1");
+            cfg.quota_bytes = quota;
+            Pump::new(
+                Spool::open(cfg).unwrap(),
+                vec![f.into_consumer()],
+                Arc::default(),
+                Arc::new(AuditStats::new(1)),
+            )
+        };
+        {
+            let (mut prod, _) = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+                .unwrap()
+                .split();
+            for i in 1..=40 {
+                prod.push(&record(0, i)).unwrap();
+            }
+        }
+        damage_frame(&path, 2);
+        // Two runs, each killed while the spool refuses the batch.
+        for _ in 0..2 {
+            let mut pump = open(1000);
+            assert!(pump.step().is_err(), "over the quota");
+            assert!(pump.ring_depth() > 0);
+        }
+        // Room at last.
+        let mut pump = open(1 << 20);
+        pump.step().unwrap();
+        pump.store_losses(true);
+        let frame = (crate::audit::ring::FRAME_HEADER_BYTES + record(0, 2).len()) as u64;
+        assert_eq!(losses(&pump), [(0, "ring_damaged".to_string(), 0, frame)]);
+        let statements: Vec<String> = sqls(&pump).into_iter().filter(|s| !s.is_empty()).collect();
+        assert_eq!(statements.len(), 39);
         assert_eq!(pump.ring_depth(), 0);
     }
 
