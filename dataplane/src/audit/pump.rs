@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use proto::{AuditKind, AuditLoss, AuditMetadata, AuditRecord};
 
-use super::ring::{AuditGate, RawFrame, RingConsumer, FRAME_HEADER_BYTES};
+use super::ring::{AuditGate, RawFrame, RingConsumer, WhenFull, FRAME_HEADER_BYTES};
 use super::spool::{BaseChange, Spool, SpoolError};
 
 /// Counters one data core keeps (only that core writes them).
@@ -105,6 +105,10 @@ pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 pub mod loss {
     /// Dropped because they could not be stored (`when_full: fail_open`).
     pub const FAIL_OPEN: &str = "fail_open";
+    /// Under `when_full: fail_closed`, records that found the core's ring
+    /// full longer than they could wait (a session's start or end, an
+    /// authentication failure); statements are refused instead.
+    pub const RING_FULL: &str = "ring_full";
     /// Unreadable in a core's ring.
     pub const RING_DAMAGED: &str = "ring_damaged";
     /// A damaged ring file moved aside at start, unread.
@@ -168,6 +172,9 @@ pub struct Pump {
     checked_at: i64,
     /// When losses were last written (or tried).
     reported_at: Option<Instant>,
+    /// Why the cores' `unaudited` records were lost ([`loss::FAIL_OPEN`]
+    /// or [`loss::RING_FULL`], by the node's `when_full`).
+    unaudited_reason: &'static str,
 }
 
 impl Pump {
@@ -212,9 +219,19 @@ impl Pump {
             unaudited_seen,
             checked_at: unix_nanos(),
             reported_at: None,
+            unaudited_reason: loss::FAIL_OPEN,
         };
         p.publish_gauges();
         p
+    }
+
+    /// The node's `when_full`, which says why the records the cores count
+    /// as unaudited were lost (default: `fail_open`).
+    pub fn set_when_full(&mut self, when_full: WhenFull) {
+        self.unaudited_reason = match when_full {
+            WhenFull::FailOpen => loss::FAIL_OPEN,
+            WhenFull::FailClosed => loss::RING_FULL,
+        };
     }
 
     /// Where the control thread puts records it makes itself.
@@ -416,7 +433,7 @@ impl Pump {
         l.until = l.until.max(until);
     }
 
-    /// Records the cores dropped (`fail_open`) since the last look.
+    /// Records the cores dropped (`unaudited`) since the last look.
     fn note_unaudited(&mut self) {
         let now = unix_nanos();
         let stats = self.stats.clone();
@@ -427,7 +444,7 @@ impl Pump {
                 // (`min`: the wall clock may have been set back since.)
                 self.note_loss(
                     core as u32,
-                    loss::FAIL_OPEN,
+                    self.unaudited_reason,
                     n - seen,
                     0,
                     self.checked_at.min(now),

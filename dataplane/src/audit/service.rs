@@ -224,6 +224,7 @@ impl Audit {
         }
 
         let mut pump = Pump::new(spool, consumers, gate.clone(), stats.clone());
+        pump.set_when_full(s.when_full);
         let now = super::pump::unix_nanos();
         for (core, bytes) in aside {
             pump.note_loss(core, super::pump::loss::RING_SET_ASIDE, 0, bytes, now, now);
@@ -539,6 +540,36 @@ mod tests {
             !ring::ring_path(d.path(), 1).exists(),
             "empty orphan ring removed"
         );
+    }
+
+    /// Records a core could not keep are reported under the node's
+    /// `when_full`: dropped under `fail_open` (the statements ran), or,
+    /// under `fail_closed`, session and authentication-failure records that
+    /// found the ring full longer than they could wait (`ring_full`: no
+    /// statement ran unaudited).
+    #[test]
+    fn records_lost_are_reported_under_the_nodes_when_full() {
+        for (when_full, reason) in [
+            (WhenFull::FailClosed, "ring_full"),
+            (WhenFull::FailOpen, "fail_open"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let mut s = settings(d.path());
+            s.when_full = when_full;
+            let (audit, inits) = Audit::open(&s, 1).unwrap();
+            let core = CoreAudit::new(inits.into_iter().next().unwrap());
+            core.count_unaudited(2);
+            audit.pump().step().unwrap();
+            let got: Vec<(String, u64)> = audit
+                .pump()
+                .unacked(0, 10)
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| r.loss)
+                .map(|l| (l.reason, l.records))
+                .collect();
+            assert_eq!(got, [(reason.to_string(), 2)], "{when_full:?}");
+        }
     }
 
     #[test]
