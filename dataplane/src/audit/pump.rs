@@ -495,6 +495,17 @@ impl Pump {
         }
     }
 
+    /// Log each loss noted and not yet in the spool, with its counts: at
+    /// shutdown, after [`Pump::store_losses`] could not write them (spool
+    /// unwritable, or past its reserve), the log is the only place left
+    /// to tell them. Returns the records among them.
+    pub fn log_unreported_losses(&self) -> u64 {
+        for (&(core, reason), l) in &self.losses {
+            tracing::error!(core, reason, records = l.records, bytes = l.bytes, since_unix_nanos = l.since, until_unix_nanos = l.until, "audit: records lost and NOT reported in the trail (the spool does not take the report)");
+        }
+        self.losses.values().map(|l| l.records).sum()
+    }
+
     fn commit_rings(&mut self) {
         for (ring, &end) in self.rings.iter_mut().zip(&self.ends) {
             if end > ring.committed() {
@@ -905,6 +916,44 @@ mod tests {
         let statements: Vec<String> = sqls(&pump).into_iter().filter(|s| !s.is_empty()).collect();
         assert_eq!(statements.len(), 39);
         assert_eq!(pump.ring_depth(), 0);
+    }
+
+    /// A report the spool cannot take, even in its reserve, waits (merged)
+    /// until it can; at shutdown, what still waits is told in the log, the
+    /// only place left for it.
+    #[test]
+    fn a_report_past_the_reserve_waits_and_is_logged_at_shutdown() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut spool = Spool::open(SpoolConfig::new(d.path(), "n1")).unwrap();
+            let big = AuditRecord {
+                statement: Some(AuditStatement {
+                    sql: "x".repeat(600_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            spool.append_batch(&mut [big.clone(), big]).unwrap();
+        }
+        let mut cfg = SpoolConfig::new(d.path(), "n1");
+        cfg.quota_bytes = 4096;
+        let mut pump = Pump::new(
+            Spool::open(cfg).unwrap(),
+            vec![],
+            Arc::default(),
+            Arc::new(AuditStats::new(1)),
+        );
+        assert!(pump.spool().bytes() > 4096 + crate::audit::spool::LOSS_RESERVE_BYTES);
+        pump.note_loss(0, loss::FAIL_OPEN, 5, 0, 1, 2);
+        assert_eq!(pump.store_losses(true), 0);
+        pump.note_loss(0, loss::FAIL_OPEN, 2, 0, 3, 4);
+        assert_eq!(pump.store_losses(true), 0);
+        assert_eq!(pump.log_unreported_losses(), 7, "merged, logged");
+        // Room again: the merged report is stored.
+        pump.ack(2).unwrap();
+        assert_eq!(pump.store_losses(true), 1);
+        assert_eq!(losses(&pump), [(0, "fail_open".to_string(), 7, 0)]);
+        assert_eq!(pump.log_unreported_losses(), 0);
     }
 
     /// A loss's time span never ends before it starts, even when the wall

@@ -322,8 +322,10 @@ impl Audit {
             let _ = h.join();
         }
         let mut p = self.pump();
-        // (Losses noted since the last report, however recent.)
+        // (Losses noted since the last report, however recent; what the
+        // spool does not take goes with this process, so the log says it.)
         p.store_losses(true);
+        p.log_unreported_losses();
         if p.ring_depth() > 0 || p.staged() > 0 {
             tracing::warn!(ring_bytes = p.ring_depth(), staged = p.staged(), "audit: records left in the rings (the spool refuses them, or sessions were still open); the next start moves them");
         } else if sessions_closed {
