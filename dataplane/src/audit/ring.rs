@@ -547,9 +547,9 @@ impl RingConsumer {
 
     /// Where the frame at `pos` (published, not committed) ends, by its
     /// length field, when that length is one a frame can have and the frame
-    /// ends before the published end: where the next frame would start if
-    /// the one at `pos` is damaged past its length (a payload byte, its
-    /// checksum or sequence).
+    /// ends at or before the published end: where the next frame would
+    /// start if the one at `pos` is damaged past its length (a payload
+    /// byte, its checksum or sequence).
     pub fn frame_end(&self, pos: u64) -> Option<u64> {
         let write = self.published();
         if pos < self.read
@@ -563,7 +563,7 @@ impl RingConsumer {
         // `read_from`).
         unsafe { self.map.copy_out(pos, &mut len) };
         let size = FRAME_HEADER_BYTES as u64 + u64::from(u32::from_le_bytes(len));
-        (size <= self.map.capacity / 4 && size < write - pos).then_some(pos + size)
+        (size <= self.map.capacity / 4 && size <= write - pos).then_some(pos + size)
     }
 
     /// Copy frames published after `from` (a position at or after the
@@ -823,6 +823,26 @@ mod tests {
         // Truncated.
         fs::write(&path, &bytes[..100]).unwrap();
         assert!(RingFile::open_or_create(&path, 0, MIN_RING_BYTES).is_err());
+    }
+
+    /// A frame damaged past its length field ends where that length says,
+    /// the published end included: the last frame published too, so a
+    /// consumer skips it alone rather than taking "the rest of the ring"
+    /// (which, with the core still writing, holds frames published since).
+    #[test]
+    fn a_damaged_frame_ends_where_its_length_says_even_the_last_one() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("core-0.ring");
+        let (mut p, c) = RingFile::open_or_create(&path, 0, MIN_RING_BYTES)
+            .unwrap()
+            .split();
+        p.push(&payload(1, 100)).unwrap();
+        p.push(&payload(2, 50)).unwrap();
+        let second = (FRAME_HEADER_BYTES + 100) as u64;
+        let end = second + (FRAME_HEADER_BYTES + 50) as u64;
+        assert_eq!(c.frame_end(0), Some(second));
+        assert_eq!(c.frame_end(second), Some(end), "the last frame");
+        assert_eq!(c.frame_end(end), None, "nothing published there");
     }
 
     #[test]
