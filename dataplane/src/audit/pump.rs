@@ -43,7 +43,9 @@ pub struct CoreAuditStats {
     pub produced: AtomicU64,
     /// Statements (or sessions) refused because records could not be kept.
     pub refused: AtomicU64,
-    /// Records lost under `when_full: fail_open` (the statement ran).
+    /// Records dropped for want of room: under `when_full: fail_open` the
+    /// statements' (which ran); under `fail_closed` only auth-failure and
+    /// session start/end records (reported as `ring_full`).
     pub unaudited: AtomicU64,
 }
 
