@@ -862,6 +862,9 @@ async fn fail_open_runs_statements_past_the_quota_and_counts_them() {
     let (done, refused) = run_until_refused(&gw, "open", 1500).await;
     assert!(refused.is_none(), "fail open never refuses");
     assert_eq!(done.len(), 1500);
+    // (The session's end record is dropped too, once the client has gone:
+    // count after that.)
+    gw.wait_connections_closed(Duration::from_secs(10)).await;
     let m = gw.metrics();
     let unaudited = m.get("sluice_audit_unaudited_total", &[]);
     assert!(unaudited > 0.0, "records were lost and counted");
