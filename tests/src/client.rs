@@ -286,26 +286,66 @@ pub struct ClientCa {
     /// The CA certificate (`pem()` for `tls.client_ca_file`).
     pub cert: rcgen::Certificate,
     key: rcgen::KeyPair,
+    /// For an intermediate: its certificate and those of the CAs between it
+    /// and the root, sent after each client certificate it issues.
+    chain: Vec<Vec<u8>>,
 }
 
 impl ClientCa {
     pub fn new(name: &str) -> ClientCa {
         let key = rcgen::KeyPair::generate().unwrap();
+        let cert = Self::ca_params(name, true).self_signed(&key).unwrap();
+        ClientCa {
+            cert,
+            key,
+            chain: Vec::new(),
+        }
+    }
+
+    fn ca_params(name: &str, is_ca: bool) -> rcgen::CertificateParams {
         let mut p = rcgen::CertificateParams::default();
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.is_ca = if is_ca {
+            rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+        } else {
+            rcgen::IsCa::ExplicitNoCa
+        };
         p.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        let cert = p.self_signed(&key).unwrap();
-        ClientCa { cert, key }
+        p
+    }
+
+    /// An intermediate this CA signs (`is_ca` false: a certificate that is
+    /// not a CA's, signing anyway); its client certificates carry the chain.
+    pub fn intermediate(&self, name: &str, is_ca: bool) -> ClientCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = Self::ca_params(name, is_ca)
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        let mut chain = vec![cert.der().to_vec()];
+        chain.extend(self.chain.iter().cloned());
+        ClientCa { cert, key, chain }
+    }
+
+    /// What [`Self::client`] issues: URI SANs `uris`, common name `cn`,
+    /// extended key usage clientAuth.
+    pub fn params(uris: &[&str], cn: &str) -> rcgen::CertificateParams {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p
     }
 
     /// A client certificate with URI SAN `uri` and common name `cn`, and
     /// TLS client options that present it.
     pub fn client(&self, uri: Option<&str>, cn: &str) -> MakeRustlsConnect {
-        self.client_until(uri, cn, None)
+        self.issue(Self::params(uri.as_slice(), cn))
     }
 
     /// As [`ClientCa::client`], valid until `not_after` (else rcgen's
@@ -316,18 +356,20 @@ impl ClientCa {
         cn: &str,
         not_after: Option<std::time::SystemTime>,
     ) -> MakeRustlsConnect {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
+        let mut p = Self::params(uri.as_slice(), cn);
         if let Some(t) = not_after {
             p.not_after = t.into();
         }
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        if let Some(u) = uri {
-            p.subject_alt_names
-                .push(rcgen::SanType::URI(u.try_into().unwrap()));
-        }
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// A client certificate made of `p` (with a new key) that this CA
+    /// signs, and TLS client options that present it (and the chain).
+    pub fn issue(&self, p: rcgen::CertificateParams) -> MakeRustlsConnect {
+        let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        ClientOptions::tls_client_cert(vec![cert.der().to_vec()], key.serialize_der())
+        let mut certs = vec![cert.der().to_vec()];
+        certs.extend(self.chain.iter().cloned());
+        ClientOptions::tls_client_cert(certs, key.serialize_der())
     }
 }

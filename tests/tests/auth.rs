@@ -865,3 +865,110 @@ async fn a_certificate_session_ends_at_its_first_statement_after_the_certificate
     }
     assert_eq!(gw.metrics().get("sluice_sessions_expired_total", &[]), 1.0);
 }
+
+/// What a client certificate must be to authenticate: one the client CA
+/// vouches for (directly or through an intermediate it signed that is a
+/// CA), valid now, for client authentication; and the identity's SPIFFE ID
+/// exactly, as its only URI SAN (an X.509-SVID has exactly one). Anything
+/// else fails the TLS handshake or is refused with 28000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClientCa::new("agents CA");
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let mut cfg =
+        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(DevCerts::shared(), false);
+    cfg.identities.push(
+        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
+            .into(),
+    );
+    let yaml = cfg.to_yaml().replace(
+        "required: false }",
+        &format!(
+            "required: false, client_ca_file: {:?} }}",
+            ca_file.display().to_string()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let mut agent7 = gw.config("agent7", "", "app");
+    agent7.ssl_mode(SslMode::Require);
+    let id = "spiffe://corp.example/agent/7";
+
+    // Through an intermediate CA the client CA signed, sent with it.
+    let issuing = ca.intermediate("agents issuing CA", true);
+    let c = connect_tls(&agent7, issuing.client(Some(id), "a7"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    c.simple_query("select 1").await.unwrap();
+
+    // Not vouched for: the TLS handshake fails.
+    let when = |y| rcgen::date_time_ymd(y, 1, 1);
+    let mut expired = ClientCa::params(&[id], "a7");
+    (expired.not_before, expired.not_after) = (when(2000), when(2001));
+    let mut early = ClientCa::params(&[id], "a7");
+    (early.not_before, early.not_after) = (when(2090), when(2091));
+    let mut server_only = ClientCa::params(&[id], "a7");
+    server_only.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    for (what, tls) in [
+        ("expired", ca.issue(expired)),
+        ("not yet valid", ca.issue(early)),
+        ("for serverAuth only", ca.issue(server_only)),
+        (
+            "signed by a certificate that is not a CA",
+            ca.intermediate("not a CA", false).client(Some(id), "a7"),
+        ),
+    ] {
+        let e = connect_tls(&agent7, tls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(db_code(&e), None, "{what}: {}", err_text(&e));
+    }
+
+    // Vouched for, but not exactly the identity's SPIFFE ID as the only URI.
+    for (what, uris, cn) in [
+        (
+            "a second URI SAN",
+            &["spiffe://corp.example/agent/8", id][..],
+            "a8",
+        ),
+        ("the SPIFFE ID as CN", &[][..], id),
+        ("another case", &["spiffe://CORP.example/agent/7"][..], "a7"),
+        (
+            "percent-encoded",
+            &["spiffe://corp.example/agent/%37"][..],
+            "a7",
+        ),
+        (
+            "a trailing slash",
+            &["spiffe://corp.example/agent/7/"][..],
+            "a7",
+        ),
+    ] {
+        let e = connect_tls(&agent7, ca.issue(ClientCa::params(uris, cn)))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(
+            db_code(&e).as_deref(),
+            Some("28000"),
+            "{what}: {}",
+            err_text(&e)
+        );
+        assert!(
+            err_text(&e).contains("is not identity \"agent7\"'s"),
+            "{what}: {}",
+            err_text(&e)
+        );
+    }
+    gw.assert_alive();
+    let m = gw.metrics();
+    assert_eq!(
+        m.get(
+            "sluice_auth_failures_total",
+            &[("reason", "bad_certificate")]
+        ),
+        5.0
+    );
+}

@@ -48,7 +48,7 @@ impl ClientCert {
     /// How the certificate is shown in logs and refusals.
     pub fn describe(&self) -> String {
         match (self.uris.first(), &self.common_name) {
-            (Some(u), _) => u.clone(),
+            (Some(_), _) => self.uris.join(", "),
             (None, Some(cn)) => format!("CN={cn}"),
             (None, None) => "a certificate with no URI or common name".into(),
         }
@@ -60,7 +60,9 @@ impl ClientCert {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertMatch {
-    /// A URI SAN the certificate must carry (`spiffe://corp.example/agent/7`).
+    /// The URI SAN the certificate must carry (`spiffe://corp.example/agent/7`),
+    /// as its only one: an X.509-SVID has exactly one URI SAN, and a
+    /// certificate with more is not one (SPIFFE X.509-SVID §2).
     #[serde(default)]
     pub spiffe_id: Option<String>,
     /// The certificate subject's common name.
@@ -75,7 +77,7 @@ impl CertMatch {
             && self
                 .spiffe_id
                 .as_ref()
-                .is_none_or(|id| c.uris.iter().any(|u| u == id))
+                .is_none_or(|id| matches!(c.uris.as_slice(), [u] if u == id))
             && self
                 .subject_cn
                 .as_ref()
@@ -140,7 +142,10 @@ mod tests {
             ["spiffe://corp.example/agent/7", "https://x.example/"]
         );
         assert_eq!(c.common_name.as_deref(), Some("agent-7"));
-        assert_eq!(c.describe(), "spiffe://corp.example/agent/7");
+        assert_eq!(
+            c.describe(),
+            "spiffe://corp.example/agent/7, https://x.example/"
+        );
         let bare = ClientCert::from_der(&cert(&[], None)).unwrap();
         assert_eq!((bare.uris.len(), bare.common_name), (0, None));
         // rcgen's default validity ends in 4096.
@@ -169,6 +174,20 @@ mod tests {
         );
         assert!(!m(None, Some("agent-8")).matches(&c));
         assert!(!m(None, None).matches(&c));
+        // Not an X.509-SVID: a SPIFFE ID among several URI SANs.
+        let two = ClientCert {
+            uris: vec![
+                "spiffe://corp.example/agent/8".into(),
+                "spiffe://corp.example/agent/7".into(),
+            ],
+            common_name: Some("agent-7".into()),
+        };
+        assert!(!m(Some("spiffe://corp.example/agent/7"), None).matches(&two));
+        assert!(m(None, Some("agent-7")).matches(&two));
+        assert_eq!(
+            two.describe(),
+            "spiffe://corp.example/agent/8, spiffe://corp.example/agent/7"
+        );
         assert!(m(None, None).check("f").is_err());
         for bad in [
             "spiffe://",
