@@ -210,6 +210,10 @@ async fn subscribe(
                         let _ = tx.send(request(current, &resp.nonce, Some(why))).await;
                     }
                     Ok(s) => {
+                        let certs = s.identities.values().filter(|i| i.client_cert.is_some()).count();
+                        if certs > 0 && !shared.tls.as_ref().is_some_and(|t| t.client_certificates()) {
+                            tracing::warn!(identities = certs, "identities with a ClientCertificate cannot log in with it on this node: it has no tls.client_ca_file");
+                        }
                         shared.snapshot.store(Arc::new(s));
                         shared.snapshot_ready.store(true, Relaxed);
                         if let Some(a) = audit {

@@ -1525,3 +1525,56 @@ async fn client_certificate_resources_authenticate_and_their_deletion_ends_sessi
         .unwrap();
     assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
 }
+
+/// A node without `tls.client_ca_file` asks no client for a certificate,
+/// so an identity that only a `ClientCertificate` lets in cannot log in
+/// there: it is told so (28000), and the node warns when it applies such a
+/// snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_client_ca_says_certificate_identities_cannot_log_in_there() {
+    use sluice_tests::client::ClientCa;
+    use sluice_tests::{connect_tls, DevCerts};
+    let pg = Pg::shared();
+    let cp = ControlPlane::embedded();
+    let mut admin = Admin::connect(&cp.url()).await;
+    let cert_doc = "apiVersion: sluice.dev/v1\nkind: ClientCertificate\nmetadata: {name: agent7-cert}\nspec:\n  identity: agent7\n  spiffeId: \"spiffe://corp.example/agent/7\"\n";
+    let config = [
+        cp::connection_yaml("app", pg),
+        cert_doc.to_string(),
+        cp::policy_yaml("agent7-app", &["app"], &["agent7"], &[]),
+    ]
+    .join("---\n");
+    let v = admin.apply(&config).await.version;
+    let certs = DevCerts::shared();
+    let node = cp::node(
+        &[cp.url()],
+        "no-client-ca",
+        &format!(
+            "{NODE}tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
+            certs.server_pem.display(),
+            certs.server_key.display(),
+        ),
+        true,
+    )
+    .unwrap();
+    admin.wait_applied(1, v, LIMIT).await;
+    let mut cfg = node.config("agent7", "", "app");
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let ca = ClientCa::new("agents CA");
+    let e = connect_tls(&cfg, ca.client(Some("spiffe://corp.example/agent/7"), "a7"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e).as_deref(), Some("28000"), "{}", err_text(&e));
+    assert!(
+        err_text(&e).contains("this gateway does not accept client certificates"),
+        "{}",
+        err_text(&e)
+    );
+    assert!(
+        node.log()
+            .contains("cannot log in with it on this node: it has no tls.client_ca_file"),
+        "{}",
+        node.log()
+    );
+}

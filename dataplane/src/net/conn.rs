@@ -495,6 +495,9 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
         shared.tls.is_some(),
         shared.tls_required,
     );
+    if shared.tls.as_ref().is_some_and(|t| t.client_certificates()) {
+        hs.client_certificates_asked();
+    }
     let mut reader = PacketReader::new();
     let mut io: ClientIo = MaybeTls::Plain(tcp);
     if let Some(policy) = &shared.proxy {

@@ -141,6 +141,8 @@ pub struct ClientHandshake {
     /// The certificate the client presented in its TLS handshake (verified
     /// against `tls.client_ca_file`).
     client_cert: Option<crate::auth::cert::ClientCert>,
+    /// Whether the TLS handshake asks for one at all.
+    client_certs_asked: bool,
 }
 
 /// A name the client gave (startup `user`, `database`) as the gateway keeps
@@ -193,6 +195,7 @@ impl ClientHandshake {
             jwt_provider: None,
             valid_until: None,
             client_cert: None,
+            client_certs_asked: false,
         }
     }
 
@@ -204,6 +207,12 @@ impl ClientHandshake {
     /// The driver finished the TLS handshake.
     pub fn tls_established(&mut self) {
         self.tls_active = true;
+    }
+
+    /// This gateway asks TLS clients for a certificate
+    /// (`tls.client_ca_file`).
+    pub fn client_certificates_asked(&mut self) {
+        self.client_certs_asked = true;
     }
 
     /// The client presented `cert` in its TLS handshake, verified against
@@ -324,6 +333,15 @@ impl ClientHandshake {
             }
             if ident.verifier.is_none() && ident.jwt_issuers.is_empty() {
                 let (message, reason) = match presented {
+                    // (A control plane gave the identity a certificate; this
+                    // node has no client CA to verify one with.)
+                    None if !self.client_certs_asked => (
+                        format!(
+                            "identity \"{}\" authenticates with a client certificate, but this gateway does not accept client certificates (it has no tls.client_ca_file)",
+                            self.identity
+                        ),
+                        "no_certificate",
+                    ),
                     None => (
                         format!(
                             "identity \"{}\" authenticates with a client certificate: connect over TLS with its certificate and key (sslcert, sslkey)",
@@ -825,6 +843,67 @@ grants:
         assert_eq!(session.auth_method, "api_key");
         assert_eq!(session.valid_until, None);
         assert!(!session.token_expired(u64::MAX));
+    }
+
+    /// A snapshot with identity `a7`, which logs in only with the client
+    /// certificate of SPIFFE ID `spiffe://corp/agent/7` (granted `app`).
+    fn certificate_snapshot() -> Arc<Snapshot> {
+        let y = r#"
+tls: { cert_file: s.pem, key_file: s.key, client_ca_file: ca.pem }
+connections:
+  - name: app
+    target: { host: 127.0.0.1, port: 5432, database: app, user: app, password: pw }
+identities:
+  - { name: a7, client_cert: { spiffe_id: "spiffe://corp/agent/7" } }
+grants:
+  - { connections: [app], identities: [a7] }
+"#;
+        let cfg = Config::from_yaml(y).unwrap();
+        cfg.validate().unwrap();
+        Arc::new(Snapshot::build(&cfg, 1).unwrap())
+    }
+
+    /// A certificate identity without a certificate is told what to do: on
+    /// a gateway that asks for client certificates, present one; on one that
+    /// does not (a node without `tls.client_ca_file` that a control plane
+    /// gave `ClientCertificate`s), that it cannot log in here at all.
+    #[test]
+    fn a_certificate_identity_without_a_certificate_is_told_why() {
+        let snap = certificate_snapshot();
+        let cert = crate::auth::cert::ClientCert {
+            uris: vec!["spiffe://corp/agent/7".into()],
+            common_name: None,
+        };
+        for (asks, want) in [
+            (true, "connect over TLS with its certificate and key"),
+            (false, "this gateway does not accept client certificates"),
+        ] {
+            let mut hs = ClientHandshake::new(snap.clone(), true, false);
+            if asks {
+                hs.client_certificates_asked();
+            }
+            hs.tls_established();
+            let Step::Reject {
+                reply, auth_reason, ..
+            } = hs.on_untagged(&startup("a7", "app"))
+            else {
+                panic!("not refused")
+            };
+            let f = backend::parse_error_fields(&reply[5..]);
+            assert_eq!(
+                (f.code.as_str(), auth_reason),
+                ("28000", Some("no_certificate"))
+            );
+            assert!(f.message.contains(want), "{}", f.message);
+        }
+        let mut hs = ClientHandshake::new(snap, true, false);
+        hs.client_certificates_asked();
+        hs.tls_established();
+        hs.client_certificate(cert);
+        assert!(matches!(
+            hs.on_untagged(&startup("a7", "app")),
+            Step::Ready { session, .. } if session.auth_method == "client_cert"
+        ));
     }
 
     #[test]
