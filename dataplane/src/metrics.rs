@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 /// Why authentication or authorization failed.
-pub const AUTH_REASONS: [&str; 15] = [
+pub const AUTH_REASONS: [&str; 16] = [
     "bad_password",
     "unknown_identity",
     "unknown_connection",
@@ -81,6 +81,10 @@ pub const AUTH_REASONS: [&str; 15] = [
     // presented, or one of someone else.
     "no_certificate",
     "bad_certificate",
+    // A client certificate the TLS handshake refused (not signed by the
+    // client CA, expired, not for client authentication…), before any
+    // identity was named.
+    "invalid_certificate",
     // A malformed or unexpected message inside the authentication
     // exchange (08P01), once the startup named an identity.
     "protocol_violation",

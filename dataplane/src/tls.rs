@@ -5,8 +5,8 @@
 //! otherwise present none). monoio-rustls gives no access to a
 //! connection's peer certificates, so each such connection gets its own
 //! rustls config whose certificate verifier, wrapping the shared one, keeps
-//! the certificate it verified in a slot the handshake reads
-//! ([`ServerTls::acceptor`]). Session resumption is off then: a resumed
+//! the certificate it verified (or why it refused it) in a slot the
+//! handshake reads ([`ServerTls::acceptor`]). Session resumption is off then: a resumed
 //! session presents no certificate to keep.
 
 use std::path::Path;
@@ -21,9 +21,11 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::ConfigError;
 
-/// Where a connection's verified client certificate lands during its TLS
-/// handshake (the end-entity certificate, DER).
-pub type PeerCert = Arc<Mutex<Option<CertificateDer<'static>>>>;
+/// Where a connection's client certificate lands during its TLS handshake:
+/// the end-entity certificate (DER) the client CA verified, or why it was
+/// refused (the handshake then fails): not vouched for by the CA, or not
+/// proved by a signature with its key (CertificateVerify).
+pub type PeerCert = Arc<Mutex<Option<Result<CertificateDer<'static>, rustls::Error>>>>;
 
 /// The client-facing TLS settings, ready to accept connections.
 pub struct ServerTls {
@@ -67,11 +69,21 @@ impl ServerTls {
     }
 }
 
-/// A client certificate verifier that keeps what it verified.
+/// A client certificate verifier that keeps what it verified, or why not.
 #[derive(Debug)]
 struct Keeping {
     inner: Arc<dyn ClientCertVerifier>,
     slot: PeerCert,
+}
+
+impl Keeping {
+    /// Keep a refusal of the certificate (in place of the certificate).
+    fn refused<T>(&self, r: Result<T, rustls::Error>) -> Result<T, rustls::Error> {
+        if let Err(e) = &r {
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e.clone()));
+        }
+        r
+    }
 }
 
 impl ClientCertVerifier for Keeping {
@@ -93,12 +105,14 @@ impl ClientCertVerifier for Keeping {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.refused(self.inner.verify_client_cert(
+            end_entity,
+            intermediates,
+            now,
+        ))?;
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(end_entity.clone().into_owned());
-        Ok(ok)
+            Some(Ok(end_entity.clone().into_owned()));
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -107,7 +121,7 @@ impl ClientCertVerifier for Keeping {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.refused(self.inner.verify_tls12_signature(message, cert, dss))
     }
 
     fn verify_tls13_signature(
@@ -116,7 +130,7 @@ impl ClientCertVerifier for Keeping {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.refused(self.inner.verify_tls13_signature(message, cert, dss))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -119,6 +119,28 @@ impl ClientOptions {
         MakeRustlsConnect::new(cfg)
     }
 
+    /// As [`Self::tls_client_cert`], but `key_der` need not be the
+    /// certificate's key: a client that has someone's certificate (public)
+    /// but not their key, and signs the handshake with its own.
+    pub fn tls_client_cert_any_key(cert_der: Vec<Vec<u8>>, key_der: Vec<u8>) -> MakeRustlsConnect {
+        let provider = Self::provider();
+        let key = provider
+            .key_provider
+            .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(key_der.into()))
+            .expect("private key");
+        let certified = rustls::sign::CertifiedKey::new(
+            cert_der.into_iter().map(CertificateDer::from).collect(),
+            key,
+        );
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_client_cert_resolver(Arc::new(Presents(Arc::new(certified))));
+        MakeRustlsConnect::new(cfg)
+    }
+
     /// TLS that verifies the chain against `ca_pem` and the host name
     /// (libpq's `sslmode=verify-full`).
     pub fn tls_verify_full(ca_pem: &[u8]) -> MakeRustlsConnect {
@@ -162,6 +184,24 @@ pub fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
 
 #[derive(Debug)]
 struct AcceptAnyCert(Arc<CryptoProvider>);
+
+/// Presents one certificate (and signs with its key), whatever is asked.
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
 
 impl ServerCertVerifier for AcceptAnyCert {
     fn verify_server_cert(
@@ -366,10 +406,17 @@ impl ClientCa {
     /// A client certificate made of `p` (with a new key) that this CA
     /// signs, and TLS client options that present it (and the chain).
     pub fn issue(&self, p: rcgen::CertificateParams) -> MakeRustlsConnect {
+        let (certs, key) = self.issue_der(p);
+        ClientOptions::tls_client_cert(certs, key)
+    }
+
+    /// As [`Self::issue`]: the certificate and its chain (DER, the
+    /// end-entity first), and its PKCS#8 key.
+    pub fn issue_der(&self, p: rcgen::CertificateParams) -> (Vec<Vec<u8>>, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         let mut certs = vec![cert.der().to_vec()];
         certs.extend(self.chain.iter().cloned());
-        ClientOptions::tls_client_cert(certs, key.serialize_der())
+        (certs, key.serialize_der())
     }
 }

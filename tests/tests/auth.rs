@@ -877,8 +877,9 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
     let ca = ClientCa::new("agents CA");
     let ca_file = dir.path().join("client-ca.pem");
     std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-    let mut cfg =
-        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(DevCerts::shared(), false);
+    let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
+        .tls(DevCerts::shared(), false)
+        .audit(&dir.path().join("audit"), "");
     cfg.identities.push(
         "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
             .into(),
@@ -917,6 +918,13 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
         (
             "signed by a certificate that is not a CA",
             ca.intermediate("not a CA", false).client(Some(id), "a7"),
+        ),
+        (
+            "presented without its key",
+            ClientOptions::tls_client_cert_any_key(
+                ca.issue_der(ClientCa::params(&[id], "a7")).0,
+                rcgen::KeyPair::generate().unwrap().serialize_der(),
+            ),
         ),
     ] {
         let e = connect_tls(&agent7, tls)
@@ -963,12 +971,46 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
         );
     }
     gw.assert_alive();
+    // Each counted, logged and audited: the TLS handshake's refusals too
+    // (the client got a TLS alert, not an ErrorResponse).
     let m = gw.metrics();
+    let failures = |r: &str| m.get("sluice_auth_failures_total", &[("reason", r)]);
     assert_eq!(
-        m.get(
-            "sluice_auth_failures_total",
-            &[("reason", "bad_certificate")]
-        ),
-        5.0
+        (failures("invalid_certificate"), failures("bad_certificate")),
+        (5.0, 5.0)
+    );
+    let log = gw.log();
+    for why in [
+        "certificate expired",
+        "certificate not valid yet",
+        "does not allow extended key usage for client authentication",
+        "EndEntityUsedAsCa",
+        "BadSignature",
+    ] {
+        assert!(
+            log.lines().any(
+                |l| l.contains("client certificate refused in the TLS handshake")
+                    && l.contains(why)
+            ),
+            "{why}:\n{log}"
+        );
+    }
+    gw.stop();
+    let (mut recs, rings) = dataplane::audit::service::read_dir(
+        &dir.path().join("audit"),
+        Some(&dir.path().join("audit").join("rings")),
+    )
+    .unwrap();
+    recs.extend(rings);
+    let refused: Vec<String> = recs
+        .iter()
+        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::AuthFailure as i32)
+        .map(|r| r.outcome.as_ref().unwrap().error_message.clone())
+        .collect();
+    let count = |p: &str| refused.iter().filter(|m| m.starts_with(p)).count();
+    assert_eq!(
+        (count("invalid_certificate: "), count("bad_certificate: ")),
+        (5, 5),
+        "{refused:#?}"
     );
 }

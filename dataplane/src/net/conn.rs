@@ -618,12 +618,33 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                         // (A certificate the client CA verified, if it sent one.)
                         let der = peer_cert
                             .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());
-                        if let Some(c) = der.and_then(|d| ClientCert::from_der(&d)) {
+                        if let Some(c) = der
+                            .and_then(Result::ok)
+                            .and_then(|d| ClientCert::from_der(&d))
+                        {
                             hs.client_certificate(c);
                         }
                     }
                     Err(e) => {
-                        tracing::debug!("client TLS handshake failed: {e}");
+                        let refused = peer_cert
+                            .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+                            .and_then(Result::err);
+                        let Some(why) = refused else {
+                            tracing::debug!("client TLS handshake failed: {e}");
+                            return Handshake::Done(Outcome::TlsError);
+                        };
+                        // A certificate the client CA does not vouch for (another CA's,
+                        // expired, not for client auth…) is an authentication failure;
+                        // the client got a TLS alert, the record says 28000.
+                        let reason = "invalid_certificate";
+                        let message =
+                            format!("client certificate refused in the TLS handshake: {why}");
+                        m.auth_failure(reason);
+                        if let Some(a) = &worker.audit {
+                            let reply = fatal(sqlstate::INVALID_AUTHORIZATION, &message);
+                            audit_auth_failure(worker, a, &hs, peer, reason, &reply);
+                        }
+                        tracing::info!(%peer, reason, "connection refused: {message}");
                         return Handshake::Done(Outcome::TlsError);
                     }
                 }
