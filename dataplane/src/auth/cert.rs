@@ -94,11 +94,12 @@ impl CertMatch {
             ));
         }
         if let Some(id) = &self.spiffe_id {
-            let path = id.strip_prefix("spiffe://").unwrap_or("");
-            if path.is_empty() || path.starts_with('/') || id.chars().any(char::is_whitespace) {
+            if !is_spiffe_id(id) {
                 return Err(ConfigError::field(
                     format!("{field}.spiffe_id"),
-                    format!("`{id}` is not a SPIFFE ID (spiffe://trust-domain/path)"),
+                    format!(
+                        "`{id}` is not a SPIFFE ID (spiffe://trust-domain/path: a lowercase trust domain; path segments of letters, digits, `.`, `-`, `_`; no trailing `/`, port, query or percent-encoding)"
+                    ),
                 ));
             }
         }
@@ -110,6 +111,36 @@ impl CertMatch {
         }
         Ok(())
     }
+}
+
+/// Whether `id` is a SPIFFE ID (SPIFFE-ID §2): `spiffe://`, a trust domain
+/// of lowercase letters, digits, `.`, `-` and `_`, then optionally a path
+/// of non-empty segments (letters, digits, `.`, `-`, `_`; not `.` or `..`)
+/// with no trailing `/`. Nothing else (ports, user info, queries,
+/// fragments, percent-encoding) is allowed, so an SVID carries it exactly
+/// as written here.
+fn is_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (domain, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(d, p)| (d, Some(p)));
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
+    domain_ok
+        && path.is_none_or(|p| {
+            p.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            })
+        })
 }
 
 #[cfg(test)]
@@ -189,11 +220,31 @@ mod tests {
             "spiffe://corp.example/agent/8, spiffe://corp.example/agent/7"
         );
         assert!(m(None, None).check("f").is_err());
+        for good in [
+            "spiffe://corp.example/agent/7",
+            "spiffe://corp.example",
+            "spiffe://corp_1-x.example/Agent_7/v-1.2",
+        ] {
+            m(Some(good), None).check("f").unwrap();
+        }
+        // Not SPIFFE IDs (SPIFFE-ID §2): no certificate that an SVID issuer
+        // makes would ever match them.
         for bad in [
             "spiffe://",
             "https://corp/agent",
             "spiffe:///x",
             "spiffe://a b/c",
+            "SPIFFE://corp/a",
+            "spiffe://Corp.example/a",
+            "spiffe://corp/a/",
+            "spiffe://corp//a",
+            "spiffe://corp/./a",
+            "spiffe://corp/a/..",
+            "spiffe://corp/a%2Fb",
+            "spiffe://corp/a?x=1",
+            "spiffe://corp/a#f",
+            "spiffe://corp:8443/a",
+            "spiffe://u@corp/a",
         ] {
             let e = m(Some(bad), None)
                 .check("identities[0].client_cert")
