@@ -3,11 +3,12 @@
 //! `proto::Resource`s so the control plane can answer "would this be
 //! allowed today?" (`sluicectl session replay --evaluate`).
 //!
-//! * An identity exists when an `ApiKey` (`spec.identity`), a `Group`
-//!   (`spec.members`) or a `Policy` (`spec.identities`, other than `*`)
-//!   names it. Only those can authenticate.
+//! * An identity exists when an `ApiKey` or a `ClientCertificate`
+//!   (`spec.identity`), a `Group` (`spec.members`) or a `Policy`
+//!   (`spec.identities`, other than `*`) names it. Only those can
+//!   authenticate.
 //! * Its groups are the `Group`s listing it as a member plus its
-//!   `ApiKey`'s `groups`.
+//!   `ApiKey`'s and `ClientCertificate`'s `groups`.
 //! * A `Policy` grants its `connections` (or every connection with `*`) to
 //!   its `identities` (or every identity with `*`) and to the members of
 //!   its `groups`.
@@ -114,7 +115,7 @@ impl Grants {
     pub fn evaluate(&self, identity: &str, connection: &str) -> Verdict {
         let Some(groups) = self.identities.get(identity) else {
             return Verdict::Deny(format!(
-                "identity `{identity}` is not in the configuration: no ApiKey, Group or Policy names it"
+                "identity `{identity}` is not in the configuration: no ApiKey, ClientCertificate, Group or Policy names it"
             ));
         };
         if !self.connections.contains(connection) {

@@ -276,10 +276,11 @@ impl Snapshot {
     /// resource and field (`Connection orders: spec.host: …`); the caller
     /// NACKs with that text and keeps its current snapshot.
     ///
-    /// Identities are every name an `ApiKey`, a `Group` or a `Policy`
-    /// mentions; each may log in with a JWT from any `IdentityProvider`
-    /// (the token's identity claim must equal the name) and, if it has one,
-    /// its API key. Groups come from `Group` members and the key's groups.
+    /// Identities are every name an `ApiKey`, a `ClientCertificate`, a
+    /// `Group` or a `Policy` mentions; each may log in with a JWT from any
+    /// `IdentityProvider` (the token's identity claim must equal the name)
+    /// and, if it has them, its API key and its client certificate. Groups
+    /// come from `Group` members and the key's and certificate's groups.
     pub fn from_proto(snap: &proto::Snapshot) -> Result<Snapshot, String> {
         use proto::resource::Spec;
         let version = u64::try_from(snap.version)
