@@ -212,6 +212,7 @@ mod tests {
                 "spiffe://corp.example/agent/7".into(),
             ],
             common_name: Some("agent-7".into()),
+            not_after: 0,
         };
         assert!(!m(Some("spiffe://corp.example/agent/7"), None).matches(&two));
         assert!(m(None, Some("agent-7")).matches(&two));

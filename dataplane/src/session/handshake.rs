@@ -873,6 +873,7 @@ grants:
         let cert = crate::auth::cert::ClientCert {
             uris: vec!["spiffe://corp/agent/7".into()],
             common_name: None,
+            not_after: u64::MAX,
         };
         for (asks, want) in [
             (true, "connect over TLS with its certificate and key"),
