@@ -1542,6 +1542,18 @@ async fn pii_wire_session(t: &str) -> (Gateway, sluice_tests::wire::Session) {
     (gw, s)
 }
 
+/// [`pii_wire_session`] under the built-in `default` profile (`ssn` keeps
+/// its last four characters, `secret_answer` is masked whole).
+async fn default_wire_session(t: &str) -> (Gateway, sluice_tests::wire::Session) {
+    let (pg, key) = (Pg::shared(), ApiKey::shared());
+    seed_people(pg, t).await;
+    let gw = Gateway::start_with(&GatewayConfig::standard(pg, key));
+    let s = sluice_tests::wire::login(gw.port, "agent1", "app", &key.key)
+        .await
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    (gw, s)
+}
+
 /// What the `pii` profile must return for [`seed_people`]'s rows (id, ssn,
 /// secret_answer, email, internal_notes, salary, note). `salary` is an
 /// `int` masked in its text form, so the client gets it as `text`.
@@ -5747,4 +5759,46 @@ async fn a_long_bind_keeps_its_result_formats() {
     assert_eq!(row.get::<_, i64>(0), 10);
     assert_eq!(row.get::<_, String>(1), "*****3333");
     assert_eq!(row.get::<_, i32>(2), 3 << 20);
+}
+
+/// A Describe of a portal whose statement was parsed again after its Bind
+/// (the unnamed statement replaced, or a named one closed and parsed
+/// anew) describes the old query, which the portal runs: that description
+/// was kept as the statement's, so a later Bind of it without a Describe
+/// read the new query's rows (a `secret_answer`) as the old one's `int`
+/// column, in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_describe_does_not_describe_its_statement_parsed_again() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes};
+    let t = "mk_portal_lends";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let close_s = [b'C', 0, 0, 0, 7, b'S', b's', 0];
+    for (name, close) in [("", &[][..]), ("s", &close_s[..])] {
+        let batch = [
+            parse_bytes(
+                name,
+                &format!("select id from {t} where id < 3 order by id"),
+            ),
+            bind_bytes("", name),
+            close.to_vec(),
+            parse_bytes(
+                name,
+                &format!("select secret_answer from {t} where id < 3 order by id"),
+            ),
+            describe_bytes(b'P', ""),
+            execute_bytes("", true),
+        ]
+        .concat();
+        s.raw.send(&batch).await.unwrap();
+        let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows, [[Some("1".to_string())], [Some("2".to_string())]]);
+        let run = [bind_bytes("", name), execute_bytes("", true)].concat();
+        s.raw.send(&run).await.unwrap();
+        let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows,
+            [[Some("*".repeat(20))], [Some("*".repeat(7))]],
+            "statement {name:?}"
+        );
+    }
 }

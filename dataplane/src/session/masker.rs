@@ -1645,6 +1645,9 @@ impl TargetMasker {
                     if self.bound_undescribed.as_ref().is_some_and(|b| b.1 == name) {
                         self.bound_undescribed = None;
                     }
+                    // (Nor does a Describe of such a portal describe this
+                    // statement.)
+                    self.portal_stmt.retain(|_, s| s.0 != name);
                     self.statements.remove(&name);
                     // (A named statement may have been prepared again by
                     // SQL since this Parse was sent: both texts. The
