@@ -5802,3 +5802,57 @@ async fn a_portal_describe_does_not_describe_its_statement_parsed_again() {
         );
     }
 }
+
+/// A SQL cursor executed as a portal under the name of a portal the
+/// client bound before (closed by SQL or by a Close, or ended with its
+/// transaction) was read with that portal's description: here an `int`
+/// column, so the cursor's `secret_answer` went out in clear. Its rows are
+/// read as those of a statement never described (the cursor's query
+/// gives the rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_under_an_old_portal_name_is_not_read_with_its_description() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let t = "mk_cursor_old_portal";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let prepare = [
+        parse_bytes("s", &format!("select id from {t} where id < 3 order by id")),
+        describe_bytes(b'S', "s"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&prepare).await.unwrap();
+    s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    let declare = |c: &str| {
+        format!("declare {c} cursor for select secret_answer from {t} where id < 3 order by id")
+    };
+    let close_c2 = [b'C', 0, 0, 0, 8, b'P', b'c', b'2', 0];
+    for (c, begin, close, sql) in [
+        (
+            "c1",
+            "begin",
+            &[][..],
+            format!("close c1; {}", declare("c1")),
+        ),
+        ("c2", "begin", &close_c2[..], declare("c2")),
+        (
+            "c3",
+            "select 1",
+            &[][..],
+            format!("begin; {}", declare("c3")),
+        ),
+    ] {
+        s.simple_query(begin).await.unwrap();
+        let bound = [bind_bytes(c, "s"), close.to_vec(), sync_bytes()].concat();
+        s.raw.send(&bound).await.unwrap();
+        s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+        s.simple_query(&sql).await.unwrap();
+        s.raw.send(&execute_bytes(c, true)).await.unwrap();
+        let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows,
+            [[Some("*".repeat(20))], [Some("*".repeat(7))]],
+            "cursor {c}"
+        );
+        s.simple_query("commit").await.unwrap();
+    }
+}

@@ -1266,6 +1266,7 @@ impl TargetMasker {
                     self.keep_prepared(name, t, true);
                 }
                 SqlCommand::Declare(name, q) => {
+                    self.forget_portal(Some(&name));
                     // (Past the limit forgotten: their fetches are
                     // unreadable.)
                     let t = Text::new(&q, backslash, false);
@@ -1309,13 +1310,16 @@ impl TargetMasker {
                         self.prepared_bytes = 0;
                     }
                     _ => {
+                        self.forget_portal(None);
                         for c in self.cursors.values_mut() {
                             c.1 = unreadable();
                         }
                         self.cursors_bytes = 0;
                     }
                 },
-                SqlCommand::Deallocate(_) | SqlCommand::Close(_) => {}
+                // (Its text is kept; the portal's description is not.)
+                SqlCommand::Close(name) => self.forget_portal(name.as_deref()),
+                SqlCommand::Deallocate(_) => {}
             }
         }
         let own = Text::new(sql, backslash, runs_unknown);
@@ -1325,6 +1329,24 @@ impl TargetMasker {
         let mut parts: Vec<&Text> = vec![&own];
         parts.extend(runs.iter().map(|r| &**r));
         Some(Text::concat(&parts))
+    }
+
+    /// Forget the description of portal `name` (`None`: of every portal),
+    /// which ends with its transaction or is closed, by a Close or by SQL:
+    /// another portal may take the name (a cursor declared, or opened by a
+    /// PL/pgSQL function), and its rows must not be read with the old
+    /// columns. (A portal without one is read as a statement never
+    /// described.)
+    fn forget_portal(&mut self, name: Option<&[u8]>) {
+        match name {
+            Some(n) => {
+                self.portals.remove(n);
+            }
+            None => self.portals.clear(),
+        }
+        if name.is_none_or(|n| self.plan_portal.as_deref() == Some(n)) {
+            self.plan_portal = None;
+        }
     }
 
     /// Keep `t` as the text of prepared statement `name`: joined to the
@@ -1714,6 +1736,7 @@ impl TargetMasker {
                         self.portal_text.remove(&name);
                         self.portal_stmt.remove(&name);
                         self.undescribed_formats.remove(&name);
+                        self.forget_portal(Some(&name));
                     }
                     _ => {}
                 }
@@ -2058,6 +2081,7 @@ impl TargetMasker {
                     self.portal_text.clear();
                     self.portal_stmt.clear();
                     self.undescribed_formats.clear();
+                    self.forget_portal(None);
                 }
                 self.own_describes.retain(|(e, _, _)| *e >= done);
                 self.pending.closes.retain(|(e, _, _)| *e >= done);
