@@ -5856,3 +5856,95 @@ async fn a_cursor_under_an_old_portal_name_is_not_read_with_its_description() {
         s.simple_query("commit").await.unwrap();
     }
 }
+
+/// CopyOutResponses took the COPY requests in the order they were sent,
+/// whichever statement had made them: an Execute the client side took for
+/// a COPY that ran something else (a COPY statement prepared again by SQL
+/// as a SELECT, a cursor declared under a COPY portal's old name) left its
+/// request to the next COPY, whose fields were then read with the columns
+/// of the other one's query (two unruled text columns here: the ssn and
+/// the secret_answer went out in clear). Each request now belongs to the
+/// Execute or Query that made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_takes_no_other_statements_columns() {
+    use sluice_tests::wire::{bind_bytes, execute_bytes, parse_bytes, query_bytes, sync_bytes};
+    let t = "mk_copy_other_cols";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let unruled =
+        format!("copy (select note, note as n2 from {t} where id < 3 order by id) to stdout");
+    let ruled =
+        format!("copy (select ssn, secret_answer from {t} where id < 3 order by id) to stdout");
+    let copy_data = |msgs: &[sluice_tests::wire::Msg]| -> String {
+        msgs.iter()
+            .filter(|m| m.tag == b'd')
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect()
+    };
+    let until_ready = async |s: &mut sluice_tests::wire::Session| {
+        let mut msgs = Vec::new();
+        loop {
+            let m = s.raw.read_msg().await;
+            if m.tag == b'E' {
+                panic!("{}", sluice_tests::wire::ErrorFields::parse(&m.body));
+            }
+            let z = m.tag == b'Z';
+            msgs.push(m);
+            if z {
+                return msgs;
+            }
+        }
+    };
+    let want = "*****6789\t********************\n*******4321\t*******\n";
+    // A COPY statement prepared again by SQL.
+    s.raw
+        .send(&[parse_bytes("c", &unruled), sync_bytes()].concat())
+        .await
+        .unwrap();
+    until_ready(&mut s).await;
+    s.raw
+        .send(&query_bytes("deallocate c; prepare c as select 1"))
+        .await
+        .unwrap();
+    until_ready(&mut s).await;
+    let batch = [
+        parse_bytes("r", &ruled),
+        bind_bytes("p", "c"),
+        bind_bytes("pr", "r"),
+        execute_bytes("p", false),
+        execute_bytes("pr", true),
+    ]
+    .concat();
+    s.raw.send(&batch).await.unwrap();
+    assert_eq!(
+        copy_data(&until_ready(&mut s).await),
+        want,
+        "prepared again"
+    );
+    // A cursor under a COPY portal's name (the portal ended with its
+    // transaction).
+    s.raw
+        .send(
+            &[
+                parse_bytes("c2", &unruled),
+                bind_bytes("q", "c2"),
+                sync_bytes(),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    until_ready(&mut s).await;
+    s.raw
+        .send(&query_bytes("begin; declare q cursor for select 1"))
+        .await
+        .unwrap();
+    until_ready(&mut s).await;
+    let batch = [
+        bind_bytes("qr", "r"),
+        execute_bytes("q", false),
+        execute_bytes("qr", true),
+    ]
+    .concat();
+    s.raw.send(&batch).await.unwrap();
+    assert_eq!(copy_data(&until_ready(&mut s).await), want, "cursor");
+}

@@ -71,8 +71,9 @@ enum CopyCols {
     Unresolved,
 }
 
-/// A COPY TO the client asked for: (sync epoch, options, columns).
-type CopyRequest = (u64, CopyOptions, CopyCols);
+/// A COPY TO the client asked for: (sync epoch, the number of the Query
+/// or Execute that runs it, options, columns).
+type CopyRequest = (u64, u64, CopyOptions, CopyCols);
 
 /// The statement name of the gateway's own describes (of the query a COPY
 /// runs; see [`crate::mask::copyout`]); closed right after. With a random
@@ -236,11 +237,23 @@ struct Pending {
     /// (portal, statement name, result formats; None if unreadable).
     binds: VecDeque<Bound>,
     /// What produces the next rows, in order: a simple Query (None, with
-    /// its text) or an Execute of a portal.
-    results: VecDeque<(u64, Option<Vec<u8>>, StatementText)>,
+    /// its text) or an Execute of a portal; numbered (`next_result`).
+    results: VecDeque<(u64, Option<Vec<u8>>, StatementText, u64)>,
+    next_result: u64,
     /// Close messages: whether each is the gateway's own, and a client's
     /// kind (`S` or `P`) and name.
     closes: VecDeque<Closing>,
+}
+
+impl Pending {
+    /// A Query, Execute or FunctionCall sent in sync epoch `e`; its number
+    /// (as the COPYs it runs were requested under).
+    fn result(&mut self, e: u64, portal: Option<Vec<u8>>, text: StatementText) -> u64 {
+        let n = self.next_result;
+        self.next_result += 1;
+        self.results.push_back((e, portal, text, n));
+        n
+    }
 }
 
 pub struct TargetMasker {
@@ -789,7 +802,8 @@ impl TargetMasker {
                     self.injections.push((at.unwrap_or(0), inject));
                 }
                 for (st, c) in stmts.into_iter().zip(cols) {
-                    self.copy_requested.push_back((e, st.options, c));
+                    let n = self.pending.next_result;
+                    self.copy_requested.push_back((e, n, st.options, c));
                 }
                 if whole && copy_from_stdin(text, self.backslash_strings) {
                     self.copy_in_query = Some(e);
@@ -802,7 +816,7 @@ impl TargetMasker {
                 // is not tracked. What is at hand when the Query is split
                 // across reads.)
                 let text = self.statement_text(text, whole, e);
-                self.pending.results.push_back((e, None, text));
+                self.pending.result(e, None, text);
                 self.gather = (!whole).then(|| (tag::QUERY, body.to_vec()));
                 self.sent_epoch += 1;
                 self.unsynced = 0;
@@ -841,7 +855,7 @@ impl TargetMasker {
             }
             // FunctionCall: answered with a ReadyForQuery.
             FUNCTION_CALL => {
-                self.pending.results.push_back((e, None, None));
+                self.pending.result(e, None, None);
                 self.sent_epoch += 1;
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
@@ -973,7 +987,8 @@ impl TargetMasker {
                 if !inject.is_empty() {
                     self.injections.push((at.unwrap_or(0), inject));
                 }
-                self.copy_requested.push_back((e, o, c));
+                let n = self.pending.next_result;
+                self.copy_requested.push_back((e, n, o, c));
             }
             Some(CopyKind::In) => self.last_execute = Some(e),
             Some(CopyKind::Unknown) => {
@@ -981,7 +996,7 @@ impl TargetMasker {
             }
             None => {}
         }
-        self.pending.results.push_back((e, Some(portal), None));
+        self.pending.result(e, Some(portal), None);
     }
 
     /// A Describe of a statement (`S`) or portal, once its name is read.
@@ -1001,7 +1016,7 @@ impl TargetMasker {
     fn unreadable_execute(&mut self, e: u64) {
         self.copy_untrusted = true;
         self.replaced += 1;
-        self.pending.results.push_back((e, None, None));
+        self.pending.result(e, None, None);
     }
 
     /// A Bind sent, once its names are read (`params`: its parameter part,
@@ -1173,7 +1188,7 @@ impl TargetMasker {
     /// The Execute at the front of the results (if that is one) answered:
     /// a setting it changed is reported only at ReadyForQuery.
     fn execute_answered(&mut self) {
-        if matches!(self.pending.results.front(), Some((_, Some(_), _))) {
+        if matches!(self.pending.results.front(), Some((_, Some(_), ..))) {
             self.pending.results.pop_front();
             self.unreported = true;
         }
@@ -1427,8 +1442,8 @@ impl TargetMasker {
             return;
         };
         for r in self.copy_requested.iter_mut() {
-            if matches!(r.2, CopyCols::Waiting(w) if w == id) {
-                r.2 = cols;
+            if matches!(r.3, CopyCols::Waiting(w) if w == id) {
+                r.3 = cols;
                 return;
             }
         }
@@ -1797,7 +1812,7 @@ impl TargetMasker {
                     self.statements
                         .insert(name, (desc, told, text, self.describing_at));
                 } else if matches!(self.pending.describes.front(), Some((d, None, ..))
-                    if !matches!(self.pending.results.front(), Some((q, None, _)) if q < d))
+                    if !matches!(self.pending.results.front(), Some((q, None, ..)) if q < d))
                 {
                     // A portal Describe (not sent after a simple Query still
                     // unanswered): its formats are in the message.
@@ -1832,7 +1847,7 @@ impl TargetMasker {
                 } else {
                     // A simple query's result.
                     let text = match self.pending.results.front() {
-                        Some((_, None, t)) => t.clone(),
+                        Some((_, None, t, _)) => t.clone(),
                         _ => None,
                     };
                     self.describe(body, None, None, &text);
@@ -1908,10 +1923,22 @@ impl TargetMasker {
             b'H' => {
                 // CopyOutResponse: format 0 = text (or csv), 1 = binary;
                 // then the number of columns.
-                let requested = self.copy_requested.pop_front();
+                // The request of the Query or Execute answered now. Those
+                // of statements answered before it ran no COPY (what the
+                // client side took for one ran another statement: one
+                // prepared again by SQL, a cursor under a COPY portal's
+                // name); a COPY this side did not see has none.
+                let now = self.pending.results.front().map(|r| r.3);
+                while let (Some(r), Some(now)) = (self.copy_requested.front(), now) {
+                    if r.1 >= now {
+                        break;
+                    }
+                    self.copy_requested.pop_front();
+                }
+                let requested = self.copy_requested.pop_front_if(|r| Some(r.1) == now);
                 self.copy_options = requested
                     .as_ref()
-                    .map_or_else(CopyOptions::text, |r| r.1.clone());
+                    .map_or_else(CopyOptions::text, |r| r.2.clone());
                 self.copy_out = match body.first() {
                     Some(0) => Some(CopyOut::Fields),
                     _ => Some(CopyOut::Binary),
@@ -1925,7 +1952,7 @@ impl TargetMasker {
                 // a client frame's names were not read.
                 let unsure = self.copy_untrusted || self.poisoned.contains(&self.done_epoch);
                 let cols = match requested {
-                    Some((_, _, c)) if !(unsure && self.rules()) => c,
+                    Some((.., c)) if !(unsure && self.rules()) => c,
                     // A COPY the client side did not see coming.
                     _ if self.rules() => CopyCols::Unresolved,
                     _ => CopyCols::Detect,
@@ -2096,8 +2123,8 @@ impl TargetMasker {
                 self.pending.parses.retain(|(e, _, _, _)| *e >= done);
                 self.pending.describes.retain(|(e, ..)| *e >= done);
                 self.pending.binds.retain(|(e, ..)| *e >= done);
-                self.pending.results.retain(|(e, _, _)| *e >= done);
-                self.copy_requested.retain(|(e, _, _)| *e >= done);
+                self.pending.results.retain(|r| r.0 >= done);
+                self.copy_requested.retain(|r| r.0 >= done);
                 self.describing = None;
                 self.copy_out = None;
                 if done
@@ -2119,9 +2146,9 @@ impl TargetMasker {
     /// or the portal's of an Execute), when known.
     fn current_text(&self) -> StatementText {
         match self.pending.results.front() {
-            Some((_, None, text)) => text.clone(),
+            Some((_, None, text, _)) => text.clone(),
             // (Described, or bound only: an Execute without a Describe.)
-            Some((_, Some(portal), _)) => self
+            Some((_, Some(portal), ..)) => self
                 .portals
                 .get(portal)
                 .and_then(|p| p.3.clone())
@@ -2133,7 +2160,7 @@ impl TargetMasker {
     /// Rows of an Execute use that portal's plan (it may have been
     /// suspended and resumed after other statements).
     fn plan_for_current_result(&mut self) {
-        let Some((_, Some(portal), _)) = self.pending.results.front() else {
+        let Some((_, Some(portal), ..)) = self.pending.results.front() else {
             return;
         };
         // Once per DataRow: the unnamed portal (the common case) without a
@@ -2211,19 +2238,19 @@ impl TargetMasker {
             .get(..2)
             .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
         let text = match self.pending.results.front() {
-            Some((_, Some(portal), _)) => self
+            Some((_, Some(portal), ..)) => self
                 .portals
                 .get(portal)
                 .and_then(|p| p.3.clone())
                 .or_else(|| self.portal_or_cursor(portal)),
-            Some((_, None, t)) => t.clone(),
+            Some((_, None, t, _)) => t.clone(),
             None => None,
         }
         .or_else(|| Some(unreadable()));
         // The result formats of the Bind that made the portal, when known
         // (else text, as a simple query's rows are).
         let formats = match self.pending.results.front() {
-            Some((_, Some(portal), _)) => self.undescribed_formats.get(portal).cloned(),
+            Some((_, Some(portal), ..)) => self.undescribed_formats.get(portal).cloned(),
             _ => None,
         };
         if self.fallback_width == Some(n)
