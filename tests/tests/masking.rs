@@ -5948,3 +5948,51 @@ async fn a_copy_takes_no_other_statements_columns() {
     s.raw.send(&batch).await.unwrap();
     assert_eq!(copy_data(&until_ready(&mut s).await), want, "cursor");
 }
+
+/// After an error in an extended-protocol message the server skips every
+/// message until a Sync, a Query or FunctionCall too, which then gets no
+/// ReadyForQuery. Counting one anyway left the masker one ReadyForQuery
+/// behind for the rest of the session: a statement's answers were taken
+/// for the one before, and a Query's rows were read with the plan of a
+/// portal run before it (an `int` column: the secret_answer in clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_server_skips_after_an_error_are_not_awaited() {
+    use sluice_tests::wire::{
+        bind_bytes, describe_bytes, execute_bytes, parse_bytes, query_bytes, sync_bytes,
+    };
+    let t = "mk_skipped_requests";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let prepare = [
+        parse_bytes("s", &format!("select id from {t} where id < 3 order by id")),
+        describe_bytes(b'S', "s"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&prepare).await.unwrap();
+    s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    // A FunctionCall (`pg_backend_pid`, no arguments, text result).
+    let mut call = vec![b'F', 0, 0, 0, 0];
+    call.extend_from_slice(&2026u32.to_be_bytes());
+    call.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let len = (call.len() - 1) as u32;
+    call[1..5].copy_from_slice(&len.to_be_bytes());
+    let secret = format!("select secret_answer from {t} where id < 3 order by id");
+    let masked = [[Some("*".repeat(20))], [Some("*".repeat(7))]];
+    for skipped in [
+        query_bytes("select 1"),
+        call,
+        [query_bytes("select 1"), query_bytes("select 2")].concat(),
+    ] {
+        // (A Parse that fails, then what the server skips.)
+        let failing = [parse_bytes("", "selec 1"), skipped, sync_bytes()].concat();
+        s.raw.send(&failing).await.unwrap();
+        assert!(s.read_result().await.is_err());
+        s.simple_query("select 2").await.unwrap();
+        s.raw
+            .send(&[bind_bytes("p", "s"), execute_bytes("p", true)].concat())
+            .await
+            .unwrap();
+        s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.simple_query(&secret).await.unwrap(), masked);
+    }
+}

@@ -329,6 +329,16 @@ pub struct TargetMasker {
     /// Syncs/Queries sent, and ReadyForQuery received.
     sent_epoch: u64,
     done_epoch: u64,
+    /// The sync epochs a Query or FunctionCall ends (not a Sync): after an
+    /// error in an extended-protocol message the server skips them until a
+    /// Sync, and they get no ReadyForQuery.
+    query_ends: VecDeque<u64>,
+    /// Such epochs skipped: the next ReadyForQuery ends them too.
+    skipped: u64,
+    /// The server skips what comes until the next Sync (an
+    /// extended-protocol message failed since the last one): a Query or
+    /// FunctionCall sent now ends no sync epoch.
+    skipping: bool,
     /// The next RowDescription answers a statement Describe of this name
     /// (sent at this [`TargetMasker::replaced`]).
     describing: Option<Vec<u8>>,
@@ -500,6 +510,9 @@ impl TargetMasker {
             pending: Pending::default(),
             sent_epoch: 0,
             done_epoch: 0,
+            query_ends: VecDeque::new(),
+            skipped: 0,
+            skipping: false,
             describing: None,
             describing_at: 0,
             replaced: 0,
@@ -818,7 +831,7 @@ impl TargetMasker {
                 let text = self.statement_text(text, whole, e);
                 self.pending.result(e, None, text);
                 self.gather = (!whole).then(|| (tag::QUERY, body.to_vec()));
-                self.sent_epoch += 1;
+                self.query_sent(e);
                 self.unsynced = 0;
                 self.last_execute = None;
             }
@@ -852,11 +865,12 @@ impl TargetMasker {
                     None => self.sent_epoch += 1,
                 }
                 self.unsynced = 0;
+                self.skipping = false;
             }
             // FunctionCall: answered with a ReadyForQuery.
             FUNCTION_CALL => {
                 self.pending.result(e, None, None);
-                self.sent_epoch += 1;
+                self.query_sent(e);
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
                 // (A simple Query's copy-in ends; its Syncs were not
@@ -973,6 +987,45 @@ impl TargetMasker {
         }
     }
 
+    /// A Query or FunctionCall sent in sync epoch `e` ends it, unless the
+    /// server skips it.
+    fn query_sent(&mut self, e: u64) {
+        if !self.skipping {
+            self.query_ends.push_back(e);
+            self.sent_epoch += 1;
+        }
+    }
+
+    /// An ErrorResponse answered a request. When the request is an
+    /// extended-protocol message (a request of this sync epoch is pending
+    /// that is not a Query or FunctionCall), the server skips every message
+    /// until the next Sync: the Queries and FunctionCalls sent after it get
+    /// no ReadyForQuery, and so do those sent until that Sync.
+    fn error_answered(&mut self) {
+        let d = self.done_epoch;
+        let p = &self.pending;
+        let extended = p.parses.front().is_some_and(|r| r.0 == d)
+            || p.describes.front().is_some_and(|r| r.0 == d)
+            || p.binds.front().is_some_and(|r| r.0 == d)
+            || p.closes.front().is_some_and(|r| r.0 == d)
+            || matches!(p.results.front(), Some((r, Some(_), ..)) if *r == d);
+        self.copy_out = None;
+        self.execute_answered();
+        if !extended {
+            return;
+        }
+        let mut k = 0;
+        for &q in self.query_ends.iter().skip_while(|&&q| q < d) {
+            if q != d + k {
+                break;
+            }
+            k += 1;
+        }
+        self.skipped += k;
+        // (No Sync sent after it yet.)
+        self.skipping |= d + k >= self.sent_epoch;
+    }
+
     /// An Execute sent, once its portal's name is read (`at`: where its
     /// frame starts in this read, None when it started in an earlier one).
     fn execute_sent(&mut self, e: u64, portal: Vec<u8>, at: Option<usize>) {
@@ -1016,7 +1069,9 @@ impl TargetMasker {
     fn unreadable_execute(&mut self, e: u64) {
         self.copy_untrusted = true;
         self.replaced += 1;
-        self.pending.result(e, None, None);
+        // (An Execute's: the server's error for it makes it skip what
+        // follows until a Sync.)
+        self.pending.result(e, Some(Vec::new()), None);
     }
 
     /// A Bind sent, once its names are read (`params`: its parameter part,
@@ -1207,6 +1262,7 @@ impl TargetMasker {
     /// then: `net::catalog::SessionCatalog`).
     pub fn quiet(&self) -> bool {
         self.settled()
+            && !self.skipping
             && self.unsynced == 0
             && self.sent_epoch == self.done_epoch
             && self.pending.parses.is_empty()
@@ -1987,10 +2043,7 @@ impl TargetMasker {
                     _ => (true, None),
                 };
             }
-            b'E' if !self.active => {
-                self.copy_out = None;
-                self.execute_answered();
-            }
+            b'E' if !self.active => self.error_answered(),
             b'G' => {
                 // CopyInResponse: the copy-in of the simple Query being
                 // answered started. The Syncs sent after that Query (and
@@ -2051,8 +2104,7 @@ impl TargetMasker {
                 let sql = text.as_ref().map(|t| t.sql());
                 mask_error_values(&self.engine, body, rule, sql, &mut self.hits);
                 if t == b'E' {
-                    self.copy_out = None;
-                    self.execute_answered();
+                    self.error_answered();
                 }
             }
             b'Z' => {
@@ -2060,7 +2112,8 @@ impl TargetMasker {
                 self.unreported = false;
                 // (More ReadyForQuery than requests counted: go by the
                 // server.)
-                self.done_epoch = (self.done_epoch + 1).min(self.sent_epoch);
+                let skipped = std::mem::take(&mut self.skipped);
+                self.done_epoch = (self.done_epoch + 1 + skipped).min(self.sent_epoch);
                 if let Some((q, n)) = self.copy_in_ignored {
                     if q < self.done_epoch {
                         // (The Syncs its copy-in ignored.)
@@ -2125,6 +2178,7 @@ impl TargetMasker {
                 self.pending.binds.retain(|(e, ..)| *e >= done);
                 self.pending.results.retain(|r| r.0 >= done);
                 self.copy_requested.retain(|r| r.0 >= done);
+                self.query_ends.retain(|&q| q >= done);
                 self.describing = None;
                 self.copy_out = None;
                 if done
