@@ -5996,3 +5996,50 @@ async fn requests_the_server_skips_after_an_error_are_not_awaited() {
         assert_eq!(s.simple_query(&secret).await.unwrap(), masked);
     }
 }
+
+/// The Syncs sent after an Execute of a COPY FROM STDIN were taken as
+/// ignored by the server (as during a copy-in) once the client sent its
+/// CopyDone, even when the COPY had failed before its copy-in started:
+/// the server answered them, and the statements sent between were taken
+/// as answered before they were (a later portal's rows read with the plan
+/// of the portal bound last: an `int` column, the secret_answer in clear).
+/// They are now counted as after a simple Query's COPY FROM: ignored only
+/// once its CopyInResponse comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_after_a_copy_from_that_never_started_are_answered() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let t = "mk_copy_in_failed";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let prepare = [
+        parse_bytes("cin", "copy mk_no_such_table from stdin"),
+        parse_bytes(
+            "sa",
+            &format!("select secret_answer from {t} where id < 3 order by id"),
+        ),
+        parse_bytes(
+            "si",
+            &format!("select id from {t} where id < 3 order by id"),
+        ),
+        describe_bytes(b'S', "sa"),
+        describe_bytes(b'S', "si"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&prepare).await.unwrap();
+    s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    let copy_done = [b'c', 0, 0, 0, 4];
+    let batch = [
+        bind_bytes("", "cin"),
+        execute_bytes("", true),
+        bind_bytes("q", "sa"),
+        bind_bytes("r", "si"),
+        copy_done.to_vec(),
+        execute_bytes("q", true),
+    ]
+    .concat();
+    s.raw.send(&batch).await.unwrap();
+    let e = s.read_result().await.unwrap_err();
+    assert_eq!(e.code(), "42P01");
+    let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, [[Some("*".repeat(20))], [Some("*".repeat(7))]]);
+}

@@ -372,10 +372,10 @@ pub struct TargetMasker {
     /// A client frame's names could not be read (split across reads):
     /// every later COPY is masked whole.
     copy_untrusted: bool,
-    /// The sync epoch of a simple Query with a COPY FROM STDIN, until the
-    /// client's CopyDone or CopyFail (or the Query's ReadyForQuery, when
-    /// the copy never started): the server ignores Syncs during its
-    /// copy-in.
+    /// The sync epoch of a simple Query with a COPY FROM STDIN, or of an
+    /// Execute of one, until the client's CopyDone or CopyFail (or its
+    /// error, or the ReadyForQuery that ends the epoch, when the copy never
+    /// started): the server ignores Syncs during its copy-in.
     copy_in_query: Option<u64>,
     /// An Execute was answered since the last ReadyForQuery: a setting it
     /// changed (`set_config('standard_conforming_strings', …)`) is
@@ -409,9 +409,6 @@ pub struct TargetMasker {
     /// String literals take backslash escapes (`standard_conforming_strings`
     /// off), for reading statement texts.
     backslash_strings: bool,
-    /// The sync epoch of the last Execute: Syncs sent after it until a
-    /// CopyDone or CopyFail get no answer when it started a COPY FROM.
-    last_execute: Option<u64>,
     /// The COPY in progress is masked field by field through
     /// `mask_copy_row`/`mask_binary_copy_row`: under column rules (its
     /// columns known, or not: then every field is masked whole), or for
@@ -536,7 +533,6 @@ impl TargetMasker {
             copy_options: CopyOptions::text(),
             copy_header: false,
             backslash_strings: false,
-            last_execute: None,
             copy_ruled: false,
             copy_scratch: CopyScratch::default(),
             own_describes: VecDeque::new(),
@@ -819,8 +815,7 @@ impl TargetMasker {
                     self.copy_requested.push_back((e, n, st.options, c));
                 }
                 if whole && copy_from_stdin(text, self.backslash_strings) {
-                    self.copy_in_query = Some(e);
-                    self.copy_in_started = false;
+                    self.copy_in_sent(e);
                 }
                 if whole && replaces_statements(text) {
                     self.replaced += 1;
@@ -833,11 +828,9 @@ impl TargetMasker {
                 self.gather = (!whole).then(|| (tag::QUERY, body.to_vec()));
                 self.query_sent(e);
                 self.unsynced = 0;
-                self.last_execute = None;
             }
             tag::EXECUTE => {
                 self.unsynced += 1;
-                self.last_execute = None;
                 let Some(portal) = pname(body).map(<[u8]>::to_vec) else {
                     if whole {
                         self.unreadable_execute(e);
@@ -873,16 +866,10 @@ impl TargetMasker {
                 self.query_sent(e);
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
-                // (A simple Query's copy-in ends; its Syncs were not
-                // counted.)
-                let in_query = self.copy_in_query.take().is_some();
+                // (A copy-in ends, if one started; the Syncs sent during
+                // it were not counted.)
+                self.copy_in_query = None;
                 self.copy_in_started = false;
-                if let Some(x) = self.last_execute.take().filter(|_| !in_query) {
-                    // The Syncs sent since the Execute that started this
-                    // COPY FROM were ignored by the server (it was in
-                    // copy-in).
-                    self.sent_epoch = self.sent_epoch.min(x.max(self.done_epoch));
-                }
             }
             tag::PARSE => {
                 let settled = self.settled();
@@ -987,6 +974,13 @@ impl TargetMasker {
         }
     }
 
+    /// A COPY FROM STDIN sent in sync epoch `e` (a Query's or an
+    /// Execute's), or what may be one.
+    fn copy_in_sent(&mut self, e: u64) {
+        self.copy_in_query = Some(e);
+        self.copy_in_started = false;
+    }
+
     /// A Query or FunctionCall sent in sync epoch `e` ends it, unless the
     /// server skips it.
     fn query_sent(&mut self, e: u64) {
@@ -1011,6 +1005,11 @@ impl TargetMasker {
             || matches!(p.results.front(), Some((r, Some(_), ..)) if *r == d);
         self.copy_out = None;
         self.execute_answered();
+        if self.copy_in_query == Some(d) {
+            // (Its copy-in, if it started, is over: Syncs count again.)
+            self.copy_in_query = None;
+            self.copy_in_started = false;
+        }
         if !extended {
             return;
         }
@@ -1043,9 +1042,13 @@ impl TargetMasker {
                 let n = self.pending.next_result;
                 self.copy_requested.push_back((e, n, o, c));
             }
-            Some(CopyKind::In) => self.last_execute = Some(e),
+            // Syncs sent after it are answered, or ignored when its copy-in
+            // starts (CopyInResponse): as after a simple Query's COPY FROM.
+            // (A statement of unknown kind may be one.)
+            Some(CopyKind::In) => self.copy_in_sent(e),
             Some(CopyKind::Unknown) => {
                 self.poisoned.insert(e);
+                self.copy_in_sent(e);
             }
             None => {}
         }
