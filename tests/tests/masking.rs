@@ -6043,3 +6043,82 @@ async fn syncs_after_a_copy_from_that_never_started_are_answered() {
     let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows, [[Some("*".repeat(20))], [Some("*".repeat(7))]]);
 }
+
+/// A COPY FROM STDIN in a Query or a Parse split across reads was not
+/// seen as one (its text was read only when whole, and not for that), so
+/// the Syncs the server ignored during its copy-in (one right behind a
+/// Parse's Execute, as libpq sends it) were counted as to be answered. The
+/// masker then stayed a ReadyForQuery behind for the rest of the session:
+/// a Query's rows were read with the plan of a portal run before it (an
+/// `int` column, the secret_answer in clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_from_split_across_reads_keeps_the_session_in_step() {
+    use sluice_tests::wire::{
+        bind_bytes, describe_bytes, execute_bytes, parse_bytes, query_bytes, sync_bytes,
+    };
+    let t = "mk_split_copy_in";
+    let (_gw, mut s) = default_wire_session(t).await;
+    s.simple_query(
+        "drop table if exists mk_split_copy_in_sink; create table mk_split_copy_in_sink (a text)",
+    )
+    .await
+    .unwrap();
+    let prepare = [
+        parse_bytes(
+            "si",
+            &format!("select id from {t} where id < 3 order by id"),
+        ),
+        describe_bytes(b'S', "si"),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&prepare).await.unwrap();
+    s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    let copy = "copy mk_split_copy_in_sink from stdin";
+    let data = [b'd', 0, 0, 0, 6, b'x', b'\n'];
+    let done = [b'c', 0, 0, 0, 4];
+    let secret = format!("select secret_answer from {t} where id < 3 order by id");
+    let masked = [[Some("*".repeat(20))], [Some("*".repeat(7))]];
+    let query = query_bytes(copy);
+    let parse = [
+        parse_bytes("cin", copy),
+        bind_bytes("", "cin"),
+        execute_bytes("", true),
+    ]
+    .concat();
+    // (Cut inside the text; then a Sync during the copy-in.)
+    for (what, msg, after) in [
+        (
+            "query",
+            &query,
+            [sync_bytes(), data.to_vec(), done.to_vec()].concat(),
+        ),
+        (
+            "parse",
+            &parse,
+            [data.to_vec(), done.to_vec(), sync_bytes()].concat(),
+        ),
+    ] {
+        s.raw.send(&msg[..14]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.raw.send(&msg[14..]).await.unwrap();
+        loop {
+            if s.raw.read_msg().await.tag == b'G' {
+                break;
+            }
+        }
+        s.raw.send(&after).await.unwrap();
+        s.read_result()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        s.simple_query("select 2").await.unwrap();
+        s.raw
+            .send(&[bind_bytes("p", "si"), execute_bytes("p", true)].concat())
+            .await
+            .unwrap();
+        s.read_result()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(s.simple_query(&secret).await.unwrap(), masked, "{what}");
+    }
+}

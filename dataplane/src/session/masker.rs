@@ -1215,6 +1215,11 @@ impl TargetMasker {
                 if let Some(r) = self.pending.results.back_mut() {
                     r.2 = text;
                 }
+                // (A COPY FROM STDIN read only now, or a text too long to
+                // read, which may hold one.)
+                if too_long || copy_from_stdin(cstr(&buf).unwrap_or(&buf), self.backslash_strings) {
+                    self.copy_in_sent(e);
+                }
                 if replaces_statements(&buf) {
                     self.replaced += 1;
                 }
@@ -1238,6 +1243,32 @@ impl TargetMasker {
                         p.1 = name.to_vec();
                     }
                     p.3 = text;
+                }
+                // Whether it is a COPY, now that it is whole (a COPY FROM
+                // makes the server ignore Syncs during its copy-in): its
+                // query is not described (not read when it was sent).
+                let sql = cstr(sql).unwrap_or(sql);
+                let kind = if too_long {
+                    Some(CopyKind::Unknown)
+                } else {
+                    match copy_statements(sql, self.backslash_strings)
+                        .into_iter()
+                        .next()
+                    {
+                        Some(st) => Some(CopyKind::Out(st.options, None)),
+                        None if copy_from_stdin(sql, self.backslash_strings) => Some(CopyKind::In),
+                        None => None,
+                    }
+                };
+                // (A name in use stays of unknown kind.)
+                match (self.copy_stmts.get(name), kind) {
+                    (Some(CopyKind::Unknown), _) => {}
+                    (_, Some(k)) => {
+                        self.copy_stmts.insert(name.to_vec(), k);
+                    }
+                    (_, None) => {
+                        self.copy_stmts.remove(name);
+                    }
                 }
             }
         }
