@@ -1649,14 +1649,22 @@ impl TargetMasker {
                             self.fallback_plan(&buf[at + 5..at + total]);
                             let body = &mut buf[at + 5..at + total];
                             rw.clear();
-                            if let Ok(RowOutcome::MaskedInPlace) = mask_data_row(
+                            match mask_data_row(
                                 &self.engine,
                                 &mut self.plan,
                                 body,
                                 &mut self.hits,
                                 &mut rw,
                             ) {
-                                masked += 1;
+                                Ok(RowOutcome::MaskedInPlace) => masked += 1,
+                                // (A rule that changes lengths: `hash`, `null`.)
+                                Ok(RowOutcome::Rewritten) => {
+                                    masked += 1;
+                                    splice(&mut self.out, &mut rewritten, &buf[copied..at]);
+                                    self.out.extend_from_slice(&rw);
+                                    copied = at + total;
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -3540,6 +3548,24 @@ mod tests {
         s.extend(data_row(&["x", "y", CARD]));
         m.process(&mut s);
         assert!(memchr::memmem::find(&s, b"4111 1111").is_none());
+    }
+
+    /// A row that does not match its description is read with every
+    /// column under its statement's rule: one that changes lengths (here
+    /// `hash`) makes a new row, which is the one forwarded (the row was
+    /// sent as it came).
+    #[test]
+    fn a_row_not_matching_its_description_is_rewritten_under_a_hash_rule() {
+        let hashed: MaskingProfile =
+            serde_yaml::from_str("columns: [{ column: '*key*', action: hash }]").unwrap();
+        let mut m = TargetMasker::new(Engine::compile_shared(&hashed).unwrap(), 1 << 20);
+        m.on_client_frame(tag::QUERY, b"select api_key from t\0", true, Some(0));
+        let mut s = row_desc(&[("api_key", 25)]);
+        s.extend(data_row(&["k9-value", "k9-other"]));
+        s.extend(frame(b'C', b"SELECT 1\0"));
+        s.extend(frame(b'Z', b"I"));
+        let out = forwarded(&mut m, &mut s);
+        assert!(memchr::memmem::find(&out, b"k9-").is_none());
     }
 
     /// What `process` forwards of `s`.
