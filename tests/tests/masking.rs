@@ -6122,3 +6122,43 @@ async fn a_copy_from_split_across_reads_keeps_the_session_in_step() {
         assert_eq!(s.simple_query(&secret).await.unwrap(), masked, "{what}");
     }
 }
+
+/// A Describe of a statement sent after a Bind of it gives that portal
+/// its description, unless SQL that may prepare the statement again was
+/// sent between them: the portal runs the query the name held at its Bind
+/// (here a secret_answer, read as the new query's `int` column, in
+/// clear). Such a portal's rows are read as a statement never described.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_after_sql_that_replaces_the_statement_does_not_describe_an_earlier_bind() {
+    use sluice_tests::wire::{bind_bytes, describe_bytes, execute_bytes, parse_bytes, sync_bytes};
+    let t = "mk_bind_prepare_describe";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let prepare = [
+        parse_bytes(
+            "s",
+            &format!("select secret_answer from {t} where id < 3 order by id"),
+        ),
+        parse_bytes(
+            "x",
+            &format!(
+                "do $$ begin execute 'deallocate s'; \
+                 execute 'prepare s as select id from {t} where id < 3 order by id'; end $$"
+            ),
+        ),
+        sync_bytes(),
+    ]
+    .concat();
+    s.raw.send(&prepare).await.unwrap();
+    s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    let batch = [
+        bind_bytes("q", "x"),
+        bind_bytes("p", "s"),
+        execute_bytes("q", false),
+        describe_bytes(b'S', "s"),
+        execute_bytes("p", true),
+    ]
+    .concat();
+    s.raw.send(&batch).await.unwrap();
+    let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, [[Some("*".repeat(20))], [Some("*".repeat(7))]]);
+}

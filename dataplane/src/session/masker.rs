@@ -1893,13 +1893,19 @@ impl TargetMasker {
                         None
                     };
                     // A portal bound to it before this Describe (in the
-                    // same batch) runs with this description.
+                    // same batch) runs with this description, unless SQL
+                    // that may replace the statement was sent between them
+                    // (the portal runs the query the name had).
                     // (With the Bind's text: its parameters' words.)
+                    let at = self.describing_at;
                     if let Some((portal, _, f, bound)) =
                         self.bound_undescribed.take_if(|(p, st, ..)| {
                             *st == name
                                 && self.plan_portal.as_ref() == Some(p)
-                                && self.portal_stmt.get(p).is_some_and(|s| s.0 == name)
+                                && self
+                                    .portal_stmt
+                                    .get(p)
+                                    .is_some_and(|s| s.0 == name && s.1 >= at)
                         })
                     {
                         let bound = bound.or_else(|| text.clone());
