@@ -4680,8 +4680,9 @@ async fn wire_answer(s: &mut sluice_tests::wire::Session) -> Vec<sluice_tests::w
 /// Data reaches the client in more than rows: a notification's payload
 /// and channel (a burst of large ones, split across the gateway's reads),
 /// a setting the session set from data (ParameterStatus), a FunctionCall's
-/// result (psql's `\lo_export` reads large objects so), a column name, and
-/// the name fields of an error that `RAISE … USING` filled.
+/// result (psql's `\lo_export` reads large objects so, through `loread`;
+/// another function's result is NULL under a name rule), a column name,
+/// and the name fields of an error that `RAISE … USING` filled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_settings_function_results_and_error_names_are_masked() {
     use sluice_tests::wire::query_bytes;
@@ -4753,17 +4754,44 @@ async fn notifications_settings_function_results_and_error_names_are_masked() {
         && String::from_utf8_lossy(&m.body).contains("application_name\0************1111")));
     assert_eq!(leaked(&msgs), Vec::<String>::new());
 
-    // FunctionCall: oid, no argument formats, no arguments, text result.
-    let mut call = vec![b'F', 0, 0, 0, 14];
-    call.extend_from_slice(&oid.to_be_bytes());
-    call.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    s.raw.send(&call).await.unwrap();
-    let msgs = wire_answer(&mut s).await;
-    let v = msgs
-        .iter()
-        .find(|m| m.tag == b'V')
-        .expect("a FunctionCallResponse");
-    assert_eq!(&v.body[4..], b"************1111");
+    // FunctionCall: oid, no argument formats, text arguments, a result
+    // in `format`.
+    let call = |oid: u32, args: &[&[u8]], format: i16| {
+        let mut b = oid.to_be_bytes().to_vec();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+        for a in args {
+            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+            b.extend_from_slice(a);
+        }
+        b.extend_from_slice(&format.to_be_bytes());
+        let mut f = vec![b'F'];
+        f.extend_from_slice(&((b.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(&b);
+        f
+    };
+    let value = async |s: &mut sluice_tests::wire::Session, f: Vec<u8>| {
+        s.raw.send(&f).await.unwrap();
+        let msgs = wire_answer(s).await;
+        let v = msgs
+            .iter()
+            .find(|m| m.tag == b'V')
+            .expect("a FunctionCallResponse");
+        (v.body[..4] != [0xff; 4]).then(|| v.body[4..].to_vec())
+    };
+    assert_eq!(value(&mut s, call(oid, &[], 0)).await, None);
+    s.raw.send(&query_bytes("begin")).await.unwrap();
+    wire_answer(&mut s).await;
+    let sql = format!("select lo_from_bytea(0, convert_to('{card}', 'UTF8'))");
+    s.raw.send(&query_bytes(&sql)).await.unwrap();
+    let lo = wire_answer(&mut s).await;
+    let lo = lo.iter().find(|m| m.tag == b'D').expect("a large object");
+    // (lo_open with INV_READ, then loread of its descriptor, binary.)
+    let fd = value(&mut s, call(952, &[&lo.body[6..], b"262144"], 0)).await;
+    let data = value(&mut s, call(954, &[&fd.unwrap(), b"100"], 1)).await;
+    assert_eq!(data.as_deref(), Some(&b"************1111"[..]));
+    s.raw.send(&query_bytes("rollback")).await.unwrap();
+    wire_answer(&mut s).await;
 
     let sql = format!(
         "do $$ begin raise exception 'boom' using column = '{card}', table = '{card}', \
@@ -6161,4 +6189,76 @@ async fn a_describe_after_sql_that_replaces_the_statement_does_not_describe_an_e
     s.raw.send(&batch).await.unwrap();
     let rows = s.read_result().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows, [[Some("*".repeat(20))], [Some("*".repeat(7))]]);
+}
+
+/// A FunctionCall (the fast-path protocol) runs a function by its oid:
+/// `query_to_xml` of a query given as an argument read ruled columns with
+/// the detectors alone (the ssn and the secret_answer in clear), where the
+/// same call in SQL has them masked. Its result is now a computed value of
+/// a statement whose text is not known, of a type not known: under the
+/// strongest name rule it is NULL. The large-object functions, which
+/// libpq's `lo_*` calls use, keep to the detectors, so a large object
+/// still reads back as it was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_results_take_the_strongest_name_rule() {
+    let t = "mk_function_call";
+    let (_gw, mut s) = default_wire_session(t).await;
+    let call = |oid: u32, args: &[&[u8]], binary: bool| {
+        let mut b = oid.to_be_bytes().to_vec();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(args.len() as i16).to_be_bytes());
+        for a in args {
+            b.extend_from_slice(&(a.len() as i32).to_be_bytes());
+            b.extend_from_slice(a);
+        }
+        b.extend_from_slice(&i16::from(binary).to_be_bytes());
+        let mut f = vec![b'F'];
+        f.extend_from_slice(&((b.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(&b);
+        f
+    };
+    let oid_of = async |s: &mut sluice_tests::wire::Session, f: &str| -> u32 {
+        let r = s
+            .simple_query(&format!("select '{f}'::regprocedure::oid"))
+            .await
+            .unwrap();
+        r[0][0].as_deref().unwrap().parse().unwrap()
+    };
+    // (The value; None for NULL.)
+    let result = async |s: &mut sluice_tests::wire::Session, f: Vec<u8>| -> Option<Vec<u8>> {
+        s.raw.send(&f).await.unwrap();
+        let mut v = None;
+        loop {
+            let m = s.raw.read_msg().await;
+            match m.tag {
+                b'V' => v = Some((m.body[..4] != [0xff; 4]).then(|| m.body[4..].to_vec())),
+                b'E' => panic!("{}", sluice_tests::wire::ErrorFields::parse(&m.body)),
+                b'Z' => return v.expect("FunctionCallResponse"),
+                _ => {}
+            }
+        }
+    };
+    let xml = oid_of(&mut s, "query_to_xml(text,bool,bool,text)").await;
+    let q = format!("select ssn, secret_answer from {t} where id < 3");
+    let got = result(
+        &mut s,
+        call(xml, &[q.as_bytes(), b"true", b"false", b""], false),
+    )
+    .await;
+    assert_eq!(got.as_deref().map(String::from_utf8_lossy), None);
+    // A large object reads back as stored (lo_open, loread).
+    s.simple_query("begin").await.unwrap();
+    let lo = s
+        .simple_query("select lo_from_bytea(0, 'stored file bytes')")
+        .await
+        .unwrap();
+    let lo: u32 = lo[0][0].as_deref().unwrap().parse().unwrap();
+    let fd = result(
+        &mut s,
+        call(952, &[lo.to_string().as_bytes(), b"262144"], false),
+    )
+    .await;
+    let data = result(&mut s, call(954, &[&fd.unwrap(), b"100"], true)).await;
+    assert_eq!(data.as_deref(), Some(&b"stored file bytes"[..]));
+    s.simple_query("rollback").await.unwrap();
 }

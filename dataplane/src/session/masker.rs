@@ -860,9 +860,16 @@ impl TargetMasker {
                 self.unsynced = 0;
                 self.skipping = false;
             }
-            // FunctionCall: answered with a ReadyForQuery.
+            // FunctionCall: answered with a ReadyForQuery. A function
+            // called by its oid may read ruled columns (`query_to_xml` of a
+            // query given as an argument): its result is a computed value
+            // of a statement whose text is not known. Not so the
+            // large-object functions (psql's `\lo_export`): their data is a
+            // file's, as a `bytea` value's is (the detectors only).
             FUNCTION_CALL => {
-                self.pending.result(e, None, None);
+                let oid = body.get(..4).map(crate::protocol::be_u32);
+                let text = (!oid.is_some_and(large_object_function)).then(unreadable);
+                self.pending.result(e, None, text);
                 self.query_sent(e);
             }
             tag::COPY_DONE | tag::COPY_FAIL => {
@@ -2129,9 +2136,24 @@ impl TargetMasker {
             }
             // FunctionCallResponse: the length of the result and its bytes
             // (`loread` through a FunctionCall, as psql's `\lo_export`
-            // does, returns stored text).
-            b'V' if self.engine.detects() && body.len() > 4 => {
-                self.engine.mask_counted(&mut body[4..], &mut self.hits);
+            // does, returns stored text). Under its statement's rule (see
+            // FUNCTION_CALL) it is NULL: its type is not known (text, or a
+            // binary number that masked bytes would make another).
+            b'V' if body.len() > 4 => {
+                let text = self.current_text();
+                match text.and_then(|t| t.rule(&self.engine, self.plan.origins())) {
+                    Some((r, _)) => {
+                        self.hits.add(r, 1);
+                        let mut f = vec![b'V'];
+                        f.extend_from_slice(&8u32.to_be_bytes());
+                        f.extend_from_slice(&(-1i32).to_be_bytes());
+                        self.replace_with = Some(f);
+                    }
+                    None if self.engine.detects() => {
+                        self.engine.mask_counted(&mut body[4..], &mut self.hits);
+                    }
+                    None => {}
+                }
             }
             // ParameterStatus: a setting the session set from data
             // (`set_config('application_name', v, false)`) comes back in
@@ -2410,6 +2432,13 @@ const MAX_KEPT: usize = 16 << 20;
 /// columns took its text's rule and its binary numbers were masked as text.
 fn replaces_statements(text: &[u8]) -> bool {
     has_words_in_order(text, b"prepare", b"as")
+}
+
+/// The large-object functions libpq's interface calls by FunctionCall
+/// (`lo_open` … `lo_tell`, `lo_create`, `lo_unlink`, `lo_truncate` and the
+/// 64-bit `lo_lseek64`, `lo_tell64`, `lo_truncate64`).
+fn large_object_function(oid: u32) -> bool {
+    matches!(oid, 715 | 952..=958 | 964 | 1004 | 3170..=3172)
 }
 
 /// A text that cannot be read (its statement's computed text columns take
