@@ -6262,3 +6262,58 @@ async fn function_call_results_take_the_strongest_name_rule() {
     assert_eq!(data.as_deref(), Some(&b"stored file bytes"[..]));
     s.simple_query("rollback").await.unwrap();
 }
+
+/// Syncs sent during a copy-in are ignored by the server there, and so
+/// not counted; but when the COPY then fails on data it refuses, those
+/// sent after that data are answered, and how many is not known. Which
+/// request the later answers belong to can no longer be told (a Query's
+/// rows were read with another statement's text: `upper(secret_answer)`
+/// in clear), so the session ends with 08P01 after the COPY's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_sent_inside_a_copy_in_that_fails_end_the_session() {
+    use sluice_tests::wire::{bind_bytes, execute_bytes, parse_bytes, query_bytes, sync_bytes};
+    let t = "mk_sync_in_copy_in";
+    let (gw, mut s) = default_wire_session(t).await;
+    s.simple_query(
+        "drop table if exists mk_sync_in_copy_in_sink; \
+         create table mk_sync_in_copy_in_sink (a int)",
+    )
+    .await
+    .unwrap();
+    let copy = "copy mk_sync_in_copy_in_sink from stdin";
+    let flush = [b'H', 0, 0, 0, 4];
+    let extended = [
+        parse_bytes("", copy),
+        bind_bytes("", ""),
+        execute_bytes("", false),
+        flush.to_vec(),
+    ]
+    .concat();
+    let bad_data = [b'd', 0, 0, 0, 6, b'x', b'\n'];
+    for (what, start) in [("extended", extended), ("simple", query_bytes(copy))] {
+        if what == "simple" {
+            s = sluice_tests::wire::login(gw.port, "agent1", "app", &ApiKey::shared().key)
+                .await
+                .unwrap_or_else(|e| panic!("login: {e:?}"));
+        }
+        s.raw.send(&start).await.unwrap();
+        while s.raw.read_msg().await.tag != b'G' {}
+        s.raw
+            .send(&[bad_data.to_vec(), sync_bytes()].concat())
+            .await
+            .unwrap();
+        // (Were it to go on: a Query, then one whose computed column takes
+        // its text's rule.)
+        let more = [
+            query_bytes("select 1"),
+            query_bytes(&format!("select upper(secret_answer) from {t} order by id")),
+        ]
+        .concat();
+        let _ = s.raw.send(&more).await;
+        let closed = s.raw.expect_close(Duration::from_secs(10), what).await;
+        let codes: Vec<&str> = closed.errors.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, ["22P02", "08P01"], "{what}");
+        let shown: Vec<u8> = closed.others.iter().flat_map(|m| m.body.clone()).collect();
+        assert!(find(&shown, b"MY FIRST PET").is_none(), "{what}");
+    }
+}

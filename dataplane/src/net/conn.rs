@@ -957,11 +957,18 @@ enum End {
     /// where they were expected (the session's account of requests and
     /// answers went wrong): nothing more of it can be told apart.
     CatalogMisaligned,
+    /// The masker cannot tell which request the target's answers belong
+    /// to (`TargetMasker::adrift`).
+    MaskerAdrift,
 }
 
 /// What the client is told when a session's own catalog read is answered
 /// out of place ([`End::CatalogMisaligned`]).
 const MISALIGNED: &str = "the target's answers no longer line up with this session's requests (a catalog read of the gateway's was answered out of place); the session ends";
+
+/// What the client is told when the masker cannot pair the target's
+/// answers with its requests ([`End::MaskerAdrift`]).
+const ADRIFT: &str = "the target's answers can no longer be paired with this session's requests (Syncs sent during a COPY FROM STDIN that failed); the session ends";
 
 // The session's parts, each borrowed separately by the two pumps.
 #[allow(clippy::too_many_arguments)]
@@ -1054,6 +1061,7 @@ async fn relay(
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
         End::CatalogMisaligned => MISALIGNED.into(),
+        End::MaskerAdrift => ADRIFT.into(),
     };
     let client_gone = matches!(end, End::Closed);
     // The session's last message to the client (a FATAL), if any.
@@ -1109,6 +1117,11 @@ async fn relay(
             bump(&worker.metrics.protocol_errors, 1);
             tracing::warn!(identity = %session.identity, connection = %session.connection.name, "{MISALIGNED}");
             last = Some(fatal(sqlstate::PROTOCOL_VIOLATION, MISALIGNED));
+        }
+        End::MaskerAdrift => {
+            bump(&worker.metrics.protocol_errors, 1);
+            tracing::warn!(identity = %session.identity, connection = %session.connection.name, "{ADRIFT}");
+            last = Some(fatal(sqlstate::PROTOCOL_VIOLATION, ADRIFT));
         }
         End::TargetFrame(e) => {
             bump(&worker.metrics.protocol_errors, 1);
@@ -1523,7 +1536,8 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         }
         let t0 = Instant::now();
-        let mut refused_encoding: Option<String> = None;
+        // (Why the masker stops the session, if it does.)
+        let mut refused: Option<End> = None;
         // Masking decides how much of the buffer may go now.
         let (ready, rewritten) = {
             let mut masker = state.masker.borrow_mut();
@@ -1532,7 +1546,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
                 Some(mk) => {
                     let p = mk.process(&mut buf);
                     if p.refused {
-                        refused_encoding = mk.unsafe_encoding().map(str::to_owned);
+                        refused = Some(match mk.unsafe_encoding() {
+                            Some(enc) => End::UnsafeEncoding(enc.to_owned()),
+                            None => End::MaskerAdrift,
+                        });
                     }
                     if p.masked > 0 {
                         m.count_masked(mk);
@@ -1608,8 +1625,8 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             return End::TargetFrame(e);
         }
         if ready == 0 {
-            if let Some(enc) = refused_encoding {
-                return End::UnsafeEncoding(enc);
+            if let Some(end) = refused {
+                return end;
             }
             continue;
         }
@@ -1665,9 +1682,10 @@ async fn pump_target<R: AsyncReadRent, W: AsyncWriteRent>(
             }
         }
         state.client_writing.set(false);
-        if let Some(enc) = refused_encoding {
-            // What came before the switch went out; nothing after it does.
-            return End::UnsafeEncoding(enc);
+        if let Some(end) = refused {
+            // What came before the switch (or the error that set the
+            // masker adrift) went out; nothing after it does.
+            return end;
         }
         // Keep the incomplete frame (if any) at the front.
         if ready == buf.len() {

@@ -109,7 +109,9 @@ pub struct Processed {
     pub masked: u32,
     /// The client switched to an encoding masking cannot read
     /// ([`TargetMasker::unsafe_encoding`]); `[0..ready)` stops before the
-    /// ParameterStatus that says so. End the session.
+    /// ParameterStatus that says so. Or the masker cannot tell which
+    /// request the answers after `[0..ready)` belong to
+    /// ([`TargetMasker::adrift`]). End the session.
     pub refused: bool,
 }
 
@@ -385,6 +387,13 @@ pub struct TargetMasker {
     /// Its copy-in started (CopyInResponse came): Syncs sent from now until
     /// its CopyDone or CopyFail get no answer.
     copy_in_started: bool,
+    /// Syncs were sent during the copy-in in progress (not counted). If the
+    /// COPY fails rather than completes, those sent after the data it
+    /// refused are answered, and how many is not known: see `adrift`.
+    copy_in_uncounted: bool,
+    /// Which request the target's answers belong to can no longer be told
+    /// (the case above): the session must end.
+    adrift: bool,
     /// Syncs sent after such a Query (sync epoch `.0`) while it was not
     /// yet known whether its copy-in starts: `.1` of them, each counted as
     /// to be answered. A COPY that fails first (a missing table) never
@@ -525,6 +534,8 @@ impl TargetMasker {
             copy_in_query: None,
             unreported: false,
             copy_in_started: false,
+            copy_in_uncounted: false,
+            adrift: false,
             copy_in_unsure: VecDeque::new(),
             rules_unread: false,
             copy_in_ignored: None,
@@ -720,6 +731,15 @@ impl TargetMasker {
         self.plan.origins_shared()
     }
 
+    /// The masker cannot tell which request the target's answers belong
+    /// to: Syncs were sent during a copy-in (which the server ignores
+    /// there) that then failed, and the server answers those sent after the
+    /// data it refused. Rows could be read with another statement's
+    /// columns: while masking is on, the session must end.
+    pub fn adrift(&self) -> bool {
+        self.adrift
+    }
+
     /// The client encoding, when masking cannot work in it (results must
     /// then not be sent while masking is on).
     pub fn unsafe_encoding(&self) -> Option<&str> {
@@ -847,7 +867,7 @@ impl TargetMasker {
                 // (Ignored by a server in copy-in. Before its CopyInResponse
                 // it is counted, and uncounted there: see `copy_in_syncs`.)
                 match self.copy_in_query {
-                    Some(_) if self.copy_in_started => {}
+                    Some(_) if self.copy_in_started => self.copy_in_uncounted = true,
                     Some(q) => {
                         self.sent_epoch += 1;
                         match self.copy_in_unsure.back_mut() {
@@ -1016,6 +1036,10 @@ impl TargetMasker {
             // (Its copy-in, if it started, is over: Syncs count again.)
             self.copy_in_query = None;
             self.copy_in_started = false;
+        }
+        if std::mem::take(&mut self.copy_in_uncounted) {
+            self.adrift = true;
+            return;
         }
         if !extended {
             return;
@@ -1558,8 +1582,9 @@ impl TargetMasker {
         // Frames starting in this chunk, for the hits by frame.
         let mut frame = 0u32;
         self.frame_hits.clear();
-        if self.active && self.unsafe_encoding.is_some() {
-            // Masking came on (a new snapshot) in an encoding it cannot read.
+        if self.active && (self.unsafe_encoding.is_some() || self.adrift) {
+            // Masking came on (a new snapshot) in an encoding it cannot read,
+            // or with answers it cannot pair.
             return Processed {
                 ready: 0,
                 rewritten: false,
@@ -1755,6 +1780,11 @@ impl TargetMasker {
             }
             frame += 1;
             at += total;
+            if self.active && self.adrift {
+                // (After the error that set it.)
+                refused = true;
+                break;
+            }
         }
         if rewritten {
             self.out.extend_from_slice(&buf[copied..at]);
@@ -2030,6 +2060,9 @@ impl TargetMasker {
             b'C' | b's' | b'I' => {
                 // An Execute is answered (a simple query ends at ReadyForQuery).
                 self.execute_answered();
+                // (A COPY FROM completed: the Syncs sent during its copy-in
+                // were all ignored.)
+                self.copy_in_uncounted = false;
             }
             b'H' => {
                 // CopyOutResponse: format 0 = text (or csv), 1 = binary;
