@@ -316,15 +316,6 @@ pub fn spec_kind(spec: &Spec) -> &'static str {
     }
 }
 
-/// The data plane's match for a `ClientCertificate` (empty fields unset).
-pub fn cert_match(c: &proto::ClientCertificateSpec) -> dataplane::auth::cert::CertMatch {
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    dataplane::auth::cert::CertMatch {
-        spiffe_id: some(&c.spiffe_id),
-        subject_cn: some(&c.subject_cn),
-    }
-}
-
 /// Check one resource's values; `Err((field, message))`.
 pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
     let err = |f: &str, m: String| Err((f.to_string(), m));
@@ -450,7 +441,7 @@ pub fn validate_resource(r: &Resource) -> Result<(), (String, String)> {
                     format!("`{}` is not a valid identity name", c.identity),
                 );
             }
-            let m = cert_match(c);
+            let m = dataplane::auth::cert::CertMatch::from_spec(c);
             if m.spiffe_id.is_none() && m.subject_cn.is_none() {
                 return err(
                     "spec.spiffeId",
@@ -517,28 +508,20 @@ pub fn validate_set(resources: &[Resource]) -> Result<(), DocumentError> {
             }
         }
     }
-    let mut identities_with_certs = HashSet::new();
+    // One API key and one client certificate per identity.
+    let mut credentials = HashSet::new();
     for r in resources {
-        if let Some(Spec::ClientCertificate(c)) = &r.spec {
-            if !identities_with_certs.insert(c.identity.as_str()) {
-                return Err(DocumentError {
-                    location: format!("ClientCertificate {}", r.name),
-                    field: "spec.identity".into(),
-                    message: format!("identity `{}` already has a client certificate", c.identity),
-                });
-            }
-        }
-    }
-    let mut identities_with_keys = HashSet::new();
-    for r in resources {
-        if let Some(Spec::ApiKey(k)) = &r.spec {
-            if !identities_with_keys.insert(k.identity.as_str()) {
-                return Err(DocumentError {
-                    location: format!("ApiKey {}", r.name),
-                    field: "spec.identity".into(),
-                    message: format!("identity `{}` already has an API key", k.identity),
-                });
-            }
+        let (identity, what) = match &r.spec {
+            Some(Spec::ApiKey(k)) => (k.identity.as_str(), "an API key"),
+            Some(Spec::ClientCertificate(c)) => (c.identity.as_str(), "a client certificate"),
+            _ => continue,
+        };
+        if !credentials.insert((r.kind.as_str(), identity)) {
+            return Err(DocumentError {
+                location: format!("{} {}", r.kind, r.name),
+                field: "spec.identity".into(),
+                message: format!("identity `{identity}` already has {what}"),
+            });
         }
     }
     for r in resources {

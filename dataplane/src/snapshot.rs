@@ -420,11 +420,7 @@ impl Snapshot {
                     id.groups.extend(k.groups.iter().cloned());
                 }
                 Some(Spec::ClientCertificate(c)) => {
-                    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-                    let m = crate::auth::cert::CertMatch {
-                        spiffe_id: some(&c.spiffe_id),
-                        subject_cn: some(&c.subject_cn),
-                    };
+                    let m = crate::auth::cert::CertMatch::from_spec(c);
                     m.check("spec").map_err(|e| at("spec", e.to_string()))?;
                     let id = ident(&mut identities, &c.identity);
                     if id.client_cert.is_some() {

@@ -705,6 +705,27 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
     }
 }
 
+/// A gateway on `cfg` with TLS whose `client_ca_file` is `ca` (written into
+/// `dir`), and identity `agent7` that logs in with a certificate carrying
+/// `spiffe://corp.example/agent/7`.
+fn cert_gateway(dir: &std::path::Path, ca: &ClientCa, mut cfg: GatewayConfig) -> Gateway {
+    let ca_file = dir.join("client-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    cfg = cfg.tls(DevCerts::shared(), false);
+    cfg.identities.push(
+        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
+            .into(),
+    );
+    let yaml = cfg.to_yaml().replace(
+        "required: false }",
+        &format!(
+            "required: false, client_ca_file: {:?} }}",
+            ca_file.display().to_string()
+        ),
+    );
+    Gateway::start(&yaml)
+}
+
 /// Client certificates (`tls.client_ca_file`, `identities[].client_cert`):
 /// a certificate the client CA signed authenticates the identity whose
 /// SPIFFE ID or subject CN it carries, with no password; the session is
@@ -715,25 +736,11 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
 async fn client_certificates_authenticate_the_identity_they_name() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClientCa::new("agents CA");
-    let ca_file = dir.path().join("client-ca.pem");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
     let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
-        .tls(DevCerts::shared(), false)
         .audit(&dir.path().join("audit"), "");
-    cfg.identities.push(
-        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
-            .into(),
-    );
     cfg.identities
         .push("{ name: ops, client_cert: { subject_cn: ops-1 }, groups: [bots] }".into());
-    let yaml = cfg.to_yaml().replace(
-        "required: false }",
-        &format!(
-            "required: false, client_ca_file: {:?} }}",
-            ca_file.display().to_string()
-        ),
-    );
-    let gw = Gateway::start(&yaml);
+    let gw = cert_gateway(dir.path(), &ca, cfg);
     let as_ = |user: &str| {
         let mut c = gw.config(user, "", "app");
         c.ssl_mode(SslMode::Require);
@@ -826,22 +833,11 @@ async fn client_certificates_authenticate_the_identity_they_name() {
 async fn a_certificate_session_ends_at_its_first_statement_after_the_certificate_expires() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClientCa::new("agents CA");
-    let ca_file = dir.path().join("client-ca.pem");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-    let mut cfg =
-        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(DevCerts::shared(), false);
-    cfg.identities.push(
-        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
-            .into(),
+    let gw = cert_gateway(
+        dir.path(),
+        &ca,
+        GatewayConfig::standard(Pg::shared(), ApiKey::shared()),
     );
-    let yaml = cfg.to_yaml().replace(
-        "required: false }",
-        &format!(
-            "required: false, client_ca_file: {:?} }}",
-            ca_file.display().to_string()
-        ),
-    );
-    let gw = Gateway::start(&yaml);
     let until = std::time::SystemTime::now() + Duration::from_secs(4);
     let tls = ca.client_until(Some("spiffe://corp.example/agent/7"), "a7", Some(until));
     let mut login = gw.config("agent7", "", "app");
@@ -875,23 +871,9 @@ async fn a_certificate_session_ends_at_its_first_statement_after_the_certificate
 async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = ClientCa::new("agents CA");
-    let ca_file = dir.path().join("client-ca.pem");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-    let mut cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
-        .tls(DevCerts::shared(), false)
+    let cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
         .audit(&dir.path().join("audit"), "");
-    cfg.identities.push(
-        "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
-            .into(),
-    );
-    let yaml = cfg.to_yaml().replace(
-        "required: false }",
-        &format!(
-            "required: false, client_ca_file: {:?} }}",
-            ca_file.display().to_string()
-        ),
-    );
-    let gw = Gateway::start(&yaml);
+    let gw = cert_gateway(dir.path(), &ca, cfg);
     let mut agent7 = gw.config("agent7", "", "app");
     agent7.ssl_mode(SslMode::Require);
     let id = "spiffe://corp.example/agent/7";

@@ -71,6 +71,15 @@ pub struct CertMatch {
 }
 
 impl CertMatch {
+    /// The match of a `ClientCertificate` resource (empty fields unset).
+    pub fn from_spec(c: &proto::ClientCertificateSpec) -> CertMatch {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        CertMatch {
+            spiffe_id: some(&c.spiffe_id),
+            subject_cn: some(&c.subject_cn),
+        }
+    }
+
     /// Whether `c` is this identity's certificate.
     pub fn matches(&self, c: &ClientCert) -> bool {
         (self.spiffe_id.is_some() || self.subject_cn.is_some())
