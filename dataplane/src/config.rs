@@ -405,6 +405,28 @@ pub struct ServerTls {
     /// present one (identities with `client_cert` authenticate with it).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// PEM certificate revocation lists (`X509 CRL`) of the client CAs: a
+    /// client certificate one of them revokes is refused in the TLS
+    /// handshake, and the sessions it opened end at their next statement
+    /// once a reloaded list revokes it. With any list given, a client
+    /// certificate whose issuer has none is refused too (its status is
+    /// unknown), unless `client_crl_allow_unknown`. Needs `client_ca_file`.
+    #[serde(default)]
+    pub client_crl_files: Vec<PathBuf>,
+    /// Accept client certificates whose issuer has no list among
+    /// `client_crl_files` (default: refuse them).
+    #[serde(default)]
+    pub client_crl_allow_unknown: bool,
+    /// Seconds between checks of these files for new contents (certificate
+    /// rotation, a new revocation list); 0: only on SIGHUP. New contents
+    /// apply to new connections; a set that does not load is logged and
+    /// counted, and the last good one stays in use.
+    #[serde(default = "default_tls_reload_interval_s")]
+    pub reload_interval_s: u64,
+}
+
+fn default_tls_reload_interval_s() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -640,6 +662,9 @@ impl Config {
             if let Some(p) = &mut tls.client_ca_file {
                 fix(p);
             }
+            for p in &mut tls.client_crl_files {
+                fix(p);
+            }
         }
         for c in &mut self.connections {
             if let Some(p) = &mut c.target.password_file {
@@ -687,6 +712,14 @@ impl Config {
             }
         }
         self.audit.validate()?;
+        if let Some(t) = &self.tls {
+            if !t.client_crl_files.is_empty() && t.client_ca_file.is_none() {
+                return Err(ConfigError::field(
+                    "tls.client_crl_files",
+                    "needs tls.client_ca_file (the lists revoke client certificates)",
+                ));
+            }
+        }
         if let Some(p) = &self.proxy_protocol {
             p.trusted_nets()?;
         }
@@ -1059,6 +1092,22 @@ grants:
                 .to_string();
             assert!(e.contains(field), "{cert}: {e}");
         }
+    }
+
+    /// Revocation lists revoke client certificates: they need the client CA.
+    #[test]
+    fn revocation_lists_need_the_client_ca() {
+        let cfg = |tls: &str| Config::from_yaml(&format!("{tls}{}", base())).unwrap();
+        let ok = cfg("tls: { cert_file: s.pem, key_file: s.key, client_ca_file: ca.pem, client_crl_files: [a.crl] }\n");
+        ok.validate().unwrap();
+        let tls = ok.tls.unwrap();
+        assert_eq!(tls.reload_interval_s, 10);
+        assert!(!tls.client_crl_allow_unknown);
+        let e = cfg("tls: { cert_file: s.pem, key_file: s.key, client_crl_files: [a.crl] }\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.client_crl_files"), "{e}");
     }
 
     /// A field error names its path once.

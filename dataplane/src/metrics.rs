@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 /// Why authentication or authorization failed.
-pub const AUTH_REASONS: [&str; 16] = [
+pub const AUTH_REASONS: [&str; 18] = [
     "bad_password",
     "unknown_identity",
     "unknown_connection",
@@ -85,6 +85,10 @@ pub const AUTH_REASONS: [&str; 16] = [
     // client CA, expired, not for client authentication…), before any
     // identity was named.
     "invalid_certificate",
+    // A client certificate a revocation list (`tls.client_crl_files`)
+    // revokes, or whose issuer has no list.
+    "revoked_certificate",
+    "unknown_revocation_status",
     // A malformed or unexpected message inside the authentication
     // exchange (08P01), once the startup named an identity.
     "protocol_violation",

@@ -44,11 +44,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None => Snapshot::build(&cfg, 1)?,
     };
     let tls = match &cfg.tls {
-        Some(t) => Some(crate::tls::server_config(
-            &t.cert_file,
-            &t.key_file,
-            t.client_ca_file.as_deref(),
-        )?),
+        Some(t) => Some(Arc::new(crate::tls::LiveTls::start(t)?)),
         None => None,
     };
     let workers = if cfg.workers == 0 {
@@ -229,6 +225,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             tokio::spawn(crate::control::run(cp, node, shared, stats, audit.clone()));
         }
+        tokio::spawn(reload_tls(
+            shared.tls.clone(),
+            cfg.tls.as_ref().map_or(0, |t| t.reload_interval_s),
+        ));
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
         let deadline = Instant::now() + Duration::from_millis(shared.limits.drain_timeout_ms);
@@ -275,6 +275,62 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// Reload the TLS files on SIGHUP and every `interval_s` seconds (0:
+/// SIGHUP only). A SIGHUP without TLS is logged and otherwise ignored (its
+/// default action would end the process).
+async fn reload_tls(tls: Option<Arc<crate::tls::LiveTls>>, interval_s: u64) {
+    use crate::tls::Reload;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP: {e}");
+            return;
+        }
+    };
+    let period = (interval_s > 0).then(|| Duration::from_secs(interval_s));
+    loop {
+        let asked = tokio::select! {
+            _ = hup.recv() => true,
+            _ = async {
+                match period {
+                    Some(p) => tokio::time::sleep(p).await,
+                    None => std::future::pending().await,
+                }
+            } => false,
+        };
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: no TLS files to reload (the rest of the configuration is read at start only)");
+            continue;
+        };
+        // (Reading and parsing a few small files: off the async thread.)
+        let t = tls.clone();
+        let Ok(r) = tokio::task::spawn_blocking(move || t.reload()).await else {
+            continue;
+        };
+        match r {
+            Reload::Unchanged => {
+                if asked {
+                    tracing::info!("SIGHUP: the TLS files are unchanged");
+                }
+            }
+            Reload::Loaded(f) => tracing::info!(
+                cert_not_after = f.cert_not_after,
+                revocation_lists = f.crls,
+                revoked_certificates = f.revoked,
+                "TLS files reloaded: new connections use them"
+            ),
+            Reload::Failed { error, news } => {
+                if news || asked {
+                    tracing::error!(
+                        "TLS files not reloaded, the last good ones stay in use: {error}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// After a burst of connections closes, hand the freed buffers back to the

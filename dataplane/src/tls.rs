@@ -9,17 +9,27 @@
 //! handshake reads ([`ServerTls::acceptor`]). Session resumption is off then: a resumed
 //! session presents no certificate to keep.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{
+    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    NoServerSessionStorage, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier,
+};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::config::ConfigError;
+use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+
+use crate::config::{self, ConfigError};
 
 /// Where a connection's client certificate lands during its TLS handshake:
 /// the end-entity certificate (DER) the client CA verified, or why it was
@@ -138,37 +148,155 @@ impl ClientCertVerifier for Keeping {
     }
 }
 
-/// Build the server-side TLS from PEM files (`client_ca`: the CA that signs
-/// client certificates, if any). Errors name the field.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-    client_ca: Option<&Path>,
-) -> Result<ServerTls, ConfigError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| {
-            ConfigError::field(
-                "tls.cert_file",
-                format!("cannot read {}: {e}", cert_file.display()),
-            )
-        })?
+/// The files of `tls` as read at one moment, and a digest of them all
+/// (the reloader compares digests to tell whether anything changed).
+pub struct TlsFiles {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+    crls: Vec<Vec<u8>>,
+    pub digest: [u8; 32],
+}
+
+impl TlsFiles {
+    /// Read every file `tls` names. Errors name the field.
+    pub fn read(tls: &config::ServerTls) -> Result<TlsFiles, ConfigError> {
+        let read = |field: &str, p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| ConfigError::field(field, format!("cannot read {}: {e}", p.display())))
+        };
+        let cert = read("tls.cert_file", &tls.cert_file)?;
+        let key = read("tls.key_file", &tls.key_file)?;
+        let client_ca = match &tls.client_ca_file {
+            Some(p) => Some(read("tls.client_ca_file", p)?),
+            None => None,
+        };
+        let crls = tls
+            .client_crl_files
+            .iter()
+            .map(|p| read("tls.client_crl_files", p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        for f in [Some(&cert), Some(&key), client_ca.as_ref()]
+            .into_iter()
+            .chain(crls.iter().map(Some))
+        {
+            // (Length-prefixed, absent files as `u64::MAX`: no two sets of
+            // contents hash the same bytes.)
+            let len = f.map_or(u64::MAX, |f| f.len() as u64);
+            d.update(&len.to_le_bytes());
+            d.update(f.map_or(&[][..], |f| &f[..]));
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(d.finish().as_ref());
+        Ok(TlsFiles {
+            cert,
+            key,
+            client_ca,
+            crls,
+            digest,
+        })
+    }
+}
+
+/// What a loaded set of TLS files says, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// `notAfter` of the server certificate (unix seconds).
+    pub cert_not_after: u64,
+    /// The earliest `nextUpdate` of the revocation lists (unix seconds),
+    /// if any list has one.
+    pub crl_next_update: Option<u64>,
+    /// Revocation lists, and certificates they revoke.
+    pub crls: usize,
+    pub revoked: usize,
+}
+
+/// The TLS settings built from one [`TlsFiles`].
+pub struct Loaded {
+    pub tls: ServerTls,
+    pub revocations: Revocations,
+    pub facts: TlsFacts,
+}
+
+/// The client certificates the revocation lists revoke, by issuer, as the
+/// TLS handshake checks them (the end-entity certificate only, a list
+/// applying to the certificates whose issuer is its issuer): what sessions
+/// opened earlier are checked against when the lists change.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    /// Issuer name (DER) → serial numbers (DER contents) revoked.
+    by_issuer: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    allow_unknown: bool,
+    /// Which load of the files these are from (1 for the first).
+    pub generation: u64,
+}
+
+impl Revocations {
+    /// Why a certificate of `issuer` with serial `serial` is no longer
+    /// accepted, if it is not. Never, without lists.
+    pub fn refuses(&self, issuer: &[u8], serial: &[u8]) -> Option<Refusal> {
+        if self.by_issuer.is_empty() {
+            return None;
+        }
+        match self.by_issuer.get(issuer) {
+            Some(serials) if serials.contains(serial) => Some(Refusal::Revoked),
+            Some(_) => None,
+            None if self.allow_unknown => None,
+            None => Some(Refusal::Unknown),
+        }
+    }
+}
+
+/// Why [`Revocations`] refuse a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A list of its issuer revokes it.
+    Revoked,
+    /// No list is its issuer's (and `client_crl_allow_unknown` is off).
+    Unknown,
+}
+
+impl Refusal {
+    /// What a session it opened is told when it ends (with 28000).
+    pub fn session_message(self) -> &'static str {
+        match self {
+            Refusal::Revoked => "session client certificate revoked",
+            Refusal::Unknown => {
+                "session client certificate's revocation status unknown (no revocation list of its issuer)"
+            }
+        }
+    }
+}
+
+/// Build the server-side TLS from the contents of the files `tls` names.
+/// Errors name the field.
+pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.cert)
         .collect::<Result<_, _>>()
         .map_err(|e| {
             ConfigError::field(
                 "tls.cert_file",
-                format!("bad PEM in {}: {e}", cert_file.display()),
+                format!("bad PEM in {}: {e}", tls.cert_file.display()),
             )
         })?;
     if certs.is_empty() {
         return Err(ConfigError::field(
             "tls.cert_file",
-            format!("no certificate in {}", cert_file.display()),
+            format!("no certificate in {}", tls.cert_file.display()),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+    let cert_not_after = X509Certificate::from_der(&certs[0])
+        .ok()
+        .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
+        .unwrap_or(0);
+    let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| {
         ConfigError::field(
             "tls.key_file",
-            format!("cannot read a private key from {}: {e}", key_file.display()),
+            format!(
+                "cannot read a private key from {}: {e}",
+                tls.key_file.display()
+            ),
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -184,14 +312,19 @@ pub fn server_config(
         .map_err(|e| ConfigError::field("tls", e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    let client = match client_ca {
-        None => None,
-        Some(ca) => {
+    let mut facts = TlsFacts {
+        cert_not_after,
+        ..TlsFacts::default()
+    };
+    let mut revocations = Revocations {
+        allow_unknown: tls.client_crl_allow_unknown,
+        ..Revocations::default()
+    };
+    let client = match (&tls.client_ca_file, &files.client_ca) {
+        (Some(ca), Some(pem)) => {
             let field = |m: String| ConfigError::field("tls.client_ca_file", m);
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| field(format!("cannot read {}: {e}", ca.display())))?
-            {
+            for c in CertificateDer::pem_slice_iter(pem) {
                 let c = c.map_err(|e| field(format!("bad PEM in {}: {e}", ca.display())))?;
                 roots
                     .add(c)
@@ -200,20 +333,408 @@ pub fn server_config(
             if roots.is_empty() {
                 return Err(field(format!("no certificate in {}", ca.display())));
             }
-            let verifier =
+            let mut crls = Vec::new();
+            for (path, pem) in tls.client_crl_files.iter().zip(&files.crls) {
+                let field = |m: String| {
+                    ConfigError::field("tls.client_crl_files", format!("{}: {m}", path.display()))
+                };
+                let mut n = 0;
+                for crl in CertificateRevocationListDer::pem_slice_iter(pem) {
+                    let crl = crl.map_err(|e| field(format!("bad PEM: {e}")))?;
+                    let (_, parsed) = CertificateRevocationList::from_der(&crl)
+                        .map_err(|e| field(format!("not a revocation list: {e}")))?;
+                    let serials = revocations
+                        .by_issuer
+                        .entry(parsed.issuer().as_raw().to_vec())
+                        .or_default();
+                    for r in parsed.iter_revoked_certificates() {
+                        serials.insert(r.raw_serial().to_vec());
+                        facts.revoked += 1;
+                    }
+                    if let Some(t) = parsed.next_update() {
+                        let t = u64::try_from(t.timestamp()).unwrap_or(0);
+                        facts.crl_next_update = Some(facts.crl_next_update.map_or(t, |u| u.min(t)));
+                    }
+                    crls.push(crl);
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(field("no X509 CRL block".into()));
+                }
+            }
+            facts.crls = crls.len();
+            let mut b =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| field(e.to_string()))?;
+                    .allow_unauthenticated();
+            if !crls.is_empty() {
+                // (As `Revocations::refuses`: the client's own certificate,
+                // whose issuer must have a list unless allowed otherwise.)
+                b = b.with_crls(crls).only_check_end_entity_revocation();
+                if tls.client_crl_allow_unknown {
+                    b = b.allow_unknown_revocation_status();
+                }
+            }
+            let verifier = b.build().map_err(|e| match e {
+                VerifierBuilderError::InvalidCrl(e) => {
+                    ConfigError::field("tls.client_crl_files", format!("{e:?}"))
+                }
+                e => field(e.to_string()),
+            })?;
             Some(ClientAuth {
                 provider,
                 verifier,
                 certs: resolver,
             })
         }
+        _ => None,
     };
-    Ok(ServerTls {
-        shared: Arc::new(shared),
-        client,
+    Ok(Loaded {
+        tls: ServerTls {
+            shared: Arc::new(shared),
+            client,
+        },
+        revocations,
+        facts,
     })
+}
+
+/// The node's client-facing TLS: what its files held when they last
+/// loaded, reloaded when they change ([`LiveTls::reload`]: on SIGHUP and
+/// every `tls.reload_interval_s`). New connections take the current
+/// settings; sessions already open keep their TLS, and those of a client
+/// certificate a new revocation list refuses end at their next statement
+/// ([`Revocations`]).
+pub struct LiveTls {
+    cfg: config::ServerTls,
+    current: ArcSwap<ServerTls>,
+    pub revocations: ArcSwap<Revocations>,
+    pub stats: TlsStats,
+    /// The digest of the files last loaded, and the last failure logged
+    /// (a set of files that does not load is logged once, not at every
+    /// check).
+    last: Mutex<([u8; 32], Option<String>)>,
+}
+
+/// Counters and facts of the loads, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Unix second of the last load that succeeded.
+    pub loaded_at: AtomicU64,
+    pub facts: Mutex<TlsFacts>,
+}
+
+/// What [`LiveTls::reload`] did.
+#[derive(Debug)]
+pub enum Reload {
+    /// The files hold what was loaded last.
+    Unchanged,
+    /// New contents, now in use.
+    Loaded(TlsFacts),
+    /// New contents that do not load (or files that cannot be read); the
+    /// last good settings stay in use. `logged`: whether this is news
+    /// (a failure other than the last one logged).
+    Failed { error: ConfigError, news: bool },
+}
+
+impl LiveTls {
+    /// Load the files of `cfg` (a start-up error names the field).
+    pub fn start(cfg: &config::ServerTls) -> Result<LiveTls, ConfigError> {
+        let files = TlsFiles::read(cfg)?;
+        let mut loaded = load(cfg, &files)?;
+        loaded.revocations.generation = 1;
+        warn_stale(&loaded.facts);
+        let stats = TlsStats::default();
+        stats.loaded_at.store(unix_now(), Relaxed);
+        *stats.facts.lock().unwrap_or_else(|p| p.into_inner()) = loaded.facts;
+        Ok(LiveTls {
+            cfg: cfg.clone(),
+            current: ArcSwap::from_pointee(loaded.tls),
+            revocations: ArcSwap::from_pointee(loaded.revocations),
+            stats,
+            last: Mutex::new((files.digest, None)),
+        })
+    }
+
+    /// See [`ServerTls::acceptor`] (of the settings loaded last).
+    pub fn acceptor(&self) -> (monoio_rustls::TlsAcceptor, Option<PeerCert>) {
+        self.current.load().acceptor()
+    }
+
+    /// Whether clients may authenticate with certificates.
+    pub fn client_certificates(&self) -> bool {
+        self.cfg.client_ca_file.is_some()
+    }
+
+    /// Read the files again; if they changed, load them, and use them for
+    /// new connections if they load.
+    pub fn reload(&self) -> Reload {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = TlsFiles::read(&self.cfg).and_then(|files| {
+            if files.digest == last.0 {
+                return Ok(None);
+            }
+            load(&self.cfg, &files).map(|l| Some((files.digest, l)))
+        });
+        match loaded {
+            Ok(None) => {
+                last.1 = None;
+                Reload::Unchanged
+            }
+            Ok(Some((digest, mut l))) => {
+                l.revocations.generation = self.revocations.load().generation + 1;
+                self.current.store(Arc::new(l.tls));
+                self.revocations.store(Arc::new(l.revocations));
+                self.stats.reloads.fetch_add(1, Relaxed);
+                self.stats.loaded_at.store(unix_now(), Relaxed);
+                *self.stats.facts.lock().unwrap_or_else(|p| p.into_inner()) = l.facts.clone();
+                *last = (digest, None);
+                warn_stale(&l.facts);
+                Reload::Loaded(l.facts)
+            }
+            Err(error) => {
+                self.stats.reload_failures.fetch_add(1, Relaxed);
+                let text = error.to_string();
+                let news = last.1.as_deref() != Some(text.as_str());
+                last.1 = Some(text);
+                Reload::Failed { error, news }
+            }
+        }
+    }
+}
+
+/// A revocation list past its `nextUpdate` still applies (the handshake
+/// does not enforce it), but its CA has revoked more since, maybe.
+fn warn_stale(f: &TlsFacts) {
+    if let Some(t) = f.crl_next_update.filter(|&t| t < unix_now()) {
+        tracing::warn!(
+            next_update = t,
+            "a client certificate revocation list is past its nextUpdate: certificates revoked since are still accepted until a newer list is loaded"
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::cert::ClientCert;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        Ca {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    impl Ca {
+        /// What the handshake keeps of a client certificate with `serial`.
+        fn client(&self, serial: u64) -> ClientCert {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.serial_number = Some(serial.into());
+            let c = p.signed_by(&key, &self.cert, &self.key).unwrap();
+            ClientCert::from_der(c.der()).unwrap()
+        }
+
+        fn crl(&self, serials: &[u64]) -> String {
+            let now = time::OffsetDateTime::now_utc();
+            rcgen::CertificateRevocationListParams {
+                this_update: now,
+                next_update: now + time::Duration::days(7),
+                crl_number: 1u64.into(),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|&n| rcgen::RevokedCertParams {
+                        serial_number: n.into(),
+                        revocation_time: now,
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&self.cert, &self.key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        }
+    }
+
+    /// TLS files in `dir`: a server certificate, the client CA `cas`, and
+    /// one revocation list per entry of `crls`.
+    fn files(dir: &Path, cas: &[&Ca], crls: &[String]) -> config::ServerTls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("s.pem"), server.pem()).unwrap();
+        std::fs::write(dir.join("s.key"), key.serialize_pem()).unwrap();
+        let bundle: String = cas.iter().map(|c| c.cert.pem()).collect();
+        std::fs::write(dir.join("ca.pem"), bundle).unwrap();
+        let mut crl_files = Vec::new();
+        for (i, c) in crls.iter().enumerate() {
+            let p = dir.join(format!("{i}.crl"));
+            std::fs::write(&p, c).unwrap();
+            crl_files.push(p);
+        }
+        config::ServerTls {
+            cert_file: dir.join("s.pem"),
+            key_file: dir.join("s.key"),
+            required: false,
+            client_ca_file: Some(dir.join("ca.pem")),
+            client_crl_files: crl_files,
+            client_crl_allow_unknown: false,
+            reload_interval_s: 0,
+        }
+    }
+
+    /// Open sessions are judged as the handshake judges new ones: revoked
+    /// by their issuer's list, unknown without one (unless allowed), and
+    /// never without lists.
+    #[test]
+    fn revocations_answer_as_the_handshake_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (ca("agents"), ca("partners"));
+        let cfg = files(dir.path(), &[&a, &b], &[a.crl(&[5, 300])]);
+        let live = LiveTls::start(&cfg).unwrap();
+        let r = live.revocations.load();
+        let refuses = |c: ClientCert| r.refuses(&c.issuer, &c.serial);
+        assert_eq!(refuses(a.client(5)), Some(Refusal::Revoked));
+        assert_eq!(refuses(a.client(300)), Some(Refusal::Revoked));
+        assert_eq!(refuses(a.client(6)), None);
+        assert_eq!(refuses(b.client(5)), Some(Refusal::Unknown));
+        assert_eq!(r.generation, 1);
+        let f = live.stats.facts.lock().unwrap().clone();
+        assert_eq!((f.crls, f.revoked), (1, 2));
+        assert!(f.crl_next_update.is_some() && f.cert_not_after > 0);
+
+        let allowing = config::ServerTls {
+            client_crl_allow_unknown: true,
+            ..cfg.clone()
+        };
+        let live = LiveTls::start(&allowing).unwrap();
+        let r = live.revocations.load();
+        let c = b.client(5);
+        assert_eq!(r.refuses(&c.issuer, &c.serial), None);
+
+        let none = config::ServerTls {
+            client_crl_files: Vec::new(),
+            ..cfg
+        };
+        let live = LiveTls::start(&none).unwrap();
+        let c = a.client(5);
+        assert_eq!(live.revocations.load().refuses(&c.issuer, &c.serial), None);
+    }
+
+    /// A reload loads changed files only; a set that does not load keeps
+    /// the last good one and is news once per distinct error.
+    #[test]
+    fn reloads_keep_the_last_good_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ca("agents");
+        let cfg = files(dir.path(), &[&a], &[a.crl(&[5])]);
+        let live = LiveTls::start(&cfg).unwrap();
+        assert!(matches!(live.reload(), Reload::Unchanged));
+        let crl = &cfg.client_crl_files[0];
+        std::fs::write(crl, "no list here\n").unwrap();
+        for news in [true, false] {
+            match live.reload() {
+                Reload::Failed { error, news: n } => {
+                    assert_eq!(n, news);
+                    assert!(
+                        error.to_string().contains("tls.client_crl_files"),
+                        "{error}"
+                    );
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        std::fs::remove_file(crl).unwrap();
+        match live.reload() {
+            Reload::Failed { error, news } => {
+                assert!(news);
+                assert!(error.to_string().contains("cannot read"), "{error}");
+            }
+            r => panic!("{r:?}"),
+        }
+        // Still the lists of the last load.
+        let c = a.client(6);
+        let r = live.revocations.load();
+        assert_eq!((r.generation, r.refuses(&c.issuer, &c.serial)), (1, None));
+        std::fs::write(crl, a.crl(&[5, 6])).unwrap();
+        assert!(matches!(live.reload(), Reload::Loaded(f) if f.revoked == 2));
+        let r = live.revocations.load();
+        assert_eq!(
+            (r.generation, r.refuses(&c.issuer, &c.serial)),
+            (2, Some(Refusal::Revoked))
+        );
+        assert_eq!(live.stats.reloads.load(Relaxed), 1);
+        assert_eq!(live.stats.reload_failures.load(Relaxed), 3);
+        // A key that is not the certificate's.
+        std::fs::write(
+            &cfg.key_file,
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        match live.reload() {
+            Reload::Failed { error, .. } => {
+                assert!(error.to_string().contains("tls.key_file"), "{error}")
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    /// Start-up errors name the field.
+    #[test]
+    fn bad_files_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ca("agents");
+        let cfg = files(
+            dir.path(),
+            &[&a],
+            &["-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".into()],
+        );
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("tls.client_crl_files") && e.contains("0.crl"),
+            "{e}"
+        );
+        let cfg = files(dir.path(), &[&a], &["".into()]);
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(e.contains("no X509 CRL block"), "{e}");
+        let mut cfg = files(dir.path(), &[&a], &[]);
+        cfg.client_crl_files.push(dir.path().join("missing.crl"));
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("tls.client_crl_files") && e.contains("missing.crl"),
+            "{e}"
+        );
+        // A list signed by another key: found out at the handshake (its
+        // signature is checked there), so it loads.
+        let other = ca("agents");
+        let cfg = files(dir.path(), &[&a], &[other.crl(&[1])]);
+        LiveTls::start(&cfg).unwrap();
+    }
 }

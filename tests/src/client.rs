@@ -352,9 +352,46 @@ impl ClientCa {
         };
         p.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
         p
+    }
+
+    /// A revocation list of this CA (PEM) that revokes the certificates
+    /// with serial numbers `serials` (see [`ClientCa::params`]'s
+    /// `serial_number`), numbered `number`, next update in a week.
+    pub fn crl(&self, number: u64, serials: &[u64]) -> String {
+        let now = std::time::SystemTime::now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: (now - std::time::Duration::from_secs(60)).into(),
+            next_update: (now + std::time::Duration::from_secs(7 * 86400)).into(),
+            crl_number: number.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&n| rcgen::RevokedCertParams {
+                    serial_number: n.into(),
+                    revocation_time: (now - std::time::Duration::from_secs(60)).into(),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.cert, &self.key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    /// A client certificate with serial number `serial`, URI SAN `uri`
+    /// (as [`ClientCa::client`]).
+    pub fn client_serial(&self, serial: u64, uri: &str, cn: &str) -> MakeRustlsConnect {
+        let mut p = Self::params(&[uri], cn);
+        p.serial_number = Some(serial.into());
+        self.issue(p)
     }
 
     /// An intermediate this CA signs (`is_ca` false: a certificate that is

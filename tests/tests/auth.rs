@@ -708,9 +708,20 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
 /// A gateway on `cfg` with TLS whose `client_ca_file` is `ca` (written into
 /// `dir`), and identity `agent7` that logs in with a certificate carrying
 /// `spiffe://corp.example/agent/7`.
-fn cert_gateway(dir: &std::path::Path, ca: &ClientCa, mut cfg: GatewayConfig) -> Gateway {
+fn cert_gateway(dir: &std::path::Path, ca: &ClientCa, cfg: GatewayConfig) -> Gateway {
+    cert_gateway_with(dir, &ca.cert.pem(), "", cfg)
+}
+
+/// As [`cert_gateway`], with the client CA file holding `ca_pem` and
+/// `extra` added to the `tls` section (`, client_crl_files: [...]`).
+fn cert_gateway_with(
+    dir: &std::path::Path,
+    ca_pem: &str,
+    extra: &str,
+    mut cfg: GatewayConfig,
+) -> Gateway {
     let ca_file = dir.join("client-ca.pem");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    std::fs::write(&ca_file, ca_pem).unwrap();
     cfg = cfg.tls(DevCerts::shared(), false);
     cfg.identities.push(
         "{ name: agent7, client_cert: { spiffe_id: \"spiffe://corp.example/agent/7\" }, groups: [bots] }"
@@ -719,7 +730,7 @@ fn cert_gateway(dir: &std::path::Path, ca: &ClientCa, mut cfg: GatewayConfig) ->
     let yaml = cfg.to_yaml().replace(
         "required: false }",
         &format!(
-            "required: false, client_ca_file: {:?} }}",
+            "required: false, client_ca_file: {:?}{extra} }}",
             ca_file.display().to_string()
         ),
     );
@@ -995,4 +1006,260 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
         (5, 5),
         "{refused:#?}"
     );
+}
+
+/// Waits until `/metrics` shows `name` at `want` or more (a reload done).
+async fn wait_metric(gw: &Gateway, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.metrics().get(name, &[]) < want {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {want}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGHUP to the gateway.
+fn hangup(gw: &Gateway) {
+    // SAFETY: a signal to the gateway's own process.
+    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+}
+
+/// Revocation lists (`tls.client_crl_files`): a client certificate one of
+/// them revokes fails the TLS handshake (audited as `revoked_certificate`);
+/// a list reloaded on SIGHUP ends the sessions of the certificates it now
+/// revokes at their next statement (28000) and refuses them from then on;
+/// a list that does not load leaves the last good one in use; a
+/// certificate whose issuer has no list is refused (its status unknown)
+/// unless `client_crl_allow_unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClientCa::new("agents CA");
+    let other = ClientCa::new("partner CA");
+    let crl = dir.path().join("agents.crl");
+    std::fs::write(&crl, ca.crl(1, &[2])).unwrap();
+    let cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared())
+        .audit(&dir.path().join("audit"), "");
+    let gw = cert_gateway_with(
+        dir.path(),
+        &(ca.cert.pem() + &other.cert.pem()),
+        &format!(
+            ", client_crl_files: [{:?}], reload_interval_s: 0",
+            crl.display().to_string()
+        ),
+        cfg,
+    );
+    let mut agent7 = gw.config("agent7", "", "app");
+    agent7.ssl_mode(SslMode::Require);
+    let id = "spiffe://corp.example/agent/7";
+    let refused = |r: &str| {
+        gw.metrics()
+            .get("sluice_auth_failures_total", &[("reason", r)])
+    };
+
+    let c1 = connect_tls(&agent7, ca.client_serial(1, id, "a7"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    c1.simple_query("select 1").await.unwrap();
+    // Revoked by the list loaded at start.
+    let e = connect_tls(&agent7, ca.client_serial(2, id, "a7"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e), None, "{}", err_text(&e));
+    assert_eq!(refused("revoked_certificate"), 1.0);
+    // No list for the partner CA's certificates: status unknown.
+    let e = connect_tls(&agent7, other.client_serial(9, id, "a7"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_code(&e), None, "{}", err_text(&e));
+    assert_eq!(refused("unknown_revocation_status"), 1.0);
+    let m = gw.metrics();
+    assert_eq!(m.get("sluice_tls_revoked_certificates", &[]), 1.0);
+    assert!(m.get("sluice_tls_crl_next_update_timestamp_seconds", &[]) > 0.0);
+
+    // A new list revokes serial 1 too: its open session ends at its next
+    // statement, and it is refused from then on.
+    std::fs::write(&crl, ca.crl(2, &[1, 2])).unwrap();
+    hangup(&gw);
+    wait_metric(&gw, "sluice_tls_reloads_total", 1.0).await;
+    let e = c1.simple_query("select 1").await.err().unwrap();
+    assert_eq!(
+        e.as_db_error()
+            .map(|d| (d.severity(), d.code().code(), d.message())),
+        Some(("FATAL", "28000", "session client certificate revoked")),
+        "{}",
+        err_text(&e)
+    );
+    assert!(connect_tls(&agent7, ca.client_serial(1, id, "a7"))
+        .await
+        .is_err());
+    assert_eq!(refused("revoked_certificate"), 2.0);
+    let c3 = connect_tls(&agent7, ca.client_serial(3, id, "a7"))
+        .await
+        .unwrap();
+    c3.simple_query("select 1").await.unwrap();
+
+    // A list that does not load: the last good one stays in use.
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    hangup(&gw);
+    wait_metric(&gw, "sluice_tls_reload_failures_total", 1.0).await;
+    assert!(gw.log().contains("TLS files not reloaded"), "{}", gw.log());
+    assert!(connect_tls(&agent7, ca.client_serial(1, id, "a7"))
+        .await
+        .is_err());
+    c3.simple_query("select 1").await.unwrap();
+    connect_tls(&agent7, ca.client_serial(4, id, "a7"))
+        .await
+        .unwrap();
+    let m = gw.metrics();
+    assert_eq!(m.get("sluice_tls_reloads_total", &[]), 1.0);
+    assert_eq!(m.get("sluice_sessions_revoked_total", &[]), 1.0);
+    gw.assert_alive();
+    drop((c1, c3));
+    gw.stop();
+
+    // The revocations are in the audit trail: the refused handshakes as
+    // auth failures, the ended session's statement as refused.
+    let (mut recs, rings) = dataplane::audit::service::read_dir(
+        &dir.path().join("audit"),
+        Some(&dir.path().join("audit").join("rings")),
+    )
+    .unwrap();
+    recs.extend(rings);
+    let reasons: Vec<String> = recs
+        .iter()
+        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::AuthFailure as i32)
+        .map(|r| r.outcome.as_ref().unwrap().error_message.clone())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|m| m.starts_with("revoked_certificate: "))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|m| m.starts_with("unknown_revocation_status: "))
+            .count(),
+        1,
+        "{reasons:?}"
+    );
+    let mut ended: Vec<_> = recs
+        .iter()
+        .filter(|r| {
+            r.outcome
+                .as_ref()
+                .is_some_and(|o| o.error_message == "session client certificate revoked")
+        })
+        .map(|r| r.metadata.as_ref().unwrap().kind)
+        .collect();
+    ended.sort();
+    let mut want = vec![
+        proto::AuditKind::PolicyDecision as i32,
+        proto::AuditKind::SessionEnd as i32,
+    ];
+    want.sort();
+    assert_eq!(ended, want, "{recs:#?}");
+
+    // With `client_crl_allow_unknown`, the partner CA's certificates pass.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agents.crl"), ca.crl(1, &[2])).unwrap();
+    let gw = cert_gateway_with(
+        dir.path(),
+        &(ca.cert.pem() + &other.cert.pem()),
+        &format!(
+            ", client_crl_files: [{:?}], client_crl_allow_unknown: true",
+            dir.path().join("agents.crl").display().to_string()
+        ),
+        GatewayConfig::standard(Pg::shared(), ApiKey::shared()),
+    );
+    let mut agent7 = gw.config("agent7", "", "app");
+    agent7.ssl_mode(SslMode::Require);
+    connect_tls(&agent7, other.client_serial(9, id, "a7"))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    assert!(connect_tls(&agent7, ca.client_serial(2, id, "a7"))
+        .await
+        .is_err());
+}
+
+/// The server certificate rotates without a restart: new files are found
+/// by the periodic check (`tls.reload_interval_s`), new connections get the
+/// new certificate, and sessions already open go on. A key that does not
+/// match its certificate (a rotation caught half-written) is not loaded:
+/// the last good pair stays in use, and the next check loads the pair once
+/// it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_rotates_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = DevCerts::generate(&dir.path().join("old"), &["127.0.0.1", "localhost"]);
+    let new = DevCerts::generate(&dir.path().join("new"), &["127.0.0.1", "localhost"]);
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::copy(&old.server_pem, &cert).unwrap();
+    std::fs::copy(&old.server_key, &key).unwrap();
+    let certs = DevCerts {
+        server_pem: cert.clone(),
+        server_key: key.clone(),
+        ..old.clone()
+    };
+    let cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(&certs, true);
+    let yaml = cfg
+        .to_yaml()
+        .replace("required: true }", "required: true, reload_interval_s: 1 }");
+    assert!(yaml.contains("reload_interval_s: 1"), "{yaml}");
+    let gw = Gateway::start(&yaml);
+    let mut login = gw.agent_config();
+    login.ssl_mode(SslMode::Require);
+    let trusts = |d: &DevCerts| ClientOptions::tls_verify_full(&d.ca_pem_bytes());
+
+    let c = connect_tls(&login, trusts(&old))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    assert!(connect_tls(&login, trusts(&new)).await.is_err());
+    let before = gw
+        .metrics()
+        .get("sluice_tls_certificate_expiry_timestamp_seconds", &[]);
+    assert!(before > 0.0);
+
+    // (Each file replaced whole, by a rename, as rotation tools do.)
+    let put = |from: &std::path::Path, to: &std::path::Path| {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    };
+    // Half a rotation: the new key with the old certificate.
+    put(&new.server_key, &key);
+    wait_metric(&gw, "sluice_tls_reload_failures_total", 1.0).await;
+    connect_tls(&login, trusts(&old)).await.unwrap();
+    // The whole of it.
+    put(&new.server_pem, &cert);
+    wait_metric(&gw, "sluice_tls_reloads_total", 1.0).await;
+    connect_tls(&login, trusts(&new))
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
+    assert!(connect_tls(&login, trusts(&old)).await.is_err());
+    // The session opened before goes on, on its old TLS.
+    c.simple_query("select 1").await.unwrap();
+    assert!(gw.metrics().has("sluice_tls_loaded_timestamp_seconds", &[]));
+    // The failure was logged once, not at every check.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        gw.log().matches("TLS files not reloaded").count(),
+        1,
+        "{}",
+        gw.log()
+    );
+    gw.assert_alive();
 }

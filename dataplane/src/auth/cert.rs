@@ -16,6 +16,10 @@ pub struct ClientCert {
     pub common_name: Option<String>,
     /// The last unix second it is valid (`notAfter`).
     pub not_after: u64,
+    /// Its issuer's name (DER) and its serial number (the DER integer's
+    /// contents): what a revocation list names it by.
+    pub issuer: Vec<u8>,
+    pub serial: Vec<u8>,
 }
 
 impl ClientCert {
@@ -42,6 +46,8 @@ impl ClientCert {
             uris,
             common_name,
             not_after,
+            issuer: cert.issuer().as_raw().to_vec(),
+            serial: cert.raw_serial().to_vec(),
         })
     }
 
@@ -199,6 +205,7 @@ mod tests {
             uris: vec!["spiffe://corp.example/agent/7".into()],
             common_name: Some("agent-7".into()),
             not_after: 0,
+            ..Default::default()
         };
         let m = |id: Option<&str>, cn: Option<&str>| CertMatch {
             spiffe_id: id.map(str::to_string),
@@ -222,6 +229,7 @@ mod tests {
             ],
             common_name: Some("agent-7".into()),
             not_after: 0,
+            ..Default::default()
         };
         assert!(!m(Some("spiffe://corp.example/agent/7"), None).matches(&two));
         assert!(m(None, Some("agent-7")).matches(&two));

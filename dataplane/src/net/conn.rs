@@ -636,7 +636,15 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                         // A certificate the client CA does not vouch for (another CA's,
                         // expired, not for client auth…) is an authentication failure;
                         // the client got a TLS alert, the record says 28000.
-                        let reason = "invalid_certificate";
+                        let reason = match &why {
+                            rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::Revoked,
+                            ) => "revoked_certificate",
+                            rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::UnknownRevocationStatus,
+                            ) => "unknown_revocation_status",
+                            _ => "invalid_certificate",
+                        };
                         let message =
                             format!("client certificate refused in the TLS handshake: {why}");
                         m.auth_failure(reason);
@@ -906,6 +914,9 @@ struct RelayState<'a> {
     request_added: Cell<Duration>,
     /// Snapshot generation the session's grant was last checked against.
     generation: Cell<u64>,
+    /// Generation of the revocation lists its client certificate was last
+    /// checked against (0: not yet; see `cert_refused`).
+    crl_generation: Cell<u64>,
     session: &'a SessionRequest,
     /// Result masking (None: this session sees results unmasked).
     masker: RefCell<Option<TargetMasker>>,
@@ -949,6 +960,9 @@ enum End {
     /// authorization the session rests on no longer holds, as a login with
     /// the token gets 28P01 `JWT expired`).
     TokenExpired(&'static str),
+    /// A reloaded revocation list no longer accepts the client certificate
+    /// that opened the session (why, sent with 28000).
+    CertRefused(&'static str),
     /// A statement refused: its audit record could not be kept.
     AuditRefused,
     /// The client encoding changed to one masking cannot read.
@@ -960,6 +974,25 @@ enum End {
     /// The masker cannot tell which request the target's answers belong
     /// to (`TargetMasker::adrift`).
     MaskerAdrift,
+}
+
+/// Why the client certificate of a certificate session is no longer
+/// accepted, if revocation lists loaded since it was last checked refuse
+/// it (its handshake checked the lists of then; lists loaded since are
+/// checked at its first statement and after each reload). One atomic load
+/// per batch of a certificate session's statements otherwise.
+fn cert_refused(worker: &Worker, state: &RelayState) -> Option<&'static str> {
+    let cert = state.session.client_cert.as_deref()?;
+    let tls = worker.shared.tls.as_ref()?;
+    let lists = tls.revocations.load();
+    if lists.generation == state.crl_generation.get() {
+        return None;
+    }
+    let why = lists
+        .refuses(&cert.issuer, &cert.serial)
+        .map(|r| r.session_message());
+    state.crl_generation.set(lists.generation);
+    why
 }
 
 /// What the client is told when a session's own catalog read is answered
@@ -997,6 +1030,7 @@ async fn relay(
         client_writing: Cell::new(false),
         request_added: Cell::new(Duration::ZERO),
         generation: Cell::new(session.generation),
+        crl_generation: Cell::new(0),
         session,
         masker: RefCell::new(Some({
             let mut m =
@@ -1057,7 +1091,7 @@ async fn relay(
         End::ClientFrame(e) => format!("invalid frame from the client: {e}").into(),
         End::TargetFrame(e) => format!("invalid frame from the target: {e}").into(),
         End::Revoked(why) => format!("permission revoked: {}", why.0).into(),
-        End::TokenExpired(why) => (*why).into(),
+        End::TokenExpired(why) | End::CertRefused(why) => (*why).into(),
         End::AuditRefused => "statement refused: audit records cannot be stored".into(),
         End::UnsafeEncoding(enc) => unsafe_encoding_message(enc).into(),
         End::CatalogMisaligned => MISALIGNED.into(),
@@ -1106,6 +1140,11 @@ async fn relay(
         End::TokenExpired(why) => {
             bump(&worker.metrics.sessions_expired, 1);
             tracing::info!(identity = %session.identity, connection = %session.connection.name, method = session.auth_method, "session ended at its first statement after its credential expired");
+            last = Some(fatal(sqlstate::INVALID_AUTHORIZATION, why));
+        }
+        End::CertRefused(why) => {
+            bump(&worker.metrics.sessions_revoked, 1);
+            tracing::info!(identity = %session.identity, connection = %session.connection.name, "session ended at its next statement: {why}");
             last = Some(fatal(sqlstate::INVALID_AUTHORIZATION, why));
         }
         End::ClientFrame(e) => {
@@ -1321,6 +1360,20 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     }
                     return End::TokenExpired(state.session.expired_message());
                 }
+            }
+            // A certificate session, and revocation lists loaded since it
+            // last looked: is its certificate still accepted?
+            if let Some(why) = cert_refused(worker, state) {
+                if let Some(a) = state.audit {
+                    a.tracker.borrow_mut().refuse_since(
+                        mark,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        why,
+                        audit_clock(),
+                    );
+                    store_records(a).await;
+                }
+                return End::CertRefused(why);
             }
             // A new snapshot since this session last looked: is it still
             // allowed? One atomic load per batch of statements otherwise.

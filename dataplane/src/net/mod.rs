@@ -25,7 +25,8 @@ use crate::metrics::CoreMetrics;
 pub struct Shared {
     pub snapshot: arc_swap::ArcSwap<crate::snapshot::Snapshot>,
     pub cancels: Arc<CancelRegistry>,
-    pub tls: Option<crate::tls::ServerTls>,
+    /// The client-facing TLS (None: off), reloaded when its files change.
+    pub tls: Option<Arc<crate::tls::LiveTls>>,
     pub tls_required: bool,
     pub limits: crate::config::Limits,
     pub node_id: u8,

@@ -874,6 +874,7 @@ grants:
             uris: vec!["spiffe://corp/agent/7".into()],
             common_name: None,
             not_after: u64::MAX,
+            ..Default::default()
         };
         for (asks, want) in [
             (true, "connect over TLS with its certificate and key"),
