@@ -225,9 +225,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             tokio::spawn(crate::control::run(cp, node, shared, stats, audit.clone()));
         }
+        if let (Some(t), Some(a)) = (&shared.tls, &audit) {
+            a.push_side(tls_loaded(&t.stats.facts(), "start"));
+        }
         tokio::spawn(reload_tls(
             shared.tls.clone(),
             cfg.tls.as_ref().map_or(0, |t| t.reload_interval_s),
+            audit.clone(),
         ));
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
@@ -280,7 +284,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 /// Reload the TLS files on SIGHUP and every `interval_s` seconds (0:
 /// SIGHUP only). A SIGHUP without TLS is logged and otherwise ignored (its
 /// default action would end the process).
-async fn reload_tls(tls: Option<Arc<crate::tls::LiveTls>>, interval_s: u64) {
+async fn reload_tls(
+    tls: Option<Arc<crate::tls::LiveTls>>,
+    interval_s: u64,
+    audit: Option<Arc<crate::audit::Audit>>,
+) {
     use crate::tls::Reload;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -316,12 +324,17 @@ async fn reload_tls(tls: Option<Arc<crate::tls::LiveTls>>, interval_s: u64) {
                     tracing::info!("SIGHUP: the TLS files are unchanged");
                 }
             }
-            Reload::Loaded(f) => tracing::info!(
-                cert_not_after = f.cert_not_after,
-                revocation_lists = f.crls,
-                revoked_certificates = f.revoked,
-                "TLS files reloaded: new connections use them"
-            ),
+            Reload::Loaded(f) => {
+                tracing::info!(
+                    cert_not_after = f.cert_not_after,
+                    revocation_lists = f.crls,
+                    revoked_certificates = f.revoked,
+                    "TLS files reloaded: new connections use them"
+                );
+                if let Some(a) = &audit {
+                    a.push_side(tls_loaded(&f, if asked { "sighup" } else { "interval" }));
+                }
+            }
             Reload::Failed { error, news } => {
                 if news || asked {
                     tracing::error!(
@@ -372,6 +385,26 @@ pub fn snapshot_applied(version: u64) -> proto::AuditRecord {
         outcome: Some(proto::AuditOutcome {
             decision: proto::Decision::Allow as i32,
             ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A TLS_LOADED audit record of the TLS files described by `f`, loaded
+/// because of `trigger`.
+pub fn tls_loaded(f: &crate::tls::TlsFacts, trigger: &str) -> proto::AuditRecord {
+    proto::AuditRecord {
+        metadata: Some(proto::AuditMetadata {
+            kind: proto::AuditKind::TlsLoaded as i32,
+            time_unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            ..Default::default()
+        }),
+        // (No outcome: a load decides nothing, and counts as no allow.)
+        tls: Some(proto::AuditTls {
+            trigger: trigger.to_string(),
+            ..f.described.clone()
         }),
         ..Default::default()
     }

@@ -200,7 +200,7 @@ impl TlsFiles {
 }
 
 /// What a loaded set of TLS files says, for logs and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsFacts {
     /// `notAfter` of the server certificate (unix seconds).
     pub cert_not_after: u64,
@@ -210,6 +210,8 @@ pub struct TlsFacts {
     /// Revocation lists, and certificates they revoke.
     pub crls: usize,
     pub revoked: usize,
+    /// What a TLS_LOADED audit record says of them (`trigger` unset).
+    pub described: proto::AuditTls,
 }
 
 /// The TLS settings built from one [`TlsFiles`].
@@ -286,10 +288,20 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
             format!("no certificate in {}", tls.cert_file.display()),
         ));
     }
-    let cert_not_after = X509Certificate::from_der(&certs[0])
+    let (cert_not_after, server_cert_subject) = X509Certificate::from_der(&certs[0])
         .ok()
-        .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
-        .unwrap_or(0);
+        .map(|(_, c)| {
+            let t = c.validity().not_after.timestamp();
+            (u64::try_from(t).unwrap_or(0), c.subject().to_string())
+        })
+        .unwrap_or_default();
+    let mut described = proto::AuditTls {
+        server_cert_subject,
+        server_cert_sha256: sha256(&certs[0]),
+        server_cert_not_after: i64::try_from(cert_not_after).unwrap_or(i64::MAX),
+        allow_unknown_revocation_status: tls.client_crl_allow_unknown,
+        ..Default::default()
+    };
     let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| {
         ConfigError::field(
             "tls.key_file",
@@ -326,6 +338,12 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(pem) {
                 let c = c.map_err(|e| field(format!("bad PEM in {}: {e}", ca.display())))?;
+                described.client_cas.push(proto::AuditTlsCa {
+                    subject: X509Certificate::from_der(&c)
+                        .map(|(_, x)| x.subject().to_string())
+                        .unwrap_or_default(),
+                    sha256: sha256(&c),
+                });
                 roots
                     .add(c)
                     .map_err(|e| field(format!("bad CA certificate in {}: {e}", ca.display())))?;
@@ -347,10 +365,22 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                         .by_issuer
                         .entry(parsed.issuer().as_raw().to_vec())
                         .or_default();
+                    let mut revoked = 0;
                     for r in parsed.iter_revoked_certificates() {
                         serials.insert(r.raw_serial().to_vec());
-                        facts.revoked += 1;
+                        revoked += 1;
                     }
+                    facts.revoked += revoked;
+                    described.crls.push(proto::AuditTlsCrl {
+                        issuer: parsed.issuer().to_string(),
+                        number: parsed
+                            .crl_number()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default(),
+                        this_update: parsed.last_update().timestamp(),
+                        next_update: parsed.next_update().map_or(0, |t| t.timestamp()),
+                        revoked: revoked as u64,
+                    });
                     if let Some(t) = parsed.next_update() {
                         let t = u64::try_from(t.timestamp()).unwrap_or(0);
                         facts.crl_next_update = Some(facts.crl_next_update.map_or(t, |u| u.min(t)));
@@ -388,6 +418,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
         }
         _ => None,
     };
+    facts.described = described;
     Ok(Loaded {
         tls: ServerTls {
             shared: Arc::new(shared),
@@ -423,6 +454,13 @@ pub struct TlsStats {
     /// Unix second of the last load that succeeded.
     pub loaded_at: AtomicU64,
     pub facts: Mutex<TlsFacts>,
+}
+
+impl TlsStats {
+    /// What the files in use hold.
+    pub fn facts(&self) -> TlsFacts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What [`LiveTls::reload`] did.
@@ -513,6 +551,12 @@ fn warn_stale(f: &TlsFacts) {
             "a client certificate revocation list is past its nextUpdate: certificates revoked since are still accepted until a newer list is loaded"
         );
     }
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
 }
 
 fn unix_now() -> u64 {

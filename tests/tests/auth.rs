@@ -1010,8 +1010,14 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
 
 /// Waits until `/metrics` shows `name` at `want` or more (a reload done).
 async fn wait_metric(gw: &Gateway, name: &str, want: f64) {
+    wait_labeled(gw, name, &[], want).await
+}
+
+/// As [`wait_metric`], for the series with `labels` (a refused TLS
+/// handshake is counted after the client has seen the alert).
+async fn wait_labeled(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while gw.metrics().get(name, &[]) < want {
+    while gw.metrics().get(name, labels) < want {
         assert!(
             Instant::now() < deadline,
             "{name} never reached {want}\n{}",
@@ -1055,10 +1061,6 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     let mut agent7 = gw.config("agent7", "", "app");
     agent7.ssl_mode(SslMode::Require);
     let id = "spiffe://corp.example/agent/7";
-    let refused = |r: &str| {
-        gw.metrics()
-            .get("sluice_auth_failures_total", &[("reason", r)])
-    };
 
     let c1 = connect_tls(&agent7, ca.client_serial(1, id, "a7"))
         .await
@@ -1070,14 +1072,26 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
         .err()
         .unwrap();
     assert_eq!(db_code(&e), None, "{}", err_text(&e));
-    assert_eq!(refused("revoked_certificate"), 1.0);
+    wait_labeled(
+        &gw,
+        "sluice_auth_failures_total",
+        &[("reason", "revoked_certificate")],
+        1.0,
+    )
+    .await;
     // No list for the partner CA's certificates: status unknown.
     let e = connect_tls(&agent7, other.client_serial(9, id, "a7"))
         .await
         .err()
         .unwrap();
     assert_eq!(db_code(&e), None, "{}", err_text(&e));
-    assert_eq!(refused("unknown_revocation_status"), 1.0);
+    wait_labeled(
+        &gw,
+        "sluice_auth_failures_total",
+        &[("reason", "unknown_revocation_status")],
+        1.0,
+    )
+    .await;
     let m = gw.metrics();
     assert_eq!(m.get("sluice_tls_revoked_certificates", &[]), 1.0);
     assert!(m.get("sluice_tls_crl_next_update_timestamp_seconds", &[]) > 0.0);
@@ -1098,7 +1112,13 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     assert!(connect_tls(&agent7, ca.client_serial(1, id, "a7"))
         .await
         .is_err());
-    assert_eq!(refused("revoked_certificate"), 2.0);
+    wait_labeled(
+        &gw,
+        "sluice_auth_failures_total",
+        &[("reason", "revoked_certificate")],
+        2.0,
+    )
+    .await;
     let c3 = connect_tls(&agent7, ca.client_serial(3, id, "a7"))
         .await
         .unwrap();
@@ -1172,6 +1192,22 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     ];
     want.sort();
     assert_eq!(ended, want, "{recs:#?}");
+    // So are the loads of the lists: at start and at the reload that
+    // changed them (not the one that failed).
+    let loads: Vec<(String, usize, u64)> = recs
+        .iter()
+        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::TlsLoaded as i32)
+        .map(|r| {
+            let t = r.tls.as_ref().unwrap();
+            assert_eq!(t.crls.len(), 1);
+            assert!(t.crls[0].issuer.contains("agents CA"), "{t:?}");
+            (t.trigger.clone(), t.client_cas.len(), t.crls[0].revoked)
+        })
+        .collect();
+    assert_eq!(
+        loads,
+        [("start".to_string(), 2, 1), ("sighup".to_string(), 2, 2)]
+    );
 
     // With `client_crl_allow_unknown`, the partner CA's certificates pass.
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ pub const DEFAULT_SAMPLES: usize = 5;
 pub const MAX_SAMPLES: usize = 50;
 
 /// Sample categories, in report order.
-pub const CATEGORIES: [&str; 11] = [
+pub const CATEGORIES: [&str; 12] = [
     "session_start",
     "tls_session",
     "plaintext_session",
@@ -27,6 +27,7 @@ pub const CATEGORIES: [&str; 11] = [
     "snapshot_applied",
     "error",
     "records_lost",
+    "tls_loaded",
 ];
 
 /// A kind's short name: `query`, `session_start`, … (`AUDIT_KIND_` cut,
@@ -182,6 +183,10 @@ impl Tally {
                 resp.records_lost += r.loss.as_ref().map_or(0, |l| l.records);
                 self.sample("records_lost", r);
             }
+            AuditKind::TlsLoaded => {
+                resp.tls_loads += 1;
+                self.sample("tls_loaded", r);
+            }
             _ => {}
         }
         let resp = &mut self.resp;
@@ -335,9 +340,13 @@ mod tests {
             });
             t.add(&lost);
         }
+        let mut tls = rec(16, AuditKind::TlsLoaded, Decision::Unspecified);
+        tls.outcome = None;
+        t.add(&tls);
         let r = t.finish();
         assert_eq!((r.from_unix_nanos, r.to_unix_nanos), (10, 20));
-        assert_eq!(r.records, 15);
+        assert_eq!(r.records, 16);
+        assert_eq!(r.tls_loads, 1);
         assert_eq!((r.records_lost, r.loss_reports), (7, 2));
         assert_eq!(r.sessions, 3);
         assert_eq!((r.sessions_tls, r.sessions_plaintext), (1, 1));
@@ -365,6 +374,7 @@ mod tests {
         assert_eq!(ids("error"), ["n1-9", "n1-13"]);
         assert_eq!(ids("plaintext_session"), ["n1-2"]);
         assert_eq!(ids("records_lost"), ["n1-14", "n1-15"]);
+        assert_eq!(ids("tls_loaded"), ["n1-16"]);
         assert_eq!(r.samples[0].category, "session_start", "report order");
         let kinds: Vec<&str> = r.kinds.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
@@ -377,7 +387,8 @@ mod tests {
                 "records_lost",
                 "session_end",
                 "session_start",
-                "snapshot_applied"
+                "snapshot_applied",
+                "tls_loaded"
             ]
         );
         assert_eq!(r.auth_methods[0].name, "scram_api_key");

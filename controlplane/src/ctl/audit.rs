@@ -40,6 +40,24 @@ pub fn now_nanos() -> i64 {
 }
 
 /// `2024-05-01T23:59:59.123Z`.
+/// A time in Unix seconds as `2026-11-28T15:41:48Z` (certificates'
+/// dates, which may lie past what nanoseconds in an i64 reach); `-` for 0.
+fn format_secs(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        _ if secs == 0 => "-".into(),
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => secs.to_string(),
+    }
+}
+
 pub fn format_time(nanos: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)) {
         Ok(t) => format!(
@@ -286,6 +304,24 @@ pub fn record_json(r: &AuditRecord) -> Value {
             "since": format_time(l.since_unix_nanos), "until": format_time(l.until_unix_nanos),
         });
     }
+    if let Some(t) = &r.tls {
+        v["tls"] = json!({
+            "trigger": t.trigger,
+            "serverCertSubject": t.server_cert_subject,
+            "serverCertSha256": hex(&t.server_cert_sha256),
+            "serverCertNotAfter": format_secs(t.server_cert_not_after),
+            "clientCas": t.client_cas.iter().map(|c| json!({
+                "subject": c.subject, "sha256": hex(&c.sha256),
+            })).collect::<Vec<_>>(),
+            "crls": t.crls.iter().map(|c| json!({
+                "issuer": c.issuer, "number": c.number,
+                "thisUpdate": format_secs(c.this_update),
+                "nextUpdate": format_secs(c.next_update),
+                "revoked": c.revoked,
+            })).collect::<Vec<_>>(),
+            "allowUnknownRevocationStatus": t.allow_unknown_revocation_status,
+        });
+    }
     v["prevHash"] = hex(&r.prev_hash).into();
     v["hash"] = hex(&r.hash).into();
     v
@@ -343,6 +379,20 @@ fn sql_cell(r: &AuditRecord) -> String {
             0 => format!("{} ({} bytes of ring)", l.reason, l.bytes),
             n => format!("{} ({n} record{})", l.reason, if n == 1 { "" } else { "s" }),
         };
+    }
+    if let Some(t) = &r.tls {
+        // (Nor has a TLS_LOADED record: what was loaded, here.)
+        let revoked: u64 = t.crls.iter().map(|c| c.revoked).sum();
+        return table::truncate(
+            &format!(
+                "{}: {} CA {} CRL {revoked} revoked, {}",
+                t.trigger,
+                t.client_cas.len(),
+                t.crls.len(),
+                t.server_cert_subject
+            ),
+            MAX_SQL_CELL,
+        );
     }
     let sql = r.statement.as_ref().map_or("", |s| s.sql.as_str());
     let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -836,9 +886,50 @@ mod tests {
                 ..Default::default()
             }),
             loss: None,
+            tls: None,
             prev_hash: vec![0; 32],
             hash: vec![0xab; 32],
         }
+    }
+
+    /// A TLS_LOADED record shows what was loaded where a statement shows
+    /// its SQL, and its `tls` in JSON (certificate dates past 2262 too).
+    #[test]
+    fn tls_loads_render() {
+        let mut r = rec(5, "", Decision::Allow);
+        r.metadata.as_mut().unwrap().kind = AuditKind::TlsLoaded as i32;
+        (r.statement, r.outcome) = (None, None);
+        r.tls = Some(proto::AuditTls {
+            trigger: "sighup".into(),
+            server_cert_subject: "CN=sluice dev server".into(),
+            server_cert_sha256: vec![0x01; 32],
+            server_cert_not_after: 67_090_118_400,
+            client_cas: vec![proto::AuditTlsCa {
+                subject: "CN=agents CA".into(),
+                sha256: vec![0x02; 32],
+            }],
+            crls: vec![proto::AuditTlsCrl {
+                issuer: "CN=agents CA".into(),
+                number: "2".into(),
+                this_update: 1_795_000_000,
+                next_update: 0,
+                revoked: 3,
+            }],
+            allow_unknown_revocation_status: false,
+        });
+        assert_eq!(
+            sql_cell(&r),
+            "sighup: 1 CA 1 CRL 3 revoked, CN=sluice dev server"
+        );
+        let v = record_json(&r);
+        assert_eq!(
+            v["tls"]["serverCertNotAfter"], "4096-01-01T00:00:00Z",
+            "{v:#}"
+        );
+        assert_eq!(v["tls"]["crls"][0]["nextUpdate"], "-");
+        assert_eq!(v["tls"]["crls"][0]["revoked"], 3);
+        assert_eq!(v["tls"]["clientCas"][0]["sha256"], "02".repeat(32));
+        assert_eq!(parse_kind("tls-loaded").unwrap(), AuditKind::TlsLoaded);
     }
 
     /// A RECORDS_LOST record shows what was lost where a statement shows

@@ -216,8 +216,12 @@ pub fn controls(e: &EvidenceResponse) -> Vec<Control> {
                 fact("sessions over TLS", e.sessions_tls),
                 fact("sessions without TLS", e.sessions_plaintext),
                 fact("share over TLS", tls_share),
+                fact(
+                    "TLS configuration loads (server certificate, client CAs, revocation lists)",
+                    e.tls_loads,
+                ),
             ],
-            samples: samples(e, &["tls_session", "plaintext_session"]),
+            samples: samples(e, &["tls_session", "plaintext_session", "tls_loaded"]),
         },
         Control {
             id: "IR-4",

@@ -213,7 +213,7 @@ pub enum AuditCommand {
         /// Session id.
         #[arg(long)]
         session: Option<String>,
-        /// session_start, session_end, query, parse, bind, execute, auth_failure, policy_decision, snapshot_applied, records_lost.
+        /// session_start, session_end, query, parse, bind, execute, auth_failure, policy_decision, snapshot_applied, records_lost, tls_loaded.
         #[arg(long, value_parser = audit::parse_kind)]
         kind: Option<proto::AuditKind>,
         /// allow, deny, review_required, review_approved, review_denied.
