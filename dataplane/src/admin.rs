@@ -47,6 +47,7 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
             if let Some(t) = &st.shared.tls {
                 render_tls(&mut out, &t.stats);
             }
+            render_reloads(&mut out, &st.shared);
             out
         },
     )
@@ -58,6 +59,12 @@ fn render_control(s: &mut String, c: &crate::control::ControlStats) {
     let _ = writeln!(s, "# HELP sluice_snapshots_applied_total Snapshots from the control plane applied (ACKed).\n# TYPE sluice_snapshots_applied_total counter\nsluice_snapshots_applied_total {}", c.applied.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_snapshots_rejected_total Snapshots from the control plane that could not be applied (NACKed).\n# TYPE sluice_snapshots_rejected_total counter\nsluice_snapshots_rejected_total {}", c.rejected.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_control_plane_reconnects_total Snapshot streams that ended or failed to open.\n# TYPE sluice_control_plane_reconnects_total counter\nsluice_control_plane_reconnects_total {}", c.reconnects.load(Relaxed));
+}
+
+fn render_reloads(s: &mut String, sh: &crate::net::Shared) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "# HELP sluice_config_reloads_total SIGHUP reloads of the configuration file that applied (static mode; sluice_snapshot_version is the version now).\n# TYPE sluice_config_reloads_total counter\nsluice_config_reloads_total {}", sh.config_reloads.load(Relaxed));
+    let _ = writeln!(s, "# HELP sluice_config_reload_failures_total SIGHUP reloads of the configuration file refused (the file did not load or check; the version in use stays).\n# TYPE sluice_config_reload_failures_total counter\nsluice_config_reload_failures_total {}", sh.config_reload_failures.load(Relaxed));
 }
 
 fn render_tls(s: &mut String, t: &crate::tls::TlsStats) {

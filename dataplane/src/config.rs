@@ -77,6 +77,52 @@ pub struct Config {
     /// (PROXY protocol); off when absent.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The file this was read from, as parsed (set by [`Config::load`]):
+    /// what a reload compares with.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// A configuration file as read (see [`Config::source`]).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub raw: serde_yaml::Value,
+}
+
+/// The sections of the file a reload (SIGHUP, static mode) applies: what
+/// the policy snapshot is built of. The others take a restart.
+pub const RELOADABLE: [&str; 5] = [
+    "connections",
+    "identities",
+    "jwt_issuers",
+    "grants",
+    "masking_profiles",
+];
+
+impl ConfigSource {
+    /// The top-level sections other than [`RELOADABLE`] that differ
+    /// between `self` and `new` (as written: a section left out and one
+    /// written with its defaults differ).
+    pub fn restart_only_changes(&self, new: &ConfigSource) -> Vec<String> {
+        let keys = |v: &serde_yaml::Value| -> Vec<String> {
+            v.as_mapping()
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut all = keys(&self.raw);
+        all.extend(keys(&new.raw));
+        all.sort();
+        all.dedup();
+        all.into_iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .filter(|k| self.raw.get(k.as_str()) != new.raw.get(k.as_str()))
+            .collect()
+    }
 }
 
 /// `proxy_protocol:`: the load balancers in front of the node, which start
@@ -627,7 +673,25 @@ impl Config {
             cfg.resolve_paths(dir);
         }
         cfg.validate()?;
+        cfg.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            // (`from_yaml` parsed it: it is YAML.)
+            raw: serde_yaml::from_str(&text).unwrap_or_default(),
+        });
         Ok(cfg)
+    }
+
+    /// This configuration with the [`RELOADABLE`] sections of `new`,
+    /// checked as a whole: what a reload applies.
+    pub fn with_reloadable(&self, new: Config) -> Result<Config, ConfigError> {
+        let mut c = self.clone();
+        c.connections = new.connections;
+        c.identities = new.identities;
+        c.jwt_issuers = new.jwt_issuers;
+        c.grants = new.grants;
+        c.masking_profiles = new.masking_profiles;
+        c.validate()?;
+        Ok(c)
     }
 
     /// Parse YAML without validating; errors carry the field path.
@@ -1092,6 +1156,30 @@ grants:
                 .to_string();
             assert!(e.contains(field), "{cert}: {e}");
         }
+    }
+
+    /// A reload applies the policy sections and names the others that
+    /// changed (they take a restart).
+    #[test]
+    fn reloads_apply_the_policy_sections_and_name_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.yaml");
+        std::fs::write(&path, format!("workers: 2\n{}", base())).unwrap();
+        let running = Config::load(&path).unwrap();
+        let edited = format!("workers: 1\nlimits: {{ buffer_bytes: 4096 }}\n{}", base())
+            .replace("  - name: agent\n", "  - name: agent2\n");
+        std::fs::write(&path, &edited).unwrap();
+        let new = Config::load(&path).unwrap();
+        let changed = running
+            .source
+            .as_ref()
+            .unwrap()
+            .restart_only_changes(new.source.as_ref().unwrap());
+        assert_eq!(changed, ["limits", "workers"]);
+        let merged = running.with_reloadable(new).unwrap();
+        assert_eq!(merged.workers, 2);
+        assert_eq!(merged.limits.buffer_bytes, running.limits.buffer_bytes);
+        assert_eq!(merged.identities[0].name, "agent2");
     }
 
     /// Revocation lists revoke client certificates: they need the client CA.

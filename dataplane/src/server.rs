@@ -78,6 +78,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         snapshot_ready: AtomicBool::new(cfg.control_plane.is_none()),
         rng: ring::rand::SystemRandom::new(),
         proxy,
+        config_reloads: Default::default(),
+        config_reload_failures: Default::default(),
     });
 
     // The node's id: membership, audit records, the audit stream.
@@ -228,10 +230,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         if let (Some(t), Some(a)) = (&shared.tls, &audit) {
             a.push_side(tls_loaded(&t.stats.facts(), "start"));
         }
-        tokio::spawn(reload_tls(
-            shared.tls.clone(),
+        tokio::spawn(reload_on_signal(
+            shared.clone(),
             cfg.tls.as_ref().map_or(0, |t| t.reload_interval_s),
             audit.clone(),
+            // (Static mode: the file is the configuration.)
+            cfg.control_plane.is_none().then(|| Arc::new(cfg.clone())),
+            state.control.clone(),
         ));
         wait_for_signal().await;
         shared.draining.store(true, Relaxed);
@@ -281,13 +286,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reload the TLS files on SIGHUP and every `interval_s` seconds (0:
-/// SIGHUP only). A SIGHUP without TLS is logged and otherwise ignored (its
-/// default action would end the process).
-async fn reload_tls(
-    tls: Option<Arc<crate::tls::LiveTls>>,
+/// SIGHUP: in static mode, apply the configuration file's policy
+/// sections again ([`reload_config`]); then, and every `interval_s`
+/// seconds (0: SIGHUP only), reload the TLS files if they changed
+/// ([`crate::tls::LiveTls::reload`]). (SIGHUP's default action would end
+/// the process.)
+async fn reload_on_signal(
+    shared: Arc<Shared>,
     interval_s: u64,
     audit: Option<Arc<crate::audit::Audit>>,
+    config: Option<Arc<Config>>,
+    stats: Arc<crate::control::ControlStats>,
 ) {
     use crate::tls::Reload;
     use tokio::signal::unix::{signal, SignalKind};
@@ -298,7 +307,8 @@ async fn reload_tls(
             return;
         }
     };
-    let period = (interval_s > 0).then(|| Duration::from_secs(interval_s));
+    let period = (interval_s > 0 && shared.tls.is_some()).then(|| Duration::from_secs(interval_s));
+    let mut version = 1;
     loop {
         let asked = tokio::select! {
             _ = hup.recv() => true,
@@ -309,8 +319,47 @@ async fn reload_tls(
                 }
             } => false,
         };
-        let Some(tls) = &tls else {
-            tracing::info!("SIGHUP: no TLS files to reload (the rest of the configuration is read at start only)");
+        if asked {
+            match &config {
+                Some(running) => {
+                    let next = version + 1;
+                    let running = running.clone();
+                    // (Reading files, compiling masking profiles: off the
+                    // async thread.)
+                    let r = tokio::task::spawn_blocking(move || reload_config(&running, next))
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task failed: {e}")));
+                    match r {
+                        Ok((snap, restart)) => {
+                            version = next;
+                            shared.snapshot.store(Arc::new(snap));
+                            shared.config_reloads.fetch_add(1, Relaxed);
+                            // (What `/snapshot` shows as `applied_unix_us`.)
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_micros() as u64);
+                            stats.last_applied_unix_us.store(now, Relaxed);
+                            if let Some(a) = &audit {
+                                a.push_side(snapshot_applied(version));
+                            }
+                            tracing::info!(version, "SIGHUP: configuration reloaded (connections, identities, jwt_issuers, grants, masking_profiles); open sessions are checked against it at their next statement");
+                            if !restart.is_empty() {
+                                tracing::warn!(sections = ?restart, "SIGHUP: changes to these sections take a restart and were not applied");
+                            }
+                        }
+                        Err(e) => {
+                            shared.config_reload_failures.fetch_add(1, Relaxed);
+                            tracing::error!(version, "SIGHUP: configuration not reloaded, version {version} stays in use: {e:#}");
+                        }
+                    }
+                }
+                None if shared.tls.is_none() => {
+                    tracing::info!("SIGHUP: the configuration comes from the control plane, and there are no TLS files: nothing to reload");
+                }
+                None => {}
+            }
+        }
+        let Some(tls) = &shared.tls else {
             continue;
         };
         // (Reading and parsing a few small files: off the async thread.)
@@ -344,6 +393,24 @@ async fn reload_tls(
             }
         }
     }
+}
+
+/// The snapshot of the configuration file as it is now (its
+/// [`config::RELOADABLE`] sections over `running`), numbered `version`,
+/// and the other sections that changed (they take a restart).
+fn reload_config(running: &Config, version: u64) -> anyhow::Result<(Snapshot, Vec<String>)> {
+    let source = running
+        .source
+        .as_ref()
+        .context("the configuration was not read from a file")?;
+    let new = Config::load(&source.path).with_context(|| source.path.display().to_string())?;
+    let restart = new
+        .source
+        .as_ref()
+        .map(|n| source.restart_only_changes(n))
+        .unwrap_or_default();
+    let merged = running.with_reloadable(new)?;
+    Ok((Snapshot::build(&merged, version)?, restart))
 }
 
 /// After a burst of connections closes, hand the freed buffers back to the

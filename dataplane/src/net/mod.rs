@@ -36,6 +36,10 @@ pub struct Shared {
     pub rng: ring::rand::SystemRandom,
     /// PROXY protocol from the load balancers in front (None: off).
     pub proxy: Option<proxy::ProxyPolicy>,
+    /// Static mode: SIGHUP reloads of the configuration file that applied,
+    /// and that did not.
+    pub config_reloads: std::sync::atomic::AtomicU64,
+    pub config_reload_failures: std::sync::atomic::AtomicU64,
 }
 
 /// What one worker thread owns.
