@@ -1294,18 +1294,31 @@ async fn client_addresses_come_from_a_trusted_load_balancers_proxy_header() {
         of("pp-direct")
     );
     let fails = of_kind(&recs, AuditKind::AuthFailure);
-    assert_eq!(fails.len(), 1);
-    assert_eq!(address(fails[0]), "203.0.113.7:40001");
+    assert_eq!(fails.len(), 2);
+    let (header, login): (Vec<&AuditRecord>, Vec<&AuditRecord>) =
+        fails.into_iter().partition(|r| {
+            r.outcome
+                .as_ref()
+                .unwrap()
+                .error_message
+                .starts_with("proxy_protocol: invalid PROXY protocol header")
+        });
+    assert_eq!(address(login[0]), "203.0.113.7:40001");
+    // The malformed header, under the balancer's own address.
+    assert!(address(header[0]).starts_with("127.0.0.1:"));
 }
 
 /// A header from a peer outside `trusted` is refused (a client cannot pick
 /// the address it is audited under), and with `required` a client that
-/// bypasses the load balancer is refused too.
+/// bypasses the load balancer is refused too. Each refusal is an
+/// AUTH_FAILURE record (reason `proxy_protocol`) under the address the
+/// connection came from, not the one its header claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_from_untrusted_peers_and_missing_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "{}proxy_protocol: {{ trusted: [10.0.0.0/8], required: true }}\n",
-        GatewayConfig::standard(Pg::shared(), ApiKey::shared()).to_yaml()
+        audited(dir.path(), "").to_yaml()
     );
     let gw = Gateway::start(&yaml);
     let key = &ApiKey::shared().key;
@@ -1331,6 +1344,29 @@ async fn proxy_headers_from_untrusted_peers_and_missing_ones_are_refused() {
         [1.0, 1.0, 0.0]
     );
     gw.assert_alive();
+    gw.stop();
+
+    let recs = records(dir.path());
+    let fails: Vec<(String, String, String)> = of_kind(&recs, AuditKind::AuthFailure)
+        .into_iter()
+        .map(|r| {
+            let o = r.outcome.as_ref().unwrap();
+            (
+                r.session.as_ref().unwrap().client_address.clone(),
+                o.sqlstate.clone(),
+                o.error_message.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(fails.len(), 2, "{fails:?}");
+    for ((address, sqlstate, message), want) in fails.iter().zip([
+        "proxy_protocol: PROXY protocol header from an address not in proxy_protocol.trusted",
+        "proxy_protocol: connections must come through a trusted load balancer (a PROXY protocol header is required)",
+    ]) {
+        assert!(address.starts_with("127.0.0.1:"), "{fails:?}");
+        assert_eq!(sqlstate, "08P01");
+        assert!(message.starts_with(want), "{fails:?}");
+    }
 }
 
 /// Through load balancers in front of a dual-stack listener (`[::]`: the

@@ -517,11 +517,14 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                 } else {
                     tracing::debug!(%peer, "connection refused: {refusal}");
                 }
-                write_last(
-                    &mut io,
-                    fatal(sqlstate::PROTOCOL_VIOLATION, &refusal.to_string()),
-                )
-                .await;
+                let reply = fatal(sqlstate::PROTOCOL_VIOLATION, &refusal.to_string());
+                // (On record as a refused connection, under the peer's own
+                // address: a header from outside `trusted` may be someone
+                // choosing the address they would be audited under.)
+                if let Some(a) = &worker.audit {
+                    audit_auth_failure(worker, a, &hs, peer, "proxy_protocol", &reply);
+                }
+                write_last(&mut io, reply).await;
                 return Handshake::Done(Outcome::ProtocolError);
             }
             Err(e) => {
