@@ -64,7 +64,7 @@ impl Outcome {
 }
 
 /// Why authentication or authorization failed.
-pub const AUTH_REASONS: [&str; 18] = [
+pub const AUTH_REASONS: [&str; 19] = [
     "bad_password",
     "unknown_identity",
     "unknown_connection",
@@ -89,6 +89,9 @@ pub const AUTH_REASONS: [&str; 18] = [
     // revokes, or whose issuer has no list.
     "revoked_certificate",
     "unknown_revocation_status",
+    // SCRAM channel binding that does not match the connection, or a
+    // client that says it could bind but was not offered it (a downgrade).
+    "channel_binding",
     // A malformed or unexpected message inside the authentication
     // exchange (08P01), once the startup named an identity.
     "protocol_violation",

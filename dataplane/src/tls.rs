@@ -41,6 +41,9 @@ pub type PeerCert = Arc<Mutex<Option<Result<CertificateDer<'static>, rustls::Err
 pub struct ServerTls {
     /// Without client certificates: one config for every connection.
     shared: Arc<rustls::ServerConfig>,
+    /// The `tls-server-end-point` channel binding data of the certificate
+    /// (see [`end_point`]).
+    end_point: Option<Vec<u8>>,
     /// With `tls.client_ca_file`: what each connection's config is made of.
     client: Option<ClientAuth>,
 }
@@ -77,6 +80,40 @@ impl ServerTls {
     pub fn client_certificates(&self) -> bool {
         self.client.is_some()
     }
+
+    /// The `tls-server-end-point` data of the certificate these settings
+    /// present (for SCRAM channel binding), if its hash is known.
+    pub fn end_point(&self) -> Option<&[u8]> {
+        self.end_point.as_deref()
+    }
+}
+
+/// RFC 5929's `tls-server-end-point` channel binding data of a certificate
+/// (DER): its hash by the hash function of its signature algorithm, SHA-256
+/// for MD5 and SHA-1, as PostgreSQL computes it. None for signature
+/// algorithms without one to take (Ed25519, RSASSA-PSS): those servers do
+/// not offer channel binding.
+pub fn end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::oid_registry as o;
+    let (_, c) = X509Certificate::from_der(cert).ok()?;
+    let oid = &c.signature_algorithm.algorithm;
+    let alg = if [
+        o::OID_PKCS1_MD5WITHRSAENC,
+        o::OID_PKCS1_SHA1WITHRSA,
+        o::OID_PKCS1_SHA256WITHRSA,
+        o::OID_SIG_ECDSA_WITH_SHA256,
+    ]
+    .contains(oid)
+    {
+        &ring::digest::SHA256
+    } else if [o::OID_PKCS1_SHA384WITHRSA, o::OID_SIG_ECDSA_WITH_SHA384].contains(oid) {
+        &ring::digest::SHA384
+    } else if [o::OID_PKCS1_SHA512WITHRSA, o::OID_SIG_ECDSA_WITH_SHA512].contains(oid) {
+        &ring::digest::SHA512
+    } else {
+        return None;
+    };
+    Some(ring::digest::digest(alg, cert).as_ref().to_vec())
 }
 
 /// A client certificate verifier that keeps what it verified, or why not.
@@ -288,6 +325,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
             format!("no certificate in {}", tls.cert_file.display()),
         ));
     }
+    let end_point = end_point(&certs[0]);
     let (cert_not_after, server_cert_subject) = X509Certificate::from_der(&certs[0])
         .ok()
         .map(|(_, c)| {
@@ -422,6 +460,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
     Ok(Loaded {
         tls: ServerTls {
             shared: Arc::new(shared),
+            end_point,
             client,
         },
         revocations,
@@ -495,9 +534,18 @@ impl LiveTls {
         })
     }
 
-    /// See [`ServerTls::acceptor`] (of the settings loaded last).
-    pub fn acceptor(&self) -> (monoio_rustls::TlsAcceptor, Option<PeerCert>) {
-        self.current.load().acceptor()
+    /// See [`ServerTls::acceptor`] (of the settings loaded last), and the
+    /// channel binding data of the certificate they present.
+    pub fn acceptor(
+        &self,
+    ) -> (
+        monoio_rustls::TlsAcceptor,
+        Option<PeerCert>,
+        Option<Vec<u8>>,
+    ) {
+        let current = self.current.load();
+        let (a, slot) = current.acceptor();
+        (a, slot, current.end_point().map(<[u8]>::to_vec))
     }
 
     /// Whether clients may authenticate with certificates.
@@ -748,6 +796,33 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    /// The channel binding hash follows the certificate's signature
+    /// algorithm, and there is none for Ed25519.
+    #[test]
+    fn end_point_hashes_as_the_signature_does() {
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            rcgen::CertificateParams::new(vec!["localhost".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            end_point(&p256).unwrap(),
+            ring::digest::digest(&ring::digest::SHA256, &p256).as_ref()
+        );
+        let p384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            end_point(&p384).unwrap(),
+            ring::digest::digest(&ring::digest::SHA384, &p384).as_ref()
+        );
+        assert_eq!(end_point(&cert(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(end_point(b"not a certificate"), None);
     }
 
     /// Start-up errors name the field.

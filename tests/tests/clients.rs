@@ -98,6 +98,41 @@ fn psql_select_1_sslmode_disable_and_require() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
+/// libpq with `channel_binding=require` logs in with SCRAM-SHA-256-PLUS
+/// (`tls-server-end-point`, the proof bound to the gateway's certificate);
+/// without TLS it has nothing to bind to and refuses to go on.
+#[test]
+fn psql_channel_binding_require() {
+    let gw = tls_gateway();
+    let key = &ApiKey::shared().key;
+    let out = psql(
+        &gw.url(
+            "agent1",
+            key,
+            "app",
+            "sslmode=require&channel_binding=require",
+        ),
+        &["-A", "-t", "-c", "select 1"],
+        &[],
+        None,
+    );
+    out.assert_success("psql channel_binding=require");
+    assert_eq!(out.stdout.trim(), "1");
+    let out = psql(
+        &gw.url(
+            "agent1",
+            key,
+            "app",
+            "sslmode=disable&channel_binding=require",
+        ),
+        &["-A", "-t", "-c", "select 1"],
+        &[],
+        None,
+    );
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stderr.contains("channel binding"), "{}", out.stderr);
+}
+
 #[test]
 fn psql_sslmode_verify_full_with_dev_ca() {
     let gw = tls_gateway();

@@ -3,8 +3,15 @@
 //! Sluice stores only the verifier of an API key, in PostgreSQL's own format
 //! `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, so a leaked
 //! configuration does not leak keys and the key never crosses the wire.
-//! Channel binding is not offered (`SCRAM-SHA-256` only); clients that could
-//! bind say so with the `y` flag, which is accepted.
+//!
+//! Over TLS, `SCRAM-SHA-256-PLUS` is offered too, with channel binding type
+//! `tls-server-end-point` (RFC 5929: a hash of the certificate the gateway
+//! presented, as libpq and tokio-postgres compute it), so that a client with
+//! `channel_binding=require` connects, and a client's proof is bound to the
+//! TLS connection it came on (a relay in between would present another
+//! certificate). A client that could bind but believes the server cannot
+//! (flag `y`) is refused where binding was offered (RFC 5802 §6: a
+//! downgrade).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -12,6 +19,9 @@ use ring::{digest, hmac, pbkdf2, rand::SecureRandom};
 use std::num::NonZeroU32;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel binding type offered.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,8 +30,15 @@ pub enum ScramError {
     BadVerifier(&'static str),
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    #[error("channel binding is not supported")]
+    /// The channel binding data does not match this connection's (or
+    /// names a type other than `tls-server-end-point`).
+    #[error("SCRAM channel binding check failed")]
     ChannelBinding,
+    /// The client could bind but believes the server cannot (`y`), where
+    /// binding was offered; or it chose `SCRAM-SHA-256-PLUS` and did not
+    /// bind, or bound under plain `SCRAM-SHA-256`.
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    Negotiation(&'static str),
     #[error("nonce mismatch")]
     Nonce,
     #[error("password authentication failed")]
@@ -164,6 +181,11 @@ impl std::fmt::Display for Verifier {
 pub struct ScramServer {
     verifier: Verifier,
     state: State,
+    /// The `tls-server-end-point` data of this connection, where binding
+    /// was offered (`SCRAM-SHA-256-PLUS` advertised).
+    offered: Option<Vec<u8>>,
+    /// The client chose `SCRAM-SHA-256-PLUS`.
+    plus: bool,
 }
 
 enum State {
@@ -178,10 +200,19 @@ enum State {
 }
 
 impl ScramServer {
+    /// Without channel binding (plain `SCRAM-SHA-256`, none offered).
     pub fn new(verifier: Verifier) -> Self {
+        Self::with_binding(verifier, None, false)
+    }
+
+    /// `offered`: this connection's `tls-server-end-point` data, where
+    /// `SCRAM-SHA-256-PLUS` was advertised; `plus`: the client chose it.
+    pub fn with_binding(verifier: Verifier, offered: Option<Vec<u8>>, plus: bool) -> Self {
         ScramServer {
             verifier,
             state: State::Initial,
+            offered,
+            plus,
         }
     }
 
@@ -193,9 +224,29 @@ impl ScramServer {
         let (flag, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("missing gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        match (flag, self.plus) {
+            ("n", false) => {}
+            ("y", false) if self.offered.is_none() => {}
+            ("y", false) => {
+                return Err(ScramError::Negotiation(
+                    "the client supports channel binding but thinks the server does not; this server does",
+                ))
+            }
+            (f, true) if f.starts_with("p=") => {
+                if f != format!("p={TLS_SERVER_END_POINT}") || self.offered.is_none() {
+                    return Err(ScramError::ChannelBinding);
+                }
+            }
+            (f, false) if f.starts_with("p=") => {
+                return Err(ScramError::Negotiation(
+                    "channel binding requested under SCRAM-SHA-256 (it takes SCRAM-SHA-256-PLUS)",
+                ))
+            }
+            ("n" | "y", true) => {
+                return Err(ScramError::Negotiation(
+                    "SCRAM-SHA-256-PLUS chosen without channel binding",
+                ))
+            }
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
         let (authzid, bare) = rest
@@ -265,7 +316,12 @@ impl ScramServer {
             }
         }
         let cbind = cbind.ok_or(ScramError::Malformed("missing channel binding"))?;
-        if B64.decode(cbind).ok().as_deref() != Some(gs2_header.as_bytes()) {
+        // The gs2 header, and for `p=` this connection's binding data.
+        let mut want = gs2_header.into_bytes();
+        if self.plus {
+            want.extend_from_slice(self.offered.as_deref().unwrap_or_default());
+        }
+        if B64.decode(cbind).ok() != Some(want) {
             return Err(ScramError::ChannelBinding);
         }
         if r != Some(nonce.as_str()) {
@@ -345,12 +401,68 @@ mod tests {
         assert!(!v.matches_password(b"pencil2"));
     }
 
+    /// One exchange with the real client, channel binding `cb` on the
+    /// client's side; the server offered `offered` and the client chose
+    /// `plus`.
+    fn bound_exchange(
+        cb: ChannelBinding,
+        offered: Option<&[u8]>,
+        plus: bool,
+    ) -> Result<(), ScramError> {
+        let v = Verifier::generate(b"sk_test_key", 16);
+        let mut client = ScramSha256::new(b"sk_test_key", cb);
+        let mut server = ScramServer::with_binding(v, offered.map(<[u8]>::to_vec), plus);
+        let first = server.client_first(client.message(), "c2VydmVybm9uY2U")?;
+        client.update(&first).expect("client accepts server-first");
+        let fin = server.client_final(client.message())?;
+        client.finish(&fin).expect("client verifies the server");
+        Ok(())
+    }
+
+    /// SCRAM-SHA-256-PLUS with `tls-server-end-point`: the client's hash of
+    /// the certificate it saw must be this connection's; a client that
+    /// could bind but was not offered binding passes, one that was offered
+    /// it and says it was not (`y`) does not.
+    #[test]
+    fn channel_binding_binds_the_proof_to_the_connection() {
+        let hash = [7u8; 32];
+        let cb = || ChannelBinding::tls_server_end_point(hash.to_vec());
+        bound_exchange(cb(), Some(&hash), true).unwrap();
+        assert_eq!(
+            bound_exchange(cb(), Some(&[8u8; 32]), true),
+            Err(ScramError::ChannelBinding),
+            "a relay presenting another certificate"
+        );
+        // Plain SCRAM on a connection that offered PLUS.
+        bound_exchange(ChannelBinding::unsupported(), Some(&hash), false).unwrap();
+        assert!(matches!(
+            bound_exchange(ChannelBinding::unrequested(), Some(&hash), false),
+            Err(ScramError::Negotiation(_))
+        ));
+        // Nothing offered (no TLS): `y` is fine.
+        bound_exchange(ChannelBinding::unrequested(), None, false).unwrap();
+        // PLUS chosen but not bound, bound under plain SCRAM.
+        assert!(matches!(
+            bound_exchange(ChannelBinding::unsupported(), Some(&hash), true),
+            Err(ScramError::Negotiation(_))
+        ));
+        assert!(matches!(
+            bound_exchange(cb(), Some(&hash), false),
+            Err(ScramError::Negotiation(_))
+        ));
+    }
+
     #[test]
     fn refuses_channel_binding_and_garbage() {
         let v = Verifier::generate(b"k", 16);
         let mut s = ScramServer::new(v.clone());
-        assert_eq!(
+        assert!(matches!(
             s.client_first(b"p=tls-server-end-point,,n=,r=abc", "x"),
+            Err(ScramError::Negotiation(_))
+        ));
+        let mut s = ScramServer::with_binding(v.clone(), Some(vec![1]), true);
+        assert_eq!(
+            s.client_first(b"p=tls-unique,,n=,r=abc", "x"),
             Err(ScramError::ChannelBinding)
         );
         let mut s = ScramServer::new(v.clone());
@@ -365,7 +477,10 @@ mod tests {
         fn garbage_never_panics(a in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
                                 b in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let v = Verifier::with_salt(b"k", b"salt".to_vec(), 1);
-            let mut s = ScramServer::new(v);
+            let mut s = ScramServer::new(v.clone());
+            let _ = s.client_first(&a, "n");
+            let _ = s.client_final(&b);
+            let mut s = ScramServer::with_binding(v, Some(vec![1; 32]), true);
             let _ = s.client_first(&a, "n");
             let _ = s.client_final(&b);
         }

@@ -609,7 +609,7 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                 if write_all(&mut tcp, b"S".to_vec()).await.is_err() {
                     return Handshake::Done(Outcome::ClientClosed);
                 }
-                let (acceptor, peer_cert) = shared
+                let (acceptor, peer_cert, end_point) = shared
                     .tls
                     .as_ref()
                     .expect("StartTls only when TLS is configured")
@@ -618,6 +618,9 @@ async fn client_handshake(worker: &Rc<Worker>, tcp: TcpStream, mut peer: SocketA
                     Ok(tls) => {
                         io = MaybeTls::Tls(Box::new(tls));
                         hs.tls_established();
+                        if let Some(e) = end_point {
+                            hs.server_end_point(e);
+                        }
                         // (A certificate the client CA verified, if it sent one.)
                         let der = peer_cert
                             .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());

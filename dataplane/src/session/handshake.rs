@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 
 use crate::auth::jwt::looks_like_jwt;
-use crate::auth::scram::{ScramError, ScramServer, MECHANISM};
+use crate::auth::scram::{ScramError, ScramServer, MECHANISM, MECHANISM_PLUS};
 use crate::metrics::Outcome;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::startup::{self, StartupPacket};
@@ -117,7 +117,7 @@ pub enum Step {
 enum State {
     Startup,
     SaslInitial,
-    SaslFinal(ScramServer),
+    SaslFinal(Box<ScramServer>),
     Password,
     /// Waiting for the driver to check a cleartext API key off the core.
     KeyCheck,
@@ -130,6 +130,10 @@ pub struct ClientHandshake {
     tls_available: bool,
     tls_required: bool,
     tls_active: bool,
+    /// The `tls-server-end-point` channel binding data of the TLS
+    /// connection (a hash of the certificate it presented), when there is
+    /// one: `SCRAM-SHA-256-PLUS` is offered then.
+    end_point: Option<Vec<u8>>,
     state: State,
     identity: String,
     connection: String,
@@ -186,6 +190,7 @@ impl ClientHandshake {
             tls_available,
             tls_required,
             tls_active: false,
+            end_point: None,
             state: State::Startup,
             identity: String::new(),
             connection: String::new(),
@@ -207,6 +212,12 @@ impl ClientHandshake {
     /// The driver finished the TLS handshake.
     pub fn tls_established(&mut self) {
         self.tls_active = true;
+    }
+
+    /// The TLS connection's `tls-server-end-point` data (see
+    /// `tls::end_point`): SCRAM channel binding is offered.
+    pub fn server_end_point(&mut self, data: Vec<u8>) {
+        self.end_point = Some(data);
     }
 
     /// This gateway asks TLS clients for a certificate
@@ -370,7 +381,12 @@ impl ClientHandshake {
             backend::auth_cleartext(&mut reply);
             self.state = State::Password;
         } else if ident.verifier.is_some() {
-            backend::auth_sasl(&mut reply, &[MECHANISM]);
+            // (PLUS first, as PostgreSQL lists them.)
+            if self.binding().is_some() {
+                backend::auth_sasl(&mut reply, &[MECHANISM_PLUS, MECHANISM]);
+            } else {
+                backend::auth_sasl(&mut reply, &[MECHANISM]);
+            }
             self.state = State::SaslInitial;
         } else {
             return reject(
@@ -406,7 +422,8 @@ impl ClientHandshake {
                 let Some((mech, rest)) = cstr(body) else {
                     return self.auth_protocol_error("malformed SASLInitialResponse");
                 };
-                if mech != MECHANISM.as_bytes() {
+                let plus = mech == MECHANISM_PLUS.as_bytes() && self.binding().is_some();
+                if mech != MECHANISM.as_bytes() && !plus {
                     return reject(
                         sqlstate::INVALID_AUTHORIZATION,
                         format!(
@@ -426,14 +443,17 @@ impl ClientHandshake {
                     return self.auth_protocol_error("malformed SASLInitialResponse");
                 }
                 let ident = &self.snapshot.identities[&self.identity];
-                let mut scram =
-                    ScramServer::new(ident.verifier.clone().expect("checked at startup"));
+                let mut scram = ScramServer::with_binding(
+                    ident.verifier.clone().expect("checked at startup"),
+                    self.binding().map(<[u8]>::to_vec),
+                    plus,
+                );
                 let nonce = base64::engine::general_purpose::STANDARD.encode(server_nonce);
                 match scram.client_first(data, &nonce) {
                     Ok(first) => {
                         let mut reply = Vec::new();
                         backend::auth_sasl_data(&mut reply, 11, &first);
-                        self.state = State::SaslFinal(scram);
+                        self.state = State::SaslFinal(Box::new(scram));
                         Step::Reply(reply)
                     }
                     Err(e) => self.scram_failed(e),
@@ -546,14 +566,21 @@ impl ClientHandshake {
         )
     }
 
+    /// The channel binding data offered: over TLS, where the certificate's
+    /// hash is known.
+    fn binding(&self) -> Option<&[u8]> {
+        self.end_point.as_deref().filter(|_| self.tls_active)
+    }
+
     fn scram_failed(&self, e: ScramError) -> Step {
         match e {
             ScramError::BadProof | ScramError::Nonce => self.bad_password(),
-            ScramError::ChannelBinding => reject(
-                sqlstate::INVALID_AUTHORIZATION,
-                "SCRAM channel binding is not supported by this gateway".into(),
+            // (08P01, as PostgreSQL answers both.)
+            ScramError::ChannelBinding | ScramError::Negotiation(_) => reject(
+                sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
                 Outcome::AuthFailed,
-                Some("bad_method"),
+                Some("channel_binding"),
             ),
             other => self.auth_protocol_error(other.to_string()),
         }
@@ -670,6 +697,82 @@ grants:
         assert_eq!(r[0], b'R');
         client.update(&r[9..]).unwrap();
         hs.on_message(b'p', client.message(), &[7; 18], 0)
+    }
+
+    /// As [`login`], with mechanism `mech` and client-side binding `cb`.
+    fn login_bound(hs: &mut ClientHandshake, key: &[u8], mech: &str, cb: ChannelBinding) -> Step {
+        let mut client = ScramSha256::new(key, cb);
+        let mut body = Vec::new();
+        body.extend_from_slice(mech.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&(client.message().len() as u32).to_be_bytes());
+        body.extend_from_slice(client.message());
+        let r = match hs.on_message(b'p', &body, &[7; 18], 0) {
+            Step::Reply(r) => r,
+            other => return other,
+        };
+        client.update(&r[9..]).unwrap();
+        hs.on_message(b'p', client.message(), &[7; 18], 0)
+    }
+
+    /// Over TLS with the certificate's hash known, SCRAM-SHA-256-PLUS is
+    /// offered first, and a proof bound to another certificate's hash, or
+    /// a client that says it could bind (`y`), is refused (08P01).
+    #[test]
+    fn channel_binding_is_offered_over_tls() {
+        let v = Verifier::generate(b"key", 16);
+        let hash = vec![9u8; 32];
+        let start = |tls: bool| {
+            let mut hs = ClientHandshake::new(snapshot(&v), true, false);
+            if tls {
+                hs.tls_established();
+                hs.server_end_point(hash.clone());
+            }
+            let Step::Reply(r) = hs.on_untagged(&startup("agent", "app")) else {
+                panic!()
+            };
+            (hs, r)
+        };
+        let (mut hs, r) = start(true);
+        assert_eq!(&r[9..], b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let step = login_bound(
+            &mut hs,
+            b"key",
+            "SCRAM-SHA-256-PLUS",
+            ChannelBinding::tls_server_end_point(hash.clone()),
+        );
+        assert!(matches!(step, Step::Ready { .. }), "{step:?}");
+        for (mech, cb) in [
+            (
+                "SCRAM-SHA-256-PLUS",
+                ChannelBinding::tls_server_end_point(vec![1; 32]),
+            ),
+            ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+        ] {
+            let (mut hs, _) = start(true);
+            let step = login_bound(&mut hs, b"key", mech, cb);
+            assert_eq!(code_of(&step), "08P01", "{mech}");
+            assert!(
+                matches!(
+                    step,
+                    Step::Reject {
+                        auth_reason: Some("channel_binding"),
+                        ..
+                    }
+                ),
+                "{step:?}"
+            );
+        }
+        // Without TLS: plain SCRAM only, and PLUS is not accepted.
+        let (mut hs, r) = start(false);
+        assert_eq!(&r[9..], b"SCRAM-SHA-256\0\0");
+        let step = login_bound(
+            &mut hs,
+            b"key",
+            "SCRAM-SHA-256-PLUS",
+            ChannelBinding::tls_server_end_point(hash.clone()),
+        );
+        assert_eq!(code_of(&step), "28000");
     }
 
     fn code_of(step: &Step) -> String {
