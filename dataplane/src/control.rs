@@ -49,6 +49,22 @@ pub struct NodeInfo {
     pub cores: u32,
 }
 
+/// `node` with its TLS facts as loaded now (see `proto::Node`).
+fn with_tls(node: &proto::Node, shared: &Shared) -> proto::Node {
+    let f = shared
+        .tls
+        .as_ref()
+        .map(|t| t.stats.facts())
+        .unwrap_or_default();
+    proto::Node {
+        tls_cert_not_after: i64::try_from(f.cert_not_after).unwrap_or(i64::MAX),
+        crl_next_update: f
+            .crl_next_update
+            .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        ..node.clone()
+    }
+}
+
 /// The next backoff after `cur` (doubling, capped).
 pub fn next_backoff(cur: Duration) -> Duration {
     (cur * 2).min(BACKOFF_MAX)
@@ -157,10 +173,11 @@ async fn subscribe(
         address: node.address.clone(),
         cores: node.cores,
         build: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
     };
     let applied = |shared: &Shared| shared.snapshot.load().version as i64;
     let request = |version: i64, nonce: &str, error: Option<String>| proto::SnapshotRequest {
-        node: Some(node_msg.clone()),
+        node: Some(with_tls(&node_msg, shared)),
         applied_version: version,
         response_nonce: nonce.to_string(),
         error_detail: error.map(|message| proto::ErrorDetail { message }),

@@ -573,10 +573,16 @@ async fn membership_lists_nodes_and_drops_dead_ones(b: Backend) {
     let mut admin = Admin::connect(&cp.url()).await;
     let v1 = admin.apply(&base_config(pg, key)).await.version;
     let m1 = start_node(&[cp.url()], "m1");
+    // (m2 with client-facing TLS: it reports its certificate's expiry.)
+    let dev = sluice_tests::DevCerts::shared();
     let m2 = cp::node(
         &[cp.url()],
         "m2",
-        "workers: 2\nlimits:\n  drain_timeout_ms: 500\n",
+        &format!(
+            "workers: 2\nlimits:\n  drain_timeout_ms: 500\ntls: {{ cert_file: {:?}, key_file: {:?} }}\n",
+            dev.server_pem.display().to_string(),
+            dev.server_key.display().to_string()
+        ),
         true,
     )
     .unwrap_or_else(|e| panic!("node m2: {e}"));
@@ -593,6 +599,12 @@ async fn membership_lists_nodes_and_drops_dead_ones(b: Backend) {
         assert_eq!(n.address, format!("127.0.0.1:{}", g.port), "{s:?}");
         assert_eq!(n.cores, cores, "{s:?}");
         assert!(!n.build.is_empty(), "{s:?}");
+        if n.id == "m2" {
+            assert!(n.tls_cert_not_after > now / 1000, "{s:?}");
+        } else {
+            assert_eq!(n.tls_cert_not_after, 0, "{s:?}");
+        }
+        assert_eq!(n.crl_next_update, 0, "{s:?}");
         assert_eq!(s.applied_version, v1, "{s:?}");
         assert!(s.last_error.is_empty(), "{s:?}");
         assert!(
@@ -1378,6 +1390,7 @@ async fn a_node_cannot_change_its_id_mid_stream() {
             address: "127.0.0.1:1".into(),
             cores: 1,
             build: "test".into(),
+            ..Default::default()
         }),
         applied_version: 0,
         response_nonce: String::new(),

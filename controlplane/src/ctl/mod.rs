@@ -772,6 +772,8 @@ fn nodes_json(resp: &proto::ListNodesResponse) -> String {
                 "latestVersion": n.latest_version.max(resp.latest_version),
                 "lastError": n.last_error,
                 "lastHeartbeatUnixMs": n.last_heartbeat_unix_ms,
+                "tlsCertNotAfter": node.tls_cert_not_after,
+                "crlNextUpdate": node.crl_next_update,
             })
         })
         .collect();
@@ -1019,6 +1021,8 @@ mod tests {
                     address: "a:1".into(),
                     cores: 2,
                     build: "0.1.0".into(),
+                    tls_cert_not_after: 1_800_000_000,
+                    crl_next_update: 0,
                 }),
                 applied_version: 4,
                 latest_version: 5,
@@ -1031,5 +1035,7 @@ mod tests {
         assert_eq!(v["nodes"][0]["appliedVersion"], 4);
         assert_eq!(v["nodes"][0]["lastError"], "bad snapshot");
         assert_eq!(v["nodes"][0]["lastHeartbeatUnixMs"], 123);
+        assert_eq!(v["nodes"][0]["tlsCertNotAfter"], 1_800_000_000);
+        assert_eq!(v["nodes"][0]["crlNextUpdate"], 0);
     }
 }

@@ -120,6 +120,16 @@ pub fn age(ms: i64) -> String {
     }
 }
 
+/// How long until `unix_s` (a certificate's notAfter) from `now_ms`:
+/// `89d03h`, `expired`, or `-` for 0 (no TLS).
+pub fn time_left(unix_s: i64, now_ms: i64) -> String {
+    match unix_s {
+        0 => "-".into(),
+        s if s.saturating_mul(1000) <= now_ms => "expired".into(),
+        s => age(s.saturating_mul(1000) - now_ms),
+    }
+}
+
 /// At most `max` characters, the last one `…` when cut; one line.
 pub fn truncate(s: &str, max: usize) -> String {
     let one_line = s.replace(['\n', '\r'], " ");
@@ -145,6 +155,7 @@ pub fn nodes(resp: &ListNodesResponse, now_ms: i64) -> String {
                 or_dash(&node.address),
                 node.cores.to_string(),
                 or_dash(&node.build),
+                time_left(node.tls_cert_not_after, now_ms),
                 n.applied_version.to_string(),
                 (latest - n.applied_version).max(0).to_string(),
                 if n.last_heartbeat_unix_ms > 0 {
@@ -162,7 +173,7 @@ pub fn nodes(resp: &ListNodesResponse, now_ms: i64) -> String {
         .collect();
     let mut out = render(
         &[
-            "ID", "ADDRESS", "CORES", "BUILD", "VERSION", "LAG", "AGE", "ERROR",
+            "ID", "ADDRESS", "CORES", "BUILD", "CERT", "VERSION", "LAG", "AGE", "ERROR",
         ],
         &rows,
     );
@@ -249,6 +260,15 @@ spec: { host: 10.1.2.3, port: 6432, database: billing, user: ro }
     }
 
     #[test]
+    fn certificates_show_the_time_they_have_left() {
+        assert_eq!(time_left(0, 5_000), "-");
+        assert_eq!(time_left(5, 5_000), "expired");
+        assert_eq!(time_left(4, 5_000), "expired");
+        assert_eq!(time_left(7_205, 5_000), "2h00m");
+        assert!(!time_left(i64::MAX, 5_000).is_empty());
+    }
+
+    #[test]
     fn errors_are_cut_to_one_short_line() {
         assert_eq!(truncate("short", 10), "short");
         assert_eq!(truncate("a\nb", 10), "a b");
@@ -268,6 +288,8 @@ spec: { host: 10.1.2.3, port: 6432, database: billing, user: ro }
                         address: "10.0.0.5:6432".into(),
                         cores: 8,
                         build: "0.1.0".into(),
+                        tls_cert_not_after: (1_000_000 + 3 * 86_400_000) / 1000,
+                        crl_next_update: 0,
                     }),
                     applied_version: 12,
                     latest_version: 12,
@@ -280,6 +302,7 @@ spec: { host: 10.1.2.3, port: 6432, database: billing, user: ro }
                         address: "10.0.0.6:6432".into(),
                         cores: 4,
                         build: "0.1.0".into(),
+                        ..Default::default()
                     }),
                     applied_version: 9,
                     latest_version: 12,
@@ -293,17 +316,18 @@ spec: { host: 10.1.2.3, port: 6432, database: billing, user: ro }
         assert_eq!(lines.len(), 4, "{t}");
         assert!(
             lines[0].starts_with(
-                "ID     ADDRESS         CORES   BUILD   VERSION   LAG   AGE     ERROR"
+                "ID     ADDRESS         CORES   BUILD   CERT    VERSION   LAG   AGE     ERROR"
             ),
             "{t}"
         );
         assert!(
-            lines[1]
-                .starts_with("dp-1   10.0.0.5:6432   8       0.1.0   12        0     1.2s    -"),
+            lines[1].starts_with(
+                "dp-1   10.0.0.5:6432   8       0.1.0   3d00h   12        0     1.2s    -"
+            ),
             "{t}"
         );
         assert!(
-            lines[2].contains("   9         3     1m05s   doc 1 (Connection orders): "),
+            lines[2].contains(" -       9         3     1m05s   doc 1 (Connection orders): "),
             "{t}"
         );
         assert!(lines[2].ends_with('…'), "{t}");
