@@ -456,7 +456,9 @@ pub struct ServerTls {
     /// handshake, and the sessions it opened end at their next statement
     /// once a reloaded list revokes it. With any list given, a client
     /// certificate whose issuer has none is refused too (its status is
-    /// unknown), unless `client_crl_allow_unknown`. Needs `client_ca_file`.
+    /// unknown), unless `client_crl_allow_unknown`. One list per issuer
+    /// (the handshake consults an issuer's first only: a second does not
+    /// load). Needs `client_ca_file`.
     #[serde(default)]
     pub client_crl_files: Vec<PathBuf>,
     /// Accept client certificates whose issuer has no list among

@@ -390,6 +390,12 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                 return Err(field(format!("no certificate in {}", ca.display())));
             }
             let mut crls = Vec::new();
+            // The file of each issuer's list: rustls-webpki consults the
+            // first list of a certificate's issuer only, so a second one
+            // (a newer list appended, another CA of the same name) would
+            // revoke nothing at the handshake while `Revocations` counted
+            // it. One list per issuer, then.
+            let mut issuers: HashMap<Vec<u8>, &Path> = HashMap::new();
             for (path, pem) in tls.client_crl_files.iter().zip(&files.crls) {
                 let field = |m: String| {
                     ConfigError::field("tls.client_crl_files", format!("{}: {m}", path.display()))
@@ -399,10 +405,15 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                     let crl = crl.map_err(|e| field(format!("bad PEM: {e}")))?;
                     let (_, parsed) = CertificateRevocationList::from_der(&crl)
                         .map_err(|e| field(format!("not a revocation list: {e}")))?;
-                    let serials = revocations
-                        .by_issuer
-                        .entry(parsed.issuer().as_raw().to_vec())
-                        .or_default();
+                    let issuer = parsed.issuer().as_raw().to_vec();
+                    if let Some(first) = issuers.insert(issuer.clone(), path) {
+                        return Err(field(format!(
+                            "a second revocation list of {} (the first is in {}): give one list per issuer, its latest (the TLS handshake would consult the first only)",
+                            parsed.issuer(),
+                            first.display()
+                        )));
+                    }
+                    let serials = revocations.by_issuer.entry(issuer).or_default();
                     let mut revoked = 0;
                     for r in parsed.iter_revoked_certificates() {
                         serials.insert(r.raw_serial().to_vec());
@@ -641,11 +652,18 @@ mod tests {
     impl Ca {
         /// What the handshake keeps of a client certificate with `serial`.
         fn client(&self, serial: u64) -> ClientCert {
+            ClientCert::from_der(&self.client_der(serial)).unwrap()
+        }
+
+        /// A client certificate with `serial` (DER).
+        fn client_der(&self, serial: u64) -> CertificateDer<'static> {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             p.serial_number = Some(serial.into());
-            let c = p.signed_by(&key, &self.cert, &self.key).unwrap();
-            ClientCert::from_der(c.der()).unwrap()
+            p.signed_by(&key, &self.cert, &self.key)
+                .unwrap()
+                .der()
+                .clone()
         }
 
         fn crl(&self, serials: &[u64]) -> String {
@@ -738,6 +756,55 @@ mod tests {
         let live = LiveTls::start(&none).unwrap();
         let c = a.client(5);
         assert_eq!(live.revocations.load().refuses(&c.issuer, &c.serial), None);
+    }
+
+    /// What the handshake's verifier (of the settings loaded last) says
+    /// of a client certificate, as a [`Refusal`].
+    fn handshake(live: &LiveTls, der: &CertificateDer<'_>) -> Option<Refusal> {
+        let tls = live.current.load();
+        let c = tls.client.as_ref().unwrap();
+        match c.verifier.verify_client_cert(der, &[], UnixTime::now()) {
+            Ok(_) => None,
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                Some(Refusal::Revoked)
+            }
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownRevocationStatus,
+            )) => Some(Refusal::Unknown),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    /// The handshake consults the first list of a certificate's issuer
+    /// only (rustls-webpki), open sessions every list: two lists of one
+    /// issuer do not load, or a certificate a later one revokes would pass
+    /// the handshake.
+    #[test]
+    fn one_list_per_issuer() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ca("agents");
+        let cfg = files(dir.path(), &[&a], &[a.crl(&[5]), a.crl(&[5, 6])]);
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("tls.client_crl_files") && e.contains("0.crl") && e.contains("1.crl"),
+            "{e}"
+        );
+        // In one file too.
+        let cfg = files(dir.path(), &[&a], &[a.crl(&[5]) + &a.crl(&[6])]);
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(e.contains("tls.client_crl_files"), "{e}");
+        // One list per issuer: the handshake and open sessions agree.
+        let b = ca("partners");
+        let cfg = files(dir.path(), &[&a, &b], &[a.crl(&[5]), b.crl(&[6])]);
+        let live = LiveTls::start(&cfg).unwrap();
+        for (ca, serial) in [(&a, 5), (&a, 6), (&b, 5), (&b, 6)] {
+            let der = ca.client_der(serial);
+            let c = ClientCert::from_der(&der).unwrap();
+            assert_eq!(
+                handshake(&live, &der),
+                live.revocations.load().refuses(&c.issuer, &c.serial)
+            );
+        }
     }
 
     /// A reload loads changed files only; a set that does not load keeps
