@@ -374,6 +374,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
         (Some(ca), Some(pem)) => {
             let field = |m: String| ConfigError::field("tls.client_ca_file", m);
             let mut roots = rustls::RootCertStore::empty();
+            let mut cas = Vec::new();
             for c in CertificateDer::pem_slice_iter(pem) {
                 let c = c.map_err(|e| field(format!("bad PEM in {}: {e}", ca.display())))?;
                 described.client_cas.push(proto::AuditTlsCa {
@@ -382,6 +383,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                         .unwrap_or_default(),
                     sha256: sha256(&c),
                 });
+                cas.push(c.clone());
                 roots
                     .add(c)
                     .map_err(|e| field(format!("bad CA certificate in {}: {e}", ca.display())))?;
@@ -405,6 +407,13 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                     let crl = crl.map_err(|e| field(format!("bad PEM: {e}")))?;
                     let (_, parsed) = CertificateRevocationList::from_der(&crl)
                         .map_err(|e| field(format!("not a revocation list: {e}")))?;
+                    if !signed_by_its_ca(&parsed, &cas) {
+                        return Err(field(format!(
+                            "its signature is not that of {}, the client CA of that name in {}",
+                            parsed.issuer(),
+                            ca.display()
+                        )));
+                    }
                     let issuer = parsed.issuer().as_raw().to_vec();
                     if let Some(first) = issuers.insert(issuer.clone(), path) {
                         return Err(field(format!(
@@ -477,6 +486,30 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
         revocations,
         facts,
     })
+}
+
+/// Whether a revocation list issued by one of the client CAs `cas` bears
+/// its signature. The handshake checks it (rustls-webpki), and refuses
+/// every certificate of that CA when it does not hold: better found out
+/// when the list loads. (A list of a CA not among `cas`, an intermediate,
+/// can only be checked at the handshake; a signature algorithm
+/// x509-parser does not know is left to the handshake too.)
+fn signed_by_its_ca(crl: &CertificateRevocationList<'_>, cas: &[CertificateDer<'_>]) -> bool {
+    let mut named = false;
+    for c in cas {
+        let Ok((_, c)) = X509Certificate::from_der(c) else {
+            continue;
+        };
+        if c.subject().as_raw() != crl.issuer().as_raw() {
+            continue;
+        }
+        named = true;
+        match crl.verify_signature(c.public_key()) {
+            Err(x509_parser::error::X509Error::SignatureVerificationError) => {}
+            _ => return true,
+        }
+    }
+    !named
 }
 
 /// The node's client-facing TLS: what its files held when they last
@@ -917,10 +950,33 @@ mod tests {
             e.contains("tls.client_crl_files") && e.contains("missing.crl"),
             "{e}"
         );
-        // A list signed by another key: found out at the handshake (its
-        // signature is checked there), so it loads.
+    }
+
+    /// A list that names a client CA as its issuer but that CA did not sign
+    /// (another CA of the same name, the CA's key rotated) does not load:
+    /// loaded, it would fail the handshake of every certificate of that
+    /// CA (rustls-webpki checks the list's signature there) while the
+    /// sessions those certificates opened went on.
+    #[test]
+    fn lists_a_client_ca_did_not_sign_do_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ca("agents");
         let other = ca("agents");
         let cfg = files(dir.path(), &[&a], &[other.crl(&[1])]);
-        LiveTls::start(&cfg).unwrap();
+        let e = LiveTls::start(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("tls.client_crl_files") && e.contains("0.crl") && e.contains("signature"),
+            "{e}"
+        );
+        // On a reload too: the last good list stays.
+        let cfg = files(dir.path(), &[&a], &[a.crl(&[1])]);
+        let live = LiveTls::start(&cfg).unwrap();
+        std::fs::write(&cfg.client_crl_files[0], other.crl(&[1])).unwrap();
+        assert!(matches!(live.reload(), Reload::Failed { .. }));
+        assert_eq!(handshake(&live, &a.client_der(2)), None);
+        // Two client CAs of one name: the list of either loads.
+        let cfg = files(dir.path(), &[&other, &a], &[a.crl(&[1])]);
+        let live = LiveTls::start(&cfg).unwrap();
+        assert_eq!(handshake(&live, &a.client_der(1)), Some(Refusal::Revoked));
     }
 }
