@@ -1010,19 +1010,19 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
 
 /// Waits until `/metrics` shows `name` at `want` or more (a reload done).
 async fn wait_metric(gw: &Gateway, name: &str, want: f64) {
-    wait_labeled(gw, name, &[], want).await
+    wait_for(gw, &format!("{name} at {want}"), || {
+        gw.metrics().get(name, &[]) >= want
+    })
+    .await;
 }
 
-/// As [`wait_metric`], for the series with `labels` (a refused TLS
-/// handshake is counted after the client has seen the alert).
-async fn wait_labeled(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) {
+/// Waits until `done` holds (what the gateway does after a client saw
+/// its answer: an auth failure counted after the TLS alert went out, a
+/// log line after the counter it follows).
+async fn wait_for(gw: &Gateway, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while gw.metrics().get(name, labels) < want {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {want}\n{}",
-            gw.log()
-        );
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}\n{}", gw.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -1061,6 +1061,18 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     let mut agent7 = gw.config("agent7", "", "app");
     agent7.ssl_mode(SslMode::Require);
     let id = "spiffe://corp.example/agent/7";
+    let refused = |r: &str| {
+        gw.metrics()
+            .get("sluice_auth_failures_total", &[("reason", r)])
+    };
+    // (Counted once the client has its TLS alert: waited for, then exact.)
+    let counted = |r: &'static str, n: f64| {
+        let gw = &gw;
+        async move {
+            wait_for(gw, &format!("{r} at {n}"), || refused(r) >= n).await;
+            assert_eq!(refused(r), n, "{r}");
+        }
+    };
 
     let c1 = connect_tls(&agent7, ca.client_serial(1, id, "a7"))
         .await
@@ -1072,26 +1084,14 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
         .err()
         .unwrap();
     assert_eq!(db_code(&e), None, "{}", err_text(&e));
-    wait_labeled(
-        &gw,
-        "sluice_auth_failures_total",
-        &[("reason", "revoked_certificate")],
-        1.0,
-    )
-    .await;
+    counted("revoked_certificate", 1.0).await;
     // No list for the partner CA's certificates: status unknown.
     let e = connect_tls(&agent7, other.client_serial(9, id, "a7"))
         .await
         .err()
         .unwrap();
     assert_eq!(db_code(&e), None, "{}", err_text(&e));
-    wait_labeled(
-        &gw,
-        "sluice_auth_failures_total",
-        &[("reason", "unknown_revocation_status")],
-        1.0,
-    )
-    .await;
+    counted("unknown_revocation_status", 1.0).await;
     let m = gw.metrics();
     assert_eq!(m.get("sluice_tls_revoked_certificates", &[]), 1.0);
     assert!(m.get("sluice_tls_crl_next_update_timestamp_seconds", &[]) > 0.0);
@@ -1112,13 +1112,7 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     assert!(connect_tls(&agent7, ca.client_serial(1, id, "a7"))
         .await
         .is_err());
-    wait_labeled(
-        &gw,
-        "sluice_auth_failures_total",
-        &[("reason", "revoked_certificate")],
-        2.0,
-    )
-    .await;
+    counted("revoked_certificate", 2.0).await;
     let c3 = connect_tls(&agent7, ca.client_serial(3, id, "a7"))
         .await
         .unwrap();
@@ -1132,7 +1126,10 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     .unwrap();
     hangup(&gw);
     wait_metric(&gw, "sluice_tls_reload_failures_total", 1.0).await;
-    assert!(gw.log().contains("TLS files not reloaded"), "{}", gw.log());
+    wait_for(&gw, "the failed reload logged", || {
+        gw.log().contains("TLS files not reloaded")
+    })
+    .await;
     assert!(connect_tls(&agent7, ca.client_serial(1, id, "a7"))
         .await
         .is_err());
