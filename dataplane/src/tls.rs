@@ -27,7 +27,7 @@ use rustls::server::{
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+use x509_parser::prelude::{CertificateRevocationList, FromDer, ParsedExtension, X509Certificate};
 
 use crate::config::{self, ConfigError};
 
@@ -260,12 +260,15 @@ pub struct Loaded {
 
 /// The client certificates the revocation lists revoke, by issuer, as the
 /// TLS handshake checks them (the end-entity certificate only, a list
-/// applying to the certificates whose issuer is its issuer): what sessions
+/// applying to the certificates whose issuer is its issuer, a list of CA
+/// certificates only, an ARL, to none of them): what sessions
 /// opened earlier are checked against when the lists change.
 #[derive(Debug, Default)]
 pub struct Revocations {
     /// Issuer name (DER) → serial numbers (DER contents) revoked.
     by_issuer: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// Whether any list was given (the handshake checks then).
+    checking: bool,
     allow_unknown: bool,
     /// Which load of the files these are from (1 for the first).
     pub generation: u64,
@@ -275,7 +278,7 @@ impl Revocations {
     /// Why a certificate of `issuer` with serial `serial` is no longer
     /// accepted, if it is not. Never, without lists.
     pub fn refuses(&self, issuer: &[u8], serial: &[u8]) -> Option<Refusal> {
-        if self.by_issuer.is_empty() {
+        if !self.checking {
             return None;
         }
         match self.by_issuer.get(issuer) {
@@ -414,6 +417,20 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                             ca.display()
                         )));
                     }
+                    // A list of CA certificates only (an ARL): never
+                    // consulted for the client's own certificate (the
+                    // handshake checks no other), so not its issuer's list.
+                    let cas_only = parsed.extensions().iter().any(|e| {
+                        matches!(
+                            e.parsed_extension(),
+                            ParsedExtension::IssuingDistributionPoint(p) if p.only_contains_ca_certs
+                        )
+                    });
+                    if cas_only {
+                        crls.push(crl);
+                        n += 1;
+                        continue;
+                    }
                     let issuer = parsed.issuer().as_raw().to_vec();
                     if let Some(first) = issuers.insert(issuer.clone(), path) {
                         return Err(field(format!(
@@ -451,6 +468,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                 }
             }
             facts.crls = crls.len();
+            revocations.checking = !crls.is_empty();
             let mut b =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .allow_unauthenticated();
@@ -700,12 +718,33 @@ mod tests {
         }
 
         fn crl(&self, serials: &[u64]) -> String {
+            self.crl_scoped(serials, None)
+        }
+
+        /// A list of CA certificates only (an ARL: `onlyContainsCACerts`).
+        fn arl(&self, serials: &[u64]) -> String {
+            self.crl_scoped(
+                serials,
+                Some(rcgen::CrlIssuingDistributionPoint {
+                    distribution_point: rcgen::CrlDistributionPoint {
+                        uris: vec!["http://ca.example/arl".into()],
+                    },
+                    scope: Some(rcgen::CrlScope::CaCertsOnly),
+                }),
+            )
+        }
+
+        fn crl_scoped(
+            &self,
+            serials: &[u64],
+            idp: Option<rcgen::CrlIssuingDistributionPoint>,
+        ) -> String {
             let now = time::OffsetDateTime::now_utc();
             rcgen::CertificateRevocationListParams {
                 this_update: now,
                 next_update: now + time::Duration::days(7),
                 crl_number: 1u64.into(),
-                issuing_distribution_point: None,
+                issuing_distribution_point: idp,
                 revoked_certs: serials
                     .iter()
                     .map(|&n| rcgen::RevokedCertParams {
@@ -837,6 +876,34 @@ mod tests {
                 handshake(&live, &der),
                 live.revocations.load().refuses(&c.issuer, &c.serial)
             );
+        }
+    }
+
+    /// A list of CA certificates only (an ARL) is never consulted for a
+    /// client's own certificate at the handshake: open sessions do not
+    /// count it either (neither its serials nor as its issuer's list), and
+    /// it is no second list of its issuer.
+    #[test]
+    fn lists_of_ca_certificates_only_are_not_a_clients_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ca("agents");
+        for lists in [
+            vec![a.arl(&[6])],
+            vec![a.arl(&[6]), a.crl(&[5])],
+            vec![a.crl(&[5]), a.arl(&[6])],
+        ] {
+            let cfg = files(dir.path(), &[&a], &lists);
+            let live = LiveTls::start(&cfg).unwrap();
+            for serial in [5, 6, 7] {
+                let der = a.client_der(serial);
+                let c = ClientCert::from_der(&der).unwrap();
+                assert_eq!(
+                    live.revocations.load().refuses(&c.issuer, &c.serial),
+                    handshake(&live, &der),
+                    "serial {serial} of {} lists",
+                    lists.len()
+                );
+            }
         }
     }
 
