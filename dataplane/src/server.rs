@@ -36,6 +36,12 @@ pub fn raise_nofile_limit() -> u64 {
 
 /// Run the gateway until SIGTERM/SIGINT (drain) or a fatal error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // SIGHUP reloads (`reload_on_signal`); until its handler is in place,
+    // one sent while the node starts is ignored rather than ending it.
+    // SAFETY: setting a signal's disposition to ignore.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let nofile = raise_nofile_limit();
     // With a control plane the node starts empty and not ready; otherwise
     // the file is the configuration.
