@@ -49,6 +49,7 @@ fn main() {
         when_full: WhenFull::FailClosed,
         max_sql_bytes: 4096,
         boot: 1,
+        auth_failures_per_second: 0,
     });
     let prefix = session_fields(
         &AuditIdentity {

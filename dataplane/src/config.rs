@@ -208,6 +208,15 @@ pub struct Audit {
     /// batch holds, so shorter intervals cost throughput (measured in
     /// bench/RESULTS.md).
     pub flush_interval_ms: u64,
+    /// Authentication-failure records each core writes per second at most,
+    /// in bursts of up to ten seconds' worth (0: every one). Anyone who can
+    /// reach the port can fail a login, and each failure is a record: a
+    /// flood of them would otherwise fill the spool while the control
+    /// plane is away (then statements are refused, `fail_closed`) or take
+    /// the room of other records. Failures past the rate are counted
+    /// (`sluice_auth_failures_total`) and reported in the trail by number
+    /// (RECORDS_LOST, reason `auth_failures_rate_limited`).
+    pub auth_failures_per_second: u32,
 }
 
 impl Default for Audit {
@@ -222,6 +231,7 @@ impl Default for Audit {
             ring_bytes: 16 << 20,
             max_sql_bytes: 4096,
             flush_interval_ms: 50,
+            auth_failures_per_second: 100,
         }
     }
 }

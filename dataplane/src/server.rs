@@ -132,6 +132,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 WhenFullChoice::FailOpen => WhenFull::FailOpen,
             },
             flush_interval: Duration::from_millis(a.flush_interval_ms),
+            auth_failures_per_second: a.auth_failures_per_second,
         };
         let (audit, inits) = Audit::open(&settings, workers)?;
         audit.start()?;

@@ -1468,3 +1468,56 @@ async fn tls_cancels_and_headers_in_pieces_go_through_a_load_balancer() {
     assert_eq!(session("pp-pieces-v2"), ("192.0.2.77:40077".into(), false));
     assert_eq!(session("pp-pieces-v1"), ("203.0.113.8:40008".into(), false));
 }
+
+/// A flood of failed logins (anyone who can reach the port can cause one)
+/// does not fill the spool record by record: past
+/// `audit.auth_failures_per_second` (bursts of ten seconds' worth per
+/// core) the failures are counted, not written, and the trail says how
+/// many in RECORDS_LOST records (`auth_failures_rate_limited`). Every
+/// failure is in `sluice_auth_failures_total` all the same, and a good
+/// login still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failed_logins_is_recorded_by_number_past_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(&audited(dir.path(), "auth_failures_per_second: 1").workers(1));
+    let attempts = 40;
+    for _ in 0..attempts {
+        let e = sluice_tests::connect(&gw.config("agent1", "sk_wrong", "app"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(db_code(&e).as_deref(), Some("28P01"), "{}", err_text(&e));
+    }
+    sluice_tests::connect(&gw.agent_config())
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    let m = gw.metrics();
+    assert_eq!(
+        m.get("sluice_auth_failures_total", &[("reason", "bad_password")]),
+        attempts as f64
+    );
+    let limited = m.get("sluice_audit_auth_failures_rate_limited_total", &[]);
+    assert!(limited >= 1.0, "{limited}");
+    gw.stop();
+
+    let recs = records(dir.path());
+    let written = of_kind(&recs, AuditKind::AuthFailure).len();
+    let reported: u64 = of_kind(&recs, AuditKind::RecordsLost)
+        .iter()
+        .map(|r| r.loss.as_ref().unwrap())
+        .filter(|l| l.reason == "auth_failures_rate_limited")
+        .map(|l| l.records)
+        .sum();
+    assert_eq!(
+        written as u64 + reported,
+        attempts,
+        "{written} + {reported}"
+    );
+    assert_eq!(reported as f64, limited);
+    // Ten seconds' worth at once, and the refill while the logins ran.
+    assert!((10..attempts as usize).contains(&written), "{written}");
+    assert_eq!(of_kind(&recs, AuditKind::SessionStart).len(), 1);
+}

@@ -14,6 +14,10 @@ use super::ring::{AuditGate, RingFull, RingProducer, WhenFull, FRAME_HEADER_BYTE
 use super::tracker::Tracker;
 use crate::metrics::bump;
 
+/// Seconds' worth of authentication-failure records a core may write at
+/// once (see [`CoreAudit::admit_failure`]).
+pub const FAILURE_BURST_S: f64 = 10.0;
+
 /// What a worker needs to build its [`CoreAudit`] (moved to its thread).
 pub struct CoreInit {
     pub core: u32,
@@ -24,6 +28,8 @@ pub struct CoreInit {
     pub max_sql_bytes: usize,
     /// Random per process start; part of session ids.
     pub boot: u32,
+    /// Authentication-failure records per second (0: no limit).
+    pub auth_failures_per_second: u32,
 }
 
 /// See the module docs.
@@ -42,6 +48,11 @@ pub struct CoreAudit {
     sessions: Cell<u64>,
     /// Unix seconds of the last "refused"/"unaudited" log line.
     last_log: Cell<u64>,
+    /// Authentication-failure records: the rate (per second; 0: no limit),
+    /// and the bucket (records it holds now, when it was last filled).
+    failure_rate: u32,
+    failure_tokens: Cell<f64>,
+    failure_filled: Cell<Option<std::time::Instant>>,
 }
 
 impl CoreAudit {
@@ -59,6 +70,9 @@ impl CoreAudit {
             boot: init.boot,
             sessions: Cell::new(0),
             last_log: Cell::new(0),
+            failure_rate: init.auth_failures_per_second,
+            failure_tokens: Cell::new(f64::from(init.auth_failures_per_second) * FAILURE_BURST_S),
+            failure_filled: Cell::new(None),
         }
     }
 
@@ -80,6 +94,33 @@ impl CoreAudit {
         let n = self.sessions.get() + 1;
         self.sessions.set(n);
         format!("{:08x}-{}-{n}", self.boot, self.core)
+    }
+
+    /// Whether an authentication-failure record may be written now (within
+    /// `auth_failures_per_second`, bursts of [`FAILURE_BURST_S`] seconds'
+    /// worth); if not it is counted, to be reported by number.
+    pub fn admit_failure(&self, now: std::time::Instant) -> bool {
+        if self.failure_rate == 0 {
+            return true;
+        }
+        let rate = f64::from(self.failure_rate);
+        let mut tokens = self.failure_tokens.get();
+        if let Some(t) = self.failure_filled.get() {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            tokens = (tokens + dt * rate).min(rate * FAILURE_BURST_S);
+        }
+        self.failure_filled.set(Some(now));
+        if tokens >= 1.0 {
+            self.failure_tokens.set(tokens - 1.0);
+            true
+        } else {
+            self.failure_tokens.set(tokens);
+            bump(&self.stats.rate_limited, 1);
+            self.log_limited(|| {
+                tracing::warn!(core = self.core, limited = self.stats.rate_limited.load(Relaxed), per_second = self.failure_rate, "audit: authentication failures past audit.auth_failures_per_second are counted, not recorded one by one (a flood of failed logins?)");
+            });
+            false
+        }
     }
 
     /// Whether a new statement (or session) must be refused now: fail

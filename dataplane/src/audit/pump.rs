@@ -47,6 +47,9 @@ pub struct CoreAuditStats {
     /// statements' (which ran); under `fail_closed` only auth-failure and
     /// session start/end records (reported as `ring_full`).
     pub unaudited: AtomicU64,
+    /// Authentication-failure records not written: past the core's rate
+    /// (`auth_failures_per_second`; reported as `auth_failures_rate_limited`).
+    pub rate_limited: AtomicU64,
 }
 
 /// Audit counters and gauges for `/metrics`.
@@ -115,6 +118,9 @@ pub mod loss {
     pub const RING_DAMAGED: &str = "ring_damaged";
     /// A damaged ring file moved aside at start, unread.
     pub const RING_SET_ASIDE: &str = "ring_set_aside";
+    /// Authentication-failure records past a core's rate, not written
+    /// (`audit.auth_failures_per_second`).
+    pub const AUTH_FAILURES_RATE_LIMITED: &str = "auth_failures_rate_limited";
 }
 
 /// Losses of one core and reason not yet in the spool.
@@ -168,8 +174,10 @@ pub struct Pump {
     refusing: bool,
     /// Losses not yet reported, per (core, reason), merged.
     losses: BTreeMap<(u32, &'static str), Loss>,
-    /// Per core: its `unaudited` count already noted as lost.
+    /// Per core: its `unaudited` and `rate_limited` counts already noted
+    /// as lost.
     unaudited_seen: Vec<u64>,
+    limited_seen: Vec<u64>,
     /// When the `unaudited` counts were last read (Unix ns).
     checked_at: i64,
     /// When losses were last written (or tried).
@@ -204,6 +212,11 @@ impl Pump {
             .iter()
             .map(|c| c.unaudited.load(Relaxed))
             .collect();
+        let limited_seen = stats
+            .cores
+            .iter()
+            .map(|c| c.rate_limited.load(Relaxed))
+            .collect();
         let p = Pump {
             spool,
             rings,
@@ -219,6 +232,7 @@ impl Pump {
             refusing: false,
             losses: BTreeMap::new(),
             unaudited_seen,
+            limited_seen,
             checked_at: unix_nanos(),
             reported_at: None,
             unaudited_reason: loss::FAIL_OPEN,
@@ -453,6 +467,19 @@ impl Pump {
                     now,
                 );
                 self.unaudited_seen[core] = n;
+            }
+            let n = c.rate_limited.load(Relaxed);
+            let seen = self.limited_seen.get(core).copied().unwrap_or(0);
+            if n > seen {
+                self.note_loss(
+                    core as u32,
+                    loss::AUTH_FAILURES_RATE_LIMITED,
+                    n - seen,
+                    0,
+                    self.checked_at.min(now),
+                    now,
+                );
+                self.limited_seen[core] = n;
             }
         }
         self.checked_at = now;

@@ -42,6 +42,9 @@ pub struct AuditSettings {
     /// How often the drain thread moves ring records to the spool (one
     /// append, and with `fsync: batch` one fdatasync, per interval at most).
     pub flush_interval: Duration,
+    /// Authentication-failure records per core per second (0: no limit;
+    /// see `config::Audit::auth_failures_per_second`).
+    pub auth_failures_per_second: u32,
 }
 
 /// See the module docs.
@@ -212,6 +215,7 @@ impl Audit {
                 when_full: s.when_full,
                 max_sql_bytes: s.max_sql_bytes,
                 boot,
+                auth_failures_per_second: s.auth_failures_per_second,
             });
         }
         // Rings of cores this run does not have (fewer workers than last
@@ -482,6 +486,7 @@ mod tests {
             max_sql_bytes: 4096,
             when_full: WhenFull::FailClosed,
             flush_interval: Duration::from_millis(10),
+            auth_failures_per_second: 0,
         }
     }
 
@@ -572,6 +577,39 @@ mod tests {
                 .collect();
             assert_eq!(got, [(reason.to_string(), 2)], "{when_full:?}");
         }
+    }
+
+    /// Authentication-failure records past `auth_failures_per_second`
+    /// (bursts of ten seconds' worth) are not written but counted, and
+    /// reported in the trail by number; the rate refills with time.
+    #[test]
+    fn auth_failures_past_the_rate_are_reported_by_number() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = settings(d.path());
+        s.auth_failures_per_second = 3;
+        let (audit, inits) = Audit::open(&s, 1).unwrap();
+        let core = CoreAudit::new(inits.into_iter().next().unwrap());
+        let t0 = std::time::Instant::now();
+        let admitted = (0..40).filter(|_| core.admit_failure(t0)).count();
+        assert_eq!(admitted, 30, "a burst of ten seconds' worth");
+        assert!(!core.admit_failure(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_millis(1100);
+        assert_eq!((0..5).filter(|_| core.admit_failure(later)).count(), 3);
+        audit.pump().step().unwrap();
+        let got: Vec<(String, u64)> = audit
+            .pump()
+            .unacked(0, 10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.loss)
+            .map(|l| (l.reason, l.records))
+            .collect();
+        assert_eq!(got, [("auth_failures_rate_limited".to_string(), 13)]);
+        // 0: no limit.
+        let d = tempfile::tempdir().unwrap();
+        let (_audit, inits) = Audit::open(&settings(d.path()), 1).unwrap();
+        let core = CoreAudit::new(inits.into_iter().next().unwrap());
+        assert!((0..1000).all(|_| core.admit_failure(t0)));
     }
 
     #[test]

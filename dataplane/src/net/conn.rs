@@ -704,6 +704,9 @@ fn audit_auth_failure(
     reason: &str,
     reply: &[u8],
 ) {
+    if !core.admit_failure(Instant::now()) {
+        return;
+    }
     let f = backend::parse_error_fields(reply.get(5..).unwrap_or_default());
     let mut rec = proto::AuditRecord {
         metadata: Some(proto::AuditMetadata {
