@@ -77,6 +77,11 @@ enum Command {
         /// common name. Written as client-1.pem/.key, client-2…
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Revoke a client certificate this CA issued (repeatable): adds it
+        /// to DIR/ca.crl (for `tls.client_crl_files`), keeping the CA and
+        /// everything else in DIR as they are.
+        #[arg(long = "revoke", conflicts_with_all = ["clients"])]
+        revoke: Vec<PathBuf>,
     },
     /// Summarise a stopped node's audit spool directory as JSON: records
     /// waiting in the spool and in the core rings, by kind.
@@ -122,14 +127,30 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some(Command::DevCerts { dir, revoke, .. }) if !revoke.is_empty() => {
+            match dataplane::devcerts::revoke(&dir, &revoke) {
+                Ok(n) => {
+                    println!(
+                        "wrote {}/ca.crl ({n} revoked; `kill -HUP` a node that has it in tls.client_crl_files, or wait tls.reload_interval_s)",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice-dp: dev-certs --revoke: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::DevCerts {
             dir,
             hosts,
             clients,
+            ..
         }) => match dataplane::devcerts::write(&dir, &hosts, &clients) {
             Ok(written) => {
                 println!(
-                    "wrote {0}/ca.pem {0}/ca.key {0}/server.pem {0}/server.key",
+                    "wrote {0}/ca.pem {0}/ca.key {0}/ca.crl {0}/server.pem {0}/server.key",
                     dir.display()
                 );
                 for c in written {

@@ -440,13 +440,16 @@ async fn sslmode_against_gateway_without_tls() {
 
 /// psql logs in with a client certificate (`sslcert`/`sslkey`) that
 /// `sluice-dp dev-certs --client` issued: the identity whose SPIFFE ID it
-/// carries, no password, verify-full against the same dev CA.
+/// carries, no password, verify-full against the same dev CA. Revoked with
+/// `dev-certs --revoke` (the list the node loads on SIGHUP), it no longer
+/// does; the other certificate still does.
 #[test]
 fn psql_logs_in_with_a_client_certificate_from_dev_certs() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(process::sluice_bin());
     cmd.args(["dev-certs", "--dir"])
         .arg(dir.path())
+        .args(["--client", "spiffe://corp.example/agent/7"])
         .args(["--client", "spiffe://corp.example/agent/7"]);
     let out = process::run(&mut cmd, None, Duration::from_secs(60));
     out.assert_success("sluice-dp dev-certs --client");
@@ -463,10 +466,11 @@ fn psql_logs_in_with_a_client_certificate_from_dev_certs() {
             .into(),
     );
     let yaml = format!(
-        "tls: {{ cert_file: {:?}, key_file: {:?}, client_ca_file: {:?} }}\n{}",
+        "tls: {{ cert_file: {:?}, key_file: {:?}, client_ca_file: {:?}, client_crl_files: [{:?}] }}\n{}",
         p("server.pem"),
         p("server.key"),
         p("ca.pem"),
+        p("ca.crl"),
         cfg.to_yaml()
     );
     let gw = Gateway::start(&yaml);
@@ -480,6 +484,27 @@ fn psql_logs_in_with_a_client_certificate_from_dev_certs() {
     let out = psql(&url, &["-A", "-t", "-c", "select current_user"], &[], None);
     out.assert_success("psql with a client certificate");
     assert_eq!(out.stdout.trim(), "app_owner");
+
+    let mut cmd = Command::new(process::sluice_bin());
+    cmd.args(["dev-certs", "--dir"])
+        .arg(dir.path())
+        .arg("--revoke")
+        .arg(p("client-1.pem"));
+    let out = process::run(&mut cmd, None, Duration::from_secs(60));
+    out.assert_success("sluice-dp dev-certs --revoke");
+    assert!(out.stdout.contains("1 revoked"), "{}", out.stdout);
+    // SAFETY: a signal to the gateway's own process.
+    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gw.metrics().get("sluice_tls_reloads_total", &[]) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = psql(&url, &["-A", "-t", "-c", "select 1"], &[], None);
+    assert!(!out.success(), "a revoked certificate logged in");
+    let second = url.replace("client-1.", "client-2.");
+    psql(&second, &["-A", "-t", "-c", "select 1"], &[], None)
+        .assert_success("psql with the certificate not revoked");
     // Without the certificate: refused, and told why.
     let bare = format!(
         "host=127.0.0.1 port={} user=agent7 dbname=app sslmode=require",
