@@ -52,11 +52,15 @@ pub mod engine;
 mod json;
 mod named;
 pub mod origins;
+mod phone;
 pub mod profile;
 pub mod rows;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod phone_tests;
 
 pub use classify::Kernel;
 pub use engine::{Builtin, Engine, HitAt, Hits, RuleId};
