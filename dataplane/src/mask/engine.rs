@@ -381,6 +381,9 @@ pub struct Engine {
     /// number by without the scan (bit `i` for layout `i`; see
     /// [`Engine::phone_cell`] and [`Engine::phone_layouts`]).
     phone_cells: u16,
+    /// For each of those layouts, the bytes of its cells the phone mask
+    /// rewrites (`phone::rewritten`).
+    phone_lanes: [[u64; 2]; phone::LAYOUTS.len()],
 }
 
 impl std::fmt::Debug for Engine {
@@ -954,8 +957,12 @@ impl Engine {
                 h.finish()
             },
             phone_cells: 0,
+            phone_lanes: [[0; 2]; phone::LAYOUTS.len()],
         };
         engine.phone_cells = engine.phone_layouts();
+        for (lanes, l) in engine.phone_lanes.iter_mut().zip(&phone::LAYOUTS) {
+            *lanes = phone::rewritten(l, &engine.fmt);
+        }
         Ok(engine)
     }
 
@@ -1728,11 +1735,11 @@ impl Engine {
     /// validators spend on it; any other by the scan.
     #[inline(never)]
     fn phone_cell(&self, buf: &mut [u8], hits: &mut Hits) -> u32 {
-        if !phone::layout_of(buf, self.phone_cells) {
+        let Some(i) = phone::layout_of(buf, self.phone_cells) else {
             return self.scan_value(buf, hits);
-        }
-        let n = buf.len();
-        detect::mask_range(buf, 0, n, self.fmt.phone_keep, &self.fmt);
+        };
+        // (`mask_range` over the cell, as `phone::rewritten` found it.)
+        phone::mask(buf, self.phone_lanes[i], self.fmt.ch);
         hits.add_at(Builtin::Phone, 0, 1);
         1
     }

@@ -31,6 +31,7 @@
 //! the opener's first digit is masked (`Engine::phone_layouts` checks both).
 
 use super::classify::BlockMasks;
+use super::detect::{mask_range, Fmt};
 
 /// The cells a layout may be, by length.
 pub(super) const MIN_LEN: usize = 12;
@@ -121,22 +122,63 @@ pub(super) fn may_be(n: usize, b: u8) -> bool {
     (FIRST >> (b & 63)) & len & u64::from(b < 64) != 0
 }
 
-/// Whether `cell` (of `MIN_LEN` to `MAX_LEN` bytes) is one of the layouts
-/// whose bit is set in `on`.
+/// The first eight and the last eight bytes of a cell of 8 bytes or more.
 #[inline(always)]
-pub(super) fn layout_of(cell: &[u8], on: u16) -> bool {
-    let n = cell.len();
+fn words(cell: &[u8]) -> (u64, u64) {
     let word = |i: usize| u64::from_le_bytes(cell[i..i + 8].try_into().unwrap());
-    let (first, last) = (word(0), word(n - 8));
+    (word(0), word(cell.len() - 8))
+}
+
+/// Which of the layouts whose bit is set in `on` `cell` (of `MIN_LEN` to
+/// `MAX_LEN` bytes) is, if any.
+#[inline(always)]
+pub(super) fn layout_of(cell: &[u8], on: u16) -> Option<usize> {
+    let n = cell.len();
+    let (first, last) = words(cell);
     if (first | last) & HIGH != 0 {
-        return false;
+        return None;
     }
-    LAYOUTS.iter().enumerate().any(|(i, l)| {
+    LAYOUTS.iter().enumerate().position(|(i, l)| {
         l.n == n
             && on >> i & 1 != 0
             && within(first, l.min[0], l.max[0])
             && within(last, l.min[1], l.max[1])
     })
+}
+
+/// The bytes of a cell of a layout that `detect::mask_range` over all of
+/// it rewrites with `fmt` (as for [`mask`]: 0xff in each byte rewritten,
+/// of the first and the last eight), found by masking a cell of the
+/// layout. They are the same for every cell of it: which bytes
+/// `mask_range` rewrites follows from which are letters or digits, which
+/// are its structural bytes, and where the kept suffix starts, all fixed by
+/// the layout; and it rewrites them to the mask character, none of the
+/// layout's bytes (`Engine::phone_layouts`), so every one changes.
+pub(super) fn rewritten(l: &Layout, fmt: &Fmt) -> [u64; 2] {
+    let mut cell: Vec<u8> = l.pattern.iter().map(|&b| range(b).1).collect();
+    let before = words(&cell);
+    mask_range(&mut cell, 0, l.n, fmt.phone_keep, fmt);
+    let after = words(&cell);
+    let lanes = |a: u64, b: u64| {
+        (0..8).fold(0u64, |m, i| {
+            let byte = 0xffu64 << (8 * i);
+            m | if (a ^ b) & byte != 0 { byte } else { 0 }
+        })
+    };
+    [lanes(before.0, after.0), lanes(before.1, after.1)]
+}
+
+/// `detect::mask_range` over all of `cell`, a cell of a layout whose
+/// [`rewritten`] bytes are `lanes`, with mask character `ch`: those bytes
+/// set to it, with two word stores (both words read first).
+#[inline(always)]
+pub(super) fn mask(cell: &mut [u8], lanes: [u64; 2], ch: u8) {
+    let n = cell.len();
+    let fill = u64::from(ch) * 0x0101_0101_0101_0101;
+    let (first, last) = words(cell);
+    let put = |w: u64, m: u64| w & !m | fill & m;
+    cell[n - 8..].copy_from_slice(&put(last, lanes[1]).to_le_bytes());
+    cell[..8].copy_from_slice(&put(first, lanes[0]).to_le_bytes());
 }
 
 impl Layout {
