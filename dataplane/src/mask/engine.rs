@@ -1110,6 +1110,27 @@ impl Engine {
         if (self.any_builtin || self.custom) && any_high(value) {
             return self.mask_counted_high(value, hits);
         }
+        // (Most values have only the detectors to run, as
+        // `mask_counted_ascii` would run them: called last, so that this
+        // function needs no frame of its own on their way.)
+        if self.any_builtin && !self.custom && !self.may_walk(value) {
+            return self.scan_builtin(value, hits);
+        }
+        self.mask_counted_walked(value, hits)
+    }
+
+    /// Whether [`Engine::mask_counted_ascii`] runs more than the
+    /// detectors on `value`: the JSON walk or the whole-value tokens.
+    #[inline(always)]
+    fn may_walk(&self, value: &[u8]) -> bool {
+        (self.json_walk && super::json::may_start(value))
+            || (self.any_whole && (detect::may_be_whole(value) || may_list(value)))
+    }
+
+    /// [`Engine::mask_counted`] of an ASCII value with more to run than
+    /// the detectors (out of line: see there).
+    #[inline(never)]
+    fn mask_counted_walked(&self, value: &mut [u8], hits: &mut Hits) -> u32 {
         self.mask_counted_ascii(value, hits)
     }
 
