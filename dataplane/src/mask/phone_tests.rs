@@ -45,13 +45,19 @@ fn profiles() -> Vec<MaskingProfile> {
 }
 
 /// Pairs of engines to compare: with the short cut and without, for each
-/// profile, with the kernel of this CPU and the scalar one.
+/// profile, with the kernel of this CPU and the others it has.
 fn engines() -> &'static [(Engine, Engine)] {
     static E: std::sync::OnceLock<Vec<(Engine, Engine)>> = std::sync::OnceLock::new();
     E.get_or_init(|| {
         let mut v = Vec::new();
         for p in profiles() {
-            for kernel in [None, Some(Kernel::Scalar)] {
+            let others = [Kernel::Avx2, Kernel::Ssse3, Kernel::Scalar];
+            for kernel in std::iter::once(None).chain(
+                others
+                    .into_iter()
+                    .filter(|k| k.available() && *k != Kernel::best())
+                    .map(Some),
+            ) {
                 let compile = || match kernel {
                     None => Engine::compile(&p).unwrap(),
                     Some(k) => Engine::compile_with_kernel(&p, k).unwrap(),
