@@ -1715,7 +1715,7 @@ impl Engine {
         // (Other cells pay a few instructions and a branch that is rarely
         // taken; both ways end in a tail call, so this function keeps no
         // frame of its own.)
-        if self.phone_cells != 0 && phone::may_be(buf.len(), buf[0]) {
+        if self.phone_cells != 0 && phone::may_be(buf) {
             return self.phone_cell(buf, hits);
         }
         self.scan_value(buf, hits)

@@ -112,13 +112,14 @@ fn within(w: u64, min: u64, max: u64) -> bool {
     ((w | HIGH) - min) & ((max | HIGH) - w) & HIGH == HIGH
 }
 
-/// Whether a cell of `n` bytes whose first byte is `b` may be of a layout
-/// (the cheap test before [`layout_of`]): one branch, on a bit of a set of
-/// the first bytes, cleared for other lengths.
+/// Whether `cell` may be of a layout (the cheap test before
+/// [`layout_of`]): a bit of a set of the first bytes, cleared for other
+/// lengths.
 #[inline(always)]
-pub(super) fn may_be(n: usize, b: u8) -> bool {
+pub(super) fn may_be(cell: &[u8]) -> bool {
     const FIRST: u64 = 1 << b'+' | 1 << b'(' | 0x3ff << b'0';
-    let len = u64::from(n.wrapping_sub(MIN_LEN) <= MAX_LEN - MIN_LEN);
+    let b = cell.first().copied().unwrap_or(0);
+    let len = u64::from(cell.len().wrapping_sub(MIN_LEN) <= MAX_LEN - MIN_LEN);
     (FIRST >> (b & 63)) & len & u64::from(b < 64) != 0
 }
 
