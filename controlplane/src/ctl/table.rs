@@ -121,12 +121,14 @@ pub fn age(ms: i64) -> String {
 }
 
 /// How long until `unix_s` (a certificate's notAfter) from `now_ms`:
-/// `89d03h`, `expired`, or `-` for 0 (no TLS).
+/// `89d03h`, `3y` past a thousand days, `expired`, or `-` for 0 (no TLS).
 pub fn time_left(unix_s: i64, now_ms: i64) -> String {
-    match unix_s {
-        0 => "-".into(),
-        s if s.saturating_mul(1000) <= now_ms => "expired".into(),
-        s => age(s.saturating_mul(1000) - now_ms),
+    const DAY_MS: i64 = 86_400_000;
+    match unix_s.saturating_mul(1000).saturating_sub(now_ms) {
+        _ if unix_s == 0 => "-".into(),
+        left if left <= 0 => "expired".into(),
+        left if left >= 1000 * DAY_MS => format!("{}y", left / (365 * DAY_MS)),
+        left => age(left),
     }
 }
 
@@ -265,6 +267,8 @@ spec: { host: 10.1.2.3, port: 6432, database: billing, user: ro }
         assert_eq!(time_left(5, 5_000), "expired");
         assert_eq!(time_left(4, 5_000), "expired");
         assert_eq!(time_left(7_205, 5_000), "2h00m");
+        assert_eq!(time_left(5 + 2000 * 86_400, 5_000), "5y");
+        assert_eq!(time_left(67_090_118_400, 1_795_000_000_000), "2070y");
         assert!(!time_left(i64::MAX, 5_000).is_empty());
     }
 
