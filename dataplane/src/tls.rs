@@ -90,13 +90,29 @@ impl ServerTls {
 
 /// RFC 5929's `tls-server-end-point` channel binding data of a certificate
 /// (DER): its hash by the hash function of its signature algorithm, SHA-256
-/// for MD5 and SHA-1, as PostgreSQL computes it. None for signature
-/// algorithms without one to take (Ed25519, RSASSA-PSS): those servers do
-/// not offer channel binding.
+/// for MD5 and SHA-1, as PostgreSQL and libpq compute it (OpenSSL's
+/// `X509_get_signature_info`: for RSASSA-PSS, the hash its parameters
+/// name, SHA-1 when they name none). None for signature algorithms without
+/// a hash to take (Ed25519): those servers do not offer channel binding.
 pub fn end_point(cert: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::oid_registry as o;
+    use x509_parser::signature_algorithm::SignatureAlgorithm;
     let (_, c) = X509Certificate::from_der(cert).ok()?;
     let oid = &c.signature_algorithm.algorithm;
+    if *oid == o::OID_PKCS1_RSASSAPSS {
+        let SignatureAlgorithm::RSASSA_PSS(p) =
+            SignatureAlgorithm::try_from(&c.signature_algorithm).ok()?
+        else {
+            return None;
+        };
+        let alg = match p.hash_algorithm_oid() {
+            h if *h == o::OID_HASH_SHA1 || *h == o::OID_NIST_HASH_SHA256 => &ring::digest::SHA256,
+            h if *h == o::OID_NIST_HASH_SHA384 => &ring::digest::SHA384,
+            h if *h == o::OID_NIST_HASH_SHA512 => &ring::digest::SHA512,
+            _ => return None,
+        };
+        return Some(ring::digest::digest(alg, cert).as_ref().to_vec());
+    }
     let alg = if [
         o::OID_PKCS1_MD5WITHRSAENC,
         o::OID_PKCS1_SHA1WITHRSA,
@@ -990,6 +1006,32 @@ mod tests {
         );
         assert_eq!(end_point(&cert(&rcgen::PKCS_ED25519)), None);
         assert_eq!(end_point(b"not a certificate"), None);
+    }
+
+    /// A certificate signed with RSASSA-PSS is hashed with the hash its
+    /// PSS parameters name, as OpenSSL's `X509_get_signature_info` tells
+    /// libpq and PostgreSQL (both bind such a server since OpenSSL 1.1.1):
+    /// with none, a `channel_binding=require` client could not log in.
+    #[test]
+    fn end_point_of_an_rsa_pss_certificate_takes_its_pss_hash() {
+        let der = |pem: &[u8]| {
+            CertificateDer::pem_slice_iter(pem)
+                .next()
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        // (What `openssl x509 -outform der | sha256sum` / `sha384sum` give.)
+        let c256 = der(include_bytes!("../../tests/fixtures/tls_pss_sha256.pem"));
+        assert_eq!(
+            end_point(&c256).as_deref(),
+            Some(ring::digest::digest(&ring::digest::SHA256, &c256).as_ref())
+        );
+        let c384 = der(include_bytes!("../../tests/fixtures/tls_pss_sha384.pem"));
+        assert_eq!(
+            end_point(&c384).as_deref(),
+            Some(ring::digest::digest(&ring::digest::SHA384, &c384).as_ref())
+        );
     }
 
     /// Start-up errors name the field.

@@ -133,6 +133,37 @@ fn psql_channel_binding_require() {
     assert!(out.stderr.contains("channel binding"), "{}", out.stderr);
 }
 
+/// A server certificate its CA signed with RSASSA-PSS: libpq binds to it
+/// by the PSS hash (OpenSSL's `X509_get_signature_info`), as it does with
+/// PostgreSQL itself, so `channel_binding=require` logs in here too.
+#[test]
+fn psql_channel_binding_require_with_an_rsa_pss_signed_certificate() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let certs = DevCerts {
+        dir: fixtures.clone(),
+        ca_pem: fixtures.join("unused-ca.pem"),
+        ca_key: fixtures.join("unused-ca.key"),
+        server_pem: fixtures.join("tls_pss_sha256.pem"),
+        server_key: fixtures.join("tls_pss.key"),
+    };
+    let gw = Gateway::start_with(
+        &GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(&certs, false),
+    );
+    let out = psql(
+        &gw.url(
+            "agent1",
+            &ApiKey::shared().key,
+            "app",
+            "sslmode=require&channel_binding=require",
+        ),
+        &["-A", "-t", "-c", "select 1"],
+        &[],
+        None,
+    );
+    out.assert_success("psql channel_binding=require, RSA-PSS-signed certificate");
+    assert_eq!(out.stdout.trim(), "1");
+}
+
 #[test]
 fn psql_sslmode_verify_full_with_dev_ca() {
     let gw = tls_gateway();
