@@ -37,11 +37,17 @@ pub fn raise_nofile_limit() -> u64 {
 /// Run the gateway until SIGTERM/SIGINT (drain) or a fatal error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // SIGHUP reloads (`reload_on_signal`); until its handler is in place,
-    // one sent while the node starts is ignored rather than ending it.
+    // one sent while the node starts must neither end it (the default
+    // action) nor be lost (an edit made while it started would never
+    // apply): blocked here, in every thread this one starts, it stays
+    // pending until `reload_on_signal` has its handler and unblocks it on
+    // this (the control) thread. (Ignored too, for any thread that does not
+    // block it: a blocked signal is never discarded as ignored.)
     // SAFETY: setting a signal's disposition to ignore.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    sighup_blocked(true);
     let nofile = raise_nofile_limit();
     // With a control plane the node starts empty and not ready; otherwise
     // the file is the configuration.
@@ -314,6 +320,10 @@ async fn reload_on_signal(
             return;
         }
     };
+    // (This task runs on the thread `run` blocked it on, the control
+    // thread's current-thread runtime: one sent while the node started is
+    // delivered now, and handled below.)
+    sighup_blocked(false);
     let period = (interval_s > 0 && shared.tls.is_some()).then(|| Duration::from_secs(interval_s));
     let mut version = 1;
     loop {
@@ -399,6 +409,24 @@ async fn reload_on_signal(
                 }
             }
         }
+    }
+}
+
+/// Block (or unblock) SIGHUP in the calling thread; threads it starts
+/// afterwards inherit the mask.
+fn sighup_blocked(block: bool) {
+    // SAFETY: a sigset_t initialised by sigemptyset, passed by pointer to
+    // pthread_sigmask, which changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let how = if block {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 

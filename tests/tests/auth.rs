@@ -1395,3 +1395,99 @@ async fn sighup_applies_the_edited_configuration_file() {
         .collect();
     assert_eq!(versions, [1, 2]);
 }
+
+/// A SIGHUP that comes while the node starts (after the file was read,
+/// before the reload handler is in place) is not lost: it applies the file
+/// once the node is up. Start-up is held inside `run` by a target password
+/// file that is a FIFO nobody writes to yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_node_starts_reloads_once_it_is_up() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("target-password");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let pg = Pg::shared();
+    let yaml = GatewayConfig::standard(pg, ApiKey::shared())
+        .to_yaml()
+        .replace(
+            &format!("password: {:?}", pg.app_password),
+            &format!("password_file: {:?}", fifo.display().to_string()),
+        );
+    assert!(yaml.contains("password_file"), "{yaml}");
+    let starting = std::thread::spawn(move || Gateway::start(&yaml));
+
+    // The node is reading the FIFO: past the start of `run`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writer = loop {
+        // SAFETY: a NUL-terminated path; the fd is closed below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+        if fd >= 0 {
+            break fd;
+        }
+        assert!(Instant::now() < deadline, "sluice-dp never opened the FIFO");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Which process holds it open (once its open() has returned).
+    let holder = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.starts_with("sluice-dp"))
+                    && std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                        fds.filter_map(Result::ok)
+                            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == fifo))
+                    })
+            })
+    };
+    let pid = loop {
+        if let Some(pid) = holder() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sluice-dp process holds the FIFO"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The file edited since it was read (the password inline now, so the
+    // reload does not read the FIFO), then the signal.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let at = args.iter().position(|a| *a == b"--config").unwrap();
+    let config = PathBuf::from(String::from_utf8(args[at + 1].to_vec()).unwrap());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("password_file: {:?}", fifo.display().to_string()),
+            &format!("password: {:?}", pg.app_password),
+        ),
+    )
+    .unwrap();
+    // SAFETY: a signal to the gateway this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let password = pg.app_password.clone();
+    // SAFETY: writing a buffer we own to the fd opened above, then closing it.
+    unsafe {
+        libc::write(writer, password.as_ptr().cast(), password.len());
+        libc::close(writer);
+    }
+    let gw = tokio::task::spawn_blocking(move || starting.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(gw.pid(), pid);
+    wait_metric(&gw, "sluice_config_reloads_total", 1.0).await;
+    assert_eq!(gw.metrics().get("sluice_snapshot_version", &[]), 2.0);
+    connect(&gw.agent_config())
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    gw.assert_alive();
+}
