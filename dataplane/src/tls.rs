@@ -442,7 +442,23 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                             ParsedExtension::IssuingDistributionPoint(p) if p.only_contains_ca_certs
                         )
                     });
+                    // (On record all the same: TLS_LOADED lists every list
+                    // loaded, as `facts.crls` counts them.)
+                    let describe = |revoked: u64| proto::AuditTlsCrl {
+                        issuer: parsed.issuer().to_string(),
+                        number: parsed
+                            .crl_number()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default(),
+                        this_update: parsed.last_update().timestamp(),
+                        next_update: parsed.next_update().map_or(0, |t| t.timestamp()),
+                        revoked,
+                        only_ca_certificates: cas_only,
+                    };
                     if cas_only {
+                        described
+                            .crls
+                            .push(describe(parsed.iter_revoked_certificates().count() as u64));
                         crls.push(crl);
                         n += 1;
                         continue;
@@ -462,16 +478,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                         revoked += 1;
                     }
                     facts.revoked += revoked;
-                    described.crls.push(proto::AuditTlsCrl {
-                        issuer: parsed.issuer().to_string(),
-                        number: parsed
-                            .crl_number()
-                            .map(|n| n.to_string())
-                            .unwrap_or_default(),
-                        this_update: parsed.last_update().timestamp(),
-                        next_update: parsed.next_update().map_or(0, |t| t.timestamp()),
-                        revoked: revoked as u64,
-                    });
+                    described.crls.push(describe(revoked as u64));
                     if let Some(t) = parsed.next_update() {
                         let t = u64::try_from(t.timestamp()).unwrap_or(0);
                         facts.crl_next_update = Some(facts.crl_next_update.map_or(t, |u| u.min(t)));
@@ -910,6 +917,21 @@ mod tests {
         ] {
             let cfg = files(dir.path(), &[&a], &lists);
             let live = LiveTls::start(&cfg).unwrap();
+            // Every list loaded is on record (TLS_LOADED), an ARL as one.
+            let f = live.stats.facts();
+            let described: Vec<bool> = f
+                .described
+                .crls
+                .iter()
+                .map(|c| c.only_ca_certificates)
+                .collect();
+            assert_eq!(described.len(), f.crls, "{:?}", f.described);
+            assert_eq!(
+                described.iter().filter(|&&cas| cas).count(),
+                1,
+                "{:?}",
+                f.described
+            );
             for serial in [5, 6, 7] {
                 let der = a.client_der(serial);
                 let c = ClientCert::from_der(&der).unwrap();

@@ -318,6 +318,7 @@ pub fn record_json(r: &AuditRecord) -> Value {
                 "thisUpdate": format_secs(c.this_update),
                 "nextUpdate": format_secs(c.next_update),
                 "revoked": c.revoked,
+                "onlyCaCertificates": c.only_ca_certificates,
             })).collect::<Vec<_>>(),
             "allowUnknownRevocationStatus": t.allow_unknown_revocation_status,
         });
@@ -914,6 +915,7 @@ mod tests {
                 this_update: 1_795_000_000,
                 next_update: 0,
                 revoked: 3,
+                only_ca_certificates: false,
             }],
             allow_unknown_revocation_status: false,
         });
@@ -928,6 +930,7 @@ mod tests {
         );
         assert_eq!(v["tls"]["crls"][0]["nextUpdate"], "-");
         assert_eq!(v["tls"]["crls"][0]["revoked"], 3);
+        assert_eq!(v["tls"]["crls"][0]["onlyCaCertificates"], false);
         assert_eq!(v["tls"]["clientCas"][0]["sha256"], "02".repeat(32));
         assert_eq!(parse_kind("tls-loaded").unwrap(), AuditKind::TlsLoaded);
     }
