@@ -18,8 +18,13 @@ use tokio::net::TcpStream;
 
 /// TLS to the gateway after an SSLRequest, trusting the dev CA.
 async fn tls(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_trusting(port, &DevCerts::shared().ca_pem_bytes()).await
+}
+
+/// As [`tls`], trusting the CA certificates in `ca_pem`.
+async fn tls_trusting(port: u16, ca_pem: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in pem_blocks(&DevCerts::shared().ca_pem_bytes(), "CERTIFICATE") {
+    for c in pem_blocks(ca_pem, "CERTIFICATE") {
         roots.add(CertificateDer::from(c)).unwrap();
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -202,5 +207,62 @@ async fn scram_channel_binding_ties_the_login_to_the_gateways_certificate() {
         ),
         2.0
     );
+    gw.assert_alive();
+}
+
+/// The channel binding data is that of the certificate each connection's
+/// own TLS handshake presented: a connection accepted before the
+/// certificate rotated binds to the old one, one accepted after to the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_follows_the_certificate_each_connection_was_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = DevCerts::generate(&dir.path().join("old"), &["127.0.0.1", "localhost"]);
+    let new = DevCerts::generate(&dir.path().join("new"), &["127.0.0.1", "localhost"]);
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::copy(&old.server_pem, &cert).unwrap();
+    std::fs::copy(&old.server_key, &key).unwrap();
+    let certs = DevCerts {
+        server_pem: cert.clone(),
+        server_key: key.clone(),
+        ..old.clone()
+    };
+    let api = ApiKey::shared();
+    let gw = Gateway::start_with(&GatewayConfig::standard(Pg::shared(), api).tls(&certs, false));
+    let hash_of = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
+        let der = &s.get_ref().1.peer_certificates().unwrap()[0];
+        ring::digest::digest(&ring::digest::SHA256, der)
+            .as_ref()
+            .to_vec()
+    };
+    let mut before = tls_trusting(gw.port, &old.ca_pem_bytes()).await;
+    let old_hash = hash_of(&before);
+
+    // (Each file replaced whole, by a rename, as rotation tools do.)
+    for (from, to) in [(&new.server_key, &key), (&new.server_pem, &cert)] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    // SAFETY: a signal to the gateway this test started.
+    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gw.metrics().get("sluice_tls_reloads_total", &[]) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut after = tls_trusting(gw.port, &new.ca_pem_bytes()).await;
+    let new_hash = hash_of(&after);
+    assert_ne!(old_hash, new_hash);
+
+    login_with(&mut before, &api.key, "SCRAM-SHA-256-PLUS", || {
+        ChannelBinding::tls_server_end_point(old_hash)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("accepted before the rotation: {e}\n{}", gw.log()));
+    login_with(&mut after, &api.key, "SCRAM-SHA-256-PLUS", || {
+        ChannelBinding::tls_server_end_point(new_hash)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("accepted after the rotation: {e}\n{}", gw.log()));
     gw.assert_alive();
 }
