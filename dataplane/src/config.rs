@@ -676,6 +676,15 @@ pub struct Grant {
 impl Config {
     /// Read, parse and validate a YAML config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let cfg = Config::read(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// As [`Config::load`], not validated (a reload validates the file's
+    /// policy sections over the running configuration, command-line
+    /// overrides included: [`Config::with_reloadable`]).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -684,7 +693,6 @@ impl Config {
         if let Some(dir) = path.parent() {
             cfg.resolve_paths(dir);
         }
-        cfg.validate()?;
         cfg.source = Some(ConfigSource {
             path: path.to_path_buf(),
             // (`from_yaml` parsed it: it is YAML.)

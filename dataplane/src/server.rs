@@ -433,18 +433,27 @@ fn sighup_blocked(block: bool) {
 /// The snapshot of the configuration file as it is now (its
 /// [`config::RELOADABLE`] sections over `running`), numbered `version`,
 /// and the other sections that changed (they take a restart).
+/// (The file is checked with the running configuration's other sections,
+/// command-line overrides included: a file that starts only with
+/// `--workers` reloads. Checked alone, what it would say at a start without
+/// them is only logged.)
 fn reload_config(running: &Config, version: u64) -> anyhow::Result<(Snapshot, Vec<String>)> {
     let source = running
         .source
         .as_ref()
         .context("the configuration was not read from a file")?;
-    let new = Config::load(&source.path).with_context(|| source.path.display().to_string())?;
+    let new = Config::read(&source.path).with_context(|| source.path.display().to_string())?;
+    if let Err(e) = new.validate() {
+        tracing::warn!("SIGHUP: {} as written would not start the node without the command line's overrides: {e}", source.path.display());
+    }
     let restart = new
         .source
         .as_ref()
         .map(|n| source.restart_only_changes(n))
         .unwrap_or_default();
-    let merged = running.with_reloadable(new)?;
+    let merged = running
+        .with_reloadable(new)
+        .with_context(|| source.path.display().to_string())?;
     Ok((Snapshot::build(&merged, version)?, restart))
 }
 
@@ -536,5 +545,47 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload checks the file's policy sections with the running
+    /// configuration, command-line overrides included: a file whose
+    /// `workers` only the command line makes valid reloads, and its
+    /// identities apply.
+    #[test]
+    fn reloads_check_the_file_with_the_command_lines_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.yaml");
+        let file = |identity: &str| {
+            format!(
+                "workers: 5000\nlisten: [\"127.0.0.1:0\"]\nconnections:\n  - {{ name: app, target: {{ host: 127.0.0.1, port: 5432, database: app, user: app, password: pw }} }}\nidentities:\n  - {{ name: {identity}, api_key: \"{}\" }}\ngrants:\n  - {{ connections: [app], identities: [{identity}] }}\n",
+                crate::auth::scram::Verifier::generate(b"k", 16)
+            )
+        };
+        std::fs::write(&path, file("a1")).unwrap();
+        assert!(Config::load(&path).is_err(), "workers: 5000 alone");
+        let mut running = Config::read(&path).unwrap();
+        running.workers = 2; // --workers 2
+        running.validate().unwrap();
+        std::fs::write(&path, file("a2")).unwrap();
+        let (snap, restart) = reload_config(&running, 2).unwrap();
+        assert!(
+            snap.identities.contains_key("a2"),
+            "{:?}",
+            snap.identities.keys()
+        );
+        assert!(restart.is_empty(), "{restart:?}");
+        // A policy that does not check over the running configuration.
+        std::fs::write(
+            &path,
+            file("a3").replace("connections: [app]", "connections: [nope]"),
+        )
+        .unwrap();
+        let e = reload_config(&running, 3).err().unwrap();
+        assert!(format!("{e:#}").contains("grants[0]"), "{e:#}");
     }
 }
