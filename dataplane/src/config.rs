@@ -83,6 +83,15 @@ pub struct Config {
     pub source: Option<ConfigSource>,
 }
 
+/// 16 random bytes: what a file that cannot be hashed contributes to a
+/// digest (so it never equals another).
+fn rand_bytes() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b
+}
+
 /// A configuration file as read (see [`Config::source`]).
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -710,8 +719,49 @@ impl Config {
         c.jwt_issuers = new.jwt_issuers;
         c.grants = new.grants;
         c.masking_profiles = new.masking_profiles;
+        // (As read now: what `policy_digest` hashes.)
+        c.source = new.source;
         c.validate()?;
         Ok(c)
+    }
+
+    /// A digest of what a reload builds the policy snapshot from: the
+    /// [`RELOADABLE`] sections as written, and the contents of the files
+    /// they name (JWKS, target passwords and CAs; a file that cannot be
+    /// read counts as its error). Equal digests, equal snapshots.
+    pub fn policy_digest(&self) -> [u8; 32] {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut put = |b: &[u8]| {
+            d.update(&(b.len() as u64).to_le_bytes());
+            d.update(b);
+        };
+        let raw = self.source.as_ref().map(|s| &s.raw);
+        for k in RELOADABLE {
+            let v = raw.and_then(|r| r.get(k));
+            put(serde_yaml::to_string(&v).unwrap_or_default().as_bytes());
+        }
+        let mut files: Vec<&Path> = Vec::new();
+        for c in &self.connections {
+            files.extend(c.target.password_file.as_deref());
+            files.extend(c.target.tls.ca_file.as_deref());
+        }
+        files.extend(self.jwt_issuers.iter().map(|j| j.jwks_file.as_path()));
+        for f in files {
+            put(f.as_os_str().as_encoded_bytes());
+            // (Regular files only: a FIFO's reader would wait for a writer.
+            // Anything else counts as changed.)
+            match std::fs::metadata(f) {
+                Ok(m) if m.is_file() => match std::fs::read(f) {
+                    Ok(b) => put(&b),
+                    Err(e) => put(e.to_string().as_bytes()),
+                },
+                Ok(_) => put(&rand_bytes()),
+                Err(e) => put(e.to_string().as_bytes()),
+            }
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
     }
 
     /// Parse YAML without validating; errors carry the field path.

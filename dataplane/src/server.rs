@@ -326,6 +326,15 @@ async fn reload_on_signal(
     sighup_blocked(false);
     let period = (interval_s > 0 && shared.tls.is_some()).then(|| Duration::from_secs(interval_s));
     let mut version = 1;
+    let mut applied = match &config {
+        Some(c) => {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.policy_digest())
+                .await
+                .unwrap_or_default()
+        }
+        None => [0; 32],
+    };
     loop {
         let asked = tokio::select! {
             _ = hup.recv() => true,
@@ -343,12 +352,22 @@ async fn reload_on_signal(
                     let running = running.clone();
                     // (Reading files, compiling masking profiles: off the
                     // async thread.)
-                    let r = tokio::task::spawn_blocking(move || reload_config(&running, next))
-                        .await
-                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task failed: {e}")));
+                    let r =
+                        tokio::task::spawn_blocking(move || reload_config(&running, next, applied))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(anyhow::anyhow!("the reload task failed: {e}"))
+                            });
                     match r {
-                        Ok((snap, restart)) => {
+                        Ok((None, restart)) => {
+                            tracing::info!(version, "SIGHUP: the configuration's policy sections and the files they name are unchanged: version {version} stays");
+                            if !restart.is_empty() {
+                                tracing::warn!(sections = ?restart, "SIGHUP: changes to these sections take a restart and were not applied");
+                            }
+                        }
+                        Ok((Some((snap, digest)), restart)) => {
                             version = next;
+                            applied = digest;
                             shared.snapshot.store(Arc::new(snap));
                             shared.config_reloads.fetch_add(1, Relaxed);
                             // (What `/snapshot` shows as `applied_unix_us`.)
@@ -437,7 +456,15 @@ fn sighup_blocked(block: bool) {
 /// command-line overrides included: a file that starts only with
 /// `--workers` reloads. Checked alone, what it would say at a start without
 /// them is only logged.)
-fn reload_config(running: &Config, version: u64) -> anyhow::Result<(Snapshot, Vec<String>)> {
+/// None for the snapshot when the policy is what was applied last
+/// (`applied`, a [`Config::policy_digest`]): a SIGHUP sent for the TLS
+/// files makes no new version.
+#[allow(clippy::type_complexity)]
+fn reload_config(
+    running: &Config,
+    version: u64,
+    applied: [u8; 32],
+) -> anyhow::Result<(Option<(Snapshot, [u8; 32])>, Vec<String>)> {
     let source = running
         .source
         .as_ref()
@@ -454,7 +481,11 @@ fn reload_config(running: &Config, version: u64) -> anyhow::Result<(Snapshot, Ve
     let merged = running
         .with_reloadable(new)
         .with_context(|| source.path.display().to_string())?;
-    Ok((Snapshot::build(&merged, version)?, restart))
+    let digest = merged.policy_digest();
+    if digest == applied {
+        return Ok((None, restart));
+    }
+    Ok((Some((Snapshot::build(&merged, version)?, digest)), restart))
 }
 
 /// After a burst of connections closes, hand the freed buffers back to the
@@ -572,20 +603,24 @@ mod tests {
         running.workers = 2; // --workers 2
         running.validate().unwrap();
         std::fs::write(&path, file("a2")).unwrap();
-        let (snap, restart) = reload_config(&running, 2).unwrap();
+        let first = running.policy_digest();
+        let (snap, restart) = reload_config(&running, 2, first).unwrap();
+        let (snap, digest) = snap.unwrap();
         assert!(
             snap.identities.contains_key("a2"),
             "{:?}",
             snap.identities.keys()
         );
         assert!(restart.is_empty(), "{restart:?}");
+        // The same file again: no new snapshot.
+        assert!(reload_config(&running, 3, digest).unwrap().0.is_none());
         // A policy that does not check over the running configuration.
         std::fs::write(
             &path,
             file("a3").replace("connections: [app]", "connections: [nope]"),
         )
         .unwrap();
-        let e = reload_config(&running, 3).err().unwrap();
+        let e = reload_config(&running, 3, digest).err().unwrap();
         assert!(format!("{e:#}").contains("grants[0]"), "{e:#}");
     }
 }

@@ -1377,6 +1377,15 @@ async fn sighup_applies_the_edited_configuration_file() {
         .log()
         .contains("configuration not reloaded, version 2 stays in use"));
     assert!(gw.log().contains("api_kee"), "{}", gw.log());
+    // The file as applied, again: no new version (a SIGHUP sent for the
+    // TLS files changes nothing else).
+    std::fs::write(&gw.config_path, &edited).unwrap();
+    hangup(&gw);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.log().contains("version 2 stays") || !gw.log().contains("are unchanged") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let m = gw.metrics();
     assert_eq!(m.get("sluice_snapshot_version", &[]), 2.0);
     assert_eq!(m.get("sluice_config_reloads_total", &[]), 1.0);
