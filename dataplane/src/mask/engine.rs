@@ -1344,7 +1344,11 @@ impl Engine {
             }
         }
         if self.any_builtin {
-            n += self.scan_regions(buf, regions, counts, hits);
+            n += if self.phone_cells != 0 {
+                self.scan_regions_phones(buf, regions, counts, hits)
+            } else {
+                self.scan_regions(buf, regions, counts, hits, &mut 0)
+            };
         }
         if !self.literals.is_empty() || !self.regexes.is_empty() {
             for (ri, (r, c)) in regions.iter().zip(counts.iter_mut()).enumerate() {
@@ -1372,6 +1376,115 @@ impl Engine {
             }
             counts[ri] += k;
             n += k;
+        }
+        n
+    }
+
+    /// [`Engine::scan_regions`] with the cells that are phone numbers in
+    /// one of `phone_cells`' layouts masked as [`Engine::phone_cell`] masks
+    /// them, and left out of the scan of the others; the same bytes, counts
+    /// and hits, logged in the same order.
+    ///
+    /// Why the others give what they give with them: the scan of a region
+    /// depends on no byte outside it. The classification's masks are
+    /// cleared outside the regions, and a cell left out is one more such
+    /// stretch; every candidate shape is an AND of masks over consecutive
+    /// bytes from its start, and so are the gate's terms (superset tests of
+    /// them, or of a trigger and the bytes right after it), so none that
+    /// starts in a region reaches a byte outside it; a digit run ends at
+    /// the first byte outside it; the validators are given their region's
+    /// cell (`may_anchor`, `anchor`, `digit_run`, `email`, `aws`, `iban`,
+    /// the named values). What the scan carries from one region to the
+    /// next are positions (`skip_until`, `dirty`, `named_until`, each
+    /// within the region it was set in, so below any later region's bytes)
+    /// and `Opened`, which names its run by position and compares the hit
+    /// count at two moments within the phone opener's own region.
+    /// The order of the hit list is one of position (see
+    /// [`Engine::block_slow`]), so of region, up to the named values the
+    /// scan masks at its end (`tail`): a phone cell's hit goes after the
+    /// hits before that of the regions before its own.
+    ///
+    /// Rows of more than `PHONE_ROW_MAX` regions, and rows without such a
+    /// cell, are scanned as they are.
+    #[inline(never)]
+    fn scan_regions_phones(
+        &self,
+        buf: &mut [u8],
+        regions: &[Region],
+        counts: &mut [u32],
+        hits: &mut Hits,
+    ) -> u32 {
+        const MAX: usize = PHONE_ROW_MAX;
+        let mut phones = 0u32;
+        let mut layouts = [0u8; MAX];
+        if regions.len() <= MAX {
+            for (ri, r) in regions.iter().enumerate() {
+                let cell = &buf[r.start as usize..r.end as usize];
+                if phone::may_be(cell) {
+                    if let Some(i) = phone::layout_of(cell, self.phone_cells) {
+                        phones |= 1 << ri;
+                        layouts[ri] = i as u8;
+                    }
+                }
+            }
+        }
+        if phones == 0 {
+            return self.scan_regions(buf, regions, counts, hits, &mut 0);
+        }
+        // The others, by their index in `regions` (`of`).
+        let mut rest = [Region { start: 0, end: 0 }; MAX];
+        let mut of = [0u8; MAX];
+        let mut k = 0;
+        for (ri, r) in regions.iter().enumerate() {
+            rest[k] = *r;
+            of[k] = ri as u8;
+            k += usize::from(phones >> ri & 1 == 0);
+        }
+        let mut rest_counts = [0u32; MAX];
+        let logged = hits.log_len();
+        let mut tail = usize::MAX;
+        let mut n = self.scan_regions(buf, &rest[..k], &mut rest_counts[..k], hits, &mut tail);
+        for (j, &c) in rest_counts[..k].iter().enumerate() {
+            counts[of[j] as usize] += c;
+        }
+        for h in hits.logged_since(logged) {
+            if let Some(&ri) = of[..k].get(h.at as usize) {
+                h.at = u32::from(ri);
+            }
+        }
+        let scanned = hits.log_len();
+        let tail = tail.min(scanned);
+        let mut left = phones;
+        while left != 0 {
+            let ri = left.trailing_zeros() as usize;
+            left &= left - 1;
+            let r = regions[ri];
+            let cell = &mut buf[r.start as usize..r.end as usize];
+            let i = layouts[ri] as usize;
+            // (`mask_range` over the cell, as `phone::rewritten` found it.)
+            phone::mask(cell, self.phone_lanes[i], self.fmt.ch);
+            hits.add_at(Builtin::Phone, ri as u32, 1);
+            counts[ri] += 1;
+            n += 1;
+        }
+        if hits.log_len() > scanned {
+            // The list is now the scan's hits in order of position, its
+            // named values', and the phone cells' (in order of region):
+            // each phone cell's hit is moved to after the scan's hits of
+            // the regions before its own.
+            let log = hits.logged_since(logged);
+            let before = tail - logged;
+            let m = log.len() - (scanned - logged);
+            log[before..].rotate_right(m);
+            let mut i = 0;
+            for p in before..before + m {
+                let ri = log[p].at;
+                while i < p && log[i].at < ri {
+                    i += 1;
+                }
+                log[i..=p].rotate_right(1);
+                i += 1;
+            }
         }
         n
     }
@@ -1414,25 +1527,31 @@ impl Engine {
     /// from the masks, so nothing is found there and no value runs into the
     /// next. Validators only ever see their own region. Hits per region go to
     /// `counts` (same length as `regions`).
+    ///
+    /// `tail`: where the hits of the named values masked at the end of the
+    /// scan start in the hit list, when there are any (left as it is
+    /// otherwise): every hit logged before it is in the order of its
+    /// position in `buf`, so of its region.
     pub(crate) fn scan_regions(
         &self,
         buf: &mut [u8],
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
         #[cfg(target_arch = "x86_64")]
         match self.fast {
             // SAFETY: `fast` is set only when the CPU has these features
             // (`fast_scan`).
-            3 => return unsafe { self.scan_regions_fast512p(buf, regions, counts, hits) },
+            3 => return unsafe { self.scan_regions_fast512p(buf, regions, counts, hits, tail) },
             // SAFETY: as above.
-            2 => return unsafe { self.scan_regions_fast512(buf, regions, counts, hits) },
+            2 => return unsafe { self.scan_regions_fast512(buf, regions, counts, hits, tail) },
             // SAFETY: as above.
-            1 => return unsafe { self.scan_regions_fast(buf, regions, counts, hits) },
+            1 => return unsafe { self.scan_regions_fast(buf, regions, counts, hits, tail) },
             _ => {}
         }
-        self.scan_regions_slow(buf, regions, counts, hits)
+        self.scan_regions_slow(buf, regions, counts, hits, tail)
     }
 
     /// [`Engine::scan_regions`] without the fast features.
@@ -1443,8 +1562,9 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
-        self.scan_regions_impl::<0>(buf, regions, counts, hits)
+        self.scan_regions_impl::<0>(buf, regions, counts, hits, tail)
     }
 
     /// [`Engine::scan_regions`] compiled with the features of the AVX2
@@ -1457,8 +1577,9 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
-        self.scan_regions_impl::<1>(buf, regions, counts, hits)
+        self.scan_regions_impl::<1>(buf, regions, counts, hits, tail)
     }
 
     /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined),
@@ -1472,8 +1593,9 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
-        self.scan_regions_impl::<2>(buf, regions, counts, hits)
+        self.scan_regions_impl::<2>(buf, regions, counts, hits, tail)
     }
 
     /// [`Engine::scan_regions`] compiled for the AVX-512 kernel (inlined)
@@ -1487,8 +1609,9 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
-        self.scan_regions_impl::<3>(buf, regions, counts, hits)
+        self.scan_regions_impl::<3>(buf, regions, counts, hits, tail)
     }
 
     /// `F`: compiled with the fast features (see `classify_chunk`).
@@ -1499,6 +1622,7 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
         let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
             return 0;
@@ -1510,9 +1634,13 @@ impl Engine {
         // alternating between two copies, ran slower than with one.)
         let span = (last.end - first.start) as usize;
         if span <= SHORT_BLOCKS * BLOCK {
-            self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(buf, regions, counts, hits)
+            self.scan_chunked::<SHORT_BLOCKS, { SHORT_BLOCKS + 1 }, F>(
+                buf, regions, counts, hits, tail,
+            )
         } else {
-            self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(buf, regions, counts, hits)
+            self.scan_chunked::<CHUNK_BLOCKS, { CHUNK_BLOCKS + 1 }, F>(
+                buf, regions, counts, hits, tail,
+            )
         }
     }
 
@@ -1525,6 +1653,7 @@ impl Engine {
         regions: &[Region],
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
         let (lo, hi) = (
             regions[0].start as usize,
@@ -1549,7 +1678,7 @@ impl Engine {
                     cur: &mut cur,
                 };
                 self.walk_chunk::<F, N, L>(buf, regions, lo, nb, &lanes, &g, &mut w, counts, hits);
-                return self.scan_end(buf, regions, &mut st, &mut cur, counts, hits);
+                return self.scan_end(buf, regions, &mut st, &mut cur, counts, hits, tail);
             }
         }
         // (`L = N + 1`: room for the zero block after a full chunk; no
@@ -1593,7 +1722,7 @@ impl Engine {
             );
             base += process * BLOCK;
         }
-        self.scan_end(buf, regions, &mut st, &mut cur, counts, hits)
+        self.scan_end(buf, regions, &mut st, &mut cur, counts, hits, tail)
     }
 
     /// The first `process` blocks of a chunk at `base`, classified
@@ -1643,6 +1772,7 @@ impl Engine {
     }
 
     /// The end of a scan: validates the digit run still open.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn scan_end(
         &self,
@@ -1652,6 +1782,7 @@ impl Engine {
         cur: &mut Cursors,
         counts: &mut [u32],
         hits: &mut Hits,
+        tail: &mut usize,
     ) -> u32 {
         let run = st.run;
         if run.active && run.cand {
@@ -1671,6 +1802,7 @@ impl Engine {
             );
         }
         if st.named_len != 0 {
+            *tail = hits.log_len();
             self.named_end(buf, st, counts, hits);
         }
         st.hits
@@ -1738,10 +1870,14 @@ impl Engine {
             return unsafe {
                 match (self.fast, n <= BLOCK) {
                     (2 | 3, true) => self.scan_one_fast512(buf, hits),
-                    (3, false) => self.scan_regions_fast512p(buf, &region, &mut [0u32], hits),
-                    (2, false) => self.scan_regions_fast512(buf, &region, &mut [0u32], hits),
+                    (3, false) => {
+                        self.scan_regions_fast512p(buf, &region, &mut [0u32], hits, &mut 0)
+                    }
+                    (2, false) => {
+                        self.scan_regions_fast512(buf, &region, &mut [0u32], hits, &mut 0)
+                    }
                     (_, true) => self.scan_one_fast(buf, hits),
-                    (_, false) => self.scan_regions_fast(buf, &region, &mut [0u32], hits),
+                    (_, false) => self.scan_regions_fast(buf, &region, &mut [0u32], hits, &mut 0),
                 }
             };
         }
@@ -1834,7 +1970,7 @@ impl Engine {
             start: 0,
             end: n as u32,
         }];
-        self.scan_regions_impl::<0>(buf, &region, &mut [0u32], hits)
+        self.scan_regions_impl::<0>(buf, &region, &mut [0u32], hits, &mut 0)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -3120,6 +3256,11 @@ impl Cursor {
 /// Chunk size for spans this short (DataRows, notes): one AVX-512 vector
 /// of gate work per term.
 const SHORT_BLOCKS: usize = 8;
+
+/// The most regions a row may have for [`Engine::scan_regions_phones`]
+/// to take its phone cells out of the scan (a bit each, and arrays of this
+/// many on the stack); rows with more are scanned whole.
+const PHONE_ROW_MAX: usize = 32;
 
 /// First byte of the look-ahead window: a shape of at most 13 bytes that
 /// starts in a block lies wholly in the block or in the 64 bytes from here.

@@ -290,3 +290,166 @@ proptest! {
         same(&cell);
     }
 }
+
+/// Engines to compare whole rows under: [`profiles`]' and one with
+/// custom literals and regexes (run on each cell after the scan, the
+/// phone cells' included) and a `keep_last` name rule, all with the short
+/// cut and without, with every kernel of this CPU.
+fn row_engines() -> &'static [(Engine, Engine)] {
+    static E: std::sync::OnceLock<Vec<(Engine, Engine)>> = std::sync::OnceLock::new();
+    E.get_or_init(|| {
+        let mut custom = MaskingProfile::from_yaml(
+            "custom_literals: [ { name: codes, values: [BLUEBIRD, '555'], case_insensitive: true } ]\n\
+             custom_regexes: [ { name: tail4, pattern: '[0-9]{4}$' } ]\n\
+             columns: [ { column: '*pin*', action: { keep_last: 2 } }, { column: 'secret*', action: mask } ]\n",
+        )
+        .unwrap();
+        custom.detectors = Detectors::all();
+        let mut v = Vec::new();
+        for p in profiles().into_iter().chain([custom]) {
+            for kernel in [Kernel::Avx2, Kernel::Ssse3, Kernel::Scalar]
+                .into_iter()
+                .filter(|k| k.available())
+            {
+                let compile = || Engine::compile_with_kernel(&p, kernel).unwrap();
+                v.push((compile(), compile().without_phone_cells()));
+            }
+        }
+        v
+    })
+}
+
+/// A cell of a row: a phone number alone (any layout, or a near miss),
+/// an e-mail, a card, a note with values in it, a named value, bytes
+/// above 0x7f, a long cell, or none at all.
+fn row_cell(r: &mut Rng) -> Option<Vec<u8>> {
+    Some(match r.below(14) {
+        0 => return None,
+        1 => Vec::new(),
+        2..=4 => layout_cell(r),
+        5 => phone_like(r),
+        6 => corpus::email(r).into_bytes(),
+        7 => corpus::sensitive(corpus::Kind::Card, r).into_bytes(),
+        8 => corpus::sensitive(corpus::Kind::ALL[r.below(corpus::Kind::ALL.len())], r).into_bytes(),
+        9 => corpus::clean_value(r).into_bytes(),
+        10 => {
+            let phone = corpus::phone(r);
+            let (v, _) = corpus::surround(r, &phone, 40);
+            v.into_bytes()
+        }
+        11 => {
+            let keys = ["password", "api_key", "pin", "token", "secret_x"];
+            let seps = ["=", ": ", "="];
+            let mut s = String::new();
+            for _ in 0..r.range(1, 6) {
+                let (key, sep) = (r.pick(&keys), r.pick(&seps));
+                let len = r.range(3, 12);
+                s.push_str(&format!("{key}{sep}{} ", r.digits(len)));
+            }
+            s.into_bytes()
+        }
+        12 => {
+            let mut v = layout_cell(r);
+            let at = r.below(v.len() + 1);
+            v.insert(at, 0xc3);
+            v.insert(at + 1, 0xa9);
+            v
+        }
+        _ => (0..r.range(0, 300))
+            .map(|_| b"0123456789 -.@+()AKIAbe:=x_\xc3\xa9"[r.below(29)])
+            .collect(),
+    })
+}
+
+/// Text, varchar, `int4`, `int8`, JSON, text arrays, `jsonb`, by name
+/// plain or ruled.
+const ROW_TYPES: [u32; 8] = [25, 25, 1043, 23, 20, 114, 1009, 3802];
+
+/// A random row masked by both engines of every pair: the same bytes,
+/// outcome, hits (the list of where they were, in its order, too) and
+/// column counts.
+fn same_row(r: &mut Rng) {
+    let n = r.range(1, 40);
+    let names: Vec<String> = (0..n)
+        .map(|i| match r.below(10) {
+            0 => format!("pin{i}"),
+            1 => format!("secret{i}"),
+            _ => format!("c{i}"),
+        })
+        .collect();
+    let cols: Vec<(&str, u32)> = names
+        .iter()
+        .map(|s| (s.as_str(), ROW_TYPES[r.below(ROW_TYPES.len())]))
+        .collect();
+    let vals: Vec<Option<Vec<u8>>> = (0..n).map(|_| row_cell(r)).collect();
+    let mut body = Vec::new();
+    body.extend_from_slice(&(n as i16).to_be_bytes());
+    for v in &vals {
+        match v {
+            Some(v) => {
+                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                body.extend_from_slice(v);
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let formats: Vec<i16> = match r.below(3) {
+        0 => Vec::new(),
+        1 => vec![1],
+        _ => (0..n).map(|_| r.below(2) as i16).collect(),
+    };
+    for (fast, scan) in row_engines() {
+        let run = |e: &Engine| {
+            let mut plan = RowPlan::new();
+            plan.describe(e, &corpus::row_description(&cols)).unwrap();
+            plan.set_result_formats(e, &formats).unwrap();
+            let mut b = body.clone();
+            let mut h = Hits::new();
+            h.log_hits(true);
+            let mut out = Vec::new();
+            let o = mask_data_row(e, &mut plan, &mut b, &mut h, &mut out);
+            (b, format!("{o:?}"), out, h, plan.column_hits().to_vec())
+        };
+        let (a, b) = (run(fast), run(scan));
+        assert_eq!(
+            a,
+            b,
+            "row {:?} ({:?} kernel)",
+            vals.iter()
+                .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+                .collect::<Vec<_>>(),
+            fast.kernel()
+        );
+    }
+}
+
+#[test]
+fn orders_rows_agree_with_the_scan() {
+    let mut r = Rng::new(5);
+    for (fast, scan) in row_engines() {
+        let run = |e: &Engine, vals: &[Option<String>]| {
+            let mut plan = RowPlan::new();
+            plan.describe(e, &corpus::row_description(corpus::ORDERS_COLUMNS))
+                .unwrap();
+            let mut b = corpus::data_row(vals);
+            let mut h = Hits::new();
+            h.log_hits(true);
+            let o = mask_data_row(e, &mut plan, &mut b, &mut h, &mut Vec::new());
+            (b, format!("{o:?}"), h, plan.column_hits().to_vec())
+        };
+        for vals in corpus::orders(&mut r, 300) {
+            assert_eq!(run(fast, &vals), run(scan, &vals), "{vals:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_500))]
+
+    /// Whole DataRows mixing phone cells with everything else: the short
+    /// cut on the rows' path masks, counts and lists what the scan does.
+    #[test]
+    fn rows_agree_with_the_scan(seed in any::<u64>()) {
+        same_row(&mut Rng::new(seed));
+    }
+}
