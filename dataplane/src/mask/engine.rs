@@ -1788,6 +1788,9 @@ impl Engine {
         if run.active && run.cand {
             let ri = cur.run.seek(regions, run.first);
             let r = regions[ri];
+            if st.opened.is(run.first, r.end as usize, st.hits) {
+                return self.scan_named_end(buf, st, counts, hits, tail);
+            }
             self.digit_run(
                 buf,
                 r,
@@ -1801,6 +1804,19 @@ impl Engine {
                 hits,
             );
         }
+        self.scan_named_end(buf, st, counts, hits, tail)
+    }
+
+    /// The end of a scan after its last digit run: the named values left.
+    #[inline(always)]
+    fn scan_named_end(
+        &self,
+        buf: &mut [u8],
+        st: &mut ScanState,
+        counts: &mut [u32],
+        hits: &mut Hits,
+        tail: &mut usize,
+    ) -> u32 {
         if st.named_len != 0 {
             *tail = hits.log_len();
             self.named_end(buf, st, counts, hits);
@@ -2058,7 +2074,8 @@ impl Engine {
             hits,
         );
         let run = st.run;
-        if run.active && run.cand {
+        // (Unless an opener validated it: see `phone_opener`.)
+        if run.active && run.cand && !st.opened.is(run.first, n, st.hits) {
             self.digit_run(
                 buf,
                 region[0],
@@ -2341,6 +2358,10 @@ impl Engine {
                 ends &= ends - 1;
                 let end = base + e as usize;
                 let (first, digits, bits) = match carried.take() {
+                    // (A run an opener in the block before validated when
+                    // it could not see its end in the masks: see
+                    // `phone_opener`.)
+                    Some((first, _)) if st.opened.is(first, end, st.hits) => continue,
                     Some((first, digits)) => (first, digits, None),
                     None => {
                         let i = starts.trailing_zeros();
@@ -2587,7 +2608,7 @@ impl Engine {
                 let d = bits.0 >> j;
                 let digits = (d & (u64::MAX >> (64 - len))).count_ones();
                 if digits >= 9 {
-                    let before = st.hits;
+                    let run = Opening::new(buf, first, len, st);
                     self.digit_run(
                         buf,
                         r,
@@ -2600,22 +2621,7 @@ impl Engine {
                         counts,
                         hits,
                     );
-                    // The block walk meets these digits again as part of
-                    // the run of digits and glue they lie in. When that run
-                    // is this one (it starts at `first`, with no digit
-                    // between the stretch's start and the opener, and ends
-                    // here, not cut at 40 bytes) and nothing was found
-                    // since, validating it again is a no-op: on unchanged
-                    // bytes if nothing was found, or from a masked first
-                    // digit (returning at once). `block_slow` skips it
-                    // (`Opened::is` compares both ends and the hits).
-                    if st.hits == before || !detect::digit_or_glue(buf[first]) {
-                        st.opened = Opened {
-                            start: first,
-                            end: first + len,
-                            hits: st.hits,
-                        };
-                    }
+                    run.done(buf, st);
                 }
                 return;
             }
@@ -2630,7 +2636,9 @@ impl Engine {
             .filter(|b| b.is_ascii_digit())
             .count() as u32;
         if digits >= 9 {
+            let run = Opening::new(buf, first, len, st);
             self.digit_run(buf, r, ri, first, end, digits, None, st, counts, hits);
+            run.done(buf, st);
         }
     }
 
@@ -2865,6 +2873,55 @@ struct Opened {
     start: usize,
     end: usize,
     hits: u32,
+}
+
+/// The digit run after a phone opener, as it was before the opener
+/// validated it (at most 40 bytes: `Engine::phone_opener`).
+struct Opening {
+    start: usize,
+    len: usize,
+    hits: u32,
+    bytes: [u8; 40],
+}
+
+impl Opening {
+    #[inline(always)]
+    fn new(buf: &[u8], start: usize, len: usize, st: &ScanState) -> Self {
+        let mut bytes = [0; 40];
+        bytes[..len].copy_from_slice(&buf[start..start + len]);
+        Opening {
+            start,
+            len,
+            hits: st.hits,
+            bytes,
+        }
+    }
+
+    /// After the opener validated the run: the block walk meets these
+    /// digits again as part of the run of digits and glue they lie in.
+    /// When that run is this one (it starts at `start`, with no digit
+    /// between the stretch's start and the opener, and ends here, not cut
+    /// at 40 bytes) and nothing was found since, validating it again would
+    /// change nothing but the count: on unchanged bytes if nothing was
+    /// found; from a masked first digit (returning at once); or, when
+    /// something was found and the bytes are still as they were (a phone
+    /// number that keeps all its digits: `phone_keep_last` at least their
+    /// count), finding it again and counting it twice. `block_slow` skips
+    /// it (`Opened::is` compares both ends and the hits).
+    #[inline(always)]
+    fn done(&self, buf: &[u8], st: &mut ScanState) {
+        let (s, e) = (self.start, self.start + self.len);
+        if st.hits == self.hits
+            || !detect::digit_or_glue(buf[s])
+            || buf[s..e] == self.bytes[..self.len]
+        {
+            st.opened = Opened {
+                start: s,
+                end: e,
+                hits: st.hits,
+            };
+        }
+    }
 }
 
 impl Opened {

@@ -453,3 +453,42 @@ proptest! {
         same_row(&mut Rng::new(seed));
     }
 }
+
+/// A phone number opened by `+` is counted once however many digits are
+/// kept: when all of them are (the phone mask changes nothing), the run
+/// walk meets the run the opener validated unchanged and must not count
+/// it again. Also with the `+` at every offset of a block, and in a row.
+#[test]
+fn an_opened_number_is_counted_once_whatever_is_kept() {
+    for keep in 0..=16 {
+        let e = Engine::compile(&MaskingProfile {
+            format: MaskFormat {
+                phone_keep_last: keep,
+                ..MaskFormat::default()
+            },
+            ..MaskingProfile::default()
+        })
+        .unwrap();
+        for number in ["+1 415 555 0132", "+44 20 1234 5678", "+33 1 23 45 67 89"] {
+            for pad in 0..70 {
+                let cell = format!("{}{number}", " ".repeat(pad));
+                let mut v = cell.clone().into_bytes();
+                let mut h = Hits::new();
+                let n = e.mask_counted(&mut v, &mut h);
+                assert_eq!(
+                    (n, h.get(Builtin::Phone)),
+                    (1, 1),
+                    "keep {keep}: {cell:?} -> {:?}",
+                    String::from_utf8_lossy(&v)
+                );
+                let mut plan = RowPlan::new();
+                plan.describe(&e, &corpus::row_description(&[("a", 25), ("b", 25)]))
+                    .unwrap();
+                let mut body = corpus::data_row(&[Some("x".repeat(pad)), Some(cell.clone())]);
+                let mut h = Hits::new();
+                mask_data_row(&e, &mut plan, &mut body, &mut h, &mut Vec::new()).unwrap();
+                assert_eq!(h.get(Builtin::Phone), 1, "keep {keep}: row {cell:?}");
+            }
+        }
+    }
+}
