@@ -2,7 +2,9 @@
 //! column holds little else): recognised from two word loads and masked
 //! whole, without the classification and the block walk
 //! (`Engine::phone_cell`), which spend some 1 300 instructions on each to
-//! reach the same result.
+//! reach the same result. In a DataRow, such cells are left out of the
+//! scan of the row's other cells (`Engine::scan_regions_phones`, which says
+//! why that changes nothing for the others).
 //!
 //! Why the result is the same: such a cell is one run of digits and glue,
 //! so the block walk does exactly one of two things with it, and the
