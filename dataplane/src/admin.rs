@@ -69,13 +69,13 @@ fn render_reloads(s: &mut String, sh: &crate::net::Shared) {
 
 fn render_tls(s: &mut String, t: &crate::tls::TlsStats) {
     use std::fmt::Write;
-    let f = t.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let f = t.facts();
     let _ = writeln!(s, "# HELP sluice_tls_reloads_total Times the TLS files (tls.*) were found changed and loaded (SIGHUP or tls.reload_interval_s).\n# TYPE sluice_tls_reloads_total counter\nsluice_tls_reloads_total {}", t.reloads.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_tls_reload_failures_total Checks that found TLS files which could not be read or loaded (the last good ones stay in use).\n# TYPE sluice_tls_reload_failures_total counter\nsluice_tls_reload_failures_total {}", t.reload_failures.load(Relaxed));
     let _ = writeln!(s, "# HELP sluice_tls_loaded_timestamp_seconds When the TLS files in use were loaded (unix seconds).\n# TYPE sluice_tls_loaded_timestamp_seconds gauge\nsluice_tls_loaded_timestamp_seconds {}", t.loaded_at.load(Relaxed));
-    let _ = writeln!(s, "# HELP sluice_tls_certificate_expiry_timestamp_seconds notAfter of the server certificate in use (unix seconds).\n# TYPE sluice_tls_certificate_expiry_timestamp_seconds gauge\nsluice_tls_certificate_expiry_timestamp_seconds {}", f.cert_not_after);
-    let _ = writeln!(s, "# HELP sluice_tls_revoked_certificates Client certificates the revocation lists in use revoke.\n# TYPE sluice_tls_revoked_certificates gauge\nsluice_tls_revoked_certificates {}", f.revoked);
-    if let Some(n) = f.crl_next_update {
+    let _ = writeln!(s, "# HELP sluice_tls_certificate_expiry_timestamp_seconds notAfter of the server certificate in use (unix seconds).\n# TYPE sluice_tls_certificate_expiry_timestamp_seconds gauge\nsluice_tls_certificate_expiry_timestamp_seconds {}", f.cert_not_after());
+    let _ = writeln!(s, "# HELP sluice_tls_revoked_certificates Client certificates the revocation lists in use revoke.\n# TYPE sluice_tls_revoked_certificates gauge\nsluice_tls_revoked_certificates {}", f.revoked());
+    if let Some(n) = f.crl_next_update() {
         let _ = writeln!(s, "# HELP sluice_tls_crl_next_update_timestamp_seconds The earliest nextUpdate of the revocation lists in use (unix seconds): past it, a list is stale.\n# TYPE sluice_tls_crl_next_update_timestamp_seconds gauge\nsluice_tls_crl_next_update_timestamp_seconds {n}");
     }
 }

@@ -51,16 +51,17 @@ pub struct NodeInfo {
 
 /// `node` with its TLS facts as loaded now (see `proto::Node`).
 fn with_tls(node: &proto::Node, shared: &Shared) -> proto::Node {
-    let f = shared
+    let (not_after, next_update) = shared
         .tls
         .as_ref()
-        .map(|t| t.stats.facts())
+        .map(|t| {
+            let f = t.stats.facts.lock().unwrap_or_else(|p| p.into_inner());
+            (f.cert_not_after(), f.crl_next_update())
+        })
         .unwrap_or_default();
     proto::Node {
-        tls_cert_not_after: i64::try_from(f.cert_not_after).unwrap_or(i64::MAX),
-        crl_next_update: f
-            .crl_next_update
-            .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        tls_cert_not_after: i64::try_from(not_after).unwrap_or(i64::MAX),
+        crl_next_update: next_update.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
         ..node.clone()
     }
 }
@@ -144,7 +145,7 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

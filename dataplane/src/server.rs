@@ -371,10 +371,9 @@ async fn reload_on_signal(
                             shared.snapshot.store(Arc::new(snap));
                             shared.config_reloads.fetch_add(1, Relaxed);
                             // (What `/snapshot` shows as `applied_unix_us`.)
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_micros() as u64);
-                            stats.last_applied_unix_us.store(now, Relaxed);
+                            stats
+                                .last_applied_unix_us
+                                .store(crate::control::unix_us(), Relaxed);
                             if let Some(a) = &audit {
                                 a.push_side(snapshot_applied(version));
                             }
@@ -411,9 +410,9 @@ async fn reload_on_signal(
             }
             Reload::Loaded(f) => {
                 tracing::info!(
-                    cert_not_after = f.cert_not_after,
-                    revocation_lists = f.crls,
-                    revoked_certificates = f.revoked,
+                    cert_not_after = f.cert_not_after(),
+                    revocation_lists = f.crls(),
+                    revoked_certificates = f.revoked(),
                     "TLS files reloaded: new connections use them"
                 );
                 if let Some(a) = &audit {
@@ -518,9 +517,7 @@ pub fn snapshot_applied(version: u64) -> proto::AuditRecord {
     proto::AuditRecord {
         metadata: Some(proto::AuditMetadata {
             kind: proto::AuditKind::SnapshotApplied as i32,
-            time_unix_nanos: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64),
+            time_unix_nanos: crate::audit::pump::unix_nanos(),
             snapshot_version: version as i64,
             ..Default::default()
         }),
@@ -538,9 +535,7 @@ pub fn tls_loaded(f: &crate::tls::TlsFacts, trigger: &str) -> proto::AuditRecord
     proto::AuditRecord {
         metadata: Some(proto::AuditMetadata {
             kind: proto::AuditKind::TlsLoaded as i32,
-            time_unix_nanos: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64),
+            time_unix_nanos: crate::audit::pump::unix_nanos(),
             ..Default::default()
         }),
         // (No outcome: a load decides nothing, and counts as no allow.)

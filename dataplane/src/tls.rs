@@ -43,7 +43,7 @@ pub struct ServerTls {
     shared: Arc<rustls::ServerConfig>,
     /// The `tls-server-end-point` channel binding data of the certificate
     /// (see [`end_point`]).
-    end_point: Option<Vec<u8>>,
+    end_point: Option<Arc<[u8]>>,
     /// With `tls.client_ca_file`: what each connection's config is made of.
     client: Option<ClientAuth>,
 }
@@ -79,12 +79,6 @@ impl ServerTls {
     /// Whether clients may authenticate with certificates.
     pub fn client_certificates(&self) -> bool {
         self.client.is_some()
-    }
-
-    /// The `tls-server-end-point` data of the certificate these settings
-    /// present (for SCRAM channel binding), if its hash is known.
-    pub fn end_point(&self) -> Option<&[u8]> {
-        self.end_point.as_deref()
     }
 }
 
@@ -252,19 +246,46 @@ impl TlsFiles {
     }
 }
 
-/// What a loaded set of TLS files says, for logs and metrics.
+/// What a loaded set of TLS files says, for logs, metrics and the
+/// TLS_LOADED audit record.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsFacts {
-    /// `notAfter` of the server certificate (unix seconds).
-    pub cert_not_after: u64,
-    /// The earliest `nextUpdate` of the revocation lists (unix seconds),
-    /// if any list has one.
-    pub crl_next_update: Option<u64>,
-    /// Revocation lists, and certificates they revoke.
-    pub crls: usize,
-    pub revoked: usize,
     /// What a TLS_LOADED audit record says of them (`trigger` unset).
     pub described: proto::AuditTls,
+}
+
+impl TlsFacts {
+    /// `notAfter` of the server certificate (unix seconds).
+    pub fn cert_not_after(&self) -> u64 {
+        u64::try_from(self.described.server_cert_not_after).unwrap_or(0)
+    }
+
+    /// The revocation lists loaded.
+    pub fn crls(&self) -> usize {
+        self.described.crls.len()
+    }
+
+    /// The client certificates they revoke (lists of CA certificates only,
+    /// which no client certificate is checked against, left out).
+    pub fn revoked(&self) -> u64 {
+        self.client_lists().map(|c| c.revoked).sum()
+    }
+
+    /// The earliest `nextUpdate` of those lists (unix seconds), if any
+    /// has one.
+    pub fn crl_next_update(&self) -> Option<u64> {
+        self.client_lists()
+            .filter(|c| c.next_update != 0)
+            .map(|c| u64::try_from(c.next_update).unwrap_or(0))
+            .min()
+    }
+
+    fn client_lists(&self) -> impl Iterator<Item = &proto::AuditTlsCrl> {
+        self.described
+            .crls
+            .iter()
+            .filter(|c| !c.only_ca_certificates)
+    }
 }
 
 /// The TLS settings built from one [`TlsFiles`].
@@ -344,18 +365,15 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
             format!("no certificate in {}", tls.cert_file.display()),
         ));
     }
-    let end_point = end_point(&certs[0]);
-    let (cert_not_after, server_cert_subject) = X509Certificate::from_der(&certs[0])
+    let end_point = end_point(&certs[0]).map(Arc::from);
+    let (server_cert_not_after, server_cert_subject) = X509Certificate::from_der(&certs[0])
         .ok()
-        .map(|(_, c)| {
-            let t = c.validity().not_after.timestamp();
-            (u64::try_from(t).unwrap_or(0), c.subject().to_string())
-        })
+        .map(|(_, c)| (c.validity().not_after.timestamp(), c.subject().to_string()))
         .unwrap_or_default();
     let mut described = proto::AuditTls {
         server_cert_subject,
         server_cert_sha256: sha256(&certs[0]),
-        server_cert_not_after: i64::try_from(cert_not_after).unwrap_or(i64::MAX),
+        server_cert_not_after,
         allow_unknown_revocation_status: tls.client_crl_allow_unknown,
         ..Default::default()
     };
@@ -381,10 +399,6 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
         .map_err(|e| ConfigError::field("tls", e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    let mut facts = TlsFacts {
-        cert_not_after,
-        ..TlsFacts::default()
-    };
     let mut revocations = Revocations {
         allow_unknown: tls.client_crl_allow_unknown,
         ..Revocations::default()
@@ -443,7 +457,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                         )
                     });
                     // (On record all the same: TLS_LOADED lists every list
-                    // loaded, as `facts.crls` counts them.)
+                    // loaded.)
                     let describe = |revoked: u64| proto::AuditTlsCrl {
                         issuer: parsed.issuer().to_string(),
                         number: parsed
@@ -477,12 +491,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                         serials.insert(r.raw_serial().to_vec());
                         revoked += 1;
                     }
-                    facts.revoked += revoked;
-                    described.crls.push(describe(revoked as u64));
-                    if let Some(t) = parsed.next_update() {
-                        let t = u64::try_from(t.timestamp()).unwrap_or(0);
-                        facts.crl_next_update = Some(facts.crl_next_update.map_or(t, |u| u.min(t)));
-                    }
+                    described.crls.push(describe(revoked));
                     crls.push(crl);
                     n += 1;
                 }
@@ -490,7 +499,6 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
                     return Err(field("no X509 CRL block".into()));
                 }
             }
-            facts.crls = crls.len();
             revocations.checking = !crls.is_empty();
             let mut b =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -517,7 +525,6 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
         }
         _ => None,
     };
-    facts.described = described;
     Ok(Loaded {
         tls: ServerTls {
             shared: Arc::new(shared),
@@ -525,7 +532,7 @@ pub fn load(tls: &config::ServerTls, files: &TlsFiles) -> Result<Loaded, ConfigE
             client,
         },
         revocations,
-        facts,
+        facts: TlsFacts { described },
     })
 }
 
@@ -626,11 +633,11 @@ impl LiveTls {
     ) -> (
         monoio_rustls::TlsAcceptor,
         Option<PeerCert>,
-        Option<Vec<u8>>,
+        Option<Arc<[u8]>>,
     ) {
         let current = self.current.load();
         let (a, slot) = current.acceptor();
-        (a, slot, current.end_point().map(<[u8]>::to_vec))
+        (a, slot, current.end_point.clone())
     }
 
     /// Whether clients may authenticate with certificates.
@@ -678,7 +685,7 @@ impl LiveTls {
 /// A revocation list past its `nextUpdate` still applies (the handshake
 /// does not enforce it), but its CA has revoked more since, maybe.
 fn warn_stale(f: &TlsFacts) {
-    if let Some(t) = f.crl_next_update.filter(|&t| t < unix_now()) {
+    if let Some(t) = f.crl_next_update().filter(|&t| t < unix_now()) {
         tracing::warn!(
             next_update = t,
             "a client certificate revocation list is past its nextUpdate: certificates revoked since are still accepted until a newer list is loaded"
@@ -832,8 +839,8 @@ mod tests {
         assert_eq!(refuses(b.client(5)), Some(Refusal::Unknown));
         assert_eq!(r.generation, 1);
         let f = live.stats.facts.lock().unwrap().clone();
-        assert_eq!((f.crls, f.revoked), (1, 2));
-        assert!(f.crl_next_update.is_some() && f.cert_not_after > 0);
+        assert_eq!((f.crls(), f.revoked()), (1, 2));
+        assert!(f.crl_next_update().is_some() && f.cert_not_after() > 0);
 
         let allowing = config::ServerTls {
             client_crl_allow_unknown: true,
@@ -925,7 +932,7 @@ mod tests {
                 .iter()
                 .map(|c| c.only_ca_certificates)
                 .collect();
-            assert_eq!(described.len(), f.crls, "{:?}", f.described);
+            assert_eq!(described.len(), f.crls(), "{:?}", f.described);
             assert_eq!(
                 described.iter().filter(|&&cas| cas).count(),
                 1,
@@ -981,7 +988,7 @@ mod tests {
         let r = live.revocations.load();
         assert_eq!((r.generation, r.refuses(&c.issuer, &c.serial)), (1, None));
         std::fs::write(crl, a.crl(&[5, 6])).unwrap();
-        assert!(matches!(live.reload(), Reload::Loaded(f) if f.revoked == 2));
+        assert!(matches!(live.reload(), Reload::Loaded(f) if f.revoked() == 2));
         let r = live.revocations.load();
         assert_eq!(
             (r.generation, r.refuses(&c.issuer, &c.serial)),

@@ -59,7 +59,48 @@ pub struct DevCerts {
     pub server_key: PathBuf,
 }
 
+/// The audit records a gateway left in `dir`: spooled, then still in the
+/// core rings under `ring_dir` (the gateway stopped).
+pub fn audit_records_in(dir: &Path, ring_dir: Option<&Path>) -> Vec<proto::AuditRecord> {
+    let (mut spooled, in_rings) = dataplane::audit::service::read_dir(dir, ring_dir)
+        .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.display()));
+    spooled.extend(in_rings);
+    spooled
+}
+
+/// [`audit_records_in`] for a gateway set up by [`GatewayConfig::audit`]
+/// (its rings in `dir/rings`).
+pub fn audit_records(dir: &Path) -> Vec<proto::AuditRecord> {
+    audit_records_in(dir, Some(&dir.join("rings")))
+}
+
 impl DevCerts {
+    /// Two sets of dev certificates under `dir` (`old`, `new`), and a third
+    /// whose server certificate and key files (`dir/server.pem`,
+    /// `dir/server.key`) hold the old set's now: a gateway started with it
+    /// can be rotated to the new set by [`DevCerts::replace`].
+    pub fn rotatable(dir: &Path) -> (DevCerts, DevCerts, DevCerts) {
+        let hosts = ["127.0.0.1", "localhost"];
+        let old = DevCerts::generate(&dir.join("old"), &hosts);
+        let new = DevCerts::generate(&dir.join("new"), &hosts);
+        let live = DevCerts {
+            server_pem: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            ..old.clone()
+        };
+        std::fs::copy(&old.server_pem, &live.server_pem).unwrap();
+        std::fs::copy(&old.server_key, &live.server_key).unwrap();
+        (old, new, live)
+    }
+
+    /// Replace `file` with `from`'s contents whole, by a rename, as
+    /// rotation tools do (a reload never sees it half-written).
+    pub fn replace(file: &Path, from: &Path) {
+        let tmp = file.with_extension("tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, file).unwrap();
+    }
+
     /// Run `sluice-dp dev-certs --dir DIR [--host H ...]`.
     pub fn generate(dir: &Path, hosts: &[&str]) -> DevCerts {
         let mut cmd = Command::new(sluice_bin());
@@ -586,6 +627,32 @@ impl Gateway {
     /// TcpStream with timeouts.
     pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         http_get(self.admin_port, path)
+    }
+
+    /// Send SIGHUP (reload the configuration and TLS files).
+    pub fn hangup(&self) {
+        // SAFETY: a signal to this gateway's own process.
+        assert_eq!(unsafe { libc::kill(self.pid, libc::SIGHUP) }, 0);
+    }
+
+    /// Wait until `done` holds (what the gateway does after a client saw
+    /// its answer: an auth failure counted after the TLS alert went out, a
+    /// log line after the counter it follows, a reload); panics after 20 s
+    /// with the log.
+    pub async fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `/metrics` shows the unlabelled `name` at `want` or more.
+    pub async fn wait_metric(&self, name: &str, want: f64) {
+        self.wait_for(&format!("{name} at {want}"), || {
+            self.metrics().get(name, &[]) >= want
+        })
+        .await
     }
 
     /// Scrape and parse `/metrics`.

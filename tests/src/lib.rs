@@ -25,7 +25,7 @@ pub mod process;
 pub mod wire;
 
 pub use client::{connect, connect_tls, db_code, ClientOptions};
-pub use gateway::{ApiKey, DevCerts, Gateway, GatewayConfig};
+pub use gateway::{audit_records, audit_records_in, ApiKey, DevCerts, Gateway, GatewayConfig};
 pub use metrics::Metrics;
 pub use pg::Pg;
 

@@ -13,23 +13,10 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use proto::{AuditKind, AuditRecord, AuthMethod, Decision};
 use sluice_tests::client::{err_text, step};
-use sluice_tests::{db_code, wire, ApiKey, Gateway, GatewayConfig, Pg};
+use sluice_tests::{audit_records, db_code, wire, ApiKey, Gateway, GatewayConfig, Pg};
 
 fn audited(dir: &Path, extra: &str) -> GatewayConfig {
     GatewayConfig::standard(Pg::shared(), ApiKey::shared()).audit(dir, extra)
-}
-
-/// Spooled records plus those still in the rings (the node is stopped;
-/// rings where [`GatewayConfig::audit`] puts them).
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    records_in(dir, Some(&dir.join("rings")))
-}
-
-fn records_in(dir: &Path, ring_dir: Option<&Path>) -> Vec<AuditRecord> {
-    let (mut spooled, in_rings) = dataplane::audit::service::read_dir(dir, ring_dir)
-        .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.display()));
-    spooled.extend(in_rings);
-    spooled
 }
 
 fn kind(r: &AuditRecord) -> AuditKind {
@@ -120,7 +107,7 @@ async fn every_statement_has_its_record_with_identity_connection_sql_and_outcome
     let statements = gw.metrics().get("sluice_statements_total", &[]);
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     // Sequences 1..n, gap-free, one node.
     let seqs: Vec<u64> = recs
         .iter()
@@ -260,7 +247,7 @@ async fn a_session_refused_after_its_start_is_closed_in_the_trail() {
         out.stderr
     );
     gw.stop();
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let starts = of_kind(&recs, AuditKind::SessionStart);
     let ends = of_kind(&recs, AuditKind::SessionEnd);
     assert_eq!((starts.len(), ends.len()), (1, 1), "{recs:#?}");
@@ -338,7 +325,7 @@ async fn records_carry_masked_counts_and_masked_sql_and_parameters() {
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let masked = |r: &AuditRecord| {
         let mut m: Vec<(String, String, u64)> = r
             .outcome
@@ -529,7 +516,7 @@ async fn an_execute_of_a_portal_whose_transaction_ended_records_no_sql() {
     );
     end_raw_session(s, gw).await;
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let executes: Vec<(&str, &str, &str)> = of_kind(&recs, AuditKind::Execute)
         .into_iter()
         .map(|r| {
@@ -587,7 +574,7 @@ async fn a_rejected_parse_does_not_change_the_sql_of_later_records() {
     );
     end_raw_session(s, gw).await;
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let run: Vec<(AuditKind, &str, &str)> = recs
         .iter()
         .filter(|r| matches!(kind(r), AuditKind::Bind | AuditKind::Execute))
@@ -656,7 +643,7 @@ async fn statements_through_two_nodes_give_exactly_one_record_each() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut nodes = Vec::new();
     for d in [&d1, &d2] {
-        let recs = records(d.path());
+        let recs = audit_records(d.path());
         nodes.push(recs[0].metadata.as_ref().unwrap().node_id.clone());
         for r in with_marker(&recs, "/* two-") {
             *seen.entry(sql(r).to_string()).or_default() += 1;
@@ -728,7 +715,7 @@ async fn sigkill_mid_load_keeps_the_record_of_every_completed_statement() {
         !rings.exists(),
         "a clean stop removes the drained rings: {rings:?}"
     );
-    let recs = records_in(dir.path(), None);
+    let recs = sluice_tests::audit_records_in(dir.path(), None);
     let mut count: HashMap<&str, usize> = HashMap::new();
     for r in &recs {
         if let Some(i) = sql(r).find("kill-") {
@@ -840,7 +827,7 @@ async fn at_the_spool_quota_statements_are_refused_and_no_record_is_dropped() {
     drop(c);
     gw2.wait_connections_closed(Duration::from_secs(10)).await;
     gw2.stop();
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let (spooled, in_rings) =
         dataplane::audit::service::read_dir(dir.path(), Some(&dir.path().join("rings"))).unwrap();
     assert!(in_rings.is_empty(), "all moved to the spool");
@@ -873,7 +860,7 @@ async fn fail_open_runs_statements_past_the_quota_and_counts_them() {
     assert!(gw.log().contains("ran unaudited"), "logged");
     // And in the trail itself, past the quota: every record dropped is
     // counted by a RECORDS_LOST record of the core that dropped it.
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let reports = of_kind(&recs, AuditKind::RecordsLost);
     assert!(!reports.is_empty());
     let mut lost = 0;
@@ -922,7 +909,7 @@ fn pgbench_statements_match_records() {
     }
     let statements = gw.metrics().get("sluice_statements_total", &[]);
     gw.stop();
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let stmt_records = recs
         .iter()
         .filter(|r| matches!(kind(r), AuditKind::Query | AuditKind::Execute))
@@ -965,7 +952,7 @@ async fn long_statement_names_are_matched_as_postgres_matches_them() {
     assert_eq!((tags.as_str(), codes.len()), ("2DCZ", 0), "{codes:?}");
     end_raw_session(s, gw).await;
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let execs = of_kind(&recs, AuditKind::Execute);
     let exec = execs
         .iter()
@@ -1041,7 +1028,7 @@ async fn malformed_authentication_exchanges_are_auth_failures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gw.stop();
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let fails = of_kind(&recs, AuditKind::AuthFailure);
     assert_eq!(fails.len(), 3, "{fails:?}");
     for f in fails {
@@ -1085,7 +1072,7 @@ async fn auth_failure_records_keep_names_cut_to_63_bytes() {
     let n = e.message().len();
     assert!(n < 200, "the error echoes {n} bytes");
     gw.stop();
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let fails = of_kind(&recs, AuditKind::AuthFailure);
     assert_eq!(fails.len(), 2, "{fails:?}");
     let cut = format!("{}…", "x".repeat(63));
@@ -1274,7 +1261,7 @@ async fn client_addresses_come_from_a_trusted_load_balancers_proxy_header() {
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let address = |r: &AuditRecord| r.session.as_ref().unwrap().client_address.clone();
     let of = |marker: &str| {
         let got = with_marker(&recs, marker);
@@ -1346,7 +1333,7 @@ async fn proxy_headers_from_untrusted_peers_and_missing_ones_are_refused() {
     gw.assert_alive();
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let fails: Vec<(String, String, String)> = of_kind(&recs, AuditKind::AuthFailure)
         .into_iter()
         .map(|r| {
@@ -1464,7 +1451,7 @@ async fn tls_cancels_and_headers_in_pieces_go_through_a_load_balancer() {
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let session = |marker: &str| {
         let got = with_marker(&recs, marker);
         assert_eq!(got.len(), 1, "{marker}");
@@ -1511,7 +1498,7 @@ async fn a_flood_of_failed_logins_is_recorded_by_number_past_the_rate() {
     assert!(limited >= 1.0, "{limited}");
     gw.stop();
 
-    let recs = records(dir.path());
+    let recs = audit_records(dir.path());
     let written = of_kind(&recs, AuditKind::AuthFailure).len();
     let reported: u64 = of_kind(&recs, AuditKind::RecordsLost)
         .iter()

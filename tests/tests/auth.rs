@@ -649,10 +649,7 @@ async fn a_jwt_session_ends_at_its_first_statement_after_the_token_expires() {
     gw.wait_connections_closed(Duration::from_secs(10)).await;
     gw.stop();
 
-    let (mut recs, in_rings) =
-        dataplane::audit::service::read_dir(dir.path(), Some(&dir.path().join("rings")))
-            .unwrap_or_else(|e| panic!("read audit dir {}: {e:#}", dir.path().display()));
-    recs.extend(in_rings);
+    let recs = sluice_tests::audit_records(dir.path());
     let kind = |r: &proto::AuditRecord| r.metadata.as_ref().unwrap().kind;
     let with = |marker: &str| -> Vec<&proto::AuditRecord> {
         recs.iter()
@@ -814,12 +811,7 @@ async fn client_certificates_authenticate_the_identity_they_name() {
     );
     drop(c);
     gw.stop();
-    let (mut recs, rings) = dataplane::audit::service::read_dir(
-        &dir.path().join("audit"),
-        Some(&dir.path().join("audit").join("rings")),
-    )
-    .unwrap();
-    recs.extend(rings);
+    let recs = sluice_tests::audit_records(&dir.path().join("audit"));
     let methods: Vec<(String, i32)> = recs
         .iter()
         .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::SessionStart as i32)
@@ -989,17 +981,8 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
         );
     }
     gw.stop();
-    let (mut recs, rings) = dataplane::audit::service::read_dir(
-        &dir.path().join("audit"),
-        Some(&dir.path().join("audit").join("rings")),
-    )
-    .unwrap();
-    recs.extend(rings);
-    let refused: Vec<String> = recs
-        .iter()
-        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::AuthFailure as i32)
-        .map(|r| r.outcome.as_ref().unwrap().error_message.clone())
-        .collect();
+    let recs = sluice_tests::audit_records(&dir.path().join("audit"));
+    let refused = auth_failure_messages(&recs);
     let count = |p: &str| refused.iter().filter(|m| m.starts_with(p)).count();
     assert_eq!(
         (count("invalid_certificate: "), count("bad_certificate: ")),
@@ -1008,29 +991,12 @@ async fn client_certificates_the_ca_does_not_vouch_for_exactly_are_refused() {
     );
 }
 
-/// Waits until `/metrics` shows `name` at `want` or more (a reload done).
-async fn wait_metric(gw: &Gateway, name: &str, want: f64) {
-    wait_for(gw, &format!("{name} at {want}"), || {
-        gw.metrics().get(name, &[]) >= want
-    })
-    .await;
-}
-
-/// Waits until `done` holds (what the gateway does after a client saw
-/// its answer: an auth failure counted after the TLS alert went out, a
-/// log line after the counter it follows).
-async fn wait_for(gw: &Gateway, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "never: {what}\n{}", gw.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sends SIGHUP to the gateway.
-fn hangup(gw: &Gateway) {
-    // SAFETY: a signal to the gateway's own process.
-    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+/// The `reason: message` of each AUTH_FAILURE record among `recs`.
+fn auth_failure_messages(recs: &[proto::AuditRecord]) -> Vec<String> {
+    recs.iter()
+        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::AuthFailure as i32)
+        .map(|r| r.outcome.as_ref().unwrap().error_message.clone())
+        .collect()
 }
 
 /// Revocation lists (`tls.client_crl_files`): a client certificate one of
@@ -1069,7 +1035,8 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     let counted = |r: &'static str, n: f64| {
         let gw = &gw;
         async move {
-            wait_for(gw, &format!("{r} at {n}"), || refused(r) >= n).await;
+            gw.wait_for(&format!("{r} at {n}"), || refused(r) >= n)
+                .await;
             assert_eq!(refused(r), n, "{r}");
         }
     };
@@ -1099,8 +1066,8 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
     // A new list revokes serial 1 too: its open session ends at its next
     // statement, and it is refused from then on.
     std::fs::write(&crl, ca.crl(2, &[1, 2])).unwrap();
-    hangup(&gw);
-    wait_metric(&gw, "sluice_tls_reloads_total", 1.0).await;
+    gw.hangup();
+    gw.wait_metric("sluice_tls_reloads_total", 1.0).await;
     let e = c1.simple_query("select 1").await.err().unwrap();
     assert_eq!(
         e.as_db_error()
@@ -1124,9 +1091,10 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
         "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
     )
     .unwrap();
-    hangup(&gw);
-    wait_metric(&gw, "sluice_tls_reload_failures_total", 1.0).await;
-    wait_for(&gw, "the failed reload logged", || {
+    gw.hangup();
+    gw.wait_metric("sluice_tls_reload_failures_total", 1.0)
+        .await;
+    gw.wait_for("the failed reload logged", || {
         gw.log().contains("TLS files not reloaded")
     })
     .await;
@@ -1146,17 +1114,8 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
 
     // The revocations are in the audit trail: the refused handshakes as
     // auth failures, the ended session's statement as refused.
-    let (mut recs, rings) = dataplane::audit::service::read_dir(
-        &dir.path().join("audit"),
-        Some(&dir.path().join("audit").join("rings")),
-    )
-    .unwrap();
-    recs.extend(rings);
-    let reasons: Vec<String> = recs
-        .iter()
-        .filter(|r| r.metadata.as_ref().unwrap().kind == proto::AuditKind::AuthFailure as i32)
-        .map(|r| r.outcome.as_ref().unwrap().error_message.clone())
-        .collect();
+    let recs = sluice_tests::audit_records(&dir.path().join("audit"));
+    let reasons = auth_failure_messages(&recs);
     assert_eq!(
         reasons
             .iter()
@@ -1237,16 +1196,7 @@ async fn revoked_client_certificates_are_refused_and_lists_reload_without_a_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_certificate_rotates_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let old = DevCerts::generate(&dir.path().join("old"), &["127.0.0.1", "localhost"]);
-    let new = DevCerts::generate(&dir.path().join("new"), &["127.0.0.1", "localhost"]);
-    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::copy(&old.server_pem, &cert).unwrap();
-    std::fs::copy(&old.server_key, &key).unwrap();
-    let certs = DevCerts {
-        server_pem: cert.clone(),
-        server_key: key.clone(),
-        ..old.clone()
-    };
+    let (old, new, certs) = DevCerts::rotatable(dir.path());
     let cfg = GatewayConfig::standard(Pg::shared(), ApiKey::shared()).tls(&certs, true);
     let yaml = cfg
         .to_yaml()
@@ -1266,19 +1216,14 @@ async fn the_server_certificate_rotates_without_a_restart() {
         .get("sluice_tls_certificate_expiry_timestamp_seconds", &[]);
     assert!(before > 0.0);
 
-    // (Each file replaced whole, by a rename, as rotation tools do.)
-    let put = |from: &std::path::Path, to: &std::path::Path| {
-        let tmp = to.with_extension("tmp");
-        std::fs::copy(from, &tmp).unwrap();
-        std::fs::rename(&tmp, to).unwrap();
-    };
     // Half a rotation: the new key with the old certificate.
-    put(&new.server_key, &key);
-    wait_metric(&gw, "sluice_tls_reload_failures_total", 1.0).await;
+    DevCerts::replace(&certs.server_key, &new.server_key);
+    gw.wait_metric("sluice_tls_reload_failures_total", 1.0)
+        .await;
     connect_tls(&login, trusts(&old)).await.unwrap();
     // The whole of it.
-    put(&new.server_pem, &cert);
-    wait_metric(&gw, "sluice_tls_reloads_total", 1.0).await;
+    DevCerts::replace(&certs.server_pem, &new.server_pem);
+    gw.wait_metric("sluice_tls_reloads_total", 1.0).await;
     connect_tls(&login, trusts(&new))
         .await
         .unwrap_or_else(|e| panic!("{}\n{}", err_text(&e), gw.log()));
@@ -1334,8 +1279,8 @@ async fn sighup_applies_the_edited_configuration_file() {
         .join("\n");
     assert_ne!(edited, text);
     std::fs::write(&gw.config_path, &edited).unwrap();
-    hangup(&gw);
-    wait_metric(&gw, "sluice_config_reloads_total", 1.0).await;
+    gw.hangup();
+    gw.wait_metric("sluice_config_reloads_total", 1.0).await;
     assert_eq!(gw.metrics().get("sluice_snapshot_version", &[]), 2.0);
     connect(&agent2)
         .await
@@ -1370,8 +1315,9 @@ async fn sighup_applies_the_edited_configuration_file() {
         ),
     ] {
         std::fs::write(&gw.config_path, &bad).unwrap();
-        hangup(&gw);
-        wait_metric(&gw, "sluice_config_reload_failures_total", n).await;
+        gw.hangup();
+        gw.wait_metric("sluice_config_reload_failures_total", n)
+            .await;
     }
     assert!(gw
         .log()
@@ -1380,7 +1326,7 @@ async fn sighup_applies_the_edited_configuration_file() {
     // The file as applied, again: no new version (a SIGHUP sent for the
     // TLS files changes nothing else).
     std::fs::write(&gw.config_path, &edited).unwrap();
-    hangup(&gw);
+    gw.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !gw.log().contains("version 2 stays") || !gw.log().contains("are unchanged") {
         assert!(Instant::now() < deadline, "{}", gw.log());
@@ -1393,12 +1339,7 @@ async fn sighup_applies_the_edited_configuration_file() {
     gw.assert_alive();
     gw.stop();
 
-    let (mut recs, rings) = dataplane::audit::service::read_dir(
-        &dir.path().join("audit"),
-        Some(&dir.path().join("audit").join("rings")),
-    )
-    .unwrap();
-    recs.extend(rings);
+    let recs = sluice_tests::audit_records(&dir.path().join("audit"));
     let versions: Vec<i64> = recs
         .iter()
         .filter_map(|r| r.metadata.as_ref())
@@ -1493,7 +1434,7 @@ async fn a_sighup_while_the_node_starts_reloads_once_it_is_up() {
         .await
         .unwrap();
     assert_eq!(gw.pid(), pid);
-    wait_metric(&gw, "sluice_config_reloads_total", 1.0).await;
+    gw.wait_metric("sluice_config_reloads_total", 1.0).await;
     assert_eq!(gw.metrics().get("sluice_snapshot_version", &[]), 2.0);
     connect(&gw.agent_config())
         .await

@@ -524,8 +524,7 @@ fn psql_logs_in_with_a_client_certificate_from_dev_certs() {
     let out = process::run(&mut cmd, None, Duration::from_secs(60));
     out.assert_success("sluice-dp dev-certs --revoke");
     assert!(out.stdout.contains("1 revoked"), "{}", out.stdout);
-    // SAFETY: a signal to the gateway's own process.
-    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+    gw.hangup();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while gw.metrics().get("sluice_tls_reloads_total", &[]) < 1.0 {
         assert!(std::time::Instant::now() < deadline, "{}", gw.log());

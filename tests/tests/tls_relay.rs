@@ -216,16 +216,7 @@ async fn scram_channel_binding_ties_the_login_to_the_gateways_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_binding_follows_the_certificate_each_connection_was_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let old = DevCerts::generate(&dir.path().join("old"), &["127.0.0.1", "localhost"]);
-    let new = DevCerts::generate(&dir.path().join("new"), &["127.0.0.1", "localhost"]);
-    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    std::fs::copy(&old.server_pem, &cert).unwrap();
-    std::fs::copy(&old.server_key, &key).unwrap();
-    let certs = DevCerts {
-        server_pem: cert.clone(),
-        server_key: key.clone(),
-        ..old.clone()
-    };
+    let (old, new, certs) = DevCerts::rotatable(dir.path());
     let api = ApiKey::shared();
     let gw = Gateway::start_with(&GatewayConfig::standard(Pg::shared(), api).tls(&certs, false));
     let hash_of = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
@@ -237,19 +228,10 @@ async fn channel_binding_follows_the_certificate_each_connection_was_shown() {
     let mut before = tls_trusting(gw.port, &old.ca_pem_bytes()).await;
     let old_hash = hash_of(&before);
 
-    // (Each file replaced whole, by a rename, as rotation tools do.)
-    for (from, to) in [(&new.server_key, &key), (&new.server_pem, &cert)] {
-        let tmp = to.with_extension("tmp");
-        std::fs::copy(from, &tmp).unwrap();
-        std::fs::rename(&tmp, to).unwrap();
-    }
-    // SAFETY: a signal to the gateway this test started.
-    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while gw.metrics().get("sluice_tls_reloads_total", &[]) < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    DevCerts::replace(&certs.server_key, &new.server_key);
+    DevCerts::replace(&certs.server_pem, &new.server_pem);
+    gw.hangup();
+    gw.wait_metric("sluice_tls_reloads_total", 1.0).await;
     let mut after = tls_trusting(gw.port, &new.ca_pem_bytes()).await;
     let new_hash = hash_of(&after);
     assert_ne!(old_hash, new_hash);

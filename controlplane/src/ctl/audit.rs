@@ -40,38 +40,34 @@ pub fn now_nanos() -> i64 {
 }
 
 /// `2024-05-01T23:59:59.123Z`.
+pub fn format_time(nanos: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)) {
+        Ok(t) => format!("{}.{:03}Z", seconds(t), t.millisecond()),
+        Err(_) => nanos.to_string(),
+    }
+}
+
 /// A time in Unix seconds as `2026-11-28T15:41:48Z` (certificates'
 /// dates, which may lie past what nanoseconds in an i64 reach); `-` for 0.
 fn format_secs(secs: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         _ if secs == 0 => "-".into(),
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
+        Ok(t) => format!("{}Z", seconds(t)),
         Err(_) => secs.to_string(),
     }
 }
 
-pub fn format_time(nanos: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => nanos.to_string(),
-    }
+/// `2024-05-01T23:59:59`.
+fn seconds(t: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// A duration such as `90s`, `15m`, `1h30m`, `7d`, `2w`, in nanoseconds.

@@ -567,16 +567,21 @@ mod tests {
             let core = CoreAudit::new(inits.into_iter().next().unwrap());
             core.count_unaudited(2);
             audit.pump().step().unwrap();
-            let got: Vec<(String, u64)> = audit
-                .pump()
-                .unacked(0, 10)
-                .unwrap()
-                .into_iter()
-                .filter_map(|r| r.loss)
-                .map(|l| (l.reason, l.records))
-                .collect();
+            let got = losses(&audit);
             assert_eq!(got, [(reason.to_string(), 2)], "{when_full:?}");
         }
+    }
+
+    /// The RECORDS_LOST reports waiting in `audit`'s spool: (reason, records).
+    fn losses(audit: &Audit) -> Vec<(String, u64)> {
+        audit
+            .pump()
+            .unacked(0, 10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.loss)
+            .map(|l| (l.reason, l.records))
+            .collect()
     }
 
     /// Authentication-failure records past `auth_failures_per_second`
@@ -596,14 +601,7 @@ mod tests {
         let later = t0 + Duration::from_millis(1100);
         assert_eq!((0..5).filter(|_| core.admit_failure(later)).count(), 3);
         audit.pump().step().unwrap();
-        let got: Vec<(String, u64)> = audit
-            .pump()
-            .unacked(0, 10)
-            .unwrap()
-            .into_iter()
-            .filter_map(|r| r.loss)
-            .map(|l| (l.reason, l.records))
-            .collect();
+        let got = losses(&audit);
         assert_eq!(got, [("auth_failures_rate_limited".to_string(), 13)]);
         // 0: no limit.
         let d = tempfile::tempdir().unwrap();

@@ -183,7 +183,7 @@ pub struct ScramServer {
     state: State,
     /// The `tls-server-end-point` data of this connection, where binding
     /// was offered (`SCRAM-SHA-256-PLUS` advertised).
-    offered: Option<Vec<u8>>,
+    offered: Option<std::sync::Arc<[u8]>>,
     /// The client chose `SCRAM-SHA-256-PLUS`.
     plus: bool,
 }
@@ -207,7 +207,11 @@ impl ScramServer {
 
     /// `offered`: this connection's `tls-server-end-point` data, where
     /// `SCRAM-SHA-256-PLUS` was advertised; `plus`: the client chose it.
-    pub fn with_binding(verifier: Verifier, offered: Option<Vec<u8>>, plus: bool) -> Self {
+    pub fn with_binding(
+        verifier: Verifier,
+        offered: Option<std::sync::Arc<[u8]>>,
+        plus: bool,
+    ) -> Self {
         ScramServer {
             verifier,
             state: State::Initial,
@@ -233,7 +237,7 @@ impl ScramServer {
                 ))
             }
             (f, true) if f.starts_with("p=") => {
-                if f != format!("p={TLS_SERVER_END_POINT}") || self.offered.is_none() {
+                if f.strip_prefix("p=") != Some(TLS_SERVER_END_POINT) || self.offered.is_none() {
                     return Err(ScramError::ChannelBinding);
                 }
             }
@@ -411,7 +415,7 @@ mod tests {
     ) -> Result<(), ScramError> {
         let v = Verifier::generate(b"sk_test_key", 16);
         let mut client = ScramSha256::new(b"sk_test_key", cb);
-        let mut server = ScramServer::with_binding(v, offered.map(<[u8]>::to_vec), plus);
+        let mut server = ScramServer::with_binding(v, offered.map(Into::into), plus);
         let first = server.client_first(client.message(), "c2VydmVybm9uY2U")?;
         client.update(&first).expect("client accepts server-first");
         let fin = server.client_final(client.message())?;
@@ -460,7 +464,7 @@ mod tests {
             s.client_first(b"p=tls-server-end-point,,n=,r=abc", "x"),
             Err(ScramError::Negotiation(_))
         ));
-        let mut s = ScramServer::with_binding(v.clone(), Some(vec![1]), true);
+        let mut s = ScramServer::with_binding(v.clone(), Some(vec![1].into()), true);
         assert_eq!(
             s.client_first(b"p=tls-unique,,n=,r=abc", "x"),
             Err(ScramError::ChannelBinding)
@@ -480,7 +484,7 @@ mod tests {
             let mut s = ScramServer::new(v.clone());
             let _ = s.client_first(&a, "n");
             let _ = s.client_final(&b);
-            let mut s = ScramServer::with_binding(v, Some(vec![1; 32]), true);
+            let mut s = ScramServer::with_binding(v, Some(vec![1; 32].into()), true);
             let _ = s.client_first(&a, "n");
             let _ = s.client_final(&b);
         }

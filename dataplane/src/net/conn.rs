@@ -1348,32 +1348,28 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
             // its token or certificate has expired (no timer: one idle past
             // then ends at its next one). The wall clock as the audit clock derives it from `t0` (no
             // clock read of its own; one per core per 100 ms at most).
-            if state.session.valid_until.is_some() {
+            let expired = state.session.valid_until.is_some() && {
                 let unix_ns = if state.audit.is_some() {
                     now.unix_ns
                 } else {
                     audit_clock_at(t0).unix_ns
                 };
-                let secs = u64::try_from(unix_ns / 1_000_000_000).unwrap_or(0);
-                if state.session.token_expired(secs) {
-                    if let Some(a) = state.audit {
-                        // As for a revocation: the statements of this read
-                        // were never sent.
-                        a.tracker.borrow_mut().refuse_since(
-                            mark,
-                            sqlstate::INVALID_AUTHORIZATION,
-                            state.session.expired_message(),
-                            audit_clock(),
-                        );
-                        store_records(a).await;
-                    }
-                    return End::TokenExpired(state.session.expired_message());
-                }
-            }
+                state
+                    .session
+                    .token_expired(u64::try_from(unix_ns / 1_000_000_000).unwrap_or(0))
+            };
             // A certificate session, and revocation lists loaded since it
             // last looked: is its certificate still accepted?
-            if let Some(why) = cert_refused(worker, state) {
+            let ended = if expired {
+                let why = state.session.expired_message();
+                Some((why, End::TokenExpired(why)))
+            } else {
+                cert_refused(worker, state).map(|why| (why, End::CertRefused(why)))
+            };
+            if let Some((why, end)) = ended {
                 if let Some(a) = state.audit {
+                    // As for a revocation: the statements of this read
+                    // were never sent.
                     a.tracker.borrow_mut().refuse_since(
                         mark,
                         sqlstate::INVALID_AUTHORIZATION,
@@ -1382,7 +1378,7 @@ async fn pump_client<R: AsyncReadRent, W: AsyncWriteRent>(
                     );
                     store_records(a).await;
                 }
-                return End::CertRefused(why);
+                return end;
             }
             // A new snapshot since this session last looked: is it still
             // allowed? One atomic load per batch of statements otherwise.

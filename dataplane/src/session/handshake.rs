@@ -133,7 +133,7 @@ pub struct ClientHandshake {
     /// The `tls-server-end-point` channel binding data of the TLS
     /// connection (a hash of the certificate it presented), when there is
     /// one: `SCRAM-SHA-256-PLUS` is offered then.
-    end_point: Option<Vec<u8>>,
+    end_point: Option<Arc<[u8]>>,
     state: State,
     identity: String,
     connection: String,
@@ -216,7 +216,7 @@ impl ClientHandshake {
 
     /// The TLS connection's `tls-server-end-point` data (see
     /// `tls::end_point`): SCRAM channel binding is offered.
-    pub fn server_end_point(&mut self, data: Vec<u8>) {
+    pub fn server_end_point(&mut self, data: Arc<[u8]>) {
         self.end_point = Some(data);
     }
 
@@ -445,7 +445,7 @@ impl ClientHandshake {
                 let ident = &self.snapshot.identities[&self.identity];
                 let mut scram = ScramServer::with_binding(
                     ident.verifier.clone().expect("checked at startup"),
-                    self.binding().map(<[u8]>::to_vec),
+                    self.binding().cloned(),
                     plus,
                 );
                 let nonce = base64::engine::general_purpose::STANDARD.encode(server_nonce);
@@ -568,8 +568,8 @@ impl ClientHandshake {
 
     /// The channel binding data offered: over TLS, where the certificate's
     /// hash is known.
-    fn binding(&self) -> Option<&[u8]> {
-        self.end_point.as_deref().filter(|_| self.tls_active)
+    fn binding(&self) -> Option<&Arc<[u8]>> {
+        self.end_point.as_ref().filter(|_| self.tls_active)
     }
 
     fn scram_failed(&self, e: ScramError) -> Step {
@@ -726,7 +726,7 @@ grants:
             let mut hs = ClientHandshake::new(snapshot(&v), true, false);
             if tls {
                 hs.tls_established();
-                hs.server_end_point(hash.clone());
+                hs.server_end_point(hash.clone().into());
             }
             let Step::Reply(r) = hs.on_untagged(&startup("agent", "app")) else {
                 panic!()
